@@ -1,5 +1,5 @@
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
-import type { PgPoolLike, SqliteLike } from "../webhooks/endpoint-store.js";
+import { postgresSql, sqliteSql, type OwnSql, type PgPoolLike, type SqliteLike } from "../webhooks/own-sql.js";
 
 /**
  * API keys of `credit-management serve` (docs/service.md, "Secure it"). A key is
@@ -117,25 +117,15 @@ const ADDED_COLUMNS = [{ name: "spender", type: "VARCHAR(256)" }];
 /** A record's values in the order of `COLUMNS` (the SQL stores' insert). */
 const valuesOf = (r: ApiKeyRecord) => [r.id, r.hash, r.role, r.userId, r.name, r.createdAt, r.revokedAt, r.spender];
 
-/** What the SQL key store needs of a database: its statements, with `$1, $2…` parameters. */
-interface SqlKeyDb {
-  /** Runs a statement without parameters (the CREATE). */
-  exec(sql: string): Promise<void>;
-  /** The rows of a SELECT. */
-  rows(sql: string, params: unknown[]): Promise<Row[]>;
-  /** The number of rows an INSERT or UPDATE changed. */
-  changes(sql: string, params: unknown[]): Promise<number>;
-  close(): Promise<void>;
-}
-
 /**
  * The keys in a SQL table, one implementation for SQLite and PostgreSQL: each statement (the
  * revoke's guard `revoked_at IS NULL` among them) is written once, with `$n` parameters.
  */
-function sqlKeyStore(db: SqlKeyDb, table: string, prepare: () => Promise<void>): KeyStore {
+function sqlKeyStore(db: OwnSql): KeyStore {
+  const table = db.table(KEY_TABLE);
   return {
     async init() {
-      await prepare();
+      await db.prepare();
       await db.exec(CREATE(table));
       // A table an earlier release made lacks the columns added since: add each that is missing.
       // Two services starting at once may both try; the loser's ALTER fails and the probe after it
@@ -158,11 +148,11 @@ function sqlKeyStore(db: SqlKeyDb, table: string, prepare: () => Promise<void>):
       await db.changes(`INSERT INTO ${table} (${COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`, valuesOf(r));
     },
     async get(id) {
-      const rows = await db.rows(`SELECT ${COLUMNS} FROM ${table} WHERE id = $1`, [id]);
+      const rows = await db.rows<Row>(`SELECT ${COLUMNS} FROM ${table} WHERE id = $1`, [id]);
       return rows.length === 0 ? null : fromRow(rows[0] as Row);
     },
     async list() {
-      return (await db.rows(`SELECT ${COLUMNS} FROM ${table} ORDER BY created_at, id`, [])).map(fromRow);
+      return (await db.rows<Row>(`SELECT ${COLUMNS} FROM ${table} ORDER BY created_at, id`, [])).map(fromRow);
     },
     async revoke(id, at) {
       const sql = `UPDATE ${table} SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL`;
@@ -174,41 +164,12 @@ function sqlKeyStore(db: SqlKeyDb, table: string, prepare: () => Promise<void>):
 
 /** Keys in the SQLite file of the store (its own connection; WAL lets both write). */
 export function sqliteKeyStore(db: SqliteLike): KeyStore {
-  // Each statement prepared once (`get` runs on every request whose key is not cached). Its `$n`
-  // are in order, so they become SQLite's positional `?`.
-  const statements = new Map<string, ReturnType<SqliteLike["prepare"]>>();
-  const prepared = (sql: string) => {
-    let st = statements.get(sql);
-    if (st === undefined) statements.set(sql, (st = db.prepare(sql.replace(/\$\d+/g, "?"))));
-    return st;
-  };
-  return sqlKeyStore(
-    {
-      exec: async (sql) => void db.exec(sql),
-      rows: async (sql, params) => prepared(sql).all(...params) as Row[],
-      changes: async (sql, params) => prepared(sql).run(...params).changes,
-      close: async () => void db.close(),
-    },
-    KEY_TABLE,
-    async () => void db.pragma("busy_timeout = 5000"),
-  );
+  return sqlKeyStore(sqliteSql(db));
 }
 
 /** Keys in the PostgreSQL database (and schema) of the store. */
 export function postgresKeyStore(pool: PgPoolLike, schema: string | undefined): KeyStore {
-  const quoted = schema === undefined ? undefined : `"${schema.replace(/"/g, '""')}"`;
-  return sqlKeyStore(
-    {
-      exec: async (sql) => void (await pool.query(sql)),
-      rows: async (sql, params) => (await pool.query(sql, params)).rows as Row[],
-      changes: async (sql, params) => (await pool.query(sql, params)).rowCount ?? 0,
-      close: () => pool.end(),
-    },
-    quoted === undefined ? KEY_TABLE : `${quoted}.${KEY_TABLE}`,
-    async () => {
-      if (quoted !== undefined) await pool.query(`CREATE SCHEMA IF NOT EXISTS ${quoted}`);
-    },
-  );
+  return sqlKeyStore(postgresSql(pool, schema));
 }
 
 interface MongoCollectionLike {

@@ -1,5 +1,6 @@
 import { randomBytes } from "node:crypto";
 import type { WebhookEndpoint } from "./queue.js";
+import { postgresSql, sqliteSql, type OwnSql, type PgPoolLike, type SqliteLike } from "./own-sql.js";
 
 /**
  * Where `credit-management webhooks` and the worker keep webhook endpoints (docs/notifications.md,
@@ -55,85 +56,45 @@ export function endpointOf(r: WebhookEndpointRecord): WebhookEndpoint {
 const CREATE = (table: string) => `CREATE TABLE IF NOT EXISTS ${table} (id VARCHAR(64) PRIMARY KEY, doc TEXT NOT NULL)`;
 const parseDoc = (doc: string) => JSON.parse(doc) as WebhookEndpointRecord;
 
-/** What `serve`'s own stores (these endpoints, the API keys) use of a SQLite connection. */
-export interface SqliteLike {
-  prepare(sql: string): {
-    get(...p: unknown[]): unknown;
-    all(...p: unknown[]): unknown[];
-    run(...p: unknown[]): { changes: number };
-  };
-  exec(sql: string): unknown;
-  pragma(s: string): unknown;
-  close(): unknown;
-}
-
-/** Endpoints in the SQLite file of the store (its own connection). */
-export function sqliteEndpointStore(db: SqliteLike): WebhookEndpointStore {
+/**
+ * The endpoints in a SQL table, one implementation for SQLite and PostgreSQL: each statement is
+ * written once, with `$n` parameters (own-sql.ts runs it on either).
+ */
+function sqlEndpointStore(db: OwnSql): WebhookEndpointStore {
+  const table = db.table(ENDPOINT_TABLE);
   return {
     async init() {
-      db.pragma("busy_timeout = 5000");
-      db.exec(CREATE(ENDPOINT_TABLE));
+      await db.prepare();
+      await db.exec(CREATE(table));
     },
     async list() {
-      return (db.prepare(`SELECT doc FROM ${ENDPOINT_TABLE} ORDER BY id`).all() as { doc: string }[]).map((r) =>
-        parseDoc(r.doc),
-      );
+      return (await db.rows<{ doc: string }>(`SELECT doc FROM ${table} ORDER BY id`, [])).map((r) => parseDoc(r.doc));
     },
     async get(id) {
-      const row = db.prepare(`SELECT doc FROM ${ENDPOINT_TABLE} WHERE id = ?`).get(id) as { doc: string } | undefined;
+      const [row] = await db.rows<{ doc: string }>(`SELECT doc FROM ${table} WHERE id = $1`, [id]);
       return row === undefined ? null : parseDoc(row.doc);
     },
     async put(r) {
-      db.prepare(
-        `INSERT INTO ${ENDPOINT_TABLE} (id, doc) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET doc = excluded.doc`,
-      ).run(r.id, JSON.stringify(r));
-    },
-    async remove(id) {
-      return db.prepare(`DELETE FROM ${ENDPOINT_TABLE} WHERE id = ?`).run(id).changes > 0;
-    },
-    async close() {
-      db.close();
-    },
-  };
-}
-
-/** What `serve`'s own stores use of a `pg` pool. */
-export interface PgPoolLike {
-  query(sql: string, params?: unknown[]): Promise<{ rows: unknown[]; rowCount: number | null }>;
-  end(): Promise<void>;
-}
-
-/** Endpoints in the PostgreSQL database (and schema) of the store. */
-export function postgresEndpointStore(pool: PgPoolLike, schema: string | undefined): WebhookEndpointStore {
-  const quoted = schema === undefined ? undefined : `"${schema.replace(/"/g, '""')}"`;
-  const table = quoted === undefined ? ENDPOINT_TABLE : `${quoted}.${ENDPOINT_TABLE}`;
-  return {
-    async init() {
-      if (quoted !== undefined) await pool.query(`CREATE SCHEMA IF NOT EXISTS ${quoted}`);
-      await pool.query(CREATE(table));
-    },
-    async list() {
-      return ((await pool.query(`SELECT doc FROM ${table} ORDER BY id`)).rows as { doc: string }[]).map((r) =>
-        parseDoc(r.doc),
-      );
-    },
-    async get(id) {
-      const { rows } = await pool.query(`SELECT doc FROM ${table} WHERE id = $1`, [id]);
-      return rows.length === 0 ? null : parseDoc((rows[0] as { doc: string }).doc);
-    },
-    async put(r) {
-      await pool.query(
-        `INSERT INTO ${table} (id, doc) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET doc = EXCLUDED.doc`,
+      await db.changes(
+        `INSERT INTO ${table} (id, doc) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET doc = excluded.doc`,
         [r.id, JSON.stringify(r)],
       );
     },
     async remove(id) {
-      return ((await pool.query(`DELETE FROM ${table} WHERE id = $1`, [id])).rowCount ?? 0) > 0;
+      return (await db.changes(`DELETE FROM ${table} WHERE id = $1`, [id])) > 0;
     },
-    async close() {
-      await pool.end();
-    },
+    close: () => db.close(),
   };
+}
+
+/** Endpoints in the SQLite file of the store (its own connection). */
+export function sqliteEndpointStore(db: SqliteLike): WebhookEndpointStore {
+  return sqlEndpointStore(sqliteSql(db));
+}
+
+/** Endpoints in the PostgreSQL database (and schema) of the store. */
+export function postgresEndpointStore(pool: PgPoolLike, schema: string | undefined): WebhookEndpointStore {
+  return sqlEndpointStore(postgresSql(pool, schema));
 }
 
 interface MongoCollectionLike {
