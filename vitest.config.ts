@@ -28,6 +28,8 @@ export default defineConfig({
     maxWorkers: Math.max(2, availableParallelism() - 1),
     // Fails a test after which node-pg warned of two queries at once on one client (pg 9 refuses them).
     setupFiles: ["test/setup/pg-warnings.ts"],
+    // Builds the CLI once for the tests that run it as a process (inject("cliEntry")).
+    globalSetup: ["test/setup/cli-build.ts"],
     testTimeout: 60_000,
     hookTimeout: 60_000,
     onConsoleLog: (log) => (EXPECTED_OUTPUT.some((pattern) => pattern.test(log)) ? false : undefined),

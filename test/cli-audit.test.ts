@@ -3,7 +3,7 @@ import { randomUUID } from "node:crypto";
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { runCli } from "../src/cli/run.js";
 import { SqliteDbManager } from "../src/db/sqlite/index.js";
 import type { DbManager } from "../src/db/types.js";
@@ -192,7 +192,7 @@ describe("credit-management audit (in-memory store given to runCli)", () => {
 
 /** The CLI as a program against a database, with a ledger file the same manager wrote. */
 function program(env: Record<string, string>, ...args: string[]) {
-  return spawnSync(process.execPath, ["--import", "tsx", "src/cli/index.ts", "audit", ...args], {
+  return spawnSync(process.execPath, [inject("cliEntry"), "audit", ...args], {
     encoding: "utf8",
     timeout: 60_000,
     env: { ...process.env, CREDIT_MONGO_URI: "", CREDIT_PG_URL: "", ...env },

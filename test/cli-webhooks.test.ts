@@ -6,7 +6,7 @@ import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Webhook } from "standardwebhooks";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { runCli } from "../src/cli/run.js";
 import { SqliteDbManager } from "../src/db/sqlite/index.js";
 import { createCreditManager } from "../src/index.js";
@@ -201,7 +201,7 @@ describe("credit-management webhooks", () => {
         // Not spawnSync: the receiver answers from this process's event loop.
         const run = (extra: Record<string, string>) =>
           new Promise<{ status: number | null; stdout: string; stderr: string }>((resolve) => {
-            const child = spawn(process.execPath, ["--import", "tsx", "src/cli/index.ts", "webhooks", "test", id], {
+            const child = spawn(process.execPath, [inject("cliEntry"), "webhooks", "test", id], {
               env: { ...process.env, CREDIT_MONGO_URI: "", CREDIT_PG_URL: "", ...env, ...extra },
             });
             let stdout = "";

@@ -5,7 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Redis } from "ioredis";
 import pg from "pg";
-import { afterAll, describe, expect, it } from "vitest";
+import { afterAll, describe, expect, inject, it } from "vitest";
 import { HELP, runCli } from "../src/cli/run.js";
 import { WORKER_OPTIONS, parseDuration, pauseBefore, workerSettings } from "../src/cli/worker.js";
 import { workerOptions } from "../src/serve/worker-settings.js";
@@ -276,28 +276,17 @@ describe("credit-management worker: the store serve uses", () => {
       });
       await m.credits.addCredits("alice", 50, { expiresAt: new Date(Date.now() - 60_000) });
       await m.close();
-      const root = join(import.meta.dirname, "..");
-      const child = spawn(
-        process.execPath,
-        [
-          "--import",
-          join(root, "node_modules/tsx/dist/loader.mjs"),
-          join(root, "src/cli/index.ts"),
-          "worker",
-          "--once",
-        ],
-        {
-          cwd: dir,
-          env: {
-            ...process.env,
-            CREDIT_MONGO_URI: "",
-            CREDIT_PG_URL: "",
-            CREDIT_SQLITE_PATH: "",
-            CREDIT_REDIS_URL: "",
-          },
-          stdio: ["ignore", "pipe", "pipe"],
+      const child = spawn(process.execPath, [inject("cliEntry"), "worker", "--once"], {
+        cwd: dir,
+        env: {
+          ...process.env,
+          CREDIT_MONGO_URI: "",
+          CREDIT_PG_URL: "",
+          CREDIT_SQLITE_PATH: "",
+          CREDIT_REDIS_URL: "",
         },
-      );
+        stdio: ["ignore", "pipe", "pipe"],
+      });
       let out = "";
       child.stdout.on("data", (d: Buffer) => (out += d.toString()));
       child.stderr.on("data", (d: Buffer) => (out += d.toString()));
@@ -321,9 +310,9 @@ interface Line {
   [field: string]: unknown;
 }
 
-/** The worker as a child process (from the sources, as the CLI tests run it), its log lines parsed. */
+/** The worker as a child process (this run's build of the sources, as the CLI tests run it), its log lines parsed. */
 function startWorker(args: string[], env: Record<string, string>) {
-  const child = spawn(process.execPath, ["--import", "tsx", "src/cli/index.ts", "worker", ...args], {
+  const child = spawn(process.execPath, [inject("cliEntry"), "worker", ...args], {
     env: { ...process.env, CREDIT_MONGO_URI: "", CREDIT_REDIS_URL: "", ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });

@@ -2,7 +2,7 @@ import { spawnSync } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { afterAll, describe, expect, it } from "vitest";
+import { afterAll, describe, expect, inject, it } from "vitest";
 import { COMMAND_HELP, HELP, runCli } from "../src/cli/run.js";
 import { generateSql } from "../src/schema/index.js";
 
@@ -175,7 +175,7 @@ describe("credit-management CLI", () => {
 
   it("runs as a program: exit codes reach the shell", async () => {
     const run = (...args: string[]) =>
-      spawnSync(process.execPath, ["--import", "tsx", "src/cli/index.ts", ...args], {
+      spawnSync(process.execPath, [inject("cliEntry"), ...args], {
         encoding: "utf8",
         timeout: 30_000,
       });

@@ -1,7 +1,11 @@
 import { spawn, spawnSync } from "node:child_process";
+import { inject } from "vitest";
 import { runCli } from "../src/cli/run.js";
 
-/** `credit-management serve` and `keys` as child processes, from the sources (test/serve*.test.ts). */
+/**
+ * `credit-management serve` and `keys` as child processes, from this run's build of the sources
+ * (test/setup/cli-build.ts), for test/serve*.test.ts.
+ */
 
 interface Line {
   msg: string;
@@ -11,7 +15,7 @@ interface Line {
 const BASE_ENV = { CREDIT_MONGO_URI: "", CREDIT_PG_URL: "", CREDIT_SQLITE_PATH: "", CREDIT_REDIS_URL: "" };
 
 export function cli(args: string[], env: Record<string, string>) {
-  const r = spawnSync(process.execPath, ["--import", "tsx", "src/cli/index.ts", ...args], {
+  const r = spawnSync(process.execPath, [inject("cliEntry"), ...args], {
     env: { ...process.env, ...BASE_ENV, ...env },
     encoding: "utf8",
   });
@@ -36,7 +40,7 @@ export async function keys(args: string[], env: Record<string, string>) {
 
 /** `serve` as a child process on a free port; resolves once it logs "serving". */
 export async function startServe(env: Record<string, string>, args: string[] = []) {
-  const child = spawn(process.execPath, ["--import", "tsx", "src/cli/index.ts", "serve", "--port", "0", ...args], {
+  const child = spawn(process.execPath, [inject("cliEntry"), "serve", "--port", "0", ...args], {
     env: { ...process.env, ...BASE_ENV, ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });
