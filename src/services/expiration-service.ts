@@ -154,6 +154,19 @@ export interface RenewSubscriptionsReport extends JobBase {
   periodsSkipped: number;
 }
 
+/** A job's walk (`ExpirationService.walkJob`): what it scans, and what it does with each key. */
+interface Walk<T, R> {
+  /** The report's counts on the job channel: scanned, changed, errors. */
+  counts: (report: R) => [number, number, number];
+  /** Stores the rows scanned in the report. */
+  scanned: (report: R, rows: number) => void;
+  /** A batch of up to `limit` rows strictly after `after` (the first batch: none). */
+  scan: (after: T | undefined, limit: number) => Promise<T[]>;
+  /** The account (or subscription) a row belongs to: each is processed once per batch. */
+  keyOf: (row: T) => string;
+  process: (key: string, row: T) => Promise<void>;
+}
+
 export interface CheckpointAccountsReport extends JobBase {
   job: "checkpointAccounts";
   accountsScanned: number;
@@ -274,37 +287,30 @@ export class ExpirationService {
       creditsExpired: 0,
       users: 0,
     };
-    return this.runJob(
-      report,
-      asOf,
-      (r) => [r.grantsScanned, r.grantsExpired, r.errors],
-      async () => {
-        report.grantsScanned = await this.walk<Grant>(
-          report,
-          o,
-          (after, limit) =>
-            this.db.findDueGrants(asOf, limit, after && { expiresAt: after.expiresAt as Date, id: after.id }),
-          (g) => g.userId,
-          async (userId) => {
-            const { grants, credits } = await this.core.runUnitOfWork(
-              userId,
-              {},
-              async (work) => {
-                const before = work.entries.length;
-                const amount = work.expireDue(asOf, { description: "credits expired (expiry job)" });
-                const closed = work.entries.slice(before).reduce((n, e) => n + e.grants.length, 0);
-                return { grants: closed, credits: amount };
-              },
-              undefined,
-              { settle: false, operation: "expireDueGrants" },
-            );
-            report.users++;
-            report.grantsExpired += grants;
-            report.creditsExpired += credits;
+    return this.walkJob(report, asOf, o, {
+      counts: (r) => [r.grantsScanned, r.grantsExpired, r.errors],
+      scanned: (r, rows) => (r.grantsScanned = rows),
+      scan: (after: Grant | undefined, limit) =>
+        this.db.findDueGrants(asOf, limit, after && { expiresAt: after.expiresAt as Date, id: after.id }),
+      keyOf: (g) => g.userId,
+      process: async (userId) => {
+        const { grants, credits } = await this.core.runUnitOfWork(
+          userId,
+          {},
+          async (work) => {
+            const before = work.entries.length;
+            const amount = work.expireDue(asOf, { description: "credits expired (expiry job)" });
+            const closed = work.entries.slice(before).reduce((n, e) => n + e.grants.length, 0);
+            return { grants: closed, credits: amount };
           },
+          undefined,
+          { settle: false, operation: "expireDueGrants" },
         );
+        report.users++;
+        report.grantsExpired += grants;
+        report.creditsExpired += credits;
       },
-    );
+    });
   }
 
   /**
@@ -327,27 +333,20 @@ export class ExpirationService {
       creditsReleased: 0,
       users: 0,
     };
-    return this.runJob(
-      report,
-      asOf,
-      (r) => [r.holdsScanned, r.holdsReleased, r.errors],
-      async () => {
-        report.holdsScanned = await this.walk<Reservation>(
-          report,
-          o,
-          (after, limit) =>
-            this.db.findExpiredReservations(asOf, limit, after && { expiresAt: after.expiresAt, id: after.id }),
-          (r) => r.userId,
-          async (userId) => {
-            // Settled as of `asOf`, not the clock: what lapsed after it is left alone.
-            const released = await this.core.settleAsOf(userId, asOf, "releaseExpiredHolds");
-            report.users++;
-            report.holdsReleased += released.holdsReleased;
-            report.creditsReleased += released.creditsReleased;
-          },
-        );
+    return this.walkJob(report, asOf, o, {
+      counts: (r) => [r.holdsScanned, r.holdsReleased, r.errors],
+      scanned: (r, rows) => (r.holdsScanned = rows),
+      scan: (after: Reservation | undefined, limit) =>
+        this.db.findExpiredReservations(asOf, limit, after && { expiresAt: after.expiresAt, id: after.id }),
+      keyOf: (r) => r.userId,
+      process: async (userId) => {
+        // Settled as of `asOf`, not the clock: what lapsed after it is left alone.
+        const released = await this.core.settleAsOf(userId, asOf, "releaseExpiredHolds");
+        report.users++;
+        report.holdsReleased += released.holdsReleased;
+        report.creditsReleased += released.creditsReleased;
       },
-    );
+    });
   }
 
   /**
@@ -366,27 +365,20 @@ export class ExpirationService {
       ended: 0,
       periodsSkipped: 0,
     };
-    return this.runJob(
-      report,
-      asOf,
-      (r) => [r.subscriptionsScanned, r.renewed + r.ended + r.periodsSkipped, r.errors],
-      async () => {
-        report.subscriptionsScanned = await this.walk<Subscription>(
-          report,
-          o,
-          (after, limit) =>
-            this.db.findDueSubscriptions(asOf, limit, after && { nextRunAt: after.nextRunAt as Date, id: after.id }),
-          (s) => s.id,
-          async (_id, s) => {
-            const r = await this.subscriptions.advance(s, asOf);
-            report.intentsCompleted += r.intentsCompleted;
-            report.renewed += r.renewed;
-            report.ended += r.ended;
-            report.periodsSkipped += r.periodsSkipped;
-          },
-        );
+    return this.walkJob(report, asOf, o, {
+      counts: (r) => [r.subscriptionsScanned, r.renewed + r.ended + r.periodsSkipped, r.errors],
+      scanned: (r, rows) => (r.subscriptionsScanned = rows),
+      scan: (after: Subscription | undefined, limit) =>
+        this.db.findDueSubscriptions(asOf, limit, after && { nextRunAt: after.nextRunAt as Date, id: after.id }),
+      keyOf: (s) => s.id,
+      process: async (_id, s) => {
+        const r = await this.subscriptions.advance(s, asOf);
+        report.intentsCompleted += r.intentsCompleted;
+        report.renewed += r.renewed;
+        report.ended += r.ended;
+        report.periodsSkipped += r.periodsSkipped;
       },
-    );
+    });
   }
 
   /**
@@ -497,30 +489,23 @@ export class ExpirationService {
       accountsScanned: 0,
       checkpointsWritten: 0,
     };
-    return this.runJob(
-      report,
-      asOf,
-      (r) => [r.accountsScanned, r.checkpointsWritten, r.errors],
-      async () => {
-        report.accountsScanned = await this.walk<string>(
-          report,
-          o,
-          (after, limit) => listIds(after ?? null, limit),
-          (id) => id,
-          async (userId) => {
-            const account = await this.db.getAccount(userId);
-            if (account === null) return;
-            const last = await this.credits.latestCheckpoint(userId);
-            const since = account.seq - (last?.seq ?? 0);
-            const old =
-              o.olderThan !== undefined && (last?.createdAt ?? account.createdAt).getTime() < o.olderThan.getTime();
-            if (since < every && !(old && since > 0)) return;
-            const written = await this.credits.checkpoint(userId, { minEntries: since >= every ? every : 1 });
-            if (written !== null) report.checkpointsWritten++;
-          },
-        );
+    return this.walkJob(report, asOf, o, {
+      counts: (r) => [r.accountsScanned, r.checkpointsWritten, r.errors],
+      scanned: (r, rows) => (r.accountsScanned = rows),
+      scan: (after: string | undefined, limit) => listIds(after ?? null, limit),
+      keyOf: (id) => id,
+      process: async (userId) => {
+        const account = await this.db.getAccount(userId);
+        if (account === null) return;
+        const last = await this.credits.latestCheckpoint(userId);
+        const since = account.seq - (last?.seq ?? 0);
+        const old =
+          o.olderThan !== undefined && (last?.createdAt ?? account.createdAt).getTime() < o.olderThan.getTime();
+        if (since < every && !(old && since > 0)) return;
+        const written = await this.credits.checkpoint(userId, { minEntries: since >= every ? every : 1 });
+        if (written !== null) report.checkpointsWritten++;
       },
-    );
+    });
   }
 
   /**
@@ -547,6 +532,16 @@ export class ExpirationService {
     );
   }
 
+  /** `runJob` of a job that walks a scan (`walk`), the rows it scanned stored in its report (`scanned`). */
+  private walkJob<T, R extends JobBase>(
+    report: R,
+    asOf: Date,
+    o: { batchSize?: number; concurrency?: number },
+    w: Walk<T, R>,
+  ): Promise<R> {
+    return this.runJob(report, asOf, w.counts, async () => w.scanned(report, await this.walk(report, o, w)));
+  }
+
   /**
    * Walks a scan in batches, each resuming strictly after the last row of the one before (`after`):
    * the walk ends even when rows stay due (a failing account). Each batch's keys (accounts or
@@ -556,9 +551,7 @@ export class ExpirationService {
   private async walk<T>(
     report: JobBase,
     o: { batchSize?: number; concurrency?: number },
-    scan: (after: T | undefined, limit: number) => Promise<T[]>,
-    keyOf: (row: T) => string,
-    process: (key: string, row: T) => Promise<void>,
+    { scan, keyOf, process }: Pick<Walk<T, JobBase>, "scan" | "keyOf" | "process">,
   ): Promise<number> {
     const limit = o.batchSize ?? 1000;
     const concurrency = o.concurrency ?? 8;
