@@ -99,11 +99,7 @@ export async function runWorker(settings: WorkerSettings, io: CliIo, env: DbEnv)
         cache: resources.cache,
         logger,
         // The application's payment settings (docs/operations.md, "Payment settings").
-        payments: {
-          stripe: settings.payments.stripe,
-          creditsPerUnit: settings.payments.creditsPerUnit,
-          keyNamespace: settings.payments.keyNamespace,
-        },
+        payments: settings.payments,
         ...resources.options,
       });
     } catch (error) {

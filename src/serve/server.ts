@@ -584,11 +584,7 @@ export async function runServe(s: ServeSettings, io: ServeIo, env: Env): Promise
         logger,
         // The application's payment settings (docs/service.md, "Configure it"): the credits a
         // payment buys, and what the --worker rounds charge and credit for an auto top-up.
-        payments: {
-          stripe: s.payments.stripe,
-          creditsPerUnit: s.payments.creditsPerUnit,
-          keyNamespace: s.payments.keyNamespace,
-        },
+        payments: s.payments,
         ...customerTokenOptions(s),
         ...(resources === undefined ? {} : { queue: resources.queue, cache: resources.cache, ...resources.options }),
         ...(webhooks === undefined ? {} : { queue: webhooks.queue, domainEvents: true }),
