@@ -167,37 +167,39 @@ export function workerSettings(flags: WorkerFlags, env: Env): WorkerSettings {
     if (v === undefined) return { ms: fallback, given: false };
     return { ms: parseDuration(v.text, v.from), given: true };
   };
-  const integer = (flag: keyof WorkerFlags | null, name: string, min: number, max: number): number | undefined => {
+  /** A number from `min` to `max` (`whole`: without a fraction), or undefined when not given. */
+  const number = (flag: keyof WorkerFlags | null, name: string, min: number, max: number, whole = false) => {
     const v = read(flag, name);
     if (v === undefined) return undefined;
-    const n = /^[0-9]+$/.test(v.text) ? Number(v.text) : NaN;
+    const n = (whole ? /^[0-9]+$/ : /^[0-9]+(\.[0-9]+)?$/).test(v.text) ? Number(v.text) : NaN;
     if (!(n >= min && n <= max))
-      throw new UsageError(`${v.from} must be a whole number from ${min} to ${max}, not "${v.text}"`);
+      throw new UsageError(`${v.from} must be a ${whole ? "whole " : ""}number from ${min} to ${max}, not "${v.text}"`);
     return n;
   };
-  const number = (flag: keyof WorkerFlags | null, name: string, min: number, max: number): number | undefined => {
+  const integer = (flag: keyof WorkerFlags | null, name: string, min: number, max: number) =>
+    number(flag, name, min, max, true);
+  /** One of `values` (`words` lists them in the message), or undefined when not given. */
+  const oneOf = <T extends string>(
+    flag: keyof WorkerFlags | null,
+    name: string,
+    values: readonly T[],
+    words: string,
+  ) => {
     const v = read(flag, name);
-    if (v === undefined) return undefined;
-    const n = /^[0-9]+(\.[0-9]+)?$/.test(v.text) ? Number(v.text) : NaN;
-    if (!(n >= min && n <= max))
-      throw new UsageError(`${v.from} must be a number from ${min} to ${max}, not "${v.text}"`);
-    return n;
+    if (v !== undefined && !values.includes(v.text as T))
+      throw new UsageError(`${v.from} must be ${words}, not "${v.text}"`);
+    return v?.text as T | undefined;
   };
 
   const redisUrl = read(null, "CREDIT_REDIS_URL")?.text;
   if (redisUrl !== undefined && !/^rediss?:\/\//.test(redisUrl)) {
     throw new UsageError(`CREDIT_REDIS_URL must be a redis:// or rediss:// URL, not "${redisUrl}"`);
   }
-  const webhooksText = read(null, "CREDIT_WEBHOOKS")?.text;
-  if (webhooksText !== undefined && webhooksText !== "on" && webhooksText !== "off")
-    throw new UsageError(`CREDIT_WEBHOOKS must be on or off, not "${webhooksText}"`);
-  const webhooks = webhooksText === "on";
-  const modeText = read(null, "CREDIT_NOTIFICATIONS")?.text;
-  if (modeText !== undefined && modeText !== "off" && modeText !== "record" && modeText !== "deliver") {
-    throw new UsageError(`CREDIT_NOTIFICATIONS must be off, record or deliver, not "${modeText}"`);
-  }
+  const webhooks = oneOf(null, "CREDIT_WEBHOOKS", ["on", "off"], "on or off") === "on";
+  const modes = ["off", "record", "deliver"] as const;
   const notifications: NotificationsMode =
-    (modeText as NotificationsMode | undefined) ?? (redisUrl === undefined && !webhooks ? "off" : "deliver");
+    oneOf(null, "CREDIT_NOTIFICATIONS", modes, "off, record or deliver") ??
+    (redisUrl === undefined && !webhooks ? "off" : "deliver");
   if (notifications === "deliver" && redisUrl === undefined && !webhooks) {
     throw new UsageError("CREDIT_NOTIFICATIONS=deliver needs CREDIT_REDIS_URL (the stream it delivers to)");
   }
@@ -206,9 +208,7 @@ export function workerSettings(flags: WorkerFlags, env: Env): WorkerSettings {
     throw new UsageError("CREDIT_REDIS_CACHE_PREFIX needs CREDIT_REDIS_URL");
 
   // Checked here, before any connection (the store's constructor would fail later, with exit 1).
-  const partitions = read(null, "CREDIT_PG_PARTITIONS")?.text;
-  if (partitions !== undefined && !PartitionInterval.safeParse(partitions).success)
-    throw new UsageError(`CREDIT_PG_PARTITIONS must be day, week or month, not "${partitions}"`);
+  oneOf(null, "CREDIT_PG_PARTITIONS", PartitionInterval.options, "day, week or month");
 
   const jobs = duration("jobs-every", "CREDIT_WORKER_JOBS_EVERY", 60_000);
   const reminders = duration("reminders-every", "CREDIT_WORKER_REMINDERS_EVERY", 3_600_000);
@@ -244,10 +244,7 @@ export function workerSettings(flags: WorkerFlags, env: Env): WorkerSettings {
     }
   }
 
-  const levelText = read("log-level", "CREDIT_LOG_LEVEL");
-  if (levelText !== undefined && !LOG_LEVELS.includes(levelText.text as LogLevel)) {
-    throw new UsageError(`${levelText.from} must be one of ${LOG_LEVELS.join(", ")}, not "${levelText.text}"`);
-  }
+  const logLevel = oneOf("log-level", "CREDIT_LOG_LEVEL", LOG_LEVELS, `one of ${LOG_LEVELS.join(", ")}`) ?? "info";
   const ledgerFile = read(null, "CREDIT_LEDGER_FILE")?.text;
   const retentionText = read(null, "CREDIT_IDEMPOTENCY_RETENTION")?.text ?? "forever";
   const retention = /^[0-9]+$/.test(retentionText) ? Number(retentionText) : retentionText;
@@ -281,7 +278,7 @@ export function workerSettings(flags: WorkerFlags, env: Env): WorkerSettings {
     lowCredits: integer(null, "CREDIT_LOW_CREDITS", 0, Number.MAX_SAFE_INTEGER),
     lowCreditsPercent: number(null, "CREDIT_LOW_CREDITS_PERCENT", 0, 100),
     ledgerFile,
-    logLevel: (levelText?.text as LogLevel | undefined) ?? "info",
+    logLevel,
     idempotencyRetention: retentionText,
     stripeBaseUrl: payments.stripe.baseUrl,
     payments,
