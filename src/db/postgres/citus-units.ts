@@ -6,6 +6,7 @@ import { REVISION, unitFunctionNames } from "../../schema/citus-units.js";
 import type { SqlTable } from "../../schema/sql.js";
 import { type AccountState as BaseState, StateCache, stateAfter } from "../state-cache.js";
 import type { ChargeRecord, Changes, DbTransaction, LoadRequest, LoadedState } from "../types.js";
+import { isConflict } from "./errors.js";
 import type { PostgresDbManager } from "./index.js";
 import { stateText, type StartState } from "./reads.js";
 import { compactRow } from "./save-rows.js";
@@ -23,9 +24,6 @@ class NeedsTransaction extends Error {
     super("the unit of work runs again in a transaction");
   }
 }
-
-/** SQLSTATEs after which a unit of work runs again from a fresh load. */
-const AGAIN = new Set(["40001", "40P01", "23505"]);
 
 /**
  * Units of work on a store distributed on Citus, each as calls of the functions Citus delegates to
@@ -304,9 +302,12 @@ class CallTx implements DbTransaction {
       );
       rev = Number(row?.rev);
     } catch (error) {
-      const code = codeOf(error);
-      if (code !== undefined && AGAIN.has(code)) throw new Again(error);
-      if (code === "55P03")
+      // read() wraps the driver's error: its SQLSTATE is the cause's. A conflict (the function's
+      // revision check and missing rows raise 40001; a deadlock; a concurrent first write's unique
+      // key) runs the unit again from a fresh load. The function raises no 22P02 guard error.
+      const cause = error instanceof StorageError ? error.cause : error;
+      if (isConflict(cause)) throw new Again(error);
+      if ((cause as { code?: unknown } | null)?.code === "55P03")
         throw new LockTimeoutError(
           `[credit-management] [postgres] save: the account is locked by another transaction (still open after lockTimeoutMs = ${db.lockTimeoutMs}); nothing was written, the operation may be retried`,
           { operation: "save", lockTimeoutMs: db.lockTimeoutMs },
@@ -342,14 +343,4 @@ class CallTx implements DbTransaction {
     if (norm(state) !== norm(cached))
       throw new Error(`state cache of ${this.userId} differs from the database: ${norm(cached)} != ${norm(state)}`);
   }
-}
-
-/** The SQLSTATE of a driver error, or of the error `read()` wrapped it in. */
-function codeOf(error: unknown): string | undefined {
-  for (let e: unknown = error; e !== undefined && e !== null; e = (e as { cause?: unknown }).cause) {
-    const code = (e as { code?: unknown }).code;
-    if (typeof code === "string" && /^[0-9A-Z]{5}$/.test(code)) return code;
-    if (e === (e as { cause?: unknown }).cause) break;
-  }
-  return undefined;
 }
