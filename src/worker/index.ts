@@ -131,22 +131,11 @@ export interface CreditWorker {
   stop(): Promise<void>;
 }
 
-interface Settings {
-  jobsEveryMs: number;
-  remindersEveryMs: number;
-  dispatchEveryMs: number;
-  topUpEveryMs: number;
-  revenueEveryMs: number;
-  revenueEntries: number;
-  usageEveryMs: number;
-  usageEntries: number;
-  jitter: number;
-  batchSize: number;
-  concurrency: number;
-  dispatchLimit: number;
+/** The options with their defaults filled in (`checkpointEntries` has none: undefined is off). */
+type Settings = Required<Omit<z.output<typeof WorkerOptions>, "logger" | "checkpointEntries" | "reminderDays">> & {
   checkpointEntries: number | undefined;
   reminderDays: readonly number[];
-}
+};
 
 type RoundResult = Pick<WorkerRound, "ok" | "idle" | "report">;
 
