@@ -552,15 +552,17 @@ function rebuildSqlite(table: SqlTable, naming: NamingOptions, later: ReadonlyMa
 
 /**
  * Why a manager of `dialect`'s store refuses a store at schema `version` (0: it has none; its
- * version row would be in `versionTable`): it is newer than this release, or older while the
- * manager does not migrate (`migrate: false`: the error names the command that upgrades it).
+ * version row — MongoDB: document — would be in `versionTable`): it is newer than this release, or
+ * older while the manager does not migrate (`migrate: false`: the error names the command that
+ * upgrades it, with `--prefix` where the store's names have a `prefix` the command must be given).
  * Null when it may go on.
  */
 export function versionRefusal(
-  dialect: SqlDialect,
+  dialect: SqlDialect | "mongodb",
   version: number,
   migrate: boolean,
   versionTable: string,
+  prefix?: string,
 ): ConfigurationError | null {
   const store = `[credit-management] [${dialect}]`;
   if (version > SCHEMA_VERSION)
@@ -568,10 +570,16 @@ export function versionRefusal(
       `${store} the store's schema is version ${version}, newer than this release understands (${SCHEMA_VERSION}): upgrade credit-management`,
     );
   if (version === SCHEMA_VERSION || migrate) return null;
+  const command = `npx credit-management schema --dialect ${dialect}${prefix ? ` --prefix ${prefix}` : ""}`;
+  if (version > 0)
+    return new ConfigurationError(
+      `${store} the store's schema is version ${version}, this release needs ${SCHEMA_VERSION}, and this manager does not migrate (migrate: false): apply \`${command} --from-version ${version}\` first`,
+    );
+  // MongoDB releases before the version document (schema versions 1 to 4) wrote none.
+  const older = dialect === "mongodb" ? " (a store an older release made: add --from-version N)" : "";
+  const row = dialect === "mongodb" ? "document" : "row";
   return new ConfigurationError(
-    version === 0
-      ? `${store} the store has no credit-management schema (no version row in ${versionTable}) and this manager does not migrate (migrate: false): apply \`npx credit-management schema --dialect ${dialect}\` first`
-      : `${store} the store's schema is version ${version}, this release needs ${SCHEMA_VERSION}, and this manager does not migrate (migrate: false): apply \`npx credit-management schema --dialect ${dialect} --from-version ${version}\` first`,
+    `${store} the store has no credit-management schema (no version ${row} in ${versionTable}) and this manager does not migrate (migrate: false): apply \`${command}\` first${older}`,
   );
 }
 

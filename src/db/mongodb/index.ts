@@ -20,6 +20,7 @@ import { MongoPromoStore } from "./promos.js";
 import { MongoSubscriptionStore } from "./subscriptions.js";
 import { MONGO_COLLECTIONS, VERSION_COLLECTION, droppedIndexesAfter, filledFieldsAfter } from "./layout.js";
 import { SCHEMA_COMPONENT, SCHEMA_VERSION } from "../../schema/sql.js";
+import { versionRefusal } from "../../schema/migrations.js";
 import { StateCache } from "./state-cache.js";
 import { MongoBatch, type BatchContext, type BatchResult, type Unit } from "./batch.js";
 import {
@@ -243,20 +244,9 @@ export class MongoDbManager extends StoreBase implements DbManager {
     );
     const found = await guard("init: read the schema version", () => versions.findOne({ _id: SCHEMA_COMPONENT }));
     const version = typeof found?.version === "number" ? found.version : 0;
-    if (version > SCHEMA_VERSION) {
-      throw new ConfigurationError(
-        `[credit-management] [mongodb] the store's schema is version ${version}, newer than this release understands (${SCHEMA_VERSION}): upgrade credit-management`,
-      );
-    }
-    if (!this.migrate) {
-      if (version === SCHEMA_VERSION) return;
-      const prefix = this.collectionPrefix === "" ? "" : ` --prefix ${this.collectionPrefix}`;
-      throw new ConfigurationError(
-        version === 0
-          ? `[credit-management] [mongodb] the store has no credit-management schema (no version document in ${versions.collectionName}) and this manager does not migrate (migrate: false): apply \`npx credit-management schema --dialect mongodb${prefix}\` first (a store an older release made: add --from-version N)`
-          : `[credit-management] [mongodb] the store's schema is version ${version}, this release needs ${SCHEMA_VERSION}, and this manager does not migrate (migrate: false): apply \`npx credit-management schema --dialect mongodb${prefix} --from-version ${version}\` first`,
-      );
-    }
+    const refused = versionRefusal("mongodb", version, this.migrate, versions.collectionName, this.collectionPrefix);
+    if (refused !== null) throw refused;
+    if (!this.migrate) return; // (at this release's version: any other is refused above)
     const existing = await guard("init: listCollections", () =>
       this.db.listCollections({}, { nameOnly: true }).toArray(),
     );
