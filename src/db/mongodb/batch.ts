@@ -13,8 +13,15 @@ export interface BatchContext extends UnitContext {
 
 /** A unit of work waiting to run; `attempts` counts the failed batches it took part in. */
 export type Unit = QueuedUnit & {
-  /** Out of optimistic attempts: runs alone, writing its account first (`MongoDbManager.attempt`). */
-  locked?: boolean;
+  /**
+   * Out of optimistic attempts: it runs alone, its transaction writing its account first, until
+   * this time (`performance.now()`, ms; see `MongoDbManager.runBatch`).
+   */
+  lockedUntil?: number;
+  /** Its last (locked) run wrote its account first: whatever failed it then, it lost no race. */
+  held?: boolean;
+  /** How long to wait before its next run alone, in ms (backoff after a lost race). */
+  delay?: number;
 };
 
 /** A unit of work's `DbTransaction` in a batch, with the caller waiting for it. */
@@ -47,7 +54,9 @@ export interface BatchResult {
 const COMMIT_RETRIES = 3;
 
 /**
- * One MongoDB transaction serving one or more units of work on different accounts (group commit).
+ * One MongoDB transaction serving one or more units of work on different accounts (group commit):
+ * its own, or the application's (`joined`, for `joinTransaction`: no commit, and whatever fails
+ * is the caller's to report).
  *
  * Every unit's `fn` starts at once with its own `DbTransaction`. A unit whose account is in the
  * state cache loads without a read; the others wait until every unit has asked for its state (or
@@ -61,12 +70,16 @@ const COMMIT_RETRIES = 3;
  * fails (a write conflict, a duplicate key, any driver error), nothing of it is committed and
  * every unit runs again, alone, so a culprit fails only itself. A guard miss (a cached state that
  * another process made stale) fails no unit: the batch's units run again together, on fresh reads.
- * A commit whose outcome stays unknown is never rerun: its units get a `StorageError`.
+ * A commit whose outcome stays unknown is never rerun: its units get a `StorageError`. A unit out
+ * of optimistic attempts (`lockedUntil`) runs alone and writes its account's `_rev` before
+ * anything else: from then on no other transaction can write the account before this one ends.
  */
 export class MongoBatch implements UnitHost {
   readonly txs: BatchTx[];
-  private session: ClientSession | null = null;
-  private inTransaction = false;
+  private session: ClientSession | null;
+  private inTransaction: boolean;
+  /** The transaction is the batch's own (to commit, or abort, and end), not the application's. */
+  private readonly own: boolean;
   /** The first failure of the shared transaction: nothing of it will commit. */
   failure: unknown = undefined;
   /** Serialises the session's commands (a transaction's first command must go first). */
@@ -82,16 +95,23 @@ export class MongoBatch implements UnitHost {
     units: readonly Unit[],
     /** Start units from the state cache (false: every unit reads its state in the transaction). */
     cached = true,
+    /** The application's session, with its transaction started (`joinTransaction`). */
+    joined?: ClientSession,
   ) {
-    this.txs = units.map((u) => new BatchTx(this, u, cached ? ctx.states?.get(u.userId) : undefined));
+    this.txs = units.map(
+      (u) => new BatchTx(this, u, cached && u.lockedUntil === undefined ? ctx.states?.get(u.userId) : undefined),
+    );
     this.running = this.txs.length;
+    this.session = joined ?? null;
+    this.inTransaction = joined !== undefined;
+    this.own = joined === undefined;
   }
 
   async run(): Promise<BatchResult> {
     try {
       return await this.runUnits();
     } finally {
-      if (this.session !== null) {
+      if (this.session !== null && this.own) {
         // Cleanup only: the batch's own result or error is what `run` answers. The server aborts an
         // abandoned transaction...
         if (this.inTransaction) await this.session.abortTransaction().catch(() => undefined);
@@ -102,15 +122,20 @@ export class MongoBatch implements UnitHost {
   }
 
   private async runUnits(): Promise<BatchResult> {
-    const outcomes = await Promise.allSettled(
-      this.txs.map(async (tx) => {
-        try {
-          return await tx.unit.fn(tx);
-        } finally {
-          this.park();
-        }
-      }),
-    );
+    // A locked unit's write of its account first: if that fails, no unit runs (the batch failed).
+    for (const tx of this.txs) if (tx.unit.lockedUntil !== undefined) await this.hold(tx);
+    const outcomes =
+      this.failure !== undefined
+        ? []
+        : await Promise.allSettled(
+            this.txs.map(async (tx) => {
+              try {
+                return await tx.unit.fn(tx);
+              } finally {
+                this.park();
+              }
+            }),
+          );
     const retry: BatchResult["retry"] = [];
     const states = this.ctx.states;
     const again = (tx: BatchTx, reason: unknown) => {
@@ -196,14 +221,31 @@ export class MongoBatch implements UnitHost {
     }
   }
 
-  /** Writes every queued change (one command per collection) and commits. */
+  /**
+   * A locked unit's first write: its account's `_rev` (no account yet: nothing to hold, and a
+   * racing first insert is a duplicate key as ever). Its `load` then reads the `_rev` written,
+   * which the save's guard finds. A failure is recorded (`failure`), not thrown.
+   */
+  private async hold(tx: BatchTx): Promise<void> {
+    const { accounts } = this.ctx.c;
+    try {
+      const res = await this.op((session) =>
+        accounts.updateOne({ _id: tx.userId }, { $inc: { _rev: 1 } }, { session }),
+      );
+      tx.unit.held = res.matchedCount === 1;
+    } catch {
+      // `op` recorded the failure: the batch's units run again (or give up) without running here.
+    }
+  }
+
+  /** Writes every queued change (one command per collection) and commits (its own transaction). */
   private async save(savers: readonly BatchTx[]): Promise<void> {
     try {
       await saveChanges(this.ctx, (run) => this.op(run), savers);
     } catch (error) {
       throw this.fail(error);
     }
-    await this.commit();
+    if (this.own) await this.commit();
   }
 
   private async commit(): Promise<void> {

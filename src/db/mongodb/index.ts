@@ -15,7 +15,6 @@ import type {
   StoreStats,
 } from "../types.js";
 import { ACCOUNT, ENTRY, GRANT, LEDGER, RESERVATION, fromDoc, toDoc, type StoredDoc } from "./documents.js";
-import { AccountLocks } from "../store/account-locks.js";
 import { MongoPromoStore } from "./promos.js";
 import { MongoSubscriptionStore } from "./subscriptions.js";
 import { MONGO_COLLECTIONS, VERSION_COLLECTION, droppedIndexesAfter, filledFieldsAfter } from "./layout.js";
@@ -44,7 +43,7 @@ import type { UsageBucket, UsageScan } from "../../domain/usage.js";
 import { usageBucketOf, usagePipeline } from "./usage.js";
 import { BatchOption, type MongoDbManagerConfig, type MongoDbManagerOptions, supportsTransactions } from "./options.js";
 import { BSON_OPTIONS, type Collections, ONE_BATCH, afterCursor, batchOf } from "./collections.js";
-import { BACKOFF, LOCK_WAIT_MS, SoloUnit, StaleAccount, TRANSACTION_OPTIONS } from "./unit.js";
+import { BACKOFF, LOCK_WAIT_MS, StaleAccount, TRANSACTION_OPTIONS } from "./unit.js";
 export type { MongoDbManagerConfig, MongoDbManagerOptions } from "./options.js";
 
 /** Weight of one batch in `MongoDbManager.staleRate`. */
@@ -60,23 +59,23 @@ const STALE_DECAY = 0.97;
 /**
  * The MongoDB store (`credit-management/mongodb`), on the official `mongodb` driver.
  *
- * Every unit of work is one multi-document transaction (`session.withTransaction`, snapshot read
- * concern, majority write concern) that starts its writes by updating the account document with
- * the guard `{ _id: userId, seq: <seq when loaded> }`. Two units of work on one account therefore
- * always write the same document: MongoDB lets only one of them commit and the other is retried
- * from the start (write conflicts, guard misses and a racing first insert alike), with jittered
- * backoff, up to `maxAttempts`; then its transactions write the account first, for up to
- * `LOCK_WAIT_MS` of tries, before a `ConflictError` (`attempt`). Within one process, units of
- * work on one account queue for it first (FIFO), so only other processes can make a unit of work
- * retry, and the last committed state of recently used accounts is kept to skip their read (see
- * `stateCacheSize`). Needs a replica set (Atlas, or a single-node `--replSet`); `init()` says so
- * on a standalone server.
+ * Every unit of work runs in a batch of one or more ({@link MongoBatch}): one multi-document
+ * transaction (snapshot read concern, majority write concern) that starts its writes by updating
+ * each account document with the guard `{ _id: userId, seq: <seq when loaded> }`. Two units of
+ * work on one account therefore always write the same document: MongoDB lets only one of them
+ * commit and the other runs again from the start (write conflicts, guard misses and a racing first
+ * insert alike), with jittered backoff, up to `maxAttempts`; then its transactions write the
+ * account first, for up to `LOCK_WAIT_MS` of tries, before a `ConflictError` (`runBatch`). Within
+ * one process, units of work on one account queue for it first (FIFO), so only other processes
+ * can make a unit of work run again, and the last committed state of recently used accounts is
+ * kept to skip their read (see `stateCacheSize`). Needs a replica set (Atlas, or a single-node
+ * `--replSet`); `init()` says so on a standalone server.
  *
  * Group commit (`batch`, on by default): units of work on different accounts that wait at the same
- * moment share one transaction ({@link MongoBatch}), with one command per collection for all their
- * writes and one commit; each account write keeps its guard, and a failed batch runs its units
- * again one by one as above, so that a culprit fails only itself (after a guard miss, which is no
- * unit's failure, together again on fresh reads).
+ * moment share one batch, with one command per collection for all their writes and one commit;
+ * each account write keeps its guard, and a failed batch runs its units again one by one, so that
+ * a culprit fails only itself (after a guard miss, which is no unit's failure, together again on
+ * fresh reads). `batch: false`: every batch has one unit.
  *
  * ```ts
  * const db = MongoDbManager.fromUri(process.env.MONGO_URI!, "billing");
@@ -99,16 +98,13 @@ export class MongoDbManager extends StoreBase implements DbManager {
   /** Plans and subscriptions (./subscriptions.ts), promos and payments (./promos.ts), the outbox. */
   protected readonly parts: SideParts;
   private lastLedgerOrd = 0;
-  private readonly locks = new AccountLocks();
   private readonly states: StateCache | null;
   private readonly verifyStates: boolean;
-  /** Group commit (`batch`): 1 when off. */
-  private readonly maxUnits: number;
   /**
    * Group commit, oldest first. A unit of work whose account this process is already working on
-   * waits in the queue (FIFO per account, as without batching). A unit that must run alone (after
-   * a failed batch) runs at once in a transaction of its own. The others form batches of distinct
-   * accounts, up to `maxUnits` each, while fewer than `concurrency` run.
+   * waits in the queue (FIFO per account). A unit that must run alone (after a failed batch, or
+   * a lost race) runs at once (after its backoff) in a batch of its own. The others form batches
+   * of distinct accounts, up to `maxUnits` each, while fewer than `concurrency` run.
    */
   private readonly group: GroupCommit<Unit>;
   private readonly batchContext: BatchContext;
@@ -159,15 +155,19 @@ export class MongoDbManager extends StoreBase implements DbManager {
         batch.error,
       );
     }
-    this.maxUnits = batch.data === false ? 1 : (batch.data.maxUnits ?? 32);
     this.group = new GroupCommit<Unit>({
-      maxUnits: this.maxUnits,
-      concurrency: batch.data === false ? 1 : (batch.data.concurrency ?? 2),
+      maxUnits: batch.data === false ? 1 : (batch.data.maxUnits ?? 32),
+      // Without group commit every unit of work is a batch of one, as many at once as there are accounts.
+      concurrency: batch.data === false ? Infinity : (batch.data.concurrency ?? 2),
       maxAlone: Infinity,
       perAccount: 1,
       alone: (u) => u.solo,
       runBatch: (units) => this.runBatch(units),
-      runAlone: (u) => this.attempt(u.userId, u.fn, u.attempts, u.locked === true).then(u.resolve, u.reject),
+      // A unit alone waits out its backoff here, holding its account (FIFO per account).
+      runAlone: async (u) => {
+        if ((u.delay ?? 0) > 0) await sleep(u.delay as number);
+        await this.runBatch([u]);
+      },
     });
     const col = (name: string) => this.db.collection<StoredDoc>(`${this.collectionPrefix}${name}`, BSON_OPTIONS);
     this.c = {
@@ -327,19 +327,10 @@ export class MongoDbManager extends StoreBase implements DbManager {
     if (this.ownsClient) await this.client.close();
   }
 
-  async transaction<T>(userId: string, fn: (tx: DbTransaction) => Promise<T>): Promise<T> {
-    if (this.maxUnits > 1) {
-      return new Promise<T>((resolve, reject) => {
-        this.group.push(false, { userId, fn, resolve: resolve as Unit["resolve"], reject, attempts: 0, solo: false });
-      });
-    }
-    const wait = this.locks.acquire(userId);
-    if (wait !== undefined) await wait;
-    try {
-      return await this.attempt(userId, fn);
-    } finally {
-      this.locks.release(userId);
-    }
+  transaction<T>(userId: string, fn: (tx: DbTransaction) => Promise<T>): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      this.group.push(false, { userId, fn, resolve: resolve as Unit["resolve"], reject, attempts: 0, solo: false });
+    });
   }
 
   /**
@@ -369,25 +360,50 @@ export class MongoDbManager extends StoreBase implements DbManager {
       outbox,
     };
     // No state cache: its guard on `{ seq, _rev }` keeps it right whatever the application decides.
-    const context = { c, states: null, verify: false, promos: promoStore, outbox };
-    return joinedStore(this, { c, promoStore, outbox, parts }, async (userId, fn) => {
-      try {
-        return await new SoloUnit(context, session, userId, undefined).run(async (tx) => fn(tx));
-      } catch (error) {
-        const e = toCreditError(error, "transaction");
-        // The application's transaction is aborted: only a new run of it can succeed.
-        if (e instanceof ConflictError)
-          throw new ConflictError(
-            `${e.message}; abort and retry the transaction`,
-            { ...e.details, retry: "transaction" },
-            error,
+    const context = { ...this.batchContext, c, states: null, verify: false, promos: promoStore, outbox };
+    /** A failure as the application hears it: a conflict aborted its transaction, which only it can run again. */
+    const failure = (error: unknown) => {
+      const e = toCreditError(error, "transaction");
+      if (!(e instanceof ConflictError)) return e;
+      return new ConflictError(
+        `${e.message}; abort and retry the transaction`,
+        { ...e.details, retry: "transaction" },
+        error,
+      );
+    };
+    return joinedStore(
+      this,
+      { c, promoStore, outbox, parts },
+      (userId, fn) =>
+        new Promise((resolve, reject) => {
+          const unit: Unit = {
+            userId,
+            fn: async (tx) => fn(tx),
+            resolve: resolve as Unit["resolve"],
+            reject: (error) => reject(failure(error)),
+            attempts: 0,
+            solo: true,
+          };
+          void new MongoBatch(context, [unit], false, session).run().then(
+            ({ retry }) => retry.forEach((r) => unit.reject(r.reason)),
+            (error: unknown) => unit.reject(error),
           );
-        throw e;
-      }
-    });
+        }),
+    );
   }
 
-  /** Runs one batch; its units that must run again go to the front of the queue. */
+  /**
+   * Runs a batch of one or more units; those that must run again go to the front of the queue.
+   * After a failed batch its units run again alone, so that whatever failed it fails only its own
+   * unit; after a guard miss (no unit's failure) together again, on fresh reads. A unit alone that
+   * lost a race (a write conflict, a guard miss, a racing first insert or unique-index refusal,
+   * anything labelled transient) runs again after a jittered backoff; any other failure is its own. After `maxAttempts` runs, its runs are locked: each transaction first writes the
+   * account document (`_rev`), which no other transaction can then write until it ends, so nothing
+   * can move the account under it; that first write fails at once while another transaction holds
+   * the document, and is tried again, with backoff, for up to `LOCK_WAIT_MS` before `ConflictError`
+   * (docs/storage.md, MongoDB). A locked run that failed after its first write lost no race: it is
+   * not run again (`ConflictError`, or `StorageError` when the server could not be reached).
+   */
   private async runBatch(units: Unit[]): Promise<void> {
     let retry: BatchResult["retry"];
     try {
@@ -403,122 +419,36 @@ export class MongoDbManager extends StoreBase implements DbManager {
       return;
     }
     const again: Unit[] = [];
-    for (const { unit, batch } of retry) {
+    for (const { unit, reason, batch } of retry) {
       unit.attempts++;
-      if (unit.attempts >= this.maxAttempts) {
-        // Out of optimistic attempts: alone, its account written first (`attempt`, locked).
+      // Guard misses, racing first inserts and unique-index refusals abort the transaction
+      // without the transient label: the next run reloads and decides again (a repeated
+      // idempotency key then answers with the first result or IdempotencyConflictError).
+      const lost = batch === true || reason instanceof StaleAccount || isRetryableConflict(reason);
+      if (units.length === 1 && !lost) {
+        unit.reject(toCreditError(reason, "transaction"));
+        continue;
+      }
+      unit.delay = 0;
+      if (unit.lockedUntil !== undefined) {
+        if (unit.held === true || performance.now() >= unit.lockedUntil) {
+          unit.reject(this.exhausted(unit.userId, unit.attempts, reason));
+          continue;
+        }
+        unit.delay = backoff(unit.attempts - this.maxAttempts, BACKOFF);
+      } else if (unit.attempts >= this.maxAttempts) {
+        // Out of optimistic attempts: alone, its account written first.
         unit.solo = true;
-        unit.locked = true;
+        unit.lockedUntil = performance.now() + LOCK_WAIT_MS;
       } else {
-        // Alone from now on, so that whatever failed the batch fails only its own unit; after a
-        // guard miss (no unit's failure) together again, on fresh reads.
         unit.solo = batch !== true;
+        // A unit alone that lost a race waits a little; one whose batch failed runs alone at once.
+        if (units.length === 1 && batch !== true) unit.delay = backoff(unit.attempts, BACKOFF);
       }
       again.push(unit);
     }
     // At the front of the queue, in their order: they are the oldest of their accounts.
     if (again.length > 0) this.group.push(true, ...again);
-  }
-
-  /**
-   * Runs the unit of work in a transaction, retrying it after a lost race (see the class doc).
-   * After `maxAttempts` optimistic attempts (or `locked` from the start), its attempts are locked:
-   * each transaction first writes the account document (`_rev`), which no other transaction can
-   * then write until it ends, so nothing can move the account under it; that first write fails at
-   * once while another transaction holds the document, and is tried again, with backoff, for up
-   * to `LOCK_WAIT_MS` before `ConflictError` (docs/storage.md, MongoDB). A locked attempt that
-   * failed after its first write lost no race: it is not tried again (`ConflictError`, or
-   * `StorageError` when the server could not be reached).
-   */
-  private async attempt<T>(
-    userId: string,
-    fn: (tx: DbTransaction) => Promise<T>,
-    attemptsBefore = 0,
-    lockedBefore = false,
-  ): Promise<T> {
-    let attempts = attemptsBefore;
-    let locked = false;
-    let deadline = 0;
-    let lockTries = 0;
-    /** A locked attempt wrote its account first and still failed: no race lost, so no more tries. */
-    let held = false;
-    const lock = () => {
-      if (locked) return;
-      locked = true;
-      deadline = performance.now() + LOCK_WAIT_MS;
-    };
-    if (lockedBefore) lock();
-    /** Out of attempts: the optimistic ones lead to locked ones, which end at their deadline. */
-    const spent = () => {
-      if (attempts >= this.maxAttempts) lock();
-      return locked && performance.now() >= deadline;
-    };
-    let cached = lockedBefore ? undefined : this.states?.get(userId);
-    /** The last failure of an attempt (a refused or unreachable commit, an operation). */
-    let lastFailure: unknown;
-    for (;;) {
-      const session = this.client.startSession();
-      // The driver retries a commit labelled transient itself: its errors are seen here, so that
-      // giving up can tell an unreachable server from lost races (`exhausted`).
-      const commit = session.commitTransaction.bind(session);
-      session.commitTransaction = (options) =>
-        commit(options).catch((error: unknown) => {
-          lastFailure = error;
-          throw error;
-        });
-      let unit: SoloUnit | undefined;
-      try {
-        // withTransaction retries the callback itself on TransientTransactionError (write
-        // conflicts) with backoff, and the commit on UnknownTransactionCommitResult. Its retries
-        // count against maxAttempts too, and start from a fresh read.
-        const value = await session.withTransaction(async (s) => {
-          if (spent() || held) throw this.exhausted(userId, attempts, lastFailure);
-          // withTransaction retries a lost race at once: a locked attempt waits a little first.
-          if (locked && lockTries++ > 0) await sleep(backoff(lockTries, BACKOFF));
-          attempts++;
-          unit = new SoloUnit(this.batchContext, s, userId, attempts === 1 && !locked ? cached : undefined, locked);
-          try {
-            return await unit.run(fn);
-          } catch (error) {
-            lastFailure = error;
-            throw error;
-          } finally {
-            held = unit.holding; // (a commit that fails after this brings the callback back too)
-          }
-        }, TRANSACTION_OPTIONS);
-        // Committed: nothing from here on may turn it into a failure (the caller would retry a
-        // change that happened). A state that cannot be kept is dropped: the next load reads it.
-        const after = (unit as SoloUnit | undefined)?.stateAfter;
-        if (after !== undefined) {
-          try {
-            this.states?.set(userId, after);
-          } catch {
-            this.states?.delete(userId);
-          }
-        }
-        return value;
-      } catch (error) {
-        this.states?.delete(userId);
-        // A cached state that turned out stale: rerun at once on a fresh read.
-        if (error instanceof StaleAccount && error.fromCache) {
-          cached = undefined;
-          continue;
-        }
-        // Guard misses, racing first inserts and unique-index refusals abort the transaction
-        // without the transient label: the next attempt reloads and decides again (a repeated
-        // idempotency key then answers with the first result or IdempotencyConflictError).
-        if (error instanceof StaleAccount || isRetryableConflict(error)) {
-          if (spent() || held) throw this.exhausted(userId, attempts, error);
-          cached = undefined;
-          if (!locked) await sleep(backoff(attempts, BACKOFF)); // (a locked try waits in the callback)
-          continue;
-        }
-        throw toCreditError(error, "transaction");
-      } finally {
-        // The outcome is decided above; a session that fails to end is timed out by the server.
-        await session.endSession().catch(() => undefined);
-      }
-    }
   }
 
   /** Reads the schema-version document (null when there is none), which also proves the server answers. */

@@ -1,6 +1,6 @@
 import { isDeepStrictEqual } from "node:util";
 import type { AnyBulkWriteOperation, ClientSession, Collection, Document, TransactionOptions } from "mongodb";
-import { ConflictError, CreditError } from "../../errors.js";
+import { ConflictError } from "../../errors.js";
 import type { Grant, JournalEntry, Payment, Promo, Reservation } from "../../models/index.js";
 import type { ChargeRecord, Changes, DbTransaction, LoadRequest, LoadedState } from "../types.js";
 import {
@@ -20,8 +20,7 @@ import { type AccountState, type StateCache, checkCachedState, stateAfter } from
 import { deferred } from "../store/group-commit.js";
 
 // A unit of work on the MongoDB store (docs/storage.md, MongoDB): the `DbTransaction` it sees, its
-// reads and its writes — the same whether it runs in a batch (./batch.ts) or alone (`SoloUnit`) —
-// and how long its attempts wait.
+// reads and its writes (in the batch it runs in, ./batch.ts), and how long its attempts wait.
 
 /**
  * Snapshot reads, majority-acknowledged commits: a unit of work sees one consistent state, and a
@@ -491,68 +490,5 @@ export class UnitTx implements DbTransaction {
     if (changes.account.userId !== this.userId)
       throw new Error(`save() got account ${changes.account.userId} in a unit of work on ${this.userId}`);
     this.pending = changes;
-  }
-}
-
-/**
- * A unit of work alone in a transaction: its own (`MongoDbManager.attempt`, which commits it) or
- * the application's (`joinTransaction`). Its read is its own, and its writes follow it at once.
- */
-export class SoloUnit implements UnitHost {
-  /** A locked attempt that wrote its account first: no other transaction can write it now. */
-  holding = false;
-  /** What the state cache may hold once the transaction commits. */
-  stateAfter: AccountState | undefined;
-
-  constructor(
-    readonly ctx: UnitContext,
-    private readonly session: ClientSession,
-    private readonly userId: string,
-    private readonly cached: AccountState | undefined,
-    /** A locked attempt: `run` writes the account document before anything else (see `attempt`). */
-    private readonly lockFirst = false,
-  ) {}
-
-  op<T>(run: (session: ClientSession) => Promise<T>): Promise<T> {
-    return run(this.session);
-  }
-
-  waitForLoad(tx: UnitTx): void {
-    void this.op((s) => readStates(this.ctx.c, s, [{ userId: tx.userId, key: tx.loadKey }])).then(
-      (found) => tx.receive(found.get(tx.userId)),
-      (error: unknown) => tx.loaded.reject(error),
-    );
-  }
-
-  /**
-   * Runs the unit of work and writes what it saved. One that decided on a cached state without
-   * saving (a refusal, or nothing to change) must not be trusted before the account's `_rev`
-   * confirms the state was current: else it runs again on a fresh read (`StaleAccount`).
-   */
-  async run<T>(fn: (tx: DbTransaction) => Promise<T>): Promise<T> {
-    const { c } = this.ctx;
-    // A write of the account's `_rev` first (no account yet: nothing to hold, and a racing first
-    // insert is a duplicate key as ever): from here no other transaction can write it before this
-    // one ends, and `load` reads the `_rev` written, which the save's guard then finds.
-    if (this.lockFirst) {
-      const res = await c.accounts.updateOne({ _id: this.userId }, { $inc: { _rev: 1 } }, { session: this.session });
-      this.holding = res.matchedCount === 1;
-    }
-    const tx = new UnitTx(this, this.userId, this.cached);
-    const confirm = async () => {
-      if ((await staleOf(c.accounts, [tx], this.session)).length > 0)
-        throw new StaleAccount(`account ${this.userId}`, true);
-    };
-    let value: T;
-    try {
-      value = await fn(tx);
-    } catch (error) {
-      if (tx.fromCache && tx.pending === null && error instanceof CreditError) await confirm();
-      throw error;
-    }
-    if (tx.pending !== null) await saveChanges(this.ctx, (run) => this.op(run), [tx]);
-    else if (tx.fromCache) await confirm();
-    this.stateAfter = tx.stateAfter();
-    return value;
   }
 }
