@@ -1,15 +1,18 @@
-import type { ClientSession, MongoClient, TransactionOptions } from "mongodb";
+import type { ClientSession } from "mongodb";
 import { ConflictError, CreditError } from "../../errors.js";
 import { hasLabel, toCreditError } from "./errors.js";
 import type { AccountState } from "./state-cache.js";
 import type { QueuedUnit } from "../store/group-commit.js";
-import { StaleAccount, UnitTx, readStates, saveChanges, staleOf, type UnitContext, type UnitHost } from "./unit.js";
-
-/** What a batch needs from its manager. */
-export interface BatchContext extends UnitContext {
-  readonly client: MongoClient;
-  readonly transactionOptions: TransactionOptions;
-}
+import {
+  StaleAccount,
+  TRANSACTION_OPTIONS,
+  UnitTx,
+  readStates,
+  saveChanges,
+  staleOf,
+  type UnitContext,
+  type UnitHost,
+} from "./unit.js";
 
 /** A unit of work waiting to run; `attempts` counts the failed batches it took part in. */
 export type Unit = QueuedUnit & {
@@ -91,7 +94,7 @@ export class MongoBatch implements UnitHost {
   private committing = false;
 
   constructor(
-    readonly ctx: BatchContext,
+    readonly ctx: UnitContext,
     units: readonly Unit[],
     /** Start units from the state cache (false: every unit reads its state in the transaction). */
     cached = true,
@@ -278,7 +281,7 @@ export class MongoBatch implements UnitHost {
       if (this.failure !== undefined) throw new BatchFailed(this.failure);
       if (this.session === null) this.session = this.ctx.client.startSession();
       if (!this.inTransaction) {
-        this.session.startTransaction(this.ctx.transactionOptions);
+        this.session.startTransaction(TRANSACTION_OPTIONS);
         this.inTransaction = true;
       }
       try {

@@ -21,7 +21,7 @@ import { MONGO_COLLECTIONS, VERSION_COLLECTION, droppedIndexesAfter, filledField
 import { SCHEMA_COMPONENT, SCHEMA_VERSION } from "../../schema/sql.js";
 import { versionRefusal } from "../../schema/migrations.js";
 import { StateCache } from "./state-cache.js";
-import { MongoBatch, type BatchContext, type BatchResult, type Unit } from "./batch.js";
+import { MongoBatch, type BatchResult, type Unit } from "./batch.js";
 import {
   STANDALONE_MESSAGE,
   guard,
@@ -43,7 +43,7 @@ import type { UsageBucket, UsageScan } from "../../domain/usage.js";
 import { usageBucketOf, usagePipeline } from "./usage.js";
 import { BatchOption, type MongoDbManagerConfig, type MongoDbManagerOptions, supportsTransactions } from "./options.js";
 import { BSON_OPTIONS, type Collections, ONE_BATCH, afterCursor, batchOf } from "./collections.js";
-import { BACKOFF, LOCK_WAIT_MS, StaleAccount, TRANSACTION_OPTIONS } from "./unit.js";
+import { BACKOFF, LOCK_WAIT_MS, StaleAccount, type UnitContext } from "./unit.js";
 export type { MongoDbManagerConfig, MongoDbManagerOptions } from "./options.js";
 
 /** Weight of one batch in `MongoDbManager.staleRate`. */
@@ -107,7 +107,7 @@ export class MongoDbManager extends StoreBase implements DbManager {
    * of distinct accounts, up to `maxUnits` each, while fewer than `concurrency` run.
    */
   private readonly group: GroupCommit<Unit>;
-  private readonly batchContext: BatchContext;
+  private readonly batchContext: UnitContext;
   /**
    * How often batches that started from cached states lately found one stale (a moving average
    * of 0 or 1 per such batch). Another process writing the same accounts makes most cached states
@@ -194,7 +194,6 @@ export class MongoDbManager extends StoreBase implements DbManager {
       verify: this.verifyStates,
       promos: this.promoStore,
       outbox: this.outbox,
-      transactionOptions: TRANSACTION_OPTIONS,
     };
   }
 

@@ -41,7 +41,7 @@ export class MongoPromoStore implements PromoPaymentStore {
     this.payments = col("payments");
   }
 
-  // ---- Inside a unit of work (driver errors unconverted: withTransaction must see their labels).
+  // ---- Inside a unit of work (driver errors unconverted: its manager must see their labels).
 
   async getPromoIn(session: ClientSession, code: string): Promise<PromoT | null> {
     const d = await this.promos.findOne({ _id: code }, { session });

@@ -1,5 +1,12 @@
 import { isDeepStrictEqual } from "node:util";
-import type { AnyBulkWriteOperation, ClientSession, Collection, Document, TransactionOptions } from "mongodb";
+import type {
+  AnyBulkWriteOperation,
+  ClientSession,
+  Collection,
+  Document,
+  MongoClient,
+  TransactionOptions,
+} from "mongodb";
 import { ConflictError } from "../../errors.js";
 import type { Grant, JournalEntry, Payment, Promo, Reservation } from "../../models/index.js";
 import type { ChargeRecord, Changes, DbTransaction, LoadRequest, LoadedState } from "../types.js";
@@ -46,8 +53,10 @@ export interface UnitCollections {
   journal: Collection<StoredDoc>;
 }
 
-/** What a unit of work needs from its manager. */
+/** What a unit of work, and the batch it runs in, need from their manager. */
 export interface UnitContext {
+  /** Where a batch starts its session and transaction (not the application's: `joinTransaction`). */
+  readonly client: MongoClient;
   readonly c: UnitCollections;
   readonly states: StateCache | null;
   /** Tests (`verifyStateCache`): every state-cache hit is checked against a read. */
@@ -57,8 +66,8 @@ export interface UnitContext {
 }
 
 /**
- * The transaction a unit of work runs in: a batch's (./batch.ts) or its own (`SoloUnit`).
- * Driver errors reach the unit of work unconverted: whoever retries needs their labels.
+ * The transaction a unit of work runs in: its batch's (./batch.ts). Driver errors reach the unit
+ * of work unconverted: the manager, which decides whether it runs again, needs their labels.
  */
 export interface UnitHost {
   readonly ctx: UnitContext;
