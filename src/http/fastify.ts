@@ -1,9 +1,8 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { Transform, type Readable } from "node:stream";
-import { ResponseUsageReader, usageOfText } from "../domain/llm-usage.js";
+import { ResponseUsageReader } from "../domain/llm-usage.js";
 import type { MeterSession } from "../services/metering.js";
-import { common, headerOf, type MeterSpend, type MeteringOptionsBase, type PricedRequest } from "./metering/common.js";
-import { errorBody, errorResponse, type Identity } from "./router.js";
+import { common, headerOf, type MeteringOptionsBase, type PricedRequest } from "./metering/common.js";
 
 /**
  * What the plugin uses of a Fastify request and reply: no type of Fastify's own, so the package
@@ -70,81 +69,36 @@ export function fastifyCreditMetering(options: FastifyCreditMeteringOptions): Fa
     reply.send(await response.text());
   };
 
-  /** Settles what the response left open once it is done (streams, aborted clients). */
-  const onClose = (request: FastifyRequestLike, reply: FastifyReplyLike, session: MeterSession) => () => {
-    if (session.settled) return;
-    const res = reply.raw;
-    const reading = readings.get(request.raw);
-    let settling;
-    if (c.llm !== null && reading !== undefined)
-      settling = c.settleReading(session, res.writableFinished ? reading.end() : reading.cut(), reply.statusCode);
-    else
-      settling = !res.writableFinished
-        ? session.release("aborted")
-        : reply.statusCode >= 500
-          ? session.release("error")
-          : session.commit();
-    void c.settle(request, session, settling);
-  };
-
-  /**
-   * Fixed price: the cost and the advisory check (402, and the handler does not run); the charge
-   * comes in `onSend` (whole payloads) or when the response closes (streams), if it ended well.
-   */
-  const fixedRequest = async (
-    request: FastifyRequestLike,
-    reply: FastifyReplyLike,
-    path: string,
-    userId: string,
-    fixed: NonNullable<typeof c.fixed>,
-    spend: MeterSpend,
-  ): Promise<void> => {
-    let priced: PricedRequest<FastifyRequestLike>;
-    try {
-      const key = fixed.keyOf(headerOf(request, "idempotency-key"));
-      const cost = await fixed.costOf(request);
-      priced = await fixed.open(request, userId, cost, key, request.method, path, undefined, spend);
-    } catch (error) {
-      return refuse(reply, errorResponse(error));
-    }
-    const res = reply.raw;
-    if (res.destroyed || res.writableEnded) return priced.drop(); // the client left: nothing runs, nothing is charged
-    fixedOf.set(request.raw, priced);
-    res.on("close", () => priced.closed(res.writableFinished, reply.statusCode));
-  };
-
   const onRequest = async (request: FastifyRequestLike, reply: FastifyReplyLike): Promise<void> => {
     const q = request.url.indexOf("?");
     const path = q === -1 ? request.url : request.url.slice(0, q);
     if (!c.applies(path, c.routerFor(request))) return;
-    let userId: string;
-    let estimate: number;
-    let spend: MeterSpend;
-    try {
-      const found = options.authenticate ? await options.authenticate(request) : null;
-      const identity: Identity | null = c.identityOf(found, headerOf(request, "x-user-id"));
-      if (identity === null)
-        return refuse(reply, Response.json(errorBody("UNAUTHORIZED", "Authentication required."), { status: 401 }));
-      userId = identity.userId;
-      spend = c.spendOf(request, identity);
-      if (c.fixed !== null) return fixedRequest(request, reply, path, userId, c.fixed, spend);
-      estimate = c.estimate((name) => headerOf(request, name));
-    } catch (error) {
-      return refuse(reply, errorResponse(error));
-    }
-    let session: MeterSession;
-    try {
-      session = await c.openMeter(userId, c.meterOptions(estimate, request.method, path, spend));
-    } catch (error) {
-      return refuse(reply, errorResponse(error));
-    }
-    sessions.set(request.raw, session);
     const res = reply.raw;
-    if (res.destroyed || res.writableEnded) {
-      void c.settle(request, session, session.release("aborted"));
+    const begun = await c.begin(
+      request,
+      request.method,
+      path,
+      (name) => headerOf(request, name),
+      () => res.destroyed || res.writableEnded,
+    );
+    if (begun === null) return; // the client left: nothing runs, nothing is charged
+    if ("answer" in begun) return refuse(reply, begun.answer);
+    if ("priced" in begun) {
+      // Fixed price, checked: the charge comes in `onSend` (whole payloads) or when the response
+      // closes (streams), if it ended well.
+      const priced = begun.priced;
+      fixedOf.set(request.raw, priced);
+      res.on("close", () => priced.closed(res.writableFinished, reply.statusCode));
       return;
     }
-    res.on("close", onClose(request, reply, session));
+    const session = begun.session;
+    sessions.set(request.raw, session);
+    // Settles what the response left open once it is done (streams, aborted clients).
+    res.on("close", () => {
+      if (session.settled) return;
+      const reading = readings.get(request.raw) ?? null;
+      void c.settle(request, session, c.settleEnd(session, res.writableFinished, reply.statusCode, reading));
+    });
   };
 
   const preHandler = (request: FastifyRequestLike, _reply: FastifyReplyLike, done: Done): void => {
@@ -162,13 +116,8 @@ export function fastifyCreditMetering(options: FastifyCreditMeteringOptions): Fa
         !(payload === null || payload === undefined || typeof payload === "string" || Buffer.isBuffer(payload))
       )
         return payload;
-      if (reply.statusCode >= 400) {
-        priced.notCharged("error");
-        reply.header(c.deductedHeader, "0");
-        return payload;
-      }
-      // The whole reply at once: charged first, so X-Credits-Deducted can say it.
-      const charged = await priced.charge();
+      // The whole reply at once: charged first (unless status >= 400), so X-Credits-Deducted can say it.
+      const charged = await priced.ended(reply.statusCode);
       if (charged !== null) reply.header(c.deductedHeader, String(charged));
       return payload;
     }
@@ -190,17 +139,8 @@ export function fastifyCreditMetering(options: FastifyCreditMeteringOptions): Fa
       (payload as Readable).on("error", (error) => tap.destroy(error));
       return (payload as Readable).pipe(tap);
     }
-    let settling: Promise<unknown>;
-    if (c.llm !== null) {
-      const text = payload === null || payload === undefined ? "" : payload.toString();
-      settling = c.settleReading(session, usageOfText(text, typeOf(reply)), reply.statusCode);
-    } else if (reply.statusCode >= 500) settling = session.release("error");
-    else {
-      const amount =
-        c.usagePath !== null && session.usages.length === 0 && whole ? c.usageOfBody(reply.raw, payload) : undefined;
-      settling = session.commit(amount);
-    }
-    const outcome = await c.settle(request, session, settling as ReturnType<MeterSession["commit"]>);
+    const text = !c.readsBody(session) ? null : payload === null || payload === undefined ? "" : payload.toString();
+    const outcome = await c.settle(request, session, c.settleBody(session, reply.statusCode, text, typeOf(reply)));
     if (outcome !== null) reply.header(c.deductedHeader, String(outcome.charged));
     return payload;
   };

@@ -1,4 +1,4 @@
-import type { IncomingMessage, ServerResponse } from "node:http";
+import type { IncomingMessage } from "node:http";
 import { ConfigurationError, InsufficientCreditsError, SpendLimitError, ValidationError } from "../../errors.js";
 import { FeatureName, IdempotencyKey, SpenderId, UserId, parse, type SpendLimitStatus } from "../../models/index.js";
 import { applies, clockTimes } from "../../domain/limits.js";
@@ -8,9 +8,9 @@ import type { MeterOptions } from "../../models/index.js";
 import type { MeterOutcome, MeterSession } from "../../services/metering.js";
 import type { JournalEntry } from "../../models/index.js";
 import { recordOf } from "../../services/pricing-service.js";
-import type { LlmUsage, UsageReading } from "../../domain/llm-usage.js";
+import { usageOfText, type LlmUsage, type ResponseUsageReader, type UsageReading } from "../../domain/llm-usage.js";
 import type { RecordedUsage } from "../../models/index.js";
-import { errorResponse, type Identity } from "../router.js";
+import { errorBody, errorResponse, json, type Identity } from "../router.js";
 import { findCreditCore } from "../../services/credit-core.js";
 import { pathMatcher } from "./paths.js";
 
@@ -187,11 +187,21 @@ export function common<Req>(o: MeteringOptionsBase<Req>) {
     return Math.min(defaultEstimate, maxEstimate);
   };
 
-  const usageFrom = (text: string): number | undefined => {
-    if (usagePath === null) return undefined;
+  /** Whether the charge of a response depends on its body: `llm`, or a `usageKey` and no usage the handler recorded. */
+  const readsBody = (session: MeterSession): boolean =>
+    llm !== null || (usagePath !== null && session.usages.length === 0);
+
+  /**
+   * The usage a whole body says (the `usageKey` of a JSON body), when the charge reads it: with a
+   * `usageKey` and no usage the handler recorded. `type`: the body's content type; unknown (a node
+   * response after `writeHead(status, headers)`), a body that starts with `{` is tried as JSON.
+   */
+  const usageOfBody = (session: MeterSession, body: string | null, type: string | null | undefined) => {
+    if (usagePath === null || session.usages.length > 0 || body === null) return undefined;
+    if (type === undefined ? !body.trimStart().startsWith("{") : !isJsonType(type)) return undefined;
     let v: unknown;
     try {
-      v = JSON.parse(text);
+      v = JSON.parse(body);
     } catch {
       return undefined;
     }
@@ -238,16 +248,6 @@ export function common<Req>(o: MeteringOptionsBase<Req>) {
     if (spend?.spender !== undefined) out.spender = spend.spender;
     if (spend?.feature !== undefined) out.feature = spend.feature;
     return out;
-  };
-
-  /** The `usageKey` of a node response's last chunk, when it is the whole body and JSON. */
-  const usageOfBody = (res: ServerResponse, chunk: unknown): number | undefined => {
-    if (typeof chunk !== "string" && !Buffer.isBuffer(chunk)) return undefined;
-    const body = chunk.toString();
-    const type = res.getHeader("content-type");
-    // After writeHead(status, headers) the type may not be readable: then try the body as JSON.
-    const isJson = type === undefined ? body.trimStart().startsWith("{") : isJsonType(String(type));
-    return isJson ? usageFrom(body) : undefined;
   };
 
   /**
@@ -346,6 +346,44 @@ export function common<Req>(o: MeteringOptionsBase<Req>) {
     return fallback(session, reading.problem, reading.counted);
   };
 
+  /**
+   * Settles a response whose whole body is at hand, before its headers go out: `body` is its text
+   * (null: none, or not read because the charge does not depend on it), `type` its content type.
+   * `llm`: billed from the usage the body reports; else status >= 500 releases, and anything else
+   * commits the recorded usage (or the `usageKey` of a JSON body).
+   */
+  const settleBody = (
+    session: MeterSession,
+    status: number,
+    body: string | null,
+    type: string | null | undefined,
+  ): Promise<MeterOutcome> => {
+    if (llm !== null) return settleReading(session, body === null ? NO_BODY : usageOfText(body, type), status);
+    if (status >= 500) return session.release("error");
+    return session.commit(usageOfBody(session, body, type));
+  };
+
+  /**
+   * Settles a response when it is done, its headers gone (a stream, a body written in parts, a
+   * client that went away): `finished`, written to its end; `reading`, the usage of its body read
+   * as it passed (`llm`); `pending`, the usage its body said (`usageKey`). An LLM response is
+   * billed from its reading (a cut one as `missingUsage` says); one that did not finish is
+   * released; status >= 500 releases; anything else commits.
+   */
+  const settleEnd = (
+    session: MeterSession,
+    finished: boolean,
+    status: number,
+    reading: ResponseUsageReader | null,
+    pending?: number,
+  ): Promise<MeterOutcome> => {
+    if (llm !== null && reading !== null)
+      return settleReading(session, finished ? reading.end() : reading.cut(), status);
+    if (!finished) return session.release("aborted");
+    if (llm !== null) return settleReading(session, NO_BODY, status);
+    return status >= 500 ? session.release("error") : session.commit(pending);
+  };
+
   const lease = o.lease;
   if (lease !== undefined && !(lease instanceof CreditLeases))
     throw new ConfigurationError("[credit-management] [metering] `lease` must come from manager.credits.leases().");
@@ -376,27 +414,74 @@ export function common<Req>(o: MeteringOptionsBase<Req>) {
     return answer;
   };
 
+  /**
+   * How a metered request starts, the same on every adapter: who pays (401 without a payer), who
+   * spends on what, then at a fixed price (`price`) the cost and the check, else the estimate's
+   * hold. Any error is the answer instead (400, 402, 429, 5xx). `header` reads a request header by
+   * its lower-case name; `left` says whether the client went away: asked before the check (then
+   * nothing is checked or set aside) and after it (what was set aside goes back, a hold is
+   * released), answering null — nobody is left to answer. `locals`: Express's `res.locals`.
+   */
+  const begin = async (
+    req: Req,
+    method: string | undefined,
+    path: string,
+    header: (lowerCaseName: string) => string | null | undefined,
+    left: () => boolean,
+    locals?: Partial<MeteringLocals>,
+  ): Promise<Begun<Req> | null> => {
+    let begun: Begun<Req>;
+    try {
+      const found = o.authenticate ? await o.authenticate(req) : null;
+      const identity = identityOf(found, found ? undefined : header("x-user-id")); // the header only when no one was found
+      if (identity === null) return { answer: json(401, errorBody("UNAUTHORIZED", "Authentication required.")) };
+      const spend = spendOf(req, identity);
+      if (fixed !== null) {
+        const key = fixed.keyOf(header("idempotency-key"));
+        const cost = await fixed.costOf(req);
+        if (left()) return null;
+        begun = { priced: await fixed.open(req, identity.userId, cost, key, method, path, locals, spend) };
+      } else {
+        const options = meterOptions(estimate(header), method, path, spend);
+        begun = { session: await openMeter(identity.userId, options) };
+      }
+    } catch (error) {
+      return { answer: errorResponse(error) };
+    }
+    if (!left()) return begun;
+    // The client left while it was authenticated, checked or held: nothing runs, nothing is charged.
+    if ("priced" in begun) begun.priced.drop();
+    else await settle(req, begun.session, begun.session.release("aborted"), locals);
+    return null;
+  };
+
+  /** A request whose handler failed is settled without a charge (unless it is settled already). */
+  const notCharged = (req: Req, settled: MeterSession | PricedRequest<Req>, locals?: Partial<MeteringLocals>) => {
+    if (!(settled instanceof PricedRequest)) return settle(req, settled, settled.release("error"), locals);
+    if (!settled.done) settled.notCharged("error");
+    return null;
+  };
+
   return {
-    fixed,
     llm,
+    begin,
     handlerFailed,
+    notCharged,
     settleReading,
+    settleBody,
+    settleEnd,
+    usageOfBody,
+    readsBody,
     applies,
     routerFor,
-    estimate,
-    usageFrom,
-    usageOfBody,
-    usagePath,
-    identityOf,
-    spendOf,
-    meterOptions,
     report,
     settle,
     deductedHeader,
-    credits: o.credits,
-    openMeter,
   };
 }
+
+/** How a metered request started (`begin`): an answer instead of the handler, or it runs at a fixed price, or with a hold. */
+export type Begun<Req> = { answer: Response } | { priced: PricedRequest<Req> } | { session: MeterSession };
 
 /** The `llm` option with its defaults, or null when it is off. */
 function llmOptions(o: boolean | LlmMeteringOptions | undefined): LlmMeteringOptions | null {
@@ -630,6 +715,16 @@ export class PricedRequest<Req = unknown> {
       entry: null,
       fixedPrice: true,
     });
+  }
+
+  /**
+   * The whole response is at hand, its headers not sent: not charged when its status is >= 400 or
+   * its client left (`aborted`), answering 0 at once; else charged (`charge`).
+   */
+  ended(status: number, aborted = false): number | Promise<number | null> {
+    if (status < 400 && !aborted) return this.charge();
+    this.notCharged(status >= 400 ? "error" : "aborted");
+    return 0;
   }
 
   /** The response is done: charged if it finished with status < 400, else not (unless settled already). */

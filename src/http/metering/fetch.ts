@@ -1,15 +1,8 @@
-import type { MeterOutcome, MeterSession } from "../../services/metering.js";
-import { ResponseUsageReader, usageOfText } from "../../domain/llm-usage.js";
+import type { MeterOutcome } from "../../services/metering.js";
+import { ResponseUsageReader } from "../../domain/llm-usage.js";
 import { textResponse } from "../text-response.js";
-import { errorBody, errorResponse, json } from "../router.js";
-import {
-  NO_BODY,
-  common,
-  isJsonType,
-  type CreditMeteringOptions,
-  type MeterSpend,
-  type PricedRequest,
-} from "./common.js";
+import { errorBody, json } from "../router.js";
+import { common, isJsonType, type CreditMeteringOptions, type PricedRequest } from "./common.js";
 import { pathnameOf } from "./paths.js";
 
 /**
@@ -33,79 +26,58 @@ export function creditMetering(options: CreditMeteringOptions) {
     async (request: Request): Promise<Response> => {
       const path = pathnameOf(request.url);
       if (!c.applies(path, c.routerFor(request))) return handler(request);
-      let session: MeterSession;
-      try {
-        const found = options.authenticate ? await options.authenticate(request) : null;
-        const identity = c.identityOf(found, request.headers.get("x-user-id"));
-        if (identity === null) return json(401, errorBody("UNAUTHORIZED", "Authentication required."));
-        const spend = c.spendOf(request, identity);
-        if (c.fixed !== null) return fixedPrice(c, c.fixed, request, handler, identity.userId, path, spend);
-        const estimate = c.estimate((name) => request.headers.get(name));
-        session = await c.openMeter(identity.userId, c.meterOptions(estimate, request.method, path, spend));
-      } catch (error) {
-        return errorResponse(error);
-      }
-      const release = (reason: string) => c.settle(request, session, session.release(reason));
-      if (request.signal.aborted) {
-        // The client left while it was authenticated or the hold placed: nobody to answer.
-        await release("aborted");
-        return clientClosed(c);
-      }
+      const begun = await c.begin(
+        request,
+        request.method,
+        path,
+        (name) => request.headers.get(name),
+        () => request.signal.aborted,
+      );
+      if (begun === null) return clientClosed(c); // the client left: nobody reads it
+      if ("answer" in begun) return begun.answer;
+      if ("priced" in begun) return fixedPrice(c, begun.priced, request, handler, path);
+      const session = begun.session;
       // LLM responses (`llm`): the usage is read from the body as it passes; a stream cut before
       // its usage arrived is charged as `missingUsage` says, not released.
       let reading: ResponseUsageReader | null = null;
       let status = 200;
-      const cut = () =>
-        c.settle(
-          request,
-          session,
-          reading === null ? session.release("aborted") : c.settleReading(session, reading.cut(), status),
-        );
+      const cut = () => c.settle(request, session, c.settleEnd(session, false, status, reading));
       const onAbort = () => void cut();
       request.signal.addEventListener("abort", onAbort, { once: true });
+      /** Settled, the client no longer watched: the handler's response with `X-Credits-Deducted`. */
+      const answer = async (settling: Promise<MeterOutcome>, response: Response, body: Body) => {
+        const outcome = await c.settle(request, session, settling);
+        request.signal.removeEventListener("abort", onAbort);
+        return withHeader(response, body, c.deductedHeader, outcome?.charged ?? 0);
+      };
+      /** The handler (or reading its body) failed: answered here, as on node (docs/metering.md, "When the handler throws"). */
+      const failed = async (error: unknown) => {
+        request.signal.removeEventListener("abort", onAbort);
+        await c.notCharged(request, session);
+        return c.handlerFailed(error, request.method, path);
+      };
 
       let response: Response;
       try {
         response = await session.run(handler, request);
       } catch (error) {
-        // Answered here, as on node (docs/metering.md, "When the handler throws").
-        request.signal.removeEventListener("abort", onAbort);
-        await release("error");
-        return c.handlerFailed(error, request.method, path);
+        return failed(error);
       }
       if (session.settled) return response; // the client left while the handler ran
-      if (response.status >= 500) {
-        await release("error");
-        return withHeader(response, response.body, c.deductedHeader, 0);
-      }
+      if (response.status >= 500) return answer(session.release("error"), response, response.body);
       if (isJsonType(response.headers.get("content-type")) || response.body === null) {
         // The body is read only when the charge depends on it (`llm`, or a `usageKey` with nothing
         // recorded): else the recorded usage is committed and the handler's own Response goes out
         // with the header, its body untouched (docs/metering.md, "Metering", on Fetch-style apps).
-        if (c.llm === null && (c.usagePath === null || session.usages.length > 0)) {
-          const outcome = await c.settle(request, session, session.commit());
-          request.signal.removeEventListener("abort", onAbort);
-          return withHeader(response, response.body, c.deductedHeader, outcome?.charged ?? 0);
-        }
+        if (!c.readsBody(session)) return answer(session.commit(), response, response.body);
         let text: string | null = null;
         try {
           text = response.body === null ? null : await session.run(textOf, response);
         } catch (error) {
-          request.signal.removeEventListener("abort", onAbort);
-          await release("error");
-          return c.handlerFailed(error, request.method, path);
+          return failed(error);
         }
-        let settling: Promise<MeterOutcome>;
-        if (c.llm !== null) {
-          settling = c.settleReading(
-            session,
-            text === null ? NO_BODY : usageOfText(text, response.headers.get("content-type")),
-            response.status,
-          );
-        } else settling = session.commit(session.usages.length === 0 && text !== null ? c.usageFrom(text) : undefined);
-        const outcome = await c.settle(request, session, settling);
-        request.signal.removeEventListener("abort", onAbort);
-        return withHeader(response, text, c.deductedHeader, outcome?.charged ?? 0);
+        const type = response.headers.get("content-type");
+        return answer(c.settleBody(session, response.status, text, type), response, text);
       }
       const reader = (response.body as ReadableStream<Uint8Array>).getReader();
       status = response.status;
@@ -116,11 +88,7 @@ export function creditMetering(options: CreditMeteringOptions) {
             const { done, value } = await session.run(() => reader.read());
             if (done) {
               request.signal.removeEventListener("abort", onAbort);
-              await c.settle(
-                request,
-                session,
-                reading === null ? session.commit() : c.settleReading(session, reading.end(), status),
-              );
+              await c.settle(request, session, c.settleEnd(session, true, status, reading));
               controller.close();
             } else {
               controller.enqueue(value);
@@ -128,7 +96,7 @@ export function creditMetering(options: CreditMeteringOptions) {
             }
           } catch (error) {
             // The upstream failed mid-stream: released, or (LLM) charged as a cut stream.
-            if (reading === null) await release("error");
+            if (reading === null) await c.notCharged(request, session);
             else await cut();
             controller.error(error);
           }
@@ -147,6 +115,8 @@ export function creditMetering(options: CreditMeteringOptions) {
     };
 }
 
+type Body = ConstructorParameters<typeof Response>[0];
+
 const textOf = (response: Response) => response.text();
 
 /** The answer to a client that left before the handler ran: nobody reads it, nothing was charged. */
@@ -156,51 +126,32 @@ const clientClosed = (c: Common): Response =>
 type Common = ReturnType<typeof common<Request>>;
 
 /**
- * A fixed-price request (the `price` option): the cost and the check (402 without running the
- * handler), then the handler; a response that ended well (status < 400, the client still there,
- * a streamed body read to its end) is charged once, anything else never.
+ * A fixed-price request (the `price` option), checked: the handler; a response that ended well
+ * (status < 400, the client still there, a streamed body read to its end) is charged once,
+ * anything else never.
  */
 async function fixedPrice(
   c: Common,
-  fixed: NonNullable<Common["fixed"]>,
+  priced: PricedRequest<Request>,
   request: Request,
   handler: (request: Request) => Response | Promise<Response>,
-  userId: string,
   path: string,
-  spend: MeterSpend,
 ): Promise<Response> {
-  let priced: PricedRequest<Request>;
-  try {
-    const key = fixed.keyOf(request.headers.get("idempotency-key"));
-    const cost = await fixed.costOf(request);
-    priced = await fixed.open(request, userId, cost, key, request.method, path, undefined, spend);
-  } catch (error) {
-    return errorResponse(error);
-  }
-  if (request.signal.aborted) {
-    priced.drop();
-    return clientClosed(c);
-  }
   let response: Response;
   try {
     response = await handler(request);
   } catch (error) {
-    priced.notCharged("error");
+    c.notCharged(request, priced);
     return c.handlerFailed(error, request.method, path);
   }
-  if (response.status >= 400 || request.signal.aborted) {
-    priced.notCharged(response.status >= 400 ? "error" : "aborted");
-    return withHeader(response, response.body, c.deductedHeader, 0);
-  }
-  if (response.body === null || isJsonType(response.headers.get("content-type"))) {
-    const charged = await priced.charge();
-    if (charged === null) return response;
-    try {
-      response.headers.set(c.deductedHeader, String(charged)); // the handler's own Response: no copy
-      return response;
-    } catch {
-      return withHeader(response, response.body, c.deductedHeader, charged);
-    }
+  if (
+    response.status >= 400 ||
+    request.signal.aborted ||
+    response.body === null ||
+    isJsonType(response.headers.get("content-type"))
+  ) {
+    const charged = await priced.ended(response.status, request.signal.aborted);
+    return charged === null ? response : withHeader(response, response.body, c.deductedHeader, charged);
   }
   // A streamed body: charged when it was read to its end, not when the client left midway.
   const reader = response.body.getReader();
@@ -226,12 +177,7 @@ async function fixedPrice(
   return new Response(body, { status: response.status, statusText: response.statusText, headers: response.headers });
 }
 
-function withHeader(
-  response: Response,
-  body: ConstructorParameters<typeof Response>[0],
-  name: string,
-  charged: number,
-): Response {
+function withHeader(response: Response, body: Body, name: string, charged: number): Response {
   let headers = response.headers;
   try {
     // A Response the handler built has mutable headers: no copy. One from fetch() is immutable.

@@ -1,15 +1,13 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { MeterOutcome, MeterSession } from "../../services/metering.js";
 import { ResponseUsageReader } from "../../domain/llm-usage.js";
-import { errorBody, errorResponse, json } from "../router.js";
 import { isPromiseLike } from "../../util/promise.js";
 import {
-  NO_BODY,
-  PricedRequest,
   common,
   headerOf,
   type CreditMeteringMiddlewareOptions,
   type MeteringLocals,
+  type PricedRequest,
 } from "./common.js";
 import { nodePathOf } from "./paths.js";
 
@@ -97,26 +95,17 @@ function meteredEnd(this: MeteredResponse, ...args: unknown[]): ServerResponse {
   const m = this[METERED] as NodeMetered;
   const session = m.session;
   if (session.settled) return m.end.apply(this, args);
-  if (m.c.llm !== null) {
-    if (m.parts || this.headersSent) {
-      m.read(chunk, encoding);
-      return m.end.apply(this, args); // settled when the response closes
-    }
-    // The whole body in one end: its usage now, the header set.
-    m.read(chunk, encoding);
-    const reading = m.reading === null ? NO_BODY : m.reading.end();
-    m.reading = null;
-    m.endAfterSettling(m.c.settleReading(session, reading, this.statusCode), chunk, encoding, cb);
-    return this;
-  }
-  // The usage of the body: only with a `usageKey` and when the handler recorded none.
-  const amount =
-    m.c.usagePath !== null && session.usages.length === 0 && !m.parts ? m.c.usageOfBody(this, chunk) : undefined;
+  const c = m.c;
   if (m.parts || this.headersSent) {
-    m.pending = amount; // committed when the response closes; the header is gone already
+    // The header is gone already: settled when the response closes, from what the body said.
+    if (c.llm !== null) m.read(chunk, encoding);
+    else if (!m.parts && c.readsBody(session))
+      m.pending = c.usageOfBody(session, textOf(chunk, encoding), typeHeader(this));
     return m.end.apply(this, args);
   }
-  m.endAfterSettling(this.statusCode >= 500 ? session.release("error") : session.commit(amount), chunk, encoding, cb);
+  // The whole body in one end: settled first, then the end with the header set.
+  const text = c.readsBody(session) ? textOf(chunk, encoding) : null;
+  m.endAfterSettling(c.settleBody(session, this.statusCode, text, typeHeader(this)), chunk, encoding, cb);
   return this;
 }
 
@@ -124,15 +113,17 @@ function meteredEnd(this: MeteredResponse, ...args: unknown[]): ServerResponse {
 function onMeteredClose(this: MeteredResponse): void {
   const m = this[METERED];
   if (m === undefined || m.session.settled) return;
-  const session = m.session;
-  if (m.c.llm !== null && m.reading !== null) {
-    // An LLM response that was written: billed from its usage, or as a cut stream.
-    void m.settle(
-      m.c.settleReading(session, this.writableFinished ? m.reading.end() : m.reading.cut(), this.statusCode),
-    );
-  } else if (!this.writableFinished) void m.settle(session.release("aborted"));
-  else if (m.c.llm !== null) void m.settle(m.c.settleReading(session, NO_BODY, this.statusCode));
-  else void m.settle(this.statusCode >= 500 ? session.release("error") : session.commit(m.pending));
+  void m.settle(m.c.settleEnd(m.session, this.writableFinished, this.statusCode, m.reading, m.pending));
+}
+
+/** A written chunk as text (null when there is none): a string in its encoding, bytes as UTF-8. */
+function textOf(chunk: unknown, encoding: unknown): string | null {
+  if (typeof chunk === "string")
+    return typeof encoding === "string" && encoding !== "utf8" && encoding !== "utf-8"
+      ? Buffer.from(chunk, encoding as BufferEncoding).toString()
+      : chunk;
+  if (chunk instanceof Uint8Array) return Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength).toString();
+  return null;
 }
 
 /** The content type a node response set, if it is readable (after `writeHead(status, headers)` it may not be). */
@@ -167,15 +158,13 @@ function handlerFailed(
 ): void {
   const answer = c.handlerFailed(error, req.method, nodePathOf(req));
   if (res.writableEnded) return; // answered already: settled by its own end
-  if (settled instanceof PricedRequest) {
-    if (!settled.done) settled.notCharged("error");
-  } else {
-    const locals = (res as { locals?: Partial<MeteringLocals> }).locals;
-    void c.settle(req, settled, settled.release("error"), locals);
-  }
+  void c.notCharged(req, settled, localsOf(res));
   for (const name of res.headersSent ? [] : res.getHeaderNames()) res.removeHeader(name);
   reply(res, answer);
 }
+
+/** Express's `res.locals`, where there are any. */
+const localsOf = (res: ServerResponse) => (res as { locals?: Partial<MeteringLocals> }).locals;
 
 /**
  * What the rest of the chain returned (`next()`: the handler, on plain node:http): a promise that
@@ -202,13 +191,13 @@ function fixedEnd(this: FixedResponse, ...args: unknown[]): ServerResponse {
   const [chunk, encoding, cb] = args;
   const { priced, deductedHeader, end } = this[FIXED] as NonNullable<FixedResponse[typeof FIXED]>;
   if (priced.done || this.headersSent) return end.apply(this, args); // settled on close
-  if (this.statusCode >= 400) {
-    priced.notCharged("error");
-    this.setHeader(deductedHeader, "0");
+  const charging = priced.ended(this.statusCode);
+  if (typeof charging === "number") {
+    this.setHeader(deductedHeader, "0"); // not charged (status >= 400)
     return end.apply(this, args);
   }
   // The whole response in one end: charge first, so X-Credits-Deducted can say it.
-  void priced.charge().then((n) => {
+  void charging.then((n) => {
     if (n !== null && !this.headersSent) this.setHeader(deductedHeader, String(n));
     end.call(this, chunk, encoding, cb);
   });
@@ -228,7 +217,6 @@ function fixedGo(
   next: Next,
   priced: PricedRequest<IncomingMessage>,
 ): void {
-  if (res.destroyed || res.writableEnded) return priced.drop(); // the client left: nothing ran, nothing charged
   try {
     res[FIXED] = { priced, deductedHeader: c.deductedHeader, end: res.end as End };
     res.end = fixedEnd as typeof res.end;
@@ -266,13 +254,7 @@ export function creditMeteringMiddleware(options: CreditMeteringMiddlewareOption
   /** The hold is placed: intercept the end of the response and run the rest of the chain. */
   const start = (req: IncomingMessage, res: MeteredResponse, next: Next, session: MeterSession): void => {
     try {
-      const locals = (res as { locals?: Partial<MeteringLocals> }).locals;
-      if (res.destroyed || res.writableEnded) {
-        // The client left (or the response ended) while it was authenticated or the hold placed:
-        // "close" has fired already, so release now and run nothing.
-        void c.settle(req, session, session.release("aborted"), locals);
-        return;
-      }
+      const locals = localsOf(res);
       if (locals) {
         locals.creditReservationId = session.reservationId;
         locals.creditEstimate = session.estimate;
@@ -288,34 +270,20 @@ export function creditMeteringMiddleware(options: CreditMeteringMiddlewareOption
     }
   };
 
-  /**
-   * Who pays and how much: then, at a fixed price, the check (set aside in the lease block, or read
-   * on the store) and the chain; else the hold, then the chain. Any error before the chain runs is
-   * the answer (401, 400, 402, 429, 5xx).
-   */
+  /** Who pays and how much (`begin`), then the rest of the chain at a fixed price or with the hold. */
   const meter = async (req: IncomingMessage, res: ServerResponse, next: Next, path: string): Promise<void> => {
-    let priced: PricedRequest<IncomingMessage> | null = null;
-    let session: MeterSession | null = null;
-    try {
-      const found = options.authenticate ? await options.authenticate(req) : null;
-      const identity = c.identityOf(found, found ? undefined : headerOf(req, "x-user-id")); // the header only when no one was found
-      if (identity === null) return reply(res, json(401, errorBody("UNAUTHORIZED", "Authentication required.")));
-      const spend = c.spendOf(req, identity);
-      if (c.fixed !== null) {
-        const key = c.fixed.keyOf(headerOf(req, "idempotency-key"));
-        const cost = await c.fixed.costOf(req);
-        if (res.destroyed || res.writableEnded) return; // the client left: nothing checked, nothing set aside
-        const locals = (res as { locals?: Partial<MeteringLocals> }).locals;
-        priced = await c.fixed.open(req, identity.userId, cost, key, req.method, path, locals, spend);
-      } else {
-        const estimate = c.estimate((name) => headerOf(req, name));
-        session = await c.openMeter(identity.userId, c.meterOptions(estimate, req.method, path, spend));
-      }
-    } catch (error) {
-      return reply(res, errorResponse(error));
-    }
-    if (priced !== null) fixedGo(c, req, res, next, priced);
-    else start(req, res, next, session as MeterSession);
+    const begun = await c.begin(
+      req,
+      req.method,
+      path,
+      (name) => headerOf(req, name),
+      () => res.destroyed || res.writableEnded,
+      localsOf(res),
+    );
+    if (begun === null) return; // the client left: nothing ran
+    if ("answer" in begun) reply(res, begun.answer);
+    else if ("priced" in begun) fixedGo(c, req, res, next, begun.priced);
+    else start(req, res, next, begun.session);
   };
 
   return (req: IncomingMessage, res: ServerResponse, next: Next): void => {
