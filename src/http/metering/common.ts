@@ -237,13 +237,8 @@ export function common<Req>(o: MeteringOptionsBase<Req>) {
 
   /** The options of the hold: only the keys that are set. */
   const ttlSeconds = o.ttlSeconds;
-  const meterOptions = (
-    estimate: number,
-    method: string | undefined,
-    path: string,
-    spend?: MeterSpend,
-  ): MeterOptions => {
-    const out: MeterOptions = { estimate, reason: reasonOf(method, path) };
+  const meterOptions = (estimate: number, reason: string, spend?: MeterSpend): MeterOptions => {
+    const out: MeterOptions = { estimate, reason };
     if (ttlSeconds !== undefined) out.ttlSeconds = ttlSeconds;
     if (spend?.spender !== undefined) out.spender = spend.spender;
     if (spend?.feature !== undefined) out.feature = spend.feature;
@@ -258,12 +253,7 @@ export function common<Req>(o: MeteringOptionsBase<Req>) {
   const report = (req: Req, session: MeterSession, outcome: MeterOutcome, locals?: Partial<MeteringLocals>): void => {
     if (reported.has(session)) return;
     reported.add(session);
-    if (locals) locals.creditsDeducted = outcome.charged;
-    try {
-      o.onSettled?.(outcome, req);
-    } catch {
-      // a failing callback must not change the response
-    }
+    reportTo(o.onSettled, req, outcome, locals);
   };
   /** Settles (or joins the settlement already under way) and reports it once; null if it failed. */
   const settle = (req: Req, session: MeterSession, p: Promise<MeterOutcome>, locals?: Partial<MeteringLocals>) =>
@@ -440,9 +430,9 @@ export function common<Req>(o: MeteringOptionsBase<Req>) {
         const key = fixed.keyOf(header("idempotency-key"));
         const cost = await fixed.costOf(req);
         if (left()) return null;
-        begun = { priced: await fixed.open(req, identity.userId, cost, key, method, path, locals, spend) };
+        begun = { priced: await fixed.open(req, identity.userId, cost, key, reasonOf(method, path), locals, spend) };
       } else {
-        const options = meterOptions(estimate(header), method, path, spend);
+        const options = meterOptions(estimate(header), reasonOf(method, path), spend);
         begun = { session: await openMeter(identity.userId, options) };
       }
     } catch (error) {
@@ -591,15 +581,14 @@ export class FixedPricing<Req> {
     userId: string,
     cost: number,
     key: string | undefined,
-    method: string | undefined,
-    path: string,
+    reason: string,
     locals?: Partial<MeteringLocals>,
     spend: MeterSpend = NO_SPEND,
   ): Promise<PricedRequest<Req>> {
-    if (cost === 0) return new PricedRequest(this, req, userId, cost, key, method, path, locals, null, spend);
+    if (cost === 0) return new PricedRequest(this, req, userId, cost, key, reason, locals, null, spend);
     if (this.lease !== undefined && key === undefined) {
       const held = this.lease.setAside(userId, cost, spend);
-      if (held !== null) return new PricedRequest(this, req, userId, cost, key, method, path, locals, held, spend);
+      if (held !== null) return new PricedRequest(this, req, userId, cost, key, reason, locals, held, spend);
     }
     const named = spend.spender !== undefined || spend.feature !== undefined;
     const [info, limits] = await Promise.all([
@@ -617,7 +606,7 @@ export class FixedPricing<Req> {
         { requested: cost, available: info.available },
       );
     }
-    return new PricedRequest(this, req, userId, cost, key, method, path, locals, null, spend);
+    return new PricedRequest(this, req, userId, cost, key, reason, locals, null, spend);
   }
 
   /**
@@ -664,19 +653,14 @@ export class PricedRequest<Req = unknown> {
     readonly userId: string,
     readonly cost: number,
     readonly key: string | undefined,
-    private readonly method: string | undefined,
-    private readonly path: string,
+    /** The journal's reason: `METHOD path`. */
+    readonly reason: string,
     private readonly locals: Partial<MeteringLocals> | undefined,
     /** The cost as the check set it aside in the user's lease block; null when none. */
     private held: SetAside | null,
     /** Who spends on what (the `spender` and `feature` options). */
     readonly spend: MeterSpend = NO_SPEND,
   ) {}
-
-  /** The journal's reason: `METHOD path`. */
-  get reason(): string {
-    return reasonOf(this.method, this.path);
-  }
 
   /**
    * Charges the request: the credits charged, or null (nothing reported) when the charge failed.
@@ -766,12 +750,22 @@ export class PricedRequest<Req = unknown> {
   }
 
   private report(outcome: MeterOutcome): void {
-    if (this.locals) this.locals.creditsDeducted = outcome.charged;
-    try {
-      this.pricing.onSettled?.(outcome, this.req);
-    } catch {
-      // a failing callback must not change the response
-    }
+    reportTo(this.pricing.onSettled, this.req, outcome, this.locals);
+  }
+}
+
+/** Reports a settled request: to `onSettled` (a failing callback changes nothing), and its charge on `res.locals` where there are locals (Express). */
+function reportTo<Req>(
+  onSettled: ((outcome: MeterOutcome, request: Req) => void) | undefined,
+  req: Req,
+  outcome: MeterOutcome,
+  locals: Partial<MeteringLocals> | undefined,
+): void {
+  if (locals) locals.creditsDeducted = outcome.charged;
+  try {
+    onSettled?.(outcome, req);
+  } catch {
+    // a failing callback must not change the response
   }
 }
 

@@ -79,38 +79,18 @@ export function creditMetering(options: CreditMeteringOptions) {
         const type = response.headers.get("content-type");
         return answer(c.settleBody(session, response.status, text, type), response, text);
       }
-      const reader = (response.body as ReadableStream<Uint8Array>).getReader();
       status = response.status;
       if (c.llm !== null) reading = new ResponseUsageReader(response.headers.get("content-type"));
-      const body = new ReadableStream<Uint8Array>({
-        async pull(controller) {
-          try {
-            const { done, value } = await session.run(() => reader.read());
-            if (done) {
-              request.signal.removeEventListener("abort", onAbort);
-              await c.settle(request, session, c.settleEnd(session, true, status, reading));
-              controller.close();
-            } else {
-              controller.enqueue(value);
-              reading?.push(value); // after the chunk is on its way: reading never delays it
-            }
-          } catch (error) {
-            // The upstream failed mid-stream: released, or (LLM) charged as a cut stream.
-            if (reading === null) await c.notCharged(request, session);
-            else await cut();
-            controller.error(error);
-          }
+      return passThrough(response, response.body as ReadableStream<Uint8Array>, {
+        read: (reader) => session.run(() => reader.read()),
+        chunk: (value) => reading?.push(value), // after the chunk is on its way: reading never delays it
+        end: () => {
+          request.signal.removeEventListener("abort", onAbort);
+          return c.settle(request, session, c.settleEnd(session, true, status, reading));
         },
-        async cancel(reason) {
-          await cut();
-          // Cancelling a stream that already failed or closed rejects: nothing is left to read either way.
-          await reader.cancel(reason).catch(() => undefined);
-        },
-      });
-      return new Response(body, {
-        status: response.status,
-        statusText: response.statusText,
-        headers: response.headers,
+        // The upstream failed mid-stream: released, or (LLM) charged as a cut stream.
+        failed: () => (reading === null ? c.notCharged(request, session) : cut()),
+        cancelled: cut,
       });
     };
 }
@@ -154,27 +134,56 @@ async function fixedPrice(
     return charged === null ? response : withHeader(response, response.body, c.deductedHeader, charged);
   }
   // A streamed body: charged when it was read to its end, not when the client left midway.
-  const reader = response.body.getReader();
-  const body = new ReadableStream<Uint8Array>({
+  return passThrough(response, response.body, {
+    read: (reader) => reader.read(),
+    end: () => priced.charge(),
+    failed: () => priced.done || priced.notCharged("error"),
+    cancelled: () => priced.done || priced.notCharged("aborted"),
+  });
+}
+
+type Reader = ReadableStreamDefaultReader<Uint8Array>;
+
+/** What `passThrough` does as a streamed body passes. */
+interface Passing {
+  /** Reads the next chunk (for a hold, in the usage context). */
+  read(reader: Reader): ReturnType<Reader["read"]>;
+  /** A chunk was handed on. */
+  chunk?(value: Uint8Array): void;
+  /** The body was read to its end: settled before the client sees the end. */
+  end(): Promise<unknown>;
+  /** The upstream failed midway. */
+  failed(): unknown;
+  /** The client went away (the body was cancelled). */
+  cancelled(): unknown;
+}
+
+/** The response with its streamed `body` passed through as it is produced, telling `on` how it went. */
+function passThrough(response: Response, body: ReadableStream<Uint8Array>, on: Passing): Response {
+  const reader = body.getReader();
+  const stream = new ReadableStream<Uint8Array>({
     async pull(controller) {
       try {
-        const { done, value } = await reader.read();
+        const { done, value } = await on.read(reader);
         if (done) {
-          await priced.charge();
+          await on.end();
           controller.close();
-        } else controller.enqueue(value);
+        } else {
+          controller.enqueue(value);
+          on.chunk?.(value);
+        }
       } catch (error) {
-        if (!priced.done) priced.notCharged("error");
+        await on.failed();
         controller.error(error);
       }
     },
     async cancel(reason) {
-      if (!priced.done) priced.notCharged("aborted");
+      await on.cancelled();
       // Cancelling a stream that already failed or closed rejects: nothing is left to read either way.
       await reader.cancel(reason).catch(() => undefined);
     },
   });
-  return new Response(body, { status: response.status, statusText: response.statusText, headers: response.headers });
+  return new Response(stream, { status: response.status, statusText: response.statusText, headers: response.headers });
 }
 
 function withHeader(response: Response, body: Body, name: string, charged: number): Response {

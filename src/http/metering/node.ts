@@ -20,7 +20,7 @@ type Write = (this: ServerResponse, ...args: unknown[]) => boolean;
 const METERED = Symbol("credit-management.metered");
 type MeteredResponse = ServerResponse & { [METERED]?: NodeMetered };
 
-/** One metered node request: its session, the response's own `write`/`end`, what `end` deferred. */
+/** One metered node request: its session, the response's own `write`/`end`. */
 class NodeMetered {
   /** Written in parts (`res.write`): the headers are out before the end. */
   parts = false;
@@ -28,9 +28,6 @@ class NodeMetered {
   pending: number | undefined = undefined;
   /** `llm`: the usage of the body, read as it is written. */
   reading: ResponseUsageReader | null = null;
-  private endChunk: unknown;
-  private endEncoding: unknown;
-  private endCallback: unknown;
 
   constructor(
     readonly c: Common,
@@ -58,27 +55,6 @@ class NodeMetered {
       else this.reading.push(chunk);
     } else if (chunk instanceof Uint8Array) this.reading.push(chunk);
   }
-
-  /** `res.end(body)` before the headers went out: settle first, then end with the header set. */
-  endAfterSettling(p: Promise<MeterOutcome>, chunk: unknown, encoding: unknown, cb: unknown): void {
-    this.endChunk = chunk;
-    this.endEncoding = encoding;
-    this.endCallback = cb;
-    p.then(
-      (outcome) => {
-        this.c.report(this.req, this.session, outcome, this.locals);
-        this.finishEnd(outcome.charged);
-      },
-      () => this.finishEnd(null),
-    );
-  }
-
-  private finishEnd(charged: number | null): void {
-    const res = this.res;
-    if (charged !== null && !res.headersSent) res.setHeader(this.c.deductedHeader, String(charged));
-    this.end.call(res, this.endChunk, this.endEncoding, this.endCallback);
-    this.endChunk = this.endEncoding = this.endCallback = undefined;
-  }
 }
 
 function meteredWrite(this: MeteredResponse, ...args: unknown[]): boolean {
@@ -91,7 +67,7 @@ function meteredWrite(this: MeteredResponse, ...args: unknown[]): boolean {
 }
 
 function meteredEnd(this: MeteredResponse, ...args: unknown[]): ServerResponse {
-  const [chunk, encoding, cb] = args;
+  const [chunk, encoding] = args;
   const m = this[METERED] as NodeMetered;
   const session = m.session;
   if (session.settled) return m.end.apply(this, args);
@@ -105,7 +81,8 @@ function meteredEnd(this: MeteredResponse, ...args: unknown[]): ServerResponse {
   }
   // The whole body in one end: settled first, then the end with the header set.
   const text = c.readsBody(session) ? textOf(chunk, encoding) : null;
-  m.endAfterSettling(c.settleBody(session, this.statusCode, text, typeHeader(this)), chunk, encoding, cb);
+  const settling = m.settle(c.settleBody(session, this.statusCode, text, typeHeader(this)));
+  endWhenCharged(this, m.end, c.deductedHeader, settling.then(chargedOf), args);
   return this;
 }
 
@@ -115,6 +92,25 @@ function onMeteredClose(this: MeteredResponse): void {
   if (m === undefined || m.session.settled) return;
   void m.settle(m.c.settleEnd(m.session, this.writableFinished, this.statusCode, m.reading, m.pending));
 }
+
+/**
+ * Ends a response whose `res.end(...args)` waited for its charge (its headers not sent): with
+ * `X-Credits-Deducted` set to the credits charged, unless the charge failed (null).
+ */
+function endWhenCharged(
+  res: ServerResponse,
+  end: End,
+  header: string,
+  charging: Promise<number | null>,
+  args: unknown[],
+): void {
+  void charging.then((charged) => {
+    if (charged !== null && !res.headersSent) res.setHeader(header, String(charged));
+    end.apply(res, args);
+  });
+}
+
+const chargedOf = (outcome: MeterOutcome | null) => (outcome === null ? null : outcome.charged);
 
 /** A written chunk as text (null when there is none): a string in its encoding, bytes as UTF-8. */
 function textOf(chunk: unknown, encoding: unknown): string | null {
@@ -188,7 +184,6 @@ type FixedResponse = ServerResponse & {
 };
 
 function fixedEnd(this: FixedResponse, ...args: unknown[]): ServerResponse {
-  const [chunk, encoding, cb] = args;
   const { priced, deductedHeader, end } = this[FIXED] as NonNullable<FixedResponse[typeof FIXED]>;
   if (priced.done || this.headersSent) return end.apply(this, args); // settled on close
   const charging = priced.ended(this.statusCode);
@@ -197,10 +192,7 @@ function fixedEnd(this: FixedResponse, ...args: unknown[]): ServerResponse {
     return end.apply(this, args);
   }
   // The whole response in one end: charge first, so X-Credits-Deducted can say it.
-  void charging.then((n) => {
-    if (n !== null && !this.headersSent) this.setHeader(deductedHeader, String(n));
-    end.call(this, chunk, encoding, cb);
-  });
+  endWhenCharged(this, end, deductedHeader, charging, args);
   return this;
 }
 
