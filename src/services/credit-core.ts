@@ -45,8 +45,7 @@ export type ParsedMutationOptions = Omit<z.output<typeof ReleaseOptions>, "userI
 export type ParsedReserveOptions = z.output<typeof ReserveOptions>;
 export type ParsedCommitOptions = Omit<z.output<typeof CommitOptions>, "userId">;
 
-/** The default options object of every mutation: known valid, so not parsed on the hot path. */
-export const NO_OPTIONS: DeductOptions = Object.freeze({});
+/** The entry fields of a call that names none. */
 export const NO_META: EntryMeta = Object.freeze({});
 
 /** What a unit of work of another service may ask for (see `CreditCore.runUnitOfWork`). */
@@ -154,7 +153,7 @@ export class CreditCore {
 
   /** A deduction (`deductCredits`; after service: `deductCreditsAfterService`) of validated input. */
   deduct(operation: string, user: string, n: number, o: DeductOptions, allowDebt: boolean): Promise<JournalEntry> {
-    const meta = o === NO_OPTIONS ? NO_META : this.meta(operation, o, () => ({ amount: n, ...o }));
+    const meta = this.meta(operation, o, () => ({ amount: n, ...o }));
     return this.units.mutate(operation, user, meta, (work) =>
       work.deduct(n, this.late(meta, work.now), { allowDebt, overdraftLimit: this.overdraftLimit }),
     );
@@ -284,7 +283,6 @@ export class CreditCore {
     o: DeductOptions & { idempotencyKey?: string },
     args: () => Record<string, unknown>,
   ): EntryMeta {
-    if (o === NO_OPTIONS) return NO_META;
     // Options that name nothing an entry records (`{ amount: 3 }` of a commit): no object of undefined fields.
     if (namesNothing(o)) return NO_META;
     let print: string | undefined;

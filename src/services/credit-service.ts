@@ -61,15 +61,7 @@ import {
 } from "../models/index.js";
 import { CreditLeases } from "./leases.js";
 import { findReservation, ownerOfReservation } from "./hold-lookup.js";
-import {
-  CreditCore,
-  NO_META,
-  NO_OPTIONS,
-  setCreditCore,
-  type ParsedCommitOptions,
-  type ParsedMutationOptions,
-  type ParsedReserveOptions,
-} from "./credit-core.js";
+import { CreditCore, NO_META, setCreditCore } from "./credit-core.js";
 import type { LeaseOptions } from "../models/leases.js";
 import type { CustomerGrant, CustomerToken } from "./customer-tokens.js";
 import type { CustomerTokenOptions, CustomerTokenSettings } from "../models/customer-tokens.js";
@@ -225,7 +217,7 @@ export class CreditService {
   }
 
   /** Deducts credits; refuses (`InsufficientCreditsError`) to take `available` below zero. */
-  deductCredits(userId: string, amount: number, options: DeductOptions = NO_OPTIONS): Promise<JournalEntry> {
+  deductCredits(userId: string, amount: number, options: DeductOptions = {}): Promise<JournalEntry> {
     return this.deduct("deductCredits", userId, amount, options, false);
   }
 
@@ -233,31 +225,24 @@ export class CreditService {
    * Deducts for usage already delivered: takes what unheld grants have and records the rest as
    * debt, within the overdraft limit. Held credits are never taken.
    */
-  deductCreditsAfterService(
-    userId: string,
-    amount: number,
-    options: DeductOptions = NO_OPTIONS,
-  ): Promise<JournalEntry> {
+  deductCreditsAfterService(userId: string, amount: number, options: DeductOptions = {}): Promise<JournalEntry> {
     return this.deduct("deductCreditsAfterService", userId, amount, options, true);
   }
 
   /** Places a hold on `amount` credits for `ttlSeconds` (default 900). Resolves to the reservation. */
-  async reserveCredits(userId: string, amount: number, options: ReserveOptions = NO_OPTIONS): Promise<Reservation> {
+  async reserveCredits(userId: string, amount: number, options: ReserveOptions = {}): Promise<Reservation> {
     const user = parse(UserId, userId, "userId");
     const n = parse(Amount, amount, "amount");
-    const o: ParsedReserveOptions = options === NO_OPTIONS ? NO_OPTIONS : parse(ReserveOptions, options, "options");
-    return this.core.hold(user, n, o, true);
+    return this.core.hold(user, n, parse(ReserveOptions, options, "options"), true);
   }
 
   /**
    * Captures a hold: all of it by default, or `amount` (less returns the rest to its grants; more
    * takes the excess like an after-service deduction). Resolves to the commit entry.
    */
-  async commitReservedCredits(reservationId: string, options: CommitOptions = NO_OPTIONS): Promise<JournalEntry> {
+  async commitReservedCredits(reservationId: string, options: CommitOptions = {}): Promise<JournalEntry> {
     const id = parse(EntityId, reservationId, "reservationId");
-    let userId: string | undefined;
-    let o: ParsedCommitOptions = NO_OPTIONS;
-    if (options !== NO_OPTIONS) ({ userId, ...o } = parse(CommitOptions, options, "options"));
+    const { userId, ...o } = parse(CommitOptions, options, "options");
     if (o.amount === undefined && o.idempotencyKey !== undefined) {
       // With a key, "the full hold" is that hold's amount: a retry that names it is the same call.
       const found = await findReservation(this.db, id, userId);
@@ -268,11 +253,9 @@ export class CreditService {
   }
 
   /** Returns everything a hold earmarked. Resolves to the release entry. */
-  async releaseReservedCredits(reservationId: string, options: ReleaseOptions = NO_OPTIONS): Promise<JournalEntry> {
+  async releaseReservedCredits(reservationId: string, options: ReleaseOptions = {}): Promise<JournalEntry> {
     const id = parse(EntityId, reservationId, "reservationId");
-    let userId: string | undefined;
-    let o: ParsedMutationOptions = NO_OPTIONS;
-    if (options !== NO_OPTIONS) ({ userId, ...o } = parse(ReleaseOptions, options, "options"));
+    const { userId, ...o } = parse(ReleaseOptions, options, "options");
     // A given owner routes the unit of work, as for a commit.
     return this.core.releaseHold(userId ?? (await ownerOfReservation(this.db, id)), id, o);
   }
@@ -612,7 +595,6 @@ export class CreditService {
   ): Promise<JournalEntry> {
     const user = parse(UserId, userId, "userId");
     const n = parse(Amount, amount, "amount");
-    const o = options === NO_OPTIONS ? NO_OPTIONS : parse(DeductOptions, options, "options");
-    return this.core.deduct(operation, user, n, o, allowDebt);
+    return this.core.deduct(operation, user, n, parse(DeductOptions, options, "options"), allowDebt);
   }
 }
