@@ -23,8 +23,7 @@ import {
 } from "../models/index.js";
 import { parseConfig } from "../models/parse.js";
 import type { PricingService } from "./pricing-service.js";
-import type { LeaseHold, LeaseSettle, LeaseSettled } from "./leases.js";
-import { leaseHold, settleLease } from "./lease-settle.js";
+import { leaseHold, settleLease, type LeaseHold, type LeaseSettle, type LeaseSettled } from "./lease-settle.js";
 import { copyHold, replayHold } from "./hold-lookup.js";
 import { activeHold, includeHeldGrants, UnitRunner, type UnitContext } from "./unit-of-work.js";
 import { CustomerTokens } from "./customer-tokens.js";

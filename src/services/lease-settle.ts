@@ -1,11 +1,10 @@
 import type { DbManager } from "../db/types.js";
 import type { EntryMeta } from "../domain/account-work.js";
 import { fingerprint } from "../domain/hash.js";
-import { leaseBlock, leaseSettleKey } from "../domain/leases.js";
+import { leaseBlock, leaseSettleKey, type LeasePart, type LeaseSizing } from "../domain/leases.js";
 import { limitRoom, type Spend } from "../domain/limits.js";
 import { ReservationExpiredError, ReservationNotActiveError } from "../errors.js";
 import type { JournalEntry, Reservation } from "../models/index.js";
-import { leaseHoldOf, type LeaseHold, type LeaseSettle, type LeaseSettled } from "./leases.js";
 import { activeHold, type UnitRunner } from "./unit-of-work.js";
 import { NO_SPEND } from "./balance-reads.js";
 
@@ -14,6 +13,46 @@ import { NO_SPEND } from "./balance-reads.js";
  * usage into a journal entry and holds the next block. `CreditLeases` (src/services/leases.ts)
  * decides when; `CreditCore.settleLease` (src/services/credit-core.ts) calls this.
  */
+
+/** What a settle asks of the credit service (`CreditCore.settleLease`). */
+export interface LeaseSettle {
+  lease: string;
+  window: number;
+  /** The window's hold; null when there is none (an opening window). */
+  holdId: string | null;
+  used: number;
+  requests: number;
+  /** The window's usage by feature, spender and model, when a charge named one (docs/usage.md). */
+  parts?: LeasePart[];
+  /** Hold the next block (its sizing and TTL); null: end the lease. `plainOnly`: only on an account where no limit or scoped grant makes who spends matter. */
+  roll: { sizing: LeaseSizing; ttlSeconds: number; plainOnly?: boolean } | null;
+  /** The lease's spender and feature (docs/teams-and-limits.md, "Leases"): its holds and charges name them. */
+  spender?: string | undefined;
+  feature?: string | undefined;
+}
+
+/** A block as a lease keeps it. */
+export interface LeaseHold {
+  id: string;
+  amount: number;
+  expiresAt: number;
+}
+
+/** The settle's outcome: its entry, the next block, whether it was answered by its key. */
+export interface LeaseSettled {
+  entry: JournalEntry | null;
+  next: LeaseHold | null;
+  replayed: boolean;
+  /** True when the account has spend limits or scoped grants (who spends on what matters); absent on a replay. */
+  aware?: boolean;
+  /** ms: the earliest end of the limit windows that apply to the lease's spends (its block serves until then). */
+  until?: number;
+}
+
+/** A hold as a lease keeps it. */
+function leaseHoldOf(r: Reservation): LeaseHold {
+  return { id: r.id, amount: r.amount, expiresAt: r.expiresAt.getTime() };
+}
 
 /**
  * Settles window `s.window` of lease `s.lease` in one keyed unit of work: commits what

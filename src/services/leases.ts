@@ -14,16 +14,9 @@ import {
   type LeasePart,
   type LeaseSizing,
 } from "../domain/leases.js";
-import {
-  Amount,
-  LeaseChargeOptions,
-  LeaseOptions,
-  UserId,
-  parse,
-  type JournalEntry,
-  type Reservation,
-} from "../models/index.js";
+import { Amount, LeaseChargeOptions, LeaseOptions, UserId, parse, type JournalEntry } from "../models/index.js";
 import type { CreditCore } from "./credit-core.js";
+import type { LeaseSettle } from "./lease-settle.js";
 import { MeterSession, type MeterOutcome, type SessionDeps } from "./metering.js";
 import { FeatureName, SpenderId, type MeterOptions } from "../models/index.js";
 import { parseConfig, wellFormed } from "../models/parse.js";
@@ -46,46 +39,6 @@ export interface LeaseRecovery {
   /** Requests and credits those windows charged. */
   requests: number;
   credits: number;
-}
-
-/** @internal What a settle asks of the credit service (`CreditCore.settleLease`). */
-export interface LeaseSettle {
-  lease: string;
-  window: number;
-  /** The window's hold; null when there is none (an opening window). */
-  holdId: string | null;
-  used: number;
-  requests: number;
-  /** The window's usage by feature, spender and model, when a charge named one (docs/usage.md). */
-  parts?: LeasePart[];
-  /** Hold the next block (its sizing and TTL); null: end the lease. `plainOnly`: only on an account where no limit or scoped grant makes who spends matter. */
-  roll: { sizing: LeaseSizing; ttlSeconds: number; plainOnly?: boolean } | null;
-  /** The lease's spender and feature (docs/teams-and-limits.md, "Leases"): its holds and charges name them. */
-  spender?: string | undefined;
-  feature?: string | undefined;
-}
-
-/** @internal A block as a lease keeps it. */
-export interface LeaseHold {
-  id: string;
-  amount: number;
-  expiresAt: number;
-}
-
-/** @internal The settle's outcome: its entry, the next block, whether it was answered by its key. */
-export interface LeaseSettled {
-  entry: JournalEntry | null;
-  next: LeaseHold | null;
-  replayed: boolean;
-  /** True when the account has spend limits or scoped grants (who spends on what matters); absent on a replay. */
-  aware?: boolean;
-  /** ms: the earliest end of the limit windows that apply to the lease's spends (its block serves until then). */
-  until?: number;
-}
-
-/** @internal */
-export function leaseHoldOf(r: Reservation): LeaseHold {
-  return { id: r.id, amount: r.amount, expiresAt: r.expiresAt.getTime() };
 }
 
 /** Credits `CreditLeases.setAside` set aside in a block: charged from it or given back, once. */
