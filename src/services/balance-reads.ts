@@ -90,9 +90,6 @@ export class BalanceReads {
   }
 }
 
-/** A spend naming neither spender nor feature. */
-export const NO_SPEND: Spend = Object.freeze({ spender: null, feature: null });
-
 /** What a unit of work leaves of the account, as `settled` answers (null: it made none). */
 export function workCredits(work: AccountWork): AccountCredits {
   if (work.isNew && !work.changed) return { account: null, grants: null };

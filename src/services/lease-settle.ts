@@ -6,7 +6,7 @@ import { limitRoom, type Spend } from "../domain/limits.js";
 import { ReservationExpiredError, ReservationNotActiveError } from "../errors.js";
 import type { JournalEntry, Reservation } from "../models/index.js";
 import { activeHold, type UnitRunner } from "./unit-of-work.js";
-import { NO_SPEND } from "./balance-reads.js";
+import { NO_SPEND } from "../domain/entry-meta.js";
 
 /*
  * Lease settling (docs/metering.md, "Leases"): the one unit of work that turns a lease window's

@@ -272,8 +272,7 @@ export class MeterSession {
     }
     const n = amount ?? (this.recorded.length > 0 ? this.sum : this.estimate);
     try {
-      // A number it accepted before is answered from memory: no schema run per call. A sum of
-      // usages beyond Number.MAX_SAFE_INTEGER is refused here too.
+      // Validated like any input: a sum of usages beyond Number.MAX_SAFE_INTEGER is refused here.
       parse(NonNegativeAmount, n, "usage amount");
     } catch (error) {
       this.settlement = this.published(this.doRelease("error"));
