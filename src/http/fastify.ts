@@ -2,6 +2,7 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import { Transform, type Readable } from "node:stream";
 import { ResponseUsageReader } from "../domain/llm-usage.js";
 import type { MeterSession } from "../services/metering.js";
+import { targetPathOf } from "./metering/paths.js";
 import { common, headerOf, type MeteringOptionsBase, type PricedRequest } from "./metering/common.js";
 
 /**
@@ -70,9 +71,8 @@ export function fastifyCreditMetering(options: FastifyCreditMeteringOptions): Fa
   };
 
   const onRequest = async (request: FastifyRequestLike, reply: FastifyReplyLike): Promise<void> => {
-    const q = request.url.indexOf("?");
-    const path = q === -1 ? request.url : request.url.slice(0, q);
-    if (!c.applies(path, c.routerFor(request))) return;
+    const path = targetPathOf(request.url);
+    if (!c.meters(path, request)) return;
     const res = reply.raw;
     const begun = await c.begin(
       request,

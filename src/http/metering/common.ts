@@ -445,6 +445,9 @@ export function common<Req>(o: MeteringOptionsBase<Req>) {
     return null;
   };
 
+  /** Whether a request of `path` is metered (`pathPrefix`, `skipPaths`, as the router behind reads paths). */
+  const meters = (path: string, req: Req): boolean => applies(path, routerFor(req));
+
   /** A request whose handler failed is settled without a charge (unless it is settled already). */
   const notCharged = (req: Req, settled: MeterSession | PricedRequest<Req>, locals?: Partial<MeteringLocals>) => {
     if (!(settled instanceof PricedRequest)) return settle(req, settled, settled.release("error"), locals);
@@ -457,14 +460,11 @@ export function common<Req>(o: MeteringOptionsBase<Req>) {
     begin,
     handlerFailed,
     notCharged,
-    settleReading,
     settleBody,
     settleEnd,
     usageOfBody,
     readsBody,
-    applies,
-    routerFor,
-    report,
+    meters,
     settle,
     deductedHeader,
   };

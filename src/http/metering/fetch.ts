@@ -25,7 +25,7 @@ export function creditMetering(options: CreditMeteringOptions) {
   return (handler: (request: Request) => Response | Promise<Response>) =>
     async (request: Request): Promise<Response> => {
       const path = pathnameOf(request.url);
-      if (!c.applies(path, c.routerFor(request))) return handler(request);
+      if (!c.meters(path, request)) return handler(request);
       const begun = await c.begin(
         request,
         request.method,

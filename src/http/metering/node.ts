@@ -280,7 +280,7 @@ export function creditMeteringMiddleware(options: CreditMeteringMiddlewareOption
 
   return (req: IncomingMessage, res: ServerResponse, next: Next): void => {
     const path = nodePathOf(req);
-    if (!c.applies(path, c.routerFor(req))) {
+    if (!c.meters(path, req)) {
       next();
       return;
     }

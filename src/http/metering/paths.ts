@@ -249,7 +249,11 @@ export const pathnameOf = (url: string): string => new URL(url).pathname;
 
 /** The path of a node request's target (Express: `originalUrl`), without its query. */
 export function nodePathOf(req: { url?: string | undefined; originalUrl?: string }): string {
-  const target = req.originalUrl ?? req.url ?? "/";
+  return targetPathOf(req.originalUrl ?? req.url ?? "/");
+}
+
+/** The path of a request target, without its query. */
+export function targetPathOf(target: string): string {
   const q = target.indexOf("?");
   return q === -1 ? target : target.slice(0, q);
 }
