@@ -68,9 +68,6 @@ export function eventNotifications(events: readonly WorkEvent[], userId: string,
   return events.map((e) => newNotification(userId, e.type, e.payload, now, e.dedupeKey));
 }
 
-/** No notifications. */
-export const NO_NOTIFICATIONS: readonly Notification[] = Object.freeze([]);
-
 /**
  * Re-evaluates `account.alert` after a change (`entries` are the change's journal entries) and
  * returns the crossing events. Updates `account` (the unit of work's private copy) in place only

@@ -5,7 +5,6 @@ import type { Changes, DbManager, DbTransaction, LoadedState } from "../db/types
 import type { PromoPaymentChanges } from "../db/types-promos.js";
 import { AccountWork, type EntryMeta } from "../domain/account-work.js";
 import {
-  NO_NOTIFICATIONS,
   evaluateAlert,
   expiredHoldNotifications,
   eventNotifications,
@@ -69,17 +68,12 @@ export interface RunOptions {
   periods?: boolean;
 }
 
-/** The options of most units of work: settle first. */
-const SETTLE: RunOptions = Object.freeze({ settle: true });
-
 /**
  * What an attempt answers when its settlement expired a subscription period's grants: the unit of
  * work ends with nothing written, the period is brought
  * up to date, and the operation runs again (once).
  */
 const PERIOD_DUE = "period due";
-
-const NO_ENTRIES: readonly JournalEntry[] = Object.freeze([]);
 
 interface UnitOutcome<T> {
   value: T;
@@ -141,7 +135,7 @@ class UnitRun<T> {
       if (first.fingerprint !== this.meta.fingerprint) throw new IdempotencyConflictError(key);
       if (this.message !== undefined) this.message.outcome = "replayed";
       const value = this.replay === undefined ? (first as T) : await this.replay(first, tx);
-      return { value, entries: NO_ENTRIES };
+      return { value, entries: [] };
     }
     const work = new AccountWork(this.userId, state, this.runner.clock(), newId);
     if (this.runner.trial !== undefined && state.account === null) grantTrial(work, this.runner.trial);
@@ -278,7 +272,7 @@ export class UnitRunner {
     meta: EntryMeta,
     body: (work: AccountWork, tx: DbTransaction, unit: UnitContext) => Promise<T> | T,
     replay?: (entry: JournalEntry, tx: DbTransaction) => Promise<T>,
-    options: RunOptions = SETTLE,
+    options: RunOptions = { settle: true },
   ): Promise<T> {
     // Nobody listening: five property reads, no message (docs/observability.md).
     if (!traced(unitOfWorkChannel)) return this.run(operation, userId, meta, body, replay, options, undefined);
@@ -419,7 +413,7 @@ export class UnitRunner {
 
   /** `feature_status_changed` for each feature whose allowed state this unit of work flipped. */
   private featureNotifications(work: AccountWork, after: Account): readonly Notification[] {
-    if (!this.hasFeatures) return NO_NOTIFICATIONS;
+    if (!this.hasFeatures) return [];
     const was = work.loaded;
     const before = was === null ? 0 : was.balance - was.reserved;
     const now = after.balance - after.reserved;
@@ -442,13 +436,8 @@ export class UnitRunner {
    * then the features it flipped.
    */
   addNotifications(work: AccountWork, changes: Changes): void {
-    const journal = this.domainEvents
-      ? domainEvents(work.userId, changes.entries, changes, work.now)
-      : NO_NOTIFICATIONS;
-    const expired =
-      changes.updateReservations.length === 0
-        ? NO_NOTIFICATIONS
-        : expiredHoldNotifications(changes.updateReservations, work.now);
+    const journal = this.domainEvents ? domainEvents(work.userId, changes.entries, changes, work.now) : [];
+    const expired = expiredHoldNotifications(changes.updateReservations, work.now);
     const recorded = eventNotifications(work.events, work.userId, work.now);
     const limits = limitNotifications(work.userId, work.limitsCrossed, changes.account.seq, work.now);
     const alerts = evaluateAlert(changes.account, changes.entries, this.alerts as Thresholds, work.now);
