@@ -67,14 +67,11 @@ export class AccountWork {
   readonly userId: string;
   readonly now: Date;
   private readonly newId: () => string;
-  private readonly original: Account | null;
+  /** The account as the unit of work loaded it (null when new). */
+  readonly loaded: Account | null;
   /** True when the unit of work loaded no account: saving it creates the account (an insert). */
   get isNew(): boolean {
-    return this.original === null;
-  }
-  /** The account as the unit of work loaded it (null when new). */
-  get loaded(): Account | null {
-    return this.original;
+    return this.loaded === null;
   }
   account: Account;
   /**
@@ -105,7 +102,7 @@ export class AccountWork {
     this.userId = userId;
     this.now = now;
     this.newId = newId;
-    this.original = state.account;
+    this.loaded = state.account;
     // A private copy, updated in place (the loaded object is never mutated).
     this.account = state.account
       ? { ...state.account, autoTopUp: state.account.autoTopUp ?? null }
@@ -619,7 +616,7 @@ export class AccountWork {
     this.account.updatedAt = this.now;
     return {
       account: this.account,
-      previousSeq: this.original === null ? null : this.original.seq,
+      previousSeq: this.loaded === null ? null : this.loaded.seq,
       insertGrants: this.grants.saved(true),
       updateGrants: this.grants.saved(false),
       insertReservations: this.holds.saved(true),
