@@ -1,8 +1,6 @@
+import { pgIdent as q, pgQualified } from "./ident.js";
 import { keyDigestSql } from "./key-digest.js";
 import type { NamingOptions, SqlTable } from "./sql.js";
-
-/** A PostgreSQL identifier, quoted (as `quoteIdent` of ./sql.ts, which imports this module). */
-const q = (name: string): string => `"${name.replace(/"/g, '""')}"`;
 
 /**
  * The account row's revision on a store distributed on Citus: every save of the account adds one
@@ -15,8 +13,10 @@ export const REVISION = "rev";
 /** The names of a distributed store's unit-of-work functions, quoted and qualified. */
 export function unitFunctionNames(naming: NamingOptions): { load: string; save: string } {
   const prefix = naming.prefix ?? "";
-  const qualify = (n: string) => (naming.schema === undefined ? q(n) : `${q(naming.schema)}.${q(n)}`);
-  return { load: qualify(`${prefix}unit_load`), save: qualify(`${prefix}unit_save`) };
+  return {
+    load: pgQualified(naming.schema, `${prefix}unit_load`),
+    save: pgQualified(naming.schema, `${prefix}unit_save`),
+  };
 }
 
 /** The parameter types of the save function, in order (for `create_distributed_function`). */

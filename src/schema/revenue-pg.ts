@@ -1,3 +1,4 @@
+import { pgIdent as q, pgQualified } from "./ident.js";
 import type { NamingOptions } from "./sql.js";
 import { sqlLit } from "./usage-sql.js";
 
@@ -24,11 +25,9 @@ export interface RevenueNames {
   splitName: string;
 }
 
-const q = (n: string) => `"${n.replace(/"/g, '""')}"`;
-
 export function revenueNames(naming: NamingOptions): RevenueNames {
   const prefix = naming.prefix ?? "";
-  const qualify = (n: string) => (naming.schema === undefined ? q(n) : `${q(naming.schema)}.${q(n)}`);
+  const qualify = (n: string) => pgQualified(naming.schema, n);
   return {
     state: qualify(`${prefix}revenue_state`),
     daily: qualify(`${prefix}revenue_days`),

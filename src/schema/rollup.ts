@@ -1,4 +1,5 @@
 import { USAGE_MEASURES, USAGE_RULES, usageKindsOf, type UsageRules } from "../domain/usage.js";
+import { pgIdent as q, pgQualified } from "./ident.js";
 import type { NamingOptions } from "./sql.js";
 import {
   PG_USAGE,
@@ -13,9 +14,6 @@ import {
   sqlTypes,
   usageSources,
 } from "./usage-sql.js";
-
-/** A PostgreSQL identifier, quoted (as `quoteIdent` of ./sql.ts, which imports this module). */
-const q = (name: string): string => `"${name.replace(/"/g, '""')}"`;
 
 /**
  * The usage rollup of PostgreSQL (docs/usage.md, "The daily rollup"): `usage_daily`, one row per
@@ -46,7 +44,7 @@ export interface RollupNames {
 
 export function rollupNames(naming: NamingOptions): RollupNames {
   const prefix = naming.prefix ?? "";
-  const qualify = (n: string) => (naming.schema === undefined ? q(n) : `${q(naming.schema)}.${q(n)}`);
+  const qualify = (n: string) => pgQualified(naming.schema, n);
   const name = `${prefix}usage_daily`;
   return {
     table: qualify(name),

@@ -3,6 +3,7 @@ import { rollupDdl, rollupNames } from "./rollup.js";
 import { revenueDdl } from "./revenue-pg.js";
 import { citusUnitFunctions } from "./citus-units.js";
 import { keyDigestSql } from "./key-digest.js";
+import { pgIdent } from "./ident.js";
 
 export { keyDigestSql } from "./key-digest.js";
 import { type Column, FORGOTTEN_KEY, type JsonSchemaNode, columnsOf, modelJsonSchema, snakeCase } from "./columns.js";
@@ -108,7 +109,7 @@ export function checkNaming(options: NamingOptions): void {
 }
 
 export function quoteIdent(dialect: SqlDialect, name: string): string {
-  return dialect === "mysql" ? `\`${name.replace(/`/g, "``")}\`` : `"${name.replace(/"/g, '""')}"`;
+  return dialect === "mysql" ? `\`${name.replace(/`/g, "``")}\`` : pgIdent(name);
 }
 
 /** The tables of `options`, with their columns read from the models. */

@@ -3,6 +3,7 @@
  * each store writes its statements once, with `$1, $2…` parameters, and runs them through one of
  * these (docs/service.md, "Secure it"; docs/notifications.md, "Webhooks").
  */
+import { pgIdent } from "../schema/ident.js";
 
 /** What `serve`'s own stores (the webhook endpoints, the API keys) use of a SQLite connection. */
 export interface SqliteLike {
@@ -59,7 +60,7 @@ export function sqliteSql(db: SqliteLike): OwnSql {
 
 /** A `pg` pool of our own, on the store's PostgreSQL database and in its schema (when it has one). */
 export function postgresSql(pool: PgPoolLike, schema: string | undefined): OwnSql {
-  const quoted = schema === undefined ? undefined : `"${schema.replace(/"/g, '""')}"`;
+  const quoted = schema === undefined ? undefined : pgIdent(schema);
   return {
     table: (name) => (quoted === undefined ? name : `${quoted}.${name}`),
     async prepare() {
