@@ -1,4 +1,3 @@
-import { randomUUID } from "node:crypto";
 import onExit from "on-exit-leak-free";
 import type { Logger } from "../logger.js";
 import type { DbManager } from "../db/types.js";
@@ -6,6 +5,7 @@ import { canonicalEntry } from "../domain/hash.js";
 import { LedgerEntriesQuery, parse, type JournalEntry, type LedgerEntry } from "../models/index.js";
 import { LedgerFile } from "./file.js";
 import { nodeBuiltin, refuseOnWorkers } from "../util/runtime.js";
+import { newId } from "../util/uuid.js";
 
 export interface LedgerLoggerOptions {
   db: DbManager;
@@ -197,7 +197,7 @@ export class LedgerLogger {
     context: { userId?: string; correlationId?: string },
   ): Promise<LedgerEntry> {
     const entry: LedgerEntry = {
-      id: randomUUID(),
+      id: newId(),
       eventType,
       userId: context.userId ?? null,
       correlationId: context.correlationId ?? null,

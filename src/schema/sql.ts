@@ -56,7 +56,7 @@ export interface SqlOptions extends NamingOptions {
    * them (colocated with the accounts) and make plans, promos and the version row reference
    * tables follow the tables, before any row is written — what `init()` of a store on a Citus
    * coordinator runs. Each call runs only on a table not yet distributed, so the DDL can run
-   * again. Default false. Ids stay unique in practice (random UUIDs); what changes is that the
+   * again. Default false. Ids stay unique in practice (UUIDs); what changes is that the
    * database enforces it per user.
    */
   distributed?: boolean;

@@ -1,5 +1,5 @@
 import { basisOfPrice } from "../domain/revenue.js";
-import { createHash, randomUUID } from "node:crypto";
+import { createHash } from "node:crypto";
 import { warnOnFailure, type Logger } from "../logger.js";
 import type { Cache } from "../cache/index.js";
 import type { DbManager, DbTransaction, LoadedState } from "../db/types.js";
@@ -26,6 +26,7 @@ import {
   WebhookRejectedError,
 } from "../errors.js";
 import type { LedgerLogger } from "../ledger/index.js";
+import { newId } from "../util/uuid.js";
 import {
   CreatePaymentInput,
   RecordRefundOptions,
@@ -223,7 +224,7 @@ export class PaymentService {
     // which it limits to 40.
     const id =
       i.idempotencyKey === undefined
-        ? randomUUID()
+        ? newId()
         : `pl_${createHash("sha256").update(`${this.keyPrefix}${user}\u0000${i.idempotencyKey}`).digest("hex").slice(0, 37)}`;
     let claim: Payment = {
       id,

@@ -1,4 +1,3 @@
-import { randomUUID } from "node:crypto";
 import type { Logger } from "../logger.js";
 import type { Cache } from "../cache/index.js";
 import type { DbManager } from "../db/types.js";
@@ -21,6 +20,7 @@ import {
 import * as z from "zod";
 import { runAccountUnit, unitDeps, type UnitDeps } from "./account-unit.js";
 import type { CreditService } from "./credit-service.js";
+import { newId } from "../util/uuid.js";
 
 export interface PromoServiceOptions {
   db: DbManager;
@@ -194,7 +194,7 @@ export class PromoService {
               meta,
             );
             const claim: PromoClaim = {
-              id: randomUUID(),
+              id: newId(),
               code: p.code,
               userId: user,
               claimNumber: claimed + 1,

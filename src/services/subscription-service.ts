@@ -1,4 +1,3 @@
-import { randomUUID } from "node:crypto";
 import type { Logger } from "../logger.js";
 import { CacheAside } from "../cache/aside.js";
 import type { Cache } from "../cache/index.js";
@@ -24,6 +23,7 @@ import type { CreditService } from "./credit-service.js";
 import { creditCore } from "./credit-core.js";
 import { SubscriptionPeriods } from "./subscription-periods.js";
 import { copy } from "./history.js";
+import { newId } from "../util/uuid.js";
 
 export interface SubscriptionServiceOptions {
   db: DbManager;
@@ -98,7 +98,7 @@ export class SubscriptionService {
     const i = parse(CreatePlanInput, input, "plan");
     const now = this.clock();
     const plan: Plan = {
-      id: i.id ?? randomUUID(),
+      id: i.id ?? newId(),
       name: i.name,
       description: i.description ?? null,
       creditsPerPeriod: i.creditsPerPeriod,
@@ -215,7 +215,7 @@ export class SubscriptionService {
         return this.repeat(existing, pid, o, now);
       throw alreadySubscribed(existing);
     }
-    const s = rules.subscribe(randomUUID(), user, await this.requirePlan(pid), o, now);
+    const s = rules.subscribe(newId(), user, await this.requirePlan(pid), o, now);
     try {
       await this.db.insertSubscription(s);
     } catch (error) {

@@ -1,4 +1,3 @@
-import { randomUUID } from "node:crypto";
 import type { Logger } from "../logger.js";
 import type { CacheAside } from "../cache/aside.js";
 import type { Changes, DbManager, DbTransaction, LoadedState } from "../db/types.js";
@@ -485,7 +484,7 @@ export async function saveAccountOnly(
   await db.transaction(userId, async (tx) => {
     const state = await tx.load();
     const now = clock();
-    const account = { ...new AccountWork(userId, state, now, randomUUID).account };
+    const account = { ...new AccountWork(userId, state, now, newId).account };
     const notifications = change(account, now);
     if (notifications === null) return;
     account.updatedAt = now;
