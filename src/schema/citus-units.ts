@@ -11,11 +11,12 @@ import type { NamingOptions, SqlTable } from "./sql.js";
 export const REVISION = "rev";
 
 /** The names of a distributed store's unit-of-work functions, quoted and qualified. */
-export function unitFunctionNames(naming: NamingOptions): { load: string; save: string } {
+export function unitFunctionNames(naming: NamingOptions): { load: string; save: string; saves: string } {
   const prefix = naming.prefix ?? "";
   return {
     load: pgQualified(naming.schema, `${prefix}unit_load`),
     save: pgQualified(naming.schema, `${prefix}unit_save`),
+    saves: pgQualified(naming.schema, `${prefix}unit_saves`),
   };
 }
 
@@ -41,13 +42,18 @@ const SAVE_ARGS = [
  * there with a plain COMMIT:
  *
  * - `unit_load(user, key)`: the account, its open grants and active holds, the journal entry of
- *   an idempotency key and the revision, as one JSON text read in one snapshot;
+ *   an idempotency key, the revision and the node's group id, as one JSON text read in one snapshot;
  * - `unit_save(user, rev, prev, …, lock_timeout_ms)`: a unit of work's changes (the account row as
  *   a whole, new and changed grants and holds, journal entries, outbox rows) if the account is
  *   still at revision `rev` and `seq` `prev` — else nothing, and SQLSTATE 40001, which runs the
  *   unit again from a fresh load. A new account (`prev` null) is inserted; a concurrent first
  *   write fails it with a unique violation, which runs it again too. It waits for the account's
  *   row lock at most `lock_timeout_ms` (0: no limit). Returns the account's new revision.
+ * - `unit_saves(user, units, lock_timeout_ms)`: several units' saves in one call, handed to the
+ *   worker of `user`'s account, each `units` element the arguments of one `unit_save` in order;
+ *   each runs in a subtransaction of its own, so its failure undoes its writes only, and they
+ *   commit together. Returns a JSON array, per unit `{"rev": …}` or `{"code": SQLSTATE, "message": …}`.
+ *   A unit whose account is on another node is still saved, through the distributed tables.
  *
  * Each statement inside is keyed by the user id, and the inserts are `VALUES` of a row variable's
  * fields, so every statement runs on the worker's local shard. Every statement can run again.
@@ -60,7 +66,7 @@ export function citusUnitFunctions(tables: readonly SqlTable[], naming: NamingOp
   const journal = get("journal");
   const outbox = get("notifications");
   if (!accounts || !grants || !holds || !journal || !outbox) return [];
-  const { load, save } = unitFunctionNames(naming);
+  const { load, save, saves } = unitFunctionNames(naming);
   const updatable = (t: SqlTable) => {
     const keys = new Set(["user_id", "created_at", REVISION, ...t.spec.primaryKey.map((f) => snake(t, f))]);
     return t.columns.filter((c) => !keys.has(c.name)).map((c) => c.name);
@@ -159,6 +165,7 @@ BEGIN
   PERFORM set_config('TimeZone', 'UTC', true);
   RETURN (SELECT json_build_object(
     'rev', (SELECT a.${rev} FROM ${accounts.qualified} a WHERE a.user_id = p_user),
+    'node', (SELECT l.groupid FROM pg_dist_local_group l),
     'account', (SELECT row_to_json(a) FROM ${accounts.qualified} a WHERE a.user_id = p_user),
     'grants', (SELECT json_agg(g) FROM ${grants.qualified} g WHERE g.user_id = p_user AND g.closed_at IS NULL AND g.remaining > 0),
     'holds', (SELECT json_agg(r) FROM ${holds.qualified} r WHERE r.user_id = p_user AND r.status = 'active'),
@@ -227,7 +234,27 @@ ${insertEach(outbox, "n", "p_notifications")}
   RETURN next_rev;
 END
 $fn$;`,
+    `CREATE OR REPLACE FUNCTION ${saves}(p_user text, p_units json, p_lock_timeout_ms integer) RETURNS text LANGUAGE plpgsql AS $fn$
+DECLARE
+  c json;
+  r bigint;
+  out text[] := '{}';
+BEGIN
+  FOR i IN 0 .. json_array_length(p_units) - 1 LOOP
+    c := p_units -> i;
+    -- A block with an exception handler is a subtransaction: a failed unit's writes are undone alone.
+    BEGIN
+      r := ${save}(c ->> 0, (c ->> 1)::bigint, (c ->> 2)::bigint, (c ->> 3)::json, (c ->> 4)::json, (c ->> 5)::json, (c ->> 6)::json, (c ->> 7)::json, (c ->> 8)::json, (c ->> 9)::json, p_lock_timeout_ms);
+      out := out || json_build_object('rev', r)::text;
+    EXCEPTION WHEN OTHERS THEN
+      out := out || json_build_object('code', SQLSTATE, 'message', SQLERRM)::text;
+    END;
+  END LOOP;
+  RETURN '[' || array_to_string(out, ',') || ']';
+END
+$fn$;`,
     distribute(`${load}(text, text)`),
+    distribute(`${saves}(text, json, integer)`),
     distribute(`${save}(${SAVE_ARGS.map((a) => a.split(" ")[1]).join(", ")})`),
   ];
 }

@@ -75,7 +75,7 @@ export interface SqlOptions extends NamingOptions {
  * `<prefix>schema_version` table (MongoDB: collection) under the component `credit-management`.
  * What each version changed: `MIGRATIONS` in ./migrations.ts; docs/schema-upgrades.md.
  */
-export const SCHEMA_VERSION = 24;
+export const SCHEMA_VERSION = 25;
 
 /** The row of the version table that holds our version. */
 export const SCHEMA_COMPONENT = "credit-management";
