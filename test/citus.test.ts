@@ -438,6 +438,60 @@ describe.skipIf(!url)("one call per unit of work: the kept state is keyed on the
     }
     await Promise.all([a.close(), b.close()]);
   });
+
+  it("a call of several units refuses a unit whose account is on another worker (40001: it runs again alone), so the call never commits in two phases", async () => {
+    const db = new PostgresDbManager({ connectionString: url as string, schema });
+    const { credits } = await createCreditManager({ db });
+    const admin = new pg.Client({
+      connectionString: url,
+      options: "-c citus.log_remote_commands=on -c client_min_messages=log",
+    });
+    await admin.connect();
+    const sent: string[] = [];
+    admin.on("notice", (n) => sent.push(n.message ?? ""));
+    try {
+      // Two accounts on different workers.
+      const portOf = async (user: string) =>
+        (
+          await admin.query<{ port: number }>(
+            `SELECT nodeport AS port FROM citus_shards WHERE shardid = get_shard_id_for_distribution_column($1::regclass, $2::text)`,
+            [`"${schema}".accounts`, user],
+          )
+        ).rows[0]?.port;
+      const here = "away0";
+      let away = "";
+      for (let i = 1; away === "" && i < 100; i++)
+        if ((await portOf(`away${i}`)) !== (await portOf(here))) away = `away${i}`;
+      expect(away).not.toBe("");
+      await credits.addCredits(here, 100);
+      await credits.addCredits(away, 100);
+      // The arguments of a real save of `away`, sent instead in a call delegated to `here`'s worker.
+      const read = db.read.bind(db);
+      let crafted: string | undefined;
+      db.read = async (what, text, params) => {
+        if (what === "save" && crafted === undefined && params?.[0] === away) {
+          const r = await admin.query<{ r: string }>(`SELECT "${schema}".unit_saves($1, $2, 0) AS r`, [
+            here,
+            JSON.stringify([params.slice(0, 10)]),
+          ]);
+          crafted = r.rows[0]?.r;
+        }
+        return read(what, text, params);
+      };
+      sent.length = 0;
+      await credits.deductCredits(away, 7);
+      expect(JSON.parse(crafted ?? "[]")).toEqual([
+        { code: "40001", message: expect.stringMatching(/not on this node/) },
+      ]);
+      expect(sent.filter((t) => /PREPARE TRANSACTION/.test(t))).toEqual([]);
+      // The refused copy wrote nothing; the unit itself, in its own call, did.
+      expect((await credits.getUserCreditsInfo(away)).balance).toBe(93);
+      expect((await credits.audit(away)).ok).toBe(true);
+    } finally {
+      await admin.end();
+      await db.close();
+    }
+  });
 });
 
 // reason: needs a Citus cluster (CREDIT_CITUS_URL, set by .ci/run); skipped with the notice above otherwise

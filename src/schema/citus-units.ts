@@ -53,7 +53,8 @@ const SAVE_ARGS = [
  *   worker of `user`'s account, each `units` element the arguments of one `unit_save` in order;
  *   each runs in a subtransaction of its own, so its failure undoes its writes only, and they
  *   commit together. Returns a JSON array, per unit `{"rev": …}` or `{"code": SQLSTATE, "message": …}`.
- *   A unit whose account is on another node is still saved, through the distributed tables.
+ *   A unit whose account is no longer on this node (its shard moved since the unit's load) is
+ *   refused with SQLSTATE 40001 and runs again from a fresh load, so the call stays on one node.
  *
  * Each statement inside is keyed by the user id, and the inserts are `VALUES` of a row variable's
  * fields, so every statement runs on the worker's local shard. Every statement can run again.
@@ -200,6 +201,12 @@ BEGIN
     -- placement of the node at each call.
     here := EXISTS (SELECT 1 FROM pg_dist_placement p WHERE p.shardid = shard
       AND p.groupid = (SELECT l.groupid FROM pg_dist_local_group l));
+    -- In a call of several units (unit_saves), an account whose shard has moved since its load is
+    -- refused, to run again from a fresh load, alone: written from here through the distributed
+    -- tables it would make the whole call a two-phase commit.
+    IF NOT here AND current_setting('credit_management.grouped', true) = 'on' THEN
+      RAISE EXCEPTION 'credit-management: account % is not on this node', p_user USING ERRCODE = '40001';
+    END IF;
   END IF;
   a := json_populate_record(NULL::${accounts.qualified}, p_account);
   IF p_prev IS NULL THEN
@@ -240,6 +247,7 @@ DECLARE
   r bigint;
   out text[] := '{}';
 BEGIN
+  PERFORM set_config('credit_management.grouped', 'on', true);
   FOR i IN 0 .. json_array_length(p_units) - 1 LOOP
     c := p_units -> i;
     -- A block with an exception handler is a subtransaction: a failed unit's writes are undone alone.
