@@ -154,45 +154,51 @@ export class CitusUnits {
   /** Sends `queue`'s waiting saves, a call at a time, until none waits (one unit alone: `unit_save`). */
   private async send(queue: SaveQueue): Promise<void> {
     queue.out++;
-    while (queue.waiting.length > 0) {
-      const units = queue.waiting.splice(0, MAX_UNITS_PER_CALL);
-      const { db, fn } = this;
-      if (units.length === 1) {
-        const [unit] = units as [Waiting];
+    // Always given back: a node whose count stayed up would hold its next saves forever.
+    try {
+      while (queue.waiting.length > 0) {
+        const units = queue.waiting.splice(0, MAX_UNITS_PER_CALL);
+        const { db, fn } = this;
+        if (units.length === 1) {
+          const [unit] = units as [Waiting];
+          try {
+            const [row] = await db.read(
+              "save",
+              `SELECT ${fn.save}($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) AS rev`,
+              [...unit.args, db.lockTimeoutMs],
+            );
+            unit.resolve(Number(row?.rev));
+          } catch (error) {
+            unit.reject(error);
+          }
+          continue;
+        }
+        let results: Array<{ rev?: number; code?: string; message?: string }>;
         try {
-          const [row] = await db.read(
-            "save",
-            `SELECT ${fn.save}($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) AS rev`,
-            [...unit.args, db.lockTimeoutMs],
-          );
-          unit.resolve(Number(row?.rev));
+          const [row] = await db.read("save", `SELECT ${fn.saves}($1, $2, $3) AS r`, [
+            units[0]?.args[0],
+            JSON.stringify(units.map((u) => u.args)),
+            db.lockTimeoutMs,
+          ]);
+          results = JSON.parse(String(row?.r)) as typeof results;
         } catch (error) {
-          unit.reject(error);
+          for (const u of units) u.reject(error);
+          continue;
         }
-        continue;
+        units.forEach((u, i) => {
+          const r = results[i];
+          if (r?.code === undefined && typeof r?.rev === "number") u.resolve(r.rev);
+          else {
+            const cause = Object.assign(new Error(r?.message ?? "no result for the unit"), {
+              code: r?.code ?? "XX000",
+            });
+            u.reject(storageError("save", workerCode(cause)));
+          }
+        });
       }
-      let results: Array<{ rev?: number; code?: string; message?: string }>;
-      try {
-        const [row] = await db.read("save", `SELECT ${fn.saves}($1, $2, $3) AS r`, [
-          units[0]?.args[0],
-          JSON.stringify(units.map((u) => u.args)),
-          db.lockTimeoutMs,
-        ]);
-        results = JSON.parse(String(row?.r)) as typeof results;
-      } catch (error) {
-        for (const u of units) u.reject(error);
-        continue;
-      }
-      units.forEach((u, i) => {
-        const r = results[i];
-        if (r?.code === undefined && typeof r?.rev === "number") u.resolve(r.rev);
-        else {
-          const cause = Object.assign(new Error(r?.message ?? "no result for the unit"), { code: r?.code ?? "XX000" });
-          u.reject(storageError("save", workerCode(cause)));
-        }
-      });
+    } finally {
+      queue.out--;
     }
-    queue.out--;
   }
 
   /** `unit` as a transaction (`./batch.ts`); settles when it does. */
