@@ -391,7 +391,8 @@ export class UnitRunner {
     if (outcome.holds !== undefined && holdChannel.hasSubscribers) publishHolds(userId, outcome.holds);
     if (outcome.entries.length > 0) {
       this.ledger?.recordTransactions(outcome.entries, outcome.canonicals);
-      await this.cache?.invalidate(infoKey(userId));
+      const invalidated = this.cache?.invalidate(infoKey(userId));
+      if (invalidated !== undefined) await invalidated;
     }
     return outcome.value;
   }

@@ -105,7 +105,9 @@ export class InMemoryDbManager extends StoreBase implements DbManager {
   async init(): Promise<void> {}
 
   async transaction<T>(userId: string, fn: (tx: DbTransaction) => Promise<T> | T): Promise<T> {
-    await this.locks.acquire(userId);
+    // A promise only when another unit of work holds the account (as the store helper's `run` waits).
+    const wait = this.locks.acquire(userId);
+    if (wait !== undefined) await wait;
     try {
       const rows = this.accounts.get(userId) ?? newAccountRows(userId);
       const tx = new MemoryTransaction(this, rows);
