@@ -2,7 +2,8 @@ import { randomUUID } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { DbTransaction } from "../src/db/types.js";
 import { AccountWork } from "../src/domain/account-work.js";
-import { InMemoryDbManager } from "../src/index.js";
+import { compareGrants } from "../src/domain/order.js";
+import { CreditService, InMemoryDbManager, type JournalEntry } from "../src/index.js";
 import { runDbManagerContract } from "../src/testing/index.js";
 
 const test = { describe, it, expect, beforeAll, afterAll };
@@ -104,5 +105,33 @@ describe("in-memory store: units of work and the per-account lock", () => {
     expect(await first).toBe(1);
     expect(await second).toBe(11);
     expect(order).toEqual(["first starts", "first ends", "second runs"]);
+  });
+
+  it("hands a unit of work the open grants in burn-down order, whatever order they opened in", async () => {
+    const db = new InMemoryDbManager();
+    const credits = new CreditService({ db });
+    const inDays = (d: number) => new Date(Date.now() + d * 86_400_000);
+    const grantOf = (e: JournalEntry) => e.grants[0]?.grantId;
+    // Opened in another order than burn-down's: lower priority first, then soonest expiry, never-expiring last.
+    const never = grantOf(await credits.addCredits("u", 10));
+    const later = grantOf(await credits.addCredits("u", 10, { priority: 5 }));
+    const month = grantOf(await credits.addCredits("u", 10, { expiresAt: inDays(30) }));
+    const soon = grantOf(await credits.addCredits("u", 10, { expiresAt: inDays(2) }));
+    const expected = [soon, month, never, later];
+    const loaded = () => db.transaction("u", (tx) => tx.load());
+    expect((await loaded()).grants.map((g) => g.id)).toEqual(expected);
+    // A hold takes every credit of the first grant, which leaves the open grants; its release gives
+    // them back, and the grant opens again in its place, not at the end.
+    const hold = await credits.reserveCredits("u", 10);
+    expect((await loaded()).grants.map((g) => g.id)).toEqual([month, never, later]);
+    await credits.releaseReservedCredits(hold.id);
+    const state = await loaded();
+    expect(state.grantsInOrder).toBe(true);
+    expect(state.grants.map((g) => g.id)).toEqual(expected);
+    expect([...state.grants].sort(compareGrants).map((g) => g.id)).toEqual(expected);
+    // Deductions, which read only the grants they draw from, draw in that order.
+    const drawn: (string | undefined)[] = [];
+    for (let i = 0; i < 4; i++) drawn.push(grantOf(await credits.deductCredits("u", 10)));
+    expect(drawn).toEqual(expected);
   });
 });

@@ -1,5 +1,5 @@
 import { ConflictError } from "../../errors.js";
-import { isOpenGrant } from "../../domain/order.js";
+import { compareGrants, isOpenGrant } from "../../domain/order.js";
 import type { Account, Grant, JournalEntry, LedgerEntry, Payment, Promo, Reservation } from "../../models/index.js";
 import { SYSTEM_KEY_PREFIX } from "../../models/common.js";
 import { UsageAccumulator, usageEntryTypes, type UsageBucket, type UsageScan } from "../../domain/usage.js";
@@ -34,7 +34,7 @@ interface AccountRows {
   account: Account | null;
   /** Every grant, by id, in insertion order. */
   grants: Map<string, Grant>;
-  /** The open ones (remaining > 0, not closed): what a unit of work loads. */
+  /** The open ones (remaining > 0, not closed), in burn-down order: what a unit of work loads. */
   open: Map<string, Grant>;
   /** Every hold, by id, in insertion order. */
   holds: Map<string, Reservation>;
@@ -167,10 +167,15 @@ export class InMemoryDbManager extends StoreBase implements DbManager {
     if (changes.notifications !== undefined) this.outbox.insertNotifications(changes.notifications);
   }
 
-  /** Files a kept grant under what it is now: open or not, due to expire or not. */
+  /** Files a kept grant under what it is now: open (in burn-down order) or not, due to expire or not. */
   private indexGrant(rows: AccountRows, g: Grant): void {
-    if (isOpenGrant(g)) rows.open.set(g.id, g);
-    else rows.open.delete(g.id);
+    if (!isOpenGrant(g)) rows.open.delete(g.id);
+    else if (!rows.open.has(g.id)) {
+      rows.open.set(g.id, g);
+      // A grant's place in burn-down order never changes: the open grants are put in order when one
+      // opens (is created, or gets credits back), not at every load.
+      if (rows.open.size > 1) inBurnDownOrder(rows.open);
+    }
     if (isOpenGrant(g) && g.expiresAt !== null) this.dueGrants.set(g.id, g.expiresAt.getTime());
     else this.dueGrants.delete(g.id);
   }
@@ -381,6 +386,8 @@ class MemoryTransaction implements DbTransaction {
     return {
       account: rows.account,
       grants: [...rows.open.values()],
+      // So a deduction reads only the grants it draws from, however many are open (docs/storage.md).
+      grantsInOrder: true,
       reservations: [...rows.active.values()],
       idempotent: seq === undefined ? null : copyEntry(rows.journal[seq - 1 - rows.archived] as JournalEntry),
     };
@@ -436,6 +443,13 @@ function keep<T extends { id: string }>(kept: Map<string, T>, row: T): T {
     return copy;
   }
   return Object.assign(old, row);
+}
+
+/** Puts an account's open grants in burn-down order (`compareGrants`). */
+function inBurnDownOrder(open: Map<string, Grant>): void {
+  const sorted = [...open.values()].sort(compareGrants);
+  open.clear();
+  for (const g of sorted) open.set(g.id, g);
 }
 
 /** By creation, then id: the order the stores list grants and holds in. */
