@@ -36,6 +36,11 @@ interface AccountRows {
   grants: Map<string, Grant>;
   /** The open ones (remaining > 0, not closed), in burn-down order: what a unit of work loads. */
   open: Map<string, Grant>;
+  /**
+   * The open grant last in burn-down order when it opened, or null: after it closes, still one that
+   * none of the open grants comes after.
+   */
+  lastOpened: Grant | null;
   /** Every hold, by id, in insertion order. */
   holds: Map<string, Reservation>;
   /** The active ones: what a unit of work loads. */
@@ -54,6 +59,7 @@ function newAccountRows(userId: string): AccountRows {
     account: null,
     grants: new Map(),
     open: new Map(),
+    lastOpened: null,
     holds: new Map(),
     active: new Map(),
     journal: [],
@@ -171,10 +177,11 @@ export class InMemoryDbManager extends StoreBase implements DbManager {
   private indexGrant(rows: AccountRows, g: Grant): void {
     if (!isOpenGrant(g)) rows.open.delete(g.id);
     else if (!rows.open.has(g.id)) {
+      // A grant's place in burn-down order never changes, so the open grants are put in order only
+      // when one opens (is created, or gets credits back) before the last: most go after it.
       rows.open.set(g.id, g);
-      // A grant's place in burn-down order never changes: the open grants are put in order when one
-      // opens (is created, or gets credits back), not at every load.
-      if (rows.open.size > 1) inBurnDownOrder(rows.open);
+      if (rows.lastOpened === null || compareGrants(rows.lastOpened, g) < 0) rows.lastOpened = g;
+      else inBurnDownOrder(rows);
     }
     if (isOpenGrant(g) && g.expiresAt !== null) this.dueGrants.set(g.id, g.expiresAt.getTime());
     else this.dueGrants.delete(g.id);
@@ -446,10 +453,11 @@ function keep<T extends { id: string }>(kept: Map<string, T>, row: T): T {
 }
 
 /** Puts an account's open grants in burn-down order (`compareGrants`). */
-function inBurnDownOrder(open: Map<string, Grant>): void {
-  const sorted = [...open.values()].sort(compareGrants);
-  open.clear();
-  for (const g of sorted) open.set(g.id, g);
+function inBurnDownOrder(rows: AccountRows): void {
+  const sorted = [...rows.open.values()].sort(compareGrants);
+  rows.open.clear();
+  for (const g of sorted) rows.open.set(g.id, g);
+  rows.lastOpened = sorted[sorted.length - 1] ?? null;
 }
 
 /** By creation, then id: the order the stores list grants and holds in. */
