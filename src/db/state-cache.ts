@@ -46,19 +46,32 @@ export class StateCache<S extends AccountState> {
 
 /** The account's state once `changes`, made on top of `before` (null: a new account), are committed. */
 export function stateAfter(before: AccountState | null, changes: Changes): AccountState {
-  const grants = new Map<string, Grant>();
-  for (const g of before?.grants ?? []) grants.set(g.id, g);
-  for (const g of changes.insertGrants) grants.set(g.id, g);
-  for (const g of changes.updateGrants) grants.set(g.id, g);
-  const holds = new Map<string, Reservation>();
-  for (const r of before?.reservations ?? []) holds.set(r.id, r);
-  for (const r of changes.insertReservations) holds.set(r.id, r);
-  for (const r of changes.updateReservations) holds.set(r.id, r);
   return {
     account: changes.account,
-    grants: [...grants.values()].filter(isOpenGrant),
-    reservations: [...holds.values()].filter((r) => r.status === "active"),
+    grants: merged(before?.grants ?? [], [...changes.insertGrants, ...changes.updateGrants], isOpenGrant),
+    reservations: merged(
+      before?.reservations ?? [],
+      [...changes.insertReservations, ...changes.updateReservations],
+      (r) => r.status === "active",
+    ),
   };
+}
+
+/**
+ * `rows` with `written` in place of the rows of their ids and the other written rows after them,
+ * in the order written, those `keep` says: only the few written rows are indexed, not the account's
+ * every open grant and hold.
+ */
+function merged<T extends { id: string }>(rows: readonly T[], written: readonly T[], keep: (row: T) => boolean): T[] {
+  const byId = new Map(written.map((row) => [row.id, row]));
+  const out: T[] = [];
+  for (const row of rows) {
+    const now = byId.get(row.id) ?? row;
+    byId.delete(row.id);
+    if (keep(now)) out.push(now);
+  }
+  for (const row of byId.values()) if (keep(row)) out.push(row);
+  return out;
 }
 
 /** Freezes a state and the objects in it (they are shared between units of work). */
