@@ -39,12 +39,6 @@ export function pathMatcher(o: PathOptions) {
     throw new ConfigurationError("[credit-management] [metering] `ignoreTrailingSlash` must be a boolean.");
   }
 
-  const asciiPrefix = /^\p{ASCII}*$/u.test(prefix);
-  /** A plain path under the prefix, ASCII letters compared without case (no allocation). */
-  const plainUnderPrefix = (path: string): boolean =>
-    prefix === "" ||
-    ((path.startsWith(prefix) || startsWithAsciiFolded(path, prefix)) &&
-      (path.length === prefix.length || path.charCodeAt(prefix.length) === 47)); // 47: "/"
   /** Any path under the prefix, compared case-folded. */
   const underPrefix = (path: string): boolean => {
     if (prefix === "") return true;
@@ -72,7 +66,8 @@ export function pathMatcher(o: PathOptions) {
     for (let i = 0; i < skip.length; i++) {
       const s = skip[i] as string | RegExp;
       if (typeof s === "string") {
-        if (s === path || (anyCase && equalsAsciiFolded(s, path))) return true;
+        if (s === path) return true;
+        if (anyCase && asciiLower(s) === (lower ??= asciiLower(path))) return true;
       } else {
         s.lastIndex = 0; // a `g` or `y` RegExp keeps state between tests
         if (s.test(path)) return true;
@@ -93,10 +88,7 @@ export function pathMatcher(o: PathOptions) {
    * path (the common case) is the only reading of itself. `router`: what the router ignores.
    */
   const applies = (path: string, router: number): boolean => {
-    // No skip paths and the path as sent under an ASCII prefix: metered whatever its other readings
-    // say (it is one of them), so they are not worked out.
-    if (skip.length === 0 && asciiPrefix && plainUnderPrefix(path)) return true;
-    if (isPlainPath(path)) return plainUnderPrefix(path) && !skipped(path, router);
+    if (isPlainPath(path)) return underPrefix(path) && !skipped(path, router);
     for (const p of readingsOf(path)) if (underPrefix(p) && !skipped(p, router)) return true;
     return false;
   };
@@ -135,34 +127,9 @@ export function isPlainPath(path: string): boolean {
   return true;
 }
 
-/** `path` starts with `lower` (lower-case ASCII), ASCII letters compared without case. */
-function startsWithAsciiFolded(path: string, lower: string): boolean {
-  if (path.length < lower.length) return false;
-  for (let i = 0; i < lower.length; i++) {
-    let ch = path.charCodeAt(i);
-    if (ch >= 65 && ch <= 90) ch |= 32;
-    if (ch !== lower.charCodeAt(i)) return false;
-  }
-  return true;
-}
-
 /** ASCII letters lower-cased (nothing else changes). */
 function asciiLower(s: string): string {
   return /[A-Z]/.test(s) ? s.replace(/[A-Z]+/g, (m) => m.toLowerCase()) : s;
-}
-
-/** `a` and `b` are equal with ASCII letters compared without case (no allocation). */
-function equalsAsciiFolded(a: string, b: string): boolean {
-  if (a.length !== b.length) return false;
-  for (let i = 0; i < a.length; i++) {
-    let x = a.charCodeAt(i);
-    let y = b.charCodeAt(i);
-    if (x === y) continue;
-    if (x >= 65 && x <= 90) x |= 32;
-    if (y >= 65 && y <= 90) y |= 32;
-    if (x !== y || x < 97 || x > 122) return false;
-  }
-  return true;
 }
 
 /** Case folded for comparison (`ſ`, `K` and the like fold to their ASCII letter too). */
