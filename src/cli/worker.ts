@@ -1,5 +1,5 @@
 import { pino, type DestinationStream, type Logger as Pino } from "pino";
-import { releaseStopSignals } from "../serve/signals.js";
+import { handleStopSignals, reopenLedgerOnHup, workerManagerParts } from "../serve/process-signals.js";
 import type { DbEnv } from "../db/from-env.js";
 import type { DbManager } from "../db/types.js";
 import { createCreditManager, type CreditManager } from "../manager.js";
@@ -12,18 +12,6 @@ import { openWorkerResources } from "../serve/worker-resources.js";
 import { workerOptions, type WorkerSettings } from "../serve/worker-settings.js";
 import { createWorker, type CreditWorker } from "../worker/index.js";
 import { UsageError } from "../util/usage-error.js";
-
-export {
-  parseDuration,
-  WORKER_FLAGS,
-  WORKER_OPTIONS,
-  workerSettings,
-  type LogLevel,
-  type NotificationsMode,
-  type WorkerFlags,
-  type WorkerSettings,
-} from "../serve/worker-settings.js";
-export { pauseBefore } from "../worker/schedule.js";
 
 /**
  * `credit-management worker` (docs/operations.md): settings from the flags and the environment
@@ -42,37 +30,20 @@ export async function runWorker(settings: WorkerSettings, io: CliIo, env: DbEnv)
 
   let stopping = false;
   let wake: (() => void) | null = null;
-  const onStop = (signal: NodeJS.Signals) => {
-    if (stopping) {
-      logger.error(
-        { signal },
-        "second signal: exiting now; the rounds in flight are cut (their units of work are all there or not at all)",
-      );
-      process.exit(128 + (signal === "SIGINT" ? 2 : 15));
-    }
-    stopping = true;
-    logger.info({ signal }, "stopping: finishing the rounds in flight");
-    wake?.();
-    void worker?.stop();
-  };
-  const onTerm = () => onStop("SIGTERM");
-  const onInt = () => onStop("SIGINT");
-  process.on("SIGTERM", onTerm);
-  process.on("SIGINT", onInt);
-
   let manager: CreditManager | undefined;
   let worker: CreditWorker | undefined;
   const closers: (() => Promise<unknown>)[] = [];
-  // A signal the bin held while the modules loaded: the worker stops once it has started.
-  const early = releaseStopSignals();
-  if (early !== null) onStop(early);
-  const onHup = () => {
-    void manager?.ledger.reopen().then(
-      () => logger.info({ ledgerFile: settings.ledgerFile }, "ledger file reopened"),
-      (error: unknown) => logger.error({ err: error }, "ledger file could not be reopened"),
-    );
-  };
-  if (settings.ledgerFile !== undefined) process.on("SIGHUP", onHup);
+  const stopHandlers = handleStopSignals(
+    logger,
+    "second signal: exiting now; the rounds in flight are cut (their units of work are all there or not at all)",
+    (signal) => {
+      stopping = true;
+      logger.info({ signal }, "stopping: finishing the rounds in flight");
+      wake?.();
+      void worker?.stop();
+    },
+  );
+  const hupHandler = reopenLedgerOnHup(settings.ledgerFile, logger, () => manager);
 
   // The store exactly as `serve` resolves it (docs/operations.md): on a machine where `serve` runs
   // on its default SQLite file, the worker works on that file too.
@@ -84,23 +55,19 @@ export async function runWorker(settings: WorkerSettings, io: CliIo, env: DbEnv)
       // The Redis stream and cache, ledger file, retention and thresholds: the same for `serve --worker`.
       const resources = await openWorkerResources(settings, logger);
       closers.push(() => resources.close());
-      let queue: NotificationQueue | undefined = resources.queue;
+      let webhooks: { queue: NotificationQueue } | undefined;
       if (settings.webhooks) {
         const { serveWebhooks } = await import("../serve/webhooks.js");
-        const w = await serveWebhooks(db, store, env as Record<string, string | undefined>, logger, queue);
+        const w = await serveWebhooks(db, store, env as Record<string, string | undefined>, logger, resources.queue);
         closers.push(() => w.close());
-        queue = w.queue;
+        webhooks = w;
       }
       manager = await createCreditManager({
         db,
-        queue,
-        // Webhooks carry every event: the journal's too (docs/events.md).
-        ...(settings.webhooks ? { domainEvents: true } : {}),
-        cache: resources.cache,
+        ...workerManagerParts(resources, webhooks),
         logger,
         // The application's payment settings (docs/operations.md, "Payment settings").
         payments: settings.payments,
-        ...resources.options,
       });
     } catch (error) {
       if (error instanceof UsageError) throw error;
@@ -125,7 +92,7 @@ export async function runWorker(settings: WorkerSettings, io: CliIo, env: DbEnv)
 
     let ok = true;
     if (settings.once) {
-      // A signal stops it after the round in flight (onStop).
+      // A signal stops it after the round in flight (the stop handler above).
       if (!stopping) ok = (await w.runOnce()).ok;
     } else {
       w.start();
@@ -142,8 +109,7 @@ export async function runWorker(settings: WorkerSettings, io: CliIo, env: DbEnv)
   } finally {
     wake = null;
     await closeQuietly(...closers, () => manager?.close());
-    process.off("SIGTERM", onTerm);
-    process.off("SIGINT", onInt);
-    process.off("SIGHUP", onHup);
+    stopHandlers();
+    hupHandler();
   }
 }

@@ -1,5 +1,5 @@
 import { randomUUID } from "node:crypto";
-import { releaseStopSignals } from "./signals.js";
+import { handleStopSignals, reopenLedgerOnHup, workerManagerParts } from "./process-signals.js";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import { Server as NetServer } from "node:net";
 import { pino, type DestinationStream, type Logger as Pino } from "pino";
@@ -535,31 +535,14 @@ export async function runServe(s: ServeSettings, io: ServeIo, env: Env): Promise
   }
   let stopping: ((signal: string) => void) | null = null;
   let signalled: string | null = null;
-  const onSignal = (signal: NodeJS.Signals) => {
-    if (signalled !== null) {
-      logger.error({ signal }, "second signal: exiting now");
-      process.exit(128 + (signal === "SIGINT" ? 2 : 15));
-    }
+  let manager: CreditManager | undefined;
+  const stopHandlers = handleStopSignals(logger, "second signal: exiting now", (signal) => {
     signalled = signal;
     stopping?.(signal);
-  };
-  const onTerm = () => onSignal("SIGTERM");
-  const onInt = () => onSignal("SIGINT");
-  process.on("SIGTERM", onTerm);
-  process.on("SIGINT", onInt);
-  // A signal the bin held while the modules loaded: the service stops once it has started.
-  const early = releaseStopSignals();
-  if (early !== null) onSignal(early);
+  });
   // SIGHUP reopens the worker's ledger file (log rotation), as for `credit-management worker`.
-  const onHup = () => {
-    void manager?.ledger.reopen().then(
-      () => logger.info({ ledgerFile: ws?.ledgerFile }, "ledger file reopened"),
-      (error: unknown) => logger.error({ err: error }, "ledger file could not be reopened"),
-    );
-  };
-  if (ws?.ledgerFile !== undefined) process.on("SIGHUP", onHup);
+  const hupHandler = reopenLedgerOnHup(ws?.ledgerFile, logger, () => manager);
 
-  let manager: CreditManager | undefined;
   let keys: KeyStore | undefined;
   let webhooks: Awaited<ReturnType<typeof serveWebhooks>> | undefined;
   let resources: WorkerResources | undefined;
@@ -586,8 +569,7 @@ export async function runServe(s: ServeSettings, io: ServeIo, env: Env): Promise
         // payment buys, and what the --worker rounds charge and credit for an auto top-up.
         payments: s.payments,
         ...customerTokenOptions(s),
-        ...(resources === undefined ? {} : { queue: resources.queue, cache: resources.cache, ...resources.options }),
-        ...(webhooks === undefined ? {} : { queue: webhooks.queue, domainEvents: true }),
+        ...workerManagerParts(resources, webhooks),
       });
       await keys.init();
     } catch (error) {
@@ -677,8 +659,7 @@ export async function runServe(s: ServeSettings, io: ServeIo, env: Env): Promise
     logger.info("stopped");
     return 0;
   } finally {
-    process.off("SIGTERM", onTerm);
-    process.off("SIGINT", onInt);
+    stopHandlers();
     if (!started) {
       await keys?.close().catch(warnOnFailure(logger, "closing the API key store"));
       await metrics?.shutdown().catch(warnOnFailure(logger, "shutting the metrics down"));
@@ -686,7 +667,7 @@ export async function runServe(s: ServeSettings, io: ServeIo, env: Env): Promise
     if (manager !== undefined) await manager.close().catch(warnOnFailure(logger, "closing the credit manager"));
     await webhooks?.close().catch(warnOnFailure(logger, "closing the webhook queue"));
     await resources?.close();
-    process.off("SIGHUP", onHup);
+    hupHandler();
     destination.flush();
     process.off("exit", flushOnExit);
   }
