@@ -11,7 +11,8 @@ import { afterEach, describe, expect, it } from "vitest";
 import { ConfigurationError, createCreditManager, ValidationError } from "../src/index.js";
 import { createCreditHandler } from "../src/http/index.js";
 import { createAuthenticator } from "../src/serve/auth.js";
-import { memoryKeyStore, newKey } from "../src/serve/keys.js";
+import { newKey } from "../src/serve/keys.js";
+import { memoryKeyStore } from "./memory-key-store.js";
 import { customerTokenOptions, serveApp } from "../src/serve/server.js";
 import { serveSettings } from "../src/serve/settings.js";
 

@@ -8,7 +8,8 @@ import { describe, expect, it } from "vitest";
 import { createCreditManager } from "../src/index.js";
 import { createAuthenticator } from "../src/serve/auth.js";
 import { consoleApp, SESSION_COOKIE, SESSION_TTL_MS } from "../src/serve/console.js";
-import { memoryKeyStore, newKey } from "../src/serve/keys.js";
+import { newKey } from "../src/serve/keys.js";
+import { memoryKeyStore } from "./memory-key-store.js";
 import { serveSettings } from "../src/serve/settings.js";
 
 const SECRET = "console-secret-of-at-least-32-characters";

@@ -4,14 +4,8 @@ import { join } from "node:path";
 import Database from "better-sqlite3";
 import pg from "pg";
 import { afterAll, describe, expect, it } from "vitest";
-import {
-  memoryKeyStore,
-  mongoKeyStore,
-  newKey,
-  postgresKeyStore,
-  sqliteKeyStore,
-  type KeyStore,
-} from "../src/serve/keys.js";
+import { mongoKeyStore, newKey, postgresKeyStore, sqliteKeyStore, type KeyStore } from "../src/serve/keys.js";
+import { memoryKeyStore } from "./memory-key-store.js";
 
 /** The key stores of `serve` (docs/service.md, "Secure it"): one contract, every store. */
 

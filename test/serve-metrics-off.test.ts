@@ -4,7 +4,8 @@ import { pino } from "pino";
 import { afterEach, describe, expect, it } from "vitest";
 import { createCreditManager } from "../src/index.js";
 import { createAuthenticator } from "../src/serve/auth.js";
-import { memoryKeyStore, newKey } from "../src/serve/keys.js";
+import { newKey } from "../src/serve/keys.js";
+import { memoryKeyStore } from "./memory-key-store.js";
 import { METRICS_PACKAGES, serveApp } from "../src/serve/server.js";
 import { serveSettings } from "../src/serve/settings.js";
 

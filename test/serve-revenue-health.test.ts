@@ -4,7 +4,8 @@ import { pino } from "pino";
 import { afterAll, describe, expect, it } from "vitest";
 import { createCreditManager } from "../src/index.js";
 import { createAuthenticator } from "../src/serve/auth.js";
-import { memoryKeyStore, newKey } from "../src/serve/keys.js";
+import { newKey } from "../src/serve/keys.js";
+import { memoryKeyStore } from "./memory-key-store.js";
 import { serveApp } from "../src/serve/server.js";
 import { serveSettings } from "../src/serve/settings.js";
 

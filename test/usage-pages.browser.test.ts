@@ -15,7 +15,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createConsoleHandler, toNodeHandler } from "../src/console/index.js";
 import { createCreditManager, type CreditManager } from "../src/index.js";
 import { createAuthenticator } from "../src/serve/auth.js";
-import { memoryKeyStore } from "../src/serve/keys.js";
+import { memoryKeyStore } from "./memory-key-store.js";
 import { customerTokenOptions, serveApp } from "../src/serve/server.js";
 import { serveSettings } from "../src/serve/settings.js";
 import { HOSTILE_MODEL, HOSTILE_SPENDER, seedUsage } from "./usage-fixture.js";

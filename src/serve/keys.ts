@@ -216,28 +216,3 @@ export function mongoKeyStore(collection: MongoCollectionLike, close: () => Prom
     close,
   };
 }
-
-/** Keys in process memory (tests; a store that does not outlive the process). */
-export function memoryKeyStore(): KeyStore {
-  const rows = new Map<string, ApiKeyRecord>();
-  return {
-    async init() {},
-    async insert(r) {
-      rows.set(r.id, { ...r });
-    },
-    async get(id) {
-      const r = rows.get(id);
-      return r === undefined ? null : { ...r };
-    },
-    async list() {
-      return [...rows.values()].map((r) => ({ ...r }));
-    },
-    async revoke(id, at) {
-      const r = rows.get(id);
-      if (r === undefined || r.revokedAt !== null) return false;
-      r.revokedAt = at;
-      return true;
-    },
-    async close() {},
-  };
-}
