@@ -24,26 +24,6 @@ export interface Authenticator {
   adminKeyLive(id: string): boolean | Promise<boolean>;
 }
 
-/**
- * A token bucket per IP for failed authentications: `burst` tokens, refilled at `perMinute`; an IP
- * whose bucket is empty gets 429 for every credential it sends (a good one too: it must not learn
- * which guess was right) until a token is back. At most 10,000 IPs are tracked (least recently
- * failed dropped first).
- */
-export class FailureLimiter {
-  private readonly buckets: TokenBuckets;
-  constructor(burst: number, perMinute: number, now: () => number = Date.now) {
-    this.buckets = new TokenBuckets(burst, perMinute, now);
-  }
-  /** Seconds until `ip` may try again, or 0. */
-  blockedFor(ip: string): number {
-    return this.buckets.waitFor(ip);
-  }
-  fail(ip: string): void {
-    this.buckets.take(ip);
-  }
-}
-
 type Verify = (token: string) => Promise<Record<string, unknown>>;
 
 /** The public-key algorithms a JWT may use with a PEM key or a JWKS (each key its own type's only). */
@@ -79,7 +59,10 @@ function claimHas(claim: unknown, value: string): boolean {
 
 export async function createAuthenticator(s: ServeSettings, keys: KeyStore, keyCacheMs = 5000): Promise<Authenticator> {
   const verifyJwt = await jwtVerifier(s);
-  const limiter = new FailureLimiter(s.CREDIT_AUTH_FAILURES_BURST, s.CREDIT_AUTH_FAILURES_PER_MINUTE);
+  // A token bucket per IP for failed authentications: an IP whose bucket is empty gets 429 for
+  // every credential it sends (a good one too: it must not learn which guess was right) until a
+  // token is back.
+  const limiter = new TokenBuckets(s.CREDIT_AUTH_FAILURES_BURST, s.CREDIT_AUTH_FAILURES_PER_MINUTE);
   // Records by key id, for a few seconds: a request does not wait on the store to know its caller.
   // A revoked key stops working within `keyCacheMs` (docs/service.md). Kept: its hash as bytes and
   // the identity it grants, so a cached key is checked without a promise or a hex decode.
@@ -118,7 +101,7 @@ export async function createAuthenticator(s: ServeSettings, keys: KeyStore, keyC
     return identity;
   };
   const counted = (identity: Identity | null, ip: string) => {
-    if (identity === null) limiter.fail(ip);
+    if (identity === null) limiter.take(ip);
     return identity;
   };
   const live = (entry: CachedKey | "none") => entry !== "none" && entry.identity.admin === true;
@@ -130,7 +113,7 @@ export async function createAuthenticator(s: ServeSettings, keys: KeyStore, keyC
     },
     authenticate(request, ip) {
       const header = request.headers.get("authorization");
-      const wait = limiter.blockedFor(ip);
+      const wait = limiter.waitFor(ip);
       if (wait > 0 && header !== null) {
         throw new HttpError(429, "TOO_MANY_FAILED_AUTHENTICATIONS", "Too many failed authentications.", undefined, {
           "retry-after": String(wait),
