@@ -321,34 +321,35 @@ async function warnUnchargedTopUps(m: CreditManager, by: CreditWorker["topUpsBy"
   }
 }
 
+/** A job's result as the round's report gives it: the job's name left out, `asOf` said once at its top. */
+function withoutJobAndAsOf<T extends { job: unknown; asOf: unknown }>(result: T): Omit<T, "job" | "asOf"> {
+  const { job: _job, asOf: _asOf, ...rest } = result;
+  return rest;
+}
+
 /**
  * Lapsed holds, renewals, expiry — in `runAll`'s order (docs/subscriptions.md, "Jobs") — and,
  * with the manager's retention window, the idempotency keys past it (docs/running-for-years.md).
  */
 async function jobsRound(m: CreditManager, s: Settings): Promise<RoundResult> {
   const options = { batchSize: s.batchSize, concurrency: s.concurrency };
-  const { job: _h, asOf, ...releaseExpiredHolds } = await m.expiration.releaseExpiredHolds(undefined, options);
-  const { job: _r, asOf: _ra, ...renewDueSubscriptions } = await m.expiration.renewDueSubscriptions(asOf, options);
-  const { job: _e, asOf: _ea, ...expireDueGrants } = await m.expiration.expireDueGrants(asOf, options);
+  const held = await m.expiration.releaseExpiredHolds(undefined, options);
+  const asOf = held.asOf;
+  const releaseExpiredHolds = withoutJobAndAsOf(held);
+  const renewDueSubscriptions = withoutJobAndAsOf(await m.expiration.renewDueSubscriptions(asOf, options));
+  const expireDueGrants = withoutJobAndAsOf(await m.expiration.expireDueGrants(asOf, options));
   let errors = releaseExpiredHolds.errors + renewDueSubscriptions.errors + expireDueGrants.errors;
   const report: Record<string, unknown> = { asOf, releaseExpiredHolds, renewDueSubscriptions, expireDueGrants };
   // Keys kept for ever (the default): nothing to forget, and nothing said.
-  const {
-    job: _k,
-    asOf: _ka,
-    ...forgetIdempotencyKeys
-  } = await m.expiration.forgetIdempotencyKeys(asOf, { batchSize: s.batchSize });
+  const forgetIdempotencyKeys = withoutJobAndAsOf(
+    await m.expiration.forgetIdempotencyKeys(asOf, { batchSize: s.batchSize }),
+  );
   if (forgetIdempotencyKeys.retentionMs !== null) report.forgetIdempotencyKeys = forgetIdempotencyKeys;
   if (s.checkpointEntries !== undefined) {
     // docs/operations.md, "Checkpoints and archival".
-    const {
-      job: _c,
-      asOf: _ca,
-      ...checkpointAccounts
-    } = await m.expiration.checkpointAccounts({
-      everyEntries: s.checkpointEntries,
-      ...options,
-    });
+    const checkpointAccounts = withoutJobAndAsOf(
+      await m.expiration.checkpointAccounts({ everyEntries: s.checkpointEntries, ...options }),
+    );
     errors += checkpointAccounts.errors;
     report.checkpointAccounts = checkpointAccounts;
   }
