@@ -18,9 +18,6 @@ import { EntryView, entryView, PaymentView, paymentView, seen } from "./views.js
 
 // ---- request schemas ----------------------------------------------------------------------------
 
-/** `POST /credits/payments/create`. */
-export const CreatePaymentBody = CreatePaymentInput;
-export const PaymentHistoryParams = PaymentHistoryQuery;
 /** `GET /credits/promo/eligibility?promo_code=`. */
 export const EligibilityParams = z.strictObject({ promo_code: PromoCode });
 /** `POST /credits/promo/claim`. */
@@ -78,7 +75,7 @@ export const paymentRoutes: RouteDefinition[] = [
     operationId: "createPayment",
     summary: "Opens a checkout at the provider for a top-up; answers the pending payment with its checkoutUrl",
     tags: payments,
-    body: CreatePaymentBody,
+    body: CreatePaymentInput,
     idempotent: true,
     status: 201,
     response: PaymentView,
@@ -94,7 +91,7 @@ export const paymentRoutes: RouteDefinition[] = [
     operationId: "getPaymentHistory",
     summary: "The caller's payments, newest first, with cursor paging",
     tags: payments,
-    query: PaymentHistoryParams,
+    query: PaymentHistoryQuery,
     response: PaymentPageView,
     handle: async (ctx) => {
       const page = await ctx.manager.payments.getPaymentHistory(self(ctx), ctx.query<PaymentHistoryQuery>());
@@ -118,7 +115,7 @@ export const paymentRoutes: RouteDefinition[] = [
     operationId: "adminGetPaymentHistory",
     summary: "A user's payments, newest first, with cursor paging",
     tags: ["admin", ...payments],
-    query: PaymentHistoryParams,
+    query: PaymentHistoryQuery,
     response: PaymentPageSchema,
     handle: (ctx) => ctx.manager.payments.getPaymentHistory(target(ctx), ctx.query<PaymentHistoryQuery>()),
   }),

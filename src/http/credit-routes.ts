@@ -45,17 +45,6 @@ export const DeductBody = DeductOptions.extend({
   /** Usage already delivered: take what unheld grants have and record the rest as debt. */
   afterService: z.boolean().optional(),
 });
-/**
- * `POST /admin/credits/grants/:grantId/void`: `userId`, the grant's owner when the admin knows it,
- * routes the void to that account (one shard on a distributed store); another user's grant is a 404.
- */
-export const VoidBody = VoidGrantOptions;
-/**
- * `POST /admin/credits/users/:userId/entries/:entryId/reverse` (docs/corrections.md): `amount`
- * (default: all that is left of the charge), `reason` (required: the reverse entry's description),
- * `metadata`; the key in the `Idempotency-Key` header or the body.
- */
-export const ReverseBody = ReverseChargeOptions;
 
 export const HistoryParams = z.strictObject({
   limit: HistoryQuery.shape.limit,
@@ -73,14 +62,6 @@ export const ExpiringParams = z.strictObject({
   /** Days ahead, 0–3650, default 7. */
   days: z.number().min(0).max(3650).optional(),
 });
-/** `GET …/balance?spender=&feature=`: what that spend may use (scoped grants), the library's own model. */
-export const BalanceParams = CreditsInfoOptions;
-/** `GET …/check?feature=&amount=`: the library's own model. */
-export const CheckParams = CheckOptions;
-/** The grants query: the library's own model. */
-export const GrantsParams = GrantsQuery;
-/** `GET …/audit?from=checkpoint|genesis`: the library's own model. */
-export const AuditParams = AuditOptions;
 
 // ---- response schemas ---------------------------------------------------------------------------
 
@@ -222,12 +203,12 @@ const expiring = (user: (ctx: RouteContext) => string) => async (ctx: RouteConte
   return { userId: e.userId, total: e.total, grants: e.grants.map((g) => seen(ctx, g, grantView)) };
 };
 const grants = (user: (ctx: RouteContext) => string) => async (ctx: RouteContext) => ({
-  items: (await ctx.manager.credits.getGrants(user(ctx), ctx.query<z.infer<typeof GrantsParams>>())).map((g) =>
+  items: (await ctx.manager.credits.getGrants(user(ctx), ctx.query<z.infer<typeof GrantsQuery>>())).map((g) =>
     seen(ctx, g, grantView),
   ),
 });
 const check = (user: (ctx: RouteContext) => string) => async (ctx: RouteContext) =>
-  ctx.manager.credits.check(user(ctx), ownSpend(ctx, ctx.query<z.infer<typeof CheckParams>>()));
+  ctx.manager.credits.check(user(ctx), ownSpend(ctx, ctx.query<z.infer<typeof CheckOptions>>()));
 const reserve = (user: (ctx: RouteContext) => string) => async (ctx: RouteContext) => {
   const { amount, ...options } = await ctx.body<z.infer<typeof ReserveBody>>();
   const hold = await ctx.manager.credits.reserveCredits(user(ctx), amount, withKey(ownSpend(ctx, options), ctx));
@@ -251,17 +232,17 @@ export const creditRoutes: RouteDefinition[] = [
     summary:
       "The caller's balance, reserved, available (for the caller's spender and `feature`: scoped grants) and debt, with totals per scope",
     tags: credits,
-    query: BalanceParams,
+    query: CreditsInfoOptions,
     response: CreditsInfo,
     errors: [e.forbidden],
     handle: (ctx) =>
-      ctx.manager.credits.getUserCreditsInfo(self(ctx), ownSpend(ctx, ctx.query<z.infer<typeof BalanceParams>>())),
+      ctx.manager.credits.getUserCreditsInfo(self(ctx), ownSpend(ctx, ctx.query<z.infer<typeof CreditsInfoOptions>>())),
   }),
   userRoute("GET", "/check", {
     operationId: "checkAllowed",
     summary: "Whether the caller may use a feature and/or spend an amount now (allowed, available, required, reason)",
     tags: credits,
-    query: CheckParams,
+    query: CheckOptions,
     response: CheckSchema,
     handle: check(self),
   }),
@@ -288,7 +269,7 @@ export const creditRoutes: RouteDefinition[] = [
     operationId: "getGrants",
     summary: "The caller's grants in burn-down order",
     tags: credits,
-    query: GrantsParams,
+    query: GrantsQuery,
     response: GrantListView,
     handle: grants(self),
   }),
@@ -347,15 +328,16 @@ export const creditRoutes: RouteDefinition[] = [
     operationId: "adminGetBalance",
     summary: "A user's balance (available for a `spender` and `feature`: scoped grants), with totals per scope",
     tags: admin,
-    query: BalanceParams,
+    query: CreditsInfoOptions,
     response: CreditsInfo,
-    handle: (ctx) => ctx.manager.credits.getUserCreditsInfo(target(ctx), ctx.query<z.infer<typeof BalanceParams>>()),
+    handle: (ctx) =>
+      ctx.manager.credits.getUserCreditsInfo(target(ctx), ctx.query<z.infer<typeof CreditsInfoOptions>>()),
   }),
   adminRoute("GET", "/users/:userId/check", {
     operationId: "adminCheckAllowed",
     summary: "Whether a user may use a feature and/or spend an amount now",
     tags: admin,
-    query: CheckParams,
+    query: CheckOptions,
     response: CheckSchema,
     handle: check(target),
   }),
@@ -379,7 +361,7 @@ export const creditRoutes: RouteDefinition[] = [
     operationId: "adminGetGrants",
     summary: "A user's grants",
     tags: admin,
-    query: GrantsParams,
+    query: GrantsQuery,
     response: GrantListSchema,
     handle: grants(target),
   }),
@@ -388,9 +370,9 @@ export const creditRoutes: RouteDefinition[] = [
     summary:
       "Replay a user's journal (from its latest checkpoint, or from=genesis) and check it against the stored state",
     tags: admin,
-    query: AuditParams,
+    query: AuditOptions,
     response: AuditSchema,
-    handle: (ctx) => ctx.manager.credits.audit(target(ctx), ctx.query<z.infer<typeof AuditParams>>()),
+    handle: (ctx) => ctx.manager.credits.audit(target(ctx), ctx.query<z.infer<typeof AuditOptions>>()),
   }),
   adminRoute("POST", "/users/:userId/add", {
     operationId: "adminAddCredits",
@@ -431,13 +413,13 @@ export const creditRoutes: RouteDefinition[] = [
     description:
       "`reason` is required and recorded as the `reverse` entry's description. The charge's reversals never sum past it (422); the same key answers the first reversal again. docs/corrections.md.",
     tags: admin,
-    body: ReverseBody,
+    body: ReverseChargeOptions,
     idempotent: true,
     status: 201,
     response: JournalEntry,
     errors: [e.notFound, e.conflict, e.rule],
     handle: async (ctx) => {
-      const options = await ctx.body<z.infer<typeof ReverseBody>>();
+      const options = await ctx.body<z.infer<typeof ReverseChargeOptions>>();
       return ctx.manager.credits.reverseCharge(target(ctx), entryOf(ctx), withKey(options, ctx));
     },
   }),
@@ -483,12 +465,14 @@ export const creditRoutes: RouteDefinition[] = [
     operationId: "adminVoidGrant",
     summary: "Remove what is left of a grant (refunds, disputes)",
     tags: admin,
-    body: VoidBody,
+    // `userId`, the grant's owner when the admin knows it, routes the void to that account (one
+    // shard on a distributed store); another user's grant is a 404.
+    body: VoidGrantOptions,
     idempotent: true,
     response: JournalEntry,
     errors: [e.notFound, e.conflict],
     handle: async (ctx) => {
-      const options = await ctx.body<z.infer<typeof VoidBody>>();
+      const options = await ctx.body<z.infer<typeof VoidGrantOptions>>();
       return ctx.manager.credits.voidGrant(parse(EntityId, ctx.params.grantId, "path.grantId"), withKey(options, ctx));
     },
   }),

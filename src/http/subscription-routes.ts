@@ -26,10 +26,6 @@ export const SelfSubscribeBody = SubscribeOptions.omit({ startAt: true }).extend
 export const AdminSubscribeBody = SubscribeOptions.extend({ planId: PlanId });
 /** `POST …/subscription/change`. */
 export const ChangePlanBody = ChangePlanOptions.extend({ planId: PlanId });
-/** `POST …/subscription/cancel`. */
-export const CancelBody = CancelOptions;
-/** `POST …/subscription/resume`: only an `idempotencyKey` (or none: an empty body). */
-export const ResumeBody = ResumeOptions;
 
 // ---- response schemas ---------------------------------------------------------------------------
 
@@ -185,7 +181,7 @@ export function subscriptionRoutes(selfService: SelfServiceSubscriptions = "free
       description:
         "Cancelling a free plan now (atPeriodEnd: false) is 403: at the period's end only (admins may cancel it now).",
       tags: subscriptions,
-      body: CancelBody,
+      body: CancelOptions,
       idempotent: true,
       response: Subscription,
       errors: [403, 404, 409],
@@ -203,7 +199,7 @@ export function subscriptionRoutes(selfService: SelfServiceSubscriptions = "free
       operationId: "resumeSubscription",
       summary: "Undoes the caller's cancellation at period end (and turns renewal on)",
       tags: subscriptions,
-      body: ResumeBody,
+      body: ResumeOptions,
       idempotent: true,
       response: Subscription,
       errors: [403, 404, 409],
@@ -305,7 +301,7 @@ export function subscriptionRoutes(selfService: SelfServiceSubscriptions = "free
       operationId: "adminCancelSubscription",
       summary: "Cancels a user's subscription",
       tags: ["admin", ...subscriptions],
-      body: CancelBody,
+      body: CancelOptions,
       idempotent: true,
       response: Subscription,
       errors: [404, 409],
@@ -316,7 +312,7 @@ export function subscriptionRoutes(selfService: SelfServiceSubscriptions = "free
       operationId: "adminResumeSubscription",
       summary: "Undoes a user's cancellation at period end",
       tags: ["admin", ...subscriptions],
-      body: ResumeBody,
+      body: ResumeOptions,
       idempotent: true,
       response: Subscription,
       errors: [404, 409],
