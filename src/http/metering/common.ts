@@ -625,10 +625,9 @@ export class FixedPricing<Req> {
         const c = await lease.charge(userId, cost, { reason, ...p.spend });
         return { charged: c.amount, entry: c.entry, leased: c.via === "lease" };
       } catch (error) {
-        // The service was delivered: what the exact path refuses is taken into debt, within the limit.
+        // The service was delivered: what the exact path refuses is taken into debt, within the
+        // limit, by the after-service deduction below.
         if (!(error instanceof InsufficientCreditsError)) throw error;
-        const entry = await this.credits.deductCreditsAfterService(userId, cost, { description: reason, ...p.spend });
-        return { charged: entry.amount, entry, leased: false };
       }
     }
     const options: { description: string; idempotencyKey?: string } & MeterSpend = { description: reason, ...p.spend };
