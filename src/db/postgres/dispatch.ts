@@ -5,7 +5,6 @@ import type { PostgresDbManagerOptions } from "./options.js";
 import type { PgPoolClient as PoolClient } from "./pg-types.js";
 import type { BatchResult, Unit } from "./unit.js";
 import type { UnitTx } from "./unit-tx.js";
-import { ShardMap } from "./citus.js";
 import { CitusUnits } from "./citus-units.js";
 import { GroupCommit } from "../store/group-commit.js";
 import { gaveUp } from "../store/errors.js";
@@ -34,14 +33,6 @@ export class UnitDispatch {
    */
   private readonly group: GroupCommit<Unit>;
   /**
-   * @internal On Citus: group commit of units whose accounts share a shard (one worker's
-   * transaction), instead of one unit per transaction. Measured in bench/citus.ts
-   * (docs/scaling-out.md, "Group commit across shards").
-   */
-  byShard = false;
-  /** The shards of the accounts, for `byShard` (./citus.ts). */
-  private readonly shards: ShardMap;
-  /**
    * @internal On Citus: units of work as calls Citus delegates to the account's worker
    * (./citus-units.ts); false runs each as a transaction of its own instead (the bench's "before").
    */
@@ -65,33 +56,18 @@ export class UnitDispatch {
       perAccount: 1,
       perBatch: this.maxUnits,
       alone: (u) => u.wait,
-      batchKey: (u) => u.shard,
       runBatch: (units) => this.runBatch(units, false),
       runAlone: (u) => this.runBatch([u], true),
     });
-    this.shards = new ShardMap(
-      (what, text, params) => db.read(what, text, params),
-      () => db.sql.tables.accounts.qualified,
-    );
   }
 
   /** A new unit of work (`transaction()`): batched, or a transaction of its own. */
   push(unit: Unit): void {
-    if (this.calls && !this.byShard && this.db.sql.distributed) {
+    if (this.calls && this.db.sql.distributed) {
       this.citus ??= new CitusUnits(this.db, this.db.stateCacheSize, this.maxAttempts, (u) => {
         void this.runBatch([u], true);
       });
       this.citus.push(unit);
-    } else if (this.byShard && this.maxUnits > 1 && this.db.sql.distributed) {
-      this.shards.of(unit.userId, (shard) => {
-        if (shard !== null) {
-          unit.shard = shard;
-          this.group.push(false, unit);
-        } else {
-          unit.wait = true;
-          void this.runBatch([unit], true);
-        }
-      });
     } else if (this.maxUnits === 1 || this.db.sql.distributed) {
       // No batching: every unit of work is a transaction of its own that waits for its lock.
       unit.wait = true;
@@ -196,8 +172,7 @@ export class UnitDispatch {
   /** Runs a unit again after `delay` ms (at the front of the queue, or on its own without batching). */
   private requeue(unit: Unit, delay: number): void {
     const again = () => {
-      if (this.maxUnits === 1 || (this.db.sql.distributed && unit.shard === undefined))
-        void this.runBatch([unit], true);
+      if (this.maxUnits === 1 || this.db.sql.distributed) void this.runBatch([unit], true);
       else this.group.push(true, unit);
     };
     if (delay > 0) setTimeout(again, delay);

@@ -6,8 +6,6 @@ export interface Unit extends QueuedUnit {
   wait: boolean;
   /** Loads under the lock, not from the state cache (a batch that started from it failed). */
   fresh?: boolean;
-  /** Citus, with batches by shard: the shard of its account (units of a batch share it). */
-  shard?: string;
   /** Out of attempts: its last one runs alone, waiting for its account's row lock (`wait`). */
   last?: boolean;
 }

@@ -74,11 +74,6 @@ export interface GroupCommitOptions<U extends QueuedUnit> {
    * them one after another in the batch's transaction (PostgreSQL's chains).
    */
   perBatch?: number;
-  /**
-   * Units of one batch share this value (default: any units may share a batch). Citus: the
-   * account's shard, so that a batch is one worker's transaction (docs/scaling-out.md).
-   */
-  batchKey?(unit: U): unknown;
   /** Whether `unit` runs alone (`busy`: the batches and lone units now on its account). */
   alone(unit: U, busy: number): boolean;
   /** Runs a batch; settles when the accounts are free again. */
@@ -148,16 +143,10 @@ export class GroupCommit<U extends QueuedUnit> {
       if (!u.solo) {
         const perBatch = o.perBatch ?? 1;
         const taken = new Map<string, number>([[u.userId, 1]]);
-        const key = o.batchKey?.(u);
         for (let j = i; j < this.queue.length && batch.length < o.maxUnits && seen < scanLimit; seen++) {
           const v = this.queue[j] as U;
           const n = taken.get(v.userId);
-          if (
-            v.solo ||
-            (n === undefined ? this.busy.has(v.userId) : n >= perBatch) ||
-            o.alone(v, 0) ||
-            (o.batchKey !== undefined && o.batchKey(v) !== key)
-          ) {
+          if (v.solo || (n === undefined ? this.busy.has(v.userId) : n >= perBatch) || o.alone(v, 0)) {
             j++;
             continue;
           }
