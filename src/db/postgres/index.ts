@@ -477,6 +477,21 @@ export class PostgresDbManager extends StoreBase implements DbManager {
   private hasRollup = true;
 
   /**
+   * Runs `work`, which needs the usage rollup's table; null, without running it, once that table
+   * was found missing (a schema applied without it), and null when `work` finds it missing.
+   */
+  private async withRollup<T>(work: () => Promise<T>): Promise<T | null> {
+    if (!this.hasRollup) return null;
+    try {
+      return await work();
+    } catch (error) {
+      if (!isMissingRelation(error)) throw error;
+      this.hasRollup = false;
+      return null;
+    }
+  }
+
+  /**
    * @internal Adds the journal's entries past each account's rollup cursor to the daily usage
    * rollup (docs/usage.md, "The daily rollup"; `catchUpRollup` of ./usage-rollup.ts): every
    * account's, or `userId`'s only, each up to at least its seq when the call began. Returns the
@@ -488,14 +503,7 @@ export class PostgresDbManager extends StoreBase implements DbManager {
 
   /** The worker's usage round (./usage-rollup.ts; docs/usage.md, "Keeping the rollup caught up"). */
   async catchUpUsage(options: { maxEntries: number; batchEntries?: number }): Promise<UsageCatchUp> {
-    if (!this.hasRollup) return { accounts: 0, entries: 0, more: false };
-    try {
-      return await rollupRound(this, options);
-    } catch (error) {
-      if (!isMissingRelation(error)) throw error;
-      this.hasRollup = false;
-      return { accounts: 0, entries: 0, more: false };
-    }
+    return (await this.withRollup(() => rollupRound(this, options))) ?? { accounts: 0, entries: 0, more: false };
   }
 
   async usage(scan: UsageScan): Promise<UsageBucket[]> {
@@ -505,14 +513,11 @@ export class PostgresDbManager extends StoreBase implements DbManager {
     const days = this.hasRollup ? rollupDays(scan) : null;
     if (days !== null) {
       const { text, params } = usageSql(journal, scan, { table: rollupNames(this.sql.naming).table, days });
-      try {
+      const rows = await this.withRollup(async () => {
         await this.catchUpUsageRollup();
-        const rows = await this.readWithoutJit("usage", text, params);
-        return rows.map((r) => usageBucket(r, scan));
-      } catch (error) {
-        if (!isMissingRelation(error)) throw error;
-        this.hasRollup = false;
-      }
+        return this.readWithoutJit("usage", text, params);
+      });
+      if (rows !== null) return rows.map((r) => usageBucket(r, scan));
     }
     const { text, params } = usageSql(journal, scan);
     const rows = await this.read("usage", text, params);
@@ -525,8 +530,7 @@ export class PostgresDbManager extends StoreBase implements DbManager {
    * the journal.
    */
   async usageRollup(userId: string): Promise<UsageRollupRow[] | null> {
-    if (!this.hasRollup) return null;
-    try {
+    return this.withRollup(async () => {
       await this.catchUpUsageRollup(userId);
       const rows = await this.read(
         "usageRollup",
@@ -543,11 +547,7 @@ export class PostgresDbManager extends StoreBase implements DbManager {
         outputTokens: Number(r.output_tokens),
         cachedTokens: Number(r.cached_tokens),
       }));
-    } catch (error) {
-      if (!isMissingRelation(error)) throw error;
-      this.hasRollup = false;
-      return null;
-    }
+    });
   }
 
   listJournal(userId: string, query: JournalQuery): Promise<JournalEntry[]> {
@@ -589,11 +589,7 @@ export class PostgresDbManager extends StoreBase implements DbManager {
 
   async deleteJournalBefore(userId: string, beforeSeq: number): Promise<number> {
     // The usage rollup keeps the days of archived entries: it has them before they go (docs/usage.md).
-    if (this.hasRollup)
-      await this.catchUpUsageRollup(userId).catch((error: unknown) => {
-        if (!isMissingRelation(error)) throw error;
-        this.hasRollup = false;
-      });
+    await this.withRollup(() => this.catchUpUsageRollup(userId));
     // In batches by the primary key, so no statement holds many row locks or a long transaction.
     const t = this.sql.tables.journal.qualified;
     const text = `DELETE FROM ${t} WHERE user_id = $1 AND seq IN (SELECT seq FROM ${t} WHERE user_id = $1 AND seq < $2 ORDER BY seq LIMIT $3) RETURNING seq`;
