@@ -1,4 +1,4 @@
-import { StorageError } from "../../errors.js";
+import { type ConflictError, StorageError } from "../../errors.js";
 import { storageError as driverFailure } from "../store/errors.js";
 import { GUARD_MARKER } from "./sql.js";
 
@@ -38,6 +38,19 @@ export function isConflict(error: unknown): boolean {
 export function isUniqueViolation(error: unknown): boolean {
   const e = error instanceof StorageError ? error.cause : error;
   return (e as { code?: unknown } | null)?.code === "23505";
+}
+
+/**
+ * Awaits `write`; when it would take a unique key another row holds (SQLSTATE 23505), throws
+ * `conflict`'s error instead.
+ */
+export async function unlessTaken<T>(write: Promise<T>, conflict: (cause: unknown) => ConflictError): Promise<T> {
+  try {
+    return await write;
+  } catch (error) {
+    if (isUniqueViolation(error)) throw conflict(error);
+    throw error;
+  }
 }
 
 /** A driver failure as `StorageError` (`[credit-management] [postgres] <what> failed (<SQLSTATE>): …`). */

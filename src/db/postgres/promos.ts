@@ -3,7 +3,7 @@ import { decodeRow } from "../../schema/codec.js";
 import type { Payment, Promo, PromoClaim } from "../../models/index.js";
 import { quoteIdent, type SqlTable } from "../../schema/sql.js";
 import type { PromoPaymentChanges, PromoPaymentStore } from "../types-promos.js";
-import { isUniqueViolation } from "./errors.js";
+import { unlessTaken } from "./errors.js";
 import type { PostgresDbManager } from "./index.js";
 import { byId, countClaimsText, list, one } from "./reads.js";
 import {
@@ -112,15 +112,13 @@ export class PostgresPromoStore implements PromoPaymentStore {
   }
 
   private async insert(what: string, table: SqlTable, row: object): Promise<void> {
-    try {
-      await this.db.read(what, insertRowText(table, this.db.sql.distributed), [
-        JSON.stringify(toRow(table.columns, row)),
-      ]);
-    } catch (error) {
-      if (isUniqueViolation(error))
-        throw new ConflictError(`[credit-management] [postgres] ${what}: the row exists`, undefined, error);
-      throw error;
-    }
+    const write = this.db.read(what, insertRowText(table, this.db.sql.distributed), [
+      JSON.stringify(toRow(table.columns, row)),
+    ]);
+    await unlessTaken(
+      write,
+      (error) => new ConflictError(`[credit-management] [postgres] ${what}: the row exists`, undefined, error),
+    );
   }
 
   insertPromo(promo: Promo): Promise<void> {

@@ -1,11 +1,16 @@
 import { ConflictError } from "../../errors.js";
-import { isUniqueViolation } from "./errors.js";
+import { unlessTaken } from "./errors.js";
 import { cols, insertRowText, toRow } from "./sql.js";
 import type { Plan, Subscription } from "../../models/index.js";
 import type { SqlTable } from "../../schema/sql.js";
 import type { SubscriptionCursor, SubscriptionStore } from "../types-subscriptions.js";
 import type { PostgresDbManager } from "./index.js";
 import { byId, list, one, scanDue } from "./reads.js";
+
+/** The error of a write that would give `s`'s user a second active subscription. */
+function activeTaken(s: Subscription, cause: unknown): ConflictError {
+  return new ConflictError(`User ${s.userId} already has an active subscription.`, { userId: s.userId }, cause);
+}
 
 /** What the store needs of `PostgresDbManager`. */
 type Runner = Pick<PostgresDbManager, "read" | "sql">;
@@ -36,13 +41,11 @@ export class PostgresSubscriptionStore implements SubscriptionStore {
 
   async insertPlan(plan: Plan): Promise<void> {
     const t = this.db.sql.tables.plans;
-    try {
-      await this.db.read("insertPlan", insertRowText(t, this.db.sql.distributed), [this.json(t, plan)]);
-    } catch (error) {
-      if (isUniqueViolation(error))
-        throw new ConflictError(`Plan ${plan.id} already exists.`, { planId: plan.id }, error);
-      throw error;
-    }
+    const write = this.db.read("insertPlan", insertRowText(t, this.db.sql.distributed), [this.json(t, plan)]);
+    await unlessTaken(
+      write,
+      (error) => new ConflictError(`Plan ${plan.id} already exists.`, { planId: plan.id }, error),
+    );
   }
 
   getPlan(planId: string): Promise<Plan | null> {
@@ -81,13 +84,8 @@ export class PostgresSubscriptionStore implements SubscriptionStore {
 
   async insertSubscription(s: Subscription): Promise<void> {
     const t = this.db.sql.tables.subscriptions;
-    try {
-      await this.db.read("insertSubscription", insertRowText(t, this.db.sql.distributed), [this.json(t, s)]);
-    } catch (error) {
-      if (isUniqueViolation(error))
-        throw new ConflictError(`User ${s.userId} already has an active subscription.`, { userId: s.userId }, error);
-      throw error;
-    }
+    const write = this.db.read("insertSubscription", insertRowText(t, this.db.sql.distributed), [this.json(t, s)]);
+    await unlessTaken(write, (error) => activeTaken(s, error));
   }
 
   getSubscription(id: string, userId?: string): Promise<Subscription | null> {
@@ -105,20 +103,15 @@ export class PostgresSubscriptionStore implements SubscriptionStore {
 
   async updateSubscription(s: Subscription, expectedVersion: number): Promise<boolean> {
     const t = this.db.sql.tables.subscriptions;
-    try {
-      // Keyed by the owner too (docs/scaling-out.md): a subscription never changes user.
-      const rows = await this.db.read("updateSubscription", this.replaceText(t, true), [
-        this.json(t, s),
-        s.id,
-        expectedVersion,
-        s.userId,
-      ]);
-      return rows.length === 1;
-    } catch (error) {
-      if (isUniqueViolation(error))
-        throw new ConflictError(`User ${s.userId} already has an active subscription.`, { userId: s.userId }, error);
-      throw error;
-    }
+    // Keyed by the owner too (docs/scaling-out.md): a subscription never changes user.
+    const write = this.db.read("updateSubscription", this.replaceText(t, true), [
+      this.json(t, s),
+      s.id,
+      expectedVersion,
+      s.userId,
+    ]);
+    const rows = await unlessTaken(write, (error) => activeTaken(s, error));
+    return rows.length === 1;
   }
 
   findDueSubscriptions(asOf: Date, limit: number, after?: SubscriptionCursor): Promise<Subscription[]> {
