@@ -1,6 +1,6 @@
 import type { PgPoolClient as PoolClient, PgQueryResult as QueryResult } from "./pg-types.js";
-import { ConflictError, LockTimeoutError, StorageError } from "../../errors.js";
-import { isConflict, isConnectionLevel, isLostConnection, storageError, workerCode } from "./errors.js";
+import { ConflictError, StorageError } from "../../errors.js";
+import { isConflict, isConnectionLevel, isLostConnection, lockTimeout, storageError, workerCode } from "./errors.js";
 import type { LoadRequest } from "../types.js";
 import type { PostgresDbManager } from "./index.js";
 import { type Statement, arrayText, executeText } from "./sql.js";
@@ -50,15 +50,6 @@ function beginOf(db: PostgresDbManager): string {
   let text = begins.get(key);
   if (text === undefined) begins.set(key, (text = beginText(db.lockTimeoutMs, db.sql.distributed)));
   return text;
-}
-
-/** A lock wait past `lock_timeout` (55P03): the account is held by a transaction that stays open. */
-function lockTimeout(db: PostgresDbManager, what: string, error: unknown): LockTimeoutError {
-  return new LockTimeoutError(
-    `[credit-management] [postgres] ${what}: the account is locked by another transaction (still open after lockTimeoutMs = ${db.lockTimeoutMs}); nothing was written, the operation may be retried`,
-    { operation: what, lockTimeoutMs: db.lockTimeoutMs },
-    error,
-  );
 }
 
 /**

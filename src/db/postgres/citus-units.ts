@@ -1,4 +1,4 @@
-import { ConflictError, LockTimeoutError, StorageError } from "../../errors.js";
+import { ConflictError, StorageError } from "../../errors.js";
 import type { Account, Grant, JournalEntry, Payment, Promo, Reservation } from "../../models/index.js";
 import { decodeRow } from "../../schema/codec.js";
 import type { Column } from "../../schema/columns.js";
@@ -6,7 +6,7 @@ import { REVISION, unitFunctionNames } from "../../schema/citus-units.js";
 import type { SqlTable } from "../../schema/sql.js";
 import { type AccountState as BaseState, StateCache, stateAfter } from "../state-cache.js";
 import type { ChargeRecord, Changes, DbTransaction, LoadRequest, LoadedState } from "../types.js";
-import { isConflict, storageError, workerCode } from "./errors.js";
+import { checkOneAccount, isConflict, lockTimeout, storageError, workerCode } from "./errors.js";
 import type { PostgresDbManager } from "./index.js";
 import { stateText, type StartState } from "./reads.js";
 import { compactRow } from "./save-rows.js";
@@ -360,17 +360,7 @@ class CallTx implements DbTransaction {
       this.transaction();
     if (changes.previousSeq !== (this.loaded.base?.account.seq ?? null))
       throw new ConflictError(`account ${this.userId} changed during the unit of work`, { userId: this.userId });
-    const rows: Array<{ userId: string }> = [
-      changes.account,
-      ...changes.insertGrants,
-      ...changes.updateGrants,
-      ...changes.insertReservations,
-      ...changes.updateReservations,
-      ...changes.entries,
-      ...(changes.notifications ?? []),
-    ];
-    if (rows.some((o) => o.userId !== this.userId))
-      throw new Error(`save() of account ${this.userId} got a row of another account`);
+    checkOneAccount(this.userId, changes);
     this.pending = changes;
   }
 
@@ -403,12 +393,7 @@ class CallTx implements DbTransaction {
       // key) runs the unit again from a fresh load. The function raises no 22P02 guard error.
       const cause = error instanceof StorageError ? error.cause : error;
       if (isConflict(cause)) throw new Again(error);
-      if ((cause as { code?: unknown } | null)?.code === "55P03")
-        throw new LockTimeoutError(
-          `[credit-management] [postgres] save: the account is locked by another transaction (still open after lockTimeoutMs = ${db.lockTimeoutMs}); nothing was written, the operation may be retried`,
-          { operation: "save", lockTimeoutMs: db.lockTimeoutMs },
-          error,
-        );
+      if ((cause as { code?: unknown } | null)?.code === "55P03") throw lockTimeout(db, "save", error);
       throw error;
     }
     try {

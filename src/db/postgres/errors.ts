@@ -1,4 +1,5 @@
-import { type ConflictError, StorageError } from "../../errors.js";
+import { type ConflictError, LockTimeoutError, StorageError } from "../../errors.js";
+import type { Changes } from "../types.js";
 import { storageError as driverFailure } from "../store/errors.js";
 import { GUARD_MARKER } from "./sql.js";
 
@@ -51,6 +52,32 @@ export async function unlessTaken<T>(write: Promise<T>, conflict: (cause: unknow
     if (isUniqueViolation(error)) throw conflict(error);
     throw error;
   }
+}
+
+/** A lock wait past `lock_timeout` (55P03): the account is held by a transaction that stays open. */
+export function lockTimeout(db: { lockTimeoutMs: number }, what: string, error: unknown): LockTimeoutError {
+  return new LockTimeoutError(
+    `[credit-management] [postgres] ${what}: the account is locked by another transaction (still open after lockTimeoutMs = ${db.lockTimeoutMs}); nothing was written, the operation may be retried`,
+    { operation: what, lockTimeoutMs: db.lockTimeoutMs },
+    error,
+  );
+}
+
+/** Refuses a save of `userId`'s unit of work with a row of another account: a unit writes one account. */
+export function checkOneAccount(userId: string, changes: Changes): void {
+  const rows: Array<{ userId: string }> = [
+    changes.account,
+    ...changes.insertGrants,
+    ...changes.updateGrants,
+    ...changes.insertReservations,
+    ...changes.updateReservations,
+    ...changes.entries,
+    ...(changes.promoClaims ?? []),
+    ...(changes.paymentUpdates ?? []),
+    ...(changes.notifications ?? []),
+  ];
+  if (rows.some((o) => o.userId !== userId))
+    throw new Error(`save() of account ${userId} got a row of another account`);
 }
 
 /** A driver failure as `StorageError` (`[credit-management] [postgres] <what> failed (<SQLSTATE>): …`). */

@@ -3,6 +3,7 @@ import { decodeRow } from "../../schema/codec.js";
 import type { Changes, DbTransaction, LoadRequest, LoadedState } from "../types.js";
 import type { Batch } from "./batch.js";
 import type { ChainState, SaveItem } from "./chain.js";
+import { checkOneAccount } from "./errors.js";
 import { type PostgresSql, idempotentEntry } from "./sql.js";
 import type { AccountState } from "./state-cache.js";
 import { NotRun, type Unit } from "./unit.js";
@@ -244,20 +245,7 @@ export class UnitTx extends UnitReads implements DbTransaction, SaveItem {
       this.unchain();
     this.saved = true;
     this.checkSave(changes);
-    const rows: Array<{ userId: string }> = [
-      changes.account,
-      ...changes.insertGrants,
-      ...changes.updateGrants,
-      ...changes.insertReservations,
-      ...changes.updateReservations,
-      ...changes.entries,
-      ...(changes.promoClaims ?? []),
-      ...(changes.paymentUpdates ?? []),
-      ...(changes.notifications ?? []),
-    ];
-    if (rows.some((o) => o.userId !== this.userId)) {
-      throw new Error(`save() of account ${this.userId} got a row of another account`);
-    }
+    checkOneAccount(this.userId, changes);
     this.pending = changes;
   }
 
