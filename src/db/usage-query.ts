@@ -16,7 +16,6 @@ import {
   sqlFactor,
   sqlKind,
   sqlKindOrder,
-  sqlLit,
   sqlMeasure,
   sqlPlaced,
   sqlPlacedIn,
@@ -26,6 +25,7 @@ import {
   usageSources,
   type UsageDialect,
 } from "../schema/usage-sql.js";
+import { sqlLit } from "../schema/ident.js";
 
 /**
  * How the usage query reads on one store: the rules' expressions (`rules`), and what its SQL says

@@ -1,4 +1,4 @@
-import { pgIdent as q, pgQualified } from "./ident.js";
+import { pgIdent as q, pgQualified, sqlLit as lit } from "./ident.js";
 import { keyDigestSql } from "./key-digest.js";
 import type { NamingOptions, SqlTable } from "./sql.js";
 
@@ -81,7 +81,6 @@ export function citusUnitFunctions(tables: readonly SqlTable[], naming: NamingOp
   const names = (t: SqlTable) => t.columns.map((c) => q(c.name)).join(", ");
   const fields = (t: SqlTable) => t.columns.map((c) => `($1).${q(c.name)}`).join(", ");
   const rev = q(REVISION);
-  const lit = (text: string) => `'${text.replace(/'/g, "''")}'`;
   // The shard of `t` that holds the account: only where a statement is prepared for it.
   const shardOf = (t: SqlTable) => `get_shard_id_for_distribution_column(${lit(t.qualified)}, p_user)`;
 

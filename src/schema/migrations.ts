@@ -15,6 +15,7 @@ import {
   versionTableSql,
 } from "./sql.js";
 import type { Column } from "./columns.js";
+import { pgQualified } from "./ident.js";
 import { rollupBackfillSql, rollupDdl, rollupFoldUpgradeSql } from "./rollup.js";
 import type { SqlTable } from "./sql.js";
 import { type TableKey, indexesOf } from "./tables.js";
@@ -484,10 +485,7 @@ function replaceIndex(table: SqlTable, changed: ChangedIndex, naming: NamingOpti
   const schema = naming.schema === undefined ? "current_schema()" : `'${naming.schema}'`;
   const name = `${table.name}_${changed.index}`;
   const building = `${name}__new`;
-  const qualify = (n: string) =>
-    naming.schema === undefined
-      ? quoteIdent("postgres", n)
-      : `${quoteIdent("postgres", naming.schema)}.${quoteIdent("postgres", n)}`;
+  const qualify = (n: string) => pgQualified(naming.schema, n);
   return (
     // The one index's definition, looked up by name: pg_indexes computes the definition of other
     // schemas' indexes too, and fails ("could not open relation with OID") when one of those is
@@ -545,7 +543,7 @@ function replaceCheck(
 function rebuildSqlite(table: SqlTable, naming: NamingOptions, later: ReadonlyMap<string, string>): string[] {
   const q = (n: string) => quoteIdent("sqlite", n);
   const rebuilt = `${table.name}__rebuild`;
-  const qualifiedRebuilt = naming.schema === undefined ? q(rebuilt) : `${q(naming.schema)}.${q(rebuilt)}`;
+  const qualifiedRebuilt = pgQualified(naming.schema, rebuilt);
   const columns = table.columns.map((c) => q(c.name)).join(", ");
   const values = table.columns.map((c) => later.get(c.field) ?? q(c.name)).join(", ");
   return [

@@ -1,6 +1,5 @@
-import { pgIdent as q, pgQualified } from "./ident.js";
+import { pgIdent as q, pgQualified, sqlLit } from "./ident.js";
 import type { NamingOptions } from "./sql.js";
-import { sqlLit } from "./usage-sql.js";
 
 /**
  * The revenue summary of PostgreSQL (docs/revenue.md, "How it is computed"): tables a report

@@ -1,5 +1,5 @@
 import { USAGE_MEASURES, USAGE_RULES, usageKindsOf, type UsageRules } from "../domain/usage.js";
-import { pgIdent as q, pgQualified } from "./ident.js";
+import { pgIdent as q, pgQualified, sqlLit } from "./ident.js";
 import type { NamingOptions } from "./sql.js";
 import {
   PG_USAGE,
@@ -9,7 +9,6 @@ import {
   sqlFactor,
   sqlKind,
   sqlPlaced,
-  sqlLit,
   sqlSourceArray,
   sqlTypes,
   usageSources,

@@ -3,7 +3,7 @@ import { rollupDdl, rollupNames } from "./rollup.js";
 import { revenueDdl } from "./revenue-pg.js";
 import { citusUnitFunctions } from "./citus-units.js";
 import { keyDigestSql } from "./key-digest.js";
-import { pgIdent } from "./ident.js";
+import { pgIdent, pgQualified, sqlLit } from "./ident.js";
 
 export { keyDigestSql } from "./key-digest.js";
 import { type Column, FORGOTTEN_KEY, type JsonSchemaNode, columnsOf, modelJsonSchema, snakeCase } from "./columns.js";
@@ -322,8 +322,7 @@ export function citusCalls(tables: readonly SqlTable[], options: NamingOptions):
   );
   const accounts = tables.find((t) => t.key === "accounts");
   const unless = (qualified: string, call: string) =>
-    `SELECT ${call} WHERE NOT EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = '${qualified.replace(/'/g, "''")}'::regclass);`;
-  const lit = (qualified: string) => `'${qualified.replace(/'/g, "''")}'`;
+    `SELECT ${call} WHERE NOT EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = ${sqlLit(qualified)}::regclass);`;
   const lines = [
     "-- Citus (docs/scaling-out.md): per-account tables distributed by user_id, colocated with the accounts;",
     "-- plans, promos and the version table reference tables; the ledger stays on the coordinator.",
@@ -332,8 +331,8 @@ export function citusCalls(tables: readonly SqlTable[], options: NamingOptions):
     unless(
       qualified,
       accounts === undefined || qualified === accounts.qualified
-        ? `create_distributed_table(${lit(qualified)}, 'user_id')`
-        : `create_distributed_table(${lit(qualified)}, 'user_id', colocate_with => ${lit(accounts.qualified)})`,
+        ? `create_distributed_table(${sqlLit(qualified)}, 'user_id')`
+        : `create_distributed_table(${sqlLit(qualified)}, 'user_id', colocate_with => ${sqlLit(accounts.qualified)})`,
     );
   const ordered = [...tables].sort((a, b) => (a.key === "accounts" ? -1 : b.key === "accounts" ? 1 : 0));
   for (const t of ordered) if (perAccount.has(t.key)) lines.push(distribute(t.qualified));
@@ -341,10 +340,10 @@ export function citusCalls(tables: readonly SqlTable[], options: NamingOptions):
     lines.push(distribute(rollupNames(options).table), distribute(rollupNames(options).state));
   for (const t of tables) {
     if (perAccount.has(t.key) || t.key === "ledger") continue;
-    lines.push(unless(t.qualified, `create_reference_table(${lit(t.qualified)})`));
+    lines.push(unless(t.qualified, `create_reference_table(${sqlLit(t.qualified)})`));
   }
   const version = versionTableName("postgres", options);
-  lines.push(unless(version, `create_reference_table(${lit(version)})`));
+  lines.push(unless(version, `create_reference_table(${sqlLit(version)})`));
   return [lines.join("\n")];
 }
 
@@ -424,8 +423,7 @@ function tableStatement(
  */
 export function partitionSql(table: SqlTable, range: { from: Date; to: Date } | null, naming: NamingOptions): string {
   const name = checkLength(range === null ? defaultPartitionName(table.name) : partitionName(table.name, range.from));
-  const q = quoteIdent("postgres", name);
-  const qualified = naming.schema === undefined ? q : `${quoteIdent("postgres", naming.schema)}.${q}`;
+  const qualified = pgQualified(naming.schema, name);
   const bound =
     range === null ? "DEFAULT" : `FOR VALUES FROM (${timestampLiteral(range.from)}) TO (${timestampLiteral(range.to)})`;
   return `CREATE TABLE IF NOT EXISTS ${qualified} PARTITION OF ${table.qualified} ${bound};`;
@@ -456,12 +454,7 @@ function tableDdl(
   const partitioned = partitionedStore && PARTITIONED_TABLES.includes(table.key);
   if (partitioned) table = { ...table, spec: partitionedSpec(table.spec) };
   const q = (n: string) => quoteIdent(dialect, n);
-  const byField = new Map(table.columns.map((c) => [c.field, c]));
-  const col = (field: string): Column => {
-    const c = byField.get(field);
-    if (c === undefined) throw new Error(`table ${table.spec.name}: no field "${field}" in its model`);
-    return c;
-  };
+  const col = (field: string) => columnOf(table, field);
   const indexes = indexesOf(table.spec).map((i) => (partitioned && i.unique === true ? { ...i, unique: false } : i));
   const indexed = new Set(indexes.flatMap((i) => i.fields).concat(table.spec.primaryKey));
   const lines = table.columns.map((c) => `  ${columnSql(dialect, c, indexed.has(c.field), table.spec.name)}`);
@@ -487,6 +480,13 @@ function tableDdl(
   return statements;
 }
 
+/** The column of `table` that holds `field`. */
+function columnOf(table: SqlTable, field: string): Column {
+  const c = table.columns.find((x) => x.field === field);
+  if (c === undefined) throw new Error(`table ${table.spec.name}: no field "${field}" in its model`);
+  return c;
+}
+
 /**
  * `CREATE [UNIQUE] INDEX IF NOT EXISTS` of one index of `table` (not MySQL, whose keys are in its
  * table), named `<table>_<index name>`, or `as` (an upgrade builds today's index under another
@@ -500,11 +500,7 @@ export function indexSql(
   as?: string,
 ): string {
   const q = (n: string) => quoteIdent(dialect, n);
-  const col = (field: string): Column => {
-    const c = table.columns.find((x) => x.field === field);
-    if (c === undefined) throw new Error(`table ${table.spec.name}: no field "${field}" in its model`);
-    return c;
-  };
+  const col = (field: string) => columnOf(table, field);
   const name = checkLength(as ?? `${table.name}_${index.name}`);
   // SQLite puts the schema on the index name, PostgreSQL on the table only.
   const indexName = dialect === "sqlite" && options.schema !== undefined ? `${q(options.schema)}.${q(name)}` : q(name);
@@ -549,10 +545,6 @@ function checkLength(name: string): string {
   return name;
 }
 
-function sqlString(value: string): string {
-  return `'${value.replace(/'/g, "''")}'`;
-}
-
 function condition(dialect: SqlDialect, column: Column, c: IndexCondition): string {
   const name = quoteIdent(dialect, column.name);
   switch (c.op) {
@@ -563,7 +555,7 @@ function condition(dialect: SqlDialect, column: Column, c: IndexCondition): stri
     case "gt":
       return `${name} > ${c.value}`;
     case "eq":
-      return `${name} = ${sqlString(c.value)}`;
+      return `${name} = ${sqlLit(c.value)}`;
   }
 }
 
@@ -618,7 +610,7 @@ function columnParts(
           : dialect === "postgres"
             ? `TEXT COLLATE "C"`
             : "TEXT";
-      checks.push(`${name} IN (${values.map(sqlString).join(", ")})`);
+      checks.push(`${name} IN (${values.map(sqlLit).join(", ")})`);
       break;
     }
     case "integer":

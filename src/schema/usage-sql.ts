@@ -11,6 +11,7 @@ import {
   type UsageValue,
 } from "../domain/usage.js";
 import type { UsageKind } from "../models/usage.js";
+import { sqlLit } from "./ident.js";
 
 /**
  * The rules of usage (`USAGE_RULES` of src/domain/usage.ts, docs/usage.md) as SQL expressions over
@@ -51,9 +52,6 @@ export interface UsageDialect {
   /** A NULL of type text (a column of UNION ALL branches). */
   readonly nullText: string;
 }
-
-/** A SQL string literal. Rules' keys and texts are constants of the table, quoted all the same. */
-export const sqlLit = (s: string): string => `'${s.replace(/'/g, "''")}'`;
 
 /** `doc -> 'k' -> 0`: a jsonb value. */
 const pgPath = (r: JsonRef): string =>
