@@ -253,30 +253,8 @@ function recordMetrics(provider: MeterProvider, o: z.output<typeof InstrumentOpt
     tc.subscribe(handlers);
     undo.push(() => tc.unsubscribe(handlers));
   };
-  // One frozen attribute set per (operation, outcome, store), built once: every unit of work records
-  // a counter and a histogram, and a fresh object each time costs the SDK more (docs/benchmarks.md,
-  // "The service"). Few keys: outcomes are a fixed set, stores one or two, operations
-  // the library's plus the names given to `unitOfWork` (past 1,000 keys, nothing more is kept).
-  // Looked up by operation, then outcome, then store: the names are the same strings each time, so
-  // no key string is built per unit of work.
-  const unitAttrs = new Map<string, Map<string, Map<string, Attributes>>>();
-  let unitKeys = 0;
-  const attrsOf = (operation: string, outcome: string, store: string) => {
-    let byOutcome = unitAttrs.get(operation);
-    let byStore = byOutcome?.get(outcome);
-    let attrs = byStore?.get(store);
-    if (attrs !== undefined) return attrs;
-    attrs = Object.freeze({ operation, outcome, store });
-    if (unitKeys < 1000) {
-      if (byOutcome === undefined) unitAttrs.set(operation, (byOutcome = new Map()));
-      if (byStore === undefined) byOutcome.set(outcome, (byStore = new Map()));
-      byStore.set(store, attrs);
-      unitKeys++;
-    }
-    return attrs;
-  };
   onEnd<UnitOfWorkMessage>(DIAGNOSTICS_CHANNELS.unitOfWork, (m) => {
-    const attrs = attrsOf(m.operation, m.outcome, m.store);
+    const attrs = { operation: m.operation, outcome: m.outcome, store: m.store };
     operations.add(1, attrs);
     duration.record(s(m.durationMs), attrs);
     if (m.conflicts === 0 && m.outcome !== "conflict") return;
