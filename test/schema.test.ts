@@ -8,7 +8,7 @@ import {
   type TableKey,
   columnsOf,
   decodeRow,
-  encodeRow,
+  encodeValues,
   generateMongoSchema,
   generateSql,
   quoteIdent,
@@ -17,6 +17,16 @@ import {
   versionTableName,
 } from "../src/schema/index.js";
 import { samples } from "./fixtures/samples.js";
+
+/** A model object as column → value: `encodeValues` keyed by the column names. */
+function encodeRow(
+  columns: Parameters<typeof encodeValues>[0],
+  value: Record<string, unknown>,
+  options?: Parameters<typeof encodeValues>[2],
+): Record<string, unknown> {
+  const values = encodeValues(columns, value, options);
+  return Object.fromEntries(columns.map((c, i) => [c.name, values[i]]));
+}
 
 const PG_URL = process.env.CREDIT_PG_URL;
 const MYSQL_URL = process.env.CREDIT_MYSQL_URL;

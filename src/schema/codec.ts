@@ -87,24 +87,11 @@ export function byteaText(hex: string): string {
 }
 
 /**
- * A model object as column → value, for drivers that take parameters: dates as `Date` (or ISO
+ * A model object's values in column order, for an INSERT's parameters: dates as `Date` (or ISO
  * text with `dates: "iso"`), JSON as text, booleans as 0/1 with `booleans: "int"`, hex digests
  * (`Column.bytes`) as their hex text or, with `bytes: "buffer"` (PostgreSQL's `BYTEA`), as bytes.
- */
-export function encodeRow(
-  columns: readonly Column[],
-  value: Record<string, unknown>,
-  options: EncodeOptions = {},
-): Record<string, unknown> {
-  const out: Record<string, unknown> = {};
-  for (const c of columns) out[c.name] = encodeValue(c, value[c.field], options);
-  return out;
-}
-
-/**
- * `encodeRow`'s values in column order, as an array: for an INSERT's parameters. (`Object.values`
- * of an object keyed by a wide table's column names collects and sorts its keys: about 10k
- * instructions a SQLite deduction.)
+ * (An array: `Object.values` of an object keyed by a wide table's column names collects and sorts
+ * its keys, about 10k instructions a SQLite deduction.)
  */
 export function encodeValues(
   columns: readonly Column[],
