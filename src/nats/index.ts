@@ -7,6 +7,7 @@ import { jetstream, jetstreamManager, type Consumer, type JetStreamClient, type 
 import type { Logger } from "../logger.js";
 import * as z from "zod";
 import { ConfigurationError, ConflictError, CreditError, StorageError } from "../errors.js";
+import { parseConfig } from "../models/parse.js";
 import { eventEnvelope, type NotificationMessage, type NotificationQueue } from "../queue/index.js";
 
 /** A connection to NATS, as `connect()` of `@nats-io/transport-node` (or any transport) returns it. */
@@ -84,14 +85,7 @@ export class NatsJetStreamQueue implements NotificationQueue {
   private closed = false;
 
   constructor(options: NatsJetStreamQueueOptions) {
-    const parsed = QueueOptions.safeParse(options);
-    if (!parsed.success) {
-      throw new ConfigurationError(
-        `[credit-management] NatsJetStreamQueue: ${z.prettifyError(parsed.error)}`,
-        parsed.error,
-      );
-    }
-    const o = parsed.data;
+    const o = parseConfig(QueueOptions, options, "options", "NatsJetStreamQueue");
     if ((o.connection === undefined) === (o.servers === undefined)) {
       throw new ConfigurationError(
         "[credit-management] NatsJetStreamQueue: give either `connection` (yours) or `servers` (the queue connects), not both nor neither",
@@ -299,14 +293,9 @@ const ConsumeOptions = z.strictObject({
  * then acknowledged; should that publish fail, the message is retried instead, so none is lost.
  */
 export function consumeCreditEvents(options: ConsumeCreditEventsOptions): CreditEventConsumer {
-  const parsed = ConsumeOptions.safeParse(options);
-  if (!parsed.success)
-    throw new ConfigurationError(
-      `[credit-management] consumeCreditEvents: ${z.prettifyError(parsed.error)}`,
-      parsed.error,
-    );
-  const maxDeliveries = parsed.data.maxDeliveries ?? 5;
-  const retryDelayMs = parsed.data.retryDelayMs ?? 1000;
+  const parsed = parseConfig(ConsumeOptions, options, "options", "consumeCreditEvents");
+  const maxDeliveries = parsed.maxDeliveries ?? 5;
+  const retryDelayMs = parsed.retryDelayMs ?? 1000;
   const counts: Record<InboundOutcome, number> = { applied: 0, retry: 0, dead_lettered: 0 };
   let stopped = false;
   let messages: Awaited<ReturnType<Consumer["consume"]>> | undefined;
@@ -326,7 +315,7 @@ export function consumeCreditEvents(options: ConsumeCreditEventsOptions): Credit
       data: m.string(),
     };
     try {
-      await options.js.publish(parsed.data.deadLetterSubject, JSON.stringify(body), {
+      await options.js.publish(parsed.deadLetterSubject, JSON.stringify(body), {
         msgID: `dead:${context.messageId}`,
       });
     } catch (failure) {
