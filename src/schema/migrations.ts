@@ -30,20 +30,8 @@ interface AddedColumn {
   fill?: string;
 }
 
-/** An enum column of a table that existed before, whose CHECK (the allowed values) changed. */
-interface ChangedCheck {
-  table: TableKey;
-  /** The model's field (camelCase). */
-  field: string;
-}
-
-/**
- * A column of a table that existed before whose PostgreSQL type changed: a hex digest now stored
- * as bytes (`Column.bytes`: `BYTEA`, `decode(…, 'hex')` of each row), JSON now kept as text
- * (`Column.jsonText`: `JSON`). The whole table is rewritten once; the other dialects keep the
- * types they had.
- */
-interface RetypedColumn {
+/** A column of a table that existed before. */
+interface ChangedColumn {
   table: TableKey;
   /** The model's field (camelCase). */
   field: string;
@@ -67,10 +55,15 @@ interface Migration {
   to: number;
   summary: string;
   columns: readonly AddedColumn[];
-  /** Enum columns whose CHECK is replaced by today's (values added). */
-  checks?: readonly ChangedCheck[];
-  /** Columns whose PostgreSQL type changed in this version. */
-  retyped?: readonly RetypedColumn[];
+  /** Enum columns whose CHECK (the allowed values) is replaced by today's (values added). */
+  checks?: readonly ChangedColumn[];
+  /**
+   * Columns whose PostgreSQL type changed in this version: a hex digest now stored as bytes
+   * (`Column.bytes`: `BYTEA`, `decode(…, 'hex')` of each row), JSON now kept as text
+   * (`Column.jsonText`: `JSON`). The whole table is rewritten once; the other dialects keep the
+   * types they had.
+   */
+  retyped?: readonly ChangedColumn[];
   /** Indexes whose PostgreSQL definition changed in this version. */
   reindexed?: readonly ChangedIndex[];
   /**

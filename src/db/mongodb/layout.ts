@@ -17,8 +17,6 @@ export interface MongoCollectionLayout {
   idField: string;
   /** The indexes `init()` creates (besides `_id`). */
   indexes: IndexDescription[];
-  /** The schema version that introduced the collection (docs/schema-upgrades.md). */
-  since: number;
 }
 
 /** One collection per table of the schema (src/schema/tables.ts). */
@@ -27,12 +25,11 @@ export type MongoCollectionKey = TableKey;
 /** Every collection, with the indexes every query and guarantee of the adapter relies on. */
 export const MONGO_COLLECTIONS: Record<MongoCollectionKey, MongoCollectionLayout> = {
   // The account document is `_id: userId`; its `_id` index is the only one it needs.
-  accounts: { name: "accounts", table: "accounts", idField: "userId", since: 1, indexes: [] },
+  accounts: { name: "accounts", table: "accounts", idField: "userId", indexes: [] },
   grants: {
     name: "grants",
     table: "grants",
     idField: "id",
-    since: 1,
     indexes: [
       // load(): a user's open grants; listGrants(): a user's grants in insertion order.
       { key: { userId: 1, _open: 1, _ord: 1 }, name: "user_open_ord" },
@@ -44,7 +41,6 @@ export const MONGO_COLLECTIONS: Record<MongoCollectionKey, MongoCollectionLayout
     name: "reservations",
     table: "reservations",
     idField: "id",
-    since: 1,
     indexes: [
       // load(): a user's active holds; listReservations(): by status, in insertion order.
       { key: { userId: 1, status: 1, _ord: 1 }, name: "user_status_ord" },
@@ -56,7 +52,6 @@ export const MONGO_COLLECTIONS: Record<MongoCollectionKey, MongoCollectionLayout
     name: "journal",
     table: "journal",
     idField: "id",
-    since: 1,
     indexes: [
       // Gap-free, one entry per seq, and the cursor of listJournal().
       { key: { userId: 1, seq: 1 }, name: "user_seq", unique: true },
@@ -83,7 +78,6 @@ export const MONGO_COLLECTIONS: Record<MongoCollectionKey, MongoCollectionLayout
     name: "ledger",
     table: "ledger",
     idField: "id",
-    since: 1,
     // listLedgerEntries(): newest first in (createdAt, _ord, _id) order — the sort's own keys, so a
     // page reads `limit` entries off the index instead of sorting every match.
     indexes: [
@@ -96,15 +90,13 @@ export const MONGO_COLLECTIONS: Record<MongoCollectionKey, MongoCollectionLayout
     name: "notifications",
     table: "notifications",
     idField: "id",
-    since: 2,
     indexes: NOTIFICATION_INDEXES,
   },
-  plans: { name: "plans", table: "plans", idField: "id", since: 2, indexes: SUBSCRIPTION_INDEXES.plans },
+  plans: { name: "plans", table: "plans", idField: "id", indexes: SUBSCRIPTION_INDEXES.plans },
   subscriptions: {
     name: "subscriptions",
     table: "subscriptions",
     idField: "id",
-    since: 2,
     indexes: SUBSCRIPTION_INDEXES.subscriptions,
   },
   // `_id` is the upper-cased code: unique.
@@ -112,14 +104,12 @@ export const MONGO_COLLECTIONS: Record<MongoCollectionKey, MongoCollectionLayout
     name: "promos",
     table: "promos",
     idField: "code",
-    since: 2,
     indexes: [{ key: { createdAt: -1, _id: -1 }, name: "created" }],
   },
   promoClaims: {
     name: "promo_claims",
     table: "promoClaims",
     idField: "id",
-    since: 2,
     indexes: [
       // One claim per (code, user, claim number): the backstop of the per-user limit.
       { key: { code: 1, userId: 1, claimNumber: 1 }, name: "code_user_n", unique: true },
@@ -130,7 +120,6 @@ export const MONGO_COLLECTIONS: Record<MongoCollectionKey, MongoCollectionLayout
     name: "payments",
     table: "payments",
     idField: "id",
-    since: 2,
     indexes: [
       { key: { userId: 1, createdAt: -1, _id: -1 }, name: "user_created" },
       {
