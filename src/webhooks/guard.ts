@@ -41,16 +41,6 @@ const BLOCKED_V6 = [
   "ff00::/8",
 ];
 
-const blocked = new BlockList();
-for (const net of BLOCKED_V4) {
-  const [a, p] = net.split("/") as [string, string];
-  blocked.addSubnet(a, Number(p), "ipv4");
-}
-for (const net of BLOCKED_V6) {
-  const [a, p] = net.split("/") as [string, string];
-  blocked.addSubnet(a, Number(p), "ipv6");
-}
-
 /** A refused target address: the delivery is not sent (nothing leaves the process). */
 export class WebhookAddressError extends Error {
   override readonly name = "WebhookAddressError";
@@ -70,6 +60,9 @@ export function allowList(networks: readonly string[]): BlockList {
   }
   return list;
 }
+
+/** The networks refused, read as `allowList` reads CIDR strings (each one's family from its address). */
+const blocked = allowList([...BLOCKED_V4, ...BLOCKED_V6]);
 
 /** An IPv4 address an IPv6 one carries as `::ffff:a.b.c.d` (mapped), or null. */
 function mappedV4(address: string): string | null {
