@@ -203,7 +203,7 @@ export class WebhookQueue implements NotificationQueue {
     this.refreshMs = o.refreshMs ?? 5000;
     this.maxResponseBytes = o.maxResponseBytes ?? 4096;
     this.coolOffMs = o.coolOffMs ?? 60_000;
-    this.allow = o.allowNetworks === undefined || o.allowNetworks.length === 0 ? null : allowList(o.allowNetworks);
+    this.allow = allowOf(o.allowNetworks);
     if (typeof options.endpoints !== "function")
       this.cache = { at: Infinity, endpoints: this.check(options.endpoints) };
   }
@@ -302,9 +302,7 @@ export class WebhookQueue implements NotificationQueue {
     }
     if (slow !== undefined) slow.probing = true;
     const body = JSON.stringify(d.event);
-    const secrets = Array.isArray(endpoint.secret) ? endpoint.secret : [endpoint.secret];
-    const now = this.options.clock?.() ?? new Date();
-    const headers = webhookHeaders(secrets, d.event.id, Math.floor(now.getTime() / 1000), body);
+    const headers = signedHeaders(endpoint, d.event.id, this.options.clock?.() ?? new Date(), body);
     let result: PostResult;
     try {
       result = await postWebhook(new URL(endpoint.url), headers, body, {
@@ -356,6 +354,17 @@ export interface TestOptions {
   lookup?: Lookup;
 }
 
+/** The networks let through the address guard (`allowNetworks`), or null when none are. */
+function allowOf(networks: readonly string[] | undefined): BlockList | null {
+  return networks === undefined || networks.length === 0 ? null : allowList(networks);
+}
+
+/** The headers of one delivery of `body` to `endpoint`, signed at `now` with each of its secrets. */
+function signedHeaders(endpoint: Pick<WebhookEndpoint, "secret">, id: string, now: Date, body: string) {
+  const secrets = Array.isArray(endpoint.secret) ? endpoint.secret : [endpoint.secret];
+  return webhookHeaders(secrets, id, Math.floor(now.getTime() / 1000), body);
+}
+
 /**
  * Sends one signed test event (`type: "webhook_test"`, a fresh id, not stored) to `endpoint`, with
  * the same checks as a delivery (`credit-management webhooks test`). Resolves to the endpoint's
@@ -367,8 +376,7 @@ export async function sendTestWebhook(
   options: TestOptions = {},
 ): Promise<PostResult & { id: string }> {
   const e = parse(WebhookEndpoint, endpoint, "endpoint");
-  const allow =
-    options.allowNetworks === undefined || options.allowNetworks.length === 0 ? null : allowList(options.allowNetworks);
+  const allow = allowOf(options.allowNetworks);
   const now = new Date();
   const id = `test_${notificationId(now)}`;
   const body = JSON.stringify({
@@ -381,19 +389,13 @@ export async function sendTestWebhook(
   });
   const agents = { http: new http.Agent(), https: new https.Agent() };
   try {
-    const secrets = Array.isArray(e.secret) ? e.secret : [e.secret];
-    const result = await postWebhook(
-      new URL(e.url),
-      webhookHeaders(secrets, id, Math.floor(now.getTime() / 1000), body),
-      body,
-      {
-        timeoutMs: options.timeoutMs ?? 10_000,
-        maxResponseBytes: 4096,
-        allow,
-        lookup: options.lookup,
-        agents,
-      },
-    );
+    const result = await postWebhook(new URL(e.url), signedHeaders(e, id, now, body), body, {
+      timeoutMs: options.timeoutMs ?? 10_000,
+      maxResponseBytes: 4096,
+      allow,
+      lookup: options.lookup,
+      agents,
+    });
     return { ...result, id };
   } finally {
     agents.http.destroy();
