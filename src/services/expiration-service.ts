@@ -206,33 +206,21 @@ export interface RunAllReport {
  * event. A job that did not run for a while catches up in one run (docs/subscriptions.md, "Jobs").
  */
 export class ExpirationService {
-  private readonly db: DbManager;
-  private readonly credits: CreditService;
   /** Runs the jobs' units of work (src/services/credit-core.ts). */
   private readonly core: CreditCore;
-  private readonly subscriptions: SubscriptionService;
-  private readonly ledger: LedgerLogger | undefined;
   private readonly clock: () => Date;
-  private readonly logger: Logger | undefined;
-  private readonly notifications: NotificationService | undefined;
   /** The expiring-credit reminder windows, in days (`reminderDays`; the worker's reminders round). */
   readonly reminderDays: readonly number[];
   private readonly retention: number | null;
 
-  constructor(options: ExpirationServiceOptions) {
-    this.db = options.db;
-    this.credits = options.credits;
-    this.core = creditCore(options.credits);
-    this.subscriptions = options.subscriptions;
-    this.ledger = options.ledger;
-    this.clock = options.clock ?? this.core.clock;
-    this.logger = options.logger;
-    this.notifications = options.notifications;
-    this.reminderDays = parseConfig(ReminderDays, options.reminderDays ?? [7], "reminderDays", "ExpirationService");
+  constructor(private readonly config: ExpirationServiceOptions) {
+    this.core = creditCore(config.credits);
+    this.clock = config.clock ?? this.core.clock;
+    this.reminderDays = parseConfig(ReminderDays, config.reminderDays ?? [7], "reminderDays", "ExpirationService");
     this.retention = retentionMs(
       parseConfig(
         IdempotencyRetention,
-        options.idempotencyRetention ?? "forever",
+        config.idempotencyRetention ?? "forever",
         "idempotency.retention",
         "ExpirationService",
       ),
@@ -261,15 +249,15 @@ export class ExpirationService {
     // Keys kept for ever: nothing to do, and nothing to record.
     if (before === null) return traceJob(report.job, asOf, async () => report, counts);
     return this.runJob(report, asOf, counts, async () => {
-      const forget = this.db.forgetIdempotencyKeys;
+      const forget = this.config.db.forgetIdempotencyKeys;
       if (forget === undefined) {
         throw new ConfigurationError(
-          `[credit-management] the ${this.db.name} store cannot forget idempotency keys (it has no forgetIdempotencyKeys): keep the retention "forever"`,
+          `[credit-management] the ${this.config.db.name} store cannot forget idempotency keys (it has no forgetIdempotencyKeys): keep the retention "forever"`,
         );
       }
       const limit = o.batchSize ?? 1000;
       for (;;) {
-        const n = await forget.call(this.db, before, limit);
+        const n = await forget.call(this.config.db, before, limit);
         report.keysForgotten += n;
         if (n < limit) break;
       }
@@ -291,7 +279,7 @@ export class ExpirationService {
       counts: (r) => [r.grantsScanned, r.grantsExpired, r.errors],
       scanned: (r, rows) => (r.grantsScanned = rows),
       scan: (after: Grant | undefined, limit) =>
-        this.db.findDueGrants(asOf, limit, after && { expiresAt: after.expiresAt as Date, id: after.id }),
+        this.config.db.findDueGrants(asOf, limit, after && { expiresAt: after.expiresAt as Date, id: after.id }),
       keyOf: (g) => g.userId,
       process: async (userId) => {
         const { grants, credits } = await this.core.runUnitOfWork(
@@ -337,7 +325,7 @@ export class ExpirationService {
       counts: (r) => [r.holdsScanned, r.holdsReleased, r.errors],
       scanned: (r, rows) => (r.holdsScanned = rows),
       scan: (after: Reservation | undefined, limit) =>
-        this.db.findExpiredReservations(asOf, limit, after && { expiresAt: after.expiresAt, id: after.id }),
+        this.config.db.findExpiredReservations(asOf, limit, after && { expiresAt: after.expiresAt, id: after.id }),
       keyOf: (r) => r.userId,
       process: async (userId) => {
         // Settled as of `asOf`, not the clock: what lapsed after it is left alone.
@@ -369,10 +357,10 @@ export class ExpirationService {
       counts: (r) => [r.subscriptionsScanned, r.renewed + r.ended + r.periodsSkipped, r.errors],
       scanned: (r, rows) => (r.subscriptionsScanned = rows),
       scan: (after: Subscription | undefined, limit) =>
-        this.db.findDueSubscriptions(asOf, limit, after && { nextRunAt: after.nextRunAt as Date, id: after.id }),
+        this.config.db.findDueSubscriptions(asOf, limit, after && { nextRunAt: after.nextRunAt as Date, id: after.id }),
       keyOf: (s) => s.id,
       process: async (_id, s) => {
-        const r = await this.subscriptions.advance(s, asOf);
+        const r = await this.config.subscriptions.advance(s, asOf);
         report.intentsCompleted += r.intentsCompleted;
         report.renewed += r.renewed;
         report.ended += r.ended;
@@ -395,7 +383,7 @@ export class ExpirationService {
     const expireDueGrants = await this.expireDueGrants(asOf, options);
     let sendExpiringReminders: RunAllReport["sendExpiringReminders"] = null;
     let dispatchPending: DispatchReport | null = null;
-    const notifications = this.notifications;
+    const notifications = this.config.notifications;
     if (notifications !== undefined) {
       // Last, so that the events of the jobs above are delivered in the same run.
       const pageSize = options.batchSize;
@@ -451,9 +439,9 @@ export class ExpirationService {
   async allocateSubscriptionCredits(userId: string, now?: Date | string): Promise<Subscription | null> {
     const user = parse(UserId, userId, "userId");
     const at = this.asOf(now);
-    const s = await this.db.getActiveSubscription(user);
+    const s = await this.config.db.getActiveSubscription(user);
     if (s === null) return null;
-    return structuredClone((await this.subscriptions.advance(s, at)).subscription);
+    return structuredClone((await this.config.subscriptions.advance(s, at)).subscription);
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -479,9 +467,9 @@ export class ExpirationService {
    */
   async checkpointAccounts(options: CheckpointJobOptions = {}): Promise<CheckpointAccountsReport> {
     const o = parse(CheckpointJobOptions, options, "options");
-    const listIds = this.db.listAccountIds?.bind(this.db);
+    const listIds = this.config.db.listAccountIds?.bind(this.config.db);
     if (listIds === undefined)
-      throw new ConfigurationError(`[credit-management] the ${this.db.name} store cannot list its accounts`);
+      throw new ConfigurationError(`[credit-management] the ${this.config.db.name} store cannot list its accounts`);
     const asOf = this.clock();
     const every = o.everyEntries ?? 1000;
     const report: CheckpointAccountsReport = {
@@ -495,14 +483,14 @@ export class ExpirationService {
       scan: (after: string | undefined, limit) => listIds(after ?? null, limit),
       keyOf: (id) => id,
       process: async (userId) => {
-        const account = await this.db.getAccount(userId);
+        const account = await this.config.db.getAccount(userId);
         if (account === null) return;
-        const last = await this.credits.latestCheckpoint(userId);
+        const last = await this.config.credits.latestCheckpoint(userId);
         const since = account.seq - (last?.seq ?? 0);
         const old =
           o.olderThan !== undefined && (last?.createdAt ?? account.createdAt).getTime() < o.olderThan.getTime();
         if (since < every && !(old && since > 0)) return;
-        const written = await this.credits.checkpoint(userId, { minEntries: since >= every ? every : 1 });
+        const written = await this.config.credits.checkpoint(userId, { minEntries: since >= every ? every : 1 });
         if (written !== null) report.checkpointsWritten++;
       },
     });
@@ -573,10 +561,10 @@ export class ExpirationService {
             await process(key, row);
           } catch (error) {
             report.errors++;
-            this.logger?.error({ err: error, key }, "credit-management: job step failed");
-            await this.ledger
+            this.config.logger?.error({ err: error, key }, "credit-management: job step failed");
+            await this.config.ledger
               ?.logError("job step failed", { key, error: error instanceof Error ? error.message : String(error) })
-              .catch(warnOnFailure(this.logger, "writing a failed job step's ledger event"));
+              .catch(warnOnFailure(this.config.logger, "writing a failed job step's ledger event"));
           }
         }
       };
@@ -588,9 +576,9 @@ export class ExpirationService {
 
   private async record(report: JobBase): Promise<void> {
     try {
-      await this.ledger?.logSystem(`job ${report.job}`, { ...report });
+      await this.config.ledger?.logSystem(`job ${report.job}`, { ...report });
     } catch (error) {
-      this.logger?.warn({ err: error }, "credit-management: could not record the job report");
+      this.config.logger?.warn({ err: error }, "credit-management: could not record the job report");
     }
   }
 }

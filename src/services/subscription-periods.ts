@@ -29,25 +29,15 @@ export interface PeriodsDeps {
 }
 
 export class SubscriptionPeriods {
-  private readonly db: DbManager;
-  private readonly core: Pick<CreditCore, "runUnitOfWork">;
-  private readonly ledger: LedgerLogger | undefined;
-  private readonly clock: () => Date;
-
-  constructor(deps: PeriodsDeps) {
-    this.db = deps.db;
-    this.core = deps.core;
-    this.ledger = deps.ledger;
-    this.clock = deps.clock;
-  }
+  constructor(private readonly deps: PeriodsDeps) {}
 
   /**
    * Brings `userId`'s active subscription when its next step is due (its period ended, or work is
    * owed), as the renewal job would. Resolves to whether one was due (and is now brought).
    */
   async bringDue(userId: string): Promise<boolean> {
-    const now = this.clock();
-    const s = await this.db.getActiveSubscription(userId);
+    const now = this.deps.clock();
+    const s = await this.deps.db.getActiveSubscription(userId);
     if (s === null || s.nextRunAt === null || s.nextRunAt.getTime() > now.getTime()) return false;
     await this.advance(s, now);
     return true;
@@ -63,8 +53,8 @@ export class SubscriptionPeriods {
    * would allocate credits born expired (and roll them over), and leave a result that depends on
    * how the job was run. Periods that ended meanwhile are skipped, as in any late catch-up.
    */
-  async advance(subscription: Subscription, asOf: Date = this.clock()): Promise<AdvanceResult> {
-    const clock = this.clock();
+  async advance(subscription: Subscription, asOf: Date = this.deps.clock()): Promise<AdvanceResult> {
+    const clock = this.deps.clock();
     const now = asOf.getTime() < clock.getTime() ? clock : asOf;
     const result: AdvanceResult = { subscription, intentsCompleted: 0, renewed: 0, periodsSkipped: 0, ended: 0 };
     let s = subscription;
@@ -99,16 +89,16 @@ export class SubscriptionPeriods {
   /** The period end: end the subscription, or move to the period containing `now` and owe its work. */
   private async renew(s: Subscription, now: Date): Promise<{ value: Subscription; won: boolean }> {
     if (!rules.renews(s)) return this.tryWrite(s, (x) => rules.endAtPeriodEnd(x, now), now, false);
-    const plan = await this.db.getPlan(s.pendingPlanId ?? s.planId);
+    const plan = await this.deps.db.getPlan(s.pendingPlanId ?? s.planId);
     if (plan === null) {
-      await this.ledger?.logError(
+      await this.deps.ledger?.logError(
         "subscription ended: its plan no longer exists",
         { subscriptionId: s.id, planId: s.planId },
         { userId: s.userId },
       );
       return this.tryWrite(s, (x) => rules.endWithoutPlan(x, now), now, false);
     }
-    const endingPlan = s.pendingPlanId === null ? plan : await this.db.getPlan(s.planId);
+    const endingPlan = s.pendingPlanId === null ? plan : await this.deps.db.getPlan(s.planId);
     return this.tryWrite(s, (x) => rules.renew(x, plan, endingPlan, now), now, false);
   }
 
@@ -131,7 +121,7 @@ export class SubscriptionPeriods {
       // (read outside the unit of work, which checks that nothing changed it since).
       const expiry = it.carry === null ? null : await this.periodEndExpiry(s.userId, it.carry);
       try {
-        outcome = await this.core.runUnitOfWork<{ created: string[] } | { replayed: JournalEntry }>(
+        outcome = await this.deps.core.runUnitOfWork<{ created: string[] } | { replayed: JournalEntry }>(
           s.userId,
           meta,
           async (work, tx) => {
@@ -155,14 +145,14 @@ export class SubscriptionPeriods {
     const newGrants = "created" in outcome ? outcome.created : await this.grantsOf(s.userId, outcome.replayed, it.key);
     let completed = false;
     for (let race = 0; ; race++) {
-      const current = race === 0 ? s : await this.db.getSubscription(s.id, s.userId);
+      const current = race === 0 ? s : await this.deps.db.getSubscription(s.id, s.userId);
       if (current === null || current.intent?.key !== it.key) return { subscription: current ?? s, completed };
       const next: Subscription = {
         ...rules.intentDone(current, it, newGrants),
         version: current.version + 1,
         updatedAt: now,
       };
-      if (await this.db.updateSubscription(next, current.version)) {
+      if (await this.deps.db.updateSubscription(next, current.version)) {
         completed = true;
         return { subscription: next, completed };
       }
@@ -186,7 +176,7 @@ export class SubscriptionPeriods {
     const out: PeriodEndExpiry = new Map();
     const open = new Map<string, { expired: number; seen: number; held: number }>();
     for (const id of carry.grantIds) {
-      const g = await this.db.getGrant(id, userId);
+      const g = await this.deps.db.getGrant(id, userId);
       if (g === null || g.userId !== userId || g.expiresAt?.getTime() !== carry.periodEnd) continue;
       const expired = g.expiredAmount ?? 0;
       if (g.closedAt === null || expired === 0) out.set(id, { expired, atExpiry: expired });
@@ -194,13 +184,13 @@ export class SubscriptionPeriods {
     }
     const holds = new Map<string, Reservation | null>();
     const heldAtEnd = async (reservationId: string): Promise<boolean> => {
-      if (!holds.has(reservationId)) holds.set(reservationId, await this.db.getReservation(reservationId, userId));
+      if (!holds.has(reservationId)) holds.set(reservationId, await this.deps.db.getReservation(reservationId, userId));
       return liveAt(holds.get(reservationId) ?? null, carry.periodEnd);
     };
     const PAGE = 200;
     let beforeSeq: number | undefined;
     while (open.size > 0) {
-      const page = await this.db.listJournal(userId, {
+      const page = await this.deps.db.listJournal(userId, {
         order: "desc",
         types: ["expire"],
         limit: PAGE,
@@ -231,7 +221,7 @@ export class SubscriptionPeriods {
   private async grantsOf(userId: string, first: JournalEntry, key: string): Promise<string[]> {
     // One unit's entries: an expiry, a rollover and an allocation each for the general credits and
     // up to 20 allowances (docs/subscriptions.md, "Allowances"), or a proration of each.
-    const entries = await this.db.listJournal(userId, { order: "asc", afterSeq: first.seq - 1, limit: 100 });
+    const entries = await this.deps.db.listJournal(userId, { order: "asc", afterSeq: first.seq - 1, limit: 100 });
     const ids: string[] = [];
     for (const e of entries) {
       if (e.type === "add" && (e.idempotencyKey === key || e.correlationId === key))
@@ -254,8 +244,8 @@ export class SubscriptionPeriods {
     for (let race = 0; race <= MAX_RACES; race++) {
       if (current === null) throw new NotFoundError(`Subscription ${s.id} not found.`, { subscriptionId: s.id });
       const next: Subscription = { ...change(current), version: current.version + 1, updatedAt: now };
-      if (await this.db.updateSubscription(next, current.version)) return { value: next, won: true };
-      current = await this.db.getSubscription(s.id, s.userId);
+      if (await this.deps.db.updateSubscription(next, current.version)) return { value: next, won: true };
+      current = await this.deps.db.getSubscription(s.id, s.userId);
       if (!retry && current !== null) return { value: current, won: false };
     }
     throw new ConflictError(`Subscription ${s.id} kept changing; try again.`, { subscriptionId: s.id });

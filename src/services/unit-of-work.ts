@@ -136,8 +136,8 @@ class UnitRun<T> {
       const value = this.replay === undefined ? (first as T) : await this.replay(first, tx);
       return { value, entries: [] };
     }
-    const work = new AccountWork(this.userId, state, this.runner.clock(), newId);
-    if (this.runner.trial !== undefined && state.account === null) grantTrial(work, this.runner.trial);
+    const work = new AccountWork(this.userId, state, this.runner.config.clock(), newId);
+    if (this.runner.config.trial !== undefined && state.account === null) grantTrial(work, this.runner.config.trial);
     if (this.settle && work.needsSettle) {
       await includeHeldGrants(work, tx, state.reservations);
       const settled = work.settle();
@@ -148,11 +148,11 @@ class UnitRun<T> {
     try {
       result = await this.body(work, tx, unit);
     } catch (error) {
-      if (error instanceof InsufficientCreditsError && this.runner.alerts !== undefined)
+      if (error instanceof InsufficientCreditsError && this.runner.config.alerts !== undefined)
         this.refused = { seq: work.account.seq, error };
       throw error;
     }
-    const every = this.runner.checkpointEvery;
+    const every = this.runner.config.checkpointEvery;
     if (every !== undefined && checkpointDue(work, every)) {
       // Every N entries, a checkpoint in the same unit of work (docs/operations.md, "Checkpoints and archival").
       const missing = work.missingHeldGrants();
@@ -170,7 +170,7 @@ class UnitRun<T> {
     if (!work.changed && !hasExtra) return outcome;
     const changes: Changes = work.changes();
     if (extra !== undefined) Object.assign(changes, extra);
-    if (this.runner.alerts !== undefined) this.runner.addNotifications(work, changes);
+    if (this.runner.config.alerts !== undefined) this.runner.addNotifications(work, changes);
     // Auto top-up (docs/promos-and-payments.md): the spend that crosses `below` asks for one, in
     // this unit of work, whether or not notifications are on. A unit that records a payment's
     // change never does: taking back a refund's (or lost dispute's) credits must not charge the
@@ -217,6 +217,7 @@ export interface UnitRunnerOptions {
   trial: ParsedTrial | undefined;
   features: Readonly<Record<string, { minAvailable: number }>>;
   domainEvents: boolean;
+  /** Write a checkpoint entry each time an account's seq passes a multiple of this (`checkpointEvery`). */
   checkpointEvery: number | undefined;
   /**
    * Brings the user's due subscription period (src/services/subscription-periods.ts) and resolves
@@ -231,33 +232,10 @@ export interface UnitRunnerOptions {
  * change an account. @internal
  */
 export class UnitRunner {
-  private readonly db: DbManager;
-  private readonly ledger: LedgerLogger | undefined;
-  private readonly cache: CacheAside | undefined;
-  readonly clock: () => Date;
-  private readonly logger: Logger | undefined;
-  readonly alerts: Thresholds | undefined;
-  readonly trial: ParsedTrial | undefined;
-  /** Write a checkpoint entry each time an account's seq passes a multiple of this (`checkpointEvery`). */
-  readonly checkpointEvery: number | undefined;
-  private readonly features: Readonly<Record<string, { minAvailable: number }>>;
   private readonly hasFeatures: boolean;
-  private readonly domainEvents: boolean;
-  private readonly bringPeriod: ((userId: string) => Promise<boolean>) | undefined;
 
-  constructor(options: UnitRunnerOptions) {
-    this.db = options.db;
-    this.ledger = options.ledger;
-    this.cache = options.cache;
-    this.clock = options.clock;
-    this.logger = options.logger;
-    this.alerts = options.alerts;
-    this.features = options.features;
-    this.hasFeatures = Object.keys(options.features).length > 0;
-    this.domainEvents = options.domainEvents;
-    this.bringPeriod = options.periods;
-    this.trial = options.trial;
-    this.checkpointEvery = options.checkpointEvery;
+  constructor(readonly config: UnitRunnerOptions) {
+    this.hasFeatures = Object.keys(config.features).length > 0;
   }
 
   /**
@@ -278,7 +256,7 @@ export class UnitRunner {
     const message: UnitOfWorkMessage = {
       operation,
       userId,
-      store: this.db.name,
+      store: this.config.db.name,
       outcome: "ok",
       durationMs: 0,
       attempts: 0,
@@ -312,13 +290,13 @@ export class UnitRunner {
     options: RunOptions,
     message: UnitOfWorkMessage | undefined,
   ): Promise<T> {
-    const periods = options.periods !== false && this.bringPeriod !== undefined;
+    const periods = options.periods !== false && this.config.periods !== undefined;
     const unit = new UnitRun<T>(this, userId, meta, body, replay, options.settle, periods, message);
     const again = () =>
       this.run(operation, userId, meta, body, replay, { settle: options.settle, periods: false }, message);
     let outcome: UnitOutcome<T> | typeof PERIOD_DUE;
     try {
-      outcome = await this.db.transaction(userId, (tx) => unit.attempt(tx));
+      outcome = await this.config.db.transaction(userId, (tx) => unit.attempt(tx));
     } catch (error) {
       if (periods && error instanceof InsufficientCreditsError)
         return this.afterRefusal(operation, userId, unit, error, again);
@@ -336,9 +314,9 @@ export class UnitRunner {
    */
   private async afterPeriod<T>(userId: string, again: () => Promise<T>): Promise<T> {
     try {
-      await this.bringPeriod?.(userId);
+      await this.config.periods?.(userId);
     } catch (error) {
-      this.logger?.warn(
+      this.config.logger?.warn(
         { err: error, userId },
         "credit-management: could not bring the user's subscription period up to date",
       );
@@ -361,9 +339,9 @@ export class UnitRunner {
   ): Promise<T> {
     let brought = false;
     try {
-      brought = (await this.bringPeriod?.(userId)) === true;
+      brought = (await this.config.periods?.(userId)) === true;
     } catch (failure) {
-      this.logger?.warn(
+      this.config.logger?.warn(
         { err: failure, userId },
         "credit-management: could not bring the user's subscription period up to date",
       );
@@ -390,8 +368,8 @@ export class UnitRunner {
     if (message !== undefined) message.entries += outcome.entries.length;
     if (outcome.holds !== undefined && holdChannel.hasSubscribers) publishHolds(userId, outcome.holds);
     if (outcome.entries.length > 0) {
-      this.ledger?.recordTransactions(outcome.entries, outcome.canonicals);
-      const invalidated = this.cache?.invalidate(infoKey(userId));
+      this.config.ledger?.recordTransactions(outcome.entries, outcome.canonicals);
+      const invalidated = this.config.cache?.invalidate(infoKey(userId));
       if (invalidated !== undefined) await invalidated;
     }
     return outcome.value;
@@ -417,7 +395,7 @@ export class UnitRunner {
     const was = work.loaded;
     const before = was === null ? 0 : was.balance - was.reserved;
     const now = after.balance - after.reserved;
-    return featureFlips(before, now, this.features).map((f) =>
+    return featureFlips(before, now, this.config.features).map((f) =>
       newNotification(
         work.userId,
         "feature_status_changed",
@@ -436,11 +414,11 @@ export class UnitRunner {
    * then the features it flipped.
    */
   addNotifications(work: AccountWork, changes: Changes): void {
-    const journal = this.domainEvents ? domainEvents(work.userId, changes.entries, changes, work.now) : [];
+    const journal = this.config.domainEvents ? domainEvents(work.userId, changes.entries, changes, work.now) : [];
     const expired = expiredHoldNotifications(changes.updateReservations, work.now);
     const recorded = eventNotifications(work.events, work.userId, work.now);
     const limits = limitNotifications(work.userId, work.limitsCrossed, changes.account.seq, work.now);
-    const alerts = evaluateAlert(changes.account, changes.entries, this.alerts as Thresholds, work.now);
+    const alerts = evaluateAlert(changes.account, changes.entries, this.config.alerts as Thresholds, work.now);
     const features = this.featureNotifications(work, changes.account);
     const all = [...journal, ...expired, ...recorded, ...limits, ...alerts, ...features];
     if (all.length > 0) changes.notifications = all;
@@ -456,13 +434,13 @@ export class UnitRunner {
       userId,
       "transaction_error",
       { code: error.code, message: error.message, ...(error.details ?? {}), seq },
-      this.clock(),
+      this.config.clock(),
       `transaction_error:${error.code}:${seq}`,
     );
     try {
-      await this.db.insertNotifications([row]);
+      await this.config.db.insertNotifications([row]);
     } catch (failure) {
-      this.logger?.warn(
+      this.config.logger?.warn(
         { err: failure, userId },
         "credit-management: could not record a transaction_error notification",
       );
