@@ -4,6 +4,8 @@
  * and how a window's per-request lines add up. Pure functions: no I/O.
  */
 
+import { NO_MEASURES } from "./usage.js";
+
 /** The settings a lease's sizing reads (validated by `LeaseOptions`). */
 export interface LeaseSizing {
   /** Credits a block holds at most. */
@@ -127,18 +129,8 @@ export function addLeasePart(parts: Map<string, LeasePart>, amount: number, dims
       p = parts.get(key);
       if (p === undefined) {
         p = full
-          ? {
-              feature: null,
-              spender: null,
-              model: null,
-              credits: 0,
-              requests: 0,
-              inputTokens: 0,
-              outputTokens: 0,
-              cachedTokens: 0,
-              other: true,
-            }
-          : { feature, spender, model, credits: 0, requests: 0, inputTokens: 0, outputTokens: 0, cachedTokens: 0 };
+          ? { feature: null, spender: null, model: null, ...NO_MEASURES, other: true }
+          : { feature, spender, model, ...NO_MEASURES };
         parts.set(key, p);
       }
     }
@@ -174,16 +166,7 @@ export function leaseWindowParts(parts: Map<string, LeasePart>, used: number, re
     count -= p.requests;
   }
   if (credits !== 0 || count !== 0) {
-    out.push({
-      feature: null,
-      spender: null,
-      model: null,
-      credits,
-      requests: count,
-      inputTokens: 0,
-      outputTokens: 0,
-      cachedTokens: 0,
-    });
+    out.push({ feature: null, spender: null, model: null, ...NO_MEASURES, credits, requests: count });
   }
   return out;
 }

@@ -817,7 +817,8 @@ export function reversalMetadata(
 /** Metadata keys of a capture that describe the capture itself (as `excessMetadata` of ./entry-meta.ts leaves out). */
 const CAPTURE_ONLY_KEYS = new Set(["usages", "leaseWindow", "requested", "shortfall", "reversal"]);
 
-const NO_MEASURES: UsageSums = { credits: 0, requests: 0, inputTokens: 0, outputTokens: 0, cachedTokens: 0 };
+/** Every measure at zero (spread it into a new bucket or part). */
+export const NO_MEASURES: UsageSums = { credits: 0, requests: 0, inputTokens: 0, outputTokens: 0, cachedTokens: 0 };
 
 /**
  * `x` of `total` credits split over `parts` in proportion to their credits (whose sum is `total`):
