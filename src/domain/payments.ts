@@ -1,5 +1,36 @@
 import type { Grant, Payment, PaymentStatus, Reservation } from "../models/index.js";
 
+/** What a new payment is made of; the rest starts empty. */
+export type NewPayment = Pick<
+  Payment,
+  "id" | "userId" | "provider" | "amount" | "currency" | "credits" | "description" | "metadata"
+>;
+
+/** A payment as the store keeps it, just created at `now` (no checkout yet, nothing credited). */
+export function newPayment(f: NewPayment, now: Date): Payment {
+  return {
+    id: f.id,
+    userId: f.userId,
+    provider: f.provider,
+    providerRef: null,
+    providerPaymentId: null,
+    amount: f.amount,
+    currency: f.currency,
+    credits: f.credits,
+    status: "created",
+    checkoutUrl: null,
+    description: f.description,
+    grantId: null,
+    creditEntryId: null,
+    refundedAmount: 0,
+    creditsReversed: 0,
+    metadata: f.metadata,
+    version: 1,
+    createdAt: now,
+    updatedAt: now,
+  };
+}
+
 /**
  * Order of payment statuses: a payment moves only to a higher rank. Failed, expired and cancelled
  * rank below paid, so money that arrives after them is still credited; nothing moves a payment

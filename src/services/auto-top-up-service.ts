@@ -9,7 +9,7 @@ import {
   withRule,
 } from "../domain/auto-top-up.js";
 import { newNotification } from "../domain/notifications.js";
-import { canAdvancePayment, isCredited } from "../domain/payments.js";
+import { canAdvancePayment, isCredited, newPayment } from "../domain/payments.js";
 import { ConfigurationError, ConflictError, ValidationError } from "../errors.js";
 import {
   AutoTopUpInput,
@@ -128,27 +128,19 @@ export class AutoTopUpService {
     const amount = chargeAmount(rule, attempt.available, (c) => amountForCredits(c, creditsFor));
     const now = this.deps.clock();
     const credits = creditsFor(amount);
-    let payment: Payment = {
-      id: attempt.id,
-      userId: user,
-      provider: provider.name,
-      providerRef: null,
-      providerPaymentId: null,
-      amount,
-      currency: rule.currency,
-      credits,
-      status: "created",
-      checkoutUrl: null,
-      description: `Auto top-up: ${credits} credits`,
-      grantId: null,
-      creditEntryId: null,
-      refundedAmount: 0,
-      creditsReversed: 0,
-      metadata: { autoTopUp: true },
-      version: 1,
-      createdAt: now,
-      updatedAt: now,
-    };
+    let payment = newPayment(
+      {
+        id: attempt.id,
+        userId: user,
+        provider: provider.name,
+        amount,
+        currency: rule.currency,
+        credits,
+        description: `Auto top-up: ${credits} credits`,
+        metadata: { autoTopUp: true },
+      },
+      now,
+    );
     try {
       await this.deps.db.insertPayment(payment);
     } catch (error) {

@@ -12,6 +12,7 @@ import {
   heldOf,
   isCredited,
   isOtherCheckout,
+  newPayment,
   refundedBy,
   reversal,
   takeBackPlan,
@@ -226,27 +227,19 @@ export class PaymentService {
       i.idempotencyKey === undefined
         ? newId()
         : `pl_${createHash("sha256").update(`${this.keyPrefix}${user}\u0000${i.idempotencyKey}`).digest("hex").slice(0, 37)}`;
-    let claim: Payment = {
-      id,
-      userId: user,
-      provider: provider.name,
-      providerRef: null,
-      providerPaymentId: null,
-      amount: i.amount,
-      currency: i.currency,
-      credits,
-      status: "created",
-      checkoutUrl: null,
-      description,
-      grantId: null,
-      creditEntryId: null,
-      refundedAmount: 0,
-      creditsReversed: 0,
-      metadata: i.metadata ?? null,
-      version: 1,
-      createdAt: now,
-      updatedAt: now,
-    };
+    let claim = newPayment(
+      {
+        id,
+        userId: user,
+        provider: provider.name,
+        amount: i.amount,
+        currency: i.currency,
+        credits,
+        description,
+        metadata: i.metadata ?? null,
+      },
+      now,
+    );
     // Stored before the provider hears of it: a webhook for this checkout always finds its payment,
     // and the insert is the claim only one caller wins (the store's unique id, across processes).
     // `resumed`: this call took over a payment an earlier attempt may have opened a checkout for.

@@ -7,6 +7,7 @@ import { randomUUID } from "node:crypto";
 import { describe, expect, it } from "./runner.js";
 import type { DbManager } from "../db/types.js";
 import { ConflictError, PaymentProviderError, PromoNotEligibleError } from "../errors.js";
+import { newPayment } from "../domain/payments.js";
 import type { Payment, Promo } from "../models/index.js";
 import type { PaymentEvent, PaymentProvider } from "../payments/types.js";
 import { CreditService } from "../services/credit-service.js";
@@ -67,28 +68,17 @@ function promo(code: string, over: Partial<Promo> = {}): Promo {
 
 /** A payment of `userId` as the store keeps it, just created. */
 function payment(userId: string, over: Partial<Payment> = {}): Payment {
-  return {
+  const fields = {
     id: randomUUID(),
     userId,
     provider: "test",
-    providerRef: null,
-    providerPaymentId: null,
     amount: 100,
     currency: "USD",
     credits: 10,
-    status: "created",
-    checkoutUrl: null,
     description: null,
-    grantId: null,
-    creditEntryId: null,
-    refundedAmount: 0,
-    creditsReversed: 0,
     metadata: null,
-    version: 1,
-    createdAt: new Date(T0),
-    updatedAt: new Date(T0),
-    ...over,
   };
+  return { ...newPayment(fields, new Date(T0)), ...over };
 }
 
 export function runPromoPaymentContract(getDb: () => DbManager): void {
