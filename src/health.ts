@@ -5,6 +5,7 @@ import type { LedgerLogger } from "./ledger/index.js";
 import { parse } from "./models/index.js";
 import type { NotificationQueue } from "./queue/index.js";
 import { SCHEMA_VERSION } from "./schema/sql.js";
+import { withTimeout } from "./util/promise.js";
 
 /** `ok`: working; `degraded`: serving, but something needs attention; `down`: cannot serve. */
 export type HealthStatus = "ok" | "degraded" | "down";
@@ -80,18 +81,6 @@ const CACHE_PROBE = "credit-management:health";
 /** The account the fallback store check reads (ids are user ids: this one is never created). */
 const STORE_PROBE = "credit-management:health";
 
-class TimedOut extends Error {}
-
-/** `promise`, or a `TimedOut` after `ms` (the timer never keeps the process alive). */
-function within<T>(promise: Promise<T>, ms: number): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const deadline = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new TimedOut(`timed out after ${ms} ms`)), ms);
-    timer.unref();
-  });
-  return Promise.race([promise, deadline]).finally(() => clearTimeout(timer));
-}
-
 /** Runs `check` within `ms`: its value and latency, or the error's message. */
 async function timed<T>(
   ms: number,
@@ -99,7 +88,9 @@ async function timed<T>(
 ): Promise<{ value?: T; error?: string; latencyMs: number }> {
   const started = performance.now();
   try {
-    const value = await within(Promise.resolve().then(check), ms);
+    const timedOut = () => new Error(`timed out after ${ms} ms`);
+    // The timer never keeps the process alive.
+    const value = await withTimeout(Promise.resolve().then(check), ms, timedOut, { unref: true });
     return { value, latencyMs: Math.round(performance.now() - started) };
   } catch (error) {
     return {

@@ -29,6 +29,7 @@ import {
 } from "../diagnostics.js";
 import type { DbManager, StoreStats } from "../db/types.js";
 import { parseConfig } from "../models/parse.js";
+import { withTimeout } from "../util/promise.js";
 
 const isObject = (v: unknown) => typeof v === "object" && v !== null;
 
@@ -330,16 +331,9 @@ function storeReader(db: DbManager, intervalMs: number, timeoutMs: number): () =
   return () => {
     const now = Date.now();
     if (last !== null && now - last.at < intervalMs) return last.stats;
-    let timer: NodeJS.Timeout | undefined;
-    const deadline = new Promise<null>((resolve) => {
-      timer = setTimeout(() => resolve(null), timeoutMs);
-      timer.unref();
-    });
     // A store that fails to answer reports nothing this collection (null), as a slow one does.
-    const reading = Promise.resolve()
-      .then(() => (db.stats as NonNullable<DbManager["stats"]>).call(db))
-      .catch(() => null);
-    const stats = Promise.race([reading, deadline]).finally(() => clearTimeout(timer));
+    const reading = Promise.resolve().then(() => (db.stats as NonNullable<DbManager["stats"]>).call(db));
+    const stats = withTimeout(reading, timeoutMs, () => new Error("timed out"), { unref: true }).catch(() => null);
     last = { at: now, stats };
     return stats;
   };

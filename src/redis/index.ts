@@ -10,6 +10,7 @@ import { randomBytes } from "node:crypto";
 import type { Logger } from "../logger.js";
 import type { Cache } from "../cache/index.js";
 import { ConfigurationError } from "../errors.js";
+import { withTimeout } from "../util/promise.js";
 import type { NotificationMessage, NotificationQueue } from "../queue/index.js";
 
 /** The one method of an ioredis client these adapters use. */
@@ -83,12 +84,9 @@ function connectionReporter(
   };
 }
 
-function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const deadline = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`[credit-management] [redis] ${what} timed out after ${ms} ms`)), ms);
-  });
-  return Promise.race([promise, deadline]).finally(() => clearTimeout(timer));
+/** `promise`, or an error naming the command `what` after `ms`. */
+function commandWithin<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  return withTimeout(promise, ms, () => new Error(`[credit-management] [redis] ${what} timed out after ${ms} ms`));
 }
 
 // -------------------------------------------------------------------------------------------------
@@ -303,7 +301,7 @@ export class RedisCache implements Cache {
   }
 
   private run(command: string, args: (string | number)[]): Promise<unknown> {
-    return withTimeout(this.client.call(command, args), this.timeoutMs, command);
+    return commandWithin(this.client.call(command, args), this.timeoutMs, command);
   }
 }
 
@@ -483,7 +481,7 @@ export class RedisStreamQueue implements NotificationQueue {
 
   /** `PING`, within `timeoutMs` (`manager.health()`). */
   async ping(): Promise<void> {
-    await withTimeout(this.client.call("PING", []), this.timeoutMs, "PING");
+    await commandWithin(this.client.call("PING", []), this.timeoutMs, "PING");
   }
 
   async publish(m: NotificationMessage): Promise<void> {
@@ -506,10 +504,10 @@ export class RedisStreamQueue implements NotificationQueue {
     const trim = this.maxLength === null ? [] : ["MAXLEN", "~", this.maxLength];
     const add = [this.stream, ...trim, "*", ...fields];
     if (this.dedupeTtl === 0) {
-      await withTimeout(this.client.call("XADD", add), this.timeoutMs, "XADD");
+      await commandWithin(this.client.call("XADD", add), this.timeoutMs, "XADD");
       return;
     }
-    await withTimeout(
+    await commandWithin(
       this.client.call("EVAL", [
         PUBLISH_ONCE,
         2,

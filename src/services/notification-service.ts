@@ -19,6 +19,7 @@ import { DomainEventType, EventVersion } from "../models/notifications.js";
 import { parseConfig } from "../models/parse.js";
 import { dispatchChannel, traceJob, traced, tracePromise, type DispatchMessage } from "../diagnostics.js";
 import { saveAccountOnly } from "./unit-of-work.js";
+import { withTimeout } from "../util/promise.js";
 import { InMemoryNotificationQueue, type NotificationMessage, type NotificationQueue } from "../queue/index.js";
 import type { NotificationUpdate } from "../db/types-notifications.js";
 
@@ -115,14 +116,6 @@ const PurgeOptions = z.strictObject({
   olderThanDays: z.number().min(0).max(36_500).optional(),
   batchSize: z.number().int().min(1).max(100_000).optional(),
 });
-
-function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const deadline = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`publish did not answer within ${ms} ms`)), ms);
-  });
-  return Promise.race([promise, deadline]).finally(() => clearTimeout(timer));
-}
 
 /**
  * Notifications through an outbox (docs/notifications.md). Crossing events (`low_credits`,
@@ -441,7 +434,12 @@ export class NotificationService {
     try {
       const handler = this.handlers.get(row.type);
       if (handler !== undefined) await handler(row);
-      if (publish) await withTimeout(this.queue.publish(message), this.publishTimeoutMs);
+      if (publish)
+        await withTimeout(
+          this.queue.publish(message),
+          this.publishTimeoutMs,
+          () => new Error(`publish did not answer within ${this.publishTimeoutMs} ms`),
+        );
       const now = this.clock();
       update = { status: "sent", attempts: attempt, nextAttemptAt: row.nextAttemptAt, lastError: null, settledAt: now };
       outcome = "sent";
