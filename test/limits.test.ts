@@ -421,7 +421,6 @@ const grant = (id: string, over: Partial<Grant> & { scope?: GrantScope }): Grant
   closedReason: null,
   ...over,
 });
-const scopeOf = (g: Grant) => (g as { scope?: GrantScope }).scope ?? null;
 
 describe("scoped burn-down", () => {
   it("a scope matches only the features and spenders it names", () => {
@@ -445,20 +444,20 @@ describe("scoped burn-down", () => {
       grant("pool", { priority: 1 }),
       grant("img-expired", { scope: { features: ["images"] }, expiresAt: new Date(now - 1) }),
     ];
-    expect(spendOrder(grants, aliceImages, at, scopeOf).map((g) => g.id)).toEqual([
+    expect(spendOrder(grants, aliceImages, at).map((g) => g.id)).toEqual([
       "img-soon",
       "img-late",
       "img-low",
       "pool-urgent",
       "pool",
     ]);
-    expect(spendOrder(grants, alice, at, scopeOf).map((g) => g.id)).toEqual(["pool-urgent", "pool"]);
-    expect(spendOrder(grants, { spender: "bob", feature: null }, at, scopeOf).map((g) => g.id)).toEqual([
+    expect(spendOrder(grants, alice, at).map((g) => g.id)).toEqual(["pool-urgent", "pool"]);
+    expect(spendOrder(grants, { spender: "bob", feature: null }, at).map((g) => g.id)).toEqual([
       "bob-only",
       "pool-urgent",
       "pool",
     ]);
     // What the spend may not use: the usable scoped grants outside its scope.
-    expect(outOfScope(grants, aliceImages, at, scopeOf)).toBe(20);
+    expect(outOfScope(grants, aliceImages, at)).toBe(20);
   });
 });

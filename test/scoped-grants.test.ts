@@ -1,7 +1,7 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { AccountWork, type NewGrant } from "../src/domain/account-work.js";
-import { inScope, scopedTotals, storedScope } from "../src/domain/scope.js";
+import { inScope, scopedTotals } from "../src/domain/scope.js";
 import type { LoadedState } from "../src/domain/state.js";
 import { InsufficientCreditsError } from "../src/errors.js";
 import type { Account, Grant, GrantScope, JournalEntry, Reservation } from "../src/models/index.js";
@@ -252,7 +252,6 @@ describe("scopedTotals (what a plain getUserCreditsInfo answers per scope)", () 
         stored("f", 6, { spenders: ["alice"] }, { closedAt: new Date(T0 - 1) }),
       ],
       now,
-      storedScope,
     );
     expect(totals).toEqual([
       { features: ["chat", "images"], spenders: null, remaining: 12 },

@@ -22,7 +22,7 @@ import { outOfScope, spendOrder } from "./scope.js";
 import { chargeWithinLimit, commitWithinLimit, headroom, shortfallMeta } from "./overdraft.js";
 import { WorkingSet } from "./working-set.js";
 import { type ChargeDraw, type Reversed, debtGrant, reversalShares } from "./reversal.js";
-import { NO_SPEND, excessMetadata, holdSpend, scopeOf, spendOf, withHoldMetadata, withSpend } from "./entry-meta.js";
+import { NO_SPEND, excessMetadata, holdSpend, spendOf, withHoldMetadata, withSpend } from "./entry-meta.js";
 
 /** Fields of an entry that come from the caller's options. */
 export interface EntryMeta {
@@ -90,11 +90,6 @@ export class AccountWork {
   private readonly texts: string[] = [];
   /** Events recorded with this change, in order. */
   private readonly recorded: WorkEvent[] = [];
-  /**
-   * True once a spend of this work passed a spend limit (usage already delivered, counted all the
-   * same: docs/teams-and-limits.md).
-   */
-  overLimit = false;
   /** The limits this work's spends took past 80 % and 100 %, in order (docs/teams-and-limits.md). */
   limitsCrossed: Counted["crossed"] | undefined;
 
@@ -194,7 +189,7 @@ export class AccountWork {
    */
   availableFor(spend: Spend): number {
     if (this.account.scoped !== true) return this.available;
-    return this.available - outOfScope(this.grants.all(), spend, this.now, scopeOf);
+    return this.available - outOfScope(this.grants.all(), spend, this.now);
   }
 
   /**
@@ -656,7 +651,6 @@ export class AccountWork {
 
   private noteCounted(counted: Counted): void {
     this.account.limits = counted.limits;
-    if (counted.over) this.overLimit = true;
     if (counted.crossed.length > 0) (this.limitsCrossed ??= []).push(...counted.crossed);
   }
 
@@ -665,8 +659,7 @@ export class AccountWork {
    * with scoped grants, those whose scope matches it first, then the unscoped ones (./scope.ts).
    */
   private draw(amount: number, spend: Spend): GrantPortion[] {
-    if (this.account.scoped === true)
-      return this.takeInOrder(spendOrder(this.grants.all(), spend, this.now, scopeOf), amount);
+    if (this.account.scoped === true) return this.takeInOrder(spendOrder(this.grants.all(), spend, this.now), amount);
     // Loaded in order and nothing added: the first usable grants are the ones to take.
     if (this.ordered) return this.takeInOrder(this.grants.loaded, amount);
     const usable: Grant[] = [];

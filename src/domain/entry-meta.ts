@@ -1,4 +1,4 @@
-import type { GrantScope, JournalEntry, Reservation, Grant } from "../models/index.js";
+import type { JournalEntry, Reservation } from "../models/index.js";
 import type { EntryMeta } from "./account-work.js";
 import type { Spend } from "./limits.js";
 
@@ -20,9 +20,6 @@ export const NO_SPEND: Spend = Object.freeze({ spender: null, feature: null });
 export function holdSpend(hold: Reservation): Spend {
   return { spender: hold.spender ?? null, feature: hold.feature ?? null };
 }
-
-/** A grant's scope (null: any spend). */
-export const scopeOf = (g: Grant): GrantScope | null => g.scope ?? null;
 
 /**
  * `meta` with the metadata `hold` was placed with under its own (its keys win): what a settled

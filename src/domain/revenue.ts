@@ -75,11 +75,11 @@ export function valueAt(rate: Rate, position: number): number {
 
 /**
  * Whether `credits` credits at `perCredit` are worth more than `max` minor units (the bound on one
- * sale, docs/revenue.md "Figures are exact"), exactly: in bigint, whatever their size.
+ * sale, docs/revenue.md "Figures are exact"), exactly whatever their size: `valueAt` works in
+ * bigint, and its rounding to a number never takes a value above `max` (a safe integer) down to it.
  */
 export function worthMoreThan(credits: number, perCredit: string, max: number): boolean {
-  const rate = rateOf(perCredit);
-  return (2n * BigInt(credits) * rate.num + rate.den) / (2n * rate.den) > BigInt(max);
+  return valueAt(rateOf(perCredit), credits) > max;
 }
 
 /**

@@ -11,12 +11,6 @@ import type { Spend } from "./limits.js";
 import { compareGrants, isUsable } from "./order.js";
 import type { Grant } from "../models/index.js";
 
-/** A grant's scope, or null when it pays for any spend. */
-export type ScopeOf = (grant: Grant) => GrantScope | null | undefined;
-
-/** A stored grant's scope (null: any spend). */
-export const storedScope: ScopeOf = (g) => g.scope ?? null;
-
 /** True when a grant with `scope` may pay for `spend` (an unscoped grant pays for any). */
 export function inScope(scope: GrantScope | null | undefined, spend: Spend): boolean {
   if (scope === null || scope === undefined) return true;
@@ -29,12 +23,12 @@ export function inScope(scope: GrantScope | null | undefined, spend: Spend): boo
  * The grants usable at `now` that may pay for `spend`, in the order they pay: the matching scoped
  * ones first, then the unscoped ones, each group in burn-down order.
  */
-export function spendOrder(grants: readonly Grant[], spend: Spend, now: Date, scopeOf: ScopeOf): Grant[] {
+export function spendOrder(grants: readonly Grant[], spend: Spend, now: Date): Grant[] {
   const scoped: Grant[] = [];
   const open: Grant[] = [];
   for (const g of grants) {
     if (!isUsable(g, now)) continue;
-    const scope = scopeOf(g);
+    const scope = g.scope;
     if (scope === null || scope === undefined) open.push(g);
     else if (inScope(scope, spend)) scoped.push(g);
   }
@@ -44,9 +38,9 @@ export function spendOrder(grants: readonly Grant[], spend: Spend, now: Date, sc
 }
 
 /** Credits of usable grants at `now` that may not pay for `spend` (scoped ones outside it). */
-export function outOfScope(grants: readonly Grant[], spend: Spend, now: Date, scopeOf: ScopeOf): number {
+export function outOfScope(grants: readonly Grant[], spend: Spend, now: Date): number {
   let total = 0;
-  for (const g of grants) if (isUsable(g, now) && !inScope(scopeOf(g), spend)) total += g.remaining;
+  for (const g of grants) if (isUsable(g, now) && !inScope(g.scope, spend)) total += g.remaining;
   return total;
 }
 
@@ -62,10 +56,10 @@ export interface ScopeTotal {
  * sorted, so the same scope given in another order is one total), in a stable order
  * (docs/teams-and-limits.md, "Scoped credits").
  */
-export function scopedTotals(grants: readonly Grant[], now: Date, scopeOf: ScopeOf): ScopeTotal[] {
+export function scopedTotals(grants: readonly Grant[], now: Date): ScopeTotal[] {
   const totals = new Map<string, ScopeTotal>();
   for (const g of grants) {
-    const scope = scopeOf(g);
+    const scope = g.scope;
     if (scope === null || scope === undefined || !isUsable(g, now)) continue;
     const features = scope.features === undefined ? null : [...scope.features].sort();
     const spenders = scope.spenders === undefined ? null : [...scope.spenders].sort();

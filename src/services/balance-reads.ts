@@ -2,7 +2,7 @@ import type { CacheAside } from "../cache/aside.js";
 import type { AccountCredits, DbManager } from "../db/types.js";
 import type { AccountWork } from "../domain/account-work.js";
 import type { Spend } from "../domain/limits.js";
-import { outOfScope, scopedTotals, storedScope } from "../domain/scope.js";
+import { outOfScope, scopedTotals } from "../domain/scope.js";
 import type { Account, CreditsInfo, SpendLimit } from "../models/index.js";
 import { infoKey, type UnitRunner } from "./unit-of-work.js";
 
@@ -60,8 +60,8 @@ export class BalanceReads {
   stateOf(user: string, read: AccountCredits, spend: Spend | null, now: Date): CreditsState {
     const info = creditsInfo(user, read.account);
     if (read.grants !== null && spend !== null) {
-      info.available -= outOfScope(read.grants, spend, now, storedScope);
-      info.scoped = scopedTotals(read.grants, now, storedScope);
+      info.available -= outOfScope(read.grants, spend, now);
+      info.scoped = scopedTotals(read.grants, now);
     }
     return { info, limits: read.account?.limits ?? null, fresh: true };
   }
