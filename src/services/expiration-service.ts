@@ -213,14 +213,14 @@ export class ExpirationService {
   readonly reminderDays: readonly number[];
   private readonly retention: number | null;
 
-  constructor(private readonly config: ExpirationServiceOptions) {
-    this.core = creditCore(config.credits);
-    this.clock = config.clock ?? this.core.clock;
-    this.reminderDays = parseConfig(ReminderDays, config.reminderDays ?? [7], "reminderDays", "ExpirationService");
+  constructor(private readonly options: ExpirationServiceOptions) {
+    this.core = creditCore(options.credits);
+    this.clock = options.clock ?? this.core.clock;
+    this.reminderDays = parseConfig(ReminderDays, options.reminderDays ?? [7], "reminderDays", "ExpirationService");
     this.retention = retentionMs(
       parseConfig(
         IdempotencyRetention,
-        config.idempotencyRetention ?? "forever",
+        options.idempotencyRetention ?? "forever",
         "idempotency.retention",
         "ExpirationService",
       ),
@@ -249,15 +249,15 @@ export class ExpirationService {
     // Keys kept for ever: nothing to do, and nothing to record.
     if (before === null) return traceJob(report.job, asOf, async () => report, counts);
     return this.runJob(report, asOf, counts, async () => {
-      const forget = this.config.db.forgetIdempotencyKeys;
+      const forget = this.options.db.forgetIdempotencyKeys;
       if (forget === undefined) {
         throw new ConfigurationError(
-          `[credit-management] the ${this.config.db.name} store cannot forget idempotency keys (it has no forgetIdempotencyKeys): keep the retention "forever"`,
+          `[credit-management] the ${this.options.db.name} store cannot forget idempotency keys (it has no forgetIdempotencyKeys): keep the retention "forever"`,
         );
       }
       const limit = o.batchSize ?? 1000;
       for (;;) {
-        const n = await forget.call(this.config.db, before, limit);
+        const n = await forget.call(this.options.db, before, limit);
         report.keysForgotten += n;
         if (n < limit) break;
       }
@@ -279,7 +279,7 @@ export class ExpirationService {
       counts: (r) => [r.grantsScanned, r.grantsExpired, r.errors],
       scanned: (r, rows) => (r.grantsScanned = rows),
       scan: (after: Grant | undefined, limit) =>
-        this.config.db.findDueGrants(asOf, limit, after && { expiresAt: after.expiresAt as Date, id: after.id }),
+        this.options.db.findDueGrants(asOf, limit, after && { expiresAt: after.expiresAt as Date, id: after.id }),
       keyOf: (g) => g.userId,
       process: async (userId) => {
         const { grants, credits } = await this.core.runUnitOfWork(
@@ -325,7 +325,7 @@ export class ExpirationService {
       counts: (r) => [r.holdsScanned, r.holdsReleased, r.errors],
       scanned: (r, rows) => (r.holdsScanned = rows),
       scan: (after: Reservation | undefined, limit) =>
-        this.config.db.findExpiredReservations(asOf, limit, after && { expiresAt: after.expiresAt, id: after.id }),
+        this.options.db.findExpiredReservations(asOf, limit, after && { expiresAt: after.expiresAt, id: after.id }),
       keyOf: (r) => r.userId,
       process: async (userId) => {
         // Settled as of `asOf`, not the clock: what lapsed after it is left alone.
@@ -357,10 +357,14 @@ export class ExpirationService {
       counts: (r) => [r.subscriptionsScanned, r.renewed + r.ended + r.periodsSkipped, r.errors],
       scanned: (r, rows) => (r.subscriptionsScanned = rows),
       scan: (after: Subscription | undefined, limit) =>
-        this.config.db.findDueSubscriptions(asOf, limit, after && { nextRunAt: after.nextRunAt as Date, id: after.id }),
+        this.options.db.findDueSubscriptions(
+          asOf,
+          limit,
+          after && { nextRunAt: after.nextRunAt as Date, id: after.id },
+        ),
       keyOf: (s) => s.id,
       process: async (_id, s) => {
-        const r = await this.config.subscriptions.advance(s, asOf);
+        const r = await this.options.subscriptions.advance(s, asOf);
         report.intentsCompleted += r.intentsCompleted;
         report.renewed += r.renewed;
         report.ended += r.ended;
@@ -383,7 +387,7 @@ export class ExpirationService {
     const expireDueGrants = await this.expireDueGrants(asOf, options);
     let sendExpiringReminders: RunAllReport["sendExpiringReminders"] = null;
     let dispatchPending: DispatchReport | null = null;
-    const notifications = this.config.notifications;
+    const notifications = this.options.notifications;
     if (notifications !== undefined) {
       // Last, so that the events of the jobs above are delivered in the same run.
       const pageSize = options.batchSize;
@@ -439,9 +443,9 @@ export class ExpirationService {
   async allocateSubscriptionCredits(userId: string, now?: Date | string): Promise<Subscription | null> {
     const user = parse(UserId, userId, "userId");
     const at = this.asOf(now);
-    const s = await this.config.db.getActiveSubscription(user);
+    const s = await this.options.db.getActiveSubscription(user);
     if (s === null) return null;
-    return structuredClone((await this.config.subscriptions.advance(s, at)).subscription);
+    return structuredClone((await this.options.subscriptions.advance(s, at)).subscription);
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -467,9 +471,9 @@ export class ExpirationService {
    */
   async checkpointAccounts(options: CheckpointJobOptions = {}): Promise<CheckpointAccountsReport> {
     const o = parse(CheckpointJobOptions, options, "options");
-    const listIds = this.config.db.listAccountIds?.bind(this.config.db);
+    const listIds = this.options.db.listAccountIds?.bind(this.options.db);
     if (listIds === undefined)
-      throw new ConfigurationError(`[credit-management] the ${this.config.db.name} store cannot list its accounts`);
+      throw new ConfigurationError(`[credit-management] the ${this.options.db.name} store cannot list its accounts`);
     const asOf = this.clock();
     const every = o.everyEntries ?? 1000;
     const report: CheckpointAccountsReport = {
@@ -483,14 +487,14 @@ export class ExpirationService {
       scan: (after: string | undefined, limit) => listIds(after ?? null, limit),
       keyOf: (id) => id,
       process: async (userId) => {
-        const account = await this.config.db.getAccount(userId);
+        const account = await this.options.db.getAccount(userId);
         if (account === null) return;
-        const last = await this.config.credits.latestCheckpoint(userId);
+        const last = await this.options.credits.latestCheckpoint(userId);
         const since = account.seq - (last?.seq ?? 0);
         const old =
           o.olderThan !== undefined && (last?.createdAt ?? account.createdAt).getTime() < o.olderThan.getTime();
         if (since < every && !(old && since > 0)) return;
-        const written = await this.config.credits.checkpoint(userId, { minEntries: since >= every ? every : 1 });
+        const written = await this.options.credits.checkpoint(userId, { minEntries: since >= every ? every : 1 });
         if (written !== null) report.checkpointsWritten++;
       },
     });
@@ -561,10 +565,10 @@ export class ExpirationService {
             await process(key, row);
           } catch (error) {
             report.errors++;
-            this.config.logger?.error({ err: error, key }, "credit-management: job step failed");
-            await this.config.ledger
+            this.options.logger?.error({ err: error, key }, "credit-management: job step failed");
+            await this.options.ledger
               ?.logError("job step failed", { key, error: error instanceof Error ? error.message : String(error) })
-              .catch(warnOnFailure(this.config.logger, "writing a failed job step's ledger event"));
+              .catch(warnOnFailure(this.options.logger, "writing a failed job step's ledger event"));
           }
         }
       };
@@ -576,9 +580,9 @@ export class ExpirationService {
 
   private async record(report: JobBase): Promise<void> {
     try {
-      await this.config.ledger?.logSystem(`job ${report.job}`, { ...report });
+      await this.options.ledger?.logSystem(`job ${report.job}`, { ...report });
     } catch (error) {
-      this.config.logger?.warn({ err: error }, "credit-management: could not record the job report");
+      this.options.logger?.warn({ err: error }, "credit-management: could not record the job report");
     }
   }
 }
