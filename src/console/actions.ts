@@ -1,6 +1,6 @@
 import { CreditError, NotFoundError, ValidationError } from "../errors.js";
 import { newId } from "../util/uuid.js";
-import { csrfField, type Ctx, type PageResult } from "./context.js";
+import { errorPage, hiddenFields, type Ctx, type PageResult } from "./context.js";
 import { amount, enc, html, money, query, type Html } from "./html.js";
 import { AUDIT_MESSAGE, facts } from "./page-parts.js";
 import { reverseConfirmPage, reverseFormPage, type ReverseForm } from "./reverse.js";
@@ -139,11 +139,11 @@ async function confirmation(ctx: Ctx, name: ActionName, form: FormData): Promise
     </p>
     ${facts(shown.map((f, i) => [LABELS[f] ?? f, values[i]]))}
     <form method="post" action="${ctx.base}/actions/${name}">
-      ${csrfField(ctx)}<input type="hidden" name="_key" value="${field(form, "_key")}" /><input
-        type="hidden"
-        name="confirmed"
-        value="1"
-      />${shown.map((f) => html`<input type="hidden" name="${f}" value="${field(form, f)}" />`)}${
+      ${hiddenFields(ctx, {
+        _key: field(form, "_key"),
+        confirmed: "1",
+        ...Object.fromEntries(shown.map((f) => [f, field(form, f)])),
+      })}${
         ask
           ? html`<p>
               <label
@@ -306,10 +306,5 @@ export async function runAction(ctx: Ctx, name: ActionName, form: FormData): Pro
 export function actionError(error: unknown): PageResult | null {
   if (!(error instanceof CreditError)) return null;
   const status = error.status;
-  return {
-    status: status >= 400 && status < 600 ? status : 400,
-    title: "Refused",
-    body: html`<h1>Refused</h1>
-      <p class="error" role="alert">${error.message}</p>`,
-  };
+  return errorPage(status >= 400 && status < 600 ? status : 400, "Refused", error.message);
 }

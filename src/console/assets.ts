@@ -88,3 +88,10 @@ export const ASSETS: ReadonlyMap<string, readonly [string, string]> = new Map([
   ["usage.js", ["text/javascript; charset=utf-8", USAGE_CHART_JS]],
   ["uplot.css", ["text/css; charset=utf-8", UPLOT_CSS]],
 ]);
+
+/** A file's answer (the console's and the customer page's): cached an hour, never sniffed; a HEAD gets no body. */
+export function assetResponse(asset: readonly [string, string], head = false): Response {
+  return new Response(head ? null : asset[1], {
+    headers: { "content-type": asset[0], "cache-control": "public, max-age=3600", "x-content-type-options": "nosniff" },
+  });
+}

@@ -33,6 +33,23 @@ export function csrfField(ctx: Ctx): Html {
   return html`<input type="hidden" name="_csrf" value="${signToken(ctx.secret, ctx.csrf, ctx.actor)}" />`;
 }
 
+/** A form's hidden inputs: the CSRF field, then `fields` in order (`_key` among them). */
+export function hiddenFields(ctx: Ctx, fields: Record<string, string>): Html {
+  return html`${csrfField(ctx)}${Object.entries(fields).map(
+    ([name, value]) => html`<input type="hidden" name="${name}" value="${value}" />`,
+  )}`;
+}
+
+/** A refusal or a missing page: its title as the heading, and `text`, when given, as the error. */
+export function errorPage(status: number, title: string, text?: string): { status: number; title: string; body: Html } {
+  return {
+    status,
+    title,
+    body: html`<h1>${title}</h1>
+      ${text === undefined ? "" : html`<p class="error" role="alert">${text}</p>`}`,
+  };
+}
+
 const NAV: [string, string][] = [
   ["/", "Accounts"],
   ["/subscriptions", "Subscriptions"],

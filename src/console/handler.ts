@@ -2,9 +2,8 @@ import { randomBytes } from "node:crypto";
 import { ConfigurationError } from "../errors.js";
 import type { CreditManager } from "../manager.js";
 import { actionError, isAction, runAction } from "./actions.js";
-import { ASSETS } from "./assets.js";
-import { layout, type ConsoleAccess, type ConsoleRole, type Ctx, type PageResult } from "./context.js";
-import { html } from "./html.js";
+import { ASSETS, assetResponse } from "./assets.js";
+import { errorPage, layout, type ConsoleAccess, type ConsoleRole, type Ctx, type PageResult } from "./context.js";
 import { accountPage, holdPage } from "./account-page.js";
 import { accountsPage } from "./accounts-page.js";
 import { jobsPage, outboxPage } from "./outbox-page.js";
@@ -120,13 +119,7 @@ export function createConsoleHandler(manager: CreditManager, options: ConsoleHan
       if (rest.startsWith("/assets/") && (method === "GET" || method === "HEAD")) {
         const asset = ASSETS.get(rest.slice("/assets/".length));
         if (asset === undefined) return plain(404, "Not found.");
-        return new Response(method === "HEAD" ? null : asset[1], {
-          headers: {
-            "content-type": asset[0],
-            "cache-control": "public, max-age=3600",
-            "x-content-type-options": "nosniff",
-          },
-        });
+        return assetResponse(asset, method === "HEAD");
       }
       const access = await options.authorize(request);
       if (access === "deny" || access === null || typeof access !== "object")
@@ -154,21 +147,12 @@ export function createConsoleHandler(manager: CreditManager, options: ConsoleHan
         title,
         ...(options.webhooks === undefined ? {} : { webhooks: options.webhooks }),
       };
+      const refused = (e: ReturnType<typeof errorPage>) => page(e.status, layout(ctx, e.title, e.body), headers);
       let result: PageResult | null = null;
       if (method === "POST" && rest.startsWith("/actions/")) {
         const name = rest.slice("/actions/".length);
         if (!isAction(name)) return plain(404, "Not found.");
-        if (role !== "admin")
-          return page(
-            403,
-            layout(
-              ctx,
-              "Forbidden",
-              html`<h1>Forbidden</h1>
-                <p class="error" role="alert">Only an admin may do this.</p>`,
-            ),
-            headers,
-          );
+        if (role !== "admin") return refused(errorPage(403, "Forbidden", "Only an admin may do this."));
         if (crossSite(request, url)) return plain(403, "Cross-site request refused.");
         const type = request.headers.get("content-type") ?? "";
         if (!type.startsWith("application/x-www-form-urlencoded")) return plain(415, "A form is expected.");
@@ -178,17 +162,8 @@ export function createConsoleHandler(manager: CreditManager, options: ConsoleHan
         if (text.length > MAX_FORM) return plain(413, "Form too large.");
         const form = new URLSearchParams(text);
         if (!checkSigned(secret, readCookie(request, CSRF_COOKIE), actor, form.get("_csrf")))
-          return page(
-            403,
-            layout(
-              ctx,
-              "Refused",
-              html`<h1>Refused</h1>
-                <p class="error" role="alert">
-                  The form's CSRF token is missing or wrong: reload the page and try again.
-                </p>`,
-            ),
-            headers,
+          return refused(
+            errorPage(403, "Refused", "The form's CSRF token is missing or wrong: reload the page and try again."),
           );
         const data = new FormData();
         for (const [k, v] of form) data.append(k, v);
@@ -211,7 +186,7 @@ export function createConsoleHandler(manager: CreditManager, options: ConsoleHan
           result = await route(ctx, ...params);
           break;
         }
-        if (result === null) return page(404, layout(ctx, "Not found", html`<h1>Not found</h1>`), headers);
+        if (result === null) return refused(errorPage(404, "Not found"));
       } else {
         return plain(405, "Method not allowed.");
       }

@@ -1,7 +1,7 @@
 import { randomUUID } from "node:crypto";
 import { type Grant, type LedgerEntry } from "../models/index.js";
 import { ConfigurationError, ValidationError } from "../errors.js";
-import { csrfField, type Ctx, type PageResult } from "./context.js";
+import { hiddenFields, type Ctx, type PageResult } from "./context.js";
 import { enc, html, query, raw, when, type Html, type Part } from "./html.js";
 import { shortId, table } from "./table.js";
 
@@ -72,9 +72,10 @@ export function actionForm(
 ): Html {
   if (ctx.role !== "admin") return raw("");
   return html`<form class="${cls}" method="post" action="${ctx.base}/actions/${action}">
-    ${csrfField(ctx)}<input type="hidden" name="_key" value="${randomUUID()}" />${Object.entries(fields).map(
-      ([k, v]) => html`<input type="hidden" name="${k}" value="${v}" />`,
-    )}${extra}<button type="submit" class="${action === "audit" || action === "grant" ? "" : "secondary"}">
+    ${hiddenFields(ctx, { _key: randomUUID(), ...fields })}${extra}<button
+      type="submit"
+      class="${action === "audit" || action === "grant" ? "" : "secondary"}"
+    >
       ${label}
     </button>
   </form>`;

@@ -1,6 +1,6 @@
-import { chargeDraw } from "../domain/reversal.js";
+import { chargeDraw, type ChargeReversals } from "../domain/reversal.js";
 import type { JournalEntry } from "../models/index.js";
-import { csrfField, type Ctx, type PageResult } from "./context.js";
+import { hiddenFields, type Ctx, type PageResult } from "./context.js";
 import { amount, enc, html, raw, when, type Html } from "./html.js";
 import { accountLink, facts } from "./page-parts.js";
 import { shortId } from "./table.js";
@@ -9,14 +9,6 @@ import { shortId } from "./table.js";
 // docs/corrections.md): a form with the charge, what was given back of it and what is left, the
 // amount (default: all that is left) and a required reason; then a confirmation of exactly that;
 // then the result on the account page.
-
-/** What `credits.getReversals` answers: the charge, its reversals (oldest first) and the sums. */
-export interface Reversals {
-  charge: JournalEntry;
-  reversals: JournalEntry[];
-  reversed: number;
-  remaining: number;
-}
 
 /**
  * The entries the console offers "Give back" on: charges with credits, as `reverseCharge` takes
@@ -58,7 +50,7 @@ function drawnFrom(c: JournalEntry): Html {
 }
 
 /** The charge and what was given back of it; `reason`: the one to be recorded (the confirmation). */
-function chargeFacts(ctx: Ctx, r: Reversals, reason?: Html): Html {
+function chargeFacts(ctx: Ctx, r: ChargeReversals, reason?: Html): Html {
   const times = r.reversals.length === 1 ? "one reversal" : `${amount(r.reversals.length)} reversals`;
   return facts(
     [
@@ -73,13 +65,11 @@ function chargeFacts(ctx: Ctx, r: Reversals, reason?: Html): Html {
   );
 }
 
-const hidden = (name: string, value: string) => html`<input type="hidden" name="${name}" value="${value}" />`;
-
 /**
  * The first page: the charge, and the amount (default: what is left) and reason to fill in;
  * `errors` from a review that was refused. Nothing left to give back: no form.
  */
-export function reverseFormPage(ctx: Ctx, r: Reversals, f: ReverseForm, errors: readonly string[]): PageResult {
+export function reverseFormPage(ctx: Ctx, r: ChargeReversals, f: ReverseForm, errors: readonly string[]): PageResult {
   const back = html`<a href="${ctx.base}/accounts/${enc(f.user)}#journal">Cancel</a>`;
   const body = html`<h1>Give back a charge</h1>
     ${errors.map((e) => html`<p class="error" role="alert">${e}</p>`)}
@@ -93,10 +83,7 @@ export function reverseFormPage(ctx: Ctx, r: Reversals, f: ReverseForm, errors: 
         ? html`<p class="muted" id="reverse-none">All of this charge was given back: nothing is left.</p>
             <p>${back}</p>`
         : html`<form class="box" method="post" action="${ctx.base}/actions/reverse">
-            ${csrfField(ctx)}${hidden("_key", f.key)}${hidden("user", f.user)}${hidden("entry", f.entry)}${hidden(
-              "step",
-              "review",
-            )}<label
+            ${hiddenFields(ctx, { _key: f.key, user: f.user, entry: f.entry, step: "review" })}<label
               >Credits to give back (1 to ${amount(r.remaining)})<input
                 name="amount"
                 type="number"
@@ -123,7 +110,7 @@ export function reverseFormPage(ctx: Ctx, r: Reversals, f: ReverseForm, errors: 
  * The confirmation: exactly what will be recorded, behind one more button; "Change" goes back to
  * the form with the values kept.
  */
-export function reverseConfirmPage(ctx: Ctx, r: Reversals, f: ReverseForm, credits: number): PageResult {
+export function reverseConfirmPage(ctx: Ctx, r: ChargeReversals, f: ReverseForm, credits: number): PageResult {
   const body = html`<h1>Confirm</h1>
     <p>
       Give back <strong id="reverse-amount">${amount(credits)} credits</strong> of charge #${r.charge.seq}? They return
@@ -132,10 +119,13 @@ export function reverseConfirmPage(ctx: Ctx, r: Reversals, f: ReverseForm, credi
     </p>
     ${chargeFacts(ctx, r, html`${f.reason} (by ${ctx.actor} in the console)`)}
     <form class="actions" method="post" action="${ctx.base}/actions/reverse">
-      ${csrfField(ctx)}${hidden("_key", f.key)}${hidden("user", f.user)}${hidden("entry", f.entry)}${hidden(
-        "amount",
-        String(credits),
-      )}${hidden("description", f.reason)}<button type="submit" class="danger" id="confirm" name="confirmed" value="1">
+      ${hiddenFields(ctx, {
+        _key: f.key,
+        user: f.user,
+        entry: f.entry,
+        amount: String(credits),
+        description: f.reason,
+      })}<button type="submit" class="danger" id="confirm" name="confirmed" value="1">
         Give back ${amount(credits)} credits</button
       ><button type="submit" class="secondary" id="change" name="step" value="edit">Change</button>
       <a href="${ctx.base}/accounts/${enc(f.user)}#journal">Cancel</a>
@@ -147,7 +137,7 @@ export function reverseConfirmPage(ctx: Ctx, r: Reversals, f: ReverseForm, credi
  * The result on the account page after a give-back (`?notice=reversed&charge=…&reversal=…`): the
  * figures read from the store, never from the query — the query only says which charge.
  */
-export function reversedNotice(r: Reversals, reversalId: string): Html {
+export function reversedNotice(r: ChargeReversals, reversalId: string): Html {
   const done = r.reversals.find((e) => e.id === reversalId);
   if (done === undefined) return raw("");
   return html`<p class="notice" role="status" id="reverse-result">

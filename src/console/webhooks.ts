@@ -1,6 +1,6 @@
 import type { Notification } from "../models/index.js";
 import type { WebhookEndpointRecord } from "../webhooks/endpoint-store.js";
-import { notice, type Ctx, type PageResult } from "./context.js";
+import { errorPage, notice, type Ctx, type PageResult } from "./context.js";
 import { amount, enc, html, query, raw, when, type Html } from "./html.js";
 import { accountLink, actionForm, facts } from "./page-parts.js";
 import { shortId, table } from "./table.js";
@@ -48,7 +48,7 @@ function filterText(e: WebhookEndpointRecord): string {
 
 export async function webhooksPage(ctx: Ctx): Promise<PageResult> {
   const store = ctx.webhooks;
-  if (store === undefined) return { status: 404, title: "Not found", body: html`<h1>Not found</h1>` };
+  if (store === undefined) return errorPage(404, "Not found");
   const endpoints = await store.list();
   const body = html`<h1>Webhooks</h1>
     ${notice(ctx)}
@@ -136,7 +136,7 @@ async function acrossAccounts(ctx: Ctx, endpointId: string, status: "failed" | "
 export async function webhookPage(ctx: Ctx, id: string): Promise<PageResult> {
   const store = ctx.webhooks;
   const e = store === undefined ? null : await store.get(id);
-  if (e === null) return { status: 404, title: "Not found", body: html`<h1>Not found</h1>` };
+  if (e === null) return errorPage(404, "Not found");
   const { deliveryUserId } = await import("../webhooks/queue.js");
   const user = (ctx.url.searchParams.get("user") ?? "").trim();
   const canList = ctx.manager.db.listOutbox !== undefined && ctx.manager.db.capabilities.parts?.outbox !== false;

@@ -1,3 +1,4 @@
+import { assetResponse } from "../console/assets.js";
 import { USAGE_CHART_JS } from "../console/usage-chart.js";
 import { UPLOT_CSS, UPLOT_JS } from "../console/vendor.js";
 
@@ -200,8 +201,5 @@ export function customerPage(path: string, frameAncestors: readonly string[]): R
       status: 404,
       headers: { "content-type": "text/plain; charset=utf-8", "x-content-type-options": "nosniff" },
     });
-  return new Response(asset[1], {
-    status: 200,
-    headers: { "content-type": asset[0], "cache-control": "public, max-age=3600", "x-content-type-options": "nosniff" },
-  });
+  return assetResponse(asset);
 }
