@@ -13,7 +13,7 @@ import {
   parse,
 } from "../models/index.js";
 import { HttpError, type RouteDefinition } from "./router.js";
-import { adminRoute, self, target, userRoute, withKey } from "./route-helpers.js";
+import { adminRoute, rootRoute, self, target, userRoute, withKey } from "./route-helpers.js";
 import { EntryView, entryView, PaymentView, paymentView, seen } from "./views.js";
 
 // ---- request schemas ----------------------------------------------------------------------------
@@ -119,11 +119,7 @@ export const paymentRoutes: RouteDefinition[] = [
     response: PaymentPageSchema,
     handle: (ctx) => ctx.manager.payments.getPaymentHistory(target(ctx), ctx.query<PaymentHistoryQuery>()),
   }),
-  {
-    method: "POST",
-    base: "root",
-    path: "/webhooks/:provider",
-    access: "public",
+  rootRoute("POST", "/webhooks/:provider", "public", {
     operationId: "paymentWebhook",
     summary: "A payment provider's webhook (razorpay, stripe): signature checked over the raw body",
     description:
@@ -141,7 +137,7 @@ export const paymentRoutes: RouteDefinition[] = [
       const result = await ctx.manager.payments.handleWebhook(provider, await ctx.rawBody(), ctx.request.headers);
       return { received: true, ...result };
     },
-  },
+  }),
 ];
 
 /** Promo routes: eligibility and claims for the caller; create, list and (de)activate for admins. */

@@ -8,6 +8,7 @@ import { usageRoutes } from "./usage-routes.js";
 import { limitRoutes } from "./limit-routes.js";
 import { subscriptionRoutes, type SelfServiceSubscriptions } from "./subscription-routes.js";
 import { buildOpenApi, type OpenApiOptions } from "./openapi.js";
+import { rootRoute } from "./route-helpers.js";
 import { TokenBuckets } from "./rate-limit.js";
 import { ANSWER, createRouter, fullPathOf, json, type Authenticate, type RouteDefinition } from "./router.js";
 import { creditCore, customerTokensOn } from "../services/credit-core.js";
@@ -126,21 +127,13 @@ function healthRoutes(option: CreditHandlerOptions["health"]): RouteDefinition[]
   const access = o.public === true ? "public" : "admin";
   const noStore = { "cache-control": "no-store" };
   return [
-    {
-      method: "GET",
-      base: "root",
-      path: `${path}/live`,
-      access,
+    rootRoute("GET", `${path}/live`, access, {
       operationId: "healthLive",
       summary: "Liveness: the process answers",
       tags: ["health"],
       handle: () => json(200, { status: "ok" }, noStore),
-    },
-    {
-      method: "GET",
-      base: "root",
-      path: `${path}/ready`,
-      access,
+    }),
+    rootRoute("GET", `${path}/ready`, access, {
       operationId: "healthReady",
       summary: "Readiness: the health report (503 when the store is down)",
       tags: ["health"],
@@ -149,7 +142,7 @@ function healthRoutes(option: CreditHandlerOptions["health"]): RouteDefinition[]
         const report = await manager.health(timeoutMs === undefined ? {} : { timeoutMs });
         return json(report.status === "down" ? 503 : 200, report, noStore);
       },
-    },
+    }),
   ];
 }
 

@@ -22,6 +22,20 @@ export const adminRoute = (method: HttpMethod, path: string, fields: RouteFields
   ...fields,
 });
 
+/** A route at its own path, under no base path (health, metrics, webhooks), with its own access. */
+export const rootRoute = (
+  method: HttpMethod,
+  path: string,
+  access: RouteDefinition["access"],
+  fields: RouteFields,
+): RouteDefinition => ({
+  method,
+  base: "root",
+  path,
+  access,
+  ...fields,
+});
+
 /** The caller's account, on a route that needs identity. */
 export const self = (ctx: RouteContext): string => (ctx.identity as { userId: string }).userId;
 

@@ -5,6 +5,7 @@ import { Server as NetServer } from "node:net";
 import { pino, type DestinationStream, type Logger as Pino } from "pino";
 import * as z from "zod";
 import { createCreditHandler, type CreditHandler } from "../http/handler.js";
+import { rootRoute } from "../http/route-helpers.js";
 import { sendAnswer, toRequest, sendResponse, writeAnswer } from "../http/node.js";
 import { nodeRequest } from "../http/node-request.js";
 import { serveWebhooks } from "./webhooks.js";
@@ -426,45 +427,35 @@ async function readiness(manager: CreditManager): Promise<JsonAnswer> {
  */
 function ownRoutes(metrics: ServeSettings["CREDIT_METRICS"]): RouteDefinition[] {
   const routes: RouteDefinition[] = [
-    {
-      method: "GET",
-      base: "root",
-      path: "/health/live",
-      access: "public",
+    rootRoute("GET", "/health/live", "public", {
       operationId: "healthLive",
       summary: "Liveness: 200 while the process answers",
       tags: ["health"],
       response: z.object({ status: z.literal("ok") }),
       handle: () => jsonAnswer(200, { status: "ok" }, NO_STORE).toResponse(),
-    },
-    {
-      method: "GET",
-      base: "root",
-      path: "/health/ready",
-      access: "public",
+    }),
+    rootRoute("GET", "/health/ready", "public", {
       operationId: "healthReady",
       summary: "Readiness: the store's status only; 503 when it is down",
       tags: ["health"],
       response: z.object({ status: z.enum(["ok", "degraded", "down"]) }),
       errors: [503],
       handle: async ({ manager }) => (await readiness(manager)).toResponse(),
-    },
+    }),
   ];
   if (metrics !== "off") {
-    routes.push({
-      method: "GET",
-      base: "root",
-      path: "/metrics",
-      access: metrics === "public" ? "public" : "admin",
-      operationId: "metrics",
-      summary: "Prometheus metrics",
-      description:
-        "The Prometheus text exposition format (`text/plain; version=0.0.4`): the library's OpenTelemetry metrics and the service's request counts and durations.",
-      tags: ["health"],
-      handle: () => {
-        throw new HttpError(404, "NOT_FOUND", "No route for GET /metrics.");
-      },
-    });
+    routes.push(
+      rootRoute("GET", "/metrics", metrics === "public" ? "public" : "admin", {
+        operationId: "metrics",
+        summary: "Prometheus metrics",
+        description:
+          "The Prometheus text exposition format (`text/plain; version=0.0.4`): the library's OpenTelemetry metrics and the service's request counts and durations.",
+        tags: ["health"],
+        handle: () => {
+          throw new HttpError(404, "NOT_FOUND", "No route for GET /metrics.");
+        },
+      }),
+    );
   }
   return routes;
 }

@@ -1,7 +1,7 @@
 import * as z from "zod";
 import type { DbManager } from "../db/types.js";
 import { HttpError, type HttpMethod, type RouteDefinition } from "../http/router.js";
-import type { RouteFields } from "../http/route-helpers.js";
+import { rootRoute, type RouteFields } from "../http/route-helpers.js";
 import { NotificationStatus, NotificationType, UserId } from "../models/index.js";
 import {
   endpointOf,
@@ -85,14 +85,8 @@ export function webhookRoutes(
     return record;
   };
   /** An admin route at its own path, not under the credit API's admin base path. */
-  const route = (method: HttpMethod, path: string, fields: RouteFields): RouteDefinition => ({
-    method,
-    base: "root",
-    path,
-    access: "admin",
-    tags,
-    ...fields,
-  });
+  const route = (method: HttpMethod, path: string, fields: RouteFields): RouteDefinition =>
+    rootRoute(method, path, "admin", { tags, ...fields });
   return [
     route("GET", WEBHOOKS_PATH, {
       operationId: "listWebhookEndpoints",
