@@ -3,12 +3,13 @@ import { allowedNetworks, openCreditStore, openEndpointStore } from "../serve/st
 import { serveSettings, type Env } from "../serve/settings.js";
 import {
   endpointOf,
-  newEndpointId,
+  endpointProblem,
+  newEndpoint,
+  rotateSecret,
   type WebhookEndpointRecord,
   type WebhookEndpointStore,
 } from "../webhooks/endpoint-store.js";
-import { generateWebhookSecret } from "../webhooks/sign.js";
-import { retryFailedWebhooks, sendTestWebhook, WebhookEndpoint } from "../webhooks/queue.js";
+import { retryFailedWebhooks, sendTestWebhook } from "../webhooks/queue.js";
 import type { CliIo } from "./run.js";
 import { UsageError } from "../util/usage-error.js";
 import { exitCodeOf, parseCommandLine } from "./args.js";
@@ -78,19 +79,14 @@ export async function runWebhooksCli(args: readonly string[], io: CliIo, env: En
         for (const t of types ?? [])
           if (!NotificationType.safeParse(t).success)
             throw new UsageError(`--types: "${t}" is not an event type (docs/events.md)`);
-        const record: WebhookEndpointRecord = {
-          id: newEndpointId(),
+        const record = newEndpoint({
           url: target,
-          secrets: [generateWebhookSecret()],
           types,
-          enabled: true,
           development: values.development === true,
           description: values.description ?? null,
-          createdAt: new Date().toISOString(),
-          disabledReason: null,
-        };
-        const checked = WebhookEndpoint.safeParse(endpointOf(record));
-        if (!checked.success) throw new UsageError(checked.error.issues.map((i) => i.message).join("; "));
+        });
+        const problem = endpointProblem(record);
+        if (problem !== null) throw new UsageError(problem);
         return await withStore(async (store) => {
           await store.put(record);
           io.stderr(
@@ -134,17 +130,17 @@ export async function runWebhooksCli(args: readonly string[], io: CliIo, env: En
       case "rotate-secret":
         return await withStore(async (store) => {
           const r = await existing(store);
-          if (values["drop-old"] === true) {
-            await store.put({ ...r, secrets: r.secrets.slice(0, 1) });
+          const dropOld = values["drop-old"] === true;
+          const next = rotateSecret(r, dropOld);
+          await store.put(next);
+          if (dropOld) {
             io.stderr(`credit-management: webhook endpoint ${r.id}: signed with its newest secret only\n`);
             return 0;
           }
-          const secret = generateWebhookSecret();
-          await store.put({ ...r, secrets: [secret, ...r.secrets].slice(0, 3) });
           io.stderr(
             `credit-management: webhook endpoint ${r.id}: new secret below; messages carry a signature for it and the previous one until rotate-secret --drop-old\n`,
           );
-          io.stdout(`${secret}\n`);
+          io.stdout(`${next.secrets[0]}\n`);
           return 0;
         });
       case "test":

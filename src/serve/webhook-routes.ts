@@ -5,12 +5,13 @@ import { rootRoute, type RouteFields } from "../http/route-helpers.js";
 import { NotificationStatus, NotificationType, UserId } from "../models/index.js";
 import {
   endpointOf,
-  newEndpointId,
+  endpointProblem,
+  newEndpoint,
+  rotateSecret,
   type WebhookEndpointRecord,
   type WebhookEndpointStore,
 } from "../webhooks/endpoint-store.js";
-import { deliveryUserId, retryFailedWebhooks, sendTestWebhook, WebhookEndpoint } from "../webhooks/queue.js";
-import { generateWebhookSecret } from "../webhooks/sign.js";
+import { deliveryUserId, retryFailedWebhooks, sendTestWebhook } from "../webhooks/queue.js";
 
 /**
  * The admin routes of `serve` for webhook endpoints (docs/service.md, "Webhooks";
@@ -68,8 +69,8 @@ const shown = ({ secrets, ...r }: WebhookEndpointRecord) => ({ ...r, secrets: se
 
 /** Checks an endpoint as `webhookQueue` takes it: https unless development, a known shape. */
 function checked(record: WebhookEndpointRecord): WebhookEndpointRecord {
-  const r = WebhookEndpoint.safeParse(endpointOf(record));
-  if (!r.success) throw new HttpError(400, "VALIDATION_ERROR", r.error.issues.map((i) => i.message).join("; "));
+  const problem = endpointProblem(record);
+  if (problem !== null) throw new HttpError(400, "VALIDATION_ERROR", problem);
   return record;
 }
 
@@ -102,17 +103,14 @@ export function webhookRoutes(
       response: z.object({ endpoint: Endpoint, secret: z.string() }),
       handle: async (ctx) => {
         const b = await ctx.body<z.output<typeof Create>>();
-        const record = checked({
-          id: newEndpointId(),
-          url: b.url,
-          secrets: [generateWebhookSecret()],
-          types: b.types ?? null,
-          enabled: true,
-          development: b.development ?? false,
-          description: b.description ?? null,
-          createdAt: new Date().toISOString(),
-          disabledReason: null,
-        });
+        const record = checked(
+          newEndpoint({
+            url: b.url,
+            types: b.types ?? null,
+            development: b.development ?? false,
+            description: b.description ?? null,
+          }),
+        );
         await store.put(record);
         return { endpoint: shown(record), secret: record.secrets[0] };
       },
@@ -165,13 +163,9 @@ export function webhookRoutes(
       handle: async (ctx) => {
         const record = await one(ctx.params.id);
         const b = await ctx.body<z.output<typeof Rotate>>();
-        if (b.dropOld === true) {
-          await store.put({ ...record, secrets: record.secrets.slice(0, 1) });
-          return { secrets: 1 };
-        }
-        const secrets = [generateWebhookSecret(), ...record.secrets].slice(0, 3);
-        await store.put({ ...record, secrets });
-        return { secret: secrets[0], secrets: secrets.length };
+        const next = rotateSecret(record, b.dropOld === true);
+        await store.put(next);
+        return b.dropOld === true ? { secrets: 1 } : { secret: next.secrets[0], secrets: next.secrets.length };
       },
     }),
     route("POST", `${WEBHOOKS_PATH}/:id/test`, {

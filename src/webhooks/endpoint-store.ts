@@ -1,5 +1,6 @@
 import { randomBytes } from "node:crypto";
-import type { WebhookEndpoint } from "./queue.js";
+import { WebhookEndpoint } from "./queue.js";
+import { generateWebhookSecret } from "./sign.js";
 import { postgresSql, sqliteSql, type OwnSql, type PgPoolLike, type SqliteLike } from "./own-sql.js";
 
 /**
@@ -50,6 +51,43 @@ export function endpointOf(r: WebhookEndpointRecord): WebhookEndpoint {
     ...(r.types === null ? {} : { types: r.types as WebhookEndpoint["types"] }),
     enabled: r.enabled,
     development: r.development,
+  };
+}
+
+/** A new endpoint (`webhooks add`, `POST /admin/webhooks`): enabled, with one fresh secret. */
+export function newEndpoint(
+  fields: Pick<WebhookEndpointRecord, "url" | "types" | "development" | "description">,
+): WebhookEndpointRecord {
+  return {
+    id: newEndpointId(),
+    url: fields.url,
+    secrets: [generateWebhookSecret()],
+    types: fields.types,
+    enabled: true,
+    development: fields.development,
+    description: fields.description,
+    createdAt: new Date().toISOString(),
+    disabledReason: null,
+  };
+}
+
+/**
+ * What is wrong with the endpoint as `webhookQueue` would take it (https unless development, a
+ * known shape), or null; each caller throws it as its own error.
+ */
+export function endpointProblem(record: WebhookEndpointRecord): string | null {
+  const r = WebhookEndpoint.safeParse(endpointOf(record));
+  return r.success ? null : r.error.issues.map((i) => i.message).join("; ");
+}
+
+/**
+ * The endpoint after a secret rotation: a new secret first, signed beside at most two older ones
+ * until `dropOld` keeps only the newest (docs/notifications.md, "Webhooks").
+ */
+export function rotateSecret(record: WebhookEndpointRecord, dropOld: boolean): WebhookEndpointRecord {
+  return {
+    ...record,
+    secrets: dropOld ? record.secrets.slice(0, 1) : [generateWebhookSecret(), ...record.secrets].slice(0, 3),
   };
 }
 
