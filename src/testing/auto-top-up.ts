@@ -14,6 +14,7 @@ import type { OffSessionChargeRequest, OffSessionChargeResult, PaymentProvider }
 import { CreditService } from "../services/credit-service.js";
 import { PaymentService } from "../services/payment-service.js";
 import { testEvent, unsignedTestProvider } from "./promos.js";
+import { lazy } from "./support.js";
 
 /** One scripted answer of `scriptedChargeProvider`: a result, or an error to throw. */
 export type ScriptedCharge = OffSessionChargeResult | Error;
@@ -55,10 +56,10 @@ const declined = (code: string): OffSessionChargeResult => ({
 });
 
 export function autoTopUpContract(getDb: () => DbManager): void {
+  const db = lazy(getDb);
   const user = () => `u-${randomUUID()}`;
   const rule = { below: 100, amount: 500, provider: "test", customer: "cus_1", paymentMethod: "pm_1", currency: "usd" };
   const services = (script: ScriptedCharge[] = [ok()]) => {
-    const db = getDb();
     const provider = scriptedChargeProvider(script);
     const credits = new CreditService({ db });
     const payments = new PaymentService({ db, credits, providers: [provider] });
@@ -76,7 +77,7 @@ export function autoTopUpContract(getDb: () => DbManager): void {
       expect(await payments.disableAutoTopUp(u)).toBeNull();
       await expect(payments.setAutoTopUp(u, { ...rule, amount: undefined })).rejects.toBeInstanceOf(ValidationError);
       await expect(payments.setAutoTopUp(u, { ...rule, provider: "nope" })).rejects.toBeInstanceOf(ValidationError);
-      const noCharges = new PaymentService({ db: getDb(), providers: [{ ...unsignedTestProvider, name: "plain" }] });
+      const noCharges = new PaymentService({ db, providers: [{ ...unsignedTestProvider, name: "plain" }] });
       await expect(noCharges.setAutoTopUp(u, { ...rule, provider: "plain" })).rejects.toBeInstanceOf(ValidationError);
       expect(await payments.getAutoTopUp(u)).toBeNull();
       const set = await payments.setAutoTopUp(u, rule);

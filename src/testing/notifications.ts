@@ -20,7 +20,7 @@ import { DomainEventType } from "../models/notifications.js";
 import { CreditService } from "../services/credit-service.js";
 import { NotificationService } from "../services/notification-service.js";
 import { scribble } from "./scribble.js";
-import { DAY, T0 } from "./support.js";
+import { DAY, lazy, T0 } from "./support.js";
 
 /** Instants before any other test's rows: the k-th claiming test runs at 1999 − k. */
 const epoch = (k: number) => Date.UTC(1999 - k, 0, 1);
@@ -70,11 +70,11 @@ export function runNotificationContract(
 ): void {
   if (options.test !== undefined) useTestApi(options.test);
   const raceSize = options.raceSize ?? 50;
+  const db = lazy(getDb);
   const user = () => `n-${randomUUID()}`;
 
   describe("notifications", () => {
     it("records feature_status_changed when a change of available flips a feature, in the same unit of work; none otherwise", async () => {
-      const db = getDb();
       const u = user();
       const now = () => new Date(T0);
       const features = { export: { minAvailable: 50 }, chat: { minAvailable: 1 } };
@@ -98,7 +98,6 @@ export function runNotificationContract(
     });
 
     it("records a domain event per journal entry with domainEvents on, in the unit of work and in seq order; none with it off", async () => {
-      const db = getDb();
       const u = user();
       const clock = { now: T0 };
       const now = () => new Date(clock.now);
@@ -203,7 +202,6 @@ export function runNotificationContract(
     });
 
     it("records one event per crossing: low, exhausted, restored (none on the account's first change)", async () => {
-      const db = getDb();
       const u = user();
       const { credits, notifications } = services(db, T0);
       await credits.addCredits(u, 100);
@@ -226,7 +224,6 @@ export function runNotificationContract(
     });
 
     it("a deduction past the threshold and zero at once records low_credits then credits_exhausted", async () => {
-      const db = getDb();
       const u = user();
       const { credits, notifications } = services(db, T0);
       await credits.addCredits(u, 100);
@@ -235,7 +232,6 @@ export function runNotificationContract(
     });
 
     it("holds count: reserving under the threshold is low; a lapsed hold records reservation_expired", async () => {
-      const db = getDb();
       const u = user();
       const { credits, notifications, clock } = services(db, T0);
       await credits.addCredits(u, 50);
@@ -251,7 +247,6 @@ export function runNotificationContract(
     });
 
     it(`${raceSize} concurrent deductions around the threshold record exactly one low_credits`, async () => {
-      const db = getDb();
       const u = user();
       const n = raceSize;
       const { credits, notifications } = services(db, T0, { lowCredits: n });
@@ -262,7 +257,6 @@ export function runNotificationContract(
     });
 
     it(`limit_warning and limit_reached: once per limit, window and threshold, also under ${raceSize} concurrent spends; a released hold does not re-arm, a new amount or window does (docs/teams-and-limits.md)`, async () => {
-      const db = getDb();
       const u = user();
       const { credits, notifications, clock } = services(db, T0, { lowCredits: 0 });
       await credits.addCredits(u, 10_000);
@@ -325,7 +319,6 @@ export function runNotificationContract(
     });
 
     it("writes nothing when the unit of work fails after save, or loses the seq race", async () => {
-      const db = getDb();
       const u = user();
       const { credits, notifications } = services(db, T0);
       await credits.addCredits(u, 100);
@@ -347,7 +340,6 @@ export function runNotificationContract(
     });
 
     it("records transaction_error once per account state for refusals for lack of credits", async () => {
-      const db = getDb();
       const u = user();
       const { credits, notifications } = services(db, T0);
       await credits.addCredits(u, 5);
@@ -361,7 +353,6 @@ export function runNotificationContract(
     });
 
     it("per-user thresholds (absolute or a percentage of the last allocation) override the service's", async () => {
-      const db = getDb();
       const u = user();
       const { credits, notifications } = services(db, T0, { lowCredits: 0 });
       await credits.addCredits(u, 1000);
@@ -377,7 +368,6 @@ export function runNotificationContract(
     });
 
     it("a threshold set before an account's first addition: the first top-up only records the level", async () => {
-      const db = getDb();
       const { credits, notifications } = services(db, T0, { lowCredits: 0 });
       const u = user();
       await notifications.setThreshold(u, { lowCredits: 50 });
@@ -404,7 +394,6 @@ export function runNotificationContract(
     });
 
     it("expiring_credits: once per grant and window however often the job runs", async () => {
-      const db = getDb();
       const u = user();
       const { credits, notifications } = services(db, T0);
       const far = T0 + 500 * DAY; // no other test's grants expire this late
@@ -426,7 +415,6 @@ export function runNotificationContract(
     });
 
     it("emit() stores an event once per dedupe key and validates its input", async () => {
-      const db = getDb();
       const u = user();
       const { notifications } = services(db, T0);
       expect(
@@ -442,7 +430,6 @@ export function runNotificationContract(
     });
 
     it("hands out copies: mutating an outbox row read, claimed (or written) changes nothing stored", async () => {
-      const db = getDb();
       const at = epoch(3);
       const u = user();
       const row = newNotification(u, "low_credits", { nested: { n: 1 } }, new Date(at), null);
@@ -472,7 +459,6 @@ export function runNotificationContract(
     });
 
     it("claims atomically: each user's oldest due row only, never one row twice; completion is guarded", async () => {
-      const db = getDb();
       const at = epoch(0);
       const [a, b] = [user(), user()];
       const rows = [a, a, b].map((u, i) => newNotification(u, "low_credits", { i }, new Date(at), null));
@@ -535,7 +521,6 @@ export function runNotificationContract(
     });
 
     it("listOutbox pages through pending rows by next attempt and failed rows newest first", async () => {
-      const db = getDb();
       // reason: listOutbox is optional (the console's outbox page; a store without it lists per user)
       if (db.listOutbox === undefined) return;
       const list = db.listOutbox.bind(db);
@@ -579,7 +564,6 @@ export function runNotificationContract(
     });
 
     it("a user whose oldest row waits for its backoff never hides other users' due rows", async () => {
-      const db = getDb();
       const at = epoch(1);
       const [blocked, other] = [user(), user()];
       const head = {
@@ -604,7 +588,6 @@ export function runNotificationContract(
     });
 
     it("claims by type: every due row of those types, whatever older rows its user has; never one row twice; handlePending handles them without publishing", async () => {
-      const db = getDb();
       const at = epoch(6);
       const [a, b] = [user(), user()];
       const ask = ["auto_top_up_requested" as const];
@@ -680,7 +663,6 @@ export function runNotificationContract(
     });
 
     it("the dispatcher delivers in order per user with stable ids, retries with backoff, and marks failed", async () => {
-      const db = getDb();
       const at = epoch(2);
       const u = user();
       const flaky = user();
@@ -728,7 +710,6 @@ export function runNotificationContract(
     });
     /** Once, PostgreSQL claimed every due row whatever the limit. */
     it("a row keeps the version of its payload's schema: stored, claimed and handed to the queue (docs/events.md)", async () => {
-      const db = getDb();
       const at = epoch(5);
       const u = user();
       const sent: NotificationMessage[] = [];
@@ -760,7 +741,6 @@ export function runNotificationContract(
     });
 
     it("claims at most `limit` rows, in the store and through dispatchPending({ limit })", async () => {
-      const db = getDb();
       const at = epoch(3);
       const rows = Array.from({ length: 8 }, (_, i) =>
         newNotification(user(), "low_credits", { i }, new Date(at + i), null),
@@ -792,7 +772,6 @@ export function runNotificationContract(
 
     /** Once, a round that only failed a row for good ended the call. */
     it("dispatchPending goes on after a row fails for good: that user's next row is due at once", async () => {
-      const db = getDb();
       const at = epoch(4);
       const u = user();
       // The head row has used all but one of its attempts (maxAttempts 3 in services()).
@@ -814,7 +793,6 @@ export function runNotificationContract(
     });
 
     it("refuses a publish timeout longer than the lease", () => {
-      const db = getDb();
       expect(() => new NotificationService({ db, leaseMs: 1000, publishTimeoutMs: 1001 })).toThrow(ConfigurationError);
       expect(() => new NotificationService({ db, leaseMs: 1000, publishTimeoutMs: 1000 })).not.toThrow();
     });

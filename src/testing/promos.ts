@@ -14,7 +14,7 @@ import { CreditService } from "../services/credit-service.js";
 import { PaymentService } from "../services/payment-service.js";
 import { PromoService } from "../services/promo-service.js";
 import { scribble } from "./scribble.js";
-import { T0 } from "./support.js";
+import { lazy, T0 } from "./support.js";
 
 /** A provider without signatures: the body is the `PaymentEvent` as JSON. Checkouts are local. */
 export const unsignedTestProvider: PaymentProvider = {
@@ -82,10 +82,10 @@ function payment(userId: string, over: Partial<Payment> = {}): Payment {
 }
 
 export function runPromoPaymentContract(getDb: () => DbManager): void {
+  const db = lazy(getDb);
   const code = () => `P${randomUUID().replace(/-/g, "").slice(0, 16).toUpperCase()}`;
   const user = () => `u-${randomUUID()}`;
   const services = () => {
-    const db = getDb();
     const clock = () => new Date(T0);
     return {
       db,
@@ -97,7 +97,6 @@ export function runPromoPaymentContract(getDb: () => DbManager): void {
 
   describe("promos and payments: store", () => {
     it("keeps promos by code, refuses a duplicate, activates without touching uses", async () => {
-      const db = getDb();
       const c = code();
       const p = promo(c, { userIds: ["a", "b"], maxUses: 5, metadata: { k: 1 } });
       await db.insertPromo(p);
@@ -140,7 +139,6 @@ export function runPromoPaymentContract(getDb: () => DbManager): void {
     });
 
     it("keeps payments, finds them by provider ids, pages newest first, updates by compare-and-set", async () => {
-      const db = getDb();
       const u = user();
       const ps = [0, 1, 2].map((i) =>
         payment(u, {
@@ -208,7 +206,6 @@ export function runPromoPaymentContract(getDb: () => DbManager): void {
     });
 
     it("createPaymentLink with one key from two services at once (two processes): one checkout; a stale claim is taken over once", async () => {
-      const db = getDb();
       const u = user();
       let now = T0;
       const clock = () => new Date(now);
@@ -253,7 +250,6 @@ export function runPromoPaymentContract(getDb: () => DbManager): void {
     });
 
     it("createPaymentLink retried with its key after the checkout failed to open: one provider call for concurrent retries; a checkout a crashed attempt opened is found, not doubled", async () => {
-      const db = getDb();
       const u = user();
       let now = T0;
       const clock = () => new Date(now);

@@ -8,7 +8,7 @@ import type { DbManager } from "../db/types.js";
 import { ConflictError, IdempotencyConflictError, NotFoundError, ValidationError } from "../errors.js";
 import type { JournalEntry, Plan, Subscription } from "../models/index.js";
 import { scribble } from "./scribble.js";
-import { DAY, managerServices, type PartOptions } from "./support.js";
+import { DAY, lazy, managerServices, type PartOptions } from "./support.js";
 
 async function journal(db: DbManager, userId: string): Promise<JournalEntry[]> {
   return db.listJournal(userId, { order: "asc", limit: 10_000 });
@@ -26,6 +26,7 @@ async function allocations(db: DbManager, userId: string) {
 /** The plans and subscriptions part of the contract (renewals, plan changes, cancellation, the outbox events). */
 export function runSubscriptionContract(getDb: () => DbManager, options: PartOptions = {}): void {
   if (options.test !== undefined) useTestApi(options.test);
+  const db = lazy(getDb);
   const user = () => `sub-${randomUUID()}`;
   const planId = () => `plan-${randomUUID().slice(0, 12)}`;
   // Jan 31 at noon, in a year far from the other tests' data.
@@ -33,7 +34,6 @@ export function runSubscriptionContract(getDb: () => DbManager, options: PartOpt
 
   describe("plans and subscriptions", () => {
     it("writes subscription_cancelled and subscription_ended to the outbox once each, with concurrent renewals", async () => {
-      const db = getDb();
       const { subscriptions, expiration, clock } = managerServices(db, T, { alerts: true });
       const id = planId();
       await subscriptions.createPlan({
@@ -63,7 +63,6 @@ export function runSubscriptionContract(getDb: () => DbManager, options: PartOpt
     });
 
     it("cancel, resume and changePlan take an idempotency key: a retry returns the subscription and changes nothing; other arguments conflict", async () => {
-      const db = getDb();
       const { subscriptions, credits, clock } = managerServices(db, T);
       const plan = (p: string, n: number) =>
         subscriptions.createPlan({ id: p, name: p, creditsPerPeriod: n, billingPeriod: "monthly" });
@@ -135,7 +134,6 @@ export function runSubscriptionContract(getDb: () => DbManager, options: PartOpt
     });
 
     it("hands out copies: mutating a plan or subscription read (or written) changes nothing stored", async () => {
-      const db = getDb();
       const { subscriptions } = managerServices(db, T);
       const id = (
         await subscriptions.createPlan({
@@ -169,7 +167,6 @@ export function runSubscriptionContract(getDb: () => DbManager, options: PartOpt
     });
 
     it("stores plans with guarded writes; refuses a duplicate id", async () => {
-      const db = getDb();
       const { subscriptions } = managerServices(db, T);
       const id = planId();
       const p = await subscriptions.createPlan({
@@ -210,7 +207,6 @@ export function runSubscriptionContract(getDb: () => DbManager, options: PartOpt
     });
 
     it("subscribes once per user, allocates the first period (idempotently) and refuses deleting a plan with subscribers", async () => {
-      const db = getDb();
       const { subscriptions, credits } = managerServices(db, T);
       const id = (await subscriptions.createPlan({ name: "Basic", creditsPerPeriod: 100, billingPeriod: "monthly" }))
         .id;
@@ -240,7 +236,6 @@ export function runSubscriptionContract(getDb: () => DbManager, options: PartOpt
 
     /** Once, overlapping calls with one key got "already has an active subscription". */
     it("calls of subscribe with one idempotency key, overlapping, all answer the one subscription they made", async () => {
-      const db = getDb();
       const { subscriptions, credits } = managerServices(db, T);
       const id = (await subscriptions.createPlan({ name: "Webhook", creditsPerPeriod: 70, billingPeriod: "monthly" }))
         .id;
@@ -264,7 +259,6 @@ export function runSubscriptionContract(getDb: () => DbManager, options: PartOpt
 
     /** Once, a paying subscriber had 0 credits from the period's end until the job ran. */
     it("a credit operation or read after the period's end brings the next period at once; racing the job, it is allocated once", async () => {
-      const db = getDb();
       const { subscriptions, credits, expiration, clock } = managerServices(db, T);
       const id = (await subscriptions.createPlan({ name: "Lazy", creditsPerPeriod: 100, billingPeriod: "monthly" })).id;
       const [u, v] = [user(), user()];
@@ -295,7 +289,6 @@ export function runSubscriptionContract(getDb: () => DbManager, options: PartOpt
     });
 
     it("renews at period end once, rolls over up to the cap even when the period's grant was expired first", async () => {
-      const db = getDb();
       const { subscriptions, credits, expiration, clock } = managerServices(db, T);
       const id = (
         await subscriptions.createPlan({
@@ -334,7 +327,6 @@ export function runSubscriptionContract(getDb: () => DbManager, options: PartOpt
     });
 
     it("catches up a job that did not run for three months: the current period only, rollover from the last allocated one", async () => {
-      const db = getDb();
       const { subscriptions, credits, expiration, clock } = managerServices(db, T);
       const id = (
         await subscriptions.createPlan({ name: "All", creditsPerPeriod: 10, billingPeriod: "monthly", rollover: "all" })
@@ -354,7 +346,6 @@ export function runSubscriptionContract(getDb: () => DbManager, options: PartOpt
     });
 
     it("changePlan now/prorate adds or removes the prorated difference and keeps the period", async () => {
-      const db = getDb();
       const { subscriptions, credits, clock } = managerServices(db, T);
       const small = (await subscriptions.createPlan({ name: "S", creditsPerPeriod: 100, billingPeriod: "daily" })).id;
       const big = (await subscriptions.createPlan({ name: "B", creditsPerPeriod: 500, billingPeriod: "daily" })).id;
@@ -378,7 +369,6 @@ export function runSubscriptionContract(getDb: () => DbManager, options: PartOpt
     });
 
     it("prorates against what the period is on, stored with it (not the plan's figure an operator changed since)", async () => {
-      const db = getDb();
       const { subscriptions, credits, clock } = managerServices(db, T);
       const a = (await subscriptions.createPlan({ name: "A", creditsPerPeriod: 100, billingPeriod: "daily" })).id;
       const b = (await subscriptions.createPlan({ name: "B", creditsPerPeriod: 500, billingPeriod: "daily" })).id;
@@ -394,7 +384,6 @@ export function runSubscriptionContract(getDb: () => DbManager, options: PartOpt
     });
 
     it("allowances: each period allocates a plan's allowances as scoped grants; a spend of another feature never uses them; they roll over and prorate on their own", async () => {
-      const db = getDb();
       const { subscriptions, credits, expiration, clock } = managerServices(db, T);
       const images = { features: ["images"] };
       const a = await subscriptions.createPlan({
@@ -465,7 +454,6 @@ export function runSubscriptionContract(getDb: () => DbManager, options: PartOpt
     });
 
     it("answers an exact subscribe retry after changePlan(now) with the subscription (the call's arguments are stored)", async () => {
-      const db = getDb();
       const { subscriptions, credits, clock } = managerServices(db, T);
       const a = (await subscriptions.createPlan({ name: "A", creditsPerPeriod: 10, billingPeriod: "monthly" })).id;
       const b = (await subscriptions.createPlan({ name: "B", creditsPerPeriod: 20, billingPeriod: "monthly" })).id;
@@ -491,7 +479,6 @@ export function runSubscriptionContract(getDb: () => DbManager, options: PartOpt
     });
 
     it("rolls over what was unspent and unheld at the period's end, whenever the job runs", async () => {
-      const db = getDb();
       const { subscriptions, credits, expiration, clock } = managerServices(db, T);
       const p = (
         await subscriptions.createPlan({ name: "Held", creditsPerPeriod: 100, billingPeriod: "daily", rollover: "all" })
@@ -517,7 +504,6 @@ export function runSubscriptionContract(getDb: () => DbManager, options: PartOpt
     });
 
     it("changePlan now/keep and now/expire start a new period; period_end switches at renewal", async () => {
-      const db = getDb();
       const { subscriptions, credits, expiration, clock } = managerServices(db, T);
       const a = (
         await subscriptions.createPlan({ name: "A", creditsPerPeriod: 100, billingPeriod: "monthly", rollover: "all" })
@@ -556,7 +542,6 @@ export function runSubscriptionContract(getDb: () => DbManager, options: PartOpt
     });
 
     it("cancels at period end (resume undoes it), ends non-renewing ones, cancels now with expiry; pay-as-you-go periods", async () => {
-      const db = getDb();
       const { subscriptions, credits, expiration, clock } = managerServices(db, T);
       const p = (await subscriptions.createPlan({ name: "C", creditsPerPeriod: 10, billingPeriod: "weekly" })).id;
       const payg = (await subscriptions.createPlan({ name: "PAYG", creditsPerPeriod: 0, billingPeriod: "daily" })).id;
@@ -594,7 +579,6 @@ export function runSubscriptionContract(getDb: () => DbManager, options: PartOpt
     });
 
     it("a crash between the allocation and the subscription write allocates once when retried", async () => {
-      const db = getDb();
       const { subscriptions, credits, clock } = managerServices(db, T);
       const p = (await subscriptions.createPlan({ name: "Crash", creditsPerPeriod: 25, billingPeriod: "daily" })).id;
       const u = user();
@@ -628,7 +612,6 @@ export function runSubscriptionContract(getDb: () => DbManager, options: PartOpt
     });
 
     it("two job runners started together allocate each period once and expire each grant once", async () => {
-      const db = getDb();
       const a = managerServices(db, T);
       const b = managerServices(db, T);
       const p: Plan = await a.subscriptions.createPlan({
@@ -677,7 +660,6 @@ export function runSubscriptionContract(getDb: () => DbManager, options: PartOpt
     });
 
     it("scans due subscriptions in (nextRunAt, id) order with a cursor", async () => {
-      const db = getDb();
       const { subscriptions } = managerServices(db, T);
       const p = (await subscriptions.createPlan({ name: "Scan", creditsPerPeriod: 1, billingPeriod: "daily" })).id;
       const far = T + 5000 * DAY;
