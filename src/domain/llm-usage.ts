@@ -159,9 +159,6 @@ const RESPONSES_TYPE = /"type"\s*:\s*"(response\.[\w.]+)"/;
 /** The OpenAI Responses events that end a stream, with the final response and its usage. */
 const RESPONSES_END = new Set(["response.completed", "response.incomplete", "response.failed"]);
 
-/** Decodes chunks that hold whole characters (no state between calls). */
-const WHOLE = new TextDecoder();
-
 /** Longest line (or JSON body) kept while reading; longer ones are skipped (never billed as free: see `end`). */
 const MAX_LINE = 1 << 20;
 const MAX_JSON = 16 << 20;
@@ -173,9 +170,8 @@ const MAX_JSON = 16 << 20;
  */
 export class ResponseUsageReader {
   private kind: "json" | "sse" | "unknown";
+  /** Streams: holds the start of a character split between chunks. */
   private readonly decoder = new TextDecoder();
-  /** The streaming decoder may hold part of a character (the last chunk ended in a non-ASCII byte). */
-  private partial = false;
   /** The last text ended with `\r`: a `\n` that starts the next one ends no other line. */
   private afterCR = false;
   private line = "";
@@ -207,13 +203,7 @@ export class ResponseUsageReader {
 
   push(chunk: Uint8Array | string): void {
     if (typeof chunk === "string") return this.pushText(chunk);
-    const n = chunk.length;
-    if (n === 0) return;
-    // A chunk that starts and ends on whole characters is decoded alone, which is several times
-    // cheaper than the streaming decoder; a character split between chunks goes through that.
-    const whole = !this.partial && (chunk[n - 1] as number) < 0x80;
-    this.partial = !whole && (chunk[n - 1] as number) >= 0x80;
-    this.pushText(whole ? WHOLE.decode(chunk) : this.decoder.decode(chunk, { stream: true }));
+    this.pushText(this.decoder.decode(chunk, { stream: true }));
   }
 
   pushText(text: string): void {
@@ -234,23 +224,14 @@ export class ResponseUsageReader {
     let start = 0;
     if (this.afterCR && text.charCodeAt(0) === 10) start = 1; // the \n of a \r\n split between chunks
     this.afterCR = text.charCodeAt(text.length - 1) === 13;
-    if (text.indexOf("\r") === -1) {
-      // `\n` line ends only (what the APIs send): found natively
-      for (let i = text.indexOf("\n", start); i !== -1; i = text.indexOf("\n", start)) {
-        this.addToLine(text, start, i);
-        this.endLine();
-        start = i + 1;
-      }
-    } else {
-      for (let i = start; i < text.length; i++) {
-        const ch = text.charCodeAt(i);
-        if (ch !== 10 && ch !== 13) continue;
-        this.addToLine(text, start, i);
-        this.endLine();
-        // \r\n is one line end
-        if (ch === 13 && text.charCodeAt(i + 1) === 10) i++;
-        start = i + 1;
-      }
+    for (let i = start; i < text.length; i++) {
+      const ch = text.charCodeAt(i);
+      if (ch !== 10 && ch !== 13) continue;
+      this.addToLine(text, start, i);
+      this.endLine();
+      // \r\n is one line end
+      if (ch === 13 && text.charCodeAt(i + 1) === 10) i++;
+      start = i + 1;
     }
     this.addToLine(text, start, text.length);
   }
