@@ -9,7 +9,7 @@
 import { randomUUID } from "node:crypto";
 import { describe, expect, it, useTestApi, type TestApi } from "./runner.js";
 import type { DbManager } from "../db/types.js";
-import type { NotificationUpdate } from "../db/types-notifications.js";
+import type { ClaimQuery, NotificationUpdate } from "../db/types-notifications.js";
 import { AccountWork } from "../domain/account-work.js";
 import { newNotification } from "../domain/notifications.js";
 import { ConfigurationError, InsufficientCreditsError, ValidationError } from "../errors.js";
@@ -49,13 +49,18 @@ function services(
 
 const types = (rows: readonly Notification[]) => rows.map((r) => r.type);
 
+/** Claims the rows due at `now` under `token` for 5 s: at most 10, unless `extra` says otherwise. */
+function claim(db: DbManager, token: string, now: Date, extra: Partial<ClaimQuery> = {}): Promise<Notification[]> {
+  return db.claimNotifications({ now, limit: 10, leaseMs: 5000, token, ...extra });
+}
+
 /**
  * Claims and settles with `settle` every row due an hour after `at`, store-wide, so that later
  * claims in a shared store never see the rows a test left.
  */
 async function settleAllDue(db: DbManager, at: number, token: string, settle: NotificationUpdate): Promise<void> {
-  const claim = () => db.claimNotifications({ now: new Date(at + 3_600_000), limit: 10, leaseMs: 5000, token });
-  for (let rows = await claim(); rows.length > 0; rows = await claim()) {
+  const due = () => claim(db, token, new Date(at + 3_600_000));
+  for (let rows = await due(); rows.length > 0; rows = await due()) {
     for (const r of rows) await db.completeNotification(r.id, r.claimToken as string, settle);
   }
 }
@@ -436,9 +441,7 @@ export function runNotificationContract(
       const id = row.id;
       await db.insertNotifications([row]);
       scribble(row);
-      const [claimed] = (
-        await db.claimNotifications({ now: new Date(at + 1000), limit: 100, leaseMs: 5000, token: "copies" })
-      ).filter((r) => r.userId === u);
+      const [claimed] = (await claim(db, "copies", new Date(at + 1000), { limit: 100 })).filter((r) => r.userId === u);
       expect(claimed).toMatchObject({ id, payload: { nested: { n: 1 } } });
       const list = () => db.listNotifications(u, { limit: 10 });
       const before = await list();
@@ -465,9 +468,7 @@ export function runNotificationContract(
       const later = newNotification(b, "low_credits", { i: 9 }, new Date(at + 60_000), null);
       expect(await db.insertNotifications([...rows, later])).toBe(4);
       const now = new Date(at + 1000);
-      const claims = await Promise.all(
-        [1, 2, 3, 4].map((k) => db.claimNotifications({ now, limit: 10, leaseMs: 5000, token: `t${k}` })),
-      );
+      const claims = await Promise.all([1, 2, 3, 4].map((k) => claim(db, `t${k}`, now)));
       const claimed = claims.flat().filter((r) => r.userId === a || r.userId === b);
       expect(claimed.map((r) => r.payload.i).sort()).toEqual([0, 2]);
       expect(new Set(claimed.map((r) => r.id)).size).toBe(2);
@@ -477,20 +478,14 @@ export function runNotificationContract(
       expect(await db.completeNotification(first.id, first.claimToken as string, settle)).toBe(true);
       expect(await db.completeNotification(first.id, first.claimToken as string, settle)).toBe(false);
       // a's next row is now its head; b's head is still claimed, its later row is not due anyway.
-      const next = (await db.claimNotifications({ now, limit: 10, leaseMs: 5000, token: "t5" })).filter(
-        (r) => r.userId === a || r.userId === b,
-      );
+      const next = (await claim(db, "t5", now)).filter((r) => r.userId === a || r.userId === b);
       expect(next.map((r) => r.payload.i)).toEqual([1]);
       for (const r of next) expect(await db.completeNotification(r.id, r.claimToken as string, settle)).toBe(true);
       // b's claim lapses: claimed again by someone else.
-      const lapsed = (
-        await db.claimNotifications({ now: new Date(at + 7000), limit: 10, leaseMs: 5000, token: "t6" })
-      ).filter((r) => r.userId === b);
+      const lapsed = (await claim(db, "t6", new Date(at + 7000))).filter((r) => r.userId === b);
       expect(lapsed.map((r) => r.payload.i)).toEqual([2]);
       for (const r of lapsed) expect(await db.completeNotification(r.id, r.claimToken as string, settle)).toBe(true);
-      const bRow = (
-        await db.claimNotifications({ now: new Date(at + 61_000), limit: 10, leaseMs: 5000, token: "t7" })
-      ).filter((r) => r.userId === b);
+      const bRow = (await claim(db, "t7", new Date(at + 61_000))).filter((r) => r.userId === b);
       expect(bRow.map((r) => r.payload.i)).toEqual([9]);
       await db.completeNotification(later.id, "t7", settle);
       expect(await db.listNotifications(a, { status: "sent", limit: 10 })).toHaveLength(2);
@@ -505,9 +500,7 @@ export function runNotificationContract(
       expect(await db.purgeNotifications(new Date(at + 1001), 100)).toBe(1);
       expect(await db.listNotifications(b, { limit: 10 })).toEqual([]);
       expect((await db.listNotifications(a, { limit: 10 })).map((r) => r.payload.i)).toEqual([50]);
-      const last = (
-        await db.claimNotifications({ now: new Date(at + 3_600_000), limit: 10, leaseMs: 5000, token: "t8" })
-      ).filter((r) => r.userId === a);
+      const last = (await claim(db, "t8", new Date(at + 3_600_000))).filter((r) => r.userId === a);
       expect(last.map((r) => r.payload.i)).toEqual([50]);
       for (const r of last) await db.completeNotification(r.id, "t8", settle);
       expect(await db.purgeNotifications(new Date(at + 1001), 100)).toBe(1);
@@ -576,7 +569,7 @@ export function runNotificationContract(
       const mine = newNotification(other, "low_credits", { i: 99 }, new Date(at + 1), null);
       await db.insertNotifications([head, ...behind, mine]);
       const now = new Date(at + 1000);
-      const claimed = (await db.claimNotifications({ now, limit: 2, leaseMs: 5000, token: "b1" })).filter(
+      const claimed = (await claim(db, "b1", now, { limit: 2 })).filter(
         (r) => r.userId === blocked || r.userId === other,
       );
       expect(claimed.map((r) => r.payload.i)).toEqual([99]);
@@ -602,21 +595,17 @@ export function runNotificationContract(
       expect(await db.insertNotifications([head, ...asks, later])).toBe(5);
       const mine = (rows: Notification[]) => rows.filter((r) => r.userId === a || r.userId === b);
       const now = new Date(at + 1000);
-      const claims = await Promise.all(
-        [1, 2, 3, 4].map((k) => db.claimNotifications({ now, limit: 10, leaseMs: 5000, token: `y${k}`, types: ask })),
-      );
+      const claims = await Promise.all([1, 2, 3, 4].map((k) => claim(db, `y${k}`, now, { types: ask })));
       const claimed = mine(claims.flat());
       // a's low_credits row (older, never claimed here) holds none of a's top-up rows back.
       expect(claimed.map((r) => r.payload.i).sort()).toEqual([1, 2, 3]);
       expect(new Set(claimed.map((r) => r.id)).size).toBe(3);
       // Held: neither a typed claim nor the dispatcher's takes them; the dispatcher gets a's head.
-      expect(mine(await db.claimNotifications({ now, limit: 10, leaseMs: 5000, token: "y5", types: ask }))).toEqual([]);
-      const heads = mine(await db.claimNotifications({ now, limit: 10, leaseMs: 5000, token: "y5" }));
+      expect(mine(await claim(db, "y5", now, { types: ask }))).toEqual([]);
+      const heads = mine(await claim(db, "y5", now));
       expect(heads.map((r) => r.payload.i)).toEqual([0]);
       // Their claims lapse: taken over.
-      const lapsed = mine(
-        await db.claimNotifications({ now: new Date(at + 7000), limit: 10, leaseMs: 5000, token: "y6", types: ask }),
-      );
+      const lapsed = mine(await claim(db, "y6", new Date(at + 7000), { types: ask }));
       expect(lapsed.map((r) => r.payload.i).sort()).toEqual([1, 2, 3]);
       for (const r of lapsed)
         expect(
