@@ -22,7 +22,7 @@ import { SubscriptionService } from "../services/subscription-service.js";
 import { verifyArchive } from "../services/archive.js";
 import { scribble } from "./scribble.js";
 import { scopedAccountCases } from "./scoped.js";
-import { DAY, lazy, serviceWithClock, T0, type PartOptions } from "./support.js";
+import { accountWithClock, DAY, lazy, serviceWithClock, T0, type PartOptions } from "./support.js";
 import { creditCore } from "../services/credit-core.js";
 
 /**
@@ -53,8 +53,7 @@ export function runAccountsContract(getDb: () => DbManager, options: PartOptions
           db.reservationOwner === undefined
             ? ((await db.getReservation(id))?.userId ?? null)
             : await db.reservationOwner(id);
-        const u = user();
-        const { credits } = serviceWithClock(db);
+        const { u, credits } = accountWithClock(db, user);
         await credits.addCredits(u, 10);
         const active = await credits.reserveCredits(u, 3);
         const settled = await credits.reserveCredits(u, 2);
@@ -66,8 +65,7 @@ export function runAccountsContract(getDb: () => DbManager, options: PartOptions
       });
 
       it("saves a unit of work atomically and loads it back with the same shape", async () => {
-        const u = user();
-        const { credits } = serviceWithClock(db);
+        const { u, credits } = accountWithClock(db, user);
         const e = await credits.addCredits(u, 9_007_199_254_740_000, {
           expiresAt: new Date(T0 + DAY),
           priority: 3,
@@ -105,8 +103,7 @@ export function runAccountsContract(getDb: () => DbManager, options: PartOptions
       });
 
       it("keeps metadata keys named like Object.prototype's members (constructor, prototype, toString) as data, through the hash", async () => {
-        const u = user();
-        const { credits } = serviceWithClock(db);
+        const { u, credits } = accountWithClock(db, user);
         // "__proto__" is refused by validation: assigning it sets the prototype, so a copy would drop it.
         const metadata = JSON.parse(
           '{"constructor":{"name":"x"},"prototype":1,"toString":"s","hasOwnProperty":[1]}',
@@ -119,8 +116,7 @@ export function runAccountsContract(getDb: () => DbManager, options: PartOptions
       });
 
       it("refuses a save whose account moved (seq guard) with ConflictError and writes nothing", async () => {
-        const u = user();
-        const { credits } = serviceWithClock(db);
+        const { u, credits } = accountWithClock(db, user);
         await credits.addCredits(u, 10);
         await expect(
           db.transaction(u, async (tx) => {
@@ -144,8 +140,7 @@ export function runAccountsContract(getDb: () => DbManager, options: PartOptions
       });
 
       it("never answers a unit of work with the entry of another key, even one the store cannot tell apart", async () => {
-        const u = user();
-        const { credits } = serviceWithClock(db);
+        const { u, credits } = accountWithClock(db, user);
         const first = await credits.addCredits(u, 100, { idempotencyKey: "top-up-\uFFFD" });
         // Below the service's validation (which refuses lone surrogates): node-pg and BSON send a
         // lone surrogate as U+FFFD, so the store may find the first key's entry for this one.
@@ -166,8 +161,7 @@ export function runAccountsContract(getDb: () => DbManager, options: PartOptions
       });
 
       it("rolls back everything when the unit of work throws", async () => {
-        const u = user();
-        const { credits } = serviceWithClock(db);
+        const { u, credits } = accountWithClock(db, user);
         await credits.addCredits(u, 10);
         await expect(
           db.transaction(u, async (tx) => {
@@ -187,8 +181,7 @@ export function runAccountsContract(getDb: () => DbManager, options: PartOptions
       });
 
       it("pages the journal both ways with type and time filters", async () => {
-        const u = user();
-        const { credits, clock } = serviceWithClock(db);
+        const { u, credits, clock } = accountWithClock(db, user);
         for (let i = 0; i < 5; i++) {
           await credits.addCredits(u, 10);
           clock.now += 1000;
@@ -267,8 +260,7 @@ export function runAccountsContract(getDb: () => DbManager, options: PartOptions
       });
 
       it("hands out copies: mutating a returned row (or a row after inserting it) changes nothing stored", async () => {
-        const u = user();
-        const { credits } = serviceWithClock(db);
+        const { u, credits } = accountWithClock(db, user);
         const far = T0 + 500 * DAY; // a scan window of its own in a shared store
         await credits.addCredits(u, 100, { expiresAt: new Date(far), metadata: { tags: ["a"], n: { v: 1 } } });
         const settled = await credits.reserveCredits(u, 5, { metadata: { m: [1] } });
@@ -335,8 +327,7 @@ export function runAccountsContract(getDb: () => DbManager, options: PartOptions
 
     describe("credits", () => {
       it("a checkpoint entry is stored and read back as written: both audits agree, across expiry and holds", async () => {
-        const u = user();
-        const { credits, clock } = serviceWithClock(db);
+        const { u, credits, clock } = accountWithClock(db, user);
         await credits.addCredits(u, 100, { expiresAt: new Date(T0 + DAY) });
         await credits.addCredits(u, 50);
         await credits.deductCredits(u, 60);
@@ -361,8 +352,7 @@ export function runAccountsContract(getDb: () => DbManager, options: PartOptions
           console.warn(`[contract] ${db.name}: no deleteJournalBefore, the archive case is not run`);
           return;
         }
-        const u = user();
-        const { credits } = serviceWithClock(db);
+        const { u, credits } = accountWithClock(db, user);
         await credits.addCredits(u, 100);
         for (let i = 0; i < 5; i++) await credits.deductCredits(u, 3);
         const cp = (await credits.checkpoint(u)) as JournalEntry;
@@ -387,8 +377,7 @@ export function runAccountsContract(getDb: () => DbManager, options: PartOptions
       });
 
       it("draws by priority, then soonest expiry, never-expiring last, then oldest", async () => {
-        const u = user();
-        const { credits, clock } = serviceWithClock(db);
+        const { u, credits, clock } = accountWithClock(db, user);
         const never = await credits.addCredits(u, 10);
         clock.now += 1000;
         const late = await credits.addCredits(u, 10, { expiresAt: new Date(T0 + 9 * DAY) });
@@ -407,8 +396,7 @@ export function runAccountsContract(getDb: () => DbManager, options: PartOptions
       });
 
       it("expires only what is unspent, and never what is held until the hold ends", async () => {
-        const u = user();
-        const { credits, clock } = serviceWithClock(db);
+        const { u, credits, clock } = accountWithClock(db, user);
         await credits.addCredits(u, 100, { expiresAt: new Date(T0 + DAY) });
         await credits.addCredits(u, 50);
         await credits.deductCredits(u, 60);
@@ -426,8 +414,7 @@ export function runAccountsContract(getDb: () => DbManager, options: PartOptions
       });
 
       it("commits less (the rest returns) and more (the excess is usage, into debt)", async () => {
-        const u = user();
-        const { credits } = serviceWithClock(db);
+        const { u, credits } = accountWithClock(db, user);
         await credits.addCredits(u, 100);
         const a = await credits.reserveCredits(u, 40);
         expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 100, reserved: 40, available: 60 });
@@ -452,8 +439,7 @@ export function runAccountsContract(getDb: () => DbManager, options: PartOptions
       });
 
       it("records a partial capture in one entry: spent, returned and debt-paid portions, stored as written", async () => {
-        const u = user();
-        const { credits, clock } = serviceWithClock(db, T0, 50);
+        const { u, credits, clock } = accountWithClock(db, user, 50);
         const g1 = await credits.addCredits(u, 30, { expiresAt: new Date(T0 + DAY) });
         const g2 = await credits.addCredits(u, 70);
         const [first, second] = [g1.grants[0]?.grantId, g2.grants[0]?.grantId];
@@ -501,8 +487,7 @@ export function runAccountsContract(getDb: () => DbManager, options: PartOptions
       });
 
       it("refuses deductions past available, allows after-service ones into debt within the limit", async () => {
-        const u = user();
-        const { credits } = serviceWithClock(db, T0, 50);
+        const { u, credits } = accountWithClock(db, user, 50);
         await credits.addCredits(u, 30);
         const hold = await credits.reserveCredits(u, 10);
         await expect(credits.deductCredits(u, 21)).rejects.toBeInstanceOf(InsufficientCreditsError);
@@ -529,8 +514,7 @@ export function runAccountsContract(getDb: () => DbManager, options: PartOptions
 
       it("credits a hold returns to a voided or expired grant are removed, never pay debt", async () => {
         // Voided: a refund voids the grant while 60 of it are held; usage then runs into debt.
-        const u = user();
-        const { credits, clock } = serviceWithClock(db, T0, 50);
+        const { u, credits, clock } = accountWithClock(db, user, 50);
         const g = await credits.addCredits(u, 100);
         const hold = await credits.reserveCredits(u, 60);
         await credits.voidGrant(g.grants[0]?.grantId as string);
@@ -558,8 +542,7 @@ export function runAccountsContract(getDb: () => DbManager, options: PartOptions
       });
 
       it("settles holds exactly once: expired, not active, lazily released", async () => {
-        const u = user();
-        const { credits, clock } = serviceWithClock(db);
+        const { u, credits, clock } = accountWithClock(db, user);
         await credits.addCredits(u, 10);
         const a = await credits.reserveCredits(u, 4, { ttlSeconds: 60 });
         await credits.commitReservedCredits(a.id);
@@ -576,8 +559,7 @@ export function runAccountsContract(getDb: () => DbManager, options: PartOptions
       });
 
       it("answers a repeated idempotency key with the first result and changes nothing", async () => {
-        const u = user();
-        const { credits } = serviceWithClock(db);
+        const { u, credits } = accountWithClock(db, user);
         const a1 = await credits.addCredits(u, 10, { idempotencyKey: "k-add" });
         const a2 = await credits.addCredits(u, 10, { idempotencyKey: "k-add" });
         expect(a2).toEqual(a1);
@@ -644,8 +626,7 @@ export function runAccountsContract(getDb: () => DbManager, options: PartOptions
       });
 
       it("voids what is left of a grant, and its held part when the hold ends", async () => {
-        const u = user();
-        const { credits } = serviceWithClock(db);
+        const { u, credits } = accountWithClock(db, user);
         const g = await credits.addCredits(u, 100);
         await credits.addCredits(u, 5, { priority: 9 });
         await credits.deductCredits(u, 30);
@@ -710,8 +691,7 @@ export function runAccountsContract(getDb: () => DbManager, options: PartOptions
       });
 
       it("lists history newest first with cursor paging and type filters; expiring credits in a window", async () => {
-        const u = user();
-        const { credits } = serviceWithClock(db);
+        const { u, credits } = accountWithClock(db, user);
         await credits.addCredits(u, 10, { expiresAt: new Date(T0 + 2 * DAY) });
         await credits.addCredits(u, 10, { expiresAt: new Date(T0 + 10 * DAY) });
         for (let i = 0; i < 5; i++) await credits.deductCredits(u, 1);
@@ -728,8 +708,7 @@ export function runAccountsContract(getDb: () => DbManager, options: PartOptions
       });
 
       it("expireCredits(asOf) expires what was due at asOf and reports the amount", async () => {
-        const u = user();
-        const { credits, clock } = serviceWithClock(db);
+        const { u, credits, clock } = accountWithClock(db, user);
         await credits.addCredits(u, 7, { expiresAt: new Date(T0 + DAY) });
         await credits.addCredits(u, 9, { expiresAt: new Date(T0 + 3 * DAY) });
         clock.now = T0 + 5 * DAY;

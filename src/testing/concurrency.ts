@@ -3,7 +3,7 @@ import { describe, expect, it, useTestApi } from "./runner.js";
 import type { DbManager } from "../db/types.js";
 import { InsufficientCreditsError } from "../errors.js";
 import { scopedConcurrencyCase } from "./scoped.js";
-import { lazy, serviceWithClock, type PartOptions } from "./support.js";
+import { accountWithClock, lazy, type PartOptions } from "./support.js";
 
 /** Concurrent callers on one account: no double spend, one effect per idempotency key. */
 export function runConcurrencyContract(
@@ -16,8 +16,7 @@ export function runConcurrencyContract(
   const db = lazy(getDb);
   describe("concurrency", () => {
     it(`${race} concurrent deductCredits(u, 1) on a balance of ${race / 2}: exactly ${race / 2} succeed`, async () => {
-      const u = user();
-      const { credits } = serviceWithClock(db);
+      const { u, credits } = accountWithClock(db, user);
       await credits.addCredits(u, race / 2);
       const results = await Promise.allSettled(Array.from({ length: race }, () => credits.deductCredits(u, 1)));
       const ok = results.filter((r) => r.status === "fulfilled").length;
@@ -31,8 +30,7 @@ export function runConcurrencyContract(
     });
 
     it(`${race} concurrent reserveCredits(u, 1) on ${race / 2}: exactly ${race / 2} holds`, async () => {
-      const u = user();
-      const { credits } = serviceWithClock(db);
+      const { u, credits } = accountWithClock(db, user);
       await credits.addCredits(u, race / 2);
       const results = await Promise.allSettled(Array.from({ length: race }, () => credits.reserveCredits(u, 1)));
       expect(results.filter((r) => r.status === "fulfilled")).toHaveLength(race / 2);
@@ -46,8 +44,7 @@ export function runConcurrencyContract(
     });
 
     it("concurrent spends of two spenders under a spender limit and an account limit never pass either (docs/teams-and-limits.md)", async () => {
-      const u = user();
-      const { credits } = serviceWithClock(db);
+      const { u, credits } = accountWithClock(db, user);
       await credits.addCredits(u, 1000);
       await credits.setLimits(u, [
         { amount: 80, period: "month" },
@@ -77,8 +74,7 @@ export function runConcurrencyContract(
     scopedConcurrencyCase(db, race);
 
     it("one idempotency key sent 50 times at once has one effect", async () => {
-      const u = user();
-      const { credits } = serviceWithClock(db);
+      const { u, credits } = accountWithClock(db, user);
       await credits.addCredits(u, 100);
       const results = await Promise.all(
         Array.from({ length: 50 }, () => credits.deductCredits(u, 7, { idempotencyKey: "once" })),

@@ -11,10 +11,7 @@ import { describe, expect, it, useTestApi } from "./runner.js";
 import type { DbManager } from "../db/types.js";
 import { LateUsageError, SpendLimitError } from "../errors.js";
 import { CreditService } from "../services/credit-service.js";
-import { lazy, type PartOptions } from "./support.js";
-
-const HOUR = 3_600_000;
-const DAY = 24 * HOUR;
+import { DAY, HOUR, lazy, type PartOptions } from "./support.js";
 
 /** Late usage, and usage, limits and revenue after reversals. */
 export function runLateUsageContract(getDb: () => DbManager, options: PartOptions = {}): void {

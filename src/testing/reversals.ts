@@ -10,9 +10,7 @@ import type { DbManager } from "../db/types.js";
 import { IdempotencyConflictError, NotFoundError, RuleViolationError } from "../errors.js";
 import type { Grant, JournalEntry } from "../models/index.js";
 import { CreditService } from "../services/credit-service.js";
-import { DAY, lazy, serviceWithClock, T0, type PartOptions } from "./support.js";
-
-const HOUR = 3_600_000;
+import { accountWithClock, DAY, HOUR, lazy, T0, type PartOptions } from "./support.js";
 
 /**
  * `getDb`: an initialised store; `getPeer` (optional): a second manager over the same store, for the
@@ -30,8 +28,7 @@ export function runReversalsContract(
 
   describe("reversals", () => {
     it("gives a deduction back to the grants it drew from, in its proportions, in parts and then the rest; the grants keep expiry, priority, scope and cost basis", async () => {
-      const { credits, clock } = serviceWithClock(db);
-      const u = user();
+      const { u, credits, clock } = accountWithClock(db, user);
       const soon = await credits.addCredits(u, 60, { expiresAt: new Date(T0 + 30 * DAY) });
       const paid = await credits.addCredits(u, 30, { costBasis: { perCredit: "2", currency: "EUR" } });
       const last = await credits.addCredits(u, 100, { priority: 9 });
@@ -79,8 +76,7 @@ export function runReversalsContract(
     });
 
     it("gives back the debt a charge made first, then its grants; debt an addition paid since comes back as a grant of its own that never expires", async () => {
-      const { credits } = serviceWithClock(db);
-      const u = user();
+      const { u, credits } = accountWithClock(db, user);
       await credits.addCredits(u, 50, { expiresAt: new Date(T0 + 10 * DAY) });
       const charge = await credits.deductCreditsAfterService(u, 80);
       expect(charge.debtAfter).toBe(30);
@@ -106,8 +102,7 @@ export function runReversalsContract(
     });
 
     it("returns a grant's share already expired or voided when the grant has been since: removed again at once, never a grant that outlives it", async () => {
-      const { credits, clock } = serviceWithClock(db);
-      const u = user();
+      const { u, credits, clock } = accountWithClock(db, user);
       const short = await credits.addCredits(u, 40, { expiresAt: new Date(T0 + HOUR) });
       const voided = await credits.addCredits(u, 40);
       const open = await credits.addCredits(u, 40);
@@ -129,8 +124,7 @@ export function runReversalsContract(
     });
 
     it("an audit from a checkpoint accepts credits given back to grants closed before it, and still checks what came back went out again", async () => {
-      const { credits, clock } = serviceWithClock(db);
-      const u = user();
+      const { u, credits, clock } = accountWithClock(db, user);
       const voided = await credits.addCredits(u, 40);
       const short = await credits.addCredits(u, 50, { expiresAt: new Date(T0 + HOUR), priority: 1 });
       const charge = await credits.deductCredits(u, 60); // 40 from `voided`, then 20 from `short`
@@ -151,8 +145,7 @@ export function runReversalsContract(
     });
 
     it("gives back what a capture took (not what it returned) and an over-capture's excess by its own entry", async () => {
-      const { credits } = serviceWithClock(db);
-      const u = user();
+      const { u, credits } = accountWithClock(db, user);
       await credits.addCredits(u, 100);
       const under = await credits.reserveCredits(u, 50);
       const captured = await credits.commitReservedCredits(under.id, { amount: 30 });
@@ -171,8 +164,7 @@ export function runReversalsContract(
     });
 
     it("refuses what is not a charge, more than is left, and an entry of another account, changing nothing", async () => {
-      const { credits } = serviceWithClock(db);
-      const u = user();
+      const { u, credits } = accountWithClock(db, user);
       const add = await credits.addCredits(u, 100);
       const hold = await credits.reserveCredits(u, 10);
       const release = await credits.releaseReservedCredits(hold.id);
@@ -200,8 +192,7 @@ export function runReversalsContract(
     });
 
     it("answers a retry with the first reversal, and the same key with other arguments is an IdempotencyConflictError", async () => {
-      const { credits } = serviceWithClock(db);
-      const u = user();
+      const { u, credits } = accountWithClock(db, user);
       await credits.addCredits(u, 100);
       const charge = await credits.deductCredits(u, 40);
       const first = await credits.reverseCharge(u, charge.id, { amount: 10, reason: "r", idempotencyKey: "rv-1" });

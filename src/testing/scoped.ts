@@ -4,7 +4,7 @@ import type { DbManager } from "../db/types.js";
 import { inScope } from "../domain/scope.js";
 import { InsufficientCreditsError, ValidationError } from "../errors.js";
 import type { Grant, JournalEntry } from "../models/index.js";
-import { serviceWithClock, T0 } from "./support.js";
+import { accountWithClock, serviceWithClock } from "./support.js";
 
 /*
  * Scoped grants (docs/teams-and-limits.md, "Scoped credits") in the contract suite: what the store
@@ -75,8 +75,7 @@ export function scopedAccountCases(db: DbManager): void {
     const user = () => `u-${randomUUID()}`;
 
     it("a grant's scope is stored and read back; bad scopes are refused and change nothing", async () => {
-      const u = user();
-      const { credits } = serviceWithClock(db);
+      const { u, credits } = accountWithClock(db, user);
       const plain = await credits.addCredits(u, 10);
       const scoped = await credits.addCredits(u, 20, { scope: { features: ["images"], spenders: ["alice", "bob"] } });
       const byId = new Map((await db.listGrants(u)).map((g) => [g.id, g]));
@@ -94,8 +93,7 @@ export function scopedAccountCases(db: DbManager): void {
     });
 
     it("spends draw their scope's grants first, never another's; info and check() count what the spend may use", async () => {
-      const u = user();
-      const { credits, clock } = serviceWithClock(db);
+      const { u, credits, clock } = accountWithClock(db, user);
       const pool = (await credits.addCredits(u, 100)).grants[0]?.grantId;
       clock.now += 1000;
       const images = (await credits.addCredits(u, 30, { scope: { features: ["images"] } })).grants[0]?.grantId;
@@ -208,8 +206,7 @@ export function scopedAccountCases(db: DbManager): void {
     });
 
     it("after-service spends run into debt rather than use another scope's credits; scoped grants pay no debt; voids stay per grant", async () => {
-      const u = user();
-      const { credits } = serviceWithClock(db, T0, 100);
+      const { u, credits } = accountWithClock(db, user, 100);
       await credits.addCredits(u, 10);
       const images = (await credits.addCredits(u, 50, { scope: { features: ["images"] } })).grants[0]?.grantId;
       await credits.deductCreditsAfterService(u, 30, { feature: "chat" });

@@ -15,13 +15,19 @@ export interface PartOptions {
 }
 
 export const T0 = Date.parse("2030-01-01T00:00:00.000Z");
-export const DAY = 86_400_000;
+export const HOUR = 3_600_000;
+export const DAY = 24 * HOUR;
 
 /** A service over `db` whose clock the test moves. */
 export function serviceWithClock(db: DbManager, start = T0, overdraftLimit: number | null = null) {
   const clock = { now: start };
   const credits = new CreditService({ db, clock: () => new Date(clock.now), overdraftLimit });
   return { credits, clock };
+}
+
+/** A new account `u` (named by `user`) and `serviceWithClock(db, T0, overdraftLimit)`. */
+export function accountWithClock(db: DbManager, user: () => string, overdraftLimit: number | null = null) {
+  return { u: user(), ...serviceWithClock(db, T0, overdraftLimit) };
 }
 
 /**

@@ -18,11 +18,9 @@ import { ConfigurationError } from "../errors.js";
 import type { JournalEntry, UsageDimension, UsageQuery, UsageRow } from "../models/index.js";
 import { CreditService } from "../services/credit-service.js";
 import { PricingService } from "../services/pricing-service.js";
-import { lazy, type PartOptions } from "./support.js";
+import { DAY, HOUR, lazy, type PartOptions } from "./support.js";
 
 const MIN = 60_000;
-const HOUR = 60 * MIN;
-const DAY = 24 * HOUR;
 
 /** The price book of the metered calls (`meter`). */
 const PRICING = {
