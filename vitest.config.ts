@@ -24,7 +24,7 @@ export default defineConfig({
     include: ["test/**/*.test.ts"],
     // Two test files at a time at least. Vitest's default, one fewer than the cores, runs them one
     // after another on a 2-core machine, where most files spend their time waiting on sockets,
-    // child processes and the disk (docs/testing.md, "Tests").
+    // child processes and the disk (CONTRIBUTING.md, "Tests").
     maxWorkers: Math.max(2, availableParallelism() - 1),
     // Fails a test after which node-pg warned of two queries at once on one client (pg 9 refuses them).
     setupFiles: ["test/setup/pg-warnings.ts"],

@@ -3,7 +3,8 @@
 //
 // First, every relative link of README.md, docs/**/*.md, CONTRIBUTING.md and CHANGELOG.md must
 // resolve (file and #heading), the docs index, docs/README.md, must link every page, and no page of
-// docs/ nor the README may name an issue number or a commit id. Then each
+// docs/ nor the README may name an issue number or a commit id, nor narrate the package's history
+// ("no longer", "before this change": checkNarration, below). Then each
 // ```ts / ```typescript block of README.md and of every docs/**/*.md (a new page is picked up
 // without registering it) is checked: this checkout is packed (`npm pack`: exactly the files that
 // ship, so build first), the tarball is unpacked into a fresh project outside the repository (its
@@ -24,7 +25,8 @@
 //   - `<!-- snippet: skip <reason> -->`: not checked; the reason is required and printed.
 //   - A curl block runs by default; its marker's code (with `fragment`) runs before it, unseen.
 //
-// Usage: node scripts/check-docs.mjs [--no-run] [--keep] [file.md …]
+// Usage: node scripts/check-docs.mjs [--no-run] [--no-snippets] [--keep] [file.md …]
+//   --no-snippets: only the markers, links, references and wording (seconds; no build needed).
 import { execFileSync, spawn } from "node:child_process";
 import {
   existsSync,
@@ -50,6 +52,7 @@ const root = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 const args = process.argv.slice(2);
 const noRun = args.includes("--no-run");
 const keep = args.includes("--keep");
+const noSnippets = args.includes("--no-snippets");
 const only = args.filter((a) => !a.startsWith("--")).map((a) => resolve(a));
 const RUN_TIMEOUT_MS = 20_000;
 /** Shell blocks that call `curl`: run against a `credit-management serve` that the check starts. */
@@ -309,6 +312,73 @@ function checkReferences(files) {
   return findReferences(files.map((f) => ({ name: relative(root, f), text: readFileSync(f, "utf8") }))).found;
 }
 
+/**
+ * No page of docs/ nor the README narrates the package's history ("before this change", "no
+ * longer", "used to", "previously", "now does", "as of this release", "earlier releases", "was
+ * changed"): a page says what is. A phrase that describes what is — a state that ends ("a replica
+ * that no longer accepts connections"), a user's own history — is allowed by an entry of
+ * NARRATION_ALLOWED: the page, a piece of the line that holds the phrase, and why it stays. An entry
+ * that matches no line fails the check, so the list only holds what is still there.
+ */
+const NARRATION =
+  /\b(?:before this (?:change|release)|no longer|(?<!\b(?:is|are|be|been|being|was|were|gets?|got)\s)used to|previously|(?<!\b(?:after|before|until|than|from|to|at|of)\s)now (?:does|is|has)|as of this release|(?:earlier|previous) (?:releases?|versions?)|(?:was|were) changed)\b/gi;
+const NARRATION_ALLOWED = [
+  { page: "docs/corrections.md", text: "a limit the charge reached is no longer reached", why: "a state that ends" },
+  { page: "docs/teams-and-limits.md", text: "a limit reached is no longer reached", why: "a state that ends" },
+  {
+    page: "docs/subscriptions.md",
+    text: "the ending plan no longer has an allowance",
+    why: "a plan changed by the user",
+  },
+  { page: "docs/subscriptions.md", text: "when the ending plan no longer exists", why: "a plan the user removed" },
+  { page: "docs/revenue.md", text: "entries no longer in the journal", why: "entries the user archived" },
+  {
+    page: "docs/usage.md",
+    text: "deduction now does anyway",
+    why: "what a deduction recorded at present does",
+  },
+];
+
+/** Each phrase of `pages` ({ name, text }) that narrates history and `allowed` does not allow. */
+function findNarration(pages, allowed) {
+  const found = [];
+  const used = new Set();
+  for (const { name, text } of pages) {
+    for (const [i, line] of text.split("\n").entries()) {
+      for (const m of line.matchAll(NARRATION)) {
+        const entry = allowed.find(
+          (a) => a.page === name && line.includes(a.text) && a.text.toLowerCase().includes(m[0].toLowerCase()),
+        );
+        if (entry) used.add(entry);
+        else found.push(`${name}:${i + 1}: "${m[0]}"`);
+      }
+    }
+  }
+  for (const a of allowed)
+    if (!used.has(a) && pages.some((p) => p.name === a.page))
+      found.push(`NARRATION_ALLOWED: "${a.text}" matches nothing in ${a.page}: remove the entry`);
+  return found;
+}
+
+/** The pages' narration, after checking on a sample that it is caught and allowed as it should be. */
+function checkNarration(files) {
+  const sample = findNarration(
+    [
+      {
+        name: "sample",
+        text: "Before this change it used to fail.\nThe key is used to sign; the plan no longer exists.",
+      },
+    ],
+    [{ page: "sample", text: "the plan no longer exists", why: "a state" }],
+  );
+  if (sample.length !== 2 || sample.some((f) => !f.startsWith("sample:1:")))
+    fail(`the narration check is broken: on its sample it found\n  ${sample.join("\n  ")}`);
+  return findNarration(
+    files.map((f) => ({ name: relative(root, f), text: readFileSync(f, "utf8") })),
+    NARRATION_ALLOWED,
+  );
+}
+
 function fail(message) {
   console.error(`\ncheck-docs: ${message}`);
   process.exit(1);
@@ -338,6 +408,17 @@ if (references.length)
   fail(
     `issue numbers and commit ids (the pages are for users; say what happens and why, or leave it to the commit message):\n  ${references.join("\n  ")}`,
   );
+const narration = checkNarration(files);
+if (narration.length)
+  fail(
+    `history narrated (a page says what is; a legitimate use goes into NARRATION_ALLOWED in this script):\n  ${narration.join("\n  ")}`,
+  );
+if (noSnippets) {
+  console.log(
+    `check-docs: markers, links, references and wording of ${files.length} pages checked; snippets not checked`,
+  );
+  process.exit(0);
+}
 if (blocks.length === 0 && curlBlocks.length === 0) {
   if (!only.length) fail("no TypeScript block found");
   console.log("check-docs: links and references checked; no TypeScript or curl block in the pages given");

@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// The deterministic simulation (docs/testing.md, "The simulation"), with more seeds than CI runs:
+// The deterministic simulation (CONTRIBUTING.md, "The simulation"), with more seeds than CI runs:
 //
 //   npm run sim -- --seeds 10000            seeds 1..10000 (stops at the first failure)
 //   npm run sim -- --seed 123               one seed: the replay of a failure

@@ -1,8 +1,8 @@
 /**
  * `credit-management/store`: the contract a store implements (`DbManager` and its parts), and
  * `defineStore`, which builds one from its parts, for writing your own backend;
- * `credit-management/testing` has the suite that checks one, part by part. See docs/storage.md,
- * "Your own backend".
+ * `credit-management/testing` has the suite that checks one, part by part. See
+ * docs/writing-a-store.md.
  */
 export type {
   AccountCredits,

@@ -1,5 +1,5 @@
 /**
- * The deterministic simulation (docs/testing.md, "The simulation"): one seed drives the clock, the
+ * The deterministic simulation (CONTRIBUTING.md, "The simulation"): one seed drives the clock, the
  * interleaving of units of work, the faults and the requests; after every step an independent model
  * and `audit()` must agree with the store. A failure prints the command that replays its seed.
  *

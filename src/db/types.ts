@@ -69,7 +69,8 @@ export interface AccountStore {
    * grants, read at one snapshot (in one round trip where the store can) — what
    * `getUserCreditsInfo` and `check` read (docs/teams-and-limits.md, "Scoped credits"). An account
    * never given a scoped grant should cost what `getAccount` costs. Without it the services read
-   * `getAccount`, then a scoped account's state again in a unit of work (docs/storage.md).
+   * `getAccount`, then a scoped account's state again in a unit of work (docs/writing-a-store.md,
+   * "Optional methods").
    */
   getAccountCredits?(userId: string): Promise<AccountCredits>;
   /**

@@ -4,7 +4,7 @@ import type { Account, Grant, JournalEntry, Notification, Payment, PromoClaim, R
  * What a unit of work reads and what it writes, in the domain's terms: an `AccountWork` is built
  * from a `LoadedState` and yields `Changes`. The storage contract (`DbTransaction.load` / `save`,
  * re-exported by `src/db/types.ts` and `credit-management/store`) is written in these types, so
- * the rules in `src/domain` never import from the storage layer (docs/storage.md, "Your own backend").
+ * the rules in `src/domain` never import from the storage layer (docs/writing-a-store.md).
  */
 
 /** The locked account's state. */

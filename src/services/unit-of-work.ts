@@ -450,9 +450,9 @@ export class UnitRunner {
 
 /**
  * A unit of work that changes only the account's own row (its settings: auto top-up, alert
- * thresholds), guarded by its `seq` like every unit (docs/storage.md). `change` edits a copy of the
- * account and returns the notifications to record with it, or null to write nothing; the copy's
- * `updatedAt` is set to the unit's clock.
+ * thresholds), guarded by its `seq` like every unit (docs/concepts.md, "The unit of work").
+ * `change` edits a copy of the account and returns the notifications to record with it, or null
+ * to write nothing; the copy's `updatedAt` is set to the unit's clock.
  */
 export async function saveAccountOnly(
   db: DbManager,

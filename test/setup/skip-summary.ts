@@ -2,7 +2,7 @@
  * A vitest reporter that ends a run with one block saying which tests were skipped and why: each
  * file's skipped tests are put under the services and tools the file reads that this machine does
  * not have — a database suite's environment variable that is unset, or Chromium missing at
- * /usr/bin/chromium — with how to get each (docs/testing.md, "Tests"). A file whose skipped tests
+ * /usr/bin/chromium — with how to get each (CONTRIBUTING.md, "Tests"). A file whose skipped tests
  * have another reason (a platform, a tool) is named with its count: the condition is in the file.
  *
  * The files a test file imports from test/ are read too (one level): a suite may take its URL from
@@ -106,7 +106,7 @@ export default class SkipSummary implements Reporter {
     const filtered = this.vitest?.config.testNamePattern !== undefined;
     const lines = [
       "",
-      `Skipped: ${skipped.toLocaleString("en-US")} of ${total.toLocaleString("en-US")} tests${filtered ? " (with those -t left out)" : ""}. To run them, give the run what it lacks (docs/testing.md):`,
+      `Skipped: ${skipped.toLocaleString("en-US")} of ${total.toLocaleString("en-US")} tests${filtered ? " (with those -t left out)" : ""}. To run them, give the run what it lacks (CONTRIBUTING.md, "Tests"):`,
     ];
     const reasons = [...byReason.keys()].sort((a, b) => (a === "" ? 1 : b === "" ? -1 : a.localeCompare(b)));
     for (const reason of reasons) {

@@ -393,7 +393,8 @@ class MemoryTransaction implements DbTransaction {
     return {
       account: rows.account,
       grants: [...rows.open.values()],
-      // So a deduction reads only the grants it draws from, however many are open (docs/storage.md).
+      // So a deduction reads only the grants it draws from, however many are open
+      // (docs/writing-a-store.md, "Optional methods").
       grantsInOrder: true,
       reservations: [...rows.active.values()],
       idempotent: seq === undefined ? null : copyEntry(rows.journal[seq - 1 - rows.archived] as JournalEntry),
