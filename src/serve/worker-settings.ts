@@ -126,8 +126,9 @@ Payments (give the worker your services' settings: it charges and credits the au
 ${PAYMENT_OPTIONS}Environment of "worker":
   CREDIT_PG_URL, CREDIT_PG_SCHEMA  The PostgreSQL store (as createDbManagerFromEnv; CREDIT_PG_PARTITIONS=day,
                                    week or month: partitioned by time, each jobs round makes the partitions ahead), or
-  CREDIT_MONGO_URI, CREDIT_MONGO_DB the MongoDB store (wins when set), or
-  CREDIT_SQLITE_PATH               a SQLite store's file. None set: serve's default, ./credit-management.sqlite
+  CREDIT_MONGO_URI, CREDIT_MONGO_DB the MongoDB store, or
+  CREDIT_SQLITE_PATH               a SQLite store's file: exactly one of the three (two is an error).
+                                   None set: serve's default, ./credit-management.sqlite
   CREDIT_REDIS_URL                 Redis: the notification queue (a stream) and, with the prefix below, the cache
   CREDIT_REDIS_STREAM              The stream notifications are delivered to. Default credit-management:notifications
   CREDIT_REDIS_CACHE_PREFIX        Your services' RedisCache keyPrefix: the worker's writes invalidate their entries
