@@ -534,19 +534,35 @@ export class AccountWork {
   /**
    * Gives back `amount` credits of `charge` (docs/concepts.md, "Giving a charge back"), at most what
    * its reversals so far (`reversed`) left of its `draw` (`amountToGiveBack`), by `reversalShares`:
-   * its debt first, as far as still owed (the rest pays other debt, then is a grant: `debtGrant`);
-   * then its grants, loaded (`include`), as a hold's go back (`giveBack`). `meta` names the charge.
+   * its debt first — what the account still owes of it is cancelled; what was paid since (`paid`,
+   * `PaidDebt`: as much as `reversalShares`' debt less what is still owed) goes back to the grants
+   * that paid it (`debt_returned` portions), and what no grant can take (`paid.rest`) is a grant of
+   * its own (`debtGrant`) — then its grants. All grants loaded (`include`); credits go back as a
+   * hold's do (`giveBack`). `meta` names the charge.
    */
-  reverse(charge: JournalEntry, draw: ChargeDraw, reversed: Reversed, amount: number, meta: EntryMeta): JournalEntry {
+  reverse(
+    charge: JournalEntry,
+    draw: ChargeDraw,
+    reversed: Reversed,
+    amount: number,
+    paid: { portions: readonly GrantPortion[]; rest: number },
+    meta: EntryMeta,
+  ): JournalEntry {
     if (this.account.balance + amount > Number.MAX_SAFE_INTEGER) throw beyondSafe("balance", amount);
     const shares = reversalShares(draw, reversed, amount);
     const owed = Math.min(shares.debt, this.account.debt);
+    if (sum(paid.portions) + paid.rest !== shares.debt - owed)
+      throw new Error(`the paid debt of charge ${charge.id} given back does not add up to ${shares.debt - owed}`);
     this.account.debt -= owed;
+    // (Debt is left only when all of the charge's debt was still owed: then nothing was paid.)
     const back = this.giveBack(`charge ${charge.id}`, shares.grants, true);
-    const paidNow = Math.min(this.account.debt, shares.debt - owed);
-    this.account.debt -= paidNow;
-    const rest = shares.debt - owed - paidNow;
-    if (rest > 0) back.portions.push(this.newGrant(debtGrant(this.newId(), this.userId, rest, charge.id, this.now)));
+    if (paid.portions.length > 0) {
+      const repaid = this.giveBack(`charge ${charge.id}`, paid.portions, true);
+      for (const p of repaid.portions) back.portions.push({ ...p, kind: "debt_returned" });
+      back.toClosed ||= repaid.toClosed;
+    }
+    if (paid.rest > 0)
+      back.portions.push(this.newGrant(debtGrant(this.newId(), this.userId, paid.rest, charge.id, this.now)));
     this.account.balance += amount;
     // The spend goes back to the limit windows that counted the charge, while they are current
     // (docs/teams-and-limits.md, "Late usage and reversals").
@@ -750,7 +766,7 @@ export class AccountWork {
     for (const reason of ["expired", "voided"] as const) {
       const closed: GrantPortion[] = [];
       for (const p of portions) {
-        if ((p.kind === undefined || p.kind === "returned") && this.grants.get(p.grantId)?.closedReason === reason)
+        if (p.kind !== "debt_paid" && this.grants.get(p.grantId)?.closedReason === reason)
           closed.push({ grantId: p.grantId, amount: p.amount });
       }
       if (closed.length === 0) continue;

@@ -111,7 +111,11 @@ export interface Lot {
   plan: string | null;
   /** Position of the lot's first credit in its addition (the debt the addition paid comes first). */
   offset: number;
-  /** Credits of the lot gone (used, expired, voided, taken back): positions `offset` to `offset + gone`. */
+  /**
+   * Credits of the lot gone (used, expired, voided, taken back): positions `offset` to `offset +
+   * gone`. Below 0 when a reversal gave back credits its addition paid debt with: they are the
+   * lot's again, from position `offset + gone`.
+   */
   gone: number;
   /** The payment (`metadata.paymentId`) whose addition made the lot, if any: what it earns is that payment's. */
   payment: string | null;
@@ -455,8 +459,9 @@ export class RevenueAccumulator {
         case "reverse": {
           // A charge given back (docs/revenue.md, decision 9): booked now, in the window it is
           // written — a closed window is never restated. Its credits go back to the grants that
-          // paid, each to the positions it was last used from: their recognized value reversed at
-          // that grant's basis, deferred again. What it takes off debt (the amount less what went
+          // paid, each to the positions it was last used from (the charge's own grants, and those
+          // that paid its debt since): their recognized value reversed at that grant's basis,
+          // deferred again. What it takes off debt (the amount less what went
           // back to grants: the replay's rule, src/domain/replay.ts) is unbilled no more.
           let past = e.amount;
           for (const g of e.grants) {
@@ -465,7 +470,9 @@ export class RevenueAccumulator {
             past -= g.amount;
             const lot = lots.get(g.grantId);
             if (lot === undefined) continue; // a free grant's credits: no revenue
-            const n = Math.min(g.amount, lot.gone);
+            // Credits that had paid the charge's debt (`debt_returned`) go back to the positions
+            // below the lot's first: those its addition paid debt with (docs/revenue.md, decision 9).
+            const n = Math.min(g.amount, lot.offset + lot.gone);
             const to = lot.offset + lot.gone;
             const v = valueAt(lot.rate, to) - valueAt(lot.rate, to - n);
             lot.gone -= n;

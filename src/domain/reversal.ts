@@ -1,5 +1,6 @@
 import type { Grant, GrantPortion, JournalEntry } from "../models/index.js";
 import { RuleViolationError } from "../errors.js";
+import { largestRemainder } from "./fraction.js";
 import { usageKind } from "./usage.js";
 
 /**
@@ -75,7 +76,8 @@ export function reversedOf(draw: ChargeDraw, reversals: readonly JournalEntry[])
   for (const r of reversals) {
     total += r.amount;
     for (const p of r.grants) {
-      if (!drawn.has(p.grantId)) continue;
+      // (Credits that had paid the charge's debt, back to the grant that paid it: debt given back.)
+      if (!drawn.has(p.grantId) || p.kind === "debt_returned") continue;
       toGrants.set(p.grantId, (toGrants.get(p.grantId) ?? 0) + p.amount);
       toDrawn += p.amount;
     }
@@ -122,34 +124,22 @@ export interface ReversalShares {
  *
  * 1. the debt the charge made comes back first, as far as earlier reversals left any of it;
  * 2. the rest goes to the grants the charge drew from, in proportion to what each has not had back
- *    yet: each gets its share rounded down, and the credits the rounding leaves go one each to the
- *    grants in the order the charge drew from them. Over a charge's reversals, no grant ever gets
- *    back more than the charge drew from it, and the last reversal (what is left) gives each grant
- *    exactly the rest of its draw.
+ *    yet, by largest remainder (`largestRemainder`: equal remainders in the order the charge drew
+ *    them). Over a charge's reversals, no grant ever gets back more than the charge drew from it,
+ *    and the last reversal (what is left) gives each grant exactly the rest of its draw.
  */
 export function reversalShares(draw: ChargeDraw, reversed: Reversed, amount: number): ReversalShares {
   const debt = Math.min(amount, Math.max(0, draw.debt - reversed.debt));
   const toGrants = amount - debt;
-  const left = draw.draws.map((d) => ({
-    grantId: d.grantId,
-    left: d.amount - (reversed.toGrants.get(d.grantId) ?? 0),
-  }));
-  const open = left.reduce((s, l) => s + Math.max(0, l.left), 0);
+  const left = draw.draws.map((d) => Math.max(0, d.amount - (reversed.toGrants.get(d.grantId) ?? 0)));
+  const open = left.reduce((s, l) => s + l, 0);
   if (toGrants > open) throw new Error(`a reversal of ${amount} exceeds what is left of the charge`);
   if (toGrants === 0) return { debt, grants: [] };
-  // Exact integer arithmetic: both factors are safe integers, their product may not be.
-  const shares = left.map((l) => (l.left <= 0 ? 0 : Number((BigInt(toGrants) * BigInt(l.left)) / BigInt(open))));
-  let rest = toGrants - shares.reduce((s, x) => s + x, 0);
-  for (let i = 0; i < shares.length && rest > 0; i++) {
-    if ((shares[i] as number) < (left[i] as { left: number }).left) {
-      shares[i] = (shares[i] as number) + 1;
-      rest--;
-    }
-  }
+  const shares = largestRemainder(left, toGrants, open);
   const grants: GrantPortion[] = [];
-  left.forEach((l, i) => {
+  draw.draws.forEach((d, i) => {
     const s = shares[i] as number;
-    if (s > 0) grants.push({ grantId: l.grantId, amount: s });
+    if (s > 0) grants.push({ grantId: d.grantId, amount: s });
   });
   return { debt, grants };
 }
@@ -158,10 +148,100 @@ export function reversalShares(draw: ChargeDraw, reversed: Reversed, amount: num
 export const chargedAt = (charge: JournalEntry): Date => charge.occurredAt ?? charge.createdAt;
 
 /**
- * The grant a reversal makes for the part of its charge's debt that an addition paid since (docs/
- * concepts.md, "Giving a charge back"): the addition's credits paid for usage now given back, and
- * the debt they paid had no grant to return to. No expiry (debt never expires), unscoped, no cost
- * basis; `metadata.reverses` names the charge.
+ * Who paid the part of a charge's debt that a reversal gives back and the account no longer owes
+ * (docs/concepts.md, "Giving a charge back"): the credits that paid debt since the charge, the most
+ * recent first — an addition's (the grant it formed keeps them), a hold's returning to its grants,
+ * a reversal's — less what reversals since gave back to each of them already. Feed the entries
+ * after the charge newest first (`read`; a `release_reserved` with its hold's allocations) until
+ * `done`; `portions` then says how many of those credits go back to each paying grant, and `rest`
+ * is what no grant can take back: paid by an addition that formed no grant, or by nothing the
+ * entries show.
+ */
+export class PaidDebt {
+  private need: number;
+  private grantless = 0;
+  private readonly back = new Map<string, number>();
+  /** Credits reversals read so far gave back to each paying grant (null: as a grant of their own), not yet matched to a payment. */
+  private readonly claimed = new Map<string | null, number>();
+
+  constructor(amount: number) {
+    this.need = amount;
+  }
+
+  get done(): boolean {
+    return this.need === 0;
+  }
+
+  /** Reads `e`, the newest entry not read yet; `held`: the allocations of the hold a `release_reserved` ends. */
+  read(e: JournalEntry, held?: readonly GrantPortion[]): void {
+    for (const payer of debtPaidBy(e, held)) {
+      if (this.need === 0) break;
+      // What later reversals gave back of this payer's credits is theirs (the newest payment first).
+      const c = this.claimed.get(payer.grantId) ?? 0;
+      const gone = Math.min(c, payer.amount);
+      this.claimed.set(payer.grantId, c - gone);
+      const take = Math.min(this.need, payer.amount - gone);
+      this.need -= take;
+      if (payer.grantId === null) this.grantless += take;
+      else if (take > 0) this.back.set(payer.grantId, (this.back.get(payer.grantId) ?? 0) + take);
+    }
+    if (e.type !== "reverse") return;
+    for (const p of e.grants) {
+      // A reversal's portion without a kind is the grant it made for paid debt no grant could take back.
+      const payer = p.kind === "debt_returned" ? p.grantId : p.kind === undefined ? null : undefined;
+      if (payer !== undefined) this.claimed.set(payer, (this.claimed.get(payer) ?? 0) + p.amount);
+    }
+  }
+
+  /** Credits going back to each paying grant, newest payment first. */
+  get portions(): GrantPortion[] {
+    return [...this.back].map(([grantId, amount]) => ({ grantId, amount }));
+  }
+
+  /** Credits no paying grant takes back. */
+  get rest(): number {
+    return this.need + this.grantless;
+  }
+}
+
+/** The credits `e` paid debt with, by the grant they came from (null: an addition that formed none, or a hold not known). */
+function debtPaidBy(
+  e: JournalEntry,
+  held: readonly GrantPortion[] | undefined,
+): { grantId: string | null; amount: number }[] {
+  const listed = e.grants.reduce((s, p) => s + (p.kind === "debt_paid" ? 0 : p.amount), 0);
+  switch (e.type) {
+    case "add": {
+      const paid = e.amount - listed;
+      return paid > 0 ? [{ grantId: e.grants[0]?.grantId ?? null, amount: paid }] : [];
+    }
+    case "commit_reserved":
+    case "reverse":
+      return e.grants.filter((p) => p.kind === "debt_paid").map((p) => ({ grantId: p.grantId, amount: p.amount }));
+    case "release_reserved": {
+      // A release lists what went back to each grant; the rest of the hold paid debt.
+      const paid = e.amount - listed;
+      if (paid <= 0) return [];
+      if (held === undefined) return [{ grantId: null, amount: paid }];
+      const out: { grantId: string; amount: number }[] = [];
+      for (const a of held) {
+        const returned = e.grants.filter((p) => p.grantId === a.grantId).reduce((s, p) => s + p.amount, 0);
+        if (a.amount - returned > 0) out.push({ grantId: a.grantId, amount: a.amount - returned });
+      }
+      return out;
+    }
+    default:
+      return [];
+  }
+}
+
+/** The entry types that may pay debt (`PaidDebt` reads them) or give paid debt back (a reversal). */
+export const PAYING_TYPES = ["add", "commit_reserved", "release_reserved", "reverse"] as const;
+
+/**
+ * The grant a reversal makes for the part of its charge's debt that was paid since by credits no
+ * grant holds (`PaidDebt.rest`: an addition that went whole to debt formed none) (docs/concepts.md,
+ * "Giving a charge back"): no expiry, unscoped, no cost basis; `metadata.reverses` names the charge.
  */
 export function debtGrant(id: string, userId: string, amount: number, chargeId: string, now: Date): Grant {
   return {

@@ -6,6 +6,7 @@
  */
 import type { JournalEntry } from "../models/index.js";
 import type { UsageDimension, UsageInterval, UsageKind, UsageRow } from "../models/usage.js";
+import { largestRemainder } from "./fraction.js";
 
 /** A query after validation, with its windows' boundaries (what a store's `usage()` reads). */
 export interface UsageScan {
@@ -821,32 +822,16 @@ const CAPTURE_ONLY_KEYS = new Set(["usages", "leaseWindow", "requested", "shortf
 export const NO_MEASURES: UsageSums = { credits: 0, requests: 0, inputTokens: 0, outputTokens: 0, cachedTokens: 0 };
 
 /**
- * `x` of `total` credits split over `parts` in proportion to their credits (whose sum is `total`):
- * each part's exact share rounded down, and what that leaves given one by one to the parts with
- * the largest remainders (the first of equals). Exact in bigint whatever the amounts. `x = total`
- * gives each part its own credits.
+ * `x` of `total` credits split over `parts` in proportion to their credits (whose sum is `total`),
+ * by largest remainder (`largestRemainder`, as a reversal shares its credits among grants). `x =
+ * total` gives each part its own credits.
  */
 function scaleParts(parts: readonly UsagePart[], x: number, total: number): number[] {
   if (x <= 0 || total <= 0) return parts.map(() => 0);
   if (x >= total) return parts.map((p) => p.credits);
-  const t = BigInt(total);
-  const X = BigInt(x);
-  const shares = parts.map((p, i) => {
-    const n = X * BigInt(p.credits);
-    let q = n / t;
-    let r = n % t;
-    if (r < 0n) {
-      q -= 1n;
-      r += t;
-    }
-    return { i, q, r };
-  });
-  let left = X - shares.reduce((s, p) => s + p.q, 0n);
-  const order = shares.slice().sort((a, b) => (a.r === b.r ? a.i - b.i : a.r > b.r ? -1 : 1));
-  for (const s of order) {
-    if (left <= 0n) break;
-    s.q += 1n;
-    left -= 1n;
-  }
-  return shares.map((s) => Number(s.q));
+  return largestRemainder(
+    parts.map((p) => p.credits),
+    x,
+    total,
+  );
 }

@@ -124,12 +124,14 @@ export const Grant = z.object({
 export type Grant = z.infer<typeof Grant>;
 
 /**
- * What a portion of a `commit_reserved` entry did with the held credits (docs/concepts.md, "The
- * journal"): absent, they were spent; `returned`, they went back to their grant; `debt_paid`, they
- * paid debt. Only a partial capture writes it; every other portion has none (journals written
- * before it read the same).
+ * What a portion of a `commit_reserved` or `reverse` entry did with its credits (docs/concepts.md,
+ * "The journal" and "Giving a charge back"): absent, they were spent (or, on a reversal, made a
+ * grant); `returned`, they went back to their grant; `debt_paid`, they paid debt; `debt_returned`
+ * (a reversal only), they had paid the debt the charge made and went back to the grant that paid
+ * it. Only a partial capture and a reversal write it; every other portion has none (journals
+ * written before it read the same).
  */
-export const PortionKind = z.enum(["returned", "debt_paid"]);
+export const PortionKind = z.enum(["returned", "debt_paid", "debt_returned"]);
 export type PortionKind = z.infer<typeof PortionKind>;
 
 /** Part of an amount drawn from, or returned to, one grant. */

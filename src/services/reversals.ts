@@ -5,9 +5,12 @@ import { fingerprint } from "../domain/hash.js";
 import {
   type ChargeDraw,
   type ChargeReversals,
+  PAYING_TYPES,
+  PaidDebt,
   amountToGiveBack,
   chargeDraw,
   chargedAt,
+  reversalShares,
   reversedOf,
 } from "../domain/reversal.js";
 import { reversalMetadata } from "../domain/usage.js";
@@ -49,10 +52,21 @@ export function reverseCharge(
     const draw = drawOf(charge);
     const reversed = reversedOf(draw, reversals);
     const amount = amountToGiveBack(entryId, draw, reversed, o.amount);
-    // Grants it drew that are spent or closed are not loaded with the account's open ones.
-    const missing = draw.draws.filter((d) => work.getGrant(d.grantId) === undefined).map((d) => d.grantId);
+    const shares = reversalShares(draw, reversed, amount);
+    // The part of the charge's debt the account no longer owes was paid since: by whom.
+    const paid = await paidDebt(
+      core,
+      tx,
+      user,
+      charge.seq,
+      work.account.seq,
+      shares.debt - Math.min(shares.debt, work.account.debt),
+    );
+    // Grants it drew, or that paid its debt, that are spent or closed are not loaded with the account's open ones.
+    const ids = [...draw.draws, ...paid.portions].map((d) => d.grantId);
+    const missing = [...new Set(ids)].filter((id) => work.getGrant(id) === undefined);
     if (missing.length > 0) work.include(await tx.getGrants(missing));
-    return work.reverse(charge, draw, reversed, amount, {
+    return work.reverse(charge, draw, reversed, amount, paid, {
       ...meta,
       // The charge's dimensions and its usage parts scaled to this reversal (docs/usage.md, "Corrections").
       metadata: reversalMetadata(charge, amount, reversed.total, o.metadata),
@@ -76,6 +90,45 @@ export async function getReversals(core: CreditCore, user: string, entryId: stri
     remaining: draw.amount - reversed,
   };
 }
+
+/**
+ * Who paid `amount` credits of a charge's debt (`PaidDebt`, docs/concepts.md, "Giving a charge
+ * back"): the account's entries after the charge (seq `chargeSeq`) up to the unit's (`seq`), read
+ * newest first, page by page, until they account for it. Entries up to the seq the unit loaded are
+ * written and never change, so reading them beside the unit is safe.
+ */
+async function paidDebt(
+  core: CreditCore,
+  tx: DbTransaction,
+  user: string,
+  chargeSeq: number,
+  seq: number,
+  amount: number,
+): Promise<PaidDebt> {
+  const paid = new PaidDebt(amount);
+  let before = seq + 1;
+  while (!paid.done && before > chargeSeq + 1) {
+    const page = await core.db.listJournal(user, {
+      order: "desc",
+      beforeSeq: before,
+      afterSeq: chargeSeq,
+      limit: PAGE,
+      types: PAYING_TYPES,
+    });
+    for (const e of page) {
+      if (paid.done) break;
+      const hold =
+        e.type === "release_reserved" && e.reservationId !== null ? await tx.getReservation(e.reservationId) : null;
+      paid.read(e, hold?.allocations);
+    }
+    if (page.length < PAGE) break;
+    before = (page[page.length - 1] as JournalEntry).seq;
+  }
+  return paid;
+}
+
+/** Journal entries read a page at a time by `paidDebt`. */
+const PAGE = 200;
 
 /** The charge `entryId` of the unit's account with its reversals; `NotFoundError` when the account has none of that id. */
 async function readCharge(tx: DbTransaction, entryId: string): Promise<ChargeRecord> {

@@ -53,11 +53,12 @@ export function runReversalsContract(
         balanceAfter: 80 + 37,
         debtAfter: 0,
       });
-      // 37 of 110 shared 60:30:20, each rounded down, the rest one each in the charge's order.
+      // 37 of 110 shared 60:30:20 is 20.18 + 10.09 + 6.73: each rounded down, and the credit that
+      // leaves to the largest remainder (0.73).
       expect(first.grants).toEqual([
-        { grantId: soon.grants[0]!.grantId, amount: 21, kind: "returned" },
+        { grantId: soon.grants[0]!.grantId, amount: 20, kind: "returned" },
         { grantId: paid.grants[0]!.grantId, amount: 10, kind: "returned" },
-        { grantId: last.grants[0]!.grantId, amount: 6, kind: "returned" },
+        { grantId: last.grants[0]!.grantId, amount: 7, kind: "returned" },
       ]);
       expect(first.metadata).toMatchObject({ job: "j-1" });
       const rest = await credits.reverseCharge(u, charge.id, { reason: "the rest" });
@@ -75,29 +76,159 @@ export function runReversalsContract(
       expect(replayed.filter((p) => !p.startsWith("revenue roll-forward"))).toEqual([]);
     });
 
-    it("gives back the debt a charge made first, then its grants; debt an addition paid since comes back as a grant of its own that never expires", async () => {
+    it("shares a partial give-back among the grants by largest remainder, equal remainders in the charge's order", async () => {
+      const { u, credits } = accountWithClock(db, user);
+      const one = (await credits.addCredits(u, 1)).grants[0]!.grantId;
+      const nine = (await credits.addCredits(u, 9)).grants[0]!.grantId;
+      const charge = await credits.deductCredits(u, 10);
+      // 2 of 10 drawn 1:9 is 0.2 + 1.8: rounded down 0 + 1, the credit left to the larger remainder.
+      const first = await credits.reverseCharge(u, charge.id, { amount: 2, reason: "part" });
+      expect(first.grants).toEqual([{ grantId: nine, amount: 2, kind: "returned" }]);
+      // 4 of what is left (1 and 7) is 0.5 + 3.5: equal remainders, the first in the charge's order.
+      const second = await credits.reverseCharge(u, charge.id, { amount: 4, reason: "part" });
+      expect(second.grants).toEqual([
+        { grantId: one, amount: 1, kind: "returned" },
+        { grantId: nine, amount: 3, kind: "returned" },
+      ]);
+      const rest = await credits.reverseCharge(u, charge.id, { reason: "rest" });
+      expect(rest.grants).toEqual([{ grantId: nine, amount: 4, kind: "returned" }]);
+      await clean(credits, u);
+    });
+
+    it("gives back debt an addition paid since to the addition's grant, with its expiry and cost basis; revenue reverses what the debt was recognized for", async () => {
+      const { u, credits, clock } = accountWithClock(db, user);
+      const first = (await credits.addCredits(u, 50)).grants[0]!.grantId;
+      const charge = await credits.deductCreditsAfterService(u, 80);
+      expect(charge.debtAfter).toBe(30);
+      clock.now += HOUR;
+      const expiresAt = new Date(clock.now + 7 * DAY);
+      const payment = await credits.addCredits(u, 100, {
+        source: "payment",
+        expiresAt,
+        costBasis: { perCredit: "1", currency: "USD" },
+      });
+      const paying = payment.grants[0]!.grantId;
+      expect(payment.grants).toEqual([{ grantId: paying, amount: 70 }]); // 30 paid the debt
+      clock.now += HOUR;
+      const r = await credits.reverseCharge(u, charge.id, { reason: "outage" });
+      expect(r).toMatchObject({ amount: 80, balanceAfter: 150, debtAfter: 0 });
+      expect(r.grants).toEqual([
+        { grantId: first, amount: 50, kind: "returned" },
+        { grantId: paying, amount: 30, kind: "debt_returned" },
+      ]);
+      const grants = await credits.getGrants(u, { includeInactive: true });
+      expect(grants.find((g) => g.source === "adjustment")).toBeUndefined();
+      expect(grants.find((g) => g.id === paying)).toMatchObject({
+        remaining: 100,
+        expiresAt,
+        costBasis: { perCredit: "1", currency: "USD" },
+      });
+      const q = { account: u, from: new Date(T0 - DAY), to: new Date(clock.now + DAY), interval: null };
+      const usd = () => credits.getRevenue(q).then((rep) => rep.rows.filter((row) => row.currency === "USD"));
+      // Recognized 30 when the payment paid the debt, −30 when the charge was given back.
+      expect(await usd()).toMatchObject([{ paid: 100, recognized: 0, breakage: 0, deferredEnd: 100 }]);
+      await clean(credits, u);
+      // The 30 expire with the payment's credits: breakage at its basis, none outlives it.
+      clock.now += 8 * DAY;
+      await credits.addCredits(u, 1);
+      expect((await credits.getGrants(u, { includeInactive: true })).find((g) => g.id === paying)).toMatchObject({
+        remaining: 0,
+        expiredAmount: 100,
+      });
+      const later = { ...q, to: new Date(clock.now + DAY) };
+      const rows = (await credits.getRevenue(later)).rows.filter((row) => row.currency === "USD");
+      expect(rows).toMatchObject([{ paid: 100, recognized: 0, breakage: 100, deferredEnd: 0 }]);
+      await clean(credits, u);
+    });
+
+    it("gives back paid debt to every grant that paid it, the latest payment first, in parts and then the rest", async () => {
+      const { u, credits, clock } = accountWithClock(db, user);
+      const held = (await credits.addCredits(u, 20)).grants[0]!.grantId;
+      const hold = await credits.reserveCredits(u, 20);
+      const charge = await credits.deductCreditsAfterService(u, 50); // no unheld credits: all debt
+      expect(charge.debtAfter).toBe(50);
+      await credits.releaseReservedCredits(hold.id); // the held 20 pay 20 of the debt
+      const expiresAt = new Date(clock.now + 7 * DAY);
+      const paying = (await credits.addCredits(u, 100, { expiresAt })).grants[0]!.grantId; // pays 30
+      expect((await credits.getUserCreditsInfo(u)).balance).toBe(70);
+      const part = await credits.reverseCharge(u, charge.id, { amount: 20, reason: "part" });
+      expect(part.grants).toEqual([{ grantId: paying, amount: 20, kind: "debt_returned" }]);
+      const rest = await credits.reverseCharge(u, charge.id, { reason: "rest" });
+      expect(rest.grants).toEqual([
+        { grantId: paying, amount: 10, kind: "debt_returned" },
+        { grantId: held, amount: 20, kind: "debt_returned" },
+      ]);
+      const grants = await credits.getGrants(u);
+      expect(grants.map((g) => [g.id, g.remaining])).toEqual([
+        [paying, 100],
+        [held, 20],
+      ]);
+      expect(await credits.getReversals(u, charge.id)).toMatchObject({ reversed: 50, remaining: 0 });
+      expect((await credits.getUserCreditsInfo(u)).balance).toBe(120);
+      await clean(credits, u);
+    });
+
+    it("cancels the part of a charge's debt still owed and gives back only what was paid", async () => {
+      const { u, credits } = accountWithClock(db, user);
+      const held = (await credits.addCredits(u, 20)).grants[0]!.grantId;
+      const hold = await credits.reserveCredits(u, 20);
+      const charge = await credits.deductCreditsAfterService(u, 50);
+      await credits.releaseReservedCredits(hold.id); // pays 20 of the 50: 30 still owed
+      const r = await credits.reverseCharge(u, charge.id, { reason: "all" });
+      expect(r).toMatchObject({ amount: 50, debtAfter: 0, balanceAfter: 20 });
+      expect(r.grants).toEqual([{ grantId: held, amount: 20, kind: "debt_returned" }]);
+      await clean(credits, u);
+    });
+
+    it("gives paid debt back already expired when the paying grant has expired since", async () => {
+      const { u, credits, clock } = accountWithClock(db, user);
+      const first = (await credits.addCredits(u, 50)).grants[0]!.grantId;
+      const charge = await credits.deductCreditsAfterService(u, 80);
+      const paying = (
+        await credits.addCredits(u, 100, {
+          expiresAt: new Date(clock.now + 7 * DAY),
+          costBasis: { perCredit: "1", currency: "USD" },
+        })
+      ).grants[0]!.grantId;
+      clock.now += 8 * DAY; // the paying grant's 70 expire
+      const r = await credits.reverseCharge(u, charge.id, { amount: 50, reason: "part" });
+      // The charge's debt first (30, paid by the expired grant: removed again at once), then 20 to `first`.
+      expect(r.grants).toEqual([
+        { grantId: first, amount: 20, kind: "returned" },
+        { grantId: paying, amount: 30, kind: "debt_returned" },
+      ]);
+      const [removed] = (await credits.getCreditHistory(u, { limit: 1 })).items;
+      expect(removed).toMatchObject({ type: "expire", amount: 30, grants: [{ grantId: paying, amount: 30 }] });
+      expect((await credits.getUserCreditsInfo(u)).balance).toBe(20);
+      const grant = (await credits.getGrants(u, { includeInactive: true })).find((g) => g.id === paying);
+      expect(grant).toMatchObject({ remaining: 0, expiredAmount: 100, closedReason: "expired" });
+      const q = { account: u, from: new Date(T0 - DAY), to: new Date(clock.now + DAY), interval: null };
+      const rows = (await credits.getRevenue(q)).rows.filter((row) => row.currency === "USD");
+      expect(rows).toMatchObject([{ paid: 100, recognized: 0, breakage: 100, deferredEnd: 0 }]);
+      await clean(credits, u);
+    });
+
+    it("gives back debt paid by an addition that formed no grant as a grant of its own that never expires", async () => {
       const { u, credits } = accountWithClock(db, user);
       await credits.addCredits(u, 50, { expiresAt: new Date(T0 + 10 * DAY) });
       const charge = await credits.deductCreditsAfterService(u, 80);
       expect(charge.debtAfter).toBe(30);
       const first = await credits.reverseCharge(u, charge.id, { amount: 20, reason: "debt first" });
       expect(first).toMatchObject({ amount: 20, grants: [], debtAfter: 10, balanceAfter: -10 });
-      // An addition pays the 10 of debt left: that part of the charge comes back as a grant.
-      await credits.addCredits(u, 15);
+      // An addition pays the 10 of debt left with all its credits: it forms no grant.
+      expect((await credits.addCredits(u, 10)).grants).toEqual([]);
       const rest = await credits.reverseCharge(u, charge.id, { reason: "the rest" });
-      expect(rest.amount).toBe(60);
-      expect(rest.debtAfter).toBe(0);
-      expect(rest.balanceAfter).toBe(5 + 60);
+      expect(rest).toMatchObject({ amount: 60, debtAfter: 0, balanceAfter: 60 });
       const made = (await credits.getGrants(u)).find((g) => g.source === "adjustment") as Grant;
       expect(made).toMatchObject({
         amount: 10,
         remaining: 10,
         expiresAt: null,
         scope: null,
+        costBasis: null,
         metadata: { reverses: charge.id },
       });
       expect(rest.grants.find((p) => p.grantId === made.id)).toEqual({ grantId: made.id, amount: 10 });
-      expect((await credits.getUserCreditsInfo(u)).balance).toBe(65);
       await clean(credits, u);
     });
 
