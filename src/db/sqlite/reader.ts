@@ -127,6 +127,8 @@ export class SqliteReader {
       }
       thread.on("message", (m: { ready?: true; failed?: string; id?: number; rows?: Row[]; error?: Row }) => {
         if (m.ready === true) {
+          // Held until it is ready (the caller waits for it); then only while a query is out.
+          thread.unref();
           this.thread = thread;
           resolve(thread);
         } else if (m.failed !== undefined) {
@@ -152,7 +154,6 @@ export class SqliteReader {
       };
       thread.on("error", ended);
       thread.on("exit", ended);
-      thread.unref();
     });
   }
 
