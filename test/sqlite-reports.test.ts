@@ -4,6 +4,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { SqliteDbManager } from "../src/db/sqlite/index.js";
 import { CreditService } from "../src/services/credit-service.js";
+import { runProcess } from "./fixtures/processes.js";
 
 const DAY = 86_400_000;
 /** Entries of the one account: its report takes far longer than the bound below, even on a quiet machine. */
@@ -118,4 +119,11 @@ describe("SQLite usage reports off the event loop", () => {
       raw.close();
     }
   });
+
+  it("answers a script whose only work is the report: the thread holds the process until it has answered", async () => {
+    const credits = await runProcess<number[]>("test/fixtures/sqlite-report-exit.ts", {
+      CM_FILE: join(dir, "exit.db"),
+    });
+    expect(credits).toEqual([3]);
+  }, 60_000);
 });
