@@ -89,11 +89,6 @@ export class SqliteReader {
     this.threadless = file === null;
   }
 
-  /** Whether reports run on the thread (false until the first has started it, and where none can be had). */
-  get onThread(): boolean {
-    return this.thread !== null;
-  }
-
   async all(text: string, params: readonly unknown[], here: () => Row[] | Promise<Row[]>): Promise<Row[]> {
     const thread = this.threadless ? null : await (this.starting ??= this.start());
     if (thread === null) return here();
