@@ -15,6 +15,8 @@
  * (BENCH_USAGE_CATCHUP, below).
  * Sizes: BENCH_USAGE_ENTRIES (PostgreSQL, default 10,000,000; 0 skips it),
  * BENCH_USAGE_ACCOUNTS (default: one per 1,000 entries), BENCH_USAGE_SQLITE (default 1,000,000),
+ * BENCH_USAGE_SQLITE_ACCOUNT (SQLite's reports and the event loop: the entries of one account this
+ * month, default 200,000; 0 skips it),
  * BENCH_USAGE_MONGO (default 200,000), BENCH_USAGE_MEMORY (default 200,000). Alone: `npx tsx
  * bench/usage.ts`. A PostgreSQL journal is kept in the schema `cm_bench_usage_<entries>` between
  * runs (BENCH_USAGE_FRESH=1 makes it again). 10,000,000 entries take about 5 GB: drop them with
@@ -335,6 +337,114 @@ async function sqliteRows(entries: number, accounts: number): Promise<BenchRow[]
   }
 }
 
+/**
+ * The median time of `fn` over `times` runs (after a warm-up) and the longest the event loop was
+ * held during one of them, in ms: a timer every 5 ms, whose longest wait between turns is how long
+ * a health check would have waited. The event loop runs for 20 ms between runs.
+ */
+async function withStalls(times: number, fn: () => Promise<unknown>): Promise<{ ms: number; stallMs: number }> {
+  await fn();
+  const ms: number[] = [];
+  let stallMs = 0;
+  for (let i = 0; i < times; i++) {
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    let last = performance.now();
+    const timer = setInterval(() => {
+      const now = performance.now();
+      stallMs = Math.max(stallMs, now - last);
+      last = now;
+    }, 5);
+    const started = performance.now();
+    try {
+      await fn();
+    } finally {
+      clearInterval(timer);
+    }
+    ms.push(performance.now() - started);
+    stallMs = Math.max(stallMs, performance.now() - last);
+  }
+  ms.sort((a, b) => a - b);
+  return { ms: ms[Math.floor(ms.length / 2)]!, stallMs };
+}
+
+/**
+ * SQLite's reports and the event loop (docs/storage.md, "Reports off the event loop"): one account
+ * of `entries` entries this month, its month by day by model, and the fleet's top 100, on the
+ * store's reader thread against the same reports on the event loop (the same file handed in as a
+ * database without its name: no file for a thread). Each row: the report's median time, and the
+ * longest the event loop went without running a 5 ms timer meanwhile.
+ */
+async function sqliteAvailabilityRows(entries: number): Promise<BenchRow[]> {
+  const { SqliteDbManager } = await sqlite();
+  const { default: Database } = await import("better-sqlite3");
+  const dir = mkdtempSync(join(tmpdir(), "cm-bench-usage-thread-"));
+  try {
+    const file = join(dir, "usage.db");
+    const db = new SqliteDbManager({ filename: file });
+    await db.init();
+    const raw = new Database(file);
+    const now = Date.now();
+    const month = new Date(Date.UTC(new Date(now).getUTCFullYear(), new Date(now).getUTCMonth(), 1)).getTime();
+    const step = Math.max(1, now - month - 1000) / entries;
+    raw.exec(
+      `WITH RECURSIVE s(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM s WHERE i < ${entries - 1}) ` +
+        `INSERT INTO journal_entries (id, user_id, seq, type, amount, balance_after, reserved_after, debt_after, grants, metadata, spender, feature, created_at, hash) ` +
+        `SELECT 'e' || i, 'acct-big', i + 1, 'deduct', 1 + i % 20, 0, 0, 0, '[]', ` +
+        `json_object('usages', json_array(json_object('amount', 1 + i % 20, 'model', ${models("sqlite", "i")}, 'inputTokens', 100 + i % 900, 'outputTokens', 10 + i % 90))), ` +
+        `'key-' || (i % 7), 'chat', strftime('%Y-%m-%dT%H:%M:%fZ', (${month} + i * ${step}) / 1000.0, 'unixepoch'), '00' FROM s`,
+    );
+    raw.exec("ANALYZE");
+    const nameless = new SqliteDbManager({
+      database: {
+        prepare: (text) => raw.prepare(text),
+        exec: (text) => raw.exec(text),
+        pragma: (source, options) => raw.pragma(source, options),
+        transaction: (fn) => raw.transaction(fn),
+        close: () => raw.close(),
+      },
+    });
+    await nameless.init();
+    const from = new Date(month);
+    const reports = {
+      "one account's month by day by model": { account: "acct-big", from, interval: "day", groupBy: ["model"] },
+      "top 100 accounts of the month": { from, interval: null, groupBy: ["account"], orderBy: "credits", limit: 100 },
+    };
+    const rows: BenchRow[] = [];
+    const scale = `${entries.toLocaleString("en-US")} entries in one account, this month`;
+    for (const [name, q] of Object.entries(reports)) {
+      const ask = (d: typeof db) => () =>
+        (new core.CreditService({ db: d }) as unknown as Usage).getUsage({ ...q, to: new Date() });
+      const thread = await withStalls(3, ask(db));
+      const loop = await withStalls(3, ask(nameless));
+      const scenario = `getUsage: ${name} (${scale})`;
+      rows.push(
+        {
+          backend: "sqlite",
+          scenario: `${scenario}, on the event loop`,
+          opsPerSec: 1000 / loop.ms,
+          note: `${loop.ms.toFixed(0)} ms median; event loop held up to ${loop.stallMs.toFixed(0)} ms`,
+        },
+        {
+          backend: "sqlite",
+          scenario: `${scenario}, on the reader thread`,
+          opsPerSec: 1000 / thread.ms,
+          baseline: `${scenario}, on the event loop`,
+          ratio: loop.ms / thread.ms,
+          target: "event loop held < 100 ms",
+          met: thread.stallMs < 100,
+          note: `${thread.ms.toFixed(0)} ms median; event loop held up to ${thread.stallMs.toFixed(0)} ms`,
+        },
+      );
+    }
+    await nameless.close();
+    raw.close();
+    await db.close();
+    return rows;
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 async function mongoRows(entries: number, accounts: number): Promise<BenchRow[]> {
   const uri = process.env.CREDIT_MONGO_URI;
   if (!uri) return [];
@@ -425,6 +535,8 @@ export async function run(): Promise<BenchRow[]> {
   if (pgN > 0) rows.push(...(await pgRows(pgN, perAccount(pgN))));
   const sq = n("BENCH_USAGE_SQLITE", 1_000_000);
   if (sq > 0) rows.push(...(await sqliteRows(sq, perAccount(sq))));
+  const big = n("BENCH_USAGE_SQLITE_ACCOUNT", 200_000);
+  if (big > 0) rows.push(...(await sqliteAvailabilityRows(big)));
   const mo = n("BENCH_USAGE_MONGO", 200_000);
   if (mo > 0) rows.push(...(await mongoRows(mo, perAccount(mo))));
   const me = n("BENCH_USAGE_MEMORY", 200_000);

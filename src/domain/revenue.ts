@@ -577,6 +577,18 @@ export class RevenueAccumulator {
     this.groups.add(id);
   }
 
+  /** The groups met, each id with its key, in no order: `orderedRows` wants them sorted by `compareGroups`. */
+  groupKeys(): [string, Key][] {
+    const keys = new Map<string, Key>();
+    for (const [id, s] of this.sums) keys.set(id, s.key);
+    for (const [id, d] of this.deferredAt) if (!keys.has(id)) keys.set(id, d.key);
+    return [...keys];
+  }
+
+  /** The order of the groups' rows within a window (`orderedRows`). */
+  readonly compareGroups = (a: readonly [string, Key], b: readonly [string, Key]): number =>
+    compareKeys(a[1], b[1], this.groupBy);
+
   /** The report's rows, all of them (`orderedRows`). */
   rows(): RevenueRow[] {
     return [...this.orderedRows()];
@@ -586,15 +598,14 @@ export class RevenueAccumulator {
    * The report's rows in their order, one at a time (a caller may stop early: docs/revenue.md,
    * "How large a report can be"): by window, then currency (null last), then the groups' values
    * in `groupBy`'s order (null last); a row for every group with a figure other than 0 in its
-   * window (deferred at its start or end included).
+   * window (deferred at its start or end included). `sorted`: `groupKeys()` sorted by
+   * `compareGroups`, when the caller put them in order itself.
    */
-  *orderedRows(): Generator<RevenueRow> {
-    const keys = new Map<string, Key>();
-    for (const [id, s] of this.sums) keys.set(id, s.key);
-    for (const [id, d] of this.deferredAt) if (!keys.has(id)) keys.set(id, d.key);
-    const sorted = [...keys].sort(([, a], [, b]) => compareKeys(a, b, this.groupBy)).map(([id]) => id);
+  *orderedRows(
+    sorted: readonly (readonly [string, Key])[] = this.groupKeys().sort(this.compareGroups),
+  ): Generator<RevenueRow> {
     for (let w = 0; w < this.windows; w++) {
-      for (const id of sorted) {
+      for (const [id] of sorted) {
         const s = this.sums.get(id);
         const d = this.deferredAt.get(id);
         const k = (s?.key ?? d?.key) as Key;

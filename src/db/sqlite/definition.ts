@@ -21,6 +21,7 @@ import type { TableKey } from "../../schema/tables.js";
 import { SQLITE_QUERY, usageBucket, usageQuery } from "../usage-query.js";
 import { type SqliteDbManagerOptions, lockableFile } from "./options.js";
 import type { Sqlite } from "./connection.js";
+import { SqliteReader } from "./reader.js";
 import { Locker, SqliteAttempt, isConflict } from "./unit.js";
 
 // The SQLite store's `defineStore` definition (docs/storage.md, SQLite): each method one
@@ -68,13 +69,15 @@ export function definition(s: Sqlite, options: SqliteDbManagerOptions): StoreDef
     ) as T;
   const file = lockableFile(options);
   const locker = file === null ? null : new Locker(options, file, s.driver ?? "better-sqlite3");
+  const reader = new SqliteReader(file, s.driver ?? "better-sqlite3");
   const store: StoreDefinition = {
     name: "sqlite",
     multiProcess: true,
     maxAttempts: options.maxAttempts ?? (locker === null ? 10 : 3),
     init: () => s.init(),
-    close: () => {
+    close: async () => {
       locker?.close();
+      await reader.close();
       s.close();
     },
     accounts: {
@@ -149,10 +152,12 @@ export function definition(s: Sqlite, options: SqliteDbManagerOptions): StoreDef
           [...params, q.limit],
         );
       },
-      // docs/usage.md: aggregated here, only the groups come back.
-      usage: (scan: UsageScan) => {
+      // docs/usage.md: aggregated here, only the groups come back; on the reader thread
+      // (docs/storage.md, "Reports off the event loop").
+      usage: async (scan: UsageScan) => {
         const { text, params } = usageQuery(SQLITE_QUERY, s.t.journal.qualified, scan);
-        return s.once(text, params).map((r) => usageBucket(r, scan));
+        const rows = await reader.all(text, params, () => s.patiently(() => s.once(text, params)));
+        return rows.map((r) => usageBucket(r, scan));
       },
       // The key moves to forgotten_key: out of the unique index, still part of the entry.
       forgetIdempotencyKeys: (before: Date, limit: number) => {
