@@ -43,8 +43,8 @@ export async function expectNoOutOfScopeDraw(db: DbManager, userId: string): Pro
  * docs/teams-and-limits.md ("Scoped credits") gives: the scoped grants its spend matches first,
  * then the unscoped ones, each group in burn-down order — as the grants stood after the entry
  * before it (a unit of work decides on the state the previous entry left). Replays the journal from
- * its first entry; only adds, deducts, holds and holds committed whole change grants in the cases
- * that call it, and any other entry fails the check. Returns the spends it checked.
+ * its first entry, knowing adds, deducts, holds and holds committed whole (what the cases that call
+ * it write): any other entry fails the check. Returns the spends it checked.
  */
 export async function expectScopedFirstDraws(db: DbManager, userId: string): Promise<JournalEntry[]> {
   const grants = new Map<string, Grant>();
