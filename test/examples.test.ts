@@ -1,6 +1,7 @@
 import { execFile, spawn } from "node:child_process";
 import { createServer } from "node:net";
-import { readFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 import { promisify } from "node:util";
@@ -211,7 +212,12 @@ describe("examples", () => {
   });
 
   it("quickstart.ts (npm run example) walks through grants, a hold, an expiry and the audit", async () => {
-    const out = await exampleWith("quickstart.ts", []);
+    // The README shows the ledger file under /tmp, where Node.js puts temporary folders when TMPDIR is
+    // unset; the run gets a TMPDIR of its own (as on macOS, or wherever it is set), which the comparison
+    // reads as /tmp.
+    const temporary = mkdtempSync(join(tmpdir(), "cm-quickstart-tmpdir-"));
+    const out = (await exampleWith("quickstart.ts", [], { TMPDIR: temporary })).replaceAll(`${temporary}/`, "/tmp/");
+    rmSync(temporary, { recursive: true, force: true });
     expect(out).toMatch(/committed 73 of the 200 held \(127 returned\)\s+balance=407/);
     expect(out).toContain("audit: ok");
     // The README shows this output: line for line, "…" standing for a grant id or a temporary path.

@@ -1,9 +1,13 @@
 import fc from "fast-check";
-import { describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AccountWork, type NewGrant } from "../src/domain/account-work.js";
 import { inScope, scopedTotals } from "../src/domain/scope.js";
 import type { LoadedState } from "../src/domain/state.js";
 import { InsufficientCreditsError } from "../src/errors.js";
+import { InMemoryDbManager } from "../src/db/memory/index.js";
+import { CreditService } from "../src/services/credit-service.js";
+import { useTestApi } from "../src/testing/runner.js";
+import { expectNoOutOfScopeDraw, expectScopedFirstDraws } from "../src/testing/scoped.js";
 import type { Account, Grant, GrantScope, JournalEntry, Reservation } from "../src/models/index.js";
 
 /**
@@ -257,5 +261,88 @@ describe("scopedTotals (what a plain getUserCreditsInfo answers per scope)", () 
       { features: ["chat", "images"], spenders: null, remaining: 12 },
       { features: null, spenders: ["alice"], remaining: 3 },
     ]);
+  });
+});
+
+/**
+ * What the contract suite's race of scoped spends (src/testing/scoped.ts) may claim: every spend
+ * draws in the order docs/teams-and-limits.md gives, but how many succeed depends on the order the
+ * spends reach the account.
+ */
+describe("the contract's race of scoped spends: what it may claim", () => {
+  useTestApi({ describe, it, expect, beforeAll, afterAll });
+  const spends = [
+    { spender: "alice", feature: "images" },
+    { spender: "bob", feature: "chat" },
+    { spender: "bob", feature: "images" },
+    { spender: "carol" },
+    {},
+  ];
+
+  it("in an order a race may take (alice on images first), every draw is in order and 10 credits stay in alice's grant", async () => {
+    const db = new InMemoryDbManager();
+    const clock = { now: T0 };
+    const credits = new CreditService({ db, clock: () => new Date(clock.now) });
+    await credits.addCredits("u", 40);
+    await credits.addCredits("u", 30, { scope: { features: ["images"] } });
+    clock.now += 1000; // alice's grant is younger: alice on images draws the images grant first
+    await credits.addCredits("u", 20, { scope: { spenders: ["alice"] } });
+    await credits.addCredits("u", 10, { scope: { features: ["chat"], spenders: ["bob"] } });
+    // The race's 200 spends (40 of each kind), alice's on images reaching the account first.
+    const order = Array.from({ length: 200 }, (_, i) => i).sort((a, b) => Number(a % 5 !== 0) - Number(b % 5 !== 0));
+    const refused: number[] = [];
+    for (const i of order) {
+      const spend = spends[i % 5] as { spender?: string; feature?: string };
+      await credits.deductCredits("u", 1, spend).catch((error: unknown) => {
+        expect(error).toBeInstanceOf(InsufficientCreditsError);
+        refused.push(i);
+      });
+    }
+    // 30 of alice's on images from the images grant, 10 from hers; bob's on images find the pool only.
+    expect(await credits.getUserCreditsInfo("u")).toMatchObject({ balance: 10 });
+    expect((await credits.getUserCreditsInfo("u", spends[0])).available).toBe(10);
+    for (const i of refused) expect((await credits.getUserCreditsInfo("u", spends[i % 5])).available).toBe(0);
+    expect(await expectScopedFirstDraws(db, "u")).toHaveLength(90);
+    expect(await expectNoOutOfScopeDraw(db, "u")).toHaveLength(90);
+  });
+
+  it("expectScopedFirstDraws fails a spend that drew the pool while a scoped grant it matches had credits", async () => {
+    const at = new Date(T0);
+    const grant = (id: string, scope: GrantScope | null): Grant =>
+      ({
+        id,
+        userId: "u",
+        amount: 10,
+        remaining: 10,
+        priority: 0,
+        expiresAt: null,
+        createdAt: at,
+        closedAt: null,
+        scope,
+      }) as Grant;
+    const entry = (seq: number, type: JournalEntry["type"], grantId: string, extra: object = {}): JournalEntry =>
+      ({
+        id: `e${seq}`,
+        userId: "u",
+        seq,
+        type,
+        amount: 1,
+        grants: [{ grantId, amount: 1 }],
+        createdAt: at,
+        ...extra,
+      }) as JournalEntry;
+    const stored = (journal: JournalEntry[]) =>
+      ({
+        listGrants: async () => [grant("pool", null), grant("images", { features: ["images"] })],
+        listJournal: async () => journal,
+      }) as unknown as InMemoryDbManager;
+    const adds = [
+      { ...entry(1, "add", "pool"), amount: 10, grants: [{ grantId: "pool", amount: 10 }] },
+      { ...entry(2, "add", "images"), amount: 10, grants: [{ grantId: "images", amount: 10 }] },
+    ];
+    const inOrder = [...adds, entry(3, "deduct", "images", { feature: "images" })];
+    expect(await expectScopedFirstDraws(stored(inOrder), "u")).toHaveLength(1);
+    const poolFirst = [...adds, entry(3, "deduct", "pool", { feature: "images" })];
+    await expect(expectScopedFirstDraws(stored(poolFirst), "u")).rejects.toThrow(/entry 3 .* drew in the order/);
   });
 });
