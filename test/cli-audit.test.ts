@@ -9,6 +9,7 @@ import { SqliteDbManager } from "../src/db/sqlite/index.js";
 import type { DbManager } from "../src/db/types.js";
 import { createCreditManager, InMemoryDbManager, type CreditManager } from "../src/index.js";
 import type { JournalEntry } from "../src/models/index.js";
+import { generateSql } from "../src/schema/index.js";
 import pg from "pg";
 
 const dir = mkdtempSync(join(tmpdir(), "cm-audit-"));
@@ -313,7 +314,7 @@ describe("credit-management audit on SQLite (--sqlite, CREDIT_SQLITE_PATH): an e
     expect(env.stdout).toMatch(/^ok {4}"bob": 3 entries, balance -2/m);
   });
 
-  it("a missing file, a file that is not a store, or an older store: exit 2, nothing created or migrated", async () => {
+  it("a missing file, a file that is not a store, or a store at another schema version: exit 2, nothing created or migrated", async () => {
     const missing = join(dir, "nothing-here.db");
     const r = await cli(["audit", "--all", "--sqlite", missing]);
     expect(r.code).toBe(2);
@@ -329,24 +330,22 @@ describe("credit-management audit on SQLite (--sqlite, CREDIT_SQLITE_PATH): an e
     expect(f.code).toBe(2);
     expect(f.stderr).toMatch(/is not a credit-management store/);
 
-    const older = join(dir, "v5.db");
-    const v5 = new Database(older);
-    v5.exec(readFileSync(join(import.meta.dirname, "fixtures/schema/v5-sqlite.sql"), "utf8"));
-    v5.exec(
-      "CREATE TABLE schema_version (component TEXT PRIMARY KEY, version INTEGER NOT NULL); " +
-        "INSERT INTO schema_version (component, version) VALUES ('credit-management', 5);",
-    );
+    // A store at another schema version (here a newer one) is refused and left as it is.
+    const newer = join(dir, "v2.db");
+    const v2 = new Database(newer);
+    v2.exec(generateSql({ dialect: "sqlite" }));
+    v2.exec("UPDATE schema_version SET version = 2;");
     const tables = () =>
-      (v5.prepare("SELECT name, sql FROM sqlite_master ORDER BY name").all() as { name: string; sql: string }[]).map(
+      (v2.prepare("SELECT name, sql FROM sqlite_master ORDER BY name").all() as { name: string; sql: string }[]).map(
         (t) => `${t.name}: ${t.sql}`,
       );
     const before = tables();
-    v5.close();
-    const o = await cli(["audit", "--all", "--sqlite", older]);
+    v2.close();
+    const o = await cli(["audit", "--all", "--sqlite", newer]);
     expect(o.code).toBe(2);
-    expect(o.stderr).toMatch(/at schema version 5, this release reads/);
-    const after = new Database(older);
-    expect(after.prepare("SELECT version FROM schema_version").get()).toEqual({ version: 5 });
+    expect(o.stderr).toMatch(/at schema version 2, this release reads 1: upgrade credit-management/);
+    const after = new Database(newer);
+    expect(after.prepare("SELECT version FROM schema_version").get()).toEqual({ version: 2 });
     expect(
       (after.prepare("SELECT name, sql FROM sqlite_master ORDER BY name").all() as { name: string; sql: string }[]).map(
         (t) => `${t.name}: ${t.sql}`,

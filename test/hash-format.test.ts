@@ -65,7 +65,7 @@ describe("journal hash format", () => {
       expect(hashNewEntry(e)).toEqual({ hash: hashEntry(e), canonical: canonicalEntry(e) });
   });
 
-  it("covers a reversal's charge and an entry's occurredAt only when set (schema version 22): entries without them hash as before", () => {
+  it("covers a reversal's charge and an entry's occurredAt only when set: null or absent, the text of an entry without them", () => {
     const reversal: Omit<JournalEntry, "hash"> = {
       ...plain,
       type: "reverse",
@@ -78,13 +78,36 @@ describe("journal hash format", () => {
     expect(canonicalEntry({ ...plain, occurredAt: reversal.occurredAt })).toContain(
       `"description":null,"occurredAt":"2026-01-01T23:00:00.000Z","metadata":null,`,
     );
-    // Null (as every store reads an entry without them) or absent: the text of before.
+    // Null (as every store reads an entry without them) or absent: left out.
     expect(hashEntry({ ...plain, reverses: null, occurredAt: null })).toBe(hashEntry(plain));
     expect(hashEntry({ ...plain, occurredAt: reversal.occurredAt })).not.toBe(hashEntry(plain));
     expect(hashEntry({ ...reversal, reverses: "another" })).not.toBe(hashEntry(reversal));
     const entry = { ...reversal, hash: hashEntry(reversal) };
     const line = JSON.parse(ledgerLineOf(canonicalEntry(entry), entry.hash)) as { details: unknown };
     expect(line.details).toEqual(JSON.parse(JSON.stringify(entry)));
+  });
+
+  it("pins the text and hash of an entry with every field that appears only when set", () => {
+    const every: Omit<JournalEntry, "hash"> = {
+      ...plain,
+      grants: [
+        { grantId: "g-1", amount: 20, kind: "returned" },
+        { grantId: "g-2", amount: 5 },
+      ],
+      spender: "s",
+      feature: "f",
+      costBasis: { perCredit: "1", currency: "EUR" },
+      reverses: "r",
+      occurredAt: new Date("2026-01-01T00:00:00.000Z"),
+    };
+    expect(canonicalEntry(every)).toMatchInlineSnapshot(
+      `"{"id":"6f1c2a3b-4d5e-4f60-8a7b-9c0d1e2f3a4b","userId":"user-42","seq":7,"type":"deduct","amount":25,"balanceAfter":975,"reservedAfter":10,"debtAfter":0,"grants":[{"grantId":"g-1","amount":20,"kind":"returned"},{"grantId":"g-2","amount":5}],"reservationId":null,"idempotencyKey":null,"fingerprint":null,"correlationId":null,"description":null,"spender":"s","feature":"f","costBasis":{"perCredit":"1","currency":"EUR"},"reverses":"r","occurredAt":"2026-01-01T00:00:00.000Z","metadata":null,"createdAt":"2026-01-02T03:04:05.678Z","prevHash":"abababababababababababababababababababababababababababababababab"}"`,
+    );
+    expect(hashEntry(every)).toBe("e204a1b396e7706b31f083fd798eb7a4a7e7dd20bf2c5065e22258fc4065686f");
+    // spender and feature appear as a pair when either is set.
+    expect(canonicalEntry({ ...plain, spender: "s" })).toContain(
+      `"description":null,"spender":"s","feature":null,"metadata"`,
+    );
   });
 
   it("quotes every string exactly as JSON.stringify does (the fast path is only a shortcut)", () => {

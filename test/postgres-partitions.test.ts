@@ -83,7 +83,7 @@ describe("generateSql({ partitioned })", () => {
         /--partitioned applies to a new PostgreSQL schema only/,
       ],
       [
-        ["schema", "--partitioned", "day", "--from-version", "4"],
+        ["schema", "--partitioned", "day", "--from-version", "1"],
         /--partitioned applies to a new PostgreSQL schema only/,
       ],
       [["schema", "--partitioned", "day", "--dialect", "mongodb"], /--partitioned applies to --dialect postgres only/],

@@ -841,12 +841,10 @@ export class AccountWork {
       correlationId: meta.correlationId ?? null,
       description: meta.description ?? null,
       metadata: (meta.metadata ?? null) as JournalEntry["metadata"],
-      // (Null when not named: the hash then covers the entry as it did before version 8.)
+      // Null when not set: the hash leaves them out (canonicalEntry, src/domain/hash.ts).
       spender: meta.spender ?? null,
       feature: meta.feature ?? null,
-      // (Null but on an addition with a cost basis: the hash then covers the entry as before version 15.)
       costBasis: costBasis ?? null,
-      // (Null but on a reversal and a late entry: the hash then covers the entry as before version 22.)
       reverses: meta.reverses ?? null,
       occurredAt: meta.occurredAt ?? null,
       createdAt: this.now,

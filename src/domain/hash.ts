@@ -3,14 +3,15 @@ import { stringify } from "safe-stable-stringify";
 import type { JournalEntry } from "../models/index.js";
 
 /**
- * The canonical form of an entry that its hash covers: a JSON object of every field but `hash`, in
- * a fixed key order, with metadata keys sorted, dates as ISO strings. Stable across backends and key
- * reorderings (PostgreSQL's JSONB reorders keys). Built by hand: it is on every write's path, and
- * the ledger file reuses it as the line's `details` (see `ledgerLineOf`).
+ * The canonical form of an entry that its hash covers (docs/concepts.md, "The journal"): a JSON
+ * object of every field but `hash`, in a fixed key order, with metadata keys sorted, dates as ISO
+ * strings. Stable across backends and key reorderings (PostgreSQL's JSONB reorders keys). The fields
+ * most entries leave empty appear only when set: a grant part's `kind`, `spender` and `feature` (the
+ * pair, when either is), `costBasis`, `reverses`, `occurredAt`. Built by hand: it is on every write's
+ * path, and the ledger file reuses it as the line's `details` (see `ledgerLineOf`).
  */
 export function canonicalEntry(entry: Omit<JournalEntry, "hash">): string {
   const grants = entry.grants.map(
-    // `kind` (a partial capture's returned parts) only when set: entries without it hash as before.
     (g) => `{"grantId":${quote(g.grantId)},"amount":${g.amount}${g.kind === undefined ? "" : `,"kind":"${g.kind}"`}}`,
   );
   return (
@@ -20,44 +21,22 @@ export function canonicalEntry(entry: Omit<JournalEntry, "hash">): string {
     `"reservationId":${str(entry.reservationId)},"idempotencyKey":${str(entry.idempotencyKey)},` +
     `"fingerprint":${str(entry.fingerprint)},"correlationId":${str(entry.correlationId)},` +
     `"description":${str(entry.description)},` +
-    spendFields(entry) +
-    basisField(entry) +
-    correctionFields(entry) +
+    setFields(entry) +
     `"metadata":${entry.metadata === null ? "null" : (stringify(entry.metadata) ?? "null")},` +
     `"createdAt":"${entry.createdAt.toISOString()}","prevHash":${str(entry.prevHash)}}`
   );
 }
 
-/**
- * Who spent and on what (schema version 8, docs/teams-and-limits.md), only when one is set:
- * entries without them, and every entry written before, hash as before.
- */
-function spendFields(entry: Omit<JournalEntry, "hash">): string {
+/** The fields of `canonicalEntry` that appear only when set, each followed by a comma. */
+function setFields(entry: Omit<JournalEntry, "hash">): string {
   const spender = entry.spender ?? null;
   const feature = entry.feature ?? null;
-  if (spender === null && feature === null) return "";
-  return `"spender":${str(spender)},"feature":${str(feature)},`;
-}
-
-/**
- * An addition's cost basis (schema version 15, docs/revenue.md), only when set: entries without
- * one, and every entry written before, hash as before.
- */
-function basisField(entry: Omit<JournalEntry, "hash">): string {
-  const b = entry.costBasis;
-  if (b == null) return "";
-  return `"costBasis":{"perCredit":${quote(b.perCredit)},"currency":${quote(b.currency)}},`;
-}
-
-/**
- * A reversal's charge and a late entry's time (schema version 22, docs/concepts.md), each only when
- * set: entries without them, and every entry written before, hash as before.
- */
-function correctionFields(entry: Omit<JournalEntry, "hash">): string {
+  const basis = entry.costBasis ?? null;
   const reverses = entry.reverses ?? null;
   const occurredAt = entry.occurredAt ?? null;
-  if (reverses === null && occurredAt === null) return "";
   return (
+    (spender === null && feature === null ? "" : `"spender":${str(spender)},"feature":${str(feature)},`) +
+    (basis === null ? "" : `"costBasis":{"perCredit":${quote(basis.perCredit)},"currency":${quote(basis.currency)}},`) +
     (reverses === null ? "" : `"reverses":${quote(reverses)},`) +
     (occurredAt === null ? "" : `"occurredAt":"${occurredAt.toISOString()}",`)
   );

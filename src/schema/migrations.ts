@@ -1,8 +1,6 @@
-import { revenuePlanSql, revenueResetSql } from "./revenue-pg.js";
 import {
   type NamingOptions,
   type SqlDialect,
-  SCHEMA_VERSION,
   columnChecks,
   columnSql,
   createTableSql,
@@ -11,18 +9,17 @@ import {
   quoteIdent,
   sqlTables,
   versionRowSql,
-  CITUS_TRIGGERS,
   versionTableSql,
 } from "./sql.js";
 import type { Column } from "./columns.js";
 import { pgQualified } from "./ident.js";
-import { rollupBackfillSql, rollupDdl, rollupFoldUpgradeSql } from "./rollup.js";
 import type { SqlTable } from "./sql.js";
 import { type TableKey, indexesOf } from "./tables.js";
+import { nextVersion, targetVersion } from "./version.js";
 import { ConfigurationError } from "../errors.js";
 
 /** A column added to a table that existed before. */
-interface AddedColumn {
+export interface AddedColumn {
   table: TableKey;
   /** The model's field (camelCase). */
   field: string;
@@ -31,7 +28,7 @@ interface AddedColumn {
 }
 
 /** A column of a table that existed before. */
-interface ChangedColumn {
+export interface ChangedColumn {
   table: TableKey;
   /** The model's field (camelCase). */
   field: string;
@@ -42,7 +39,7 @@ interface ChangedColumn {
  * replaced by today's while it still has its old definition. The other dialects keep the index
  * they had.
  */
-interface ChangedIndex {
+export interface ChangedIndex {
   table: TableKey;
   /** `IndexSpec.name`. */
   index: string;
@@ -50,10 +47,12 @@ interface ChangedIndex {
   marker: string;
 }
 
-interface Migration {
+export interface Migration {
   /** The version this step reaches. */
   to: number;
   summary: string;
+  /** Tables this version introduced: created whole by the DDL, so no earlier step's columns apply to them. */
+  tables?: readonly TableKey[];
   columns: readonly AddedColumn[];
   /** Enum columns whose CHECK (the allowed values) is replaced by today's (values added). */
   checks?: readonly ChangedColumn[];
@@ -73,260 +72,26 @@ interface Migration {
    */
   indexes?: readonly { table: TableKey; index: string }[];
   /**
-   * Statements of their own, run after the step's columns (a table with a trigger, and filling it
-   * from the rows there are: version 12's usage rollup). Given the dialect, the naming and the
-   * tables; none for a dialect that answers an empty list. They must be able to run again.
+   * Statements of their own, run after the step's columns (a table filled from the rows there are,
+   * a trigger). Given the dialect, the naming and the tables; none for a dialect that answers an
+   * empty list. They must be able to run again.
    */
   statements?: (dialect: SqlDialect, naming: NamingOptions, tables: ReadonlyMap<TableKey, SqlTable>) => string[];
 }
 
 /**
- * What each version changed in tables that existed before it. Tables a version introduced need no
- * step: the DDL creates them whole (`CREATE TABLE IF NOT EXISTS`), and so for indexes.
+ * The upgrade steps of the schema, one per version after the first, in order (docs/schema-upgrades.md):
+ * what each version changed in tables that existed before it. Tables a version introduced need no
+ * step beyond their names in `tables`: the DDL creates them whole (`CREATE TABLE IF NOT EXISTS`),
+ * and so for indexes. The first release's schema is version 1: no steps yet.
  */
-export const MIGRATIONS: readonly Migration[] = [
-  {
-    to: 2,
-    summary:
-      "accounts.alert (notification level) and grants.expired_amount; new tables for promos, payments, notifications, plans and subscriptions",
-    columns: [
-      { table: "accounts", field: "alert" },
-      { table: "grants", field: "expiredAmount", fill: "0" },
-    ],
-  },
-  {
-    to: 3,
-    summary: "subscriptions.period_credits and subscriptions.request",
-    columns: [
-      { table: "subscriptions", field: "periodCredits" },
-      { table: "subscriptions", field: "request" },
-    ],
-  },
-  {
-    to: 4,
-    summary:
-      "notifications.type allows feature_status_changed and the domain events (credits_added, credits_adjusted, credits_deducted, credits_refunded, credits_voided, credits_expired, hold_placed, hold_settled)",
-    columns: [],
-    checks: [{ table: "notifications", field: "type" }],
-  },
-  {
-    to: 5,
-    summary:
-      'journal_entries.type allows checkpoint (docs/operations.md, "Checkpoints and archival"); journal_entries.forgotten_key: where the idempotency-key retention job moves a key past its window, out of the unique index; PostgreSQL: journal_entries.hash and prev_hash as BYTEA (32 bytes, not 64 hex characters), grants as JSON text (docs/running-for-years.md)',
-    columns: [{ table: "journal", field: "forgottenKey" }],
-    checks: [{ table: "journal", field: "type" }],
-    retyped: [
-      { table: "journal", field: "hash" },
-      { table: "journal", field: "prevHash" },
-      { table: "journal", field: "grants" },
-    ],
-  },
-  {
-    to: 6,
-    summary:
-      "PostgreSQL: the unique index of journal_entries' idempotency keys holds a 16-byte digest of user id and key, not the key's text (docs/running-for-years.md)",
-    columns: [],
-    reindexed: [{ table: "journal", index: "idempotency_key", marker: "sha256(" }],
-  },
-  // Version 7: one entry for every change of this version (add to its lists).
-  {
-    to: 7,
-    summary:
-      "notifications.version: the version of each outbox row's payload schema (rows stored before read as 1, docs/events.md); PostgreSQL and SQLite: the partial index notifications_failed, so stats() counts failed rows without reading the outbox; subscriptions.change_keys: the idempotency keys of cancel, resume and changePlan calls (docs/subscriptions.md)",
-    columns: [
-      { table: "notifications", field: "version", fill: "1" },
-      { table: "subscriptions", field: "changeKeys" },
-    ],
-  },
-  // Auto top-up: self-contained, so it can take whichever number is free.
-  {
-    to: 8,
-    summary:
-      'accounts.auto_top_up: the auto top-up rule and its state (docs/promos-and-payments.md, "Auto top-up"); notifications.type allows auto_top_up_requested, auto_top_up_failed, auto_top_up_action_required and auto_top_up_disabled',
-    columns: [{ table: "accounts", field: "autoTopUp" }],
-    checks: [{ table: "notifications", field: "type" }],
-  },
-  // Version 9: who spends on what (docs/teams-and-limits.md). Self-contained: renumber freely.
-  {
-    to: 9,
-    summary:
-      "accounts.limits (spend limits and what each counted in its window); journal_entries.type allows limits (the entry that records a change of them); journal_entries.spender and .feature (covered by the entry's hash when set: entries written before hash as they did); reservations.spender and .feature (docs/teams-and-limits.md)",
-    columns: [
-      { table: "accounts", field: "limits" },
-      { table: "journal", field: "spender" },
-      { table: "journal", field: "feature" },
-      { table: "reservations", field: "spender" },
-      { table: "reservations", field: "feature" },
-    ],
-    checks: [{ table: "journal", field: "type" }],
-  },
-  // Version 10: scoped grants (docs/teams-and-limits.md, "Scoped credits"). Self-contained: renumber freely.
-  {
-    to: 10,
-    summary:
-      "grants.scope (the features and spenders a grant may pay for; null: any spend); accounts.scoped (true once the account was given a scoped grant), both nullable: rows stored before read as unscoped (docs/teams-and-limits.md); the index journal_entries_created (usage reports across accounts, docs/usage.md)",
-    columns: [
-      { table: "grants", field: "scope" },
-      { table: "accounts", field: "scoped" },
-    ],
-    // The journal's created_at index for usage reports across accounts (docs/usage.md).
-    indexes: [{ table: "journal", index: "created" }],
-  },
-  // Version 11: limit notifications (docs/teams-and-limits.md, "Limit notifications"). Self-contained: renumber freely.
-  {
-    to: 11,
-    summary:
-      'notifications.type allows limit_warning and limit_reached (a spend limit\'s 80 % and 100 %, docs/teams-and-limits.md "Limit notifications"); a spend limit in accounts.limits keeps alerted (JSON: no column change; limits stored before read it from what they counted)',
-    columns: [],
-    checks: [{ table: "notifications", field: "type" }],
-  },
-  // Version 12: the daily usage rollup (docs/usage.md, "The daily rollup").
-  {
-    to: 12,
-    summary:
-      "PostgreSQL: the table usage_daily (credits, requests and tokens per account, UTC day and usage kind) kept by an AFTER INSERT trigger on journal_entries, filled from the journal there is; reports across accounts read it for whole days, and audit compares it with the journal (docs/usage.md)",
-    columns: [],
-    statements: (dialect, naming, tables) => {
-      const journal = tables.get("journal");
-      if (dialect !== "postgres" || journal === undefined) return [];
-      const accounts = tables.get("accounts");
-      if (accounts === undefined) return [];
-      // The tables (version 18's: no trigger), then the fill with each account's cursor, in one
-      // statement (src/schema/rollup.ts): every entry counted once, by the fill or a later catch-up.
-      return [...rollupDdl(naming), ...rollupBackfillSql(journal.qualified, accounts.qualified, naming)];
-    },
-  },
-  // Version 13: plan allowances (docs/subscriptions.md, "Allowances"). A store is brought
-  // through every step whose `to` exceeds its version.
-  {
-    to: 13,
-    summary:
-      "plans.allowances (scoped credits a plan allocates every period) and subscriptions.period_allowances (what the current period is on of each, for proration), both nullable: plans stored before read as having none, subscriptions as on their plan's (docs/subscriptions.md)",
-    columns: [
-      { table: "plans", field: "allowances" },
-      { table: "subscriptions", field: "periodAllowances" },
-    ],
-  },
-  // Version 14: the usage rollup's trigger once per statement (docs/usage.md, "The daily rollup").
-  {
-    to: 14,
-    summary:
-      "PostgreSQL: the usage rollup's trigger on journal_entries runs once per statement, over the statement's new rows (a transition table), instead of once per row; the rollup's rows and what they hold do not change (docs/usage.md)",
-    // No statements since version 18: the upgrade to 18 drops the trigger this step replaced.
-    columns: [],
-  },
-  // Version 15: cost basis (docs/revenue.md). Self-contained: renumber freely.
-  {
-    to: 15,
-    summary:
-      "grants.cost_basis and journal_entries.cost_basis: what each credit of a grant, and of the addition that created it, was sold for (covered by the entry's hash when set); both nullable: grants and entries stored before read as having none (docs/revenue.md)",
-    columns: [
-      { table: "grants", field: "costBasis" },
-      { table: "journal", field: "costBasis" },
-    ],
-  },
-  // Version 16: the revenue summary (docs/revenue.md, "How it is computed"). Self-contained: renumber freely.
-  {
-    to: 16,
-    summary:
-      "PostgreSQL: the tables revenue_state, revenue_daily and revenue_deferred (revenue per account and UTC day, filled by revenue reports from the journal when they read it; no trigger), created empty by the DDL (docs/revenue.md)",
-    columns: [],
-  },
-  // Version 17: the revenue summary by currency and source (docs/revenue.md, "How it is computed").
-  {
-    to: 17,
-    summary:
-      "PostgreSQL: the table revenue_days (the revenue summary by account, UTC day, currency and source, which reports without a feature or spender group read); the summary of version 16 is emptied, and the next revenue report fills it again from the journal (docs/revenue.md)",
-    columns: [],
-    statements: (dialect, naming) => (dialect === "postgres" ? [revenueResetSql(naming)] : []),
-  },
-  // Version 18: the usage rollup off the journal's write path (docs/usage.md, "The daily rollup").
-  {
-    to: 18,
-    summary:
-      "PostgreSQL: the usage rollup's trigger on journal_entries and its function dropped; the table usage_state (per account, the journal's last seq that usage_daily holds), each account's set to its seq: usage_daily keeps its rows, and reports across accounts, the audit and archival add the entries after it (docs/usage.md)",
-    columns: [],
-    statements: (dialect, naming, tables) => {
-      const journal = tables.get("journal");
-      const accounts = tables.get("accounts");
-      if (dialect !== "postgres" || journal === undefined || accounts === undefined) return [];
-      return rollupFoldUpgradeSql(journal.qualified, accounts.qualified, naming);
-    },
-  },
-  // Version 19: the revenue summary emptied (docs/revenue.md, decision 3). Self-contained: renumber freely.
-  {
-    to: 19,
-    summary:
-      "PostgreSQL: the revenue summary emptied (revenue_state, revenue_days, revenue_daily, revenue_deferred, where they exist): it holds refunds' figures by the rule before this release (a take-back past the balance or from a free grant, a reversal past what the refunded payment earned), and the next revenue report fills it again from the journal (docs/revenue.md)",
-    columns: [],
-    statements: (dialect, naming) => (dialect === "postgres" ? [revenueResetSql(naming)] : []),
-  },
-  // Version 20: a unit of work in one call on Citus (docs/scaling-out.md). Self-contained: renumber freely.
-  {
-    to: 20,
-    summary:
-      "PostgreSQL on Citus only: accounts.rev (the account row's revision, which every save adds one to) and the functions unit_load and unit_save, which Citus delegates to the account's worker, so that a unit of work is one call committed there (docs/scaling-out.md); made by the distributed DDL. Other stores: no change",
-    columns: [],
-  },
-  // Version 21: the revenue summary by plan (docs/revenue.md, "The report"). Self-contained: renumber freely.
-  {
-    to: 21,
-    summary:
-      "PostgreSQL: the column plan in revenue_days, revenue_daily and revenue_deferred (the revenue summary by the plan whose subscription sold the credits), and the summary emptied, its keys now holding the plan; the next revenue report fills it again from the journal (docs/revenue.md)",
-    columns: [],
-    statements: (dialect, naming) => (dialect === "postgres" ? [revenuePlanSql(naming), revenueResetSql(naming)] : []),
-  },
-  // Version 22: corrections (docs/concepts.md, "The journal"). Self-contained: renumber freely.
-  {
-    to: 22,
-    summary:
-      "journal_entries.type allows reverse (an entry that gives back part or all of a charge), and notifications.type the domain event credits_reversed; journal_entries.reverses (the charge a reverse entry gives back) and .occurred_at (when an entry's usage happened, where that is not created_at), both nullable and covered by the entry's hash when set: entries stored before read as none and hash as they did; the indexes journal_entries_id (an entry by its id), journal_entries_user_reverses (a charge's reversals) and journal_entries_occurred (entries by when their usage happened) (docs/concepts.md)",
-    columns: [
-      { table: "journal", field: "reverses" },
-      { table: "journal", field: "occurredAt" },
-    ],
-    checks: [
-      { table: "journal", field: "type" },
-      { table: "notifications", field: "type" },
-    ],
-    indexes: [
-      { table: "journal", index: "id" },
-      { table: "journal", index: "user_reverses" },
-      { table: "journal", index: "occurred" },
-    ],
-  },
-  // Version 23: on Citus, a save writes the account's shards directly (docs/scaling-out.md). Self-contained: renumber freely.
-  {
-    to: 23,
-    summary:
-      "PostgreSQL on Citus only: the function unit_save writes the account's shards directly where it runs on their worker (under the lock Citus's own writes take on the account's shard), with statements it prepares once per connection and shard, and through the distributed tables elsewhere (docs/scaling-out.md); made by the distributed DDL. Other stores: no change",
-    columns: [],
-  },
-  // Version 24: on Citus, a save checks its account's shard by one placement (docs/scaling-out.md). Self-contained: renumber freely.
-  {
-    to: 24,
-    summary:
-      "PostgreSQL on Citus only: the function unit_save checks that the account's shard is on its node by that shard's placement alone (its colocated shards move with it), read by the placements' unique index, and names its prepared statements by the account's shard; made by the distributed DDL. Other stores: no change",
-    columns: [],
-  },
-  // Version 25: on Citus, units of work of one node's accounts saved in one call (docs/scaling-out.md). Self-contained: renumber freely.
-  {
-    to: 25,
-    summary:
-      "PostgreSQL on Citus only: the function unit_saves (several units' saves in one call Citus delegates to a worker, each in a subtransaction of its own, committed together), and unit_load reports the node it read on, by which a process groups its saves; made by the distributed DDL. Other stores: no change",
-    columns: [],
-  },
-];
+export const MIGRATIONS: readonly Migration[] = [];
 
-/** The version a table first appeared in (1 when it is not listed). */
-const TABLE_SINCE: Partial<Record<TableKey, number>> = {
-  notifications: 2,
-  plans: 2,
-  subscriptions: 2,
-  promos: 2,
-  promoClaims: 2,
-  payments: 2,
-};
+/** The steps a store is brought through: the shipped ones, then a test's next version's (./version.ts). */
+function steps(): readonly Migration[] {
+  const next = nextVersion();
+  return next === null ? MIGRATIONS : [...MIGRATIONS, ...next.sql];
+}
 
 /** Options of `generateUpgradeSql`. */
 export interface UpgradeSqlOptions extends NamingOptions {
@@ -341,21 +106,22 @@ export interface UpgradeSqlOptions extends NamingOptions {
 }
 
 /**
- * The statements that bring a store at `fromVersion` to `SCHEMA_VERSION`, in order: the columns
- * each later version added to tables the store already has, then the current DDL (idempotent: it
- * creates the tables and indexes the store lacks), then the version row. Applied to a store made
- * by `generateSql` of `fromVersion` (or by `init()` of that release), the result has the same
- * tables, columns, keys, checks and indexes as a fresh install. PostgreSQL's statements can run
+ * The statements that bring a store at `fromVersion` to `SCHEMA_VERSION`, in order: what each
+ * later version changed in tables the store already has (`MIGRATIONS`). The current DDL follows
+ * them (idempotent: it creates the tables and indexes the store lacks), then the version row
+ * (`generateUpgradeSql`, `init()`). Applied to a store made by `generateSql` of `fromVersion` (or
+ * by `init()` of that release), the result has the same tables, columns, keys, checks and indexes
+ * as a fresh install. PostgreSQL's statements can run
  * again after a partial run; MySQL and SQLite have no `ADD COLUMN IF NOT EXISTS`, so run theirs
  * once, in a transaction where the server allows it.
  */
 export function upgradeStatements(options: UpgradeSqlOptions): string[] {
   const { dialect, fromVersion } = options;
-  if (!Number.isSafeInteger(fromVersion) || fromVersion < 1 || fromVersion > SCHEMA_VERSION) {
-    throw new ConfigurationError(
-      `fromVersion must be a whole number from 1 to ${SCHEMA_VERSION}, got ${String(fromVersion)}`,
-    );
+  const target = targetVersion();
+  if (!Number.isSafeInteger(fromVersion) || fromVersion < 1 || fromVersion > target) {
+    throw new ConfigurationError(`fromVersion must be a whole number from 1 to ${target}, got ${String(fromVersion)}`);
   }
+  const pending = steps().filter((m) => m.to > fromVersion);
   const naming: NamingOptions = { prefix: options.prefix, schema: options.schema };
   const tables = new Map(sqlTables({ dialect, ...naming }).map((t) => [t.key, t]));
   const out: string[] = [];
@@ -364,7 +130,8 @@ export function upgradeStatements(options: UpgradeSqlOptions): string[] {
   /** SQLite: `table` rebuilt as today's, copying its rows as they are after `step` (later columns filled). */
   const rebuild = (table: SqlTable, step: Migration) => {
     const later = new Map(
-      MIGRATIONS.filter((m) => m.to > step.to)
+      pending
+        .filter((m) => m.to > step.to)
         .flatMap((m) => m.columns)
         .filter((a) => a.table === table.key)
         .map((a) => [a.field, a.fill ?? "NULL"]),
@@ -373,7 +140,7 @@ export function upgradeStatements(options: UpgradeSqlOptions): string[] {
     rebuilt.add(table.key);
   };
   /** Whether `table` existed at `fromVersion`: one that appeared later is created whole by the DDL. */
-  const existed = (table: TableKey) => (TABLE_SINCE[table] ?? 1) <= fromVersion;
+  const existed = (table: TableKey) => !pending.some((m) => m.tables?.includes(table) === true);
   /** A table and column that a step names (a mistake in MIGRATIONS when there is none). */
   const columnOf = (step: Migration, key: TableKey, field: string) => {
     const table = tables.get(key);
@@ -382,14 +149,13 @@ export function upgradeStatements(options: UpgradeSqlOptions): string[] {
       throw new Error(`migration to ${step.to}: no column ${key}.${field}`);
     return { table, column };
   };
-  for (const step of MIGRATIONS) {
-    if (step.to <= fromVersion) continue;
+  for (const step of pending) {
     for (const added of step.columns) {
       if (!existed(added.table) || rebuilt.has(added.table)) continue;
       const { table, column } = columnOf(step, added.table, added.field);
-      if (dialect === "sqlite" && added.fill !== undefined && step.to >= 7) {
+      if (dialect === "sqlite" && added.fill !== undefined) {
         // SQLite cannot drop the DEFAULT that fills the rows: the table is rebuilt instead, so that
-        // it equals a fresh install (versions before 7 added theirs with ALTER TABLE).
+        // it equals a fresh install.
         rebuild(table, { ...step, to: step.to - 1 });
         continue;
       }
@@ -563,21 +329,20 @@ export function versionRefusal(
   prefix?: string,
 ): ConfigurationError | null {
   const store = `[credit-management] [${dialect}]`;
-  if (version > SCHEMA_VERSION)
+  const target = targetVersion();
+  if (version > target)
     return new ConfigurationError(
-      `${store} the store's schema is version ${version}, newer than this release understands (${SCHEMA_VERSION}): upgrade credit-management`,
+      `${store} the store's schema is version ${version}, newer than this release understands (${target}): upgrade credit-management`,
     );
-  if (version === SCHEMA_VERSION || migrate) return null;
+  if (version === target || migrate) return null;
   const command = `npx credit-management schema --dialect ${dialect}${prefix ? ` --prefix ${prefix}` : ""}`;
   if (version > 0)
     return new ConfigurationError(
-      `${store} the store's schema is version ${version}, this release needs ${SCHEMA_VERSION}, and this manager does not migrate (migrate: false): apply \`${command} --from-version ${version}\` first`,
+      `${store} the store's schema is version ${version}, this release needs ${target}, and this manager does not migrate (migrate: false): apply \`${command} --from-version ${version}\` first`,
     );
-  // MongoDB releases before the version document (schema versions 1 to 4) wrote none.
-  const older = dialect === "mongodb" ? " (a store an older release made: add --from-version N)" : "";
   const row = dialect === "mongodb" ? "document" : "row";
   return new ConfigurationError(
-    `${store} the store has no credit-management schema (no version ${row} in ${versionTable}) and this manager does not migrate (migrate: false): apply \`${command}\` first${older}`,
+    `${store} the store has no credit-management schema (no version ${row} in ${versionTable}) and this manager does not migrate (migrate: false): apply \`${command}\` first`,
   );
 }
 
@@ -589,10 +354,12 @@ export function versionRefusal(
 export function generateUpgradeSql(options: UpgradeSqlOptions): string {
   const { dialect, fromVersion } = options;
   const naming: NamingOptions = { prefix: options.prefix, schema: options.schema };
-  const steps = MIGRATIONS.filter((m) => m.to > fromVersion);
+  const target = targetVersion();
   const header = [
-    `-- credit-management: upgrade of the ${dialect} schema from version ${fromVersion} to ${SCHEMA_VERSION}.`,
-    ...steps.map((m) => `-- version ${m.to}: ${m.summary}`),
+    `-- credit-management: upgrade of the ${dialect} schema from version ${fromVersion} to ${target}.`,
+    ...steps()
+      .filter((m) => m.to > fromVersion)
+      .map((m) => `-- version ${m.to}: ${m.summary}`),
   ].join("\n");
   const statements = upgradeStatements(options);
   // The DDL of today, without its own version row: that is set last, once everything else is done.
@@ -600,7 +367,5 @@ export function generateUpgradeSql(options: UpgradeSqlOptions): string {
   if (distributed && dialect !== "postgres")
     throw new ConfigurationError("distributed applies to the postgres dialect only (Citus)");
   const ddl = generateSql({ dialect, ...naming, versionRow: false, ...(distributed ? { distributed } : {}) });
-  // Citus: the steps may make the rollup's trigger on the (distributed) journal before today's DDL.
-  const citus = distributed ? `${CITUS_TRIGGERS}\n\n` : "";
-  return `${header}\n\n${citus}${versionTableSql(dialect, naming)}\n\n${statements.map((s) => `${s}\n\n`).join("")}${ddl}\n${versionRowSql(dialect, naming, SCHEMA_VERSION, distributed)}\n`;
+  return `${header}\n\n${versionTableSql(dialect, naming)}\n\n${statements.map((s) => `${s}\n\n`).join("")}${ddl}\n${versionRowSql(dialect, naming, target, distributed)}\n`;
 }

@@ -1,13 +1,14 @@
 import {
   MONGO_COLLECTIONS,
-  MONGO_MIGRATIONS,
   VERSION_COLLECTION,
   droppedIndexesAfter,
   filledFieldsAfter,
+  mongoSteps,
 } from "../db/mongodb/layout.js";
 import type { JsonSchemaNode } from "./columns.js";
 import { generateMongoSchema } from "./mongo.js";
-import { SCHEMA_COMPONENT, SCHEMA_VERSION, checkNaming } from "./sql.js";
+import { SCHEMA_COMPONENT, checkNaming } from "./sql.js";
+import { targetVersion } from "./version.js";
 import { tableSpecs } from "./tables.js";
 import { ConfigurationError } from "../errors.js";
 
@@ -17,7 +18,8 @@ export interface MongoScriptOptions {
   prefix?: string;
   /**
    * The version the store is at now (1 … SCHEMA_VERSION): the script also drops the indexes later
-   * versions removed. Without it, a fresh install (which still drops such indexes when present).
+   * versions removed and fills the fields they added. Without it, a fresh install (which still
+   * drops such indexes, and fills such fields, where present).
    */
   fromVersion?: number;
 }
@@ -74,16 +76,19 @@ const isRecord = (v: unknown): v is Record<string, unknown> => v !== null && typ
 export function generateMongoScript(options: MongoScriptOptions = {}): string {
   checkNaming({ prefix: options.prefix });
   const from = options.fromVersion;
-  if (from !== undefined && (!Number.isSafeInteger(from) || from < 1 || from > SCHEMA_VERSION)) {
-    throw new ConfigurationError(`fromVersion must be a whole number from 1 to ${SCHEMA_VERSION}, got ${String(from)}`);
+  const target = targetVersion();
+  if (from !== undefined && (!Number.isSafeInteger(from) || from < 1 || from > target)) {
+    throw new ConfigurationError(`fromVersion must be a whole number from 1 to ${target}, got ${String(from)}`);
   }
   const prefix = options.prefix ?? "credit_";
   const j = (v: unknown) => JSON.stringify(v);
   const lines: string[] = [
     from === undefined
-      ? `// credit-management: MongoDB collections, validators, indexes and schema version ${SCHEMA_VERSION} (collection prefix ${j(prefix)}).`
-      : `// credit-management: upgrade of the MongoDB collections from schema version ${from} to ${SCHEMA_VERSION} (collection prefix ${j(prefix)}).`,
-    ...MONGO_MIGRATIONS.filter((m) => m.to > (from ?? SCHEMA_VERSION)).map((m) => `// version ${m.to}: ${m.summary}`),
+      ? `// credit-management: MongoDB collections, validators, indexes and schema version ${target} (collection prefix ${j(prefix)}).`
+      : `// credit-management: upgrade of the MongoDB collections from schema version ${from} to ${target} (collection prefix ${j(prefix)}).`,
+    ...mongoSteps()
+      .filter((m) => m.to > (from ?? target))
+      .map((m) => `// version ${m.to}: ${m.summary}`),
     `// Run: mongosh "mongodb://…/<database>" --file <this file>. Idempotent.`,
     "",
     "const existing = db.getCollectionNames();",
@@ -133,7 +138,7 @@ export function generateMongoScript(options: MongoScriptOptions = {}): string {
   lines.push(
     "",
     "// Last, once everything else is there ($max: never lowers a newer release's version).",
-    `check(db.runCommand({ update: ${j(prefix + VERSION_COLLECTION)}, updates: [{ q: { _id: ${j(SCHEMA_COMPONENT)} }, u: { $max: { version: ${SCHEMA_VERSION} }, $set: { updatedAt: new Date() } }, upsert: true }] }), 'schema version');`,
+    `check(db.runCommand({ update: ${j(prefix + VERSION_COLLECTION)}, updates: [{ q: { _id: ${j(SCHEMA_COMPONENT)} }, u: { $max: { version: ${target} }, $set: { updatedAt: new Date() } }, upsert: true }] }), 'schema version');`,
     "",
   );
   return lines.join("\n");

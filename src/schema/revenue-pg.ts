@@ -1,4 +1,4 @@
-import { pgIdent as q, pgQualified, sqlLit } from "./ident.js";
+import { pgIdent as q, pgQualified } from "./ident.js";
 import type { NamingOptions } from "./sql.js";
 
 /**
@@ -8,9 +8,8 @@ import type { NamingOptions } from "./sql.js";
  * - `revenue_state`: per account, the journal's last seq in the summary, the latest UTC day of its
  *   entries, the roll-forward's state after them (JSON text), and `disordered` (an entry's day went
  *   backwards: the account is left out and replayed).
- * - `revenue_days` (schema version 17): per account, UTC day, currency, source and plan (`plan`:
- *   schema version 21) (`grp`: the three as JSON text, the key; the same values in their columns
- *   to group by), the figures.
+ * - `revenue_days`: per account, UTC day, currency, source and plan (`grp`: the three as JSON
+ *   text, the key; the same values in their columns to group by), the figures.
  * - `revenue_daily`: the same by feature and spender too (`grp`: the five), for reports grouped by them.
  * - `revenue_deferred`: per account, currency, source and plan, deferred after the entries in the summary.
  */
@@ -50,32 +49,4 @@ export function revenueDdl(naming: NamingOptions): string[] {
     `CREATE INDEX IF NOT EXISTS ${q(`${n.dailyName}_day`)} ON ${n.daily} ("day");`,
     `CREATE TABLE IF NOT EXISTS ${n.deferred} (\n  "user_id" TEXT NOT NULL,\n  "grp" TEXT NOT NULL,\n  "currency" TEXT NOT NULL,\n  "source" TEXT,\n  "plan" TEXT,\n  "deferred" ${money},\n  PRIMARY KEY ("user_id", "grp")\n);`,
   ];
-}
-
-/**
- * Empties the summary where it exists, so that the next report fills it again from the journal:
- * the upgrade to schema version 17 (whose `revenue_days` the summary of version 16 did not fill),
- * to version 19 (the summary's figures of refunds followed the rule before it, docs/revenue.md
- * decision 3) and to version 21 (its keys hold the plan). Each table only if the store has it
- * (`revenue_days` is version 17's).
- */
-export function revenueResetSql(naming: NamingOptions): string {
-  const n = revenueNames(naming);
-  return (
-    `DO $cm$ BEGIN IF to_regclass(${sqlLit(n.state)}) IS NOT NULL THEN ` +
-    `TRUNCATE ${n.state}, ${n.split}, ${n.deferred}; END IF; ` +
-    `IF to_regclass(${sqlLit(n.daily)}) IS NOT NULL THEN TRUNCATE ${n.daily}; END IF; END $cm$;`
-  );
-}
-
-/**
- * The upgrade to schema version 21 (docs/revenue.md, the `plan` group): the summary's tables that
- * exist gain the column `plan`. Their keys (`grp`) now hold the plan too, so the summary is
- * emptied as well (`revenueResetSql`, after this) and the next report fills it again.
- */
-export function revenuePlanSql(naming: NamingOptions): string {
-  const n = revenueNames(naming);
-  const add = (table: string) =>
-    `IF to_regclass(${sqlLit(table)}) IS NOT NULL THEN ALTER TABLE ${table} ADD COLUMN IF NOT EXISTS "plan" TEXT; END IF;`;
-  return `DO $cm$ BEGIN ${[n.daily, n.split, n.deferred].map(add).join(" ")} END $cm$;`;
 }

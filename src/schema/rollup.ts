@@ -18,7 +18,7 @@ import {
  * The usage rollup of PostgreSQL (docs/usage.md, "The daily rollup"): `usage_daily`, one row per
  * account, UTC day and usage kind with the sums a usage report adds up (credits, requests, tokens),
  * and `usage_state`, per account the journal's last seq those rows hold (`through_seq`). Nothing on
- * the journal's write path (schema version 18; versions 12–17 kept it with a trigger): a report that
+ * the journal's write path: a report that
  * reads the rollup, the audit and the archival first add each account's entries above its
  * `through_seq` (`rollupCatchUpSql`), with a compare-and-set on it, so that every entry is counted
  * once. The sums are generated from the rules of `src/domain/usage.ts` (`USAGE_RULES`, by
@@ -35,10 +35,6 @@ export interface RollupNames {
   name: string;
   /** The table of each account's `through_seq`, qualified. */
   state: string;
-  /** The trigger function of versions 12–17, qualified (the upgrade to 18 drops it). */
-  fn: string;
-  /** The trigger's name of versions 12–17 (unqualified: triggers live on their table). */
-  trigger: string;
 }
 
 export function rollupNames(naming: NamingOptions): RollupNames {
@@ -49,13 +45,11 @@ export function rollupNames(naming: NamingOptions): RollupNames {
     table: qualify(name),
     name,
     state: qualify(`${prefix}usage_state`),
-    fn: qualify(`${prefix}usage_daily_add`),
-    trigger: `${prefix}usage_daily_add`,
   };
 }
 
 /**
- * The sums of `source` (journal rows: the journal, or the trigger's transition table) by account,
+ * The sums of `source` (journal rows) by account,
  * UTC day and usage kind, in the rollup's columns: `SELECT user_id, day, kind, credits, …` grouped
  * by the first three (each entry's totals by the rules of usage).
  */
@@ -210,10 +204,10 @@ export function rollupCatchUpOneSql(journal: string, naming: NamingOptions, rule
 }
 
 /**
- * Fills the rollup from the journal there is (the upgrade to version 12, docs/schema-upgrades.md):
- * what it held is replaced, so the statements can run again. The fill and the accounts' cursors
- * are one statement, one snapshot: each account's entries up to its `seq` then, and `through_seq`
- * that seq; a writer meanwhile adds entries above it, which the next catch-up adds.
+ * Fills the rollup from the journal there is (a journal loaded in bulk: bench/usage.ts): what it
+ * held is replaced, so the statements can run again. The fill and the accounts' cursors are one
+ * statement, one snapshot: each account's entries up to its `seq` then, and `through_seq` that
+ * seq; a writer meanwhile adds entries above it, which the next catch-up adds.
  */
 export function rollupBackfillSql(journal: string, accounts: string, naming: NamingOptions): string[] {
   const r = rollupNames(naming);
@@ -224,26 +218,6 @@ export function rollupBackfillSql(journal: string, accounts: string, naming: Nam
       `cm_j AS (SELECT j.* FROM ${journal} j JOIN cm_s ON cm_s.user_id = j.user_id WHERE j.seq <= cm_s.through_seq) ` +
       `INSERT INTO ${r.table} ("user_id", "day", "kind", ${USAGE_MEASURES.map((m) => q(rollupColumn(m))).join(", ")}) ` +
       // In day order: a report's range of days reads adjacent pages.
-      // (The entry's occurred_at read through its JSON: the upgrade to version 12 runs on a journal
-      // that has no such column yet — version 22 adds it — and a rebuild on one that has.)
-      `${rollupSums("cm_j", USAGE_RULES, "coalesce((to_jsonb(e0) ->> 'occurred_at')::timestamptz, e0.created_at)")} ORDER BY 2, 1, 3;`,
-  ];
-}
-
-/**
- * The upgrade to version 18 of a store that has the rollup (versions 12–17): the trigger and its
- * function dropped, and each account's `through_seq` its `seq` now, the rows the trigger wrote
- * being exactly its entries so far. In the upgrade's transaction (init(), or the script in one
- * transaction): `DROP TRIGGER` holds the journal locked until it commits, so no entry falls between
- * the trigger and the cursor. An account already there (a store filled by version 12's step in the
- * same upgrade) keeps its cursor.
- */
-export function rollupFoldUpgradeSql(journal: string, accounts: string, naming: NamingOptions): string[] {
-  const r = rollupNames(naming);
-  return [
-    ...rollupDdl(naming),
-    `DROP TRIGGER IF EXISTS ${q(r.trigger)} ON ${journal};`,
-    `DROP FUNCTION IF EXISTS ${r.fn}();`,
-    `INSERT INTO ${r.state} ("user_id", "through_seq") SELECT user_id, seq FROM ${accounts} WHERE seq > 0 ON CONFLICT ("user_id") DO NOTHING;`,
+      `${rollupSums("cm_j")} ORDER BY 2, 1, 3;`,
   ];
 }

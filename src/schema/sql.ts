@@ -4,6 +4,7 @@ import { revenueDdl } from "./revenue-pg.js";
 import { citusUnitFunctions } from "./citus-units.js";
 import { keyDigestSql } from "./key-digest.js";
 import { pgIdent, pgQualified, sqlLit } from "./ident.js";
+import { targetVersion } from "./version.js";
 
 export { keyDigestSql } from "./key-digest.js";
 import { type Column, FORGOTTEN_KEY, type JsonSchemaNode, columnsOf, modelJsonSchema, snakeCase } from "./columns.js";
@@ -70,12 +71,7 @@ export interface SqlOptions extends NamingOptions {
   partitioned?: PartitionInterval | PartitionOptions;
 }
 
-/**
- * The version of the storage schema this release writes and reads, kept in the
- * `<prefix>schema_version` table (MongoDB: collection) under the component `credit-management`.
- * What each version changed: `MIGRATIONS` in ./migrations.ts; docs/schema-upgrades.md.
- */
-export const SCHEMA_VERSION = 25;
+export { SCHEMA_VERSION } from "./version.js";
 
 /** The row of the version table that holds our version. */
 export const SCHEMA_COMPONENT = "credit-management";
@@ -246,7 +242,7 @@ export function generateStatementsAt(options: SqlOptions, now: Date | null): str
       for (const range of rangesAround(partitioning.interval, now, partitioning.ahead))
         out.push(partitionSql(table, range, options));
   }
-  // PostgreSQL: the daily usage rollup's tables (docs/usage.md; no trigger since version 18). On
+  // PostgreSQL: the daily usage rollup's tables (docs/usage.md). On
   // Citus they are distributed with the accounts too (docs/scaling-out.md): their user id has the
   // accounts' type, as colocation requires.
   const journal = tables.find((t) => t.key === "journal");
@@ -270,13 +266,10 @@ export function generateStatementsAt(options: SqlOptions, now: Date | null): str
   if (options.versionRow !== false)
     out.push(
       ...(distributed ? [] : [versionTableSql(dialect, options)]),
-      versionRowSql(dialect, options, SCHEMA_VERSION, distributed),
+      versionRowSql(dialect, options, targetVersion(), distributed),
     );
   return out;
 }
-
-/** Before the rollup's trigger in the distributed DDL (`init()` sets it for its transaction instead). */
-export const CITUS_TRIGGERS = "SET citus.enable_unsafe_triggers = on;";
 
 /** The tables whose every row belongs to one account: a required `userId` field. */
 export function perAccountTables(specs: TableSpecs = tableSpecs): TableKey[] {

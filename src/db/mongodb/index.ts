@@ -18,7 +18,8 @@ import { ACCOUNT, ENTRY, GRANT, LEDGER, RESERVATION, fromDoc, toDoc, type Stored
 import { MongoPromoStore } from "./promos.js";
 import { MongoSubscriptionStore } from "./subscriptions.js";
 import { MONGO_COLLECTIONS, VERSION_COLLECTION, droppedIndexesAfter, filledFieldsAfter } from "./layout.js";
-import { SCHEMA_COMPONENT, SCHEMA_VERSION } from "../../schema/sql.js";
+import { SCHEMA_COMPONENT } from "../../schema/sql.js";
+import { targetVersion } from "../../schema/version.js";
 import { versionRefusal } from "../../schema/migrations.js";
 import { StateCache } from "./state-cache.js";
 import { MongoBatch, type BatchResult, type Unit } from "./batch.js";
@@ -267,8 +268,7 @@ export class MongoDbManager extends StoreBase implements DbManager {
         }
       });
     }
-    // Without a version document the store's version is unknown (releases before the document
-    // wrote none): every removed index is looked for, and dropped only with exactly its old keys.
+    // Each index a later version removed is dropped only with exactly its old keys.
     for (const dropped of droppedIndexesAfter(version)) {
       const collection = this.db.collection(`${this.collectionPrefix}${MONGO_COLLECTIONS[dropped.collection].name}`);
       await guard(`init: drop index ${dropped.name} of ${collection.collectionName}`, async () => {
@@ -309,7 +309,7 @@ export class MongoDbManager extends StoreBase implements DbManager {
       const write = () =>
         versions.updateOne(
           { _id: SCHEMA_COMPONENT },
-          { $max: { version: SCHEMA_VERSION }, $set: { updatedAt: new Date() } },
+          { $max: { version: targetVersion() }, $set: { updatedAt: new Date() } },
           { upsert: true },
         );
       try {

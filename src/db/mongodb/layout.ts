@@ -1,5 +1,6 @@
 import type { IndexDescription } from "mongodb";
 import type { TableKey } from "../../schema/tables.js";
+import { nextVersion } from "../../schema/version.js";
 import { NOTIFICATION_INDEXES } from "./outbox.js";
 import { SUBSCRIPTION_INDEXES } from "./subscriptions.js";
 
@@ -151,71 +152,43 @@ export interface FilledField {
   value: string | number | boolean;
 }
 
-/**
- * What each schema version removed from the collections of an earlier one (what it added, `init()`
- * and the script create anyway), and the fields it added to documents already stored. The version
- * number is the SQL one (`SCHEMA_VERSION`).
- */
-export const MONGO_MIGRATIONS: readonly {
+/** One schema version's step for MongoDB (docs/schema-upgrades.md). The version number is the SQL one. */
+export interface MongoMigration {
+  /** The version this step reaches. */
   to: number;
   summary: string;
+  /** Indexes this version no longer creates. */
   dropIndexes: readonly DroppedIndex[];
+  /** Fields this version added, set in the documents stored before. */
   fill?: readonly FilledField[];
-}[] = [
-  {
-    to: 2,
-    summary: "collections for notifications, plans, subscriptions, promos, promo claims and payments",
-    dropIndexes: [],
-  },
-  { to: 3, summary: "no change of collections or indexes", dropIndexes: [] },
-  {
-    to: 4,
-    summary:
-      "the ledger's indexes end in _id (created_id, user_created_id, type_created_id replace created, user_created, type_created)",
-    dropIndexes: [
-      { collection: "ledger", name: "created", key: { createdAt: -1, _ord: -1 } },
-      { collection: "ledger", name: "user_created", key: { userId: 1, createdAt: -1, _ord: -1 } },
-      { collection: "ledger", name: "type_created", key: { eventType: 1, createdAt: -1, _ord: -1 } },
-    ],
-  },
-  {
-    to: 6,
-    summary:
-      "journal documents leave null fields out and keep hash and prevHash as BinData (the validator allows the older documents too); no index change",
-    dropIndexes: [],
-  },
-  // Version 7: one entry for every change of this version (add to its lists).
-  {
-    to: 7,
-    summary:
-      "notification documents carry version (of their payload's schema): the ones stored before get version 1 (they read as 1 meanwhile); subscriptions may carry changeKeys (the keys of cancel, resume and changePlan); no index change",
-    dropIndexes: [],
-    fill: [{ collection: "notifications", field: "version", value: 1 }],
-  }, // Version 13: plan allowances (docs/subscriptions.md, "Allowances").
-  {
-    to: 13,
-    summary:
-      "plans may carry allowances and subscriptions periodAllowances (documents stored before read as none and as on their plan's); no index change",
-    dropIndexes: [],
-  },
-  // Version 22: corrections (docs/concepts.md, "The journal").
-  {
-    to: 22,
-    summary:
-      "journal documents may carry reverses (a reverse entry's charge) and occurredAt (when its usage happened, where that is not createdAt); the journal's indexes user_reverses and occurred (documents stored before lack both fields and read as none)",
-    dropIndexes: [],
-  },
-];
+}
+
+/**
+ * What each schema version after the first removed from the collections of an earlier one (what it
+ * added, `init()` and the script create anyway), and the fields it added to documents already
+ * stored, in order. The first release's schema is version 1: no steps yet.
+ */
+export const MONGO_MIGRATIONS: readonly MongoMigration[] = [];
+
+/** The steps a store is brought through: the shipped ones, then a test's next version's (src/schema/version.ts). */
+export function mongoSteps(): readonly MongoMigration[] {
+  const next = nextVersion();
+  return next === null ? MONGO_MIGRATIONS : [...MONGO_MIGRATIONS, ...next.mongo];
+}
 
 /** The collection holding the schema-version document, after the prefix (SQL: the version table). */
 export const VERSION_COLLECTION = "schema_version";
 
-/** The fields versions after `fromVersion` added to stored documents (every one, for a store of unknown version: 0). */
+/** The fields versions after `fromVersion` added to stored documents. */
 export function filledFieldsAfter(fromVersion: number): FilledField[] {
-  return MONGO_MIGRATIONS.filter((m) => m.to > fromVersion).flatMap((m) => m.fill ?? []);
+  return mongoSteps()
+    .filter((m) => m.to > fromVersion)
+    .flatMap((m) => m.fill ?? []);
 }
 
-/** The indexes versions after `fromVersion` removed (every one, for a store of unknown version: 0). */
+/** The indexes versions after `fromVersion` removed. */
 export function droppedIndexesAfter(fromVersion: number): DroppedIndex[] {
-  return MONGO_MIGRATIONS.filter((m) => m.to > fromVersion).flatMap((m) => m.dropIndexes);
+  return mongoSteps()
+    .filter((m) => m.to > fromVersion)
+    .flatMap((m) => m.dropIndexes);
 }

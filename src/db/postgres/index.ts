@@ -30,7 +30,8 @@ import { PostgresPromoStore } from "./promos.js";
 import { hostStore, type PgQueryable } from "./host.js";
 import { PostgresSql, insertRowText, output, toRow } from "./sql.js";
 import { upgradeStatements, versionRefusal } from "../../schema/migrations.js";
-import { SCHEMA_COMPONENT, SCHEMA_VERSION } from "../../schema/sql.js";
+import { SCHEMA_COMPONENT } from "../../schema/sql.js";
+import { targetVersion } from "../../schema/version.js";
 import { StateCache } from "./state-cache.js";
 import { DEFAULT_AHEAD, PartitionOptions } from "../../schema/partitions.js";
 import type {
@@ -201,7 +202,7 @@ export class PostgresDbManager extends StoreBase implements DbManager {
       // The schema is shared by every table prefix, whose locks differ: two managers with other
       // prefixes would both insert it (CREATE SCHEMA IF NOT EXISTS takes no lock: the second fails
       // with a unique violation). So every init takes the schema's lock, then its own; and a
-      // concurrent creator that takes neither (an older release, another tool) is tolerated.
+      // concurrent creator that takes neither (another tool) is tolerated.
       if (this.sql.createSchema !== null)
         await client.query("SELECT pg_advisory_xact_lock(hashtext($1))", [this.sql.schemaLockKey]);
       await client.query("SELECT pg_advisory_xact_lock(hashtext($1))", [this.sql.lockKey]);
@@ -235,7 +236,7 @@ export class PostgresDbManager extends StoreBase implements DbManager {
           `[credit-management] [postgres] \`partitions\` is set but the store's journal (${this.sql.tables.journal.qualified}) is a plain table: a store is partitioned when it is created; convert it first (docs/running-for-years.md, "Partitioning on PostgreSQL") or leave \`partitions\` out`,
         );
       }
-      if (version < SCHEMA_VERSION) {
+      if (version < targetVersion()) {
         // The steps of every later version (columns added to tables the store has), then today's
         // DDL, which creates what is missing and sets the version row (src/schema/migrations.ts).
         if (version > 0)

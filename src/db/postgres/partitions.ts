@@ -13,7 +13,8 @@ import {
   rangesAround,
   timestampLiteral,
 } from "../../schema/partitions.js";
-import { SCHEMA_COMPONENT, SCHEMA_VERSION, type SqlTable, partitionSql, quoteIdent } from "../../schema/sql.js";
+import { SCHEMA_COMPONENT, type SqlTable, partitionSql, quoteIdent } from "../../schema/sql.js";
+import { targetVersion } from "../../schema/version.js";
 import type { TableKey } from "../../schema/tables.js";
 import type { PgPoolClient as PoolClient } from "./pg-types.js";
 import type {
@@ -351,9 +352,9 @@ export function convertToPartitioned(
       [SCHEMA_COMPONENT],
     );
     const version = found.rows[0]?.version ?? null;
-    if (version !== SCHEMA_VERSION)
+    if (version !== targetVersion())
       throw new ConfigurationError(
-        `[credit-management] [postgres] convertToPartitioned needs a store at schema version ${SCHEMA_VERSION} (it is at ${version ?? "none"}): run init() of a manager without \`partitions\` first`,
+        `[credit-management] [postgres] convertToPartitioned needs a store at schema version ${targetVersion()} (it is at ${version ?? "none"}): run init() of a manager without \`partitions\` first`,
       );
     const report: ConvertReport = { tables: [], created: [] };
     const plain: { key: "journal" | "ledger"; old: string; oldest: Date | null }[] = [];

@@ -6,7 +6,6 @@ import type { JournalEntry } from "../../models/index.js";
 import type { ChargeRecord } from "../types.js";
 import type { PartitionOptions } from "../../schema/partitions.js";
 import {
-  CITUS_TRIGGERS,
   type NamingOptions,
   type SqlTable,
   distributedSpecs,
@@ -145,7 +144,7 @@ export class PostgresSql {
       ...(distributed ? { distributed } : {}),
     };
     this.ddl = generateSqlAt(ddlOptions, null);
-    this.ddlStatements = generateStatementsAt(ddlOptions, null).filter((x) => x !== CITUS_TRIGGERS);
+    this.ddlStatements = generateStatementsAt(ddlOptions, null);
     this.versionTable = versionTableName("postgres", options);
     this.lockKey = `credit-management:${options.schema ?? ""}:${options.prefix ?? ""}`;
     this.schemaLockKey = `credit-management-schema:${options.schema ?? ""}`;

@@ -1,15 +1,9 @@
 import { ConfigurationError } from "../../errors.js";
 import { decodeRow, encodeValues } from "../../schema/codec.js";
 import { upgradeStatements, versionRefusal } from "../../schema/migrations.js";
-import {
-  SCHEMA_COMPONENT,
-  SCHEMA_VERSION,
-  type SqlTable,
-  generateSql,
-  sqlTables,
-  versionTableName,
-} from "../../schema/sql.js";
+import { SCHEMA_COMPONENT, type SqlTable, generateSql, sqlTables, versionTableName } from "../../schema/sql.js";
 import type { TableKey } from "../../schema/tables.js";
+import { targetVersion } from "../../schema/version.js";
 import { origin } from "../store/errors.js";
 import { backoff, sleep } from "../store/retry.js";
 import { runtimeName } from "../../util/runtime.js";
@@ -162,12 +156,13 @@ export class Sqlite {
         ),
       );
     }
-    if (version !== SCHEMA_VERSION) {
+    const target = targetVersion();
+    if (version !== target) {
       this.close();
       throw new ConfigurationError(
         origin(
           "sqlite",
-          `${where} is at schema version ${version}, this release reads ${SCHEMA_VERSION}: ${version < SCHEMA_VERSION ? "let a manager of this release upgrade it (init()) first" : "upgrade credit-management"}`,
+          `${where} is at schema version ${version}, this release reads ${target}: ${version < target ? "let a manager of this release upgrade it (init()) first" : "upgrade credit-management"}`,
         ),
       );
     }
@@ -312,7 +307,7 @@ export class Sqlite {
         versionTableName("sqlite", naming),
       );
       if (refused !== null) throw refused;
-      if (version === SCHEMA_VERSION) return;
+      if (version === targetVersion()) return;
       if (version > 0)
         for (const s of upgradeStatements({ dialect: "sqlite", fromVersion: version, ...naming })) db.exec(s);
       db.exec(generateSql({ dialect: "sqlite", ...naming }));
