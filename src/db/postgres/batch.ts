@@ -6,6 +6,7 @@ import type { PostgresDbManager } from "./index.js";
 import { type Statement, arrayText, executeText } from "./sql.js";
 import { type AccountState, stateAfter } from "./state-cache.js";
 import { deferred } from "../store/group-commit.js";
+import { outcomeUnknown } from "../store/errors.js";
 import { type ChainState, type SaveItem, advance, merged } from "./chain.js";
 import { saveParts } from "./save-rows.js";
 import { type BatchResult, NotRun, Retry, Skipped, type Unit } from "./unit.js";
@@ -243,8 +244,12 @@ export class Batch {
       }
       if (brokeEarly) retry.push({ unit, reason: this.failure, ...(this.lost ? { lost: true } : {}) });
       else if (commitError === undefined) this.resolveInOrder(tx, outcome.value);
-      else if (this.broken && !(commitError instanceof Retry))
-        unit.reject(commitError); // COMMIT's outcome is unknown: no retry
+      else if (this.broken && !(commitError instanceof Retry)) {
+        // The connection failed with the COMMIT in the message: its outcome is unknown, no retry
+        // (docs/concepts.md, "Certain and uncertain errors"). The next unit of the account loads.
+        this.db.states?.delete(tx.userId);
+        unit.reject(outcomeUnknown("postgres", commitError));
+      }
       else if (commitError instanceof Retry)
         // Started from the state cache: most likely the cache was stale (another process wrote an
         // account) or an account was busy; run them again loading under the lock, still batched.

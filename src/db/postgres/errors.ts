@@ -25,6 +25,20 @@ export function isLostConnection(error: unknown): boolean {
 }
 
 /**
+ * Whether a statement that commits by itself (Citus's save call) failed with its outcome unknown:
+ * the connection was lost (`isLostConnection`) while it ran. A connection that was never made
+ * (refused, unknown host, the pool's wait for one, a node the coordinator could not reach: 08001)
+ * sent nothing.
+ */
+export function leavesOutcomeUnknown(error: unknown): boolean {
+  const e = error as { code?: unknown; message?: unknown } | null;
+  if (e?.code === "08001" || e?.code === "ECONNREFUSED" || e?.code === "ENOTFOUND" || e?.code === "EAI_AGAIN")
+    return false;
+  if (typeof e?.message === "string" && e.message.startsWith("timeout exceeded when trying to connect")) return false;
+  return isLostConnection(error);
+}
+
+/**
  * A failure that a new attempt of the transaction may not meet: a serialization failure, a
  * deadlock, a unique key taken by a concurrent first write, or the save statement's guard (an
  * account moved, a row to update is gone).
