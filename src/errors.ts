@@ -208,7 +208,7 @@ export interface OutcomeUnknownDetails {
  * what happened: the change may or may not be applied (docs/concepts.md, "Certain and uncertain
  * errors"). Retry under the same idempotency key: it applies the change once or answers its first
  * result. Without a key, look the first of `entryIds` up in the account's journal
- * (`getTransactionHistory`) before doing the call again. HTTP 503, code `OUTCOME_UNKNOWN`.
+ * (`getCreditHistory`) before doing the call again. HTTP 503, code `OUTCOME_UNKNOWN`.
  */
 export class OutcomeUnknownError extends CreditError {
   readonly userId: string | undefined;
