@@ -5,7 +5,7 @@ import { withPgClient } from "./fixtures/pg-admin.js";
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from "vitest";
 import { PostgresDbManager } from "../src/db/postgres/index.js";
 import { AccountWork } from "../src/domain/account-work.js";
-import { StorageError } from "../src/errors.js";
+import { OutcomeUnknownError, StorageError } from "../src/errors.js";
 import { createCreditManager, type CreditManager } from "../src/index.js";
 import { CreditService } from "../src/services/credit-service.js";
 import { creditCore } from "../src/services/credit-core.js";
@@ -25,14 +25,26 @@ const dropSchema = (schema: string) => admin((c) => c.query(`DROP SCHEMA IF EXIS
  */
 async function startProxy(
   target: URL,
-): Promise<{ url: string; arm(match: string): void; cuts: number; close(): Promise<void> }> {
+): Promise<{
+  url: string;
+  arm(match: string): void;
+  refuseFor(ms: number): void;
+  cuts: number;
+  close(): Promise<void>;
+}> {
   let armed: string | null = null;
+  /** After the next cut, for this long: every connection is cut and new ones are refused (the server is out of reach). */
+  let refuseMs = 0;
+  let refuseUntil = 0;
   const sockets = new Set<net.Socket>();
   const state = {
     url: "",
     cuts: 0,
     arm(match: string) {
       armed = match;
+    },
+    refuseFor(ms: number) {
+      refuseMs = ms;
     },
     close: () =>
       new Promise<void>((resolve) => {
@@ -41,6 +53,10 @@ async function startProxy(
       }),
   };
   const server = net.createServer((client) => {
+    if (Date.now() < refuseUntil) {
+      client.destroy();
+      return;
+    }
     const upstream = net.connect(Number(target.port || 5432), target.hostname);
     sockets.add(client);
     sockets.add(upstream);
@@ -64,9 +80,14 @@ async function startProxy(
           armed = null;
           cut = true;
           state.cuts++;
+          if (refuseMs > 0) {
+            refuseUntil = Date.now() + refuseMs;
+            refuseMs = 0;
+          }
           setImmediate(() => {
             client.destroy();
             upstream.destroy();
+            if (Date.now() < refuseUntil) for (const s of sockets) s.destroy();
           });
         }
       }
@@ -142,7 +163,7 @@ describe.skipIf(!url)("PostgresDbManager when the connection dies", () => {
     await db.close();
   });
 
-  it("a unit of work cut after its COMMIT was sent fails with StorageError; the same key then answers the first result", async () => {
+  it("a unit of work cut after its COMMIT was sent answers the real outcome: the commit landed, so its result; never a StorageError", async () => {
     for (const batch of [undefined, false] as const) {
       const db = through({ batch });
       const credits = new CreditService({ db });
@@ -150,18 +171,45 @@ describe.skipIf(!url)("PostgresDbManager when the connection dies", () => {
       await credits.addCredits(u, 100);
       const cuts = proxy.cuts;
       proxy.arm("; COMMIT"); // the save message (not "READ COMMITTED" in the load)
-      const error = await credits.deductCredits(u, 10, { idempotencyKey: "k1" }).catch((e: unknown) => e);
+      // The server committed before the reply was lost: the call looks its entry up and says so.
+      const entry = await credits.deductCredits(u, 10, { idempotencyKey: "k1" });
       expect(proxy.cuts).toBe(cuts + 1);
-      expect(error).toBeInstanceOf(StorageError); // the outcome is unknown: not run again
-      await settle();
-      // The server committed before the reply was lost; the retry with the same key says so.
-      const again = await credits.deductCredits(u, 10, { idempotencyKey: "k1" });
+      expect(entry).toMatchObject({ type: "deduct", amount: 10, balanceAfter: 90 });
+      expect((await db.listJournal(u, { order: "asc", limit: 10 })).map((e) => e.id)).toContain(entry.id);
+      // The same key answers the same entry; nothing was applied twice.
+      expect((await credits.deductCredits(u, 10, { idempotencyKey: "k1" })).id).toBe(entry.id);
       expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 90 });
-      expect((await db.listJournal(u, { order: "asc", limit: 10 })).map((e) => e.id)).toContain(again.id);
+      // Without a key too: the unit knows the id it wrote.
+      proxy.arm("; COMMIT");
+      const keyless = await credits.deductCredits(u, 5);
+      expect(proxy.cuts).toBe(cuts + 2);
+      expect(keyless.balanceAfter).toBe(85);
+      expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 85 });
       await credits.deductCredits(u, 1);
       expect((await credits.audit(u)).ok).toBe(true);
       await db.close();
     }
+  });
+
+  it("a unit of work cut after its COMMIT was sent, while the server stays out of reach: OutcomeUnknownError with the entry id and the key", async () => {
+    const db = through({ batch: false });
+    const credits = new CreditService({ db, outcomeWaitMs: 300 });
+    const u = `unknown-${randomUUID()}`;
+    await credits.addCredits(u, 100);
+    proxy.arm("; COMMIT");
+    proxy.refuseFor(2000); // new connections are refused past outcomeWaitMs
+    const error = (await credits
+      .deductCredits(u, 10, { idempotencyKey: "k1" })
+      .catch((e: unknown) => e)) as OutcomeUnknownError;
+    expect(error).toBeInstanceOf(OutcomeUnknownError);
+    expect(error).toMatchObject({ code: "OUTCOME_UNKNOWN", status: 503, userId: u, idempotencyKey: "k1" });
+    await new Promise((resolve) => setTimeout(resolve, 2000));
+    // It landed: the id it names is in the journal, and the key answers it.
+    const ids = (await db.listJournal(u, { order: "asc", limit: 10 })).map((e) => e.id);
+    expect(ids).toContain(error.entryIds[0]);
+    expect((await credits.deductCredits(u, 10, { idempotencyKey: "k1" })).id).toBe(error.entryIds[0]);
+    expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 90 });
+    await db.close();
   });
 
   it("a lone unit of work whose load is cut runs again on another connection (nothing was written)", async () => {

@@ -1,6 +1,14 @@
 import type { PgPoolClient as PoolClient, PgQueryResult as QueryResult } from "./pg-types.js";
 import { ConflictError, StorageError } from "../../errors.js";
-import { isConflict, isConnectionLevel, isLostConnection, lockTimeout, storageError, workerCode } from "./errors.js";
+import {
+  isConflict,
+  isConnectionLevel,
+  isLostConnection,
+  leavesOutcomeUnknown,
+  lockTimeout,
+  storageError,
+  workerCode,
+} from "./errors.js";
 import type { LoadRequest } from "../types.js";
 import type { PostgresDbManager } from "./index.js";
 import { type Statement, arrayText, executeText } from "./sql.js";
@@ -245,10 +253,12 @@ export class Batch {
       if (brokeEarly) retry.push({ unit, reason: this.failure, ...(this.lost ? { lost: true } : {}) });
       else if (commitError === undefined) this.resolveInOrder(tx, outcome.value);
       else if (this.broken && !(commitError instanceof Retry)) {
-        // The connection failed with the COMMIT in the message: its outcome is unknown, no retry
-        // (docs/concepts.md, "Certain and uncertain errors"). The next unit of the account loads.
+        // The connection failed with the COMMIT in the message: no retry, and unless the message
+        // was never sent its outcome is unknown (docs/concepts.md, "Certain and uncertain
+        // errors"). The next unit of the account loads.
         this.db.states?.delete(tx.userId);
-        unit.reject(outcomeUnknown("postgres", commitError));
+        const cause = commitError instanceof StorageError ? commitError.cause : commitError;
+        unit.reject(leavesOutcomeUnknown(cause) ? outcomeUnknown("postgres", commitError) : commitError);
       }
       else if (commitError instanceof Retry)
         // Started from the state cache: most likely the cache was stale (another process wrote an
