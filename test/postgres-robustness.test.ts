@@ -1,6 +1,7 @@
 import { randomUUID } from "node:crypto";
 import * as net from "node:net";
 import pg from "pg";
+import { startArmProxy as startProxy } from "./fixtures/arm-proxy.js";
 import { withPgClient } from "./fixtures/pg-admin.js";
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from "vitest";
 import { PostgresDbManager } from "../src/db/postgres/index.js";
@@ -16,100 +17,6 @@ const newSchema = (tag: string) => `cm_${tag}_${randomUUID().replace(/-/g, "").s
 const admin = <T>(fn: (client: pg.Client) => Promise<T>): Promise<T> => withPgClient(url as string, fn);
 
 const dropSchema = (schema: string) => admin((c) => c.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`));
-
-/**
- * A TCP proxy in front of the server that, once armed, forwards the next client message that
- * matches and then cuts that connection (both sides) without a word: the server acts on the
- * message, the client never hears back — a network partition, a reset by a load balancer, a
- * pooler restart.
- */
-async function startProxy(
-  target: URL,
-): Promise<{
-  url: string;
-  arm(match: string): void;
-  refuseFor(ms: number): void;
-  cuts: number;
-  close(): Promise<void>;
-}> {
-  let armed: string | null = null;
-  /** After the next cut, for this long: every connection is cut and new ones are refused (the server is out of reach). */
-  let refuseMs = 0;
-  let refuseUntil = 0;
-  const sockets = new Set<net.Socket>();
-  const state = {
-    url: "",
-    cuts: 0,
-    arm(match: string) {
-      armed = match;
-    },
-    refuseFor(ms: number) {
-      refuseMs = ms;
-    },
-    close: () =>
-      new Promise<void>((resolve) => {
-        for (const s of sockets) s.destroy();
-        server.close(() => resolve());
-      }),
-  };
-  const server = net.createServer((client) => {
-    if (Date.now() < refuseUntil) {
-      client.destroy();
-      return;
-    }
-    const upstream = net.connect(Number(target.port || 5432), target.hostname);
-    sockets.add(client);
-    sockets.add(upstream);
-    let buf = Buffer.alloc(0);
-    let started = false;
-    let cut = false;
-    upstream.on("data", (d) => {
-      if (!cut) client.write(d);
-    });
-    client.on("data", (d) => {
-      buf = Buffer.concat([buf, d]);
-      for (;;) {
-        // The startup message (and an SSLRequest before it) has no type byte; the rest have one.
-        const len = started ? (buf.length < 5 ? -1 : 1 + buf.readInt32BE(1)) : buf.length < 4 ? -1 : buf.readInt32BE(0);
-        if (len < 0 || buf.length < len) break;
-        const msg = buf.subarray(0, len);
-        buf = buf.subarray(len);
-        if (!started && msg.readInt32BE(4) !== 80877103) started = true;
-        upstream.write(msg);
-        if (!cut && armed !== null && msg.includes(Buffer.from(armed))) {
-          armed = null;
-          cut = true;
-          state.cuts++;
-          if (refuseMs > 0) {
-            refuseUntil = Date.now() + refuseMs;
-            refuseMs = 0;
-          }
-          setImmediate(() => {
-            client.destroy();
-            upstream.destroy();
-            if (Date.now() < refuseUntil) for (const s of sockets) s.destroy();
-          });
-        }
-      }
-    });
-    const end = () => {
-      client.destroy();
-      upstream.destroy();
-      sockets.delete(client);
-      sockets.delete(upstream);
-    };
-    for (const s of [client, upstream]) {
-      s.on("error", end);
-      s.on("close", end);
-    }
-  });
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", () => resolve()));
-  const proxied = new URL(target.href);
-  proxied.hostname = "127.0.0.1";
-  proxied.port = String((server.address() as net.AddressInfo).port);
-  state.url = proxied.href;
-  return state;
-}
 
 /** Errors nobody handled while a test ran (an 'error' event without a listener ends up here). */
 const uncaught: unknown[] = [];
