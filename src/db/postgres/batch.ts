@@ -259,8 +259,7 @@ export class Batch {
         this.db.states?.delete(tx.userId);
         const cause = commitError instanceof StorageError ? commitError.cause : commitError;
         unit.reject(leavesOutcomeUnknown(cause) ? outcomeUnknown("postgres", commitError) : commitError);
-      }
-      else if (commitError instanceof Retry)
+      } else if (commitError instanceof Retry)
         // Started from the state cache: most likely the cache was stale (another process wrote an
         // account) or an account was busy; run them again loading under the lock, still batched.
         retry.push({ unit, reason: commitError.reason, ...(this.optimists.length > 0 ? { fresh: true } : {}) });
