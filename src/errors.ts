@@ -16,6 +16,7 @@ export type CreditErrorCode =
   | "CONFLICT"
   | "CONFIGURATION_ERROR"
   | "STORAGE_ERROR"
+  | "OUTCOME_UNKNOWN"
   | "PROMO_NOT_ELIGIBLE"
   | "WEBHOOK_REJECTED"
   | "PAYMENT_PROVIDER_ERROR"
@@ -188,6 +189,43 @@ export class ConfigurationError extends CreditError {
 export class StorageError extends CreditError {
   constructor(message: string, cause?: unknown) {
     super("STORAGE_ERROR", 503, message, { cause });
+  }
+}
+
+/** What an `OutcomeUnknownError` knows of the change whose outcome it could not learn. */
+export interface OutcomeUnknownDetails {
+  /** The account the change was for, when known. */
+  userId?: string;
+  /** The ids of the journal entries the change would have written (none known: empty). */
+  entryIds: readonly string[];
+  /** The call's idempotency key, if it had one. */
+  idempotencyKey?: string;
+}
+
+/**
+ * The store was sent the commit of a change and the answer never came (the connection died after
+ * COMMIT, or `commitTransaction`, was sent), and the store did not answer again in time to learn
+ * what happened: the change may or may not be applied (docs/concepts.md, "Certain and uncertain
+ * errors"). Retry under the same idempotency key: it applies the change once or answers its first
+ * result. Without a key, look the first of `entryIds` up in the account's journal
+ * (`getCreditHistory`) before doing the call again. HTTP 503, code `OUTCOME_UNKNOWN`.
+ */
+export class OutcomeUnknownError extends CreditError {
+  readonly userId: string | undefined;
+  readonly entryIds: readonly string[];
+  readonly idempotencyKey: string | undefined;
+  constructor(message: string, details: OutcomeUnknownDetails, cause?: unknown) {
+    super("OUTCOME_UNKNOWN", 503, message, {
+      details: {
+        ...(details.userId === undefined ? {} : { userId: details.userId }),
+        entryIds: [...details.entryIds],
+        ...(details.idempotencyKey === undefined ? {} : { idempotencyKey: details.idempotencyKey }),
+      },
+      cause,
+    });
+    this.userId = details.userId;
+    this.entryIds = details.entryIds;
+    this.idempotencyKey = details.idempotencyKey;
   }
 }
 

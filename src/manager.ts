@@ -8,6 +8,7 @@ import {
   CheckpointEvery,
   FeatureRules,
   LateUsageWindowDays,
+  OutcomeWaitMs,
   PriceBookInput,
   ThresholdSpec,
   TrialCredits,
@@ -80,6 +81,12 @@ export const CreditManagerOptions = z.strictObject({
    * this many entries (docs/operations.md, "Checkpoints and archival"). Default: none.
    */
   checkpointEvery: CheckpointEvery.optional(),
+  /**
+   * How long, in ms, a call whose commit was sent but not answered looks for what it wrote once the
+   * store answers again, before it throws `OutcomeUnknownError` (docs/concepts.md, "Certain and
+   * uncertain errors"). Default 5,000.
+   */
+  outcomeWaitMs: OutcomeWaitMs.optional(),
   /** Payment providers and the credits a payment buys (docs/promos-and-payments.md). */
   payments: PaymentManagerOptions.optional(),
   /** Where notifications are delivered. Giving one (or `notifications`) turns notification events on. */
@@ -210,6 +217,7 @@ export async function createCreditManager(options: CreditManagerOptions = {}): P
     overdraftLimit: o.overdraftLimit ?? null,
     lateUsageWindowDays: o.lateUsageWindowDays,
     checkpointEvery: o.checkpointEvery,
+    outcomeWaitMs: o.outcomeWaitMs,
     alerts: alertsOn ? thresholds : undefined,
     trial: o.trial,
     features: o.features,

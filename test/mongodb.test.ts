@@ -11,6 +11,7 @@ import {
   IdempotencyConflictError,
   InMemoryDbManager,
   InsufficientCreditsError,
+  OutcomeUnknownError,
   StorageError,
   createDbManagerFromEnv,
   type DbManager,
@@ -496,8 +497,9 @@ describe.skipIf(!uri)("mongodb (CREDIT_MONGO_URI)", () => {
         );
       }
 
-      // 2. The commit happens but its answer is lost every time it is asked: the callers get a
-      // StorageError, and the deductions are not run a second time.
+      // 2. The commit happens but its answer is lost every time it is asked: the deductions are
+      // not run a second time; each caller looks up the entry it wrote and gets its result
+      // (docs/concepts.md, "Certain and uncertain errors").
       const unknown = vi.spyOn(ClientSession.prototype, "commitTransaction").mockImplementation(async function (
         this: ClientSession,
         ...args
@@ -505,24 +507,43 @@ describe.skipIf(!uri)("mongodb (CREDIT_MONGO_URI)", () => {
         await original.apply(this, args);
         throw labelled("UnknownTransactionCommitResult");
       });
-      let outcomes: PromiseSettledResult<JournalEntry>[];
+      let landed: JournalEntry[];
       try {
-        outcomes = await Promise.allSettled(
-          users.map((u) => credits.deductCredits(u, 3, { idempotencyKey: `unknown-${u}` })),
-        );
+        landed = await Promise.all(users.map((u) => credits.deductCredits(u, 3, { idempotencyKey: `unknown-${u}` })));
       } finally {
         unknown.mockRestore();
       }
-      for (const o of outcomes) {
-        expect(o.status).toBe("rejected");
-        expect((o as PromiseRejectedResult).reason).toBeInstanceOf(StorageError);
-      }
+      expect(landed.map((e) => e.balanceAfter)).toEqual(users.map(() => 5));
       for (const u of users) expect((await db.getAccount(u))?.balance).toBe(5);
-      // Asking again with the same keys tells what happened: the first (committed) result.
+      // Asking again with the same keys answers the same entries.
       const replays = await Promise.all(
         users.map((u) => credits.deductCredits(u, 3, { idempotencyKey: `unknown-${u}` })),
       );
-      expect(replays.map((e) => e.balanceAfter)).toEqual(users.map(() => 5));
+      expect(replays.map((e) => e.id)).toEqual(landed.map((e) => e.id));
+
+      // 3. The commit never happens and its answer is "unknown" every time: each caller learns
+      // that nothing was applied (a StorageError), and nothing was.
+      const lost = vi.spyOn(ClientSession.prototype, "commitTransaction").mockImplementation(async function (
+        this: ClientSession,
+      ) {
+        await this.abortTransaction();
+        throw labelled("UnknownTransactionCommitResult");
+      });
+      let notApplied: PromiseSettledResult<JournalEntry>[];
+      try {
+        notApplied = await Promise.allSettled(
+          users.map((u) => credits.deductCredits(u, 1, { idempotencyKey: `lost-${u}` })),
+        );
+      } finally {
+        lost.mockRestore();
+      }
+      for (const o of notApplied) {
+        expect(o.status).toBe("rejected");
+        const reason = (o as PromiseRejectedResult).reason as Error;
+        expect(reason).toBeInstanceOf(StorageError);
+        expect(reason).not.toBeInstanceOf(OutcomeUnknownError);
+      }
+      for (const u of users) expect((await db.getAccount(u))?.balance).toBe(5);
       for (const u of users) expect((await credits.audit(u)).ok).toBe(true);
     });
 

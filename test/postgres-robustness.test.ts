@@ -1,11 +1,12 @@
 import { randomUUID } from "node:crypto";
 import * as net from "node:net";
 import pg from "pg";
+import { startArmProxy as startProxy } from "./fixtures/arm-proxy.js";
 import { withPgClient } from "./fixtures/pg-admin.js";
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from "vitest";
 import { PostgresDbManager } from "../src/db/postgres/index.js";
 import { AccountWork } from "../src/domain/account-work.js";
-import { StorageError } from "../src/errors.js";
+import { OutcomeUnknownError, StorageError } from "../src/errors.js";
 import { createCreditManager, type CreditManager } from "../src/index.js";
 import { CreditService } from "../src/services/credit-service.js";
 import { creditCore } from "../src/services/credit-core.js";
@@ -16,79 +17,6 @@ const newSchema = (tag: string) => `cm_${tag}_${randomUUID().replace(/-/g, "").s
 const admin = <T>(fn: (client: pg.Client) => Promise<T>): Promise<T> => withPgClient(url as string, fn);
 
 const dropSchema = (schema: string) => admin((c) => c.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`));
-
-/**
- * A TCP proxy in front of the server that, once armed, forwards the next client message that
- * matches and then cuts that connection (both sides) without a word: the server acts on the
- * message, the client never hears back — a network partition, a reset by a load balancer, a
- * pooler restart.
- */
-async function startProxy(
-  target: URL,
-): Promise<{ url: string; arm(match: string): void; cuts: number; close(): Promise<void> }> {
-  let armed: string | null = null;
-  const sockets = new Set<net.Socket>();
-  const state = {
-    url: "",
-    cuts: 0,
-    arm(match: string) {
-      armed = match;
-    },
-    close: () =>
-      new Promise<void>((resolve) => {
-        for (const s of sockets) s.destroy();
-        server.close(() => resolve());
-      }),
-  };
-  const server = net.createServer((client) => {
-    const upstream = net.connect(Number(target.port || 5432), target.hostname);
-    sockets.add(client);
-    sockets.add(upstream);
-    let buf = Buffer.alloc(0);
-    let started = false;
-    let cut = false;
-    upstream.on("data", (d) => {
-      if (!cut) client.write(d);
-    });
-    client.on("data", (d) => {
-      buf = Buffer.concat([buf, d]);
-      for (;;) {
-        // The startup message (and an SSLRequest before it) has no type byte; the rest have one.
-        const len = started ? (buf.length < 5 ? -1 : 1 + buf.readInt32BE(1)) : buf.length < 4 ? -1 : buf.readInt32BE(0);
-        if (len < 0 || buf.length < len) break;
-        const msg = buf.subarray(0, len);
-        buf = buf.subarray(len);
-        if (!started && msg.readInt32BE(4) !== 80877103) started = true;
-        upstream.write(msg);
-        if (!cut && armed !== null && msg.includes(Buffer.from(armed))) {
-          armed = null;
-          cut = true;
-          state.cuts++;
-          setImmediate(() => {
-            client.destroy();
-            upstream.destroy();
-          });
-        }
-      }
-    });
-    const end = () => {
-      client.destroy();
-      upstream.destroy();
-      sockets.delete(client);
-      sockets.delete(upstream);
-    };
-    for (const s of [client, upstream]) {
-      s.on("error", end);
-      s.on("close", end);
-    }
-  });
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", () => resolve()));
-  const proxied = new URL(target.href);
-  proxied.hostname = "127.0.0.1";
-  proxied.port = String((server.address() as net.AddressInfo).port);
-  state.url = proxied.href;
-  return state;
-}
 
 /** Errors nobody handled while a test ran (an 'error' event without a listener ends up here). */
 const uncaught: unknown[] = [];
@@ -142,7 +70,7 @@ describe.skipIf(!url)("PostgresDbManager when the connection dies", () => {
     await db.close();
   });
 
-  it("a unit of work cut after its COMMIT was sent fails with StorageError; the same key then answers the first result", async () => {
+  it("a unit of work cut after its COMMIT was sent answers the real outcome: the commit landed, so its result; never a StorageError", async () => {
     for (const batch of [undefined, false] as const) {
       const db = through({ batch });
       const credits = new CreditService({ db });
@@ -150,18 +78,45 @@ describe.skipIf(!url)("PostgresDbManager when the connection dies", () => {
       await credits.addCredits(u, 100);
       const cuts = proxy.cuts;
       proxy.arm("; COMMIT"); // the save message (not "READ COMMITTED" in the load)
-      const error = await credits.deductCredits(u, 10, { idempotencyKey: "k1" }).catch((e: unknown) => e);
+      // The server committed before the reply was lost: the call looks its entry up and says so.
+      const entry = await credits.deductCredits(u, 10, { idempotencyKey: "k1" });
       expect(proxy.cuts).toBe(cuts + 1);
-      expect(error).toBeInstanceOf(StorageError); // the outcome is unknown: not run again
-      await settle();
-      // The server committed before the reply was lost; the retry with the same key says so.
-      const again = await credits.deductCredits(u, 10, { idempotencyKey: "k1" });
+      expect(entry).toMatchObject({ type: "deduct", amount: 10, balanceAfter: 90 });
+      expect((await db.listJournal(u, { order: "asc", limit: 10 })).map((e) => e.id)).toContain(entry.id);
+      // The same key answers the same entry; nothing was applied twice.
+      expect((await credits.deductCredits(u, 10, { idempotencyKey: "k1" })).id).toBe(entry.id);
       expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 90 });
-      expect((await db.listJournal(u, { order: "asc", limit: 10 })).map((e) => e.id)).toContain(again.id);
+      // Without a key too: the unit knows the id it wrote.
+      proxy.arm("; COMMIT");
+      const keyless = await credits.deductCredits(u, 5);
+      expect(proxy.cuts).toBe(cuts + 2);
+      expect(keyless.balanceAfter).toBe(85);
+      expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 85 });
       await credits.deductCredits(u, 1);
       expect((await credits.audit(u)).ok).toBe(true);
       await db.close();
     }
+  });
+
+  it("a unit of work cut after its COMMIT was sent, while the server stays out of reach: OutcomeUnknownError with the entry id and the key", async () => {
+    const db = through({ batch: false });
+    const credits = new CreditService({ db, outcomeWaitMs: 300 });
+    const u = `unknown-${randomUUID()}`;
+    await credits.addCredits(u, 100);
+    proxy.arm("; COMMIT");
+    proxy.refuseFor(2000); // new connections are refused past outcomeWaitMs
+    const error = (await credits
+      .deductCredits(u, 10, { idempotencyKey: "k1" })
+      .catch((e: unknown) => e)) as OutcomeUnknownError;
+    expect(error).toBeInstanceOf(OutcomeUnknownError);
+    expect(error).toMatchObject({ code: "OUTCOME_UNKNOWN", status: 503, userId: u, idempotencyKey: "k1" });
+    await new Promise((resolve) => setTimeout(resolve, 2000));
+    // It landed: the id it names is in the journal, and the key answers it.
+    const ids = (await db.listJournal(u, { order: "asc", limit: 10 })).map((e) => e.id);
+    expect(ids).toContain(error.entryIds[0]);
+    expect((await credits.deductCredits(u, 10, { idempotencyKey: "k1" })).id).toBe(error.entryIds[0]);
+    expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 90 });
+    await db.close();
   });
 
   it("a lone unit of work whose load is cut runs again on another connection (nothing was written)", async () => {

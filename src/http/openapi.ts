@@ -29,7 +29,7 @@ const STATUS_TEXT: Record<number, string> = {
   422: "Well-formed but refused by a rule",
   429: "Too many: a spend limit would be passed (SPEND_LIMIT_EXCEEDED: the limit and when it resets in `details`), or a customer token's account is past its rate limit (RATE_LIMITED, with Retry-After)",
   500: "Internal error",
-  503: "The store is unavailable",
+  503: "The store is unavailable (STORAGE_ERROR: nothing was applied), or the outcome of a change is unknown (OUTCOME_UNKNOWN: the entry ids and idempotency key to learn it by in `details`)",
 };
 
 /**

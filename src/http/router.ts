@@ -1,6 +1,6 @@
 import * as z from "zod";
 import type { CreditManager } from "../manager.js";
-import { CreditError, SpendLimitError, ValidationError } from "../errors.js";
+import { CreditError, OutcomeUnknownError, SpendLimitError, ValidationError } from "../errors.js";
 import { clockTimes } from "../domain/limits.js";
 import { textResponse } from "./text-response.js";
 import { IdempotencyKey, parse, SpenderId, UserId as IdentityUserId } from "../models/index.js";
@@ -195,6 +195,17 @@ export function errorAnswer(error: unknown): JsonAnswer {
   if (error instanceof HttpError)
     return jsonAnswer(error.status, errorBody(error.code, error.message, error.details), error.headers);
   if (error instanceof CreditError) {
+    // The caller must learn that its change may be applied, and by what to find out (its own ids
+    // and key): docs/http.md, "Errors".
+    if (error instanceof OutcomeUnknownError)
+      return jsonAnswer(
+        error.status,
+        errorBody(
+          error.code,
+          "The store lost the connection after the change was sent: it may or may not be applied. Retry with the same Idempotency-Key to learn the outcome (it applies once), or look for details.entryIds in the account's history.",
+          error.details,
+        ),
+      );
     if (error.status >= 500)
       return jsonAnswer(error.status, errorBody(error.code, "The credit store is unavailable or misconfigured."));
     if (error instanceof SpendLimitError) {

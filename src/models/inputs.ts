@@ -211,6 +211,12 @@ export type LedgerEntriesQuery = z.input<typeof LedgerEntriesQuery>;
 /** `checkpointEvery`: a checkpoint entry each time an account's journal passes a multiple of this many entries. */
 export const CheckpointEvery = z.number().int().min(2).max(1_000_000_000);
 
+/**
+ * `outcomeWaitMs`: how long a unit of work whose commit was sent but not answered asks the store
+ * whether it was applied before it reports `OutcomeUnknownError` (docs/concepts.md).
+ */
+export const OutcomeWaitMs = z.number().int().min(0).max(600_000);
+
 /** `audit(userId, options)` (docs/operations.md, "Checkpoints and archival"). */
 export const AuditOptions = z.strictObject({
   /**

@@ -14,6 +14,7 @@ import {
   DeductOptions,
   DEFAULT_LATE_USAGE_WINDOW_DAYS,
   LateUsageWindowDays,
+  OutcomeWaitMs,
   type CommitOptions,
   type ReleaseOptions,
   type ReserveOptions,
@@ -30,6 +31,9 @@ import { CustomerTokens } from "./customer-tokens.js";
 import { SubscriptionPeriods } from "./subscription-periods.js";
 import type { CreditService, CreditServiceOptions } from "./credit-service.js";
 import type * as z from "zod";
+
+/** `outcomeWaitMs` when none is given (docs/concepts.md, "Certain and uncertain errors"). */
+const DEFAULT_OUTCOME_WAIT_MS = 5000;
 
 /*
  * What the services of this package share of a `CreditService` besides its public API: the unit-of-work
@@ -101,6 +105,12 @@ export class CreditCore {
       options.checkpointEvery === undefined
         ? undefined
         : parseConfig(CheckpointEvery, options.checkpointEvery, "checkpointEvery", "CreditService");
+    const outcomeWaitMs = parseConfig(
+      OutcomeWaitMs,
+      options.outcomeWaitMs ?? DEFAULT_OUTCOME_WAIT_MS,
+      "outcomeWaitMs",
+      "CreditService",
+    );
     this.lateUsageWindowDays = parseConfig(
       LateUsageWindowDays,
       options.lateUsageWindowDays ?? DEFAULT_LATE_USAGE_WINDOW_DAYS,
@@ -128,6 +138,7 @@ export class CreditCore {
       features: this.features,
       domainEvents: withEvents,
       checkpointEvery,
+      outcomeWaitMs,
       periods: periods && ((userId) => periods.bringDue(userId)),
     });
   }

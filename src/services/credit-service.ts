@@ -121,6 +121,13 @@ export interface CreditServiceOptions {
    */
   checkpointEvery?: number;
   /**
+   * How long, in ms, a call whose commit was sent but not answered (the connection to the store
+   * died after COMMIT) looks for what it wrote once the store answers again, before it throws
+   * `OutcomeUnknownError` (docs/concepts.md, "Certain and uncertain errors"). 0 to 600,000;
+   * default 5,000.
+   */
+  outcomeWaitMs?: number;
+  /**
    * Brings a user's due subscription period before an operation or read that finds it ended, as the
    * renewal job would (docs/subscriptions.md, "Periods start on time"). `createCreditManager` sets it;
    * a `SubscriptionService` built over this service needs it (else a `ConfigurationError`).

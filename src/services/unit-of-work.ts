@@ -21,6 +21,7 @@ import {
   IdempotencyConflictError,
   InsufficientCreditsError,
   NotFoundError,
+  OutcomeUnknownError,
   ReservationExpiredError,
   ReservationNotActiveError,
   StorageError,
@@ -99,6 +100,8 @@ class Unit implements UnitContext {
 class UnitRun<T> {
   /** A refusal for lack of credits in the last attempt, with the account's seq then. */
   refused: { seq: number; error: InsufficientCreditsError } | undefined;
+  /** What the last attempt handed to `save()`: the outcome it answers once the commit is known. */
+  saved: UnitOutcome<T> | undefined;
 
   constructor(
     private readonly runner: UnitRunner,
@@ -115,6 +118,7 @@ class UnitRun<T> {
 
   async attempt(tx: DbTransaction): Promise<UnitOutcome<T> | typeof PERIOD_DUE> {
     this.refused = undefined;
+    this.saved = undefined;
     if (this.message !== undefined) {
       this.message.attempts++;
       this.message.outcome = "ok";
@@ -189,6 +193,7 @@ class UnitRun<T> {
         reservedAfter: changes.account.reserved,
       };
     }
+    this.saved = outcome;
     await tx.save(changes);
     return outcome;
   }
@@ -225,6 +230,11 @@ export interface UnitRunnerOptions {
    * again; so do operations refused for lack of credits, when it brought a period.
    */
   periods: ((userId: string) => Promise<boolean>) | undefined;
+  /**
+   * How long a unit of work whose commit was sent but not answered asks the store whether it was
+   * applied, in ms (`outcomeWaitMs`, docs/concepts.md, "Certain and uncertain errors").
+   */
+  outcomeWaitMs: number;
 }
 
 /**
@@ -298,12 +308,82 @@ export class UnitRunner {
     try {
       outcome = await this.config.db.transaction(userId, (tx) => unit.attempt(tx));
     } catch (error) {
+      if (error instanceof OutcomeUnknownError) return this.inDoubt(operation, userId, meta, unit, error, message);
       if (periods && error instanceof InsufficientCreditsError)
         return this.afterRefusal(operation, userId, unit, error, again);
       return this.refusedOrFailed(operation, userId, unit, error);
     }
     if (outcome === PERIOD_DUE) return this.afterPeriod(userId, again);
     return this.committed(userId, outcome, message);
+  }
+
+  /**
+   * The store was sent the unit's commit and lost the connection before it answered
+   * (docs/concepts.md, "Certain and uncertain errors"). The unit knows the journal entries it
+   * wrote: they are looked up once the store answers again, for up to `outcomeWaitMs`. Found: the
+   * call succeeded and answers its result. Not found: the commit did not take effect, a
+   * `StorageError` (nothing applied). The store never answered, or the unit wrote no entry to look
+   * for: `OutcomeUnknownError`, with the entry ids and the idempotency key to learn it by.
+   */
+  private async inDoubt<T>(
+    operation: string,
+    userId: string,
+    meta: EntryMeta,
+    unit: UnitRun<T>,
+    doubt: OutcomeUnknownError,
+    message: UnitOfWorkMessage | undefined,
+  ): Promise<T> {
+    const saved = unit.saved;
+    const first = saved?.entries[0];
+    const applied = first === undefined ? undefined : await this.lookUp(userId, first);
+    if (applied === true) return this.committed(userId, saved as UnitOutcome<T>, message);
+    if (applied === false) {
+      throw new StorageError(
+        `[credit-management] ${operation} on account ${userId}: the connection to the store was lost as it committed, and the store has answered since that nothing of it was applied; it may be retried`,
+        doubt,
+      );
+    }
+    const key = meta.idempotencyKey;
+    const entryIds = saved?.entries.map((e) => e.id) ?? [];
+    const learn =
+      key !== undefined
+        ? `retry it with the same idempotency key ("${key}"): it applies once, or answers with the first result`
+        : first !== undefined
+          ? `look for journal entry ${first.id} in the account's history before doing it again`
+          : "read the account before doing it again";
+    throw new OutcomeUnknownError(
+      `[credit-management] ${operation} on account ${userId}: the connection to the store was lost after the commit was sent, and the store did not answer within outcomeWaitMs (${this.config.outcomeWaitMs} ms): the change may or may not be applied; ${learn}`,
+      { userId, entryIds, ...(key === undefined ? {} : { idempotencyKey: key }) },
+      doubt,
+    );
+  }
+
+  /**
+   * Whether `entry` is in the account's journal, asked in a unit of work of the account (which
+   * waits for the account as any other: a commit still in progress ends first). Asked again with
+   * backoff while the store fails, for up to `outcomeWaitMs`; undefined if it never answered.
+   */
+  private async lookUp(userId: string, entry: JournalEntry): Promise<boolean | undefined> {
+    const { db, outcomeWaitMs } = this.config;
+    const deadline = Date.now() + outcomeWaitMs;
+    for (let pause = 50; ; pause = Math.min(pause * 2, 1000)) {
+      try {
+        return await db.transaction(userId, async (tx) => {
+          await tx.load();
+          if (tx.getCharge !== undefined) return (await tx.getCharge(entry.id)) !== null;
+          const [found] = await db.listJournal(userId, { order: "asc", afterSeq: entry.seq - 1, limit: 1 });
+          return found?.id === entry.id;
+        });
+      } catch (error) {
+        this.config.logger?.warn(
+          { err: error, userId, entryId: entry.id },
+          "credit-management: could not yet learn whether a commit was applied",
+        );
+      }
+      const left = deadline - Date.now();
+      if (left <= 0) return undefined;
+      await new Promise((resolve) => setTimeout(resolve, Math.min(pause, left)));
+    }
   }
 
   /**

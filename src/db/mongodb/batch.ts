@@ -1,6 +1,7 @@
 import type { ClientSession } from "mongodb";
 import { ConflictError, CreditError } from "../../errors.js";
-import { hasLabel, toCreditError } from "./errors.js";
+import { hasLabel } from "./errors.js";
+import { outcomeUnknown } from "../store/errors.js";
 import type { AccountState } from "./state-cache.js";
 import type { QueuedUnit } from "../store/group-commit.js";
 import {
@@ -73,7 +74,7 @@ const COMMIT_RETRIES = 3;
  * fails (a write conflict, a duplicate key, any driver error), nothing of it is committed and
  * every unit runs again, alone, so a culprit fails only itself. A guard miss (a cached state that
  * another process made stale) fails no unit: the batch's units run again together, on fresh reads.
- * A commit whose outcome stays unknown is never rerun: its units get a `StorageError`. A unit out
+ * A commit whose outcome stays unknown is never rerun: its units get an `OutcomeUnknownError`. A unit out
  * of optimistic attempts (`lockedUntil`) runs alone and writes its account's `_rev` before
  * anything else: from then on no other transaction can write the account before this one ends.
  */
@@ -175,11 +176,12 @@ export class MongoBatch implements UnitHost {
         return { retry };
       }
       // The commit's outcome is unknown: its savers must not run again (they might have
-      // committed), so they get the error; retry with the same idempotency key to learn more.
+      // committed); they get `OutcomeUnknownError`, which the unit-of-work runner resolves where
+      // it can (docs/concepts.md, "Certain and uncertain errors").
       for (const tx of this.txs) {
         if (savers.includes(tx)) {
           states?.delete(tx.userId);
-          tx.unit.reject(toCreditError(reason, "commit (outcome unknown)"));
+          tx.unit.reject(outcomeUnknown("mongodb", reason));
         } else again(tx, reason);
       }
       return { retry };

@@ -1,11 +1,20 @@
 import type { PgPoolClient as PoolClient, PgQueryResult as QueryResult } from "./pg-types.js";
 import { ConflictError, StorageError } from "../../errors.js";
-import { isConflict, isConnectionLevel, isLostConnection, lockTimeout, storageError, workerCode } from "./errors.js";
+import {
+  isConflict,
+  isConnectionLevel,
+  isLostConnection,
+  leavesOutcomeUnknown,
+  lockTimeout,
+  storageError,
+  workerCode,
+} from "./errors.js";
 import type { LoadRequest } from "../types.js";
 import type { PostgresDbManager } from "./index.js";
 import { type Statement, arrayText, executeText } from "./sql.js";
 import { type AccountState, stateAfter } from "./state-cache.js";
 import { deferred } from "../store/group-commit.js";
+import { outcomeUnknown } from "../store/errors.js";
 import { type ChainState, type SaveItem, advance, merged } from "./chain.js";
 import { saveParts } from "./save-rows.js";
 import { type BatchResult, NotRun, Retry, Skipped, type Unit } from "./unit.js";
@@ -243,9 +252,14 @@ export class Batch {
       }
       if (brokeEarly) retry.push({ unit, reason: this.failure, ...(this.lost ? { lost: true } : {}) });
       else if (commitError === undefined) this.resolveInOrder(tx, outcome.value);
-      else if (this.broken && !(commitError instanceof Retry))
-        unit.reject(commitError); // COMMIT's outcome is unknown: no retry
-      else if (commitError instanceof Retry)
+      else if (this.broken && !(commitError instanceof Retry)) {
+        // The connection failed with the COMMIT in the message: no retry, and unless the message
+        // was never sent its outcome is unknown (docs/concepts.md, "Certain and uncertain
+        // errors"). The next unit of the account loads.
+        this.db.states?.delete(tx.userId);
+        const cause = commitError instanceof StorageError ? commitError.cause : commitError;
+        unit.reject(leavesOutcomeUnknown(cause) ? outcomeUnknown("postgres", commitError) : commitError);
+      } else if (commitError instanceof Retry)
         // Started from the state cache: most likely the cache was stale (another process wrote an
         // account) or an account was busy; run them again loading under the lock, still batched.
         retry.push({ unit, reason: commitError.reason, ...(this.optimists.length > 0 ? { fresh: true } : {}) });

@@ -6,7 +6,8 @@ import { REVISION, unitFunctionNames } from "../../schema/citus-units.js";
 import type { SqlTable } from "../../schema/sql.js";
 import { type AccountState as BaseState, StateCache, stateAfter } from "../state-cache.js";
 import type { ChargeRecord, Changes, DbTransaction, LoadRequest, LoadedState } from "../types.js";
-import { checkOneAccount, isConflict, lockTimeout, storageError, workerCode } from "./errors.js";
+import { checkOneAccount, isConflict, leavesOutcomeUnknown, lockTimeout, storageError, workerCode } from "./errors.js";
+import { outcomeUnknown } from "../store/errors.js";
 import type { PostgresDbManager } from "./index.js";
 import { stateText, type StartState } from "./reads.js";
 import { compactRow } from "./save-rows.js";
@@ -394,6 +395,12 @@ class CallTx implements DbTransaction {
       const cause = error instanceof StorageError ? error.cause : error;
       if (isConflict(cause)) throw new Again(error);
       if ((cause as { code?: unknown } | null)?.code === "55P03") throw lockTimeout(db, "save", error);
+      if (leavesOutcomeUnknown(cause)) {
+        // The save commits as it runs: lost with it, its outcome is unknown (docs/concepts.md,
+        // "Certain and uncertain errors"). The next unit of the account loads.
+        this.units.states?.delete(this.userId);
+        throw outcomeUnknown("postgres", error);
+      }
       throw error;
     }
     try {

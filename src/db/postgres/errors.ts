@@ -25,6 +25,23 @@ export function isLostConnection(error: unknown): boolean {
 }
 
 /**
+ * Whether a message that commits (a save with its COMMIT, Citus's save call) failed with its
+ * outcome unknown: the connection was lost (`isLostConnection`) while it was on its way or running.
+ * A connection that was never made (refused, unknown host, the pool's wait for one, a node the
+ * coordinator could not reach: 08001), or one node-pg knew was dead before it sent the message
+ * ("not queryable"), sent nothing.
+ */
+export function leavesOutcomeUnknown(error: unknown): boolean {
+  const e = error as { code?: unknown; message?: unknown } | null;
+  if (e?.code === "08001" || e?.code === "ECONNREFUSED" || e?.code === "ENOTFOUND" || e?.code === "EAI_AGAIN")
+    return false;
+  const message = typeof e?.message === "string" ? e.message : "";
+  if (message.startsWith("timeout exceeded when trying to connect") || message.endsWith("and is not queryable"))
+    return false;
+  return isLostConnection(error);
+}
+
+/**
  * A failure that a new attempt of the transaction may not meet: a serialization failure, a
  * deadlock, a unique key taken by a concurrent first write, or the save statement's guard (an
  * account moved, a row to update is gone).

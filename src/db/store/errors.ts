@@ -1,4 +1,4 @@
-import { ConflictError, CreditError, StorageError } from "../../errors.js";
+import { ConflictError, CreditError, OutcomeUnknownError, StorageError } from "../../errors.js";
 
 /** `[credit-management] [<store>] …`: every store error names its origin. */
 export function origin(store: string, message: string): string {
@@ -30,6 +30,21 @@ export function gaveUp(store: string, userId: string, attempts: number, cause: u
   return new ConflictError(
     origin(store, `gave up on a unit of work on account ${userId} after ${attempts} conflicting attempts`),
     { userId, attempts },
+    cause,
+  );
+}
+
+/**
+ * The commit of a unit of work was sent to `store` and the connection failed before the answer
+ * (`cause`): it may or may not be applied. The unit-of-work runner looks up what it wrote and
+ * answers the real outcome where it can (docs/concepts.md, "Certain and uncertain errors").
+ */
+export function outcomeUnknown(store: string, cause: unknown): OutcomeUnknownError {
+  const e = cause instanceof StorageError && cause.cause !== undefined ? cause.cause : cause;
+  const message = typeof (e as { message?: unknown } | null)?.message === "string" ? (e as Error).message : String(e);
+  return new OutcomeUnknownError(
+    origin(store, `the connection failed after the commit was sent (${message}): the change may or may not be applied`),
+    { entryIds: [] },
     cause,
   );
 }
