@@ -548,7 +548,7 @@ export class AccountWork {
     const rest = shares.debt - owed - paidNow;
     if (rest > 0) back.portions.push(this.newGrant(debtGrant(this.newId(), this.userId, rest, charge.id, this.now)));
     this.account.balance += amount;
-    // The spend goes back to the limit windows that counted the charge, while they are current
+    // The spend goes back to the limits that counted the charge, while its window is current
     // (docs/teams-and-limits.md, "Late usage and reversals").
     const limits = this.account.limits;
     if (limits != null && limits.length > 0)
@@ -556,7 +556,7 @@ export class AccountWork {
         limits,
         { spender: charge.spender ?? null, feature: charge.feature ?? null },
         amount,
-        (charge.occurredAt ?? charge.createdAt).getTime(),
+        { seq: charge.seq, at: (charge.occurredAt ?? charge.createdAt).getTime() },
         this.now.getTime(),
       );
     const entry = this.emit("reverse", amount, back.portions, null, meta);
