@@ -331,7 +331,7 @@ export class AccountWork {
     }
     this.account.balance = this.account.balance + amount;
     this.account.debt = this.account.debt - debtPaid;
-    const entry = this.emit("add", amount, portions, null, meta, grant.costBasis);
+    const entry = this.emit("add", amount, portions, null, meta, { costBasis: grant.costBasis ?? null, source: grant.source });
     // An addition that only paid debt created no grant: its domain event (docs/events.md) still names the source.
     if (grantAmount === 0) noteAddSource(entry, grant.source, grant.sourceRef);
     return entry;
@@ -806,7 +806,7 @@ export class AccountWork {
     grants: GrantPortion[],
     reservationId: string | null,
     meta: EntryMeta,
-    costBasis?: CostBasis | null,
+    added?: { costBasis: CostBasis | null; source: GrantSource },
   ): JournalEntry {
     const a = this.account;
     const entry: JournalEntry = {
@@ -829,7 +829,9 @@ export class AccountWork {
       spender: meta.spender ?? null,
       feature: meta.feature ?? null,
       // (Null but on an addition with a cost basis: the hash then covers the entry as before version 15.)
-      costBasis: costBasis ?? null,
+      costBasis: added?.costBasis ?? null,
+      // (Null but on an addition: docs/revenue.md groups its figures by it.)
+      source: added?.source ?? null,
       // (Null but on a reversal and a late entry: the hash then covers the entry as before version 22.)
       reverses: meta.reverses ?? null,
       occurredAt: meta.occurredAt ?? null,

@@ -22,6 +22,7 @@ export function canonicalEntry(entry: Omit<JournalEntry, "hash">): string {
     `"description":${str(entry.description)},` +
     spendFields(entry) +
     basisField(entry) +
+    sourceField(entry) +
     correctionFields(entry) +
     `"metadata":${entry.metadata === null ? "null" : (stringify(entry.metadata) ?? "null")},` +
     `"createdAt":"${entry.createdAt.toISOString()}","prevHash":${str(entry.prevHash)}}`
@@ -47,6 +48,15 @@ function basisField(entry: Omit<JournalEntry, "hash">): string {
   const b = entry.costBasis;
   if (b == null) return "";
   return `"costBasis":{"perCredit":${quote(b.perCredit)},"currency":${quote(b.currency)}},`;
+}
+
+/**
+ * An addition's source (docs/revenue.md, "The report"), only when set: entries without one hash as
+ * before.
+ */
+function sourceField(entry: Omit<JournalEntry, "hash">): string {
+  const source = entry.source ?? null;
+  return source === null ? "" : `"source":"${source}",`;
 }
 
 /**

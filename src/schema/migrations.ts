@@ -309,12 +309,13 @@ export const MIGRATIONS: readonly Migration[] = [
       "PostgreSQL on Citus only: the function unit_save checks that the account's shard is on its node by that shard's placement alone (its colocated shards move with it), read by the placements' unique index, and names its prepared statements by the account's shard; made by the distributed DDL. Other stores: no change",
     columns: [],
   },
-  // Version 25: on Citus, units of work of one node's accounts saved in one call (docs/scaling-out.md). Self-contained: renumber freely.
+  // Version 25: on Citus, units of work of one node's accounts saved in one call (docs/scaling-out.md);
+  // an addition's source on its entry (docs/revenue.md). Self-contained: renumber freely.
   {
     to: 25,
     summary:
-      "PostgreSQL on Citus only: the function unit_saves (several units' saves in one call Citus delegates to a worker, each in a subtransaction of its own, committed together), and unit_load reports the node it read on, by which a process groups its saves; made by the distributed DDL. Other stores: no change",
-    columns: [],
+      "PostgreSQL on Citus only: the function unit_saves (several units' saves in one call Citus delegates to a worker, each in a subtransaction of its own, committed together), and unit_load reports the node it read on, by which a process groups its saves; made by the distributed DDL. Every SQL store: journal_entries.source (an add entry's grant source, covered by the entry's hash when set; nullable: entries stored before read as none) (docs/revenue.md)",
+    columns: [{ table: "journal", field: "source" }],
   },
 ];
 
