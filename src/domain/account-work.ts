@@ -331,7 +331,10 @@ export class AccountWork {
     }
     this.account.balance = this.account.balance + amount;
     this.account.debt = this.account.debt - debtPaid;
-    const entry = this.emit("add", amount, portions, null, meta, { costBasis: grant.costBasis ?? null, source: grant.source });
+    const entry = this.emit("add", amount, portions, null, meta, {
+      costBasis: grant.costBasis ?? null,
+      source: grant.source,
+    });
     // An addition that only paid debt created no grant: its domain event (docs/events.md) still names the source.
     if (grantAmount === 0) noteAddSource(entry, grant.source, grant.sourceRef);
     return entry;
