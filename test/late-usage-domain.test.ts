@@ -136,6 +136,7 @@ describe("spend limits after late usage and reversals", () => {
     amount,
     period,
     cycle: null,
+    since: 0,
     used,
     windowStart: calendarWindow(period, at).start,
     alerted: used >= amount ? "reached" : null,
@@ -157,14 +158,22 @@ describe("spend limits after late usage and reversals", () => {
 
   it("a reversal gives the spend back to its window while it is current; a reached limit is re-armed", () => {
     const limits = [limit("day", 50, 50, t)];
-    const back = giveBackSpend(limits, spend, 20, t - HOUR, t);
+    const back = giveBackSpend(limits, spend, 20, { seq: 1, at: t - HOUR }, t);
     expect(back[0]).toMatchObject({ used: 30, alerted: null });
-    expect(giveBackSpend(limits, spend, 5, t - HOUR, t)[0]).toMatchObject({ used: 45, alerted: "warning" });
+    expect(giveBackSpend(limits, spend, 5, { seq: 1, at: t - HOUR }, t)[0]).toMatchObject({
+      used: 45,
+      alerted: "warning",
+    });
     // A charge of an ended window: nothing to give back to.
-    expect(giveBackSpend(limits, spend, 20, t - 2 * DAY, t)[0]).toBe(limits[0]);
+    expect(giveBackSpend(limits, spend, 20, { seq: 1, at: t - 2 * DAY }, t)[0]).toBe(limits[0]);
     // Never below 0; a limit for another feature is left alone.
-    expect(giveBackSpend(limits, spend, 500, t, t)[0]!.used).toBe(0);
-    expect(giveBackSpend(limits, { spender: null, feature: "x" }, 5, t, t)[0]!.used).toBe(45);
+    expect(giveBackSpend(limits, spend, 500, { seq: 1, at: t }, t)[0]!.used).toBe(0);
+    expect(giveBackSpend(limits, { spender: null, feature: "x" }, 5, { seq: 1, at: t }, t)[0]!.used).toBe(45);
+
+    // A limit set after the charge was recorded (since >= its seq) never counted it: nothing back.
+    const later = [{ ...limit("day", 50, 50, t), since: 7 }];
+    expect(giveBackSpend(later, spend, 20, { seq: 7, at: t - HOUR }, t)[0]).toBe(later[0]);
+    expect(giveBackSpend(later, spend, 20, { seq: 8, at: t - HOUR }, t)[0]!.used).toBe(30);
   });
 });
 

@@ -59,18 +59,19 @@ describe("ledger", () => {
       .map((l) => JSON.parse(l) as { details: unknown });
     const journal = await db.listJournal("ü-ser ☕", { order: "asc", limit: 10 });
     // The line is the entry's hashed text: spender and feature are in it only when the entry names
-    // them (docs/teams-and-limits.md), a cost basis only when it has one (docs/revenue.md), and a
-    // reversal's charge and an entry's occurredAt only when set (docs/concepts.md), as in the hash.
+    // them (docs/teams-and-limits.md), a cost basis and an addition's source only when it has one
+    // (docs/revenue.md), and a reversal's charge and an entry's occurredAt only when set
+    // (docs/concepts.md), as in the hash.
     const stored = journal.map((e) => {
-      const { spender, feature, costBasis, reverses, occurredAt, ...rest } = JSON.parse(JSON.stringify(e)) as Record<
-        string,
-        unknown
-      >;
+      const { spender, feature, costBasis, source, reverses, occurredAt, ...rest } = JSON.parse(
+        JSON.stringify(e),
+      ) as Record<string, unknown>;
       return {
         ...rest,
         ...(spender === null ? {} : { spender }),
         ...(feature === null ? {} : { feature }),
         ...(costBasis === null ? {} : { costBasis }),
+        ...(source === null ? {} : { source }),
         ...(reverses === null ? {} : { reverses }),
         ...(occurredAt === null ? {} : { occurredAt }),
       };

@@ -112,6 +112,7 @@ const limit = (over: Partial<SpendLimit>): SpendLimit => ({
   amount: 100,
   period: "month",
   cycle: null,
+  since: 0,
   used: 0,
   windowStart: null,
   ...over,
@@ -222,21 +223,21 @@ describe("spend limits", () => {
   });
 
   it("limit notifications: a limit whose amount changes mid-window re-arms the thresholds its count is below", () => {
-    const set = replaceLimits(null, [{ spender: "alice", amount: 100, period: "month" }], null);
+    const set = replaceLimits(null, [{ spender: "alice", amount: 100, period: "month" }], null, 0);
     expect(set[0]?.alerted).toBeNull();
     const spent = countSpend(set, alice, 90, now).limits;
     expect(spent[0]?.alerted).toBe("warning");
     // The same amount again: nothing re-armed.
-    const same = replaceLimits(spent, [{ spender: "alice", amount: 100, period: "month" }], null);
+    const same = replaceLimits(spent, [{ spender: "alice", amount: 100, period: "month" }], null, 0);
     expect(same[0]?.alerted).toBe("warning");
     expect(countSpend(same, alice, 1, now).crossed).toEqual([]);
     // Raised to 200: 91 is below 80 % of it, so 80 % is sent again when a spend reaches 160.
-    const raised = replaceLimits(same, [{ spender: "alice", amount: 200, period: "month" }], null);
+    const raised = replaceLimits(same, [{ spender: "alice", amount: 200, period: "month" }], null, 0);
     expect(raised[0]?.alerted).toBeNull();
     expect(countSpend(raised, alice, 68, now).crossed).toEqual([]);
     expect(countSpend(raised, alice, 70, now).crossed.map((c) => c.level)).toEqual(["warning"]);
     // Lowered to 95 with 90 counted: 80 % stays sent, 100 % is sent by the spend that reaches it.
-    const lowered = replaceLimits(spent, [{ spender: "alice", amount: 95, period: "month" }], null);
+    const lowered = replaceLimits(spent, [{ spender: "alice", amount: 95, period: "month" }], null, 0);
     expect(lowered[0]?.alerted).toBe("warning");
     expect(countSpend(lowered, alice, 5, now).crossed.map((c) => c.level)).toEqual(["reached"]);
   });
@@ -295,22 +296,23 @@ describe("spend limits", () => {
 
   it("a limit changed mid-window keeps what the window counted", () => {
     const spent = countSpend(
-      replaceLimits(null, [{ spender: "alice", amount: 100, period: "month" }], null),
+      replaceLimits(null, [{ spender: "alice", amount: 100, period: "month" }], null, 0),
       alice,
       80,
       now,
     );
-    const lowered = replaceLimits(spent.limits, [{ spender: "alice", amount: 50, period: "month" }], null);
+    const lowered = replaceLimits(spent.limits, [{ spender: "alice", amount: 50, period: "month" }], null, 0);
     expect(lowered[0]).toMatchObject({ amount: 50, used: 80 });
     expect(tightestLimit(lowered, alice, now)?.left).toBe(0);
     const raised = replaceLimits(
       lowered,
       [{ spender: "alice", amount: 200, period: { every: 1, unit: "month" } }],
       null,
+      0,
     );
     expect(tightestLimit(raised, alice, now)?.left).toBe(120);
     // Another window is another limit: it starts from 0.
-    const daily = replaceLimits(raised, [{ spender: "alice", amount: 200, period: "day" }], null);
+    const daily = replaceLimits(raised, [{ spender: "alice", amount: 200, period: "day" }], null, 0);
     expect(daily[0]?.used).toBe(0);
   });
 
@@ -322,13 +324,14 @@ describe("spend limits", () => {
         { feature: "images", amount: 40, period: "day" },
       ],
       null,
+      0,
     );
     const spent = countSpend(two, { spender: "alice", feature: "images" }, 30, now).limits;
-    const raised = withLimit(spent, { spender: "alice", amount: 150, period: { every: 1, unit: "month" } }, null);
+    const raised = withLimit(spent, { spender: "alice", amount: 150, period: { every: 1, unit: "month" } }, null, 0);
     expect(raised).toHaveLength(2);
     expect(raised[0]).toMatchObject({ spender: "alice", amount: 150, used: 30 }); // in place, count kept
     expect(raised[1]).toBe(spent[1]); // untouched: the same object
-    const added = withLimit(raised, { spender: "alice", amount: 10, period: "day" }, null); // another window
+    const added = withLimit(raised, { spender: "alice", amount: 10, period: "day" }, null, 0); // another window
     expect(added.map((l) => [l.spender, l.feature, l.amount, l.used])).toEqual([
       ["alice", null, 150, 30],
       [null, "images", 40, 30],
@@ -339,20 +342,24 @@ describe("spend limits", () => {
       null,
       Array.from({ length: 100 }, (_, i) => ({ spender: `m${i}`, amount: 1, period: "day" as const })),
       null,
+      0,
     );
-    expect(() => withLimit(full, { spender: "one-more", amount: 1, period: "day" }, null)).toThrow(ValidationError);
-    expect(withLimit(full, { spender: "m7", amount: 2, period: "day" }, null)[7]?.amount).toBe(2); // a change still fits
+    expect(() => withLimit(full, { spender: "one-more", amount: 1, period: "day" }, null, 0)).toThrow(ValidationError);
+    expect(withLimit(full, { spender: "m7", amount: 2, period: "day" }, null, 0)[7]?.amount).toBe(2); // a change still fits
   });
 
   it("a subscription limit needs a cycle; a moved cycle starts a new window", () => {
-    expect(() => replaceLimits(null, [{ amount: 5, resetsWith: "subscription" }], null)).toThrow(ValidationError);
+    expect(() => replaceLimits(null, [{ amount: 5, resetsWith: "subscription" }], null, 0)).toThrow(ValidationError);
     const cycle = { anchorAt: t("2024-05-10T00:00:00Z"), billingPeriod: "monthly" as const };
-    const set = replaceLimits(null, [{ amount: 5, resetsWith: "subscription" }], cycle);
+    const set = replaceLimits(null, [{ amount: 5, resetsWith: "subscription" }], cycle, 0);
     const spent = countSpend(set, none, 5, now).limits;
     expect(spent[0]?.windowStart).toBe(t("2024-05-10T00:00:00Z"));
-    expect(replaceLimits(spent, [{ amount: 5, resetsWith: "subscription" }], cycle)[0]?.used).toBe(5);
+    expect(replaceLimits(spent, [{ amount: 5, resetsWith: "subscription" }], cycle, 0)[0]?.used).toBe(5);
     const moved = { anchorAt: t("2024-05-20T00:00:00Z"), billingPeriod: "monthly" as const };
-    expect(replaceLimits(spent, [{ amount: 5, resetsWith: "subscription" }], moved)[0]?.used).toBe(0);
+    expect(replaceLimits(spent, [{ amount: 5, resetsWith: "subscription" }], moved, 0)[0]?.used).toBe(0);
+    // What it counts from: kept with the same cycle, from the new seq once the cycle moved.
+    expect(replaceLimits(spent, [{ amount: 5, resetsWith: "subscription" }], cycle, 9)[0]?.since).toBe(0);
+    expect(replaceLimits(spent, [{ amount: 5, resetsWith: "subscription" }], moved, 9)[0]?.since).toBe(9);
   });
 
   it("removeLimit removes exactly the spender and feature given (and the window, when given)", () => {
@@ -365,6 +372,7 @@ describe("spend limits", () => {
         { spender: "alice", feature: "images", amount: 5, period: "day" },
       ],
       null,
+      0,
     );
     expect(withoutLimit(limits, { spender: "alice" }).map((l) => l.amount)).toEqual([1000, 5]);
     expect(withoutLimit(limits, { spender: "alice", period: "day" }).map((l) => l.amount)).toEqual([1000, 100, 5]);

@@ -331,7 +331,10 @@ export class AccountWork {
     }
     this.account.balance = this.account.balance + amount;
     this.account.debt = this.account.debt - debtPaid;
-    const entry = this.emit("add", amount, portions, null, meta, grant.costBasis);
+    const entry = this.emit("add", amount, portions, null, meta, {
+      costBasis: grant.costBasis ?? null,
+      source: grant.source,
+    });
     // An addition that only paid debt created no grant: its domain event (docs/events.md) still names the source.
     if (grantAmount === 0) noteAddSource(entry, grant.source, grant.sourceRef);
     return entry;
@@ -564,7 +567,7 @@ export class AccountWork {
     if (paid.rest > 0)
       back.portions.push(this.newGrant(debtGrant(this.newId(), this.userId, paid.rest, charge.id, this.now)));
     this.account.balance += amount;
-    // The spend goes back to the limit windows that counted the charge, while they are current
+    // The spend goes back to the limits that counted the charge, while its window is current
     // (docs/teams-and-limits.md, "Late usage and reversals").
     const limits = this.account.limits;
     if (limits != null && limits.length > 0)
@@ -572,7 +575,7 @@ export class AccountWork {
         limits,
         { spender: charge.spender ?? null, feature: charge.feature ?? null },
         amount,
-        (charge.occurredAt ?? charge.createdAt).getTime(),
+        { seq: charge.seq, at: (charge.occurredAt ?? charge.createdAt).getTime() },
         this.now.getTime(),
       );
     const entry = this.emit("reverse", amount, back.portions, null, meta);
@@ -822,7 +825,7 @@ export class AccountWork {
     grants: GrantPortion[],
     reservationId: string | null,
     meta: EntryMeta,
-    costBasis?: CostBasis | null,
+    added?: { costBasis: CostBasis | null; source: GrantSource },
   ): JournalEntry {
     const a = this.account;
     const entry: JournalEntry = {
@@ -844,7 +847,8 @@ export class AccountWork {
       // Null when not set: the hash leaves them out (canonicalEntry, src/domain/hash.ts).
       spender: meta.spender ?? null,
       feature: meta.feature ?? null,
-      costBasis: costBasis ?? null,
+      costBasis: added?.costBasis ?? null,
+      source: added?.source ?? null,
       reverses: meta.reverses ?? null,
       occurredAt: meta.occurredAt ?? null,
       createdAt: this.now,

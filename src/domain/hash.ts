@@ -7,7 +7,7 @@ import type { JournalEntry } from "../models/index.js";
  * object of every field but `hash`, in a fixed key order, with metadata keys sorted, dates as ISO
  * strings. Stable across backends and key reorderings (PostgreSQL's JSONB reorders keys). The fields
  * most entries leave empty appear only when set: a grant part's `kind`, `spender` and `feature` (the
- * pair, when either is), `costBasis`, `reverses`, `occurredAt`. Built by hand: it is on every write's
+ * pair, when either is), `costBasis`, `source`, `reverses`, `occurredAt`. Built by hand: it is on every write's
  * path, and the ledger file reuses it as the line's `details` (see `ledgerLineOf`).
  */
 export function canonicalEntry(entry: Omit<JournalEntry, "hash">): string {
@@ -32,11 +32,13 @@ function setFields(entry: Omit<JournalEntry, "hash">): string {
   const spender = entry.spender ?? null;
   const feature = entry.feature ?? null;
   const basis = entry.costBasis ?? null;
+  const source = entry.source ?? null;
   const reverses = entry.reverses ?? null;
   const occurredAt = entry.occurredAt ?? null;
   return (
     (spender === null && feature === null ? "" : `"spender":${str(spender)},"feature":${str(feature)},`) +
     (basis === null ? "" : `"costBasis":{"perCredit":${quote(basis.perCredit)},"currency":${quote(basis.currency)}},`) +
+    (source === null ? "" : `"source":${quote(source)},`) +
     (reverses === null ? "" : `"reverses":${quote(reverses)},`) +
     (occurredAt === null ? "" : `"occurredAt":"${occurredAt.toISOString()}",`)
   );

@@ -335,24 +335,26 @@ export function trueUpHold(
 }
 
 /**
- * Gives a reversed spend back to the limits (docs/teams-and-limits.md, "Late usage and reversals"):
- * `amount` credits of a charge of `spend` made at `chargeAt` (its `occurredAt`, else `createdAt`;
- * ms) come off each limit that applies to it and still counts the charge's window — the window
- * holding `chargeAt` is the one it tracks and is the current one at `now`. A window that has ended
- * is left as it was (nothing is left to spend in it). A limit reached is no longer reached when the
- * count falls below its amount, and a threshold the count falls back below is armed again: the
- * next spend that reaches it sends it again.
+ * Gives a reversed spend back to the limits that counted it (docs/teams-and-limits.md, "Late usage
+ * and reversals"): `amount` credits of a charge of `spend` — its entry's `seq`, and `at` when it was
+ * made (its `occurredAt`, else `createdAt`; ms) — come off each limit that applies to it, was set
+ * before the charge was recorded (`since < seq`), and still counts the charge's window: the window
+ * holding `at` is the one it tracks and is the current one at `now`. Any other
+ * limit is left as it was: one set after the charge never counted it, and a window that has ended
+ * has nothing left to spend in it. A limit reached is no longer reached when the count falls below
+ * its amount, and a threshold the count falls back below is armed again: the next spend that
+ * reaches it sends it again.
  */
 export function giveBackSpend(
   limits: readonly SpendLimit[],
   spend: Spend,
   amount: number,
-  chargeAt: number,
+  charge: { seq: number; at: number },
   now: number,
 ): SpendLimit[] {
   return limits.map((limit) => {
-    if (amount <= 0 || !applies(limit, spend)) return limit;
-    const then = windowOf(limit, chargeAt).start;
+    if (amount <= 0 || !applies(limit, spend) || limit.since >= charge.seq) return limit;
+    const then = windowOf(limit, charge.at).start;
     if (limit.windowStart !== then || windowOf(limit, now).start !== then) return limit;
     const used = Math.max(0, limit.used - amount);
     const alerted = ALERTS[Math.min(alertedOf(limit), alertLevel(used, limit.amount))] as LimitAlert | null;
@@ -362,14 +364,16 @@ export function giveBackSpend(
 
 /**
  * The account's limits after `setLimits(inputs)`: the list replaced, each limit keeping what it
- * counted in its window when one with the same key (spender, feature, window) was there before —
- * so a limit changed mid-window (its amount raised or lowered) still counts what was spent in it.
- * `cycle`: the account's subscription cycle, required by a `resetsWith: "subscription"` limit.
+ * counted in its window (and `since`) when one with the same key (spender, feature, window) was
+ * there before — so a limit changed mid-window (its amount raised or lowered) still counts what was
+ * spent in it. A new limit counts the spends recorded after `seq`, the account's seq now. `cycle`: the
+ * account's subscription cycle, required by a `resetsWith: "subscription"` limit.
  */
 export function replaceLimits(
   existing: readonly SpendLimit[] | null,
   inputs: readonly SpendLimitInput[],
   cycle: LimitCycle | null,
+  seq: number,
 ): SpendLimit[] {
   const before = new Map((existing ?? []).map((l) => [keyOf(l), l]));
   return inputs.map((input, i) => {
@@ -385,12 +389,14 @@ export function replaceLimits(
       amount: input.amount,
       period,
       cycle: period === null ? cycle : null,
+      since: seq,
       used: 0,
       windowStart: null,
       alerted: null,
     };
     const old = before.get(keyOf(limit));
     if (old !== undefined) {
+      limit.since = old.since;
       limit.used = old.used;
       limit.windowStart = old.windowStart;
       // Its thresholds stay sent while its amount is the same. A new amount re-arms those the
@@ -406,6 +412,7 @@ export function replaceLimits(
         period === null &&
         (old.cycle?.anchorAt !== cycle?.anchorAt || old.cycle?.billingPeriod !== cycle?.billingPeriod)
       ) {
+        limit.since = seq;
         limit.used = 0;
         limit.windowStart = null;
         limit.alerted = null;
@@ -418,15 +425,16 @@ export function replaceLimits(
 /**
  * The account's limits after `setLimit(input)`: the limit with the input's key (spender, feature,
  * window) changed in place, keeping what its window counted as `replaceLimits` does, or added at
- * the end; every other limit exactly as it was. More than `MAX_LIMITS`: a `ValidationError`.
+ * the end, counting the spends after `seq`; every other limit exactly as it was. More than `MAX_LIMITS`: a `ValidationError`.
  */
 export function withLimit(
   existing: readonly SpendLimit[] | null,
   input: SpendLimitInput,
   cycle: LimitCycle | null,
+  seq: number,
 ): SpendLimit[] {
   const list = existing ?? [];
-  const limit = replaceLimits(list, [input], cycle)[0] as SpendLimit;
+  const limit = replaceLimits(list, [input], cycle, seq)[0] as SpendLimit;
   const key = keyOf(limit);
   const at = list.findIndex((l) => keyOf(l) === key);
   if (at !== -1) {

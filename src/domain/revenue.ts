@@ -401,8 +401,15 @@ export class RevenueAccumulator {
           if (b === null) break;
           const drawn = e.grants.reduce((s, g) => s + g.amount, 0);
           const debtPaid = e.amount - drawn;
+          // Its source and plan: the entry's own (an addition that only pays debt has no grant),
+          // by the rule of its grant's; else its grant's.
           const grantId = e.grants[0]?.grantId;
-          const of = grantId === undefined ? undefined : grants?.get(grantId);
+          const of =
+            e.source != null
+              ? grantGroups({ source: e.source, metadata: e.metadata })
+              : grantId === undefined
+                ? undefined
+                : grants?.get(grantId);
           const groups = { source: of?.source ?? null, plan: of?.plan ?? null };
           const rate = rateOf(b.perCredit);
           add(key(b.currency, groups, null), "paid", valueAt(rate, e.amount));

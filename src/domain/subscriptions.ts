@@ -551,6 +551,10 @@ export function applyIntent(
     scope: GrantScope | null = null,
     costBasis: CostBasis | null = null,
   ) => {
+    // The plan whose period (or change) this is: revenue is grouped by it (docs/revenue.md, "The
+    // report"). On the entry too, for the credits that pay debt and make no grant.
+    const plan = { subscriptionId: s.id, planId: s.planId };
+    const entryMeta = m(description);
     const e = work.add(
       amount,
       {
@@ -559,14 +563,13 @@ export function applyIntent(
         source,
         sourceRef: it.key.slice(0, 255),
         description,
-        // The plan whose period (or change) this is: revenue is grouped by it (docs/revenue.md, "The report").
-        metadata: { subscriptionId: s.id, planId: s.planId },
+        metadata: plan,
         // An allowance's grant (docs/subscriptions.md, "Allowances"); unscoped ones as before.
         ...(scope === null ? {} : { scope }),
         // What the credits were sold for (docs/revenue.md, "Subscriptions"); rollovers are free.
         ...(costBasis === null ? {} : { costBasis }),
       },
-      m(description),
+      { ...entryMeta, metadata: { ...entryMeta.metadata, ...plan } },
     );
     for (const p of e.grants) created.push(p.grantId);
     creditsAdded += amount;

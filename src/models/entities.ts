@@ -196,6 +196,12 @@ export const JournalEntry = z.object({
    */
   costBasis: CostBasis.nullable().optional(),
   /**
+   * An `add` entry's source: the `source` of the grant it adds, recorded on the entry too because an
+   * addition that only pays debt creates no grant (docs/revenue.md, "The report"). Null or absent on
+   * every other entry. Covered by the hash when set.
+   */
+  source: GrantSource.nullable().optional(),
+  /**
    * A `reverse` entry's charge: the id of the entry it gives back (schema version 22,
    * docs/concepts.md). Null or absent on every other entry. Covered by the hash when set.
    */

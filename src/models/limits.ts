@@ -106,6 +106,13 @@ export const SpendLimit = z.object({
   period: LimitPeriod.nullable(),
   /** The subscription cycle, for `resetsWith: "subscription"`; else null. */
   cycle: LimitCycle.nullable(),
+  /**
+   * The account's `seq` when the limit was set (docs/teams-and-limits.md, "Late usage and
+   * reversals"): it counts the spends recorded after it, so a reversal gives it back only a charge
+   * whose entry's seq is higher. Kept while the limit is changed in place; a limit removed and set
+   * again, or a subscription limit whose cycle moved, counts from when that happened.
+   */
+  since: z.number().int().nonnegative(),
   /** Credits counted in the window starting at `windowStart`. */
   used: NonNegativeAmount,
   /** Start (ms since the epoch) of the window `used` counts; null before the first spend. */

@@ -137,6 +137,39 @@ export function runLateUsageContract(getDb: () => DbManager, options: PartOption
       ]);
     });
 
+    it("a reversal gives nothing back to a limit set after its charge, nor to one removed and set again since", async () => {
+      // A Wednesday at noon: the day and the week both hold the whole test.
+      const wednesday = base + 600 * DAY + 12 * HOUR;
+      const { credits, clock, user } = setup(wednesday - ((new Date(wednesday).getUTCDay() + 4) % 7) * DAY);
+      await credits.addCredits(user, 1_000);
+      const before = await credits.deductCredits(user, 100, { spender: "s3" });
+      clock.now += HOUR;
+      await credits.setLimits(user, [
+        { spender: "s3", amount: 100, period: "day" },
+        { spender: "s3", amount: 150, period: "week" },
+      ]);
+      await credits.deductCredits(user, 60, { spender: "s3" });
+      clock.now += HOUR;
+      await credits.reverseCharge(user, before.id, { amount: 30, reason: "partly failed" });
+      await credits.reverseCharge(user, before.id, { reason: "failed" });
+      const used = async () => (await credits.getLimits(user)).map((l) => [l.period, l.used]);
+      expect(await used()).toEqual([
+        ["day", 60],
+        ["week", 60],
+      ]);
+      await expect(credits.deductCredits(user, 100, { spender: "s3" })).rejects.toBeInstanceOf(SpendLimitError);
+      // A charge the limits counted gives back to them; a limit removed and set again counts afresh.
+      const counted = await credits.deductCredits(user, 40, { spender: "s3" });
+      await credits.removeLimit(user, { spender: "s3", period: "week" });
+      await credits.setLimit(user, { spender: "s3", amount: 150, period: "week" });
+      await credits.reverseCharge(user, counted.id, { amount: 25, reason: "partly failed" });
+      expect(await used()).toEqual([
+        ["day", 75],
+        ["week", 0],
+      ]);
+      expect((await credits.audit(user)).problems).toEqual([]);
+    });
+
     it("after reversals, usage nets out in the charge's window and dimensions, limits get the spend back, revenue books it when written", async () => {
       const { credits, clock, user } = setup(base + 500 * DAY + 10 * HOUR);
       await credits.addCredits(user, 1_000, { costBasis: { perCredit: "2", currency: "USD" } });
