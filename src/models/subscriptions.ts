@@ -73,8 +73,8 @@ export const Plan = z.object({
   /** Most credits carried into the next period when `rollover` is "cap". */
   rolloverCap: NonNegativeAmount.nullable(),
   /**
-   * Scoped credits allocated every period beside `creditsPerPeriod` (schema version 13,
-   * docs/subscriptions.md, "Allowances"). Null or absent (plans stored before): none.
+   * Scoped credits allocated every period beside `creditsPerPeriod` (docs/subscriptions.md,
+   * "Allowances"). Null or absent: none.
    */
   allowances: PlanAllowances.nullable().optional(),
   isActive: z.boolean(),
@@ -246,15 +246,15 @@ export const Subscription = z.object({
   /**
    * Credits per period the current period is on: its allocation (0 when it got none), or the
    * `creditsPerPeriod` of the plan a prorated `changePlan` moved it to. What proration prorates
-   * against (an operator's `updatePlan` mid-period does not change it). Null on subscriptions
-   * stored before this field existed (absent or null): the plan's current figure is used then.
+   * against (an operator's `updatePlan` mid-period does not change it). Null or absent: the plan's
+   * current figure is used then.
    */
   periodCredits: NonNegativeAmount.nullable().optional(),
   /**
-   * The allowances the current period is on (schema version 13, docs/subscriptions.md,
-   * "Allowances"): what it allocated of each scope, or those of the plan a prorated `changePlan`
-   * moved it to; what proration prorates each allowance against. Null or absent on subscriptions
-   * stored before: the plan's current allowances are used then.
+   * The allowances the current period is on (docs/subscriptions.md, "Allowances"): what it
+   * allocated of each scope, or those of the plan a prorated `changePlan` moved it to; what
+   * proration prorates each allowance against. Null or absent: the plan's current allowances are
+   * used then.
    */
   periodAllowances: z
     .array(z.object({ scope: GrantScope, credits: NonNegativeAmount }))
