@@ -128,8 +128,7 @@ export type Grant = z.infer<typeof Grant>;
  * "The journal" and "Giving a charge back"): absent, they were spent (or, on a reversal, made a
  * grant); `returned`, they went back to their grant; `debt_paid`, they paid debt; `debt_returned`
  * (a reversal only), they had paid the debt the charge made and went back to the grant that paid
- * it. Only a partial capture and a reversal write it; every other portion has none (journals
- * written before it read the same).
+ * it. Only a partial capture and a reversal write it; every other portion has none.
  */
 export const PortionKind = z.enum(["returned", "debt_paid", "debt_returned"]);
 export type PortionKind = z.infer<typeof PortionKind>;

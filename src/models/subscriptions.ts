@@ -134,7 +134,7 @@ export type CreditsOnChange = z.infer<typeof CreditsOnChange>;
 /**
  * What the credits of an allocation or a prorated change were sold for (docs/revenue.md,
  * "Subscriptions"): `amount` in the smallest unit of `currency`, for all the grants it creates
- * together. Absent: free credits (a plan without a price; intents written before this field).
+ * together. Absent: free credits (a plan without a price).
  */
 const IntentPrice = z.object({ amount: NonNegativeAmount, currency: z.string().regex(/^[A-Z]{3}$/) });
 
@@ -263,15 +263,15 @@ export const Subscription = z.object({
   /**
    * What the `subscribe` call that created the subscription asked for (`startAt` in epoch ms, null
    * when not given), so a retry with its idempotency key is compared with that call, not with what
-   * plan changes, `resume` or a new cycle made of the subscription since. Null on subscriptions
-   * stored before this field existed (absent or null).
+   * plan changes, `resume` or a new cycle made of the subscription since. Null or absent: none
+   * recorded.
    */
   request: SubscribeRequest.nullable().optional(),
   /**
    * The idempotency keys of the `cancel`, `resume` and `changePlan` calls that changed it (the
    * latest 100), each with its call's fingerprint: a retry with one of them is answered without
    * changing anything, another call with it is an `IdempotencyConflictError`. Null or absent when
-   * none was keyed (and on subscriptions stored before this field existed).
+   * none was keyed.
    */
   changeKeys: z
     .array(z.object({ key: z.string(), fingerprint: z.string() }))

@@ -65,8 +65,8 @@ export interface TableSpec {
   indexes: readonly IndexSpec[];
   /**
    * MongoDB: null fields are left out of the documents (read back as null), and `binary` fields
-   * are stored as BinData (read back as hex; hex strings of documents written before read as they
-   * are). The validator allows both.
+   * are stored as BinData (read back as hex; a hex string stored there reads as it is). The
+   * validator allows both.
    */
   sparse?: boolean;
   /**
