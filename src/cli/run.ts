@@ -111,8 +111,8 @@ const SCHEMA_EXAMPLES = `Examples:
   npx credit-management schema --backend sql --dialect postgres > schema.sql
   npx credit-management schema --backend sql --dialect mysql --prefix credits_ --out credits.sql
   npx credit-management schema --backend nosql --out validators.json
-  npx credit-management schema --dialect mongodb --from-version 3 > upgrade.js && mongosh "$URI" --file upgrade.js
-  npx credit-management schema --dialect postgres --from-version 2 > upgrade.sql
+  npx credit-management schema --dialect mongodb --from-version 1 > upgrade.js && mongosh "$URI" --file upgrade.js
+  npx credit-management schema --dialect postgres --from-version 1 > upgrade.sql
 `;
 
 const AUDIT_EXAMPLES = `Examples:

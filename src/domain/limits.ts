@@ -299,8 +299,7 @@ export function alertLevel(used: number, amount: number): 0 | 1 | 2 {
 
 /**
  * The highest threshold sent in the limit's window `windowStart` (0, 1, 2; see `alertLevel`). A
- * limit stored before schema version 11 has no `alerted`: the thresholds its count is past count
- * as sent (an upgrade sends nothing for spends made before it).
+ * limit without `alerted`: the thresholds its count is past count as sent.
  */
 export function alertedOf(limit: SpendLimit): 0 | 1 | 2 {
   const a = limit.alerted;

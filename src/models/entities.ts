@@ -67,7 +67,7 @@ export const Account = z.object({
   /** Low-credits alert state (null until the first change this version made). See docs/notifications.md. */
   alert: AlertState.nullable(),
   /**
-   * The auto top-up rule and its state (schema version 8; null: none). Optional in this type so
+   * The auto top-up rule and its state (null: none). Optional in this type so
    * accounts built by hand need not name it. See docs/promos-and-payments.md, "Auto top-up".
    */
   autoTopUp: AutoTopUpState.nullable().optional(),
@@ -77,8 +77,8 @@ export const Account = z.object({
    */
   limits: z.array(SpendLimit).nullable().optional(),
   /**
-   * True once the account has been given a scoped grant (schema version 10, docs/teams-and-limits.md,
-   * "Scoped credits"): its spends then sort its open grants by scope. Null or absent: never, and a
+   * True once the account has been given a scoped grant (docs/teams-and-limits.md, "Scoped
+   * credits"): its spends then sort its open grants by scope. Null or absent: never, and a
    * spend takes its grants in plain burn-down order without reading their scopes.
    */
   scoped: z.boolean().nullable().optional(),
@@ -111,13 +111,13 @@ export const Grant = z.object({
   closedAt: z.date().nullable(),
   closedReason: z.enum(["expired", "voided"]).nullable(),
   /**
-   * The spends this grant may pay for (schema version 10, docs/teams-and-limits.md, "Scoped
-   * credits"); null or absent: any spend. Never changes.
+   * The spends this grant may pay for (docs/teams-and-limits.md, "Scoped credits"); null or
+   * absent: any spend. Never changes.
    */
   scope: GrantScope.nullable().optional(),
   /**
-   * What each credit was sold for (schema version 15, docs/revenue.md); null or absent: unknown or
-   * free (no revenue). Never changes; the `add` entry that created the grant carries the same.
+   * What each credit was sold for (docs/revenue.md); null or absent: unknown or free (no
+   * revenue). Never changes; the `add` entry that created the grant carries the same.
    */
   costBasis: CostBasis.nullable().optional(),
 });
@@ -128,8 +128,7 @@ export type Grant = z.infer<typeof Grant>;
  * "The journal" and "Giving a charge back"): absent, they were spent (or, on a reversal, made a
  * grant); `returned`, they went back to their grant; `debt_paid`, they paid debt; `debt_returned`
  * (a reversal only), they had paid the debt the charge made and went back to the grant that paid
- * it. Only a partial capture and a reversal write it; every other portion has none (journals
- * written before it read the same).
+ * it. Only a partial capture and a reversal write it; every other portion has none.
  */
 export const PortionKind = z.enum(["returned", "debt_paid", "debt_returned"]);
 export type PortionKind = z.infer<typeof PortionKind>;
@@ -185,13 +184,13 @@ export const JournalEntry = z.object({
   description: z.string().nullable(),
   metadata: Metadata.nullable(),
   /**
-   * Who spent and on what (docs/teams-and-limits.md); null or absent when the spend named none
-   * (entries written before schema version 8 read so). Covered by the hash when set.
+   * Who spent and on what (docs/teams-and-limits.md); null or absent when the spend named none.
+   * Covered by the hash when set.
    */
   spender: SpenderId.nullable().optional(),
   feature: FeatureName.nullable().optional(),
   /**
-   * An `add` entry's cost basis (schema version 15, docs/revenue.md): what each credit it added was
+   * An `add` entry's cost basis (docs/revenue.md): what each credit it added was
    * sold for, the debt it paid included. Null or absent: none. Covered by the hash when set.
    */
   costBasis: CostBasis.nullable().optional(),
@@ -202,12 +201,12 @@ export const JournalEntry = z.object({
    */
   source: GrantSource.nullable().optional(),
   /**
-   * A `reverse` entry's charge: the id of the entry it gives back (schema version 22,
-   * docs/concepts.md). Null or absent on every other entry. Covered by the hash when set.
+   * A `reverse` entry's charge: the id of the entry it gives back (docs/concepts.md). Null or
+   * absent on every other entry. Covered by the hash when set.
    */
   reverses: EntityId.nullable().optional(),
   /**
-   * When the usage happened, where that is not `createdAt` (schema version 22, docs/concepts.md):
+   * When the usage happened, where that is not `createdAt` (docs/concepts.md):
    * a late usage entry's time, and on a `reverse` entry its charge's (the charge's `occurredAt`, else
    * its `createdAt`), so usage and spend limits place it there. Null or absent: at `createdAt`.
    * Covered by the hash when set.

@@ -120,8 +120,8 @@ export const SpendLimit = z.object({
   /**
    * The highest threshold notified in the window `windowStart` (docs/teams-and-limits.md, "Limit
    * notifications"): `warning` (80 %), `reached` (100 %), or null. A spend sends only the thresholds
-   * above it, so each is sent once per window. Absent on limits stored before schema version 11:
-   * read from `used` (the thresholds it is past count as sent).
+   * above it, so each is sent once per window. Absent: read from `used` (the thresholds it is past
+   * count as sent).
    */
   alerted: LimitAlert.nullable().optional(),
 });

@@ -11,7 +11,7 @@ export const DomainEventType = z.enum([
   "credits_expired",
   "hold_placed",
   "hold_settled",
-  // Schema version 22: a charge given back (docs/events.md).
+  // A charge given back (docs/events.md).
   "credits_reversed",
 ]);
 export type DomainEventType = z.infer<typeof DomainEventType>;
@@ -28,16 +28,16 @@ export const NotificationType = z.enum([
   "subscription_allocation",
   "subscription_cancelled",
   "subscription_ended",
-  // Schema version 4: a feature's allowed state flipped (docs/trial-and-checks.md), and the domain
+  // A feature's allowed state flipped (docs/trial-and-checks.md), and the domain
   // events (docs/events.md), recorded when `domainEvents` is on.
   "feature_status_changed",
   ...DomainEventType.options,
-  // Schema version 8: auto top-up (docs/promos-and-payments.md, "Auto top-up").
+  // Auto top-up (docs/promos-and-payments.md, "Auto top-up").
   "auto_top_up_requested",
   "auto_top_up_failed",
   "auto_top_up_action_required",
   "auto_top_up_disabled",
-  // Schema version 11: a spend limit's 80 % and 100 % (docs/teams-and-limits.md, "Limit notifications").
+  // A spend limit's 80 % and 100 % (docs/teams-and-limits.md, "Limit notifications").
   "limit_warning",
   "limit_reached",
 ]);
@@ -94,7 +94,7 @@ export const Notification = z.object({
   /**
    * The version of `payload`'s schema for this `type` (docs/events.md, "Versions"): published as
    * the envelope's `version`, so a version 2 of an event is new rows, not a new table layout.
-   * Rows stored before schema version 7 read as 1.
+   * A row without one reads as 1.
    */
   version: EventVersion,
   status: NotificationStatus,

@@ -41,8 +41,7 @@ export const PerCredit = z
   );
 
 /**
- * A grant's cost basis as stored (schema version 15, docs/revenue.md): what each of its credits was
- * sold for (`perCredit`, smallest unit of `currency`, an upper-case ISO-4217 code). Set when the
+ * A grant's cost basis as stored (docs/revenue.md): what each of its credits was sold for (`perCredit`, smallest unit of `currency`, an upper-case ISO-4217 code). Set when the
  * grant is written and never changed; covered by the hash of the journal entry that created it.
  */
 export const CostBasis = z.object({

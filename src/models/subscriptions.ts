@@ -73,8 +73,8 @@ export const Plan = z.object({
   /** Most credits carried into the next period when `rollover` is "cap". */
   rolloverCap: NonNegativeAmount.nullable(),
   /**
-   * Scoped credits allocated every period beside `creditsPerPeriod` (schema version 13,
-   * docs/subscriptions.md, "Allowances"). Null or absent (plans stored before): none.
+   * Scoped credits allocated every period beside `creditsPerPeriod` (docs/subscriptions.md,
+   * "Allowances"). Null or absent: none.
    */
   allowances: PlanAllowances.nullable().optional(),
   isActive: z.boolean(),
@@ -134,7 +134,7 @@ export type CreditsOnChange = z.infer<typeof CreditsOnChange>;
 /**
  * What the credits of an allocation or a prorated change were sold for (docs/revenue.md,
  * "Subscriptions"): `amount` in the smallest unit of `currency`, for all the grants it creates
- * together. Absent: free credits (a plan without a price; intents written before this field).
+ * together. Absent: free credits (a plan without a price).
  */
 const IntentPrice = z.object({ amount: NonNegativeAmount, currency: z.string().regex(/^[A-Z]{3}$/) });
 
@@ -246,15 +246,15 @@ export const Subscription = z.object({
   /**
    * Credits per period the current period is on: its allocation (0 when it got none), or the
    * `creditsPerPeriod` of the plan a prorated `changePlan` moved it to. What proration prorates
-   * against (an operator's `updatePlan` mid-period does not change it). Null on subscriptions
-   * stored before this field existed (absent or null): the plan's current figure is used then.
+   * against (an operator's `updatePlan` mid-period does not change it). Null or absent: the plan's
+   * current figure is used then.
    */
   periodCredits: NonNegativeAmount.nullable().optional(),
   /**
-   * The allowances the current period is on (schema version 13, docs/subscriptions.md,
-   * "Allowances"): what it allocated of each scope, or those of the plan a prorated `changePlan`
-   * moved it to; what proration prorates each allowance against. Null or absent on subscriptions
-   * stored before: the plan's current allowances are used then.
+   * The allowances the current period is on (docs/subscriptions.md, "Allowances"): what it
+   * allocated of each scope, or those of the plan a prorated `changePlan` moved it to; what
+   * proration prorates each allowance against. Null or absent: the plan's current allowances are
+   * used then.
    */
   periodAllowances: z
     .array(z.object({ scope: GrantScope, credits: NonNegativeAmount }))
@@ -263,15 +263,15 @@ export const Subscription = z.object({
   /**
    * What the `subscribe` call that created the subscription asked for (`startAt` in epoch ms, null
    * when not given), so a retry with its idempotency key is compared with that call, not with what
-   * plan changes, `resume` or a new cycle made of the subscription since. Null on subscriptions
-   * stored before this field existed (absent or null).
+   * plan changes, `resume` or a new cycle made of the subscription since. Null or absent: none
+   * recorded.
    */
   request: SubscribeRequest.nullable().optional(),
   /**
    * The idempotency keys of the `cancel`, `resume` and `changePlan` calls that changed it (the
    * latest 100), each with its call's fingerprint: a retry with one of them is answered without
    * changing anything, another call with it is an `IdempotencyConflictError`. Null or absent when
-   * none was keyed (and on subscriptions stored before this field existed).
+   * none was keyed.
    */
   changeKeys: z
     .array(z.object({ key: z.string(), fingerprint: z.string() }))

@@ -65,8 +65,8 @@ export interface TableSpec {
   indexes: readonly IndexSpec[];
   /**
    * MongoDB: null fields are left out of the documents (read back as null), and `binary` fields
-   * are stored as BinData (read back as hex; hex strings of documents written before read as they
-   * are). The validator allows both.
+   * are stored as BinData (read back as hex; a hex string stored there reads as it is). The
+   * validator allows both.
    */
   sparse?: boolean;
   /**
@@ -152,7 +152,7 @@ export const tableSpecs: TableSpecs = {
       { name: "created", fields: ["createdAt"], brin: true },
       // A charge by its id, which is what reversing it names (docs/concepts.md, "The journal").
       { name: "id", fields: ["id"] },
-      // A charge's reversals within its account: the few entries that name one (schema version 22).
+      // A charge's reversals within its account: the few entries that name one.
       { name: "user_reverses", fields: ["userId", "reverses"], where: [{ field: "reverses", op: "notNull" }] },
       // Usage placed at another time than its recording (late entries, reversals: docs/usage.md):
       // reports over a window find those few entries by when they count.

@@ -65,7 +65,7 @@ export const MONGO_COLLECTIONS: Record<MongoCollectionKey, MongoCollectionLayout
       },
       // Usage reports across accounts: a range of createdAt (docs/usage.md).
       { key: { createdAt: 1 }, name: "created" },
-      // A charge's reversals within its account (schema version 22; a charge itself is found by `_id`).
+      // A charge's reversals within its account (a charge itself is found by `_id`).
       {
         key: { userId: 1, reverses: 1 },
         name: "user_reverses",

@@ -6,7 +6,7 @@ import { DUPLICATE_KEY, guard, isDriverError, writeOne } from "./errors.js";
 
 export const NOTIFICATION: Kind<NotificationT> = kind<NotificationT>("id", Notification.shape);
 
-/** An outbox row; a document stored before schema version 7 has no `version`: its payload is version 1. */
+/** An outbox row; a document without `version` has a payload of version 1. */
 function rowOf(doc: StoredDoc): NotificationT {
   const row = fromDoc(NOTIFICATION, doc);
   if (row.version === null) row.version = 1;

@@ -384,7 +384,7 @@ export class PostgresDbManager extends StoreBase implements DbManager {
 
   /**
    * Active holds (the `status_expiry` index) and the outbox's pending (`pending_due`) and failed
-   * rows (the partial index `notifications_failed`, schema version 7): no scan of the outbox.
+   * rows (the partial index `notifications_failed`): no scan of the outbox.
    */
   async stats(): Promise<StoreStats> {
     const r = this.sql.tables.reservations.qualified;
