@@ -274,7 +274,10 @@ describe("bad input is a ValidationError and changes nothing", () => {
       /options\.metadata\.a\.0\.b: .*NUL/,
     );
     await expectInvalid(() => m.promos.claimPromo(U, "CODE", { correlationId: "\u0000" }), nul);
-    await expectInvalid(() => m.subscriptions.createPlan({ id: "p", name: "n\u0000", creditsPerPeriod: 1 }), nul);
+    await expectInvalid(
+      () => m.subscriptions.createPlan({ id: "p", name: "n\u0000", creditsPerPeriod: 1, billingPeriod: "monthly" }),
+      nul,
+    );
     await expectInvalid(() => c.meter(U, { estimate: 1, description: "\u0000" }, () => 1), nul);
   });
 
