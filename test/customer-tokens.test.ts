@@ -147,13 +147,13 @@ describe("serve takes customer tokens on the read routes only", () => {
     expect((await call("GET", "/credits/balance?spender=key-1", token)).status).toBe(200);
     const other = await call("GET", "/credits/balance?spender=key-2", token);
     expect(other.status).toBe(403);
-    expect((other.body.error as { message: string }).message).toBe(
+    expect((other.body.error as { code: string; message?: string }).message).toBe(
       'Your customer token is for the spender "key-1": a query cannot name another.',
     );
     const none = (await m.credits.customerToken("alice", { ttlSeconds: 60 })).token;
     const named = await call("GET", "/credits/balance?spender=key-2", none);
     expect(named.status).toBe(403);
-    expect((named.body.error as { message: string }).message).toMatch(/customer token names no spender/);
+    expect((named.body.error as { code: string; message?: string }).message).toMatch(/customer token names no spender/);
   });
 
   it("refused for another account, after expiry, and when forged", async () => {
