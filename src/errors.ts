@@ -21,7 +21,20 @@ export type CreditErrorCode =
   | "WEBHOOK_REJECTED"
   | "PAYMENT_PROVIDER_ERROR"
   | "UNKNOWN_MODEL"
-  | "RUN_BUDGET_EXCEEDED";
+  | "RUN_BUDGET_EXCEEDED"
+  // Webhook delivery (docs/notifications.md)
+  | "WEBHOOK_DELIVERY_FAILED"
+  | "WEBHOOK_ADDRESS_REFUSED"
+  // The HTTP API's own answers (`HttpError`, docs/http.md)
+  | "UNAUTHORIZED"
+  | "FORBIDDEN"
+  | "METHOD_NOT_ALLOWED"
+  | "PAYLOAD_TOO_LARGE"
+  | "UNSUPPORTED_MEDIA_TYPE"
+  | "TOO_MANY_FAILED_AUTHENTICATIONS"
+  | "RATE_LIMITED"
+  | "CUSTOMER_TOKENS_OFF"
+  | "METRICS_OFF";
 
 /** Base class of every error the library throws on purpose. */
 export class CreditError extends Error {

@@ -69,6 +69,23 @@ describe("credit-management reverse", () => {
     expect((await m.credits.getUserCreditsInfo("acme")).balance).toBe(1_000);
   });
 
+  it("--show prints a reason's control and bidi characters as the console does, never raw", async () => {
+    const reason = "ok\u001b[2J\nlast reversal: 0 credits\u202Eevil";
+    expect((await cli([charge, "--user", "acme", "--amount", "5", "--reason", reason], { db })).code).toBe(0);
+    const show = await cli([charge, "--user", "acme", "--show"], { db });
+    expect(show.code).toBe(0);
+    // eslint-disable-next-line no-control-regex -- no raw control character may reach the terminal
+    expect(show.stdout).not.toMatch(/[\u0000-\u0009\u000b-\u001f\u202e]/);
+    expect(show.stdout).toContain(
+      "ok\u27e8U+001B\u27e9[2J\u27e8U+000A\u27e9last reversal: 0 credits\u27e8U+202E\u27e9evil",
+    );
+    // --json keeps the reason as stored (JSON escapes it).
+    const json = await cli([charge, "--user", "acme", "--show", "--json"], { db });
+    expect((JSON.parse(json.stdout) as { reversals: { description: string }[] }).reversals[0]?.description).toBe(
+      reason,
+    );
+  });
+
   it("exits 2 for bad usage or what the library refuses, 3 for no such account or entry; nothing changes", async () => {
     const journal = async () => (await db.listJournal("acme", { order: "desc", limit: 100 })).length;
     const n = await journal();

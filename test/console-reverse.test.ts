@@ -87,6 +87,30 @@ describe("giving a charge back in the console", () => {
     expect(after).toMatch(/given back 50 in\s*<a href="#entry-[^"]+">#3<\/a>/);
   });
 
+  it("reviews and confirms a reason by one rule: what the review accepts, the confirmation records", async () => {
+    const { m, charge, send } = await setup();
+    // The journal keeps 1,000 characters, the actor's note included: 990 typed are too many.
+    const suffix = " (by ops@example.com in the console)".length;
+    const max = 1000 - suffix;
+    const form = await (await send("_key=dddddddd-0004")).text();
+    expect(form).toMatch(new RegExp(`name="description"[^>]*maxlength="${max}"`));
+    for (const reason of ["x".repeat(990), "x".repeat(max + 1), "   "]) {
+      const review = await (await send(`_key=dddddddd-0004&step=review&amount=5&description=${reason}`)).text();
+      expect(review, `${reason.length} characters`).not.toContain('id="confirm"');
+      expect(review).toMatch(/Reason: (at most|say why)/);
+      const confirmed = await send(`_key=dddddddd-0004&amount=5&description=${reason}&confirmed=1`);
+      expect(confirmed.status).toBe(400);
+    }
+    expect((await m.credits.getReversals("acme", charge.id)).reversed).toBe(0);
+    // The longest the form allows is reviewed, confirmed and recorded whole.
+    const longest = "y".repeat(max);
+    const review = await (await send(`_key=dddddddd-0005&step=review&amount=5&description=${longest}`)).text();
+    expect(review).toContain('id="confirm"');
+    expect((await send(`_key=dddddddd-0005&amount=5&description=${longest}&confirmed=1`)).status).toBe(303);
+    const r = await m.credits.getReversals("acme", charge.id);
+    expect(r.reversals[0]?.description).toBe(`${longest} (by ops@example.com in the console)`);
+  });
+
   it("says when nothing is left, and refuses a confirmation past what is left (another give-back came first)", async () => {
     const { m, charge, send } = await setup();
     await m.credits.reverseCharge("acme", charge.id, { amount: 100, reason: "by the API" });

@@ -141,6 +141,21 @@ describe("serve takes customer tokens on the read routes only", () => {
     ).toBe(400);
   });
 
+  it("a token naming a spender may name that spender, and is told so when it names another", async () => {
+    const { m, call } = await serve();
+    const { token } = await m.credits.customerToken("alice", { ttlSeconds: 60, spender: "key-1" });
+    expect((await call("GET", "/credits/balance?spender=key-1", token)).status).toBe(200);
+    const other = await call("GET", "/credits/balance?spender=key-2", token);
+    expect(other.status).toBe(403);
+    expect((other.body.error as { code: string; message?: string }).message).toBe(
+      'Your customer token is for the spender "key-1": a query cannot name another.',
+    );
+    const none = (await m.credits.customerToken("alice", { ttlSeconds: 60 })).token;
+    const named = await call("GET", "/credits/balance?spender=key-2", none);
+    expect(named.status).toBe(403);
+    expect((named.body.error as { code: string; message?: string }).message).toMatch(/customer token names no spender/);
+  });
+
   it("refused for another account, after expiry, and when forged", async () => {
     const { m, clock, call } = await serve();
     const { token } = await m.credits.customerToken("alice", { ttlSeconds: 60 });

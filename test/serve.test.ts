@@ -83,6 +83,16 @@ function suite(name: string, storeEnv: () => Record<string, string>) {
       expect(cli(["keys", "revoke", id], env).code).toBe(1);
     });
 
+    it("a path starting with // is a 400, never the admin route after the 'host' (a proxy forwards by path)", async () => {
+      const before = (await call(s, "GET", "/admin/credits/users/alice/balance", admin)).body.balance as number;
+      for (const path of ["//x/admin/credits/users/alice/add", "/\\x/admin/credits/users/alice/add"]) {
+        const r = await call(s, "POST", path, admin, { amount: 5 });
+        expect(r.status, path).toBe(400);
+        expect(r.body.error?.code).toBe("VALIDATION_ERROR");
+      }
+      expect((await call(s, "GET", "/admin/credits/users/alice/balance", admin)).body.balance).toBe(before);
+    });
+
     it("a team's keys: each bound to the account and a spender, each under its own cap", async () => {
       const key = (...args: string[]) => {
         const r = cli(["keys", "create", "--role", "user:acme", ...args], env);

@@ -260,6 +260,27 @@ describe("bad input is a ValidationError and changes nothing", () => {
     expect(error.issues.map((i) => i.path).sort()).toEqual(["metadata.self", "ttlSeconds"]);
   });
 
+  it("refuses the NUL character in free text and in metadata keys and string values at any depth", async () => {
+    const c = m.credits;
+    const nul = /NUL character/;
+    await expectInvalid(() => c.addCredits(U, 1, { description: "a\u0000b" }), /options\.description: .*NUL/);
+    await expectInvalid(() => c.addCredits(U, 1, { sourceRef: "\u0000" }), nul);
+    await expectInvalid(() => c.deductCredits(U, 1, { correlationId: "c\u0000" }), /options\.correlationId/);
+    await expectInvalid(() => c.reserveCredits(U, 1, { reason: "r\u0000" }), /options\.reason: .*NUL/);
+    await expectInvalid(() => c.reverseCharge(U, reservationId, { reason: "\u0000why" }), nul);
+    await expectInvalid(() => c.addCredits(U, 1, { metadata: { "k\u0000": 1 } }), /options\.metadata\.k.: key .*NUL/);
+    await expectInvalid(
+      () => c.deductCredits(U, 1, { metadata: { a: [{ b: "x\u0000y" }] } }),
+      /options\.metadata\.a\.0\.b: .*NUL/,
+    );
+    await expectInvalid(() => m.promos.claimPromo(U, "CODE", { correlationId: "\u0000" }), nul);
+    await expectInvalid(
+      () => m.subscriptions.createPlan({ id: "p", name: "n\u0000", creditsPerPeriod: 1, billingPeriod: "monthly" }),
+      nul,
+    );
+    await expectInvalid(() => c.meter(U, { estimate: 1, description: "\u0000" }, () => 1), nul);
+  });
+
   it("left the account, the journal and the ledger file exactly as they were", async () => {
     const c = m.credits;
     expect(await c.getUserCreditsInfo(U)).toEqual({ userId: U, balance: 100, reserved: 10, available: 90, debt: 0 });

@@ -3,11 +3,19 @@ import { createServer, type IncomingHttpHeaders, type Server, type ServerRespons
 import type { AddressInfo } from "node:net";
 import { Webhook } from "standardwebhooks";
 import { afterEach, describe, expect, it } from "vitest";
-import { createCreditManager, InMemoryDbManager, ValidationError, type CreditManager } from "../src/index.js";
+import {
+  createCreditManager,
+  CreditError,
+  InMemoryDbManager,
+  ValidationError,
+  type CreditManager,
+} from "../src/index.js";
 import { deliveryUserId } from "../src/webhooks/queue.js";
 import { signWebhook, webhookHeaders } from "../src/webhooks/sign.js";
 import {
   generateWebhookSecret,
+  WebhookAddressError,
+  WebhookDeliveryError,
   webhookQueue,
   type Lookup,
   type WebhookEndpoint,
@@ -326,6 +334,20 @@ describe("webhookQueue safety", () => {
     expect(() => webhookQueue({ db, endpoints: [{ id: "a", url: "ftp://example.com/h", secret }] })).toThrow(
       ValidationError,
     );
+  });
+
+  it("its errors are CreditErrors with their own codes (docs/concepts.md, Errors)", () => {
+    const refused = new WebhookAddressError("hooks.example resolved to 10.0.0.1");
+    expect(refused).toBeInstanceOf(CreditError);
+    expect([refused.name, refused.code, refused.status]).toEqual([
+      "WebhookAddressError",
+      "WEBHOOK_ADDRESS_REFUSED",
+      422,
+    ]);
+    const failed = new WebhookDeliveryError("webhook e1: answered 500", 30_000, false, 500);
+    expect(failed).toBeInstanceOf(CreditError);
+    expect([failed.name, failed.code, failed.status]).toEqual(["WebhookDeliveryError", "WEBHOOK_DELIVERY_FAILED", 502]);
+    expect([failed.retryAfterMs, failed.final, failed.endpointStatus]).toEqual([30_000, false, 500]);
   });
 
   it("a malformed allowNetworks entry or signing secret is a ConfigurationError that names it", () => {

@@ -3,7 +3,7 @@ import { newId } from "../util/uuid.js";
 import { errorPage, hiddenFields, type Ctx, type PageResult } from "./context.js";
 import { amount, enc, html, money, query, type Html } from "./html.js";
 import { AUDIT_MESSAGE, facts } from "./page-parts.js";
-import { reverseConfirmPage, reverseFormPage, type ReverseForm } from "./reverse.js";
+import { reasonProblem, recordedReason, reverseConfirmPage, reverseFormPage, type ReverseForm } from "./reverse.js";
 
 /** What each action asks before it acts, and the fields it takes (besides `user`). */
 const ACTIONS = {
@@ -116,7 +116,8 @@ async function reverseSteps(ctx: Ctx, form: FormData): Promise<PageResult> {
   const credits = Number(f.amount);
   if (!/^[0-9]+$/.test(f.amount) || credits < 1 || credits > r.remaining)
     errors.push(`Credits to give back: a whole number from 1 to ${amount(r.remaining)} (what is left of the charge).`);
-  if (f.reason === "") errors.push("Reason: say why the charge is given back; it is written into the journal.");
+  const reasonError = reasonProblem(f.reason, ctx.actor);
+  if (reasonError !== null) errors.push(reasonError);
   return errors.length > 0 || r.remaining === 0
     ? reverseFormPage(ctx, r, f, errors)
     : reverseConfirmPage(ctx, r, f, credits);
@@ -210,14 +211,13 @@ export async function runAction(ctx: Ctx, name: ActionName, form: FormData): Pro
       // The reason is required here as in the library; the amount as confirmed (the library
       // refuses more than is left, should another give-back have come first).
       const reason = field(form, "description");
-      if (reason === "")
-        throw new ValidationError("Invalid form: a give-back needs a reason", [
-          { path: "description", message: "missing" },
-        ]);
+      const problem = reasonProblem(reason, ctx.actor);
+      if (problem !== null)
+        throw new ValidationError(`Invalid form: ${problem}`, [{ path: "description", message: problem }]);
       const chargeId = field(form, "entry");
       const entry = await credits.reverseCharge(user, chargeId, {
         amount: wholeNumber(field(form, "amount"), "amount"),
-        reason: described(form, "Given back", ctx.actor),
+        reason: recordedReason(reason, ctx.actor),
         idempotencyKey,
         metadata: by,
       });

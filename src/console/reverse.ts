@@ -1,5 +1,5 @@
 import { chargeDraw, type ChargeReversals } from "../domain/reversal.js";
-import type { JournalEntry } from "../models/index.js";
+import { ReverseChargeOptions, type JournalEntry } from "../models/index.js";
 import { hiddenFields, type Ctx, type PageResult } from "./context.js";
 import { amount, enc, html, raw, when, type Html } from "./html.js";
 import { accountLink, facts } from "./page-parts.js";
@@ -16,6 +16,29 @@ import { shortId } from "./table.js";
  */
 export function isCharge(e: JournalEntry): boolean {
   return e.amount > 0 && typeof chargeDraw(e) !== "string";
+}
+
+/** The journal text of a give-back: the reason, and who gave it back from the console. */
+export function recordedReason(reason: string, actor: string): string {
+  return `${reason} (by ${actor} in the console)`;
+}
+
+/** The longest reason `actor` may type: the library's limit, less what the console adds. */
+function reasonMax(actor: string): number {
+  return (ReverseChargeOptions.shape.reason.maxLength ?? Infinity) - recordedReason("", actor).length;
+}
+
+/**
+ * What is wrong with a give-back's reason, or null: the one check both the review and the
+ * confirmation make, the library's own rule for a reversal's reason (docs/corrections.md) applied
+ * to the text the console records, so a reason the review accepts is never refused on confirming.
+ */
+export function reasonProblem(reason: string, actor: string): string | null {
+  if (reason.trim() === "") return "Reason: say why the charge is given back; it is written into the journal.";
+  const max = reasonMax(actor);
+  if (reason.length > max) return `Reason: at most ${amount(max)} characters (the journal adds who gave it back).`;
+  const checked = ReverseChargeOptions.shape.reason.safeParse(recordedReason(reason, actor));
+  return checked.success ? null : `Reason: ${checked.error.issues[0]?.message ?? "not accepted"}.`;
 }
 
 /** What the form sent: the values as typed, each checked again when the action runs. */
@@ -95,7 +118,7 @@ export function reverseFormPage(ctx: Ctx, r: ChargeReversals, f: ReverseForm, er
             ><label class="grow"
               >Reason (required, written into the journal)<input
                 name="description"
-                maxlength="500"
+                maxlength="${reasonMax(ctx.actor)}"
                 required
                 value="${f.reason}"
             /></label>
@@ -117,7 +140,7 @@ export function reverseConfirmPage(ctx: Ctx, r: ChargeReversals, f: ReverseForm,
       to the grants it drew
       from${credits < r.remaining ? html`; ${amount(r.remaining - credits)} credits will be left to give back` : ""}.
     </p>
-    ${chargeFacts(ctx, r, html`${f.reason} (by ${ctx.actor} in the console)`)}
+    ${chargeFacts(ctx, r, html`${recordedReason(f.reason, ctx.actor)}`)}
     <form class="actions" method="post" action="${ctx.base}/actions/reverse">
       ${hiddenFields(ctx, {
         _key: f.key,

@@ -1,4 +1,5 @@
-import { html, visible, type Html, type Part } from "./html.js";
+import { visible } from "../util/visible.js";
+import { html, type Html, type Part } from "./html.js";
 
 /**
  * The console's one table (docs/console.md, "Pages"): a header of column names, numeric columns

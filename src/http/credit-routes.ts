@@ -129,6 +129,20 @@ const entryOf = (ctx: RouteContext) => parse(EntityId, ctx.params.entryId, "path
 export function ownSpend<T extends { spender?: string | undefined }>(ctx: RouteContext, fields: T): T {
   const identity = ctx.identity;
   if (identity === null || identity.admin === true) return fields;
+  if (identity.customer !== undefined) {
+    // A customer token reads the account's figures (docs/usage.md, "For your customers"): a
+    // query may name the token's own spender, no other.
+    const mine = identity.customer.spender;
+    if (fields.spender !== undefined && fields.spender !== mine)
+      throw new HttpError(
+        403,
+        "FORBIDDEN",
+        mine === undefined
+          ? "Your customer token names no spender: a query cannot name one."
+          : `Your customer token is for the spender ${JSON.stringify(mine)}: a query cannot name another.`,
+      );
+    return fields;
+  }
   const own = identity.spender;
   if (fields.spender !== undefined && fields.spender !== own) {
     throw new HttpError(

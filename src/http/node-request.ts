@@ -20,10 +20,23 @@ interface Given {
 const DOT_SEGMENT = /(?:^|[/\\])(?:\.|%2e){1,2}(?:[/\\]|$)/i;
 
 /**
- * The absolute URL of `target` on the request's host; an `HttpError` 400 when they make none or
- * its path holds a dot segment.
+ * A target starting with two separators (`//host/…`, `/\host/…`): a URL parser reads what follows
+ * as a host, so `//x/admin/credits/…` would be answered as `/admin/credits/…` — past a proxy that
+ * forwards only `/credits/*` (docs/http.md, "Account ids in URLs").
+ */
+const HOST_PREFIX = /^[/\\]{2}/;
+
+/**
+ * The absolute URL of `target` on the request's host; an `HttpError` 400 when they make none, its
+ * path holds a dot segment or it starts with two separators.
  */
 export function urlOf(req: IncomingMessage, target: string): string {
+  if (HOST_PREFIX.test(target))
+    throw new HttpError(
+      400,
+      "VALIDATION_ERROR",
+      "The request path starts with two slashes (// or /\\), which a URL parser reads as a host: send the path alone.",
+    );
   const end = target.search(/[?#]/);
   if (DOT_SEGMENT.test(end < 0 ? target : target.slice(0, end)))
     throw new HttpError(

@@ -1,6 +1,6 @@
 import * as z from "zod";
 import type { CreditManager } from "../manager.js";
-import { CreditError, OutcomeUnknownError, SpendLimitError, ValidationError } from "../errors.js";
+import { CreditError, OutcomeUnknownError, SpendLimitError, ValidationError, type CreditErrorCode } from "../errors.js";
 import { clockTimes } from "../domain/limits.js";
 import { textResponse } from "./text-response.js";
 import { IdempotencyKey, parse, SpenderId, UserId as IdentityUserId } from "../models/index.js";
@@ -109,16 +109,15 @@ export interface RouteDefinition {
 }
 
 /** An error answered with its own status and a `{ error: { code, message, details? } }` body. */
-export class HttpError extends Error {
+export class HttpError extends CreditError {
   constructor(
-    readonly status: number,
-    readonly code: string,
+    status: number,
+    code: CreditErrorCode,
     message: string,
-    readonly details?: Record<string, unknown>,
+    details?: Record<string, unknown>,
     readonly headers?: Record<string, string>,
   ) {
-    super(message);
-    this.name = "HttpError";
+    super(code, status, message, details === undefined ? undefined : { details });
   }
 }
 

@@ -1,4 +1,5 @@
 import * as z from "zod";
+import { NO_NUL, NUL_ERROR, text } from "./text.js";
 
 /**
  * An amount of credits: a safe integer in the smallest unit the host bills (like cents).
@@ -95,6 +96,7 @@ function metadataProblem(metadata: object): { path: string[]; message: string } 
   const walk = (v: unknown): string | null => {
     switch (typeof v) {
       case "string":
+        if (!NO_NUL.test(v)) return NUL_ERROR;
         length += v.length + 2;
         break;
       case "number":
@@ -123,6 +125,7 @@ function metadataProblem(metadata: object): { path: string[]; message: string } 
           if (!array && key === "__proto__") {
             return 'must not use the key "__proto__" (JavaScript reads it as the object\'s prototype, not as data: it would be lost)';
           }
+          if (!NO_NUL.test(key)) return `key ${NUL_ERROR}`;
           length += array ? 1 : key.length + 4;
           const bad = length > METADATA_MAX_LENGTH ? null : walk((v as Record<string, unknown>)[key]);
           if (bad !== null) return bad;
@@ -164,7 +167,7 @@ export const DateInput = z
 /** Priority of a grant: lower numbers are drawn first. */
 export const Priority = z.number().int({ error: "priority must be an integer" }).min(0).max(1_000_000);
 
-export const ShortText = z.string().max(1000, { error: "must be at most 1000 characters" });
+export const ShortText = text(1000);
 
 /** A feature (or plugin) name in `features` rules and `check()`. */
 export const FeatureName = z

@@ -13,6 +13,7 @@ import {
 import { EntryType, GrantSource } from "./entities.js";
 import { GrantScope, SpendFields, SpenderId } from "./limits.js";
 import { CostBasisInput } from "./revenue.js";
+import { text } from "./text.js";
 
 /** Options every mutation accepts. */
 export const MutationOptions = z.strictObject({
@@ -20,7 +21,7 @@ export const MutationOptions = z.strictObject({
   /** Same key + same arguments → the first result, nothing changed. Unique per user. */
   idempotencyKey: IdempotencyKey.optional(),
   /** Ties entries of one business operation together across services. */
-  correlationId: z.string().min(1).max(255).optional(),
+  correlationId: text(255).min(1).optional(),
   metadata: Metadata.optional(),
 });
 export type MutationOptions = z.input<typeof MutationOptions>;
@@ -32,7 +33,7 @@ export const AddCreditsOptions = MutationOptions.extend({
   priority: Priority.optional(),
   source: GrantSource.optional(),
   /** External reference (payment id, promo code, subscription period, …). */
-  sourceRef: z.string().min(1).max(255).optional(),
+  sourceRef: text(255).min(1).optional(),
   /**
    * The spends the grant may pay for (docs/teams-and-limits.md, "Scoped credits"): `features`, the
    * spend's feature must be one of them; `spenders`, its spender. Omitted: any spend.

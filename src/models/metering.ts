@@ -2,15 +2,16 @@ import * as z from "zod";
 import { Amount, IdempotencyKey, Metadata, NonNegativeAmount, ShortText } from "./common.js";
 import { MAX_TTL_SECONDS } from "./inputs.js";
 import { SpendFields } from "./limits.js";
+import { text } from "./text.js";
 
 /** One usage recorded inside a metered call (the original system's `addLlmUsage`). */
 export const UsageRecord = z.strictObject({
   /** Credits this usage costs, in the smallest unit (0 allowed: a free call still shows up). */
   amount: NonNegativeAmount,
   /** The model that did the work, e.g. "gpt-4o-mini". */
-  model: z.string().min(1).max(200).optional(),
+  model: text(200).min(1).optional(),
   /** The provider, e.g. "openai". */
-  provider: z.string().min(1).max(200).optional(),
+  provider: text(200).min(1).optional(),
   metadata: Metadata.optional(),
 });
 export type UsageRecord = z.infer<typeof UsageRecord>;
@@ -37,7 +38,7 @@ export const MeterOptions = z.strictObject({
   idempotencyKey: IdempotencyKey.max(MAX_METER_KEY, {
     error: `idempotencyKey must be at most ${MAX_METER_KEY} characters (metering appends up to 8)`,
   }).optional(),
-  correlationId: z.string().min(1).max(255).optional(),
+  correlationId: text(255).min(1).optional(),
   /** Stored with the commit entry beside the recorded usages. */
   metadata: Metadata.optional(),
   /**

@@ -1,6 +1,7 @@
 import * as z from "zod";
 import { Amount, EntityId, IdempotencyKey, Metadata, NonNegativeAmount, ShortText, UserId } from "./common.js";
 import { Money } from "./revenue.js";
+import { text } from "./text.js";
 
 /**
  * Where a payment is. Statuses only move forward (see `canAdvancePayment`):
@@ -94,7 +95,7 @@ export const CreatePaymentInput = z.strictObject({
   /** In the smallest currency unit: 1 to 10¹³ (docs/revenue.md, "Figures are exact"). */
   amount: Money.min(1, { error: "amount must be at least 1" }),
   currency: Currency,
-  provider: z.string().min(1).max(64),
+  provider: text(64).min(1),
   description: ShortText.optional(),
   metadata: Metadata.optional(),
   /**
@@ -120,6 +121,6 @@ export const RecordRefundOptions = z.strictObject({
   /** Cumulative refunded total in the smallest unit, 1 to the payment's amount (default: all of it). */
   refundedTotal: z.number().int().min(1).optional(),
   /** Who recorded it: in the journal entry's description and metadata (`refundedBy`). */
-  by: z.string().min(1).max(255).optional(),
+  by: text(255).min(1).optional(),
 });
 export type RecordRefundOptions = z.input<typeof RecordRefundOptions>;

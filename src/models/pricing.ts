@@ -1,5 +1,6 @@
 import * as z from "zod";
 import { Metadata } from "./common.js";
+import { text } from "./text.js";
 
 /** A token or request count: a safe integer ≥ 0. */
 export const TokenCount = z
@@ -9,7 +10,7 @@ export const TokenCount = z
   .max(Number.MAX_SAFE_INTEGER, { error: "a token count must not exceed Number.MAX_SAFE_INTEGER" });
 
 /** A model or provider name as an LLM API spells it, e.g. "gpt-4o-mini", "claude-sonnet-4-5-20250929". */
-export const ModelName = z.string().min(1).max(200);
+export const ModelName = text(200).min(1);
 
 /**
  * An exact rational rate: `credits` per `per` units (tokens, requests, or one unit of a currency),
@@ -76,7 +77,7 @@ export const CurrencyCode = z
 export const PriceBookInput = z
   .strictObject({
     /** Names this version (stored in every priced usage). Default: `sha256:` and 16 hex digits of the book's content. */
-    version: z.string().min(1).max(100).optional(),
+    version: text(100).min(1).optional(),
     /** The models, each with its rates. */
     models: z.array(ModelPrice).max(10_000).optional(),
     /**

@@ -9,6 +9,7 @@ import {
   ShortText,
   UserId,
 } from "./common.js";
+import { text } from "./text.js";
 
 /**
  * A promo code as typed by users: 1–64 letters, digits, `-` or `_`. Codes are case-insensitive:
@@ -89,7 +90,7 @@ export type CreatePromoInput = z.input<typeof CreatePromoInput>;
 
 /** Options of `PromoService.claimPromo`. */
 export const ClaimPromoOptions = z.strictObject({
-  correlationId: z.string().min(1).max(255).optional(),
+  correlationId: text(255).min(1).optional(),
   /** A retried claim with the same key returns the first claim's entry instead of claiming again. */
   idempotencyKey: IdempotencyKey.optional(),
 });

@@ -2,6 +2,7 @@ import * as z from "zod";
 import { DateInput, EntityId, IdempotencyKey, Metadata, NonNegativeAmount, ShortText, UserId } from "./common.js";
 import { GrantScope } from "./limits.js";
 import { Money } from "./revenue.js";
+import { text } from "./text.js";
 
 export const BillingPeriod = z.enum(["daily", "weekly", "monthly", "yearly"]);
 export type BillingPeriod = z.infer<typeof BillingPeriod>;
@@ -88,7 +89,7 @@ export type Plan = z.infer<typeof Plan>;
 
 /** A plan's fields a caller sets: on creation (with its id) and on update (any of them). */
 const PlanFields = z.strictObject({
-  name: z.string().min(1).max(200),
+  name: text(200).min(1),
   description: ShortText.optional(),
   creditsPerPeriod: NonNegativeAmount,
   /** Per period, in the smallest unit of `currency`: 0 to 10¹³ (docs/revenue.md, "Figures are exact"). */

@@ -1,6 +1,6 @@
 import { lookup as dnsLookup, type LookupAddress, type LookupOptions } from "node:dns";
 import { BlockList, isIP } from "node:net";
-import { ConfigurationError } from "../errors.js";
+import { ConfigurationError, CreditError } from "../errors.js";
 
 /**
  * The SSRF guard of webhook deliveries (docs/notifications.md, "Webhooks"): a target address in a
@@ -42,8 +42,10 @@ const BLOCKED_V6 = [
 ];
 
 /** A refused target address: the delivery is not sent (nothing leaves the process). */
-export class WebhookAddressError extends Error {
-  override readonly name = "WebhookAddressError";
+export class WebhookAddressError extends CreditError {
+  constructor(message: string) {
+    super("WEBHOOK_ADDRESS_REFUSED", 422, message);
+  }
 }
 
 /** Networks let through the guard, from CIDR strings (`10.1.0.0/16`, `::1/128`, `127.0.0.1`). */

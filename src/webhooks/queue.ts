@@ -8,6 +8,7 @@ import { newNotification, notificationId } from "../domain/notifications.js";
 import type { Logger } from "../logger.js";
 import { NotificationType, parse } from "../models/index.js";
 import { eventEnvelope, type NotificationMessage, type NotificationQueue } from "../queue/index.js";
+import { CreditError } from "../errors.js";
 import { allowList, WebhookAddressError, type Lookup } from "./guard.js";
 import { postWebhook, WebhookTimeoutError, type PostResult } from "./http.js";
 import { secretKey, webhookHeaders } from "./sign.js";
@@ -154,8 +155,7 @@ function deliveryOf(message: NotificationMessage): DeliveryPayload | null {
 }
 
 /** A failed attempt, as the dispatcher reads it (`NotificationQueue.publish`). */
-export class WebhookDeliveryError extends Error {
-  override readonly name = "WebhookDeliveryError";
+export class WebhookDeliveryError extends CreditError {
   constructor(
     message: string,
     /** When to try again; undefined with `final`. */
@@ -163,9 +163,9 @@ export class WebhookDeliveryError extends Error {
     /** No more attempts: the row is failed (kept for a manual retry). */
     readonly final: boolean,
     /** The endpoint's answer, when there was one. */
-    readonly status?: number,
+    readonly endpointStatus?: number,
   ) {
-    super(message);
+    super("WEBHOOK_DELIVERY_FAILED", 502, message);
   }
 }
 

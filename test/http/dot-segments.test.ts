@@ -1,7 +1,8 @@
 /**
  * Account ids and request paths a URL parser would rewrite (docs/http.md, "Account ids in URLs"):
  * `.` and `..` are no account's id, and a request whose path holds a dot segment — literal or
- * percent-encoded — is refused with 400 instead of being read as the shorter path it would become.
+ * percent-encoded — is refused with 400 instead of being read as the shorter path it would become,
+ * and so is a path starting with two separators (`//host/…`), which would be read as a host.
  */
 import { createServer, request as httpRequest } from "node:http";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -85,5 +86,23 @@ describe("dot segments: an account's URL never becomes the fleet's", () => {
     // An account whose id holds dots is still reached by its own path.
     const dotted = await rawGet(server.url, `/admin/credits/users/a..b/balance`, "admin:ops");
     expect(dotted.status).toBe(200);
+  });
+
+  it("answers 400 to a path starting with two separators, which a URL parser reads as a host", async () => {
+    // `//x/admin/…` was answered as `/admin/…`: a proxy forwarding only `/credits/*` let it through.
+    for (const start of ["//x", "/\\x"]) {
+      const r = await rawGet(server.url, `${start}/admin/credits/usage?${range}`, "admin:ops");
+      expect(r.status, start).toBe(400);
+      expect(JSON.parse(r.body).error).toMatchObject({
+        code: "VALIDATION_ERROR",
+        message: expect.stringMatching(/two slashes/),
+      });
+    }
+    // Node's parser refuses a target that does not start with "/" before the handler sees it.
+    for (const start of ["\\\\x", "\\/x"]) {
+      const r = await rawGet(server.url, `${start}/admin/credits/usage?${range}`, "admin:ops");
+      expect(r.status, start).toBe(400);
+      expect(r.body).not.toContain("alice");
+    }
   });
 });

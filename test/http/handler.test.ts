@@ -1,6 +1,6 @@
 import { Validator } from "@seriousme/openapi-schema-validator";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
-import { createCreditManager, type CreditManager } from "../../src/index.js";
+import { createCreditManager, CreditError, type CreditManager } from "../../src/index.js";
 import { createCreditHandler, HttpError, type Identity, type RouteDefinition } from "../../src/http/index.js";
 import { createServer } from "node:http";
 import express from "express";
@@ -461,8 +461,12 @@ describe("createCreditHandler setup", () => {
     await m.close();
   });
 
-  it("HttpError carries its own status", () => {
-    expect(new HttpError(418, "TEAPOT", "short and stout").status).toBe(418);
+  it("HttpError carries its own status, and is a CreditError with its code", () => {
+    const error = new HttpError(418, "FORBIDDEN", "short and stout", { pot: "tea" });
+    expect(error.status).toBe(418);
+    expect(error).toBeInstanceOf(CreditError);
+    expect(error.toJSON()).toEqual({ code: "FORBIDDEN", message: "short and stout", details: { pot: "tea" } });
+    expect(error.name).toBe("HttpError");
   });
 });
 
