@@ -13,6 +13,20 @@ import { runProcess } from "./fixtures/processes.js";
 const url = process.env.CREDIT_PG_URL;
 const newSchema = (tag: string) => `cm_${tag}_${randomUUID().replace(/-/g, "").slice(0, 10)}`;
 
+/**
+ * Makes PostgreSQL itself refuse a journal entry with this description (a CHECK constraint): a
+ * database error the models cannot see coming, as a disk or a constraint of the host's would be.
+ */
+async function refuseDescription(schema: string, description: string): Promise<void> {
+  const client = new pg.Client({ connectionString: url });
+  await client.connect();
+  const name = `refused_${randomUUID().replace(/-/g, "").slice(0, 8)}`;
+  await client.query(
+    `ALTER TABLE "${schema}".journal_entries ADD CONSTRAINT ${name} CHECK (description IS DISTINCT FROM '${description}')`,
+  );
+  await client.end();
+}
+
 async function dropSchema(schema: string): Promise<void> {
   const client = new pg.Client({ connectionString: url });
   await client.connect();
@@ -512,10 +526,10 @@ describe.skipIf(!url)("PostgresDbManager", () => {
     it("wraps other database errors in StorageError, keeps the cause, and writes nothing", async () => {
       const u = `err-${randomUUID()}`;
       await credits.addCredits(u, 10);
-      // PostgreSQL text cannot hold U+0000.
-      const error = await credits.addCredits(u, 5, { description: "nul \u0000 byte" }).catch((e: unknown) => e);
+      await refuseDescription(schema, "refused by the database");
+      const error = await credits.addCredits(u, 5, { description: "refused by the database" }).catch((e: unknown) => e);
       expect(error).toBeInstanceOf(StorageError);
-      expect((error as StorageError).cause).toMatchObject({ code: expect.stringMatching(/^22/) });
+      expect((error as StorageError).cause).toMatchObject({ code: "23514" }); // check_violation
       expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 10 });
       await credits.deductCredits(u, 1); // the connection is usable again
       expect((await credits.audit(u)).ok).toBe(true);
@@ -611,8 +625,9 @@ describe.skipIf(!url)("PostgresDbManager", () => {
       const tag = randomUUID();
       const users = Array.from({ length: 8 }, (_, i) => `f-${tag}-${i}`);
       await Promise.all(users.map((u) => credits.addCredits(u, 10)));
+      await refuseDescription(schema, `refused ${tag}`);
       const results = await Promise.allSettled(
-        users.map((u, i) => credits.addCredits(u, 5, { description: i === 3 ? "nul \u0000" : "fine" })),
+        users.map((u, i) => credits.addCredits(u, 5, { description: i === 3 ? `refused ${tag}` : "fine" })),
       );
       results.forEach((r, i) => {
         if (i === 3) expect(r.status === "rejected" && r.reason).toBeInstanceOf(StorageError);
