@@ -6,6 +6,7 @@ import type * as Notifications from "./services/notification-service.js";
 import type * as Payments from "./payments/index.js";
 import type * as Promos from "./services/promo-service.js";
 import type * as Health from "./health.js";
+import type * as Archive from "./services/archive.js";
 
 export { createCreditManager, type CreditManager } from "./manager.js";
 export type { TransactionScope, TransactionOptions, TransactionSession, SessionSource } from "./transactions.js";
@@ -124,6 +125,8 @@ export type PaymentManagerOptions = Payments.PaymentManagerOptions;
 export type EmitInput = Notifications.EmitInput;
 export type ListPromosQuery = Promos.ListPromosQuery;
 export type HealthOptions = Health.HealthOptions;
+export type ArchiveJournalOptions = Archive.ArchiveJournalOptions;
+export type ArchiveReport = Archive.ArchiveReport;
 /** A metered call's hold and usage (`currentMeter()`, the metering middleware). */
 export type MeterSession = Metering.MeterSession;
 /** Credit leases of this process (`credits.leases()`, docs/metering.md "Leases"). */
