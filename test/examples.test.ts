@@ -1,6 +1,6 @@
 import { execFile, spawn } from "node:child_process";
 import { createServer } from "node:net";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
@@ -322,5 +322,58 @@ describe("examples/prometheus.ts", () => {
     child.kill("SIGTERM");
     expect(await exited).toBe(0);
     child = undefined;
+  });
+});
+
+/**
+ * README.md's "Metering an endpoint", as a user runs it: its Express server (importing this
+ * checkout's sources instead of the built package, on a free port), then its curl block with bash.
+ */
+describe("README.md, Metering an endpoint", () => {
+  it("the first call is charged 42, the second refused with 402", async () => {
+    const readme = readFileSync(join(root, "README.md"), "utf8");
+    const section = readme.slice(readme.indexOf("## Metering an endpoint"));
+    const fences = [...section.matchAll(/```(\w+)\n([\s\S]*?)\n```/g)];
+    const ts = fences.find((m) => m[1] === "ts")?.[2];
+    const curl = fences.find((m) => m[1] === "bash" && m[2]?.includes("curl"))?.[2];
+    expect(ts).toContain("app.listen(3000");
+    expect(curl).toContain("localhost:3000");
+    const port = await freePort();
+    const src = (file: string) => JSON.stringify(pathToFileURL(join(root, "src", file)).href);
+    const code = (ts ?? "")
+      .replace('"credit-management/http"', src("http/index.ts"))
+      .replace('"credit-management"', src("index.ts"))
+      .replace("app.listen(3000", `app.listen(${port}`);
+    // Under node_modules, so that express resolves from this repository's packages.
+    const dir = mkdtempSync(join(root, "node_modules", ".cache", "readme-metering-"));
+    const file = join(dir, "server.mts"); // an ES module: top-level await
+    writeFileSync(file, code);
+    const server = spawn(process.execPath, ["--import", "tsx", file], { cwd: dir, stdio: ["ignore", "pipe", "pipe"] });
+    let log = "";
+    server.stdout.on("data", (c: Buffer) => (log += String(c)));
+    server.stderr.on("data", (c: Buffer) => (log += String(c)));
+    try {
+      let exited = false;
+      server.on("exit", () => (exited = true));
+      await vi.waitFor(
+        () => {
+          if (exited) throw new Error(`the server exited:\n${log}`);
+          expect(log).toContain("listening on");
+        },
+        { timeout: 50_000, interval: 100 },
+      );
+      const { stdout } = await run("bash", ["-c", (curl ?? "").replaceAll("localhost:3000", `127.0.0.1:${port}`)], {
+        timeout: 20_000,
+      });
+      const answers = stdout.split(/(?=HTTP\/1\.1 \d{3} )/);
+      expect(answers, stdout).toHaveLength(2);
+      expect(answers[0]).toMatch(/^HTTP\/1\.1 200 OK/);
+      expect(answers[0]).toMatch(/^x-credits-deducted: 42\r?$/im);
+      expect(answers[1]).toMatch(/^HTTP\/1\.1 402 Payment Required/);
+      expect(answers[1]).toContain("INSUFFICIENT_CREDITS");
+    } finally {
+      server.kill("SIGTERM");
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

@@ -11,6 +11,7 @@ import {
   type WebhookEndpointStore,
 } from "../webhooks/endpoint-store.js";
 import { onBun } from "../util/runtime.js";
+import { refuseDriverForNode } from "../db/sqlite/driver-version.js";
 import { mongoKeyStore, postgresKeyStore, sqliteKeyStore, type KeyStore } from "./keys.js";
 import type { Env, ServeSettings } from "./settings.js";
 
@@ -32,6 +33,8 @@ export async function sqliteOpener(): Promise<((file: string) => SqliteDatabase)
     return (file) => openBunSqlite(Database, file);
   }
   let Database: new (file: string) => SqliteDatabase;
+  // Before the driver loads: a better-sqlite3 that needs a newer Node.js crashes the process.
+  refuseDriverForNode();
   try {
     const require = createRequire(`${process.cwd()}/`);
     let mod: unknown;

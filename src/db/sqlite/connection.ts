@@ -7,6 +7,7 @@ import { targetVersion } from "../../schema/version.js";
 import { origin } from "../store/errors.js";
 import { backoff, sleep } from "../store/retry.js";
 import { runtimeName } from "../../util/runtime.js";
+import { refuseDriverForNode } from "./driver-version.js";
 import type { Database, SqliteDbManagerOptions, SqliteDriver, SqliteStatement } from "./options.js";
 
 // One connection to the SQLite file (docs/storage.md, SQLite): its statements, the tables the
@@ -106,6 +107,8 @@ export class Sqlite {
     }
     type Driver = new (filename: string, options?: { fileMustExist?: boolean }) => Database;
     let Driver: Driver;
+    // Before the driver loads: a better-sqlite3 that needs a newer Node.js crashes the process.
+    refuseDriverForNode();
     try {
       const mod = (await import("better-sqlite3")) as unknown as { default?: Driver } & Driver;
       Driver = mod.default ?? mod;
