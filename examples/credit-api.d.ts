@@ -1342,11 +1342,12 @@ export interface operations {
                                 grantId: string;
                                 amount: number;
                                 /** @enum {string} */
-                                kind?: "returned" | "debt_paid";
+                                kind?: "returned" | "debt_paid" | "debt_returned";
                             }[];
                             reservationId: string | null;
                             spender?: string | null;
                             feature?: string | null;
+                            source?: ("manual" | "subscription" | "rollover" | "promo" | "payment" | "trial" | "refund" | "adjustment" | "other") | null;
                             reverses?: string | null;
                             occurredAt?: string | null;
                             /** Format: date-time */
@@ -1589,7 +1590,7 @@ export interface operations {
                             grantId: string;
                             amount: number;
                             /** @enum {string} */
-                            kind?: "returned" | "debt_paid";
+                            kind?: "returned" | "debt_paid" | "debt_returned";
                         }[];
                         /** Format: date-time */
                         expiresAt: string;
@@ -1712,7 +1713,7 @@ export interface operations {
                             grantId: string;
                             amount: number;
                             /** @enum {string} */
-                            kind?: "returned" | "debt_paid";
+                            kind?: "returned" | "debt_paid" | "debt_returned";
                         }[];
                         /** Format: date-time */
                         expiresAt: string;
@@ -1806,7 +1807,7 @@ export interface operations {
                                 grantId: string;
                                 amount: number;
                                 /** @enum {string} */
-                                kind?: "returned" | "debt_paid";
+                                kind?: "returned" | "debt_paid" | "debt_returned";
                             }[];
                             /** Format: date-time */
                             expiresAt: string;
@@ -1831,11 +1832,12 @@ export interface operations {
                                 grantId: string;
                                 amount: number;
                                 /** @enum {string} */
-                                kind?: "returned" | "debt_paid";
+                                kind?: "returned" | "debt_paid" | "debt_returned";
                             }[];
                             reservationId: string | null;
                             spender?: string | null;
                             feature?: string | null;
+                            source?: ("manual" | "subscription" | "rollover" | "promo" | "payment" | "trial" | "refund" | "adjustment" | "other") | null;
                             reverses?: string | null;
                             occurredAt?: string | null;
                             /** Format: date-time */
@@ -1971,7 +1973,7 @@ export interface operations {
                                 grantId: string;
                                 amount: number;
                                 /** @enum {string} */
-                                kind?: "returned" | "debt_paid";
+                                kind?: "returned" | "debt_paid" | "debt_returned";
                             }[];
                             /** Format: date-time */
                             expiresAt: string;
@@ -1996,11 +1998,12 @@ export interface operations {
                                 grantId: string;
                                 amount: number;
                                 /** @enum {string} */
-                                kind?: "returned" | "debt_paid";
+                                kind?: "returned" | "debt_paid" | "debt_returned";
                             }[];
                             reservationId: string | null;
                             spender?: string | null;
                             feature?: string | null;
+                            source?: ("manual" | "subscription" | "rollover" | "promo" | "payment" | "trial" | "refund" | "adjustment" | "other") | null;
                             reverses?: string | null;
                             occurredAt?: string | null;
                             /** Format: date-time */
@@ -2268,7 +2271,7 @@ export interface operations {
                                 grantId: string;
                                 amount: number;
                                 /** @enum {string} */
-                                kind?: "returned" | "debt_paid";
+                                kind?: "returned" | "debt_paid" | "debt_returned";
                             }[];
                             reservationId: string | null;
                             idempotencyKey: string | null;
@@ -2284,6 +2287,7 @@ export interface operations {
                                 perCredit: string;
                                 currency: string;
                             } | null;
+                            source?: ("manual" | "subscription" | "rollover" | "promo" | "payment" | "trial" | "refund" | "adjustment" | "other") | null;
                             reverses?: string | null;
                             occurredAt?: string | null;
                             /** Format: date-time */
@@ -2650,7 +2654,7 @@ export interface operations {
                             grantId: string;
                             amount: number;
                             /** @enum {string} */
-                            kind?: "returned" | "debt_paid";
+                            kind?: "returned" | "debt_paid" | "debt_returned";
                         }[];
                         reservationId: string | null;
                         idempotencyKey: string | null;
@@ -2666,6 +2670,7 @@ export interface operations {
                             perCredit: string;
                             currency: string;
                         } | null;
+                        source?: ("manual" | "subscription" | "rollover" | "promo" | "payment" | "trial" | "refund" | "adjustment" | "other") | null;
                         reverses?: string | null;
                         occurredAt?: string | null;
                         /** Format: date-time */
@@ -2799,7 +2804,7 @@ export interface operations {
                             grantId: string;
                             amount: number;
                             /** @enum {string} */
-                            kind?: "returned" | "debt_paid";
+                            kind?: "returned" | "debt_paid" | "debt_returned";
                         }[];
                         reservationId: string | null;
                         idempotencyKey: string | null;
@@ -2815,6 +2820,7 @@ export interface operations {
                             perCredit: string;
                             currency: string;
                         } | null;
+                        source?: ("manual" | "subscription" | "rollover" | "promo" | "payment" | "trial" | "refund" | "adjustment" | "other") | null;
                         reverses?: string | null;
                         occurredAt?: string | null;
                         /** Format: date-time */
@@ -2963,7 +2969,7 @@ export interface operations {
                             grantId: string;
                             amount: number;
                             /** @enum {string} */
-                            kind?: "returned" | "debt_paid";
+                            kind?: "returned" | "debt_paid" | "debt_returned";
                         }[];
                         reservationId: string | null;
                         idempotencyKey: string | null;
@@ -2979,6 +2985,7 @@ export interface operations {
                             perCredit: string;
                             currency: string;
                         } | null;
+                        source?: ("manual" | "subscription" | "rollover" | "promo" | "payment" | "trial" | "refund" | "adjustment" | "other") | null;
                         reverses?: string | null;
                         occurredAt?: string | null;
                         /** Format: date-time */
@@ -3104,7 +3111,7 @@ export interface operations {
                                 grantId: string;
                                 amount: number;
                                 /** @enum {string} */
-                                kind?: "returned" | "debt_paid";
+                                kind?: "returned" | "debt_paid" | "debt_returned";
                             }[];
                             reservationId: string | null;
                             idempotencyKey: string | null;
@@ -3120,6 +3127,7 @@ export interface operations {
                                 perCredit: string;
                                 currency: string;
                             } | null;
+                            source?: ("manual" | "subscription" | "rollover" | "promo" | "payment" | "trial" | "refund" | "adjustment" | "other") | null;
                             reverses?: string | null;
                             occurredAt?: string | null;
                             /** Format: date-time */
@@ -3141,7 +3149,7 @@ export interface operations {
                                 grantId: string;
                                 amount: number;
                                 /** @enum {string} */
-                                kind?: "returned" | "debt_paid";
+                                kind?: "returned" | "debt_paid" | "debt_returned";
                             }[];
                             reservationId: string | null;
                             idempotencyKey: string | null;
@@ -3157,6 +3165,7 @@ export interface operations {
                                 perCredit: string;
                                 currency: string;
                             } | null;
+                            source?: ("manual" | "subscription" | "rollover" | "promo" | "payment" | "trial" | "refund" | "adjustment" | "other") | null;
                             reverses?: string | null;
                             occurredAt?: string | null;
                             /** Format: date-time */
@@ -3271,7 +3280,7 @@ export interface operations {
                             grantId: string;
                             amount: number;
                             /** @enum {string} */
-                            kind?: "returned" | "debt_paid";
+                            kind?: "returned" | "debt_paid" | "debt_returned";
                         }[];
                         /** Format: date-time */
                         expiresAt: string;
@@ -3513,7 +3522,7 @@ export interface operations {
                             grantId: string;
                             amount: number;
                             /** @enum {string} */
-                            kind?: "returned" | "debt_paid";
+                            kind?: "returned" | "debt_paid" | "debt_returned";
                         }[];
                         reservationId: string | null;
                         idempotencyKey: string | null;
@@ -3529,6 +3538,7 @@ export interface operations {
                             perCredit: string;
                             currency: string;
                         } | null;
+                        source?: ("manual" | "subscription" | "rollover" | "promo" | "payment" | "trial" | "refund" | "adjustment" | "other") | null;
                         reverses?: string | null;
                         occurredAt?: string | null;
                         /** Format: date-time */
@@ -7338,11 +7348,12 @@ export interface operations {
                                 grantId: string;
                                 amount: number;
                                 /** @enum {string} */
-                                kind?: "returned" | "debt_paid";
+                                kind?: "returned" | "debt_paid" | "debt_returned";
                             }[];
                             reservationId: string | null;
                             spender?: string | null;
                             feature?: string | null;
+                            source?: ("manual" | "subscription" | "rollover" | "promo" | "payment" | "trial" | "refund" | "adjustment" | "other") | null;
                             reverses?: string | null;
                             occurredAt?: string | null;
                             /** Format: date-time */
@@ -8809,7 +8820,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description The store is unavailable */
+            /** @description The store is unavailable (STORAGE_ERROR: nothing was applied), or the outcome of a change is unknown (OUTCOME_UNKNOWN: the entry ids and idempotency key to learn it by in `details`) */
             503: {
                 headers: {
                     [name: string]: unknown;
