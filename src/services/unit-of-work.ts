@@ -2,6 +2,7 @@ import type { Logger } from "../logger.js";
 import type { CacheAside } from "../cache/aside.js";
 import type { Changes, DbManager, DbTransaction, LoadedState } from "../db/types.js";
 import type { PromoPaymentChanges } from "../db/types-promos.js";
+import { backoff, sleep, type BackoffOptions } from "../db/store/retry.js";
 import { AccountWork, type EntryMeta } from "../domain/account-work.js";
 import {
   evaluateAlert,
@@ -366,7 +367,7 @@ export class UnitRunner {
   private async lookUp(userId: string, entry: JournalEntry): Promise<boolean | undefined> {
     const { db, outcomeWaitMs } = this.config;
     const deadline = Date.now() + outcomeWaitMs;
-    for (let pause = 50; ; pause = Math.min(pause * 2, 1000)) {
+    for (let attempt = 0; ; attempt++) {
       try {
         return await db.transaction(userId, async (tx) => {
           await tx.load();
@@ -382,7 +383,7 @@ export class UnitRunner {
       }
       const left = deadline - Date.now();
       if (left <= 0) return undefined;
-      await new Promise((resolve) => setTimeout(resolve, Math.min(pause, left)));
+      await sleep(Math.min(backoff(attempt, LOOKUP_BACKOFF), left));
     }
   }
 
@@ -618,3 +619,6 @@ function publishHolds(userId: string, holds: NonNullable<UnitOutcome<unknown>["h
   for (const r of holds.placed) send(r, "reserved");
   for (const r of holds.ended) if (r.status !== "active") send(r, r.status);
 }
+
+/** The pauses between the look-ups of a commit in doubt: 50 ms doubling to 1 s, jittered in the upper half. */
+const LOOKUP_BACKOFF: BackoffOptions = { base: 50, factor: 2, max: 1000, floor: 0.5 };
