@@ -18,6 +18,7 @@ import {
   CreditService,
   InMemoryDbManager,
   NotificationService,
+  OutcomeUnknownError,
   createCreditManager,
   type DbManager,
   type NotificationMessage,
@@ -350,7 +351,10 @@ describe.skipIf(!natsUrl)("NATS JetStream", () => {
         handlers: {
           [s("merchant_created")]: inboundHandler(MerchantCreated, (e) => manager.credits.openAccount(e.merchantId)),
           [s("order_paid")]: inboundHandler(OrderPaid, async (e) => {
-            if (e.orderId === "flaky" && flaky++ === 0) throw new Error("database hiccup"); // the first delivery fails
+            // The first delivery's commit answer is lost: its outcome is unknown, so it is retried
+            // (under its key it applies once), never dead-lettered as a refusal.
+            if (e.orderId === "flaky" && flaky++ === 0)
+              throw new OutcomeUnknownError("the commit's answer was lost", { entryIds: [] });
             return manager.credits.addCredits(e.merchantId, e.credits, {
               idempotencyKey: `order_paid:${e.id}`,
               source: "payment",

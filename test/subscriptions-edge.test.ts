@@ -7,6 +7,7 @@ import {
   InMemoryDbManager,
   InMemoryNotificationQueue,
   NotFoundError,
+  OutcomeUnknownError,
   StorageError,
   SubscriptionService,
   createCreditManager,
@@ -537,7 +538,7 @@ describe("a period whose credits are all spent or voided still starts the next o
     });
   }
 
-  it("a storage failure while bringing the period is a StorageError (503), not a false refusal (402)", async () => {
+  it("a storage failure or an unknown outcome while bringing the period is a 503, not a false refusal (402)", async () => {
     const { m, clock } = await setup();
     await m.subscriptions.createPlan({ id: "daily", name: "Daily", creditsPerPeriod: 100, billingPeriod: "daily" });
     await m.subscriptions.subscribe("u", "daily");
@@ -548,6 +549,10 @@ describe("a period whose credits are all spent or voided still starts the next o
     db.getActiveSubscription = () => Promise.reject(new StorageError("the store is down"));
     await expect(m.credits.deductCredits("u", 30)).rejects.toBeInstanceOf(StorageError);
     expect((await m.credits.getUserCreditsInfo("u")).balance).toBe(0);
+    // Nor is a period whose outcome is unknown (its commit's answer lost): it may be there.
+    db.getActiveSubscription = () =>
+      Promise.reject(new OutcomeUnknownError("the commit's answer was lost", { entryIds: [] }));
+    await expect(m.credits.deductCredits("u", 30)).rejects.toBeInstanceOf(OutcomeUnknownError);
     db.getActiveSubscription = original;
     // Once the store answers, the period comes and the same deduction succeeds.
     await expect(m.credits.deductCredits("u", 30)).resolves.toMatchObject({ amount: 30 });

@@ -6,7 +6,7 @@
 import { jetstream, jetstreamManager, type Consumer, type JetStreamClient, type JsMsg } from "@nats-io/jetstream";
 import type { Logger } from "../logger.js";
 import * as z from "zod";
-import { ConfigurationError, ConflictError, CreditError, StorageError } from "../errors.js";
+import { ConfigurationError, ConflictError, CreditError, OutcomeUnknownError, StorageError } from "../errors.js";
 import { parseConfig } from "../models/parse.js";
 import { eventEnvelope, type NotificationMessage, type NotificationQueue } from "../queue/index.js";
 
@@ -353,7 +353,10 @@ export function consumeCreditEvents(options: ConsumeCreditEventsOptions): Credit
     try {
       await handler.handle(event.data, context);
     } catch (error) {
-      const transient = error instanceof StorageError || error instanceof ConflictError;
+      // Retried: the store failed (nothing applied), a conflict, or an outcome not known
+      // (docs/concepts.md, "Certain and uncertain errors"); any other refusal is final.
+      const transient =
+        error instanceof StorageError || error instanceof ConflictError || error instanceof OutcomeUnknownError;
       if (error instanceof CreditError && !transient) return deadLetter(m, context, "refused", error);
       if (context.deliveryCount >= maxDeliveries) return deadLetter(m, context, "failed", error);
       options.logger?.warn(

@@ -426,9 +426,14 @@ export class UnitRunner {
         { err: failure, userId },
         "credit-management: could not bring the user's subscription period up to date",
       );
-      // The store could not say whether a period is due: a refusal now could be false (the new
-      // period's credits may be there). The caller gets the storage error (503), to retry.
-      if (failure instanceof StorageError || !(failure instanceof CreditError)) {
+      // The store could not say whether a period is due (or whether bringing it took effect): a
+      // refusal now could be false (the new period's credits may be there). The caller gets the
+      // storage error or the unknown outcome (503), to retry.
+      if (
+        failure instanceof StorageError ||
+        failure instanceof OutcomeUnknownError ||
+        !(failure instanceof CreditError)
+      ) {
         throw failure;
       }
     }

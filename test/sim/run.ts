@@ -1,6 +1,6 @@
 import { createHash } from "node:crypto";
 import { InMemoryDbManager } from "../../src/db/memory/index.js";
-import { ConflictError, CreditError, StorageError } from "../../src/errors.js";
+import { ConflictError, CreditError, OutcomeUnknownError, StorageError } from "../../src/errors.js";
 import { createCreditManager, type CreditManager } from "../../src/manager.js";
 import type { Changes } from "../../src/store.js";
 import type { Payment, Subscription } from "../../src/models/index.js";
@@ -289,6 +289,9 @@ async function simulate(options: SimOptions): Promise<SimResult> {
       payments: payConfig,
       queue,
       notifications: { backoffBaseMs: 1000, backoffMaxMs: 60_000 },
+      // A commit whose answer was lost is looked up once, with no wait between tries (the
+      // simulation has no timers to run): found, the call answers its result; else it is in doubt.
+      outcomeWaitMs: 0,
     });
   // Two to four processes serving requests; one that dies is replaced by a fresh one (cache empty).
   const managers: CreditManager[] = [];
@@ -869,7 +872,7 @@ async function simulate(options: SimOptions): Promise<SimResult> {
   ]);
 
   const isDefinite = (error: unknown): boolean => {
-    if (error instanceof StorageError) return false;
+    if (error instanceof StorageError || error instanceof OutcomeUnknownError) return false;
     // A conflict that outlived the store's retries is "try again"; a rule's conflict carries details.
     if (error instanceof ConflictError) return error.details !== undefined;
     return true;

@@ -1,9 +1,11 @@
+import { isDeepStrictEqual } from "node:util";
 import { ConflictError, StorageError } from "../../src/errors.js";
+import { outcomeUnknown } from "../../src/db/store/errors.js";
 import type { InMemoryDbManager } from "../../src/db/memory/index.js";
 import type { Changes, DbManager, DbTransaction, LoadRequest, LoadedState } from "../../src/store.js";
 import type { ChargeRecord } from "../../src/db/types.js";
 import { stateAfter, type AccountState } from "../../src/db/state-cache.js";
-import type { Grant, Payment, Promo, Reservation, Subscription } from "../../src/models/index.js";
+import type { Account, Grant, Payment, Promo, Reservation, Subscription } from "../../src/models/index.js";
 import type { Prng } from "./prng.js";
 import { currentOp, type OpContext, type Scheduler } from "./scheduler.js";
 
@@ -140,14 +142,24 @@ export class SimStore {
         if (verdict === "error") throw new StorageError("[sim] injected: storage error before the commit");
         if (verdict === "conflict") throw new ConflictError("[sim] injected: write conflict at the commit");
         // Under the account's lock: the seq guard, the unique keys and the write, with nothing in between.
-        if (this.loseCommits?.chance(0.05) !== true) await this.inner.transaction(userId, (t) => t.save(changes));
+        if (this.loseCommits?.chance(0.05) !== true)
+          await this.inner.transaction(userId, async (t) => {
+            // The account row as loaded, as PostgreSQL's xmin and MongoDB's _rev guard it: a save
+            // that changed only the account (an auto top-up settled: its seq stays) moves it too.
+            if (tx.base !== null && !isDeepStrictEqual((await t.load()).account, tx.loadedAccount))
+              throw new ConflictError("[sim] the account changed since the unit of work loaded it");
+            await t.save(changes);
+          });
       } catch (error) {
         if (error instanceof ConflictError && attempt < MAX_ATTEMPTS) continue;
         throw error;
       }
       this.events.push({ kind: "commit", op: currentOp(), userId, changes });
+      // A lost answer is what an adapter reports when the connection fails after COMMIT was sent:
+      // the outcome is unknown, and the unit-of-work runner looks its entries up
+      // (docs/concepts.md, "Certain and uncertain errors").
       const ack = await this.scheduler.point("ack");
-      if (ack === "error") throw new StorageError("[sim] injected: committed, but the answer was lost");
+      if (ack === "error") throw outcomeUnknown("sim", new Error("[sim] injected: committed, but the answer was lost"));
       cache?.states.set(userId, { ...stateAfter(tx.base, changes), seq: changes.account.seq });
       return value;
     }
@@ -186,6 +198,8 @@ class SimTransaction implements DbTransaction {
   cachedSeq: number | null = null;
   /** The account, open grants and active holds it loaded (null: no account yet). */
   base: AccountState | null = null;
+  /** The account row as the store (or the cached copy) gave it, before any planted loss. */
+  loadedAccount: Account | null = null;
   /** The account's grants and holds (all states) as of the load. */
   private grants = new Map<string, Grant>();
   private holds = new Map<string, Reservation>();
@@ -208,6 +222,7 @@ class SimTransaction implements DbTransaction {
     if (hit !== undefined) {
       this.cachedSeq = hit.seq;
       this.base = hit;
+      this.loadedAccount = structuredClone(hit.account);
       // Other grants and holds are read from the store when asked for (`getGrants`, `getReservation`).
       this.grants = new Map(hit.grants.map((g) => [g.id, g]));
       this.holds = new Map(hit.reservations.map((r) => [r.id, r]));
@@ -230,6 +245,7 @@ class SimTransaction implements DbTransaction {
       await inner.listReservations(this.userId),
     ]);
     const state = structuredClone(loaded);
+    this.loadedAccount = structuredClone(loaded.account);
     if (this.sim.loseScopes) state.grants = state.grants.map((g) => ({ ...g, scope: null }));
     if (this.sim.loseLimits && state.account?.limits != null)
       state.account = {
