@@ -39,7 +39,12 @@ export interface PromoPaymentChanges {
 export interface Changes extends PromoPaymentChanges {
   /** The account after the change. */
   account: Account;
-  /** The account's seq when it was loaded; null when it did not exist (insert). Adapters guard on it. */
+  /**
+   * The account's seq when it was loaded; null when it did not exist (insert). Not a version on its
+   * own: a change to the account alone (an auto top-up settled, a threshold set) keeps it, so an
+   * adapter that does not hold the account locked from load to save guards on the row as loaded
+   * (a version column, xmin, every column), not on this alone (docs/writing-a-store.md).
+   */
   previousSeq: number | null;
   /** The lists below are only read. */
   insertGrants: readonly Grant[];

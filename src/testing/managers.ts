@@ -14,6 +14,7 @@ import { InMemoryCache } from "../cache/index.js";
 import { CreditService } from "../services/credit-service.js";
 import { PromoService } from "../services/promo-service.js";
 import { managerServices, T0 } from "./support.js";
+import { saveAccountOnly } from "../services/unit-of-work.js";
 
 /** One manager's services over `db`, promos too, on a clock shared with the other manager. */
 function manager(db: DbManager, clock: { now: number }) {
@@ -248,6 +249,49 @@ export function runManagersContract(
       });
       expect((await a.credits.deductCredits(u, 120, { spender: "alice" })).amount).toBe(120);
       expect((await a.credits.audit(u)).ok).toBe(true);
+    });
+
+    it("a change to the account alone (no journal entry: an auto top-up settled, a threshold set) that B commits while A's unit of work is between its load and its save is never written back by A", async () => {
+      const { a, clock } = pair();
+      const u = user();
+      await a.credits.addCredits(u, 100);
+      await a.credits.setLimits(u, [{ spender: "alice", amount: 100, period: "month" }]);
+      // A loads the account, then waits; B removes the limits in a save that keeps the seq.
+      let loaded!: () => void;
+      const atLoad = new Promise<void>((resolve) => (loaded = resolve));
+      let proceed!: () => void;
+      const released = new Promise<void>((resolve) => (proceed = resolve));
+      const first = getDb().transaction(u, async (tx) => {
+        const { account } = await tx.load();
+        loaded();
+        await released;
+        if (account === null) throw new Error("the account is there");
+        await tx.save({
+          account: { ...account, updatedAt: new Date(clock.now + 1) },
+          previousSeq: account.seq,
+          insertGrants: [],
+          updateGrants: [],
+          insertReservations: [],
+          updateReservations: [],
+          entries: [],
+          notifications: [],
+        });
+      });
+      await atLoad;
+      const second = saveAccountOnly(
+        getPeer(),
+        u,
+        () => new Date(clock.now),
+        (account) => {
+          account.limits = null;
+          return [];
+        },
+      );
+      // A store that locks the account makes B wait for A: A goes on once B is done or has waited.
+      await Promise.race([second, new Promise((resolve) => setTimeout(resolve, 300))]);
+      proceed();
+      await Promise.all([first, second]);
+      expect(await a.credits.getLimits(u)).toEqual([]);
     });
 
     it('leases under a spender limit: leased charges from A and B at once never pass it, and count as on the exact path (docs/teams-and-limits.md, "Leases")', async () => {

@@ -261,6 +261,17 @@ export class Sqlite {
     for (let i = 0; i < guardParams.length; i++) params[plan.order.length + i] = guardParams[i];
     return this.run(plan.text, params) === 1;
   }
+  /**
+   * A guard for `update` that matches `row` as it was read, every column (`IS`, so NULLs match):
+   * the row's version, for a table that keeps no version column of its own.
+   */
+  unchanged(key: TableKey, row: object): { guard: string; params: unknown[] } {
+    const t = this.t[key];
+    return {
+      guard: t.columns.map((c) => ` AND "${c.name}" IS ?`).join(""),
+      params: encodeValues(t.columns, row as Row, { dates: "iso", booleans: "int" }),
+    };
+  }
   /** An UPDATE's text and its parameters' column indices (the other columns, then the key's), per table and guard. */
   private updatePlan(t: SqlTable, guard: string): { text: string; order: number[] } {
     let plans = this.updatePlans.get(t);

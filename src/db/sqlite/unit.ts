@@ -107,8 +107,10 @@ export class Locker {
 /**
  * One attempt of a unit of work. `load` reads the account in one read transaction; `save` queues;
  * `commit` writes everything in one write transaction that first moves the account row from the
- * `seq` it was loaded at (the guard): if another process wrote the account since, nothing is
- * written and the unit of work runs again. Writes never wait across an `await`.
+ * state it was loaded in (the guard: every column, not only `seq`, as a change to the account
+ * alone — an auto top-up settled, a threshold set — keeps the seq): if another process wrote the
+ * account since, nothing is written and the unit of work runs again. Writes never wait across an
+ * `await`.
  *
  * A locked attempt (`release` given, on the `Locker`'s connection) runs inside the `BEGIN
  * IMMEDIATE` its `Locker` opened: its reads and writes are savepoints in it, `commit` ends it with
@@ -118,6 +120,8 @@ export class Locker {
 export class SqliteAttempt implements Attempt {
   private pending: Changes | undefined;
   private saved = false;
+  /** The commit's guard: the account row as `load` read it (encoded then: the unit may change the objects). */
+  private loaded: { seq: number; guard: string; params: unknown[] } | null = null;
 
   constructor(
     private readonly s: Sqlite,
@@ -132,7 +136,7 @@ export class SqliteAttempt implements Attempt {
 
   private read(request?: LoadRequest): LoadedState {
     const { s, userId } = this;
-    return s.tx(() => ({
+    const state = s.tx(() => ({
       account: s.one<Account>("accounts", "WHERE user_id = ?", [userId]),
       grants: s.list<Grant>("grants", "WHERE user_id = ? AND closed_at IS NULL AND remaining > 0", [userId]),
       reservations: s.list<Reservation>("reservations", "WHERE user_id = ? AND status = 'active'", [userId]),
@@ -144,6 +148,8 @@ export class SqliteAttempt implements Attempt {
               request.idempotencyKey,
             ]),
     }));
+    this.loaded = state.account === null ? null : { seq: state.account.seq, ...s.unchanged("accounts", state.account) };
+    return state;
   }
   async getGrants(ids: readonly string[]): Promise<Grant[]> {
     if (ids.length === 0) return [];
@@ -233,7 +239,11 @@ export class SqliteAttempt implements Attempt {
       });
     s.tx(() => {
       if (c.previousSeq === null) s.insert("accounts", [c.account]);
-      else if (!s.update("accounts", c.account, " AND seq = ?", [c.previousSeq])) throw stale();
+      else {
+        const { guard, params } =
+          this.loaded?.seq === c.previousSeq ? this.loaded : { guard: " AND seq = ?", params: [c.previousSeq] };
+        if (!s.update("accounts", c.account, guard, params)) throw stale();
+      }
       s.insert("grants", c.insertGrants);
       for (const g of c.updateGrants) s.update("grants", g);
       s.insert("reservations", c.insertReservations);
