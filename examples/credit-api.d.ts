@@ -1569,6 +1569,7 @@ export interface operations {
                     feature?: string;
                     ttlSeconds?: number;
                     reason?: string;
+                    minimum?: number;
                     amount: number;
                 };
             };
@@ -3259,6 +3260,7 @@ export interface operations {
                     feature?: string;
                     ttlSeconds?: number;
                     reason?: string;
+                    minimum?: number;
                     amount: number;
                 };
             };

@@ -57,6 +57,11 @@ export interface AiCallOutcome extends MeterOutcome {
    * left), not charged so that the run stays within `maxRunCredits`. Absent when everything was charged.
    */
   uncharged?: number;
+  /**
+   * `minOutputTokens` only: the call held less than its estimate (what the account could spend), and
+   * its `maxOutputTokens` was lowered to this, the most output its hold pays for. Absent otherwise.
+   */
+  maxOutputTokens?: number;
 }
 
 /** The middleware `creditMiddleware()` returns: give it to `wrapLanguageModel`; `embedding` to `wrapEmbeddingModel`. */
@@ -289,15 +294,20 @@ class Run {
     const wanted = params.maxOutputTokens ?? this.options.defaultMaxOutputTokens ?? DEFAULT_MAX_OUTPUT_TOKENS;
     const left = this.remaining;
     if (this.price(modelId, provider, prompt, wanted) <= left) return params;
-    // The largest output that fits (the price grows with the output): a binary search.
+    const most = this.mostOutput(modelId, provider, prompt, wanted, left);
+    return most > 0 ? { ...params, maxOutputTokens: most } : params; // 0: the call is refused when it opens
+  }
+
+  /** The most output tokens, up to `wanted`, that `credits` pay for after the prompt (the price grows with the output): a binary search. */
+  private mostOutput(modelId: string, provider: string, prompt: number, wanted: number, credits: number): number {
     let lo = 0;
     let hi = wanted;
     while (lo < hi) {
       const mid = Math.ceil((lo + hi) / 2);
-      if (this.price(modelId, provider, prompt, mid) <= left) lo = mid;
+      if (this.price(modelId, provider, prompt, mid) <= credits) lo = mid;
       else hi = mid - 1;
     }
-    return lo > 0 ? { ...params, maxOutputTokens: lo } : params; // 0: the call is refused when it opens
+    return lo;
   }
 
   /** Places the call's hold (or refuses it) before the provider is called. */
@@ -332,6 +342,11 @@ class Run {
       reason: `ai-sdk ${kind}`,
       metadata: { ...o.metadata, model: modelId, provider },
     };
+    // A hold for what is there (docs/llm-metering.md): down to the prompt and `minOutputTokens`.
+    if (o.minOutputTokens !== undefined && kind !== "embed") {
+      const least = this.price(modelId, provider, promptTokens, Math.min(o.minOutputTokens, outputTokens));
+      meter.minimum = Math.min(Math.max(least, 1), estimate);
+    }
     if (o.spender !== undefined) meter.spender = o.spender;
     if (o.feature !== undefined) meter.feature = o.feature;
     if (o.idempotencyKey !== undefined) meter.idempotencyKey = `${o.idempotencyKey}:${n}`;
@@ -345,7 +360,13 @@ class Run {
       this.giveBack(n);
       throw error;
     }
-    return new Call(this, session, kind, n, modelId, provider, promptTokens, priced);
+    // What it holds: the estimate, or less with `minOutputTokens`.
+    const held = session.estimate;
+    this.held += held - estimate;
+    const call = new Call(this, session, kind, n, modelId, provider, promptTokens, Math.min(priced, held));
+    // A hold below the call's price pays for less output: the most it pays for, after the prompt.
+    if (held < priced) call.maxOutputTokens = this.mostOutput(modelId, provider, promptTokens, outputTokens, held);
+    return call;
   }
 
   private takeFree(): number {
@@ -364,6 +385,7 @@ class Run {
     else this.giveBack(call.n);
     const o: AiCallOutcome = { ...outcome, kind: call.kind, model: call.model, provider: call.provider, call: call.n };
     if (call.uncharged > 0 && outcome.outcome === "committed") o.uncharged = call.uncharged;
+    if (call.maxOutputTokens !== undefined) o.maxOutputTokens = call.maxOutputTokens;
     this.outcomes.push(o);
     this.onSettled?.(o);
     return o;
@@ -382,7 +404,9 @@ class Run {
     model: LanguageModelV4,
   ): Promise<LanguageModelV4GenerateResult> {
     const call = await this.openLanguage("generate", params, model);
-    const result = await call.provide(doGenerate, params.abortSignal);
+    const capped = call.maxOutputTokens;
+    const generate = capped === undefined ? doGenerate : () => model.doGenerate({ ...params, maxOutputTokens: capped });
+    const result = await call.provide(generate, params.abortSignal);
     const responseModel = result.response?.modelId;
     if (responseModel !== undefined) call.answeredBy(responseModel);
     const counts = countsOf(result.usage);
@@ -397,7 +421,9 @@ class Run {
     model: LanguageModelV4,
   ): Promise<LanguageModelV4StreamResult> {
     const call = await this.openLanguage("stream", params, model);
-    const result = await call.provide(doStream, params.abortSignal);
+    const capped = call.maxOutputTokens;
+    const open = capped === undefined ? doStream : () => model.doStream({ ...params, maxOutputTokens: capped });
+    const result = await call.provide(open, params.abortSignal);
     return { ...result, stream: meteredStream(result.stream, call, params.abortSignal) };
   }
 
@@ -438,6 +464,8 @@ class Call {
   model: string;
   /** `strictRunCap`: credits of usage beyond the hold, left uncharged. */
   uncharged = 0;
+  /** `minOutputTokens`: the call's output lowered to what its hold pays for; undefined when it held its estimate. */
+  maxOutputTokens: number | undefined;
 
   constructor(
     private readonly run: Run,
@@ -447,7 +475,7 @@ class Call {
     readonly calledModel: string,
     readonly provider: string,
     readonly promptTokens: number,
-    /** The call's price from its estimate (the hold, unless `strictRunCap` held what the run had left). */
+    /** The call's price from its estimate (the hold, unless `strictRunCap` held what the run had left), at most what it holds. */
     readonly estimate: number,
   ) {
     this.model = calledModel;

@@ -57,6 +57,14 @@ export const AiRunSetup = z.strictObject({
    * (the outcome's `uncharged`). Needs `maxRunCredits`.
    */
   strictRunCap: z.boolean().optional(),
+  /**
+   * Holds what is there (docs/llm-metering.md, "A hold for what is there"): a language-model call
+   * whose estimate is more than the account may spend now (for the spender and feature, within
+   * their limits) holds what it may spend, down to the price of the prompt and this many output
+   * tokens, and its `maxOutputTokens` is lowered to what the hold pays for; below it the call is
+   * refused before the provider is called. Default: none (the estimate is held whole, or refused).
+   */
+  minOutputTokens: TokenCount.refine((n) => n > 0, { error: "minOutputTokens must be > 0" }).optional(),
   /** Output tokens a call that sets no `maxOutputTokens` is held for. Default 4,096. */
   defaultMaxOutputTokens: TokenCount.refine((n) => n > 0, { error: "defaultMaxOutputTokens must be > 0" }).optional(),
   /**

@@ -16,7 +16,7 @@ import type {
 import { checkpointMetadata, snapshotOf } from "./checkpoint.js";
 import { hashNewEntry } from "./hash.js";
 import type { WorkEvent } from "./notifications.js";
-import { type Counted, type Spend, countSpend, describeLimit, giveBackSpend, trueUpHold } from "./limits.js";
+import { type Counted, type Spend, countSpend, describeLimit, giveBackSpend, limitRoom, trueUpHold } from "./limits.js";
 import { compareGrants, isDue, isOpenGrant, isUsable } from "./order.js";
 import { outOfScope, spendOrder } from "./scope.js";
 import { chargeWithinLimit, commitWithinLimit, headroom, shortfallMeta } from "./overdraft.js";
@@ -388,18 +388,38 @@ export class AccountWork {
     return this.emit("deduct", amount, portions, options.reservationId ?? null, meta);
   }
 
-  /** Earmarks credits from grants in burn-down order into a new hold. */
+  /**
+   * The most a hold of `spend` may take now (docs/concepts.md, "Holds"): the credits it may use
+   * (scoped grants outside its scope do not count; a hold never goes into debt) and what every
+   * spend limit that applies to it has left in its window.
+   */
+  holdRoom(spend: Spend): number {
+    const available = Math.max(0, this.availableFor(spend));
+    const limits = this.account.limits;
+    const room = limits == null ? null : limitRoom(limits, spend, this.now.getTime());
+    return room === null ? available : Math.min(available, room.left);
+  }
+
+  /**
+   * Earmarks credits from grants in burn-down order into a new hold. With `minimum` (a hold for
+   * what is there, docs/concepts.md "Holds"): `amount`, or `holdRoom` when that is less, refused as
+   * a hold of `minimum` is when the room is below it; the entry's metadata then adds `requested`.
+   */
   reserve(
-    amount: number,
+    requested: number,
     ttlSeconds: number,
     reason: string | null,
     meta: EntryMeta,
+    minimum?: number,
   ): { reservation: Reservation; entry: JournalEntry } {
     const spend = spendOf(meta);
+    // Below the minimum, the checks below refuse a hold of the minimum, with their usual errors.
+    const amount = minimum === undefined ? requested : Math.max(minimum, Math.min(requested, this.holdRoom(spend)));
     const available = this.availableFor(spend);
     if (available < amount) {
+      const least = minimum === undefined ? "" : ` (the least of a hold of up to ${requested})`;
       throw new InsufficientCreditsError(
-        `Cannot reserve ${amount} credits: only ${Math.max(available, 0)} available.`,
+        `Cannot reserve ${amount} credits${least}: only ${Math.max(available, 0)} available.`,
         { requested: amount, available },
       );
     }
@@ -425,7 +445,8 @@ export class AccountWork {
     this.holds.create(reservation);
     this.account.reserved = this.account.reserved + amount;
     this.account.nextExpiryAt = minDate(this.account.nextExpiryAt, expiresAt);
-    const entry = this.emit("reserve", amount, allocations, reservation.id, meta);
+    const entryMeta = amount === requested ? meta : { ...meta, metadata: { ...meta.metadata, requested } };
+    const entry = this.emit("reserve", amount, allocations, reservation.id, entryMeta);
     return { reservation, entry };
   }
 

@@ -110,6 +110,12 @@ export const ReserveOptions = MutationOptions.extend({
   /** Seconds until the hold lapses and its credits return. Default: the manager's option (900). */
   ttlSeconds: z.number().int().min(1).max(MAX_TTL_SECONDS).optional(),
   reason: ShortText.optional(),
+  /**
+   * A hold for what is there (docs/concepts.md, "Holds"): it holds `amount`, or what this spender
+   * and feature may spend now when that is less, down to `minimum` (at most `amount`); below it
+   * the hold is refused as a plain one is. The reservation's `amount` says what it holds.
+   */
+  minimum: Amount.optional(),
 });
 export type ReserveOptions = z.input<typeof ReserveOptions>;
 

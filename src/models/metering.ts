@@ -20,36 +20,47 @@ export type UsageRecord = z.infer<typeof UsageRecord>;
 export const MAX_METER_KEY = 255 - ":reserve".length;
 
 /** Options of `credits.meter(userId, options, fn)`. */
-export const MeterOptions = z.strictObject({
-  /** Credits to hold before `fn` runs. */
-  estimate: Amount,
-  /** Seconds until the hold lapses. Default: the manager's default reservation TTL. */
-  ttlSeconds: z.number().int().min(1).max(MAX_TTL_SECONDS).optional(),
-  /** Reason stored on the hold, e.g. "POST /api/chat". */
-  reason: ShortText.optional(),
-  description: ShortText.optional(),
-  /**
-   * Makes the call safe to retry. The hold is placed under `<key>:reserve` and released under
-   * `<key>:release`; an attempt that retries a failed one holds under `<key>:attempt-<n>:reserve`.
-   * The charge — a commit, or an after-service deduction — of every attempt is `<key>:charge`, so a
-   * call is charged once. At most 247 characters, so that each of those is a valid idempotency key
-   * (255).
-   */
-  idempotencyKey: IdempotencyKey.max(MAX_METER_KEY, {
-    error: `idempotencyKey must be at most ${MAX_METER_KEY} characters (metering appends up to 8)`,
-  }).optional(),
-  correlationId: text(255).min(1).optional(),
-  /** Stored with the commit entry beside the recorded usages. */
-  metadata: Metadata.optional(),
-  /**
-   * What to do when `fn` neither returns a number nor records usage: `"release"` the hold (default,
-   * as the original middleware does: nothing measured, nothing charged) or charge the `"estimate"`.
-   */
-  noUsage: z.enum(["release", "estimate"]).optional(),
-  /**
-   * Who spends and on what (docs/teams-and-limits.md): the hold, its commit and an after-service
-   * charge name them, so the spend limits for them apply and the scoped grants they may use pay.
-   */
-  ...SpendFields,
-});
+export const MeterOptions = z
+  .strictObject({
+    /** Credits to hold before `fn` runs. */
+    estimate: Amount,
+    /**
+     * Holds what is there (docs/concepts.md, "Holds"): `estimate`, or what the spender and feature
+     * may spend now when that is less, down to `minimum` (at most `estimate`; below it the call is
+     * refused before `fn` runs). The call's `estimate` (`currentMeter().estimate`) is what it holds.
+     */
+    minimum: Amount.optional(),
+    /** Seconds until the hold lapses. Default: the manager's default reservation TTL. */
+    ttlSeconds: z.number().int().min(1).max(MAX_TTL_SECONDS).optional(),
+    /** Reason stored on the hold, e.g. "POST /api/chat". */
+    reason: ShortText.optional(),
+    description: ShortText.optional(),
+    /**
+     * Makes the call safe to retry. The hold is placed under `<key>:reserve` and released under
+     * `<key>:release`; an attempt that retries a failed one holds under `<key>:attempt-<n>:reserve`.
+     * The charge — a commit, or an after-service deduction — of every attempt is `<key>:charge`, so a
+     * call is charged once. At most 247 characters, so that each of those is a valid idempotency key
+     * (255).
+     */
+    idempotencyKey: IdempotencyKey.max(MAX_METER_KEY, {
+      error: `idempotencyKey must be at most ${MAX_METER_KEY} characters (metering appends up to 8)`,
+    }).optional(),
+    correlationId: text(255).min(1).optional(),
+    /** Stored with the commit entry beside the recorded usages. */
+    metadata: Metadata.optional(),
+    /**
+     * What to do when `fn` neither returns a number nor records usage: `"release"` the hold (default,
+     * as the original middleware does: nothing measured, nothing charged) or charge the `"estimate"`.
+     */
+    noUsage: z.enum(["release", "estimate"]).optional(),
+    /**
+     * Who spends and on what (docs/teams-and-limits.md): the hold, its commit and an after-service
+     * charge name them, so the spend limits for them apply and the scoped grants they may use pay.
+     */
+    ...SpendFields,
+  })
+  .refine((o) => o.minimum === undefined || o.minimum <= o.estimate, {
+    error: "minimum must be at most the estimate",
+    path: ["minimum"],
+  });
 export type MeterOptions = z.input<typeof MeterOptions>;

@@ -207,7 +207,7 @@ export class CreditCore {
       "reserveCredits",
       user,
       meta,
-      (work) => out(work.reserve(n, ttl, o.reason ?? null, meta).reservation),
+      (work) => out(work.reserve(n, ttl, o.reason ?? null, meta, o.minimum).reservation),
       async (entry, tx) => out(await replayHold(entry, tx)),
     );
   }

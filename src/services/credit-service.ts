@@ -237,11 +237,22 @@ export class CreditService {
     return this.deduct("deductCreditsAfterService", userId, amount, options, true);
   }
 
-  /** Places a hold on `amount` credits for `ttlSeconds` (default 900). Resolves to the reservation. */
+  /**
+   * Places a hold on `amount` credits for `ttlSeconds` (default 900). Resolves to the reservation.
+   * With `minimum` (docs/concepts.md, "Holds"): a hold for what is there — `amount`, or what the
+   * spender and feature may spend now when that is less, refused below `minimum`; the
+   * reservation's `amount` is what it holds.
+   */
   async reserveCredits(userId: string, amount: number, options: ReserveOptions = {}): Promise<Reservation> {
     const user = parse(UserId, userId, "userId");
     const n = parse(Amount, amount, "amount");
-    return this.core.hold(user, n, parse(ReserveOptions, options, "options"), true);
+    const o = parse(ReserveOptions, options, "options");
+    if (o.minimum !== undefined && o.minimum > n) {
+      throw new ValidationError(`Invalid options.minimum: ${o.minimum} is more than the amount (${n})`, [
+        { path: "minimum", message: "must be at most the amount" },
+      ]);
+    }
+    return this.core.hold(user, n, o, true);
   }
 
   /**

@@ -504,8 +504,9 @@ export class MeterSession {
  */
 export async function openMeter(deps: SessionDeps, userId: string, options: MeterOptions): Promise<MeterSession> {
   // The hold names who spends on what: the limits for them count it, their scoped grants fund it.
-  const { ttlSeconds, spender, feature, reason, description, correlationId, idempotencyKey: key } = options;
-  const reserve: ParsedReserveOptions = { ttlSeconds, spender, feature, reason, description, correlationId };
+  const { ttlSeconds, spender, feature, reason, description, correlationId, minimum, idempotencyKey: key } = options;
+  // With `minimum`, a hold for what is there: the session's estimate is what it holds.
+  const reserve: ParsedReserveOptions = { ttlSeconds, spender, feature, reason, description, correlationId, minimum };
   if (key === undefined) {
     const hold = await deps.hold(userId, options.estimate, reserve);
     return new MeterSession(deps, hold.userId, hold.id, hold.amount, options);

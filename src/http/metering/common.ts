@@ -96,6 +96,15 @@ export interface MeteringOptionsBase<Req> {
   defaultEstimate?: number;
   /** Largest hold one request may place; larger estimates are capped. Default 100,000. */
   maxEstimate?: number;
+  /**
+   * Holds what is there (docs/metering.md, "A hold for what is there"): a request whose estimate
+   * is more than the user may spend now (for its spender and feature, within their limits) holds
+   * what they may spend, down to this many credits (a smaller estimate is held whole); below it the
+   * request is refused (402, or 429 for a limit) and the handler does not run. The handler reads
+   * what is held from `currentMeter().estimate` (and Express's `res.locals.creditEstimate`), e.g.
+   * to cap an LLM call's output. Default: none (the estimate is held whole, or refused).
+   */
+  minEstimate?: number;
   /** Hold TTL in seconds (long enough for the slowest stream). Default: the manager's default. */
   ttlSeconds?: number;
   /**
@@ -161,6 +170,9 @@ export function common<Req>(o: MeteringOptionsBase<Req>) {
     throw new ConfigurationError("defaultEstimate must be a positive integer");
   if (!Number.isSafeInteger(maxEstimate) || maxEstimate < 1)
     throw new ConfigurationError("maxEstimate must be a positive integer");
+  const minEstimate = o.minEstimate;
+  if (minEstimate !== undefined && (!Number.isSafeInteger(minEstimate) || minEstimate < 1))
+    throw new ConfigurationError("minEstimate must be a positive integer");
   /** The estimate headers, in the order they are read: the first one present is the estimate. */
   const headers = o.estimateHeader !== undefined ? [o.estimateHeader] : ["X-Estimated-Credits", "X-Estimated-Tokens"];
   // In lower case, as Fetch's Headers and Fastify write every name: node's setHeader then keys it
@@ -239,6 +251,7 @@ export function common<Req>(o: MeteringOptionsBase<Req>) {
   const ttlSeconds = o.ttlSeconds;
   const meterOptions = (estimate: number, reason: string, spend?: MeterSpend): MeterOptions => {
     const out: MeterOptions = { estimate, reason };
+    if (minEstimate !== undefined) out.minimum = Math.min(minEstimate, estimate);
     if (ttlSeconds !== undefined) out.ttlSeconds = ttlSeconds;
     if (spend?.spender !== undefined) out.spender = spend.spender;
     if (spend?.feature !== undefined) out.feature = spend.feature;
