@@ -61,9 +61,9 @@ const reporter = (ledger: LedgerLogger) => {
  * `process.exit()`, an uncaught exception, an unhandled rejection — hands over what is collected on
  * its way out and waits for the thread to write it (the process's "exit" event, through
  * on-exit-leak-free, which holds the ledger weakly), so an operation that was reported done never
- * misses its line. (pino's worker-thread transport was used before: copying each line through a
- * shared buffer, decoding and re-encoding it on the worker cost the event loop about a third of
- * every operation; a chunk is posted as one string, a copy of a few microseconds.)
+ * misses its line. (Not pino's worker-thread transport: it copies each line through a shared
+ * buffer, decoded and re-encoded on the worker, which costs the event loop about a third of every
+ * operation; a chunk is posted as one string, a copy of a few microseconds.)
  */
 export class LedgerLogger {
   readonly filePath: string | null;
