@@ -45,7 +45,15 @@ function configFor(entry) {
       mainEntryPointFilePath: entry.file,
       compiler: {
         overrideTsconfig: {
-          compilerOptions: { strict: true, module: "node16", moduleResolution: "node16", types: ["node"] },
+          // The project's lib (tsconfig.json): without the DOM's globals, whose names (`Notification`,
+          // `Cache`, `WorkerOptions`) would make API Extractor rename the package's own (`Cache_2`).
+          compilerOptions: {
+            strict: true,
+            module: "node16",
+            moduleResolution: "node16",
+            lib: ["es2023"],
+            types: ["node"],
+          },
           files: entries.map((e) => e.file),
         },
       },
@@ -112,6 +120,78 @@ const compilerState = CompilerState.create(configs[0].config, {
   additionalEntryPoints: entries.map((e) => e.file),
 });
 
+// API Extractor reads each entry point alone: a type one entry's signature uses and another entry
+// exports (an entity of the root in `credit-management/postgres`, the store contract in the root)
+// would be "forgotten". The package exports it, from its home entry (CONTRIBUTING.md, "API reports"):
+// such a warning is dropped. A type that no entry point exports keeps its warning.
+const program = compilerState.program;
+const checker = program.getTypeChecker();
+const distDir = join(root, "dist");
+const exportedBy = new Map(); // declaration -> the entry points that export it
+for (const { name, file } of entries) {
+  const source = program.getSourceFile(file);
+  const moduleSymbol = source && checker.getSymbolAtLocation(source);
+  for (const s of moduleSymbol ? checker.getExportsOfModule(moduleSymbol) : []) {
+    const target = s.flags & ts.SymbolFlags.Alias ? checker.getAliasedSymbol(s) : s;
+    for (const d of target.declarations ?? []) exportedBy.set(d, [...(exportedBy.get(d) ?? []), name]);
+  }
+}
+/** The symbols named `name` declared at the top of a built declaration file (chunks included). */
+function declaredNamed(name) {
+  const found = [];
+  for (const source of program.getSourceFiles()) {
+    if (!source.fileName.startsWith(distDir)) continue;
+    const local = source.locals?.get(name);
+    if (local && !(local.flags & ts.SymbolFlags.Alias)) found.push(local);
+  }
+  return found;
+}
+/** One type of that name in the package (API Extractor's `X_2` is `X`), and another entry exports it. */
+function exportedElsewhere(entryName, symbolName) {
+  const found = declaredNamed(symbolName.replace(/(_\d+|\$\d+)$/, ""));
+  return (
+    found.length === 1 &&
+    (found[0].declarations ?? []).some((d) => (exportedBy.get(d) ?? []).some((e) => e !== entryName))
+  );
+}
+// A name exported `type` (scripts/dts-type-exports.mjs marks them) is a type, whatever it names.
+const typeOnly = (s) => s.declarations?.some((d) => ts.isTypeOnlyImportOrExportDeclaration(d)) ?? false;
+/** The names an entry exports as types only that are values where declared (a zod schema, a class). */
+function typeOnlyValues(file) {
+  const source = program.getSourceFile(file);
+  const moduleSymbol = source && checker.getSymbolAtLocation(source);
+  return new Set(
+    (moduleSymbol ? checker.getExportsOfModule(moduleSymbol) : [])
+      .filter((s) => typeOnly(s) && checker.getAliasedSymbol(s).flags & ts.SymbolFlags.Value)
+      .map((s) => s.getName()),
+  );
+}
+/**
+ * API Extractor prints a type-only export of a value as the value's declaration (`export const
+ * Account: z.ZodObject<…>`): the report says which it is. A schema beside its type reads as the
+ * unexported `const` the type is inferred from; a class reads `export class`, marked.
+ */
+function withTypeOnlyMarked(file, text) {
+  const names = typeOnlyValues(file);
+  return text.replace(/^export (const|class|abstract class|function) (\w+)\b/gm, (line, kind, name) => {
+    if (!names.has(name)) return line;
+    if (kind === "const" && text.includes(`\nexport type ${name} `)) return `const ${name}`;
+    return `// (exported as a type only)\n${line}`;
+  });
+}
+function withoutExportedElsewhere(entryName, text) {
+  const out = [];
+  for (const line of text.split("\n")) {
+    // On a declaration (`// Warning: (ae-…`) or, at the end, where it is in none (`// dist/…:13:9 - (ae-…`).
+    const m = /^\s*\/\/ (?:Warning: |\S+ - )\(ae-forgotten-export\) The symbol "([^"]+)"/.exec(line);
+    if (m && exportedElsewhere(entryName, m[1])) continue;
+    // A comment block that lost its warnings starts with its separator: dropped too.
+    if (/^\s*\/\/$/.test(line) && !/^\s*\/\//.test(out.at(-1) ?? "")) continue;
+    out.push(line);
+  }
+  return out.join("\n").replace("\n// Warnings were encountered during analysis:\n//\n\n", "\n");
+}
+
 let failed = 0;
 let written = 0;
 for (const { entry, config } of configs) {
@@ -131,7 +211,10 @@ for (const { entry, config } of configs) {
   // API Extractor writes the report it made to `temp`; compared here once the enums' keys are sorted.
   const committed = join(root, "api", `${entry.report}.api.md`);
   const made = join(temp, `${entry.report}.api.md`);
-  const text = normalized(readFileSync(made, "utf8"));
+  const text = withTypeOnlyMarked(
+    entry.file,
+    withoutExportedElsewhere(entry.name, normalized(readFileSync(made, "utf8"))),
+  );
   writeFileSync(made, text);
   if (!existsSync(committed) || readFileSync(committed, "utf8") !== text) {
     if (update) {
@@ -154,11 +237,11 @@ for (const { entry, config } of configs) {
 // The declarations' values must be what the JavaScript exports, in both formats: a name the types
 // offer as a value but the module lacks type-checks and then fails at run time (a type-only
 // re-export of a name that is also a value can come out of the declaration bundler as a value).
-const checker = compilerState.program.getTypeChecker();
 for (const { name, file, esm, cjs } of entries) {
   const source = compilerState.program.getSourceFile(file);
   const moduleSymbol = source && checker.getSymbolAtLocation(source);
   const declared = (moduleSymbol ? checker.getExportsOfModule(moduleSymbol) : [])
+    .filter((s) => !typeOnly(s))
     .filter((s) => (s.flags & ts.SymbolFlags.Alias ? checker.getAliasedSymbol(s) : s).flags & ts.SymbolFlags.Value)
     .map((s) => s.getName());
   for (const [format, names] of [

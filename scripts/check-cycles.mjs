@@ -111,7 +111,6 @@ const RANK = {
   diagnostics: 1.5,
   errors: 1,
   types: 1,
-  "model-types": 1,
 };
 // Known back-edges, each with its reason; a new one fails.
 const ALLOWED = new Map([

@@ -1,13 +1,3 @@
-import type * as Manager from "./manager.js";
-import type * as Metering from "./services/metering.js";
-import type * as Leases from "./services/leases.js";
-import type * as Expiration from "./services/expiration-service.js";
-import type * as Notifications from "./services/notification-service.js";
-import type * as Payments from "./payments/index.js";
-import type * as Promos from "./services/promo-service.js";
-import type * as Health from "./health.js";
-import type * as Archive from "./services/archive.js";
-
 export { createCreditManager, type CreditManager } from "./manager.js";
 export type { TransactionScope, TransactionOptions, TransactionSession, SessionSource } from "./transactions.js";
 export type { PgQueryable } from "./db/postgres/host.js";
@@ -114,23 +104,140 @@ export type { AuditReport } from "./domain/replay.js";
 export type { CheckResult } from "./domain/checks.js";
 export * from "./errors.js";
 // The entities and inputs as TypeScript types; their zod schemas are in `credit-management/models`.
-export type * from "./model-types.js";
-// Types only, as aliases (as in ./model-types.ts): these names are also values in their modules (zod
-// schemas, a class), and a type-only re-export would come out of the declaration bundler as a value
-// the JavaScript does not export.
-export type CreditManagerOptions = Manager.CreditManagerOptions;
-export type JobOptions = Expiration.JobOptions;
-export type CheckpointJobOptions = Expiration.CheckpointJobOptions;
-export type PaymentManagerOptions = Payments.PaymentManagerOptions;
-export type EmitInput = Notifications.EmitInput;
-export type ListPromosQuery = Promos.ListPromosQuery;
-export type HealthOptions = Health.HealthOptions;
-export type ArchiveJournalOptions = Archive.ArchiveJournalOptions;
-export type ArchiveReport = Archive.ArchiveReport;
-/** A metered call's hold and usage (`currentMeter()`, the metering middleware). */
-export type MeterSession = Metering.MeterSession;
-/** Credit leases of this process (`credits.leases()`, docs/metering.md "Leases"). */
-export type CreditLeases = Leases.CreditLeases;
+export type {
+  Account,
+  AddCreditsOptions,
+  AlertLevel,
+  AlertState,
+  AuditOptions,
+  AutoTopUpInput,
+  AutoTopUpState,
+  BillingPeriod,
+  CancelOptions,
+  ChangePlanOptions,
+  CheckOptions,
+  CheckpointOptions,
+  ClaimPromoOptions,
+  CommitOptions,
+  CostBasis,
+  CostBasisInput,
+  CostUsage,
+  CreatePaymentInput,
+  CreatePlanInput,
+  CreatePromoInput,
+  CreditsAddedPayload,
+  CreditsDeductedPayload,
+  CreditsInfo,
+  CreditsInfoOptions,
+  CreditsOnChange,
+  CreditsRefundedPayload,
+  CreditsRemovedPayload,
+  CreditsReversedPayload,
+  CustomerTokenOptions,
+  CustomerTokenSettings,
+  DeductOptions,
+  DomainEvent,
+  DomainEventType,
+  EntryType,
+  EventEnvelope,
+  FeatureRules,
+  FeatureStatusChangedPayload,
+  Grant,
+  GrantPortion,
+  GrantScope,
+  GrantSource,
+  GrantsQuery,
+  HistoryQuery,
+  HoldPlacedPayload,
+  HoldSettledPayload,
+  JournalEntry,
+  LeaseChargeOptions,
+  LeaseOptions,
+  LedgerEntriesQuery,
+  LedgerEntry,
+  LedgerEventType,
+  LevelChangedPayload,
+  LimitAlert,
+  LimitCrossedPayload,
+  LimitPeriod,
+  LimitUnit,
+  ListPlansOptions,
+  MeterOptions,
+  ModelPrice,
+  ModelRates,
+  MutationOptions,
+  Notification,
+  NotificationStatus,
+  NotificationType,
+  Payment,
+  PaymentHistoryQuery,
+  PaymentStatus,
+  Plan,
+  PortionKind,
+  PriceBookInput,
+  PriceQuote,
+  Promo,
+  PromoClaim,
+  PromoEligibility,
+  PromoIneligibility,
+  Rate,
+  RecordRefundOptions,
+  RecordedUsage,
+  ReleaseOptions,
+  RemoveLimitInput,
+  Reservation,
+  ReservationStatus,
+  ReserveOptions,
+  ResumeOptions,
+  RevenueDimension,
+  RevenueQuery,
+  RevenueReport,
+  RevenueRow,
+  ReverseChargeOptions,
+  RolloverPolicy,
+  SpendLimit,
+  SpendLimitInput,
+  SpendLimitStatus,
+  SubscribeOptions,
+  SubscribeRequest,
+  Subscription,
+  SubscriptionIntent,
+  SubscriptionStatus,
+  ThresholdSpec,
+  TokenUsage,
+  TrialCredits,
+  UpdatePlanInput,
+  UsageDimension,
+  UsageInterval,
+  UsageKind,
+  UsageQuery,
+  UsageRecord,
+  UsageReport,
+  UsageRow,
+  UsageSource,
+  VoidGrantOptions,
+} from "./models/index.js";
+export type { CreditManagerOptions } from "./manager.js";
+export type { JobBase } from "./services/expiration-service.js";
+export type {
+  DispatchOptions,
+  HandleOptions,
+  NotificationListQuery,
+  NotificationStartOptions,
+  PurgeOptions,
+  ReminderOptions,
+} from "./services/notification-service.js";
+export type { ArchivePartitionsOptions } from "./services/archive.js";
+export type { ArchivePartitionsReport } from "./db/types-partitions.js";
+export type { LeaseSpend } from "./services/leases.js";
+export type { JobOptions, CheckpointJobOptions } from "./services/expiration-service.js";
+export type { PaymentManagerOptions } from "./payments/index.js";
+export type { EmitInput } from "./services/notification-service.js";
+export type { ListPromosQuery } from "./services/promo-service.js";
+export type { HealthOptions } from "./health.js";
+export type { ArchiveJournalOptions, ArchiveReport } from "./services/archive.js";
+export type { MeterSession } from "./services/metering.js";
+export type { CreditLeases } from "./services/leases.js";
 import type { CliIo } from "./cli/run.js";
 import type { AuditSource } from "./cli/audit.js";
 export type { CliIo, AuditSource };

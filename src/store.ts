@@ -28,13 +28,17 @@ export type {
   RevenueDayRow,
   RevenueDeferredRow,
   RevenueReadQuery,
+  RevenueSave,
+  RevenueSummaryOfAccount,
   RevenueSummaryStore,
 } from "./db/types-revenue.js";
 export type { PromoPaymentStore, PromoPaymentTransaction, PromoPaymentChanges } from "./db/types-promos.js";
-export type { NotificationStore, ClaimQuery, NotificationUpdate } from "./db/types-notifications.js";
+export type { NotificationStore, ClaimQuery, NotificationUpdate, OutboxQuery } from "./db/types-notifications.js";
 export { compareGrants } from "./domain/order.js";
-export type { UsageBucket, UsageScan } from "./domain/usage.js";
+export type { UsageBucket, UsageCatchUp, UsageRollupRow, UsageMeasure, UsageScan, UsageSums } from "./domain/usage.js";
 export type { GrantGroups } from "./domain/revenue.js";
 export { defineStore, DefinedStore } from "./db/store/define.js";
 export type { AccountsPart, Attempt, StoreDefinition, UnitOfWorkPart } from "./db/store/define.js";
-export type { Part } from "./db/store/parts.js";
+export type { Part, SideParts } from "./db/store/parts.js";
+export type { StoreBase } from "./db/store/base.js";
+export type { ArchivePartitionsInput, ArchivePartitionsReport, EnsurePartitionsReport } from "./db/types-partitions.js";

@@ -32,7 +32,11 @@ export interface FastifyInstanceLike {
 export type FastifyCreditMeteringOptions = MeteringOptionsBase<FastifyRequestLike>;
 
 /** A Fastify plugin: `app.register(fastifyCreditMetering(options))`. */
-export type FastifyCreditMeteringPlugin = ((instance: FastifyInstanceLike, options: unknown, done: Done) => void) & {
+export type FastifyCreditMeteringPlugin = ((
+  instance: FastifyInstanceLike,
+  options: unknown,
+  done: (error?: Error) => void,
+) => void) & {
   [key: symbol]: unknown;
 };
 

@@ -28,7 +28,7 @@ const StreamName = z
   .max(100)
   .regex(/^[A-Za-z0-9_-]+$/, "letters, digits, _ and - only");
 
-const QueueOptions = z.strictObject({
+const NatsJetStreamQueueOptions = z.strictObject({
   /** A connection you own (not closed by `close()`). Or `servers`. */
   connection: z
     .custom<NatsConnection>(
@@ -63,7 +63,7 @@ const QueueOptions = z.strictObject({
     .custom<Logger>((v) => typeof v === "object" && v !== null && typeof (v as Logger).warn === "function")
     .optional(),
 });
-export type NatsJetStreamQueueOptions = z.input<typeof QueueOptions>;
+export type NatsJetStreamQueueOptions = z.input<typeof NatsJetStreamQueueOptions>;
 
 /**
  * A `NotificationQueue` that publishes each outbox row to JetStream (docs/events.md): the body is
@@ -76,7 +76,7 @@ export type NatsJetStreamQueueOptions = z.input<typeof QueueOptions>;
 export class NatsJetStreamQueue implements NotificationQueue {
   readonly stream: string;
   readonly subjectPrefix: string;
-  private readonly options: z.output<typeof QueueOptions>;
+  private readonly options: z.output<typeof NatsJetStreamQueueOptions>;
   private readonly duplicateWindowMs: number;
   private readonly timeoutMs: number;
   private connection: NatsConnection | undefined;
@@ -85,7 +85,7 @@ export class NatsJetStreamQueue implements NotificationQueue {
   private closed = false;
 
   constructor(options: NatsJetStreamQueueOptions) {
-    const o = parseConfig(QueueOptions, options, "options", "NatsJetStreamQueue");
+    const o = parseConfig(NatsJetStreamQueueOptions, options, "options", "NatsJetStreamQueue");
     if ((o.connection === undefined) === (o.servers === undefined)) {
       throw new ConfigurationError(
         "[credit-management] NatsJetStreamQueue: give either `connection` (yours) or `servers` (the queue connects), not both nor neither",

@@ -34,7 +34,7 @@ import { withTimeout } from "../util/promise.js";
 const isObject = (v: unknown) => typeof v === "object" && v !== null;
 
 /** Options of `instrumentCreditManagement`, validated like every public input. */
-const InstrumentOptionsSchema = z.strictObject({
+const InstrumentOptions = z.strictObject({
   /** Where the metrics go. Default: the global provider (`metrics.setGlobalMeterProvider`). */
   meterProvider: z
     .custom<MeterProvider>((v) => isObject(v) && typeof (v as MeterProvider).getMeter === "function", {
@@ -66,7 +66,7 @@ const InstrumentOptionsSchema = z.strictObject({
   /** Record spans. Default true. */
   traces: z.boolean().optional(),
 });
-export type InstrumentOptions = z.input<typeof InstrumentOptionsSchema>;
+export type InstrumentOptions = z.input<typeof InstrumentOptions>;
 
 /** What `instrumentCreditManagement` returns. */
 export interface CreditInstrumentation {
@@ -92,7 +92,7 @@ const SLOW = { explicitBucketBoundaries: [0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60
  * Call it once per process (it sees every manager of the process); `shutdown()` undoes it.
  */
 export function instrumentCreditManagement(options: InstrumentOptions = {}): CreditInstrumentation {
-  const o = parseConfig(InstrumentOptionsSchema, options, "options", "otel");
+  const o = parseConfig(InstrumentOptions, options, "options", "otel");
   const undo: (() => void)[] = [];
   const tracer =
     o.traces === false ? null : (o.tracerProvider ?? trace.getTracerProvider()).getTracer(INSTRUMENTATION_NAME);
@@ -192,7 +192,7 @@ export function instrumentCreditManagement(options: InstrumentOptions = {}): Cre
 }
 
 /** The instruments and their subscriptions; returns what undoes them. */
-function recordMetrics(provider: MeterProvider, o: z.output<typeof InstrumentOptionsSchema>): (() => void)[] {
+function recordMetrics(provider: MeterProvider, o: z.output<typeof InstrumentOptions>): (() => void)[] {
   const meter = provider.getMeter(INSTRUMENTATION_NAME);
   const undo: (() => void)[] = [];
   /** A counter of whole things (`unit`: UCUM, `{operation}`, …). */

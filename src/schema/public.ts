@@ -8,12 +8,22 @@
  */
 export { type Column, type ColumnKind, type JsonSchemaNode, columnsOf } from "./columns.js";
 export { type MongoCollection, type MongoIndex, type MongoOptions, generateMongoSchema } from "./mongo.js";
-export { MIGRATIONS, type UpgradeSqlOptions, generateUpgradeSql } from "./migrations.js";
+export {
+  MIGRATIONS,
+  type AddedColumn,
+  type ChangedColumn,
+  type ChangedIndex,
+  type Migration,
+  type UpgradeSqlOptions,
+  generateUpgradeSql,
+} from "./migrations.js";
+export type { PartitionInterval, PartitionOptions } from "./partitions.js";
 export { type MongoScriptOptions, generateMongoScript } from "./mongo-script.js";
 export {
   type NamingOptions,
   type SqlDialect,
   type SqlOptions,
+  type SqlTable,
   SCHEMA_VERSION,
   SQL_DIALECTS,
   generateSql,

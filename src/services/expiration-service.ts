@@ -118,7 +118,7 @@ function jobBase<J extends JobMessage["job"]>(job: J, asOf: Date) {
   return { job, asOf: asOf.toISOString(), errors: 0, durationMs: 0 };
 }
 
-interface JobBase {
+export interface JobBase {
   job: JobMessage["job"];
   /** The instant the job worked to (ISO). */
   asOf: string;

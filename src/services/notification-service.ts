@@ -92,30 +92,42 @@ export type SubscriptionEventType = Extract<
   "subscription_renewed" | "subscription_allocation" | "subscription_cancelled" | "subscription_ended"
 >;
 
-const DispatchOptions = z.strictObject({ limit: z.number().int().min(1).max(10_000).optional() });
-const HandleOptions = z.strictObject({
+export const DispatchOptions = z.strictObject({ limit: z.number().int().min(1).max(10_000).optional() });
+export const HandleOptions = z.strictObject({
   /** The types whose rows are handled (each needs a handler). */
   types: z.array(NotificationType).min(1).max(64),
   limit: z.number().int().min(1).max(10_000).optional(),
 });
-const StartOptions = z.strictObject({
+export const NotificationStartOptions = z.strictObject({
   intervalMs: z.number().int().min(10).max(3_600_000).optional(),
   limit: z.number().int().min(1).max(10_000).optional(),
 });
-const ListQuery = z.strictObject({
+export const NotificationListQuery = z.strictObject({
   status: NotificationStatus.optional(),
   limit: z.number().int().min(1).max(1000).optional(),
 });
-const ReminderOptions = z.strictObject({
+export const ReminderOptions = z.strictObject({
   days: ExpiringDays,
   /** Grants looked at per page. */
   pageSize: z.number().int().min(1).max(10_000).optional(),
 });
 const NullableThresholds = ThresholdSpec.nullable();
-const PurgeOptions = z.strictObject({
+export const PurgeOptions = z.strictObject({
   olderThanDays: z.number().min(0).max(36_500).optional(),
   batchSize: z.number().int().min(1).max(100_000).optional(),
 });
+/** `notifications.dispatchPending(options)`. */
+export type DispatchOptions = z.input<typeof DispatchOptions>;
+/** `notifications.handlePending(options)`. */
+export type HandleOptions = z.input<typeof HandleOptions>;
+/** `notifications.start(options)`. */
+export type NotificationStartOptions = z.input<typeof NotificationStartOptions>;
+/** `notifications.list(userId, query)`. */
+export type NotificationListQuery = z.input<typeof NotificationListQuery>;
+/** `notifications.remindExpiring(options)`. */
+export type ReminderOptions = z.input<typeof ReminderOptions>;
+/** `notifications.purge(options)`. */
+export type PurgeOptions = z.input<typeof PurgeOptions>;
 
 /**
  * Notifications through an outbox (docs/notifications.md). Crossing events (`low_credits`,
@@ -193,9 +205,9 @@ export class NotificationService {
   }
 
   /** A user's outbox rows, oldest first. */
-  async list(userId: string, query: z.input<typeof ListQuery> = {}): Promise<Notification[]> {
+  async list(userId: string, query: NotificationListQuery = {}): Promise<Notification[]> {
     const user = parse(UserId, userId, "userId");
-    const q = parse(ListQuery, query, "query");
+    const q = parse(NotificationListQuery, query, "query");
     return this.db.listNotifications(user, { status: q.status, limit: q.limit ?? 100 });
   }
 
@@ -204,9 +216,7 @@ export class NotificationService {
    * and window (`dedupeKey` `expiring_credits:<grantId>:<days>d`), however often the job runs.
    * Scans grants by expiry (indexed), never every user.
    */
-  async sendExpiringReminders(
-    options: z.input<typeof ReminderOptions>,
-  ): Promise<{ scanned: number; recorded: number }> {
+  async sendExpiringReminders(options: ReminderOptions): Promise<{ scanned: number; recorded: number }> {
     const o = parse(ReminderOptions, options, "options");
     const pageSize = o.pageSize ?? 500;
     const now = this.clock();
@@ -251,7 +261,7 @@ export class NotificationService {
    * concurrently, marks them sent, or schedules a retry with backoff (`failed` after
    * `maxAttempts`), then claims again until nothing is due or `limit` is reached.
    */
-  async dispatchPending(options: z.input<typeof DispatchOptions> = {}): Promise<DispatchReport> {
+  async dispatchPending(options: DispatchOptions = {}): Promise<DispatchReport> {
     const o = parse(DispatchOptions, options, "options");
     const limit = o.limit ?? 100;
     if (!traced(dispatchChannel)) return this.dispatch(limit, undefined);
@@ -287,7 +297,7 @@ export class NotificationService {
    * way when it does not deliver (docs/promos-and-payments.md, "Auto top-up"). A type without a
    * handler is a `ValidationError`.
    */
-  async handlePending(options: z.input<typeof HandleOptions>): Promise<DispatchReport> {
+  async handlePending(options: HandleOptions): Promise<DispatchReport> {
     const o = parse(HandleOptions, options, "options");
     const missing = o.types.filter((t) => !this.handlers.has(t));
     if (missing.length > 0) {
@@ -344,7 +354,7 @@ export class NotificationService {
    * key is free again: keep rows longer than your longest reminder window. Resolves to the rows
    * deleted.
    */
-  async purge(options: z.input<typeof PurgeOptions> = {}): Promise<number> {
+  async purge(options: PurgeOptions = {}): Promise<number> {
     const o = parse(PurgeOptions, options, "options");
     const before = new Date(this.clock().getTime() - (o.olderThanDays ?? 30) * 86_400_000);
     const batch = o.batchSize ?? 1000;
@@ -364,8 +374,8 @@ export class NotificationService {
   }
 
   /** Runs `dispatchPending` every `intervalMs` (default 1,000) until `stop()`. Rounds never overlap. */
-  start(options: z.input<typeof StartOptions> = {}): void {
-    const o = parse(StartOptions, options, "options");
+  start(options: NotificationStartOptions = {}): void {
+    const o = parse(NotificationStartOptions, options, "options");
     if (!this.stopped) return;
     this.stopped = false;
     const interval = o.intervalMs ?? 1000;

@@ -135,7 +135,8 @@ export function postgresEndpointStore(pool: PgPoolLike, schema: string | undefin
   return sqlEndpointStore(postgresSql(pool, schema));
 }
 
-interface MongoCollectionLike {
+/** The part of a MongoDB collection `mongoEndpointStore` uses. */
+export interface MongoCollectionLike {
   find(filter: Record<string, unknown>): {
     sort(s: Record<string, 1>): { toArray(): Promise<Record<string, unknown>[]> };
   };

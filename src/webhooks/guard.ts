@@ -89,7 +89,12 @@ export function addressProblem(address: string, allow: BlockList | null): string
   return null;
 }
 
-type LookupCallback = (err: NodeJS.ErrnoException | null, address: string | LookupAddress[], family?: number) => void;
+/** The callback a `Lookup` answers. */
+export type LookupCallback = (
+  err: NodeJS.ErrnoException | null,
+  address: string | LookupAddress[],
+  family?: number,
+) => void;
 /** `dns.lookup`'s shape, as `net.connect` calls it (`all` or not). */
 export type Lookup = (hostname: string, options: LookupOptions, callback: LookupCallback) => void;
 

@@ -8,9 +8,10 @@ export {
   type RetryOptions,
   type TestOptions,
   type WebhookQueueOptions,
+  type ParsedWebhookEndpoint,
 } from "./queue.js";
 export { generateWebhookSecret } from "./sign.js";
-export { WebhookAddressError, type Lookup } from "./guard.js";
+export { WebhookAddressError, type Lookup, type LookupCallback } from "./guard.js";
 export {
   endpointOf,
   memoryEndpointStore,
@@ -19,4 +20,7 @@ export {
   mongoEndpointStore,
   type WebhookEndpointRecord,
   type WebhookEndpointStore,
+  type MongoCollectionLike,
 } from "./endpoint-store.js";
+export type { PgPoolLike, SqliteLike } from "./own-sql.js";
+export type { PostResult } from "./http.js";

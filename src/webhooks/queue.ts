@@ -131,7 +131,8 @@ const Options = z.object({
   coolOffMs: z.number().int().min(0).max(86_400_000).optional(),
 });
 
-type Endpoint = z.output<typeof WebhookEndpoint>;
+/** A `WebhookEndpoint` as parsed: its defaults filled in (`queue.endpoints()`). */
+export type ParsedWebhookEndpoint = z.output<typeof WebhookEndpoint>;
 
 /** A delivery row's payload: the event and whom it goes to. */
 interface DeliveryPayload {
@@ -187,8 +188,8 @@ export class WebhookQueue implements NotificationQueue {
     http: new http.Agent({ keepAlive: true, maxSockets: 16 }),
     https: new https.Agent({ keepAlive: true, maxSockets: 16 }),
   };
-  private cache: { at: number; endpoints: Map<string, Endpoint> } | null = null;
-  private loading: Promise<Map<string, Endpoint>> | null = null;
+  private cache: { at: number; endpoints: Map<string, ParsedWebhookEndpoint> } | null = null;
+  private loading: Promise<Map<string, ParsedWebhookEndpoint>> | null = null;
   /** Endpoints that answered 410 here (until the endpoints read again say otherwise). */
   private readonly gone = new Set<string>();
 
@@ -208,8 +209,8 @@ export class WebhookQueue implements NotificationQueue {
       this.cache = { at: Infinity, endpoints: this.check(options.endpoints) };
   }
 
-  private check(list: readonly WebhookEndpoint[]): Map<string, Endpoint> {
-    const map = new Map<string, Endpoint>();
+  private check(list: readonly WebhookEndpoint[]): Map<string, ParsedWebhookEndpoint> {
+    const map = new Map<string, ParsedWebhookEndpoint>();
     list.forEach((e, i) => {
       const endpoint = parse(WebhookEndpoint, e, `endpoints[${i}]`);
       map.set(endpoint.id, endpoint);
@@ -218,7 +219,7 @@ export class WebhookQueue implements NotificationQueue {
   }
 
   /** The endpoints, read again when `refreshMs` passed (or `refresh()` was called). */
-  async endpoints(): Promise<Map<string, Endpoint>> {
+  async endpoints(): Promise<Map<string, ParsedWebhookEndpoint>> {
     const now = Date.now();
     if (this.cache !== null && now - this.cache.at < this.refreshMs) return this.cache.endpoints;
     if (this.cache !== null && this.cache.at === Infinity) return this.cache.endpoints;

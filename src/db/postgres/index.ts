@@ -65,6 +65,8 @@ export type {
 } from "../types-partitions.js";
 export type { PgQueryable } from "./host.js";
 export type { PostgresDbManagerOptions } from "./options.js";
+export type { PgPool, PgPoolClient, PgPoolConfig, PgQuery, PgQueryResult } from "./pg-types.js";
+export type { PartitionInterval, PartitionOptions } from "../../schema/partitions.js";
 
 /** Journal entries one statement of `deleteJournalBefore` removes (docs/operations.md, "Checkpoints and archival"). */
 const DELETE_BATCH = 10_000;
@@ -109,7 +111,10 @@ const leases = new WeakMap<PoolClient, Lease>();
 export class PostgresDbManager extends StoreBase implements DbManager {
   readonly name = "postgres";
   readonly capabilities = { multiProcess: true } as const;
-  /** The SQL this manager runs (table names, DDL, statements); `init()` makes it distributed on Citus. */
+  /**
+   * @internal The SQL this manager runs (table names, DDL, statements); `init()` makes it distributed
+   * on Citus.
+   */
   sql: PostgresSql;
   private pool: Pool | null;
   private poolPromise: Promise<Pool> | null = null;

@@ -48,7 +48,7 @@ export interface SqliteDbManagerOptions {
    */
   driver?: SqliteDriver;
   /** An open `better-sqlite3` database instead (or anything with its interface, `SqliteDatabase`): `close()` leaves it open. */
-  database?: Database;
+  database?: SqliteDatabase;
   /** Put in front of every table and index name, e.g. `"credits_"`. */
   tablePrefix?: string;
   /**

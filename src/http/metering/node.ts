@@ -240,7 +240,9 @@ function fixedGo(
  *   already gone when the hold is placed: released at once, `next()` is not called).
  * 401 without identity, 402 when the hold cannot be placed, 400 for a malformed estimate header.
  */
-export function creditMeteringMiddleware(options: CreditMeteringMiddlewareOptions) {
+export function creditMeteringMiddleware(
+  options: CreditMeteringMiddlewareOptions,
+): (req: IncomingMessage, res: ServerResponse, next: (error?: Error) => void) => void {
   const c = common(options);
 
   /** The hold is placed: intercept the end of the response and run the rest of the chain. */

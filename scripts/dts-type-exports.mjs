@@ -1,0 +1,64 @@
+#!/usr/bin/env node
+// Run after tsup (`npm run build`): in each entry point's declarations (package.json `exports`), a
+// name the entry's JavaScript does not export is marked `type` in the declarations' export lists.
+// tsup's declaration bundler drops the `type` of `export type { Account } from "./models/index.js"`:
+// for a name that is also a value in its module (a zod schema, a class) the declarations would
+// offer a value the JavaScript lacks, so the source re-declared such names as aliases
+// (`export type Account = M.Account`), which gave each of them two declarations (`Account` and
+// `Account_2` in the API reports). Marked here, the entry exports the one declaration, as a type.
+import { readFileSync, writeFileSync } from "node:fs";
+import { createRequire } from "node:module";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import console from "node:console";
+
+const root = join(dirname(fileURLToPath(import.meta.url)), "..");
+const ts = createRequire(import.meta.url)("typescript");
+const pkg = JSON.parse(readFileSync(join(root, "package.json"), "utf8"));
+
+const parse = (file) =>
+  ts.createSourceFile(file, readFileSync(file, "utf8"), ts.ScriptTarget.Latest, true, ts.ScriptKind.TS);
+
+/** The names a built ES module exports (tsup writes `export { … }` lists and `export` declarations). */
+function runtimeExports(file) {
+  const names = new Set();
+  for (const statement of parse(file).statements) {
+    if (ts.isExportDeclaration(statement)) {
+      if (!statement.exportClause) throw new Error(`${file}: \`export *\` is not handled`);
+      if (ts.isNamespaceExport(statement.exportClause)) names.add(statement.exportClause.name.text);
+      else for (const spec of statement.exportClause.elements) names.add(spec.name.text);
+    } else if (
+      ts.canHaveModifiers(statement) &&
+      ts.getModifiers(statement)?.some((m) => m.kind === ts.SyntaxKind.ExportKeyword)
+    ) {
+      if (ts.isVariableStatement(statement))
+        for (const d of statement.declarationList.declarations) names.add(d.name.getText());
+      else if (statement.name) names.add(statement.name.text);
+    } else if (ts.isExportAssignment(statement)) names.add("default");
+  }
+  return names;
+}
+
+let marked = 0;
+for (const target of Object.values(pkg.exports)) {
+  if (typeof target !== "object" || !target.import?.types) continue;
+  // Both formats export the same names (`npm run api:check` compares them with the declarations).
+  const values = runtimeExports(join(root, target.import.default));
+  for (const types of [target.import.types, target.require?.types].filter(Boolean)) {
+    const file = join(root, types);
+    const source = parse(file);
+    const inserts = [];
+    for (const statement of source.statements) {
+      if (!ts.isExportDeclaration(statement) || statement.isTypeOnly) continue;
+      if (!statement.exportClause || !ts.isNamedExports(statement.exportClause)) continue;
+      for (const spec of statement.exportClause.elements)
+        if (!spec.isTypeOnly && !values.has(spec.name.text)) inserts.push(spec.getStart(source));
+    }
+    if (inserts.length === 0) continue;
+    let text = source.getFullText();
+    for (const at of inserts.sort((a, b) => b - a)) text = `${text.slice(0, at)}type ${text.slice(at)}`;
+    writeFileSync(file, text);
+    marked += inserts.length;
+  }
+}
+console.log(`declarations: ${marked} type-only exports marked`);
