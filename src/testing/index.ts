@@ -36,6 +36,7 @@ import { runPropertyContract } from "./properties.js";
 import { runUsageContract } from "./usage.js";
 import { runReversalsContract } from "./reversals.js";
 import { runLateUsageContract } from "./late-usage.js";
+import { runCustomerStateContract } from "./customer-state.js";
 
 export { runAccountsContract } from "./accounts.js";
 export { runConcurrencyContract } from "./concurrency.js";
@@ -47,6 +48,7 @@ export { runNotificationContract } from "./notifications.js";
 export { runUsageContract } from "./usage.js";
 export { runReversalsContract } from "./reversals.js";
 export { runLateUsageContract } from "./late-usage.js";
+export { runCustomerStateContract } from "./customer-state.js";
 export { runSubscriptionContract } from "./subscriptions.js";
 export { runTrialContract } from "./trial.js";
 
@@ -116,7 +118,8 @@ export type ContractPart =
   | "leases"
   | "usage"
   | "reversals"
-  | "lateUsage";
+  | "lateUsage"
+  | "customerState";
 
 export function runDbManagerContract(options: ContractOptions): void {
   useTestApi(options.test);
@@ -192,6 +195,8 @@ export function runDbManagerContract(options: ContractOptions): void {
     // Giving charges back; two managers race reversals of one charge (over `db` twice without a peer).
     part("reversals", () => runReversalsContract(getDb, { getPeer: () => peer ?? db }));
     part("lateUsage", () => runLateUsageContract(getDb));
+    // The state in one read; a spend through one manager, the read through the other.
+    part("customerState", () => runCustomerStateContract(getDb, { getPeer: () => peer ?? db }));
     if (createPeer !== undefined)
       part("managers", () =>
         runManagersContract(
