@@ -26,7 +26,11 @@ async function pgRows(): Promise<BenchRow[]> {
     const m = await core.createCreditManager({
       db,
       init: false,
-      features: { images: { minAvailable: 10 }, chat: { minAvailable: 1 }, export: { minAvailable: 0, enabled: false } },
+      features: {
+        images: { minAvailable: 10 },
+        chat: { minAvailable: 1 },
+        export: { minAvailable: 0, enabled: false },
+      },
     });
     const ids = Array.from({ length: ACCOUNTS }, (_, i) => `acct-${String(i).padStart(5, "0")}`);
     for (let i = 0; i < ACCOUNTS; i += 16)

@@ -120,7 +120,7 @@ export type {
   FeatureState,
   StateGrant,
   SubscriptionState,
-} from "./services/customer-state.js";
+} from "./domain/customer-state.js";
 export * from "./errors.js";
 // The entities and inputs as TypeScript types; their zod schemas are in `credit-management/models`.
 export type * from "./model-types.js";

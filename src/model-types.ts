@@ -23,6 +23,7 @@ export type CreatePaymentInput = M.CreatePaymentInput;
 export type CreatePlanInput = M.CreatePlanInput;
 export type CreatePromoInput = M.CreatePromoInput;
 export type CreditsInfo = M.CreditsInfo;
+export type CustomerStatesQuery = M.CustomerStatesQuery;
 export type CustomerTokenOptions = M.CustomerTokenOptions;
 export type CustomerTokenSettings = M.CustomerTokenSettings;
 export type CreditsOnChange = M.CreditsOnChange;

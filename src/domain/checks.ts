@@ -10,8 +10,11 @@ export type CheckReason = "ok" | "feature_off" | "insufficient_credits" | "limit
 
 /** A feature's rule in `features` (docs/trial-and-checks.md). */
 export interface FeatureRule {
+  /** The least `available` with which the feature is allowed. */
   minAvailable: number;
+  /** False: off for every account. Default true. */
   enabled?: boolean | undefined;
+  /** The plans that grant it: without an active subscription on one of them it is off. */
   plans?: readonly string[] | undefined;
 }
 

@@ -12,7 +12,7 @@ import {
   SubscriptionStatus,
   UserId,
 } from "../models/index.js";
-import type { CustomerState } from "../services/customer-state.js";
+import type { CustomerState } from "../domain/customer-state.js";
 import type { RouteContext, RouteDefinition } from "./router.js";
 import { adminRoute, self, target, userRoute } from "./route-helpers.js";
 import { SpendLimitStatusSchema } from "./limit-routes.js";
@@ -111,7 +111,8 @@ export function customerStateView(ctx: RouteContext, state: CustomerState): z.ou
   const spender = ctx.identity?.spender;
   return {
     ...state,
-    limits: spender === undefined ? state.limits : state.limits.filter((l) => l.spender === null || l.spender === spender),
+    limits:
+      spender === undefined ? state.limits : state.limits.filter((l) => l.spender === null || l.spender === spender),
     features: state.features.map((f) => ({
       ...f,
       grants: f.grants.map(({ description: _d, metadata: _m, sourceRef: _s, ...grant }) => grant),

@@ -53,7 +53,10 @@ describe("the customer's state over HTTP", () => {
     const images = state.features.find((f) => f.feature === "images")!;
     expect(images).toMatchObject({ allowed: true, reason: "ok", granted: 120, used: 4, left: 116 });
     expect(images.grants[1]).toMatchObject({ description: NOTE, metadata: { actor: "ops" }, sourceRef: "T-4411" });
-    const { readAt: _r, ...direct } = JSON.parse(JSON.stringify(await m.credits.getCustomerState("alice"))) as Record<string, unknown>;
+    const { readAt: _r, ...direct } = JSON.parse(JSON.stringify(await m.credits.getCustomerState("alice"))) as Record<
+      string,
+      unknown
+    >;
     const { readAt: _h, ...viaHttp } = res.json;
     expect(viaHttp).toEqual(direct);
   });
