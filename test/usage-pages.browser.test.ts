@@ -202,6 +202,9 @@ describe.skipIf(!existsSync(CHROMIUM))("usage pages in a browser", () => {
     if (process.env.UPDATE_SCREENSHOTS === "1") {
       // The picture users see in the docs: plausible models, no test payload (issue 60).
       await seedUsage(m, clock, "carol", 14, ["gpt-4o", "claude-sonnet", "gpt-4o-mini"]);
+      // Features for the page's table: an allowance for one, a daily limit on another.
+      await m.credits.addCredits("carol", 300, { scope: { features: ["image-generation"] } });
+      await m.credits.setLimit("carol", { feature: "chat", amount: 200, period: "day" });
       const shot = await open(
         `${serveBase}/customer#token=${encodeURIComponent((await m.credits.customerToken("carol", { ttlSeconds: 600 })).token)}`,
       );
