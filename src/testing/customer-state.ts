@@ -7,7 +7,7 @@ import { randomUUID } from "node:crypto";
 import { describe, expect, it, useTestApi } from "./runner.js";
 import type { DbManager } from "../db/types.js";
 import { InMemoryCache } from "../cache/index.js";
-import { ValidationError } from "../errors.js";
+import { ConfigurationError, ValidationError } from "../errors.js";
 import type { FeatureRules } from "../models/index.js";
 import { CreditService } from "../services/credit-service.js";
 import { SubscriptionService } from "../services/subscription-service.js";
@@ -181,15 +181,24 @@ export function runCustomerStateContract(
       const list = `${prefix}-list`;
       const ids = [1, 2, 3, 4, 5].map((i) => `${list}-${i}`);
       for (const [i, id] of ids.entries()) await credits.addCredits(id, i + 1);
-      const first = await credits.listCustomerStates({ cursor: list, limit: 3 });
-      expect(first.items.map((s) => [s.userId, s.balance])).toEqual([
-        [ids[0], 1],
-        [ids[1], 2],
-        [ids[2], 3],
-      ]);
-      expect(first.nextCursor).toBe(ids[2]);
-      const second = await credits.listCustomerStates({ cursor: first.nextCursor!, limit: 2 });
-      expect(second.items.map((s) => s.userId)).toEqual([ids[3], ids[4]]);
+      if (getDb().listAccountIds === undefined) {
+        // A store that cannot list its accounts reads only the ids it is given.
+        await expect(credits.listCustomerStates({ cursor: list, limit: 3 })).rejects.toBeInstanceOf(ConfigurationError);
+      } else {
+        const first = await credits.listCustomerStates({ cursor: list, limit: 3 });
+        expect(first.items.map((s) => [s.userId, s.balance])).toEqual([
+          [ids[0], 1],
+          [ids[1], 2],
+          [ids[2], 3],
+        ]);
+        expect(first.nextCursor).toBe(ids[2]);
+        const second = await credits.listCustomerStates({ cursor: first.nextCursor!, limit: 2 });
+        expect(second.items.map((s) => s.userId)).toEqual([ids[3], ids[4]]);
+        expect(second.items[0]).toEqual({
+          ...(await credits.getCustomerState(ids[3]!)),
+          readAt: second.items[0]!.readAt,
+        });
+      }
 
       const unknown = `${list}-9`;
       const asked = [ids[4]!, unknown, ids[1]!, ids[4]!];
@@ -200,9 +209,7 @@ export function runCustomerStateContract(
       expect(page2.items.map((s) => [s.userId, s.seq, s.balance])).toEqual([[unknown, 0, 0]]);
       expect(page2.nextCursor).toBeNull();
       expect(await getDb().getAccount(unknown)).toBeNull();
-      const one = await credits.getCustomerState(ids[3]!);
       expect(page1.items[0]).toMatchObject({ balance: 2 });
-      expect(second.items[0]).toEqual({ ...one, readAt: second.items[0]!.readAt });
     });
 
     it("a bad query is a ValidationError", async () => {
