@@ -111,4 +111,15 @@ describe("credits.check()", () => {
     ]);
     await m.close();
   });
+
+  it("a feature turned off never flips: no feature_status_changed for it", async () => {
+    const m = await createCreditManager({
+      notifications: {},
+      features: { off: { minAvailable: 1, enabled: false }, on: { minAvailable: 1 } },
+    });
+    await m.credits.addCredits("u", 5);
+    const flips = (await m.notifications.list("u")).filter((n) => n.type === "feature_status_changed");
+    expect(flips.map((n) => (n.payload as { feature: string }).feature)).toEqual(["on"]);
+    await m.close();
+  });
 });

@@ -99,16 +99,18 @@ export interface FeatureFlip {
 /**
  * The features whose allowed state (`available >= minAvailable`) differs between `before` and
  * `after`: edge-triggered, like the balance alert levels — a change that leaves a feature on the
- * same side of its minimum records nothing. Features in name order.
+ * same side of its minimum records nothing. A feature its rule turns off for everyone
+ * (`enabled: false`) never flips (docs/trial-and-checks.md). Features in name order.
  */
 export function featureFlips(
   before: number,
   after: number,
-  rules: Readonly<Record<string, { minAvailable: number }>>,
+  rules: Readonly<Record<string, { minAvailable: number; enabled?: boolean | undefined }>>,
 ): FeatureFlip[] {
   if (before === after) return [];
   const flips: FeatureFlip[] = [];
   for (const feature of Object.keys(rules).sort()) {
+    if (rules[feature]!.enabled === false) continue;
     const min = rules[feature]!.minAvailable;
     const was = before >= min;
     const is = after >= min;
