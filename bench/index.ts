@@ -14,6 +14,8 @@
  * The console's pages on an account of 200,000 entries (bench/console.ts): BENCH_CONSOLE=0 skips it.
  * PostgreSQL partitioned by time (bench/partitions.ts, with CREDIT_PG_URL): BENCH_PARTITIONS=0 skips it.
  * Spend limits against a plain deduction (bench/limits.ts): BENCH_LIMITS=0 skips it.
+ * The customer's state, 1,000 accounts a page on PostgreSQL (bench/customer-state.ts, with
+ * CREDIT_PG_URL): BENCH_CUSTOMER_STATE=0 skips it.
  * Instructions per deduction under callgrind (bench/deduct-instructions.ts; plain, two limits, two
  * limits and a scoped grant; memory and SQLite; about 10 minutes): opt-in, BENCH_INSTRUCTIONS=1 with
  * valgrind on the PATH; BENCH_DEDUCT_BASE=<a built checkout> adds its plain spend as the baseline.
@@ -170,6 +172,10 @@ else notes.push("diagnostics: skipped (BENCH_DIAGNOSTICS=0)");
 // Spend limits against a plain deduction (bench/limits.ts, its own process). BENCH_LIMITS=0 skips it.
 if (process.env.BENCH_LIMITS !== "0") rows.push(...childRows([join(here, "limits.ts")]));
 else notes.push("limits: skipped (BENCH_LIMITS=0)");
+// The customer's state, 1,000 accounts a page (bench/customer-state.ts, its own process; PostgreSQL
+// with CREDIT_PG_URL). BENCH_CUSTOMER_STATE=0 skips it.
+if (process.env.BENCH_CUSTOMER_STATE !== "0") rows.push(...childRows([join(here, "customer-state.ts")]));
+else notes.push("customer state: skipped (BENCH_CUSTOMER_STATE=0)");
 // Instructions per deduction (bench/deduct-instructions.ts; opt-in: BENCH_INSTRUCTIONS=1, needs valgrind).
 if (process.env.BENCH_INSTRUCTIONS === "1") {
   const base = process.env.BENCH_DEDUCT_BASE;

@@ -453,6 +453,57 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/credits/state": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** What the caller's account may do now, from one snapshot: balance, each feature's decision and figures, limits, subscription and alerts (without the operator's notes) */
+        get: operations["getCustomerState"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/admin/credits/users/{userId}/state": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** What a user's account may do now, from one snapshot (the operator's notes included) */
+        get: operations["adminGetCustomerState"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/admin/credits/states": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The states of many accounts, page by page by cursor, optionally only those of `userIds` */
+        get: operations["adminListCustomerStates"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/credits/usage": {
         parameters: {
             query?: never;
@@ -4131,6 +4182,436 @@ export interface operations {
             };
             /** @description Not JSON: the body, or the Content-Type of a mutation (application/json is required, with an empty body too) */
             415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Internal error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    getCustomerState: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        userId: string;
+                        seq: number;
+                        /** Format: date-time */
+                        readAt: string;
+                        balance: number;
+                        reserved: number;
+                        available: number;
+                        debt: number;
+                        limits: {
+                            spender: string | null;
+                            feature: string | null;
+                            amount: number;
+                            period: (("day" | "week" | "month" | "year") | {
+                                every: number;
+                                /** @enum {string} */
+                                unit: "day" | "week" | "month" | "year";
+                            }) | null;
+                            resetsWith: "subscription" | null;
+                            used: number;
+                            remaining: number;
+                            /** Format: date-time */
+                            windowStart: string;
+                            /** Format: date-time */
+                            resetsAt: string;
+                        }[];
+                        subscription: {
+                            id: string;
+                            planId: string;
+                            planName: string | null;
+                            /** @enum {string} */
+                            status: "active" | "canceled" | "expired";
+                            /** Format: date-time */
+                            currentPeriodStart: string;
+                            /** Format: date-time */
+                            currentPeriodEnd: string;
+                            renews: boolean;
+                            cancelAtPeriodEnd: boolean;
+                            pendingPlanId: string | null;
+                        } | null;
+                        alerts: {
+                            /** @constant */
+                            kind: "low_credits";
+                            level: ("ok" | "low" | "exhausted") | null;
+                            threshold: number;
+                        }[];
+                        features: {
+                            feature: string;
+                            allowed: boolean;
+                            /** @enum {string} */
+                            reason: "ok" | "feature_off" | "insufficient_credits" | "limit";
+                            required: number;
+                            granted: number;
+                            used: number;
+                            left: number;
+                            resetsAt: string | null;
+                            limit: {
+                                amount: number;
+                                used: number;
+                                remaining: number;
+                                /** Format: date-time */
+                                resetsAt: string;
+                            } | null;
+                            rule: {
+                                minAvailable: number;
+                                enabled: boolean;
+                                plans: string[] | null;
+                            } | null;
+                            grants: {
+                                id: string;
+                                /** @enum {string} */
+                                source: "manual" | "subscription" | "rollover" | "promo" | "payment" | "trial" | "refund" | "adjustment" | "other";
+                                amount: number;
+                                left: number;
+                                expiresAt: string | null;
+                                scope: {
+                                    features?: string[];
+                                    spenders?: string[];
+                                } | null;
+                            }[];
+                        }[];
+                    };
+                };
+            };
+            /** @description Invalid body, query or path (field-level `details.issues`) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description No identity */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many: a spend limit would be passed (SPEND_LIMIT_EXCEEDED: the limit and when it resets in `details`), or a customer token's account is past its rate limit (RATE_LIMITED, with Retry-After) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Internal error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    adminGetCustomerState: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                userId: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        userId: string;
+                        seq: number;
+                        /** Format: date-time */
+                        readAt: string;
+                        balance: number;
+                        reserved: number;
+                        available: number;
+                        debt: number;
+                        limits: {
+                            spender: string | null;
+                            feature: string | null;
+                            amount: number;
+                            period: (("day" | "week" | "month" | "year") | {
+                                every: number;
+                                /** @enum {string} */
+                                unit: "day" | "week" | "month" | "year";
+                            }) | null;
+                            resetsWith: "subscription" | null;
+                            used: number;
+                            remaining: number;
+                            /** Format: date-time */
+                            windowStart: string;
+                            /** Format: date-time */
+                            resetsAt: string;
+                        }[];
+                        subscription: {
+                            id: string;
+                            planId: string;
+                            planName: string | null;
+                            /** @enum {string} */
+                            status: "active" | "canceled" | "expired";
+                            /** Format: date-time */
+                            currentPeriodStart: string;
+                            /** Format: date-time */
+                            currentPeriodEnd: string;
+                            renews: boolean;
+                            cancelAtPeriodEnd: boolean;
+                            pendingPlanId: string | null;
+                        } | null;
+                        alerts: {
+                            /** @constant */
+                            kind: "low_credits";
+                            level: ("ok" | "low" | "exhausted") | null;
+                            threshold: number;
+                        }[];
+                        features: {
+                            feature: string;
+                            allowed: boolean;
+                            /** @enum {string} */
+                            reason: "ok" | "feature_off" | "insufficient_credits" | "limit";
+                            required: number;
+                            granted: number;
+                            used: number;
+                            left: number;
+                            resetsAt: string | null;
+                            limit: {
+                                amount: number;
+                                used: number;
+                                remaining: number;
+                                /** Format: date-time */
+                                resetsAt: string;
+                            } | null;
+                            rule: {
+                                minAvailable: number;
+                                enabled: boolean;
+                                plans: string[] | null;
+                            } | null;
+                            grants: {
+                                id: string;
+                                /** @enum {string} */
+                                source: "manual" | "subscription" | "rollover" | "promo" | "payment" | "trial" | "refund" | "adjustment" | "other";
+                                amount: number;
+                                left: number;
+                                expiresAt: string | null;
+                                scope: {
+                                    features?: string[];
+                                    spenders?: string[];
+                                } | null;
+                                description: string | null;
+                                metadata: {
+                                    [key: string]: components["schemas"]["JsonValue"];
+                                } | null;
+                                sourceRef: string | null;
+                            }[];
+                        }[];
+                    };
+                };
+            };
+            /** @description Invalid body, query or path (field-level `details.issues`) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description No identity */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not allowed: not an admin, or a spender the caller's credentials do not name */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Internal error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    adminListCustomerStates: {
+        parameters: {
+            query?: {
+                cursor?: string;
+                limit?: number;
+                userIds?: string[];
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        items: {
+                            userId: string;
+                            seq: number;
+                            /** Format: date-time */
+                            readAt: string;
+                            balance: number;
+                            reserved: number;
+                            available: number;
+                            debt: number;
+                            limits: {
+                                spender: string | null;
+                                feature: string | null;
+                                amount: number;
+                                period: (("day" | "week" | "month" | "year") | {
+                                    every: number;
+                                    /** @enum {string} */
+                                    unit: "day" | "week" | "month" | "year";
+                                }) | null;
+                                resetsWith: "subscription" | null;
+                                used: number;
+                                remaining: number;
+                                /** Format: date-time */
+                                windowStart: string;
+                                /** Format: date-time */
+                                resetsAt: string;
+                            }[];
+                            subscription: {
+                                id: string;
+                                planId: string;
+                                planName: string | null;
+                                /** @enum {string} */
+                                status: "active" | "canceled" | "expired";
+                                /** Format: date-time */
+                                currentPeriodStart: string;
+                                /** Format: date-time */
+                                currentPeriodEnd: string;
+                                renews: boolean;
+                                cancelAtPeriodEnd: boolean;
+                                pendingPlanId: string | null;
+                            } | null;
+                            alerts: {
+                                /** @constant */
+                                kind: "low_credits";
+                                level: ("ok" | "low" | "exhausted") | null;
+                                threshold: number;
+                            }[];
+                            features: {
+                                feature: string;
+                                allowed: boolean;
+                                /** @enum {string} */
+                                reason: "ok" | "feature_off" | "insufficient_credits" | "limit";
+                                required: number;
+                                granted: number;
+                                used: number;
+                                left: number;
+                                resetsAt: string | null;
+                                limit: {
+                                    amount: number;
+                                    used: number;
+                                    remaining: number;
+                                    /** Format: date-time */
+                                    resetsAt: string;
+                                } | null;
+                                rule: {
+                                    minAvailable: number;
+                                    enabled: boolean;
+                                    plans: string[] | null;
+                                } | null;
+                                grants: {
+                                    id: string;
+                                    /** @enum {string} */
+                                    source: "manual" | "subscription" | "rollover" | "promo" | "payment" | "trial" | "refund" | "adjustment" | "other";
+                                    amount: number;
+                                    left: number;
+                                    expiresAt: string | null;
+                                    scope: {
+                                        features?: string[];
+                                        spenders?: string[];
+                                    } | null;
+                                    description: string | null;
+                                    metadata: {
+                                        [key: string]: components["schemas"]["JsonValue"];
+                                    } | null;
+                                    sourceRef: string | null;
+                                }[];
+                            }[];
+                        }[];
+                        nextCursor: string | null;
+                    };
+                };
+            };
+            /** @description Invalid body, query or path (field-level `details.issues`) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description No identity */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not allowed: not an admin, or a spender the caller's credentials do not name */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };

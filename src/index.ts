@@ -101,7 +101,16 @@ export { createDbManagerFromEnv, type DbEnv } from "./db/from-env.js";
 // The store a manager is given (`db`): the whole contract is in `credit-management/store`.
 export type { DbManager } from "./db/types.js";
 export type { AuditReport } from "./domain/replay.js";
-export type { CheckResult } from "./domain/checks.js";
+export type { CheckReason, CheckResult, FeatureRule } from "./domain/checks.js";
+export type {
+  CustomerAlert,
+  CustomerState,
+  CustomerStatePage,
+  FeatureLimit,
+  FeatureState,
+  StateGrant,
+  SubscriptionState,
+} from "./domain/customer-state.js";
 export * from "./errors.js";
 // The entities and inputs as TypeScript types; their zod schemas are in `credit-management/models`.
 export type {
@@ -128,6 +137,7 @@ export type {
   CreditsAddedPayload,
   CreditsDeductedPayload,
   CreditsInfo,
+  CustomerStatesQuery,
   CreditsInfoOptions,
   CreditsOnChange,
   CreditsRefundedPayload,

@@ -112,7 +112,10 @@ export const CreditManagerOptions = z.strictObject({
   }).optional(),
   /** Trial credits granted once, when a user's account is first created (see `TrialCredits`). */
   trial: TrialCredits.optional(),
-  /** Per-feature rules of `credits.check()`: `{ [feature]: { minAvailable } }`. */
+  /**
+   * Per-feature rules of `credits.check()` and `credits.getCustomerState()`:
+   * `{ [feature]: { minAvailable, enabled?, plans? } }` (docs/trial-and-checks.md).
+   */
   features: FeatureRules.optional(),
   /**
    * Record a domain event per journal entry in the outbox, with the change (docs/events.md). Turns

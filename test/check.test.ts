@@ -68,13 +68,58 @@ describe("credits.check()", () => {
     await m.close();
   });
 
-  it("an unknown feature or a bad amount is a ValidationError; bad rules a configuration error", async () => {
+  it("a feature with no rule is paid from the pool; a bad feature or amount is a ValidationError; bad rules a configuration error", async () => {
     const m = await createCreditManager({ features });
-    await expect(m.credits.check("u", { feature: "nope" })).rejects.toBeInstanceOf(ValidationError);
+    expect(await m.credits.check("u", { feature: "nope" })).toMatchObject({
+      allowed: false,
+      reason: "insufficient_credits",
+      required: 1,
+    });
+    await m.credits.addCredits("u", 1);
+    expect(await m.credits.check("u", { feature: "nope" })).toMatchObject({ allowed: true, reason: "ok" });
+    await expect(m.credits.check("u", { feature: "no spaces" })).rejects.toBeInstanceOf(ValidationError);
     await expect(m.credits.check("u", { amount: 0 })).rejects.toBeInstanceOf(ValidationError);
     await m.close();
-    expect(() => new CreditService({ db: new InMemoryDbManager(), features: { x: { minAvailable: -1 } } })).toThrow(
-      ConfigurationError,
-    );
+    for (const bad of [{ minAvailable: -1 }, { minAvailable: 1, plans: [] }, { minAvailable: 1, enabled: "no" }])
+      expect(() => new CreditService({ db: new InMemoryDbManager(), features: { x: bad as never } })).toThrow(
+        ConfigurationError,
+      );
+  });
+
+  it("a rule turns a feature off (reason feature_off), before credits and limits are looked at", async () => {
+    const m = await createCreditManager({
+      features: { off: { minAvailable: 0, enabled: false }, pro: { minAvailable: 1, plans: ["pro"] } },
+    });
+    await m.credits.addCredits("u", 50);
+    expect(await m.credits.check("u", { feature: "off" })).toMatchObject({
+      allowed: false,
+      reason: "feature_off",
+      available: 50,
+    });
+    expect(await m.credits.check("u", { feature: "pro", amount: 5 })).toMatchObject({
+      allowed: false,
+      reason: "feature_off",
+      required: 5,
+    });
+    await m.subscriptions.createPlan({ id: "pro", name: "Pro", creditsPerPeriod: 10, billingPeriod: "monthly" });
+    await m.subscriptions.subscribe("u", "pro");
+    expect(await m.credits.check("u", { feature: "pro", amount: 5 })).toMatchObject({ allowed: true, reason: "ok" });
+    const state = await m.credits.getCustomerState("u");
+    expect(state.features.map((f) => [f.feature, f.reason])).toEqual([
+      ["off", "feature_off"],
+      ["pro", "ok"],
+    ]);
+    await m.close();
+  });
+
+  it("a feature turned off never flips: no feature_status_changed for it", async () => {
+    const m = await createCreditManager({
+      notifications: {},
+      features: { off: { minAvailable: 1, enabled: false }, on: { minAvailable: 1 } },
+    });
+    await m.credits.addCredits("u", 5);
+    const flips = (await m.notifications.list("u")).filter((n) => n.type === "feature_status_changed");
+    expect(flips.map((n) => (n.payload as { feature: string }).feature)).toEqual(["on"]);
+    await m.close();
   });
 });

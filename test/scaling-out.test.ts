@@ -30,6 +30,10 @@ const FAN_OUTS: Record<string, { tables: string[]; why: string }> = {
       "job scans: due grants, lapsed holds, due renewals, the outbox relay of what they recorded (each row found is " +
       "then worked on in its own account), and the job's summary lines in the ledger (no user)",
   },
+  "credits.listCustomerStates, every account": {
+    tables: ["accounts"],
+    why: "the page of account ids (listAccountIds) of every account; each state is then read in its own account",
+  },
   "notifications.dispatchPending": { tables: ["notifications"], why: "dispatcher: due rows of every user" },
   "notifications.purge": { tables: ["notifications"], why: "purge of settled rows of every user" },
   "credits.commitReservedCredits": {
@@ -122,6 +126,9 @@ async function scenario(db: DbManager, label: (op: string) => void): Promise<voi
   await run("credits.getReservation", () => c.getReservation(hold.id));
   await run("credits.getUserCreditsInfo", () => c.getUserCreditsInfo("u1"));
   await run("credits.check", () => c.check("u1"));
+  await run("credits.getCustomerState", () => c.getCustomerState("u1"));
+  await run("credits.listCustomerStates", () => c.listCustomerStates({ userIds: ["u1", "u2"] }));
+  await run("credits.listCustomerStates, every account", () => c.listCustomerStates({ limit: 10 }));
   await run("credits.getCreditHistory", () => c.getCreditHistory("u1"));
   await run("credits.getExpiringCredits", () => c.getExpiringCredits("u1", 60));
   await run("credits.getGrants", () => c.getGrants("u1"));

@@ -167,8 +167,11 @@ describe.skipIf(!existsSync(CHROMIUM))("usage pages in a browser", () => {
     await p.close();
   }, 60_000);
 
-  it("the account page shows usage by day", async () => {
+  it("the account page shows usage by day, and what the customer may do now", async () => {
+    await m.credits.addCredits("alice", 40, { scope: { features: ["images"] } });
     const p = await open(`${consoleBase}/console/accounts/alice`);
+    const images = p.locator("#feature-table tr", { hasText: "images" });
+    expect(await images.textContent()).toContain("allowed");
     await p.waitForSelector("#account-usage-chart[data-ready='1'] canvas");
     expect(new Set(await legend(p, "account-usage-chart"))).toEqual(
       new Set(["gpt-4o", "claude-sonnet", HOSTILE_MODEL]),
@@ -193,10 +196,15 @@ describe.skipIf(!existsSync(CHROMIUM))("usage pages in a browser", () => {
     // Days as YYYY-MM-DD, as in the legend.
     expect(await p.locator("#recent tbody tr td").first().textContent()).toMatch(/^\d{4}-\d{2}-\d{2}$/);
     expect(await p.locator("main img").count()).toBe(0);
+    // Each feature from the account's state (docs/customer-state.md): images has a scoped grant.
+    expect(await p.locator("#features tbody tr", { hasText: "images" }).textContent()).toContain("Available");
     await clean(p, "the customer page");
     if (process.env.UPDATE_SCREENSHOTS === "1") {
       // The picture users see in the docs: plausible models, no test payload (issue 60).
       await seedUsage(m, clock, "carol", 14, ["gpt-4o", "claude-sonnet", "gpt-4o-mini"]);
+      // Features for the page's table: an allowance for one, a daily limit on another.
+      await m.credits.addCredits("carol", 300, { scope: { features: ["image-generation"] } });
+      await m.credits.setLimit("carol", { feature: "chat", amount: 200, period: "day" });
       const shot = await open(
         `${serveBase}/customer#token=${encodeURIComponent((await m.credits.customerToken("carol", { ttlSeconds: 600 })).token)}`,
       );

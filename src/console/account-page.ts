@@ -34,6 +34,7 @@ import {
 import { paymentTable } from "./payments-page.js";
 import { subscriptionTable } from "./subscriptions-page.js";
 import { isCharge, reversedNotice } from "./reverse.js";
+import type { CustomerState, FeatureState } from "../domain/customer-state.js";
 
 // One account in the console (docs/console.md): its credits, chart, limits, spend, grants, holds,
 // auto top-up, payments, subscriptions, outbox and journal; and one hold.
@@ -292,6 +293,8 @@ export async function accountPage(ctx: Ctx, userId: string): Promise<PageResult>
             )}`
         : raw("")
     }
+    <h2 id="state">What the customer may do now</h2>
+    ${stateSection(ctx, await ctx.manager.credits.getCustomerState(userId))}
     <h2>Grants, in burn-down order</h2>
     ${grantTable(ctx, userId, open)}
     <h2 id="limits">Spend limits</h2>
@@ -388,6 +391,66 @@ export async function accountPage(ctx: Ctx, userId: string): Promise<PageResult>
 }
 
 /** `month`, `day`, `3 weeks`: a limit's window in words. */
+/** Why a feature is not allowed, in words (docs/customer-state.md). */
+const REASONS: Record<FeatureState["reason"], string> = {
+  ok: "allowed",
+  feature_off: "off",
+  insufficient_credits: "not enough credits",
+  limit: "spend limit reached",
+};
+
+/**
+ * The customer's state (docs/customer-state.md): each feature's decision, as `check()` answers it,
+ * with what its grants were given, what was used and is left, and when it resets; the
+ * subscription and the alerts, all from one read of the account.
+ */
+function stateSection(ctx: Ctx, state: CustomerState): Html {
+  const sub = state.subscription;
+  const alert = state.alerts[0];
+  return html`${facts([
+    [
+      "Subscription",
+      sub === null
+        ? html`<span class="muted">none</span>`
+        : html`${sub.planName ?? sub.planId}, ${sub.status}, period ${when(sub.currentPeriodStart)} –
+          ${when(sub.currentPeriodEnd)}${sub.renews ? "" : html` <span class="muted">(does not renew)</span>`}`,
+    ],
+    [
+      "Low-credit alert",
+      alert === undefined ? html`<span class="muted">none</span>` : (alert.level ?? "not evaluated"),
+    ],
+    ["Read at", html`journal entry #${amount(state.seq)}`],
+  ])}
+  ${table({
+    id: "feature-table",
+    columns: [
+      "Feature",
+      { label: "Now", short: true },
+      { label: "Granted", num: true },
+      { label: "Used", num: true },
+      { label: "Left", num: true },
+      { label: "Resets", short: true },
+      { label: "Grants", num: true },
+    ],
+    rows: state.features.map((f) => [
+      f.feature,
+      f.allowed
+        ? html`<span class="ok">allowed</span>`
+        : html`<span class="bad">${REASONS[f.reason]}</span>${
+              f.reason === "insufficient_credits" ? html` <span class="muted">(needs ${amount(f.required)})</span>` : ""
+            }`,
+      amount(f.granted),
+      amount(f.used),
+      f.left < 0 ? html`<span class="bad">${amount(f.left)}</span>` : amount(f.left),
+      f.resetsAt === null
+        ? html`<span class="muted">never</span>`
+        : html`${when(f.resetsAt)} (${relative(f.resetsAt, ctx.now)})`,
+      amount(f.grants.length),
+    ]),
+    none: "No feature: no rule, plan allowance, scoped grant or limit names one.",
+  })}`;
+}
+
 function periodText(l: { period: LimitPeriod | null; resetsWith: string | null }): string {
   if (l.period === null) return "subscription period";
   if (typeof l.period === "string") return l.period;

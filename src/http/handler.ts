@@ -6,6 +6,7 @@ import { autoTopUpRoutes, type SelfServiceAutoTopUp } from "./auto-top-up-routes
 import { revenueRoutes } from "./revenue-routes.js";
 import { usageRoutes } from "./usage-routes.js";
 import { limitRoutes } from "./limit-routes.js";
+import { customerStateRoutes } from "./customer-state-routes.js";
 import { subscriptionRoutes, type SelfServiceSubscriptions } from "./subscription-routes.js";
 import { buildOpenApi, type OpenApiOptions } from "./openapi.js";
 import { rootRoute } from "./route-helpers.js";
@@ -251,6 +252,7 @@ export function createCreditHandler(manager: CreditManager, options: CreditHandl
   const builtIn = [
     ...creditRoutes,
     ...limitRoutes,
+    ...customerStateRoutes,
     ...usageRoutes,
     ...revenueRoutes,
     ...planRoutes,

@@ -33,6 +33,7 @@ export {
 } from "./router.js";
 export { creditRoutes } from "./credit-routes.js";
 export { limitRoutes } from "./limit-routes.js";
+export { customerStateRoutes } from "./customer-state-routes.js";
 export { paymentRoutes, promoRoutes } from "./billing-routes.js";
 export { subscriptionRoutes, type SelfServiceSubscriptions } from "./subscription-routes.js";
 export { autoTopUpRoutes, type SelfServiceAutoTopUp } from "./auto-top-up-routes.js";

@@ -15,3 +15,4 @@ export * from "./limits.js";
 export * from "./usage.js";
 export * from "./revenue.js";
 export * from "./customer-tokens.js";
+export * from "./customer-state.js";

@@ -12,6 +12,7 @@ import {
 } from "./common.js";
 import { EntryType, GrantSource } from "./entities.js";
 import { GrantScope, SpendFields, SpenderId } from "./limits.js";
+import { PlanId } from "./subscriptions.js";
 import { CostBasisInput } from "./revenue.js";
 import { text } from "./text.js";
 
@@ -63,8 +64,21 @@ export const TrialCredits = z.strictObject({
 });
 export type TrialCredits = z.input<typeof TrialCredits>;
 
-/** Per-feature rules: the least `available` balance with which a feature is allowed. */
-export const FeatureRules = z.record(FeatureName, z.strictObject({ minAvailable: NonNegativeAmount }));
+/**
+ * Per-feature rules (docs/trial-and-checks.md): the least `available` balance with which a feature
+ * is allowed; `enabled: false` turns it off for every account; `plans`, on only for an account
+ * whose active subscription is on one of them.
+ */
+export const FeatureRules = z.record(
+  FeatureName,
+  z.strictObject({
+    minAvailable: NonNegativeAmount,
+    /** False: the feature is off (`check()` answers reason "feature_off"). Default true. */
+    enabled: z.boolean().optional(),
+    /** The plans that grant the feature: without an active subscription on one of them it is off. Omitted: any account. */
+    plans: z.array(PlanId).min(1).max(100).optional(),
+  }),
+);
 export type FeatureRules = z.input<typeof FeatureRules>;
 
 /**
@@ -81,7 +95,7 @@ export type CreditsInfoOptions = z.input<typeof CreditsInfoOptions>;
 
 /** `credits.check(userId, options)`. */
 export const CheckOptions = z.strictObject({
-  /** A feature configured in `features`; its `minAvailable` is required. */
+  /** A feature: its rule in `features` applies (none: it is paid from the pool, `minAvailable` 1). */
   feature: FeatureName.optional(),
   /** Credits the caller is about to spend; required as well. */
   amount: Amount.optional(),

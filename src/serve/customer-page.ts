@@ -6,8 +6,8 @@ import { UPLOT_CSS, UPLOT_JS } from "../console/vendor.js";
  * The customer usage page of `serve` (docs/usage.md, "For your customers"): a static, read-only page
  * at `/customer` that a product links to or embeds in an iframe, with a customer token in the URL's
  * fragment (`/customer#token=…`: a fragment never reaches a server, a log or a Referer). Its script
- * reads the token, removes it from the address bar, and fetches the account's balance and usage
- * from the credit API with it; it draws the usage with the console's chart. Who may frame it is
+ * reads the token, removes it from the address bar, and fetches the account's state (its balance
+ * and what each feature allows: docs/customer-state.md) and usage from the credit API with it; it draws the usage with the console's chart. Who may frame it is
  * `CREDIT_CUSTOMER_FRAME_ANCESTORS` (CSP `frame-ancestors`); nothing but its own files runs.
  */
 export const CUSTOMER_PREFIX = "/customer";
@@ -34,6 +34,14 @@ const PAGE = `<!doctype html>
           <div class="card"><div class="k">Reserved</div><div class="v" id="reserved">–</div></div>
           <div class="card"><div class="k">Spent, last 30 days</div><div class="v" id="spent">–</div></div>
         </div>
+      </section>
+      <section aria-labelledby="features-heading">
+        <h2 id="features-heading">What you can use now</h2>
+        <table id="features">
+          <caption>Each feature: whether you can use it now, what is left of it and when it renews</caption>
+          <thead><tr><th scope="col">Feature</th><th scope="col">Now</th><th scope="col" class="num">Used</th><th scope="col" class="num">Left</th><th scope="col">Renews</th></tr></thead>
+          <tbody></tbody>
+        </table>
       </section>
       <section aria-labelledby="chart-heading">
         <h2 id="chart-heading">Credits per day, by model</h2>
@@ -91,10 +99,32 @@ const CUSTOMER_JS = `"use strict";
     if (cls) td.className = cls;
     row.appendChild(td);
   }
-  Promise.all([get("credits/balance"), get("credits/usage?" + q)]).then(function (answers) {
+  // The account's state in one read (docs/customer-state.md): the balance and each feature.
+  var dateText = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "short", timeZone: zone });
+  var NOW = { ok: "Available", feature_off: "Not in your plan", insufficient_credits: "Not enough credits", limit: "Limit reached" };
+  function features(state) {
+    var body = document.querySelector("#features tbody");
+    state.features.forEach(function (f) {
+      var tr = document.createElement("tr");
+      cell(tr, f.feature);
+      cell(tr, NOW[f.reason] || f.reason, f.allowed ? "ok" : "bad");
+      cell(tr, n.format(f.used), "num");
+      cell(tr, n.format(f.left), "num");
+      cell(tr, f.resetsAt ? dateText.format(new Date(f.resetsAt)) : "–");
+      body.appendChild(tr);
+    });
+    if (state.features.length === 0) {
+      var tr = document.createElement("tr");
+      cell(tr, "Every feature uses your balance.");
+      tr.firstChild.colSpan = 5;
+      body.appendChild(tr);
+    }
+  }
+  Promise.all([get("credits/state"), get("credits/usage?" + q)]).then(function (answers) {
     var balance = answers[0], usage = answers[1];
     document.getElementById("available").textContent = n.format(balance.available);
     document.getElementById("reserved").textContent = n.format(balance.reserved);
+    features(balance);
     var starts = [], at = {}, byModel = {}, totals = {}, spent = 0;
     usage.rows.forEach(function (r) {
       var t = Date.parse(r.start) / 1000;
@@ -157,6 +187,7 @@ main{padding:1rem 1.2rem;max-width:1100px}h1{font-size:1.4rem;margin:.2rem 0 .6r
 .usage-chart{min-height:250px}.usage-chart .u-legend{font-size:.85em}
 table{border-collapse:collapse;width:100%}caption{text-align:left;color:var(--muted);padding:.2rem 0}th,td{border-bottom:1px solid var(--line);padding:.3rem .5rem;text-align:left}
 th{background:var(--soft);font-weight:600}.num{text-align:right;font-variant-numeric:tabular-nums}
+.ok{color:#1a6b2f}.bad{color:#a3261b;font-weight:600}
 `;
 
 const ASSETS: ReadonlyMap<string, readonly [string, string]> = new Map([

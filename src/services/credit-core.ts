@@ -1,3 +1,4 @@
+import type { FeatureRule } from "../domain/checks.js";
 import type { Logger } from "../logger.js";
 import { CacheAside } from "../cache/aside.js";
 import type { DbTransaction } from "../db/types.js";
@@ -73,7 +74,8 @@ export class CreditCore {
   readonly overdraftLimit: number | null;
   /** How many days back usage may be recorded with `occurredAt` (docs/usage.md, "Late usage"). */
   readonly lateUsageWindowDays: number;
-  readonly features: Readonly<Record<string, { minAvailable: number }>>;
+  /** The `features` rules (docs/trial-and-checks.md). */
+  readonly features: Readonly<Record<string, FeatureRule>>;
   readonly pricing: PricingService | undefined;
   /** Runs the units of work (src/services/unit-of-work.ts). */
   readonly units: UnitRunner;

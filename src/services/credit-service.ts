@@ -4,7 +4,7 @@ import type { DbManager } from "../db/types.js";
 import type { Thresholds } from "../domain/notifications.js";
 import { compareGrants, isDue } from "../domain/order.js";
 import type { AuditReport } from "../domain/replay.js";
-import { decideCheck, decideLimit, type CheckResult } from "../domain/checks.js";
+import { decideFeature, type CheckResult, type FeatureRule } from "../domain/checks.js";
 import { type Spend, tightestLimit } from "../domain/limits.js";
 import { ConfigurationError, ConflictError, NotFoundError, RuleViolationError, ValidationError } from "../errors.js";
 import type { LedgerLogger } from "../ledger/index.js";
@@ -26,6 +26,8 @@ import { SpendLimits } from "./spend-limits.js";
 import { getReversals, reverseCharge } from "./reversals.js";
 import type { ChargeReversals } from "../domain/reversal.js";
 import { BalanceReads, workCredits } from "./balance-reads.js";
+import { activePlanId, CustomerStates } from "./customer-state.js";
+import type { CustomerState, CustomerStatePage } from "../domain/customer-state.js";
 import { NO_SPEND } from "../domain/entry-meta.js";
 import { copy, creditHistory, expiringCredits, type ExpiringCredits, type HistoryPage } from "./history.js";
 import type { UsageQuery, UsageReport } from "../models/usage.js";
@@ -50,6 +52,7 @@ import {
   type FeatureRules,
   CheckOptions,
   CreditsInfoOptions,
+  CustomerStatesQuery,
   UserId,
   VoidGrantOptions,
   Amount,
@@ -162,6 +165,8 @@ export class CreditService {
   private readonly reads: BalanceReads;
   /** Spend limits (src/services/spend-limits.ts). */
   private readonly limits: SpendLimits;
+  /** The customer's state (src/services/customer-state.ts). */
+  private readonly states: CustomerStates;
 
   constructor(options: CreditServiceOptions) {
     const core = new CreditCore(options);
@@ -170,6 +175,7 @@ export class CreditService {
     setCreditCore(this, core);
     this.reads = new BalanceReads(core.db, core.cache, core.clock, core.units);
     this.limits = new SpendLimits(core, this.reads);
+    this.states = new CustomerStates(core);
   }
 
   /** Adds credits as a new grant (after paying any debt). */
@@ -391,24 +397,22 @@ export class CreditService {
   }
 
   /**
-   * "Allowed?": whether `userId` may use `feature` (its `minAvailable` in `features`) and/or spend
-   * `amount` now (see `decideCheck`). Reads `getUserCreditsInfo`, so it is served from the cache
-   * when there is one and is never stale after this account's own writes (they invalidate it). An
-   * advisory read: a deduction still decides for itself. A feature not in `features` is a
-   * `ValidationError`.
+   * "Allowed?": whether `userId` may use `feature` and/or spend `amount` now: not when the
+   * feature's rule turns it off, else `decideCheck` (its `minAvailable`; a feature with no rule in
+   * `features` is paid from the pool like any spend), then the spend limits (docs/trial-and-checks.md).
+   * Reads `getUserCreditsInfo`, so it is served from the cache when there is one and is never stale
+   * after this account's own writes (they invalidate it). An advisory read: a deduction still
+   * decides for itself. `getCustomerState` answers each feature with the same rule.
    */
   async check(userId: string, options: CheckOptions = {}): Promise<CheckResult> {
     const user = parse(UserId, userId, "userId");
     const o = parse(CheckOptions, options, "options");
     const rule = o.feature === undefined ? undefined : this.core.features[o.feature];
-    if (o.feature !== undefined && rule === undefined) {
-      throw new ValidationError(`Invalid options.feature: ${JSON.stringify(o.feature)} has no rule in \`features\``, [
-        { path: "feature", message: "unknown feature" },
-      ]);
-    }
     const spend = { spender: o.spender ?? null, feature: o.feature ?? null };
+    // Only a rule that names plans needs the subscription read.
+    const plan = rule?.plans === undefined ? null : await activePlanId(this.db, user);
     const state = await this.reads.state(user, spend);
-    const decision = this.decide(state, rule?.minAvailable, o.amount, spend);
+    const decision = this.decide(state, rule, plan, o.amount, spend);
     // A denial answered from the cache is answered again from the store's current state, not from
     // a copy another process may have outdated (its writes invalidate its own cache, not ours):
     // docs/storage.md, "Caches: what each may answer".
@@ -416,22 +420,46 @@ export class CreditService {
     const now = this.core.clock();
     return this.decide(
       this.reads.stateOf(user, await this.reads.settled(user, now), spend, now),
-      rule?.minAvailable,
+      rule,
+      plan,
       o.amount,
       spend,
     );
   }
 
-  /** `decideCheck`, then the spend limits that apply (reason "limit", with when the tightest resets). */
+  /** `decideFeature` over a read of the account: its rule, `decideCheck`, then the spend limits that apply. */
   private decide(
     state: { info: CreditsInfo; limits: SpendLimit[] | null },
-    minAvailable: number | undefined,
+    rule: FeatureRule | undefined,
+    plan: string | null,
     amount: number | undefined,
     spend: Spend,
   ): CheckResult {
-    const decision = decideCheck(state.info.available, minAvailable, amount);
-    if (!decision.allowed || state.limits === null) return decision;
-    return decideLimit(decision, tightestLimit(state.limits, spend, this.core.clock().getTime()), amount ?? 1);
+    const limits = state.limits;
+    return decideFeature(state.info.available, rule, plan, amount, () =>
+      limits === null ? null : tightestLimit(limits, spend, this.core.clock().getTime()),
+    );
+  }
+
+  /**
+   * What the customer may do now, from one snapshot of the account (docs/customer-state.md, "The
+   * state in one read"): balance, reserved, available and debt at journal position `seq`; for
+   * every feature its plan, scoped grants, spend limits and `features` rules name, whether it may
+   * be used now (and else why, with `check()`'s reasons), what was granted, used and is left of it,
+   * when it resets and the grants behind it; each spend limit; the subscription and its period;
+   * the alerts. Read from the store, never from the cache.
+   */
+  async getCustomerState(userId: string): Promise<CustomerState> {
+    return this.states.get(parse(UserId, userId, "userId"));
+  }
+
+  /**
+   * The states of many accounts, page by page (docs/customer-state.md): the store's accounts in id
+   * order after `cursor` (or only those of `userIds`), at most `limit` (default 100, at most
+   * 1,000) a page; `nextCursor` continues, null at the end. Each state as `getCustomerState`'s.
+   */
+  async listCustomerStates(query: CustomerStatesQuery = {}): Promise<CustomerStatePage> {
+    return this.states.list(parse(CustomerStatesQuery, query, "query"));
   }
 
   /**

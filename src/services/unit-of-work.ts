@@ -15,7 +15,7 @@ import {
 import { topUpRequest } from "../domain/auto-top-up.js";
 import { grantTrial } from "../domain/trial.js";
 import { domainEvents } from "../domain/events.js";
-import { featureFlips } from "../domain/checks.js";
+import { featureFlips, type FeatureRule } from "../domain/checks.js";
 import {
   ConflictError,
   CreditError,
@@ -221,7 +221,7 @@ export interface UnitRunnerOptions {
   /** Thresholds of the alerts recorded in the outbox; undefined: no outbox rows. */
   alerts: Thresholds | undefined;
   trial: ParsedTrial | undefined;
-  features: Readonly<Record<string, { minAvailable: number }>>;
+  features: Readonly<Record<string, FeatureRule>>;
   domainEvents: boolean;
   /** Write a checkpoint entry each time an account's seq passes a multiple of this (`checkpointEvery`). */
   checkpointEvery: number | undefined;

@@ -37,6 +37,7 @@ import { runUsageContract } from "./usage.js";
 import { runReversalsContract } from "./reversals.js";
 import { runLateUsageContract } from "./late-usage.js";
 import { runCappedHoldContract } from "./capped-holds.js";
+import { runCustomerStateContract } from "./customer-state.js";
 
 export { runAccountsContract } from "./accounts.js";
 export { runConcurrencyContract } from "./concurrency.js";
@@ -49,6 +50,7 @@ export { runUsageContract } from "./usage.js";
 export { runReversalsContract } from "./reversals.js";
 export { runLateUsageContract } from "./late-usage.js";
 export { runCappedHoldContract } from "./capped-holds.js";
+export { runCustomerStateContract } from "./customer-state.js";
 export { runSubscriptionContract } from "./subscriptions.js";
 export { runTrialContract } from "./trial.js";
 
@@ -119,7 +121,8 @@ export type ContractPart =
   | "usage"
   | "reversals"
   | "lateUsage"
-  | "cappedHolds";
+  | "cappedHolds"
+  | "customerState";
 
 export function runDbManagerContract(options: ContractOptions): void {
   useTestApi(options.test);
@@ -197,6 +200,8 @@ export function runDbManagerContract(options: ContractOptions): void {
     part("lateUsage", () => runLateUsageContract(getDb));
     // Holds for what is there; two managers race them (over `db` twice without a peer).
     part("cappedHolds", () => runCappedHoldContract(getDb, { getPeer: () => peer ?? db }));
+    // The state in one read; a spend through one manager, the read through the other.
+    part("customerState", () => runCustomerStateContract(getDb, { getPeer: () => peer ?? db }));
     if (createPeer !== undefined)
       part("managers", () =>
         runManagersContract(

@@ -119,7 +119,13 @@ describe.each(Object.keys(hosts))("credit handler on %s", (host) => {
       allowed: false,
       available: 500,
     });
-    expect((await call("GET", "/credits/check?feature=nope", "alice")).status).toBe(400);
+    // A feature with no rule is paid from the pool (docs/trial-and-checks.md); a name that is none is a 400.
+    expect((await call("GET", "/credits/check?feature=nope", "alice")).json).toMatchObject({
+      allowed: true,
+      required: 1,
+      reason: "ok",
+    });
+    expect((await call("GET", "/credits/check?feature=no%20spaces", "alice")).status).toBe(400);
     expect((await call("GET", "/credits/check?amount=0", "alice")).status).toBe(400);
     expect((await call("GET", "/admin/credits/users/alice/check", "mallory")).status).toBe(403);
   });

@@ -121,6 +121,7 @@ const TABLE: Table = {
   commitReservation: (_s, next) => ({ method: "POST", path: `/credits/reservations/${next()}/commit`, body: {} }),
   releaseReservation: (_s, next) => ({ method: "POST", path: `/credits/reservations/${next()}/release`, body: {} }),
   getLimits: () => ({ method: "GET", path: "/credits/limits" }),
+  getCustomerState: () => ({ method: "GET", path: "/credits/state" }),
   getUsage: () => ({ method: "GET", path: `/credits/usage?${range}&groupBy=model,spender,feature` }),
   getUsageCsv: () => ({ method: "GET", path: `/credits/usage.csv?${range}&groupBy=model,spender,feature` }),
   listPlans: () => ({ method: "GET", path: "/credits/plans" }),
@@ -255,7 +256,7 @@ describe("what each role sees", () => {
     const { token } = await m.credits.customerToken("alice", { ttlSeconds: 600 });
     const customerRoutes = handler.routes.filter((r) => r.customer === true);
     expect(customerRoutes.map((r) => r.operationId).sort()).toEqual(
-      ["getBalance", "getGrants", "getUsage", "getUsageCsv"].sort(),
+      ["getBalance", "getCustomerState", "getGrants", "getUsage", "getUsageCsv"].sort(),
     );
     const s = seeded.get("alice") as Seeded;
     for (const r of customerRoutes) {

@@ -1,0 +1,154 @@
+import * as z from "zod";
+import {
+  AlertLevel,
+  CustomerStatesQuery,
+  FeatureName,
+  GrantScope,
+  GrantSource,
+  Metadata,
+  NonNegativeAmount,
+  PlanId,
+  SignedAmount,
+  SubscriptionStatus,
+  UserId,
+} from "../models/index.js";
+import type { CustomerState } from "../domain/customer-state.js";
+import type { RouteContext, RouteDefinition } from "./router.js";
+import { adminRoute, self, target, userRoute } from "./route-helpers.js";
+import { SpendLimitStatusSchema } from "./limit-routes.js";
+import { OPERATOR_FIELDS } from "./views.js";
+
+// ---- schemas (docs/customer-state.md, "Over HTTP") ---------------------------------------------
+
+/** A grant behind a feature's figures, as an admin reads it (the operator's notes included). */
+export const StateGrantSchema = z.object({
+  id: z.string(),
+  source: GrantSource,
+  amount: NonNegativeAmount,
+  left: NonNegativeAmount,
+  expiresAt: z.date().nullable(),
+  scope: GrantScope.nullable(),
+  description: z.string().nullable(),
+  metadata: Metadata.nullable(),
+  sourceRef: z.string().nullable(),
+});
+
+const FeatureStateFields = {
+  feature: FeatureName,
+  allowed: z.boolean(),
+  reason: z.enum(["ok", "feature_off", "insufficient_credits", "limit"]),
+  required: z.number().int(),
+  granted: NonNegativeAmount,
+  used: z.number().int(),
+  left: SignedAmount,
+  resetsAt: z.date().nullable(),
+  limit: z
+    .object({ amount: NonNegativeAmount, used: NonNegativeAmount, remaining: NonNegativeAmount, resetsAt: z.date() })
+    .nullable(),
+  rule: z
+    .object({ minAvailable: NonNegativeAmount, enabled: z.boolean(), plans: z.array(PlanId).nullable() })
+    .nullable(),
+};
+
+const StateFields = {
+  userId: UserId,
+  seq: NonNegativeAmount,
+  readAt: z.date(),
+  balance: SignedAmount,
+  reserved: NonNegativeAmount,
+  available: SignedAmount,
+  debt: NonNegativeAmount,
+  limits: z.array(SpendLimitStatusSchema),
+  subscription: z
+    .object({
+      id: z.string(),
+      planId: PlanId,
+      planName: z.string().nullable(),
+      status: SubscriptionStatus,
+      currentPeriodStart: z.date(),
+      currentPeriodEnd: z.date(),
+      renews: z.boolean(),
+      cancelAtPeriodEnd: z.boolean(),
+      pendingPlanId: PlanId.nullable(),
+    })
+    .nullable(),
+  alerts: z.array(
+    z.object({ kind: z.literal("low_credits"), level: AlertLevel.nullable(), threshold: NonNegativeAmount }),
+  ),
+};
+
+/** `credits.getCustomerState()` as an admin reads it. */
+export const CustomerStateSchema = z.object({
+  ...StateFields,
+  features: z.array(z.object({ ...FeatureStateFields, grants: z.array(StateGrantSchema) })),
+});
+
+const mask = Object.fromEntries(
+  OPERATOR_FIELDS.grant.filter((f) => f in StateGrantSchema.shape).map((f) => [f, true]),
+) as { description: true; metadata: true; sourceRef: true };
+
+/** A grant as the account holder reads it: without the operator's notes (docs/service.md, "What each role sees"). */
+export const StateGrantView = StateGrantSchema.omit(mask);
+
+/** The customer's state as a user, member or customer token reads it. */
+export const CustomerStateView = z.object({
+  ...StateFields,
+  features: z.array(z.object({ ...FeatureStateFields, grants: z.array(StateGrantView) })),
+});
+
+export const CustomerStatePageSchema = z.object({ items: z.array(CustomerStateSchema), nextCursor: UserId.nullable() });
+
+/** `GET /admin/credits/states`: `userIds` comma-separated or repeated. */
+export const CustomerStatesParams = CustomerStatesQuery;
+
+// ---- handlers -----------------------------------------------------------------------------------
+
+/**
+ * `state` as a caller who is not an admin reads it: the grants without the operator's notes, and —
+ * for a caller bound to a spender — the limits that can apply to its spends (as `GET /credits/limits`).
+ */
+export function customerStateView(ctx: RouteContext, state: CustomerState): z.output<typeof CustomerStateView> {
+  const spender = ctx.identity?.spender;
+  return {
+    ...state,
+    limits:
+      spender === undefined ? state.limits : state.limits.filter((l) => l.spender === null || l.spender === spender),
+    features: state.features.map((f) => ({
+      ...f,
+      grants: f.grants.map(({ description: _d, metadata: _m, sourceRef: _s, ...grant }) => grant),
+    })),
+  };
+}
+
+const seenState = (ctx: RouteContext, state: CustomerState) =>
+  ctx.identity?.admin === true ? state : customerStateView(ctx, state);
+
+const tags = ["customer state"];
+
+/** The customer's state routes (docs/customer-state.md, "Over HTTP"). */
+export const customerStateRoutes: RouteDefinition[] = [
+  userRoute("GET", "/state", {
+    customer: true,
+    operationId: "getCustomerState",
+    summary:
+      "What the caller's account may do now, from one snapshot: balance, each feature's decision and figures, limits, subscription and alerts (without the operator's notes)",
+    tags,
+    response: CustomerStateView,
+    handle: async (ctx) => seenState(ctx, await ctx.manager.credits.getCustomerState(self(ctx))),
+  }),
+  adminRoute("GET", "/users/:userId/state", {
+    operationId: "adminGetCustomerState",
+    summary: "What a user's account may do now, from one snapshot (the operator's notes included)",
+    tags,
+    response: CustomerStateSchema,
+    handle: (ctx) => ctx.manager.credits.getCustomerState(target(ctx)),
+  }),
+  adminRoute("GET", "/states", {
+    operationId: "adminListCustomerStates",
+    summary: "The states of many accounts, page by page by cursor, optionally only those of `userIds`",
+    tags,
+    query: CustomerStatesParams,
+    response: CustomerStatePageSchema,
+    handle: (ctx) => ctx.manager.credits.listCustomerStates(ctx.query<z.infer<typeof CustomerStatesParams>>()),
+  }),
+];
