@@ -345,6 +345,25 @@ describe("the customer tokens' rate limit (a bucket per account)", () => {
     }
   });
 
+  it("weighs a usage report above a plain read: ten reports run out of a bucket that ten balance reads do not", async () => {
+    const { m, get } = await handler({ burst: 20, perMinute: 1 });
+    const alice = await m.credits.customerToken("alice", { ttlSeconds: 600 });
+    const bob = await m.credits.customerToken("bob", { ttlSeconds: 600 });
+    const passed = async (path: string, token: string) => {
+      let n = 0;
+      for (let i = 0; i < 10; i++) if ((await get(path, token)).status === 200) n++;
+      return n;
+    };
+    expect(await passed("/credits/balance", alice.token)).toBe(10);
+    const reports = await passed("/credits/usage", bob.token);
+    expect(reports).toBeGreaterThan(0);
+    expect(reports).toBeLessThan(10);
+    // The wait is for a report's worth of tokens: longer than a balance read's would be.
+    const reportWait = Number((await get("/credits/usage", bob.token)).retryAfter);
+    const readWait = Number((await get("/credits/balance", bob.token)).retryAfter);
+    expect(reportWait).toBeGreaterThan(readWait);
+  });
+
   it("defaults to 60 at once; false turns it off; bad settings are a ConfigurationError", async () => {
     const limited = await handler();
     const { token } = await limited.m.credits.customerToken("alice", { ttlSeconds: 600 });

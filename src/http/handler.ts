@@ -84,7 +84,7 @@ export interface CreditHandlerOptions {
    * The rate limit of customer tokens (docs/usage.md, "For your customers"): a token bucket per
    * account, `burst` requests at once, refilled at `perMinute` requests a minute, shared by every
    * customer token of the account and counted on the routes a customer token may call only (a
-   * refused one too). Past it: 429 `RATE_LIMITED` with `Retry-After`. Default `{ burst: 60,
+   * refused one too), a usage report as 5 requests. Past it: 429 `RATE_LIMITED` with `Retry-After`. Default `{ burst: 60,
    * perMinute: 60 }`; `false`: none (a gateway in front limits). Other callers are not limited.
    */
   customerRateLimit?: { burst?: number; perMinute?: number } | false;

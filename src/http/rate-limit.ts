@@ -42,18 +42,19 @@ export class TokenBuckets {
   }
 
   /**
-   * Takes a token when `key` has one and answers 0; otherwise takes nothing and answers the whole
-   * seconds until it has one (at least 1).
+   * Takes `cost` tokens (a request's weight; at most the burst) when `key` has them and answers 0;
+   * otherwise takes nothing and answers the whole seconds until it has them (at least 1).
    */
-  tryTake(key: string): number {
+  tryTake(key: string, cost = 1): number {
+    const need = Math.min(cost, this.burst);
     const b = this.refill(key) ?? { tokens: this.burst, at: this.now() };
-    if (b.tokens < 1) return this.secondsFor(b.tokens);
-    b.tokens -= 1;
+    if (b.tokens < need) return this.secondsFor(b.tokens, need);
+    b.tokens -= need;
     this.buckets.set(key, b);
     return 0;
   }
 
-  private secondsFor(tokens: number): number {
-    return Math.max(1, Math.ceil(((1 - tokens) / this.perMinute) * 60));
+  private secondsFor(tokens: number, need = 1): number {
+    return Math.max(1, Math.ceil(((need - tokens) / this.perMinute) * 60));
   }
 }

@@ -72,6 +72,12 @@ export interface RouteDefinition {
    * other route refuses a customer token with 403 (docs/usage.md, "For your customers").
    */
   customer?: boolean;
+  /**
+   * The tokens a customer token's request to this route takes from its account's rate limit
+   * (docs/usage.md, "For your customers"): default 1; a report, whose cost grows with the
+   * account's entries, more.
+   */
+  rateCost?: number;
   operationId: string;
   summary: string;
   description?: string;
@@ -388,7 +394,7 @@ export function createRouter(manager: CreditManager, routes: readonly RouteDefin
           throw new HttpError(403, "FORBIDDEN", "A customer token reads its account's balance, grants and usage only.");
         if (identity.customer !== undefined && options.customerRateLimit !== undefined) {
           // Per account, not per token: a host issues a fresh token each time it shows the page.
-          const wait = options.customerRateLimit.tryTake(identity.userId);
+          const wait = options.customerRateLimit.tryTake(identity.userId, def.rateCost ?? 1);
           if (wait > 0) {
             throw new HttpError(
               429,

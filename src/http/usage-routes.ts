@@ -162,6 +162,11 @@ const csv = (who: "self" | "user" | "fleet") => async (ctx: RouteContext) => {
 };
 
 const tags = ["usage"];
+/**
+ * What a customer token's report takes from its account's rate limit: as much as this many
+ * balance reads (docs/usage.md, "For your customers").
+ */
+const REPORT_RATE_COST = 5;
 const CSV_NOTE =
   "RFC 4180 (CRLF records, a header line): start, end, the grouped dimensions, kind, credits, requests, inputTokens, outputTokens, cachedTokens. Text that begins with = + - @, a tab or a CR is prefixed with ' (spreadsheet injection). `X-Usage-Truncated: true` when `limit` cut rows.";
 
@@ -169,6 +174,7 @@ const CSV_NOTE =
 export const usageRoutes: RouteDefinition[] = [
   userRoute("GET", "/usage", {
     customer: true,
+    rateCost: REPORT_RATE_COST,
     operationId: "getUsage",
     summary: "The caller's usage by calendar window and dimension (`credits.getUsage`)",
     description:
@@ -181,6 +187,7 @@ export const usageRoutes: RouteDefinition[] = [
   }),
   userRoute("GET", "/usage.csv", {
     customer: true,
+    rateCost: REPORT_RATE_COST,
     operationId: "getUsageCsv",
     summary: "The caller's usage as CSV",
     description: CSV_NOTE,
