@@ -2,8 +2,16 @@ import { randomUUID } from "node:crypto";
 import type { Logger } from "../logger.js";
 import * as z from "zod";
 import type { DbManager } from "../db/types.js";
-import { backoffDelay, newNotification, withOverride, type Thresholds } from "../domain/notifications.js";
 import {
+  alertNotifications,
+  backoffDelay,
+  newNotification,
+  withOverride,
+  type Thresholds,
+} from "../domain/notifications.js";
+import { alertStates } from "../domain/alerts.js";
+import {
+  AlertThresholds,
   ExpiringDays,
   Metadata,
   NotificationStatus,
@@ -12,6 +20,8 @@ import {
   UserId,
   parse,
   type AlertState,
+  type AlertStatus,
+  type AlertThreshold,
   type Notification,
 } from "../models/index.js";
 import { ConfigurationError, ValidationError } from "../errors.js";
@@ -29,6 +39,11 @@ export interface NotificationServiceOptions {
   queue?: NotificationQueue;
   /** The service's low-credits threshold (users may override it with `setThreshold`). */
   thresholds?: ThresholdSpec;
+  /**
+   * The alert thresholds of every account without its own (docs/notifications.md, "Alerts"); an
+   * account's own (`setAlerts`) replace them.
+   */
+  alerts?: AlertThreshold[];
   clock?: () => Date;
   logger?: Logger;
   /** Delivery attempts before a row is marked `failed`. Default 10. */
@@ -112,6 +127,7 @@ const ReminderOptions = z.strictObject({
   pageSize: z.number().int().min(1).max(10_000).optional(),
 });
 const NullableThresholds = ThresholdSpec.nullable();
+const NullableAlerts = AlertThresholds.nullable();
 const PurgeOptions = z.strictObject({
   olderThanDays: z.number().min(0).max(36_500).optional(),
   batchSize: z.number().int().min(1).max(100_000).optional(),
@@ -148,7 +164,10 @@ export class NotificationService {
     this.db = options.db;
     this.queue = options.queue ?? new InMemoryNotificationQueue();
     this.recording = options.recording ?? true;
-    this.thresholds = parseConfig(ThresholdSpec, options.thresholds ?? {}, "thresholds", "notifications");
+    this.thresholds = {
+      ...parseConfig(ThresholdSpec, options.thresholds ?? {}, "thresholds", "notifications"),
+      alerts: parseConfig(AlertThresholds, options.alerts ?? [], "alerts", "notifications"),
+    };
     this.clock = options.clock ?? (() => new Date());
     this.logger = options.logger;
     this.maxAttempts = options.maxAttempts ?? 10;
@@ -190,6 +209,51 @@ export class NotificationService {
     await saveAccountOnly(this.db, user, this.clock, (account, now) =>
       withOverride(account, override, this.thresholds, now),
     );
+  }
+
+  /**
+   * Sets this account's own alert thresholds (docs/notifications.md, "Alerts"), which replace the
+   * service's; null: the service's again. Evaluated at once in a unit of work on the account: a
+   * threshold already past its line records `alert_triggered` with the change. An account never
+   * changed keeps them for its first change. A threshold removed records nothing.
+   */
+  async setAlerts(userId: string, thresholds: AlertThreshold[] | null): Promise<void> {
+    const user = parse(UserId, userId, "userId");
+    const list = parse(NullableAlerts, thresholds, "thresholds");
+    await saveAccountOnly(this.db, user, this.clock, (account, now, grants) => {
+      const prev: AlertState = account.alert ?? { level: null, threshold: 0, lastAllocation: 0, override: null };
+      account.alert = { ...prev, thresholds: list };
+      return alertNotifications(account, [], grants, this.thresholds, now);
+    });
+  }
+
+  /**
+   * Each alert threshold of the account (its own, else the service's) with its state, its value now
+   * and its line (docs/notifications.md, "Alerts"). The state is the one the account's last
+   * evaluation stored; `evaluateAlerts` evaluates it now.
+   */
+  async getAlerts(userId: string): Promise<AlertStatus[]> {
+    const user = parse(UserId, userId, "userId");
+    const account = await this.db.getAccount(user);
+    const grants = account === null ? [] : await this.db.listGrants(user);
+    return alertStates(account, grants, this.thresholds.alerts, this.clock());
+  }
+
+  /**
+   * Evaluates the account's alerts now, in a unit of work on the account: what time alone moved (a
+   * spend window that ended, a grant now within an `expiring` threshold's days) records its
+   * events, as the worker does. Writes nothing when nothing moved; an account never changed is
+   * left alone. Resolves to `getAlerts`' answer after it.
+   */
+  async evaluateAlerts(userId: string): Promise<AlertStatus[]> {
+    const user = parse(UserId, userId, "userId");
+    await saveAccountOnly(this.db, user, this.clock, (account, now, grants) => {
+      if (account.seq === 0) return null;
+      const before = JSON.stringify(account.alert);
+      const events = alertNotifications(account, [], grants, this.thresholds, now);
+      return events.length === 0 && JSON.stringify(account.alert) === before ? null : events;
+    });
+    return this.getAlerts(user);
   }
 
   /** A user's outbox rows, oldest first. */
