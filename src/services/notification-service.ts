@@ -128,6 +128,10 @@ const ReminderOptions = z.strictObject({
 });
 const NullableThresholds = ThresholdSpec.nullable();
 const NullableAlerts = AlertThresholds.nullable();
+const EvaluateOptions = z.strictObject({
+  /** Grants looked at per page. */
+  pageSize: z.number().int().min(1).max(10_000).optional(),
+});
 const PurgeOptions = z.strictObject({
   olderThanDays: z.number().min(0).max(36_500).optional(),
   batchSize: z.number().int().min(1).max(100_000).optional(),
@@ -254,6 +258,36 @@ export class NotificationService {
       return events.length === 0 && JSON.stringify(account.alert) === before ? null : events;
     });
     return this.getAlerts(user);
+  }
+
+  /**
+   * The worker's part of the alerts (docs/notifications.md, "Alerts"): evaluates now every account
+   * with an open grant expiring within the longest `expiring` threshold of the service's defaults
+   * (at least 31 days), so a grant that time brought within a threshold's days records its
+   * `alert_triggered` without waiting for a change. Scans grants by expiry (indexed), each account
+   * once per call; an account with nothing moved writes nothing. Resolves to the accounts evaluated.
+   */
+  async evaluateExpiringAlerts(options: z.input<typeof EvaluateOptions> = {}): Promise<{ accounts: number }> {
+    const o = parse(EvaluateOptions, options, "options");
+    const pageSize = o.pageSize ?? 500;
+    const now = this.clock();
+    const days = Math.max(31, ...(this.thresholds.alerts ?? []).map((t) => (t.kind === "expiring" ? t.withinDays : 0)));
+    const until = new Date(now.getTime() + days * 86_400_000);
+    const seen = new Set<string>();
+    let after: { expiresAt: Date; id: string } | undefined;
+    for (;;) {
+      const page = await this.db.findDueGrants(until, pageSize, after);
+      for (const g of page) {
+        if (g.remaining <= 0 || g.expiresAt === null || g.expiresAt.getTime() <= now.getTime()) continue;
+        if (seen.has(g.userId)) continue;
+        seen.add(g.userId);
+        await this.evaluateAlerts(g.userId);
+      }
+      const last = page[page.length - 1];
+      if (page.length < pageSize || last === undefined) break;
+      after = { expiresAt: last.expiresAt as Date, id: last.id };
+    }
+    return { accounts: seen.size };
   }
 
   /** A user's outbox rows, oldest first. */

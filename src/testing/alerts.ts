@@ -10,6 +10,8 @@ import type { DbManager } from "../db/types.js";
 import type { AlertThreshold, Notification } from "../models/index.js";
 import { CreditService } from "../services/credit-service.js";
 import { NotificationService } from "../services/notification-service.js";
+import { DomainEvent } from "../models/events.js";
+import { eventEnvelope } from "../queue/index.js";
 import { DAY, HOUR, lazy, T0 } from "./support.js";
 
 /** Credits and notifications over `db` on one clock, with `defaults` as every account's thresholds. */
@@ -80,6 +82,11 @@ export function runAlertsContract(getDb: () => DbManager, options: { raceSize?: 
         "alert_resolved:2",
         "alert_triggered:low:3",
       ]);
+      // Each is a published event of the documented schema (docs/events.md).
+      for (const r of rows) {
+        const published = DomainEvent.parse(eventEnvelope({ ...r, createdAt: r.createdAt.toISOString(), attempt: 1 }));
+        expect(published).toMatchObject({ type: r.type, version: 1, id: r.id, userId: u });
+      }
       const states = await notifications.getAlerts(u);
       expect(states).toEqual([
         { threshold: LOW, state: "in_alarm", value: 100, line: 100, crossings: 2, isDefault: true },
