@@ -5,6 +5,7 @@
  * while the state holds, also under concurrent changes and through two managers.
  */
 import { randomUUID } from "node:crypto";
+import fc from "fast-check";
 import { describe, expect, it, useTestApi, type TestApi } from "./runner.js";
 import type { DbManager } from "../db/types.js";
 import type { AlertThreshold, Notification } from "../models/index.js";
@@ -12,6 +13,7 @@ import { CreditService } from "../services/credit-service.js";
 import { NotificationService } from "../services/notification-service.js";
 import { DomainEvent } from "../models/events.js";
 import { eventEnvelope } from "../queue/index.js";
+import { commandsArbitrary, runAgainstModel } from "./properties.js";
 import { DAY, HOUR, lazy, T0 } from "./support.js";
 
 /** Credits and notifications over `db` on one clock, with `defaults` as every account's thresholds. */
@@ -45,9 +47,14 @@ const LOW: AlertThreshold = { id: "low", kind: "available", atOrBelow: 100 };
  * The alerts part of the contract (`runDbManagerContract` runs it). `test`: your runner's functions,
  * as in `ContractOptions.test`; by default those the suite already runs on.
  */
-export function runAlertsContract(getDb: () => DbManager, options: { raceSize?: number; test?: TestApi } = {}): void {
+export function runAlertsContract(
+  getDb: () => DbManager,
+  options: { raceSize?: number; runs?: number; seed?: number; test?: TestApi } = {},
+): void {
   if (options.test !== undefined) useTestApi(options.test);
   const raceSize = options.raceSize ?? 50;
+  const runs = options.runs ?? 15;
+  const seed = options.seed ?? 20;
   const db = lazy(getDb);
   const user = () => `al-${randomUUID()}`;
 
@@ -253,6 +260,20 @@ export function runAlertsContract(getDb: () => DbManager, options: { raceSize?: 
       expect(() => new NotificationService({ db, alerts: [LOW, LOW] })).toThrow(/alerts/);
     });
 
+    it(`a seeded random run of spends, holds, grants, expiry and window ends records exactly the alert events an independent model predicts (${runs} runs, seed ${seed})`, async () => {
+      const stats = { events: 0, onLine: 0 };
+      await fc.assert(
+        fc.asyncProperty(commandsArbitrary({ min: 20, max: 50 }), thresholdsArbitrary(), (commands, thresholds) =>
+          runAgainstModel(db, commands, thresholds, stats),
+        ),
+        { numRuns: runs, seed },
+      );
+      // Not vacuous: the runs moved thresholds, and met values exactly on their lines.
+      expect(stats.events).toBeGreaterThan(runs);
+
+      expect(stats.onLine).toBeGreaterThan(0);
+    });
+
     it(`${raceSize} concurrent deductions around the line record exactly one alert_triggered`, async () => {
       const { credits, notifications } = services(db, [{ id: "line", kind: "available", atOrBelow: raceSize }]);
       const u = user();
@@ -263,4 +284,25 @@ export function runAlertsContract(getDb: () => DbManager, options: { raceSize?: 
       expect((await credits.getUserCreditsInfo(u)).balance).toBe(0);
     });
   });
+}
+
+/**
+ * One threshold of each kind, with lines that the property test's amounts (1 to 60) land exactly on
+ * now and then; `expiring` within minutes, as its grants expire within 10 minutes.
+ */
+function thresholdsArbitrary(): fc.Arbitrary<AlertThreshold[]> {
+  return fc
+    .record({
+      low: fc.integer({ min: -20, max: 40 }),
+      pct: fc.integer({ min: 0, max: 100 }),
+      spend: fc.integer({ min: 1, max: 40 }),
+      within: fc.constantFrom(0.002, 0.004, 0.007),
+      expiring: fc.integer({ min: 1, max: 50 }),
+    })
+    .map((x): AlertThreshold[] => [
+      { id: "low", kind: "available", atOrBelow: x.low },
+      { id: "pct", kind: "left_percent", atOrBelow: x.pct },
+      { id: "day", kind: "period_spend", atOrAbove: x.spend, window: "day" },
+      { id: "exp", kind: "expiring", withinDays: x.within, atOrAbove: x.expiring },
+    ]);
 }

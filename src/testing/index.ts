@@ -196,7 +196,9 @@ export function runDbManagerContract(options: ContractOptions): void {
     part("properties", () => runPropertyContract(getDb, { runs }));
     part("outbox", () => runNotificationContract(getDb, { raceSize: Math.min(race, 50) }));
     // Alert thresholds write outbox rows: skipped with the outbox where a store lacks it.
-    part("alerts", () => runAlertsContract(getDb, { raceSize: Math.min(race, 50) }));
+    part("alerts", () =>
+      runAlertsContract(getDb, { raceSize: Math.min(race, 50), runs: Math.max(10, Math.round(runs / 4)) }),
+    );
     part("usage", () => runUsageContract(getDb, { runs: options.usageRuns }));
     // Giving charges back; two managers race reversals of one charge (over `db` twice without a peer).
     part("reversals", () => runReversalsContract(getDb, { getPeer: () => peer ?? db }));
