@@ -269,9 +269,9 @@ export function runAlertsContract(
         { numRuns: runs, seed },
       );
       // Not vacuous: the runs moved thresholds, and met values exactly on their lines.
-      expect(stats.events).toBeGreaterThan(runs);
+      expect(stats.events).toBeGreaterThanOrEqual(runs + 1);
 
-      expect(stats.onLine).toBeGreaterThan(0);
+      expect(stats.onLine).toBeGreaterThanOrEqual(1);
     });
 
     it(`${raceSize} concurrent deductions around the line record exactly one alert_triggered`, async () => {
