@@ -212,36 +212,66 @@ function sameMarks(a: Record<string, AlertMark>, b: Record<string, AlertMark>): 
 /**
  * Each alert threshold of `account` with its stored state and its value at `now` (`grants`: the
  * account's open grants, for `expiring`): what `getAlerts` answers, and what a view of the
- * customer shows. A `period_spend` value counts the stored window only while it is the current one.
+ * customer shows. With `lowCreditsLine` (`lowCreditsLine()` of ./notifications.ts), the built-in
+ * low-credits thresholds come first. A `period_spend` value counts the stored window only while it
+ * is the current one.
  */
 export function alertStates(
   account: Account | null,
   grants: readonly Grant[],
   defaults: readonly AlertThreshold[] | undefined,
   now: Date,
+  lowCreditsLine?: number,
 ): AlertStatus[] {
+  const builtIn = lowCreditsLine === undefined ? [] : builtInStates(account, lowCreditsLine);
   if (account === null) {
-    return (defaults ?? []).map((t) => ({
-      threshold: t,
-      state: "ok",
-      value: null,
-      line: lineOf(t),
-      crossings: 0,
-      isDefault: true,
-    }));
+    return [
+      ...builtIn,
+      ...(defaults ?? []).map((t): AlertStatus => ({
+        threshold: t,
+        state: "ok",
+        value: null,
+        line: lineOf(t),
+        crossings: 0,
+        source: "default",
+      })),
+    ];
   }
   const own = account.alert?.thresholds;
   const marks = account.alert?.marks ?? {};
-  return thresholdsOf(account, defaults).map((t) => {
-    const mark = marks[t.id];
-    const r = read(t, account, mark, [], () => grants, now.getTime());
-    return {
-      threshold: t,
-      state: mark?.state ?? "ok",
-      value: account.seq === 0 ? null : r.value,
-      line: lineOf(t),
-      crossings: mark?.crossings ?? 0,
-      isDefault: own == null,
-    };
+  return [
+    ...builtIn,
+    ...thresholdsOf(account, defaults).map((t): AlertStatus => {
+      const mark = marks[t.id];
+      const r = read(t, account, mark, [], () => grants, now.getTime());
+      return {
+        threshold: t,
+        state: mark?.state ?? "ok",
+        value: account.seq === 0 ? null : r.value,
+        line: lineOf(t),
+        crossings: mark?.crossings ?? 0,
+        source: own == null ? "default" : "account",
+      };
+    }),
+  ];
+}
+
+/**
+ * The low-credits level as the thresholds it is (docs/notifications.md): `low_credits` at or below
+ * `line` (listed when `line` is above 0) and `credits_exhausted` at or below 0, in alarm as the
+ * account's stored level says.
+ */
+function builtInStates(account: Account | null, line: number): AlertStatus[] {
+  const level = account?.alert?.level ?? null;
+  const value = account === null || account.seq === 0 ? null : account.balance - account.reserved;
+  const status = (id: string, atOrBelow: number, alarm: boolean): AlertStatus => ({
+    threshold: { id, kind: "available", atOrBelow },
+    state: alarm ? "in_alarm" : "ok",
+    value,
+    line: atOrBelow,
+    crossings: null,
+    source: "builtIn",
   });
+  const exhausted = status("credits_exhausted", 0, level === "exhausted");
+  return line > 0 ? [status("low_credits", line, level === "low" || level === "exhausted"), exhausted] : [exhausted];
 }

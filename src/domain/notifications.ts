@@ -39,6 +39,15 @@ export function thresholdOf(spec: Thresholds, lastAllocation: number): number {
 }
 
 /**
+ * The account's low-credits threshold now (its override, else the service's), in credits: the
+ * line of the built-in `low_credits` alert (`alertStates`, ./alerts.ts).
+ */
+export function lowCreditsLine(account: Account | null, service: Thresholds): number {
+  const alert = account?.alert ?? null;
+  return thresholdOf(alert?.override ?? service, alert?.lastAllocation ?? 0);
+}
+
+/**
  * `exhausted` at zero or below, `low` at or below the threshold (the line is on the alarm side),
  * else `ok` (docs/notifications.md).
  */

@@ -18,20 +18,25 @@ export const AlertId = z
   });
 export type AlertId = z.infer<typeof AlertId>;
 
+/** An id `alerts` and `setAlerts` take: any `AlertId` but the built-in thresholds' ids. */
+const UserAlertId = AlertId.refine((id) => id !== "low_credits" && id !== "credits_exhausted", {
+  error: "low_credits and credits_exhausted are the built-in thresholds' ids (lowCredits, setThreshold)",
+});
+
 /** The calendar window a `period_spend` threshold counts in. */
 export const AlertWindow = z.enum(["day", "week", "month"]);
 export type AlertWindow = z.infer<typeof AlertWindow>;
 
 /** Available credits (`balance − reserved`) at or below `atOrBelow` (may be negative: overdraft). */
 export const AvailableAlert = z.strictObject({
-  id: AlertId,
+  id: UserAlertId,
   kind: z.literal("available"),
   atOrBelow: SignedAmount,
 });
 
 /** Available credits at or below `atOrBelow` percent of the account's latest addition. */
 export const LeftPercentAlert = z.strictObject({
-  id: AlertId,
+  id: UserAlertId,
   kind: z.literal("left_percent"),
   atOrBelow: z.number().min(0).max(100),
 });
@@ -42,7 +47,7 @@ export const LeftPercentAlert = z.strictObject({
  * and of `feature` where set.
  */
 export const PeriodSpendAlert = z.strictObject({
-  id: AlertId,
+  id: UserAlertId,
   kind: z.literal("period_spend"),
   atOrAbove: NonNegativeAmount,
   window: AlertWindow,
@@ -53,7 +58,7 @@ export const PeriodSpendAlert = z.strictObject({
 
 /** What is left of the grants expiring within `withinDays` days, at or above `atOrAbove`. */
 export const ExpiringAlert = z.strictObject({
-  id: AlertId,
+  id: UserAlertId,
   kind: z.literal("expiring"),
   withinDays: z.number().min(0).max(3650),
   atOrAbove: NonNegativeAmount,
@@ -103,8 +108,15 @@ export interface AlertStatus {
   value: number | null;
   /** The line compared with (`atOrBelow` or `atOrAbove`). */
   line: number;
-  /** Times it went into alarm. */
-  crossings: number;
-  /** True when it comes from the service's defaults (the account has none of its own). */
-  isDefault: boolean;
+  /** Times it went into alarm; null for the built-in ones (their events are the level's). */
+  crossings: number | null;
+  /**
+   * Where it comes from: `builtIn`, the low-credits level's thresholds (`low_credits` at or below
+   * the low-credits threshold, `credits_exhausted` at or below 0); `default`, the service's
+   * `alerts`; `account`, the account's own (`setAlerts`).
+   */
+  source: "builtIn" | "default" | "account";
 }
+
+/** The ids of the built-in thresholds: not available to `alerts` and `setAlerts`. */
+export const BUILT_IN_ALERT_IDS: readonly string[] = ["low_credits", "credits_exhausted"];

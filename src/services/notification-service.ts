@@ -5,6 +5,7 @@ import type { DbManager } from "../db/types.js";
 import {
   alertNotifications,
   backoffDelay,
+  lowCreditsLine,
   newNotification,
   withOverride,
   type Thresholds,
@@ -219,7 +220,8 @@ export class NotificationService {
    * Sets this account's own alert thresholds (docs/notifications.md, "Alerts"), which replace the
    * service's; null: the service's again. Evaluated at once in a unit of work on the account: a
    * threshold already past its line records `alert_triggered` with the change. An account never
-   * changed keeps them for its first change. A threshold removed records nothing.
+   * changed keeps them for its first change. A threshold removed records nothing. With notifications
+   * not recorded (`recording` false), the thresholds are stored and nothing is evaluated.
    */
   async setAlerts(userId: string, thresholds: AlertThreshold[] | null): Promise<void> {
     const user = parse(UserId, userId, "userId");
@@ -227,32 +229,36 @@ export class NotificationService {
     await saveAccountOnly(this.db, user, this.clock, (account, now, grants) => {
       const prev: AlertState = account.alert ?? { level: null, threshold: 0, lastAllocation: 0, override: null };
       account.alert = { ...prev, thresholds: list };
-      return alertNotifications(account, [], grants, this.thresholds, now);
+      // Without recording, the thresholds are kept for when it is on; nothing is evaluated.
+      return this.recording ? alertNotifications(account, [], grants, this.thresholds, now) : [];
     });
   }
 
   /**
-   * Each alert threshold of the account (its own, else the service's) with its state, its value now
-   * and its line (docs/notifications.md, "Alerts"). The state is the one the account's last
-   * evaluation stored; `evaluateAlerts` evaluates it now.
+   * Each alert threshold of the account with its state, its value now and its line
+   * (docs/notifications.md, "Alerts"): the built-in low-credits ones (`low_credits` when there is a
+   * low-credits threshold, `credits_exhausted`) while notifications are recorded, then its own
+   * thresholds, else the service's. The state is the one the account's last evaluation stored;
+   * `evaluateAlerts` evaluates it now.
    */
   async getAlerts(userId: string): Promise<AlertStatus[]> {
     const user = parse(UserId, userId, "userId");
     const account = await this.db.getAccount(user);
     const grants = account === null ? [] : await this.db.listGrants(user);
-    return alertStates(account, grants, this.thresholds.alerts, this.clock());
+    const line = this.recording ? lowCreditsLine(account, this.thresholds) : undefined;
+    return alertStates(account, grants, this.thresholds.alerts, this.clock(), line);
   }
 
   /**
    * Evaluates the account's alerts now, in a unit of work on the account: what time alone moved (a
    * spend window that ended, a grant now within an `expiring` threshold's days) records its
-   * events, as the worker does. Writes nothing when nothing moved; an account never changed is
-   * left alone. Resolves to `getAlerts`' answer after it.
+   * events, as the worker does. Writes nothing when nothing moved, or when notifications are not
+   * recorded; an account never changed is left alone. Resolves to `getAlerts`' answer after it.
    */
   async evaluateAlerts(userId: string): Promise<AlertStatus[]> {
     const user = parse(UserId, userId, "userId");
     await saveAccountOnly(this.db, user, this.clock, (account, now, grants) => {
-      if (account.seq === 0) return null;
+      if (account.seq === 0 || !this.recording) return null;
       const before = JSON.stringify(account.alert);
       const events = alertNotifications(account, [], grants, this.thresholds, now);
       return events.length === 0 && JSON.stringify(account.alert) === before ? null : events;

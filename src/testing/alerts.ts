@@ -8,7 +8,7 @@ import { randomUUID } from "node:crypto";
 import fc from "fast-check";
 import { describe, expect, it, useTestApi, type TestApi } from "./runner.js";
 import type { DbManager } from "../db/types.js";
-import type { AlertThreshold, Notification } from "../models/index.js";
+import type { AlertStatus, AlertThreshold, Notification } from "../models/index.js";
 import { CreditService } from "../services/credit-service.js";
 import { NotificationService } from "../services/notification-service.js";
 import { DomainEvent } from "../models/events.js";
@@ -42,6 +42,9 @@ function describeRows(rows: readonly Notification[]): string[] {
 }
 
 const LOW: AlertThreshold = { id: "low", kind: "available", atOrBelow: 100 };
+
+/** The thresholds of `getAlerts` beside the built-in low-credits ones. */
+const configured = (states: readonly AlertStatus[]) => states.filter((s) => s.source !== "builtIn");
 
 /**
  * The alerts part of the contract (`runDbManagerContract` runs it). `test`: your runner's functions,
@@ -94,11 +97,46 @@ export function runAlertsContract(
         const published = DomainEvent.parse(eventEnvelope({ ...r, createdAt: r.createdAt.toISOString(), attempt: 1 }));
         expect(published).toMatchObject({ type: r.type, version: 1, id: r.id, userId: u });
       }
-      const states = await notifications.getAlerts(u);
-      expect(states).toEqual([
-        { threshold: LOW, state: "in_alarm", value: 100, line: 100, crossings: 2, isDefault: true },
+      // The built-in low-credits thresholds first (no low-credits threshold here: exhaustion only).
+      expect(await notifications.getAlerts(u)).toEqual([
+        {
+          threshold: { id: "credits_exhausted", kind: "available", atOrBelow: 0 },
+          state: "ok",
+          value: 100,
+          line: 0,
+          crossings: null,
+          source: "builtIn",
+        },
+        { threshold: LOW, state: "in_alarm", value: 100, line: 100, crossings: 2, source: "default" },
       ]);
       expect((await credits.audit(u)).ok).toBe(true);
+    });
+
+    it("getAlerts lists the low-credits level as its two built-in thresholds, on the same account record", async () => {
+      const clock = { now: T0 };
+      const now = () => new Date(clock.now);
+      const credits = new CreditService({ db, clock: now, alerts: { lowCredits: 50, alerts: [LOW] } });
+      const notifications = new NotificationService({ db, clock: now, thresholds: { lowCredits: 50 }, alerts: [LOW] });
+      const u = user();
+      await credits.addCredits(u, 60);
+      expect((await notifications.getAlerts(u)).map((s) => [s.threshold.id, s.state, s.line, s.source])).toEqual([
+        ["low_credits", "ok", 50, "builtIn"],
+        ["credits_exhausted", "ok", 0, "builtIn"],
+        ["low", "in_alarm", 100, "default"],
+      ]);
+      await credits.deductCredits(u, 10); // 50: on the low-credits line
+      await credits.deductCredits(u, 50); // 0: exhausted
+      expect((await notifications.getAlerts(u)).map((s) => [s.threshold.id, s.state, s.value])).toEqual([
+        ["low_credits", "in_alarm", 0],
+        ["credits_exhausted", "in_alarm", 0],
+        ["low", "in_alarm", 0],
+      ]);
+      const types = (await notifications.list(u)).map((r) => r.type);
+      expect(types).toEqual(["alert_triggered", "low_credits", "credits_exhausted"]);
+      // Their ids are the built-in thresholds': refused for your own.
+      await expect(
+        notifications.setAlerts(u, [{ id: "low_credits", kind: "available", atOrBelow: 1 }]),
+      ).rejects.toMatchObject({ name: "ValidationError" });
     });
 
     it("holds count against available; the resolutions of one unit of work are one event", async () => {
@@ -148,7 +186,7 @@ export function runAlertsContract(
       expect(await alertRows(notifications, u)).toHaveLength(1);
       // The next day: the window ended, evaluated now (as the worker does).
       clock.now += DAY;
-      const states = await notifications.evaluateAlerts(u);
+      const states = configured(await notifications.evaluateAlerts(u));
       expect(states[0]).toMatchObject({ state: "ok", value: 0 });
       rows = await alertRows(notifications, u);
       expect(describeRows(rows)).toEqual(["triggered:day", "resolved:day"]);
@@ -176,7 +214,7 @@ export function runAlertsContract(
       await credits.addCredits(u, 500); // never expires
       expect(await alertRows(notifications, u)).toEqual([]);
       clock.now += 3 * DAY + HOUR; // the grant is now within 7 days
-      expect((await notifications.getAlerts(u))[0]).toMatchObject({ state: "ok", value: 150 });
+      expect(configured(await notifications.getAlerts(u))[0]).toMatchObject({ state: "ok", value: 150 });
       await notifications.evaluateAlerts(u);
       const rows = await alertRows(notifications, u);
       expect(describeRows(rows)).toEqual(["triggered:exp"]);
@@ -196,14 +234,14 @@ export function runAlertsContract(
       const { credits, notifications } = services(db, [LOW]);
       const u = user();
       await notifications.setAlerts(u, [{ id: "small", kind: "available", atOrBelow: 50 }]);
-      expect(await notifications.evaluateAlerts(u)).toEqual([
+      expect(configured(await notifications.evaluateAlerts(u))).toEqual([
         {
           threshold: { id: "small", kind: "available", atOrBelow: 50 },
           state: "ok",
           value: null,
           line: 50,
           crossings: 0,
-          isDefault: false,
+          source: "account",
         },
       ]);
       expect(await alertRows(notifications, u)).toEqual([]);
@@ -211,8 +249,9 @@ export function runAlertsContract(
       expect(describeRows(await alertRows(notifications, u))).toEqual(["triggered:small"]);
       // An account nobody has touched: the defaults, no value, nothing stored.
       const v = user();
-      expect(await notifications.getAlerts(v)).toEqual([
-        { threshold: LOW, state: "ok", value: null, line: 100, crossings: 0, isDefault: true },
+      expect(await notifications.getAlerts(v)).toMatchObject([
+        { threshold: { id: "credits_exhausted" }, state: "ok", value: null, source: "builtIn" },
+        { threshold: LOW, state: "ok", value: null, line: 100, crossings: 0, source: "default" },
       ]);
       expect(await db.getAccount(v)).toBeNull();
     });
@@ -227,7 +266,9 @@ export function runAlertsContract(
       expect(describeRows(await alertRows(notifications, u))).toEqual(["triggered:big"]);
       await notifications.setAlerts(u, null); // the defaults again: `low` is in alarm at once
       expect(describeRows(await alertRows(notifications, u))).toEqual(["triggered:big", "triggered:low"]);
-      expect(await notifications.getAlerts(u)).toMatchObject([{ threshold: LOW, state: "in_alarm", isDefault: true }]);
+      expect(configured(await notifications.getAlerts(u))).toMatchObject([
+        { threshold: LOW, state: "in_alarm", source: "default" },
+      ]);
       // Set again under an old id: its events keep distinct dedupe keys.
       await notifications.setAlerts(u, [{ id: "big", kind: "available", atOrBelow: 500 }]);
       const rows = await alertRows(notifications, u);
