@@ -189,6 +189,24 @@ export function evaluateThresholds(
   return events;
 }
 
+/**
+ * True when a `period_spend` threshold of `account` is in alarm for a window that has ended by
+ * `now`: the account has a resolution due that no change has recorded yet (the worker's scan).
+ */
+export function hasEndedSpendWindow(
+  account: Account,
+  defaults: readonly AlertThreshold[] | undefined,
+  now: Date,
+): boolean {
+  const marks = account.alert?.marks;
+  if (marks === undefined) return false;
+  return thresholdsOf(account, defaults).some((t) => {
+    const mark = marks[t.id];
+    if (t.kind !== "period_spend" || mark?.state !== "in_alarm") return false;
+    return mark.windowStart !== spendWindow(t, now.getTime()).start;
+  });
+}
+
 /** `windowStart` and `resetsAt` (ISO) of a `period_spend` threshold; nothing for the others. */
 function windowOf(t: AlertThreshold, at: number): Record<string, string> {
   if (t.kind !== "period_spend") return {};

@@ -193,6 +193,8 @@ export interface RunAllReport {
   sendExpiringReminders: { days: number; scanned: number; recorded: number }[] | null;
   /** Accounts whose alerts were evaluated for credits now expiring soon (docs/notifications.md, "Alerts"). Null with notifications off. */
   evaluateExpiringAlerts: { accounts: number } | null;
+  /** Spend windows that ended with their alert in alarm, resolved (docs/notifications.md, "Alerts"). Null with notifications off. */
+  evaluateEndedSpendWindows: { accounts: number | null; evaluated: number } | null;
   /** The outbox delivered after the jobs (their events included). Null with notifications off. */
   dispatchPending: DispatchReport | null;
   /** Idempotency keys past their window, forgotten. Null when keys are kept for ever (the default). */
@@ -389,6 +391,7 @@ export class ExpirationService {
     const expireDueGrants = await this.expireDueGrants(asOf, options);
     let sendExpiringReminders: RunAllReport["sendExpiringReminders"] = null;
     let evaluateExpiringAlerts: RunAllReport["evaluateExpiringAlerts"] = null;
+    let evaluateEndedSpendWindows: RunAllReport["evaluateEndedSpendWindows"] = null;
     let dispatchPending: DispatchReport | null = null;
     const notifications = this.options.notifications;
     if (notifications !== undefined) {
@@ -399,6 +402,7 @@ export class ExpirationService {
         sendExpiringReminders.push({ days, ...(await notifications.sendExpiringReminders({ days, pageSize })) });
       }
       evaluateExpiringAlerts = await notifications.evaluateExpiringAlerts({ pageSize });
+      evaluateEndedSpendWindows = await notifications.evaluateEndedSpendWindows({ pageSize });
       dispatchPending = await notifications.dispatchPending({ limit: DISPATCH_LIMIT });
     }
     const forgetIdempotencyKeys =
@@ -410,6 +414,7 @@ export class ExpirationService {
       expireDueGrants,
       sendExpiringReminders,
       evaluateExpiringAlerts,
+      evaluateEndedSpendWindows,
       dispatchPending,
       forgetIdempotencyKeys,
       durationMs: Math.round(performance.now() - started),

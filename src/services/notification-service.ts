@@ -10,7 +10,7 @@ import {
   withOverride,
   type Thresholds,
 } from "../domain/notifications.js";
-import { alertStates } from "../domain/alerts.js";
+import { alertStates, hasEndedSpendWindow } from "../domain/alerts.js";
 import {
   AlertThresholds,
   ExpiringDays,
@@ -294,6 +294,39 @@ export class NotificationService {
       after = { expiresAt: last.expiresAt as Date, id: last.id };
     }
     return { accounts: seen.size };
+  }
+
+  /**
+   * The worker's other part of the alerts (docs/notifications.md, "Alerts"): resolves the
+   * `period_spend` thresholds in alarm whose window has ended, on accounts no change has evaluated
+   * since. Pages through every account (`listAccountIds`, one read of each): a store that cannot
+   * list its accounts leaves them to the account's next change or `evaluateAlerts`
+   * (`accounts: null`). Resolves to the accounts read and those evaluated.
+   */
+  async evaluateEndedSpendWindows(
+    options: z.input<typeof EvaluateOptions> = {},
+  ): Promise<{ accounts: number | null; evaluated: number }> {
+    const o = parse(EvaluateOptions, options, "options");
+    const listIds = this.db.listAccountIds?.bind(this.db);
+    if (listIds === undefined) return { accounts: null, evaluated: 0 };
+    const pageSize = o.pageSize ?? 500;
+    let accounts = 0;
+    let evaluated = 0;
+    let after: string | null = null;
+    for (;;) {
+      const ids = await listIds(after, pageSize);
+      for (const id of ids) {
+        accounts++;
+        const account = await this.db.getAccount(id);
+        if (account === null || !hasEndedSpendWindow(account, this.thresholds.alerts, this.clock())) continue;
+        await this.evaluateAlerts(id);
+        evaluated++;
+      }
+      const last = ids[ids.length - 1];
+      if (ids.length < pageSize || last === undefined) break;
+      after = last;
+    }
+    return { accounts, evaluated };
   }
 
   /** A user's outbox rows, oldest first. */
