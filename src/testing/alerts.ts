@@ -299,6 +299,15 @@ export function runAlertsContract(
       }
       expect(await db.getAccount(u)).toEqual(before);
       expect(() => new NotificationService({ db, alerts: [LOW, LOW] })).toThrow(/alerts/);
+      for (const call of [
+        () => notifications.getAlerts(""),
+        () => notifications.evaluateAlerts(""),
+        () => notifications.setAlerts("", null),
+        () => notifications.evaluateExpiringAlerts({ pageSize: 0 }),
+        () => notifications.evaluateEndedSpendWindows({ pageSize: 0 }),
+      ]) {
+        await expect(call()).rejects.toMatchObject({ name: "ValidationError" });
+      }
     });
 
     it(`a seeded random run of spends, holds, grants, expiry and window ends records exactly the alert events an independent model predicts (${runs} runs, seed ${seed})`, async () => {
