@@ -103,7 +103,6 @@ export type { DbManager } from "./db/types.js";
 export type { AuditReport } from "./domain/replay.js";
 export type { CheckReason, CheckResult, FeatureRule } from "./domain/checks.js";
 export type {
-  CustomerAlert,
   CustomerState,
   CustomerStatePage,
   FeatureLimit,
@@ -117,7 +116,14 @@ export type {
   Account,
   AddCreditsOptions,
   AlertLevel,
+  AlertMark,
+  AlertResolvedPayload,
   AlertState,
+  AlertStateName,
+  AlertStatus,
+  AlertThreshold,
+  AlertTriggeredPayload,
+  AlertWindow,
   AuditOptions,
   AutoTopUpInput,
   AutoTopUpState,
@@ -231,6 +237,7 @@ export type { CreditManagerOptions } from "./manager.js";
 export type { JobBase } from "./services/expiration-service.js";
 export type {
   DispatchOptions,
+  EvaluateAlertsOptions,
   HandleOptions,
   NotificationListQuery,
   NotificationStartOptions,

@@ -5,6 +5,7 @@ import { InMemoryDbManager } from "./db/memory/index.js";
 import type { DbManager } from "./db/types.js";
 import { LedgerLogger } from "./ledger/index.js";
 import {
+  AlertThresholds,
   CheckpointEvery,
   FeatureRules,
   LateUsageWindowDays,
@@ -109,6 +110,12 @@ export const CreditManagerOptions = z.strictObject({
     publishTimeoutMs: z.number().int().min(1).optional(),
     /** The expiring-credit reminder windows `expiration.runAll()` records, in days. Default `[7]`; `[]`: none. */
     reminderDays: z.array(z.number().min(0).max(3650)).max(16).optional(),
+    /**
+     * The alert thresholds of every account without its own (docs/notifications.md, "Alerts"):
+     * available credits, what is left as a percentage, spend in a calendar window, credits expiring
+     * soon; `notifications.setAlerts` gives an account its own.
+     */
+    alerts: AlertThresholds.optional(),
   }).optional(),
   /** Trial credits granted once, when a user's account is first created (see `TrialCredits`). */
   trial: TrialCredits.optional(),
@@ -211,6 +218,7 @@ export async function createCreditManager(options: CreditManagerOptions = {}): P
   });
   const n = o.notifications;
   const thresholds = n === undefined ? {} : { lowCredits: n.lowCredits, lowCreditsPercent: n.lowCreditsPercent };
+  const alertDefaults = n?.alerts ?? [];
   const alertsOn = o.queue !== undefined || n !== undefined || o.domainEvents === true;
   const pricing = new PricingService(o.pricing === undefined ? {} : { book: o.pricing });
   const creditOptions = {
@@ -221,7 +229,7 @@ export async function createCreditManager(options: CreditManagerOptions = {}): P
     lateUsageWindowDays: o.lateUsageWindowDays,
     checkpointEvery: o.checkpointEvery,
     outcomeWaitMs: o.outcomeWaitMs,
-    alerts: alertsOn ? thresholds : undefined,
+    alerts: alertsOn ? { ...thresholds, alerts: alertDefaults } : undefined,
     trial: o.trial,
     features: o.features,
     domainEvents: o.domainEvents,
@@ -240,6 +248,7 @@ export async function createCreditManager(options: CreditManagerOptions = {}): P
     db,
     queue: o.queue,
     thresholds,
+    alerts: alertDefaults,
     clock: o.clock,
     logger,
     maxAttempts: n?.maxAttempts,

@@ -36,6 +36,48 @@ function lines() {
 }
 
 describe("createWorker", () => {
+  it("the reminders round evaluates the expiring alerts time moved: one alert_triggered, however often it runs", async () => {
+    const clock = { now: Date.now() };
+    const m = await manager({
+      clock: () => new Date(clock.now),
+      notifications: { reminderDays: [], alerts: [{ id: "soon", kind: "expiring", withinDays: 3, atOrAbove: 50 }] },
+    });
+    await m.credits.addCredits("eve", 80, { expiresAt: new Date(clock.now + 5 * 86_400_000) });
+    const w = createWorker(m);
+    await w.runOnce();
+    const alerts = async () =>
+      (await m.notifications.list("eve")).filter((r) => r.type === "alert_triggered").map((r) => r.payload);
+    expect(await alerts()).toEqual([]);
+    clock.now += 2 * 86_400_000 + 1000; // the grant is now within 3 days
+    await w.runOnce();
+    await w.runOnce();
+    expect(await alerts()).toEqual([expect.objectContaining({ thresholdId: "soon", value: 80, line: 50 })]);
+  });
+
+  it("the reminders round resolves a spend window that ended, before the account's next change", async () => {
+    const clock = { now: Date.now() };
+    const m = await manager({
+      clock: () => new Date(clock.now),
+      notifications: {
+        reminderDays: [],
+        alerts: [{ id: "daily", kind: "period_spend", atOrAbove: 30, window: "day" }],
+      },
+    });
+    await m.credits.addCredits("kai", 100);
+    await m.credits.deductCredits("kai", 30); // on the line: in alarm
+    await m.credits.addCredits("quiet", 5); // another account, nothing in alarm
+    const w = createWorker(m);
+    const types = async () => (await m.notifications.list("kai")).map((r) => r.type);
+    await w.runOnce();
+    expect(await types()).toEqual(["alert_triggered"]);
+    clock.now += 86_400_000; // the day is over
+    const summary = await w.runOnce();
+    expect(summary.rounds[1]?.report).toMatchObject({ endedSpendWindows: 1 });
+    expect(await types()).toEqual(["alert_triggered", "alert_resolved"]);
+    await w.runOnce(); // once only
+    expect(await types()).toEqual(["alert_triggered", "alert_resolved"]);
+  });
+
   it("runOnce: a round of each task that runs, in order, with a summary per task; the jobs as the worker runs them", async () => {
     const queue = new InMemoryNotificationQueue();
     const m = await manager({ queue, notifications: { reminderDays: [3] } });
@@ -64,8 +106,13 @@ describe("createWorker", () => {
     });
     // Keys kept for ever (the manager's default): nothing forgotten, nothing said.
     expect(summary.rounds[0]?.report).not.toHaveProperty("forgetIdempotencyKeys");
-    // The manager's reminder windows, the grant expiring within them reminded once.
-    expect(summary.rounds[1]?.report).toEqual({ reminders: [{ days: 3, scanned: 1, recorded: 1 }] });
+    // The manager's reminder windows, the grant expiring within them reminded once; its account's
+    // alerts evaluated (docs/notifications.md, "Alerts").
+    expect(summary.rounds[1]?.report).toEqual({
+      reminders: [{ days: 3, scanned: 1, recorded: 1 }],
+      expiringAlerts: 1,
+      endedSpendWindows: 0,
+    });
     // Delivered to the manager's queue: the emitted event and the reminder.
     expect(summary.rounds[2]?.report).toMatchObject({ claimed: 2, sent: 2, retried: 0, failed: 0 });
     expect(queue.messages.map((n) => n.type).sort()).toEqual(["expiring_credits", "subscription_renewed"]);
@@ -123,7 +170,11 @@ describe("createWorker", () => {
         ["dispatch", 1000],
       ]);
       const r = await w.runOnce();
-      expect(r.rounds[1]?.report).toEqual({ reminders: [{ days: 7, scanned: 0, recorded: 0 }] });
+      expect(r.rounds[1]?.report).toEqual({
+        reminders: [{ days: 7, scanned: 0, recorded: 0 }],
+        expiringAlerts: 0,
+        endedSpendWindows: 0,
+      });
     } finally {
       for (const k of Object.keys(process.env)) if (!(k in saved)) delete process.env[k];
       Object.assign(process.env, saved);

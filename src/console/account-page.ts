@@ -406,7 +406,6 @@ const REASONS: Record<FeatureState["reason"], string> = {
  */
 function stateSection(ctx: Ctx, state: CustomerState): Html {
   const sub = state.subscription;
-  const alert = state.alerts[0];
   return html`${facts([
     [
       "Subscription",
@@ -416,8 +415,14 @@ function stateSection(ctx: Ctx, state: CustomerState): Html {
           ${when(sub.currentPeriodEnd)}${sub.renews ? "" : html` <span class="muted">(does not renew)</span>`}`,
     ],
     [
-      "Low-credit alert",
-      alert === undefined ? html`<span class="muted">none</span>` : (alert.level ?? "not evaluated"),
+      "Alerts",
+      state.alerts.length === 0
+        ? html`<span class="muted">none</span>`
+        : html`${state.alerts.map(
+            (a, i) =>
+              html`${i === 0 ? "" : ", "}${a.threshold.id}
+              ${a.state === "in_alarm" ? html`<strong>in alarm</strong>` : html`<span class="muted">ok</span>`}`,
+          )}`,
     ],
     ["Read at", html`journal entry #${amount(state.seq)}`],
   ])}

@@ -6,7 +6,7 @@
  */
 import type {
   Account,
-  AlertLevel,
+  AlertStatus,
   Grant,
   GrantScope,
   GrantSource,
@@ -47,7 +47,7 @@ export interface CustomerState {
   /** The active subscription and its period; null without one. */
   subscription: SubscriptionState | null;
   /** The state of each alert of the account (docs/customer-state.md, "Alerts"). */
-  alerts: CustomerAlert[];
+  alerts: AlertStatus[];
 }
 
 /** One feature of a `CustomerState`: its decision and the figures behind it. */
@@ -132,32 +132,12 @@ export interface SubscriptionState {
   pendingPlanId: string | null;
 }
 
-/** One alert of a `CustomerState`: today the account's low-credits level (docs/notifications.md). */
-export interface CustomerAlert {
-  /** Which alert: "low_credits", the account's alert level (docs/notifications.md). */
-  kind: "low_credits";
-  /** Null: not evaluated yet. */
-  level: AlertLevel | null;
-  /** The threshold, in credits, the level was computed for. */
-  threshold: number;
-}
-
 /** A page of `listCustomerStates`. */
 export interface CustomerStatePage {
   /** The accounts' states, in id order. */
   items: CustomerState[];
   /** Pass as `cursor` for the next page; null at the end. */
   nextCursor: string | null;
-}
-
-/**
- * The alerts of an account as read (docs/customer-state.md, "Alerts"): its low-credits level, as
- * `account.alert` keeps it. The one place the state view reads alerts from.
- */
-export function alertsOf(account: Account | null): CustomerAlert[] {
-  const alert = account?.alert;
-  if (alert == null) return [];
-  return [{ kind: "low_credits", level: alert.level, threshold: alert.threshold }];
 }
 
 export /** The account and its open grants at one snapshot. */
@@ -176,6 +156,8 @@ export function stateOf(
   plan: Plan | null,
   rules: Readonly<Record<string, FeatureRule>>,
   now: Date,
+  /** Each alert threshold with its state (`alertStates`, ./alerts.ts). */
+  alerts: AlertStatus[],
 ): CustomerState {
   const account = snapshot.account;
   const at = now.getTime();
@@ -272,7 +254,7 @@ export function stateOf(
             cancelAtPeriodEnd: subscription.cancelAtPeriodEnd,
             pendingPlanId: subscription.pendingPlanId,
           },
-    alerts: alertsOf(account),
+    alerts,
   };
 }
 

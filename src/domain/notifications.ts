@@ -4,12 +4,15 @@ import type {
   AlertLevel,
   AlertState,
   JournalEntry,
+  AlertThreshold,
+  Grant,
   Notification,
   NotificationType,
   Reservation,
 } from "../models/index.js";
 import { EVENT_VERSIONS } from "../models/events.js";
 import { type LimitCrossing, describeLimit } from "./limits.js";
+import { evaluateThresholds } from "./alerts.js";
 
 /**
  * The notification rules of docs/notifications.md, as pure functions over one account: which events a change
@@ -24,6 +27,8 @@ export interface Thresholds {
   lowCredits?: number | null | undefined;
   /** Percent of the latest addition. */
   lowCreditsPercent?: number | null | undefined;
+  /** The alert thresholds of every account that has none of its own (docs/notifications.md, "Alerts"). */
+  alerts?: readonly AlertThreshold[] | undefined;
 }
 
 /** The threshold in credits: the higher of the absolute one and the percentage of `lastAllocation`. */
@@ -33,15 +38,28 @@ export function thresholdOf(spec: Thresholds, lastAllocation: number): number {
   return Math.max(absolute, percent);
 }
 
-/** `exhausted` at zero or below, `low` below the threshold, else `ok`. */
+/**
+ * The account's low-credits threshold now (its override, else the service's), in credits: the
+ * line of the built-in `low_credits` alert (`alertStates`, ./alerts.ts).
+ */
+export function lowCreditsLine(account: Account | null, service: Thresholds): number {
+  const alert = account?.alert ?? null;
+  return thresholdOf(alert?.override ?? service, alert?.lastAllocation ?? 0);
+}
+
+/**
+ * `exhausted` at zero or below, `low` at or below the threshold (the line is on the alarm side),
+ * else `ok` (docs/notifications.md).
+ */
 export function levelOf(available: number, threshold: number): AlertLevel {
   if (available <= 0) return "exhausted";
-  return available < threshold ? "low" : "ok";
+  return available <= threshold ? "low" : "ok";
 }
 
 /**
  * The events of a move from `previous` to `next`. None from or to `null` (the first evaluation of an
- * account only records its level; an account with no history has none). Falling past the threshold and zero at once gives
+ * account with history only records its level; an account with no history has none, and its
+ * first change is read from `ok`: `evaluateAlert`). Falling past the threshold and zero at once gives
  * `low_credits` then `credits_exhausted`; climbing from zero to under the threshold gives nothing
  * (still low); back to `ok` gives `balance_restored`.
  */
@@ -85,25 +103,46 @@ export function evaluateAlert(
   const override = prev === null ? null : prev.override;
   const threshold = thresholdOf(override ?? service, lastAllocation);
   const available = account.balance - account.reserved;
-  // An account with no history (a threshold set before its first addition) has no level yet: its
-  // first change only records one, as for any account, instead of reading 0 as "exhausted" and
-  // calling the first top-up a restoration.
+  // An account with no history (never funded) has no level: its first change is evaluated from
+  // `ok`, like any other change (docs/notifications.md), so its first top-up is never called a
+  // restoration and a first top-up under the line is `low_credits`. An account with history but no
+  // level (changed while notifications were off) only records one: turning them on never floods.
   const level = account.seq === 0 ? null : levelOf(available, threshold);
+  const fresh = account.seq - entries.length === 0;
+  const before = prev === null || prev.level === null ? (fresh ? "ok" : null) : prev.level;
   if (prev !== null && prev.level === level && prev.threshold === threshold && prev.lastAllocation === lastAllocation) {
     return [];
   }
-  account.alert = { level, threshold, lastAllocation, override };
-  const types = crossings(prev === null ? null : prev.level, level, threshold);
+  account.alert = { ...prev, level, threshold, lastAllocation, override };
+  const types = crossings(before, level, threshold);
   const payload = {
     available,
     threshold,
     level,
-    previousLevel: prev === null ? null : prev.level,
+    previousLevel: before,
     balance: account.balance,
     reserved: account.reserved,
     seq: account.seq,
   };
   return types.map((type) => newNotification(account.userId, type, { ...payload }, now, null));
+}
+
+/**
+ * Every alert of a change, in order: the low-credits level's crossing (`evaluateAlert`), then the
+ * alert thresholds' (`evaluateThresholds`, ./alerts.ts), one mechanism on the account's `alert`
+ * (docs/notifications.md, "Alerts"). `grants`: the account's open grants as the change leaves them.
+ */
+export function alertNotifications(
+  account: Account,
+  entries: readonly JournalEntry[],
+  grants: () => readonly Grant[],
+  service: Thresholds,
+  now: Date,
+): readonly Notification[] {
+  const level = evaluateAlert(account, entries, service, now);
+  const events = evaluateThresholds(account, entries, grants, service.alerts, now);
+  if (events.length === 0) return level;
+  return [...level, ...events.map((e) => newNotification(account.userId, e.type, e.payload, now, e.dedupeKey))];
 }
 
 /** The account's alert state with a new per-user override (level recomputed). */
@@ -115,13 +154,10 @@ export function withOverride(
 ): readonly Notification[] {
   const prev = account.alert;
   const lastAllocation = prev === null ? 0 : prev.lastAllocation;
-  const level =
-    prev !== null
-      ? prev.level
-      : account.seq === 0
-        ? null
-        : levelOf(account.balance - account.reserved, thresholdOf(override ?? service, lastAllocation));
-  account.alert = { level, threshold: prev === null ? 0 : prev.threshold, lastAllocation, override };
+  // A threshold set on an account with history but no level yet is read from `ok`: one already
+  // past its line fires at once (docs/notifications.md).
+  const level = prev !== null ? prev.level : account.seq === 0 ? null : "ok";
+  account.alert = { ...prev, level, threshold: prev === null ? 0 : prev.threshold, lastAllocation, override };
   return evaluateAlert(account, [], service, now);
 }
 

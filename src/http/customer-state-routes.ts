@@ -1,6 +1,7 @@
 import * as z from "zod";
 import {
-  AlertLevel,
+  AlertId,
+  AlertStateName,
   CustomerStatesQuery,
   FeatureName,
   GrantScope,
@@ -50,6 +51,16 @@ const FeatureStateFields = {
     .nullable(),
 };
 
+/** One alert threshold with its state (`AlertStatus`, docs/customer-state.md, "Alerts"). */
+const AlertStatusSchema = z.object({
+  threshold: z.looseObject({ id: AlertId, kind: z.enum(["available", "left_percent", "period_spend", "expiring"]) }),
+  state: AlertStateName,
+  value: z.number().nullable(),
+  line: z.number(),
+  crossings: z.number().int().nullable(),
+  source: z.enum(["builtIn", "default", "account"]),
+});
+
 const StateFields = {
   userId: UserId,
   seq: NonNegativeAmount,
@@ -72,9 +83,7 @@ const StateFields = {
       pendingPlanId: PlanId.nullable(),
     })
     .nullable(),
-  alerts: z.array(
-    z.object({ kind: z.literal("low_credits"), level: AlertLevel.nullable(), threshold: NonNegativeAmount }),
-  ),
+  alerts: z.array(AlertStatusSchema),
 };
 
 /** `credits.getCustomerState()` as an admin reads it. */

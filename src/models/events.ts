@@ -168,6 +168,40 @@ export const LimitCrossedPayload = z.object({
 });
 export type LimitCrossedPayload = z.infer<typeof LimitCrossedPayload>;
 
+/** What an alert event says of one threshold (docs/notifications.md, "Alerts"). */
+const AlertAbout = {
+  /** The threshold's id. */
+  thresholdId: z.string(),
+  kind: z.enum(["available", "left_percent", "period_spend", "expiring"]),
+  /** The threshold's value after the change (credits; percent for `left_percent`). */
+  value: z.number().nullable(),
+  /** The line (`atOrBelow` or `atOrAbove`): a value on it is in alarm. */
+  line: z.number(),
+  /** How many times this threshold has gone into alarm, this time included. */
+  crossing: z.number().int(),
+};
+
+/**
+ * `alert_triggered`, version 1: one alert threshold moved into alarm (once per move; none while it
+ * stays there). `period_spend` thresholds add their window.
+ */
+export const AlertTriggeredPayload = z.object({
+  ...AlertAbout,
+  /** ISO-8601 start and end of a `period_spend` threshold's window. */
+  windowStart: z.string().optional(),
+  resetsAt: z.string().optional(),
+  /** The account's journal position after the change. */
+  seq: z.number().int(),
+});
+export type AlertTriggeredPayload = z.infer<typeof AlertTriggeredPayload>;
+
+/** `alert_resolved`, version 1: the thresholds one change (or evaluation) brought back out of alarm. */
+export const AlertResolvedPayload = z.object({
+  resolved: z.array(z.object(AlertAbout)).min(1),
+  seq: z.number().int(),
+});
+export type AlertResolvedPayload = z.infer<typeof AlertResolvedPayload>;
+
 const envelope = <T extends NotificationType, P extends z.ZodType>(type: T, payload: P) =>
   z.object({
     type: z.literal(type),
@@ -198,6 +232,8 @@ export const DomainEvent = z.discriminatedUnion("type", [
   envelope("feature_status_changed", FeatureStatusChangedPayload),
   envelope("limit_warning", LimitCrossedPayload),
   envelope("limit_reached", LimitCrossedPayload),
+  envelope("alert_triggered", AlertTriggeredPayload),
+  envelope("alert_resolved", AlertResolvedPayload),
 ]);
 export type DomainEvent = z.infer<typeof DomainEvent>;
 

@@ -6,6 +6,7 @@ export * from "./subscriptions.js";
 export * from "./promos.js";
 export * from "./payments.js";
 export * from "./auto-top-up.js";
+export * from "./alerts.js";
 export * from "./notifications.js";
 export * from "./events.js";
 export * from "./metering.js";

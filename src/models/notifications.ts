@@ -1,5 +1,6 @@
 import * as z from "zod";
 import { EntityId, Metadata, NonNegativeAmount, UserId } from "./common.js";
+import { AlertMark, AlertThresholds } from "./alerts.js";
 
 /** The domain event types of the journal, recorded with `domainEvents` on (docs/events.md). */
 export const DomainEventType = z.enum([
@@ -40,6 +41,9 @@ export const NotificationType = z.enum([
   // A spend limit's 80 % and 100 % (docs/teams-and-limits.md, "Limit notifications").
   "limit_warning",
   "limit_reached",
+  // An alert threshold went into alarm, and the thresholds a change brought back (docs/notifications.md, "Alerts").
+  "alert_triggered",
+  "alert_resolved",
 ]);
 export type NotificationType = z.infer<typeof NotificationType>;
 
@@ -72,6 +76,12 @@ export const AlertState = z.object({
   lastAllocation: NonNegativeAmount,
   /** This user's own threshold; null: the service's. */
   override: z.object({ lowCredits: NonNegativeAmount.nullable(), lowCreditsPercent: z.number().nullable() }).nullable(),
+  /** This account's own alert thresholds (they replace the service's); null or absent: the service's. */
+  thresholds: AlertThresholds.nullable().optional(),
+  /** Each alert threshold's state, by id; absent: none evaluated yet. */
+  marks: z.record(z.string(), AlertMark).optional(),
+  /** Alert events recorded for the account so far: the number in each one's dedupe key (never reused). */
+  recorded: NonNegativeAmount.optional(),
 });
 export type AlertState = z.infer<typeof AlertState>;
 

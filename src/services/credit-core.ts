@@ -9,6 +9,7 @@ import { lateOccurredAt } from "../domain/late-usage.js";
 import { ConfigurationError, ReservationExpiredError } from "../errors.js";
 import type { LedgerLogger } from "../ledger/index.js";
 import {
+  AlertThresholds,
   CheckpointEvery,
   FeatureRules,
   TrialCredits,
@@ -35,6 +36,12 @@ import type * as z from "zod";
 
 /** `outcomeWaitMs` when none is given (docs/concepts.md, "Certain and uncertain errors"). */
 const DEFAULT_OUTCOME_WAIT_MS = 5000;
+
+/** `alerts` with its alert thresholds validated (docs/notifications.md, "Alerts"). */
+function alertsOf(alerts: CreditServiceOptions["alerts"]): CreditServiceOptions["alerts"] {
+  if (alerts?.alerts === undefined) return alerts;
+  return { ...alerts, alerts: parseConfig(AlertThresholds, alerts.alerts, "alerts.alerts", "CreditService") };
+}
 
 /*
  * What the services of this package share of a `CreditService` besides its public API: the unit-of-work
@@ -135,7 +142,7 @@ export class CreditCore {
       cache: this.cache,
       clock: this.clock,
       logger: this.logger,
-      alerts: options.alerts ?? (withEvents ? {} : undefined),
+      alerts: alertsOf(options.alerts) ?? (withEvents ? {} : undefined),
       trial,
       features: this.features,
       domainEvents: withEvents,

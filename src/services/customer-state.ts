@@ -15,6 +15,8 @@ import {
 import { ConfigurationError } from "../errors.js";
 import type { Plan, Subscription } from "../models/index.js";
 import type { CreditCore } from "./credit-core.js";
+import { alertStates } from "../domain/alerts.js";
+import { lowCreditsLine } from "../domain/notifications.js";
 
 /** The plan id of `userId`'s active subscription, or null (none, or a store without subscriptions). */
 export async function activePlanId(db: DbManager, userId: string): Promise<string | null> {
@@ -88,7 +90,13 @@ export class CustomerStates {
       }
       plan = await read;
     }
-    return stateOf(userId, snapshot, subscription, plan, core.features, core.clock());
+    const now = core.clock();
+    // Every threshold with its state (docs/customer-state.md, "Alerts"): the built-in low-credits
+    // levels when notifications are recorded, the defaults, or the account's own.
+    const thresholds = core.units.config.alerts;
+    const line = thresholds === undefined ? undefined : lowCreditsLine(snapshot.account, thresholds);
+    const alerts = alertStates(snapshot.account, snapshot.grants, thresholds?.alerts, now, line);
+    return stateOf(userId, snapshot, subscription, plan, core.features, now, alerts);
   }
 
   /**

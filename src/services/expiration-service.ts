@@ -191,6 +191,10 @@ export interface RunAllReport {
   expireDueGrants: ExpireGrantsReport;
   /** Per reminder window: grants looked at and reminders recorded. Null with notifications off. */
   sendExpiringReminders: { days: number; scanned: number; recorded: number }[] | null;
+  /** Accounts whose alerts were evaluated for credits now expiring soon (docs/notifications.md, "Alerts"). Null with notifications off. */
+  evaluateExpiringAlerts: { accounts: number } | null;
+  /** Spend windows that ended with their alert in alarm, resolved (docs/notifications.md, "Alerts"). Null with notifications off. */
+  evaluateEndedSpendWindows: { accounts: number | null; evaluated: number } | null;
   /** The outbox delivered after the jobs (their events included). Null with notifications off. */
   dispatchPending: DispatchReport | null;
   /** Idempotency keys past their window, forgotten. Null when keys are kept for ever (the default). */
@@ -386,6 +390,8 @@ export class ExpirationService {
     const renewDueSubscriptions = await this.renewDueSubscriptions(asOf, options);
     const expireDueGrants = await this.expireDueGrants(asOf, options);
     let sendExpiringReminders: RunAllReport["sendExpiringReminders"] = null;
+    let evaluateExpiringAlerts: RunAllReport["evaluateExpiringAlerts"] = null;
+    let evaluateEndedSpendWindows: RunAllReport["evaluateEndedSpendWindows"] = null;
     let dispatchPending: DispatchReport | null = null;
     const notifications = this.options.notifications;
     if (notifications !== undefined) {
@@ -395,6 +401,8 @@ export class ExpirationService {
       for (const days of this.reminderDays) {
         sendExpiringReminders.push({ days, ...(await notifications.sendExpiringReminders({ days, pageSize })) });
       }
+      evaluateExpiringAlerts = await notifications.evaluateExpiringAlerts({ pageSize });
+      evaluateEndedSpendWindows = await notifications.evaluateEndedSpendWindows({ pageSize });
       dispatchPending = await notifications.dispatchPending({ limit: DISPATCH_LIMIT });
     }
     const forgetIdempotencyKeys =
@@ -405,6 +413,8 @@ export class ExpirationService {
       renewDueSubscriptions,
       expireDueGrants,
       sendExpiringReminders,
+      evaluateExpiringAlerts,
+      evaluateEndedSpendWindows,
       dispatchPending,
       forgetIdempotencyKeys,
       durationMs: Math.round(performance.now() - started),

@@ -2,8 +2,17 @@ import { randomUUID } from "node:crypto";
 import type { Logger } from "../logger.js";
 import * as z from "zod";
 import type { DbManager } from "../db/types.js";
-import { backoffDelay, newNotification, withOverride, type Thresholds } from "../domain/notifications.js";
 import {
+  alertNotifications,
+  backoffDelay,
+  lowCreditsLine,
+  newNotification,
+  withOverride,
+  type Thresholds,
+} from "../domain/notifications.js";
+import { alertStates, hasEndedSpendWindow } from "../domain/alerts.js";
+import {
+  AlertThresholds,
   ExpiringDays,
   Metadata,
   NotificationStatus,
@@ -12,6 +21,8 @@ import {
   UserId,
   parse,
   type AlertState,
+  type AlertStatus,
+  type AlertThreshold,
   type Notification,
 } from "../models/index.js";
 import { ConfigurationError, ValidationError } from "../errors.js";
@@ -29,6 +40,11 @@ export interface NotificationServiceOptions {
   queue?: NotificationQueue;
   /** The service's low-credits threshold (users may override it with `setThreshold`). */
   thresholds?: ThresholdSpec;
+  /**
+   * The alert thresholds of every account without its own (docs/notifications.md, "Alerts"); an
+   * account's own (`setAlerts`) replace them.
+   */
+  alerts?: AlertThreshold[];
   clock?: () => Date;
   logger?: Logger;
   /** Delivery attempts before a row is marked `failed`. Default 10. */
@@ -112,6 +128,11 @@ export const ReminderOptions = z.strictObject({
   pageSize: z.number().int().min(1).max(10_000).optional(),
 });
 const NullableThresholds = ThresholdSpec.nullable();
+const NullableAlerts = AlertThresholds.nullable();
+export const EvaluateAlertsOptions = z.strictObject({
+  /** Grants looked at per page. */
+  pageSize: z.number().int().min(1).max(10_000).optional(),
+});
 export const PurgeOptions = z.strictObject({
   olderThanDays: z.number().min(0).max(36_500).optional(),
   batchSize: z.number().int().min(1).max(100_000).optional(),
@@ -128,6 +149,8 @@ export type NotificationListQuery = z.input<typeof NotificationListQuery>;
 export type ReminderOptions = z.input<typeof ReminderOptions>;
 /** `notifications.purge(options)`. */
 export type PurgeOptions = z.input<typeof PurgeOptions>;
+/** `notifications.evaluateExpiringAlerts(options)` and `evaluateEndedSpendWindows(options)`. */
+export type EvaluateAlertsOptions = z.input<typeof EvaluateAlertsOptions>;
 
 /**
  * Notifications through an outbox (docs/notifications.md). Crossing events (`low_credits`,
@@ -160,7 +183,10 @@ export class NotificationService {
     this.db = options.db;
     this.queue = options.queue ?? new InMemoryNotificationQueue();
     this.recording = options.recording ?? true;
-    this.thresholds = parseConfig(ThresholdSpec, options.thresholds ?? {}, "thresholds", "notifications");
+    this.thresholds = {
+      ...parseConfig(ThresholdSpec, options.thresholds ?? {}, "thresholds", "notifications"),
+      alerts: parseConfig(AlertThresholds, options.alerts ?? [], "alerts", "notifications"),
+    };
     this.clock = options.clock ?? (() => new Date());
     this.logger = options.logger;
     this.maxAttempts = options.maxAttempts ?? 10;
@@ -202,6 +228,119 @@ export class NotificationService {
     await saveAccountOnly(this.db, user, this.clock, (account, now) =>
       withOverride(account, override, this.thresholds, now),
     );
+  }
+
+  /**
+   * Sets this account's own alert thresholds (docs/notifications.md, "Alerts"), which replace the
+   * service's; null: the service's again. Evaluated at once in a unit of work on the account: a
+   * threshold already past its line records `alert_triggered` with the change. An account never
+   * changed keeps them for its first change. A threshold removed records nothing. With notifications
+   * not recorded (`recording` false), the thresholds are stored and nothing is evaluated.
+   */
+  async setAlerts(userId: string, thresholds: AlertThreshold[] | null): Promise<void> {
+    const user = parse(UserId, userId, "userId");
+    const list = parse(NullableAlerts, thresholds, "thresholds");
+    await saveAccountOnly(this.db, user, this.clock, (account, now, grants) => {
+      const prev: AlertState = account.alert ?? { level: null, threshold: 0, lastAllocation: 0, override: null };
+      account.alert = { ...prev, thresholds: list };
+      // Without recording, the thresholds are kept for when it is on; nothing is evaluated.
+      return this.recording ? alertNotifications(account, [], grants, this.thresholds, now) : [];
+    });
+  }
+
+  /**
+   * Each alert threshold of the account with its state, its value now and its line
+   * (docs/notifications.md, "Alerts"): the built-in low-credits ones (`low_credits` when there is a
+   * low-credits threshold, `credits_exhausted`) while notifications are recorded, then its own
+   * thresholds, else the service's. The state is the one the account's last evaluation stored;
+   * `evaluateAlerts` evaluates it now.
+   */
+  async getAlerts(userId: string): Promise<AlertStatus[]> {
+    const user = parse(UserId, userId, "userId");
+    const account = await this.db.getAccount(user);
+    const grants = account === null ? [] : await this.db.listGrants(user);
+    const line = this.recording ? lowCreditsLine(account, this.thresholds) : undefined;
+    return alertStates(account, grants, this.thresholds.alerts, this.clock(), line);
+  }
+
+  /**
+   * Evaluates the account's alerts now, in a unit of work on the account: what time alone moved (a
+   * spend window that ended, a grant now within an `expiring` threshold's days) records its
+   * events, as the worker does. Writes nothing when nothing moved, or when notifications are not
+   * recorded; an account never changed is left alone. Resolves to `getAlerts`' answer after it.
+   */
+  async evaluateAlerts(userId: string): Promise<AlertStatus[]> {
+    const user = parse(UserId, userId, "userId");
+    await saveAccountOnly(this.db, user, this.clock, (account, now, grants) => {
+      if (account.seq === 0 || !this.recording) return null;
+      const before = JSON.stringify(account.alert);
+      const events = alertNotifications(account, [], grants, this.thresholds, now);
+      return events.length === 0 && JSON.stringify(account.alert) === before ? null : events;
+    });
+    return this.getAlerts(user);
+  }
+
+  /**
+   * The worker's part of the alerts (docs/notifications.md, "Alerts"): evaluates now every account
+   * with an open grant expiring within the longest `expiring` threshold of the service's defaults
+   * (at least 31 days), so a grant that time brought within a threshold's days records its
+   * `alert_triggered` without waiting for a change. Scans grants by expiry (indexed), each account
+   * once per call; an account with nothing moved writes nothing. Resolves to the accounts evaluated.
+   */
+  async evaluateExpiringAlerts(options: EvaluateAlertsOptions = {}): Promise<{ accounts: number }> {
+    const o = parse(EvaluateAlertsOptions, options, "options");
+    const pageSize = o.pageSize ?? 500;
+    const now = this.clock();
+    const days = Math.max(31, ...(this.thresholds.alerts ?? []).map((t) => (t.kind === "expiring" ? t.withinDays : 0)));
+    const until = new Date(now.getTime() + days * 86_400_000);
+    const seen = new Set<string>();
+    let after: { expiresAt: Date; id: string } | undefined;
+    for (;;) {
+      const page = await this.db.findDueGrants(until, pageSize, after);
+      for (const g of page) {
+        if (g.remaining <= 0 || g.expiresAt === null || g.expiresAt.getTime() <= now.getTime()) continue;
+        if (seen.has(g.userId)) continue;
+        seen.add(g.userId);
+        await this.evaluateAlerts(g.userId);
+      }
+      const last = page[page.length - 1];
+      if (page.length < pageSize || last === undefined) break;
+      after = { expiresAt: last.expiresAt as Date, id: last.id };
+    }
+    return { accounts: seen.size };
+  }
+
+  /**
+   * The worker's other part of the alerts (docs/notifications.md, "Alerts"): resolves the
+   * `period_spend` thresholds in alarm whose window has ended, on accounts no change has evaluated
+   * since. Pages through every account (`listAccountIds`, one read of each): a store that cannot
+   * list its accounts leaves them to the account's next change or `evaluateAlerts`
+   * (`accounts: null`). Resolves to the accounts read and those evaluated.
+   */
+  async evaluateEndedSpendWindows(
+    options: EvaluateAlertsOptions = {},
+  ): Promise<{ accounts: number | null; evaluated: number }> {
+    const o = parse(EvaluateAlertsOptions, options, "options");
+    const listIds = this.db.listAccountIds?.bind(this.db);
+    if (listIds === undefined) return { accounts: null, evaluated: 0 };
+    const pageSize = o.pageSize ?? 500;
+    let accounts = 0;
+    let evaluated = 0;
+    let after: string | null = null;
+    for (;;) {
+      const ids = await listIds(after, pageSize);
+      for (const id of ids) {
+        accounts++;
+        const account = await this.db.getAccount(id);
+        if (account === null || !hasEndedSpendWindow(account, this.thresholds.alerts, this.clock())) continue;
+        await this.evaluateAlerts(id);
+        evaluated++;
+      }
+      const last = ids[ids.length - 1];
+      if (ids.length < pageSize || last === undefined) break;
+      after = last;
+    }
+    return { accounts, evaluated };
   }
 
   /** A user's outbox rows, oldest first. */

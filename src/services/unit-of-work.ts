@@ -5,7 +5,7 @@ import type { PromoPaymentChanges } from "../db/types-promos.js";
 import { backoff, sleep, type BackoffOptions } from "../db/store/retry.js";
 import { AccountWork, type EntryMeta } from "../domain/account-work.js";
 import {
-  evaluateAlert,
+  alertNotifications,
   expiredHoldNotifications,
   eventNotifications,
   limitNotifications,
@@ -29,7 +29,7 @@ import {
 } from "../errors.js";
 import type { LedgerLogger } from "../ledger/index.js";
 import type { TrialCredits } from "../models/index.js";
-import type { Account, JournalEntry, Notification, Reservation } from "../models/index.js";
+import type { Account, Grant, JournalEntry, Notification, Reservation } from "../models/index.js";
 import {
   holdChannel,
   refusalChannel,
@@ -504,7 +504,13 @@ export class UnitRunner {
     const expired = expiredHoldNotifications(changes.updateReservations, work.now);
     const recorded = eventNotifications(work.events, work.userId, work.now);
     const limits = limitNotifications(work.userId, work.limitsCrossed, changes.account.seq, work.now);
-    const alerts = evaluateAlert(changes.account, changes.entries, this.config.alerts as Thresholds, work.now);
+    const alerts = alertNotifications(
+      changes.account,
+      changes.entries,
+      () => work.openGrants(),
+      this.config.alerts as Thresholds,
+      work.now,
+    );
     const features = this.featureNotifications(work, changes.account);
     const all = [...journal, ...expired, ...recorded, ...limits, ...alerts, ...features];
     if (all.length > 0) changes.notifications = all;
@@ -544,13 +550,14 @@ export async function saveAccountOnly(
   db: DbManager,
   userId: string,
   clock: () => Date,
-  change: (account: Account, now: Date) => readonly Notification[] | null,
+  change: (account: Account, now: Date, grants: () => readonly Grant[]) => readonly Notification[] | null,
 ): Promise<void> {
   await db.transaction(userId, async (tx) => {
     const state = await tx.load();
     const now = clock();
-    const account = { ...new AccountWork(userId, state, now, newId).account };
-    const notifications = change(account, now);
+    const work = new AccountWork(userId, state, now, newId);
+    const account = { ...work.account };
+    const notifications = change(account, now, () => work.openGrants());
     if (notifications === null) return;
     account.updatedAt = now;
     await tx.save({

@@ -25,6 +25,7 @@ import { ConfigurationError } from "../errors.js";
 import { runSubscriptionContract } from "./subscriptions.js";
 import { runPromoPaymentContract as promoPaymentContract } from "./promos.js";
 import { runNotificationContract } from "./notifications.js";
+import { runAlertsContract } from "./alerts.js";
 import { runTrialContract } from "./trial.js";
 import { runManagersContract } from "./managers.js";
 import { autoTopUpContract } from "./auto-top-up.js";
@@ -46,6 +47,7 @@ export type { PartOptions } from "./support.js";
 export { runManagersContract } from "./managers.js";
 export { runLeasesContract } from "./leases.js";
 export { runNotificationContract } from "./notifications.js";
+export { runAlertsContract } from "./alerts.js";
 export { runUsageContract } from "./usage.js";
 export { runReversalsContract } from "./reversals.js";
 export { runLateUsageContract } from "./late-usage.js";
@@ -116,6 +118,7 @@ export type ContractPart =
   | "trial"
   | "properties"
   | "outbox"
+  | "alerts"
   | "managers"
   | "leases"
   | "usage"
@@ -128,12 +131,16 @@ export function runDbManagerContract(options: ContractOptions): void {
   useTestApi(options.test);
   const runs = options.propertyRuns ?? 60;
   const race = options.raceSize ?? 1000;
-  const skip = options.skip ?? {};
+  const skip = { ...options.skip };
   for (const [part, reason] of Object.entries(skip)) {
     if (typeof reason !== "string" || reason.trim() === "") {
       throw new ConfigurationError(`[credit-management] [testing] skip.${part}: give the reason the part is skipped`);
     }
   }
+
+  // Alert events are outbox rows: a store without the outbox goes without them too.
+  if (skip.outbox !== undefined && skip.alerts === undefined)
+    skip.alerts = `alert events are outbox rows: ${skip.outbox}`;
 
   const createPeer = options.createPeer;
   const seed = options.seed ?? 39;
@@ -194,6 +201,10 @@ export function runDbManagerContract(options: ContractOptions): void {
     part("trial", () => runTrialContract(getDb));
     part("properties", () => runPropertyContract(getDb, { runs }));
     part("outbox", () => runNotificationContract(getDb, { raceSize: Math.min(race, 50) }));
+    // Alert thresholds write outbox rows: skipped with the outbox where a store lacks it.
+    part("alerts", () =>
+      runAlertsContract(getDb, { raceSize: Math.min(race, 50), runs: Math.max(10, Math.round(runs / 4)) }),
+    );
     part("usage", () => runUsageContract(getDb, { runs: options.usageRuns }));
     // Giving charges back; two managers race reversals of one charge (over `db` twice without a peer).
     part("reversals", () => runReversalsContract(getDb, { getPeer: () => peer ?? db }));

@@ -372,7 +372,7 @@ export function runNotificationContract(
       expect((await credits.audit(u)).ok).toBe(true);
     });
 
-    it("a threshold set before an account's first addition: the first top-up only records the level", async () => {
+    it("a threshold set before an account's first addition: the first top-up is evaluated from ok, like any change", async () => {
       const { credits, notifications } = services(db, T0, { lowCredits: 0 });
       const u = user();
       await notifications.setThreshold(u, { lowCredits: 50 });
@@ -387,15 +387,19 @@ export function runNotificationContract(
       expect((await db.getAccount(u))?.alert).toMatchObject({ level: "ok", threshold: 50 });
       await credits.deductCredits(u, 60); // 40 < 50
       expect(types(await notifications.list(u))).toEqual(["low_credits"]);
-      // A first top-up under the threshold is the account's first level, not a crossing either.
+      // A never-funded account fires nothing until its first change, which is evaluated like any
+      // other (docs/notifications.md): a first top-up under the threshold is a move into `low`.
       const v = user();
       await notifications.setThreshold(v, { lowCredits: 50 });
       await notifications.setThreshold(v, { lowCredits: 60 }); // still no history
-      await credits.addCredits(v, 30);
       expect(await notifications.list(v)).toEqual([]);
+      await credits.addCredits(v, 30);
+      expect(types(await notifications.list(v))).toEqual(["low_credits"]);
       expect((await db.getAccount(v))?.alert).toMatchObject({ level: "low", threshold: 60 });
-      await credits.addCredits(v, 40); // 70 >= 60: restored
-      expect(types(await notifications.list(v))).toEqual(["balance_restored"]);
+      await credits.addCredits(v, 30); // 60: exactly on the line, still low
+      expect(types(await notifications.list(v))).toEqual(["low_credits"]);
+      await credits.addCredits(v, 1); // 61 > 60: restored
+      expect(types(await notifications.list(v))).toEqual(["low_credits", "balance_restored"]);
     });
 
     it("expiring_credits: once per grant and window however often the job runs", async () => {

@@ -8,9 +8,12 @@ import {
   ReservationExpiredError,
   ReservationNotActiveError,
 } from "../errors.js";
-import type { Reservation } from "../models/index.js";
+import type { AlertThreshold, Reservation } from "../models/index.js";
+import { CreditService } from "../services/credit-service.js";
+import { NotificationService } from "../services/notification-service.js";
+import { AlertModel } from "./alert-model.js";
 import { CreditModel, type ModelHold } from "./model.js";
-import { lazy, serviceWithClock, type PartOptions } from "./support.js";
+import { DAY, lazy, serviceWithClock, T0, type PartOptions } from "./support.js";
 
 /** Random operation sequences against the real service and an independent model (fast-check). */
 export function runPropertyContract(getDb: () => DbManager, options: PartOptions & { runs?: number } = {}): void {
@@ -43,7 +46,7 @@ type Command =
   | { op: "expire" }
   | { op: "tick"; seconds: number };
 
-export function commandsArbitrary(): fc.Arbitrary<Command[]> {
+export function commandsArbitrary(length: { min: number; max: number } = { min: 1, max: 40 }): fc.Arbitrary<Command[]> {
   const amount = fc.integer({ min: 1, max: 60 });
   const command: fc.Arbitrary<Command> = fc.oneof(
     {
@@ -77,13 +80,30 @@ export function commandsArbitrary(): fc.Arbitrary<Command[]> {
       arbitrary: fc.record({ op: fc.constant("tick" as const), seconds: fc.integer({ min: 1, max: 400 }) }),
     },
   );
-  return fc.array(command, { minLength: 1, maxLength: 40 });
+  return fc.array(command, { minLength: length.min, maxLength: length.max });
 }
 
-/** Runs `commands` on a fresh user of `db` and on the model; throws on the first disagreement. */
-export async function runAgainstModel(db: DbManager, commands: readonly Command[]): Promise<void> {
+/**
+ * Runs `commands` on a fresh user of `db` and on the model; throws on the first disagreement. With
+ * `alerts`, every account has those alert thresholds, and the alert events the store records must
+ * be, one by one, those `AlertModel` predicts (docs/notifications.md, "Alerts"): the account is
+ * evaluated before each command (what the clock moved) and by the command's own unit of work. The
+ * clock then starts 10 minutes before a UTC midnight, so spend windows end during a run.
+ */
+export async function runAgainstModel(
+  db: DbManager,
+  commands: readonly Command[],
+  alerts?: readonly AlertThreshold[],
+  stats?: { events: number; onLine: number },
+): Promise<void> {
   const u = `prop-${randomUUID()}`;
-  const { credits, clock } = serviceWithClock(db);
+  const { credits, clock } =
+    alerts === undefined ? serviceWithClock(db) : alertServices(db, [...alerts], T0 + DAY - 600_000);
+  const notifications =
+    alerts === undefined
+      ? null
+      : new NotificationService({ db, clock: () => new Date(clock.now), alerts: [...alerts] });
+  const watch = alerts === undefined ? null : new AlertModel(alerts);
   const model = new CreditModel(clock.now);
   const holds: Array<{ real: Reservation; model: ModelHold }> = [];
   const grantIds: string[] = [];
@@ -98,8 +118,22 @@ export async function runAgainstModel(db: DbManager, commands: readonly Command[
     }
   };
 
+  /** Evaluates what the clock moved, in the store (a settling read, then `evaluateAlerts`) and the model. */
+  let evaluatedAt = clock.now;
+  const evaluateNow = async () => {
+    // Only time moves anything between two commands: nothing to evaluate while the clock stood still.
+    if (notifications === null || watch === null || clock.now === evaluatedAt) return;
+    evaluatedAt = clock.now;
+    model.now = clock.now;
+    model.settle();
+    await credits.getUserCreditsInfo(u);
+    await notifications.evaluateAlerts(u);
+    watch.evaluate(model);
+  };
+
   for (const [step, c] of commands.entries()) {
     const what = `step ${step} ${JSON.stringify(c)}`;
+    await evaluateNow();
     model.now = clock.now;
     switch (c.op) {
       case "tick":
@@ -112,6 +146,10 @@ export async function runAgainstModel(db: DbManager, commands: readonly Command[
         const gid = e.grants[0]?.grantId ?? null;
         if (gid !== null) grantIds.push(gid);
         model.add(gid, c.amount, expiresAt?.getTime() ?? null, c.priority);
+        if (watch !== null) {
+          watch.changed = true;
+          watch.lastAdd = c.amount;
+        }
         break;
       }
       case "deduct":
@@ -119,6 +157,10 @@ export async function runAgainstModel(db: DbManager, commands: readonly Command[
         model.settle();
         // The model refuses before changing anything, like the service.
         const allowed = model.deduct(c.amount, c.op === "after");
+        if (allowed && watch !== null) {
+          watch.changed = true;
+          watch.spend(c.amount, clock.now);
+        }
         await expectOutcome(
           allowed,
           () =>
@@ -139,6 +181,7 @@ export async function runAgainstModel(db: DbManager, commands: readonly Command[
         if (real !== null) {
           const r: Reservation = real;
           model.reserve(r.id, c.amount, c.ttlSec * 1000);
+          if (watch !== null) watch.changed = true;
           const mh = model.holds[model.holds.length - 1] as ModelHold;
           holds.push({ real: r, model: mh });
         }
@@ -158,6 +201,7 @@ export async function runAgainstModel(db: DbManager, commands: readonly Command[
           await run();
           if (c.op === "commit") model.commit(h.model, c.amount ?? h.real.amount);
           else model.release(h.model);
+          if (c.op === "commit") watch?.spend(c.amount ?? h.real.amount, clock.now);
         } else {
           const expected = status === "expired" ? ReservationExpiredError : ReservationNotActiveError;
           await expect(run(), what).rejects.toBeInstanceOf(expected);
@@ -203,7 +247,17 @@ export async function runAgainstModel(db: DbManager, commands: readonly Command[
       throw new Error(`${what}: grants ${JSON.stringify(real)} != model ${JSON.stringify(want)}`);
     }
     if (!model.overdrawn && info.available < 0) throw new Error(`${what}: available below zero without overdraft`);
+    // The model's events so far; the store's are compared once, at the end (fewer reads per step).
+    watch?.evaluate(model);
     await expectNextExpiry(db, u, what);
+  }
+  if (notifications !== null && watch !== null) {
+    await evaluateNow();
+    await expectAlertEvents(notifications, u, watch, "at the end");
+    if (stats !== undefined) {
+      stats.events += watch.events.length;
+      stats.onLine += watch.onLine;
+    }
   }
   const report = await credits.audit(u);
   if (!report.ok) throw new Error(`audit failed: ${report.problems.join("; ")}`);
@@ -212,6 +266,32 @@ export async function runAgainstModel(db: DbManager, commands: readonly Command[
   }
   const account = await db.getAccount(u);
   if (account !== null && account.seq !== report.entries) throw new Error("seq is not gap-free");
+}
+
+/** The services of an account whose alert thresholds are `alerts`, on a clock starting at `start`. */
+function alertServices(db: DbManager, alerts: AlertThreshold[], start: number) {
+  const clock = { now: start };
+  const credits = new CreditService({ db, clock: () => new Date(clock.now), alerts: { alerts } });
+  return { credits, clock };
+}
+
+/** The store's alert events of `u` are the model's, one by one (type, thresholds and values). */
+async function expectAlertEvents(
+  notifications: NotificationService,
+  u: string,
+  watch: AlertModel,
+  what: string,
+): Promise<void> {
+  const rows = await notifications.list(u, { limit: 1000 });
+  const got = rows.flatMap((r) => {
+    if (r.type === "alert_triggered") return [`triggered:${String(r.payload.thresholdId)}=${String(r.payload.value)}`];
+    if (r.type !== "alert_resolved") return [];
+    const list = r.payload.resolved as { thresholdId: string; value: number | null }[];
+    return [`resolved:${list.map((x) => `${x.thresholdId}=${String(x.value)}`).join(",")}`];
+  });
+  if (JSON.stringify(got) !== JSON.stringify(watch.events)) {
+    throw new Error(`${what}: alert events ${JSON.stringify(got)} != model ${JSON.stringify(watch.events)}`);
+  }
 }
 
 /**

@@ -366,7 +366,14 @@ async function remindersRound(m: CreditManager, s: Settings): Promise<RoundResul
   for (const days of s.reminderDays) {
     windows.push({ days, ...(await m.notifications.sendExpiringReminders({ days, pageSize: s.batchSize })) });
   }
-  return { ok: true, idle: false, report: { reminders: windows } };
+  // The alert thresholds time moves: credits now expiring within a threshold's days (docs/notifications.md, "Alerts").
+  const alerts = await m.notifications.evaluateExpiringAlerts({ pageSize: s.batchSize });
+  const ended = await m.notifications.evaluateEndedSpendWindows({ pageSize: s.batchSize });
+  return {
+    ok: true,
+    idle: false,
+    report: { reminders: windows, expiringAlerts: alerts.accounts, endedSpendWindows: ended.evaluated },
+  };
 }
 
 /** Delivers due outbox rows to the manager's queue; a delivery that failed (retried later) fails the round. */

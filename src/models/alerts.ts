@@ -1,0 +1,122 @@
+import * as z from "zod";
+import { FeatureName, NonNegativeAmount, SignedAmount } from "./common.js";
+import { SpenderId } from "./limits.js";
+import { TimeZone } from "./usage.js";
+
+/**
+ * Alert thresholds (docs/notifications.md, "Alerts"): each threshold of an account is `ok` or
+ * `in_alarm`; the line belongs to the alarm side, and a move either way records one event.
+ */
+
+/** A threshold's name, unique among an account's thresholds (letters, digits, `_ : -`). */
+export const AlertId = z
+  .string()
+  .min(1)
+  .max(64)
+  .regex(/^[A-Za-z0-9_:-]+$/, {
+    error: "alert id may contain letters, digits and _ : - only (no dots: it is a key of a stored document)",
+  });
+export type AlertId = z.infer<typeof AlertId>;
+
+/** An id `alerts` and `setAlerts` take: any `AlertId` but the built-in thresholds' ids. */
+const UserAlertId = AlertId.refine((id) => id !== "low_credits" && id !== "credits_exhausted", {
+  error: "low_credits and credits_exhausted are the built-in thresholds' ids (lowCredits, setThreshold)",
+});
+
+/** The calendar window a `period_spend` threshold counts in. */
+export const AlertWindow = z.enum(["day", "week", "month"]);
+export type AlertWindow = z.infer<typeof AlertWindow>;
+
+/** Available credits (`balance − reserved`) at or below `atOrBelow` (may be negative: overdraft). */
+export const AvailableAlert = z.strictObject({
+  id: UserAlertId,
+  kind: z.literal("available"),
+  atOrBelow: SignedAmount,
+});
+
+/** Available credits at or below `atOrBelow` percent of the account's latest addition. */
+export const LeftPercentAlert = z.strictObject({
+  id: UserAlertId,
+  kind: z.literal("left_percent"),
+  atOrBelow: z.number().min(0).max(100),
+});
+
+/**
+ * Captured spend (deductions and committed holds, less reversals) in the current calendar window
+ * of `window` in `timeZone` (default UTC) at or above `atOrAbove`; only the spends of `spender`
+ * and of `feature` where set.
+ */
+export const PeriodSpendAlert = z.strictObject({
+  id: UserAlertId,
+  kind: z.literal("period_spend"),
+  atOrAbove: NonNegativeAmount,
+  window: AlertWindow,
+  timeZone: TimeZone.optional(),
+  spender: SpenderId.optional(),
+  feature: FeatureName.optional(),
+});
+
+/** What is left of the grants expiring within `withinDays` days, at or above `atOrAbove`. */
+export const ExpiringAlert = z.strictObject({
+  id: UserAlertId,
+  kind: z.literal("expiring"),
+  withinDays: z.number().min(0).max(3650),
+  atOrAbove: NonNegativeAmount,
+});
+
+/** One alert threshold. */
+export const AlertThreshold = z.discriminatedUnion("kind", [
+  AvailableAlert,
+  LeftPercentAlert,
+  PeriodSpendAlert,
+  ExpiringAlert,
+]);
+export type AlertThreshold = z.infer<typeof AlertThreshold>;
+
+/** The most thresholds one account (or the defaults) may have. */
+export const MAX_ALERTS = 32;
+
+/** A list of thresholds with distinct ids. */
+export const AlertThresholds = z
+  .array(AlertThreshold)
+  .max(MAX_ALERTS)
+  .refine((list) => new Set(list.map((t) => t.id)).size === list.length, { error: "alert ids must be distinct" });
+
+/** Where a threshold stands. */
+export const AlertStateName = z.enum(["ok", "in_alarm"]);
+export type AlertStateName = z.infer<typeof AlertStateName>;
+
+/**
+ * What the account keeps of one threshold: its state, how many times it went into alarm
+ * (`crossings`: the events' dedupe keys), and for `period_spend` what its window counted.
+ */
+export const AlertMark = z.object({
+  state: AlertStateName,
+  crossings: NonNegativeAmount,
+  /** `period_spend`: the start of the window `spent` counts (ms since the epoch); else absent. */
+  windowStart: z.number().int().nullable().optional(),
+  /** `period_spend`: captured spend counted in that window. */
+  spent: z.number().int().nullable().optional(),
+});
+export type AlertMark = z.infer<typeof AlertMark>;
+
+/** One threshold as `getAlerts` (and `alertStates`) reports it. */
+export interface AlertStatus {
+  threshold: AlertThreshold;
+  state: AlertStateName;
+  /** The threshold's value now (credits, or percent for `left_percent`); null: none yet (no addition for a percentage). */
+  value: number | null;
+  /** The line compared with (`atOrBelow` or `atOrAbove`). */
+  line: number;
+  /** Times it went into alarm; null for the built-in ones (their events are the level's). */
+  crossings: number | null;
+  /**
+   * Where it comes from: `builtIn`, the low-credits level's thresholds (`low_credits` at or below
+   * the low-credits threshold, `credits_exhausted` at or below 0); `default`, the service's
+   * `alerts`; `account`, the account's own (`setAlerts`).
+   */
+  source: "builtIn" | "default" | "account";
+}
+
+/** The ids of the built-in thresholds: not available to `alerts` and `setAlerts`. */
+export const BUILT_IN_ALERT_IDS: readonly string[] = ["low_credits", "credits_exhausted"];

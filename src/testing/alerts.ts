@@ -1,0 +1,358 @@
+/**
+ * The alerts part of the `DbManager` contract (docs/notifications.md, "Alerts"): each threshold of
+ * an account is `ok` or `in_alarm`, the line on the alarm side; exactly one `alert_triggered` per
+ * move into alarm and one `alert_resolved` per unit of work that brings thresholds back, none
+ * while the state holds, also under concurrent changes and through two managers.
+ */
+import { randomUUID } from "node:crypto";
+import fc from "fast-check";
+import { describe, expect, it, useTestApi, type TestApi } from "./runner.js";
+import type { DbManager } from "../db/types.js";
+import type { AlertStatus, AlertThreshold, Notification } from "../models/index.js";
+import { CreditService } from "../services/credit-service.js";
+import { NotificationService } from "../services/notification-service.js";
+import { DomainEvent } from "../models/events.js";
+import { eventEnvelope } from "../queue/index.js";
+import { commandsArbitrary, runAgainstModel } from "./properties.js";
+import { DAY, HOUR, lazy, T0 } from "./support.js";
+
+/** Credits and notifications over `db` on one clock, with `defaults` as every account's thresholds. */
+function services(db: DbManager, defaults: AlertThreshold[], start = T0) {
+  const clock = { now: start };
+  const now = () => new Date(clock.now);
+  const credits = new CreditService({ db, clock: now, alerts: { alerts: defaults } });
+  const notifications = new NotificationService({ db, clock: now, alerts: defaults });
+  return { credits, notifications, clock };
+}
+
+/** The user's alert events, oldest first. */
+async function alertRows(notifications: NotificationService, userId: string): Promise<Notification[]> {
+  return (await notifications.list(userId, { limit: 1000 })).filter(
+    (r) => r.type === "alert_triggered" || r.type === "alert_resolved",
+  );
+}
+
+/** `triggered:<id>` and `resolved:<id>,<id>` per event, oldest first. */
+function describeRows(rows: readonly Notification[]): string[] {
+  return rows.map((r) =>
+    r.type === "alert_triggered"
+      ? `triggered:${String(r.payload.thresholdId)}`
+      : `resolved:${(r.payload.resolved as { thresholdId: string }[]).map((x) => x.thresholdId).join(",")}`,
+  );
+}
+
+const LOW: AlertThreshold = { id: "low", kind: "available", atOrBelow: 100 };
+
+/** The thresholds of `getAlerts` beside the built-in low-credits ones. */
+const configured = (states: readonly AlertStatus[]) => states.filter((s) => s.source !== "builtIn");
+
+/**
+ * The alerts part of the contract (`runDbManagerContract` runs it). `test`: your runner's functions,
+ * as in `ContractOptions.test`; by default those the suite already runs on.
+ */
+export function runAlertsContract(
+  getDb: () => DbManager,
+  options: { raceSize?: number; runs?: number; seed?: number; test?: TestApi } = {},
+): void {
+  if (options.test !== undefined) useTestApi(options.test);
+  const raceSize = options.raceSize ?? 50;
+  const runs = options.runs ?? 15;
+  const seed = options.seed ?? 20;
+  const db = lazy(getDb);
+  const user = () => `al-${randomUUID()}`;
+
+  describe("alerts", () => {
+    it("available: the line is on the alarm side; one event per move, none while the state holds", async () => {
+      const { credits, notifications } = services(db, [LOW]);
+      const u = user();
+      await credits.addCredits(u, 150);
+      await credits.deductCredits(u, 49); // 101: ok
+      expect(await alertRows(notifications, u)).toEqual([]);
+      await credits.deductCredits(u, 1); // 100: exactly on the line, in alarm
+      await credits.deductCredits(u, 1); // 99: still in alarm, nothing
+      await credits.addCredits(u, 1); // 100: still in alarm (resolves only strictly above)
+      await credits.addCredits(u, 1); // 101: resolved
+      await credits.deductCredits(u, 1); // 100: in alarm again
+      const rows = await alertRows(notifications, u);
+      expect(describeRows(rows)).toEqual(["triggered:low", "resolved:low", "triggered:low"]);
+      expect(rows[0]!.payload).toMatchObject({
+        thresholdId: "low",
+        kind: "available",
+        value: 100,
+        line: 100,
+        crossing: 1,
+      });
+      expect(rows[1]!.payload).toMatchObject({
+        resolved: [{ thresholdId: "low", value: 101, line: 100, crossing: 1 }],
+      });
+      expect(rows[2]!.payload).toMatchObject({ value: 100, crossing: 2 });
+      // Stable, distinct dedupe keys: a consumer drops a redelivery by the row id or the key.
+      expect(rows.map((r) => r.dedupeKey)).toEqual([
+        "alert_triggered:low:1",
+        "alert_resolved:2",
+        "alert_triggered:low:3",
+      ]);
+      // Each is a published event of the documented schema (docs/events.md).
+      for (const r of rows) {
+        const published = DomainEvent.parse(eventEnvelope({ ...r, createdAt: r.createdAt.toISOString(), attempt: 1 }));
+        expect(published).toMatchObject({ type: r.type, version: 1, id: r.id, userId: u });
+      }
+      // The built-in low-credits thresholds first (no low-credits threshold here: exhaustion only).
+      expect(await notifications.getAlerts(u)).toEqual([
+        {
+          threshold: { id: "credits_exhausted", kind: "available", atOrBelow: 0 },
+          state: "ok",
+          value: 100,
+          line: 0,
+          crossings: null,
+          source: "builtIn",
+        },
+        { threshold: LOW, state: "in_alarm", value: 100, line: 100, crossings: 2, source: "default" },
+      ]);
+      expect((await credits.audit(u)).ok).toBe(true);
+    });
+
+    it("getAlerts lists the low-credits level as its two built-in thresholds, on the same account record", async () => {
+      const clock = { now: T0 };
+      const now = () => new Date(clock.now);
+      const credits = new CreditService({ db, clock: now, alerts: { lowCredits: 50, alerts: [LOW] } });
+      const notifications = new NotificationService({ db, clock: now, thresholds: { lowCredits: 50 }, alerts: [LOW] });
+      const u = user();
+      await credits.addCredits(u, 60);
+      expect((await notifications.getAlerts(u)).map((s) => [s.threshold.id, s.state, s.line, s.source])).toEqual([
+        ["low_credits", "ok", 50, "builtIn"],
+        ["credits_exhausted", "ok", 0, "builtIn"],
+        ["low", "in_alarm", 100, "default"],
+      ]);
+      await credits.deductCredits(u, 10); // 50: on the low-credits line
+      await credits.deductCredits(u, 50); // 0: exhausted
+      expect((await notifications.getAlerts(u)).map((s) => [s.threshold.id, s.state, s.value])).toEqual([
+        ["low_credits", "in_alarm", 0],
+        ["credits_exhausted", "in_alarm", 0],
+        ["low", "in_alarm", 0],
+      ]);
+      const types = (await notifications.list(u)).map((r) => r.type);
+      expect(types).toEqual(["alert_triggered", "low_credits", "credits_exhausted"]);
+      // Their ids are the built-in thresholds': refused for your own.
+      await expect(
+        notifications.setAlerts(u, [{ id: "low_credits", kind: "available", atOrBelow: 1 }]),
+      ).rejects.toMatchObject({ name: "ValidationError" });
+    });
+
+    it("holds count against available; the resolutions of one unit of work are one event", async () => {
+      const both: AlertThreshold[] = [LOW, { id: "zero", kind: "available", atOrBelow: 0 }];
+      const { credits, notifications } = services(db, both);
+      const u = user();
+      await credits.addCredits(u, 200);
+      const hold = await credits.reserveCredits(u, 200); // 0 available: both in alarm
+      expect(describeRows(await alertRows(notifications, u))).toEqual(["triggered:low", "triggered:zero"]);
+      await credits.releaseReservedCredits(hold.id); // 200: both back in one change
+      expect(describeRows(await alertRows(notifications, u))).toEqual([
+        "triggered:low",
+        "triggered:zero",
+        "resolved:low,zero",
+      ]);
+    });
+
+    it("left_percent: what is left at or below a percentage of the latest addition", async () => {
+      const { credits, notifications } = services(db, [{ id: "pct", kind: "left_percent", atOrBelow: 20 }]);
+      const u = user();
+      await credits.addCredits(u, 1000);
+      await credits.deductCredits(u, 799); // 201 = 20.1 %
+      expect(await alertRows(notifications, u)).toEqual([]);
+      await credits.deductCredits(u, 1); // 200 = 20 %: on the line
+      const rows = await alertRows(notifications, u);
+      expect(describeRows(rows)).toEqual(["triggered:pct"]);
+      expect(rows[0]!.payload).toMatchObject({ value: 20, line: 20 });
+      await credits.addCredits(u, 100); // 300 of the latest addition, 100: 300 %
+      expect(describeRows(await alertRows(notifications, u))).toEqual(["triggered:pct", "resolved:pct"]);
+    });
+
+    it("period_spend: captured spend in the calendar window, by spender; resolved when the window ends", async () => {
+      const spend: AlertThreshold = { id: "day", kind: "period_spend", atOrAbove: 50, window: "day", spender: "bob" };
+      const { credits, notifications, clock } = services(db, [spend]);
+      const u = user();
+      await credits.addCredits(u, 1000);
+      await credits.deductCredits(u, 30, { spender: "bob" });
+      await credits.deductCredits(u, 100, { spender: "alice" }); // not bob's
+      const hold = await credits.reserveCredits(u, 40, { spender: "bob" }); // a hold is not spend
+      expect(await alertRows(notifications, u)).toEqual([]);
+      await credits.commitReservedCredits(hold.id, { amount: 20 }); // 50: on the line
+      let rows = await alertRows(notifications, u);
+      expect(describeRows(rows)).toEqual(["triggered:day"]);
+      expect(rows[0]!.payload).toMatchObject({ value: 50, line: 50 });
+      expect(typeof rows[0]!.payload.resetsAt).toBe("string");
+      await credits.deductCredits(u, 10, { spender: "bob" }); // 60: still in alarm
+      expect(await alertRows(notifications, u)).toHaveLength(1);
+      // The next day: the window ended, evaluated now (as the worker does).
+      clock.now += DAY;
+      const states = configured(await notifications.evaluateAlerts(u));
+      expect(states[0]).toMatchObject({ state: "ok", value: 0 });
+      rows = await alertRows(notifications, u);
+      expect(describeRows(rows)).toEqual(["triggered:day", "resolved:day"]);
+      expect(rows[1]!.payload).toMatchObject({ resolved: [{ thresholdId: "day", value: 0 }] });
+      // Evaluating again changes nothing and records nothing.
+      await notifications.evaluateAlerts(u);
+      expect(await alertRows(notifications, u)).toHaveLength(2);
+      // Or the next unit of work on the account, whichever comes first.
+      await credits.deductCredits(u, 50, { spender: "bob" });
+      clock.now += DAY;
+      await credits.deductCredits(u, 1, { spender: "alice" });
+      expect(describeRows(await alertRows(notifications, u))).toEqual([
+        "triggered:day",
+        "resolved:day",
+        "triggered:day",
+        "resolved:day",
+      ]);
+    });
+
+    it("expiring: what is left of grants expiring within N days, holds excluded; the time-based move by evaluateAlerts", async () => {
+      const exp: AlertThreshold = { id: "exp", kind: "expiring", withinDays: 7, atOrAbove: 100 };
+      const { credits, notifications, clock } = services(db, [exp]);
+      const u = user();
+      await credits.addCredits(u, 150, { expiresAt: new Date(T0 + 10 * DAY) });
+      await credits.addCredits(u, 500); // never expires
+      expect(await alertRows(notifications, u)).toEqual([]);
+      clock.now += 3 * DAY + HOUR; // the grant is now within 7 days
+      expect(configured(await notifications.getAlerts(u))[0]).toMatchObject({ state: "ok", value: 150 });
+      await notifications.evaluateAlerts(u);
+      const rows = await alertRows(notifications, u);
+      expect(describeRows(rows)).toEqual(["triggered:exp"]);
+      expect(rows[0]!.payload).toMatchObject({ value: 150, line: 100 });
+      // A hold on the expiring grant takes its credits out of what is left of it.
+      const hold = await credits.reserveCredits(u, 60); // burns the expiring grant first
+      expect(describeRows(await alertRows(notifications, u))).toEqual(["triggered:exp", "resolved:exp"]);
+      await credits.releaseReservedCredits(hold.id);
+      expect(describeRows(await alertRows(notifications, u))).toEqual([
+        "triggered:exp",
+        "resolved:exp",
+        "triggered:exp",
+      ]);
+    });
+
+    it("a never-funded account fires nothing until its first change, evaluated like any other", async () => {
+      const { credits, notifications } = services(db, [LOW]);
+      const u = user();
+      await notifications.setAlerts(u, [{ id: "small", kind: "available", atOrBelow: 50 }]);
+      expect(configured(await notifications.evaluateAlerts(u))).toEqual([
+        {
+          threshold: { id: "small", kind: "available", atOrBelow: 50 },
+          state: "ok",
+          value: null,
+          line: 50,
+          crossings: 0,
+          source: "account",
+        },
+      ]);
+      expect(await alertRows(notifications, u)).toEqual([]);
+      await credits.addCredits(u, 30); // its first change: 30 <= 50
+      expect(describeRows(await alertRows(notifications, u))).toEqual(["triggered:small"]);
+      // An account nobody has touched: the defaults, no value, nothing stored.
+      const v = user();
+      expect(await notifications.getAlerts(v)).toMatchObject([
+        { threshold: { id: "credits_exhausted" }, state: "ok", value: null, source: "builtIn" },
+        { threshold: LOW, state: "ok", value: null, line: 100, crossings: 0, source: "default" },
+      ]);
+      expect(await db.getAccount(v)).toBeNull();
+    });
+
+    it("setAlerts: an account's own thresholds replace the defaults; one set past its line fires at once; null restores the defaults", async () => {
+      const { credits, notifications } = services(db, [LOW]);
+      const u = user();
+      await credits.addCredits(u, 300);
+      await notifications.setAlerts(u, [{ id: "big", kind: "available", atOrBelow: 500 }]);
+      expect(describeRows(await alertRows(notifications, u))).toEqual(["triggered:big"]);
+      await credits.deductCredits(u, 250); // 50: the default `low` does not apply to this account
+      expect(describeRows(await alertRows(notifications, u))).toEqual(["triggered:big"]);
+      await notifications.setAlerts(u, null); // the defaults again: `low` is in alarm at once
+      expect(describeRows(await alertRows(notifications, u))).toEqual(["triggered:big", "triggered:low"]);
+      expect(configured(await notifications.getAlerts(u))).toMatchObject([
+        { threshold: LOW, state: "in_alarm", source: "default" },
+      ]);
+      // Set again under an old id: its events keep distinct dedupe keys.
+      await notifications.setAlerts(u, [{ id: "big", kind: "available", atOrBelow: 500 }]);
+      const rows = await alertRows(notifications, u);
+      expect(describeRows(rows)).toEqual(["triggered:big", "triggered:low", "triggered:big"]);
+      expect(new Set(rows.map((r) => r.dedupeKey)).size).toBe(3);
+      expect((await credits.audit(u)).ok).toBe(true);
+    });
+
+    it("refuses bad thresholds with a ValidationError, changing nothing", async () => {
+      const { credits, notifications } = services(db, []);
+      const u = user();
+      await credits.addCredits(u, 10);
+      const before = await db.getAccount(u);
+      const bad: unknown[] = [
+        [{ id: "a", kind: "available" }],
+        [{ id: "a", kind: "nope", atOrBelow: 1 }],
+        [LOW, LOW],
+        [{ id: "bad id!", kind: "available", atOrBelow: 1 }],
+        [{ id: "p", kind: "left_percent", atOrBelow: 101 }],
+        [{ id: "s", kind: "period_spend", atOrAbove: 5, window: "year" }],
+        [{ id: "s", kind: "period_spend", atOrAbove: 5, window: "day", timeZone: "Mars/Olympus" }],
+        [{ id: "e", kind: "expiring", withinDays: -1, atOrAbove: 5 }],
+      ];
+      for (const list of bad) {
+        await expect(notifications.setAlerts(u, list as AlertThreshold[])).rejects.toMatchObject({
+          name: "ValidationError",
+        });
+      }
+      expect(await db.getAccount(u)).toEqual(before);
+      expect(() => new NotificationService({ db, alerts: [LOW, LOW] })).toThrow(/alerts/);
+      for (const call of [
+        () => notifications.getAlerts(""),
+        () => notifications.evaluateAlerts(""),
+        () => notifications.setAlerts("", null),
+        () => notifications.evaluateExpiringAlerts({ pageSize: 0 }),
+        () => notifications.evaluateEndedSpendWindows({ pageSize: 0 }),
+      ]) {
+        await expect(call()).rejects.toMatchObject({ name: "ValidationError" });
+      }
+    });
+
+    it(`a seeded random run of spends, holds, grants, expiry and window ends records exactly the alert events an independent model predicts (${runs} runs, seed ${seed})`, async () => {
+      const stats = { events: 0, onLine: 0 };
+      await fc.assert(
+        fc.asyncProperty(commandsArbitrary({ min: 20, max: 50 }), thresholdsArbitrary(), (commands, thresholds) =>
+          runAgainstModel(db, commands, thresholds, stats),
+        ),
+        { numRuns: runs, seed },
+      );
+      // Not vacuous: the runs moved thresholds, and met values exactly on their lines.
+      expect(stats.events).toBeGreaterThanOrEqual(runs + 1);
+
+      expect(stats.onLine).toBeGreaterThanOrEqual(1);
+    });
+
+    it(`${raceSize} concurrent deductions around the line record exactly one alert_triggered`, async () => {
+      const { credits, notifications } = services(db, [{ id: "line", kind: "available", atOrBelow: raceSize }]);
+      const u = user();
+      await credits.addCredits(u, 2 * raceSize);
+      // The last deductions are refused for lack of credits: expected, the events are what is checked.
+      await Promise.all(Array.from({ length: raceSize + 10 }, () => credits.deductCredits(u, 2).catch(() => null)));
+      expect(describeRows(await alertRows(notifications, u))).toEqual(["triggered:line"]);
+      expect((await credits.getUserCreditsInfo(u)).balance).toBe(0);
+    });
+  });
+}
+
+/**
+ * One threshold of each kind, with lines that the property test's amounts (1 to 60) land exactly on
+ * now and then; `expiring` within minutes, as its grants expire within 10 minutes.
+ */
+function thresholdsArbitrary(): fc.Arbitrary<AlertThreshold[]> {
+  return fc
+    .record({
+      low: fc.integer({ min: -20, max: 40 }),
+      pct: fc.integer({ min: 0, max: 100 }),
+      spend: fc.integer({ min: 1, max: 40 }),
+      within: fc.constantFrom(0.002, 0.004, 0.007),
+      expiring: fc.integer({ min: 1, max: 50 }),
+    })
+    .map((x): AlertThreshold[] => [
+      { id: "low", kind: "available", atOrBelow: x.low },
+      { id: "pct", kind: "left_percent", atOrBelow: x.pct },
+      { id: "day", kind: "period_spend", atOrAbove: x.spend, window: "day" },
+      { id: "exp", kind: "expiring", withinDays: x.within, atOrAbove: x.expiring },
+    ]);
+}
