@@ -4256,10 +4256,20 @@ export interface operations {
                             pendingPlanId: string | null;
                         } | null;
                         alerts: {
-                            /** @constant */
-                            kind: "low_credits";
-                            level: ("ok" | "low" | "exhausted") | null;
-                            threshold: number;
+                            threshold: {
+                                id: string;
+                                /** @enum {string} */
+                                kind: "available" | "left_percent" | "period_spend" | "expiring";
+                            } & {
+                                [key: string]: unknown;
+                            };
+                            /** @enum {string} */
+                            state: "ok" | "in_alarm";
+                            value: number | null;
+                            line: number;
+                            crossings: number | null;
+                            /** @enum {string} */
+                            source: "builtIn" | "default" | "account";
                         }[];
                         features: {
                             feature: string;
@@ -4395,10 +4405,20 @@ export interface operations {
                             pendingPlanId: string | null;
                         } | null;
                         alerts: {
-                            /** @constant */
-                            kind: "low_credits";
-                            level: ("ok" | "low" | "exhausted") | null;
-                            threshold: number;
+                            threshold: {
+                                id: string;
+                                /** @enum {string} */
+                                kind: "available" | "left_percent" | "period_spend" | "expiring";
+                            } & {
+                                [key: string]: unknown;
+                            };
+                            /** @enum {string} */
+                            state: "ok" | "in_alarm";
+                            value: number | null;
+                            line: number;
+                            crossings: number | null;
+                            /** @enum {string} */
+                            source: "builtIn" | "default" | "account";
                         }[];
                         features: {
                             feature: string;
@@ -4542,10 +4562,20 @@ export interface operations {
                                 pendingPlanId: string | null;
                             } | null;
                             alerts: {
-                                /** @constant */
-                                kind: "low_credits";
-                                level: ("ok" | "low" | "exhausted") | null;
-                                threshold: number;
+                                threshold: {
+                                    id: string;
+                                    /** @enum {string} */
+                                    kind: "available" | "left_percent" | "period_spend" | "expiring";
+                                } & {
+                                    [key: string]: unknown;
+                                };
+                                /** @enum {string} */
+                                state: "ok" | "in_alarm";
+                                value: number | null;
+                                line: number;
+                                crossings: number | null;
+                                /** @enum {string} */
+                                source: "builtIn" | "default" | "account";
                             }[];
                             features: {
                                 feature: string;
