@@ -388,6 +388,11 @@ export class AccountWork {
     return this.emit("deduct", amount, portions, options.reservationId ?? null, meta);
   }
 
+  /** The account's holds in flight, as a limit set now counts them (`replaceLimits`, ./limits.ts). */
+  inFlight(): { holds: Reservation[]; now: number } {
+    return { holds: this.holds.all().filter((h) => h.status === "active"), now: this.now.getTime() };
+  }
+
   /**
    * The most a hold of `spend` may take now (docs/concepts.md, "Holds"): the credits it may use
    * (scoped grants outside its scope do not count; a hold never goes into debt) and what every

@@ -25,6 +25,7 @@ import {
   MAX_LIMITS,
   limitKey,
 } from "../models/limits.js";
+import type { Reservation } from "../models/index.js";
 import { periodContaining } from "./periods.js";
 
 const DAY_MS = 86_400_000;
@@ -365,7 +366,10 @@ export function giveBackSpend(
  * The account's limits after `setLimits(inputs)`: the list replaced, each limit keeping what it
  * counted in its window (and `since`) when one with the same key (spender, feature, window) was
  * there before — so a limit changed mid-window (its amount raised or lowered) still counts what was
- * spent in it. A new limit counts the spends recorded after `seq`, the account's seq now. `cycle`: the
+ * spent in it. A new limit counts the spends recorded after `seq`, the account's seq now, and the
+ * holds in flight (`held`: the account's active holds, at `now`) that it applies to and that were
+ * placed in its current window — a limit counts what is spent or held, so their commit or release
+ * trues it up as for a hold placed under it (docs/teams-and-limits.md, "Holds"). `cycle`: the
  * account's subscription cycle, required by a `resetsWith: "subscription"` limit.
  */
 export function replaceLimits(
@@ -373,6 +377,7 @@ export function replaceLimits(
   inputs: readonly SpendLimitInput[],
   cycle: LimitCycle | null,
   seq: number,
+  held: InFlight = NONE_IN_FLIGHT,
 ): SpendLimit[] {
   const before = new Map((existing ?? []).map((l) => [keyOf(l), l]));
   return inputs.map((input, i) => {
@@ -393,6 +398,7 @@ export function replaceLimits(
       windowStart: null,
       alerted: null,
     };
+    countHeld(limit, held);
     const old = before.get(keyOf(limit));
     if (old !== undefined) {
       limit.since = old.since;
@@ -415,10 +421,34 @@ export function replaceLimits(
         limit.used = 0;
         limit.windowStart = null;
         limit.alerted = null;
+        countHeld(limit, held);
       }
     }
     return limit;
   });
+}
+
+/** The account's active holds and the time a limit is set at (`replaceLimits`). */
+export interface InFlight {
+  holds: readonly Reservation[];
+  now: number;
+}
+
+const NONE_IN_FLIGHT: InFlight = { holds: [], now: 0 };
+
+/** Counts into a limit starting its count the active holds it applies to, placed in its current window. */
+function countHeld(limit: SpendLimit, { holds, now }: InFlight): void {
+  if (holds.length === 0) return;
+  const window = windowOf(limit, now).start;
+  let used = 0;
+  for (const h of holds) {
+    if (h.status !== "active" || !applies(limit, { spender: h.spender ?? null, feature: h.feature ?? null })) continue;
+    if (windowOf(limit, h.createdAt.getTime()).start === window) used += h.amount;
+  }
+  if (used === 0) return;
+  // Its thresholds are not sent: the next spend past one sends it ("Limit notifications").
+  limit.used = used;
+  limit.windowStart = window;
 }
 
 /**
@@ -431,9 +461,10 @@ export function withLimit(
   input: SpendLimitInput,
   cycle: LimitCycle | null,
   seq: number,
+  held: InFlight = NONE_IN_FLIGHT,
 ): SpendLimit[] {
   const list = existing ?? [];
-  const limit = replaceLimits(list, [input], cycle, seq)[0] as SpendLimit;
+  const limit = replaceLimits(list, [input], cycle, seq, held)[0] as SpendLimit;
   const key = keyOf(limit);
   const at = list.findIndex((l) => keyOf(l) === key);
   if (at !== -1) {

@@ -82,9 +82,16 @@ const text = (v: unknown): string | null => (typeof v === "string" ? v : null);
 
 // ---- The rules: one table every store compiles ----
 
-/** What a usage report sums, in the order of its rows' fields. */
-export const USAGE_MEASURES = ["credits", "requests", "inputTokens", "outputTokens", "cachedTokens"] as const;
-export type UsageMeasure = (typeof USAGE_MEASURES)[number];
+/** What a usage report sums, per row. */
+export type UsageMeasure = "credits" | "requests" | "inputTokens" | "outputTokens" | "cachedTokens";
+/** Every `UsageMeasure`, in the order of a row's fields. */
+export const USAGE_MEASURES: readonly UsageMeasure[] = [
+  "credits",
+  "requests",
+  "inputTokens",
+  "outputTokens",
+  "cachedTokens",
+];
 /** A value of each measure. */
 export type UsageSums = Record<UsageMeasure, number>;
 

@@ -36,7 +36,7 @@ export class SpendLimits {
     const cycle = list.some((l) => l.resetsWith === "subscription") ? await this.limitCycle(user) : null;
     const meta = this.core.meta("setLimits", o, () => ({ limits: list, ...o }));
     const set = await this.core.units.mutate("setLimits", user, meta, (work) => {
-      work.setLimits(replaceLimits(work.account.limits ?? null, list, cycle, work.account.seq), meta);
+      work.setLimits(replaceLimits(work.account.limits ?? null, list, cycle, work.account.seq, work.inFlight()), meta);
       return work.account.limits ?? [];
     });
     return limitStatuses(set, this.core.clock().getTime());
@@ -50,7 +50,7 @@ export class SpendLimits {
     const cycle = input.resetsWith === "subscription" ? await this.limitCycle(user) : null;
     const meta = this.core.meta("setLimit", o, () => ({ limit: input, ...o }));
     const set = await this.core.units.mutate("setLimit", user, meta, (work) => {
-      work.setLimits(withLimit(work.account.limits ?? null, input, cycle, work.account.seq), meta);
+      work.setLimits(withLimit(work.account.limits ?? null, input, cycle, work.account.seq, work.inFlight()), meta);
       return work.account.limits ?? [];
     });
     return limitStatuses(set, this.core.clock().getTime());

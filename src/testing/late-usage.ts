@@ -170,6 +170,30 @@ export function runLateUsageContract(getDb: () => DbManager, options: PartOption
       expect((await credits.audit(user)).problems).toEqual([]);
     });
 
+    it("a limit set while holds are in flight counts those placed in its window, so their release or commit trues it up exactly", async () => {
+      const wednesday = base + 600 * DAY + 12 * HOUR;
+      const { credits, clock, user } = setup(wednesday);
+      await credits.addCredits(user, 1_000);
+      const hold = (amount: number, spender: string) =>
+        credits.reserveCredits(user, amount, { spender, ttlSeconds: 7_200 });
+      const released = await hold(100, "s3");
+      const committed = await hold(80, "s3");
+      const other = await hold(50, "s4");
+      clock.now += HOUR;
+      await credits.setLimit(user, { spender: "s3", amount: 250, period: "day" });
+      const used = async () => (await credits.getLimits(user)).map((l) => l.used);
+      expect(await used()).toEqual([180]); // spent or held: s3's two holds, not s4's
+      await expect(credits.deductCredits(user, 71, { spender: "s3" })).rejects.toBeInstanceOf(SpendLimitError);
+      await credits.deductCredits(user, 60, { spender: "s3" });
+      await credits.releaseReservedCredits(released.id);
+      await credits.commitReservedCredits(committed.id, { amount: 50 });
+      await credits.releaseReservedCredits(other.id);
+      expect(await used()).toEqual([110]); // 60 spent and 50 captured: what the day spent under it
+      await expect(credits.deductCredits(user, 141, { spender: "s3" })).rejects.toBeInstanceOf(SpendLimitError);
+      expect((await credits.deductCredits(user, 140, { spender: "s3" })).amount).toBe(140);
+      expect((await credits.audit(user)).problems).toEqual([]);
+    });
+
     it("after reversals, usage nets out in the charge's window and dimensions, limits get the spend back, revenue books it when written", async () => {
       const { credits, clock, user } = setup(base + 500 * DAY + 10 * HOUR);
       await credits.addCredits(user, 1_000, { costBasis: { perCredit: "2", currency: "USD" } });
