@@ -200,7 +200,8 @@ describe.skipIf(!natsUrl)("NATS JetStream", () => {
           }
         }
       }
-      await manager.credits.deductCredits(users[0] as string, 50); // 100 − 40 − 10 − 50 = 0: low, exhausted, chat off
+      // 100 − 40 − 10 = 50: on the line, so low (the line is on the alarm side); − 50 = 0: exhausted, chat off.
+      await manager.credits.deductCredits(users[0] as string, 50);
       let total = 0;
       for (let i = 0; i < 20; i++) total += (await manager.notifications.dispatchPending({ limit: 100 })).sent;
       const rows = (await Promise.all(users.map((u) => manager.notifications.list(u)))).flat();
@@ -223,8 +224,8 @@ describe.skipIf(!natsUrl)("NATS JetStream", () => {
         "hold_placed",
         "hold_settled",
         "credits_deducted",
-        "credits_deducted",
         "low_credits",
+        "credits_deducted",
         "credits_exhausted",
         "feature_status_changed",
       ]);

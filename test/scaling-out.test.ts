@@ -25,10 +25,11 @@ const mongoUri = process.env.CREDIT_MONGO_URI;
  */
 const FAN_OUTS: Record<string, { tables: string[]; why: string }> = {
   "expiration.runAll": {
-    tables: ["grants", "reservations", "subscriptions", "notifications", "ledger"],
+    tables: ["grants", "reservations", "subscriptions", "notifications", "ledger", "accounts"],
     why:
       "job scans: due grants, lapsed holds, due renewals, the outbox relay of what they recorded (each row found is " +
-      "then worked on in its own account), and the job's summary lines in the ledger (no user)",
+      "then worked on in its own account), the job's summary lines in the ledger (no user), and the pages of account " +
+      "ids the alerts' round reads for spend windows that ended in alarm (each account then read keyed)",
   },
   "credits.listCustomerStates, every account": {
     tables: ["accounts"],
