@@ -271,13 +271,19 @@ export class NotificationService {
    */
   async evaluateAlerts(userId: string): Promise<AlertStatus[]> {
     const user = parse(UserId, userId, "userId");
+    await this.reevaluate(user);
+    return this.getAlerts(user);
+  }
+
+  /** `evaluateAlerts` without reading the states back: what the worker's rounds run per account. */
+  private async reevaluate(user: string): Promise<void> {
+    if (!this.recording) return;
     await saveAccountOnly(this.db, user, this.clock, (account, now, grants) => {
-      if (account.seq === 0 || !this.recording) return null;
+      if (account.seq === 0) return null;
       const before = JSON.stringify(account.alert);
       const events = alertNotifications(account, [], grants, this.thresholds, now);
       return events.length === 0 && JSON.stringify(account.alert) === before ? null : events;
     });
-    return this.getAlerts(user);
   }
 
   /**
@@ -289,6 +295,7 @@ export class NotificationService {
    */
   async evaluateExpiringAlerts(options: EvaluateAlertsOptions = {}): Promise<{ accounts: number }> {
     const o = parse(EvaluateAlertsOptions, options, "options");
+    if (!this.recording) return { accounts: 0 }; // nothing would be recorded: no scan
     const pageSize = o.pageSize ?? 500;
     const now = this.clock();
     const days = Math.max(31, ...(this.thresholds.alerts ?? []).map((t) => (t.kind === "expiring" ? t.withinDays : 0)));
@@ -301,7 +308,7 @@ export class NotificationService {
         if (g.remaining <= 0 || g.expiresAt === null || g.expiresAt.getTime() <= now.getTime()) continue;
         if (seen.has(g.userId)) continue;
         seen.add(g.userId);
-        await this.evaluateAlerts(g.userId);
+        await this.reevaluate(g.userId);
       }
       const last = page[page.length - 1];
       if (page.length < pageSize || last === undefined) break;
@@ -321,6 +328,7 @@ export class NotificationService {
     options: EvaluateAlertsOptions = {},
   ): Promise<{ accounts: number | null; evaluated: number }> {
     const o = parse(EvaluateAlertsOptions, options, "options");
+    if (!this.recording) return { accounts: 0, evaluated: 0 }; // nothing would be recorded: no scan
     const listIds = this.db.listAccountIds?.bind(this.db);
     if (listIds === undefined) return { accounts: null, evaluated: 0 };
     const pageSize = o.pageSize ?? 500;
@@ -333,7 +341,7 @@ export class NotificationService {
         accounts++;
         const account = await this.db.getAccount(id);
         if (account === null || !hasEndedSpendWindow(account, this.thresholds.alerts, this.clock())) continue;
-        await this.evaluateAlerts(id);
+        await this.reevaluate(id);
         evaluated++;
       }
       const last = ids[ids.length - 1];
