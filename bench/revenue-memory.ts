@@ -18,7 +18,7 @@ import { Readable, Writable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { createCreditManager } from "../src/index.js";
-import { revenueCsv, revenueCsvStream } from "../src/services/revenue-csv.js";
+import { revenueCsv, revenueCsvStream } from "../src/modules/revenue/csv.js";
 
 const DAY = 86_400_000;
 const ACCOUNTS = Number(process.env.BENCH_REVENUE_MEMORY_ACCOUNTS ?? 500);

@@ -9,7 +9,7 @@ export {
   type ChargeReversals,
 } from "./services/credit-service.js";
 export type { CustomerGrant, CustomerToken } from "./services/customer-tokens.js";
-export { revenueCsv } from "./services/revenue-csv.js";
+export { revenueCsv } from "./modules/revenue/csv.js";
 export { usageCsv } from "./services/usage-csv.js";
 export {
   SubscriptionService,

@@ -31,12 +31,12 @@ export type {
   RevenueSave,
   RevenueSummaryOfAccount,
   RevenueSummaryStore,
-} from "./db/types-revenue.js";
+} from "./modules/revenue/store.js";
 export type { PromoPaymentStore, PromoPaymentTransaction, PromoPaymentChanges } from "./db/types-promos.js";
 export type { NotificationStore, ClaimQuery, NotificationUpdate, OutboxQuery } from "./db/types-notifications.js";
 export { compareGrants } from "./domain/order.js";
 export type { UsageBucket, UsageCatchUp, UsageRollupRow, UsageMeasure, UsageScan, UsageSums } from "./domain/usage.js";
-export type { GrantGroups } from "./domain/revenue.js";
+export type { GrantGroups } from "./modules/revenue/rules.js";
 export { defineStore, DefinedStore } from "./db/store/define.js";
 export type { AccountsPart, Attempt, StoreDefinition, UnitOfWorkPart } from "./db/store/define.js";
 export type { Part, SideParts } from "./db/store/parts.js";

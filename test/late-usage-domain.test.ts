@@ -3,7 +3,7 @@
 import { describe, expect, it } from "vitest";
 import { lateOccurredAt } from "../src/domain/late-usage.js";
 import { calendarWindow, countSpend, giveBackSpend } from "../src/domain/limits.js";
-import { RevenueAccumulator } from "../src/domain/revenue.js";
+import { RevenueAccumulator } from "../src/modules/revenue/rules.js";
 import { reversalMetadata, usageParts } from "../src/domain/usage.js";
 import { LateUsageError } from "../src/errors.js";
 import type { JournalEntry, SpendLimit } from "../src/models/index.js";

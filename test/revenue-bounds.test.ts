@@ -10,9 +10,9 @@ import { afterAll, describe, expect, it } from "vitest";
 import { SqliteDbManager } from "../src/db/sqlite/index.js";
 import type { DbManager } from "../src/db/types.js";
 import { ValidationError } from "../src/errors.js";
-import { MAX_REVENUE_ROWS } from "../src/models/revenue.js";
+import { MAX_REVENUE_ROWS } from "../src/modules/revenue/model.js";
 import { CreditService } from "../src/services/credit-service.js";
-import { getRevenue } from "../src/services/revenue.js";
+import { getRevenue } from "../src/modules/revenue/service.js";
 import { testStores, type TestStore } from "./fixtures/stores.js";
 
 const dir = mkdtempSync(join(tmpdir(), "cm-revenue-bounds-"));

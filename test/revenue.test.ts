@@ -6,7 +6,8 @@ import Database from "better-sqlite3";
 import pg from "pg";
 import { afterAll, describe, expect, it } from "vitest";
 import { SqliteDbManager } from "../src/db/sqlite/index.js";
-import { basesOfPrice, basisOfPrice, rateOf, storedDeferred, valueAt } from "../src/domain/revenue.js";
+import { storedDeferred } from "../src/modules/revenue/rules.js";
+import { basesOfPrice, basisOfPrice, rateOf, valueAt } from "../src/domain/cost-basis.js";
 import {
   CreditService,
   createCreditManager,
@@ -22,9 +23,9 @@ import {
   type RevenueRow,
 } from "../src/index.js";
 import { testStores, type TestStore } from "./fixtures/stores.js";
-import { catchUpRevenue, getRevenue } from "../src/services/revenue.js";
+import { catchUpRevenue, getRevenue } from "../src/modules/revenue/service.js";
 import { createWorker } from "../src/worker/index.js";
-import type { RevenueQuery } from "../src/models/revenue.js";
+import type { RevenueQuery } from "../src/modules/revenue/model.js";
 
 const dir = mkdtempSync(join(tmpdir(), "cm-revenue-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));

@@ -14,7 +14,7 @@ import { InMemoryNotificationQueue, createCreditManager, type DbManager } from "
 import { MongoDbManager } from "../src/db/mongodb/index.js";
 import { PostgresDbManager } from "../src/db/postgres/index.js";
 import { generateSql } from "../src/schema/sql.js";
-import { revenueDdl } from "../src/schema/revenue-pg.js";
+import { revenueDdl } from "../src/modules/revenue/schema-pg.js";
 
 const pgUrl = process.env.CREDIT_PG_URL;
 const mongoUri = process.env.CREDIT_MONGO_URI;

@@ -4,7 +4,7 @@ import packageJson from "../../package.json" with { type: "json" };
 import { exitCodeOf, parseCommandLine } from "./args.js";
 import { ACCOUNTS_HELP, runAccountsCli } from "./accounts.js";
 import { runAudit } from "./audit.js";
-import { REVENUE_HELP, runRevenueCli } from "./revenue.js";
+import { REVENUE_HELP, runRevenueCli } from "../modules/revenue/cli.js";
 import { REVERSE_HELP, runReverseCli } from "./reverse.js";
 import { runServeCli } from "./serve.js";
 import { WEBHOOKS_HELP, runWebhooksCli } from "./webhooks.js";

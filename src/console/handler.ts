@@ -11,7 +11,7 @@ import { paymentsPage, promosPage } from "./payments-page.js";
 import { subscriptionsPage } from "./subscriptions-page.js";
 import { webhookPage, webhooksPage } from "./webhooks.js";
 import type { WebhookEndpointStore } from "../webhooks/endpoint-store.js";
-import { revenueCsvPage, revenuePage } from "./revenue-page.js";
+import { revenueCsvPage, revenuePage } from "../modules/revenue/page.js";
 import { usageCsvPage, usagePage } from "./usage-page.js";
 import { checkSigned, crossSite, CSRF_COOKIE, newToken, readCookie, SECURITY_HEADERS } from "./security.js";
 

@@ -10,7 +10,7 @@ import {
 import type { AccountWork, EntryMeta } from "./account-work.js";
 import { fingerprint } from "./hash.js";
 import { allocationExpiry, fractionLeft, periodAt, periodIndexAt } from "./periods.js";
-import { basesOfPrice } from "./revenue.js";
+import { basesOfPrice } from "./cost-basis.js";
 import { expiriesIn, rolloverAmount, rolloverCarry, type PeriodEndExpiry } from "./rollover.js";
 
 /**

@@ -3,7 +3,7 @@ import { ConfigurationError } from "../errors.js";
 import { paymentRoutes, promoRoutes } from "./billing-routes.js";
 import { creditRoutes } from "./credit-routes.js";
 import { autoTopUpRoutes, type SelfServiceAutoTopUp } from "./auto-top-up-routes.js";
-import { revenueRoutes } from "./revenue-routes.js";
+import { revenueRoutes } from "../modules/revenue/routes.js";
 import { usageRoutes } from "./usage-routes.js";
 import { limitRoutes } from "./limit-routes.js";
 import { customerStateRoutes } from "./customer-state-routes.js";

@@ -2,7 +2,7 @@ import * as z from "zod";
 import { AlertState } from "./notifications.js";
 import { AutoTopUpState } from "./auto-top-up.js";
 import { GrantScope, SpendLimit, SpenderId } from "./limits.js";
-import { CostBasis } from "./revenue.js";
+import { CostBasis } from "./cost-basis.js";
 import {
   EntityId,
   FeatureName,

@@ -14,6 +14,7 @@ export * from "./pricing.js";
 export * from "./leases.js";
 export * from "./limits.js";
 export * from "./usage.js";
-export * from "./revenue.js";
+export * from "./cost-basis.js";
+export * from "../modules/revenue/model.js";
 export * from "./customer-tokens.js";
 export * from "./customer-state.js";

@@ -13,7 +13,7 @@ import {
 import { EntryType, GrantSource } from "./entities.js";
 import { GrantScope, SpendFields, SpenderId } from "./limits.js";
 import { PlanId } from "./subscriptions.js";
-import { CostBasisInput } from "./revenue.js";
+import { CostBasisInput } from "./cost-basis.js";
 import { text } from "./text.js";
 
 /** Options every mutation accepts. */

@@ -1,6 +1,6 @@
 import * as z from "zod";
 import { Amount, EntityId, IdempotencyKey, Metadata, NonNegativeAmount, ShortText, UserId } from "./common.js";
-import { Money } from "./revenue.js";
+import { Money } from "./cost-basis.js";
 import { text } from "./text.js";
 
 /**

@@ -1,7 +1,7 @@
 import * as z from "zod";
 import { DateInput, EntityId, IdempotencyKey, Metadata, NonNegativeAmount, ShortText, UserId } from "./common.js";
 import { GrantScope } from "./limits.js";
-import { Money } from "./revenue.js";
+import { Money } from "./cost-basis.js";
 import { text } from "./text.js";
 
 export const BillingPeriod = z.enum(["daily", "weekly", "monthly", "yearly"]);

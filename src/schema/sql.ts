@@ -1,6 +1,6 @@
 import type * as z from "zod";
 import { rollupDdl, rollupNames } from "./rollup.js";
-import { revenueDdl } from "./revenue-pg.js";
+import { revenueDdl } from "../modules/revenue/schema-pg.js";
 import { citusUnitFunctions } from "./citus-units.js";
 import { keyDigestSql } from "./key-digest.js";
 import { pgIdent, pgQualified, sqlLit } from "./ident.js";

@@ -6,7 +6,7 @@ import * as z from "zod";
 import type { DbManager } from "../db/types.js";
 import type { ArchivePartitionsReport } from "../db/types-partitions.js";
 import { replayJournal, type AuditReport } from "../domain/replay.js";
-import { catchUpRevenue } from "./revenue.js";
+import { catchUpRevenue } from "../modules/revenue/service.js";
 import { ConfigurationError, ValidationError } from "../errors.js";
 import { DateInput, UserId, parse, type JournalEntry } from "../models/index.js";
 import { journalPages } from "./history.js";

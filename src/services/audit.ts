@@ -1,11 +1,11 @@
 import type { DbManager } from "../db/types.js";
 import { replayJournal, type AuditReport } from "../domain/replay.js";
-import { revenueProblems } from "../domain/revenue.js";
+import { revenueProblems } from "../modules/revenue/rules.js";
 import { rollupAuditScan, rollupProblems } from "../domain/usage.js";
 import type { AuditOptions, JournalEntry } from "../models/index.js";
 import type * as z from "zod";
 import { copy, journalAfter } from "./history.js";
-import { revenueSummaryProblems } from "./revenue.js";
+import { revenueSummaryProblems } from "../modules/revenue/service.js";
 import type { UnitRunner } from "./unit-of-work.js";
 
 /** `CreditService.latestCheckpoint` of a validated user: its latest checkpoint entry, if any. */

@@ -20,7 +20,7 @@ import type { ArchivePartitionsReport } from "../db/types-partitions.js";
 import { openMeter, runMetered, type MeterContext, type MeterOutcome, type MeterSession } from "./metering.js";
 import type { PricingService } from "./pricing-service.js";
 import { getUsage } from "./usage.js";
-import { getRevenue } from "./revenue.js";
+import { getRevenue } from "../modules/revenue/service.js";
 import { auditAccount, latestCheckpoint, writeCheckpoint } from "./audit.js";
 import { SpendLimits } from "./spend-limits.js";
 import { getReversals, reverseCharge } from "./reversals.js";
@@ -31,8 +31,9 @@ import type { CustomerState, CustomerStatePage } from "../domain/customer-state.
 import { NO_SPEND } from "../domain/entry-meta.js";
 import { copy, creditHistory, expiringCredits, type ExpiringCredits, type HistoryPage } from "./history.js";
 import type { UsageQuery, UsageReport } from "../models/usage.js";
-import { MAX_SALE, type RevenueQuery, type RevenueReport } from "../models/revenue.js";
-import { checkSaleWorth } from "../domain/revenue.js";
+import { MAX_SALE } from "../models/cost-basis.js";
+import type { RevenueQuery, RevenueReport } from "../modules/revenue/model.js";
+import { checkSaleWorth } from "../domain/cost-basis.js";
 import type { CreditsInfo, MutationOptions, RemoveLimitInput, SpendLimitInput } from "../models/index.js";
 import {
   AddCreditsOptions,

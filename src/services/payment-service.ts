@@ -1,4 +1,4 @@
-import { basisOfPrice } from "../domain/revenue.js";
+import { basisOfPrice } from "../domain/cost-basis.js";
 import { createHash } from "node:crypto";
 import { warnOnFailure, type Logger } from "../logger.js";
 import type { Cache } from "../cache/index.js";

@@ -2,7 +2,7 @@ import * as z from "zod";
 import { LoggerOption, silentLogger, type Logger } from "../logger.js";
 import type { CreditManager } from "../manager.js";
 import { parseConfig } from "../models/parse.js";
-import { catchUpRevenue } from "../services/revenue.js";
+import { catchUpRevenue } from "../modules/revenue/service.js";
 import { pauseBefore } from "./schedule.js";
 
 // The type of the `logger` option.

@@ -49,8 +49,8 @@ import {
   relationKind,
 } from "./partitions.js";
 import { PostgresSubscriptionStore } from "./subscriptions.js";
-import { PostgresRevenueSummary } from "./revenue.js";
-import type { RevenueSummaryStore } from "../types-revenue.js";
+import { PostgresRevenueSummary } from "../../modules/revenue/postgres.js";
+import type { RevenueSummaryStore } from "../../modules/revenue/store.js";
 import { StoreBase } from "../store/base.js";
 import type { SideParts } from "../store/parts.js";
 

@@ -1,5 +1,5 @@
-import { pgIdent as q, pgQualified } from "./ident.js";
-import type { NamingOptions } from "./sql.js";
+import { pgIdent as q, pgQualified } from "../../schema/ident.js";
+import type { NamingOptions } from "../../schema/sql.js";
 
 /**
  * The revenue summary of PostgreSQL (docs/revenue.md, "How it is computed"): tables a report

@@ -1,11 +1,11 @@
-import { MAX_REVENUE_ROWS, type RevenueQuery, type RevenueReport, type RevenueRow } from "../models/revenue.js";
-import { revenueCsvStream } from "../services/revenue-csv.js";
-import { csvHeaders } from "../util/csv.js";
-import type { Ctx, PageResult } from "./context.js";
-import { amount, html, minorDigits, money, query, raw } from "./html.js";
-import { cards, monthField, refusedCsv, refusedReport } from "./page-parts.js";
-import { shortId, table } from "./table.js";
-import { chartBox } from "./usage-chart.js";
+import { MAX_REVENUE_ROWS, type RevenueQuery, type RevenueReport, type RevenueRow } from "./model.js";
+import { revenueCsvStream } from "./csv.js";
+import { csvHeaders } from "../../util/csv.js";
+import type { Ctx, PageResult } from "../../console/context.js";
+import { amount, html, minorDigits, money, query, raw } from "../../console/html.js";
+import { cards, monthField, refusedCsv, refusedReport } from "../../console/page-parts.js";
+import { shortId, table } from "../../console/table.js";
+import { chartBox } from "../../console/usage-chart.js";
 
 /** Months the page shows when none are asked for: this one and the 11 before it. */
 const DEFAULT_MONTHS = 12;

@@ -1,10 +1,10 @@
 import type { JournalEntry } from "../../models/index.js";
-import type { RevenueDimension } from "../../models/revenue.js";
-import { grantGroups, type GrantGroups } from "../../domain/revenue.js";
-import { revenueNames, type RevenueNames } from "../../schema/revenue-pg.js";
+import type { RevenueDimension } from "./model.js";
+import { grantGroups, type GrantGroups } from "./rules.js";
+import { revenueNames, type RevenueNames } from "./schema-pg.js";
 import type { NamingOptions } from "../../schema/sql.js";
-import type { PostgresDbManager } from "./index.js";
-import { list } from "./reads.js";
+import type { PostgresDbManager } from "../../db/postgres/index.js";
+import { list } from "../../db/postgres/reads.js";
 import type {
   RevenueBucketRow,
   RevenueCheckpoint,
@@ -13,7 +13,7 @@ import type {
   RevenueSave,
   RevenueSummaryOfAccount,
   RevenueSummaryStore,
-} from "../types-revenue.js";
+} from "./store.js";
 
 /** What the summary needs of `PostgresDbManager`. */
 type Runner = Pick<PostgresDbManager, "read" | "sql">;

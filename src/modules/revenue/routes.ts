@@ -1,10 +1,16 @@
 import * as z from "zod";
-import { MAX_REVENUE_ROWS, RevenueDimension, UserId, type RevenueQuery, type RevenueReport } from "../models/index.js";
-import { revenueCsvStream } from "../services/revenue-csv.js";
-import { csvHeaders } from "../util/csv.js";
-import { type RouteContext, type RouteDefinition } from "./router.js";
-import { adminRoute } from "./route-helpers.js";
-import { rangeOf, UsageParams } from "./usage-routes.js";
+import {
+  MAX_REVENUE_ROWS,
+  RevenueDimension,
+  UserId,
+  type RevenueQuery,
+  type RevenueReport,
+} from "../../models/index.js";
+import { revenueCsvStream } from "./csv.js";
+import { csvHeaders } from "../../util/csv.js";
+import { type RouteContext, type RouteDefinition } from "../../http/router.js";
+import { adminRoute } from "../../http/route-helpers.js";
+import { rangeOf, UsageParams } from "../../http/usage-routes.js";
 
 /**
  * The revenue query as a query string (docs/revenue.md, "Where finance reads it"): `from` and `to`

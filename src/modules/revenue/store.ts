@@ -1,6 +1,6 @@
-import type { JournalEntry } from "../models/index.js";
-import type { RevenueDimension } from "../models/revenue.js";
-import type { GrantGroups } from "../domain/revenue.js";
+import type { JournalEntry } from "../../models/index.js";
+import type { RevenueDimension } from "./model.js";
+import type { GrantGroups } from "./rules.js";
 
 /**
  * Where an account's revenue summary stands (docs/revenue.md, "How it is computed"): its entries

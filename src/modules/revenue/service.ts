@@ -1,5 +1,5 @@
-import type { DbManager } from "../db/types.js";
-import type { RevenueCheckpoint, RevenueDayRow, RevenueSave, RevenueSummaryStore } from "../db/types-revenue.js";
+import type { DbManager } from "../../db/types.js";
+import type { RevenueCheckpoint, RevenueDayRow, RevenueSave, RevenueSummaryStore } from "./store.js";
 import {
   checkRevenueCells,
   RevenueAccumulator,
@@ -9,10 +9,10 @@ import {
   parseRevenueState,
   revenueStateText,
   type Key,
-} from "../domain/revenue.js";
-import { nextWindowStart, usageBoundaries, windowStart } from "../domain/usage.js";
-import { ConfigurationError, ValidationError } from "../errors.js";
-import { parse, type JournalEntry } from "../models/index.js";
+} from "./rules.js";
+import { nextWindowStart, usageBoundaries, windowStart } from "../../domain/usage.js";
+import { ConfigurationError, ValidationError } from "../../errors.js";
+import { parse, type JournalEntry } from "../../models/index.js";
 import {
   DEFAULT_REVENUE_ROWS,
   MAX_REVENUE_CELLS,
@@ -21,11 +21,11 @@ import {
   RevenueQuery,
   type RevenueReport,
   type RevenueRow,
-} from "../models/revenue.js";
-import type { UsageInterval } from "../models/usage.js";
-import { breather } from "../util/breather.js";
-import { journalAfter, journalPages } from "./history.js";
-import { pacedSort } from "../util/paced-sort.js";
+} from "./model.js";
+import type { UsageInterval } from "../../models/usage.js";
+import { breather } from "../../util/breather.js";
+import { journalAfter, journalPages } from "../../services/history.js";
+import { pacedSort } from "../../util/paced-sort.js";
 
 /** Accounts one page lists. */
 const PAGE = 1000;
