@@ -47,7 +47,32 @@ export default tseslint.config(
     },
   },
   {
+    // A module's rules (src/modules/<name>/rules*.ts, ARCHITECTURE.md "Modules") are domain too: the
+    // models, the errors, the core's rules, the module's own model and rules.
+    files: ["src/modules/*/rules*.ts"],
+    rules: {
+      "no-restricted-imports": [
+        "error",
+        {
+          paths: drivers,
+          patterns: [
+            {
+              regex:
+                "^(?!\\./(rules|model)[\\w-]*\\.js$|\\.\\./\\.\\./models/|\\.\\./\\.\\./domain/|\\.\\./\\.\\./errors\\.js$|node:crypto$|safe-stable-stringify$)",
+              message:
+                "a module's rules import only the models, the errors, src/domain, the module's own model and rules, node:crypto and safe-stable-stringify.",
+            },
+          ],
+        },
+      ],
+    },
+  },
+  {
+    // A module's store parts are loaded only by their store's entry point, as the stores are.
     files: [
+      "src/modules/*/mongodb.ts",
+      "src/modules/*/postgres.ts",
+      "src/modules/*/sqlite.ts",
       "src/db/mongodb/**",
       "src/db/postgres/**",
       "src/db/sqlite/**",

@@ -34,14 +34,14 @@ export {
   type PromoServiceOptions,
   type PromoClaimResult,
   type PromoPage,
-} from "./services/promo-service.js";
+} from "./modules/billing/service-promos.js";
 export {
   PaymentService,
   type PaymentServiceOptions,
   type WebhookResult,
   type PaymentPage,
   type AutoTopUpResult,
-} from "./services/payment-service.js";
+} from "./modules/billing/service-payments.js";
 export {
   RazorpayProvider,
   STRIPE_API_VERSION,
@@ -57,7 +57,7 @@ export {
   type PaymentEvent,
   type PaymentEventKind,
   type PaymentProvider,
-} from "./payments/index.js";
+} from "./modules/billing/providers.js";
 export {
   NotificationService,
   type NotificationServiceOptions,
@@ -248,9 +248,9 @@ export type { ArchivePartitionsOptions } from "./services/archive.js";
 export type { ArchivePartitionsReport } from "./db/types-partitions.js";
 export type { LeaseSpend } from "./services/leases.js";
 export type { JobOptions, CheckpointJobOptions } from "./services/expiration-service.js";
-export type { PaymentManagerOptions } from "./payments/index.js";
+export type { PaymentManagerOptions } from "./modules/billing/providers.js";
 export type { EmitInput } from "./services/notification-service.js";
-export type { ListPromosQuery } from "./services/promo-service.js";
+export type { ListPromosQuery } from "./modules/billing/service-promos.js";
 export type { HealthOptions } from "./health.js";
 export type { ArchiveJournalOptions, ArchiveReport } from "./services/archive.js";
 export type { MeterSession } from "./services/metering.js";

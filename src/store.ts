@@ -32,7 +32,7 @@ export type {
   RevenueSummaryOfAccount,
   RevenueSummaryStore,
 } from "./modules/revenue/store.js";
-export type { PromoPaymentStore, PromoPaymentTransaction, PromoPaymentChanges } from "./db/types-promos.js";
+export type { PromoPaymentStore, PromoPaymentTransaction, PromoPaymentChanges } from "./modules/billing/store.js";
 export type { NotificationStore, ClaimQuery, NotificationUpdate, OutboxQuery } from "./db/types-notifications.js";
 export { compareGrants } from "./domain/order.js";
 export type { UsageBucket, UsageCatchUp, UsageRollupRow, UsageMeasure, UsageScan, UsageSums } from "./domain/usage.js";

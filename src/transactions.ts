@@ -5,7 +5,7 @@ import type { LedgerLogger } from "./ledger/index.js";
 import type { Logger } from "./logger.js";
 import type { JournalEntry } from "./models/index.js";
 import type { CreditService } from "./services/credit-service.js";
-import type { PromoService } from "./services/promo-service.js";
+import type { PromoService } from "./modules/billing/service-promos.js";
 import type { SubscriptionService } from "./services/subscription-service.js";
 
 /**

@@ -14,7 +14,7 @@ import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { PostgresDbManager } from "../src/db/postgres/index.js";
 import { createCreditManager, type CreditManager } from "../src/index.js";
-import { StripeProvider } from "../src/payments/stripe.js";
+import { StripeProvider } from "../src/modules/billing/provider-stripe.js";
 import { runProcess } from "./fixtures/processes.js";
 
 const pgUrl = process.env.CREDIT_PG_URL;

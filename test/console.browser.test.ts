@@ -17,8 +17,8 @@ import { PostgresDbManager } from "../src/db/postgres/index.js";
 import { SqliteDbManager } from "../src/db/sqlite/index.js";
 import type { DbManager } from "../src/db/types.js";
 import { createCreditManager, InMemoryDbManager, type CreditManager } from "../src/index.js";
-import { StripeProvider } from "../src/payments/stripe.js";
-import type { PaymentProvider } from "../src/payments/types.js";
+import { StripeProvider } from "../src/modules/billing/provider-stripe.js";
+import type { PaymentProvider } from "../src/modules/billing/provider.js";
 import { deliveryUserId } from "../src/webhooks/queue.js";
 import {
   endpointOf,

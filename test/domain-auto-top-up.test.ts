@@ -1,4 +1,4 @@
-// The auto top-up rules on their own (src/domain/auto-top-up.ts): the rule's validation, the edge
+// The auto top-up rules on their own (src/modules/billing/rules-auto-top-up.ts): the rule's validation, the edge
 // trigger, one top-up in flight, the monthly cap, the amount charged, and what a credit, a decline
 // and a required action do to the state. test/payments-auto-top-up.test.ts checks them end to end.
 import { describe, expect, it } from "vitest";
@@ -15,8 +15,8 @@ import {
   ruleOf,
   topUpRequest,
   withRule,
-} from "../src/domain/auto-top-up.js";
-import { creditsAtRate } from "../src/domain/payments.js";
+} from "../src/modules/billing/rules-auto-top-up.js";
+import { creditsAtRate } from "../src/modules/billing/rules-payments.js";
 import { AutoTopUpInput, type Account, type AutoTopUpState } from "../src/models/index.js";
 
 const now = new Date();

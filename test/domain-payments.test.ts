@@ -1,9 +1,9 @@
-// The payment rules on their own (src/domain/payments.ts): the credits a payment buys, what a
+// The payment rules on their own (src/modules/billing/rules-payments.ts): the credits a payment buys, what a
 // refund or a lost dispute does to it, and how the credits are taken back. The webhook tests
 // (test/payments.test.ts) and the contract suite check them end to end.
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import { creditsAtRate, creditsToReverse, heldOf, refundedBy, reversal, takeBackPlan } from "../src/domain/payments.js";
+import { creditsAtRate, creditsToReverse, heldOf, refundedBy, reversal, takeBackPlan } from "../src/modules/billing/rules-payments.js";
 import type { Payment, PaymentStatus, Reservation } from "../src/models/index.js";
 import { samples } from "./fixtures/samples.js";
 

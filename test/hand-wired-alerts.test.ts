@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { ConfigurationError, CreditService, InMemoryDbManager, PaymentService, PromoService } from "../src/index.js";
-import { testEvent, unsignedTestProvider } from "../src/testing/promos.js";
+import { testEvent, unsignedTestProvider } from "../src/modules/billing/contract.js";
 
 /**
  * A `PromoService` or `PaymentService` wired by hand runs its units of work through a

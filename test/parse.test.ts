@@ -12,7 +12,7 @@ import {
   UserId,
   parse,
 } from "../src/models/index.js";
-import { PromoCode } from "../src/models/promos.js";
+import { PromoCode } from "../src/modules/billing/model-promos.js";
 
 /** What the schema alone says about a value: its output, or that it refuses it. */
 function direct(schema: { safeParse(v: unknown): { success: boolean; data?: unknown } }, v: unknown) {

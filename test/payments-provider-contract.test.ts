@@ -1,5 +1,5 @@
 /**
- * The payment provider contract (src/testing/payment-providers.ts, docs/testing.md) run on both
+ * The payment provider contract (src/modules/billing/contract-providers.ts, docs/testing.md) run on both
  * built-in providers, with webhooks in their documented shapes signed in the test.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";

@@ -9,7 +9,7 @@ import { createServer, type IncomingHttpHeaders, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import Stripe from "stripe";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { StripeProvider, STRIPE_API_VERSION } from "../src/payments/stripe.js";
+import { StripeProvider, STRIPE_API_VERSION } from "../src/modules/billing/provider-stripe.js";
 
 interface Recorded {
   method: string;

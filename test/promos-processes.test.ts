@@ -10,8 +10,8 @@ import { MongoDbManager } from "../src/db/mongodb/index.js";
 import { PostgresDbManager } from "../src/db/postgres/index.js";
 import type { DbManager } from "../src/db/types.js";
 import { CreditService, PaymentService, PromoService } from "../src/index.js";
-import { testEvent, unsignedTestProvider } from "../src/testing/promos.js";
-import { scriptedChargeProvider } from "../src/testing/auto-top-up.js";
+import { testEvent, unsignedTestProvider } from "../src/modules/billing/contract.js";
+import { scriptedChargeProvider } from "../src/modules/billing/contract-auto-top-up.js";
 
 const mongoUri = process.env.CREDIT_MONGO_URI;
 const pgUrl = process.env.CREDIT_PG_URL;

@@ -10,7 +10,7 @@ import {
   ConfigurationError,
   type CreditManager,
 } from "../src/index.js";
-import { scriptedChargeProvider } from "../src/testing/auto-top-up.js";
+import { scriptedChargeProvider } from "../src/modules/billing/contract-auto-top-up.js";
 import { createWorker } from "../src/worker/index.js";
 
 const opened: CreditManager[] = [];

@@ -31,7 +31,7 @@ import {
   pager,
   scopeText,
 } from "./page-parts.js";
-import { paymentTable } from "./payments-page.js";
+import { paymentTable } from "../modules/billing/page-payments.js";
 import { subscriptionTable } from "./subscriptions-page.js";
 import { isCharge, reversedNotice } from "./reverse.js";
 import type { CustomerState, FeatureState } from "../domain/customer-state.js";

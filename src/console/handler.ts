@@ -7,7 +7,7 @@ import { errorPage, layout, type ConsoleAccess, type ConsoleRole, type Ctx, type
 import { accountPage, holdPage } from "./account-page.js";
 import { accountsPage } from "./accounts-page.js";
 import { jobsPage, outboxPage } from "./outbox-page.js";
-import { paymentsPage, promosPage } from "./payments-page.js";
+import { paymentsPage, promosPage } from "../modules/billing/page-payments.js";
 import { subscriptionsPage } from "./subscriptions-page.js";
 import { webhookPage, webhooksPage } from "./webhooks.js";
 import type { WebhookEndpointStore } from "../webhooks/endpoint-store.js";

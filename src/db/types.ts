@@ -10,7 +10,7 @@ import type {
 } from "../models/index.js";
 import type { Changes, LoadedState } from "../domain/state.js";
 import type { UsageBucket, UsageCatchUp, UsageRollupRow, UsageScan } from "../domain/usage.js";
-import type { PromoPaymentStore, PromoPaymentTransaction } from "./types-promos.js";
+import type { PromoPaymentStore, PromoPaymentTransaction } from "../modules/billing/store.js";
 import type { SubscriptionStore } from "./types-subscriptions.js";
 import type { RevenueSummaryStore } from "../modules/revenue/store.js";
 import type { ArchivePartitionsInput, ArchivePartitionsReport, EnsurePartitionsReport } from "./types-partitions.js";

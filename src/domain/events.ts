@@ -67,7 +67,7 @@ function base(e: JournalEntry): Record<string, unknown> {
 
 /**
  * A payment's take-back (refund or lost dispute): the payment service's entries carry the payment
- * in their metadata (`paymentId` and `refundedAmount`, src/services/payment-service.ts).
+ * in their metadata (`paymentId` and `refundedAmount`, src/modules/billing/service-payments.ts).
  */
 function refundOf(e: JournalEntry): { paymentId: string | null; refundedAmount: number | null } | null {
   const m = e.metadata;

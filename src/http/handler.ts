@@ -1,8 +1,8 @@
 import type { CreditManager } from "../manager.js";
 import { ConfigurationError } from "../errors.js";
-import { paymentRoutes, promoRoutes } from "./billing-routes.js";
+import { paymentRoutes, promoRoutes } from "../modules/billing/routes.js";
 import { creditRoutes } from "./credit-routes.js";
-import { autoTopUpRoutes, type SelfServiceAutoTopUp } from "./auto-top-up-routes.js";
+import { autoTopUpRoutes, type SelfServiceAutoTopUp } from "../modules/billing/routes-auto-top-up.js";
 import { revenueRoutes } from "../modules/revenue/routes.js";
 import { usageRoutes } from "./usage-routes.js";
 import { limitRoutes } from "./limit-routes.js";

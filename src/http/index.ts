@@ -34,9 +34,9 @@ export {
 export { creditRoutes } from "./credit-routes.js";
 export { limitRoutes } from "./limit-routes.js";
 export { customerStateRoutes } from "./customer-state-routes.js";
-export { paymentRoutes, promoRoutes } from "./billing-routes.js";
+export { paymentRoutes, promoRoutes } from "../modules/billing/routes.js";
 export { subscriptionRoutes, type SelfServiceSubscriptions } from "./subscription-routes.js";
-export { autoTopUpRoutes, type SelfServiceAutoTopUp } from "./auto-top-up-routes.js";
+export { autoTopUpRoutes, type SelfServiceAutoTopUp } from "../modules/billing/routes-auto-top-up.js";
 // recordUsage, addLlmUsage and currentMeter come from the package root: they work inside any
 // metered call, `credits.meter()` included, not only in these middlewares.
 export type { MeterContext, MeterOutcome } from "../services/metering.js";

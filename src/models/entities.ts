@@ -1,6 +1,6 @@
 import * as z from "zod";
 import { AlertState } from "./notifications.js";
-import { AutoTopUpState } from "./auto-top-up.js";
+import { AutoTopUpState } from "../modules/billing/model-auto-top-up.js";
 import { GrantScope, SpendLimit, SpenderId } from "./limits.js";
 import { CostBasis } from "./cost-basis.js";
 import {

@@ -1,6 +1,6 @@
 import type * as z from "zod";
 import { Account, Grant, JournalEntry, LedgerEntry, Reservation } from "../models/entities.js";
-import { promoPaymentTableSpecs } from "./tables-promos.js";
+import { promoPaymentTableSpecs } from "../modules/billing/schema-tables.js";
 import { Notification } from "../models/notifications.js";
 import { Plan, Subscription } from "../models/subscriptions.js";
 

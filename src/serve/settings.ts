@@ -5,7 +5,7 @@ import {
   paymentSettings,
   type PaymentFlags,
   type PaymentSettings,
-} from "../payments/settings.js";
+} from "../modules/billing/provider-settings.js";
 import { UsageError } from "../util/usage-error.js";
 
 /**

@@ -1,7 +1,7 @@
 import type { Logger } from "../logger.js";
 import type { Cache } from "../cache/index.js";
 import type { DbManager, DbTransaction, LoadedState } from "../db/types.js";
-import type { PromoPaymentChanges } from "../db/types-promos.js";
+import type { PromoPaymentChanges } from "../modules/billing/store.js";
 import type { AccountWork, EntryMeta } from "../domain/account-work.js";
 import type { Thresholds } from "../domain/notifications.js";
 import { ConfigurationError, IdempotencyConflictError } from "../errors.js";

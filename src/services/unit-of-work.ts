@@ -1,7 +1,7 @@
 import type { Logger } from "../logger.js";
 import type { CacheAside } from "../cache/aside.js";
 import type { Changes, DbManager, DbTransaction, LoadedState } from "../db/types.js";
-import type { PromoPaymentChanges } from "../db/types-promos.js";
+import type { PromoPaymentChanges } from "../modules/billing/store.js";
 import { backoff, sleep, type BackoffOptions } from "../db/store/retry.js";
 import { AccountWork, type EntryMeta } from "../domain/account-work.js";
 import {
@@ -12,7 +12,7 @@ import {
   newNotification,
   type Thresholds,
 } from "../domain/notifications.js";
-import { topUpRequest } from "../domain/auto-top-up.js";
+import { topUpRequest } from "../modules/billing/rules-auto-top-up.js";
 import { grantTrial } from "../domain/trial.js";
 import { domainEvents } from "../domain/events.js";
 import { featureFlips, type FeatureRule } from "../domain/checks.js";

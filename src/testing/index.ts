@@ -23,12 +23,12 @@ import { afterAll, beforeAll, describe, expect, it, useTestApi, type TestApi } f
 import type { DbManager } from "../db/types.js";
 import { ConfigurationError } from "../errors.js";
 import { runSubscriptionContract } from "./subscriptions.js";
-import { runPromoPaymentContract as promoPaymentContract } from "./promos.js";
+import { runPromoPaymentContract as promoPaymentContract } from "../modules/billing/contract.js";
 import { runNotificationContract } from "./notifications.js";
 import { runAlertsContract } from "./alerts.js";
 import { runTrialContract } from "./trial.js";
 import { runManagersContract } from "./managers.js";
-import { autoTopUpContract } from "./auto-top-up.js";
+import { autoTopUpContract } from "../modules/billing/contract-auto-top-up.js";
 import { mulberry32, runLeasesContract } from "./leases.js";
 import { expectPartMissing, type PartOptions } from "./support.js";
 import { runAccountsContract } from "./accounts.js";
@@ -63,13 +63,13 @@ export function runPromoPaymentContract(getDb: () => DbManager, options: PartOpt
   autoTopUpContract(getDb);
 }
 export type { Assertion, AsyncAssertion, Expect, TestApi } from "./runner.js";
-export type { PaymentEvent } from "../payments/types.js";
+export type { PaymentEvent } from "../modules/billing/provider.js";
 export {
   runPaymentProviderContract,
   type PaymentProviderContractOptions,
   type PaymentProviderVectors,
   type WebhookVector,
-} from "./payment-providers.js";
+} from "../modules/billing/contract-providers.js";
 
 export interface ContractOptions {
   /** Shown in the describe block. */

@@ -12,7 +12,7 @@ import type { DbManager } from "../db/types.js";
 import type { TestApi } from "./runner.js";
 import { InMemoryCache } from "../cache/index.js";
 import { CreditService } from "../services/credit-service.js";
-import { PromoService } from "../services/promo-service.js";
+import { PromoService } from "../modules/billing/service-promos.js";
 import { managerServices, T0 } from "./support.js";
 import { saveAccountOnly } from "../services/unit-of-work.js";
 

@@ -6,7 +6,7 @@
 import { describe, expect, it } from "vitest";
 import { ConfigurationError, createCreditManager, type CreditManager } from "../../src/index.js";
 import { createCreditHandler, type Identity, type SelfServiceAutoTopUp } from "../../src/http/index.js";
-import type { OffSessionChargeRequest, PaymentProvider } from "../../src/payments/types.js";
+import type { OffSessionChargeRequest, PaymentProvider } from "../../src/modules/billing/provider.js";
 
 const authenticate = (request: Request): Identity | null => {
   const token = request.headers.get("authorization")?.replace(/^Bearer /, "");

@@ -10,7 +10,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createCreditManager, type CreditManager } from "../../src/index.js";
 import { createCreditHandler, type CreditHandler, type Identity } from "../../src/http/index.js";
-import type { PaymentProvider } from "../../src/payments/types.js";
+import type { PaymentProvider } from "../../src/modules/billing/provider.js";
 
 const MARK = "OPERATOR-ONLY";
 /** Keys no non-admin answer may hold, whatever their value. */

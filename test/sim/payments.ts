@@ -1,6 +1,6 @@
 import type { CreditModel } from "../../src/testing/model.js";
 import type { Payment } from "../../src/models/index.js";
-import type { PaymentEvent, PaymentProvider } from "../../src/payments/types.js";
+import type { PaymentEvent, PaymentProvider } from "../../src/modules/billing/provider.js";
 import { PaymentProviderError } from "../../src/errors.js";
 import { findGrant } from "./model.js";
 

@@ -22,7 +22,7 @@ import type { SideParts } from "../store/parts.js";
 import { copy, copyEntry, copyHold } from "./copies.js";
 import { DueTimes } from "./due-times.js";
 import { MemoryOutbox } from "./outbox.js";
-import { MemoryPromoStore } from "./promos.js";
+import { MemoryPromoStore } from "../../modules/billing/memory.js";
 import { MemorySubscriptionStore } from "./subscriptions.js";
 
 /** The journal entry types a usage report reads (USAGE_RULES). */

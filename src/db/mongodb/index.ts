@@ -15,7 +15,7 @@ import type {
   StoreStats,
 } from "../types.js";
 import { ACCOUNT, ENTRY, GRANT, LEDGER, RESERVATION, fromDoc, toDoc, type StoredDoc } from "./documents.js";
-import { MongoPromoStore } from "./promos.js";
+import { MongoPromoStore } from "../../modules/billing/mongodb.js";
 import { MongoSubscriptionStore } from "./subscriptions.js";
 import { MONGO_COLLECTIONS, VERSION_COLLECTION, droppedIndexesAfter, filledFieldsAfter } from "./layout.js";
 import { SCHEMA_COMPONENT } from "../../schema/sql.js";

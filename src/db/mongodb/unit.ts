@@ -22,7 +22,7 @@ import {
   type StoredDoc,
 } from "./documents.js";
 import type { MongoOutbox } from "./outbox.js";
-import type { MongoPromoStore } from "./promos.js";
+import type { MongoPromoStore } from "../../modules/billing/mongodb.js";
 import { type AccountState, type StateCache, checkCachedState, stateAfter } from "./state-cache.js";
 import { deferred } from "../store/group-commit.js";
 

@@ -26,7 +26,7 @@ import { byId, list, one, scanDue } from "./reads.js";
 import { detectDistributed, distributedDdlSettings } from "./citus.js";
 import type { PostgresDbManagerOptions } from "./options.js";
 import { isConnectionLevel, storageError, workerCode } from "./errors.js";
-import { PostgresPromoStore } from "./promos.js";
+import { PostgresPromoStore } from "../../modules/billing/postgres.js";
 import { hostStore, type PgQueryable } from "./host.js";
 import { PostgresSql, insertRowText, output, toRow } from "./sql.js";
 import { upgradeStatements, versionRefusal } from "../../schema/migrations.js";

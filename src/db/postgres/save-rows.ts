@@ -3,7 +3,7 @@ import { byteaText, toTuples } from "../../schema/codec.js";
 import type { SqlTable } from "../../schema/sql.js";
 import type { Changes } from "../types.js";
 import type { SaveItem } from "./chain.js";
-import { promoPaymentSave } from "./promos.js";
+import { promoPaymentSave } from "../../modules/billing/postgres.js";
 import { type PostgresSql, type SaveArg, type SaveStatement, type Statement, arrayText } from "./sql.js";
 
 /**

@@ -2,7 +2,7 @@ import { ConfigurationError, ConflictError, CreditError } from "../../errors.js"
 import type { Account, Grant, JournalEntry, LedgerEntry, Reservation } from "../../models/index.js";
 import type { UsageBucket } from "../../domain/usage.js";
 import type { NotificationStore } from "../types-notifications.js";
-import type { PromoPaymentStore } from "../types-promos.js";
+import type { PromoPaymentStore } from "../../modules/billing/store.js";
 import type { SubscriptionStore } from "../types-subscriptions.js";
 import type {
   AccountCredits,

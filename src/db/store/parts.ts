@@ -1,5 +1,5 @@
 import type { NotificationStore } from "../types-notifications.js";
-import type { PromoPaymentStore } from "../types-promos.js";
+import type { PromoPaymentStore } from "../../modules/billing/store.js";
 import type { SubscriptionStore } from "../types-subscriptions.js";
 
 /** A part's methods may answer at once instead of with a promise (an in-process store). */

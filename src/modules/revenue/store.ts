@@ -5,7 +5,7 @@ import type { GrantGroups } from "./rules.js";
 /**
  * Where an account's revenue summary stands (docs/revenue.md, "How it is computed"): its entries
  * up to `throughSeq` are in the summary, and `state` is the roll-forward after them
- * (`revenueStateText` of src/domain/revenue.ts; null before the first).
+ * (`revenueStateText` of src/modules/revenue/rules.ts; null before the first).
  */
 export interface RevenueCheckpoint {
   userId: string;
@@ -102,7 +102,7 @@ export interface RevenueSummaryStore {
    * batch of accounts).
    */
   revenueEntries(checkpoints: readonly RevenueCheckpoint[]): Promise<JournalEntry[]>;
-  /** The source and plan of each grant of `grantIds` (by id, `grantGroups` of src/domain/revenue.ts), for the summary's groups. */
+  /** The source and plan of each grant of `grantIds` (by id, `grantGroups` of src/modules/revenue/rules.ts), for the summary's groups. */
   grantGroups(grantIds: readonly string[]): Promise<Map<string, GrantGroups>>;
   /**
    * Adds each account's `days` to the summary and moves its checkpoint from `fromSeq` to

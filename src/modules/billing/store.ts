@@ -1,4 +1,4 @@
-import type { Payment, Promo, PromoClaim } from "../models/index.js";
+import type { Payment, Promo, PromoClaim } from "../../models/index.js";
 
 /**
  * The part of the storage contract that promo codes and payment top-ups need (see `DbManager`).
@@ -50,4 +50,4 @@ export interface PromoPaymentTransaction {
 }
 
 /** What a unit of work saves for promos and payments: the domain's (src/domain/state.ts), re-exported. */
-export type { PromoPaymentChanges } from "../domain/state.js";
+export type { PromoPaymentChanges } from "../../domain/state.js";

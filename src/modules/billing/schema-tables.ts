@@ -1,8 +1,8 @@
-import { Payment } from "../models/payments.js";
-import { Promo, PromoClaim } from "../models/promos.js";
-import type { TableSpec } from "./tables.js";
+import { Payment } from "./model-payments.js";
+import { Promo, PromoClaim } from "./model-promos.js";
+import type { TableSpec } from "../../schema/tables.js";
 
-/** Tables of promo codes, their claims and payments (see `src/db/types-promos.ts`). */
+/** Tables of promo codes, their claims and payments (see `src/modules/billing/store.ts`). */
 export const promoPaymentTableSpecs: Record<"promos" | "promoClaims" | "payments", TableSpec> = {
   promos: {
     name: "promos",

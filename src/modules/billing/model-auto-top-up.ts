@@ -1,6 +1,6 @@
 import * as z from "zod";
-import { Amount, NonNegativeAmount } from "./common.js";
-import { Currency } from "./payments.js";
+import { Amount, NonNegativeAmount } from "../../models/common.js";
+import { Currency } from "./model-payments.js";
 
 /** A provider's id of a saved customer or payment method (`cus_…`, `pm_…`). */
 const ProviderRef = z

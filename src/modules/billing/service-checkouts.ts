@@ -1,9 +1,9 @@
-import type { Payment } from "../models/index.js";
-import { checkoutState, mayRecordCheckout } from "../domain/payments.js";
-import { ConflictError, NotFoundError } from "../errors.js";
-import { warnOnFailure } from "../logger.js";
-import type { CheckoutRequest, CheckoutResult, PaymentProvider } from "../payments/types.js";
-import type { UnitDeps } from "./account-unit.js";
+import type { Payment } from "../../models/index.js";
+import { checkoutState, mayRecordCheckout } from "./rules-payments.js";
+import { ConflictError, NotFoundError } from "../../errors.js";
+import { warnOnFailure } from "../../logger.js";
+import type { CheckoutRequest, CheckoutResult, PaymentProvider } from "./provider.js";
+import type { UnitDeps } from "../../services/account-unit.js";
 
 /**
  * Opening a payment's checkout at its provider, for `PaymentService.createPaymentLink`

@@ -1,8 +1,8 @@
-import { type Payment } from "../models/index.js";
-import { notice, type Ctx, type PageResult } from "./context.js";
-import { amount, html, money, query, raw, when, type Html } from "./html.js";
-import { shortId, table } from "./table.js";
-import { PAGE, accountLink, actionForm, dateParam, pager } from "./page-parts.js";
+import { type Payment } from "../../models/index.js";
+import { notice, type Ctx, type PageResult } from "../../console/context.js";
+import { amount, html, money, query, raw, when, type Html } from "../../console/html.js";
+import { shortId, table } from "../../console/table.js";
+import { PAGE, accountLink, actionForm, dateParam, pager } from "../../console/page-parts.js";
 
 // The console's payments and promo codes pages (docs/console.md).
 

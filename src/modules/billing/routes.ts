@@ -11,10 +11,10 @@ import {
   PromoCode,
   PromoIneligibility,
   parse,
-} from "../models/index.js";
-import { HttpError, type RouteDefinition } from "./router.js";
-import { adminRoute, rootRoute, self, target, userRoute, withKey } from "./route-helpers.js";
-import { EntryView, entryView, PaymentView, paymentView, seen } from "./views.js";
+} from "../../models/index.js";
+import { HttpError, type RouteDefinition } from "../../http/router.js";
+import { adminRoute, rootRoute, self, target, userRoute, withKey } from "../../http/route-helpers.js";
+import { EntryView, entryView, PaymentView, paymentView, seen } from "../../http/views.js";
 
 // ---- request schemas ----------------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
-import { ConfigurationError, PaymentProviderError, WebhookRejectedError } from "../errors.js";
-import { ProviderApi } from "./http.js";
-import { at, header, hmacHex, int, parseJson, safeEqualHex, str } from "./signature.js";
+import { ConfigurationError, PaymentProviderError, WebhookRejectedError } from "../../errors.js";
+import { ProviderApi } from "./provider-http.js";
+import { at, header, hmacHex, int, parseJson, safeEqualHex, str } from "./provider-signature.js";
 import type {
   CheckoutRequest,
   CheckoutResult,
@@ -9,7 +9,7 @@ import type {
   PaymentEvent,
   PaymentEventKind,
   PaymentProvider,
-} from "./types.js";
+} from "./provider.js";
 
 export interface RazorpayProviderOptions {
   /** Default `process.env.RAZORPAY_KEY_ID`. */

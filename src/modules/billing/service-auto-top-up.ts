@@ -7,10 +7,10 @@ import {
   disabled,
   ruleOf,
   withRule,
-} from "../domain/auto-top-up.js";
-import { newNotification } from "../domain/notifications.js";
-import { canAdvancePayment, isCredited, newPayment } from "../domain/payments.js";
-import { ConfigurationError, ConflictError, ValidationError } from "../errors.js";
+} from "./rules-auto-top-up.js";
+import { newNotification } from "../../domain/notifications.js";
+import { canAdvancePayment, isCredited, newPayment } from "./rules-payments.js";
+import { ConfigurationError, ConflictError, ValidationError } from "../../errors.js";
 import {
   AutoTopUpInput,
   UserId,
@@ -18,10 +18,10 @@ import {
   type AutoTopUpState,
   type Notification,
   type Payment,
-} from "../models/index.js";
-import type { OffSessionChargeResult, PaymentEvent, PaymentProvider } from "../payments/types.js";
-import type { UnitDeps } from "./account-unit.js";
-import { saveAccountOnly } from "./unit-of-work.js";
+} from "../../models/index.js";
+import type { OffSessionChargeResult, PaymentEvent, PaymentProvider } from "./provider.js";
+import type { UnitDeps } from "../../services/account-unit.js";
+import { saveAccountOnly } from "../../services/unit-of-work.js";
 
 /** What `processAutoTopUp` did with the account's top-up in flight. */
 export interface AutoTopUpResult {

@@ -8,8 +8,8 @@ import {
   NonNegativeAmount,
   ShortText,
   UserId,
-} from "./common.js";
-import { text } from "./text.js";
+} from "../../models/common.js";
+import { text } from "../../models/text.js";
 
 /**
  * A promo code as typed by users: 1–64 letters, digits, `-` or `_`. Codes are case-insensitive:

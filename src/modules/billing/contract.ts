@@ -4,17 +4,17 @@
  * claims, once-only crediting and refunds, on the store under test.
  */
 import { randomUUID } from "node:crypto";
-import { describe, expect, it } from "./runner.js";
-import type { DbManager } from "../db/types.js";
-import { ConflictError, PaymentProviderError, PromoNotEligibleError } from "../errors.js";
-import { newPayment } from "../domain/payments.js";
-import type { Payment, Promo } from "../models/index.js";
-import type { PaymentEvent, PaymentProvider } from "../payments/types.js";
-import { CreditService } from "../services/credit-service.js";
-import { PaymentService } from "../services/payment-service.js";
-import { PromoService } from "../services/promo-service.js";
-import { scribble } from "./scribble.js";
-import { lazy, T0 } from "./support.js";
+import { describe, expect, it } from "../../testing/runner.js";
+import type { DbManager } from "../../db/types.js";
+import { ConflictError, PaymentProviderError, PromoNotEligibleError } from "../../errors.js";
+import { newPayment } from "./rules-payments.js";
+import type { Payment, Promo } from "../../models/index.js";
+import type { PaymentEvent, PaymentProvider } from "./provider.js";
+import { CreditService } from "../../services/credit-service.js";
+import { PaymentService } from "./service-payments.js";
+import { PromoService } from "./service-promos.js";
+import { scribble } from "../../testing/scribble.js";
+import { lazy, T0 } from "../../testing/support.js";
 
 /** A provider without signatures: the body is the `PaymentEvent` as JSON. Checkouts are local. */
 export const unsignedTestProvider: PaymentProvider = {

@@ -6,8 +6,8 @@ import type {
   AutoTopUpSettings,
   AutoTopUpState,
   Notification,
-} from "../models/index.js";
-import { newNotification } from "./notifications.js";
+} from "../../models/index.js";
+import { newNotification } from "../../domain/notifications.js";
 
 /**
  * The auto top-up rules of docs/promos-and-payments.md ("Auto top-up"), as pure functions over the

@@ -8,9 +8,9 @@ import {
   type Promo as PromoT,
   type PromoClaim as PromoClaimT,
 } from "../../models/index.js";
-import type { PromoPaymentChanges, PromoPaymentStore } from "../types-promos.js";
-import { fromDoc, kind, toDoc, type StoredDoc } from "./documents.js";
-import { guard, writeOne } from "./errors.js";
+import type { PromoPaymentChanges, PromoPaymentStore } from "./store.js";
+import { fromDoc, kind, toDoc, type StoredDoc } from "../../db/mongodb/documents.js";
+import { guard, writeOne } from "../../db/mongodb/errors.js";
 
 const PROMO = kind<PromoT>("code", Promo.shape);
 const CLAIM = kind<PromoClaimT>("id", PromoClaim.shape);

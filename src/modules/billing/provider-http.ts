@@ -1,6 +1,6 @@
-import { ConfigurationError, PaymentProviderError } from "../errors.js";
-import { at, str } from "./signature.js";
-import type { FetchLike } from "./types.js";
+import { ConfigurationError, PaymentProviderError } from "../../errors.js";
+import { at, str } from "./provider-signature.js";
+import type { FetchLike } from "./provider.js";
 
 /** How long one call to a provider's API may take, in ms, unless the provider is told otherwise. */
 const DEFAULT_TIMEOUT_MS = 30_000;

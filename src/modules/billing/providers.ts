@@ -1,12 +1,12 @@
 import * as z from "zod";
-import { CreditsPerUnit, KeyNamespace, WaitDuration } from "../models/index.js";
-import { PaymentService, type PaymentServiceOptions } from "../services/payment-service.js";
-import { RazorpayProvider, type RazorpayProviderOptions } from "./razorpay.js";
-import { StripeProvider, type StripeProviderOptions } from "./stripe.js";
-import type { PaymentProvider } from "./types.js";
+import { CreditsPerUnit, KeyNamespace, WaitDuration } from "../../models/index.js";
+import { PaymentService, type PaymentServiceOptions } from "./service-payments.js";
+import { RazorpayProvider, type RazorpayProviderOptions } from "./provider-razorpay.js";
+import { StripeProvider, type StripeProviderOptions } from "./provider-stripe.js";
+import type { PaymentProvider } from "./provider.js";
 
-export { RazorpayProvider, type RazorpayProviderOptions } from "./razorpay.js";
-export { STRIPE_API_VERSION, StripeProvider, type StripeProviderOptions } from "./stripe.js";
+export { RazorpayProvider, type RazorpayProviderOptions } from "./provider-razorpay.js";
+export { STRIPE_API_VERSION, StripeProvider, type StripeProviderOptions } from "./provider-stripe.js";
 export type {
   CheckoutRequest,
   CheckoutResult,
@@ -17,7 +17,7 @@ export type {
   PaymentEvent,
   PaymentEventKind,
   PaymentProvider,
-} from "./types.js";
+} from "./provider.js";
 
 const isObject = (v: unknown) => typeof v === "object" && v !== null;
 

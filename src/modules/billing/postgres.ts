@@ -2,10 +2,10 @@ import { ConflictError } from "../../errors.js";
 import { decodeRow } from "../../schema/codec.js";
 import type { Payment, Promo, PromoClaim } from "../../models/index.js";
 import { quoteIdent, type SqlTable } from "../../schema/sql.js";
-import type { PromoPaymentChanges, PromoPaymentStore } from "../types-promos.js";
-import { unlessTaken } from "./errors.js";
-import type { PostgresDbManager } from "./index.js";
-import { byId, countClaimsText, list, one } from "./reads.js";
+import type { PromoPaymentChanges, PromoPaymentStore } from "./store.js";
+import { unlessTaken } from "../../db/postgres/errors.js";
+import type { PostgresDbManager } from "../../db/postgres/index.js";
+import { byId, countClaimsText, list, one } from "../../db/postgres/reads.js";
 import {
   GUARD_MARKER,
   type Statement,
@@ -16,7 +16,7 @@ import {
   routedInsert,
   statement,
   toRow,
-} from "./sql.js";
+} from "../../db/postgres/sql.js";
 
 const q = (name: string) => quoteIdent("postgres", name);
 
@@ -101,7 +101,7 @@ export function promoPaymentSave(
 
 /**
  * Promos, claims and payments of `PostgresDbManager` outside units of work (tables `promos`,
- * `promo_claims`, `payments`; see `src/schema/tables-promos.ts`).
+ * `promo_claims`, `payments`; see `src/modules/billing/schema-tables.ts`).
  * (For this package's own modules; not part of the public API.)
  */
 export class PostgresPromoStore implements PromoPaymentStore {

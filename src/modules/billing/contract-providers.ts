@@ -5,9 +5,9 @@
  * signs one; a tampered body and missing signature headers are derived from every accepted
  * vector), and the event each accepted body maps to. Both built-in providers run it.
  */
-import { describe, expect, it, useTestApi, type TestApi } from "./runner.js";
-import { WebhookRejectedError } from "../errors.js";
-import type { HeadersLike, PaymentEvent, PaymentProvider } from "../payments/types.js";
+import { describe, expect, it, useTestApi, type TestApi } from "../../testing/runner.js";
+import { WebhookRejectedError } from "../../errors.js";
+import type { HeadersLike, PaymentEvent, PaymentProvider } from "./provider.js";
 
 /** One webhook as it arrives: the exact bytes, the headers, and when it is received. */
 export interface WebhookVector {

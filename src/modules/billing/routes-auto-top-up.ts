@@ -1,8 +1,8 @@
 import * as z from "zod";
-import { Amount, AutoTopUpInput, AutoTopUpState, type AutoTopUpRule } from "../models/index.js";
-import { HttpError, type RouteContext, type RouteDefinition } from "./router.js";
-import { adminRoute, self, target, userRoute } from "./route-helpers.js";
-import { AutoTopUpStateView, autoTopUpView, seen } from "./views.js";
+import { Amount, AutoTopUpInput, AutoTopUpState, type AutoTopUpRule } from "../../models/index.js";
+import { HttpError, type RouteContext, type RouteDefinition } from "../../http/router.js";
+import { adminRoute, self, target, userRoute } from "../../http/route-helpers.js";
+import { AutoTopUpStateView, autoTopUpView, seen } from "../../http/views.js";
 
 /**
  * What callers may do with their own auto top-up rule (docs/http.md, "Auto top-up"):

@@ -1,6 +1,6 @@
 import { ConflictError } from "../../errors.js";
 import type { Payment, Promo, PromoClaim } from "../../models/index.js";
-import type { PromoPaymentChanges, PromoPaymentStore } from "../types-promos.js";
+import type { PromoPaymentChanges, PromoPaymentStore } from "./store.js";
 
 const copy = <T>(o: T): T => structuredClone(o);
 

@@ -1,11 +1,11 @@
-import type { Logger } from "../logger.js";
-import type { Cache } from "../cache/index.js";
-import type { DbManager } from "../db/types.js";
-import { fingerprint } from "../domain/hash.js";
-import type { Thresholds } from "../domain/notifications.js";
-import { promoEligibility } from "../domain/promos.js";
-import { ConflictError, NotFoundError, PromoNotEligibleError, ValidationError } from "../errors.js";
-import type { LedgerLogger } from "../ledger/index.js";
+import type { Logger } from "../../logger.js";
+import type { Cache } from "../../cache/index.js";
+import type { DbManager } from "../../db/types.js";
+import { fingerprint } from "../../domain/hash.js";
+import type { Thresholds } from "../../domain/notifications.js";
+import { promoEligibility } from "./rules-promos.js";
+import { ConflictError, NotFoundError, PromoNotEligibleError, ValidationError } from "../../errors.js";
+import type { LedgerLogger } from "../../ledger/index.js";
 import {
   ClaimPromoOptions,
   CreatePromoInput,
@@ -16,11 +16,11 @@ import {
   type Promo,
   type PromoClaim,
   type PromoEligibility,
-} from "../models/index.js";
+} from "../../models/index.js";
 import * as z from "zod";
-import { runAccountUnit, unitDeps, type UnitDeps } from "./account-unit.js";
-import type { CreditService } from "./credit-service.js";
-import { newId } from "../util/uuid.js";
+import { runAccountUnit, unitDeps, type UnitDeps } from "../../services/account-unit.js";
+import type { CreditService } from "../../services/credit-service.js";
+import { newId } from "../../util/uuid.js";
 
 export interface PromoServiceOptions {
   db: DbManager;

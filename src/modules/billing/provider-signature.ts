@@ -1,6 +1,6 @@
 import { createHmac, timingSafeEqual } from "node:crypto";
-import { WebhookRejectedError } from "../errors.js";
-import type { HeadersLike } from "./types.js";
+import { WebhookRejectedError } from "../../errors.js";
+import type { HeadersLike } from "./provider.js";
 
 /** HMAC-SHA256 of `data` with `secret`, hex. */
 export function hmacHex(secret: string, data: Uint8Array | string): string {

@@ -1,11 +1,11 @@
-import { basisOfPrice } from "../domain/cost-basis.js";
+import { basisOfPrice } from "../../domain/cost-basis.js";
 import { createHash } from "node:crypto";
-import { warnOnFailure, type Logger } from "../logger.js";
-import type { Cache } from "../cache/index.js";
-import type { DbManager, DbTransaction, LoadedState } from "../db/types.js";
-import type { AccountWork, EntryMeta } from "../domain/account-work.js";
-import { fingerprint } from "../domain/hash.js";
-import type { Thresholds } from "../domain/notifications.js";
+import { warnOnFailure, type Logger } from "../../logger.js";
+import type { Cache } from "../../cache/index.js";
+import type { DbManager, DbTransaction, LoadedState } from "../../db/types.js";
+import type { AccountWork, EntryMeta } from "../../domain/account-work.js";
+import { fingerprint } from "../../domain/hash.js";
+import type { Thresholds } from "../../domain/notifications.js";
 import {
   canAdvancePayment,
   creditsAtRate,
@@ -16,8 +16,8 @@ import {
   refundedBy,
   reversal,
   takeBackPlan,
-} from "../domain/payments.js";
-import { webhookChannel, type WebhookMessage } from "../diagnostics.js";
+} from "./rules-payments.js";
+import { webhookChannel, type WebhookMessage } from "../../diagnostics.js";
 import {
   ConfigurationError,
   ConflictError,
@@ -25,9 +25,9 @@ import {
   NotFoundError,
   ValidationError,
   WebhookRejectedError,
-} from "../errors.js";
-import type { LedgerLogger } from "../ledger/index.js";
-import { newId } from "../util/uuid.js";
+} from "../../errors.js";
+import type { LedgerLogger } from "../../ledger/index.js";
+import { newId } from "../../util/uuid.js";
 import {
   CreatePaymentInput,
   RecordRefundOptions,
@@ -43,18 +43,18 @@ import {
   type Grant,
   type Payment,
   type PaymentStatus,
-} from "../models/index.js";
-import { parseConfig } from "../models/parse.js";
-import { systemKey } from "../domain/keys.js";
-import { afterCredited } from "../domain/auto-top-up.js";
-import type { HeadersLike, PaymentEvent, PaymentProvider } from "../payments/types.js";
-import { runAccountUnit, unitDeps, type UnitDeps, type UnitResult } from "./account-unit.js";
-import { PaymentCheckouts } from "./payment-checkouts.js";
-import { AutoTopUpService, type AutoTopUpResult } from "./auto-top-up-service.js";
-import type { CreditService } from "./credit-service.js";
-import { decodeCursor, encodeCursor } from "./promo-service.js";
+} from "../../models/index.js";
+import { parseConfig } from "../../models/parse.js";
+import { systemKey } from "../../domain/keys.js";
+import { afterCredited } from "./rules-auto-top-up.js";
+import type { HeadersLike, PaymentEvent, PaymentProvider } from "./provider.js";
+import { runAccountUnit, unitDeps, type UnitDeps, type UnitResult } from "../../services/account-unit.js";
+import { PaymentCheckouts } from "./service-checkouts.js";
+import { AutoTopUpService, type AutoTopUpResult } from "./service-auto-top-up.js";
+import type { CreditService } from "../../services/credit-service.js";
+import { decodeCursor, encodeCursor } from "./service-promos.js";
 
-export type { AutoTopUpResult } from "./auto-top-up-service.js";
+export type { AutoTopUpResult } from "./service-auto-top-up.js";
 
 export interface PaymentServiceOptions {
   db: DbManager;
@@ -431,7 +431,7 @@ export class PaymentService {
     return { items, nextCursor: rows.length > limit && last ? encodeCursor(last.createdAt, last.id) : null };
   }
 
-  // Auto top-up (docs/promos-and-payments.md, "Auto top-up"): src/services/auto-top-up-service.ts
+  // Auto top-up (docs/promos-and-payments.md, "Auto top-up"): src/modules/billing/service-auto-top-up.ts
 
   /**
    * Sets (or replaces) the account's auto top-up rule: a spend that takes its available credits
@@ -677,7 +677,7 @@ export class PaymentService {
   }
 
   /**
-   * Takes `k` credits of payment `p` back, as `takeBackPlan` (src/domain/payments.ts) decides:
+   * Takes `k` credits of payment `p` back, as `takeBackPlan` (src/modules/billing/rules-payments.ts) decides:
    * voiding the rest of its grant and deducting what was spent, or deducting all of `k`.
    */
   private async takeBack(

@@ -1,7 +1,15 @@
 import * as z from "zod";
-import { Amount, EntityId, IdempotencyKey, Metadata, NonNegativeAmount, ShortText, UserId } from "./common.js";
-import { Money } from "./cost-basis.js";
-import { text } from "./text.js";
+import {
+  Amount,
+  EntityId,
+  IdempotencyKey,
+  Metadata,
+  NonNegativeAmount,
+  ShortText,
+  UserId,
+} from "../../models/common.js";
+import { Money } from "../../models/cost-basis.js";
+import { text } from "../../models/text.js";
 
 /**
  * Where a payment is. Statuses only move forward (see `canAdvancePayment`):
