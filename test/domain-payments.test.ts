@@ -3,7 +3,14 @@
 // (test/payments.test.ts) and the contract suite check them end to end.
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import { creditsAtRate, creditsToReverse, heldOf, refundedBy, reversal, takeBackPlan } from "../src/modules/billing/rules-payments.js";
+import {
+  creditsAtRate,
+  creditsToReverse,
+  heldOf,
+  refundedBy,
+  reversal,
+  takeBackPlan,
+} from "../src/modules/billing/rules-payments.js";
 import type { Payment, PaymentStatus, Reservation } from "../src/models/index.js";
 import { samples } from "./fixtures/samples.js";
 
