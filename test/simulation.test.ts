@@ -30,6 +30,7 @@ describe("deterministic simulation", () => {
     async () => {
       const started = Date.now();
       const totals = { requests: 0, commits: 0, storeCalls: 0, inDoubt: 0, charged: 0, credited: 0 };
+      const alerts = { triggered: 0, resolved: 0, onLine: 0, triggeredOnLine: 0, timeMoves: 0 };
       const outcomes: Record<string, number> = {};
       for (let seed = first; seed < first + seeds; seed++) {
         const r = await runSimulation({ seed, steps, setIdSource });
@@ -40,10 +41,11 @@ describe("deterministic simulation", () => {
         totals.inDoubt += r.inDoubt;
         totals.charged += r.topUps.charged;
         totals.credited += r.topUps.credited;
+        for (const k of Object.keys(alerts) as (keyof typeof alerts)[]) alerts[k] += r.alerts[k];
         for (const [k, n] of Object.entries(r.outcomes)) outcomes[k] = (outcomes[k] ?? 0) + n;
       }
       console.log(
-        `simulation: ${seeds} seeds × ${steps} steps in ${Date.now() - started} ms: ${JSON.stringify(totals)}`,
+        `simulation: ${seeds} seeds × ${steps} steps in ${Date.now() - started} ms: ${JSON.stringify(totals)}, alerts ${JSON.stringify(alerts)}`,
       );
       if (env.SIM_OUTCOMES !== undefined)
         console.log(
@@ -93,6 +95,13 @@ describe("deterministic simulation", () => {
         expect((outcomes["deduct SpendLimitError"] ?? 0) + (outcomes["reserve SpendLimitError"] ?? 0)).toBeGreaterThan(
           0,
         );
+        // Alert events were predicted and found (the run checks them one by one): moves both ways,
+        // moves into alarm exactly on the line, and moves of time alone found by the alerts rounds.
+        expect(alerts.triggered).toBeGreaterThan(0);
+        expect(alerts.resolved).toBeGreaterThan(0);
+        expect(alerts.triggeredOnLine).toBeGreaterThan(0);
+        expect(alerts.timeMoves).toBeGreaterThan(0);
+        expect(outcomes["alerts ok"] ?? 0).toBeGreaterThan(0);
       }
     },
     Math.max(600_000, seeds * 5_000),
@@ -166,6 +175,24 @@ describe("deterministic simulation", () => {
     const f = failure as SimulationFailure;
     console.log(f.message.split("\n")[0]);
     expect(f.message).toMatch(/past its amount without an after-service charge/);
+  });
+
+  it.each([
+    ["alert-line-strict", "thresholds that compare strictly (the line on the safe side)"],
+    ["alert-marks-lost", "a store that loads accounts without their alert states (every unit evaluates from ok)"],
+  ] as const)("catches alert events the model does not predict: %s, %s", async (bug, what) => {
+    let failure: unknown;
+    for (let seed = 1; seed <= 30 && failure === undefined; seed++) {
+      try {
+        await runSimulation({ seed, steps: 40, setIdSource, plantedBug: bug });
+      } catch (error) {
+        failure = error;
+      }
+    }
+    expect(failure).toBeInstanceOf(SimulationFailure);
+    const f = failure as SimulationFailure;
+    console.log(`${what}: ${f.message.split("\n")[0]}`);
+    expect(f.message).toMatch(/alert events differ|alert states/);
   });
 
   it("catches a store that loses commits it answered as done, and prints the replay command", async () => {

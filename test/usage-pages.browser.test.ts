@@ -64,7 +64,12 @@ describe.skipIf(!existsSync(CHROMIUM))("usage pages in a browser", () => {
       { CREDIT_CUSTOMER_TOKEN_SECRET: SECRET, CREDIT_CUSTOMER_FRAME_ANCESTORS: "'self' https://app.example.com" },
     );
     clock.t = Date.now();
-    m = await createCreditManager({ clock: () => new Date(clock.t), ...customerTokenOptions(settings) });
+    // Notifications on: alert thresholds are evaluated, so the customer page shows one in alarm.
+    m = await createCreditManager({
+      clock: () => new Date(clock.t),
+      notifications: {},
+      ...customerTokenOptions(settings),
+    });
     seeded = (await seedUsage(m, clock, "alice", 12)).credits;
     await seedUsage(m, clock, "bob", 4);
     const handler = createConsoleHandler(m, { authorize: () => ({ role: "viewer", actor: "ops" }) });
@@ -183,6 +188,12 @@ describe.skipIf(!existsSync(CHROMIUM))("usage pages in a browser", () => {
   }, 60_000);
 
   it("the customer page: balance, chart and recent charges with a token; framed only where allowed", async () => {
+    // Alerts (docs/customer-state.md): one past its line, one on a hostile spender's spend.
+    await m.notifications.setAlerts("alice", [
+      { id: "low", kind: "available", atOrBelow: 1_000_000 },
+      { id: "daily", kind: "period_spend", window: "day", spender: HOSTILE_SPENDER, atOrAbove: 1_000_000 },
+      { id: "soon", kind: "expiring", withinDays: 7, atOrAbove: 1 },
+    ]);
     const { token } = await m.credits.customerToken("alice", { ttlSeconds: 600 });
     const p = await open(`${serveBase}/customer#token=${encodeURIComponent(token)}`);
     await p.waitForSelector("body[data-ready='1']");
@@ -198,6 +209,25 @@ describe.skipIf(!existsSync(CHROMIUM))("usage pages in a browser", () => {
     expect(await p.locator("main img").count()).toBe(0);
     // Each feature from the account's state (docs/customer-state.md): images has a scoped grant.
     expect(await p.locator("#features tbody tr", { hasText: "images" }).textContent()).toContain("Available");
+    // Each alert: what it watches and its line, the figure now, in alarm or ok; the built-in one first.
+    const alerts = await p
+      .locator("#alerts tbody tr")
+      .evaluateAll((rows) =>
+        rows
+          .map((r) => (r as unknown as { cells: { textContent: string }[] }).cells)
+          .map((c) => [...c].map((x) => x.textContent)),
+      );
+    const million = (1_000_000).toLocaleString();
+    expect(alerts.map((r) => [r[0], r[1], r[3]])).toEqual([
+      ["Credits exhausted", "Available: 0 credits or less", "OK"],
+      ["low", `Available: ${million} credits or less`, "In alarm"],
+      ["daily", `Spent today by ${HOSTILE_SPENDER} (UTC): ${million} credits or more`, "OK"],
+      ["soon", "Expiring within 7 days: 1 credit or more", "OK"],
+    ]);
+    // Its figure is balance − reserved (scoped grants included: docs/customer-state.md, "The kinds").
+    const state = await m.credits.getCustomerState("alice");
+    expect(alerts[1]?.[2]).toBe((state.balance - state.reserved).toLocaleString());
+    expect(await p.locator("#alerts .bad").allTextContents()).toEqual(["In alarm"]);
     await clean(p, "the customer page");
     if (process.env.UPDATE_SCREENSHOTS === "1") {
       // The picture users see in the docs: plausible models, no test payload (issue 60).
@@ -205,6 +235,13 @@ describe.skipIf(!existsSync(CHROMIUM))("usage pages in a browser", () => {
       // Features for the page's table: an allowance for one, a daily limit on another.
       await m.credits.addCredits("carol", 300, { scope: { features: ["image-generation"] } });
       await m.credits.setLimit("carol", { feature: "chat", amount: 200, period: "day" });
+      // Alerts for the page's table: one in alarm (150 credits that expire within the week).
+      await m.credits.addCredits("carol", 150, { expiresAt: new Date(clock.t + 5 * 86_400_000) });
+      await m.notifications.setAlerts("carol", [
+        { id: "low-balance", kind: "available", atOrBelow: 50_000 },
+        { id: "chat-today", kind: "period_spend", window: "day", feature: "chat", atOrAbove: 500 },
+        { id: "expiring-soon", kind: "expiring", withinDays: 7, atOrAbove: 100 },
+      ]);
       const shot = await open(
         `${serveBase}/customer#token=${encodeURIComponent((await m.credits.customerToken("carol", { ttlSeconds: 600 })).token)}`,
       );

@@ -6,8 +6,9 @@ import { UPLOT_CSS, UPLOT_JS } from "../console/vendor.js";
  * The customer usage page of `serve` (docs/usage.md, "For your customers"): a static, read-only page
  * at `/customer` that a product links to or embeds in an iframe, with a customer token in the URL's
  * fragment (`/customer#token=…`: a fragment never reaches a server, a log or a Referer). Its script
- * reads the token, removes it from the address bar, and fetches the account's state (its balance
- * and what each feature allows: docs/customer-state.md) and usage from the credit API with it; it draws the usage with the console's chart. Who may frame it is
+ * reads the token, removes it from the address bar, and fetches the account's state (its balance,
+ * what each feature allows and its alerts: docs/customer-state.md) and usage from the credit API
+ * with it; it draws the usage with the console's chart. Who may frame it is
  * `CREDIT_CUSTOMER_FRAME_ANCESTORS` (CSP `frame-ancestors`); nothing but its own files runs.
  */
 export const CUSTOMER_PREFIX = "/customer";
@@ -40,6 +41,14 @@ const PAGE = `<!doctype html>
         <table id="features">
           <caption>Each feature: whether you can use it now, what is left of it and when it renews</caption>
           <thead><tr><th scope="col">Feature</th><th scope="col">Now</th><th scope="col" class="num">Used</th><th scope="col" class="num">Left</th><th scope="col">Renews</th></tr></thead>
+          <tbody></tbody>
+        </table>
+      </section>
+      <section aria-labelledby="alerts-heading">
+        <h2 id="alerts-heading">Alerts</h2>
+        <table id="alerts">
+          <caption>Each alert on your account: what it watches and its line, the figure now, and whether it is in alarm</caption>
+          <thead><tr><th scope="col">Alert</th><th scope="col">In alarm when</th><th scope="col" class="num">Now</th><th scope="col">State</th></tr></thead>
           <tbody></tbody>
         </table>
       </section>
@@ -120,11 +129,55 @@ const CUSTOMER_JS = `"use strict";
       body.appendChild(tr);
     }
   }
+  // Each alert threshold with its state (docs/customer-state.md, "Alerts that fire once per crossing").
+  var pct = new Intl.NumberFormat(undefined, { style: "percent", maximumFractionDigits: 1 });
+  var fraction = new Intl.NumberFormat(undefined, { maximumFractionDigits: 2 });
+  var BUILT_IN = { low_credits: "Low credits", credits_exhausted: "Credits exhausted" };
+  var WINDOW = { day: "today", week: "this week", month: "this month" };
+  function credits(v) { return v === 1 ? "1 credit" : n.format(v) + " credits"; }
+  function figure(t, v) {
+    if (v === null || v === undefined) return "–";
+    return t.kind === "left_percent" ? pct.format(v / 100) : n.format(v);
+  }
+  // What the alert watches, then its line on the alarm side: "Available: 100 credits or less".
+  function condition(t, line) {
+    if (t.kind === "available") return "Available: " + credits(line) + " or less";
+    if (t.kind === "left_percent") return "Left: " + pct.format(line / 100) + " or less";
+    if (t.kind === "expiring")
+      return "Expiring within " + fraction.format(t.withinDays) + (t.withinDays === 1 ? " day" : " days") + ": " + credits(line) + " or more";
+    if (t.kind === "period_spend") {
+      var calendar = WINDOW[t.window];
+      var what = "Spent " + (calendar || "in the current " + String(t.window).replace(/_/g, " "));
+      if (t.spender) what += " by " + t.spender;
+      if (t.feature) what += " on " + t.feature;
+      if (calendar) what += " (" + (t.timeZone || "UTC") + ")";
+      return what + ": " + credits(line) + " or more";
+    }
+    return String(t.kind) + ": " + n.format(line);
+  }
+  function alerts(state) {
+    var body = document.querySelector("#alerts tbody");
+    (state.alerts || []).forEach(function (a) {
+      var tr = document.createElement("tr");
+      cell(tr, a.source === "builtIn" && BUILT_IN[a.threshold.id] ? BUILT_IN[a.threshold.id] : a.threshold.id);
+      cell(tr, condition(a.threshold, a.line));
+      cell(tr, figure(a.threshold, a.value), "num short");
+      cell(tr, a.state === "in_alarm" ? "In alarm" : "OK", a.state === "in_alarm" ? "bad short" : "ok short");
+      body.appendChild(tr);
+    });
+    if (!state.alerts || state.alerts.length === 0) {
+      var tr = document.createElement("tr");
+      cell(tr, "No alerts are set on your account.");
+      tr.firstChild.colSpan = 4;
+      body.appendChild(tr);
+    }
+  }
   Promise.all([get("credits/state"), get("credits/usage?" + q)]).then(function (answers) {
     var balance = answers[0], usage = answers[1];
     document.getElementById("available").textContent = n.format(balance.available);
     document.getElementById("reserved").textContent = n.format(balance.reserved);
     features(balance);
+    alerts(balance);
     var starts = [], at = {}, byModel = {}, totals = {}, spent = 0;
     usage.rows.forEach(function (r) {
       var t = Date.parse(r.start) / 1000;
@@ -187,7 +240,7 @@ main{padding:1rem 1.2rem;max-width:1100px}h1{font-size:1.4rem;margin:.2rem 0 .6r
 .usage-chart{min-height:250px}.usage-chart .u-legend{font-size:.85em}
 table{border-collapse:collapse;width:100%}caption{text-align:left;color:var(--muted);padding:.2rem 0}th,td{border-bottom:1px solid var(--line);padding:.3rem .5rem;text-align:left}
 th{background:var(--soft);font-weight:600}.num{text-align:right;font-variant-numeric:tabular-nums}
-.ok{color:#1a6b2f}.bad{color:#a3261b;font-weight:600}
+.ok{color:#1a6b2f}.bad{color:#a3261b;font-weight:600}.short{white-space:nowrap}
 `;
 
 const ASSETS: ReadonlyMap<string, readonly [string, string]> = new Map([

@@ -13,6 +13,7 @@ import { derivedProblems, reverseInModel } from "./derived.js";
 import { usageKind } from "../../src/domain/usage.js";
 import { ProcessCache, SimStore, type StoreEvent } from "./store.js";
 import { PaymentsModel, SimBank, simProvider, webhook } from "./payments.js";
+import { AlertsModel, alertProblems, drawThresholds, strictLines } from "./alerts.js";
 import { DAY, PLANS, SubscriptionsModel, type SubRequest } from "./subscriptions.js";
 
 interface PromoSpec {
@@ -55,7 +56,13 @@ export type Spec =
   | { kind: "pay"; user: string; amount: number }
   | { kind: "paid"; user: string; payment: string }
   | { kind: "refund"; user: string; payment: string; total: number }
-  | { kind: "dispatch" };
+  | { kind: "dispatch" }
+  /**
+   * What time alone moved in the alert thresholds (docs/customer-state.md, "Time-based moves"): the
+   * worker's rounds (`evaluateExpiringAlerts`, `evaluateEndedSpendWindows`) or one account's
+   * `evaluateAlerts`.
+   */
+  | { kind: "alerts"; user: string; round: "expiring" | "ended" | "account" };
 
 /** A scoped grant's scope (docs/teams-and-limits.md, "Scoped credits"). */
 type SimScope = { features?: string[]; spenders?: string[] };
@@ -100,9 +107,19 @@ export interface SimOptions {
    * to do, a job's account without work) without checking its copy is still the store's state;
    * `"scope-lost"` makes the store load grants without their scope (an adapter that forgot the
    * column), so spends draw from scoped grants outside their scope; `"limit-skipped"` makes the
-   * store load spend limits without their amount (as unlimited), so every spend passes the check.
+   * store load spend limits without their amount (as unlimited), so every spend passes the check;
+   * `"alert-line-strict"` gives the service alert thresholds that compare strictly (the line on the
+   * safe side) while the model keeps it on the alarm side; `"alert-marks-lost"` makes the store load
+   * accounts without their alert thresholds' states, so every unit of work evaluates them from `ok`.
    */
-  plantedBug?: "lost-commit" | "stale-cache" | "charge-without-key" | "scope-lost" | "limit-skipped";
+  plantedBug?:
+    | "lost-commit"
+    | "stale-cache"
+    | "charge-without-key"
+    | "scope-lost"
+    | "limit-skipped"
+    | "alert-line-strict"
+    | "alert-marks-lost";
 }
 
 export interface SimResult {
@@ -117,6 +134,12 @@ export interface SimResult {
   outcomes: Record<string, number>;
   /** Auto top-ups: successful charges at the provider, and top-ups credited. */
   topUps: { charged: number; credited: number };
+  /**
+   * Alert events the model predicted (and the store's outbox held, one by one): moves into alarm
+   * and resolutions; evaluations with a value exactly on its line and moves into alarm on it; events
+   * recorded by an evaluation of time alone (the worker's rounds, `evaluateAlerts`).
+   */
+  alerts: { triggered: number; resolved: number; onLine: number; triggeredOnLine: number; timeMoves: number };
   /** A digest of everything that happened: the same seed gives the same digest. */
   digest: string;
 }
@@ -221,6 +244,7 @@ async function simulate(options: SimOptions): Promise<SimResult> {
     options.plantedBug === "lost-commit" ? rng : undefined,
     options.plantedBug === "scope-lost",
     options.plantedBug === "limit-skipped",
+    options.plantedBug === "alert-marks-lost",
   );
   // Swarm testing: about half the seeds give scoped grants and name spenders and features.
   // From a stream of their own, so the requests, schedule and faults are those of the same seed without them.
@@ -367,6 +391,18 @@ async function simulate(options: SimOptions): Promise<SimResult> {
       list.map((l) => ({ used: 0, ceiling: l.amount })),
     );
   }
+  // Swarm testing: most seeds give every account alert thresholds (set before the run, straight in
+  // the store), drawn from a stream of their own, and the worker's alert rounds run among the requests.
+  const alertRng = new Prng(seed ^ 0xa1e475);
+  const alerting = alertRng.chance(0.8);
+  const alerts = new AlertsModel(fail);
+  if (alerting)
+    for (const user of users) {
+      const list = drawThresholds(alertRng, scoped);
+      await admin.notifications.setAlerts(user, options.plantedBug === "alert-line-strict" ? strictLines(list) : list);
+      // The journal before the run (a limits change is an entry): the account has changed already.
+      alerts.setThresholds(user, list, await inner.listJournal(user, { order: "asc", limit: 100 }));
+    }
   /** Counts a committed entry of a limited user's against its limits, as the service counts it. */
   const countEntry = (user: string, x: Changes["entries"][number]) => {
     const list = limited.get(user);
@@ -553,6 +589,9 @@ async function simulate(options: SimOptions): Promise<SimResult> {
       // The auto top-up's state only (asked, declined, settled): like setThreshold, it settles nothing.
     } else if (op?.spec.kind === "expireJob") {
       settleGrants(m);
+    } else if (op?.spec.kind === "alerts") {
+      // The alert thresholds' states only: the account as loaded, nothing settled.
+      if (!accountOnly(e.changes)) fail(`${where}: an alerts round wrote more than the account`);
     } else {
       m.settle();
     }
@@ -579,6 +618,17 @@ async function simulate(options: SimOptions): Promise<SimResult> {
       );
     }
     digest.update(`c${e.userId}:${a.seq}:${a.balance}:${a.reserved}:${a.debt};`);
+    // Every unit of work that writes the account evaluates its alert thresholds after its change,
+    // at the step's instant; a save of the account alone evaluates them only for an alerts round
+    // (an auto top-up's state does not).
+    alerts.commit(
+      e.userId,
+      e.changes.entries,
+      m,
+      model.now,
+      a.seq,
+      !accountOnly(e.changes) || op?.spec.kind === "alerts",
+    );
   };
 
   /** The model's answer to `op` now (a repeated key answers with the first result). */
@@ -721,6 +771,10 @@ async function simulate(options: SimOptions): Promise<SimResult> {
         return manager.payments.handleWebhook("sim", webhook("refund", spec.payment, spec.total), {});
       case "dispatch":
         return manager.notifications.dispatchPending({ limit: 20 });
+      case "alerts":
+        if (spec.round === "expiring") return manager.notifications.evaluateExpiringAlerts({ pageSize: 20 });
+        if (spec.round === "ended") return manager.notifications.evaluateEndedSpendWindows({ pageSize: 2 });
+        return manager.notifications.evaluateAlerts(spec.user);
     }
   };
 
@@ -1107,6 +1161,9 @@ async function simulate(options: SimOptions): Promise<SimResult> {
       const journal = await inner.listJournal(user, { order: "asc", limit: 100_000 });
       for (const problem of await derivedProblems(checker, user, journal, T0 - 40 * DAY, clock.now + 60_000))
         fail(`${where}: ${problem}`);
+      // The alert events the store's outbox committed are the model's, one by one.
+      for (const problem of await alertProblems(inner, user, alerts)) fail(`${where}: ${problem}`);
+      digest.update(`a${alerts.events(user).length};`);
     }
   };
 
@@ -1129,6 +1186,25 @@ async function simulate(options: SimOptions): Promise<SimResult> {
         state: "new",
       };
       ops.set(id, op);
+      batch.push(op);
+    }
+    if (alerting && alertRng.chance(0.15)) {
+      const spec: Spec = {
+        kind: "alerts",
+        user: alertRng.pick(users),
+        round: alertRng.pick(["expiring", "ended", "account"] as const),
+      };
+      const op: Op = {
+        id: nextOp++,
+        spec,
+        key: null,
+        attempts: 0,
+        commits: 0,
+        accept: new Set<string>(),
+        periodDue: false,
+        state: "new",
+      };
+      ops.set(op.id, op);
       batch.push(op);
     }
     await runBatch(batch, true);
@@ -1224,6 +1300,13 @@ async function simulate(options: SimOptions): Promise<SimResult> {
       charged: bank.charges.filter((c) => c.succeeded).length,
       credited: [...payments.topUps].filter((id) => payments.payments.get(id)?.credited === true).length,
     },
+    alerts: {
+      triggered: alerts.triggered,
+      resolved: alerts.resolved,
+      onLine: alerts.onLine,
+      triggeredOnLine: alerts.triggeredOnLine,
+      timeMoves: alerts.timeMoves,
+    },
     digest: digest.digest("hex"),
   };
 }
@@ -1249,6 +1332,19 @@ function ownLoad(op: Op, userId: string, key: string | undefined): boolean {
 /** A commit of a request sent without a key that carries its work (not only a settle before a refusal). */
 function unkeyedWork(op: Op, userId: string, changes: Changes): boolean {
   return ownLoad(op, userId, undefined) && changes.entries.some((x) => x.type === op.spec.kind);
+}
+
+/** A save of the account row alone: no entries, no grant, hold, promo or payment written. */
+function accountOnly(c: Changes): boolean {
+  return (
+    c.entries.length === 0 &&
+    c.insertGrants.length === 0 &&
+    c.updateGrants.length === 0 &&
+    c.insertReservations.length === 0 &&
+    c.updateReservations.length === 0 &&
+    (c.promoClaims?.length ?? 0) === 0 &&
+    (c.paymentUpdates?.length ?? 0) === 0
+  );
 }
 
 /** A request's spender and feature as the service's options (none when not named). */

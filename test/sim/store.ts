@@ -61,6 +61,8 @@ export class SimStore {
     readonly loseScopes = false,
     /** Only to prove the simulation catches a spend past a limit: loads limits without their amount (read as unlimited, so every spend passes the check; what they counted stays right). */
     readonly loseLimits = false,
+    /** Only to prove the simulation catches alerts evaluated from the wrong state: loads accounts without their alert thresholds' states. */
+    readonly loseAlertMarks = false,
   ) {
     this.db = this.process(undefined);
   }
@@ -252,6 +254,10 @@ class SimTransaction implements DbTransaction {
         ...state.account,
         limits: state.account.limits.map((l) => ({ ...l, amount: Number.MAX_SAFE_INTEGER })),
       };
+    if (this.sim.loseAlertMarks && state.account?.alert != null) {
+      const { marks: _lost, ...alert } = state.account.alert;
+      state.account = { ...state.account, alert };
+    }
     this.grants = new Map(grants.map((g) => [g.id, g]));
     this.holds = new Map(holds.map((r) => [r.id, r]));
     this.key = request?.idempotencyKey;
