@@ -237,7 +237,7 @@ describe.skipIf(!uri)("mongodb (CREDIT_MONGO_URI)", () => {
     propertyRuns: 30,
   });
 
-  describe("a commit in doubt still in progress: the look-up waits for it (docs/concepts.md, \"Certain and uncertain errors\")", () => {
+  describe('a commit in doubt still in progress: the look-up waits for it (docs/concepts.md, "Certain and uncertain errors")', () => {
     let db: MongoDbManager;
     beforeAll(async () => {
       db = fresh("in-flight");

@@ -358,6 +358,8 @@ export class MongoDbManager extends StoreBase implements DbManager {
         session.startTransaction(TRANSACTION_OPTIONS);
         await accounts.updateOne({ _id: userId }, { $inc: { _fence: 1 } }, { session, upsert: true });
       } finally {
+        // Cleanup only: the write's own outcome is what counts. The server aborts an abandoned
+        // transaction (nothing of it is kept either way) and times out a session that fails to end.
         if (session.inTransaction()) await session.abortTransaction().catch(() => undefined);
         await session.endSession().catch(() => undefined);
       }
