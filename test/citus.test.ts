@@ -13,6 +13,7 @@ import { PostgresDbManager } from "../src/db/postgres/index.js";
 import { ConfigurationError, LockTimeoutError, OutcomeUnknownError, StorageError } from "../src/errors.js";
 import { CreditService } from "../src/services/credit-service.js";
 import { runDbManagerContract } from "../src/testing/index.js";
+import { IN_FLIGHT_CASES, checkCommitInFlight, type HeldTransaction } from "./fixtures/commit-in-flight.js";
 import { runCli } from "../src/cli/run.js";
 import { createCreditManager } from "../src/index.js";
 import { newNotification } from "../src/domain/notifications.js";
@@ -70,6 +71,40 @@ describe.skipIf(!url)("PostgresDbManager on Citus", () => {
     destroy: async () => dropSchema(contractSchema),
   });
 });
+
+// reason: needs a Citus cluster (CREDIT_CITUS_URL, set by .ci/run); the run's closing block names it when skipped
+describe.skipIf(!url)(
+  'a commit in doubt still in progress on Citus: the look-up waits for it (docs/concepts.md, "Certain and uncertain errors")',
+  () => {
+    const schema = newSchema("inflight");
+    let db: PostgresDbManager;
+    beforeAll(async () => {
+      db = new PostgresDbManager({ connectionString: url as string, schema, poolConfig: { max: 4 } });
+      await db.init();
+    });
+    afterAll(async () => {
+      await db?.close();
+      await dropSchema(schema);
+    });
+    /** A transaction of the test's own, on a connection of its own, with the store joined to it. */
+    const hold = async (): Promise<HeldTransaction> => {
+      const client = new pg.Client({ connectionString: url });
+      await client.connect();
+      await client.query("BEGIN");
+      const end = async (statement: string) => {
+        try {
+          await client.query(statement);
+        } finally {
+          await client.end();
+        }
+      };
+      return { joined: db.joinTransaction(client), commit: () => end("COMMIT"), abort: () => end("ROLLBACK") };
+    };
+    it.each(IN_FLIGHT_CASES)("$account account, the transaction then ends with $end", (c) =>
+      checkCommitInFlight(db, hold, c),
+    );
+  },
+);
 
 // reason: needs a Citus cluster (CREDIT_CITUS_URL, set by .ci/run); the run's closing block names it when skipped
 describe.skipIf(!url)("a store on Citus: init() distributes it (docs/scaling-out.md)", () => {

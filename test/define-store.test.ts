@@ -109,6 +109,35 @@ function attempts(failures: unknown[], locked?: { failures: unknown[]; refused?:
 }
 
 describe("defineStore", () => {
+  it("hands on the accounts part's optional look-up of a commit in doubt (`entryCommitted`), and has none without it", async () => {
+    const m = new InMemoryDbManager();
+    const accounts = accountsOnly();
+    expect(accounts.entryCommitted).toBeUndefined();
+    const asked: string[] = [];
+    const store = defineStore({
+      name: "look-up",
+      multiProcess: true,
+      init: () => {},
+      accounts: {
+        transaction: (userId, fn) => m.transaction(userId, fn),
+        entryCommitted: (userId, entry) => {
+          asked.push(`${userId}:${entry.id}`);
+          return true;
+        },
+        getAccount: (u) => m.getAccount(u),
+        getGrant: (id) => m.getGrant(id),
+        getReservation: (id) => m.getReservation(id),
+        listGrants: (u, o) => m.listGrants(u, o),
+        listReservations: (u, o) => m.listReservations(u, o),
+        findDueGrants: (at, n, after) => m.findDueGrants(at, n, after),
+        findExpiredReservations: (at, n, after) => m.findExpiredReservations(at, n, after),
+      },
+      journal: { listJournal: async () => [], insertLedgerEntry: async () => {}, listLedgerEntries: async () => [] },
+    });
+    await expect(store.entryCommitted?.("u", { id: "e1" } as never)).resolves.toBe(true);
+    expect(asked).toEqual(["u:e1"]);
+  });
+
   it("runs a unit of work again after a commit that met a conflict, and gives up after maxAttempts", async () => {
     const { store, log } = attempts([new ConflictError("moved"), new ConflictError("moved")]);
     expect(await store.transaction("u", () => 7)).toBe(7);

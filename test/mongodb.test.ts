@@ -24,6 +24,7 @@ import { STANDALONE_MESSAGE, isRetryableConflict, writeOne } from "../src/db/mon
 import { AccountWork } from "../src/domain/account-work.js";
 import { fingerprint } from "../src/domain/hash.js";
 import { runDbManagerContract } from "../src/testing/index.js";
+import { IN_FLIGHT_CASES, checkCommitInFlight, type HeldTransaction } from "./fixtures/commit-in-flight.js";
 import { errorResponse } from "../src/http/router.js";
 
 const uri = process.env.CREDIT_MONGO_URI;
@@ -234,6 +235,34 @@ describe.skipIf(!uri)("mongodb (CREDIT_MONGO_URI)", () => {
     create: async () => fresh("contract-nobatch", { batch: false, verifyStateCache: true }),
     raceSize: 200,
     propertyRuns: 30,
+  });
+
+  describe('a commit in doubt still in progress: the look-up waits for it (docs/concepts.md, "Certain and uncertain errors")', () => {
+    let db: MongoDbManager;
+    beforeAll(async () => {
+      db = fresh("in-flight");
+      await db.init();
+    });
+    /** A transaction of the test's own, on the test's client, with the store joined to it. */
+    const hold = async (): Promise<HeldTransaction> => {
+      const session = client.startSession();
+      session.startTransaction({ readConcern: { level: "snapshot" }, writeConcern: { w: "majority" } });
+      const end = async (how: () => Promise<unknown>) => {
+        try {
+          await how();
+        } finally {
+          await session.endSession();
+        }
+      };
+      return {
+        joined: db.joinTransaction(session),
+        commit: () => end(() => session.commitTransaction()),
+        abort: () => end(() => session.abortTransaction()),
+      };
+    };
+    it.each(IN_FLIGHT_CASES)("$account account, the transaction then ends with $end", (c) =>
+      checkCommitInFlight(db, hold, c),
+    );
   });
 
   describe("group commit (batch)", () => {

@@ -7,17 +7,19 @@
  * does not answer within `outcomeWaitMs`. The real stores are cut for real in
  * test/postgres-robustness.test.ts, test/mongodb.test.ts and test/citus.test.ts.
  */
-import { describe, expect, it } from "vitest";
+import { describe, expect, it, vi } from "vitest";
 import { InMemoryDbManager } from "../src/db/memory/index.js";
 import { outcomeUnknown } from "../src/db/store/errors.js";
 import type { DbTransaction } from "../src/db/types.js";
 import { OutcomeUnknownError, StorageError } from "../src/errors.js";
 import { errorResponse } from "../src/http/router.js";
+import type { JournalEntry } from "../src/models/index.js";
 import { createCreditManager } from "../src/manager.js";
 
 class Cut extends Error {}
 
 class DoubtfulStore extends InMemoryDbManager {
+  entryCommitted?: (userId: string, entry: JournalEntry) => Promise<boolean>;
   /** The next unit of work that saves fails after its commit: applied, or not. */
   armed: "applied" | "lost" | null = null;
   /** After the cut, for this long (ms), every unit of work fails as an unreachable store. */
@@ -124,6 +126,29 @@ describe("a commit whose answer was lost", () => {
     expect(stored?.id).toBe(error.entryIds[0]);
     const again = await credits.deductCredits("u", 7, { idempotencyKey: "k" });
     expect(again.id).toBe(error.entryIds[0]); // the first result: applied once
+    expect((await credits.getUserCreditsInfo("u")).balance).toBe(93);
+  });
+
+  it("a store that answers the look-up itself (`entryCommitted`) is asked instead of a unit of work, again while it cannot tell yet", async () => {
+    const { db, credits } = await setUp();
+    const asked: string[] = [];
+    // The store's own answer: "cannot tell yet" twice (a commit still in progress), then what its journal holds.
+    db.entryCommitted = async (userId: string, entry: JournalEntry) => {
+      asked.push(entry.id);
+      if (asked.length <= 2) throw new StorageError("[credit-management] [test] a commit is still in progress");
+      const [found] = await db.listJournal(userId, { order: "asc", afterSeq: entry.seq - 1, limit: 1 });
+      return found?.id === entry.id;
+    };
+    const units = vi.spyOn(db, "transaction");
+    db.armed = "applied";
+    const entry = await credits.deductCredits("u", 7);
+    expect(entry.balanceAfter).toBe(93);
+    expect(asked).toEqual([entry.id, entry.id, entry.id]);
+    expect(units).toHaveBeenCalledTimes(1); // the deduction's own: the look-ups ran no unit of work
+    db.armed = "lost";
+    const error = await credits.deductCredits("u", 7).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(StorageError);
+    expect(error).not.toBeInstanceOf(OutcomeUnknownError);
     expect((await credits.getUserCreditsInfo("u")).balance).toBe(93);
   });
 

@@ -62,6 +62,17 @@ export interface AccountStore {
    * On a write conflict the adapter retries `fn` from the start.
    */
   transaction<T>(userId: string, fn: (tx: DbTransaction) => Promise<T> | T): Promise<T>;
+  /**
+   * Optional: whether `entry`, the first journal entry of a unit of work on `userId` whose commit
+   * was sent and whose answer was lost (`OutcomeUnknownError`), is committed. The answer must be
+   * final: given only once no commit that could still write the entry is in progress (waited
+   * for, or made to fail), from a state the store will not roll back (docs/concepts.md, "Certain
+   * and uncertain errors"; docs/writing-a-store.md, "Optional methods"). Throws while it cannot
+   * tell yet (the caller asks again for up to `outcomeWaitMs`). Without it the unit-of-work runner
+   * reads the entry in a unit of work on the account, which is as certain as that unit's wait for
+   * a commit in progress.
+   */
+  entryCommitted?(userId: string, entry: JournalEntry): Promise<boolean>;
 
   getAccount(userId: string): Promise<Account | null>;
   /**

@@ -360,15 +360,20 @@ export class UnitRunner {
   }
 
   /**
-   * Whether `entry` is in the account's journal, asked in a unit of work of the account (which
-   * waits for the account as any other: a commit still in progress ends first). Asked again with
-   * backoff while the store fails, for up to `outcomeWaitMs`; undefined if it never answered.
+   * Whether `entry` is in the account's journal, once no commit that could write it is still in
+   * progress: the store's own answer where it has one (`entryCommitted`; docs/concepts.md, "Certain
+   * and uncertain errors", links how each store makes sure), else a read in a unit of work of the
+   * account, which waits for a commit in progress only as far as that store's units wait for one
+   * another (docs/writing-a-store.md, "A commit in doubt: `entryCommitted`"). Asked again with
+   * backoff while the store fails (or cannot tell yet), for up to `outcomeWaitMs`; undefined if it
+   * never answered.
    */
   private async lookUp(userId: string, entry: JournalEntry): Promise<boolean | undefined> {
     const { db, outcomeWaitMs } = this.config;
     const deadline = Date.now() + outcomeWaitMs;
     for (let attempt = 0; ; attempt++) {
       try {
+        if (db.entryCommitted !== undefined) return await db.entryCommitted(userId, entry);
         return await db.transaction(userId, async (tx) => {
           await tx.load();
           if (tx.getCharge !== undefined) return (await tx.getCharge(entry.id)) !== null;

@@ -44,8 +44,14 @@ import type { UsageBucket, UsageScan } from "../../domain/usage.js";
 import { usageBucketOf, usagePipeline } from "./usage.js";
 import { BatchOption, type MongoDbManagerConfig, type MongoDbManagerOptions, supportsTransactions } from "./options.js";
 import { BSON_OPTIONS, type Collections, ONE_BATCH, afterCursor, batchOf } from "./collections.js";
-import { BACKOFF, LOCK_WAIT_MS, StaleAccount, type UnitContext } from "./unit.js";
+import { BACKOFF, LOCK_WAIT_MS, StaleAccount, TRANSACTION_OPTIONS, type UnitContext } from "./unit.js";
 export type { MongoDbManagerConfig, MongoDbManagerOptions } from "./options.js";
+
+/**
+ * How long `entryCommitted`'s linearizable read may wait for a majority to confirm it, in ms (the
+ * server's own limit: without one, it waits for as long as no majority answers).
+ */
+const LOOKUP_READ_MS = 5_000;
 
 /** Weight of one batch in `MongoDbManager.staleRate`. */
 const STALE_WEIGHT = 0.2;
@@ -330,6 +336,46 @@ export class MongoDbManager extends StoreBase implements DbManager {
     return new Promise<T>((resolve, reject) => {
       this.group.push(false, { userId, fn, resolve: resolve as Unit["resolve"], reject, attempts: 0, solo: false });
     });
+  }
+
+  /**
+   * Whether `entry` is committed, for a unit of work whose commit's answer was lost
+   * (docs/storage.md, "How it stays correct under concurrency"). Snapshot reads wait for nothing,
+   * so first a fence: a write of the account's document (an upsert, for an account not created
+   * yet) in a transaction that is then aborted, so that it leaves nothing. Every save writes its
+   * account's document first, and MongoDB lets a transaction write a document only while no other
+   * holds an uncommitted write of it: while the commit in doubt (or any other) is still open, the
+   * fence fails with a write conflict, and the caller asks again. Once it succeeds, that commit
+   * has landed or never will. Then the entry is read with `linearizable` read concern: from the
+   * primary, confirmed as such, and only once what it read is majority-committed, so that neither
+   * answer can be undone by a failover.
+   */
+  async entryCommitted(userId: string, entry: JournalEntry): Promise<boolean> {
+    const { accounts, journal } = this.c;
+    await guard("entryCommitted: write the account", async () => {
+      const session = this.client.startSession();
+      try {
+        session.startTransaction(TRANSACTION_OPTIONS);
+        await accounts.updateOne({ _id: userId }, { $inc: { _fence: 1 } }, { session, upsert: true });
+      } finally {
+        // Cleanup only: the write's own outcome is what counts. The server aborts an abandoned
+        // transaction (nothing of it is kept either way) and times out a session that fails to end.
+        if (session.inTransaction()) await session.abortTransaction().catch(() => undefined);
+        await session.endSession().catch(() => undefined);
+      }
+    });
+    const found = await guard("entryCommitted: read the entry", () =>
+      journal.findOne(
+        { _id: entry.id, userId },
+        {
+          projection: { _id: 1 },
+          readConcern: { level: "linearizable" },
+          readPreference: "primary",
+          maxTimeMS: LOOKUP_READ_MS,
+        },
+      ),
+    );
+    return found !== null;
   }
 
   /**

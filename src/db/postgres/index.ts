@@ -24,6 +24,7 @@ import { UnitDispatch } from "./dispatch.js";
 import { queryOf } from "./prepared.js";
 import { byId, list, one, scanDue } from "./reads.js";
 import { detectDistributed, distributedDdlSettings } from "./citus.js";
+import { REVISION } from "../../schema/citus-units.js";
 import type { PostgresDbManagerOptions } from "./options.js";
 import { isConnectionLevel, storageError, workerCode } from "./errors.js";
 import { PostgresPromoStore } from "../../modules/billing/postgres.js";
@@ -361,6 +362,46 @@ export class PostgresDbManager extends StoreBase implements DbManager {
         wait: false,
       };
       this.units.push(unit);
+    });
+  }
+
+  /**
+   * Whether `entry` is committed, for a unit of work whose commit's answer was lost
+   * (docs/storage.md, "Conflicts and errors"), asked under the account's row lock: in
+   * one transaction, the account row is locked, which waits for a save still in progress (every
+   * save writes its account row first); on Citus its revision is moved too, so that a save sent
+   * earlier that has not reached the worker yet fails its revision check, and the move is
+   * committed. An account with no row is inserted instead, which waits for a save in progress that
+   * creates it; if the insert goes through, no such save committed: it is rolled back and the
+   * answer is no. Then the entry is read, in a statement that sees every commit the lock waited
+   * for (read committed).
+   */
+  async entryCommitted(userId: string, entry: JournalEntry): Promise<boolean> {
+    const { accounts, journal } = this.sql.tables;
+    const lock = this.sql.distributed
+      ? `UPDATE ${accounts.qualified} SET ${REVISION} = ${REVISION} + 1 WHERE user_id = $1 RETURNING true`
+      : `SELECT true FROM ${accounts.qualified} WHERE user_id = $1 FOR UPDATE`;
+    const create =
+      `INSERT INTO ${accounts.qualified} (user_id, balance, reserved, debt, seq, created_at, updated_at) ` +
+      `VALUES ($1, 0, 0, 0, 0, now(), now()) ON CONFLICT (user_id) DO NOTHING RETURNING true`;
+    const read = `SELECT true FROM ${journal.qualified} WHERE user_id = $1 AND id = $2`;
+    return this.onConnection("entryCommitted", async (client, drop) => {
+      await client.query(
+        `BEGIN ISOLATION LEVEL READ COMMITTED; SELECT set_config('lock_timeout', '${this.lockTimeoutMs}', true)`,
+      );
+      try {
+        const locked = (await client.query({ text: lock, values: [userId] })).rows.length > 0;
+        if (!locked && (await client.query({ text: create, values: [userId] })).rows.length > 0) {
+          await client.query("ROLLBACK");
+          return false;
+        }
+        const found = (await client.query({ text: read, values: [userId, entry.id] })).rows.length > 0;
+        await client.query("COMMIT");
+        return found;
+      } catch (error) {
+        await client.query("ROLLBACK").catch(drop);
+        throw error;
+      }
     });
   }
 

@@ -270,6 +270,12 @@ export class DefinedStore extends StoreBase {
       ? undefined
       : (userId) => this.accounts.getAccountCredits?.(userId) as Promise<AccountCredits>;
   }
+  get entryCommitted(): AccountStore["entryCommitted"] {
+    const lookUp = this.accounts.entryCommitted;
+    return lookUp === undefined
+      ? undefined
+      : (userId, entry) => this.accounts.entryCommitted?.(userId, entry) as Promise<boolean>;
+  }
   get listAccountIds(): AccountStore["listAccountIds"] {
     const list = this.accounts.listAccountIds;
     return list === undefined
