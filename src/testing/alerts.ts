@@ -419,6 +419,8 @@ export function runAlertsContract(
         [{ id: "p", kind: "left_percent", atOrBelow: 101 }],
         [{ id: "s", kind: "period_spend", atOrAbove: 5, window: "year" }],
         [{ id: "s", kind: "period_spend", atOrAbove: 5, window: "day", timeZone: "Mars/Olympus" }],
+        [{ id: "s", kind: "period_spend", atOrAbove: 5, window: "subscription_period", timeZone: "UTC" }],
+        [{ id: "p", kind: "left_percent", atOrBelow: 5, feature: "" }],
         [{ id: "e", kind: "expiring", withinDays: -1, atOrAbove: 5 }],
       ];
       for (const list of bad) {
