@@ -113,7 +113,10 @@ export type AlertMark = z.infer<typeof AlertMark>;
 export interface AlertStatus {
   threshold: AlertThreshold;
   state: AlertStateName;
-  /** The threshold's value now (credits, or percent for `left_percent`); null: none yet (no addition for a percentage). */
+  /**
+   * The threshold's value now (credits, or percent for `left_percent`); null: none (an account
+   * never changed, or a `subscription_period` spend without an active subscription).
+   */
   value: number | null;
   /** The line compared with (`atOrBelow` or `atOrAbove`). */
   line: number;
