@@ -191,6 +191,61 @@ describe("NotificationService details", () => {
     expect(await notifications.list("q")).toEqual([]);
   });
 
+  it("getAlerts and the customer state's alerts are one answer; without events recorded, the account's own thresholds only", async () => {
+    const { NotificationService } = await import("../src/index.js");
+    const low = { id: "low", kind: "available", atOrBelow: 100 } as const;
+    // Recorded (the manager): the built-in level first, then the defaults, in both reads.
+    const m = await createCreditManager({
+      db: new InMemoryDbManager(),
+      notifications: { lowCredits: 20, alerts: [low] },
+    });
+    await m.credits.addCredits("v", 30);
+    await m.credits.deductCredits("v", 15);
+    const states = await m.notifications.getAlerts("v");
+    expect(states.map((a) => [a.threshold.id, a.state, a.source])).toEqual([
+      ["low_credits", "in_alarm", "builtIn"],
+      ["credits_exhausted", "ok", "builtIn"],
+      ["low", "in_alarm", "default"],
+    ]);
+    expect((await m.credits.getCustomerState("v")).alerts).toEqual(states);
+    await m.close();
+    // Not recorded: nothing keeps a level nor evaluates the defaults; an account's own thresholds
+    // are kept for when events are recorded, and listed as stored.
+    const db = new InMemoryDbManager();
+    const credits = new CreditService({ db });
+    const notifications = new NotificationService({ db, recording: false, alerts: [low] });
+    await credits.addCredits("u", 50);
+    expect(await notifications.getAlerts("u")).toEqual([]);
+    expect((await credits.getCustomerState("u")).alerts).toEqual([]);
+    await notifications.setAlerts("u", [{ id: "mine", kind: "available", atOrBelow: 10 }]);
+    const own = await notifications.getAlerts("u");
+    expect(own).toMatchObject([{ threshold: { id: "mine" }, state: "ok", value: 50, source: "account" }]);
+    expect((await credits.getCustomerState("u")).alerts).toEqual(own);
+  });
+
+  it("evaluateAlerts saves the account only when its alert state moved: a spend window that ended moves it without an event", async () => {
+    const { NotificationService } = await import("../src/index.js");
+    const clock = { now: Date.parse("2030-01-01T10:00:00.000Z") };
+    const now = () => new Date(clock.now);
+    const daily = { id: "daily", kind: "period_spend", atOrAbove: 100, window: "day" } as const;
+    const db = new InMemoryDbManager();
+    const credits = new CreditService({ db, clock: now, alerts: { alerts: [daily] } });
+    const notifications = new NotificationService({ db, clock: now, alerts: [daily] });
+    await credits.addCredits("w", 100);
+    await credits.deductCredits("w", 10);
+    const before = await db.getAccount("w");
+    clock.now += 60_000;
+    await notifications.evaluateAlerts("w"); // nothing moved: nothing written
+    expect(await db.getAccount("w")).toEqual(before);
+    clock.now += 86_400_000; // the next day: the window's count starts again, still ok
+    expect(await notifications.evaluateAlerts("w")).toMatchObject([{}, { state: "ok", value: 0 }]);
+    const after = await db.getAccount("w");
+    expect(after?.updatedAt.getTime()).toBe(clock.now);
+    expect(after?.alert?.marks?.daily).toMatchObject({ state: "ok", spent: 0 });
+    expect(before?.alert?.marks?.daily).toMatchObject({ state: "ok", spent: 10 });
+    expect((await notifications.list("w")).filter((r) => r.type.startsWith("alert_"))).toEqual([]);
+  });
+
   it("a publish that never answers counts as a failed attempt after publishTimeoutMs", async () => {
     const { NotificationService } = await import("../src/index.js");
     const db = new InMemoryDbManager();

@@ -54,6 +54,24 @@ describe("createWorker", () => {
     expect(await alerts()).toEqual([expect.objectContaining({ thresholdId: "soon", value: 80, line: 50 })]);
   });
 
+  it("the reminders round covers an account's own expiring threshold that looks further than the defaults (beyond 31 days)", async () => {
+    const clock = { now: Date.now() };
+    const m = await manager({ clock: () => new Date(clock.now), notifications: { reminderDays: [] } });
+    await m.credits.addCredits("ian", 80, { expiresAt: new Date(clock.now + 70 * 86_400_000) });
+    await m.credits.addCredits("ivy", 80, { expiresAt: new Date(clock.now + 70 * 86_400_000) });
+    await m.notifications.setAlerts("ian", [{ id: "quarter", kind: "expiring", withinDays: 60, atOrAbove: 50 }]);
+    const w = createWorker(m);
+    const alerts = async () =>
+      (await m.notifications.list("ian")).filter((r) => r.type === "alert_triggered").map((r) => r.payload);
+    await w.runOnce();
+    expect(await alerts()).toEqual([]);
+    clock.now += 11 * 86_400_000; // the grant is now within 60 days, beyond the scan of grants' 31
+    await w.runOnce();
+    await w.runOnce();
+    expect(await alerts()).toEqual([expect.objectContaining({ thresholdId: "quarter", value: 80, line: 50 })]);
+    expect(await m.notifications.list("ivy")).toEqual([]); // no threshold of its own: nothing to do
+  });
+
   it("the reminders round resolves a spend window that ended, before the account's next change", async () => {
     const clock = { now: Date.now() };
     const m = await manager({

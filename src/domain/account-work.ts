@@ -10,6 +10,7 @@ import type {
   GrantSource,
   JournalEntry,
   GrantScope,
+  LimitCycle,
   Reservation,
   SpendLimit,
 } from "../models/index.js";
@@ -92,6 +93,12 @@ export class AccountWork {
   private readonly recorded: WorkEvent[] = [];
   /** The limits this work's spends took past 80 % and 100 %, in order (docs/teams-and-limits.md). */
   limitsCrossed: Counted["crossed"] | undefined;
+  /**
+   * Set by a unit of work that knows the account's subscription (a subscription period's): its
+   * cycle, null when none is active, for the alerts counting spend per subscription period
+   * (docs/customer-state.md, "Alerts"). Undefined: not known here (the one stored holds).
+   */
+  subscriptionCycle: LimitCycle | null | undefined;
 
   constructor(userId: string, state: LoadedState, now: Date, newId: () => string) {
     this.userId = userId;

@@ -7,8 +7,11 @@ import type {
   AlertThreshold,
   Grant,
   JournalEntry,
+  LimitCycle,
 } from "../models/index.js";
+import { cycleWindow } from "./limits.js";
 import { isOpenGrant } from "./order.js";
+import { figuresBehind } from "./scope.js";
 import { nextWindowStart, windowStart } from "./usage.js";
 
 /**
@@ -19,6 +22,31 @@ import { nextWindowStart, windowStart } from "./usage.js";
  */
 
 const DAY_MS = 86_400_000;
+
+type PeriodSpend = Extract<AlertThreshold, { kind: "period_spend" }>;
+
+/** A window `[start, end)`, ms since the epoch. */
+export interface SpendWindow {
+  start: number;
+  end: number;
+}
+
+/**
+ * What an evaluation is given besides the account, read beside its unit of work
+ * (src/services/alert-reads.ts) where `needsCycle` and `countsStarting` say so.
+ */
+export interface AlertInputs {
+  /**
+   * The account's subscription cycle, read in this unit of work (null: no active subscription);
+   * undefined: not read, the one stored on the account holds.
+   */
+  cycle?: LimitCycle | null | undefined;
+  /**
+   * For the `period_spend` thresholds whose count starts now (`countsStarting`), by id: the spend
+   * captured in their current window before this change, from the journal.
+   */
+  spentBefore?: ReadonlyMap<string, number> | undefined;
+}
 
 /** An alert event to record: its type, payload and dedupe key (the caller makes the outbox row). */
 export interface AlertEvent {
@@ -40,14 +68,98 @@ export function lineOf(t: AlertThreshold): number {
   return t.kind === "available" || t.kind === "left_percent" ? t.atOrBelow : t.atOrAbove;
 }
 
-/** The calendar window `[start, end)` of a `period_spend` threshold holding `at` (ms). */
-export function spendWindow(
-  t: Extract<AlertThreshold, { kind: "period_spend" }>,
-  at: number,
-): { start: number; end: number } {
+/**
+ * The window `[start, end)` of a `period_spend` threshold holding `at` (ms): its calendar window in
+ * its time zone, or the period of the account's subscription `cycle` (null without one: the
+ * threshold has no window and counts nothing).
+ */
+export function spendWindow(t: PeriodSpend, at: number, cycle: LimitCycle | null): SpendWindow | null {
+  if (t.window === "subscription_period") return cycle === null ? null : cycleWindow(cycle, at);
   const tz = t.timeZone ?? "UTC";
   const start = windowStart(at, t.window, tz);
   return { start, end: nextWindowStart(start, t.window, tz) };
+}
+
+/** The subscription cycle an evaluation of `account` uses: the one read now, else the stored one. */
+function cycleOf(account: Account, inputs: AlertInputs): LimitCycle | null {
+  return inputs.cycle !== undefined ? inputs.cycle : (account.alert?.cycle ?? null);
+}
+
+/** Whether two cycles are the same (none and not read are the same: no period). */
+function sameCycle(a: LimitCycle | null | undefined, b: LimitCycle | null | undefined): boolean {
+  if (a == null || b == null) return a == null && b == null;
+  return a.anchorAt === b.anchorAt && a.billingPeriod === b.billingPeriod;
+}
+
+/**
+ * Whether an evaluation of `account` needs its subscription's cycle read (docs/customer-state.md,
+ * "Alerts"): a `subscription_period` threshold applies and the cycle was never read, or one of
+ * them applies for the first time (no mark), or the thresholds were just set (`recount`).
+ */
+export function needsCycle(
+  account: Account,
+  defaults: readonly AlertThreshold[] | undefined,
+  recount: boolean,
+): boolean {
+  const periods = thresholdsOf(account, defaults).filter(
+    (t) => t.kind === "period_spend" && t.window === "subscription_period",
+  );
+  if (periods.length === 0) return false;
+  const marks = account.alert?.marks ?? {};
+  return recount || account.alert?.cycle === undefined || periods.some((t) => marks[t.id] === undefined);
+}
+
+/**
+ * The `period_spend` thresholds of `account` whose count starts in this evaluation, so the spend
+ * already captured in their current window must be read from the journal (docs/customer-state.md,
+ * "Alerts"): each one without a mark (it applies for the first time), every one when `recount`
+ * (the thresholds were just set), and the `subscription_period` ones when `cycle` (read now) is not
+ * the stored one. With `from`, the earliest start of their windows at `at`: the journal is read back
+ * to it. Null: none.
+ */
+export function countsStarting(
+  account: Account,
+  defaults: readonly AlertThreshold[] | undefined,
+  at: number,
+  inputs: AlertInputs,
+  recount: boolean,
+): { thresholds: PeriodSpend[]; from: number } | null {
+  const marks = account.alert?.marks ?? {};
+  const cycle = cycleOf(account, inputs);
+  // A cycle read now that is not the stored one (a subscription started, changed its cycle or ended).
+  const moved = inputs.cycle !== undefined && !sameCycle(inputs.cycle, account.alert?.cycle);
+  const thresholds: PeriodSpend[] = [];
+  let from = Infinity;
+  for (const t of thresholdsOf(account, defaults)) {
+    if (t.kind !== "period_spend") continue;
+    if (!recount && marks[t.id] !== undefined && !(moved && t.window === "subscription_period")) continue;
+    const window = spendWindow(t, at, cycle);
+    if (window === null) continue;
+    thresholds.push(t);
+    from = Math.min(from, window.start);
+  }
+  return thresholds.length === 0 ? null : { thresholds, from };
+}
+
+/**
+ * Captured spend in each of `thresholds`' current windows at `at` (by id) among `entries`: the
+ * account's journal back to their earliest window start (`countsStarting`), counted by
+ * `spendOfEntry` as the evaluation counts a change's entries.
+ */
+export function spentIn(
+  thresholds: readonly PeriodSpend[],
+  entries: readonly JournalEntry[],
+  at: number,
+  cycle: LimitCycle | null,
+): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const t of thresholds) {
+    const window = spendWindow(t, at, cycle);
+    let spent = 0;
+    if (window !== null) for (const e of entries) spent += spendOfEntry(t, e, window);
+    out.set(t.id, Math.max(0, spent));
+  }
+  return out;
 }
 
 /**
@@ -56,11 +168,7 @@ export function spendWindow(
  * of the threshold's spender and feature (where set), placed in that window by `occurredAt`
  * (else `createdAt`).
  */
-export function spendOfEntry(
-  t: Extract<AlertThreshold, { kind: "period_spend" }>,
-  e: JournalEntry,
-  window: { start: number; end: number },
-): number {
+export function spendOfEntry(t: PeriodSpend, e: JournalEntry, window: SpendWindow): number {
   const sign = e.type === "deduct" || e.type === "commit_reserved" ? 1 : e.type === "reverse" ? -1 : 0;
   if (sign === 0 || e.amount === 0) return 0;
   if (t.spender !== undefined && e.spender !== t.spender) return 0;
@@ -82,12 +190,29 @@ export function expiringWithin(grants: readonly Grant[], days: number, now: numb
   return total;
 }
 
-/** A threshold's value and whether it is on the alarm side; `spent` and `windowStart` for `period_spend`. */
+/** A threshold's value and whether it is on the alarm side; the window and its count for `period_spend`. */
 interface Reading {
   value: number | null;
   alarm: boolean;
-  windowStart?: number;
+  windowStart?: number | null;
   spent?: number;
+}
+
+/**
+ * `left_percent`'s value: what is left of the open grants behind the pool (or `feature`) as a
+ * percentage of what they were given, by the customer state's figures (`figuresBehind`,
+ * ./scope.ts); 0 when nothing open is behind it (nothing is left). Compared in whole numbers:
+ * left / granted <= atOrBelow / 100, the line included.
+ */
+function leftPercent(
+  t: Extract<AlertThreshold, { kind: "left_percent" }>,
+  account: Account,
+  grants: readonly Grant[],
+  now: number,
+): Reading {
+  const f = figuresBehind(grants, { spender: null, feature: t.feature ?? null }, account.debt, new Date(now));
+  if (f.granted <= 0) return { value: 0, alarm: true };
+  return { value: (f.left * 100) / f.granted, alarm: f.left * 100 <= t.atOrBelow * f.granted };
 }
 
 /** Reads threshold `t` on `account` at `now` (`entries`: the change's journal entries, counted once). */
@@ -98,20 +223,19 @@ function read(
   entries: readonly JournalEntry[],
   grants: () => readonly Grant[],
   now: number,
+  inputs: AlertInputs,
 ): Reading {
   const available = account.balance - account.reserved;
   switch (t.kind) {
     case "available":
       return { value: available, alarm: available <= t.atOrBelow };
-    case "left_percent": {
-      const granted = account.alert?.lastAllocation ?? 0;
-      if (granted <= 0) return { value: null, alarm: false };
-      // Compared in whole numbers: available / granted <= atOrBelow / 100, the line included.
-      return { value: (available * 100) / granted, alarm: available * 100 <= t.atOrBelow * granted };
-    }
+    case "left_percent":
+      return leftPercent(t, account, grants(), now);
     case "period_spend": {
-      const window = spendWindow(t, now);
-      let spent = mark?.windowStart === window.start ? (mark.spent ?? 0) : 0;
+      const window = spendWindow(t, now, cycleOf(account, inputs));
+      // No subscription to count in: no value, never in alarm.
+      if (window === null) return { value: null, alarm: false, windowStart: null, spent: 0 };
+      let spent = inputs.spentBefore?.get(t.id) ?? (mark?.windowStart === window.start ? (mark.spent ?? 0) : 0);
       for (const e of entries) spent += spendOfEntry(t, e, window);
       spent = Math.max(0, spent);
       return { value: spent, alarm: spent >= t.atOrAbove, windowStart: window.start, spent };
@@ -123,13 +247,20 @@ function read(
   }
 }
 
+/** What `evaluateThresholds` records: the events of each move, and whether the account's marks moved. */
+export interface ThresholdsOutcome {
+  events: AlertEvent[];
+  /** True when the account's `alert` was replaced (a mark, or the stored cycle, moved): it must be saved. */
+  moved: boolean;
+}
+
 /**
  * Evaluates the alert thresholds of `account` (the unit of work's copy, updated in place) after a
- * change with `entries`, its open `grants` as the change leaves them (read only for `expiring`):
- * the events of each move.
+ * change with `entries`, its open `grants` as the change leaves them (read only for `expiring` and
+ * `left_percent`), with what was read beside the unit of work (`inputs`): the events of each move.
  * An account never changed (seq 0) is evaluated by none: its thresholds wait for its first change.
  * A threshold without a mark starts `ok`, so one set on an account already past its line fires at
- * once. The account's `alert` is replaced only when a mark moved.
+ * once. The account's `alert` is replaced only when a mark (or the stored cycle) moved.
  */
 export function evaluateThresholds(
   account: Account,
@@ -137,19 +268,21 @@ export function evaluateThresholds(
   grants: () => readonly Grant[],
   defaults: readonly AlertThreshold[] | undefined,
   now: Date,
-): AlertEvent[] {
-  if (account.seq === 0) return [];
+  inputs: AlertInputs = {},
+): ThresholdsOutcome {
+  if (account.seq === 0) return { events: [], moved: false };
   const list = thresholdsOf(account, defaults);
   const before = account.alert?.marks ?? {};
-  if (list.length === 0 && Object.keys(before).length === 0) return [];
+  if (list.length === 0 && Object.keys(before).length === 0) return { events: [], moved: false };
   const at = now.getTime();
   const marks: Record<string, AlertMark> = {};
   const events: AlertEvent[] = [];
   const resolved: Record<string, unknown>[] = [];
   let recorded = account.alert?.recorded ?? 0;
+  const cycle = cycleOf(account, inputs);
   for (const t of list) {
     const mark = before[t.id];
-    const r = read(t, account, mark, entries, grants, at);
+    const r = read(t, account, mark, entries, grants, at, inputs);
     const was: AlertStateName = mark?.state ?? "ok";
     const state: AlertStateName = r.alarm ? "in_alarm" : "ok";
     const crossings = (mark?.crossings ?? 0) + (was === "ok" && state === "in_alarm" ? 1 : 0);
@@ -166,7 +299,7 @@ export function evaluateThresholds(
       recorded++;
       events.push({
         type: "alert_triggered",
-        payload: { ...about, ...windowOf(t, at), seq: account.seq },
+        payload: { ...about, ...windowOf(t, at, cycle), seq: account.seq },
         dedupeKey: `alert_triggered:${t.id}:${recorded}`,
       });
     } else if (was === "in_alarm" && state === "ok") {
@@ -182,11 +315,17 @@ export function evaluateThresholds(
       dedupeKey: `alert_resolved:${recorded}`,
     });
   }
-  if (!sameMarks(before, marks)) {
+  // The cycle read now is kept while a threshold counts in it (a later one reads it again).
+  const keepCycle =
+    inputs.cycle !== undefined &&
+    list.some((t) => t.kind === "period_spend" && t.window === "subscription_period") &&
+    !(account.alert?.cycle !== undefined && sameCycle(account.alert.cycle, inputs.cycle));
+  const moved = keepCycle || !sameMarks(before, marks);
+  if (moved) {
     const prev: AlertState = account.alert ?? { level: null, threshold: 0, lastAllocation: 0, override: null };
-    account.alert = { ...prev, marks, recorded };
+    account.alert = { ...prev, marks, recorded, ...(keepCycle ? { cycle: inputs.cycle ?? null } : {}) };
   }
-  return events;
+  return { events, moved };
 }
 
 /**
@@ -200,17 +339,51 @@ export function hasEndedSpendWindow(
 ): boolean {
   const marks = account.alert?.marks;
   if (marks === undefined) return false;
+  const cycle = account.alert?.cycle ?? null;
   return thresholdsOf(account, defaults).some((t) => {
     const mark = marks[t.id];
     if (t.kind !== "period_spend" || mark?.state !== "in_alarm") return false;
-    return mark.windowStart !== spendWindow(t, now.getTime()).start;
+    return (mark.windowStart ?? null) !== (spendWindow(t, now.getTime(), cycle)?.start ?? null);
   });
 }
 
-/** `windowStart` and `resetsAt` (ISO) of a `period_spend` threshold; nothing for the others. */
-function windowOf(t: AlertThreshold, at: number): Record<string, string> {
+/**
+ * How far ahead the worker's scan of grants by expiry looks for `expiring` thresholds, in days: the
+ * longest of the `defaults`, at least 31 (docs/customer-state.md, "Alerts").
+ */
+export function expiringScanDays(defaults: readonly AlertThreshold[] | undefined): number {
+  return Math.max(31, ...(defaults ?? []).map((t) => (t.kind === "expiring" ? t.withinDays : 0)));
+}
+
+/**
+ * True when one of `account`'s own `expiring` thresholds looks further ahead than the scan of grants
+ * (`scanDays`), is `ok`, and the account may have a grant within its days (`nextExpiryAt`, a lower
+ * bound of its soonest expiry): time alone may have brought it into alarm where the scan of grants
+ * did not look (the worker's scan of accounts evaluates it).
+ */
+export function expiresBeyondScan(
+  account: Account,
+  defaults: readonly AlertThreshold[] | undefined,
+  now: Date,
+  scanDays: number,
+): boolean {
+  const next = account.nextExpiryAt;
+  if (next === null || account.seq === 0) return false;
+  const marks = account.alert?.marks ?? {};
+  return thresholdsOf(account, defaults).some(
+    (t) =>
+      t.kind === "expiring" &&
+      t.withinDays > scanDays &&
+      marks[t.id]?.state !== "in_alarm" &&
+      next.getTime() <= now.getTime() + t.withinDays * DAY_MS,
+  );
+}
+
+/** `windowStart` and `resetsAt` (ISO) of a `period_spend` threshold with a window; nothing for the others. */
+function windowOf(t: AlertThreshold, at: number, cycle: LimitCycle | null): Record<string, string> {
   if (t.kind !== "period_spend") return {};
-  const w = spendWindow(t, at);
+  const w = spendWindow(t, at, cycle);
+  if (w === null) return {};
   return { windowStart: new Date(w.start).toISOString(), resetsAt: new Date(w.end).toISOString() };
 }
 
@@ -228,50 +401,41 @@ function sameMarks(a: Record<string, AlertMark>, b: Record<string, AlertMark>): 
 }
 
 /**
- * Each alert threshold of `account` with its stored state and its value at `now` (`grants`: the
- * account's open grants, for `expiring`): what `getAlerts` answers, and what a view of the
- * customer shows. With `lowCreditsLine` (`lowCreditsLine()` of ./notifications.ts), the built-in
- * low-credits thresholds come first. A `period_spend` value counts the stored window only while it
- * is the current one.
+ * Each alert threshold of `account` (its own, else `defaults`) with its stored state and its value
+ * at `now` (`grants`: the account's open grants, for `expiring` and `left_percent`). A
+ * `period_spend` value counts the stored window only while it is the current one. The built-in
+ * low-credits ones are `builtInStates`; `alertStates` (./notifications.ts) lists both.
  */
-export function alertStates(
+export function thresholdStates(
   account: Account | null,
   grants: readonly Grant[],
   defaults: readonly AlertThreshold[] | undefined,
   now: Date,
-  lowCreditsLine?: number,
 ): AlertStatus[] {
-  const builtIn = lowCreditsLine === undefined ? [] : builtInStates(account, lowCreditsLine);
   if (account === null) {
-    return [
-      ...builtIn,
-      ...(defaults ?? []).map((t): AlertStatus => ({
-        threshold: t,
-        state: "ok",
-        value: null,
-        line: lineOf(t),
-        crossings: 0,
-        source: "default",
-      })),
-    ];
+    return (defaults ?? []).map((t): AlertStatus => ({
+      threshold: t,
+      state: "ok",
+      value: null,
+      line: lineOf(t),
+      crossings: 0,
+      source: "default",
+    }));
   }
   const own = account.alert?.thresholds;
   const marks = account.alert?.marks ?? {};
-  return [
-    ...builtIn,
-    ...thresholdsOf(account, defaults).map((t): AlertStatus => {
-      const mark = marks[t.id];
-      const r = read(t, account, mark, [], () => grants, now.getTime());
-      return {
-        threshold: t,
-        state: mark?.state ?? "ok",
-        value: account.seq === 0 ? null : r.value,
-        line: lineOf(t),
-        crossings: mark?.crossings ?? 0,
-        source: own == null ? "default" : "account",
-      };
-    }),
-  ];
+  return thresholdsOf(account, defaults).map((t): AlertStatus => {
+    const mark = marks[t.id];
+    const r = read(t, account, mark, [], () => grants, now.getTime(), {});
+    return {
+      threshold: t,
+      state: mark?.state ?? "ok",
+      value: account.seq === 0 ? null : r.value,
+      line: lineOf(t),
+      crossings: mark?.crossings ?? 0,
+      source: own == null ? "default" : "account",
+    };
+  });
 }
 
 /**
@@ -279,7 +443,7 @@ export function alertStates(
  * `line` (listed when `line` is above 0) and `credits_exhausted` at or below 0, in alarm as the
  * account's stored level says.
  */
-function builtInStates(account: Account | null, line: number): AlertStatus[] {
+export function builtInStates(account: Account | null, line: number): AlertStatus[] {
   const level = account?.alert?.level ?? null;
   const value = account === null || account.seq === 0 ? null : account.balance - account.reserved;
   const status = (id: string, atOrBelow: number, alarm: boolean): AlertStatus => ({

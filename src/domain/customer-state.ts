@@ -19,7 +19,7 @@ import { isPeriodGrant } from "./account-work.js";
 import { decideFeature, type CheckReason, type FeatureRule } from "./checks.js";
 import { limitStatuses, tightestLimit } from "./limits.js";
 import { compareGrants } from "./order.js";
-import { inScope, outOfScope } from "./scope.js";
+import { figuresBehind, outOfScope } from "./scope.js";
 
 /** What `credits.getCustomerState(userId)` answers (docs/customer-state.md). */
 export interface CustomerState {
@@ -181,15 +181,7 @@ export function stateOf(
   const features = [...names].sort(byCodeUnit).map((feature): FeatureState => {
     const spend = { spender: null, feature };
     // Its scoped grants first, then the pool: the order a spend on it draws them (docs/teams-and-limits.md).
-    const behind = grants.filter((g) => g.scope != null && inScope(g.scope, spend));
-    for (const g of grants) if (g.scope == null) behind.push(g);
-    let granted = 0;
-    let held = 0;
-    for (const g of behind) {
-      granted += g.amount;
-      held += g.remaining;
-    }
-    const left = held - debt;
+    const { grants: behind, granted, used, left } = figuresBehind(grants, spend, debt, now);
     const rule = rules[feature];
     const tight = tightestLimit(limits, spend, at);
     const decision = decideFeature(left, rule, planId, undefined, () => tight);
@@ -203,7 +195,7 @@ export function stateOf(
       reason: decision.reason,
       required: decision.required,
       granted,
-      used: granted - held,
+      used,
       left,
       resetsAt: ends.length === 0 ? null : new Date(Math.min(...ends)),
       limit:

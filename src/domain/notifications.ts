@@ -3,6 +3,7 @@ import type {
   Account,
   AlertLevel,
   AlertState,
+  AlertStatus,
   JournalEntry,
   AlertThreshold,
   Grant,
@@ -12,7 +13,7 @@ import type {
 } from "../models/index.js";
 import { EVENT_VERSIONS } from "../models/events.js";
 import { type LimitCrossing, describeLimit } from "./limits.js";
-import { evaluateThresholds } from "./alerts.js";
+import { builtInStates, evaluateThresholds, thresholdStates, type AlertInputs } from "./alerts.js";
 
 /**
  * The notification rules of docs/notifications.md, as pure functions over one account: which events a change
@@ -40,7 +41,7 @@ export function thresholdOf(spec: Thresholds, lastAllocation: number): number {
 
 /**
  * The account's low-credits threshold now (its override, else the service's), in credits: the
- * line of the built-in `low_credits` alert (`alertStates`, ./alerts.ts).
+ * line of the built-in `low_credits` alert (`alertStates`).
  */
 export function lowCreditsLine(account: Account | null, service: Thresholds): number {
   const alert = account?.alert ?? null;
@@ -86,17 +87,24 @@ export function eventNotifications(events: readonly WorkEvent[], userId: string,
   return events.map((e) => newNotification(userId, e.type, e.payload, now, e.dedupeKey));
 }
 
+/** What an evaluation of an account's alerts records, and whether it moved the account's alert state. */
+export interface AlertOutcome {
+  notifications: readonly Notification[];
+  /** True when `account.alert` was replaced (a level, threshold or mark moved): the account must be saved. */
+  moved: boolean;
+}
+
 /**
  * Re-evaluates `account.alert` after a change (`entries` are the change's journal entries) and
  * returns the crossing events. Updates `account` (the unit of work's private copy) in place only
  * when the level, threshold or last allocation moved.
  */
-export function evaluateAlert(
+function evaluateAlert(
   account: Account,
   entries: readonly JournalEntry[],
   service: Thresholds,
   now: Date,
-): readonly Notification[] {
+): AlertOutcome {
   const prev = account.alert;
   let lastAllocation = prev === null ? 0 : prev.lastAllocation;
   for (const e of entries) if (e.type === "add") lastAllocation = e.amount;
@@ -111,7 +119,7 @@ export function evaluateAlert(
   const fresh = account.seq - entries.length === 0;
   const before = prev === null || prev.level === null ? (fresh ? "ok" : null) : prev.level;
   if (prev !== null && prev.level === level && prev.threshold === threshold && prev.lastAllocation === lastAllocation) {
-    return [];
+    return { notifications: [], moved: false };
   }
   account.alert = { ...prev, level, threshold, lastAllocation, override };
   const types = crossings(before, level, threshold);
@@ -124,13 +132,18 @@ export function evaluateAlert(
     reserved: account.reserved,
     seq: account.seq,
   };
-  return types.map((type) => newNotification(account.userId, type, { ...payload }, now, null));
+  return {
+    notifications: types.map((type) => newNotification(account.userId, type, { ...payload }, now, null)),
+    moved: true,
+  };
 }
 
 /**
  * Every alert of a change, in order: the low-credits level's crossing (`evaluateAlert`), then the
  * alert thresholds' (`evaluateThresholds`, ./alerts.ts), one mechanism on the account's `alert`
- * (docs/notifications.md, "Alerts"). `grants`: the account's open grants as the change leaves them.
+ * (docs/notifications.md, "Alerts"). `grants`: the account's open grants as the change leaves them;
+ * `inputs`: what was read beside the unit of work for them (src/services/alert-reads.ts). Says
+ * whether the account's alert state moved (a unit of work that writes nothing else saves it then).
  */
 export function alertNotifications(
   account: Account,
@@ -138,11 +151,41 @@ export function alertNotifications(
   grants: () => readonly Grant[],
   service: Thresholds,
   now: Date,
-): readonly Notification[] {
+  inputs: AlertInputs = {},
+): AlertOutcome {
   const level = evaluateAlert(account, entries, service, now);
-  const events = evaluateThresholds(account, entries, grants, service.alerts, now);
-  if (events.length === 0) return level;
-  return [...level, ...events.map((e) => newNotification(account.userId, e.type, e.payload, now, e.dedupeKey))];
+  const t = evaluateThresholds(account, entries, grants, service.alerts, now, inputs);
+  const moved = level.moved || t.moved;
+  if (t.events.length === 0) return { notifications: level.notifications, moved };
+  return {
+    notifications: [
+      ...level.notifications,
+      ...t.events.map((e) => newNotification(account.userId, e.type, e.payload, now, e.dedupeKey)),
+    ],
+    moved,
+  };
+}
+
+/**
+ * Each alert of `account` with its state (docs/customer-state.md, "Alerts"), as the service that
+ * keeps them sees it: `kept`, its thresholds while it records notification events, undefined when
+ * it records none. While they are recorded: the built-in low-credits ones first (`low_credits` at
+ * or below the account's low-credits line when it is above 0, `credits_exhausted` at or below 0),
+ * then the account's own thresholds, else the service's (`thresholdStates`, ./alerts.ts). While
+ * none are: the account's own thresholds only, as stored (nothing evaluates them, and no level is
+ * kept). What `notifications.getAlerts` answers and the customer state's `alerts`.
+ */
+export function alertStates(
+  account: Account | null,
+  grants: readonly Grant[],
+  kept: Thresholds | undefined,
+  now: Date,
+): AlertStatus[] {
+  if (kept === undefined) return thresholdStates(account, grants, undefined, now);
+  return [
+    ...builtInStates(account, lowCreditsLine(account, kept)),
+    ...thresholdStates(account, grants, kept.alerts, now),
+  ];
 }
 
 /** The account's alert state with a new per-user override (level recomputed). */
@@ -158,7 +201,7 @@ export function withOverride(
   // past its line fires at once (docs/notifications.md).
   const level = prev !== null ? prev.level : account.seq === 0 ? null : "ok";
   account.alert = { ...prev, level, threshold: prev === null ? 0 : prev.threshold, lastAllocation, override };
-  return evaluateAlert(account, [], service, now);
+  return evaluateAlert(account, [], service, now).notifications;
 }
 
 /**

@@ -37,6 +37,35 @@ export function spendOrder(grants: readonly Grant[], spend: Spend, now: Date): G
   return scoped.concat(open);
 }
 
+/** What the open grants behind a spend were given, what was drawn from them, and what they hold for it. */
+export interface GrantFigures {
+  /** The grants behind it, in the order a spend draws them (`spendOrder`). */
+  grants: Grant[];
+  /** What they were given. */
+  granted: number;
+  /** What has been drawn from them: spent, or held now. */
+  used: number;
+  /** What they hold for the spend now, less the debt (may be negative). */
+  left: number;
+}
+
+/**
+ * The figures of the grants usable at `now` behind `spend` (its scoped grants, then the pool):
+ * what the customer state reports per feature (docs/customer-state.md, "Which features"), and what
+ * a `left_percent` alert compares (docs/customer-state.md, "Alerts"). `debt`: the account's, owed
+ * for spends of any scope.
+ */
+export function figuresBehind(grants: readonly Grant[], spend: Spend, debt: number, now: Date): GrantFigures {
+  const behind = spendOrder(grants, spend, now);
+  let granted = 0;
+  let held = 0;
+  for (const g of behind) {
+    granted += g.amount;
+    held += g.remaining;
+  }
+  return { grants: behind, granted, used: granted - held, left: held - debt };
+}
+
 /** Credits of usable grants at `now` that may not pay for `spend` (scoped ones outside it). */
 export function outOfScope(grants: readonly Grant[], spend: Spend, now: Date): number {
   let total = 0;

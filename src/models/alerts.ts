@@ -23,8 +23,11 @@ const UserAlertId = AlertId.refine((id) => id !== "low_credits" && id !== "credi
   error: "low_credits and credits_exhausted are the built-in thresholds' ids (lowCredits, setThreshold)",
 });
 
-/** The calendar window a `period_spend` threshold counts in. */
-export const AlertWindow = z.enum(["day", "week", "month"]);
+/**
+ * The window a `period_spend` threshold counts in: a calendar `day`, `week` or `month`, or the
+ * account's current `subscription_period`.
+ */
+export const AlertWindow = z.enum(["day", "week", "month", "subscription_period"]);
 export type AlertWindow = z.infer<typeof AlertWindow>;
 
 /** Available credits (`balance − reserved`) at or below `atOrBelow` (may be negative: overdraft). */
@@ -34,17 +37,23 @@ export const AvailableAlert = z.strictObject({
   atOrBelow: SignedAmount,
 });
 
-/** Available credits at or below `atOrBelow` percent of the account's latest addition. */
+/**
+ * What is left at or below `atOrBelow` percent of what was granted: the figures of the open grants
+ * behind the pool, or behind `feature` where set (its scoped grants and the pool), as the customer
+ * state reports them (docs/customer-state.md).
+ */
 export const LeftPercentAlert = z.strictObject({
   id: UserAlertId,
   kind: z.literal("left_percent"),
   atOrBelow: z.number().min(0).max(100),
+  feature: FeatureName.optional(),
 });
 
 /**
- * Captured spend (deductions and committed holds, less reversals) in the current calendar window
- * of `window` in `timeZone` (default UTC) at or above `atOrAbove`; only the spends of `spender`
- * and of `feature` where set.
+ * Captured spend (deductions and committed holds, less reversals) in the current window at or above
+ * `atOrAbove`: the calendar `day`, `week` or `month` in `timeZone` (default UTC), or the account's
+ * current `subscription_period` (no time zone); only the spends of `spender` and of `feature`
+ * where set.
  */
 export const PeriodSpendAlert = z.strictObject({
   id: UserAlertId,
@@ -65,12 +74,12 @@ export const ExpiringAlert = z.strictObject({
 });
 
 /** One alert threshold. */
-export const AlertThreshold = z.discriminatedUnion("kind", [
-  AvailableAlert,
-  LeftPercentAlert,
-  PeriodSpendAlert,
-  ExpiringAlert,
-]);
+export const AlertThreshold = z
+  .discriminatedUnion("kind", [AvailableAlert, LeftPercentAlert, PeriodSpendAlert, ExpiringAlert])
+  .refine((t) => t.kind !== "period_spend" || t.window !== "subscription_period" || t.timeZone === undefined, {
+    error: "timeZone is for the day, week and month windows (a subscription period is the same instant everywhere)",
+    path: ["timeZone"],
+  });
 export type AlertThreshold = z.infer<typeof AlertThreshold>;
 
 /** The most thresholds one account (or the defaults) may have. */
@@ -104,7 +113,10 @@ export type AlertMark = z.infer<typeof AlertMark>;
 export interface AlertStatus {
   threshold: AlertThreshold;
   state: AlertStateName;
-  /** The threshold's value now (credits, or percent for `left_percent`); null: none yet (no addition for a percentage). */
+  /**
+   * The threshold's value now (credits, or percent for `left_percent`); null: none (an account
+   * never changed, or a `subscription_period` spend without an active subscription).
+   */
   value: number | null;
   /** The line compared with (`atOrBelow` or `atOrAbove`). */
   line: number;

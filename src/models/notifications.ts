@@ -1,6 +1,7 @@
 import * as z from "zod";
 import { EntityId, Metadata, NonNegativeAmount, UserId } from "./common.js";
 import { AlertMark, AlertThresholds } from "./alerts.js";
+import { LimitCycle } from "./limits.js";
 
 /** The domain event types of the journal, recorded with `domainEvents` on (docs/events.md). */
 export const DomainEventType = z.enum([
@@ -82,6 +83,12 @@ export const AlertState = z.object({
   marks: z.record(z.string(), AlertMark).optional(),
   /** Alert events recorded for the account so far: the number in each one's dedupe key (never reused). */
   recorded: NonNegativeAmount.optional(),
+  /**
+   * The subscription cycle its `subscription_period` thresholds count in, as last read (when one
+   * of them first applied, `setAlerts`, or a subscription period's unit of work); null: no active
+   * subscription; absent: not read.
+   */
+  cycle: LimitCycle.nullable().optional(),
 });
 export type AlertState = z.infer<typeof AlertState>;
 

@@ -15,8 +15,7 @@ import {
 import { ConfigurationError } from "../errors.js";
 import type { Plan, Subscription } from "../models/index.js";
 import type { CreditCore } from "./credit-core.js";
-import { alertStates } from "../domain/alerts.js";
-import { lowCreditsLine } from "../domain/notifications.js";
+import { alertStates } from "../domain/notifications.js";
 
 /** The plan id of `userId`'s active subscription, or null (none, or a store without subscriptions). */
 export async function activePlanId(db: DbManager, userId: string): Promise<string | null> {
@@ -91,11 +90,9 @@ export class CustomerStates {
       plan = await read;
     }
     const now = core.clock();
-    // Every threshold with its state (docs/customer-state.md, "Alerts"): the built-in low-credits
-    // levels when notifications are recorded, the defaults, or the account's own.
-    const thresholds = core.units.config.alerts;
-    const line = thresholds === undefined ? undefined : lowCreditsLine(snapshot.account, thresholds);
-    const alerts = alertStates(snapshot.account, snapshot.grants, thresholds?.alerts, now, line);
+    // Every threshold with its state (docs/customer-state.md, "Alerts"), as `notifications.getAlerts`
+    // lists them: by the thresholds this service keeps while it records notification events.
+    const alerts = alertStates(snapshot.account, snapshot.grants, core.units.config.alerts, now);
     return stateOf(userId, snapshot, subscription, plan, core.features, now, alerts);
   }
 

@@ -4,13 +4,14 @@ import * as z from "zod";
 import type { DbManager } from "../db/types.js";
 import {
   alertNotifications,
+  alertStates,
   backoffDelay,
-  lowCreditsLine,
   newNotification,
   withOverride,
   type Thresholds,
 } from "../domain/notifications.js";
-import { alertStates, hasEndedSpendWindow } from "../domain/alerts.js";
+import { expiresBeyondScan, expiringScanDays, hasEndedSpendWindow } from "../domain/alerts.js";
+import { alertInputs } from "./alert-reads.js";
 import {
   AlertThresholds,
   ExpiringDays,
@@ -240,27 +241,30 @@ export class NotificationService {
   async setAlerts(userId: string, thresholds: AlertThreshold[] | null): Promise<void> {
     const user = parse(UserId, userId, "userId");
     const list = parse(NullableAlerts, thresholds, "thresholds");
-    await saveAccountOnly(this.db, user, this.clock, (account, now, grants) => {
+    await saveAccountOnly(this.db, user, this.clock, async (account, now, grants) => {
       const prev: AlertState = account.alert ?? { level: null, threshold: 0, lastAllocation: 0, override: null };
       account.alert = { ...prev, thresholds: list };
       // Without recording, the thresholds are kept for when it is on; nothing is evaluated.
-      return this.recording ? alertNotifications(account, [], grants, this.thresholds, now) : [];
+      if (!this.recording) return [];
+      // The spend already captured in each `period_spend` window counts (src/services/alert-reads.ts).
+      const inputs = await alertInputs(this.db, account, account.seq, this.thresholds.alerts, now, { recount: true });
+      return alertNotifications(account, [], grants, this.thresholds, now, inputs).notifications;
     });
   }
 
   /**
    * Each alert threshold of the account with its state, its value now and its line
-   * (docs/notifications.md, "Alerts"): the built-in low-credits ones (`low_credits` when there is a
-   * low-credits threshold, `credits_exhausted`) while notifications are recorded, then its own
-   * thresholds, else the service's. The state is the one the account's last evaluation stored;
-   * `evaluateAlerts` evaluates it now.
+   * (docs/notifications.md, "Alerts"): while notifications are recorded, the built-in low-credits
+   * ones (`low_credits` when there is a low-credits threshold, `credits_exhausted`), then its own
+   * thresholds, else the service's; while they are not, its own thresholds only (`alertStates`,
+   * src/domain/notifications.ts, which the customer state's `alerts` use too). The state is the one
+   * the account's last evaluation stored; `evaluateAlerts` evaluates it now.
    */
   async getAlerts(userId: string): Promise<AlertStatus[]> {
     const user = parse(UserId, userId, "userId");
     const account = await this.db.getAccount(user);
     const grants = account === null ? [] : await this.db.listGrants(user);
-    const line = this.recording ? lowCreditsLine(account, this.thresholds) : undefined;
-    return alertStates(account, grants, this.thresholds.alerts, this.clock(), line);
+    return alertStates(account, grants, this.recording ? this.thresholds : undefined, this.clock());
   }
 
   /**
@@ -278,11 +282,11 @@ export class NotificationService {
   /** `evaluateAlerts` without reading the states back: what the worker's rounds run per account. */
   private async reevaluate(user: string): Promise<void> {
     if (!this.recording) return;
-    await saveAccountOnly(this.db, user, this.clock, (account, now, grants) => {
+    await saveAccountOnly(this.db, user, this.clock, async (account, now, grants) => {
       if (account.seq === 0) return null;
-      const before = JSON.stringify(account.alert);
-      const events = alertNotifications(account, [], grants, this.thresholds, now);
-      return events.length === 0 && JSON.stringify(account.alert) === before ? null : events;
+      const inputs = await alertInputs(this.db, account, account.seq, this.thresholds.alerts, now);
+      const outcome = alertNotifications(account, [], grants, this.thresholds, now, inputs);
+      return outcome.moved ? outcome.notifications : null;
     });
   }
 
@@ -292,13 +296,15 @@ export class NotificationService {
    * (at least 31 days), so a grant that time brought within a threshold's days records its
    * `alert_triggered` without waiting for a change. Scans grants by expiry (indexed), each account
    * once per call; an account with nothing moved writes nothing. Resolves to the accounts evaluated.
+   * An account's own `expiring` threshold that looks further is `evaluateEndedSpendWindows`' (its
+   * scan of accounts).
    */
   async evaluateExpiringAlerts(options: EvaluateAlertsOptions = {}): Promise<{ accounts: number }> {
     const o = parse(EvaluateAlertsOptions, options, "options");
     if (!this.recording) return { accounts: 0 }; // nothing would be recorded: no scan
     const pageSize = o.pageSize ?? 500;
     const now = this.clock();
-    const days = Math.max(31, ...(this.thresholds.alerts ?? []).map((t) => (t.kind === "expiring" ? t.withinDays : 0)));
+    const days = expiringScanDays(this.thresholds.alerts);
     const until = new Date(now.getTime() + days * 86_400_000);
     const seen = new Set<string>();
     let after: { expiresAt: Date; id: string } | undefined;
@@ -319,10 +325,12 @@ export class NotificationService {
 
   /**
    * The worker's other part of the alerts (docs/notifications.md, "Alerts"): resolves the
-   * `period_spend` thresholds in alarm whose window has ended, on accounts no change has evaluated
-   * since. Pages through every account (`listAccountIds`, one read of each): a store that cannot
-   * list its accounts leaves them to the account's next change or `evaluateAlerts`
-   * (`accounts: null`). Resolves to the accounts read and those evaluated.
+   * `period_spend` thresholds in alarm whose window has ended (a calendar window, or a subscription
+   * period), on accounts no change has evaluated since; and evaluates the accounts whose own
+   * `expiring` thresholds look further ahead than `evaluateExpiringAlerts`' scan of grants, when a
+   * grant may be within their days. Pages through every account (`listAccountIds`, one read of
+   * each): a store that cannot list its accounts leaves them to the account's next change or
+   * `evaluateAlerts` (`accounts: null`). Resolves to the accounts read and those evaluated.
    */
   async evaluateEndedSpendWindows(
     options: EvaluateAlertsOptions = {},
@@ -332,6 +340,7 @@ export class NotificationService {
     const listIds = this.db.listAccountIds?.bind(this.db);
     if (listIds === undefined) return { accounts: null, evaluated: 0 };
     const pageSize = o.pageSize ?? 500;
+    const scanDays = expiringScanDays(this.thresholds.alerts);
     let accounts = 0;
     let evaluated = 0;
     let after: string | null = null;
@@ -340,7 +349,12 @@ export class NotificationService {
       for (const id of ids) {
         accounts++;
         const account = await this.db.getAccount(id);
-        if (account === null || !hasEndedSpendWindow(account, this.thresholds.alerts, this.clock())) continue;
+        if (account === null) continue;
+        const now = this.clock();
+        const due =
+          hasEndedSpendWindow(account, this.thresholds.alerts, now) ||
+          expiresBeyondScan(account, this.thresholds.alerts, now, scanDays);
+        if (!due) continue;
         await this.reevaluate(id);
         evaluated++;
       }

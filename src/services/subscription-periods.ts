@@ -127,6 +127,10 @@ export class SubscriptionPeriods {
           async (work, tx) => {
             const ids = rules.intentGrantIds(s, it).filter((id) => work.getGrant(id) === undefined);
             if (ids.length > 0) work.include(await tx.getGrants(ids));
+            // The cycle the account's subscription-period alerts count in from now on
+            // (docs/customer-state.md, "Alerts"): this unit of work is where it moves.
+            work.subscriptionCycle =
+              s.status === "active" ? { anchorAt: s.anchorAt.getTime(), billingPeriod: s.billingPeriod } : null;
             return { created: rules.applyIntent(work, s, it, meta, expiry) };
           },
           async (first) => ({ replayed: first }),

@@ -13,6 +13,7 @@ import {
   type Thresholds,
 } from "../domain/notifications.js";
 import { topUpRequest } from "../modules/billing/rules-auto-top-up.js";
+import { alertInputs } from "./alert-reads.js";
 import { grantTrial } from "../domain/trial.js";
 import { domainEvents } from "../domain/events.js";
 import { featureFlips, type FeatureRule } from "../domain/checks.js";
@@ -175,7 +176,7 @@ class UnitRun<T> {
     if (!work.changed && !hasExtra) return outcome;
     const changes: Changes = work.changes();
     if (extra !== undefined) Object.assign(changes, extra);
-    if (this.runner.config.alerts !== undefined) this.runner.addNotifications(work, changes);
+    if (this.runner.config.alerts !== undefined) await this.runner.addNotifications(work, changes);
     // Auto top-up (docs/promos-and-payments.md): the spend that crosses `below` asks for one, in
     // this unit of work, whether or not notifications are on. A unit that records a payment's
     // change never does: taking back a refund's (or lost dispute's) credits must not charge the
@@ -504,18 +505,24 @@ export class UnitRunner {
    * thresholds it reached (docs/teams-and-limits.md, "Limit notifications"), the alert crossing,
    * then the features it flipped.
    */
-  addNotifications(work: AccountWork, changes: Changes): void {
+  async addNotifications(work: AccountWork, changes: Changes): Promise<void> {
     const journal = this.config.domainEvents ? domainEvents(work.userId, changes.entries, changes, work.now) : [];
     const expired = expiredHoldNotifications(changes.updateReservations, work.now);
     const recorded = eventNotifications(work.events, work.userId, work.now);
     const limits = limitNotifications(work.userId, work.limitsCrossed, changes.account.seq, work.now);
+    const service = this.config.alerts as Thresholds;
+    // What the alerts need read beside the unit of work (rarely anything: src/services/alert-reads.ts).
+    const inputs = await alertInputs(this.config.db, changes.account, work.loaded?.seq ?? 0, service.alerts, work.now, {
+      cycle: work.subscriptionCycle,
+    });
     const alerts = alertNotifications(
       changes.account,
       changes.entries,
       () => work.openGrants(),
-      this.config.alerts as Thresholds,
+      service,
       work.now,
-    );
+      inputs,
+    ).notifications;
     const features = this.featureNotifications(work, changes.account);
     const all = [...journal, ...expired, ...recorded, ...limits, ...alerts, ...features];
     if (all.length > 0) changes.notifications = all;
@@ -549,20 +556,25 @@ export class UnitRunner {
  * A unit of work that changes only the account's own row (its settings: auto top-up, alert
  * thresholds), guarded by its `seq` like every unit (docs/concepts.md, "The unit of work").
  * `change` edits a copy of the account and returns the notifications to record with it, or null
- * to write nothing; the copy's `updatedAt` is set to the unit's clock.
+ * to write nothing (it may read beside the unit of work: what the account had when loaded is the
+ * copy's); the copy's `updatedAt` is set to the unit's clock.
  */
 export async function saveAccountOnly(
   db: DbManager,
   userId: string,
   clock: () => Date,
-  change: (account: Account, now: Date, grants: () => readonly Grant[]) => readonly Notification[] | null,
+  change: (
+    account: Account,
+    now: Date,
+    grants: () => readonly Grant[],
+  ) => readonly Notification[] | null | Promise<readonly Notification[] | null>,
 ): Promise<void> {
   await db.transaction(userId, async (tx) => {
     const state = await tx.load();
     const now = clock();
     const work = new AccountWork(userId, state, now, newId);
     const account = { ...work.account };
-    const notifications = change(account, now, () => work.openGrants());
+    const notifications = await change(account, now, () => work.openGrants());
     if (notifications === null) return;
     account.updatedAt = now;
     await tx.save({

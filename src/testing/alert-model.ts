@@ -17,8 +17,8 @@ export class AlertModel {
   /** Spend of the current UTC day (`period_spend` with `window: "day"` only). */
   private spentDay = 0;
   private dayStart = 0;
-  /** The latest addition's amount. */
-  lastAdd = 0;
+  /** What each grant was given (its credits when it was made, after any debt they paid), by id. */
+  private readonly given = new Map<string, number>();
   /** True once the account changed (a never-changed account evaluates nothing). */
   changed = false;
   readonly events: ModelAlertEvent[] = [];
@@ -26,6 +26,12 @@ export class AlertModel {
   onLine = 0;
 
   constructor(private readonly thresholds: readonly AlertThreshold[]) {}
+
+  /** Notes what the grant `id` of `model`, just added, was given. */
+  added(model: CreditModel, id: string | null): void {
+    const g = model.grants.find((x) => x.id === id);
+    if (g !== undefined) this.given.set(g.id, g.remaining);
+  }
 
   /** Counts captured spend at `at` (ms). */
   spend(amount: number, at: number): void {
@@ -62,9 +68,20 @@ export class AlertModel {
     switch (t.kind) {
       case "available":
         return [available, available <= t.atOrBelow];
-      case "left_percent":
-        if (this.lastAdd <= 0) return [null, false];
-        return [(available * 100) / this.lastAdd, available * 100 <= t.atOrBelow * this.lastAdd];
+      case "left_percent": {
+        if (t.feature !== undefined) throw new Error("the model knows the pool only");
+        // The grants still open with something left, neither closed nor past their expiry: what
+        // they were given, and what they hold now less the debt.
+        let granted = 0;
+        let left = -model.debt;
+        for (const g of model.grants) {
+          if (g.closed !== null || g.remaining <= 0 || (g.expiresAt !== null && g.expiresAt <= model.now)) continue;
+          granted += this.given.get(g.id) ?? 0;
+          left += g.remaining;
+        }
+        if (granted === 0) return [0, true];
+        return [(left * 100) / granted, left * 100 <= t.atOrBelow * granted];
+      }
       case "period_spend":
         if (t.window !== "day" || (t.timeZone ?? "UTC") !== "UTC") throw new Error("the model knows UTC days only");
         return [this.spentDay, this.spentDay >= t.atOrAbove];

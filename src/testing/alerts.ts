@@ -11,6 +11,7 @@ import type { DbManager } from "../db/types.js";
 import type { AlertStatus, AlertThreshold, Notification } from "../models/index.js";
 import { CreditService } from "../services/credit-service.js";
 import { NotificationService } from "../services/notification-service.js";
+import { SubscriptionService } from "../services/subscription-service.js";
 import { DomainEvent } from "../models/events.js";
 import { eventEnvelope } from "../queue/index.js";
 import { commandsArbitrary, runAgainstModel } from "./properties.js";
@@ -154,18 +155,57 @@ export function runAlertsContract(
       ]);
     });
 
-    it("left_percent: what is left at or below a percentage of the latest addition", async () => {
-      const { credits, notifications } = services(db, [{ id: "pct", kind: "left_percent", atOrBelow: 20 }]);
+    it("left_percent: what is left at or below a percentage of what the open grants were given", async () => {
+      const { credits, notifications } = services(db, [{ id: "pct", kind: "left_percent", atOrBelow: 40 }]);
       const u = user();
       await credits.addCredits(u, 1000);
-      await credits.deductCredits(u, 799); // 201 = 20.1 %
+      await credits.addCredits(u, 100); // given 1,100 in all (not a share of this latest addition)
+      await credits.deductCredits(u, 600); // 500 of 1,100: 45.5 %
       expect(await alertRows(notifications, u)).toEqual([]);
-      await credits.deductCredits(u, 1); // 200 = 20 %: on the line
-      const rows = await alertRows(notifications, u);
+      await credits.deductCredits(u, 60); // 440 of 1,100 = 40 %: on the line
+      let rows = await alertRows(notifications, u);
       expect(describeRows(rows)).toEqual(["triggered:pct"]);
-      expect(rows[0]!.payload).toMatchObject({ value: 20, line: 20 });
-      await credits.addCredits(u, 100); // 300 of the latest addition, 100: 300 %
-      expect(describeRows(await alertRows(notifications, u))).toEqual(["triggered:pct", "resolved:pct"]);
+      expect(rows[0]!.payload).toMatchObject({ value: 40, line: 40 });
+      const hold = await credits.reserveCredits(u, 100); // held is drawn: 340 of 1,100
+      await credits.releaseReservedCredits(hold.id); // back to 440: still in alarm
+      await credits.addCredits(u, 100); // 540 of 1,200 = 45 %
+      rows = await alertRows(notifications, u);
+      expect(describeRows(rows)).toEqual(["triggered:pct", "resolved:pct"]);
+      expect(rows[1]!.payload).toMatchObject({ resolved: [{ thresholdId: "pct", value: 45 }] });
+      // Spent to the last credit: nothing open is behind it, 0 % left.
+      await credits.deductCredits(u, 540);
+      expect(configured(await notifications.getAlerts(u))[0]).toMatchObject({ state: "in_alarm", value: 0 });
+    });
+
+    it("left_percent of a feature: its scoped grants and the pool, by the customer state's figures", async () => {
+      const chat: AlertThreshold = { id: "chat", kind: "left_percent", atOrBelow: 50, feature: "chat" };
+      const pool: AlertThreshold = { id: "pool", kind: "left_percent", atOrBelow: 50 };
+      const { credits, notifications } = services(db, [chat, pool]);
+      const u = user();
+      await credits.addCredits(u, 300);
+      await credits.addCredits(u, 100, { scope: { features: ["chat"] } });
+      await credits.deductCredits(u, 80, { feature: "chat" }); // the chat grant first: 20 left in it
+      await credits.deductCredits(u, 140); // the pool: 160 of 300 (53.3 %); behind chat 180 of 400 (45 %)
+      expect(describeRows(await alertRows(notifications, u))).toEqual(["triggered:chat"]);
+      const [c, p] = configured(await notifications.getAlerts(u));
+      const state = await credits.getCustomerState(u);
+      const figures = state.features.find((f) => f.feature === "chat")!;
+      expect(figures).toMatchObject({ granted: 400, used: 220, left: 180 });
+      expect(c).toMatchObject({ state: "in_alarm", value: (figures.left * 100) / figures.granted });
+      expect(p).toMatchObject({ state: "ok", value: (160 * 100) / 300 });
+      // The state's alerts are getAlerts' answer.
+      expect(state.alerts).toEqual(await notifications.getAlerts(u));
+      // A grant spent to its last credit is no longer open: it leaves both figures (as in the
+      // customer state), so behind chat is the pool alone again, 160 of 300.
+      await credits.deductCredits(u, 20, { feature: "chat" });
+      expect(describeRows(await alertRows(notifications, u))).toEqual(["triggered:chat", "resolved:chat"]);
+      expect(configured(await notifications.getAlerts(u))[0]).toMatchObject({ state: "ok", value: (160 * 100) / 300 });
+      // Nothing open behind the pool: 0 % left.
+      await credits.deductCredits(u, 160);
+      expect(configured(await notifications.getAlerts(u))).toMatchObject([
+        { state: "in_alarm", value: 0 },
+        { state: "in_alarm", value: 0 },
+      ]);
     });
 
     it("period_spend: captured spend in the calendar window, by spender; resolved when the window ends", async () => {
@@ -204,6 +244,95 @@ export function runAlertsContract(
         "triggered:day",
         "resolved:day",
       ]);
+    });
+
+    it("period_spend counts the spend captured earlier in its window: when setAlerts sets it, and when a default first applies", async () => {
+      const bob: AlertThreshold = { id: "bob", kind: "period_spend", atOrAbove: 50, window: "day", spender: "bob" };
+      const { credits, notifications, clock } = services(db, []);
+      const u = user();
+      await credits.addCredits(u, 1000);
+      clock.now += HOUR;
+      await credits.deductCredits(u, 25, { spender: "bob" }); // the day before: not this window's
+      clock.now += DAY;
+      const charge = await credits.deductCredits(u, 30, { spender: "bob" });
+      await credits.deductCredits(u, 100, { spender: "alice" }); // not bob's
+      const hold = await credits.reserveCredits(u, 40, { spender: "bob" });
+      await credits.commitReservedCredits(hold.id, { amount: 25 }); // 55
+      await credits.reverseCharge(u, charge.id, { amount: 5, reason: "goodwill" }); // 50: on the line
+      await notifications.setAlerts(u, [bob]);
+      let rows = await alertRows(notifications, u);
+      expect(describeRows(rows)).toEqual(["triggered:bob"]);
+      expect(rows[0]!.payload).toMatchObject({ value: 50, line: 50 });
+      // Set again: its window counted again, not added twice.
+      await notifications.setAlerts(u, [bob]);
+      expect(configured(await notifications.getAlerts(u))).toMatchObject([{ state: "in_alarm", value: 50 }]);
+      expect(await alertRows(notifications, u)).toHaveLength(1);
+      await credits.deductCredits(u, 1, { spender: "bob" });
+      expect(configured(await notifications.getAlerts(u))).toMatchObject([{ state: "in_alarm", value: 51 }]);
+
+      // A default the account meets for the first time (a manager with new defaults) counts it too.
+      const v = user();
+      await credits.addCredits(v, 1000);
+      await credits.deductCredits(v, 45, { spender: "bob" });
+      const later = services(db, [bob], clock.now);
+      await later.credits.deductCredits(v, 5, { spender: "bob" }); // 45 + 5
+      rows = await alertRows(later.notifications, v);
+      expect(describeRows(rows)).toEqual(["triggered:bob"]);
+      expect(rows[0]!.payload).toMatchObject({ value: 50 });
+      expect((await credits.audit(v)).ok).toBe(true);
+    });
+
+    it("period_spend over the subscription period: that period's spend, resolved by the renewal; nothing without a subscription", async () => {
+      if (db.capabilities.parts?.subscriptions === false) return;
+      const sub: AlertThreshold = { id: "sub", kind: "period_spend", atOrAbove: 50, window: "subscription_period" };
+      const clock = { now: T0 };
+      const now = () => new Date(clock.now);
+      const credits = new CreditService({ db, clock: now, alerts: { alerts: [sub] }, subscriptions: true });
+      const notifications = new NotificationService({ db, clock: now, alerts: [sub] });
+      const subscriptions = new SubscriptionService({ db, credits, clock: now });
+      const plan = await subscriptions.createPlan({ name: "alerts", creditsPerPeriod: 500, billingPeriod: "monthly" });
+      const u = user();
+      await credits.addCredits(u, 200);
+      await credits.deductCredits(u, 80); // no subscription: no period to count in
+      expect(configured(await notifications.getAlerts(u))).toMatchObject([{ state: "ok", value: null }]);
+      clock.now += HOUR;
+      const s = await subscriptions.subscribe(u, plan.id, { autoRenew: true });
+      await credits.deductCredits(u, 30); // the 80 before the period are not its spend
+      expect(configured(await notifications.getAlerts(u))).toMatchObject([{ state: "ok", value: 30 }]);
+      await credits.deductCredits(u, 20); // 50: on the line
+      let rows = await alertRows(notifications, u);
+      expect(describeRows(rows)).toEqual(["triggered:sub"]);
+      expect(rows[0]!.payload).toMatchObject({
+        value: 50,
+        windowStart: s.currentPeriodStart.toISOString(),
+        resetsAt: s.currentPeriodEnd.toISOString(),
+      });
+      // The period ends; the renewal's unit of work (here brought by the read) resolves it.
+      clock.now = s.currentPeriodEnd.getTime() + HOUR;
+      const renewed = await subscriptions.getUserSubscription(u);
+      expect(renewed?.currentPeriodStart.getTime()).toBe(s.currentPeriodEnd.getTime());
+      rows = await alertRows(notifications, u);
+      expect(describeRows(rows)).toEqual(["triggered:sub", "resolved:sub"]);
+      expect(rows[1]!.payload).toMatchObject({ resolved: [{ thresholdId: "sub", value: 0 }] });
+      await credits.deductCredits(u, 10);
+      expect(configured(await notifications.getAlerts(u))).toMatchObject([{ state: "ok", value: 10 }]);
+      // Set on an account with a subscription: the period's spend so far counts at once.
+      await notifications.setAlerts(u, [{ ...sub, id: "sub10", atOrAbove: 10 }]);
+      expect(describeRows(await alertRows(notifications, u))).toEqual([
+        "triggered:sub",
+        "resolved:sub",
+        "triggered:sub10",
+      ]);
+      // Cancelled now: no period any more, nothing counted.
+      await subscriptions.cancel(u, { atPeriodEnd: false });
+      expect(configured(await notifications.getAlerts(u))).toMatchObject([{ state: "ok", value: null }]);
+      expect(describeRows(await alertRows(notifications, u))).toEqual([
+        "triggered:sub",
+        "resolved:sub",
+        "triggered:sub10",
+        "resolved:sub10",
+      ]);
+      expect((await credits.audit(u)).ok).toBe(true);
     });
 
     it("expiring: what is left of grants expiring within N days, holds excluded; the time-based move by evaluateAlerts", async () => {
@@ -290,6 +419,8 @@ export function runAlertsContract(
         [{ id: "p", kind: "left_percent", atOrBelow: 101 }],
         [{ id: "s", kind: "period_spend", atOrAbove: 5, window: "year" }],
         [{ id: "s", kind: "period_spend", atOrAbove: 5, window: "day", timeZone: "Mars/Olympus" }],
+        [{ id: "s", kind: "period_spend", atOrAbove: 5, window: "subscription_period", timeZone: "UTC" }],
+        [{ id: "p", kind: "left_percent", atOrBelow: 5, feature: "" }],
         [{ id: "e", kind: "expiring", withinDays: -1, atOrAbove: 5 }],
       ];
       for (const list of bad) {

@@ -148,7 +148,7 @@ export async function runAgainstModel(
         model.add(gid, c.amount, expiresAt?.getTime() ?? null, c.priority);
         if (watch !== null) {
           watch.changed = true;
-          watch.lastAdd = c.amount;
+          watch.added(model, gid);
         }
         break;
       }
