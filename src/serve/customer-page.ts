@@ -142,7 +142,7 @@ const CUSTOMER_JS = `"use strict";
   // What the alert watches, then its line on the alarm side: "Available: 100 credits or less".
   function condition(t, line) {
     if (t.kind === "available") return "Available: " + credits(line) + " or less";
-    if (t.kind === "left_percent") return "Left: " + pct.format(line / 100) + " or less";
+    if (t.kind === "left_percent") return "Left" + (t.feature ? " of " + t.feature : "") + ": " + pct.format(line / 100) + " or less";
     if (t.kind === "expiring")
       return "Expiring within " + fraction.format(t.withinDays) + (t.withinDays === 1 ? " day" : " days") + ": " + credits(line) + " or more";
     if (t.kind === "period_spend") {
