@@ -3,8 +3,8 @@
  * a streamed response (per SSE chunk, OpenAI- and Anthropic-shaped), and what pricing one usage
  * through a price book costs. Best of 7 rounds, on the sources.
  */
-import { ResponseUsageReader } from "../src/domain/llm-usage.js";
-import { PricingService } from "../src/services/pricing-service.js";
+import { ResponseUsageReader } from "../src/modules/pricing/rules-llm-usage.js";
+import { PricingService } from "../src/modules/pricing/service.js";
 import { streams } from "../test/http/llm-upstream.js";
 
 const enc = new TextEncoder();

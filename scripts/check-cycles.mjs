@@ -246,6 +246,44 @@ const CORE_LEAKS = new Map([
     "src/transactions.ts -> src/modules/billing/service-promos.ts",
     "manager.transaction hands the promo service to the caller's transaction",
   ],
+  [
+    "src/models/index.ts -> src/modules/metering/model.ts",
+    "the models entry re-exports every module's models (credit-management/models)",
+  ],
+  [
+    "src/models/index.ts -> src/modules/pricing/model.ts",
+    "the models entry re-exports every module's models (credit-management/models)",
+  ],
+  [
+    "src/models/index.ts -> src/modules/leases/model.ts",
+    "the models entry re-exports every module's models (credit-management/models)",
+  ],
+  [
+    "src/models/index.ts -> src/modules/customer-tokens/model.ts",
+    "the models entry re-exports every module's models (credit-management/models)",
+  ],
+  ["src/services/credit-core.ts -> src/modules/pricing/service.ts", "CreditCore holds the PricingService (LLM prices)"],
+  ["src/services/credit-core.ts -> src/modules/leases/service-settle.ts", "CreditCore settles leases"],
+  ["src/services/credit-core.ts -> src/modules/customer-tokens/service.ts", "CreditCore builds CustomerTokens"],
+  [
+    "src/services/credit-service.ts -> src/modules/metering/model.ts",
+    "CreditService is the facade of meter and openMeter",
+  ],
+  [
+    "src/services/credit-service.ts -> src/modules/metering/service.ts",
+    "CreditService is the facade of meter and openMeter",
+  ],
+  ["src/services/credit-service.ts -> src/modules/pricing/service.ts", "CreditService is the facade of the LLM prices"],
+  ["src/services/credit-service.ts -> src/modules/leases/service.ts", "CreditService is the facade of leases"],
+  ["src/services/credit-service.ts -> src/modules/leases/model.ts", "CreditService is the facade of leases"],
+  [
+    "src/services/credit-service.ts -> src/modules/customer-tokens/service.ts",
+    "CreditService is the facade of customer tokens",
+  ],
+  [
+    "src/services/credit-service.ts -> src/modules/customer-tokens/model.ts",
+    "CreditService is the facade of customer tokens",
+  ],
 ]);
 const allEdges = new Map([...graph.keys()].map((f) => [f, withTypes ? graph.get(f) : edgesWithTypes(f)]));
 const leaks = [];

@@ -8,7 +8,7 @@ export {
   type HistoryPage,
   type ChargeReversals,
 } from "./services/credit-service.js";
-export type { CustomerGrant, CustomerToken } from "./services/customer-tokens.js";
+export type { CustomerGrant, CustomerToken } from "./modules/customer-tokens/service.js";
 export { revenueCsv } from "./modules/revenue/csv.js";
 export { usageCsv } from "./services/usage-csv.js";
 export {
@@ -72,14 +72,20 @@ export {
   type NotificationMessage,
 } from "./queue/index.js";
 export type { Thresholds } from "./domain/notifications.js";
-export { addLlmUsage, currentMeter, recordUsage, type MeterContext, type MeterOutcome } from "./services/metering.js";
-export type { LeaseCharge, LeaseRecovery } from "./services/leases.js";
+export {
+  addLlmUsage,
+  currentMeter,
+  recordUsage,
+  type MeterContext,
+  type MeterOutcome,
+} from "./modules/metering/service.js";
+export type { LeaseCharge, LeaseRecovery } from "./modules/leases/service.js";
 export {
   PricingService,
   usageOfResponse,
   type PricingServiceOptions,
   type UsageInput,
-} from "./services/pricing-service.js";
+} from "./modules/pricing/service.js";
 export { LedgerLogger, type LedgerLoggerOptions, type LedgerStats } from "./ledger/index.js";
 export type { Logger } from "./logger.js";
 export type { HealthCheck, HealthReport, HealthStatus } from "./health.js";
@@ -246,15 +252,15 @@ export type {
 } from "./services/notification-service.js";
 export type { ArchivePartitionsOptions } from "./services/archive.js";
 export type { ArchivePartitionsReport } from "./db/types-partitions.js";
-export type { LeaseSpend } from "./services/leases.js";
+export type { LeaseSpend } from "./modules/leases/service.js";
 export type { JobOptions, CheckpointJobOptions } from "./services/expiration-service.js";
 export type { PaymentManagerOptions } from "./modules/billing/providers.js";
 export type { EmitInput } from "./services/notification-service.js";
 export type { ListPromosQuery } from "./modules/billing/service-promos.js";
 export type { HealthOptions } from "./health.js";
 export type { ArchiveJournalOptions, ArchiveReport } from "./services/archive.js";
-export type { MeterSession } from "./services/metering.js";
-export type { CreditLeases } from "./services/leases.js";
+export type { MeterSession } from "./modules/metering/service.js";
+export type { CreditLeases } from "./modules/leases/service.js";
 import type { CliIo } from "./cli/run.js";
 import type { AuditSource } from "./cli/audit.js";
 export type { CliIo, AuditSource };

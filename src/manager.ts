@@ -15,7 +15,7 @@ import {
   TrialCredits,
 } from "./models/index.js";
 import { parseConfig } from "./models/parse.js";
-import { CustomerTokenSettings } from "./models/customer-tokens.js";
+import { CustomerTokenSettings } from "./modules/customer-tokens/model.js";
 import type { NotificationQueue } from "./queue/index.js";
 import { CreditService } from "./services/credit-service.js";
 import { ExpirationService, IdempotencyRetention } from "./services/expiration-service.js";
@@ -25,7 +25,7 @@ import type { PaymentService } from "./modules/billing/service-payments.js";
 import { PromoService } from "./modules/billing/service-promos.js";
 import { NotificationService } from "./services/notification-service.js";
 import { checkHealth, type HealthOptions, type HealthReport } from "./health.js";
-import { PricingService } from "./services/pricing-service.js";
+import { PricingService } from "./modules/pricing/service.js";
 import type { PgQueryable } from "./db/postgres/host.js";
 import {
   openScope,

@@ -9,7 +9,7 @@ import { afterAll, describe, expect, it } from "vitest";
 import { runProcess } from "./fixtures/processes.js";
 import { createCreditManager, SpendLimitError } from "../src/index.js";
 import { limitRoom } from "../src/domain/limits.js";
-import { addLeaseLine, leaseLineOf, type FileWindow } from "../src/domain/leases.js";
+import { addLeaseLine, leaseLineOf, type FileWindow } from "../src/modules/leases/rules.js";
 import { InMemoryDbManager } from "../src/db/memory/index.js";
 
 const manager = () => createCreditManager({ db: new InMemoryDbManager() });

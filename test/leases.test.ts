@@ -15,7 +15,7 @@ import {
   type DbManager,
   type LeaseChargeOptions,
 } from "../src/index.js";
-import { blockServes, leaseBlock } from "../src/domain/leases.js";
+import { blockServes, leaseBlock } from "../src/modules/leases/rules.js";
 import { creditMeteringMiddleware } from "../src/http/index.js";
 import { runAudit } from "../src/cli/audit.js";
 import { testStores, type TestStore } from "./fixtures/stores.js";

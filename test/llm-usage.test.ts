@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { ResponseUsageReader, usageOfJson, usageOfText } from "../src/domain/llm-usage.js";
+import { ResponseUsageReader, usageOfJson, usageOfText } from "../src/modules/pricing/rules-llm-usage.js";
 import { bodies, chatEvents, OPENAI_MODEL, responsesEvents, streams } from "./http/llm-upstream.js";
 
 const enc = new TextEncoder();

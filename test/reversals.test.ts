@@ -19,7 +19,7 @@ import { createCreditManager, CreditService, type CreditManager, type Grant, typ
 import { DomainEvent } from "../src/models/index.js";
 import { deliveryUserId } from "../src/webhooks/queue.js";
 import { generateWebhookSecret, webhookQueue } from "../src/webhooks/index.js";
-import type { MeterOutcome } from "../src/services/metering.js";
+import type { MeterOutcome } from "../src/modules/metering/service.js";
 
 const managers: CreditManager[] = [];
 afterEach(async () => {

@@ -3,7 +3,7 @@
 // the exact path — without the ledger file. Beyond MAX_LEASE_PARTS combinations a window keeps an
 // "other" part that says so, and the totals still add up.
 import { describe, expect, it } from "vitest";
-import { MAX_LEASE_PARTS } from "../src/domain/leases.js";
+import { MAX_LEASE_PARTS } from "../src/modules/leases/rules.js";
 import { createCreditManager, type CreditManager, type UsageRow } from "../src/index.js";
 import { testStores } from "./fixtures/stores.js";
 

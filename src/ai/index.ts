@@ -21,8 +21,8 @@ import type {
 import { ConfigurationError, CreditError, RunBudgetExceededError } from "../errors.js";
 import { parse, type MeterOptions, type RecordedUsage } from "../models/index.js";
 import type { CreditManager } from "../manager.js";
-import type { MeterOutcome, MeterSession } from "../services/metering.js";
-import { recordOf } from "../services/pricing-service.js";
+import type { MeterOutcome, MeterSession } from "../modules/metering/service.js";
+import { recordOf } from "../modules/pricing/service.js";
 import * as z from "zod";
 import { parseConfig } from "../models/parse.js";
 import { AiMeteringOptions, AiRunInput, AiRunSetup, STRICT_CAP_NEEDS_CAP } from "./options.js";

@@ -7,7 +7,7 @@ import { verifyArchives } from "../services/archive.js";
 import type { JournalEntry } from "../models/index.js";
 import type { CliIo } from "./run.js";
 import { openCommandStore, withCommandManager, type StoreSource } from "./store.js";
-import { addLeaseLine, compareWindow, leaseLineOf, leaseWindowOf, type FileWindow } from "../domain/leases.js";
+import { addLeaseLine, compareWindow, leaseLineOf, leaseWindowOf, type FileWindow } from "../modules/leases/rules.js";
 import { UsageError } from "../util/usage-error.js";
 
 export interface AuditCommand {

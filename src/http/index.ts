@@ -12,7 +12,7 @@ export {
   type LlmMeteringOptions,
   type MeteringLocals,
   type MeteringOptionsBase,
-} from "./metering/index.js";
+} from "../modules/metering/routes.js";
 export {
   fastifyCreditMetering,
   type FastifyCreditMeteringOptions,
@@ -20,7 +20,7 @@ export {
   type FastifyInstanceLike,
   type FastifyReplyLike,
   type FastifyRequestLike,
-} from "./fastify.js";
+} from "../modules/metering/routes-fastify.js";
 export type { OpenApiOptions } from "./openapi.js";
 export {
   HttpError,
@@ -39,4 +39,4 @@ export { subscriptionRoutes, type SelfServiceSubscriptions } from "./subscriptio
 export { autoTopUpRoutes, type SelfServiceAutoTopUp } from "../modules/billing/routes-auto-top-up.js";
 // recordUsage, addLlmUsage and currentMeter come from the package root: they work inside any
 // metered call, `credits.meter()` included, not only in these middlewares.
-export type { MeterContext, MeterOutcome } from "../services/metering.js";
+export type { MeterContext, MeterOutcome } from "../modules/metering/service.js";

@@ -4,7 +4,7 @@ import { CreditError, OutcomeUnknownError, SpendLimitError, ValidationError, typ
 import { clockTimes } from "../domain/limits.js";
 import { textResponse } from "./text-response.js";
 import { IdempotencyKey, parse, SpenderId, UserId as IdentityUserId } from "../models/index.js";
-import { claimsCustomerAudience, type CustomerGrant } from "../services/customer-tokens.js";
+import { claimsCustomerAudience, type CustomerGrant } from "../modules/customer-tokens/service.js";
 import type { TokenBuckets } from "./rate-limit.js";
 
 /** Who is calling, as the host's `authenticate` hook says. */

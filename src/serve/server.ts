@@ -22,7 +22,7 @@ import { createCreditManager, type CreditManager } from "../manager.js";
 import { createWorker, type CreditWorker } from "../worker/index.js";
 import { openWorkerResources, type WorkerResources } from "./worker-resources.js";
 import { workerOptions, workerSettings, type WorkerSettings } from "./worker-settings.js";
-import { claimsCustomerAudience } from "../services/customer-tokens.js";
+import { claimsCustomerAudience } from "../modules/customer-tokens/service.js";
 import { createAuthenticator, type Authenticator } from "./auth.js";
 import { consoleApp, type ConsoleApp } from "./console.js";
 import { CUSTOMER_PREFIX, customerPage } from "./customer-page.js";

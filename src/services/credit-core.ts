@@ -25,11 +25,17 @@ import {
   type Reservation,
 } from "../models/index.js";
 import { parseConfig } from "../models/parse.js";
-import type { PricingService } from "./pricing-service.js";
-import { leaseHold, settleLease, type LeaseHold, type LeaseSettle, type LeaseSettled } from "./lease-settle.js";
+import type { PricingService } from "../modules/pricing/service.js";
+import {
+  leaseHold,
+  settleLease,
+  type LeaseHold,
+  type LeaseSettle,
+  type LeaseSettled,
+} from "../modules/leases/service-settle.js";
 import { copyHold, replayHold } from "./hold-lookup.js";
 import { activeHold, includeHeldGrants, UnitRunner, type UnitContext } from "./unit-of-work.js";
-import { CustomerTokens } from "./customer-tokens.js";
+import { CustomerTokens } from "../modules/customer-tokens/service.js";
 import { SubscriptionPeriods } from "./subscription-periods.js";
 import type { CreditService, CreditServiceOptions } from "./credit-service.js";
 import type * as z from "zod";
@@ -281,7 +287,7 @@ export class CreditCore {
 
   /**
    * Settles window `s.window` of lease `s.lease` in one keyed unit of work
-   * (src/services/lease-settle.ts): commits what the window used from its hold, then holds the next
+   * (src/modules/leases/service-settle.ts): commits what the window used from its hold, then holds the next
    * block. A retried or recovered settle charges once.
    */
   settleLease(userId: string, s: LeaseSettle): Promise<LeaseSettled> {

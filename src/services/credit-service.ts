@@ -8,7 +8,7 @@ import { decideFeature, type CheckResult, type FeatureRule } from "../domain/che
 import { type Spend, tightestLimit } from "../domain/limits.js";
 import { ConfigurationError, ConflictError, NotFoundError, RuleViolationError, ValidationError } from "../errors.js";
 import type { LedgerLogger } from "../ledger/index.js";
-import { MeterOptions as MeterOptionsSchema, type MeterOptions } from "../models/metering.js";
+import { MeterOptions as MeterOptionsSchema, type MeterOptions } from "../modules/metering/model.js";
 import {
   archiveJournal,
   archivePartitions,
@@ -17,8 +17,14 @@ import {
   type ArchiveReport,
 } from "./archive.js";
 import type { ArchivePartitionsReport } from "../db/types-partitions.js";
-import { openMeter, runMetered, type MeterContext, type MeterOutcome, type MeterSession } from "./metering.js";
-import type { PricingService } from "./pricing-service.js";
+import {
+  openMeter,
+  runMetered,
+  type MeterContext,
+  type MeterOutcome,
+  type MeterSession,
+} from "../modules/metering/service.js";
+import type { PricingService } from "../modules/pricing/service.js";
 import { getUsage } from "./usage.js";
 import { getRevenue } from "../modules/revenue/service.js";
 import { auditAccount, latestCheckpoint, writeCheckpoint } from "./audit.js";
@@ -64,12 +70,12 @@ import {
   type SpendLimit,
   type SpendLimitStatus,
 } from "../models/index.js";
-import { CreditLeases } from "./leases.js";
+import { CreditLeases } from "../modules/leases/service.js";
 import { findReservation, ownerOfReservation } from "./hold-lookup.js";
 import { CreditCore, NO_META, setCreditCore } from "./credit-core.js";
-import type { LeaseOptions } from "../models/leases.js";
-import type { CustomerGrant, CustomerToken } from "./customer-tokens.js";
-import type { CustomerTokenOptions, CustomerTokenSettings } from "../models/customer-tokens.js";
+import type { LeaseOptions } from "../modules/leases/model.js";
+import type { CustomerGrant, CustomerToken } from "../modules/customer-tokens/service.js";
+import type { CustomerTokenOptions, CustomerTokenSettings } from "../modules/customer-tokens/model.js";
 
 export interface CreditServiceOptions {
   db: DbManager;

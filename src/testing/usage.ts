@@ -17,7 +17,7 @@ import { usageKind, usageParts, windowStart } from "../domain/usage.js";
 import { ConfigurationError } from "../errors.js";
 import type { JournalEntry, UsageDimension, UsageQuery, UsageRow } from "../models/index.js";
 import { CreditService } from "../services/credit-service.js";
-import { PricingService } from "../services/pricing-service.js";
+import { PricingService } from "../modules/pricing/service.js";
 import { DAY, HOUR, lazy, type PartOptions } from "./support.js";
 
 const MIN = 60_000;

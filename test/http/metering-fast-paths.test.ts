@@ -6,7 +6,7 @@ import { createServer, request as httpRequest, type ServerResponse } from "node:
 import { describe, expect, it } from "vitest";
 import { createCreditManager } from "../../src/index.js";
 import { creditMeteringMiddleware } from "../../src/http/index.js";
-import { pathMatcher } from "../../src/http/metering/paths.js";
+import { pathMatcher } from "../../src/modules/metering/routes-paths.js";
 import { listen } from "./servers.js";
 
 describe("a metered path without skip paths", () => {

@@ -1,10 +1,10 @@
 /**
- * Which paths the metering middlewares meter (src/http/metering/paths.ts), table by table: a
+ * Which paths the metering middlewares meter (src/modules/metering/routes-paths.ts), table by table: a
  * security boundary, so every odd spelling of a metered path must stay metered and a skip holds
  * only when every reading of the path is skipped (docs/metering.md, "Which paths are metered").
  */
 import { describe, expect, it } from "vitest";
-import { ANY_CASE, ANY_SLASH, nodePathOf, pathMatcher, pathnameOf } from "../../src/http/metering/paths.js";
+import { ANY_CASE, ANY_SLASH, nodePathOf, pathMatcher, pathnameOf } from "../../src/modules/metering/routes-paths.js";
 
 const STRICT = 0; // a router that tells case and a trailing slash apart (node:http, Hono)
 const LOOSE = ANY_CASE | ANY_SLASH; // Express's defaults

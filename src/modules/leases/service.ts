@@ -1,8 +1,8 @@
 import { randomUUID } from "node:crypto";
 import type * as Fs from "node:fs";
 import type * as Readline from "node:readline";
-import { ConfigurationError } from "../errors.js";
-import type { LedgerLogger } from "../ledger/index.js";
+import { ConfigurationError } from "../../errors.js";
+import type { LedgerLogger } from "../../ledger/index.js";
 import {
   addLeaseLine,
   addLeasePart,
@@ -13,14 +13,14 @@ import {
   type LeaseChargeDims,
   type LeasePart,
   type LeaseSizing,
-} from "../domain/leases.js";
-import { Amount, LeaseChargeOptions, LeaseOptions, UserId, parse, type JournalEntry } from "../models/index.js";
-import type { CreditCore } from "./credit-core.js";
-import type { LeaseSettle } from "./lease-settle.js";
-import { MeterSession, type MeterOutcome, type SessionDeps } from "./metering.js";
-import { FeatureName, SpenderId, type MeterOptions } from "../models/index.js";
-import { parseConfig, wellFormed } from "../models/parse.js";
-import { nodeBuiltin } from "../util/runtime.js";
+} from "./rules.js";
+import { Amount, LeaseChargeOptions, LeaseOptions, UserId, parse, type JournalEntry } from "../../models/index.js";
+import type { CreditCore } from "../../services/credit-core.js";
+import type { LeaseSettle } from "./service-settle.js";
+import { MeterSession, type MeterOutcome, type SessionDeps } from "../metering/service.js";
+import { FeatureName, SpenderId, type MeterOptions } from "../../models/index.js";
+import { parseConfig, wellFormed } from "../../models/parse.js";
+import { nodeBuiltin } from "../../util/runtime.js";
 
 /** What one `charge()` did. */
 export interface LeaseCharge {

@@ -1,9 +1,9 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { Transform, type Readable } from "node:stream";
-import { ResponseUsageReader } from "../domain/llm-usage.js";
-import type { MeterSession } from "../services/metering.js";
-import { targetPathOf } from "./metering/paths.js";
-import { common, headerOf, type MeteringOptionsBase, type PricedRequest } from "./metering/common.js";
+import { ResponseUsageReader } from "../pricing/rules-llm-usage.js";
+import type { MeterSession } from "./service.js";
+import { targetPathOf } from "./routes-paths.js";
+import { common, headerOf, type MeteringOptionsBase, type PricedRequest } from "./routes-common.js";
 
 /**
  * What the plugin uses of a Fastify request and reply: no type of Fastify's own, so the package

@@ -1,12 +1,12 @@
 import { AsyncLocalStorage } from "node:async_hooks";
 import { createHash } from "node:crypto";
-import { warnOnFailure } from "../logger.js";
+import { warnOnFailure } from "../../logger.js";
 import {
   ConfigurationError,
   IdempotencyConflictError,
   ReservationExpiredError,
   ReservationNotActiveError,
-} from "../errors.js";
+} from "../../errors.js";
 import {
   MAX_METER_KEY,
   NonNegativeAmount,
@@ -14,11 +14,11 @@ import {
   type JournalEntry,
   type MeterOptions,
   type RecordedUsage,
-} from "../models/index.js";
-import type { PriceBook } from "../domain/pricing.js";
-import { recordOf, type UsageInput } from "./pricing-service.js";
-import type { CreditCore, ParsedReserveOptions } from "./credit-core.js";
-import { meteringChannel, type MeteringMessage } from "../diagnostics.js";
+} from "../../models/index.js";
+import type { PriceBook } from "../pricing/rules.js";
+import { recordOf, type UsageInput } from "../pricing/service.js";
+import type { CreditCore, ParsedReserveOptions } from "../../services/credit-core.js";
+import { meteringChannel, type MeteringMessage } from "../../diagnostics.js";
 
 /** What one metered call did with its hold, reported once it is settled. */
 export interface MeterOutcome {

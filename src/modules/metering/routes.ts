@@ -9,6 +9,6 @@ export {
   type LlmMeteringOptions,
   type MeteringLocals,
   type MeteringOptionsBase,
-} from "./common.js";
-export { creditMetering } from "./fetch.js";
-export { creditMeteringMiddleware } from "./node.js";
+} from "./routes-common.js";
+export { creditMetering } from "./routes-fetch.js";
+export { creditMeteringMiddleware } from "./routes-node.js";

@@ -1,9 +1,9 @@
-import type { MeterOutcome } from "../../services/metering.js";
-import { ResponseUsageReader } from "../../domain/llm-usage.js";
-import { textResponse } from "../text-response.js";
-import { errorBody, json } from "../router.js";
-import { common, isJsonType, type CreditMeteringOptions, type PricedRequest } from "./common.js";
-import { pathnameOf } from "./paths.js";
+import type { MeterOutcome } from "./service.js";
+import { ResponseUsageReader } from "../pricing/rules-llm-usage.js";
+import { textResponse } from "../../http/text-response.js";
+import { errorBody, json } from "../../http/router.js";
+import { common, isJsonType, type CreditMeteringOptions, type PricedRequest } from "./routes-common.js";
+import { pathnameOf } from "./routes-paths.js";
 
 /**
  * Metering for Fetch-style apps (Hono, Next.js, Bun, Deno, `createCreditHandler` hosts): wraps a

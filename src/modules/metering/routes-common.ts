@@ -3,16 +3,16 @@ import { ConfigurationError, InsufficientCreditsError, SpendLimitError, Validati
 import { FeatureName, IdempotencyKey, SpenderId, UserId, parse, type SpendLimitStatus } from "../../models/index.js";
 import { applies, clockTimes } from "../../domain/limits.js";
 import type { CreditService } from "../../services/credit-service.js";
-import { CreditLeases, type SetAside } from "../../services/leases.js";
+import { CreditLeases, type SetAside } from "../leases/service.js";
 import type { MeterOptions } from "../../models/index.js";
-import type { MeterOutcome, MeterSession } from "../../services/metering.js";
+import type { MeterOutcome, MeterSession } from "./service.js";
 import type { JournalEntry } from "../../models/index.js";
-import { recordOf } from "../../services/pricing-service.js";
-import { usageOfText, type LlmUsage, type ResponseUsageReader, type UsageReading } from "../../domain/llm-usage.js";
+import { recordOf } from "../pricing/service.js";
+import { usageOfText, type LlmUsage, type ResponseUsageReader, type UsageReading } from "../pricing/rules-llm-usage.js";
 import type { RecordedUsage } from "../../models/index.js";
-import { errorBody, errorResponse, json, type Identity } from "../router.js";
+import { errorBody, errorResponse, json, type Identity } from "../../http/router.js";
 import { findCreditCore } from "../../services/credit-core.js";
-import { pathMatcher } from "./paths.js";
+import { pathMatcher } from "./routes-paths.js";
 
 /** Options shared by `creditMetering` (Fetch) and `creditMeteringMiddleware` (node:http, Express). */
 export interface MeteringOptionsBase<Req> {

@@ -5,8 +5,8 @@ import {
   parse,
   UserId,
   type CustomerTokenOptions as CustomerTokenInput,
-} from "../models/index.js";
-import { parseConfig } from "../models/parse.js";
+} from "../../models/index.js";
+import { parseConfig } from "../../models/parse.js";
 
 /** What `credits.customerToken` returns. */
 export interface CustomerToken {

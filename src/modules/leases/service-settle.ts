@@ -1,16 +1,16 @@
-import type { DbManager } from "../db/types.js";
-import type { EntryMeta } from "../domain/account-work.js";
-import { fingerprint } from "../domain/hash.js";
-import { leaseBlock, leaseSettleKey, type LeasePart, type LeaseSizing } from "../domain/leases.js";
-import { limitRoom, type Spend } from "../domain/limits.js";
-import { ReservationExpiredError, ReservationNotActiveError } from "../errors.js";
-import type { JournalEntry, Reservation } from "../models/index.js";
-import { activeHold, type UnitRunner } from "./unit-of-work.js";
-import { NO_SPEND } from "../domain/entry-meta.js";
+import type { DbManager } from "../../db/types.js";
+import type { EntryMeta } from "../../domain/account-work.js";
+import { fingerprint } from "../../domain/hash.js";
+import { leaseBlock, leaseSettleKey, type LeasePart, type LeaseSizing } from "./rules.js";
+import { limitRoom, type Spend } from "../../domain/limits.js";
+import { ReservationExpiredError, ReservationNotActiveError } from "../../errors.js";
+import type { JournalEntry, Reservation } from "../../models/index.js";
+import { activeHold, type UnitRunner } from "../../services/unit-of-work.js";
+import { NO_SPEND } from "../../domain/entry-meta.js";
 
 /*
  * Lease settling (docs/metering.md, "Leases"): the one unit of work that turns a lease window's
- * usage into a journal entry and holds the next block. `CreditLeases` (src/services/leases.ts)
+ * usage into a journal entry and holds the next block. `CreditLeases` (src/modules/leases/service.ts)
  * decides when; `CreditCore.settleLease` (src/services/credit-core.ts) calls this.
  */
 

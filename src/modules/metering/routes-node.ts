@@ -1,6 +1,6 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
-import type { MeterOutcome, MeterSession } from "../../services/metering.js";
-import { ResponseUsageReader } from "../../domain/llm-usage.js";
+import type { MeterOutcome, MeterSession } from "./service.js";
+import { ResponseUsageReader } from "../pricing/rules-llm-usage.js";
 import { isPromiseLike } from "../../util/promise.js";
 import {
   common,
@@ -8,8 +8,8 @@ import {
   type CreditMeteringMiddlewareOptions,
   type MeteringLocals,
   type PricedRequest,
-} from "./common.js";
-import { nodePathOf } from "./paths.js";
+} from "./routes-common.js";
+import { nodePathOf } from "./routes-paths.js";
 
 type Next = (error?: Error) => void;
 type Common = ReturnType<typeof common<IncomingMessage>>;

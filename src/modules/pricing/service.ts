@@ -1,6 +1,6 @@
-import { ConfigurationError, ValidationError } from "../errors.js";
-import { compilePriceBook, findPrice, priceCost, priceTokens, type PriceBook } from "../domain/pricing.js";
-import { usageOfJson } from "../domain/llm-usage.js";
+import { ConfigurationError, ValidationError } from "../../errors.js";
+import { compilePriceBook, findPrice, priceCost, priceTokens, type PriceBook } from "./rules.js";
+import { usageOfJson } from "./rules-llm-usage.js";
 import {
   CostUsage,
   ModelName,
@@ -10,7 +10,7 @@ import {
   parse,
   type PriceQuote,
   type RecordedUsage,
-} from "../models/index.js";
+} from "../../models/index.js";
 
 /** What `recordUsage()` takes: credits (`amount`), tokens priced through the book, or money (`cost`). */
 export type UsageInput = UsageRecord | TokenUsage | CostUsage;

@@ -1,8 +1,8 @@
 import * as z from "zod";
-import { Amount, IdempotencyKey, Metadata, NonNegativeAmount, ShortText } from "./common.js";
-import { MAX_TTL_SECONDS } from "./inputs.js";
-import { SpendFields } from "./limits.js";
-import { text } from "./text.js";
+import { Amount, IdempotencyKey, Metadata, NonNegativeAmount, ShortText } from "../../models/common.js";
+import { MAX_TTL_SECONDS } from "../../models/inputs.js";
+import { SpendFields } from "../../models/limits.js";
+import { text } from "../../models/text.js";
 
 /** One usage recorded inside a metered call (the original system's `addLlmUsage`). */
 export const UsageRecord = z.strictObject({
