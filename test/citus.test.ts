@@ -101,7 +101,7 @@ describe.skipIf(!url)(
       return { joined: db.joinTransaction(client), commit: () => end("COMMIT"), abort: () => end("ROLLBACK") };
     };
     it.each(IN_FLIGHT_CASES)("$account account, the transaction then ends with $end", (c) =>
-      checkCommitInFlight(db, hold, c),
+      checkCommitInFlight(db, hold, c, true),
     );
   },
 );

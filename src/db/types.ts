@@ -68,11 +68,12 @@ export interface AccountStore {
    * final: given only once no commit that could still write the entry is in progress (waited
    * for, or made to fail), from a state the store will not roll back (docs/concepts.md, "Certain
    * and uncertain errors"; docs/writing-a-store.md, "Optional methods"). Throws while it cannot
-   * tell yet (the caller asks again for up to `outcomeWaitMs`). Without it the unit-of-work runner
+   * tell yet (the caller asks again for up to `outcomeWaitMs`); answers `null` when it can never
+   * tell (the call then throws `OutcomeUnknownError` at once). Without it the unit-of-work runner
    * reads the entry in a unit of work on the account, which is as certain as that unit's wait for
    * a commit in progress.
    */
-  entryCommitted?(userId: string, entry: JournalEntry): Promise<boolean>;
+  entryCommitted?(userId: string, entry: JournalEntry): Promise<boolean | null>;
 
   getAccount(userId: string): Promise<Account | null>;
   /**

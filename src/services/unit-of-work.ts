@@ -353,8 +353,12 @@ export class UnitRunner {
         : first !== undefined
           ? `look for journal entry ${first.id} in the account's history before doing it again`
           : "read the account before doing it again";
+    const why =
+      applied === null
+        ? "and the store cannot tell whether it will still land (the account's first change, possibly still on its way)"
+        : `and the store did not answer within outcomeWaitMs (${this.config.outcomeWaitMs} ms)`;
     throw new OutcomeUnknownError(
-      `[credit-management] ${operation} on account ${userId}: the connection to the store was lost after the commit was sent, and the store did not answer within outcomeWaitMs (${this.config.outcomeWaitMs} ms): the change may or may not be applied; ${learn}`,
+      `[credit-management] ${operation} on account ${userId}: the connection to the store was lost after the commit was sent, ${why}: the change may or may not be applied; ${learn}`,
       { userId, entryIds, ...(key === undefined ? {} : { idempotencyKey: key }) },
       doubt,
     );
@@ -367,9 +371,9 @@ export class UnitRunner {
    * account, which waits for a commit in progress only as far as that store's units wait for one
    * another (docs/writing-a-store.md, "A commit in doubt: `entryCommitted`"). Asked again with
    * backoff while the store fails (or cannot tell yet), for up to `outcomeWaitMs`; undefined if it
-   * never answered.
+   * never answered; null if it answered that it never can tell.
    */
-  private async lookUp(userId: string, entry: JournalEntry): Promise<boolean | undefined> {
+  private async lookUp(userId: string, entry: JournalEntry): Promise<boolean | null | undefined> {
     const { db, outcomeWaitMs } = this.config;
     const deadline = Date.now() + outcomeWaitMs;
     for (let attempt = 0; ; attempt++) {

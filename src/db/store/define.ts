@@ -274,7 +274,7 @@ export class DefinedStore extends StoreBase {
     const lookUp = this.accounts.entryCommitted;
     return lookUp === undefined
       ? undefined
-      : (userId, entry) => this.accounts.entryCommitted?.(userId, entry) as Promise<boolean>;
+      : (userId, entry) => this.accounts.entryCommitted?.(userId, entry) as Promise<boolean | null>;
   }
   get listAccountIds(): AccountStore["listAccountIds"] {
     const list = this.accounts.listAccountIds;
