@@ -210,10 +210,6 @@ const CORE_LEAKS = new Map([
     "archiving brings the revenue summary up to date first",
   ],
   ["src/db/types.ts -> src/modules/revenue/store.ts", "JournalStore.revenueSummary is the revenue module's store part"],
-  [
-    "src/db/types.ts -> src/modules/billing/store.ts",
-    "DbManager extends PromoPaymentStore, DbTransaction extends PromoPaymentTransaction",
-  ],
   ["src/db/store/define.ts -> src/modules/billing/store.ts", "defineStore takes the optional promos part"],
   ["src/db/store/parts.ts -> src/modules/billing/store.ts", "defineStore takes the optional promos part"],
   [

@@ -27,6 +27,7 @@ import {
   webhookQueue,
   type WebhookEndpointRecord,
 } from "../src/webhooks/index.js";
+import { billingStore } from "../src/modules/billing/store.js";
 
 const CHROMIUM = "/usr/bin/chromium";
 
@@ -631,7 +632,7 @@ describe.skipIf(!existsSync(CHROMIUM))("console in a browser", () => {
         expect((await m.db.getReservation(ids.hold as string))?.status).toBe("released");
 
         await act(`/payments?user=${ids.user}`, `form[action$='/actions/refund']`);
-        const pay = await m.db.getPayment(ids.payment as string);
+        const pay = await billingStore(m.db).getPayment(ids.payment as string);
         expect(pay?.status).toBe("refunded");
         const refunds = (await m.db.listJournal(ids.user as string, { order: "desc", limit: 10 })).filter((e) =>
           e.description?.startsWith("Refund"),

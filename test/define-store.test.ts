@@ -4,6 +4,7 @@ import { ConfigurationError, ConflictError, StorageError } from "../src/errors.j
 import { defineStore, type Attempt } from "../src/store.js";
 import { runDbManagerContract } from "../src/testing/index.js";
 import type { LoadedState } from "../src/db/types.js";
+import { billingStore } from "../src/modules/billing/store.js";
 
 const test = { describe, it, expect, beforeAll, afterAll };
 
@@ -62,9 +63,6 @@ function attempts(failures: unknown[], locked?: { failures: unknown[]; refused?:
       load: () => EMPTY,
       getGrants: async () => [],
       getReservation: async () => null,
-      getPromo: async () => null,
-      countPromoClaims: async () => 0,
-      getPayment: async () => null,
       save: () => {},
       commit: () => {
         const failure = queue.shift();
@@ -214,7 +212,7 @@ describe("defineStore", () => {
       multiProcess: true,
       parts: { subscriptions: false, promos: false, outbox: false },
     });
-    await expect(store.getPromo("X")).rejects.toBeInstanceOf(ConfigurationError);
+    await expect(billingStore(store).getPromo("X")).rejects.toBeInstanceOf(ConfigurationError);
     await expect(store.insertPlan({} as never)).rejects.toThrow(
       "[credit-management] [unit] has no subscriptions part (insertPlan)",
     );

@@ -26,6 +26,7 @@ import { fingerprint } from "../src/domain/hash.js";
 import { runDbManagerContract } from "../src/testing/index.js";
 import { IN_FLIGHT_CASES, checkCommitInFlight, type HeldTransaction } from "./fixtures/commit-in-flight.js";
 import { errorResponse } from "../src/http/router.js";
+import { billingTx, type PromoPaymentTransaction } from "../src/modules/billing/store.js";
 
 const uri = process.env.CREDIT_MONGO_URI;
 
@@ -1003,7 +1004,8 @@ function interleave(db: DbManager, before: () => Promise<void>, only?: string): 
   wrapped.transaction = <T>(userId: string, fn: (tx: DbTransaction) => Promise<T>) => {
     let first = only === undefined || only === userId;
     return db.transaction(userId, (tx) => {
-      const hooked: DbTransaction = {
+      const billing = billingTx(tx, "mongodb");
+      const hooked: DbTransaction & PromoPaymentTransaction = {
         userId: tx.userId,
         load: async (request) => {
           const state = await tx.load(request);
@@ -1015,9 +1017,9 @@ function interleave(db: DbManager, before: () => Promise<void>, only?: string): 
         },
         getGrants: (ids) => tx.getGrants(ids),
         getReservation: (id) => tx.getReservation(id),
-        getPromo: (code) => tx.getPromo(code),
-        countPromoClaims: (code) => tx.countPromoClaims(code),
-        getPayment: (id) => tx.getPayment(id),
+        getPromo: (code) => billing.getPromo(code),
+        countPromoClaims: (code) => billing.countPromoClaims(code),
+        getPayment: (id) => billing.getPayment(id),
         save: (changes) => tx.save(changes),
       };
       return fn(hooked);

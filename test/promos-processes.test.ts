@@ -12,6 +12,7 @@ import type { DbManager } from "../src/db/types.js";
 import { CreditService, PaymentService, PromoService } from "../src/index.js";
 import { testEvent, unsignedTestProvider } from "../src/modules/billing/contract.js";
 import { scriptedChargeProvider } from "../src/modules/billing/contract-auto-top-up.js";
+import { billingStore } from "../src/modules/billing/store.js";
 
 const mongoUri = process.env.CREDIT_MONGO_URI;
 const pgUrl = process.env.CREDIT_PG_URL;
@@ -78,7 +79,7 @@ for (const store of stores) {
         users.map((u, i) => (i % 2 === 0 ? promosA : promosB).claimPromo(u, code)),
       );
       expect(results.filter((r) => r.status === "fulfilled")).toHaveLength(5);
-      expect((await a.getPromo(code))?.uses).toBe(5);
+      expect((await billingStore(a).getPromo(code))?.uses).toBe(5);
 
       const payA = new PaymentService({ db: a, providers: [unsignedTestProvider] });
       const payB = new PaymentService({ db: b, providers: [unsignedTestProvider] });

@@ -14,6 +14,7 @@ import { ConfigurationError, ConflictError, InsufficientCreditsError, LockTimeou
 import { createCreditManager, type CreditManager } from "../src/manager.js";
 import type { TransactionScope } from "../src/transactions.js";
 import { runProcess } from "./fixtures/processes.js";
+import { billingStore } from "../src/modules/billing/store.js";
 
 const url = process.env.CREDIT_PG_URL;
 // reason: needs a PostgreSQL server (CREDIT_PG_URL, set by .ci/run); the run's closing block names it when skipped
@@ -151,14 +152,14 @@ describe.skipIf(!url)("credit operations inside the application's transaction (P
       }),
     ).rejects.toThrow("undo");
     expect(await manager.db.getActiveSubscription(u)).toBeNull();
-    expect(await manager.db.listPromoClaims(u)).toEqual([]);
+    expect(await billingStore(manager.db).listPromoClaims(u)).toEqual([]);
     expect(await manager.db.getAccount(u)).toBeNull();
     await manager.transaction(pool, async (tx) => {
       await tx.subscriptions.subscribe(u, plan.id);
       await tx.promos.claimPromo(u, code);
     });
     expect(await manager.db.getActiveSubscription(u)).not.toBeNull();
-    expect(await manager.db.listPromoClaims(u)).toHaveLength(1);
+    expect(await billingStore(manager.db).listPromoClaims(u)).toHaveLength(1);
     expect(await manager.db.getAccount(u)).toMatchObject({ balance: 57 });
   });
 

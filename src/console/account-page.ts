@@ -32,6 +32,7 @@ import {
   scopeText,
 } from "./page-parts.js";
 import { paymentTable } from "../modules/billing/page-payments.js";
+import { billingStore } from "../modules/billing/store.js";
 import { subscriptionTable } from "./subscriptions-page.js";
 import { isCharge, reversedNotice } from "./reverse.js";
 import type { CustomerState, FeatureState } from "../domain/customer-state.js";
@@ -208,10 +209,10 @@ export async function accountPage(ctx: Ctx, userId: string): Promise<PageResult>
       ...(to === undefined ? {} : { to }),
     }),
     recentEntries(ctx, account),
-    db.listPayments(userId, { limit: 10 }),
+    billingStore(db).listPayments(userId, { limit: 10 }),
     db.listLedgerEntries({ userId, eventType: "system", limit: 20 }),
     db.listSubscriptions(userId),
-    db.listPromoClaims(userId),
+    billingStore(db).listPromoClaims(userId),
     db.listNotifications(userId, { limit: 10 }),
   ]);
   const spends = recentUsage(recent, {
@@ -564,7 +565,7 @@ function grantTable(ctx: Ctx, userId: string, grants: readonly Grant[]): Html {
 
 /** The account's auto top-up attempts: its payments marked `autoTopUp`, among the newest 200. */
 async function topUpAttempts(ctx: Ctx, userId: string): Promise<Payment[]> {
-  const rows = await ctx.manager.db.listPayments(userId, { limit: 200 });
+  const rows = await billingStore(ctx.manager.db).listPayments(userId, { limit: 200 });
   return rows.filter((p) => (p.metadata as { autoTopUp?: unknown } | null)?.autoTopUp === true).slice(0, 20);
 }
 

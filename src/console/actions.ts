@@ -4,6 +4,7 @@ import { errorPage, hiddenFields, type Ctx, type PageResult } from "./context.js
 import { amount, enc, html, money, query, type Html } from "./html.js";
 import { AUDIT_MESSAGE, facts } from "./page-parts.js";
 import { reasonProblem, recordedReason, reverseConfirmPage, reverseFormPage, type ReverseForm } from "./reverse.js";
+import { billingStore } from "../modules/billing/store.js";
 
 /** What each action asks before it acts, and the fields it takes (besides `user`). */
 const ACTIONS = {
@@ -86,13 +87,13 @@ async function shownValue(ctx: Ctx, name: ActionName, form: FormData, f: string)
   if (name === "grant" && f === "amount" && /^[0-9]+$/.test(v)) return html`${amount(Number(v))} credits`;
   if (name === "grant" && f === "days" && /^[0-9]+$/.test(v)) return html`${amount(Number(v))} days`;
   if (name === "refund" && f === "payment") {
-    const p = await ctx.manager.db.getPayment(v, field(form, "user"));
+    const p = await billingStore(ctx.manager.db).getPayment(v, field(form, "user"));
     if (p !== null && p.userId === field(form, "user"))
       return html`<code>${v}</code> — ${money(p.amount, p.currency)} for ${amount(p.credits)}
         credits${p.refundedAmount > 0 ? html`, ${money(p.refundedAmount, p.currency)} refunded so far` : ""}`;
   }
   if (name === "refund" && f === "amount") {
-    const p = await ctx.manager.db.getPayment(field(form, "payment"), field(form, "user"));
+    const p = await billingStore(ctx.manager.db).getPayment(field(form, "payment"), field(form, "user"));
     if (p !== null && /^[0-9]+$/.test(v)) return html`${money(Number(v), p.currency)} refunded in all`;
   }
   return html`<code>${v}</code>`;

@@ -10,7 +10,6 @@ import type {
 } from "../models/index.js";
 import type { Changes, LoadedState } from "../domain/state.js";
 import type { UsageBucket, UsageCatchUp, UsageRollupRow, UsageScan } from "../domain/usage.js";
-import type { PromoPaymentStore, PromoPaymentTransaction } from "../modules/billing/store.js";
 import type { SubscriptionStore } from "./types-subscriptions.js";
 import type { RevenueSummaryStore } from "../modules/revenue/store.js";
 import type { ArchivePartitionsInput, ArchivePartitionsReport, EnsurePartitionsReport } from "./types-partitions.js";
@@ -28,7 +27,7 @@ import type { ArchivePartitionsInput, ArchivePartitionsReport, EnsurePartitionsR
  * Objects returned by an adapter belong to the caller; objects passed to `save` are not mutated
  * afterwards by the library.
  */
-export interface DbManager extends AccountStore, JournalStore, PromoPaymentStore, NotificationStore, SubscriptionStore {
+export interface DbManager extends AccountStore, JournalStore, NotificationStore, SubscriptionStore {
   /** Short name for logs and errors ("memory", "mongodb", "postgres"). */
   readonly name: string;
   /** What the backend can do; the contract suite reads these flags. */
@@ -260,7 +259,7 @@ export interface LoadRequest {
 /** `Changes` and `LoadedState` are the domain's (src/domain/state.ts): re-exported for adapters. */
 export type { Changes, LoadedState } from "../domain/state.js";
 
-export interface DbTransaction extends PromoPaymentTransaction {
+export interface DbTransaction {
   readonly userId: string;
   /**
    * Reads the account (locking it where the backend locks) with its open grants and active holds.

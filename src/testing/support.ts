@@ -1,6 +1,7 @@
 // What the parts of the contract suite share: the suite's clock, the part options, a lazy store.
 import { expect, type TestApi } from "./runner.js";
 import type { DbManager, OptionalPart } from "../db/types.js";
+import { billingStore } from "../modules/billing/store.js";
 import { InMemoryCache } from "../cache/index.js";
 import { ConfigurationError } from "../errors.js";
 import { LedgerLogger } from "../ledger/index.js";
@@ -69,7 +70,7 @@ export function lazy(getDb: () => DbManager): DbManager {
 export async function expectPartMissing(db: DbManager, name: OptionalPart): Promise<void> {
   const probe: Record<OptionalPart, () => Promise<unknown>> = {
     subscriptions: () => db.getPlan("p"),
-    promos: () => db.getPromo("P"),
+    promos: () => billingStore(db).getPromo("P"),
     outbox: () => db.listNotifications("u", { limit: 1 }),
   };
   await expect(probe[name]()).rejects.toBeInstanceOf(ConfigurationError);

@@ -6,6 +6,7 @@
 import { randomUUID } from "node:crypto";
 import { describe, expect, it } from "../../testing/runner.js";
 import type { DbManager } from "../../db/types.js";
+import type { BillingDb } from "./store.js";
 import { ConflictError, PaymentProviderError, PromoNotEligibleError } from "../../errors.js";
 import { newPayment } from "./rules-payments.js";
 import type { Payment, Promo } from "../../models/index.js";
@@ -82,7 +83,7 @@ function payment(userId: string, over: Partial<Payment> = {}): Payment {
 }
 
 export function runPromoPaymentContract(getDb: () => DbManager): void {
-  const db = lazy(getDb);
+  const db = lazy(getDb) as BillingDb;
   const code = () => `P${randomUUID().replace(/-/g, "").slice(0, 16).toUpperCase()}`;
   const user = () => `u-${randomUUID()}`;
   const services = () => {

@@ -3,6 +3,7 @@ import { notice, type Ctx, type PageResult } from "../../console/context.js";
 import { amount, html, money, query, raw, when, type Html } from "../../console/html.js";
 import { shortId, table } from "../../console/table.js";
 import { PAGE, accountLink, actionForm, dateParam, pager } from "../../console/page-parts.js";
+import { billingStore } from "./store.js";
 
 // The console's payments and promo codes pages (docs/console.md).
 
@@ -46,7 +47,7 @@ export async function paymentsPage(ctx: Ctx): Promise<PageResult> {
   let listing = html`<p class="muted">Payments are listed per account: enter a user id.</p>`;
   let next: string | null = null;
   if (user !== "") {
-    const page = await ctx.manager.db.listPayments(user, {
+    const page = await billingStore(ctx.manager.db).listPayments(user, {
       limit: PAGE + 1,
       ...(at !== undefined && id !== null ? { before: { createdAt: at, id } } : {}),
     });
@@ -65,7 +66,7 @@ export async function paymentsPage(ctx: Ctx): Promise<PageResult> {
 }
 
 export async function promosPage(ctx: Ctx): Promise<PageResult> {
-  const { db } = ctx.manager;
+  const db = billingStore(ctx.manager.db);
   const user = ctx.url.searchParams.get("user") ?? "";
   const at = dateParam(ctx.url.searchParams.get("at"));
   const code = ctx.url.searchParams.get("code");

@@ -20,7 +20,7 @@ import {
   type Payment,
 } from "../../models/index.js";
 import type { OffSessionChargeResult, PaymentEvent, PaymentProvider } from "./provider.js";
-import type { UnitDeps } from "../../services/account-unit.js";
+import type { BillingDeps } from "./service-promos.js";
 import { saveAccountOnly } from "../../services/unit-of-work.js";
 
 /** What `processAutoTopUp` did with the account's top-up in flight. */
@@ -67,7 +67,7 @@ export interface TopUpPayments {
  */
 export class AutoTopUpService {
   constructor(
-    private readonly deps: UnitDeps,
+    private readonly deps: BillingDeps,
     private readonly payments: TopUpPayments,
   ) {}
 

@@ -3,7 +3,7 @@ import { checkoutState, mayRecordCheckout } from "./rules-payments.js";
 import { ConflictError, NotFoundError } from "../../errors.js";
 import { warnOnFailure } from "../../logger.js";
 import type { CheckoutRequest, CheckoutResult, PaymentProvider } from "./provider.js";
-import type { UnitDeps } from "../../services/account-unit.js";
+import type { BillingDeps } from "./service-promos.js";
 
 /**
  * Opening a payment's checkout at its provider, for `PaymentService.createPaymentLink`
@@ -13,7 +13,7 @@ import type { UnitDeps } from "../../services/account-unit.js";
  */
 export class PaymentCheckouts {
   constructor(
-    private readonly deps: UnitDeps,
+    private readonly deps: BillingDeps,
     private readonly checkoutWaitMs: number,
     private readonly checkoutStaleMs: number,
     /** The payment compare-and-set loop (`PaymentService`'s `advance`). */

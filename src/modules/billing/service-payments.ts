@@ -48,11 +48,12 @@ import { parseConfig } from "../../models/parse.js";
 import { systemKey } from "../../domain/keys.js";
 import { afterCredited } from "./rules-auto-top-up.js";
 import type { HeadersLike, PaymentEvent, PaymentProvider } from "./provider.js";
-import { runAccountUnit, unitDeps, type UnitDeps, type UnitResult } from "../../services/account-unit.js";
+import { runAccountUnit, type UnitResult } from "../../services/account-unit.js";
+import { billingTx } from "./store.js";
 import { PaymentCheckouts } from "./service-checkouts.js";
 import { AutoTopUpService, type AutoTopUpResult } from "./service-auto-top-up.js";
 import type { CreditService } from "../../services/credit-service.js";
-import { decodeCursor, encodeCursor } from "./service-promos.js";
+import { billingDeps, decodeCursor, encodeCursor, type BillingDeps } from "./service-promos.js";
 
 export type { AutoTopUpResult } from "./service-auto-top-up.js";
 
@@ -136,7 +137,7 @@ export interface PaymentPage {
  * disputes take the credits back.
  */
 export class PaymentService {
-  private readonly deps: UnitDeps;
+  private readonly deps: BillingDeps;
   private readonly providers = new Map<string, PaymentProvider>();
   private readonly creditsFor: (amount: number, currency: string) => number;
   /** The currencies payments may be made in (from a per-currency `creditsPerUnit`); null: any. */
@@ -149,7 +150,7 @@ export class PaymentService {
   private readonly checkouts: PaymentCheckouts;
 
   constructor(options: PaymentServiceOptions) {
-    this.deps = unitDeps(options, "PaymentService");
+    this.deps = billingDeps(options, "PaymentService");
     for (const p of options.providers ?? []) this.providers.set(p.name, p);
     this.checkoutWaitMs = parseConfig(WaitDuration, options.checkoutWaitMs ?? 10_000, "checkoutWaitMs");
     this.checkoutStaleMs = parseConfig(WaitDuration, options.checkoutStaleSeconds ?? 60, "checkoutStaleSeconds") * 1000;
@@ -665,13 +666,13 @@ export class PaymentService {
         payment.userId,
         meta,
         async (work, tx, state) => {
-          const p = await tx.getPayment(payment.id);
+          const p = await billingTx(tx, this.deps.db.name).getPayment(payment.id);
           if (p === null) throw new NotFoundError(`Payment ${payment.id} not found.`, { paymentId: payment.id });
           return body(p, work, tx, state);
         },
         // Inside the transaction: read through `tx` (a pool read here could wait for a connection
         // that units of work like this one hold).
-        async (_entry, tx) => result("duplicate", await tx.getPayment(payment.id)),
+        async (_entry, tx) => result("duplicate", await billingTx(tx, this.deps.db.name).getPayment(payment.id)),
       ),
     );
   }

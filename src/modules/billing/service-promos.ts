@@ -18,9 +18,19 @@ import {
   type PromoEligibility,
 } from "../../models/index.js";
 import * as z from "zod";
-import { runAccountUnit, unitDeps, type UnitDeps } from "../../services/account-unit.js";
+import { runAccountUnit, unitDeps, type UnitDeps, type UnitOptions } from "../../services/account-unit.js";
+import { billingStore, billingTx, type BillingDb } from "./store.js";
 import type { CreditService } from "../../services/credit-service.js";
 import { newId } from "../../util/uuid.js";
+
+/** What the billing module's services run on: the units of work's, with the store's billing part. @internal */
+export type BillingDeps = UnitDeps & { db: BillingDb };
+
+/** `unitDeps` over the store's billing part (a store without it answers `ConfigurationError`). @internal */
+export function billingDeps(options: UnitOptions, service: string): BillingDeps {
+  const deps = unitDeps(options, service);
+  return { ...deps, db: billingStore(deps.db) };
+}
 
 export interface PromoServiceOptions {
   db: DbManager;
@@ -72,10 +82,10 @@ const CLAIM_ATTEMPTS = 8;
  * guarded write in the same transaction, records the claim and adds the grant — all or nothing.
  */
 export class PromoService {
-  private readonly deps: UnitDeps;
+  private readonly deps: BillingDeps;
 
   constructor(options: PromoServiceOptions) {
-    this.deps = unitDeps(options, "PromoService");
+    this.deps = billingDeps(options, "PromoService");
   }
 
   /** Creates a promo. Codes are case-insensitive and unique (`ConflictError` on a duplicate). */
@@ -175,7 +185,10 @@ export class PromoService {
           user,
           meta,
           async (work, tx) => {
-            const [promo, claimed] = await Promise.all([tx.getPromo(c), tx.countPromoClaims(c)]);
+            const [promo, claimed] = await Promise.all([
+              billingTx(tx, this.deps.db.name).getPromo(c),
+              billingTx(tx, this.deps.db.name).countPromoClaims(c),
+            ]);
             const e = promoEligibility(c, promo, user, claimed, work.now);
             if (!e.eligible) throw new PromoNotEligibleError(c, e.reason, e.message);
             const p = promo as Promo;

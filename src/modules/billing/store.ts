@@ -1,3 +1,5 @@
+import type { DbManager, DbTransaction } from "../../db/types.js";
+import { ConfigurationError } from "../../errors.js";
 import type { Payment, Promo, PromoClaim } from "../../models/index.js";
 
 /**
@@ -51,3 +53,57 @@ export interface PromoPaymentTransaction {
 
 /** What a unit of work saves for promos and payments: the domain's (src/domain/state.ts), re-exported. */
 export type { PromoPaymentChanges } from "../../domain/state.js";
+
+/** A store with the billing part: what the billing module's services read and write. */
+export type BillingDb = DbManager & PromoPaymentStore;
+
+const STORE_METHODS = [
+  "insertPromo",
+  "getPromo",
+  "listPromos",
+  "setPromoActive",
+  "countPromoClaims",
+  "listPromoClaims",
+  "insertPayment",
+  "getPayment",
+  "findPaymentByProviderId",
+  "listPayments",
+  "updatePayment",
+] as const satisfies readonly (keyof PromoPaymentStore)[];
+
+const TRANSACTION_METHODS = [
+  "getPromo",
+  "countPromoClaims",
+  "getPayment",
+] as const satisfies readonly (keyof PromoPaymentTransaction)[];
+
+const noPart = (store: string, method: string): ConfigurationError =>
+  new ConfigurationError(
+    `[credit-management] [${store}] ${method}: this store has no promos part (promo codes and payments: docs/writing-a-store.md, "The five parts")`,
+  );
+
+/**
+ * `db` as the billing module uses it. The billing part is not in the core contract
+ * (docs/writing-a-store.md): a store without it answers the part's methods with
+ * `ConfigurationError`, as a `defineStore` store without the part does.
+ */
+export function billingStore(db: DbManager): BillingDb {
+  const lacking = STORE_METHODS.filter((m) => typeof (db as Partial<BillingDb>)[m] !== "function");
+  if (lacking.length === 0) return db as BillingDb;
+  return new Proxy(db, {
+    get(target, prop) {
+      if ((lacking as readonly PropertyKey[]).includes(prop)) {
+        return () => Promise.reject(noPart(target.name, String(prop)));
+      }
+      const value: unknown = Reflect.get(target, prop, target);
+      return typeof value === "function" ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+    },
+  }) as BillingDb;
+}
+
+/** A unit of work's transaction as the billing module reads it; `ConfigurationError` where the store has no promos part. */
+export function billingTx(tx: DbTransaction, store: string): DbTransaction & PromoPaymentTransaction {
+  const lacking = TRANSACTION_METHODS.find((m) => typeof (tx as Partial<PromoPaymentTransaction>)[m] !== "function");
+  if (lacking !== undefined) throw noPart(store, lacking);
+  return tx as DbTransaction & PromoPaymentTransaction;
+}
