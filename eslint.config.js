@@ -58,7 +58,7 @@ export default tseslint.config(
           patterns: [
             {
               regex:
-                "^(?!\\./(rules|model)[\\w-]*\\.js$|\\.\\./\\.\\./models/|\\.\\./\\.\\./domain/|\\.\\./\\.\\./errors\\.js$|node:crypto$|safe-stable-stringify$)",
+                "^(?!\\./(rules|model)[\\w-]*\\.js$|\\.\\./\\.\\./models/|\\.\\./\\.\\./models-entry\\.js$|\\.\\./\\.\\./domain/|\\.\\./\\.\\./errors\\.js$|node:crypto$|safe-stable-stringify$)",
               message:
                 "a module's rules import only the models, the errors, src/domain, the module's own model and rules, node:crypto and safe-stable-stringify.",
             },

@@ -12,7 +12,7 @@ export default defineConfig({
     "nats/index": "src/nats/index.ts",
     "webhooks/index": "src/webhooks/index.ts",
     "http/index": "src/http/index.ts",
-    "models/index": "src/models/index.ts",
+    "models/index": "src/models-entry.ts",
     store: "src/store.ts",
     "schema/index": "src/schema/public.ts",
     "otel/index": "src/otel/index.ts",

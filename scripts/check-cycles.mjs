@@ -107,6 +107,8 @@ const RANK = {
   schema: 4,
   domain: 3,
   models: 2,
+  // credit-management/models: the core's models and every module's, beside them.
+  "models-entry": 2,
   util: 1.5,
   logger: 1.5,
   diagnostics: 1.5,
@@ -197,10 +199,6 @@ const isCore = (f) => {
   return CORE.has(roomOf(f));
 };
 const CORE_LEAKS = new Map([
-  [
-    "src/models/index.ts -> src/modules/revenue/model.ts",
-    "the models entry re-exports every module's models (credit-management/models)",
-  ],
   ["src/services/credit-service.ts -> src/modules/revenue/service.ts", "CreditService is the facade of getRevenue"],
   ["src/services/credit-service.ts -> src/modules/revenue/model.ts", "CreditService is the facade of getRevenue"],
   ["src/services/audit.ts -> src/modules/revenue/rules.ts", "audit() checks the revenue roll-forward"],
@@ -218,18 +216,6 @@ const CORE_LEAKS = new Map([
   ],
   ["src/models/entities.ts -> src/modules/billing/model-auto-top-up.ts", "the Account model carries autoTopUp"],
   [
-    "src/models/index.ts -> src/modules/billing/model-promos.ts",
-    "the models entry re-exports every module's models (credit-management/models)",
-  ],
-  [
-    "src/models/index.ts -> src/modules/billing/model-payments.ts",
-    "the models entry re-exports every module's models (credit-management/models)",
-  ],
-  [
-    "src/models/index.ts -> src/modules/billing/model-auto-top-up.ts",
-    "the models entry re-exports every module's models (credit-management/models)",
-  ],
-  [
     "src/services/account-unit.ts -> src/modules/billing/store.ts",
     "a unit of work saves promo claims and payment updates (PromoPaymentChanges)",
   ],
@@ -241,22 +227,6 @@ const CORE_LEAKS = new Map([
   [
     "src/transactions.ts -> src/modules/billing/service-promos.ts",
     "manager.transaction hands the promo service to the caller's transaction",
-  ],
-  [
-    "src/models/index.ts -> src/modules/metering/model.ts",
-    "the models entry re-exports every module's models (credit-management/models)",
-  ],
-  [
-    "src/models/index.ts -> src/modules/pricing/model.ts",
-    "the models entry re-exports every module's models (credit-management/models)",
-  ],
-  [
-    "src/models/index.ts -> src/modules/leases/model.ts",
-    "the models entry re-exports every module's models (credit-management/models)",
-  ],
-  [
-    "src/models/index.ts -> src/modules/customer-tokens/model.ts",
-    "the models entry re-exports every module's models (credit-management/models)",
   ],
   ["src/services/credit-core.ts -> src/modules/pricing/service.ts", "CreditCore holds the PricingService (LLM prices)"],
   ["src/services/credit-core.ts -> src/modules/leases/service-settle.ts", "CreditCore settles leases"],
@@ -279,6 +249,27 @@ const CORE_LEAKS = new Map([
   [
     "src/services/credit-service.ts -> src/modules/customer-tokens/model.ts",
     "CreditService is the facade of customer tokens",
+  ],
+  [
+    "src/domain/state.ts -> src/modules/billing/model-payments.ts",
+    "Changes carries payment updates (PromoPaymentChanges)",
+  ],
+  ["src/domain/state.ts -> src/modules/billing/model-promos.ts", "Changes carries promo claims (PromoPaymentChanges)"],
+  [
+    "src/db/store/base.ts -> src/modules/billing/model-payments.ts",
+    "StoreBase forwards the billing part's methods to its part",
+  ],
+  [
+    "src/db/store/base.ts -> src/modules/billing/model-promos.ts",
+    "StoreBase forwards the billing part's methods to its part",
+  ],
+  [
+    "src/db/memory/index.ts -> src/modules/billing/model-payments.ts",
+    "the in-memory store builds the billing module's part too",
+  ],
+  [
+    "src/db/memory/index.ts -> src/modules/billing/model-promos.ts",
+    "the in-memory store builds the billing module's part too",
   ],
 ]);
 const allEdges = new Map([...graph.keys()].map((f) => [f, withTypes ? graph.get(f) : edgesWithTypes(f)]));

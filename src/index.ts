@@ -238,7 +238,7 @@ export type {
   UsageRow,
   UsageSource,
   VoidGrantOptions,
-} from "./models/index.js";
+} from "./models-entry.js";
 export type { CreditManagerOptions } from "./manager.js";
 export type { JobBase } from "./services/expiration-service.js";
 export type {

@@ -13,7 +13,7 @@ import {
   PriceBookInput,
   ThresholdSpec,
   TrialCredits,
-} from "./models/index.js";
+} from "./models-entry.js";
 import { parseConfig } from "./models/parse.js";
 import { CustomerTokenSettings } from "./modules/customer-tokens/model.js";
 import type { NotificationQueue } from "./queue/index.js";

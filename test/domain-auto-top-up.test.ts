@@ -17,7 +17,7 @@ import {
   withRule,
 } from "../src/modules/billing/rules-auto-top-up.js";
 import { creditsAtRate } from "../src/modules/billing/rules-payments.js";
-import { AutoTopUpInput, type Account, type AutoTopUpState } from "../src/models/index.js";
+import { AutoTopUpInput, type Account, type AutoTopUpState } from "../src/models-entry.js";
 
 const now = new Date();
 const base = {

@@ -11,7 +11,7 @@ import {
   reversal,
   takeBackPlan,
 } from "../src/modules/billing/rules-payments.js";
-import type { Payment, PaymentStatus, Reservation } from "../src/models/index.js";
+import type { Payment, PaymentStatus, Reservation } from "../src/models-entry.js";
 import { samples } from "./fixtures/samples.js";
 
 describe("creditsAtRate: amount × rate, rounded down, exact decimal products kept", () => {

@@ -11,7 +11,7 @@ import {
   UsageRecord,
   UserId,
   parse,
-} from "../src/models/index.js";
+} from "../src/models-entry.js";
 import { PromoCode } from "../src/modules/billing/model-promos.js";
 
 /** What the schema alone says about a value: its output, or that it refuses it. */

@@ -19,7 +19,7 @@ import type {
   LanguageModelV4Usage,
 } from "@ai-sdk/provider";
 import { ConfigurationError, CreditError, RunBudgetExceededError } from "../errors.js";
-import { parse, type MeterOptions, type RecordedUsage } from "../models/index.js";
+import { parse, type MeterOptions, type RecordedUsage } from "../models-entry.js";
 import type { CreditManager } from "../manager.js";
 import type { MeterOutcome, MeterSession } from "../modules/metering/service.js";
 import { recordOf } from "../modules/pricing/service.js";

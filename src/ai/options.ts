@@ -8,7 +8,7 @@ import {
   SpenderId,
   TokenCount,
   UserId,
-} from "../models/index.js";
+} from "../models-entry.js";
 
 /**
  * The longest `idempotencyKey` of a run: each model call holds under `<key>:<n>` (n up to 4

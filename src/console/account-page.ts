@@ -10,7 +10,7 @@ import {
   type SpendLimitStatus,
   type JournalEntry,
   type Payment,
-} from "../models/index.js";
+} from "../models-entry.js";
 import { notice, type Ctx, type PageResult } from "./context.js";
 import { amount, enc, html, jsonData, money, query, raw, relative, when, type Html } from "./html.js";
 import { shortId, table } from "./table.js";

@@ -1,4 +1,8 @@
-import type { Account, Grant, JournalEntry, Notification, Payment, PromoClaim, Reservation } from "../models/index.js";
+import type { Account, Grant, JournalEntry, Notification, Reservation } from "../models/index.js";
+// eslint-disable-next-line no-restricted-imports -- a leak scripts/check-cycles.mjs lists (CORE_LEAKS): Changes carries payment updates
+import type { Payment } from "../modules/billing/model-payments.js";
+// eslint-disable-next-line no-restricted-imports -- a leak scripts/check-cycles.mjs lists (CORE_LEAKS): Changes carries promo claims
+import type { PromoClaim } from "../modules/billing/model-promos.js";
 
 /**
  * What a unit of work reads and what it writes, in the domain's terms: an `AccountWork` is built

@@ -23,7 +23,7 @@ import {
   ReverseChargeOptions,
   UserId,
   VoidGrantOptions,
-} from "../models/index.js";
+} from "../models-entry.js";
 import { HttpError, type RouteContext, type RouteDefinition } from "./router.js";
 import { adminRoute, self, target, userRoute, withKey } from "./route-helpers.js";
 import { customerTokensOn } from "../services/credit-core.js";

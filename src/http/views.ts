@@ -9,7 +9,7 @@ import {
   Plan,
   Reservation,
   Subscription,
-} from "../models/index.js";
+} from "../models-entry.js";
 
 /**
  * What a caller who is not an admin sees of a record (docs/service.md, "What each role sees"): a

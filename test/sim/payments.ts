@@ -1,5 +1,5 @@
 import type { CreditModel } from "../../src/testing/model.js";
-import type { Payment } from "../../src/models/index.js";
+import type { Payment } from "../../src/models-entry.js";
 import type { PaymentEvent, PaymentProvider } from "../../src/modules/billing/provider.js";
 import { PaymentProviderError } from "../../src/errors.js";
 import { findGrant } from "./model.js";

@@ -3,7 +3,7 @@ import { InMemoryDbManager } from "../../src/db/memory/index.js";
 import { ConflictError, CreditError, OutcomeUnknownError, StorageError } from "../../src/errors.js";
 import { createCreditManager, type CreditManager } from "../../src/manager.js";
 import type { Changes } from "../../src/store.js";
-import type { Payment, Subscription } from "../../src/models/index.js";
+import type { Payment, Subscription } from "../../src/models-entry.js";
 import { CreditService } from "../../src/services/credit-service.js";
 import { mayPay, type CreditModel, type ModelSpend } from "../../src/testing/model.js";
 import { AccountsModel, cloneModel, findGrant, findHold, heldAmount, openGrants, settleGrants } from "./model.js";

@@ -5,7 +5,7 @@ import type { InMemoryDbManager } from "../../src/db/memory/index.js";
 import type { Changes, DbManager, DbTransaction, LoadRequest, LoadedState } from "../../src/store.js";
 import type { ChargeRecord } from "../../src/db/types.js";
 import { stateAfter, type AccountState } from "../../src/db/state-cache.js";
-import type { Account, Grant, Payment, Promo, Reservation, Subscription } from "../../src/models/index.js";
+import type { Account, Grant, Payment, Promo, Reservation, Subscription } from "../../src/models-entry.js";
 import type { Prng } from "./prng.js";
 import { currentOp, type OpContext, type Scheduler } from "./scheduler.js";
 

@@ -1,6 +1,8 @@
 import { ConflictError } from "../../errors.js";
 import { compareGrants, isOpenGrant } from "../../domain/order.js";
-import type { Account, Grant, JournalEntry, LedgerEntry, Payment, Promo, Reservation } from "../../models/index.js";
+import type { Account, Grant, JournalEntry, LedgerEntry, Reservation } from "../../models/index.js";
+import type { Payment } from "../../modules/billing/model-payments.js";
+import type { Promo } from "../../modules/billing/model-promos.js";
 import { SYSTEM_KEY_PREFIX } from "../../models/common.js";
 import { UsageAccumulator, usageEntryTypes, type UsageBucket, type UsageScan } from "../../domain/usage.js";
 import type {

@@ -8,7 +8,7 @@ import type {
   TransactionOptions,
 } from "mongodb";
 import { ConflictError } from "../../errors.js";
-import type { Grant, JournalEntry, Payment, Promo, Reservation } from "../../models/index.js";
+import type { Grant, JournalEntry, Payment, Promo, Reservation } from "../../models-entry.js";
 import type { ChargeRecord, Changes, DbTransaction, LoadRequest, LoadedState } from "../types.js";
 import {
   ACCOUNT,

@@ -1,5 +1,5 @@
 import { ConflictError, StorageError } from "../../errors.js";
-import type { Account, Grant, JournalEntry, Payment, Promo, Reservation } from "../../models/index.js";
+import type { Account, Grant, JournalEntry, Payment, Promo, Reservation } from "../../models-entry.js";
 import { decodeRow } from "../../schema/codec.js";
 import type { Column } from "../../schema/columns.js";
 import { REVISION, unitFunctionNames } from "../../schema/citus-units.js";

@@ -1,5 +1,5 @@
 import { ConflictError } from "../../errors.js";
-import type { Account, Grant, JournalEntry, Payment, Promo, Reservation } from "../../models/index.js";
+import type { Account, Grant, JournalEntry, Payment, Promo, Reservation } from "../../models-entry.js";
 import { decodeRow } from "../../schema/codec.js";
 import type { SqlTable } from "../../schema/sql.js";
 import type { ChargeRecord, Changes, LoadedState } from "../types.js";

@@ -8,8 +8,8 @@ import type {
   Plan,
   Reservation,
   Subscription,
-} from "../../models/index.js";
-import type { Payment, Promo, PromoClaim } from "../../models/index.js";
+} from "../../models-entry.js";
+import type { Payment, Promo, PromoClaim } from "../../models-entry.js";
 import { SYSTEM_KEY_PREFIX } from "../../models/common.js";
 import type { StoreDefinition } from "../store/define.js";
 import { origin } from "../store/errors.js";

@@ -1,6 +1,6 @@
 import { ConflictError } from "../../errors.js";
-import type { Account, Grant, JournalEntry, Reservation } from "../../models/index.js";
-import type { Payment, Promo } from "../../models/index.js";
+import type { Account, Grant, JournalEntry, Reservation } from "../../models-entry.js";
+import type { Payment, Promo } from "../../models-entry.js";
 import type { Attempt } from "../store/define.js";
 import { AccountLocks } from "../store/account-locks.js";
 import { origin } from "../store/errors.js";

@@ -1,4 +1,6 @@
-import type { Notification, Payment, Plan, Promo, PromoClaim, Subscription } from "../../models/index.js";
+import type { Notification, Plan, Subscription } from "../../models/index.js";
+import type { Payment } from "../../modules/billing/model-payments.js";
+import type { Promo, PromoClaim } from "../../modules/billing/model-promos.js";
 import type { ClaimQuery, NotificationUpdate, OutboxQuery } from "../types-notifications.js";
 import type { SubscriptionCursor } from "../types-subscriptions.js";
 import type { Account, Grant, JournalEntry, LedgerEntry, Reservation } from "../../models/index.js";

@@ -9,7 +9,7 @@ import type { DbManager } from "../../db/types.js";
 import type { BillingDb } from "./store.js";
 import { ConflictError, PaymentProviderError, PromoNotEligibleError } from "../../errors.js";
 import { newPayment } from "./rules-payments.js";
-import type { Payment, Promo } from "../../models/index.js";
+import type { Payment, Promo } from "../../models-entry.js";
 import type { PaymentEvent, PaymentProvider } from "./provider.js";
 import { CreditService } from "../../services/credit-service.js";
 import { PaymentService } from "./service-payments.js";

@@ -1,5 +1,5 @@
 import { ConflictError } from "../../errors.js";
-import type { Payment, Promo, PromoClaim } from "../../models/index.js";
+import type { Payment, Promo, PromoClaim } from "../../models-entry.js";
 import type { PromoPaymentChanges, PromoPaymentStore } from "./store.js";
 
 const copy = <T>(o: T): T => structuredClone(o);

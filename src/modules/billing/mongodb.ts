@@ -7,7 +7,7 @@ import {
   type Payment as PaymentT,
   type Promo as PromoT,
   type PromoClaim as PromoClaimT,
-} from "../../models/index.js";
+} from "../../models-entry.js";
 import type { PromoPaymentChanges, PromoPaymentStore } from "./store.js";
 import { fromDoc, kind, toDoc, type StoredDoc } from "../../db/mongodb/documents.js";
 import { guard, writeOne } from "../../db/mongodb/errors.js";

@@ -1,4 +1,4 @@
-import { type Payment } from "../../models/index.js";
+import { type Payment } from "../../models-entry.js";
 import { notice, type Ctx, type PageResult } from "../../console/context.js";
 import { amount, html, money, query, raw, when, type Html } from "../../console/html.js";
 import { shortId, table } from "../../console/table.js";

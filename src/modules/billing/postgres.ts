@@ -1,6 +1,6 @@
 import { ConflictError } from "../../errors.js";
 import { decodeRow } from "../../schema/codec.js";
-import type { Payment, Promo, PromoClaim } from "../../models/index.js";
+import type { Payment, Promo, PromoClaim } from "../../models-entry.js";
 import { quoteIdent, type SqlTable } from "../../schema/sql.js";
 import type { PromoPaymentChanges, PromoPaymentStore } from "./store.js";
 import { unlessTaken } from "../../db/postgres/errors.js";

@@ -1,5 +1,5 @@
 import * as z from "zod";
-import { CreditsPerUnit, KeyNamespace, WaitDuration } from "../../models/index.js";
+import { CreditsPerUnit, KeyNamespace, WaitDuration } from "../../models-entry.js";
 import { PaymentService, type PaymentServiceOptions } from "./service-payments.js";
 import { RazorpayProvider, type RazorpayProviderOptions } from "./provider-razorpay.js";
 import { StripeProvider, type StripeProviderOptions } from "./provider-stripe.js";

@@ -1,5 +1,5 @@
 import * as z from "zod";
-import { Amount, AutoTopUpInput, AutoTopUpState, type AutoTopUpRule } from "../../models/index.js";
+import { Amount, AutoTopUpInput, AutoTopUpState, type AutoTopUpRule } from "../../models-entry.js";
 import { HttpError, type RouteContext, type RouteDefinition } from "../../http/router.js";
 import { adminRoute, self, target, userRoute } from "../../http/route-helpers.js";
 import { AutoTopUpStateView, autoTopUpView, seen } from "../../http/views.js";

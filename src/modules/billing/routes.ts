@@ -11,7 +11,7 @@ import {
   PromoCode,
   PromoIneligibility,
   parse,
-} from "../../models/index.js";
+} from "../../models-entry.js";
 import { HttpError, type RouteDefinition } from "../../http/router.js";
 import { adminRoute, rootRoute, self, target, userRoute, withKey } from "../../http/route-helpers.js";
 import { EntryView, entryView, PaymentView, paymentView, seen } from "../../http/views.js";

@@ -6,7 +6,7 @@ import type {
   AutoTopUpSettings,
   AutoTopUpState,
   Notification,
-} from "../../models/index.js";
+} from "../../models-entry.js";
 import { newNotification } from "../../domain/notifications.js";
 
 /**

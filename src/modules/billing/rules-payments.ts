@@ -1,4 +1,4 @@
-import type { Grant, Payment, PaymentStatus, Reservation } from "../../models/index.js";
+import type { Grant, Payment, PaymentStatus, Reservation } from "../../models-entry.js";
 
 /** What a new payment is made of; the rest starts empty. */
 export type NewPayment = Pick<

@@ -1,4 +1,4 @@
-import type { Promo, PromoEligibility, PromoIneligibility } from "../../models/index.js";
+import type { Promo, PromoEligibility, PromoIneligibility } from "../../models-entry.js";
 
 const MESSAGES: Record<PromoIneligibility, string> = {
   not_found: "No such promo code.",

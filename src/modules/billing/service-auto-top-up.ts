@@ -18,7 +18,7 @@ import {
   type AutoTopUpState,
   type Notification,
   type Payment,
-} from "../../models/index.js";
+} from "../../models-entry.js";
 import type { OffSessionChargeResult, PaymentEvent, PaymentProvider } from "./provider.js";
 import type { BillingDeps } from "./service-promos.js";
 import { saveAccountOnly } from "../../services/unit-of-work.js";

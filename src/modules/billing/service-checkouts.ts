@@ -1,4 +1,4 @@
-import type { Payment } from "../../models/index.js";
+import type { Payment } from "../../models-entry.js";
 import { checkoutState, mayRecordCheckout } from "./rules-payments.js";
 import { ConflictError, NotFoundError } from "../../errors.js";
 import { warnOnFailure } from "../../logger.js";

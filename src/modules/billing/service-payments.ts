@@ -43,7 +43,7 @@ import {
   type Grant,
   type Payment,
   type PaymentStatus,
-} from "../../models/index.js";
+} from "../../models-entry.js";
 import { parseConfig } from "../../models/parse.js";
 import { systemKey } from "../../domain/keys.js";
 import { afterCredited } from "./rules-auto-top-up.js";

@@ -16,7 +16,7 @@ import {
   type Promo,
   type PromoClaim,
   type PromoEligibility,
-} from "../../models/index.js";
+} from "../../models-entry.js";
 import * as z from "zod";
 import { runAccountUnit, unitDeps, type UnitDeps, type UnitOptions } from "../../services/account-unit.js";
 import { billingStore, billingTx, type BillingDb } from "./store.js";

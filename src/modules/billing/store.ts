@@ -1,6 +1,6 @@
 import type { DbManager, DbTransaction } from "../../db/types.js";
 import { ConfigurationError } from "../../errors.js";
-import type { Payment, Promo, PromoClaim } from "../../models/index.js";
+import type { Payment, Promo, PromoClaim } from "../../models-entry.js";
 
 /**
  * The part of the storage contract that promo codes and payment top-ups need (see `DbManager`).

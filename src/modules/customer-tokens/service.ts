@@ -5,7 +5,7 @@ import {
   parse,
   UserId,
   type CustomerTokenOptions as CustomerTokenInput,
-} from "../../models/index.js";
+} from "../../models-entry.js";
 import { parseConfig } from "../../models/parse.js";
 
 /** What `credits.customerToken` returns. */

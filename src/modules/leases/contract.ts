@@ -16,7 +16,7 @@ import type { DbManager } from "../../db/types.js";
 import { addLeaseLine, compareWindow, leaseLineOf, leaseWindowOf, type FileWindow } from "./rules.js";
 import { InsufficientCreditsError } from "../../errors.js";
 import type { LedgerLogger } from "../../ledger/index.js";
-import type { LeaseOptions } from "../../models/index.js";
+import type { LeaseOptions } from "../../models-entry.js";
 import type { CreditService } from "../../services/credit-service.js";
 import type { CreditLeases } from "./service.js";
 import { creditCore } from "../../services/credit-core.js";

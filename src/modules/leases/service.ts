@@ -14,11 +14,11 @@ import {
   type LeasePart,
   type LeaseSizing,
 } from "./rules.js";
-import { Amount, LeaseChargeOptions, LeaseOptions, UserId, parse, type JournalEntry } from "../../models/index.js";
+import { Amount, LeaseChargeOptions, LeaseOptions, UserId, parse, type JournalEntry } from "../../models-entry.js";
 import type { CreditCore } from "../../services/credit-core.js";
 import type { LeaseSettle } from "./service-settle.js";
 import { MeterSession, type MeterOutcome, type SessionDeps } from "../metering/service.js";
-import { FeatureName, SpenderId, type MeterOptions } from "../../models/index.js";
+import { FeatureName, SpenderId, type MeterOptions } from "../../models-entry.js";
 import { parseConfig, wellFormed } from "../../models/parse.js";
 import { nodeBuiltin } from "../../util/runtime.js";
 

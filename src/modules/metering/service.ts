@@ -14,7 +14,7 @@ import {
   type JournalEntry,
   type MeterOptions,
   type RecordedUsage,
-} from "../../models/index.js";
+} from "../../models-entry.js";
 import type { PriceBook } from "../pricing/rules.js";
 import { recordOf, type UsageInput } from "../pricing/service.js";
 import type { CreditCore, ParsedReserveOptions } from "../../services/credit-core.js";

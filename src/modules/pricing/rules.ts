@@ -1,7 +1,7 @@
 import * as crypto from "node:crypto";
 import { stringify } from "safe-stable-stringify";
 import { UnknownModelError, ValidationError } from "../../errors.js";
-import type { CostUsage, ModelRates, PriceBookInput, PriceQuote, TokenUsage } from "../../models/index.js";
+import type { CostUsage, ModelRates, PriceBookInput, PriceQuote, TokenUsage } from "../../models-entry.js";
 import { reduced } from "../../domain/fraction.js";
 
 /**

@@ -10,7 +10,7 @@ import {
   parse,
   type PriceQuote,
   type RecordedUsage,
-} from "../../models/index.js";
+} from "../../models-entry.js";
 
 /** What `recordUsage()` takes: credits (`amount`), tokens priced through the book, or money (`cost`). */
 export type UsageInput = UsageRecord | TokenUsage | CostUsage;

@@ -5,7 +5,7 @@ import {
   UserId,
   type RevenueQuery,
   type RevenueReport,
-} from "../../models/index.js";
+} from "../../models-entry.js";
 import { revenueCsvStream } from "./csv.js";
 import { csvHeaders } from "../../util/csv.js";
 import { type RouteContext, type RouteDefinition } from "../../http/router.js";
