@@ -162,6 +162,12 @@ export function spentIn(
   return out;
 }
 
+/** The entries that move captured spend, and which way: a reversal gives its charge's spend back. */
+const SPEND_SIGN: Partial<Record<JournalEntry["type"], 1 | -1>> = { deduct: 1, commit_reserved: 1, reverse: -1 };
+
+/** The entry types `spendOfEntry` counts: what a read of an account's earlier spend asks the journal for. */
+export const SPEND_ENTRY_TYPES = Object.keys(SPEND_SIGN) as JournalEntry["type"][];
+
 /**
  * Captured spend an entry adds to a `period_spend` threshold's window starting at `start`: a
  * deduction or a committed hold adds its amount, a reversal takes its amount back; only entries
@@ -169,7 +175,7 @@ export function spentIn(
  * (else `createdAt`).
  */
 export function spendOfEntry(t: PeriodSpend, e: JournalEntry, window: SpendWindow): number {
-  const sign = e.type === "deduct" || e.type === "commit_reserved" ? 1 : e.type === "reverse" ? -1 : 0;
+  const sign = SPEND_SIGN[e.type] ?? 0;
   if (sign === 0 || e.amount === 0) return 0;
   if (t.spender !== undefined && e.spender !== t.spender) return 0;
   if (t.feature !== undefined && e.feature !== t.feature) return 0;

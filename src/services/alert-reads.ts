@@ -8,11 +8,8 @@
  */
 import type { DbManager } from "../db/types.js";
 import type { SubscriptionStore } from "../db/types-subscriptions.js";
-import { countsStarting, needsCycle, spentIn, type AlertInputs } from "../domain/alerts.js";
-import type { Account, AlertThreshold, EntryType, JournalEntry, LimitCycle } from "../models/index.js";
-
-/** The entries that move captured spend (`spendOfEntry`, src/domain/alerts.ts). */
-const SPEND_TYPES: readonly EntryType[] = ["deduct", "commit_reserved", "reverse"];
+import { countsStarting, needsCycle, SPEND_ENTRY_TYPES, spentIn, type AlertInputs } from "../domain/alerts.js";
+import type { Account, AlertThreshold, JournalEntry, LimitCycle } from "../models/index.js";
 
 /** Journal entries read a page at a time. */
 const PAGE = 200;
@@ -73,7 +70,12 @@ async function entriesSince(db: DbManager, userId: string, seq: number, from: nu
   const out: JournalEntry[] = [];
   let before = seq + 1;
   for (;;) {
-    const page = await db.listJournal(userId, { order: "desc", beforeSeq: before, limit: PAGE, types: SPEND_TYPES });
+    const page = await db.listJournal(userId, {
+      order: "desc",
+      beforeSeq: before,
+      limit: PAGE,
+      types: SPEND_ENTRY_TYPES,
+    });
     for (const e of page) {
       if (e.createdAt.getTime() < from) return out;
       out.push(e);
