@@ -27,9 +27,9 @@ export default tseslint.config(
     },
   },
   {
-    // The rules live once, in pure functions (docs/concepts.md): src/domain imports only the models,
+    // The rules live once, in pure functions (docs/concepts.md): src/core/domain imports only the models,
     // the errors, itself, and what hashing needs — never storage, services or I/O.
-    files: ["src/domain/**"],
+    files: ["src/core/domain/**"],
     rules: {
       "no-restricted-imports": [
         "error",
@@ -39,7 +39,7 @@ export default tseslint.config(
             {
               regex: "^(?!\\./|\\.\\./models/|\\.\\./errors\\.js$|node:crypto$|safe-stable-stringify$)",
               message:
-                "src/domain imports only ../models, ../errors.js, ./ (itself), node:crypto and safe-stable-stringify.",
+                "src/core/domain imports only ../models, ../errors.js, ./ (itself), node:crypto and safe-stable-stringify.",
             },
           ],
         },
@@ -58,9 +58,9 @@ export default tseslint.config(
           patterns: [
             {
               regex:
-                "^(?!\\./(rules|model)[\\w-]*\\.js$|\\.\\./\\.\\./models/|\\.\\./\\.\\./models-entry\\.js$|\\.\\./\\.\\./domain/|\\.\\./\\.\\./errors\\.js$|node:crypto$|safe-stable-stringify$)",
+                "^(?!\\./(rules|model)[\\w-]*\\.js$|\\.\\./\\.\\./core/models/|\\.\\./\\.\\./models-entry\\.js$|\\.\\./\\.\\./core/domain/|\\.\\./\\.\\./core/errors\\.js$|node:crypto$|safe-stable-stringify$)",
               message:
-                "a module's rules import only the models, the errors, src/domain, the module's own model and rules, node:crypto and safe-stable-stringify.",
+                "a module's rules import only the models, the errors, src/core/domain, the module's own model and rules, node:crypto and safe-stable-stringify.",
             },
           ],
         },

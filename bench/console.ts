@@ -26,7 +26,7 @@ import { join } from "node:path";
 import { core, consoleEntry, postgres, sqlite } from "./pkg.js";
 import { type BenchRow, printTable } from "./lib.js";
 import type { CreditManager } from "../src/index.js";
-import type { DbManager } from "../src/db/types.js";
+import type { DbManager } from "../src/core/db/types.js";
 
 const entries = Number(process.argv[2] ?? process.env.BENCH_CONSOLE_ENTRIES ?? 200_000);
 const ROUNDS = Number(process.env.BENCH_CONSOLE_ROUNDS ?? 15);

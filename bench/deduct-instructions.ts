@@ -101,8 +101,9 @@ export async function count(roots: string[]): Promise<Counted> {
   const rows: Row[] = [];
   for (const store of stores)
     for (const root of roots) {
-      // Scoped grants and limits came with src/domain/scope.ts (checkouts before them lack it).
-      const scoped = existsSync(join(root, "src/domain/scope.ts"));
+      // Scoped grants and limits came with the domain's scope.ts (checkouts before them lack it); the
+      // core moved under src/core/ later.
+      const scoped = ["src/core/domain/scope.ts", "src/domain/scope.ts"].some((f) => existsSync(join(root, f)));
       for (const variant of ["plain", ...(scoped ? ["limits", "scoped"] : [])] as Variant[])
         rows.push({ root, store, variant, counts: [] });
     }

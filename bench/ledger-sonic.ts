@@ -1,8 +1,8 @@
 import { closeSync, fsyncSync } from "node:fs";
 import { createRequire } from "node:module";
 import type { SonicBoom as Sonic } from "sonic-boom";
-import { ledgerLineOf } from "../src/domain/hash.js";
-import { linesOf, openForAppending } from "../src/ledger/file.js";
+import { ledgerLineOf } from "../src/core/domain/hash.js";
+import { linesOf, openForAppending } from "../src/core/ledger/file.js";
 
 // CommonJS without named exports Node can see: loaded as it is.
 const SonicBoom = createRequire(import.meta.url)("sonic-boom") as typeof Sonic;

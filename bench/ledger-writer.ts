@@ -15,9 +15,9 @@
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { canonicalEntry } from "../src/domain/hash.js";
-import { LedgerFile } from "../src/ledger/file.js";
-import { LedgerLogger, type LedgerFileLike } from "../src/ledger/index.js";
+import { canonicalEntry } from "../src/core/domain/hash.js";
+import { LedgerFile } from "../src/core/ledger/file.js";
+import { LedgerLogger, type LedgerFileLike } from "../src/core/ledger/index.js";
 import { CreditService, InMemoryDbManager } from "../src/index.js";
 import { SonicLedgerFile } from "./ledger-sonic.js";
 import { mainThreadCpu, measure, type BenchRow } from "./lib.js";

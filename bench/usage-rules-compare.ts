@@ -1,4 +1,4 @@
-// The usage queries generated from USAGE_RULES (src/domain/usage.ts) against the hand-written ones
+// The usage queries generated from USAGE_RULES (src/core/domain/usage.ts) against the hand-written ones
 // of an earlier commit (REV, default a85ae43: the last before the rules table): which indexes each
 // reads on PostgreSQL (EXPLAIN on a store's own tables, sequential scans off, as on a large
 // journal), and how long each takes on PostgreSQL, MongoDB and SQLite (in memory): the median of
@@ -22,7 +22,7 @@ import { usagePipeline } from "../src/db/mongodb/usage.js";
 import { PostgresDbManager } from "../src/db/postgres/index.js";
 import { rollupDays, usageSql } from "../src/db/postgres/usage.js";
 import { SQLITE_QUERY, usageQuery } from "../src/db/usage-query.js";
-import type { UsageScan } from "../src/domain/usage.js";
+import type { UsageScan } from "../src/core/domain/usage.js";
 import { createCreditManager } from "../src/index.js";
 import { rollupNames } from "../src/schema/rollup.js";
 

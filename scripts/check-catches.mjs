@@ -3,7 +3,7 @@
 // Fails on a swallowed promise in src/ — `.catch(() => undefined)` or `.catch(() => {})` — unless
 // the line above says why ignoring the error is safe (a comment, or a swallow on the line above
 // that such a comment covers). Handle or log the error instead where it matters
-// (`warnOnFailure` in src/logger.ts). Run by `npm run lint`.
+// (`warnOnFailure` in src/core/logger.ts). Run by `npm run lint`.
 import { readdirSync, readFileSync } from "node:fs";
 import { join, relative } from "node:path";
 

@@ -1,11 +1,11 @@
 import * as z from "zod";
-import type { Cache } from "./cache/index.js";
-import type { DbManager, StoreStats } from "./db/types.js";
-import type { LedgerLogger } from "./ledger/index.js";
-import { parse } from "./models/index.js";
-import type { NotificationQueue } from "./queue/index.js";
+import type { Cache } from "./core/cache/index.js";
+import type { DbManager, StoreStats } from "./core/db/types.js";
+import type { LedgerLogger } from "./core/ledger/index.js";
+import { parse } from "./core/models/index.js";
+import type { NotificationQueue } from "./core/queue/index.js";
 import { SCHEMA_VERSION } from "./schema/sql.js";
-import { withTimeout } from "./util/promise.js";
+import { withTimeout } from "./core/util/promise.js";
 
 /** `ok`: working; `degraded`: serving, but something needs attention; `down`: cannot serve. */
 export type HealthStatus = "ok" | "degraded" | "down";

@@ -7,15 +7,15 @@ export {
   type ExpiringCredits,
   type HistoryPage,
   type ChargeReversals,
-} from "./services/credit-service.js";
+} from "./core/services/credit-service.js";
 export type { CustomerGrant, CustomerToken } from "./modules/customer-tokens/service.js";
 export { revenueCsv } from "./modules/revenue/csv.js";
-export { usageCsv } from "./services/usage-csv.js";
+export { usageCsv } from "./core/services/usage-csv.js";
 export {
   SubscriptionService,
   type AdvanceResult,
   type SubscriptionServiceOptions,
-} from "./services/subscription-service.js";
+} from "./core/services/subscription-service.js";
 export {
   ExpirationService,
   type ExpirationServiceOptions,
@@ -27,8 +27,8 @@ export {
   type ReleaseHoldsReport,
   type RenewSubscriptionsReport,
   type RunAllReport,
-} from "./services/expiration-service.js";
-export * as periods from "./domain/periods.js";
+} from "./core/services/expiration-service.js";
+export * as periods from "./core/domain/periods.js";
 export {
   PromoService,
   type PromoServiceOptions,
@@ -63,15 +63,15 @@ export {
   type NotificationServiceOptions,
   type DispatchReport,
   type SubscriptionEventType,
-} from "./services/notification-service.js";
+} from "./core/services/notification-service.js";
 export {
   InMemoryNotificationQueue,
   CallbackNotificationQueue,
   eventEnvelope,
   type NotificationQueue,
   type NotificationMessage,
-} from "./queue/index.js";
-export type { Thresholds } from "./domain/notifications.js";
+} from "./core/queue/index.js";
+export type { Thresholds } from "./core/domain/notifications.js";
 export {
   addLlmUsage,
   currentMeter,
@@ -86,8 +86,8 @@ export {
   type PricingServiceOptions,
   type UsageInput,
 } from "./modules/pricing/service.js";
-export { LedgerLogger, type LedgerLoggerOptions, type LedgerStats } from "./ledger/index.js";
-export type { Logger } from "./logger.js";
+export { LedgerLogger, type LedgerLoggerOptions, type LedgerStats } from "./core/ledger/index.js";
+export type { Logger } from "./core/logger.js";
 export type { HealthCheck, HealthReport, HealthStatus } from "./health.js";
 export {
   DIAGNOSTICS_CHANNELS,
@@ -100,14 +100,14 @@ export {
   type UnitOfWorkMessage,
   type UnitOutcome,
   type WebhookMessage,
-} from "./diagnostics.js";
-export { InMemoryCache, type Cache, type InMemoryCacheOptions } from "./cache/index.js";
-export { InMemoryDbManager } from "./db/memory/index.js";
+} from "./core/diagnostics.js";
+export { InMemoryCache, type Cache, type InMemoryCacheOptions } from "./core/cache/index.js";
+export { InMemoryDbManager } from "./core/db/memory/index.js";
 export { createDbManagerFromEnv, type DbEnv } from "./db/from-env.js";
 // The store a manager is given (`db`): the whole contract is in `credit-management/store`.
-export type { DbManager } from "./db/types.js";
-export type { AuditReport } from "./domain/replay.js";
-export type { CheckReason, CheckResult, FeatureRule } from "./domain/checks.js";
+export type { DbManager } from "./core/db/types.js";
+export type { AuditReport } from "./core/domain/replay.js";
+export type { CheckReason, CheckResult, FeatureRule } from "./core/domain/checks.js";
 export type {
   CustomerState,
   CustomerStatePage,
@@ -115,8 +115,8 @@ export type {
   FeatureState,
   StateGrant,
   SubscriptionState,
-} from "./domain/customer-state.js";
-export * from "./errors.js";
+} from "./core/domain/customer-state.js";
+export * from "./core/errors.js";
 // The entities and inputs as TypeScript types; their zod schemas are in `credit-management/models`.
 export type {
   Account,
@@ -240,7 +240,7 @@ export type {
   VoidGrantOptions,
 } from "./models-entry.js";
 export type { CreditManagerOptions } from "./manager.js";
-export type { JobBase } from "./services/expiration-service.js";
+export type { JobBase } from "./core/services/expiration-service.js";
 export type {
   DispatchOptions,
   EvaluateAlertsOptions,
@@ -249,16 +249,16 @@ export type {
   NotificationStartOptions,
   PurgeOptions,
   ReminderOptions,
-} from "./services/notification-service.js";
-export type { ArchivePartitionsOptions } from "./services/archive.js";
-export type { ArchivePartitionsReport } from "./db/types-partitions.js";
+} from "./core/services/notification-service.js";
+export type { ArchivePartitionsOptions } from "./core/services/archive.js";
+export type { ArchivePartitionsReport } from "./core/db/types-partitions.js";
 export type { LeaseSpend } from "./modules/leases/service.js";
-export type { JobOptions, CheckpointJobOptions } from "./services/expiration-service.js";
+export type { JobOptions, CheckpointJobOptions } from "./core/services/expiration-service.js";
 export type { PaymentManagerOptions } from "./modules/billing/providers.js";
-export type { EmitInput } from "./services/notification-service.js";
+export type { EmitInput } from "./core/services/notification-service.js";
 export type { ListPromosQuery } from "./modules/billing/service-promos.js";
 export type { HealthOptions } from "./health.js";
-export type { ArchiveJournalOptions, ArchiveReport } from "./services/archive.js";
+export type { ArchiveJournalOptions, ArchiveReport } from "./core/services/archive.js";
 export type { MeterSession } from "./modules/metering/service.js";
 export type { CreditLeases } from "./modules/leases/service.js";
 import type { CliIo } from "./cli/run.js";

@@ -1,9 +1,9 @@
-import { LoggerOption, silentLogger } from "./logger.js";
+import { LoggerOption, silentLogger } from "./core/logger.js";
 import * as z from "zod";
-import type { Cache } from "./cache/index.js";
-import { InMemoryDbManager } from "./db/memory/index.js";
-import type { DbManager } from "./db/types.js";
-import { LedgerLogger } from "./ledger/index.js";
+import type { Cache } from "./core/cache/index.js";
+import { InMemoryDbManager } from "./core/db/memory/index.js";
+import type { DbManager } from "./core/db/types.js";
+import { LedgerLogger } from "./core/ledger/index.js";
 import {
   AlertThresholds,
   CheckpointEvery,
@@ -14,16 +14,16 @@ import {
   ThresholdSpec,
   TrialCredits,
 } from "./models-entry.js";
-import { parseConfig } from "./models/parse.js";
+import { parseConfig } from "./core/models/parse.js";
 import { CustomerTokenSettings } from "./modules/customer-tokens/model.js";
-import type { NotificationQueue } from "./queue/index.js";
-import { CreditService } from "./services/credit-service.js";
-import { ExpirationService, IdempotencyRetention } from "./services/expiration-service.js";
-import { SubscriptionService } from "./services/subscription-service.js";
+import type { NotificationQueue } from "./core/queue/index.js";
+import { CreditService } from "./core/services/credit-service.js";
+import { ExpirationService, IdempotencyRetention } from "./core/services/expiration-service.js";
+import { SubscriptionService } from "./core/services/subscription-service.js";
 import { PaymentManagerOptions, buildPaymentService } from "./modules/billing/providers.js";
 import type { PaymentService } from "./modules/billing/service-payments.js";
 import { PromoService } from "./modules/billing/service-promos.js";
-import { NotificationService } from "./services/notification-service.js";
+import { NotificationService } from "./core/services/notification-service.js";
 import { checkHealth, type HealthOptions, type HealthReport } from "./health.js";
 import { PricingService } from "./modules/pricing/service.js";
 import type { PgQueryable } from "./db/postgres/host.js";

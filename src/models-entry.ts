@@ -1,8 +1,8 @@
 /**
  * `credit-management/models`: every zod model and type of the public API, the core's
- * (src/models/index.ts) and each module's (src/modules/<name>/model*.ts).
+ * (src/core/models/index.ts) and each module's (src/modules/<name>/model*.ts).
  */
-export * from "./models/index.js";
+export * from "./core/models/index.js";
 export * from "./modules/billing/model-promos.js";
 export * from "./modules/billing/model-payments.js";
 export * from "./modules/billing/model-auto-top-up.js";

@@ -20,8 +20,8 @@ export type {
   OptionalPart,
   ScanCursor,
   StoreStats,
-} from "./db/types.js";
-export type { SubscriptionCursor, SubscriptionStore } from "./db/types-subscriptions.js";
+} from "./core/db/types.js";
+export type { SubscriptionCursor, SubscriptionStore } from "./core/db/types-subscriptions.js";
 export type {
   RevenueBucketRow,
   RevenueCheckpoint,
@@ -33,12 +33,23 @@ export type {
   RevenueSummaryStore,
 } from "./modules/revenue/store.js";
 export type { PromoPaymentStore, PromoPaymentTransaction, PromoPaymentChanges } from "./modules/billing/store.js";
-export type { NotificationStore, ClaimQuery, NotificationUpdate, OutboxQuery } from "./db/types-notifications.js";
-export { compareGrants } from "./domain/order.js";
-export type { UsageBucket, UsageCatchUp, UsageRollupRow, UsageMeasure, UsageScan, UsageSums } from "./domain/usage.js";
+export type { NotificationStore, ClaimQuery, NotificationUpdate, OutboxQuery } from "./core/db/types-notifications.js";
+export { compareGrants } from "./core/domain/order.js";
+export type {
+  UsageBucket,
+  UsageCatchUp,
+  UsageRollupRow,
+  UsageMeasure,
+  UsageScan,
+  UsageSums,
+} from "./core/domain/usage.js";
 export type { GrantGroups } from "./modules/revenue/rules.js";
-export { defineStore, DefinedStore } from "./db/store/define.js";
-export type { AccountsPart, Attempt, StoreDefinition, UnitOfWorkPart } from "./db/store/define.js";
-export type { Part, SideParts } from "./db/store/parts.js";
-export type { StoreBase } from "./db/store/base.js";
-export type { ArchivePartitionsInput, ArchivePartitionsReport, EnsurePartitionsReport } from "./db/types-partitions.js";
+export { defineStore, DefinedStore } from "./core/db/store/define.js";
+export type { AccountsPart, Attempt, StoreDefinition, UnitOfWorkPart } from "./core/db/store/define.js";
+export type { Part, SideParts } from "./core/db/store/parts.js";
+export type { StoreBase } from "./core/db/store/base.js";
+export type {
+  ArchivePartitionsInput,
+  ArchivePartitionsReport,
+  EnsurePartitionsReport,
+} from "./core/db/types-partitions.js";

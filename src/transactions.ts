@@ -1,12 +1,12 @@
-import type { Cache } from "./cache/index.js";
-import type { DbManager } from "./db/types.js";
-import { ConfigurationError, ConflictError, LockTimeoutError } from "./errors.js";
-import type { LedgerLogger } from "./ledger/index.js";
-import type { Logger } from "./logger.js";
-import type { JournalEntry } from "./models/index.js";
-import type { CreditService } from "./services/credit-service.js";
+import type { Cache } from "./core/cache/index.js";
+import type { DbManager } from "./core/db/types.js";
+import { ConfigurationError, ConflictError, LockTimeoutError } from "./core/errors.js";
+import type { LedgerLogger } from "./core/ledger/index.js";
+import type { Logger } from "./core/logger.js";
+import type { JournalEntry } from "./core/models/index.js";
+import type { CreditService } from "./core/services/credit-service.js";
 import type { PromoService } from "./modules/billing/service-promos.js";
-import type { SubscriptionService } from "./services/subscription-service.js";
+import type { SubscriptionService } from "./core/services/subscription-service.js";
 
 /**
  * The services of a manager inside a transaction of the application's own

@@ -3,10 +3,10 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { createCreditManager, type JournalEntry } from "../src/index.js";
-import { InMemoryDbManager } from "../src/db/memory/index.js";
-import type { DbManager } from "../src/db/types.js";
+import { InMemoryDbManager } from "../src/core/db/memory/index.js";
+import type { DbManager } from "../src/core/db/types.js";
 import { runCli } from "../src/cli/run.js";
-import { ValidationError } from "../src/errors.js";
+import { ValidationError } from "../src/core/errors.js";
 import { simProvider, webhook } from "./sim/payments.js";
 
 const dir = mkdtempSync(join(tmpdir(), "cm-archive-"));

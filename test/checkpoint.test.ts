@@ -1,9 +1,9 @@
 import { describe, expect, it } from "vitest";
 import { createCreditManager, type JournalEntry } from "../src/index.js";
-import { InMemoryDbManager } from "../src/db/memory/index.js";
-import type { DbManager } from "../src/db/types.js";
-import { hashEntry } from "../src/domain/hash.js";
-import { ValidationError } from "../src/errors.js";
+import { InMemoryDbManager } from "../src/core/db/memory/index.js";
+import type { DbManager } from "../src/core/db/types.js";
+import { hashEntry } from "../src/core/domain/hash.js";
+import { ValidationError } from "../src/core/errors.js";
 
 const DAY = 86_400_000;
 

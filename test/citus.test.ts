@@ -10,13 +10,13 @@ import { existsSync } from "node:fs";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { PostgresDbManager } from "../src/db/postgres/index.js";
-import { ConfigurationError, LockTimeoutError, OutcomeUnknownError, StorageError } from "../src/errors.js";
-import { CreditService } from "../src/services/credit-service.js";
+import { ConfigurationError, LockTimeoutError, OutcomeUnknownError, StorageError } from "../src/core/errors.js";
+import { CreditService } from "../src/core/services/credit-service.js";
 import { runDbManagerContract } from "../src/testing/index.js";
 import { IN_FLIGHT_CASES, checkCommitInFlight, type HeldTransaction } from "./fixtures/commit-in-flight.js";
 import { runCli } from "../src/cli/run.js";
 import { createCreditManager } from "../src/index.js";
-import { newNotification } from "../src/domain/notifications.js";
+import { newNotification } from "../src/core/domain/notifications.js";
 import { quoteIdent } from "../src/schema/index.js";
 import { type NextVersion, setNextVersion } from "../src/schema/version.js";
 

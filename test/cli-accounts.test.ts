@@ -6,9 +6,9 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import pg from "pg";
 import { runCli } from "../src/cli/run.js";
 import { SqliteDbManager } from "../src/db/sqlite/index.js";
-import type { DbManager } from "../src/db/types.js";
-import { calendarWindow } from "../src/domain/limits.js";
-import { SpendLimitError } from "../src/errors.js";
+import type { DbManager } from "../src/core/db/types.js";
+import { calendarWindow } from "../src/core/domain/limits.js";
+import { SpendLimitError } from "../src/core/errors.js";
 import { createCreditManager, InMemoryDbManager, type CreditManager } from "../src/index.js";
 
 const dir = mkdtempSync(join(tmpdir(), "cm-accounts-"));

@@ -6,9 +6,9 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { runCli } from "../src/cli/run.js";
 import { SqliteDbManager } from "../src/db/sqlite/index.js";
-import type { DbManager } from "../src/db/types.js";
+import type { DbManager } from "../src/core/db/types.js";
 import { createCreditManager, InMemoryDbManager, type CreditManager } from "../src/index.js";
-import type { JournalEntry } from "../src/models/index.js";
+import type { JournalEntry } from "../src/core/models/index.js";
 import { generateSql } from "../src/schema/index.js";
 import pg from "pg";
 

@@ -7,8 +7,8 @@ import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { runCli } from "../src/cli/run.js";
 import { SqliteDbManager } from "../src/db/sqlite/index.js";
-import type { DbManager } from "../src/db/types.js";
-import { startOfDay } from "../src/domain/usage.js";
+import type { DbManager } from "../src/core/db/types.js";
+import { startOfDay } from "../src/core/domain/usage.js";
 import { createCreditManager, InMemoryDbManager, revenueCsv, type CreditManager } from "../src/index.js";
 
 const dir = mkdtempSync(join(tmpdir(), "cm-revenue-cli-"));

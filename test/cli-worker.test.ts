@@ -14,7 +14,7 @@ import { PostgresDbManager } from "../src/db/postgres/index.js";
 import { SqliteDbManager } from "../src/db/sqlite/index.js";
 import { serveSettings, storeSettings } from "../src/serve/settings.js";
 import { createCreditManager, type CreditManager } from "../src/index.js";
-import type { JournalEntry } from "../src/models/index.js";
+import type { JournalEntry } from "../src/core/models/index.js";
 
 async function cli(args: string[], env: Record<string, string> = {}) {
   let stdout = "";

@@ -14,9 +14,9 @@ import { startArmProxy } from "./fixtures/arm-proxy.js";
 import { startCutProxy } from "./fixtures/cut-proxy.js";
 import { MongoDbManager } from "../src/db/mongodb/index.js";
 import { PostgresDbManager } from "../src/db/postgres/index.js";
-import type { DbManager } from "../src/db/types.js";
-import { OutcomeUnknownError, StorageError } from "../src/errors.js";
-import { CreditService } from "../src/services/credit-service.js";
+import type { DbManager } from "../src/core/db/types.js";
+import { OutcomeUnknownError, StorageError } from "../src/core/errors.js";
+import { CreditService } from "../src/core/services/credit-service.js";
 
 const mongoUri = process.env.CREDIT_MONGO_URI;
 const citusUrl = process.env.CREDIT_CITUS_URL;

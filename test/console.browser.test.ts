@@ -15,7 +15,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createConsoleHandler, toNodeHandler } from "../src/console/index.js";
 import { PostgresDbManager } from "../src/db/postgres/index.js";
 import { SqliteDbManager } from "../src/db/sqlite/index.js";
-import type { DbManager } from "../src/db/types.js";
+import type { DbManager } from "../src/core/db/types.js";
 import { createCreditManager, InMemoryDbManager, type CreditManager } from "../src/index.js";
 import { StripeProvider } from "../src/modules/billing/provider-stripe.js";
 import type { PaymentProvider } from "../src/modules/billing/provider.js";

@@ -7,7 +7,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createCreditManager, InMemoryDbManager } from "../src/index.js";
-import { ConfigurationError } from "../src/errors.js";
+import { ConfigurationError } from "../src/core/errors.js";
 import type {
   DbCapabilities,
   DbManager,
@@ -16,11 +16,11 @@ import type {
   LedgerQuery,
   LoadRequest,
   ScanCursor,
-} from "../src/db/types.js";
-import type { ClaimQuery, NotificationUpdate, OutboxQuery } from "../src/db/types-notifications.js";
-import type { SubscriptionCursor } from "../src/db/types-subscriptions.js";
-import type { Changes } from "../src/domain/state.js";
-import type { LedgerEntry, Notification, Plan, Subscription } from "../src/models/index.js";
+} from "../src/core/db/types.js";
+import type { ClaimQuery, NotificationUpdate, OutboxQuery } from "../src/core/db/types-notifications.js";
+import type { SubscriptionCursor } from "../src/core/db/types-subscriptions.js";
+import type { Changes } from "../src/core/domain/state.js";
+import type { LedgerEntry, Notification, Plan, Subscription } from "../src/core/models/index.js";
 import { runDbManagerContract } from "../src/testing/index.js";
 
 class CoreOnlyStore implements DbManager {

@@ -1,9 +1,9 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { InMemoryDbManager } from "../src/index.js";
-import { ConfigurationError, ConflictError, StorageError } from "../src/errors.js";
+import { ConfigurationError, ConflictError, StorageError } from "../src/core/errors.js";
 import { defineStore, type Attempt } from "../src/store.js";
 import { runDbManagerContract } from "../src/testing/index.js";
-import type { LoadedState } from "../src/db/types.js";
+import type { LoadedState } from "../src/core/db/types.js";
 import { billingStore } from "../src/modules/billing/store.js";
 
 const test = { describe, it, expect, beforeAll, afterAll };

@@ -1,8 +1,8 @@
-// The overdraft rules on their own (src/domain/overdraft.ts): how far a charge of usage already
+// The overdraft rules on their own (src/core/domain/overdraft.ts): how far a charge of usage already
 // delivered may take an account below zero, and what metering charges when the limit is reached.
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import { chargeWithinLimit, commitWithinLimit, headroom, shortfallMeta } from "../src/domain/overdraft.js";
+import { chargeWithinLimit, commitWithinLimit, headroom, shortfallMeta } from "../src/core/domain/overdraft.js";
 
 describe("headroom: what keeps available ≥ −overdraftLimit", () => {
   it.each([

@@ -1,12 +1,12 @@
-// The subscription rules on their own (src/domain/subscriptions.ts, rollover.ts): each transition
+// The subscription rules on their own (src/core/domain/subscriptions.ts, rollover.ts): each transition
 // is a pure function of the subscription, the plans and the clock, so every branch of
 // docs/subscriptions.md is pinned here without a store. The contract suite
-// (src/testing/subscriptions.ts) checks the same rules end to end on every backend.
+// (src/core/testing/subscriptions.ts) checks the same rules end to end on every backend.
 // Every instant is fixed (the clock is an argument): nothing here depends on today's date.
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import { AccountWork } from "../src/domain/account-work.js";
-import { rolloverAmount, rolloverCarry } from "../src/domain/rollover.js";
+import { AccountWork } from "../src/core/domain/account-work.js";
+import { rolloverAmount, rolloverCarry } from "../src/core/domain/rollover.js";
 import {
   ExpiryMoved,
   abandon,
@@ -32,9 +32,9 @@ import {
   resume,
   rolloverFields,
   subscribe,
-} from "../src/domain/subscriptions.js";
-import { ConflictError, ValidationError } from "../src/errors.js";
-import type { Grant, Plan, Subscription } from "../src/models/index.js";
+} from "../src/core/domain/subscriptions.js";
+import { ConflictError, ValidationError } from "../src/core/errors.js";
+import type { Grant, Plan, Subscription } from "../src/core/models/index.js";
 import { samples } from "./fixtures/samples.js";
 
 const DAY = 86_400_000;

@@ -1,4 +1,4 @@
-// The audit rule of the daily usage rollup on its own (src/domain/usage.ts, docs/usage.md, "The
+// The audit rule of the daily usage rollup on its own (src/core/domain/usage.ts, docs/usage.md, "The
 // daily rollup"): which UTC days are compared, and the problems a rollup that differs from the
 // journal's own report gives. Pure: rows and buckets are given, no store. Dates are worked out
 // from the current year (no date that will pass).
@@ -10,8 +10,8 @@ import {
   type RollupEdge,
   type UsageBucket,
   type UsageRollupRow,
-} from "../src/domain/usage.js";
-import type { UsageKind } from "../src/models/usage.js";
+} from "../src/core/domain/usage.js";
+import type { UsageKind } from "../src/core/models/usage.js";
 
 const DAY = 86_400_000;
 /** How far before a whole journal's first entry the audit looks: the longest late-usage window. */

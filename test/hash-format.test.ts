@@ -1,7 +1,7 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import { canonicalEntry, hashEntry, hashNewEntry, ledgerLineOf, quote } from "../src/domain/hash.js";
-import type { JournalEntry } from "../src/models/index.js";
+import { canonicalEntry, hashEntry, hashNewEntry, ledgerLineOf, quote } from "../src/core/domain/hash.js";
+import type { JournalEntry } from "../src/core/models/index.js";
 
 // The canonical form and the hash chain are a storage format: journals already written must keep
 // verifying after any change to how the text is built. These values were computed once and are

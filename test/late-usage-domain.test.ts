@@ -1,12 +1,12 @@
 // The pure rules of late usage and of the figures derived after reversals (docs/usage.md, "Late
 // usage" and "Corrections"; docs/teams-and-limits.md; docs/revenue.md, decision 9).
 import { describe, expect, it } from "vitest";
-import { lateOccurredAt } from "../src/domain/late-usage.js";
-import { calendarWindow, countSpend, giveBackSpend } from "../src/domain/limits.js";
+import { lateOccurredAt } from "../src/core/domain/late-usage.js";
+import { calendarWindow, countSpend, giveBackSpend } from "../src/core/domain/limits.js";
 import { RevenueAccumulator } from "../src/modules/revenue/rules.js";
-import { reversalMetadata, usageParts } from "../src/domain/usage.js";
-import { LateUsageError } from "../src/errors.js";
-import type { JournalEntry, SpendLimit } from "../src/models/index.js";
+import { reversalMetadata, usageParts } from "../src/core/domain/usage.js";
+import { LateUsageError } from "../src/core/errors.js";
+import type { JournalEntry, SpendLimit } from "../src/core/models/index.js";
 
 const DAY = 86_400_000;
 const HOUR = 3_600_000;

@@ -8,9 +8,9 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, describe, expect, it } from "vitest";
 import { runProcess } from "./fixtures/processes.js";
 import { createCreditManager, SpendLimitError } from "../src/index.js";
-import { limitRoom } from "../src/domain/limits.js";
+import { limitRoom } from "../src/core/domain/limits.js";
 import { addLeaseLine, leaseLineOf, type FileWindow } from "../src/modules/leases/rules.js";
-import { InMemoryDbManager } from "../src/db/memory/index.js";
+import { InMemoryDbManager } from "../src/core/db/memory/index.js";
 
 const manager = () => createCreditManager({ db: new InMemoryDbManager() });
 

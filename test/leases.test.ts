@@ -20,7 +20,7 @@ import { creditMeteringMiddleware } from "../src/http/index.js";
 import { runAudit } from "../src/cli/audit.js";
 import { testStores, type TestStore } from "./fixtures/stores.js";
 import { runProcess } from "./fixtures/processes.js";
-import { creditCore } from "../src/services/credit-core.js";
+import { creditCore } from "../src/core/services/credit-core.js";
 
 const dir = mkdtempSync(join(tmpdir(), "cm-leases-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));

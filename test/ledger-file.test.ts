@@ -6,7 +6,7 @@ import { fileURLToPath } from "node:url";
 import type { Worker } from "node:worker_threads";
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import { canonicalEntry, ledgerLineOf } from "../src/domain/hash.js";
+import { canonicalEntry, ledgerLineOf } from "../src/core/domain/hash.js";
 import { createCreditManager, InMemoryDbManager, type JournalEntry } from "../src/index.js";
 
 const tmp = () => mkdtempSync(join(tmpdir(), "cm-ledger-file-"));

@@ -2,13 +2,13 @@ import { mkdtempSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it, vi } from "vitest";
-import type * as Hash from "../src/domain/hash.js";
+import type * as Hash from "../src/core/domain/hash.js";
 import { createCreditManager } from "../src/index.js";
 
 // The writer thread builds the lines from the source of the event loop's functions. A tool that
 // rewrote those (a bundler's helper, an instrumenter) could make its copy build other lines: the
 // thread checks its copy on a sample and, if it differs, leaves the file to the event loop.
-vi.mock("../src/domain/hash.js", async (importOriginal) => {
+vi.mock("../src/core/domain/hash.js", async (importOriginal) => {
   const original = await importOriginal<typeof Hash>();
   const ledgerLineOf = (canonical: string, hash: string) => original.ledgerLineOf(canonical, hash);
   ledgerLineOf.toString = () => "function (canonical, hash) { return 'not the line\\n'; }";

@@ -19,7 +19,7 @@ import { afterAll, describe, expect, it } from "vitest";
 import { MongoDbManager } from "../src/db/mongodb/index.js";
 import { PostgresDbManager } from "../src/db/postgres/index.js";
 import { SqliteDbManager } from "../src/db/sqlite/index.js";
-import { inScope } from "../src/domain/scope.js";
+import { inScope } from "../src/core/domain/scope.js";
 import { createCreditManager } from "../src/manager.js";
 import type { DbManager, JournalEntry } from "../src/index.js";
 import { runProcess } from "./fixtures/processes.js";

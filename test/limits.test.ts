@@ -10,12 +10,12 @@ import {
   trueUpHold,
   withLimit,
   withoutLimit,
-} from "../src/domain/limits.js";
-import { inScope, outOfScope, spendOrder } from "../src/domain/scope.js";
-import { SpendLimitError, ValidationError } from "../src/errors.js";
-import type { Grant } from "../src/models/index.js";
-import { GrantScope, SetLimitsInput, SpendLimitInput } from "../src/models/limits.js";
-import type { SpendLimit } from "../src/models/limits.js";
+} from "../src/core/domain/limits.js";
+import { inScope, outOfScope, spendOrder } from "../src/core/domain/scope.js";
+import { SpendLimitError, ValidationError } from "../src/core/errors.js";
+import type { Grant } from "../src/core/models/index.js";
+import { GrantScope, SetLimitsInput, SpendLimitInput } from "../src/core/models/limits.js";
+import type { SpendLimit } from "../src/core/models/limits.js";
 
 // Pure window arithmetic: the instants are inputs, not dates that must stay in the future.
 const t = (s: string) => new Date(s).getTime();

@@ -8,7 +8,7 @@ import {
   type CreditManagerOptions,
   type Logger,
 } from "../src/index.js";
-import { silentLogger } from "../src/logger.js";
+import { silentLogger } from "../src/core/logger.js";
 
 /** A cache that fails every read: the library logs a warning and reads the store. */
 const failingCache: Cache = {

@@ -3,7 +3,7 @@
 // expiry jobs (tests, a dev server) would grow them forever.
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import { DueTimes } from "../src/db/memory/due-times.js";
+import { DueTimes } from "../src/core/db/memory/due-times.js";
 import { CreditService, InMemoryDbManager } from "../src/index.js";
 
 const sizeOf = (db: InMemoryDbManager, index: "dueHolds" | "dueGrants") =>

@@ -1,8 +1,8 @@
 import { randomUUID } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { DbTransaction } from "../src/db/types.js";
-import { AccountWork } from "../src/domain/account-work.js";
-import { compareGrants } from "../src/domain/order.js";
+import type { DbTransaction } from "../src/core/db/types.js";
+import { AccountWork } from "../src/core/domain/account-work.js";
+import { compareGrants } from "../src/core/domain/order.js";
 import { CreditService, InMemoryDbManager, type JournalEntry } from "../src/index.js";
 import { runDbManagerContract } from "../src/testing/index.js";
 

@@ -23,7 +23,7 @@ import {
   type DbManager,
   type NotificationMessage,
 } from "../src/index.js";
-import { DomainEvent } from "../src/models/index.js";
+import { DomainEvent } from "../src/core/models/index.js";
 import { NatsJetStreamQueue, consumeCreditEvents, inboundHandler } from "../src/nats/index.js";
 
 const natsUrl = process.env.CREDIT_NATS_URL;

@@ -9,7 +9,7 @@ import {
   createCreditManager,
   type NotificationMessage,
 } from "../src/index.js";
-import type { AccountWork } from "../src/domain/account-work.js";
+import type { AccountWork } from "../src/core/domain/account-work.js";
 import {
   backoffDelay,
   crossings,
@@ -17,8 +17,8 @@ import {
   notificationId,
   thresholdOf,
   type WorkEvent,
-} from "../src/domain/notifications.js";
-import { creditCore } from "../src/services/credit-core.js";
+} from "../src/core/domain/notifications.js";
+import { creditCore } from "../src/core/services/credit-core.js";
 
 describe("notification rules (pure)", () => {
   it("levels and crossings", () => {

@@ -8,12 +8,12 @@
  * test/postgres-robustness.test.ts, test/mongodb.test.ts and test/citus.test.ts.
  */
 import { describe, expect, it, vi } from "vitest";
-import { InMemoryDbManager } from "../src/db/memory/index.js";
-import { outcomeUnknown } from "../src/db/store/errors.js";
-import type { DbTransaction } from "../src/db/types.js";
-import { OutcomeUnknownError, StorageError } from "../src/errors.js";
+import { InMemoryDbManager } from "../src/core/db/memory/index.js";
+import { outcomeUnknown } from "../src/core/db/store/errors.js";
+import type { DbTransaction } from "../src/core/db/types.js";
+import { OutcomeUnknownError, StorageError } from "../src/core/errors.js";
 import { errorResponse } from "../src/http/router.js";
-import type { JournalEntry } from "../src/models/index.js";
+import type { JournalEntry } from "../src/core/models/index.js";
 import { createCreditManager } from "../src/manager.js";
 
 class Cut extends Error {}

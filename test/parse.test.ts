@@ -1,6 +1,6 @@
 import fc from "fast-check";
 import { describe, expect, it, vi } from "vitest";
-import { ValidationError } from "../src/errors.js";
+import { ValidationError } from "../src/core/errors.js";
 import {
   Amount,
   CommitOptions,

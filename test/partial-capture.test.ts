@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
-import { hashEntry } from "../src/domain/hash.js";
-import { replayJournal } from "../src/domain/replay.js";
-import type { Account, Grant, GrantPortion, JournalEntry, Reservation } from "../src/models/index.js";
+import { hashEntry } from "../src/core/domain/hash.js";
+import { replayJournal } from "../src/core/domain/replay.js";
+import type { Account, Grant, GrantPortion, JournalEntry, Reservation } from "../src/core/models/index.js";
 
 /**
  * A partial capture is one `commit_reserved` entry (docs/concepts.md, "The journal"); journals

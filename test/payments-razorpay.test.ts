@@ -1,6 +1,6 @@
 /** Razorpay payment links: checkouts, webhooks, refunds and disputes, links found by reference_id. The stand-in for the providers' APIs is in payments-fixtures.ts. */
 import { describe, expect, it } from "vitest";
-import { DomainEvent } from "../src/models/index.js";
+import { DomainEvent } from "../src/core/models/index.js";
 import {
   CreditService,
   InMemoryDbManager,

@@ -10,7 +10,7 @@ import {
   periodIndexAt,
   periodStart,
   type BillingPeriod,
-} from "../src/domain/periods.js";
+} from "../src/core/domain/periods.js";
 import { ValidationError, createCreditManager } from "../src/index.js";
 
 const d = (s: string) => new Date(s);

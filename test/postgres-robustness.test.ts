@@ -5,11 +5,11 @@ import { startArmProxy as startProxy } from "./fixtures/arm-proxy.js";
 import { withPgClient } from "./fixtures/pg-admin.js";
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from "vitest";
 import { PostgresDbManager } from "../src/db/postgres/index.js";
-import { AccountWork } from "../src/domain/account-work.js";
-import { OutcomeUnknownError, StorageError } from "../src/errors.js";
+import { AccountWork } from "../src/core/domain/account-work.js";
+import { OutcomeUnknownError, StorageError } from "../src/core/errors.js";
 import { createCreditManager, type CreditManager } from "../src/index.js";
-import { CreditService } from "../src/services/credit-service.js";
-import { creditCore } from "../src/services/credit-core.js";
+import { CreditService } from "../src/core/services/credit-service.js";
+import { creditCore } from "../src/core/services/credit-core.js";
 import { IN_FLIGHT_CASES, checkCommitInFlight, type HeldTransaction } from "./fixtures/commit-in-flight.js";
 
 const url = process.env.CREDIT_PG_URL;
@@ -523,7 +523,7 @@ describe("PostgresDbManager without the pg package", () => {
     });
     // A fresh module graph, in which `import("pg")` fails as it does when the package is missing.
     const { createDbManagerFromEnv } = await import("../src/index.js");
-    const { ConfigurationError } = await import("../src/errors.js");
+    const { ConfigurationError } = await import("../src/core/errors.js");
     const db = await createDbManagerFromEnv({ CREDIT_PG_URL: "postgres://nobody@127.0.0.1:1/none" });
     const error = await db.init().catch((e: unknown) => e);
     expect(error).toBeInstanceOf(ConfigurationError);

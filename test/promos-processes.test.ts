@@ -8,7 +8,7 @@ import { MongoClient } from "mongodb";
 import { afterAll, describe, expect, it } from "vitest";
 import { MongoDbManager } from "../src/db/mongodb/index.js";
 import { PostgresDbManager } from "../src/db/postgres/index.js";
-import type { DbManager } from "../src/db/types.js";
+import type { DbManager } from "../src/core/db/types.js";
 import { CreditService, PaymentService, PromoService } from "../src/index.js";
 import { testEvent, unsignedTestProvider } from "../src/modules/billing/contract.js";
 import { scriptedChargeProvider } from "../src/modules/billing/contract-auto-top-up.js";

@@ -7,7 +7,7 @@ import pg from "pg";
 import { afterAll, describe, expect, it } from "vitest";
 import { SqliteDbManager } from "../src/db/sqlite/index.js";
 import { storedDeferred } from "../src/modules/revenue/rules.js";
-import { basesOfPrice, basisOfPrice, rateOf, valueAt } from "../src/domain/cost-basis.js";
+import { basesOfPrice, basisOfPrice, rateOf, valueAt } from "../src/core/domain/cost-basis.js";
 import {
   CreditService,
   createCreditManager,

@@ -1,6 +1,6 @@
 /**
  * Giving charges back (docs/concepts.md, "Giving a charge back") beyond the contract suite's part
- * (src/testing/reversals.ts, run on every store): every kind of charge the library writes — a
+ * (src/core/testing/reversals.ts, run on every store): every kind of charge the library writes — a
  * metered call, a lease window, an AI SDK call — can be given back through the entry it reports;
  * the domain event `credits_reversed` and the `balance_restored` notification follow the reversal;
  * the shares add up exactly whatever the amounts; the audit refuses a reversal that names no charge
@@ -11,12 +11,12 @@ import { MockLanguageModelV4 } from "ai/test";
 import fc from "fast-check";
 import { afterEach, describe, expect, it } from "vitest";
 import { creditMiddleware, type AiCallOutcome } from "../src/ai/index.js";
-import { InMemoryDbManager } from "../src/db/memory/index.js";
-import { hashEntry } from "../src/domain/hash.js";
-import { replayJournal } from "../src/domain/replay.js";
-import { chargeDraw, reversalShares, reversedOf, type ChargeDraw } from "../src/domain/reversal.js";
+import { InMemoryDbManager } from "../src/core/db/memory/index.js";
+import { hashEntry } from "../src/core/domain/hash.js";
+import { replayJournal } from "../src/core/domain/replay.js";
+import { chargeDraw, reversalShares, reversedOf, type ChargeDraw } from "../src/core/domain/reversal.js";
 import { createCreditManager, CreditService, type CreditManager, type Grant, type JournalEntry } from "../src/index.js";
-import { DomainEvent } from "../src/models/index.js";
+import { DomainEvent } from "../src/core/models/index.js";
 import { deliveryUserId } from "../src/webhooks/queue.js";
 import { generateWebhookSecret, webhookQueue } from "../src/webhooks/index.js";
 import type { MeterOutcome } from "../src/modules/metering/service.js";

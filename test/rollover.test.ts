@@ -1,9 +1,9 @@
-// The rollover rule on its own (src/domain/rollover.ts): what a carried grant had unspent and
-// unheld at its period's end. The contract suite (src/testing/subscriptions.ts) checks it end to
+// The rollover rule on its own (src/core/domain/rollover.ts): what a carried grant had unspent and
+// unheld at its period's end. The contract suite (src/core/testing/subscriptions.ts) checks it end to
 // end on every store; these cases pin each branch of the rule.
 import { describe, expect, it } from "vitest";
-import { expiriesIn, liveAt, unspentAtEnd } from "../src/domain/rollover.js";
-import type { JournalEntry, Reservation } from "../src/models/index.js";
+import { expiriesIn, liveAt, unspentAtEnd } from "../src/core/domain/rollover.js";
+import type { JournalEntry, Reservation } from "../src/core/models/index.js";
 import { samples } from "./fixtures/samples.js";
 
 const END = Date.parse("2030-02-01T00:00:00Z");

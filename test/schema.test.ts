@@ -3,7 +3,7 @@ import { randomUUID } from "node:crypto";
 import pg from "pg";
 import * as z from "zod";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { Grant } from "../src/models/index.js";
+import { Grant } from "../src/core/models/index.js";
 import {
   type TableKey,
   columnsOf,

@@ -1,14 +1,14 @@
 import fc from "fast-check";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { AccountWork, type NewGrant } from "../src/domain/account-work.js";
-import { inScope, scopedTotals } from "../src/domain/scope.js";
-import type { LoadedState } from "../src/domain/state.js";
-import { InsufficientCreditsError } from "../src/errors.js";
-import { InMemoryDbManager } from "../src/db/memory/index.js";
-import { CreditService } from "../src/services/credit-service.js";
-import { useTestApi } from "../src/testing/runner.js";
-import { expectNoOutOfScopeDraw, expectScopedFirstDraws } from "../src/testing/scoped.js";
-import type { Account, Grant, GrantScope, JournalEntry, Reservation } from "../src/models/index.js";
+import { AccountWork, type NewGrant } from "../src/core/domain/account-work.js";
+import { inScope, scopedTotals } from "../src/core/domain/scope.js";
+import type { LoadedState } from "../src/core/domain/state.js";
+import { InsufficientCreditsError } from "../src/core/errors.js";
+import { InMemoryDbManager } from "../src/core/db/memory/index.js";
+import { CreditService } from "../src/core/services/credit-service.js";
+import { useTestApi } from "../src/core/testing/runner.js";
+import { expectNoOutOfScopeDraw, expectScopedFirstDraws } from "../src/core/testing/scoped.js";
+import type { Account, Grant, GrantScope, JournalEntry, Reservation } from "../src/core/models/index.js";
 
 /**
  * The scoped burn-down (docs/teams-and-limits.md, "Scoped credits") through the pure state machine:
@@ -265,7 +265,7 @@ describe("scopedTotals (what a plain getUserCreditsInfo answers per scope)", () 
 });
 
 /**
- * What the contract suite's race of scoped spends (src/testing/scoped.ts) may claim: every spend
+ * What the contract suite's race of scoped spends (src/core/testing/scoped.ts) may claim: every spend
  * draws in the order docs/teams-and-limits.md gives, but how many succeed depends on the order the
  * spends reach the account.
  */

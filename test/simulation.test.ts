@@ -12,7 +12,7 @@ import { SimulationFailure, runSimulation, type SimResult } from "./sim/run.js";
 
 // The ids the code under test draws come from the seed too, so a seed replays byte for byte.
 const ids = vi.hoisted(() => ({ next: (): string => "00000000-0000-4000-8000-000000000000" }));
-vi.mock("../src/util/uuid.js", () => ({ newId: () => ids.next() }));
+vi.mock("../src/core/util/uuid.js", () => ({ newId: () => ids.next() }));
 vi.mock("node:crypto", async (importOriginal) => ({
   ...(await importOriginal<typeof Crypto>()),
   randomUUID: () => ids.next(),

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { ConfigurationError } from "../src/errors.js";
+import { ConfigurationError } from "../src/core/errors.js";
 import { driverMismatch, installedDriverVersion, refuseDriverForNode } from "../src/db/sqlite/driver-version.js";
 
 /** better-sqlite3 13 needs Node.js 22 and crashes on 20: refused by name before it loads (docs/runtimes.md). */

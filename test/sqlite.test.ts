@@ -3,8 +3,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { SCHEMA_VERSION, SqliteDbManager } from "../src/db/sqlite/index.js";
-import type { JournalEntry } from "../src/models/index.js";
-import { CreditService } from "../src/services/credit-service.js";
+import type { JournalEntry } from "../src/core/models/index.js";
+import { CreditService } from "../src/core/services/credit-service.js";
 import { runProcess } from "./fixtures/processes.js";
 import { runDbManagerContract } from "../src/testing/index.js";
 

@@ -5,7 +5,7 @@
 import { afterAll, beforeAll, describe, expect as vitestExpect, it } from "vitest";
 import { InMemoryDbManager } from "../src/index.js";
 import { runDbManagerContract } from "../src/testing/index.js";
-import { expect as suiteExpect, useTestApi, type Expect } from "../src/testing/runner.js";
+import { expect as suiteExpect, useTestApi, type Expect } from "../src/core/testing/runner.js";
 
 /** jest's shape: one argument only. */
 const oneArgument = Object.assign(

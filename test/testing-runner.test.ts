@@ -2,7 +2,7 @@
 // (from CommonJS too; the tarball check requires it) and runs under any runner.
 import { readdirSync, readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
-import { ConfigurationError } from "../src/errors.js";
+import { ConfigurationError } from "../src/core/errors.js";
 import { InMemoryDbManager } from "../src/index.js";
 import { runDbManagerContract, type TestApi } from "../src/testing/index.js";
 

@@ -4,9 +4,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { MongoClient } from "mongodb";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { InMemoryCache } from "../src/cache/index.js";
+import { InMemoryCache } from "../src/core/cache/index.js";
 import { MongoDbManager } from "../src/db/mongodb/index.js";
-import { ConfigurationError, ConflictError } from "../src/errors.js";
+import { ConfigurationError, ConflictError } from "../src/core/errors.js";
 import { createCreditManager, type CreditManager } from "../src/manager.js";
 
 const uri = process.env.CREDIT_MONGO_URI;

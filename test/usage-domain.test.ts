@@ -9,7 +9,7 @@ import {
   usageParts,
   wallClock,
   windowStart,
-} from "../src/domain/usage.js";
+} from "../src/core/domain/usage.js";
 import { createCreditManager, ValidationError, type JournalEntry } from "../src/index.js";
 
 const H = 3_600_000;

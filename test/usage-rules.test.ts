@@ -1,4 +1,4 @@
-// The rules of usage are one table (USAGE_RULES in src/domain/usage.ts, docs/usage.md); the
+// The rules of usage are one table (USAGE_RULES in src/core/domain/usage.ts, docs/usage.md); the
 // PostgreSQL and SQLite queries, the MongoDB pipeline and PostgreSQL's daily rollup trigger are
 // generated from it. For every entry kind the rules tell apart (and the edges between them), one
 // journal entry through each generated piece equals the domain's answer. The entries are written
@@ -23,7 +23,7 @@ import {
   type UsageBucket,
   type UsageRules,
   type UsageScan,
-} from "../src/domain/usage.js";
+} from "../src/core/domain/usage.js";
 import type { JournalEntry, UsageDimension } from "../src/index.js";
 import { rollupCatchUpSql, rollupDdl } from "../src/schema/rollup.js";
 import { withPgClient } from "./fixtures/pg-admin.js";

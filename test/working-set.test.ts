@@ -1,6 +1,6 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import { WorkingSet } from "../src/domain/working-set.js";
+import { WorkingSet } from "../src/core/domain/working-set.js";
 
 interface Row {
   readonly id: string;

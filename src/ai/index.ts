@@ -18,16 +18,16 @@ import type {
   LanguageModelV4StreamResult,
   LanguageModelV4Usage,
 } from "@ai-sdk/provider";
-import { ConfigurationError, CreditError, RunBudgetExceededError } from "../errors.js";
+import { ConfigurationError, CreditError, RunBudgetExceededError } from "../core/errors.js";
 import { parse, type MeterOptions, type RecordedUsage } from "../models-entry.js";
 import type { CreditManager } from "../manager.js";
 import type { MeterOutcome, MeterSession } from "../modules/metering/service.js";
 import { recordOf } from "../modules/pricing/service.js";
 import * as z from "zod";
-import { parseConfig } from "../models/parse.js";
+import { parseConfig } from "../core/models/parse.js";
 import { AiMeteringOptions, AiRunInput, AiRunSetup, STRICT_CAP_NEEDS_CAP } from "./options.js";
 
-export { RunBudgetExceededError } from "../errors.js";
+export { RunBudgetExceededError } from "../core/errors.js";
 export { AiMeteringOptions };
 
 /** Output tokens a call that sets no `maxOutputTokens` is held for, unless `defaultMaxOutputTokens` says otherwise. */

@@ -1,14 +1,14 @@
 import { exitCodeOf, numberOf, parseCommandLine, requireAccount } from "./args.js";
-import { calendarWindow } from "../domain/limits.js";
-import { RuleViolationError, ValidationError } from "../errors.js";
+import { calendarWindow } from "../core/domain/limits.js";
+import { RuleViolationError, ValidationError } from "../core/errors.js";
 import type { CreditManager } from "../manager.js";
-import { UserId } from "../models/index.js";
-import { type LimitPeriod, type SpendLimitInput, type SpendLimitStatus } from "../models/limits.js";
-import { parse } from "../models/parse.js";
+import { UserId } from "../core/models/index.js";
+import { type LimitPeriod, type SpendLimitInput, type SpendLimitStatus } from "../core/models/limits.js";
+import { parse } from "../core/models/parse.js";
 import type { CliIo } from "./run.js";
 import { withCommandManager, type StoreSource } from "./store.js";
 import { table } from "./table.js";
-import { UsageError } from "../util/usage-error.js";
+import { UsageError } from "../core/util/usage-error.js";
 
 /**
  * `credit-management accounts show|limits` (docs/cli.md, "Accounts"): one account as the service

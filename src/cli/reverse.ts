@@ -1,11 +1,11 @@
 import { exitCodeOf, numberOf, parseCommandLine, requireAccount } from "./args.js";
-import { IdempotencyConflictError, NotFoundError, RuleViolationError, ValidationError } from "../errors.js";
-import { EntityId, UserId, type JournalEntry } from "../models/index.js";
-import { parse } from "../models/parse.js";
+import { IdempotencyConflictError, NotFoundError, RuleViolationError, ValidationError } from "../core/errors.js";
+import { EntityId, UserId, type JournalEntry } from "../core/models/index.js";
+import { parse } from "../core/models/parse.js";
 import type { CliIo } from "./run.js";
 import { withCommandManager, type StoreSource } from "./store.js";
 import { table } from "./table.js";
-import { UsageError } from "../util/usage-error.js";
+import { UsageError } from "../core/util/usage-error.js";
 
 /**
  * `credit-management reverse ENTRY_ID --user ID --reason TEXT` (docs/cli.md, "Reverse";

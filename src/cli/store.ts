@@ -1,10 +1,10 @@
 import { createDbManagerFromEnv, type DbEnv } from "../db/from-env.js";
-import { InMemoryDbManager } from "../db/memory/index.js";
-import type { DbManager } from "../db/types.js";
+import { InMemoryDbManager } from "../core/db/memory/index.js";
+import type { DbManager } from "../core/db/types.js";
 import { createCreditManager, type CreditManager } from "../manager.js";
 import type { RedisCache } from "../redis/index.js";
-import { ConfigurationError } from "../errors.js";
-import { UsageError } from "../util/usage-error.js";
+import { ConfigurationError } from "../core/errors.js";
+import { UsageError } from "../core/util/usage-error.js";
 
 /** The variables (and flag) that name the store `audit`, `revenue`, `accounts` and `reverse` read (docs/cli.md). */
 export const STORE_VARIABLES =

@@ -1,9 +1,9 @@
 import { pino, type DestinationStream, type Logger as Pino } from "pino";
 import { handleStopSignals, reopenLedgerOnHup, workerManagerParts } from "../serve/process-signals.js";
 import type { DbEnv } from "../db/from-env.js";
-import type { DbManager } from "../db/types.js";
+import type { DbManager } from "../core/db/types.js";
 import { createCreditManager, type CreditManager } from "../manager.js";
-import type { NotificationQueue } from "../queue/index.js";
+import type { NotificationQueue } from "../core/queue/index.js";
 import { storeSettings } from "../serve/settings.js";
 import { openCreditStore } from "../serve/store.js";
 import type { CliIo } from "./run.js";
@@ -11,7 +11,7 @@ import { closeQuietly } from "./store.js";
 import { openWorkerResources } from "../serve/worker-resources.js";
 import { workerOptions, type WorkerSettings } from "../serve/worker-settings.js";
 import { createWorker, type CreditWorker } from "../worker/index.js";
-import { UsageError } from "../util/usage-error.js";
+import { UsageError } from "../core/util/usage-error.js";
 
 /**
  * `credit-management worker` (docs/operations.md): settings from the flags and the environment

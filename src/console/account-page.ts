@@ -1,7 +1,7 @@
-import { compareGrants } from "../domain/order.js";
-import { CreditError } from "../errors.js";
-import { hashEntry } from "../domain/hash.js";
-import { calendarWindow, limitStatuses } from "../domain/limits.js";
+import { compareGrants } from "../core/domain/order.js";
+import { CreditError } from "../core/errors.js";
+import { hashEntry } from "../core/domain/hash.js";
+import { calendarWindow, limitStatuses } from "../core/domain/limits.js";
 import {
   type AutoTopUpState,
   EntryType,
@@ -16,7 +16,7 @@ import { amount, enc, html, jsonData, money, query, raw, relative, when, type Ht
 import { shortId, table } from "./table.js";
 import { accountUsage, partialNote, recentEntries, recentUsage } from "./usage-page.js";
 import { basisText } from "./cost-basis.js";
-import type { UsageReport } from "../models/usage.js";
+import type { UsageReport } from "../core/models/usage.js";
 import { notificationTable } from "./outbox-page.js";
 import {
   AUDIT_MESSAGE,
@@ -35,7 +35,7 @@ import { paymentTable } from "../modules/billing/page-payments.js";
 import { billingStore } from "../modules/billing/store.js";
 import { subscriptionTable } from "./subscriptions-page.js";
 import { isCharge, reversedNotice } from "./reverse.js";
-import type { CustomerState, FeatureState } from "../domain/customer-state.js";
+import type { CustomerState, FeatureState } from "../core/domain/customer-state.js";
 
 // One account in the console (docs/console.md): its credits, chart, limits, spend, grants, holds,
 // auto top-up, payments, subscriptions, outbox and journal; and one hold.

@@ -1,5 +1,5 @@
-import { CreditError, NotFoundError, ValidationError } from "../errors.js";
-import { newId } from "../util/uuid.js";
+import { CreditError, NotFoundError, ValidationError } from "../core/errors.js";
+import { newId } from "../core/util/uuid.js";
 import { errorPage, hiddenFields, type Ctx, type PageResult } from "./context.js";
 import { amount, enc, html, money, query, type Html } from "./html.js";
 import { AUDIT_MESSAGE, facts } from "./page-parts.js";

@@ -1,4 +1,4 @@
-import type { CostBasis } from "../models/cost-basis.js";
+import type { CostBasis } from "../core/models/cost-basis.js";
 import { html, minorDigits, type Html } from "./html.js";
 
 /**

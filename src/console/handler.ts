@@ -1,5 +1,5 @@
 import { randomBytes } from "node:crypto";
-import { ConfigurationError } from "../errors.js";
+import { ConfigurationError } from "../core/errors.js";
 import type { CreditManager } from "../manager.js";
 import { actionError, isAction, runAction } from "./actions.js";
 import { ASSETS, assetResponse } from "./assets.js";

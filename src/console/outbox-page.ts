@@ -1,4 +1,4 @@
-import { type LedgerEntry, type Notification } from "../models/index.js";
+import { type LedgerEntry, type Notification } from "../core/models/index.js";
 import { notice, type Ctx, type PageResult } from "./context.js";
 import { amount, html, query, raw, relative, when, type Html } from "./html.js";
 import { shortId, table } from "./table.js";

@@ -1,6 +1,6 @@
 import { randomUUID } from "node:crypto";
-import { type Grant, type LedgerEntry } from "../models/index.js";
-import { ConfigurationError, ValidationError } from "../errors.js";
+import { type Grant, type LedgerEntry } from "../core/models/index.js";
+import { ConfigurationError, ValidationError } from "../core/errors.js";
 import { hiddenFields, type Ctx, type PageResult } from "./context.js";
 import { enc, html, query, raw, when, type Html, type Part } from "./html.js";
 import { shortId, table } from "./table.js";

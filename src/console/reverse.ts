@@ -1,5 +1,5 @@
-import { chargeDraw, type ChargeReversals } from "../domain/reversal.js";
-import { ReverseChargeOptions, type JournalEntry } from "../models/index.js";
+import { chargeDraw, type ChargeReversals } from "../core/domain/reversal.js";
+import { ReverseChargeOptions, type JournalEntry } from "../core/models/index.js";
 import { hiddenFields, type Ctx, type PageResult } from "./context.js";
 import { amount, enc, html, raw, when, type Html } from "./html.js";
 import { accountLink, facts } from "./page-parts.js";

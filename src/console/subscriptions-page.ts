@@ -1,4 +1,4 @@
-import { type Plan, type Subscription } from "../models/index.js";
+import { type Plan, type Subscription } from "../core/models/index.js";
 import { type Ctx, type PageResult } from "./context.js";
 import { amount, html, money, query, raw, when, type Html } from "./html.js";
 import { shortId, table } from "./table.js";

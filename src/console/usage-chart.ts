@@ -1,4 +1,4 @@
-import type { UsageDimension, UsageRow } from "../models/usage.js";
+import type { UsageDimension, UsageRow } from "../core/models/usage.js";
 import { html, jsonData, type Html } from "./html.js";
 
 /**

@@ -1,4 +1,4 @@
-import type { Notification } from "../models/index.js";
+import type { Notification } from "../core/models/index.js";
 import type { WebhookEndpointRecord } from "../webhooks/endpoint-store.js";
 import { errorPage, notice, type Ctx, type PageResult } from "./context.js";
 import { amount, enc, html, query, raw, when, type Html } from "./html.js";

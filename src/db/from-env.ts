@@ -1,8 +1,8 @@
-import { ConfigurationError } from "../errors.js";
-import { InMemoryDbManager } from "./memory/index.js";
+import { ConfigurationError } from "../core/errors.js";
+import { InMemoryDbManager } from "../core/db/memory/index.js";
 import type { MongoDbManager as MongoAdapter } from "./mongodb/index.js";
 import type { PostgresDbManager as PostgresAdapter } from "./postgres/index.js";
-import type { DbManager } from "./types.js";
+import type { DbManager } from "../core/db/types.js";
 import { PartitionInterval } from "../schema/partitions.js";
 
 /** The environment variables `createDbManagerFromEnv` reads. */

@@ -5,8 +5,8 @@ import {
   type UsageMeasure,
   type UsageRules,
   type UsageScan,
-} from "../domain/usage.js";
-import type { UsageKind } from "../models/usage.js";
+} from "../core/domain/usage.js";
+import type { UsageKind } from "../core/models/usage.js";
 import {
   PG_USAGE,
   SQLITE_USAGE,
@@ -143,7 +143,7 @@ interface PartSql {
 
 /**
  * The usage query (docs/usage.md) of a SQL store, one text for PostgreSQL and SQLite (`d`): the
- * rules of `src/domain/usage.ts` (`USAGE_RULES`, compiled by src/schema/usage-sql.ts;
+ * rules of `src/core/domain/usage.ts` (`USAGE_RULES`, compiled by src/schema/usage-sql.ts;
  * `groupValue`) summed by `GROUP BY`, each entry in the window of `scan.boundaries` its time
  * falls in (worked out in the query's time zone before, so every store has the same windows).
  * Entries are read by the primary key (user_id, seq) for one account, by the index on created_at

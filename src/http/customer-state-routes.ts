@@ -12,8 +12,8 @@ import {
   SignedAmount,
   SubscriptionStatus,
   UserId,
-} from "../models/index.js";
-import type { CustomerState } from "../domain/customer-state.js";
+} from "../core/models/index.js";
+import type { CustomerState } from "../core/domain/customer-state.js";
 import type { RouteContext, RouteDefinition } from "./router.js";
 import { adminRoute, self, target, userRoute } from "./route-helpers.js";
 import { SpendLimitStatusSchema } from "./limit-routes.js";

@@ -1,5 +1,5 @@
 import type { CreditManager } from "../manager.js";
-import { ConfigurationError } from "../errors.js";
+import { ConfigurationError } from "../core/errors.js";
 import { paymentRoutes, promoRoutes } from "../modules/billing/routes.js";
 import { creditRoutes } from "./credit-routes.js";
 import { autoTopUpRoutes, type SelfServiceAutoTopUp } from "../modules/billing/routes-auto-top-up.js";
@@ -12,7 +12,7 @@ import { buildOpenApi, type OpenApiOptions } from "./openapi.js";
 import { rootRoute } from "./route-helpers.js";
 import { TokenBuckets } from "./rate-limit.js";
 import { ANSWER, createRouter, fullPathOf, json, type Authenticate, type RouteDefinition } from "./router.js";
-import { creditCore, customerTokensOn } from "../services/credit-core.js";
+import { creditCore, customerTokensOn } from "../core/services/credit-core.js";
 
 export interface CreditHandlerOptions {
   /** Base of the caller's own routes. Default `/credits`. */

@@ -9,7 +9,7 @@ import {
   SpendLimitInput,
   SpenderId,
   type SpendLimitStatus,
-} from "../models/index.js";
+} from "../core/models/index.js";
 import type { RouteContext, RouteDefinition } from "./router.js";
 import { adminRoute, self, target, userRoute, withKey } from "./route-helpers.js";
 

@@ -1,4 +1,4 @@
-import { parse, UserId } from "../models/index.js";
+import { parse, UserId } from "../core/models/index.js";
 import type { HttpMethod, RouteContext, RouteDefinition } from "./router.js";
 
 /** What a built-in route declares besides where it is and who may call it. */

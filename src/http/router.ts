@@ -1,9 +1,15 @@
 import * as z from "zod";
 import type { CreditManager } from "../manager.js";
-import { CreditError, OutcomeUnknownError, SpendLimitError, ValidationError, type CreditErrorCode } from "../errors.js";
-import { clockTimes } from "../domain/limits.js";
+import {
+  CreditError,
+  OutcomeUnknownError,
+  SpendLimitError,
+  ValidationError,
+  type CreditErrorCode,
+} from "../core/errors.js";
+import { clockTimes } from "../core/domain/limits.js";
 import { textResponse } from "./text-response.js";
-import { IdempotencyKey, parse, SpenderId, UserId as IdentityUserId } from "../models/index.js";
+import { IdempotencyKey, parse, SpenderId, UserId as IdentityUserId } from "../core/models/index.js";
 import { claimsCustomerAudience, type CustomerGrant } from "../modules/customer-tokens/service.js";
 import type { TokenBuckets } from "./rate-limit.js";
 

@@ -1,5 +1,5 @@
 import * as z from "zod";
-import { NotFoundError } from "../errors.js";
+import { NotFoundError } from "../core/errors.js";
 import {
   CancelOptions,
   ChangePlanOptions,
@@ -11,7 +11,7 @@ import {
   Subscription,
   UpdatePlanInput,
   parse,
-} from "../models/index.js";
+} from "../core/models/index.js";
 import { HttpError, type RouteContext, type RouteDefinition } from "./router.js";
 import { adminRoute, self, target, userRoute, withKey } from "./route-helpers.js";
 import { PlanView, planView, seen, SubscriptionView, subscriptionView } from "./views.js";

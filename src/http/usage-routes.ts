@@ -1,6 +1,6 @@
 import * as z from "zod";
-import { windowStart } from "../domain/usage.js";
-import { ValidationError } from "../errors.js";
+import { windowStart } from "../core/domain/usage.js";
+import { ValidationError } from "../core/errors.js";
 import {
   MAX_USAGE_ROWS,
   UsageDimension,
@@ -10,9 +10,9 @@ import {
   UserId,
   type UsageReport,
   type UsageRow,
-} from "../models/index.js";
-import { usageCsv } from "../services/usage-csv.js";
-import { csvHeaders } from "../util/csv.js";
+} from "../core/models/index.js";
+import { usageCsv } from "../core/services/usage-csv.js";
+import { csvHeaders } from "../core/util/csv.js";
 import { HttpError, type RouteContext, type RouteDefinition } from "./router.js";
 import { adminRoute, target, userRoute } from "./route-helpers.js";
 import { textResponse } from "./text-response.js";

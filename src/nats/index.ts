@@ -4,11 +4,11 @@
  * `@nats-io/transport-node` are optional peers: only this entry point imports them.
  */
 import { jetstream, jetstreamManager, type Consumer, type JetStreamClient, type JsMsg } from "@nats-io/jetstream";
-import type { Logger } from "../logger.js";
+import type { Logger } from "../core/logger.js";
 import * as z from "zod";
-import { ConfigurationError, ConflictError, CreditError, OutcomeUnknownError, StorageError } from "../errors.js";
-import { parseConfig } from "../models/parse.js";
-import { eventEnvelope, type NotificationMessage, type NotificationQueue } from "../queue/index.js";
+import { ConfigurationError, ConflictError, CreditError, OutcomeUnknownError, StorageError } from "../core/errors.js";
+import { parseConfig } from "../core/models/parse.js";
+import { eventEnvelope, type NotificationMessage, type NotificationQueue } from "../core/queue/index.js";
 
 /** A connection to NATS, as `connect()` of `@nats-io/transport-node` (or any transport) returns it. */
 export type NatsConnection = Parameters<typeof jetstream>[0];

@@ -26,10 +26,10 @@ import {
   type RefusalMessage,
   type UnitOfWorkMessage,
   type WebhookMessage,
-} from "../diagnostics.js";
-import type { DbManager, StoreStats } from "../db/types.js";
-import { parseConfig } from "../models/parse.js";
-import { withTimeout } from "../util/promise.js";
+} from "../core/diagnostics.js";
+import type { DbManager, StoreStats } from "../core/db/types.js";
+import { parseConfig } from "../core/models/parse.js";
+import { withTimeout } from "../core/util/promise.js";
 
 const isObject = (v: unknown) => typeof v === "object" && v !== null;
 

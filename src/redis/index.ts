@@ -7,11 +7,11 @@
  * credit read at most `timeoutMs` before it falls back to the store.
  */
 import { randomBytes } from "node:crypto";
-import type { Logger } from "../logger.js";
-import type { Cache } from "../cache/index.js";
-import { ConfigurationError } from "../errors.js";
-import { withTimeout } from "../util/promise.js";
-import type { NotificationMessage, NotificationQueue } from "../queue/index.js";
+import type { Logger } from "../core/logger.js";
+import type { Cache } from "../core/cache/index.js";
+import { ConfigurationError } from "../core/errors.js";
+import { withTimeout } from "../core/util/promise.js";
+import type { NotificationMessage, NotificationQueue } from "../core/queue/index.js";
 
 /** The one method of an ioredis client these adapters use. */
 export interface RedisCommandClient {

@@ -16,7 +16,7 @@ import { pgQualified } from "./ident.js";
 import type { SqlTable } from "./sql.js";
 import { type TableKey, indexesOf } from "./tables.js";
 import { nextVersion, targetVersion } from "./version.js";
-import { ConfigurationError } from "../errors.js";
+import { ConfigurationError } from "../core/errors.js";
 
 /** A column added to a table that existed before. */
 export interface AddedColumn {

@@ -10,7 +10,7 @@ import { generateMongoSchema } from "./mongo.js";
 import { SCHEMA_COMPONENT, checkNaming } from "./sql.js";
 import { targetVersion } from "./version.js";
 import { tableSpecs } from "./tables.js";
-import { ConfigurationError } from "../errors.js";
+import { ConfigurationError } from "../core/errors.js";
 
 /** Options of `generateMongoScript`. */
 export interface MongoScriptOptions {

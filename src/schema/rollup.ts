@@ -1,4 +1,4 @@
-import { USAGE_MEASURES, USAGE_RULES, usageKindsOf, type UsageRules } from "../domain/usage.js";
+import { USAGE_MEASURES, USAGE_RULES, usageKindsOf, type UsageRules } from "../core/domain/usage.js";
 import { pgIdent as q, pgQualified, sqlLit } from "./ident.js";
 import type { NamingOptions } from "./sql.js";
 import {
@@ -21,7 +21,7 @@ import {
  * the journal's write path: a report that
  * reads the rollup, the audit and the archival first add each account's entries above its
  * `through_seq` (`rollupCatchUpSql`), with a compare-and-set on it, so that every entry is counted
- * once. The sums are generated from the rules of `src/domain/usage.ts` (`USAGE_RULES`, by
+ * once. The sums are generated from the rules of `src/core/domain/usage.ts` (`USAGE_RULES`, by
  * ./usage-sql.ts): an entry's total of each measure. The audit compares the rollup with the
  * journal's own report (`CreditService.audit`).
  *

@@ -28,7 +28,7 @@ import {
   indexesOf,
   tableSpecs,
 } from "./tables.js";
-import { ConfigurationError } from "../errors.js";
+import { ConfigurationError } from "../core/errors.js";
 
 export type SqlDialect = "postgres" | "mysql" | "sqlite";
 export const SQL_DIALECTS: readonly SqlDialect[] = ["postgres", "mysql", "sqlite"];

@@ -1,8 +1,8 @@
 import type * as z from "zod";
-import { Account, Grant, JournalEntry, LedgerEntry, Reservation } from "../models/entities.js";
+import { Account, Grant, JournalEntry, LedgerEntry, Reservation } from "../core/models/entities.js";
 import { promoPaymentTableSpecs } from "../modules/billing/schema-tables.js";
-import { Notification } from "../models/notifications.js";
-import { Plan, Subscription } from "../models/subscriptions.js";
+import { Notification } from "../core/models/notifications.js";
+import { Plan, Subscription } from "../core/models/subscriptions.js";
 
 /** A condition of a partial index, on a model field. */
 export type IndexCondition =

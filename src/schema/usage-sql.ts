@@ -9,12 +9,12 @@ import {
   type UsageRules,
   type UsageTest,
   type UsageValue,
-} from "../domain/usage.js";
-import type { UsageKind } from "../models/usage.js";
+} from "../core/domain/usage.js";
+import type { UsageKind } from "../core/models/usage.js";
 import { sqlLit } from "./ident.js";
 
 /**
- * The rules of usage (`USAGE_RULES` of src/domain/usage.ts, docs/usage.md) as SQL expressions over
+ * The rules of usage (`USAGE_RULES` of src/core/domain/usage.ts, docs/usage.md) as SQL expressions over
  * a journal row, for PostgreSQL (its `metadata` a jsonb) and SQLite (JSON text): what the usage
  * query (src/db/usage-query.ts) and PostgreSQL's daily rollup (./rollup.ts) are made of. Each
  * expression is written once; a dialect (`PG_USAGE`, `SQLITE_USAGE`) says how it reads JSON. Every
@@ -35,7 +35,7 @@ export interface UsageDialect {
   is(ref: JsonRef, type: "string" | "number" | "array"): string;
   /** The array at `ref` has an element. */
   nonEmpty(ref: JsonRef): string;
-  /** The value at `ref` as a number when it is one, else 0 (`count` of src/domain/usage.ts). */
+  /** The value at `ref` as a number when it is one, else 0 (`count` of src/core/domain/usage.ts). */
   num(ref: JsonRef): string;
   /** The value at `ref` as text when it is a string, else NULL. */
   str(ref: JsonRef): string;

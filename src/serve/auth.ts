@@ -4,7 +4,7 @@ import { HttpError, type Identity } from "../http/router.js";
 import { TokenBuckets } from "../http/rate-limit.js";
 import { keyIdOf, keyMatches, type ApiKeyRecord, type KeyStore } from "./keys.js";
 import type { ServeSettings } from "./settings.js";
-import { SpenderId } from "../models/limits.js";
+import { SpenderId } from "../core/models/limits.js";
 
 /**
  * Who is calling `serve` (docs/service.md, "Secure it"): `Authorization: Bearer <token>` with an

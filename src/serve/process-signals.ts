@@ -1,6 +1,6 @@
-import type { Logger } from "../logger.js";
+import type { Logger } from "../core/logger.js";
 import type { CreditManager, CreditManagerOptions } from "../manager.js";
-import type { NotificationQueue } from "../queue/index.js";
+import type { NotificationQueue } from "../core/queue/index.js";
 import { releaseStopSignals } from "./signals.js";
 import type { WorkerResources } from "./worker-resources.js";
 

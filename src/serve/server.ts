@@ -29,9 +29,9 @@ import { CUSTOMER_PREFIX, customerPage } from "./customer-page.js";
 import { MissingDriverError, openStores } from "./store.js";
 import { ServeStartError, type Env, type ServeSettings } from "./settings.js";
 import type { KeyStore } from "./keys.js";
-import { warnOnFailure } from "../logger.js";
-import { customerTokensOn } from "../services/credit-core.js";
-import { UsageError } from "../util/usage-error.js";
+import { warnOnFailure } from "../core/logger.js";
+import { customerTokensOn } from "../core/services/credit-core.js";
+import { UsageError } from "../core/util/usage-error.js";
 
 /**
  * `credit-management serve` (docs/service.md): the credit API (`createCreditHandler`) behind API

@@ -3,14 +3,14 @@ import { createRequire } from "node:module";
 import { dirname, resolve } from "node:path";
 import { createDbManagerFromEnv } from "../db/from-env.js";
 import type { SqliteDatabase } from "../db/sqlite/index.js";
-import type { DbManager } from "../db/types.js";
+import type { DbManager } from "../core/db/types.js";
 import {
   mongoEndpointStore,
   postgresEndpointStore,
   sqliteEndpointStore,
   type WebhookEndpointStore,
 } from "../webhooks/endpoint-store.js";
-import { onBun } from "../util/runtime.js";
+import { onBun } from "../core/util/runtime.js";
 import { refuseDriverForNode } from "../db/sqlite/driver-version.js";
 import { mongoKeyStore, postgresKeyStore, sqliteKeyStore, type KeyStore } from "./keys.js";
 import type { Env, ServeSettings } from "./settings.js";

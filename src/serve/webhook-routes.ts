@@ -1,8 +1,8 @@
 import * as z from "zod";
-import type { DbManager } from "../db/types.js";
+import type { DbManager } from "../core/db/types.js";
 import { HttpError, type HttpMethod, type RouteDefinition } from "../http/router.js";
 import { rootRoute, type RouteFields } from "../http/route-helpers.js";
-import { NotificationStatus, NotificationType, UserId } from "../models/index.js";
+import { NotificationStatus, NotificationType, UserId } from "../core/models/index.js";
 import {
   endpointOf,
   endpointProblem,

@@ -1,6 +1,6 @@
-import type { Logger } from "../logger.js";
-import type { DbManager } from "../db/types.js";
-import type { NotificationQueue } from "../queue/index.js";
+import type { Logger } from "../core/logger.js";
+import type { DbManager } from "../core/db/types.js";
+import type { NotificationQueue } from "../core/queue/index.js";
 import { allowedNetworks, openEndpointStore } from "./store.js";
 import { endpointOf, type WebhookEndpointStore } from "../webhooks/endpoint-store.js";
 import { webhookQueue, type WebhookQueue } from "../webhooks/queue.js";

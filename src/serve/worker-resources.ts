@@ -1,7 +1,7 @@
-import type { Cache } from "../cache/index.js";
-import { warnOnFailure, type Logger } from "../logger.js";
+import type { Cache } from "../core/cache/index.js";
+import { warnOnFailure, type Logger } from "../core/logger.js";
 import type { CreditManagerOptions } from "../manager.js";
-import type { NotificationQueue } from "../queue/index.js";
+import type { NotificationQueue } from "../core/queue/index.js";
 import type { WorkerSettings } from "./worker-settings.js";
 
 /**

@@ -1,5 +1,5 @@
 import { PartitionInterval } from "../schema/partitions.js";
-import { IdempotencyRetention } from "../services/expiration-service.js";
+import { IdempotencyRetention } from "../core/services/expiration-service.js";
 import type { WorkerOptions } from "../worker/index.js";
 import {
   PAYMENT_FLAGS,
@@ -8,7 +8,7 @@ import {
   type PaymentFlags,
   type PaymentSettings,
 } from "../modules/billing/provider-settings.js";
-import { UsageError } from "../util/usage-error.js";
+import { UsageError } from "../core/util/usage-error.js";
 import { LOG_LEVELS, type Env, type LogLevel } from "./settings.js";
 
 /**

@@ -19,42 +19,68 @@
  * a property test of random operation sequences against an independent model, and usage reports
  * against a naive sum over the journal.
  */
-import { afterAll, beforeAll, describe, expect, it, useTestApi, type TestApi } from "./runner.js";
-import type { DbManager } from "../db/types.js";
-import { ConfigurationError } from "../errors.js";
-import { runSubscriptionContract } from "./subscriptions.js";
-import { runPromoPaymentContract as promoPaymentContract } from "../modules/billing/contract.js";
-import { runNotificationContract } from "./notifications.js";
-import { runAlertsContract } from "./alerts.js";
-import { runTrialContract } from "./trial.js";
-import { runManagersContract } from "./managers.js";
+import { afterAll, beforeAll, describe, expect, it, useTestApi, type TestApi } from "../core/testing/runner.js";
+import type { DbManager, OptionalPart } from "../core/db/types.js";
+import { ConfigurationError } from "../core/errors.js";
+import { runSubscriptionContract } from "../core/testing/subscriptions.js";
+import {
+  runPromoManagersContract,
+  runPromoPaymentContract as promoPaymentContract,
+} from "../modules/billing/contract.js";
+import { billingStore } from "../modules/billing/store.js";
+import { runNotificationContract } from "../core/testing/notifications.js";
+import { runAlertsContract } from "../core/testing/alerts.js";
+import { runTrialContract } from "../core/testing/trial.js";
+import { runManagersContract as runCoreManagersContract } from "../core/testing/managers.js";
 import { autoTopUpContract } from "../modules/billing/contract-auto-top-up.js";
 import { mulberry32, runLeasesContract } from "../modules/leases/contract.js";
-import { expectPartMissing, type PartOptions } from "./support.js";
-import { runAccountsContract } from "./accounts.js";
-import { runConcurrencyContract } from "./concurrency.js";
-import { runPropertyContract } from "./properties.js";
+import type { PartOptions } from "../core/testing/support.js";
+import { runAccountsContract } from "../core/testing/accounts.js";
+import { runConcurrencyContract } from "../core/testing/concurrency.js";
+import { runPropertyContract } from "../core/testing/properties.js";
 import { runUsageContract } from "./usage.js";
-import { runReversalsContract } from "./reversals.js";
-import { runLateUsageContract } from "./late-usage.js";
-import { runCappedHoldContract } from "./capped-holds.js";
-import { runCustomerStateContract } from "./customer-state.js";
+import { runReversalsContract } from "../core/testing/reversals.js";
+import { runLateUsageContract } from "../core/testing/late-usage.js";
+import { runCappedHoldContract } from "../core/testing/capped-holds.js";
+import { runCustomerStateContract } from "../core/testing/customer-state.js";
 
-export { runAccountsContract } from "./accounts.js";
-export { runConcurrencyContract } from "./concurrency.js";
-export { runPropertyContract } from "./properties.js";
-export type { PartOptions } from "./support.js";
-export { runManagersContract } from "./managers.js";
+export { runAccountsContract } from "../core/testing/accounts.js";
+export { runConcurrencyContract } from "../core/testing/concurrency.js";
+export { runPropertyContract } from "../core/testing/properties.js";
+export type { PartOptions } from "../core/testing/support.js";
 export { runLeasesContract } from "../modules/leases/contract.js";
-export { runNotificationContract } from "./notifications.js";
-export { runAlertsContract } from "./alerts.js";
+export { runNotificationContract } from "../core/testing/notifications.js";
+export { runAlertsContract } from "../core/testing/alerts.js";
 export { runUsageContract } from "./usage.js";
-export { runReversalsContract } from "./reversals.js";
-export { runLateUsageContract } from "./late-usage.js";
-export { runCappedHoldContract } from "./capped-holds.js";
-export { runCustomerStateContract } from "./customer-state.js";
-export { runSubscriptionContract } from "./subscriptions.js";
-export { runTrialContract } from "./trial.js";
+export { runReversalsContract } from "../core/testing/reversals.js";
+export { runLateUsageContract } from "../core/testing/late-usage.js";
+export { runCappedHoldContract } from "../core/testing/capped-holds.js";
+export { runCustomerStateContract } from "../core/testing/customer-state.js";
+export { runSubscriptionContract } from "../core/testing/subscriptions.js";
+export { runTrialContract } from "../core/testing/trial.js";
+
+/**
+ * Two managers over one store: every decision that writes nothing is taken on the store's current
+ * state (docs/testing.md#several-managers) — the core's cases and the promo codes'.
+ */
+export function runManagersContract(
+  getDb: () => DbManager,
+  getPeer: () => DbManager,
+  options: { test?: TestApi } = {},
+): void {
+  runCoreManagersContract(getDb, getPeer, options);
+  runPromoManagersContract(getDb, getPeer);
+}
+
+/** Every method of an absent part refuses with ConfigurationError. */
+export async function expectPartMissing(db: DbManager, name: OptionalPart): Promise<void> {
+  const probe: Record<OptionalPart, () => Promise<unknown>> = {
+    subscriptions: () => db.getPlan("p"),
+    promos: () => billingStore(db).getPromo("P"),
+    outbox: () => db.listNotifications("u", { limit: 1 }),
+  };
+  await expect(probe[name]()).rejects.toBeInstanceOf(ConfigurationError);
+}
 
 /** The promo codes and payments part of the contract (guarded uses, compare-and-set payments, races). */
 export function runPromoPaymentContract(getDb: () => DbManager, options: PartOptions = {}): void {
@@ -62,7 +88,7 @@ export function runPromoPaymentContract(getDb: () => DbManager, options: PartOpt
   promoPaymentContract(getDb);
   autoTopUpContract(getDb);
 }
-export type { Assertion, AsyncAssertion, Expect, TestApi } from "./runner.js";
+export type { Assertion, AsyncAssertion, Expect, TestApi } from "../core/testing/runner.js";
 export type { PaymentEvent } from "../modules/billing/provider.js";
 export {
   runPaymentProviderContract,

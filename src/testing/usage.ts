@@ -11,14 +11,14 @@
  */
 import { randomUUID } from "node:crypto";
 import fc from "fast-check";
-import { describe, expect, it, useTestApi } from "./runner.js";
-import type { DbManager } from "../db/types.js";
-import { usageKind, usageParts, windowStart } from "../domain/usage.js";
-import { ConfigurationError } from "../errors.js";
-import type { JournalEntry, UsageDimension, UsageQuery, UsageRow } from "../models/index.js";
-import { CreditService } from "../services/credit-service.js";
+import { describe, expect, it, useTestApi } from "../core/testing/runner.js";
+import type { DbManager } from "../core/db/types.js";
+import { usageKind, usageParts, windowStart } from "../core/domain/usage.js";
+import { ConfigurationError } from "../core/errors.js";
+import type { JournalEntry, UsageDimension, UsageQuery, UsageRow } from "../core/models/index.js";
+import { CreditService } from "../core/services/credit-service.js";
 import { PricingService } from "../modules/pricing/service.js";
-import { DAY, HOUR, lazy, type PartOptions } from "./support.js";
+import { DAY, HOUR, lazy, type PartOptions } from "../core/testing/support.js";
 
 const MIN = 60_000;
 

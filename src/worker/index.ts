@@ -1,12 +1,12 @@
 import * as z from "zod";
-import { LoggerOption, silentLogger, type Logger } from "../logger.js";
+import { LoggerOption, silentLogger, type Logger } from "../core/logger.js";
 import type { CreditManager } from "../manager.js";
-import { parseConfig } from "../models/parse.js";
+import { parseConfig } from "../core/models/parse.js";
 import { catchUpRevenue } from "../modules/revenue/service.js";
 import { pauseBefore } from "./schedule.js";
 
 // The type of the `logger` option.
-export type { Logger } from "../logger.js";
+export type { Logger } from "../core/logger.js";
 
 /**
  * The worker's rounds as a library (docs/operations.md, "The worker in your own code"): the jobs,

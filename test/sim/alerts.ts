@@ -1,11 +1,11 @@
-import type { InMemoryDbManager } from "../../src/db/memory/index.js";
-import type { AlertThreshold, JournalEntry, Notification } from "../../src/models/index.js";
-import type { CreditModel } from "../../src/testing/model.js";
+import type { InMemoryDbManager } from "../../src/core/db/memory/index.js";
+import type { AlertThreshold, JournalEntry, Notification } from "../../src/core/models/index.js";
+import type { CreditModel } from "../../src/core/testing/model.js";
 import type { Prng } from "./prng.js";
 
 /**
  * The simulation's model of the alert thresholds (docs/customer-state.md, "Alerts that fire once
- * per crossing"), shared with no code of src/domain: each account's committed journal is replayed
+ * per crossing"), shared with no code of src/core/domain: each account's committed journal is replayed
  * in commit (seq) order, and after each unit of work that evaluates the account, every threshold
  * is read on the model's state at the step's instant. A move into alarm is one `triggered`, the
  * moves back of one unit are one `resolved`; nothing while a state holds.

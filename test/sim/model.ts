@@ -1,8 +1,8 @@
-import { CreditModel, type ModelGrant, type ModelHold } from "../../src/testing/model.js";
+import { CreditModel, type ModelGrant, type ModelHold } from "../../src/core/testing/model.js";
 
 /**
- * The simulation's model of every account: `CreditModel` (src/testing/model.ts, which shares no
- * code with src/domain) per user, all at the simulation's virtual time, with what the sim needs
+ * The simulation's model of every account: `CreditModel` (src/core/testing/model.ts, which shares no
+ * code with src/core/domain) per user, all at the simulation's virtual time, with what the sim needs
  * beside it: a copy to predict an operation's outcome without changing anything, and expiring a
  * grant now (a subscription's credits expired by a plan change or a cancel).
  */

@@ -1,10 +1,10 @@
 import { isDeepStrictEqual } from "node:util";
-import { ConflictError, StorageError } from "../../src/errors.js";
-import { outcomeUnknown } from "../../src/db/store/errors.js";
-import type { InMemoryDbManager } from "../../src/db/memory/index.js";
+import { ConflictError, StorageError } from "../../src/core/errors.js";
+import { outcomeUnknown } from "../../src/core/db/store/errors.js";
+import type { InMemoryDbManager } from "../../src/core/db/memory/index.js";
 import type { Changes, DbManager, DbTransaction, LoadRequest, LoadedState } from "../../src/store.js";
-import type { ChargeRecord } from "../../src/db/types.js";
-import { stateAfter, type AccountState } from "../../src/db/state-cache.js";
+import type { ChargeRecord } from "../../src/core/db/types.js";
+import { stateAfter, type AccountState } from "../../src/core/db/state-cache.js";
 import type { Account, Grant, Payment, Promo, Reservation, Subscription } from "../../src/models-entry.js";
 import type { Prng } from "./prng.js";
 import { currentOp, type OpContext, type Scheduler } from "./scheduler.js";

@@ -1,5 +1,5 @@
-import type { Grant, JournalEntry, Subscription } from "../../src/models/index.js";
-import type { CreditModel } from "../../src/testing/model.js";
+import type { Grant, JournalEntry, Subscription } from "../../src/core/models/index.js";
+import type { CreditModel } from "../../src/core/testing/model.js";
 import { expireGrantNow, findGrant } from "./model.js";
 
 /**

@@ -1,9 +1,9 @@
 import type { ClientSession } from "mongodb";
-import { ConflictError, CreditError } from "../../errors.js";
+import { ConflictError, CreditError } from "../../core/errors.js";
 import { hasLabel } from "./errors.js";
-import { outcomeUnknown } from "../store/errors.js";
+import { outcomeUnknown } from "../../core/db/store/errors.js";
 import type { AccountState } from "./state-cache.js";
-import type { QueuedUnit } from "../store/group-commit.js";
+import type { QueuedUnit } from "../../core/db/store/group-commit.js";
 import {
   StaleAccount,
   TRANSACTION_OPTIONS,

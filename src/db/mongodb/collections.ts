@@ -1,5 +1,5 @@
 import type { Collection, Filter } from "mongodb";
-import type { ScanCursor } from "../types.js";
+import type { ScanCursor } from "../../core/db/types.js";
 import type { StoredDoc } from "./documents.js";
 
 // The MongoDB store's collections and how its reads ask for them (docs/storage.md, MongoDB):

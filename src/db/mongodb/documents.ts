@@ -10,7 +10,7 @@ import {
   type JournalEntry as JournalEntryT,
   type LedgerEntry as LedgerEntryT,
   type Reservation as ReservationT,
-} from "../../models/index.js";
+} from "../../core/models/index.js";
 import { tableSpecs } from "../../schema/tables.js";
 
 /**
@@ -119,4 +119,4 @@ function toNumberIfLong(v: unknown): unknown {
 }
 
 /** A grant is open while it has credits left and was neither expired nor voided. */
-export { isOpenGrant } from "../../domain/order.js";
+export { isOpenGrant } from "../../core/domain/order.js";

@@ -1,6 +1,6 @@
-import { ConflictError, CreditError } from "../../errors.js";
-import { storageError } from "../store/errors.js";
-import { backoff, sleep } from "../store/retry.js";
+import { ConflictError, CreditError } from "../../core/errors.js";
+import { storageError } from "../../core/db/store/errors.js";
+import { backoff, sleep } from "../../core/db/store/retry.js";
 
 /**
  * What `init()` says on a server that cannot run multi-document transactions.

@@ -1,8 +1,8 @@
 import { MongoClient } from "mongodb";
 import type { ClientSession, Db, Document, Filter, MongoClientOptions } from "mongodb";
-import { ConfigurationError, ConflictError, StorageError } from "../../errors.js";
-import type { Account, Grant, JournalEntry, LedgerEntry, Reservation } from "../../models/index.js";
-import { SYSTEM_KEY_PREFIX } from "../../models/common.js";
+import { ConfigurationError, ConflictError, StorageError } from "../../core/errors.js";
+import type { Account, Grant, JournalEntry, LedgerEntry, Reservation } from "../../core/models/index.js";
+import { SYSTEM_KEY_PREFIX } from "../../core/models/common.js";
 import { MongoOutbox } from "./outbox.js";
 import type {
   AccountCredits,
@@ -13,7 +13,7 @@ import type {
   LedgerQuery,
   ScanCursor,
   StoreStats,
-} from "../types.js";
+} from "../../core/db/types.js";
 import { ACCOUNT, ENTRY, GRANT, LEDGER, RESERVATION, fromDoc, toDoc, type StoredDoc } from "./documents.js";
 import { MongoPromoStore } from "../../modules/billing/mongodb.js";
 import { MongoSubscriptionStore } from "./subscriptions.js";
@@ -33,14 +33,14 @@ import {
   isUnreachable,
   toCreditError,
 } from "./errors.js";
-import { StoreBase } from "../store/base.js";
-import { joinedStore } from "../store/joined.js";
+import { StoreBase } from "../../core/db/store/base.js";
+import { joinedStore } from "../../core/db/store/joined.js";
 import { inSession } from "./session.js";
-import type { SideParts } from "../store/parts.js";
-import { GroupCommit } from "../store/group-commit.js";
-import { gaveUp } from "../store/errors.js";
-import { backoff, sleep } from "../store/retry.js";
-import type { UsageBucket, UsageScan } from "../../domain/usage.js";
+import type { SideParts } from "../../core/db/store/parts.js";
+import { GroupCommit } from "../../core/db/store/group-commit.js";
+import { gaveUp } from "../../core/db/store/errors.js";
+import { backoff, sleep } from "../../core/db/store/retry.js";
+import type { UsageBucket, UsageScan } from "../../core/domain/usage.js";
 import { usageBucketOf, usagePipeline } from "./usage.js";
 import { BatchOption, type MongoDbManagerConfig, type MongoDbManagerOptions, supportsTransactions } from "./options.js";
 import { BSON_OPTIONS, type Collections, ONE_BATCH, afterCursor, batchOf } from "./collections.js";
@@ -796,4 +796,4 @@ export class MongoDbManager extends StoreBase implements DbManager {
   }
 }
 
-export type { DbManager } from "../types.js";
+export type { DbManager } from "../../core/db/types.js";

@@ -1,6 +1,11 @@
 import type { ClientSession, Collection, Filter, IndexDescription } from "mongodb";
-import { Notification, type Notification as NotificationT } from "../../models/index.js";
-import { completedFields, type ClaimQuery, type NotificationUpdate, type OutboxQuery } from "../types-notifications.js";
+import { Notification, type Notification as NotificationT } from "../../core/models/index.js";
+import {
+  completedFields,
+  type ClaimQuery,
+  type NotificationUpdate,
+  type OutboxQuery,
+} from "../../core/db/types-notifications.js";
 import { fromDoc, kind, toDoc, type Kind, type StoredDoc } from "./documents.js";
 import { DUPLICATE_KEY, guard, isDriverError, writeOne } from "./errors.js";
 

@@ -1,6 +1,10 @@
 import { isDeepStrictEqual } from "node:util";
-import type { Changes } from "../types.js";
-import { type AccountState as BaseState, StateCache as BaseCache, stateAfter as mergeChanges } from "../state-cache.js";
+import type { Changes } from "../../core/db/types.js";
+import {
+  type AccountState as BaseState,
+  StateCache as BaseCache,
+  stateAfter as mergeChanges,
+} from "../../core/db/state-cache.js";
 
 /**
  * An account as a unit of work loads it, with the account document's write counter. The cache

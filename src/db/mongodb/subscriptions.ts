@@ -1,7 +1,7 @@
 import type { Collection, IndexDescription } from "mongodb";
-import { ConflictError } from "../../errors.js";
-import { Plan, Subscription, type Plan as PlanT, type Subscription as SubscriptionT } from "../../models/index.js";
-import type { SubscriptionCursor, SubscriptionStore } from "../types-subscriptions.js";
+import { ConflictError } from "../../core/errors.js";
+import { Plan, Subscription, type Plan as PlanT, type Subscription as SubscriptionT } from "../../core/models/index.js";
+import type { SubscriptionCursor, SubscriptionStore } from "../../core/db/types-subscriptions.js";
 import { fromDoc, kind, toDoc, type StoredDoc } from "./documents.js";
 import { guard, writeOne } from "./errors.js";
 

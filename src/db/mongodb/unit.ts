@@ -7,9 +7,9 @@ import type {
   MongoClient,
   TransactionOptions,
 } from "mongodb";
-import { ConflictError } from "../../errors.js";
+import { ConflictError } from "../../core/errors.js";
 import type { Grant, JournalEntry, Payment, Promo, Reservation } from "../../models-entry.js";
-import type { ChargeRecord, Changes, DbTransaction, LoadRequest, LoadedState } from "../types.js";
+import type { ChargeRecord, Changes, DbTransaction, LoadRequest, LoadedState } from "../../core/db/types.js";
 import {
   ACCOUNT,
   ENTRY,
@@ -24,7 +24,7 @@ import {
 import type { MongoOutbox } from "./outbox.js";
 import type { MongoPromoStore } from "../../modules/billing/mongodb.js";
 import { type AccountState, type StateCache, checkCachedState, stateAfter } from "./state-cache.js";
-import { deferred } from "../store/group-commit.js";
+import { deferred } from "../../core/db/store/group-commit.js";
 
 // A unit of work on the MongoDB store (docs/storage.md, MongoDB): the `DbTransaction` it sees, its
 // reads and its writes (in the batch it runs in, ./batch.ts), and how long its attempts wait.

@@ -13,14 +13,14 @@ import {
   type UsageScan,
   type UsageTest,
   type UsageValue,
-} from "../../domain/usage.js";
-import type { UsageKind } from "../../models/usage.js";
+} from "../../core/domain/usage.js";
+import type { UsageKind } from "../../core/models/usage.js";
 
 const NUMBER_TYPES = ["int", "long", "double", "decimal"];
 const num = (x: unknown) => ({ $cond: [{ $in: [{ $type: x }, NUMBER_TYPES] }, x, 0] });
 const str = (x: unknown) => ({ $cond: [{ $eq: [{ $type: x }, "string"] }, x, null] });
 
-// The rules of usage (USAGE_RULES of src/domain/usage.ts) as aggregation expressions over a
+// The rules of usage (USAGE_RULES of src/core/domain/usage.ts) as aggregation expressions over a
 // journal document.
 
 const path = (p: readonly string[]) => `$metadata.${p.join(".")}`;
@@ -174,7 +174,7 @@ function windowTree(boundaries: readonly number[], lo: number, hi: number): unkn
 }
 
 /**
- * The usage pipeline of a MongoDB store (docs/usage.md): the rules of `src/domain/usage.ts`
+ * The usage pipeline of a MongoDB store (docs/usage.md): the rules of `src/core/domain/usage.ts`
  * (`USAGE_RULES`, compiled above; `groupValue`) as aggregation expressions, each entry split into its parts (`$unwind`), summed by `$group`. Entries
  * are read by the (userId, seq) index for one account, by the createdAt index for every account.
  */

@@ -1,5 +1,5 @@
 import type { PgPoolClient as PoolClient, PgQueryResult as QueryResult } from "./pg-types.js";
-import { ConflictError, StorageError } from "../../errors.js";
+import { ConflictError, StorageError } from "../../core/errors.js";
 import {
   isConflict,
   isConnectionLevel,
@@ -9,12 +9,12 @@ import {
   storageError,
   workerCode,
 } from "./errors.js";
-import type { LoadRequest } from "../types.js";
+import type { LoadRequest } from "../../core/db/types.js";
 import type { PostgresDbManager } from "./index.js";
 import { type Statement, arrayText, executeText } from "./sql.js";
 import { type AccountState, stateAfter } from "./state-cache.js";
-import { deferred } from "../store/group-commit.js";
-import { outcomeUnknown } from "../store/errors.js";
+import { deferred } from "../../core/db/store/group-commit.js";
+import { outcomeUnknown } from "../../core/db/store/errors.js";
 import { type ChainState, type SaveItem, advance, merged } from "./chain.js";
 import { saveParts } from "./save-rows.js";
 import { type BatchResult, NotRun, Retry, Skipped, type Unit } from "./unit.js";

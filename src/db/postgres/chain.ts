@@ -1,7 +1,7 @@
-import type { Grant, Reservation } from "../../models/index.js";
-import type { Changes } from "../types.js";
+import type { Grant, Reservation } from "../../core/models/index.js";
+import type { Changes } from "../../core/db/types.js";
 import type { AccountState } from "./state-cache.js";
-import { type AccountState as BaseState, stateAfter as stateOnTop } from "../state-cache.js";
+import { type AccountState as BaseState, stateAfter as stateOnTop } from "../../core/db/state-cache.js";
 import type { UnitTx } from "./unit-tx.js";
 
 /** What the units of a chain so far left: the state the next one starts from. */

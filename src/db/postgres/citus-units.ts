@@ -1,13 +1,13 @@
-import { ConflictError, StorageError } from "../../errors.js";
+import { ConflictError, StorageError } from "../../core/errors.js";
 import type { Account, Grant, JournalEntry, Payment, Promo, Reservation } from "../../models-entry.js";
 import { decodeRow } from "../../schema/codec.js";
 import type { Column } from "../../schema/columns.js";
 import { REVISION, unitFunctionNames } from "../../schema/citus-units.js";
 import type { SqlTable } from "../../schema/sql.js";
-import { type AccountState as BaseState, StateCache, stateAfter } from "../state-cache.js";
-import type { ChargeRecord, Changes, DbTransaction, LoadRequest, LoadedState } from "../types.js";
+import { type AccountState as BaseState, StateCache, stateAfter } from "../../core/db/state-cache.js";
+import type { ChargeRecord, Changes, DbTransaction, LoadRequest, LoadedState } from "../../core/db/types.js";
 import { checkOneAccount, isConflict, leavesOutcomeUnknown, lockTimeout, storageError, workerCode } from "./errors.js";
-import { outcomeUnknown } from "../store/errors.js";
+import { outcomeUnknown } from "../../core/db/store/errors.js";
 import type { PostgresDbManager } from "./index.js";
 import { stateText, type StartState } from "./reads.js";
 import { compactRow } from "./save-rows.js";

@@ -1,4 +1,4 @@
-import { ConfigurationError } from "../../errors.js";
+import { ConfigurationError } from "../../core/errors.js";
 import type { PgPoolClient as PoolClient } from "./pg-types.js";
 
 /**

@@ -6,9 +6,9 @@ import type { PgPoolClient as PoolClient } from "./pg-types.js";
 import type { BatchResult, Unit } from "./unit.js";
 import type { UnitTx } from "./unit-tx.js";
 import { CitusUnits } from "./citus-units.js";
-import { GroupCommit } from "../store/group-commit.js";
-import { gaveUp } from "../store/errors.js";
-import { backoff } from "../store/retry.js";
+import { GroupCommit } from "../../core/db/store/group-commit.js";
+import { gaveUp } from "../../core/db/store/errors.js";
+import { backoff } from "../../core/db/store/retry.js";
 
 /** Jittered, in [cap/2, cap), the cap doubling from 4 ms up to 250 ms. */
 const BACKOFF = { base: 4, factor: 2, max: 250, floor: 0.5 };

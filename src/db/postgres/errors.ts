@@ -1,6 +1,6 @@
-import { type ConflictError, LockTimeoutError, StorageError } from "../../errors.js";
-import type { Changes } from "../types.js";
-import { storageError as driverFailure } from "../store/errors.js";
+import { type ConflictError, LockTimeoutError, StorageError } from "../../core/errors.js";
+import type { Changes } from "../../core/db/types.js";
+import { storageError as driverFailure } from "../../core/db/store/errors.js";
 import { GUARD_MARKER } from "./sql.js";
 
 /**

@@ -1,5 +1,5 @@
-import { ConflictError, CreditError, LockTimeoutError } from "../../errors.js";
-import type { Changes, DbManager, DbTransaction, LoadRequest, LoadedState } from "../types.js";
+import { ConflictError, CreditError, LockTimeoutError } from "../../core/errors.js";
+import type { Changes, DbManager, DbTransaction, LoadRequest, LoadedState } from "../../core/db/types.js";
 import { saveParts } from "./save-rows.js";
 import { isConflict, storageError, workerCode } from "./errors.js";
 import type { PostgresDbManager } from "./index.js";
@@ -7,7 +7,7 @@ import { PostgresOutbox } from "./outbox.js";
 import { type PostgresSql, type Statement, arrayText } from "./sql.js";
 import { PostgresSubscriptionStore } from "./subscriptions.js";
 import { UnitReads, stateOf } from "./reads.js";
-import { joinedStore } from "../store/joined.js";
+import { joinedStore } from "../../core/db/store/joined.js";
 
 /**
  * What the application's own transaction is reached through: anything with node-pg's

@@ -3,11 +3,11 @@ import { rollupDays, usageSql } from "./usage.js";
 import { usageBucket } from "../usage-query.js";
 import { rollupNames } from "../../schema/rollup.js";
 import { catchUpRollup, rollupRound } from "./usage-rollup.js";
-import type { UsageBucket, UsageCatchUp, UsageRollupRow, UsageScan } from "../../domain/usage.js";
+import type { UsageBucket, UsageCatchUp, UsageRollupRow, UsageScan } from "../../core/domain/usage.js";
 import type { PgPool as Pool, PgPoolClient as PoolClient } from "./pg-types.js";
-import { ConfigurationError, StorageError } from "../../errors.js";
-import type { Account, Grant, JournalEntry, LedgerEntry, Reservation } from "../../models/index.js";
-import { SYSTEM_KEY_PREFIX } from "../../models/common.js";
+import { ConfigurationError, StorageError } from "../../core/errors.js";
+import type { Account, Grant, JournalEntry, LedgerEntry, Reservation } from "../../core/models/index.js";
+import { SYSTEM_KEY_PREFIX } from "../../core/models/common.js";
 import { PostgresOutbox } from "./outbox.js";
 import { decodeRow } from "../../schema/codec.js";
 import type {
@@ -18,7 +18,7 @@ import type {
   LedgerQuery,
   ScanCursor,
   StoreStats,
-} from "../types.js";
+} from "../../core/db/types.js";
 import type { Unit } from "./unit.js";
 import { UnitDispatch } from "./dispatch.js";
 import { queryOf } from "./prepared.js";
@@ -41,7 +41,7 @@ import type {
   ConvertReport,
   EnsurePartitionsReport,
   PartitionInfo,
-} from "../types-partitions.js";
+} from "../../core/db/types-partitions.js";
 import {
   archivePartitions,
   convertToPartitioned,
@@ -52,8 +52,8 @@ import {
 import { PostgresSubscriptionStore } from "./subscriptions.js";
 import { PostgresRevenueSummary } from "../../modules/revenue/postgres.js";
 import type { RevenueSummaryStore } from "../../modules/revenue/store.js";
-import { StoreBase } from "../store/base.js";
-import type { SideParts } from "../store/parts.js";
+import { StoreBase } from "../../core/db/store/base.js";
+import type { SideParts } from "../../core/db/store/parts.js";
 
 export { SCHEMA_VERSION } from "../../schema/sql.js";
 export type {
@@ -63,7 +63,7 @@ export type {
   ConvertReport,
   EnsurePartitionsReport,
   PartitionInfo,
-} from "../types-partitions.js";
+} from "../../core/db/types-partitions.js";
 export type { PgQueryable } from "./host.js";
 export type { PostgresDbManagerOptions } from "./options.js";
 export type { PgPool, PgPoolClient, PgPoolConfig, PgQuery, PgQueryResult } from "./pg-types.js";

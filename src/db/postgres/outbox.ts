@@ -1,5 +1,5 @@
-import type { Notification } from "../../models/index.js";
-import type { ClaimQuery, NotificationUpdate, OutboxQuery } from "../types-notifications.js";
+import type { Notification } from "../../core/models/index.js";
+import type { ClaimQuery, NotificationUpdate, OutboxQuery } from "../../core/db/types-notifications.js";
 import type { PostgresDbManager } from "./index.js";
 import { list } from "./reads.js";
 import { output, routedInsert, toRow } from "./sql.js";

@@ -2,8 +2,8 @@ import { createHash } from "node:crypto";
 import type * as Fs from "node:fs";
 import type * as FsPromises from "node:fs/promises";
 import type * as Path from "node:path";
-import { ConfigurationError, ConflictError } from "../../errors.js";
-import type { JournalEntry, LedgerEntry } from "../../models/index.js";
+import { ConfigurationError, ConflictError } from "../../core/errors.js";
+import type { JournalEntry, LedgerEntry } from "../../core/models/index.js";
 import {
   PARTITIONED_TABLES,
   type PartitionInterval,
@@ -23,11 +23,11 @@ import type {
   ConvertReport,
   EnsurePartitionsReport,
   PartitionInfo,
-} from "../types-partitions.js";
+} from "../../core/db/types-partitions.js";
 import type { PostgresDbManager } from "./index.js";
 import { storageError } from "./errors.js";
 import { cols, output } from "./sql.js";
-import { nodeBuiltin } from "../../util/runtime.js";
+import { nodeBuiltin } from "../../core/util/runtime.js";
 
 // Files only where partitions are archived, loaded then, not at import (docs/runtimes.md).
 const fsp = (): typeof FsPromises => nodeBuiltin<typeof FsPromises>("node:fs/promises");

@@ -1,8 +1,8 @@
-import { ConflictError } from "../../errors.js";
+import { ConflictError } from "../../core/errors.js";
 import type { Account, Grant, JournalEntry, Payment, Promo, Reservation } from "../../models-entry.js";
 import { decodeRow } from "../../schema/codec.js";
 import type { SqlTable } from "../../schema/sql.js";
-import type { ChargeRecord, Changes, LoadedState } from "../types.js";
+import type { ChargeRecord, Changes, LoadedState } from "../../core/db/types.js";
 import type { TableKey } from "../../schema/tables.js";
 import type { PostgresDbManager } from "./index.js";
 import { type PostgresSql, type Tables, arrayText, chargeOf, toRow } from "./sql.js";

@@ -1,7 +1,7 @@
 import { type Column, snakeCase } from "../../schema/columns.js";
 import { byteaText, toTuples } from "../../schema/codec.js";
 import type { SqlTable } from "../../schema/sql.js";
-import type { Changes } from "../types.js";
+import type { Changes } from "../../core/db/types.js";
 import type { SaveItem } from "./chain.js";
 import { promoPaymentSave } from "../../modules/billing/postgres.js";
 import { type PostgresSql, type SaveArg, type SaveStatement, type Statement, arrayText } from "./sql.js";

@@ -2,8 +2,8 @@ import { createHash } from "node:crypto";
 import { REVISION } from "../../schema/citus-units.js";
 import type { Column } from "../../schema/columns.js";
 import { byteaText, decodeRow, toTuples } from "../../schema/codec.js";
-import type { JournalEntry } from "../../models/index.js";
-import type { ChargeRecord } from "../types.js";
+import type { JournalEntry } from "../../core/models/index.js";
+import type { ChargeRecord } from "../../core/db/types.js";
 import type { PartitionOptions } from "../../schema/partitions.js";
 import {
   type NamingOptions,

@@ -1,5 +1,9 @@
-import type { Changes } from "../types.js";
-import { type AccountState as BaseState, StateCache as BaseCache, stateAfter as mergeChanges } from "../state-cache.js";
+import type { Changes } from "../../core/db/types.js";
+import {
+  type AccountState as BaseState,
+  StateCache as BaseCache,
+  stateAfter as mergeChanges,
+} from "../../core/db/state-cache.js";
 
 /**
  * An account as a unit of work loads it, and the `xmin` of the account row that state belongs to.

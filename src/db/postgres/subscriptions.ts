@@ -1,9 +1,9 @@
-import { ConflictError } from "../../errors.js";
+import { ConflictError } from "../../core/errors.js";
 import { unlessTaken } from "./errors.js";
 import { cols, insertRowText, toRow } from "./sql.js";
-import type { Plan, Subscription } from "../../models/index.js";
+import type { Plan, Subscription } from "../../core/models/index.js";
 import type { SqlTable } from "../../schema/sql.js";
-import type { SubscriptionCursor, SubscriptionStore } from "../types-subscriptions.js";
+import type { SubscriptionCursor, SubscriptionStore } from "../../core/db/types-subscriptions.js";
 import type { PostgresDbManager } from "./index.js";
 import { byId, list, one, scanDue } from "./reads.js";
 

@@ -1,4 +1,4 @@
-import type { UsageCatchUp } from "../../domain/usage.js";
+import type { UsageCatchUp } from "../../core/domain/usage.js";
 import { rollupCatchUpBatchSql, rollupCatchUpOneSql, rollupCatchUpSql, rollupNames } from "../../schema/rollup.js";
 import type { PostgresDbManager } from "./index.js";
 

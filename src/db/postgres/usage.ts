@@ -1,4 +1,4 @@
-import { USAGE_MEASURES, USAGE_RULES, type UsageRules, type UsageScan } from "../../domain/usage.js";
+import { USAGE_MEASURES, USAGE_RULES, type UsageRules, type UsageScan } from "../../core/domain/usage.js";
 import { rollupColumn, sqlMeasure } from "../../schema/usage-sql.js";
 import { PG_QUERY, usageQuery, type RollupDays } from "../usage-query.js";
 

@@ -1,12 +1,12 @@
-import { ConfigurationError } from "../../errors.js";
+import { ConfigurationError } from "../../core/errors.js";
 import { decodeRow, encodeValues } from "../../schema/codec.js";
 import { upgradeStatements, versionRefusal } from "../../schema/migrations.js";
 import { SCHEMA_COMPONENT, type SqlTable, generateSql, sqlTables, versionTableName } from "../../schema/sql.js";
 import type { TableKey } from "../../schema/tables.js";
 import { targetVersion } from "../../schema/version.js";
-import { origin } from "../store/errors.js";
-import { backoff, sleep } from "../store/retry.js";
-import { runtimeName } from "../../util/runtime.js";
+import { origin } from "../../core/db/store/errors.js";
+import { backoff, sleep } from "../../core/db/store/retry.js";
+import { runtimeName } from "../../core/util/runtime.js";
 import { refuseDriverForNode } from "./driver-version.js";
 import type { Database, SqliteDbManagerOptions, SqliteDriver, SqliteStatement } from "./options.js";
 

@@ -1,4 +1,4 @@
-import { ConflictError } from "../../errors.js";
+import { ConflictError } from "../../core/errors.js";
 import type {
   Account,
   Grant,
@@ -10,13 +10,13 @@ import type {
   Subscription,
 } from "../../models-entry.js";
 import type { Payment, Promo, PromoClaim } from "../../models-entry.js";
-import { SYSTEM_KEY_PREFIX } from "../../models/common.js";
-import type { StoreDefinition } from "../store/define.js";
-import { origin } from "../store/errors.js";
-import type { JournalQuery, LedgerQuery, ScanCursor } from "../types.js";
-import type { ClaimQuery, NotificationUpdate, OutboxQuery } from "../types-notifications.js";
-import type { SubscriptionCursor } from "../types-subscriptions.js";
-import type { UsageScan } from "../../domain/usage.js";
+import { SYSTEM_KEY_PREFIX } from "../../core/models/common.js";
+import type { StoreDefinition } from "../../core/db/store/define.js";
+import { origin } from "../../core/db/store/errors.js";
+import type { JournalQuery, LedgerQuery, ScanCursor } from "../../core/db/types.js";
+import type { ClaimQuery, NotificationUpdate, OutboxQuery } from "../../core/db/types-notifications.js";
+import type { SubscriptionCursor } from "../../core/db/types-subscriptions.js";
+import type { UsageScan } from "../../core/domain/usage.js";
 import type { TableKey } from "../../schema/tables.js";
 import { SQLITE_QUERY, usageBucket, usageQuery } from "../usage-query.js";
 import { type SqliteDbManagerOptions, lockableFile } from "./options.js";

@@ -1,7 +1,7 @@
 import type * as NodeModule from "node:module";
-import { ConfigurationError } from "../../errors.js";
-import { onBun } from "../../util/runtime.js";
-import { origin } from "../store/errors.js";
+import { ConfigurationError } from "../../core/errors.js";
+import { onBun } from "../../core/util/runtime.js";
+import { origin } from "../../core/db/store/errors.js";
 
 // better-sqlite3 13 and later need Node.js 22: on Node.js 20 they crash the process (a segmentation
 // fault opening a database), past any try/catch. The store reads the installed version from its

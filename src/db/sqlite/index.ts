@@ -1,8 +1,8 @@
-import { ConfigurationError } from "../../errors.js";
-import { DefinedStore } from "../store/define.js";
-import { origin, storeError } from "../store/errors.js";
-import { refuseOnWorkers } from "../../util/runtime.js";
-import type { StoreStats } from "../types.js";
+import { ConfigurationError } from "../../core/errors.js";
+import { DefinedStore } from "../../core/db/store/define.js";
+import { origin, storeError } from "../../core/db/store/errors.js";
+import { refuseOnWorkers } from "../../core/util/runtime.js";
+import type { StoreStats } from "../../core/db/types.js";
 export { SCHEMA_VERSION } from "../../schema/sql.js";
 import { type SqliteDbManagerOptions, type SqliteDriver, chooseDriver } from "./options.js";
 import { Sqlite } from "./connection.js";

@@ -1,7 +1,7 @@
 import * as z from "zod";
-import { ConfigurationError } from "../../errors.js";
-import { origin } from "../store/errors.js";
-import { onBun, runtimeName } from "../../util/runtime.js";
+import { ConfigurationError } from "../../core/errors.js";
+import { origin } from "../../core/db/store/errors.js";
+import { onBun, runtimeName } from "../../core/util/runtime.js";
 
 // The SQLite store's options and the structural types of the database it opens (docs/storage.md, SQLite;
 // docs/runtimes.md, "SQLite on Bun"), and the choices made from them: the driver, the file a

@@ -1,6 +1,6 @@
 import type * as WorkerThreads from "node:worker_threads";
 import type { Worker } from "node:worker_threads";
-import { nodeBuiltin } from "../../util/runtime.js";
+import { nodeBuiltin } from "../../core/util/runtime.js";
 import type { SqliteDriver } from "./options.js";
 
 // The SQLite store's reader thread (docs/storage.md, "Reports off the event loop"): the queries of

@@ -1,10 +1,10 @@
-import { ConflictError } from "../../errors.js";
+import { ConflictError } from "../../core/errors.js";
 import type { Account, Grant, JournalEntry, Reservation } from "../../models-entry.js";
 import type { Payment, Promo } from "../../models-entry.js";
-import type { Attempt } from "../store/define.js";
-import { AccountLocks } from "../store/account-locks.js";
-import { origin } from "../store/errors.js";
-import type { ChargeRecord, Changes, LoadRequest, LoadedState } from "../types.js";
+import type { Attempt } from "../../core/db/store/define.js";
+import { AccountLocks } from "../../core/db/store/account-locks.js";
+import { origin } from "../../core/db/store/errors.js";
+import type { ChargeRecord, Changes, LoadRequest, LoadedState } from "../../core/db/types.js";
 import type { SqliteDbManagerOptions, SqliteDriver } from "./options.js";
 import { Sqlite, isBusy } from "./connection.js";
 

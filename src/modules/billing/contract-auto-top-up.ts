@@ -6,15 +6,15 @@
  * docs/promos-and-payments.md, "Auto top-up".
  */
 import { randomUUID } from "node:crypto";
-import { describe, expect, it } from "../../testing/runner.js";
-import type { DbManager } from "../../db/types.js";
-import { PaymentProviderError, ValidationError } from "../../errors.js";
-import type { Notification } from "../../models/index.js";
+import { describe, expect, it } from "../../core/testing/runner.js";
+import type { DbManager } from "../../core/db/types.js";
+import { PaymentProviderError, ValidationError } from "../../core/errors.js";
+import type { Notification } from "../../core/models/index.js";
 import type { OffSessionChargeRequest, OffSessionChargeResult, PaymentProvider } from "./provider.js";
-import { CreditService } from "../../services/credit-service.js";
+import { CreditService } from "../../core/services/credit-service.js";
 import { PaymentService } from "./service-payments.js";
 import { testEvent, unsignedTestProvider } from "./contract.js";
-import { lazy } from "../../testing/support.js";
+import { lazy } from "../../core/testing/support.js";
 
 /** One scripted answer of `scriptedChargeProvider`: a result, or an error to throw. */
 export type ScriptedCharge = OffSessionChargeResult | Error;

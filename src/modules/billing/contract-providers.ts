@@ -5,8 +5,8 @@
  * signs one; a tampered body and missing signature headers are derived from every accepted
  * vector), and the event each accepted body maps to. Both built-in providers run it.
  */
-import { describe, expect, it, useTestApi, type TestApi } from "../../testing/runner.js";
-import { WebhookRejectedError } from "../../errors.js";
+import { describe, expect, it, useTestApi, type TestApi } from "../../core/testing/runner.js";
+import { WebhookRejectedError } from "../../core/errors.js";
 import type { HeadersLike, PaymentEvent, PaymentProvider } from "./provider.js";
 
 /** One webhook as it arrives: the exact bytes, the headers, and when it is received. */

@@ -4,18 +4,18 @@
  * claims, once-only crediting and refunds, on the store under test.
  */
 import { randomUUID } from "node:crypto";
-import { describe, expect, it } from "../../testing/runner.js";
-import type { DbManager } from "../../db/types.js";
+import { describe, expect, it } from "../../core/testing/runner.js";
+import type { DbManager } from "../../core/db/types.js";
 import type { BillingDb } from "./store.js";
-import { ConflictError, PaymentProviderError, PromoNotEligibleError } from "../../errors.js";
+import { ConflictError, PaymentProviderError, PromoNotEligibleError } from "../../core/errors.js";
 import { newPayment } from "./rules-payments.js";
 import type { Payment, Promo } from "../../models-entry.js";
 import type { PaymentEvent, PaymentProvider } from "./provider.js";
-import { CreditService } from "../../services/credit-service.js";
+import { CreditService } from "../../core/services/credit-service.js";
 import { PaymentService } from "./service-payments.js";
 import { PromoService } from "./service-promos.js";
-import { scribble } from "../../testing/scribble.js";
-import { lazy, T0 } from "../../testing/support.js";
+import { scribble } from "../../core/testing/scribble.js";
+import { lazy, managerServices, T0 } from "../../core/testing/support.js";
 
 /** A provider without signatures: the body is the `PaymentEvent` as JSON. Checkouts are local. */
 export const unsignedTestProvider: PaymentProvider = {
@@ -371,6 +371,39 @@ export function runPromoPaymentContract(getDb: () => DbManager): void {
         ["deduct", 500, -500, 500],
       ]);
       expect((await credits.audit(u)).ok).toBe(true);
+    });
+  });
+}
+
+/**
+ * Promo codes over two managers on one store (with the core's `runManagersContract`, in the
+ * `managers` part): a promo refusal is decided on the store's current promo, not on a copy the other
+ * manager has outdated since (docs/testing.md#several-managers).
+ */
+export function runPromoManagersContract(getDb: () => DbManager, getPeer: () => DbManager): void {
+  const user = () => `mm-${randomUUID()}`;
+  const manager = (db: DbManager, clock: { now: number }) => ({
+    ...managerServices(db, clock),
+    promos: new PromoService({ db, clock: () => new Date(clock.now) }),
+  });
+  const pair = () => {
+    const clock = { now: T0 };
+    return { a: manager(getDb(), clock), b: manager(getPeer(), clock) };
+  };
+
+  describe("promos over two managers on one store", () => {
+    it("claimPromo on A: a promo B reactivated is claimed", async () => {
+      const { a, b } = pair();
+      const u = user();
+      const code = `MM${randomUUID().replace(/-/g, "").slice(0, 12).toUpperCase()}`;
+      await a.promos.createPromo({ code, credits: 7 });
+      await a.credits.addCredits(u, 1);
+      await a.credits.deductCredits(u, 1);
+      await a.promos.setPromoActive(code, false);
+      await expect(a.promos.claimPromo(u, code)).rejects.toMatchObject({ name: "PromoNotEligibleError" });
+      await b.promos.setPromoActive(code, true);
+      await a.promos.claimPromo(u, code);
+      expect((await b.credits.getUserCreditsInfo(u)).balance).toBe(7);
     });
   });
 }

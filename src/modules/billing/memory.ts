@@ -1,4 +1,4 @@
-import { ConflictError } from "../../errors.js";
+import { ConflictError } from "../../core/errors.js";
 import type { Payment, Promo, PromoClaim } from "../../models-entry.js";
 import type { PromoPaymentChanges, PromoPaymentStore } from "./store.js";
 

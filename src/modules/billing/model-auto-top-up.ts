@@ -1,5 +1,5 @@
 import * as z from "zod";
-import { Amount, NonNegativeAmount } from "../../models/common.js";
+import { Amount, NonNegativeAmount } from "../../core/models/common.js";
 import { Currency } from "./model-payments.js";
 
 /** A provider's id of a saved customer or payment method (`cus_…`, `pm_…`). */

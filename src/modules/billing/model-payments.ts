@@ -7,9 +7,9 @@ import {
   NonNegativeAmount,
   ShortText,
   UserId,
-} from "../../models/common.js";
-import { Money } from "../../models/cost-basis.js";
-import { text } from "../../models/text.js";
+} from "../../core/models/common.js";
+import { Money } from "../../core/models/cost-basis.js";
+import { text } from "../../core/models/text.js";
 
 /**
  * Where a payment is. Statuses only move forward (see `canAdvancePayment`):

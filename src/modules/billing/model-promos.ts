@@ -8,8 +8,8 @@ import {
   NonNegativeAmount,
   ShortText,
   UserId,
-} from "../../models/common.js";
-import { text } from "../../models/text.js";
+} from "../../core/models/common.js";
+import { text } from "../../core/models/text.js";
 
 /**
  * A promo code as typed by users: 1–64 letters, digits, `-` or `_`. Codes are case-insensitive:

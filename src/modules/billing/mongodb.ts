@@ -1,5 +1,5 @@
 import type { ClientSession, Collection, Filter } from "mongodb";
-import { ConflictError } from "../../errors.js";
+import { ConflictError } from "../../core/errors.js";
 import {
   Payment,
   Promo,

@@ -1,4 +1,4 @@
-import { ConflictError } from "../../errors.js";
+import { ConflictError } from "../../core/errors.js";
 import { decodeRow } from "../../schema/codec.js";
 import type { Payment, Promo, PromoClaim } from "../../models-entry.js";
 import { quoteIdent, type SqlTable } from "../../schema/sql.js";

@@ -1,4 +1,4 @@
-import { ConfigurationError, PaymentProviderError } from "../../errors.js";
+import { ConfigurationError, PaymentProviderError } from "../../core/errors.js";
 import { at, str } from "./provider-signature.js";
 import type { FetchLike } from "./provider.js";
 

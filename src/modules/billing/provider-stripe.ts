@@ -1,4 +1,4 @@
-import { ConfigurationError, PaymentProviderError, WebhookRejectedError } from "../../errors.js";
+import { ConfigurationError, PaymentProviderError, WebhookRejectedError } from "../../core/errors.js";
 import { ProviderApi } from "./provider-http.js";
 import { at, header, hmacHex, int, parseJson, safeEqualHex, str } from "./provider-signature.js";
 import type {

@@ -7,7 +7,7 @@ import type {
   AutoTopUpState,
   Notification,
 } from "../../models-entry.js";
-import { newNotification } from "../../domain/notifications.js";
+import { newNotification } from "../../core/domain/notifications.js";
 
 /**
  * The auto top-up rules of docs/promos-and-payments.md ("Auto top-up"), as pure functions over the
@@ -187,7 +187,7 @@ export function afterActionRequired(s: AutoTopUpState, id: string, code: string)
 }
 
 /**
- * The hook of a unit of work's save (src/services/credit-service.ts, beside the low-credits alert):
+ * The hook of a unit of work's save (src/core/services/credit-service.ts, beside the low-credits alert):
  * when the change asks for a top-up (`requestTopUp`), sets the account's new state and returns the
  * `auto_top_up_requested` outbox row, committed with the spend; else null and nothing changes.
  */

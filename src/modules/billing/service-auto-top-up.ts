@@ -8,9 +8,9 @@ import {
   ruleOf,
   withRule,
 } from "./rules-auto-top-up.js";
-import { newNotification } from "../../domain/notifications.js";
+import { newNotification } from "../../core/domain/notifications.js";
 import { canAdvancePayment, isCredited, newPayment } from "./rules-payments.js";
-import { ConfigurationError, ConflictError, ValidationError } from "../../errors.js";
+import { ConfigurationError, ConflictError, ValidationError } from "../../core/errors.js";
 import {
   AutoTopUpInput,
   UserId,
@@ -21,7 +21,7 @@ import {
 } from "../../models-entry.js";
 import type { OffSessionChargeResult, PaymentEvent, PaymentProvider } from "./provider.js";
 import type { BillingDeps } from "./service-promos.js";
-import { saveAccountOnly } from "../../services/unit-of-work.js";
+import { saveAccountOnly } from "../../core/services/unit-of-work.js";
 
 /** What `processAutoTopUp` did with the account's top-up in flight. */
 export interface AutoTopUpResult {

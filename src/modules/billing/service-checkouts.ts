@@ -1,7 +1,7 @@
 import type { Payment } from "../../models-entry.js";
 import { checkoutState, mayRecordCheckout } from "./rules-payments.js";
-import { ConflictError, NotFoundError } from "../../errors.js";
-import { warnOnFailure } from "../../logger.js";
+import { ConflictError, NotFoundError } from "../../core/errors.js";
+import { warnOnFailure } from "../../core/logger.js";
 import type { CheckoutRequest, CheckoutResult, PaymentProvider } from "./provider.js";
 import type { BillingDeps } from "./service-promos.js";
 

@@ -1,11 +1,11 @@
-import { basisOfPrice } from "../../domain/cost-basis.js";
+import { basisOfPrice } from "../../core/domain/cost-basis.js";
 import { createHash } from "node:crypto";
-import { warnOnFailure, type Logger } from "../../logger.js";
-import type { Cache } from "../../cache/index.js";
-import type { DbManager, DbTransaction, LoadedState } from "../../db/types.js";
-import type { AccountWork, EntryMeta } from "../../domain/account-work.js";
-import { fingerprint } from "../../domain/hash.js";
-import type { Thresholds } from "../../domain/notifications.js";
+import { warnOnFailure, type Logger } from "../../core/logger.js";
+import type { Cache } from "../../core/cache/index.js";
+import type { DbManager, DbTransaction, LoadedState } from "../../core/db/types.js";
+import type { AccountWork, EntryMeta } from "../../core/domain/account-work.js";
+import { fingerprint } from "../../core/domain/hash.js";
+import type { Thresholds } from "../../core/domain/notifications.js";
 import {
   canAdvancePayment,
   creditsAtRate,
@@ -17,7 +17,7 @@ import {
   reversal,
   takeBackPlan,
 } from "./rules-payments.js";
-import { webhookChannel, type WebhookMessage } from "../../diagnostics.js";
+import { webhookChannel, type WebhookMessage } from "../../core/diagnostics.js";
 import {
   ConfigurationError,
   ConflictError,
@@ -25,9 +25,9 @@ import {
   NotFoundError,
   ValidationError,
   WebhookRejectedError,
-} from "../../errors.js";
-import type { LedgerLogger } from "../../ledger/index.js";
-import { newId } from "../../util/uuid.js";
+} from "../../core/errors.js";
+import type { LedgerLogger } from "../../core/ledger/index.js";
+import { newId } from "../../core/util/uuid.js";
 import {
   CreatePaymentInput,
   RecordRefundOptions,
@@ -44,15 +44,15 @@ import {
   type Payment,
   type PaymentStatus,
 } from "../../models-entry.js";
-import { parseConfig } from "../../models/parse.js";
-import { systemKey } from "../../domain/keys.js";
+import { parseConfig } from "../../core/models/parse.js";
+import { systemKey } from "../../core/domain/keys.js";
 import { afterCredited } from "./rules-auto-top-up.js";
 import type { HeadersLike, PaymentEvent, PaymentProvider } from "./provider.js";
-import { runAccountUnit, type UnitResult } from "../../services/account-unit.js";
+import { runAccountUnit, type UnitResult } from "../../core/services/account-unit.js";
 import { billingTx } from "./store.js";
 import { PaymentCheckouts } from "./service-checkouts.js";
 import { AutoTopUpService, type AutoTopUpResult } from "./service-auto-top-up.js";
-import type { CreditService } from "../../services/credit-service.js";
+import type { CreditService } from "../../core/services/credit-service.js";
 import { billingDeps, decodeCursor, encodeCursor, type BillingDeps } from "./service-promos.js";
 
 export type { AutoTopUpResult } from "./service-auto-top-up.js";

@@ -1,11 +1,11 @@
-import type { Logger } from "../../logger.js";
-import type { Cache } from "../../cache/index.js";
-import type { DbManager } from "../../db/types.js";
-import { fingerprint } from "../../domain/hash.js";
-import type { Thresholds } from "../../domain/notifications.js";
+import type { Logger } from "../../core/logger.js";
+import type { Cache } from "../../core/cache/index.js";
+import type { DbManager } from "../../core/db/types.js";
+import { fingerprint } from "../../core/domain/hash.js";
+import type { Thresholds } from "../../core/domain/notifications.js";
 import { promoEligibility } from "./rules-promos.js";
-import { ConflictError, NotFoundError, PromoNotEligibleError, ValidationError } from "../../errors.js";
-import type { LedgerLogger } from "../../ledger/index.js";
+import { ConflictError, NotFoundError, PromoNotEligibleError, ValidationError } from "../../core/errors.js";
+import type { LedgerLogger } from "../../core/ledger/index.js";
 import {
   ClaimPromoOptions,
   CreatePromoInput,
@@ -18,10 +18,10 @@ import {
   type PromoEligibility,
 } from "../../models-entry.js";
 import * as z from "zod";
-import { runAccountUnit, unitDeps, type UnitDeps, type UnitOptions } from "../../services/account-unit.js";
+import { runAccountUnit, unitDeps, type UnitDeps, type UnitOptions } from "../../core/services/account-unit.js";
 import { billingStore, billingTx, type BillingDb } from "./store.js";
-import type { CreditService } from "../../services/credit-service.js";
-import { newId } from "../../util/uuid.js";
+import type { CreditService } from "../../core/services/credit-service.js";
+import { newId } from "../../core/util/uuid.js";
 
 /** What the billing module's services run on: the units of work's, with the store's billing part. @internal */
 export type BillingDeps = UnitDeps & { db: BillingDb };

@@ -1,5 +1,5 @@
-import type { DbManager, DbTransaction } from "../../db/types.js";
-import { ConfigurationError } from "../../errors.js";
+import type { DbManager, DbTransaction } from "../../core/db/types.js";
+import { ConfigurationError } from "../../core/errors.js";
 import type { Payment, Promo, PromoClaim } from "../../models-entry.js";
 
 /**
@@ -51,8 +51,8 @@ export interface PromoPaymentTransaction {
   getPayment(paymentId: string): Promise<Payment | null>;
 }
 
-/** What a unit of work saves for promos and payments: the domain's (src/domain/state.ts), re-exported. */
-export type { PromoPaymentChanges } from "../../domain/state.js";
+/** What a unit of work saves for promos and payments: the domain's (src/core/domain/state.ts), re-exported. */
+export type { PromoPaymentChanges } from "../../core/domain/state.js";
 
 /** A store with the billing part: what the billing module's services read and write. */
 export type BillingDb = DbManager & PromoPaymentStore;

@@ -1,5 +1,5 @@
 import * as z from "zod";
-import { SpenderId } from "../../models/limits.js";
+import { SpenderId } from "../../core/models/limits.js";
 
 /** The longest a customer token may live: one day, in seconds (docs/usage.md, "For your customers"). */
 export const MAX_CUSTOMER_TOKEN_TTL_SECONDS = 86_400;

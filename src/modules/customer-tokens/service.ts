@@ -6,7 +6,7 @@ import {
   UserId,
   type CustomerTokenOptions as CustomerTokenInput,
 } from "../../models-entry.js";
-import { parseConfig } from "../../models/parse.js";
+import { parseConfig } from "../../core/models/parse.js";
 
 /** What `credits.customerToken` returns. */
 export interface CustomerToken {

@@ -11,16 +11,16 @@ import { randomUUID } from "node:crypto";
 import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { describe, expect, it, useTestApi, type TestApi } from "../../testing/runner.js";
-import type { DbManager } from "../../db/types.js";
+import { describe, expect, it, useTestApi, type TestApi } from "../../core/testing/runner.js";
+import type { DbManager } from "../../core/db/types.js";
 import { addLeaseLine, compareWindow, leaseLineOf, leaseWindowOf, type FileWindow } from "./rules.js";
-import { InsufficientCreditsError } from "../../errors.js";
-import type { LedgerLogger } from "../../ledger/index.js";
+import { InsufficientCreditsError } from "../../core/errors.js";
+import type { LedgerLogger } from "../../core/ledger/index.js";
 import type { LeaseOptions } from "../../models-entry.js";
-import type { CreditService } from "../../services/credit-service.js";
+import type { CreditService } from "../../core/services/credit-service.js";
 import type { CreditLeases } from "./service.js";
-import { creditCore } from "../../services/credit-core.js";
-import { managerServices, T0 } from "../../testing/support.js";
+import { creditCore } from "../../core/services/credit-core.js";
+import { managerServices, T0 } from "../../core/testing/support.js";
 
 /** A PRNG in [0, 1) seeded with `seed` (mulberry32): the same seed, the same sequence. */
 export function mulberry32(seed: number): () => number {

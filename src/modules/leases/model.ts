@@ -1,7 +1,7 @@
 import * as z from "zod";
-import { Amount, FeatureName, IdempotencyKey, Metadata, ShortText } from "../../models/common.js";
-import { SpenderId } from "../../models/limits.js";
-import { MAX_TTL_SECONDS } from "../../models/inputs.js";
+import { Amount, FeatureName, IdempotencyKey, Metadata, ShortText } from "../../core/models/common.js";
+import { SpenderId } from "../../core/models/limits.js";
+import { MAX_TTL_SECONDS } from "../../core/models/inputs.js";
 
 /** Options of `credits.leases(options)` (docs/metering.md, "Leases"). */
 export const LeaseOptions = z.strictObject({

@@ -4,7 +4,7 @@
  * and how a window's per-request lines add up. Pure functions: no I/O.
  */
 
-import { NO_MEASURES } from "../../domain/usage.js";
+import { NO_MEASURES } from "../../core/domain/usage.js";
 
 /** The settings a lease's sizing reads (validated by `LeaseOptions`). */
 export interface LeaseSizing {

@@ -1,17 +1,17 @@
-import type { DbManager } from "../../db/types.js";
-import type { EntryMeta } from "../../domain/account-work.js";
-import { fingerprint } from "../../domain/hash.js";
+import type { DbManager } from "../../core/db/types.js";
+import type { EntryMeta } from "../../core/domain/account-work.js";
+import { fingerprint } from "../../core/domain/hash.js";
 import { leaseBlock, leaseSettleKey, type LeasePart, type LeaseSizing } from "./rules.js";
-import { limitRoom, type Spend } from "../../domain/limits.js";
-import { ReservationExpiredError, ReservationNotActiveError } from "../../errors.js";
-import type { JournalEntry, Reservation } from "../../models/index.js";
-import { activeHold, type UnitRunner } from "../../services/unit-of-work.js";
-import { NO_SPEND } from "../../domain/entry-meta.js";
+import { limitRoom, type Spend } from "../../core/domain/limits.js";
+import { ReservationExpiredError, ReservationNotActiveError } from "../../core/errors.js";
+import type { JournalEntry, Reservation } from "../../core/models/index.js";
+import { activeHold, type UnitRunner } from "../../core/services/unit-of-work.js";
+import { NO_SPEND } from "../../core/domain/entry-meta.js";
 
 /*
  * Lease settling (docs/metering.md, "Leases"): the one unit of work that turns a lease window's
  * usage into a journal entry and holds the next block. `CreditLeases` (src/modules/leases/service.ts)
- * decides when; `CreditCore.settleLease` (src/services/credit-core.ts) calls this.
+ * decides when; `CreditCore.settleLease` (src/core/services/credit-core.ts) calls this.
  */
 
 /** What a settle asks of the credit service (`CreditCore.settleLease`). */

@@ -1,8 +1,8 @@
 import { randomUUID } from "node:crypto";
 import type * as Fs from "node:fs";
 import type * as Readline from "node:readline";
-import { ConfigurationError } from "../../errors.js";
-import type { LedgerLogger } from "../../ledger/index.js";
+import { ConfigurationError } from "../../core/errors.js";
+import type { LedgerLogger } from "../../core/ledger/index.js";
 import {
   addLeaseLine,
   addLeasePart,
@@ -15,12 +15,12 @@ import {
   type LeaseSizing,
 } from "./rules.js";
 import { Amount, LeaseChargeOptions, LeaseOptions, UserId, parse, type JournalEntry } from "../../models-entry.js";
-import type { CreditCore } from "../../services/credit-core.js";
+import type { CreditCore } from "../../core/services/credit-core.js";
 import type { LeaseSettle } from "./service-settle.js";
 import { MeterSession, type MeterOutcome, type SessionDeps } from "../metering/service.js";
 import { FeatureName, SpenderId, type MeterOptions } from "../../models-entry.js";
-import { parseConfig, wellFormed } from "../../models/parse.js";
-import { nodeBuiltin } from "../../util/runtime.js";
+import { parseConfig, wellFormed } from "../../core/models/parse.js";
+import { nodeBuiltin } from "../../core/util/runtime.js";
 
 /** What one `charge()` did. */
 export interface LeaseCharge {

@@ -1,8 +1,8 @@
 import * as z from "zod";
-import { Amount, IdempotencyKey, Metadata, NonNegativeAmount, ShortText } from "../../models/common.js";
-import { MAX_TTL_SECONDS } from "../../models/inputs.js";
-import { SpendFields } from "../../models/limits.js";
-import { text } from "../../models/text.js";
+import { Amount, IdempotencyKey, Metadata, NonNegativeAmount, ShortText } from "../../core/models/common.js";
+import { MAX_TTL_SECONDS } from "../../core/models/inputs.js";
+import { SpendFields } from "../../core/models/limits.js";
+import { text } from "../../core/models/text.js";
 
 /** One usage recorded inside a metered call (the original system's `addLlmUsage`). */
 export const UsageRecord = z.strictObject({

@@ -1,8 +1,8 @@
 import type { IncomingMessage } from "node:http";
-import { ConfigurationError, InsufficientCreditsError, SpendLimitError, ValidationError } from "../../errors.js";
+import { ConfigurationError, InsufficientCreditsError, SpendLimitError, ValidationError } from "../../core/errors.js";
 import { FeatureName, IdempotencyKey, SpenderId, UserId, parse, type SpendLimitStatus } from "../../models-entry.js";
-import { applies, clockTimes } from "../../domain/limits.js";
-import type { CreditService } from "../../services/credit-service.js";
+import { applies, clockTimes } from "../../core/domain/limits.js";
+import type { CreditService } from "../../core/services/credit-service.js";
 import { CreditLeases, type SetAside } from "../leases/service.js";
 import type { MeterOptions } from "../../models-entry.js";
 import type { MeterOutcome, MeterSession } from "./service.js";
@@ -11,7 +11,7 @@ import { recordOf } from "../pricing/service.js";
 import { usageOfText, type LlmUsage, type ResponseUsageReader, type UsageReading } from "../pricing/rules-llm-usage.js";
 import type { RecordedUsage } from "../../models-entry.js";
 import { errorBody, errorResponse, json, type Identity } from "../../http/router.js";
-import { findCreditCore } from "../../services/credit-core.js";
+import { findCreditCore } from "../../core/services/credit-core.js";
 import { pathMatcher } from "./routes-paths.js";
 
 /** Options shared by `creditMetering` (Fetch) and `creditMeteringMiddleware` (node:http, Express). */

@@ -1,7 +1,7 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { MeterOutcome, MeterSession } from "./service.js";
 import { ResponseUsageReader } from "../pricing/rules-llm-usage.js";
-import { isPromiseLike } from "../../util/promise.js";
+import { isPromiseLike } from "../../core/util/promise.js";
 import {
   common,
   headerOf,

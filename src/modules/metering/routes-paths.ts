@@ -5,7 +5,7 @@
  * metered"). Shared by the Fetch middleware, the node middleware and the Fastify plugin.
  */
 
-import { ConfigurationError } from "../../errors.js";
+import { ConfigurationError } from "../../core/errors.js";
 
 /** The path options of the metering middlewares (see `MeteringOptionsBase`). */
 export interface PathOptions {

@@ -1,12 +1,12 @@
 import { AsyncLocalStorage } from "node:async_hooks";
 import { createHash } from "node:crypto";
-import { warnOnFailure } from "../../logger.js";
+import { warnOnFailure } from "../../core/logger.js";
 import {
   ConfigurationError,
   IdempotencyConflictError,
   ReservationExpiredError,
   ReservationNotActiveError,
-} from "../../errors.js";
+} from "../../core/errors.js";
 import {
   MAX_METER_KEY,
   NonNegativeAmount,
@@ -17,8 +17,8 @@ import {
 } from "../../models-entry.js";
 import type { PriceBook } from "../pricing/rules.js";
 import { recordOf, type UsageInput } from "../pricing/service.js";
-import type { CreditCore, ParsedReserveOptions } from "../../services/credit-core.js";
-import { meteringChannel, type MeteringMessage } from "../../diagnostics.js";
+import type { CreditCore, ParsedReserveOptions } from "../../core/services/credit-core.js";
+import { meteringChannel, type MeteringMessage } from "../../core/diagnostics.js";
 
 /** What one metered call did with its hold, reported once it is settled. */
 export interface MeterOutcome {
@@ -140,7 +140,7 @@ export function currentMeter(): MeterContext | undefined {
 }
 
 /**
- * What a session uses of the credit service (src/services/credit-core.ts): the hold operations for
+ * What a session uses of the credit service (src/core/services/credit-core.ts): the hold operations for
  * input already validated (the meter's options once, when it opens; each usage when it is
  * recorded), so one metered call runs no model twice; the store, to read the charge another attempt
  * of a keyed call made; the price book (each session pins the version in force when it opens), the

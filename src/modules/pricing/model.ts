@@ -1,6 +1,6 @@
 import * as z from "zod";
-import { Metadata } from "../../models/common.js";
-import { text } from "../../models/text.js";
+import { Metadata } from "../../core/models/common.js";
+import { text } from "../../core/models/text.js";
 
 /** A token or request count: a safe integer ≥ 0. */
 export const TokenCount = z

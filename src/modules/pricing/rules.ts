@@ -1,8 +1,8 @@
 import * as crypto from "node:crypto";
 import { stringify } from "safe-stable-stringify";
-import { UnknownModelError, ValidationError } from "../../errors.js";
+import { UnknownModelError, ValidationError } from "../../core/errors.js";
 import type { CostUsage, ModelRates, PriceBookInput, PriceQuote, TokenUsage } from "../../models-entry.js";
-import { reduced } from "../../domain/fraction.js";
+import { reduced } from "../../core/domain/fraction.js";
 
 /**
  * Pricing LLM usage from a price book (docs/llm-metering.md): exact rational rates, summed exactly

@@ -1,4 +1,4 @@
-import { ConfigurationError, ValidationError } from "../../errors.js";
+import { ConfigurationError, ValidationError } from "../../core/errors.js";
 import { compilePriceBook, findPrice, priceCost, priceTokens, type PriceBook } from "./rules.js";
 import { usageOfJson } from "./rules-llm-usage.js";
 import {

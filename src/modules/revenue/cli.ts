@@ -1,15 +1,15 @@
 import { exitCodeOf, parseCommandLine, requireAccount } from "../../cli/args.js";
-import { startOfDay, wallClock } from "../../domain/usage.js";
-import { ValidationError } from "../../errors.js";
-import { UserId } from "../../models/common.js";
-import { parse } from "../../models/parse.js";
+import { startOfDay, wallClock } from "../../core/domain/usage.js";
+import { ValidationError } from "../../core/errors.js";
+import { UserId } from "../../core/models/common.js";
+import { parse } from "../../core/models/parse.js";
 import { MAX_REVENUE_ROWS, RevenueDimension, RevenueQuery, type RevenueReport, type RevenueRow } from "./model.js";
-import { UsageInterval } from "../../models/usage.js";
+import { UsageInterval } from "../../core/models/usage.js";
 import { revenueCsvLines } from "./csv.js";
 import type { CliIo } from "../../cli/run.js";
 import { withCommandManager, type StoreSource } from "../../cli/store.js";
 import { table } from "../../cli/table.js";
-import { UsageError } from "../../util/usage-error.js";
+import { UsageError } from "../../core/util/usage-error.js";
 
 /**
  * `credit-management revenue` (docs/cli.md, "Revenue"; docs/revenue.md, "Where finance reads it"):

@@ -1,6 +1,6 @@
 import * as z from "zod";
-import { DateInput, UserId } from "../../models/common.js";
-import { TimeZone, UsageInterval } from "../../models/usage.js";
+import { DateInput, UserId } from "../../core/models/common.js";
+import { TimeZone, UsageInterval } from "../../core/models/usage.js";
 /** A dimension a revenue report is split by (docs/revenue.md, "The report"); currency always is. */
 export const RevenueDimension = z.enum(["account", "source", "plan", "feature", "spender"]);
 export type RevenueDimension = z.infer<typeof RevenueDimension>;

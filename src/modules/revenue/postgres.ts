@@ -1,4 +1,4 @@
-import type { JournalEntry } from "../../models/index.js";
+import type { JournalEntry } from "../../core/models/index.js";
 import type { RevenueDimension } from "./model.js";
 import { grantGroups, type GrantGroups } from "./rules.js";
 import { revenueNames, type RevenueNames } from "./schema-pg.js";

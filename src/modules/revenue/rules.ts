@@ -3,11 +3,11 @@
  * cost basis, rounded cumulatively per grant, and the roll-forward of an account's journal into
  * paid, recognized, breakage, refunds and deferred, by calendar window. Pure functions: no I/O.
  */
-import type { CostBasis, Grant, JournalEntry } from "../../models/index.js";
+import type { CostBasis, Grant, JournalEntry } from "../../core/models/index.js";
 import type { RevenueDimension, RevenueRow } from "./model.js";
-import { ValidationError } from "../../errors.js";
-import { rateOf, sameBasis, valueAt, type Rate } from "../../domain/cost-basis.js";
-import { windowIndex } from "../../domain/usage.js";
+import { ValidationError } from "../../core/errors.js";
+import { rateOf, sameBasis, valueAt, type Rate } from "../../core/domain/cost-basis.js";
+import { windowIndex } from "../../core/domain/usage.js";
 
 // ---- The roll-forward ----
 
@@ -378,7 +378,7 @@ export class RevenueAccumulator {
           // paid, each to the positions it was last used from (the charge's own grants, and those
           // that paid its debt since): their recognized value reversed at that grant's basis,
           // deferred again. What it takes off debt (the amount less what went
-          // back to grants: the replay's rule, src/domain/replay.ts) is unbilled no more.
+          // back to grants: the replay's rule, src/core/domain/replay.ts) is unbilled no more.
           let past = e.amount;
           for (const g of e.grants) {
             // (Credits that paid debt instead of going back to their grant: debt paid off, below.)

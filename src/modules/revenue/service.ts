@@ -1,4 +1,4 @@
-import type { DbManager } from "../../db/types.js";
+import type { DbManager } from "../../core/db/types.js";
 import type { RevenueCheckpoint, RevenueDayRow, RevenueSave, RevenueSummaryStore } from "./store.js";
 import {
   checkRevenueCells,
@@ -10,9 +10,9 @@ import {
   revenueStateText,
   type Key,
 } from "./rules.js";
-import { nextWindowStart, usageBoundaries, windowStart } from "../../domain/usage.js";
-import { ConfigurationError, ValidationError } from "../../errors.js";
-import { parse, type JournalEntry } from "../../models/index.js";
+import { nextWindowStart, usageBoundaries, windowStart } from "../../core/domain/usage.js";
+import { ConfigurationError, ValidationError } from "../../core/errors.js";
+import { parse, type JournalEntry } from "../../core/models/index.js";
 import {
   DEFAULT_REVENUE_ROWS,
   MAX_REVENUE_CELLS,
@@ -22,10 +22,10 @@ import {
   type RevenueReport,
   type RevenueRow,
 } from "./model.js";
-import type { UsageInterval } from "../../models/usage.js";
-import { breather } from "../../util/breather.js";
-import { journalAfter, journalPages } from "../../services/history.js";
-import { pacedSort } from "../../util/paced-sort.js";
+import type { UsageInterval } from "../../core/models/usage.js";
+import { breather } from "../../core/util/breather.js";
+import { journalAfter, journalPages } from "../../core/services/history.js";
+import { pacedSort } from "../../core/util/paced-sort.js";
 
 /** Accounts one page lists. */
 const PAGE = 1000;

@@ -1,4 +1,4 @@
-import type { JournalEntry } from "../../models/index.js";
+import type { JournalEntry } from "../../core/models/index.js";
 import type { RevenueDimension } from "./model.js";
 import type { GrantGroups } from "./rules.js";
 

@@ -1,0 +1,17 @@
+import type { NotificationStore } from "../types-notifications.js";
+import type { PromoPaymentStore } from "../../../modules/billing/store.js";
+import type { SubscriptionStore } from "../types-subscriptions.js";
+
+/** A part's methods may answer at once instead of with a promise (an in-process store). */
+export type Part<T> = {
+  [K in keyof T]: NonNullable<T[K]> extends (...args: infer A) => Promise<infer R>
+    ? (...args: A) => R | Promise<R>
+    : T[K];
+};
+
+/** The sub-stores a `DbManager` forwards to (see `StoreBase` and `defineStore`). */
+export interface SideParts {
+  subscriptions: Part<SubscriptionStore>;
+  promos: Part<PromoPaymentStore>;
+  outbox: Part<NotificationStore>;
+}

@@ -1,0 +1,941 @@
+import type { Changes, LoadedState } from "./state.js";
+import { noteAddSource } from "./events.js";
+import { InsufficientCreditsError, RuleViolationError } from "../errors.js";
+import type {
+  Account,
+  CostBasis,
+  EntryType,
+  Grant,
+  GrantPortion,
+  GrantSource,
+  JournalEntry,
+  GrantScope,
+  LimitCycle,
+  Reservation,
+  SpendLimit,
+} from "../models/index.js";
+import { checkpointMetadata, snapshotOf } from "./checkpoint.js";
+import { hashNewEntry } from "./hash.js";
+import type { WorkEvent } from "./notifications.js";
+import { type Counted, type Spend, countSpend, describeLimit, giveBackSpend, limitRoom, trueUpHold } from "./limits.js";
+import { compareGrants, isDue, isOpenGrant, isUsable } from "./order.js";
+import { outOfScope, spendOrder } from "./scope.js";
+import { chargeWithinLimit, commitWithinLimit, headroom, shortfallMeta } from "./overdraft.js";
+import { WorkingSet } from "./working-set.js";
+import { type ChargeDraw, type Reversed, debtGrant, reversalShares } from "./reversal.js";
+import { NO_SPEND, excessMetadata, holdSpend, spendOf, withHoldMetadata, withSpend } from "./entry-meta.js";
+
+/** Fields of an entry that come from the caller's options. */
+export interface EntryMeta {
+  description?: string | undefined;
+  idempotencyKey?: string | undefined;
+  fingerprint?: string | undefined;
+  correlationId?: string | undefined;
+  metadata?: Record<string, unknown> | undefined;
+  /** Who spends and on what (docs/teams-and-limits.md): recorded on the entry; limits for them apply. */
+  spender?: string | undefined;
+  feature?: string | undefined;
+  /** When the usage happened, where that is not now (a late entry; a reversal: its charge's time). */
+  occurredAt?: Date | undefined;
+  /** A `reverse` entry's charge (docs/concepts.md, "Giving a charge back"). */
+  reverses?: string | undefined;
+}
+
+export interface NewGrant {
+  expiresAt: Date | null;
+  priority: number;
+  source: GrantSource;
+  sourceRef: string | null;
+  description: string | null;
+  metadata: Record<string, unknown> | null;
+  /** The spends it may pay for (docs/teams-and-limits.md, "Scoped credits"); null or absent: any. */
+  scope?: GrantScope | null;
+  /** What each credit was sold for (docs/revenue.md); null or absent: none (free, or unknown). */
+  costBasis?: CostBasis | null;
+}
+
+/**
+ * The rules of docs/concepts.md, once, as a pure state machine over one account.
+ *
+ * A unit of work loads the account's state, builds an `AccountWork`, calls the operations below
+ * (each appends journal entries and keeps `balance == Σ remaining + Σ holds − debt`), and saves
+ * `changes()`. No I/O happens here; every backend therefore behaves identically.
+ *
+ * Loaded objects are never mutated: every change replaces the object in the working maps.
+ */
+
+export class AccountWork {
+  readonly userId: string;
+  readonly now: Date;
+  private readonly newId: () => string;
+  /** The account as the unit of work loaded it (null when new). */
+  readonly loaded: Account | null;
+  /** True when the unit of work loaded no account: saving it creates the account (an insert). */
+  get isNew(): boolean {
+    return this.loaded === null;
+  }
+  account: Account;
+  /**
+   * The account's open grants (loaded in burn-down order when the store says so, `grantsInOrder`)
+   * and active holds, under what this work writes: nothing is copied or indexed per unit of work,
+   * so its cost does not grow with the account's open grants or holds.
+   */
+  private readonly grants: WorkingSet<Grant>;
+  private readonly holds: WorkingSet<Reservation>;
+  /** While true, the loaded grants are in burn-down order and none was added: a draw stops early. */
+  private ordered: boolean;
+  /** True once `settle()` ran: the next expiry is then computed from everything again. */
+  private settled = false;
+  /** The entries this work made, in seq order, and the canonical text of each (what its hash covers), for the ledger line. */
+  private readonly made: JournalEntry[] = [];
+  private readonly texts: string[] = [];
+  /** Events recorded with this change, in order. */
+  private readonly recorded: WorkEvent[] = [];
+  /** The limits this work's spends took past 80 % and 100 %, in order (docs/teams-and-limits.md). */
+  limitsCrossed: Counted["crossed"] | undefined;
+  /**
+   * Set by a unit of work that knows the account's subscription (a subscription period's): its
+   * cycle, null when none is active, for the alerts counting spend per subscription period
+   * (docs/customer-state.md, "Alerts"). Undefined: not known here (the one stored holds).
+   */
+  subscriptionCycle: LimitCycle | null | undefined;
+
+  constructor(userId: string, state: LoadedState, now: Date, newId: () => string) {
+    this.userId = userId;
+    this.now = now;
+    this.newId = newId;
+    this.loaded = state.account;
+    // A private copy, updated in place (the loaded object is never mutated).
+    this.account = state.account
+      ? { ...state.account, autoTopUp: state.account.autoTopUp ?? null }
+      : {
+          userId,
+          balance: 0,
+          reserved: 0,
+          debt: 0,
+          seq: 0,
+          lastHash: null,
+          nextExpiryAt: null,
+          alert: null,
+          autoTopUp: null,
+          limits: null,
+          scoped: null,
+          createdAt: now,
+          updatedAt: now,
+        };
+    this.grants = new WorkingSet(state.grants);
+    this.holds = new WorkingSet(state.reservations);
+    this.ordered = state.grantsInOrder === true;
+  }
+
+  /** The journal entries this work made, in seq order. */
+  get entries(): readonly JournalEntry[] {
+    return this.made;
+  }
+
+  /** The canonical text of each of `entries` (what its hash covers), for the ledger line. */
+  get canonicals(): readonly string[] {
+    return this.texts;
+  }
+
+  /**
+   * Records `event` as part of this unit of work: the service writes it to the outbox in the same
+   * transaction as the change when notifications are on, and drops it when they are off or the
+   * work changes nothing (docs/notifications.md). How the subscription service's units of work
+   * carry `subscription_allocation`, `subscription_cancelled` and `subscription_ended`.
+   */
+  recordEvent(event: WorkEvent): void {
+    this.recorded.push(event);
+  }
+
+  /** The events recorded with this change, in order. */
+  get events(): readonly WorkEvent[] {
+    return this.recorded;
+  }
+
+  /** Makes grants read separately (closed or spent ones a hold points at) part of the work. */
+  include(grants: readonly Grant[]): void {
+    for (const g of grants) if (this.grants.get(g.id) === undefined) this.addGrant(g);
+  }
+
+  getGrant(id: string): Grant | undefined {
+    return this.grants.get(id);
+  }
+
+  /** Creates grant `g` (draws then sort what they see): the portion of the entry that makes it. */
+  private newGrant(g: Grant): GrantPortion {
+    this.grants.create(g);
+    this.ordered = false;
+    return { grantId: g.id, amount: g.amount };
+  }
+
+  /** Makes a grant read separately part of the work (draws then sort what they see). */
+  private addGrant(g: Grant): void {
+    this.grants.add(g);
+    this.ordered = false;
+  }
+
+  /** The account's open grants (remaining > 0, not closed) as this work leaves them. */
+  openGrants(): Grant[] {
+    return this.grants.all().filter(isOpenGrant);
+  }
+
+  getHold(id: string): Reservation | undefined {
+    return this.holds.get(id);
+  }
+
+  /** Credits that can be reserved or deducted without overdraft. */
+  get available(): number {
+    return this.account.balance - this.account.reserved;
+  }
+
+  /**
+   * Credits `spend` may use (docs/teams-and-limits.md, "Scoped credits"): `available` less the
+   * unheld credits of scoped grants outside its scope. An account never given a scoped grant
+   * answers `available` without reading its grants.
+   */
+  availableFor(spend: Spend): number {
+    if (this.account.scoped !== true) return this.available;
+    return this.available - outOfScope(this.grants.all(), spend, this.now);
+  }
+
+  /**
+   * The most an after-service charge of `spend` may take now: what keeps its available credits
+   * >= −overdraftLimit (unbounded without a limit). Deductions and over-commits past it are refused.
+   */
+  headroom(overdraftLimit: number | null, spend: Spend = NO_SPEND): number {
+    return headroom(this.availableFor(spend), overdraftLimit);
+  }
+
+  /** True when a grant or hold may be past its expiry, so `settle()` has work to do. */
+  get needsSettle(): boolean {
+    const next = this.account.nextExpiryAt;
+    return next !== null && next.getTime() <= this.now.getTime();
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Settlement: what time has done since the account was last touched.
+
+  /**
+   * Expires grants due at `asOf` (default now; never later) and releases holds lapsed at `asOf`,
+   * oldest first. The grants the holds drew from must be loaded.
+   */
+  settle(asOf: Date = this.now): Settlement {
+    this.settled = true;
+    const out: Settlement = { expired: 0, holdsReleased: 0, creditsReleased: 0, periodGrantsEnded: 0 };
+    for (const g of this.grants.all()) if (isPeriodGrant(g) && isDue(g, asOf)) out.periodGrantsEnded++;
+    const lapsed = this.holds
+      .all()
+      .filter((h) => h.status === "active" && h.expiresAt.getTime() <= asOf.getTime())
+      .sort((a, b) => a.expiresAt.getTime() - b.expiresAt.getTime() || (a.id < b.id ? -1 : 1));
+    // Grants first, so credits a lapsed hold returns to an expired grant expire with it at once.
+    out.expired += this.expireDue(asOf, {});
+    for (const hold of lapsed) {
+      const { entry, expired } = this.releaseHold(hold, "expired", { description: "reservation expired" });
+      out.expired += expired;
+      out.holdsReleased++;
+      out.creditsReleased += entry.amount;
+    }
+    return out;
+  }
+
+  /** Expires the unspent part of every grant due at `asOf` (<= now). Returns the credits expired. */
+  expireDue(asOf: Date, meta: EntryMeta): number {
+    const due = this.grants
+      .all()
+      .filter((g) => isDue(g, asOf))
+      .sort(compareGrants);
+    if (due.length === 0) return 0;
+    return this.closeExpired(due, { description: "credits expired", ...meta });
+  }
+
+  /**
+   * Expires, now, what the given grants have left and closes them (a plan change or cancellation
+   * that ends a period's credits early). Held parts expire when their hold returns them.
+   */
+  expireGrants(grantIds: readonly string[], meta: EntryMeta): number {
+    const open: Grant[] = [];
+    for (const id of grantIds) {
+      const g = this.grants.get(id);
+      if (g !== undefined && g.closedAt === null) open.push(g);
+    }
+    return this.closeExpired(open, meta);
+  }
+
+  /** Closes `grants` as expired, removing what they have left in one `expire` entry. */
+  private closeExpired(grants: readonly Grant[], meta: EntryMeta): number {
+    const portions: GrantPortion[] = [];
+    for (const g of grants) {
+      if (g.remaining > 0) portions.push({ grantId: g.id, amount: g.remaining });
+      this.grants.put({
+        ...g,
+        remaining: 0,
+        expiredAmount: (g.expiredAmount ?? 0) + g.remaining,
+        closedAt: this.now,
+        closedReason: "expired",
+      });
+    }
+    const total = sum(portions);
+    if (total > 0) {
+      this.account.balance = this.account.balance - total;
+      this.emit("expire", total, portions, null, meta);
+    }
+    return total;
+  }
+
+  /**
+   * Removes up to `amount` unheld credits from the given open grants, in burn-down order, leaving
+   * them open (a prorated downgrade). Recorded as a `void` entry. Returns the credits removed.
+   */
+  removeFromGrants(grantIds: readonly string[], amount: number, meta: EntryMeta): number {
+    const ids = new Set(grantIds);
+    const usable = this.grants
+      .all()
+      .filter((g) => ids.has(g.id) && isUsable(g, this.now))
+      .sort(compareGrants);
+    const portions = this.takeInOrder(usable, amount);
+    const total = sum(portions);
+    if (total > 0) {
+      this.account.balance = this.account.balance - total;
+      this.emit("void", total, portions, null, meta);
+    }
+    return total;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Operations.
+
+  /** Adds credits: pays debt first, the rest forms a new grant. */
+  add(amount: number, grant: NewGrant, meta: EntryMeta): JournalEntry {
+    if (this.account.balance + amount > Number.MAX_SAFE_INTEGER) throw beyondSafe("balance", amount);
+    const scope = grant.scope ?? null;
+    // Debt is owed for spends of any scope: a scoped grant pays none of it.
+    const debtPaid = scope === null ? Math.min(this.account.debt, amount) : 0;
+    const grantAmount = amount - debtPaid;
+    const portions: GrantPortion[] = [];
+    if (grantAmount > 0) {
+      const id = this.newId();
+      const g: Grant = {
+        id,
+        userId: this.userId,
+        amount: grantAmount,
+        remaining: grantAmount,
+        expiresAt: grant.expiresAt,
+        priority: grant.priority,
+        source: grant.source,
+        sourceRef: grant.sourceRef,
+        description: grant.description,
+        metadata: grant.metadata as Grant["metadata"],
+        createdAt: this.now,
+        expiredAmount: 0,
+        closedAt: null,
+        closedReason: null,
+        scope,
+        costBasis: grant.costBasis ?? null,
+      };
+      if (scope !== null) this.account.scoped = true;
+      portions.push(this.newGrant(g));
+    }
+    this.account.balance = this.account.balance + amount;
+    this.account.debt = this.account.debt - debtPaid;
+    const entry = this.emit("add", amount, portions, null, meta, {
+      costBasis: grant.costBasis ?? null,
+      source: grant.source,
+    });
+    // An addition that only paid debt created no grant: its domain event (docs/events.md) still names the source.
+    if (grantAmount === 0) noteAddSource(entry, grant.source, grant.sourceRef);
+    return entry;
+  }
+
+  /**
+   * Deducts credits. Without `allowDebt` the account must have `available >= amount`. With it
+   * (usage already delivered) unheld grants give what they have and the rest becomes debt, as long
+   * as available stays >= −overdraftLimit. Held credits are never taken.
+   */
+  deduct(
+    amount: number,
+    meta: EntryMeta,
+    options: {
+      allowDebt: boolean;
+      overdraftLimit: number | null;
+      reservationId?: string | null;
+      /** Spend limits: refuse what does not fit ("enforce", default without `allowDebt`), count it all the same ("force", default with it), or leave them ("skip"). */
+      limits?: "enforce" | "force" | "skip";
+    },
+  ): JournalEntry {
+    const spend = spendOf(meta);
+    const available = this.availableFor(spend);
+    if (!options.allowDebt && available < amount) {
+      throw new InsufficientCreditsError(`Cannot deduct ${amount} credits: only ${Math.max(available, 0)} available.`, {
+        requested: amount,
+        available,
+      });
+    }
+    if (options.allowDebt && amount > headroom(available, options.overdraftLimit)) {
+      throw new InsufficientCreditsError(
+        `Cannot deduct ${amount} credits: it would exceed the overdraft limit of ${options.overdraftLimit} (available ${available}).`,
+        { requested: amount, available, overdraftLimit: options.overdraftLimit },
+      );
+    }
+    if (this.account.balance - amount < -Number.MAX_SAFE_INTEGER) throw beyondSafe("balance", amount);
+    // (Counted before the draw, so a refusal changes nothing.)
+    if (options.limits !== "skip") {
+      const force = (options.limits ?? (options.allowDebt ? "force" : "enforce")) === "force";
+      // Usage already delivered passes a limit and says so in its entry (as a shortfall does).
+      // Late usage counts in the window it happened in, while that window is the current one.
+      if (this.countLimits(spend, amount, force, undefined, meta.occurredAt))
+        meta = { ...meta, metadata: { ...meta.metadata, overLimit: true } };
+    }
+    const portions = this.draw(amount, spend);
+    const drawn = sum(portions);
+    // (A refusal after the draw is safe: a unit of work that throws saves nothing.)
+    if (this.account.debt + (amount - drawn) > Number.MAX_SAFE_INTEGER) throw beyondSafe("debt", amount);
+    this.account.balance = this.account.balance - amount;
+    this.account.debt = this.account.debt + (amount - drawn);
+    return this.emit("deduct", amount, portions, options.reservationId ?? null, meta);
+  }
+
+  /** The account's holds in flight, as a limit set now counts them (`replaceLimits`, ./limits.ts). */
+  inFlight(): { holds: Reservation[]; now: number } {
+    return { holds: this.holds.all().filter((h) => h.status === "active"), now: this.now.getTime() };
+  }
+
+  /**
+   * The most a hold of `spend` may take now (docs/concepts.md, "Holds"): the credits it may use
+   * (scoped grants outside its scope do not count; a hold never goes into debt) and what every
+   * spend limit that applies to it has left in its window.
+   */
+  holdRoom(spend: Spend): number {
+    const available = Math.max(0, this.availableFor(spend));
+    const limits = this.account.limits;
+    const room = limits == null ? null : limitRoom(limits, spend, this.now.getTime());
+    return room === null ? available : Math.min(available, room.left);
+  }
+
+  /**
+   * Earmarks credits from grants in burn-down order into a new hold. With `minimum` (a hold for
+   * what is there, docs/concepts.md "Holds"): `amount`, or `holdRoom` when that is less, refused as
+   * a hold of `minimum` is when the room is below it; the entry's metadata then adds `requested`.
+   */
+  reserve(
+    requested: number,
+    ttlSeconds: number,
+    reason: string | null,
+    meta: EntryMeta,
+    minimum?: number,
+  ): { reservation: Reservation; entry: JournalEntry } {
+    const spend = spendOf(meta);
+    // Below the minimum, the checks below refuse a hold of the minimum, with their usual errors.
+    const amount = minimum === undefined ? requested : Math.max(minimum, Math.min(requested, this.holdRoom(spend)));
+    const available = this.availableFor(spend);
+    if (available < amount) {
+      const least = minimum === undefined ? "" : ` (the least of a hold of up to ${requested})`;
+      throw new InsufficientCreditsError(
+        `Cannot reserve ${amount} credits${least}: only ${Math.max(available, 0)} available.`,
+        { requested: amount, available },
+      );
+    }
+    // A hold counts against the limits when placed; its commit or release trues it up.
+    this.countLimits(spend, amount, false, "reserve");
+    const allocations = this.draw(amount, spend);
+    const expiresAt = new Date(this.now.getTime() + ttlSeconds * 1000);
+    const reservation: Reservation = {
+      id: this.newId(),
+      userId: this.userId,
+      amount,
+      status: "active",
+      allocations,
+      expiresAt,
+      reason,
+      metadata: (meta.metadata ?? null) as Reservation["metadata"],
+      createdAt: this.now,
+      settledAt: null,
+      committedAmount: null,
+      spender: meta.spender ?? null,
+      feature: meta.feature ?? null,
+    };
+    this.holds.create(reservation);
+    this.account.reserved = this.account.reserved + amount;
+    this.account.nextExpiryAt = minDate(this.account.nextExpiryAt, expiresAt);
+    const entryMeta = amount === requested ? meta : { ...meta, metadata: { ...meta.metadata, requested } };
+    const entry = this.emit("reserve", amount, allocations, reservation.id, entryMeta);
+    return { reservation, entry };
+  }
+
+  /**
+   * Charges usage already delivered (docs/concepts.md, "Overdraft and debt"): as much of `requested`
+   * as the overdraft limit allows, into debt if need be, with what it could not charge recorded as
+   * the entry's `shortfall`. Null when the limit allows nothing.
+   */
+  deductUpToLimit(requested: number, meta: EntryMeta, overdraftLimit: number | null): JournalEntry | null {
+    const charge = chargeWithinLimit(requested, this.headroom(overdraftLimit, spendOf(meta)));
+    if (charge === 0) return null;
+    return this.deduct(charge, shortfallMeta(meta, requested, charge), { allowDebt: true, overdraftLimit });
+  }
+
+  /**
+   * Captures `requested` on `hold` as far as the overdraft limit allows beyond the hold (the hold
+   * itself always), recording what it could not charge as the entry's `shortfall`.
+   */
+  commitUpToLimit(hold: Reservation, requested: number, meta: EntryMeta, overdraftLimit: number | null): JournalEntry {
+    const charge = commitWithinLimit(requested, hold.amount, this.headroom(overdraftLimit, holdSpend(hold)));
+    return this.commit(hold, charge, shortfallMeta(meta, requested, charge), overdraftLimit);
+  }
+
+  /**
+   * Captures a hold. `amount` <= hold: that much is spent from the held grants (in their order) and
+   * the rest returns. `amount` > hold: the whole hold is spent and the excess is taken like an
+   * after-service deduction (it may fail with `InsufficientCreditsError` past the overdraft limit,
+   * before anything changes). Returns the commit entry.
+   */
+  commit(hold: Reservation, amount: number, meta: EntryMeta, overdraftLimit: number | null): JournalEntry {
+    const excess = amount - hold.amount;
+    // Checked up front so a refused over-commit changes nothing (the hold stays active).
+    if (excess > 0 && excess > this.headroom(overdraftLimit, holdSpend(hold))) {
+      throw new InsufficientCreditsError(
+        `Cannot commit ${amount} credits on a hold of ${hold.amount}: the excess of ${excess} would exceed the overdraft limit of ${overdraftLimit}.`,
+        { requested: amount, held: hold.amount, available: this.availableFor(holdSpend(hold)), overdraftLimit },
+      );
+    }
+    const captured = Math.min(amount, hold.amount);
+    // Recorded under the hold's spender and feature, and with the metadata it was placed with under
+    // the commit's (docs/usage.md, "What counts"); the hold's count is trued up to what was spent.
+    if (hold.spender != null || hold.feature != null) meta = withSpend(meta, hold);
+    meta = withHoldMetadata(meta, hold);
+    this.trueUp(hold, amount);
+    // One entry (docs/concepts.md, "The journal"): the spent portions, then — a partial capture —
+    // what went back to its grants (`returned`) and what paid debt (`debt_paid`).
+    const portions: GrantPortion[] = [];
+    const leftover: GrantPortion[] = [];
+    let toTake = captured;
+    for (const p of hold.allocations) {
+      const take = Math.min(p.amount, toTake);
+      toTake -= take;
+      if (take > 0) portions.push({ grantId: p.grantId, amount: take });
+      if (p.amount - take > 0) leftover.push({ grantId: p.grantId, amount: p.amount - take });
+    }
+    this.holds.put({ ...hold, status: "committed", settledAt: this.now, committedAmount: amount });
+    let back: Returned | null = null;
+    if (leftover.length > 0) {
+      back = this.giveBack(`reservation ${hold.id}`, leftover, true);
+      portions.push(...back.portions);
+    }
+    this.account.balance = this.account.balance - captured;
+    this.account.reserved = this.account.reserved - hold.amount;
+    const entry = this.emit("commit_reserved", captured, portions, hold.id, meta);
+    if (back !== null && back.toClosed) this.removeFromClosed(back.portions, hold.id);
+    if (excess > 0) {
+      const labels: EntryMeta = {
+        description: "committed beyond reservation",
+        metadata: excessMetadata(entry.metadata) ?? undefined,
+      };
+      this.deduct(excess, hold.spender != null || hold.feature != null ? withSpend(labels, hold) : labels, {
+        allowDebt: true,
+        overdraftLimit: null,
+        reservationId: hold.id,
+        limits: "skip",
+      });
+    }
+    return entry;
+  }
+
+  /** Returns a hold's credits to their grants. Returns the release entry and credits that expired. */
+  releaseHold(
+    hold: Reservation,
+    status: "released" | "expired",
+    meta: EntryMeta,
+  ): { entry: JournalEntry; expired: number } {
+    this.holds.put({ ...hold, status, settledAt: this.now });
+    if (hold.spender != null || hold.feature != null) meta = withSpend(meta, hold);
+    this.trueUp(hold, 0);
+    return this.returnToGrants(hold, meta);
+  }
+
+  /**
+   * Replaces the account's spend limits (docs/teams-and-limits.md) with `limits` (null: none),
+   * recorded as a `limits` entry that moves no credits, with the limits in its metadata (which its
+   * hash covers): the change is part of the audited journal, and the account's seq moves, so a
+   * concurrent spend that loaded the old limits conflicts instead of writing them back.
+   */
+  setLimits(limits: SpendLimit[] | null, meta: EntryMeta): JournalEntry {
+    this.account.limits = limits === null || limits.length === 0 ? null : limits;
+    const listed = (limits ?? []).map((l) => describeLimit(l));
+    return this.emit("limits", 0, [], null, {
+      description: "spend limits set",
+      ...meta,
+      metadata: { ...meta.metadata, limits: listed },
+    });
+  }
+
+  /**
+   * Gives back `amount` credits of `charge` (docs/concepts.md, "Giving a charge back"), at most what
+   * its reversals so far (`reversed`) left of its `draw` (`amountToGiveBack`), by `reversalShares`:
+   * its debt first — what the account still owes of it is cancelled; what was paid since (`paid`,
+   * `PaidDebt`: as much as `reversalShares`' debt less what is still owed) goes back to the grants
+   * that paid it (`debt_returned` portions), and what no grant can take (`paid.rest`) is a grant of
+   * its own (`debtGrant`) — then its grants. All grants loaded (`include`); credits go back as a
+   * hold's do (`giveBack`). `meta` names the charge.
+   */
+  reverse(
+    charge: JournalEntry,
+    draw: ChargeDraw,
+    reversed: Reversed,
+    amount: number,
+    paid: { portions: readonly GrantPortion[]; rest: number },
+    meta: EntryMeta,
+  ): JournalEntry {
+    if (this.account.balance + amount > Number.MAX_SAFE_INTEGER) throw beyondSafe("balance", amount);
+    const shares = reversalShares(draw, reversed, amount);
+    const owed = Math.min(shares.debt, this.account.debt);
+    if (sum(paid.portions) + paid.rest !== shares.debt - owed)
+      throw new Error(`the paid debt of charge ${charge.id} given back does not add up to ${shares.debt - owed}`);
+    this.account.debt -= owed;
+    // (Debt is left only when all of the charge's debt was still owed: then nothing was paid.)
+    const back = this.giveBack(`charge ${charge.id}`, shares.grants, true);
+    if (paid.portions.length > 0) {
+      const repaid = this.giveBack(`charge ${charge.id}`, paid.portions, true);
+      for (const p of repaid.portions) back.portions.push({ ...p, kind: "debt_returned" });
+      back.toClosed ||= repaid.toClosed;
+    }
+    if (paid.rest > 0)
+      back.portions.push(this.newGrant(debtGrant(this.newId(), this.userId, paid.rest, charge.id, this.now)));
+    this.account.balance += amount;
+    // The spend goes back to the limits that counted the charge, while its window is current
+    // (docs/teams-and-limits.md, "Late usage and reversals").
+    const limits = this.account.limits;
+    if (limits != null && limits.length > 0)
+      this.account.limits = giveBackSpend(
+        limits,
+        { spender: charge.spender ?? null, feature: charge.feature ?? null },
+        amount,
+        { seq: charge.seq, at: (charge.occurredAt ?? charge.createdAt).getTime() },
+        this.now.getTime(),
+      );
+    const entry = this.emit("reverse", amount, back.portions, null, meta);
+    if (back.toClosed) this.removeFromClosed(back.portions, null);
+    return entry;
+  }
+
+  /** Voids what is left of a grant (refunds, disputes). Held parts are voided when they return. */
+  voidGrant(grant: Grant, meta: EntryMeta): JournalEntry {
+    let current = this.grants.get(grant.id);
+    if (current === undefined) {
+      this.addGrant(grant);
+      current = grant;
+    }
+    const amount = current.remaining;
+    this.grants.put({ ...current, remaining: 0, closedAt: this.now, closedReason: "voided" });
+    this.account.balance = this.account.balance - amount;
+    return this.emit("void", amount, amount > 0 ? [{ grantId: current.id, amount }] : [], null, meta);
+  }
+
+  /**
+   * Appends a `checkpoint` entry (docs/operations.md, "Checkpoints and archival"): amount 0, the
+   * account's balance, reserved and debt unchanged, and in its metadata (which its hash covers) the
+   * open grants with their remaining credits and the active holds with their portions. The grants
+   * the active holds draw from must be part of the work (`include`).
+   */
+  checkpoint(meta: EntryMeta = {}): JournalEntry {
+    const snapshot = snapshotOf(this.grants.all(), this.holds.all(), (id) => this.grants.get(id));
+    return this.emit("checkpoint", 0, [], null, {
+      description: "checkpoint",
+      ...meta,
+      metadata: checkpointMetadata(snapshot),
+    });
+  }
+
+  /** The grants the active holds draw from that are not part of the work yet. */
+  missingHeldGrants(): string[] {
+    const out = new Set<string>();
+    for (const h of this.holds.all()) {
+      if (h.status !== "active") continue;
+      for (const p of h.allocations) if (p.amount > 0 && this.grants.get(p.grantId) === undefined) out.add(p.grantId);
+    }
+    return [...out];
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Results.
+
+  /** Everything this work changed, for `DbTransaction.save`. */
+  changes(): Changes {
+    this.account.nextExpiryAt = this.computeNextExpiry();
+    this.account.updatedAt = this.now;
+    return {
+      account: this.account,
+      previousSeq: this.loaded === null ? null : this.loaded.seq,
+      insertGrants: this.grants.saved(true),
+      updateGrants: this.grants.saved(false),
+      insertReservations: this.holds.saved(true),
+      updateReservations: this.holds.saved(false),
+      entries: this.entries,
+    };
+  }
+
+  get changed(): boolean {
+    return this.entries.length > 0 || this.grants.changed || this.holds.changed;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Internals.
+
+  /**
+   * Counts a spend against the account's limits (refused unless `force` when it does not fit).
+   * True when it passed one (forced).
+   */
+  private countLimits(spend: Spend, amount: number, force: boolean, what?: string, occurredAt?: Date): boolean {
+    const limits = this.account.limits;
+    if (limits == null || limits.length === 0) return false;
+    const at = (occurredAt ?? this.now).getTime();
+    const counted = countSpend(limits, spend, amount, at, { force, what, now: this.now.getTime() });
+    this.noteCounted(counted);
+    return counted.over;
+  }
+
+  /** Trues up `hold`'s count at its commit (`spent`) or release (0). */
+  private trueUp(hold: Reservation, spent: number): void {
+    const limits = this.account.limits;
+    if (limits == null || limits.length === 0) return;
+    this.noteCounted(
+      trueUpHold(limits, holdSpend(hold), hold.amount, spent, hold.createdAt.getTime(), this.now.getTime()),
+    );
+  }
+
+  private noteCounted(counted: Counted): void {
+    this.account.limits = counted.limits;
+    if (counted.crossed.length > 0) (this.limitsCrossed ??= []).push(...counted.crossed);
+  }
+
+  /**
+   * Draws up to `amount` from the usable grants `spend` may use, in burn-down order: on an account
+   * with scoped grants, those whose scope matches it first, then the unscoped ones (./scope.ts).
+   */
+  private draw(amount: number, spend: Spend): GrantPortion[] {
+    if (this.account.scoped === true) return this.takeInOrder(spendOrder(this.grants.all(), spend, this.now), amount);
+    // Loaded in order and nothing added: the first usable grants are the ones to take.
+    if (this.ordered) return this.takeInOrder(this.grants.loaded, amount);
+    const usable: Grant[] = [];
+    for (const g of this.grants.all()) if (isUsable(g, this.now)) usable.push(g);
+    if (usable.length > 1) usable.sort(compareGrants);
+    return this.takeInOrder(usable, amount);
+  }
+
+  /**
+   * Takes up to `amount` from `grants`, already in burn-down order, each as far as it goes; each is
+   * read as it stands in this work, and those not usable now are passed over.
+   */
+  private takeInOrder(grants: readonly Grant[], amount: number): GrantPortion[] {
+    const portions: GrantPortion[] = [];
+    let left = amount;
+    for (const listed of grants) {
+      if (left === 0) break;
+      const g = this.grants.current(listed);
+      if (!isUsable(g, this.now)) continue;
+      const take = Math.min(g.remaining, left);
+      left -= take;
+      portions.push({ grantId: g.id, amount: take });
+      this.grants.put({ ...g, remaining: g.remaining - take });
+    }
+    return portions;
+  }
+
+  /**
+   * Ends `hold`'s earmark: its allocations go back to their grants, debt is paid from them first,
+   * and what lands on a closed (or past-expiry) grant expires (or is voided) at once.
+   */
+  private returnToGrants(hold: Reservation, meta: EntryMeta): { entry: JournalEntry; expired: number } {
+    const back = this.giveBack(`reservation ${hold.id}`, hold.allocations, false);
+    this.account.reserved = this.account.reserved - hold.amount;
+    const entry = this.emit("release_reserved", hold.amount, back.portions, hold.id, meta);
+    // (Nearly always every grant is open: then there is nothing to remove.)
+    const expired = back.expired + (back.toClosed ? this.removeFromClosed(back.portions, hold.id) : 0);
+    return { entry, expired };
+  }
+
+  /**
+   * Gives `allocations` of hold `holdId` back to their grants, paying debt from them first; the
+   * caller lowers `reserved` and writes the entry. `tagged` (a partial capture): each portion says
+   * whether it was `returned` or `debt_paid`; else (a release) only the returned ones are listed.
+   */
+  private giveBack(of: string, allocations: readonly GrantPortion[], tagged: boolean): Returned {
+    // A grant the hold drew from that is past its expiry but not closed yet (a unit of work that
+    // does not settle) is closed first, so its expiry records exactly what it had unspent and
+    // unheld when it expired; what the hold returns to it then expires as the hold's own entry
+    // (`reservationId` set), as it does for a grant closed earlier. Rollover reads the difference.
+    let due: Grant[] | null = null;
+    for (const p of allocations) {
+      const g = this.grants.get(p.grantId);
+      if (g !== undefined && isDue(g, this.now) && !(due ??= []).includes(g)) due.push(g);
+    }
+    const expired = due === null ? 0 : this.closeExpired(due.sort(compareGrants), { description: "credits expired" });
+    let debt = this.account.debt;
+    const portions: GrantPortion[] = [];
+    let toClosed = false;
+    for (const p of allocations) {
+      const g = this.grants.get(p.grantId);
+      if (g === undefined) throw new Error(`grant ${p.grantId} of ${of} was not loaded`);
+      // Debt is paid from credits that go back to a grant still open. What goes back to a closed
+      // grant (voided, or expired — closed just above when it was due) is removed afterwards and
+      // pays nothing: a voided grant's credits must not settle usage, nor expired ones.
+      // Nor do a scoped grant's: the debt is owed for spends of any scope.
+      const pay = g.closedAt === null && (g.scope ?? null) === null ? Math.min(debt, p.amount) : 0;
+      debt -= pay;
+      if (pay > 0 && tagged) portions.push({ grantId: p.grantId, amount: pay, kind: "debt_paid" });
+      const back = p.amount - pay;
+      if (back === 0) continue;
+      portions.push(
+        tagged ? { grantId: p.grantId, amount: back, kind: "returned" } : { grantId: p.grantId, amount: back },
+      );
+      this.grants.put({ ...g, remaining: g.remaining + back });
+      if (g.closedReason !== null) toClosed = true;
+    }
+    this.account.debt = debt;
+    return { portions, expired, toClosed };
+  }
+
+  /**
+   * Removes what `giveBack` returned to closed grants (`portions`; spent and debt-paid ones passed
+   * over): an `expire` or `void` entry of hold `holdId` (null: a reversal) per reason. Returns what expired.
+   */
+  private removeFromClosed(portions: readonly GrantPortion[], holdId: string | null): number {
+    let expired = 0;
+    for (const reason of ["expired", "voided"] as const) {
+      const closed: GrantPortion[] = [];
+      for (const p of portions) {
+        if (p.kind !== "debt_paid" && this.grants.get(p.grantId)?.closedReason === reason)
+          closed.push({ grantId: p.grantId, amount: p.amount });
+      }
+      if (closed.length === 0) continue;
+      for (const p of closed) {
+        const g = this.grants.get(p.grantId) as Grant;
+        const lost = reason === "expired" ? p.amount : 0;
+        this.grants.put({ ...g, remaining: g.remaining - p.amount, expiredAmount: (g.expiredAmount ?? 0) + lost });
+      }
+      const total = sum(closed);
+      this.account.balance = this.account.balance - total;
+      this.emit(reason === "expired" ? "expire" : "void", total, closed, holdId, {
+        description: `returned credits of a ${reason} grant`,
+      });
+      if (reason === "expired") expired += total;
+    }
+    return expired;
+  }
+
+  /**
+   * The account's next expiry after this work: the soonest `expiresAt` among its open grants with
+   * credits left and its active holds. The stored value is kept unless a grant or hold this work
+   * touched moves it: one that counts can only bring it forward, and only one that stopped counting
+   * at or before it can push it back — then, and after a settlement, everything is read again.
+   */
+  private computeNextExpiry(): Date | null {
+    let next = this.account.nextExpiryAt;
+    let rescan = this.settled;
+    const touched = (expiresAt: Date | null, counts: boolean) => {
+      if (expiresAt === null) return;
+      if (counts) next = minDate(next, expiresAt);
+      else if (next !== null && expiresAt.getTime() <= next.getTime()) rescan = true;
+    };
+    this.grants.forEachTouched((g) => touched(g.expiresAt, isOpenGrant(g)));
+    this.holds.forEachTouched((h) => touched(h.expiresAt, h.status === "active"));
+    return rescan ? this.scanNextExpiry() : next;
+  }
+
+  /** `computeNextExpiry` from every grant and hold. */
+  private scanNextExpiry(): Date | null {
+    let next: Date | null = null;
+    for (const g of this.grants.all()) {
+      if (isOpenGrant(g)) next = minDate(next, g.expiresAt);
+    }
+    for (const h of this.holds.all()) {
+      if (h.status === "active") next = minDate(next, h.expiresAt);
+    }
+    return next;
+  }
+
+  private emit(
+    type: EntryType,
+    amount: number,
+    grants: GrantPortion[],
+    reservationId: string | null,
+    meta: EntryMeta,
+    added?: { costBasis: CostBasis | null; source: GrantSource },
+  ): JournalEntry {
+    const a = this.account;
+    const entry: JournalEntry = {
+      id: this.newId(),
+      userId: this.userId,
+      seq: a.seq + 1,
+      type,
+      amount,
+      balanceAfter: a.balance,
+      reservedAfter: a.reserved,
+      debtAfter: a.debt,
+      grants,
+      reservationId,
+      idempotencyKey: meta.idempotencyKey ?? null,
+      fingerprint: meta.fingerprint ?? null,
+      correlationId: meta.correlationId ?? null,
+      description: meta.description ?? null,
+      metadata: (meta.metadata ?? null) as JournalEntry["metadata"],
+      // Null when not set: the hash leaves them out (canonicalEntry, src/core/domain/hash.ts).
+      spender: meta.spender ?? null,
+      feature: meta.feature ?? null,
+      costBasis: added?.costBasis ?? null,
+      source: added?.source ?? null,
+      reverses: meta.reverses ?? null,
+      occurredAt: meta.occurredAt ?? null,
+      createdAt: this.now,
+      prevHash: a.lastHash,
+      hash: "",
+    };
+    const { hash, canonical } = hashNewEntry(entry);
+    entry.hash = hash;
+    a.seq = entry.seq;
+    a.lastHash = entry.hash;
+    this.made.push(entry);
+    this.texts.push(canonical);
+    return entry;
+  }
+}
+
+export const sum = (portions: readonly GrantPortion[]): number => portions.reduce((total, p) => total + p.amount, 0);
+
+function minDate(a: Date | null, b: Date | null): Date | null {
+  if (a === null) return b;
+  if (b === null) return a;
+  return a.getTime() <= b.getTime() ? a : b;
+}
+
+/** What `AccountWork.giveBack` gave back: the entry's portions, credits expired first, whether any went to a closed grant. */
+interface Returned {
+  portions: GrantPortion[];
+  expired: number;
+  toClosed: boolean;
+}
+
+/** What `AccountWork.settle` did: credits expired (grants and returned holds), holds released. */
+export interface Settlement {
+  expired: number;
+  holdsReleased: number;
+  creditsReleased: number;
+  /**
+   * Grants of a subscription period (its allocation, rollover or proration) that expired here: the
+   * period has most likely ended, and its subscription may owe the next one (see
+   * docs/subscriptions.md, "Periods start on time").
+   */
+  periodGrantsEnded: number;
+}
+
+/** Grants a subscription period is made of. */
+export const isPeriodGrant = (g: Grant): boolean => g.source === "subscription" || g.source === "rollover";
+
+/**
+ * An operation that would take the balance (or the debt) beyond the safe-integer range, where
+ * arithmetic stops being exact: refused before anything changes.
+ */
+function beyondSafe(what: "balance" | "debt", amount: number): RuleViolationError {
+  return new RuleViolationError(
+    `Cannot move ${amount} credits: the account's ${what} would go beyond ±${Number.MAX_SAFE_INTEGER}, the largest exact amount.`,
+    [{ path: "amount", message: `the ${what} would go beyond the safe-integer range` }],
+  );
+}

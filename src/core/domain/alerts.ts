@@ -1,0 +1,465 @@
+import type {
+  Account,
+  AlertMark,
+  AlertState,
+  AlertStateName,
+  AlertStatus,
+  AlertThreshold,
+  Grant,
+  JournalEntry,
+  LimitCycle,
+} from "../models/index.js";
+import { cycleWindow } from "./limits.js";
+import { isOpenGrant } from "./order.js";
+import { figuresBehind } from "./scope.js";
+import { nextWindowStart, windowStart } from "./usage.js";
+
+/**
+ * Alert thresholds as pure functions over one account (docs/notifications.md, "Alerts"): each
+ * threshold is `ok` or `in_alarm`, the line on the alarm side; a move into alarm is one
+ * `alert_triggered`, the moves out of one change are one `alert_resolved`. Called inside the unit
+ * of work that moves the value, so the marks on the account and the events commit together.
+ */
+
+const DAY_MS = 86_400_000;
+
+type PeriodSpend = Extract<AlertThreshold, { kind: "period_spend" }>;
+
+/** A window `[start, end)`, ms since the epoch. */
+export interface SpendWindow {
+  start: number;
+  end: number;
+}
+
+/**
+ * What an evaluation is given besides the account, read beside its unit of work
+ * (src/core/services/alert-reads.ts) where `needsCycle` and `countsStarting` say so.
+ */
+export interface AlertInputs {
+  /**
+   * The account's subscription cycle, read in this unit of work (null: no active subscription);
+   * undefined: not read, the one stored on the account holds.
+   */
+  cycle?: LimitCycle | null | undefined;
+  /**
+   * For the `period_spend` thresholds whose count starts now (`countsStarting`), by id: the spend
+   * captured in their current window before this change, from the journal.
+   */
+  spentBefore?: ReadonlyMap<string, number> | undefined;
+}
+
+/** An alert event to record: its type, payload and dedupe key (the caller makes the outbox row). */
+export interface AlertEvent {
+  type: "alert_triggered" | "alert_resolved";
+  payload: Record<string, unknown>;
+  dedupeKey: string;
+}
+
+/** The thresholds that apply to `account`: its own, else the service's `defaults`. */
+export function thresholdsOf(
+  account: Account,
+  defaults: readonly AlertThreshold[] | undefined,
+): readonly AlertThreshold[] {
+  return account.alert?.thresholds ?? defaults ?? [];
+}
+
+/** The line of a threshold: `atOrBelow` or `atOrAbove`. */
+export function lineOf(t: AlertThreshold): number {
+  return t.kind === "available" || t.kind === "left_percent" ? t.atOrBelow : t.atOrAbove;
+}
+
+/**
+ * The window `[start, end)` of a `period_spend` threshold holding `at` (ms): its calendar window in
+ * its time zone, or the period of the account's subscription `cycle` (null without one: the
+ * threshold has no window and counts nothing).
+ */
+export function spendWindow(t: PeriodSpend, at: number, cycle: LimitCycle | null): SpendWindow | null {
+  if (t.window === "subscription_period") return cycle === null ? null : cycleWindow(cycle, at);
+  const tz = t.timeZone ?? "UTC";
+  const start = windowStart(at, t.window, tz);
+  return { start, end: nextWindowStart(start, t.window, tz) };
+}
+
+/** The subscription cycle an evaluation of `account` uses: the one read now, else the stored one. */
+function cycleOf(account: Account, inputs: AlertInputs): LimitCycle | null {
+  return inputs.cycle !== undefined ? inputs.cycle : (account.alert?.cycle ?? null);
+}
+
+/** Whether two cycles are the same (none and not read are the same: no period). */
+function sameCycle(a: LimitCycle | null | undefined, b: LimitCycle | null | undefined): boolean {
+  if (a == null || b == null) return a == null && b == null;
+  return a.anchorAt === b.anchorAt && a.billingPeriod === b.billingPeriod;
+}
+
+/**
+ * Whether an evaluation of `account` needs its subscription's cycle read (docs/customer-state.md,
+ * "Alerts"): a `subscription_period` threshold applies and the cycle was never read, or one of
+ * them applies for the first time (no mark), or the thresholds were just set (`recount`).
+ */
+export function needsCycle(
+  account: Account,
+  defaults: readonly AlertThreshold[] | undefined,
+  recount: boolean,
+): boolean {
+  const periods = thresholdsOf(account, defaults).filter(
+    (t) => t.kind === "period_spend" && t.window === "subscription_period",
+  );
+  if (periods.length === 0) return false;
+  const marks = account.alert?.marks ?? {};
+  return recount || account.alert?.cycle === undefined || periods.some((t) => marks[t.id] === undefined);
+}
+
+/**
+ * The `period_spend` thresholds of `account` whose count starts in this evaluation, so the spend
+ * already captured in their current window must be read from the journal (docs/customer-state.md,
+ * "Alerts"): each one without a mark (it applies for the first time), every one when `recount`
+ * (the thresholds were just set), and the `subscription_period` ones when `cycle` (read now) is not
+ * the stored one. With `from`, the earliest start of their windows at `at`: the journal is read back
+ * to it. Null: none.
+ */
+export function countsStarting(
+  account: Account,
+  defaults: readonly AlertThreshold[] | undefined,
+  at: number,
+  inputs: AlertInputs,
+  recount: boolean,
+): { thresholds: PeriodSpend[]; from: number } | null {
+  const marks = account.alert?.marks ?? {};
+  const cycle = cycleOf(account, inputs);
+  // A cycle read now that is not the stored one (a subscription started, changed its cycle or ended).
+  const moved = inputs.cycle !== undefined && !sameCycle(inputs.cycle, account.alert?.cycle);
+  const thresholds: PeriodSpend[] = [];
+  let from = Infinity;
+  for (const t of thresholdsOf(account, defaults)) {
+    if (t.kind !== "period_spend") continue;
+    if (!recount && marks[t.id] !== undefined && !(moved && t.window === "subscription_period")) continue;
+    const window = spendWindow(t, at, cycle);
+    if (window === null) continue;
+    thresholds.push(t);
+    from = Math.min(from, window.start);
+  }
+  return thresholds.length === 0 ? null : { thresholds, from };
+}
+
+/**
+ * Captured spend in each of `thresholds`' current windows at `at` (by id) among `entries`: the
+ * account's journal back to their earliest window start (`countsStarting`), counted by
+ * `spendOfEntry` as the evaluation counts a change's entries.
+ */
+export function spentIn(
+  thresholds: readonly PeriodSpend[],
+  entries: readonly JournalEntry[],
+  at: number,
+  cycle: LimitCycle | null,
+): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const t of thresholds) {
+    const window = spendWindow(t, at, cycle);
+    let spent = 0;
+    if (window !== null) for (const e of entries) spent += spendOfEntry(t, e, window);
+    out.set(t.id, Math.max(0, spent));
+  }
+  return out;
+}
+
+/** The entries that move captured spend, and which way: a reversal gives its charge's spend back. */
+const SPEND_SIGN: Partial<Record<JournalEntry["type"], 1 | -1>> = { deduct: 1, commit_reserved: 1, reverse: -1 };
+
+/** The entry types `spendOfEntry` counts: what a read of an account's earlier spend asks the journal for. */
+export const SPEND_ENTRY_TYPES = Object.keys(SPEND_SIGN) as JournalEntry["type"][];
+
+/**
+ * Captured spend an entry adds to a `period_spend` threshold's window starting at `start`: a
+ * deduction or a committed hold adds its amount, a reversal takes its amount back; only entries
+ * of the threshold's spender and feature (where set), placed in that window by `occurredAt`
+ * (else `createdAt`).
+ */
+export function spendOfEntry(t: PeriodSpend, e: JournalEntry, window: SpendWindow): number {
+  const sign = SPEND_SIGN[e.type] ?? 0;
+  if (sign === 0 || e.amount === 0) return 0;
+  if (t.spender !== undefined && e.spender !== t.spender) return 0;
+  if (t.feature !== undefined && e.feature !== t.feature) return 0;
+  const at = (e.occurredAt ?? e.createdAt).getTime();
+  if (at < window.start || at >= window.end) return 0;
+  return sign * e.amount;
+}
+
+/** What is left of the open grants expiring after `now` and within `days` days (holds are not grants' remaining). */
+export function expiringWithin(grants: readonly Grant[], days: number, now: number): number {
+  const until = now + days * DAY_MS;
+  let total = 0;
+  for (const g of grants) {
+    if (!isOpenGrant(g) || g.expiresAt === null) continue;
+    const at = g.expiresAt.getTime();
+    if (at > now && at <= until) total += g.remaining;
+  }
+  return total;
+}
+
+/** A threshold's value and whether it is on the alarm side; the window and its count for `period_spend`. */
+interface Reading {
+  value: number | null;
+  alarm: boolean;
+  windowStart?: number | null;
+  spent?: number;
+}
+
+/**
+ * `left_percent`'s value: what is left of the open grants behind the pool (or `feature`) as a
+ * percentage of what they were given, by the customer state's figures (`figuresBehind`,
+ * ./scope.ts); 0 when nothing open is behind it (nothing is left). Compared in whole numbers:
+ * left / granted <= atOrBelow / 100, the line included.
+ */
+function leftPercent(
+  t: Extract<AlertThreshold, { kind: "left_percent" }>,
+  account: Account,
+  grants: readonly Grant[],
+  now: number,
+): Reading {
+  const f = figuresBehind(grants, { spender: null, feature: t.feature ?? null }, account.debt, new Date(now));
+  if (f.granted <= 0) return { value: 0, alarm: true };
+  return { value: (f.left * 100) / f.granted, alarm: f.left * 100 <= t.atOrBelow * f.granted };
+}
+
+/** Reads threshold `t` on `account` at `now` (`entries`: the change's journal entries, counted once). */
+function read(
+  t: AlertThreshold,
+  account: Account,
+  mark: AlertMark | undefined,
+  entries: readonly JournalEntry[],
+  grants: () => readonly Grant[],
+  now: number,
+  inputs: AlertInputs,
+): Reading {
+  const available = account.balance - account.reserved;
+  switch (t.kind) {
+    case "available":
+      return { value: available, alarm: available <= t.atOrBelow };
+    case "left_percent":
+      return leftPercent(t, account, grants(), now);
+    case "period_spend": {
+      const window = spendWindow(t, now, cycleOf(account, inputs));
+      // No subscription to count in: no value, never in alarm.
+      if (window === null) return { value: null, alarm: false, windowStart: null, spent: 0 };
+      let spent = inputs.spentBefore?.get(t.id) ?? (mark?.windowStart === window.start ? (mark.spent ?? 0) : 0);
+      for (const e of entries) spent += spendOfEntry(t, e, window);
+      spent = Math.max(0, spent);
+      return { value: spent, alarm: spent >= t.atOrAbove, windowStart: window.start, spent };
+    }
+    case "expiring": {
+      const left = expiringWithin(grants(), t.withinDays, now);
+      return { value: left, alarm: left >= t.atOrAbove };
+    }
+  }
+}
+
+/** What `evaluateThresholds` records: the events of each move, and whether the account's marks moved. */
+export interface ThresholdsOutcome {
+  events: AlertEvent[];
+  /** True when the account's `alert` was replaced (a mark, or the stored cycle, moved): it must be saved. */
+  moved: boolean;
+}
+
+/**
+ * Evaluates the alert thresholds of `account` (the unit of work's copy, updated in place) after a
+ * change with `entries`, its open `grants` as the change leaves them (read only for `expiring` and
+ * `left_percent`), with what was read beside the unit of work (`inputs`): the events of each move.
+ * An account never changed (seq 0) is evaluated by none: its thresholds wait for its first change.
+ * A threshold without a mark starts `ok`, so one set on an account already past its line fires at
+ * once. The account's `alert` is replaced only when a mark (or the stored cycle) moved.
+ */
+export function evaluateThresholds(
+  account: Account,
+  entries: readonly JournalEntry[],
+  grants: () => readonly Grant[],
+  defaults: readonly AlertThreshold[] | undefined,
+  now: Date,
+  inputs: AlertInputs = {},
+): ThresholdsOutcome {
+  if (account.seq === 0) return { events: [], moved: false };
+  const list = thresholdsOf(account, defaults);
+  const before = account.alert?.marks ?? {};
+  if (list.length === 0 && Object.keys(before).length === 0) return { events: [], moved: false };
+  const at = now.getTime();
+  const marks: Record<string, AlertMark> = {};
+  const events: AlertEvent[] = [];
+  const resolved: Record<string, unknown>[] = [];
+  let recorded = account.alert?.recorded ?? 0;
+  const cycle = cycleOf(account, inputs);
+  for (const t of list) {
+    const mark = before[t.id];
+    const r = read(t, account, mark, entries, grants, at, inputs);
+    const was: AlertStateName = mark?.state ?? "ok";
+    const state: AlertStateName = r.alarm ? "in_alarm" : "ok";
+    const crossings = (mark?.crossings ?? 0) + (was === "ok" && state === "in_alarm" ? 1 : 0);
+    const next: AlertMark = { state, crossings };
+    if (t.kind === "period_spend") {
+      next.windowStart = r.windowStart ?? null;
+      next.spent = r.spent ?? 0;
+    }
+    marks[t.id] = next;
+    const about = { thresholdId: t.id, kind: t.kind, value: r.value, line: lineOf(t), crossing: crossings };
+    if (was === "ok" && state === "in_alarm") {
+      // The key's number counts the account's alert events, so it is never reused (a threshold
+      // removed and set again under the same id starts its crossings again).
+      recorded++;
+      events.push({
+        type: "alert_triggered",
+        payload: { ...about, ...windowOf(t, at, cycle), seq: account.seq },
+        dedupeKey: `alert_triggered:${t.id}:${recorded}`,
+      });
+    } else if (was === "in_alarm" && state === "ok") {
+      resolved.push(about);
+    }
+  }
+  if (resolved.length > 0) {
+    // One event for the change, listing each threshold it brought back.
+    recorded++;
+    events.push({
+      type: "alert_resolved",
+      payload: { resolved, seq: account.seq },
+      dedupeKey: `alert_resolved:${recorded}`,
+    });
+  }
+  // The cycle read now is kept while a threshold counts in it (a later one reads it again).
+  const keepCycle =
+    inputs.cycle !== undefined &&
+    list.some((t) => t.kind === "period_spend" && t.window === "subscription_period") &&
+    !(account.alert?.cycle !== undefined && sameCycle(account.alert.cycle, inputs.cycle));
+  const moved = keepCycle || !sameMarks(before, marks);
+  if (moved) {
+    const prev: AlertState = account.alert ?? { level: null, threshold: 0, lastAllocation: 0, override: null };
+    account.alert = { ...prev, marks, recorded, ...(keepCycle ? { cycle: inputs.cycle ?? null } : {}) };
+  }
+  return { events, moved };
+}
+
+/**
+ * True when a `period_spend` threshold of `account` is in alarm for a window that has ended by
+ * `now`: the account has a resolution due that no change has recorded yet (the worker's scan).
+ */
+export function hasEndedSpendWindow(
+  account: Account,
+  defaults: readonly AlertThreshold[] | undefined,
+  now: Date,
+): boolean {
+  const marks = account.alert?.marks;
+  if (marks === undefined) return false;
+  const cycle = account.alert?.cycle ?? null;
+  return thresholdsOf(account, defaults).some((t) => {
+    const mark = marks[t.id];
+    if (t.kind !== "period_spend" || mark?.state !== "in_alarm") return false;
+    return (mark.windowStart ?? null) !== (spendWindow(t, now.getTime(), cycle)?.start ?? null);
+  });
+}
+
+/**
+ * How far ahead the worker's scan of grants by expiry looks for `expiring` thresholds, in days: the
+ * longest of the `defaults`, at least 31 (docs/customer-state.md, "Alerts").
+ */
+export function expiringScanDays(defaults: readonly AlertThreshold[] | undefined): number {
+  return Math.max(31, ...(defaults ?? []).map((t) => (t.kind === "expiring" ? t.withinDays : 0)));
+}
+
+/**
+ * True when one of `account`'s own `expiring` thresholds looks further ahead than the scan of grants
+ * (`scanDays`), is `ok`, and the account may have a grant within its days (`nextExpiryAt`, a lower
+ * bound of its soonest expiry): time alone may have brought it into alarm where the scan of grants
+ * did not look (the worker's scan of accounts evaluates it).
+ */
+export function expiresBeyondScan(
+  account: Account,
+  defaults: readonly AlertThreshold[] | undefined,
+  now: Date,
+  scanDays: number,
+): boolean {
+  const next = account.nextExpiryAt;
+  if (next === null || account.seq === 0) return false;
+  const marks = account.alert?.marks ?? {};
+  return thresholdsOf(account, defaults).some(
+    (t) =>
+      t.kind === "expiring" &&
+      t.withinDays > scanDays &&
+      marks[t.id]?.state !== "in_alarm" &&
+      next.getTime() <= now.getTime() + t.withinDays * DAY_MS,
+  );
+}
+
+/** `windowStart` and `resetsAt` (ISO) of a `period_spend` threshold with a window; nothing for the others. */
+function windowOf(t: AlertThreshold, at: number, cycle: LimitCycle | null): Record<string, string> {
+  if (t.kind !== "period_spend") return {};
+  const w = spendWindow(t, at, cycle);
+  if (w === null) return {};
+  return { windowStart: new Date(w.start).toISOString(), resetsAt: new Date(w.end).toISOString() };
+}
+
+function sameMarks(a: Record<string, AlertMark>, b: Record<string, AlertMark>): boolean {
+  const ka = Object.keys(a);
+  if (ka.length !== Object.keys(b).length) return false;
+  for (const k of ka) {
+    const x = a[k];
+    const y = b[k];
+    if (x === undefined || y === undefined) return false;
+    if (x.state !== y.state || x.crossings !== y.crossings) return false;
+    if ((x.windowStart ?? null) !== (y.windowStart ?? null) || (x.spent ?? null) !== (y.spent ?? null)) return false;
+  }
+  return true;
+}
+
+/**
+ * Each alert threshold of `account` (its own, else `defaults`) with its stored state and its value
+ * at `now` (`grants`: the account's open grants, for `expiring` and `left_percent`). A
+ * `period_spend` value counts the stored window only while it is the current one. The built-in
+ * low-credits ones are `builtInStates`; `alertStates` (./notifications.ts) lists both.
+ */
+export function thresholdStates(
+  account: Account | null,
+  grants: readonly Grant[],
+  defaults: readonly AlertThreshold[] | undefined,
+  now: Date,
+): AlertStatus[] {
+  if (account === null) {
+    return (defaults ?? []).map((t): AlertStatus => ({
+      threshold: t,
+      state: "ok",
+      value: null,
+      line: lineOf(t),
+      crossings: 0,
+      source: "default",
+    }));
+  }
+  const own = account.alert?.thresholds;
+  const marks = account.alert?.marks ?? {};
+  return thresholdsOf(account, defaults).map((t): AlertStatus => {
+    const mark = marks[t.id];
+    const r = read(t, account, mark, [], () => grants, now.getTime(), {});
+    return {
+      threshold: t,
+      state: mark?.state ?? "ok",
+      value: account.seq === 0 ? null : r.value,
+      line: lineOf(t),
+      crossings: mark?.crossings ?? 0,
+      source: own == null ? "default" : "account",
+    };
+  });
+}
+
+/**
+ * The low-credits level as the thresholds it is (docs/notifications.md): `low_credits` at or below
+ * `line` (listed when `line` is above 0) and `credits_exhausted` at or below 0, in alarm as the
+ * account's stored level says.
+ */
+export function builtInStates(account: Account | null, line: number): AlertStatus[] {
+  const level = account?.alert?.level ?? null;
+  const value = account === null || account.seq === 0 ? null : account.balance - account.reserved;
+  const status = (id: string, atOrBelow: number, alarm: boolean): AlertStatus => ({
+    threshold: { id, kind: "available", atOrBelow },
+    state: alarm ? "in_alarm" : "ok",
+    value,
+    line: atOrBelow,
+    crossings: null,
+    source: "builtIn",
+  });
+  const exhausted = status("credits_exhausted", 0, level === "exhausted");
+  return line > 0 ? [status("low_credits", line, level === "low" || level === "exhausted"), exhausted] : [exhausted];
+}

@@ -1,0 +1,62 @@
+import type { Account, Grant, JournalEntry, Notification, Reservation } from "../models/index.js";
+// eslint-disable-next-line no-restricted-imports -- a leak scripts/check-cycles.mjs lists (CORE_LEAKS): Changes carries payment updates
+import type { Payment } from "../../modules/billing/model-payments.js";
+// eslint-disable-next-line no-restricted-imports -- a leak scripts/check-cycles.mjs lists (CORE_LEAKS): Changes carries promo claims
+import type { PromoClaim } from "../../modules/billing/model-promos.js";
+
+/**
+ * What a unit of work reads and what it writes, in the domain's terms: an `AccountWork` is built
+ * from a `LoadedState` and yields `Changes`. The storage contract (`DbTransaction.load` / `save`,
+ * re-exported by `src/core/db/types.ts` and `credit-management/store`) is written in these types, so
+ * the rules in `src/core/domain` never import from the storage layer (docs/writing-a-store.md).
+ */
+
+/** The locked account's state. */
+export interface LoadedState {
+  /** null before the account's first entry. */
+  account: Account | null;
+  /**
+   * Open grants: remaining > 0 and not closed (any order, unless `grantsInOrder`). The store may
+   * hand its own list: the unit of work only reads it, and is done with it before `save`.
+   */
+  grants: readonly Grant[];
+  /**
+   * True when `grants` are in burn-down order (`compareGrants`): a deduction then reads only the
+   * grants it draws from, so its cost does not grow with the account's open grants.
+   */
+  grantsInOrder?: boolean;
+  /** Active reservations (any order). */
+  reservations: readonly Reservation[];
+  /** The entry carrying the requested idempotency key, or null. */
+  idempotent: JournalEntry | null;
+}
+
+/** What a unit of work saves for promos and payments, atomically with its account changes. */
+export interface PromoPaymentChanges {
+  /** Claims to record; each takes one use from its promo under the `maxUses` guard. */
+  promoClaims?: PromoClaim[];
+  /** Payments of this user to write, each a compare-and-set on `version - 1`. */
+  paymentUpdates?: Payment[];
+}
+
+/** Everything one unit of work changes, written at once by `save`. */
+export interface Changes extends PromoPaymentChanges {
+  /** The account after the change. */
+  account: Account;
+  /**
+   * The account's seq when it was loaded; null when it did not exist (insert). Not a version on its
+   * own: a change to the account alone (an auto top-up settled, a threshold set) keeps it, so an
+   * adapter that does not hold the account locked from load to save guards on the row as loaded
+   * (a version column, xmin, every column), not on this alone (docs/writing-a-store.md).
+   */
+  previousSeq: number | null;
+  /** The lists below are only read. */
+  insertGrants: readonly Grant[];
+  updateGrants: readonly Grant[];
+  insertReservations: readonly Reservation[];
+  updateReservations: readonly Reservation[];
+  /** New journal entries, in seq order. Unique (userId, seq) and (userId, idempotencyKey). */
+  entries: readonly JournalEntry[];
+  /** Outbox rows caused by this change, committed with it (ids unique; no dedupeKey clash expected). */
+  notifications?: readonly Notification[];
+}

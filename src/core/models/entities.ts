@@ -1,0 +1,262 @@
+import * as z from "zod";
+import { AlertState } from "./notifications.js";
+import { AutoTopUpState } from "../../modules/billing/model-auto-top-up.js";
+import { GrantScope, SpendLimit, SpenderId } from "./limits.js";
+import { CostBasis } from "./cost-basis.js";
+import {
+  EntityId,
+  FeatureName,
+  IdempotencyKey,
+  Metadata,
+  NonNegativeAmount,
+  Priority,
+  SignedAmount,
+  UserId,
+} from "./common.js";
+
+/** Where a grant's credits came from. */
+export const GrantSource = z.enum([
+  "manual",
+  "subscription",
+  "rollover",
+  "promo",
+  "payment",
+  "trial",
+  "refund",
+  "adjustment",
+  "other",
+]);
+export type GrantSource = z.infer<typeof GrantSource>;
+
+/** Journal entry types: one per kind of change to balance or reserved. */
+export const EntryType = z.enum([
+  "add",
+  "deduct",
+  "expire",
+  "void",
+  "reserve",
+  "commit_reserved",
+  "release_reserved",
+  /** Changes nothing: records the account's state so an audit can start there (docs/operations.md). */
+  "checkpoint",
+  /** Changes no credits: the account's spend limits were set; its metadata lists them (docs/teams-and-limits.md). */
+  "limits",
+  /**
+   * Gives back part or all of a charge (`reverses` names it): its credits return to the grants the
+   * charge drew from, in the charge's proportions (docs/concepts.md, "The journal").
+   */
+  "reverse",
+]);
+export type EntryType = z.infer<typeof EntryType>;
+
+/** One account per user, created on first use. `available = balance - reserved`. */
+export const Account = z.object({
+  userId: UserId,
+  /** Posted credits: Σ grant.remaining + Σ active holds − debt. */
+  balance: SignedAmount,
+  /** Sum of active holds. */
+  reserved: NonNegativeAmount,
+  /** Overdraft not covered by any grant; paid first by the next addition. */
+  debt: NonNegativeAmount,
+  /** Number of journal entries; increases by one with each. */
+  seq: NonNegativeAmount,
+  /** Hash of the latest journal entry (null before the first). */
+  lastHash: z.string().nullable(),
+  /** A lower bound of the soonest grant or hold expiry, or null: lets reads skip settling. */
+  nextExpiryAt: z.date().nullable(),
+  /** Low-credits alert state (null until the first change this version made). See docs/notifications.md. */
+  alert: AlertState.nullable(),
+  /**
+   * The auto top-up rule and its state (null: none). Optional in this type so
+   * accounts built by hand need not name it. See docs/promos-and-payments.md, "Auto top-up".
+   */
+  autoTopUp: AutoTopUpState.nullable().optional(),
+  /**
+   * Spend limits and what each counted in its window (docs/teams-and-limits.md); null or absent
+   * when the account has none. Kept with the account so a spend checks them without another read.
+   */
+  limits: z.array(SpendLimit).nullable().optional(),
+  /**
+   * True once the account has been given a scoped grant (docs/teams-and-limits.md, "Scoped
+   * credits"): its spends then sort its open grants by scope. Null or absent: never, and a
+   * spend takes its grants in plain burn-down order without reading their scopes.
+   */
+  scoped: z.boolean().nullable().optional(),
+  createdAt: z.date(),
+  updatedAt: z.date(),
+});
+export type Account = z.infer<typeof Account>;
+
+/** A lot of credits. Every addition creates one; draws follow the burn-down order. */
+export const Grant = z.object({
+  id: EntityId,
+  userId: UserId,
+  /** Credits the grant was created with. */
+  amount: NonNegativeAmount,
+  /** Credits neither spent, held, expired nor voided. */
+  remaining: NonNegativeAmount,
+  expiresAt: z.date().nullable(),
+  priority: Priority,
+  source: GrantSource,
+  sourceRef: z.string().max(255).nullable(),
+  description: z.string().nullable(),
+  metadata: Metadata.nullable(),
+  createdAt: z.date(),
+  /**
+   * Credits this grant lost to expiry: what was unspent when it expired, plus held credits returned
+   * to it afterwards. 0 while open. Rollover reads it, so it does not matter who expired the grant.
+   */
+  expiredAmount: NonNegativeAmount,
+  /** Set when the grant expired or was voided: credits returned to it later go at once. */
+  closedAt: z.date().nullable(),
+  closedReason: z.enum(["expired", "voided"]).nullable(),
+  /**
+   * The spends this grant may pay for (docs/teams-and-limits.md, "Scoped credits"); null or
+   * absent: any spend. Never changes.
+   */
+  scope: GrantScope.nullable().optional(),
+  /**
+   * What each credit was sold for (docs/revenue.md); null or absent: unknown or free (no
+   * revenue). Never changes; the `add` entry that created the grant carries the same.
+   */
+  costBasis: CostBasis.nullable().optional(),
+});
+export type Grant = z.infer<typeof Grant>;
+
+/**
+ * What a portion of a `commit_reserved` or `reverse` entry did with its credits (docs/concepts.md,
+ * "The journal" and "Giving a charge back"): absent, they were spent (or, on a reversal, made a
+ * grant); `returned`, they went back to their grant; `debt_paid`, they paid debt; `debt_returned`
+ * (a reversal only), they had paid the debt the charge made and went back to the grant that paid
+ * it. Only a partial capture and a reversal write it; every other portion has none.
+ */
+export const PortionKind = z.enum(["returned", "debt_paid", "debt_returned"]);
+export type PortionKind = z.infer<typeof PortionKind>;
+
+/** Part of an amount drawn from, or returned to, one grant. */
+export const GrantPortion = z.object({ grantId: EntityId, amount: NonNegativeAmount, kind: PortionKind.optional() });
+export type GrantPortion = z.infer<typeof GrantPortion>;
+
+export const ReservationStatus = z.enum(["active", "committed", "released", "expired"]);
+export type ReservationStatus = z.infer<typeof ReservationStatus>;
+
+/** A hold: credits earmarked from grants until committed, released or expired. */
+export const Reservation = z.object({
+  id: EntityId,
+  userId: UserId,
+  amount: NonNegativeAmount,
+  status: ReservationStatus,
+  /** The grants the held credits came from, in burn-down order. */
+  allocations: z.array(GrantPortion),
+  expiresAt: z.date(),
+  reason: z.string().nullable(),
+  metadata: Metadata.nullable(),
+  createdAt: z.date(),
+  settledAt: z.date().nullable(),
+  /** Credits captured by the commit (null until committed). */
+  committedAmount: NonNegativeAmount.nullable(),
+  /** Who placed the hold and for what (docs/teams-and-limits.md); its commit is recorded under them. Absent: not named. */
+  spender: SpenderId.nullable().optional(),
+  feature: FeatureName.nullable().optional(),
+});
+export type Reservation = z.infer<typeof Reservation>;
+
+/**
+ * One change of balance or reserved (the seed's `Transaction`). Append-only and hash-chained:
+ * `hash = sha256(prevHash ‖ canonical entry)`.
+ */
+export const JournalEntry = z.object({
+  id: EntityId,
+  userId: UserId,
+  seq: NonNegativeAmount,
+  type: EntryType,
+  amount: NonNegativeAmount,
+  balanceAfter: SignedAmount,
+  reservedAfter: NonNegativeAmount,
+  debtAfter: NonNegativeAmount,
+  /** Per-grant amounts this entry drew, created, held, returned or removed (docs/concepts.md). */
+  grants: z.array(GrantPortion),
+  reservationId: EntityId.nullable(),
+  idempotencyKey: IdempotencyKey.nullable(),
+  /** Digest of the request that carried the idempotency key (detects reuse with other arguments). */
+  fingerprint: z.string().nullable(),
+  correlationId: z.string().nullable(),
+  description: z.string().nullable(),
+  metadata: Metadata.nullable(),
+  /**
+   * Who spent and on what (docs/teams-and-limits.md); null or absent when the spend named none.
+   * Covered by the hash when set.
+   */
+  spender: SpenderId.nullable().optional(),
+  feature: FeatureName.nullable().optional(),
+  /**
+   * An `add` entry's cost basis (docs/revenue.md): what each credit it added was
+   * sold for, the debt it paid included. Null or absent: none. Covered by the hash when set.
+   */
+  costBasis: CostBasis.nullable().optional(),
+  /**
+   * An `add` entry's source: the `source` of the grant it adds, recorded on the entry too because an
+   * addition that only pays debt creates no grant (docs/revenue.md, "The report"). Null or absent on
+   * every other entry. Covered by the hash when set.
+   */
+  source: GrantSource.nullable().optional(),
+  /**
+   * A `reverse` entry's charge: the id of the entry it gives back (docs/concepts.md). Null or
+   * absent on every other entry. Covered by the hash when set.
+   */
+  reverses: EntityId.nullable().optional(),
+  /**
+   * When the usage happened, where that is not `createdAt` (docs/concepts.md):
+   * a late usage entry's time, and on a `reverse` entry its charge's (the charge's `occurredAt`, else
+   * its `createdAt`), so usage and spend limits place it there. Null or absent: at `createdAt`.
+   * Covered by the hash when set.
+   */
+  occurredAt: z.date().nullable().optional(),
+  createdAt: z.date(),
+  prevHash: z.string().nullable(),
+  hash: z.string(),
+});
+export type JournalEntry = z.infer<typeof JournalEntry>;
+
+export const LedgerEventType = z.enum(["transaction", "error", "system"]);
+export type LedgerEventType = z.infer<typeof LedgerEventType>;
+
+/** An audit-ledger event. Transaction events are the journal entries themselves (docs/concepts.md). */
+export const LedgerEntry = z.object({
+  id: EntityId,
+  eventType: LedgerEventType,
+  userId: UserId.nullable(),
+  correlationId: z.string().nullable(),
+  message: z.string(),
+  details: z.record(z.string(), z.unknown()),
+  createdAt: z.date(),
+});
+export type LedgerEntry = z.infer<typeof LedgerEntry>;
+
+/** What `getUserCreditsInfo` returns. */
+export const CreditsInfo = z.object({
+  userId: UserId,
+  balance: SignedAmount,
+  reserved: NonNegativeAmount,
+  /**
+   * Credits the spend asked about may use now (without `spender` and `feature`: a spend naming
+   * neither, which only unscoped grants pay): its grants' unheld credits less the debt.
+   */
+  available: SignedAmount,
+  debt: NonNegativeAmount,
+  /**
+   * The unheld credits of the account's scoped grants, one total per scope, sorted by scope
+   * (docs/teams-and-limits.md, "Scoped credits"); empty when the account has none. `balance`
+   * counts them too.
+   */
+  scoped: z
+    .array(
+      z.object({
+        features: z.array(FeatureName).nullable(),
+        spenders: z.array(SpenderId).nullable(),
+        remaining: NonNegativeAmount,
+      }),
+    )
+    .optional(),
+});
+export type CreditsInfo = z.infer<typeof CreditsInfo>;

@@ -1,0 +1,102 @@
+import type { DbManager } from "../db/types.js";
+import { replayJournal, type AuditReport } from "../domain/replay.js";
+import { revenueProblems } from "../../modules/revenue/rules.js";
+import { rollupAuditScan, rollupProblems } from "../domain/usage.js";
+import type { AuditOptions, JournalEntry } from "../models/index.js";
+import type * as z from "zod";
+import { copy, journalAfter } from "./history.js";
+import { revenueSummaryProblems } from "../../modules/revenue/service.js";
+import type { UnitRunner } from "./unit-of-work.js";
+
+/** `CreditService.latestCheckpoint` of a validated user: its latest checkpoint entry, if any. */
+export async function latestCheckpoint(db: DbManager, user: string): Promise<JournalEntry | undefined> {
+  const [last] = await db.listJournal(user, { order: "desc", types: ["checkpoint"], limit: 1 });
+  return last === undefined ? undefined : copy(last);
+}
+
+/**
+ * `CreditService.audit` of a validated user and options: replays the journal (from the latest
+ * checkpoint by default, docs/operations.md, "Checkpoints and archival") against the stored
+ * account, grants and holds, then checks cost bases and the revenue roll-forward (docs/revenue.md,
+ * "Audit") and the daily usage rollup where the store keeps one.
+ */
+export async function auditAccount(
+  db: DbManager,
+  user: string,
+  o: z.output<typeof AuditOptions>,
+): Promise<AuditReport> {
+  const start = o.from === "genesis" ? undefined : await latestCheckpoint(db, user);
+  const entries = await journalAfter(db, user, start === undefined ? 0 : start.seq - 1);
+  const [account, grants, reservations] = await Promise.all([
+    db.getAccount(user),
+    db.listGrants(user, { includeInactive: true }),
+    db.listReservations(user),
+  ]);
+  const report = replayJournal(user, entries, { account, grants, reservations });
+  const first = entries[0];
+  if (o.from === "genesis" && first !== undefined && first.seq > 1) {
+    report.problems.unshift(
+      `entries 1 to ${first.seq - 1} are archived: audit from the checkpoint, and the archive with \`credit-management audit --archive\``,
+    );
+    report.ok = false;
+  }
+  // Cost bases and the revenue roll-forward (docs/revenue.md, "Audit").
+  const revenue = revenueProblems(user, entries, { grants, reservations });
+  // The store's revenue summary against the journal's roll-forward (docs/revenue.md, "Audit").
+  revenue.push(...(await revenueSummaryProblems(db, user, entries)));
+  if (revenue.length > 0) {
+    report.problems.push(...revenue);
+    report.ok = false;
+  }
+  const rollup = await usageRollupProblems(db, user);
+  if (rollup.length > 0) {
+    report.problems.push(...rollup);
+    report.ok = false;
+  }
+  return report;
+}
+
+/**
+ * Where the store keeps a daily usage rollup (PostgreSQL, docs/usage.md, "The daily rollup"):
+ * its rows of `user` and the journal's own report by UTC day (the journal path of `getUsage`, a
+ * separate implementation of the same rules), compared by `rollupProblems` (src/core/domain/usage.ts).
+ */
+async function usageRollupProblems(db: DbManager, user: string): Promise<string[]> {
+  if (db.usageRollup === undefined || db.usage === undefined) return [];
+  const rows = await db.usageRollup(user);
+  if (rows === null) return [];
+  const [first] = await db.listJournal(user, { order: "asc", limit: 1 });
+  const [last] = await db.listJournal(user, { order: "desc", limit: 1 });
+  const scan = rollupAuditScan(user, first, last);
+  const buckets = scan === null ? [] : await db.usage(scan);
+  return rollupProblems(rows, buckets, first, last);
+}
+
+/**
+ * `CreditService.checkpoint`: a checkpoint entry when at least `min` entries follow the latest one
+ * (docs/operations.md, "Checkpoints and archival"), in a unit of work that neither settles nor
+ * brings periods; null when fewer do, or the account has none.
+ */
+export async function writeCheckpoint(
+  db: DbManager,
+  units: UnitRunner,
+  user: string,
+  min: number,
+): Promise<JournalEntry | null> {
+  const last = await latestCheckpoint(db, user);
+  const since = last === undefined ? 0 : last.seq;
+  return units.mutate(
+    "checkpoint",
+    user,
+    {},
+    async (work, tx) => {
+      // (A checkpoint written meanwhile by another worker only makes this one less needed.)
+      if (work.isNew || work.account.seq - since < min) return null;
+      const missing = work.missingHeldGrants();
+      if (missing.length > 0) work.include(await tx.getGrants(missing));
+      return copy(work.checkpoint());
+    },
+    undefined,
+    { settle: false, periods: false },
+  );
+}

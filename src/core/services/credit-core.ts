@@ -1,0 +1,361 @@
+import type { FeatureRule } from "../domain/checks.js";
+import type { Logger } from "../logger.js";
+import { CacheAside } from "../cache/aside.js";
+import type { DbTransaction } from "../db/types.js";
+import type { AccountWork, EntryMeta, Settlement } from "../domain/account-work.js";
+import { namesNothing } from "../domain/entry-meta.js";
+import { fingerprint } from "../domain/hash.js";
+import { lateOccurredAt } from "../domain/late-usage.js";
+import { ConfigurationError, ReservationExpiredError } from "../errors.js";
+import type { LedgerLogger } from "../ledger/index.js";
+import {
+  AlertThresholds,
+  CheckpointEvery,
+  FeatureRules,
+  TrialCredits,
+  DeductOptions,
+  DEFAULT_LATE_USAGE_WINDOW_DAYS,
+  LateUsageWindowDays,
+  OutcomeWaitMs,
+  type CommitOptions,
+  type ReleaseOptions,
+  type ReserveOptions,
+  parse,
+  type JournalEntry,
+  type Reservation,
+} from "../models/index.js";
+import { parseConfig } from "../models/parse.js";
+import type { PricingService } from "../../modules/pricing/service.js";
+import {
+  leaseHold,
+  settleLease,
+  type LeaseHold,
+  type LeaseSettle,
+  type LeaseSettled,
+} from "../../modules/leases/service-settle.js";
+import { copyHold, replayHold } from "./hold-lookup.js";
+import { activeHold, includeHeldGrants, UnitRunner, type UnitContext } from "./unit-of-work.js";
+import { CustomerTokens } from "../../modules/customer-tokens/service.js";
+import { SubscriptionPeriods } from "./subscription-periods.js";
+import type { CreditService, CreditServiceOptions } from "./credit-service.js";
+import type * as z from "zod";
+
+/** `outcomeWaitMs` when none is given (docs/concepts.md, "Certain and uncertain errors"). */
+const DEFAULT_OUTCOME_WAIT_MS = 5000;
+
+/** `alerts` with its alert thresholds validated (docs/notifications.md, "Alerts"). */
+function alertsOf(alerts: CreditServiceOptions["alerts"]): CreditServiceOptions["alerts"] {
+  if (alerts?.alerts === undefined) return alerts;
+  return { ...alerts, alerts: parseConfig(AlertThresholds, alerts.alerts, "alerts.alerts", "CreditService") };
+}
+
+/*
+ * What the services of this package share of a `CreditService` besides its public API: the unit-of-work
+ * runner, the validated options, and the operations other services call on input their own models
+ * already accepted (metering's holds and commits, lease settles, the jobs' units of work). A
+ * `CreditService` builds one; `creditCore(credits)` hands it to the package's other modules. Not
+ * exported from the package.
+ */
+
+/** Options as their models return them (validated). */
+export type ParsedMutationOptions = Omit<z.output<typeof ReleaseOptions>, "userId">;
+export type ParsedReserveOptions = z.output<typeof ReserveOptions>;
+export type ParsedCommitOptions = Omit<z.output<typeof CommitOptions>, "userId">;
+
+/** The entry fields of a call that names none. */
+export const NO_META: EntryMeta = Object.freeze({});
+
+/** What a unit of work of another service may ask for (see `CreditCore.runUnitOfWork`). */
+export interface UnitOfWorkOptions {
+  settle: boolean;
+  /** The unit of work's name in diagnostics (docs/observability.md). Default `unitOfWork`. */
+  operation?: string | undefined;
+}
+
+/** The shared part of a `CreditService` (see the comment at the top of this file). */
+export class CreditCore {
+  readonly db: CreditServiceOptions["db"];
+  readonly ledger: LedgerLogger | undefined;
+  /** The balance cache, when there is one. */
+  readonly cache: CacheAside | undefined;
+  readonly clock: () => Date;
+  /** The `clock` option as given (undefined: the real clock; leases then read `Date.now()`, no Date per charge). */
+  readonly givenClock: (() => Date) | undefined;
+  /** The manager's logger (the metering middlewares log a failed handler to it). */
+  readonly logger: Logger | undefined;
+  readonly defaultTtl: number;
+  readonly overdraftLimit: number | null;
+  /** How many days back usage may be recorded with `occurredAt` (docs/usage.md, "Late usage"). */
+  readonly lateUsageWindowDays: number;
+  /** The `features` rules (docs/trial-and-checks.md). */
+  readonly features: Readonly<Record<string, FeatureRule>>;
+  readonly pricing: PricingService | undefined;
+  /** Runs the units of work (src/core/services/unit-of-work.ts). */
+  readonly units: UnitRunner;
+  /** Customer tokens, when `customerTokens` was given. */
+  readonly tokens: CustomerTokens | undefined;
+  /** Whether its units of work bring a due subscription period first (the `subscriptions` option). */
+  readonly bringsPeriods: boolean;
+
+  constructor(options: CreditServiceOptions) {
+    this.pricing = options.pricing;
+    this.db = options.db;
+    this.ledger = options.ledger;
+    this.cache = options.cache && new CacheAside(options.cache, options.cacheTtlSeconds ?? 30, options.logger);
+    this.clock = options.clock ?? (() => new Date());
+    this.givenClock = options.clock;
+    this.logger = options.logger;
+    this.defaultTtl = options.defaultReservationTtlSeconds ?? 900;
+    this.overdraftLimit = options.overdraftLimit ?? null;
+    this.tokens =
+      options.customerTokens === undefined ? undefined : new CustomerTokens(options.customerTokens, this.clock);
+    if (options.domainEvents !== undefined && typeof options.domainEvents !== "boolean") {
+      throw new ConfigurationError("[credit-management] CreditService: domainEvents must be a boolean");
+    }
+    const withEvents = options.domainEvents === true;
+    const trial =
+      options.trial === undefined ? undefined : parseConfig(TrialCredits, options.trial, "trial", "CreditService");
+    this.features = parseConfig(FeatureRules, options.features ?? {}, "features", "CreditService");
+    const checkpointEvery =
+      options.checkpointEvery === undefined
+        ? undefined
+        : parseConfig(CheckpointEvery, options.checkpointEvery, "checkpointEvery", "CreditService");
+    const outcomeWaitMs = parseConfig(
+      OutcomeWaitMs,
+      options.outcomeWaitMs ?? DEFAULT_OUTCOME_WAIT_MS,
+      "outcomeWaitMs",
+      "CreditService",
+    );
+    this.lateUsageWindowDays = parseConfig(
+      LateUsageWindowDays,
+      options.lateUsageWindowDays ?? DEFAULT_LATE_USAGE_WINDOW_DAYS,
+      "lateUsageWindowDays",
+      "CreditService",
+    );
+    if (options.subscriptions !== undefined && typeof options.subscriptions !== "boolean") {
+      throw new ConfigurationError("[credit-management] CreditService: subscriptions must be a boolean");
+    }
+    // With `subscriptions`, a credit operation or read that finds a subscription period ended brings
+    // the next one first (docs/subscriptions.md, "Periods start on time"), as the renewal job would.
+    const periods =
+      options.subscriptions === true
+        ? new SubscriptionPeriods({ db: this.db, core: this, ledger: this.ledger, clock: this.clock })
+        : undefined;
+    this.bringsPeriods = periods !== undefined;
+    this.units = new UnitRunner({
+      db: this.db,
+      ledger: this.ledger,
+      cache: this.cache,
+      clock: this.clock,
+      logger: this.logger,
+      alerts: alertsOf(options.alerts) ?? (withEvents ? {} : undefined),
+      trial,
+      features: this.features,
+      domainEvents: withEvents,
+      checkpointEvery,
+      outcomeWaitMs,
+      periods: periods && ((userId) => periods.bringDue(userId)),
+    });
+  }
+
+  /**
+   * One unit of work on an account, for the other services of this package (the subscription and
+   * expiry jobs, promos, payments): load (with `meta`'s idempotency key), answer a repeated key with
+   * `replay`, settle, run `body`, save; then mirror to the ledger file and invalidate the cache.
+   */
+  runUnitOfWork<T>(
+    userId: string,
+    meta: EntryMeta,
+    body: (work: AccountWork, tx: DbTransaction, unit: UnitContext) => Promise<T>,
+    replay?: (entry: JournalEntry, tx: DbTransaction) => Promise<T>,
+    options: UnitOfWorkOptions = { settle: true },
+  ): Promise<T> {
+    return this.units.mutate(options.operation ?? "unitOfWork", userId, meta, body, replay, {
+      settle: options.settle,
+      periods: false,
+    });
+  }
+
+  /** A deduction (`deductCredits`; after service: `deductCreditsAfterService`) of validated input. */
+  deduct(operation: string, user: string, n: number, o: DeductOptions, allowDebt: boolean): Promise<JournalEntry> {
+    const meta = this.meta(operation, o, () => ({ amount: n, ...o }));
+    return this.units.mutate(operation, user, meta, (work) =>
+      work.deduct(n, this.late(meta, work.now), { allowDebt, overdraftLimit: this.overdraftLimit }),
+    );
+  }
+
+  /**
+   * `meta` of usage recorded at `now`: its `occurredAt` checked against the late-usage window
+   * (a `LateUsageError` outside it) and left out when the usage is on time (docs/usage.md, "Late usage").
+   */
+  late(meta: EntryMeta, now: Date): EntryMeta {
+    if (meta.occurredAt === undefined) return meta;
+    const occurredAt = lateOccurredAt(meta.occurredAt, now, this.lateUsageWindowDays);
+    return occurredAt === meta.occurredAt ? meta : { ...meta, occurredAt };
+  }
+
+  /**
+   * An after-service deduction of `amount`, or of what the overdraft limit allows when that is less
+   * (the metering of a call that outlived its hold: the usage was delivered). Decided inside the unit
+   * of work, so the account cannot move in between; a clamped entry's metadata adds `requested` and
+   * `shortfall`. Resolves to null when the limit allows nothing. A repeated key answers with the
+   * first entry, as `deductCreditsAfterService` does.
+   */
+  async chargeUpToLimit(userId: string, amount: number, options: DeductOptions): Promise<JournalEntry | null> {
+    const o = parse(DeductOptions, options, "options");
+    const meta = this.meta("deductCreditsAfterService", o, () => ({ amount, ...options }));
+    return this.units.mutate("deductCreditsAfterService", userId, meta, (work) =>
+      work.deductUpToLimit(amount, this.late(meta, work.now), this.overdraftLimit),
+    );
+  }
+
+  /**
+   * `reserveCredits` for input its models already accepted (metering parses its options once, up
+   * front). Resolves to the stored reservation (read it, never change it), or with `callerCopy` to
+   * the caller's own copy, made in the unit of work (the store may keep the hold it saved).
+   */
+  hold(user: string, n: number, o: ParsedReserveOptions, callerCopy = false): Promise<Reservation> {
+    const ttl = o.ttlSeconds ?? this.defaultTtl;
+    const meta = this.meta("reserveCredits", o, () => ({ amount: n, ...o, ttlSeconds: ttl }));
+    const out = callerCopy ? copyHold : (r: Reservation) => r;
+    return this.units.mutate(
+      "reserveCredits",
+      user,
+      meta,
+      (work) => out(work.reserve(n, ttl, o.reason ?? null, meta, o.minimum).reservation),
+      async (entry, tx) => out(await replayHold(entry, tx)),
+    );
+  }
+
+  /**
+   * `commitReservedCredits` of a hold of `userId` (known to the caller: no lookup), for input its
+   * models already accepted. `upToLimit` (metering, usage already delivered): past the overdraft
+   * limit it commits what the limit allows — the hold and the headroom beyond it — instead of
+   * refusing, decided inside the unit of work as `chargeUpToLimit` decides; a clamped commit entry's
+   * metadata adds `requested` and `shortfall`.
+   */
+  commitHold(userId: string, id: string, o: ParsedCommitOptions, upToLimit = false): Promise<JournalEntry> {
+    const meta = this.meta("commitReservedCredits", o, () => ({ reservationId: id, ...o }));
+    return this.units.mutate("commitReservedCredits", userId, meta, async (work, tx) => {
+      const hold = await activeHold(work, tx, id);
+      if (hold.expiresAt.getTime() <= work.now.getTime()) throw new ReservationExpiredError(id, hold.expiresAt);
+      const limit = this.overdraftLimit;
+      const requested = o.amount ?? hold.amount;
+      return upToLimit ? work.commitUpToLimit(hold, requested, meta, limit) : work.commit(hold, requested, meta, limit);
+    });
+  }
+
+  /** `releaseReservedCredits` of a hold of `userId`, for input its models already accepted. */
+  releaseHold(userId: string, id: string, o: ParsedMutationOptions): Promise<JournalEntry> {
+    const meta = this.meta("releaseReservedCredits", o, () => ({ reservationId: id, ...o }));
+    return this.units.mutate(
+      "releaseReservedCredits",
+      userId,
+      meta,
+      async (work, tx) => work.releaseHold(await activeHold(work, tx, id), "released", meta).entry,
+    );
+  }
+
+  /**
+   * One account settled as of `asOf` (default now; the caller checks it is not later): grants due
+   * and holds lapsed by then, not by the clock (`expireCredits`, the hold-release job).
+   */
+  settleAsOf(userId: string, asOf?: Date, operation = "expireCredits"): Promise<Settlement> {
+    return this.units.mutate(
+      operation,
+      userId,
+      {},
+      async (work, tx, unit) => {
+        await includeHeldGrants(work, tx, unit.state.reservations);
+        return work.settle(asOf ?? work.now);
+      },
+      undefined,
+      { settle: false },
+    );
+  }
+
+  /**
+   * Settles what lapsed since the account was last touched, when an expiry is due at `now` (so
+   * reads never report expired credits or lapsed holds). One read when nothing is due; no read
+   * again after settling.
+   */
+  async settleDue(userId: string, now: Date): Promise<void> {
+    const account = await this.db.getAccount(userId);
+    if (account?.nextExpiryAt && account.nextExpiryAt.getTime() <= now.getTime())
+      await this.units.mutate("settle", userId, {}, () => undefined);
+  }
+
+  /**
+   * Settles window `s.window` of lease `s.lease` in one keyed unit of work
+   * (src/modules/leases/service-settle.ts): commits what the window used from its hold, then holds the next
+   * block. A retried or recovered settle charges once.
+   */
+  settleLease(userId: string, s: LeaseSettle): Promise<LeaseSettled> {
+    return settleLease(this.units, this.db, this.overdraftLimit, userId, s);
+  }
+
+  /** The active hold a lease's settle placed for window `window`, or null. */
+  leaseHold(userId: string, lease: string, window: number): Promise<LeaseHold | null> {
+    return leaseHold(this.db, userId, lease, window);
+  }
+
+  /**
+   * The entry fields of validated options `o`. `args`: the call's arguments as the fingerprint of
+   * an idempotency key covers them — built only when there is a key (most calls have none).
+   */
+  meta(
+    operation: string,
+    o: DeductOptions & { idempotencyKey?: string },
+    args: () => Record<string, unknown>,
+  ): EntryMeta {
+    // Options that name nothing an entry records (`{ amount: 3 }` of a commit): no object of undefined fields.
+    if (namesNothing(o)) return NO_META;
+    let print: string | undefined;
+    if (o.idempotencyKey !== undefined) {
+      const { correlationId: _c, idempotencyKey: _k, ...rest } = args();
+      print = fingerprint(operation, rest);
+    }
+    return {
+      description: o.description,
+      idempotencyKey: o.idempotencyKey,
+      fingerprint: print,
+      correlationId: o.correlationId,
+      metadata: o.metadata,
+      spender: o.spender,
+      feature: o.feature,
+      // (Parsed by the deduction's model: a Date.)
+      occurredAt: o.occurredAt as Date | undefined,
+    };
+  }
+}
+
+/** The core of each `CreditService` (set by its constructor). */
+const cores = new WeakMap<object, CreditCore>();
+
+/** Called once by the `CreditService` constructor. */
+export function setCreditCore(credits: CreditService, core: CreditCore): void {
+  cores.set(credits, core);
+}
+
+/**
+ * The shared part of `credits`, for this package's other services. A `ConfigurationError` for an
+ * object that is no `CreditService` (a `credits` option given something else).
+ */
+export function creditCore(credits: CreditService): CreditCore {
+  const core = findCreditCore(credits);
+  if (core === undefined)
+    throw new ConfigurationError(
+      "[credit-management] credits must be a CreditService (createCreditManager's, or new CreditService)",
+    );
+  return core;
+}
+
+/** The shared part of `credits` when it is a `CreditService`; undefined for a stand-in (`Pick<CreditService, …>`). */
+export function findCreditCore(credits: object): CreditCore | undefined {
+  return cores.get(credits);
+}
+
+/** Whether `credits` signs customer tokens (`customerTokens` given): the service and console offer them then. */
+export function customerTokensOn(credits: object | undefined): boolean {
+  return credits !== undefined && findCreditCore(credits)?.tokens !== undefined;
+}

@@ -1,0 +1,654 @@
+import type { Logger } from "../logger.js";
+import type { Cache } from "../cache/index.js";
+import type { DbManager } from "../db/types.js";
+import type { Thresholds } from "../domain/notifications.js";
+import { compareGrants, isDue } from "../domain/order.js";
+import type { AuditReport } from "../domain/replay.js";
+import { decideFeature, type CheckResult, type FeatureRule } from "../domain/checks.js";
+import { type Spend, tightestLimit } from "../domain/limits.js";
+import { ConfigurationError, ConflictError, NotFoundError, RuleViolationError, ValidationError } from "../errors.js";
+import type { LedgerLogger } from "../ledger/index.js";
+import { MeterOptions as MeterOptionsSchema, type MeterOptions } from "../../modules/metering/model.js";
+import {
+  archiveJournal,
+  archivePartitions,
+  type ArchiveJournalOptions,
+  type ArchivePartitionsOptions,
+  type ArchiveReport,
+} from "./archive.js";
+import type { ArchivePartitionsReport } from "../db/types-partitions.js";
+import {
+  openMeter,
+  runMetered,
+  type MeterContext,
+  type MeterOutcome,
+  type MeterSession,
+} from "../../modules/metering/service.js";
+import type { PricingService } from "../../modules/pricing/service.js";
+import { getUsage } from "./usage.js";
+import { getRevenue } from "../../modules/revenue/service.js";
+import { auditAccount, latestCheckpoint, writeCheckpoint } from "./audit.js";
+import { SpendLimits } from "./spend-limits.js";
+import { getReversals, reverseCharge } from "./reversals.js";
+import type { ChargeReversals } from "../domain/reversal.js";
+import { BalanceReads, workCredits } from "./balance-reads.js";
+import { activePlanId, CustomerStates } from "./customer-state.js";
+import type { CustomerState, CustomerStatePage } from "../domain/customer-state.js";
+import { NO_SPEND } from "../domain/entry-meta.js";
+import { copy, creditHistory, expiringCredits, type ExpiringCredits, type HistoryPage } from "./history.js";
+import type { UsageQuery, UsageReport } from "../models/usage.js";
+import { MAX_SALE } from "../models/cost-basis.js";
+import type { RevenueQuery, RevenueReport } from "../../modules/revenue/model.js";
+import { checkSaleWorth } from "../domain/cost-basis.js";
+import type { CreditsInfo, MutationOptions, RemoveLimitInput, SpendLimitInput } from "../models/index.js";
+import {
+  AddCreditsOptions,
+  AsOf,
+  AuditOptions,
+  CheckpointOptions,
+  CommitOptions,
+  DeductOptions,
+  EntityId,
+  ExpiringDays,
+  GrantsQuery,
+  HistoryQuery,
+  ReleaseOptions,
+  ReserveOptions,
+  ReverseChargeOptions,
+  type TrialCredits,
+  type FeatureRules,
+  CheckOptions,
+  CreditsInfoOptions,
+  CustomerStatesQuery,
+  UserId,
+  VoidGrantOptions,
+  Amount,
+  parse,
+  type Grant,
+  type JournalEntry,
+  type Reservation,
+  type SpendLimit,
+  type SpendLimitStatus,
+} from "../models/index.js";
+import { CreditLeases } from "../../modules/leases/service.js";
+import { findReservation, ownerOfReservation } from "./hold-lookup.js";
+import { CreditCore, NO_META, setCreditCore } from "./credit-core.js";
+import type { LeaseOptions } from "../../modules/leases/model.js";
+import type { CustomerGrant, CustomerToken } from "../../modules/customer-tokens/service.js";
+import type { CustomerTokenOptions, CustomerTokenSettings } from "../../modules/customer-tokens/model.js";
+
+export interface CreditServiceOptions {
+  db: DbManager;
+  /** The audit ledger; omit for none (journal entries are still stored). */
+  ledger?: LedgerLogger;
+  /** Caches `getUserCreditsInfo` reads. Never consulted for a decision that moves credits. */
+  cache?: Cache;
+  /** Source of "now". Default `() => new Date()`. */
+  clock?: () => Date;
+  logger?: Logger;
+  /** TTL of a hold when `reserveCredits` gets none, in seconds. Default 900. */
+  defaultReservationTtlSeconds?: number;
+  /**
+   * How far below zero `available` may go through after-service deductions and over-commits, in
+   * credits. Default null: unlimited, as in the seed.
+   */
+  overdraftLimit?: number | null;
+  /**
+   * How many days back `deductCredits` and `deductCreditsAfterService` accept an `occurredAt`
+   * (docs/usage.md, "Late usage"): 0 to 366, default 35. Older usage is a `LateUsageError`.
+   */
+  lateUsageWindowDays?: number;
+  /** TTL of cached credit-info reads, in seconds. Default 30. */
+  cacheTtlSeconds?: number;
+  /**
+   * Records notification events in the outbox, in the unit of work that causes them (see
+   * `NotificationService`): low credits below these thresholds, exhaustion, restoration, lapsed
+   * holds, and refusals for lack of credits. Omitted: no events are recorded.
+   */
+  alerts?: Thresholds;
+  /**
+   * Trial credits granted once per user, in the unit of work that first creates the account (see
+   * `grantTrial`): never to an account that existed before, whatever its balance. Omitted: none.
+   */
+  trial?: TrialCredits;
+  /**
+   * Per-feature rules for `check()`: `{ [feature]: { minAvailable } }`. With notifications on
+   * (`alerts`), a change that flips a feature records `feature_status_changed`.
+   */
+  features?: FeatureRules;
+  /**
+   * Records a domain event per journal entry in the outbox, in the unit of work of the change
+   * (`credits_added`, `credits_deducted`, `hold_placed`, …: docs/events.md). Turns the outbox on
+   * (as `alerts: {}` does) when `alerts` is not given. Default false.
+   */
+  domainEvents?: boolean;
+  /** The price book metered calls price tokens and costs with (docs/llm-metering.md). */
+  pricing?: PricingService;
+  /**
+   * Writes a checkpoint entry in the unit of work that takes an account's journal past a multiple
+   * of this many entries (docs/operations.md, "Checkpoints and archival"). Default: none (the
+   * `checkpointAccounts` job writes them).
+   */
+  checkpointEvery?: number;
+  /**
+   * How long, in ms, a call whose commit was sent but not answered (the connection to the store
+   * died after COMMIT) looks for what it wrote once the store answers again, before it throws
+   * `OutcomeUnknownError` (docs/concepts.md, "Certain and uncertain errors"). 0 to 600,000;
+   * default 5,000.
+   */
+  outcomeWaitMs?: number;
+  /**
+   * Brings a user's due subscription period before an operation or read that finds it ended, as the
+   * renewal job would (docs/subscriptions.md, "Periods start on time"). `createCreditManager` sets it;
+   * a `SubscriptionService` built over this service needs it (else a `ConfigurationError`).
+   * Default false: no subscriptions over this service.
+   */
+  subscriptions?: boolean;
+  /**
+   * The secret `customerToken` signs with and `verifyCustomerToken` checks against (docs/usage.md,
+   * "For your customers"). Omitted: customer tokens are off.
+   */
+  customerTokens?: CustomerTokenSettings;
+}
+
+export type { ExpiringCredits, HistoryPage } from "./history.js";
+export type { ChargeReversals } from "../domain/reversal.js";
+
+const noTokens = () =>
+  new ConfigurationError(
+    "[credit-management] customer tokens are off: pass `customerTokens: { secret }` to createCreditManager (docs/usage.md)",
+  );
+
+/**
+ * Credits of one account at a time: additions, deductions, holds, expiry, voids, history and
+ * audit. Every mutation is one unit of work on the account (`DbManager.transaction`), validated by
+ * the zod models before anything is read, and resolves to its journal entry (or reservation).
+ */
+export class CreditService {
+  readonly db: DbManager;
+  /** What this package's other services share of this one (src/core/services/credit-core.ts). */
+  private readonly core: CreditCore;
+  /** Balance and limit reads (src/core/services/balance-reads.ts). */
+  private readonly reads: BalanceReads;
+  /** Spend limits (src/core/services/spend-limits.ts). */
+  private readonly limits: SpendLimits;
+  /** The customer's state (src/core/services/customer-state.ts). */
+  private readonly states: CustomerStates;
+
+  constructor(options: CreditServiceOptions) {
+    const core = new CreditCore(options);
+    this.core = core;
+    this.db = core.db;
+    setCreditCore(this, core);
+    this.reads = new BalanceReads(core.db, core.cache, core.clock, core.units);
+    this.limits = new SpendLimits(core, this.reads);
+    this.states = new CustomerStates(core);
+  }
+
+  /** Adds credits as a new grant (after paying any debt). */
+  async addCredits(userId: string, amount: number, options: AddCreditsOptions = {}): Promise<JournalEntry> {
+    const user = parse(UserId, userId, "userId");
+    const n = parse(Amount, amount, "amount");
+    const o = parse(AddCreditsOptions, options, "options");
+    checkSaleWorth(n, o.costBasis, MAX_SALE);
+    const expiresAt = o.expiresAt ?? null;
+    const past = (now: Date) => expiresAt !== null && expiresAt.getTime() <= now.getTime();
+    const refuse = () =>
+      new RuleViolationError(`Invalid options.expiresAt: ${expiresAt?.toISOString()} is not in the future`, [
+        { path: "expiresAt", message: "must be in the future" },
+      ]);
+    // Without a key, refused before any work; with one, only once it is known not to be a retry
+    // (a retry of an addition that was made while its expiry was ahead answers with the first entry).
+    if (o.idempotencyKey === undefined && past(this.core.clock())) throw refuse();
+    const meta = this.core.meta("addCredits", o, () => ({
+      amount: n,
+      ...o,
+      expiresAt: o.expiresAt?.toISOString() ?? null,
+    }));
+    return this.core.units.mutate("addCredits", user, meta, (work) => {
+      if (past(work.now)) throw refuse();
+      return work.add(
+        n,
+        {
+          expiresAt: o.expiresAt ?? null,
+          priority: o.priority ?? 0,
+          source: o.source ?? "manual",
+          sourceRef: o.sourceRef ?? null,
+          description: o.description ?? null,
+          metadata: o.metadata ?? null,
+          scope: o.scope ?? null,
+          costBasis: o.costBasis ?? null,
+        },
+        meta,
+      );
+    });
+  }
+
+  /**
+   * Creates the user's account when it has none — granting the trial credits when `trial` is
+   * configured (once per user, docs/trial-and-checks.md) — and changes nothing for an account that
+   * exists (it settles what lapsed, as any operation does). For a "user created" event
+   * (docs/events.md): a redelivery changes nothing. Resolves to the account's credits.
+   */
+  async openAccount(userId: string): Promise<CreditsInfo> {
+    const user = parse(UserId, userId, "userId");
+    // Answered from what the unit of work left (not read again).
+    const read = await this.core.units.mutate("openAccount", user, NO_META, workCredits);
+    return this.reads.stateOf(user, read, NO_SPEND, this.core.clock()).info;
+  }
+
+  /** Deducts credits; refuses (`InsufficientCreditsError`) to take `available` below zero. */
+  deductCredits(userId: string, amount: number, options: DeductOptions = {}): Promise<JournalEntry> {
+    return this.deduct("deductCredits", userId, amount, options, false);
+  }
+
+  /**
+   * Deducts for usage already delivered: takes what unheld grants have and records the rest as
+   * debt, within the overdraft limit. Held credits are never taken.
+   */
+  deductCreditsAfterService(userId: string, amount: number, options: DeductOptions = {}): Promise<JournalEntry> {
+    return this.deduct("deductCreditsAfterService", userId, amount, options, true);
+  }
+
+  /**
+   * Places a hold on `amount` credits for `ttlSeconds` (default 900). Resolves to the reservation.
+   * With `minimum` (docs/concepts.md, "Holds"): a hold for what is there — `amount`, or what the
+   * spender and feature may spend now when that is less, refused below `minimum`; the
+   * reservation's `amount` is what it holds.
+   */
+  async reserveCredits(userId: string, amount: number, options: ReserveOptions = {}): Promise<Reservation> {
+    const user = parse(UserId, userId, "userId");
+    const n = parse(Amount, amount, "amount");
+    const o = parse(ReserveOptions, options, "options");
+    if (o.minimum !== undefined && o.minimum > n) {
+      throw new ValidationError(`Invalid options.minimum: ${o.minimum} is more than the amount (${n})`, [
+        { path: "minimum", message: "must be at most the amount" },
+      ]);
+    }
+    return this.core.hold(user, n, o, true);
+  }
+
+  /**
+   * Captures a hold: all of it by default, or `amount` (less returns the rest to its grants; more
+   * takes the excess like an after-service deduction). Resolves to the commit entry.
+   */
+  async commitReservedCredits(reservationId: string, options: CommitOptions = {}): Promise<JournalEntry> {
+    const id = parse(EntityId, reservationId, "reservationId");
+    const { userId, ...o } = parse(CommitOptions, options, "options");
+    if (o.amount === undefined && o.idempotencyKey !== undefined) {
+      // With a key, "the full hold" is that hold's amount: a retry that names it is the same call.
+      const found = await findReservation(this.db, id, userId);
+      return this.core.commitHold(found.userId, id, { ...o, amount: found.amount });
+    }
+    // A given owner routes the unit of work; its reads are the owner's, so another user's hold is not found.
+    return this.core.commitHold(userId ?? (await ownerOfReservation(this.db, id)), id, o);
+  }
+
+  /** Returns everything a hold earmarked. Resolves to the release entry. */
+  async releaseReservedCredits(reservationId: string, options: ReleaseOptions = {}): Promise<JournalEntry> {
+    const id = parse(EntityId, reservationId, "reservationId");
+    const { userId, ...o } = parse(ReleaseOptions, options, "options");
+    // A given owner routes the unit of work, as for a commit.
+    return this.core.releaseHold(userId ?? (await ownerOfReservation(this.db, id)), id, o);
+  }
+
+  /**
+   * Gives back `options.amount` credits (default: all that is left) of the charge `entryId` of
+   * `userId` — a deduction or a hold's capture — exactly to the grants it drew from, in its
+   * proportions, their expiry, priority, scope and cost basis unchanged; the debt it made first
+   * (docs/concepts.md, "Giving a charge back"). Never more than the charge, whatever runs at once:
+   * the check is inside the account's unit of work. Resolves to the `reverse` entry (a retry with
+   * the same `idempotencyKey`: the first one). `NotFoundError`: no entry of that id on this account;
+   * `RuleViolationError`: not a charge (a take-back, an addition, …), or more than is left of it.
+   */
+  async reverseCharge(userId: string, entryId: string, options: ReverseChargeOptions): Promise<JournalEntry> {
+    const user = parse(UserId, userId, "userId");
+    const id = parse(EntityId, entryId, "entryId");
+    return reverseCharge(this.core, user, id, parse(ReverseChargeOptions, options, "options"));
+  }
+
+  /**
+   * The charge `entryId` of `userId`, its `reverse` entries (oldest first), what they gave back
+   * (`reversed`) and what is left to give back (`remaining`). `NotFoundError` and
+   * `RuleViolationError` as `reverseCharge`'s.
+   */
+  async getReversals(userId: string, entryId: string): Promise<ChargeReversals> {
+    const user = parse(UserId, userId, "userId");
+    const id = parse(EntityId, entryId, "entryId");
+    return getReversals(this.core, user, id);
+  }
+
+  /** Removes what is left of a grant (refunds, disputes). Held parts go when their hold ends. */
+  async voidGrant(grantId: string, options: VoidGrantOptions = {}): Promise<JournalEntry> {
+    const id = parse(EntityId, grantId, "grantId");
+    const { userId, ...o } = parse(VoidGrantOptions, options, "options");
+    // Keyed by the owner when given: one shard, and another user's grant is not found.
+    const grant = await this.db.getGrant(id, userId);
+    if (grant === null || (userId !== undefined && grant.userId !== userId))
+      throw new NotFoundError(`Grant ${id} not found.`, { grantId: id });
+    const meta = this.core.meta("voidGrant", o, () => ({ grantId: id, ...o }));
+    return this.core.units.mutate("voidGrant", grant.userId, meta, async (work, tx) => {
+      // The work's copy first: settlement may just have expired it.
+      const current = work.getGrant(id) ?? (await tx.getGrants([id]))[0];
+      if (current === undefined) throw new NotFoundError(`Grant ${id} not found.`, { grantId: id });
+      work.include([current]);
+      // A grant past its expiry is expired whether or not settlement has closed it yet.
+      const closedReason = current.closedReason ?? (isDue(current, work.now) ? "expired" : null);
+      if (closedReason !== null) {
+        throw new ConflictError(`Grant ${id} is already ${closedReason}.`, { grantId: id, closedReason });
+      }
+      return work.voidGrant(current, meta);
+    });
+  }
+
+  /**
+   * Expires the unspent credits of this user's grants due at `asOf` (default now; never later than
+   * now) and releases lapsed holds. Resolves to the credits expired.
+   */
+  async expireCredits(userId: string, asOf?: Date | string): Promise<number> {
+    const user = parse(UserId, userId, "userId");
+    const at = parse(AsOf, asOf, "asOf");
+    const now = this.core.clock();
+    if (at !== undefined && at.getTime() > now.getTime()) {
+      throw new RuleViolationError(`Invalid asOf: ${at.toISOString()} is in the future`, [
+        { path: "asOf", message: "must not be in the future" },
+      ]);
+    }
+    return (await this.core.settleAsOf(user, at)).expired;
+  }
+
+  /**
+   * Balance, reserved, available and debt. Settles due expiries first, so the numbers are current.
+   * `available` is what a spend by `options.spender` on `options.feature` may use (omitted: a spend
+   * naming neither); an account given scoped grants also has `scoped`, their unheld credits per
+   * scope (docs/teams-and-limits.md, "Scoped credits").
+   */
+  async getUserCreditsInfo(userId: string, options: CreditsInfoOptions = {}): Promise<CreditsInfo> {
+    const user = parse(UserId, userId, "userId");
+    const o = parse(CreditsInfoOptions, options, "options");
+    return (await this.reads.state(user, { spender: o.spender ?? null, feature: o.feature ?? null })).info;
+  }
+
+  /**
+   * Replaces the account's spend limits (docs/teams-and-limits.md): each caps what the spends it
+   * applies to (its spender's, its feature's, or all) may take per window. A limit kept with the
+   * same spender, feature and window keeps what its window has counted. Recorded as a `limits`
+   * journal entry. Resolves to the limits as `getLimits` reports them.
+   */
+  setLimits(userId: string, limits: SpendLimitInput[], options: MutationOptions = {}): Promise<SpendLimitStatus[]> {
+    return this.limits.setLimits(userId, limits, options);
+  }
+
+  /**
+   * Adds one spend limit, or changes the one with the same spender, feature and window (it keeps
+   * what its window counted), in the account's unit of work: the other limits stay exactly as they
+   * are, so two callers changing different limits at once both keep their change, where a read of
+   * `getLimits` followed by `setLimits` would lose one (docs/teams-and-limits.md). Recorded as a
+   * `limits` journal entry. Resolves to all the account's limits as `getLimits` reports them.
+   */
+  setLimit(userId: string, limit: SpendLimitInput, options: MutationOptions = {}): Promise<SpendLimitStatus[]> {
+    return this.limits.setLimit(userId, limit, options);
+  }
+
+  /** The account's spend limits: each with its window now, what it counted and what is left. */
+  getLimits(userId: string): Promise<SpendLimitStatus[]> {
+    return this.limits.getLimits(userId);
+  }
+
+  /**
+   * Removes the limits with exactly this spender and feature (omitted: none), and this window when
+   * given. Resolves to the limits left. Recorded as a `limits` entry when it removed any.
+   */
+  removeLimit(userId: string, which: RemoveLimitInput, options: MutationOptions = {}): Promise<SpendLimitStatus[]> {
+    return this.limits.removeLimit(userId, which, options);
+  }
+
+  /**
+   * "Allowed?": whether `userId` may use `feature` and/or spend `amount` now: not when the
+   * feature's rule turns it off, else `decideCheck` (its `minAvailable`; a feature with no rule in
+   * `features` is paid from the pool like any spend), then the spend limits (docs/trial-and-checks.md).
+   * Reads `getUserCreditsInfo`, so it is served from the cache when there is one and is never stale
+   * after this account's own writes (they invalidate it). An advisory read: a deduction still
+   * decides for itself. `getCustomerState` answers each feature with the same rule.
+   */
+  async check(userId: string, options: CheckOptions = {}): Promise<CheckResult> {
+    const user = parse(UserId, userId, "userId");
+    const o = parse(CheckOptions, options, "options");
+    const rule = o.feature === undefined ? undefined : this.core.features[o.feature];
+    const spend = { spender: o.spender ?? null, feature: o.feature ?? null };
+    // Only a rule that names plans needs the subscription read.
+    const plan = rule?.plans === undefined ? null : await activePlanId(this.db, user);
+    const state = await this.reads.state(user, spend);
+    const decision = this.decide(state, rule, plan, o.amount, spend);
+    // A denial answered from the cache is answered again from the store's current state, not from
+    // a copy another process may have outdated (its writes invalidate its own cache, not ours):
+    // docs/storage.md, "Caches: what each may answer".
+    if (decision.allowed || state.fresh) return decision;
+    const now = this.core.clock();
+    return this.decide(
+      this.reads.stateOf(user, await this.reads.settled(user, now), spend, now),
+      rule,
+      plan,
+      o.amount,
+      spend,
+    );
+  }
+
+  /** `decideFeature` over a read of the account: its rule, `decideCheck`, then the spend limits that apply. */
+  private decide(
+    state: { info: CreditsInfo; limits: SpendLimit[] | null },
+    rule: FeatureRule | undefined,
+    plan: string | null,
+    amount: number | undefined,
+    spend: Spend,
+  ): CheckResult {
+    const limits = state.limits;
+    return decideFeature(state.info.available, rule, plan, amount, () =>
+      limits === null ? null : tightestLimit(limits, spend, this.core.clock().getTime()),
+    );
+  }
+
+  /**
+   * What the customer may do now, from one snapshot of the account (docs/customer-state.md, "The
+   * state in one read"): balance, reserved, available and debt at journal position `seq`; for
+   * every feature its plan, scoped grants, spend limits and `features` rules name, whether it may
+   * be used now (and else why, with `check()`'s reasons), what was granted, used and is left of it,
+   * when it resets and the grants behind it; each spend limit; the subscription and its period;
+   * the alerts. Read from the store, never from the cache.
+   */
+  async getCustomerState(userId: string): Promise<CustomerState> {
+    return this.states.get(parse(UserId, userId, "userId"));
+  }
+
+  /**
+   * The states of many accounts, page by page (docs/customer-state.md): the store's accounts in id
+   * order after `cursor` (or only those of `userIds`), at most `limit` (default 100, at most
+   * 1,000) a page; `nextCursor` continues, null at the end. Each state as `getCustomerState`'s.
+   */
+  async listCustomerStates(query: CustomerStatesQuery = {}): Promise<CustomerStatePage> {
+    return this.states.list(parse(CustomerStatesQuery, query, "query"));
+  }
+
+  /**
+   * Usage summed by calendar window and dimension (docs/usage.md): one account's (`account`) or the
+   * whole store's, as rows of `{ start, end, ...groups, kind, credits, requests, inputTokens,
+   * outputTokens, cachedTokens }`. Spend, refunds and clawbacks are rows of their own kind (never
+   * netted). Each store aggregates natively. A bad or too large query is a `ValidationError`.
+   */
+  async getUsage(query: UsageQuery): Promise<UsageReport> {
+    return getUsage(this.db, query);
+  }
+
+  /**
+   * Revenue by calendar window (docs/revenue.md): for one account (`account`) or every account,
+   * per currency (and `groupBy`), the deferred value at each window's start and end and what was
+   * paid, recognized, broken (expired or voided unused) and refunded in it, in the currency's
+   * smallest unit, from the journal and the cost basis of each grant. Per account and currency
+   * `deferredStart + paid − recognized − breakage − refunds = deferredEnd`. Bounded (docs/revenue.md,
+   * "How large a report can be"): no window after the one holding now, at most `limit` rows (default
+   * 10,000; `truncated` says rows were left off). A bad or too large query is a `ValidationError`.
+   */
+  async getRevenue(query: RevenueQuery): Promise<RevenueReport> {
+    return getRevenue(this.db, query, { now: this.core.clock().getTime() });
+  }
+
+  /**
+   * The journal, newest first, with cursor paging and filters. With `spender` or `feature` the
+   * store's pages are filtered here (any store, no index of its own): one call reads at most
+   * `HISTORY_SCAN` entries, so a page may hold fewer than `limit` with `nextCursor` still set.
+   */
+  async getCreditHistory(userId: string, query: HistoryQuery = {}): Promise<HistoryPage> {
+    const user = parse(UserId, userId, "userId");
+    return creditHistory(this.db, user, parse(HistoryQuery, query, "query"));
+  }
+
+  /** Unspent, unheld credits that expire within `days` days from now. */
+  async getExpiringCredits(userId: string, days: number): Promise<ExpiringCredits> {
+    const user = parse(UserId, userId, "userId");
+    return expiringCredits(this.db, user, parse(ExpiringDays, days, "days"), this.core.clock().getTime());
+  }
+
+  /** A user's grants with their `remaining`, `expiresAt` and `priority`, in burn-down order. */
+  async getGrants(userId: string, options: GrantsQuery = {}): Promise<Grant[]> {
+    const user = parse(UserId, userId, "userId");
+    const o = parse(GrantsQuery, options, "options");
+    await this.core.settleDue(user, this.core.clock());
+    const grants = await this.db.listGrants(user, { includeInactive: o.includeInactive === true });
+    return grants.sort(compareGrants).map(copy);
+  }
+
+  /**
+   * Metering: reserves `options.estimate`, runs `fn` inside a usage context (AsyncLocalStorage), then
+   * commits the number `fn` returns, else the usage recorded with `recordUsage()` anywhere below
+   * it; with neither it releases the hold (or charges the estimate, `noUsage: "estimate"`). If `fn`
+   * throws, the hold is released and the error rethrown. Exactly one commit or release per call;
+   * the usages go into the commit entry's metadata. Resolves to what `fn` resolved to.
+   * `InsufficientCreditsError` when the hold cannot be placed (then `fn` does not run).
+   */
+  async meter<T>(
+    userId: string,
+    options: MeterOptions & { onSettled?: (outcome: MeterOutcome) => void },
+    fn: (context: MeterContext) => T | Promise<T>,
+  ): Promise<T> {
+    // `onSettled` is not the schema's: the rest is validated without it.
+    const { onSettled, ...rest } = options ?? {};
+    const o = parse(MeterOptionsSchema, rest, "options");
+    if (onSettled !== undefined && typeof onSettled !== "function") {
+      throw new ValidationError("Invalid options.onSettled: must be a function", [
+        { path: "onSettled", message: "must be a function" },
+      ]);
+    }
+    if (typeof fn !== "function")
+      throw new ValidationError("Invalid fn: must be a function", [{ path: "fn", message: "must be a function" }]);
+    return runMetered(this.core, parse(UserId, userId, "userId"), o, fn, onSettled);
+  }
+
+  /**
+   * Credit leases (docs/metering.md, "Leases"): blocks of a user's credits held by this process,
+   * charges served from them in memory and settled in one journal entry per window.
+   */
+  leases(options: LeaseOptions = {}): CreditLeases {
+    return new CreditLeases(this.core, options);
+  }
+
+  /**
+   * The building block of `meter()` for hosts that settle on their own schedule (the HTTP
+   * middleware commits when a streamed response ends): places the hold and returns the session;
+   * `session.run(fn)` runs code in its usage context, `session.commit(amount?)` / `session.release()`
+   * settle it once.
+   */
+  async openMeter(userId: string, options: MeterOptions): Promise<MeterSession> {
+    const o = parse(MeterOptionsSchema, options, "options");
+    return openMeter(this.core, parse(UserId, userId, "userId"), o);
+  }
+
+  /** A reservation by id. */
+  async getReservation(reservationId: string): Promise<Reservation> {
+    return copy(await findReservation(this.db, parse(EntityId, reservationId, "reservationId")));
+  }
+
+  /**
+   * Replays the user's journal: checks the hash chain, seq, every entry's balanceAfter,
+   * reservedAfter and debtAfter, the invariants, and that the stored account, grants and holds are
+   * what the journal says. By default from the latest checkpoint entry, starting from the state it
+   * records; `{ from: "genesis" }` replays from the first entry and checks each checkpoint's state
+   * against the replay (docs/operations.md, "Checkpoints and archival").
+   */
+  async audit(userId: string, options: AuditOptions = {}): Promise<AuditReport> {
+    const user = parse(UserId, userId, "userId");
+    return auditAccount(this.db, user, parse(AuditOptions, options, "options"));
+  }
+
+  /** The user's latest checkpoint entry, if any. */
+  async latestCheckpoint(userId: string): Promise<JournalEntry | undefined> {
+    return latestCheckpoint(this.db, parse(UserId, userId, "userId"));
+  }
+
+  /**
+   * Writes a checkpoint entry (docs/operations.md, "Checkpoints and archival"): amount 0, the
+   * account unchanged, its open grants and active holds recorded in the entry (which the hash
+   * chain covers). Resolves to the entry, or to null when fewer than `minEntries` (default 1)
+   * entries follow the latest checkpoint — or the account has none.
+   */
+  async checkpoint(userId: string, options: CheckpointOptions = {}): Promise<JournalEntry | null> {
+    const user = parse(UserId, userId, "userId");
+    const o = parse(CheckpointOptions, options, "options");
+    return writeCheckpoint(this.db, this.core.units, user, o.minEntries ?? 1);
+  }
+
+  /**
+   * Moves the journal entries older than each account's latest checkpoint (written before
+   * `before`) to a new JSONL file, then removes them from the store; the checkpoint stays, so
+   * `audit()`, history pages after it and refunds work as before, and `credit-management audit
+   * --archive FILE` verifies the file against it (docs/operations.md, "Checkpoints and archival").
+   */
+  archiveJournal(options: ArchiveJournalOptions): Promise<ArchiveReport> {
+    return archiveJournal(this.db, options);
+  }
+
+  /**
+   * PostgreSQL with `partitions`: for every time partition of the journal and the ledger table
+   * whose range ends by `before`, makes sure each account with entries in it has a checkpoint after
+   * them (writing the missing ones, unless `checkpoint: false`), writes its rows to
+   * `<dir>/<partition>.jsonl` (flushed to disk), then detaches and drops it. `credit-management
+   * audit --archive` verifies the files, in sequence, against the store (docs/running-for-years.md,
+   * "Partitioning on PostgreSQL").
+   */
+  archivePartitions(options: ArchivePartitionsOptions): Promise<ArchivePartitionsReport> {
+    return archivePartitions(this.db, options, (userId) => this.checkpoint(userId), this.core.clock());
+  }
+
+  /**
+   * A short-lived signed token that lets one of your customers read `account`'s balance, grants and
+   * usage, and nothing else (docs/usage.md, "For your customers"): for the service's customer page
+   * or your own front end. With `spender`, the usage it reads is that spender's only. Needs
+   * `customerTokens: { secret }` in the manager's options (else a `ConfigurationError`).
+   */
+  customerToken(account: string, options: CustomerTokenOptions): Promise<CustomerToken> {
+    if (this.core.tokens === undefined) return Promise.reject(noTokens());
+    return this.core.tokens.issue(account, options);
+  }
+
+  /**
+   * What a customer token grants, or null when it is not one this manager signed, or it has
+   * expired (docs/usage.md, "For your customers"). `ConfigurationError` when customer tokens are off.
+   */
+  verifyCustomerToken(token: string): Promise<CustomerGrant | null> {
+    if (this.core.tokens === undefined) return Promise.reject(noTokens());
+    return this.core.tokens.verify(token);
+  }
+
+  // -----------------------------------------------------------------------------------------------
+
+  private async deduct(
+    operation: string,
+    userId: string,
+    amount: number,
+    options: DeductOptions,
+    allowDebt: boolean,
+  ): Promise<JournalEntry> {
+    const user = parse(UserId, userId, "userId");
+    const n = parse(Amount, amount, "amount");
+    return this.core.deduct(operation, user, n, parse(DeductOptions, options, "options"), allowDebt);
+  }
+}

@@ -1,0 +1,221 @@
+/**
+ * A deliberately naive, independent statement of the rules of docs/concepts.md, used by the property test to check
+ * what a store + CreditService does. It shares no code with `src/core/domain`: if both agree over
+ * thousands of random sequences, the rules are what docs/concepts.md says.
+ */
+
+export interface ModelGrant {
+  id: string;
+  remaining: number;
+  expiresAt: number | null;
+  priority: number;
+  createdAt: number;
+  closed: "expired" | "voided" | null;
+  /** The features it pays for (null: any); with `spenders`, docs/teams-and-limits.md "Scoped credits". */
+  features?: string[] | null;
+  /** The spenders it pays for (null: any). */
+  spenders?: string[] | null;
+}
+
+/** Who spends on what (null: not named). */
+export interface ModelSpend {
+  spender: string | null;
+  feature: string | null;
+}
+
+const ANY: ModelSpend = { spender: null, feature: null };
+
+/** True when `g` may pay for `spend`: each list it has names the spend's value. */
+export function mayPay(g: ModelGrant, spend: ModelSpend): boolean {
+  const features = g.features ?? null;
+  const spenders = g.spenders ?? null;
+  if (features !== null && (spend.feature === null || features.indexOf(spend.feature) < 0)) return false;
+  if (spenders !== null && (spend.spender === null || spenders.indexOf(spend.spender) < 0)) return false;
+  return true;
+}
+
+const isScoped = (g: ModelGrant): boolean => (g.features ?? null) !== null || (g.spenders ?? null) !== null;
+
+export interface ModelHold {
+  id: string;
+  /** [grantId, amount] in the order they were drawn. */
+  parts: Array<[string, number]>;
+  expiresAt: number;
+  status: "active" | "committed" | "released" | "expired";
+  /** The spend it was placed for (absent: none named). */
+  spend?: ModelSpend;
+}
+
+export class CreditModel {
+  balance = 0;
+  reserved = 0;
+  debt = 0;
+  grants: ModelGrant[] = [];
+  holds: ModelHold[] = [];
+  /** True once usage was taken past zero (after-service or over-commit). */
+  overdrawn = false;
+
+  constructor(public now: number) {}
+
+  get available(): number {
+    return this.availableFor(ANY);
+  }
+
+  /** What `spend` may use: available less the usable scoped credits it may not pay with. */
+  availableFor(spend: ModelSpend): number {
+    let other = 0;
+    for (const g of this.grants)
+      if (g.closed === null && (g.expiresAt === null || g.expiresAt > this.now) && !mayPay(g, spend))
+        other += g.remaining;
+    return this.balance - this.reserved - other;
+  }
+
+  settle(): void {
+    for (const g of this.grants) {
+      if (g.closed === null && g.expiresAt !== null && g.expiresAt <= this.now) {
+        this.balance -= g.remaining;
+        g.remaining = 0;
+        g.closed = "expired";
+      }
+    }
+    const lapsed = this.holds
+      .filter((h) => h.status === "active" && h.expiresAt <= this.now)
+      .sort((a, b) => a.expiresAt - b.expiresAt || (a.id < b.id ? -1 : 1));
+    for (const h of lapsed) {
+      h.status = "expired";
+      this.giveBack(h.parts);
+      this.reserved -= sumParts(h.parts);
+    }
+  }
+
+  add(
+    id: string | null,
+    amount: number,
+    expiresAt: number | null,
+    priority: number,
+    scope: { features?: string[]; spenders?: string[] } | null = null,
+  ): void {
+    // A scoped grant pays no debt: the debt is owed for spends of any scope.
+    const pay = scope === null ? Math.min(this.debt, amount) : 0;
+    this.debt -= pay;
+    this.balance += amount;
+    if (amount - pay > 0 && id !== null) {
+      const g: ModelGrant = { id, remaining: amount - pay, expiresAt, priority, createdAt: this.now, closed: null };
+      if (scope !== null) {
+        g.features = scope.features ?? null;
+        g.spenders = scope.spenders ?? null;
+      }
+      this.grants.push(g);
+    }
+  }
+
+  /** Returns false when the real service must refuse. */
+  deduct(amount: number, afterService: boolean, spend: ModelSpend = ANY): boolean {
+    if (!afterService && this.availableFor(spend) < amount) return false;
+    const taken = this.take(amount, spend);
+    this.balance -= amount;
+    this.debt += amount - taken;
+    if (afterService && this.available < 0) this.overdrawn = true;
+    return true;
+  }
+
+  reserve(id: string | null, amount: number, ttlMs: number, spend: ModelSpend = ANY): boolean {
+    if (this.availableFor(spend) < amount) return false;
+    const parts = this.draw(amount, spend);
+    this.reserved += amount;
+    if (id !== null) this.holds.push({ id, parts, expiresAt: this.now + ttlMs, status: "active", spend });
+    return true;
+  }
+
+  commit(hold: ModelHold, amount: number): void {
+    const held = sumParts(hold.parts);
+    let toTake = Math.min(amount, held);
+    const rest: Array<[string, number]> = [];
+    for (const [gid, a] of hold.parts) {
+      const t = Math.min(a, toTake);
+      toTake -= t;
+      if (a - t > 0) rest.push([gid, a - t]);
+    }
+    const captured = Math.min(amount, held);
+    this.balance -= captured;
+    this.reserved -= held;
+    hold.status = "committed";
+    this.giveBack(rest);
+    if (amount > held) {
+      const excess = amount - held;
+      const taken = this.take(excess, hold.spend ?? ANY);
+      this.balance -= excess;
+      this.debt += excess - taken;
+      if (this.available < 0) this.overdrawn = true;
+    }
+  }
+
+  release(hold: ModelHold): void {
+    hold.status = "released";
+    this.reserved -= sumParts(hold.parts);
+    this.giveBack(hold.parts);
+  }
+
+  voidGrant(g: ModelGrant): void {
+    this.balance -= g.remaining;
+    g.remaining = 0;
+    g.closed = "voided";
+  }
+
+  /** The grants `spend` may draw from, in order: scoped ones that match it first, then the others. */
+  private usable(spend: ModelSpend): ModelGrant[] {
+    return this.grants
+      .filter(
+        (g) =>
+          g.closed === null && g.remaining > 0 && (g.expiresAt === null || g.expiresAt > this.now) && mayPay(g, spend),
+      )
+      .sort(
+        (a, b) =>
+          Number(isScoped(b)) - Number(isScoped(a)) ||
+          a.priority - b.priority ||
+          (a.expiresAt ?? Infinity) - (b.expiresAt ?? Infinity) ||
+          a.createdAt - b.createdAt ||
+          (a.id < b.id ? -1 : a.id > b.id ? 1 : 0),
+      );
+  }
+
+  /** Takes up to `amount` from usable grants in burn-down order; returns what each gave. */
+  private draw(amount: number, spend: ModelSpend): Array<[string, number]> {
+    const parts: Array<[string, number]> = [];
+    let left = amount;
+    for (const g of this.usable(spend)) {
+      if (left === 0) break;
+      const t = Math.min(g.remaining, left);
+      g.remaining -= t;
+      left -= t;
+      parts.push([g.id, t]);
+    }
+    return parts;
+  }
+
+  private take(amount: number, spend: ModelSpend): number {
+    return sumParts(this.draw(amount, spend));
+  }
+
+  /**
+   * Returned credits pay debt first if their grant is still open; what lands on a closed grant
+   * (voided or expired) is removed at once and pays nothing.
+   */
+  private giveBack(parts: Array<[string, number]>): void {
+    for (const [gid, a] of parts) {
+      const g = this.grants.find((x) => x.id === gid);
+      if (g === undefined) continue;
+      if (g.closed !== null) {
+        this.balance -= a;
+        continue;
+      }
+      const pay = isScoped(g) ? 0 : Math.min(this.debt, a);
+      this.debt -= pay;
+      g.remaining += a - pay;
+    }
+  }
+}
+
+function sumParts(parts: Array<[string, number]>): number {
+  return parts.reduce((s, [, a]) => s + a, 0);
+}
