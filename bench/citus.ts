@@ -36,7 +36,7 @@ import { existsSync, readFileSync } from "node:fs";
 import { loadavg } from "node:os";
 import pg from "pg";
 import { PostgresDbManager } from "../src/db/postgres/index.js";
-import { CreditService } from "../src/core/services/credit-service.js";
+import { CreditService } from "../src/credit-service.js";
 
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 4);

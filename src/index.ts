@@ -1,9 +1,10 @@
 export { createCreditManager, type CreditManager } from "./manager.js";
 export type { TransactionScope, TransactionOptions, TransactionSession, SessionSource } from "./transactions.js";
 export type { PgQueryable } from "./db/postgres/host.js";
+export { CreditService, type CreditServiceOptions } from "./credit-service.js";
 export {
-  CreditService,
-  type CreditServiceOptions,
+  CoreCreditService,
+  type CoreCreditServiceOptions,
   type ExpiringCredits,
   type HistoryPage,
   type ChargeReversals,

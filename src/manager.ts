@@ -17,7 +17,7 @@ import {
 import { parseConfig } from "./core/models/parse.js";
 import { CustomerTokenSettings } from "./modules/customer-tokens/model.js";
 import type { NotificationQueue } from "./core/queue/index.js";
-import { CreditService } from "./core/services/credit-service.js";
+import { CreditService } from "./credit-service.js";
 import { ExpirationService, IdempotencyRetention } from "./core/services/expiration-service.js";
 import { SubscriptionService } from "./core/services/subscription-service.js";
 import { PaymentManagerOptions, buildPaymentService } from "./modules/billing/providers.js";

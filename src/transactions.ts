@@ -4,7 +4,7 @@ import { ConfigurationError, ConflictError, LockTimeoutError } from "./core/erro
 import type { LedgerLogger } from "./core/ledger/index.js";
 import type { Logger } from "./core/logger.js";
 import type { JournalEntry } from "./core/models/index.js";
-import type { CreditService } from "./core/services/credit-service.js";
+import type { CreditService } from "./credit-service.js";
 import type { PromoService } from "./modules/billing/service-promos.js";
 import type { SubscriptionService } from "./core/services/subscription-service.js";
 

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { ConfigurationError, InMemoryCache, ValidationError, createCreditManager } from "../src/index.js";
-import { CreditService } from "../src/core/services/credit-service.js";
+import { CreditService } from "../src/credit-service.js";
 import { InMemoryDbManager } from "../src/core/db/memory/index.js";
 
 const features = { export: { minAvailable: 100 }, chat: { minAvailable: 1 }, free: { minAvailable: 0 } };

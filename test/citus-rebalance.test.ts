@@ -15,7 +15,7 @@ import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { PostgresDbManager } from "../src/db/postgres/index.js";
 import { StorageError } from "../src/core/errors.js";
-import { CreditService } from "../src/core/services/credit-service.js";
+import { CreditService } from "../src/credit-service.js";
 
 const PG_BIN = "/usr/lib/postgresql/15/bin";
 /** Root (to run the servers as user postgres), PostgreSQL 15 and the citus extension installed (by ../shared/citus/up.sh). */

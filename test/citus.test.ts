@@ -11,7 +11,7 @@ import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { PostgresDbManager } from "../src/db/postgres/index.js";
 import { ConfigurationError, LockTimeoutError, OutcomeUnknownError, StorageError } from "../src/core/errors.js";
-import { CreditService } from "../src/core/services/credit-service.js";
+import { CreditService } from "../src/credit-service.js";
 import { runDbManagerContract } from "../src/testing/index.js";
 import { IN_FLIGHT_CASES, checkCommitInFlight, type HeldTransaction } from "./fixtures/commit-in-flight.js";
 import { runCli } from "../src/cli/run.js";

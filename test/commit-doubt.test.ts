@@ -16,7 +16,7 @@ import { MongoDbManager } from "../src/db/mongodb/index.js";
 import { PostgresDbManager } from "../src/db/postgres/index.js";
 import type { DbManager } from "../src/core/db/types.js";
 import { OutcomeUnknownError, StorageError } from "../src/core/errors.js";
-import { CreditService } from "../src/core/services/credit-service.js";
+import { CreditService } from "../src/credit-service.js";
 
 const mongoUri = process.env.CREDIT_MONGO_URI;
 const citusUrl = process.env.CREDIT_CITUS_URL;

@@ -21,6 +21,14 @@ import { runAudit } from "../src/cli/audit.js";
 import { testStores, type TestStore } from "./fixtures/stores.js";
 import { runProcess } from "./fixtures/processes.js";
 import { creditCore } from "../src/core/services/credit-core.js";
+import { settleLease, type LeaseSettle } from "../src/modules/leases/service-settle.js";
+import type { CoreCreditService } from "../src/core/services/credit-service.js";
+
+/** A lease window's settle through `credits`' core, as a lease sends it. */
+const settle = (credits: CoreCreditService, userId: string, s: LeaseSettle) => {
+  const core = creditCore(credits);
+  return settleLease(core.units, core.db, core.overdraftLimit, userId, s);
+};
 
 const dir = mkdtempSync(join(tmpdir(), "cm-leases-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -396,7 +404,7 @@ for (const store of stores) {
       const m = await createCreditManager({ db: opened.db });
       try {
         await m.credits.addCredits("u", 10_000);
-        const placed = await creditCore(m.credits).settleLease("u", {
+        const placed = await settle(m.credits, "u", {
           lease: "L",
           window: 0,
           holdId: null,
@@ -407,8 +415,8 @@ for (const store of stores) {
         const hold = placed.next?.id ?? null;
         expect(hold).not.toBeNull();
         const s = { lease: "L", window: 1, holdId: hold, used: 42, requests: 3, roll: null };
-        const first = await creditCore(m.credits).settleLease("u", s);
-        const retried = await creditCore(m.credits).settleLease("u", s);
+        const first = await settle(m.credits, "u", s);
+        const retried = await settle(m.credits, "u", s);
         expect(first.replayed).toBe(false);
         expect(retried.replayed).toBe(true);
         expect(retried.entry?.id).toBe(first.entry?.id);

@@ -8,7 +8,7 @@ import { PostgresDbManager } from "../src/db/postgres/index.js";
 import { AccountWork } from "../src/core/domain/account-work.js";
 import { OutcomeUnknownError, StorageError } from "../src/core/errors.js";
 import { createCreditManager, type CreditManager } from "../src/index.js";
-import { CreditService } from "../src/core/services/credit-service.js";
+import { CreditService } from "../src/credit-service.js";
 import { creditCore } from "../src/core/services/credit-core.js";
 import { IN_FLIGHT_CASES, checkCommitInFlight, type HeldTransaction } from "./fixtures/commit-in-flight.js";
 

@@ -5,7 +5,7 @@ import { PostgresDbManager, SCHEMA_VERSION } from "../src/db/postgres/index.js";
 import { AccountWork } from "../src/core/domain/account-work.js";
 import { ConfigurationError, ConflictError, InsufficientCreditsError, StorageError } from "../src/core/errors.js";
 import type { JournalEntry } from "../src/core/models/index.js";
-import { CreditService } from "../src/core/services/credit-service.js";
+import { CreditService } from "../src/credit-service.js";
 import { createDbManagerFromEnv, InMemoryDbManager } from "../src/index.js";
 import { runDbManagerContract } from "../src/testing/index.js";
 import { runProcess } from "./fixtures/processes.js";

@@ -11,7 +11,7 @@ import { SqliteDbManager } from "../src/db/sqlite/index.js";
 import type { DbManager } from "../src/core/db/types.js";
 import { ValidationError } from "../src/core/errors.js";
 import { MAX_REVENUE_ROWS } from "../src/modules/revenue/model.js";
-import { CreditService } from "../src/core/services/credit-service.js";
+import { CreditService } from "../src/credit-service.js";
 import { getRevenue } from "../src/modules/revenue/service.js";
 import { testStores, type TestStore } from "./fixtures/stores.js";
 

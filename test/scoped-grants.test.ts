@@ -5,7 +5,7 @@ import { inScope, scopedTotals } from "../src/core/domain/scope.js";
 import type { LoadedState } from "../src/core/domain/state.js";
 import { InsufficientCreditsError } from "../src/core/errors.js";
 import { InMemoryDbManager } from "../src/core/db/memory/index.js";
-import { CreditService } from "../src/core/services/credit-service.js";
+import { CreditService } from "../src/credit-service.js";
 import { useTestApi } from "../src/core/testing/runner.js";
 import { expectNoOutOfScopeDraw, expectScopedFirstDraws } from "../src/core/testing/scoped.js";
 import type { Account, Grant, GrantScope, JournalEntry, Reservation } from "../src/core/models/index.js";

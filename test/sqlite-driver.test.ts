@@ -9,7 +9,7 @@ import { afterAll, afterEach, describe, expect, it } from "vitest";
 import { ConfigurationError } from "../src/core/errors.js";
 import { BunSqliteDatabase, openBunSqlite, type BunDatabase } from "../src/db/sqlite/bun.js";
 import { SqliteDbManager } from "../src/db/sqlite/index.js";
-import { CreditService } from "../src/core/services/credit-service.js";
+import { CreditService } from "../src/credit-service.js";
 
 // Which driver `credit-management/sqlite` opens its file with (docs/runtimes.md, "SQLite on Bun").
 // The bun:sqlite store itself runs under Bun in CI (.ci/runtimes/check.sh bun: the contract suite,

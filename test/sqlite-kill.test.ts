@@ -10,7 +10,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { SqliteDbManager } from "../src/db/sqlite/index.js";
-import { CreditService } from "../src/core/services/credit-service.js";
+import { CreditService } from "../src/credit-service.js";
 
 const dir = mkdtempSync(join(tmpdir(), "cm-sqlite-kill-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));

@@ -3,7 +3,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { SqliteDbManager } from "../src/db/sqlite/index.js";
-import { CreditService } from "../src/core/services/credit-service.js";
+import { CreditService } from "../src/credit-service.js";
 import { runProcess } from "./fixtures/processes.js";
 
 const DAY = 86_400_000;

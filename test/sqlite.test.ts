@@ -4,7 +4,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { SCHEMA_VERSION, SqliteDbManager } from "../src/db/sqlite/index.js";
 import type { JournalEntry } from "../src/core/models/index.js";
-import { CreditService } from "../src/core/services/credit-service.js";
+import { CreditService } from "../src/credit-service.js";
 import { runProcess } from "./fixtures/processes.js";
 import { runDbManagerContract } from "../src/testing/index.js";
 

@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { InMemoryDbManager } from "../src/core/db/memory/index.js";
 import { SpendLimitError, ValidationError } from "../src/core/errors.js";
-import { CreditService } from "../src/core/services/credit-service.js";
+import { CreditService } from "../src/credit-service.js";
 
 /** A service whose clock the test moves, starting now. */
 function service() {

@@ -26,7 +26,7 @@ import {
 } from "../models-entry.js";
 import { HttpError, type RouteContext, type RouteDefinition } from "./router.js";
 import { adminRoute, self, target, userRoute, withKey } from "./route-helpers.js";
-import { customerTokensOn } from "../core/services/credit-core.js";
+import { customerTokensOn } from "../credit-service.js";
 import { EntryView, entryView, GrantView, grantView, ReservationView, reservationView, seen } from "./views.js";
 
 // ---- request schemas (built from the core models, so HTTP and library validate alike) ----------

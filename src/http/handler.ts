@@ -12,7 +12,8 @@ import { buildOpenApi, type OpenApiOptions } from "./openapi.js";
 import { rootRoute } from "./route-helpers.js";
 import { TokenBuckets } from "./rate-limit.js";
 import { ANSWER, createRouter, fullPathOf, json, type Authenticate, type RouteDefinition } from "./router.js";
-import { creditCore, customerTokensOn } from "../core/services/credit-core.js";
+import { creditCore } from "../core/services/credit-core.js";
+import { customerTokensOn } from "../credit-service.js";
 
 export interface CreditHandlerOptions {
   /** Base of the caller's own routes. Default `/credits`. */

@@ -30,7 +30,7 @@ import { MissingDriverError, openStores } from "./store.js";
 import { ServeStartError, type Env, type ServeSettings } from "./settings.js";
 import type { KeyStore } from "./keys.js";
 import { warnOnFailure } from "../core/logger.js";
-import { customerTokensOn } from "../core/services/credit-core.js";
+import { customerTokensOn } from "../credit-service.js";
 import { UsageError } from "../core/util/usage-error.js";
 
 /**

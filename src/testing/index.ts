@@ -28,6 +28,7 @@ import {
   runPromoPaymentContract as promoPaymentContract,
 } from "../modules/billing/contract.js";
 import { billingStore } from "../modules/billing/store.js";
+import { runPlanRevenueContract } from "../modules/revenue/contract.js";
 import { runNotificationContract } from "../core/testing/notifications.js";
 import { runAlertsContract } from "../core/testing/alerts.js";
 import { runTrialContract } from "../core/testing/trial.js";
@@ -39,10 +40,10 @@ import { runAccountsContract } from "../core/testing/accounts.js";
 import { runConcurrencyContract } from "../core/testing/concurrency.js";
 import { runPropertyContract } from "../core/testing/properties.js";
 import { runUsageContract } from "./usage.js";
-import { runReversalsContract } from "../core/testing/reversals.js";
-import { runLateUsageContract } from "../core/testing/late-usage.js";
+import { runReversalsContract } from "./reversals.js";
+import { runLateUsageContract } from "./late-usage.js";
 import { runCappedHoldContract } from "../core/testing/capped-holds.js";
-import { runCustomerStateContract } from "../core/testing/customer-state.js";
+import { runCustomerStateContract } from "./customer-state.js";
 
 export { runAccountsContract } from "../core/testing/accounts.js";
 export { runConcurrencyContract } from "../core/testing/concurrency.js";
@@ -52,10 +53,10 @@ export { runLeasesContract } from "../modules/leases/contract.js";
 export { runNotificationContract } from "../core/testing/notifications.js";
 export { runAlertsContract } from "../core/testing/alerts.js";
 export { runUsageContract } from "./usage.js";
-export { runReversalsContract } from "../core/testing/reversals.js";
-export { runLateUsageContract } from "../core/testing/late-usage.js";
+export { runReversalsContract } from "./reversals.js";
+export { runLateUsageContract } from "./late-usage.js";
 export { runCappedHoldContract } from "../core/testing/capped-holds.js";
-export { runCustomerStateContract } from "../core/testing/customer-state.js";
+export { runCustomerStateContract } from "./customer-state.js";
 export { runSubscriptionContract } from "../core/testing/subscriptions.js";
 export { runTrialContract } from "../core/testing/trial.js";
 
@@ -217,7 +218,10 @@ export function runDbManagerContract(options: ContractOptions): void {
 
     part("accounts", () => runAccountsContract(getDb));
     // Before the races: their 500 lapsed holds on one account would be the jobs' to release.
-    part("subscriptions", () => runSubscriptionContract(getDb));
+    part("subscriptions", () => {
+      runSubscriptionContract(getDb);
+      runPlanRevenueContract(getDb);
+    });
     part("concurrency", () => runConcurrencyContract(getDb, { raceSize: race }));
     part("promos", () => runPromoPaymentContract(getDb));
     part("trial", () => runTrialContract(getDb));

@@ -1,7 +1,7 @@
 import type { Changes } from "../../src/core/domain/state.js";
 import type { JournalEntry } from "../../src/core/models/index.js";
 import type { CreditModel } from "../../src/core/testing/model.js";
-import type { CreditService } from "../../src/core/services/credit-service.js";
+import type { CreditService } from "../../src/credit-service.js";
 
 const DAY = 86_400_000;
 

@@ -4,7 +4,7 @@ import { ConflictError, CreditError, OutcomeUnknownError, StorageError } from ".
 import { createCreditManager, type CreditManager } from "../../src/manager.js";
 import type { Changes } from "../../src/store.js";
 import type { Payment, Subscription } from "../../src/models-entry.js";
-import { CreditService } from "../../src/core/services/credit-service.js";
+import { CreditService } from "../../src/credit-service.js";
 import { mayPay, type CreditModel, type ModelSpend } from "../../src/core/testing/model.js";
 import { AccountsModel, cloneModel, findGrant, findHold, heldAmount, openGrants, settleGrants } from "./model.js";
 import { Prng } from "./prng.js";

@@ -8,10 +8,10 @@ import { ConfigurationError, IdempotencyConflictError } from "../errors.js";
 import type { LedgerLogger } from "../ledger/index.js";
 import { ThresholdSpec, type JournalEntry } from "../models/index.js";
 import { parseConfig } from "../models/parse.js";
-import { CreditService } from "./credit-service.js";
+import { CoreCreditService } from "./credit-service.js";
 import { creditCore } from "./credit-core.js";
 
-/** What promo and payment services share with `CreditService`. @internal */
+/** What promo and payment services share with `CoreCreditService`. @internal */
 export interface UnitDeps {
   db: DbManager;
   ledger?: LedgerLogger | undefined;
@@ -19,7 +19,7 @@ export interface UnitDeps {
   clock: () => Date;
   logger?: Logger | undefined;
   /** Runs their units of work (so notifications, settlement and side effects are the same). */
-  credits: CreditService;
+  credits: CoreCreditService;
   /**
    * Set while `credits` is a fallback built without `alerts`: the first unit of work on an account
    * whose alert level another (alerting) service keeps warns that this one records no alerts.
@@ -36,7 +36,7 @@ export interface UnitOptions {
   cache?: Cache | undefined;
   clock?: (() => Date) | undefined;
   logger?: Logger | undefined;
-  credits?: CreditService | undefined;
+  credits?: CoreCreditService | undefined;
   alerts?: Thresholds | undefined;
 }
 
@@ -60,7 +60,7 @@ export function unitDeps(options: UnitOptions, service: string): UnitDeps {
   }
   const credits =
     options.credits ??
-    new CreditService({
+    new CoreCreditService({
       db: options.db,
       ledger: options.ledger,
       cache: options.cache,
@@ -79,7 +79,7 @@ export function unitDeps(options: UnitOptions, service: string): UnitDeps {
   };
 }
 
-/** `alerts` as `CreditService` reads them (`Thresholds`: null is "none", like omitted). */
+/** `alerts` as `CoreCreditService` reads them (`Thresholds`: null is "none", like omitted). */
 const AlertsOption = ThresholdSpec.extend({
   lowCredits: ThresholdSpec.shape.lowCredits.unwrap().nullable().optional(),
   lowCreditsPercent: ThresholdSpec.shape.lowCreditsPercent.unwrap().nullable().optional(),

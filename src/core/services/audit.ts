@@ -8,7 +8,7 @@ import { copy, journalAfter } from "./history.js";
 import { revenueSummaryProblems } from "../../modules/revenue/service.js";
 import type { UnitRunner } from "./unit-of-work.js";
 
-/** `CreditService.latestCheckpoint` of a validated user: its latest checkpoint entry, if any. */
+/** `CoreCreditService.latestCheckpoint` of a validated user: its latest checkpoint entry, if any. */
 export async function latestCheckpoint(db: DbManager, user: string): Promise<JournalEntry | undefined> {
   const [last] = await db.listJournal(user, { order: "desc", types: ["checkpoint"], limit: 1 });
   return last === undefined ? undefined : copy(last);

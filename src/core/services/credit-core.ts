@@ -25,35 +25,26 @@ import {
   type Reservation,
 } from "../models/index.js";
 import { parseConfig } from "../models/parse.js";
-import type { PricingService } from "../../modules/pricing/service.js";
-import {
-  leaseHold,
-  settleLease,
-  type LeaseHold,
-  type LeaseSettle,
-  type LeaseSettled,
-} from "../../modules/leases/service-settle.js";
 import { copyHold, replayHold } from "./hold-lookup.js";
 import { activeHold, includeHeldGrants, UnitRunner, type UnitContext } from "./unit-of-work.js";
-import { CustomerTokens } from "../../modules/customer-tokens/service.js";
 import { SubscriptionPeriods } from "./subscription-periods.js";
-import type { CreditService, CreditServiceOptions } from "./credit-service.js";
+import type { CoreCreditService, CoreCreditServiceOptions } from "./credit-service.js";
 import type * as z from "zod";
 
 /** `outcomeWaitMs` when none is given (docs/concepts.md, "Certain and uncertain errors"). */
 const DEFAULT_OUTCOME_WAIT_MS = 5000;
 
 /** `alerts` with its alert thresholds validated (docs/notifications.md, "Alerts"). */
-function alertsOf(alerts: CreditServiceOptions["alerts"]): CreditServiceOptions["alerts"] {
+function alertsOf(alerts: CoreCreditServiceOptions["alerts"]): CoreCreditServiceOptions["alerts"] {
   if (alerts?.alerts === undefined) return alerts;
   return { ...alerts, alerts: parseConfig(AlertThresholds, alerts.alerts, "alerts.alerts", "CreditService") };
 }
 
 /*
- * What the services of this package share of a `CreditService` besides its public API: the unit-of-work
+ * What the services of this package share of a `CoreCreditService` besides its public API: the unit-of-work
  * runner, the validated options, and the operations other services call on input their own models
  * already accepted (metering's holds and commits, lease settles, the jobs' units of work). A
- * `CreditService` builds one; `creditCore(credits)` hands it to the package's other modules. Not
+ * `CoreCreditService` builds one; `creditCore(credits)` hands it to the package's other modules. Not
  * exported from the package.
  */
 
@@ -72,9 +63,9 @@ export interface UnitOfWorkOptions {
   operation?: string | undefined;
 }
 
-/** The shared part of a `CreditService` (see the comment at the top of this file). */
+/** The shared part of a `CoreCreditService` (see the comment at the top of this file). */
 export class CreditCore {
-  readonly db: CreditServiceOptions["db"];
+  readonly db: CoreCreditServiceOptions["db"];
   readonly ledger: LedgerLogger | undefined;
   /** The balance cache, when there is one. */
   readonly cache: CacheAside | undefined;
@@ -89,16 +80,12 @@ export class CreditCore {
   readonly lateUsageWindowDays: number;
   /** The `features` rules (docs/trial-and-checks.md). */
   readonly features: Readonly<Record<string, FeatureRule>>;
-  readonly pricing: PricingService | undefined;
   /** Runs the units of work (src/core/services/unit-of-work.ts). */
   readonly units: UnitRunner;
-  /** Customer tokens, when `customerTokens` was given. */
-  readonly tokens: CustomerTokens | undefined;
   /** Whether its units of work bring a due subscription period first (the `subscriptions` option). */
   readonly bringsPeriods: boolean;
 
-  constructor(options: CreditServiceOptions) {
-    this.pricing = options.pricing;
+  constructor(options: CoreCreditServiceOptions) {
     this.db = options.db;
     this.ledger = options.ledger;
     this.cache = options.cache && new CacheAside(options.cache, options.cacheTtlSeconds ?? 30, options.logger);
@@ -107,8 +94,6 @@ export class CreditCore {
     this.logger = options.logger;
     this.defaultTtl = options.defaultReservationTtlSeconds ?? 900;
     this.overdraftLimit = options.overdraftLimit ?? null;
-    this.tokens =
-      options.customerTokens === undefined ? undefined : new CustomerTokens(options.customerTokens, this.clock);
     if (options.domainEvents !== undefined && typeof options.domainEvents !== "boolean") {
       throw new ConfigurationError("[credit-management] CreditService: domainEvents must be a boolean");
     }
@@ -286,20 +271,6 @@ export class CreditCore {
   }
 
   /**
-   * Settles window `s.window` of lease `s.lease` in one keyed unit of work
-   * (src/modules/leases/service-settle.ts): commits what the window used from its hold, then holds the next
-   * block. A retried or recovered settle charges once.
-   */
-  settleLease(userId: string, s: LeaseSettle): Promise<LeaseSettled> {
-    return settleLease(this.units, this.db, this.overdraftLimit, userId, s);
-  }
-
-  /** The active hold a lease's settle placed for window `window`, or null. */
-  leaseHold(userId: string, lease: string, window: number): Promise<LeaseHold | null> {
-    return leaseHold(this.db, userId, lease, window);
-  }
-
-  /**
    * The entry fields of validated options `o`. `args`: the call's arguments as the fingerprint of
    * an idempotency key covers them — built only when there is a key (most calls have none).
    */
@@ -329,19 +300,19 @@ export class CreditCore {
   }
 }
 
-/** The core of each `CreditService` (set by its constructor). */
+/** The core of each `CoreCreditService` (set by its constructor). */
 const cores = new WeakMap<object, CreditCore>();
 
-/** Called once by the `CreditService` constructor. */
-export function setCreditCore(credits: CreditService, core: CreditCore): void {
+/** Called once by the `CoreCreditService` constructor. */
+export function setCreditCore(credits: CoreCreditService, core: CreditCore): void {
   cores.set(credits, core);
 }
 
 /**
  * The shared part of `credits`, for this package's other services. A `ConfigurationError` for an
- * object that is no `CreditService` (a `credits` option given something else).
+ * object that is no `CoreCreditService` (a `credits` option given something else).
  */
-export function creditCore(credits: CreditService): CreditCore {
+export function creditCore(credits: CoreCreditService): CreditCore {
   const core = findCreditCore(credits);
   if (core === undefined)
     throw new ConfigurationError(
@@ -350,12 +321,7 @@ export function creditCore(credits: CreditService): CreditCore {
   return core;
 }
 
-/** The shared part of `credits` when it is a `CreditService`; undefined for a stand-in (`Pick<CreditService, …>`). */
+/** The shared part of `credits` when it is a `CoreCreditService`; undefined for a stand-in (`Pick<CoreCreditService, …>`). */
 export function findCreditCore(credits: object): CreditCore | undefined {
   return cores.get(credits);
-}
-
-/** Whether `credits` signs customer tokens (`customerTokens` given): the service and console offer them then. */
-export function customerTokensOn(credits: object | undefined): boolean {
-  return credits !== undefined && findCreditCore(credits)?.tokens !== undefined;
 }

@@ -6,9 +6,8 @@ import { compareGrants, isDue } from "../domain/order.js";
 import type { AuditReport } from "../domain/replay.js";
 import { decideFeature, type CheckResult, type FeatureRule } from "../domain/checks.js";
 import { type Spend, tightestLimit } from "../domain/limits.js";
-import { ConfigurationError, ConflictError, NotFoundError, RuleViolationError, ValidationError } from "../errors.js";
+import { ConflictError, NotFoundError, RuleViolationError, ValidationError } from "../errors.js";
 import type { LedgerLogger } from "../ledger/index.js";
-import { MeterOptions as MeterOptionsSchema, type MeterOptions } from "../../modules/metering/model.js";
 import {
   archiveJournal,
   archivePartitions,
@@ -17,28 +16,15 @@ import {
   type ArchiveReport,
 } from "./archive.js";
 import type { ArchivePartitionsReport } from "../db/types-partitions.js";
-import {
-  openMeter,
-  runMetered,
-  type MeterContext,
-  type MeterOutcome,
-  type MeterSession,
-} from "../../modules/metering/service.js";
-import type { PricingService } from "../../modules/pricing/service.js";
-import { getUsage } from "./usage.js";
-import { getRevenue } from "../../modules/revenue/service.js";
 import { auditAccount, latestCheckpoint, writeCheckpoint } from "./audit.js";
 import { SpendLimits } from "./spend-limits.js";
 import { getReversals, reverseCharge } from "./reversals.js";
 import type { ChargeReversals } from "../domain/reversal.js";
 import { BalanceReads, workCredits } from "./balance-reads.js";
-import { activePlanId, CustomerStates } from "./customer-state.js";
-import type { CustomerState, CustomerStatePage } from "../domain/customer-state.js";
+import { activePlanId } from "./customer-state.js";
 import { NO_SPEND } from "../domain/entry-meta.js";
 import { copy, creditHistory, expiringCredits, type ExpiringCredits, type HistoryPage } from "./history.js";
-import type { UsageQuery, UsageReport } from "../models/usage.js";
 import { MAX_SALE } from "../models/cost-basis.js";
-import type { RevenueQuery, RevenueReport } from "../../modules/revenue/model.js";
 import { checkSaleWorth } from "../domain/cost-basis.js";
 import type { CreditsInfo, MutationOptions, RemoveLimitInput, SpendLimitInput } from "../models/index.js";
 import {
@@ -59,7 +45,6 @@ import {
   type FeatureRules,
   CheckOptions,
   CreditsInfoOptions,
-  CustomerStatesQuery,
   UserId,
   VoidGrantOptions,
   Amount,
@@ -70,14 +55,10 @@ import {
   type SpendLimit,
   type SpendLimitStatus,
 } from "../models/index.js";
-import { CreditLeases } from "../../modules/leases/service.js";
 import { findReservation, ownerOfReservation } from "./hold-lookup.js";
 import { CreditCore, NO_META, setCreditCore } from "./credit-core.js";
-import type { LeaseOptions } from "../../modules/leases/model.js";
-import type { CustomerGrant, CustomerToken } from "../../modules/customer-tokens/service.js";
-import type { CustomerTokenOptions, CustomerTokenSettings } from "../../modules/customer-tokens/model.js";
 
-export interface CreditServiceOptions {
+export interface CoreCreditServiceOptions {
   db: DbManager;
   /** The audit ledger; omit for none (journal entries are still stored). */
   ledger?: LedgerLogger;
@@ -122,8 +103,6 @@ export interface CreditServiceOptions {
    * (as `alerts: {}` does) when `alerts` is not given. Default false.
    */
   domainEvents?: boolean;
-  /** The price book metered calls price tokens and costs with (docs/llm-metering.md). */
-  pricing?: PricingService;
   /**
    * Writes a checkpoint entry in the unit of work that takes an account's journal past a multiple
    * of this many entries (docs/operations.md, "Checkpoints and archival"). Default: none (the
@@ -144,27 +123,17 @@ export interface CreditServiceOptions {
    * Default false: no subscriptions over this service.
    */
   subscriptions?: boolean;
-  /**
-   * The secret `customerToken` signs with and `verifyCustomerToken` checks against (docs/usage.md,
-   * "For your customers"). Omitted: customer tokens are off.
-   */
-  customerTokens?: CustomerTokenSettings;
 }
 
 export type { ExpiringCredits, HistoryPage } from "./history.js";
 export type { ChargeReversals } from "../domain/reversal.js";
-
-const noTokens = () =>
-  new ConfigurationError(
-    "[credit-management] customer tokens are off: pass `customerTokens: { secret }` to createCreditManager (docs/usage.md)",
-  );
 
 /**
  * Credits of one account at a time: additions, deductions, holds, expiry, voids, history and
  * audit. Every mutation is one unit of work on the account (`DbManager.transaction`), validated by
  * the zod models before anything is read, and resolves to its journal entry (or reservation).
  */
-export class CreditService {
+export class CoreCreditService {
   readonly db: DbManager;
   /** What this package's other services share of this one (src/core/services/credit-core.ts). */
   private readonly core: CreditCore;
@@ -172,17 +141,14 @@ export class CreditService {
   private readonly reads: BalanceReads;
   /** Spend limits (src/core/services/spend-limits.ts). */
   private readonly limits: SpendLimits;
-  /** The customer's state (src/core/services/customer-state.ts). */
-  private readonly states: CustomerStates;
 
-  constructor(options: CreditServiceOptions) {
+  constructor(options: CoreCreditServiceOptions) {
     const core = new CreditCore(options);
     this.core = core;
     this.db = core.db;
     setCreditCore(this, core);
     this.reads = new BalanceReads(core.db, core.cache, core.clock, core.units);
     this.limits = new SpendLimits(core, this.reads);
-    this.states = new CustomerStates(core);
   }
 
   /** Adds credits as a new grant (after paying any debt). */
@@ -449,50 +415,6 @@ export class CreditService {
   }
 
   /**
-   * What the customer may do now, from one snapshot of the account (docs/customer-state.md, "The
-   * state in one read"): balance, reserved, available and debt at journal position `seq`; for
-   * every feature its plan, scoped grants, spend limits and `features` rules name, whether it may
-   * be used now (and else why, with `check()`'s reasons), what was granted, used and is left of it,
-   * when it resets and the grants behind it; each spend limit; the subscription and its period;
-   * the alerts. Read from the store, never from the cache.
-   */
-  async getCustomerState(userId: string): Promise<CustomerState> {
-    return this.states.get(parse(UserId, userId, "userId"));
-  }
-
-  /**
-   * The states of many accounts, page by page (docs/customer-state.md): the store's accounts in id
-   * order after `cursor` (or only those of `userIds`), at most `limit` (default 100, at most
-   * 1,000) a page; `nextCursor` continues, null at the end. Each state as `getCustomerState`'s.
-   */
-  async listCustomerStates(query: CustomerStatesQuery = {}): Promise<CustomerStatePage> {
-    return this.states.list(parse(CustomerStatesQuery, query, "query"));
-  }
-
-  /**
-   * Usage summed by calendar window and dimension (docs/usage.md): one account's (`account`) or the
-   * whole store's, as rows of `{ start, end, ...groups, kind, credits, requests, inputTokens,
-   * outputTokens, cachedTokens }`. Spend, refunds and clawbacks are rows of their own kind (never
-   * netted). Each store aggregates natively. A bad or too large query is a `ValidationError`.
-   */
-  async getUsage(query: UsageQuery): Promise<UsageReport> {
-    return getUsage(this.db, query);
-  }
-
-  /**
-   * Revenue by calendar window (docs/revenue.md): for one account (`account`) or every account,
-   * per currency (and `groupBy`), the deferred value at each window's start and end and what was
-   * paid, recognized, broken (expired or voided unused) and refunded in it, in the currency's
-   * smallest unit, from the journal and the cost basis of each grant. Per account and currency
-   * `deferredStart + paid − recognized − breakage − refunds = deferredEnd`. Bounded (docs/revenue.md,
-   * "How large a report can be"): no window after the one holding now, at most `limit` rows (default
-   * 10,000; `truncated` says rows were left off). A bad or too large query is a `ValidationError`.
-   */
-  async getRevenue(query: RevenueQuery): Promise<RevenueReport> {
-    return getRevenue(this.db, query, { now: this.core.clock().getTime() });
-  }
-
-  /**
    * The journal, newest first, with cursor paging and filters. With `spender` or `feature` the
    * store's pages are filtered here (any store, no index of its own): one call reads at most
    * `HISTORY_SCAN` entries, so a page may hold fewer than `limit` with `nextCursor` still set.
@@ -515,51 +437,6 @@ export class CreditService {
     await this.core.settleDue(user, this.core.clock());
     const grants = await this.db.listGrants(user, { includeInactive: o.includeInactive === true });
     return grants.sort(compareGrants).map(copy);
-  }
-
-  /**
-   * Metering: reserves `options.estimate`, runs `fn` inside a usage context (AsyncLocalStorage), then
-   * commits the number `fn` returns, else the usage recorded with `recordUsage()` anywhere below
-   * it; with neither it releases the hold (or charges the estimate, `noUsage: "estimate"`). If `fn`
-   * throws, the hold is released and the error rethrown. Exactly one commit or release per call;
-   * the usages go into the commit entry's metadata. Resolves to what `fn` resolved to.
-   * `InsufficientCreditsError` when the hold cannot be placed (then `fn` does not run).
-   */
-  async meter<T>(
-    userId: string,
-    options: MeterOptions & { onSettled?: (outcome: MeterOutcome) => void },
-    fn: (context: MeterContext) => T | Promise<T>,
-  ): Promise<T> {
-    // `onSettled` is not the schema's: the rest is validated without it.
-    const { onSettled, ...rest } = options ?? {};
-    const o = parse(MeterOptionsSchema, rest, "options");
-    if (onSettled !== undefined && typeof onSettled !== "function") {
-      throw new ValidationError("Invalid options.onSettled: must be a function", [
-        { path: "onSettled", message: "must be a function" },
-      ]);
-    }
-    if (typeof fn !== "function")
-      throw new ValidationError("Invalid fn: must be a function", [{ path: "fn", message: "must be a function" }]);
-    return runMetered(this.core, parse(UserId, userId, "userId"), o, fn, onSettled);
-  }
-
-  /**
-   * Credit leases (docs/metering.md, "Leases"): blocks of a user's credits held by this process,
-   * charges served from them in memory and settled in one journal entry per window.
-   */
-  leases(options: LeaseOptions = {}): CreditLeases {
-    return new CreditLeases(this.core, options);
-  }
-
-  /**
-   * The building block of `meter()` for hosts that settle on their own schedule (the HTTP
-   * middleware commits when a streamed response ends): places the hold and returns the session;
-   * `session.run(fn)` runs code in its usage context, `session.commit(amount?)` / `session.release()`
-   * settle it once.
-   */
-  async openMeter(userId: string, options: MeterOptions): Promise<MeterSession> {
-    const o = parse(MeterOptionsSchema, options, "options");
-    return openMeter(this.core, parse(UserId, userId, "userId"), o);
   }
 
   /** A reservation by id. */
@@ -616,26 +493,6 @@ export class CreditService {
    */
   archivePartitions(options: ArchivePartitionsOptions): Promise<ArchivePartitionsReport> {
     return archivePartitions(this.db, options, (userId) => this.checkpoint(userId), this.core.clock());
-  }
-
-  /**
-   * A short-lived signed token that lets one of your customers read `account`'s balance, grants and
-   * usage, and nothing else (docs/usage.md, "For your customers"): for the service's customer page
-   * or your own front end. With `spender`, the usage it reads is that spender's only. Needs
-   * `customerTokens: { secret }` in the manager's options (else a `ConfigurationError`).
-   */
-  customerToken(account: string, options: CustomerTokenOptions): Promise<CustomerToken> {
-    if (this.core.tokens === undefined) return Promise.reject(noTokens());
-    return this.core.tokens.issue(account, options);
-  }
-
-  /**
-   * What a customer token grants, or null when it is not one this manager signed, or it has
-   * expired (docs/usage.md, "For your customers"). `ConfigurationError` when customer tokens are off.
-   */
-  verifyCustomerToken(token: string): Promise<CustomerGrant | null> {
-    if (this.core.tokens === undefined) return Promise.reject(noTokens());
-    return this.core.tokens.verify(token);
   }
 
   // -----------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ async function activeSubscription(db: DbManager, userId: string): Promise<Subscr
 /** Accounts read at once by `listCustomerStates` (each its own unit of work). */
 const PARALLEL = 8;
 
-/** `CreditService.getCustomerState` and `listCustomerStates`. */
+/** `CoreCreditService.getCustomerState` and `listCustomerStates`. */
 export class CustomerStates {
   constructor(private readonly core: CreditCore) {}
 

@@ -15,7 +15,7 @@ import {
   type Subscription,
 } from "../models/index.js";
 import { parseConfig } from "../models/parse.js";
-import type { CreditService } from "./credit-service.js";
+import type { CoreCreditService } from "./credit-service.js";
 import type { DispatchReport, NotificationService } from "./notification-service.js";
 import type { SubscriptionService } from "./subscription-service.js";
 import { traceJob, type JobMessage } from "../diagnostics.js";
@@ -23,7 +23,7 @@ import { creditCore, type CreditCore } from "./credit-core.js";
 
 export interface ExpirationServiceOptions {
   db: DbManager;
-  credits: CreditService;
+  credits: CoreCreditService;
   subscriptions: SubscriptionService;
   ledger?: LedgerLogger;
   /** Default: the credit service's clock. */

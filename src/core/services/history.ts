@@ -64,7 +64,7 @@ export async function creditHistory(
   return { items, nextCursor: cursor === undefined ? null : String(cursor) };
 }
 
-/** `CreditService.getExpiringCredits`: unspent, unheld credits of `user` expiring within `days` of `now`. */
+/** `CoreCreditService.getExpiringCredits`: unspent, unheld credits of `user` expiring within `days` of `now`. */
 export async function expiringCredits(
   db: DbManager,
   user: string,

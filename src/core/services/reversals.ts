@@ -78,7 +78,7 @@ export function reverseCharge(
   });
 }
 
-/** `CreditService.getReversals` of validated input: read in a unit of work of the account, which writes nothing of its own. */
+/** `CoreCreditService.getReversals` of validated input: read in a unit of work of the account, which writes nothing of its own. */
 export async function getReversals(core: CreditCore, user: string, entryId: string): Promise<ChargeReversals> {
   const found = await core.units.mutate("getReversals", user, {}, (_work, tx) => readCharge(tx, entryId));
   const draw = drawOf(found.entry);

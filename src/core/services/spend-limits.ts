@@ -19,12 +19,12 @@ import type { CreditCore } from "./credit-core.js";
  */
 export class SpendLimits {
   constructor(
-    /** Its `CreditService`'s units of work, entry fields and clock. */
+    /** Its `CoreCreditService`'s units of work, entry fields and clock. */
     private readonly core: Pick<CreditCore, "db" | "units" | "meta" | "clock">,
     private readonly reads: BalanceReads,
   ) {}
 
-  /** `CreditService.setLimits`. */
+  /** `CoreCreditService.setLimits`. */
   async setLimits(
     userId: string,
     limits: SpendLimitInput[],
@@ -42,7 +42,7 @@ export class SpendLimits {
     return limitStatuses(set, this.core.clock().getTime());
   }
 
-  /** `CreditService.setLimit`. */
+  /** `CoreCreditService.setLimit`. */
   async setLimit(userId: string, limit: SpendLimitInput, options: MutationOptions = {}): Promise<SpendLimitStatus[]> {
     const user = parse(UserId, userId, "userId");
     const input = parse(SpendLimitInput, limit, "limit");
@@ -63,14 +63,14 @@ export class SpendLimits {
     return active === null ? null : { anchorAt: active.anchorAt.getTime(), billingPeriod: active.billingPeriod };
   }
 
-  /** `CreditService.getLimits`. */
+  /** `CoreCreditService.getLimits`. */
   async getLimits(userId: string): Promise<SpendLimitStatus[]> {
     const user = parse(UserId, userId, "userId");
     const { limits } = await this.reads.state(user, null);
     return limitStatuses(limits ?? [], this.core.clock().getTime());
   }
 
-  /** `CreditService.removeLimit`. */
+  /** `CoreCreditService.removeLimit`. */
   async removeLimit(
     userId: string,
     which: RemoveLimitInput,

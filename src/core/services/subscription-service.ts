@@ -19,7 +19,7 @@ import {
   type Plan,
   type Subscription,
 } from "../models/index.js";
-import type { CreditService } from "./credit-service.js";
+import type { CoreCreditService } from "./credit-service.js";
 import { creditCore } from "./credit-core.js";
 import { SubscriptionPeriods } from "./subscription-periods.js";
 import { copy } from "./history.js";
@@ -31,7 +31,7 @@ export interface SubscriptionServiceOptions {
    * The credit service whose units of work allocate, roll over and expire credits, built with
    * `subscriptions: true`.
    */
-  credits: CreditService;
+  credits: CoreCreditService;
   ledger?: LedgerLogger;
   /** Caches `getPlan` and `listPlans`; invalidated on every plan write. */
   cache?: Cache;

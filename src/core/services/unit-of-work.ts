@@ -212,7 +212,7 @@ function checkpointDue(work: AccountWork, every: number): boolean {
 /** The cache key of an account's credit info. */
 export const infoKey = (userId: string) => `credits:info:${userId}`;
 
-/** What a `UnitRunner` is built with (by `CreditService`, from its validated options). @internal */
+/** What a `UnitRunner` is built with (by `CoreCreditService`, from its validated options). @internal */
 export interface UnitRunnerOptions {
   db: DbManager;
   ledger: LedgerLogger | undefined;

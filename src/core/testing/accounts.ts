@@ -16,7 +16,7 @@ import {
   StorageError,
 } from "../errors.js";
 import type { JournalEntry, LedgerEntry } from "../models/index.js";
-import { CreditService } from "../services/credit-service.js";
+import { CoreCreditService } from "../services/credit-service.js";
 import { ExpirationService } from "../services/expiration-service.js";
 import { SubscriptionService } from "../services/subscription-service.js";
 import { verifyArchive } from "../services/archive.js";
@@ -586,7 +586,10 @@ export function runAccountsContract(getDb: () => DbManager, options: PartOptions
         const start = T0 - 400 * DAY;
         const { credits, clock } = serviceWithClock(db, start);
         // Unused by this job; on a credit service of its own, so that it hooks nothing into `credits`.
-        const subscriptions = new SubscriptionService({ db, credits: new CreditService({ db, subscriptions: true }) });
+        const subscriptions = new SubscriptionService({
+          db,
+          credits: new CoreCreditService({ db, subscriptions: true }),
+        });
         const expiration = new ExpirationService({ db, credits, subscriptions, idempotencyRetention: "1h" });
         await credits.addCredits(u, 100);
         const first = await credits.deductCredits(u, 10, { idempotencyKey: "k-retained" });

@@ -10,7 +10,7 @@ import { describe, expect, it, useTestApi } from "./runner.js";
 import type { DbManager } from "../db/types.js";
 import { IdempotencyConflictError, InsufficientCreditsError, SpendLimitError, ValidationError } from "../errors.js";
 import type { Reservation } from "../models/index.js";
-import { CreditService } from "../services/credit-service.js";
+import { CoreCreditService } from "../services/credit-service.js";
 import { expectNoOutOfScopeDraw } from "./scoped.js";
 import { accountWithClock, lazy, T0, type PartOptions } from "./support.js";
 
@@ -25,15 +25,15 @@ export function runCappedHoldContract(
   if (options.test !== undefined) useTestApi(options.test);
   const db = lazy(getDb);
   const user = () => `ch-${randomUUID()}`;
-  const clean = async (credits: CreditService, u: string) =>
+  const clean = async (credits: CoreCreditService, u: string) =>
     expect((await credits.audit(u, { from: "genesis" })).problems).toEqual([]);
   /** What a refused hold must leave as it was: the account's figures, its limits and its journal. */
-  const snapshot = async (credits: CreditService, u: string) => ({
+  const snapshot = async (credits: CoreCreditService, u: string) => ({
     info: await credits.getUserCreditsInfo(u),
     limits: await credits.getLimits(u),
     journal: (await credits.getCreditHistory(u, { limit: 100 })).items.map((e) => e.id),
   });
-  const reserveEntry = async (credits: CreditService, hold: Reservation) => {
+  const reserveEntry = async (credits: CoreCreditService, hold: Reservation) => {
     const items = (await credits.getCreditHistory(hold.userId, { limit: 100 })).items;
     return items.find((e) => e.type === "reserve" && e.reservationId === hold.id);
   };
@@ -165,8 +165,8 @@ export function runCappedHoldContract(
     it("two managers racing capped holds never hold more than there is, nor more than a limit has left", async () => {
       const clock = { now: T0 };
       const now = () => new Date(clock.now);
-      const a = new CreditService({ db: getDb(), clock: now });
-      const b = new CreditService({ db: options.getPeer?.() ?? getDb(), clock: now });
+      const a = new CoreCreditService({ db: getDb(), clock: now });
+      const b = new CoreCreditService({ db: options.getPeer?.() ?? getDb(), clock: now });
       const u = user();
       await a.addCredits(u, 1_000);
       await a.addCredits(u, 200, { scope: { features: ["images"] } });

@@ -17,7 +17,7 @@ import type { Notification } from "../models/index.js";
 import { InMemoryNotificationQueue, eventEnvelope, type NotificationMessage } from "../queue/index.js";
 import { DomainEvent } from "../models/events.js";
 import { DomainEventType } from "../models/notifications.js";
-import { CreditService } from "../services/credit-service.js";
+import { CoreCreditService } from "../services/credit-service.js";
 import { NotificationService } from "../services/notification-service.js";
 import { scribble } from "./scribble.js";
 import { DAY, lazy, T0 } from "./support.js";
@@ -33,7 +33,7 @@ function services(
 ) {
   const clock = { now: start };
   const now = () => new Date(clock.now);
-  const credits = new CreditService({ db, clock: now, alerts: thresholds });
+  const credits = new CoreCreditService({ db, clock: now, alerts: thresholds });
   const notifications = new NotificationService({
     db,
     clock: now,
@@ -83,7 +83,7 @@ export function runNotificationContract(
       const u = user();
       const now = () => new Date(T0);
       const features = { export: { minAvailable: 50 }, chat: { minAvailable: 1 } };
-      const credits = new CreditService({ db, clock: now, alerts: {}, features });
+      const credits = new CoreCreditService({ db, clock: now, alerts: {}, features });
       const notifications = new NotificationService({ db, clock: now, thresholds: {} });
       const flips = async () =>
         (await notifications.list(u)).filter((r) => r.type === "feature_status_changed").map((r) => r.payload);
@@ -106,7 +106,7 @@ export function runNotificationContract(
       const u = user();
       const clock = { now: T0 };
       const now = () => new Date(clock.now);
-      const credits = new CreditService({ db, clock: now, domainEvents: true }); // turns the outbox on by itself
+      const credits = new CoreCreditService({ db, clock: now, domainEvents: true }); // turns the outbox on by itself
       const notifications = new NotificationService({ db, clock: now });
       await credits.addCredits(u, 100, { source: "payment", sourceRef: "order-1", expiresAt: new Date(T0 + 30 * DAY) });
       const adjustment = await credits.addCredits(u, 5, { source: "adjustment" });
@@ -198,7 +198,7 @@ export function runNotificationContract(
       expect(events[9]!.occurredAt).toBe(new Date(T0 + 2 * DAY).toISOString());
       // Without the option, the same operations record no domain event.
       const v = user();
-      const quiet = new CreditService({ db, clock: now, alerts: {} });
+      const quiet = new CoreCreditService({ db, clock: now, alerts: {} });
       await quiet.addCredits(v, 10);
       await quiet.deductCredits(v, 3);
       expect(
@@ -408,7 +408,7 @@ export function runNotificationContract(
       const far = T0 + 500 * DAY; // no other test's grants expire this late
       const { clock } = { clock: { now: far } };
       const reminders = new NotificationService({ db, clock: () => new Date(clock.now) });
-      const credits2 = new CreditService({ db, clock: () => new Date(clock.now) });
+      const credits2 = new CoreCreditService({ db, clock: () => new Date(clock.now) });
       await credits2.addCredits(u, 10, { expiresAt: new Date(far + 2 * DAY) });
       await credits2.addCredits(u, 10, { expiresAt: new Date(far + 9 * DAY) });
       await reminders.sendExpiringReminders({ days: 3 });

@@ -9,7 +9,7 @@ import {
   ReservationNotActiveError,
 } from "../errors.js";
 import type { AlertThreshold, Reservation } from "../models/index.js";
-import { CreditService } from "../services/credit-service.js";
+import { CoreCreditService } from "../services/credit-service.js";
 import { NotificationService } from "../services/notification-service.js";
 import { AlertModel } from "./alert-model.js";
 import { CreditModel, type ModelHold } from "./model.js";
@@ -271,7 +271,7 @@ export async function runAgainstModel(
 /** The services of an account whose alert thresholds are `alerts`, on a clock starting at `start`. */
 function alertServices(db: DbManager, alerts: AlertThreshold[], start: number) {
   const clock = { now: start };
-  const credits = new CreditService({ db, clock: () => new Date(clock.now), alerts: { alerts } });
+  const credits = new CoreCreditService({ db, clock: () => new Date(clock.now), alerts: { alerts } });
   return { credits, clock };
 }
 

@@ -683,45 +683,5 @@ export function runSubscriptionContract(getDb: () => DbManager, options: PartOpt
       expect(await db.updateSubscription(stale, first.version + 5)).toBe(false);
       await expect(db.insertSubscription({ ...first, id: randomUUID() })).rejects.toBeInstanceOf(ConflictError);
     });
-
-    it("books an addition that only pays debt on its source and plan rows (docs/revenue.md)", async () => {
-      const { credits, subscriptions, clock } = managerServices(db, T + 9000 * DAY);
-      const id = planId();
-      await subscriptions.createPlan({
-        id,
-        name: "Small",
-        creditsPerPeriod: 50,
-        billingPeriod: "monthly",
-        price: 100,
-        currency: "usd",
-      });
-      const [manual, subscriber] = [user(), user()];
-      await credits.deductCreditsAfterService(manual, 100);
-      await credits.addCredits(manual, 40, { source: "manual", costBasis: { perCredit: "1", currency: "USD" } });
-      await credits.deductCreditsAfterService(subscriber, 300);
-      await subscriptions.subscribe(subscriber, id);
-      const window = { from: new Date(clock.now - DAY), to: new Date(clock.now + DAY), interval: null };
-      const rows = async (account: string, by: "source" | "plan") =>
-        (await credits.getRevenue({ ...window, account, groupBy: [by] })).rows.map((r) => [
-          r.currency,
-          r[by],
-          r.paid,
-          r.recognized,
-          r.unbilledCredits,
-          r.deferredEnd,
-        ]);
-      expect(await rows(manual, "source")).toEqual([
-        ["USD", "manual", 40, 40, 0, 0],
-        [null, null, 0, 0, 100, 0],
-      ]);
-      expect(await rows(subscriber, "plan")).toEqual([
-        ["USD", id, 100, 100, 0, 0],
-        [null, null, 0, 0, 300, 0],
-      ]);
-      expect(await rows(subscriber, "source")).toEqual([
-        ["USD", "subscription", 100, 100, 0, 0],
-        [null, null, 0, 0, 300, 0],
-      ]);
-    });
   });
 }

@@ -3,7 +3,7 @@ import type { TestApi } from "./runner.js";
 import type { DbManager } from "../db/types.js";
 import { InMemoryCache } from "../cache/index.js";
 import { LedgerLogger } from "../ledger/index.js";
-import { CreditService } from "../services/credit-service.js";
+import { CoreCreditService } from "../services/credit-service.js";
 import { ExpirationService } from "../services/expiration-service.js";
 import { SubscriptionService } from "../services/subscription-service.js";
 
@@ -20,7 +20,7 @@ export const DAY = 24 * HOUR;
 /** A service over `db` whose clock the test moves. */
 export function serviceWithClock(db: DbManager, start = T0, overdraftLimit: number | null = null) {
   const clock = { now: start };
-  const credits = new CreditService({ db, clock: () => new Date(clock.now), overdraftLimit });
+  const credits = new CoreCreditService({ db, clock: () => new Date(clock.now), overdraftLimit });
   return { credits, clock };
 }
 
@@ -43,7 +43,7 @@ export function managerServices(
   const now = () => new Date(clock.now);
   const ledger = new LedgerLogger({ db, clock: now, filePath: options.ledgerFile ?? false });
   const alerts = options.alerts === true ? {} : undefined;
-  const credits = new CreditService({ db, clock: now, ledger, alerts, subscriptions: true });
+  const credits = new CoreCreditService({ db, clock: now, ledger, alerts, subscriptions: true });
   const subscriptions = new SubscriptionService({ db, credits, clock: now, cache: new InMemoryCache(), ledger });
   const expiration = new ExpirationService({ db, credits, subscriptions, clock: now, ledger });
   return { credits, subscriptions, expiration, ledger, clock };

@@ -2,7 +2,7 @@ import { randomUUID } from "node:crypto";
 import { describe, expect, it, useTestApi } from "./runner.js";
 import type { DbManager } from "../db/types.js";
 import { ConfigurationError, InsufficientCreditsError } from "../errors.js";
-import { CreditService } from "../services/credit-service.js";
+import { CoreCreditService } from "../services/credit-service.js";
 import { DAY, T0, type PartOptions } from "./support.js";
 
 /**
@@ -15,7 +15,7 @@ export function runTrialContract(getDb: () => DbManager, options: PartOptions = 
   describe("trial credits", () => {
     const user = () => `u-${randomUUID()}`;
     const service = (trial = { amount: 100, expiresInDays: 14 }) =>
-      new CreditService({ db: getDb(), clock: () => new Date(T0), trial });
+      new CoreCreditService({ db: getDb(), clock: () => new Date(T0), trial });
     const trialEntries = async (u: string) =>
       (await getDb().listJournal(u, { order: "asc", limit: 100 })).filter((e) => e.idempotencyKey === `cm:trial:${u}`);
 
@@ -47,7 +47,7 @@ export function runTrialContract(getDb: () => DbManager, options: PartOptions = 
 
     it("an account that existed before trial credits were configured never gets them, even at balance zero", async () => {
       const u = user();
-      const before = new CreditService({ db: getDb(), clock: () => new Date(T0) });
+      const before = new CoreCreditService({ db: getDb(), clock: () => new Date(T0) });
       await before.addCredits(u, 2);
       await before.deductCredits(u, 2);
       const credits = service();
@@ -76,8 +76,8 @@ export function runTrialContract(getDb: () => DbManager, options: PartOptions = 
     });
 
     it("an invalid trial option is a ConfigurationError", () => {
-      expect(() => new CreditService({ db: getDb(), trial: { amount: 0 } })).toThrow(ConfigurationError);
-      expect(() => new CreditService({ db: getDb(), trial: { amount: 5, expiresInDays: 0.5 } })).toThrow(
+      expect(() => new CoreCreditService({ db: getDb(), trial: { amount: 0 } })).toThrow(ConfigurationError);
+      expect(() => new CoreCreditService({ db: getDb(), trial: { amount: 5, expiresInDays: 0.5 } })).toThrow(
         ConfigurationError,
       );
     });

@@ -11,7 +11,7 @@ import type { DbManager } from "../../core/db/types.js";
 import { PaymentProviderError, ValidationError } from "../../core/errors.js";
 import type { Notification } from "../../core/models/index.js";
 import type { OffSessionChargeRequest, OffSessionChargeResult, PaymentProvider } from "./provider.js";
-import { CreditService } from "../../core/services/credit-service.js";
+import { CreditService } from "../../credit-service.js";
 import { PaymentService } from "./service-payments.js";
 import { testEvent, unsignedTestProvider } from "./contract.js";
 import { lazy } from "../../core/testing/support.js";

@@ -11,7 +11,7 @@ import { ConflictError, PaymentProviderError, PromoNotEligibleError } from "../.
 import { newPayment } from "./rules-payments.js";
 import type { Payment, Promo } from "../../models-entry.js";
 import type { PaymentEvent, PaymentProvider } from "./provider.js";
-import { CreditService } from "../../core/services/credit-service.js";
+import { CreditService } from "../../credit-service.js";
 import { PaymentService } from "./service-payments.js";
 import { PromoService } from "./service-promos.js";
 import { scribble } from "../../core/testing/scribble.js";

@@ -52,7 +52,7 @@ import { runAccountUnit, type UnitResult } from "../../core/services/account-uni
 import { billingTx } from "./store.js";
 import { PaymentCheckouts } from "./service-checkouts.js";
 import { AutoTopUpService, type AutoTopUpResult } from "./service-auto-top-up.js";
-import type { CreditService } from "../../core/services/credit-service.js";
+import type { CreditService } from "../../credit-service.js";
 import { billingDeps, decodeCursor, encodeCursor, type BillingDeps } from "./service-promos.js";
 
 export type { AutoTopUpResult } from "./service-auto-top-up.js";

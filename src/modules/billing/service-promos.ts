@@ -20,7 +20,7 @@ import {
 import * as z from "zod";
 import { runAccountUnit, unitDeps, type UnitDeps, type UnitOptions } from "../../core/services/account-unit.js";
 import { billingStore, billingTx, type BillingDb } from "./store.js";
-import type { CreditService } from "../../core/services/credit-service.js";
+import type { CreditService } from "../../credit-service.js";
 import { newId } from "../../core/util/uuid.js";
 
 /** What the billing module's services run on: the units of work's, with the store's billing part. @internal */

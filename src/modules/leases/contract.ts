@@ -17,10 +17,19 @@ import { addLeaseLine, compareWindow, leaseLineOf, leaseWindowOf, type FileWindo
 import { InsufficientCreditsError } from "../../core/errors.js";
 import type { LedgerLogger } from "../../core/ledger/index.js";
 import type { LeaseOptions } from "../../models-entry.js";
-import type { CreditService } from "../../core/services/credit-service.js";
-import type { CreditLeases } from "./service.js";
+import type { CoreCreditService } from "../../core/services/credit-service.js";
+import { CreditLeases, leaseCore } from "./service.js";
+import { sessionDeps } from "../metering/service.js";
 import { creditCore } from "../../core/services/credit-core.js";
 import { managerServices, T0 } from "../../core/testing/support.js";
+
+/** The lease part of `credits`' core, with no price book, as `credits.leases()` builds it. */
+const settlesOf = (credits: CoreCreditService) =>
+  leaseCore(creditCore(credits), sessionDeps(creditCore(credits), undefined));
+
+/** `credits.leases(options)` of a `CoreCreditService` over `credits`' core. */
+const leasesOf = (credits: CoreCreditService, options: LeaseOptions = {}) =>
+  new CreditLeases(settlesOf(credits), options);
 
 /** A PRNG in [0, 1) seeded with `seed` (mulberry32): the same seed, the same sequence. */
 export function mulberry32(seed: number): () => number {
@@ -71,7 +80,7 @@ export function runLeasesContract(
     }
   };
   /** The journal's settle entries of `u`: exactly one per window, each committing what its window says. */
-  const windows = async (credits: CreditService, u: string) => {
+  const windows = async (credits: CoreCreditService, u: string) => {
     const items = (await credits.getCreditHistory(u, { limit: 1000 })).items;
     const seen = new Set<string>();
     let requests = 0;
@@ -88,7 +97,7 @@ export function runLeasesContract(
     }
     return { count: seen.size, requests, total, items };
   };
-  const clean = async (credits: CreditService, u: string, balance: number) => {
+  const clean = async (credits: CoreCreditService, u: string, balance: number) => {
     const info = await credits.getUserCreditsInfo(u);
     expect(info).toMatchObject({ balance, reserved: 0, debt: 0 });
     expect((await credits.audit(u)).ok).toBe(true);
@@ -111,7 +120,7 @@ export function runLeasesContract(
       const start = 3000;
       await a.credits.addCredits(u, start);
       const opts: LeaseOptions = { size: 200, exactBelow: 2, share: 0.5, settleEveryMs: 25, ttlSeconds: 60 };
-      const leases = [a.credits.leases(opts), b.credits.leases(opts)] as const;
+      const leases = [leasesOf(a.credits, opts), leasesOf(b.credits, opts)] as const;
       const random = mulberry32(seed);
       let answered = 0;
       let leased = { requests: 0, total: 0 };
@@ -147,12 +156,65 @@ export function runLeasesContract(
       expect({ requests: w.requests, total: w.total }).toEqual(leased);
     });
 
+    it('leases under a spender limit: leased charges from A and B at once never pass it, and count as on the exact path (docs/teams-and-limits.md, "Leases")', async () => {
+      const { a, b } = pair();
+      const u = user();
+      await a.credits.addCredits(u, 10_000);
+      await b.credits.setLimits(u, [{ spender: "alice", amount: 200, period: "month" }]);
+      const la = leasesOf(a.credits, { size: 10, settleEveryMs: 30_000 });
+      const lb = leasesOf(b.credits, { size: 10, settleEveryMs: 30_000 });
+      let charged = 0;
+      let leased = 0;
+      const run = async (lease: typeof la) => {
+        for (let i = 0; i < 150; i++) {
+          try {
+            const r = await lease.charge(u, 1, { spender: "alice" });
+            charged += r.amount;
+            if (r.via === "lease") leased++;
+          } catch (error) {
+            expect((error as { code?: string }).code).toBe("SPEND_LIMIT_EXCEEDED");
+          }
+        }
+      };
+      await Promise.all([run(la), run(lb)]);
+      await Promise.all([la.close(), lb.close()]);
+      expect(leased).toBeGreaterThanOrEqual(1);
+      expect(charged).toBeLessThanOrEqual(200);
+      expect(charged).toBeGreaterThanOrEqual(100);
+      // Every leased charge counted toward alice's window; nothing held is left counted.
+      expect((await a.credits.getLimits(u)).map((l) => l.used)).toEqual([charged]);
+      expect((await b.credits.getUserCreditsInfo(u)).balance).toBe(10_000 - charged);
+      // Bob is under no limit.
+      expect((await a.credits.deductCredits(u, 5, { spender: "bob" })).amount).toBe(5);
+      expect((await a.credits.audit(u)).ok).toBe(true);
+    });
+
+    it("leases for a scoped feature: leased charges from A and B draw from the scoped grant first (docs/teams-and-limits.md)", async () => {
+      const { a, b } = pair();
+      const u = user();
+      await a.credits.addCredits(u, 500);
+      await b.credits.addCredits(u, 300, { scope: { features: ["images"] } });
+      const la = leasesOf(a.credits, { size: 10, settleEveryMs: 30_000 });
+      const lb = leasesOf(b.credits, { size: 10, settleEveryMs: 30_000 });
+      let leased = 0;
+      const run = async (lease: typeof la) => {
+        for (let i = 0; i < 100; i++) if ((await lease.charge(u, 1, { feature: "images" })).via === "lease") leased++;
+      };
+      await Promise.all([run(la), run(lb)]);
+      await Promise.all([la.close(), lb.close()]);
+      expect(leased).toBeGreaterThanOrEqual(100);
+      expect((await a.credits.getUserCreditsInfo(u, { feature: "images" })).available).toBe(600);
+      // The unscoped grant paid nothing: the scoped one paid all 200.
+      expect((await b.credits.getUserCreditsInfo(u)).available).toBe(500);
+      expect((await a.credits.audit(u)).ok).toBe(true);
+    });
+
     it("a settle sent twice at once, through both managers, charges once", async () => {
       const { a, b } = pair();
       const u = user();
       await a.credits.addCredits(u, 10_000);
       const sizing = { size: 500, exactBelow: 1, share: 0.5 };
-      const placed = await creditCore(a.credits).settleLease(u, {
+      const placed = await settlesOf(a.credits).settleLease(u, {
         lease: "L",
         window: 0,
         holdId: null,
@@ -163,12 +225,12 @@ export function runLeasesContract(
       expect(placed.next).not.toBeNull();
       const s = { lease: "L", window: 1, holdId: placed.next?.id ?? null, used: 42, requests: 3, roll: null };
       const [x, y] = await Promise.all([
-        creditCore(a.credits).settleLease(u, s),
-        creditCore(b.credits).settleLease(u, s),
+        settlesOf(a.credits).settleLease(u, s),
+        settlesOf(b.credits).settleLease(u, s),
       ]);
       expect([x.replayed, y.replayed].sort()).toEqual([false, true]);
       expect(x.entry?.id).toBe(y.entry?.id);
-      const again = await creditCore(a.credits).settleLease(u, s);
+      const again = await settlesOf(a.credits).settleLease(u, s);
       expect(again.replayed).toBe(true);
       await clean(b.credits, u, 10_000 - 42);
       expect((await windows(a.credits, u)).count).toBe(1);
@@ -179,8 +241,8 @@ export function runLeasesContract(
       const u = user();
       await a.credits.addCredits(u, 1000);
       // Windows of half a second: B's refusal comes before A's lease can go idle (two ticks).
-      const la = a.credits.leases({ size: 400, share: 0.5, exactBelow: 1, settleEveryMs: 500 });
-      const lb = b.credits.leases({ size: 1000, share: 1, exactBelow: 0, settleEveryMs: 500 });
+      const la = leasesOf(a.credits, { size: 400, share: 0.5, exactBelow: 1, settleEveryMs: 500 });
+      const lb = leasesOf(b.credits, { size: 1000, share: 1, exactBelow: 0, settleEveryMs: 500 });
       expect((await la.charge(u, 10)).via).toBe("lease");
       expect((await b.credits.getUserCreditsInfo(u)).reserved).toBe(400);
       await expect(lb.charge(u, 900)).rejects.toBeInstanceOf(InsufficientCreditsError);
@@ -200,8 +262,8 @@ export function runLeasesContract(
       const u = user();
       await a.credits.addCredits(u, 399);
       const opts: LeaseOptions = { size: 100, exactBelow: 4, settleEveryMs: 30_000 };
-      const la = a.credits.leases(opts);
-      const lb = b.credits.leases(opts);
+      const la = leasesOf(a.credits, opts);
+      const lb = leasesOf(b.credits, opts);
       const answers = await Promise.all([la.charge(u, 10), lb.charge(u, 20), la.charge(u, 30), lb.charge(u, 40)]);
       expect(answers.map((c) => c.via)).toEqual(["exact", "exact", "exact", "exact"]);
       expect(answers.every((c) => c.entry?.type === "deduct")).toBe(true);
@@ -221,8 +283,8 @@ export function runLeasesContract(
         const u = user();
         await b.credits.addCredits(u, 10_000);
         const opts: LeaseOptions = { size: 1000, exactBelow: 1, settleEveryMs: 30_000, ttlSeconds: 60 };
-        const la = dead.credits.leases(opts);
-        const lb = b.credits.leases(opts);
+        const la = leasesOf(dead.credits, opts);
+        const lb = leasesOf(b.credits, opts);
         let settled = 0;
         for (let i = 0; i < 10; i++) settled += await charged(la, u, 7);
         await la.flush(); // window 1 settled (70)
@@ -237,9 +299,12 @@ export function runLeasesContract(
 
         // The successor on the same file: two recoveries at once, then a third, charge the window once.
         const next = managerServices(getDb(), clock, { ledgerFile: file });
-        const [r1, r2] = await Promise.all([next.credits.leases(opts).recover(), next.credits.leases(opts).recover()]);
+        const [r1, r2] = await Promise.all([
+          leasesOf(next.credits, opts).recover(),
+          leasesOf(next.credits, opts).recover(),
+        ]);
         expect(r1.credits + r2.credits).toBe(unsettled);
-        expect((await next.credits.leases(opts).recover()).credits).toBe(0);
+        expect((await leasesOf(next.credits, opts).recover()).credits).toBe(0);
         await lb.close();
         await next.ledger.flush();
         await clean(b.credits, u, 10_000 - settled - unsettled - other);
@@ -271,7 +336,7 @@ export function runLeasesContract(
         const u = user();
         await dead.credits.addCredits(u, 5000);
         const opts: LeaseOptions = { size: 500, exactBelow: 1, settleEveryMs: 30_000, ttlSeconds: 60 };
-        const la = dead.credits.leases(opts);
+        const la = leasesOf(dead.credits, opts);
         let unsettled = 0;
         for (let i = 0; i < 9; i++) unsettled += await charged(la, u, 11);
         await kill(la, dead.ledger);
@@ -280,7 +345,10 @@ export function runLeasesContract(
         await b.expiration.releaseExpiredHolds();
         expect((await b.credits.getUserCreditsInfo(u)).reserved).toBe(0);
         const next = managerServices(getDb(), clock, { ledgerFile: file });
-        const [r1, r2] = await Promise.all([next.credits.leases(opts).recover(), next.credits.leases(opts).recover()]);
+        const [r1, r2] = await Promise.all([
+          leasesOf(next.credits, opts).recover(),
+          leasesOf(next.credits, opts).recover(),
+        ]);
         expect(r1.credits + r2.credits).toBe(unsettled);
         await clean(b.credits, u, 5000 - unsettled);
         await next.ledger.close();
@@ -291,8 +359,8 @@ export function runLeasesContract(
       const u = user();
       await a.credits.addCredits(u, 2000);
       const opts: LeaseOptions = { size: 300, exactBelow: 1, settleEveryMs: 30_000, ttlSeconds: 60 };
-      const la = a.credits.leases(opts);
-      const lb = b.credits.leases(opts);
+      const la = leasesOf(a.credits, opts);
+      const lb = leasesOf(b.credits, opts);
       let settled = 0;
       for (let i = 0; i < 20; i++) settled += await charged(la, u, 6);
       await la.flush();
@@ -311,7 +379,7 @@ export function runLeasesContract(
       await clean(b.credits, u, 2000 - settled);
       expect(lost).toBeLessThanOrEqual(300);
       // The credits the dead lease held serve the other manager again.
-      const lb2 = b.credits.leases(opts);
+      const lb2 = leasesOf(b.credits, opts);
       expect(await charged(lb2, u, 2000 - settled)).toBe(2000 - settled);
       await lb2.close();
       await clean(a.credits, u, 0);

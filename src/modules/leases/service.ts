@@ -16,7 +16,7 @@ import {
 } from "./rules.js";
 import { Amount, LeaseChargeOptions, LeaseOptions, UserId, parse, type JournalEntry } from "../../models-entry.js";
 import type { CreditCore } from "../../core/services/credit-core.js";
-import type { LeaseSettle } from "./service-settle.js";
+import { leaseHold, settleLease, type LeaseHold, type LeaseSettle, type LeaseSettled } from "./service-settle.js";
 import { MeterSession, type MeterOutcome, type SessionDeps } from "../metering/service.js";
 import { FeatureName, SpenderId, type MeterOptions } from "../../models-entry.js";
 import { parseConfig, wellFormed } from "../../core/models/parse.js";
@@ -54,7 +54,24 @@ export interface SetAside {
 }
 
 /** @internal What leases use of the credit service: its exact deduction, lease settles, metering, ledger, logger and clock. */
-export type LeaseCore = Pick<CreditCore, "deduct" | "settleLease" | "leaseHold" | "givenClock"> & SessionDeps;
+export type LeaseCore = Pick<CreditCore, "deduct" | "givenClock"> &
+  SessionDeps & {
+    /** Settles a window of a lease in one keyed unit of work (./service-settle.ts). */
+    settleLease(userId: string, s: LeaseSettle): Promise<LeaseSettled>;
+    /** The active hold a lease's settle placed for `window`, or null. */
+    leaseHold(userId: string, lease: string, window: number): Promise<LeaseHold | null>;
+  };
+
+/** What leases use of `core`: metering's part (`session`), the exact deduction and the settles. */
+export function leaseCore(core: CreditCore, session: SessionDeps): LeaseCore {
+  return {
+    ...session,
+    deduct: core.deduct.bind(core),
+    givenClock: core.givenClock,
+    settleLease: (userId, s) => settleLease(core.units, core.db, core.overdraftLimit, userId, s),
+    leaseHold: (userId, lease, window) => leaseHold(core.db, userId, lease, window),
+  };
+}
 
 /** One user's lease in this process (for a spender and feature, on an account where they matter). */
 interface UserLease {

@@ -2,7 +2,7 @@ import type { IncomingMessage } from "node:http";
 import { ConfigurationError, InsufficientCreditsError, SpendLimitError, ValidationError } from "../../core/errors.js";
 import { FeatureName, IdempotencyKey, SpenderId, UserId, parse, type SpendLimitStatus } from "../../models-entry.js";
 import { applies, clockTimes } from "../../core/domain/limits.js";
-import type { CreditService } from "../../core/services/credit-service.js";
+import type { CreditService } from "../../credit-service.js";
 import { CreditLeases, type SetAside } from "../leases/service.js";
 import type { MeterOptions } from "../../models-entry.js";
 import type { MeterOutcome, MeterSession } from "./service.js";

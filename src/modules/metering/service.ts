@@ -16,7 +16,7 @@ import {
   type RecordedUsage,
 } from "../../models-entry.js";
 import type { PriceBook } from "../pricing/rules.js";
-import { recordOf, type UsageInput } from "../pricing/service.js";
+import { recordOf, type PricingService, type UsageInput } from "../pricing/service.js";
 import type { CreditCore, ParsedReserveOptions } from "../../core/services/credit-core.js";
 import { meteringChannel, type MeteringMessage } from "../../core/diagnostics.js";
 
@@ -149,8 +149,22 @@ export function currentMeter(): MeterContext | undefined {
  */
 export type SessionDeps = Pick<
   CreditCore,
-  "hold" | "commitHold" | "releaseHold" | "chargeUpToLimit" | "db" | "pricing" | "ledger" | "logger"
->;
+  "hold" | "commitHold" | "releaseHold" | "chargeUpToLimit" | "db" | "ledger" | "logger"
+> & { readonly pricing: PricingService | undefined };
+
+/** What metering uses of `core`, with the price book `pricing` (made once per `CreditService`). */
+export function sessionDeps(core: CreditCore, pricing: PricingService | undefined): SessionDeps {
+  return {
+    hold: core.hold.bind(core),
+    commitHold: core.commitHold.bind(core),
+    releaseHold: core.releaseHold.bind(core),
+    chargeUpToLimit: core.chargeUpToLimit.bind(core),
+    db: core.db,
+    ledger: core.ledger,
+    logger: core.logger,
+    pricing,
+  };
+}
 
 /** `MeterContext` of a session: prototype getters over the session, no per-call closures. */
 class SessionContext implements MeterContext {

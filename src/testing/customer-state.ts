@@ -4,14 +4,15 @@
  * it, and never a lagging copy — a spend through one manager is in the next read through the other.
  */
 import { randomUUID } from "node:crypto";
-import { describe, expect, it, useTestApi } from "./runner.js";
-import type { DbManager } from "../db/types.js";
-import { InMemoryCache } from "../cache/index.js";
-import { ConfigurationError, ValidationError } from "../errors.js";
-import type { FeatureRules } from "../models/index.js";
-import { CreditService } from "../services/credit-service.js";
-import { SubscriptionService } from "../services/subscription-service.js";
-import { DAY, T0, type PartOptions } from "./support.js";
+import { describe, expect, it, useTestApi } from "../core/testing/runner.js";
+import type { DbManager } from "../core/db/types.js";
+import { InMemoryCache } from "../core/cache/index.js";
+import { ConfigurationError, ValidationError } from "../core/errors.js";
+import type { AlertThreshold, FeatureRules } from "../core/models/index.js";
+import { NotificationService } from "../core/services/notification-service.js";
+import { CreditService } from "../credit-service.js";
+import { SubscriptionService } from "../core/services/subscription-service.js";
+import { DAY, T0, type PartOptions } from "../core/testing/support.js";
 
 const RULES: FeatureRules = {
   images: { minAvailable: 10 },
@@ -51,6 +52,24 @@ export function runCustomerStateContract(
       expect(state.limits).toEqual([]);
       expect(state.subscription).toBeNull();
       expect(await getDb().getAccount(u)).toBeNull();
+    });
+
+    it("alerts: the state's are getAlerts' answer, and left_percent reads the state's figures", async () => {
+      const chat: AlertThreshold = { id: "chat", kind: "left_percent", atOrBelow: 50, feature: "chat" };
+      const now = () => new Date(clock.now);
+      const credits = new CreditService({ db: getDb(), clock: now, alerts: { alerts: [chat] } });
+      const notifications = new NotificationService({ db: getDb(), clock: now, alerts: [chat] });
+      const u = user();
+      await credits.addCredits(u, 300);
+      await credits.addCredits(u, 100, { scope: { features: ["chat"] } });
+      await credits.deductCredits(u, 80, { feature: "chat" });
+      await credits.deductCredits(u, 140);
+      const state = await credits.getCustomerState(u);
+      const figures = state.features.find((f) => f.feature === "chat")!;
+      expect(figures).toMatchObject({ granted: 400, used: 220, left: 180 });
+      const [alert] = (await notifications.getAlerts(u)).filter((a) => a.source !== "builtIn");
+      expect(alert).toMatchObject({ state: "in_alarm", value: (figures.left * 100) / figures.granted });
+      expect(state.alerts).toEqual(await notifications.getAlerts(u));
     });
 
     it("one snapshot: balance, each feature's grants, figures and decision as check() answers it", async () => {

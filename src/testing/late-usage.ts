@@ -7,11 +7,11 @@
  * back to the charge's limit window, and is booked by the revenue report when it is written.
  */
 import { randomUUID } from "node:crypto";
-import { describe, expect, it, useTestApi } from "./runner.js";
-import type { DbManager } from "../db/types.js";
-import { LateUsageError, SpendLimitError } from "../errors.js";
-import { CreditService } from "../services/credit-service.js";
-import { DAY, HOUR, lazy, type PartOptions } from "./support.js";
+import { describe, expect, it, useTestApi } from "../core/testing/runner.js";
+import type { DbManager } from "../core/db/types.js";
+import { LateUsageError, SpendLimitError } from "../core/errors.js";
+import { CreditService } from "../credit-service.js";
+import { DAY, HOUR, lazy, type PartOptions } from "../core/testing/support.js";
 
 /** Late usage, and usage, limits and revenue after reversals. */
 export function runLateUsageContract(getDb: () => DbManager, options: PartOptions = {}): void {

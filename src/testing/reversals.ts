@@ -5,12 +5,18 @@
  * two managers over one store — and is stored and read back as written.
  */
 import { randomUUID } from "node:crypto";
-import { describe, expect, it, useTestApi } from "./runner.js";
-import type { DbManager } from "../db/types.js";
-import { IdempotencyConflictError, NotFoundError, RuleViolationError } from "../errors.js";
-import type { Grant, JournalEntry } from "../models/index.js";
-import { CreditService } from "../services/credit-service.js";
-import { accountWithClock, DAY, HOUR, lazy, T0, type PartOptions } from "./support.js";
+import { describe, expect, it, useTestApi } from "../core/testing/runner.js";
+import type { DbManager } from "../core/db/types.js";
+import { IdempotencyConflictError, NotFoundError, RuleViolationError } from "../core/errors.js";
+import type { Grant, JournalEntry } from "../core/models/index.js";
+import { CreditService } from "../credit-service.js";
+import { DAY, HOUR, lazy, T0, type PartOptions } from "../core/testing/support.js";
+
+/** A new account `u` (named by `user`) and a service over `db` whose clock the test moves. */
+function accountWithClock(db: DbManager, user: () => string) {
+  const clock = { now: T0 };
+  return { u: user(), credits: new CreditService({ db, clock: () => new Date(clock.now) }), clock };
+}
 
 /**
  * `getDb`: an initialised store; `getPeer` (optional): a second manager over the same store, for the

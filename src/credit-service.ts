@@ -1,0 +1,188 @@
+/**
+ * `CreditService`: the core's credit service (`CoreCreditService`, src/core/services/credit-service.ts)
+ * with the methods of the modules a manager brings (ARCHITECTURE.md, "Modules"): usage and revenue
+ * reports, the customer's state, metering and leases with their price book, and customer tokens.
+ * `createCreditManager` builds this one; `credit-management/core` builds the core's alone.
+ */
+import { ConfigurationError, ValidationError } from "./core/errors.js";
+import { CoreCreditService, type CoreCreditServiceOptions } from "./core/services/credit-service.js";
+import { creditCore, findCreditCore, type CreditCore } from "./core/services/credit-core.js";
+import { CustomerStatesQuery, UserId, parse } from "./core/models/index.js";
+import type { UsageQuery, UsageReport } from "./core/models/usage.js";
+import { getUsage } from "./core/services/usage.js";
+import { CustomerStates } from "./core/services/customer-state.js";
+import type { CustomerState, CustomerStatePage } from "./core/domain/customer-state.js";
+import { getRevenue } from "./modules/revenue/service.js";
+import type { RevenueQuery, RevenueReport } from "./modules/revenue/model.js";
+import { MeterOptions as MeterOptionsSchema, type MeterOptions } from "./modules/metering/model.js";
+import {
+  openMeter,
+  runMetered,
+  sessionDeps,
+  type MeterContext,
+  type MeterOutcome,
+  type MeterSession,
+  type SessionDeps,
+} from "./modules/metering/service.js";
+import type { PricingService } from "./modules/pricing/service.js";
+import { CreditLeases, leaseCore } from "./modules/leases/service.js";
+import type { LeaseOptions } from "./modules/leases/model.js";
+import { CustomerTokens, type CustomerGrant, type CustomerToken } from "./modules/customer-tokens/service.js";
+import type { CustomerTokenOptions, CustomerTokenSettings } from "./modules/customer-tokens/model.js";
+
+export interface CreditServiceOptions extends CoreCreditServiceOptions {
+  /** The price book metered calls price tokens and costs with (docs/llm-metering.md). */
+  pricing?: PricingService;
+  /**
+   * The secret `customerToken` signs with and `verifyCustomerToken` checks against (docs/usage.md,
+   * "For your customers"). Omitted: customer tokens are off.
+   */
+  customerTokens?: CustomerTokenSettings;
+}
+
+const noTokens = () =>
+  new ConfigurationError(
+    "[credit-management] customer tokens are off: pass `customerTokens: { secret }` to createCreditManager (docs/usage.md)",
+  );
+
+/** The customer tokens of each `CreditService` that signs them. */
+const tokensOf = new WeakMap<object, CustomerTokens>();
+
+/**
+ * The credits of one account at a time (the core's operations: docs/api.md) and the modules'
+ * methods over them: `getUsage`, `getRevenue`, `getCustomerState`, `meter`, `openMeter`, `leases`,
+ * `customerToken`.
+ */
+export class CreditService extends CoreCreditService {
+  /** What metering and leases use of the core, with the price book. */
+  private readonly session: SessionDeps;
+  /** The customer's state (src/core/services/customer-state.ts). */
+  private readonly states: CustomerStates;
+  private readonly clock: () => Date;
+
+  constructor(options: CreditServiceOptions) {
+    super(options);
+    const core: CreditCore = creditCore(this);
+    this.clock = core.clock;
+    this.session = sessionDeps(core, options.pricing);
+    this.states = new CustomerStates(core);
+    if (options.customerTokens !== undefined)
+      tokensOf.set(this, new CustomerTokens(options.customerTokens, core.clock));
+  }
+
+  /**
+   * What the customer may do now, from one snapshot of the account (docs/customer-state.md, "The
+   * state in one read"): balance, reserved, available and debt at journal position `seq`; for
+   * every feature its plan, scoped grants, spend limits and `features` rules name, whether it may
+   * be used now (and else why, with `check()`'s reasons), what was granted, used and is left of it,
+   * when it resets and the grants behind it; each spend limit; the subscription and its period;
+   * the alerts. Read from the store, never from the cache.
+   */
+  async getCustomerState(userId: string): Promise<CustomerState> {
+    return this.states.get(parse(UserId, userId, "userId"));
+  }
+
+  /**
+   * The states of many accounts, page by page (docs/customer-state.md): the store's accounts in id
+   * order after `cursor` (or only those of `userIds`), at most `limit` (default 100, at most
+   * 1,000) a page; `nextCursor` continues, null at the end. Each state as `getCustomerState`'s.
+   */
+  async listCustomerStates(query: CustomerStatesQuery = {}): Promise<CustomerStatePage> {
+    return this.states.list(parse(CustomerStatesQuery, query, "query"));
+  }
+
+  /**
+   * Usage summed by calendar window and dimension (docs/usage.md): one account's (`account`) or the
+   * whole store's, as rows of `{ start, end, ...groups, kind, credits, requests, inputTokens,
+   * outputTokens, cachedTokens }`. Spend, refunds and clawbacks are rows of their own kind (never
+   * netted). Each store aggregates natively. A bad or too large query is a `ValidationError`.
+   */
+  async getUsage(query: UsageQuery): Promise<UsageReport> {
+    return getUsage(this.db, query);
+  }
+
+  /**
+   * Revenue by calendar window (docs/revenue.md): for one account (`account`) or every account,
+   * per currency (and `groupBy`), the deferred value at each window's start and end and what was
+   * paid, recognized, broken (expired or voided unused) and refunded in it, in the currency's
+   * smallest unit, from the journal and the cost basis of each grant. Per account and currency
+   * `deferredStart + paid − recognized − breakage − refunds = deferredEnd`. Bounded (docs/revenue.md,
+   * "How large a report can be"): no window after the one holding now, at most `limit` rows (default
+   * 10,000; `truncated` says rows were left off). A bad or too large query is a `ValidationError`.
+   */
+  async getRevenue(query: RevenueQuery): Promise<RevenueReport> {
+    return getRevenue(this.db, query, { now: this.clock().getTime() });
+  }
+
+  /**
+   * Metering: reserves `options.estimate`, runs `fn` inside a usage context (AsyncLocalStorage), then
+   * commits the number `fn` returns, else the usage recorded with `recordUsage()` anywhere below
+   * it; with neither it releases the hold (or charges the estimate, `noUsage: "estimate"`). If `fn`
+   * throws, the hold is released and the error rethrown. Exactly one commit or release per call;
+   * the usages go into the commit entry's metadata. Resolves to what `fn` resolved to.
+   * `InsufficientCreditsError` when the hold cannot be placed (then `fn` does not run).
+   */
+  async meter<T>(
+    userId: string,
+    options: MeterOptions & { onSettled?: (outcome: MeterOutcome) => void },
+    fn: (context: MeterContext) => T | Promise<T>,
+  ): Promise<T> {
+    // `onSettled` is not the schema's: the rest is validated without it.
+    const { onSettled, ...rest } = options ?? {};
+    const o = parse(MeterOptionsSchema, rest, "options");
+    if (onSettled !== undefined && typeof onSettled !== "function") {
+      throw new ValidationError("Invalid options.onSettled: must be a function", [
+        { path: "onSettled", message: "must be a function" },
+      ]);
+    }
+    if (typeof fn !== "function")
+      throw new ValidationError("Invalid fn: must be a function", [{ path: "fn", message: "must be a function" }]);
+    return runMetered(this.session, parse(UserId, userId, "userId"), o, fn, onSettled);
+  }
+
+  /**
+   * The building block of `meter()` for hosts that settle on their own schedule (the HTTP
+   * middleware commits when a streamed response ends): places the hold and returns the session;
+   * `session.run(fn)` runs code in its usage context, `session.commit(amount?)` / `session.release()`
+   * settle it once.
+   */
+  async openMeter(userId: string, options: MeterOptions): Promise<MeterSession> {
+    const o = parse(MeterOptionsSchema, options, "options");
+    return openMeter(this.session, parse(UserId, userId, "userId"), o);
+  }
+
+  /**
+   * Credit leases (docs/metering.md, "Leases"): blocks of a user's credits held by this process,
+   * charges served from them in memory and settled in one journal entry per window.
+   */
+  leases(options: LeaseOptions = {}): CreditLeases {
+    return new CreditLeases(leaseCore(creditCore(this), this.session), options);
+  }
+
+  /**
+   * A short-lived signed token that lets one of your customers read `account`'s balance, grants and
+   * usage, and nothing else (docs/usage.md, "For your customers"): for the service's customer page
+   * or your own front end. With `spender`, the usage it reads is that spender's only. Needs
+   * `customerTokens: { secret }` in the manager's options (else a `ConfigurationError`).
+   */
+  customerToken(account: string, options: CustomerTokenOptions): Promise<CustomerToken> {
+    const tokens = tokensOf.get(this);
+    if (tokens === undefined) return Promise.reject(noTokens());
+    return tokens.issue(account, options);
+  }
+
+  /**
+   * What a customer token grants, or null when it is not one this manager signed, or it has
+   * expired (docs/usage.md, "For your customers"). `ConfigurationError` when customer tokens are off.
+   */
+  verifyCustomerToken(token: string): Promise<CustomerGrant | null> {
+    const tokens = tokensOf.get(this);
+    if (tokens === undefined) return Promise.reject(noTokens());
+    return tokens.verify(token);
+  }
+}
+
+/** Whether `credits` signs customer tokens (`customerTokens` given): the service and console offer them then. */
+export function customerTokensOn(credits: object | undefined): boolean {
+  return credits !== undefined && findCreditCore(credits) !== undefined && tokensOf.has(credits);
+}
