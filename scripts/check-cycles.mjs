@@ -186,10 +186,6 @@ const CORE_LEAKS = new Map([
   ["src/core/services/audit.ts -> src/modules/revenue/rules.ts", "audit() checks the revenue roll-forward"],
   ["src/core/services/audit.ts -> src/modules/revenue/service.ts", "audit() checks the stored revenue summary"],
   [
-    "src/core/services/archive.ts -> src/modules/revenue/service.ts",
-    "archiving brings the revenue summary up to date first",
-  ],
-  [
     "src/core/db/types.ts -> src/modules/revenue/store.ts",
     "JournalStore.revenueSummary is the revenue module's store part",
   ],

@@ -1,17 +1,26 @@
 /**
  * `CreditService`: the core's credit service (`CoreCreditService`, src/core/services/credit-service.ts)
  * with the methods of the modules a manager brings (ARCHITECTURE.md, "Modules"): usage and revenue
- * reports, the customer's state, metering and leases with their price book, and customer tokens.
+ * reports, the customer's state, archival, metering and leases with their price book, and customer tokens.
  * `createCreditManager` builds this one; `credit-management/core` builds the core's alone.
  */
 import { ConfigurationError, ValidationError } from "./core/errors.js";
 import { CoreCreditService, type CoreCreditServiceOptions } from "./core/services/credit-service.js";
 import { creditCore, findCreditCore, type CreditCore } from "./core/services/credit-core.js";
-import { CustomerStatesQuery, UserId, parse } from "./core/models/index.js";
+import { UserId, parse } from "./core/models/index.js";
+import { CustomerStatesQuery } from "./modules/customer-state/model.js";
 import type { UsageQuery, UsageReport } from "./core/models/usage.js";
-import { getUsage } from "./core/services/usage.js";
-import { CustomerStates } from "./core/services/customer-state.js";
-import type { CustomerState, CustomerStatePage } from "./core/domain/customer-state.js";
+import { getUsage } from "./modules/usage/service.js";
+import { CustomerStates } from "./modules/customer-state/service.js";
+import {
+  archiveJournal,
+  archivePartitions,
+  type ArchiveJournalOptions,
+  type ArchivePartitionsOptions,
+  type ArchiveReport,
+} from "./modules/archive/service.js";
+import type { ArchivePartitionsReport } from "./core/db/types-partitions.js";
+import type { CustomerState, CustomerStatePage } from "./modules/customer-state/rules.js";
 import { getRevenue } from "./modules/revenue/service.js";
 import type { RevenueQuery, RevenueReport } from "./modules/revenue/model.js";
 import { MeterOptions as MeterOptionsSchema, type MeterOptions } from "./modules/metering/model.js";
@@ -56,7 +65,7 @@ const tokensOf = new WeakMap<object, CustomerTokens>();
 export class CreditService extends CoreCreditService {
   /** What metering and leases use of the core, with the price book. */
   private readonly session: SessionDeps;
-  /** The customer's state (src/core/services/customer-state.ts). */
+  /** The customer's state (src/modules/customer-state/service.ts). */
   private readonly states: CustomerStates;
   private readonly clock: () => Date;
 
@@ -157,6 +166,28 @@ export class CreditService extends CoreCreditService {
    */
   leases(options: LeaseOptions = {}): CreditLeases {
     return new CreditLeases(leaseCore(creditCore(this), this.session), options);
+  }
+
+  /**
+   * Moves the journal entries older than each account's latest checkpoint (written before
+   * `before`) to a new JSONL file, then removes them from the store; the checkpoint stays, so
+   * `audit()`, history pages after it and refunds work as before, and `credit-management audit
+   * --archive FILE` verifies the file against it (docs/operations.md, "Checkpoints and archival").
+   */
+  archiveJournal(options: ArchiveJournalOptions): Promise<ArchiveReport> {
+    return archiveJournal(this.db, options);
+  }
+
+  /**
+   * PostgreSQL with `partitions`: for every time partition of the journal and the ledger table
+   * whose range ends by `before`, makes sure each account with entries in it has a checkpoint after
+   * them (writing the missing ones, unless `checkpoint: false`), writes its rows to
+   * `<dir>/<partition>.jsonl` (flushed to disk), then detaches and drops it. `credit-management
+   * audit --archive` verifies the files, in sequence, against the store (docs/running-for-years.md,
+   * "Partitioning on PostgreSQL").
+   */
+  archivePartitions(options: ArchivePartitionsOptions): Promise<ArchivePartitionsReport> {
+    return archivePartitions(this.db, options, (userId) => this.checkpoint(userId), this.clock());
   }
 
   /**

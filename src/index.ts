@@ -11,7 +11,7 @@ export {
 } from "./core/services/credit-service.js";
 export type { CustomerGrant, CustomerToken } from "./modules/customer-tokens/service.js";
 export { revenueCsv } from "./modules/revenue/csv.js";
-export { usageCsv } from "./core/services/usage-csv.js";
+export { usageCsv } from "./modules/usage/csv.js";
 export {
   SubscriptionService,
   type AdvanceResult,
@@ -116,7 +116,7 @@ export type {
   FeatureState,
   StateGrant,
   SubscriptionState,
-} from "./core/domain/customer-state.js";
+} from "./modules/customer-state/rules.js";
 export * from "./core/errors.js";
 // The entities and inputs as TypeScript types; their zod schemas are in `credit-management/models`.
 export type {
@@ -251,7 +251,7 @@ export type {
   PurgeOptions,
   ReminderOptions,
 } from "./core/services/notification-service.js";
-export type { ArchivePartitionsOptions } from "./core/services/archive.js";
+export type { ArchivePartitionsOptions } from "./modules/archive/service.js";
 export type { ArchivePartitionsReport } from "./core/db/types-partitions.js";
 export type { LeaseSpend } from "./modules/leases/service.js";
 export type { JobOptions, CheckpointJobOptions } from "./core/services/expiration-service.js";
@@ -259,7 +259,7 @@ export type { PaymentManagerOptions } from "./modules/billing/providers.js";
 export type { EmitInput } from "./core/services/notification-service.js";
 export type { ListPromosQuery } from "./modules/billing/service-promos.js";
 export type { HealthOptions } from "./health.js";
-export type { ArchiveJournalOptions, ArchiveReport } from "./core/services/archive.js";
+export type { ArchiveJournalOptions, ArchiveReport } from "./modules/archive/service.js";
 export type { MeterSession } from "./modules/metering/service.js";
 export type { CreditLeases } from "./modules/leases/service.js";
 import type { CliIo } from "./cli/run.js";

@@ -11,3 +11,4 @@ export * from "./modules/pricing/model.js";
 export * from "./modules/leases/model.js";
 export * from "./modules/revenue/model.js";
 export * from "./modules/customer-tokens/model.js";
+export * from "./modules/customer-state/model.js";

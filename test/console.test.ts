@@ -4,7 +4,7 @@ import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { createConsoleHandler } from "../src/console/index.js";
 import { amount, escapeHtml, html, jsonData } from "../src/console/html.js";
-import { visible } from "../src/core/util/visible.js";
+import { visible } from "../src/util/visible.js";
 import { shortId, table } from "../src/console/table.js";
 import { UPLOT_CSS, UPLOT_JS, UPLOT_VERSION } from "../src/console/vendor.js";
 import { RECENT_ENTRIES } from "../src/console/usage-page.js";

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { csvField, csvLines, csvStream, toCsv } from "../src/core/util/csv.js";
+import { csvField, csvLines, csvStream, toCsv } from "../src/util/csv.js";
 
 describe("CSV export (RFC 4180, inert against spreadsheet formulas; docs/usage.md)", () => {
   it("quotes fields holding quotes, commas and line breaks, doubling the quotes", () => {

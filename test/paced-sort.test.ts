@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { pacedSort } from "../src/core/util/paced-sort.js";
+import { pacedSort } from "../src/util/paced-sort.js";
 
 /** A pseudo-random sequence from `seed` (the same items every run). */
 function items(n: number, seed: number): { key: number; at: number }[] {

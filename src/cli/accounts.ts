@@ -8,7 +8,7 @@ import { parse } from "../core/models/parse.js";
 import type { CliIo } from "./run.js";
 import { withCommandManager, type StoreSource } from "./store.js";
 import { table } from "./table.js";
-import { UsageError } from "../core/util/usage-error.js";
+import { UsageError } from "../util/usage-error.js";
 
 /**
  * `credit-management accounts show|limits` (docs/cli.md, "Accounts"): one account as the service

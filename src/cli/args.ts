@@ -1,7 +1,7 @@
 import { parseArgs, type ParseArgsConfig } from "node:util";
 import type { DbManager } from "../core/db/types.js";
 import { MissingDriverError } from "../serve/store.js";
-import { UsageError } from "../core/util/usage-error.js";
+import { UsageError } from "../util/usage-error.js";
 
 type Flags = NonNullable<ParseArgsConfig["options"]>;
 

@@ -3,12 +3,12 @@ import { createInterface } from "node:readline";
 import type { DbManager } from "../core/db/types.js";
 import { canonicalEntry, hashEntry, ledgerLineOf } from "../core/domain/hash.js";
 import type { AuditReport } from "../core/domain/replay.js";
-import { verifyArchives } from "../core/services/archive.js";
+import { verifyArchives } from "../modules/archive/service.js";
 import type { JournalEntry } from "../core/models/index.js";
 import type { CliIo } from "./run.js";
 import { openCommandStore, withCommandManager, type StoreSource } from "./store.js";
 import { addLeaseLine, compareWindow, leaseLineOf, leaseWindowOf, type FileWindow } from "../modules/leases/rules.js";
-import { UsageError } from "../core/util/usage-error.js";
+import { UsageError } from "../util/usage-error.js";
 
 export interface AuditCommand {
   /** Accounts named on the command line (`--user`). */

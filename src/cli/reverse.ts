@@ -5,7 +5,7 @@ import { parse } from "../core/models/parse.js";
 import type { CliIo } from "./run.js";
 import { withCommandManager, type StoreSource } from "./store.js";
 import { table } from "./table.js";
-import { UsageError } from "../core/util/usage-error.js";
+import { UsageError } from "../util/usage-error.js";
 
 /**
  * `credit-management reverse ENTRY_ID --user ID --reason TEXT` (docs/cli.md, "Reverse";

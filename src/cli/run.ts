@@ -16,7 +16,7 @@ import { generateMongoSchema } from "../schema/mongo.js";
 import { generateUpgradeSql } from "../schema/migrations.js";
 import { generateMongoScript } from "../schema/mongo-script.js";
 import { SCHEMA_VERSION, SQL_DIALECTS, type SqlDialect, generateSql } from "../schema/sql.js";
-import { UsageError } from "../core/util/usage-error.js";
+import { UsageError } from "../util/usage-error.js";
 import { ConfigurationError } from "../core/errors.js";
 
 export interface CliIo {

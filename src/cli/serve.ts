@@ -4,7 +4,7 @@ import { openStores } from "../serve/store.js";
 import { runServe } from "../serve/server.js";
 import { SERVE_FLAGS, serveSettings, type Env } from "../serve/settings.js";
 import type { CliIo } from "./run.js";
-import { UsageError } from "../core/util/usage-error.js";
+import { UsageError } from "../util/usage-error.js";
 import { exitCodeOf, parseCommandLine } from "./args.js";
 import { closeQuietly } from "./store.js";
 

@@ -1,4 +1,4 @@
-import { visible } from "../core/util/visible.js";
+import { visible } from "../util/visible.js";
 
 /**
  * Aligned columns, indented by two spaces; `numeric` columns right-aligned. No header line when

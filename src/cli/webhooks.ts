@@ -11,7 +11,7 @@ import {
 } from "../webhooks/endpoint-store.js";
 import { retryFailedWebhooks, sendTestWebhook } from "../webhooks/queue.js";
 import type { CliIo } from "./run.js";
-import { UsageError } from "../core/util/usage-error.js";
+import { UsageError } from "../util/usage-error.js";
 import { exitCodeOf, parseCommandLine } from "./args.js";
 import { closeQuietly } from "./store.js";
 

@@ -11,7 +11,7 @@ import { closeQuietly } from "./store.js";
 import { openWorkerResources } from "../serve/worker-resources.js";
 import { workerOptions, type WorkerSettings } from "../serve/worker-settings.js";
 import { createWorker, type CreditWorker } from "../worker/index.js";
-import { UsageError } from "../core/util/usage-error.js";
+import { UsageError } from "../util/usage-error.js";
 
 /**
  * `credit-management worker` (docs/operations.md): settings from the flags and the environment

@@ -35,7 +35,7 @@ import { paymentTable } from "../modules/billing/page-payments.js";
 import { billingStore } from "../modules/billing/store.js";
 import { subscriptionTable } from "./subscriptions-page.js";
 import { isCharge, reversedNotice } from "./reverse.js";
-import type { CustomerState, FeatureState } from "../core/domain/customer-state.js";
+import type { CustomerState, FeatureState } from "../modules/customer-state/rules.js";
 
 // One account in the console (docs/console.md): its credits, chart, limits, spend, grants, holds,
 // auto top-up, payments, subscriptions, outbox and journal; and one hold.

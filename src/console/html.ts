@@ -1,4 +1,4 @@
-import { visible } from "../core/util/visible.js";
+import { visible } from "../util/visible.js";
 
 /**
  * HTML with every interpolated value escaped: `html\`<td>${userId}</td>\`` can never inject markup,

@@ -1,4 +1,4 @@
-import { visible } from "../core/util/visible.js";
+import { visible } from "../util/visible.js";
 import { html, type Html, type Part } from "./html.js";
 
 /**

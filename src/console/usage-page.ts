@@ -1,8 +1,8 @@
 import type { Account, JournalEntry } from "../core/models/index.js";
 import type { UsageDimension, UsageQuery, UsageReport } from "../core/models/usage.js";
-import { sumUsage } from "../core/services/usage.js";
-import { usageCsv } from "../core/services/usage-csv.js";
-import { csvHeaders } from "../core/util/csv.js";
+import { sumUsage } from "../modules/usage/service.js";
+import { usageCsv } from "../modules/usage/csv.js";
+import { csvHeaders } from "../util/csv.js";
 import type { Ctx, PageResult } from "./context.js";
 import { amount, enc, html, query, raw, when, type Html } from "./html.js";
 import { shortId, table } from "./table.js";

@@ -2,7 +2,6 @@ import * as z from "zod";
 import {
   AlertId,
   AlertStateName,
-  CustomerStatesQuery,
   FeatureName,
   GrantScope,
   GrantSource,
@@ -13,7 +12,8 @@ import {
   SubscriptionStatus,
   UserId,
 } from "../core/models/index.js";
-import type { CustomerState } from "../core/domain/customer-state.js";
+import type { CustomerState } from "../modules/customer-state/rules.js";
+import { CustomerStatesQuery } from "../modules/customer-state/model.js";
 import type { RouteContext, RouteDefinition } from "./router.js";
 import { adminRoute, self, target, userRoute } from "./route-helpers.js";
 import { SpendLimitStatusSchema } from "./limit-routes.js";

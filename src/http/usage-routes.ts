@@ -11,8 +11,8 @@ import {
   type UsageReport,
   type UsageRow,
 } from "../core/models/index.js";
-import { usageCsv } from "../core/services/usage-csv.js";
-import { csvHeaders } from "../core/util/csv.js";
+import { usageCsv } from "../modules/usage/csv.js";
+import { csvHeaders } from "../util/csv.js";
 import { HttpError, type RouteContext, type RouteDefinition } from "./router.js";
 import { adminRoute, target, userRoute } from "./route-helpers.js";
 import { textResponse } from "./text-response.js";

@@ -31,7 +31,7 @@ import { ServeStartError, type Env, type ServeSettings } from "./settings.js";
 import type { KeyStore } from "./keys.js";
 import { warnOnFailure } from "../core/logger.js";
 import { customerTokensOn } from "../credit-service.js";
-import { UsageError } from "../core/util/usage-error.js";
+import { UsageError } from "../util/usage-error.js";
 
 /**
  * `credit-management serve` (docs/service.md): the credit API (`createCreditHandler`) behind API

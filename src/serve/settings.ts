@@ -6,7 +6,7 @@ import {
   type PaymentFlags,
   type PaymentSettings,
 } from "../modules/billing/provider-settings.js";
-import { UsageError } from "../core/util/usage-error.js";
+import { UsageError } from "../util/usage-error.js";
 
 /**
  * `serve` could not start: the store could not be opened, or the port could not be listened on

@@ -8,7 +8,7 @@ import {
   type PaymentFlags,
   type PaymentSettings,
 } from "../modules/billing/provider-settings.js";
-import { UsageError } from "../core/util/usage-error.js";
+import { UsageError } from "../util/usage-error.js";
 import { LOG_LEVELS, type Env, type LogLevel } from "./settings.js";
 
 /**

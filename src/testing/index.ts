@@ -28,6 +28,7 @@ import {
   runPromoPaymentContract as promoPaymentContract,
 } from "../modules/billing/contract.js";
 import { billingStore } from "../modules/billing/store.js";
+import { runArchiveContract } from "../modules/archive/contract.js";
 import { runPlanRevenueContract } from "../modules/revenue/contract.js";
 import { runNotificationContract } from "../core/testing/notifications.js";
 import { runAlertsContract } from "../core/testing/alerts.js";
@@ -216,7 +217,10 @@ export function runDbManagerContract(options: ContractOptions): void {
       run();
     };
 
-    part("accounts", () => runAccountsContract(getDb));
+    part("accounts", () => {
+      runAccountsContract(getDb);
+      runArchiveContract(getDb);
+    });
     // Before the races: their 500 lapsed holds on one account would be the jobs' to release.
     part("subscriptions", () => {
       runSubscriptionContract(getDb);

@@ -15,4 +15,3 @@ export * from "./events.js";
 export * from "./limits.js";
 export * from "./usage.js";
 export * from "./cost-basis.js";
-export * from "./customer-state.js";

@@ -8,20 +8,12 @@ import { decideFeature, type CheckResult, type FeatureRule } from "../domain/che
 import { type Spend, tightestLimit } from "../domain/limits.js";
 import { ConflictError, NotFoundError, RuleViolationError, ValidationError } from "../errors.js";
 import type { LedgerLogger } from "../ledger/index.js";
-import {
-  archiveJournal,
-  archivePartitions,
-  type ArchiveJournalOptions,
-  type ArchivePartitionsOptions,
-  type ArchiveReport,
-} from "./archive.js";
-import type { ArchivePartitionsReport } from "../db/types-partitions.js";
 import { auditAccount, latestCheckpoint, writeCheckpoint } from "./audit.js";
 import { SpendLimits } from "./spend-limits.js";
 import { getReversals, reverseCharge } from "./reversals.js";
 import type { ChargeReversals } from "../domain/reversal.js";
 import { BalanceReads, workCredits } from "./balance-reads.js";
-import { activePlanId } from "./customer-state.js";
+import { activePlanId } from "./subscription-periods.js";
 import { NO_SPEND } from "../domain/entry-meta.js";
 import { copy, creditHistory, expiringCredits, type ExpiringCredits, type HistoryPage } from "./history.js";
 import { MAX_SALE } from "../models/cost-basis.js";
@@ -471,28 +463,6 @@ export class CoreCreditService {
     const user = parse(UserId, userId, "userId");
     const o = parse(CheckpointOptions, options, "options");
     return writeCheckpoint(this.db, this.core.units, user, o.minEntries ?? 1);
-  }
-
-  /**
-   * Moves the journal entries older than each account's latest checkpoint (written before
-   * `before`) to a new JSONL file, then removes them from the store; the checkpoint stays, so
-   * `audit()`, history pages after it and refunds work as before, and `credit-management audit
-   * --archive FILE` verifies the file against it (docs/operations.md, "Checkpoints and archival").
-   */
-  archiveJournal(options: ArchiveJournalOptions): Promise<ArchiveReport> {
-    return archiveJournal(this.db, options);
-  }
-
-  /**
-   * PostgreSQL with `partitions`: for every time partition of the journal and the ledger table
-   * whose range ends by `before`, makes sure each account with entries in it has a checkpoint after
-   * them (writing the missing ones, unless `checkpoint: false`), writes its rows to
-   * `<dir>/<partition>.jsonl` (flushed to disk), then detaches and drops it. `credit-management
-   * audit --archive` verifies the files, in sequence, against the store (docs/running-for-years.md,
-   * "Partitioning on PostgreSQL").
-   */
-  archivePartitions(options: ArchivePartitionsOptions): Promise<ArchivePartitionsReport> {
-    return archivePartitions(this.db, options, (userId) => this.checkpoint(userId), this.core.clock());
   }
 
   // -----------------------------------------------------------------------------------------------

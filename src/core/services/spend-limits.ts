@@ -1,5 +1,5 @@
-import { limitStatuses, replaceLimits, withLimit, withoutLimit } from "../domain/limits.js";
-import type { SubscriptionStore } from "../db/types-subscriptions.js";
+import { limitStatuses, replaceLimits, withLimit, withoutLimit } from "../../core/domain/limits.js";
+import type { SubscriptionStore } from "../../core/db/types-subscriptions.js";
 import {
   MutationOptions,
   RemoveLimitInput,
@@ -9,9 +9,9 @@ import {
   parse,
   type LimitCycle,
   type SpendLimitStatus,
-} from "../models/index.js";
-import type { BalanceReads } from "./balance-reads.js";
-import type { CreditCore } from "./credit-core.js";
+} from "../../core/models/index.js";
+import type { BalanceReads } from "../../core/services/balance-reads.js";
+import type { CreditCore } from "../../core/services/credit-core.js";
 
 /**
  * An account's spend limits (docs/teams-and-limits.md): `CreditService`'s `setLimits`, `setLimit`,

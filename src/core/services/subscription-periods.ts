@@ -1,4 +1,5 @@
 import type { DbManager } from "../db/types.js";
+import type { SubscriptionStore } from "../db/types-subscriptions.js";
 import type { EntryMeta } from "../domain/account-work.js";
 import { fingerprint } from "../domain/hash.js";
 import { systemKey } from "../domain/keys.js";
@@ -254,4 +255,15 @@ export class SubscriptionPeriods {
     }
     throw new ConflictError(`Subscription ${s.id} kept changing; try again.`, { subscriptionId: s.id });
   }
+}
+
+/** The plan id of `userId`'s active subscription, or null (none, or a store without subscriptions). */
+export async function activePlanId(db: DbManager, userId: string): Promise<string | null> {
+  return (await activeSubscription(db, userId))?.planId ?? null;
+}
+
+export async function activeSubscription(db: DbManager, userId: string): Promise<Subscription | null> {
+  if (db.capabilities.parts?.subscriptions === false) return null;
+  const store = db as Partial<SubscriptionStore>;
+  return store.getActiveSubscription === undefined ? null : store.getActiveSubscription(userId);
 }

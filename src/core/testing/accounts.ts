@@ -1,7 +1,4 @@
 import { randomUUID } from "node:crypto";
-import { mkdtemp, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { describe, expect, it, useTestApi } from "./runner.js";
 import type { DbManager } from "../db/types.js";
 import { AccountWork } from "../domain/account-work.js";
@@ -19,7 +16,6 @@ import type { JournalEntry, LedgerEntry } from "../models/index.js";
 import { CoreCreditService } from "../services/credit-service.js";
 import { ExpirationService } from "../services/expiration-service.js";
 import { SubscriptionService } from "../services/subscription-service.js";
-import { verifyArchive } from "../services/archive.js";
 import { scribble } from "./scribble.js";
 import { scopedAccountCases } from "./scoped.js";
 import { accountWithClock, DAY, lazy, serviceWithClock, T0, type PartOptions } from "./support.js";
@@ -345,35 +341,6 @@ export function runAccountsContract(getDb: () => DbManager, options: PartOptions
         expect([fromCheckpoint.fromSeq, fromGenesis.fromSeq]).toEqual([5, 1]);
         expect([fromCheckpoint.balance, fromCheckpoint.reserved]).toEqual([fromGenesis.balance, fromGenesis.reserved]);
         expect(fromCheckpoint.balance).toBe(45);
-      });
-
-      it("archiveJournal moves the entries before a checkpoint to a file the archive check verifies; the store keeps the rest", async () => {
-        if (db.deleteJournalBefore === undefined) {
-          console.warn(`[contract] ${db.name}: no deleteJournalBefore, the archive case is not run`);
-          return;
-        }
-        const { u, credits } = accountWithClock(db, user);
-        await credits.addCredits(u, 100);
-        for (let i = 0; i < 5; i++) await credits.deductCredits(u, 3);
-        const cp = (await credits.checkpoint(u)) as JournalEntry;
-        await credits.deductCredits(u, 1);
-        const dir = await mkdtemp(join(tmpdir(), "cm-contract-"));
-        try {
-          const file = join(dir, "archive.jsonl");
-          const report = await credits.archiveJournal({ file, userId: u });
-          expect(report).toMatchObject({ accounts: 1, entriesArchived: cp.seq - 1, linesWritten: cp.seq });
-          const kept = await db.listJournal(u, { order: "asc", limit: 10 });
-          expect(kept.map((e) => e.seq)).toEqual([cp.seq, cp.seq + 1]);
-          expect((await db.listJournal(u, { order: "desc", beforeSeq: cp.seq, limit: 10 })).length).toBe(0);
-          const audit = await credits.audit(u);
-          expect(audit.problems).toEqual([]);
-          expect(audit.balance).toBe(84);
-          const verified = await verifyArchive(file);
-          expect(verified.problems).toEqual([]);
-          expect(verified.accounts.map((a) => [a.userId, a.ok, a.checkpoint?.hash])).toEqual([[u, true, cp.hash]]);
-        } finally {
-          await rm(dir, { recursive: true, force: true });
-        }
       });
 
       it("draws by priority, then soonest expiry, never-expiring last, then oldest", async () => {

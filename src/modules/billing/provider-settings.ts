@@ -1,6 +1,6 @@
 import { CreditsPerUnit, KeyNamespace } from "./model-payments.js";
 import { stripeEnvOptions, type StripeProviderOptions } from "./provider-stripe.js";
-import { UsageError } from "../../core/util/usage-error.js";
+import { UsageError } from "../../util/usage-error.js";
 
 /**
  * The payment settings of `credit-management worker` and `serve` (docs/operations.md, "Payment

@@ -9,7 +9,7 @@ import { revenueCsvLines } from "./csv.js";
 import type { CliIo } from "../../cli/run.js";
 import { withCommandManager, type StoreSource } from "../../cli/store.js";
 import { table } from "../../cli/table.js";
-import { UsageError } from "../../core/util/usage-error.js";
+import { UsageError } from "../../util/usage-error.js";
 
 /**
  * `credit-management revenue` (docs/cli.md, "Revenue"; docs/revenue.md, "Where finance reads it"):

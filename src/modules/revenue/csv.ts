@@ -1,5 +1,5 @@
 import type { RevenueDimension, RevenueReport } from "./model.js";
-import { csvLines, csvStream } from "../../core/util/csv.js";
+import { csvLines, csvStream } from "../../util/csv.js";
 
 /**
  * The figures of a revenue row, in the order the CSV writes them (docs/revenue.md, "What each figure

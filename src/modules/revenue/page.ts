@@ -1,6 +1,6 @@
 import { MAX_REVENUE_ROWS, type RevenueQuery, type RevenueReport, type RevenueRow } from "./model.js";
 import { revenueCsvStream } from "./csv.js";
-import { csvHeaders } from "../../core/util/csv.js";
+import { csvHeaders } from "../../util/csv.js";
 import type { Ctx, PageResult } from "../../console/context.js";
 import { amount, html, minorDigits, money, query, raw } from "../../console/html.js";
 import { cards, monthField, refusedCsv, refusedReport } from "../../console/page-parts.js";

@@ -7,7 +7,7 @@ import {
   type RevenueReport,
 } from "../../models-entry.js";
 import { revenueCsvStream } from "./csv.js";
-import { csvHeaders } from "../../core/util/csv.js";
+import { csvHeaders } from "../../util/csv.js";
 import { type RouteContext, type RouteDefinition } from "../../http/router.js";
 import { adminRoute } from "../../http/route-helpers.js";
 import { rangeOf, UsageParams } from "../../http/usage-routes.js";

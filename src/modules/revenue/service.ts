@@ -23,9 +23,9 @@ import {
   type RevenueRow,
 } from "./model.js";
 import type { UsageInterval } from "../../core/models/usage.js";
-import { breather } from "../../core/util/breather.js";
+import { breather } from "../../util/breather.js";
 import { journalAfter, journalPages } from "../../core/services/history.js";
-import { pacedSort } from "../../core/util/paced-sort.js";
+import { pacedSort } from "../../util/paced-sort.js";
 
 /** Accounts one page lists. */
 const PAGE = 1000;

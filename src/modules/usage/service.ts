@@ -1,10 +1,16 @@
-import type { DbManager } from "../db/types.js";
-import type { JournalEntry } from "../models/index.js";
-import { UsageAccumulator, usageBoundaries, usageRows, type UsageScan } from "../domain/usage.js";
-import { ConfigurationError, ValidationError } from "../errors.js";
-import { parse } from "../models/index.js";
-import { journalPages } from "./history.js";
-import { MAX_USAGE_RANGE_DAYS, MAX_USAGE_WINDOWS, UsageKind, UsageQuery, type UsageReport } from "../models/usage.js";
+import type { DbManager } from "../../core/db/types.js";
+import type { JournalEntry } from "../../core/models/index.js";
+import { UsageAccumulator, usageBoundaries, usageRows, type UsageScan } from "../../core/domain/usage.js";
+import { ConfigurationError, ValidationError } from "../../core/errors.js";
+import { parse } from "../../core/models/index.js";
+import { journalPages } from "../../core/services/history.js";
+import {
+  MAX_USAGE_RANGE_DAYS,
+  MAX_USAGE_WINDOWS,
+  UsageKind,
+  UsageQuery,
+  type UsageReport,
+} from "../../core/models/usage.js";
 
 /** Rows a usage query answers when it names no `limit`. */
 export const DEFAULT_USAGE_ROWS = 10_000;

@@ -1,32 +1,14 @@
 /**
  * The customer's state in one read (docs/customer-state.md, "The state in one read"): the account
  * and its open grants from one snapshot of the store, then its subscription, made into the state by
- * `stateOf` (src/core/domain/customer-state.ts); and the same for many accounts, page by page.
+ * `stateOf` (./rules.ts); and the same for many accounts, page by page.
  */
-import type { DbManager } from "../db/types.js";
-import type { SubscriptionStore } from "../db/types-subscriptions.js";
-import {
-  byCodeUnit,
-  stateOf,
-  type AccountSnapshot,
-  type CustomerState,
-  type CustomerStatePage,
-} from "../domain/customer-state.js";
-import { ConfigurationError } from "../errors.js";
-import type { Plan, Subscription } from "../models/index.js";
-import type { CreditCore } from "./credit-core.js";
-import { alertStates } from "../domain/notifications.js";
-
-/** The plan id of `userId`'s active subscription, or null (none, or a store without subscriptions). */
-export async function activePlanId(db: DbManager, userId: string): Promise<string | null> {
-  return (await activeSubscription(db, userId))?.planId ?? null;
-}
-
-async function activeSubscription(db: DbManager, userId: string): Promise<Subscription | null> {
-  if (db.capabilities.parts?.subscriptions === false) return null;
-  const store = db as Partial<SubscriptionStore>;
-  return store.getActiveSubscription === undefined ? null : store.getActiveSubscription(userId);
-}
+import { activeSubscription } from "../../core/services/subscription-periods.js";
+import { byCodeUnit, stateOf, type AccountSnapshot, type CustomerState, type CustomerStatePage } from "./rules.js";
+import { ConfigurationError } from "../../core/errors.js";
+import type { Plan } from "../../core/models/index.js";
+import type { CreditCore } from "../../core/services/credit-core.js";
+import { alertStates } from "../../core/domain/notifications.js";
 
 /** Accounts read at once by `listCustomerStates` (each its own unit of work). */
 const PARALLEL = 8;

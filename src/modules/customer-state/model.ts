@@ -1,5 +1,5 @@
 import * as z from "zod";
-import { UserId } from "./common.js";
+import { UserId } from "../../core/models/common.js";
 
 /** The most accounts one page of `listCustomerStates` answers (docs/customer-state.md). */
 export const MAX_CUSTOMER_STATES_PAGE = 1000;

@@ -1,4 +1,4 @@
-import { ConfigurationError } from "../errors.js";
+import { ConfigurationError } from "../core/errors.js";
 
 /**
  * A mistake in a command's flags or in a setting it reads from the environment (docs/cli.md): a

@@ -14,12 +14,12 @@ import type {
   SpendLimitStatus,
   Subscription,
   SubscriptionStatus,
-} from "../models/index.js";
-import { isPeriodGrant } from "./account-work.js";
-import { decideFeature, type CheckReason, type FeatureRule } from "./checks.js";
-import { limitStatuses, tightestLimit } from "./limits.js";
-import { compareGrants } from "./order.js";
-import { figuresBehind, outOfScope } from "./scope.js";
+} from "../../core/models/index.js";
+import { isPeriodGrant } from "../../core/domain/account-work.js";
+import { decideFeature, type CheckReason, type FeatureRule } from "../../core/domain/checks.js";
+import { limitStatuses, tightestLimit } from "../../core/domain/limits.js";
+import { compareGrants } from "../../core/domain/order.js";
+import { figuresBehind, outOfScope } from "../../core/domain/scope.js";
 
 /** What `credits.getCustomerState(userId)` answers (docs/customer-state.md). */
 export interface CustomerState {

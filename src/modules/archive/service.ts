@@ -1,15 +1,15 @@
 import type * as Fs from "node:fs";
 import type * as FsPromises from "node:fs/promises";
 import type * as Readline from "node:readline";
-import { nodeBuiltin } from "../util/runtime.js"; // files: loaded when an archive is written or read (docs/runtimes.md)
+import { nodeBuiltin } from "../../core/util/runtime.js"; // files: loaded when an archive is written or read (docs/runtimes.md)
 import * as z from "zod";
-import type { DbManager } from "../db/types.js";
-import type { ArchivePartitionsReport } from "../db/types-partitions.js";
-import { replayJournal, type AuditReport } from "../domain/replay.js";
-import { catchUpRevenue } from "../../modules/revenue/service.js";
-import { ConfigurationError, ValidationError } from "../errors.js";
-import { DateInput, UserId, parse, type JournalEntry } from "../models/index.js";
-import { journalPages } from "./history.js";
+import type { DbManager } from "../../core/db/types.js";
+import type { ArchivePartitionsReport } from "../../core/db/types-partitions.js";
+import { replayJournal, type AuditReport } from "../../core/domain/replay.js";
+import { catchUpRevenue } from "../revenue/service.js";
+import { ConfigurationError, ValidationError } from "../../core/errors.js";
+import { DateInput, UserId, parse, type JournalEntry } from "../../core/models/index.js";
+import { journalPages } from "../../core/services/history.js";
 
 /** `credits.archiveJournal(options)` (docs/operations.md, "Checkpoints and archival"). */
 export const ArchiveJournalOptions = z.strictObject({

@@ -1,5 +1,5 @@
-import type { UsageDimension, UsageReport } from "../models/usage.js";
-import { toCsv } from "../util/csv.js";
+import type { UsageDimension, UsageReport } from "../../core/models/usage.js";
+import { toCsv } from "../../util/csv.js";
 
 /** The columns after the dimensions, each a field of the usage row. */
 const COLUMNS = ["kind", "credits", "requests", "inputTokens", "outputTokens", "cachedTokens"] as const;
