@@ -189,7 +189,6 @@ const CORE_LEAKS = new Map([
     "src/core/db/types.ts -> src/modules/revenue/store.ts",
     "JournalStore.revenueSummary is the revenue module's store part",
   ],
-  ["src/core/db/store/define.ts -> src/modules/billing/store.ts", "defineStore takes the optional promos part"],
   ["src/core/db/store/parts.ts -> src/modules/billing/store.ts", "defineStore takes the optional promos part"],
   [
     "src/core/db/memory/index.ts -> src/modules/billing/memory.ts",

@@ -44,8 +44,8 @@ export type {
   UsageSums,
 } from "./core/domain/usage.js";
 export type { GrantGroups } from "./modules/revenue/rules.js";
-export { defineStore, DefinedStore } from "./core/db/store/define.js";
-export type { AccountsPart, Attempt, StoreDefinition, UnitOfWorkPart } from "./core/db/store/define.js";
+export { defineStore, DefinedStore } from "./db/store/define.js";
+export type { AccountsPart, Attempt, StoreDefinition, UnitOfWorkPart } from "./db/store/define.js";
 export type { Part, SideParts } from "./core/db/store/parts.js";
 export type { StoreBase } from "./core/db/store/base.js";
 export type {

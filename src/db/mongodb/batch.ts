@@ -3,7 +3,7 @@ import { ConflictError, CreditError } from "../../core/errors.js";
 import { hasLabel } from "./errors.js";
 import { outcomeUnknown } from "../../core/db/store/errors.js";
 import type { AccountState } from "./state-cache.js";
-import type { QueuedUnit } from "../../core/db/store/group-commit.js";
+import type { QueuedUnit } from "../store/group-commit.js";
 import {
   StaleAccount,
   TRANSACTION_OPTIONS,

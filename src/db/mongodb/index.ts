@@ -34,10 +34,10 @@ import {
   toCreditError,
 } from "./errors.js";
 import { StoreBase } from "../../core/db/store/base.js";
-import { joinedStore } from "../../core/db/store/joined.js";
+import { joinedStore } from "../store/joined.js";
 import { inSession } from "./session.js";
 import type { SideParts } from "../../core/db/store/parts.js";
-import { GroupCommit } from "../../core/db/store/group-commit.js";
+import { GroupCommit } from "../store/group-commit.js";
 import { gaveUp } from "../../core/db/store/errors.js";
 import { backoff, sleep } from "../../core/db/store/retry.js";
 import type { UsageBucket, UsageScan } from "../../core/domain/usage.js";

@@ -24,7 +24,7 @@ import {
 import type { MongoOutbox } from "./outbox.js";
 import type { MongoPromoStore } from "../../modules/billing/mongodb.js";
 import { type AccountState, type StateCache, checkCachedState, stateAfter } from "./state-cache.js";
-import { deferred } from "../../core/db/store/group-commit.js";
+import { deferred } from "../store/group-commit.js";
 
 // A unit of work on the MongoDB store (docs/storage.md, MongoDB): the `DbTransaction` it sees, its
 // reads and its writes (in the batch it runs in, ./batch.ts), and how long its attempts wait.

@@ -13,7 +13,7 @@ import type { LoadRequest } from "../../core/db/types.js";
 import type { PostgresDbManager } from "./index.js";
 import { type Statement, arrayText, executeText } from "./sql.js";
 import { type AccountState, stateAfter } from "./state-cache.js";
-import { deferred } from "../../core/db/store/group-commit.js";
+import { deferred } from "../store/group-commit.js";
 import { outcomeUnknown } from "../../core/db/store/errors.js";
 import { type ChainState, type SaveItem, advance, merged } from "./chain.js";
 import { saveParts } from "./save-rows.js";

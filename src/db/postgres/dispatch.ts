@@ -6,7 +6,7 @@ import type { PgPoolClient as PoolClient } from "./pg-types.js";
 import type { BatchResult, Unit } from "./unit.js";
 import type { UnitTx } from "./unit-tx.js";
 import { CitusUnits } from "./citus-units.js";
-import { GroupCommit } from "../../core/db/store/group-commit.js";
+import { GroupCommit } from "../store/group-commit.js";
 import { gaveUp } from "../../core/db/store/errors.js";
 import { backoff } from "../../core/db/store/retry.js";
 

@@ -7,7 +7,7 @@ import { PostgresOutbox } from "./outbox.js";
 import { type PostgresSql, type Statement, arrayText } from "./sql.js";
 import { PostgresSubscriptionStore } from "./subscriptions.js";
 import { UnitReads, stateOf } from "./reads.js";
-import { joinedStore } from "../../core/db/store/joined.js";
+import { joinedStore } from "../store/joined.js";
 
 /**
  * What the application's own transaction is reached through: anything with node-pg's

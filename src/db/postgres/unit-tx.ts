@@ -8,7 +8,7 @@ import { type PostgresSql, idempotentEntry } from "./sql.js";
 import type { AccountState } from "./state-cache.js";
 import { NotRun, type Unit } from "./unit.js";
 import { UnitReads, stateOf, stateText } from "./reads.js";
-import { type Deferred, deferred } from "../../core/db/store/group-commit.js";
+import { type Deferred, deferred } from "../store/group-commit.js";
 
 /** The `DbTransaction` one unit of work sees inside a batch. */
 export class UnitTx extends UnitReads implements DbTransaction, SaveItem {

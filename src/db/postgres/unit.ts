@@ -1,4 +1,4 @@
-import type { QueuedUnit } from "../../core/db/store/group-commit.js";
+import type { QueuedUnit } from "../store/group-commit.js";
 
 /** A unit of work waiting to run. */
 export interface Unit extends QueuedUnit {

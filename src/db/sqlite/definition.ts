@@ -11,7 +11,7 @@ import type {
 } from "../../models-entry.js";
 import type { Payment, Promo, PromoClaim } from "../../models-entry.js";
 import { SYSTEM_KEY_PREFIX } from "../../core/models/common.js";
-import type { StoreDefinition } from "../../core/db/store/define.js";
+import type { StoreDefinition } from "../store/define.js";
 import { origin } from "../../core/db/store/errors.js";
 import type { JournalQuery, LedgerQuery, ScanCursor } from "../../core/db/types.js";
 import type { ClaimQuery, NotificationUpdate, OutboxQuery } from "../../core/db/types-notifications.js";

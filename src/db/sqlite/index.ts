@@ -1,5 +1,5 @@
 import { ConfigurationError } from "../../core/errors.js";
-import { DefinedStore } from "../../core/db/store/define.js";
+import { DefinedStore } from "../store/define.js";
 import { origin, storeError } from "../../core/db/store/errors.js";
 import { refuseOnWorkers } from "../../core/util/runtime.js";
 import type { StoreStats } from "../../core/db/types.js";

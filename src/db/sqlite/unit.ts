@@ -1,7 +1,7 @@
 import { ConflictError } from "../../core/errors.js";
 import type { Account, Grant, JournalEntry, Reservation } from "../../models-entry.js";
 import type { Payment, Promo } from "../../models-entry.js";
-import type { Attempt } from "../../core/db/store/define.js";
+import type { Attempt } from "../store/define.js";
 import { AccountLocks } from "../../core/db/store/account-locks.js";
 import { origin } from "../../core/db/store/errors.js";
 import type { ChargeRecord, Changes, LoadRequest, LoadedState } from "../../core/db/types.js";

@@ -1,4 +1,4 @@
-import type { DbManager, DbTransaction } from "../types.js";
+import type { DbManager, DbTransaction } from "../../core/db/types.js";
 
 /**
  * `base` inside a transaction the application has open (docs/transactions.md): an object that

@@ -1,4 +1,4 @@
-import type { DbTransaction } from "../types.js";
+import type { DbTransaction } from "../../core/db/types.js";
 
 /**
  * Group commit, shared by the database stores (MongoDB, PostgreSQL): units of work on different

@@ -1,9 +1,9 @@
-import { ConfigurationError, ConflictError, CreditError } from "../../errors.js";
-import type { Account, Grant, JournalEntry, LedgerEntry, Reservation } from "../../models/index.js";
-import type { UsageBucket } from "../../domain/usage.js";
-import type { NotificationStore } from "../types-notifications.js";
-import type { PromoPaymentStore } from "../../../modules/billing/store.js";
-import type { SubscriptionStore } from "../types-subscriptions.js";
+import { ConfigurationError, ConflictError, CreditError } from "../../core/errors.js";
+import type { Account, Grant, JournalEntry, LedgerEntry, Reservation } from "../../core/models/index.js";
+import type { UsageBucket } from "../../core/domain/usage.js";
+import type { NotificationStore } from "../../core/db/types-notifications.js";
+import type { PromoPaymentStore } from "../../modules/billing/store.js";
+import type { SubscriptionStore } from "../../core/db/types-subscriptions.js";
 import type {
   AccountCredits,
   AccountStore,
@@ -15,12 +15,12 @@ import type {
   LedgerQuery,
   OptionalPart,
   ScanCursor,
-} from "../types.js";
-import { AccountLocks } from "./account-locks.js";
-import { StoreBase } from "./base.js";
-import { gaveUp, origin, storeError } from "./errors.js";
-import type { Part, SideParts } from "./parts.js";
-import { backoff, sleep } from "./retry.js";
+} from "../../core/db/types.js";
+import { AccountLocks } from "../../core/db/store/account-locks.js";
+import { StoreBase } from "../../core/db/store/base.js";
+import { gaveUp, origin, storeError } from "../../core/db/store/errors.js";
+import type { Part, SideParts } from "../../core/db/store/parts.js";
+import { backoff, sleep } from "../../core/db/store/retry.js";
 
 /** One attempt of a unit of work, as a backend hands it to `defineStore` (see `UnitOfWorkPart`). */
 export interface Attempt extends DbTransaction {
