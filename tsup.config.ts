@@ -3,6 +3,7 @@ import { defineConfig } from "tsup";
 export default defineConfig({
   entry: {
     index: "src/index.ts",
+    "core/index": "src/core/index.ts",
     "testing/index": "src/testing/index.ts",
     "postgres/index": "src/db/postgres/index.ts",
     "cli/index": "src/cli/index.ts",

@@ -1,29 +1,17 @@
-import { LoggerOption, silentLogger } from "./core/logger.js";
-import * as z from "zod";
-import type { Cache } from "./core/cache/index.js";
-import { InMemoryDbManager } from "./core/db/memory/index.js";
+import type * as z from "zod";
 import type { DbManager } from "./core/db/types.js";
-import { LedgerLogger } from "./core/ledger/index.js";
-import {
-  AlertThresholds,
-  CheckpointEvery,
-  FeatureRules,
-  LateUsageWindowDays,
-  OutcomeWaitMs,
-  PriceBookInput,
-  ThresholdSpec,
-  TrialCredits,
-} from "./models-entry.js";
+import type { LedgerLogger } from "./core/ledger/index.js";
+import { CoreManagerOptions, openCore } from "./core/manager.js";
+import { PriceBookInput } from "./modules/pricing/model.js";
 import { parseConfig } from "./core/models/parse.js";
 import { CustomerTokenSettings } from "./modules/customer-tokens/model.js";
-import type { NotificationQueue } from "./core/queue/index.js";
 import { CreditService } from "./credit-service.js";
-import { ExpirationService, IdempotencyRetention } from "./core/services/expiration-service.js";
-import { SubscriptionService } from "./core/services/subscription-service.js";
+import type { ExpirationService } from "./core/services/expiration-service.js";
+import type { SubscriptionService } from "./core/services/subscription-service.js";
 import { PaymentManagerOptions, buildPaymentService } from "./modules/billing/providers.js";
 import type { PaymentService } from "./modules/billing/service-payments.js";
 import { PromoService } from "./modules/billing/service-promos.js";
-import { NotificationService } from "./core/services/notification-service.js";
+import type { NotificationService } from "./core/services/notification-service.js";
 import { checkHealth, type HealthOptions, type HealthReport } from "./health.js";
 import { PricingService } from "./modules/pricing/service.js";
 import type { PgQueryable } from "./db/postgres/host.js";
@@ -38,97 +26,10 @@ import {
   type TransactionScope,
 } from "./transactions.js";
 
-const isObject = (v: unknown) => typeof v === "object" && v !== null;
-
-/** Options of `createCreditManager`, validated like every public input. */
-export const CreditManagerOptions = z.strictObject({
-  /** The store. Default `new InMemoryDbManager()`. */
-  db: z
-    .custom<DbManager>((v) => isObject(v) && typeof (v as DbManager).transaction === "function", {
-      error: "db must implement DbManager",
-    })
-    .optional(),
-  /** `{ filePath }` mirrors the ledger to a JSONL file; `false` or omitted: no file. */
-  ledger: z.union([z.literal(false), z.strictObject({ filePath: z.string().min(1) })]).optional(),
-  cache: z
-    .custom<Cache>((v) => isObject(v) && typeof (v as Cache).get === "function", {
-      error: "cache must implement Cache",
-    })
-    .optional(),
-  clock: z.custom<() => Date>((v) => typeof v === "function", { error: "clock must be a function" }).optional(),
-  /**
-   * Where the library logs (warnings: cache or ledger-file trouble, failed job steps, …): any
-   * object with pino's `error`, `warn`, `info` and `debug` — pino, a child logger, `console`,
-   * winston. Default: a logger that writes nothing.
-   */
-  logger: LoggerOption.optional(),
-  /** TTL of a hold when none is given, in seconds. Default 900. */
-  defaultReservationTtlSeconds: z
-    .number()
-    .int()
-    .min(1)
-    .max(30 * 24 * 3600)
-    .optional(),
-  /**
-   * How many days back usage may be recorded with `occurredAt` (`deductCredits`,
-   * `deductCreditsAfterService`; docs/usage.md, "Late usage"): 0 to 366, default 35. Older usage is
-   * refused with a `LateUsageError`.
-   */
-  lateUsageWindowDays: LateUsageWindowDays.optional(),
-  /** Credits `available` may go below zero through after-service usage; null = unlimited (default). */
-  overdraftLimit: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER).nullable().optional(),
-  /**
-   * A checkpoint entry in the unit of work that takes an account's journal past each multiple of
-   * this many entries (docs/operations.md, "Checkpoints and archival"). Default: none.
-   */
-  checkpointEvery: CheckpointEvery.optional(),
-  /**
-   * How long, in ms, a call whose commit was sent but not answered looks for what it wrote once the
-   * store answers again, before it throws `OutcomeUnknownError` (docs/concepts.md, "Certain and
-   * uncertain errors"). Default 5,000.
-   */
-  outcomeWaitMs: OutcomeWaitMs.optional(),
+/** Options of `createCreditManager`, validated like every public input: the core's and the modules'. */
+export const CreditManagerOptions = CoreManagerOptions.extend({
   /** Payment providers and the credits a payment buys (docs/promos-and-payments.md). */
   payments: PaymentManagerOptions.optional(),
-  /** Where notifications are delivered. Giving one (or `notifications`) turns notification events on. */
-  queue: z
-    .custom<NotificationQueue>((v) => isObject(v) && typeof (v as NotificationQueue).publish === "function", {
-      error: "queue must implement NotificationQueue",
-    })
-    .optional(),
-  /** Notification thresholds and delivery settings (docs/notifications.md). */
-  notifications: ThresholdSpec.extend({
-    /** Delivery attempts before a row is `failed`. Default 10. */
-    maxAttempts: z.number().int().min(1).max(1000).optional(),
-    /** First retry delay in ms (doubles per failure). Default 1,000. */
-    backoffBaseMs: z.number().int().min(1).optional(),
-    /** Longest retry delay in ms. Default 3,600,000. */
-    backoffMaxMs: z.number().int().min(1).optional(),
-    /** A dispatcher's claim on a row, in ms. Default 60,000. */
-    leaseMs: z.number().int().min(100).optional(),
-    /** Longest wait for one publish, in ms (at most `leaseMs`). Default half of `leaseMs`. */
-    publishTimeoutMs: z.number().int().min(1).optional(),
-    /** The expiring-credit reminder windows `expiration.runAll()` records, in days. Default `[7]`; `[]`: none. */
-    reminderDays: z.array(z.number().min(0).max(3650)).max(16).optional(),
-    /**
-     * The alert thresholds of every account without its own (docs/notifications.md, "Alerts"):
-     * available credits, what is left as a percentage, spend in a calendar window, credits expiring
-     * soon; `notifications.setAlerts` gives an account its own.
-     */
-    alerts: AlertThresholds.optional(),
-  }).optional(),
-  /** Trial credits granted once, when a user's account is first created (see `TrialCredits`). */
-  trial: TrialCredits.optional(),
-  /**
-   * Per-feature rules of `credits.check()` and `credits.getCustomerState()`:
-   * `{ [feature]: { minAvailable, enabled?, plans? } }` (docs/trial-and-checks.md).
-   */
-  features: FeatureRules.optional(),
-  /**
-   * Record a domain event per journal entry in the outbox, with the change (docs/events.md). Turns
-   * the outbox on, as `queue` and `notifications` do. Default false.
-   */
-  domainEvents: z.boolean().optional(),
   /**
    * The price book: credits per input, output and cached token and per request of each model, and
    * credits per unit of money, for `recordUsage({ model, inputTokens, outputTokens })`, `{ cost }`
@@ -137,18 +38,10 @@ export const CreditManagerOptions = z.strictObject({
    */
   pricing: PriceBookInput.optional(),
   /**
-   * Idempotency keys: `retention` is how long a key answers retries — `"forever"` (default) or a
-   * window such as `"24h"` or `"30d"` (at least 1m), after which `expiration.runAll()` /
-   * `forgetIdempotencyKeys()` (the worker's jobs) forgets it (docs/running-for-years.md).
-   */
-  idempotency: z.strictObject({ retention: IdempotencyRetention.optional() }).optional(),
-  /**
    * Customer tokens (docs/usage.md, "For your customers"): `secret` (32+ characters, or a list whose
    * first signs and all verify) signs `credits.customerToken(...)`. Omitted: customer tokens are off.
    */
   customerTokens: CustomerTokenSettings.optional(),
-  /** Run `db.init()` (create tables/indexes). Default true. */
-  init: z.boolean().optional(),
 });
 export type CreditManagerOptions = z.input<typeof CreditManagerOptions>;
 
@@ -207,68 +100,15 @@ export interface CreditManager {
 /** Builds the services over one store, ledger and cache. Bad options: `ConfigurationError`. */
 export async function createCreditManager(options: CreditManagerOptions = {}): Promise<CreditManager> {
   const o = parseConfig(CreditManagerOptions, options, "options");
-  const db = o.db ?? new InMemoryDbManager();
-  const logger = o.logger ?? silentLogger;
-  if (o.init !== false) await db.init();
-  const ledger = new LedgerLogger({
-    db,
-    filePath: o.ledger ? o.ledger.filePath : false,
-    logger,
-    clock: o.clock,
-  });
-  const n = o.notifications;
-  const thresholds = n === undefined ? {} : { lowCredits: n.lowCredits, lowCreditsPercent: n.lowCreditsPercent };
-  const alertDefaults = n?.alerts ?? [];
-  const alertsOn = o.queue !== undefined || n !== undefined || o.domainEvents === true;
   const pricing = new PricingService(o.pricing === undefined ? {} : { book: o.pricing });
-  const creditOptions = {
-    clock: o.clock,
-    logger,
-    defaultReservationTtlSeconds: o.defaultReservationTtlSeconds,
-    overdraftLimit: o.overdraftLimit ?? null,
-    lateUsageWindowDays: o.lateUsageWindowDays,
-    checkpointEvery: o.checkpointEvery,
-    outcomeWaitMs: o.outcomeWaitMs,
-    alerts: alertsOn ? { ...thresholds, alerts: alertDefaults } : undefined,
-    trial: o.trial,
-    features: o.features,
-    domainEvents: o.domainEvents,
-    pricing,
-    customerTokens: o.customerTokens,
-    subscriptions: true,
-  };
+  const core = await openCore(o, (x) => new CreditService({ ...x, pricing, customerTokens: o.customerTokens }));
+  const { credits, subscriptions, expiration, notifications, ledger, db, logger } = core;
   // The services over the store, ledger and cache; `inTransaction` builds them again over its own.
   const build: ServiceFactory = (db, ledger, cache) => {
-    const credits = new CreditService({ ...creditOptions, db, ledger, cache });
-    const shared = { db, ledger, cache, clock: o.clock, logger, credits };
-    return { credits, subscriptions: new SubscriptionService(shared), promos: new PromoService(shared) };
+    const { credits, subscriptions } = core.build(db, ledger, cache);
+    return { credits, subscriptions, promos: new PromoService({ db, ledger, cache, clock: o.clock, logger, credits }) };
   };
-  const { credits, subscriptions, promos } = build(db, ledger, o.cache);
-  const notifications = new NotificationService({
-    db,
-    queue: o.queue,
-    thresholds,
-    alerts: alertDefaults,
-    clock: o.clock,
-    logger,
-    maxAttempts: n?.maxAttempts,
-    backoffBaseMs: n?.backoffBaseMs,
-    backoffMaxMs: n?.backoffMaxMs,
-    leaseMs: n?.leaseMs,
-    publishTimeoutMs: n?.publishTimeoutMs,
-    recording: alertsOn,
-  });
-  const expiration = new ExpirationService({
-    db,
-    credits,
-    subscriptions,
-    ledger,
-    clock: o.clock,
-    logger,
-    notifications: alertsOn ? notifications : undefined,
-    reminderDays: n?.reminderDays,
-    idempotencyRetention: o.idempotency?.retention,
-  });
+  const promos = new PromoService({ db, ledger, cache: o.cache, clock: o.clock, logger, credits });
   const payments = buildPaymentService({ db, ledger, cache: o.cache, clock: o.clock, logger, credits }, o.payments);
   // The dispatcher charges each auto top-up before it publishes the request (docs/promos-and-payments.md,
   // "Auto top-up"): a transient failure is a failed attempt, retried with the outbox's backoff.
@@ -278,7 +118,6 @@ export async function createCreditManager(options: CreditManagerOptions = {}): P
       typeof row.payload.attemptId === "string" ? row.payload.attemptId : undefined,
     ),
   );
-  let closed = false;
   return {
     credits,
     subscriptions,
@@ -310,12 +149,6 @@ export async function createCreditManager(options: CreditManagerOptions = {}): P
     }) as CreditManager["transaction"],
     health: (options) =>
       checkHealth({ db, cache: o.cache, queue: o.queue, ledger, clock: o.clock ?? (() => new Date()) }, options),
-    async close() {
-      if (closed) return;
-      closed = true;
-      await notifications.stop();
-      await ledger.close();
-      await db.close();
-    },
+    close: core.close,
   };
 }
