@@ -21,7 +21,7 @@ import {
 } from "./modules/archive/service.js";
 import type { ArchivePartitionsReport } from "./core/db/types-partitions.js";
 import type { CustomerState, CustomerStatePage } from "./modules/customer-state/rules.js";
-import { getRevenue } from "./modules/revenue/service.js";
+import { getRevenue, revenueAudit } from "./modules/revenue/service.js";
 import type { RevenueQuery, RevenueReport } from "./modules/revenue/model.js";
 import { MeterOptions as MeterOptionsSchema, type MeterOptions } from "./modules/metering/model.js";
 import {
@@ -70,7 +70,7 @@ export class CreditService extends CoreCreditService {
   private readonly clock: () => Date;
 
   constructor(options: CreditServiceOptions) {
-    super(options);
+    super({ ...options, auditChecks: [revenueAudit, ...(options.auditChecks ?? [])] });
     const core: CreditCore = creditCore(this);
     this.clock = core.clock;
     this.session = sessionDeps(core, options.pricing);

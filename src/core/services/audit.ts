@@ -1,11 +1,9 @@
 import type { DbManager } from "../db/types.js";
 import { replayJournal, type AuditReport } from "../domain/replay.js";
-import { revenueProblems } from "../../modules/revenue/rules.js";
 import { rollupAuditScan, rollupProblems } from "../domain/usage.js";
-import type { AuditOptions, JournalEntry } from "../models/index.js";
+import type { AuditOptions, Grant, JournalEntry, Reservation } from "../models/index.js";
 import type * as z from "zod";
 import { copy, journalAfter } from "./history.js";
-import { revenueSummaryProblems } from "../../modules/revenue/service.js";
 import type { UnitRunner } from "./unit-of-work.js";
 
 /** `CoreCreditService.latestCheckpoint` of a validated user: its latest checkpoint entry, if any. */
@@ -14,16 +12,30 @@ export async function latestCheckpoint(db: DbManager, user: string): Promise<Jou
   return last === undefined ? undefined : copy(last);
 }
 
+/** What an audit read of one account: the journal it replayed, the stored grants and holds. */
+export interface AuditRead {
+  entries: readonly JournalEntry[];
+  grants: readonly Grant[];
+  reservations: readonly Reservation[];
+}
+
+/**
+ * A module's own check of one account in `audit()` (ARCHITECTURE.md, "Seams"): the problems it finds
+ * in what the audit read, none when all is well. The revenue module checks its roll-forward.
+ */
+export type AuditCheck = (db: DbManager, user: string, read: AuditRead) => Promise<string[]>;
+
 /**
  * `CreditService.audit` of a validated user and options: replays the journal (from the latest
  * checkpoint by default, docs/operations.md, "Checkpoints and archival") against the stored
- * account, grants and holds, then checks cost bases and the revenue roll-forward (docs/revenue.md,
- * "Audit") and the daily usage rollup where the store keeps one.
+ * account, grants and holds, then runs the modules' `checks` and checks the daily usage rollup
+ * where the store keeps one.
  */
 export async function auditAccount(
   db: DbManager,
   user: string,
   o: z.output<typeof AuditOptions>,
+  checks: readonly AuditCheck[] = [],
 ): Promise<AuditReport> {
   const start = o.from === "genesis" ? undefined : await latestCheckpoint(db, user);
   const entries = await journalAfter(db, user, start === undefined ? 0 : start.seq - 1);
@@ -40,13 +52,12 @@ export async function auditAccount(
     );
     report.ok = false;
   }
-  // Cost bases and the revenue roll-forward (docs/revenue.md, "Audit").
-  const revenue = revenueProblems(user, entries, { grants, reservations });
-  // The store's revenue summary against the journal's roll-forward (docs/revenue.md, "Audit").
-  revenue.push(...(await revenueSummaryProblems(db, user, entries)));
-  if (revenue.length > 0) {
-    report.problems.push(...revenue);
-    report.ok = false;
+  for (const check of checks) {
+    const problems = await check(db, user, { entries, grants, reservations });
+    if (problems.length > 0) {
+      report.problems.push(...problems);
+      report.ok = false;
+    }
   }
   const rollup = await usageRollupProblems(db, user);
   if (rollup.length > 0) {

@@ -8,7 +8,7 @@ import { decideFeature, type CheckResult, type FeatureRule } from "../domain/che
 import { type Spend, tightestLimit } from "../domain/limits.js";
 import { ConflictError, NotFoundError, RuleViolationError, ValidationError } from "../errors.js";
 import type { LedgerLogger } from "../ledger/index.js";
-import { auditAccount, latestCheckpoint, writeCheckpoint } from "./audit.js";
+import { auditAccount, latestCheckpoint, writeCheckpoint, type AuditCheck } from "./audit.js";
 import { SpendLimits } from "./spend-limits.js";
 import { getReversals, reverseCharge } from "./reversals.js";
 import type { ChargeReversals } from "../domain/reversal.js";
@@ -115,6 +115,11 @@ export interface CoreCreditServiceOptions {
    * Default false: no subscriptions over this service.
    */
   subscriptions?: boolean;
+  /**
+   * What `audit()` checks besides the replay: each module's own check of the account (ARCHITECTURE.md,
+   * "Seams"; `CreditService` adds the revenue module's). Default none.
+   */
+  auditChecks?: readonly AuditCheck[];
 }
 
 export type { ExpiringCredits, HistoryPage } from "./history.js";
@@ -134,8 +139,12 @@ export class CoreCreditService {
   /** Spend limits (src/core/services/spend-limits.ts). */
   private readonly limits: SpendLimits;
 
+  /** The modules' checks `audit()` runs after the replay. */
+  private readonly auditChecks: readonly AuditCheck[];
+
   constructor(options: CoreCreditServiceOptions) {
     const core = new CreditCore(options);
+    this.auditChecks = options.auditChecks ?? [];
     this.core = core;
     this.db = core.db;
     setCreditCore(this, core);
@@ -445,7 +454,7 @@ export class CoreCreditService {
    */
   async audit(userId: string, options: AuditOptions = {}): Promise<AuditReport> {
     const user = parse(UserId, userId, "userId");
-    return auditAccount(this.db, user, parse(AuditOptions, options, "options"));
+    return auditAccount(this.db, user, parse(AuditOptions, options, "options"), this.auditChecks);
   }
 
   /** The user's latest checkpoint entry, if any. */

@@ -7,6 +7,7 @@ import {
   grantGroups,
   type GrantGroups,
   parseRevenueState,
+  revenueProblems,
   revenueStateText,
   type Key,
 } from "./rules.js";
@@ -25,6 +26,7 @@ import {
 import type { UsageInterval } from "../../core/models/usage.js";
 import { breather } from "../../util/breather.js";
 import { journalAfter, journalPages } from "../../core/services/history.js";
+import type { AuditCheck } from "../../core/services/audit.js";
 import { pacedSort } from "../../util/paced-sort.js";
 
 /** Accounts one page lists. */
@@ -480,3 +482,12 @@ function canonicalState(text: string | null): string | null {
     ),
   );
 }
+
+/**
+ * The revenue module's check in `audit()` (docs/revenue.md, "Audit"): cost bases and the revenue
+ * roll-forward of the journal read, then the store's revenue summary against it.
+ */
+export const revenueAudit: AuditCheck = async (db, user, { entries, grants, reservations }) => [
+  ...revenueProblems(user, entries, { grants, reservations }),
+  ...(await revenueSummaryProblems(db, user, entries)),
+];
