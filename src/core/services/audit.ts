@@ -1,7 +1,8 @@
 import type { DbManager } from "../db/types.js";
 import { replayJournal, type AuditReport } from "../domain/replay.js";
+import type { AuditCheck } from "./audit-check.js";
 import { rollupAuditScan, rollupProblems } from "../domain/usage.js";
-import type { AuditOptions, Grant, JournalEntry, Reservation } from "../models/index.js";
+import type { AuditOptions, JournalEntry } from "../models/index.js";
 import type * as z from "zod";
 import { copy, journalAfter } from "./history.js";
 import type { UnitRunner } from "./unit-of-work.js";
@@ -11,19 +12,6 @@ export async function latestCheckpoint(db: DbManager, user: string): Promise<Jou
   const [last] = await db.listJournal(user, { order: "desc", types: ["checkpoint"], limit: 1 });
   return last === undefined ? undefined : copy(last);
 }
-
-/** What an audit read of one account: the journal it replayed, the stored grants and holds. */
-export interface AuditRead {
-  entries: readonly JournalEntry[];
-  grants: readonly Grant[];
-  reservations: readonly Reservation[];
-}
-
-/**
- * A module's own check of one account in `audit()` (ARCHITECTURE.md, "Seams"): the problems it finds
- * in what the audit read, none when all is well. The revenue module checks its roll-forward.
- */
-export type AuditCheck = (db: DbManager, user: string, read: AuditRead) => Promise<string[]>;
 
 /**
  * `CreditService.audit` of a validated user and options: replays the journal (from the latest

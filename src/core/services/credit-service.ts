@@ -8,7 +8,8 @@ import { decideFeature, type CheckResult, type FeatureRule } from "../domain/che
 import { type Spend, tightestLimit } from "../domain/limits.js";
 import { ConflictError, NotFoundError, RuleViolationError, ValidationError } from "../errors.js";
 import type { LedgerLogger } from "../ledger/index.js";
-import { auditAccount, latestCheckpoint, writeCheckpoint, type AuditCheck } from "./audit.js";
+import { auditAccount, latestCheckpoint, writeCheckpoint } from "./audit.js";
+import type { AuditCheck } from "./audit-check.js";
 import { SpendLimits } from "./spend-limits.js";
 import { getReversals, reverseCharge } from "./reversals.js";
 import type { ChargeReversals } from "../domain/reversal.js";

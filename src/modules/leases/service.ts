@@ -62,7 +62,7 @@ export type LeaseCore = Pick<CreditCore, "deduct" | "givenClock"> &
     leaseHold(userId: string, lease: string, window: number): Promise<LeaseHold | null>;
   };
 
-/** What leases use of `core`: metering's part (`session`), the exact deduction and the settles. */
+/** What leases use of `core`: metering's part (`session`), the exact deduction and the settles. @internal */
 export function leaseCore(core: CreditCore, session: SessionDeps): LeaseCore {
   return {
     ...session,

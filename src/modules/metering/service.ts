@@ -152,7 +152,7 @@ export type SessionDeps = Pick<
   "hold" | "commitHold" | "releaseHold" | "chargeUpToLimit" | "db" | "ledger" | "logger"
 > & { readonly pricing: PricingService | undefined };
 
-/** What metering uses of `core`, with the price book `pricing` (made once per `CreditService`). */
+/** What metering uses of `core`, with the price book `pricing` (made once per `CreditService`). @internal */
 export function sessionDeps(core: CreditCore, pricing: PricingService | undefined): SessionDeps {
   return {
     hold: core.hold.bind(core),

@@ -26,7 +26,7 @@ import {
 import type { UsageInterval } from "../../core/models/usage.js";
 import { breather } from "../../util/breather.js";
 import { journalAfter, journalPages } from "../../core/services/history.js";
-import type { AuditCheck } from "../../core/services/audit.js";
+import type { AuditCheck } from "../../core/services/audit-check.js";
 import { pacedSort } from "../../util/paced-sort.js";
 
 /** Accounts one page lists. */
