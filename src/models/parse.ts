@@ -1,11 +1,11 @@
-import type * as z from "zod";
+import * as z from "zod/mini";
 import { ConfigurationError, ValidationError } from "../errors.js";
 
 /**
  * Validates `value` against `schema`; a mismatch becomes a `ValidationError` naming the argument
  * and each field. Used at every public entry point before anything is read or written.
  */
-export function parse<S extends z.ZodType>(schema: S, value: unknown, what: string): z.output<S> {
+export function parse<S extends z.core.$ZodType>(schema: S, value: unknown, what: string): z.output<S> {
   if (typeof value === "object" && value !== null && takesObject(schema)) {
     const proto = Object.getPrototypeOf(value) as unknown;
     if (proto !== Object.prototype && proto !== null) {
@@ -13,7 +13,7 @@ export function parse<S extends z.ZodType>(schema: S, value: unknown, what: stri
       throw new ValidationError(`Invalid ${what}: ${message}`, [{ path: "", message }]);
     }
   }
-  const result = schema.safeParse(value);
+  const result = z.safeParse(schema, value);
   if (result.success) {
     const bad = illFormedAt(result.data, "");
     if (bad !== null) {
@@ -40,7 +40,7 @@ export function parse<S extends z.ZodType>(schema: S, value: unknown, what: stri
  * input, so it is a `ConfigurationError` — its message names the field, and its `cause` is the
  * `ValidationError` with each issue. `owner` ("PaymentService") starts the message when given.
  */
-export function parseConfig<S extends z.ZodType>(schema: S, value: unknown, what: string, owner?: string): z.output<S> {
+export function parseConfig<S extends z.core.$ZodType>(schema: S, value: unknown, what: string, owner?: string): z.output<S> {
   try {
     return parse(schema, value, what);
   } catch (error) {
@@ -56,7 +56,7 @@ export function parseConfig<S extends z.ZodType>(schema: S, value: unknown, what
  * with no fields: `deductCredits(u, 10, new Map([["idempotencyKey", "k"]]))` would deduct without
  * its key, and a retry would deduct twice. `parse` refuses any object but a plain one for these.
  */
-function takesObject(schema: z.ZodType): boolean {
+function takesObject(schema: z.core.$ZodType): boolean {
   // Seen through optional, nullable, default and pipe.
   let def = schema._zod.def as SchemaDef;
   for (;;) {
