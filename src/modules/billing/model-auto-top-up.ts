@@ -19,9 +19,9 @@ export const AutoTopUpInput = z
     /** Credits: a spend that takes `available` from at least this to below it asks for a top-up. */
     below: Amount,
     /** Smallest currency unit charged each time (exactly one of `amount` and `toBalance`). */
-    amount: Amount.optional(),
+    amount: z.optional(Amount),
     /** Credits: charge what brings `available` (when the top-up was asked for) back to this. */
-    toBalance: Amount.optional(),
+    toBalance: z.optional(Amount),
     /** The provider that holds the saved method ("stripe", or a custom provider's name). */
     provider: z.string().min(1).max(64),
     /** The provider's customer (Stripe `cus_…`). */
@@ -30,9 +30,9 @@ export const AutoTopUpInput = z
     paymentMethod: ProviderRef,
     currency: Currency,
     /** Smallest currency unit: no charge below this (a `toBalance` top-up is raised to it). */
-    minAmount: Amount.optional(),
+    minAmount: z.optional(Amount),
     /** Smallest currency unit: no charge above this (a `toBalance` top-up is cut to it). */
-    maxAmount: Amount.optional(),
+    maxAmount: z.optional(Amount),
     /** Top-ups per calendar month (UTC) at most, counting those asked for and not declined. */
     maxPerMonth: z.number().int().min(1).max(10_000).optional(),
     /** Consecutive declines after which the rule disables itself. Default 3. */
@@ -62,14 +62,14 @@ export type AutoTopUpSettings = z.output<typeof AutoTopUpInput>;
 /** The rule as stored (validated, currency upper-cased). */
 export const AutoTopUpRule = z.object({
   below: Amount,
-  amount: Amount.nullable(),
-  toBalance: Amount.nullable(),
+  amount: z.nullable(Amount),
+  toBalance: z.nullable(Amount),
   provider: z.string(),
   customer: z.string(),
   paymentMethod: z.string(),
   currency: z.string(),
-  minAmount: Amount.nullable(),
-  maxAmount: Amount.nullable(),
+  minAmount: z.nullable(Amount),
+  maxAmount: z.nullable(Amount),
   maxPerMonth: z.number().int().nullable(),
   maxFailures: z.number().int().min(1),
 });

@@ -56,14 +56,14 @@ export const Payment = z.object({
   checkoutUrl: z.string().nullable(),
   description: z.string().nullable(),
   /** The grant the payment created (null until paid, or when all its credits paid debt). */
-  grantId: EntityId.nullable(),
+  grantId: z.nullable(EntityId),
   /** The journal entry that credited the payment. */
-  creditEntryId: EntityId.nullable(),
+  creditEntryId: z.nullable(EntityId),
   /** Amount refunded so far (cumulative), smallest currency unit. */
   refundedAmount: NonNegativeAmount,
   /** Credits taken back so far by refunds and lost disputes. */
   creditsReversed: NonNegativeAmount,
-  metadata: Metadata.nullable(),
+  metadata: z.nullable(Metadata),
   /** Bumped by every write: the compare-and-set guard of updates. */
   version: z.number().int().min(1),
   createdAt: z.date(),
@@ -101,17 +101,17 @@ export const CreditsPerUnit = z.union([
 
 export const CreatePaymentInput = z.strictObject({
   /** In the smallest currency unit: 1 to 10¹³ (docs/revenue.md, "Figures are exact"). */
-  amount: Money.min(1, { error: "amount must be at least 1" }),
+  amount: Money.check(z.gte(1, { error: "amount must be at least 1" })),
   currency: Currency,
-  provider: text(64).min(1),
-  description: ShortText.optional(),
-  metadata: Metadata.optional(),
+  provider: text(64).check(z.minLength(1)),
+  description: z.optional(ShortText),
+  metadata: z.optional(Metadata),
   /**
    * Makes the call idempotent per user (same key, same arguments: the same payment; a retry after
    * its checkout failed to open tries again). The payment id derived from user and key goes to the
    * provider as its idempotency key (Stripe) and the link's reference_id (Razorpay).
    */
-  idempotencyKey: IdempotencyKey.optional(),
+  idempotencyKey: z.optional(IdempotencyKey),
 });
 export type CreatePaymentInput = z.input<typeof CreatePaymentInput>;
 
@@ -129,6 +129,6 @@ export const RecordRefundOptions = z.strictObject({
   /** Cumulative refunded total in the smallest unit, 1 to the payment's amount (default: all of it). */
   refundedTotal: z.number().int().min(1).optional(),
   /** Who recorded it: in the journal entry's description and metadata (`refundedBy`). */
-  by: text(255).min(1).optional(),
+  by: z.optional(text(255).check(z.minLength(1))),
 });
 export type RecordRefundOptions = z.input<typeof RecordRefundOptions>;

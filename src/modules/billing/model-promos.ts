@@ -45,7 +45,7 @@ export const Promo = z.object({
   /** Claims so far, over all users. */
   uses: NonNegativeAmount,
   description: z.string().nullable(),
-  metadata: Metadata.nullable(),
+  metadata: z.nullable(Metadata),
   createdAt: z.date(),
   updatedAt: z.date(),
 });
@@ -60,7 +60,7 @@ export const PromoClaim = z.object({
   claimNumber: z.number().int().min(1),
   credits: Amount,
   /** The grant the claim created (null when the credits all went to paying debt). */
-  grantId: EntityId.nullable(),
+  grantId: z.nullable(EntityId),
   /** The journal entry of the claim. */
   entryId: EntityId,
   createdAt: z.date(),
@@ -79,20 +79,20 @@ export const CreatePromoInput = z.strictObject({
   maxUses: z.number().int().min(1).max(Number.MAX_SAFE_INTEGER).optional(),
   /** Claims per user. Default 1. */
   maxUsesPerUser: z.number().int().min(1).max(1_000_000).optional(),
-  validFrom: DateInput.optional(),
-  validUntil: DateInput.optional(),
+  validFrom: z.optional(DateInput),
+  validUntil: z.optional(DateInput),
   /** Default true. */
   isActive: z.boolean().optional(),
-  description: ShortText.optional(),
-  metadata: Metadata.optional(),
+  description: z.optional(ShortText),
+  metadata: z.optional(Metadata),
 });
 export type CreatePromoInput = z.input<typeof CreatePromoInput>;
 
 /** Options of `PromoService.claimPromo`. */
 export const ClaimPromoOptions = z.strictObject({
-  correlationId: text(255).min(1).optional(),
+  correlationId: z.optional(text(255).check(z.minLength(1))),
   /** A retried claim with the same key returns the first claim's entry instead of claiming again. */
-  idempotencyKey: IdempotencyKey.optional(),
+  idempotencyKey: z.optional(IdempotencyKey),
 });
 export type ClaimPromoOptions = z.input<typeof ClaimPromoOptions>;
 

@@ -7,7 +7,7 @@ export const MAX_CUSTOMER_TOKEN_TTL_SECONDS = 86_400;
 /** `credits.customerToken(account, options)`. */
 export const CustomerTokenOptions = z.strictObject({
   /** Only this spender's usage is readable with the token (balance and grants are the account's). */
-  spender: SpenderId.optional(),
+  spender: z.optional(SpenderId),
   /** How long the token is valid, in seconds: 1 to 86,400 (a day). */
   ttlSeconds: z
     .number({ error: "ttlSeconds is required (1 to 86,400 seconds)" })

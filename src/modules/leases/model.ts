@@ -6,7 +6,7 @@ import { MAX_TTL_SECONDS } from "../../models/inputs.js";
 /** Options of `credits.leases(options)` (docs/metering.md, "Leases"). */
 export const LeaseOptions = z.strictObject({
   /** Credits one block holds at most (default 1000). */
-  size: Amount.optional(),
+  size: z.optional(Amount),
   /** Seconds a block's hold lives before its credits go back on their own (default 60). */
   ttlSeconds: z.number().int().min(1).max(MAX_TTL_SECONDS).optional(),
   /** Milliseconds between settles: each window's usage is one journal entry (default 1000). */
@@ -24,15 +24,15 @@ export type LeaseOptions = z.input<typeof LeaseOptions>;
 /** Options of `lease.charge(userId, amount, options)`. */
 export const LeaseChargeOptions = z.strictObject({
   /** Why: written on the charge's ledger-file line (and on the entry of an exact charge). */
-  reason: ShortText.optional(),
+  reason: z.optional(ShortText),
   /** A keyed charge takes the exact path: one deduction under this key, whichever process retries it. */
-  idempotencyKey: IdempotencyKey.optional(),
+  idempotencyKey: z.optional(IdempotencyKey),
   /** Exact path only (a leased charge is one line of its window). */
-  description: ShortText.optional(),
+  description: z.optional(ShortText),
   /** What is spent on: the window's entry counts it by feature (docs/usage.md, "Leases"). */
-  feature: FeatureName.optional(),
+  feature: z.optional(FeatureName),
   /** Who spends: the window's entry counts it by spender. */
-  spender: SpenderId.optional(),
-  metadata: Metadata.optional(),
+  spender: z.optional(SpenderId),
+  metadata: z.optional(Metadata),
 });
 export type LeaseChargeOptions = z.input<typeof LeaseChargeOptions>;

@@ -10,7 +10,7 @@ export const TokenCount = z
   .max(Number.MAX_SAFE_INTEGER, { error: "a token count must not exceed Number.MAX_SAFE_INTEGER" });
 
 /** A model or provider name as an LLM API spells it, e.g. "gpt-4o-mini", "claude-sonnet-4-5-20250929". */
-export const ModelName = text(200).min(1);
+export const ModelName = text(200).check(z.minLength(1));
 
 /**
  * An exact rational rate: `credits` per `per` units (tokens, requests, or one unit of a currency),
@@ -52,7 +52,7 @@ export const ModelPrice = ModelRates.extend({
   /** The model name as the API reports it, e.g. "gpt-4o-mini". */
   model: ModelName,
   /** Only usage of this provider matches (e.g. "openai"); omitted: any provider. */
-  provider: ModelName.optional(),
+  provider: z.optional(ModelName),
   /** Other exact names of the same model, e.g. "gpt-4o-latest". */
   aliases: z.array(ModelName).max(100).optional(),
   /**
@@ -77,7 +77,7 @@ export const CurrencyCode = z
 export const PriceBookInput = z
   .strictObject({
     /** Names this version (stored in every priced usage). Default: `sha256:` and 16 hex digits of the book's content. */
-    version: text(100).min(1).optional(),
+    version: z.optional(text(100).check(z.minLength(1))),
     /** The models, each with its rates. */
     models: z.array(ModelPrice).max(10_000).optional(),
     /**
@@ -122,7 +122,7 @@ export type PriceBookInput = z.input<typeof PriceBookInput>;
 export const TokenUsage = z.strictObject({
   /** The model that did the work, as the API reports it (dated ids match their undated entry). */
   model: ModelName,
-  provider: ModelName.optional(),
+  provider: z.optional(ModelName),
   /** Input (prompt) tokens not read from a cache. */
   inputTokens: TokenCount,
   /** Output (completion) tokens. */
@@ -131,7 +131,7 @@ export const TokenUsage = z.strictObject({
   cachedTokens: TokenCount.optional(),
   /** Requests made (billed at `request`). Default 1. */
   requests: TokenCount.optional(),
-  metadata: Metadata.optional(),
+  metadata: z.optional(Metadata),
 });
 export type TokenUsage = z.input<typeof TokenUsage>;
 
@@ -156,9 +156,9 @@ export const CostUsage = z.strictObject({
   cost: MoneyAmount,
   /** Default: the book's `defaultCurrency`. */
   currency: CurrencyCode.optional(),
-  model: ModelName.optional(),
-  provider: ModelName.optional(),
-  metadata: Metadata.optional(),
+  model: z.optional(ModelName),
+  provider: z.optional(ModelName),
+  metadata: z.optional(Metadata),
 });
 export type CostUsage = z.input<typeof CostUsage>;
 

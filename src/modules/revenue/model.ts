@@ -27,7 +27,7 @@ export const MAX_REVENUE_CELLS = 1_000_000;
  */
 export const RevenueQuery = z.strictObject({
   /** One account; absent: every account (the whole book). */
-  account: UserId.optional(),
+  account: z.optional(UserId),
   /** Inclusive start of the range. */
   from: DateInput,
   /**
@@ -36,9 +36,9 @@ export const RevenueQuery = z.strictObject({
    */
   to: DateInput,
   /** Calendar windows in `timeZone`; null: one window, `from` to `to`. */
-  interval: UsageInterval.nullable(),
+  interval: z.nullable(UsageInterval),
   /** IANA time zone of the windows (DST-correct). Default "UTC". */
-  timeZone: TimeZone.optional(),
+  timeZone: z.optional(TimeZone),
   /** Dimensions each row is split by besides currency, each once. Default: none. */
   groupBy: z.array(RevenueDimension).max(5).optional(),
   /**
