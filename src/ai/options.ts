@@ -68,9 +68,11 @@ export const AiRunSetup = z.strictObject({
    * tokens, and its `maxOutputTokens` is lowered to what the hold pays for; below it the call is
    * refused before the provider is called. Default: none (the estimate is held whole, or refused).
    */
-  minOutputTokens: TokenCount.refine((n) => n > 0, { error: "minOutputTokens must be > 0" }).optional(),
+  minOutputTokens: z.optional(TokenCount.check(z.refine((n) => n > 0, { error: "minOutputTokens must be > 0" }))),
   /** Output tokens a call that sets no `maxOutputTokens` is held for. Default 4,096. */
-  defaultMaxOutputTokens: TokenCount.refine((n) => n > 0, { error: "defaultMaxOutputTokens must be > 0" }).optional(),
+  defaultMaxOutputTokens: z.optional(
+    TokenCount.check(z.refine((n) => n > 0, { error: "defaultMaxOutputTokens must be > 0" })),
+  ),
   /**
    * What a call the provider reported no usage for is charged (a stream cut by an abort or an
    * error, a finish without usage): `"counted"` (default) the prompt — as the provider reported it,

@@ -30,7 +30,7 @@ export const AutoTopUpLimitsBody = z.strictObject({
 });
 export type AutoTopUpLimitsBody = z.infer<typeof AutoTopUpLimitsBody>;
 
-export const AutoTopUpAnswer = z.object({ autoTopUp: AutoTopUpState.nullable() });
+export const AutoTopUpAnswer = z.object({ autoTopUp: z.nullable(AutoTopUpState) });
 /** What a caller who is not an admin reads: no provider customer nor payment method (docs/service.md, "What each role sees"). */
 export const AutoTopUpAnswerView = z.object({ autoTopUp: z.nullable(AutoTopUpStateView) });
 /** `{ autoTopUp }` as the caller sees it. */

@@ -1,4 +1,4 @@
-import * as z from "zod";
+import * as z from "zod/mini";
 import { Amount, FeatureName, IdempotencyKey, Metadata, ShortText } from "../../models/common.js";
 import { SpenderId } from "../../models/limits.js";
 import { MAX_TTL_SECONDS } from "../../models/inputs.js";
@@ -8,16 +8,16 @@ export const LeaseOptions = z.strictObject({
   /** Credits one block holds at most (default 1000). */
   size: z.optional(Amount),
   /** Seconds a block's hold lives before its credits go back on their own (default 60). */
-  ttlSeconds: z.number().int().min(1).max(MAX_TTL_SECONDS).optional(),
+  ttlSeconds: z.optional(z.number().check(z.int(), z.minimum(1), z.maximum(MAX_TTL_SECONDS))),
   /** Milliseconds between settles: each window's usage is one journal entry (default 1000). */
-  settleEveryMs: z.number().int().min(10).max(3_600_000).optional(),
+  settleEveryMs: z.optional(z.number().check(z.int(), z.minimum(10), z.maximum(3_600_000))),
   /**
    * A user with fewer than `exactBelow × size` available credits is charged on the exact path (one
    * unit of work per charge), so small balances stay exact (default 4).
    */
-  exactBelow: z.number().min(0).max(1_000_000).optional(),
+  exactBelow: z.optional(z.number().check(z.minimum(0), z.maximum(1_000_000))),
   /** A block is at most this share of what the user has available (default 0.5). */
-  share: z.number().gt(0).max(1).optional(),
+  share: z.optional(z.number().check(z.gt(0), z.maximum(1))),
 });
 export type LeaseOptions = z.input<typeof LeaseOptions>;
 

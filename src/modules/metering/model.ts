@@ -1,4 +1,4 @@
-import * as z from "zod";
+import * as z from "zod/mini";
 import { Amount, IdempotencyKey, Metadata, NonNegativeAmount, ShortText } from "../../models/common.js";
 import { MAX_TTL_SECONDS } from "../../models/inputs.js";
 import { SpendFields } from "../../models/limits.js";
@@ -31,7 +31,7 @@ export const MeterOptions = z
      */
     minimum: z.optional(Amount),
     /** Seconds until the hold lapses. Default: the manager's default reservation TTL. */
-    ttlSeconds: z.number().int().min(1).max(MAX_TTL_SECONDS).optional(),
+    ttlSeconds: z.optional(z.number().check(z.int(), z.minimum(1), z.maximum(MAX_TTL_SECONDS))),
     /** Reason stored on the hold, e.g. "POST /api/chat". */
     reason: z.optional(ShortText),
     description: z.optional(ShortText),
@@ -56,15 +56,17 @@ export const MeterOptions = z
      * What to do when `fn` neither returns a number nor records usage: `"release"` the hold (default,
      * as the original middleware does: nothing measured, nothing charged) or charge the `"estimate"`.
      */
-    noUsage: z.enum(["release", "estimate"]).optional(),
+    noUsage: z.optional(z.enum(["release", "estimate"])),
     /**
      * Who spends and on what (docs/teams-and-limits.md): the hold, its commit and an after-service
      * charge name them, so the spend limits for them apply and the scoped grants they may use pay.
      */
     ...SpendFields,
   })
-  .refine((o) => o.minimum === undefined || o.minimum <= o.estimate, {
-    error: "minimum must be at most the estimate",
-    path: ["minimum"],
-  });
+  .check(
+    z.refine((o) => o.minimum === undefined || o.minimum <= o.estimate, {
+      error: "minimum must be at most the estimate",
+      path: ["minimum"],
+    }),
+  );
 export type MeterOptions = z.input<typeof MeterOptions>;

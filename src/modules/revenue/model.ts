@@ -1,4 +1,4 @@
-import * as z from "zod";
+import * as z from "zod/mini";
 import { DateInput, UserId } from "../../models/common.js";
 import { TimeZone, UsageInterval } from "../../models/usage.js";
 /** A dimension a revenue report is split by (docs/revenue.md, "The report"); currency always is. */
@@ -40,12 +40,12 @@ export const RevenueQuery = z.strictObject({
   /** IANA time zone of the windows (DST-correct). Default "UTC". */
   timeZone: z.optional(TimeZone),
   /** Dimensions each row is split by besides currency, each once. Default: none. */
-  groupBy: z.array(RevenueDimension).max(5).optional(),
+  groupBy: z.optional(z.array(RevenueDimension).check(z.maxLength(5))),
   /**
    * Most rows answered, 1–100,000; default 10,000. The rows kept are the first in the report's
    * order (by window, then currency, then the `groupBy` values); `truncated` says rows were left off.
    */
-  limit: z.number().int().min(1).max(MAX_REVENUE_ROWS).optional(),
+  limit: z.optional(z.number().check(z.int(), z.minimum(1), z.maximum(MAX_REVENUE_ROWS))),
 });
 export type RevenueQuery = z.input<typeof RevenueQuery>;
 
