@@ -1,4 +1,4 @@
-import * as z from "zod";
+import * as z from "zod/mini";
 import type { Cache } from "./core/cache/index.js";
 import type { DbManager, StoreStats } from "./core/db/types.js";
 import type { LedgerLogger } from "./core/ledger/index.js";
@@ -61,9 +61,9 @@ export interface HealthReport {
 /** Options of `manager.health()`. */
 export const HealthOptions = z.strictObject({
   /** Longest wait for each check, in ms: a store that does not answer by then is `down`. Default 2,000. */
-  timeoutMs: z.number().int().min(1).max(60_000).optional(),
+  timeoutMs: z.optional(z.number().check(z.int(), z.minimum(1), z.maximum(60_000))),
   /** An outbox whose oldest pending row is older than this (ms) is `degraded`. Default 300,000. */
-  maxOutboxAgeMs: z.number().int().min(1).optional(),
+  maxOutboxAgeMs: z.optional(z.number().check(z.int(), z.minimum(1))),
 });
 export type HealthOptions = z.input<typeof HealthOptions>;
 

@@ -1,4 +1,4 @@
-import type * as z from "zod";
+import * as z from "zod/mini";
 import type { DbManager } from "./core/db/types.js";
 import type { LedgerLogger } from "./core/ledger/index.js";
 import { CoreManagerOptions, openCore } from "./core/manager.js";
@@ -27,21 +27,21 @@ import {
 } from "./transactions.js";
 
 /** Options of `createCreditManager`, validated like every public input: the core's and the modules'. */
-export const CreditManagerOptions = CoreManagerOptions.extend({
+export const CreditManagerOptions = z.extend(CoreManagerOptions, {
   /** Payment providers and the credits a payment buys (docs/promos-and-payments.md). */
-  payments: PaymentManagerOptions.optional(),
+  payments: z.optional(PaymentManagerOptions),
   /**
    * The price book: credits per input, output and cached token and per request of each model, and
    * credits per unit of money, for `recordUsage({ model, inputTokens, outputTokens })`, `{ cost }`
    * and the metering middleware's `llm` option (docs/llm-metering.md). Replace it at run time with
    * `manager.pricing.setPriceBook()`.
    */
-  pricing: PriceBookInput.optional(),
+  pricing: z.optional(PriceBookInput),
   /**
    * Customer tokens (docs/usage.md, "For your customers"): `secret` (32+ characters, or a list whose
    * first signs and all verify) signs `credits.customerToken(...)`. Omitted: customer tokens are off.
    */
-  customerTokens: CustomerTokenSettings.optional(),
+  customerTokens: z.optional(CustomerTokenSettings),
 });
 export type CreditManagerOptions = z.input<typeof CreditManagerOptions>;
 

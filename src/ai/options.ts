@@ -25,17 +25,21 @@ export const AiRunInput = z.strictObject({
   /** The account that pays. */
   userId: UserId,
   /** Who spends and on what (docs/teams-and-limits.md): limits for them apply, their scoped grants pay. */
-  spender: SpenderId.optional(),
-  feature: FeatureName.optional(),
+  spender: z.optional(SpenderId),
+  feature: z.optional(FeatureName),
   /**
    * Makes the run safe to retry: the same key charges each model call of the run once. Each call
    * holds under `<key>:<n>` (the n-th call of the run that was not released).
    */
-  idempotencyKey: IdempotencyKey.max(MAX_RUN_KEY, {
-    error: `idempotencyKey must be at most ${MAX_RUN_KEY} characters (the middleware appends a call number)`,
-  }).optional(),
+  idempotencyKey: z.optional(
+    IdempotencyKey.check(
+      z.maxLength(MAX_RUN_KEY, {
+        error: `idempotencyKey must be at most ${MAX_RUN_KEY} characters (the middleware appends a call number)`,
+      }),
+    ),
+  ),
   /** Stored with every charge beside `model`, `provider` and the usages. */
-  metadata: Metadata.optional(),
+  metadata: z.optional(Metadata),
   correlationId: z.string().min(1).max(255).optional(),
   /**
    * The most the whole run (every model call through this middleware) may be charged, in credits.
@@ -43,7 +47,7 @@ export const AiRunInput = z.strictObject({
    * last call (and of any call in flight with it), unless `strictRunCap` (docs/llm-metering.md,
    * "The run's cap").
    */
-  maxRunCredits: Amount.optional(),
+  maxRunCredits: z.optional(Amount),
 });
 
 /**
@@ -64,9 +68,11 @@ export const AiRunSetup = z.strictObject({
    * tokens, and its `maxOutputTokens` is lowered to what the hold pays for; below it the call is
    * refused before the provider is called. Default: none (the estimate is held whole, or refused).
    */
-  minOutputTokens: TokenCount.refine((n) => n > 0, { error: "minOutputTokens must be > 0" }).optional(),
+  minOutputTokens: z.optional(TokenCount.check(z.refine((n) => n > 0, { error: "minOutputTokens must be > 0" }))),
   /** Output tokens a call that sets no `maxOutputTokens` is held for. Default 4,096. */
-  defaultMaxOutputTokens: TokenCount.refine((n) => n > 0, { error: "defaultMaxOutputTokens must be > 0" }).optional(),
+  defaultMaxOutputTokens: z.optional(
+    TokenCount.check(z.refine((n) => n > 0, { error: "defaultMaxOutputTokens must be > 0" })),
+  ),
   /**
    * What a call the provider reported no usage for is charged (a stream cut by an abort or an
    * error, a finish without usage): `"counted"` (default) the prompt — as the provider reported it,

@@ -25,8 +25,16 @@ export function recordedReason(reason: string, actor: string): string {
 
 /** The longest reason `actor` may type: the library's limit, less what the console adds. */
 function reasonMax(actor: string): number {
-  return (ReverseChargeOptions.shape.reason.maxLength ?? Infinity) - recordedReason("", actor).length;
+  return REASON_MAX - recordedReason("", actor).length;
 }
+
+/** The longest reason `reverseCharge` takes: the least of its schema's `max_length` checks. */
+const REASON_MAX = Math.min(
+  ...(ReverseChargeOptions.shape.reason._zod.def.checks ?? []).map((c) => {
+    const def = c._zod.def as { check: string; maximum?: number };
+    return def.check === "max_length" && def.maximum !== undefined ? def.maximum : Infinity;
+  }),
+);
 
 /**
  * What is wrong with a give-back's reason, or null: the one check both the review and the

@@ -1,4 +1,4 @@
-import * as z from "zod";
+import * as z from "zod/mini";
 
 /**
  * What the library logs through: the four methods it calls, in pino's shapes — `(obj, msg?)` or

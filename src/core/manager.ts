@@ -4,7 +4,7 @@
  * modules. `credit-management/core` exports its `createCreditManager`; the package's root builds
  * the full manager on `openCore` (src/manager.ts).
  */
-import * as z from "zod";
+import * as z from "zod/mini";
 import { LoggerOption, silentLogger, type Logger } from "./logger.js";
 import type { Cache } from "./cache/index.js";
 import { InMemoryDbManager } from "./db/memory/index.js";
@@ -31,98 +31,95 @@ const isObject = (v: unknown) => typeof v === "object" && v !== null;
 /** Options of the core's `createCreditManager`, validated like every public input. */
 export const CoreManagerOptions = z.strictObject({
   /** The store. Default `new InMemoryDbManager()`. */
-  db: z
-    .custom<DbManager>((v) => isObject(v) && typeof (v as DbManager).transaction === "function", {
+  db: z.optional(
+    z.custom<DbManager>((v) => isObject(v) && typeof (v as DbManager).transaction === "function", {
       error: "db must implement DbManager",
-    })
-    .optional(),
+    }),
+  ),
   /** `{ filePath }` mirrors the ledger to a JSONL file; `false` or omitted: no file. */
-  ledger: z.union([z.literal(false), z.strictObject({ filePath: z.string().min(1) })]).optional(),
-  cache: z
-    .custom<Cache>((v) => isObject(v) && typeof (v as Cache).get === "function", {
+  ledger: z.optional(z.union([z.literal(false), z.strictObject({ filePath: z.string().check(z.minLength(1)) })])),
+  cache: z.optional(
+    z.custom<Cache>((v) => isObject(v) && typeof (v as Cache).get === "function", {
       error: "cache must implement Cache",
-    })
-    .optional(),
-  clock: z.custom<() => Date>((v) => typeof v === "function", { error: "clock must be a function" }).optional(),
+    }),
+  ),
+  clock: z.optional(z.custom<() => Date>((v) => typeof v === "function", { error: "clock must be a function" })),
   /**
    * Where the library logs (warnings: cache or ledger-file trouble, failed job steps, …): any
    * object with pino's `error`, `warn`, `info` and `debug` — pino, a child logger, `console`,
    * winston. Default: a logger that writes nothing.
    */
-  logger: LoggerOption.optional(),
+  logger: z.optional(LoggerOption),
   /** TTL of a hold when none is given, in seconds. Default 900. */
-  defaultReservationTtlSeconds: z
-    .number()
-    .int()
-    .min(1)
-    .max(30 * 24 * 3600)
-    .optional(),
+  defaultReservationTtlSeconds: z.optional(z.number().check(z.int(), z.minimum(1), z.maximum(30 * 24 * 3600))),
   /**
    * How many days back usage may be recorded with `occurredAt` (`deductCredits`,
    * `deductCreditsAfterService`; docs/usage.md, "Late usage"): 0 to 366, default 35. Older usage is
    * refused with a `LateUsageError`.
    */
-  lateUsageWindowDays: LateUsageWindowDays.optional(),
+  lateUsageWindowDays: z.optional(LateUsageWindowDays),
   /** Credits `available` may go below zero through after-service usage; null = unlimited (default). */
-  overdraftLimit: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER).nullable().optional(),
+  overdraftLimit: z.optional(z.nullable(z.number().check(z.int(), z.minimum(0), z.maximum(Number.MAX_SAFE_INTEGER)))),
   /**
    * A checkpoint entry in the unit of work that takes an account's journal past each multiple of
    * this many entries (docs/operations.md, "Checkpoints and archival"). Default: none.
    */
-  checkpointEvery: CheckpointEvery.optional(),
+  checkpointEvery: z.optional(CheckpointEvery),
   /**
    * How long, in ms, a call whose commit was sent but not answered looks for what it wrote once the
    * store answers again, before it throws `OutcomeUnknownError` (docs/concepts.md, "Certain and
    * uncertain errors"). Default 5,000.
    */
-  outcomeWaitMs: OutcomeWaitMs.optional(),
+  outcomeWaitMs: z.optional(OutcomeWaitMs),
   /** Where notifications are delivered. Giving one (or `notifications`) turns notification events on. */
-  queue: z
-    .custom<NotificationQueue>((v) => isObject(v) && typeof (v as NotificationQueue).publish === "function", {
+  queue: z.optional(
+    z.custom<NotificationQueue>((v) => isObject(v) && typeof (v as NotificationQueue).publish === "function", {
       error: "queue must implement NotificationQueue",
-    })
-    .optional(),
+    }),
+  ),
   /** Notification thresholds and delivery settings (docs/notifications.md). */
-  notifications: ThresholdSpec.extend({
-    /** Delivery attempts before a row is `failed`. Default 10. */
-    maxAttempts: z.number().int().min(1).max(1000).optional(),
-    /** First retry delay in ms (doubles per failure). Default 1,000. */
-    backoffBaseMs: z.number().int().min(1).optional(),
-    /** Longest retry delay in ms. Default 3,600,000. */
-    backoffMaxMs: z.number().int().min(1).optional(),
-    /** A dispatcher's claim on a row, in ms. Default 60,000. */
-    leaseMs: z.number().int().min(100).optional(),
-    /** Longest wait for one publish, in ms (at most `leaseMs`). Default half of `leaseMs`. */
-    publishTimeoutMs: z.number().int().min(1).optional(),
-    /** The expiring-credit reminder windows `expiration.runAll()` records, in days. Default `[7]`; `[]`: none. */
-    reminderDays: z.array(z.number().min(0).max(3650)).max(16).optional(),
-    /**
-     * The alert thresholds of every account without its own (docs/notifications.md, "Alerts"):
-     * available credits, what is left as a percentage, spend in a calendar window, credits expiring
-     * soon; `notifications.setAlerts` gives an account its own.
-     */
-    alerts: AlertThresholds.optional(),
-  }).optional(),
+  notifications: z.optional(
+    z.extend(ThresholdSpec, {
+      /** Delivery attempts before a row is `failed`. Default 10. */
+      maxAttempts: z.optional(z.number().check(z.int(), z.minimum(1), z.maximum(1000))),
+      /** First retry delay in ms (doubles per failure). Default 1,000. */
+      backoffBaseMs: z.optional(z.number().check(z.int(), z.minimum(1))),
+      /** Longest retry delay in ms. Default 3,600,000. */
+      backoffMaxMs: z.optional(z.number().check(z.int(), z.minimum(1))),
+      /** A dispatcher's claim on a row, in ms. Default 60,000. */
+      leaseMs: z.optional(z.number().check(z.int(), z.minimum(100))),
+      /** Longest wait for one publish, in ms (at most `leaseMs`). Default half of `leaseMs`. */
+      publishTimeoutMs: z.optional(z.number().check(z.int(), z.minimum(1))),
+      /** The expiring-credit reminder windows `expiration.runAll()` records, in days. Default `[7]`; `[]`: none. */
+      reminderDays: z.optional(z.array(z.number().check(z.minimum(0), z.maximum(3650))).check(z.maxLength(16))),
+      /**
+       * The alert thresholds of every account without its own (docs/notifications.md, "Alerts"):
+       * available credits, what is left as a percentage, spend in a calendar window, credits expiring
+       * soon; `notifications.setAlerts` gives an account its own.
+       */
+      alerts: z.optional(AlertThresholds),
+    }),
+  ),
   /** Trial credits granted once, when a user's account is first created (see `TrialCredits`). */
-  trial: TrialCredits.optional(),
+  trial: z.optional(TrialCredits),
   /**
    * Per-feature rules of `credits.check()` and `credits.getCustomerState()`:
    * `{ [feature]: { minAvailable, enabled?, plans? } }` (docs/trial-and-checks.md).
    */
-  features: FeatureRules.optional(),
+  features: z.optional(FeatureRules),
   /**
    * Record a domain event per journal entry in the outbox, with the change (docs/events.md). Turns
    * the outbox on, as `queue` and `notifications` do. Default false.
    */
-  domainEvents: z.boolean().optional(),
+  domainEvents: z.optional(z.boolean()),
   /**
    * Idempotency keys: `retention` is how long a key answers retries — `"forever"` (default) or a
    * window such as `"24h"` or `"30d"` (at least 1m), after which `expiration.runAll()` /
    * `forgetIdempotencyKeys()` (the worker's jobs) forgets it (docs/running-for-years.md).
    */
-  idempotency: z.strictObject({ retention: IdempotencyRetention.optional() }).optional(),
+  idempotency: z.optional(z.strictObject({ retention: z.optional(IdempotencyRetention) })),
   /** Run `db.init()` (create tables/indexes). Default true. */
-  init: z.boolean().optional(),
+  init: z.optional(z.boolean()),
 });
 export type CoreManagerOptions = z.input<typeof CoreManagerOptions>;
 

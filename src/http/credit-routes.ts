@@ -1,4 +1,4 @@
-import * as z from "zod";
+import * as z from "zod/mini";
 import { NotFoundError } from "../core/errors.js";
 import {
   AddCreditsOptions,
@@ -32,27 +32,27 @@ import { EntryView, entryView, GrantView, grantView, ReservationView, reservatio
 // ---- request schemas (built from the core models, so HTTP and library validate alike) ----------
 
 /** `POST /credits/reservations` and the admin equivalent. */
-export const ReserveBody = ReserveOptions.extend({ amount: Amount });
+export const ReserveBody = z.extend(ReserveOptions, { amount: Amount });
 /** `POST …/reservations/:id/commit` (the owner is the caller, not a field). */
-export const CommitBody = CommitOptions.omit({ userId: true });
+export const CommitBody = z.omit(CommitOptions, { userId: true });
 /** `POST …/reservations/:id/release` (the owner is the caller, not a field). */
-export const ReleaseBody = ReleaseOptions.omit({ userId: true });
+export const ReleaseBody = z.omit(ReleaseOptions, { userId: true });
 /** `POST /admin/credits/users/:userId/add`. */
-export const AddBody = AddCreditsOptions.extend({ amount: Amount });
+export const AddBody = z.extend(AddCreditsOptions, { amount: Amount });
 /** `POST /admin/credits/users/:userId/deduct`. */
-export const DeductBody = DeductOptions.extend({
+export const DeductBody = z.extend(DeductOptions, {
   amount: Amount,
   /** Usage already delivered: take what unheld grants have and record the rest as debt. */
-  afterService: z.boolean().optional(),
+  afterService: z.optional(z.boolean()),
 });
 
 export const HistoryParams = z.strictObject({
   limit: HistoryQuery.shape.limit,
   cursor: HistoryQuery.shape.cursor,
   /** Comma-separated or repeated: `types=deduct,commit_reserved`. */
-  types: z.array(EntryType).min(1).optional(),
-  from: z.iso.datetime({ offset: true }).optional(),
-  to: z.iso.datetime({ offset: true }).optional(),
+  types: z.optional(z.array(EntryType).check(z.minLength(1))),
+  from: z.optional(z.iso.datetime({ offset: true })),
+  to: z.optional(z.iso.datetime({ offset: true })),
   /** Only the entries recorded under this spender (a caller bound to a spender: its own, always). */
   spender: HistoryQuery.shape.spender,
   /** Only the entries recorded for this feature. */
@@ -60,43 +60,43 @@ export const HistoryParams = z.strictObject({
 });
 export const ExpiringParams = z.strictObject({
   /** Days ahead, 0–3650, default 7. */
-  days: z.number().min(0).max(3650).optional(),
+  days: z.optional(z.number().check(z.minimum(0), z.maximum(3650))),
 });
 
 // ---- response schemas ---------------------------------------------------------------------------
 
-export const HistoryPageSchema = z.object({ items: z.array(JournalEntry), nextCursor: z.string().nullable() });
-export const ExpiringSchema = z.object({ userId: UserId, total: z.number().int(), grants: z.array(Grant) });
+export const HistoryPageSchema = z.object({ items: z.array(JournalEntry), nextCursor: z.nullable(z.string()) });
+export const ExpiringSchema = z.object({ userId: UserId, total: z.number().check(z.int()), grants: z.array(Grant) });
 export const GrantListSchema = z.object({ items: z.array(Grant) });
 // What a caller who is not an admin reads on the user routes (docs/service.md, "What each role sees").
-export const HistoryPageView = z.object({ items: z.array(EntryView), nextCursor: z.string().nullable() });
-export const ExpiringView = z.object({ userId: UserId, total: z.number().int(), grants: z.array(GrantView) });
+export const HistoryPageView = z.object({ items: z.array(EntryView), nextCursor: z.nullable(z.string()) });
+export const ExpiringView = z.object({ userId: UserId, total: z.number().check(z.int()), grants: z.array(GrantView) });
 export const GrantListView = z.object({ items: z.array(GrantView) });
 export const SettledHoldView = z.object({ reservation: ReservationView, entry: EntryView });
 export const CheckSchema = z.object({
   allowed: z.boolean(),
-  available: z.number().int(),
-  required: z.number().int(),
+  available: z.number().check(z.int()),
+  required: z.number().check(z.int()),
   reason: z.enum(["ok", "insufficient_credits", "limit"]),
   /** With reason "limit": when the tightest limit's window ends. */
-  resetsAt: z.date().optional(),
+  resetsAt: z.optional(z.date()),
   /** With reason "limit": what that limit has left in its window. */
-  limitRemaining: z.number().int().optional(),
+  limitRemaining: z.optional(z.number().check(z.int())),
 });
 export const AuditSchema = z.object({
   userId: UserId,
   ok: z.boolean(),
   /** Where the replay started: the latest checkpoint (default) or the first entry. */
   from: z.enum(["checkpoint", "genesis"]),
-  fromSeq: z.number().int(),
+  fromSeq: z.number().check(z.int()),
   problems: z.array(z.string()),
-  entries: z.number().int(),
-  balance: z.number().int(),
-  reserved: z.number().int(),
-  debt: z.number().int(),
-  available: z.number().int(),
-  grants: z.record(z.string(), z.number().int()),
-  activeReservations: z.record(z.string(), z.number().int()),
+  entries: z.number().check(z.int()),
+  balance: z.number().check(z.int()),
+  reserved: z.number().check(z.int()),
+  debt: z.number().check(z.int()),
+  available: z.number().check(z.int()),
+  grants: z.record(z.string(), z.number().check(z.int())),
+  activeReservations: z.record(z.string(), z.number().check(z.int())),
 });
 
 /** `GET /admin/credits/users/:userId/entries/:entryId/reversals`: a charge and what was given back of it. */
@@ -105,9 +105,9 @@ export const ReversalsSchema = z.object({
   /** Its `reverse` entries, oldest first. */
   reversals: z.array(JournalEntry),
   /** Credits given back so far: the sum of `reversals`. */
-  reversed: z.number().int(),
+  reversed: z.number().check(z.int()),
   /** What can still be given back: the charge's amount less `reversed`. */
-  remaining: z.number().int(),
+  remaining: z.number().check(z.int()),
 });
 
 /** `POST /admin/credits/users/:userId/customer-token`'s answer. */

@@ -28,9 +28,9 @@ export const StateGrantSchema = z.object({
   amount: NonNegativeAmount,
   left: NonNegativeAmount,
   expiresAt: z.date().nullable(),
-  scope: GrantScope.nullable(),
+  scope: z.nullable(GrantScope),
   description: z.string().nullable(),
-  metadata: Metadata.nullable(),
+  metadata: z.nullable(Metadata),
   sourceRef: z.string().nullable(),
 });
 
@@ -80,7 +80,7 @@ const StateFields = {
       currentPeriodEnd: z.date(),
       renews: z.boolean(),
       cancelAtPeriodEnd: z.boolean(),
-      pendingPlanId: PlanId.nullable(),
+      pendingPlanId: z.nullable(PlanId),
     })
     .nullable(),
   alerts: z.array(AlertStatusSchema),
@@ -105,7 +105,10 @@ export const CustomerStateView = z.object({
   features: z.array(z.object({ ...FeatureStateFields, grants: z.array(StateGrantView) })),
 });
 
-export const CustomerStatePageSchema = z.object({ items: z.array(CustomerStateSchema), nextCursor: UserId.nullable() });
+export const CustomerStatePageSchema = z.object({
+  items: z.array(CustomerStateSchema),
+  nextCursor: z.nullable(UserId),
+});
 
 /** `GET /admin/credits/states`: `userIds` comma-separated or repeated. */
 export const CustomerStatesParams = CustomerStatesQuery;

@@ -1,4 +1,4 @@
-import * as z from "zod";
+import * as z from "zod/mini";
 import {
   FeatureName,
   LimitPeriod,
@@ -16,19 +16,19 @@ import { adminRoute, self, target, userRoute, withKey } from "./route-helpers.js
 // ---- schemas (the library's own models: HTTP and library validate alike) -----------------------
 
 /** `PUT /admin/credits/users/:userId/limits`: the account's whole list of limits, replacing it. */
-export const SetLimitsBody = MutationOptions.extend({ limits: SetLimitsInput });
+export const SetLimitsBody = z.extend(MutationOptions, { limits: SetLimitsInput });
 /** `POST /admin/credits/users/:userId/limits/set`: one limit added, or changed in place (the others kept). */
-export const SetLimitBody = MutationOptions.extend({ limit: SpendLimitInput });
+export const SetLimitBody = z.extend(MutationOptions, { limit: SpendLimitInput });
 /** `POST /admin/credits/users/:userId/limits/remove`: the limits with exactly this spender and feature (and window). */
-export const RemoveLimitBody = MutationOptions.extend(RemoveLimitInput.shape);
+export const RemoveLimitBody = z.extend(MutationOptions, RemoveLimitInput.shape);
 
 /** One limit as `getLimits` reports it: its window now, what it counted and what is left. */
 export const SpendLimitStatusSchema = z.object({
-  spender: SpenderId.nullable(),
-  feature: FeatureName.nullable(),
+  spender: z.nullable(SpenderId),
+  feature: z.nullable(FeatureName),
   amount: NonNegativeAmount,
-  period: LimitPeriod.nullable(),
-  resetsWith: z.literal("subscription").nullable(),
+  period: z.nullable(LimitPeriod),
+  resetsWith: z.nullable(z.literal("subscription")),
   /** Credits spent (and held) in the current window. */
   used: NonNegativeAmount,
   /** `amount - used`, never below 0. */

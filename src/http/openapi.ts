@@ -77,7 +77,7 @@ export function buildOpenApi(
   };
   const defNames = new Map<string, string>();
 
-  const schema = (s: z.ZodType, io: "input" | "output"): Json => {
+  const schema = (s: z.core.$ZodType, io: "input" | "output"): Json => {
     const out = z.toJSONSchema(s, {
       target: "draft-2020-12",
       io,

@@ -1,4 +1,5 @@
 import * as z from "zod";
+import type { ZodMiniObject, ZodMiniType } from "zod/mini";
 import type { CreditManager } from "../manager.js";
 import {
   CreditError,
@@ -94,7 +95,7 @@ export interface RouteDefinition {
    * field), unless it sets `rawBody`. Unless the route is public or the handler's `csrfProtection`
    * is off, such a request must be typed `application/json` even when its body is empty (415).
    */
-  body?: z.ZodType;
+  body?: z.ZodType | ZodMiniType;
   /**
    * The route reads the request body itself through `ctx.rawBody()` (a webhook checking a signature
    * over the bytes): without a `body` schema, the router then leaves the body alone. Unless the
@@ -103,7 +104,7 @@ export interface RouteDefinition {
    */
   rawBody?: boolean;
   /** Query schema, a zod object whose values are parsed from strings (validated; 400). */
-  query?: z.ZodObject;
+  query?: z.ZodObject | ZodMiniObject;
   /** Whether the operation takes an `Idempotency-Key` header. */
   idempotent?: boolean;
   /**
@@ -113,7 +114,7 @@ export interface RouteDefinition {
   responseType?: string;
   /** Success status (default 200) and response schema, for the OpenAPI document. */
   status?: number;
-  response?: z.ZodType;
+  response?: z.core.$ZodType;
   /** Error statuses this route can answer besides 400/401/500, for the OpenAPI document. */
   errors?: number[];
   /** Returns a Response, or a value sent as JSON with `status`. */
@@ -590,10 +591,10 @@ export const tooLarge = (limit: number) =>
  * for array fields, numbers and booleans where the schema wants them (anything else stays a string
  * for zod to refuse with a field-level message).
  */
-function queryObject(params: URLSearchParams, schema: z.ZodObject): Record<string, unknown> {
+function queryObject(params: URLSearchParams, schema: z.ZodObject | ZodMiniObject): Record<string, unknown> {
   // No prototype: `?__proto__=x` is a key like any other (refused as unknown), not a setter.
   const out = Object.create(null) as Record<string, unknown>;
-  const shape = schema.shape as Record<string, z.ZodType>;
+  const shape = schema.shape as Record<string, z.core.$ZodType>;
   for (const key of new Set(params.keys())) {
     const all = params.getAll(key);
     // Own fields only: `?constructor=1` or `?toString=1` must not find Object.prototype's.
@@ -609,7 +610,7 @@ function queryObject(params: URLSearchParams, schema: z.ZodObject): Record<strin
   return out;
 }
 
-function baseType(schema: z.ZodType | undefined): string | undefined {
+function baseType(schema: z.core.$ZodType | undefined): string | undefined {
   let s = schema as { _zod: { def: { type: string; innerType?: unknown } } } | undefined;
   while (s && (s._zod.def.type === "optional" || s._zod.def.type === "nullable" || s._zod.def.type === "default")) {
     s = s._zod.def.innerType as typeof s;

@@ -1,4 +1,4 @@
-import * as z from "zod";
+import * as z from "zod/mini";
 import { NotFoundError } from "../core/errors.js";
 import {
   CancelOptions,
@@ -19,13 +19,13 @@ import { PlanView, planView, seen, SubscriptionView, subscriptionView } from "./
 // ---- request schemas ----------------------------------------------------------------------------
 
 /** `GET …/plans`: users see active plans only; admins may ask for inactive ones too. */
-export const AdminListPlansParams = z.strictObject({ includeInactive: z.boolean().optional() });
+export const AdminListPlansParams = z.strictObject({ includeInactive: z.optional(z.boolean()) });
 /** `POST /credits/subscription`: no `startAt` (backdating or scheduling a start is for admins). */
-export const SelfSubscribeBody = SubscribeOptions.omit({ startAt: true }).extend({ planId: PlanId });
+export const SelfSubscribeBody = z.extend(z.omit(SubscribeOptions, { startAt: true }), { planId: PlanId });
 /** `POST /admin/credits/users/:userId/subscription`. */
-export const AdminSubscribeBody = SubscribeOptions.extend({ planId: PlanId });
+export const AdminSubscribeBody = z.extend(SubscribeOptions, { planId: PlanId });
 /** `POST …/subscription/change`. */
-export const ChangePlanBody = ChangePlanOptions.extend({ planId: PlanId });
+export const ChangePlanBody = z.extend(ChangePlanOptions, { planId: PlanId });
 
 // ---- response schemas ---------------------------------------------------------------------------
 

@@ -41,7 +41,7 @@ export const UsageParams = z.strictObject({
   limit: z.number().int().min(1).max(MAX_USAGE_ROWS).optional(),
 });
 /** The fleet-wide query: the same, and optionally one account. */
-export const FleetUsageParams = UsageParams.extend({ account: UserId.optional() });
+export const FleetUsageParams = UsageParams.extend({ account: z.optional(UserId) });
 
 const Row = z
   .object({

@@ -1,4 +1,4 @@
-import * as z from "zod";
+import * as z from "zod/mini";
 import type { RouteContext } from "./router.js";
 import {
   AutoTopUpRule,
@@ -34,20 +34,20 @@ export const OPERATOR_FIELDS = {
 const mask = <K extends string>(fields: readonly K[]) =>
   Object.fromEntries(fields.map((f) => [f, true])) as { [P in K]: true };
 
-export const GrantView = Grant.omit(mask(OPERATOR_FIELDS.grant));
-export const EntryView = JournalEntry.omit(mask(OPERATOR_FIELDS.entry));
-export const ReservationView = Reservation.omit(mask(OPERATOR_FIELDS.reservation));
-export const PaymentView = Payment.omit(mask(OPERATOR_FIELDS.payment)).extend({
+export const GrantView = z.omit(Grant, mask(OPERATOR_FIELDS.grant));
+export const EntryView = z.omit(JournalEntry, mask(OPERATOR_FIELDS.entry));
+export const ReservationView = z.omit(Reservation, mask(OPERATOR_FIELDS.reservation));
+export const PaymentView = z.extend(z.omit(Payment, mask(OPERATOR_FIELDS.payment)), {
   /** Whether it is an auto top-up's charge (`metadata.autoTopUp` of the whole record). */
   autoTopUp: z.boolean(),
 });
-export const AutoTopUpRuleView = AutoTopUpRule.omit(mask(OPERATOR_FIELDS.autoTopUpRule));
-export const AutoTopUpStateView = AutoTopUpState.extend({ rule: AutoTopUpRuleView });
-export const SubscriptionView = Subscription.omit(mask(OPERATOR_FIELDS.subscription));
-export const PlanView = Plan.omit(mask(OPERATOR_FIELDS.plan));
+export const AutoTopUpRuleView = z.omit(AutoTopUpRule, mask(OPERATOR_FIELDS.autoTopUpRule));
+export const AutoTopUpStateView = z.extend(AutoTopUpState, { rule: AutoTopUpRuleView });
+export const SubscriptionView = z.omit(Subscription, mask(OPERATOR_FIELDS.subscription));
+export const PlanView = z.omit(Plan, mask(OPERATOR_FIELDS.plan));
 
 /** The fields of `record` that `view` has, and no other (a view is its model less the operator's fields). */
-function project<S extends z.ZodObject>(view: S, record: object): z.output<S> {
+function project<S extends z.ZodMiniObject>(view: S, record: object): z.output<S> {
   const out: Record<string, unknown> = {};
   for (const key of Object.keys(view.shape)) if (key in record) out[key] = (record as Record<string, unknown>)[key];
   return out as z.output<S>;

@@ -51,7 +51,7 @@ export const DATE_MARKER = "x-credit-management-date";
  * The model's JSON Schema (draft 2020-12, output side). `z.date()` has no JSON Schema form, so it
  * becomes `{ type: "string", format: "date-time" }` with a marker the column mapper reads.
  */
-export function modelJsonSchema(model: z.ZodType): JsonSchemaNode {
+export function modelJsonSchema(model: z.core.$ZodType): JsonSchemaNode {
   return z.toJSONSchema(model, {
     io: "output",
     unrepresentable: "any",
@@ -77,7 +77,7 @@ export function snakeCase(field: string): string {
 }
 
 /** The columns of a model, in the model's field order. */
-export function columnsOf(model: z.ZodType): Column[] {
+export function columnsOf(model: z.core.$ZodType): Column[] {
   const schema = modelJsonSchema(model);
   if (schema.type !== "object" || typeof schema.properties !== "object" || schema.properties === null) {
     throw new Error("a table model must be a z.object()");

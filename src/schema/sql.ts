@@ -162,7 +162,7 @@ export function tableColumns(spec: TableSpec): Column[] {
  * The keys of the objects of an array field, in the model's order; null unless the field is an
  * array of objects whose optional keys come last and none of whose keys is nullable.
  */
-function tupleKeys(model: z.ZodObject, field: string): string[] | null {
+function tupleKeys(model: z.core.$ZodObject, field: string): string[] | null {
   const items = (modelJsonSchema(model).properties as Record<string, JsonSchemaNode> | undefined)?.[field]?.items as
     JsonSchemaNode | undefined;
   if (items?.type !== "object" || typeof items.properties !== "object" || items.properties === null) return null;

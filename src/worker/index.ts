@@ -79,7 +79,7 @@ export const WorkerOptions = z.strictObject({
    * Where each round writes its line (pino's shapes: `(obj, msg)`): info for a round, warn for one
    * that left work for the next, error for one that failed. Default: nothing written.
    */
-  logger: LoggerOption.optional(),
+  logger: z.optional(LoggerOption),
 });
 export type WorkerOptions = z.input<typeof WorkerOptions>;
 

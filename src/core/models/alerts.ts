@@ -1,4 +1,4 @@
-import * as z from "zod";
+import * as z from "zod/mini";
 import { FeatureName, NonNegativeAmount, SignedAmount } from "./common.js";
 import { SpenderId } from "./limits.js";
 import { TimeZone } from "./usage.js";
@@ -9,19 +9,21 @@ import { TimeZone } from "./usage.js";
  */
 
 /** A threshold's name, unique among an account's thresholds (letters, digits, `_ : -`). */
-export const AlertId = z
-  .string()
-  .min(1)
-  .max(64)
-  .regex(/^[A-Za-z0-9_:-]+$/, {
+export const AlertId = z.string().check(
+  z.minLength(1),
+  z.maxLength(64),
+  z.regex(/^[A-Za-z0-9_:-]+$/, {
     error: "alert id may contain letters, digits and _ : - only (no dots: it is a key of a stored document)",
-  });
+  }),
+);
 export type AlertId = z.infer<typeof AlertId>;
 
 /** An id `alerts` and `setAlerts` take: any `AlertId` but the built-in thresholds' ids. */
-const UserAlertId = AlertId.refine((id) => id !== "low_credits" && id !== "credits_exhausted", {
-  error: "low_credits and credits_exhausted are the built-in thresholds' ids (lowCredits, setThreshold)",
-});
+const UserAlertId = AlertId.check(
+  z.refine((id) => id !== "low_credits" && id !== "credits_exhausted", {
+    error: "low_credits and credits_exhausted are the built-in thresholds' ids (lowCredits, setThreshold)",
+  }),
+);
 
 /**
  * The window a `period_spend` threshold counts in: a calendar `day`, `week` or `month`, or the
@@ -45,8 +47,8 @@ export const AvailableAlert = z.strictObject({
 export const LeftPercentAlert = z.strictObject({
   id: UserAlertId,
   kind: z.literal("left_percent"),
-  atOrBelow: z.number().min(0).max(100),
-  feature: FeatureName.optional(),
+  atOrBelow: z.number().check(z.minimum(0), z.maximum(100)),
+  feature: z.optional(FeatureName),
 });
 
 /**
@@ -60,36 +62,38 @@ export const PeriodSpendAlert = z.strictObject({
   kind: z.literal("period_spend"),
   atOrAbove: NonNegativeAmount,
   window: AlertWindow,
-  timeZone: TimeZone.optional(),
-  spender: SpenderId.optional(),
-  feature: FeatureName.optional(),
+  timeZone: z.optional(TimeZone),
+  spender: z.optional(SpenderId),
+  feature: z.optional(FeatureName),
 });
 
 /** What is left of the grants expiring within `withinDays` days, at or above `atOrAbove`. */
 export const ExpiringAlert = z.strictObject({
   id: UserAlertId,
   kind: z.literal("expiring"),
-  withinDays: z.number().min(0).max(3650),
+  withinDays: z.number().check(z.minimum(0), z.maximum(3650)),
   atOrAbove: NonNegativeAmount,
 });
 
 /** One alert threshold. */
 export const AlertThreshold = z
   .discriminatedUnion("kind", [AvailableAlert, LeftPercentAlert, PeriodSpendAlert, ExpiringAlert])
-  .refine((t) => t.kind !== "period_spend" || t.window !== "subscription_period" || t.timeZone === undefined, {
-    error: "timeZone is for the day, week and month windows (a subscription period is the same instant everywhere)",
-    path: ["timeZone"],
-  });
+  .check(
+    z.refine((t) => t.kind !== "period_spend" || t.window !== "subscription_period" || t.timeZone === undefined, {
+      error: "timeZone is for the day, week and month windows (a subscription period is the same instant everywhere)",
+      path: ["timeZone"],
+    }),
+  );
 export type AlertThreshold = z.infer<typeof AlertThreshold>;
 
 /** The most thresholds one account (or the defaults) may have. */
 export const MAX_ALERTS = 32;
 
 /** A list of thresholds with distinct ids. */
-export const AlertThresholds = z
-  .array(AlertThreshold)
-  .max(MAX_ALERTS)
-  .refine((list) => new Set(list.map((t) => t.id)).size === list.length, { error: "alert ids must be distinct" });
+export const AlertThresholds = z.array(AlertThreshold).check(
+  z.maxLength(MAX_ALERTS),
+  z.refine((list) => new Set(list.map((t) => t.id)).size === list.length, { error: "alert ids must be distinct" }),
+);
 
 /** Where a threshold stands. */
 export const AlertStateName = z.enum(["ok", "in_alarm"]);
@@ -103,9 +107,9 @@ export const AlertMark = z.object({
   state: AlertStateName,
   crossings: NonNegativeAmount,
   /** `period_spend`: the start of the window `spent` counts (ms since the epoch); else absent. */
-  windowStart: z.number().int().nullable().optional(),
+  windowStart: z.optional(z.nullable(z.number().check(z.int()))),
   /** `period_spend`: captured spend counted in that window. */
-  spent: z.number().int().nullable().optional(),
+  spent: z.optional(z.nullable(z.number().check(z.int()))),
 });
 export type AlertMark = z.infer<typeof AlertMark>;
 

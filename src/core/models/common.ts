@@ -1,4 +1,4 @@
-import * as z from "zod";
+import * as z from "zod/mini";
 import { NO_NUL, NUL_ERROR, text } from "./text.js";
 
 /**
@@ -7,42 +7,48 @@ import { NO_NUL, NUL_ERROR, text } from "./text.js";
  */
 export const Amount = z
   .number({ error: (i) => (i.input === undefined ? "amount is required" : "amount must be a number") })
-  .int({ error: "amount must be a whole number of the smallest unit (a safe integer)" })
-  .min(1, { error: "amount must be at least 1" })
-  .max(Number.MAX_SAFE_INTEGER, { error: "amount must not exceed Number.MAX_SAFE_INTEGER" });
+  .check(
+    z.int({ error: "amount must be a whole number of the smallest unit (a safe integer)" }),
+    z.minimum(1, { error: "amount must be at least 1" }),
+    z.maximum(Number.MAX_SAFE_INTEGER, { error: "amount must not exceed Number.MAX_SAFE_INTEGER" }),
+  );
 
 /** An amount that may be zero (a commit of nothing). */
 export const NonNegativeAmount = z
   .number()
-  .int({ error: "amount must be a whole number of the smallest unit (a safe integer)" })
-  .min(0, { error: "amount must not be negative" })
-  .max(Number.MAX_SAFE_INTEGER, { error: "amount must not exceed Number.MAX_SAFE_INTEGER" });
+  .check(
+    z.int({ error: "amount must be a whole number of the smallest unit (a safe integer)" }),
+    z.minimum(0, { error: "amount must not be negative" }),
+    z.maximum(Number.MAX_SAFE_INTEGER, { error: "amount must not exceed Number.MAX_SAFE_INTEGER" }),
+  );
 
 /** A signed safe integer (balances can go below zero through debt). */
-export const SignedAmount = z.number().int().min(-Number.MAX_SAFE_INTEGER).max(Number.MAX_SAFE_INTEGER);
+export const SignedAmount = z
+  .number()
+  .check(z.int(), z.minimum(-Number.MAX_SAFE_INTEGER), z.maximum(Number.MAX_SAFE_INTEGER));
 
 // eslint-disable-next-line no-control-regex -- refusing control characters is the point
 const printable = /^[^\u0000-\u001f\u007f]+$/;
 
 /** A user (account) id chosen by the host: 1–256 printable characters, not `.` nor `..`. */
-export const UserId = z
-  .string({ error: "userId must be a string" })
-  .min(1, { error: "userId must not be empty" })
-  .max(256, { error: "userId must be at most 256 characters" })
-  .regex(printable, { error: "userId must not contain control characters" })
-  // A URL parser removes the dot segments `.` and `..`: such an account's URLs would name others
-  // (`/admin/credits/users/../usage` is the fleet's). docs/http.md, "Account ids in URLs".
-  .regex(/^(?!\.\.?$)/, {
+export const UserId = z.string({ error: "userId must be a string" }).check(
+  z.minLength(1, { error: "userId must not be empty" }),
+  z.maxLength(256, { error: "userId must be at most 256 characters" }),
+  z.regex(printable, { error: "userId must not contain control characters" }),
+  z.regex(/^(?!\.\.?$)/, {
     error:
       'userId must not be "." or "..": a URL parser removes those path segments, so the account\'s URLs would name other routes',
-  });
+  }),
+);
 
 /** An id the library generated (grant, reservation, entry). */
 export const EntityId = z
   .string({ error: "id must be a string" })
-  .min(1, { error: "id must not be empty" })
-  .max(128, { error: "id must be at most 128 characters" })
-  .regex(printable, { error: "id must not contain control characters" });
+  .check(
+    z.minLength(1, { error: "id must not be empty" }),
+    z.maxLength(128, { error: "id must be at most 128 characters" }),
+    z.regex(printable, { error: "id must not contain control characters" }),
+  );
 
 /**
  * The prefix of the idempotency keys the library gives its own operations on an account (crediting
@@ -54,14 +60,14 @@ export const EntityId = z
 export const SYSTEM_KEY_PREFIX = "cm:";
 
 /** Client-chosen key that makes a mutation safe to retry. Unique per user. */
-export const IdempotencyKey = z
-  .string({ error: "idempotencyKey must be a string" })
-  .min(1, { error: "idempotencyKey must not be empty" })
-  .max(255, { error: "idempotencyKey must be at most 255 characters" })
-  .regex(printable, { error: "idempotencyKey must not contain control characters" })
-  .regex(/^(?!cm:)/, {
+export const IdempotencyKey = z.string({ error: "idempotencyKey must be a string" }).check(
+  z.minLength(1, { error: "idempotencyKey must not be empty" }),
+  z.maxLength(255, { error: "idempotencyKey must be at most 255 characters" }),
+  z.regex(printable, { error: "idempotencyKey must not contain control characters" }),
+  z.regex(/^(?!cm:)/, {
     error: `idempotencyKey must not start with "${SYSTEM_KEY_PREFIX}": that prefix is reserved for the library's own operations (payments, refunds, disputes, subscription periods)`,
-  });
+  }),
+);
 
 /** Deepest nesting of metadata: the metadata object itself is level 1. */
 export const METADATA_MAX_DEPTH = 32;
@@ -79,14 +85,18 @@ const JsonRecord = z.record(z.string(), z.json());
  * reads that key as the object's prototype, not as data, so copying the metadata (into the store,
  * into the journal's hash) would drop it silently.
  */
-export const Metadata = z.preprocess<unknown, typeof JsonRecord, z.input<typeof JsonRecord>>((value, ctx) => {
-  if (typeof value === "object" && value !== null) {
-    const problem = metadataProblem(value);
-    if (problem !== null)
-      ctx.issues.push({ code: "custom", message: problem.message, path: problem.path, input: value });
-  }
-  return value;
-}, JsonRecord);
+export const Metadata = z.pipe(
+  // Typed as the record it should be (the input type callers see); at run time it is any value.
+  z.transform((value: z.input<typeof JsonRecord>, ctx) => {
+    if (typeof value === "object" && value !== null) {
+      const problem = metadataProblem(value);
+      if (problem !== null)
+        ctx.issues.push({ code: "custom", message: problem.message, path: problem.path, input: value });
+    }
+    return value;
+  }),
+  JsonRecord,
+);
 
 /** The first reason `metadata` cannot be stored as JSON, with its path; null when it can. */
 function metadataProblem(metadata: object): { path: string[]; message: string } | null {
@@ -157,23 +167,29 @@ const MAX_DATE = Date.UTC(9999, 11, 31, 23, 59, 59, 999);
  * and year 0 does not exist there: refused here for every store alike.
  */
 export const DateInput = z
-  .union([z.date(), z.iso.datetime({ offset: true })], { error: "must be a Date or an ISO-8601 date-time" })
-  .transform((v) => (typeof v === "string" ? new Date(v) : v))
-  .refine((d) => !Number.isNaN(d.getTime()), { error: "must be a valid date" })
-  .refine((d) => d.getTime() >= MIN_DATE && d.getTime() <= MAX_DATE, {
-    error: "must be between the years 1 and 9999 (UTC)",
-  });
+  .pipe(
+    z.union([z.date(), z.iso.datetime({ offset: true })], { error: "must be a Date or an ISO-8601 date-time" }),
+    z.transform((v) => (typeof v === "string" ? new Date(v) : v)),
+  )
+  .check(
+    z.refine((d) => !Number.isNaN(d.getTime()), { error: "must be a valid date" }),
+    z.refine((d) => d.getTime() >= MIN_DATE && d.getTime() <= MAX_DATE, {
+      error: "must be between the years 1 and 9999 (UTC)",
+    }),
+  );
 
 /** Priority of a grant: lower numbers are drawn first. */
-export const Priority = z.number().int({ error: "priority must be an integer" }).min(0).max(1_000_000);
+export const Priority = z
+  .number()
+  .check(z.int({ error: "priority must be an integer" }), z.minimum(0), z.maximum(1_000_000));
 
 export const ShortText = text(1000);
 
 /** A feature (or plugin) name in `features` rules and `check()`. */
-export const FeatureName = z
-  .string()
-  .min(1)
-  .max(100)
-  .regex(/^[A-Za-z0-9_.:-]+$/, {
+export const FeatureName = z.string().check(
+  z.minLength(1),
+  z.maxLength(100),
+  z.regex(/^[A-Za-z0-9_.:-]+$/, {
     error: "feature must be letters, digits and _ . : -",
-  });
+  }),
+);

@@ -1,4 +1,4 @@
-import * as z from "zod";
+import * as z from "zod/mini";
 
 /** Largest numerator, denominator or whole part of a cost basis: a safe integer. */
 const MAX = Number.MAX_SAFE_INTEGER;
@@ -14,29 +14,31 @@ export const MAX_SALE = 10 ** 13;
 /** A sum of money in the smallest unit of its currency, 0 to `MAX_SALE`. */
 export const Money = z
   .number({ error: "must be a number" })
-  .int({ error: "must be a whole number of the smallest currency unit" })
-  .min(0, { error: "must not be negative" })
-  .max(MAX_SALE, { error: `must be at most ${MAX_SALE} (10^13) of the smallest currency unit` });
+  .check(
+    z.int({ error: "must be a whole number of the smallest currency unit" }),
+    z.minimum(0, { error: "must not be negative" }),
+    z.maximum(MAX_SALE, { error: `must be at most ${MAX_SALE} (10^13) of the smallest currency unit` }),
+  );
 
 /**
  * What one credit cost, in the smallest currency unit (docs/revenue.md, "The cost basis"): a
  * decimal (`"2"`, `"0.5"`, `"0.0125"`, at most 12 decimals) or an exact fraction (`"1999/3000"`:
  * 1,999 cents for 3,000 credits), never a float. Text, so it is kept and hashed exactly as written.
  */
-export const PerCredit = z
-  .string()
-  .max(40)
-  .regex(/^(?:\d{1,16}(?:\.\d{1,12})?|\d{1,16}\/\d{1,16})$/, {
+export const PerCredit = z.string().check(
+  z.maxLength(40),
+  z.regex(/^(?:\d{1,16}(?:\.\d{1,12})?|\d{1,16}\/\d{1,16})$/, {
     error: 'perCredit must be a decimal ("0.5") or a fraction of whole numbers ("1999/3000")',
-  })
-  .refine(
+  }),
+  z.refine(
     (s) => {
       const [n, d] = s.split("/");
       if (Number(n!.split(".")[0]) > MAX) return false;
       return d === undefined || (Number(d) > 0 && Number(d) <= MAX && Number(n) <= MAX);
     },
     { error: "perCredit's numbers must be safe integers and a fraction's denominator at least 1" },
-  );
+  ),
+);
 
 /**
  * A grant's cost basis as stored (docs/revenue.md): what each of its credits was sold for (`perCredit`, smallest unit of `currency`, an upper-case ISO-4217 code). Set when the
@@ -44,16 +46,16 @@ export const PerCredit = z
  */
 export const CostBasis = z.object({
   perCredit: PerCredit,
-  currency: z.string().regex(/^[A-Z]{3}$/, { error: "currency must be an upper-case ISO-4217 code" }),
+  currency: z.string().check(z.regex(/^[A-Z]{3}$/, { error: "currency must be an upper-case ISO-4217 code" })),
 });
 export type CostBasis = z.infer<typeof CostBasis>;
 
 /** A cost basis as callers give it (`addCredits({ costBasis })`): the currency in either case. */
 export const CostBasisInput = z.strictObject({
   perCredit: PerCredit,
-  currency: z
-    .string()
-    .regex(/^[A-Za-z]{3}$/, { error: "currency must be a 3-letter ISO-4217 code" })
-    .transform((s) => s.toUpperCase()),
+  currency: z.pipe(
+    z.string().check(z.regex(/^[A-Za-z]{3}$/, { error: "currency must be a 3-letter ISO-4217 code" })),
+    z.transform((s) => s.toUpperCase()),
+  ),
 });
 export type CostBasisInput = z.input<typeof CostBasisInput>;

@@ -1,4 +1,4 @@
-import * as z from "zod";
+import * as z from "zod/mini";
 import { AlertState } from "./notifications.js";
 import { AutoTopUpState } from "../../modules/billing/model-auto-top-up.js";
 import { GrantScope, SpendLimit, SpenderId } from "./limits.js";
@@ -61,27 +61,27 @@ export const Account = z.object({
   /** Number of journal entries; increases by one with each. */
   seq: NonNegativeAmount,
   /** Hash of the latest journal entry (null before the first). */
-  lastHash: z.string().nullable(),
+  lastHash: z.nullable(z.string()),
   /** A lower bound of the soonest grant or hold expiry, or null: lets reads skip settling. */
-  nextExpiryAt: z.date().nullable(),
+  nextExpiryAt: z.nullable(z.date()),
   /** Low-credits alert state (null until the first change this version made). See docs/notifications.md. */
-  alert: AlertState.nullable(),
+  alert: z.nullable(AlertState),
   /**
    * The auto top-up rule and its state (null: none). Optional in this type so
    * accounts built by hand need not name it. See docs/promos-and-payments.md, "Auto top-up".
    */
-  autoTopUp: AutoTopUpState.nullable().optional(),
+  autoTopUp: z.optional(z.nullable(AutoTopUpState)),
   /**
    * Spend limits and what each counted in its window (docs/teams-and-limits.md); null or absent
    * when the account has none. Kept with the account so a spend checks them without another read.
    */
-  limits: z.array(SpendLimit).nullable().optional(),
+  limits: z.optional(z.nullable(z.array(SpendLimit))),
   /**
    * True once the account has been given a scoped grant (docs/teams-and-limits.md, "Scoped
    * credits"): its spends then sort its open grants by scope. Null or absent: never, and a
    * spend takes its grants in plain burn-down order without reading their scopes.
    */
-  scoped: z.boolean().nullable().optional(),
+  scoped: z.optional(z.nullable(z.boolean())),
   createdAt: z.date(),
   updatedAt: z.date(),
 });
@@ -95,12 +95,12 @@ export const Grant = z.object({
   amount: NonNegativeAmount,
   /** Credits neither spent, held, expired nor voided. */
   remaining: NonNegativeAmount,
-  expiresAt: z.date().nullable(),
+  expiresAt: z.nullable(z.date()),
   priority: Priority,
   source: GrantSource,
-  sourceRef: z.string().max(255).nullable(),
-  description: z.string().nullable(),
-  metadata: Metadata.nullable(),
+  sourceRef: z.nullable(z.string().check(z.maxLength(255))),
+  description: z.nullable(z.string()),
+  metadata: z.nullable(Metadata),
   createdAt: z.date(),
   /**
    * Credits this grant lost to expiry: what was unspent when it expired, plus held credits returned
@@ -108,18 +108,18 @@ export const Grant = z.object({
    */
   expiredAmount: NonNegativeAmount,
   /** Set when the grant expired or was voided: credits returned to it later go at once. */
-  closedAt: z.date().nullable(),
-  closedReason: z.enum(["expired", "voided"]).nullable(),
+  closedAt: z.nullable(z.date()),
+  closedReason: z.nullable(z.enum(["expired", "voided"])),
   /**
    * The spends this grant may pay for (docs/teams-and-limits.md, "Scoped credits"); null or
    * absent: any spend. Never changes.
    */
-  scope: GrantScope.nullable().optional(),
+  scope: z.optional(z.nullable(GrantScope)),
   /**
    * What each credit was sold for (docs/revenue.md); null or absent: unknown or free (no
    * revenue). Never changes; the `add` entry that created the grant carries the same.
    */
-  costBasis: CostBasis.nullable().optional(),
+  costBasis: z.optional(z.nullable(CostBasis)),
 });
 export type Grant = z.infer<typeof Grant>;
 
@@ -134,7 +134,7 @@ export const PortionKind = z.enum(["returned", "debt_paid", "debt_returned"]);
 export type PortionKind = z.infer<typeof PortionKind>;
 
 /** Part of an amount drawn from, or returned to, one grant. */
-export const GrantPortion = z.object({ grantId: EntityId, amount: NonNegativeAmount, kind: PortionKind.optional() });
+export const GrantPortion = z.object({ grantId: EntityId, amount: NonNegativeAmount, kind: z.optional(PortionKind) });
 export type GrantPortion = z.infer<typeof GrantPortion>;
 
 export const ReservationStatus = z.enum(["active", "committed", "released", "expired"]);
@@ -149,15 +149,15 @@ export const Reservation = z.object({
   /** The grants the held credits came from, in burn-down order. */
   allocations: z.array(GrantPortion),
   expiresAt: z.date(),
-  reason: z.string().nullable(),
-  metadata: Metadata.nullable(),
+  reason: z.nullable(z.string()),
+  metadata: z.nullable(Metadata),
   createdAt: z.date(),
-  settledAt: z.date().nullable(),
+  settledAt: z.nullable(z.date()),
   /** Credits captured by the commit (null until committed). */
-  committedAmount: NonNegativeAmount.nullable(),
+  committedAmount: z.nullable(NonNegativeAmount),
   /** Who placed the hold and for what (docs/teams-and-limits.md); its commit is recorded under them. Absent: not named. */
-  spender: SpenderId.nullable().optional(),
-  feature: FeatureName.nullable().optional(),
+  spender: z.optional(z.nullable(SpenderId)),
+  feature: z.optional(z.nullable(FeatureName)),
 });
 export type Reservation = z.infer<typeof Reservation>;
 
@@ -176,44 +176,44 @@ export const JournalEntry = z.object({
   debtAfter: NonNegativeAmount,
   /** Per-grant amounts this entry drew, created, held, returned or removed (docs/concepts.md). */
   grants: z.array(GrantPortion),
-  reservationId: EntityId.nullable(),
-  idempotencyKey: IdempotencyKey.nullable(),
+  reservationId: z.nullable(EntityId),
+  idempotencyKey: z.nullable(IdempotencyKey),
   /** Digest of the request that carried the idempotency key (detects reuse with other arguments). */
-  fingerprint: z.string().nullable(),
-  correlationId: z.string().nullable(),
-  description: z.string().nullable(),
-  metadata: Metadata.nullable(),
+  fingerprint: z.nullable(z.string()),
+  correlationId: z.nullable(z.string()),
+  description: z.nullable(z.string()),
+  metadata: z.nullable(Metadata),
   /**
    * Who spent and on what (docs/teams-and-limits.md); null or absent when the spend named none.
    * Covered by the hash when set.
    */
-  spender: SpenderId.nullable().optional(),
-  feature: FeatureName.nullable().optional(),
+  spender: z.optional(z.nullable(SpenderId)),
+  feature: z.optional(z.nullable(FeatureName)),
   /**
    * An `add` entry's cost basis (docs/revenue.md): what each credit it added was
    * sold for, the debt it paid included. Null or absent: none. Covered by the hash when set.
    */
-  costBasis: CostBasis.nullable().optional(),
+  costBasis: z.optional(z.nullable(CostBasis)),
   /**
    * An `add` entry's source: the `source` of the grant it adds, recorded on the entry too because an
    * addition that only pays debt creates no grant (docs/revenue.md, "The report"). Null or absent on
    * every other entry. Covered by the hash when set.
    */
-  source: GrantSource.nullable().optional(),
+  source: z.optional(z.nullable(GrantSource)),
   /**
    * A `reverse` entry's charge: the id of the entry it gives back (docs/concepts.md). Null or
    * absent on every other entry. Covered by the hash when set.
    */
-  reverses: EntityId.nullable().optional(),
+  reverses: z.optional(z.nullable(EntityId)),
   /**
    * When the usage happened, where that is not `createdAt` (docs/concepts.md):
    * a late usage entry's time, and on a `reverse` entry its charge's (the charge's `occurredAt`, else
    * its `createdAt`), so usage and spend limits place it there. Null or absent: at `createdAt`.
    * Covered by the hash when set.
    */
-  occurredAt: z.date().nullable().optional(),
+  occurredAt: z.optional(z.nullable(z.date())),
   createdAt: z.date(),
-  prevHash: z.string().nullable(),
+  prevHash: z.nullable(z.string()),
   hash: z.string(),
 });
 export type JournalEntry = z.infer<typeof JournalEntry>;
@@ -225,8 +225,8 @@ export type LedgerEventType = z.infer<typeof LedgerEventType>;
 export const LedgerEntry = z.object({
   id: EntityId,
   eventType: LedgerEventType,
-  userId: UserId.nullable(),
-  correlationId: z.string().nullable(),
+  userId: z.nullable(UserId),
+  correlationId: z.nullable(z.string()),
   message: z.string(),
   details: z.record(z.string(), z.unknown()),
   createdAt: z.date(),
@@ -249,14 +249,14 @@ export const CreditsInfo = z.object({
    * (docs/teams-and-limits.md, "Scoped credits"); empty when the account has none. `balance`
    * counts them too.
    */
-  scoped: z
-    .array(
+  scoped: z.optional(
+    z.array(
       z.object({
-        features: z.array(FeatureName).nullable(),
-        spenders: z.array(SpenderId).nullable(),
+        features: z.nullable(z.array(FeatureName)),
+        spenders: z.nullable(z.array(SpenderId)),
         remaining: NonNegativeAmount,
       }),
-    )
-    .optional(),
+    ),
+  ),
 });
 export type CreditsInfo = z.infer<typeof CreditsInfo>;

@@ -1,4 +1,4 @@
-import * as z from "zod";
+import * as z from "zod/mini";
 import { AlertLevel, NotificationType } from "./notifications.js";
 import { GrantPortion, GrantSource } from "./entities.js";
 import { LimitPeriod, SpenderId } from "./limits.js";
@@ -16,20 +16,20 @@ const EntryFields = {
   /** The journal entry this event reports (docs/concepts.md). */
   entryId: z.string(),
   /** The entry's position in the user's journal (1, 2, …). */
-  seq: z.number().int(),
+  seq: z.number().check(z.int()),
   /** Credits the entry moved (always positive; its type says which way). */
-  amount: z.number().int(),
-  balanceAfter: z.number().int(),
-  reservedAfter: z.number().int(),
-  debtAfter: z.number().int(),
+  amount: z.number().check(z.int()),
+  balanceAfter: z.number().check(z.int()),
+  reservedAfter: z.number().check(z.int()),
+  debtAfter: z.number().check(z.int()),
   /** `balanceAfter − reservedAfter`. */
-  availableAfter: z.number().int(),
+  availableAfter: z.number().check(z.int()),
   /** The grants the entry drew from, created, held, returned or removed. */
   grants: z.array(GrantPortion),
-  idempotencyKey: z.string().nullable(),
-  correlationId: z.string().nullable(),
-  description: z.string().nullable(),
-  metadata: z.record(z.string(), z.unknown()).nullable(),
+  idempotencyKey: z.nullable(z.string()),
+  correlationId: z.nullable(z.string()),
+  description: z.nullable(z.string()),
+  metadata: z.nullable(z.record(z.string(), z.unknown())),
 };
 
 /** `credits_added` (any source but `adjustment`) and `credits_adjusted` (source `adjustment`), version 1. */
@@ -37,18 +37,18 @@ export const CreditsAddedPayload = z.object({
   ...EntryFields,
   /** Where the credits came from: `payment`, `trial`, `promo`, `subscription`, `manual`, … */
   source: GrantSource,
-  sourceRef: z.string().nullable(),
+  sourceRef: z.nullable(z.string()),
   /** The grant created (null when the whole addition paid debt). */
-  grantId: z.string().nullable(),
+  grantId: z.nullable(z.string()),
   /** ISO-8601, or null: never. */
-  expiresAt: z.string().nullable(),
+  expiresAt: z.nullable(z.string()),
   /** Part of `amount` that paid debt first. */
-  debtPaid: z.number().int(),
+  debtPaid: z.number().check(z.int()),
 });
 export type CreditsAddedPayload = z.infer<typeof CreditsAddedPayload>;
 
 /** `credits_deducted`, version 1: usage charged (directly, or by a meter, with `reservationId`). */
-export const CreditsDeductedPayload = z.object({ ...EntryFields, reservationId: z.string().nullable() });
+export const CreditsDeductedPayload = z.object({ ...EntryFields, reservationId: z.nullable(z.string()) });
 export type CreditsDeductedPayload = z.infer<typeof CreditsDeductedPayload>;
 
 /**
@@ -58,9 +58,9 @@ export type CreditsDeductedPayload = z.infer<typeof CreditsDeductedPayload>;
 export const CreditsRefundedPayload = z.object({
   ...EntryFields,
   via: z.enum(["void", "deduct"]),
-  paymentId: z.string().nullable(),
+  paymentId: z.nullable(z.string()),
   /** The payment's refunded total (currency units) this take-back answers; a lost dispute: the payment's amount. */
-  refundedAmount: z.number().nullable(),
+  refundedAmount: z.nullable(z.number()),
 });
 export type CreditsRefundedPayload = z.infer<typeof CreditsRefundedPayload>;
 
@@ -77,13 +77,13 @@ export const CreditsReversedPayload = z.object({
   reverses: z.string(),
   /** ISO-8601: when the charge's usage happened (its `occurredAt`, else when it was recorded). */
   chargedAt: z.string(),
-  spender: z.string().nullable(),
-  feature: z.string().nullable(),
+  spender: z.nullable(z.string()),
+  feature: z.nullable(z.string()),
 });
 export type CreditsReversedPayload = z.infer<typeof CreditsReversedPayload>;
 
 /** `credits_voided` (what was left of a grant removed) and `credits_expired`, version 1. */
-export const CreditsRemovedPayload = z.object({ ...EntryFields, reservationId: z.string().nullable() });
+export const CreditsRemovedPayload = z.object({ ...EntryFields, reservationId: z.nullable(z.string()) });
 export type CreditsRemovedPayload = z.infer<typeof CreditsRemovedPayload>;
 
 /** `hold_placed`, version 1. */
@@ -92,7 +92,7 @@ export const HoldPlacedPayload = z.object({
   reservationId: z.string(),
   /** ISO-8601 time the hold lapses unless committed or released. */
   expiresAt: z.string(),
-  reason: z.string().nullable(),
+  reason: z.nullable(z.string()),
 });
 export type HoldPlacedPayload = z.infer<typeof HoldPlacedPayload>;
 
@@ -108,23 +108,23 @@ export const HoldSettledPayload = z.object({
   reservationId: z.string(),
   outcome: z.enum(["committed", "released", "expired"]),
   /** Credits the hold had. */
-  heldAmount: z.number().int(),
+  heldAmount: z.number().check(z.int()),
   /** Credits the commit captured (0 unless committed). */
-  capturedAmount: z.number().int(),
+  capturedAmount: z.number().check(z.int()),
   /** Credits that went back to the grants (`heldAmount − capturedAmount`). */
-  returnedAmount: z.number().int(),
+  returnedAmount: z.number().check(z.int()),
 });
 export type HoldSettledPayload = z.infer<typeof HoldSettledPayload>;
 
 /** `low_credits`, `credits_exhausted`, `balance_restored`, version 1 (docs/notifications.md). */
 export const LevelChangedPayload = z.object({
-  available: z.number().int(),
-  threshold: z.number().int(),
+  available: z.number().check(z.int()),
+  threshold: z.number().check(z.int()),
   level: AlertLevel,
-  previousLevel: AlertLevel.nullable(),
-  balance: z.number().int(),
-  reserved: z.number().int(),
-  seq: z.number().int(),
+  previousLevel: z.nullable(AlertLevel),
+  balance: z.number().check(z.int()),
+  reserved: z.number().check(z.int()),
+  seq: z.number().check(z.int()),
 });
 export type LevelChangedPayload = z.infer<typeof LevelChangedPayload>;
 
@@ -132,9 +132,9 @@ export type LevelChangedPayload = z.infer<typeof LevelChangedPayload>;
 export const FeatureStatusChangedPayload = z.object({
   feature: z.string(),
   allowed: z.boolean(),
-  minAvailable: z.number().int(),
-  available: z.number().int(),
-  previousAvailable: z.number().int(),
+  minAvailable: z.number().check(z.int()),
+  available: z.number().check(z.int()),
+  previousAvailable: z.number().check(z.int()),
 });
 export type FeatureStatusChangedPayload = z.infer<typeof FeatureStatusChangedPayload>;
 
@@ -146,25 +146,25 @@ export type FeatureStatusChangedPayload = z.infer<typeof FeatureStatusChangedPay
 export const LimitCrossedPayload = z.object({
   /** The limit, as `getLimits` names it. */
   limit: z.object({
-    spender: SpenderId.nullable(),
-    feature: z.string().nullable(),
-    amount: z.number().int(),
+    spender: z.nullable(SpenderId),
+    feature: z.nullable(z.string()),
+    amount: z.number().check(z.int()),
     /** Null when it follows the subscription (`resetsWith`). */
-    period: LimitPeriod.nullable(),
-    resetsWith: z.literal("subscription").nullable(),
+    period: z.nullable(LimitPeriod),
+    resetsWith: z.nullable(z.literal("subscription")),
   }),
   /** 0.8 (`limit_warning`) or 1 (`limit_reached`): the share of `amount` reached. */
   threshold: z.union([z.literal(0.8), z.literal(1)]),
   /** Credits the window counted after the spend (spent and held). */
-  used: z.number().int(),
+  used: z.number().check(z.int()),
   /** `amount − used`, never below 0. */
-  remaining: z.number().int(),
+  remaining: z.number().check(z.int()),
   /** ISO-8601 start of the window. */
   windowStart: z.string(),
   /** ISO-8601 end of the window: the count starts again from 0 then, and both thresholds re-arm. */
   resetsAt: z.string(),
   /** The account's journal position after the change that crossed. */
-  seq: z.number().int(),
+  seq: z.number().check(z.int()),
 });
 export type LimitCrossedPayload = z.infer<typeof LimitCrossedPayload>;
 
@@ -174,11 +174,11 @@ const AlertAbout = {
   thresholdId: z.string(),
   kind: z.enum(["available", "left_percent", "period_spend", "expiring"]),
   /** The threshold's value after the change (credits; percent for `left_percent`). */
-  value: z.number().nullable(),
+  value: z.nullable(z.number()),
   /** The line (`atOrBelow` or `atOrAbove`): a value on it is in alarm. */
   line: z.number(),
   /** How many times this threshold has gone into alarm, this time included. */
-  crossing: z.number().int(),
+  crossing: z.number().check(z.int()),
 };
 
 /**
@@ -188,28 +188,28 @@ const AlertAbout = {
 export const AlertTriggeredPayload = z.object({
   ...AlertAbout,
   /** ISO-8601 start and end of a `period_spend` threshold's window. */
-  windowStart: z.string().optional(),
-  resetsAt: z.string().optional(),
+  windowStart: z.optional(z.string()),
+  resetsAt: z.optional(z.string()),
   /** The account's journal position after the change. */
-  seq: z.number().int(),
+  seq: z.number().check(z.int()),
 });
 export type AlertTriggeredPayload = z.infer<typeof AlertTriggeredPayload>;
 
 /** `alert_resolved`, version 1: the thresholds one change (or evaluation) brought back out of alarm. */
 export const AlertResolvedPayload = z.object({
-  resolved: z.array(z.object(AlertAbout)).min(1),
-  seq: z.number().int(),
+  resolved: z.array(z.object(AlertAbout)).check(z.minLength(1)),
+  seq: z.number().check(z.int()),
 });
 export type AlertResolvedPayload = z.infer<typeof AlertResolvedPayload>;
 
-const envelope = <T extends NotificationType, P extends z.ZodType>(type: T, payload: P) =>
+const envelope = <T extends NotificationType, P extends z.core.$ZodType>(type: T, payload: P) =>
   z.object({
     type: z.literal(type),
     /** The version of `payload`'s schema. */
     version: z.literal(1),
     /** The outbox row's id: the same on every redelivery (consumers drop ids they have seen). */
-    id: z.string().min(1),
-    userId: z.string().min(1),
+    id: z.string().check(z.minLength(1)),
+    userId: z.string().check(z.minLength(1)),
     /** ISO-8601 time of the unit of work that recorded it. */
     occurredAt: z.iso.datetime(),
     payload,
@@ -240,9 +240,9 @@ export type DomainEvent = z.infer<typeof DomainEvent>;
 /** The envelope of any outbox row (the other notification types' payloads are free-form objects). */
 export const EventEnvelope = z.object({
   type: NotificationType,
-  version: z.number().int().min(1),
-  id: z.string().min(1),
-  userId: z.string().min(1),
+  version: z.number().check(z.int(), z.minimum(1)),
+  id: z.string().check(z.minLength(1)),
+  userId: z.string().check(z.minLength(1)),
   occurredAt: z.iso.datetime(),
   payload: z.record(z.string(), z.unknown()),
 });

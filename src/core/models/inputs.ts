@@ -1,4 +1,4 @@
-import * as z from "zod";
+import * as z from "zod/mini";
 import {
   Amount,
   DateInput,
@@ -18,33 +18,33 @@ import { text } from "./text.js";
 
 /** Options every mutation accepts. */
 export const MutationOptions = z.strictObject({
-  description: ShortText.optional(),
+  description: z.optional(ShortText),
   /** Same key + same arguments → the first result, nothing changed. Unique per user. */
-  idempotencyKey: IdempotencyKey.optional(),
+  idempotencyKey: z.optional(IdempotencyKey),
   /** Ties entries of one business operation together across services. */
-  correlationId: text(255).min(1).optional(),
-  metadata: Metadata.optional(),
+  correlationId: z.optional(text(255).check(z.minLength(1))),
+  metadata: z.optional(Metadata),
 });
 export type MutationOptions = z.input<typeof MutationOptions>;
 
-export const AddCreditsOptions = MutationOptions.extend({
+export const AddCreditsOptions = z.extend(MutationOptions, {
   /** When unspent credits of this grant expire; omitted or null: never. */
-  expiresAt: DateInput.nullable().optional(),
+  expiresAt: z.optional(z.nullable(DateInput)),
   /** Lower numbers are drawn first. Default 0. */
-  priority: Priority.optional(),
-  source: GrantSource.optional(),
+  priority: z.optional(Priority),
+  source: z.optional(GrantSource),
   /** External reference (payment id, promo code, subscription period, …). */
-  sourceRef: text(255).min(1).optional(),
+  sourceRef: z.optional(text(255).check(z.minLength(1))),
   /**
    * The spends the grant may pay for (docs/teams-and-limits.md, "Scoped credits"): `features`, the
    * spend's feature must be one of them; `spenders`, its spender. Omitted: any spend.
    */
-  scope: GrantScope.optional(),
+  scope: z.optional(GrantScope),
   /**
    * What each credit was sold for (docs/revenue.md): `{ perCredit, currency }`, `perCredit` in the
    * smallest currency unit as a decimal or fraction string. Omitted: none (free credits: no revenue).
    */
-  costBasis: CostBasisInput.optional(),
+  costBasis: z.optional(CostBasisInput),
 });
 export type AddCreditsOptions = z.input<typeof AddCreditsOptions>;
 
@@ -56,11 +56,13 @@ export type AddCreditsOptions = z.input<typeof AddCreditsOptions>;
 export const TrialCredits = z.strictObject({
   amount: Amount,
   /** Days until unspent trial credits expire; omitted: never. */
-  expiresInDays: z.number().int({ error: "expiresInDays must be a whole number" }).min(1).max(36_500).optional(),
+  expiresInDays: z.optional(
+    z.number().check(z.int({ error: "expiresInDays must be a whole number" }), z.minimum(1), z.maximum(36_500)),
+  ),
   /** Lower numbers are drawn first. Default 0. */
-  priority: Priority.optional(),
-  description: ShortText.optional(),
-  metadata: Metadata.optional(),
+  priority: z.optional(Priority),
+  description: z.optional(ShortText),
+  metadata: z.optional(Metadata),
 });
 export type TrialCredits = z.input<typeof TrialCredits>;
 
@@ -74,9 +76,9 @@ export const FeatureRules = z.record(
   z.strictObject({
     minAvailable: NonNegativeAmount,
     /** False: the feature is off (`check()` answers reason "feature_off"). Default true. */
-    enabled: z.boolean().optional(),
+    enabled: z.optional(z.boolean()),
     /** The plans that grant the feature: without an active subscription on one of them it is off. Omitted: any account. */
-    plans: z.array(PlanId).min(1).max(100).optional(),
+    plans: z.optional(z.array(PlanId).check(z.minLength(1), z.maxLength(100))),
   }),
 );
 export type FeatureRules = z.input<typeof FeatureRules>;
@@ -87,49 +89,49 @@ export type FeatureRules = z.input<typeof FeatureRules>;
  */
 export const CreditsInfoOptions = z.strictObject({
   /** The spender asking; scoped grants listing spenders pay only theirs. */
-  spender: SpenderId.optional(),
+  spender: z.optional(SpenderId),
   /** The feature; scoped grants listing features pay only theirs. */
-  feature: FeatureName.optional(),
+  feature: z.optional(FeatureName),
 });
 export type CreditsInfoOptions = z.input<typeof CreditsInfoOptions>;
 
 /** `credits.check(userId, options)`. */
 export const CheckOptions = z.strictObject({
   /** A feature: its rule in `features` applies (none: it is paid from the pool, `minAvailable` 1). */
-  feature: FeatureName.optional(),
+  feature: z.optional(FeatureName),
   /** Credits the caller is about to spend; required as well. */
-  amount: Amount.optional(),
+  amount: z.optional(Amount),
   /** Who is about to spend: the spend limits for them (and for `feature`) are checked too. */
-  spender: SpenderId.optional(),
+  spender: z.optional(SpenderId),
 });
 export type CheckOptions = z.input<typeof CheckOptions>;
 
 /** A deduction's options: a mutation's, and who spends on what (docs/teams-and-limits.md). */
-export const DeductOptions = MutationOptions.extend({
+export const DeductOptions = z.extend(MutationOptions, {
   ...SpendFields,
   /**
    * When the usage happened, when it is recorded later (docs/usage.md, "Late usage"): usage
    * reports and spend limits place it then, while the journal records it now. At most the
    * manager's `lateUsageWindowDays` (default 35) before now, never later than now.
    */
-  occurredAt: DateInput.optional(),
+  occurredAt: z.optional(DateInput),
 });
 export type DeductOptions = z.input<typeof DeductOptions>;
 
 /** Longest hold TTL accepted: 30 days, in seconds. */
 export const MAX_TTL_SECONDS = 30 * 24 * 3600;
 
-export const ReserveOptions = MutationOptions.extend({
+export const ReserveOptions = z.extend(MutationOptions, {
   ...SpendFields,
   /** Seconds until the hold lapses and its credits return. Default: the manager's option (900). */
-  ttlSeconds: z.number().int().min(1).max(MAX_TTL_SECONDS).optional(),
-  reason: ShortText.optional(),
+  ttlSeconds: z.optional(z.number().check(z.int(), z.minimum(1), z.maximum(MAX_TTL_SECONDS))),
+  reason: z.optional(ShortText),
   /**
    * A hold for what is there (docs/concepts.md, "Holds"): it holds `amount`, or what this spender
    * and feature may spend now when that is less, down to `minimum` (at most `amount`); below it
    * the hold is refused as a plain one is. The reservation's `amount` says what it holds.
    */
-  minimum: Amount.optional(),
+  minimum: z.optional(Amount),
 });
 export type ReserveOptions = z.input<typeof ReserveOptions>;
 
@@ -139,17 +141,17 @@ export type ReserveOptions = z.input<typeof ReserveOptions>;
  * instead of looking the owner up, and another user's hold or grant is not found
  * (`NotFoundError`, nothing changed).
  */
-const OwnerOption = { userId: UserId.optional() };
+const OwnerOption = { userId: z.optional(UserId) };
 
-export const CommitOptions = MutationOptions.extend({
+export const CommitOptions = z.extend(MutationOptions, {
   /** Credits to capture; default the full hold. Less returns the rest; more takes the excess as usage. */
-  amount: NonNegativeAmount.optional(),
+  amount: z.optional(NonNegativeAmount),
   /** The hold's owner, when known: the commit is routed by it; another user's hold is not found. */
   ...OwnerOption,
 });
 export type CommitOptions = z.input<typeof CommitOptions>;
 
-export const ReleaseOptions = MutationOptions.extend({
+export const ReleaseOptions = z.extend(MutationOptions, {
   /** The hold's owner, when known: the release is routed by it; another user's hold is not found. */
   ...OwnerOption,
 });
@@ -162,18 +164,18 @@ export type ReleaseOptions = z.input<typeof ReleaseOptions>;
  */
 export const ReverseChargeOptions = z.strictObject({
   /** Credits to give back; at most what is left of the charge. Omitted: all that is left. */
-  amount: Amount.optional(),
+  amount: z.optional(Amount),
   /** Why it is given back (the `reverse` entry's description): not empty. */
-  reason: ShortText.refine((s) => s.trim() !== "", { error: "reason must not be empty" }),
+  reason: ShortText.check(z.refine((s) => s.trim() !== "", { error: "reason must not be empty" })),
   /** Same key + same arguments → the first `reverse` entry, nothing changed. Unique per user. */
-  idempotencyKey: IdempotencyKey.optional(),
+  idempotencyKey: z.optional(IdempotencyKey),
   correlationId: MutationOptions.shape.correlationId,
   /** Kept on the entry beside the charge's own metadata (the charge's keys win: usage groups by them). */
-  metadata: Metadata.optional(),
+  metadata: z.optional(Metadata),
 });
 export type ReverseChargeOptions = z.input<typeof ReverseChargeOptions>;
 
-export const VoidGrantOptions = MutationOptions.extend({
+export const VoidGrantOptions = z.extend(MutationOptions, {
   /** The grant's owner, when known: the void is routed by it; another user's grant is not found. */
   ...OwnerOption,
 });
@@ -181,62 +183,65 @@ export type VoidGrantOptions = z.input<typeof VoidGrantOptions>;
 
 export const HistoryQuery = z.strictObject({
   /** Page size, 1–1000, default 50. */
-  limit: z.number().int().min(1).max(1000).optional(),
+  limit: z.optional(z.number().check(z.int(), z.minimum(1), z.maximum(1000))),
   /** Opaque cursor from a previous page's `nextCursor`. */
-  cursor: z
-    .string()
-    .regex(/^[0-9]{1,16}$/, { error: "cursor is not one this library returned" })
-    .refine((c) => Number.isSafeInteger(Number(c)), { error: "cursor is not one this library returned" })
-    .optional(),
-  types: z.array(EntryType).min(1).optional(),
+  cursor: z.optional(
+    z.string().check(
+      z.regex(/^[0-9]{1,16}$/, { error: "cursor is not one this library returned" }),
+      z.refine((c) => Number.isSafeInteger(Number(c)), { error: "cursor is not one this library returned" }),
+    ),
+  ),
+  types: z.optional(z.array(EntryType).check(z.minLength(1))),
   /** Inclusive lower bound of createdAt. */
-  from: DateInput.optional(),
+  from: z.optional(DateInput),
   /** Exclusive upper bound of createdAt. */
-  to: DateInput.optional(),
+  to: z.optional(DateInput),
   /**
    * Only the entries recorded under this spender (docs/teams-and-limits.md). A filtered page may
    * hold fewer than `limit` entries while `nextCursor` is set: follow it until it is null.
    */
-  spender: SpenderId.optional(),
+  spender: z.optional(SpenderId),
   /** Only the entries recorded for this feature (as `spender`). */
-  feature: FeatureName.optional(),
+  feature: z.optional(FeatureName),
 });
 export type HistoryQuery = z.input<typeof HistoryQuery>;
 
 /** Days ahead to look for expiring credits: 0–3650. */
-export const ExpiringDays = z.number().min(0).max(3650);
+export const ExpiringDays = z.number().check(z.minimum(0), z.maximum(3650));
 export const GrantsQuery = z.strictObject({
   /** Closed and spent grants too. Default false. */
-  includeInactive: z.boolean().optional(),
+  includeInactive: z.optional(z.boolean()),
 });
 export type GrantsQuery = z.input<typeof GrantsQuery>;
-export const AsOf = DateInput.optional();
+export const AsOf = z.optional(DateInput);
 
 /** `ledger.getEntries(query)`: system and error events, newest first. */
 export const LedgerEntriesQuery = z
   .strictObject({
-    eventType: z.enum(["error", "system"]).optional(),
-    userId: UserId.optional(),
+    eventType: z.optional(z.enum(["error", "system"])),
+    userId: z.optional(UserId),
     /** createdAt < before (paging: the last entry's createdAt). */
-    before: DateInput.optional(),
+    before: z.optional(DateInput),
     /** With `before`: the last entry's id, so entries of the same millisecond are not skipped. */
-    beforeId: z.string().min(1).max(128).optional(),
-    limit: z.number().int({ error: "limit must be an integer" }).min(1).max(1000).optional(),
+    beforeId: z.optional(z.string().check(z.minLength(1), z.maxLength(128))),
+    limit: z.optional(z.number().check(z.int({ error: "limit must be an integer" }), z.minimum(1), z.maximum(1000))),
   })
-  .refine((q) => q.beforeId === undefined || q.before !== undefined, {
-    error: "beforeId needs before (the entry's createdAt)",
-    path: ["beforeId"],
-  });
+  .check(
+    z.refine((q) => q.beforeId === undefined || q.before !== undefined, {
+      error: "beforeId needs before (the entry's createdAt)",
+      path: ["beforeId"],
+    }),
+  );
 export type LedgerEntriesQuery = z.input<typeof LedgerEntriesQuery>;
 
 /** `checkpointEvery`: a checkpoint entry each time an account's journal passes a multiple of this many entries. */
-export const CheckpointEvery = z.number().int().min(2).max(1_000_000_000);
+export const CheckpointEvery = z.number().check(z.int(), z.minimum(2), z.maximum(1_000_000_000));
 
 /**
  * `outcomeWaitMs`: how long a unit of work whose commit was sent but not answered asks the store
  * whether it was applied before it reports `OutcomeUnknownError` (docs/concepts.md).
  */
-export const OutcomeWaitMs = z.number().int().min(0).max(600_000);
+export const OutcomeWaitMs = z.number().check(z.int(), z.minimum(0), z.maximum(600_000));
 
 /** `audit(userId, options)` (docs/operations.md, "Checkpoints and archival"). */
 export const AuditOptions = z.strictObject({
@@ -244,14 +249,14 @@ export const AuditOptions = z.strictObject({
    * "checkpoint" (default): replay from the account's latest checkpoint entry, trusting the state it
    * records; "genesis": from the first entry, checking every checkpoint's state on the way.
    */
-  from: z.enum(["checkpoint", "genesis"]).optional(),
+  from: z.optional(z.enum(["checkpoint", "genesis"])),
 });
 export type AuditOptions = z.input<typeof AuditOptions>;
 
 /** `checkpoint(userId, options)`. */
 export const CheckpointOptions = z.strictObject({
   /** Write none unless at least this many entries follow the latest checkpoint (or the start). Default 1. */
-  minEntries: z.number().int().min(1).max(1_000_000_000).optional(),
+  minEntries: z.optional(z.number().check(z.int(), z.minimum(1), z.maximum(1_000_000_000))),
 });
 export type CheckpointOptions = z.input<typeof CheckpointOptions>;
 
@@ -259,6 +264,6 @@ export type CheckpointOptions = z.input<typeof CheckpointOptions>;
  * How many days back usage may be recorded with `occurredAt` (docs/usage.md, "Late usage"): 0 (no
  * late usage) to 366. Default 35, as Stripe's meters accept.
  */
-export const LateUsageWindowDays = z.number().int().min(0).max(366);
+export const LateUsageWindowDays = z.number().check(z.int(), z.minimum(0), z.maximum(366));
 /** The default late-usage window, in days. */
 export const DEFAULT_LATE_USAGE_WINDOW_DAYS = 35;

@@ -1,4 +1,4 @@
-import * as z from "zod";
+import * as z from "zod/mini";
 import { FeatureName, NonNegativeAmount } from "./common.js";
 
 /**
@@ -13,16 +13,18 @@ const printable = /^[^\u0000-\u001f\u007f]+$/;
 /** A spender id chosen by the host: 1–255 printable characters. */
 export const SpenderId = z
   .string({ error: "spender must be a string" })
-  .min(1, { error: "spender must not be empty" })
-  .max(255, { error: "spender must be at most 255 characters" })
-  .regex(printable, { error: "spender must not contain control characters" });
+  .check(
+    z.minLength(1, { error: "spender must not be empty" }),
+    z.maxLength(255, { error: "spender must be at most 255 characters" }),
+    z.regex(printable, { error: "spender must not contain control characters" }),
+  );
 
 /** The optional `spender` and `feature` of a spend (deduct, reserve, commit, check, lease charge). */
 export const SpendFields = {
   /** Who spends: a member, an API key, a project. Recorded on the entry; limits for it apply. */
-  spender: SpenderId.optional(),
+  spender: z.optional(SpenderId),
   /** What the credits pay for. Recorded on the entry; limits for it apply. */
-  feature: FeatureName.optional(),
+  feature: z.optional(FeatureName),
 };
 
 /** Calendar units of a limit's window, in UTC. */
@@ -36,7 +38,7 @@ export type LimitUnit = z.infer<typeof LimitUnit>;
 export const LimitPeriod = z.union([
   LimitUnit,
   z.strictObject({
-    every: z.number().int({ error: "every must be a whole number" }).min(1).max(1000),
+    every: z.number().check(z.int({ error: "every must be a whole number" }), z.minimum(1), z.maximum(1000)),
     unit: LimitUnit,
   }),
 ]);
@@ -46,45 +48,47 @@ export type LimitPeriod = z.infer<typeof LimitPeriod>;
 export const SpendLimitInput = z
   .strictObject({
     /** The spender it caps; omitted: every spend of the account (with `feature`: every spend on it). */
-    spender: SpenderId.optional(),
+    spender: z.optional(SpenderId),
     /** The feature it caps; omitted: every feature. */
-    feature: FeatureName.optional(),
+    feature: z.optional(FeatureName),
     /** Credits that may be spent in one window; 0 refuses every spend it applies to. */
     amount: NonNegativeAmount,
     /** The window. Required unless `resetsWith` is "subscription". */
-    period: LimitPeriod.optional(),
+    period: z.optional(LimitPeriod),
     /** "subscription": the window is the account's current subscription period instead. */
-    resetsWith: z.literal("subscription").optional(),
+    resetsWith: z.optional(z.literal("subscription")),
   })
-  .refine((l) => (l.period === undefined) !== (l.resetsWith === undefined), {
-    error: 'a limit needs exactly one of period and resetsWith: "subscription"',
-    path: ["period"],
-  });
+  .check(
+    z.refine((l) => (l.period === undefined) !== (l.resetsWith === undefined), {
+      error: 'a limit needs exactly one of period and resetsWith: "subscription"',
+      path: ["period"],
+    }),
+  );
 export type SpendLimitInput = z.input<typeof SpendLimitInput>;
 
 /** Most limits one account may hold (they are loaded with the account on every spend). */
 export const MAX_LIMITS = 100;
 
 /** `setLimits(userId, limits)`: the account's whole list; a key (spender, feature, window) at most once. */
-export const SetLimitsInput = z
-  .array(SpendLimitInput)
-  .max(MAX_LIMITS, { error: `at most ${MAX_LIMITS} limits per account` })
-  .refine((list) => new Set(list.map(limitKey)).size === list.length, {
+export const SetLimitsInput = z.array(SpendLimitInput).check(
+  z.maxLength(MAX_LIMITS, { error: `at most ${MAX_LIMITS} limits per account` }),
+  z.refine((list) => new Set(list.map(limitKey)).size === list.length, {
     error: "each (spender, feature, period) may have one limit",
-  });
+  }),
+);
 
 /** `removeLimit(userId, which)`: the limits with exactly this spender and feature (and period, when given). */
 export const RemoveLimitInput = z.strictObject({
-  spender: SpenderId.optional(),
-  feature: FeatureName.optional(),
-  period: LimitPeriod.optional(),
-  resetsWith: z.literal("subscription").optional(),
+  spender: z.optional(SpenderId),
+  feature: z.optional(FeatureName),
+  period: z.optional(LimitPeriod),
+  resetsWith: z.optional(z.literal("subscription")),
 });
 export type RemoveLimitInput = z.input<typeof RemoveLimitInput>;
 
 /** The subscription cycle a `resetsWith: "subscription"` limit follows (times in ms since the epoch). */
 export const LimitCycle = z.strictObject({
-  anchorAt: z.number().int(),
+  anchorAt: z.number().check(z.int()),
   billingPeriod: z.enum(["daily", "weekly", "monthly", "yearly"]),
 });
 export type LimitCycle = z.infer<typeof LimitCycle>;
@@ -99,31 +103,31 @@ export type LimitAlert = z.infer<typeof LimitAlert>;
  * debits checks and counts it with no extra read.
  */
 export const SpendLimit = z.object({
-  spender: SpenderId.nullable(),
-  feature: FeatureName.nullable(),
+  spender: z.nullable(SpenderId),
+  feature: z.nullable(FeatureName),
   amount: NonNegativeAmount,
   /** Null when the limit follows the subscription (`cycle`). */
-  period: LimitPeriod.nullable(),
+  period: z.nullable(LimitPeriod),
   /** The subscription cycle, for `resetsWith: "subscription"`; else null. */
-  cycle: LimitCycle.nullable(),
+  cycle: z.nullable(LimitCycle),
   /**
    * The account's `seq` when the limit was set (docs/teams-and-limits.md, "Late usage and
    * reversals"): it counts the spends recorded after it, so a reversal gives it back only a charge
    * whose entry's seq is higher. Kept while the limit is changed in place; a limit removed and set
    * again, or a subscription limit whose cycle moved, counts from when that happened.
    */
-  since: z.number().int().nonnegative(),
+  since: z.number().check(z.int(), z.nonnegative()),
   /** Credits counted in the window starting at `windowStart`. */
   used: NonNegativeAmount,
   /** Start (ms since the epoch) of the window `used` counts; null before the first spend. */
-  windowStart: z.number().int().nullable(),
+  windowStart: z.nullable(z.number().check(z.int())),
   /**
    * The highest threshold notified in the window `windowStart` (docs/teams-and-limits.md, "Limit
    * notifications"): `warning` (80 %), `reached` (100 %), or null. A spend sends only the thresholds
    * above it, so each is sent once per window. Absent: read from `used` (the thresholds it is past
    * count as sent).
    */
-  alerted: LimitAlert.nullable().optional(),
+  alerted: z.optional(z.nullable(LimitAlert)),
 });
 export type SpendLimit = z.infer<typeof SpendLimit>;
 
@@ -147,13 +151,15 @@ export interface SpendLimitStatus {
 export const GrantScope = z
   .strictObject({
     /** The features it pays for; omitted: any. */
-    features: z.array(FeatureName).min(1).max(100).optional(),
+    features: z.optional(z.array(FeatureName).check(z.minLength(1), z.maxLength(100))),
     /** The spenders it pays for; omitted: any. */
-    spenders: z.array(SpenderId).min(1).max(100).optional(),
+    spenders: z.optional(z.array(SpenderId).check(z.minLength(1), z.maxLength(100))),
   })
-  .refine((s) => s.features !== undefined || s.spenders !== undefined, {
-    error: "a scope names features, spenders or both",
-  });
+  .check(
+    z.refine((s) => s.features !== undefined || s.spenders !== undefined, {
+      error: "a scope names features, spenders or both",
+    }),
+  );
 export type GrantScope = z.infer<typeof GrantScope>;
 
 /** The key a limit is known by: spender, feature and window. */

@@ -1,4 +1,4 @@
-import * as z from "zod";
+import * as z from "zod/mini";
 import { EntityId, Metadata, NonNegativeAmount, UserId } from "./common.js";
 import { AlertMark, AlertThresholds } from "./alerts.js";
 import { LimitCycle } from "./limits.js";
@@ -58,9 +58,9 @@ export type AlertLevel = z.infer<typeof AlertLevel>;
  */
 export const ThresholdSpec = z.strictObject({
   /** Credits: `low_credits` when available falls below this. */
-  lowCredits: NonNegativeAmount.optional(),
+  lowCredits: z.optional(NonNegativeAmount),
   /** Percent (0–100) of the latest addition's amount. */
-  lowCreditsPercent: z.number().min(0).max(100).optional(),
+  lowCreditsPercent: z.optional(z.number().check(z.minimum(0), z.maximum(100))),
 });
 export type ThresholdSpec = z.infer<typeof ThresholdSpec>;
 
@@ -70,30 +70,32 @@ export type ThresholdSpec = z.infer<typeof ThresholdSpec>;
  */
 export const AlertState = z.object({
   /** Null: not evaluated yet (a threshold set on an account with no history). */
-  level: AlertLevel.nullable(),
+  level: z.nullable(AlertLevel),
   /** The threshold (credits) `level` was computed for. */
   threshold: NonNegativeAmount,
   /** Amount of the latest addition (base of percentage thresholds). */
   lastAllocation: NonNegativeAmount,
   /** This user's own threshold; null: the service's. */
-  override: z.object({ lowCredits: NonNegativeAmount.nullable(), lowCreditsPercent: z.number().nullable() }).nullable(),
+  override: z.nullable(
+    z.object({ lowCredits: z.nullable(NonNegativeAmount), lowCreditsPercent: z.nullable(z.number()) }),
+  ),
   /** This account's own alert thresholds (they replace the service's); null or absent: the service's. */
-  thresholds: AlertThresholds.nullable().optional(),
+  thresholds: z.optional(z.nullable(AlertThresholds)),
   /** Each alert threshold's state, by id; absent: none evaluated yet. */
-  marks: z.record(z.string(), AlertMark).optional(),
+  marks: z.optional(z.record(z.string(), AlertMark)),
   /** Alert events recorded for the account so far: the number in each one's dedupe key (never reused). */
-  recorded: NonNegativeAmount.optional(),
+  recorded: z.optional(NonNegativeAmount),
   /**
    * The subscription cycle its `subscription_period` thresholds count in, as last read (when one
    * of them first applied, `setAlerts`, or a subscription period's unit of work); null: no active
    * subscription; absent: not read.
    */
-  cycle: LimitCycle.nullable().optional(),
+  cycle: z.optional(z.nullable(LimitCycle)),
 });
 export type AlertState = z.infer<typeof AlertState>;
 
 /** The version of an event type's payload schema (docs/events.md): 1, 2, … */
-export const EventVersion = z.number().int().min(1).max(32_767);
+export const EventVersion = z.number().check(z.int(), z.minimum(1), z.maximum(32_767));
 export type EventVersion = z.infer<typeof EventVersion>;
 
 export const NotificationStatus = z.enum(["pending", "sent", "failed"]);
@@ -118,18 +120,18 @@ export const Notification = z.object({
   /** What the event says (amounts, threshold, grant or reservation ids, …). */
   payload: Metadata,
   /** Unique per user where set: a second event with the same key is not stored. */
-  dedupeKey: z.string().max(255).nullable(),
+  dedupeKey: z.nullable(z.string().check(z.maxLength(255))),
   /** Delivery attempts made so far. */
   attempts: NonNegativeAmount,
   /** Not delivered before this time (backoff). */
   nextAttemptAt: z.date(),
   /** A dispatcher's claim on the row lasts until then. */
-  claimedUntil: z.date().nullable(),
+  claimedUntil: z.nullable(z.date()),
   /** Token of the dispatcher holding the claim. */
-  claimToken: z.string().nullable(),
-  lastError: z.string().nullable(),
+  claimToken: z.nullable(z.string()),
+  lastError: z.nullable(z.string()),
   createdAt: z.date(),
   /** When it was delivered (sent) or given up (failed). */
-  settledAt: z.date().nullable(),
+  settledAt: z.nullable(z.date()),
 });
 export type Notification = z.infer<typeof Notification>;

@@ -1,11 +1,14 @@
-import type * as z from "zod";
+import type * as z from "zod/mini";
 import { ConfigurationError, ValidationError } from "../errors.js";
+
+/** A zod 4 schema, built with `zod` or with `zod/mini`: both parse with `safeParse`. */
+type Schema = z.core.$ZodType & { safeParse(value: unknown): z.core.util.SafeParseResult<unknown> };
 
 /**
  * Validates `value` against `schema`; a mismatch becomes a `ValidationError` naming the argument
  * and each field. Used at every public entry point before anything is read or written.
  */
-export function parse<S extends z.ZodType>(schema: S, value: unknown, what: string): z.output<S> {
+export function parse<S extends Schema>(schema: S, value: unknown, what: string): z.output<S> {
   if (typeof value === "object" && value !== null && takesObject(schema)) {
     const proto = Object.getPrototypeOf(value) as unknown;
     if (proto !== Object.prototype && proto !== null) {
@@ -22,7 +25,7 @@ export function parse<S extends z.ZodType>(schema: S, value: unknown, what: stri
         "must be well-formed text (a lone UTF-16 surrogate cannot be stored: stores would replace it and mix up ids and keys)";
       throw new ValidationError(`Invalid ${path}: ${message}`, [{ path: bad, message }]);
     }
-    return result.data;
+    return result.data as z.output<S>;
   }
   const issues = result.error.issues.map((issue) => ({
     path: issue.path.map(String).join("."),
@@ -40,7 +43,7 @@ export function parse<S extends z.ZodType>(schema: S, value: unknown, what: stri
  * input, so it is a `ConfigurationError` — its message names the field, and its `cause` is the
  * `ValidationError` with each issue. `owner` ("PaymentService") starts the message when given.
  */
-export function parseConfig<S extends z.ZodType>(schema: S, value: unknown, what: string, owner?: string): z.output<S> {
+export function parseConfig<S extends Schema>(schema: S, value: unknown, what: string, owner?: string): z.output<S> {
   try {
     return parse(schema, value, what);
   } catch (error) {
@@ -56,7 +59,7 @@ export function parseConfig<S extends z.ZodType>(schema: S, value: unknown, what
  * with no fields: `deductCredits(u, 10, new Map([["idempotencyKey", "k"]]))` would deduct without
  * its key, and a retry would deduct twice. `parse` refuses any object but a plain one for these.
  */
-function takesObject(schema: z.ZodType): boolean {
+function takesObject(schema: z.core.$ZodType): boolean {
   // Seen through optional, nullable, default and pipe.
   let def = schema._zod.def as SchemaDef;
   for (;;) {

@@ -1,4 +1,4 @@
-import * as z from "zod";
+import * as z from "zod/mini";
 import { DateInput, EntityId, IdempotencyKey, Metadata, NonNegativeAmount, ShortText, UserId } from "./common.js";
 import { GrantScope } from "./limits.js";
 import { Money } from "./cost-basis.js";
@@ -24,21 +24,23 @@ export const PlanAllowance = z.strictObject({
   scope: GrantScope,
   credits: z
     .number({ error: "credits must be a number" })
-    .int({ error: "credits must be a whole number" })
-    .min(1, { error: "credits must be at least 1" })
-    .max(Number.MAX_SAFE_INTEGER, { error: "credits must be a safe integer" }),
+    .check(
+      z.int({ error: "credits must be a whole number" }),
+      z.minimum(1, { error: "credits must be at least 1" }),
+      z.maximum(Number.MAX_SAFE_INTEGER, { error: "credits must be a safe integer" }),
+    ),
   /** "none", "all" or `{ cap }` credits; omitted: the plan's. */
-  rollover: RolloverInput.optional(),
+  rollover: z.optional(RolloverInput),
 });
 export type PlanAllowance = z.infer<typeof PlanAllowance>;
 
 /** A plan's allowances: at most 20, no two with the same scope. */
-export const PlanAllowances = z
-  .array(PlanAllowance)
-  .max(20, { error: "a plan has at most 20 allowances" })
-  .refine((list) => new Set(list.map((a) => scopeKey(a.scope))).size === list.length, {
+export const PlanAllowances = z.array(PlanAllowance).check(
+  z.maxLength(20, { error: "a plan has at most 20 allowances" }),
+  z.refine((list) => new Set(list.map((a) => scopeKey(a.scope))).size === list.length, {
     error: "two allowances have the same scope",
-  });
+  }),
+);
 
 /**
  * A scope's identity, whatever the order of its lists: two allowances (or an allowance and a
@@ -52,34 +54,36 @@ export function scopeKey(scope: GrantScope): string {
 /** A plan id: chosen by the host (like "pro-monthly") or generated. */
 export const PlanId = z
   .string({ error: "planId must be a string" })
-  .min(1, { error: "planId must not be empty" })
-  .max(128, { error: "planId must be at most 128 characters" })
-  .regex(/^[A-Za-z0-9._:-]+$/, { error: "planId may only contain letters, digits and . _ : -" });
+  .check(
+    z.minLength(1, { error: "planId must not be empty" }),
+    z.maxLength(128, { error: "planId must be at most 128 characters" }),
+    z.regex(/^[A-Za-z0-9._:-]+$/, { error: "planId may only contain letters, digits and . _ : -" }),
+  );
 
 /** A subscription plan (docs/subscriptions.md). */
 export const Plan = z.object({
   id: PlanId,
-  name: z.string().min(1).max(200),
-  description: z.string().nullable(),
+  name: z.string().check(z.minLength(1), z.maxLength(200)),
+  description: z.nullable(z.string()),
   /** Credits allocated at the start of every period; 0 for pay-as-you-go plans. */
   creditsPerPeriod: NonNegativeAmount,
   /** Price per period in the smallest currency unit (informational: the host bills). */
   price: NonNegativeAmount,
   /** ISO-4217 code, upper case. */
-  currency: z.string().regex(/^[A-Z]{3}$/),
+  currency: z.string().check(z.regex(/^[A-Z]{3}$/)),
   billingPeriod: BillingPeriod,
   /** Days after the period's start that its credits expire; null: at the period's end. */
-  validityDays: z.number().int().min(1).max(3650).nullable(),
+  validityDays: z.nullable(z.number().check(z.int(), z.minimum(1), z.maximum(3650))),
   rollover: RolloverPolicy,
   /** Most credits carried into the next period when `rollover` is "cap". */
-  rolloverCap: NonNegativeAmount.nullable(),
+  rolloverCap: z.nullable(NonNegativeAmount),
   /**
    * Scoped credits allocated every period beside `creditsPerPeriod` (docs/subscriptions.md,
    * "Allowances"). Null or absent: none.
    */
-  allowances: PlanAllowances.nullable().optional(),
+  allowances: z.optional(z.nullable(PlanAllowances)),
   isActive: z.boolean(),
-  metadata: Metadata.nullable(),
+  metadata: z.nullable(Metadata),
   /** Increases by one with every write (the guard of concurrent updates). */
   version: NonNegativeAmount,
   createdAt: z.date(),
@@ -89,35 +93,34 @@ export type Plan = z.infer<typeof Plan>;
 
 /** A plan's fields a caller sets: on creation (with its id) and on update (any of them). */
 const PlanFields = z.strictObject({
-  name: text(200).min(1),
-  description: ShortText.optional(),
+  name: text(200).check(z.minLength(1)),
+  description: z.optional(ShortText),
   creditsPerPeriod: NonNegativeAmount,
   /** Per period, in the smallest unit of `currency`: 0 to 10¹³ (docs/revenue.md, "Figures are exact"). */
-  price: Money.optional(),
-  currency: z
-    .string()
-    .regex(/^[A-Za-z]{3}$/, { error: "currency must be a 3-letter ISO-4217 code" })
-    .optional(),
+  price: z.optional(Money),
+  currency: z.optional(
+    z.string().check(z.regex(/^[A-Za-z]{3}$/, { error: "currency must be a 3-letter ISO-4217 code" })),
+  ),
   billingPeriod: BillingPeriod,
-  validityDays: z.number().int().min(1).max(3650).nullable().optional(),
+  validityDays: z.optional(z.nullable(z.number().check(z.int(), z.minimum(1), z.maximum(3650)))),
   /** "none" (default), "all", or `{ cap }` credits. */
-  rollover: RolloverInput.optional(),
+  rollover: z.optional(RolloverInput),
   /** Scoped credits per period beside `creditsPerPeriod` (docs/subscriptions.md, "Allowances"). Default none. */
-  allowances: PlanAllowances.optional(),
-  isActive: z.boolean().optional(),
-  metadata: Metadata.optional(),
+  allowances: z.optional(PlanAllowances),
+  isActive: z.optional(z.boolean()),
+  metadata: z.optional(Metadata),
 });
 
 export const CreatePlanInput = z.strictObject({
   /** Default: a generated UUID. */
-  id: PlanId.optional(),
+  id: z.optional(PlanId),
   ...PlanFields.shape,
 });
 export type CreatePlanInput = z.input<typeof CreatePlanInput>;
 
 // Spelled as the fields made optional rather than `CreatePlanInput.omit({ id })`: an omitted key
 // set is a union whose order the declaration emitter does not keep, so the API report would move.
-export const UpdatePlanInput = PlanFields.partial();
+export const UpdatePlanInput = z.partial(PlanFields);
 export type UpdatePlanInput = z.input<typeof UpdatePlanInput>;
 
 export const SubscriptionStatus = z.enum(["active", "canceled", "expired"]);
@@ -137,7 +140,7 @@ export type CreditsOnChange = z.infer<typeof CreditsOnChange>;
  * "Subscriptions"): `amount` in the smallest unit of `currency`, for all the grants it creates
  * together. Absent: free credits (a plan without a price).
  */
-const IntentPrice = z.object({ amount: NonNegativeAmount, currency: z.string().regex(/^[A-Z]{3}$/) });
+const IntentPrice = z.object({ amount: NonNegativeAmount, currency: z.string().check(z.regex(/^[A-Z]{3}$/)) });
 
 export const SubscriptionIntent = z.object({
   /** Idempotency key of the account unit of work: `sub:<id>:<periodStart ISO>[:change<n>]`. */
@@ -146,44 +149,44 @@ export const SubscriptionIntent = z.object({
    * Grant a new allocation of this many credits, expiring then (ms; null never), and one scoped
    * grant per allowance (`allowances`, absent when the plan has none), expiring with it.
    */
-  allocate: z
-    .object({
+  allocate: z.nullable(
+    z.object({
       amount: NonNegativeAmount,
-      expiresAt: z.number().nullable(),
-      allowances: z.array(z.object({ scope: GrantScope, amount: NonNegativeAmount })).optional(),
+      expiresAt: z.nullable(z.number()),
+      allowances: z.optional(z.array(z.object({ scope: GrantScope, amount: NonNegativeAmount }))),
       /** The plan's price for the period: the cost basis of the grants (docs/revenue.md). */
-      price: IntentPrice.optional(),
-    })
-    .nullable(),
+      price: z.optional(IntentPrice),
+    }),
+  ),
   /**
    * Move what the unscoped ones of these grants lost to expiry at `periodEnd` (up to `limit`, null:
    * all) into a rollover grant; and for each of `allowances` (absent: none), what those with its
    * scope lost, up to its `limit`, into a rollover grant with that scope.
    */
-  carry: z
-    .object({
+  carry: z.nullable(
+    z.object({
       grantIds: z.array(z.string()),
       periodEnd: z.number(),
-      limit: NonNegativeAmount.nullable(),
-      expiresAt: z.number().nullable(),
-      allowances: z.array(z.object({ scope: GrantScope, limit: NonNegativeAmount.nullable() })).optional(),
-    })
-    .nullable(),
+      limit: z.nullable(NonNegativeAmount),
+      expiresAt: z.nullable(z.number()),
+      allowances: z.optional(z.array(z.object({ scope: GrantScope, limit: z.nullable(NonNegativeAmount) }))),
+    }),
+  ),
   /** Expire what these grants have left, now. */
   expireGrantIds: z.array(z.string()),
   /**
    * Prorated change: > 0 adds a grant expiring at `expiresAt`; < 0 removes up to that much from the
    * period's unscoped grants. Each of `allowances` (absent: none) the same for its scope.
    */
-  prorate: z
-    .object({
-      delta: z.number().int(),
-      expiresAt: z.number().nullable(),
-      allowances: z.array(z.object({ scope: GrantScope, delta: z.number().int() })).optional(),
+  prorate: z.nullable(
+    z.object({
+      delta: z.number().check(z.int()),
+      expiresAt: z.nullable(z.number()),
+      allowances: z.optional(z.array(z.object({ scope: GrantScope, delta: z.number().check(z.int()) }))),
       /** The prorated price of the grants it adds: their cost basis (docs/revenue.md). */
-      price: IntentPrice.optional(),
-    })
-    .nullable(),
+      price: z.optional(IntentPrice),
+    }),
+  ),
   /** The period's grant ids after this work: the new grants, plus the current ones when true. */
   keepPeriodGrants: z.boolean(),
   /**
@@ -191,15 +194,15 @@ export const SubscriptionIntent = z.object({
    * written to the notification outbox by this unit of work (when notifications are on). Not part
    * of the work's fingerprint.
    */
-  events: z
-    .array(
+  events: z.optional(
+    z.array(
       z.object({
         type: z.enum(["subscription_cancelled", "subscription_ended"]),
         payload: z.record(z.string(), z.unknown()),
-        dedupeKey: z.string().max(255),
+        dedupeKey: z.string().check(z.maxLength(255)),
       }),
-    )
-    .optional(),
+    ),
+  ),
 });
 export type SubscriptionIntent = z.infer<typeof SubscriptionIntent>;
 
@@ -208,7 +211,7 @@ export const SubscribeRequest = z.object({
   planId: PlanId,
   autoRenew: z.boolean(),
   /** Epoch ms; null: no `startAt` was given (the cycle started at `createdAt`). */
-  startAt: z.number().int().nullable(),
+  startAt: z.nullable(z.number().check(z.int())),
 });
 export type SubscribeRequest = z.infer<typeof SubscribeRequest>;
 
@@ -228,97 +231,91 @@ export const Subscription = z.object({
   autoRenew: z.boolean(),
   cancelAtPeriodEnd: z.boolean(),
   /** Plan the next period switches to (`changePlan(…, { when: "period_end" })`). */
-  pendingPlanId: PlanId.nullable(),
+  pendingPlanId: z.nullable(PlanId),
   /** "expire": no rollover at that switch. */
-  pendingCredits: z.enum(["keep", "expire"]).nullable(),
+  pendingCredits: z.nullable(z.enum(["keep", "expire"])),
   /** Grants of the current period (allocation, rollover, proration): what rollover looks at. */
   periodGrantIds: z.array(z.string()),
-  intent: SubscriptionIntent.nullable(),
+  intent: z.nullable(SubscriptionIntent),
   /** When the renewal job must look at it next: its period's end, now while it owes account work, null once ended. Indexed. */
-  nextRunAt: z.date().nullable(),
+  nextRunAt: z.nullable(z.date()),
   /** Increases by one with every write (the guard of concurrent transitions). */
   version: NonNegativeAmount,
-  idempotencyKey: z.string().nullable(),
-  metadata: Metadata.nullable(),
+  idempotencyKey: z.nullable(z.string()),
+  metadata: z.nullable(Metadata),
   createdAt: z.date(),
   updatedAt: z.date(),
-  canceledAt: z.date().nullable(),
-  endedAt: z.date().nullable(),
+  canceledAt: z.nullable(z.date()),
+  endedAt: z.nullable(z.date()),
   /**
    * Credits per period the current period is on: its allocation (0 when it got none), or the
    * `creditsPerPeriod` of the plan a prorated `changePlan` moved it to. What proration prorates
    * against (an operator's `updatePlan` mid-period does not change it). Null or absent: the plan's
    * current figure is used then.
    */
-  periodCredits: NonNegativeAmount.nullable().optional(),
+  periodCredits: z.optional(z.nullable(NonNegativeAmount)),
   /**
    * The allowances the current period is on (docs/subscriptions.md, "Allowances"): what it
    * allocated of each scope, or those of the plan a prorated `changePlan` moved it to; what
    * proration prorates each allowance against. Null or absent: the plan's current allowances are
    * used then.
    */
-  periodAllowances: z
-    .array(z.object({ scope: GrantScope, credits: NonNegativeAmount }))
-    .nullable()
-    .optional(),
+  periodAllowances: z.optional(z.nullable(z.array(z.object({ scope: GrantScope, credits: NonNegativeAmount })))),
   /**
    * What the `subscribe` call that created the subscription asked for (`startAt` in epoch ms, null
    * when not given), so a retry with its idempotency key is compared with that call, not with what
    * plan changes, `resume` or a new cycle made of the subscription since. Null or absent: none
    * recorded.
    */
-  request: SubscribeRequest.nullable().optional(),
+  request: z.optional(z.nullable(SubscribeRequest)),
   /**
    * The idempotency keys of the `cancel`, `resume` and `changePlan` calls that changed it (the
    * latest 100), each with its call's fingerprint: a retry with one of them is answered without
    * changing anything, another call with it is an `IdempotencyConflictError`. Null or absent when
    * none was keyed.
    */
-  changeKeys: z
-    .array(z.object({ key: z.string(), fingerprint: z.string() }))
-    .nullable()
-    .optional(),
+  changeKeys: z.optional(z.nullable(z.array(z.object({ key: z.string(), fingerprint: z.string() })))),
 });
 export type Subscription = z.infer<typeof Subscription>;
 
 export const SubscribeOptions = z.strictObject({
   /** Renew at every period's end. Default true. */
-  autoRenew: z.boolean().optional(),
+  autoRenew: z.optional(z.boolean()),
   /** Start (the billing anchor). Default now; may be in the past (backdating) or the future. */
-  startAt: DateInput.optional(),
-  idempotencyKey: IdempotencyKey.optional(),
-  metadata: Metadata.optional(),
+  startAt: z.optional(DateInput),
+  idempotencyKey: z.optional(IdempotencyKey),
+  metadata: z.optional(Metadata),
 });
 export type SubscribeOptions = z.input<typeof SubscribeOptions>;
 
 export const ChangePlanOptions = z.strictObject({
   /** Default "now". */
-  when: z.enum(["now", "period_end"]).optional(),
+  when: z.optional(z.enum(["now", "period_end"])),
   /** Default "prorate" with "now", "keep" with "period_end" (where "prorate" is refused). */
-  credits: CreditsOnChange.optional(),
+  credits: z.optional(CreditsOnChange),
   /** Same key + same arguments → the subscription, nothing changed again; other arguments → `IdempotencyConflictError`. */
-  idempotencyKey: IdempotencyKey.optional(),
+  idempotencyKey: z.optional(IdempotencyKey),
 });
 export type ChangePlanOptions = z.input<typeof ChangePlanOptions>;
 
 export const CancelOptions = z.strictObject({
   /** Default true: the subscription runs to its period's end and then ends. */
-  atPeriodEnd: z.boolean().optional(),
+  atPeriodEnd: z.optional(z.boolean()),
   /** Immediate cancel only: "keep" (default) leaves the period's credits to their expiry; "expire" expires them now. */
-  credits: z.enum(["keep", "expire"]).optional(),
+  credits: z.optional(z.enum(["keep", "expire"])),
   /** As for `changePlan`. */
-  idempotencyKey: IdempotencyKey.optional(),
+  idempotencyKey: z.optional(IdempotencyKey),
 });
 export type CancelOptions = z.input<typeof CancelOptions>;
 
 export const ResumeOptions = z.strictObject({
   /** As for `changePlan`. */
-  idempotencyKey: IdempotencyKey.optional(),
+  idempotencyKey: z.optional(IdempotencyKey),
 });
 export type ResumeOptions = z.input<typeof ResumeOptions>;
 
-export const ListPlansOptions = z.strictObject({ includeInactive: z.boolean().optional() });
+export const ListPlansOptions = z.strictObject({ includeInactive: z.optional(z.boolean()) });
 export type ListPlansOptions = z.input<typeof ListPlansOptions>;
 
 /** Rows per scan of a job, 1–10,000. */
-export const BatchSize = z.number().int().min(1).max(10_000);
+export const BatchSize = z.number().check(z.int(), z.minimum(1), z.maximum(10_000));

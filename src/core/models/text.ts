@@ -1,4 +1,9 @@
-import * as z from "zod";
+import * as z from "zod/mini";
+import { en } from "zod/locales";
+
+// zod/mini, unlike zod classic, sets no locale: every issue would read "Invalid input". The models
+// set English, as zod classic does, unless the program chose a locale first (`z.config(...)`).
+if (!z.config().localeError) z.config(en());
 
 /**
  * Free text a store keeps as written — descriptions, reasons, correlation ids, references, names,
@@ -10,8 +15,7 @@ export const NO_NUL = /^[^\u0000]*$/;
 export const NUL_ERROR = "must not contain the NUL character (U+0000): no store keeps it in text";
 
 /** Free text of at most `max` characters, without NUL. */
-export const text = (max: number): z.ZodString =>
+export const text = (max: number): z.ZodMiniString<string> =>
   z
     .string()
-    .max(max, { error: `must be at most ${max} characters` })
-    .regex(NO_NUL, { error: NUL_ERROR });
+    .check(z.maxLength(max, { error: `must be at most ${max} characters` }), z.regex(NO_NUL, { error: NUL_ERROR }));

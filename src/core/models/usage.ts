@@ -1,4 +1,4 @@
-import * as z from "zod";
+import * as z from "zod/mini";
 import { DateInput, UserId } from "./common.js";
 
 /** The calendar windows a usage query groups by (docs/usage.md); null: one window for the whole range. */
@@ -14,12 +14,14 @@ export const UsageKind = z.enum(["spend", "refund", "clawback"]);
 export type UsageKind = z.infer<typeof UsageKind>;
 
 /** A metadata key a usage query may group by: `metadata.<key>`, the key a plain name. */
-const MetadataDimension = z
-  .string()
-  .regex(/^metadata\.[A-Za-z0-9_-]{1,64}$/, {
-    error: "must be account, feature, spender, model, reason or metadata.<key> (key: letters, digits, _ and -)",
-  })
-  .transform((s) => s as `metadata.${string}`);
+const MetadataDimension = z.pipe(
+  z.string().check(
+    z.regex(/^metadata\.[A-Za-z0-9_-]{1,64}$/, {
+      error: "must be account, feature, spender, model, reason or metadata.<key> (key: letters, digits, _ and -)",
+    }),
+  ),
+  z.transform((s) => s as `metadata.${string}`),
+);
 
 /** A dimension a usage query groups by. */
 export const UsageDimension = z.union([
@@ -44,7 +46,9 @@ const isZone = (tz: string): boolean => {
   }
 };
 /** An IANA time zone name (`Europe/Berlin`, `UTC`), one this runtime knows. */
-export const TimeZone = z.string().max(64).refine(isZone, { error: "must be an IANA time zone (e.g. Europe/Berlin)" });
+export const TimeZone = z
+  .string()
+  .check(z.maxLength(64), z.refine(isZone, { error: "must be an IANA time zone (e.g. Europe/Berlin)" }));
 
 /**
  * `credits.getUsage(query)` (docs/usage.md): usage summed by calendar window and dimension, over one
@@ -52,29 +56,29 @@ export const TimeZone = z.string().max(64).refine(isZone, { error: "must be an I
  */
 export const UsageQuery = z.strictObject({
   /** One account's usage; absent: every account's (fleet-wide; e.g. top accounts with `orderBy`). */
-  account: UserId.optional(),
+  account: z.optional(UserId),
   /** Inclusive start of the range. */
   from: DateInput,
   /** Exclusive end of the range (after `from`). */
   to: DateInput,
   /** Calendar windows in `timeZone`; null: one window, `from` to `to`. */
-  interval: UsageInterval.nullable(),
+  interval: z.nullable(UsageInterval),
   /** Dimensions each row is split by, at most 4, each once. Default: none (one row per window). */
-  groupBy: z.array(UsageDimension).max(4).optional(),
+  groupBy: z.optional(z.array(UsageDimension).check(z.maxLength(4))),
   /** IANA time zone the windows are calendar windows of (DST-correct). Default "UTC". */
-  timeZone: TimeZone.optional(),
+  timeZone: z.optional(TimeZone),
   /**
    * Only these kinds of usage. Default: all three. Every row is of one kind (`kind`): refunds and
    * clawbacks are never netted into spend.
    */
-  kinds: z.array(UsageKind).min(1).optional(),
+  kinds: z.optional(z.array(UsageKind).check(z.minLength(1))),
   /**
    * Row order: `start` (default: by window, then by the groups' values) or `credits` (most credits
    * first, then by window and groups): `orderBy: "credits", limit: 100` answers "top 100".
    */
-  orderBy: z.enum(["start", "credits"]).optional(),
+  orderBy: z.optional(z.enum(["start", "credits"])),
   /** Most rows answered, 1–100,000; default 10,000. The query says `truncated` when it cut rows. */
-  limit: z.number().int().min(1).max(MAX_USAGE_ROWS).optional(),
+  limit: z.optional(z.number().check(z.int(), z.minimum(1), z.maximum(MAX_USAGE_ROWS))),
 });
 export type UsageQuery = z.input<typeof UsageQuery>;
 

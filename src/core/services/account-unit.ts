@@ -1,3 +1,4 @@
+import * as z from "zod/mini";
 import type { Logger } from "../logger.js";
 import type { Cache } from "../cache/index.js";
 import type { DbManager, DbTransaction, LoadedState } from "../db/types.js";
@@ -80,9 +81,9 @@ export function unitDeps(options: UnitOptions, service: string): UnitDeps {
 }
 
 /** `alerts` as `CoreCreditService` reads them (`Thresholds`: null is "none", like omitted). */
-const AlertsOption = ThresholdSpec.extend({
-  lowCredits: ThresholdSpec.shape.lowCredits.unwrap().nullable().optional(),
-  lowCreditsPercent: ThresholdSpec.shape.lowCreditsPercent.unwrap().nullable().optional(),
+const AlertsOption = z.extend(ThresholdSpec, {
+  lowCredits: z.optional(z.nullable(ThresholdSpec.shape.lowCredits.def.innerType)),
+  lowCreditsPercent: z.optional(z.nullable(ThresholdSpec.shape.lowCreditsPercent.def.innerType)),
 });
 
 /** What a unit-of-work body returns: its value and what it saves beside the account's changes. */

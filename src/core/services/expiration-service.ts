@@ -1,5 +1,5 @@
 import { warnOnFailure, type Logger } from "../logger.js";
-import * as z from "zod";
+import * as z from "zod/mini";
 import type { DbManager } from "../db/types.js";
 import { ConfigurationError, ValidationError } from "../errors.js";
 import type { LedgerLogger } from "../ledger/index.js";
@@ -65,13 +65,15 @@ function retentionText(value: string): number | null {
  */
 export const IdempotencyRetention = z.union([
   z.literal("forever"),
-  z.number().int().min(MIN_RETENTION_MS).max(MAX_RETENTION_MS),
-  z.string().refine(
-    (v) => {
-      const ms = retentionText(v);
-      return ms !== null && ms >= MIN_RETENTION_MS && ms <= MAX_RETENTION_MS;
-    },
-    { error: `must be "forever", or a duration from 1m to 100 years such as "24h" or "30d" (ms, s, m, h, d)` },
+  z.number().check(z.int(), z.minimum(MIN_RETENTION_MS), z.maximum(MAX_RETENTION_MS)),
+  z.string().check(
+    z.refine(
+      (v) => {
+        const ms = retentionText(v);
+        return ms !== null && ms >= MIN_RETENTION_MS && ms <= MAX_RETENTION_MS;
+      },
+      { error: `must be "forever", or a duration from 1m to 100 years such as "24h" or "30d" (ms, s, m, h, d)` },
+    ),
   ),
 ]);
 export type IdempotencyRetention = z.input<typeof IdempotencyRetention>;
@@ -84,9 +86,9 @@ export function retentionMs(value: IdempotencyRetention): number | null {
 
 export const ForgetKeysOptions = z.strictObject({
   /** Default: the manager's `idempotency.retention`. */
-  retention: IdempotencyRetention.optional(),
+  retention: z.optional(IdempotencyRetention),
   /** Keys forgotten per statement. Default 1,000. */
-  batchSize: BatchSize.optional(),
+  batchSize: z.optional(BatchSize),
 });
 export type ForgetKeysOptions = z.input<typeof ForgetKeysOptions>;
 
@@ -102,14 +104,14 @@ export interface ForgetKeysReport extends JobBase {
 
 export const JobOptions = z.strictObject({
   /** Rows per indexed scan. Default 1,000. */
-  batchSize: BatchSize.optional(),
+  batchSize: z.optional(BatchSize),
   /** Accounts processed at once within a batch. Default 8. */
-  concurrency: z.number().int().min(1).max(256).optional(),
+  concurrency: z.optional(z.number().check(z.int(), z.minimum(1), z.maximum(256))),
 });
 export type JobOptions = z.input<typeof JobOptions>;
 
 /** Reminder windows in days, each as `sendExpiringReminders` takes it. */
-const ReminderDays = z.array(ExpiringDays).max(16);
+const ReminderDays = z.array(ExpiringDays).check(z.maxLength(16));
 /** Outbox rows one `runAll()` delivers at most (what is left waits for the next run or `start()`). */
 const DISPATCH_LIMIT = 10_000;
 
@@ -173,14 +175,14 @@ export interface CheckpointAccountsReport extends JobBase {
   checkpointsWritten: number;
 }
 
-export const CheckpointJobOptions = JobOptions.extend({
+export const CheckpointJobOptions = z.extend(JobOptions, {
   /** Checkpoint an account once this many entries follow its latest checkpoint (or its start). Default 1,000. */
-  everyEntries: z.number().int().min(1).max(1_000_000_000).optional(),
+  everyEntries: z.optional(z.number().check(z.int(), z.minimum(1), z.maximum(1_000_000_000))),
   /**
    * Also checkpoint an account with any entry since its latest checkpoint when that checkpoint (or,
    * without one, the account) was written before this instant.
    */
-  olderThan: DateInput.optional(),
+  olderThan: z.optional(DateInput),
 });
 export type CheckpointJobOptions = z.input<typeof CheckpointJobOptions>;
 

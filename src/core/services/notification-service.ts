@@ -1,6 +1,6 @@
 import { randomUUID } from "node:crypto";
 import type { Logger } from "../logger.js";
-import * as z from "zod";
+import * as z from "zod/mini";
 import type { DbManager } from "../db/types.js";
 import {
   alertNotifications,
@@ -94,12 +94,16 @@ export interface DispatchReport {
 /** An event the host or another service (subscriptions) records for a user. */
 export const EmitInput = z.strictObject({
   /** Any notification type but the domain events, which only the journal records (docs/events.md). */
-  type: NotificationType.exclude(DomainEventType.options),
-  payload: Metadata.optional(),
+  type: z.enum(
+    NotificationType.options.filter(
+      (t): t is Exclude<NotificationType, DomainEventType> => !(DomainEventType.options as string[]).includes(t),
+    ),
+  ),
+  payload: z.optional(Metadata),
   /** The version of `payload`'s schema (default: the type's current one, docs/events.md "Versions"). */
-  version: EventVersion.optional(),
+  version: z.optional(EventVersion),
   /** Unique per user: a second event with the same key is not stored (once per grant and window, per period, …). */
-  dedupeKey: z.string().min(1).max(255).optional(),
+  dedupeKey: z.optional(z.string().check(z.minLength(1), z.maxLength(255))),
 });
 export type EmitInput = z.input<typeof EmitInput>;
 
@@ -109,34 +113,36 @@ export type SubscriptionEventType = Extract<
   "subscription_renewed" | "subscription_allocation" | "subscription_cancelled" | "subscription_ended"
 >;
 
-export const DispatchOptions = z.strictObject({ limit: z.number().int().min(1).max(10_000).optional() });
+export const DispatchOptions = z.strictObject({
+  limit: z.optional(z.number().check(z.int(), z.minimum(1), z.maximum(10_000))),
+});
 export const HandleOptions = z.strictObject({
   /** The types whose rows are handled (each needs a handler). */
-  types: z.array(NotificationType).min(1).max(64),
-  limit: z.number().int().min(1).max(10_000).optional(),
+  types: z.array(NotificationType).check(z.minLength(1), z.maxLength(64)),
+  limit: z.optional(z.number().check(z.int(), z.minimum(1), z.maximum(10_000))),
 });
 export const NotificationStartOptions = z.strictObject({
-  intervalMs: z.number().int().min(10).max(3_600_000).optional(),
-  limit: z.number().int().min(1).max(10_000).optional(),
+  intervalMs: z.optional(z.number().check(z.int(), z.minimum(10), z.maximum(3_600_000))),
+  limit: z.optional(z.number().check(z.int(), z.minimum(1), z.maximum(10_000))),
 });
 export const NotificationListQuery = z.strictObject({
-  status: NotificationStatus.optional(),
-  limit: z.number().int().min(1).max(1000).optional(),
+  status: z.optional(NotificationStatus),
+  limit: z.optional(z.number().check(z.int(), z.minimum(1), z.maximum(1000))),
 });
 export const ReminderOptions = z.strictObject({
   days: ExpiringDays,
   /** Grants looked at per page. */
-  pageSize: z.number().int().min(1).max(10_000).optional(),
+  pageSize: z.optional(z.number().check(z.int(), z.minimum(1), z.maximum(10_000))),
 });
-const NullableThresholds = ThresholdSpec.nullable();
-const NullableAlerts = AlertThresholds.nullable();
+const NullableThresholds = z.nullable(ThresholdSpec);
+const NullableAlerts = z.nullable(AlertThresholds);
 export const EvaluateAlertsOptions = z.strictObject({
   /** Grants looked at per page. */
-  pageSize: z.number().int().min(1).max(10_000).optional(),
+  pageSize: z.optional(z.number().check(z.int(), z.minimum(1), z.maximum(10_000))),
 });
 export const PurgeOptions = z.strictObject({
-  olderThanDays: z.number().min(0).max(36_500).optional(),
-  batchSize: z.number().int().min(1).max(100_000).optional(),
+  olderThanDays: z.optional(z.number().check(z.minimum(0), z.maximum(36_500))),
+  batchSize: z.optional(z.number().check(z.int(), z.minimum(1), z.maximum(100_000))),
 });
 /** `notifications.dispatchPending(options)`. */
 export type DispatchOptions = z.input<typeof DispatchOptions>;

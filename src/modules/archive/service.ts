@@ -2,7 +2,7 @@ import type * as Fs from "node:fs";
 import type * as FsPromises from "node:fs/promises";
 import type * as Readline from "node:readline";
 import { nodeBuiltin } from "../../core/util/runtime.js"; // files: loaded when an archive is written or read (docs/runtimes.md)
-import * as z from "zod";
+import * as z from "zod/mini";
 import type { DbManager } from "../../core/db/types.js";
 import type { ArchivePartitionsReport } from "../../core/db/types-partitions.js";
 import { replayJournal, type AuditReport } from "../../core/domain/replay.js";
@@ -14,14 +14,14 @@ import { journalPages } from "../../core/services/history.js";
 /** `credits.archiveJournal(options)` (docs/operations.md, "Checkpoints and archival"). */
 export const ArchiveJournalOptions = z.strictObject({
   /** The JSONL file to write; it must not exist yet (an archive is never overwritten). */
-  file: z.string().min(1),
+  file: z.string().check(z.minLength(1)),
   /** One account; default every account of the store (`listAccountIds`). */
-  userId: UserId.optional(),
+  userId: z.optional(UserId),
   /**
    * Archive up to the latest checkpoint written before this instant (default: the latest
    * checkpoint): what is newer stays in the store for history pages and audits.
    */
-  before: DateInput.optional(),
+  before: z.optional(DateInput),
 });
 export type ArchiveJournalOptions = z.input<typeof ArchiveJournalOptions>;
 
@@ -42,14 +42,14 @@ export const ArchivePartitionsOptions = z.strictObject({
   /** Archive the partitions whose whole range ends at or before this instant. */
   before: DateInput,
   /** An existing directory for the files, one per partition: `<partition>.jsonl`. */
-  dir: z.string().min(1),
+  dir: z.string().check(z.minLength(1)),
   /**
    * Write a checkpoint on every account whose last entry in such a partition has none after it
    * (default true); false: such an account refuses the archive (`ConflictError` naming them).
    */
-  checkpoint: z.boolean().optional(),
+  checkpoint: z.optional(z.boolean()),
   /** Keep the detached partitions as tables of their own (default false: dropped). */
-  keepDetached: z.boolean().optional(),
+  keepDetached: z.optional(z.boolean()),
 });
 export type ArchivePartitionsOptions = z.input<typeof ArchivePartitionsOptions>;
 

@@ -1,12 +1,11 @@
-import * as z from "zod";
+import * as z from "zod/mini";
 import { Amount, NonNegativeAmount } from "../../core/models/common.js";
 import { Currency } from "./model-payments.js";
 
 /** A provider's id of a saved customer or payment method (`cus_…`, `pm_…`). */
 const ProviderRef = z
   .string({ error: "must be a string" })
-  .min(1, { error: "must not be empty" })
-  .max(255, { error: "must be at most 255 characters" });
+  .check(z.minLength(1, { error: "must not be empty" }), z.maxLength(255, { error: "must be at most 255 characters" }));
 
 /**
  * `payments.setAutoTopUp(userId, rule)` (docs/promos-and-payments.md, "Auto top-up"): when a spend
@@ -19,42 +18,44 @@ export const AutoTopUpInput = z
     /** Credits: a spend that takes `available` from at least this to below it asks for a top-up. */
     below: Amount,
     /** Smallest currency unit charged each time (exactly one of `amount` and `toBalance`). */
-    amount: Amount.optional(),
+    amount: z.optional(Amount),
     /** Credits: charge what brings `available` (when the top-up was asked for) back to this. */
-    toBalance: Amount.optional(),
+    toBalance: z.optional(Amount),
     /** The provider that holds the saved method ("stripe", or a custom provider's name). */
-    provider: z.string().min(1).max(64),
+    provider: z.string().check(z.minLength(1), z.maxLength(64)),
     /** The provider's customer (Stripe `cus_…`). */
     customer: ProviderRef,
     /** The saved payment method, usable off-session (Stripe `pm_…`). */
     paymentMethod: ProviderRef,
     currency: Currency,
     /** Smallest currency unit: no charge below this (a `toBalance` top-up is raised to it). */
-    minAmount: Amount.optional(),
+    minAmount: z.optional(Amount),
     /** Smallest currency unit: no charge above this (a `toBalance` top-up is cut to it). */
-    maxAmount: Amount.optional(),
+    maxAmount: z.optional(Amount),
     /** Top-ups per calendar month (UTC) at most, counting those asked for and not declined. */
-    maxPerMonth: z.number().int().min(1).max(10_000).optional(),
+    maxPerMonth: z.optional(z.number().check(z.int(), z.minimum(1), z.maximum(10_000))),
     /** Consecutive declines after which the rule disables itself. Default 3. */
-    maxFailures: z.number().int().min(1).max(100).optional(),
+    maxFailures: z.optional(z.number().check(z.int(), z.minimum(1), z.maximum(100))),
   })
-  .superRefine((r, ctx) => {
-    if ((r.amount === undefined) === (r.toBalance === undefined)) {
-      ctx.addIssue({ code: "custom", path: ["amount"], message: "give exactly one of amount and toBalance" });
-    }
-    if (r.toBalance !== undefined && r.toBalance <= r.below) {
-      ctx.addIssue({ code: "custom", path: ["toBalance"], message: "toBalance must be above below" });
-    }
-    if (r.minAmount !== undefined && r.maxAmount !== undefined && r.minAmount > r.maxAmount) {
-      ctx.addIssue({ code: "custom", path: ["minAmount"], message: "minAmount must not exceed maxAmount" });
-    }
-    if (r.amount !== undefined) {
-      if (r.minAmount !== undefined && r.amount < r.minAmount)
-        ctx.addIssue({ code: "custom", path: ["amount"], message: "amount is below minAmount" });
-      if (r.maxAmount !== undefined && r.amount > r.maxAmount)
-        ctx.addIssue({ code: "custom", path: ["amount"], message: "amount is above maxAmount" });
-    }
-  });
+  .check(
+    z.superRefine((r, ctx) => {
+      if ((r.amount === undefined) === (r.toBalance === undefined)) {
+        ctx.addIssue({ code: "custom", path: ["amount"], message: "give exactly one of amount and toBalance" });
+      }
+      if (r.toBalance !== undefined && r.toBalance <= r.below) {
+        ctx.addIssue({ code: "custom", path: ["toBalance"], message: "toBalance must be above below" });
+      }
+      if (r.minAmount !== undefined && r.maxAmount !== undefined && r.minAmount > r.maxAmount) {
+        ctx.addIssue({ code: "custom", path: ["minAmount"], message: "minAmount must not exceed maxAmount" });
+      }
+      if (r.amount !== undefined) {
+        if (r.minAmount !== undefined && r.amount < r.minAmount)
+          ctx.addIssue({ code: "custom", path: ["amount"], message: "amount is below minAmount" });
+        if (r.maxAmount !== undefined && r.amount > r.maxAmount)
+          ctx.addIssue({ code: "custom", path: ["amount"], message: "amount is above maxAmount" });
+      }
+    }),
+  );
 export type AutoTopUpInput = z.input<typeof AutoTopUpInput>;
 /** A validated `AutoTopUpInput`. */
 export type AutoTopUpSettings = z.output<typeof AutoTopUpInput>;
@@ -62,16 +63,16 @@ export type AutoTopUpSettings = z.output<typeof AutoTopUpInput>;
 /** The rule as stored (validated, currency upper-cased). */
 export const AutoTopUpRule = z.object({
   below: Amount,
-  amount: Amount.nullable(),
-  toBalance: Amount.nullable(),
+  amount: z.nullable(Amount),
+  toBalance: z.nullable(Amount),
   provider: z.string(),
   customer: z.string(),
   paymentMethod: z.string(),
   currency: z.string(),
-  minAmount: Amount.nullable(),
-  maxAmount: Amount.nullable(),
-  maxPerMonth: z.number().int().nullable(),
-  maxFailures: z.number().int().min(1),
+  minAmount: z.nullable(Amount),
+  maxAmount: z.nullable(Amount),
+  maxPerMonth: z.nullable(z.number().check(z.int())),
+  maxFailures: z.number().check(z.int(), z.minimum(1)),
 });
 export type AutoTopUpRule = z.infer<typeof AutoTopUpRule>;
 
@@ -80,7 +81,7 @@ export const AutoTopUpAttempt = z.object({
   /** The attempt's id: its payment's id and the provider's idempotency key. */
   id: z.string(),
   /** `available` after the spend that asked for it. */
-  available: z.number().int(),
+  available: z.number().check(z.int()),
   /** ISO-8601. */
   requestedAt: z.string(),
 });
@@ -94,16 +95,16 @@ export const AutoTopUpState = z.object({
   rule: AutoTopUpRule,
   enabled: z.boolean(),
   /** Why the rule is disabled ("max_failures", "disabled"), or null. */
-  disabledReason: z.string().nullable(),
+  disabledReason: z.nullable(z.string()),
   /** The top-up in flight (at most one), or null. */
-  pending: AutoTopUpAttempt.nullable(),
+  pending: z.nullable(AutoTopUpAttempt),
   /** "YYYY-MM" (UTC) `monthCount` counts in. */
-  month: z.string().nullable(),
+  month: z.nullable(z.string()),
   /** Top-ups asked for this month and not declined. */
   monthCount: NonNegativeAmount,
   /** Consecutive declines. */
   failures: NonNegativeAmount,
   /** The last decline's (or required action's) provider code, or null. */
-  lastError: z.string().nullable(),
+  lastError: z.nullable(z.string()),
 });
 export type AutoTopUpState = z.infer<typeof AutoTopUpState>;

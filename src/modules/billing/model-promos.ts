@@ -1,4 +1,4 @@
-import * as z from "zod";
+import * as z from "zod/mini";
 import {
   Amount,
   DateInput,
@@ -15,37 +15,41 @@ import { text } from "../../core/models/text.js";
  * A promo code as typed by users: 1–64 letters, digits, `-` or `_`. Codes are case-insensitive:
  * they are stored and compared upper-cased.
  */
-export const PromoCode = z
-  .string({ error: "promo code must be a string" })
-  .trim()
-  .min(1, { error: "promo code must not be empty" })
-  .max(64, { error: "promo code must be at most 64 characters" })
-  .regex(/^[A-Za-z0-9_-]+$/, { error: "promo code may only contain letters, digits, '-' and '_'" })
-  .transform((s) => s.toUpperCase());
+export const PromoCode = z.pipe(
+  z
+    .string({ error: "promo code must be a string" })
+    .check(
+      z.trim(),
+      z.minLength(1, { error: "promo code must not be empty" }),
+      z.maxLength(64, { error: "promo code must be at most 64 characters" }),
+      z.regex(/^[A-Za-z0-9_-]+$/, { error: "promo code may only contain letters, digits, '-' and '_'" }),
+    ),
+  z.transform((s) => s.toUpperCase()),
+);
 
 /** A promo code and its limits. `uses` counts claims over all users. */
 export const Promo = z.object({
   /** Upper-cased; unique. */
-  code: z.string().max(64),
+  code: z.string().check(z.maxLength(64)),
   /** Credits each claim grants. */
   credits: Amount,
   /** Days after the claim until the granted credits expire; null: never. */
-  creditsExpireInDays: z.number().int().min(1).max(3650).nullable(),
+  creditsExpireInDays: z.nullable(z.number().check(z.int(), z.minimum(1), z.maximum(3650))),
   /** Users who may claim it; null: everyone. */
-  userIds: z.array(UserId).nullable(),
+  userIds: z.nullable(z.array(UserId)),
   /** Claims over all users; null: unlimited. */
-  maxUses: z.number().int().min(1).nullable(),
+  maxUses: z.nullable(z.number().check(z.int(), z.minimum(1))),
   /** Claims per user (default 1). */
-  maxUsesPerUser: z.number().int().min(1),
+  maxUsesPerUser: z.number().check(z.int(), z.minimum(1)),
   /** Claims before this instant are refused; null: from creation. */
-  validFrom: z.date().nullable(),
+  validFrom: z.nullable(z.date()),
   /** Claims at or after this instant are refused; null: no end. */
-  validUntil: z.date().nullable(),
+  validUntil: z.nullable(z.date()),
   isActive: z.boolean(),
   /** Claims so far, over all users. */
   uses: NonNegativeAmount,
-  description: z.string().nullable(),
-  metadata: Metadata.nullable(),
+  description: z.nullable(z.string()),
+  metadata: z.nullable(Metadata),
   createdAt: z.date(),
   updatedAt: z.date(),
 });
@@ -54,13 +58,13 @@ export type Promo = z.infer<typeof Promo>;
 /** One claim of a promo by a user: unique per (code, userId, claimNumber). */
 export const PromoClaim = z.object({
   id: EntityId,
-  code: z.string().max(64),
+  code: z.string().check(z.maxLength(64)),
   userId: UserId,
   /** 1 for the user's first claim of this code, 2 for the second, … */
-  claimNumber: z.number().int().min(1),
+  claimNumber: z.number().check(z.int(), z.minimum(1)),
   credits: Amount,
   /** The grant the claim created (null when the credits all went to paying debt). */
-  grantId: EntityId.nullable(),
+  grantId: z.nullable(EntityId),
   /** The journal entry of the claim. */
   entryId: EntityId,
   createdAt: z.date(),
@@ -72,27 +76,27 @@ export const CreatePromoInput = z.strictObject({
   code: PromoCode,
   credits: Amount,
   /** Days after each claim until its credits expire; omitted: never. */
-  creditsExpireInDays: z.number().int().min(1).max(3650).optional(),
+  creditsExpireInDays: z.optional(z.number().check(z.int(), z.minimum(1), z.maximum(3650))),
   /** Only these users may claim it; omitted: everyone. At most 10,000 (use a code per cohort beyond). */
-  userIds: z.array(UserId).min(1).max(10_000).optional(),
+  userIds: z.optional(z.array(UserId).check(z.minLength(1), z.maxLength(10_000))),
   /** Claims over all users; omitted: unlimited. */
-  maxUses: z.number().int().min(1).max(Number.MAX_SAFE_INTEGER).optional(),
+  maxUses: z.optional(z.number().check(z.int(), z.minimum(1), z.maximum(Number.MAX_SAFE_INTEGER))),
   /** Claims per user. Default 1. */
-  maxUsesPerUser: z.number().int().min(1).max(1_000_000).optional(),
-  validFrom: DateInput.optional(),
-  validUntil: DateInput.optional(),
+  maxUsesPerUser: z.optional(z.number().check(z.int(), z.minimum(1), z.maximum(1_000_000))),
+  validFrom: z.optional(DateInput),
+  validUntil: z.optional(DateInput),
   /** Default true. */
-  isActive: z.boolean().optional(),
-  description: ShortText.optional(),
-  metadata: Metadata.optional(),
+  isActive: z.optional(z.boolean()),
+  description: z.optional(ShortText),
+  metadata: z.optional(Metadata),
 });
 export type CreatePromoInput = z.input<typeof CreatePromoInput>;
 
 /** Options of `PromoService.claimPromo`. */
 export const ClaimPromoOptions = z.strictObject({
-  correlationId: text(255).min(1).optional(),
+  correlationId: z.optional(text(255).check(z.minLength(1))),
   /** A retried claim with the same key returns the first claim's entry instead of claiming again. */
-  idempotencyKey: IdempotencyKey.optional(),
+  idempotencyKey: z.optional(IdempotencyKey),
 });
 export type ClaimPromoOptions = z.input<typeof ClaimPromoOptions>;
 

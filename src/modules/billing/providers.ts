@@ -1,4 +1,4 @@
-import * as z from "zod";
+import * as z from "zod/mini";
 import { CreditsPerUnit, KeyNamespace, WaitDuration } from "../../models-entry.js";
 import { PaymentService, type PaymentServiceOptions } from "./service-payments.js";
 import { RazorpayProvider, type RazorpayProviderOptions } from "./provider-razorpay.js";
@@ -28,29 +28,31 @@ export const PaymentManagerOptions = z.strictObject({
    * the environment (`RAZORPAY_KEY_ID`, `RAZORPAY_KEY_SECRET`, `RAZORPAY_WEBHOOK_SECRET`,
    * `STRIPE_SECRET_KEY`, `STRIPE_WEBHOOK_SECRET`, `APP_BASE_URL`).
    */
-  providers: z
-    .array(z.custom<PaymentProvider>((v) => isObject(v) && typeof (v as PaymentProvider).verifyWebhook === "function"))
-    .optional(),
-  razorpay: z.custom<RazorpayProviderOptions>(isObject).optional(),
-  stripe: z.custom<StripeProviderOptions>(isObject).optional(),
+  providers: z.optional(
+    z.array(
+      z.custom<PaymentProvider>((v) => isObject(v) && typeof (v as PaymentProvider).verifyWebhook === "function"),
+    ),
+  ),
+  razorpay: z.optional(z.custom<RazorpayProviderOptions>(isObject)),
+  stripe: z.optional(z.custom<StripeProviderOptions>(isObject)),
   /**
    * Credits per smallest currency unit (default 1) in any currency; or per currency
    * (`{ INR: 1, USD: 85 }`: other currencies are refused); or `(amount, currency) => credits`.
    */
-  creditsPerUnit: CreditsPerUnit.optional(),
+  creditsPerUnit: z.optional(CreditsPerUnit),
   /**
    * How long a `createPaymentLink` waits for a concurrent call with the same idempotency key to
    * open the payment's checkout before a retryable `ConflictError` (milliseconds, default 10,000).
    */
-  checkoutWaitMs: WaitDuration.optional(),
+  checkoutWaitMs: z.optional(WaitDuration),
   /** After how many seconds a claimed payment still without a checkout is taken over by a retry (default 60). */
-  checkoutStaleSeconds: WaitDuration.optional(),
+  checkoutStaleSeconds: z.optional(WaitDuration),
   /**
    * Mixed into payment ids derived from idempotency keys (what providers see as Razorpay's
    * `reference_id` and Stripe's `Idempotency-Key`): give each store sharing one provider account its
    * own. Default none.
    */
-  keyNamespace: KeyNamespace.optional(),
+  keyNamespace: z.optional(KeyNamespace),
 });
 export type PaymentManagerOptions = z.input<typeof PaymentManagerOptions>;
 

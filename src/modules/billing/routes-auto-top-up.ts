@@ -20,19 +20,19 @@ const tags = ["auto-top-up"];
 
 /** `PUT /credits/auto-top-up` under `"limits"`: the amounts only (null clears an optional one). */
 export const AutoTopUpLimitsBody = z.strictObject({
-  below: Amount.optional(),
-  amount: Amount.optional(),
-  toBalance: Amount.optional(),
-  minAmount: Amount.nullable().optional(),
-  maxAmount: Amount.nullable().optional(),
+  below: z.optional(Amount),
+  amount: z.optional(Amount),
+  toBalance: z.optional(Amount),
+  minAmount: z.nullable(Amount).optional(),
+  maxAmount: z.nullable(Amount).optional(),
   maxPerMonth: z.number().int().min(1).max(10_000).nullable().optional(),
   maxFailures: z.number().int().min(1).max(100).optional(),
 });
 export type AutoTopUpLimitsBody = z.infer<typeof AutoTopUpLimitsBody>;
 
-export const AutoTopUpAnswer = z.object({ autoTopUp: AutoTopUpState.nullable() });
+export const AutoTopUpAnswer = z.object({ autoTopUp: z.nullable(AutoTopUpState) });
 /** What a caller who is not an admin reads: no provider customer nor payment method (docs/service.md, "What each role sees"). */
-export const AutoTopUpAnswerView = z.object({ autoTopUp: AutoTopUpStateView.nullable() });
+export const AutoTopUpAnswerView = z.object({ autoTopUp: z.nullable(AutoTopUpStateView) });
 /** `{ autoTopUp }` as the caller sees it. */
 const answer = (ctx: RouteContext, state: AutoTopUpState | null) => ({ autoTopUp: seen(ctx, state, autoTopUpView) });
 

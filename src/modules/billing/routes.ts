@@ -1,4 +1,4 @@
-import * as z from "zod";
+import * as z from "zod/mini";
 import {
   ClaimPromoOptions,
   CreatePaymentInput,
@@ -21,43 +21,39 @@ import { EntryView, entryView, PaymentView, paymentView, seen } from "../../http
 /** `GET /credits/promo/eligibility?promo_code=`. */
 export const EligibilityParams = z.strictObject({ promo_code: PromoCode });
 /** `POST /credits/promo/claim`. */
-export const ClaimBody = ClaimPromoOptions.extend({ promo_code: PromoCode });
+export const ClaimBody = z.extend(ClaimPromoOptions, { promo_code: PromoCode });
 export const ListPromosParams = z.strictObject({
-  limit: z.number().int().min(1).max(1000).optional(),
-  cursor: z.string().min(1).max(300).optional(),
+  limit: z.optional(z.number().check(z.int(), z.minimum(1), z.maximum(1000))),
+  cursor: z.optional(z.string().check(z.minLength(1), z.maxLength(300))),
 });
 /** What a payment provider's name looks like in `/webhooks/:provider`. */
-const ProviderName = z
-  .string()
-  .min(1)
-  .max(64)
-  .regex(/^[a-z0-9_-]+$/);
+const ProviderName = z.string().check(z.minLength(1), z.maxLength(64), z.regex(/^[a-z0-9_-]+$/));
 /** `POST /admin/credits/promos/:code/activation`. */
 export const ActivationBody = z.strictObject({ isActive: z.boolean() });
 
 // ---- response schemas ---------------------------------------------------------------------------
 
-export const PaymentPageSchema = z.object({ items: z.array(Payment), nextCursor: z.string().nullable() });
+export const PaymentPageSchema = z.object({ items: z.array(Payment), nextCursor: z.nullable(z.string()) });
 /** What a caller who is not an admin reads (docs/service.md, "What each role sees"). */
-export const PaymentPageView = z.object({ items: z.array(PaymentView), nextCursor: z.string().nullable() });
-export const PromoPageSchema = z.object({ items: z.array(Promo), nextCursor: z.string().nullable() });
+export const PaymentPageView = z.object({ items: z.array(PaymentView), nextCursor: z.nullable(z.string()) });
+export const PromoPageSchema = z.object({ items: z.array(Promo), nextCursor: z.nullable(z.string()) });
 export const EligibilitySchema = z.object({
   eligible: z.boolean(),
   code: z.string(),
-  credits: z.number().int().optional(),
-  creditsExpireInDays: z.number().int().nullable().optional(),
-  claimsLeftForUser: z.number().int().optional(),
-  reason: PromoIneligibility.optional(),
-  message: z.string().optional(),
+  credits: z.optional(z.number().check(z.int())),
+  creditsExpireInDays: z.optional(z.nullable(z.number().check(z.int()))),
+  claimsLeftForUser: z.optional(z.number().check(z.int())),
+  reason: z.optional(PromoIneligibility),
+  message: z.optional(z.string()),
 });
 export const ClaimSchema = z.object({ claim: PromoClaim, entry: EntryView });
 export const WebhookResultSchema = z.object({
   received: z.literal(true),
   outcome: z.enum(["credited", "reversed", "updated", "duplicate", "unchanged", "ignored"]),
   eventType: z.string(),
-  paymentId: z.string().nullable(),
-  status: z.string().nullable(),
-  reason: z.string().optional(),
+  paymentId: z.nullable(z.string()),
+  status: z.nullable(z.string()),
+  reason: z.optional(z.string()),
 });
 
 // ---- handlers -----------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import {
   type PromoClaim,
   type PromoEligibility,
 } from "../../models-entry.js";
-import * as z from "zod";
+import * as z from "zod/mini";
 import { runAccountUnit, unitDeps, type UnitDeps, type UnitOptions } from "../../core/services/account-unit.js";
 import { billingStore, billingTx, type BillingDb } from "./store.js";
 import type { CreditService } from "../../credit-service.js";
@@ -68,8 +68,8 @@ export interface PromoPage {
 }
 
 const ListPromosQuery = z.strictObject({
-  limit: z.number().int().min(1).max(1000).optional(),
-  cursor: z.string().min(1).max(300).optional(),
+  limit: z.optional(z.number().check(z.int(), z.minimum(1), z.maximum(1000))),
+  cursor: z.optional(z.string().check(z.minLength(1), z.maxLength(300))),
 });
 export type ListPromosQuery = z.input<typeof ListPromosQuery>;
 

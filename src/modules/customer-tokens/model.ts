@@ -1,4 +1,4 @@
-import * as z from "zod";
+import * as z from "zod/mini";
 import { SpenderId } from "../../core/models/limits.js";
 
 /** The longest a customer token may live: one day, in seconds (docs/usage.md, "For your customers"). */
@@ -7,13 +7,15 @@ export const MAX_CUSTOMER_TOKEN_TTL_SECONDS = 86_400;
 /** `credits.customerToken(account, options)`. */
 export const CustomerTokenOptions = z.strictObject({
   /** Only this spender's usage is readable with the token (balance and grants are the account's). */
-  spender: SpenderId.optional(),
+  spender: z.optional(SpenderId),
   /** How long the token is valid, in seconds: 1 to 86,400 (a day). */
   ttlSeconds: z
     .number({ error: "ttlSeconds is required (1 to 86,400 seconds)" })
-    .int({ error: "ttlSeconds must be a whole number of seconds" })
-    .min(1, { error: "ttlSeconds must be at least 1" })
-    .max(MAX_CUSTOMER_TOKEN_TTL_SECONDS, { error: "ttlSeconds must be at most 86,400 (a day)" }),
+    .check(
+      z.int({ error: "ttlSeconds must be a whole number of seconds" }),
+      z.minimum(1, { error: "ttlSeconds must be at least 1" }),
+      z.maximum(MAX_CUSTOMER_TOKEN_TTL_SECONDS, { error: "ttlSeconds must be at most 86,400 (a day)" }),
+    ),
 });
 export type CustomerTokenOptions = z.input<typeof CustomerTokenOptions>;
 
@@ -22,8 +24,10 @@ export type CustomerTokenOptions = z.input<typeof CustomerTokenOptions>;
  * first signs and every one verifies (rotation: put the new secret first, drop the old one once
  * its tokens have expired).
  */
-const TokenSecret = z.string().min(32, { error: "each customer token secret must be 32 characters or more" });
+const TokenSecret = z
+  .string()
+  .check(z.minLength(32, { error: "each customer token secret must be 32 characters or more" }));
 export const CustomerTokenSettings = z.strictObject({
-  secret: z.union([TokenSecret, z.array(TokenSecret).min(1).max(8)]),
+  secret: z.union([TokenSecret, z.array(TokenSecret).check(z.minLength(1), z.maxLength(8))]),
 });
 export type CustomerTokenSettings = z.input<typeof CustomerTokenSettings>;

@@ -1,4 +1,4 @@
-import * as z from "zod";
+import * as z from "zod/mini";
 import { Amount, IdempotencyKey, Metadata, NonNegativeAmount, ShortText } from "../../core/models/common.js";
 import { MAX_TTL_SECONDS } from "../../core/models/inputs.js";
 import { SpendFields } from "../../core/models/limits.js";
@@ -9,10 +9,10 @@ export const UsageRecord = z.strictObject({
   /** Credits this usage costs, in the smallest unit (0 allowed: a free call still shows up). */
   amount: NonNegativeAmount,
   /** The model that did the work, e.g. "gpt-4o-mini". */
-  model: text(200).min(1).optional(),
+  model: z.optional(text(200).check(z.minLength(1))),
   /** The provider, e.g. "openai". */
-  provider: text(200).min(1).optional(),
-  metadata: Metadata.optional(),
+  provider: z.optional(text(200).check(z.minLength(1))),
+  metadata: z.optional(Metadata),
 });
 export type UsageRecord = z.infer<typeof UsageRecord>;
 
@@ -29,12 +29,12 @@ export const MeterOptions = z
      * may spend now when that is less, down to `minimum` (at most `estimate`; below it the call is
      * refused before `fn` runs). The call's `estimate` (`currentMeter().estimate`) is what it holds.
      */
-    minimum: Amount.optional(),
+    minimum: z.optional(Amount),
     /** Seconds until the hold lapses. Default: the manager's default reservation TTL. */
-    ttlSeconds: z.number().int().min(1).max(MAX_TTL_SECONDS).optional(),
+    ttlSeconds: z.optional(z.number().check(z.int(), z.minimum(1), z.maximum(MAX_TTL_SECONDS))),
     /** Reason stored on the hold, e.g. "POST /api/chat". */
-    reason: ShortText.optional(),
-    description: ShortText.optional(),
+    reason: z.optional(ShortText),
+    description: z.optional(ShortText),
     /**
      * Makes the call safe to retry. The hold is placed under `<key>:reserve` and released under
      * `<key>:release`; an attempt that retries a failed one holds under `<key>:attempt-<n>:reserve`.
@@ -42,25 +42,31 @@ export const MeterOptions = z
      * call is charged once. At most 247 characters, so that each of those is a valid idempotency key
      * (255).
      */
-    idempotencyKey: IdempotencyKey.max(MAX_METER_KEY, {
-      error: `idempotencyKey must be at most ${MAX_METER_KEY} characters (metering appends up to 8)`,
-    }).optional(),
-    correlationId: text(255).min(1).optional(),
+    idempotencyKey: z.optional(
+      IdempotencyKey.check(
+        z.maxLength(MAX_METER_KEY, {
+          error: `idempotencyKey must be at most ${MAX_METER_KEY} characters (metering appends up to 8)`,
+        }),
+      ),
+    ),
+    correlationId: z.optional(text(255).check(z.minLength(1))),
     /** Stored with the commit entry beside the recorded usages. */
-    metadata: Metadata.optional(),
+    metadata: z.optional(Metadata),
     /**
      * What to do when `fn` neither returns a number nor records usage: `"release"` the hold (default,
      * as the original middleware does: nothing measured, nothing charged) or charge the `"estimate"`.
      */
-    noUsage: z.enum(["release", "estimate"]).optional(),
+    noUsage: z.optional(z.enum(["release", "estimate"])),
     /**
      * Who spends and on what (docs/teams-and-limits.md): the hold, its commit and an after-service
      * charge name them, so the spend limits for them apply and the scoped grants they may use pay.
      */
     ...SpendFields,
   })
-  .refine((o) => o.minimum === undefined || o.minimum <= o.estimate, {
-    error: "minimum must be at most the estimate",
-    path: ["minimum"],
-  });
+  .check(
+    z.refine((o) => o.minimum === undefined || o.minimum <= o.estimate, {
+      error: "minimum must be at most the estimate",
+      path: ["minimum"],
+    }),
+  );
 export type MeterOptions = z.input<typeof MeterOptions>;

@@ -1,16 +1,18 @@
-import * as z from "zod";
+import * as z from "zod/mini";
 import { Metadata } from "../../core/models/common.js";
 import { text } from "../../core/models/text.js";
 
 /** A token or request count: a safe integer ≥ 0. */
 export const TokenCount = z
   .number({ error: (i) => (i.input === undefined ? "a token count is required" : "a token count must be a number") })
-  .int({ error: "a token count must be a whole number" })
-  .min(0, { error: "a token count must not be negative" })
-  .max(Number.MAX_SAFE_INTEGER, { error: "a token count must not exceed Number.MAX_SAFE_INTEGER" });
+  .check(
+    z.int({ error: "a token count must be a whole number" }),
+    z.minimum(0, { error: "a token count must not be negative" }),
+    z.maximum(Number.MAX_SAFE_INTEGER, { error: "a token count must not exceed Number.MAX_SAFE_INTEGER" }),
+  );
 
 /** A model or provider name as an LLM API spells it, e.g. "gpt-4o-mini", "claude-sonnet-4-5-20250929". */
-export const ModelName = text(200).min(1);
+export const ModelName = text(200).check(z.minLength(1));
 
 /**
  * An exact rational rate: `credits` per `per` units (tokens, requests, or one unit of a currency),
@@ -21,16 +23,21 @@ export const Rate = z.strictObject({
   /** Credits charged for every `per` units: a safe integer ≥ 0. */
   credits: z
     .number({ error: "credits must be a number" })
-    .int({ error: "credits must be a whole number (use `per` for fractions: 3 credits per 1,000 tokens)" })
-    .min(0, { error: "credits must not be negative" })
-    .max(Number.MAX_SAFE_INTEGER, { error: "credits must not exceed Number.MAX_SAFE_INTEGER" }),
+    .check(
+      z.int({ error: "credits must be a whole number (use `per` for fractions: 3 credits per 1,000 tokens)" }),
+      z.minimum(0, { error: "credits must not be negative" }),
+      z.maximum(Number.MAX_SAFE_INTEGER, { error: "credits must not exceed Number.MAX_SAFE_INTEGER" }),
+    ),
   /** How many units those credits pay for: a safe integer ≥ 1. Default 1. */
-  per: z
-    .number({ error: "per must be a number" })
-    .int({ error: "per must be a whole number" })
-    .min(1, { error: "per must be at least 1" })
-    .max(Number.MAX_SAFE_INTEGER, { error: "per must not exceed Number.MAX_SAFE_INTEGER" })
-    .optional(),
+  per: z.optional(
+    z
+      .number({ error: "per must be a number" })
+      .check(
+        z.int({ error: "per must be a whole number" }),
+        z.minimum(1, { error: "per must be at least 1" }),
+        z.maximum(Number.MAX_SAFE_INTEGER, { error: "per must not exceed Number.MAX_SAFE_INTEGER" }),
+      ),
+  ),
 });
 export type Rate = z.input<typeof Rate>;
 
@@ -41,33 +48,33 @@ export const ModelRates = z.strictObject({
   /** Credits per output (completion) token. Required. */
   output: Rate,
   /** Credits per cached input token (a prompt-cache read). Default: the `input` rate, never free. */
-  cachedInput: Rate.optional(),
+  cachedInput: z.optional(Rate),
   /** Credits per request (`requests`, default 1 per recorded call). Default: none. */
-  request: Rate.optional(),
+  request: z.optional(Rate),
 });
 export type ModelRates = z.input<typeof ModelRates>;
 
 /** One model's entry in a price book. */
-export const ModelPrice = ModelRates.extend({
+export const ModelPrice = z.extend(ModelRates, {
   /** The model name as the API reports it, e.g. "gpt-4o-mini". */
   model: ModelName,
   /** Only usage of this provider matches (e.g. "openai"); omitted: any provider. */
-  provider: ModelName.optional(),
+  provider: z.optional(ModelName),
   /** Other exact names of the same model, e.g. "gpt-4o-latest". */
-  aliases: z.array(ModelName).max(100).optional(),
+  aliases: z.optional(z.array(ModelName).check(z.maxLength(100))),
   /**
    * Also match any model id that starts with `model` (e.g. `"ft:gpt-4o-mini:"` for fine-tunes).
    * Default false: only the exact name, an alias, or the name with a date suffix
    * (`-2024-08-06`, `-20241022`, `@20240620`) match. The longest matching prefix wins.
    */
-  prefix: z.boolean().optional(),
+  prefix: z.optional(z.boolean()),
 });
 export type ModelPrice = z.input<typeof ModelPrice>;
 
 /** A currency code (ISO 4217 style, or your own), e.g. "USD". */
 export const CurrencyCode = z
   .string()
-  .regex(/^[A-Za-z][A-Za-z0-9_-]{0,15}$/, { error: "must be a currency code such as USD" });
+  .check(z.regex(/^[A-Za-z][A-Za-z0-9_-]{0,15}$/, { error: "must be a currency code such as USD" }));
 
 /**
  * A price book: the credits each model's usage costs, and what a unit of money is worth in credits.
@@ -77,61 +84,63 @@ export const CurrencyCode = z
 export const PriceBookInput = z
   .strictObject({
     /** Names this version (stored in every priced usage). Default: `sha256:` and 16 hex digits of the book's content. */
-    version: text(100).min(1).optional(),
+    version: z.optional(text(100).check(z.minLength(1))),
     /** The models, each with its rates. */
-    models: z.array(ModelPrice).max(10_000).optional(),
+    models: z.optional(z.array(ModelPrice).check(z.maxLength(10_000))),
     /**
      * Rates for a model not in `models`. Omitted (the default): usage of an unknown model is refused
      * with an `UnknownModelError`, never billed as free.
      */
-    default: ModelRates.optional(),
+    default: z.optional(ModelRates),
     /** Credits per one unit of each currency (e.g. `{ USD: { credits: 100_000 } }`: 1 credit = $0.00001). */
-    currencies: z.record(CurrencyCode, Rate).optional(),
+    currencies: z.optional(z.record(CurrencyCode, Rate)),
     /** The currency of a `cost` that names none. Default: the only currency in `currencies`, if there is one. */
-    defaultCurrency: CurrencyCode.optional(),
+    defaultCurrency: z.optional(CurrencyCode),
   })
-  .superRefine((book, ctx) => {
-    if (book.defaultCurrency !== undefined && book.currencies?.[book.defaultCurrency] === undefined) {
-      ctx.issues.push({
-        code: "custom",
-        path: ["defaultCurrency"],
-        message: "must be one of `currencies`",
-        input: book.defaultCurrency,
-      });
-    }
-    const seen = new Map<string, number>();
-    (book.models ?? []).forEach((m, i) => {
-      for (const name of [m.model, ...(m.aliases ?? [])]) {
-        const key = `${m.provider ?? ""}\u0000${name}`;
-        const first = seen.get(key);
-        if (first !== undefined && first !== i) {
-          ctx.issues.push({
-            code: "custom",
-            path: ["models", i, "model"],
-            message: `"${name}"${m.provider === undefined ? "" : ` (${m.provider})`} is priced twice (also models.${first})`,
-            input: name,
-          });
-        }
-        seen.set(key, i);
+  .check(
+    z.superRefine((book, ctx) => {
+      if (book.defaultCurrency !== undefined && book.currencies?.[book.defaultCurrency] === undefined) {
+        ctx.issues.push({
+          code: "custom",
+          path: ["defaultCurrency"],
+          message: "must be one of `currencies`",
+          input: book.defaultCurrency,
+        });
       }
-    });
-  });
+      const seen = new Map<string, number>();
+      (book.models ?? []).forEach((m, i) => {
+        for (const name of [m.model, ...(m.aliases ?? [])]) {
+          const key = `${m.provider ?? ""}\u0000${name}`;
+          const first = seen.get(key);
+          if (first !== undefined && first !== i) {
+            ctx.issues.push({
+              code: "custom",
+              path: ["models", i, "model"],
+              message: `"${name}"${m.provider === undefined ? "" : ` (${m.provider})`} is priced twice (also models.${first})`,
+              input: name,
+            });
+          }
+          seen.set(key, i);
+        }
+      });
+    }),
+  );
 export type PriceBookInput = z.input<typeof PriceBookInput>;
 
 /** Usage in tokens, priced through the manager's price book. */
 export const TokenUsage = z.strictObject({
   /** The model that did the work, as the API reports it (dated ids match their undated entry). */
   model: ModelName,
-  provider: ModelName.optional(),
+  provider: z.optional(ModelName),
   /** Input (prompt) tokens not read from a cache. */
   inputTokens: TokenCount,
   /** Output (completion) tokens. */
   outputTokens: TokenCount,
   /** Input tokens read from a prompt cache (billed at `cachedInput`, else the input rate). Default 0. */
-  cachedTokens: TokenCount.optional(),
+  cachedTokens: z.optional(TokenCount),
   /** Requests made (billed at `request`). Default 1. */
-  requests: TokenCount.optional(),
-  metadata: Metadata.optional(),
+  requests: z.optional(TokenCount),
+  metadata: z.optional(Metadata),
 });
 export type TokenUsage = z.input<typeof TokenUsage>;
 
@@ -143,9 +152,11 @@ export const MoneyAmount = z.union(
   [
     z
       .number()
-      .nonnegative({ error: "cost must not be negative" })
-      .refine(Number.isFinite, { error: "cost must be finite" }),
-    z.string().regex(/^\d{1,30}(\.\d{1,18})?$/, { error: 'cost must be a decimal such as "0.05"' }),
+      .check(
+        z.nonnegative({ error: "cost must not be negative" }),
+        z.refine(Number.isFinite, { error: "cost must be finite" }),
+      ),
+    z.string().check(z.regex(/^\d{1,30}(\.\d{1,18})?$/, { error: 'cost must be a decimal such as "0.05"' })),
   ],
   { error: 'cost must be a number or a decimal string such as "0.05"' },
 );
@@ -155,10 +166,10 @@ export const CostUsage = z.strictObject({
   /** What the call cost, in major units of `currency` (e.g. 0.05 dollars). */
   cost: MoneyAmount,
   /** Default: the book's `defaultCurrency`. */
-  currency: CurrencyCode.optional(),
-  model: ModelName.optional(),
-  provider: ModelName.optional(),
-  metadata: Metadata.optional(),
+  currency: z.optional(CurrencyCode),
+  model: z.optional(ModelName),
+  provider: z.optional(ModelName),
+  metadata: z.optional(Metadata),
 });
 export type CostUsage = z.input<typeof CostUsage>;
 

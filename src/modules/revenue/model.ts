@@ -1,4 +1,4 @@
-import * as z from "zod";
+import * as z from "zod/mini";
 import { DateInput, UserId } from "../../core/models/common.js";
 import { TimeZone, UsageInterval } from "../../core/models/usage.js";
 /** A dimension a revenue report is split by (docs/revenue.md, "The report"); currency always is. */
@@ -27,7 +27,7 @@ export const MAX_REVENUE_CELLS = 1_000_000;
  */
 export const RevenueQuery = z.strictObject({
   /** One account; absent: every account (the whole book). */
-  account: UserId.optional(),
+  account: z.optional(UserId),
   /** Inclusive start of the range. */
   from: DateInput,
   /**
@@ -36,16 +36,16 @@ export const RevenueQuery = z.strictObject({
    */
   to: DateInput,
   /** Calendar windows in `timeZone`; null: one window, `from` to `to`. */
-  interval: UsageInterval.nullable(),
+  interval: z.nullable(UsageInterval),
   /** IANA time zone of the windows (DST-correct). Default "UTC". */
-  timeZone: TimeZone.optional(),
+  timeZone: z.optional(TimeZone),
   /** Dimensions each row is split by besides currency, each once. Default: none. */
-  groupBy: z.array(RevenueDimension).max(5).optional(),
+  groupBy: z.optional(z.array(RevenueDimension).check(z.maxLength(5))),
   /**
    * Most rows answered, 1–100,000; default 10,000. The rows kept are the first in the report's
    * order (by window, then currency, then the `groupBy` values); `truncated` says rows were left off.
    */
-  limit: z.number().int().min(1).max(MAX_REVENUE_ROWS).optional(),
+  limit: z.optional(z.number().check(z.int(), z.minimum(1), z.maximum(MAX_REVENUE_ROWS))),
 });
 export type RevenueQuery = z.input<typeof RevenueQuery>;
 

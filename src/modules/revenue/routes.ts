@@ -21,7 +21,7 @@ export const RevenueParams = UsageParams.pick({ from: true, to: true, interval: 
   /** Dimensions each row is split by besides currency (comma-separated or repeated), each once. */
   groupBy: z.array(RevenueDimension).max(5).optional(),
   /** One account; absent: every account. */
-  account: UserId.optional(),
+  account: z.optional(UserId),
   /** Most rows, 1–100,000. Default 10,000: the first in the report's order. */
   limit: z.number().int().min(1).max(MAX_REVENUE_ROWS).optional(),
 });
