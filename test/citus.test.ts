@@ -17,7 +17,7 @@ import { IN_FLIGHT_CASES, checkCommitInFlight, type HeldTransaction } from "./fi
 import { runCli } from "../src/cli/run.js";
 import { createCreditManager } from "../src/index.js";
 import { newNotification } from "../src/core/domain/notifications.js";
-import { quoteIdent } from "../src/schema/index.js";
+import { quoteIdent } from "../src/schema/sql.js";
 import { type NextVersion, setNextVersion } from "../src/schema/version.js";
 
 const url = process.env.CREDIT_CITUS_URL;

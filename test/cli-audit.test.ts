@@ -9,7 +9,7 @@ import { SqliteDbManager } from "../src/db/sqlite/index.js";
 import type { DbManager } from "../src/core/db/types.js";
 import { createCreditManager, InMemoryDbManager, type CreditManager } from "../src/index.js";
 import type { JournalEntry } from "../src/core/models/index.js";
-import { generateSql } from "../src/schema/index.js";
+import { generateSql } from "../src/schema/public.js";
 import pg from "pg";
 
 const dir = mkdtempSync(join(tmpdir(), "cm-audit-"));

@@ -4,7 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, inject, it } from "vitest";
 import { COMMAND_HELP, HELP, runCli } from "../src/cli/run.js";
-import { generateSql } from "../src/schema/index.js";
+import { generateSql } from "../src/schema/public.js";
 
 async function cli(...args: string[]) {
   let stdout = "";

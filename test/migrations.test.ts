@@ -3,7 +3,8 @@ import pg from "pg";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { runCli } from "../src/cli/run.js";
 import { PostgresDbManager } from "../src/db/postgres/index.js";
-import { SCHEMA_VERSION, generateSql, generateUpgradeSql, quoteIdent, upgradeStatements } from "../src/schema/index.js";
+import { generateUpgradeSql, upgradeStatements } from "../src/schema/migrations.js";
+import { SCHEMA_VERSION, generateSql, quoteIdent } from "../src/schema/sql.js";
 import type { Migration } from "../src/schema/migrations.js";
 import { setNextVersion } from "../src/schema/version.js";
 

@@ -9,7 +9,7 @@ import { MongoDbManager } from "../src/db/mongodb/index.js";
 import { PostgresDbManager } from "../src/db/postgres/index.js";
 import { SqliteDbManager } from "../src/db/sqlite/index.js";
 import { CreditService } from "../src/index.js";
-import { type SqlDialect, quoteIdent } from "../src/schema/index.js";
+import { type SqlDialect, quoteIdent } from "../src/schema/sql.js";
 import { type NextVersion, setNextVersion } from "../src/schema/version.js";
 
 // The upgrade machinery against a version this release does not ship: a store written at version 1

@@ -4,18 +4,11 @@ import pg from "pg";
 import * as z from "zod";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Grant } from "../src/core/models/index.js";
-import {
-  type TableKey,
-  columnsOf,
-  decodeRow,
-  encodeValues,
-  generateMongoSchema,
-  generateSql,
-  quoteIdent,
-  sqlTables,
-  tableSpecs,
-  versionTableName,
-} from "../src/schema/index.js";
+import { decodeRow, encodeValues } from "../src/schema/codec.js";
+import { columnsOf } from "../src/schema/columns.js";
+import { generateMongoSchema } from "../src/schema/mongo.js";
+import { generateSql, quoteIdent, sqlTables, versionTableName } from "../src/schema/sql.js";
+import { type TableKey, tableSpecs } from "../src/schema/tables.js";
 import { samples } from "./fixtures/samples.js";
 
 /** A model object as column → value: `encodeValues` keyed by the column names. */

@@ -3,8 +3,8 @@
  * (`tableSpecs`, `columnsOf`, `MIGRATIONS`) and as DDL (`generateSql` for PostgreSQL and MySQL,
  * `generateUpgradeSql` from an older version, `generateMongoSchema` for MongoDB, and
  * `generateMongoScript`: the mongosh script of what `MongoDbManager.init()` makes), for a team that
- * runs its migrations with its own tool. The row codecs and naming helpers the stores share stay
- * inside the package (`./index.ts`).
+ * runs its migrations with its own tool. The row codecs (`./codec.ts`) and naming helpers (`./sql.ts`)
+ * the stores share stay inside the package.
  */
 export { type Column, type ColumnKind, type JsonSchemaNode, columnsOf } from "./columns.js";
 export { type MongoCollection, type MongoIndex, type MongoOptions, generateMongoSchema } from "./mongo.js";

@@ -10,7 +10,6 @@ import { checkOneAccount, isConflict, leavesOutcomeUnknown, lockTimeout, storage
 import { outcomeUnknown } from "../../core/db/store/errors.js";
 import type { PostgresDbManager } from "./index.js";
 import { stateText, type StartState } from "./reads.js";
-import { compactRow } from "./save-rows.js";
 import { chargeOf, toRow } from "./sql.js";
 import type { Unit } from "./unit.js";
 
@@ -372,7 +371,7 @@ class CallTx implements DbTransaction {
     const t = this.tables;
     // None: NULL, for which the function runs no statement.
     const json = (table: SqlTable, rows: readonly object[]) =>
-      rows.length === 0 ? null : JSON.stringify(rows.map((r) => compactRow(table.columns, r)));
+      rows.length === 0 ? null : JSON.stringify(rows.map((r) => toRow(table.columns, r, "drop")));
     const { db } = this.units;
     let rev: number;
     try {

@@ -1,10 +1,9 @@
 import { type Column, snakeCase } from "../../schema/columns.js";
-import { byteaText, toTuples } from "../../schema/codec.js";
 import type { SqlTable } from "../../schema/sql.js";
 import type { Changes } from "../../core/db/types.js";
 import type { SaveItem } from "./chain.js";
 import { promoPaymentSave } from "../../modules/billing/postgres.js";
-import { type PostgresSql, type SaveArg, type SaveStatement, type Statement, arrayText } from "./sql.js";
+import { type PostgresSql, type SaveArg, type SaveStatement, type Statement, arrayText, toRow } from "./sql.js";
 
 /**
  * @internal The statement that writes every queued change of `txs` and its arguments, and the
@@ -48,23 +47,23 @@ export function saveParts(
   }
   const all = <T>(get: (c: Changes) => readonly T[]) => txs.flatMap((tx) => get(tx.pendingChanges));
   const inserts = txs.filter((tx) => tx.pendingChanges.previousSeq === null).map((tx) => tx.pendingChanges.account);
-  if (inserts.length > 0) args.ai = json(inserts.map((a) => compactRow(tables.accounts.columns, a)));
+  if (inserts.length > 0) args.ai = json(inserts.map((a) => toRow(tables.accounts.columns, a, "drop")));
   const newGrants = all((c) => c.insertGrants);
-  if (newGrants.length > 0) args.ig = json(newGrants.map((g) => compactRow(tables.grants.columns, g)));
+  if (newGrants.length > 0) args.ig = json(newGrants.map((g) => toRow(tables.grants.columns, g, "drop")));
   if (grantColumns !== null) {
     args.ug = json(grantUpdates.map(([g]) => pick(tables.grants, ["id", "user_id", ...grantColumns], g)));
     args.ugk = arrayText(grantUpdates.map(([g]) => g.id));
   }
   const newHolds = all((c) => c.insertReservations);
-  if (newHolds.length > 0) args.ir = json(newHolds.map((r) => compactRow(tables.reservations.columns, r)));
+  if (newHolds.length > 0) args.ir = json(newHolds.map((r) => toRow(tables.reservations.columns, r, "drop")));
   if (reservationColumns !== null) {
     args.ur = json(holdUpdates.map(([r]) => pick(tables.reservations, ["id", "user_id", ...reservationColumns], r)));
     args.urk = arrayText(holdUpdates.map(([r]) => r.id));
   }
   const entries = all((c) => c.entries);
-  if (entries.length > 0) args.e = json(entries.map((e) => compactRow(tables.journal.columns, e)));
+  if (entries.length > 0) args.e = json(entries.map((e) => toRow(tables.journal.columns, e, "drop")));
   const notifications = all((c) => c.notifications ?? []);
-  if (notifications.length > 0) args.n = json(notifications.map((n) => compactRow(tables.notifications.columns, n)));
+  if (notifications.length > 0) args.n = json(notifications.map((n) => toRow(tables.notifications.columns, n, "drop")));
   const save = sql.save({
     accountColumns,
     insertAccounts: inserts.length > 0,
@@ -95,22 +94,6 @@ export function saveParts(
     sql.distributed ? (txs[0]?.userId ?? null) : null,
   );
   return { save, saveArgs, extra };
-}
-
-/**
- * A model object as the JSON object `json_populate_record(set)` reads, without its null and
- * undefined fields: a key the JSON lacks reads as NULL, and the statement's payload (parsed by the
- * server, built and sent by the client) is that much shorter.
- */
-export function compactRow(columns: readonly Column[], value: object): Record<string, unknown> {
-  const out: Record<string, unknown> = {};
-  const v = value as Record<string, unknown>;
-  for (const c of columns) {
-    const x = v[c.field];
-    if (x !== null && x !== undefined)
-      out[c.name] = c.bytes === true ? byteaText(x as string) : c.tuple !== undefined ? toTuples(c.tuple, x) : x;
-  }
-  return out;
 }
 
 /** Only `names` of a model object, by column name (null fields left out: they read as NULL). */

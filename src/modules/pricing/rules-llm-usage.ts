@@ -303,12 +303,7 @@ export class ResponseUsageReader {
       this.shape = "anthropic";
       if (!isObject(event.usage)) return;
       // message_delta's counts are cumulative; those it leaves out are message_start's.
-      const parsed = parseUsageObject({ input_tokens: 0, ...this.startUsage, ...event.usage }, this.model);
-      if (parsed !== null && "usage" in parsed) {
-        this.final = parsed.usage;
-        this.malformed = undefined;
-      } else if (parsed !== null) this.malformed = parsed.malformed;
-      return;
+      return this.latest(parseUsageObject({ input_tokens: 0, ...this.startUsage, ...event.usage }, this.model));
     }
     this.model ??= modelOf(event);
     // OpenAI Responses: the usage is the final response's (`response.usage` of `response.completed`,
@@ -317,7 +312,11 @@ export class ResponseUsageReader {
     const usage = terminal && isObject(event.response) ? event.response.usage : event.usage;
     if (usage === undefined || usage === null) return;
     this.shape = "openai";
-    const parsed = parseUsageObject(usage, this.model);
+    this.latest(parseUsageObject(usage, this.model));
+  }
+
+  /** The stream's latest usage (a later one replaces it): its counts, or why they are not counts. */
+  private latest(parsed: Parsed | null): void {
     if (parsed !== null && "usage" in parsed) {
       this.final = parsed.usage;
       this.malformed = undefined;
