@@ -146,6 +146,10 @@ const ROLE = {
   provider: "payments",
   providers: "payments",
   contract: "testing",
+  // A notification queue and its delivery (the webhooks module).
+  queue: "queue",
+  // The service process's own parts (`credit-management serve`).
+  serve: "serve",
 };
 // The core's folders (src/core/<room>) keep their room's rank: src/core/db is db, src/core/errors.ts errors.
 const roomOf = (f) => {

@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { runCli } from "../src/cli/run.js";
 import { SqliteDbManager } from "../src/db/sqlite/index.js";
 import { createCreditManager } from "../src/index.js";
-import { WebhookEndpoint } from "../src/webhooks/queue.js";
+import { WebhookEndpoint } from "../src/modules/webhooks/queue.js";
 
 async function cli(args: string[], env: Record<string, string>) {
   let stdout = "";

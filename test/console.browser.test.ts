@@ -19,7 +19,7 @@ import type { DbManager } from "../src/core/db/types.js";
 import { createCreditManager, InMemoryDbManager, type CreditManager } from "../src/index.js";
 import { StripeProvider } from "../src/modules/billing/provider-stripe.js";
 import type { PaymentProvider } from "../src/modules/billing/provider.js";
-import { deliveryUserId } from "../src/webhooks/queue.js";
+import { deliveryUserId } from "../src/modules/webhooks/queue.js";
 import {
   endpointOf,
   generateWebhookSecret,

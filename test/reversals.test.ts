@@ -17,7 +17,7 @@ import { replayJournal } from "../src/core/domain/replay.js";
 import { chargeDraw, reversalShares, reversedOf, type ChargeDraw } from "../src/core/domain/reversal.js";
 import { createCreditManager, CreditService, type CreditManager, type Grant, type JournalEntry } from "../src/index.js";
 import { DomainEvent } from "../src/core/models/index.js";
-import { deliveryUserId } from "../src/webhooks/queue.js";
+import { deliveryUserId } from "../src/modules/webhooks/queue.js";
 import { generateWebhookSecret, webhookQueue } from "../src/webhooks/index.js";
 import type { MeterOutcome } from "../src/modules/metering/service.js";
 

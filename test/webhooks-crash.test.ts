@@ -8,7 +8,7 @@ import { Webhook } from "standardwebhooks";
 import { describe, expect, it } from "vitest";
 import { SqliteDbManager } from "../src/db/sqlite/index.js";
 import { generateWebhookSecret } from "../src/webhooks/index.js";
-import { deliveryUserId } from "../src/webhooks/queue.js";
+import { deliveryUserId } from "../src/modules/webhooks/queue.js";
 import { killHard, startChildUntil } from "./fixtures/child.js";
 
 const here = dirname(fileURLToPath(import.meta.url));

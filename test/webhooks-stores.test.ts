@@ -9,7 +9,7 @@ import { describe, expect, it } from "vitest";
 import { createCreditManager, type DbManager } from "../src/index.js";
 import { SqliteDbManager } from "../src/db/sqlite/index.js";
 import { generateWebhookSecret, retryFailedWebhooks, webhookQueue } from "../src/webhooks/index.js";
-import { deliveryUserId } from "../src/webhooks/queue.js";
+import { deliveryUserId } from "../src/modules/webhooks/queue.js";
 import { dropSharedStore, openSharedStore } from "./fixtures/child.js";
 
 const pgUrl = process.env.CREDIT_PG_URL;

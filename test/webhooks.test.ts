@@ -10,8 +10,8 @@ import {
   ValidationError,
   type CreditManager,
 } from "../src/index.js";
-import { deliveryUserId } from "../src/webhooks/queue.js";
-import { signWebhook, webhookHeaders } from "../src/webhooks/sign.js";
+import { deliveryUserId } from "../src/modules/webhooks/queue.js";
+import { signWebhook, webhookHeaders } from "../src/modules/webhooks/queue-sign.js";
 import {
   generateWebhookSecret,
   WebhookAddressError,

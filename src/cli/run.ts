@@ -7,7 +7,7 @@ import { runAudit } from "./audit.js";
 import { REVENUE_HELP, runRevenueCli } from "../modules/revenue/cli.js";
 import { REVERSE_HELP, runReverseCli } from "./reverse.js";
 import { runServeCli } from "./serve.js";
-import { WEBHOOKS_HELP, runWebhooksCli } from "./webhooks.js";
+import { WEBHOOKS_HELP, runWebhooksCli } from "../modules/webhooks/cli.js";
 import type { StoreSource } from "./store.js";
 import { SERVE_OPTIONS } from "../serve/settings.js";
 import { runWorker } from "./worker.js";

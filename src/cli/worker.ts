@@ -57,7 +57,7 @@ export async function runWorker(settings: WorkerSettings, io: CliIo, env: DbEnv)
       closers.push(() => resources.close());
       let webhooks: { queue: NotificationQueue } | undefined;
       if (settings.webhooks) {
-        const { serveWebhooks } = await import("../serve/webhooks.js");
+        const { serveWebhooks } = await import("../modules/webhooks/serve.js");
         const w = await serveWebhooks(db, store, env as Record<string, string | undefined>, logger, resources.queue);
         closers.push(() => w.close());
         webhooks = w;

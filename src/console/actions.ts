@@ -269,7 +269,7 @@ export async function runAction(ctx: Ctx, name: ActionName, form: FormData): Pro
       const endpoint = ctx.webhooks === undefined ? null : await ctx.webhooks.get(endpointId);
       if (endpoint === null) throw new NotFoundError(`No webhook endpoint ${endpointId}.`, { endpointId });
       if (eventId === "") throw new ValidationError("Invalid form: no event", [{ path: "event", message: "missing" }]);
-      const { retryFailedWebhooks } = await import("../webhooks/queue.js");
+      const { retryFailedWebhooks } = await import("../modules/webhooks/queue.js");
       const written = await retryFailedWebhooks(db, endpoint.id, user, eventId, { retryKey: key });
       if (written === 0) {
         // Nothing failed for this event any more, or this form was sent before.

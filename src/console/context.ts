@@ -1,5 +1,5 @@
 import type { CreditManager } from "../manager.js";
-import type { WebhookEndpointStore } from "../webhooks/endpoint-store.js";
+import type { WebhookEndpointStore } from "../modules/webhooks/store.js";
 import { html, raw, type Html } from "./html.js";
 import { signToken } from "./security.js";
 

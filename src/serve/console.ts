@@ -6,7 +6,7 @@ import { crossSite, readCookie, SECURITY_HEADERS } from "../console/security.js"
 import type { Authenticator } from "./auth.js";
 import { keyIdOf } from "./keys.js";
 import type { ServeSettings } from "./settings.js";
-import type { WebhookEndpointStore } from "../webhooks/endpoint-store.js";
+import type { WebhookEndpointStore } from "../modules/webhooks/store.js";
 
 /**
  * The operator console inside `serve` (docs/service.md, "The console"): `createConsoleHandler`

@@ -1,5 +1,11 @@
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
-import { postgresSql, sqliteSql, type OwnSql, type PgPoolLike, type SqliteLike } from "../webhooks/own-sql.js";
+import {
+  postgresSql,
+  sqliteSql,
+  type OwnSql,
+  type PgPoolLike,
+  type SqliteLike,
+} from "../modules/webhooks/store-sql.js";
 
 /**
  * API keys of `credit-management serve` (docs/service.md, "Secure it"). A key is

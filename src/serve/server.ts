@@ -8,7 +8,7 @@ import { createCreditHandler, type CreditHandler } from "../http/handler.js";
 import { rootRoute } from "../http/route-helpers.js";
 import { sendAnswer, toRequest, sendResponse, writeAnswer } from "../http/node.js";
 import { nodeRequest } from "../http/node-request.js";
-import { serveWebhooks } from "./webhooks.js";
+import { serveWebhooks } from "../modules/webhooks/serve.js";
 import {
   ANSWER,
   errorAnswer,

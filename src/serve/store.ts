@@ -9,7 +9,7 @@ import {
   postgresEndpointStore,
   sqliteEndpointStore,
   type WebhookEndpointStore,
-} from "../webhooks/endpoint-store.js";
+} from "../modules/webhooks/store.js";
 import { onBun } from "../core/util/runtime.js";
 import { refuseDriverForNode } from "../db/sqlite/driver-version.js";
 import { mongoKeyStore, postgresKeyStore, sqliteKeyStore, type KeyStore } from "./keys.js";

@@ -9,9 +9,9 @@ export {
   type TestOptions,
   type WebhookQueueOptions,
   type ParsedWebhookEndpoint,
-} from "./queue.js";
-export { generateWebhookSecret } from "./sign.js";
-export { WebhookAddressError, type Lookup, type LookupCallback } from "./guard.js";
+} from "../modules/webhooks/queue.js";
+export { generateWebhookSecret } from "../modules/webhooks/queue-sign.js";
+export { WebhookAddressError, type Lookup, type LookupCallback } from "../modules/webhooks/queue-guard.js";
 export {
   endpointOf,
   memoryEndpointStore,
@@ -21,6 +21,6 @@ export {
   type WebhookEndpointRecord,
   type WebhookEndpointStore,
   type MongoCollectionLike,
-} from "./endpoint-store.js";
-export type { PgPoolLike, SqliteLike } from "./own-sql.js";
-export type { PostResult } from "./http.js";
+} from "../modules/webhooks/store.js";
+export type { PgPoolLike, SqliteLike } from "../modules/webhooks/store-sql.js";
+export type { PostResult } from "../modules/webhooks/queue-http.js";

@@ -3,15 +3,15 @@ import * as http from "node:http";
 import * as https from "node:https";
 import type { BlockList } from "node:net";
 import * as z from "zod";
-import type { NotificationStore } from "../core/db/types-notifications.js";
-import { newNotification, notificationId } from "../core/domain/notifications.js";
-import type { Logger } from "../core/logger.js";
-import { NotificationType, parse } from "../core/models/index.js";
-import { eventEnvelope, type NotificationMessage, type NotificationQueue } from "../core/queue/index.js";
-import { CreditError } from "../core/errors.js";
-import { allowList, WebhookAddressError, type Lookup } from "./guard.js";
-import { postWebhook, WebhookTimeoutError, type PostResult } from "./http.js";
-import { secretKey, webhookHeaders } from "./sign.js";
+import type { NotificationStore } from "../../core/db/types-notifications.js";
+import { newNotification, notificationId } from "../../core/domain/notifications.js";
+import type { Logger } from "../../core/logger.js";
+import { NotificationType, parse } from "../../core/models/index.js";
+import { eventEnvelope, type NotificationMessage, type NotificationQueue } from "../../core/queue/index.js";
+import { CreditError } from "../../core/errors.js";
+import { allowList, WebhookAddressError, type Lookup } from "./queue-guard.js";
+import { postWebhook, WebhookTimeoutError, type PostResult } from "./queue-http.js";
+import { secretKey, webhookHeaders } from "./queue-sign.js";
 
 /**
  * Webhooks out (docs/notifications.md, "Webhooks"): a `NotificationQueue` that POSTs every outbox

@@ -1,6 +1,6 @@
 import { lookup as dnsLookup, type LookupAddress, type LookupOptions } from "node:dns";
 import { BlockList, isIP } from "node:net";
-import { ConfigurationError, CreditError } from "../core/errors.js";
+import { ConfigurationError, CreditError } from "../../core/errors.js";
 
 /**
  * The SSRF guard of webhook deliveries (docs/notifications.md, "Webhooks"): a target address in a

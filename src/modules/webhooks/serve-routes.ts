@@ -1,8 +1,8 @@
 import * as z from "zod";
-import type { DbManager } from "../core/db/types.js";
-import { HttpError, type HttpMethod, type RouteDefinition } from "../http/router.js";
-import { rootRoute, type RouteFields } from "../http/route-helpers.js";
-import { NotificationStatus, NotificationType, UserId } from "../core/models/index.js";
+import type { DbManager } from "../../core/db/types.js";
+import { HttpError, type HttpMethod, type RouteDefinition } from "../../http/router.js";
+import { rootRoute, type RouteFields } from "../../http/route-helpers.js";
+import { NotificationStatus, NotificationType, UserId } from "../../core/models/index.js";
 import {
   endpointOf,
   endpointProblem,
@@ -10,8 +10,8 @@ import {
   rotateSecret,
   type WebhookEndpointRecord,
   type WebhookEndpointStore,
-} from "../webhooks/endpoint-store.js";
-import { deliveryUserId, retryFailedWebhooks, sendTestWebhook } from "../webhooks/queue.js";
+} from "./store.js";
+import { deliveryUserId, retryFailedWebhooks, sendTestWebhook } from "./queue.js";
 
 /**
  * The admin routes of `serve` for webhook endpoints (docs/service.md, "Webhooks";

@@ -2,7 +2,7 @@ import * as http from "node:http";
 import * as https from "node:https";
 import { isIP } from "node:net";
 import type { BlockList } from "node:net";
-import { addressProblem, guardedLookup, WebhookAddressError, type Lookup } from "./guard.js";
+import { addressProblem, guardedLookup, WebhookAddressError, type Lookup } from "./queue-guard.js";
 
 /** What one POST got: the status, and the start of the response body (at most `maxResponseBytes`). */
 export interface PostResult {

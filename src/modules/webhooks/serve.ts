@@ -1,12 +1,12 @@
-import type { Logger } from "../core/logger.js";
-import type { DbManager } from "../core/db/types.js";
-import type { NotificationQueue } from "../core/queue/index.js";
-import { allowedNetworks, openEndpointStore } from "./store.js";
-import { endpointOf, type WebhookEndpointStore } from "../webhooks/endpoint-store.js";
-import { webhookQueue, type WebhookQueue } from "../webhooks/queue.js";
-import type { Env, ServeSettings } from "./settings.js";
-import type { RouteDefinition } from "../http/router.js";
-import { webhookRoutes } from "./webhook-routes.js";
+import type { Logger } from "../../core/logger.js";
+import type { DbManager } from "../../core/db/types.js";
+import type { NotificationQueue } from "../../core/queue/index.js";
+import { allowedNetworks, openEndpointStore } from "../../serve/store.js";
+import { endpointOf, type WebhookEndpointStore } from "./store.js";
+import { webhookQueue, type WebhookQueue } from "./queue.js";
+import type { Env, ServeSettings } from "../../serve/settings.js";
+import type { RouteDefinition } from "../../http/router.js";
+import { webhookRoutes } from "./serve-routes.js";
 
 /**
  * `serve` or `credit-management worker` with `CREDIT_WEBHOOKS=on` (docs/service.md): the endpoint

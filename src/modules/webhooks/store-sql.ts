@@ -3,7 +3,7 @@
  * each store writes its statements once, with `$1, $2…` parameters, and runs them through one of
  * these (docs/service.md, "Secure it"; docs/notifications.md, "Webhooks").
  */
-import { pgIdent } from "../schema/ident.js";
+import { pgIdent } from "../../schema/ident.js";
 
 /** What `serve`'s own stores (the webhook endpoints, the API keys) use of a SQLite connection. */
 export interface SqliteLike {

@@ -1,9 +1,9 @@
-import type { Notification } from "../core/models/index.js";
-import type { WebhookEndpointRecord } from "../webhooks/endpoint-store.js";
-import { errorPage, notice, type Ctx, type PageResult } from "./context.js";
-import { amount, enc, html, query, raw, when, type Html } from "./html.js";
-import { accountLink, actionForm, facts } from "./page-parts.js";
-import { shortId, table } from "./table.js";
+import type { Notification } from "../../core/models/index.js";
+import type { WebhookEndpointRecord } from "./store.js";
+import { errorPage, notice, type Ctx, type PageResult } from "../../console/context.js";
+import { amount, enc, html, query, raw, when, type Html } from "../../console/html.js";
+import { accountLink, actionForm, facts } from "../../console/page-parts.js";
+import { shortId, table } from "../../console/table.js";
 
 /**
  * The console's webhooks pages (docs/console.md, "Webhooks"), shown when the handler is given the
@@ -137,7 +137,7 @@ export async function webhookPage(ctx: Ctx, id: string): Promise<PageResult> {
   const store = ctx.webhooks;
   const e = store === undefined ? null : await store.get(id);
   if (e === null) return errorPage(404, "Not found");
-  const { deliveryUserId } = await import("../webhooks/queue.js");
+  const { deliveryUserId } = await import("./queue.js");
   const user = (ctx.url.searchParams.get("user") ?? "").trim();
   const canList = ctx.manager.db.listOutbox !== undefined && ctx.manager.db.capabilities.parts?.outbox !== false;
   const [failed, pending, ofUser] = await Promise.all([

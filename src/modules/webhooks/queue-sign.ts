@@ -1,5 +1,5 @@
 import { createHmac, randomBytes } from "node:crypto";
-import { ConfigurationError } from "../core/errors.js";
+import { ConfigurationError } from "../../core/errors.js";
 
 /**
  * Standard Webhooks signatures (docs/notifications.md, "Webhooks"): a secret is `whsec_` and the

@@ -1,6 +1,6 @@
-import { NotificationType, UserId } from "../core/models/index.js";
-import { allowedNetworks, openCreditStore, openEndpointStore } from "../serve/store.js";
-import { serveSettings, type Env } from "../serve/settings.js";
+import { NotificationType, UserId } from "../../core/models/index.js";
+import { allowedNetworks, openCreditStore, openEndpointStore } from "../../serve/store.js";
+import { serveSettings, type Env } from "../../serve/settings.js";
 import {
   endpointOf,
   endpointProblem,
@@ -8,12 +8,12 @@ import {
   rotateSecret,
   type WebhookEndpointRecord,
   type WebhookEndpointStore,
-} from "../webhooks/endpoint-store.js";
-import { retryFailedWebhooks, sendTestWebhook } from "../webhooks/queue.js";
-import type { CliIo } from "./run.js";
-import { UsageError } from "../util/usage-error.js";
-import { exitCodeOf, parseCommandLine } from "./args.js";
-import { closeQuietly } from "./store.js";
+} from "./store.js";
+import { retryFailedWebhooks, sendTestWebhook } from "./queue.js";
+import type { CliIo } from "../../cli/run.js";
+import { UsageError } from "../../util/usage-error.js";
+import { exitCodeOf, parseCommandLine } from "../../cli/args.js";
+import { closeQuietly } from "../../cli/store.js";
 
 /**
  * `credit-management webhooks add|list|remove|enable|disable|rotate-secret|test|retry`

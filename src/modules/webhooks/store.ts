@@ -1,7 +1,7 @@
 import { randomBytes } from "node:crypto";
 import { WebhookEndpoint } from "./queue.js";
-import { generateWebhookSecret } from "./sign.js";
-import { postgresSql, sqliteSql, type OwnSql, type PgPoolLike, type SqliteLike } from "./own-sql.js";
+import { generateWebhookSecret } from "./queue-sign.js";
+import { postgresSql, sqliteSql, type OwnSql, type PgPoolLike, type SqliteLike } from "./store-sql.js";
 
 /**
  * Where `credit-management webhooks` and the worker keep webhook endpoints (docs/notifications.md,
