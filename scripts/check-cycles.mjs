@@ -193,30 +193,14 @@ const CORE_LEAKS = new Map([
   ],
   ["src/core/db/store/parts.ts -> src/modules/billing/store.ts", "defineStore takes the optional promos part"],
   [
+    "src/core/db/memory/index.ts -> src/modules/billing/store.ts",
+    "the in-memory store saves the billing module's rows (BillingChanges)",
+  ],
+  [
     "src/core/db/memory/index.ts -> src/modules/billing/memory.ts",
     "the in-memory store builds the billing module's part too",
   ],
   ["src/core/models/entities.ts -> src/modules/billing/model-auto-top-up.ts", "the Account model carries autoTopUp"],
-  [
-    "src/core/services/account-unit.ts -> src/modules/billing/store.ts",
-    "a unit of work saves promo claims and payment updates (PromoPaymentChanges)",
-  ],
-  [
-    "src/core/services/unit-of-work.ts -> src/modules/billing/store.ts",
-    "a unit of work saves promo claims and payment updates (PromoPaymentChanges)",
-  ],
-  [
-    "src/core/services/unit-of-work.ts -> src/modules/billing/rules-auto-top-up.ts",
-    "UnitRun.save decides an auto top-up",
-  ],
-  [
-    "src/core/domain/state.ts -> src/modules/billing/model-payments.ts",
-    "Changes carries payment updates (PromoPaymentChanges)",
-  ],
-  [
-    "src/core/domain/state.ts -> src/modules/billing/model-promos.ts",
-    "Changes carries promo claims (PromoPaymentChanges)",
-  ],
   [
     "src/core/db/store/base.ts -> src/modules/billing/model-payments.ts",
     "StoreBase forwards the billing part's methods to its part",

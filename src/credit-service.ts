@@ -22,6 +22,7 @@ import {
 import type { ArchivePartitionsReport } from "./core/db/types-partitions.js";
 import type { CustomerState, CustomerStatePage } from "./modules/customer-state/rules.js";
 import { getRevenue, revenueAudit } from "./modules/revenue/service.js";
+import { autoTopUpHook } from "./modules/billing/service-auto-top-up.js";
 import type { RevenueQuery, RevenueReport } from "./modules/revenue/model.js";
 import { MeterOptions as MeterOptionsSchema, type MeterOptions } from "./modules/metering/model.js";
 import {
@@ -70,7 +71,11 @@ export class CreditService extends CoreCreditService {
   private readonly clock: () => Date;
 
   constructor(options: CreditServiceOptions) {
-    super({ ...options, auditChecks: [revenueAudit, ...(options.auditChecks ?? [])] });
+    super({
+      ...options,
+      auditChecks: [revenueAudit, ...(options.auditChecks ?? [])],
+      unitHooks: [autoTopUpHook, ...(options.unitHooks ?? [])],
+    });
     const core: CreditCore = creditCore(this);
     this.clock = core.clock;
     this.session = sessionDeps(core, options.pricing);

@@ -32,7 +32,12 @@ export type {
   RevenueSummaryOfAccount,
   RevenueSummaryStore,
 } from "./modules/revenue/store.js";
-export type { PromoPaymentStore, PromoPaymentTransaction, PromoPaymentChanges } from "./modules/billing/store.js";
+export type {
+  BillingChanges,
+  PromoPaymentStore,
+  PromoPaymentTransaction,
+  PromoPaymentChanges,
+} from "./modules/billing/store.js";
 export type { NotificationStore, ClaimQuery, NotificationUpdate, OutboxQuery } from "./core/db/types-notifications.js";
 export { compareGrants } from "./core/domain/order.js";
 export type {

@@ -2,6 +2,8 @@
 // same store as the full manager.
 import { describe, expect, it } from "vitest";
 import { createCreditManager as createCoreManager, CoreCreditService } from "../src/core/index.js";
+import type { UnitHook } from "../src/core/services/unit-of-work.js";
+import { newNotification } from "../src/core/domain/notifications.js";
 import { ConfigurationError, createCreditManager, CreditService, InMemoryDbManager } from "../src/index.js";
 
 describe("credit-management/core", () => {
@@ -69,5 +71,28 @@ describe("credit-management/core", () => {
     const full = await new CreditService({ db: tampered }).audit("t");
     expect(full.ok).toBe(false);
     expect(full.problems.join("\n")).toMatch(/stored cost basis none is not its entry 1's 0.5 USD/);
+  });
+
+  it("unitHooks: a module's rows are saved in the unit of work that decides them, and only on a write", async () => {
+    const db = new InMemoryDbManager();
+    await db.init();
+    const seen: { before: number | null; after: number }[] = [];
+    const hook: UnitHook = ({ loaded, now, changes }) => {
+      seen.push({ before: loaded?.balance ?? null, after: changes.account.balance });
+      const crossed = (loaded?.balance ?? 0) >= 10 && changes.account.balance < 10;
+      return crossed ? [newNotification(changes.account.userId, "low_credits", { below: 10 }, now, null)] : [];
+    };
+    const credits = new CoreCreditService({ db, unitHooks: [hook] });
+    await credits.addCredits("h", 12);
+    await credits.deductCredits("h", 1);
+    await credits.deductCredits("h", 2); // 11 → 9: crosses
+    await credits.getUserCreditsInfo("h"); // a read writes nothing: no hook
+    expect(seen).toEqual([
+      { before: null, after: 12 },
+      { before: 12, after: 11 },
+      { before: 11, after: 9 },
+    ]);
+    const rows = await db.listNotifications("h", { limit: 10 });
+    expect(rows.map((r) => r.type)).toEqual(["low_credits"]);
   });
 });

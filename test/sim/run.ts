@@ -1,8 +1,8 @@
+import type { BillingChanges } from "../../src/modules/billing/store.js";
 import { createHash } from "node:crypto";
 import { InMemoryDbManager } from "../../src/core/db/memory/index.js";
 import { ConflictError, CreditError, OutcomeUnknownError, StorageError } from "../../src/core/errors.js";
 import { createCreditManager, type CreditManager } from "../../src/manager.js";
-import type { Changes } from "../../src/store.js";
 import type { Payment, Subscription } from "../../src/models-entry.js";
 import { CreditService } from "../../src/credit-service.js";
 import { mayPay, type CreditModel, type ModelSpend } from "../../src/core/testing/model.js";
@@ -404,7 +404,7 @@ async function simulate(options: SimOptions): Promise<SimResult> {
       alerts.setThresholds(user, list, await inner.listJournal(user, { order: "asc", limit: 100 }));
     }
   /** Counts a committed entry of a limited user's against its limits, as the service counts it. */
-  const countEntry = (user: string, x: Changes["entries"][number]) => {
+  const countEntry = (user: string, x: BillingChanges["entries"][number]) => {
     const list = limited.get(user);
     const counts = counted.get(user);
     if (list === undefined || counts === undefined) return;
@@ -465,7 +465,7 @@ async function simulate(options: SimOptions): Promise<SimResult> {
   // The model, driven by what the store committed, in commit order.
 
   /** What the model answers `spec` on `m` (changed as the service would change it). */
-  const applySpec = (spec: Spec, m: CreditModel, changes: Changes | null): string => {
+  const applySpec = (spec: Spec, m: CreditModel, changes: BillingChanges | null): string => {
     switch (spec.kind) {
       case "add":
         if (spec.expiresAt !== null && spec.expiresAt <= m.now) return "RuleViolationError";
@@ -1330,12 +1330,12 @@ function ownLoad(op: Op, userId: string, key: string | undefined): boolean {
 }
 
 /** A commit of a request sent without a key that carries its work (not only a settle before a refusal). */
-function unkeyedWork(op: Op, userId: string, changes: Changes): boolean {
+function unkeyedWork(op: Op, userId: string, changes: BillingChanges): boolean {
   return ownLoad(op, userId, undefined) && changes.entries.some((x) => x.type === op.spec.kind);
 }
 
 /** A save of the account row alone: no entries, no grant, hold, promo or payment written. */
-function accountOnly(c: Changes): boolean {
+function accountOnly(c: BillingChanges): boolean {
   return (
     c.entries.length === 0 &&
     c.insertGrants.length === 0 &&

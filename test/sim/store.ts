@@ -1,8 +1,9 @@
+import type { BillingChanges } from "../../src/modules/billing/store.js";
 import { isDeepStrictEqual } from "node:util";
 import { ConflictError, StorageError } from "../../src/core/errors.js";
 import { outcomeUnknown } from "../../src/core/db/store/errors.js";
 import type { InMemoryDbManager } from "../../src/core/db/memory/index.js";
-import type { Changes, DbManager, DbTransaction, LoadRequest, LoadedState } from "../../src/store.js";
+import type { DbManager, DbTransaction, LoadRequest, LoadedState } from "../../src/store.js";
 import type { ChargeRecord } from "../../src/core/db/types.js";
 import { stateAfter, type AccountState } from "../../src/core/db/state-cache.js";
 import type { Account, Grant, Payment, Promo, Reservation, Subscription } from "../../src/models-entry.js";
@@ -12,7 +13,7 @@ import { currentOp, type OpContext, type Scheduler } from "./scheduler.js";
 /** What the simulated store saw, in the order it happened: the model replays it. */
 export type StoreEvent =
   | { kind: "load"; op: OpContext | undefined; userId: string; key: string | undefined; seq: number }
-  | { kind: "commit"; op: OpContext | undefined; userId: string; changes: Changes }
+  | { kind: "commit"; op: OpContext | undefined; userId: string; changes: BillingChanges }
   /** A live read inside a unit of work (promos, payments: not from the load's snapshot). */
   | { kind: "txread"; op: OpContext | undefined; userId: string; key: string | undefined }
   /** A request answered (pushed by the simulation, so the log orders answers among commits). */
@@ -195,7 +196,7 @@ export class ProcessCache {
 }
 
 class SimTransaction implements DbTransaction {
-  changes: Changes | null = null;
+  changes: BillingChanges | null = null;
   /** The account's seq of the cached state the unit started from (null: it loaded from the store). */
   cachedSeq: number | null = null;
   /** The account, open grants and active holds it loaded (null: no account yet). */
@@ -323,7 +324,7 @@ class SimTransaction implements DbTransaction {
     return p !== null && p.userId === this.userId ? p : null;
   }
 
-  save(changes: Changes): void {
+  save(changes: BillingChanges): void {
     if (this.changes !== null) throw new Error("save() may be called once per unit of work");
     this.changes = changes;
   }

@@ -1,8 +1,4 @@
 import type { Account, Grant, JournalEntry, Notification, Reservation } from "../models/index.js";
-// eslint-disable-next-line no-restricted-imports -- a leak scripts/check-cycles.mjs lists (CORE_LEAKS): Changes carries payment updates
-import type { Payment } from "../../modules/billing/model-payments.js";
-// eslint-disable-next-line no-restricted-imports -- a leak scripts/check-cycles.mjs lists (CORE_LEAKS): Changes carries promo claims
-import type { PromoClaim } from "../../modules/billing/model-promos.js";
 
 /**
  * What a unit of work reads and what it writes, in the domain's terms: an `AccountWork` is built
@@ -31,16 +27,16 @@ export interface LoadedState {
   idempotent: JournalEntry | null;
 }
 
-/** What a unit of work saves for promos and payments, atomically with its account changes. */
-export interface PromoPaymentChanges {
-  /** Claims to record; each takes one use from its promo under the `maxUses` guard. */
-  promoClaims?: PromoClaim[];
-  /** Payments of this user to write, each a compare-and-set on `version - 1`. */
-  paymentUpdates?: Payment[];
-}
+/**
+ * Rows a module saves with a unit of work, atomically with the account's changes (ARCHITECTURE.md,
+ * "Seams"), each list under the module's own name (the billing module's `promoClaims` and
+ * `paymentUpdates`, `PromoPaymentChanges`): the unit of work hands them to the store's `save` on
+ * `Changes`, and reads none of them.
+ */
+export type ModuleRows = { readonly [name: string]: readonly unknown[] | undefined };
 
 /** Everything one unit of work changes, written at once by `save`. */
-export interface Changes extends PromoPaymentChanges {
+export interface Changes {
   /** The account after the change. */
   account: Account;
   /**

@@ -2,7 +2,7 @@ import * as z from "zod/mini";
 import type { Logger } from "../logger.js";
 import type { Cache } from "../cache/index.js";
 import type { DbManager, DbTransaction, LoadedState } from "../db/types.js";
-import type { PromoPaymentChanges } from "../../modules/billing/store.js";
+import type { ModuleRows } from "../domain/state.js";
 import type { AccountWork, EntryMeta } from "../domain/account-work.js";
 import type { Thresholds } from "../domain/notifications.js";
 import { ConfigurationError, IdempotencyConflictError } from "../errors.js";
@@ -89,7 +89,7 @@ const AlertsOption = z.extend(ThresholdSpec, {
 /** What a unit-of-work body returns: its value and what it saves beside the account's changes. */
 export interface UnitResult<T> {
   value: T;
-  extra?: PromoPaymentChanges;
+  extra?: ModuleRows;
 }
 
 /**

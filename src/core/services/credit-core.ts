@@ -140,6 +140,7 @@ export class CreditCore {
       checkpointEvery,
       outcomeWaitMs,
       periods: periods && ((userId) => periods.bringDue(userId)),
+      unitHooks: options.unitHooks ?? [],
     });
   }
 

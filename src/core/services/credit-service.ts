@@ -10,6 +10,7 @@ import { ConflictError, NotFoundError, RuleViolationError, ValidationError } fro
 import type { LedgerLogger } from "../ledger/index.js";
 import { auditAccount, latestCheckpoint, writeCheckpoint } from "./audit.js";
 import type { AuditCheck } from "./audit-check.js";
+import type { UnitHook } from "./unit-of-work.js";
 import { SpendLimits } from "./spend-limits.js";
 import { getReversals, reverseCharge } from "./reversals.js";
 import type { ChargeReversals } from "../domain/reversal.js";
@@ -121,6 +122,12 @@ export interface CoreCreditServiceOptions {
    * "Seams"; `CreditService` adds the revenue module's). Default none.
    */
   auditChecks?: readonly AuditCheck[];
+  /**
+   * What modules decide in every unit of work that writes: each hook's outbox rows are saved with
+   * the unit (ARCHITECTURE.md, "Seams"; `CreditService` adds the billing module's auto top-up).
+   * Default none.
+   */
+  unitHooks?: readonly UnitHook[];
 }
 
 export type { ExpiringCredits, HistoryPage } from "./history.js";

@@ -1,7 +1,7 @@
 import type { Logger } from "../logger.js";
 import type { CacheAside } from "../cache/aside.js";
 import type { Changes, DbManager, DbTransaction, LoadedState } from "../db/types.js";
-import type { PromoPaymentChanges } from "../../modules/billing/store.js";
+import type { ModuleRows } from "../domain/state.js";
 import { backoff, sleep, type BackoffOptions } from "../db/store/retry.js";
 import { AccountWork, type EntryMeta } from "../domain/account-work.js";
 import {
@@ -12,7 +12,6 @@ import {
   newNotification,
   type Thresholds,
 } from "../domain/notifications.js";
-import { topUpRequest } from "../../modules/billing/rules-auto-top-up.js";
 import { alertInputs } from "./alert-reads.js";
 import { grantTrial } from "../domain/trial.js";
 import { domainEvents } from "../domain/events.js";
@@ -60,7 +59,7 @@ type ParsedTrial = z.output<typeof TrialCredits>;
  */
 export interface UnitContext {
   state: LoadedState;
-  attach(rows: PromoPaymentChanges): void;
+  attach(rows: ModuleRows): void;
 }
 
 /** Options of one unit of work: settle what time has done; bring a due subscription period first. */
@@ -87,9 +86,9 @@ interface UnitOutcome<T> {
 
 /** What a unit of work's body may use besides the account: the loaded state, extra rows to save. */
 class Unit implements UnitContext {
-  extra: PromoPaymentChanges | undefined = undefined;
+  extra: ModuleRows | undefined = undefined;
   constructor(readonly state: LoadedState) {}
-  attach(rows: PromoPaymentChanges): void {
+  attach(rows: ModuleRows): void {
     this.extra = { ...this.extra, ...rows };
   }
 }
@@ -171,19 +170,15 @@ class UnitRun<T> {
   private async save(tx: DbTransaction, work: AccountWork, unit: Unit, result: T): Promise<UnitOutcome<T>> {
     const outcome: UnitOutcome<T> = { value: result, entries: work.entries, canonicals: work.canonicals };
     const extra = unit.extra;
-    const hasExtra =
-      extra !== undefined && ((extra.promoClaims?.length ?? 0) > 0 || (extra.paymentUpdates?.length ?? 0) > 0);
+    const hasExtra = extra !== undefined && Object.values(extra).some((rows) => (rows?.length ?? 0) > 0);
     if (!work.changed && !hasExtra) return outcome;
     const changes: Changes = work.changes();
     if (extra !== undefined) Object.assign(changes, extra);
     if (this.runner.config.alerts !== undefined) await this.runner.addNotifications(work, changes);
-    // Auto top-up (docs/promos-and-payments.md): the spend that crosses `below` asks for one, in
-    // this unit of work, whether or not notifications are on. A unit that records a payment's
-    // change never does: taking back a refund's (or lost dispute's) credits must not charge the
-    // customer again at once (crediting a payment only raises `available`).
-    if (changes.account.autoTopUp != null && (extra?.paymentUpdates?.length ?? 0) === 0) {
-      const asked = topUpRequest(work.loaded, changes.account, work.now);
-      if (asked !== null) changes.notifications = [...(changes.notifications ?? []), asked];
+    // What the modules decide in the same unit of work (the billing module: an auto top-up).
+    for (const hook of this.runner.config.unitHooks) {
+      const rows = hook({ loaded: work.loaded, now: work.now, changes });
+      if (rows.length > 0) changes.notifications = [...(changes.notifications ?? []), ...rows];
     }
     if (
       holdChannel.hasSubscribers &&
@@ -237,7 +232,18 @@ export interface UnitRunnerOptions {
    * applied, in ms (`outcomeWaitMs`, docs/concepts.md, "Certain and uncertain errors").
    */
   outcomeWaitMs: number;
+  /** What modules decide in every unit of work that writes (`unitHooks`). */
+  unitHooks: readonly UnitHook[];
 }
+
+/**
+ * A module's decision in every unit of work that writes (ARCHITECTURE.md, "Seams"): given the
+ * account as loaded, the time and the changes about to be saved (the modules' rows included), the
+ * outbox rows it adds, saved with them. It may set its module's own state on `changes.account`,
+ * and nothing else: the unit of work runs again from its load after a conflict. The billing module
+ * asks for an auto top-up so.
+ */
+export type UnitHook = (unit: { loaded: Account | null; now: Date; changes: Changes }) => readonly Notification[];
 
 /**
  * Runs the units of work of a `CreditService`: `mutate` is the only way its operations

@@ -1,3 +1,4 @@
+import type { BillingChanges } from "../../modules/billing/store.js";
 import { isDeepStrictEqual } from "node:util";
 import type {
   AnyBulkWriteOperation,
@@ -276,7 +277,7 @@ function itemOps(
 }
 
 /** The journal entries of one unit of work, as inserts. */
-const entryOps = (changes: Changes): AnyBulkWriteOperation<StoredDoc>[] =>
+const entryOps = (changes: BillingChanges): AnyBulkWriteOperation<StoredDoc>[] =>
   changes.entries.map((e) => ({ insertOne: { document: toDoc(ENTRY, e) } }));
 
 /**
@@ -309,7 +310,7 @@ async function write(
  */
 export async function saveChanges(ctx: UnitContext, op: UnitHost["op"], txs: readonly UnitTx[]): Promise<void> {
   const { c, promos, outbox } = ctx;
-  const changes = txs.map((tx) => tx.pending as Changes);
+  const changes = txs.map((tx) => tx.pending as BillingChanges);
   const accounts = txs.map((tx) => accountOp(tx.pending as Changes, tx.base));
   const missed = await op((s) => write(c.accounts, accounts, s));
   if (missed > 0) {
@@ -372,7 +373,7 @@ export class UnitTx implements DbTransaction {
   /** The state `load()` handed out: from the cache or a read (null: no account). */
   base: AccountState | null | undefined = undefined;
   fromCache = false;
-  pending: Changes | null = null;
+  pending: BillingChanges | null = null;
   loadKey: string | undefined = undefined;
   loaded = deferred<LoadedState>();
   private loads = 0;
@@ -493,7 +494,7 @@ export class UnitTx implements DbTransaction {
   }
 
   /** Queues the changes: the host writes them when the unit of work has finished. */
-  async save(changes: Changes): Promise<void> {
+  async save(changes: BillingChanges): Promise<void> {
     if (this.saved) throw new Error("save() may be called once per unit of work");
     this.saved = true;
     if (changes.account.userId !== this.userId)

@@ -1,5 +1,5 @@
+import type { BillingChanges } from "../../modules/billing/store.js";
 import type { Grant, Reservation } from "../../core/models/index.js";
-import type { Changes } from "../../core/db/types.js";
 import type { AccountState } from "./state-cache.js";
 import { type AccountState as BaseState, stateAfter as stateOnTop } from "../../core/db/state-cache.js";
 import type { UnitTx } from "./unit-tx.js";
@@ -11,7 +11,7 @@ export interface ChainState {
   /** The first unit started from the state cache without locking: the row's `xmin` it guards on. */
   xmin: string | null;
   /** The changes saved so far, in order: a later unit's idempotency key may be among their entries. */
-  saved: Changes[];
+  saved: BillingChanges[];
   /** Every grant and hold they wrote, closed ones too (`getGrants` and `getReservation` read them). */
   grants: Map<string, Grant>;
   holds: Map<string, Reservation>;
@@ -20,7 +20,7 @@ export interface ChainState {
 }
 
 /** The chain's state once `changes` (made on top of it) are applied. */
-export function advance(at: ChainState, changes: Changes): ChainState {
+export function advance(at: ChainState, changes: BillingChanges): ChainState {
   const grants = new Map(at.grants);
   for (const g of [...changes.insertGrants, ...changes.updateGrants]) grants.set(g.id, g);
   const holds = new Map(at.holds);
@@ -40,7 +40,7 @@ export interface SaveItem {
   readonly userId: string;
   /** The account row's `xmin` its state was made at, when it was not locked before the save. */
   readonly xmin: string | null;
-  readonly pendingChanges: Changes;
+  readonly pendingChanges: BillingChanges;
   readonly originals: UnitTx["originals"];
   readonly loadDone: boolean;
   readonly base: Omit<AccountState, "xmin"> | null;
@@ -68,7 +68,10 @@ export function merged(txs: readonly UnitTx[]): SaveItem[] {
       continue;
     }
     const last = list[list.length - 1] as UnitTx;
-    const rows = <T extends { id: string }>(ins: (c: Changes) => readonly T[], upd: (c: Changes) => readonly T[]) => {
+    const rows = <T extends { id: string }>(
+      ins: (c: BillingChanges) => readonly T[],
+      upd: (c: BillingChanges) => readonly T[],
+    ) => {
       const inserted = new Map<string, T>();
       const updated = new Map<string, T>();
       for (const tx of list) {
@@ -85,12 +88,12 @@ export function merged(txs: readonly UnitTx[]): SaveItem[] {
       (c) => c.insertReservations,
       (c) => c.updateReservations,
     );
-    const all = <T>(get: (c: Changes) => readonly T[] | undefined) =>
+    const all = <T>(get: (c: BillingChanges) => readonly T[] | undefined) =>
       list.flatMap((tx) => get(tx.pendingChanges) ?? []);
     const notifications = all((c) => c.notifications);
     const promoClaims = all((c) => c.promoClaims);
     const paymentUpdates = all((c) => c.paymentUpdates);
-    const pendingChanges: Changes = {
+    const pendingChanges: BillingChanges = {
       account: last.pendingChanges.account,
       previousSeq: first.pendingChanges.previousSeq,
       insertGrants: grants.inserted,

@@ -1,3 +1,4 @@
+import type { BillingChanges } from "../../modules/billing/store.js";
 import { ConflictError, StorageError } from "../../core/errors.js";
 import type { Account, Grant, JournalEntry, Payment, Promo, Reservation } from "../../models-entry.js";
 import { decodeRow } from "../../schema/codec.js";
@@ -5,7 +6,7 @@ import type { Column } from "../../schema/columns.js";
 import { REVISION, unitFunctionNames } from "../../schema/citus-units.js";
 import type { SqlTable } from "../../schema/sql.js";
 import { type AccountState as BaseState, StateCache, stateAfter } from "../../core/db/state-cache.js";
-import type { ChargeRecord, Changes, DbTransaction, LoadRequest, LoadedState } from "../../core/db/types.js";
+import type { ChargeRecord, DbTransaction, LoadRequest, LoadedState } from "../../core/db/types.js";
 import { checkOneAccount, isConflict, leavesOutcomeUnknown, lockTimeout, storageError, workerCode } from "./errors.js";
 import { outcomeUnknown } from "../../core/db/store/errors.js";
 import type { PostgresDbManager } from "./index.js";
@@ -234,7 +235,7 @@ class CallTx implements DbTransaction {
   needsTransaction = false;
   /** Its decision rests on a cached state or on reads after its load: confirm before it is final. */
   unsure = false;
-  pending: Changes | null = null;
+  pending: BillingChanges | null = null;
   private loaded: { rev: number | null; base: BaseState | null; node: number | null } | null = null;
   private readonly originals = { grants: new Map<string, Grant>(), holds: new Map<string, Reservation>() };
 
@@ -354,7 +355,7 @@ class CallTx implements DbTransaction {
     this.transaction();
   }
 
-  async save(changes: Changes): Promise<void> {
+  async save(changes: BillingChanges): Promise<void> {
     if (this.pending !== null) throw new Error("save() may be called once per unit of work");
     if (this.loaded === null || (changes.promoClaims?.length ?? 0) > 0 || (changes.paymentUpdates?.length ?? 0) > 0)
       this.transaction();
@@ -366,7 +367,7 @@ class CallTx implements DbTransaction {
 
   /** Writes the changes in one `unit_save` call; on success, the account's new state is cached. */
   async commit(): Promise<void> {
-    const c = this.pending as Changes;
+    const c = this.pending as BillingChanges;
     const loaded = this.loaded as { rev: number | null; base: BaseState | null; node: number | null };
     const t = this.tables;
     // None: NULL, for which the function runs no statement.

@@ -1,5 +1,5 @@
+import type { BillingChanges } from "../../modules/billing/store.js";
 import { type ConflictError, LockTimeoutError, StorageError } from "../../core/errors.js";
-import type { Changes } from "../../core/db/types.js";
 import { storageError as driverFailure } from "../../core/db/store/errors.js";
 import { GUARD_MARKER } from "./sql.js";
 
@@ -81,7 +81,7 @@ export function lockTimeout(db: { lockTimeoutMs: number }, what: string, error: 
 }
 
 /** Refuses a save of `userId`'s unit of work with a row of another account: a unit writes one account. */
-export function checkOneAccount(userId: string, changes: Changes): void {
+export function checkOneAccount(userId: string, changes: BillingChanges): void {
   const rows: Array<{ userId: string }> = [
     changes.account,
     ...changes.insertGrants,

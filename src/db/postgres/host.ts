@@ -1,5 +1,6 @@
+import type { BillingChanges } from "../../modules/billing/store.js";
 import { ConflictError, CreditError, LockTimeoutError } from "../../core/errors.js";
-import type { Changes, DbManager, DbTransaction, LoadRequest, LoadedState } from "../../core/db/types.js";
+import type { DbManager, DbTransaction, LoadRequest, LoadedState } from "../../core/db/types.js";
 import { saveParts } from "./save-rows.js";
 import { isConflict, storageError, workerCode } from "./errors.js";
 import type { PostgresDbManager } from "./index.js";
@@ -94,7 +95,7 @@ export function hostStore(db: PostgresDbManager, client: PgQueryable): DbManager
 
 /** The `DbTransaction` of one unit of work on the host's connection. */
 class HostUnit extends UnitReads implements DbTransaction {
-  private pending: Changes | null = null;
+  private pending: BillingChanges | null = null;
 
   constructor(
     private readonly db: PostgresDbManager,
@@ -115,8 +116,8 @@ class HostUnit extends UnitReads implements DbTransaction {
   /** Nothing to wait for: the host's transaction is open. */
   protected async beforeRead(): Promise<void> {}
 
-  get pendingChanges(): Changes {
-    return this.pending as Changes;
+  get pendingChanges(): BillingChanges {
+    return this.pending as BillingChanges;
   }
 
   /**
@@ -134,7 +135,7 @@ class HostUnit extends UnitReads implements DbTransaction {
     return state;
   }
 
-  save(changes: Changes): void {
+  save(changes: BillingChanges): void {
     if (this.pending !== null) throw new Error("save() may be called once per unit of work");
     this.checkSave(changes);
     this.pending = changes;

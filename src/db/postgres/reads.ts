@@ -1,8 +1,9 @@
+import type { BillingChanges } from "../../modules/billing/store.js";
 import { ConflictError } from "../../core/errors.js";
 import type { Account, Grant, JournalEntry, Payment, Promo, Reservation } from "../../models-entry.js";
 import { decodeRow } from "../../schema/codec.js";
 import type { SqlTable } from "../../schema/sql.js";
-import type { ChargeRecord, Changes, LoadedState } from "../../core/db/types.js";
+import type { ChargeRecord, LoadedState } from "../../core/db/types.js";
 import type { TableKey } from "../../schema/tables.js";
 import type { PostgresDbManager } from "./index.js";
 import { type PostgresSql, type Tables, arrayText, chargeOf, toRow } from "./sql.js";
@@ -166,7 +167,7 @@ export abstract class UnitReads {
   }
 
   /** Refuses a save that does not start from the loaded seq (the service's unit of work changed its mind). */
-  protected checkSave(changes: Changes): void {
+  protected checkSave(changes: BillingChanges): void {
     if (this.state !== null && changes.previousSeq !== this.state.seq) {
       throw new ConflictError(`account ${this.userId} changed during the unit of work`, { userId: this.userId });
     }

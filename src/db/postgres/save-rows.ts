@@ -1,6 +1,6 @@
+import type { BillingChanges } from "../../modules/billing/store.js";
 import { type Column, snakeCase } from "../../schema/columns.js";
 import type { SqlTable } from "../../schema/sql.js";
-import type { Changes } from "../../core/db/types.js";
 import type { SaveItem } from "./chain.js";
 import { promoPaymentSave } from "../../modules/billing/postgres.js";
 import { type PostgresSql, type SaveArg, type SaveStatement, type Statement, arrayText, toRow } from "./sql.js";
@@ -45,7 +45,7 @@ export function saveParts(
     args.ak = arrayText(updates.map((tx) => tx.userId));
     args.xk = arrayText(updates.filter((tx) => tx.xmin != null).map((tx) => tx.userId));
   }
-  const all = <T>(get: (c: Changes) => readonly T[]) => txs.flatMap((tx) => get(tx.pendingChanges));
+  const all = <T>(get: (c: BillingChanges) => readonly T[]) => txs.flatMap((tx) => get(tx.pendingChanges));
   const inserts = txs.filter((tx) => tx.pendingChanges.previousSeq === null).map((tx) => tx.pendingChanges.account);
   if (inserts.length > 0) args.ai = json(inserts.map((a) => toRow(tables.accounts.columns, a, "drop")));
   const newGrants = all((c) => c.insertGrants);

@@ -1,6 +1,7 @@
+import type { BillingChanges } from "../../modules/billing/store.js";
 import type { Account, Grant, JournalEntry, Reservation } from "../../core/models/index.js";
 import { decodeRow } from "../../schema/codec.js";
-import type { Changes, DbTransaction, LoadRequest, LoadedState } from "../../core/db/types.js";
+import type { DbTransaction, LoadRequest, LoadedState } from "../../core/db/types.js";
 import type { Batch } from "./batch.js";
 import type { ChainState, SaveItem } from "./chain.js";
 import { checkOneAccount } from "./errors.js";
@@ -33,7 +34,7 @@ export class UnitTx extends UnitReads implements DbTransaction, SaveItem {
   readonly loaded = deferred<LoadedState>();
   /** Another method was called before the batch opened its transaction. */
   needsTransaction = false;
-  pending: Changes | null = null;
+  pending: BillingChanges | null = null;
   /** Resolved once the unit is settled here (see `Batch.resolveInOrder`). */
   readonly done = deferred<void>();
   /** Its resolution waits for an earlier unit of the account: `untrack` comes then. */
@@ -74,8 +75,8 @@ export class UnitTx extends UnitReads implements DbTransaction, SaveItem {
     await this.opening();
   }
 
-  get pendingChanges(): Changes {
-    return this.pending as Changes;
+  get pendingChanges(): BillingChanges {
+    return this.pending as BillingChanges;
   }
 
   /** A later unit of a chain starts from what the ones before it left, under the same lock. */
@@ -236,7 +237,7 @@ export class UnitTx extends UnitReads implements DbTransaction, SaveItem {
     );
   }
 
-  async save(changes: Changes): Promise<void> {
+  async save(changes: BillingChanges): Promise<void> {
     if (this.saved) throw new Error("save() may be called once per unit of work");
     if (
       this.chain?.promos === true &&

@@ -1,10 +1,11 @@
+import type { BillingChanges } from "../../modules/billing/store.js";
 import { ConflictError } from "../../core/errors.js";
 import type { Account, Grant, JournalEntry, Reservation } from "../../models-entry.js";
 import type { Payment, Promo } from "../../models-entry.js";
 import type { Attempt } from "../store/define.js";
 import { AccountLocks } from "../../core/db/store/account-locks.js";
 import { origin } from "../../core/db/store/errors.js";
-import type { ChargeRecord, Changes, LoadRequest, LoadedState } from "../../core/db/types.js";
+import type { ChargeRecord, LoadRequest, LoadedState } from "../../core/db/types.js";
 import type { SqliteDbManagerOptions, SqliteDriver } from "./options.js";
 import { Sqlite, isBusy } from "./connection.js";
 
@@ -118,7 +119,7 @@ export class Locker {
  * so its guard cannot fail.
  */
 export class SqliteAttempt implements Attempt {
-  private pending: Changes | undefined;
+  private pending: BillingChanges | undefined;
   private saved = false;
   /** The commit's guard: the account row as `load` read it (encoded then: the unit may change the objects). */
   private loaded: { seq: number; guard: string; params: unknown[] } | null = null;
@@ -188,7 +189,7 @@ export class SqliteAttempt implements Attempt {
   async getPayment(id: string): Promise<Payment | null> {
     return this.s.one<Payment>("payments", "WHERE id = ? AND user_id = ?", [id, this.userId]);
   }
-  save(changes: Changes): void {
+  save(changes: BillingChanges): void {
     if (this.saved) throw new Error("save() may be called once per unit of work");
     this.saved = true;
     this.pending = changes;
@@ -211,7 +212,7 @@ export class SqliteAttempt implements Attempt {
   }
 
   /** A locked attempt's commit: its writes, then COMMIT; on a failure `rollback` ends it. */
-  private commitLocked(c: Changes | undefined): void {
+  private commitLocked(c: BillingChanges | undefined): void {
     try {
       if (c !== undefined) this.write(c);
       this.s.end(true);
@@ -231,7 +232,7 @@ export class SqliteAttempt implements Attempt {
   }
 
   /** Everything the unit of work saved, in one write transaction (nothing when it throws). */
-  private write(c: Changes): void {
+  private write(c: BillingChanges): void {
     const { s } = this;
     const stale = () =>
       new ConflictError(origin("sqlite", `account ${this.userId} changed during the unit of work`), {

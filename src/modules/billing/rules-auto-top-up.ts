@@ -187,7 +187,7 @@ export function afterActionRequired(s: AutoTopUpState, id: string, code: string)
 }
 
 /**
- * The hook of a unit of work's save (src/core/services/credit-service.ts, beside the low-credits alert):
+ * What `autoTopUpHook` (./service-auto-top-up.ts) decides in a unit of work's save:
  * when the change asks for a top-up (`requestTopUp`), sets the account's new state and returns the
  * `auto_top_up_requested` outbox row, committed with the spend; else null and nothing changes.
  */

@@ -8,6 +8,7 @@ import {
   ruleOf,
   withRule,
 } from "./rules-auto-top-up.js";
+import { topUpRequest } from "./rules-auto-top-up.js";
 import { newNotification } from "../../core/domain/notifications.js";
 import { canAdvancePayment, isCredited, newPayment } from "./rules-payments.js";
 import { ConfigurationError, ConflictError, ValidationError } from "../../core/errors.js";
@@ -21,7 +22,8 @@ import {
 } from "../../models-entry.js";
 import type { OffSessionChargeResult, PaymentEvent, PaymentProvider } from "./provider.js";
 import type { BillingDeps } from "./service-promos.js";
-import { saveAccountOnly } from "../../core/services/unit-of-work.js";
+import { saveAccountOnly, type UnitHook } from "../../core/services/unit-of-work.js";
+import type { BillingChanges } from "./store.js";
 
 /** What `processAutoTopUp` did with the account's top-up in flight. */
 export interface AutoTopUpResult {
@@ -312,3 +314,16 @@ export class AutoTopUpService {
     return out;
   }
 }
+
+/**
+ * The billing module's decision in every unit of work that writes (docs/promos-and-payments.md,
+ * "Auto top-up"): the spend that crosses `below` asks for a top-up, its `auto_top_up_requested` row
+ * saved with the spend, whether or not notifications are on. A unit that records a payment's change
+ * never does: taking back a refund's (or lost dispute's) credits must not charge the customer again
+ * at once (crediting a payment only raises `available`). `CreditService` runs it.
+ */
+export const autoTopUpHook: UnitHook = ({ loaded, now, changes }) => {
+  if (changes.account.autoTopUp == null || ((changes as BillingChanges).paymentUpdates?.length ?? 0) > 0) return [];
+  const asked = topUpRequest(loaded, changes.account, now);
+  return asked === null ? [] : [asked];
+};

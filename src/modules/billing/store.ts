@@ -1,4 +1,5 @@
 import type { DbManager, DbTransaction } from "../../core/db/types.js";
+import type { Changes } from "../../core/domain/state.js";
 import { ConfigurationError } from "../../core/errors.js";
 import type { Payment, Promo, PromoClaim } from "../../models-entry.js";
 
@@ -51,8 +52,20 @@ export interface PromoPaymentTransaction {
   getPayment(paymentId: string): Promise<Payment | null>;
 }
 
-/** What a unit of work saves for promos and payments: the domain's (src/core/domain/state.ts), re-exported. */
-export type { PromoPaymentChanges } from "../../core/domain/state.js";
+/**
+ * What a unit of work saves for promos and payments, atomically with its account changes: the
+ * billing module's rows (`ModuleRows`), which a store with the billing part reads on the `Changes`
+ * its `save` gets.
+ */
+export type PromoPaymentChanges = {
+  /** Claims to record; each takes one use from its promo under the `maxUses` guard. */
+  promoClaims?: PromoClaim[];
+  /** Payments of this user to write, each a compare-and-set on `version - 1`. */
+  paymentUpdates?: Payment[];
+};
+
+/** The `Changes` a store with the billing part saves: the core's, with the billing module's rows. */
+export type BillingChanges = Changes & PromoPaymentChanges;
 
 /** A store with the billing part: what the billing module's services read and write. */
 export type BillingDb = DbManager & PromoPaymentStore;

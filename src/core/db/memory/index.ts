@@ -1,3 +1,4 @@
+import type { BillingChanges } from "../../../modules/billing/store.js";
 import { ConflictError } from "../../errors.js";
 import { compareGrants, isOpenGrant } from "../../domain/order.js";
 import type { Account, Grant, JournalEntry, LedgerEntry, Reservation } from "../../models/index.js";
@@ -8,7 +9,6 @@ import { UsageAccumulator, usageEntryTypes, type UsageBucket, type UsageScan } f
 import type {
   AccountCredits,
   ChargeRecord,
-  Changes,
   DbManager,
   DbTransaction,
   JournalQuery,
@@ -132,7 +132,7 @@ export class InMemoryDbManager extends StoreBase implements DbManager {
    * @internal Refuses changes that would break the seq guard or a unique key (at `save`, and again
    * when they apply: promos and the outbox are shared by every account).
    */
-  check(rows: AccountRows, changes: Changes): void {
+  check(rows: AccountRows, changes: BillingChanges): void {
     if ((rows.account?.seq ?? null) !== changes.previousSeq) {
       throw new ConflictError(`account ${changes.account.userId} changed during the unit of work`);
     }
@@ -148,7 +148,7 @@ export class InMemoryDbManager extends StoreBase implements DbManager {
   }
 
   /** Checks and applies a unit of work's changes (synchronously: nothing interleaves). */
-  private apply(rows: AccountRows, changes: Changes): void {
+  private apply(rows: AccountRows, changes: BillingChanges): void {
     this.check(rows, changes);
     this.accounts.set(rows.userId, rows);
     // A copy of what the caller saved, never its own object: later versions are written into the
@@ -376,7 +376,7 @@ export class InMemoryDbManager extends StoreBase implements DbManager {
 
 class MemoryTransaction implements DbTransaction {
   /** Changes to apply when the unit of work returns. */
-  pending: Changes | null = null;
+  pending: BillingChanges | null = null;
   constructor(
     private readonly db: InMemoryDbManager,
     private readonly rows: AccountRows,
@@ -437,7 +437,7 @@ class MemoryTransaction implements DbTransaction {
     return p !== null && p.userId === this.userId ? p : null;
   }
 
-  async save(changes: Changes): Promise<void> {
+  async save(changes: BillingChanges): Promise<void> {
     if (this.pending !== null) throw new Error("save() may be called once per unit of work");
     this.db.check(this.rows, changes);
     this.pending = changes;
