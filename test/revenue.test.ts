@@ -26,6 +26,7 @@ import { testStores, type TestStore } from "./fixtures/stores.js";
 import { catchUpRevenue, getRevenue } from "../src/modules/revenue/service.js";
 import { createWorker } from "../src/worker/index.js";
 import type { RevenueQuery } from "../src/modules/revenue/model.js";
+import { revenueSummaryOf } from "../src/modules/revenue/store.js";
 
 const dir = mkdtempSync(join(tmpdir(), "cm-revenue-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -967,8 +968,8 @@ describe.each(stores)("revenue on $name: random journals roll forward", (store) 
         }
       await sameAsReplay(db, { from, to, interval: "month", timeZone: "Europe/Berlin", groupBy: ["account"] });
       if (store.name === "postgres") {
-        expect(db.revenueSummary).toBeDefined();
-        expect(await db.revenueSummary!.staleRevenue(null, null, 10)).toEqual([]);
+        expect(revenueSummaryOf(db)).toBeDefined();
+        expect(await revenueSummaryOf(db)!.staleRevenue(null, null, 10)).toEqual([]);
       }
       for (const row of all.rows) {
         const mine = book.rows.filter((x) => x.currency === row.currency);
@@ -1010,8 +1011,9 @@ describe.each(stores)("revenue on $name: an account whose clock went back a day"
       );
       await sameAsReplay(db, { ...q, interval: null });
       await sameAsReplay(db, { ...q, account: "late", interval: "week", groupBy: ["source"] });
-      if (db.revenueSummary !== undefined) {
-        const read = await db.revenueSummary.readRevenue({ account: null, boundaries: [q.from, q.to], groupBy: [] });
+      const summary = revenueSummaryOf(db);
+      if (summary !== undefined) {
+        const read = await summary.readRevenue({ account: null, boundaries: [q.from, q.to], groupBy: [] });
         expect(read.disordered).toEqual(["late"]);
       }
     } finally {
@@ -1040,7 +1042,7 @@ describe.skipIf(!process.env.CREDIT_PG_URL)("revenue on postgres: the worker's r
       };
       const q = { from: dayStart(T0) - 4 * DAY, to: dayStart(T0) + 3 * DAY, interval: "day" as const };
       await write(0);
-      const summary = db.revenueSummary!;
+      const summary = revenueSummaryOf(db)!;
       // (The usage round, on by default on PostgreSQL, off: this is the revenue round alone.)
       const worker = createWorker(m, { jobsEveryMs: 0, topUpEveryMs: 0, revenueEveryMs: 60_000, usageEveryMs: 0 });
       expect(worker.tasks).toEqual([{ name: "revenue", everyMs: 60_000 }]);
@@ -1101,7 +1103,7 @@ describe.skipIf(!process.env.CREDIT_PG_URL)("revenue on postgres: the worker's r
       const q = { from: dayStart(T0) - 3 * DAY, to: dayStart(T0) + DAY, interval: "day" as const };
       const query: RevenueQuery = { ...q, from: new Date(q.from), to: new Date(q.to) };
       // No report and no round has read these entries: the summary has nothing of them yet.
-      expect((await db.revenueSummary!.staleRevenue("ar", null, 10)).length).toBe(1);
+      expect((await revenueSummaryOf(db)!.staleRevenue("ar", null, 10)).length).toBe(1);
       const before = await getRevenue(db, query, { path: "replay" });
       expect(before.rows.some((r) => r.recognized > 0)).toBe(true);
       await m.credits.checkpoint("ar");

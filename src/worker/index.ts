@@ -3,6 +3,7 @@ import { LoggerOption, silentLogger, type Logger } from "../core/logger.js";
 import type { CreditManager } from "../manager.js";
 import { parseConfig } from "../core/models/parse.js";
 import { catchUpRevenue } from "../modules/revenue/service.js";
+import { revenueSummaryOf } from "../modules/revenue/store.js";
 import { pauseBefore } from "./schedule.js";
 
 // The type of the `logger` option.
@@ -182,7 +183,7 @@ export function createWorker(manager: CreditManager, options: WorkerOptions = {}
       // the rows wait, untouched, and the start's warning says so.
       { name: "top-ups", everyMs: topUpsBy === "top-ups" ? s.topUpEveryMs : 0 },
       // A store without a revenue summary replays the journal for each report: nothing to keep.
-      { name: "revenue", everyMs: manager.db.revenueSummary === undefined ? 0 : s.revenueEveryMs },
+      { name: "revenue", everyMs: revenueSummaryOf(manager.db) === undefined ? 0 : s.revenueEveryMs },
       // A store without a usage rollup (or one kept on the write path) has nothing to catch up.
       { name: "usage", everyMs: manager.db.catchUpUsage === undefined ? 0 : s.usageEveryMs },
     ] as const

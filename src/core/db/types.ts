@@ -11,7 +11,6 @@ import type {
 import type { Changes, LoadedState } from "../domain/state.js";
 import type { UsageBucket, UsageCatchUp, UsageRollupRow, UsageScan } from "../domain/usage.js";
 import type { SubscriptionStore } from "./types-subscriptions.js";
-import type { RevenueSummaryStore } from "../../modules/revenue/store.js";
 import type { ArchivePartitionsInput, ArchivePartitionsReport, EnsurePartitionsReport } from "./types-partitions.js";
 
 /**
@@ -154,8 +153,6 @@ export interface JournalStore {
    * (only PostgreSQL keeps one).
    */
   catchUpUsage?(options: { maxEntries: number; batchEntries?: number }): Promise<UsageCatchUp>;
-  /** Optional: revenue kept per account and UTC day, for `credits.getRevenue` (docs/revenue.md, "How it is computed"). */
-  readonly revenueSummary?: RevenueSummaryStore;
   insertLedgerEntry(entry: LedgerEntry): Promise<void>;
   /** System and error events, newest first. Transaction events are the journal. */
   listLedgerEntries(query: LedgerQuery): Promise<LedgerEntry[]>;

@@ -1,5 +1,11 @@
 import type { DbManager } from "../../core/db/types.js";
-import type { RevenueCheckpoint, RevenueDayRow, RevenueSave, RevenueSummaryStore } from "./store.js";
+import {
+  revenueSummaryOf,
+  type RevenueCheckpoint,
+  type RevenueDayRow,
+  type RevenueSave,
+  type RevenueSummaryStore,
+} from "./store.js";
 import {
   checkRevenueCells,
   RevenueAccumulator,
@@ -100,7 +106,7 @@ export async function getRevenue(
       await pause();
     }
   };
-  const summary = db.revenueSummary;
+  const summary = revenueSummaryOf(db);
   if (summary !== undefined && options.path !== "replay" && boundaries.every((b) => b % DAY === 0)) {
     await catchUp(summary, q.account ?? null);
     const read = await summary.readRevenue({ account: q.account ?? null, boundaries, groupBy });
@@ -165,8 +171,9 @@ export async function catchUpRevenue(
     /** Tests: entries a statement reads and saves. */ batchEntries?: number;
   } = {},
 ): Promise<RevenueCatchUp> {
-  if (db.revenueSummary === undefined) return { accounts: 0, entries: 0, more: false };
-  return catchUp(db.revenueSummary, options.userId ?? null, options.maxEntries, options.batchEntries);
+  const summary = revenueSummaryOf(db);
+  if (summary === undefined) return { accounts: 0, entries: 0, more: false };
+  return catchUp(summary, options.userId ?? null, options.maxEntries, options.batchEntries);
 }
 
 /**
@@ -384,7 +391,7 @@ export async function revenueSummaryProblems(
   userId: string,
   entries: readonly JournalEntry[],
 ): Promise<string[]> {
-  const summary = db.revenueSummary;
+  const summary = revenueSummaryOf(db);
   if (summary === undefined) return [];
   const saved = await summary.revenueSummaryOf(userId);
   if (saved === null) return [];

@@ -1,3 +1,4 @@
+import type { DbManager } from "../../core/db/types.js";
 import type { JournalEntry } from "../../core/models/index.js";
 import type { RevenueDimension } from "./model.js";
 import type { GrantGroups } from "./rules.js";
@@ -133,3 +134,13 @@ export interface RevenueReadQuery {
   boundaries: readonly number[];
   groupBy: readonly RevenueDimension[];
 }
+
+/**
+ * A store with the revenue module's part: `revenueSummary`, revenue kept per account and UTC day,
+ * for `credits.getRevenue` (docs/revenue.md, "How it is computed"). Optional: a store without it
+ * has reports replay the journal.
+ */
+export type RevenueDb = DbManager & { readonly revenueSummary?: RevenueSummaryStore };
+
+/** `db`'s revenue summary, when its store keeps one. */
+export const revenueSummaryOf = (db: DbManager): RevenueSummaryStore | undefined => (db as RevenueDb).revenueSummary;
