@@ -689,9 +689,9 @@ const canStopNodes =
 
 /**
  * `pg_ctl` on the node listening on `port`, as user postgres. A start after the immediate stop
- * syncs the data directory with one `syncfs` instead of an fsync of each of its thousands of shard
- * files (`recovery_init_sync_method`), which took 15 to 30 s of a loaded machine; the crash
- * recovery itself (the WAL's redo) is the same.
+ * syncs the data directory with one `syncfs` (`recovery_init_sync_method`) instead of an fsync of
+ * each of its thousands of shard files, which takes up to half a minute on a loaded machine; the
+ * crash recovery itself (the WAL's redo) is the same.
  */
 function pgCtl(port: number, action: "stop -m immediate" | "start -w -t 300"): void {
   const options = action.startsWith("start") ? ` -o "-c recovery_init_sync_method=syncfs"` : "";
