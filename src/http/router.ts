@@ -481,7 +481,7 @@ export function createRouter(manager: CreditManager, routes: readonly RouteDefin
             }
           }
           const schema = def.body ?? (takesNoBody(def, method) ? NoBody : undefined);
-          const out = schema ? parse(schema, value, "body") : value;
+          const out = schema ? parse(schema as Parser, value, "body") : value;
           if (out !== null && typeof out === "object" && "idempotencyKey" in out) {
             const k = (out as { idempotencyKey?: string }).idempotencyKey;
             if (k !== undefined && ctx.idempotencyKey !== undefined && k !== ctx.idempotencyKey) {
@@ -497,7 +497,7 @@ export function createRouter(manager: CreditManager, routes: readonly RouteDefin
       },
       query<T>() {
         const schema = def.query ?? NoQuery;
-        parsedQuery ??= parse(schema, queryObject(url.searchParams, schema), "query");
+        parsedQuery ??= parse(schema as Parser, queryObject(url.searchParams, schema), "query");
         return parsedQuery as T;
       },
     };
@@ -540,6 +540,9 @@ function refuseCrossSiteForm(def: RouteDefinition, type: string | null): void {
     { contentType: "application/json" },
   );
 }
+
+/** A route's schema as `parse` takes it: zod's and zod/mini's schemas both have `safeParse`. */
+type Parser = z.core.$ZodType & { safeParse(value: unknown): z.core.util.SafeParseResult<unknown> };
 
 /** What a mutation without a `body` schema accepts: nothing, or `{}`. */
 const NoBody = z.strictObject({});

@@ -1,11 +1,16 @@
-import * as z from "zod/mini";
+import type * as z from "zod/mini";
 import { ConfigurationError, ValidationError } from "../errors.js";
 
 /**
- * Validates `value` against `schema` (a zod 4 schema, built with `zod/mini` or with `zod`); a mismatch becomes a `ValidationError` naming the argument
- * and each field. Used at every public entry point before anything is read or written.
+ * Validates `value` against `schema`, a zod 4 schema built with `zod/mini` or with `zod` (both parse
+ * with `safeParse`); a mismatch becomes a `ValidationError` naming the argument and each field. Used
+ * at every public entry point before anything is read or written.
  */
-export function parse<S extends z.core.$ZodType>(schema: S, value: unknown, what: string): z.output<S> {
+export function parse<S extends z.core.$ZodType & { safeParse(value: unknown): z.core.util.SafeParseResult<unknown> }>(
+  schema: S,
+  value: unknown,
+  what: string,
+): z.output<S> {
   if (typeof value === "object" && value !== null && takesObject(schema)) {
     const proto = Object.getPrototypeOf(value) as unknown;
     if (proto !== Object.prototype && proto !== null) {
@@ -13,7 +18,7 @@ export function parse<S extends z.core.$ZodType>(schema: S, value: unknown, what
       throw new ValidationError(`Invalid ${what}: ${message}`, [{ path: "", message }]);
     }
   }
-  const result = z.safeParse(schema, value);
+  const result = schema.safeParse(value);
   if (result.success) {
     const bad = illFormedAt(result.data, "");
     if (bad !== null) {
@@ -40,12 +45,9 @@ export function parse<S extends z.core.$ZodType>(schema: S, value: unknown, what
  * input, so it is a `ConfigurationError` — its message names the field, and its `cause` is the
  * `ValidationError` with each issue. `owner` ("PaymentService") starts the message when given.
  */
-export function parseConfig<S extends z.core.$ZodType>(
-  schema: S,
-  value: unknown,
-  what: string,
-  owner?: string,
-): z.output<S> {
+export function parseConfig<
+  S extends z.core.$ZodType & { safeParse(value: unknown): z.core.util.SafeParseResult<unknown> },
+>(schema: S, value: unknown, what: string, owner?: string): z.output<S> {
   try {
     return parse(schema, value, what);
   } catch (error) {
