@@ -1,6 +1,6 @@
 import type { MongoClient } from "mongodb";
 import type { Db } from "mongodb";
-import { z } from "zod/mini";
+import * as z from "zod/mini";
 
 // The MongoDB store's options (docs/storage.md, MongoDB) and what a server must be to run it.
 
