@@ -108,6 +108,7 @@ export { createDbManagerFromEnv, type DbEnv } from "./db/from-env.js";
 // The store a manager is given (`db`): the whole contract is in `credit-management/store`.
 export type { DbManager } from "./core/db/types.js";
 export type { AuditReport } from "./core/domain/replay.js";
+export type { AuditCheck, AuditRead } from "./core/services/audit-check.js";
 export type { CheckReason, CheckResult, FeatureRule } from "./core/domain/checks.js";
 export type {
   CustomerState,

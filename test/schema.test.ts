@@ -1,7 +1,7 @@
 import { execFileSync } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import pg from "pg";
-import * as z from "zod";
+import * as z from "zod/mini";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Grant } from "../src/core/models/index.js";
 import { decodeRow, encodeValues } from "../src/schema/codec.js";
@@ -166,7 +166,7 @@ describe("schema generator: columns from the zod models", () => {
     const older = { ...row, grants: JSON.stringify(grants) };
     expect(decodeRow<{ grants: unknown }>(columns, older).grants).toEqual(grants);
     // Only arrays of objects whose optional keys come last can be tuples.
-    const Bad = z.object({ id: z.string(), parts: z.array(z.object({ a: z.number().optional(), b: z.string() })) });
+    const Bad = z.object({ id: z.string(), parts: z.array(z.object({ a: z.optional(z.number()), b: z.string() })) });
     expect(() =>
       sqlTables({
         dialect: "sqlite",
@@ -189,7 +189,11 @@ describe("schema generator: columns from the zod models", () => {
   });
 
   it("changes its output when a model gains a field", () => {
-    const Extended = z.object({ ...Grant.shape, note: z.string().max(40), reviewed: z.boolean().nullable() });
+    const Extended = z.object({
+      ...Grant.shape,
+      note: z.string().check(z.maxLength(40)),
+      reviewed: z.nullable(z.boolean()),
+    });
     const tables = { ...tableSpecs, grants: { ...tableSpecs.grants, model: Extended } };
     const before = generateSql({ dialect: "postgres" });
     const after = generateSql({ dialect: "postgres", tables });

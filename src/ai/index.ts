@@ -23,7 +23,7 @@ import { parse, type MeterOptions, type RecordedUsage } from "../models-entry.js
 import type { CreditManager } from "../manager.js";
 import type { MeterOutcome, MeterSession } from "../modules/metering/service.js";
 import { recordOf } from "../modules/pricing/service.js";
-import * as z from "zod";
+import * as z from "zod/mini";
 import { parseConfig } from "../core/models/parse.js";
 import { AiMeteringOptions, AiRunInput, AiRunSetup, STRICT_CAP_NEEDS_CAP } from "./options.js";
 
@@ -83,7 +83,7 @@ type Kind = AiCallOutcome["kind"];
 type Manager = CreditMiddlewareOptions["manager"];
 
 /** `AiRunSetup` with the manager and `onSettled`: what the program gives the middleware, checked as configuration. */
-const Setup = AiRunSetup.extend({
+const Setup = z.extend(AiRunSetup, {
   manager: z.custom<Manager>(
     (m) =>
       typeof m === "object" &&
@@ -92,11 +92,11 @@ const Setup = AiRunSetup.extend({
       typeof (m as Partial<Manager>).pricing?.price === "function",
     { error: "must be a credit manager (its credits and pricing)" },
   ),
-  onSettled: z
-    .custom<NonNullable<CreditMiddlewareOptions["onSettled"]>>((f) => typeof f === "function", {
+  onSettled: z.optional(
+    z.custom<NonNullable<CreditMiddlewareOptions["onSettled"]>>((f) => typeof f === "function", {
       error: "must be a function",
-    })
-    .optional(),
+    }),
+  ),
 });
 
 /**

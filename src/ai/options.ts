@@ -1,4 +1,4 @@
-import * as z from "zod";
+import * as z from "zod/mini";
 import {
   Amount,
   FeatureName,
@@ -40,7 +40,7 @@ export const AiRunInput = z.strictObject({
   ),
   /** Stored with every charge beside `model`, `provider` and the usages. */
   metadata: z.optional(Metadata),
-  correlationId: z.string().min(1).max(255).optional(),
+  correlationId: z.optional(z.string().check(z.minLength(1), z.maxLength(255))),
   /**
    * The most the whole run (every model call through this middleware) may be charged, in credits.
    * Passed by at most the price of the input the provider reported beyond the estimate of the
@@ -60,7 +60,7 @@ export const AiRunSetup = z.strictObject({
    * worst case under the cap) and is charged at most that; usage priced beyond it is not charged
    * (the outcome's `uncharged`). Needs `maxRunCredits`.
    */
-  strictRunCap: z.boolean().optional(),
+  strictRunCap: z.optional(z.boolean()),
   /**
    * Holds what is there (docs/llm-metering.md, "A hold for what is there"): a language-model call
    * whose estimate is more than the account may spend now (for the spender and feature, within
@@ -79,21 +79,21 @@ export const AiRunSetup = z.strictObject({
    * else as estimated — and one output token per content part delivered; `"estimate"` the hold;
    * `"none"` nothing. A call that delivered nothing is released whatever this says.
    */
-  missingUsage: z.enum(["counted", "estimate", "none"]).optional(),
+  missingUsage: z.optional(z.enum(["counted", "estimate", "none"])),
   /** The provider's name in the price book. Default: the model's `provider` up to its first dot (`openai.chat` → `openai`). */
-  provider: z.string().min(1).max(200).optional(),
+  provider: z.optional(z.string().check(z.minLength(1), z.maxLength(200))),
   /** Seconds each call's hold lives. Default: the manager's reservation TTL. */
-  ttlSeconds: z.number().int().min(1).max(MAX_TTL_SECONDS).optional(),
+  ttlSeconds: z.optional(z.number().check(z.int(), z.minimum(1), z.maximum(MAX_TTL_SECONDS))),
 });
 
 /** What `strictRunCap` without `maxRunCredits` is told. */
 export const STRICT_CAP_NEEDS_CAP = "strictRunCap needs maxRunCredits (the cap it keeps)";
 
 /** The options of `creditMiddleware()` other than the manager (docs/llm-metering.md, "The AI SDK"). */
-export const AiMeteringOptions = z
-  .strictObject({ ...AiRunInput.shape, ...AiRunSetup.shape })
-  .refine((o) => o.strictRunCap !== true || o.maxRunCredits !== undefined, {
+export const AiMeteringOptions = z.strictObject({ ...AiRunInput.shape, ...AiRunSetup.shape }).check(
+  z.refine((o) => o.strictRunCap !== true || o.maxRunCredits !== undefined, {
     error: STRICT_CAP_NEEDS_CAP,
     path: ["strictRunCap"],
-  });
+  }),
+);
 export type AiMeteringOptions = z.input<typeof AiMeteringOptions>;

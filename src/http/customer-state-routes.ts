@@ -1,4 +1,4 @@
-import * as z from "zod";
+import * as z from "zod/mini";
 import {
   AlertId,
   AlertStateName,
@@ -27,37 +27,37 @@ export const StateGrantSchema = z.object({
   source: GrantSource,
   amount: NonNegativeAmount,
   left: NonNegativeAmount,
-  expiresAt: z.date().nullable(),
+  expiresAt: z.nullable(z.date()),
   scope: z.nullable(GrantScope),
-  description: z.string().nullable(),
+  description: z.nullable(z.string()),
   metadata: z.nullable(Metadata),
-  sourceRef: z.string().nullable(),
+  sourceRef: z.nullable(z.string()),
 });
 
 const FeatureStateFields = {
   feature: FeatureName,
   allowed: z.boolean(),
   reason: z.enum(["ok", "feature_off", "insufficient_credits", "limit"]),
-  required: z.number().int(),
+  required: z.number().check(z.int()),
   granted: NonNegativeAmount,
-  used: z.number().int(),
+  used: z.number().check(z.int()),
   left: SignedAmount,
-  resetsAt: z.date().nullable(),
-  limit: z
-    .object({ amount: NonNegativeAmount, used: NonNegativeAmount, remaining: NonNegativeAmount, resetsAt: z.date() })
-    .nullable(),
-  rule: z
-    .object({ minAvailable: NonNegativeAmount, enabled: z.boolean(), plans: z.array(PlanId).nullable() })
-    .nullable(),
+  resetsAt: z.nullable(z.date()),
+  limit: z.nullable(
+    z.object({ amount: NonNegativeAmount, used: NonNegativeAmount, remaining: NonNegativeAmount, resetsAt: z.date() }),
+  ),
+  rule: z.nullable(
+    z.object({ minAvailable: NonNegativeAmount, enabled: z.boolean(), plans: z.nullable(z.array(PlanId)) }),
+  ),
 };
 
 /** One alert threshold with its state (`AlertStatus`, docs/customer-state.md, "Alerts"). */
 const AlertStatusSchema = z.object({
   threshold: z.looseObject({ id: AlertId, kind: z.enum(["available", "left_percent", "period_spend", "expiring"]) }),
   state: AlertStateName,
-  value: z.number().nullable(),
+  value: z.nullable(z.number()),
   line: z.number(),
-  crossings: z.number().int().nullable(),
+  crossings: z.nullable(z.number().check(z.int())),
   source: z.enum(["builtIn", "default", "account"]),
 });
 
@@ -70,19 +70,19 @@ const StateFields = {
   available: SignedAmount,
   debt: NonNegativeAmount,
   limits: z.array(SpendLimitStatusSchema),
-  subscription: z
-    .object({
+  subscription: z.nullable(
+    z.object({
       id: z.string(),
       planId: PlanId,
-      planName: z.string().nullable(),
+      planName: z.nullable(z.string()),
       status: SubscriptionStatus,
       currentPeriodStart: z.date(),
       currentPeriodEnd: z.date(),
       renews: z.boolean(),
       cancelAtPeriodEnd: z.boolean(),
       pendingPlanId: z.nullable(PlanId),
-    })
-    .nullable(),
+    }),
+  ),
   alerts: z.array(AlertStatusSchema),
 };
 
@@ -97,7 +97,7 @@ const mask = Object.fromEntries(
 ) as { description: true; metadata: true; sourceRef: true };
 
 /** A grant as the account holder reads it: without the operator's notes (docs/service.md, "What each role sees"). */
-export const StateGrantView = StateGrantSchema.omit(mask);
+export const StateGrantView = z.omit(StateGrantSchema, mask);
 
 /** The customer's state as a user, member or customer token reads it. */
 export const CustomerStateView = z.object({

@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import * as z from "zod";
+import * as z from "zod/mini";
 import packageJson from "../../package.json" with { type: "json" };
 import type { RouteDefinition } from "./router.js";
 

@@ -1,5 +1,4 @@
-import * as z from "zod";
-import type { ZodMiniObject, ZodMiniType } from "zod/mini";
+import * as z from "zod/mini";
 import type { CreditManager } from "../manager.js";
 import {
   CreditError,
@@ -95,7 +94,7 @@ export interface RouteDefinition {
    * field), unless it sets `rawBody`. Unless the route is public or the handler's `csrfProtection`
    * is off, such a request must be typed `application/json` even when its body is empty (415).
    */
-  body?: z.ZodType | ZodMiniType;
+  body?: z.core.$ZodType;
   /**
    * The route reads the request body itself through `ctx.rawBody()` (a webhook checking a signature
    * over the bytes): without a `body` schema, the router then leaves the body alone. Unless the
@@ -104,7 +103,7 @@ export interface RouteDefinition {
    */
   rawBody?: boolean;
   /** Query schema, a zod object whose values are parsed from strings (validated; 400). */
-  query?: z.ZodObject | ZodMiniObject;
+  query?: z.core.$ZodObject;
   /** Whether the operation takes an `Idempotency-Key` header. */
   idempotent?: boolean;
   /**
@@ -482,7 +481,7 @@ export function createRouter(manager: CreditManager, routes: readonly RouteDefin
             }
           }
           const schema = def.body ?? (takesNoBody(def, method) ? NoBody : undefined);
-          const out = schema ? parse(schema, value, "body") : value;
+          const out = schema ? parse(schema as Parser, value, "body") : value;
           if (out !== null && typeof out === "object" && "idempotencyKey" in out) {
             const k = (out as { idempotencyKey?: string }).idempotencyKey;
             if (k !== undefined && ctx.idempotencyKey !== undefined && k !== ctx.idempotencyKey) {
@@ -498,7 +497,7 @@ export function createRouter(manager: CreditManager, routes: readonly RouteDefin
       },
       query<T>() {
         const schema = def.query ?? NoQuery;
-        parsedQuery ??= parse(schema, queryObject(url.searchParams, schema), "query");
+        parsedQuery ??= parse(schema as Parser, queryObject(url.searchParams, schema), "query");
         return parsedQuery as T;
       },
     };
@@ -541,6 +540,9 @@ function refuseCrossSiteForm(def: RouteDefinition, type: string | null): void {
     { contentType: "application/json" },
   );
 }
+
+/** A route's schema as `parse` takes it: zod's and zod/mini's schemas both have `safeParse`. */
+type Parser = z.core.$ZodType & { safeParse(value: unknown): z.core.util.SafeParseResult<unknown> };
 
 /** What a mutation without a `body` schema accepts: nothing, or `{}`. */
 const NoBody = z.strictObject({});
@@ -591,10 +593,10 @@ export const tooLarge = (limit: number) =>
  * for array fields, numbers and booleans where the schema wants them (anything else stays a string
  * for zod to refuse with a field-level message).
  */
-function queryObject(params: URLSearchParams, schema: z.ZodObject | ZodMiniObject): Record<string, unknown> {
+function queryObject(params: URLSearchParams, schema: z.core.$ZodObject): Record<string, unknown> {
   // No prototype: `?__proto__=x` is a key like any other (refused as unknown), not a setter.
   const out = Object.create(null) as Record<string, unknown>;
-  const shape = schema.shape as Record<string, z.core.$ZodType>;
+  const shape = schema._zod.def.shape as Record<string, z.core.$ZodType>;
   for (const key of new Set(params.keys())) {
     const all = params.getAll(key);
     // Own fields only: `?constructor=1` or `?toString=1` must not find Object.prototype's.

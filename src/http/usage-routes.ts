@@ -1,4 +1,4 @@
-import * as z from "zod";
+import * as z from "zod/mini";
 import { windowStart } from "../core/domain/usage.js";
 import { ValidationError } from "../core/errors.js";
 import {
@@ -24,38 +24,42 @@ import { textResponse } from "./text-response.js";
  */
 export const UsageParams = z.strictObject({
   /** Inclusive start, ISO 8601. Default: the start of this month in `timeZone`. */
-  from: z.iso.datetime({ offset: true }).optional(),
+  from: z.optional(z.iso.datetime({ offset: true })),
   /** Exclusive end, ISO 8601. Default: now. */
-  to: z.iso.datetime({ offset: true }).optional(),
+  to: z.optional(z.iso.datetime({ offset: true })),
   /** Calendar windows; `none`: one window for the whole range. Default `day`. */
-  interval: z.union([UsageInterval, z.literal("none")]).optional(),
+  interval: z.optional(z.union([UsageInterval, z.literal("none")])),
   /** Dimensions each row is split by (comma-separated or repeated), at most 4. */
-  groupBy: z.array(UsageDimension).max(4).optional(),
+  groupBy: z.optional(z.array(UsageDimension).check(z.maxLength(4))),
   /** IANA time zone of the windows. Default `UTC`. */
-  timeZone: z.string().max(64).optional(),
+  timeZone: z.optional(z.string().check(z.maxLength(64))),
   /** Only these kinds (comma-separated): spend, refund, clawback. Default all. */
-  kinds: z.array(UsageKind).min(1).optional(),
+  kinds: z.optional(z.array(UsageKind).check(z.minLength(1))),
   /** `start` (default) or `credits`: most credits first. */
-  orderBy: z.enum(["start", "credits"]).optional(),
+  orderBy: z.optional(z.enum(["start", "credits"])),
   /** Most rows, 1–100,000. Default 10,000. */
-  limit: z.number().int().min(1).max(MAX_USAGE_ROWS).optional(),
+  limit: z.optional(z.number().check(z.int(), z.minimum(1), z.maximum(MAX_USAGE_ROWS))),
 });
 /** The fleet-wide query: the same, and optionally one account. */
-export const FleetUsageParams = UsageParams.extend({ account: z.optional(UserId) });
+export const FleetUsageParams = z.extend(UsageParams, { account: z.optional(UserId) });
 
 const Row = z
-  .object({
-    start: z.iso.datetime(),
-    end: z.iso.datetime(),
-    kind: UsageKind,
-    credits: z.number().int(),
-    requests: z.number().int(),
-    inputTokens: z.number().int(),
-    outputTokens: z.number().int(),
-    cachedTokens: z.number().int(),
-  })
-  .catchall(z.string().nullable())
-  .describe("A window, the grouped dimensions' values (account, feature, spender, model, reason, metadata.<key>)");
+  .catchall(
+    z.object({
+      start: z.iso.datetime(),
+      end: z.iso.datetime(),
+      kind: UsageKind,
+      credits: z.number().check(z.int()),
+      requests: z.number().check(z.int()),
+      inputTokens: z.number().check(z.int()),
+      outputTokens: z.number().check(z.int()),
+      cachedTokens: z.number().check(z.int()),
+    }),
+    z.nullable(z.string()),
+  )
+  .check(
+    z.describe("A window, the grouped dimensions' values (account, feature, spender, model, reason, metadata.<key>)"),
+  );
 export const UsageReportSchema = z.object({
   rows: z.array(Row),
   truncated: z.boolean(),

@@ -5,7 +5,7 @@
  */
 import { jetstream, jetstreamManager, type Consumer, type JetStreamClient, type JsMsg } from "@nats-io/jetstream";
 import type { Logger } from "../core/logger.js";
-import * as z from "zod";
+import * as z from "zod/mini";
 import { ConfigurationError, ConflictError, CreditError, OutcomeUnknownError, StorageError } from "../core/errors.js";
 import { parseConfig } from "../core/models/parse.js";
 import { eventEnvelope, type NotificationMessage, type NotificationQueue } from "../core/queue/index.js";
@@ -14,54 +14,49 @@ import { eventEnvelope, type NotificationMessage, type NotificationQueue } from 
 export type NatsConnection = Parameters<typeof jetstream>[0];
 
 const SUBJECT_TOKEN = /^[A-Za-z0-9_-]+$/;
-const Prefix = z
-  .string()
-  .min(1)
-  .max(200)
-  .refine(
+const Prefix = z.string().check(
+  z.minLength(1),
+  z.maxLength(200),
+  z.refine(
     (p) => p.split(".").every((t) => SUBJECT_TOKEN.test(t)),
     "must be dot-separated tokens of letters, digits, _ and -",
-  );
+  ),
+);
 const StreamName = z
   .string()
-  .min(1)
-  .max(100)
-  .regex(/^[A-Za-z0-9_-]+$/, "letters, digits, _ and - only");
+  .check(z.minLength(1), z.maxLength(100), z.regex(/^[A-Za-z0-9_-]+$/, "letters, digits, _ and - only"));
 
 const NatsJetStreamQueueOptions = z.strictObject({
   /** A connection you own (not closed by `close()`). Or `servers`. */
-  connection: z
-    .custom<NatsConnection>(
+  connection: z.optional(
+    z.custom<NatsConnection>(
       (v) => typeof v === "object" && v !== null && typeof (v as { request?: unknown }).request === "function",
       {
         error: "connection must be a NATS connection",
       },
-    )
-    .optional(),
+    ),
+  ),
   /** Server URL(s): the queue connects on first use (and again after a connection closed), and closes it in `close()`. */
-  servers: z.union([z.string().min(1), z.array(z.string().min(1)).min(1)]).optional(),
+  servers: z.optional(
+    z.union([z.string().check(z.minLength(1)), z.array(z.string().check(z.minLength(1))).check(z.minLength(1))]),
+  ),
   /** The stream that stores the events. Default `CREDIT_EVENTS`. */
-  stream: StreamName.optional(),
+  stream: z.optional(StreamName),
   /** Subjects are `<subjectPrefix>.<type>`. Default `evt.credits`. */
-  subjectPrefix: Prefix.optional(),
+  subjectPrefix: z.optional(Prefix),
   /**
    * The stream's duplicate window, in ms: a message whose id the stream saw within it is dropped
    * (a redelivered outbox row). Default 3,600,000 (an hour). An existing stream with a shorter one
    * is a `ConfigurationError` in `init()`.
    */
-  duplicateWindowMs: z
-    .number()
-    .int()
-    .min(1000)
-    .max(7 * 86_400_000)
-    .optional(),
+  duplicateWindowMs: z.optional(z.number().check(z.int(), z.minimum(1000), z.maximum(7 * 86_400_000))),
   /** Create the stream in `init()` when it does not exist (default true); false: it must exist. */
-  createStream: z.boolean().optional(),
+  createStream: z.optional(z.boolean()),
   /** Longest wait for the stream's acknowledgement of one publish, in ms. Default 5,000. */
-  timeoutMs: z.number().int().min(10).max(600_000).optional(),
-  logger: z
-    .custom<Logger>((v) => typeof v === "object" && v !== null && typeof (v as Logger).warn === "function")
-    .optional(),
+  timeoutMs: z.optional(z.number().check(z.int(), z.minimum(10), z.maximum(600_000))),
+  logger: z.optional(
+    z.custom<Logger>((v) => typeof v === "object" && v !== null && typeof (v as Logger).warn === "function"),
+  ),
 });
 export type NatsJetStreamQueueOptions = z.input<typeof NatsJetStreamQueueOptions>;
 
@@ -218,7 +213,7 @@ export interface InboundContext {
 /** How one subject's messages are read and applied. */
 export interface InboundHandler<T> {
   /** Validates the JSON body; a body it refuses is a poison message (dead-lettered at once). */
-  schema: z.ZodType<T>;
+  schema: z.core.$ZodType<T>;
   /**
    * Applies the event. Make it idempotent (an idempotency key from the event's id), so that a
    * redelivered message changes nothing. Throwing a `CreditError` other than `StorageError` and
@@ -230,7 +225,7 @@ export interface InboundHandler<T> {
 
 /** Declares a handler, typing `handle`'s event by its schema. */
 export function inboundHandler<T>(
-  schema: z.ZodType<T>,
+  schema: z.core.$ZodType<T>,
   handle: (event: T, context: InboundContext) => Promise<unknown>,
 ): InboundHandler<T> {
   return { schema, handle };
@@ -277,11 +272,11 @@ const ConsumeOptions = z.strictObject({
     error: "consumer must be a JetStream consumer (js.consumers.get(stream, durable))",
   }),
   js: z.custom<JetStreamClient>(hasFunction("publish"), { error: "js must be a JetStream client (jetstream(nc))" }),
-  handlers: z.record(z.string().min(1), Handler),
-  logger: z.custom<Logger>(hasFunction("warn")).optional(),
+  handlers: z.record(z.string().check(z.minLength(1)), Handler),
+  logger: z.optional(z.custom<Logger>(hasFunction("warn"))),
   deadLetterSubject: Prefix,
-  maxDeliveries: z.number().int().min(1).max(1000).optional(),
-  retryDelayMs: z.number().int().min(0).max(3_600_000).optional(),
+  maxDeliveries: z.optional(z.number().check(z.int(), z.minimum(1), z.maximum(1000))),
+  retryDelayMs: z.optional(z.number().check(z.int(), z.minimum(0), z.maximum(3_600_000))),
 });
 
 /**
@@ -348,7 +343,7 @@ export function consumeCreditEvents(options: ConsumeCreditEventsOptions): Credit
     } catch (error) {
       return deadLetter(m, context, "invalid_payload", error);
     }
-    const event = handler.schema.safeParse(json);
+    const event = z.safeParse(handler.schema, json);
     if (!event.success) return deadLetter(m, context, "invalid_payload", z.prettifyError(event.error));
     try {
       await handler.handle(event.data, context);

@@ -16,7 +16,7 @@ import {
   type Span,
   type TracerProvider,
 } from "@opentelemetry/api";
-import * as z from "zod";
+import * as z from "zod/mini";
 import {
   DIAGNOSTICS_CHANNELS,
   type DispatchMessage,
@@ -36,35 +36,35 @@ const isObject = (v: unknown) => typeof v === "object" && v !== null;
 /** Options of `instrumentCreditManagement`, validated like every public input. */
 const InstrumentOptions = z.strictObject({
   /** Where the metrics go. Default: the global provider (`metrics.setGlobalMeterProvider`). */
-  meterProvider: z
-    .custom<MeterProvider>((v) => isObject(v) && typeof (v as MeterProvider).getMeter === "function", {
+  meterProvider: z.optional(
+    z.custom<MeterProvider>((v) => isObject(v) && typeof (v as MeterProvider).getMeter === "function", {
       error: "meterProvider must be an OpenTelemetry MeterProvider",
-    })
-    .optional(),
+    }),
+  ),
   /** Where the spans go. Default: the global provider (`trace.setGlobalTracerProvider`). */
-  tracerProvider: z
-    .custom<TracerProvider>((v) => isObject(v) && typeof (v as TracerProvider).getTracer === "function", {
+  tracerProvider: z.optional(
+    z.custom<TracerProvider>((v) => isObject(v) && typeof (v as TracerProvider).getTracer === "function", {
       error: "tracerProvider must be an OpenTelemetry TracerProvider",
-    })
-    .optional(),
+    }),
+  ),
   /**
    * The store the gauges read (active holds, held credits, the outbox): a manager (`{ db }`) or a
    * store. Omitted, or a store without `stats()`: no gauges. Read at a collection, at most once
    * every `statsIntervalMs`.
    */
-  manager: z
-    .custom<{ db: DbManager }>((v) => isObject(v) && isObject((v as { db?: unknown }).db), {
+  manager: z.optional(
+    z.custom<{ db: DbManager }>((v) => isObject(v) && isObject((v as { db?: unknown }).db), {
       error: "manager must be a CreditManager (or { db })",
-    })
-    .optional(),
+    }),
+  ),
   /** Longest the gauges reuse one reading of the store, in ms. Default 10,000. */
-  statsIntervalMs: z.number().int().min(0).max(3_600_000).optional(),
+  statsIntervalMs: z.optional(z.number().check(z.int(), z.minimum(0), z.maximum(3_600_000))),
   /** Longest wait for the store's reading, in ms (the gauges then report nothing). Default 2,000. */
-  statsTimeoutMs: z.number().int().min(1).max(60_000).optional(),
+  statsTimeoutMs: z.optional(z.number().check(z.int(), z.minimum(1), z.maximum(60_000))),
   /** Record metrics. Default true. */
-  metrics: z.boolean().optional(),
+  metrics: z.optional(z.boolean()),
   /** Record spans. Default true. */
-  traces: z.boolean().optional(),
+  traces: z.optional(z.boolean()),
 });
 export type InstrumentOptions = z.input<typeof InstrumentOptions>;
 

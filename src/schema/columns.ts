@@ -1,4 +1,4 @@
-import * as z from "zod";
+import * as z from "zod/mini";
 
 /**
  * What a model field becomes in a table: read from zod's JSON Schema output

@@ -1,4 +1,4 @@
-import * as z from "zod";
+import * as z from "zod/mini";
 import type { TableKey } from "./tables.js";
 
 /**
@@ -13,7 +13,7 @@ export type PartitionInterval = z.infer<typeof PartitionInterval>;
 export const PartitionOptions = z.strictObject({
   interval: PartitionInterval,
   /** Partitions made ahead of the current one (default 2): inserts never reach the DEFAULT one. */
-  ahead: z.number().int().min(0).max(366).optional(),
+  ahead: z.optional(z.number().check(z.int(), z.minimum(0), z.maximum(366))),
 });
 export type PartitionOptions = z.input<typeof PartitionOptions>;
 

@@ -1,4 +1,4 @@
-import type * as z from "zod";
+import type * as z from "zod/mini";
 import { rollupDdl, rollupNames } from "./rollup.js";
 import { revenueDdl } from "../modules/revenue/schema-pg.js";
 import { citusUnitFunctions } from "./citus-units.js";

@@ -1,4 +1,3 @@
-import type * as z from "zod";
 import type { ZodMiniObject } from "zod/mini";
 import { Account, Grant, JournalEntry, LedgerEntry, Reservation } from "../core/models/entities.js";
 import { promoPaymentTableSpecs } from "../modules/billing/schema-tables.js";
@@ -50,7 +49,7 @@ export interface IndexSpec {
 export interface TableSpec {
   /** Table (collection) name before any prefix. */
   name: string;
-  model: z.ZodObject | ZodMiniObject;
+  model: ZodMiniObject;
   primaryKey: readonly string[];
   /** The field holding the idempotency key: unique per user where it is set. */
   idempotencyKey?: string;

@@ -3,7 +3,7 @@ import { handleStopSignals, reopenLedgerOnHup, workerManagerParts } from "./proc
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import { Server as NetServer } from "node:net";
 import { pino, type DestinationStream, type Logger as Pino } from "pino";
-import * as z from "zod";
+import * as z from "zod/mini";
 import { createCreditHandler, type CreditHandler } from "../http/handler.js";
 import { rootRoute } from "../http/route-helpers.js";
 import { sendAnswer, toRequest, sendResponse, writeAnswer } from "../http/node.js";

@@ -1,4 +1,4 @@
-import * as z from "zod";
+import * as z from "zod/mini";
 import {
   PAYMENT_FLAGS,
   PAYMENT_OPTIONS,
@@ -45,186 +45,208 @@ export const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "
 export type LogLevel = (typeof LOG_LEVELS)[number];
 
 const int = (min: number, max: number) =>
-  z
-    .string()
-    .regex(/^[0-9]+$/, { error: "must be a whole number" })
-    .transform(Number)
-    .pipe(z.number().int().min(min).max(max));
+  z.pipe(
+    z.pipe(z.string().check(z.regex(/^[0-9]+$/, { error: "must be a whole number" })), z.transform(Number)),
+    z.number().check(z.int(), z.minimum(min), z.maximum(max)),
+  );
 
 const url = (schemes: readonly string[]) =>
-  z.string().refine(
-    (v) => {
-      try {
-        return schemes.includes(new URL(v).protocol);
-      } catch {
-        return false;
-      }
-    },
-    { error: `must be a ${schemes.map((s) => `${s}//`).join(" or ")} URL` },
+  z.string().check(
+    z.refine(
+      (v) => {
+        try {
+          return schemes.includes(new URL(v).protocol);
+        } catch {
+          return false;
+        }
+      },
+      { error: `must be a ${schemes.map((s) => `${s}//`).join(" or ")} URL` },
+    ),
   );
 
 /** A credential of a payment provider: printable, no spaces, 1,024 characters at most. */
-const secret = z
-  .string()
-  .regex(/^[!-~]{1,1024}$/, { error: "must be 1 to 1,024 printable characters without spaces" })
-  .optional();
+const secret = z.optional(
+  z.string().check(z.regex(/^[!-~]{1,1024}$/, { error: "must be 1 to 1,024 printable characters without spaces" })),
+);
 
 /** The variables, as text; each field's name is its variable's. */
 const Schema = z.strictObject({
-  CREDIT_PORT: int(0, 65_535).default(8080),
-  CREDIT_HOST: z.string().min(1).default("0.0.0.0"),
-  CREDIT_MONGO_URI: z
-    .string()
-    .regex(/^mongodb(\+srv)?:\/\//, { error: "must be a mongodb:// or mongodb+srv:// URL" })
-    .optional(),
-  CREDIT_PG_URL: url(["postgres:", "postgresql:"]).optional(),
+  CREDIT_PORT: z._default(int(0, 65_535), 8080),
+  CREDIT_HOST: z._default(z.string().check(z.minLength(1)), "0.0.0.0"),
+  CREDIT_MONGO_URI: z.optional(
+    z.string().check(z.regex(/^mongodb(\+srv)?:\/\//, { error: "must be a mongodb:// or mongodb+srv:// URL" })),
+  ),
+  CREDIT_PG_URL: z.optional(url(["postgres:", "postgresql:"])),
   /** The PostgreSQL schema of the tables and of `credit_api_keys` (PostgreSQL names: 63 bytes at most). */
-  CREDIT_PG_SCHEMA: z
-    .string()
-    .regex(/^[^\0"]{1,63}$/, { error: "must be a schema name of 1 to 63 characters, without quotes" })
-    .optional(),
+  CREDIT_PG_SCHEMA: z.optional(
+    z
+      .string()
+      .check(z.regex(/^[^\0"]{1,63}$/, { error: "must be a schema name of 1 to 63 characters, without quotes" })),
+  ),
   /** `day`, `week` or `month`: a partitioned PostgreSQL store (docs/running-for-years.md). */
-  CREDIT_PG_PARTITIONS: z.enum(["day", "week", "month"], { error: "must be day, week or month" }).optional(),
+  CREDIT_PG_PARTITIONS: z.optional(z.enum(["day", "week", "month"], { error: "must be day, week or month" })),
   /** The MongoDB database. Default `credit_management`. */
-  CREDIT_MONGO_DB: z
-    .string()
-    .regex(/^[^/\\. "$*<>:|?\0]{1,63}$/, {
-      error: 'must be a MongoDB database name: 1 to 63 characters, none of / \\ . " $ * < > : | ?',
-    })
-    .default("credit_management"),
-  CREDIT_SQLITE_PATH: z.string().min(1).optional(),
-  CREDIT_LOG_LEVEL: z.enum(LOG_LEVELS).default("info"),
+  CREDIT_MONGO_DB: z._default(
+    z.string().check(
+      z.regex(/^[^/\\. "$*<>:|?\0]{1,63}$/, {
+        error: 'must be a MongoDB database name: 1 to 63 characters, none of / \\ . " $ * < > : | ?',
+      }),
+    ),
+    "credit_management",
+  ),
+  CREDIT_SQLITE_PATH: z.optional(z.string().check(z.minLength(1))),
+  CREDIT_LOG_LEVEL: z._default(z.enum(LOG_LEVELS), "info"),
   /**
    * How long info-level log lines may wait in memory before they are written, in ms (one write per
    * batch instead of one per line); 0: every line is written at once. Warnings and errors are never
    * held (docs/service.md, "Logs").
    */
-  CREDIT_LOG_FLUSH_MS: int(0, 10_000).default(100),
-  CREDIT_MAX_BODY_BYTES: int(1024, 10_485_760).default(65_536),
+  CREDIT_LOG_FLUSH_MS: z._default(int(0, 10_000), 100),
+  CREDIT_MAX_BODY_BYTES: z._default(int(1024, 10_485_760), 65_536),
   /** Longest a request may take, headers and body included, in ms (node's `requestTimeout`). */
-  CREDIT_REQUEST_TIMEOUT_MS: int(1000, 600_000).default(30_000),
+  CREDIT_REQUEST_TIMEOUT_MS: z._default(int(1000, 600_000), 30_000),
   /**
    * Longest a request's headers may take to arrive, in ms (node's `headersTimeout`, checked every
    * second): a client that never ends them is answered 408 and closed. Unset: 10 s, or the request
    * time-out when that is shorter; set, at most the request time-out.
    */
-  CREDIT_HEADERS_TIMEOUT_MS: int(1000, 600_000).optional(),
+  CREDIT_HEADERS_TIMEOUT_MS: z.optional(int(1000, 600_000)),
   /** Open connections at most (node's `maxConnections`): one past it is closed at once. */
-  CREDIT_MAX_CONNECTIONS: int(1, 1_000_000).default(10_000),
+  CREDIT_MAX_CONNECTIONS: z._default(int(1, 1_000_000), 10_000),
   /** Longest SIGTERM waits for requests in flight before it cuts them, in ms. */
-  CREDIT_SHUTDOWN_TIMEOUT_MS: int(100, 600_000).default(25_000),
+  CREDIT_SHUTDOWN_TIMEOUT_MS: z._default(int(100, 600_000), 25_000),
   /** Comma-separated origins allowed by CORS; unset: no CORS headers at all. */
-  CREDIT_CORS_ORIGINS: z
-    .string()
-    .transform((v) => v.split(",").map((o) => o.trim()))
-    .pipe(
+  CREDIT_CORS_ORIGINS: z.optional(
+    z.pipe(
+      z.pipe(
+        z.string(),
+        z.transform((v) => v.split(",").map((o) => o.trim())),
+      ),
       z
-        .array(z.string().regex(/^https?:\/\/[^/\s]+$/, { error: "each origin must be like https://app.example.com" }))
-        .min(1),
-    )
-    .optional(),
+        .array(
+          z
+            .string()
+            .check(z.regex(/^https?:\/\/[^/\s]+$/, { error: "each origin must be like https://app.example.com" })),
+        )
+        .check(z.minLength(1)),
+    ),
+  ),
   /** `admin` (default): /metrics needs an admin credential; `public`: anyone; `off`: no /metrics. */
-  CREDIT_METRICS: z.enum(["admin", "public", "off"]).default("admin"),
-  CREDIT_JWT_JWKS_URL: url(["https:", "http:"]).optional(),
+  CREDIT_METRICS: z._default(z.enum(["admin", "public", "off"]), "admin"),
+  CREDIT_JWT_JWKS_URL: z.optional(url(["https:", "http:"])),
   /** A PEM public key (SPKI) or, for HS256, a shared secret of 32 bytes or more. */
-  CREDIT_JWT_KEY: z.string().min(32, { error: "must be a PEM public key or a secret of 32+ characters" }).optional(),
-  CREDIT_JWT_ISSUER: z.string().min(1).optional(),
-  CREDIT_JWT_AUDIENCE: z.string().min(1).optional(),
-  CREDIT_JWT_USER_CLAIM: z.string().min(1).default("sub"),
+  CREDIT_JWT_KEY: z.optional(
+    z.string().check(z.minLength(32, { error: "must be a PEM public key or a secret of 32+ characters" })),
+  ),
+  CREDIT_JWT_ISSUER: z.optional(z.string().check(z.minLength(1))),
+  CREDIT_JWT_AUDIENCE: z.optional(z.string().check(z.minLength(1))),
+  CREDIT_JWT_USER_CLAIM: z._default(z.string().check(z.minLength(1)), "sub"),
   /** A claim whose value `admin` (or, for an array or space-separated scope, one of its items) makes an admin. */
-  CREDIT_JWT_ROLE_CLAIM: z.string().min(1).default("scope"),
-  CREDIT_JWT_ADMIN_VALUE: z.string().min(1).default("credits:admin"),
+  CREDIT_JWT_ROLE_CLAIM: z._default(z.string().check(z.minLength(1)), "scope"),
+  CREDIT_JWT_ADMIN_VALUE: z._default(z.string().check(z.minLength(1)), "credits:admin"),
   /** The claim holding the caller's spender (docs/teams-and-limits.md); a token without it spends as none. */
-  CREDIT_JWT_SPENDER_CLAIM: z.string().min(1).default("spender"),
+  CREDIT_JWT_SPENDER_CLAIM: z._default(z.string().check(z.minLength(1)), "spender"),
   /** Failed authentications one IP may make in a burst, and per minute after it. */
-  CREDIT_AUTH_FAILURES_BURST: int(1, 100_000).default(20),
-  CREDIT_AUTH_FAILURES_PER_MINUTE: int(1, 100_000).default(10),
+  CREDIT_AUTH_FAILURES_BURST: z._default(int(1, 100_000), 20),
+  CREDIT_AUTH_FAILURES_PER_MINUTE: z._default(int(1, 100_000), 10),
   /** Trust X-Forwarded-For's last hop for the client's IP (behind your proxy only). */
-  CREDIT_TRUST_PROXY: z.enum(["true", "false"]).default("false"),
+  CREDIT_TRUST_PROXY: z._default(z.enum(["true", "false"]), "false"),
   /** `1`/`true`: the operator console under /console, for admins (docs/service.md); off by default. */
-  CREDIT_CONSOLE: z
-    .enum(["1", "0", "true", "false"], { error: "must be 1, 0, true or false" })
-    .transform((v) => v === "1" || v === "true")
-    .default(false),
+  CREDIT_CONSOLE: z._default(
+    z.pipe(
+      z.enum(["1", "0", "true", "false"], { error: "must be 1, 0, true or false" }),
+      z.transform((v) => v === "1" || v === "true"),
+    ),
+    false,
+  ),
   /** The key signing the console's CSRF tokens (32+ characters); unset: random per process. */
-  CREDIT_CONSOLE_SECRET: z.string().min(32, { error: "must be 32 characters or more" }).optional(),
+  CREDIT_CONSOLE_SECRET: z.optional(z.string().check(z.minLength(32, { error: "must be 32 characters or more" }))),
   /**
    * Signs and checks customer tokens (32+ characters; docs/usage.md, "For your customers"): set,
    * the read routes take them and the customer usage page is served at /customer. Unset: off.
    */
-  CREDIT_CUSTOMER_TOKEN_SECRET: z.string().min(32, { error: "must be 32 characters or more" }).optional(),
+  CREDIT_CUSTOMER_TOKEN_SECRET: z.optional(
+    z.string().check(z.minLength(32, { error: "must be 32 characters or more" })),
+  ),
   /**
    * The customer tokens' rate limit (docs/service.md, "Customer tokens and the customer page"):
    * requests one account's customer tokens may make at once, and per minute after it; a
    * `…_PER_MINUTE` of 0 turns it off.
    */
-  CREDIT_CUSTOMER_RATE_LIMIT_BURST: int(1, 1_000_000).default(60),
-  CREDIT_CUSTOMER_RATE_LIMIT_PER_MINUTE: int(0, 1_000_000).default(60),
+  CREDIT_CUSTOMER_RATE_LIMIT_BURST: z._default(int(1, 1_000_000), 60),
+  CREDIT_CUSTOMER_RATE_LIMIT_PER_MINUTE: z._default(int(0, 1_000_000), 60),
   /** The secret before the current one, still accepted (not used to sign) while its tokens live. */
-  CREDIT_CUSTOMER_TOKEN_PREVIOUS_SECRET: z.string().min(32, { error: "must be 32 characters or more" }).optional(),
+  CREDIT_CUSTOMER_TOKEN_PREVIOUS_SECRET: z.optional(
+    z.string().check(z.minLength(32, { error: "must be 32 characters or more" })),
+  ),
   /**
    * Who may embed the customer page in a frame: the CSP `frame-ancestors` sources, separated by
    * spaces (`https://app.example.com`, `'self'`). Default `'none'`: no one.
    */
-  CREDIT_CUSTOMER_FRAME_ANCESTORS: z
-    .string()
-    .transform((v) => v.split(/\s+/).filter((p) => p !== ""))
-    .pipe(
+  CREDIT_CUSTOMER_FRAME_ANCESTORS: z._default(
+    z.pipe(
+      z.pipe(
+        z.string(),
+        z.transform((v) => v.split(/\s+/).filter((p) => p !== "")),
+      ),
       z
         .array(
-          z.string().regex(/^('none'|'self'|https?:\/\/(\*\.)?[A-Za-z0-9.-]+(:[0-9]{1,5})?)$/, {
-            error: "each source must be 'self', 'none' or an origin such as https://app.example.com",
-          }),
+          z.string().check(
+            z.regex(/^('none'|'self'|https?:\/\/(\*\.)?[A-Za-z0-9.-]+(:[0-9]{1,5})?)$/, {
+              error: "each source must be 'self', 'none' or an origin such as https://app.example.com",
+            }),
+          ),
         )
-        .min(1)
-        .max(32),
-    )
-    .default(["'none'"]),
+        .check(z.minLength(1), z.maxLength(32)),
+    ),
+    ["'none'"],
+  ),
   /**
    * How long an API key's row is reused before the store is read again, in ms (0: every request
    * reads it). A revoked key keeps working in a running service for up to this long, hence the
    * bound of one minute (docs/service.md, "Secure it").
    */
-  CREDIT_KEY_CACHE_MS: int(0, 60_000).default(5000),
+  CREDIT_KEY_CACHE_MS: z._default(int(0, 60_000), 5000),
   /**
    * The `service.name` of the metrics' resource (OpenTelemetry's variable; it wins over a
    * `service.name` in OTEL_RESOURCE_ATTRIBUTES). Default `credit-management`.
    */
-  OTEL_SERVICE_NAME: z
-    .string()
-    .regex(/^[!-~][ -~]{0,254}$/, { error: "must be 1 to 255 printable characters" })
-    .optional(),
+  OTEL_SERVICE_NAME: z.optional(
+    z.string().check(z.regex(/^[!-~][ -~]{0,254}$/, { error: "must be 1 to 255 printable characters" })),
+  ),
   /**
    * More attributes of the metrics' resource, `key=value` pairs separated by commas, values
    * percent-encoded (the OpenTelemetry resource SDK's format).
    */
-  OTEL_RESOURCE_ATTRIBUTES: z
-    .string()
-    .max(4096, { error: "must be 4,096 characters or fewer" })
-    .transform((v, ctx) => {
-      const attributes: Record<string, string> = {};
-      for (const pair of v.split(",")) {
-        if (pair.trim() === "") continue;
-        const at = pair.indexOf("=");
-        const key = at < 0 ? "" : pair.slice(0, at).trim();
-        let value: string | null = null;
-        try {
-          value = at < 0 ? null : decodeURIComponent(pair.slice(at + 1).trim());
-        } catch {
-          value = null;
+  OTEL_RESOURCE_ATTRIBUTES: z.optional(
+    z.pipe(
+      z.string().check(z.maxLength(4096, { error: "must be 4,096 characters or fewer" })),
+      z.transform((v, ctx) => {
+        const attributes: Record<string, string> = {};
+        for (const pair of v.split(",")) {
+          if (pair.trim() === "") continue;
+          const at = pair.indexOf("=");
+          const key = at < 0 ? "" : pair.slice(0, at).trim();
+          let value: string | null = null;
+          try {
+            value = at < 0 ? null : decodeURIComponent(pair.slice(at + 1).trim());
+          } catch {
+            value = null;
+          }
+          if (!/^[!-~]{1,255}$/.test(key) || value === null || value.length > 255) {
+            ctx.issues.push({
+              code: "custom",
+              message: "must be key=value pairs separated by commas (values percent-encoded, 255 characters at most)",
+              input: v,
+            });
+            return z.NEVER;
+          }
+          attributes[key] = value;
         }
-        if (!/^[!-~]{1,255}$/.test(key) || value === null || value.length > 255) {
-          ctx.addIssue({
-            code: "custom",
-            message: "must be key=value pairs separated by commas (values percent-encoded, 255 characters at most)",
-          });
-          return z.NEVER;
-        }
-        attributes[key] = value;
-      }
-      return attributes;
-    })
-    .optional(),
+        return attributes;
+      }),
+    ),
+  ),
   // Read by the payment providers (docs/promos-and-payments.md); checked here so a stray value
   // stops the start instead of failing every webhook.
   STRIPE_SECRET_KEY: secret,
@@ -254,7 +276,7 @@ const FLAG_OF: Record<string, "port" | "host" | "sqlite" | "log-level"> = {
 };
 
 /** The variables of `schema` that `env` sets, trimmed (a blank one is unset). */
-function variables(schema: z.ZodObject, env: Env): Record<string, string> {
+function variables(schema: z.ZodMiniObject, env: Env): Record<string, string> {
   const input: Record<string, string> = {};
   for (const key of Object.keys(schema.shape)) {
     const v = env[key];
@@ -267,7 +289,11 @@ function variables(schema: z.ZodObject, env: Env): Record<string, string> {
  * `input` checked by `schema`; a `UsageError` names the first wrong value by its flag when a flag
  * gave it, else by its variable, and hides the value of a secret or a URL.
  */
-function checked<S extends z.ZodObject>(schema: S, input: Record<string, string>, flags: ServeFlags = {}): z.output<S> {
+function checked<S extends z.ZodMiniObject>(
+  schema: S,
+  input: Record<string, string>,
+  flags: ServeFlags = {},
+): z.output<S> {
   const r = schema.safeParse(input);
   if (r.success) return r.data;
   const issue = r.error.issues[0];
@@ -307,7 +333,7 @@ export function serveSettings(flags: ServeFlags, env: Env): ServeSettings {
   return { ...s, worker: flags.worker === true, store, jwt, payments };
 }
 
-const StoreSchema = Schema.pick({
+const StoreSchema = z.pick(Schema, {
   CREDIT_MONGO_URI: true,
   CREDIT_MONGO_DB: true,
   CREDIT_PG_URL: true,

@@ -1,4 +1,4 @@
-import * as z from "zod";
+import * as z from "zod/mini";
 import { LoggerOption, silentLogger, type Logger } from "../core/logger.js";
 import type { CreditManager } from "../manager.js";
 import { parseConfig } from "../core/models/parse.js";
@@ -22,60 +22,60 @@ export type { Logger } from "../core/logger.js";
 export type WorkerTaskName = "jobs" | "reminders" | "dispatch" | "top-ups" | "revenue" | "usage";
 
 /** An interval in ms: 0 (the task is off) or 10 ms to 24 hours. */
-const Interval = z
-  .number()
-  .int()
-  .refine((v) => v === 0 || (v >= 10 && v <= 86_400_000), { error: "must be 0 (off) or 10 to 86,400,000 ms" });
+const Interval = z.number().check(
+  z.int(),
+  z.refine((v) => v === 0 || (v >= 10 && v <= 86_400_000), { error: "must be 0 (off) or 10 to 86,400,000 ms" }),
+);
 
 /** `createWorker(manager, options)`, validated like every public input. */
 export const WorkerOptions = z.strictObject({
   /** `releaseExpiredHolds`, `renewDueSubscriptions`, `expireDueGrants` (and more, below), in ms. Default 60,000; 0: off. */
-  jobsEveryMs: Interval.optional(),
+  jobsEveryMs: z.optional(Interval),
   /** The expiring-credit reminders, in ms. Default 3,600,000 when the manager records notifications, else 0 (off). */
-  remindersEveryMs: Interval.optional(),
+  remindersEveryMs: z.optional(Interval),
   /**
    * The outbox dispatcher (`notifications.dispatchPending`: delivery to the manager's queue, each
    * auto top-up charged before its row), in ms. Default 1,000 when the manager records
    * notifications, else 0 (off).
    */
-  dispatchEveryMs: Interval.optional(),
+  dispatchEveryMs: z.optional(Interval),
   /**
    * The auto top-ups' charges when the dispatcher does not run (`notifications.handlePending`), in
    * ms. Default 1,000; off while `dispatchEveryMs` runs (it charges them) or no payment provider can
    * charge a saved method.
    */
-  topUpEveryMs: Interval.optional(),
+  topUpEveryMs: z.optional(Interval),
   /**
    * The revenue summary's catch-up (docs/revenue.md, "Keeping the summary caught up"): the journal
    * entries written since, folded into the summary so a report has none left to add, in ms. Default
    * 0 (off); runs only on a store that keeps a summary (PostgreSQL).
    */
-  revenueEveryMs: Interval.optional(),
+  revenueEveryMs: z.optional(Interval),
   /** Journal entries one revenue round folds at most (1,000–10,000,000; the rest is the next round's). Default 200,000. */
-  revenueEntries: z.number().int().min(1000).max(10_000_000).optional(),
+  revenueEntries: z.optional(z.number().check(z.int(), z.minimum(1000), z.maximum(10_000_000))),
   /**
    * The daily usage rollup's catch-up (docs/usage.md, "Keeping the rollup caught up"): the journal
    * entries written since, added to the rollup so a report across accounts has none left to add,
    * in ms. Default 60,000; runs only on a store that keeps a rollup (PostgreSQL).
    */
-  usageEveryMs: Interval.optional(),
+  usageEveryMs: z.optional(Interval),
   /** Journal entries one usage round adds at most (1,000–10,000,000; the rest is the next round's). Default 200,000. */
-  usageEntries: z.number().int().min(1000).max(10_000_000).optional(),
+  usageEntries: z.optional(z.number().check(z.int(), z.minimum(1000), z.maximum(10_000_000))),
   /** Each pause is the interval ± jitter/2 of it; the first waits up to jitter × interval (0 to 1). Default 0.1. */
-  jitter: z.number().min(0).max(1).optional(),
+  jitter: z.optional(z.number().check(z.minimum(0), z.maximum(1))),
   /** Rows per indexed scan of the jobs and reminders (1–10,000). Default 1,000. */
-  batchSize: z.number().int().min(1).max(10_000).optional(),
+  batchSize: z.optional(z.number().check(z.int(), z.minimum(1), z.maximum(10_000))),
   /** Accounts a job works on at once (1–256). Default 8. */
-  concurrency: z.number().int().min(1).max(256).optional(),
+  concurrency: z.optional(z.number().check(z.int(), z.minimum(1), z.maximum(256))),
   /** Notifications one dispatch (or top-ups) round handles at most (1–10,000). Default 1,000. */
-  dispatchLimit: z.number().int().min(1).max(10_000).optional(),
+  dispatchLimit: z.optional(z.number().check(z.int(), z.minimum(1), z.maximum(10_000))),
   /**
    * With each jobs round, a checkpoint on every account with this many entries or more since its
    * last (`checkpointAccounts`; docs/operations.md, "Checkpoints and archival"). Default: none.
    */
-  checkpointEntries: z.number().int().min(1).max(1_000_000_000).optional(),
+  checkpointEntries: z.optional(z.number().check(z.int(), z.minimum(1), z.maximum(1_000_000_000))),
   /** The reminder windows, in days. Default: the manager's (`notifications.reminderDays`, default `[7]`). */
-  reminderDays: z.array(z.number().min(0).max(3650)).max(16).optional(),
+  reminderDays: z.optional(z.array(z.number().check(z.minimum(0), z.maximum(3650))).check(z.maxLength(16))),
   /**
    * Where each round writes its line (pino's shapes: `(obj, msg)`): info for a round, warn for one
    * that left work for the next, error for one that failed. Default: nothing written.

@@ -1,14 +1,16 @@
 import type * as z from "zod/mini";
 import { ConfigurationError, ValidationError } from "../errors.js";
 
-/** A zod 4 schema, built with `zod` or with `zod/mini`: both parse with `safeParse`. */
-type Schema = z.core.$ZodType & { safeParse(value: unknown): z.core.util.SafeParseResult<unknown> };
-
 /**
- * Validates `value` against `schema`; a mismatch becomes a `ValidationError` naming the argument
- * and each field. Used at every public entry point before anything is read or written.
+ * Validates `value` against `schema`, a zod 4 schema built with `zod/mini` or with `zod` (both parse
+ * with `safeParse`); a mismatch becomes a `ValidationError` naming the argument and each field. Used
+ * at every public entry point before anything is read or written.
  */
-export function parse<S extends Schema>(schema: S, value: unknown, what: string): z.output<S> {
+export function parse<S extends z.core.$ZodType & { safeParse(value: unknown): z.core.util.SafeParseResult<unknown> }>(
+  schema: S,
+  value: unknown,
+  what: string,
+): z.output<S> {
   if (typeof value === "object" && value !== null && takesObject(schema)) {
     const proto = Object.getPrototypeOf(value) as unknown;
     if (proto !== Object.prototype && proto !== null) {
@@ -43,7 +45,9 @@ export function parse<S extends Schema>(schema: S, value: unknown, what: string)
  * input, so it is a `ConfigurationError` — its message names the field, and its `cause` is the
  * `ValidationError` with each issue. `owner` ("PaymentService") starts the message when given.
  */
-export function parseConfig<S extends Schema>(schema: S, value: unknown, what: string, owner?: string): z.output<S> {
+export function parseConfig<
+  S extends z.core.$ZodType & { safeParse(value: unknown): z.core.util.SafeParseResult<unknown> },
+>(schema: S, value: unknown, what: string, owner?: string): z.output<S> {
   try {
     return parse(schema, value, what);
   } catch (error) {

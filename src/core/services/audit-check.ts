@@ -1,10 +1,13 @@
 import type { DbManager } from "../db/types.js";
 import type { Grant, JournalEntry, Reservation } from "../models/index.js";
 
-/** What an audit read of one account: the journal it replayed, the stored grants and holds. */
+/** What an audit reads of one account: the journal it replayed, the stored grants and holds. */
 export interface AuditRead {
+  /** The journal entries the audit replayed: from the latest checkpoint, or all with `from: "genesis"`. */
   entries: readonly JournalEntry[];
+  /** The account's grants as stored, inactive ones included. */
   grants: readonly Grant[];
+  /** The account's holds as stored. */
   reservations: readonly Reservation[];
 }
 

@@ -3,7 +3,7 @@ import { replayJournal, type AuditReport } from "../domain/replay.js";
 import type { AuditCheck } from "./audit-check.js";
 import { rollupAuditScan, rollupProblems } from "../domain/usage.js";
 import type { AuditOptions, JournalEntry } from "../models/index.js";
-import type * as z from "zod";
+import type * as z from "zod/mini";
 import { copy, journalAfter } from "./history.js";
 import type { UnitRunner } from "./unit-of-work.js";
 

@@ -29,7 +29,7 @@ import { copyHold, replayHold } from "./hold-lookup.js";
 import { activeHold, includeHeldGrants, UnitRunner, type UnitContext } from "./unit-of-work.js";
 import { SubscriptionPeriods } from "./subscription-periods.js";
 import type { CoreCreditService, CoreCreditServiceOptions } from "./credit-service.js";
-import type * as z from "zod";
+import type * as z from "zod/mini";
 
 /** `outcomeWaitMs` when none is given (docs/concepts.md, "Certain and uncertain errors"). */
 const DEFAULT_OUTCOME_WAIT_MS = 5000;

@@ -1,6 +1,6 @@
 import type { DbManager } from "../db/types.js";
 import type { Grant, JournalEntry } from "../models/index.js";
-import type * as z from "zod";
+import type * as z from "zod/mini";
 import type { HistoryQuery } from "../models/index.js";
 
 /** What `getExpiringCredits` returns. */

@@ -1,4 +1,4 @@
-import type * as z from "zod";
+import type * as z from "zod/mini";
 import type { ChargeRecord, DbTransaction } from "../db/types.js";
 import type { EntryMeta } from "../domain/account-work.js";
 import { fingerprint } from "../domain/hash.js";

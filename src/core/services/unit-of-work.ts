@@ -41,7 +41,7 @@ import {
   type UnitOfWorkMessage,
 } from "../diagnostics.js";
 import { newId } from "../util/uuid.js";
-import type * as z from "zod";
+import type * as z from "zod/mini";
 
 /*
  * The unit-of-work runner behind `CreditService` (and, through `CreditCore.runUnitOfWork`, the other services):

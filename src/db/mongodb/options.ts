@@ -1,6 +1,6 @@
 import type { MongoClient } from "mongodb";
 import type { Db } from "mongodb";
-import { z } from "zod";
+import * as z from "zod/mini";
 
 // The MongoDB store's options (docs/storage.md, MongoDB) and what a server must be to run it.
 
@@ -47,12 +47,10 @@ export interface MongoDbManagerOptions {
 
 export const BatchOption = z.union([
   z.literal(false),
-  z
-    .object({
-      maxUnits: z.number().int().min(1).max(1000).optional(),
-      concurrency: z.number().int().min(1).max(64).optional(),
-    })
-    .strict(),
+  z.strictObject({
+    maxUnits: z.optional(z.number().check(z.int(), z.minimum(1), z.maximum(1000))),
+    concurrency: z.optional(z.number().check(z.int(), z.minimum(1), z.maximum(64))),
+  }),
 ]);
 
 /** Either a connected (or connectable) `MongoClient` and a database name, or a `Db`. */

@@ -1,4 +1,4 @@
-import * as z from "zod";
+import * as z from "zod/mini";
 import { ConfigurationError } from "../../core/errors.js";
 import { origin } from "../../core/db/store/errors.js";
 import { onBun, runtimeName } from "../../core/util/runtime.js";
@@ -33,7 +33,7 @@ export type Database = SqliteDatabase;
  * Bun's own `bun:sqlite` (only under Bun). Both write the same file format.
  */
 export type SqliteDriver = "better-sqlite3" | "bun:sqlite";
-const SqliteDriverOption = z.enum(["better-sqlite3", "bun:sqlite"]) satisfies z.ZodType<SqliteDriver>;
+const SqliteDriverOption = z.enum(["better-sqlite3", "bun:sqlite"]) satisfies z.ZodMiniType<SqliteDriver>;
 
 export interface SqliteDbManagerOptions {
   /**

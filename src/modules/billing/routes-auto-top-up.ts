@@ -1,4 +1,4 @@
-import * as z from "zod";
+import * as z from "zod/mini";
 import { Amount, AutoTopUpInput, AutoTopUpState, type AutoTopUpRule } from "../../models-entry.js";
 import { HttpError, type RouteContext, type RouteDefinition } from "../../http/router.js";
 import { adminRoute, self, target, userRoute } from "../../http/route-helpers.js";
@@ -23,10 +23,10 @@ export const AutoTopUpLimitsBody = z.strictObject({
   below: z.optional(Amount),
   amount: z.optional(Amount),
   toBalance: z.optional(Amount),
-  minAmount: z.nullable(Amount).optional(),
-  maxAmount: z.nullable(Amount).optional(),
-  maxPerMonth: z.number().int().min(1).max(10_000).nullable().optional(),
-  maxFailures: z.number().int().min(1).max(100).optional(),
+  minAmount: z.optional(z.nullable(Amount)),
+  maxAmount: z.optional(z.nullable(Amount)),
+  maxPerMonth: z.optional(z.nullable(z.number().check(z.int(), z.minimum(1), z.maximum(10_000)))),
+  maxFailures: z.optional(z.number().check(z.int(), z.minimum(1), z.maximum(100))),
 });
 export type AutoTopUpLimitsBody = z.infer<typeof AutoTopUpLimitsBody>;
 

@@ -1,4 +1,4 @@
-import * as z from "zod";
+import * as z from "zod/mini";
 import {
   MAX_REVENUE_ROWS,
   RevenueDimension,
@@ -17,38 +17,46 @@ import { rangeOf, UsageParams } from "../../http/usage-routes.js";
  * as ISO 8601 (default: this month so far), `interval` `hour|day|week|month|none` (default `month`), `groupBy` comma-separated,
  * `timeZone`, `account` for one account (absent: the whole book) and `limit`.
  */
-export const RevenueParams = UsageParams.pick({ from: true, to: true, interval: true, timeZone: true }).extend({
+export const RevenueParams = z.extend(z.pick(UsageParams, { from: true, to: true, interval: true, timeZone: true }), {
   /** Dimensions each row is split by besides currency (comma-separated or repeated), each once. */
-  groupBy: z.array(RevenueDimension).max(5).optional(),
+  groupBy: z.optional(z.array(RevenueDimension).check(z.maxLength(5))),
   /** One account; absent: every account. */
   account: z.optional(UserId),
   /** Most rows, 1–100,000. Default 10,000: the first in the report's order. */
-  limit: z.number().int().min(1).max(MAX_REVENUE_ROWS).optional(),
+  limit: z.optional(z.number().check(z.int(), z.minimum(1), z.maximum(MAX_REVENUE_ROWS))),
 });
 
-const money = z.number().int();
+const money = z.number().check(z.int());
 const Row = z
-  .object({
-    start: z.iso.datetime(),
-    end: z.iso.datetime(),
-    currency: z.string().nullable().describe("ISO 4217; null on the rows of unbilled usage"),
-    deferredStart: money.describe("Paid credits not yet used at `start`, at their basis (smallest currency unit)"),
-    paid: money.describe("Credits sold in the window: additions with a cost basis"),
-    recognized: money.describe("Credits used at the basis of the grant that paid; refunds of used credits negative"),
-    breakage: money.describe("Paid credits expired or voided unused"),
-    refunds: money.describe("What refunds and lost disputes took back"),
-    deferredEnd: money.describe("Paid credits not yet used at `end`, at their basis"),
-    unbilledCredits: z.number().int().describe("Credits of usage past the balance (debt): no basis yet"),
-  })
-  .catchall(z.string().nullable())
-  .describe(
-    "A window, a currency, the grouped dimensions' values (account, source, plan, feature, spender) and the figures",
+  .catchall(
+    z.object({
+      start: z.iso.datetime(),
+      end: z.iso.datetime(),
+      currency: z.nullable(z.string()).check(z.describe("ISO 4217; null on the rows of unbilled usage")),
+      deferredStart: money.check(
+        z.describe("Paid credits not yet used at `start`, at their basis (smallest currency unit)"),
+      ),
+      paid: money.check(z.describe("Credits sold in the window: additions with a cost basis")),
+      recognized: money.check(
+        z.describe("Credits used at the basis of the grant that paid; refunds of used credits negative"),
+      ),
+      breakage: money.check(z.describe("Paid credits expired or voided unused")),
+      refunds: money.check(z.describe("What refunds and lost disputes took back")),
+      deferredEnd: money.check(z.describe("Paid credits not yet used at `end`, at their basis")),
+      unbilledCredits: z.number().check(z.int(), z.describe("Credits of usage past the balance (debt): no basis yet")),
+    }),
+    z.nullable(z.string()),
+  )
+  .check(
+    z.describe(
+      "A window, a currency, the grouped dimensions' values (account, source, plan, feature, spender) and the figures",
+    ),
   );
 export const RevenueReportSchema = z.object({
   rows: z
     .array(Row)
-    .describe("By window start, then currency (null last), then the groupBy values in order (null last)"),
-  truncated: z.boolean().describe("`limit` left rows off: the later rows in that order"),
+    .check(z.describe("By window start, then currency (null last), then the groupBy values in order (null last)")),
+  truncated: z.boolean().check(z.describe("`limit` left rows off: the later rows in that order")),
   timeZone: z.string(),
 });
 

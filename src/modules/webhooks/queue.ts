@@ -2,7 +2,7 @@ import { createHash } from "node:crypto";
 import * as http from "node:http";
 import * as https from "node:https";
 import type { BlockList } from "node:net";
-import * as z from "zod";
+import * as z from "zod/mini";
 import type { NotificationStore } from "../../core/db/types-notifications.js";
 import { newNotification, notificationId } from "../../core/domain/notifications.js";
 import type { Logger } from "../../core/logger.js";
@@ -30,10 +30,10 @@ import { secretKey, webhookHeaders } from "./queue-sign.js";
 
 const EndpointId = z
   .string()
-  .regex(/^[A-Za-z0-9_-]{1,64}$/, { error: "an endpoint id is 1 to 64 letters, digits, _ or -" });
+  .check(z.regex(/^[A-Za-z0-9_-]{1,64}$/, { error: "an endpoint id is 1 to 64 letters, digits, _ or -" }));
 const Secret = z
   .string()
-  .refine((s) => secretKey(s) !== null, { error: "a secret is whsec_ and the base64 of 24 to 64 bytes" });
+  .check(z.refine((s) => secretKey(s) !== null, { error: "a secret is whsec_ and the base64 of 24 to 64 bytes" }));
 
 export const WebhookEndpoint = z
   .strictObject({
@@ -42,27 +42,29 @@ export const WebhookEndpoint = z
     /** Where events are POSTed: `https://…` (`http://` only with `development`). No user or password in it. */
     url: z.url({ protocol: /^https?$/, error: "url must be an http(s) URL" }),
     /** `whsec_…`; several while a secret is rotated (each message carries a signature per secret). */
-    secret: z.union([Secret, z.array(Secret).min(1).max(5)]),
+    secret: z.union([Secret, z.array(Secret).check(z.minLength(1), z.maxLength(5))]),
     /** Event types the endpoint gets; absent or empty: all. */
-    types: z.array(NotificationType).max(100).optional(),
+    types: z.optional(z.array(NotificationType).check(z.maxLength(100))),
     /** False: no new deliveries are written for it, and its pending ones fail. Default true. */
-    enabled: z.boolean().optional(),
+    enabled: z.optional(z.boolean()),
     /** Allows `http://` (for a receiver on a development machine). Default false. */
-    development: z.boolean().optional(),
+    development: z.optional(z.boolean()),
   })
-  .superRefine((e, ctx) => {
-    // Zod runs this even when `url` failed its own check: a text that is no URL has its issue then.
-    if (!URL.canParse(e.url)) return;
-    const url = new URL(e.url);
-    if (url.protocol !== "https:" && e.development !== true)
-      ctx.addIssue({
-        code: "custom",
-        path: ["url"],
-        message: "url must be https:// (http:// only for an endpoint marked development)",
-      });
-    if (url.username !== "" || url.password !== "")
-      ctx.addIssue({ code: "custom", path: ["url"], message: "url must not carry a user or password" });
-  });
+  .check(
+    z.superRefine((e, ctx) => {
+      // Zod runs this even when `url` failed its own check: a text that is no URL has its issue then.
+      if (!URL.canParse(e.url)) return;
+      const url = new URL(e.url);
+      if (url.protocol !== "https:" && e.development !== true)
+        ctx.addIssue({
+          code: "custom",
+          path: ["url"],
+          message: "url must be https:// (http:// only for an endpoint marked development)",
+        });
+      if (url.username !== "" || url.password !== "")
+        ctx.addIssue({ code: "custom", path: ["url"], message: "url must not carry a user or password" });
+    }),
+  );
 export type WebhookEndpoint = z.input<typeof WebhookEndpoint>;
 
 /**
@@ -113,22 +115,15 @@ export interface WebhookQueueOptions {
 }
 
 const Options = z.object({
-  timeoutMs: z.number().int().min(100).max(120_000).optional(),
-  retrySchedule: z
-    .array(
-      z
-        .number()
-        .int()
-        .min(0)
-        .max(7 * 86_400_000),
-    )
-    .max(50)
-    .optional(),
-  jitter: z.number().min(0).max(1).optional(),
-  refreshMs: z.number().int().min(0).max(3_600_000).optional(),
-  allowNetworks: z.array(z.string()).max(100).optional(),
-  maxResponseBytes: z.number().int().min(0).max(1_048_576).optional(),
-  coolOffMs: z.number().int().min(0).max(86_400_000).optional(),
+  timeoutMs: z.optional(z.number().check(z.int(), z.minimum(100), z.maximum(120_000))),
+  retrySchedule: z.optional(
+    z.array(z.number().check(z.int(), z.minimum(0), z.maximum(7 * 86_400_000))).check(z.maxLength(50)),
+  ),
+  jitter: z.optional(z.number().check(z.minimum(0), z.maximum(1))),
+  refreshMs: z.optional(z.number().check(z.int(), z.minimum(0), z.maximum(3_600_000))),
+  allowNetworks: z.optional(z.array(z.string()).check(z.maxLength(100))),
+  maxResponseBytes: z.optional(z.number().check(z.int(), z.minimum(0), z.maximum(1_048_576))),
+  coolOffMs: z.optional(z.number().check(z.int(), z.minimum(0), z.maximum(86_400_000))),
 });
 
 /** A `WebhookEndpoint` as parsed: its defaults filled in (`queue.endpoints()`). */

@@ -1,4 +1,4 @@
-import * as z from "zod";
+import * as z from "zod/mini";
 import type { DbManager } from "../../core/db/types.js";
 import { HttpError, type HttpMethod, type RouteDefinition } from "../../http/router.js";
 import { rootRoute, type RouteFields } from "../../http/route-helpers.js";
@@ -22,46 +22,45 @@ import { deliveryUserId, retryFailedWebhooks, sendTestWebhook } from "./queue.js
 export const WEBHOOKS_PATH = "/admin/webhooks";
 
 const Create = z.strictObject({
-  url: z.string().max(2048),
-  types: z.array(NotificationType).max(100).optional(),
-  description: z.string().max(256).optional(),
-  development: z.boolean().optional(),
+  url: z.string().check(z.maxLength(2048)),
+  types: z.optional(z.array(NotificationType).check(z.maxLength(100))),
+  description: z.optional(z.string().check(z.maxLength(256))),
+  development: z.optional(z.boolean()),
 });
 const Update = z.strictObject({
-  url: z.string().max(2048).optional(),
-  types: z.array(NotificationType).max(100).nullable().optional(),
-  description: z.string().max(256).nullable().optional(),
-  enabled: z.boolean().optional(),
-  development: z.boolean().optional(),
+  url: z.optional(z.string().check(z.maxLength(2048))),
+  types: z.optional(z.nullable(z.array(NotificationType).check(z.maxLength(100)))),
+  description: z.optional(z.nullable(z.string().check(z.maxLength(256)))),
+  enabled: z.optional(z.boolean()),
+  development: z.optional(z.boolean()),
 });
-const Rotate = z.strictObject({ dropOld: z.boolean().optional() });
-const Retry = z.strictObject({ userId: UserId, eventId: z.string().max(64).optional() });
+const Rotate = z.strictObject({ dropOld: z.optional(z.boolean()) });
+const Retry = z.strictObject({ userId: UserId, eventId: z.optional(z.string().check(z.maxLength(64))) });
 const DeliveriesQuery = z.object({ userId: UserId });
 
 const Endpoint = z.object({
   id: z.string(),
   url: z.string(),
-  types: z.array(z.string()).nullable(),
+  types: z.nullable(z.array(z.string())),
   enabled: z.boolean(),
   development: z.boolean(),
-  description: z.string().nullable(),
+  description: z.nullable(z.string()),
   createdAt: z.string(),
-  disabledReason: z.string().nullable(),
+  disabledReason: z.nullable(z.string()),
   secrets: z
     .number()
-    .int()
-    .describe("How many secrets sign each message (2 or 3 during a rotation); never the secrets"),
+    .check(z.int(), z.describe("How many secrets sign each message (2 or 3 during a rotation); never the secrets")),
 });
 const Delivery = z.object({
   id: z.string(),
-  eventId: z.string().nullable(),
+  eventId: z.nullable(z.string()),
   type: z.string(),
   status: NotificationStatus,
-  attempts: z.number().int(),
-  lastError: z.string().nullable(),
-  nextAttemptAt: z.string().nullable(),
+  attempts: z.number().check(z.int()),
+  lastError: z.nullable(z.string()),
+  nextAttemptAt: z.nullable(z.string()),
   createdAt: z.string(),
-  settledAt: z.string().nullable(),
+  settledAt: z.nullable(z.string()),
 });
 
 /** An endpoint as the routes show it: everything but its secrets (their count). */
@@ -158,7 +157,7 @@ export function webhookRoutes(
       operationId: "rotateWebhookSecret",
       summary: "A new secret, signed beside the previous one until dropOld keeps only the newest",
       body: Rotate,
-      response: z.object({ secret: z.string().optional(), secrets: z.number().int() }),
+      response: z.object({ secret: z.optional(z.string()), secrets: z.number().check(z.int()) }),
       errors: [404],
       handle: async (ctx) => {
         const record = await one(ctx.params.id);
@@ -173,10 +172,10 @@ export function webhookRoutes(
       summary: "Sends a signed webhook_test event now and answers what the endpoint said",
       response: z.object({
         ok: z.boolean(),
-        id: z.string().optional(),
-        status: z.number().int().optional(),
-        body: z.string().optional(),
-        error: z.string().optional(),
+        id: z.optional(z.string()),
+        status: z.optional(z.number().check(z.int())),
+        body: z.optional(z.string()),
+        error: z.optional(z.string()),
       }),
       errors: [404],
       handle: async (ctx) => {
@@ -218,7 +217,7 @@ export function webhookRoutes(
       operationId: "retryWebhookDeliveries",
       summary: "Delivers an account's failed deliveries to the endpoint again (same webhook-id)",
       body: Retry,
-      response: z.object({ retried: z.number().int() }),
+      response: z.object({ retried: z.number().check(z.int()) }),
       errors: [404],
       handle: async (ctx) => {
         const record = await one(ctx.params.id);
