@@ -109,6 +109,7 @@ export { createDbManagerFromEnv, type DbEnv } from "./db/from-env.js";
 export type { DbManager } from "./core/db/types.js";
 export type { AuditReport } from "./core/domain/replay.js";
 export type { AuditCheck, AuditRead } from "./core/services/audit-check.js";
+export type { UnitHook } from "./core/services/unit-of-work.js";
 export type { CheckReason, CheckResult, FeatureRule } from "./core/domain/checks.js";
 export type {
   CustomerState,

@@ -33,6 +33,7 @@ export { InMemoryDbManager } from "./db/memory/index.js";
 export type { DbManager } from "./db/types.js";
 export type { AuditReport } from "./domain/replay.js";
 export type { AuditCheck, AuditRead } from "./services/audit-check.js";
+export type { UnitHook } from "./services/unit-of-work.js";
 export type { CheckResult } from "./domain/checks.js";
 export * from "./errors.js";
 export type {
