@@ -53,6 +53,7 @@ export { defineStore, DefinedStore } from "./db/store/define.js";
 export type { AccountsPart, Attempt, StoreDefinition, UnitOfWorkPart } from "./db/store/define.js";
 export type { Part, SideParts } from "./core/db/store/parts.js";
 export type { StoreBase } from "./core/db/store/base.js";
+export type { BillingParts, BillingStoreBase } from "./modules/billing/store-base.js";
 export type {
   ArchivePartitionsInput,
   ArchivePartitionsReport,

@@ -1,3 +1,4 @@
+import { BillingStoreBase, type BillingParts } from "../../modules/billing/store-base.js";
 import { MongoClient } from "mongodb";
 import type { ClientSession, Db, Document, Filter, MongoClientOptions } from "mongodb";
 import { ConfigurationError, ConflictError, StorageError } from "../../core/errors.js";
@@ -33,10 +34,8 @@ import {
   isUnreachable,
   toCreditError,
 } from "./errors.js";
-import { StoreBase } from "../../core/db/store/base.js";
 import { joinedStore } from "../store/joined.js";
 import { inSession } from "./session.js";
-import type { SideParts } from "../../core/db/store/parts.js";
 import { GroupCommit } from "../store/group-commit.js";
 import { gaveUp } from "../../core/db/store/errors.js";
 import { backoff, sleep } from "../../core/db/store/retry.js";
@@ -89,7 +88,7 @@ const STALE_DECAY = 0.97;
  * const credits = await createCreditManager({ db }); // runs db.init()
  * ```
  */
-export class MongoDbManager extends StoreBase implements DbManager {
+export class MongoDbManager extends BillingStoreBase implements DbManager {
   readonly name = "mongodb";
   readonly capabilities: DbCapabilities = { multiProcess: true };
   /** Prefix of the collection names. */
@@ -103,7 +102,7 @@ export class MongoDbManager extends StoreBase implements DbManager {
   private readonly maxAttempts: number;
   private readonly c: Collections;
   /** Plans and subscriptions (./subscriptions.ts), promos and payments (./promos.ts), the outbox. */
-  protected readonly parts: SideParts;
+  protected readonly parts: BillingParts;
   private lastLedgerOrd = 0;
   private readonly states: StateCache | null;
   private readonly verifyStates: boolean;
@@ -399,7 +398,7 @@ export class MongoDbManager extends StoreBase implements DbManager {
       inSession(this.db.collection<StoredDoc>(`${this.collectionPrefix}${name}`, BSON_OPTIONS), session),
     );
     const outbox = new MongoOutbox(c.notifications);
-    const parts: SideParts = {
+    const parts: BillingParts = {
       subscriptions: new MongoSubscriptionStore(c.plans, c.subscriptions),
       promos: promoStore,
       outbox,

@@ -1,3 +1,4 @@
+import { BillingStoreBase, type BillingParts } from "../../modules/billing/store-base.js";
 import type * as PgModule from "pg";
 import { rollupDays, usageSql } from "./usage.js";
 import { usageBucket } from "../usage-query.js";
@@ -52,8 +53,6 @@ import {
 import { PostgresSubscriptionStore } from "./subscriptions.js";
 import { PostgresRevenueSummary } from "../../modules/revenue/postgres.js";
 import type { RevenueSummaryStore } from "../../modules/revenue/store.js";
-import { StoreBase } from "../../core/db/store/base.js";
-import type { SideParts } from "../../core/db/store/parts.js";
 
 export { SCHEMA_VERSION } from "../../schema/sql.js";
 export type {
@@ -109,7 +108,7 @@ const leases = new WeakMap<PoolClient, Lease>();
  * flight too (the outcome is unknown: it does not run again). A connection that failed is closed,
  * never handed out again.
  */
-export class PostgresDbManager extends StoreBase implements DbManager {
+export class PostgresDbManager extends BillingStoreBase implements DbManager {
   readonly name = "postgres";
   readonly capabilities = { multiProcess: true } as const;
   /**
@@ -684,8 +683,8 @@ export class PostgresDbManager extends StoreBase implements DbManager {
   }
 
   /** Plans and subscriptions, promos and payments (./promos.ts), the outbox. */
-  private partsValue: SideParts | undefined;
-  protected get parts(): SideParts {
+  private partsValue: BillingParts | undefined;
+  protected get parts(): BillingParts {
     return (this.partsValue ??= {
       subscriptions: this.subscriptionStore,
       promos: new PostgresPromoStore(this),

@@ -1,3 +1,4 @@
+import { BillingStoreBase, type BillingParts } from "../../modules/billing/store-base.js";
 import { ConfigurationError, ConflictError, CreditError } from "../../core/errors.js";
 import type { Account, Grant, JournalEntry, LedgerEntry, Reservation } from "../../core/models/index.js";
 import type { UsageBucket } from "../../core/domain/usage.js";
@@ -17,9 +18,8 @@ import type {
   ScanCursor,
 } from "../../core/db/types.js";
 import { AccountLocks } from "../../core/db/store/account-locks.js";
-import { StoreBase } from "../../core/db/store/base.js";
 import { gaveUp, origin, storeError } from "../../core/db/store/errors.js";
-import type { Part, SideParts } from "../../core/db/store/parts.js";
+import type { Part } from "../../core/db/store/parts.js";
 import { backoff, sleep } from "../../core/db/store/retry.js";
 
 /** One attempt of a unit of work, as a backend hands it to `defineStore` (see `UnitOfWorkPart`). */
@@ -111,10 +111,10 @@ export function defineStore(definition: StoreDefinition): DbManager {
 const PARTS: readonly OptionalPart[] = ["subscriptions", "promos", "outbox"];
 
 /** The store `defineStore` returns; a backend class may extend it (`class MyStore extends DefinedStore { constructor() { super({ … }) } }`). */
-export class DefinedStore extends StoreBase {
+export class DefinedStore extends BillingStoreBase {
   readonly name: string;
   readonly capabilities: DbCapabilities;
-  protected readonly parts: SideParts;
+  protected readonly parts: BillingParts;
   private readonly accounts: AccountsPart;
   private readonly journal: Part<JournalStore>;
   private readonly locks = new AccountLocks();

@@ -1,3 +1,4 @@
+import { BillingStoreBase, type BillingParts } from "../../../modules/billing/store-base.js";
 import type { BillingChanges } from "../../../modules/billing/store.js";
 import { ConflictError } from "../../errors.js";
 import { compareGrants, isOpenGrant } from "../../domain/order.js";
@@ -19,8 +20,6 @@ import type {
   StoreStats,
 } from "../types.js";
 import { AccountLocks } from "../store/account-locks.js";
-import { StoreBase } from "../store/base.js";
-import type { SideParts } from "../store/parts.js";
 import { copy, copyEntry, copyHold } from "./copies.js";
 import { DueTimes } from "./due-times.js";
 import { MemoryOutbox } from "./outbox.js";
@@ -85,7 +84,7 @@ function newAccountRows(userId: string): AccountRows {
  * applies. A journal entry is kept as a copy (the services hand the entry to the caller), and every
  * read hands out copies: nothing a caller holds is the store's own.
  */
-export class InMemoryDbManager extends StoreBase implements DbManager {
+export class InMemoryDbManager extends BillingStoreBase implements DbManager {
   readonly name = "memory";
   readonly capabilities = { multiProcess: false } as const;
 
@@ -104,7 +103,7 @@ export class InMemoryDbManager extends StoreBase implements DbManager {
   readonly promoStore = new MemoryPromoStore();
   private readonly outbox = new MemoryOutbox();
   /** Plans and subscriptions, promos and payments, the outbox. */
-  protected readonly parts: SideParts = {
+  protected readonly parts: BillingParts = {
     subscriptions: new MemorySubscriptionStore(),
     promos: this.promoStore,
     outbox: this.outbox,

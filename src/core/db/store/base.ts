@@ -1,6 +1,4 @@
 import type { Notification, Plan, Subscription } from "../../models/index.js";
-import type { Payment } from "../../../modules/billing/model-payments.js";
-import type { Promo, PromoClaim } from "../../../modules/billing/model-promos.js";
 import type { ClaimQuery, NotificationUpdate, OutboxQuery } from "../types-notifications.js";
 import type { SubscriptionCursor } from "../types-subscriptions.js";
 import type { Account, Grant, JournalEntry, LedgerEntry, Reservation } from "../../models/index.js";
@@ -9,9 +7,9 @@ import type { SideParts } from "./parts.js";
 
 /**
  * What every store shares, written once: `close()` that runs once however often it is called, and
- * the forwarding of plans and subscriptions, promos and payments and the outbox to the store's
- * parts (`parts`). A store writes its units of work, its reads and its parts; `defineStore` builds
- * one from parts alone.
+ * the forwarding of plans and subscriptions and the outbox to the store's parts (`parts`). A store
+ * writes its units of work, its reads and its parts; `defineStore` builds one from parts alone. A
+ * module's part is forwarded by the module's own subclass (the billing module's `BillingStoreBase`).
  */
 export abstract class StoreBase implements DbManager {
   abstract readonly name: string;
@@ -77,44 +75,6 @@ export abstract class StoreBase implements DbManager {
   }
   async findDueSubscriptions(asOf: Date, limit: number, after?: SubscriptionCursor): Promise<Subscription[]> {
     return this.parts.subscriptions.findDueSubscriptions(asOf, limit, after);
-  }
-
-  // Promos and payments.
-  async insertPromo(promo: Promo): Promise<void> {
-    return this.parts.promos.insertPromo(promo);
-  }
-  async getPromo(code: string): Promise<Promo | null> {
-    return this.parts.promos.getPromo(code);
-  }
-  async listPromos(query: { limit: number; before?: { createdAt: Date; code: string } }): Promise<Promo[]> {
-    return this.parts.promos.listPromos(query);
-  }
-  async setPromoActive(code: string, isActive: boolean, updatedAt: Date): Promise<Promo | null> {
-    return this.parts.promos.setPromoActive(code, isActive, updatedAt);
-  }
-  async countPromoClaims(code: string, userId: string): Promise<number> {
-    return this.parts.promos.countPromoClaims(code, userId);
-  }
-  async listPromoClaims(userId: string): Promise<PromoClaim[]> {
-    return this.parts.promos.listPromoClaims(userId);
-  }
-  async insertPayment(payment: Payment): Promise<void> {
-    return this.parts.promos.insertPayment(payment);
-  }
-  async getPayment(paymentId: string, userId?: string): Promise<Payment | null> {
-    return this.parts.promos.getPayment(paymentId, userId);
-  }
-  async findPaymentByProviderId(provider: string, id: string): Promise<Payment | null> {
-    return this.parts.promos.findPaymentByProviderId(provider, id);
-  }
-  async listPayments(
-    userId: string,
-    query: { limit: number; before?: { createdAt: Date; id: string } },
-  ): Promise<Payment[]> {
-    return this.parts.promos.listPayments(userId, query);
-  }
-  async updatePayment(payment: Payment): Promise<boolean> {
-    return this.parts.promos.updatePayment(payment);
   }
 
   // The outbox.

@@ -1,5 +1,4 @@
 import type { NotificationStore } from "../types-notifications.js";
-import type { PromoPaymentStore } from "../../../modules/billing/store.js";
 import type { SubscriptionStore } from "../types-subscriptions.js";
 
 /** A part's methods may answer at once instead of with a promise (an in-process store). */
@@ -9,9 +8,8 @@ export type Part<T> = {
     : T[K];
 };
 
-/** The sub-stores a `DbManager` forwards to (see `StoreBase` and `defineStore`). */
+/** The core's sub-stores a `DbManager` forwards to (see `StoreBase` and `defineStore`). */
 export interface SideParts {
   subscriptions: Part<SubscriptionStore>;
-  promos: Part<PromoPaymentStore>;
   outbox: Part<NotificationStore>;
 }
