@@ -90,7 +90,7 @@ function configFor(entry) {
 
 /**
  * The report with each inferred enum's keys sorted. The declaration emitter prints a zod enum's
- * inferred key object (`z.ZodEnum<{ a: "a"; b: "b" }>`) in the order the compiler first created
+ * inferred key object (`z.ZodMiniEnum<{ a: "a"; b: "b" }>`) in the order the compiler first created
  * each string literal type, so an edit elsewhere in the program reorders them; the order carries no
  * meaning, and sorted the report changes only when the keys do.
  */
@@ -108,7 +108,7 @@ function normalized(text) {
       keys = null;
     }
     out.push(line);
-    if (/ZodEnum<\{$/.test(line)) keys = [];
+    if (/Zod(Mini)?Enum<\{$/.test(line)) keys = [];
   }
   if (keys) out.push(...keys.sort());
   return out.join("\n");
