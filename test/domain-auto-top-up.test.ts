@@ -144,6 +144,8 @@ describe("topUpRequest: the unit of work's hook", () => {
     const s = state();
     const a = account(40, s);
     expect(topUpRequest(null, a, now)).toBeNull();
+    // A unit that records a payment's change (a refund's take-back) never asks.
+    expect(topUpRequest({ balance: 140, reserved: 0 }, a, now, true)).toBeNull();
     expect(topUpRequest({ balance: 60, reserved: 0 }, a, now)).toBeNull();
     expect(a.autoTopUp).toBe(s);
   });

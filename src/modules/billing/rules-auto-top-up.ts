@@ -187,17 +187,21 @@ export function afterActionRequired(s: AutoTopUpState, id: string, code: string)
 }
 
 /**
- * What `autoTopUpHook` (./service-auto-top-up.ts) decides in a unit of work's save:
- * when the change asks for a top-up (`requestTopUp`), sets the account's new state and returns the
- * `auto_top_up_requested` outbox row, committed with the spend; else null and nothing changes.
+ * What `autoTopUpHook` (./service-auto-top-up.ts) decides in a unit of work's save: when the change
+ * asks for a top-up (`requestTopUp`), sets the account's new state and returns the
+ * `auto_top_up_requested` outbox row, committed with the spend; else null and nothing changes. A
+ * unit that records a payment's change (`recordsPayment`) never asks: taking back a refund's (or
+ * lost dispute's) credits must not charge the customer again at once (crediting a payment only
+ * raises `available`).
  */
 export function topUpRequest(
   before: Pick<Account, "balance" | "reserved"> | null,
   account: Account,
   now: Date,
+  recordsPayment = false,
 ): Notification | null {
   const s = account.autoTopUp;
-  if (s === null || s === undefined || before === null) return null;
+  if (s === null || s === undefined || before === null || recordsPayment) return null;
   const after = account.balance - account.reserved;
   const asked = requestTopUp(s, before.balance - before.reserved, after, now);
   if (asked === null) return null;

@@ -317,13 +317,11 @@ export class AutoTopUpService {
 
 /**
  * The billing module's decision in every unit of work that writes (docs/promos-and-payments.md,
- * "Auto top-up"): the spend that crosses `below` asks for a top-up, its `auto_top_up_requested` row
- * saved with the spend, whether or not notifications are on. A unit that records a payment's change
- * never does: taking back a refund's (or lost dispute's) credits must not charge the customer again
- * at once (crediting a payment only raises `available`). `CreditService` runs it.
+ * "Auto top-up"): `topUpRequest`'s row, saved with the spend whether or not notifications are on.
+ * `CreditService` runs it.
  */
 export const autoTopUpHook: UnitHook = ({ loaded, now, changes }) => {
-  if (changes.account.autoTopUp == null || ((changes as BillingChanges).paymentUpdates?.length ?? 0) > 0) return [];
-  const asked = topUpRequest(loaded, changes.account, now);
+  const recordsPayment = ((changes as BillingChanges).paymentUpdates?.length ?? 0) > 0;
+  const asked = topUpRequest(loaded, changes.account, now, recordsPayment);
   return asked === null ? [] : [asked];
 };
