@@ -6,7 +6,7 @@
  */
 import { ConfigurationError, ValidationError } from "./core/errors.js";
 import { CoreCreditService, type CoreCreditServiceOptions } from "./core/services/credit-service.js";
-import { creditCore, findCreditCore, type CreditCore } from "./core/services/credit-core.js";
+import { creditCore, type CreditCore } from "./core/services/credit-core.js";
 import { UserId, parse } from "./core/models/index.js";
 import { CustomerStatesQuery } from "./modules/customer-state/model.js";
 import type { UsageQuery, UsageReport } from "./core/models/usage.js";
@@ -220,5 +220,5 @@ export class CreditService extends CoreCreditService {
 
 /** Whether `credits` signs customer tokens (`customerTokens` given): the service and console offer them then. */
 export function customerTokensOn(credits: object | undefined): boolean {
-  return credits !== undefined && findCreditCore(credits) !== undefined && tokensOf.has(credits);
+  return credits !== undefined && tokensOf.has(credits);
 }
