@@ -182,53 +182,23 @@ for (const [from, targets] of graph) {
 
 // The core (ARCHITECTURE.md, "Where the core ends") names no module: no import from a core room into
 // src/modules/, type-only imports included. The layers (cli, serve, worker, console, http, …), the
-// entry points and the stores' adapters wire modules in and may import them. The imports the split
-// has not yet removed are listed here, each with its reason; a new one fails, and so does a listed
-// one that is gone (remove it from the list).
+// entry points and the stores' adapters wire modules in and may import them.
 const isCore = (f) => relative(root, f).startsWith("core/");
-const CORE_LEAKS = new Map([
-  [
-    "src/core/db/memory/index.ts -> src/modules/billing/store-base.ts",
-    "the in-memory store carries the billing module's part (BillingStoreBase), as every built-in store does",
-  ],
-  [
-    "src/core/db/memory/index.ts -> src/modules/billing/store.ts",
-    "the in-memory store saves the billing module's rows (BillingChanges)",
-  ],
-  [
-    "src/core/db/memory/index.ts -> src/modules/billing/memory.ts",
-    "the in-memory store builds the billing module's part too",
-  ],
-  ["src/core/models/entities.ts -> src/modules/billing/model-auto-top-up.ts", "the Account model carries autoTopUp"],
-  [
-    "src/core/db/memory/index.ts -> src/modules/billing/model-payments.ts",
-    "the in-memory store builds the billing module's part too",
-  ],
-  [
-    "src/core/db/memory/index.ts -> src/modules/billing/model-promos.ts",
-    "the in-memory store builds the billing module's part too",
-  ],
-]);
 const allEdges = new Map([...graph.keys()].map((f) => [f, withTypes ? graph.get(f) : edgesWithTypes(f)]));
 const leaks = [];
-const seenLeaks = new Set();
 for (const [from, targets] of allEdges) {
   if (!isCore(from)) continue;
   for (const to of targets) {
-    if (!relative(root, to).startsWith("modules/")) continue;
-    const edge = `${name(from)} -> ${name(to)}`;
-    if (CORE_LEAKS.has(edge)) seenLeaks.add(edge);
-    else leaks.push(`${edge}: the core imports a module`);
+    if (relative(root, to).startsWith("modules/"))
+      leaks.push(`${name(from)} -> ${name(to)}: the core imports a module`);
   }
 }
-for (const edge of CORE_LEAKS.keys())
-  if (!seenLeaks.has(edge)) leaks.push(`${edge}: listed in CORE_LEAKS but gone; remove it`);
 if (leaks.length > 0) {
   console.error(`check-cycles: ${leaks.length} imports cross the core's edge:`);
   for (const l of leaks) console.error(`  ${l}`);
   process.exitCode = 1;
 } else if (!withTypes) {
-  console.log(`check-cycles: the core imports no module but the ${CORE_LEAKS.size} listed in CORE_LEAKS`);
+  console.log("check-cycles: the core imports no module");
 }
 if (upward.length > 0) {
   console.error(`check-cycles: ${upward.length} runtime imports run upward between rooms in src/:`);

@@ -103,7 +103,8 @@ export {
   type WebhookMessage,
 } from "./core/diagnostics.js";
 export { InMemoryCache, type Cache, type InMemoryCacheOptions } from "./core/cache/index.js";
-export { InMemoryDbManager } from "./core/db/memory/index.js";
+export { CoreInMemoryDbManager } from "./core/db/memory/index.js";
+export { InMemoryDbManager } from "./modules/billing/memory.js";
 export { createDbManagerFromEnv, type DbEnv } from "./db/from-env.js";
 // The store a manager is given (`db`): the whole contract is in `credit-management/store`.
 export type { DbManager } from "./core/db/types.js";

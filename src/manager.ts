@@ -11,6 +11,7 @@ import type { SubscriptionService } from "./core/services/subscription-service.j
 import { PaymentManagerOptions, buildPaymentService } from "./modules/billing/providers.js";
 import type { PaymentService } from "./modules/billing/service-payments.js";
 import { PromoService } from "./modules/billing/service-promos.js";
+import { InMemoryDbManager } from "./modules/billing/memory.js";
 import type { NotificationService } from "./core/services/notification-service.js";
 import { checkHealth, type HealthOptions, type HealthReport } from "./health.js";
 import { PricingService } from "./modules/pricing/service.js";
@@ -101,7 +102,11 @@ export interface CreditManager {
 export async function createCreditManager(options: CreditManagerOptions = {}): Promise<CreditManager> {
   const o = parseConfig(CreditManagerOptions, options, "options");
   const pricing = new PricingService(o.pricing === undefined ? {} : { book: o.pricing });
-  const core = await openCore(o, (x) => new CreditService({ ...x, pricing, customerTokens: o.customerTokens }));
+  // The default store carries the billing module's part (promos and payments).
+  const core = await openCore(
+    { ...o, db: o.db ?? new InMemoryDbManager() },
+    (x) => new CreditService({ ...x, pricing, customerTokens: o.customerTokens }),
+  );
   const { credits, subscriptions, expiration, notifications, ledger, db, logger } = core;
   // The services over the store, ledger and cache; `inTransaction` builds them again over its own.
   const build: ServiceFactory = (db, ledger, cache) => {

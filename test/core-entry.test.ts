@@ -1,7 +1,11 @@
 // credit-management/core (docs/modules.md): the core's own manager, without the modules, over the
 // same store as the full manager.
 import { describe, expect, it } from "vitest";
-import { createCreditManager as createCoreManager, CoreCreditService } from "../src/core/index.js";
+import {
+  createCreditManager as createCoreManager,
+  CoreCreditService,
+  CoreInMemoryDbManager,
+} from "../src/core/index.js";
 import type { UnitHook } from "../src/core/services/unit-of-work.js";
 import { newNotification } from "../src/core/domain/notifications.js";
 import { ConfigurationError, createCreditManager, CreditService, InMemoryDbManager } from "../src/index.js";
@@ -23,6 +27,13 @@ describe("credit-management/core", () => {
         "notifications",
         "subscriptions",
       ]);
+      // Its default store holds the core's rows only; the full manager's adds the billing module's part.
+      expect(manager.db).toBeInstanceOf(CoreInMemoryDbManager);
+      expect(manager.db).not.toBeInstanceOf(InMemoryDbManager);
+      expect("insertPromo" in manager.db).toBe(false);
+      const full = await createCreditManager();
+      expect(full.db).toBeInstanceOf(InMemoryDbManager);
+      await full.close();
       await manager.credits.addCredits("u", 100);
       const hold = await manager.credits.reserveCredits("u", 30);
       await manager.credits.commitReservedCredits(hold.id, { amount: 12 });

@@ -3,10 +3,12 @@
  * a class of its own — not `defineStore`, not `StoreBase` — that implements `DbManager` and the
  * unit of work's `DbTransaction` and nothing of a module's part. Its methods forward to an
  * in-memory store, but the suite sees only what the class declares: it must pass every part of the
- * contract but the modules' it leaves out, and the billing module must refuse it plainly.
+ * contract but the modules' it leaves out, and the billing module must refuse it plainly. The core's
+ * own in-memory store (`CoreInMemoryDbManager`, `credit-management/core`) is held to the same suite.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createCreditManager, InMemoryDbManager } from "../src/index.js";
+import { createCreditManager } from "../src/index.js";
+import { CoreInMemoryDbManager } from "../src/core/index.js";
 import { ConfigurationError } from "../src/core/errors.js";
 import type {
   DbCapabilities,
@@ -29,7 +31,7 @@ class CoreOnlyStore implements DbManager {
     multiProcess: false,
     parts: { subscriptions: true, promos: false, outbox: true },
   };
-  private readonly m = new InMemoryDbManager();
+  private readonly m = new CoreInMemoryDbManager();
 
   init() {
     return this.m.init();
@@ -163,4 +165,14 @@ runDbManagerContract({
   raceSize: 200,
   test: { describe, it, expect, beforeAll, afterAll },
   skip: { promos: "a store of the core contract only: no promos part (the billing module's)" },
+});
+
+// The core's own in-memory store: the core's rows, no module's part.
+runDbManagerContract({
+  name: "CoreInMemoryDbManager",
+  create: async () => new CoreInMemoryDbManager(),
+  propertyRuns: 20,
+  raceSize: 200,
+  test: { describe, it, expect, beforeAll, afterAll },
+  skip: { promos: "the core's store: the billing module's part is InMemoryDbManager's" },
 });

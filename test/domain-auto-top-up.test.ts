@@ -17,7 +17,8 @@ import {
   withRule,
 } from "../src/modules/billing/rules-auto-top-up.js";
 import { creditsAtRate } from "../src/modules/billing/rules-payments.js";
-import { AutoTopUpInput, type Account, type AutoTopUpState } from "../src/models-entry.js";
+import { AutoTopUpInput, type AutoTopUpState } from "../src/models-entry.js";
+import type { AccountWithAutoTopUp } from "../src/modules/billing/model-auto-top-up.js";
 
 const now = new Date();
 const base = {
@@ -118,7 +119,7 @@ describe("requestTopUp: the edge trigger", () => {
 });
 
 describe("topUpRequest: the unit of work's hook", () => {
-  const account = (balance: number, s: AutoTopUpState | null): Account => ({
+  const account = (balance: number, s: AutoTopUpState | null): AccountWithAutoTopUp => ({
     userId: "u1",
     balance,
     reserved: 0,

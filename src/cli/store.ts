@@ -1,5 +1,5 @@
 import { createDbManagerFromEnv, type DbEnv } from "../db/from-env.js";
-import { InMemoryDbManager } from "../core/db/memory/index.js";
+import { InMemoryDbManager } from "../modules/billing/memory.js";
 import type { DbManager } from "../core/db/types.js";
 import { createCreditManager, type CreditManager } from "../manager.js";
 import type { RedisCache } from "../redis/index.js";

@@ -36,6 +36,7 @@ import { billingStore } from "../modules/billing/store.js";
 import { subscriptionTable } from "./subscriptions-page.js";
 import { isCharge, reversedNotice } from "./reverse.js";
 import type { CustomerState, FeatureState } from "../modules/customer-state/rules.js";
+import { autoTopUpOf } from "../modules/billing/rules-auto-top-up.js";
 
 // One account in the console (docs/console.md): its credits, chart, limits, spend, grants, holds,
 // auto top-up, payments, subscriptions, outbox and journal; and one hold.
@@ -223,7 +224,7 @@ export async function accountPage(ctx: Ctx, userId: string): Promise<PageResult>
     groupBy: ["spender"],
     kinds: ["spend"],
   });
-  const topUps = account.autoTopUp === undefined || account.autoTopUp === null ? [] : await topUpAttempts(ctx, userId);
+  const topUps = autoTopUpOf(account) === null ? [] : await topUpAttempts(ctx, userId);
   const limits = limitStatuses(account.limits ?? [], ctx.now.getTime());
   const entries = page.slice(0, PAGE);
   const last = entries[entries.length - 1];
@@ -374,7 +375,7 @@ export async function accountPage(ctx: Ctx, userId: string): Promise<PageResult>
       })),
       empty: "No entry.",
     })}
-    ${pager(ctx, `/accounts/${enc(userId)}`, {}, next)} ${autoTopUpSection(ctx, account.autoTopUp ?? null, topUps)}
+    ${pager(ctx, `/accounts/${enc(userId)}`, {}, next)} ${autoTopUpSection(ctx, autoTopUpOf(account), topUps)}
     <h2>Payments</h2>
     ${paymentTable(ctx, payments)}
     <p><a href="${ctx.base}/payments${query(u)}">All payments of this account</a></p>

@@ -29,7 +29,7 @@ export {
 export { LedgerLogger, type LedgerLoggerOptions } from "./ledger/index.js";
 export type { Logger } from "./logger.js";
 export { InMemoryCache, type Cache, type InMemoryCacheOptions } from "./cache/index.js";
-export { InMemoryDbManager } from "./db/memory/index.js";
+export { CoreInMemoryDbManager } from "./db/memory/index.js";
 export type { DbManager } from "./db/types.js";
 export type { AuditReport } from "./domain/replay.js";
 export type { AuditCheck, AuditRead } from "./services/audit-check.js";

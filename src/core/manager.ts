@@ -7,7 +7,7 @@
 import * as z from "zod/mini";
 import { LoggerOption, silentLogger, type Logger } from "./logger.js";
 import type { Cache } from "./cache/index.js";
-import { InMemoryDbManager } from "./db/memory/index.js";
+import { CoreInMemoryDbManager } from "./db/memory/index.js";
 import type { DbManager } from "./db/types.js";
 import { LedgerLogger } from "./ledger/index.js";
 import {
@@ -30,7 +30,7 @@ const isObject = (v: unknown) => typeof v === "object" && v !== null;
 
 /** Options of the core's `createCreditManager`, validated like every public input. */
 export const CoreManagerOptions = z.strictObject({
-  /** The store. Default `new InMemoryDbManager()`. */
+  /** The store. Default `new CoreInMemoryDbManager()` (the full entry's default: `new InMemoryDbManager()`). */
   db: z.optional(
     z.custom<DbManager>((v) => isObject(v) && typeof (v as DbManager).transaction === "function", {
       error: "db must implement DbManager",
@@ -155,7 +155,7 @@ export async function openCore<C extends CoreCreditService>(
   o: z.output<typeof CoreManagerOptions>,
   makeCredits: (options: CoreCreditServiceOptions) => C,
 ): Promise<CoreParts<C>> {
-  const db = o.db ?? new InMemoryDbManager();
+  const db = o.db ?? new CoreInMemoryDbManager();
   const logger = o.logger ?? silentLogger;
   if (o.init !== false) await db.init();
   const ledger = new LedgerLogger({ db, filePath: o.ledger ? o.ledger.filePath : false, logger, clock: o.clock });

@@ -1,5 +1,5 @@
 import { ConfigurationError } from "../core/errors.js";
-import { InMemoryDbManager } from "../core/db/memory/index.js";
+import { InMemoryDbManager } from "../modules/billing/memory.js";
 import type { MongoDbManager as MongoAdapter } from "./mongodb/index.js";
 import type { PostgresDbManager as PostgresAdapter } from "./postgres/index.js";
 import type { DbManager } from "../core/db/types.js";

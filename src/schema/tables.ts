@@ -1,6 +1,8 @@
+import * as z from "zod/mini";
 import type { ZodMiniObject } from "zod/mini";
 import { Account, Grant, JournalEntry, LedgerEntry, Reservation } from "../core/models/entities.js";
 import { promoPaymentTableSpecs } from "../modules/billing/schema-tables.js";
+import { AccountAutoTopUp } from "../modules/billing/model-auto-top-up.js";
 import { Notification } from "../core/models/notifications.js";
 import { Plan, Subscription } from "../core/models/subscriptions.js";
 
@@ -101,7 +103,8 @@ const notClosed: IndexCondition[] = [{ field: "closedAt", op: "isNull" }];
 export const tableSpecs: TableSpecs = {
   accounts: {
     name: "accounts",
-    model: Account,
+    // The core's account and the billing module's column.
+    model: z.extend(Account, AccountAutoTopUp),
     primaryKey: ["userId"],
     indexes: [],
     fillfactor: 85,

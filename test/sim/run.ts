@@ -1,6 +1,6 @@
 import type { BillingChanges } from "../../src/modules/billing/store.js";
 import { createHash } from "node:crypto";
-import { InMemoryDbManager } from "../../src/core/db/memory/index.js";
+import { InMemoryDbManager } from "../../src/modules/billing/memory.js";
 import { ConflictError, CreditError, OutcomeUnknownError, StorageError } from "../../src/core/errors.js";
 import { createCreditManager, type CreditManager } from "../../src/manager.js";
 import type { Payment, Subscription } from "../../src/models-entry.js";
@@ -1247,7 +1247,7 @@ async function simulate(options: SimOptions): Promise<SimResult> {
   // The worker, without faults, until no auto top-up is in flight (past each retry's backoff).
   for (let round = 0; ; round++) {
     const flying = [];
-    for (const user of users) if ((await inner.getAccount(user))?.autoTopUp?.pending) flying.push(user);
+    for (const user of users) if ((await admin.payments.getAutoTopUp(user))?.pending) flying.push(user);
     if (flying.length === 0) break;
     if (round > 30) fail(`auto top-ups of ${flying.join(", ")} still in flight after 30 rounds of the worker`);
     clock.now += 120_000;

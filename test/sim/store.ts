@@ -2,7 +2,7 @@ import type { BillingChanges } from "../../src/modules/billing/store.js";
 import { isDeepStrictEqual } from "node:util";
 import { ConflictError, StorageError } from "../../src/core/errors.js";
 import { outcomeUnknown } from "../../src/core/db/store/errors.js";
-import type { InMemoryDbManager } from "../../src/core/db/memory/index.js";
+import type { InMemoryDbManager } from "../../src/modules/billing/memory.js";
 import type { DbManager, DbTransaction, LoadRequest, LoadedState } from "../../src/store.js";
 import type { ChargeRecord } from "../../src/core/db/types.js";
 import { stateAfter, type AccountState } from "../../src/core/db/state-cache.js";

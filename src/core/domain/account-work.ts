@@ -105,9 +105,10 @@ export class AccountWork {
     this.now = now;
     this.newId = newId;
     this.loaded = state.account;
-    // A private copy, updated in place (the loaded object is never mutated).
+    // A private copy, updated in place (the loaded object is never mutated). It keeps the columns a
+    // module added to the row (ARCHITECTURE.md, "Seams"): a module's rule may change them in the unit.
     this.account = state.account
-      ? { ...state.account, autoTopUp: state.account.autoTopUp ?? null }
+      ? { ...state.account }
       : {
           userId,
           balance: 0,
@@ -117,7 +118,6 @@ export class AccountWork {
           lastHash: null,
           nextExpiryAt: null,
           alert: null,
-          autoTopUp: null,
           limits: null,
           scoped: null,
           createdAt: now,

@@ -1,6 +1,5 @@
 import * as z from "zod/mini";
 import { AlertState } from "./notifications.js";
-import { AutoTopUpState } from "../../modules/billing/model-auto-top-up.js";
 import { GrantScope, SpendLimit, SpenderId } from "./limits.js";
 import { CostBasis } from "./cost-basis.js";
 import {
@@ -66,11 +65,6 @@ export const Account = z.object({
   nextExpiryAt: z.nullable(z.date()),
   /** Low-credits alert state (null until the first change this version made). See docs/notifications.md. */
   alert: z.nullable(AlertState),
-  /**
-   * The auto top-up rule and its state (null: none). Optional in this type so
-   * accounts built by hand need not name it. See docs/promos-and-payments.md, "Auto top-up".
-   */
-  autoTopUp: z.optional(z.nullable(AutoTopUpState)),
   /**
    * Spend limits and what each counted in its window (docs/teams-and-limits.md); null or absent
    * when the account has none. Kept with the account so a spend checks them without another read.

@@ -1,6 +1,5 @@
 import type { Document } from "mongodb";
 import {
-  Account,
   Grant,
   JournalEntry,
   LedgerEntry,
@@ -47,7 +46,8 @@ export const kind = <T>(
   ...(table?.sparse === true ? { sparse: true, binary: new Set(table.binary ?? []) } : {}),
 });
 
-export const ACCOUNT: Kind<AccountT> = kind("userId", Account.shape);
+/** The account table's fields: the core's `Account` and the modules' columns (`autoTopUp`). */
+export const ACCOUNT: Kind<AccountT> = kind("userId", tableSpecs.accounts.model.shape);
 export const GRANT: Kind<GrantT> = kind("id", Grant.shape);
 export const RESERVATION: Kind<ReservationT> = kind("id", Reservation.shape);
 export const ENTRY: Kind<JournalEntryT> = kind("id", JournalEntry.shape, tableSpecs.journal);

@@ -1,16 +1,21 @@
+import { CoreInMemoryDbManager } from "../../core/db/memory/index.js";
+import type { DbCapabilities, DbTransaction } from "../../core/db/types.js";
 import { ConflictError } from "../../core/errors.js";
 import type { Payment, Promo, PromoClaim } from "../../models-entry.js";
-import type { PromoPaymentChanges, PromoPaymentStore } from "./store.js";
+import type { BillingChanges, PromoPaymentStore, PromoPaymentTransaction } from "./store.js";
 
 const copy = <T>(o: T): T => structuredClone(o);
 
 /**
- * Promos, claims and payments of `InMemoryDbManager`. The unit-of-work part (`check` then `apply`)
- * runs synchronously at commit, so the `maxUses` guard and the payment compare-and-set are checked
- * and applied with nothing interleaving, whatever other accounts do at the same time.
- * (For this package's own modules; not part of the public API.)
+ * The in-memory store with the billing module's part: the core's rows (`CoreInMemoryDbManager`),
+ * and promos, claims and payments. The default store of `createCreditManager`. A unit of work's
+ * promo claims and payment updates are checked and applied with its account's changes, synchronously
+ * at commit, so the `maxUses` guard and the payment compare-and-set hold with nothing interleaving,
+ * whatever other accounts do at the same time.
  */
-export class MemoryPromoStore implements PromoPaymentStore {
+export class InMemoryDbManager extends CoreInMemoryDbManager implements PromoPaymentStore {
+  /** Every part. */
+  override readonly capabilities: DbCapabilities = { multiProcess: false };
   private readonly promos = new Map<string, Promo>();
   /** `${code}\u0000${userId}` → claims, in claim order. */
   private readonly claims = new Map<string, PromoClaim[]>();
@@ -20,8 +25,18 @@ export class MemoryPromoStore implements PromoPaymentStore {
   private readonly byProviderId = new Map<string, string>();
   private readonly paymentsByUser = new Map<string, Set<string>>();
 
-  /** Refuses changes whose guards fail (before anything is written). */
-  check(changes: PromoPaymentChanges): void {
+  /** Adds the reads a unit of work makes for promos and payments. */
+  protected override transactionFor(tx: DbTransaction): DbTransaction & PromoPaymentTransaction {
+    const userId = tx.userId;
+    return Object.assign(tx, {
+      getPromo: (code: string) => this.getPromo(code),
+      countPromoClaims: (code: string) => this.countPromoClaims(code, userId),
+      getPayment: (paymentId: string) => this.getPayment(paymentId, userId),
+    });
+  }
+
+  /** Refuses claims and payment updates whose guards fail (before anything is written). */
+  protected override checkModuleRows(changes: BillingChanges): void {
     const taken = new Map<string, number>();
     for (const c of changes.promoClaims ?? []) {
       const p = this.promos.get(c.code);
@@ -42,7 +57,7 @@ export class MemoryPromoStore implements PromoPaymentStore {
     }
   }
 
-  apply(changes: PromoPaymentChanges): void {
+  protected override applyModuleRows(changes: BillingChanges): void {
     for (const c of changes.promoClaims ?? []) {
       const p = this.promos.get(c.code) as Promo;
       this.promos.set(c.code, { ...p, uses: p.uses + 1 });

@@ -1,5 +1,6 @@
 import * as z from "zod/mini";
 import { Amount, NonNegativeAmount } from "../../core/models/common.js";
+import type { Account } from "../../core/models/entities.js";
 import { Currency } from "./model-payments.js";
 
 /** A provider's id of a saved customer or payment method (`cus_…`, `pm_…`). */
@@ -108,3 +109,13 @@ export const AutoTopUpState = z.object({
   lastError: z.nullable(z.string()),
 });
 export type AutoTopUpState = z.infer<typeof AutoTopUpState>;
+
+/**
+ * The billing module's column of the account row: the auto top-up rule and its state, null or
+ * absent when none. The stores' account table is the core's `Account` with it (src/schema/tables.ts),
+ * so a unit of work loads it, keeps it and saves it with the account.
+ */
+export const AccountAutoTopUp = { autoTopUp: z.optional(z.nullable(AutoTopUpState)) };
+
+/** An account as the billing module reads it: the core's row and its `autoTopUp` column. */
+export type AccountWithAutoTopUp = Account & { autoTopUp?: AutoTopUpState | null };

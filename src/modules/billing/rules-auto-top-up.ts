@@ -4,10 +4,20 @@ import type {
   AutoTopUpAttempt,
   AutoTopUpRule,
   AutoTopUpSettings,
+  AccountWithAutoTopUp,
   AutoTopUpState,
   Notification,
 } from "../../models-entry.js";
 import { newNotification } from "../../core/domain/notifications.js";
+
+/** The account's auto top-up state (its `autoTopUp` column); null when it has none. */
+export const autoTopUpOf = (account: Account): AutoTopUpState | null =>
+  (account as AccountWithAutoTopUp).autoTopUp ?? null;
+
+/** Sets the account's auto top-up state (on a unit of work's copy of the account). */
+export function setAutoTopUpOf(account: Account, state: AutoTopUpState | null): void {
+  (account as AccountWithAutoTopUp).autoTopUp = state;
+}
 
 /**
  * The auto top-up rules of docs/promos-and-payments.md ("Auto top-up"), as pure functions over the
@@ -200,12 +210,12 @@ export function topUpRequest(
   now: Date,
   recordsPayment = false,
 ): Notification | null {
-  const s = account.autoTopUp;
-  if (s === null || s === undefined || before === null || recordsPayment) return null;
+  const s = autoTopUpOf(account);
+  if (s === null || before === null || recordsPayment) return null;
   const after = account.balance - account.reserved;
   const asked = requestTopUp(s, before.balance - before.reserved, after, now);
   if (asked === null) return null;
-  account.autoTopUp = asked.state;
+  setAutoTopUpOf(account, asked.state);
   const r = asked.state.rule;
   return newNotification(
     account.userId,

@@ -3,12 +3,14 @@ import {
   afterCredited,
   afterDeclined,
   amountForCredits,
+  autoTopUpOf,
   chargeAmount,
   disabled,
   ruleOf,
+  setAutoTopUpOf,
+  topUpRequest,
   withRule,
 } from "./rules-auto-top-up.js";
-import { topUpRequest } from "./rules-auto-top-up.js";
 import { newNotification } from "../../core/domain/notifications.js";
 import { canAdvancePayment, isCredited, newPayment } from "./rules-payments.js";
 import { ConfigurationError, ConflictError, ValidationError } from "../../core/errors.js";
@@ -93,7 +95,7 @@ export class AutoTopUpService {
   async getAutoTopUp(userId: string): Promise<AutoTopUpState | null> {
     const user = parse(UserId, userId, "userId");
     const account = await this.deps.db.getAccount(user);
-    return account?.autoTopUp ?? null;
+    return account === null ? null : autoTopUpOf(account);
   }
 
   /** `PaymentService.disableAutoTopUp`. */
@@ -106,7 +108,7 @@ export class AutoTopUpService {
   async processAutoTopUp(userId: string, attemptId?: string): Promise<AutoTopUpResult> {
     const user = parse(UserId, userId, "userId");
     const account = await this.deps.db.getAccount(user);
-    const s = account?.autoTopUp ?? null;
+    const s = account === null ? null : autoTopUpOf(account);
     const attempt = s?.pending ?? null;
     if (s === null || attempt === null || (attemptId !== undefined && attempt.id !== attemptId)) {
       return { outcome: "none", attemptId: null };
@@ -304,11 +306,11 @@ export class AutoTopUpService {
   ): Promise<AutoTopUpState | null> {
     let out: AutoTopUpState | null = null;
     await saveAccountOnly(this.deps.db, user, this.deps.clock, (account, now) => {
-      const prev = account.autoTopUp ?? null;
+      const prev = autoTopUpOf(account);
       const next = change(prev, now);
       out = next === null ? prev : next.state;
       if (next === null) return null;
-      account.autoTopUp = next.state;
+      setAutoTopUpOf(account, next.state);
       return next.notifications ?? [];
     });
     return out;

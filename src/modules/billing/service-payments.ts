@@ -46,7 +46,7 @@ import {
 } from "../../models-entry.js";
 import { parseConfig } from "../../core/models/parse.js";
 import { systemKey } from "../../core/domain/keys.js";
-import { afterCredited } from "./rules-auto-top-up.js";
+import { afterCredited, autoTopUpOf, setAutoTopUpOf } from "./rules-auto-top-up.js";
 import type { HeadersLike, PaymentEvent, PaymentProvider } from "./provider.js";
 import { runAccountUnit, type UnitResult } from "../../core/services/account-unit.js";
 import { billingTx } from "./store.js";
@@ -568,8 +568,8 @@ export class PaymentService {
         meta,
       );
       // An auto top-up credited (synchronously or by the webhook): no longer in flight.
-      const topUp = work.account.autoTopUp;
-      if (topUp?.pending?.id === p.id) work.account.autoTopUp = afterCredited(topUp, p.id);
+      const topUp = autoTopUpOf(work.account);
+      if (topUp?.pending?.id === p.id) setAutoTopUpOf(work.account, afterCredited(topUp, p.id));
       const next: Payment = {
         ...p,
         status: "paid",

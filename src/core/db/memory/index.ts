@@ -1,15 +1,13 @@
-import { BillingStoreBase, type BillingParts } from "../../../modules/billing/store-base.js";
-import type { BillingChanges } from "../../../modules/billing/store.js";
 import { ConflictError } from "../../errors.js";
 import { compareGrants, isOpenGrant } from "../../domain/order.js";
 import type { Account, Grant, JournalEntry, LedgerEntry, Reservation } from "../../models/index.js";
-import type { Payment } from "../../../modules/billing/model-payments.js";
-import type { Promo } from "../../../modules/billing/model-promos.js";
 import { SYSTEM_KEY_PREFIX } from "../../models/common.js";
+import type { Changes } from "../../domain/state.js";
 import { UsageAccumulator, usageEntryTypes, type UsageBucket, type UsageScan } from "../../domain/usage.js";
 import type {
   AccountCredits,
   ChargeRecord,
+  DbCapabilities,
   DbManager,
   DbTransaction,
   JournalQuery,
@@ -20,10 +18,11 @@ import type {
   StoreStats,
 } from "../types.js";
 import { AccountLocks } from "../store/account-locks.js";
+import { StoreBase } from "../store/base.js";
+import type { SideParts } from "../store/parts.js";
 import { copy, copyEntry, copyHold } from "./copies.js";
 import { DueTimes } from "./due-times.js";
 import { MemoryOutbox } from "./outbox.js";
-import { MemoryPromoStore } from "../../../modules/billing/memory.js";
 import { MemorySubscriptionStore } from "./subscriptions.js";
 
 /** The journal entry types a usage report reads (USAGE_RULES). */
@@ -83,10 +82,18 @@ function newAccountRows(userId: string): AccountRows {
  * of work load the kept objects themselves and only read them; they are done before their save
  * applies. A journal entry is kept as a copy (the services hand the entry to the caller), and every
  * read hands out copies: nothing a caller holds is the store's own.
+ *
+ * This class holds the core's rows only. The package's `InMemoryDbManager` extends it with the
+ * billing module's part (promos and payments); a module adds its part the same way, through the
+ * protected hooks `checkModuleRows`, `applyModuleRows` and `transactionFor`.
  */
-export class InMemoryDbManager extends BillingStoreBase implements DbManager {
+export class CoreInMemoryDbManager extends StoreBase implements DbManager {
   readonly name = "memory";
-  readonly capabilities = { multiProcess: false } as const;
+  /** No module's part (promos: `InMemoryDbManager`'s). */
+  readonly capabilities: DbCapabilities = {
+    multiProcess: false,
+    parts: { subscriptions: true, promos: false, outbox: true },
+  };
 
   private readonly accounts = new Map<string, AccountRows>();
   private readonly locks = new AccountLocks();
@@ -99,15 +106,9 @@ export class InMemoryDbManager extends BillingStoreBase implements DbManager {
   /** Active holds, by when they lapse, for `findExpiredReservations`. */
   private readonly dueHolds = new DueTimes();
   private readonly ledger: LedgerEntry[] = [];
-  /** @internal Promos, claims and payments. */
-  readonly promoStore = new MemoryPromoStore();
   private readonly outbox = new MemoryOutbox();
-  /** Plans and subscriptions, promos and payments, the outbox. */
-  protected readonly parts: BillingParts = {
-    subscriptions: new MemorySubscriptionStore(),
-    promos: this.promoStore,
-    outbox: this.outbox,
-  };
+  /** Plans and subscriptions, the outbox. */
+  protected readonly parts: SideParts = { subscriptions: new MemorySubscriptionStore(), outbox: this.outbox };
 
   async init(): Promise<void> {}
 
@@ -118,7 +119,7 @@ export class InMemoryDbManager extends BillingStoreBase implements DbManager {
     try {
       const rows = this.accounts.get(userId) ?? newAccountRows(userId);
       const tx = new MemoryTransaction(this, rows);
-      const result = await fn(tx);
+      const result = await fn(this.transactionFor(tx));
       // Applied only once `fn` has returned: a unit of work that throws after save() leaves nothing.
       if (tx.pending !== null) this.apply(rows, tx.pending);
       return result;
@@ -128,10 +129,28 @@ export class InMemoryDbManager extends BillingStoreBase implements DbManager {
   }
 
   /**
-   * @internal Refuses changes that would break the seq guard or a unique key (at `save`, and again
-   * when they apply: promos and the outbox are shared by every account).
+   * A unit of work's transaction as its `fn` gets it: a module's part adds the reads its rules make
+   * inside the unit of work (the billing module's `getPromo`, …).
    */
-  check(rows: AccountRows, changes: BillingChanges): void {
+  protected transactionFor(tx: DbTransaction): DbTransaction {
+    return tx;
+  }
+
+  /**
+   * Refuses a unit of work's module rows (`ModuleRows`) whose guards fail, throwing
+   * `ConflictError`; called with the account's own checks, at `save` and again when the changes
+   * apply. Nothing here: the core saves no module rows.
+   */
+  protected checkModuleRows(_changes: Changes): void {}
+
+  /** Writes a unit of work's module rows, once `checkModuleRows` passed. Nothing here. */
+  protected applyModuleRows(_changes: Changes): void {}
+
+  /**
+   * @internal Refuses changes that would break the seq guard or a unique key (at `save`, and again
+   * when they apply: module rows and the outbox are shared by every account).
+   */
+  check(rows: AccountRows, changes: Changes): void {
     if ((rows.account?.seq ?? null) !== changes.previousSeq) {
       throw new ConflictError(`account ${changes.account.userId} changed during the unit of work`);
     }
@@ -140,14 +159,14 @@ export class InMemoryDbManager extends BillingStoreBase implements DbManager {
         throw new ConflictError(`idempotency key ${e.idempotencyKey} is already used`);
       }
     }
-    if (changes.promoClaims !== undefined || changes.paymentUpdates !== undefined) this.promoStore.check(changes);
+    this.checkModuleRows(changes);
     for (const n of changes.notifications ?? []) {
       if (!this.outbox.accepts(n)) throw new ConflictError(`notification key ${n.dedupeKey} is already used`);
     }
   }
 
   /** Checks and applies a unit of work's changes (synchronously: nothing interleaves). */
-  private apply(rows: AccountRows, changes: BillingChanges): void {
+  private apply(rows: AccountRows, changes: Changes): void {
     this.check(rows, changes);
     this.accounts.set(rows.userId, rows);
     // A copy of what the caller saved, never its own object: later versions are written into the
@@ -170,7 +189,7 @@ export class InMemoryDbManager extends BillingStoreBase implements DbManager {
       rows.journal.push(copyEntry(e));
       if (e.idempotencyKey !== null) rows.byKey.set(e.idempotencyKey, e.seq);
     }
-    if (changes.promoClaims !== undefined || changes.paymentUpdates !== undefined) this.promoStore.apply(changes);
+    this.applyModuleRows(changes);
     if (changes.notifications !== undefined) this.outbox.insertNotifications(changes.notifications);
   }
 
@@ -375,9 +394,9 @@ export class InMemoryDbManager extends BillingStoreBase implements DbManager {
 
 class MemoryTransaction implements DbTransaction {
   /** Changes to apply when the unit of work returns. */
-  pending: BillingChanges | null = null;
+  pending: Changes | null = null;
   constructor(
-    private readonly db: InMemoryDbManager,
+    private readonly db: CoreInMemoryDbManager,
     private readonly rows: AccountRows,
   ) {}
 
@@ -423,20 +442,7 @@ class MemoryTransaction implements DbTransaction {
     return entry === undefined ? null : { entry: copyEntry(entry), reversals };
   }
 
-  async getPromo(code: string): Promise<Promo | null> {
-    return this.db.promoStore.getPromo(code);
-  }
-
-  async countPromoClaims(code: string): Promise<number> {
-    return this.db.promoStore.countPromoClaims(code, this.userId);
-  }
-
-  async getPayment(paymentId: string): Promise<Payment | null> {
-    const p = await this.db.promoStore.getPayment(paymentId);
-    return p !== null && p.userId === this.userId ? p : null;
-  }
-
-  async save(changes: BillingChanges): Promise<void> {
+  async save(changes: Changes): Promise<void> {
     if (this.pending !== null) throw new Error("save() may be called once per unit of work");
     this.db.check(this.rows, changes);
     this.pending = changes;
