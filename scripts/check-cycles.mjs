@@ -180,9 +180,9 @@ for (const [from, targets] of graph) {
   }
 }
 
-// The core (ARCHITECTURE.md, "Where the core ends") names no module: no import from a core room into
-// src/modules/, type-only imports included. The layers (cli, serve, worker, console, http, …), the
-// entry points and the stores' adapters wire modules in and may import them.
+// The core (ARCHITECTURE.md, "Where the core ends") imports nothing of src/ outside src/core/ (no module,
+// no layer, no adapter), type-only imports included. The layers (cli, serve, worker, console, http, …),
+// the entry points and the stores' adapters wire modules in and may import them.
 const isCore = (f) => relative(root, f).startsWith("core/");
 const allEdges = new Map([...graph.keys()].map((f) => [f, withTypes ? graph.get(f) : edgesWithTypes(f)]));
 const leaks = [];
@@ -191,6 +191,7 @@ for (const [from, targets] of allEdges) {
   for (const to of targets) {
     if (relative(root, to).startsWith("modules/"))
       leaks.push(`${name(from)} -> ${name(to)}: the core imports a module`);
+    else if (!isCore(to)) leaks.push(`${name(from)} -> ${name(to)}: the core imports a file outside src/core/`);
   }
 }
 if (leaks.length > 0) {
@@ -198,7 +199,7 @@ if (leaks.length > 0) {
   for (const l of leaks) console.error(`  ${l}`);
   process.exitCode = 1;
 } else if (!withTypes) {
-  console.log("check-cycles: the core imports no module");
+  console.log("check-cycles: the core imports nothing of src/ outside src/core/");
 }
 if (upward.length > 0) {
   console.error(`check-cycles: ${upward.length} runtime imports run upward between rooms in src/:`);
