@@ -159,6 +159,22 @@ describe("payments: inputs and history", () => {
     }
   });
 
+  it("addProvider: a provider registered after construction takes checkouts; one of the same name replaces it", async () => {
+    const stripe = (successUrl: string) =>
+      new StripeProvider({ secretKey: "sk_test_123", successUrl, cancelUrl: "https://a/no", baseUrl });
+    const payments = new PaymentService({ db: new InMemoryDbManager() });
+    const link = () => payments.createPaymentLink("alice", { amount: 100, currency: "USD", provider: "stripe" });
+    await expect(link()).rejects.toThrow('"stripe" is not configured');
+    payments.addProvider(stripe("https://a/first"));
+    seen.length = 0;
+    expect((await link()).status).toBe("created");
+    expect(seen).toHaveLength(1);
+    payments.addProvider(stripe("https://a/second"));
+    seen.length = 0;
+    await link();
+    expect(seen[0]?.body).toContain(encodeURIComponent("https://a/second"));
+  });
+
   it("keyNamespace: two stores on one provider account open their own checkouts for the same user and key", async () => {
     const stripe = new StripeProvider({
       secretKey: "sk_test_123",

@@ -121,6 +121,35 @@ print("verified" if ok else "refused")`;
   });
 });
 
+describe("webhookQueue endpoints read by a function", () => {
+  it("reads them once per refreshMs, and again at once after refresh(); a fixed list is the list given", async () => {
+    const endpoint = (id: string): WebhookEndpoint => ({
+      id,
+      url: `https://example.com/${id}`,
+      secret: generateWebhookSecret(),
+    });
+    let list = [endpoint("a")];
+    let reads = 0;
+    const read = async () => {
+      reads++;
+      return list;
+    };
+    const q = webhookQueue({ db: new InMemoryDbManager(), endpoints: read, refreshMs: 3_600_000 });
+    expect([...(await q.endpoints()).keys()]).toEqual(["a"]);
+    list = [endpoint("a"), endpoint("b")];
+    // Within refreshMs: the endpoints read before, without another read.
+    expect([...(await q.endpoints()).keys()]).toEqual(["a"]);
+    expect(reads).toBe(1);
+    q.refresh();
+    expect([...(await q.endpoints()).keys()]).toEqual(["a", "b"]);
+    expect(reads).toBe(2);
+
+    const fixed = webhookQueue({ db: new InMemoryDbManager(), endpoints: [endpoint("c")] });
+    fixed.refresh();
+    expect([...(await fixed.endpoints()).keys()]).toEqual(["c"]);
+  });
+});
+
 describe("webhookQueue delivery", () => {
   it("POSTs each event's envelope, id = the outbox row's id, signed; a 500ing endpoint never holds back a healthy one", async () => {
     const secret = generateWebhookSecret();
