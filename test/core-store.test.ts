@@ -157,22 +157,18 @@ describe("the core contract", () => {
   });
 });
 
-// Every part but the modules' the store leaves out (each skip says why).
+// Every part but the modules' each store leaves out (each skip says why): a store of the core
+// contract alone, and the core's own in-memory store (the core's rows, no module's part).
+const coreSuite = { propertyRuns: 20, raceSize: 200, test: { describe, it, expect, beforeAll, afterAll } };
 runDbManagerContract({
+  ...coreSuite,
   name: "a store of the core contract only",
   create: async () => new CoreOnlyStore(),
-  propertyRuns: 20,
-  raceSize: 200,
-  test: { describe, it, expect, beforeAll, afterAll },
   skip: { promos: "a store of the core contract only: no promos part (the billing module's)" },
 });
-
-// The core's own in-memory store: the core's rows, no module's part.
 runDbManagerContract({
+  ...coreSuite,
   name: "CoreInMemoryDbManager",
   create: async () => new CoreInMemoryDbManager(),
-  propertyRuns: 20,
-  raceSize: 200,
-  test: { describe, it, expect, beforeAll, afterAll },
   skip: { promos: "the core's store: the billing module's part is InMemoryDbManager's" },
 });
