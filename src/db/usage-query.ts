@@ -192,6 +192,7 @@ export function usageQuery(
           }),
         ];
   if (scan.account !== null) where.unshift(`j.user_id = ${p(scan.account)}`);
+  if (scan.throughSeq !== undefined) where.push(`j.seq <= ${p(scan.throughSeq)}`);
   where.push(sqlTypes("j", rules));
   const kinds = d.kindIn("e0.kind", scan.kinds, p);
   // The rules compiled: each entry's kind, its own measures ("m_…") and the array of its part

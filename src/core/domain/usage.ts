@@ -26,6 +26,12 @@ export interface UsageScan {
    * `from`, the last `to`, those between are the calendar boundaries of `interval` in `timeZone`.
    */
   boundaries: readonly number[];
+  /**
+   * Only entries with a seq at or below it (with one `account`): the figures as of that state of the
+   * account, whatever it wrote since (a `period_spend` threshold's recount, src/core/services/alert-reads.ts).
+   * Absent: every entry.
+   */
+  throughSeq?: number | undefined;
 }
 
 /**
@@ -599,6 +605,7 @@ export class UsageAccumulator {
 
   /** Adds one journal entry of `account`, in the window of its `occurredAt`, else its `createdAt`. */
   add(account: string, e: JournalEntry): void {
+    if (this.scan.throughSeq !== undefined && e.seq > this.scan.throughSeq) return;
     const window = windowIndex(this.scan.boundaries, placedAt(e));
     if (window < 0) return;
     for (const p of usageParts(e, this.rules)) {

@@ -247,13 +247,17 @@ export class NotificationService {
   async setAlerts(userId: string, thresholds: AlertThreshold[] | null): Promise<void> {
     const user = parse(UserId, userId, "userId");
     const list = parse(NullableAlerts, thresholds, "thresholds");
-    await saveAccountOnly(this.db, user, this.clock, async (account, now, grants) => {
+    await saveAccountOnly(this.db, user, this.clock, async (account, now, grants, counting) => {
       const prev: AlertState = account.alert ?? { level: null, threshold: 0, lastAllocation: 0, override: null };
       account.alert = { ...prev, thresholds: list };
       // Without recording, the thresholds are kept for when it is on; nothing is evaluated.
       if (!this.recording) return [];
-      // The spend already captured in each `period_spend` window counts (src/core/services/alert-reads.ts).
-      const inputs = await alertInputs(this.db, account, account.seq, this.thresholds.alerts, now, { recount: true });
+      // The spend already captured in each `period_spend` window counts, recounted beside the unit
+      // of work (src/core/services/alert-reads.ts).
+      const inputs = await alertInputs(this.db, account, account.seq, this.thresholds.alerts, now, {
+        recount: true,
+        ...counting,
+      });
       return alertNotifications(account, [], grants, this.thresholds, now, inputs).notifications;
     });
   }
@@ -288,9 +292,9 @@ export class NotificationService {
   /** `evaluateAlerts` without reading the states back: what the worker's rounds run per account. */
   private async reevaluate(user: string): Promise<void> {
     if (!this.recording) return;
-    await saveAccountOnly(this.db, user, this.clock, async (account, now, grants) => {
+    await saveAccountOnly(this.db, user, this.clock, async (account, now, grants, counting) => {
       if (account.seq === 0) return null;
-      const inputs = await alertInputs(this.db, account, account.seq, this.thresholds.alerts, now);
+      const inputs = await alertInputs(this.db, account, account.seq, this.thresholds.alerts, now, counting);
       const outcome = alertNotifications(account, [], grants, this.thresholds, now, inputs);
       return outcome.moved ? outcome.notifications : null;
     });
