@@ -149,7 +149,7 @@ interface PartSql {
  * Entries are read by the primary key (user_id, seq) for one account, by the index on created_at
  * for every account. Only the groups come back (`usageBucket` reads them).
  *
- * `rollup` (PostgreSQL): the whole days a daily rollup answers (the journal is then read only for
+ * `rollup`: the whole days a daily rollup answers (the journal is then read only for
  * the partial days at the edges) and the query of its rows as more rows of `n`.
  */
 export function usageQuery(
@@ -283,6 +283,11 @@ export function usageQuery(
     ["e.w AS w", "e.kind AS kind", ...groups(pt)].join(", ");
   const measureCols = USAGE_MEASURES.map((m) => sqlMeasure(m));
   const as = (xs: string[]) => xs.map((x, i) => `${x} AS ${measureCols[i]}`).join(", ");
+  // The rollup's rows after the entries' (closing `n`), or `n` closed.
+  const rollupRows = () =>
+    rollup === undefined
+      ? ") "
+      : ` ${rollup.rows({ bounds: win.bounds, kindIn: (x) => d.kindIn(x, scan.kinds, p), p })}`;
   let n: string;
   if (!split) {
     // No dimension of a part is asked for: an entry's parts add up to its totals, so each entry
@@ -290,10 +295,8 @@ export function usageQuery(
     const totals = USAGE_MEASURES.map((m) => sqlEntryTotal(r, m, (i) => `e.a${i}`, `e.${sqlMeasure(m, "m_")}`, rules));
     const whole = { model: r.nullText, feature: r.nullText, spender: r.nullText, own: "false" };
     const row = `SELECT ${head(whole)}, ${as(totals.map((t) => `(${t}) * e.f`))} FROM e2 AS e${d.fence}`;
-    n =
-      rollup === undefined
-        ? `n AS (${row}) `
-        : `n AS ((${row}) ${rollup.rows({ bounds: win.bounds, kindIn: (x) => d.kindIn(x, scan.kinds, p), p })}`;
+    // (Parenthesized before UNION ALL on PostgreSQL, for its fence; SQLite takes no parentheses there.)
+    n = `n AS (${rollup === undefined || d.fence === "" ? row : `(${row})`}${rollupRows()}`;
   } else if (d.lateral) {
     // Each part as a narrow row first (a fence keeps it a subquery): whatever the planner picks
     // to group them, it never sorts the entries' JSON.
@@ -307,7 +310,7 @@ export function usageQuery(
       .join(" UNION ALL ");
     n =
       `n AS (SELECT ${head(pt)}, ${measureCols.map((m) => `pt.${m} * e.f AS ${m}`).join(", ")} ` +
-      `FROM e CROSS JOIN LATERAL (${lateral}) AS pt${d.fence}) `;
+      `FROM e CROSS JOIN LATERAL (${lateral}) AS pt${d.fence}${rollupRows()}`;
   } else {
     // No LATERAL (SQLite): each source's elements are a branch over the entries that have it (its
     // table-valued function reads the entry's array), and what they leave a branch of its own.
@@ -316,7 +319,7 @@ export function usageQuery(
         (x) =>
           `SELECT ${head(x)}, ${as(x.measures.map((m) => `(${m}) * e.f`))} FROM e${x.from === null ? "" : `, ${x.from}`} WHERE ${x.where}`,
       )
-      .join(" UNION ALL ")}) `;
+      .join(" UNION ALL ")}${rollupRows()}`;
   }
   const keys = ["w", "kind", ...names].map((_, i) => String(i + 1));
   const order = [

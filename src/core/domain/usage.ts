@@ -728,6 +728,8 @@ export function rollupAuditScan(
     orderBy: "start",
     limit: 1_000_000,
     boundaries,
+    // The journal's own report, as of its last entry: never a rollup's.
+    throughSeq: last.seq,
   };
 }
 
