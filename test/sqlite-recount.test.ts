@@ -74,8 +74,13 @@ describe("SQLite: a period_spend recount beside the unit of work", () => {
       last = t;
     }, 5);
     let setDone = false;
+    const started = performance.now();
+    let recountMs = 0;
     try {
-      const setting = notifications.setAlerts(u, list).then(() => (setDone = true));
+      const setting = notifications.setAlerts(u, list).then(() => {
+        setDone = true;
+        recountMs = performance.now() - started;
+      });
       // A change on the account while its windows are counted: committed before the recount ends.
       await new Promise((resolve) => setTimeout(resolve, 10));
       await credits.deductCredits(u, 5, { spender: "key-0", feature: "chat" });
@@ -93,8 +98,9 @@ describe("SQLite: a period_spend recount beside the unit of work", () => {
     expect(values.k0).toBe(byKey.find((r) => r.spender === "key-0")!.spent + 5);
     expect(values.k3).toBe(byKey.find((r) => r.spender === "key-3")!.spent);
     // Counted inside the unit of work on the event loop, this stalls it for the whole count (over
-    // 600 ms); here only the units of work and the buckets' answer run on it.
-    expect(stallMs).toBeLessThan(150);
+    // 600 ms); here only the units of work and the buckets' answer run on it, and what a loaded
+    // machine's scheduler takes from it (the bound: under 150 ms, or a third of the count's time).
+    expect(stallMs).toBeLessThan(Math.max(150, recountMs / 3));
     await db.close();
   }, 60_000);
 });

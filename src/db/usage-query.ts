@@ -161,6 +161,13 @@ export function usageQuery(
     days: RollupDays;
     /** Rows of `n` (`w`, `kind`, the groups, the measures) from the rollup, after `UNION ALL`, closing `n`'s parenthesis. */
     rows(q: { bounds: string; kindIn: (x: string) => string; p: (v: unknown) => string }): string;
+    /**
+     * With `scan.throughSeq` (one account): the SQL of the rollup's cursor for the account (the last
+     * seq its rows hold). The whole days then take from the journal what lies between the cursor and
+     * `throughSeq`: the entries up to `throughSeq` the rollup lacks, added, and those past it that it
+     * holds, taken away.
+     */
+    cursor?(p: (v: unknown) => string): string;
   },
 ): { text: string; params: unknown[] } {
   const r = d.rules;
@@ -181,18 +188,32 @@ export function usageQuery(
   // Each entry where its usage happened: at its occurred_at (late usage, a reversal), else its created_at.
   const from = p(d.time(scan.from));
   const to = p(d.time(scan.to));
+  const through = scan.throughSeq === undefined ? null : p(scan.throughSeq);
+  const cursor = rollup?.cursor === undefined || through === null ? null : rollup.cursor(p);
   const where =
     rollup === undefined
       ? [sqlPlacedIn("j", (c) => `${c} >= ${from} AND ${c} < ${to}`)]
       : [
-          sqlPlacedIn("j", (c) => {
+          (() => {
             const daysFrom = p(d.time(new Date(rollup.days.from)));
             const daysTo = p(d.time(new Date(rollup.days.to)));
-            return `((${c} >= ${from} AND ${c} < ${daysFrom}) OR (${c} >= ${daysTo} AND ${c} < ${to}))`;
-          }),
+            const edges = sqlPlacedIn(
+              "j",
+              (c) => `((${c} >= ${from} AND ${c} < ${daysFrom}) OR (${c} >= ${daysTo} AND ${c} < ${to}))`,
+            );
+            if (cursor === null) return edges;
+            const days = sqlPlacedIn("j", (c) => `${c} >= ${daysFrom} AND ${c} < ${daysTo}`);
+            const between = `((j.seq > ${cursor} AND j.seq <= ${through}) OR (j.seq > ${through} AND j.seq <= ${cursor}))`;
+            return `((${edges} AND j.seq <= ${through}) OR (${days} AND ${between}))`;
+          })(),
         ];
   if (scan.account !== null) where.unshift(`j.user_id = ${p(scan.account)}`);
-  if (scan.throughSeq !== undefined) where.push(`j.seq <= ${p(scan.throughSeq)}`);
+  if (through !== null && cursor === null) where.push(`j.seq <= ${through}`);
+  // Past `throughSeq`, an entry the rollup holds is taken away from it.
+  const factor =
+    cursor === null
+      ? sqlFactor(r, "j", rules)
+      : `(${sqlFactor(r, "j", rules)}) * (CASE WHEN j.seq > ${through} THEN -1 ELSE 1 END)`;
   where.push(sqlTypes("j", rules));
   const kinds = d.kindIn("e0.kind", scan.kinds, p);
   // The rules compiled: each entry's kind, its own measures ("m_…") and the array of its part
@@ -330,7 +351,7 @@ export function usageQuery(
   ];
   const text =
     `WITH ${win.with}e0 AS (SELECT j.user_id, j.type, j.amount, j.metadata, j.description, j.spender, j.feature, j.reservation_id, ` +
-    `${win.column}, ${sqlKind(r, "j", rules)} AS kind, ${sqlFactor(r, "j", rules)} AS f ` +
+    `${win.column}, ${sqlKind(r, "j", rules)} AS kind, ${factor} AS f ` +
     `FROM ${journal} j WHERE ${where.join(" AND ")}${d.fence}), ` +
     `e1 AS (SELECT e0.*${win.join === "" ? " FROM e0" : win.join} WHERE ${kinds}), ` +
     `e2 AS ${d.once}(SELECT e1.*, ${entryCols.join(", ")} FROM e1${d.fence}), ` +

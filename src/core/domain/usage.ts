@@ -29,9 +29,12 @@ export interface UsageScan {
   /**
    * Only entries with a seq at or below it (with one `account`): the figures as of that state of the
    * account, whatever it wrote since (a `period_spend` threshold's recount, src/core/services/alert-reads.ts).
-   * Absent: every entry.
+   * A store that takes later entries away from a rollup may answer a group at zero that the
+   * journal alone would not. Absent: every entry.
    */
   throughSeq?: number | undefined;
+  /** Summed from the journal alone, never from a rollup (the audit's report, which it compares the rollup with). */
+  fromJournal?: boolean | undefined;
 }
 
 /**
@@ -730,6 +733,7 @@ export function rollupAuditScan(
     boundaries,
     // The journal's own report, as of its last entry: never a rollup's.
     throughSeq: last.seq,
+    fromJournal: true,
   };
 }
 

@@ -170,7 +170,9 @@ export function definition(s: Sqlite, options: SqliteDbManagerOptions): StoreDef
           s.t.journal.qualified,
           scan,
           undefined,
-          days === null ? undefined : { days, rows: (q) => rollup.rowsSql(scan, days, q) },
+          days === null
+            ? undefined
+            : { days, rows: (q) => rollup.rowsSql(scan, days, q), cursor: (p) => rollup.cursorSql(scan, p) },
         );
         const rows = await reader.all(text, params, () => s.patiently(() => s.once(text, params)));
         return rows.map((r) => usageBucket(r, scan));

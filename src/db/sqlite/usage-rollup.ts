@@ -207,16 +207,22 @@ export class SqliteUsageRollup {
   /**
    * The whole UTC days a report reads from the rollup, or null when it reads the journal: grouped
    * by nothing but the account, feature, spender and model, its windows made of whole UTC days,
-   * holding at least one, and not as of an earlier seq (`throughSeq`: the journal knows it). The
+   * holding at least one (as of an earlier seq, `throughSeq`, one account's only: `cursorSql`). The
    * partial days at the edges are read from the journal.
    */
   days(scan: UsageScan): RollupDays | null {
-    if (!this.on || scan.throughSeq !== undefined || scan.groupBy.some((d) => !KEPT.has(d))) return null;
+    if (scan.fromJournal === true || (scan.throughSeq !== undefined && scan.account === null)) return null;
+    if (!this.on || scan.groupBy.some((d) => !KEPT.has(d))) return null;
     const b = scan.boundaries;
     for (let i = 1; i < b.length - 1; i++) if (b[i]! % DAY !== 0) return null;
     const from = Math.ceil(scan.from.getTime() / DAY) * DAY;
     const to = Math.floor(scan.to.getTime() / DAY) * DAY;
     return from < to ? { from, to } : null;
+  }
+
+  /** The SQL of the cursor of the report's account: the last seq its rows hold (0: none). */
+  cursorSql(scan: UsageScan, p: (v: unknown) => string): string {
+    return `coalesce((SELECT "through_seq" FROM ${this.names.state} WHERE "user_id" = ${p(scan.account)}), 0)`;
   }
 
   /** The rollup's rows of the whole days as rows of the usage query's `n` (each day in its window of `win`). */
