@@ -52,7 +52,7 @@ const firstLine = (error: unknown) => (error instanceof Error ? error.message : 
  * and cases in order, each case within its own timeout (else `timeoutMs`). A `beforeAll` that
  * fails fails every case of its block.
  */
-export async function runCollected(register: (test: TestApi) => void, timeoutMs = 10_000): Promise<SuiteReport> {
+export async function runCollected(register: (test: TestApi) => void, timeoutMs = 30_000): Promise<SuiteReport> {
   const root: Block = { kind: "block", name: "", before: [], after: [], children: [] };
   let current = root;
   const test: TestApi = {
