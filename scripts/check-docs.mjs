@@ -332,11 +332,6 @@ const NARRATION_ALLOWED = [
   },
   { page: "docs/subscriptions.md", text: "when the ending plan no longer exists", why: "a plan the user removed" },
   { page: "docs/revenue.md", text: "entries no longer in the journal", why: "entries the user archived" },
-  {
-    page: "docs/usage.md",
-    text: "deduction now does anyway",
-    why: "what a deduction recorded at present does",
-  },
 ];
 
 /** Each phrase of `pages` ({ name, text }) that narrates history and `allowed` does not allow. */
