@@ -331,7 +331,6 @@ const NARRATION_ALLOWED = [
     why: "a plan changed by the user",
   },
   { page: "docs/subscriptions.md", text: "when the ending plan no longer exists", why: "a plan the user removed" },
-  { page: "docs/revenue.md", text: "entries no longer in the journal", why: "entries the user archived" },
 ];
 
 /** Each phrase of `pages` ({ name, text }) that narrates history and `allowed` does not allow. */
