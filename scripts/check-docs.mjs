@@ -324,12 +324,6 @@ const NARRATION =
   /\b(?:before this (?:change|release)|no longer|(?<!\b(?:is|are|be|been|being|was|were|gets?|got)\s)used to|previously|(?<!\b(?:after|before|until|than|from|to|at|of)\s)now (?:does|is|has)|as of this release|(?:earlier|previous) (?:releases?|versions?)|(?:was|were) changed)\b/gi;
 const NARRATION_ALLOWED = [
   { page: "docs/corrections.md", text: "a limit the charge reached is no longer reached", why: "a state that ends" },
-  {
-    page: "docs/subscriptions.md",
-    text: "the ending plan no longer has an allowance",
-    why: "a plan changed by the user",
-  },
-  { page: "docs/subscriptions.md", text: "when the ending plan no longer exists", why: "a plan the user removed" },
 ];
 
 /** Each phrase of `pages` ({ name, text }) that narrates history and `allowed` does not allow. */
