@@ -323,7 +323,6 @@ function checkReferences(files) {
 const NARRATION =
   /\b(?:before this (?:change|release)|no longer|(?<!\b(?:is|are|be|been|being|was|were|gets?|got)\s)used to|previously|(?<!\b(?:after|before|until|than|from|to|at|of)\s)now (?:does|is|has)|as of this release|(?:earlier|previous) (?:releases?|versions?)|(?:was|were) changed)\b/gi;
 const NARRATION_ALLOWED = [
-  { page: "docs/corrections.md", text: "a limit the charge reached is no longer reached", why: "a state that ends" },
 ];
 
 /** Each phrase of `pages` ({ name, text }) that narrates history and `allowed` does not allow. */
