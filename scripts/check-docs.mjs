@@ -322,8 +322,7 @@ function checkReferences(files) {
  */
 const NARRATION =
   /\b(?:before this (?:change|release)|no longer|(?<!\b(?:is|are|be|been|being|was|were|gets?|got)\s)used to|previously|(?<!\b(?:after|before|until|than|from|to|at|of)\s)now (?:does|is|has)|as of this release|(?:earlier|previous) (?:releases?|versions?)|(?:was|were) changed)\b/gi;
-const NARRATION_ALLOWED = [
-];
+const NARRATION_ALLOWED = [];
 
 /** Each phrase of `pages` ({ name, text }) that narrates history and `allowed` does not allow. */
 function findNarration(pages, allowed) {
