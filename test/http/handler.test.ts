@@ -1,6 +1,7 @@
 import { Validator } from "@seriousme/openapi-schema-validator";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
-import { createCreditManager, CreditError, type CreditManager } from "../../src/index.js";
+import { ConfigurationError, createCreditManager, CreditError, type CreditManager } from "../../src/index.js";
+import { createCreditManager as createCoreManager } from "../../src/core/index.js";
 import { createCreditHandler, HttpError, type Identity, type RouteDefinition } from "../../src/http/index.js";
 import { createServer } from "node:http";
 import express from "express";
@@ -449,6 +450,27 @@ describe("createCreditHandler setup", () => {
       createCreditHandler(m, { authenticate: () => null, routes: [{ ...dup(), path: "/balance" }] }),
     ).toThrow(/two routes/);
     await m.close();
+  });
+  it("refuses the core's manager (credit-management/core), as JavaScript would pass it, naming what it lacks", async () => {
+    const core = await createCoreManager();
+    try {
+      // From JavaScript nothing stops it: the cast stands for that.
+      const build = () => createCreditHandler(core as never, { trustUserIdHeader: true });
+      expect(build).toThrow(ConfigurationError);
+      expect(build).toThrow(
+        /lacks credits\.getCustomerState, credits\.listCustomerStates, credits\.getUsage, credits\.getRevenue, promos, payments\.$/,
+      );
+      // The health routes need manager.health too.
+      const m = await createCreditManager();
+      const noHealth = { ...m, health: undefined };
+      expect(() => createCreditHandler(noHealth as never, { trustUserIdHeader: true, health: {} })).toThrow(
+        /lacks health\.$/,
+      );
+      expect(() => createCreditHandler(m, { trustUserIdHeader: true, health: {} })).not.toThrow();
+      await m.close();
+    } finally {
+      await core.close();
+    }
   });
   it("works behind express.json() too (the parsed body is re-serialised)", async () => {
     const m = await createCreditManager();
