@@ -8,6 +8,7 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it, vi } from "vites
 import {
   createCreditManager,
   DIAGNOSTICS_CHANNELS,
+  InMemoryDbManager,
   StorageError,
   type CreditManager,
   type MeterOutcome,
@@ -337,10 +338,12 @@ describe("fixed-price options", () => {
   it("reports a charge that failed: the manager's logger, the metering channel and onSettled with the error", async () => {
     const errors: unknown[][] = [];
     const logger = { error: (...a: unknown[]) => errors.push(a), warn: () => {}, info: () => {}, debug: () => {} };
-    const m = await createCreditManager({ logger });
+    const db = new InMemoryDbManager();
+    const m = await createCreditManager({ db, logger });
     await m.credits.addCredits("p", 100);
+    await m.credits.getUserCreditsInfo("p"); // read before the store goes down: the check passes
     const down = new StorageError("the store is down");
-    const spy = vi.spyOn(m.credits, "deductCreditsAfterService").mockRejectedValue(down);
+    const spy = vi.spyOn(db, "transaction").mockRejectedValue(down);
     const outcomes: MeterOutcome[] = [];
     const messages: unknown[] = [];
     const listen = (message: unknown) => messages.push(message);
@@ -375,6 +378,7 @@ describe("fixed-price options", () => {
       expect(messages).toEqual([
         expect.objectContaining({ userId: "p", outcome: "released", charged: 0, released: 0, reason: "settle-failed" }),
       ]);
+      spy.mockRestore();
       expect(await m.credits.getUserCreditsInfo("p")).toMatchObject({ balance: 100 });
     } finally {
       diagnostics_channel.unsubscribe(DIAGNOSTICS_CHANNELS.metering, listen);

@@ -48,7 +48,12 @@ describe.each(Object.keys(hosts))("credit handler on %s", (host) => {
   };
 
   beforeAll(async () => {
-    m = await createCreditManager({ clock: () => new Date(now), features: { export: { minAvailable: 1000 } } });
+    // Debt bounded at 10 credits: "expiring credits, after-service deduction, …" goes into it.
+    m = await createCreditManager({
+      clock: () => new Date(now),
+      features: { export: { minAvailable: 1000 } },
+      overdraftLimit: 10,
+    });
     const handler = createCreditHandler(m, { authenticate, routes: [boom, raw], onError: (e) => errors.push(e) });
     server = await hosts[host]!(handler);
     trusting = await hosts[host]!(
@@ -329,6 +334,9 @@ describe.each(Object.keys(hosts))("credit handler on %s", (host) => {
     const exp = await call("GET", "/credits/expiring?days=7", "carol");
     expect(exp.json).toMatchObject({ userId: "carol", total: 40 });
     expect((await call("GET", "/credits/expiring?days=1", "carol")).json.total).toBe(0);
+    // Beyond the overdraft limit (10): 402, nothing taken.
+    const past = await call("POST", "/admin/credits/users/carol/deduct", ADMIN, { amount: 61, afterService: true });
+    expect(past.status).toBe(402);
     const d = await call("POST", "/admin/credits/users/carol/deduct", ADMIN, { amount: 60, afterService: true });
     expect(d.status).toBe(200);
     expect((await call("GET", "/credits/balance", "carol")).json).toMatchObject({ balance: -10, debt: 10 });

@@ -12,7 +12,7 @@ import { usageOfText, type LlmUsage, type ResponseUsageReader, type UsageReading
 import type { RecordedUsage } from "../../models-entry.js";
 import { errorBody, errorResponse, json, type Identity } from "../../http/router.js";
 import { findCreditCore } from "../../core/services/credit-core.js";
-import type { Logger } from "../../core/logger.js";
+import { warnOnFailure, type Logger } from "../../core/logger.js";
 import { meteringChannel } from "../../core/diagnostics.js";
 import { pathMatcher } from "./routes-paths.js";
 
@@ -642,18 +642,21 @@ export class FixedPricing<Req> {
   /**
    * Charges a request that succeeded and was not served from a block: one after-service deduction
    * (the service was delivered, so it is taken into debt when credits ran out meanwhile, up to the
-   * overdraft limit), through the lease when there is one and the request has no key (its block
-   * may cover it by now). A lease closed while the request ran (a shutdown) charges it exactly.
-   * Resolves to the credits charged and the entry, if there is one.
+   * overdraft limit: beyond it, what the limit allows, the rest the `shortfall`, recorded as an
+   * error event in the ledger, as metering with holds does), through the lease when there is one
+   * and the request has no key (its block may cover it by now). A lease closed while the request
+   * ran (a shutdown) charges it exactly. Resolves to the credits charged and the entry, if any.
    */
-  async charge(p: PricedRequest<Req>): Promise<{ charged: number; entry: JournalEntry | null; leased: boolean }> {
+  async charge(
+    p: PricedRequest<Req>,
+  ): Promise<{ charged: number; entry: JournalEntry | null; leased: boolean; shortfall: number }> {
     const { userId, cost, key } = p;
     const reason = p.reason;
     const lease = this.lease;
     if (lease !== undefined && key === undefined && !lease.isClosed) {
       try {
         const c = await lease.charge(userId, cost, { reason, ...p.spend });
-        return { charged: c.amount, entry: c.entry, leased: c.via === "lease" };
+        return { charged: c.amount, entry: c.entry, leased: c.via === "lease", shortfall: 0 };
       } catch (error) {
         // The service was delivered: what the exact path refuses is taken into debt, within the
         // limit, by the after-service deduction below.
@@ -662,8 +665,24 @@ export class FixedPricing<Req> {
     }
     const options: { description: string; idempotencyKey?: string } & MeterSpend = { description: reason, ...p.spend };
     if (key !== undefined) options.idempotencyKey = key;
-    const entry = await this.credits.deductCreditsAfterService(userId, cost, options);
-    return { charged: entry.amount, entry, leased: false };
+    const core = findCreditCore(this.credits);
+    if (core === undefined) {
+      const entry = await this.credits.deductCreditsAfterService(userId, cost, options);
+      return { charged: entry.amount, entry, leased: false, shortfall: 0 };
+    }
+    const entry = await core.chargeUpToLimit(userId, cost, options);
+    const charged = entry?.amount ?? 0;
+    const shortfall = cost - charged;
+    if (shortfall > 0) {
+      await core.ledger
+        ?.logError(
+          "a fixed-price request exceeded the overdraft limit; charged what the limit allows",
+          { requested: cost, charged, shortfall, reason },
+          { userId },
+        )
+        .catch(warnOnFailure(core.logger, "writing a metering shortfall's ledger event"));
+    }
+    return { charged, entry, leased: false, shortfall };
   }
 }
 
@@ -707,7 +726,7 @@ export class PricedRequest<Req = unknown> {
     }
     try {
       const c = await this.pricing.charge(this);
-      return this.charged(c.charged, c.entry, c.leased);
+      return this.charged(c.charged, c.entry, c.leased, c.shortfall);
     } catch (error) {
       const failed = { userId: this.userId, reservationId: "", estimate: this.cost, usages: [], fixedPrice: true };
       settleFailed(this.pricing.logger, error, failed, this.pricing.onSettled, this.req, this.locals);
@@ -764,7 +783,7 @@ export class PricedRequest<Req = unknown> {
   }
 
   /** A charge made: reported (built only when someone reads it), and the credits returned. */
-  private charged(charged: number, entry: JournalEntry | null, leased: boolean): number {
+  private charged(charged: number, entry: JournalEntry | null, leased: boolean, shortfall = 0): number {
     if (this.locals === undefined && this.pricing.onSettled === undefined) return charged;
     const outcome: MeterOutcome = {
       userId: this.userId,
@@ -777,6 +796,7 @@ export class PricedRequest<Req = unknown> {
       fixedPrice: true,
     };
     if (leased) outcome.leased = true;
+    if (shortfall > 0) outcome.shortfall = shortfall;
     this.report(outcome);
     return charged;
   }
