@@ -385,7 +385,7 @@ export function runAccountsContract(getDb: () => DbManager, options: PartOptions
       });
 
       it("commits less (the rest returns) and more (the excess is usage, into debt)", async () => {
-        const { u, credits } = accountWithClock(db, user);
+        const { u, credits } = accountWithClock(db, user, "unlimited");
         await credits.addCredits(u, 100);
         const a = await credits.reserveCredits(u, 40);
         expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 100, reserved: 40, available: 60 });
