@@ -322,22 +322,7 @@ function checkReferences(files) {
  */
 const NARRATION =
   /\b(?:before this (?:change|release)|no longer|(?<!\b(?:is|are|be|been|being|was|were|gets?|got)\s)used to|previously|(?<!\b(?:after|before|until|than|from|to|at|of)\s)now (?:does|is|has)|as of this release|(?:earlier|previous) (?:releases?|versions?)|(?:was|were) changed)\b/gi;
-const NARRATION_ALLOWED = [
-  { page: "docs/corrections.md", text: "a limit the charge reached is no longer reached", why: "a state that ends" },
-  { page: "docs/teams-and-limits.md", text: "a limit reached is no longer reached", why: "a state that ends" },
-  {
-    page: "docs/subscriptions.md",
-    text: "the ending plan no longer has an allowance",
-    why: "a plan changed by the user",
-  },
-  { page: "docs/subscriptions.md", text: "when the ending plan no longer exists", why: "a plan the user removed" },
-  { page: "docs/revenue.md", text: "entries no longer in the journal", why: "entries the user archived" },
-  {
-    page: "docs/usage.md",
-    text: "deduction now does anyway",
-    why: "what a deduction recorded at present does",
-  },
-];
+const NARRATION_ALLOWED = [];
 
 /** Each phrase of `pages` ({ name, text }) that narrates history and `allowed` does not allow. */
 function findNarration(pages, allowed) {

@@ -45,7 +45,7 @@ function rechain(entries: JournalEntry[], fromSeq: number): JournalEntry[] {
 async function busyAccount() {
   let now = Date.now();
   const db = new InMemoryDbManager();
-  const m = await createCreditManager({ db, clock: () => new Date(now) });
+  const m = await createCreditManager({ db, clock: () => new Date(now), overdraftLimit: "unlimited" });
   const c = m.credits;
   await c.addCredits("u", 100, { expiresAt: new Date(now + 2 * DAY) });
   await c.addCredits("u", 50);

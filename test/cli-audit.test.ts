@@ -26,7 +26,7 @@ async function cli(args: string[], db?: DbManager, env: Record<string, string> =
   return { code, stdout, stderr };
 }
 
-/** Activity of every kind on three accounts: grants with and without expiry, holds, debt. */
+/** Activity of every kind on three accounts: grants with and without expiry, holds, debt (`overdraftLimit: "unlimited"`). */
 async function activity(manager: CreditManager): Promise<void> {
   const { credits } = manager;
   await credits.addCredits("alice", 100, { expiresAt: new Date(Date.now() + 86_400_000), description: "welcome" });
@@ -61,7 +61,7 @@ describe("credit-management audit (in-memory store given to runCli)", () => {
   let manager: CreditManager;
 
   beforeAll(async () => {
-    manager = await createCreditManager({ db, ledger: { filePath: file } });
+    manager = await createCreditManager({ db, ledger: { filePath: file }, overdraftLimit: "unlimited" });
     await activity(manager);
     await manager.ledger.flush();
   });
@@ -231,6 +231,7 @@ describe.skipIf(!pgUrl)("credit-management audit against PostgreSQL (CREDIT_PG_U
     const manager = await createCreditManager({
       db: new PostgresDbManager({ connectionString: pgUrl as string, schema }),
       ledger: { filePath: file },
+      overdraftLimit: "unlimited",
     });
     await activity(manager);
     await manager.close();
@@ -267,6 +268,7 @@ describe.skipIf(!mongoUri)("credit-management audit against MongoDB (CREDIT_MONG
     const manager = await createCreditManager({
       db: MongoDbManager.fromUri(mongoUri as string, dbName),
       ledger: { filePath: file },
+      overdraftLimit: "unlimited",
     });
     await activity(manager);
     await manager.close();
@@ -295,7 +297,10 @@ describe.skipIf(!mongoUri)("credit-management audit against MongoDB (CREDIT_MONG
 describe("credit-management audit on SQLite (--sqlite, CREDIT_SQLITE_PATH): an existing store, opened without init()", () => {
   const file = join(dir, "store.db");
   beforeAll(async () => {
-    const manager = await createCreditManager({ db: new SqliteDbManager({ filename: file }) });
+    const manager = await createCreditManager({
+      db: new SqliteDbManager({ filename: file }),
+      overdraftLimit: "unlimited",
+    });
     await activity(manager);
     await manager.close();
   });
@@ -363,7 +368,7 @@ describe("credit-management audit --repair: the entries a ledger file lost in a 
   let complete: string[];
 
   beforeAll(async () => {
-    manager = await createCreditManager({ db, ledger: { filePath: file } });
+    manager = await createCreditManager({ db, ledger: { filePath: file }, overdraftLimit: "unlimited" });
     await activity(manager);
     await manager.ledger.flush();
     complete = lines(file);

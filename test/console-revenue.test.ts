@@ -30,7 +30,7 @@ describe("the cost basis in the console (docs/revenue.md, 'Where finance reads i
 describe("the console's revenue page (docs/console.md, 'Revenue')", () => {
   it("is in the navigation; shows the library's figures per currency, month by month, and the CSV", async () => {
     const clock = { t: Date.now() };
-    const m = await createCreditManager({ clock: () => new Date(clock.t) });
+    const m = await createCreditManager({ clock: () => new Date(clock.t), overdraftLimit: "unlimited" });
     const now = new Date();
     const lastMonth = Date.UTC(now.getUTCFullYear(), now.getUTCMonth() - 1, 3);
     clock.t = lastMonth;

@@ -13,9 +13,12 @@ import { slowAccountReads } from "./fixtures/slow-reads.js";
 
 const T0 = Date.UTC(2031, 0, 1);
 
-async function managerAt(start = T0): Promise<{ m: CreditManager; clock: { now: number } }> {
+async function managerAt(
+  start = T0,
+  overdraftLimit: number | "unlimited" = 0,
+): Promise<{ m: CreditManager; clock: { now: number } }> {
   const clock = { now: start };
-  const m = await createCreditManager({ clock: () => new Date(clock.now) });
+  const m = await createCreditManager({ clock: () => new Date(clock.now), overdraftLimit });
   return { m, clock };
 }
 
@@ -95,7 +98,7 @@ describe("amounts stay in the safe-integer range", () => {
   });
 
   it("a deduction after service that would take the debt past it is refused and changes nothing", async () => {
-    const { m } = await managerAt();
+    const { m } = await managerAt(T0, "unlimited");
     await m.credits.deductCreditsAfterService("u", MAX);
     await expect(m.credits.deductCreditsAfterService("u", 1)).rejects.toBeInstanceOf(RuleViolationError);
     expect(await m.credits.getUserCreditsInfo("u")).toMatchObject({ balance: -MAX, debt: MAX });

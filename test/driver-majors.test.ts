@@ -1,5 +1,5 @@
 /**
- * The older majors the README's support matrix claims, installed beside the current ones under npm
+ * The older majors the support table (docs/runtimes.md) claims, installed beside the current ones under npm
  * aliases (package.json: `mongodb6` is `mongodb@^6`, `ioredis5` is `ioredis@^5`): the MongoDB
  * adapter's essential contract through the driver 6 client, the Redis cache and stream queue
  * through an ioredis 5 client. The adapters take the client the application made, so the major
@@ -26,7 +26,7 @@ const majorOf = (pkg: string) => Number((require(`${pkg}/package.json`) as { ver
 
 const mongoUri = process.env.CREDIT_MONGO_URI;
 const redisUrl = process.env.CREDIT_REDIS_URL;
-it("the aliases are the majors the README claims beside the current ones", () => {
+it("the aliases are the majors the support table claims beside the current ones", () => {
   expect(majorOf("mongodb6")).toBe(6);
   expect(majorOf("ioredis5")).toBe(5);
   expect(majorOf("mongodb")).toBeGreaterThan(6);

@@ -104,7 +104,7 @@ describe("NotificationService through createCreditManager", () => {
   });
 
   it("domain events: an addition that only pays debt still names its source (no grant); an under-commit is one hold_settled", async () => {
-    const m = await createCreditManager({ domainEvents: true });
+    const m = await createCreditManager({ domainEvents: true, overdraftLimit: "unlimited" });
     await m.credits.deductCreditsAfterService("d", 30); // into debt
     await m.credits.addCredits("d", 20, { source: "promo", sourceRef: "WELCOME" }); // all of it pays debt
     await m.credits.addCredits("d", 50, { source: "payment" }); // 10 debt, 40 granted

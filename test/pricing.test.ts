@@ -95,8 +95,9 @@ describe("the price book", () => {
     const exact = m.pricing.price({ model: "t", inputTokens: tokens, outputTokens: 0 }).amount;
     expect(exact).toBe(2702159776422298);
     expect(Math.ceil((tokens * 3) / 10)).toBe(2702159776422297); // what float arithmetic would charge
-    // Large counts charged through a metered call stay exact in the journal.
+    // Large counts charged through a metered call stay exact in the journal (funded: no debt by default).
     m.pricing.setPriceBook(BOOK);
+    await m.credits.addCredits("u", 77_777_777_618);
     const { charged, usage } = await meter(
       { model: "gpt-4o-mini", inputTokens: 123_456_789_012, outputTokens: 98_765_432_109 },
       1_000,

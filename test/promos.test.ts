@@ -12,11 +12,11 @@ import {
 const T0 = Date.parse("2030-01-01T00:00:00.000Z");
 const DAY = 86_400_000;
 
-function setup() {
+function setup(overdraftLimit: number | "unlimited" = 0) {
   const db = new InMemoryDbManager();
   const clock = { now: T0 };
   const promos = new PromoService({ db, clock: () => new Date(clock.now) });
-  const credits = new CreditService({ db, clock: () => new Date(clock.now) });
+  const credits = new CreditService({ db, clock: () => new Date(clock.now), overdraftLimit });
   return { db, clock, promos, credits };
 }
 
@@ -100,7 +100,7 @@ describe("PromoService", () => {
   });
 
   it("a claim by a user in debt pays the debt first", async () => {
-    const { promos, credits } = setup();
+    const { promos, credits } = setup("unlimited");
     await credits.deductCreditsAfterService("u", 4);
     await promos.createPromo({ code: "DEBT", credits: 10 });
     const r = await promos.claimPromo("u", "DEBT");

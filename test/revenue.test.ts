@@ -55,9 +55,9 @@ const provider: PaymentProvider = {
   parseEvent: (body) => JSON.parse(Buffer.from(body).toString("utf8")) as PaymentEvent,
 };
 
-function services(db: DbManager) {
+function services(db: DbManager, overdraftLimit: number | "unlimited" = 0) {
   const clock = { now: T0 };
-  const credits = new CreditService({ db, clock: () => new Date(clock.now), subscriptions: true });
+  const credits = new CreditService({ db, clock: () => new Date(clock.now), subscriptions: true, overdraftLimit });
   const payments = new PaymentService({
     db,
     clock: () => new Date(clock.now),
@@ -324,7 +324,7 @@ describe("revenue: a worked month (docs/revenue.md)", () => {
   });
 
   it("debt is unbilled usage, recognized when a paid addition pays it; free credits pay it for nothing", async () => {
-    const { clock, credits } = services(new InMemoryDbManager());
+    const { clock, credits } = services(new InMemoryDbManager(), "unlimited");
     await credits.deductCreditsAfterService("u", 400);
     clock.now = T0 + DAY;
     await credits.addCredits("u", 1000, { costBasis: { perCredit: "1/4", currency: "EUR" } });
@@ -490,7 +490,7 @@ describe.each(stores)("revenue on $name: grouped by plan (docs/revenue.md, The r
     const db = opened.db;
     await db.init();
     try {
-      const { clock, credits, pay, subs } = services(db);
+      const { clock, credits, pay, subs } = services(db, "unlimited");
       await createPlans(subs);
       await subs.subscribe("u", "pro"); // 600 + 150 chat credits for 1,999 cents
       await pay("u", 1000); // 3,000 credits, no plan

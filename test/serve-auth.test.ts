@@ -1,7 +1,13 @@
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
 import { SignJWT } from "jose";
+import pino from "pino";
 import { describe, expect, it, vi } from "vitest";
 import { HttpError } from "../src/http/router.js";
+import { createCreditHandler } from "../src/http/index.js";
+import { createCreditManager, StorageError } from "../src/index.js";
 import { createAuthenticator } from "../src/serve/auth.js";
+import { serveApp } from "../src/serve/server.js";
 import { newKey, type ApiKeyRecord, type KeyStore } from "../src/serve/keys.js";
 import { serveSettings } from "../src/serve/settings.js";
 
@@ -139,5 +145,39 @@ describe("serve: the spender of a caller (docs/teams-and-limits.md, API keys per
       admin: false,
       spender: "carol",
     });
+  });
+});
+
+describe("serve: the key store down (docs/http.md, Errors)", () => {
+  it.each([
+    ["the driver's own error", () => new Error("Connection terminated unexpectedly")],
+    ["a StorageError", () => new StorageError("the store is down")],
+  ])("answers 503 STORAGE_ERROR, which clients retry, when the key lookup throws %s", async (_name, error) => {
+    const alice = newKey("user", "alice", null);
+    const { store, get } = keyStore([alice.record]);
+    get.mockImplementation(async () => {
+      throw error();
+    });
+    const settings = serveSettings({}, { CREDIT_METRICS: "off" });
+    const auth = await createAuthenticator(settings, store, 0);
+    const m = await createCreditManager();
+    const server = createServer(serveApp(m, settings, auth, pino({ level: "silent" }), null).listener);
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    try {
+      // Through serve, and through createCreditHandler with the same authenticate hook.
+      const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/credits/balance`;
+      const handler = createCreditHandler(m, { authenticate: (r) => auth.authenticate(r, "10.0.0.1") });
+      for (const res of [
+        await fetch(url, { headers: { authorization: `Bearer ${alice.key}` } }),
+        await handler(request(alice.key)),
+      ]) {
+        expect(res.status).toBe(503);
+        expect(((await res.json()) as { error: { code: string } }).error.code).toBe("STORAGE_ERROR");
+      }
+      expect(get).toHaveBeenCalledTimes(2);
+    } finally {
+      await new Promise((resolve) => server.close(resolve));
+      await m.close();
+    }
   });
 });

@@ -16,6 +16,7 @@ import {
   FeatureRules,
   LateUsageWindowDays,
   OutcomeWaitMs,
+  OverdraftLimit,
   ThresholdSpec,
   TrialCredits,
 } from "./models/index.js";
@@ -58,8 +59,11 @@ export const CoreManagerOptions = z.strictObject({
    * refused with a `LateUsageError`.
    */
   lateUsageWindowDays: z.optional(LateUsageWindowDays),
-  /** Credits `available` may go below zero through after-service usage; null = unlimited (default). */
-  overdraftLimit: z.optional(z.nullable(z.number().check(z.int(), z.minimum(0), z.maximum(Number.MAX_SAFE_INTEGER)))),
+  /**
+   * Credits `available` may go below zero through usage already delivered (after-service
+   * deductions, commits beyond a hold, fixed-price metering), or `"unlimited"`. Default 0: no debt.
+   */
+  overdraftLimit: z.optional(OverdraftLimit),
   /**
    * A checkpoint entry in the unit of work that takes an account's journal past each multiple of
    * this many entries (docs/operations.md, "Checkpoints and archival"). Default: none.
@@ -167,7 +171,7 @@ export async function openCore<C extends CoreCreditService>(
     clock: o.clock,
     logger,
     defaultReservationTtlSeconds: o.defaultReservationTtlSeconds,
-    overdraftLimit: o.overdraftLimit ?? null,
+    overdraftLimit: o.overdraftLimit ?? 0,
     lateUsageWindowDays: o.lateUsageWindowDays,
     checkpointEvery: o.checkpointEvery,
     outcomeWaitMs: o.outcomeWaitMs,

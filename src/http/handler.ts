@@ -180,11 +180,43 @@ function customerRateLimit(
 }
 
 /**
+ * What the routes use of the manager beyond the core's (`credit-management/core`'s
+ * `createCreditManager` builds none of it: docs/modules.md): its services and credit methods.
+ */
+const MODULE_PARTS = {
+  credits: ["getCustomerState", "listCustomerStates", "getUsage", "getRevenue"],
+  subscriptions: ["getUserSubscription", "listPlans"],
+  promos: ["claimPromo", "listPromos"],
+  payments: ["createPaymentLink", "getPayment", "webhookProviders"],
+} as const;
+
+/**
+ * Refuses a manager the routes cannot serve (from JavaScript, the core's manager passes for one),
+ * naming what it lacks: else those routes would answer a bare 500 on each request.
+ */
+function checkManager(manager: unknown, health: boolean): void {
+  const m = (typeof manager === "object" && manager !== null ? manager : {}) as Record<string, unknown>;
+  const missing: string[] = [];
+  for (const [service, methods] of Object.entries(MODULE_PARTS)) {
+    const part = m[service] as Record<string, unknown> | null | undefined;
+    if (typeof part !== "object" || part === null) missing.push(`${service}`);
+    else for (const method of methods) if (typeof part[method] !== "function") missing.push(`${service}.${method}`);
+  }
+  if (health && typeof m.health !== "function") missing.push("health");
+  if (missing.length > 0) {
+    throw new ConfigurationError(
+      `[credit-management] [http] createCreditHandler needs the manager of "credit-management" (createCreditManager with every module: docs/modules.md); this one lacks ${missing.join(", ")}.`,
+    );
+  }
+}
+
+/**
  * The credit API as a Fetch-standard handler (Hono, Next.js route handlers, Bun, Deno; node:http,
  * Express and Fastify through `toNodeHandler`). Callers act on their own account under `basePath`;
  * admins on any account under `adminBasePath`. See docs/http.md.
  */
 export function createCreditHandler(manager: CreditManager, options: CreditHandlerOptions = {}): CreditHandler {
+  checkManager(manager, options.health !== undefined);
   const o = {
     basePath: options.basePath ?? "/credits",
     adminBasePath: options.adminBasePath ?? "/admin/credits",
@@ -227,15 +259,14 @@ export function createCreditHandler(manager: CreditManager, options: CreditHandl
       '[credit-management] [http] `selfServiceSubscriptions` must be "free", "all" or "none".',
     );
   }
-  const planRoutes =
-    (manager as Partial<CreditManager>).subscriptions === undefined ? [] : subscriptionRoutes(selfService);
+  const planRoutes = subscriptionRoutes(selfService);
   const selfTopUp = options.selfServiceAutoTopUp ?? "none";
   if (!["none", "limits", "all"].includes(selfTopUp)) {
     throw new ConfigurationError(
       '[credit-management] [http] `selfServiceAutoTopUp` must be "none", "limits" or "all".',
     );
   }
-  const topUpRoutes = (manager as Partial<CreditManager>).payments === undefined ? [] : autoTopUpRoutes(selfTopUp);
+  const topUpRoutes = autoTopUpRoutes(selfTopUp);
   const webhookBase = options.webhookBasePath ?? "/webhooks";
   if (webhookBase !== false && (typeof webhookBase !== "string" || !/^\/[A-Za-z0-9._~/-]*$/.test(webhookBase))) {
     throw new ConfigurationError(
@@ -274,9 +305,7 @@ export function createCreditHandler(manager: CreditManager, options: CreditHandl
   // The webhook paths of the providers that receive webhooks, not the whole folder: a host's own
   // `/webhooks/github` after this handler is reached through `next`.
   const webhookBases =
-    webhookRoot === null || (manager as Partial<CreditManager>).payments === undefined
-      ? []
-      : manager.payments.webhookProviders().map((name) => `${webhookRoot}/${name}`);
+    webhookRoot === null ? [] : manager.payments.webhookProviders().map((name) => `${webhookRoot}/${name}`);
   const routerRoot = webhookRoot === null ? null : `/${webhookRoot.split("/")[1] ?? ""}`;
   const basePaths = [
     ...router.bases.filter((b) => b !== routerRoot || b === o.basePath || b === o.adminBasePath),

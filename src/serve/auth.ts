@@ -5,6 +5,7 @@ import { TokenBuckets } from "../http/rate-limit.js";
 import { keyIdOf, keyMatches, type ApiKeyRecord, type KeyStore } from "./keys.js";
 import type { ServeSettings } from "./settings.js";
 import { SpenderId } from "../core/models/limits.js";
+import { CreditError, StorageError } from "../core/errors.js";
 
 /**
  * Who is calling `serve` (docs/service.md, "Secure it"): `Authorization: Bearer <token>` with an
@@ -72,9 +73,19 @@ export async function createAuthenticator(s: ServeSettings, keys: KeyStore, keyC
     const hit = cache?.get(id);
     return hit === undefined ? undefined : granted(hit, token);
   };
-  /** A key's identity from the store (the record then cached), or null. */
+  /**
+   * A key's identity from the store (the record then cached), or null. The store failing is a
+   * `StorageError` (503, which clients retry: docs/http.md, "Errors"), as the credit store's
+   * failures are: the key store speaks its driver's errors.
+   */
   const load = async (id: string): Promise<CachedKey | "none"> => {
-    const r = await keys.get(id);
+    let r: ApiKeyRecord | null;
+    try {
+      r = await keys.get(id);
+    } catch (error) {
+      if (error instanceof CreditError) throw error;
+      throw new StorageError("[credit-management] serve: the API key store could not be read", error);
+    }
     const entry = r === null || r.revokedAt !== null ? "none" : cachedEntry(r);
     cache?.set(id, entry);
     return entry;

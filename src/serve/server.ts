@@ -556,6 +556,7 @@ export async function runServe(s: ServeSettings, io: ServeIo, env: Env): Promise
       manager = await createCreditManager({
         db: stores.db,
         logger,
+        overdraftLimit: s.CREDIT_OVERDRAFT_LIMIT,
         // The application's payment settings (docs/service.md, "Configure it"): the credits a
         // payment buys, and what the --worker rounds charge and credit for an auto top-up.
         payments: s.payments,

@@ -103,6 +103,12 @@ const Schema = z.strictObject({
    */
   CREDIT_LOG_FLUSH_MS: z._default(int(0, 10_000), 100),
   CREDIT_MAX_BODY_BYTES: z._default(int(1024, 10_485_760), 65_536),
+  /**
+   * The manager's `overdraftLimit` (docs/concepts.md, "Overdraft and debt"): how far usage already
+   * delivered (`afterService`, commits beyond a hold) may take an account below zero, in credits,
+   * or `unlimited`. Default 0: no debt.
+   */
+  CREDIT_OVERDRAFT_LIMIT: z._default(z.union([z.literal("unlimited"), int(0, Number.MAX_SAFE_INTEGER)]), 0),
   /** Longest a request may take, headers and body included, in ms (node's `requestTimeout`). */
   CREDIT_REQUEST_TIMEOUT_MS: z._default(int(1000, 600_000), 30_000),
   /**
@@ -378,6 +384,7 @@ export const SERVE_OPTIONS = `Options of "serve" (each flag wins over its variab
 Payments (as your services configure them: the credits a payment buys, the auto top-ups --worker charges):
 ${PAYMENT_OPTIONS}Environment of "serve": CREDIT_PG_URL (CREDIT_PG_SCHEMA, CREDIT_PG_PARTITIONS), CREDIT_MONGO_URI
   (CREDIT_MONGO_DB), CREDIT_LOG_FLUSH_MS (default 100; 0: each line at once), CREDIT_MAX_BODY_BYTES,
+  CREDIT_OVERDRAFT_LIMIT (credits of debt usage already delivered may make, or unlimited; default 0),
   CREDIT_REQUEST_TIMEOUT_MS, CREDIT_HEADERS_TIMEOUT_MS, CREDIT_MAX_CONNECTIONS, CREDIT_SHUTDOWN_TIMEOUT_MS, CREDIT_CORS_ORIGINS,
   CREDIT_METRICS (admin|public|off), CREDIT_JWT_JWKS_URL or CREDIT_JWT_KEY, CREDIT_JWT_ISSUER,
   CREDIT_JWT_AUDIENCE, CREDIT_JWT_USER_CLAIM, CREDIT_JWT_ROLE_CLAIM, CREDIT_JWT_ADMIN_VALUE,

@@ -29,13 +29,14 @@ export function runCustomerStateContract(
   let n = 0;
   const user = () => `${prefix}-${String(++n).padStart(3, "0")}`;
   const clock = { now: T0 };
-  const service = (db: DbManager = getDb(), features: FeatureRules = RULES) =>
+  const service = (db: DbManager = getDb(), features: FeatureRules = RULES, overdraftLimit: number | "unlimited" = 0) =>
     new CreditService({
       db,
       clock: () => new Date(clock.now),
       cache: new InMemoryCache(),
       features,
       subscriptions: true,
+      overdraftLimit,
     });
 
   describe("customer state", () => {
@@ -117,7 +118,7 @@ export function runCustomerStateContract(
     });
 
     it("debt is taken from every feature's left; check() denies a feature with no rule as the view does", async () => {
-      const credits = service();
+      const credits = service(getDb(), RULES, "unlimited");
       const u = user();
       await credits.addCredits(u, 5, { scope: { features: ["chat"] } });
       await credits.deductCreditsAfterService(u, 8); // the pool is empty: 8 of debt

@@ -15,7 +15,8 @@ import { DAY, HOUR, lazy, T0, type PartOptions } from "../core/testing/support.j
 /** A new account `u` (named by `user`) and a service over `db` whose clock the test moves. */
 function accountWithClock(db: DbManager, user: () => string) {
   const clock = { now: T0 };
-  return { u: user(), credits: new CreditService({ db, clock: () => new Date(clock.now) }), clock };
+  const credits = new CreditService({ db, clock: () => new Date(clock.now), overdraftLimit: "unlimited" });
+  return { u: user(), credits, clock };
 }
 
 /**
@@ -345,8 +346,8 @@ export function runReversalsContract(
     it("concurrent reversals of one charge, through two managers, never give back more than it charged", async () => {
       const clock = { now: T0 };
       const now = () => new Date(clock.now);
-      const a = new CreditService({ db: getDb(), clock: now });
-      const b = new CreditService({ db: options.getPeer?.() ?? getDb(), clock: now });
+      const a = new CreditService({ db: getDb(), clock: now, overdraftLimit: "unlimited" });
+      const b = new CreditService({ db: options.getPeer?.() ?? getDb(), clock: now, overdraftLimit: "unlimited" });
       const u = user();
       await a.addCredits(u, 30);
       await a.addCredits(u, 20, { priority: 3 });

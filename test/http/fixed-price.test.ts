@@ -3,8 +3,16 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { Readable } from "node:stream";
 import express from "express";
 import Fastify from "fastify";
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
-import { createCreditManager, type CreditManager, type MeterOutcome } from "../../src/index.js";
+import diagnostics_channel from "node:diagnostics_channel";
+import { afterAll, beforeAll, beforeEach, describe, expect, it, vi } from "vitest";
+import {
+  createCreditManager,
+  DIAGNOSTICS_CHANNELS,
+  InMemoryDbManager,
+  StorageError,
+  type CreditManager,
+  type MeterOutcome,
+} from "../../src/index.js";
 import { creditMetering, creditMeteringMiddleware, fastifyCreditMetering } from "../../src/http/index.js";
 import { listen, waitFor, type Running } from "./servers.js";
 
@@ -325,6 +333,57 @@ describe("fixed-price options", () => {
     expect(ran).toEqual([]);
     expect(await m.credits.getUserCreditsInfo("p")).toMatchObject({ balance: 88 });
     await m.close();
+  });
+
+  it("reports a charge that failed: the manager's logger, the metering channel and onSettled with the error", async () => {
+    const errors: unknown[][] = [];
+    const logger = { error: (...a: unknown[]) => errors.push(a), warn: () => {}, info: () => {}, debug: () => {} };
+    const db = new InMemoryDbManager();
+    const m = await createCreditManager({ db, logger });
+    await m.credits.addCredits("p", 100);
+    await m.credits.getUserCreditsInfo("p"); // read before the store goes down: the check passes
+    const down = new StorageError("the store is down");
+    const spy = vi.spyOn(db, "transaction").mockRejectedValue(down);
+    const outcomes: MeterOutcome[] = [];
+    const messages: unknown[] = [];
+    const listen = (message: unknown) => messages.push(message);
+    diagnostics_channel.subscribe(DIAGNOSTICS_CHANNELS.metering, listen);
+    try {
+      const app = creditMetering({
+        credits: m.credits,
+        trustUserIdHeader: true,
+        price: 7,
+        onSettled: (o) => outcomes.push(o),
+      })(fetchRoute);
+      const res = await app(new Request("http://x/api/ok", { method: "POST", headers: { "x-user-id": "p" } }));
+      expect(res.status).toBe(200);
+      expect(res.headers.get("x-credits-deducted")).toBeNull();
+      expect(spy).toHaveBeenCalledTimes(1);
+      expect(outcomes).toEqual([
+        {
+          userId: "p",
+          reservationId: "",
+          estimate: 7,
+          outcome: "released",
+          charged: 0,
+          releaseReason: "settle-failed",
+          usages: [],
+          entry: null,
+          fixedPrice: true,
+          error: down,
+        },
+      ]);
+      expect(errors).toHaveLength(1);
+      expect(errors[0]?.[0]).toMatchObject({ err: down, userId: "p", estimate: 7 });
+      expect(messages).toEqual([
+        expect.objectContaining({ userId: "p", outcome: "released", charged: 0, released: 0, reason: "settle-failed" }),
+      ]);
+      spy.mockRestore();
+      expect(await m.credits.getUserCreditsInfo("p")).toMatchObject({ balance: 100 });
+    } finally {
+      diagnostics_channel.unsubscribe(DIAGNOSTICS_CHANNELS.metering, listen);
+      await m.close();
+    }
   });
 
   it("refuses a malformed price, on every host", async () => {

@@ -1,6 +1,7 @@
 import { Validator } from "@seriousme/openapi-schema-validator";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
-import { createCreditManager, CreditError, type CreditManager } from "../../src/index.js";
+import { ConfigurationError, createCreditManager, CreditError, type CreditManager } from "../../src/index.js";
+import { createCreditManager as createCoreManager } from "../../src/core/index.js";
 import { createCreditHandler, HttpError, type Identity, type RouteDefinition } from "../../src/http/index.js";
 import { createServer } from "node:http";
 import express from "express";
@@ -47,7 +48,12 @@ describe.each(Object.keys(hosts))("credit handler on %s", (host) => {
   };
 
   beforeAll(async () => {
-    m = await createCreditManager({ clock: () => new Date(now), features: { export: { minAvailable: 1000 } } });
+    // Debt bounded at 10 credits: "expiring credits, after-service deduction, …" goes into it.
+    m = await createCreditManager({
+      clock: () => new Date(now),
+      features: { export: { minAvailable: 1000 } },
+      overdraftLimit: 10,
+    });
     const handler = createCreditHandler(m, { authenticate, routes: [boom, raw], onError: (e) => errors.push(e) });
     server = await hosts[host]!(handler);
     trusting = await hosts[host]!(
@@ -328,6 +334,9 @@ describe.each(Object.keys(hosts))("credit handler on %s", (host) => {
     const exp = await call("GET", "/credits/expiring?days=7", "carol");
     expect(exp.json).toMatchObject({ userId: "carol", total: 40 });
     expect((await call("GET", "/credits/expiring?days=1", "carol")).json.total).toBe(0);
+    // Beyond the overdraft limit (10): 402, nothing taken.
+    const past = await call("POST", "/admin/credits/users/carol/deduct", ADMIN, { amount: 61, afterService: true });
+    expect(past.status).toBe(402);
     const d = await call("POST", "/admin/credits/users/carol/deduct", ADMIN, { amount: 60, afterService: true });
     expect(d.status).toBe(200);
     expect((await call("GET", "/credits/balance", "carol")).json).toMatchObject({ balance: -10, debt: 10 });
@@ -449,6 +458,27 @@ describe("createCreditHandler setup", () => {
       createCreditHandler(m, { authenticate: () => null, routes: [{ ...dup(), path: "/balance" }] }),
     ).toThrow(/two routes/);
     await m.close();
+  });
+  it("refuses the core's manager (credit-management/core), as JavaScript would pass it, naming what it lacks", async () => {
+    const core = await createCoreManager();
+    try {
+      // From JavaScript nothing stops it: the cast stands for that.
+      const build = () => createCreditHandler(core as never, { trustUserIdHeader: true });
+      expect(build).toThrow(ConfigurationError);
+      expect(build).toThrow(
+        /lacks credits\.getCustomerState, credits\.listCustomerStates, credits\.getUsage, credits\.getRevenue, promos, payments\.$/,
+      );
+      // The health routes need manager.health too.
+      const m = await createCreditManager();
+      const noHealth = { ...m, health: undefined };
+      expect(() => createCreditHandler(noHealth as never, { trustUserIdHeader: true, health: {} })).toThrow(
+        /lacks health\.$/,
+      );
+      expect(() => createCreditHandler(m, { trustUserIdHeader: true, health: {} })).not.toThrow();
+      await m.close();
+    } finally {
+      await core.close();
+    }
   });
   it("works behind express.json() too (the parsed body is re-serialised)", async () => {
     const m = await createCreditManager();

@@ -1,6 +1,7 @@
 import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
-import { createCreditManager, type CreditManager, type MeterOutcome } from "../../src/index.js";
+import { createCreditManager, recordUsage, type CreditManager, type MeterOutcome } from "../../src/index.js";
+import { creditMetering } from "../../src/http/index.js";
 import { meteredHosts, slowRoute } from "./metering-apps.js";
 import { waitFor, type Running } from "./servers.js";
 
@@ -211,5 +212,33 @@ describe.each(meteredHosts.map((h) => [h.name, h] as const))("metering on %s", (
     expect(after.balance).toBeGreaterThanOrEqual(0);
     expect((await m.credits.audit("burst")).ok).toBe(true);
     expect((await m.credits.audit("u1")).ok).toBe(true);
+  });
+});
+
+describe("a metered request whose settle failed", () => {
+  it("is reported to the manager's logger and to onSettled with the error; its hold is returned", async () => {
+    const errors: unknown[][] = [];
+    const logger = { error: (...a: unknown[]) => errors.push(a), warn: () => {}, info: () => {}, debug: () => {} };
+    const m = await createCreditManager({ logger });
+    await m.credits.addCredits("h", 100);
+    const outcomes: MeterOutcome[] = [];
+    const app = creditMetering({ credits: m.credits, trustUserIdHeader: true, onSettled: (o) => outcomes.push(o) })(
+      async () => {
+        // Two usages whose sum is past Number.MAX_SAFE_INTEGER: the commit is refused.
+        recordUsage({ amount: Number.MAX_SAFE_INTEGER });
+        recordUsage({ amount: Number.MAX_SAFE_INTEGER });
+        return Response.json({ ok: true });
+      },
+    );
+    const headers = { "x-user-id": "h", "x-estimated-credits": "10" };
+    const res = await app(new Request("http://x/api/run", { method: "POST", headers }));
+    expect(res.status).toBe(200);
+    expect(outcomes).toHaveLength(1);
+    expect(outcomes[0]).toMatchObject({ userId: "h", estimate: 10, outcome: "released", charged: 0 });
+    expect(outcomes[0]?.releaseReason).toBe("settle-failed");
+    expect((outcomes[0]?.error as { code?: string }).code).toBe("VALIDATION_ERROR");
+    expect(errors).toHaveLength(1);
+    expect(await m.credits.getUserCreditsInfo("h")).toMatchObject({ balance: 100, reserved: 0 });
+    await m.close();
   });
 });

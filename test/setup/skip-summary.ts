@@ -52,7 +52,7 @@ const REQUIREMENTS: readonly Requirement[] = [
   {
     pattern: /CREDIT_CITUS_URL/,
     missing: unset("CREDIT_CITUS_URL"),
-    line: "CREDIT_CITUS_URL (a Citus coordinator with two workers)",
+    line: "CREDIT_CITUS_URL (a Citus coordinator with two workers, e.g. postgres://postgres@127.0.0.1:55440/test)",
   },
   {
     pattern: /\/usr\/bin\/chromium/,
@@ -106,7 +106,7 @@ export default class SkipSummary implements Reporter {
     const filtered = this.vitest?.config.testNamePattern !== undefined;
     const lines = [
       "",
-      `Skipped: ${skipped.toLocaleString("en-US")} of ${total.toLocaleString("en-US")} tests${filtered ? " (with those -t left out)" : ""}. To run them, give the run what it lacks (CONTRIBUTING.md, "Tests"):`,
+      `Skipped: ${skipped.toLocaleString("en-US")} of ${total.toLocaleString("en-US")} tests${filtered ? " (with those -t left out)" : ""}. To run them, give the run what it lacks (CONTRIBUTING.md, "Tests"; docker compose -f compose.test.yaml up -d --wait starts every server):`,
     ];
     const reasons = [...byReason.keys()].sort((a, b) => (a === "" ? 1 : b === "" ? -1 : a.localeCompare(b)));
     for (const reason of reasons) {

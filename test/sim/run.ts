@@ -309,6 +309,8 @@ async function simulate(options: SimOptions): Promise<SimResult> {
       init: false,
       // Checkpoints inside the units of work: the model sees them and both audits must agree.
       checkpointEvery: 7,
+      // The model's after-service usage and over-commits go into debt without a bound.
+      overdraftLimit: "unlimited",
       // No waiting on real timers for a concurrent checkout: the simulation has no timers to run.
       payments: payConfig,
       queue,

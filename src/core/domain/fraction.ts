@@ -1,4 +1,7 @@
-/** Exact fractions of bigints, as prices (./pricing.ts) and cost bases (./revenue.ts) are computed. */
+/**
+ * Exact fractions of bigints, as prices (src/modules/pricing/rules.ts), cost bases (./cost-basis.ts),
+ * reversals (./reversal.ts) and usage shares (./usage.ts) are computed.
+ */
 
 export const gcd = (a: bigint, b: bigint): bigint => {
   while (b !== 0n) [a, b] = [b, a % b];

@@ -156,7 +156,7 @@ export const Reservation = z.object({
 export type Reservation = z.infer<typeof Reservation>;
 
 /**
- * One change of balance or reserved (the seed's `Transaction`). Append-only and hash-chained:
+ * One change of balance or reserved (the Python `credit_management` package's `Transaction`, docs/migrating-from-python.md). Append-only and hash-chained:
  * `hash = sha256(prevHash ‖ canonical entry)`.
  */
 export const JournalEntry = z.object({

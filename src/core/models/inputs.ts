@@ -234,6 +234,16 @@ export const LedgerEntriesQuery = z
   );
 export type LedgerEntriesQuery = z.input<typeof LedgerEntriesQuery>;
 
+/**
+ * `overdraftLimit`: how far `available` may go below zero through usage already delivered
+ * (docs/concepts.md, "Overdraft and debt"), in credits, or `"unlimited"`, written out. Default 0.
+ */
+export const OverdraftLimit = z.union([
+  z.number().check(z.int(), z.minimum(0), z.maximum(Number.MAX_SAFE_INTEGER)),
+  z.literal("unlimited"),
+]);
+export type OverdraftLimit = z.input<typeof OverdraftLimit>;
+
 /** `checkpointEvery`: a checkpoint entry each time an account's journal passes a multiple of this many entries. */
 export const CheckpointEvery = z.number().check(z.int(), z.minimum(2), z.maximum(1_000_000_000));
 

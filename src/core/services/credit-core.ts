@@ -17,6 +17,7 @@ import {
   DEFAULT_LATE_USAGE_WINDOW_DAYS,
   LateUsageWindowDays,
   OutcomeWaitMs,
+  OverdraftLimit,
   type CommitOptions,
   type ReleaseOptions,
   type ReserveOptions,
@@ -75,6 +76,7 @@ export class CreditCore {
   /** The manager's logger (the metering middlewares log a failed handler to it). */
   readonly logger: Logger | undefined;
   readonly defaultTtl: number;
+  /** The `overdraftLimit` option in credits (default 0); null: `"unlimited"`. */
   readonly overdraftLimit: number | null;
   /** How many days back usage may be recorded with `occurredAt` (docs/usage.md, "Late usage"). */
   readonly lateUsageWindowDays: number;
@@ -93,7 +95,13 @@ export class CreditCore {
     this.givenClock = options.clock;
     this.logger = options.logger;
     this.defaultTtl = options.defaultReservationTtlSeconds ?? 900;
-    this.overdraftLimit = options.overdraftLimit ?? null;
+    const overdraft = parseConfig(
+      OverdraftLimit,
+      options.overdraftLimit === undefined ? 0 : options.overdraftLimit,
+      "overdraftLimit",
+      "CreditService",
+    );
+    this.overdraftLimit = overdraft === "unlimited" ? null : overdraft;
     if (options.domainEvents !== undefined && typeof options.domainEvents !== "boolean") {
       throw new ConfigurationError("[credit-management] CreditService: domainEvents must be a boolean");
     }

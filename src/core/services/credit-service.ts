@@ -64,10 +64,12 @@ export interface CoreCreditServiceOptions {
   /** TTL of a hold when `reserveCredits` gets none, in seconds. Default 900. */
   defaultReservationTtlSeconds?: number;
   /**
-   * How far below zero `available` may go through after-service deductions and over-commits, in
-   * credits. Default null: unlimited, as in the seed.
+   * How far below zero `available` may go through usage already delivered — after-service
+   * deductions, late usage, commits beyond a hold, fixed-price metering — in credits, or
+   * `"unlimited"` (docs/concepts.md, "Overdraft and debt"). Default 0: such usage takes what is
+   * available and never makes debt.
    */
-  overdraftLimit?: number | null;
+  overdraftLimit?: number | "unlimited";
   /**
    * How many days back `deductCredits` and `deductCreditsAfterService` accept an `occurredAt`
    * (docs/usage.md, "Late usage"): 0 to 366, default 35. Older usage is a `LateUsageError`.

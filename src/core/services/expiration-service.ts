@@ -424,7 +424,8 @@ export class ExpirationService {
   }
 
   /**
-   * The seed's per-user check: expires this user's due grants and releases lapsed holds. With
+   * The Python `credit_management` package's `check_credit_expiration` (docs/migrating-from-python.md):
+   * expires this user's due grants and releases lapsed holds. With
    * `asOf` (not in the future), only what was due by then expires — like `credits.expireCredits` —
    * and nothing that lapsed after it is settled (holds are left to the next unit of work or job).
    */
@@ -449,8 +450,8 @@ export class ExpirationService {
   }
 
   /**
-   * The seed's per-user allocation: brings the user's subscription up to `now` (owed allocation,
-   * renewals, rollover). Idempotent. Resolves to the subscription, or null when the user has none.
+   * Brings one user's subscription up to `now` (owed allocation, renewals, rollover:
+   * docs/subscriptions.md). Idempotent. Resolves to the subscription, or null when the user has none.
    */
   async allocateSubscriptionCredits(userId: string, now?: Date | string): Promise<Subscription | null> {
     const user = parse(UserId, userId, "userId");

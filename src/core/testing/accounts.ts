@@ -291,6 +291,10 @@ export function runAccountsContract(getDb: () => DbManager, options: PartOptions
         const before = await reads();
         expect(before.due).toHaveLength(1);
         expect(before.lapsed).toHaveLength(1);
+        // A status asked for lists the holds of that status only.
+        expect(before.activeHolds.map((r) => r.id)).toEqual([active.id]);
+        expect(before.committedHolds.map((r) => r.id)).toEqual([settled.id]);
+        expect(before.holds.map((r) => r.id).sort()).toEqual([active.id, settled.id].sort());
         expect(before.events[0]).toMatchObject({ message: "m", details: { d: [1] }, createdAt: new Date(T0) });
         scribble(await reads());
         expect(await reads()).toEqual(before);
@@ -381,7 +385,7 @@ export function runAccountsContract(getDb: () => DbManager, options: PartOptions
       });
 
       it("commits less (the rest returns) and more (the excess is usage, into debt)", async () => {
-        const { u, credits } = accountWithClock(db, user);
+        const { u, credits } = accountWithClock(db, user, "unlimited");
         await credits.addCredits(u, 100);
         const a = await credits.reserveCredits(u, 40);
         expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 100, reserved: 40, available: 60 });
@@ -559,6 +563,11 @@ export function runAccountsContract(getDb: () => DbManager, options: PartOptions
         });
         const expiration = new ExpirationService({ db, credits, subscriptions, idempotencyRetention: "1h" });
         await credits.addCredits(u, 100);
+        // A key the library made itself (`cm:`, here a trial's), as old: never forgotten.
+        const w = user();
+        const trial = new CoreCreditService({ db, clock: () => new Date(clock.now), trial: { amount: 5 } });
+        await trial.addCredits(w, 1);
+        const systemKey = `cm:trial:${w}`;
         const first = await credits.deductCredits(u, 10, { idempotencyKey: "k-retained" });
         clock.now += 30 * 60_000;
         expect((await credits.deductCredits(u, 10, { idempotencyKey: "k-retained" })).id).toBe(first.id);
@@ -593,6 +602,8 @@ export function runAccountsContract(getDb: () => DbManager, options: PartOptions
         const audit = await credits.audit(u);
         expect(audit.problems).toEqual([]);
         expect(audit.ok).toBe(true);
+        const kept = await db.transaction(w, async (tx) => (await tx.load({ idempotencyKey: systemKey })).idempotent);
+        expect(kept?.idempotencyKey, "the library's own keys are never forgotten").toBe(systemKey);
       });
 
       it("voids what is left of a grant, and its held part when the hold ends", async () => {

@@ -46,11 +46,13 @@ export function runConcurrencyContract(
     it("concurrent spends of two spenders under a spender limit and an account limit never pass either (docs/teams-and-limits.md)", async () => {
       const { u, credits } = accountWithClock(db, user);
       await credits.addCredits(u, 1000);
-      await credits.setLimits(u, [
-        { amount: 80, period: "month" },
-        { spender: "alice", amount: 50, period: "month" },
-      ]);
+      // n callers, half of them alice's: the account's limit 40 % of n, alice's a quarter (80 and 50 of 200).
       const n = Math.min(race, 200);
+      const [accountLimit, aliceLimit] = [Math.floor((n * 2) / 5), Math.floor(n / 4)];
+      await credits.setLimits(u, [
+        { amount: accountLimit, period: "month" },
+        { spender: "alice", amount: aliceLimit, period: "month" },
+      ]);
       const results = await Promise.allSettled(
         Array.from({ length: n }, (_, i) => {
           const spender = i % 2 === 0 ? "alice" : "bob";
@@ -63,11 +65,11 @@ export function runConcurrencyContract(
         results.filter((r, i) => r.status === "fulfilled" && (i % 2 === 0 ? "alice" : "bob") === spender).length;
       for (const r of results)
         if (r.status === "rejected") expect((r.reason as { code?: string }).code).toBe("SPEND_LIMIT_EXCEEDED");
-      expect(ok("alice")).toBeLessThanOrEqual(50);
-      expect(ok("alice") + ok("bob")).toBe(80);
+      expect(ok("alice")).toBeLessThanOrEqual(aliceLimit);
+      expect(ok("alice") + ok("bob")).toBe(accountLimit);
       const limits = await credits.getLimits(u);
-      expect(limits.map((l) => l.used)).toEqual([80, ok("alice")]);
-      expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 920, reserved: 0 });
+      expect(limits.map((l) => l.used)).toEqual([accountLimit, ok("alice")]);
+      expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 1000 - accountLimit, reserved: 0 });
       expect((await credits.audit(u)).ok).toBe(true);
     });
 

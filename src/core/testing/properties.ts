@@ -98,7 +98,7 @@ export async function runAgainstModel(
 ): Promise<void> {
   const u = `prop-${randomUUID()}`;
   const { credits, clock } =
-    alerts === undefined ? serviceWithClock(db) : alertServices(db, [...alerts], T0 + DAY - 600_000);
+    alerts === undefined ? serviceWithClock(db, T0, "unlimited") : alertServices(db, [...alerts], T0 + DAY - 600_000);
   const notifications =
     alerts === undefined
       ? null
@@ -271,7 +271,12 @@ export async function runAgainstModel(
 /** The services of an account whose alert thresholds are `alerts`, on a clock starting at `start`. */
 function alertServices(db: DbManager, alerts: AlertThreshold[], start: number) {
   const clock = { now: start };
-  const credits = new CoreCreditService({ db, clock: () => new Date(clock.now), alerts: { alerts } });
+  const credits = new CoreCreditService({
+    db,
+    clock: () => new Date(clock.now),
+    alerts: { alerts },
+    overdraftLimit: "unlimited",
+  });
   return { credits, clock };
 }
 

@@ -542,7 +542,7 @@ export function runSubscriptionContract(getDb: () => DbManager, options: PartOpt
     });
 
     it("cancels at period end (resume undoes it), ends non-renewing ones, cancels now with expiry; pay-as-you-go periods", async () => {
-      const { subscriptions, credits, expiration, clock } = managerServices(db, T);
+      const { subscriptions, credits, expiration, clock } = managerServices(db, T, { overdraftLimit: "unlimited" });
       const p = (await subscriptions.createPlan({ name: "C", creditsPerPeriod: 10, billingPeriod: "weekly" })).id;
       const payg = (await subscriptions.createPlan({ name: "PAYG", creditsPerPeriod: 0, billingPeriod: "daily" })).id;
       const [u1, u2, u3, u4] = [user(), user(), user(), user()];

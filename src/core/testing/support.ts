@@ -18,32 +18,34 @@ export const HOUR = 3_600_000;
 export const DAY = 24 * HOUR;
 
 /** A service over `db` whose clock the test moves. */
-export function serviceWithClock(db: DbManager, start = T0, overdraftLimit: number | null = null) {
+export function serviceWithClock(db: DbManager, start = T0, overdraftLimit: number | "unlimited" = 0) {
   const clock = { now: start };
   const credits = new CoreCreditService({ db, clock: () => new Date(clock.now), overdraftLimit });
   return { credits, clock };
 }
 
 /** A new account `u` (named by `user`) and `serviceWithClock(db, T0, overdraftLimit)`. */
-export function accountWithClock(db: DbManager, user: () => string, overdraftLimit: number | null = null) {
+export function accountWithClock(db: DbManager, user: () => string, overdraftLimit: number | "unlimited" = 0) {
   return { u: user(), ...serviceWithClock(db, T0, overdraftLimit) };
 }
 
 /**
  * One manager's services over `db`: credits with subscriptions, and the jobs, on a clock the test
  * moves — a start instant, or a clock shared with another manager. `ledgerFile`: the ledger writes
- * this file (none by default); `alerts`: the outbox's alert rows are written.
+ * this file (none by default); `alerts`: the outbox's alert rows are written; `overdraftLimit` as
+ * the option (default 0).
  */
 export function managerServices(
   db: DbManager,
   start: number | { now: number } = T0,
-  options: { ledgerFile?: string; alerts?: boolean } = {},
+  options: { ledgerFile?: string; alerts?: boolean; overdraftLimit?: number | "unlimited" } = {},
 ) {
   const clock = typeof start === "number" ? { now: start } : start;
   const now = () => new Date(clock.now);
   const ledger = new LedgerLogger({ db, clock: now, filePath: options.ledgerFile ?? false });
   const alerts = options.alerts === true ? {} : undefined;
-  const credits = new CoreCreditService({ db, clock: now, ledger, alerts, subscriptions: true });
+  const overdraftLimit = options.overdraftLimit;
+  const credits = new CoreCreditService({ db, clock: now, ledger, alerts, subscriptions: true, overdraftLimit });
   const subscriptions = new SubscriptionService({ db, credits, clock: now, cache: new InMemoryCache(), ledger });
   const expiration = new ExpirationService({ db, credits, subscriptions, clock: now, ledger });
   return { credits, subscriptions, expiration, ledger, clock };

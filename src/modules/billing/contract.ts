@@ -6,7 +6,8 @@
 import { randomUUID } from "node:crypto";
 import { describe, expect, it } from "../../core/testing/runner.js";
 import type { DbManager } from "../../core/db/types.js";
-import type { BillingDb } from "./store.js";
+import type { BillingChanges, BillingDb } from "./store.js";
+import { AccountWork } from "../../core/domain/account-work.js";
 import { ConflictError, PaymentProviderError, PromoNotEligibleError } from "../../core/errors.js";
 import { newPayment } from "./rules-payments.js";
 import type { Payment, Promo } from "../../models-entry.js";
@@ -164,6 +165,34 @@ export function runPromoPaymentContract(getDb: () => DbManager): void {
       expect(await db.updatePayment({ ...paid, status: "failed" })).toBe(false);
       expect(await db.getPayment(p0.id)).toEqual(paid);
       expect(await db.findPaymentByProviderId("test", `pay-${u}`)).toEqual(paid);
+    });
+
+    it("refuses a unit of work whose payment moved since it was read (compare-and-set on version) with ConflictError, and writes nothing of it", async () => {
+      const u = user();
+      const { credits } = services();
+      await credits.addCredits(u, 10);
+      const p = payment(u);
+      await db.insertPayment(p);
+      // Another writer moves the payment after this unit of work read it at `p.version`.
+      const paid = { ...p, status: "paid" as const, version: p.version + 1 };
+      expect(await db.updatePayment(paid)).toBe(true);
+      await expect(
+        db.transaction(u, async (tx) => {
+          const work = new AccountWork(u, await tx.load(), new Date(T0), randomUUID);
+          work.add(
+            5,
+            { expiresAt: null, priority: 0, source: "manual", sourceRef: null, description: null, metadata: null },
+            {},
+          );
+          const changes: BillingChanges = {
+            ...work.changes(),
+            paymentUpdates: [{ ...p, status: "failed", version: p.version + 1 }],
+          };
+          await tx.save(changes);
+        }),
+      ).rejects.toBeInstanceOf(ConflictError);
+      expect(await db.getPayment(p.id)).toEqual(paid);
+      expect((await credits.getUserCreditsInfo(u)).balance).toBe(10);
     });
   });
 

@@ -12,6 +12,8 @@ import { usageOfText, type LlmUsage, type ResponseUsageReader, type UsageReading
 import type { RecordedUsage } from "../../models-entry.js";
 import { errorBody, errorResponse, json, type Identity } from "../../http/router.js";
 import { findCreditCore } from "../../core/services/credit-core.js";
+import { warnOnFailure, type Logger } from "../../core/logger.js";
+import { meteringChannel } from "../../core/diagnostics.js";
 import { pathMatcher } from "./routes-paths.js";
 
 /** Options shared by `creditMetering` (Fetch) and `creditMeteringMiddleware` (node:http, Express). */
@@ -268,14 +270,23 @@ export function common<Req>(o: MeteringOptionsBase<Req>) {
     reported.add(session);
     reportTo(o.onSettled, req, outcome, locals);
   };
-  /** Settles (or joins the settlement already under way) and reports it once; null if it failed. */
+  /**
+   * Settles (or joins the settlement already under way) and reports it once; null if it failed
+   * (reported by `settleFailed`: the session returned its hold, or it lapses at its TTL).
+   */
   const settle = (req: Req, session: MeterSession, p: Promise<MeterOutcome>, locals?: Partial<MeteringLocals>) =>
     p.then(
       (outcome) => {
         report(req, session, outcome, locals);
         return outcome;
       },
-      () => null,
+      (error: unknown) => {
+        if (reported.has(session)) return null;
+        reported.add(session);
+        const failed = { userId: session.userId, reservationId: session.reservationId, estimate: session.estimate };
+        settleFailed(logger, error, { ...failed, usages: [...session.usages] }, o.onSettled, req, locals);
+        return null;
+      },
     );
 
   /** A usage the middleware found (or fell back to) for the response, as priced. */
@@ -387,17 +398,17 @@ export function common<Req>(o: MeteringOptionsBase<Req>) {
     return status >= 500 ? session.release("error") : session.commit(pending);
   };
 
+  const logger = findCreditCore(o.credits)?.logger;
   const lease = o.lease;
   if (lease !== undefined && !(lease instanceof CreditLeases))
     throw new ConfigurationError("[credit-management] [metering] `lease` must come from manager.credits.leases().");
-  const fixed = fixedPrice(o, lease);
+  const fixed = fixedPrice(o, lease, logger);
   /** The session of a metered request: from the user's lease block when it covers the estimate, else a hold in the store. */
   const openMeter = (userId: string, options: MeterOptions): Promise<MeterSession> => {
     const leased = lease?.openMeter(userId, options) ?? null;
     return leased !== null ? Promise.resolve(leased) : o.credits.openMeter(userId, options);
   };
 
-  const logger = findCreditCore(o.credits)?.logger;
   /**
    * A metered handler threw (docs/metering.md, "When the handler throws"): logged once, to the
    * manager's logger at `error`; then the answer the request gets instead (500 for an unexpected
@@ -538,7 +549,11 @@ export const isJsonType = (type: string | null | undefined) =>
  * Fixed-price metering (the `price` option), or null without one: what a request costs, the check
  * before the handler runs and the charge after it succeeded (docs/metering.md, "Fixed-price endpoints").
  */
-function fixedPrice<Req>(o: MeteringOptionsBase<Req>, lease: CreditLeases | undefined): FixedPricing<Req> | null {
+function fixedPrice<Req>(
+  o: MeteringOptionsBase<Req>,
+  lease: CreditLeases | undefined,
+  logger: Logger | undefined,
+): FixedPricing<Req> | null {
   const price = o.price;
   if (price === undefined) return null;
   if (typeof price !== "function" && !(Number.isSafeInteger(price) && price >= 0))
@@ -549,7 +564,7 @@ function fixedPrice<Req>(o: MeteringOptionsBase<Req>, lease: CreditLeases | unde
   if (typeof deductCreditsAfterService !== "function" || typeof getUserCreditsInfo !== "function")
     throw new ConfigurationError("[credit-management] [metering] `price` needs `credits` to be manager.credits.");
   const credits = o.credits as FixedCredits;
-  return new FixedPricing(price, credits, lease, o.onSettled);
+  return new FixedPricing(price, credits, lease, o.onSettled, logger);
 }
 
 const checkedCost = (cost: unknown): number => {
@@ -566,6 +581,8 @@ export class FixedPricing<Req> {
     readonly credits: FixedCredits,
     readonly lease: CreditLeases | undefined,
     readonly onSettled: ((outcome: MeterOutcome, request: Req) => void) | undefined,
+    /** The manager's logger: a failed charge is logged to it (`settleFailed`). */
+    readonly logger?: Logger | undefined,
   ) {}
 
   /** The cost of `req`: the price, or what the `price` function answers for it. */
@@ -625,18 +642,21 @@ export class FixedPricing<Req> {
   /**
    * Charges a request that succeeded and was not served from a block: one after-service deduction
    * (the service was delivered, so it is taken into debt when credits ran out meanwhile, up to the
-   * overdraft limit), through the lease when there is one and the request has no key (its block
-   * may cover it by now). A lease closed while the request ran (a shutdown) charges it exactly.
-   * Resolves to the credits charged and the entry, if there is one.
+   * overdraft limit: beyond it, what the limit allows, the rest the `shortfall`, recorded as an
+   * error event in the ledger, as metering with holds does), through the lease when there is one
+   * and the request has no key (its block may cover it by now). A lease closed while the request
+   * ran (a shutdown) charges it exactly. Resolves to the credits charged and the entry, if any.
    */
-  async charge(p: PricedRequest<Req>): Promise<{ charged: number; entry: JournalEntry | null; leased: boolean }> {
+  async charge(
+    p: PricedRequest<Req>,
+  ): Promise<{ charged: number; entry: JournalEntry | null; leased: boolean; shortfall: number }> {
     const { userId, cost, key } = p;
     const reason = p.reason;
     const lease = this.lease;
     if (lease !== undefined && key === undefined && !lease.isClosed) {
       try {
         const c = await lease.charge(userId, cost, { reason, ...p.spend });
-        return { charged: c.amount, entry: c.entry, leased: c.via === "lease" };
+        return { charged: c.amount, entry: c.entry, leased: c.via === "lease", shortfall: 0 };
       } catch (error) {
         // The service was delivered: what the exact path refuses is taken into debt, within the
         // limit, by the after-service deduction below.
@@ -645,8 +665,24 @@ export class FixedPricing<Req> {
     }
     const options: { description: string; idempotencyKey?: string } & MeterSpend = { description: reason, ...p.spend };
     if (key !== undefined) options.idempotencyKey = key;
-    const entry = await this.credits.deductCreditsAfterService(userId, cost, options);
-    return { charged: entry.amount, entry, leased: false };
+    const core = findCreditCore(this.credits);
+    if (core === undefined) {
+      const entry = await this.credits.deductCreditsAfterService(userId, cost, options);
+      return { charged: entry.amount, entry, leased: false, shortfall: 0 };
+    }
+    const entry = await core.chargeUpToLimit(userId, cost, options);
+    const charged = entry?.amount ?? 0;
+    const shortfall = cost - charged;
+    if (shortfall > 0) {
+      await core.ledger
+        ?.logError(
+          "a fixed-price request exceeded the overdraft limit; charged what the limit allows",
+          { requested: cost, charged, shortfall, reason },
+          { userId },
+        )
+        .catch(warnOnFailure(core.logger, "writing a metering shortfall's ledger event"));
+    }
+    return { charged, entry, leased: false, shortfall };
   }
 }
 
@@ -675,7 +711,8 @@ export class PricedRequest<Req = unknown> {
   ) {}
 
   /**
-   * Charges the request: the credits charged, or null (nothing reported) when the charge failed.
+   * Charges the request: the credits charged, or null when the charge failed (the store is down,
+   * …: reported by `settleFailed`, the request served free).
    * From the lease block the check set it aside in when that still serves it, else through
    * `FixedPricing.charge`.
    */
@@ -689,9 +726,11 @@ export class PricedRequest<Req = unknown> {
     }
     try {
       const c = await this.pricing.charge(this);
-      return this.charged(c.charged, c.entry, c.leased);
-    } catch {
-      return null; // the charge failed: nothing reported
+      return this.charged(c.charged, c.entry, c.leased, c.shortfall);
+    } catch (error) {
+      const failed = { userId: this.userId, reservationId: "", estimate: this.cost, usages: [], fixedPrice: true };
+      settleFailed(this.pricing.logger, error, failed, this.pricing.onSettled, this.req, this.locals);
+      return null;
     }
   }
 
@@ -744,7 +783,7 @@ export class PricedRequest<Req = unknown> {
   }
 
   /** A charge made: reported (built only when someone reads it), and the credits returned. */
-  private charged(charged: number, entry: JournalEntry | null, leased: boolean): number {
+  private charged(charged: number, entry: JournalEntry | null, leased: boolean, shortfall = 0): number {
     if (this.locals === undefined && this.pricing.onSettled === undefined) return charged;
     const outcome: MeterOutcome = {
       userId: this.userId,
@@ -757,6 +796,7 @@ export class PricedRequest<Req = unknown> {
       fixedPrice: true,
     };
     if (leased) outcome.leased = true;
+    if (shortfall > 0) outcome.shortfall = shortfall;
     this.report(outcome);
     return charged;
   }
@@ -764,6 +804,55 @@ export class PricedRequest<Req = unknown> {
   private report(outcome: MeterOutcome): void {
     reportTo(this.pricing.onSettled, this.req, outcome, this.locals);
   }
+}
+
+/**
+ * A metered request served whose settle failed (the store down at the charge, …): nothing charged.
+ * Logged at `error` to the manager's logger, published on the metering channel (reason
+ * `settle-failed`, the `credit_management.metering.calls` metric: docs/observability.md) and
+ * reported to `onSettled` as released with `releaseReason: "settle-failed"` and the `error`.
+ */
+function settleFailed<Req>(
+  logger: Logger | undefined,
+  error: unknown,
+  call: Pick<MeterOutcome, "userId" | "reservationId" | "estimate" | "usages" | "fixedPrice">,
+  onSettled: ((outcome: MeterOutcome, request: Req) => void) | undefined,
+  req: Req,
+  locals: Partial<MeteringLocals> | undefined,
+): void {
+  try {
+    logger?.error(
+      { err: error, userId: call.userId, reservationId: call.reservationId, estimate: call.estimate },
+      "credit-management: settling a metered request failed; nothing was charged",
+    );
+  } catch {
+    // the host's logger failing must not change the response
+  }
+  if (meteringChannel.hasSubscribers) {
+    const { userId, reservationId, estimate } = call;
+    const released = call.fixedPrice === true ? 0 : estimate;
+    meteringChannel.publish({
+      userId,
+      reservationId,
+      estimate,
+      outcome: "released",
+      charged: 0,
+      released,
+      reason: "settle-failed",
+      shortfall: 0,
+    });
+  }
+  if (locals === undefined && onSettled === undefined) return;
+  const outcome: MeterOutcome = {
+    ...call,
+    outcome: "released",
+    charged: 0,
+    releaseReason: "settle-failed",
+    entry: null,
+    error,
+  };
+  if (outcome.fixedPrice === undefined) delete outcome.fixedPrice;
+  reportTo(onSettled, req, outcome, locals);
 }
 
 /** Reports a settled request: to `onSettled` (a failing callback changes nothing), and its charge on `res.locals` where there are locals (Express). */

@@ -30,8 +30,13 @@ export interface MeterOutcome {
   outcome: "committed" | "released";
   /** Credits charged (0 when released). */
   charged: number;
-  /** Why the hold was released: the call failed, measured nothing, or its client went away. */
-  releaseReason?: "error" | "no-usage" | "aborted" | (string & {});
+  /**
+   * Why the hold was released: the call failed, measured nothing, or its client went away;
+   * `settle-failed`: the call was served but its charge failed (the store was down, …: `error`).
+   */
+  releaseReason?: "error" | "no-usage" | "aborted" | "settle-failed" | (string & {});
+  /** The error of a settle that failed (`releaseReason: "settle-failed"`): nothing was charged. */
+  error?: unknown;
   /** Everything `recordUsage` recorded, in order, as priced. */
   usages: RecordedUsage[];
   /**

@@ -17,7 +17,7 @@ export function runPlanRevenueContract(getDb: () => DbManager): void {
 
   describe("plans and subscriptions: revenue", () => {
     it("books an addition that only pays debt on its source and plan rows (docs/revenue.md)", async () => {
-      const { credits, subscriptions, clock } = managerServices(db, T + 9000 * DAY);
+      const { credits, subscriptions, clock } = managerServices(db, T + 9000 * DAY, { overdraftLimit: "unlimited" });
       const id = planId();
       await subscriptions.createPlan({
         id,
