@@ -55,6 +55,23 @@ export interface AlertEvent {
   dedupeKey: string;
 }
 
+/**
+ * The stored mark of threshold `id`: an own property of `marks` only. An id is the caller's text
+ * and may be a name `Object.prototype` has (`__proto__`, `constructor`, `toString`): a plain
+ * `marks[id]` would read the prototype's member (docs/customer-state.md, "Alerts").
+ */
+export function markOf(marks: Readonly<Record<string, AlertMark>> | undefined, id: string): AlertMark | undefined {
+  return marks !== undefined && Object.hasOwn(marks, id) ? marks[id] : undefined;
+}
+
+/**
+ * Sets threshold `id`'s mark as an own property, whatever the id (`marks[id] = mark` with an id of
+ * `__proto__` would replace the object's prototype and store nothing).
+ */
+function setMark(marks: Record<string, AlertMark>, id: string, mark: AlertMark): void {
+  Object.defineProperty(marks, id, { value: mark, writable: true, enumerable: true, configurable: true });
+}
+
 /** The thresholds that apply to `account`: its own, else the service's `defaults`. */
 export function thresholdsOf(
   account: Account,
@@ -105,8 +122,8 @@ export function needsCycle(
     (t) => t.kind === "period_spend" && t.window === "subscription_period",
   );
   if (periods.length === 0) return false;
-  const marks = account.alert?.marks ?? {};
-  return recount || account.alert?.cycle === undefined || periods.some((t) => marks[t.id] === undefined);
+  const marks = account.alert?.marks;
+  return recount || account.alert?.cycle === undefined || periods.some((t) => markOf(marks, t.id) === undefined);
 }
 
 /**
@@ -124,7 +141,7 @@ export function countsStarting(
   inputs: AlertInputs,
   recount: boolean,
 ): { thresholds: PeriodSpend[]; from: number } | null {
-  const marks = account.alert?.marks ?? {};
+  const marks = account.alert?.marks;
   const cycle = cycleOf(account, inputs);
   // A cycle read now that is not the stored one (a subscription started, changed its cycle or ended).
   const moved = inputs.cycle !== undefined && !sameCycle(inputs.cycle, account.alert?.cycle);
@@ -132,7 +149,7 @@ export function countsStarting(
   let from = Infinity;
   for (const t of thresholdsOf(account, defaults)) {
     if (t.kind !== "period_spend") continue;
-    if (!recount && marks[t.id] !== undefined && !(moved && t.window === "subscription_period")) continue;
+    if (!recount && markOf(marks, t.id) !== undefined && !(moved && t.window === "subscription_period")) continue;
     const window = spendWindow(t, at, cycle);
     if (window === null) continue;
     thresholds.push(t);
@@ -278,7 +295,7 @@ export function evaluateThresholds(
 ): ThresholdsOutcome {
   if (account.seq === 0) return { events: [], moved: false };
   const list = thresholdsOf(account, defaults);
-  const before = account.alert?.marks ?? {};
+  const before: Readonly<Record<string, AlertMark>> = account.alert?.marks ?? {};
   if (list.length === 0 && Object.keys(before).length === 0) return { events: [], moved: false };
   const at = now.getTime();
   const marks: Record<string, AlertMark> = {};
@@ -287,7 +304,7 @@ export function evaluateThresholds(
   let recorded = account.alert?.recorded ?? 0;
   const cycle = cycleOf(account, inputs);
   for (const t of list) {
-    const mark = before[t.id];
+    const mark = markOf(before, t.id);
     const r = read(t, account, mark, entries, grants, at, inputs);
     const was: AlertStateName = mark?.state ?? "ok";
     const state: AlertStateName = r.alarm ? "in_alarm" : "ok";
@@ -297,7 +314,7 @@ export function evaluateThresholds(
       next.windowStart = r.windowStart ?? null;
       next.spent = r.spent ?? 0;
     }
-    marks[t.id] = next;
+    setMark(marks, t.id, next);
     const about = { thresholdId: t.id, kind: t.kind, value: r.value, line: lineOf(t), crossing: crossings };
     if (was === "ok" && state === "in_alarm") {
       // The key's number counts the account's alert events, so it is never reused (a threshold
@@ -347,7 +364,7 @@ export function hasEndedSpendWindow(
   if (marks === undefined) return false;
   const cycle = account.alert?.cycle ?? null;
   return thresholdsOf(account, defaults).some((t) => {
-    const mark = marks[t.id];
+    const mark = markOf(marks, t.id);
     if (t.kind !== "period_spend" || mark?.state !== "in_alarm") return false;
     return (mark.windowStart ?? null) !== (spendWindow(t, now.getTime(), cycle)?.start ?? null);
   });
@@ -375,12 +392,12 @@ export function expiresBeyondScan(
 ): boolean {
   const next = account.nextExpiryAt;
   if (next === null || account.seq === 0) return false;
-  const marks = account.alert?.marks ?? {};
+  const marks = account.alert?.marks;
   return thresholdsOf(account, defaults).some(
     (t) =>
       t.kind === "expiring" &&
       t.withinDays > scanDays &&
-      marks[t.id]?.state !== "in_alarm" &&
+      markOf(marks, t.id)?.state !== "in_alarm" &&
       next.getTime() <= now.getTime() + t.withinDays * DAY_MS,
   );
 }
@@ -397,8 +414,8 @@ function sameMarks(a: Record<string, AlertMark>, b: Record<string, AlertMark>): 
   const ka = Object.keys(a);
   if (ka.length !== Object.keys(b).length) return false;
   for (const k of ka) {
-    const x = a[k];
-    const y = b[k];
+    const x = markOf(a, k);
+    const y = markOf(b, k);
     if (x === undefined || y === undefined) return false;
     if (x.state !== y.state || x.crossings !== y.crossings) return false;
     if ((x.windowStart ?? null) !== (y.windowStart ?? null) || (x.spent ?? null) !== (y.spent ?? null)) return false;
@@ -429,9 +446,9 @@ export function thresholdStates(
     }));
   }
   const own = account.alert?.thresholds;
-  const marks = account.alert?.marks ?? {};
+  const marks = account.alert?.marks;
   return thresholdsOf(account, defaults).map((t): AlertStatus => {
-    const mark = marks[t.id];
+    const mark = markOf(marks, t.id);
     const r = read(t, account, mark, [], () => grants, now.getTime(), {});
     return {
       threshold: t,
