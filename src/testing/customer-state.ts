@@ -72,6 +72,27 @@ export function runCustomerStateContract(
       expect(state.alerts).toEqual(await notifications.getAlerts(u));
     });
 
+    it("alerts: a read that settles a due expiry answers the alert states of the position it answers; a second read at that seq answers the same", async () => {
+      const low: AlertThreshold = { id: "low", kind: "available", atOrBelow: 100 };
+      const now = () => new Date(clock.now);
+      const credits = new CreditService({ db: getDb(), clock: now, alerts: { alerts: [low] } });
+      const u = user();
+      await credits.addCredits(u, 150, { expiresAt: new Date(clock.now + DAY) });
+      await credits.addCredits(u, 50);
+      clock.now += DAY + 1000; // the 150 has expired: 50 left, under the line
+      try {
+        const first = await credits.getCustomerState(u);
+        expect(first.seq).toBe(3);
+        expect(first.available).toBe(50);
+        expect(first.alerts.find((a) => a.threshold.id === "low")).toMatchObject({ state: "in_alarm", value: 50 });
+        const second = await credits.getCustomerState(u);
+        expect(second.seq).toBe(first.seq);
+        expect({ ...second, readAt: first.readAt }).toEqual(first);
+      } finally {
+        clock.now -= DAY + 1000;
+      }
+    });
+
     it("one snapshot: balance, each feature's grants, figures and decision as check() answers it", async () => {
       const credits = service();
       const u = user();
