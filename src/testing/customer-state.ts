@@ -72,6 +72,35 @@ export function runCustomerStateContract(
       expect(state.alerts).toEqual(await notifications.getAlerts(u));
     });
 
+    it("available is one figure: the state's, getUserCreditsInfo's, the available alert's and the low-credits level's (scoped credits left out)", async () => {
+      const low: AlertThreshold = { id: "low", kind: "available", atOrBelow: 450 };
+      const now = () => new Date(clock.now);
+      const credits = new CreditService({ db: getDb(), clock: now, alerts: { lowCredits: 450, alerts: [low] } });
+      const notifications = new NotificationService({
+        db: getDb(),
+        clock: now,
+        thresholds: { lowCredits: 450 },
+        alerts: [low],
+      });
+      const u = user();
+      await credits.addCredits(u, 500);
+      await credits.addCredits(u, 200, { scope: { features: ["images"] } });
+      await credits.deductCredits(u, 100); // the pool: 400; with the scoped grant, 600 unheld
+      const state = await credits.getCustomerState(u);
+      expect(state.available).toBe(400);
+      expect((await credits.getUserCreditsInfo(u)).available).toBe(400);
+      const alerts = await notifications.getAlerts(u);
+      expect(alerts.map((a) => [a.threshold.id, a.state, a.value])).toEqual([
+        ["low_credits", "in_alarm", 400],
+        ["credits_exhausted", "ok", 400],
+        ["low", "in_alarm", 400],
+      ]);
+      expect(state.alerts).toEqual(alerts);
+      const rows = await notifications.list(u);
+      expect(rows.find((r) => r.type === "low_credits")?.payload).toMatchObject({ available: 400 });
+      expect(rows.find((r) => r.type === "alert_triggered")?.payload).toMatchObject({ thresholdId: "low", value: 400 });
+    });
+
     it("alerts: a read that settles a due expiry answers the alert states of the position it answers; a second read at that seq answers the same", async () => {
       const low: AlertThreshold = { id: "low", kind: "available", atOrBelow: 100 };
       const now = () => new Date(clock.now);

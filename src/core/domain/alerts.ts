@@ -11,7 +11,7 @@ import type {
 } from "../models/index.js";
 import { cycleWindow } from "./limits.js";
 import { isOpenGrant } from "./order.js";
-import { figuresBehind } from "./scope.js";
+import { availableOf, inScope } from "./scope.js";
 import { nextWindowStart, windowStart } from "./usage.js";
 
 /**
@@ -22,6 +22,9 @@ import { nextWindowStart, windowStart } from "./usage.js";
  */
 
 const DAY_MS = 86_400_000;
+
+/** A spend naming no feature nor spender: what `available` is for. */
+const NO_SPEND = { spender: null, feature: null } as const;
 
 type PeriodSpend = Extract<AlertThreshold, { kind: "period_spend" }>;
 
@@ -201,16 +204,133 @@ export function spendOfEntry(t: PeriodSpend, e: JournalEntry, window: SpendWindo
   return sign * e.amount;
 }
 
-/** What is left of the open grants expiring after `now` and within `days` days (holds are not grants' remaining). */
-export function expiringWithin(grants: readonly Grant[], days: number, now: number): number {
-  const until = now + days * DAY_MS;
-  let total = 0;
-  for (const g of grants) {
-    if (!isOpenGrant(g) || g.expiresAt === null) continue;
-    const at = g.expiresAt.getTime();
-    if (at > now && at <= until) total += g.remaining;
+/** What one scope of grants (the unscoped pool, or one scope) holds: given, left. */
+interface ScopeFigures {
+  scope: Grant["scope"];
+  granted: number;
+  remaining: number;
+}
+
+/**
+ * The figures the `left_percent` and `expiring` thresholds of one evaluation read, computed once
+ * per evaluation whatever the number of thresholds (docs/benchmarks.md, "Alerts"): one pass over
+ * the open grants, the first time a threshold asks, giving what each scope of grants was given and
+ * holds, and what expires within each `expiring` threshold's days (each grant counted once, in the
+ * shortest window holding it). An account whose soonest expiry (`nextExpiryAt`) is beyond a
+ * threshold's days has nothing expiring within them: no grant is read for it.
+ */
+class Figures {
+  private scopes: ScopeFigures[] | undefined;
+  /** What expires within each of `windows` (the running total, shortest window first). */
+  private upTo: number[] | undefined;
+  private readonly percents = new Map<string | null, { granted: number; left: number }>();
+
+  constructor(
+    private readonly account: Account,
+    private readonly grants: () => readonly Grant[],
+    private readonly now: number,
+    /** The distinct `expiring` thresholds' windows, in ms, shortest first. */
+    private readonly windows: readonly number[],
+  ) {}
+
+  /** What the usable grants behind the pool (null) or `feature` were given, and hold less the debt. */
+  behind(feature: string | null): { granted: number; left: number } {
+    const known = this.percents.get(feature);
+    if (known !== undefined) return known;
+    this.scan();
+    let granted = 0;
+    let held = 0;
+    const spend = { spender: null, feature };
+    for (const s of this.scopes as ScopeFigures[]) {
+      if (!inScope(s.scope, spend)) continue;
+      granted += s.granted;
+      held += s.remaining;
+    }
+    const out = { granted, left: held - this.account.debt };
+    this.percents.set(feature, out);
+    return out;
   }
-  return total;
+
+  /**
+   * The account's `available` (`availableOf`, ./scope.ts): `balance − reserved`, less the unheld
+   * credits of its scoped grants (read only for an account given one).
+   */
+  available(): number {
+    const unheld = this.account.balance - this.account.reserved;
+    if (this.account.scoped !== true) return unheld;
+    this.scan();
+    let scoped = 0;
+    for (const s of this.scopes as ScopeFigures[]) if (!inScope(s.scope, NO_SPEND)) scoped += s.remaining;
+    return unheld - scoped;
+  }
+
+  /** What is left of the open grants expiring after now and within `days` days. */
+  expiringWithin(days: number): number {
+    const next = this.account.nextExpiryAt;
+    const until = this.now + days * DAY_MS;
+    if (next === null || next.getTime() > until) return 0;
+    this.scan();
+    return (this.upTo as number[])[this.windows.indexOf(days * DAY_MS)] ?? 0;
+  }
+
+  /** The index of the shortest of `windows` holding an expiry at `at` (ms; binary search). */
+  private windowOf(at: number): number {
+    let lo = 0;
+    let hi = this.windows.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (this.now + (this.windows[mid] as number) < at) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
+  }
+
+  /** The one pass over the open grants. */
+  private scan(): void {
+    if (this.scopes !== undefined) return;
+    const groups = new Map<string, ScopeFigures>();
+    const within = new Array<number>(this.windows.length).fill(0);
+    const now = this.now;
+    const horizon = now + (this.windows[this.windows.length - 1] ?? -1);
+    for (const g of this.grants()) {
+      if (!isOpenGrant(g)) continue;
+      const at = g.expiresAt?.getTime() ?? null;
+      if (at !== null && at > now && at <= horizon) {
+        const i = this.windowOf(at);
+        within[i] = (within[i] ?? 0) + g.remaining;
+      }
+      // Usable: not past its expiry (a grant an unsettled read still lists).
+      if (at !== null && at <= now) continue;
+      const key = g.scope == null ? "" : JSON.stringify([g.scope.features ?? null, g.scope.spenders ?? null]);
+      const group = groups.get(key);
+      if (group === undefined) groups.set(key, { scope: g.scope, granted: g.amount, remaining: g.remaining });
+      else {
+        group.granted += g.amount;
+        group.remaining += g.remaining;
+      }
+    }
+    this.scopes = [...groups.values()];
+    let total = 0;
+    this.upTo = within.map((n) => (total += n));
+  }
+}
+
+/** The figures of one evaluation of `list` on `account` at `now` (`Figures`). */
+function figuresOf(
+  account: Account,
+  grants: () => readonly Grant[],
+  now: number,
+  list: readonly AlertThreshold[],
+): Figures {
+  const windows = new Set<number>();
+  for (const t of list) if (t.kind === "expiring") windows.add(t.withinDays * DAY_MS);
+  let memo: readonly Grant[] | undefined;
+  return new Figures(
+    account,
+    () => (memo ??= grants()),
+    now,
+    [...windows].sort((a, b) => a - b),
+  );
 }
 
 /** A threshold's value and whether it is on the alarm side; the window and its count for `period_spend`. */
@@ -227,13 +347,8 @@ interface Reading {
  * ./scope.ts); 0 when nothing open is behind it (nothing is left). Compared in whole numbers:
  * left / granted <= atOrBelow / 100, the line included.
  */
-function leftPercent(
-  t: Extract<AlertThreshold, { kind: "left_percent" }>,
-  account: Account,
-  grants: readonly Grant[],
-  now: number,
-): Reading {
-  const f = figuresBehind(grants, { spender: null, feature: t.feature ?? null }, account.debt, new Date(now));
+function leftPercent(t: Extract<AlertThreshold, { kind: "left_percent" }>, figures: Figures): Reading {
+  const f = figures.behind(t.feature ?? null);
   if (f.granted <= 0) return { value: 0, alarm: true };
   return { value: (f.left * 100) / f.granted, alarm: f.left * 100 <= t.atOrBelow * f.granted };
 }
@@ -244,16 +359,17 @@ function read(
   account: Account,
   mark: AlertMark | undefined,
   entries: readonly JournalEntry[],
-  grants: () => readonly Grant[],
+  figures: Figures,
   now: number,
   inputs: AlertInputs,
 ): Reading {
-  const available = account.balance - account.reserved;
   switch (t.kind) {
-    case "available":
+    case "available": {
+      const available = figures.available();
       return { value: available, alarm: available <= t.atOrBelow };
+    }
     case "left_percent":
-      return leftPercent(t, account, grants(), now);
+      return leftPercent(t, figures);
     case "period_spend": {
       const window = spendWindow(t, now, cycleOf(account, inputs));
       // No subscription to count in: no value, never in alarm.
@@ -264,7 +380,7 @@ function read(
       return { value: spent, alarm: spent >= t.atOrAbove, windowStart: window.start, spent };
     }
     case "expiring": {
-      const left = expiringWithin(grants(), t.withinDays, now);
+      const left = figures.expiringWithin(t.withinDays);
       return { value: left, alarm: left >= t.atOrAbove };
     }
   }
@@ -303,9 +419,10 @@ export function evaluateThresholds(
   const resolved: Record<string, unknown>[] = [];
   let recorded = account.alert?.recorded ?? 0;
   const cycle = cycleOf(account, inputs);
+  const figures = figuresOf(account, grants, at, list);
   for (const t of list) {
     const mark = markOf(before, t.id);
-    const r = read(t, account, mark, entries, grants, at, inputs);
+    const r = read(t, account, mark, entries, figures, at, inputs);
     const was: AlertStateName = mark?.state ?? "ok";
     const state: AlertStateName = r.alarm ? "in_alarm" : "ok";
     const crossings = (mark?.crossings ?? 0) + (was === "ok" && state === "in_alarm" ? 1 : 0);
@@ -447,9 +564,11 @@ export function thresholdStates(
   }
   const own = account.alert?.thresholds;
   const marks = account.alert?.marks;
-  return thresholdsOf(account, defaults).map((t): AlertStatus => {
+  const list = thresholdsOf(account, defaults);
+  const figures = figuresOf(account, () => grants, now.getTime(), list);
+  return list.map((t): AlertStatus => {
     const mark = markOf(marks, t.id);
-    const r = read(t, account, mark, [], () => grants, now.getTime(), {});
+    const r = read(t, account, mark, [], figures, now.getTime(), {});
     return {
       threshold: t,
       state: mark?.state ?? "ok",
@@ -466,9 +585,14 @@ export function thresholdStates(
  * `line` (listed when `line` is above 0) and `credits_exhausted` at or below 0, in alarm as the
  * account's stored level says.
  */
-export function builtInStates(account: Account | null, line: number): AlertStatus[] {
+export function builtInStates(
+  account: Account | null,
+  line: number,
+  grants: readonly Grant[],
+  now: Date,
+): AlertStatus[] {
   const level = account?.alert?.level ?? null;
-  const value = account === null || account.seq === 0 ? null : account.balance - account.reserved;
+  const value = account === null || account.seq === 0 ? null : availableOf(account, () => grants, now);
   const status = (id: string, atOrBelow: number, alarm: boolean): AlertStatus => ({
     threshold: { id, kind: "available", atOrBelow },
     state: alarm ? "in_alarm" : "ok",
