@@ -6,6 +6,7 @@ import {
   InMemoryDbManager,
   InMemoryNotificationQueue,
   ValidationError,
+  alertStates,
   createCreditManager,
   type NotificationMessage,
 } from "../src/index.js";
@@ -232,6 +233,22 @@ describe("NotificationService details", () => {
     await expect(bare.notifications.setAlerts("w", [low])).rejects.toBeInstanceOf(ConfigurationError);
     expect(await bare.notifications.getAlerts("w")).toEqual([]);
     await bare.close();
+  });
+
+  it("the dispatcher's message carries the row's dedupeKey (null without one); alertStates is the root's, getAlerts' answer", async () => {
+    const queue = new InMemoryNotificationQueue();
+    const low = { id: "low", kind: "available", atOrBelow: 100 } as const;
+    const m = await createCreditManager({ db: new InMemoryDbManager(), queue, notifications: { alerts: [low] } });
+    await m.credits.addCredits("k", 50); // low: triggered
+    await m.notifications.emit("k", { type: "subscription_renewed" });
+    await m.notifications.dispatchPending();
+    const messages = queue.of("k");
+    expect(messages.find((x) => x.type === "alert_triggered")?.dedupeKey).toBe("alert_triggered:low:1");
+    expect(messages.find((x) => x.type === "subscription_renewed")?.dedupeKey).toBeNull();
+    const account = await m.db.getAccount("k");
+    const grants = await m.db.listGrants("k");
+    expect(alertStates(account, grants, { alerts: [low] }, new Date())).toEqual(await m.notifications.getAlerts("k"));
+    await m.close();
   });
 
   it("evaluateAlerts saves the account only when its alert state moved: a spend window that ended moves it without an event", async () => {

@@ -274,8 +274,8 @@ export class NotificationService {
     const spec = parse(NullableThresholds, thresholds, "thresholds");
     const override: AlertState["override"] =
       spec === null ? null : { lowCredits: spec.lowCredits ?? null, lowCreditsPercent: spec.lowCreditsPercent ?? null };
-    await saveAccountOnly(this.db, user, this.clock, (account, now) =>
-      withOverride(account, override, this.thresholds, now),
+    await saveAccountOnly(this.db, user, this.clock, (account, now, grants) =>
+      withOverride(account, override, this.thresholds, now, grants),
     );
   }
 
@@ -651,6 +651,7 @@ export class NotificationService {
       payload: row.payload,
       createdAt: row.createdAt.toISOString(),
       attempt,
+      dedupeKey: row.dedupeKey,
     };
     let update: NotificationUpdate;
     let outcome: "sent" | "retried" | "failed";
