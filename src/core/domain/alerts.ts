@@ -343,9 +343,10 @@ interface Reading {
 
 /**
  * `left_percent`'s value: what is left of the open grants behind the pool (or `feature`) as a
- * percentage of what they were given, by the customer state's figures (`figuresBehind`,
- * ./scope.ts); 0 when nothing open is behind it (nothing is left). Compared in whole numbers:
- * left / granted <= atOrBelow / 100, the line included.
+ * percentage of what they were given: the customer state's figures (`figuresBehind`, ./scope.ts),
+ * summed per scope of grants (`Figures`); 0 when nothing open is behind it (nothing is left). The
+ * exact share, not rounded; compared in whole numbers: left × 100 <= atOrBelow × granted, the line
+ * included.
  */
 function leftPercent(t: Extract<AlertThreshold, { kind: "left_percent" }>, figures: Figures): Reading {
   const f = figures.behind(t.feature ?? null);
