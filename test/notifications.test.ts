@@ -235,6 +235,22 @@ describe("NotificationService details", () => {
     await bare.close();
   });
 
+  it("evaluateAlerts on an account nobody has touched opens none, trial credits or not", async () => {
+    const db = new InMemoryDbManager();
+    const m = await createCreditManager({
+      db,
+      trial: { amount: 50 },
+      notifications: { alerts: [{ id: "low", kind: "available", atOrBelow: 100 }] },
+    });
+    expect(await m.notifications.evaluateAlerts("nobody")).toMatchObject([
+      { threshold: { id: "credits_exhausted" }, value: null },
+      { threshold: { id: "low" }, value: null },
+    ]);
+    expect(await db.getAccount("nobody")).toBeNull();
+    expect(await m.notifications.list("nobody")).toEqual([]);
+    await m.close();
+  });
+
   it("the dispatcher's message carries the row's dedupeKey (null without one); alertStates is the root's, getAlerts' answer", async () => {
     const queue = new InMemoryNotificationQueue();
     const low = { id: "low", kind: "available", atOrBelow: 100 } as const;

@@ -236,7 +236,8 @@ export class NotificationService {
    */
   private evaluator(credits: CoreCreditService | undefined): UnitRunner {
     const alerts = this.thresholds;
-    if (credits !== undefined) return new UnitRunner({ ...creditCore(credits).units.config, alerts });
+    // No trial: an evaluation opens no account (one never changed is left alone).
+    if (credits !== undefined) return new UnitRunner({ ...creditCore(credits).units.config, alerts, trial: undefined });
     return new UnitRunner({
       db: this.db,
       ledger: undefined,
