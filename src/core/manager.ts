@@ -199,6 +199,7 @@ export async function openCore<C extends CoreCreditService>(
     leaseMs: n?.leaseMs,
     publishTimeoutMs: n?.publishTimeoutMs,
     recording: alertsOn,
+    credits,
   });
   const expiration = new ExpirationService({
     db,

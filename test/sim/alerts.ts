@@ -223,7 +223,8 @@ export class AlertsModel {
   private read(a: Account, t: AlertThreshold, m: CreditModel, now: number): number {
     switch (t.kind) {
       case "available":
-        return m.balance - m.reserved;
+        // What a spend naming no feature may use: less the unheld credits of scoped grants.
+        return m.available;
       case "period_spend": {
         if (t.window !== "day" || (t.timeZone ?? "UTC") !== "UTC") this.fail("the model knows UTC days only");
         const start = Math.floor(now / DAY) * DAY;
