@@ -13,6 +13,7 @@ import type {
   LimitCycle,
   Reservation,
   SpendLimit,
+  TakeBack,
 } from "../models/index.js";
 import { checkpointMetadata, snapshotOf } from "./checkpoint.js";
 import { hashNewEntry } from "./hash.js";
@@ -39,6 +40,11 @@ export interface EntryMeta {
   occurredAt?: Date | undefined;
   /** A `reverse` entry's charge (docs/concepts.md, "Giving a charge back"). */
   reverses?: string | undefined;
+  /**
+   * What a take-back entry takes credits back for (`JournalEntry.takeBack`): set by the module that
+   * takes them back (payments), never from a caller's options.
+   */
+  takeBack?: TakeBack | undefined;
 }
 
 export interface NewGrant {
@@ -887,6 +893,9 @@ export class AccountWork {
       createdAt: this.now,
       prevHash: a.lastHash,
       hash: "",
+      takeBack: meta.takeBack ?? null,
+      // The current hash input (canonicalEntry, src/core/domain/hash.ts).
+      hashVersion: 2,
     };
     const { hash, canonical } = hashNewEntry(entry);
     entry.hash = hash;

@@ -7,7 +7,8 @@ import type { JournalEntry } from "../models/index.js";
  * object of every field but `hash`, in a fixed key order, with metadata keys sorted, dates as ISO
  * strings. Stable across backends and key reorderings (PostgreSQL's JSONB reorders keys). The fields
  * most entries leave empty appear only when set: a grant part's `kind`, `spender` and `feature` (the
- * pair, when either is), `costBasis`, `source`, `reverses`, `occurredAt`. Built by hand: it is on every write's
+ * pair, when either is), `costBasis`, `source`, `reverses`, `occurredAt`, and from hash version 2
+ * (`hashVersion: 2`, every entry written since schema version 2) `takeBack`. Built by hand: it is on every write's
  * path, and the ledger file reuses it as the line's `details` (see `ledgerLineOf`).
  */
 export function canonicalEntry(entry: Omit<JournalEntry, "hash">): string {
@@ -35,13 +36,22 @@ function setFields(entry: Omit<JournalEntry, "hash">): string {
   const source = entry.source ?? null;
   const reverses = entry.reverses ?? null;
   const occurredAt = entry.occurredAt ?? null;
+  // Hash version 1 (null or absent: entries written at schema version 1) has none of the later fields.
+  const later = entry.hashVersion == null || entry.hashVersion === 1 ? "" : laterFields(entry);
   return (
     (spender === null && feature === null ? "" : `"spender":${str(spender)},"feature":${str(feature)},`) +
     (basis === null ? "" : `"costBasis":{"perCredit":${quote(basis.perCredit)},"currency":${quote(basis.currency)}},`) +
     (source === null ? "" : `"source":${quote(source)},`) +
     (reverses === null ? "" : `"reverses":${quote(reverses)},`) +
-    (occurredAt === null ? "" : `"occurredAt":"${occurredAt.toISOString()}",`)
+    (occurredAt === null ? "" : `"occurredAt":"${occurredAt.toISOString()}",`) +
+    later
   );
+}
+
+/** The fields hash version 2 added to the input, each only when set and followed by a comma. */
+function laterFields(entry: Omit<JournalEntry, "hash">): string {
+  const takeBack = entry.takeBack ?? null;
+  return takeBack === null ? "" : `"takeBack":"${takeBack}",`;
 }
 
 /**

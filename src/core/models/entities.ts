@@ -48,6 +48,17 @@ export const EntryType = z.enum([
 ]);
 export type EntryType = z.infer<typeof EntryType>;
 
+/**
+ * What a take-back entry takes credits back for (docs/promos-and-payments.md, "Refunds and
+ * disputes"): a refunded payment (`refund`) or a lost dispute (`clawback`). Set only by the library
+ * (the payments module, when it takes a payment's credits back), never from a caller's input.
+ */
+export const TakeBack = z.enum(["refund", "clawback"]);
+export type TakeBack = z.infer<typeof TakeBack>;
+
+/** A journal entry's hash version (`JournalEntry.hashVersion`): 1 or 2. */
+export const HashVersion = z.number().check(z.int(), z.minimum(1), z.maximum(2));
+
 /** One account per user, created on first use. `available = balance - reserved`. */
 export const Account = z.object({
   userId: UserId,
@@ -209,6 +220,19 @@ export const JournalEntry = z.object({
   createdAt: z.date(),
   prevHash: z.nullable(z.string()),
   hash: z.string(),
+  /**
+   * A take-back's reason (`TakeBack`): set by the library on the deductions and voids that take a
+   * refunded payment's or a lost dispute's credits back; null or absent on every other entry, whatever
+   * its metadata or description say. Usage reports, revenue and `reverseCharge` read it. Covered by
+   * the hash when set (entries of hash version 2).
+   */
+  takeBack: z.optional(z.nullable(TakeBack)),
+  /**
+   * What the hash covers (docs/concepts.md, "The journal"): 2 on every entry written since schema
+   * version 2; null or absent (version 1) on the entries written before, whose hash leaves out the
+   * fields version 2 added.
+   */
+  hashVersion: z.optional(z.nullable(HashVersion)),
 });
 export type JournalEntry = z.infer<typeof JournalEntry>;
 
