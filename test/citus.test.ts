@@ -251,7 +251,7 @@ describe.skipIf(!url)("a store on Citus: init() distributes it (docs/scaling-out
         // What version 1 read as a refund (its metadata), then the store made a version 1 one.
         await old.deductCredits("old-user", 1, { metadata: { paymentId: "p-1", refundedAmount: 1 } });
         await first.close();
-        for (const c of ["take_back", "hash_version"])
+        for (const c of ["take_back", "hash_version", "key_id", "scope"])
           await admin.query(`ALTER TABLE "${schema}".journal_entries DROP COLUMN ${c}`);
         await admin.query(`UPDATE "${schema}".schema_version SET version = 1`);
         setNextVersion(v2);

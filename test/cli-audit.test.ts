@@ -9,7 +9,7 @@ import { SqliteDbManager } from "../src/db/sqlite/index.js";
 import type { DbManager } from "../src/core/db/types.js";
 import { createCreditManager, InMemoryDbManager, type CreditManager } from "../src/index.js";
 import type { JournalEntry } from "../src/core/models/index.js";
-import { generateSql } from "../src/schema/public.js";
+import { SCHEMA_VERSION, generateSql } from "../src/schema/public.js";
 import pg from "pg";
 
 const dir = mkdtempSync(join(tmpdir(), "cm-audit-"));
@@ -331,10 +331,10 @@ describe("credit-management audit on SQLite (--sqlite, CREDIT_SQLITE_PATH): an e
     expect(f.stderr).toMatch(/is not a credit-management store/);
 
     // A store at another schema version (here a newer one) is refused and left as it is.
-    const newer = join(dir, "v2.db");
+    const newer = join(dir, "next.db");
     const v2 = new Database(newer);
     v2.exec(generateSql({ dialect: "sqlite" }));
-    v2.exec("UPDATE schema_version SET version = 2;");
+    v2.exec(`UPDATE schema_version SET version = ${SCHEMA_VERSION + 1};`);
     const tables = () =>
       (v2.prepare("SELECT name, sql FROM sqlite_master ORDER BY name").all() as { name: string; sql: string }[]).map(
         (t) => `${t.name}: ${t.sql}`,
@@ -343,9 +343,11 @@ describe("credit-management audit on SQLite (--sqlite, CREDIT_SQLITE_PATH): an e
     v2.close();
     const o = await cli(["audit", "--all", "--sqlite", newer]);
     expect(o.code).toBe(2);
-    expect(o.stderr).toMatch(/at schema version 2, this release reads 1: upgrade credit-management/);
+    expect(o.stderr).toContain(
+      `at schema version ${SCHEMA_VERSION + 1}, this release reads ${SCHEMA_VERSION}: upgrade credit-management`,
+    );
     const after = new Database(newer);
-    expect(after.prepare("SELECT version FROM schema_version").get()).toEqual({ version: 2 });
+    expect(after.prepare("SELECT version FROM schema_version").get()).toEqual({ version: SCHEMA_VERSION + 1 });
     expect(
       (after.prepare("SELECT name, sql FROM sqlite_master ORDER BY name").all() as { name: string; sql: string }[]).map(
         (t) => `${t.name}: ${t.sql}`,

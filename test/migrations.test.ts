@@ -37,7 +37,7 @@ const at = SCHEMA_VERSION;
 describe("schema upgrades: the statements", () => {
   afterEach(() => setNextVersion(null));
 
-  it("version 2: the journal's take_back and hash_version, take_back set by version 1's rule; nothing to upgrade at 2", () => {
+  it("version 2: the journal's take_back, hash_version, key_id and scope, take_back set by version 1's rule; nothing to upgrade at 2", () => {
     expect(SCHEMA_VERSION).toBe(2);
     for (const dialect of ["postgres", "mysql", "sqlite"] as const)
       expect(upgradeStatements({ dialect, fromVersion: 2 })).toEqual([]);
@@ -45,12 +45,14 @@ describe("schema upgrades: the statements", () => {
       `INSERT INTO "schema_version" (component, version) VALUES ('credit-management', 2)`,
     );
     const statements = upgradeStatements({ dialect: "postgres", fromVersion: 1, schema: "billing" });
-    expect(statements.slice(0, 2)).toEqual([
+    expect(statements.slice(0, 4)).toEqual([
       `ALTER TABLE "billing"."journal_entries" ADD COLUMN IF NOT EXISTS "take_back" TEXT COLLATE "C" CHECK ("take_back" IN ('refund', 'clawback'));`,
       `ALTER TABLE "billing"."journal_entries" ADD COLUMN IF NOT EXISTS "hash_version" BIGINT CHECK ("hash_version" BETWEEN 1 AND 2);`,
+      expect.stringMatching(/^ALTER TABLE "billing"\."journal_entries" ADD COLUMN IF NOT EXISTS "key_id" TEXT/),
+      `ALTER TABLE "billing"."journal_entries" ADD COLUMN IF NOT EXISTS "scope" JSONB;`,
     ]);
     // Only the entries that have none yet: it can run again.
-    expect(statements[2]).toMatch(
+    expect(statements[4]).toMatch(
       /^UPDATE "billing"\."journal_entries" AS j SET "take_back" = CASE WHEN .* 'Lost dispute' THEN 'clawback' WHEN .* THEN 'refund' END WHERE j\."take_back" IS NULL AND j\.type IN \('deduct', 'commit_reserved', 'void'\) AND .*'paymentId'.*'refundedAmount'.*;$/,
     );
     for (const dialect of ["mysql", "sqlite"] as const)
@@ -71,7 +73,16 @@ describe("schema upgrades: the statements", () => {
     // PostgreSQL and SQLite get a new index from the DDL that follows the steps; MySQL here.
     expect(statements).toHaveLength(4);
     // On Citus, the check's drop and its new definition are two statements.
-    expect(upgradeStatements({ dialect: "postgres", fromVersion: at, distributed: true }).slice(3)).toEqual([
+    // A column with a check: added, then its check named as PostgreSQL names an inline one (Citus
+    // adds no column with a constraint in one command).
+    const citus = upgradeStatements({ dialect: "postgres", fromVersion: at, distributed: true });
+    expect(citus.slice(0, 4)).toEqual([
+      'ALTER TABLE "grants" ADD COLUMN IF NOT EXISTS "expired_amount" BIGINT NOT NULL DEFAULT 0;',
+      'ALTER TABLE "grants" DROP CONSTRAINT IF EXISTS "grants_expired_amount_check";',
+      'ALTER TABLE "grants" ADD CONSTRAINT "grants_expired_amount_check" CHECK ("expired_amount" BETWEEN 0 AND 9007199254740991);',
+      'ALTER TABLE "grants" ALTER COLUMN "expired_amount" DROP DEFAULT;',
+    ]);
+    expect(citus.slice(-2)).toEqual([
       'ALTER TABLE "notifications" DROP CONSTRAINT IF EXISTS "notifications_type_check";',
       expect.stringMatching(/^ALTER TABLE "notifications" ADD CONSTRAINT "notifications_type_check" CHECK/),
     ]);

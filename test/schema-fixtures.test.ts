@@ -111,7 +111,8 @@ describe("the schema of each released version (test/fixtures/schema)", () => {
       const filename = join(tmp, `v${version}.sqlite`);
       copyFileSync(join(dir, "store.sqlite"), filename);
       const db = new SqliteDbManager({ filename });
-      const m = await createCreditManager({ db });
+      // With a keyed chain (docs/concepts.md, "A keyed chain"): the old entries keep their unkeyed hashes.
+      const m = await createCreditManager({ db, journalKeys: { current: "k1", keys: { k1: "k".repeat(32) } } });
       try {
         expect((await db.ping()).schemaVersion).toBe(SCHEMA_VERSION);
         expect(Object.keys(expected.accounts).sort()).toEqual([...ACCOUNTS].sort());
@@ -128,7 +129,7 @@ describe("the schema of each released version (test/fixtures/schema)", () => {
         // The modules' rows are there too, and the store takes new work on the old journal.
         expect((await m.subscriptions.getPlan("pro")).creditsPerPeriod).toBe(500);
         expect(await db.listPromoClaims("carol")).toHaveLength(1);
-        await m.credits.deductCredits("alice", 10, { feature: "chat" });
+        expect((await m.credits.deductCredits("alice", 10, { feature: "chat" })).keyId).toBe("k1");
         expect((await m.credits.getUserCreditsInfo("alice")).balance).toBe(expected.accounts.alice!.balance - 10);
         expect((await m.credits.audit("alice")).ok).toBe(true);
       } finally {

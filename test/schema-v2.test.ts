@@ -2,8 +2,8 @@
 // by init() on SQLite, PostgreSQL and MongoDB, and keeps what version 1 read its entries as: a
 // deduction or void with a payment's take-back metadata (`paymentId`, `refundedAmount`) was a refund
 // (a clawback when described "Lost dispute …"), and stays one, recorded in `takeBack`; the entries
-// keep their version 1 hashes (no `hashVersion`) and audit clean. After the upgrade, a caller's
-// entry with the same metadata is spend.
+// keep their version 1 hashes (no `hashVersion`, no key) and audit clean under a keyed manager. After
+// the upgrade, a caller's entry with the same metadata is spend, and new entries are signed.
 import { randomUUID } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -23,7 +23,7 @@ const PG_URL = process.env.CREDIT_PG_URL;
 const MONGO_URI = process.env.CREDIT_MONGO_URI;
 
 /** The journal columns version 2 added (dropped again to make a version 1 store). */
-const V2_COLUMNS = ["take_back", "hash_version"];
+const V2_COLUMNS = ["take_back", "hash_version", "key_id", "scope"];
 
 type Store = SqliteDbManager | PostgresDbManager | MongoDbManager;
 
@@ -55,7 +55,8 @@ async function checkUpgraded(db: Store, u: string): Promise<void> {
   await db.init();
   try {
     expect((await db.ping()).schemaVersion).toBe(SCHEMA_VERSION);
-    const credits = new CreditService({ db });
+    // A keyed manager: the old entries keep their unkeyed version 1 hashes, new ones are signed.
+    const credits = new CreditService({ db, journalKeys: { current: "k1", keys: { k1: "k".repeat(32) } } });
     const journal = (await credits.getCreditHistory(u, { limit: 100 })).items.reverse();
     expect(journal.map((e) => [e.type, e.amount, e.takeBack ?? null, e.hashVersion ?? null])).toEqual([
       ["add", 200, null, null],
@@ -76,7 +77,7 @@ async function checkUpgraded(db: Store, u: string): Promise<void> {
     ]);
     // Written now, the same metadata and description make no take-back.
     const now = await credits.deductCredits(u, 7, { description: "Lost dispute of payment pay-3", metadata: take });
-    expect(now).toMatchObject({ takeBack: null, hashVersion: 2 });
+    expect(now).toMatchObject({ takeBack: null, hashVersion: 2, keyId: "k1" });
     expect(await kinds()).toEqual([
       ["spend", 32],
       ["refund", 30],
@@ -139,7 +140,9 @@ describe("a store version 1 wrote, upgraded to version 2 by init()", () => {
       await db
         .collection("cm_schema_version")
         .updateOne({ _id: "credit-management" as never }, { $set: { version: 1 } });
-      await db.collection("cm_journal").updateMany({}, { $unset: { takeBack: "", hashVersion: "" } });
+      await db
+        .collection("cm_journal")
+        .updateMany({}, { $unset: { takeBack: "", hashVersion: "", keyId: "", scope: "" } });
       await checkUpgraded(open(), u);
     } finally {
       await db.dropDatabase().catch(() => undefined);

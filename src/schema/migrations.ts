@@ -92,11 +92,13 @@ export const MIGRATIONS: readonly Migration[] = [
   {
     to: 2,
     summary:
-      "journal entries record what a take-back is (take_back, set from version 1's rule on the entries there are), the hash version and key id",
+      "journal entries record what a take-back is (take_back, set from version 1's rule on the entries there are), the hash version, the key id of a keyed chain and an addition's scope",
     // hash_version stays NULL on the entries there are: their hash is version 1's (docs/concepts.md).
     columns: [
       { table: "journal", field: "takeBack" },
       { table: "journal", field: "hashVersion" },
+      { table: "journal", field: "keyId" },
+      { table: "journal", field: "scope" },
     ],
     statements: (dialect, _naming, tables) => [v1TakeBacks(dialect, tables.get("journal") as SqlTable)],
   },

@@ -8,7 +8,7 @@ import type { JournalEntry } from "../models/index.js";
  * strings. Stable across backends and key reorderings (PostgreSQL's JSONB reorders keys). The fields
  * most entries leave empty appear only when set: a grant part's `kind`, `spender` and `feature` (the
  * pair, when either is), `costBasis`, `source`, `reverses`, `occurredAt`, and from hash version 2
- * (`hashVersion: 2`, every entry written since schema version 2) `takeBack`. Built by hand: it is on every write's
+ * (`hashVersion: 2`, every entry written since schema version 2) `takeBack`, `scope` and `keyId`. Built by hand: it is on every write's
  * path, and the ledger file reuses it as the line's `details` (see `ledgerLineOf`).
  */
 export function canonicalEntry(entry: Omit<JournalEntry, "hash">): string {
@@ -51,7 +51,13 @@ function setFields(entry: Omit<JournalEntry, "hash">): string {
 /** The fields hash version 2 added to the input, each only when set and followed by a comma. */
 function laterFields(entry: Omit<JournalEntry, "hash">): string {
   const takeBack = entry.takeBack ?? null;
-  return takeBack === null ? "" : `"takeBack":"${takeBack}",`;
+  const scope = entry.scope ?? null;
+  const keyId = entry.keyId ?? null;
+  return (
+    (takeBack === null ? "" : `"takeBack":"${takeBack}",`) +
+    (scope === null ? "" : `"scope":${stringify(scope) ?? "null"},`) +
+    (keyId === null ? "" : `"keyId":${quote(keyId)},`)
+  );
 }
 
 /**
@@ -115,9 +121,31 @@ const sha256: (data: string, encoding: "hex" | "base64url") => string =
     ? (data, encoding) => crypto.hash("sha256", data, encoding)
     : (data, encoding) => crypto.createHash("sha256").update(data).digest(encoding);
 
-/** sha256(prevHash ‖ "\n" ‖ canonical entry), hex: what an entry's `hash` must be. */
-export function hashEntry(entry: Omit<JournalEntry, "hash">): string {
-  return hashNewEntry(entry).hash;
+/**
+ * The keys of a keyed chain by id (docs/concepts.md, "A keyed chain"): what verifies an entry whose
+ * `keyId` is set.
+ */
+export type JournalKeys = ReadonlyMap<string, Uint8Array>;
+
+/** A keyed entry whose key is not among those given (`hashEntry`). */
+export class MissingJournalKeyError extends Error {
+  constructor(readonly keyId: string) {
+    super(`the journal key ${JSON.stringify(keyId)} is not among the keys given`);
+    this.name = "MissingJournalKeyError";
+  }
+}
+
+/**
+ * What an entry's `hash` must be: sha256(prevHash ‖ "\n" ‖ canonical entry), hex; for a keyed entry
+ * (`keyId` set), HMAC-SHA256 of the same text under the key of that id in `keys` — none there: a
+ * `MissingJournalKeyError`.
+ */
+export function hashEntry(entry: Omit<JournalEntry, "hash">, keys?: JournalKeys): string {
+  const keyId = entry.keyId ?? null;
+  if (keyId === null) return hashNewEntry(entry).hash;
+  const key = keys?.get(keyId);
+  if (key === undefined) throw new MissingJournalKeyError(keyId);
+  return hashNewEntry(entry, key).hash;
 }
 
 /**
@@ -125,11 +153,12 @@ export function hashEntry(entry: Omit<JournalEntry, "hash">): string {
  * write path that needs both. The hashed text (prevHash, newline, canonical entry) is built as one
  * string; hashing flattens it, and the canonical text is a slice of it (no copy), which the ledger
  * line slices again. Building the canonical text first and prefixing it would flatten it twice.
+ * With `key` (the entry's `keyId` set), HMAC-SHA256 under it instead of SHA-256.
  */
-export function hashNewEntry(entry: Omit<JournalEntry, "hash">): { hash: string; canonical: string } {
+export function hashNewEntry(entry: Omit<JournalEntry, "hash">, key?: Uint8Array): { hash: string; canonical: string } {
   const prefix = entry.prevHash === null ? "\n" : `${entry.prevHash}\n`;
   const text = prefix + canonicalEntry(entry);
-  const hash = sha256(text, "hex");
+  const hash = key === undefined ? sha256(text, "hex") : crypto.createHmac("sha256", key).update(text).digest("hex");
   return { hash, canonical: text.slice(prefix.length) };
 }
 

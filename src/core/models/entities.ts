@@ -56,6 +56,14 @@ export type EntryType = z.infer<typeof EntryType>;
 export const TakeBack = z.enum(["refund", "clawback"]);
 export type TakeBack = z.infer<typeof TakeBack>;
 
+/**
+ * The id of a key of the journal's hash chain (docs/concepts.md, "A keyed chain"): letters, digits,
+ * `.`, `_` and `-`, 1 to 64 characters. Stored in each entry the key signs; the key is not.
+ */
+export const JournalKeyId = z
+  .string()
+  .check(z.regex(/^[A-Za-z0-9._-]{1,64}$/, { error: "a key id is 1 to 64 letters, digits, '.', '_' or '-'" }));
+
 /** A journal entry's hash version (`JournalEntry.hashVersion`): 1 or 2. */
 export const HashVersion = z.number().check(z.int(), z.minimum(1), z.maximum(2));
 
@@ -233,6 +241,17 @@ export const JournalEntry = z.object({
    * fields version 2 added.
    */
   hashVersion: z.optional(z.nullable(HashVersion)),
+  /**
+   * The key whose HMAC-SHA256 the entry's hash is (docs/concepts.md, "A keyed chain"); null or
+   * absent: plain SHA-256. Covered by the hash when set.
+   */
+  keyId: z.optional(z.nullable(JournalKeyId)),
+  /**
+   * An `add` entry's scope: the `scope` of the grant it adds (docs/teams-and-limits.md, "Scoped
+   * credits"); null or absent on every other entry. Covered by the hash when set (hash version 2),
+   * and `audit()` checks the stored grant's scope against it.
+   */
+  scope: z.optional(z.nullable(GrantScope)),
 });
 export type JournalEntry = z.infer<typeof JournalEntry>;
 

@@ -176,9 +176,9 @@ export const MONGO_MIGRATIONS: readonly MongoMigration[] = [
   {
     to: 2,
     summary:
-      "journal entries record what a take-back is (takeBack, set from version 1's rule on the entries stored before), the hash version and key id",
+      "journal entries record what a take-back is (takeBack, set from version 1's rule on the entries stored before), the hash version, the key id of a keyed chain and an addition's scope",
     dropIndexes: [],
-    // The documents version 1 wrote lack hashVersion (read as 1) and keyId (none).
+    // The documents version 1 wrote lack hashVersion (version 1), keyId (unkeyed) and scope (none recorded).
     fill: V1_TAKE_BACK.map((c) => ({
       collection: "journal" as const,
       field: "takeBack",

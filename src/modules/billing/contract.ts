@@ -7,7 +7,7 @@ import { randomUUID } from "node:crypto";
 import { describe, expect, it } from "../../core/testing/runner.js";
 import type { DbManager } from "../../core/db/types.js";
 import type { BillingDb } from "./store.js";
-import { ConflictError, PaymentProviderError, PromoNotEligibleError } from "../../core/errors.js";
+import { ConflictError, PaymentProviderError, PromoNotEligibleError, RuleViolationError } from "../../core/errors.js";
 import { newPayment } from "./rules-payments.js";
 import type { Payment, Promo } from "../../models-entry.js";
 import type { PaymentEvent, PaymentProvider } from "./provider.js";
@@ -396,6 +396,10 @@ export function runPromoPaymentContract(getDb: () => DbManager): void {
       const journal = await credits.getCreditHistory(u, { limit: 100 });
       const takeBacks = journal.items.filter((e) => e.takeBack != null);
       expect(takeBacks.map((e) => [e.type, e.amount, e.takeBack])).toEqual([["void", 50, "refund"]]);
+      // A take-back is no charge: it cannot be given back.
+      await expect(credits.reverseCharge(u, takeBacks[0]!.id, { reason: "no" })).rejects.toBeInstanceOf(
+        RuleViolationError,
+      );
       const usage = await credits.getUsage({
         account: u,
         from: new Date(T0 - 3_600_000),
