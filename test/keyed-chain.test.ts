@@ -11,7 +11,7 @@ import Database from "better-sqlite3";
 import { type Db, MongoClient } from "mongodb";
 import pg from "pg";
 import { afterAll, describe, expect, it } from "vitest";
-import { hashEntry } from "../src/core/domain/hash.js";
+import { hashEntry, hashNewEntry } from "../src/core/domain/hash.js";
 import { CoreInMemoryDbManager } from "../src/core/db/memory/index.js";
 import { MongoDbManager } from "../src/db/mongodb/index.js";
 import { PostgresDbManager } from "../src/db/postgres/index.js";
@@ -188,7 +188,8 @@ function rewritten(
   for (const e of entries.slice(from - 1)) {
     const changed = e.seq === from ? change(e) : e;
     const { hash: _, ...rest } = { ...changed, prevHash, ...(unkey ? { keyId: null } : {}) };
-    const hash = hashEntry({ ...rest, keyId: null });
+    // Plain SHA-256 of the entry as stored (its key id kept or dropped): all a writer without the key can do.
+    const hash = hashNewEntry(rest).hash;
     out.push({ ...rest, hash });
     prevHash = hash;
   }
