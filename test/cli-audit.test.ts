@@ -314,6 +314,30 @@ describe("credit-management audit on SQLite (--sqlite, CREDIT_SQLITE_PATH): an e
     expect(env.stdout).toMatch(/^ok {4}"bob": 3 entries, balance -2/m);
   });
 
+  it('a keyed chain (docs/concepts.md, "A keyed chain"): verified with CREDIT_JOURNAL_KEYS; without the key it names, a clear error', async () => {
+    const keyed = join(dir, "keyed.db");
+    const keys = { current: "k1", keys: { k1: "k".repeat(32) } };
+    const manager = await createCreditManager({ db: new SqliteDbManager({ filename: keyed }), journalKeys: keys });
+    await manager.credits.addCredits("carol", 10);
+    await manager.credits.deductCredits("carol", 3);
+    await manager.close();
+    const ok = await cli(["audit", "--all"], undefined, {
+      CREDIT_SQLITE_PATH: keyed,
+      CREDIT_JOURNAL_KEYS: JSON.stringify(keys),
+    });
+    expect([ok.code, ok.stdout]).toEqual([0, expect.stringContaining("1 consistent")]);
+    const without = await cli(["audit", "--all"], undefined, { CREDIT_SQLITE_PATH: keyed });
+    expect(without.code).not.toBe(0);
+    expect(without.stderr).toMatch(/signed with the key "k1", which journalKeys does not hold/);
+    const bad = await cli(["audit", "--all"], undefined, { CREDIT_SQLITE_PATH: keyed, CREDIT_JOURNAL_KEYS: "{k1" });
+    expect([bad.code, bad.stderr]).toEqual([2, expect.stringContaining("CREDIT_JOURNAL_KEYS must be JSON")]);
+    const short = await cli(["audit", "--all"], undefined, {
+      CREDIT_SQLITE_PATH: keyed,
+      CREDIT_JOURNAL_KEYS: JSON.stringify({ current: "k1", keys: { k1: "short" } }),
+    });
+    expect([short.code, short.stderr]).toEqual([2, expect.stringContaining("CREDIT_JOURNAL_KEYS")]);
+  });
+
   it("a missing file, a file that is not a store, or a store at another schema version: exit 2, nothing created or migrated", async () => {
     const missing = join(dir, "nothing-here.db");
     const r = await cli(["audit", "--all", "--sqlite", missing]);

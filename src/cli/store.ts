@@ -3,7 +3,8 @@ import { InMemoryDbManager } from "../modules/billing/memory.js";
 import type { DbManager } from "../core/db/types.js";
 import { createCreditManager, type CreditManager } from "../manager.js";
 import type { RedisCache } from "../redis/index.js";
-import { ConfigurationError } from "../core/errors.js";
+import { ConfigurationError, ValidationError } from "../core/errors.js";
+import type { JournalKeysOptions } from "../core/models/index.js";
 import { UsageError } from "../util/usage-error.js";
 
 /** The variables (and flag) that name the store `audit`, `revenue`, `accounts` and `reverse` read (docs/cli.md). */
@@ -70,6 +71,21 @@ export async function closeQuietly(...closers: (() => Promise<unknown> | undefin
  * given by the caller stays open (only the manager's ledger is closed); one made from the
  * environment is closed, with the cache.
  */
+/**
+ * `CREDIT_JOURNAL_KEYS`: the journal's keys as JSON, `{ "current": "k1", "keys": { "k1": "…" } }`
+ * (docs/concepts.md, "A keyed chain"), so that the commands sign what they write and `audit`
+ * verifies keyed entries. Unset: none. Not JSON: a `UsageError`.
+ */
+function journalKeysOf(env: Record<string, string | undefined>): JournalKeysOptions | undefined {
+  const text = env.CREDIT_JOURNAL_KEYS?.trim();
+  if (text === undefined || text === "") return undefined;
+  try {
+    return JSON.parse(text) as JournalKeysOptions;
+  } catch {
+    throw new UsageError('CREDIT_JOURNAL_KEYS must be JSON: { "current": "<id>", "keys": { "<id>": "<key>" } }');
+  }
+}
+
 export async function withCommandManager<T>(
   command: { name: string; sqlite: string | undefined; writes: boolean },
   source: StoreSource,
@@ -83,6 +99,7 @@ export async function withCommandManager<T>(
   if (cachePrefix !== undefined && redisUrl === undefined)
     throw new UsageError("CREDIT_REDIS_CACHE_PREFIX needs CREDIT_REDIS_URL");
 
+  const journalKeys = journalKeysOf((source.env ?? process.env) as Record<string, string | undefined>);
   const { db, owned, memoryFromEnv } = await openCommandStore(command.sqlite, source);
   let cache: RedisCache | undefined;
   let manager: CreditManager | undefined;
@@ -98,6 +115,14 @@ export async function withCommandManager<T>(
       init: false,
       ledger: ledgerFile === undefined ? false : { filePath: ledgerFile },
       ...(cache === undefined ? {} : { cache }),
+      ...(journalKeys === undefined ? {} : { journalKeys }),
+    }).catch((error: unknown) => {
+      if (
+        (error instanceof ValidationError || error instanceof ConfigurationError) &&
+        /journalKeys/.test(error.message)
+      )
+        throw new UsageError(`CREDIT_JOURNAL_KEYS: ${error.message}`);
+      throw error;
     });
     return await run(manager, db);
   } finally {
