@@ -4,7 +4,7 @@ import type { DbManager } from "../core/db/types.js";
 import { createCreditManager, type CreditManager } from "../manager.js";
 import type { RedisCache } from "../redis/index.js";
 import { ConfigurationError, ValidationError } from "../core/errors.js";
-import type { JournalKeysOptions } from "../core/models/index.js";
+import { journalKeysOf } from "../util/journal-keys-env.js";
 import { UsageError } from "../util/usage-error.js";
 
 /** The variables (and flag) that name the store `audit`, `revenue`, `accounts` and `reverse` read (docs/cli.md). */
@@ -71,21 +71,6 @@ export async function closeQuietly(...closers: (() => Promise<unknown> | undefin
  * given by the caller stays open (only the manager's ledger is closed); one made from the
  * environment is closed, with the cache.
  */
-/**
- * `CREDIT_JOURNAL_KEYS`: the journal's keys as JSON, `{ "current": "k1", "keys": { "k1": "…" } }`
- * (docs/concepts.md, "A keyed chain"), so that the commands sign what they write and `audit`
- * verifies keyed entries. Unset: none. Not JSON: a `UsageError`.
- */
-function journalKeysOf(env: Record<string, string | undefined>): JournalKeysOptions | undefined {
-  const text = env.CREDIT_JOURNAL_KEYS?.trim();
-  if (text === undefined || text === "") return undefined;
-  try {
-    return JSON.parse(text) as JournalKeysOptions;
-  } catch {
-    throw new UsageError('CREDIT_JOURNAL_KEYS must be JSON: { "current": "<id>", "keys": { "<id>": "<key>" } }');
-  }
-}
-
 export async function withCommandManager<T>(
   command: { name: string; sqlite: string | undefined; writes: boolean },
   source: StoreSource,
