@@ -4,6 +4,7 @@ import type { Changes, DbManager, DbTransaction, LoadedState } from "../db/types
 import type { ModuleRows } from "../domain/state.js";
 import { backoff, sleep, type BackoffOptions } from "../db/store/retry.js";
 import { AccountWork, type EntryMeta } from "../domain/account-work.js";
+import type { JournalKey } from "../domain/journal-keys.js";
 import {
   alertNotifications,
   expiredHoldNotifications,
@@ -150,6 +151,7 @@ class UnitRun<T> {
       return { value, entries: [] };
     }
     const work = new AccountWork(this.userId, state, this.runner.config.clock(), newId);
+    work.chainKey = this.runner.config.journalKey;
     if (this.runner.config.trial !== undefined && state.account === null) grantTrial(work, this.runner.config.trial);
     if (this.settle && work.needsSettle) {
       await includeHeldGrants(work, tx, state.reservations);
@@ -256,6 +258,8 @@ export interface UnitRunnerOptions {
   outcomeWaitMs: number;
   /** What modules decide in every unit of work that writes (`unitHooks`). */
   unitHooks: readonly UnitHook[];
+  /** The key new entries are signed with (`journalKeys`); undefined: plain SHA-256. */
+  journalKey?: JournalKey | undefined;
 }
 
 /**
