@@ -73,6 +73,7 @@ export {
   type NotificationMessage,
 } from "./core/queue/index.js";
 export type { Thresholds } from "./core/domain/notifications.js";
+export { alertStates } from "./core/domain/notifications.js";
 export {
   addLlmUsage,
   currentMeter,

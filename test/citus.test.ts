@@ -18,7 +18,7 @@ import { runCli } from "../src/cli/run.js";
 import { createCreditManager } from "../src/index.js";
 import { newNotification } from "../src/core/domain/notifications.js";
 import { quoteIdent } from "../src/schema/sql.js";
-import { type NextVersion, setNextVersion } from "../src/schema/version.js";
+import { type NextVersion, SCHEMA_VERSION, setNextVersion } from "../src/schema/version.js";
 
 const url = process.env.CREDIT_CITUS_URL;
 /** What `npx credit-management <args>` prints. */
@@ -220,15 +220,18 @@ describe.skipIf(!url)("a store on Citus: init() distributes it (docs/scaling-out
     await db.close();
   });
 
-  it("upgrades a distributed store to a next version: init(), and `schema --from-version 1 --distributed` by hand", async () => {
-    // Version 2 is the test's own (docs/schema-upgrades.md): accounts gain a column, filled in the
-    // rows there are. A distributed table takes it as a plain one does, and stays distributed.
+  it("upgrades a distributed store of version 1 through version 2 to a next version: init(), and `schema --from-version 1 --distributed` by hand", async () => {
+    // The version after this release's is the test's own (docs/schema-upgrades.md): accounts gain a
+    // column, filled in the rows there are. Version 2's step adds the journal's columns and sets
+    // take_back by version 1's rule. A distributed table takes them as a plain one does, and stays
+    // distributed.
+    const next = SCHEMA_VERSION + 1;
     const v2: NextVersion = {
-      version: 2,
+      version: next,
       sql: [
         {
-          to: 2,
-          summary: "accounts.tier (a test's version 2)",
+          to: next,
+          summary: "accounts.tier (a test's next version)",
           columns: [],
           statements: (dialect, _naming, tables) => [
             `ALTER TABLE ${tables.get("accounts")!.qualified} ADD COLUMN IF NOT EXISTS ${quoteIdent(dialect, "tier")} TEXT NOT NULL DEFAULT 'basic';`,
@@ -243,8 +246,14 @@ describe.skipIf(!url)("a store on Citus: init() distributes it (docs/scaling-out
         schemas.push(schema);
         const first = new PostgresDbManager({ connectionString: url as string, schema });
         await first.init();
-        await new CreditService({ db: first }).addCredits("old-user", 7);
+        const old = new CreditService({ db: first });
+        await old.addCredits("old-user", 7);
+        // What version 1 read as a refund (its metadata), then the store made a version 1 one.
+        await old.deductCredits("old-user", 1, { metadata: { paymentId: "p-1", refundedAmount: 1 } });
         await first.close();
+        for (const c of ["take_back", "hash_version", "key_id", "scope"])
+          await admin.query(`ALTER TABLE "${schema}".journal_entries DROP COLUMN ${c}`);
+        await admin.query(`UPDATE "${schema}".schema_version SET version = 1`);
         setNextVersion(v2);
         if (how === "cli") {
           psql(
@@ -255,7 +264,12 @@ describe.skipIf(!url)("a store on Citus: init() distributes it (docs/scaling-out
         await db.init();
         expect(await layout(schema)).toEqual(DISTRIBUTED);
         const version = await admin.query(`SELECT version FROM "${schema}".schema_version`);
-        expect(version.rows).toEqual([{ version: 2 }]);
+        expect(version.rows).toEqual([{ version: next }]);
+        const kinds = await admin.query(`SELECT seq, take_back FROM "${schema}".journal_entries ORDER BY seq`);
+        expect(kinds.rows).toEqual([
+          { seq: "1", take_back: null },
+          { seq: "2", take_back: "refund" },
+        ]);
         const tiers = await admin.query(`SELECT user_id, tier FROM "${schema}".accounts`);
         expect(tiers.rows).toEqual([{ user_id: "old-user", tier: "basic" }]);
         // The unit-of-work functions are still delegated by their user argument (the first).
@@ -270,8 +284,9 @@ describe.skipIf(!url)("a store on Citus: init() distributes it (docs/scaling-out
           { proname: "unit_saves", arg: 0 },
         ]);
         const credits = new CreditService({ db });
-        await credits.deductCredits("old-user", 2);
-        expect((await credits.getUserCreditsInfo("old-user")).balance).toBe(5);
+        await credits.deductCredits("old-user", 2, { metadata: { paymentId: "p-2", refundedAmount: 2 } });
+        expect((await credits.getCreditHistory("old-user")).items[0]).toMatchObject({ takeBack: null, hashVersion: 2 });
+        expect((await credits.getUserCreditsInfo("old-user")).balance).toBe(4);
         expect((await credits.audit("old-user", { from: "genesis" })).problems).toEqual([]);
         await db.close();
         setNextVersion(null);

@@ -9,7 +9,7 @@ import { SqliteDbManager } from "../src/db/sqlite/index.js";
 import type { DbManager } from "../src/core/db/types.js";
 import { createCreditManager, InMemoryDbManager, type CreditManager } from "../src/index.js";
 import type { JournalEntry } from "../src/core/models/index.js";
-import { generateSql } from "../src/schema/public.js";
+import { SCHEMA_VERSION, generateSql } from "../src/schema/public.js";
 import pg from "pg";
 
 const dir = mkdtempSync(join(tmpdir(), "cm-audit-"));
@@ -319,6 +319,30 @@ describe("credit-management audit on SQLite (--sqlite, CREDIT_SQLITE_PATH): an e
     expect(env.stdout).toMatch(/^ok {4}"bob": 3 entries, balance -2/m);
   });
 
+  it('a keyed chain (docs/concepts.md, "A keyed chain"): verified with CREDIT_JOURNAL_KEYS; without the key it names, a clear error', async () => {
+    const keyed = join(dir, "keyed.db");
+    const keys = { current: "k1", keys: { k1: "k".repeat(32) } };
+    const manager = await createCreditManager({ db: new SqliteDbManager({ filename: keyed }), journalKeys: keys });
+    await manager.credits.addCredits("carol", 10);
+    await manager.credits.deductCredits("carol", 3);
+    await manager.close();
+    const ok = await cli(["audit", "--all"], undefined, {
+      CREDIT_SQLITE_PATH: keyed,
+      CREDIT_JOURNAL_KEYS: JSON.stringify(keys),
+    });
+    expect([ok.code, ok.stdout]).toEqual([0, expect.stringContaining("1 consistent")]);
+    const without = await cli(["audit", "--all"], undefined, { CREDIT_SQLITE_PATH: keyed });
+    expect(without.code).not.toBe(0);
+    expect(without.stderr).toMatch(/signed with the key "k1", which journalKeys does not hold/);
+    const bad = await cli(["audit", "--all"], undefined, { CREDIT_SQLITE_PATH: keyed, CREDIT_JOURNAL_KEYS: "{k1" });
+    expect([bad.code, bad.stderr]).toEqual([2, expect.stringContaining("CREDIT_JOURNAL_KEYS must be JSON")]);
+    const short = await cli(["audit", "--all"], undefined, {
+      CREDIT_SQLITE_PATH: keyed,
+      CREDIT_JOURNAL_KEYS: JSON.stringify({ current: "k1", keys: { k1: "short" } }),
+    });
+    expect([short.code, short.stderr]).toEqual([2, expect.stringContaining("CREDIT_JOURNAL_KEYS")]);
+  });
+
   it("a missing file, a file that is not a store, or a store at another schema version: exit 2, nothing created or migrated", async () => {
     const missing = join(dir, "nothing-here.db");
     const r = await cli(["audit", "--all", "--sqlite", missing]);
@@ -336,10 +360,10 @@ describe("credit-management audit on SQLite (--sqlite, CREDIT_SQLITE_PATH): an e
     expect(f.stderr).toMatch(/is not a credit-management store/);
 
     // A store at another schema version (here a newer one) is refused and left as it is.
-    const newer = join(dir, "v2.db");
+    const newer = join(dir, "next.db");
     const v2 = new Database(newer);
     v2.exec(generateSql({ dialect: "sqlite" }));
-    v2.exec("UPDATE schema_version SET version = 2;");
+    v2.exec(`UPDATE schema_version SET version = ${SCHEMA_VERSION + 1};`);
     const tables = () =>
       (v2.prepare("SELECT name, sql FROM sqlite_master ORDER BY name").all() as { name: string; sql: string }[]).map(
         (t) => `${t.name}: ${t.sql}`,
@@ -348,9 +372,11 @@ describe("credit-management audit on SQLite (--sqlite, CREDIT_SQLITE_PATH): an e
     v2.close();
     const o = await cli(["audit", "--all", "--sqlite", newer]);
     expect(o.code).toBe(2);
-    expect(o.stderr).toMatch(/at schema version 2, this release reads 1: upgrade credit-management/);
+    expect(o.stderr).toContain(
+      `at schema version ${SCHEMA_VERSION + 1}, this release reads ${SCHEMA_VERSION}: upgrade credit-management`,
+    );
     const after = new Database(newer);
-    expect(after.prepare("SELECT version FROM schema_version").get()).toEqual({ version: 2 });
+    expect(after.prepare("SELECT version FROM schema_version").get()).toEqual({ version: SCHEMA_VERSION + 1 });
     expect(
       (after.prepare("SELECT name, sql FROM sqlite_master ORDER BY name").all() as { name: string; sql: string }[]).map(
         (t) => `${t.name}: ${t.sql}`,

@@ -1,6 +1,14 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import { canonicalEntry, hashEntry, hashNewEntry, ledgerLineOf, quote } from "../src/core/domain/hash.js";
+import { createHmac } from "node:crypto";
+import {
+  MissingJournalKeyError,
+  canonicalEntry,
+  hashEntry,
+  hashNewEntry,
+  ledgerLineOf,
+  quote,
+} from "../src/core/domain/hash.js";
 import type { JournalEntry } from "../src/core/models/index.js";
 
 // The canonical form and the hash chain are a storage format: journals already written must keep
@@ -108,6 +116,27 @@ describe("journal hash format", () => {
     expect(canonicalEntry({ ...plain, spender: "s" })).toContain(
       `"description":null,"spender":"s","feature":null,"metadata"`,
     );
+  });
+
+  it("hash version 2: takeBack, scope and keyId appear when set; version 1 (no hashVersion) leaves them out; keyed: HMAC-SHA256", () => {
+    const later = { takeBack: "refund" as const, scope: { spenders: ["s"], features: ["f"] }, keyId: "k1" };
+    expect(canonicalEntry({ ...plain, ...later, hashVersion: 2 })).toContain(
+      `"description":null,"takeBack":"refund","scope":{"features":["f"],"spenders":["s"]},"keyId":"k1","metadata"`,
+    );
+    // Version 1 (entries written at schema version 1): its text, whatever the later fields hold.
+    expect(canonicalEntry({ ...plain, ...later })).toBe(canonicalEntry(plain));
+    expect(canonicalEntry({ ...plain, ...later, hashVersion: 1 })).toBe(canonicalEntry(plain));
+    // Version 2 with none of them set: the same text and hash as version 1.
+    expect(hashEntry({ ...plain, hashVersion: 2 })).toBe(hashEntry(plain));
+    const key = new TextEncoder().encode("k".repeat(32));
+    const keyed = { ...plain, hashVersion: 2, keyId: "k1" };
+    const text = `${plain.prevHash}\n${canonicalEntry(keyed)}`;
+    expect(hashEntry(keyed, new Map([["k1", key]]))).toBe(createHmac("sha256", key).update(text).digest("hex"));
+    expect(hashNewEntry(keyed, key)).toEqual({
+      hash: hashEntry(keyed, new Map([["k1", key]])),
+      canonical: canonicalEntry(keyed),
+    });
+    expect(() => hashEntry(keyed)).toThrow(MissingJournalKeyError);
   });
 
   it("quotes every string exactly as JSON.stringify does (the fast path is only a shortcut)", () => {

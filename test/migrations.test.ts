@@ -8,16 +8,21 @@ import { SCHEMA_VERSION, generateSql, quoteIdent } from "../src/schema/sql.js";
 import type { Migration } from "../src/schema/migrations.js";
 import { setNextVersion } from "../src/schema/version.js";
 
-// The upgrade machinery (src/schema/migrations.ts) against a version 2 that only these tests
-// define: each kind of change a step can make, as the statements it generates. A store written at
-// version 1 and upgraded by init() on each backend: test/schema-next-version.test.ts.
+// The upgrade machinery (src/schema/migrations.ts) against a version after this release's that only
+// these tests define: each kind of change a step can make, as the statements it generates. A store
+// written at this release's version and upgraded by init() on each backend:
+// test/schema-next-version.test.ts; version 2's own step, from a store version 1 wrote:
+// test/schema-v2.test.ts and test/schema-fixtures.test.ts.
 
 const PG_URL = process.env.CREDIT_PG_URL;
 
-/** Version 2, for the statements: columns added (one filled), a check replaced, an index added. */
+/** The version after this release's, which only these tests define. */
+const AFTER = SCHEMA_VERSION + 1;
+
+/** The next version, for the statements: columns added (one filled), a check replaced, an index added. */
 const NEXT: Migration = {
-  to: 2,
-  summary: "a test's version 2",
+  to: AFTER,
+  summary: "a test's next version",
   columns: [
     { table: "grants", field: "expiredAmount", fill: "0" },
     { table: "accounts", field: "alert" },
@@ -25,23 +30,38 @@ const NEXT: Migration = {
   checks: [{ table: "notifications", field: "type" }],
   indexes: [{ table: "journal", index: "created" }],
 };
-const next = (step: Migration = NEXT) => setNextVersion({ version: 2, sql: [step], mongo: [] });
+const next = (step: Migration = NEXT) => setNextVersion({ version: AFTER, sql: [step], mongo: [] });
+/** The store a test's next version upgrades: at this release's version. */
+const at = SCHEMA_VERSION;
 
 describe("schema upgrades: the statements", () => {
   afterEach(() => setNextVersion(null));
 
-  it("the first release's schema is version 1, with nothing to upgrade", () => {
-    expect(SCHEMA_VERSION).toBe(1);
+  it("version 2: the journal's take_back, hash_version, key_id and scope, take_back set by version 1's rule; nothing to upgrade at 2", () => {
+    expect(SCHEMA_VERSION).toBe(2);
     for (const dialect of ["postgres", "mysql", "sqlite"] as const)
-      expect(upgradeStatements({ dialect, fromVersion: 1 })).toEqual([]);
+      expect(upgradeStatements({ dialect, fromVersion: 2 })).toEqual([]);
     expect(generateSql({ dialect: "postgres" })).toContain(
-      `INSERT INTO "schema_version" (component, version) VALUES ('credit-management', 1)`,
+      `INSERT INTO "schema_version" (component, version) VALUES ('credit-management', 2)`,
     );
+    const statements = upgradeStatements({ dialect: "postgres", fromVersion: 1, schema: "billing" });
+    expect(statements.slice(0, 4)).toEqual([
+      `ALTER TABLE "billing"."journal_entries" ADD COLUMN IF NOT EXISTS "take_back" TEXT COLLATE "C" CHECK ("take_back" IN ('refund', 'clawback'));`,
+      `ALTER TABLE "billing"."journal_entries" ADD COLUMN IF NOT EXISTS "hash_version" BIGINT CHECK ("hash_version" BETWEEN 1 AND 2);`,
+      expect.stringMatching(/^ALTER TABLE "billing"\."journal_entries" ADD COLUMN IF NOT EXISTS "key_id" TEXT/),
+      `ALTER TABLE "billing"."journal_entries" ADD COLUMN IF NOT EXISTS "scope" JSONB;`,
+    ]);
+    // Only the entries that have none yet: it can run again.
+    expect(statements[4]).toMatch(
+      /^UPDATE "billing"\."journal_entries" AS j SET "take_back" = CASE WHEN .* 'Lost dispute' THEN 'clawback' WHEN .* THEN 'refund' END WHERE j\."take_back" IS NULL AND j\.type IN \('deduct', 'commit_reserved', 'void'\) AND .*'paymentId'.*'refundedAmount'.*;$/,
+    );
+    for (const dialect of ["mysql", "sqlite"] as const)
+      expect(upgradeStatements({ dialect, fromVersion: 1 }).filter((x) => x.startsWith("UPDATE"))).toHaveLength(1);
   });
 
   it("adds a later version's columns (PostgreSQL: IF NOT EXISTS, the fill's DEFAULT dropped after), replaces its checks", () => {
     next();
-    const statements = upgradeStatements({ dialect: "postgres", fromVersion: 1, prefix: "cm_", schema: "billing" });
+    const statements = upgradeStatements({ dialect: "postgres", fromVersion: at, prefix: "cm_", schema: "billing" });
     expect(statements.slice(0, 3)).toEqual([
       'ALTER TABLE "billing"."cm_grants" ADD COLUMN IF NOT EXISTS "expired_amount" BIGINT NOT NULL DEFAULT 0 CHECK ("expired_amount" BETWEEN 0 AND 9007199254740991);',
       'ALTER TABLE "billing"."cm_grants" ALTER COLUMN "expired_amount" DROP DEFAULT;',
@@ -53,7 +73,16 @@ describe("schema upgrades: the statements", () => {
     // PostgreSQL and SQLite get a new index from the DDL that follows the steps; MySQL here.
     expect(statements).toHaveLength(4);
     // On Citus, the check's drop and its new definition are two statements.
-    expect(upgradeStatements({ dialect: "postgres", fromVersion: 1, distributed: true }).slice(3)).toEqual([
+    // A column with a check: added, then its check named as PostgreSQL names an inline one (Citus
+    // adds no column with a constraint in one command).
+    const citus = upgradeStatements({ dialect: "postgres", fromVersion: at, distributed: true });
+    expect(citus.slice(0, 4)).toEqual([
+      'ALTER TABLE "grants" ADD COLUMN IF NOT EXISTS "expired_amount" BIGINT NOT NULL DEFAULT 0;',
+      'ALTER TABLE "grants" DROP CONSTRAINT IF EXISTS "grants_expired_amount_check";',
+      'ALTER TABLE "grants" ADD CONSTRAINT "grants_expired_amount_check" CHECK ("expired_amount" BETWEEN 0 AND 9007199254740991);',
+      'ALTER TABLE "grants" ALTER COLUMN "expired_amount" DROP DEFAULT;',
+    ]);
+    expect(citus.slice(-2)).toEqual([
       'ALTER TABLE "notifications" DROP CONSTRAINT IF EXISTS "notifications_type_check";',
       expect.stringMatching(/^ALTER TABLE "notifications" ADD CONSTRAINT "notifications_type_check" CHECK/),
     ]);
@@ -61,7 +90,7 @@ describe("schema upgrades: the statements", () => {
 
   it("MySQL: the columns, the check by MODIFY COLUMN, and the added index", () => {
     next();
-    expect(upgradeStatements({ dialect: "mysql", fromVersion: 1 })).toEqual([
+    expect(upgradeStatements({ dialect: "mysql", fromVersion: at })).toEqual([
       "ALTER TABLE `grants` ADD COLUMN `expired_amount` BIGINT NOT NULL DEFAULT 0 CHECK (`expired_amount` BETWEEN 0 AND 9007199254740991);",
       "ALTER TABLE `grants` ALTER COLUMN `expired_amount` DROP DEFAULT;",
       "ALTER TABLE `accounts` ADD COLUMN `alert` JSON;",
@@ -74,7 +103,7 @@ describe("schema upgrades: the statements", () => {
 
   it("SQLite: a filled column or a changed check rebuilds the table as a fresh install's, rows copied (the fill in the copy)", () => {
     next();
-    const statements = upgradeStatements({ dialect: "sqlite", fromVersion: 1 });
+    const statements = upgradeStatements({ dialect: "sqlite", fromVersion: at });
     expect(statements.filter((s) => s.includes("ADD COLUMN"))).toEqual([
       'ALTER TABLE "accounts" ADD COLUMN "alert" TEXT CHECK (json_valid("alert"));',
     ]);
@@ -90,51 +119,53 @@ describe("schema upgrades: the statements", () => {
 
   it("a table the version introduced is created whole by the DDL: no step changes it", () => {
     next({ ...NEXT, tables: ["grants", "notifications"] });
-    expect(upgradeStatements({ dialect: "postgres", fromVersion: 1 })).toEqual([
+    expect(upgradeStatements({ dialect: "postgres", fromVersion: at })).toEqual([
       'ALTER TABLE "accounts" ADD COLUMN IF NOT EXISTS "alert" JSONB;',
     ]);
   });
 
   it("runs a step's own statements after its columns, per dialect", () => {
     next({
-      to: 2,
+      to: AFTER,
       summary: "statements",
       columns: [],
       statements: (dialect, naming, tables) =>
         dialect === "mysql" ? [] : [`-- ${dialect} ${naming.prefix ?? ""} ${tables.get("journal")?.qualified ?? ""}`],
     });
-    expect(upgradeStatements({ dialect: "sqlite", fromVersion: 1, prefix: "cm_" })).toEqual([
+    expect(upgradeStatements({ dialect: "sqlite", fromVersion: at, prefix: "cm_" })).toEqual([
       '-- sqlite cm_ "cm_journal_entries"',
     ]);
-    expect(upgradeStatements({ dialect: "mysql", fromVersion: 1 })).toEqual([]);
+    expect(upgradeStatements({ dialect: "mysql", fromVersion: at })).toEqual([]);
   });
 
   it("the script: its steps' summaries, the steps, today's DDL and last the version row; versions it does not know refused", () => {
     next();
-    const script = generateUpgradeSql({ dialect: "postgres", fromVersion: 1, schema: "billing" });
+    const script = generateUpgradeSql({ dialect: "postgres", fromVersion: at, schema: "billing" });
     expect(script.split("\n").slice(0, 2)).toEqual([
-      "-- credit-management: upgrade of the postgres schema from version 1 to 2.",
-      "-- version 2: a test's version 2",
+      `-- credit-management: upgrade of the postgres schema from version ${at} to ${AFTER}.`,
+      `-- version ${AFTER}: a test's next version`,
     ]);
     expect(script.indexOf("DROP DEFAULT")).toBeLessThan(
       script.indexOf('CREATE TABLE IF NOT EXISTS "billing"."accounts"'),
     );
     expect(script.trimEnd().split("\n").at(-1)).toBe(
-      `INSERT INTO "billing"."schema_version" (component, version) VALUES ('credit-management', 2) ON CONFLICT (component) DO UPDATE SET version = EXCLUDED.version, updated_at = now();`,
+      `INSERT INTO "billing"."schema_version" (component, version) VALUES ('credit-management', ${AFTER}) ON CONFLICT (component) DO UPDATE SET version = EXCLUDED.version, updated_at = now();`,
     );
     // At the version it is at: only today's DDL (idempotent) and the version row.
-    expect(generateUpgradeSql({ dialect: "postgres", fromVersion: 2 })).not.toContain("DROP DEFAULT");
-    for (const bad of [0, 3, 1.5, Number.NaN]) {
+    expect(generateUpgradeSql({ dialect: "postgres", fromVersion: AFTER })).not.toContain("DROP DEFAULT");
+    for (const bad of [0, AFTER + 1, 1.5, Number.NaN]) {
       expect(() => upgradeStatements({ dialect: "postgres", fromVersion: bad })).toThrow(/fromVersion must be/);
     }
     setNextVersion(null);
-    expect(() => upgradeStatements({ dialect: "postgres", fromVersion: 2 })).toThrow(
-      "fromVersion must be a whole number from 1 to 1, got 2",
+    expect(() => upgradeStatements({ dialect: "postgres", fromVersion: AFTER })).toThrow(
+      `fromVersion must be a whole number from 1 to ${SCHEMA_VERSION}, got ${AFTER}`,
     );
   });
 
   it("a next version must be above this release's", () => {
-    expect(() => setNextVersion({ version: SCHEMA_VERSION, sql: [], mongo: [] })).toThrow(/must be above 1/);
+    expect(() => setNextVersion({ version: SCHEMA_VERSION, sql: [], mongo: [] })).toThrow(
+      `must be above ${SCHEMA_VERSION}`,
+    );
   });
 
   it("is what `credit-management schema --from-version N` prints; a bad N is a usage error", async () => {
@@ -146,7 +177,7 @@ describe("schema upgrades: the statements", () => {
     for (const bad of ["0", String(SCHEMA_VERSION + 1), "two", "1.5"]) {
       expect(await runCli(["schema", "--from-version", bad], io)).toBe(2);
     }
-    expect(err.join("")).toContain("--from-version must be a schema version from 1 to 1");
+    expect(err.join("")).toContain(`--from-version must be a schema version from 1 to ${SCHEMA_VERSION}`);
     // MongoDB: the mongosh upgrade script (test/mongodb-schema.test.ts).
     out.length = 0;
     expect(await runCli(["schema", "--backend", "nosql", "--from-version", "1"], io)).toBe(0);

@@ -136,6 +136,22 @@ function violations(schema: Document, value: unknown, path = "$"): string[] {
 }
 
 describe("mongodb schema script (no server needed)", () => {
+  it("from version 1, sets takeBack on the journal documents version 1 read as take-backs (a clawback first), once", () => {
+    const script = generateMongoScript({ prefix: "cm_", fromVersion: 1 });
+    const calls = runScript(script, new Map([["cm_journal", []]]));
+    const fills = calls.flatMap((c) => (c.op === "runCommand" && c.command.update === "cm_journal" ? [c] : []));
+    expect(fills.map((c) => (c.command.updates as { u: unknown }[])[0]!.u)).toEqual([
+      { $set: { takeBack: "clawback" } },
+      { $set: { takeBack: "refund" } },
+    ]);
+    for (const c of fills) {
+      const [update] = c.command.updates as { q: Record<string, unknown>; multi: boolean }[];
+      expect(update).toMatchObject({ q: { takeBack: { $exists: false } }, multi: true });
+      expect(JSON.stringify(update!.q.$expr)).toContain("refundedAmount");
+    }
+    expect(generateMongoScript({ prefix: "cm_", fromVersion: SCHEMA_VERSION })).not.toContain('{"$set":{"takeBack"');
+  });
+
   it("is valid JavaScript for a fresh install and from version 1, and ends with the version document", () => {
     for (const fromVersion of [undefined, 1]) {
       const script = generateMongoScript({ prefix: "cm_", fromVersion });
@@ -163,25 +179,25 @@ describe("mongodb schema script (no server needed)", () => {
   });
 
   it("drops an index a later version removed only when it has the old keys, and collMods existing collections", () => {
-    // A version 2 that only this test defines, which no longer creates the ledger's index "created".
+    // A next version that only this test defines, which no longer creates the ledger's index "created".
     setNextVersion({
-      version: 2,
+      version: SCHEMA_VERSION + 1,
       sql: [],
       mongo: [
         {
-          to: 2,
-          summary: "a test's version 2",
+          to: SCHEMA_VERSION + 1,
+          summary: "a test's next version",
           dropIndexes: [{ collection: "ledger", name: "created", key: { createdAt: -1, _ord: -1 } }],
         },
       ],
     });
     let script: string;
     try {
-      script = generateMongoScript({ prefix: "cm_", fromVersion: 1 });
+      script = generateMongoScript({ prefix: "cm_", fromVersion: SCHEMA_VERSION });
     } finally {
       setNextVersion(null);
     }
-    expect(script).toContain("// version 2: a test's version 2");
+    expect(script).toContain(`// version ${SCHEMA_VERSION + 1}: a test's next version`);
     const old = new Map<string, Document[]>([
       [
         "cm_ledger",
@@ -229,7 +245,7 @@ describe("mongodb schema script (no server needed)", () => {
     const err: string[] = [];
     const bad = { stdout: () => undefined, stderr: (t: string) => void err.push(t) };
     expect(await runCli(["schema", "--dialect", "mongodb", "--from-version", "0"], bad)).toBe(2);
-    expect(await runCli(["schema", "--dialect", "mongodb", "--from-version", "2"], bad)).toBe(2);
+    expect(await runCli(["schema", "--dialect", "mongodb", "--from-version", String(SCHEMA_VERSION + 1)], bad)).toBe(2);
     expect(err.join("")).toContain("--from-version must be a schema version from 1 to");
   });
 });
@@ -301,11 +317,12 @@ describe.skipIf(!uri)("mongodb schema version (CREDIT_MONGO_URI)", () => {
     );
     expect(await db.listCollections().toArray()).toEqual([]); // nothing created
     await new MongoDbManager({ db, collectionPrefix: "cm_" }).init();
-    // Older: a release whose schema is version 2 (defined here) meets this store at 1.
-    setNextVersion({ version: 2, sql: [], mongo: [] });
+    // Older: a release whose schema is the next version (defined here) meets this store at this one.
+    const [at, next] = [SCHEMA_VERSION, SCHEMA_VERSION + 1];
+    setNextVersion({ version: next, sql: [], mongo: [] });
     try {
       await expect(manager().init()).rejects.toThrow(
-        "the store's schema is version 1, this release needs 2, and this manager does not migrate (migrate: false): apply `npx credit-management schema --dialect mongodb --prefix cm_ --from-version 1` first",
+        `the store's schema is version ${at}, this release needs ${next}, and this manager does not migrate (migrate: false): apply \`npx credit-management schema --dialect mongodb --prefix cm_ --from-version ${at}\` first`,
       );
     } finally {
       setNextVersion(null);

@@ -398,7 +398,8 @@ describe.skipIf(!natsUrl)("NATS JetStream", () => {
       expect(types).toEqual([
         ["credits_added", "trial"],
         ["credits_added", "payment"],
-        ["credits_refunded", null],
+        // A deduction of the host's, whatever its metadata: only the payments module's take-backs are refunds.
+        ["credits_deducted", null],
         ["credits_added", "payment"],
       ]);
       const letters = (await read(dead.stream)).map(

@@ -6,6 +6,7 @@ import {
   InMemoryDbManager,
   InMemoryNotificationQueue,
   ValidationError,
+  alertStates,
   createCreditManager,
   type NotificationMessage,
 } from "../src/index.js";
@@ -191,7 +192,7 @@ describe("NotificationService details", () => {
     expect(await notifications.list("q")).toEqual([]);
   });
 
-  it("getAlerts and the customer state's alerts are one answer; without events recorded, the account's own thresholds only", async () => {
+  it("getAlerts and the customer state's alerts are one answer; without events recorded, no alert can be set (ConfigurationError)", async () => {
     const { NotificationService } = await import("../src/index.js");
     const low = { id: "low", kind: "available", atOrBelow: 100 } as const;
     // Recorded (the manager): the built-in level first, then the defaults, in both reads.
@@ -209,18 +210,61 @@ describe("NotificationService details", () => {
     ]);
     expect((await m.credits.getCustomerState("v")).alerts).toEqual(states);
     await m.close();
-    // Not recorded: nothing keeps a level nor evaluates the defaults; an account's own thresholds
-    // are kept for when events are recorded, and listed as stored.
+    // Not recorded: nothing keeps a level nor evaluates thresholds, so none may be set: defaults
+    // and `setAlerts` are a ConfigurationError naming what to configure, and nothing is stored.
     const db = new InMemoryDbManager();
     const credits = new CreditService({ db });
-    const notifications = new NotificationService({ db, recording: false, alerts: [low] });
+    expect(() => new NotificationService({ db, recording: false, alerts: [low] })).toThrow(ConfigurationError);
+    expect(() => new NotificationService({ db, recording: false, alerts: [low] })).toThrow(/notifications/);
+    const notifications = new NotificationService({ db, recording: false });
     await credits.addCredits("u", 50);
     expect(await notifications.getAlerts("u")).toEqual([]);
     expect((await credits.getCustomerState("u")).alerts).toEqual([]);
-    await notifications.setAlerts("u", [{ id: "mine", kind: "available", atOrBelow: 10 }]);
-    const own = await notifications.getAlerts("u");
-    expect(own).toMatchObject([{ threshold: { id: "mine" }, state: "ok", value: 50, source: "account" }]);
-    expect((await credits.getCustomerState("u")).alerts).toEqual(own);
+    const before = await db.getAccount("u");
+    await expect(notifications.setAlerts("u", [{ id: "mine", kind: "available", atOrBelow: 100 }])).rejects.toThrow(
+      /setAlerts: alerts are evaluated only while notification events are recorded: give createCreditManager `notifications`/,
+    );
+    expect(await db.getAccount("u")).toEqual(before);
+    await notifications.setAlerts("u", null); // removing is no alert set: accepted
+    expect(await notifications.getAlerts("u")).toEqual([]);
+    // The same on a manager made without notification options.
+    const bare = await createCreditManager({ db: new InMemoryDbManager() });
+    await bare.credits.addCredits("w", 49);
+    await expect(bare.notifications.setAlerts("w", [low])).rejects.toBeInstanceOf(ConfigurationError);
+    expect(await bare.notifications.getAlerts("w")).toEqual([]);
+    await bare.close();
+  });
+
+  it("evaluateAlerts on an account nobody has touched opens none, trial credits or not", async () => {
+    const db = new InMemoryDbManager();
+    const m = await createCreditManager({
+      db,
+      trial: { amount: 50 },
+      notifications: { alerts: [{ id: "low", kind: "available", atOrBelow: 100 }] },
+    });
+    expect(await m.notifications.evaluateAlerts("nobody")).toMatchObject([
+      { threshold: { id: "credits_exhausted" }, value: null },
+      { threshold: { id: "low" }, value: null },
+    ]);
+    expect(await db.getAccount("nobody")).toBeNull();
+    expect(await m.notifications.list("nobody")).toEqual([]);
+    await m.close();
+  });
+
+  it("the dispatcher's message carries the row's dedupeKey (null without one); alertStates is the root's, getAlerts' answer", async () => {
+    const queue = new InMemoryNotificationQueue();
+    const low = { id: "low", kind: "available", atOrBelow: 100 } as const;
+    const m = await createCreditManager({ db: new InMemoryDbManager(), queue, notifications: { alerts: [low] } });
+    await m.credits.addCredits("k", 50); // low: triggered
+    await m.notifications.emit("k", { type: "subscription_renewed" });
+    await m.notifications.dispatchPending();
+    const messages = queue.of("k");
+    expect(messages.find((x) => x.type === "alert_triggered")?.dedupeKey).toBe("alert_triggered:low:1");
+    expect(messages.find((x) => x.type === "subscription_renewed")?.dedupeKey).toBeNull();
+    const account = await m.db.getAccount("k");
+    const grants = await m.db.listGrants("k");
+    expect(alertStates(account, grants, { alerts: [low] }, new Date())).toEqual(await m.notifications.getAlerts("k"));
+    await m.close();
   });
 
   it("evaluateAlerts saves the account only when its alert state moved: a spend window that ended moves it without an event", async () => {

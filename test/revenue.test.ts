@@ -892,7 +892,7 @@ describe.each(stores)("revenue on $name: random journals roll forward", (store) 
           const cash = new Map<string, { value: number; pieces: number }>();
           for (const e of entries) {
             const p = paid.find((x) => x.id === e.metadata?.paymentId);
-            if (p === undefined || typeof e.metadata?.refundedAmount !== "number") continue;
+            if (p === undefined || e.takeBack == null) continue;
             const c = cash.get(p.currency) ?? { value: 0, pieces: 0 };
             c.value += e.amount / 3;
             c.pieces += 2;

@@ -189,13 +189,18 @@ describe("reversalShares", () => {
   it("a take-back, an addition or a hold is no charge", () => {
     const base = { id: "e", amount: 5, grants: [], metadata: null, description: null, reservationId: null };
     expect(chargeDraw({ ...base, type: "add" } as unknown as JournalEntry)).toMatch(/not a charge/);
+    expect(chargeDraw({ ...base, type: "deduct", takeBack: "refund" } as unknown as JournalEntry)).toMatch(
+      /refunded payment/,
+    );
+    // A take-back's metadata on a caller's deduction makes no take-back: it is a charge.
     expect(
       chargeDraw({
         ...base,
         type: "deduct",
+        description: "Lost dispute of payment p",
         metadata: { paymentId: "p", refundedAmount: 5 },
       } as unknown as JournalEntry),
-    ).toMatch(/refunded payment/);
+    ).toEqual({ amount: 5, draws: [], debt: 5 });
     expect(chargeDraw({ ...base, type: "deduct" } as unknown as JournalEntry)).toEqual({
       amount: 5,
       draws: [],

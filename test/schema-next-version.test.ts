@@ -10,23 +10,27 @@ import { PostgresDbManager } from "../src/db/postgres/index.js";
 import { SqliteDbManager } from "../src/db/sqlite/index.js";
 import { CreditService } from "../src/index.js";
 import { type SqlDialect, quoteIdent } from "../src/schema/sql.js";
-import { type NextVersion, setNextVersion } from "../src/schema/version.js";
+import { type NextVersion, SCHEMA_VERSION, setNextVersion } from "../src/schema/version.js";
 
-// The upgrade machinery against a version this release does not ship: a store written at version 1
-// by this release's init() is upgraded to a version 2 defined here, through the same steps a later
-// release's version would take (docs/schema-upgrades.md), on each backend; its data stays, its
-// journal audits clean, and this release's manager then refuses the newer store.
+// The upgrade machinery against a version this release does not ship: a store written at this
+// release's version (SCHEMA_VERSION) by its init() is upgraded to the next version, defined here,
+// through the same steps a later release's version would take (docs/schema-upgrades.md), on each
+// backend; its data stays, its journal audits clean, and this release's manager then refuses the
+// newer store.
+
+/** The version after this release's, which only this test defines. */
+const NEXT = SCHEMA_VERSION + 1;
 
 const PG_URL = process.env.CREDIT_PG_URL;
 const MONGO_URI = process.env.CREDIT_MONGO_URI;
 
-/** Version 2: accounts gain a column (filled in the rows there are), the journal an index. */
-const V2: NextVersion = {
-  version: 2,
+/** The next version: accounts gain a column (filled in the rows there are), the journal an index. */
+const NEXT_VERSION: NextVersion = {
+  version: NEXT,
   sql: [
     {
-      to: 2,
-      summary: "accounts.tier, the journal's index by type (a test's version 2)",
+      to: NEXT,
+      summary: "accounts.tier, the journal's index by type (a test's next version)",
       columns: [],
       statements: (dialect, _naming, tables) => {
         const q = (n: string) => quoteIdent(dialect, n);
@@ -42,8 +46,8 @@ const V2: NextVersion = {
   ],
   mongo: [
     {
-      to: 2,
-      summary: "accounts carry tier (a test's version 2)",
+      to: NEXT,
+      summary: "accounts carry tier (a test's next version)",
       dropIndexes: [],
       fill: [{ collection: "accounts", field: "tier", value: "basic" }],
     },
@@ -54,7 +58,7 @@ afterEach(() => setNextVersion(null));
 
 type Store = SqliteDbManager | PostgresDbManager | MongoDbManager;
 
-/** What a store holds after `write`: u1 with a hold, u2 with an addition (the journal at version 1). */
+/** What a store holds after `write`: u1 with a hold, u2 with an addition (the journal at this version). */
 async function writeAtVersion1(db: Store): Promise<string> {
   await db.init();
   const credits = new CreditService({ db });
@@ -62,21 +66,21 @@ async function writeAtVersion1(db: Store): Promise<string> {
   await credits.deductCredits("u1", 30);
   const hold = await credits.reserveCredits("u1", 10);
   await credits.addCredits("u2", 5);
-  expect((await db.ping()).schemaVersion).toBe(1);
+  expect((await db.ping()).schemaVersion).toBe(SCHEMA_VERSION);
   await db.close();
   return hold.id;
 }
 
-/** The store upgraded by `db.init()` at version 2: data kept, journal audits clean, writes go on. */
+/** The store upgraded by `db.init()` to the next version: data kept, journal audits clean, writes go on. */
 async function upgradeAndCheck(db: Store, holdId: string): Promise<void> {
-  setNextVersion(V2);
+  setNextVersion(NEXT_VERSION);
   await db.init();
-  expect((await db.ping()).schemaVersion).toBe(2);
+  expect((await db.ping()).schemaVersion).toBe(NEXT);
   const credits = new CreditService({ db });
   expect(await db.getAccount("u1")).toMatchObject({ balance: 70, reserved: 10 });
   expect(await db.getAccount("u2")).toMatchObject({ balance: 5 });
   for (const user of ["u1", "u2"]) expect((await credits.audit(user, { from: "genesis" })).problems).toEqual([]);
-  // The key written at version 1 still answers its entry; new entries chain onto the old ones.
+  // The key written before still answers its entry; new entries chain onto the old ones.
   const first = (await credits.getCreditHistory("u1")).items.find((e) => e.idempotencyKey === "first");
   expect((await credits.addCredits("u1", 100, { idempotencyKey: "first" })).id).toBe(first?.id);
   await credits.commitReservedCredits(holdId, { amount: 4 });
@@ -86,18 +90,20 @@ async function upgradeAndCheck(db: Store, holdId: string): Promise<void> {
   await db.close();
 }
 
-/** This release (no version 2) refuses the upgraded store, with or without migrating. */
+/** This release (without the next version) refuses the upgraded store, with or without migrating. */
 async function refusedByThisRelease(open: () => Store): Promise<void> {
   setNextVersion(null);
   const db = open();
   try {
-    await expect(db.init()).rejects.toThrow(/schema is version 2, newer than this release understands \(1\)/);
+    await expect(db.init()).rejects.toThrow(
+      `schema is version ${NEXT}, newer than this release understands (${SCHEMA_VERSION})`,
+    );
   } finally {
     await db.close();
   }
 }
 
-describe("a store written at version 1, upgraded to a test's version 2 by init()", () => {
+describe("a store written at this release's version, upgraded to a test's next version by init()", () => {
   it("SQLite", async () => {
     const dir = mkdtempSync(join(tmpdir(), "cm-next-"));
     try {
@@ -131,10 +137,12 @@ describe("a store written at version 1, upgraded to a test's version 2 by init()
     const open = (migrate = true) => new PostgresDbManager({ connectionString: PG_URL as string, schema, migrate });
     try {
       const hold = await writeAtVersion1(open());
-      // A manager of version 2 that does not migrate refuses the store at 1, naming the command.
-      setNextVersion(V2);
+      // A manager of the next version that does not migrate refuses the store, naming the command.
+      setNextVersion(NEXT_VERSION);
       const checking = open(false);
-      await expect(checking.init()).rejects.toThrow(/version 1, this release needs 2.*--from-version 1/);
+      await expect(checking.init()).rejects.toThrow(
+        new RegExp(`version ${SCHEMA_VERSION}, this release needs ${NEXT}.*--from-version ${SCHEMA_VERSION}`),
+      );
       await checking.close();
       await upgradeAndCheck(open(), hold);
       const q = (n: string) => quoteIdent("postgres" satisfies SqlDialect, n);
@@ -151,7 +159,7 @@ describe("a store written at version 1, upgraded to a test's version 2 by init()
         ).rows,
       ).toHaveLength(1);
       // Now at the version it needs.
-      setNextVersion(V2);
+      setNextVersion(NEXT_VERSION);
       const after = open(false);
       await after.init();
       await after.close();

@@ -30,7 +30,7 @@ import { withPgClient } from "./fixtures/pg-admin.js";
 
 type Entry = Pick<
   JournalEntry,
-  "type" | "amount" | "metadata" | "description" | "reservationId" | "feature" | "spender" | "occurredAt"
+  "type" | "amount" | "metadata" | "description" | "reservationId" | "feature" | "spender" | "occurredAt" | "takeBack"
 >;
 const base: Entry = { type: "deduct", amount: 10, metadata: null, description: null, reservationId: null };
 const window = (lw: NonNullable<JournalEntry["metadata"]>) => ({ leaseWindow: lw });
@@ -90,21 +90,40 @@ const CASES: Record<string, Entry> = {
   "metered, usages over the amount": { ...base, amount: 2, metadata: { usages: [{ model: "large", amount: 5 }] } },
   "usages empty": { ...base, metadata: { usages: [] } },
   "usages not an array": { ...base, metadata: { usages: { model: "x", amount: 3 } } },
-  refund: { ...base, description: "Refund of p1", metadata: { paymentId: "p1", refundedAmount: 10 } },
-  "refund as a void": { ...base, type: "void", metadata: { paymentId: "p2", refundedAmount: 4 } },
+  // What a take-back is, the library records (`takeBack`); a caller's metadata and description
+  // decide nothing.
+  refund: {
+    ...base,
+    description: "Refund of p1",
+    metadata: { paymentId: "p1", refundedAmount: 10 },
+    takeBack: "refund",
+  },
+  "refund as a void": { ...base, type: "void", metadata: { paymentId: "p2", refundedAmount: 4 }, takeBack: "refund" },
   clawback: {
     ...base,
     type: "void",
     description: "Lost dispute on p3",
     metadata: { paymentId: "p3", refundedAmount: 9 },
+    takeBack: "clawback",
   },
-  "clawback in lower case (a refund)": {
+  "clawback described otherwise": { ...base, type: "void", description: "chargeback", takeBack: "clawback" },
+  "a take-back's metadata on a deduction (spend)": {
     ...base,
-    type: "void",
-    description: "lost dispute on p4",
+    description: "Lost dispute on p4",
     metadata: { paymentId: "p4", refundedAmount: 9 },
   },
-  "take-back without refundedAmount (spend)": { ...base, metadata: { paymentId: "p5", refundedAmount: "9" } },
+  "a take-back's metadata on a capture (spend)": {
+    ...base,
+    type: "commit_reserved",
+    reservationId: "h8",
+    metadata: { paymentId: "p5", refundedAmount: 9 },
+  },
+  "a take-back's metadata on a void (no usage)": {
+    ...base,
+    type: "void",
+    description: "Lost dispute on p6",
+    metadata: { paymentId: "p6", refundedAmount: 9 },
+  },
   "other void (no usage)": { ...base, type: "void" },
   "addition (no usage)": { ...base, type: "add" },
   "hold (no usage)": { ...base, type: "reserve", reservationId: "h7" },
@@ -207,6 +226,15 @@ const same = (name: string, got: UsageBucket[], want: UsageBucket[]) =>
 it("the cases cover every usage kind and entries that are none", () => {
   const kinds = new Set(Object.values(CASES).map((e) => usageKind(e)));
   expect(kinds).toEqual(new Set(["spend", "refund", "clawback", null]));
+  // A take-back is what the library recorded, never what a caller's metadata or description say.
+  expect(
+    [
+      "a take-back's metadata on a deduction (spend)",
+      "a take-back's metadata on a capture (spend)",
+      "a take-back's metadata on a void (no usage)",
+      "clawback described otherwise",
+    ].map((name) => usageKind(CASES[name]!)),
+  ).toEqual(["spend", "spend", null, "clawback"]);
   // Every case with parts adds up to the entry's amount.
   for (const e of Object.values(CASES)) {
     const parts = usageParts(e);
@@ -236,9 +264,9 @@ for (const [label, rules] of [
     beforeAll(() => {
       db.exec(
         "CREATE TABLE journal (user_id TEXT, seq INTEGER, type TEXT, amount INTEGER, metadata TEXT, description TEXT, " +
-          "spender TEXT, feature TEXT, reservation_id TEXT, created_at TEXT, occurred_at TEXT, PRIMARY KEY (user_id, seq))",
+          "spender TEXT, feature TEXT, reservation_id TEXT, created_at TEXT, occurred_at TEXT, take_back TEXT, PRIMARY KEY (user_id, seq))",
       );
-      const ins = db.prepare("INSERT INTO journal VALUES (?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+      const ins = db.prepare("INSERT INTO journal VALUES (?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
       for (const { user, e } of accounts) {
         ins.run(
           user,
@@ -251,6 +279,7 @@ for (const [label, rules] of [
           e.reservationId ?? null,
           at.toISOString(),
           e.occurredAt?.toISOString() ?? null,
+          e.takeBack ?? null,
         );
       }
     });
@@ -278,12 +307,12 @@ for (const [label, rules] of [
         await c.query(`CREATE SCHEMA "${schema}"`);
         await c.query(
           `CREATE TABLE ${journal} (user_id TEXT, seq BIGINT, type TEXT, amount BIGINT, metadata JSONB, description TEXT, ` +
-            `spender TEXT, feature TEXT, reservation_id TEXT, created_at TIMESTAMPTZ, occurred_at TIMESTAMPTZ, PRIMARY KEY (user_id, seq))`,
+            `spender TEXT, feature TEXT, reservation_id TEXT, created_at TIMESTAMPTZ, occurred_at TIMESTAMPTZ, take_back TEXT, PRIMARY KEY (user_id, seq))`,
         );
         await c.query(`CREATE TABLE "${schema}"."accounts" (user_id TEXT PRIMARY KEY, seq BIGINT NOT NULL)`);
         for (const stmt of rollupDdl({ schema }, rules)) await c.query(stmt);
         for (const { user, e } of accounts) {
-          await c.query(`INSERT INTO ${journal} VALUES ($1, 1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`, [
+          await c.query(`INSERT INTO ${journal} VALUES ($1, 1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`, [
             user,
             e.type,
             e.amount,
@@ -294,6 +323,7 @@ for (const [label, rules] of [
             e.reservationId ?? null,
             at,
             e.occurredAt ?? null,
+            e.takeBack ?? null,
           ]);
           await c.query(`INSERT INTO "${schema}"."accounts" VALUES ($1, 1)`, [user]);
         }
@@ -358,6 +388,7 @@ for (const [label, rules] of [
               metadata: e.metadata,
               description: e.description,
               spender: e.spender,
+              takeBack: e.takeBack,
               feature: e.feature,
               reservationId: e.reservationId,
               occurredAt: e.occurredAt,

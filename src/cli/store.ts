@@ -3,7 +3,8 @@ import { InMemoryDbManager } from "../modules/billing/memory.js";
 import type { DbManager } from "../core/db/types.js";
 import { createCreditManager, type CreditManager } from "../manager.js";
 import type { RedisCache } from "../redis/index.js";
-import { ConfigurationError } from "../core/errors.js";
+import { ConfigurationError, ValidationError } from "../core/errors.js";
+import { journalKeysOf } from "../util/journal-keys-env.js";
 import { UsageError } from "../util/usage-error.js";
 
 /** The variables (and flag) that name the store `audit`, `revenue`, `accounts` and `reverse` read (docs/cli.md). */
@@ -83,6 +84,7 @@ export async function withCommandManager<T>(
   if (cachePrefix !== undefined && redisUrl === undefined)
     throw new UsageError("CREDIT_REDIS_CACHE_PREFIX needs CREDIT_REDIS_URL");
 
+  const journalKeys = journalKeysOf((source.env ?? process.env) as Record<string, string | undefined>);
   const { db, owned, memoryFromEnv } = await openCommandStore(command.sqlite, source);
   let cache: RedisCache | undefined;
   let manager: CreditManager | undefined;
@@ -98,6 +100,14 @@ export async function withCommandManager<T>(
       init: false,
       ledger: ledgerFile === undefined ? false : { filePath: ledgerFile },
       ...(cache === undefined ? {} : { cache }),
+      ...(journalKeys === undefined ? {} : { journalKeys }),
+    }).catch((error: unknown) => {
+      if (
+        (error instanceof ValidationError || error instanceof ConfigurationError) &&
+        /journalKeys/.test(error.message)
+      )
+        throw new UsageError(`CREDIT_JOURNAL_KEYS: ${error.message}`);
+      throw error;
     });
     return await run(manager, db);
   } finally {

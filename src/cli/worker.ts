@@ -12,6 +12,7 @@ import { openWorkerResources } from "../serve/worker-resources.js";
 import { workerOptions, type WorkerSettings } from "../serve/worker-settings.js";
 import { createWorker, type CreditWorker } from "../worker/index.js";
 import { UsageError } from "../util/usage-error.js";
+import { journalKeysOf } from "../util/journal-keys-env.js";
 
 /**
  * `credit-management worker` (docs/operations.md): settings from the flags and the environment
@@ -62,10 +63,13 @@ export async function runWorker(settings: WorkerSettings, io: CliIo, env: DbEnv)
         closers.push(() => w.close());
         webhooks = w;
       }
+      const journalKeys = journalKeysOf(env as Record<string, string | undefined>);
       manager = await createCreditManager({
         db,
         ...workerManagerParts(resources, webhooks),
         logger,
+        // The journal's keys (docs/concepts.md, "A keyed chain"): the worker's entries are signed too.
+        ...(journalKeys === undefined ? {} : { journalKeys }),
         // The application's payment settings (docs/operations.md, "Payment settings").
         payments: settings.payments,
       });

@@ -14,6 +14,7 @@ import {
   AlertThresholds,
   CheckpointEvery,
   FeatureRules,
+  JournalKeysOptions,
   LateUsageWindowDays,
   OutcomeWaitMs,
   OverdraftLimit,
@@ -122,6 +123,12 @@ export const CoreManagerOptions = z.strictObject({
    * `forgetIdempotencyKeys()` (the worker's jobs) forgets it (docs/running-for-years.md).
    */
   idempotency: z.optional(z.strictObject({ retention: z.optional(IdempotencyRetention) })),
+  /**
+   * Keys the journal's hash chain (docs/concepts.md, "A keyed chain"): `{ current, keys }`, each key
+   * at least 32 bytes, kept outside the database. New entries are signed with HMAC-SHA256 under
+   * `keys[current]`; `audit()` verifies each keyed entry with the key it names. Default: none.
+   */
+  journalKeys: z.optional(JournalKeysOptions),
   /** Run `db.init()` (create tables/indexes). Default true. */
   init: z.optional(z.boolean()),
 });
@@ -179,6 +186,7 @@ export async function openCore<C extends CoreCreditService>(
     trial: o.trial,
     features: o.features,
     domainEvents: o.domainEvents,
+    journalKeys: o.journalKeys,
     subscriptions: true,
   };
   const build = (db: DbManager, ledger: LedgerLogger, cache: Cache | undefined) => {
@@ -199,6 +207,7 @@ export async function openCore<C extends CoreCreditService>(
     leaseMs: n?.leaseMs,
     publishTimeoutMs: n?.publishTimeoutMs,
     recording: alertsOn,
+    credits,
   });
   const expiration = new ExpirationService({
     db,

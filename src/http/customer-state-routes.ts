@@ -117,7 +117,9 @@ export const CustomerStatesParams = CustomerStatesQuery;
 
 /**
  * `state` as a caller who is not an admin reads it: the grants without the operator's notes, and —
- * for a caller bound to a spender — the limits that can apply to its spends (as `GET /credits/limits`).
+ * for a caller bound to a spender — the limits that can apply to its spends (as `GET /credits/limits`)
+ * and the alerts about the whole account or its own spend (a `period_spend` threshold of another
+ * spender counts that spender's spend, which the caller may not read).
  */
 export function customerStateView(ctx: RouteContext, state: CustomerState): z.output<typeof CustomerStateView> {
   const spender = ctx.identity?.spender;
@@ -125,6 +127,15 @@ export function customerStateView(ctx: RouteContext, state: CustomerState): z.ou
     ...state,
     limits:
       spender === undefined ? state.limits : state.limits.filter((l) => l.spender === null || l.spender === spender),
+    alerts:
+      spender === undefined
+        ? state.alerts
+        : state.alerts.filter(
+            (a) =>
+              a.threshold.kind !== "period_spend" ||
+              a.threshold.spender === undefined ||
+              a.threshold.spender === spender,
+          ),
     features: state.features.map((f) => ({
       ...f,
       grants: f.grants.map(({ description: _d, metadata: _m, sourceRef: _s, ...grant }) => grant),

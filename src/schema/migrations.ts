@@ -17,6 +17,9 @@ import type { SqlTable } from "./sql.js";
 import { type TableKey, indexesOf } from "./tables.js";
 import { nextVersion, targetVersion } from "./version.js";
 import { ConfigurationError } from "../core/errors.js";
+import { V1_TAKE_BACK } from "../core/domain/usage.js";
+import { sqlLit } from "./ident.js";
+import { PG_USAGE, SQLITE_USAGE, sqlTest } from "./usage-sql.js";
 
 /** A column added to a table that existed before. */
 export interface AddedColumn {
@@ -83,9 +86,50 @@ export interface Migration {
  * The upgrade steps of the schema, one per version after the first, in order (docs/schema-upgrades.md):
  * what each version changed in tables that existed before it. Tables a version introduced need no
  * step beyond their names in `tables`: the DDL creates them whole (`CREATE TABLE IF NOT EXISTS`),
- * and so for indexes. The first release's schema is version 1: no steps yet.
+ * and so for indexes. The first release's schema is version 1.
  */
-export const MIGRATIONS: readonly Migration[] = [];
+export const MIGRATIONS: readonly Migration[] = [
+  {
+    to: 2,
+    summary:
+      "journal entries record what a take-back is (take_back, set from version 1's rule on the entries there are), the hash version, the key id of a keyed chain and an addition's scope",
+    // hash_version stays NULL on the entries there are: their hash is version 1's (docs/concepts.md).
+    columns: [
+      { table: "journal", field: "takeBack" },
+      { table: "journal", field: "hashVersion" },
+      { table: "journal", field: "keyId" },
+      { table: "journal", field: "scope" },
+    ],
+    statements: (dialect, _naming, tables) => [v1TakeBacks(dialect, tables.get("journal") as SqlTable)],
+  },
+];
+
+/**
+ * The version 2 step's backfill: `take_back` of the entries a version 1 store holds, by the rule
+ * version 1 read them with (`V1_TAKE_BACK`, src/core/domain/usage.ts), once. Only entries that have
+ * none yet: it can run again.
+ */
+function v1TakeBacks(dialect: SqlDialect, journal: SqlTable): string {
+  const q = (n: string) => quoteIdent(dialect, n);
+  if (dialect === "mysql") {
+    const is = (key: string, types: string) => `JSON_TYPE(JSON_EXTRACT(${q("metadata")}, '$."${key}"')) IN (${types})`;
+    const [clawback, refund] = V1_TAKE_BACK;
+    return (
+      `UPDATE ${journal.qualified} SET ${q("take_back")} = CASE WHEN LEFT(${q("description")}, 12) = BINARY 'Lost dispute' ` +
+      `THEN '${clawback?.then ?? "clawback"}' ELSE '${refund?.then ?? "refund"}' END WHERE ${q("take_back")} IS NULL AND ` +
+      `${q("type")} IN ('deduct', 'commit_reserved', 'void') AND ${is("paymentId", "'STRING'")} AND ` +
+      `${is("refundedAmount", "'INTEGER', 'UNSIGNED INTEGER', 'DOUBLE', 'DECIMAL'")};`
+    );
+  }
+  const d = dialect === "postgres" ? PG_USAGE : SQLITE_USAGE;
+  const all = (c: (typeof V1_TAKE_BACK)[number]) => c.when.map((t) => sqlTest(d, t, "j")).join(" AND ");
+  const cases = V1_TAKE_BACK.map((c) => `WHEN ${all(c)} THEN ${sqlLit(c.then)}`).join(" ");
+  const last = V1_TAKE_BACK[V1_TAKE_BACK.length - 1] as (typeof V1_TAKE_BACK)[number];
+  return (
+    `UPDATE ${journal.qualified} AS j SET ${q("take_back")} = CASE ${cases} END ` +
+    `WHERE j.${q("take_back")} IS NULL AND ${all(last)};`
+  );
+}
 
 /** The steps a store is brought through: the shipped ones, then a test's next version's (./version.ts). */
 function steps(): readonly Migration[] {
@@ -160,8 +204,15 @@ export function upgradeStatements(options: UpgradeSqlOptions): string[] {
         continue;
       }
       const ifMissing = dialect === "postgres" ? "IF NOT EXISTS " : "";
-      const definition = columnSql(dialect, column, false, table.spec.name, added.fill);
+      // Citus adds no column with a constraint in one command (its constraints need names): the
+      // column, then its checks under the name PostgreSQL gives an inline one (`replaceCheck`).
+      const split =
+        dialect === "postgres" &&
+        options.distributed === true &&
+        columnChecks(dialect, column, table.spec.name).length > 0;
+      const definition = columnSql(dialect, column, false, table.spec.name, added.fill, !split);
       out.push(`ALTER TABLE ${table.qualified} ADD COLUMN ${ifMissing}${definition};`);
+      if (split) out.push(...replaceCheck(dialect, table, column, naming, true));
       // The fill is for the rows already there; a fresh install's column has no default.
       if (added.fill !== undefined && dialect !== "sqlite") {
         out.push(`ALTER TABLE ${table.qualified} ALTER COLUMN ${quoteIdent(dialect, column.name)} DROP DEFAULT;`);

@@ -129,7 +129,7 @@ export function generateMongoScript(options: MongoScriptOptions = {}): string {
   for (const filled of filledFieldsAfter(from ?? 0)) {
     const name = prefix + MONGO_COLLECTIONS[filled.collection].name;
     lines.push(
-      `if (existing.includes(${j(name)})) check(db.runCommand(${j({ update: name, updates: [{ q: { [filled.field]: { $exists: false } }, u: { $set: { [filled.field]: filled.value } }, multi: true }] })}), 'fill ' + ${j(`${name}.${filled.field}`)});`,
+      `if (existing.includes(${j(name)})) check(db.runCommand(${j({ update: name, updates: [{ q: { [filled.field]: { $exists: false }, ...(filled.where === undefined ? {} : { $expr: filled.where }) }, u: { $set: { [filled.field]: filled.value } }, multi: true }] })}), 'fill ' + ${j(`${name}.${filled.field}`)});`,
     );
   }
   for (const layout of Object.values(MONGO_COLLECTIONS)) {

@@ -560,12 +560,19 @@ function condition(dialect: SqlDialect, column: Column, c: IndexCondition): stri
  * One column's definition. `fill`: a DEFAULT for the rows a table already has when the column is
  * added to it (an upgrade); a fresh table's columns have none.
  */
-export function columnSql(dialect: SqlDialect, c: Column, indexed: boolean, table: string, fill?: string): string {
+export function columnSql(
+  dialect: SqlDialect,
+  c: Column,
+  indexed: boolean,
+  table: string,
+  fill?: string,
+  inlineChecks = true,
+): string {
   const { type, checks } = columnParts(dialect, c, indexed, table);
   const parts = [quoteIdent(dialect, c.name), type];
   if (!c.nullable) parts.push("NOT NULL");
   if (fill !== undefined) parts.push(`DEFAULT ${fill}`);
-  for (const check of checks) parts.push(`CHECK (${check})`);
+  if (inlineChecks) for (const check of checks) parts.push(`CHECK (${check})`);
   return parts.join(" ");
 }
 

@@ -19,7 +19,7 @@ import { sqlLit } from "./ident.js";
  * query (src/db/usage-query.ts) and PostgreSQL's daily rollup (./rollup.ts) are made of. Each
  * expression is written once; a dialect (`PG_USAGE`, `SQLITE_USAGE`) says how it reads JSON. Every
  * function takes the row's alias (`j`, `e`) and reads its columns `type`, `amount`, `metadata`,
- * `description` and `reservation_id`.
+ * `description`, `reservation_id` and `take_back`.
  */
 
 /** A JSON value inside `doc` (a column or expression) at `path`: object keys, or array indexes. */
@@ -118,6 +118,7 @@ const metadata = (r: string, path: readonly string[]): JsonRef => ({ doc: `${r}.
 export function sqlTest(d: UsageDialect, t: UsageTest, r: string): string {
   if ("type" in t) return `${r}.type IN (${t.type.map(sqlLit).join(", ")})`;
   if ("held" in t) return `${r}.reservation_id IS ${t.held ? "NOT NULL" : "NULL"}`;
+  if ("takeBack" in t) return `${r}.take_back = ${sqlLit(t.takeBack)}`;
   if ("descriptionStartsWith" in t) return d.startsWith(`${r}.description`, t.descriptionStartsWith);
   const is = d.is(metadata(r, t.metadata), t.is);
   return t.nonEmpty === true ? `${is} AND ${d.nonEmpty(metadata(r, t.metadata))}` : is;

@@ -7,7 +7,7 @@ import type { Migration } from "./migrations.js";
  * (docs/schema-upgrades.md). A release that changes the layout raises it and adds the step that
  * reaches it to `MIGRATIONS` (./migrations.ts) and `MONGO_MIGRATIONS` (src/db/mongodb/layout.ts).
  */
-export const SCHEMA_VERSION = 1;
+export const SCHEMA_VERSION = 2;
 
 /**
  * A schema version after this release's, with its upgrade steps: what a test of the upgrade

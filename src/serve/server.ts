@@ -32,6 +32,7 @@ import type { KeyStore } from "./keys.js";
 import { warnOnFailure } from "../core/logger.js";
 import { customerTokensOn } from "../credit-service.js";
 import { UsageError } from "../util/usage-error.js";
+import { journalKeysOf } from "../util/journal-keys-env.js";
 
 /**
  * `credit-management serve` (docs/service.md): the credit API (`createCreditHandler`) behind API
@@ -538,6 +539,8 @@ export async function runServe(s: ServeSettings, io: ServeIo, env: Env): Promise
   let webhooks: Awaited<ReturnType<typeof serveWebhooks>> | undefined;
   let resources: WorkerResources | undefined;
   let metrics: Metrics | null = null;
+  // The journal's keys, read before anything opens (bad JSON: a usage error).
+  const journalKeys = journalKeysOf(env as Record<string, string | undefined>);
   let started = false;
   try {
     let where: string;
@@ -557,6 +560,8 @@ export async function runServe(s: ServeSettings, io: ServeIo, env: Env): Promise
         db: stores.db,
         logger,
         overdraftLimit: s.CREDIT_OVERDRAFT_LIMIT,
+        // The journal's keys (docs/concepts.md, "A keyed chain"): what the service writes is signed.
+        ...(journalKeys === undefined ? {} : { journalKeys }),
         // The application's payment settings (docs/service.md, "Configure it"): the credits a
         // payment buys, and what the --worker rounds charge and credit for an auto top-up.
         payments: s.payments,

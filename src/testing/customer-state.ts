@@ -73,6 +73,56 @@ export function runCustomerStateContract(
       expect(state.alerts).toEqual(await notifications.getAlerts(u));
     });
 
+    it("available is one figure: the state's, getUserCreditsInfo's, the available alert's and the low-credits level's (scoped credits left out)", async () => {
+      const low: AlertThreshold = { id: "low", kind: "available", atOrBelow: 450 };
+      const now = () => new Date(clock.now);
+      const credits = new CreditService({ db: getDb(), clock: now, alerts: { lowCredits: 450, alerts: [low] } });
+      const notifications = new NotificationService({
+        db: getDb(),
+        clock: now,
+        thresholds: { lowCredits: 450 },
+        alerts: [low],
+      });
+      const u = user();
+      await credits.addCredits(u, 500);
+      await credits.addCredits(u, 200, { scope: { features: ["images"] } });
+      await credits.deductCredits(u, 100); // the pool: 400; with the scoped grant, 600 unheld
+      const state = await credits.getCustomerState(u);
+      expect(state.available).toBe(400);
+      expect((await credits.getUserCreditsInfo(u)).available).toBe(400);
+      const alerts = await notifications.getAlerts(u);
+      expect(alerts.map((a) => [a.threshold.id, a.state, a.value])).toEqual([
+        ["low_credits", "in_alarm", 400],
+        ["credits_exhausted", "ok", 400],
+        ["low", "in_alarm", 400],
+      ]);
+      expect(state.alerts).toEqual(alerts);
+      const rows = await notifications.list(u);
+      expect(rows.find((r) => r.type === "low_credits")?.payload).toMatchObject({ available: 400 });
+      expect(rows.find((r) => r.type === "alert_triggered")?.payload).toMatchObject({ thresholdId: "low", value: 400 });
+    });
+
+    it("alerts: a read that settles a due expiry answers the alert states of the position it answers; a second read at that seq answers the same", async () => {
+      const low: AlertThreshold = { id: "low", kind: "available", atOrBelow: 100 };
+      const now = () => new Date(clock.now);
+      const credits = new CreditService({ db: getDb(), clock: now, alerts: { alerts: [low] } });
+      const u = user();
+      await credits.addCredits(u, 150, { expiresAt: new Date(clock.now + DAY) });
+      await credits.addCredits(u, 50);
+      clock.now += DAY + 1000; // the 150 has expired: 50 left, under the line
+      try {
+        const first = await credits.getCustomerState(u);
+        expect(first.seq).toBe(3);
+        expect(first.available).toBe(50);
+        expect(first.alerts.find((a) => a.threshold.id === "low")).toMatchObject({ state: "in_alarm", value: 50 });
+        const second = await credits.getCustomerState(u);
+        expect(second.seq).toBe(first.seq);
+        expect({ ...second, readAt: first.readAt }).toEqual(first);
+      } finally {
+        clock.now -= DAY + 1000;
+      }
+    });
+
     it("one snapshot: balance, each feature's grants, figures and decision as check() answers it", async () => {
       const credits = service();
       const u = user();

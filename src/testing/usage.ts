@@ -17,6 +17,7 @@ import { usageKind, usageParts, windowStart } from "../core/domain/usage.js";
 import { ConfigurationError } from "../core/errors.js";
 import type { JournalEntry, UsageDimension, UsageQuery, UsageRow } from "../core/models/index.js";
 import { CreditService } from "../credit-service.js";
+import { creditCore } from "../core/services/credit-core.js";
 import { PricingService } from "../modules/pricing/service.js";
 import { DAY, HOUR, lazy, type PartOptions } from "../core/testing/support.js";
 
@@ -203,13 +204,19 @@ export async function playUsage(
         });
         break;
       }
-      case "takeBack":
-        // What a payment's reversal writes (docs/promos-and-payments.md): the rule reads its metadata.
-        await credits.deductCredits(user, o.amount, {
+      case "takeBack": {
+        // What a payment's reversal writes (docs/promos-and-payments.md): a deduction the library
+        // records as a take-back (`takeBack`), in a unit of work of its own, as the payments module does.
+        const meta = {
           description: `${o.dispute ? "Lost dispute" : "Refund"} of payment p-${user} (test)`,
           metadata: { paymentId: `p-${user}`, provider: "test", refundedAmount: o.amount * 10 },
-        });
+          takeBack: o.dispute ? ("clawback" as const) : ("refund" as const),
+        };
+        await creditCore(credits).runUnitOfWork(user, meta, async (work) =>
+          work.deduct(o.amount, meta, { allowDebt: true, overdraftLimit: null }),
+        );
         break;
+      }
     }
   }
 }

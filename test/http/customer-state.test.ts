@@ -91,6 +91,38 @@ describe("the customer's state over HTTP", () => {
     }
   });
 
+  it("a member sees the alerts about the whole account and its own spend, never another member's spend", async () => {
+    const manager = await createCreditManager({ notifications: {} });
+    try {
+      await manager.credits.addCredits("acme", 2_000);
+      await manager.notifications.setAlerts("acme", [
+        { id: "low", kind: "available", atOrBelow: 100 },
+        { id: "alice-month", kind: "period_spend", atOrAbove: 500, window: "month", spender: "alice" },
+        { id: "bob-month", kind: "period_spend", atOrAbove: 800, window: "month", spender: "bob" },
+        { id: "team-month", kind: "period_spend", atOrAbove: 5_000, window: "month" },
+      ]);
+      await manager.credits.deductCredits("acme", 900, { spender: "bob" });
+      const h = createCreditHandler(manager, { authenticate, customerRateLimit: false });
+      const read = async (token: string) => {
+        const r = await h(new Request("http://h/credits/state", { headers: { authorization: `Bearer ${token}` } }));
+        const text = await r.text();
+        expect(r.status, text).toBe(200);
+        return {
+          text,
+          ids: (JSON.parse(text) as { alerts: { threshold: { id: string } }[] }).alerts.map((a) => a.threshold.id),
+        };
+      };
+      const alice = await read("acme/alice");
+      expect(alice.ids).toEqual(["credits_exhausted", "low", "alice-month", "team-month"]);
+      expect(alice.text).not.toContain("bob");
+      expect((await read("acme/bob")).ids).toEqual(["credits_exhausted", "low", "bob-month", "team-month"]);
+      // The account's own key (no spender) and an admin see every one.
+      expect((await read("acme")).ids).toEqual(["credits_exhausted", "low", "alice-month", "bob-month", "team-month"]);
+    } finally {
+      await manager.close();
+    }
+  });
+
   it("an admin pages through the accounts' states, or those of a list of ids", async () => {
     const first = await get("/admin/credits/states?limit=1", "admin");
     expect(first.status, first.text).toBe(200);

@@ -16,8 +16,8 @@ import type { Prng } from "./prng.js";
  *
  * A `period_spend` threshold counts the spend whose time is in the current day: a deduction or a
  * capture at its usage time (a late one's `occurredAt`, else when it was committed), a reversal
- * taken off at its charge's time; a payment's take-back is no spend. Every threshold is set before the account's first change, so
- * the spend counted from when it applies is all of it.
+ * taken off at its charge's time; a payment's take-back is no spend. Every threshold is set before
+ * the account's first change, so the spend counted from when it applies is all of it.
  */
 
 const DAY = 86_400_000;
@@ -179,8 +179,8 @@ export class AlertsModel {
         return;
       case "deduct":
       case "commit_reserved": {
-        // A payment's take-back is no spend (the rules of usage, docs/usage.md), as derived.ts tells it.
-        if (typeof e.metadata?.paymentId === "string" && typeof e.metadata?.refundedAmount === "number") return;
+        // A payment's take-back (recorded by the library as one) is no spend (the rules of usage, docs/usage.md).
+        if (e.takeBack != null) return;
         // A capture, and the part of one beyond its hold, are the hold's spender's and feature's.
         const hold = e.reservationId === null ? undefined : a.holds.get(e.reservationId);
         const by = hold ?? who;
@@ -225,7 +225,8 @@ export class AlertsModel {
   private read(a: Account, t: AlertThreshold, m: CreditModel, now: number): number {
     switch (t.kind) {
       case "available":
-        return m.balance - m.reserved;
+        // What a spend naming no feature may use: less the unheld credits of scoped grants.
+        return m.available;
       case "period_spend": {
         if (t.window !== "day" || (t.timeZone ?? "UTC") !== "UTC") this.fail("the model knows UTC days only");
         const start = Math.floor(now / DAY) * DAY;

@@ -27,7 +27,7 @@ export async function derivedProblems(
 
   const want = new Map<string, number>();
   for (const e of entries) {
-    const takeBack = typeof e.metadata?.paymentId === "string" && typeof e.metadata?.refundedAmount === "number";
+    const takeBack = e.takeBack != null;
     const sign = e.type === "reverse" ? -1 : (e.type === "deduct" || e.type === "commit_reserved") && !takeBack ? 1 : 0;
     if (sign === 0) continue;
     const at = (e.occurredAt ?? e.createdAt).getTime();

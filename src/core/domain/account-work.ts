@@ -13,9 +13,11 @@ import type {
   LimitCycle,
   Reservation,
   SpendLimit,
+  TakeBack,
 } from "../models/index.js";
 import { checkpointMetadata, snapshotOf } from "./checkpoint.js";
 import { hashNewEntry } from "./hash.js";
+import type { JournalKey } from "./journal-keys.js";
 import type { WorkEvent } from "./notifications.js";
 import { type Counted, type Spend, countSpend, describeLimit, giveBackSpend, limitRoom, trueUpHold } from "./limits.js";
 import { compareGrants, isDue, isOpenGrant, isUsable } from "./order.js";
@@ -39,6 +41,11 @@ export interface EntryMeta {
   occurredAt?: Date | undefined;
   /** A `reverse` entry's charge (docs/concepts.md, "Giving a charge back"). */
   reverses?: string | undefined;
+  /**
+   * What a take-back entry takes credits back for (`JournalEntry.takeBack`): set by the module that
+   * takes them back (payments), never from a caller's options.
+   */
+  takeBack?: TakeBack | undefined;
 }
 
 export interface NewGrant {
@@ -99,6 +106,12 @@ export class AccountWork {
    * (docs/customer-state.md, "Alerts"). Undefined: not known here (the one stored holds).
    */
   subscriptionCycle: LimitCycle | null | undefined;
+
+  /**
+   * The key this work signs its entries with (docs/concepts.md, "A keyed chain"): their `keyId`, and
+   * their hash an HMAC under it. Undefined: plain SHA-256.
+   */
+  chainKey: JournalKey | undefined;
 
   constructor(userId: string, state: LoadedState, now: Date, newId: () => string) {
     this.userId = userId;
@@ -341,6 +354,7 @@ export class AccountWork {
     const entry = this.emit("add", amount, portions, null, meta, {
       costBasis: grant.costBasis ?? null,
       source: grant.source,
+      scope,
     });
     // An addition that only paid debt created no grant: its domain event (docs/events.md) still names the source.
     if (grantAmount === 0) noteAddSource(entry, grant.source, grant.sourceRef);
@@ -858,7 +872,7 @@ export class AccountWork {
     grants: GrantPortion[],
     reservationId: string | null,
     meta: EntryMeta,
-    added?: { costBasis: CostBasis | null; source: GrantSource },
+    added?: { costBasis: CostBasis | null; source: GrantSource; scope: GrantScope | null },
   ): JournalEntry {
     const a = this.account;
     const entry: JournalEntry = {
@@ -887,8 +901,13 @@ export class AccountWork {
       createdAt: this.now,
       prevHash: a.lastHash,
       hash: "",
+      takeBack: meta.takeBack ?? null,
+      // The current hash input (canonicalEntry, src/core/domain/hash.ts).
+      hashVersion: 2,
+      keyId: this.chainKey?.id ?? null,
+      scope: added?.scope ?? null,
     };
-    const { hash, canonical } = hashNewEntry(entry);
+    const { hash, canonical } = hashNewEntry(entry, this.chainKey?.key);
     entry.hash = hash;
     a.seq = entry.seq;
     a.lastHash = entry.hash;

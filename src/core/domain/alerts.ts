@@ -11,7 +11,7 @@ import type {
 } from "../models/index.js";
 import { cycleWindow } from "./limits.js";
 import { isOpenGrant } from "./order.js";
-import { figuresBehind } from "./scope.js";
+import { availableOf, inScope } from "./scope.js";
 import {
   groupValue,
   isNegated,
@@ -31,6 +31,9 @@ import {
  */
 
 const DAY_MS = 86_400_000;
+
+/** A spend naming no feature nor spender: what `available` is for. */
+const NO_SPEND = { spender: null, feature: null } as const;
 
 /** A `period_spend` threshold. */
 export type PeriodSpend = Extract<AlertThreshold, { kind: "period_spend" }>;
@@ -63,6 +66,23 @@ export interface AlertEvent {
   type: "alert_triggered" | "alert_resolved";
   payload: Record<string, unknown>;
   dedupeKey: string;
+}
+
+/**
+ * The stored mark of threshold `id`: an own property of `marks` only. An id is the caller's text
+ * and may be a name `Object.prototype` has (`__proto__`, `constructor`, `toString`): a plain
+ * `marks[id]` would read the prototype's member (docs/customer-state.md, "Alerts").
+ */
+export function markOf(marks: Readonly<Record<string, AlertMark>> | undefined, id: string): AlertMark | undefined {
+  return marks !== undefined && Object.hasOwn(marks, id) ? marks[id] : undefined;
+}
+
+/**
+ * Sets threshold `id`'s mark as an own property, whatever the id (`marks[id] = mark` with an id of
+ * `__proto__` would replace the object's prototype and store nothing).
+ */
+function setMark(marks: Record<string, AlertMark>, id: string, mark: AlertMark): void {
+  Object.defineProperty(marks, id, { value: mark, writable: true, enumerable: true, configurable: true });
 }
 
 /** The thresholds that apply to `account`: its own, else the service's `defaults`. */
@@ -115,8 +135,8 @@ export function needsCycle(
     (t) => t.kind === "period_spend" && t.window === "subscription_period",
   );
   if (periods.length === 0) return false;
-  const marks = account.alert?.marks ?? {};
-  return recount || account.alert?.cycle === undefined || periods.some((t) => marks[t.id] === undefined);
+  const marks = account.alert?.marks;
+  return recount || account.alert?.cycle === undefined || periods.some((t) => markOf(marks, t.id) === undefined);
 }
 
 /**
@@ -134,7 +154,7 @@ export function countsStarting(
   inputs: AlertInputs,
   recount: boolean,
 ): { thresholds: PeriodSpend[]; from: number } | null {
-  const marks = account.alert?.marks ?? {};
+  const marks = account.alert?.marks;
   const cycle = cycleOf(account, inputs);
   // A cycle read now that is not the stored one (a subscription started, changed its cycle or ended).
   const moved = inputs.cycle !== undefined && !sameCycle(inputs.cycle, account.alert?.cycle);
@@ -142,7 +162,7 @@ export function countsStarting(
   let from = Infinity;
   for (const t of thresholdsOf(account, defaults)) {
     if (t.kind !== "period_spend") continue;
-    if (!recount && marks[t.id] !== undefined && !(moved && t.window === "subscription_period")) continue;
+    if (!recount && markOf(marks, t.id) !== undefined && !(moved && t.window === "subscription_period")) continue;
     const window = spendWindow(t, at, cycle);
     if (window === null) continue;
     thresholds.push(t);
@@ -199,16 +219,133 @@ export function spendOfEntry(t: PeriodSpend, e: JournalEntry, window: SpendWindo
   return spent;
 }
 
-/** What is left of the open grants expiring after `now` and within `days` days (holds are not grants' remaining). */
-export function expiringWithin(grants: readonly Grant[], days: number, now: number): number {
-  const until = now + days * DAY_MS;
-  let total = 0;
-  for (const g of grants) {
-    if (!isOpenGrant(g) || g.expiresAt === null) continue;
-    const at = g.expiresAt.getTime();
-    if (at > now && at <= until) total += g.remaining;
+/** What one scope of grants (the unscoped pool, or one scope) holds: given, left. */
+interface ScopeFigures {
+  scope: Grant["scope"];
+  granted: number;
+  remaining: number;
+}
+
+/**
+ * The figures the `left_percent` and `expiring` thresholds of one evaluation read, computed once
+ * per evaluation whatever the number of thresholds (docs/benchmarks.md, "Alerts"): one pass over
+ * the open grants, the first time a threshold asks, giving what each scope of grants was given and
+ * holds, and what expires within each `expiring` threshold's days (each grant counted once, in the
+ * shortest window holding it). An account whose soonest expiry (`nextExpiryAt`) is beyond a
+ * threshold's days has nothing expiring within them: no grant is read for it.
+ */
+class Figures {
+  private scopes: ScopeFigures[] | undefined;
+  /** What expires within each of `windows` (the running total, shortest window first). */
+  private upTo: number[] | undefined;
+  private readonly percents = new Map<string | null, { granted: number; left: number }>();
+
+  constructor(
+    private readonly account: Account,
+    private readonly grants: () => readonly Grant[],
+    private readonly now: number,
+    /** The distinct `expiring` thresholds' windows, in ms, shortest first. */
+    private readonly windows: readonly number[],
+  ) {}
+
+  /** What the usable grants behind the pool (null) or `feature` were given, and hold less the debt. */
+  behind(feature: string | null): { granted: number; left: number } {
+    const known = this.percents.get(feature);
+    if (known !== undefined) return known;
+    this.scan();
+    let granted = 0;
+    let held = 0;
+    const spend = { spender: null, feature };
+    for (const s of this.scopes as ScopeFigures[]) {
+      if (!inScope(s.scope, spend)) continue;
+      granted += s.granted;
+      held += s.remaining;
+    }
+    const out = { granted, left: held - this.account.debt };
+    this.percents.set(feature, out);
+    return out;
   }
-  return total;
+
+  /**
+   * The account's `available` (`availableOf`, ./scope.ts): `balance − reserved`, less the unheld
+   * credits of its scoped grants (read only for an account given one).
+   */
+  available(): number {
+    const unheld = this.account.balance - this.account.reserved;
+    if (this.account.scoped !== true) return unheld;
+    this.scan();
+    let scoped = 0;
+    for (const s of this.scopes as ScopeFigures[]) if (!inScope(s.scope, NO_SPEND)) scoped += s.remaining;
+    return unheld - scoped;
+  }
+
+  /** What is left of the open grants expiring after now and within `days` days. */
+  expiringWithin(days: number): number {
+    const next = this.account.nextExpiryAt;
+    const until = this.now + days * DAY_MS;
+    if (next === null || next.getTime() > until) return 0;
+    this.scan();
+    return (this.upTo as number[])[this.windows.indexOf(days * DAY_MS)] ?? 0;
+  }
+
+  /** The index of the shortest of `windows` holding an expiry at `at` (ms; binary search). */
+  private windowOf(at: number): number {
+    let lo = 0;
+    let hi = this.windows.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (this.now + (this.windows[mid] as number) < at) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
+  }
+
+  /** The one pass over the open grants. */
+  private scan(): void {
+    if (this.scopes !== undefined) return;
+    const groups = new Map<string, ScopeFigures>();
+    const within = new Array<number>(this.windows.length).fill(0);
+    const now = this.now;
+    const horizon = now + (this.windows[this.windows.length - 1] ?? -1);
+    for (const g of this.grants()) {
+      if (!isOpenGrant(g)) continue;
+      const at = g.expiresAt?.getTime() ?? null;
+      if (at !== null && at > now && at <= horizon) {
+        const i = this.windowOf(at);
+        within[i] = (within[i] ?? 0) + g.remaining;
+      }
+      // Usable: not past its expiry (a grant an unsettled read still lists).
+      if (at !== null && at <= now) continue;
+      const key = g.scope == null ? "" : JSON.stringify([g.scope.features ?? null, g.scope.spenders ?? null]);
+      const group = groups.get(key);
+      if (group === undefined) groups.set(key, { scope: g.scope, granted: g.amount, remaining: g.remaining });
+      else {
+        group.granted += g.amount;
+        group.remaining += g.remaining;
+      }
+    }
+    this.scopes = [...groups.values()];
+    let total = 0;
+    this.upTo = within.map((n) => (total += n));
+  }
+}
+
+/** The figures of one evaluation of `list` on `account` at `now` (`Figures`). */
+function figuresOf(
+  account: Account,
+  grants: () => readonly Grant[],
+  now: number,
+  list: readonly AlertThreshold[],
+): Figures {
+  const windows = new Set<number>();
+  for (const t of list) if (t.kind === "expiring") windows.add(t.withinDays * DAY_MS);
+  let memo: readonly Grant[] | undefined;
+  return new Figures(
+    account,
+    () => (memo ??= grants()),
+    now,
+    [...windows].sort((a, b) => a - b),
+  );
 }
 
 /** A threshold's value and whether it is on the alarm side; the window and its count for `period_spend`. */
@@ -221,17 +358,13 @@ interface Reading {
 
 /**
  * `left_percent`'s value: what is left of the open grants behind the pool (or `feature`) as a
- * percentage of what they were given, by the customer state's figures (`figuresBehind`,
- * ./scope.ts); 0 when nothing open is behind it (nothing is left). Compared in whole numbers:
- * left / granted <= atOrBelow / 100, the line included.
+ * percentage of what they were given: the customer state's figures (`figuresBehind`, ./scope.ts),
+ * summed per scope of grants (`Figures`); 0 when nothing open is behind it (nothing is left). The
+ * exact share, not rounded; compared in whole numbers: left × 100 <= atOrBelow × granted, the line
+ * included.
  */
-function leftPercent(
-  t: Extract<AlertThreshold, { kind: "left_percent" }>,
-  account: Account,
-  grants: readonly Grant[],
-  now: number,
-): Reading {
-  const f = figuresBehind(grants, { spender: null, feature: t.feature ?? null }, account.debt, new Date(now));
+function leftPercent(t: Extract<AlertThreshold, { kind: "left_percent" }>, figures: Figures): Reading {
+  const f = figures.behind(t.feature ?? null);
   if (f.granted <= 0) return { value: 0, alarm: true };
   return { value: (f.left * 100) / f.granted, alarm: f.left * 100 <= t.atOrBelow * f.granted };
 }
@@ -242,16 +375,17 @@ function read(
   account: Account,
   mark: AlertMark | undefined,
   entries: readonly JournalEntry[],
-  grants: () => readonly Grant[],
+  figures: Figures,
   now: number,
   inputs: AlertInputs,
 ): Reading {
-  const available = account.balance - account.reserved;
   switch (t.kind) {
-    case "available":
+    case "available": {
+      const available = figures.available();
       return { value: available, alarm: available <= t.atOrBelow };
+    }
     case "left_percent":
-      return leftPercent(t, account, grants(), now);
+      return leftPercent(t, figures);
     case "period_spend": {
       const window = spendWindow(t, now, cycleOf(account, inputs));
       // No subscription to count in: no value, never in alarm.
@@ -262,7 +396,7 @@ function read(
       return { value: spent, alarm: spent >= t.atOrAbove, windowStart: window.start, spent };
     }
     case "expiring": {
-      const left = expiringWithin(grants(), t.withinDays, now);
+      const left = figures.expiringWithin(t.withinDays);
       return { value: left, alarm: left >= t.atOrAbove };
     }
   }
@@ -293,7 +427,7 @@ export function evaluateThresholds(
 ): ThresholdsOutcome {
   if (account.seq === 0) return { events: [], moved: false };
   const list = thresholdsOf(account, defaults);
-  const before = account.alert?.marks ?? {};
+  const before: Readonly<Record<string, AlertMark>> = account.alert?.marks ?? {};
   if (list.length === 0 && Object.keys(before).length === 0) return { events: [], moved: false };
   const at = now.getTime();
   const marks: Record<string, AlertMark> = {};
@@ -301,9 +435,10 @@ export function evaluateThresholds(
   const resolved: Record<string, unknown>[] = [];
   let recorded = account.alert?.recorded ?? 0;
   const cycle = cycleOf(account, inputs);
+  const figures = figuresOf(account, grants, at, list);
   for (const t of list) {
-    const mark = before[t.id];
-    const r = read(t, account, mark, entries, grants, at, inputs);
+    const mark = markOf(before, t.id);
+    const r = read(t, account, mark, entries, figures, at, inputs);
     const was: AlertStateName = mark?.state ?? "ok";
     const state: AlertStateName = r.alarm ? "in_alarm" : "ok";
     const crossings = (mark?.crossings ?? 0) + (was === "ok" && state === "in_alarm" ? 1 : 0);
@@ -312,7 +447,7 @@ export function evaluateThresholds(
       next.windowStart = r.windowStart ?? null;
       next.spent = r.spent ?? 0;
     }
-    marks[t.id] = next;
+    setMark(marks, t.id, next);
     const about = { thresholdId: t.id, kind: t.kind, value: r.value, line: lineOf(t), crossing: crossings };
     if (was === "ok" && state === "in_alarm") {
       // The key's number counts the account's alert events, so it is never reused (a threshold
@@ -362,7 +497,7 @@ export function hasEndedSpendWindow(
   if (marks === undefined) return false;
   const cycle = account.alert?.cycle ?? null;
   return thresholdsOf(account, defaults).some((t) => {
-    const mark = marks[t.id];
+    const mark = markOf(marks, t.id);
     if (t.kind !== "period_spend" || mark?.state !== "in_alarm") return false;
     return (mark.windowStart ?? null) !== (spendWindow(t, now.getTime(), cycle)?.start ?? null);
   });
@@ -390,12 +525,12 @@ export function expiresBeyondScan(
 ): boolean {
   const next = account.nextExpiryAt;
   if (next === null || account.seq === 0) return false;
-  const marks = account.alert?.marks ?? {};
+  const marks = account.alert?.marks;
   return thresholdsOf(account, defaults).some(
     (t) =>
       t.kind === "expiring" &&
       t.withinDays > scanDays &&
-      marks[t.id]?.state !== "in_alarm" &&
+      markOf(marks, t.id)?.state !== "in_alarm" &&
       next.getTime() <= now.getTime() + t.withinDays * DAY_MS,
   );
 }
@@ -412,8 +547,8 @@ function sameMarks(a: Record<string, AlertMark>, b: Record<string, AlertMark>): 
   const ka = Object.keys(a);
   if (ka.length !== Object.keys(b).length) return false;
   for (const k of ka) {
-    const x = a[k];
-    const y = b[k];
+    const x = markOf(a, k);
+    const y = markOf(b, k);
     if (x === undefined || y === undefined) return false;
     if (x.state !== y.state || x.crossings !== y.crossings) return false;
     if ((x.windowStart ?? null) !== (y.windowStart ?? null) || (x.spent ?? null) !== (y.spent ?? null)) return false;
@@ -444,10 +579,12 @@ export function thresholdStates(
     }));
   }
   const own = account.alert?.thresholds;
-  const marks = account.alert?.marks ?? {};
-  return thresholdsOf(account, defaults).map((t): AlertStatus => {
-    const mark = marks[t.id];
-    const r = read(t, account, mark, [], () => grants, now.getTime(), {});
+  const marks = account.alert?.marks;
+  const list = thresholdsOf(account, defaults);
+  const figures = figuresOf(account, () => grants, now.getTime(), list);
+  return list.map((t): AlertStatus => {
+    const mark = markOf(marks, t.id);
+    const r = read(t, account, mark, [], figures, now.getTime(), {});
     return {
       threshold: t,
       state: mark?.state ?? "ok",
@@ -464,9 +601,14 @@ export function thresholdStates(
  * `line` (listed when `line` is above 0) and `credits_exhausted` at or below 0, in alarm as the
  * account's stored level says.
  */
-export function builtInStates(account: Account | null, line: number): AlertStatus[] {
+export function builtInStates(
+  account: Account | null,
+  line: number,
+  grants: readonly Grant[],
+  now: Date,
+): AlertStatus[] {
   const level = account?.alert?.level ?? null;
-  const value = account === null || account.seq === 0 ? null : account.balance - account.reserved;
+  const value = account === null || account.seq === 0 ? null : availableOf(account, () => grants, now);
   const status = (id: string, atOrBelow: number, alarm: boolean): AlertStatus => ({
     threshold: { id, kind: "available", atOrBelow },
     state: alarm ? "in_alarm" : "ok",

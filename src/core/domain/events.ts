@@ -66,13 +66,17 @@ function base(e: JournalEntry): Record<string, unknown> {
 }
 
 /**
- * A payment's take-back (refund or lost dispute): the payment service's entries carry the payment
- * in their metadata (`paymentId` and `refundedAmount`, src/modules/billing/service-payments.ts).
+ * A payment's take-back (refund or lost dispute): an entry the library recorded as one (`takeBack`,
+ * never its metadata's say); the payment service's entries name the payment in their metadata
+ * (`paymentId` and `refundedAmount`, src/modules/billing/service-payments.ts).
  */
 function refundOf(e: JournalEntry): { paymentId: string | null; refundedAmount: number | null } | null {
+  if (e.takeBack == null) return null;
   const m = e.metadata;
-  if (m === null || typeof m.paymentId !== "string" || !("refundedAmount" in m)) return null;
-  return { paymentId: m.paymentId, refundedAmount: typeof m.refundedAmount === "number" ? m.refundedAmount : null };
+  return {
+    paymentId: typeof m?.paymentId === "string" ? m.paymentId : null,
+    refundedAmount: typeof m?.refundedAmount === "number" ? m.refundedAmount : null,
+  };
 }
 
 /** The event of one entry; none for a checkpoint, which changes nothing (docs/operations.md). */

@@ -7,7 +7,8 @@ import type { JournalEntry } from "../models/index.js";
  * object of every field but `hash`, in a fixed key order, with metadata keys sorted, dates as ISO
  * strings. Stable across backends and key reorderings (PostgreSQL's JSONB reorders keys). The fields
  * most entries leave empty appear only when set: a grant part's `kind`, `spender` and `feature` (the
- * pair, when either is), `costBasis`, `source`, `reverses`, `occurredAt`. Built by hand: it is on every write's
+ * pair, when either is), `costBasis`, `source`, `reverses`, `occurredAt`, and from hash version 2
+ * (`hashVersion: 2`, every entry written since schema version 2) `takeBack`, `scope` and `keyId`. Built by hand: it is on every write's
  * path, and the ledger file reuses it as the line's `details` (see `ledgerLineOf`).
  */
 export function canonicalEntry(entry: Omit<JournalEntry, "hash">): string {
@@ -35,12 +36,27 @@ function setFields(entry: Omit<JournalEntry, "hash">): string {
   const source = entry.source ?? null;
   const reverses = entry.reverses ?? null;
   const occurredAt = entry.occurredAt ?? null;
+  // Hash version 1 (null or absent: entries written at schema version 1) has none of the later fields.
+  const later = entry.hashVersion == null || entry.hashVersion === 1 ? "" : laterFields(entry);
   return (
     (spender === null && feature === null ? "" : `"spender":${str(spender)},"feature":${str(feature)},`) +
     (basis === null ? "" : `"costBasis":{"perCredit":${quote(basis.perCredit)},"currency":${quote(basis.currency)}},`) +
     (source === null ? "" : `"source":${quote(source)},`) +
     (reverses === null ? "" : `"reverses":${quote(reverses)},`) +
-    (occurredAt === null ? "" : `"occurredAt":"${occurredAt.toISOString()}",`)
+    (occurredAt === null ? "" : `"occurredAt":"${occurredAt.toISOString()}",`) +
+    later
+  );
+}
+
+/** The fields hash version 2 added to the input, each only when set and followed by a comma. */
+function laterFields(entry: Omit<JournalEntry, "hash">): string {
+  const takeBack = entry.takeBack ?? null;
+  const scope = entry.scope ?? null;
+  const keyId = entry.keyId ?? null;
+  return (
+    (takeBack === null ? "" : `"takeBack":"${takeBack}",`) +
+    (scope === null ? "" : `"scope":${stringify(scope) ?? "null"},`) +
+    (keyId === null ? "" : `"keyId":${quote(keyId)},`)
   );
 }
 
@@ -105,9 +121,31 @@ const sha256: (data: string, encoding: "hex" | "base64url") => string =
     ? (data, encoding) => crypto.hash("sha256", data, encoding)
     : (data, encoding) => crypto.createHash("sha256").update(data).digest(encoding);
 
-/** sha256(prevHash ‖ "\n" ‖ canonical entry), hex: what an entry's `hash` must be. */
-export function hashEntry(entry: Omit<JournalEntry, "hash">): string {
-  return hashNewEntry(entry).hash;
+/**
+ * The keys of a keyed chain by id (docs/concepts.md, "A keyed chain"): what verifies an entry whose
+ * `keyId` is set.
+ */
+export type JournalKeys = ReadonlyMap<string, Uint8Array>;
+
+/** A keyed entry whose key is not among those given (`hashEntry`). */
+export class MissingJournalKeyError extends Error {
+  constructor(readonly keyId: string) {
+    super(`the journal key ${JSON.stringify(keyId)} is not among the keys given`);
+    this.name = "MissingJournalKeyError";
+  }
+}
+
+/**
+ * What an entry's `hash` must be: sha256(prevHash ‖ "\n" ‖ canonical entry), hex; for a keyed entry
+ * (`keyId` set), HMAC-SHA256 of the same text under the key of that id in `keys` — none there: a
+ * `MissingJournalKeyError`.
+ */
+export function hashEntry(entry: Omit<JournalEntry, "hash">, keys?: JournalKeys): string {
+  const keyId = entry.keyId ?? null;
+  if (keyId === null) return hashNewEntry(entry).hash;
+  const key = keys?.get(keyId);
+  if (key === undefined) throw new MissingJournalKeyError(keyId);
+  return hashNewEntry(entry, key).hash;
 }
 
 /**
@@ -115,11 +153,12 @@ export function hashEntry(entry: Omit<JournalEntry, "hash">): string {
  * write path that needs both. The hashed text (prevHash, newline, canonical entry) is built as one
  * string; hashing flattens it, and the canonical text is a slice of it (no copy), which the ledger
  * line slices again. Building the canonical text first and prefixing it would flatten it twice.
+ * With `key` (the entry's `keyId` set), HMAC-SHA256 under it instead of SHA-256.
  */
-export function hashNewEntry(entry: Omit<JournalEntry, "hash">): { hash: string; canonical: string } {
+export function hashNewEntry(entry: Omit<JournalEntry, "hash">, key?: Uint8Array): { hash: string; canonical: string } {
   const prefix = entry.prevHash === null ? "\n" : `${entry.prevHash}\n`;
   const text = prefix + canonicalEntry(entry);
-  const hash = sha256(text, "hex");
+  const hash = key === undefined ? sha256(text, "hex") : crypto.createHmac("sha256", key).update(text).digest("hex");
   return { hash, canonical: text.slice(prefix.length) };
 }
 

@@ -14,6 +14,7 @@ import type {
 import { EVENT_VERSIONS } from "../models/events.js";
 import { type LimitCrossing, describeLimit } from "./limits.js";
 import { builtInStates, evaluateThresholds, thresholdStates, type AlertInputs } from "./alerts.js";
+import { availableOf } from "./scope.js";
 
 /**
  * The notification rules of docs/notifications.md, as pure functions over one account: which events a change
@@ -102,6 +103,7 @@ export interface AlertOutcome {
 function evaluateAlert(
   account: Account,
   entries: readonly JournalEntry[],
+  grants: () => readonly Grant[],
   service: Thresholds,
   now: Date,
 ): AlertOutcome {
@@ -110,7 +112,7 @@ function evaluateAlert(
   for (const e of entries) if (e.type === "add") lastAllocation = e.amount;
   const override = prev === null ? null : prev.override;
   const threshold = thresholdOf(override ?? service, lastAllocation);
-  const available = account.balance - account.reserved;
+  const available = availableOf(account, grants, now);
   // An account with no history (never funded) has no level: its first change is evaluated from
   // `ok`, like any other change (docs/notifications.md), so its first top-up is never called a
   // restoration and a first top-up under the line is `low_credits`. An account with history but no
@@ -153,7 +155,7 @@ export function alertNotifications(
   now: Date,
   inputs: AlertInputs = {},
 ): AlertOutcome {
-  const level = evaluateAlert(account, entries, service, now);
+  const level = evaluateAlert(account, entries, grants, service, now);
   const t = evaluateThresholds(account, entries, grants, service.alerts, now, inputs);
   const moved = level.moved || t.moved;
   if (t.events.length === 0) return { notifications: level.notifications, moved };
@@ -183,7 +185,7 @@ export function alertStates(
 ): AlertStatus[] {
   if (kept === undefined) return thresholdStates(account, grants, undefined, now);
   return [
-    ...builtInStates(account, lowCreditsLine(account, kept)),
+    ...builtInStates(account, lowCreditsLine(account, kept), grants, now),
     ...thresholdStates(account, grants, kept.alerts, now),
   ];
 }
@@ -194,6 +196,7 @@ export function withOverride(
   override: AlertState["override"],
   service: Thresholds,
   now: Date,
+  grants: () => readonly Grant[],
 ): readonly Notification[] {
   const prev = account.alert;
   const lastAllocation = prev === null ? 0 : prev.lastAllocation;
@@ -201,7 +204,7 @@ export function withOverride(
   // past its line fires at once (docs/notifications.md).
   const level = prev !== null ? prev.level : account.seq === 0 ? null : "ok";
   account.alert = { ...prev, level, threshold: prev === null ? 0 : prev.threshold, lastAllocation, override };
-  return evaluateAlert(account, [], service, now).notifications;
+  return evaluateAlert(account, [], grants, service, now).notifications;
 }
 
 /**

@@ -1,6 +1,7 @@
-import type { Account, Grant, JournalEntry, Reservation } from "../models/index.js";
+import type { Account, Grant, GrantScope, JournalEntry, Reservation } from "../models/index.js";
 import { readSnapshot } from "./checkpoint.js";
-import { hashEntry } from "./hash.js";
+import { stringify } from "safe-stable-stringify";
+import { type JournalKeys, hashEntry } from "./hash.js";
 import { chargeDraw, reversedOf } from "./reversal.js";
 
 /** Result of `audit(userId)`. */
@@ -50,12 +51,17 @@ export interface AuditReport {
  * reversal must name a charge of this account and, with the charge's other reversals, stay within
  * what it charged: see `checkReversal`).
  *
+ * Each entry's hash is recomputed (a keyed entry's with the key `keys` holds under its `keyId`:
+ * none there, a `MissingJournalKeyError`); `keys: "links only"` (an archive's check, which has no
+ * keys) checks a keyed entry's links and not its HMAC.
+ *
  * This is deliberately a second, independent statement of the rules in `AccountWork`.
  */
 export function replayJournal(
   userId: string,
   entries: readonly JournalEntry[],
   stored: { account: Account | null; grants: readonly Grant[]; reservations: readonly Reservation[] } | null,
+  keys?: JournalKeys | "links only",
 ): AuditReport {
   const problems: string[] = [];
   let balance = 0;
@@ -94,6 +100,11 @@ export function replayJournal(
     }
   }
 
+  /** The newest hash version met, the first keyed entry's seq, and each grant's scope as its add entry (version 2) recorded it. */
+  let newestVersion = 1;
+  let keyedAt: number | null = null;
+  const scopes = new Map<string, GrantScope | null>();
+
   const sumOf = (e: JournalEntry) => e.grants.reduce((s, g) => s + g.amount, 0);
   const take = (grantId: string, amount: number, seq: number) => {
     const left = (remaining.get(grantId) ?? 0) - amount;
@@ -112,8 +123,20 @@ export function replayJournal(
     if (e.seq !== base + i + 1) problems.push(`${where} is out of sequence: expected seq ${base + i + 1}`);
     if (e.prevHash !== prevHash) problems.push(`${where} does not chain to the previous entry`);
     const { hash, ...rest } = e;
-    if (hashEntry(rest) !== hash) problems.push(`${where} was altered: its hash does not match its content`);
+    const unverified = keys === "links only" && (e.keyId ?? null) !== null;
+    if (!unverified && hashEntry(rest, keys === "links only" ? undefined : keys) !== hash)
+      problems.push(`${where} was altered: its hash does not match its content`);
     prevHash = hash;
+    // Written in seq order, a chain never goes back to an older hash input or drops its key: an
+    // entry that does was written again without the key (docs/concepts.md, "A keyed chain").
+    const version = e.hashVersion ?? 1;
+    if (version < newestVersion)
+      problems.push(`${where} has hash version ${version} after an entry of version ${newestVersion}: rewritten`);
+    newestVersion = Math.max(newestVersion, version);
+    if ((e.keyId ?? null) !== null) keyedAt ??= e.seq;
+    else if (keyedAt !== null)
+      problems.push(`${where} is not keyed, though entry ${keyedAt} before it is: written again without the key`);
+    if (e.type === "add" && version >= 2) for (const g of e.grants) scopes.set(g.grantId, e.scope ?? null);
     const s = sumOf(e);
     switch (e.type) {
       case "add":
@@ -239,6 +262,14 @@ export function replayJournal(
   if (debt > 0 && stored !== null)
     for (const g of stored.grants) if ((g.scope ?? null) !== null) sumUnscoped -= remaining.get(g.id) ?? 0;
   if (debt > 0 && sumUnscoped > 0) problems.push(`debt ${debt} outstanding while grants still hold ${sumUnscoped}`);
+
+  // A scoped grant's scope is in its add entry's hash (version 2): the stored grant must keep it.
+  if (stored !== null)
+    for (const g of stored.grants) {
+      const recorded = scopes.get(g.id);
+      if (recorded !== undefined && stringify(g.scope ?? null) !== stringify(recorded))
+        problems.push(`grant ${g.id}'s scope is not the one its add entry recorded`);
+    }
 
   // The stored state must be what the journal says (unless there is none: an archive).
   if (stored !== null)

@@ -9,7 +9,7 @@
 import type { GrantScope } from "../models/limits.js";
 import type { Spend } from "./limits.js";
 import { compareGrants, isUsable } from "./order.js";
-import type { Grant } from "../models/index.js";
+import type { Account, Grant } from "../models/index.js";
 
 /** True when a grant with `scope` may pay for `spend` (an unscoped grant pays for any). */
 export function inScope(scope: GrantScope | null | undefined, spend: Spend): boolean {
@@ -98,4 +98,17 @@ export function scopedTotals(grants: readonly Grant[], now: Date): ScopeTotal[] 
     else total.remaining += g.remaining;
   }
   return [...totals.entries()].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([, t]) => t);
+}
+
+/**
+ * The account's `available` (docs/customer-state.md, "The state in one read"): what a spend naming
+ * no feature nor spender may use, its unheld credits less the debt (`balance − reserved`) less the
+ * unheld credits of its scoped grants. An account never given a scoped grant answers
+ * `balance − reserved` without reading its grants. What `getUserCreditsInfo`, the customer state,
+ * the low-credits level and the `available` alerts all call `available`.
+ */
+export function availableOf(account: Account, grants: () => readonly Grant[], now: Date): number {
+  const unheld = account.balance - account.reserved;
+  if (account.scoped !== true) return unheld;
+  return unheld - outOfScope(grants(), { spender: null, feature: null }, now);
 }

@@ -4,7 +4,7 @@
  * functions: no I/O. Every store aggregates by these rules natively; `aggregateUsage` is the
  * reference the memory store runs and the property tests compare the others with.
  */
-import type { JournalEntry } from "../models/index.js";
+import type { JournalEntry, TakeBack } from "../models/index.js";
 import type { UsageDimension, UsageInterval, UsageKind, UsageRow } from "../models/usage.js";
 import { largestRemainder } from "./fraction.js";
 
@@ -107,13 +107,15 @@ export type UsageSums = Record<UsageMeasure, number>;
 /**
  * A test of a journal entry: its type is one of `type`; the metadata value at `metadata` (a path of
  * keys) is a JSON string, a number or an array (`nonEmpty`: with at least one element); its
- * description starts with `descriptionStartsWith` (case-sensitive); it has a hold's id (`held`).
+ * description starts with `descriptionStartsWith` (case-sensitive); it has a hold's id (`held`); the
+ * library recorded it as a take-back of this kind (`takeBack`, set only by the library).
  */
 export type UsageTest =
   | { readonly type: readonly JournalEntry["type"][] }
   | { readonly metadata: readonly string[]; readonly is: "string" | "number" | "array"; readonly nonEmpty?: true }
   | { readonly descriptionStartsWith: string }
-  | { readonly held: boolean };
+  | { readonly held: boolean }
+  | { readonly takeBack: TakeBack };
 
 /** A number the rules read: a constant, the entry's amount, or a metadata number (0 when not a number). */
 export type UsageValue = number | "amount" | { readonly metadata: readonly string[] };
@@ -166,12 +168,24 @@ export interface UsageRules {
   readonly rules: { readonly [K in UsageKind]: UsageKindRule };
 }
 
-/** A payment's take-back (docs/promos-and-payments.md): metadata `paymentId` and `refundedAmount`. */
-const TAKE_BACK: readonly UsageTest[] = [
-  { type: ["deduct", "commit_reserved", "void"] },
-  { metadata: ["paymentId"], is: "string" },
-  { metadata: ["refundedAmount"], is: "number" },
-];
+/**
+ * How schema version 1 told a payment's take-back (docs/promos-and-payments.md) from spend: a
+ * deduction, capture or void with metadata `paymentId` (a string) and `refundedAmount` (a number),
+ * a `clawback` when its description starts "Lost dispute". Only the upgrade to version 2 reads it,
+ * once, to set `takeBack` on the entries a version 1 store holds (src/schema/migrations.ts); every
+ * report reads `takeBack`.
+ */
+export const V1_TAKE_BACK: readonly UsageCase<"refund" | "clawback">[] = (() => {
+  const takeBack: readonly UsageTest[] = [
+    { type: ["deduct", "commit_reserved", "void"] },
+    { metadata: ["paymentId"], is: "string" },
+    { metadata: ["refundedAmount"], is: "number" },
+  ];
+  return [
+    { when: [...takeBack, { descriptionStartsWith: "Lost dispute" }], then: "clawback" },
+    { when: takeBack, then: "refund" },
+  ];
+})();
 
 const TAKE_BACK_RULE: UsageKindRule = {
   sign: 1,
@@ -224,15 +238,16 @@ const ownParts = (array: readonly string[]): UsagePartSource => ({
  *   back, `reversalMetadata`), its requests those it records. Every store places it at its
  *   `occurredAt` — the charge's time — so it nets out in the charge's window.
  * - `refund` / `clawback`: the deductions and voids that take a refunded payment's or a lost
- *   dispute's credits back; their credits, never netted with spend.
+ *   dispute's credits back, as the library recorded them (`takeBack`, never the metadata or the
+ *   description); their credits, never netted with spend.
  *
  * Additions, expiries, other voids, holds and their releases are no usage. Every entry counts in
  * the window of its `occurredAt` when it has one (late usage, a reversal), else of its `createdAt`.
  */
 export const USAGE_RULES: UsageRules = {
   kinds: [
-    { when: [...TAKE_BACK, { descriptionStartsWith: "Lost dispute" }], then: "clawback" },
-    { when: TAKE_BACK, then: "refund" },
+    { when: [{ type: ["deduct", "commit_reserved", "void"] }, { takeBack: "clawback" }], then: "clawback" },
+    { when: [{ type: ["deduct", "commit_reserved", "void"] }, { takeBack: "refund" }], then: "refund" },
     { when: [{ type: ["deduct", "commit_reserved", "reverse"] }], then: "spend" },
   ],
   negated: [{ type: ["reverse"] }],
@@ -304,12 +319,13 @@ export function metadataAt(m: unknown, path: readonly string[]): unknown {
   return v;
 }
 
-type RuleEntry = Pick<JournalEntry, "type" | "amount" | "metadata" | "description" | "reservationId">;
+type RuleEntry = Pick<JournalEntry, "type" | "amount" | "metadata" | "description" | "reservationId" | "takeBack">;
 
 /** Whether `t` holds of `e`. */
 export function usageTest(t: UsageTest, e: RuleEntry): boolean {
   if ("type" in t) return t.type.includes(e.type);
   if ("held" in t) return (e.reservationId != null) === t.held;
+  if ("takeBack" in t) return e.takeBack === t.takeBack;
   if ("descriptionStartsWith" in t) return e.description?.startsWith(t.descriptionStartsWith) === true;
   const v = metadataAt(e.metadata, t.metadata);
   if (t.is === "string") return typeof v === "string";

@@ -32,7 +32,10 @@ const UserAlertId = AlertId.check(
 export const AlertWindow = z.enum(["day", "week", "month", "subscription_period"]);
 export type AlertWindow = z.infer<typeof AlertWindow>;
 
-/** Available credits (`balance − reserved`) at or below `atOrBelow` (may be negative: overdraft). */
+/**
+ * The account's `available` at or below `atOrBelow` (may be negative: overdraft): what a spend naming no
+ * feature may use, `balance − reserved` less the unheld credits of scoped grants (docs/customer-state.md).
+ */
 export const AvailableAlert = z.strictObject({
   id: UserAlertId,
   kind: z.literal("available"),

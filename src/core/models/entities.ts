@@ -48,6 +48,25 @@ export const EntryType = z.enum([
 ]);
 export type EntryType = z.infer<typeof EntryType>;
 
+/**
+ * What a take-back entry takes credits back for (docs/promos-and-payments.md, "Refunds and
+ * disputes"): a refunded payment (`refund`) or a lost dispute (`clawback`). Set only by the library
+ * (the payments module, when it takes a payment's credits back), never from a caller's input.
+ */
+export const TakeBack = z.enum(["refund", "clawback"]);
+export type TakeBack = z.infer<typeof TakeBack>;
+
+/**
+ * The id of a key of the journal's hash chain (docs/concepts.md, "A keyed chain"): letters, digits,
+ * `.`, `_` and `-`, 1 to 64 characters. Stored in each entry the key signs; the key is not.
+ */
+export const JournalKeyId = z
+  .string()
+  .check(z.regex(/^[A-Za-z0-9._-]{1,64}$/, { error: "a key id is 1 to 64 letters, digits, '.', '_' or '-'" }));
+
+/** A journal entry's hash version (`JournalEntry.hashVersion`): 1 or 2. */
+export const HashVersion = z.number().check(z.int(), z.minimum(1), z.maximum(2));
+
 /** One account per user, created on first use. `available = balance - reserved`. */
 export const Account = z.object({
   userId: UserId,
@@ -209,6 +228,30 @@ export const JournalEntry = z.object({
   createdAt: z.date(),
   prevHash: z.nullable(z.string()),
   hash: z.string(),
+  /**
+   * A take-back's reason (`TakeBack`): set by the library on the deductions and voids that take a
+   * refunded payment's or a lost dispute's credits back; null or absent on every other entry, whatever
+   * its metadata or description say. Usage reports, revenue and `reverseCharge` read it. Covered by
+   * the hash when set (entries of hash version 2).
+   */
+  takeBack: z.optional(z.nullable(TakeBack)),
+  /**
+   * What the hash covers (docs/concepts.md, "The journal"): 2 on every entry written since schema
+   * version 2; null or absent (version 1) on the entries written before, whose hash leaves out the
+   * fields version 2 added.
+   */
+  hashVersion: z.optional(z.nullable(HashVersion)),
+  /**
+   * The key whose HMAC-SHA256 the entry's hash is (docs/concepts.md, "A keyed chain"); null or
+   * absent: plain SHA-256. Covered by the hash when set.
+   */
+  keyId: z.optional(z.nullable(JournalKeyId)),
+  /**
+   * An `add` entry's scope: the `scope` of the grant it adds (docs/teams-and-limits.md, "Scoped
+   * credits"); null or absent on every other entry. Covered by the hash when set (hash version 2),
+   * and `audit()` checks the stored grant's scope against it.
+   */
+  scope: z.optional(z.nullable(GrantScope)),
 });
 export type JournalEntry = z.infer<typeof JournalEntry>;
 

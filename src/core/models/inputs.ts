@@ -10,7 +10,7 @@ import {
   ShortText,
   UserId,
 } from "./common.js";
-import { EntryType, GrantSource } from "./entities.js";
+import { EntryType, GrantSource, JournalKeyId } from "./entities.js";
 import { GrantScope, SpendFields, SpenderId } from "./limits.js";
 import { PlanId } from "./subscriptions.js";
 import { CostBasisInput } from "./cost-basis.js";
@@ -253,6 +253,46 @@ export const CheckpointEvery = z.number().check(z.int(), z.minimum(2), z.maximum
  */
 export const OutcomeWaitMs = z.number().check(z.int(), z.minimum(0), z.maximum(600_000));
 
+/** A key of the journal's chain: at least 32 bytes (a string: its UTF-8 bytes). */
+const JournalKeySecret = z.union([
+  z
+    .string()
+    .check(z.refine((v) => new TextEncoder().encode(v).length >= 32, { error: "a journal key is at least 32 bytes" })),
+  z.custom<Uint8Array>((v) => v instanceof Uint8Array && v.length >= 32, {
+    error: "a journal key is a string or a Uint8Array of at least 32 bytes",
+  }),
+]);
+
+/**
+ * `journalKeys` (docs/concepts.md, "A keyed chain"): the keys of the journal's hash chain by id,
+ * kept outside the database, and the id new entries are signed with (HMAC-SHA256). Keep every
+ * key an entry names: `audit()` needs it.
+ */
+export const JournalKeysOptions = z
+  .strictObject({
+    /** The key new entries are signed with: one of `keys`. */
+    current: JournalKeyId,
+    /** Every key by id: the current one and those older entries name. */
+    keys: z.record(JournalKeyId, JournalKeySecret),
+  })
+  .check(
+    z.refine((o) => Object.prototype.hasOwnProperty.call(o.keys, o.current), {
+      error: "current must be the id of one of keys",
+    }),
+  );
+export type JournalKeysOptions = z.input<typeof JournalKeysOptions>;
+
+/**
+ * A chain head kept outside the database (docs/concepts.md, "A keyed chain"): what
+ * `journalHead(userId)` answered, for `audit(userId, { head })`.
+ */
+export const JournalHead = z.strictObject({
+  userId: z.string(),
+  seq: z.number().check(z.int(), z.minimum(1), z.maximum(Number.MAX_SAFE_INTEGER)),
+  hash: z.string().check(z.regex(/^[0-9a-f]{64}$/, { error: "a hash is 64 lowercase hex digits" })),
+});
+export type JournalHead = z.infer<typeof JournalHead>;
+
 /** `audit(userId, options)` (docs/operations.md, "Checkpoints and archival"). */
 export const AuditOptions = z.strictObject({
   /**
@@ -260,6 +300,11 @@ export const AuditOptions = z.strictObject({
    * records; "genesis": from the first entry, checking every checkpoint's state on the way.
    */
   from: z.optional(z.enum(["checkpoint", "genesis"])),
+  /**
+   * A chain head kept outside the database (`journalHead`): the journal must still reach its `seq`
+   * with its `hash` there. The replay starts at the latest checkpoint at or before it.
+   */
+  head: z.optional(JournalHead),
 });
 export type AuditOptions = z.input<typeof AuditOptions>;
 

@@ -17,6 +17,12 @@ export interface NotificationMessage {
   createdAt: string;
   /** 1 on the first delivery attempt, 2 on the first retry, … */
   attempt: number;
+  /**
+   * The row's dedupe key where it has one (an alert event's `alert_triggered:<id>:<n>`, a
+   * reminder's, …): the store records at most one row per key and user, so one key is one event.
+   * Null: none. The dispatcher always sets it; a message built without it has none.
+   */
+  dedupeKey?: string | null;
 }
 
 /**

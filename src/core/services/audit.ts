@@ -2,7 +2,9 @@ import type { DbManager } from "../db/types.js";
 import { replayJournal, type AuditReport } from "../domain/replay.js";
 import type { AuditCheck } from "./audit-check.js";
 import { rollupAuditScan, rollupProblems } from "../domain/usage.js";
-import type { AuditOptions, JournalEntry } from "../models/index.js";
+import type { AuditOptions, JournalEntry, JournalHead } from "../models/index.js";
+import { type JournalKeys, MissingJournalKeyError } from "../domain/hash.js";
+import { ConfigurationError } from "../errors.js";
 import type * as z from "zod/mini";
 import { copy, journalAfter } from "./history.js";
 import type { UnitRunner } from "./unit-of-work.js";
@@ -24,15 +26,39 @@ export async function auditAccount(
   user: string,
   o: z.output<typeof AuditOptions>,
   checks: readonly AuditCheck[] = [],
+  keys?: JournalKeys,
 ): Promise<AuditReport> {
-  const start = o.from === "genesis" ? undefined : await latestCheckpoint(db, user);
+  const head = o.head;
+  // With a head kept elsewhere: from the latest checkpoint at or before it, so the replay covers it.
+  const start =
+    o.from === "genesis"
+      ? undefined
+      : head === undefined
+        ? await latestCheckpoint(db, user)
+        : (await db.listJournal(user, { order: "desc", types: ["checkpoint"], beforeSeq: head.seq + 1, limit: 1 }))[0];
   const entries = await journalAfter(db, user, start === undefined ? 0 : start.seq - 1);
   const [account, grants, reservations] = await Promise.all([
     db.getAccount(user),
     db.listGrants(user, { includeInactive: true }),
     db.listReservations(user),
   ]);
-  const report = replayJournal(user, entries, { account, grants, reservations });
+  let report: AuditReport;
+  try {
+    report = replayJournal(user, entries, { account, grants, reservations }, keys);
+  } catch (error) {
+    if (!(error instanceof MissingJournalKeyError)) throw error;
+    throw new ConfigurationError(
+      `[credit-management] audit of ${JSON.stringify(user)}: its journal has entries signed with the key ${JSON.stringify(error.keyId)}, which journalKeys does not hold: give every key an entry names (docs/concepts.md, "A keyed chain")`,
+      error,
+    );
+  }
+  if (head !== undefined) {
+    const problem = headProblem(head, entries);
+    if (problem !== null) {
+      report.problems.unshift(problem);
+      report.ok = false;
+    }
+  }
   const first = entries[0];
   if (o.from === "genesis" && first !== undefined && first.seq > 1) {
     report.problems.unshift(
@@ -53,6 +79,25 @@ export async function auditAccount(
     report.ok = false;
   }
   return report;
+}
+
+/**
+ * What is wrong with the journal against a head kept outside the database (docs/concepts.md, "A
+ * keyed chain"): the entry of its seq is gone (the journal cut before it) or has another hash (the
+ * journal up to it rewritten: each hash covers the one before). Null: it reaches the head.
+ */
+function headProblem(head: JournalHead, entries: readonly JournalEntry[]): string | null {
+  const first = entries[0];
+  const last = entries[entries.length - 1];
+  if (last === undefined || last.seq < head.seq)
+    return `the journal ends at seq ${last?.seq ?? 0}, before the head kept at seq ${head.seq}: entries were removed`;
+  if (first !== undefined && first.seq > head.seq)
+    return `entry ${head.seq} (the head kept) is archived: check the head against the archive`;
+  const at = entries.find((e) => e.seq === head.seq);
+  if (at === undefined) return `entry ${head.seq} (the head kept) is missing`;
+  if (at.hash !== head.hash)
+    return `entry ${head.seq} does not have the hash of the head kept: the journal up to it was rewritten`;
+  return null;
 }
 
 /**

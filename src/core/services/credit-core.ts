@@ -14,6 +14,7 @@ import {
   FeatureRules,
   TrialCredits,
   DeductOptions,
+  JournalKeysOptions,
   DEFAULT_LATE_USAGE_WINDOW_DAYS,
   LateUsageWindowDays,
   OutcomeWaitMs,
@@ -26,6 +27,7 @@ import {
   type Reservation,
 } from "../models/index.js";
 import { parseConfig } from "../models/parse.js";
+import { type JournalKeyring, journalKeyring } from "../domain/journal-keys.js";
 import { copyHold, replayHold } from "./hold-lookup.js";
 import { activeHold, includeHeldGrants, UnitRunner, type UnitContext } from "./unit-of-work.js";
 import { SubscriptionPeriods } from "./subscription-periods.js";
@@ -80,6 +82,8 @@ export class CreditCore {
   readonly overdraftLimit: number | null;
   /** How many days back usage may be recorded with `occurredAt` (docs/usage.md, "Late usage"). */
   readonly lateUsageWindowDays: number;
+  /** The keys of the journal's chain (`journalKeys`, docs/concepts.md, "A keyed chain"); undefined: unkeyed. */
+  readonly keyring: JournalKeyring | undefined;
   /** The `features` rules (docs/trial-and-checks.md). */
   readonly features: Readonly<Record<string, FeatureRule>>;
   /** Runs the units of work (src/core/services/unit-of-work.ts). */
@@ -109,6 +113,10 @@ export class CreditCore {
     const trial =
       options.trial === undefined ? undefined : parseConfig(TrialCredits, options.trial, "trial", "CreditService");
     this.features = parseConfig(FeatureRules, options.features ?? {}, "features", "CreditService");
+    this.keyring =
+      options.journalKeys === undefined
+        ? undefined
+        : journalKeyring(parseConfig(JournalKeysOptions, options.journalKeys, "journalKeys", "CreditService"));
     const checkpointEvery =
       options.checkpointEvery === undefined
         ? undefined
@@ -149,6 +157,7 @@ export class CreditCore {
       outcomeWaitMs,
       periods: periods && ((userId) => periods.bringDue(userId)),
       unitHooks: options.unitHooks ?? [],
+      journalKey: this.keyring?.current,
     });
   }
 

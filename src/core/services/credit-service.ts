@@ -20,7 +20,14 @@ import { NO_SPEND } from "../domain/entry-meta.js";
 import { copy, creditHistory, expiringCredits, type ExpiringCredits, type HistoryPage } from "./history.js";
 import { MAX_SALE } from "../models/cost-basis.js";
 import { checkSaleWorth } from "../domain/cost-basis.js";
-import type { CreditsInfo, MutationOptions, RemoveLimitInput, SpendLimitInput } from "../models/index.js";
+import type {
+  CreditsInfo,
+  JournalHead,
+  JournalKeysOptions,
+  MutationOptions,
+  RemoveLimitInput,
+  SpendLimitInput,
+} from "../models/index.js";
 import {
   AddCreditsOptions,
   AsOf,
@@ -130,6 +137,12 @@ export interface CoreCreditServiceOptions {
    * Default none.
    */
   unitHooks?: readonly UnitHook[];
+  /**
+   * Keys the journal's hash chain (docs/concepts.md, "A keyed chain"): new entries are signed with
+   * HMAC-SHA256 under `keys[current]` and name it (`keyId`); `audit()` verifies each keyed entry with
+   * the key it names. Keep the keys outside the database. Default: none (plain SHA-256).
+   */
+  journalKeys?: JournalKeysOptions;
 }
 
 export type { ExpiringCredits, HistoryPage } from "./history.js";
@@ -464,7 +477,24 @@ export class CoreCreditService {
    */
   async audit(userId: string, options: AuditOptions = {}): Promise<AuditReport> {
     const user = parse(UserId, userId, "userId");
-    return auditAccount(this.db, user, parse(AuditOptions, options, "options"), this.auditChecks);
+    const o = parse(AuditOptions, options, "options");
+    if (o.head !== undefined && o.head.userId !== user)
+      throw new ValidationError(
+        `Invalid options.head: it is the head of ${JSON.stringify(o.head.userId)}, not of ${JSON.stringify(user)}`,
+        [{ path: "head.userId", message: "another account's head" }],
+      );
+    return auditAccount(this.db, user, o, this.auditChecks, this.core.keyring?.keys);
+  }
+
+  /**
+   * The head of the user's hash chain — `{ userId, seq, hash }` of its latest entry — to keep outside
+   * the database (docs/concepts.md, "A keyed chain"); `audit(userId, { head })` then finds the journal
+   * up to it rewritten or cut. Null when the account has no entries.
+   */
+  async journalHead(userId: string): Promise<JournalHead | null> {
+    const user = parse(UserId, userId, "userId");
+    const [last] = await this.db.listJournal(user, { order: "desc", limit: 1 });
+    return last === undefined ? null : { userId: user, seq: last.seq, hash: last.hash };
   }
 
   /** The user's latest checkpoint entry, if any. */

@@ -30,7 +30,9 @@ import { ConfigurationError, ValidationError } from "../errors.js";
 import { DomainEventType, EventVersion } from "../models/notifications.js";
 import { parseConfig } from "../models/parse.js";
 import { dispatchChannel, traceJob, traced, tracePromise, type DispatchMessage } from "../diagnostics.js";
-import { saveAccountOnly } from "./unit-of-work.js";
+import { saveAccountOnly, UnitRunner } from "./unit-of-work.js";
+import { creditCore } from "./credit-core.js";
+import type { CoreCreditService } from "./credit-service.js";
 import { withTimeout } from "../util/promise.js";
 import { InMemoryNotificationQueue, type NotificationMessage, type NotificationQueue } from "../queue/index.js";
 import type { NotificationUpdate } from "../db/types-notifications.js";
@@ -76,6 +78,13 @@ export interface NotificationServiceOptions {
    * then (docs/operations.md, "The worker in your own code"). Default true.
    */
   recording?: boolean;
+  /**
+   * The credit service over the same store (`createCreditManager` gives its own): the unit of work
+   * of `evaluateAlerts` (and the worker's alert rounds) settles the account as its units do, through
+   * its journal file, cache and subscription periods. Without it, that unit of work settles over
+   * `db` alone (no journal file, no cache to invalidate).
+   */
+  credits?: CoreCreditService;
 }
 
 /** What one `dispatchPending` call did. */
@@ -182,6 +191,8 @@ export class NotificationService {
   private readonly leaseMs: number;
   private readonly publishTimeoutMs: number;
   private readonly handlers = new Map<NotificationType, (row: Notification) => Promise<unknown>>();
+  /** The units of work that settle an account and evaluate its alerts (`evaluateAlerts`); none while not recording. */
+  private readonly units: UnitRunner | undefined;
   private timer: NodeJS.Timeout | null = null;
   private running: Promise<unknown> | null = null;
   private stopped = true;
@@ -204,12 +215,44 @@ export class NotificationService {
     for (const [type, handler] of Object.entries(options.handlers ?? {})) {
       if (handler !== undefined) this.handlers.set(type as NotificationType, handler);
     }
+    if (!this.recording && (this.thresholds.alerts?.length ?? 0) > 0) {
+      // Nothing would ever evaluate them: `getAlerts` would answer `ok` forever.
+      throw new ConfigurationError(
+        "[credit-management] notifications: alerts are evaluated only while notification events are recorded: give createCreditManager `notifications` (or `queue`), or leave `alerts` out",
+      );
+    }
+    this.units = this.recording ? this.evaluator(options.credits) : undefined;
     if (this.publishTimeoutMs > this.leaseMs) {
       // A publish still running when its claim lapses lets another dispatcher deliver the row again.
       throw new ConfigurationError(
         `[credit-management] notifications: publishTimeoutMs (${this.publishTimeoutMs}) must not exceed leaseMs (${this.leaseMs}): a publish must end before its claim lapses`,
       );
     }
+  }
+
+  /**
+   * The unit-of-work runner of `evaluateAlerts`: `credits`' (its journal file, cache, subscription
+   * periods, domain events and module hooks) with this service's thresholds; else one over `db`.
+   */
+  private evaluator(credits: CoreCreditService | undefined): UnitRunner {
+    const alerts = this.thresholds;
+    // No trial: an evaluation opens no account (one never changed is left alone).
+    if (credits !== undefined) return new UnitRunner({ ...creditCore(credits).units.config, alerts, trial: undefined });
+    return new UnitRunner({
+      db: this.db,
+      ledger: undefined,
+      cache: undefined,
+      clock: this.clock,
+      logger: this.logger,
+      alerts,
+      trial: undefined,
+      features: {},
+      domainEvents: false,
+      checkpointEvery: undefined,
+      outcomeWaitMs: 5000,
+      periods: undefined,
+      unitHooks: [],
+    });
   }
 
   /**
@@ -232,8 +275,8 @@ export class NotificationService {
     const spec = parse(NullableThresholds, thresholds, "thresholds");
     const override: AlertState["override"] =
       spec === null ? null : { lowCredits: spec.lowCredits ?? null, lowCreditsPercent: spec.lowCreditsPercent ?? null };
-    await saveAccountOnly(this.db, user, this.clock, (account, now) =>
-      withOverride(account, override, this.thresholds, now),
+    await saveAccountOnly(this.db, user, this.clock, (account, now, grants) =>
+      withOverride(account, override, this.thresholds, now, grants),
     );
   }
 
@@ -242,15 +285,21 @@ export class NotificationService {
    * service's; null: the service's again. Evaluated at once in a unit of work on the account: a
    * threshold already past its line records `alert_triggered` with the change. An account never
    * changed keeps them for its first change. A threshold removed records nothing. With notifications
-   * not recorded (`recording` false), the thresholds are stored and nothing is evaluated.
+   * not recorded (`recording` false) nothing would evaluate them: a list is a `ConfigurationError`
+   * (null, removing an account's own thresholds, is accepted).
    */
   async setAlerts(userId: string, thresholds: AlertThreshold[] | null): Promise<void> {
     const user = parse(UserId, userId, "userId");
     const list = parse(NullableAlerts, thresholds, "thresholds");
+    if (!this.recording && list !== null) {
+      throw new ConfigurationError(
+        "[credit-management] notifications.setAlerts: alerts are evaluated only while notification events are recorded: give createCreditManager `notifications` (or `queue`)",
+      );
+    }
     await saveAccountOnly(this.db, user, this.clock, async (account, now, grants, counting) => {
       const prev: AlertState = account.alert ?? { level: null, threshold: 0, lastAllocation: 0, override: null };
       account.alert = { ...prev, thresholds: list };
-      // Without recording, the thresholds are kept for when it is on; nothing is evaluated.
+      // Without recording only null gets here: nothing to evaluate.
       if (!this.recording) return [];
       // The spend already captured in each `period_spend` window counts, recounted beside the unit
       // of work (src/core/services/alert-reads.ts).
@@ -280,8 +329,11 @@ export class NotificationService {
   /**
    * Evaluates the account's alerts now, in a unit of work on the account: what time alone moved (a
    * spend window that ended, a grant now within an `expiring` threshold's days) records its
-   * events, as the worker does. Writes nothing when nothing moved, or when notifications are not
-   * recorded; an account never changed is left alone. Resolves to `getAlerts`' answer after it.
+   * events, as the worker does. The unit settles what is due first, as every unit of work does (a
+   * grant past its expiry, a hold past its TTL), so the moves of that change go out together and
+   * every threshold is read from the account as it is now. Writes nothing when nothing moved, or
+   * when notifications are not recorded; an account never changed is left alone. Resolves to
+   * `getAlerts`' answer after it.
    */
   async evaluateAlerts(userId: string): Promise<AlertStatus[]> {
     const user = parse(UserId, userId, "userId");
@@ -291,13 +343,8 @@ export class NotificationService {
 
   /** `evaluateAlerts` without reading the states back: what the worker's rounds run per account. */
   private async reevaluate(user: string): Promise<void> {
-    if (!this.recording) return;
-    await saveAccountOnly(this.db, user, this.clock, async (account, now, grants, counting) => {
-      if (account.seq === 0) return null;
-      const inputs = await alertInputs(this.db, account, account.seq, this.thresholds.alerts, now, counting);
-      const outcome = alertNotifications(account, [], grants, this.thresholds, now, inputs);
-      return outcome.moved ? outcome.notifications : null;
-    });
+    if (this.units === undefined) return;
+    await this.units.mutate("evaluateAlerts", user, {}, () => undefined, undefined, { settle: true, evaluate: true });
   }
 
   /**
@@ -609,6 +656,7 @@ export class NotificationService {
       payload: row.payload,
       createdAt: row.createdAt.toISOString(),
       attempt,
+      dedupeKey: row.dedupeKey,
     };
     let update: NotificationUpdate;
     let outcome: "sent" | "retried" | "failed";

@@ -4,6 +4,7 @@ import type { Changes, DbManager, DbTransaction, LoadedState } from "../db/types
 import type { ModuleRows } from "../domain/state.js";
 import { backoff, sleep, type BackoffOptions } from "../db/store/retry.js";
 import { AccountWork, type EntryMeta } from "../domain/account-work.js";
+import type { JournalKey } from "../domain/journal-keys.js";
 import {
   alertNotifications,
   expiredHoldNotifications,
@@ -67,6 +68,12 @@ export interface RunOptions {
   settle: boolean;
   /** Default true; false for the units other services run (the subscription periods' own above all). */
   periods?: boolean;
+  /**
+   * Evaluate the account's alerts even when the unit changes nothing else (`evaluateAlerts`, the
+   * worker's alert rounds): what time alone moved is recorded, the account saved only when its
+   * alert state moved. Default false: a unit that changes nothing writes nothing.
+   */
+  evaluate?: boolean;
 }
 
 /**
@@ -119,6 +126,8 @@ class UnitRun<T> {
     private readonly settle: boolean,
     /** End the attempt with nothing written when settlement ends a subscription period (`PERIOD_DUE`). */
     private readonly periods: boolean,
+    /** Evaluate the alerts of an account the unit leaves unchanged (`RunOptions.evaluate`). */
+    private readonly evaluate: boolean,
     /** The diagnostics message, while someone listens (docs/observability.md): counts attempts. */
     private readonly message: UnitOfWorkMessage | undefined,
   ) {}
@@ -148,6 +157,7 @@ class UnitRun<T> {
       return { value, entries: [] };
     }
     const work = new AccountWork(this.userId, state, this.runner.config.clock(), newId);
+    work.chainKey = this.runner.config.journalKey;
     if (this.runner.config.trial !== undefined && state.account === null) grantTrial(work, this.runner.config.trial);
     if (this.settle && work.needsSettle) {
       await includeHeldGrants(work, tx, state.reservations);
@@ -177,7 +187,7 @@ class UnitRun<T> {
     const outcome: UnitOutcome<T> = { value: result, entries: work.entries, canonicals: work.canonicals };
     const extra = unit.extra;
     const hasExtra = extra !== undefined && Object.values(extra).some((rows) => (rows?.length ?? 0) > 0);
-    if (!work.changed && !hasExtra) return outcome;
+    if (!work.changed && !hasExtra) return this.evaluateOnly(tx, work, outcome);
     const changes: Changes = work.changes();
     if (extra !== undefined) Object.assign(changes, extra);
     if (this.runner.config.alerts !== undefined)
@@ -197,6 +207,21 @@ class UnitRun<T> {
         reservedAfter: changes.account.reserved,
       };
     }
+    this.saved = outcome;
+    await tx.save(changes);
+    return outcome;
+  }
+
+  /**
+   * A unit that changed nothing: with `evaluate` (and notifications recorded), the account's alerts
+   * are evaluated as every change evaluates them, and the account saved alone when its alert state
+   * moved. An account never changed is left alone (its thresholds wait for its first change).
+   */
+  private async evaluateOnly(tx: DbTransaction, work: AccountWork, outcome: UnitOutcome<T>): Promise<UnitOutcome<T>> {
+    if (!this.evaluate || this.runner.config.alerts === undefined || work.account.seq === 0) return outcome;
+    const changes = work.changes();
+    if (!(await this.runner.addNotifications(work, changes, { counted: this.counted, inline: this.inline })))
+      return outcome;
     this.saved = outcome;
     await tx.save(changes);
     return outcome;
@@ -241,6 +266,8 @@ export interface UnitRunnerOptions {
   outcomeWaitMs: number;
   /** What modules decide in every unit of work that writes (`unitHooks`). */
   unitHooks: readonly UnitHook[];
+  /** The key new entries are signed with (`journalKeys`); undefined: plain SHA-256. */
+  journalKey?: JournalKey | undefined;
 }
 
 /**
@@ -316,9 +343,10 @@ export class UnitRunner {
     message: UnitOfWorkMessage | undefined,
   ): Promise<T> {
     const periods = options.periods !== false && this.config.periods !== undefined;
-    const unit = new UnitRun<T>(this, userId, meta, body, replay, options.settle, periods, message);
+    const evaluate = options.evaluate === true;
+    const unit = new UnitRun<T>(this, userId, meta, body, replay, options.settle, periods, evaluate, message);
     const again = () =>
-      this.run(operation, userId, meta, body, replay, { settle: options.settle, periods: false }, message);
+      this.run(operation, userId, meta, body, replay, { settle: options.settle, periods: false, evaluate }, message);
     let outcome: UnitOutcome<T> | typeof PERIOD_DUE;
     try {
       outcome = await this.recounting(userId, unit);
@@ -537,13 +565,14 @@ export class UnitRunner {
    * journal entries (with `domainEvents` on), lapsed holds (their release is what may move the
    * alert level), what the unit of work recorded itself (subscription events), the spend limits'
    * thresholds it reached (docs/teams-and-limits.md, "Limit notifications"), the alert crossing,
-   * then the features it flipped.
+   * then the features it flipped. Resolves to whether it recorded a row or moved the account's alert
+   * state.
    */
   async addNotifications(
     work: AccountWork,
     changes: Changes,
     recount: { counted: SpendRecount | undefined; inline: boolean },
-  ): Promise<void> {
+  ): Promise<boolean> {
     const journal = this.config.domainEvents ? domainEvents(work.userId, changes.entries, changes, work.now) : [];
     const expired = expiredHoldNotifications(changes.updateReservations, work.now);
     const recorded = eventNotifications(work.events, work.userId, work.now);
@@ -554,17 +583,19 @@ export class UnitRunner {
       cycle: work.subscriptionCycle,
       ...recount,
     });
-    const alerts = alertNotifications(
+    const evaluated = alertNotifications(
       changes.account,
       changes.entries,
       () => work.openGrants(),
       service,
       work.now,
       inputs,
-    ).notifications;
+    );
+    const alerts = evaluated.notifications;
     const features = this.featureNotifications(work, changes.account);
     const all = [...journal, ...expired, ...recorded, ...limits, ...alerts, ...features];
     if (all.length > 0) changes.notifications = all;
+    return all.length > 0 || evaluated.moved;
   }
 
   /**

@@ -64,7 +64,7 @@ export class AlertModel {
   }
 
   private read(t: AlertThreshold, model: CreditModel): [number | null, boolean] {
-    const available = model.balance - model.reserved;
+    const available = model.available; // less the unheld credits of scoped grants
     switch (t.kind) {
       case "available":
         return [available, available <= t.atOrBelow];

@@ -493,6 +493,67 @@ export function runAlertsContract(
       ]);
     });
 
+    it("an alert id Object.prototype has (__proto__, constructor, toString) is stored as any other: recorded once, reported, and the account keeps spending", async () => {
+      const ids = ["__proto__", "constructor", "toString", "hasOwnProperty"];
+      const own = ids.map((id): AlertThreshold => ({ id, kind: "available", atOrBelow: 100 }));
+      const { credits, notifications } = services(db, []);
+      const u = user();
+      await credits.addCredits(u, 150);
+      await notifications.setAlerts(u, own);
+      await credits.deductCredits(u, 60); // 90: every one crosses
+      await credits.deductCredits(u, 10); // still in alarm: nothing more
+      const hold = await credits.reserveCredits(u, 5);
+      await credits.commitReservedCredits(hold.id);
+      expect(describeRows(await alertRows(notifications, u))).toEqual(ids.map((id) => `triggered:${id}`));
+      const states = configured(await notifications.getAlerts(u));
+      expect(states.map((a) => [a.threshold.id, a.state, a.value, a.crossings])).toEqual(
+        ids.map((id) => [id, "in_alarm", 75, 1]),
+      );
+      const stored = (await db.getAccount(u))?.alert?.marks;
+      expect(Object.getPrototypeOf(stored)).toBe(Object.prototype);
+      for (const id of ids) expect(Object.getOwnPropertyDescriptor(stored, id)?.value).toMatchObject({ crossings: 1 });
+      await credits.addCredits(u, 100); // 175: every one resolves, in one event
+      expect(describeRows(await alertRows(notifications, u)).at(-1)).toBe(`resolved:${ids.join(",")}`);
+      // As a default threshold too: an account crossing it keeps spending.
+      const d = services(db, [{ id: "__proto__", kind: "available", atOrBelow: 100 }]);
+      const v = user();
+      await d.credits.addCredits(v, 150);
+      await d.credits.deductCredits(v, 60);
+      await d.credits.deductCredits(v, 10);
+      expect(describeRows(await alertRows(d.notifications, v))).toEqual(["triggered:__proto__"]);
+      expect(configured(await d.notifications.getAlerts(v))).toMatchObject([{ state: "in_alarm", crossings: 1 }]);
+      expect((await credits.audit(u)).ok).toBe(true);
+    });
+
+    it("evaluateAlerts settles what is due first (an expired grant, a lapsed hold): the moves of that change go out together, from the account as it is now", async () => {
+      const exp: AlertThreshold = { id: "exp", kind: "expiring", withinDays: 7, atOrAbove: 100 };
+      const { credits, notifications, clock } = services(db, [LOW, exp]);
+      const u = user();
+      await credits.addCredits(u, 150, { expiresAt: new Date(T0 + 5 * DAY) });
+      await credits.addCredits(u, 50);
+      expect(describeRows(await alertRows(notifications, u))).toEqual(["triggered:exp"]); // 200 available: ok
+      clock.now = T0 + 5 * DAY + HOUR; // the grant of 150 has expired: 50 left
+      const states = configured(await notifications.evaluateAlerts(u));
+      expect(states.map((a) => [a.threshold.id, a.state, a.value])).toEqual([
+        ["low", "in_alarm", 50],
+        ["exp", "ok", 0],
+      ]);
+      const rows = await alertRows(notifications, u);
+      expect(describeRows(rows)).toEqual(["triggered:exp", "triggered:low", "resolved:exp"]);
+      // One change (the expiry), one seq: both moves carry it.
+      const account = await db.getAccount(u);
+      expect(rows.slice(1).map((r) => r.payload.seq)).toEqual([account?.seq, account?.seq]);
+      expect((await credits.getUserCreditsInfo(u)).available).toBe(50);
+      // A hold that lapsed: released by the evaluation, which reads what it gave back.
+      await credits.addCredits(u, 100); // 150: low resolves
+      await credits.reserveCredits(u, 100, { ttlSeconds: 60 }); // 50: low again
+      expect(describeRows(await alertRows(notifications, u)).slice(3)).toEqual(["resolved:low", "triggered:low"]);
+      clock.now += 120_000;
+      expect(configured(await notifications.evaluateAlerts(u))[0]).toMatchObject({ state: "ok", value: 150 });
+      expect(describeRows(await alertRows(notifications, u)).slice(5)).toEqual(["resolved:low"]);
+      expect((await credits.audit(u)).ok).toBe(true);
+    });
+
     it("a never-funded account fires nothing until its first change, evaluated like any other", async () => {
       const { credits, notifications } = services(db, [LOW]);
       const u = user();

@@ -291,7 +291,10 @@ export class MongoDbManager extends BillingStoreBase implements DbManager {
     for (const filled of filledFieldsAfter(version)) {
       const collection = this.db.collection(`${this.collectionPrefix}${MONGO_COLLECTIONS[filled.collection].name}`);
       await guard(`init: fill ${filled.field} of ${collection.collectionName}`, () =>
-        collection.updateMany({ [filled.field]: { $exists: false } }, { $set: { [filled.field]: filled.value } }),
+        collection.updateMany(
+          { [filled.field]: { $exists: false }, ...(filled.where === undefined ? {} : { $expr: filled.where }) },
+          { $set: { [filled.field]: filled.value } },
+        ),
       );
     }
     for (const { collection, indexes } of collections) {

@@ -1,6 +1,8 @@
 import type { IndexDescription } from "mongodb";
 import type { TableKey } from "../../schema/tables.js";
 import { nextVersion } from "../../schema/version.js";
+import { V1_TAKE_BACK } from "../../core/domain/usage.js";
+import { usageTestsExpression } from "./usage.js";
 import { NOTIFICATION_INDEXES } from "./outbox.js";
 import { SUBSCRIPTION_INDEXES } from "./subscriptions.js";
 
@@ -150,6 +152,8 @@ export interface FilledField {
   collection: MongoCollectionKey;
   field: string;
   value: string | number | boolean;
+  /** Only in the documents this aggregation expression holds of (a `$expr`); absent: every one that lacks the field. */
+  where?: Record<string, unknown>;
 }
 
 /** One schema version's step for MongoDB (docs/schema-upgrades.md). The version number is the SQL one. */
@@ -168,7 +172,21 @@ export interface MongoMigration {
  * added, `init()` and the script create anyway), and the fields it added to documents already
  * stored, in order. The first release's schema is version 1: no steps yet.
  */
-export const MONGO_MIGRATIONS: readonly MongoMigration[] = [];
+export const MONGO_MIGRATIONS: readonly MongoMigration[] = [
+  {
+    to: 2,
+    summary:
+      "journal entries record what a take-back is (takeBack, set from version 1's rule on the entries stored before), the hash version, the key id of a keyed chain and an addition's scope",
+    dropIndexes: [],
+    // The documents version 1 wrote lack hashVersion (version 1), keyId (unkeyed) and scope (none recorded).
+    fill: V1_TAKE_BACK.map((c) => ({
+      collection: "journal" as const,
+      field: "takeBack",
+      value: c.then,
+      where: usageTestsExpression(c.when) as Record<string, unknown>,
+    })),
+  },
+];
 
 /** The steps a store is brought through: the shipped ones, then a test's next version's (src/schema/version.ts). */
 export function mongoSteps(): readonly MongoMigration[] {

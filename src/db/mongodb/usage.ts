@@ -29,6 +29,7 @@ const arrayOr = (x: unknown) => ({ $cond: [{ $isArray: x }, x, []] });
 function test(t: UsageTest): unknown {
   if ("type" in t) return { $in: ["$type", [...t.type]] };
   if ("held" in t) return { [t.held ? "$ne" : "$eq"]: [{ $ifNull: ["$reservationId", null] }, null] };
+  if ("takeBack" in t) return { $eq: ["$takeBack", t.takeBack] };
   if ("descriptionStartsWith" in t) {
     const s = t.descriptionStartsWith;
     return { $eq: [{ $substrCP: [{ $ifNull: ["$description", ""] }, 0, [...s].length] }, s] };
@@ -44,6 +45,9 @@ function test(t: UsageTest): unknown {
 }
 
 const all = (ts: readonly UsageTest[]): unknown => (ts.length === 1 ? test(ts[0]!) : { $and: ts.map(test) });
+
+/** Whether every test of `ts` holds of a journal document, as an aggregation expression (a `$expr`). */
+export const usageTestsExpression = all;
 
 /** The first case that holds (null when none does). */
 function cases<T>(cs: readonly UsageCase<T>[], then: (v: T) => unknown): unknown {

@@ -8,7 +8,7 @@ import { describe, expect, it } from "../../core/testing/runner.js";
 import type { DbManager } from "../../core/db/types.js";
 import type { BillingChanges, BillingDb } from "./store.js";
 import { AccountWork } from "../../core/domain/account-work.js";
-import { ConflictError, PaymentProviderError, PromoNotEligibleError } from "../../core/errors.js";
+import { ConflictError, PaymentProviderError, PromoNotEligibleError, RuleViolationError } from "../../core/errors.js";
 import { newPayment } from "./rules-payments.js";
 import type { Payment, Promo } from "../../models-entry.js";
 import type { PaymentEvent, PaymentProvider } from "./provider.js";
@@ -399,6 +399,58 @@ export function runPromoPaymentContract(getDb: () => DbManager): void {
         ["void", 500, 0, 0],
         ["deduct", 500, -500, 500],
       ]);
+      expect((await credits.audit(u)).ok).toBe(true);
+    });
+
+    it("a take-back is what the payments module records: a caller's deduction, capture or void with a refund's metadata stays spend", async () => {
+      const { payments, credits } = services();
+      const u = user();
+      // A caller's entries that carry what a take-back's metadata and description carry.
+      const lookalike = {
+        description: "Lost dispute of payment p-1 (test)",
+        metadata: { paymentId: "p-1", provider: "test", refundedAmount: 100 },
+      };
+      const added = await credits.addCredits(u, 100, { costBasis: { perCredit: "2", currency: "USD" } });
+      const charge = await credits.deductCredits(u, 10, lookalike);
+      const hold = await credits.reserveCredits(u, 5);
+      const capture = await credits.commitReservedCredits(hold.id, lookalike);
+      const gift = await credits.addCredits(u, 3);
+      const voided = await credits.voidGrant(gift.grants[0]!.grantId, lookalike);
+      for (const e of [charge, capture, voided]) expect(e.takeBack ?? null).toBeNull();
+      // The payments module's refund takes credits back, recorded as such.
+      const p = await payments.createPaymentLink(u, { amount: 50, currency: "usd", provider: "test" });
+      await payments.handleWebhook("test", testEvent(p, { kind: "paid", providerPaymentId: `pay_${p.id}` }), {});
+      const refund = testEvent(p, { kind: "refund", refundedTotal: 50, providerIds: [`pay_${p.id}`], paymentId: null });
+      expect((await payments.handleWebhook("test", refund, {})).outcome).toBe("reversed");
+      const journal = await credits.getCreditHistory(u, { limit: 100 });
+      const takeBacks = journal.items.filter((e) => e.takeBack != null);
+      expect(takeBacks.map((e) => [e.type, e.amount, e.takeBack])).toEqual([["void", 50, "refund"]]);
+      // A take-back is no charge: it cannot be given back.
+      await expect(credits.reverseCharge(u, takeBacks[0]!.id, { reason: "no" })).rejects.toBeInstanceOf(
+        RuleViolationError,
+      );
+      const usage = await credits.getUsage({
+        account: u,
+        from: new Date(T0 - 3_600_000),
+        to: new Date(T0 + 3_600_000),
+        interval: null,
+      });
+      expect(usage.rows.map((r) => [r.kind, r.credits, r.requests])).toEqual([
+        ["spend", 15, 2],
+        ["refund", 50, 0],
+      ]);
+      // Revenue recognizes the caller's spend; the look-alike charge can be given back.
+      const revenue = await credits.getRevenue({
+        account: u,
+        from: new Date(T0 - 3_600_000),
+        to: new Date(T0 + 3_600_000),
+        interval: null,
+      });
+      // (The look-alikes' 15 credits at 2 cents; the refund took the payment's 50 unused credits.)
+      expect(revenue.rows.map((r) => [r.currency, r.paid, r.recognized, r.refunds])).toEqual([["USD", 250, 30, 50]]);
+      const back = await credits.reverseCharge(u, charge.id, { reason: "a failed request" });
+      expect(back.amount).toBe(10);
+      expect(added.takeBack ?? null).toBeNull();
       expect((await credits.audit(u)).ok).toBe(true);
     });
   });

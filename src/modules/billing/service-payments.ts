@@ -609,6 +609,9 @@ export class PaymentService {
       fingerprint: fingerprint("reversePayment", { paymentId: payment.id, refunded, dispute }),
       correlationId: payment.id,
       description: `${dispute ? "Lost dispute" : "Refund"} of payment ${payment.id} (${provider})${by === undefined ? "" : ` by ${by}`}`,
+      // What the entries are (usage reports, revenue and reverseCharge read it), never decided from
+      // the metadata or the description.
+      takeBack: dispute ? "clawback" : "refund",
       metadata: {
         paymentId: payment.id,
         provider,

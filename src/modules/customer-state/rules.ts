@@ -19,7 +19,7 @@ import { isPeriodGrant } from "../../core/domain/account-work.js";
 import { decideFeature, type CheckReason, type FeatureRule } from "../../core/domain/checks.js";
 import { limitStatuses, tightestLimit } from "../../core/domain/limits.js";
 import { compareGrants } from "../../core/domain/order.js";
-import { figuresBehind, outOfScope } from "../../core/domain/scope.js";
+import { availableOf, figuresBehind } from "../../core/domain/scope.js";
 
 /** What `credits.getCustomerState(userId)` answers (docs/customer-state.md). */
 export interface CustomerState {
@@ -225,10 +225,7 @@ export function stateOf(
     readAt: now,
     balance: account?.balance ?? 0,
     reserved: account?.reserved ?? 0,
-    available:
-      account === null
-        ? 0
-        : account.balance - account.reserved - outOfScope(grants, { spender: null, feature: null }, now),
+    available: account === null ? 0 : availableOf(account, () => grants, now),
     debt,
     features,
     limits: limitStatuses(limits, at),

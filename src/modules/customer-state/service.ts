@@ -91,10 +91,12 @@ export class CustomerStates {
     });
     const next = loaded.account?.nextExpiryAt;
     if (next == null || next.getTime() > core.clock().getTime()) return loaded;
-    return core.units.mutate("settle", userId, {}, (work) =>
-      work.isNew && !work.changed
-        ? { account: null, grants: [] }
-        : { account: { ...work.account }, grants: work.openGrants() },
-    );
+    // The work itself is the answer, read once the unit has committed: its save evaluates the
+    // alerts on the account (docs/customer-state.md, "Alerts"), so the state answers the alert
+    // states of the position it answers, as a second read at that seq does.
+    const work = await core.units.mutate("settle", userId, {}, (w) => w);
+    return work.isNew && !work.changed
+      ? { account: null, grants: [] }
+      : { account: { ...work.account }, grants: work.openGrants() };
   }
 }

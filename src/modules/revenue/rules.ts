@@ -302,7 +302,8 @@ export class RevenueAccumulator {
       record(t);
       w = windowIndex(this.boundaries, t);
       const paymentId = typeof e.metadata?.paymentId === "string" ? e.metadata.paymentId : null;
-      const takeBack = paymentId !== null && typeof e.metadata?.refundedAmount === "number";
+      // A payment's take-back as the library recorded it (never the metadata's say: docs/revenue.md).
+      const takeBack = e.takeBack != null;
       switch (e.type) {
         case "add": {
           const b = e.costBasis ?? null;
@@ -344,7 +345,7 @@ export class RevenueAccumulator {
         }
         case "deduct":
         case "commit_reserved": {
-          const p = takeBack ? (payments.get(paymentId as string) ?? null) : null;
+          const p = takeBack && paymentId !== null ? (payments.get(paymentId) ?? null) : null;
           const alloc = e.type === "commit_reserved" ? holds.get(e.reservationId ?? "") : undefined;
           let past = e.type === "deduct" ? e.amount : 0;
           for (const g of e.grants) {

@@ -23,6 +23,10 @@ export function copyEntry(e: JournalEntry): JournalEntry {
     reverses: e.reverses ?? null,
     occurredAt: e.occurredAt == null ? null : new Date(e.occurredAt.getTime()),
     createdAt: new Date(e.createdAt.getTime()),
+    takeBack: e.takeBack ?? null,
+    hashVersion: e.hashVersion ?? null,
+    keyId: e.keyId ?? null,
+    scope: e.scope == null ? null : structuredClone(e.scope),
   };
 }
 
