@@ -16,7 +16,8 @@
  * Sizes: BENCH_USAGE_ENTRIES (PostgreSQL, default 10,000,000; 0 skips it),
  * BENCH_USAGE_ACCOUNTS (default: one per 1,000 entries), BENCH_USAGE_SQLITE (default 1,000,000),
  * BENCH_USAGE_SQLITE_ACCOUNT (SQLite's reports and the event loop: the entries of one account this
- * month, default 200,000; 0 skips it),
+ * month, default 200,000; 0 skips it), BENCH_USAGE_SQLITE_ROLLUP (SQLite's daily rollup: one account's
+ * entries this month, its month by day and feature, default 50,000; 0 skips it),
  * BENCH_USAGE_MONGO (default 200,000), BENCH_USAGE_MEMORY (default 200,000). Alone: `npx tsx
  * bench/usage.ts`. A PostgreSQL journal is kept in the schema `cm_bench_usage_<entries>` between
  * runs (BENCH_USAGE_FRESH=1 makes it again). 10,000,000 entries take about 5 GB: drop them with
@@ -445,6 +446,77 @@ async function sqliteAvailabilityRows(entries: number): Promise<BenchRow[]> {
   }
 }
 
+/**
+ * SQLite's daily rollup (docs/usage.md, "The daily rollup"; schema version 2): one account of
+ * `entries` entries this month (written straight into the file, so its first report adds them to
+ * the rollup: timed once), its month by day and feature — the rollup's whole UTC days and the
+ * journal's edges — against the same report by the days of a zone one hour off UTC (Etc/GMT-1),
+ * whose windows are no UTC days: the journal alone. Medians of 15 runs. Target: <= 100 ms at
+ * 50,000 entries. On a store without the rollup (version 1) both read the journal.
+ */
+async function sqliteRollupRows(entries: number): Promise<BenchRow[]> {
+  const { SqliteDbManager } = await sqlite();
+  const { default: Database } = await import("better-sqlite3");
+  const dir = mkdtempSync(join(tmpdir(), "cm-bench-usage-rollup-"));
+  try {
+    const file = join(dir, "usage.db");
+    const db = new SqliteDbManager({ filename: file });
+    await db.init();
+    const raw = new Database(file);
+    const now = Date.now();
+    const month = new Date(Date.UTC(new Date(now).getUTCFullYear(), new Date(now).getUTCMonth(), 1)).getTime();
+    const step = Math.max(1, now - month - 1000) / entries;
+    raw.exec(
+      `WITH RECURSIVE s(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM s WHERE i < ${entries - 1}) ` +
+        `INSERT INTO journal_entries (id, user_id, seq, type, amount, balance_after, reserved_after, debt_after, grants, metadata, spender, feature, created_at, hash) ` +
+        `SELECT 'e' || i, 'acct-big', i + 1, 'deduct', 1 + i % 20, 0, 0, 0, '[]', ` +
+        `json_object('usages', json_array(json_object('amount', 1 + i % 20, 'model', ${models("sqlite", "i")}, 'inputTokens', 100 + i % 900, 'outputTokens', 10 + i % 90))), ` +
+        `'key-' || (i % 7), CASE WHEN i % 3 = 0 THEN 'chat' ELSE 'search' END, strftime('%Y-%m-%dT%H:%M:%fZ', (${month} + i * ${step}) / 1000.0, 'unixepoch'), '00' FROM s`,
+    );
+    raw.exec(
+      `INSERT INTO accounts (user_id, balance, reserved, debt, seq, created_at, updated_at) ` +
+        `VALUES ('acct-big', 0, 0, 0, ${entries}, '${new Date(month).toISOString()}', '${new Date(month).toISOString()}')`,
+    );
+    raw.exec("ANALYZE");
+    raw.close();
+    const kept = ((await db.usageRollup?.("acct-big")) ?? null) !== null;
+    const credits = new core.CreditService({ db }) as unknown as Usage;
+    const from = new Date(month);
+    const to = new Date(Math.floor(now / DAY) * DAY + DAY);
+    const report = (timeZone: string) => () =>
+      credits.getUsage({ account: "acct-big", from, to, interval: "day", groupBy: ["feature"], timeZone });
+    const scale = `${entries.toLocaleString("en-US")} entries in one account, this month`;
+    const started = performance.now();
+    await report("UTC")();
+    const firstMs = performance.now() - started;
+    const journalMs = await median(15, report("Etc/GMT-1"));
+    const rollupMs = await median(15, report("UTC"));
+    const rows = (await report("UTC")()).rows.length;
+    await db.close();
+    const name = `getUsage: one account's month by day and feature (${scale})`;
+    return [
+      {
+        backend: "sqlite",
+        scenario: `${name}, days of Etc/GMT-1 (the journal)`,
+        opsPerSec: 1000 / journalMs,
+        note: `${journalMs.toFixed(1)} ms median`,
+      },
+      {
+        backend: "sqlite",
+        scenario: `${name}, UTC days${kept ? " (the daily rollup)" : " (no rollup: schema version 1)"}`,
+        opsPerSec: 1000 / rollupMs,
+        baseline: `${name}, days of Etc/GMT-1 (the journal)`,
+        ratio: journalMs / rollupMs,
+        target: "<= 100 ms",
+        met: rollupMs <= 100,
+        note: `${rollupMs.toFixed(1)} ms median, ${rows} rows; the first, which added the entries to the rollup, ${firstMs.toFixed(0)} ms`,
+      },
+    ];
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 async function mongoRows(entries: number, accounts: number): Promise<BenchRow[]> {
   const uri = process.env.CREDIT_MONGO_URI;
   if (!uri) return [];
@@ -537,6 +609,8 @@ export async function run(): Promise<BenchRow[]> {
   if (sq > 0) rows.push(...(await sqliteRows(sq, perAccount(sq))));
   const big = n("BENCH_USAGE_SQLITE_ACCOUNT", 200_000);
   if (big > 0) rows.push(...(await sqliteAvailabilityRows(big)));
+  const rolled = n("BENCH_USAGE_SQLITE_ROLLUP", 50_000);
+  if (rolled > 0) rows.push(...(await sqliteRollupRows(rolled)));
   const mo = n("BENCH_USAGE_MONGO", 200_000);
   if (mo > 0) rows.push(...(await mongoRows(mo, perAccount(mo))));
   const me = n("BENCH_USAGE_MEMORY", 200_000);

@@ -149,7 +149,7 @@ interface PartSql {
  * Entries are read by the primary key (user_id, seq) for one account, by the index on created_at
  * for every account. Only the groups come back (`usageBucket` reads them).
  *
- * `rollup` (PostgreSQL): the whole days a daily rollup answers (the journal is then read only for
+ * `rollup`: the whole days a daily rollup answers (the journal is then read only for
  * the partial days at the edges) and the query of its rows as more rows of `n`.
  */
 export function usageQuery(
@@ -161,6 +161,13 @@ export function usageQuery(
     days: RollupDays;
     /** Rows of `n` (`w`, `kind`, the groups, the measures) from the rollup, after `UNION ALL`, closing `n`'s parenthesis. */
     rows(q: { bounds: string; kindIn: (x: string) => string; p: (v: unknown) => string }): string;
+    /**
+     * With `scan.throughSeq` (one account): the SQL of the rollup's cursor for the account (the last
+     * seq its rows hold). The whole days then take from the journal what lies between the cursor and
+     * `throughSeq`: the entries up to `throughSeq` the rollup lacks, added, and those past it that it
+     * holds, taken away.
+     */
+    cursor?(p: (v: unknown) => string): string;
   },
 ): { text: string; params: unknown[] } {
   const r = d.rules;
@@ -181,17 +188,32 @@ export function usageQuery(
   // Each entry where its usage happened: at its occurred_at (late usage, a reversal), else its created_at.
   const from = p(d.time(scan.from));
   const to = p(d.time(scan.to));
+  const through = scan.throughSeq === undefined ? null : p(scan.throughSeq);
+  const cursor = rollup?.cursor === undefined || through === null ? null : rollup.cursor(p);
   const where =
     rollup === undefined
       ? [sqlPlacedIn("j", (c) => `${c} >= ${from} AND ${c} < ${to}`)]
       : [
-          sqlPlacedIn("j", (c) => {
+          (() => {
             const daysFrom = p(d.time(new Date(rollup.days.from)));
             const daysTo = p(d.time(new Date(rollup.days.to)));
-            return `((${c} >= ${from} AND ${c} < ${daysFrom}) OR (${c} >= ${daysTo} AND ${c} < ${to}))`;
-          }),
+            const edges = sqlPlacedIn(
+              "j",
+              (c) => `((${c} >= ${from} AND ${c} < ${daysFrom}) OR (${c} >= ${daysTo} AND ${c} < ${to}))`,
+            );
+            if (cursor === null) return edges;
+            const days = sqlPlacedIn("j", (c) => `${c} >= ${daysFrom} AND ${c} < ${daysTo}`);
+            const between = `((j.seq > ${cursor} AND j.seq <= ${through}) OR (j.seq > ${through} AND j.seq <= ${cursor}))`;
+            return `((${edges} AND j.seq <= ${through}) OR (${days} AND ${between}))`;
+          })(),
         ];
   if (scan.account !== null) where.unshift(`j.user_id = ${p(scan.account)}`);
+  if (through !== null && cursor === null) where.push(`j.seq <= ${through}`);
+  // Past `throughSeq`, an entry the rollup holds is taken away from it.
+  const factor =
+    cursor === null
+      ? sqlFactor(r, "j", rules)
+      : `(${sqlFactor(r, "j", rules)}) * (CASE WHEN j.seq > ${through} THEN -1 ELSE 1 END)`;
   where.push(sqlTypes("j", rules));
   const kinds = d.kindIn("e0.kind", scan.kinds, p);
   // The rules compiled: each entry's kind, its own measures ("m_…") and the array of its part
@@ -282,6 +304,11 @@ export function usageQuery(
     ["e.w AS w", "e.kind AS kind", ...groups(pt)].join(", ");
   const measureCols = USAGE_MEASURES.map((m) => sqlMeasure(m));
   const as = (xs: string[]) => xs.map((x, i) => `${x} AS ${measureCols[i]}`).join(", ");
+  // The rollup's rows after the entries' (closing `n`), or `n` closed.
+  const rollupRows = () =>
+    rollup === undefined
+      ? ") "
+      : ` ${rollup.rows({ bounds: win.bounds, kindIn: (x) => d.kindIn(x, scan.kinds, p), p })}`;
   let n: string;
   if (!split) {
     // No dimension of a part is asked for: an entry's parts add up to its totals, so each entry
@@ -289,10 +316,8 @@ export function usageQuery(
     const totals = USAGE_MEASURES.map((m) => sqlEntryTotal(r, m, (i) => `e.a${i}`, `e.${sqlMeasure(m, "m_")}`, rules));
     const whole = { model: r.nullText, feature: r.nullText, spender: r.nullText, own: "false" };
     const row = `SELECT ${head(whole)}, ${as(totals.map((t) => `(${t}) * e.f`))} FROM e2 AS e${d.fence}`;
-    n =
-      rollup === undefined
-        ? `n AS (${row}) `
-        : `n AS ((${row}) ${rollup.rows({ bounds: win.bounds, kindIn: (x) => d.kindIn(x, scan.kinds, p), p })}`;
+    // (Parenthesized before UNION ALL on PostgreSQL, for its fence; SQLite takes no parentheses there.)
+    n = `n AS (${rollup === undefined || d.fence === "" ? row : `(${row})`}${rollupRows()}`;
   } else if (d.lateral) {
     // Each part as a narrow row first (a fence keeps it a subquery): whatever the planner picks
     // to group them, it never sorts the entries' JSON.
@@ -306,7 +331,7 @@ export function usageQuery(
       .join(" UNION ALL ");
     n =
       `n AS (SELECT ${head(pt)}, ${measureCols.map((m) => `pt.${m} * e.f AS ${m}`).join(", ")} ` +
-      `FROM e CROSS JOIN LATERAL (${lateral}) AS pt${d.fence}) `;
+      `FROM e CROSS JOIN LATERAL (${lateral}) AS pt${d.fence}${rollupRows()}`;
   } else {
     // No LATERAL (SQLite): each source's elements are a branch over the entries that have it (its
     // table-valued function reads the entry's array), and what they leave a branch of its own.
@@ -315,7 +340,7 @@ export function usageQuery(
         (x) =>
           `SELECT ${head(x)}, ${as(x.measures.map((m) => `(${m}) * e.f`))} FROM e${x.from === null ? "" : `, ${x.from}`} WHERE ${x.where}`,
       )
-      .join(" UNION ALL ")}) `;
+      .join(" UNION ALL ")}${rollupRows()}`;
   }
   const keys = ["w", "kind", ...names].map((_, i) => String(i + 1));
   const order = [
@@ -326,7 +351,7 @@ export function usageQuery(
   ];
   const text =
     `WITH ${win.with}e0 AS (SELECT j.user_id, j.type, j.amount, j.metadata, j.description, j.spender, j.feature, j.reservation_id, ` +
-    `${win.column}, ${sqlKind(r, "j", rules)} AS kind, ${sqlFactor(r, "j", rules)} AS f ` +
+    `${win.column}, ${sqlKind(r, "j", rules)} AS kind, ${factor} AS f ` +
     `FROM ${journal} j WHERE ${where.join(" AND ")}${d.fence}), ` +
     `e1 AS (SELECT e0.*${win.join === "" ? " FROM e0" : win.join} WHERE ${kinds}), ` +
     `e2 AS ${d.once}(SELECT e1.*, ${entryCols.join(", ")} FROM e1${d.fence}), ` +

@@ -1,5 +1,6 @@
 import type * as z from "zod/mini";
 import { rollupDdl, rollupNames } from "./rollup.js";
+import { SQLITE_ROLLUP_VERSION, sqliteRollupDdl } from "./sqlite-rollup.js";
 import { revenueDdl } from "../modules/revenue/schema-pg.js";
 import { citusUnitFunctions } from "./citus-units.js";
 import { keyDigestSql } from "./key-digest.js";
@@ -253,6 +254,9 @@ export function generateStatementsAt(options: SqlOptions, now: Date | null): str
       : columnParts(dialect, accounts.columns.find((c) => c.field === "userId") as Column, true, "accounts").type;
   if (dialect === "postgres" && journal !== undefined && !distributed)
     out.push(...rollupDdl(options), ...revenueDdl(options));
+  // SQLite: its daily usage rollup, from schema version 2 (src/schema/sqlite-rollup.ts).
+  if (dialect === "sqlite" && journal !== undefined && targetVersion() >= SQLITE_ROLLUP_VERSION)
+    out.push(...sqliteRollupDdl(options));
   if (distributed) {
     // The rollup's tables first, so that they are distributed with the others.
     const rollup = journal === undefined ? [] : rollupDdl(options, undefined, { userIdType: userIdType ?? "TEXT" });

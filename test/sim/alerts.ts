@@ -16,8 +16,8 @@ import type { Prng } from "./prng.js";
  *
  * A `period_spend` threshold counts the spend whose time is in the current day: a deduction or a
  * capture at its usage time (a late one's `occurredAt`, else when it was committed), a reversal
- * taken off at its charge's time. Every threshold is set before the account's first change, so
- * the spend counted from when it applies is all of it.
+ * taken off at its charge's time; a payment's take-back is no spend. Every threshold is set before
+ * the account's first change, so the spend counted from when it applies is all of it.
  */
 
 const DAY = 86_400_000;
@@ -179,6 +179,8 @@ export class AlertsModel {
         return;
       case "deduct":
       case "commit_reserved": {
+        // A payment's take-back (recorded by the library as one) is no spend (the rules of usage, docs/usage.md).
+        if (e.takeBack != null) return;
         // A capture, and the part of one beyond its hold, are the hold's spender's and feature's.
         const hold = e.reservationId === null ? undefined : a.holds.get(e.reservationId);
         const by = hold ?? who;

@@ -134,8 +134,9 @@ export interface JournalStore {
   /**
    * Optional: usage summed by window, kind and the groups of `scan` (docs/usage.md), aggregated
    * by the store itself — the rules of `src/core/domain/usage.ts` (`usageParts`, `groupValue`),
-   * entries with createdAt in [boundaries[0], boundaries[last]), windows by `windowIndex` — in
-   * `orderBuckets`' order, at most `scan.limit + 1` buckets. Without it, `credits.getUsage()`
+   * entries with createdAt in [boundaries[0], boundaries[last]), windows by `windowIndex`, with
+   * `scan.throughSeq` only the account's entries up to that seq — in `orderBuckets`' order, at
+   * most `scan.limit + 1` buckets. Without it, `credits.getUsage()`
    * sums one account's pages of `listJournal` and refuses a fleet-wide query.
    */
   usage?(scan: UsageScan): Promise<UsageBucket[]>;

@@ -12,7 +12,16 @@ import type {
 import { cycleWindow } from "./limits.js";
 import { isOpenGrant } from "./order.js";
 import { availableOf, inScope } from "./scope.js";
-import { nextWindowStart, windowStart } from "./usage.js";
+import {
+  groupValue,
+  isNegated,
+  nextWindowStart,
+  placedAt,
+  usageEntryTypes,
+  usageKind,
+  usageParts,
+  windowStart,
+} from "./usage.js";
 
 /**
  * Alert thresholds as pure functions over one account (docs/notifications.md, "Alerts"): each
@@ -26,7 +35,8 @@ const DAY_MS = 86_400_000;
 /** A spend naming no feature nor spender: what `available` is for. */
 const NO_SPEND = { spender: null, feature: null } as const;
 
-type PeriodSpend = Extract<AlertThreshold, { kind: "period_spend" }>;
+/** A `period_spend` threshold. */
+export type PeriodSpend = Extract<AlertThreshold, { kind: "period_spend" }>;
 
 /** A window `[start, end)`, ms since the epoch. */
 export interface SpendWindow {
@@ -182,26 +192,31 @@ export function spentIn(
   return out;
 }
 
-/** The entries that move captured spend, and which way: a reversal gives its charge's spend back. */
-const SPEND_SIGN: Partial<Record<JournalEntry["type"], 1 | -1>> = { deduct: 1, commit_reserved: 1, reverse: -1 };
-
-/** The entry types `spendOfEntry` counts: what a read of an account's earlier spend asks the journal for. */
-export const SPEND_ENTRY_TYPES = Object.keys(SPEND_SIGN) as JournalEntry["type"][];
+/** The entry types that may be spend by the rules of usage: what a read of an account's earlier spend asks the journal for. */
+export const SPEND_ENTRY_TYPES = usageEntryTypes();
 
 /**
- * Captured spend an entry adds to a `period_spend` threshold's window starting at `start`: a
- * deduction or a committed hold adds its amount, a reversal takes its amount back; only entries
- * of the threshold's spender and feature (where set), placed in that window by `occurredAt`
- * (else `createdAt`).
+ * Captured spend an entry adds to a `period_spend` threshold's window: its `spend` by the rules of
+ * usage (docs/usage.md; `usageParts`, as every store's usage report and the recount beside the
+ * unit of work sum it), so a deduction or a captured hold adds its amount, a reversal takes what
+ * it gives back, a payment's take-back is no spend; only the parts of the threshold's spender and
+ * feature (where set: a part's own, else the entry's), placed in the window by `occurredAt` (else
+ * `createdAt`).
  */
 export function spendOfEntry(t: PeriodSpend, e: JournalEntry, window: SpendWindow): number {
-  const sign = SPEND_SIGN[e.type] ?? 0;
-  if (sign === 0 || e.amount === 0) return 0;
-  if (t.spender !== undefined && e.spender !== t.spender) return 0;
-  if (t.feature !== undefined && e.feature !== t.feature) return 0;
-  const at = (e.occurredAt ?? e.createdAt).getTime();
+  if (e.amount === 0 || usageKind(e) !== "spend") return 0;
+  const at = placedAt(e);
   if (at < window.start || at >= window.end) return 0;
-  return sign * e.amount;
+  // A kind's parts add up to its credits: without a spender or feature, the entry's own.
+  if (t.spender === undefined && t.feature === undefined) return isNegated(e) ? -e.amount : e.amount;
+  let spent = 0;
+  for (const p of usageParts(e)) {
+    if (p.kind !== "spend") continue;
+    if (t.spender !== undefined && groupValue("spender", e.userId, e, p) !== t.spender) continue;
+    if (t.feature !== undefined && groupValue("feature", e.userId, e, p) !== t.feature) continue;
+    spent += p.credits;
+  }
+  return spent;
 }
 
 /** What one scope of grants (the unscoped pool, or one scope) holds: given, left. */

@@ -26,6 +26,15 @@ export interface UsageScan {
    * `from`, the last `to`, those between are the calendar boundaries of `interval` in `timeZone`.
    */
   boundaries: readonly number[];
+  /**
+   * Only entries with a seq at or below it (with one `account`): the figures as of that state of the
+   * account, whatever it wrote since (a `period_spend` threshold's recount, src/core/services/alert-reads.ts).
+   * A store that takes later entries away from a rollup may answer a group at zero that the
+   * journal alone would not. Absent: every entry.
+   */
+  throughSeq?: number | undefined;
+  /** Summed from the journal alone, never from a rollup (the audit's report, which it compares the rollup with). */
+  fromJournal?: boolean | undefined;
 }
 
 /**
@@ -615,6 +624,7 @@ export class UsageAccumulator {
 
   /** Adds one journal entry of `account`, in the window of its `occurredAt`, else its `createdAt`. */
   add(account: string, e: JournalEntry): void {
+    if (this.scan.throughSeq !== undefined && e.seq > this.scan.throughSeq) return;
     const window = windowIndex(this.scan.boundaries, placedAt(e));
     if (window < 0) return;
     for (const p of usageParts(e, this.rules)) {
@@ -737,6 +747,9 @@ export function rollupAuditScan(
     orderBy: "start",
     limit: 1_000_000,
     boundaries,
+    // The journal's own report, as of its last entry: never a rollup's.
+    throughSeq: last.seq,
+    fromJournal: true,
   };
 }
 

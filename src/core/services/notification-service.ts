@@ -296,13 +296,17 @@ export class NotificationService {
         "[credit-management] notifications.setAlerts: alerts are evaluated only while notification events are recorded: give createCreditManager `notifications` (or `queue`)",
       );
     }
-    await saveAccountOnly(this.db, user, this.clock, async (account, now, grants) => {
+    await saveAccountOnly(this.db, user, this.clock, async (account, now, grants, counting) => {
       const prev: AlertState = account.alert ?? { level: null, threshold: 0, lastAllocation: 0, override: null };
       account.alert = { ...prev, thresholds: list };
       // Without recording only null gets here: nothing to evaluate.
       if (!this.recording) return [];
-      // The spend already captured in each `period_spend` window counts (src/core/services/alert-reads.ts).
-      const inputs = await alertInputs(this.db, account, account.seq, this.thresholds.alerts, now, { recount: true });
+      // The spend already captured in each `period_spend` window counts, recounted beside the unit
+      // of work (src/core/services/alert-reads.ts).
+      const inputs = await alertInputs(this.db, account, account.seq, this.thresholds.alerts, now, {
+        recount: true,
+        ...counting,
+      });
       return alertNotifications(account, [], grants, this.thresholds, now, inputs).notifications;
     });
   }

@@ -13,7 +13,7 @@ import {
   newNotification,
   type Thresholds,
 } from "../domain/notifications.js";
-import { alertInputs } from "./alert-reads.js";
+import { alertInputs, RECOUNTS, RecountNeeded, recountSpend, withRecounts, type SpendRecount } from "./alert-reads.js";
 import { grantTrial } from "../domain/trial.js";
 import { domainEvents } from "../domain/events.js";
 import { featureFlips, type FeatureRule } from "../domain/checks.js";
@@ -110,6 +110,12 @@ class UnitRun<T> {
   refused: { seq: number; error: InsufficientCreditsError } | undefined;
   /** What the last attempt handed to `save()`: the outcome it answers once the commit is known. */
   saved: UnitOutcome<T> | undefined;
+  /**
+   * A recount of `period_spend` windows made beside the unit of work (src/core/services/alert-reads.ts),
+   * and whether an attempt counts what it lacks itself (the last try).
+   */
+  counted: SpendRecount | undefined;
+  inline = false;
 
   constructor(
     private readonly runner: UnitRunner,
@@ -184,7 +190,8 @@ class UnitRun<T> {
     if (!work.changed && !hasExtra) return this.evaluateOnly(tx, work, outcome);
     const changes: Changes = work.changes();
     if (extra !== undefined) Object.assign(changes, extra);
-    if (this.runner.config.alerts !== undefined) await this.runner.addNotifications(work, changes);
+    if (this.runner.config.alerts !== undefined)
+      await this.runner.addNotifications(work, changes, { counted: this.counted, inline: this.inline });
     // What the modules decide in the same unit of work (the billing module: an auto top-up).
     for (const hook of this.runner.config.unitHooks) {
       const rows = hook({ loaded: work.loaded, now: work.now, changes });
@@ -213,7 +220,8 @@ class UnitRun<T> {
   private async evaluateOnly(tx: DbTransaction, work: AccountWork, outcome: UnitOutcome<T>): Promise<UnitOutcome<T>> {
     if (!this.evaluate || this.runner.config.alerts === undefined || work.account.seq === 0) return outcome;
     const changes = work.changes();
-    if (!(await this.runner.addNotifications(work, changes))) return outcome;
+    if (!(await this.runner.addNotifications(work, changes, { counted: this.counted, inline: this.inline })))
+      return outcome;
     this.saved = outcome;
     await tx.save(changes);
     return outcome;
@@ -341,7 +349,7 @@ export class UnitRunner {
       this.run(operation, userId, meta, body, replay, { settle: options.settle, periods: false, evaluate }, message);
     let outcome: UnitOutcome<T> | typeof PERIOD_DUE;
     try {
-      outcome = await this.config.db.transaction(userId, (tx) => unit.attempt(tx));
+      outcome = await this.recounting(userId, unit);
     } catch (error) {
       if (error instanceof OutcomeUnknownError) return this.inDoubt(operation, userId, meta, unit, error, message);
       if (periods && error instanceof InsufficientCreditsError)
@@ -350,6 +358,23 @@ export class UnitRunner {
     }
     if (outcome === PERIOD_DUE) return this.afterPeriod(userId, again);
     return this.committed(userId, outcome, message);
+  }
+
+  /**
+   * The unit's transaction; when its alerts need a `period_spend` window counted (`RecountNeeded`:
+   * nothing was written), counted beside it, with the account free, and the unit run again
+   * (src/core/services/alert-reads.ts); its last try counts in the unit itself.
+   */
+  private async recounting<T>(userId: string, unit: UnitRun<T>): Promise<UnitOutcome<T> | typeof PERIOD_DUE> {
+    for (let i = 0; ; i++) {
+      unit.inline = i === RECOUNTS;
+      try {
+        return await this.config.db.transaction(userId, (tx) => unit.attempt(tx));
+      } catch (error) {
+        if (!(error instanceof RecountNeeded) || unit.inline) throw error;
+        unit.counted = await recountSpend(this.config.db, userId, error.thresholds, error.cycle, error.at);
+      }
+    }
   }
 
   /**
@@ -543,7 +568,11 @@ export class UnitRunner {
    * then the features it flipped. Resolves to whether it recorded a row or moved the account's alert
    * state.
    */
-  async addNotifications(work: AccountWork, changes: Changes): Promise<boolean> {
+  async addNotifications(
+    work: AccountWork,
+    changes: Changes,
+    recount: { counted: SpendRecount | undefined; inline: boolean },
+  ): Promise<boolean> {
     const journal = this.config.domainEvents ? domainEvents(work.userId, changes.entries, changes, work.now) : [];
     const expired = expiredHoldNotifications(changes.updateReservations, work.now);
     const recorded = eventNotifications(work.events, work.userId, work.now);
@@ -552,6 +581,7 @@ export class UnitRunner {
     // What the alerts need read beside the unit of work (rarely anything: src/core/services/alert-reads.ts).
     const inputs = await alertInputs(this.config.db, changes.account, work.loaded?.seq ?? 0, service.alerts, work.now, {
       cycle: work.subscriptionCycle,
+      ...recount,
     });
     const evaluated = alertNotifications(
       changes.account,
@@ -597,7 +627,9 @@ export class UnitRunner {
  * thresholds), guarded by its `seq` like every unit (docs/concepts.md, "The unit of work").
  * `change` edits a copy of the account and returns the notifications to record with it, or null
  * to write nothing (it may read beside the unit of work: what the account had when loaded is the
- * copy's); the copy's `updatedAt` is set to the unit's clock.
+ * copy's); the copy's `updatedAt` is set to the unit's clock. `counting` is what `change` hands
+ * `alertInputs`: a `period_spend` window it needs counted (`RecountNeeded`) is counted beside the
+ * unit of work, and the unit runs again (src/core/services/alert-reads.ts).
  */
 export async function saveAccountOnly(
   db: DbManager,
@@ -607,27 +639,30 @@ export async function saveAccountOnly(
     account: Account,
     now: Date,
     grants: () => readonly Grant[],
+    counting: { counted: SpendRecount | undefined; inline: boolean },
   ) => readonly Notification[] | null | Promise<readonly Notification[] | null>,
 ): Promise<void> {
-  await db.transaction(userId, async (tx) => {
-    const state = await tx.load();
-    const now = clock();
-    const work = new AccountWork(userId, state, now, newId);
-    const account = { ...work.account };
-    const notifications = await change(account, now, () => work.openGrants());
-    if (notifications === null) return;
-    account.updatedAt = now;
-    await tx.save({
-      account,
-      previousSeq: state.account === null ? null : state.account.seq,
-      insertGrants: [],
-      updateGrants: [],
-      insertReservations: [],
-      updateReservations: [],
-      entries: [],
-      notifications,
-    });
-  });
+  await withRecounts(db, userId, (counted, inline) =>
+    db.transaction(userId, async (tx) => {
+      const state = await tx.load();
+      const now = clock();
+      const work = new AccountWork(userId, state, now, newId);
+      const account = { ...work.account };
+      const notifications = await change(account, now, () => work.openGrants(), { counted, inline });
+      if (notifications === null) return;
+      account.updatedAt = now;
+      await tx.save({
+        account,
+        previousSeq: state.account === null ? null : state.account.seq,
+        insertGrants: [],
+        updateGrants: [],
+        insertReservations: [],
+        updateReservations: [],
+        entries: [],
+        notifications,
+      });
+    }),
+  );
 }
 
 /** Loads the grants that holds point at but that are not open (fully held, closed). */

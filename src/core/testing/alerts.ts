@@ -16,6 +16,7 @@ import { DomainEvent } from "../models/events.js";
 import { eventEnvelope } from "../queue/index.js";
 import { commandsArbitrary, runAgainstModel } from "./properties.js";
 import { DAY, HOUR, lazy, T0 } from "./support.js";
+import { spendOfEntry, spendWindow } from "../domain/alerts.js";
 
 /** Credits and notifications over `db` on one clock, with `defaults` as every account's thresholds. */
 function services(db: DbManager, defaults: AlertThreshold[], start = T0) {
@@ -276,6 +277,143 @@ export function runAlertsContract(
       expect(describeRows(rows)).toEqual(["triggered:bob"]);
       expect(rows[0]!.payload).toMatchObject({ value: 50 });
       expect((await credits.audit(v)).ok).toBe(true);
+    });
+
+    it("period_spend's recount beside the unit of work equals the journal's count: spenders, features, time zones, holds, reversals", async () => {
+      const big = 1_000_000;
+      const list: AlertThreshold[] = [
+        { id: "month", kind: "period_spend", atOrAbove: big, window: "month" },
+        { id: "bob-day", kind: "period_spend", atOrAbove: big, window: "day", spender: "bob" },
+        {
+          id: "chat-week-ny",
+          kind: "period_spend",
+          atOrAbove: big,
+          window: "week",
+          feature: "chat",
+          timeZone: "America/New_York",
+        },
+        {
+          id: "bob-chat-tokyo",
+          kind: "period_spend",
+          atOrAbove: big,
+          window: "day",
+          spender: "bob",
+          feature: "chat",
+          timeZone: "Asia/Tokyo",
+        },
+        { id: "lone", kind: "period_spend", atOrAbove: big, window: "month", spender: "nobody" },
+      ];
+      const { credits, notifications, clock } = services(db, []);
+      const u = user();
+      await credits.addCredits(u, 100_000);
+      const usages = (amount: number) => ({
+        usages: [
+          { amount: amount - 1, model: "m1", inputTokens: 10, outputTokens: 0 },
+          { amount: 1, model: "m2", inputTokens: 0, outputTokens: 3 },
+        ],
+      });
+      const charges = [];
+      for (let i = 0; i < 24; i++) {
+        clock.now += 7 * HOUR;
+        const spender = ["bob", "alice", undefined][i % 3];
+        const feature = i % 2 === 0 ? "chat" : "search";
+        charges.push(await credits.deductCredits(u, 10 + i, { spender, feature, metadata: usages(10 + i) }));
+        if (i % 5 === 0) {
+          const hold = await credits.reserveCredits(u, 30, { spender: "bob", feature: "chat" });
+          await credits.commitReservedCredits(hold.id, { amount: 20 + i });
+        }
+      }
+      clock.now += HOUR;
+      const last = await credits.deductCredits(u, 9, { spender: "bob", feature: "chat" });
+      await credits.reverseCharge(u, last.id, { amount: 2, reason: "goodwill" });
+      // Reversals placed at their charges' times: part of one, the whole of another, one of yesterday's.
+      await credits.reverseCharge(u, charges[23]!.id, { amount: 7, reason: "goodwill" });
+      await credits.reverseCharge(u, charges[21]!.id, { reason: "refund" });
+      await credits.reverseCharge(u, charges[20]!.id, { amount: 3, reason: "goodwill" });
+      // The journal's count of each threshold's window, entry by entry (the reference).
+      const expected = async (at: number) => {
+        const journal = await db.listJournal(u, { order: "asc", limit: 10_000 });
+        const out: Record<string, number> = {};
+        for (const t of list) {
+          if (t.kind !== "period_spend") continue;
+          const w = spendWindow(t, at, null)!;
+          out[t.id] = Math.max(
+            0,
+            journal.reduce((n, e) => n + spendOfEntry(t, e, w), 0),
+          );
+        }
+        return out;
+      };
+      const values = async () =>
+        Object.fromEntries(configured(await notifications.getAlerts(u)).map((s) => [s.threshold.id, s.value]));
+      await notifications.setAlerts(u, list);
+      const counted = await expected(clock.now);
+      expect(counted.month! > 0).toBe(true);
+      expect(counted["bob-chat-tokyo"]).toBe(7);
+      expect(await values()).toEqual(counted);
+      // A default met for the first time is recounted by the change's unit of work, then the change added.
+      const v = user();
+      const first = services(db, [], clock.now);
+      await first.credits.addCredits(v, 1000);
+      const a = await first.credits.deductCredits(v, 40, { spender: "bob", feature: "chat" });
+      await first.credits.reverseCharge(v, a.id, { amount: 15, reason: "goodwill" });
+      const later = services(db, list, clock.now);
+      await later.credits.deductCredits(v, 5, { spender: "bob", feature: "chat" });
+      const states = configured(await later.notifications.getAlerts(v));
+      expect(Object.fromEntries(states.map((s) => [s.threshold.id, s.value]))).toMatchObject({
+        month: 30,
+        "bob-day": 30,
+        lone: 0,
+      });
+      expect((await credits.audit(u)).ok).toBe(true);
+    });
+
+    it("period_spend's recount holds no lock: a change on the account commits while it runs, and is counted once", async () => {
+      if (db.usage === undefined) return;
+      const month: AlertThreshold = { id: "month", kind: "period_spend", atOrAbove: 100, window: "month" };
+      let entered!: () => void;
+      const inRecount = new Promise<void>((resolve) => (entered = resolve));
+      let release!: () => void;
+      const released = new Promise<void>((resolve) => (release = resolve));
+      let scans = 0;
+      // The store, its usage scan held until the test releases it.
+      const gated = new Proxy(db, {
+        get(target, key) {
+          if (key === "usage")
+            return async (scan: Parameters<NonNullable<DbManager["usage"]>>[0]) => {
+              scans++;
+              entered();
+              await released;
+              return target.usage!(scan);
+            };
+          const v = Reflect.get(target, key, target) as unknown;
+          return typeof v === "function" ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+        },
+      });
+      const { credits, clock } = services(db, []);
+      const u = user();
+      await credits.addCredits(u, 1000);
+      await credits.deductCredits(u, 60);
+      const held = services(gated, [], clock.now);
+      const setting = held.notifications.setAlerts(u, [month]);
+      await Promise.race([
+        inRecount,
+        setting.then(() => {
+          throw new Error("the window was counted inside the unit of work");
+        }),
+      ]);
+      // The account is free while its window is counted: this change commits first.
+      let done = false;
+      await credits.deductCredits(u, 30).then(() => (done = true));
+      expect(done).toBe(true);
+      release();
+      await setting;
+      expect(configured(await held.notifications.getAlerts(u))).toMatchObject([{ state: "ok", value: 90 }]);
+      expect(scans).toBe(1);
+      // The next change adds to the mark: no recount.
+      await held.credits.deductCredits(u, 10);
+      expect(configured(await held.notifications.getAlerts(u))).toMatchObject([{ state: "in_alarm", value: 100 }]);
+      expect(scans).toBe(1);
     });
 
     it("period_spend over the subscription period: that period's spend, resolved by the renewal; nothing without a subscription", async () => {

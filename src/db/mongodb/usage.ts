@@ -192,6 +192,7 @@ export function usagePipeline(scan: UsageScan, rules: UsageRules = USAGE_RULES):
     type: { $in: usageEntryTypes(rules) },
   };
   if (scan.account !== null) match.userId = scan.account;
+  if (scan.throughSeq !== undefined) match.seq = { $lte: scan.throughSeq };
   const kind = cases(rules.kinds, (k) => k);
   // Each entry's own measures ("m_…") and the number of its part source (0: none, the entry whole).
   // Each entry's own measures that are neither constant nor a field ("m_…"), and the number of

@@ -33,7 +33,7 @@ const DAY = 86_400_000;
  * partial days at the edges (a `from` or `to` that is not a midnight) are read from the journal.
  */
 export function rollupDays(scan: UsageScan): RollupDays | null {
-  if (scan.account !== null || scan.groupBy.some((d) => d !== "account")) return null;
+  if (scan.account !== null || scan.fromJournal === true || scan.groupBy.some((d) => d !== "account")) return null;
   const b = scan.boundaries;
   for (let i = 1; i < b.length - 1; i++) if (b[i]! % DAY !== 0) return null;
   const from = Math.ceil(scan.from.getTime() / DAY) * DAY;

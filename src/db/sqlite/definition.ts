@@ -23,6 +23,7 @@ import { type SqliteDbManagerOptions, lockableFile } from "./options.js";
 import type { Sqlite } from "./connection.js";
 import { SqliteReader } from "./reader.js";
 import { Locker, SqliteAttempt, isConflict } from "./unit.js";
+import { SqliteUsageRollup } from "./usage-rollup.js";
 
 // The SQLite store's `defineStore` definition (docs/storage.md, SQLite): each method one
 // statement or one transaction, run again while the file is locked.
@@ -68,20 +69,25 @@ export function definition(s: Sqlite, options: SqliteDbManagerOptions): StoreDef
       ]),
     ) as T;
   const file = lockableFile(options);
-  const locker = file === null ? null : new Locker(options, file, s.driver ?? "better-sqlite3");
+  // docs/usage.md, "The daily rollup": kept from schema version 2 (src/db/sqlite/usage-rollup.ts).
+  const rollup = new SqliteUsageRollup(s, options.tablePrefix);
+  const locker = file === null ? null : new Locker(options, file, s.driver ?? "better-sqlite3", rollup);
   const reader = new SqliteReader(file, s.driver ?? "better-sqlite3");
   const store: StoreDefinition = {
     name: "sqlite",
     multiProcess: true,
     maxAttempts: options.maxAttempts ?? (locker === null ? 10 : 3),
-    init: () => s.init(),
+    init: async () => {
+      await s.init();
+      rollup.detect();
+    },
     close: async () => {
       locker?.close();
       await reader.close();
       s.close();
     },
     accounts: {
-      begin: (userId) => new SqliteAttempt(s, userId),
+      begin: (userId) => new SqliteAttempt(s, userId, undefined, rollup),
       ...(locker !== null && { beginLocked: (userId: string) => locker.begin(userId) }),
       getAccount: (userId) => s.one<Account>("accounts", "WHERE user_id = ?", [userId]),
       getAccountCredits: (userId) => {
@@ -154,8 +160,20 @@ export function definition(s: Sqlite, options: SqliteDbManagerOptions): StoreDef
       },
       // docs/usage.md: aggregated here, only the groups come back; on the reader thread
       // (docs/storage.md, "Reports off the event loop").
+      // The whole UTC days from the daily rollup, caught up first, when the report's windows and
+      // groups allow (docs/usage.md, "The daily rollup").
       usage: async (scan: UsageScan) => {
-        const { text, params } = usageQuery(SQLITE_QUERY, s.t.journal.qualified, scan);
+        const days = rollup.days(scan);
+        if (days !== null) await rollup.catchUp(scan.account ?? undefined);
+        const { text, params } = usageQuery(
+          SQLITE_QUERY,
+          s.t.journal.qualified,
+          scan,
+          undefined,
+          days === null
+            ? undefined
+            : { days, rows: (q) => rollup.rowsSql(scan, days, q), cursor: (p) => rollup.cursorSql(scan, p) },
+        );
         const rows = await reader.all(text, params, () => s.patiently(() => s.once(text, params)));
         return rows.map((r) => usageBucket(r, scan));
       },
@@ -170,8 +188,12 @@ export function definition(s: Sqlite, options: SqliteDbManagerOptions): StoreDef
         );
       },
       // docs/operations.md, "Checkpoints and archival": after archiveJournal wrote them to a file.
-      deleteJournalBefore: (userId: string, beforeSeq: number) =>
-        s.run(`DELETE FROM ${s.t.journal.qualified} WHERE user_id = ? AND seq < ?`, [userId, beforeSeq]),
+      // The rollup keeps the days it empties: their entries are added to it first.
+      deleteJournalBefore: async (userId: string, beforeSeq: number) => {
+        await rollup.catchUp(userId);
+        return s.run(`DELETE FROM ${s.t.journal.qualified} WHERE user_id = ? AND seq < ?`, [userId, beforeSeq]);
+      },
+      usageRollup: (userId: string) => rollup.rows(userId),
       insertLedgerEntry: (entry: LedgerEntry) => void s.insert("ledger", [entry]),
       listLedgerEntries: (q: LedgerQuery) => {
         const { where, params, add } = conditions();

@@ -8,6 +8,7 @@ import { origin } from "../../core/db/store/errors.js";
 import type { ChargeRecord, LoadRequest, LoadedState } from "../../core/db/types.js";
 import type { SqliteDbManagerOptions, SqliteDriver } from "./options.js";
 import { Sqlite, isBusy } from "./connection.js";
+import type { SqliteUsageRollup } from "./usage-rollup.js";
 
 // A unit of work on the SQLite store (docs/storage.md, SQLite): one attempt guarded on the
 // account's seq, and the second connection that runs an attempt holding the write lock.
@@ -47,6 +48,8 @@ export class Locker {
     private readonly filename: string,
     /** What opens it: the store's own driver (`better-sqlite3` for a `database` handed in). */
     private readonly driver: SqliteDriver,
+    /** The store's daily usage rollup, which a unit of work's entries are added to. */
+    private readonly rollup?: SqliteUsageRollup,
   ) {}
 
   /**
@@ -58,7 +61,7 @@ export class Locker {
     try {
       const s = await (this.opening ??= this.open());
       await s.patiently(() => s.begin());
-      return new SqliteAttempt(s, userId, release);
+      return new SqliteAttempt(s, userId, release, this.rollup);
     } catch (error) {
       release();
       if (!isBusy(error)) throw error;
@@ -128,6 +131,8 @@ export class SqliteAttempt implements Attempt {
     private readonly s: Sqlite,
     readonly userId: string,
     private readonly release?: () => void,
+    /** The store's daily usage rollup (src/db/sqlite/usage-rollup.ts): the entries are added in the same transaction. */
+    private readonly rollup?: SqliteUsageRollup,
   ) {}
 
   load(request?: LoadRequest): LoadedState | Promise<LoadedState> {
@@ -250,6 +255,7 @@ export class SqliteAttempt implements Attempt {
       s.insert("reservations", c.insertReservations);
       for (const r of c.updateReservations) s.update("reservations", r);
       s.insert("journal", c.entries);
+      this.rollup?.saved(s, this.userId, c.previousSeq, c.account.seq, c.entries);
       for (const claim of c.promoClaims ?? []) {
         const took = s.run(
           `UPDATE ${s.t.promos.qualified} SET uses = uses + 1 WHERE code = ? AND (max_uses IS NULL OR uses < max_uses)`,

@@ -1,7 +1,7 @@
 import { BillingStoreBase, type BillingParts } from "../../modules/billing/store-base.js";
 import { ConfigurationError, ConflictError, CreditError } from "../../core/errors.js";
 import type { Account, Grant, JournalEntry, LedgerEntry, Reservation } from "../../core/models/index.js";
-import type { UsageBucket } from "../../core/domain/usage.js";
+import type { UsageBucket, UsageRollupRow } from "../../core/domain/usage.js";
 import type { NotificationStore } from "../../core/db/types-notifications.js";
 import type { PromoPaymentStore } from "../../modules/billing/store.js";
 import type { SubscriptionStore } from "../../core/db/types-subscriptions.js";
@@ -263,6 +263,12 @@ export class DefinedStore extends BillingStoreBase {
   get usage(): JournalStore["usage"] {
     const usage = this.journal.usage;
     return usage === undefined ? undefined : (scan) => this.journal.usage?.(scan) as Promise<UsageBucket[]>;
+  }
+  get usageRollup(): JournalStore["usageRollup"] {
+    const read = this.journal.usageRollup;
+    return read === undefined
+      ? undefined
+      : (userId) => this.journal.usageRollup?.(userId) as Promise<UsageRollupRow[] | null>;
   }
   get getAccountCredits(): AccountStore["getAccountCredits"] {
     const read = this.accounts.getAccountCredits;
