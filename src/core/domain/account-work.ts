@@ -22,6 +22,7 @@ import { compareGrants, isDue, isOpenGrant, isUsable } from "./order.js";
 import { outOfScope, spendOrder } from "./scope.js";
 import { chargeWithinLimit, commitWithinLimit, headroom, shortfallMeta } from "./overdraft.js";
 import { WorkingSet } from "./working-set.js";
+import { trackAllowance } from "./allowance.js";
 import { type ChargeDraw, type Reversed, debtGrant, reversalShares } from "./reversal.js";
 import { NO_SPEND, excessMetadata, holdSpend, spendOf, withHoldMetadata, withSpend } from "./entry-meta.js";
 
@@ -660,6 +661,12 @@ export class AccountWork {
   /** Everything this work changed, for `DbTransaction.save`. */
   changes(): Changes {
     this.account.nextExpiryAt = this.computeNextExpiry();
+    // What each scope was granted in its current allowance (docs/customer-state.md, "What was granted").
+    const touched: { before: Grant | undefined; after: Grant }[] = [];
+    this.grants.forEachTouched((after, created) =>
+      touched.push({ before: created ? undefined : this.grants.original(after.id), after }),
+    );
+    trackAllowance(this.account, this.loaded, touched, () => this.openGrants());
     this.account.updatedAt = this.now;
     return {
       account: this.account,

@@ -13,6 +13,8 @@ export class WorkingSet<T extends { readonly id: string }> {
   private readonly extras = new Set<string>();
   /** The loaded rows by id, built at the first lookup. */
   private index: Map<string, T> | null = null;
+  /** Each row this work changed, as it stood before its first change here. */
+  private readonly before = new Map<string, T | undefined>();
 
   /** `loaded` may be the store's own list: it is only read. */
   constructor(readonly loaded: readonly T[]) {}
@@ -31,8 +33,11 @@ export class WorkingSet<T extends { readonly id: string }> {
 
   /** Writes a new version of a row that `get` finds. */
   put(row: T): void {
+    if (!this.touched.has(row.id)) {
+      this.before.set(row.id, this.get(row.id));
+      this.touched.set(row.id, false);
+    }
     this.written.set(row.id, row);
-    if (!this.touched.has(row.id)) this.touched.set(row.id, false);
   }
 
   /** Adds a row this work creates. */
@@ -50,6 +55,11 @@ export class WorkingSet<T extends { readonly id: string }> {
   /** True when this work changed or created a row. */
   get changed(): boolean {
     return this.touched.size > 0;
+  }
+
+  /** A row this work changed, as it stood before its first change here (undefined: created here, or unchanged). */
+  original(id: string): T | undefined {
+    return this.before.get(id);
   }
 
   /** Calls `fn` with each row this work changed or created, as it stands, in the order first written. */
