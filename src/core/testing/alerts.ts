@@ -191,8 +191,8 @@ export function runAlertsContract(
       // Behind chat: 400 granted, 220 used, 180 left (the customer state's figures: its own suite).
       expect(c).toMatchObject({ state: "in_alarm", value: (180 * 100) / 400 });
       expect(p).toMatchObject({ state: "ok", value: (160 * 100) / 300 });
-      // A grant spent to its last credit is no longer open: it leaves both figures (as in the
-      // customer state), so behind chat is the pool alone again, 160 of 300.
+      // The chat grant spent to its last credit leaves its scope with nothing: its allowance starts
+      // again (as in the customer state), so behind chat is the pool alone again, 160 of 300.
       await credits.deductCredits(u, 20, { feature: "chat" });
       expect(describeRows(await alertRows(notifications, u))).toEqual(["triggered:chat", "resolved:chat"]);
       expect(configured(await notifications.getAlerts(u))[0]).toMatchObject({ state: "ok", value: (160 * 100) / 300 });
