@@ -94,17 +94,20 @@ export function trackAllowance(
     (deltas ??= new Map()).set(key, (deltas.get(key) ?? 0) + delta);
   }
   const holdsEnded = (loaded?.reserved ?? 0) > 0 && account.reserved === 0;
+  if (deltas === null && !left && !holdsEnded) return;
   // From what the account was loaded with, so a second `changes()` of one work moves nothing more.
   const amounts = new Map<string, number>();
   const stored = loaded?.alert?.marks;
   if (stored !== undefined)
     for (const [key, mark] of Object.entries(stored)) if (isAllowanceKey(key)) amounts.set(key, mark.spent ?? 0);
-  if (deltas === null && !((left || holdsEnded) && amounts.size > 0)) return;
   for (const [key, delta] of deltas ?? []) amounts.set(key, Math.max(0, (amounts.get(key) ?? 0) + delta));
-  if ((left || holdsEnded) && account.reserved === 0) {
-    // The scopes with nothing open start again.
+  if ((left || holdsEnded) && account.reserved === 0 && amounts.size > 0) {
+    // The scopes with nothing open start again. Without scoped grants, the pool's open grants
+    // hold balance − reserved + debt: nothing to read.
     const live = new Set<string>();
-    for (const g of open()) live.add(scopeKey(g.scope));
+    if (account.scoped !== true) {
+      if (account.balance + account.debt > 0) live.add(scopeKey(null));
+    } else for (const g of open()) live.add(scopeKey(g.scope));
     for (const key of amounts.keys()) if (!live.has(key)) amounts.set(key, 0);
   }
   const marks = account.alert?.marks;
