@@ -124,7 +124,7 @@ export class AccountWork {
           createdAt: now,
           updatedAt: now,
         };
-    this.grants = new WorkingSet(state.grants);
+    this.grants = new WorkingSet(state.grants, true);
     this.holds = new WorkingSet(state.reservations);
     this.ordered = state.grantsInOrder === true;
   }
@@ -268,13 +268,16 @@ export class AccountWork {
     const portions: GrantPortion[] = [];
     for (const g of grants) {
       if (g.remaining > 0) portions.push({ grantId: g.id, amount: g.remaining });
-      this.grants.put({
-        ...g,
-        remaining: 0,
-        expiredAmount: (g.expiredAmount ?? 0) + g.remaining,
-        closedAt: this.now,
-        closedReason: "expired",
-      });
+      this.grants.put(
+        {
+          ...g,
+          remaining: 0,
+          expiredAmount: (g.expiredAmount ?? 0) + g.remaining,
+          closedAt: this.now,
+          closedReason: "expired",
+        },
+        g,
+      );
     }
     const total = sum(portions);
     if (total > 0) {
@@ -625,7 +628,7 @@ export class AccountWork {
       current = grant;
     }
     const amount = current.remaining;
-    this.grants.put({ ...current, remaining: 0, closedAt: this.now, closedReason: "voided" });
+    this.grants.put({ ...current, remaining: 0, closedAt: this.now, closedReason: "voided" }, current);
     this.account.balance = this.account.balance - amount;
     return this.emit("void", amount, amount > 0 ? [{ grantId: current.id, amount }] : [], null, meta);
   }
@@ -741,7 +744,7 @@ export class AccountWork {
       const take = Math.min(g.remaining, left);
       left -= take;
       portions.push({ grantId: g.id, amount: take });
-      this.grants.put({ ...g, remaining: g.remaining - take });
+      this.grants.put({ ...g, remaining: g.remaining - take }, g);
     }
     return portions;
   }
@@ -793,7 +796,7 @@ export class AccountWork {
       portions.push(
         tagged ? { grantId: p.grantId, amount: back, kind: "returned" } : { grantId: p.grantId, amount: back },
       );
-      this.grants.put({ ...g, remaining: g.remaining + back });
+      this.grants.put({ ...g, remaining: g.remaining + back }, g);
       if (g.closedReason !== null) toClosed = true;
     }
     this.account.debt = debt;
@@ -816,7 +819,7 @@ export class AccountWork {
       for (const p of closed) {
         const g = this.grants.get(p.grantId) as Grant;
         const lost = reason === "expired" ? p.amount : 0;
-        this.grants.put({ ...g, remaining: g.remaining - p.amount, expiredAmount: (g.expiredAmount ?? 0) + lost });
+        this.grants.put({ ...g, remaining: g.remaining - p.amount, expiredAmount: (g.expiredAmount ?? 0) + lost }, g);
       }
       const total = sum(closed);
       this.account.balance = this.account.balance - total;
