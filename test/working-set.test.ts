@@ -57,4 +57,26 @@ describe("WorkingSet (a unit of work's grants and holds)", () => {
       { numRuns: 300 },
     );
   });
+  it("keeps each changed row's original when asked, from the version the caller replaces: no lookup by id", () => {
+    // A list whose index is never built: a lookup by id maps it, and that throws here.
+    class Unindexed<R> extends Array<R> {
+      override map<U>(): U[] {
+        throw new Error("indexed");
+      }
+    }
+    const loaded = Unindexed.from([
+      { id: "a", v: 1 },
+      { id: "b", v: 2 },
+    ]) as Row[];
+    const set = new WorkingSet<Row>(loaded, true);
+    const a = loaded[0] as Row;
+    set.put({ id: "a", v: 10 }, a);
+    set.put({ id: "a", v: 20 }, set.current(a));
+    expect(set.original("a")).toBe(a); // the version before this work's first change
+    expect(set.original("b")).toBeUndefined(); // unchanged
+    set.create({ id: "c", v: 3 });
+    set.put({ id: "c", v: 4 }, { id: "c", v: 3 });
+    expect(set.original("c")).toBeUndefined(); // created here
+    expect(set.current(a)).toEqual({ id: "a", v: 20 });
+  });
 });

@@ -73,6 +73,36 @@ export function runCustomerStateContract(
       expect(state.alerts).toEqual(await notifications.getAlerts(u));
     });
 
+    it("what was granted: the grants spent to their last credit since their scope last had nothing left", async () => {
+      const credits = service();
+      const peer = service(options.getPeer?.() ?? getDb());
+      const u = user();
+      const images = async (via: CreditService = credits) =>
+        (await via.getCustomerState(u)).features.find((f) => f.feature === "images");
+      await credits.addCredits(u, 1000);
+      await credits.addCredits(u, 100);
+      await credits.deductCredits(u, 1000); // the 1,000 spent to its last credit
+      expect(await images()).toMatchObject({ granted: 1100, used: 1000, left: 100 });
+      expect(await images(peer)).toMatchObject({ granted: 1100, used: 1000, left: 100 });
+      await credits.addCredits(u, 1000); // a top-up while something is left adds to the allowance
+      expect(await images()).toMatchObject({ granted: 2100, used: 1000, left: 1100 });
+      // A scoped grant spent out counts behind its feature while its scope has something left.
+      await credits.addCredits(u, 50, { scope: { features: ["images"] } });
+      await credits.addCredits(u, 50, { scope: { features: ["images"] } });
+      await credits.deductCredits(u, 50, { feature: "images" });
+      expect(await images()).toMatchObject({ granted: 2200, used: 1050, left: 1150 });
+      // Its scope left with nothing: its next grant starts a new allowance there.
+      await credits.deductCredits(u, 50, { feature: "images" });
+      expect(await images()).toMatchObject({ granted: 2100, used: 1000, left: 1100 });
+      // The pool spent out: the next grant starts a new allowance.
+      await credits.deductCredits(u, 1100);
+      expect(await images()).toMatchObject({ granted: 0, used: 0, left: 0 });
+      await credits.addCredits(u, 300);
+      await credits.deductCredits(u, 100);
+      expect(await images()).toMatchObject({ granted: 300, used: 100, left: 200 });
+      expect(await images(peer)).toMatchObject({ granted: 300, used: 100, left: 200 });
+    });
+
     it("available is one figure: the state's, getUserCreditsInfo's, the available alert's and the low-credits level's (scoped credits left out)", async () => {
       const low: AlertThreshold = { id: "low", kind: "available", atOrBelow: 450 };
       const now = () => new Date(clock.now);

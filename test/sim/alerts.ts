@@ -11,8 +11,12 @@ import type { Prng } from "./prng.js";
  * moves back of one unit are one `resolved`; nothing while a state holds.
  *
  * The kinds: `available` (at or below), `period_spend` over the UTC day, of the account or of one
- * spender or feature (at or above), and `expiring` (at or above). `left_percent` is left out: what
- * its percentage is of is being redefined, and the simulation's model would have to follow it.
+ * spender or feature (at or above), `expiring` (at or above), and `left_percent` of the pool (at or
+ * below): what its unscoped grants hold less the debt, as a share of what they were granted in the
+ * pool's current allowance (docs/customer-state.md, "What was granted"), followed here commit by
+ * commit: a grant not closed with nothing left is drawn out and counts (closed after, it still
+ * does), one given credits back is open again, and with no open unscoped grant and nothing held
+ * the allowance starts again.
  *
  * A `period_spend` threshold counts the spend whose time is in the current day: a deduction or a
  * capture at its usage time (a late one's `occurredAt`, else when it was committed), a reversal
@@ -52,6 +56,11 @@ export function drawThresholds(rng: Prng, scoped: boolean): AlertThreshold[] {
         ? { id: "daily:key-1", kind: "period_spend", window: "day", spender: "key-1", atOrAbove: rng.range(1, 60) }
         : { id: "daily:images", kind: "period_spend", window: "day", feature: "images", atOrAbove: rng.range(1, 60) },
     );
+  ladder(rng.range(1, 3), rng.range(5, 40), rng.range(10, 25), (line, i) => ({
+    id: `pct-${i}`,
+    kind: "left_percent",
+    atOrBelow: line,
+  }));
   const within = rng.pick(WITHIN_DAYS);
   ladder(rng.range(1, 2), rng.range(1, 40), rng.range(5, 30), (line, i) => ({
     id: `soon-${i}`,
@@ -86,6 +95,12 @@ interface Account {
   /** Journal entries committed so far: an account with none evaluates nothing. */
   entries: number;
   readonly events: AlertLine[];
+  /** What each grant was given (its credits when first seen), by id. */
+  readonly given: Map<string, number>;
+  /** Each grant as the last commit left it: open, drawn out (nothing left, not closed), or closed. */
+  readonly seen: Map<string, "open" | "out" | "closed">;
+  /** The unscoped grants drawn out in the pool's current allowance. */
+  readonly drawn: Set<string>;
 }
 
 /**
@@ -126,6 +141,9 @@ export class AlertsModel {
       holds: new Map(),
       entries: 0,
       events: [],
+      given: new Map(),
+      seen: new Map(),
+      drawn: new Set(),
     };
     this.accounts.set(user, a);
     for (const e of journal) this.replay(a, e, e.createdAt.getTime());
@@ -164,6 +182,7 @@ export class AlertsModel {
     if (a === undefined) return;
     for (const e of entries) this.replay(a, e, now);
     a.entries += entries.length;
+    this.follow(a, m);
     if (!evaluates || a.entries === 0) return;
     const before = a.events.length;
     this.evaluate(a, m, now, seq);
@@ -199,12 +218,33 @@ export class AlertsModel {
     }
   }
 
+  /** Follows the pool's allowance through one commit (`m`: the account as it left it). */
+  private follow(a: Account, m: CreditModel): void {
+    let open = false;
+    for (const g of m.grants) {
+      if ((g.features ?? null) !== null || (g.spenders ?? null) !== null) continue;
+      if (!a.given.has(g.id)) a.given.set(g.id, g.remaining);
+      const was = a.seen.get(g.id) ?? "open";
+      const is = g.closed !== null ? "closed" : g.remaining === 0 ? "out" : "open";
+      a.seen.set(g.id, is);
+      if (is === "open") open = true;
+      if (was === "open" && is === "out") a.drawn.add(g.id);
+      if (was === "out" && is === "open") a.drawn.delete(g.id);
+    }
+    if (!open && m.reserved === 0) a.drawn.clear();
+  }
+
   private evaluate(a: Account, m: CreditModel, now: number, seq: number): void {
     const resolved: string[] = [];
     for (const t of a.thresholds) {
-      const value = this.read(a, t, m, now);
       const line = t.kind === "available" || t.kind === "left_percent" ? t.atOrBelow : t.atOrAbove;
-      const alarm = t.kind === "available" ? value <= line : value >= line;
+      let value: number;
+      let alarm: boolean;
+      if (t.kind === "left_percent") [value, alarm] = this.leftPercent(a, t.atOrBelow, m, now);
+      else {
+        value = this.read(a, t, m, now);
+        alarm = t.kind === "available" ? value <= line : value >= line;
+      }
       if (value === line) this.onLine++;
       const was = a.alarm.get(t.id) === true;
       a.alarm.set(t.id, alarm);
@@ -251,8 +291,26 @@ export class AlertsModel {
         return left;
       }
       case "left_percent":
-        return this.fail("the simulation does not model left_percent");
+        return this.fail("left_percent is read by leftPercent");
     }
+  }
+
+  /**
+   * `left_percent` of the pool: what the unscoped grants usable at `now` hold less the debt, as a
+   * share of what they and the pool's drawn-out grants were given; 0 (in alarm) with nothing granted.
+   */
+  private leftPercent(a: Account, atOrBelow: number, m: CreditModel, now: number): [number, boolean] {
+    let granted = 0;
+    let left = -m.debt;
+    for (const g of m.grants) {
+      if ((g.features ?? null) !== null || (g.spenders ?? null) !== null) continue;
+      if (a.drawn.has(g.id)) granted += a.given.get(g.id) ?? 0;
+      if (g.closed !== null || g.remaining <= 0 || (g.expiresAt !== null && g.expiresAt <= now)) continue;
+      granted += a.given.get(g.id) ?? 0;
+      left += g.remaining;
+    }
+    if (granted === 0) return [0, true];
+    return [(left * 100) / granted, left * 100 <= atOrBelow * granted];
   }
 }
 

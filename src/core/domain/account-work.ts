@@ -24,6 +24,7 @@ import { compareGrants, isDue, isOpenGrant, isUsable } from "./order.js";
 import { outOfScope, spendOrder } from "./scope.js";
 import { chargeWithinLimit, commitWithinLimit, headroom, shortfallMeta } from "./overdraft.js";
 import { WorkingSet } from "./working-set.js";
+import { trackAllowance } from "./allowance.js";
 import { type ChargeDraw, type Reversed, debtGrant, reversalShares } from "./reversal.js";
 import { NO_SPEND, excessMetadata, holdSpend, spendOf, withHoldMetadata, withSpend } from "./entry-meta.js";
 
@@ -136,7 +137,7 @@ export class AccountWork {
           createdAt: now,
           updatedAt: now,
         };
-    this.grants = new WorkingSet(state.grants);
+    this.grants = new WorkingSet(state.grants, true);
     this.holds = new WorkingSet(state.reservations);
     this.ordered = state.grantsInOrder === true;
   }
@@ -280,13 +281,16 @@ export class AccountWork {
     const portions: GrantPortion[] = [];
     for (const g of grants) {
       if (g.remaining > 0) portions.push({ grantId: g.id, amount: g.remaining });
-      this.grants.put({
-        ...g,
-        remaining: 0,
-        expiredAmount: (g.expiredAmount ?? 0) + g.remaining,
-        closedAt: this.now,
-        closedReason: "expired",
-      });
+      this.grants.put(
+        {
+          ...g,
+          remaining: 0,
+          expiredAmount: (g.expiredAmount ?? 0) + g.remaining,
+          closedAt: this.now,
+          closedReason: "expired",
+        },
+        g,
+      );
     }
     const total = sum(portions);
     if (total > 0) {
@@ -638,7 +642,7 @@ export class AccountWork {
       current = grant;
     }
     const amount = current.remaining;
-    this.grants.put({ ...current, remaining: 0, closedAt: this.now, closedReason: "voided" });
+    this.grants.put({ ...current, remaining: 0, closedAt: this.now, closedReason: "voided" }, current);
     this.account.balance = this.account.balance - amount;
     return this.emit("void", amount, amount > 0 ? [{ grantId: current.id, amount }] : [], null, meta);
   }
@@ -674,6 +678,12 @@ export class AccountWork {
   /** Everything this work changed, for `DbTransaction.save`. */
   changes(): Changes {
     this.account.nextExpiryAt = this.computeNextExpiry();
+    // What each scope was granted in its current allowance (docs/customer-state.md, "What was granted").
+    const touched: { before: Grant | undefined; after: Grant }[] = [];
+    this.grants.forEachTouched((after, created) =>
+      touched.push({ before: created ? undefined : this.grants.original(after.id), after }),
+    );
+    trackAllowance(this.account, this.loaded, touched, () => this.openGrants());
     this.account.updatedAt = this.now;
     return {
       account: this.account,
@@ -748,7 +758,7 @@ export class AccountWork {
       const take = Math.min(g.remaining, left);
       left -= take;
       portions.push({ grantId: g.id, amount: take });
-      this.grants.put({ ...g, remaining: g.remaining - take });
+      this.grants.put({ ...g, remaining: g.remaining - take }, g);
     }
     return portions;
   }
@@ -800,7 +810,7 @@ export class AccountWork {
       portions.push(
         tagged ? { grantId: p.grantId, amount: back, kind: "returned" } : { grantId: p.grantId, amount: back },
       );
-      this.grants.put({ ...g, remaining: g.remaining + back });
+      this.grants.put({ ...g, remaining: g.remaining + back }, g);
       if (g.closedReason !== null) toClosed = true;
     }
     this.account.debt = debt;
@@ -823,7 +833,7 @@ export class AccountWork {
       for (const p of closed) {
         const g = this.grants.get(p.grantId) as Grant;
         const lost = reason === "expired" ? p.amount : 0;
-        this.grants.put({ ...g, remaining: g.remaining - p.amount, expiredAmount: (g.expiredAmount ?? 0) + lost });
+        this.grants.put({ ...g, remaining: g.remaining - p.amount, expiredAmount: (g.expiredAmount ?? 0) + lost }, g);
       }
       const total = sum(closed);
       this.account.balance = this.account.balance - total;

@@ -11,6 +11,7 @@ import type {
 } from "../models/index.js";
 import { cycleWindow } from "./limits.js";
 import { isOpenGrant } from "./order.js";
+import { type DrawnOut, drawnOutOf, isAllowanceKey } from "./allowance.js";
 import { availableOf, inScope } from "./scope.js";
 import {
   groupValue,
@@ -239,6 +240,8 @@ class Figures {
   /** What expires within each of `windows` (the running total, shortest window first). */
   private upTo: number[] | undefined;
   private readonly percents = new Map<string | null, { granted: number; left: number }>();
+  /** What each scope's grants drawn out in its current allowance were given (./allowance.ts). */
+  private drawn: DrawnOut[] | undefined;
 
   constructor(
     private readonly account: Account,
@@ -248,7 +251,11 @@ class Figures {
     private readonly windows: readonly number[],
   ) {}
 
-  /** What the usable grants behind the pool (null) or `feature` were given, and hold less the debt. */
+  /**
+   * What the grants behind the pool (null) or `feature` were granted in their current allowance
+   * (the usable ones, and those drawn out since their scope last had nothing left: ./allowance.ts),
+   * and what they hold less the debt.
+   */
   behind(feature: string | null): { granted: number; left: number } {
     const known = this.percents.get(feature);
     if (known !== undefined) return known;
@@ -261,6 +268,7 @@ class Figures {
       granted += s.granted;
       held += s.remaining;
     }
+    for (const d of (this.drawn ??= drawnOutOf(this.account))) if (inScope(d.scope, spend)) granted += d.amount;
     const out = { granted, left: held - this.account.debt };
     this.percents.set(feature, out);
     return out;
@@ -357,11 +365,12 @@ interface Reading {
 }
 
 /**
- * `left_percent`'s value: what is left of the open grants behind the pool (or `feature`) as a
- * percentage of what they were given: the customer state's figures (`figuresBehind`, ./scope.ts),
- * summed per scope of grants (`Figures`); 0 when nothing open is behind it (nothing is left). The
- * exact share, not rounded; compared in whole numbers: left × 100 <= atOrBelow × granted, the line
- * included.
+ * `left_percent`'s value: what is left behind the pool (or `feature`) as a percentage of what its
+ * grants were granted in their current allowance, the grants drawn to their last credit since their
+ * scope last had nothing left included (docs/customer-state.md, "What was granted"): the customer
+ * state's figures (`figuresBehind`, ./scope.ts), summed per scope of grants (`Figures`); 0 when
+ * nothing is granted behind it (nothing is left). The exact share, not rounded; compared in whole
+ * numbers: left × 100 <= atOrBelow × granted, the line included.
  */
 function leftPercent(t: Extract<AlertThreshold, { kind: "left_percent" }>, figures: Figures): Reading {
   const f = figures.behind(t.feature ?? null);
@@ -433,6 +442,8 @@ export function evaluateThresholds(
   const marks: Record<string, AlertMark> = {};
   const events: AlertEvent[] = [];
   const resolved: Record<string, unknown>[] = [];
+  // What the scopes of grants were granted (./allowance.ts) is kept among the marks as it is.
+  for (const [key, mark] of Object.entries(before)) if (isAllowanceKey(key)) marks[key] = mark;
   let recorded = account.alert?.recorded ?? 0;
   const cycle = cycleOf(account, inputs);
   const figures = figuresOf(account, grants, at, list);

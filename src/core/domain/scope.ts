@@ -7,6 +7,7 @@
  */
 
 import type { GrantScope } from "../models/limits.js";
+import type { DrawnOut } from "./allowance.js";
 import type { Spend } from "./limits.js";
 import { compareGrants, isUsable } from "./order.js";
 import type { Account, Grant } from "../models/index.js";
@@ -37,11 +38,14 @@ export function spendOrder(grants: readonly Grant[], spend: Spend, now: Date): G
   return scoped.concat(open);
 }
 
-/** What the open grants behind a spend were given, what was drawn from them, and what they hold for it. */
+/** What the grants behind a spend were granted in their current allowance, what was drawn from them, and what they hold for it. */
 export interface GrantFigures {
-  /** The grants behind it, in the order a spend draws them (`spendOrder`). */
+  /** The open grants behind it, in the order a spend draws them (`spendOrder`). */
   grants: Grant[];
-  /** What they were given. */
+  /**
+   * What they were granted in their current allowance: the open grants, and those drawn to their
+   * last credit since their scope last had nothing left (./allowance.ts).
+   */
   granted: number;
   /** What has been drawn from them: spent, or held now. */
   used: number;
@@ -50,12 +54,19 @@ export interface GrantFigures {
 }
 
 /**
- * The figures of the grants usable at `now` behind `spend` (its scoped grants, then the pool):
- * what the customer state reports per feature (docs/customer-state.md, "Which features"), and what
- * a `left_percent` alert compares (docs/customer-state.md, "Alerts"). `debt`: the account's, owed
- * for spends of any scope.
+ * The figures of the grants behind `spend` (its scoped grants, then the pool): the usable ones at
+ * `now`, and what the grants `drawn` out in each scope's current allowance were given
+ * (`drawnOutOf`, ./allowance.ts). What the customer state reports per feature
+ * (docs/customer-state.md, "What was granted"), and what a `left_percent` alert compares
+ * (docs/customer-state.md, "Alerts"). `debt`: the account's, owed for spends of any scope.
  */
-export function figuresBehind(grants: readonly Grant[], spend: Spend, debt: number, now: Date): GrantFigures {
+export function figuresBehind(
+  grants: readonly Grant[],
+  spend: Spend,
+  debt: number,
+  now: Date,
+  drawn: readonly DrawnOut[] = [],
+): GrantFigures {
   const behind = spendOrder(grants, spend, now);
   let granted = 0;
   let held = 0;
@@ -63,6 +74,7 @@ export function figuresBehind(grants: readonly Grant[], spend: Spend, debt: numb
     granted += g.amount;
     held += g.remaining;
   }
+  for (const d of drawn) if (inScope(d.scope, spend)) granted += d.amount;
   return { grants: behind, granted, used: granted - held, left: held - debt };
 }
 

@@ -13,9 +13,17 @@ export class WorkingSet<T extends { readonly id: string }> {
   private readonly extras = new Set<string>();
   /** The loaded rows by id, built at the first lookup. */
   private index: Map<string, T> | null = null;
+  /** Each row this work changed, as it stood before its first change here. */
+  private readonly before = new Map<string, T | undefined>();
 
-  /** `loaded` may be the store's own list: it is only read. */
-  constructor(readonly loaded: readonly T[]) {}
+  /**
+   * `loaded` may be the store's own list: it is only read. `keepsOriginals`: `original` answers the
+   * version each changed row had before this work changed it.
+   */
+  constructor(
+    readonly loaded: readonly T[],
+    private readonly keepsOriginals = false,
+  ) {}
 
   /** The row as it stands in this work, or undefined when it is neither loaded nor added. */
   get(id: string): T | undefined {
@@ -29,10 +37,16 @@ export class WorkingSet<T extends { readonly id: string }> {
     return this.written.get(listed.id) ?? listed;
   }
 
-  /** Writes a new version of a row that `get` finds. */
-  put(row: T): void {
+  /**
+   * Writes a new version of a row that `get` finds; `was`: the version it replaces, as the caller
+   * read it (kept as its original where this work changes it first, so no lookup by id is made).
+   */
+  put(row: T, was?: T): void {
+    if (!this.touched.has(row.id)) {
+      if (this.keepsOriginals) this.before.set(row.id, was ?? this.get(row.id));
+      this.touched.set(row.id, false);
+    }
     this.written.set(row.id, row);
-    if (!this.touched.has(row.id)) this.touched.set(row.id, false);
   }
 
   /** Adds a row this work creates. */
@@ -50,6 +64,11 @@ export class WorkingSet<T extends { readonly id: string }> {
   /** True when this work changed or created a row. */
   get changed(): boolean {
     return this.touched.size > 0;
+  }
+
+  /** A row this work changed, as it stood before its first change here (undefined: created here, or unchanged). */
+  original(id: string): T | undefined {
+    return this.before.get(id);
   }
 
   /** Calls `fn` with each row this work changed or created, as it stands, in the order first written. */

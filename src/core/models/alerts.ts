@@ -43,9 +43,10 @@ export const AvailableAlert = z.strictObject({
 });
 
 /**
- * What is left at or below `atOrBelow` percent of what was granted: the figures of the open grants
- * behind the pool, or behind `feature` where set (its scoped grants and the pool), as the customer
- * state reports them (docs/customer-state.md).
+ * What is left at or below `atOrBelow` percent of what was granted: the figures of the grants behind
+ * the pool, or behind `feature` where set (its scoped grants and the pool), as the customer state
+ * reports them; what was granted counts the grants spent to their last credit since their scope
+ * last had nothing left (docs/customer-state.md, "What was granted").
  */
 export const LeftPercentAlert = z.strictObject({
   id: UserAlertId,

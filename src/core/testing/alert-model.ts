@@ -19,6 +19,13 @@ export class AlertModel {
   private dayStart = 0;
   /** What each grant was given (its credits when it was made, after any debt they paid), by id. */
   private readonly given = new Map<string, number>();
+  /**
+   * The grants drawn to their last credit (spent or held) since the pool last had nothing left:
+   * what they were given still counts as granted (docs/customer-state.md, "What was granted").
+   */
+  private readonly drawn = new Set<string>();
+  /** Each grant as the last change left it: open, drawn out (nothing left, not closed), or closed. */
+  private readonly seen = new Map<string, "open" | "out" | "closed">();
   /** True once the account changed (a never-changed account evaluates nothing). */
   changed = false;
   readonly events: ModelAlertEvent[] = [];
@@ -47,9 +54,28 @@ export class AlertModel {
     }
   }
 
+  /**
+   * Follows the pool's allowance after a change: a grant not closed with nothing left is drawn out
+   * (and stays so once closed), one given credits back is open again; with no open grant and
+   * nothing held, the allowance starts again.
+   */
+  private follow(model: CreditModel): void {
+    let open = false;
+    for (const g of model.grants) {
+      const was = this.seen.get(g.id) ?? "open";
+      const now = g.closed !== null ? "closed" : g.remaining === 0 ? "out" : "open";
+      this.seen.set(g.id, now);
+      if (now === "open") open = true;
+      if (was === "open" && now === "out") this.drawn.add(g.id);
+      if (was === "out" && now === "open") this.drawn.delete(g.id);
+    }
+    if (!open && model.reserved === 0) this.drawn.clear();
+  }
+
   /** Evaluates every threshold on `model` at `model.now`, recording the events of each move. */
   evaluate(model: CreditModel): void {
     if (!this.changed) return;
+    this.follow(model);
     this.roll(model.now);
     const resolved: string[] = [];
     for (const t of this.thresholds) {
@@ -70,11 +96,13 @@ export class AlertModel {
         return [available, available <= t.atOrBelow];
       case "left_percent": {
         if (t.feature !== undefined) throw new Error("the model knows the pool only");
-        // The grants still open with something left, neither closed nor past their expiry: what
-        // they were given, and what they hold now less the debt.
+        // The grants still open with something left, neither closed nor past their expiry, and
+        // those drawn out in the pool's allowance: what they were given; what the open ones hold
+        // now less the debt.
         let granted = 0;
         let left = -model.debt;
         for (const g of model.grants) {
+          if (this.drawn.has(g.id)) granted += this.given.get(g.id) ?? 0;
           if (g.closed !== null || g.remaining <= 0 || (g.expiresAt !== null && g.expiresAt <= model.now)) continue;
           granted += this.given.get(g.id) ?? 0;
           left += g.remaining;

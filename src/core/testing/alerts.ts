@@ -192,8 +192,8 @@ export function runAlertsContract(
       // Behind chat: 400 granted, 220 used, 180 left (the customer state's figures: its own suite).
       expect(c).toMatchObject({ state: "in_alarm", value: (180 * 100) / 400 });
       expect(p).toMatchObject({ state: "ok", value: (160 * 100) / 300 });
-      // A grant spent to its last credit is no longer open: it leaves both figures (as in the
-      // customer state), so behind chat is the pool alone again, 160 of 300.
+      // The chat grant spent to its last credit leaves its scope with nothing: its allowance starts
+      // again (as in the customer state), so behind chat is the pool alone again, 160 of 300.
       await credits.deductCredits(u, 20, { feature: "chat" });
       expect(describeRows(await alertRows(notifications, u))).toEqual(["triggered:chat", "resolved:chat"]);
       expect(configured(await notifications.getAlerts(u))[0]).toMatchObject({ state: "ok", value: (160 * 100) / 300 });
@@ -203,6 +203,88 @@ export function runAlertsContract(
         { state: "in_alarm", value: 0 },
         { state: "in_alarm", value: 0 },
       ]);
+    });
+
+    it("left_percent: a grant spent to its last credit stays granted until the pool has nothing left", async () => {
+      const { credits, notifications } = services(db, [{ id: "pct", kind: "left_percent", atOrBelow: 20 }]);
+      const u = user();
+      await credits.addCredits(u, 1000);
+      await credits.addCredits(u, 100);
+      await credits.deductCredits(u, 1000); // the 1,000 spent to its last credit: 100 of 1,100 left
+      let rows = await alertRows(notifications, u);
+      expect(describeRows(rows)).toEqual(["triggered:pct"]);
+      expect(rows[0]!.payload).toMatchObject({ value: (100 * 100) / 1100, line: 20 });
+      // A top-up while something is left adds to the allowance: 1,100 of 2,100.
+      await credits.addCredits(u, 1000);
+      expect(configured(await notifications.getAlerts(u))[0]).toMatchObject({
+        state: "ok",
+        value: (1100 * 100) / 2100,
+      });
+      // Spent out: nothing left, and the next grant starts a new allowance.
+      await credits.deductCredits(u, 1100);
+      expect(configured(await notifications.getAlerts(u))[0]).toMatchObject({ state: "in_alarm", value: 0 });
+      await credits.addCredits(u, 200);
+      expect(configured(await notifications.getAlerts(u))[0]).toMatchObject({ state: "ok", value: 100 });
+      await credits.deductCredits(u, 170); // 30 of 200: 15 %
+      rows = await alertRows(notifications, u);
+      expect(describeRows(rows)).toEqual([
+        "triggered:pct",
+        "resolved:pct",
+        "triggered:pct",
+        "resolved:pct",
+        "triggered:pct",
+      ]);
+      expect(rows[4]!.payload).toMatchObject({ value: 15 });
+    });
+
+    it("left_percent: a grant that expires or is voided with credits left leaves both figures; a held one counts", async () => {
+      const { credits, notifications, clock } = services(db, [{ id: "pct", kind: "left_percent", atOrBelow: 90 }]);
+      const u = user();
+      const value = async () => configured(await notifications.getAlerts(u))[0]!.value;
+      await credits.addCredits(u, 1000);
+      await credits.addCredits(u, 200, { expiresAt: new Date(clock.now + HOUR) }); // drawn first (soonest expiry)
+      await credits.deductCredits(u, 200); // spent to its last credit: 1,000 of 1,200 left
+      expect(await value()).toBe((1000 * 100) / 1200);
+      await credits.addCredits(u, 300, { expiresAt: new Date(clock.now + HOUR) });
+      expect(await value()).toBe((1300 * 100) / 1500);
+      clock.now += 2 * HOUR;
+      await notifications.evaluateAlerts(u); // the 300 expired unspent: it leaves both figures
+      expect(await value()).toBe((1000 * 100) / 1200); // the spent 200 counts past its expiry
+      const voided = await credits.addCredits(u, 100);
+      await credits.voidGrant(voided.grants[0]!.grantId); // voided unspent: it leaves both figures
+      expect(await value()).toBe((1000 * 100) / 1200);
+      // Held to the last credit: nothing is left, but the allowance holds while credits are held.
+      const hold = await credits.reserveCredits(u, 1000);
+      expect(await value()).toBe(0);
+      await credits.releaseReservedCredits(hold.id);
+      expect(configured(await notifications.getAlerts(u))[0]).toMatchObject({
+        state: "in_alarm",
+        value: (1000 * 100) / 1200,
+      });
+    });
+
+    it("left_percent: two managers over one store read the same allowance", async () => {
+      const pct: AlertThreshold = { id: "pct", kind: "left_percent", atOrBelow: 20 };
+      const a = services(db, [pct]);
+      const b = services(db, [pct]);
+      const u = user();
+      await a.credits.addCredits(u, 1000);
+      await b.credits.addCredits(u, 100);
+      await a.credits.deductCredits(u, 600);
+      await b.credits.deductCredits(u, 400); // the 1,000 spent out through the other manager
+      for (const side of [a, b])
+        expect(configured(await side.notifications.getAlerts(u))[0]).toMatchObject({
+          state: "in_alarm",
+          value: (100 * 100) / 1100,
+        });
+      await a.credits.addCredits(u, 1000);
+      await b.credits.deductCredits(u, 50);
+      for (const side of [a, b])
+        expect(configured(await side.notifications.getAlerts(u))[0]).toMatchObject({
+          state: "ok",
+          value: (1050 * 100) / 2100,
+        });
+      expect(describeRows(await alertRows(a.notifications, u))).toEqual(["triggered:pct", "resolved:pct"]);
     });
 
     it("period_spend: captured spend in the calendar window, by spender; resolved when the window ends", async () => {

@@ -19,6 +19,7 @@ import { isPeriodGrant } from "../../core/domain/account-work.js";
 import { decideFeature, type CheckReason, type FeatureRule } from "../../core/domain/checks.js";
 import { limitStatuses, tightestLimit } from "../../core/domain/limits.js";
 import { compareGrants } from "../../core/domain/order.js";
+import { drawnOutOf } from "../../core/domain/allowance.js";
 import { availableOf, figuresBehind } from "../../core/domain/scope.js";
 
 /** What `credits.getCustomerState(userId)` answers (docs/customer-state.md). */
@@ -60,7 +61,11 @@ export interface FeatureState {
   reason: CheckReason;
   /** What `left` must at least be: the rule's `minAvailable` (1 without a rule). */
   required: number;
-  /** What the open grants behind it (its scoped grants, then the pool) were given. */
+  /**
+   * What the grants behind it (its scoped grants, then the pool) were granted in their current
+   * allowance: the open ones, and those spent to their last credit since their scope last had
+   * nothing left (docs/customer-state.md, "What was granted").
+   */
   granted: number;
   /** What has been drawn from them: spent, or held now. */
   used: number;
@@ -176,12 +181,15 @@ export function stateOf(
   const names = new Set(Object.keys(rules));
   for (const a of plan?.allowances ?? []) for (const f of a.scope.features ?? []) names.add(f);
   for (const g of grants) for (const f of g.scope?.features ?? []) names.add(f);
+  // What each scope's grants drawn out in its current allowance were given (docs/customer-state.md, "What was granted").
+  const drawn = drawnOutOf(account);
+  for (const d of drawn) for (const f of d.scope?.features ?? []) names.add(f);
   for (const l of limits) if (l.feature !== null) names.add(l.feature);
 
   const features = [...names].sort(byCodeUnit).map((feature): FeatureState => {
     const spend = { spender: null, feature };
     // Its scoped grants first, then the pool: the order a spend on it draws them (docs/teams-and-limits.md).
-    const { grants: behind, granted, used, left } = figuresBehind(grants, spend, debt, now);
+    const { grants: behind, granted, used, left } = figuresBehind(grants, spend, debt, now, drawn);
     const rule = rules[feature];
     const tight = tightestLimit(limits, spend, at);
     const decision = decideFeature(left, rule, planId, undefined, () => tight);

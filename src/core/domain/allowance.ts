@@ -1,0 +1,125 @@
+/**
+ * What a scope of grants was granted in its current allowance (docs/customer-state.md, "What was
+ * granted"): the grants added since the scope last had nothing left, the ones drawn to their last
+ * credit included. The open grants say what they were given themselves; what the grants drawn out
+ * since then were given is kept on the account, per scope of grants, and changed only in the
+ * account's unit of work (`trackAllowance`), so every store and every manager over one store
+ * answers the same figures.
+ *
+ * It is kept among the account's alert marks, under keys no alert id can take (an alert id has no
+ * `~`: src/core/models/alerts.ts), so it travels in the row every store already writes.
+ */
+
+import type { GrantScope } from "../models/limits.js";
+import type { Account, AlertMark, Grant } from "../models/index.js";
+import { isOpenGrant } from "./order.js";
+
+/** The prefix of the marks that hold what a scope's drawn-out grants were given. */
+const PREFIX = "~";
+
+/** What the grants of one scope drawn to their last credit in its current allowance were given. */
+export interface DrawnOut {
+  /** The grants' scope (null: unscoped, the pool). */
+  scope: GrantScope | null;
+  amount: number;
+}
+
+/**
+ * The mark key of a scope of grants: `~` for the pool, else `~` and the scope's lists, escaped so
+ * the key holds no `.` nor `$` (a key of a stored document).
+ */
+export function scopeKey(scope: GrantScope | null | undefined): string {
+  if (scope === null || scope === undefined) return PREFIX;
+  const text = JSON.stringify([scope.features ?? null, scope.spenders ?? null]);
+  return PREFIX + encodeURIComponent(text).replaceAll(".", "%2E");
+}
+
+function scopeOfKey(key: string): GrantScope | null {
+  if (key === PREFIX) return null;
+  const [features, spenders] = JSON.parse(decodeURIComponent(key.slice(PREFIX.length))) as [
+    string[] | null,
+    string[] | null,
+  ];
+  return { ...(features === null ? {} : { features }), ...(spenders === null ? {} : { spenders }) };
+}
+
+/** True when a mark key holds a scope's drawn-out amount rather than an alert threshold's state. */
+export function isAllowanceKey(key: string): boolean {
+  return key.startsWith(PREFIX);
+}
+
+/** What each scope's grants drawn out in its current allowance were given (none: nothing drawn out). */
+export function drawnOutOf(account: Account | null): DrawnOut[] {
+  const marks = account?.alert?.marks;
+  if (marks === undefined) return [];
+  const out: DrawnOut[] = [];
+  for (const [key, mark] of Object.entries(marks))
+    if (isAllowanceKey(key) && (mark.spent ?? 0) > 0) out.push({ scope: scopeOfKey(key), amount: mark.spent ?? 0 });
+  return out;
+}
+
+/** A grant drawn to its last credit (spent, or held) and not closed: its amount counts as drawn out. */
+function drawnOut(g: Grant): boolean {
+  return g.remaining === 0 && g.closedAt === null;
+}
+
+/**
+ * Updates `account` (the unit of work's copy) after a change: a grant drawn to its last credit
+ * (spent, or held) adds what it was given to its scope's allowance, and stays there whatever
+ * happens to it after (its expiry, a void) unless credits are given back to it while it is open (a
+ * hold released, a charge reversed: it is an open grant again). A scope left with no open grant
+ * while the account holds nothing starts again: its next grant begins a new allowance.
+ * `touched`: each grant the change wrote, as the change leaves it, with the version it was loaded
+ * with (undefined: created by the change). `open`: the account's open grants after the change, read
+ * only when a grant left the open ones or the account's last hold ended.
+ */
+export function trackAllowance(
+  account: Account,
+  loaded: Account | null,
+  touched: ReadonlyArray<{ before: Grant | undefined; after: Grant }>,
+  open: () => readonly Grant[],
+): void {
+  let deltas: Map<string, number> | null = null;
+  let left = false;
+  for (const { before, after } of touched) {
+    if ((before === undefined || isOpenGrant(before)) && !isOpenGrant(after)) left = true;
+    // Drawn out (from open or made here), or given credits back (drawn out, open again). A grant
+    // drawn out and then closed (expired, voided) stays drawn out: it was spent, or held, to its last credit.
+    const was = before !== undefined && drawnOut(before);
+    let delta = 0;
+    if (!was && drawnOut(after)) delta = after.amount;
+    else if (was && isOpenGrant(after)) delta = -after.amount;
+    if (delta === 0) continue;
+    const key = scopeKey(after.scope);
+    (deltas ??= new Map()).set(key, (deltas.get(key) ?? 0) + delta);
+  }
+  const holdsEnded = (loaded?.reserved ?? 0) > 0 && account.reserved === 0;
+  if (deltas === null && !left && !holdsEnded) return;
+  // From what the account was loaded with, so a second `changes()` of one work moves nothing more.
+  const amounts = new Map<string, number>();
+  const stored = loaded?.alert?.marks;
+  if (stored !== undefined)
+    for (const [key, mark] of Object.entries(stored)) if (isAllowanceKey(key)) amounts.set(key, mark.spent ?? 0);
+  for (const [key, delta] of deltas ?? []) amounts.set(key, Math.max(0, (amounts.get(key) ?? 0) + delta));
+  if ((left || holdsEnded) && account.reserved === 0 && amounts.size > 0) {
+    // The scopes with nothing open start again. Without scoped grants, the pool's open grants
+    // hold balance − reserved + debt: nothing to read.
+    const live = new Set<string>();
+    if (account.scoped !== true) {
+      if (account.balance + account.debt > 0) live.add(scopeKey(null));
+    } else for (const g of open()) live.add(scopeKey(g.scope));
+    for (const key of amounts.keys()) if (!live.has(key)) amounts.set(key, 0);
+  }
+  const marks = account.alert?.marks;
+  let changed = false;
+  for (const [key, amount] of amounts) if ((marks?.[key]?.spent ?? 0) !== amount) changed = true;
+  if (!changed) return;
+  const next: Record<string, AlertMark> = {};
+  if (marks !== undefined)
+    for (const [key, mark] of Object.entries(marks))
+      if (!isAllowanceKey(key))
+        Object.defineProperty(next, key, { value: mark, writable: true, enumerable: true, configurable: true });
+  for (const [key, amount] of amounts) if (amount > 0) next[key] = { state: "ok", crossings: 0, spent: amount };
+  const prev = account.alert ?? { level: null, threshold: 0, lastAllocation: 0, override: null };
+  account.alert = { ...prev, marks: next };
+}
