@@ -3,7 +3,8 @@ import { Transform, type Readable } from "node:stream";
 import { ResponseUsageReader } from "../pricing/rules-llm-usage.js";
 import type { MeterSession } from "./service.js";
 import { targetPathOf } from "./routes-paths.js";
-import { common, headerOf, type MeteringOptionsBase, type PricedRequest } from "./routes-common.js";
+import { common, headerOf, type MeteringOptionsBase } from "./routes-common.js";
+import type { PricedRequest } from "./routes-fixed-price.js";
 
 /**
  * What the plugin uses of a Fastify request and reply: no type of Fastify's own, so the package

@@ -2,7 +2,8 @@ import type { MeterOutcome } from "./service.js";
 import { ResponseUsageReader } from "../pricing/rules-llm-usage.js";
 import { textResponse } from "../../http/text-response.js";
 import { errorBody, json } from "../../http/router.js";
-import { common, isJsonType, type CreditMeteringOptions, type PricedRequest } from "./routes-common.js";
+import { common, isJsonType, type CreditMeteringOptions } from "./routes-common.js";
+import type { PricedRequest } from "./routes-fixed-price.js";
 import { pathnameOf } from "./routes-paths.js";
 
 /**

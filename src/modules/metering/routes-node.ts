@@ -2,13 +2,8 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import type { MeterOutcome, MeterSession } from "./service.js";
 import { ResponseUsageReader } from "../pricing/rules-llm-usage.js";
 import { isPromiseLike } from "../../core/util/promise.js";
-import {
-  common,
-  headerOf,
-  type CreditMeteringMiddlewareOptions,
-  type MeteringLocals,
-  type PricedRequest,
-} from "./routes-common.js";
+import { common, headerOf, type CreditMeteringMiddlewareOptions, type MeteringLocals } from "./routes-common.js";
+import type { PricedRequest } from "./routes-fixed-price.js";
 import { nodePathOf } from "./routes-paths.js";
 
 type Next = (error?: Error) => void;
