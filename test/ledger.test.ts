@@ -60,12 +60,23 @@ describe("ledger", () => {
     const journal = await db.listJournal("ü-ser ☕", { order: "asc", limit: 10 });
     // The line is the entry's hashed text: spender and feature are in it only when the entry names
     // them (docs/teams-and-limits.md), a cost basis and an addition's source only when it has one
-    // (docs/revenue.md), and a reversal's charge and an entry's occurredAt only when set
-    // (docs/concepts.md), as in the hash.
+    // (docs/revenue.md), and a reversal's charge, an entry's occurredAt, its take-back, key id and grant
+    // scope only when set (docs/concepts.md), as in the hash; the hash version is not in the hashed
+    // text (the fields version 2 adds are), so not in the line.
     const stored = journal.map((e) => {
-      const { spender, feature, costBasis, source, reverses, occurredAt, ...rest } = JSON.parse(
-        JSON.stringify(e),
-      ) as Record<string, unknown>;
+      const {
+        spender,
+        feature,
+        costBasis,
+        source,
+        reverses,
+        occurredAt,
+        takeBack,
+        hashVersion: _hashVersion,
+        keyId,
+        scope,
+        ...rest
+      } = JSON.parse(JSON.stringify(e)) as Record<string, unknown>;
       return {
         ...rest,
         ...(spender === null ? {} : { spender }),
@@ -74,6 +85,9 @@ describe("ledger", () => {
         ...(source === null ? {} : { source }),
         ...(reverses === null ? {} : { reverses }),
         ...(occurredAt === null ? {} : { occurredAt }),
+        ...(takeBack === null ? {} : { takeBack }),
+        ...(keyId === null ? {} : { keyId }),
+        ...(scope === null ? {} : { scope }),
       };
     });
     expect(lines.map((l) => l.details)).toEqual(stored);
