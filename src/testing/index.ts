@@ -244,7 +244,9 @@ export function runDbManagerContract(options: ContractOptions): void {
     // Holds for what is there; two managers race them (over `db` twice without a peer).
     part("cappedHolds", () => runCappedHoldContract(getDb, { getPeer: () => peer ?? db }));
     // The state in one read; a spend through one manager, the read through the other.
-    part("customerState", () => runCustomerStateContract(getDb, { getPeer: () => peer ?? db }));
+    part("customerState", () =>
+      runCustomerStateContract(getDb, { getPeer: () => peer ?? db, outbox: skip.outbox === undefined }),
+    );
     if (createPeer !== undefined)
       part("managers", () =>
         runManagersContract(
