@@ -100,6 +100,8 @@ describe("a store version 1 wrote, upgraded to version 2 by init()", () => {
       try {
         raw.exec("UPDATE schema_version SET version = 1");
         for (const c of V2_COLUMNS) raw.exec(`ALTER TABLE journal_entries DROP COLUMN ${c}`);
+        // Version 1 had no usage rollup on SQLite (version 2 added it): the upgrade creates and fills it.
+        raw.exec("DROP TABLE usage_daily; DROP TABLE usage_state;");
       } finally {
         raw.close();
       }
