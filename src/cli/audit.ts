@@ -243,7 +243,10 @@ async function readLedgerFile(
     // A keyed entry's HMAC needs its key, which the file's audit has not: its links are checked.
     const keyed = typeof entry.keyId === "string";
     try {
-      if (!keyed) recomputed = hashEntry({ ...entry, createdAt: new Date(entry.createdAt) });
+      // A line is the entry's hashed text, which carries no hash version: the fields version 2 adds
+      // appear when set and an entry of version 1 has none, so hashing it as version 2 is right for
+      // both (docs/concepts.md, "A keyed chain").
+      if (!keyed) recomputed = hashEntry({ ...entry, hashVersion: 2, createdAt: new Date(entry.createdAt) });
     } catch {
       // An entry too broken to hash: reported below as a mismatch.
     }
