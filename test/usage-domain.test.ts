@@ -171,15 +171,21 @@ describe("what counts as usage", () => {
 
   it("a payment's take-back is a refund, a lost dispute's a clawback: never spend", () => {
     const metadata = { paymentId: "p1", provider: "stripe", refundedAmount: 500 };
+    const refund = { takeBack: "refund" as const, metadata, description: "Refund of payment p1 (stripe)" };
+    expect(usageParts(entry(refund))).toMatchObject([{ kind: "refund", credits: 10, requests: 0 }]);
+    expect(usageParts(entry({ ...refund, type: "void" }))).toMatchObject([{ kind: "refund" }]);
+    expect(usageParts(entry({ takeBack: "clawback", metadata }))).toMatchObject([{ kind: "clawback", credits: 10 }]);
+  });
+
+  it("what an entry is comes from its takeBack, which the library sets: a caller's metadata or description is spend", () => {
+    const metadata = { paymentId: "p1", provider: "stripe", refundedAmount: 500 };
     expect(usageParts(entry({ metadata, description: "Refund of payment p1 (stripe)" }))).toMatchObject([
-      { kind: "refund", credits: 10, requests: 0 },
-    ]);
-    expect(usageParts(entry({ type: "void", metadata, description: "Refund of payment p1 (stripe)" }))).toMatchObject([
-      { kind: "refund" },
+      { kind: "spend", credits: 10, requests: 1 },
     ]);
     expect(usageParts(entry({ metadata, description: "Lost dispute of payment p1 (stripe)" }))).toMatchObject([
-      { kind: "clawback", credits: 10 },
+      { kind: "spend", credits: 10 },
     ]);
+    expect(usageParts(entry({ type: "void", metadata }))).toEqual([]);
   });
 
   it("splits by the recorded LLM usages; what they do not account for has no model", () => {
