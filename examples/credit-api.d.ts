@@ -1405,6 +1405,13 @@ export interface operations {
                             createdAt: string;
                             prevHash: string | null;
                             hash: string;
+                            takeBack?: ("refund" | "clawback") | null;
+                            hashVersion?: number | null;
+                            keyId?: string | null;
+                            scope?: {
+                                features?: string[];
+                                spenders?: string[];
+                            } | null;
                         }[];
                         nextCursor: string | null;
                     };
@@ -1896,6 +1903,13 @@ export interface operations {
                             createdAt: string;
                             prevHash: string | null;
                             hash: string;
+                            takeBack?: ("refund" | "clawback") | null;
+                            hashVersion?: number | null;
+                            keyId?: string | null;
+                            scope?: {
+                                features?: string[];
+                                spenders?: string[];
+                            } | null;
                         };
                     };
                 };
@@ -2062,6 +2076,13 @@ export interface operations {
                             createdAt: string;
                             prevHash: string | null;
                             hash: string;
+                            takeBack?: ("refund" | "clawback") | null;
+                            hashVersion?: number | null;
+                            keyId?: string | null;
+                            scope?: {
+                                features?: string[];
+                                spenders?: string[];
+                            } | null;
                         };
                     };
                 };
@@ -2346,6 +2367,13 @@ export interface operations {
                             createdAt: string;
                             prevHash: string | null;
                             hash: string;
+                            takeBack?: ("refund" | "clawback") | null;
+                            hashVersion?: number | null;
+                            keyId?: string | null;
+                            scope?: {
+                                features?: string[];
+                                spenders?: string[];
+                            } | null;
                         }[];
                         nextCursor: string | null;
                     };
@@ -2573,6 +2601,11 @@ export interface operations {
         parameters: {
             query?: {
                 from?: "checkpoint" | "genesis";
+                head?: {
+                    userId: string;
+                    seq: number;
+                    hash: string;
+                };
             };
             header?: never;
             path: {
@@ -2729,6 +2762,13 @@ export interface operations {
                         createdAt: string;
                         prevHash: string | null;
                         hash: string;
+                        takeBack?: ("refund" | "clawback") | null;
+                        hashVersion?: number | null;
+                        keyId?: string | null;
+                        scope?: {
+                            features?: string[];
+                            spenders?: string[];
+                        } | null;
                     };
                 };
             };
@@ -2879,6 +2919,13 @@ export interface operations {
                         createdAt: string;
                         prevHash: string | null;
                         hash: string;
+                        takeBack?: ("refund" | "clawback") | null;
+                        hashVersion?: number | null;
+                        keyId?: string | null;
+                        scope?: {
+                            features?: string[];
+                            spenders?: string[];
+                        } | null;
                     };
                 };
             };
@@ -3044,6 +3091,13 @@ export interface operations {
                         createdAt: string;
                         prevHash: string | null;
                         hash: string;
+                        takeBack?: ("refund" | "clawback") | null;
+                        hashVersion?: number | null;
+                        keyId?: string | null;
+                        scope?: {
+                            features?: string[];
+                            spenders?: string[];
+                        } | null;
                     };
                 };
             };
@@ -3186,6 +3240,13 @@ export interface operations {
                             createdAt: string;
                             prevHash: string | null;
                             hash: string;
+                            takeBack?: ("refund" | "clawback") | null;
+                            hashVersion?: number | null;
+                            keyId?: string | null;
+                            scope?: {
+                                features?: string[];
+                                spenders?: string[];
+                            } | null;
                         };
                         reversals: {
                             id: string;
@@ -3224,6 +3285,13 @@ export interface operations {
                             createdAt: string;
                             prevHash: string | null;
                             hash: string;
+                            takeBack?: ("refund" | "clawback") | null;
+                            hashVersion?: number | null;
+                            keyId?: string | null;
+                            scope?: {
+                                features?: string[];
+                                spenders?: string[];
+                            } | null;
                         }[];
                         reversed: number;
                         remaining: number;
@@ -3598,6 +3666,13 @@ export interface operations {
                         createdAt: string;
                         prevHash: string | null;
                         hash: string;
+                        takeBack?: ("refund" | "clawback") | null;
+                        hashVersion?: number | null;
+                        keyId?: string | null;
+                        scope?: {
+                            features?: string[];
+                            spenders?: string[];
+                        } | null;
                     };
                 };
             };
@@ -7873,6 +7948,13 @@ export interface operations {
                             createdAt: string;
                             prevHash: string | null;
                             hash: string;
+                            takeBack?: ("refund" | "clawback") | null;
+                            hashVersion?: number | null;
+                            keyId?: string | null;
+                            scope?: {
+                                features?: string[];
+                                spenders?: string[];
+                            } | null;
                         };
                     };
                 };
