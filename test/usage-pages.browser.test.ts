@@ -224,9 +224,10 @@ describe.skipIf(!existsSync(CHROMIUM))("usage pages in a browser", () => {
       ["daily", `Spent today by ${HOSTILE_SPENDER} (UTC): ${million} credits or more`, "OK"],
       ["soon", "Expiring within 7 days: 1 credit or more", "OK"],
     ]);
-    // Its figure is balance − reserved (scoped grants included: docs/customer-state.md, "The kinds").
+    // Its figure is the state's available (scoped grants' credits left out: docs/customer-state.md, "The kinds").
     const state = await m.credits.getCustomerState("alice");
-    expect(alerts[1]?.[2]).toBe((state.balance - state.reserved).toLocaleString());
+    expect(alerts[1]?.[2]).toBe(state.available.toLocaleString());
+    expect(state.available).toBeLessThan(state.balance - state.reserved); // alice holds scoped credits
     expect(await p.locator("#alerts .bad").allTextContents()).toEqual(["In alarm"]);
     await clean(p, "the customer page");
     if (process.env.UPDATE_SCREENSHOTS === "1") {
