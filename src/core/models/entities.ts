@@ -54,6 +54,7 @@ export type EntryType = z.infer<typeof EntryType>;
  * (the payments module, when it takes a payment's credits back), never from a caller's input.
  */
 export const TakeBack = z.enum(["refund", "clawback"]);
+/** What a take-back entry takes credits back for: `"refund"` or `"clawback"` (the `TakeBack` model). */
 export type TakeBack = z.infer<typeof TakeBack>;
 
 /**

@@ -242,6 +242,7 @@ export const OverdraftLimit = z.union([
   z.number().check(z.int(), z.minimum(0), z.maximum(Number.MAX_SAFE_INTEGER)),
   z.literal("unlimited"),
 ]);
+/** The `overdraftLimit` option: a number of credits (default 0) or `"unlimited"` (the `OverdraftLimit` model). */
 export type OverdraftLimit = z.input<typeof OverdraftLimit>;
 
 /** `checkpointEvery`: a checkpoint entry each time an account's journal passes a multiple of this many entries. */
@@ -280,6 +281,7 @@ export const JournalKeysOptions = z
       error: "current must be the id of one of keys",
     }),
   );
+/** The `journalKeys` option: the chain's keys by id and the one new entries are signed with (the `JournalKeysOptions` model). */
 export type JournalKeysOptions = z.input<typeof JournalKeysOptions>;
 
 /**
@@ -291,6 +293,7 @@ export const JournalHead = z.strictObject({
   seq: z.number().check(z.int(), z.minimum(1), z.maximum(Number.MAX_SAFE_INTEGER)),
   hash: z.string().check(z.regex(/^[0-9a-f]{64}$/, { error: "a hash is 64 lowercase hex digits" })),
 });
+/** A chain head to keep outside the database: `{ userId, seq, hash }` (the `JournalHead` model). */
 export type JournalHead = z.infer<typeof JournalHead>;
 
 /** `audit(userId, options)` (docs/operations.md, "Checkpoints and archival"). */

@@ -264,6 +264,7 @@ export class DefinedStore extends BillingStoreBase {
     const usage = this.journal.usage;
     return usage === undefined ? undefined : (scan) => this.journal.usage?.(scan) as Promise<UsageBucket[]>;
   }
+  /** The journal part's `usageRollup`, when it has one (`JournalStore.usageRollup`). */
   get usageRollup(): JournalStore["usageRollup"] {
     const read = this.journal.usageRollup;
     return read === undefined
