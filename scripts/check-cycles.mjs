@@ -146,6 +146,9 @@ const ROLE = {
   provider: "payments",
   providers: "payments",
   contract: "testing",
+  // A module's error classes and codes (`errors.ts`), and its `CreditModule` (`module.ts`, docs/modules.md).
+  errors: "errors",
+  module: "credit-service",
   // A notification queue and its delivery (the webhooks module).
   queue: "queue",
   // The service process's own parts (`credit-management serve`).
