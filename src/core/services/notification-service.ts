@@ -103,10 +103,10 @@ export interface DispatchReport {
 /** An event the host or another service (subscriptions) records for a user. */
 export const EmitInput = z.strictObject({
   /** Any notification type but the domain events, which only the journal records (docs/events.md). */
-  type: z.enum(
-    NotificationType.options.filter(
-      (t): t is Exclude<NotificationType, DomainEventType> => !(DomainEventType.options as string[]).includes(t),
-    ),
+  type: NotificationType.check(
+    z.refine((t) => !(DomainEventType.options as readonly string[]).includes(t), {
+      message: "a domain event is recorded by the journal only",
+    }),
   ),
   payload: z.optional(Metadata),
   /** The version of `payload`'s schema (default: the type's current one, docs/events.md "Versions"). */
