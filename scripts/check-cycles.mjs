@@ -108,6 +108,8 @@ const RANK = {
   webhooks: 5,
   schema: 4,
   domain: 3,
+  // The core's module seam (src/core/module.ts): types, the registry and the account column helper.
+  module: 3,
   models: 2,
   // credit-management/models: the core's models and every module's, beside them.
   "models-entry": 2,

@@ -31,7 +31,7 @@ import { DomainEventType, EventVersion } from "../models/notifications.js";
 import { parseConfig } from "../models/parse.js";
 import { dispatchChannel, traceJob, traced, tracePromise, type DispatchMessage } from "../diagnostics.js";
 import { saveAccountOnly, UnitRunner } from "./unit-of-work.js";
-import { creditCore } from "./credit-core.js";
+import { creditCore } from "./credit-service.js";
 import type { CoreCreditService } from "./credit-service.js";
 import { withTimeout } from "../util/promise.js";
 import { InMemoryNotificationQueue, type NotificationMessage, type NotificationQueue } from "../queue/index.js";

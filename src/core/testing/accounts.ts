@@ -19,7 +19,7 @@ import { SubscriptionService } from "../services/subscription-service.js";
 import { scribble } from "./scribble.js";
 import { scopedAccountCases } from "./scoped.js";
 import { accountWithClock, DAY, lazy, serviceWithClock, T0, type PartOptions } from "./support.js";
-import { creditCore } from "../services/credit-core.js";
+import { creditCore } from "../services/credit-service.js";
 
 /**
  * The accounts and journal part: the store's reads and units of work, checked directly and through
