@@ -285,3 +285,15 @@ export async function runCli(args: readonly string[], io: CliIo, source: AuditSo
 
 // The errors: the core's and every module's, with the full `CreditErrorCode` (src/errors.ts).
 export * from "./errors.js";
+
+// The module seam (docs/modules.md, "Writing a module"), @beta.
+export {
+  accountColumn,
+  moduleRegistry,
+  type AccountColumn,
+  type CreditModule,
+  type ModuleContext,
+  type ModuleRegistry,
+} from "./core/module.js";
+export type { UnitContext } from "./core/services/unit-of-work.js";
+export type { ModuleRows } from "./core/domain/state.js";

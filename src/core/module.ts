@@ -144,11 +144,16 @@ const MODULE_ID = /^[a-z][a-z0-9-]{0,63}$/;
 const ERROR_CODE = /^[A-Z][A-Z0-9_]{0,63}$/;
 
 /** A `ConfigurationError` naming the module and what is wrong with it. */
-const badModule = (id: string, what: string) =>
-  new ConfigurationError(`[credit-management] module "${id}": ${what}`);
+const badModule = (id: string, what: string) => new ConfigurationError(`[credit-management] module "${id}": ${what}`);
 
 /** Adds `values` of module `id` to `into`, each of `shape`, none taken already. */
-function register(id: string, field: string, values: readonly string[] | undefined, into: Set<string>, shape: (v: string) => boolean) {
+function register(
+  id: string,
+  field: string,
+  values: readonly string[] | undefined,
+  into: Set<string>,
+  shape: (v: string) => boolean,
+) {
   for (const v of values ?? []) {
     if (typeof v !== "string" || !shape(v)) throw badModule(id, `${field} has a malformed value ${JSON.stringify(v)}`);
     if (into.has(v)) throw badModule(id, `${field} "${v}" is registered already`);
@@ -175,7 +180,13 @@ export function moduleRegistry(modules: readonly CreditModule[] = []): ModuleReg
     if (ids.has(id)) throw badModule(id, "two modules have this id");
     ids.add(id);
     register(id, "errorCodes", m.errorCodes, errorCodes, (v) => ERROR_CODE.test(v));
-    register(id, "notificationTypes", m.notificationTypes, notificationTypes, (v) => NotificationType.safeParse(v).success);
+    register(
+      id,
+      "notificationTypes",
+      m.notificationTypes,
+      notificationTypes,
+      (v) => NotificationType.safeParse(v).success,
+    );
     register(id, "eventTypes", m.eventTypes, eventTypes, (v) => NotificationType.safeParse(v).success);
     // A module's domain events are notification types too (they are outbox rows).
     for (const t of m.eventTypes ?? []) notificationTypes.add(t);
@@ -200,3 +211,7 @@ export function moduleRegistry(modules: readonly CreditModule[] = []): ModuleReg
     checkNotificationType: (type, path = "type") => check(notificationTypes, "notification type", type, path),
   };
 }
+
+/** The `ConfigurationError` of a module's service asked for before the module's `init` ran. @internal */
+export const notInitialised = (id: string) =>
+  new ConfigurationError(`[credit-management] module "${id}" is not initialised: give it to a CreditService first`);

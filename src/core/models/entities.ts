@@ -14,7 +14,15 @@ import {
 } from "./common.js";
 
 /** The core's grant sources. */
-export const CORE_GRANT_SOURCES = ["manual", "subscription", "rollover", "trial", "refund", "adjustment", "other"] as const;
+export const CORE_GRANT_SOURCES = [
+  "manual",
+  "subscription",
+  "rollover",
+  "trial",
+  "refund",
+  "adjustment",
+  "other",
+] as const;
 /** A grant source of the core's own. */
 export type CoreGrantSource = (typeof CORE_GRANT_SOURCES)[number];
 /**

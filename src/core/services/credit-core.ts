@@ -324,3 +324,13 @@ export class CreditCore implements ModuleContext {
     };
   }
 }
+
+/**
+ * The core behind a module's context (`init(ctx)`, src/core/module.ts), for the package's own
+ * modules, which use more of it than the public context offers (holds for metering, settles for
+ * leases). A `ConfigurationError` for a context no `CoreCreditService` made.
+ */
+export function coreOf(ctx: ModuleContext): CreditCore {
+  if (ctx instanceof CreditCore) return ctx;
+  throw new ConfigurationError("[credit-management] a module's context must come from a CreditService");
+}

@@ -47,7 +47,6 @@ export interface LeaseRecovery {
   credits: number;
 }
 
-
 /** @internal What leases use of the credit service: its exact deduction, lease settles, metering, ledger, logger and clock. */
 export type LeaseCore = Pick<CreditCore, "deduct" | "givenClock"> &
   SessionDeps & {
