@@ -32,7 +32,7 @@ import { parseConfig } from "../models/parse.js";
 import { dispatchChannel, traceJob, traced, tracePromise, type DispatchMessage } from "../diagnostics.js";
 import { saveAccountOnly, UnitRunner } from "./unit-of-work.js";
 import { creditCore } from "./credit-service.js";
-import type { ModuleRegistry } from "../module.js";
+import { moduleRegistry, type ModuleRegistry } from "../module.js";
 import type { CoreCreditService } from "./credit-service.js";
 import { withTimeout } from "../util/promise.js";
 import { InMemoryNotificationQueue, type NotificationMessage, type NotificationQueue } from "../queue/index.js";
@@ -196,8 +196,8 @@ export class NotificationService {
   /** The units of work that settle an account and evaluate its alerts (`evaluateAlerts`); none while not recording. */
   private readonly units: UnitRunner | undefined;
   private timer: NodeJS.Timeout | null = null;
-  /** What the modules of `credits` registered (undefined without `credits`). */
-  private readonly registry: ModuleRegistry | undefined;
+  /** What the modules of `credits` registered, with the core's own. */
+  private readonly registry: ModuleRegistry;
   private running: Promise<unknown> | null = null;
   private stopped = true;
 
@@ -226,9 +226,9 @@ export class NotificationService {
       );
     }
     this.units = this.recording ? this.evaluator(options.credits) : undefined;
-    // The types `credits`' modules registered, with the core's (src/core/module.ts); none: any of their shape.
-    this.registry = options.credits === undefined ? undefined : creditCore(options.credits).registry;
-    for (const type of this.handlers.keys()) this.registry?.checkNotificationType(type, `handlers.${type}`);
+    // The types `credits`' modules registered, with the core's (src/core/module.ts); without `credits`, the core's.
+    this.registry = options.credits === undefined ? moduleRegistry() : creditCore(options.credits).registry;
+    for (const type of this.handlers.keys()) this.registry.checkNotificationType(type, `handlers.${type}`);
     if (this.publishTimeoutMs > this.leaseMs) {
       // A publish still running when its claim lapses lets another dispatcher deliver the row again.
       throw new ConfigurationError(
@@ -269,7 +269,7 @@ export class NotificationService {
   async emit(userId: string, event: EmitInput): Promise<boolean> {
     const user = parse(UserId, userId, "userId");
     const e = parse(EmitInput, event, "event");
-    this.registry?.checkNotificationType(e.type, "event.type");
+    this.registry.checkNotificationType(e.type, "event.type");
     const row = newNotification(user, e.type, e.payload ?? {}, this.clock(), e.dedupeKey ?? null, e.version);
     return (await this.db.insertNotifications([row])) === 1;
   }
@@ -634,7 +634,7 @@ export class NotificationService {
    */
   setHandler(type: NotificationType, handler: ((row: Notification) => Promise<unknown>) | null): void {
     parse(NotificationType, type, "type");
-    this.registry?.checkNotificationType(type, "type");
+    this.registry.checkNotificationType(type, "type");
     if (handler === null) this.handlers.delete(type);
     else this.handlers.set(type, handler);
   }
