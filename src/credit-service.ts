@@ -6,7 +6,6 @@
  */
 import { ConfigurationError, ValidationError } from "./core/errors.js";
 import { CoreCreditService, type CoreCreditServiceOptions } from "./core/services/credit-service.js";
-import { type CreditCore } from "./core/services/credit-core.js";
 import { UserId, parse } from "./core/models/index.js";
 import { CustomerStatesQuery } from "./modules/customer-state/model.js";
 import type { UsageQuery, UsageReport } from "./core/models/usage.js";

@@ -32,7 +32,7 @@ import { type JournalKeyring, journalKeyring } from "../domain/journal-keys.js";
 import { copyHold, replayHold } from "./hold-lookup.js";
 import { activeHold, includeHeldGrants, UnitRunner, type UnitContext } from "./unit-of-work.js";
 import { SubscriptionPeriods } from "./subscription-periods.js";
-import type { CoreCreditService, CoreCreditServiceOptions } from "./credit-service.js";
+import type { CoreCreditServiceOptions } from "./credit-service.js";
 import type * as z from "zod/mini";
 
 /** `outcomeWaitMs` when none is given (docs/concepts.md, "Certain and uncertain errors"). */
