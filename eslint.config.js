@@ -60,9 +60,9 @@ export default tseslint.config(
           patterns: [
             {
               regex:
-                "^(?!\\./(rules|model)[\\w-]*\\.js$|\\.\\./\\.\\./core/models/|\\.\\./\\.\\./models-entry\\.js$|\\.\\./\\.\\./core/domain/|\\.\\./\\.\\./core/errors\\.js$|node:crypto$|safe-stable-stringify$)",
+                "^(?!\\./(rules|model)[\\w-]*\\.js$|\\./errors\\.js$|\\.\\./\\.\\./core/module\\.js$|\\.\\./\\.\\./core/models/|\\.\\./\\.\\./models-entry\\.js$|\\.\\./\\.\\./core/domain/|\\.\\./\\.\\./core/errors\\.js$|node:crypto$|safe-stable-stringify$)",
               message:
-                "a module's rules import only the models, the errors, src/core/domain, the module's own model and rules, node:crypto and safe-stable-stringify.",
+                "a module's rules import only the models, the errors (the core's and the module's own), src/core/domain, the module seam (src/core/module.ts), the module's own model and rules, node:crypto and safe-stable-stringify.",
             },
           ],
         },

@@ -108,6 +108,8 @@ const RANK = {
   webhooks: 5,
   schema: 4,
   domain: 3,
+  // The core's module seam (src/core/module.ts): types, the registry and the account column helper.
+  module: 3,
   models: 2,
   // credit-management/models: the core's models and every module's, beside them.
   "models-entry": 2,
@@ -146,6 +148,9 @@ const ROLE = {
   provider: "payments",
   providers: "payments",
   contract: "testing",
+  // A module's error classes and codes (`errors.ts`), and its `CreditModule` (`module.ts`, docs/modules.md).
+  errors: "errors",
+  module: "credit-service",
   // A notification queue and its delivery (the webhooks module).
   queue: "queue",
   // The service process's own parts (`credit-management serve`).

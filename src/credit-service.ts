@@ -6,12 +6,11 @@
  */
 import { ConfigurationError, ValidationError } from "./core/errors.js";
 import { CoreCreditService, type CoreCreditServiceOptions } from "./core/services/credit-service.js";
-import { creditCore, type CreditCore } from "./core/services/credit-core.js";
 import { UserId, parse } from "./core/models/index.js";
 import { CustomerStatesQuery } from "./modules/customer-state/model.js";
 import type { UsageQuery, UsageReport } from "./core/models/usage.js";
 import { getUsage } from "./modules/usage/service.js";
-import { CustomerStates } from "./modules/customer-state/service.js";
+import type { CustomerStates } from "./modules/customer-state/service.js";
 import {
   archiveJournal,
   archivePartitions,
@@ -21,21 +20,25 @@ import {
 } from "./modules/archive/service.js";
 import type { ArchivePartitionsReport } from "./core/db/types-partitions.js";
 import type { CustomerState, CustomerStatePage } from "./modules/customer-state/rules.js";
-import { getRevenue, revenueAudit } from "./modules/revenue/service.js";
-import { autoTopUpHook } from "./modules/billing/service-auto-top-up.js";
+import { getRevenue } from "./modules/revenue/service.js";
 import type { RevenueQuery, RevenueReport } from "./modules/revenue/model.js";
 import { MeterOptions as MeterOptionsSchema, type MeterOptions } from "./modules/metering/model.js";
 import {
   openMeter,
   runMetered,
-  sessionDeps,
   type MeterContext,
   type MeterOutcome,
   type MeterSession,
-  type SessionDeps,
 } from "./modules/metering/service.js";
 import type { PricingService } from "./modules/pricing/service.js";
-import { CreditLeases, leaseCore } from "./modules/leases/service.js";
+import type { CreditLeases } from "./modules/leases/service.js";
+import { billingModule } from "./modules/billing/module.js";
+import { pricingModule } from "./modules/pricing/module.js";
+import { webhooksModule } from "./modules/webhooks/module.js";
+import { revenueModule } from "./modules/revenue/module.js";
+import { meteringModule, type MeteringModule } from "./modules/metering/module.js";
+import { leasesModule, type LeasesModule } from "./modules/leases/module.js";
+import { customerStateModule, type CustomerStateModule } from "./modules/customer-state/module.js";
 import type { LeaseOptions } from "./modules/leases/model.js";
 import { CustomerTokens, type CustomerGrant, type CustomerToken } from "./modules/customer-tokens/service.js";
 import type { CustomerTokenOptions, CustomerTokenSettings } from "./modules/customer-tokens/model.js";
@@ -64,24 +67,41 @@ const tokensOf = new WeakMap<object, CustomerTokens>();
  * `customerToken`.
  */
 export class CreditService extends CoreCreditService {
-  /** What metering and leases use of the core, with the price book. */
-  private readonly session: SessionDeps;
-  /** The customer's state (src/modules/customer-state/service.ts). */
-  private readonly states: CustomerStates;
+  /** The package's modules this service carries, each given the core through its `init` (src/core/module.ts). */
+  private readonly own: { metering: MeteringModule; leases: LeasesModule; states: CustomerStateModule };
   private readonly clock: () => Date;
 
   constructor(options: CreditServiceOptions) {
+    const metering = meteringModule(options.pricing);
+    const own = { metering, leases: leasesModule(metering), states: customerStateModule() };
     super({
       ...options,
-      auditChecks: [revenueAudit, ...(options.auditChecks ?? [])],
-      unitHooks: [autoTopUpHook, ...(options.unitHooks ?? [])],
+      // The package's modules (ARCHITECTURE.md, "Modules"), each through the module seam, then the caller's.
+      modules: [
+        billingModule(),
+        pricingModule(),
+        webhooksModule(),
+        revenueModule(),
+        own.metering,
+        own.leases,
+        own.states,
+        ...(options.modules ?? []),
+      ],
     });
-    const core: CreditCore = creditCore(this);
-    this.clock = core.clock;
-    this.session = sessionDeps(core, options.pricing);
-    this.states = new CustomerStates(core);
+    this.own = own;
+    this.clock = options.clock ?? (() => new Date());
     if (options.customerTokens !== undefined)
-      tokensOf.set(this, new CustomerTokens(options.customerTokens, core.clock));
+      tokensOf.set(this, new CustomerTokens(options.customerTokens, this.clock));
+  }
+
+  /** What metering's sessions use of the core (the metering module's). */
+  private get session() {
+    return this.own.metering.session();
+  }
+
+  /** The customer's state (src/modules/customer-state/service.ts). */
+  private get states(): CustomerStates {
+    return this.own.states.states();
   }
 
   /**
@@ -170,7 +190,7 @@ export class CreditService extends CoreCreditService {
    * charges served from them in memory and settled in one journal entry per window.
    */
   leases(options: LeaseOptions = {}): CreditLeases {
-    return new CreditLeases(leaseCore(creditCore(this), this.session), options);
+    return this.own.leases.leases(options);
   }
 
   /**

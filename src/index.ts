@@ -121,7 +121,6 @@ export type {
   StateGrant,
   SubscriptionState,
 } from "./modules/customer-state/rules.js";
-export * from "./core/errors.js";
 // The entities and inputs as TypeScript types; their zod schemas are in `credit-management/models`.
 export type {
   Account,
@@ -283,3 +282,18 @@ export async function runCli(args: readonly string[], io: CliIo, source: AuditSo
   const cli = await import("./cli/run.js");
   return cli.runCli(args, io, source);
 }
+
+// The errors: the core's and every module's, with the full `CreditErrorCode` (src/errors.ts).
+export * from "./errors.js";
+
+// The module seam (docs/modules.md, "Writing a module"), @beta.
+export {
+  accountColumn,
+  moduleRegistry,
+  type AccountColumn,
+  type CreditModule,
+  type ModuleContext,
+  type ModuleRegistry,
+} from "./core/module.js";
+export type { UnitContext } from "./core/services/unit-of-work.js";
+export type { ModuleRows } from "./core/domain/state.js";

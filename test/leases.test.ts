@@ -20,7 +20,7 @@ import { creditMeteringMiddleware } from "../src/http/index.js";
 import { runAudit } from "../src/cli/audit.js";
 import { testStores, type TestStore } from "./fixtures/stores.js";
 import { runProcess } from "./fixtures/processes.js";
-import { creditCore } from "../src/core/services/credit-core.js";
+import { creditCore } from "../src/core/services/credit-service.js";
 import { settleLease, type LeaseSettle } from "../src/modules/leases/service-settle.js";
 import type { CoreCreditService } from "../src/core/services/credit-service.js";
 

@@ -19,7 +19,7 @@ import {
   thresholdOf,
   type WorkEvent,
 } from "../src/core/domain/notifications.js";
-import { creditCore } from "../src/core/services/credit-core.js";
+import { creditCore } from "../src/core/services/credit-service.js";
 
 describe("notification rules (pure)", () => {
   it("levels and crossings", () => {

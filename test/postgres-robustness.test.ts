@@ -9,7 +9,7 @@ import { AccountWork } from "../src/core/domain/account-work.js";
 import { OutcomeUnknownError, StorageError } from "../src/core/errors.js";
 import { createCreditManager, type CreditManager } from "../src/index.js";
 import { CreditService } from "../src/credit-service.js";
-import { creditCore } from "../src/core/services/credit-core.js";
+import { creditCore } from "../src/core/services/credit-service.js";
 import { IN_FLIGHT_CASES, checkCommitInFlight, type HeldTransaction } from "./fixtures/commit-in-flight.js";
 
 const url = process.env.CREDIT_PG_URL;

@@ -10,7 +10,7 @@ import {
   ValidationError,
   type CreditManager,
 } from "../src/index.js";
-import { creditCore } from "../src/core/services/credit-core.js";
+import { creditCore } from "../src/core/services/credit-service.js";
 
 const badAmounts: unknown[] = [
   0,

@@ -18,7 +18,8 @@ import type {
   LanguageModelV4StreamResult,
   LanguageModelV4Usage,
 } from "@ai-sdk/provider";
-import { ConfigurationError, CreditError, RunBudgetExceededError } from "../core/errors.js";
+import { ConfigurationError, CreditError } from "../core/errors.js";
+import { RunBudgetExceededError } from "../modules/pricing/errors.js";
 import { parse, type MeterOptions, type RecordedUsage } from "../models-entry.js";
 import type { CreditManager } from "../manager.js";
 import type { MeterOutcome, MeterSession } from "../modules/metering/service.js";
@@ -27,7 +28,7 @@ import * as z from "zod/mini";
 import { parseConfig } from "../core/models/parse.js";
 import { AiMeteringOptions, AiRunInput, AiRunSetup, STRICT_CAP_NEEDS_CAP } from "./options.js";
 
-export { RunBudgetExceededError } from "../core/errors.js";
+export { RunBudgetExceededError } from "../modules/pricing/errors.js";
 export { AiMeteringOptions };
 
 /** Output tokens a call that sets no `maxOutputTokens` is held for, unless `defaultMaxOutputTokens` says otherwise. */

@@ -4,6 +4,11 @@
  * was available for the caller's own account, never anything about another user.
  */
 
+/**
+ * The codes of the core's own errors. A module adds its codes through its `CreditModule`'s
+ * `errorCodes` (docs/modules.md, "Writing a module"); the package's root entry's `CreditErrorCode`
+ * is this union with the codes of every module the package brings.
+ */
 export type CreditErrorCode =
   | "VALIDATION_ERROR"
   | "RULE_VIOLATION"
@@ -16,37 +21,19 @@ export type CreditErrorCode =
   | "CONFLICT"
   | "CONFIGURATION_ERROR"
   | "STORAGE_ERROR"
-  | "OUTCOME_UNKNOWN"
-  | "PROMO_NOT_ELIGIBLE"
-  | "WEBHOOK_REJECTED"
-  | "PAYMENT_PROVIDER_ERROR"
-  | "UNKNOWN_MODEL"
-  | "RUN_BUDGET_EXCEEDED"
-  // Webhook delivery (docs/notifications.md)
-  | "WEBHOOK_DELIVERY_FAILED"
-  | "WEBHOOK_ADDRESS_REFUSED"
-  // The HTTP API's own answers (`HttpError`, docs/http.md)
-  | "UNAUTHORIZED"
-  | "FORBIDDEN"
-  | "METHOD_NOT_ALLOWED"
-  | "PAYLOAD_TOO_LARGE"
-  | "UNSUPPORTED_MEDIA_TYPE"
-  | "TOO_MANY_FAILED_AUTHENTICATIONS"
-  | "RATE_LIMITED"
-  | "CUSTOMER_TOKENS_OFF"
-  | "METRICS_OFF";
+  | "OUTCOME_UNKNOWN";
 
 /** Base class of every error the library throws on purpose. */
-export class CreditError extends Error {
-  /** Stable machine-readable code. */
-  readonly code: CreditErrorCode;
+export class CreditError<Code extends string = CreditErrorCode> extends Error {
+  /** Stable machine-readable code (the core's, or one a module declares in its `errorCodes`). */
+  readonly code: Code;
   /** HTTP status this error maps to. */
   readonly status: number;
   /** Structured, caller-safe details (field issues, amounts asked and available, …). */
   readonly details: Record<string, unknown> | undefined;
 
   constructor(
-    code: CreditErrorCode,
+    code: Code,
     status: number,
     message: string,
     options?: { details?: Record<string, unknown>; cause?: unknown },
@@ -58,7 +45,7 @@ export class CreditError extends Error {
     this.details = options?.details;
   }
 
-  toJSON(): { code: CreditErrorCode; message: string; details?: Record<string, unknown> } {
+  toJSON(): { code: Code; message: string; details?: Record<string, unknown> } {
     return this.details === undefined
       ? { code: this.code, message: this.message }
       : { code: this.code, message: this.message, details: this.details };
@@ -242,66 +229,7 @@ export class OutcomeUnknownError extends CreditError {
   }
 }
 
-export function isCreditError(error: unknown): error is CreditError {
+/** Whether `error` is a `CreditError` (the core's or a module's). */
+export function isCreditError(error: unknown): error is CreditError<string> {
   return error instanceof CreditError;
-}
-
-/** A promo code cannot be claimed by this account now; `reason` says why. Nothing was changed. */
-export class PromoNotEligibleError extends CreditError {
-  readonly reason: string;
-  constructor(code: string, reason: string, message: string) {
-    super("PROMO_NOT_ELIGIBLE", reason === "not_found" ? 404 : 409, message, { details: { code, reason } });
-    this.reason = reason;
-  }
-}
-
-/**
- * A webhook was refused: bad or stale signature, unparseable body, or an event that contradicts the
- * stored payment (other user, other amount). Nothing was changed; answer the provider with 400.
- */
-export class WebhookRejectedError extends CreditError {
-  readonly reason: string;
-  constructor(message: string, reason: string, details?: Record<string, unknown>) {
-    super("WEBHOOK_REJECTED", 400, message, { details: { reason, ...details } });
-    this.reason = reason;
-  }
-}
-
-/** A payment provider's API refused or failed a request. */
-export class PaymentProviderError extends CreditError {
-  constructor(message: string, details?: Record<string, unknown>, cause?: unknown) {
-    super("PAYMENT_PROVIDER_ERROR", 502, message, { details, cause });
-  }
-}
-
-/**
- * Usage of a model the price book does not price, and the book has no `default`: refused, never
- * billed as free (docs/llm-metering.md). Nothing was changed.
- */
-export class UnknownModelError extends CreditError {
-  constructor(model: string, provider: string | undefined, priceBook: string) {
-    super(
-      "UNKNOWN_MODEL",
-      422,
-      `No price for model "${model}"${provider === undefined ? "" : ` of provider "${provider}"`} in price book ${priceBook}: add it to the book, or give the book a \`default\` to bill unknown models.`,
-      { details: { model, ...(provider === undefined ? {} : { provider }), priceBook } },
-    );
-  }
-}
-
-/**
- * A model call would take a run past its `maxRunCredits` (the AI SDK middleware,
- * docs/llm-metering.md): refused before the provider is called. `details.requested` is the call's
- * hold, `details.maxRunCredits` the cap, `details.charged` and `details.held` what the run's earlier
- * calls were charged and still hold, `details.remaining` what is left. HTTP 402. Nothing was changed.
- */
-export class RunBudgetExceededError extends CreditError {
-  constructor(details: { requested: number; maxRunCredits: number; charged: number; held: number; remaining: number }) {
-    super(
-      "RUN_BUDGET_EXCEEDED",
-      402,
-      `This run may spend at most ${details.maxRunCredits} credits: ${details.remaining} remain, the next model call needs ${details.requested}.`,
-      { details },
-    );
-  }
 }

@@ -4,6 +4,7 @@
  * modules. `credit-management/core` exports its `createCreditManager`; the package's root builds
  * the full manager on `openCore` (src/manager.ts).
  */
+import type { CreditModule } from "./module.js";
 import * as z from "zod/mini";
 import { LoggerOption, silentLogger, type Logger } from "./logger.js";
 import type { Cache } from "./cache/index.js";
@@ -131,6 +132,18 @@ export const CoreManagerOptions = z.strictObject({
   journalKeys: z.optional(JournalKeysOptions),
   /** Run `db.init()` (create tables/indexes). Default true. */
   init: z.optional(z.boolean()),
+  /**
+   * Modules the manager carries besides its own (docs/modules.md, "Writing a module"): their error
+   * codes, notification and event types, grant sources, account columns, unit hooks and audit
+   * checks. Each module's `init` runs once per credit service the manager builds. @beta
+   */
+  modules: z.optional(
+    z.array(
+      z.custom<CreditModule>((v) => isObject(v) && typeof (v as { id?: unknown }).id === "string", {
+        error: "each module must be a CreditModule (an object with an `id`)",
+      }),
+    ),
+  ),
 });
 export type CoreManagerOptions = z.input<typeof CoreManagerOptions>;
 
@@ -188,6 +201,7 @@ export async function openCore<C extends CoreCreditService>(
     domainEvents: o.domainEvents,
     journalKeys: o.journalKeys,
     subscriptions: true,
+    modules: o.modules,
   };
   const build = (db: DbManager, ledger: LedgerLogger, cache: Cache | undefined) => {
     const credits = makeCredits({ ...creditOptions, db, ledger, cache });

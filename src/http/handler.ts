@@ -12,7 +12,7 @@ import { buildOpenApi, type OpenApiOptions } from "./openapi.js";
 import { rootRoute } from "./route-helpers.js";
 import { TokenBuckets } from "./rate-limit.js";
 import { ANSWER, createRouter, fullPathOf, json, type Authenticate, type RouteDefinition } from "./router.js";
-import { creditCore } from "../core/services/credit-core.js";
+import { creditCore } from "../core/services/credit-service.js";
 import { customerTokensOn } from "../credit-service.js";
 
 export interface CreditHandlerOptions {

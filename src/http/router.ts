@@ -1,12 +1,7 @@
 import * as z from "zod/mini";
 import type { CreditManager } from "../manager.js";
-import {
-  CreditError,
-  OutcomeUnknownError,
-  SpendLimitError,
-  ValidationError,
-  type CreditErrorCode,
-} from "../core/errors.js";
+import { CreditError, OutcomeUnknownError, SpendLimitError, ValidationError } from "../core/errors.js";
+import type { CreditErrorCode } from "../errors.js";
 import { clockTimes } from "../core/domain/limits.js";
 import { textResponse } from "./text-response.js";
 import { IdempotencyKey, parse, SpenderId, UserId as IdentityUserId } from "../core/models/index.js";
@@ -121,7 +116,7 @@ export interface RouteDefinition {
 }
 
 /** An error answered with its own status and a `{ error: { code, message, details? } }` body. */
-export class HttpError extends CreditError {
+export class HttpError extends CreditError<CreditErrorCode> {
   constructor(
     status: number,
     code: CreditErrorCode,

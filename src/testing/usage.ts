@@ -17,7 +17,7 @@ import { usageKind, usageParts, windowStart } from "../core/domain/usage.js";
 import { ConfigurationError } from "../core/errors.js";
 import type { JournalEntry, UsageDimension, UsageQuery, UsageRow } from "../core/models/index.js";
 import { CreditService } from "../credit-service.js";
-import { creditCore } from "../core/services/credit-core.js";
+import { creditCore } from "../core/services/credit-service.js";
 import { PricingService } from "../modules/pricing/service.js";
 import { DAY, HOUR, lazy, type PartOptions } from "../core/testing/support.js";
 

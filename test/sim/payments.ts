@@ -1,7 +1,7 @@
 import type { CreditModel } from "../../src/core/testing/model.js";
 import type { Payment } from "../../src/models-entry.js";
 import type { PaymentEvent, PaymentProvider } from "../../src/modules/billing/provider.js";
-import { PaymentProviderError } from "../../src/core/errors.js";
+import { PaymentProviderError } from "../../src/modules/billing/errors.js";
 import { findGrant } from "./model.js";
 
 /**

@@ -260,7 +260,7 @@ export function newNotification(
   payload: Record<string, unknown>,
   now: Date,
   dedupeKey: string | null,
-  version: number = EVENT_VERSIONS[type],
+  version: number = EVENT_VERSIONS[type] ?? 1,
 ): Notification {
   return {
     id: notificationId(now),

@@ -13,19 +13,26 @@ import {
   UserId,
 } from "./common.js";
 
-/** Where a grant's credits came from. */
-export const GrantSource = z.enum([
+/** The core's grant sources. */
+export const CORE_GRANT_SOURCES = [
   "manual",
   "subscription",
   "rollover",
-  "promo",
-  "payment",
   "trial",
   "refund",
   "adjustment",
   "other",
-]);
-export type GrantSource = z.infer<typeof GrantSource>;
+] as const;
+/** A grant source of the core's own. */
+export type CoreGrantSource = (typeof CORE_GRANT_SOURCES)[number];
+/**
+ * Where a grant's credits came from: one of the core's sources, or one a module registers
+ * (`grantSources` of its `CreditModule`, docs/modules.md). The model checks the shape; a manager
+ * refuses a source no module of it registers (`ValidationError`).
+ */
+export const GrantSource = z.string().check(z.regex(/^[a-z][a-z0-9_]{0,63}$/));
+/** One of the core's grant sources, or one a module registers. */
+export type GrantSource = CoreGrantSource | (string & {});
 
 /** Journal entry types: one per kind of change to balance or reserved. */
 export const EntryType = z.enum([

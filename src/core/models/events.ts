@@ -1,5 +1,5 @@
 import * as z from "zod/mini";
-import { AlertLevel, NotificationType } from "./notifications.js";
+import { AlertLevel, CORE_NOTIFICATION_TYPES, NotificationType } from "./notifications.js";
 import { GrantPortion, GrantSource } from "./entities.js";
 import { LimitPeriod, SpenderId } from "./limits.js";
 
@@ -248,7 +248,10 @@ export const EventEnvelope = z.object({
 });
 export type EventEnvelope = z.infer<typeof EventEnvelope>;
 
-/** The current version of every type's payload schema (1 for all in this release). */
-export const EVENT_VERSIONS: Readonly<Record<NotificationType, number>> = Object.freeze(
-  Object.fromEntries(NotificationType.options.map((t) => [t, 1])) as Record<NotificationType, number>,
+/**
+ * The current version of every core type's payload schema (1 for all in this release); a module's
+ * types are at version 1 unless their notification names another.
+ */
+export const EVENT_VERSIONS: Readonly<Partial<Record<NotificationType, number>>> = Object.freeze(
+  Object.fromEntries(CORE_NOTIFICATION_TYPES.map((t) => [t, 1])),
 );

@@ -18,8 +18,8 @@ export const DomainEventType = z.enum([
 ]);
 export type DomainEventType = z.infer<typeof DomainEventType>;
 
-/** What a notification is about (docs/notifications.md). */
-export const NotificationType = z.enum([
+/** The core's notification types (docs/notifications.md). */
+export const CORE_NOTIFICATION_TYPES = [
   "low_credits",
   "credits_exhausted",
   "balance_restored",
@@ -34,19 +34,24 @@ export const NotificationType = z.enum([
   // events (docs/events.md), recorded when `domainEvents` is on.
   "feature_status_changed",
   ...DomainEventType.options,
-  // Auto top-up (docs/promos-and-payments.md, "Auto top-up").
-  "auto_top_up_requested",
-  "auto_top_up_failed",
-  "auto_top_up_action_required",
-  "auto_top_up_disabled",
   // A spend limit's 80 % and 100 % (docs/teams-and-limits.md, "Limit notifications").
   "limit_warning",
   "limit_reached",
   // An alert threshold went into alarm, and the thresholds a change brought back (docs/notifications.md, "Alerts").
   "alert_triggered",
   "alert_resolved",
-]);
-export type NotificationType = z.infer<typeof NotificationType>;
+] as const;
+/** A notification type of the core's own. */
+export type CoreNotificationType = (typeof CORE_NOTIFICATION_TYPES)[number];
+
+/**
+ * What a notification is about (docs/notifications.md): one of the core's types, or one a module
+ * registers (`notificationTypes` of its `CreditModule`, docs/modules.md). The model checks the
+ * shape (lower-case letters, digits and `_`); a manager refuses a type no module of it registers.
+ */
+export const NotificationType = z.string().check(z.regex(/^[a-z][a-z0-9_]{0,63}$/));
+/** One of the core's notification types, or one a module registers. */
+export type NotificationType = CoreNotificationType | (string & {});
 
 /** Where `available` stood against the low-credits threshold at the account's last change. */
 export const AlertLevel = z.enum(["ok", "low", "exhausted"]);

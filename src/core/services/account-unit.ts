@@ -10,7 +10,7 @@ import type { LedgerLogger } from "../ledger/index.js";
 import { ThresholdSpec, type JournalEntry } from "../models/index.js";
 import { parseConfig } from "../models/parse.js";
 import { CoreCreditService } from "./credit-service.js";
-import { creditCore } from "./credit-core.js";
+import { creditCore } from "./credit-service.js";
 
 /** What promo and payment services share with `CoreCreditService`. @internal */
 export interface UnitDeps {

@@ -8,6 +8,7 @@ import { fingerprint } from "../domain/hash.js";
 import { lateOccurredAt } from "../domain/late-usage.js";
 import { ConfigurationError, ReservationExpiredError } from "../errors.js";
 import type { LedgerLogger } from "../ledger/index.js";
+import { moduleRegistry, type ModuleContext, type ModuleRegistry } from "../module.js";
 import {
   AlertThresholds,
   CheckpointEvery,
@@ -31,7 +32,7 @@ import { type JournalKeyring, journalKeyring } from "../domain/journal-keys.js";
 import { copyHold, replayHold } from "./hold-lookup.js";
 import { activeHold, includeHeldGrants, UnitRunner, type UnitContext } from "./unit-of-work.js";
 import { SubscriptionPeriods } from "./subscription-periods.js";
-import type { CoreCreditService, CoreCreditServiceOptions } from "./credit-service.js";
+import type { CoreCreditServiceOptions } from "./credit-service.js";
 import type * as z from "zod/mini";
 
 /** `outcomeWaitMs` when none is given (docs/concepts.md, "Certain and uncertain errors"). */
@@ -47,8 +48,8 @@ function alertsOf(alerts: CoreCreditServiceOptions["alerts"]): CoreCreditService
  * What the services of this package share of a `CoreCreditService` besides its public API: the unit-of-work
  * runner, the validated options, and the operations other services call on input their own models
  * already accepted (metering's holds and commits, lease settles, the jobs' units of work). A
- * `CoreCreditService` builds one; `creditCore(credits)` hands it to the package's other modules. Not
- * exported from the package.
+ * `CoreCreditService` builds one and hands it to each of its modules' `init` (src/core/module.ts).
+ * Not exported from the package.
  */
 
 /** Options as their models return them (validated). */
@@ -67,7 +68,7 @@ export interface UnitOfWorkOptions {
 }
 
 /** The shared part of a `CoreCreditService` (see the comment at the top of this file). */
-export class CreditCore {
+export class CreditCore implements ModuleContext {
   readonly db: CoreCreditServiceOptions["db"];
   readonly ledger: LedgerLogger | undefined;
   /** The balance cache, when there is one. */
@@ -90,8 +91,11 @@ export class CreditCore {
   readonly units: UnitRunner;
   /** Whether its units of work bring a due subscription period first (the `subscriptions` option). */
   readonly bringsPeriods: boolean;
+  /** What its modules registered, with the core's own (src/core/module.ts). */
+  readonly registry: ModuleRegistry;
 
   constructor(options: CoreCreditServiceOptions) {
+    this.registry = moduleRegistry(options.modules);
     this.db = options.db;
     this.ledger = options.ledger;
     this.cache = options.cache && new CacheAside(options.cache, options.cacheTtlSeconds ?? 30, options.logger);
@@ -156,7 +160,10 @@ export class CreditCore {
       checkpointEvery,
       outcomeWaitMs,
       periods: periods && ((userId) => periods.bringDue(userId)),
-      unitHooks: options.unitHooks ?? [],
+      unitHooks: [
+        ...this.registry.modules.flatMap((m) => (m.unitHook === undefined ? [] : [m.unitHook])),
+        ...(options.unitHooks ?? []),
+      ],
       journalKey: this.keyring?.current,
     });
   }
@@ -318,28 +325,12 @@ export class CreditCore {
   }
 }
 
-/** The core of each `CoreCreditService` (set by its constructor). */
-const cores = new WeakMap<object, CreditCore>();
-
-/** Called once by the `CoreCreditService` constructor. */
-export function setCreditCore(credits: CoreCreditService, core: CreditCore): void {
-  cores.set(credits, core);
-}
-
 /**
- * The shared part of `credits`, for this package's other services. A `ConfigurationError` for an
- * object that is no `CoreCreditService` (a `credits` option given something else).
+ * The core behind a module's context (`init(ctx)`, src/core/module.ts), for the package's own
+ * modules, which use more of it than the public context offers (holds for metering, settles for
+ * leases). A `ConfigurationError` for a context no `CoreCreditService` made.
  */
-export function creditCore(credits: CoreCreditService): CreditCore {
-  const core = findCreditCore(credits);
-  if (core === undefined)
-    throw new ConfigurationError(
-      "[credit-management] credits must be a CreditService (createCreditManager's, or new CreditService)",
-    );
-  return core;
-}
-
-/** The shared part of `credits` when it is a `CoreCreditService`; undefined for a stand-in (`Pick<CoreCreditService, …>`). */
-export function findCreditCore(credits: object): CreditCore | undefined {
-  return cores.get(credits);
+export function coreOf(ctx: ModuleContext): CreditCore {
+  if (ctx instanceof CreditCore) return ctx;
+  throw new ConfigurationError("[credit-management] a module's context must come from a CreditService");
 }

@@ -6,7 +6,7 @@ import { compareGrants, isDue } from "../domain/order.js";
 import type { AuditReport } from "../domain/replay.js";
 import { decideFeature, type CheckResult, type FeatureRule } from "../domain/checks.js";
 import { type Spend, tightestLimit } from "../domain/limits.js";
-import { ConflictError, NotFoundError, RuleViolationError, ValidationError } from "../errors.js";
+import { ConfigurationError, ConflictError, NotFoundError, RuleViolationError, ValidationError } from "../errors.js";
 import type { LedgerLogger } from "../ledger/index.js";
 import { auditAccount, latestCheckpoint, writeCheckpoint } from "./audit.js";
 import type { AuditCheck } from "./audit-check.js";
@@ -57,7 +57,8 @@ import {
   type SpendLimitStatus,
 } from "../models/index.js";
 import { findReservation, ownerOfReservation } from "./hold-lookup.js";
-import { CreditCore, NO_META, setCreditCore } from "./credit-core.js";
+import { CreditCore, NO_META } from "./credit-core.js";
+import type { CreditModule } from "../module.js";
 
 export interface CoreCreditServiceOptions {
   db: DbManager;
@@ -138,6 +139,13 @@ export interface CoreCreditServiceOptions {
    */
   unitHooks?: readonly UnitHook[];
   /**
+   * The modules this service carries (docs/modules.md, "Writing a module"): their error codes,
+   * notification and event types and grant sources are accepted, their unit hooks and audit checks
+   * run, and each module's `init` is called once with the core's context. Default none.
+   * @beta
+   */
+  modules?: readonly CreditModule[];
+  /**
    * Keys the journal's hash chain (docs/concepts.md, "A keyed chain"): new entries are signed with
    * HMAC-SHA256 under `keys[current]` and name it (`keyId`); `audit()` verifies each keyed entry with
    * the key it names. Keep the keys outside the database. Default: none (plain SHA-256).
@@ -167,12 +175,16 @@ export class CoreCreditService {
 
   constructor(options: CoreCreditServiceOptions) {
     const core = new CreditCore(options);
-    this.auditChecks = options.auditChecks ?? [];
+    this.auditChecks = [
+      ...(options.modules ?? []).flatMap((m) => (m.auditCheck === undefined ? [] : [m.auditCheck])),
+      ...(options.auditChecks ?? []),
+    ];
     this.core = core;
     this.db = core.db;
-    setCreditCore(this, core);
     this.reads = new BalanceReads(core.db, core.cache, core.clock, core.units);
     this.limits = new SpendLimits(core, this.reads);
+    // Each module gets the core's context once (docs/modules.md, "Writing a module").
+    for (const m of core.registry.modules) m.init?.(core);
   }
 
   /** Adds credits as a new grant (after paying any debt). */
@@ -180,6 +192,7 @@ export class CoreCreditService {
     const user = parse(UserId, userId, "userId");
     const n = parse(Amount, amount, "amount");
     const o = parse(AddCreditsOptions, options, "options");
+    if (o.source !== undefined) this.core.registry.checkGrantSource(o.source);
     checkSaleWorth(n, o.costBasis, MAX_SALE);
     const expiresAt = o.expiresAt ?? null;
     const past = (now: Date) => expiresAt !== null && expiresAt.getTime() <= now.getTime();
@@ -527,4 +540,24 @@ export class CoreCreditService {
     const n = parse(Amount, amount, "amount");
     return this.core.deduct(operation, user, n, parse(DeductOptions, options, "options"), allowDebt);
   }
+}
+
+/**
+ * The core of `credits`, for the core's own services built over a `CoreCreditService` (subscriptions,
+ * expiry, notifications). A `ConfigurationError` for an object that is no `CoreCreditService` (a
+ * `credits` option given something else). Modules get the core through their `init` instead.
+ * @internal
+ */
+export function creditCore(credits: CoreCreditService): CreditCore {
+  const core = findCreditCore(credits);
+  if (core === undefined)
+    throw new ConfigurationError(
+      "[credit-management] credits must be a CreditService (createCreditManager's, or new CreditService)",
+    );
+  return core;
+}
+
+/** The core of `credits` when it is a `CoreCreditService`; undefined for a stand-in (`Pick<CoreCreditService, …>`). @internal */
+export function findCreditCore(credits: object): CreditCore | undefined {
+  return credits instanceof CoreCreditService ? credits["core"] : undefined;
 }

@@ -19,7 +19,8 @@ import type { CoreCreditService } from "./credit-service.js";
 import type { DispatchReport, NotificationService } from "./notification-service.js";
 import type { SubscriptionService } from "./subscription-service.js";
 import { traceJob, type JobMessage } from "../diagnostics.js";
-import { creditCore, type CreditCore } from "./credit-core.js";
+import { type CreditCore } from "./credit-core.js";
+import { creditCore } from "./credit-service.js";
 
 export interface ExpirationServiceOptions {
   db: DbManager;

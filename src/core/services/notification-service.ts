@@ -31,7 +31,8 @@ import { DomainEventType, EventVersion } from "../models/notifications.js";
 import { parseConfig } from "../models/parse.js";
 import { dispatchChannel, traceJob, traced, tracePromise, type DispatchMessage } from "../diagnostics.js";
 import { saveAccountOnly, UnitRunner } from "./unit-of-work.js";
-import { creditCore } from "./credit-core.js";
+import { creditCore } from "./credit-service.js";
+import { moduleRegistry, type ModuleRegistry } from "../module.js";
 import type { CoreCreditService } from "./credit-service.js";
 import { withTimeout } from "../util/promise.js";
 import { InMemoryNotificationQueue, type NotificationMessage, type NotificationQueue } from "../queue/index.js";
@@ -68,8 +69,9 @@ export interface NotificationServiceOptions {
   publishTimeoutMs?: number;
   /**
    * Work done before a row of a type is published, by the dispatcher that claimed it: a throw is a
-   * failed attempt (retried with backoff, as a failed publish). `createCreditManager` charges auto
-   * top-ups this way (`auto_top_up_requested`, docs/promos-and-payments.md). Also `setHandler`.
+   * failed attempt (retried with backoff, as a failed publish). A module charges what its rows ask
+   * for this way (docs/modules.md). A type no module of `credits` registers is a `ValidationError`.
+   * Also `setHandler`.
    */
   handlers?: Partial<Record<NotificationType, (row: Notification) => Promise<unknown>>>;
   /**
@@ -103,10 +105,10 @@ export interface DispatchReport {
 /** An event the host or another service (subscriptions) records for a user. */
 export const EmitInput = z.strictObject({
   /** Any notification type but the domain events, which only the journal records (docs/events.md). */
-  type: z.enum(
-    NotificationType.options.filter(
-      (t): t is Exclude<NotificationType, DomainEventType> => !(DomainEventType.options as string[]).includes(t),
-    ),
+  type: NotificationType.check(
+    z.refine((t) => !(DomainEventType.options as readonly string[]).includes(t), {
+      message: "a domain event is recorded by the journal only",
+    }),
   ),
   payload: z.optional(Metadata),
   /** The version of `payload`'s schema (default: the type's current one, docs/events.md "Versions"). */
@@ -194,6 +196,8 @@ export class NotificationService {
   /** The units of work that settle an account and evaluate its alerts (`evaluateAlerts`); none while not recording. */
   private readonly units: UnitRunner | undefined;
   private timer: NodeJS.Timeout | null = null;
+  /** What the modules of `credits` registered, with the core's own. */
+  private readonly registry: ModuleRegistry;
   private running: Promise<unknown> | null = null;
   private stopped = true;
 
@@ -213,7 +217,7 @@ export class NotificationService {
     this.leaseMs = options.leaseMs ?? 60_000;
     this.publishTimeoutMs = options.publishTimeoutMs ?? Math.floor(this.leaseMs / 2);
     for (const [type, handler] of Object.entries(options.handlers ?? {})) {
-      if (handler !== undefined) this.handlers.set(type as NotificationType, handler);
+      if (handler !== undefined) this.handlers.set(type, handler);
     }
     if (!this.recording && (this.thresholds.alerts?.length ?? 0) > 0) {
       // Nothing would ever evaluate them: `getAlerts` would answer `ok` forever.
@@ -222,6 +226,9 @@ export class NotificationService {
       );
     }
     this.units = this.recording ? this.evaluator(options.credits) : undefined;
+    // The types `credits`' modules registered, with the core's (src/core/module.ts); without `credits`, the core's.
+    this.registry = options.credits === undefined ? moduleRegistry() : creditCore(options.credits).registry;
+    for (const type of this.handlers.keys()) this.registry.checkNotificationType(type, `handlers.${type}`);
     if (this.publishTimeoutMs > this.leaseMs) {
       // A publish still running when its claim lapses lets another dispatcher deliver the row again.
       throw new ConfigurationError(
@@ -262,6 +269,7 @@ export class NotificationService {
   async emit(userId: string, event: EmitInput): Promise<boolean> {
     const user = parse(UserId, userId, "userId");
     const e = parse(EmitInput, event, "event");
+    this.registry.checkNotificationType(e.type, "event.type");
     const row = newNotification(user, e.type, e.payload ?? {}, this.clock(), e.dedupeKey ?? null, e.version);
     return (await this.db.insertNotifications([row])) === 1;
   }
@@ -625,6 +633,8 @@ export class NotificationService {
    * a failed publish, a lapsed claim or a crash.
    */
   setHandler(type: NotificationType, handler: ((row: Notification) => Promise<unknown>) | null): void {
+    parse(NotificationType, type, "type");
+    this.registry.checkNotificationType(type, "type");
     if (handler === null) this.handlers.delete(type);
     else this.handlers.set(type, handler);
   }

@@ -20,7 +20,7 @@ import {
   type Subscription,
 } from "../models/index.js";
 import type { CoreCreditService } from "./credit-service.js";
-import { creditCore } from "./credit-core.js";
+import { creditCore } from "./credit-service.js";
 import { SubscriptionPeriods } from "./subscription-periods.js";
 import { copy } from "./history.js";
 import { newId } from "../util/uuid.js";

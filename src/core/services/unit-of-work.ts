@@ -55,12 +55,20 @@ type ParsedTrial = z.output<typeof TrialCredits>;
 
 /**
  * What a unit of work's body gets besides the work and the transaction: the state it was loaded
- * from, and `attach` for rows other services save in the same transaction (promo claims, payment
- * updates). @internal
+ * from, and `attach` for the rows a module saves in the same transaction (docs/modules.md, "Writing
+ * a module").
+ * @beta
  */
 export interface UnitContext {
-  state: LoadedState;
-  attach(rows: ModuleRows): void;
+  /** The account's state as the unit of work loaded it. */
+  readonly state: LoadedState;
+  /**
+   * Saves `rows` with the unit of work, atomically with the account's changes: each list under the
+   * module's own name (its store part reads it on the `Changes` its `save` gets). A later list of
+   * one name replaces an earlier one. `Rows` is the module's own row type, say
+   * `{ referrals?: Referral[] }`.
+   */
+  attach<Rows extends ModuleRows>(rows: Rows): void;
 }
 
 /** Options of one unit of work: settle what time has done; bring a due subscription period first. */
@@ -95,7 +103,7 @@ interface UnitOutcome<T> {
 class Unit implements UnitContext {
   extra: ModuleRows | undefined = undefined;
   constructor(readonly state: LoadedState) {}
-  attach(rows: ModuleRows): void {
+  attach<Rows extends ModuleRows>(rows: Rows): void {
     this.extra = { ...this.extra, ...rows };
   }
 }
@@ -193,8 +201,9 @@ class UnitRun<T> {
     if (this.runner.config.alerts !== undefined)
       await this.runner.addNotifications(work, changes, { counted: this.counted, inline: this.inline });
     // What the modules decide in the same unit of work (the billing module: an auto top-up).
+    const attach = <Rows extends ModuleRows>(rows: Rows) => void Object.assign(changes, rows);
     for (const hook of this.runner.config.unitHooks) {
-      const rows = hook({ loaded: work.loaded, now: work.now, changes });
+      const rows = hook({ loaded: work.loaded, now: work.now, changes, attach });
       if (rows.length > 0) changes.notifications = [...(changes.notifications ?? []), ...rows];
     }
     if (
@@ -271,13 +280,24 @@ export interface UnitRunnerOptions {
 }
 
 /**
- * A module's decision in every unit of work that writes (ARCHITECTURE.md, "Seams"): given the
- * account as loaded, the time and the changes about to be saved (the modules' rows included), the
- * outbox rows it adds, saved with them. It may set its module's own state on `changes.account`,
- * and nothing else: the unit of work runs again from its load after a conflict. The billing module
- * asks for an auto top-up so.
+ * A module's decision in every unit of work that writes (`unitHook` of a `CreditModule`,
+ * docs/modules.md): given the account as loaded, the time and the changes about to be saved (the
+ * modules' rows included), the outbox rows it adds, saved with them. It may set its module's own
+ * column on `changes.account` (`AccountColumn.set`) and `attach` its module's rows, and nothing
+ * else: the unit of work runs again from its load after a conflict. The billing module asks for an
+ * auto top-up so.
+ * @beta
  */
-export type UnitHook = (unit: { loaded: Account | null; now: Date; changes: Changes }) => readonly Notification[];
+export type UnitHook = (unit: {
+  /** The account as loaded; null for a new account. */
+  loaded: Account | null;
+  /** The unit of work's time. */
+  now: Date;
+  /** What the unit of work saves. */
+  changes: Changes;
+  /** Saves the module's rows with the unit of work (as `UnitContext.attach`). */
+  attach<Rows extends ModuleRows>(rows: Rows): void;
+}) => readonly Notification[];
 
 /**
  * Runs the units of work of a `CreditService`: `mutate` is the only way its operations

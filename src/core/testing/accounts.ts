@@ -19,7 +19,7 @@ import { SubscriptionService } from "../services/subscription-service.js";
 import { scribble } from "./scribble.js";
 import { scopedAccountCases } from "./scoped.js";
 import { accountWithClock, DAY, lazy, serviceWithClock, T0, type PartOptions } from "./support.js";
-import { creditCore } from "../services/credit-core.js";
+import { creditCore } from "../services/credit-service.js";
 
 /**
  * The accounts and journal part: the store's reads and units of work, checked directly and through
@@ -65,7 +65,7 @@ export function runAccountsContract(getDb: () => DbManager, options: PartOptions
         const e = await credits.addCredits(u, 9_007_199_254_740_000, {
           expiresAt: new Date(T0 + DAY),
           priority: 3,
-          source: "promo",
+          source: "adjustment",
           sourceRef: "WELCOME",
           metadata: { nested: { b: 1, a: [1, "x", null] } },
           description: "big",
@@ -82,7 +82,7 @@ export function runAccountsContract(getDb: () => DbManager, options: PartOptions
           remaining: 9_007_199_254_740_000,
           expiresAt: new Date(T0 + DAY),
           priority: 3,
-          source: "promo",
+          source: "adjustment",
           sourceRef: "WELCOME",
           description: "big",
           metadata: { nested: { b: 1, a: [1, "x", null] } },

@@ -108,7 +108,7 @@ export function runNotificationContract(
       const now = () => new Date(clock.now);
       const credits = new CoreCreditService({ db, clock: now, domainEvents: true }); // turns the outbox on by itself
       const notifications = new NotificationService({ db, clock: now });
-      await credits.addCredits(u, 100, { source: "payment", sourceRef: "order-1", expiresAt: new Date(T0 + 30 * DAY) });
+      await credits.addCredits(u, 100, { source: "manual", sourceRef: "order-1", expiresAt: new Date(T0 + 30 * DAY) });
       const adjustment = await credits.addCredits(u, 5, { source: "adjustment" });
       await credits.deductCredits(u, 10, { idempotencyKey: "use-1" });
       await credits.deductCredits(u, 10, { idempotencyKey: "use-1" }); // a retry: no entry, no event
@@ -156,7 +156,7 @@ export function runNotificationContract(
         occurredAt: new Date(T0).toISOString(),
         payload: {
           amount: 100,
-          source: "payment",
+          source: "manual",
           sourceRef: "order-1",
           expiresAt: new Date(T0 + 30 * DAY).toISOString(),
           debtPaid: 0,
@@ -587,13 +587,11 @@ export function runNotificationContract(
     it("claims by type: every due row of those types, whatever older rows its user has; never one row twice; handlePending handles them without publishing", async () => {
       const at = epoch(6);
       const [a, b] = [user(), user()];
-      const ask = ["auto_top_up_requested" as const];
+      const ask = ["expiring_credits" as const];
       const head = newNotification(a, "low_credits", { i: 0 }, new Date(at), null);
-      const asks = [a, a, b].map((u, i) =>
-        newNotification(u, "auto_top_up_requested", { i: i + 1 }, new Date(at), null),
-      );
+      const asks = [a, a, b].map((u, i) => newNotification(u, "expiring_credits", { i: i + 1 }, new Date(at), null));
       const later = {
-        ...newNotification(b, "auto_top_up_requested", { i: 9 }, new Date(at), null),
+        ...newNotification(b, "expiring_credits", { i: 9 }, new Date(at), null),
         nextAttemptAt: new Date(at + 60_000),
       };
       expect(await db.insertNotifications([head, ...asks, later])).toBe(5);
@@ -627,7 +625,7 @@ export function runNotificationContract(
       const { notifications, clock } = services(db, at + 8000, { lowCredits: 20 }, queue);
       const handled: unknown[] = [];
       let fail = true;
-      notifications.setHandler("auto_top_up_requested", async (row) => {
+      notifications.setHandler("expiring_credits", async (row) => {
         if (row.payload.i === 2 && fail) {
           fail = false;
           throw new Error("provider down");

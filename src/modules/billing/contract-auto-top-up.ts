@@ -8,7 +8,8 @@
 import { randomUUID } from "node:crypto";
 import { describe, expect, it } from "../../core/testing/runner.js";
 import type { DbManager } from "../../core/db/types.js";
-import { PaymentProviderError, ValidationError } from "../../core/errors.js";
+import { ValidationError } from "../../core/errors.js";
+import { PaymentProviderError } from "./errors.js";
 import type { Notification } from "../../core/models/index.js";
 import type { OffSessionChargeRequest, OffSessionChargeResult, PaymentProvider } from "./provider.js";
 import { CreditService } from "../../credit-service.js";

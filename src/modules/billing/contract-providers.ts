@@ -6,7 +6,7 @@
  * vector), and the event each accepted body maps to. Both built-in providers run it.
  */
 import { describe, expect, it, useTestApi, type TestApi } from "../../core/testing/runner.js";
-import { WebhookRejectedError } from "../../core/errors.js";
+import { WebhookRejectedError } from "./errors.js";
 import type { HeadersLike, PaymentEvent, PaymentProvider } from "./provider.js";
 
 /** One webhook as it arrives: the exact bytes, the headers, and when it is received. */

@@ -1,4 +1,5 @@
-import { ConfigurationError, PaymentProviderError } from "../../core/errors.js";
+import { ConfigurationError } from "../../core/errors.js";
+import { PaymentProviderError } from "./errors.js";
 import { at, str } from "./provider-signature.js";
 import type { FetchLike } from "./provider.js";
 

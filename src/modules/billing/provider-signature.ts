@@ -1,5 +1,5 @@
 import { createHmac, timingSafeEqual } from "node:crypto";
-import { WebhookRejectedError } from "../../core/errors.js";
+import { WebhookRejectedError } from "./errors.js";
 import type { HeadersLike } from "./provider.js";
 
 /** HMAC-SHA256 of `data` with `secret`, hex. */

@@ -1,4 +1,5 @@
-import { ConfigurationError, PaymentProviderError, WebhookRejectedError } from "../../core/errors.js";
+import { ConfigurationError } from "../../core/errors.js";
+import { PaymentProviderError, WebhookRejectedError } from "./errors.js";
 import { ProviderApi } from "./provider-http.js";
 import { at, header, hmacHex, int, parseJson, safeEqualHex, str } from "./provider-signature.js";
 import type {

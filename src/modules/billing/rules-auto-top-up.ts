@@ -4,19 +4,29 @@ import type {
   AutoTopUpAttempt,
   AutoTopUpRule,
   AutoTopUpSettings,
-  AccountWithAutoTopUp,
   AutoTopUpState,
   Notification,
 } from "../../models-entry.js";
 import { newNotification } from "../../core/domain/notifications.js";
+import { accountColumn } from "../../core/module.js";
+
+/** The billing module's column on the account: its auto top-up state (docs/promos-and-payments.md). */
+export const autoTopUpColumn = accountColumn<AutoTopUpState>("autoTopUp");
+
+/** The notification types of auto top-up (docs/promos-and-payments.md, "Auto top-up"). */
+export const AUTO_TOP_UP_NOTIFICATION_TYPES = [
+  "auto_top_up_requested",
+  "auto_top_up_failed",
+  "auto_top_up_action_required",
+  "auto_top_up_disabled",
+] as const;
 
 /** The account's auto top-up state (its `autoTopUp` column); null when it has none. */
-export const autoTopUpOf = (account: Account): AutoTopUpState | null =>
-  (account as AccountWithAutoTopUp).autoTopUp ?? null;
+export const autoTopUpOf = (account: Account): AutoTopUpState | null => autoTopUpColumn.get(account);
 
 /** Sets the account's auto top-up state (on a unit of work's copy of the account). */
 export function setAutoTopUpOf(account: Account, state: AutoTopUpState | null): void {
-  (account as AccountWithAutoTopUp).autoTopUp = state;
+  autoTopUpColumn.set(account, state);
 }
 
 /**

@@ -24,8 +24,8 @@ import {
   IdempotencyConflictError,
   NotFoundError,
   ValidationError,
-  WebhookRejectedError,
 } from "../../core/errors.js";
+import { WebhookRejectedError } from "./errors.js";
 import type { LedgerLogger } from "../../core/ledger/index.js";
 import { newId } from "../../core/util/uuid.js";
 import {

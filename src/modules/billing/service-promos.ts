@@ -4,7 +4,8 @@ import type { DbManager } from "../../core/db/types.js";
 import { fingerprint } from "../../core/domain/hash.js";
 import type { Thresholds } from "../../core/domain/notifications.js";
 import { promoEligibility } from "./rules-promos.js";
-import { ConflictError, NotFoundError, PromoNotEligibleError, ValidationError } from "../../core/errors.js";
+import { ConflictError, NotFoundError, ValidationError } from "../../core/errors.js";
+import { PromoNotEligibleError } from "./errors.js";
 import type { LedgerLogger } from "../../core/ledger/index.js";
 import {
   ClaimPromoOptions,

@@ -20,7 +20,7 @@ import type { LeaseOptions } from "../../models-entry.js";
 import type { CoreCreditService } from "../../core/services/credit-service.js";
 import { CreditLeases, leaseCore } from "./service.js";
 import { sessionDeps } from "../metering/service.js";
-import { creditCore } from "../../core/services/credit-core.js";
+import { creditCore } from "../../core/services/credit-service.js";
 import { managerServices, T0 } from "../../core/testing/support.js";
 
 /** The lease part of `credits`' core, with no price book, as `credits.leases()` builds it. */

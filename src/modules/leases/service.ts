@@ -17,7 +17,13 @@ import {
 import { Amount, LeaseChargeOptions, LeaseOptions, UserId, parse, type JournalEntry } from "../../models-entry.js";
 import type { CreditCore } from "../../core/services/credit-core.js";
 import { leaseHold, settleLease, type LeaseHold, type LeaseSettle, type LeaseSettled } from "./service-settle.js";
-import { MeterSession, type MeterOutcome, type SessionDeps } from "../metering/service.js";
+import {
+  MeterSession,
+  type MeterLease,
+  type MeterOutcome,
+  type SessionDeps,
+  type SetAside,
+} from "../metering/service.js";
 import { FeatureName, SpenderId, type MeterOptions } from "../../models-entry.js";
 import { parseConfig, wellFormed } from "../../core/models/parse.js";
 import { nodeBuiltin } from "../../core/util/runtime.js";
@@ -39,18 +45,6 @@ export interface LeaseRecovery {
   /** Requests and credits those windows charged. */
   requests: number;
   credits: number;
-}
-
-/** Credits `CreditLeases.setAside` set aside in a block: charged from it or given back, once. */
-export interface SetAside {
-  /**
-   * Charges them from the block at once: true when it still serves (a line of its window, settled
-   * with it). False when it does not (it is settling, ended, or stops serving): the credits left the
-   * block and the caller charges them through `charge()`.
-   */
-  charge(reason: string | undefined): boolean;
-  /** Gives them back to the block (the request was not charged). */
-  giveBack(): void;
 }
 
 /** @internal What leases use of the credit service: its exact deduction, lease settles, metering, ledger, logger and clock. */
@@ -116,7 +110,7 @@ const DEFAULTS = { size: 1000, ttlSeconds: 60, settleEveryMs: 1000, exactBelow: 
  * on, each leased charge is a line of it (`eventType: "lease"`), flushed before its window settles;
  * `recover()` settles what a process that died on that file used and did not settle.
  */
-export class CreditLeases {
+export class CreditLeases implements MeterLease {
   /** By user id (a lease naming nobody), or `leaseKey` (a lease for a spender and feature). */
   private readonly users = new Map<string, UserLease>();
   /** Leases (by key) on the exact path (too few credits, or too little under a limit, for a block) until then (ms). */

@@ -2,14 +2,13 @@ import type { IncomingMessage } from "node:http";
 import { ConfigurationError, ValidationError } from "../../core/errors.js";
 import { FeatureName, SpenderId, UserId, parse } from "../../models-entry.js";
 import type { CreditService } from "../../credit-service.js";
-import { CreditLeases } from "../leases/service.js";
 import type { MeterOptions } from "../../models-entry.js";
-import type { MeterOutcome, MeterSession } from "./service.js";
+import { isMeterLease, type MeterLease, type MeterOutcome, type MeterSession } from "./service.js";
 import { recordOf } from "../pricing/service.js";
 import { usageOfText, type LlmUsage, type ResponseUsageReader, type UsageReading } from "../pricing/rules-llm-usage.js";
 import type { RecordedUsage } from "../../models-entry.js";
 import { errorBody, errorResponse, json, type Identity } from "../../http/router.js";
-import { findCreditCore } from "../../core/services/credit-core.js";
+import { findCreditCore } from "../../core/services/credit-service.js";
 import { pathMatcher } from "./routes-paths.js";
 import { fixedPrice, PricedRequest, reportTo, settleFailed, type MeterSpend } from "./routes-fixed-price.js";
 
@@ -37,7 +36,7 @@ export interface MeteringOptionsBase<Req> {
    * request places a hold in the store as without a lease (and the block is opened or rolled for
    * the next ones); usage beyond what the block still covers is an after-service deduction.
    */
-  lease?: CreditLeases;
+  lease?: MeterLease;
   /**
    * Who spends (docs/teams-and-limits.md, docs/metering.md "Spenders and features"): a spender id,
    * or a function of the request answering one (or undefined: none). Default: the identity's
@@ -397,7 +396,7 @@ export function common<Req>(o: MeteringOptionsBase<Req>) {
 
   const logger = findCreditCore(o.credits)?.logger;
   const lease = o.lease;
-  if (lease !== undefined && !(lease instanceof CreditLeases))
+  if (lease !== undefined && !isMeterLease(lease))
     throw new ConfigurationError("[credit-management] [metering] `lease` must come from manager.credits.leases().");
   const fixed = fixedPrice(o, lease, logger);
   /** The session of a metered request: from the user's lease block when it covers the estimate, else a hold in the store. */

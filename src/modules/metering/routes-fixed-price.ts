@@ -6,12 +6,11 @@ import { ConfigurationError, InsufficientCreditsError, SpendLimitError } from ".
 import { IdempotencyKey, parse, type SpendLimitStatus } from "../../models-entry.js";
 import { applies, clockTimes } from "../../core/domain/limits.js";
 import type { CreditService } from "../../credit-service.js";
-import type { CreditLeases, SetAside } from "../leases/service.js";
-import type { MeterOutcome } from "./service.js";
+import type { MeterLease, MeterOutcome, SetAside } from "./service.js";
 import type { JournalEntry } from "../../models-entry.js";
 import { warnOnFailure, type Logger } from "../../core/logger.js";
 import { meteringChannel } from "../../core/diagnostics.js";
-import { findCreditCore } from "../../core/services/credit-core.js";
+import { findCreditCore } from "../../core/services/credit-service.js";
 import type { MeteringLocals, MeteringOptionsBase } from "./routes-common.js";
 
 /**
@@ -20,7 +19,7 @@ import type { MeteringLocals, MeteringOptionsBase } from "./routes-common.js";
  */
 export function fixedPrice<Req>(
   o: MeteringOptionsBase<Req>,
-  lease: CreditLeases | undefined,
+  lease: MeterLease | undefined,
   logger: Logger | undefined,
 ): FixedPricing<Req> | null {
   const price = o.price;
@@ -48,7 +47,7 @@ export class FixedPricing<Req> {
   constructor(
     private readonly price: number | ((request: Req) => number | Promise<number>),
     readonly credits: FixedCredits,
-    readonly lease: CreditLeases | undefined,
+    readonly lease: MeterLease | undefined,
     readonly onSettled: ((outcome: MeterOutcome, request: Req) => void) | undefined,
     /** The manager's logger: a failed charge is logged to it (`settleFailed`). */
     readonly logger?: Logger | undefined,

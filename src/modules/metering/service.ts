@@ -171,6 +171,51 @@ export function sessionDeps(core: CreditCore, pricing: PricingService | undefine
   };
 }
 
+/**
+ * Credits a lease set aside in its block for one request (the fixed-price routes' check, docs/metering.md,
+ * "Leases"), until the request is charged or given back.
+ * @internal
+ */
+export interface SetAside {
+  /**
+   * Charges them from the block at once: true when it still serves (a line of its window, settled
+   * with it). False when it does not (it is settling, ended, or stops serving): the credits left the
+   * block and the caller charges them through `charge()`.
+   */
+  charge(reason: string | undefined): boolean;
+  /** Gives them back to the block (the request was not charged). */
+  giveBack(): void;
+}
+
+/**
+ * What metering's routes use of a lease (`manager.credits.leases()`, the leases module, docs/metering.md,
+ * "Leases"): metering owns this shape, the leases module implements it, so metering names no lease.
+ * @internal
+ */
+export interface MeterLease {
+  /** A session served from the user's block, or null when it holds in the store. */
+  openMeter(userId: string, options: MeterOptions): MeterSession | null;
+  /** Sets `amount` aside in the user's block, or null when the block does not cover it. */
+  setAside(userId: string, amount: number, spend?: { spender?: string; feature?: string }): SetAside | null;
+  /** Whether the lease was closed. */
+  readonly isClosed: boolean;
+  /** Charges `amount`, from the block or exactly. */
+  charge(
+    userId: string,
+    amount: number,
+    options?: { reason?: string; spender?: string; feature?: string },
+  ):
+    | { amount: number; via: "lease" | "exact"; entry: JournalEntry | null }
+    | Promise<{ amount: number; via: "lease" | "exact"; entry: JournalEntry | null }>;
+}
+
+/** Whether `lease` has the shape of a `MeterLease` (the `lease` option of the metering routes). @internal */
+export function isMeterLease(lease: unknown): lease is MeterLease {
+  if (typeof lease !== "object" || lease === null) return false;
+  const l: Partial<Record<keyof MeterLease, unknown>> = lease;
+  return typeof l.openMeter === "function" && typeof l.setAside === "function" && typeof l.charge === "function";
+}
+
 /** `MeterContext` of a session: prototype getters over the session, no per-call closures. */
 class SessionContext implements MeterContext {
   constructor(private readonly session: MeterSession) {}

@@ -1,6 +1,7 @@
 import * as crypto from "node:crypto";
 import { stringify } from "safe-stable-stringify";
-import { UnknownModelError, ValidationError } from "../../core/errors.js";
+import { ValidationError } from "../../core/errors.js";
+import { UnknownModelError } from "./errors.js";
 import type { CostUsage, ModelRates, PriceBookInput, PriceQuote, TokenUsage } from "../../models-entry.js";
 import { reduced } from "../../core/domain/fraction.js";
 

@@ -1,3 +1,4 @@
+import type { WebhookErrorCode } from "./errors.js";
 import { lookup as dnsLookup, type LookupAddress, type LookupOptions } from "node:dns";
 import { BlockList, isIP } from "node:net";
 import { ConfigurationError, CreditError } from "../../core/errors.js";
@@ -42,7 +43,7 @@ const BLOCKED_V6 = [
 ];
 
 /** A refused target address: the delivery is not sent (nothing leaves the process). */
-export class WebhookAddressError extends CreditError {
+export class WebhookAddressError extends CreditError<WebhookErrorCode> {
   constructor(message: string) {
     super("WEBHOOK_ADDRESS_REFUSED", 422, message);
   }

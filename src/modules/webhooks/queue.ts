@@ -1,3 +1,4 @@
+import type { WebhookErrorCode } from "./errors.js";
 import { createHash } from "node:crypto";
 import * as http from "node:http";
 import * as https from "node:https";
@@ -151,7 +152,7 @@ function deliveryOf(message: NotificationMessage): DeliveryPayload | null {
 }
 
 /** A failed attempt, as the dispatcher reads it (`NotificationQueue.publish`). */
-export class WebhookDeliveryError extends CreditError {
+export class WebhookDeliveryError extends CreditError<WebhookErrorCode> {
   constructor(
     message: string,
     /** When to try again; undefined with `final`. */

@@ -1,0 +1,217 @@
+import { ConfigurationError, ValidationError } from "./errors.js";
+import type { DbManager } from "./db/types.js";
+import type { LedgerLogger } from "./ledger/index.js";
+import type { Logger } from "./logger.js";
+import {
+  CORE_GRANT_SOURCES,
+  CORE_NOTIFICATION_TYPES,
+  DomainEventType,
+  GrantSource,
+  NotificationType,
+  Account,
+} from "./models/index.js";
+import type { AuditCheck } from "./services/audit-check.js";
+import type { UnitHook } from "./services/unit-of-work.js";
+import type { CreditErrorCode } from "./errors.js";
+
+/*
+ * The seam a module plugs into the core through (docs/modules.md, "Writing a module"), in the style
+ * of better-auth's plugins: a module declares what it adds (error codes, notification and event
+ * types, grant sources, its column on the account, its unit-of-work hook, its audit check, its store
+ * part) and the core's own types list none of it. The package's modules (billing, metering, leases,
+ * revenue, …) are written against this type, as a module outside the package is.
+ */
+
+/**
+ * A module's own state on the account (the billing module's auto top-up, say), kept in a column of
+ * the account row under `name`. Read it with `get` and set it on a unit of work's copy of the
+ * account (`changes.account` in a `unitHook`) with `set`; the core copies it from load to save and
+ * reads none of it. Build one with `accountColumn`.
+ * @beta
+ */
+export interface AccountColumn<T> {
+  /** The column's name on the account (unique among a manager's modules; no core field). */
+  readonly name: string;
+  /** The column's value on `account`; null when the account has none. */
+  get(account: Account): T | null;
+  /** Sets the column on a unit of work's own copy of the account (never on a stored one). */
+  set(account: Account, value: T | null): void;
+}
+
+/** The core's own fields of the account, which no module column may take. */
+const ACCOUNT_FIELDS: ReadonlySet<string> = new Set(Object.keys(Account.shape));
+
+/**
+ * A typed column of a module on the account (see `AccountColumn`). `name` is a camelCase
+ * identifier; a core field's name is a `ConfigurationError`.
+ * @beta
+ */
+export function accountColumn<T>(name: string): AccountColumn<T> {
+  if (!/^[a-z][A-Za-z0-9]{0,62}$/.test(name) || ACCOUNT_FIELDS.has(name))
+    throw new ConfigurationError(`[credit-management] accountColumn: "${name}" is no free camelCase column name`);
+  return {
+    name,
+    get: (account) => {
+      const stored: unknown = Reflect.get(account, name);
+      // The column is written by `set` only, so a value found is a `T`.
+      return stored === undefined || stored === null ? null : (stored as T);
+    },
+    set: (account, value) => {
+      Reflect.set(account, name, value);
+    },
+  };
+}
+
+/** What the core hands a module's `init` (docs/modules.md, "Writing a module"). @beta */
+export interface ModuleContext {
+  /** The manager's store. */
+  readonly db: DbManager;
+  /** The ledger file, when there is one. */
+  readonly ledger: LedgerLogger | undefined;
+  /** The manager's clock. */
+  readonly clock: () => Date;
+  /** The manager's logger, when there is one. */
+  readonly logger: Logger | undefined;
+  /** What the manager's modules registered, with the core's own. */
+  readonly registry: ModuleRegistry;
+}
+
+/**
+ * A module of a credit manager (docs/modules.md, "Writing a module"): what it adds to the core.
+ * Every field but `id` is optional. A module is a plain object; a module with options is a function
+ * that returns one (`referrals({ bonus: 10 })`), one per manager.
+ * @beta
+ */
+export interface CreditModule<Column = unknown> {
+  /** The module's id: lower-case letters, digits and `-`, unique among a manager's modules. */
+  readonly id: string;
+  /** The codes of the module's errors (each a `CreditError` it throws; UPPER_SNAKE). */
+  readonly errorCodes?: readonly string[];
+  /** The notification types the module records in the outbox (lower_snake). */
+  readonly notificationTypes?: readonly string[];
+  /** The domain event types the module records (lower_snake; docs/events.md). */
+  readonly eventTypes?: readonly string[];
+  /** The grant sources the module adds credits with (lower_snake). */
+  readonly grantSources?: readonly string[];
+  /** The module's column on the account (`accountColumn`). */
+  readonly accountColumn?: AccountColumn<Column>;
+  /** Work the module does inside every unit of work that writes (its outbox rows, its column). */
+  readonly unitHook?: UnitHook;
+  /** The module's check of an account in `audit()`, after the journal's replay. */
+  readonly auditCheck?: AuditCheck;
+  /**
+   * The module's store parts, one per dialect.
+   * TODO(seams-store): typed as `ModuleStorePart` (src/core/db/module-part.ts) when the store side lands.
+   */
+  readonly store?: unknown;
+  /** Called once by the credit service the module is given to, with the core's context. */
+  init?(ctx: ModuleContext): void;
+}
+
+/**
+ * What a manager's modules registered, with the core's own values: the error codes, notification
+ * and event types and grant sources it accepts. Built by the credit service from its modules.
+ * @beta
+ */
+export interface ModuleRegistry {
+  readonly modules: readonly CreditModule[];
+  readonly errorCodes: ReadonlySet<string>;
+  readonly notificationTypes: ReadonlySet<string>;
+  readonly eventTypes: ReadonlySet<string>;
+  readonly grantSources: ReadonlySet<string>;
+  /** A `ValidationError` (at `path`) unless `source` is the core's or a module's grant source. */
+  checkGrantSource(source: string, path?: string): void;
+  /** A `ValidationError` (at `path`) unless `type` is the core's or a module's notification type. */
+  checkNotificationType(type: string, path?: string): void;
+}
+
+const CORE_ERROR_CODES: readonly CreditErrorCode[] = [
+  "VALIDATION_ERROR",
+  "RULE_VIOLATION",
+  "INSUFFICIENT_CREDITS",
+  "SPEND_LIMIT_EXCEEDED",
+  "NOT_FOUND",
+  "RESERVATION_NOT_ACTIVE",
+  "RESERVATION_EXPIRED",
+  "IDEMPOTENCY_CONFLICT",
+  "CONFLICT",
+  "CONFIGURATION_ERROR",
+  "STORAGE_ERROR",
+  "OUTCOME_UNKNOWN",
+];
+
+const MODULE_ID = /^[a-z][a-z0-9-]{0,63}$/;
+const ERROR_CODE = /^[A-Z][A-Z0-9_]{0,63}$/;
+
+/** A `ConfigurationError` naming the module and what is wrong with it. */
+const badModule = (id: string, what: string) => new ConfigurationError(`[credit-management] module "${id}": ${what}`);
+
+/** Adds `values` of module `id` to `into`, each of `shape`, none taken already. */
+function register(
+  id: string,
+  field: string,
+  values: readonly string[] | undefined,
+  into: Set<string>,
+  shape: (v: string) => boolean,
+) {
+  for (const v of values ?? []) {
+    if (typeof v !== "string" || !shape(v)) throw badModule(id, `${field} has a malformed value ${JSON.stringify(v)}`);
+    if (into.has(v)) throw badModule(id, `${field} "${v}" is registered already`);
+    into.add(v);
+  }
+}
+
+/**
+ * The registry of `modules` (see `ModuleRegistry`): a `ConfigurationError` for a module without a
+ * proper id, two modules of one id, a malformed value, a value the core or another module has, or
+ * two modules of one account column.
+ * @beta
+ */
+export function moduleRegistry(modules: readonly CreditModule[] = []): ModuleRegistry {
+  const errorCodes = new Set<string>(CORE_ERROR_CODES);
+  const notificationTypes = new Set<string>(CORE_NOTIFICATION_TYPES);
+  const eventTypes = new Set<string>(DomainEventType.options);
+  const grantSources = new Set<string>(CORE_GRANT_SOURCES);
+  const ids = new Set<string>();
+  const columns = new Set<string>();
+  for (const m of modules) {
+    const id = typeof m?.id === "string" ? m.id : String(m?.id);
+    if (!MODULE_ID.test(id)) throw badModule(id, "id must be lower-case letters, digits and -");
+    if (ids.has(id)) throw badModule(id, "two modules have this id");
+    ids.add(id);
+    register(id, "errorCodes", m.errorCodes, errorCodes, (v) => ERROR_CODE.test(v));
+    register(
+      id,
+      "notificationTypes",
+      m.notificationTypes,
+      notificationTypes,
+      (v) => NotificationType.safeParse(v).success,
+    );
+    register(id, "eventTypes", m.eventTypes, eventTypes, (v) => NotificationType.safeParse(v).success);
+    // A module's domain events are notification types too (they are outbox rows).
+    for (const t of m.eventTypes ?? []) notificationTypes.add(t);
+    register(id, "grantSources", m.grantSources, grantSources, (v) => GrantSource.safeParse(v).success);
+    if (m.accountColumn !== undefined) {
+      if (columns.has(m.accountColumn.name)) throw badModule(id, `account column "${m.accountColumn.name}" is taken`);
+      columns.add(m.accountColumn.name);
+    }
+  }
+  const check = (set: ReadonlySet<string>, what: string, value: string, path: string) => {
+    if (set.has(value)) return;
+    const message = `${path}: "${value}" is no ${what} of the core nor of a module of this manager (docs/modules.md)`;
+    throw new ValidationError(`Invalid ${message}`, [{ path, message: `unknown ${what} "${value}"` }]);
+  };
+  return {
+    modules,
+    errorCodes,
+    notificationTypes,
+    eventTypes,
+    grantSources,
+    checkGrantSource: (source, path = "options.source") => check(grantSources, "grant source", source, path),
+    checkNotificationType: (type, path = "type") => check(notificationTypes, "notification type", type, path),
+  };
+}
+
+/** The `ConfigurationError` of a module's service asked for before the module's `init` ran. @internal */
+export const notInitialised = (id: string) =>
+  new ConfigurationError(`[credit-management] module "${id}" is not initialised: give it to a CreditService first`);

@@ -1,0 +1,34 @@
+import { CreditError } from "../../core/errors.js";
+
+/** The error codes of the billing module (promos and payments, docs/promos-and-payments.md). */
+export const BILLING_ERROR_CODES = ["PROMO_NOT_ELIGIBLE", "WEBHOOK_REJECTED", "PAYMENT_PROVIDER_ERROR"] as const;
+/** A code of the billing module's errors. */
+export type BillingErrorCode = (typeof BILLING_ERROR_CODES)[number];
+
+/** A promo code cannot be claimed by this account now; `reason` says why. Nothing was changed. */
+export class PromoNotEligibleError extends CreditError<BillingErrorCode> {
+  readonly reason: string;
+  constructor(code: string, reason: string, message: string) {
+    super("PROMO_NOT_ELIGIBLE", reason === "not_found" ? 404 : 409, message, { details: { code, reason } });
+    this.reason = reason;
+  }
+}
+
+/**
+ * A webhook was refused: bad or stale signature, unparseable body, or an event that contradicts the
+ * stored payment (other user, other amount). Nothing was changed; answer the provider with 400.
+ */
+export class WebhookRejectedError extends CreditError<BillingErrorCode> {
+  readonly reason: string;
+  constructor(message: string, reason: string, details?: Record<string, unknown>) {
+    super("WEBHOOK_REJECTED", 400, message, { details: { reason, ...details } });
+    this.reason = reason;
+  }
+}
+
+/** A payment provider's API refused or failed a request. */
+export class PaymentProviderError extends CreditError<BillingErrorCode> {
+  constructor(message: string, details?: Record<string, unknown>, cause?: unknown) {
+    super("PAYMENT_PROVIDER_ERROR", 502, message, { details, cause });
+  }
+}
