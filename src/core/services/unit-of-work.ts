@@ -1,7 +1,8 @@
 import type { Logger } from "../logger.js";
 import type { CacheAside } from "../cache/aside.js";
 import type { Changes, DbManager, DbTransaction, LoadedState } from "../db/types.js";
-import type { ModuleRows } from "../domain/state.js";
+import type { ModuleRowLists, ModuleRows } from "../domain/state.js";
+import { hasModuleRows } from "../db/module-part.js";
 import { backoff, sleep, type BackoffOptions } from "../db/store/retry.js";
 import { AccountWork, type EntryMeta } from "../domain/account-work.js";
 import type { JournalKey } from "../domain/journal-keys.js";
@@ -96,7 +97,9 @@ class Unit implements UnitContext {
   extra: ModuleRows | undefined = undefined;
   constructor(readonly state: LoadedState) {}
   attach(rows: ModuleRows): void {
-    this.extra = { ...this.extra, ...rows };
+    const merged: Record<string, ModuleRowLists | undefined> = { ...this.extra };
+    for (const [module, lists] of Object.entries(rows)) merged[module] = { ...merged[module], ...lists };
+    this.extra = merged;
   }
 }
 
@@ -186,10 +189,10 @@ class UnitRun<T> {
   private async save(tx: DbTransaction, work: AccountWork, unit: Unit, result: T): Promise<UnitOutcome<T>> {
     const outcome: UnitOutcome<T> = { value: result, entries: work.entries, canonicals: work.canonicals };
     const extra = unit.extra;
-    const hasExtra = extra !== undefined && Object.values(extra).some((rows) => (rows?.length ?? 0) > 0);
+    const hasExtra = hasModuleRows(extra);
     if (!work.changed && !hasExtra) return this.evaluateOnly(tx, work, outcome);
     const changes: Changes = work.changes();
-    if (extra !== undefined) Object.assign(changes, extra);
+    if (extra !== undefined && hasExtra) changes.rows = extra;
     if (this.runner.config.alerts !== undefined)
       await this.runner.addNotifications(work, changes, { counted: this.counted, inline: this.inline });
     // What the modules decide in the same unit of work (the billing module: an auto top-up).

@@ -25,7 +25,7 @@ import {
 import type { OffSessionChargeResult, PaymentEvent, PaymentProvider } from "./provider.js";
 import type { BillingDeps } from "./service-promos.js";
 import { saveAccountOnly, type UnitHook } from "../../core/services/unit-of-work.js";
-import type { BillingChanges } from "./store.js";
+import { billingRows } from "./store.js";
 
 /** What `processAutoTopUp` did with the account's top-up in flight. */
 export interface AutoTopUpResult {
@@ -323,7 +323,7 @@ export class AutoTopUpService {
  * `CreditService` runs it.
  */
 export const autoTopUpHook: UnitHook = ({ loaded, now, changes }) => {
-  const recordsPayment = ((changes as BillingChanges).paymentUpdates?.length ?? 0) > 0;
+  const recordsPayment = (billingRows(changes)?.paymentUpdates?.length ?? 0) > 0;
   const asked = topUpRequest(loaded, changes.account, now, recordsPayment);
   return asked === null ? [] : [asked];
 };
