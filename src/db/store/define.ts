@@ -46,7 +46,7 @@ export interface UnitOfWorkPart {
    * Optional: an attempt that cannot meet a conflict, because it holds the store's write lock (or
    * the account's) from its `load` to its `commit` or `rollback`. The helper runs one when
    * `maxAttempts` attempts from `begin` met conflicts, instead of giving up
-   * (docs/writing-a-store.md, "The five parts: `defineStore`"). It may wait for the lock, for a
+   * (docs/writing-a-store.md, "The parts: `defineStore`"). It may wait for the lock, for a
    * bounded time of the store's own; it throws `ConflictError` (from here or from `commit`) when
    * it could not have it: only then does the unit of work fail with `ConflictError`. `rollback`
    * must release the lock.

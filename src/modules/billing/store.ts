@@ -94,7 +94,7 @@ const TRANSACTION_METHODS = [
 
 const noPart = (store: string, method: string): ConfigurationError =>
   new ConfigurationError(
-    `[credit-management] [${store}] ${method}: this store has no promos part (promo codes and payments: docs/writing-a-store.md, "The five parts")`,
+    `[credit-management] [${store}] ${method}: this store has no promos part (promo codes and payments: docs/writing-a-store.md, "A module's part")`,
   );
 
 /**
