@@ -152,7 +152,7 @@ export async function run(): Promise<BenchRow[]> {
       );
     const credits = new core.CreditService({ db });
     // The replay: the same manager with its summary hidden (what SQLite and MongoDB do).
-    const replayDb = Object.create(db, { revenueSummary: { value: undefined } }) as typeof db;
+    const replayDb = Object.create(db, { usePart: { value: () => undefined } }) as typeof db;
     const replay = new core.CreditService({ db: replayDb });
     const { last, current } = months();
     const scale = `${entries.toLocaleString("en-US")} entries, ${accounts.toLocaleString("en-US")} accounts`;

@@ -93,6 +93,9 @@ const RANK = {
   index: 8,
   store: 8,
   manager: 7,
+  // The package's own modules' store parts and the in-memory store with them; the store from the environment.
+  "built-in-parts": 7,
+  "from-env": 7,
   // The core's credit service with the modules' methods (src/credit-service.ts).
   "credit-service": 6.8,
   payments: 6.5,
@@ -198,6 +201,22 @@ for (const [from, targets] of allEdges) {
       leaks.push(`${name(from)} -> ${name(to)}: the core imports a module`);
     else if (!isCore(to)) leaks.push(`${name(from)} -> ${name(to)}: the core imports a file outside src/core/`);
   }
+}
+// The stores (src/db/) import no module, type-only imports included: a module brings its store part
+// to the store (`ModuleStorePart`, docs/writing-a-store.md, "A module's part").
+const storeLeaks = [];
+for (const [from, targets] of allEdges) {
+  if (!relative(root, from).startsWith("db/")) continue;
+  for (const to of targets)
+    if (relative(root, to).startsWith("modules/"))
+      storeLeaks.push(`${name(from)} -> ${name(to)}: a store imports a module`);
+}
+if (storeLeaks.length > 0) {
+  console.error(`check-cycles: ${storeLeaks.length} imports from src/db/ into src/modules/:`);
+  for (const l of storeLeaks) console.error(`  ${l}`);
+  process.exitCode = 1;
+} else if (!withTypes) {
+  console.log("check-cycles: the stores (src/db/) import no module");
 }
 if (leaks.length > 0) {
   console.error(`check-cycles: ${leaks.length} imports cross the core's edge:`);

@@ -105,8 +105,8 @@ export {
 } from "./core/diagnostics.js";
 export { InMemoryCache, type Cache, type InMemoryCacheOptions } from "./core/cache/index.js";
 export { CoreInMemoryDbManager } from "./core/db/memory/index.js";
-export { InMemoryDbManager } from "./modules/billing/memory.js";
-export { createDbManagerFromEnv, type DbEnv } from "./db/from-env.js";
+export { InMemoryDbManager } from "./built-in-parts.js";
+export { createDbManagerFromEnv, type DbEnv } from "./from-env.js";
 // The store a manager is given (`db`): the whole contract is in `credit-management/store`.
 export type { DbManager } from "./core/db/types.js";
 export type { AuditReport } from "./core/domain/replay.js";

@@ -11,7 +11,7 @@ import type { SubscriptionService } from "./core/services/subscription-service.j
 import { PaymentManagerOptions, buildPaymentService } from "./modules/billing/providers.js";
 import type { PaymentService } from "./modules/billing/service-payments.js";
 import { PromoService } from "./modules/billing/service-promos.js";
-import { InMemoryDbManager } from "./modules/billing/memory.js";
+import { InMemoryDbManager, useBuiltInParts } from "./built-in-parts.js";
 import type { NotificationService } from "./core/services/notification-service.js";
 import { checkHealth, type HealthOptions, type HealthReport } from "./health.js";
 import { PricingService } from "./modules/pricing/service.js";
@@ -102,9 +102,9 @@ export interface CreditManager {
 export async function createCreditManager(options: CreditManagerOptions = {}): Promise<CreditManager> {
   const o = parseConfig(CreditManagerOptions, options, "options");
   const pricing = new PricingService(o.pricing === undefined ? {} : { book: o.pricing });
-  // The default store carries the billing module's part (promos and payments).
+  // The package's own modules bring their store parts (promos and payments, the revenue summary).
   const core = await openCore(
-    { ...o, db: o.db ?? new InMemoryDbManager() },
+    { ...o, db: o.db === undefined ? new InMemoryDbManager() : useBuiltInParts(o.db) },
     (x) => new CreditService({ ...x, pricing, customerTokens: o.customerTokens }),
   );
   const { credits, subscriptions, expiration, notifications, ledger, db, logger } = core;

@@ -33,7 +33,6 @@ export type {
   RevenueSummaryStore,
 } from "./modules/revenue/store.js";
 export type {
-  BillingChanges,
   PromoPaymentStore,
   PromoPaymentTransaction,
   PromoPaymentChanges,
@@ -53,9 +52,22 @@ export { defineStore, DefinedStore } from "./db/store/define.js";
 export type { AccountsPart, Attempt, StoreDefinition, UnitOfWorkPart } from "./db/store/define.js";
 export type { Part, SideParts } from "./core/db/store/parts.js";
 export type { StoreBase } from "./core/db/store/base.js";
-export type { BillingParts, BillingStoreBase } from "./modules/billing/store-base.js";
 export type {
   ArchivePartitionsInput,
   ArchivePartitionsReport,
   EnsurePartitionsReport,
 } from "./core/db/types-partitions.js";
+
+// A module's store part (docs/writing-a-store.md, "A module's part").
+export { ModuleParts } from "./core/db/module-part.js";
+export type {
+  BoundStorePart,
+  MemoryBoundPart,
+  ModuleRowLists,
+  ModuleRows,
+  ModuleStorePart,
+  StoreDialect,
+} from "./core/db/module-part.js";
+export type { SqliteBoundPart, SqlitePartHost, SqlitePartTx } from "./db/sqlite/module-part.js";
+export type { PostgresBoundPart, PostgresModuleSave, PostgresPartHost, PostgresPartTx } from "./db/postgres/module-part.js";
+export type { MongoBoundPart, MongoPartHost, MongoPartTx } from "./db/mongodb/module-part.js";

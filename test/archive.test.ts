@@ -3,7 +3,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { createCreditManager, type JournalEntry } from "../src/index.js";
-import { InMemoryDbManager } from "../src/modules/billing/memory.js";
+import { InMemoryDbManager } from "../src/built-in-parts.js";
 import type { DbManager } from "../src/core/db/types.js";
 import { runCli } from "../src/cli/run.js";
 import { ValidationError } from "../src/core/errors.js";

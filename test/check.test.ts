@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { ConfigurationError, InMemoryCache, ValidationError, createCreditManager } from "../src/index.js";
 import { CreditService } from "../src/credit-service.js";
-import { InMemoryDbManager } from "../src/modules/billing/memory.js";
+import { InMemoryDbManager } from "../src/built-in-parts.js";
 
 const features = { export: { minAvailable: 100 }, chat: { minAvailable: 1 }, free: { minAvailable: 0 } };
 

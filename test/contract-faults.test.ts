@@ -23,7 +23,6 @@ import type {
   LoadedState,
 } from "../src/core/db/types.js";
 import type { UsageScan } from "../src/core/domain/usage.js";
-import type { BillingChanges } from "../src/modules/billing/store.js";
 import { runDbManagerContract } from "../src/testing/index.js";
 import { runCollected, type SuiteReport } from "./contract-collector.js";
 
@@ -64,8 +63,9 @@ const saving = (change: (changes: Changes) => Changes) => (tx: DbTransaction) =>
 const bases = new WeakMap<DbManager, InMemoryDbManager>();
 const sameRows = (db: DbManager) => bases.get(db) as InMemoryDbManager;
 
-/** What a unit of work reads besides `load`: the core's reads and the billing module's. */
-const READS = ["getGrants", "getReservation", "getCharge", "getPromo", "countPromoClaims", "getPayment"] as const;
+/** What a unit of work reads besides `load`: the core's reads, and the billing module's (`tx.part("billing")`). */
+const READS = ["getGrants", "getReservation", "getCharge"] as const;
+const BILLING_READS = ["getPromo", "countPromoClaims", "getPayment"] as const;
 
 /**
  * An optimistic store over the in-memory store's rows, with no lock held from load to save: each
@@ -85,6 +85,14 @@ function optimistic(base: InMemoryDbManager, guard: "row" | "seq" | "none"): DbM
               const method = Reflect.get(tx, key) as (...a: unknown[]) => unknown;
               return structuredClone(await method.apply(tx, args));
             });
+        const readPart =
+          (module: string, key: string) =>
+          (...args: unknown[]) =>
+            base.transaction(userId, async (tx) => {
+              const part = tx.part?.(module) as object;
+              const method = Reflect.get(part, key) as (...a: unknown[]) => unknown;
+              return structuredClone(await method.apply(part, args));
+            });
         let loaded: LoadedState | undefined;
         let saved: Changes | undefined;
         const tx = Object.fromEntries([
@@ -92,6 +100,13 @@ function optimistic(base: InMemoryDbManager, guard: "row" | "seq" | "none"): DbM
           ["load", async (request?: LoadRequest) => (loaded = (await read("load")(request)) as LoadedState)],
           ["save", (changes: Changes) => void (saved = changes)],
           ...READS.map((key) => [key, read(key)]),
+          [
+            "part",
+            (module: string) =>
+              module === "billing"
+                ? Object.fromEntries(BILLING_READS.map((key) => [key, readPart(module, key)]))
+                : undefined,
+          ],
         ]) as DbTransaction;
         const result = await fn(tx);
         const changes = saved;
@@ -115,17 +130,23 @@ function optimistic(base: InMemoryDbManager, guard: "row" | "seq" | "none"): DbM
   return db;
 }
 
+/** `changes` with the billing module's list `list` left out (its guard then checks nothing). */
+const withoutBilling = (changes: Changes, list: "paymentUpdates" | "promoClaims"): Changes => ({
+  ...changes,
+  rows: { ...changes.rows, billing: { ...changes.rows?.billing, [list]: undefined } },
+});
+
 /** Payment updates written without their compare-and-set on `version`. */
 class PaymentsUnguarded extends InMemoryDbManager {
-  protected override checkModuleRows(changes: BillingChanges): void {
-    super.checkModuleRows({ ...changes, paymentUpdates: undefined });
+  override check(rows: Parameters<InMemoryDbManager["check"]>[0], changes: Changes): void {
+    super.check(rows, withoutBilling(changes, "paymentUpdates"));
   }
 }
 
 /** Promo claims written without the `maxUses` guard (nor the claim's uniqueness). */
 class PromosUnguarded extends InMemoryDbManager {
-  protected override checkModuleRows(changes: BillingChanges): void {
-    super.checkModuleRows({ ...changes, promoClaims: undefined });
+  override check(rows: Parameters<InMemoryDbManager["check"]>[0], changes: Changes): void {
+    super.check(rows, withoutBilling(changes, "promoClaims"));
   }
 }
 

@@ -29,7 +29,7 @@ class CoreOnlyStore implements DbManager {
   readonly name = "core-only";
   readonly capabilities: DbCapabilities = {
     multiProcess: false,
-    parts: { subscriptions: true, promos: false, outbox: true },
+    parts: { subscriptions: true, outbox: true },
   };
   private readonly m = new CoreInMemoryDbManager();
 

@@ -5,6 +5,7 @@ import { defineStore, type Attempt } from "../src/store.js";
 import { runDbManagerContract } from "../src/testing/index.js";
 import type { LoadedState } from "../src/core/db/types.js";
 import { billingStore } from "../src/modules/billing/store.js";
+import { billingStorePart } from "../src/modules/billing/store-part.js";
 
 const test = { describe, it, expect, beforeAll, afterAll };
 
@@ -210,8 +211,10 @@ describe("defineStore", () => {
     const { store, closes } = attempts([]);
     expect(store.capabilities).toEqual({
       multiProcess: true,
-      parts: { subscriptions: false, promos: false, outbox: false },
+      parts: { subscriptions: false, outbox: false },
     });
+    // No `bindPart`: a module's part does not bind, and the module refuses its calls.
+    expect(store.usePart?.(billingStorePart)).toBeUndefined();
     await expect(billingStore(store).getPromo("X")).rejects.toBeInstanceOf(ConfigurationError);
     await expect(store.insertPlan({} as never)).rejects.toThrow(
       "[credit-management] [unit] has no subscriptions part (insertPlan)",

@@ -10,7 +10,7 @@ import { runProcess } from "./fixtures/processes.js";
 import { createCreditManager, SpendLimitError } from "../src/index.js";
 import { limitRoom } from "../src/core/domain/limits.js";
 import { addLeaseLine, leaseLineOf, type FileWindow } from "../src/modules/leases/rules.js";
-import { InMemoryDbManager } from "../src/modules/billing/memory.js";
+import { InMemoryDbManager } from "../src/built-in-parts.js";
 
 const manager = () => createCreditManager({ db: new InMemoryDbManager() });
 

@@ -3,7 +3,7 @@
 // Retry-After) and scoped grants pay.
 import { describe, expect, it } from "vitest";
 import { createCreditManager } from "../src/index.js";
-import { InMemoryDbManager } from "../src/modules/billing/memory.js";
+import { InMemoryDbManager } from "../src/built-in-parts.js";
 import { creditMetering } from "../src/http/index.js";
 
 const ok = () => new Response(JSON.stringify({ ok: true }), { headers: { "content-type": "application/json" } });

@@ -8,7 +8,7 @@
  * test/postgres-robustness.test.ts, test/mongodb.test.ts and test/citus.test.ts.
  */
 import { describe, expect, it, vi } from "vitest";
-import { InMemoryDbManager } from "../src/modules/billing/memory.js";
+import { InMemoryDbManager } from "../src/built-in-parts.js";
 import { outcomeUnknown } from "../src/core/db/store/errors.js";
 import type { DbTransaction } from "../src/core/db/types.js";
 import { OutcomeUnknownError, StorageError } from "../src/core/errors.js";

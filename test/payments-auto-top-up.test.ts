@@ -19,8 +19,8 @@ import { MongoClient } from "mongodb";
 import pg from "pg";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { runCli } from "../src/cli/run.js";
-import { createDbManagerFromEnv } from "../src/db/from-env.js";
-import { InMemoryDbManager } from "../src/modules/billing/memory.js";
+import { createDbManagerFromEnv } from "../src/from-env.js";
+import { InMemoryDbManager } from "../src/built-in-parts.js";
 import { createCreditManager, InMemoryNotificationQueue, StripeProvider, type CreditManager } from "../src/index.js";
 import { cli as serveCli, startServe } from "./serve-process.js";
 

@@ -1,4 +1,5 @@
 /** The payment service across providers: inputs and history, one checkout per idempotency key, retries, provider configuration. The stand-in for the providers' APIs is in payments-fixtures.ts. */
+import { billingStore } from "../src/modules/billing/store.js";
 import { describe, expect, it } from "vitest";
 import {
   ConfigurationError,
@@ -623,7 +624,7 @@ describe("payments: a retry with the same key after the checkout failed to open"
     faults.push({ method: "POST", path: "/v1/payment_links", mode: "before" });
     await expect(payments.createPaymentLink("alice", input)).rejects.toBeInstanceOf(PaymentProviderError);
     const f = (await payments.getPaymentHistory("alice")).items.find((x) => x.id !== p.id);
-    await db.updatePayment({ ...f!, status: "expired", version: f!.version + 1 });
+    await billingStore(db).updatePayment({ ...f!, status: "expired", version: f!.version + 1 });
     seen.length = 0;
     expect(await payments.createPaymentLink("alice", input)).toMatchObject({
       id: f!.id,

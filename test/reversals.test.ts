@@ -11,7 +11,7 @@ import { MockLanguageModelV4 } from "ai/test";
 import fc from "fast-check";
 import { afterEach, describe, expect, it } from "vitest";
 import { creditMiddleware, type AiCallOutcome } from "../src/ai/index.js";
-import { InMemoryDbManager } from "../src/modules/billing/memory.js";
+import { InMemoryDbManager } from "../src/built-in-parts.js";
 import { hashEntry } from "../src/core/domain/hash.js";
 import { replayJournal } from "../src/core/domain/replay.js";
 import { chargeDraw, reversalShares, reversedOf, type ChargeDraw } from "../src/core/domain/reversal.js";

@@ -4,6 +4,7 @@
 // A version not released yet (CONTRIBUTING.md, "Changing the schema") has no fixtures: it is the
 // one after the last frozen version, the changelog's unreleased section names it, and the last
 // frozen version's DDL upgraded by its step is today's.
+import { billingStore } from "../src/modules/billing/store.js";
 import { copyFileSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import Database from "better-sqlite3";
 import { tmpdir } from "node:os";
@@ -128,7 +129,7 @@ describe("the schema of each released version (test/fixtures/schema)", () => {
         }
         // The modules' rows are there too, and the store takes new work on the old journal.
         expect((await m.subscriptions.getPlan("pro")).creditsPerPeriod).toBe(500);
-        expect(await db.listPromoClaims("carol")).toHaveLength(1);
+        expect(await billingStore(db).listPromoClaims("carol")).toHaveLength(1);
         expect((await m.credits.deductCredits("alice", 10, { feature: "chat" })).keyId).toBe("k1");
         expect((await m.credits.getUserCreditsInfo("alice")).balance).toBe(expected.accounts.alice!.balance - 10);
         expect((await m.credits.audit("alice")).ok).toBe(true);

@@ -4,7 +4,7 @@ import { AccountWork, type NewGrant } from "../src/core/domain/account-work.js";
 import { inScope, scopedTotals } from "../src/core/domain/scope.js";
 import type { LoadedState } from "../src/core/domain/state.js";
 import { InsufficientCreditsError } from "../src/core/errors.js";
-import { InMemoryDbManager } from "../src/modules/billing/memory.js";
+import { InMemoryDbManager } from "../src/built-in-parts.js";
 import { CreditService } from "../src/credit-service.js";
 import { useTestApi } from "../src/core/testing/runner.js";
 import { expectNoOutOfScopeDraw, expectScopedFirstDraws } from "../src/core/testing/scoped.js";

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { InMemoryDbManager } from "../src/modules/billing/memory.js";
+import { InMemoryDbManager } from "../src/built-in-parts.js";
 import { SpendLimitError, ValidationError } from "../src/core/errors.js";
 import { CreditService } from "../src/credit-service.js";
 

@@ -1,5 +1,5 @@
-import { createDbManagerFromEnv, type DbEnv } from "../db/from-env.js";
-import { InMemoryDbManager } from "../modules/billing/memory.js";
+import { createDbManagerFromEnv, type DbEnv } from "../from-env.js";
+import { InMemoryDbManager } from "../built-in-parts.js";
 import type { DbManager } from "../core/db/types.js";
 import { createCreditManager, type CreditManager } from "../manager.js";
 import type { RedisCache } from "../redis/index.js";

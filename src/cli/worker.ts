@@ -1,6 +1,6 @@
 import { pino, type DestinationStream, type Logger as Pino } from "pino";
 import { handleStopSignals, reopenLedgerOnHup, workerManagerParts } from "../serve/process-signals.js";
-import type { DbEnv } from "../db/from-env.js";
+import type { DbEnv } from "../from-env.js";
 import type { DbManager } from "../core/db/types.js";
 import { createCreditManager, type CreditManager } from "../manager.js";
 import type { NotificationQueue } from "../core/queue/index.js";

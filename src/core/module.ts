@@ -1,5 +1,6 @@
 import { ConfigurationError, ValidationError } from "./errors.js";
 import type { DbManager } from "./db/types.js";
+import type { ModuleStorePart } from "./db/module-part.js";
 import type { LedgerLogger } from "./ledger/index.js";
 import type { Logger } from "./logger.js";
 import {
@@ -100,10 +101,10 @@ export interface CreditModule<Column = unknown> {
   /** The module's check of an account in `audit()`, after the journal's replay. */
   readonly auditCheck?: AuditCheck;
   /**
-   * The module's store parts, one per dialect.
-   * TODO(seams-store): typed as `ModuleStorePart` (src/core/db/module-part.ts) when the store side lands.
+   * The module's store part: its tables and rows, a side per kind of store (docs/writing-a-store.md,
+   * "A module's part"). The credit service binds it to its store (`DbManager.usePart`).
    */
-  readonly store?: unknown;
+  readonly store?: ModuleStorePart;
   /** Called once by the credit service the module is given to, with the core's context. */
   init?(ctx: ModuleContext): void;
 }

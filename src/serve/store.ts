@@ -1,7 +1,7 @@
 import { mkdirSync } from "node:fs";
 import { createRequire } from "node:module";
 import { dirname, resolve } from "node:path";
-import { createDbManagerFromEnv } from "../db/from-env.js";
+import { createDbManagerFromEnv } from "../from-env.js";
 import type { SqliteDatabase } from "../db/sqlite/index.js";
 import type { DbManager } from "../core/db/types.js";
 import {

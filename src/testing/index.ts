@@ -28,6 +28,7 @@ import {
   runPromoPaymentContract as promoPaymentContract,
 } from "../modules/billing/contract.js";
 import { billingStore } from "../modules/billing/store.js";
+import { billingStorePart } from "../modules/billing/store-part.js";
 import { runArchiveContract } from "../modules/archive/contract.js";
 import { runPlanRevenueContract } from "../modules/revenue/contract.js";
 import { runNotificationContract } from "../core/testing/notifications.js";
@@ -74,9 +75,15 @@ export function runManagersContract(
   runPromoManagersContract(getDb, getPeer);
 }
 
-/** Every method of an absent part refuses with ConfigurationError. */
-export async function expectPartMissing(db: DbManager, name: OptionalPart): Promise<void> {
-  const probe: Record<OptionalPart, () => Promise<unknown>> = {
+/** Whether `db` has the optional part `name` (a core part by its capabilities; `promos`: the billing module's part binds). */
+function hasPart(db: DbManager, name: OptionalPart | "promos"): boolean {
+  if (name === "promos") return db.usePart?.(billingStorePart) !== undefined;
+  return db.capabilities.parts?.[name] !== false;
+}
+
+/** Every method of an absent part refuses with ConfigurationError (`promos`: the billing module's store part). */
+export async function expectPartMissing(db: DbManager, name: OptionalPart | "promos"): Promise<void> {
+  const probe: Record<OptionalPart | "promos", () => Promise<unknown>> = {
     subscriptions: () => db.getPlan("p"),
     promos: () => billingStore(db).getPromo("P"),
     outbox: () => db.listNotifications("u", { limit: 1 }),
@@ -201,7 +208,7 @@ export function runDbManagerContract(options: ContractOptions): void {
         describe(`${name} (skipped: ${reason})`, () => {
           if (!optional) return;
           it(`a store that says it lacks the ${name} part refuses its methods with ConfigurationError`, async () => {
-            if (db.capabilities.parts?.[name] === false) await expectPartMissing(db, name);
+            if (!hasPart(db, name)) await expectPartMissing(db, name);
           });
         });
         return;
@@ -209,7 +216,7 @@ export function runDbManagerContract(options: ContractOptions): void {
       if (optional) {
         it(`has the ${name} part (else pass skip: { ${name}: "<reason>" })`, () => {
           expect(
-            db.capabilities.parts?.[name] !== false,
+            hasPart(db, name),
             `${options.name} has no ${name} part: skip it with a reason`,
           ).toBe(true);
         });

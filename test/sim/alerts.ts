@@ -1,4 +1,4 @@
-import type { InMemoryDbManager } from "../../src/modules/billing/memory.js";
+import type { InMemoryDbManager } from "../../src/built-in-parts.js";
 import type { AlertThreshold, JournalEntry, Notification } from "../../src/core/models/index.js";
 import type { CreditModel } from "../../src/core/testing/model.js";
 import type { Prng } from "./prng.js";

@@ -1,6 +1,7 @@
-import type { BillingChanges } from "../../src/modules/billing/store.js";
+import type { Changes } from "../../src/core/domain/state.js";
+import { billingRows } from "../../src/modules/billing/store.js";
 import { createHash } from "node:crypto";
-import { InMemoryDbManager } from "../../src/modules/billing/memory.js";
+import { InMemoryDbManager } from "../../src/built-in-parts.js";
 import { ConflictError, CreditError, OutcomeUnknownError, StorageError } from "../../src/core/errors.js";
 import { createCreditManager, type CreditManager } from "../../src/manager.js";
 import type { Payment, Subscription } from "../../src/models-entry.js";
@@ -413,7 +414,7 @@ async function simulate(options: SimOptions): Promise<SimResult> {
       if (last !== undefined) alerts.commit(user, [], model.of(user), clock.now, last.seq, true);
     }
   /** Counts a committed entry of a limited user's against its limits, as the service counts it. */
-  const countEntry = (user: string, x: BillingChanges["entries"][number]) => {
+  const countEntry = (user: string, x: Changes["entries"][number]) => {
     const list = limited.get(user);
     const counts = counted.get(user);
     if (list === undefined || counts === undefined) return;
@@ -474,7 +475,7 @@ async function simulate(options: SimOptions): Promise<SimResult> {
   // The model, driven by what the store committed, in commit order.
 
   /** What the model answers `spec` on `m` (changed as the service would change it). */
-  const applySpec = (spec: Spec, m: CreditModel, changes: BillingChanges | null): string => {
+  const applySpec = (spec: Spec, m: CreditModel, changes: Changes | null): string => {
     switch (spec.kind) {
       case "add":
         if (spec.expiresAt !== null && spec.expiresAt <= m.now) return "RuleViolationError";
@@ -533,9 +534,10 @@ async function simulate(options: SimOptions): Promise<SimResult> {
           (p.maxUses === null || count(spec.code) < p.maxUses);
         if (!eligible) return "PromoNotEligibleError";
         if (changes === null) return "ok";
-        const claim = changes.promoClaims?.[0];
-        if (changes.promoClaims?.length !== 1 || claim?.code !== spec.code || claim.claimNumber !== byUser + 1) {
-          return `a claim saved as ${JSON.stringify(changes.promoClaims ?? null)}`;
+        const claims = billingRows(changes)?.promoClaims;
+        const claim = claims?.[0];
+        if (claims?.length !== 1 || claim?.code !== spec.code || claim.claimNumber !== byUser + 1) {
+          return `a claim saved as ${JSON.stringify(claims ?? null)}`;
         }
         m.add(changes.insertGrants[0]?.id ?? null, p.credits, p.days === null ? null : m.now + p.days * DAY, 0);
         promoUses.set(spec.code, count(spec.code) + 1);
@@ -578,16 +580,16 @@ async function simulate(options: SimOptions): Promise<SimResult> {
     } else if (keys.size === 1 && [...keys][0]?.startsWith("cm:payment:") === true) {
       m.settle();
       const add = e.changes.entries.find((x) => x.type === "add");
-      payments.credited(m, e.changes.paymentUpdates?.[0], add?.grants[0]?.grantId ?? null, where);
+      payments.credited(m, billingRows(e.changes)?.paymentUpdates?.[0], add?.grants[0]?.grantId ?? null, where);
     } else if (keys.size === 1 && [...keys][0]?.startsWith("cm:refund:") === true) {
       m.settle();
       const spec = op?.spec;
       if (spec?.kind !== "refund") return fail(`${where}: a refund's work outside a refund`);
-      payments.refunded(m, e.changes.paymentUpdates?.[0], spec.total, where);
-    } else if (keys.size === 0 && e.changes.paymentUpdates !== undefined && op?.spec.kind === "refund") {
+      payments.refunded(m, billingRows(e.changes)?.paymentUpdates?.[0], spec.total, where);
+    } else if (keys.size === 0 && billingRows(e.changes)?.paymentUpdates !== undefined && op?.spec.kind === "refund") {
       // A refund before the payment was credited: its status only.
       m.settle();
-      payments.refunded(m, e.changes.paymentUpdates[0], op.spec.total, where);
+      payments.refunded(m, billingRows(e.changes)?.paymentUpdates?.[0], op.spec.total, where);
     } else if (keys.size === 1 && [...keys][0]?.startsWith("cm:sub:") === true) {
       // A subscription's account work (its period, a plan change, a cancel): what it owes.
       m.settle();
@@ -1338,20 +1340,20 @@ function ownLoad(op: Op, userId: string, key: string | undefined): boolean {
 }
 
 /** A commit of a request sent without a key that carries its work (not only a settle before a refusal). */
-function unkeyedWork(op: Op, userId: string, changes: BillingChanges): boolean {
+function unkeyedWork(op: Op, userId: string, changes: Changes): boolean {
   return ownLoad(op, userId, undefined) && changes.entries.some((x) => x.type === op.spec.kind);
 }
 
 /** A save of the account row alone: no entries, no grant, hold, promo or payment written. */
-function accountOnly(c: BillingChanges): boolean {
+function accountOnly(c: Changes): boolean {
   return (
     c.entries.length === 0 &&
     c.insertGrants.length === 0 &&
     c.updateGrants.length === 0 &&
     c.insertReservations.length === 0 &&
     c.updateReservations.length === 0 &&
-    (c.promoClaims?.length ?? 0) === 0 &&
-    (c.paymentUpdates?.length ?? 0) === 0
+    (billingRows(c)?.promoClaims?.length ?? 0) === 0 &&
+    (billingRows(c)?.paymentUpdates?.length ?? 0) === 0
   );
 }
 

@@ -1,8 +1,10 @@
-import type { BillingChanges } from "../../src/modules/billing/store.js";
+import type { Changes } from "../../src/core/domain/state.js";
+import type { ModuleStorePart } from "../../src/core/db/module-part.js";
+import { billingStore } from "../../src/modules/billing/store.js";
 import { isDeepStrictEqual } from "node:util";
 import { ConflictError, StorageError } from "../../src/core/errors.js";
 import { outcomeUnknown } from "../../src/core/db/store/errors.js";
-import type { InMemoryDbManager } from "../../src/modules/billing/memory.js";
+import type { InMemoryDbManager } from "../../src/built-in-parts.js";
 import type { DbManager, DbTransaction, LoadRequest, LoadedState } from "../../src/store.js";
 import type { ChargeRecord } from "../../src/core/db/types.js";
 import { stateAfter, type AccountState } from "../../src/core/db/state-cache.js";
@@ -13,7 +15,7 @@ import { currentOp, type OpContext, type Scheduler } from "./scheduler.js";
 /** What the simulated store saw, in the order it happened: the model replays it. */
 export type StoreEvent =
   | { kind: "load"; op: OpContext | undefined; userId: string; key: string | undefined; seq: number }
-  | { kind: "commit"; op: OpContext | undefined; userId: string; changes: BillingChanges }
+  | { kind: "commit"; op: OpContext | undefined; userId: string; changes: Changes }
   /** A live read inside a unit of work (promos, payments: not from the load's snapshot). */
   | { kind: "txread"; op: OpContext | undefined; userId: string; key: string | undefined }
   /** A request answered (pushed by the simulation, so the log orders answers among commits). */
@@ -80,6 +82,12 @@ export class SimStore {
     return new Proxy(inner, {
       get: (target, prop, receiver) => {
         if (prop === "transaction") return transaction;
+        // A module's reads, as the store's own methods: each a scheduling point.
+        if (prop === "usePart")
+          return (part: ModuleStorePart) => {
+            const reads = target.usePart(part);
+            return reads === undefined ? undefined : this.scheduled(reads as Record<string, unknown>);
+          };
         const value: unknown = Reflect.get(target, prop, receiver);
         if (typeof value !== "function") return value;
         const method = value as (...args: unknown[]) => unknown;
@@ -87,6 +95,18 @@ export class SimStore {
         return (...args: unknown[]) => this.call(prop, args, () => method.apply(target, args));
       },
     }) as unknown as DbManager;
+  }
+
+  /** `reads` with each method run as the store's own (`call`). */
+  private scheduled(reads: Record<string, unknown>): object {
+    return new Proxy(reads, {
+      get: (target, prop) => {
+        const value: unknown = Reflect.get(target, prop, target);
+        if (typeof value !== "function" || typeof prop !== "string") return value;
+        const method = value as (...args: unknown[]) => unknown;
+        return (...args: unknown[]) => this.call(prop, args, () => method.apply(target, args));
+      },
+    });
   }
 
   private async call(method: string, args: readonly unknown[], run: () => unknown): Promise<unknown> {
@@ -196,7 +216,7 @@ export class ProcessCache {
 }
 
 class SimTransaction implements DbTransaction {
-  changes: BillingChanges | null = null;
+  changes: Changes | null = null;
   /** The account's seq of the cached state the unit started from (null: it loaded from the store). */
   cachedSeq: number | null = null;
   /** The account, open grants and active holds it loaded (null: no account yet). */
@@ -305,26 +325,31 @@ class SimTransaction implements DbTransaction {
     return this.sim.inner.transaction(this.userId, (t) => t.getCharge?.(entryId) ?? null);
   }
 
-  async getPromo(code: string): Promise<Promo | null> {
-    await this.sim.wait();
-    this.liveRead();
-    return this.sim.inner.getPromo(code);
+  /** The billing module's reads in the unit of work, read live as `getCharge`. */
+  part(module: string): object | undefined {
+    if (module !== "billing") return undefined;
+    const db = billingStore(this.sim.inner);
+    return {
+      getPromo: async (code: string): Promise<Promo | null> => {
+        await this.sim.wait();
+        this.liveRead();
+        return db.getPromo(code);
+      },
+      countPromoClaims: async (code: string): Promise<number> => {
+        await this.sim.wait();
+        this.liveRead();
+        return db.countPromoClaims(code, this.userId);
+      },
+      getPayment: async (paymentId: string): Promise<Payment | null> => {
+        await this.sim.wait();
+        this.liveRead();
+        const p = await db.getPayment(paymentId);
+        return p !== null && p.userId === this.userId ? p : null;
+      },
+    };
   }
 
-  async countPromoClaims(code: string): Promise<number> {
-    await this.sim.wait();
-    this.liveRead();
-    return this.sim.inner.countPromoClaims(code, this.userId);
-  }
-
-  async getPayment(paymentId: string): Promise<Payment | null> {
-    await this.sim.wait();
-    this.liveRead();
-    const p = await this.sim.inner.getPayment(paymentId);
-    return p !== null && p.userId === this.userId ? p : null;
-  }
-
-  save(changes: BillingChanges): void {
+  save(changes: Changes): void {
     if (this.changes !== null) throw new Error("save() may be called once per unit of work");
     this.changes = changes;
   }

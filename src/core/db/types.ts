@@ -11,6 +11,7 @@ import type {
 import type { Changes, LoadedState } from "../domain/state.js";
 import type { UsageBucket, UsageCatchUp, UsageRollupRow, UsageScan } from "../domain/usage.js";
 import type { SubscriptionStore } from "./types-subscriptions.js";
+import type { ModuleStorePart } from "./module-part.js";
 import type { ArchivePartitionsInput, ArchivePartitionsReport, EnsurePartitionsReport } from "./types-partitions.js";
 
 /**
@@ -46,6 +47,14 @@ export interface DbManager extends AccountStore, JournalStore, NotificationStore
    * holds, the outbox's pending and failed rows. Without it they are reported as unknown (null).
    */
   stats?(): Promise<StoreStats>;
+  /**
+   * Optional: binds a module's store part to this store, once per module id, and answers the
+   * module's reads on it (`BoundStorePart.reads`); undefined when the part has no side for this
+   * store's dialect (docs/writing-a-store.md, "A module's part"). Every bundled store has it.
+   *
+   * @beta
+   */
+  usePart?(part: ModuleStorePart): object | undefined;
 }
 
 /**
@@ -205,7 +214,7 @@ export interface DbCapabilities {
 }
 
 /** The parts of the contract a store may leave out while it is being written. */
-export type OptionalPart = "subscriptions" | "promos" | "outbox";
+export type OptionalPart = "subscriptions" | "outbox";
 
 /** Position in a scan ordered by (expiresAt, id): resume strictly after it. */
 export interface ScanCursor {
@@ -285,4 +294,11 @@ export interface DbTransaction {
    * `IdempotencyConflictError`-worthy unique violations as `ConflictError` too.
    */
   save(changes: Changes): Promise<void> | void;
+  /**
+   * Optional: the reads of the module `module` inside this unit of work (its bound part's
+   * `transaction`), or undefined when the store has no part of that module.
+   *
+   * @beta
+   */
+  part?(module: string): object | undefined;
 }

@@ -28,12 +28,22 @@ export interface LoadedState {
 }
 
 /**
- * Rows a module saves with a unit of work, atomically with the account's changes (ARCHITECTURE.md,
- * "Seams"), each list under the module's own name (the billing module's `promoClaims` and
- * `paymentUpdates`, `PromoPaymentChanges`): the unit of work hands them to the store's `save` on
- * `Changes`, and reads none of them.
+ * One module's rows saved with a unit of work, each list under the module's own name (the billing
+ * module's `promoClaims` and `paymentUpdates`): the store's part of the module writes them
+ * (docs/writing-a-store.md, "A module's part").
+ *
+ * @beta
  */
-export type ModuleRows = { readonly [name: string]: readonly unknown[] | undefined };
+export type ModuleRowLists = { readonly [list: string]: readonly unknown[] | undefined };
+
+/**
+ * Rows modules save with a unit of work, atomically with the account's changes (ARCHITECTURE.md,
+ * "Seams"), keyed by module id: the unit of work hands them to the store's `save` on
+ * `Changes.rows`, and reads none of them.
+ *
+ * @beta
+ */
+export type ModuleRows = { readonly [module: string]: ModuleRowLists | undefined };
 
 /** Everything one unit of work changes, written at once by `save`. */
 export interface Changes {
@@ -55,4 +65,6 @@ export interface Changes {
   entries: readonly JournalEntry[];
   /** Outbox rows caused by this change, committed with it (ids unique; no dedupeKey clash expected). */
   notifications?: readonly Notification[];
+  /** Rows of modules, by module id, saved in the same transaction by each module's store part. */
+  rows?: ModuleRows;
 }

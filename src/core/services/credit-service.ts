@@ -184,7 +184,10 @@ export class CoreCreditService {
     this.reads = new BalanceReads(core.db, core.cache, core.clock, core.units);
     this.limits = new SpendLimits(core, this.reads);
     // Each module gets the core's context once (docs/modules.md, "Writing a module").
-    for (const m of core.registry.modules) m.init?.(core);
+    for (const m of core.registry.modules) {
+      if (m.store !== undefined) core.db.usePart?.(m.store);
+      m.init?.(core);
+    }
   }
 
   /** Adds credits as a new grant (after paying any debt). */

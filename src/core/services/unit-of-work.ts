@@ -1,7 +1,8 @@
 import type { Logger } from "../logger.js";
 import type { CacheAside } from "../cache/aside.js";
 import type { Changes, DbManager, DbTransaction, LoadedState } from "../db/types.js";
-import type { ModuleRows } from "../domain/state.js";
+import type { ModuleRowLists, ModuleRows } from "../domain/state.js";
+import { hasModuleRows, mergeModuleRows } from "../db/module-part.js";
 import { backoff, sleep, type BackoffOptions } from "../db/store/retry.js";
 import { AccountWork, type EntryMeta } from "../domain/account-work.js";
 import type { JournalKey } from "../domain/journal-keys.js";
@@ -68,7 +69,7 @@ export interface UnitContext {
    * one name replaces an earlier one. `Rows` is the module's own row type, say
    * `{ referrals?: Referral[] }`.
    */
-  attach<Rows extends ModuleRows>(rows: Rows): void;
+  attach(rows: ModuleRows): void;
 }
 
 /** Options of one unit of work: settle what time has done; bring a due subscription period first. */
@@ -103,8 +104,10 @@ interface UnitOutcome<T> {
 class Unit implements UnitContext {
   extra: ModuleRows | undefined = undefined;
   constructor(readonly state: LoadedState) {}
-  attach<Rows extends ModuleRows>(rows: Rows): void {
-    this.extra = { ...this.extra, ...rows };
+  attach(rows: ModuleRows): void {
+    const merged: Record<string, ModuleRowLists | undefined> = { ...this.extra };
+    for (const [module, lists] of Object.entries(rows)) merged[module] = { ...merged[module], ...lists };
+    this.extra = merged;
   }
 }
 
@@ -194,14 +197,16 @@ class UnitRun<T> {
   private async save(tx: DbTransaction, work: AccountWork, unit: Unit, result: T): Promise<UnitOutcome<T>> {
     const outcome: UnitOutcome<T> = { value: result, entries: work.entries, canonicals: work.canonicals };
     const extra = unit.extra;
-    const hasExtra = extra !== undefined && Object.values(extra).some((rows) => (rows?.length ?? 0) > 0);
+    const hasExtra = hasModuleRows(extra);
     if (!work.changed && !hasExtra) return this.evaluateOnly(tx, work, outcome);
     const changes: Changes = work.changes();
-    if (extra !== undefined) Object.assign(changes, extra);
+    if (extra !== undefined && hasExtra) changes.rows = extra;
     if (this.runner.config.alerts !== undefined)
       await this.runner.addNotifications(work, changes, { counted: this.counted, inline: this.inline });
     // What the modules decide in the same unit of work (the billing module: an auto top-up).
-    const attach = <Rows extends ModuleRows>(rows: Rows) => void Object.assign(changes, rows);
+    const attach = (rows: ModuleRows): void => {
+      changes.rows = mergeModuleRows([changes.rows, rows]);
+    };
     for (const hook of this.runner.config.unitHooks) {
       const rows = hook({ loaded: work.loaded, now: work.now, changes, attach });
       if (rows.length > 0) changes.notifications = [...(changes.notifications ?? []), ...rows];
@@ -296,7 +301,7 @@ export type UnitHook = (unit: {
   /** What the unit of work saves. */
   changes: Changes;
   /** Saves the module's rows with the unit of work (as `UnitContext.attach`). */
-  attach<Rows extends ModuleRows>(rows: Rows): void;
+  attach(rows: ModuleRows): void;
 }) => readonly Notification[];
 
 /**

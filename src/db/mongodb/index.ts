@@ -1,4 +1,7 @@
-import { BillingStoreBase, type BillingParts } from "../../modules/billing/store-base.js";
+import { StoreBase } from "../../core/db/store/base.js";
+import type { SideParts } from "../../core/db/store/parts.js";
+import type { ModuleParts, ModuleStorePart } from "../../core/db/module-part.js";
+import { bindMongo, type MongoBoundPart, type MongoPartHost } from "./module-part.js";
 import { MongoClient } from "mongodb";
 import type { ClientSession, Db, Document, Filter, MongoClientOptions } from "mongodb";
 import { ConfigurationError, ConflictError, StorageError } from "../../core/errors.js";
@@ -16,7 +19,6 @@ import type {
   StoreStats,
 } from "../../core/db/types.js";
 import { ACCOUNT, ENTRY, GRANT, LEDGER, RESERVATION, fromDoc, toDoc, type StoredDoc } from "./documents.js";
-import { MongoPromoStore } from "../../modules/billing/mongodb.js";
 import { MongoSubscriptionStore } from "./subscriptions.js";
 import { MONGO_COLLECTIONS, VERSION_COLLECTION, droppedIndexesAfter, filledFieldsAfter } from "./layout.js";
 import { SCHEMA_COMPONENT } from "../../schema/sql.js";
@@ -88,7 +90,7 @@ const STALE_DECAY = 0.97;
  * const credits = await createCreditManager({ db }); // runs db.init()
  * ```
  */
-export class MongoDbManager extends BillingStoreBase implements DbManager {
+export class MongoDbManager extends StoreBase implements DbManager {
   readonly name = "mongodb";
   readonly capabilities: DbCapabilities = { multiProcess: true };
   /** Prefix of the collection names. */
@@ -101,8 +103,9 @@ export class MongoDbManager extends BillingStoreBase implements DbManager {
   private ownsClient = false;
   private readonly maxAttempts: number;
   private readonly c: Collections;
-  /** Plans and subscriptions (./subscriptions.ts), promos and payments (./promos.ts), the outbox. */
-  protected readonly parts: BillingParts;
+  /** Plans and subscriptions (./subscriptions.ts), the outbox. */
+  protected readonly parts: SideParts;
+  declare readonly modules: ModuleParts<MongoBoundPart>;
   private lastLedgerOrd = 0;
   private readonly states: StateCache | null;
   private readonly verifyStates: boolean;
@@ -123,8 +126,8 @@ export class MongoDbManager extends BillingStoreBase implements DbManager {
    * batch lowering the average a little, so that the cache is tried again now and then.
    */
   private staleRate = 0;
-  /** @internal Promos, claims and payments (./promos.ts). */
-  readonly promoStore: MongoPromoStore;
+  /** The collections of modules' parts, by name (./module-part.ts). */
+  private readonly partHost: MongoPartHost;
   private readonly outbox: MongoOutbox;
 
   constructor(config: MongoDbManagerConfig) {
@@ -186,11 +189,10 @@ export class MongoDbManager extends BillingStoreBase implements DbManager {
       plans: col("plans"),
       subscriptions: col("subscriptions"),
     };
-    this.promoStore = new MongoPromoStore(col);
+    this.partHost = { collection: col };
     this.outbox = new MongoOutbox(this.c.notifications);
     this.parts = {
       subscriptions: new MongoSubscriptionStore(this.c.plans, this.c.subscriptions),
-      promos: this.promoStore,
       outbox: this.outbox,
     };
     this.batchContext = {
@@ -198,9 +200,14 @@ export class MongoDbManager extends BillingStoreBase implements DbManager {
       c: this.c,
       states: this.states,
       verify: this.verifyStates,
-      promos: this.promoStore,
+      modules: this.modules,
       outbox: this.outbox,
     };
+  }
+
+  /** A module's MongoDB side (`ModuleStorePart.mongodb`), bound to this store (./module-part.ts). */
+  protected override bindPart(part: ModuleStorePart): MongoBoundPart | undefined {
+    return bindMongo(part, this.partHost);
   }
 
   /**
@@ -397,17 +404,18 @@ export class MongoDbManager extends BillingStoreBase implements DbManager {
     const c = Object.fromEntries(
       Object.entries(this.c).map(([key, collection]) => [key, inSession(collection, session)]),
     ) as Collections;
-    const promoStore = new MongoPromoStore((name) =>
-      inSession(this.db.collection<StoredDoc>(`${this.collectionPrefix}${name}`, BSON_OPTIONS), session),
-    );
+    const host: MongoPartHost = {
+      collection: (name) =>
+        inSession(this.db.collection<StoredDoc>(`${this.collectionPrefix}${name}`, BSON_OPTIONS), session),
+    };
+    const modules = this.modules.rebound((part) => bindMongo(part, host));
     const outbox = new MongoOutbox(c.notifications);
-    const parts: BillingParts = {
+    const parts: SideParts = {
       subscriptions: new MongoSubscriptionStore(c.plans, c.subscriptions),
-      promos: promoStore,
       outbox,
     };
     // No state cache: its guard on `{ seq, _rev }` keeps it right whatever the application decides.
-    const context = { ...this.batchContext, c, states: null, verify: false, promos: promoStore, outbox };
+    const context = { ...this.batchContext, c, states: null, verify: false, modules, outbox };
     /** A failure as the application hears it: a conflict aborted its transaction, which only it can run again. */
     const failure = (error: unknown) => {
       const e = toCreditError(error, "transaction");
@@ -420,7 +428,7 @@ export class MongoDbManager extends BillingStoreBase implements DbManager {
     };
     return joinedStore(
       this,
-      { c, promoStore, outbox, parts },
+      { c, modules, partHost: host, outbox, parts },
       (userId, fn) =>
         new Promise((resolve, reject) => {
           const unit: Unit = {

@@ -1,4 +1,5 @@
-import type { BillingChanges } from "../../modules/billing/store.js";
+import type { ModuleParts } from "../../core/db/module-part.js";
+import type { MongoBoundPart, MongoPartTx } from "./module-part.js";
 import { isDeepStrictEqual } from "node:util";
 import type {
   AnyBulkWriteOperation,
@@ -9,7 +10,7 @@ import type {
   TransactionOptions,
 } from "mongodb";
 import { ConflictError } from "../../core/errors.js";
-import type { Grant, JournalEntry, Payment, Promo, Reservation } from "../../models-entry.js";
+import type { Grant, JournalEntry, Reservation } from "../../models-entry.js";
 import type { ChargeRecord, Changes, DbTransaction, LoadRequest, LoadedState } from "../../core/db/types.js";
 import {
   ACCOUNT,
@@ -23,7 +24,6 @@ import {
   type StoredDoc,
 } from "./documents.js";
 import type { MongoOutbox } from "./outbox.js";
-import type { MongoPromoStore } from "../../modules/billing/mongodb.js";
 import { type AccountState, type StateCache, checkCachedState, stateAfter } from "./state-cache.js";
 import { deferred } from "../store/group-commit.js";
 
@@ -62,7 +62,8 @@ export interface UnitContext {
   readonly states: StateCache | null;
   /** Tests (`verifyStateCache`): every state-cache hit is checked against a read. */
   readonly verify: boolean;
-  readonly promos: MongoPromoStore;
+  /** The modules' parts (./module-part.ts). */
+  readonly modules: ModuleParts<MongoBoundPart>;
   readonly outbox: MongoOutbox;
 }
 
@@ -277,7 +278,7 @@ function itemOps(
 }
 
 /** The journal entries of one unit of work, as inserts. */
-const entryOps = (changes: BillingChanges): AnyBulkWriteOperation<StoredDoc>[] =>
+const entryOps = (changes: Changes): AnyBulkWriteOperation<StoredDoc>[] =>
   changes.entries.map((e) => ({ insertOne: { document: toDoc(ENTRY, e) } }));
 
 /**
@@ -306,11 +307,11 @@ async function write(
  * Writes what the units of work `txs` saved, in their transaction (`op`), one command per
  * collection: the guarded account writes first (so that a loser of a race learns it before writing
  * anything else; `StaleAccount` when a guard matches nothing), then grants, holds, journal
- * entries, promo claims and payments, and the outbox's rows.
+ * entries, the modules' rows, and the outbox's rows.
  */
 export async function saveChanges(ctx: UnitContext, op: UnitHost["op"], txs: readonly UnitTx[]): Promise<void> {
-  const { c, promos, outbox } = ctx;
-  const changes = txs.map((tx) => tx.pending as BillingChanges);
+  const { c, modules, outbox } = ctx;
+  const changes = txs.map((tx) => tx.pending as Changes);
   const accounts = txs.map((tx) => accountOp(tx.pending as Changes, tx.base));
   const missed = await op((s) => write(c.accounts, accounts, s));
   if (missed > 0) {
@@ -336,8 +337,11 @@ export async function saveChanges(ctx: UnitContext, op: UnitHost["op"], txs: rea
       );
   }
   for (const ch of changes) {
-    if ((ch.promoClaims?.length ?? 0) > 0 || (ch.paymentUpdates?.length ?? 0) > 0)
-      await op((s) => promos.saveIn(s, ch));
+    if (ch.rows === undefined) continue;
+    for (const { module, part } of modules.bound) {
+      const rows = ch.rows[module];
+      if (rows !== undefined && part.save !== undefined) await op((s) => (part.save as NonNullable<typeof part.save>)(s, rows));
+    }
   }
   const notifications = changes.flatMap((ch) => ch.notifications ?? []);
   if (notifications.length > 0) await op((s) => outbox.insertInTransaction(notifications, s));
@@ -373,7 +377,7 @@ export class UnitTx implements DbTransaction {
   /** The state `load()` handed out: from the cache or a read (null: no account). */
   base: AccountState | null | undefined = undefined;
   fromCache = false;
-  pending: BillingChanges | null = null;
+  pending: Changes | null = null;
   loadKey: string | undefined = undefined;
   loaded = deferred<LoadedState>();
   private loads = 0;
@@ -481,20 +485,16 @@ export class UnitTx implements DbTransaction {
     });
   }
 
-  getPromo(code: string): Promise<Promo | null> {
-    return this.host.op((s) => this.host.ctx.promos.getPromoIn(s, code));
-  }
-
-  countPromoClaims(code: string): Promise<number> {
-    return this.host.op((s) => this.host.ctx.promos.countClaimsIn(s, code, this.userId));
-  }
-
-  getPayment(paymentId: string): Promise<Payment | null> {
-    return this.host.op((s) => this.host.ctx.promos.getPaymentIn(s, paymentId, this.userId));
+  /** The reads of `module`'s part in this unit of work (`DbTransaction.part`). */
+  part(module: string): object | undefined {
+    const bound = this.host.ctx.modules.get(module);
+    if (bound?.transaction === undefined) return undefined;
+    const tx: MongoPartTx = { userId: this.userId, op: (run) => this.host.op(run) };
+    return bound.transaction(tx);
   }
 
   /** Queues the changes: the host writes them when the unit of work has finished. */
-  async save(changes: BillingChanges): Promise<void> {
+  async save(changes: Changes): Promise<void> {
     if (this.saved) throw new Error("save() may be called once per unit of work");
     this.saved = true;
     if (changes.account.userId !== this.userId)

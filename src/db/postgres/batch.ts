@@ -133,8 +133,8 @@ export class Batch {
    * Runs the units of one account one after another: the first as any unit of a batch, each
    * later one on the state the ones before it left (their saved changes on top of what the first
    * loaded), without a statement of its own: it holds the same row lock in the same transaction.
-   * What a later unit cannot be answered from that state (a second load, a promo or payment read
-   * after another unit of the chain changed promos or payments) makes it leave the chain: it runs
+   * What a later unit cannot be answered from that state (a second load, a read of a module's rows
+   * after another unit of the chain saved some) makes it leave the chain: it runs
    * again in a transaction of its own, as does every later unit when the first could not load
    * (its account was busy elsewhere) or the shared transaction failed (docs/storage.md,
    * PostgreSQL: group commit).
@@ -164,7 +164,7 @@ export class Batch {
       outcomes.set(tx, outcome);
       if (!tx.follower) {
         if (!tx.loadDone) return void this.notRun(chain, outcomes);
-        at = { base: tx.base, xmin: tx.xmin, saved: [], grants: new Map(), holds: new Map(), promos: false };
+        at = { base: tx.base, xmin: tx.xmin, saved: [], grants: new Map(), holds: new Map(), modules: false };
       }
       if (at !== null && outcome.status === "fulfilled" && tx.pending !== null) at = advance(at, tx.pending);
     }
@@ -467,11 +467,11 @@ export class Batch {
     txs: readonly SaveItem[],
     confirm: readonly UnitTx[],
   ): Promise<{ xid: unknown; stale: Set<string> }> {
-    const { save, saveArgs, extra } = saveParts(this.db.sql, txs);
-    const extraText = extra === null ? "" : `${executeText(extra.statement, [extra.arg], this.db.prepared)}; `;
+    const { save, saveArgs, extra } = saveParts(this.db.sql, txs, this.db.modules);
+    const extraText = extra.map((x) => `${executeText(x.statement, [x.arg], this.db.prepared)}; `).join("");
     const confirmText = confirm.length === 0 ? "" : `; ${this.confirmText(confirm)}`;
     const statements = [
-      ...(extra === null ? [] : [extra.statement]),
+      ...extra.map((x) => x.statement),
       save,
       ...(confirm.length === 0 ? [] : [this.db.sql.confirm]),
     ];

@@ -1,4 +1,5 @@
-import type { BillingChanges } from "../../modules/billing/store.js";
+import type { Changes } from "../../core/domain/state.js";
+import { hasModuleRows, mergeModuleRows } from "../../core/db/module-part.js";
 import type { Grant, Reservation } from "../../core/models/index.js";
 import type { AccountState } from "./state-cache.js";
 import { type AccountState as BaseState, stateAfter as stateOnTop } from "../../core/db/state-cache.js";
@@ -11,16 +12,16 @@ export interface ChainState {
   /** The first unit started from the state cache without locking: the row's `xmin` it guards on. */
   xmin: string | null;
   /** The changes saved so far, in order: a later unit's idempotency key may be among their entries. */
-  saved: BillingChanges[];
+  saved: Changes[];
   /** Every grant and hold they wrote, closed ones too (`getGrants` and `getReservation` read them). */
   grants: Map<string, Grant>;
   holds: Map<string, Reservation>;
-  /** They claimed a promo or changed a payment: the database no longer answers those reads. */
-  promos: boolean;
+  /** They saved rows of a module: the database no longer answers the modules' reads. */
+  modules: boolean;
 }
 
 /** The chain's state once `changes` (made on top of it) are applied. */
-export function advance(at: ChainState, changes: BillingChanges): ChainState {
+export function advance(at: ChainState, changes: Changes): ChainState {
   const grants = new Map(at.grants);
   for (const g of [...changes.insertGrants, ...changes.updateGrants]) grants.set(g.id, g);
   const holds = new Map(at.holds);
@@ -31,7 +32,7 @@ export function advance(at: ChainState, changes: BillingChanges): ChainState {
     saved: [...at.saved, changes],
     grants,
     holds,
-    promos: at.promos || (changes.promoClaims?.length ?? 0) > 0 || (changes.paymentUpdates?.length ?? 0) > 0,
+    modules: at.modules || hasModuleRows(changes.rows),
   };
 }
 
@@ -40,7 +41,7 @@ export interface SaveItem {
   readonly userId: string;
   /** The account row's `xmin` its state was made at, when it was not locked before the save. */
   readonly xmin: string | null;
-  readonly pendingChanges: BillingChanges;
+  readonly pendingChanges: Changes;
   readonly originals: UnitTx["originals"];
   readonly loadDone: boolean;
   readonly base: Omit<AccountState, "xmin"> | null;
@@ -69,8 +70,8 @@ export function merged(txs: readonly UnitTx[]): SaveItem[] {
     }
     const last = list[list.length - 1] as UnitTx;
     const rows = <T extends { id: string }>(
-      ins: (c: BillingChanges) => readonly T[],
-      upd: (c: BillingChanges) => readonly T[],
+      ins: (c: Changes) => readonly T[],
+      upd: (c: Changes) => readonly T[],
     ) => {
       const inserted = new Map<string, T>();
       const updated = new Map<string, T>();
@@ -88,12 +89,11 @@ export function merged(txs: readonly UnitTx[]): SaveItem[] {
       (c) => c.insertReservations,
       (c) => c.updateReservations,
     );
-    const all = <T>(get: (c: BillingChanges) => readonly T[] | undefined) =>
+    const all = <T>(get: (c: Changes) => readonly T[] | undefined) =>
       list.flatMap((tx) => get(tx.pendingChanges) ?? []);
     const notifications = all((c) => c.notifications);
-    const promoClaims = all((c) => c.promoClaims);
-    const paymentUpdates = all((c) => c.paymentUpdates);
-    const pendingChanges: BillingChanges = {
+    const moduleRows = mergeModuleRows(list.map((tx) => tx.pendingChanges.rows));
+    const pendingChanges: Changes = {
       account: last.pendingChanges.account,
       previousSeq: first.pendingChanges.previousSeq,
       insertGrants: grants.inserted,
@@ -102,8 +102,7 @@ export function merged(txs: readonly UnitTx[]): SaveItem[] {
       updateReservations: holds.updated,
       entries: all((c) => c.entries),
       ...(notifications.length > 0 ? { notifications } : {}),
-      ...(promoClaims.length > 0 ? { promoClaims } : {}),
-      ...(paymentUpdates.length > 0 ? { paymentUpdates } : {}),
+      ...(moduleRows !== undefined ? { rows: moduleRows } : {}),
     };
     const originals: UnitTx["originals"] = { account: first.originals.account, grants: new Map(), holds: new Map() };
     for (const tx of list) {

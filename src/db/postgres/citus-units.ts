@@ -1,6 +1,7 @@
-import type { BillingChanges } from "../../modules/billing/store.js";
+import type { Changes } from "../../core/domain/state.js";
+import { hasModuleRows } from "../../core/db/module-part.js";
 import { ConflictError, StorageError } from "../../core/errors.js";
-import type { Account, Grant, JournalEntry, Payment, Promo, Reservation } from "../../models-entry.js";
+import type { Account, Grant, JournalEntry, Reservation } from "../../models-entry.js";
 import { decodeRow } from "../../schema/codec.js";
 import type { Column } from "../../schema/columns.js";
 import { REVISION, unitFunctionNames } from "../../schema/citus-units.js";
@@ -65,7 +66,7 @@ class NeedsTransaction extends Error {
  *   refusal) is final once the account's revision is confirmed unchanged; else it runs again.
  *
  * Units of one account in this process run one after another (the next starts from the state the
- * previous one left). A unit that reads promos or payments, claims a promo, loads twice or saves
+ * previous one left). A unit that reads or saves rows of a module, loads twice or saves
  * without loading runs instead as a transaction that locks the account (`./batch.ts`); so does a
  * unit whose saves keep failing on a revision other processes move (`maxAttempts`).
  */
@@ -235,7 +236,7 @@ class CallTx implements DbTransaction {
   needsTransaction = false;
   /** Its decision rests on a cached state or on reads after its load: confirm before it is final. */
   unsure = false;
-  pending: BillingChanges | null = null;
+  pending: Changes | null = null;
   private loaded: { rev: number | null; base: BaseState | null; node: number | null } | null = null;
   private readonly originals = { grants: new Map<string, Grant>(), holds: new Map<string, Reservation>() };
 
@@ -342,22 +343,14 @@ class CallTx implements DbTransaction {
     return chargeOf(this.tables.journal, rows, entryId);
   }
 
-  // Promos and payments live partly in reference tables: a transaction of their own (./batch.ts).
-  getPromo(_code: string): Promise<Promo | null> {
+  // A module's rows may live in reference tables: a transaction of their own (./batch.ts).
+  part(_module: string): object | undefined {
     this.transaction();
   }
 
-  countPromoClaims(_code: string): Promise<number> {
-    this.transaction();
-  }
-
-  getPayment(_paymentId: string): Promise<Payment | null> {
-    this.transaction();
-  }
-
-  async save(changes: BillingChanges): Promise<void> {
+  async save(changes: Changes): Promise<void> {
     if (this.pending !== null) throw new Error("save() may be called once per unit of work");
-    if (this.loaded === null || (changes.promoClaims?.length ?? 0) > 0 || (changes.paymentUpdates?.length ?? 0) > 0)
+    if (this.loaded === null || hasModuleRows(changes.rows))
       this.transaction();
     if (changes.previousSeq !== (this.loaded.base?.account.seq ?? null))
       throw new ConflictError(`account ${this.userId} changed during the unit of work`, { userId: this.userId });
@@ -367,7 +360,7 @@ class CallTx implements DbTransaction {
 
   /** Writes the changes in one `unit_save` call; on success, the account's new state is cached. */
   async commit(): Promise<void> {
-    const c = this.pending as BillingChanges;
+    const c = this.pending as Changes;
     const loaded = this.loaded as { rev: number | null; base: BaseState | null; node: number | null };
     const t = this.tables;
     // None: NULL, for which the function runs no statement.

@@ -1,4 +1,4 @@
-import type { BillingChanges } from "../../modules/billing/store.js";
+import type { Changes } from "../../core/domain/state.js";
 import { type ConflictError, LockTimeoutError, StorageError } from "../../core/errors.js";
 import { storageError as driverFailure } from "../../core/db/store/errors.js";
 import { GUARD_MARKER } from "./sql.js";
@@ -81,7 +81,7 @@ export function lockTimeout(db: { lockTimeoutMs: number }, what: string, error: 
 }
 
 /** Refuses a save of `userId`'s unit of work with a row of another account: a unit writes one account. */
-export function checkOneAccount(userId: string, changes: BillingChanges): void {
+export function checkOneAccount(userId: string, changes: Changes): void {
   const rows: Array<{ userId: string }> = [
     changes.account,
     ...changes.insertGrants,
@@ -89,10 +89,15 @@ export function checkOneAccount(userId: string, changes: BillingChanges): void {
     ...changes.insertReservations,
     ...changes.updateReservations,
     ...changes.entries,
-    ...(changes.promoClaims ?? []),
-    ...(changes.paymentUpdates ?? []),
     ...(changes.notifications ?? []),
   ];
+  // A module's rows that name an account (a `userId`) name this one.
+  for (const lists of Object.values(changes.rows ?? {}))
+    for (const list of Object.values(lists ?? {}))
+      for (const row of list ?? []) {
+        const owner = (row as { userId?: unknown } | null)?.userId;
+        if (typeof owner === "string") rows.push({ userId: owner });
+      }
   if (rows.some((o) => o.userId !== userId))
     throw new Error(`save() of account ${userId} got a row of another account`);
 }

@@ -1,4 +1,6 @@
-import type { BillingChanges } from "../../modules/billing/store.js";
+import type { Changes } from "../../core/domain/state.js";
+import type { ModuleParts } from "../../core/db/module-part.js";
+import { bindPostgres, type PostgresBoundPart } from "./module-part.js";
 import { ConflictError, CreditError, LockTimeoutError } from "../../core/errors.js";
 import type { DbManager, DbTransaction, LoadRequest, LoadedState } from "../../core/db/types.js";
 import { saveParts } from "./save-rows.js";
@@ -81,13 +83,18 @@ export function hostStore(db: PostgresDbManager, client: PgQueryable): DbManager
     }
   };
   const scoped: PostgresDbManager = joinedStore(db, { read: query, partsValue: undefined }, async (userId, fn) => {
-    const unit = new HostUnit(db, query, userId);
+    const unit = new HostUnit(scoped, query, userId);
     const value = await fn(unit);
     await unit.write();
     return value;
   });
   // The sub-stores read through `read`: built on the scoped store, they use the host's client.
-  const parts = { subscriptionStore: new PostgresSubscriptionStore(scoped), outbox: new PostgresOutbox(scoped) };
+  const parts = {
+    subscriptionStore: new PostgresSubscriptionStore(scoped),
+    outbox: new PostgresOutbox(scoped),
+    // The modules' parts too (./module-part.ts).
+    modules: db.modules.rebound((part) => bindPostgres(part, scoped)),
+  };
   for (const [key, value] of Object.entries(parts))
     Object.defineProperty(scoped, key, { value, writable: true, configurable: true });
   return scoped;
@@ -95,7 +102,7 @@ export function hostStore(db: PostgresDbManager, client: PgQueryable): DbManager
 
 /** The `DbTransaction` of one unit of work on the host's connection. */
 class HostUnit extends UnitReads implements DbTransaction {
-  private pending: BillingChanges | null = null;
+  private pending: Changes | null = null;
 
   constructor(
     private readonly db: PostgresDbManager,
@@ -103,6 +110,10 @@ class HostUnit extends UnitReads implements DbTransaction {
     readonly userId: string,
   ) {
     super();
+  }
+
+  protected get modules(): ModuleParts<PostgresBoundPart> {
+    return this.db.modules;
   }
 
   protected get sql(): PostgresSql {
@@ -116,8 +127,8 @@ class HostUnit extends UnitReads implements DbTransaction {
   /** Nothing to wait for: the host's transaction is open. */
   protected async beforeRead(): Promise<void> {}
 
-  get pendingChanges(): BillingChanges {
-    return this.pending as BillingChanges;
+  get pendingChanges(): Changes {
+    return this.pending as Changes;
   }
 
   /**
@@ -135,7 +146,7 @@ class HostUnit extends UnitReads implements DbTransaction {
     return state;
   }
 
-  save(changes: BillingChanges): void {
+  save(changes: Changes): void {
     if (this.pending !== null) throw new Error("save() may be called once per unit of work");
     this.checkSave(changes);
     this.pending = changes;
@@ -144,8 +155,8 @@ class HostUnit extends UnitReads implements DbTransaction {
   /** Writes what `save` queued (the batch's save statement, for this one unit), in the host's transaction. */
   async write(): Promise<void> {
     if (this.pending === null) return;
-    const { save, saveArgs, extra } = saveParts(this.db.sql, [this]);
-    if (extra !== null) await this.run("save", typed(extra.statement), [extra.arg]);
+    const { save, saveArgs, extra } = saveParts(this.db.sql, [this], this.db.modules);
+    for (const x of extra) await this.run("save", typed(x.statement), [x.arg]);
     await this.run("save", typed(save), saveArgs);
   }
 }

@@ -1,4 +1,7 @@
-import { BillingStoreBase, type BillingParts } from "../../modules/billing/store-base.js";
+import { StoreBase } from "../../core/db/store/base.js";
+import type { SideParts } from "../../core/db/store/parts.js";
+import type { ModuleParts, ModuleStorePart } from "../../core/db/module-part.js";
+import { bindPostgres, type PostgresBoundPart } from "./module-part.js";
 import type * as PgModule from "pg";
 import { rollupDays, usageSql } from "./usage.js";
 import { usageBucket } from "../usage-query.js";
@@ -28,7 +31,6 @@ import { detectDistributed, distributedDdlSettings } from "./citus.js";
 import { REVISION } from "../../schema/citus-units.js";
 import type { PostgresDbManagerOptions } from "./options.js";
 import { isConnectionLevel, storageError, workerCode } from "./errors.js";
-import { PostgresPromoStore } from "../../modules/billing/postgres.js";
 import { hostStore, type PgQueryable } from "./host.js";
 import { PostgresSql, insertRowText, output, toRow } from "./sql.js";
 import { upgradeStatements, versionRefusal } from "../../schema/migrations.js";
@@ -51,8 +53,6 @@ import {
   relationKind,
 } from "./partitions.js";
 import { PostgresSubscriptionStore } from "./subscriptions.js";
-import { PostgresRevenueSummary } from "../../modules/revenue/postgres.js";
-import type { RevenueSummaryStore } from "../../modules/revenue/store.js";
 
 export { SCHEMA_VERSION } from "../../schema/sql.js";
 export type {
@@ -64,6 +64,7 @@ export type {
   PartitionInfo,
 } from "../../core/db/types-partitions.js";
 export type { PgQueryable } from "./host.js";
+export type { PostgresBoundPart, PostgresModuleSave, PostgresPartHost, PostgresPartTx } from "./module-part.js";
 export type { PostgresDbManagerOptions } from "./options.js";
 export type { PgPool, PgPoolClient, PgPoolConfig, PgQuery, PgQueryResult } from "./pg-types.js";
 export type { PartitionInterval, PartitionOptions } from "../../schema/partitions.js";
@@ -108,7 +109,7 @@ const leases = new WeakMap<PoolClient, Lease>();
  * flight too (the outcome is unknown: it does not run again). A connection that failed is closed,
  * never handed out again.
  */
-export class PostgresDbManager extends BillingStoreBase implements DbManager {
+export class PostgresDbManager extends StoreBase implements DbManager {
   readonly name = "postgres";
   readonly capabilities = { multiProcess: true } as const;
   /**
@@ -671,23 +672,18 @@ export class PostgresDbManager extends BillingStoreBase implements DbManager {
     );
   }
 
-  private revenueValue: PostgresRevenueSummary | undefined;
-  /** The revenue summary (./revenue.ts, docs/revenue.md "How it is computed"); none on Citus. */
-  get revenueSummary(): RevenueSummaryStore | undefined {
-    if (this.sql.distributed) return undefined;
-    return (this.revenueValue ??= new PostgresRevenueSummary(
-      this,
-      this.sql.naming,
-      this.sql.tables.accounts.qualified,
-    ));
+  declare readonly modules: ModuleParts<PostgresBoundPart>;
+
+  /** A module's PostgreSQL side (`ModuleStorePart.postgres`), bound to this store (./module-part.ts). */
+  protected override bindPart(part: ModuleStorePart): PostgresBoundPart | undefined {
+    return bindPostgres(part, this);
   }
 
-  /** Plans and subscriptions, promos and payments (./promos.ts), the outbox. */
-  private partsValue: BillingParts | undefined;
-  protected get parts(): BillingParts {
+  /** Plans and subscriptions, the outbox. */
+  private partsValue: SideParts | undefined;
+  protected get parts(): SideParts {
     return (this.partsValue ??= {
       subscriptions: this.subscriptionStore,
-      promos: new PostgresPromoStore(this),
       outbox: this.outbox,
     });
   }

@@ -1,6 +1,8 @@
-import type { BillingChanges } from "../../modules/billing/store.js";
+import type { Changes } from "../../core/domain/state.js";
+import type { ModuleParts } from "../../core/db/module-part.js";
+import type { PostgresBoundPart, PostgresPartTx } from "./module-part.js";
 import { ConflictError } from "../../core/errors.js";
-import type { Account, Grant, JournalEntry, Payment, Promo, Reservation } from "../../models-entry.js";
+import type { Account, Grant, JournalEntry, Reservation } from "../../models-entry.js";
 import { decodeRow } from "../../schema/codec.js";
 import type { SqlTable } from "../../schema/sql.js";
 import type { ChargeRecord, LoadedState } from "../../core/db/types.js";
@@ -119,10 +121,6 @@ export function stateText(tables: Tables, s: StartState): string {
   );
 }
 
-/** The claims of a promo (`$1`) by an account (`$2`), as `n`. */
-export const countClaimsText = (t: Tables): string =>
-  `SELECT count(*)::int AS n FROM ${t.promoClaims.qualified} WHERE code = $1 AND user_id = $2`;
-
 /** Rows of `table` from a `json_agg` (none: no rows). */
 function parseRows<T>(table: SqlTable, json: string | null | undefined): T[] {
   if (!json) return [];
@@ -150,8 +148,10 @@ export abstract class UnitReads {
   /** One statement on the unit's connection, inside its transaction. */
   protected abstract query(what: string, text: string, params: unknown[]): Promise<Record<string, unknown>[]>;
 
-  /** Before a statement of a read (`charge`: a charge's entries; `promo`: a promo, its claims, a payment). */
-  protected abstract beforeRead(what: "rows" | "charge" | "promo"): Promise<void>;
+  /** Before a statement of a read (`charge`: a charge's entries; `module`: a module's rows). */
+  protected abstract beforeRead(what: "rows" | "charge" | "module"): Promise<void>;
+  /** The module parts of the store. */
+  protected abstract get modules(): ModuleParts<PostgresBoundPart>;
 
   /** The unit starts from `from`: its save must start from that seq, and updates are compared with its rows. */
   protected startFrom(from: StartState): void {
@@ -167,7 +167,7 @@ export abstract class UnitReads {
   }
 
   /** Refuses a save that does not start from the loaded seq (the service's unit of work changed its mind). */
-  protected checkSave(changes: BillingChanges): void {
+  protected checkSave(changes: Changes): void {
     if (this.state !== null && changes.previousSeq !== this.state.seq) {
       throw new ConflictError(`account ${this.userId} changed during the unit of work`, { userId: this.userId });
     }
@@ -214,26 +214,18 @@ export abstract class UnitReads {
     );
   }
 
-  async getPromo(code: string): Promise<Promo | null> {
-    await this.beforeRead("promo");
-    const { sql } = this;
-    const [row] = await this.query("getPromo", `${sql.select("promos")} WHERE code = $1`, [code]);
-    return row === undefined ? null : decodeRow<Promo>(sql.tables.promos.columns, row);
-  }
-
-  async countPromoClaims(code: string): Promise<number> {
-    await this.beforeRead("promo");
-    const [row] = await this.query("countPromoClaims", countClaimsText(this.sql.tables), [code, this.userId]);
-    return Number(row?.n ?? 0);
-  }
-
-  async getPayment(paymentId: string): Promise<Payment | null> {
-    await this.beforeRead("promo");
-    const { sql } = this;
-    const [row] = await this.query("getPayment", `${sql.select("payments")} WHERE id = $1 AND user_id = $2`, [
-      paymentId,
-      this.userId,
-    ]);
-    return row === undefined ? null : decodeRow<Payment>(sql.tables.payments.columns, row);
+  /** The reads of `module`'s part in this unit of work (`DbTransaction.part`). */
+  part(module: string): object | undefined {
+    const bound = this.modules.get(module);
+    if (bound?.transaction === undefined) return undefined;
+    const tx: PostgresPartTx = {
+      userId: this.userId,
+      sql: this.sql,
+      read: async (what, text, params) => {
+        await this.beforeRead("module");
+        return this.query(what, text, params);
+      },
+    };
+    return bound.transaction(tx);
   }
 }

@@ -1,19 +1,21 @@
-import type { BillingChanges } from "../../modules/billing/store.js";
+import type { Changes } from "../../core/domain/state.js";
+import type { ModuleParts, ModuleRowLists } from "../../core/db/module-part.js";
+import type { PostgresBoundPart, PostgresModuleSave } from "./module-part.js";
 import { type Column, snakeCase } from "../../schema/columns.js";
 import type { SqlTable } from "../../schema/sql.js";
 import type { SaveItem } from "./chain.js";
-import { promoPaymentSave } from "../../modules/billing/postgres.js";
-import { type PostgresSql, type SaveArg, type SaveStatement, type Statement, arrayText, toRow } from "./sql.js";
+import { type PostgresSql, type SaveArg, type SaveStatement, arrayText, toRow } from "./sql.js";
 
 /**
  * @internal The statement that writes every queued change of `txs` and its arguments, and the
- * promo/payment statement when they have such rows (the batch's save; a host transaction's unit,
- * ./host.ts).
+ * statements of the modules' parts that have rows to save (`PostgresBoundPart.save`: the batch's
+ * save; a host transaction's unit, ./host.ts).
  */
 export function saveParts(
   sql: PostgresSql,
   txs: ReadonlyArray<Pick<SaveItem, "userId" | "pendingChanges" | "originals"> & { readonly xmin?: string | null }>,
-): { save: SaveStatement; saveArgs: Array<string | null>; extra: { statement: Statement; arg: string } | null } {
+  modules: ModuleParts<PostgresBoundPart>,
+): { save: SaveStatement; saveArgs: Array<string | null>; extra: PostgresModuleSave[] } {
   const { tables } = sql;
   const updates = txs.filter((tx) => tx.pendingChanges.previousSeq !== null);
   const accountColumns =
@@ -45,7 +47,7 @@ export function saveParts(
     args.ak = arrayText(updates.map((tx) => tx.userId));
     args.xk = arrayText(updates.filter((tx) => tx.xmin != null).map((tx) => tx.userId));
   }
-  const all = <T>(get: (c: BillingChanges) => readonly T[]) => txs.flatMap((tx) => get(tx.pendingChanges));
+  const all = <T>(get: (c: Changes) => readonly T[]) => txs.flatMap((tx) => get(tx.pendingChanges));
   const inserts = txs.filter((tx) => tx.pendingChanges.previousSeq === null).map((tx) => tx.pendingChanges.account);
   if (inserts.length > 0) args.ai = json(inserts.map((a) => toRow(tables.accounts.columns, a, "drop")));
   const newGrants = all((c) => c.insertGrants);
@@ -87,12 +89,20 @@ export function saveParts(
   });
   if (sql.distributed) args.uk = arrayText([...new Set(txs.map((tx) => tx.userId))]);
   const saveArgs = save.args.map((name) => args[name] ?? null);
-  // Promo claims and payment updates (./promos.ts): their own guarded statement, same message.
-  const extra = promoPaymentSave(
-    tables,
-    txs.map((tx) => tx.pendingChanges),
-    sql.distributed ? (txs[0]?.userId ?? null) : null,
-  );
+  // The modules' rows (./module-part.ts): each module's guarded statement, same message.
+  const extra: PostgresModuleSave[] = [];
+  if (modules.any && txs.some((tx) => tx.pendingChanges.rows !== undefined)) {
+    for (const { module, part } of modules.bound) {
+      if (part.save === undefined) continue;
+      const rows = txs.flatMap((tx): ModuleRowLists[] => {
+        const lists = tx.pendingChanges.rows?.[module];
+        return lists === undefined ? [] : [lists];
+      });
+      if (rows.length === 0) continue;
+      const statement = part.save(rows, sql.distributed ? (txs[0]?.userId ?? null) : null);
+      if (statement !== null) extra.push(statement);
+    }
+  }
   return { save, saveArgs, extra };
 }
 

@@ -1,4 +1,7 @@
-import type { BillingChanges } from "../../modules/billing/store.js";
+import type { Changes } from "../../core/domain/state.js";
+import type { ModuleParts } from "../../core/db/module-part.js";
+import type { PostgresBoundPart } from "./module-part.js";
+import { hasModuleRows } from "../../core/db/module-part.js";
 import type { Account, Grant, JournalEntry, Reservation } from "../../core/models/index.js";
 import { decodeRow } from "../../schema/codec.js";
 import type { DbTransaction, LoadRequest, LoadedState } from "../../core/db/types.js";
@@ -34,7 +37,7 @@ export class UnitTx extends UnitReads implements DbTransaction, SaveItem {
   readonly loaded = deferred<LoadedState>();
   /** Another method was called before the batch opened its transaction. */
   needsTransaction = false;
-  pending: BillingChanges | null = null;
+  pending: Changes | null = null;
   /** Resolved once the unit is settled here (see `Batch.resolveInOrder`). */
   readonly done = deferred<void>();
   /** Its resolution waits for an earlier unit of the account: `untrack` comes then. */
@@ -55,6 +58,10 @@ export class UnitTx extends UnitReads implements DbTransaction, SaveItem {
     this.userId = unit.userId;
   }
 
+  protected get modules(): ModuleParts<PostgresBoundPart> {
+    return this.batch.db.modules;
+  }
+
   protected get sql(): PostgresSql {
     return this.batch.db.sql;
   }
@@ -65,18 +72,18 @@ export class UnitTx extends UnitReads implements DbTransaction, SaveItem {
 
   /**
    * Before a read from the database: the batch's transaction is open. A later unit of a chain
-   * reads no charge, promo, claim or payment there (an earlier unit of it may have written one
+   * reads no charge nor a module's row there (an earlier unit of it may have written one
    * the database does not have yet), nor one started from the state cache any of the last three:
    * it leaves the chain and runs again alone.
    */
-  protected async beforeRead(what: "rows" | "charge" | "promo"): Promise<void> {
+  protected async beforeRead(what: "rows" | "charge" | "module"): Promise<void> {
     if (what === "charge" && this.chain !== null) this.unchain();
-    if (what === "promo" && (this.chain?.promos === true || this.xmin !== null)) this.unchain();
+    if (what === "module" && (this.chain?.modules === true || this.xmin !== null)) this.unchain();
     await this.opening();
   }
 
-  get pendingChanges(): BillingChanges {
-    return this.pending as BillingChanges;
+  get pendingChanges(): Changes {
+    return this.pending as Changes;
   }
 
   /** A later unit of a chain starts from what the ones before it left, under the same lock. */
@@ -237,13 +244,9 @@ export class UnitTx extends UnitReads implements DbTransaction, SaveItem {
     );
   }
 
-  async save(changes: BillingChanges): Promise<void> {
+  async save(changes: Changes): Promise<void> {
     if (this.saved) throw new Error("save() may be called once per unit of work");
-    if (
-      this.chain?.promos === true &&
-      ((changes.promoClaims?.length ?? 0) > 0 || (changes.paymentUpdates?.length ?? 0) > 0)
-    )
-      this.unchain();
+    if (this.chain?.modules === true && hasModuleRows(changes.rows)) this.unchain();
     this.saved = true;
     this.checkSave(changes);
     checkOneAccount(this.userId, changes);

@@ -9,7 +9,6 @@ import type {
   Reservation,
   Subscription,
 } from "../../models-entry.js";
-import type { Payment, Promo, PromoClaim } from "../../models-entry.js";
 import { SYSTEM_KEY_PREFIX } from "../../core/models/common.js";
 import type { StoreDefinition } from "../store/define.js";
 import { origin } from "../../core/db/store/errors.js";
@@ -23,6 +22,8 @@ import { type SqliteDbManagerOptions, lockableFile } from "./options.js";
 import type { Sqlite } from "./connection.js";
 import { SqliteReader } from "./reader.js";
 import { Locker, SqliteAttempt, isConflict } from "./unit.js";
+import { ModuleParts } from "../../core/db/module-part.js";
+import { bindSqlite, type SqliteBoundPart } from "./module-part.js";
 import { SqliteUsageRollup } from "./usage-rollup.js";
 
 // The SQLite store's `defineStore` definition (docs/storage.md, SQLite): each method one
@@ -71,7 +72,9 @@ export function definition(s: Sqlite, options: SqliteDbManagerOptions): StoreDef
   const file = lockableFile(options);
   // docs/usage.md, "The daily rollup": kept from schema version 2 (src/db/sqlite/usage-rollup.ts).
   const rollup = new SqliteUsageRollup(s, options.tablePrefix);
-  const locker = file === null ? null : new Locker(options, file, s.driver ?? "better-sqlite3", rollup);
+  // The modules' parts (./module-part.ts), bound on the store's connection.
+  const modules = new ModuleParts<SqliteBoundPart>();
+  const locker = file === null ? null : new Locker(options, file, s.driver ?? "better-sqlite3", rollup, modules);
   const reader = new SqliteReader(file, s.driver ?? "better-sqlite3");
   const store: StoreDefinition = {
     name: "sqlite",
@@ -87,7 +90,7 @@ export function definition(s: Sqlite, options: SqliteDbManagerOptions): StoreDef
       s.close();
     },
     accounts: {
-      begin: (userId) => new SqliteAttempt(s, userId, undefined, rollup),
+      begin: (userId) => new SqliteAttempt(s, userId, undefined, rollup, modules),
       ...(locker !== null && { beginLocked: (userId: string) => locker.begin(userId) }),
       getAccount: (userId) => s.one<Account>("accounts", "WHERE user_id = ?", [userId]),
       getAccountCredits: (userId) => {
@@ -249,44 +252,6 @@ export function definition(s: Sqlite, options: SqliteDbManagerOptions): StoreDef
         );
       },
     },
-    promos: {
-      insertPromo: (promo: Promo) =>
-        unique(`insertPromo: promo ${promo.code} exists`, () => s.insert("promos", [promo])),
-      getPromo: (code) => s.one<Promo>("promos", "WHERE code = ?", [code]),
-      listPromos: (q) =>
-        q.before === undefined
-          ? s.list<Promo>("promos", "ORDER BY created_at DESC, code DESC LIMIT ?", [q.limit])
-          : s.list<Promo>(
-              "promos",
-              "WHERE created_at < ? OR (created_at = ? AND code < ?) ORDER BY created_at DESC, code DESC LIMIT ?",
-              [q.before.createdAt, q.before.createdAt, q.before.code, q.limit],
-            ),
-      setPromoActive: (code, isActive, at) => {
-        s.run(`UPDATE ${s.t.promos.qualified} SET is_active = ?, updated_at = ? WHERE code = ?`, [isActive, at, code]);
-        return s.one<Promo>("promos", "WHERE code = ?", [code]);
-      },
-      countPromoClaims: (code, userId) =>
-        count(`SELECT count(*) AS n FROM ${s.t.promoClaims.qualified} WHERE code = ? AND user_id = ?`, [code, userId]),
-      listPromoClaims: (userId) =>
-        s.list<PromoClaim>("promoClaims", "WHERE user_id = ? ORDER BY created_at, claim_number", [userId]),
-      insertPayment: (p: Payment) => unique(`insertPayment: payment ${p.id} exists`, () => s.insert("payments", [p])),
-      getPayment: (id, userId) => byId<Payment>("payments", id, userId),
-      findPaymentByProviderId: (provider, id) =>
-        s.one<Payment>("payments", "WHERE provider = ? AND provider_ref = ?", [provider, id]) ??
-        s.one<Payment>("payments", "WHERE provider = ? AND provider_payment_id = ?", [provider, id]),
-      listPayments: (userId, q) =>
-        q.before === undefined
-          ? s.list<Payment>("payments", "WHERE user_id = ? ORDER BY created_at DESC, id DESC LIMIT ?", [
-              userId,
-              q.limit,
-            ])
-          : s.list<Payment>(
-              "payments",
-              "WHERE user_id = ? AND (created_at < ? OR (created_at = ? AND id < ?)) ORDER BY created_at DESC, id DESC LIMIT ?",
-              [userId, q.before.createdAt, q.before.createdAt, q.before.id, q.limit],
-            ),
-      updatePayment: (p: Payment) => s.update("payments", p, " AND version = ?", [p.version - 1]),
-    },
     outbox: {
       insertNotifications: (rows: readonly Notification[]) => s.tx(() => s.insert("notifications", rows, true), true),
       claimNotifications: (q: ClaimQuery) => {
@@ -355,7 +320,11 @@ export function definition(s: Sqlite, options: SqliteDbManagerOptions): StoreDef
     accounts: patient(store.accounts),
     journal: patient(store.journal),
     subscriptions: store.subscriptions && patient(store.subscriptions),
-    promos: store.promos && patient(store.promos),
+    bindPart: (part) => {
+      const bound = modules.use(part, (p) => bindSqlite(p, s));
+      // Reads outside units of work run again while the file is locked, as the store's own do.
+      return bound === null ? undefined : { ...bound, reads: patient(bound.reads) };
+    },
     outbox: store.outbox && patient(store.outbox),
   };
 }

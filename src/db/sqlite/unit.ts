@@ -1,7 +1,8 @@
-import type { BillingChanges } from "../../modules/billing/store.js";
+import type { Changes } from "../../core/domain/state.js";
+import type { ModuleParts } from "../../core/db/module-part.js";
+import type { SqliteBoundPart } from "./module-part.js";
 import { ConflictError } from "../../core/errors.js";
 import type { Account, Grant, JournalEntry, Reservation } from "../../models-entry.js";
-import type { Payment, Promo } from "../../models-entry.js";
 import type { Attempt } from "../store/define.js";
 import { AccountLocks } from "../../core/db/store/account-locks.js";
 import { origin } from "../../core/db/store/errors.js";
@@ -50,6 +51,8 @@ export class Locker {
     private readonly driver: SqliteDriver,
     /** The store's daily usage rollup, which a unit of work's entries are added to. */
     private readonly rollup?: SqliteUsageRollup,
+    /** The modules' parts (./module-part.ts). */
+    private readonly modules?: ModuleParts<SqliteBoundPart>,
   ) {}
 
   /**
@@ -61,7 +64,7 @@ export class Locker {
     try {
       const s = await (this.opening ??= this.open());
       await s.patiently(() => s.begin());
-      return new SqliteAttempt(s, userId, release, this.rollup);
+      return new SqliteAttempt(s, userId, release, this.rollup, this.modules);
     } catch (error) {
       release();
       if (!isBusy(error)) throw error;
@@ -122,7 +125,7 @@ export class Locker {
  * so its guard cannot fail.
  */
 export class SqliteAttempt implements Attempt {
-  private pending: BillingChanges | undefined;
+  private pending: Changes | undefined;
   private saved = false;
   /** The commit's guard: the account row as `load` read it (encoded then: the unit may change the objects). */
   private loaded: { seq: number; guard: string; params: unknown[] } | null = null;
@@ -133,6 +136,8 @@ export class SqliteAttempt implements Attempt {
     private readonly release?: () => void,
     /** The store's daily usage rollup (src/db/sqlite/usage-rollup.ts): the entries are added in the same transaction. */
     private readonly rollup?: SqliteUsageRollup,
+    /** The modules' parts: their reads in the unit of work, and their rows written with it. */
+    private readonly modules?: ModuleParts<SqliteBoundPart>,
   ) {}
 
   load(request?: LoadRequest): LoadedState | Promise<LoadedState> {
@@ -180,21 +185,11 @@ export class SqliteAttempt implements Attempt {
       return { entry, reversals };
     });
   }
-  async getPromo(code: string): Promise<Promo | null> {
-    return this.s.one<Promo>("promos", "WHERE code = ?", [code]);
+  /** The reads of `module`'s part in this attempt (`DbTransaction.part`), on its connection. */
+  part(module: string): object | undefined {
+    return this.modules?.get(module)?.transaction?.({ userId: this.userId, db: this.s });
   }
-  async countPromoClaims(code: string): Promise<number> {
-    return Number(
-      this.s.all(`SELECT count(*) AS n FROM ${this.s.t.promoClaims.qualified} WHERE code = ? AND user_id = ?`, [
-        code,
-        this.userId,
-      ])[0]?.n ?? 0,
-    );
-  }
-  async getPayment(id: string): Promise<Payment | null> {
-    return this.s.one<Payment>("payments", "WHERE id = ? AND user_id = ?", [id, this.userId]);
-  }
-  save(changes: BillingChanges): void {
+  save(changes: Changes): void {
     if (this.saved) throw new Error("save() may be called once per unit of work");
     this.saved = true;
     this.pending = changes;
@@ -217,7 +212,7 @@ export class SqliteAttempt implements Attempt {
   }
 
   /** A locked attempt's commit: its writes, then COMMIT; on a failure `rollback` ends it. */
-  private commitLocked(c: BillingChanges | undefined): void {
+  private commitLocked(c: Changes | undefined): void {
     try {
       if (c !== undefined) this.write(c);
       this.s.end(true);
@@ -237,7 +232,7 @@ export class SqliteAttempt implements Attempt {
   }
 
   /** Everything the unit of work saved, in one write transaction (nothing when it throws). */
-  private write(c: BillingChanges): void {
+  private write(c: Changes): void {
     const { s } = this;
     const stale = () =>
       new ConflictError(origin("sqlite", `account ${this.userId} changed during the unit of work`), {
@@ -256,18 +251,11 @@ export class SqliteAttempt implements Attempt {
       for (const r of c.updateReservations) s.update("reservations", r);
       s.insert("journal", c.entries);
       this.rollup?.saved(s, this.userId, c.previousSeq, c.account.seq, c.entries);
-      for (const claim of c.promoClaims ?? []) {
-        const took = s.run(
-          `UPDATE ${s.t.promos.qualified} SET uses = uses + 1 WHERE code = ? AND (max_uses IS NULL OR uses < max_uses)`,
-          [claim.code],
-        );
-        if (took !== 1)
-          throw new ConflictError(origin("sqlite", `promo ${claim.code} has no use left`), { code: claim.code });
-      }
-      s.insert("promoClaims", c.promoClaims ?? []);
-      for (const p of c.paymentUpdates ?? []) {
-        if (!s.update("payments", p, " AND user_id = ? AND version = ?", [p.userId, p.version - 1]))
-          throw new ConflictError(origin("sqlite", `payment ${p.id} changed`), { paymentId: p.id });
+      if (c.rows !== undefined && this.modules !== undefined) {
+        for (const { module, part } of this.modules.bound) {
+          const rows = c.rows[module];
+          if (rows !== undefined) part.write?.(s, rows);
+        }
       }
       s.insert("notifications", c.notifications ?? []);
     }, true);

@@ -1,9 +1,10 @@
-import { BillingStoreBase, type BillingParts } from "../../modules/billing/store-base.js";
+import { StoreBase } from "../../core/db/store/base.js";
+import type { Part, SideParts } from "../../core/db/store/parts.js";
+import type { BoundStorePart, ModuleStorePart } from "../../core/db/module-part.js";
 import { ConfigurationError, ConflictError, CreditError } from "../../core/errors.js";
 import type { Account, Grant, JournalEntry, LedgerEntry, Reservation } from "../../core/models/index.js";
 import type { UsageBucket, UsageRollupRow } from "../../core/domain/usage.js";
 import type { NotificationStore } from "../../core/db/types-notifications.js";
-import type { PromoPaymentStore } from "../../modules/billing/store.js";
 import type { SubscriptionStore } from "../../core/db/types-subscriptions.js";
 import type {
   AccountCredits,
@@ -19,7 +20,6 @@ import type {
 } from "../../core/db/types.js";
 import { AccountLocks } from "../../core/db/store/account-locks.js";
 import { gaveUp, origin, storeError } from "../../core/db/store/errors.js";
-import type { Part } from "../../core/db/store/parts.js";
 import { backoff, sleep } from "../../core/db/store/retry.js";
 
 /** One attempt of a unit of work, as a backend hands it to `defineStore` (see `UnitOfWorkPart`). */
@@ -46,7 +46,7 @@ export interface UnitOfWorkPart {
    * Optional: an attempt that cannot meet a conflict, because it holds the store's write lock (or
    * the account's) from its `load` to its `commit` or `rollback`. The helper runs one when
    * `maxAttempts` attempts from `begin` met conflicts, instead of giving up
-   * (docs/writing-a-store.md, "The five parts: `defineStore`"). It may wait for the lock, for a
+   * (docs/writing-a-store.md, "The parts: `defineStore`"). It may wait for the lock, for a
    * bounded time of the store's own; it throws `ConflictError` (from here or from `commit`) when
    * it could not have it: only then does the unit of work fail with `ConflictError`. `rollback`
    * must release the lock.
@@ -72,8 +72,15 @@ export interface StoreDefinition {
   journal: Part<JournalStore>;
   /** Plans and subscriptions. Without it the store answers them with `ConfigurationError`. */
   subscriptions?: Part<SubscriptionStore>;
-  /** Promo codes and payments. Without it, `ConfigurationError`. */
-  promos?: Part<PromoPaymentStore>;
+  /**
+   * Binds the side of a module's store part this backend has (`ModuleStorePart`: its reads, its
+   * reads inside an attempt, answered by the attempt's `part`, and the rows its `commit` writes
+   * from `Changes.rows`); undefined where it has none: the module then refuses its calls
+   * (docs/writing-a-store.md, "A module's part"). Called once per module.
+   *
+   * @beta
+   */
+  bindPart?(part: ModuleStorePart): BoundStorePart | undefined;
   /** The notification outbox. Without it, `ConfigurationError`. */
   outbox?: Part<NotificationStore>;
   /**
@@ -100,7 +107,7 @@ const BACKOFF = { base: 4, factor: 2, max: 250, floor: 0.5 };
  *   init: () => createTables(),
  *   accounts: { begin: (userId) => new MyAttempt(userId), getAccount, getGrant, … },
  *   journal: { listJournal, insertLedgerEntry, listLedgerEntries },
- *   // subscriptions, promos, outbox: add them one by one; the contract suite skips what is absent.
+ *   // subscriptions, outbox, modules' parts (bindPart): add them one by one; the contract suite skips what is absent.
  * });
  * ```
  */
@@ -108,13 +115,13 @@ export function defineStore(definition: StoreDefinition): DbManager {
   return new DefinedStore(definition);
 }
 
-const PARTS: readonly OptionalPart[] = ["subscriptions", "promos", "outbox"];
+const PARTS: readonly OptionalPart[] = ["subscriptions", "outbox"];
 
 /** The store `defineStore` returns; a backend class may extend it (`class MyStore extends DefinedStore { constructor() { super({ … }) } }`). */
-export class DefinedStore extends BillingStoreBase {
+export class DefinedStore extends StoreBase {
   readonly name: string;
   readonly capabilities: DbCapabilities;
-  protected readonly parts: BillingParts;
+  protected readonly parts: SideParts;
   private readonly accounts: AccountsPart;
   private readonly journal: Part<JournalStore>;
   private readonly locks = new AccountLocks();
@@ -136,9 +143,14 @@ export class DefinedStore extends BillingStoreBase {
     this.journal = guarded(name, definition.journal);
     this.parts = {
       subscriptions: guarded(name, definition.subscriptions ?? missing(name, "subscriptions")),
-      promos: guarded(name, definition.promos ?? missing(name, "promos")),
       outbox: guarded(name, definition.outbox ?? missing(name, "outbox")),
     };
+  }
+
+  /** The definition's `bindPart`, its reads' failures named as the store's other methods' are. */
+  protected override bindPart(part: ModuleStorePart): BoundStorePart | undefined {
+    const bound = this.definition.bindPart?.(part);
+    return bound === undefined ? undefined : { ...bound, reads: guarded(this.name, bound.reads) };
   }
 
   async init(): Promise<void> {

@@ -6,7 +6,8 @@
 import { randomUUID } from "node:crypto";
 import { describe, expect, it } from "../../core/testing/runner.js";
 import type { DbManager } from "../../core/db/types.js";
-import type { BillingChanges, BillingDb } from "./store.js";
+import { BILLING, billingStore, type BillingDb } from "./store.js";
+import type { Changes } from "../../core/domain/state.js";
 import { AccountWork } from "../../core/domain/account-work.js";
 import { ConflictError, RuleViolationError } from "../../core/errors.js";
 import { PaymentProviderError, PromoNotEligibleError } from "./errors.js";
@@ -17,7 +18,7 @@ import { CreditService } from "../../credit-service.js";
 import { PaymentService } from "./service-payments.js";
 import { PromoService } from "./service-promos.js";
 import { scribble } from "../../core/testing/scribble.js";
-import { lazy, managerServices, T0 } from "../../core/testing/support.js";
+import { managerServices, T0 } from "../../core/testing/support.js";
 
 /** A provider without signatures: the body is the `PaymentEvent` as JSON. Checkouts are local. */
 export const unsignedTestProvider: PaymentProvider = {
@@ -85,7 +86,11 @@ function payment(userId: string, over: Partial<Payment> = {}): Payment {
 }
 
 export function runPromoPaymentContract(getDb: () => DbManager): void {
-  const db = lazy(getDb) as BillingDb;
+  // The store with the billing part (bound on first use), fetched at each call as `lazy` does.
+  const db = new Proxy({} as BillingDb, {
+    get: (_target, key) => Reflect.get(billingStore(getDb()), key) as unknown,
+    has: (_target, key) => key in getDb(),
+  });
   const code = () => `P${randomUUID().replace(/-/g, "").slice(0, 16).toUpperCase()}`;
   const user = () => `u-${randomUUID()}`;
   const services = () => {
@@ -185,9 +190,9 @@ export function runPromoPaymentContract(getDb: () => DbManager): void {
             { expiresAt: null, priority: 0, source: "manual", sourceRef: null, description: null, metadata: null },
             {},
           );
-          const changes: BillingChanges = {
+          const changes: Changes = {
             ...work.changes(),
-            paymentUpdates: [{ ...p, status: "failed", version: p.version + 1 }],
+            rows: { [BILLING]: { paymentUpdates: [{ ...p, status: "failed", version: p.version + 1 }] } },
           };
           await tx.save(changes);
         }),

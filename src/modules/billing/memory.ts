@@ -1,21 +1,33 @@
-import { CoreInMemoryDbManager } from "../../core/db/memory/index.js";
-import type { DbCapabilities, DbTransaction } from "../../core/db/types.js";
+import type { MemoryBoundPart } from "../../core/db/module-part.js";
+import type { DbTransaction } from "../../core/db/types.js";
 import { ConflictError } from "../../core/errors.js";
 import type { Payment, Promo, PromoClaim } from "../../models-entry.js";
-import type { BillingChanges, PromoPaymentStore, PromoPaymentTransaction } from "./store.js";
+import type { PromoPaymentChanges, PromoPaymentStore, PromoPaymentTransaction } from "./store.js";
 
 const copy = <T>(o: T): T => structuredClone(o);
 
 /**
- * The in-memory store with the billing module's part: the core's rows (`CoreInMemoryDbManager`),
- * and promos, claims and payments. The default store of `createCreditManager`. A unit of work's
- * promo claims and payment updates are checked and applied with its account's changes, synchronously
- * at commit, so the `maxUses` guard and the payment compare-and-set hold with nothing interleaving,
- * whatever other accounts do at the same time.
+ * The billing module's part of the in-memory store (`billingStorePart.memory`): promos, claims and
+ * payments. A unit of work's promo claims and payment updates are checked and applied with its
+ * account's changes, synchronously at commit, so the `maxUses` guard and the payment
+ * compare-and-set hold with nothing interleaving, whatever other accounts do at the same time.
  */
-export class InMemoryDbManager extends CoreInMemoryDbManager implements PromoPaymentStore {
-  /** Every part. */
-  override readonly capabilities: DbCapabilities = { multiProcess: false };
+export function billingMemoryPart(): MemoryBoundPart<PromoPaymentStore> {
+  const rows = new MemoryPromoPayments();
+  return {
+    reads: rows,
+    transaction: (tx: DbTransaction): PromoPaymentTransaction => ({
+      getPromo: (code: string) => rows.getPromo(code),
+      countPromoClaims: (code: string) => rows.countPromoClaims(code, tx.userId),
+      getPayment: (paymentId: string) => rows.getPayment(paymentId, tx.userId),
+    }),
+    check: (changes) => rows.check(changes as PromoPaymentChanges),
+    apply: (changes) => rows.apply(changes as PromoPaymentChanges),
+  };
+}
+
+/** Promos, claims and payments in memory. */
+class MemoryPromoPayments implements PromoPaymentStore {
   private readonly promos = new Map<string, Promo>();
   /** `${code}\u0000${userId}` → claims, in claim order. */
   private readonly claims = new Map<string, PromoClaim[]>();
@@ -25,18 +37,8 @@ export class InMemoryDbManager extends CoreInMemoryDbManager implements PromoPay
   private readonly byProviderId = new Map<string, string>();
   private readonly paymentsByUser = new Map<string, Set<string>>();
 
-  /** Adds the reads a unit of work makes for promos and payments. */
-  protected override transactionFor(tx: DbTransaction): DbTransaction & PromoPaymentTransaction {
-    const userId = tx.userId;
-    return Object.assign(tx, {
-      getPromo: (code: string) => this.getPromo(code),
-      countPromoClaims: (code: string) => this.countPromoClaims(code, userId),
-      getPayment: (paymentId: string) => this.getPayment(paymentId, userId),
-    });
-  }
-
   /** Refuses claims and payment updates whose guards fail (before anything is written). */
-  protected override checkModuleRows(changes: BillingChanges): void {
+  check(changes: PromoPaymentChanges): void {
     if (changes.promoClaims === undefined && changes.paymentUpdates === undefined) return;
     const taken = new Map<string, number>();
     for (const c of changes.promoClaims ?? []) {
@@ -58,7 +60,7 @@ export class InMemoryDbManager extends CoreInMemoryDbManager implements PromoPay
     }
   }
 
-  protected override applyModuleRows(changes: BillingChanges): void {
+  apply(changes: PromoPaymentChanges): void {
     if (changes.promoClaims === undefined && changes.paymentUpdates === undefined) return;
     for (const c of changes.promoClaims ?? []) {
       const p = this.promos.get(c.code) as Promo;

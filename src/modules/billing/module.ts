@@ -3,6 +3,7 @@ import type { AutoTopUpState } from "./model-auto-top-up.js";
 import { BILLING_ERROR_CODES } from "./errors.js";
 import { AUTO_TOP_UP_NOTIFICATION_TYPES, autoTopUpColumn } from "./rules-auto-top-up.js";
 import { autoTopUpHook } from "./service-auto-top-up.js";
+import { billingStorePart } from "./store-part.js";
 
 /**
  * The billing module (docs/promos-and-payments.md) as a `CreditModule`: its error codes, the auto
@@ -17,5 +18,6 @@ export function billingModule(): CreditModule<AutoTopUpState> {
     grantSources: ["promo", "payment"],
     accountColumn: autoTopUpColumn,
     unitHook: autoTopUpHook,
+    store: billingStorePart,
   };
 }

@@ -8,7 +8,8 @@ import {
   type Promo as PromoT,
   type PromoClaim as PromoClaimT,
 } from "../../models-entry.js";
-import type { PromoPaymentChanges, PromoPaymentStore } from "./store.js";
+import type { PromoPaymentChanges, PromoPaymentStore, PromoPaymentTransaction } from "./store.js";
+import type { MongoBoundPart, MongoPartHost } from "../../db/mongodb/module-part.js";
 import { fromDoc, kind, toDoc, type StoredDoc } from "../../db/mongodb/documents.js";
 import { guard, writeOne } from "../../db/mongodb/errors.js";
 
@@ -23,14 +24,30 @@ function paymentSet(p: PaymentT): Record<string, unknown> {
 }
 
 /**
+ * The billing module's part of `MongoDbManager` (`billingStorePart.mongodb`): its reads, the three
+ * reads inside units of work, and the writes of a unit's claims and payment updates.
+ */
+export function billingMongoPart(host: MongoPartHost): MongoBoundPart<PromoPaymentStore> {
+  const store = new MongoPromoStore((name) => host.collection(name));
+  return {
+    reads: store,
+    transaction: (tx): PromoPaymentTransaction => ({
+      getPromo: (code) => tx.op((s) => store.getPromoIn(s, code)),
+      countPromoClaims: (code) => tx.op((s) => store.countClaimsIn(s, code, tx.userId)),
+      getPayment: (paymentId) => tx.op((s) => store.getPaymentIn(s, paymentId, tx.userId)),
+    }),
+    save: (session, rows) => store.saveIn(session, rows as PromoPaymentChanges),
+  };
+}
+
+/**
  * Promos, claims and payments of `MongoDbManager` (collections `<prefix>promos`,
  * `<prefix>promo_claims`, `<prefix>payments`). The unit-of-work part (`saveIn`) writes in the
  * account's transaction: the promo's counter with the guard `uses < maxUses` (maxUses never
  * changes once created), the claim under its unique index, payments by compare-and-set on
  * `version`; a miss throws `ConflictError` and aborts the whole transaction.
- * (For this package's own modules; not part of the public API.)
  */
-export class MongoPromoStore implements PromoPaymentStore {
+class MongoPromoStore implements PromoPaymentStore {
   readonly promos: Collection<StoredDoc>;
   readonly claims: Collection<StoredDoc>;
   readonly payments: Collection<StoredDoc>;
@@ -58,6 +75,7 @@ export class MongoPromoStore implements PromoPaymentStore {
   }
 
   async saveIn(session: ClientSession, changes: PromoPaymentChanges): Promise<void> {
+    if (changes.promoClaims === undefined && changes.paymentUpdates === undefined) return;
     for (const c of changes.promoClaims ?? []) {
       const promo = await this.getPromoIn(session, c.code);
       if (promo === null) throw new ConflictError(`[credit-management] [mongodb] promo ${c.code} does not exist`);

@@ -2,10 +2,10 @@ import { ConflictError } from "../../core/errors.js";
 import { decodeRow } from "../../schema/codec.js";
 import type { Payment, Promo, PromoClaim } from "../../models-entry.js";
 import { quoteIdent, type SqlTable } from "../../schema/sql.js";
-import type { PromoPaymentChanges, PromoPaymentStore } from "./store.js";
+import type { PromoPaymentChanges, PromoPaymentStore, PromoPaymentTransaction } from "./store.js";
 import { unlessTaken } from "../../db/postgres/errors.js";
-import type { PostgresDbManager } from "../../db/postgres/index.js";
-import { byId, countClaimsText, list, one } from "../../db/postgres/reads.js";
+import type { PostgresBoundPart, PostgresPartHost, PostgresPartTx } from "../../db/postgres/module-part.js";
+import { byId, list, one } from "../../db/postgres/reads.js";
 import {
   GUARD_MARKER,
   type Statement,
@@ -21,7 +21,48 @@ import {
 const q = (name: string) => quoteIdent("postgres", name);
 
 /** What the promo/payment store needs of `PostgresDbManager`. */
-type Reader = Pick<PostgresDbManager, "read" | "sql">;
+type Reader = PostgresPartHost;
+
+/** The claims of a promo (`$1`) by an account (`$2`), as `n`. */
+const countClaimsText = (t: Tables): string =>
+  `SELECT count(*)::int AS n FROM ${t.promoClaims.qualified} WHERE code = $1 AND user_id = $2`;
+
+/**
+ * The billing module's part of `PostgresDbManager` (`billingStorePart.postgres`; PostgreSQL and
+ * Citus): its reads outside units of work, the three reads inside them, and the statement that
+ * saves a save message's promo claims and payment updates.
+ */
+export function billingPostgresPart(host: PostgresPartHost): PostgresBoundPart<PromoPaymentStore> {
+  return {
+    reads: new PostgresPromoStore(host),
+    transaction: (tx) => unitReads(tx),
+    save: (rows, distributedUser) =>
+      promoPaymentSave(host.sql.tables, rows as readonly PromoPaymentChanges[], distributedUser),
+  };
+}
+
+/** The reads a unit of work makes of promos, claims and payments, in its transaction. */
+function unitReads(tx: PostgresPartTx): PromoPaymentTransaction {
+  return {
+    async getPromo(code) {
+      const { sql } = tx;
+      const [row] = await tx.read("getPromo", `${sql.select("promos")} WHERE code = $1`, [code]);
+      return row === undefined ? null : decodeRow<Promo>(sql.tables.promos.columns, row);
+    },
+    async countPromoClaims(code) {
+      const [row] = await tx.read("countPromoClaims", countClaimsText(tx.sql.tables), [code, tx.userId]);
+      return Number(row?.n ?? 0);
+    },
+    async getPayment(paymentId) {
+      const { sql } = tx;
+      const [row] = await tx.read("getPayment", `${sql.select("payments")} WHERE id = $1 AND user_id = $2`, [
+        paymentId,
+        tx.userId,
+      ]);
+      return row === undefined ? null : decodeRow<Payment>(sql.tables.payments.columns, row);
+    },
+  };
+}
 
 /**
  * The statement a unit of work's promo claims and payment updates add to its batch's save (same
@@ -67,8 +108,8 @@ const statements = new WeakMap<Tables, Statement>();
 /** Citus: by number of claims (each a `VALUES` row). */
 const distributedStatements = new WeakMap<Tables, Map<string, Statement>>();
 
-/** @internal The save statement for promo claims and payment updates, and its JSON argument; null when there are none. */
-export function promoPaymentSave(
+/** The save statement for promo claims and payment updates, and its JSON argument; null when there are none. */
+function promoPaymentSave(
   t: Tables,
   changes: readonly PromoPaymentChanges[],
   /** Citus: the one user of the unit of work (distributed saves are of one account). */
@@ -104,7 +145,7 @@ export function promoPaymentSave(
  * `promo_claims`, `payments`; see `src/modules/billing/schema-tables.ts`).
  * (For this package's own modules; not part of the public API.)
  */
-export class PostgresPromoStore implements PromoPaymentStore {
+class PostgresPromoStore implements PromoPaymentStore {
   constructor(private readonly db: Reader) {}
 
   private get t(): Tables {

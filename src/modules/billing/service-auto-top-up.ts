@@ -25,6 +25,7 @@ import {
 import type { OffSessionChargeResult, PaymentEvent, PaymentProvider } from "./provider.js";
 import type { BillingDeps } from "./service-promos.js";
 import { saveAccountOnly, type UnitHook } from "../../core/services/unit-of-work.js";
+import { billingRows } from "./store.js";
 
 /** What `processAutoTopUp` did with the account's top-up in flight. */
 export interface AutoTopUpResult {
@@ -322,9 +323,7 @@ export class AutoTopUpService {
  * `CreditService` runs it.
  */
 export const autoTopUpHook: UnitHook = ({ loaded, now, changes }) => {
-  // The unit records a payment's change when it carries the billing module's `paymentUpdates` rows.
-  const updates: unknown = Reflect.get(changes, "paymentUpdates");
-  const recordsPayment = Array.isArray(updates) && updates.length > 0;
+  const recordsPayment = (billingRows(changes)?.paymentUpdates?.length ?? 0) > 0;
   const asked = topUpRequest(loaded, changes.account, now, recordsPayment);
   return asked === null ? [] : [asked];
 };

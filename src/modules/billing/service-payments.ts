@@ -49,7 +49,7 @@ import { systemKey } from "../../core/domain/keys.js";
 import { afterCredited, autoTopUpOf, setAutoTopUpOf } from "./rules-auto-top-up.js";
 import type { HeadersLike, PaymentEvent, PaymentProvider } from "./provider.js";
 import { runAccountUnit, type UnitResult } from "../../core/services/account-unit.js";
-import { billingTx } from "./store.js";
+import { BILLING, billingTx } from "./store.js";
 import { PaymentCheckouts } from "./service-checkouts.js";
 import { AutoTopUpService, type AutoTopUpResult } from "./service-auto-top-up.js";
 import type { CreditService } from "../../credit-service.js";
@@ -579,7 +579,7 @@ export class PaymentService {
         version: p.version + 1,
         updatedAt: work.now,
       };
-      return { value: result("credited", next), extra: { paymentUpdates: [next] } };
+      return { value: result("credited", next), extra: { [BILLING]: { paymentUpdates: [next] } } };
     });
   }
 
@@ -647,7 +647,7 @@ export class PaymentService {
         version: p.version + 1,
         updatedAt: work.now,
       };
-      return { value: result(r.takeBack > 0 ? "reversed" : "updated", next), extra: { paymentUpdates: [next] } };
+      return { value: result(r.takeBack > 0 ? "reversed" : "updated", next), extra: { [BILLING]: { paymentUpdates: [next] } } };
     });
   }
 

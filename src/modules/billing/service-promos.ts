@@ -20,7 +20,7 @@ import {
 } from "../../models-entry.js";
 import * as z from "zod/mini";
 import { runAccountUnit, unitDeps, type UnitDeps, type UnitOptions } from "../../core/services/account-unit.js";
-import { billingStore, billingTx, type BillingDb } from "./store.js";
+import { BILLING, billingStore, billingTx, type BillingDb } from "./store.js";
 import type { CreditService } from "../../credit-service.js";
 import { newId } from "../../core/util/uuid.js";
 
@@ -217,7 +217,7 @@ export class PromoService {
               entryId: entry.id,
               createdAt: work.now,
             };
-            return { value: { claim, entry }, extra: { promoClaims: [claim] } };
+            return { value: { claim, entry }, extra: { [BILLING]: { promoClaims: [claim] } } };
           },
           // A repeated key: the claim is looked up after the transaction (reads outside `tx`
           // inside it could wait for a connection that units of work like this one hold).

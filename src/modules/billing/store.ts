@@ -1,19 +1,21 @@
 import type { DbManager, DbTransaction } from "../../core/db/types.js";
-import type { Changes } from "../../core/domain/state.js";
 import { ConfigurationError } from "../../core/errors.js";
 import type { Payment, Promo, PromoClaim } from "../../models-entry.js";
+import { BILLING, billingStorePart } from "./store-part.js";
+
+export { BILLING };
 
 /**
  * The part of the storage contract that promo codes and payment top-ups need (see `DbManager`).
  *
  * Guarantees an adapter gives:
  *  - promo codes are unique (`insertPromo` throws `ConflictError` on a duplicate);
- *  - a claim saved with a unit of work (`Changes.promoClaims`) takes one use from the promo with a
+ *  - a claim saved with a unit of work (`Changes.rows.billing.promoClaims`) takes one use from the promo with a
  *    guarded write that is part of the unit of work's transaction — `uses = uses + 1` only where
  *    `maxUses` is null or `uses < maxUses` — and inserts the claim, unique per
  *    (code, userId, claimNumber); a refused guard or unique index fails the whole unit of work with
  *    `ConflictError` (nothing saved);
- *  - a payment update (`updatePayment`, `Changes.paymentUpdates`) is a compare-and-set on
+ *  - a payment update (`updatePayment`, `Changes.rows.billing.paymentUpdates`) is a compare-and-set on
  *    `version`: it writes only where the stored `version` is `payment.version - 1`.
  */
 export interface PromoPaymentStore {
@@ -54,8 +56,7 @@ export interface PromoPaymentTransaction {
 
 /**
  * What a unit of work saves for promos and payments, atomically with its account changes: the
- * billing module's rows (`ModuleRows`), which a store with the billing part reads on the `Changes`
- * its `save` gets.
+ * billing module's rows (`Changes.rows.billing`), which the billing part of the store writes.
  */
 export type PromoPaymentChanges = {
   /** Claims to record; each takes one use from its promo under the `maxUses` guard. */
@@ -64,8 +65,9 @@ export type PromoPaymentChanges = {
   paymentUpdates?: Payment[];
 };
 
-/** The `Changes` a store with the billing part saves: the core's, with the billing module's rows. */
-export type BillingChanges = Changes & PromoPaymentChanges;
+/** The billing module's rows of `changes` (`Changes.rows.billing`), if any. */
+export const billingRows = (changes: { rows?: { readonly [module: string]: unknown } }): PromoPaymentChanges | undefined =>
+  changes.rows?.[BILLING] as PromoPaymentChanges | undefined;
 
 /** A store with the billing part: what the billing module's services read and write. */
 export type BillingDb = DbManager & PromoPaymentStore;
@@ -92,21 +94,22 @@ const TRANSACTION_METHODS = [
 
 const noPart = (store: string, method: string): ConfigurationError =>
   new ConfigurationError(
-    `[credit-management] [${store}] ${method}: this store has no promos part (promo codes and payments: docs/writing-a-store.md, "The five parts")`,
+    `[credit-management] [${store}] ${method}: this store has no promos part (promo codes and payments: docs/writing-a-store.md, "A module's part")`,
   );
 
 /**
- * `db` as the billing module uses it. The billing part is not in the core contract
- * (docs/writing-a-store.md): a store without it answers the part's methods with
- * `ConfigurationError`, as a `defineStore` store without the part does.
+ * `db` as the billing module uses it: the store's core methods, and the billing part's (bound with
+ * `usePart` on first use: docs/writing-a-store.md, "A module's part"). A store without a billing
+ * part of its dialect answers the part's methods with `ConfigurationError`.
  */
 export function billingStore(db: DbManager): BillingDb {
-  const lacking = STORE_METHODS.filter((m) => typeof (db as Partial<BillingDb>)[m] !== "function");
-  if (lacking.length === 0) return db as BillingDb;
+  const part = (db.usePart?.(billingStorePart) as PromoPaymentStore | undefined) ?? null;
   return new Proxy(db, {
     get(target, prop) {
-      if ((lacking as readonly PropertyKey[]).includes(prop)) {
-        return () => Promise.reject(noPart(target.name, String(prop)));
+      if ((STORE_METHODS as readonly PropertyKey[]).includes(prop)) {
+        if (part === null) return () => Promise.reject(noPart(target.name, String(prop)));
+        const method = part[prop as keyof PromoPaymentStore] as (...a: unknown[]) => unknown;
+        return method.bind(part);
       }
       const value: unknown = Reflect.get(target, prop, target);
       return typeof value === "function" ? (value as (...a: unknown[]) => unknown).bind(target) : value;
@@ -115,8 +118,9 @@ export function billingStore(db: DbManager): BillingDb {
 }
 
 /** A unit of work's transaction as the billing module reads it; `ConfigurationError` where the store has no promos part. */
-export function billingTx(tx: DbTransaction, store: string): DbTransaction & PromoPaymentTransaction {
-  const lacking = TRANSACTION_METHODS.find((m) => typeof (tx as Partial<PromoPaymentTransaction>)[m] !== "function");
-  if (lacking !== undefined) throw noPart(store, lacking);
-  return tx as DbTransaction & PromoPaymentTransaction;
+export function billingTx(tx: DbTransaction, store: string): PromoPaymentTransaction {
+  const part = tx.part?.(BILLING) as Partial<PromoPaymentTransaction> | undefined;
+  const lacking = TRANSACTION_METHODS.find((m) => typeof part?.[m] !== "function");
+  if (part === undefined || lacking !== undefined) throw noPart(store, lacking ?? TRANSACTION_METHODS[0]);
+  return part as PromoPaymentTransaction;
 }

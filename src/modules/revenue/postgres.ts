@@ -3,7 +3,7 @@ import type { RevenueDimension } from "./model.js";
 import { grantGroups, type GrantGroups } from "./rules.js";
 import { revenueNames, type RevenueNames } from "./schema-pg.js";
 import type { NamingOptions } from "../../schema/sql.js";
-import type { PostgresDbManager } from "../../db/postgres/index.js";
+import type { PostgresBoundPart, PostgresPartHost } from "../../db/postgres/module-part.js";
 import { list } from "../../db/postgres/reads.js";
 import type {
   RevenueBucketRow,
@@ -12,11 +12,25 @@ import type {
   RevenueDayRow,
   RevenueSave,
   RevenueSummaryOfAccount,
+  RevenueSummaryReads,
   RevenueSummaryStore,
 } from "./store.js";
 
 /** What the summary needs of `PostgresDbManager`. */
-type Runner = Pick<PostgresDbManager, "read" | "sql">;
+type Runner = PostgresPartHost;
+
+/** The revenue module's part of `PostgresDbManager` (`revenueStorePart.postgres`): the summary, none on Citus. */
+export function revenuePostgresPart(host: PostgresPartHost): PostgresBoundPart<RevenueSummaryReads> {
+  let summary: PostgresRevenueSummary | undefined;
+  return {
+    reads: {
+      summary: () =>
+        host.sql.distributed
+          ? undefined
+          : (summary ??= new PostgresRevenueSummary(host, host.sql.naming, host.sql.tables.accounts.qualified)),
+    },
+  };
+}
 
 const DAY = 86_400_000;
 const dayText = (ms: number) => new Date(ms).toISOString().slice(0, 10);

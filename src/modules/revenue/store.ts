@@ -1,4 +1,5 @@
 import type { DbManager } from "../../core/db/types.js";
+import { revenueStorePart } from "./store-part.js";
 import type { JournalEntry } from "../../core/models/index.js";
 import type { RevenueDimension } from "./model.js";
 import type { GrantGroups } from "./rules.js";
@@ -135,12 +136,16 @@ export interface RevenueReadQuery {
   groupBy: readonly RevenueDimension[];
 }
 
-/**
- * A store with the revenue module's part: `revenueSummary`, revenue kept per account and UTC day,
- * for `credits.getRevenue` (docs/revenue.md, "How it is computed"). Optional: a store without it
- * has reports replay the journal.
- */
-export type RevenueDb = DbManager & { readonly revenueSummary?: RevenueSummaryStore };
+/** The revenue module's reads on a store (`revenueStorePart`): its summary, where the store keeps one. */
+export interface RevenueSummaryReads {
+  /** The summary, or undefined where the store keeps none (on Citus). */
+  summary(): RevenueSummaryStore | undefined;
+}
 
-/** `db`'s revenue summary, when its store keeps one. */
-export const revenueSummaryOf = (db: DbManager): RevenueSummaryStore | undefined => (db as RevenueDb).revenueSummary;
+/**
+ * `db`'s revenue summary, when its store keeps one: revenue kept per account and UTC day, for
+ * `credits.getRevenue` (docs/revenue.md, "How it is computed"), from the revenue module's store
+ * part (bound on first use). Optional: without it, reports replay the journal.
+ */
+export const revenueSummaryOf = (db: DbManager): RevenueSummaryStore | undefined =>
+  (db.usePart?.(revenueStorePart) as RevenueSummaryReads | undefined)?.summary();

@@ -19,6 +19,7 @@ import type {
 } from "../types.js";
 import { AccountLocks } from "../store/account-locks.js";
 import { StoreBase } from "../store/base.js";
+import type { MemoryBoundPart, ModuleParts, ModuleStorePart } from "../module-part.js";
 import type { SideParts } from "../store/parts.js";
 import { copy, copyEntry, copyHold } from "./copies.js";
 import { DueTimes } from "./due-times.js";
@@ -83,17 +84,18 @@ function newAccountRows(userId: string): AccountRows {
  * applies. A journal entry is kept as a copy (the services hand the entry to the caller), and every
  * read hands out copies: nothing a caller holds is the store's own.
  *
- * This class holds the core's rows only. The package's `InMemoryDbManager` extends it with the
- * billing module's part (promos and payments); a module adds its part the same way, through the
- * protected hooks `checkModuleRows`, `applyModuleRows` and `transactionFor`.
+ * This class holds the core's rows only; a module's part (`ModuleStorePart.memory`, bound by
+ * `usePart`) keeps the module's rows, checks and applies what a unit of work saves for it at the
+ * unit's commit, and answers its reads inside units of work. The package's `InMemoryDbManager` is
+ * this store with the package's own modules' parts bound.
  */
 export class CoreInMemoryDbManager extends StoreBase implements DbManager {
   readonly name = "memory";
-  /** No module's part (promos: `InMemoryDbManager`'s). */
   readonly capabilities: DbCapabilities = {
     multiProcess: false,
-    parts: { subscriptions: true, promos: false, outbox: true },
+    parts: { subscriptions: true, outbox: true },
   };
+  declare readonly modules: ModuleParts<MemoryBoundPart>;
 
   private readonly accounts = new Map<string, AccountRows>();
   private readonly locks = new AccountLocks();
@@ -119,7 +121,7 @@ export class CoreInMemoryDbManager extends StoreBase implements DbManager {
     try {
       const rows = this.accounts.get(userId) ?? newAccountRows(userId);
       const tx = new MemoryTransaction(this, rows);
-      const result = await fn(this.transactionFor(tx));
+      const result = await fn(tx);
       // Applied only once `fn` has returned: a unit of work that throws after save() leaves nothing.
       if (tx.pending !== null) this.apply(rows, tx.pending);
       return result;
@@ -128,23 +130,14 @@ export class CoreInMemoryDbManager extends StoreBase implements DbManager {
     }
   }
 
-  /**
-   * A unit of work's transaction as its `fn` gets it: a module's part adds the reads its rules make
-   * inside the unit of work (the billing module's `getPromo`, …).
-   */
-  protected transactionFor(tx: DbTransaction): DbTransaction {
-    return tx;
+  protected override bindPart(part: ModuleStorePart): MemoryBoundPart | undefined {
+    return part.memory?.();
   }
 
-  /**
-   * Refuses a unit of work's module rows (`ModuleRows`) whose guards fail, throwing
-   * `ConflictError`; called with the account's own checks, at `save` and again when the changes
-   * apply. Nothing here: the core saves no module rows.
-   */
-  protected checkModuleRows(_changes: Changes): void {}
-
-  /** Writes a unit of work's module rows, once `checkModuleRows` passed. Nothing here. */
-  protected applyModuleRows(_changes: Changes): void {}
+  /** @internal The reads of `module`'s part inside the unit of work `tx` (`DbTransaction.part`). */
+  moduleTransaction(module: string, tx: DbTransaction): object | undefined {
+    return this.modules.get(module)?.transaction?.(tx);
+  }
 
   /**
    * @internal Refuses changes that would break the seq guard or a unique key (at `save`, and again
@@ -159,7 +152,12 @@ export class CoreInMemoryDbManager extends StoreBase implements DbManager {
         throw new ConflictError(`idempotency key ${e.idempotencyKey} is already used`);
       }
     }
-    this.checkModuleRows(changes);
+    if (changes.rows !== undefined) {
+      for (const { module, part } of this.modules.bound) {
+        const rows = changes.rows[module];
+        if (rows !== undefined) part.check?.(rows);
+      }
+    }
     for (const n of changes.notifications ?? []) {
       if (!this.outbox.accepts(n)) throw new ConflictError(`notification key ${n.dedupeKey} is already used`);
     }
@@ -189,7 +187,12 @@ export class CoreInMemoryDbManager extends StoreBase implements DbManager {
       rows.journal.push(copyEntry(e));
       if (e.idempotencyKey !== null) rows.byKey.set(e.idempotencyKey, e.seq);
     }
-    this.applyModuleRows(changes);
+    if (changes.rows !== undefined) {
+      for (const { module, part } of this.modules.bound) {
+        const rows = changes.rows[module];
+        if (rows !== undefined) part.apply?.(rows);
+      }
+    }
     if (changes.notifications !== undefined) this.outbox.insertNotifications(changes.notifications);
   }
 
@@ -402,6 +405,10 @@ class MemoryTransaction implements DbTransaction {
 
   get userId(): string {
     return this.rows.userId;
+  }
+
+  part(module: string): object | undefined {
+    return this.db.moduleTransaction(module, this);
   }
 
   /** The stored objects themselves: the unit of work only reads them, and is done before its save applies. */

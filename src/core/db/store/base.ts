@@ -4,12 +4,14 @@ import type { SubscriptionCursor } from "../types-subscriptions.js";
 import type { Account, Grant, JournalEntry, LedgerEntry, Reservation } from "../../models/index.js";
 import type { DbCapabilities, DbManager, DbTransaction, JournalQuery, LedgerQuery, ScanCursor } from "../types.js";
 import type { SideParts } from "./parts.js";
+import { ModuleParts, type BoundStorePart, type ModuleStorePart } from "../module-part.js";
 
 /**
  * What every store shares, written once: `close()` that runs once however often it is called, and
  * the forwarding of plans and subscriptions and the outbox to the store's parts (`parts`). A store
  * writes its units of work, its reads and its parts; `defineStore` builds one from parts alone. A
- * module's part is forwarded by the module's own subclass (the billing module's `BillingStoreBase`).
+ * module's part is bound by `usePart` (`bindPart`: the side of the store's dialect) and kept in
+ * `modules` (docs/writing-a-store.md, "A module's part").
  */
 export abstract class StoreBase implements DbManager {
   abstract readonly name: string;
@@ -17,6 +19,17 @@ export abstract class StoreBase implements DbManager {
   /** The sub-stores this store forwards to (read at each call: a store may make them lazily). */
   protected abstract readonly parts: SideParts;
   private closing: Promise<void> | undefined;
+  /** The module parts bound to this store (`usePart`), in the order they were bound. */
+  readonly modules: ModuleParts = new ModuleParts();
+
+  /** Binds the side of this store's dialect of a module's part; undefined: none (the default). */
+  protected bindPart(_part: ModuleStorePart): BoundStorePart | undefined {
+    return undefined;
+  }
+
+  usePart(part: ModuleStorePart): object | undefined {
+    return this.modules.use(part, (p) => this.bindPart(p))?.reads;
+  }
 
   abstract init(): Promise<void>;
   abstract transaction<T>(userId: string, fn: (tx: DbTransaction) => Promise<T> | T): Promise<T>;

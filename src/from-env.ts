@@ -1,9 +1,9 @@
-import { ConfigurationError } from "../core/errors.js";
-import { InMemoryDbManager } from "../modules/billing/memory.js";
-import type { MongoDbManager as MongoAdapter } from "./mongodb/index.js";
-import type { PostgresDbManager as PostgresAdapter } from "./postgres/index.js";
-import type { DbManager } from "../core/db/types.js";
-import { PartitionInterval } from "../schema/partitions.js";
+import { ConfigurationError } from "./core/errors.js";
+import { InMemoryDbManager } from "./built-in-parts.js";
+import type { MongoDbManager as MongoAdapter } from "./db/mongodb/index.js";
+import type { PostgresDbManager as PostgresAdapter } from "./db/postgres/index.js";
+import type { DbManager } from "./core/db/types.js";
+import { PartitionInterval } from "./schema/partitions.js";
 
 /** The environment variables `createDbManagerFromEnv` reads. */
 export interface DbEnv {
@@ -46,13 +46,13 @@ export async function createDbManagerFromEnv(env: DbEnv = process.env): Promise<
     const sqlitePath = env.CREDIT_SQLITE_PATH?.trim();
     if (!pgUrl && sqlitePath) {
       // The store loads `better-sqlite3` on init() and says so with a ConfigurationError if it is missing.
-      const { SqliteDbManager } = await import("./sqlite/index.js");
+      const { SqliteDbManager } = await import("./db/sqlite/index.js");
       return new SqliteDbManager({ filename: sqlitePath });
     }
     if (!pgUrl) return new InMemoryDbManager();
     let PostgresDbManager: typeof PostgresAdapter;
     try {
-      ({ PostgresDbManager } = await import("./postgres/index.js"));
+      ({ PostgresDbManager } = await import("./db/postgres/index.js"));
     } catch (error) {
       throw new ConfigurationError(
         "[credit-management] CREDIT_PG_URL is set but the PostgreSQL adapter could not be loaded",
@@ -74,7 +74,7 @@ export async function createDbManagerFromEnv(env: DbEnv = process.env): Promise<
   const dbName = env.CREDIT_MONGO_DB?.trim() || "credit_management";
   let MongoDbManager: typeof MongoAdapter;
   try {
-    ({ MongoDbManager } = await import("./mongodb/index.js"));
+    ({ MongoDbManager } = await import("./db/mongodb/index.js"));
   } catch (error) {
     const missing = (error as { code?: string }).code;
     if (missing === "ERR_MODULE_NOT_FOUND" || missing === "MODULE_NOT_FOUND") {

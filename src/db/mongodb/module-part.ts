@@ -1,0 +1,40 @@
+import type { ClientSession, Collection } from "mongodb";
+import type { BoundStorePart, ModuleRowLists, ModuleStorePart } from "../../core/db/module-part.js";
+import type { StoredDoc } from "./documents.js";
+
+/**
+ * What `MongoDbManager` hands a module's part (`ModuleStorePart.mongodb`): its collections by name,
+ * with the store's prefix (inside `joinTransaction`, on the application's session).
+ *
+ * @beta
+ */
+export interface MongoPartHost {
+  collection(name: string): Collection<StoredDoc>;
+}
+
+/**
+ * A unit of work's transaction as a module's part reads in it: `op` runs one command in the unit's
+ * session and transaction (driver errors unconverted: the store decides whether the unit runs again).
+ *
+ * @beta
+ */
+export interface MongoPartTx {
+  readonly userId: string;
+  op<T>(run: (session: ClientSession) => Promise<T>): Promise<T>;
+}
+
+/**
+ * A module's part bound to a `MongoDbManager` (docs/writing-a-store.md, "A module's part"): `save`
+ * writes a unit of work's rows of the module in its transaction, throwing `ConflictError` (the
+ * whole transaction aborts) when one of the module's guards fails.
+ *
+ * @beta
+ */
+export interface MongoBoundPart<Reads extends object = object> extends BoundStorePart<Reads> {
+  transaction?(tx: MongoPartTx): object;
+  save?(session: ClientSession, rows: ModuleRowLists): Promise<void>;
+}
+
+/** The MongoDB side of `part` bound to `host`; undefined when it has none. */
+export const bindMongo = (part: ModuleStorePart, host: MongoPartHost): MongoBoundPart | undefined =>
+  (part.mongodb as ((host: MongoPartHost) => MongoBoundPart) | undefined)?.(host);

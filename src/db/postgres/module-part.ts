@@ -1,0 +1,57 @@
+import type { BoundStorePart, ModuleRowLists, ModuleStorePart } from "../../core/db/module-part.js";
+import type { PostgresDbManager } from "./index.js";
+import type { Statement } from "./sql.js";
+
+/**
+ * What `PostgresDbManager` hands a module's part (`ModuleStorePart.postgres`): the store itself,
+ * for its statements outside units of work (`read`) and its tables' names (`sql`, which `init()`
+ * makes distributed on Citus: read it at each call).
+ *
+ * @beta
+ */
+export type PostgresPartHost = Pick<PostgresDbManager, "read" | "sql">;
+
+/**
+ * A unit of work's transaction as a module's part reads in it (`PostgresBoundPart.transaction`):
+ * `read` runs a statement on the unit's connection, inside its transaction (a later unit of a
+ * group-commit chain that reads a module's rows leaves the chain and runs again alone).
+ *
+ * @beta
+ */
+export interface PostgresPartTx {
+  readonly userId: string;
+  readonly sql: PostgresDbManager["sql"];
+  read(what: string, text: string, params: unknown[]): Promise<Record<string, unknown>[]>;
+}
+
+/**
+ * A statement a module's part adds to a unit of work's save message, and its one JSON argument:
+ * it runs in the same transaction, before COMMIT, and fails the transaction (the units of work run
+ * again) when one of the module's guards fails.
+ *
+ * @beta
+ */
+export interface PostgresModuleSave {
+  readonly statement: Statement;
+  readonly arg: string;
+}
+
+/**
+ * A module's part bound to a `PostgresDbManager` (docs/writing-a-store.md, "A module's part").
+ *
+ * @beta
+ */
+export interface PostgresBoundPart<Reads extends object = object> extends BoundStorePart<Reads> {
+  transaction?(tx: PostgresPartTx): object;
+  /**
+   * The statement that saves the module's rows of the units of work of one save message (`rows`:
+   * the module's rows of each unit that has some), or null when there is nothing to write.
+   * `distributedUser`: on Citus, the one account of the unit of work (a distributed save is of one
+   * account); null elsewhere.
+   */
+  save?(rows: readonly ModuleRowLists[], distributedUser: string | null): PostgresModuleSave | null;
+}
+
+/** The PostgreSQL side of `part` bound to `host`; undefined when it has none. */
+export const bindPostgres = (part: ModuleStorePart, host: PostgresPartHost): PostgresBoundPart | undefined =>
+  (part.postgres as ((host: PostgresPartHost) => PostgresBoundPart) | undefined)?.(host);
