@@ -32,11 +32,7 @@ export type {
   RevenueSummaryOfAccount,
   RevenueSummaryStore,
 } from "./modules/revenue/store.js";
-export type {
-  PromoPaymentStore,
-  PromoPaymentTransaction,
-  PromoPaymentChanges,
-} from "./modules/billing/store.js";
+export type { PromoPaymentStore, PromoPaymentTransaction, PromoPaymentChanges } from "./modules/billing/store.js";
 export type { NotificationStore, ClaimQuery, NotificationUpdate, OutboxQuery } from "./core/db/types-notifications.js";
 export { compareGrants } from "./core/domain/order.js";
 export type {
@@ -69,5 +65,10 @@ export type {
   StoreDialect,
 } from "./core/db/module-part.js";
 export type { SqliteBoundPart, SqlitePartHost, SqlitePartTx } from "./db/sqlite/module-part.js";
-export type { PostgresBoundPart, PostgresModuleSave, PostgresPartHost, PostgresPartTx } from "./db/postgres/module-part.js";
+export type {
+  PostgresBoundPart,
+  PostgresModuleSave,
+  PostgresPartHost,
+  PostgresPartTx,
+} from "./db/postgres/module-part.js";
 export type { MongoBoundPart, MongoPartHost, MongoPartTx } from "./db/mongodb/module-part.js";

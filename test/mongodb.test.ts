@@ -26,7 +26,6 @@ import { fingerprint } from "../src/core/domain/hash.js";
 import { runDbManagerContract } from "../src/testing/index.js";
 import { IN_FLIGHT_CASES, checkCommitInFlight, type HeldTransaction } from "./fixtures/commit-in-flight.js";
 import { errorResponse } from "../src/http/router.js";
-import { billingTx, type PromoPaymentTransaction } from "../src/modules/billing/store.js";
 
 const uri = process.env.CREDIT_MONGO_URI;
 
@@ -1004,8 +1003,7 @@ function interleave(db: DbManager, before: () => Promise<void>, only?: string): 
   wrapped.transaction = <T>(userId: string, fn: (tx: DbTransaction) => Promise<T>) => {
     let first = only === undefined || only === userId;
     return db.transaction(userId, (tx) => {
-      const billing = billingTx(tx, "mongodb");
-      const hooked: DbTransaction & PromoPaymentTransaction = {
+      const hooked: DbTransaction = {
         userId: tx.userId,
         load: async (request) => {
           const state = await tx.load(request);
@@ -1017,9 +1015,7 @@ function interleave(db: DbManager, before: () => Promise<void>, only?: string): 
         },
         getGrants: (ids) => tx.getGrants(ids),
         getReservation: (id) => tx.getReservation(id),
-        getPromo: (code) => billing.getPromo(code),
-        countPromoClaims: (code) => billing.countPromoClaims(code),
-        getPayment: (id) => billing.getPayment(id),
+        part: (module) => tx.part?.(module),
         save: (changes) => tx.save(changes),
       };
       return fn(hooked);

@@ -215,10 +215,7 @@ export function runDbManagerContract(options: ContractOptions): void {
       }
       if (optional) {
         it(`has the ${name} part (else pass skip: { ${name}: "<reason>" })`, () => {
-          expect(
-            hasPart(db, name),
-            `${options.name} has no ${name} part: skip it with a reason`,
-          ).toBe(true);
+          expect(hasPart(db, name), `${options.name} has no ${name} part: skip it with a reason`).toBe(true);
         });
       }
       run();

@@ -340,7 +340,8 @@ export async function saveChanges(ctx: UnitContext, op: UnitHost["op"], txs: rea
     if (ch.rows === undefined) continue;
     for (const { module, part } of modules.bound) {
       const rows = ch.rows[module];
-      if (rows !== undefined && part.save !== undefined) await op((s) => (part.save as NonNullable<typeof part.save>)(s, rows));
+      if (rows !== undefined && part.save !== undefined)
+        await op((s) => (part.save as NonNullable<typeof part.save>)(s, rows));
     }
   }
   const notifications = changes.flatMap((ch) => ch.notifications ?? []);

@@ -470,11 +470,7 @@ export class Batch {
     const { save, saveArgs, extra } = saveParts(this.db.sql, txs, this.db.modules);
     const extraText = extra.map((x) => `${executeText(x.statement, [x.arg], this.db.prepared)}; `).join("");
     const confirmText = confirm.length === 0 ? "" : `; ${this.confirmText(confirm)}`;
-    const statements = [
-      ...extra.map((x) => x.statement),
-      save,
-      ...(confirm.length === 0 ? [] : [this.db.sql.confirm]),
-    ];
+    const statements = [...extra.map((x) => x.statement), save, ...(confirm.length === 0 ? [] : [this.db.sql.confirm])];
     // Units that saved without loading: their account write takes the row lock; the guard holds.
     const begin = this.began ? "" : `${beginOf(this.db)}; `;
     this.began = true;

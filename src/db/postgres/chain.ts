@@ -69,10 +69,7 @@ export function merged(txs: readonly UnitTx[]): SaveItem[] {
       continue;
     }
     const last = list[list.length - 1] as UnitTx;
-    const rows = <T extends { id: string }>(
-      ins: (c: Changes) => readonly T[],
-      upd: (c: Changes) => readonly T[],
-    ) => {
+    const rows = <T extends { id: string }>(ins: (c: Changes) => readonly T[], upd: (c: Changes) => readonly T[]) => {
       const inserted = new Map<string, T>();
       const updated = new Map<string, T>();
       for (const tx of list) {

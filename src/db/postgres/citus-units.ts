@@ -350,8 +350,7 @@ class CallTx implements DbTransaction {
 
   async save(changes: Changes): Promise<void> {
     if (this.pending !== null) throw new Error("save() may be called once per unit of work");
-    if (this.loaded === null || hasModuleRows(changes.rows))
-      this.transaction();
+    if (this.loaded === null || hasModuleRows(changes.rows)) this.transaction();
     if (changes.previousSeq !== (this.loaded.base?.account.seq ?? null))
       throw new ConflictError(`account ${this.userId} changed during the unit of work`, { userId: this.userId });
     checkOneAccount(this.userId, changes);

@@ -647,7 +647,10 @@ export class PaymentService {
         version: p.version + 1,
         updatedAt: work.now,
       };
-      return { value: result(r.takeBack > 0 ? "reversed" : "updated", next), extra: { [BILLING]: { paymentUpdates: [next] } } };
+      return {
+        value: result(r.takeBack > 0 ? "reversed" : "updated", next),
+        extra: { [BILLING]: { paymentUpdates: [next] } },
+      };
     });
   }
 

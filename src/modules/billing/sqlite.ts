@@ -35,8 +35,7 @@ function reads(s: SqlitePartHost): Part<PromoPaymentStore> {
     }
   };
   return {
-    insertPromo: (promo: Promo) =>
-      unique(`insertPromo: promo ${promo.code} exists`, () => s.insert("promos", [promo])),
+    insertPromo: (promo: Promo) => unique(`insertPromo: promo ${promo.code} exists`, () => s.insert("promos", [promo])),
     getPromo: (code) => s.one<Promo>("promos", "WHERE code = ?", [code]),
     listPromos: (q) =>
       q.before === undefined
@@ -61,10 +60,7 @@ function reads(s: SqlitePartHost): Part<PromoPaymentStore> {
       s.one<Payment>("payments", "WHERE provider = ? AND provider_payment_id = ?", [provider, id]),
     listPayments: (userId, q) =>
       q.before === undefined
-        ? s.list<Payment>("payments", "WHERE user_id = ? ORDER BY created_at DESC, id DESC LIMIT ?", [
-            userId,
-            q.limit,
-          ])
+        ? s.list<Payment>("payments", "WHERE user_id = ? ORDER BY created_at DESC, id DESC LIMIT ?", [userId, q.limit])
         : s.list<Payment>(
             "payments",
             "WHERE user_id = ? AND (created_at < ? OR (created_at = ? AND id < ?)) ORDER BY created_at DESC, id DESC LIMIT ?",
@@ -94,7 +90,8 @@ function write(s: SqlitePartHost, c: PromoPaymentChanges): void {
       `UPDATE ${s.t.promos.qualified} SET uses = uses + 1 WHERE code = ? AND (max_uses IS NULL OR uses < max_uses)`,
       [claim.code],
     );
-    if (took !== 1) throw new ConflictError(origin("sqlite", `promo ${claim.code} has no use left`), { code: claim.code });
+    if (took !== 1)
+      throw new ConflictError(origin("sqlite", `promo ${claim.code} has no use left`), { code: claim.code });
   }
   s.insert("promoClaims", c.promoClaims ?? []);
   for (const p of c.paymentUpdates ?? []) {

@@ -66,8 +66,9 @@ export type PromoPaymentChanges = {
 };
 
 /** The billing module's rows of `changes` (`Changes.rows.billing`), if any. */
-export const billingRows = (changes: { rows?: { readonly [module: string]: unknown } }): PromoPaymentChanges | undefined =>
-  changes.rows?.[BILLING] as PromoPaymentChanges | undefined;
+export const billingRows = (changes: {
+  rows?: { readonly [module: string]: unknown };
+}): PromoPaymentChanges | undefined => changes.rows?.[BILLING] as PromoPaymentChanges | undefined;
 
 /** A store with the billing part: what the billing module's services read and write. */
 export type BillingDb = DbManager & PromoPaymentStore;

@@ -19,14 +19,29 @@ export abstract class StoreBase implements DbManager {
   /** The sub-stores this store forwards to (read at each call: a store may make them lazily). */
   protected abstract readonly parts: SideParts;
   private closing: Promise<void> | undefined;
-  /** The module parts bound to this store (`usePart`), in the order they were bound. */
+  /**
+   * The module parts bound to this store (`usePart`), in the order they were bound.
+   *
+   * @beta
+   */
   readonly modules: ModuleParts = new ModuleParts();
 
-  /** Binds the side of this store's dialect of a module's part; undefined: none (the default). */
+  /**
+   * Binds the side of this store's kind of a module's part (`ModuleStorePart`); undefined: none
+   * (the default). Called once per module, by `usePart`.
+   *
+   * @beta
+   */
   protected bindPart(_part: ModuleStorePart): BoundStorePart | undefined {
     return undefined;
   }
 
+  /**
+   * Binds a module's part (once per module id) and answers its reads; undefined when this store
+   * has no side of it (docs/writing-a-store.md, "A module's part").
+   *
+   * @beta
+   */
   usePart(part: ModuleStorePart): object | undefined {
     return this.modules.use(part, (p) => this.bindPart(p))?.reads;
   }
