@@ -217,6 +217,8 @@ function debtPaidBy(
     }
     case "commit_reserved":
     case "reverse":
+    // A grant's start (docs/units.md, "Grants that start later") lists the debt it paid.
+    case "start":
       return e.grants.filter((p) => p.kind === "debt_paid").map((p) => ({ grantId: p.grantId, amount: p.amount }));
     case "release_reserved": {
       // A release lists what went back to each grant; the rest of the hold paid debt.
@@ -236,7 +238,7 @@ function debtPaidBy(
 }
 
 /** The entry types that may pay debt (`PaidDebt` reads them) or give paid debt back (a reversal). */
-export const PAYING_TYPES = ["add", "commit_reserved", "release_reserved", "reverse"] as const;
+export const PAYING_TYPES = ["add", "commit_reserved", "release_reserved", "reverse", "start"] as const;
 
 /**
  * The grant a reversal makes for the part of its charge's debt that was paid since by credits no

@@ -182,6 +182,8 @@ export class CoreCreditService {
     const o = parse(AddCreditsOptions, options, "options");
     checkSaleWorth(n, o.costBasis, MAX_SALE);
     const expiresAt = o.expiresAt ?? null;
+    const effectiveAt = o.effectiveAt ?? null;
+    checkStart(effectiveAt, expiresAt);
     const past = (now: Date) => expiresAt !== null && expiresAt.getTime() <= now.getTime();
     const refuse = () =>
       new RuleViolationError(`Invalid options.expiresAt: ${expiresAt?.toISOString()} is not in the future`, [
@@ -194,6 +196,8 @@ export class CoreCreditService {
       amount: n,
       ...o,
       expiresAt: o.expiresAt?.toISOString() ?? null,
+      // Only when given, so a key's fingerprint without a start is what it always was.
+      ...(o.effectiveAt === undefined ? {} : { effectiveAt: effectiveAt?.toISOString() ?? null }),
     }));
     return this.core.units.mutate("addCredits", user, meta, (work) => {
       if (past(work.now)) throw refuse();
@@ -208,6 +212,7 @@ export class CoreCreditService {
           metadata: o.metadata ?? null,
           scope: o.scope ?? null,
           costBasis: o.costBasis ?? null,
+          effectiveAt,
         },
         meta,
       );
@@ -527,4 +532,16 @@ export class CoreCreditService {
     const n = parse(Amount, amount, "amount");
     return this.core.deduct(operation, user, n, parse(DeductOptions, options, "options"), allowDebt);
   }
+}
+
+/**
+ * A grant's `expiresAt` must be after its start (docs/units.md, "Grants that start later"):
+ * refused before anything is read.
+ */
+function checkStart(effectiveAt: Date | null, expiresAt: Date | null): void {
+  if (effectiveAt === null || expiresAt === null || expiresAt.getTime() > effectiveAt.getTime()) return;
+  throw new ValidationError(
+    `Invalid options.expiresAt: ${expiresAt.toISOString()} is not after options.effectiveAt ${effectiveAt.toISOString()}`,
+    [{ path: "expiresAt", message: "must be after effectiveAt" }],
+  );
 }
