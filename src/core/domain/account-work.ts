@@ -398,6 +398,9 @@ export class AccountWork {
         closedReason: null,
         scope,
         costBasis: grant.costBasis ?? null,
+        // Started when created (docs/units.md, "Grants that start later").
+        effectiveAt: null,
+        upcoming: null,
       };
       if (scope !== null) this.account.scoped = true;
       portions.push(this.newGrant(g));

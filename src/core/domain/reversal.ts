@@ -263,5 +263,7 @@ export function debtGrant(id: string, userId: string, amount: number, chargeId: 
     closedReason: null,
     scope: null,
     costBasis: null,
+    effectiveAt: null,
+    upcoming: null,
   };
 }
