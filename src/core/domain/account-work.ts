@@ -270,6 +270,8 @@ export class AccountWork {
       .sort(compareGrants)
       .sort((a, b) => (a.effectiveAt?.getTime() ?? 0) - (b.effectiveAt?.getTime() ?? 0));
     for (const g of due) this.start(g);
+    // The next expiry is then read again from everything (a start moves it on).
+    if (due.length > 0) this.settled = true;
     return due.length;
   }
 
@@ -299,6 +301,8 @@ export class AccountWork {
 
   /** Expires the unspent part of every grant due at `asOf` (<= now). Returns the credits expired. */
   expireDue(asOf: Date, meta: EntryMeta): number {
+    // A grant that started before it expired starts first, paying debt (docs/units.md).
+    this.startDue(asOf);
     const due = this.grants
       .all()
       .filter((g) => isDue(g, asOf))
