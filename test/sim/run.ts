@@ -36,7 +36,16 @@ const PROMOS: Readonly<Record<string, PromoSpec>> = {
 
 /** One client request of the simulation (what it asks; every retry asks the same). */
 export type Spec =
-  | { kind: "add"; user: string; amount: number; expiresAt: number | null; priority: number; scope?: SimScope }
+  | {
+      kind: "add";
+      user: string;
+      amount: number;
+      expiresAt: number | null;
+      priority: number;
+      scope?: SimScope;
+      /** A grant that starts later (docs/units.md): when it starts. */
+      effectiveAt?: number;
+    }
   | ({ kind: "deduct"; user: string; amount: number } & SimSpend)
   | ({ kind: "after"; user: string; amount: number } & SimSpend)
   /** Usage recorded late: an after-service deduction with `occurredAt` (docs/usage.md, "Late usage"). */
@@ -258,6 +267,8 @@ async function simulate(options: SimOptions): Promise<SimResult> {
   const lateRng = new Prng(seed ^ 0x1a7e0);
   // Which reads are reversals instead, of which charge and how much (a stream of its own too).
   const reverseRng = new Prng(seed ^ 0x7e7e75);
+  // Which additions start later, and when (a stream of its own too).
+  const laterRng = new Prng(seed ^ 0x1a7e57);
   /** The charges committed, by user: each one's amount and what its reversals gave back so far. */
   const charges = new Map<string, { id: string; amount: number; reversed: number }[]>();
   const limited = new Map<string, SimLimit[]>();
@@ -477,6 +488,9 @@ async function simulate(options: SimOptions): Promise<SimResult> {
   const applySpec = (spec: Spec, m: CreditModel, changes: BillingChanges | null): string => {
     switch (spec.kind) {
       case "add":
+        // An expiry not after the start is refused before anything is read.
+        if (spec.effectiveAt !== undefined && spec.expiresAt !== null && spec.expiresAt <= spec.effectiveAt)
+          return "ValidationError";
         if (spec.expiresAt !== null && spec.expiresAt <= m.now) return "RuleViolationError";
         m.add(
           changes === null ? "predicted" : (changes.insertGrants[0]?.id ?? null),
@@ -484,6 +498,7 @@ async function simulate(options: SimOptions): Promise<SimResult> {
           spec.expiresAt,
           spec.priority,
           spec.scope ?? null,
+          spec.effectiveAt ?? null,
         );
         return "ok";
       case "deduct":
@@ -703,6 +718,7 @@ async function simulate(options: SimOptions): Promise<SimResult> {
           expiresAt: spec.expiresAt === null ? null : new Date(spec.expiresAt),
           priority: spec.priority,
           ...(spec.scope === undefined ? {} : { scope: spec.scope }),
+          ...(spec.effectiveAt === undefined ? {} : { effectiveAt: new Date(spec.effectiveAt) }),
         });
       case "deduct":
         return c.deductCredits(spec.user, spec.amount, { ...k, ...spendOptions(spec) });
@@ -818,7 +834,12 @@ async function simulate(options: SimOptions): Promise<SimResult> {
     switch (kind) {
       case "add": {
         const expiresAt = rng.chance(0.6) ? clock.now + rng.range(1, 3600) * 1000 : null;
-        const add = { kind, user, amount: rng.range(1, 120), expiresAt, priority: rng.range(0, 2) } as const;
+        const plain = { kind, user, amount: rng.range(1, 120), expiresAt, priority: rng.range(0, 2) } as const;
+        // A quarter of the additions start later (docs/units.md), some with an expiry not after
+        // their start (refused); drawn from a stream of their own.
+        const add = laterRng.chance(0.25)
+          ? { ...plain, effectiveAt: clock.now + laterRng.range(1, 1800) * 1000 }
+          : plain;
         return scoped && scopeRng.chance(0.4) ? { ...add, scope: scopeRng.pick(SCOPES) } : add;
       }
       case "after": {

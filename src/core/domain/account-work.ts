@@ -285,7 +285,8 @@ export class AccountWork {
     const amount = g.remaining;
     const debtPaid = (g.scope ?? null) === null ? Math.min(this.account.debt, amount) : 0;
     const kept = amount - debtPaid;
-    this.grants.put({ ...g, upcoming: null, remaining: kept }, g);
+    // As a grant added now: created with what the debt left (its `add` entry keeps the whole amount).
+    this.grants.put({ ...g, upcoming: null, amount: kept, remaining: kept }, g);
     this.account.balance += amount;
     this.account.debt -= debtPaid;
     const portions: GrantPortion[] = [];
