@@ -1066,7 +1066,14 @@ async function simulate(options: SimOptions): Promise<SimResult> {
           outcome === "SpendLimitError" &&
           (op.spec.kind === "deduct" || op.spec.kind === "reserve") &&
           limited.has(op.spec.user);
-        if (!op.accept.has(outcome) && !byLimit) {
+        // An addition whose expiry is not after its start is refused before any load (docs/units.md).
+        const badStart =
+          outcome === "ValidationError" &&
+          op.spec.kind === "add" &&
+          op.spec.effectiveAt !== undefined &&
+          op.spec.expiresAt !== null &&
+          op.spec.expiresAt <= op.spec.effectiveAt;
+        if (!op.accept.has(outcome) && !byLimit && !badStart) {
           fail(
             `${describe(op)} answered ${outcome}; the model, at its last load, answers ${[...op.accept].join(" or ") || "nothing (no load)"}`,
           );
@@ -1179,7 +1186,8 @@ async function simulate(options: SimOptions): Promise<SimResult> {
       if (!m.overdrawn && m.available < 0) fail(`${where}: available ${m.available} below zero without an overdraft`);
       // (Scoped grants pay no debt: docs/teams-and-limits.md, "Scoped credits".)
       const unscoped = m.grants.filter((g) => (g.features ?? null) === null && (g.spenders ?? null) === null);
-      if (m.debt > 0 && unscoped.some((g) => g.closed === null && g.remaining > 0))
+      // (Nor do grants that have not started: docs/units.md.)
+      if (m.debt > 0 && unscoped.some((g) => g.closed === null && g.upcoming !== true && g.remaining > 0))
         fail(`${where}: debt while a grant has credits`);
       const stored = await inner.getActiveSubscription(user);
       const modelled = subs.activeOf(user);
@@ -1397,7 +1405,8 @@ function scopedTotals(m: CreditModel): {
     const features = g.features ?? null;
     const spenders = g.spenders ?? null;
     if (features === null && spenders === null) continue;
-    if (g.closed !== null || g.remaining === 0 || (g.expiresAt !== null && g.expiresAt <= m.now)) continue;
+    if (g.closed !== null || g.upcoming === true || g.remaining === 0 || (g.expiresAt !== null && g.expiresAt <= m.now))
+      continue;
     const f = features === null ? null : [...features].sort();
     const sp = spenders === null ? null : [...spenders].sort();
     const key = JSON.stringify([f, sp]);
