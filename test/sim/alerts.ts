@@ -225,7 +225,7 @@ export class AlertsModel {
       if ((g.features ?? null) !== null || (g.spenders ?? null) !== null) continue;
       // A grant that starts later is given at its start (docs/units.md).
       if (g.upcoming === true) continue;
-      if (!a.given.has(g.id)) a.given.set(g.id, g.remaining);
+      if (!a.given.has(g.id)) a.given.set(g.id, g.startedWith ?? g.remaining);
       const was = a.seen.get(g.id) ?? "open";
       const is = g.closed !== null ? "closed" : g.remaining === 0 ? "out" : "open";
       a.seen.set(g.id, is);

@@ -19,6 +19,8 @@ export interface ModelGrant {
   startsAt?: number;
   /** True until it starts: in no balance, drawn by nothing. */
   upcoming?: boolean;
+  /** What it held when it started, after paying debt: what it was given, as an addition then. */
+  startedWith?: number;
 }
 
 /** Who spends on what (null: not named). */
@@ -112,6 +114,7 @@ export class CreditModel {
       this.debt -= pay;
       this.balance += g.remaining;
       g.remaining -= pay;
+      g.startedWith = g.remaining;
     }
   }
 
