@@ -378,7 +378,8 @@ export class AccountWork {
   add(amount: number, grant: NewGrant, meta: EntryMeta): JournalEntry {
     if (this.account.balance + amount > Number.MAX_SAFE_INTEGER) throw beyondSafe("balance", amount);
     const startsAt = grant.effectiveAt ?? null;
-    if (startsAt !== null && startsAt.getTime() > this.now.getTime()) return this.addLater(amount, grant, startsAt, meta);
+    if (startsAt !== null && startsAt.getTime() > this.now.getTime())
+      return this.addLater(amount, grant, startsAt, meta);
     const scope = grant.scope ?? null;
     // Debt is owed for spends of any scope: a scoped grant pays none of it.
     const debtPaid = scope === null ? Math.min(this.account.debt, amount) : 0;

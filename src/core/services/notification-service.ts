@@ -458,7 +458,8 @@ export class NotificationService {
       scanned += page.length;
       const rows = page
         .filter(
-          (g) => g.expiresAt !== null && g.expiresAt.getTime() > now.getTime() && g.remaining > 0 && g.upcoming !== true,
+          (g) =>
+            g.expiresAt !== null && g.expiresAt.getTime() > now.getTime() && g.remaining > 0 && g.upcoming !== true,
         )
         .map((g) =>
           newNotification(

@@ -115,9 +115,9 @@ export function runLaterGrantsContract(
       expect(now.effectiveAt ?? null).toBeNull();
       expect((await credits.getGrants(u))[0]?.upcoming ?? false).toBe(false);
       for (const expiresAt of [new Date(T0 + HOUR), new Date(T0 + 30 * 60_000)])
-        await expect(
-          credits.addCredits(u, 5, { effectiveAt: new Date(T0 + HOUR), expiresAt }),
-        ).rejects.toBeInstanceOf(ValidationError);
+        await expect(credits.addCredits(u, 5, { effectiveAt: new Date(T0 + HOUR), expiresAt })).rejects.toBeInstanceOf(
+          ValidationError,
+        );
       expect(await types(credits, u)).toEqual(["add"]);
       await clean(credits, u);
     });
