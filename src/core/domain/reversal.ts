@@ -215,9 +215,9 @@ function debtPaidBy(
       const paid = e.amount - listed;
       return paid > 0 ? [{ grantId: e.grants[0]?.grantId ?? null, amount: paid }] : [];
     }
+    // (A grant's start, docs/units.md "Grants that start later", lists the debt it paid too.)
     case "commit_reserved":
     case "reverse":
-    // A grant's start (docs/units.md, "Grants that start later") lists the debt it paid.
     case "start":
       return e.grants.filter((p) => p.kind === "debt_paid").map((p) => ({ grantId: p.grantId, amount: p.amount }));
     case "release_reserved": {
