@@ -23,7 +23,9 @@ const PG_URL = process.env.CREDIT_PG_URL;
 const MONGO_URI = process.env.CREDIT_MONGO_URI;
 
 /** The journal columns version 2 added (dropped again to make a version 1 store). */
-const V2_COLUMNS = ["take_back", "hash_version", "key_id", "scope"];
+const V2_COLUMNS = ["take_back", "hash_version", "key_id", "scope", "effective_at"];
+/** The columns version 2 added to the grants (grants that start later). */
+const V2_GRANT_COLUMNS = ["effective_at", "upcoming"];
 
 type Store = SqliteDbManager | PostgresDbManager | MongoDbManager;
 
@@ -100,6 +102,7 @@ describe("a store version 1 wrote, upgraded to version 2 by init()", () => {
       try {
         raw.exec("UPDATE schema_version SET version = 1");
         for (const c of V2_COLUMNS) raw.exec(`ALTER TABLE journal_entries DROP COLUMN ${c}`);
+        for (const c of V2_GRANT_COLUMNS) raw.exec(`ALTER TABLE grants DROP COLUMN ${c}`);
         // Version 1 had no usage rollup on SQLite (version 2 added it): the upgrade creates and fills it.
         raw.exec("DROP TABLE usage_daily; DROP TABLE usage_state;");
       } finally {
@@ -123,6 +126,7 @@ describe("a store version 1 wrote, upgraded to version 2 by init()", () => {
       await writeV1Journal(open(), u);
       await client.query(`UPDATE ${q(schema)}.schema_version SET version = 1`);
       for (const c of V2_COLUMNS) await client.query(`ALTER TABLE ${q(schema)}.journal_entries DROP COLUMN ${c}`);
+      for (const c of V2_GRANT_COLUMNS) await client.query(`ALTER TABLE ${q(schema)}.grants DROP COLUMN ${c}`);
       await checkUpgraded(open(), u);
     } finally {
       await client.query(`DROP SCHEMA IF EXISTS ${q(schema)} CASCADE`);

@@ -32,6 +32,8 @@ export const StateGrantSchema = z.object({
   description: z.nullable(z.string()),
   metadata: z.nullable(Metadata),
   sourceRef: z.nullable(z.string()),
+  /** When it starts, for a grant added to start later (docs/units.md); null: when it was created. */
+  effectiveAt: z.nullable(z.date()),
 });
 
 const FeatureStateFields = {
@@ -90,6 +92,8 @@ const StateFields = {
 export const CustomerStateSchema = z.object({
   ...StateFields,
   features: z.array(z.object({ ...FeatureStateFields, grants: z.array(StateGrantSchema) })),
+  /** Grants that start later and have not started (docs/units.md), in no figure until then. */
+  upcoming: z.array(StateGrantSchema),
 });
 
 const mask = Object.fromEntries(
@@ -103,6 +107,8 @@ export const StateGrantView = z.omit(StateGrantSchema, mask);
 export const CustomerStateView = z.object({
   ...StateFields,
   features: z.array(z.object({ ...FeatureStateFields, grants: z.array(StateGrantView) })),
+  /** Grants that start later and have not started (docs/units.md), in no figure until then. */
+  upcoming: z.array(StateGrantView),
 });
 
 export const CustomerStatePageSchema = z.object({
@@ -140,6 +146,7 @@ export function customerStateView(ctx: RouteContext, state: CustomerState): z.ou
       ...f,
       grants: f.grants.map(({ description: _d, metadata: _m, sourceRef: _s, ...grant }) => grant),
     })),
+    upcoming: state.upcoming.map(({ description: _d, metadata: _m, sourceRef: _s, ...grant }) => grant),
   };
 }
 

@@ -92,14 +92,19 @@ export const MIGRATIONS: readonly Migration[] = [
   {
     to: 2,
     summary:
-      "journal entries record what a take-back is (take_back, set from version 1's rule on the entries there are), the hash version, the key id of a keyed chain and an addition's scope",
+      "journal entries record what a take-back is (take_back, set from version 1's rule on the entries there are), the hash version, the key id of a keyed chain, an addition's scope and its start; grants record their start and whether they are upcoming; entries of type start",
     // hash_version stays NULL on the entries there are: their hash is version 1's (docs/concepts.md).
     columns: [
       { table: "journal", field: "takeBack" },
       { table: "journal", field: "hashVersion" },
       { table: "journal", field: "keyId" },
       { table: "journal", field: "scope" },
+      // Grants that start later (docs/units.md): NULL on the rows there are — every one started.
+      { table: "journal", field: "effectiveAt" },
+      { table: "grants", field: "effectiveAt" },
+      { table: "grants", field: "upcoming" },
     ],
+    checks: [{ table: "journal", field: "type" }],
     statements: (dialect, _naming, tables) => [v1TakeBacks(dialect, tables.get("journal") as SqlTable)],
   },
 ];

@@ -46,6 +46,7 @@ import { runReversalsContract } from "./reversals.js";
 import { runLateUsageContract } from "./late-usage.js";
 import { runCappedHoldContract } from "../core/testing/capped-holds.js";
 import { runCustomerStateContract } from "./customer-state.js";
+import { runLaterGrantsContract } from "../core/testing/later-grants.js";
 
 export { runAccountsContract } from "../core/testing/accounts.js";
 export { runConcurrencyContract } from "../core/testing/concurrency.js";
@@ -61,6 +62,7 @@ export { runCappedHoldContract } from "../core/testing/capped-holds.js";
 export { runCustomerStateContract } from "./customer-state.js";
 export { runSubscriptionContract } from "../core/testing/subscriptions.js";
 export { runTrialContract } from "../core/testing/trial.js";
+export { runLaterGrantsContract } from "../core/testing/later-grants.js";
 
 /**
  * Two managers over one store: every decision that writes nothing is taken on the store's current
@@ -160,7 +162,8 @@ export type ContractPart =
   | "reversals"
   | "lateUsage"
   | "cappedHolds"
-  | "customerState";
+  | "customerState"
+  | "laterGrants";
 
 export function runDbManagerContract(options: ContractOptions): void {
   useTestApi(options.test);
@@ -251,6 +254,8 @@ export function runDbManagerContract(options: ContractOptions): void {
     part("customerState", () =>
       runCustomerStateContract(getDb, { getPeer: () => peer ?? db, outbox: skip.outbox === undefined }),
     );
+    // Grants that start later; the start read through the other manager (over `db` twice without a peer).
+    part("laterGrants", () => runLaterGrantsContract(getDb, { getPeer: () => peer ?? db }));
     if (createPeer !== undefined)
       part("managers", () =>
         runManagersContract(

@@ -113,6 +113,36 @@ describe.each(Object.keys(hosts))("credit handler on %s", (host) => {
     expect(admin.json.balance).toBe(500);
   });
 
+  it("a grant that starts later: effectiveAt on the add body, upcoming in the grants and state until its start", async () => {
+    const start = new Date(now + 3_600_000).toISOString();
+    const add = await call("POST", "/admin/credits/users/lena/add", ADMIN, { amount: 40, effectiveAt: start });
+    expect(add.status).toBe(201);
+    expect(add.json).toMatchObject({ type: "add", amount: 40, balanceAfter: 0, effectiveAt: start });
+    expect((await call("GET", "/credits/balance", "lena")).json).toMatchObject({ balance: 0, available: 0 });
+    const grants = (await call("GET", "/credits/grants", "lena")).json.items;
+    expect(grants[0]).toMatchObject({ amount: 40, remaining: 40, upcoming: true, effectiveAt: start });
+    const state = (await call("GET", "/credits/state", "lena")).json;
+    expect(state.upcoming).toMatchObject([{ amount: 40, effectiveAt: start }]);
+    // An expiry not after the start: 400, nothing added.
+    const bad = await call("POST", "/admin/credits/users/lena/add", ADMIN, {
+      amount: 5,
+      effectiveAt: start,
+      expiresAt: start,
+    });
+    expect(bad.status).toBe(400);
+    expect((await call("GET", "/credits/grants", "lena")).json.items).toHaveLength(1);
+    const before = now;
+    now += 3_600_000;
+    try {
+      expect((await call("GET", "/credits/balance", "lena")).json).toMatchObject({ balance: 40, available: 40 });
+      expect((await call("GET", "/credits/state", "lena")).json.upcoming).toEqual([]);
+      const history = (await call("GET", "/credits/history?types=start", "lena")).json.items;
+      expect(history).toMatchObject([{ type: "start", amount: 40, balanceAfter: 40 }]);
+    } finally {
+      now = before;
+    }
+  });
+
   it("GET /credits/check and the admin check answer credits.check(); bad query 400, no peeking at others", async () => {
     const own = await call("GET", "/credits/check?feature=export", "alice");
     expect(own.status).toBe(200);
@@ -427,6 +457,7 @@ describe.each(Object.keys(hosts))("credit handler on %s", (host) => {
     const body = add.requestBody.content["application/json"].schema;
     expect(body.properties.amount).toMatchObject({ type: "integer", minimum: 1 });
     expect(body.required).toContain("amount");
+    expect(body.properties.effectiveAt).toBeDefined();
     expect(body.additionalProperties).toBe(false);
     expect(add.responses["403"]).toBeDefined();
     const reservation = doc.paths["/credits/reservations/{id}"].get.responses["200"].content["application/json"].schema;

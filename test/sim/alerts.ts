@@ -223,7 +223,9 @@ export class AlertsModel {
     let open = false;
     for (const g of m.grants) {
       if ((g.features ?? null) !== null || (g.spenders ?? null) !== null) continue;
-      if (!a.given.has(g.id)) a.given.set(g.id, g.remaining);
+      // A grant that starts later is given at its start (docs/units.md).
+      if (g.upcoming === true) continue;
+      if (!a.given.has(g.id)) a.given.set(g.id, g.startedWith ?? g.remaining);
       const was = a.seen.get(g.id) ?? "open";
       const is = g.closed !== null ? "closed" : g.remaining === 0 ? "out" : "open";
       a.seen.set(g.id, is);
@@ -286,7 +288,13 @@ export class AlertsModel {
         const until = now + t.withinDays * DAY;
         let left = 0;
         for (const g of m.grants)
-          if (g.closed === null && g.expiresAt !== null && g.expiresAt > now && g.expiresAt <= until)
+          if (
+            g.closed === null &&
+            g.upcoming !== true &&
+            g.expiresAt !== null &&
+            g.expiresAt > now &&
+            g.expiresAt <= until
+          )
             left += g.remaining;
         return left;
       }
@@ -305,7 +313,8 @@ export class AlertsModel {
     for (const g of m.grants) {
       if ((g.features ?? null) !== null || (g.spenders ?? null) !== null) continue;
       if (a.drawn.has(g.id)) granted += a.given.get(g.id) ?? 0;
-      if (g.closed !== null || g.remaining <= 0 || (g.expiresAt !== null && g.expiresAt <= now)) continue;
+      if (g.closed !== null || g.upcoming === true || g.remaining <= 0 || (g.expiresAt !== null && g.expiresAt <= now))
+        continue;
       granted += a.given.get(g.id) ?? 0;
       left += g.remaining;
     }

@@ -51,7 +51,8 @@ export function heldAmount(h: ModelHold): number {
 export function expireGrantNow(m: CreditModel, g: ModelGrant): number {
   if (g.closed !== null) return 0;
   const amount = g.remaining;
-  m.balance -= amount;
+  // A grant that has not started is in no balance (docs/units.md).
+  if (g.upcoming !== true) m.balance -= amount;
   g.remaining = 0;
   g.closed = "expired";
   return amount;
@@ -64,8 +65,12 @@ export function openGrants(m: CreditModel): Record<string, number> {
   return out;
 }
 
-/** The grants half of `CreditModel.settle()` (the expiry job settles grants only, holds stay). */
+/**
+ * The grants half of `CreditModel.settle()` (the expiry job settles grants only, holds stay): the
+ * grants whose start has come start first (docs/units.md), then the due ones expire.
+ */
 export function settleGrants(m: CreditModel): void {
+  m.startDue();
   for (const g of m.grants) {
     if (g.closed === null && g.expiresAt !== null && g.expiresAt <= m.now) expireGrantNow(m, g);
   }

@@ -37,7 +37,16 @@ const PROMOS: Readonly<Record<string, PromoSpec>> = {
 
 /** One client request of the simulation (what it asks; every retry asks the same). */
 export type Spec =
-  | { kind: "add"; user: string; amount: number; expiresAt: number | null; priority: number; scope?: SimScope }
+  | {
+      kind: "add";
+      user: string;
+      amount: number;
+      expiresAt: number | null;
+      priority: number;
+      scope?: SimScope;
+      /** A grant that starts later (docs/units.md): when it starts. */
+      effectiveAt?: number;
+    }
   | ({ kind: "deduct"; user: string; amount: number } & SimSpend)
   | ({ kind: "after"; user: string; amount: number } & SimSpend)
   /** Usage recorded late: an after-service deduction with `occurredAt` (docs/usage.md, "Late usage"). */
@@ -259,6 +268,8 @@ async function simulate(options: SimOptions): Promise<SimResult> {
   const lateRng = new Prng(seed ^ 0x1a7e0);
   // Which reads are reversals instead, of which charge and how much (a stream of its own too).
   const reverseRng = new Prng(seed ^ 0x7e7e75);
+  // Which additions start later, and when (a stream of its own too).
+  const laterRng = new Prng(seed ^ 0x1a7e57);
   /** The charges committed, by user: each one's amount and what its reversals gave back so far. */
   const charges = new Map<string, { id: string; amount: number; reversed: number }[]>();
   const limited = new Map<string, SimLimit[]>();
@@ -478,6 +489,9 @@ async function simulate(options: SimOptions): Promise<SimResult> {
   const applySpec = (spec: Spec, m: CreditModel, changes: Changes | null): string => {
     switch (spec.kind) {
       case "add":
+        // An expiry not after the start is refused before anything is read.
+        if (spec.effectiveAt !== undefined && spec.expiresAt !== null && spec.expiresAt <= spec.effectiveAt)
+          return "ValidationError";
         if (spec.expiresAt !== null && spec.expiresAt <= m.now) return "RuleViolationError";
         m.add(
           changes === null ? "predicted" : (changes.insertGrants[0]?.id ?? null),
@@ -485,6 +499,7 @@ async function simulate(options: SimOptions): Promise<SimResult> {
           spec.expiresAt,
           spec.priority,
           spec.scope ?? null,
+          spec.effectiveAt ?? null,
         );
         return "ok";
       case "deduct":
@@ -705,6 +720,7 @@ async function simulate(options: SimOptions): Promise<SimResult> {
           expiresAt: spec.expiresAt === null ? null : new Date(spec.expiresAt),
           priority: spec.priority,
           ...(spec.scope === undefined ? {} : { scope: spec.scope }),
+          ...(spec.effectiveAt === undefined ? {} : { effectiveAt: new Date(spec.effectiveAt) }),
         });
       case "deduct":
         return c.deductCredits(spec.user, spec.amount, { ...k, ...spendOptions(spec) });
@@ -820,7 +836,12 @@ async function simulate(options: SimOptions): Promise<SimResult> {
     switch (kind) {
       case "add": {
         const expiresAt = rng.chance(0.6) ? clock.now + rng.range(1, 3600) * 1000 : null;
-        const add = { kind, user, amount: rng.range(1, 120), expiresAt, priority: rng.range(0, 2) } as const;
+        const plain = { kind, user, amount: rng.range(1, 120), expiresAt, priority: rng.range(0, 2) } as const;
+        // A quarter of the additions start later (docs/units.md), some with an expiry not after
+        // their start (refused); drawn from a stream of their own.
+        const add = laterRng.chance(0.25)
+          ? { ...plain, effectiveAt: clock.now + laterRng.range(1, 1800) * 1000 }
+          : plain;
         return scoped && scopeRng.chance(0.4) ? { ...add, scope: scopeRng.pick(SCOPES) } : add;
       }
       case "after": {
@@ -1047,7 +1068,14 @@ async function simulate(options: SimOptions): Promise<SimResult> {
           outcome === "SpendLimitError" &&
           (op.spec.kind === "deduct" || op.spec.kind === "reserve") &&
           limited.has(op.spec.user);
-        if (!op.accept.has(outcome) && !byLimit) {
+        // An addition whose expiry is not after its start is refused before any load (docs/units.md).
+        const badStart =
+          outcome === "ValidationError" &&
+          op.spec.kind === "add" &&
+          op.spec.effectiveAt !== undefined &&
+          op.spec.expiresAt !== null &&
+          op.spec.expiresAt <= op.spec.effectiveAt;
+        if (!op.accept.has(outcome) && !byLimit && !badStart) {
           fail(
             `${describe(op)} answered ${outcome}; the model, at its last load, answers ${[...op.accept].join(" or ") || "nothing (no load)"}`,
           );
@@ -1160,7 +1188,8 @@ async function simulate(options: SimOptions): Promise<SimResult> {
       if (!m.overdrawn && m.available < 0) fail(`${where}: available ${m.available} below zero without an overdraft`);
       // (Scoped grants pay no debt: docs/teams-and-limits.md, "Scoped credits".)
       const unscoped = m.grants.filter((g) => (g.features ?? null) === null && (g.spenders ?? null) === null);
-      if (m.debt > 0 && unscoped.some((g) => g.closed === null && g.remaining > 0))
+      // (Nor do grants that have not started: docs/units.md.)
+      if (m.debt > 0 && unscoped.some((g) => g.closed === null && g.upcoming !== true && g.remaining > 0))
         fail(`${where}: debt while a grant has credits`);
       const stored = await inner.getActiveSubscription(user);
       const modelled = subs.activeOf(user);
@@ -1378,7 +1407,8 @@ function scopedTotals(m: CreditModel): {
     const features = g.features ?? null;
     const spenders = g.spenders ?? null;
     if (features === null && spenders === null) continue;
-    if (g.closed !== null || g.remaining === 0 || (g.expiresAt !== null && g.expiresAt <= m.now)) continue;
+    if (g.closed !== null || g.upcoming === true || g.remaining === 0 || (g.expiresAt !== null && g.expiresAt <= m.now))
+      continue;
     const f = features === null ? null : [...features].sort();
     const sp = spenders === null ? null : [...spenders].sort();
     const key = JSON.stringify([f, sp]);

@@ -20,7 +20,7 @@ import { hashNewEntry } from "./hash.js";
 import type { JournalKey } from "./journal-keys.js";
 import type { WorkEvent } from "./notifications.js";
 import { type Counted, type Spend, countSpend, describeLimit, giveBackSpend, limitRoom, trueUpHold } from "./limits.js";
-import { compareGrants, isDue, isOpenGrant, isUsable } from "./order.js";
+import { compareGrants, isDue, isOpenGrant, isUpcoming, isUsable, startsBy } from "./order.js";
 import { outOfScope, spendOrder } from "./scope.js";
 import { chargeWithinLimit, commitWithinLimit, headroom, shortfallMeta } from "./overdraft.js";
 import { WorkingSet } from "./working-set.js";
@@ -60,6 +60,8 @@ export interface NewGrant {
   scope?: GrantScope | null;
   /** What each credit was sold for (docs/revenue.md); null or absent: none (free, or unknown). */
   costBasis?: CostBasis | null;
+  /** When it starts (docs/units.md, "Grants that start later"); null, absent, now or past: at once. */
+  effectiveAt?: Date | null;
 }
 
 /**
@@ -139,7 +141,8 @@ export class AccountWork {
         };
     this.grants = new WorkingSet(state.grants, true);
     this.holds = new WorkingSet(state.reservations);
-    this.ordered = state.grantsInOrder === true;
+    // A grant that started later is ordered by its start, which the stores' order does not read.
+    this.ordered = state.grantsInOrder === true && !state.grants.some((g) => g.effectiveAt != null);
   }
 
   /** The journal entries this work made, in seq order. */
@@ -236,7 +239,10 @@ export class AccountWork {
    */
   settle(asOf: Date = this.now): Settlement {
     this.settled = true;
-    const out: Settlement = { expired: 0, holdsReleased: 0, creditsReleased: 0, periodGrantsEnded: 0 };
+    const out: Settlement = { expired: 0, holdsReleased: 0, creditsReleased: 0, periodGrantsEnded: 0, started: 0 };
+    // Starts first: a grant that started and expired since the account was last touched paid debt
+    // at its start, and expires with what it had left.
+    out.started = this.startDue(asOf);
     for (const g of this.grants.all()) if (isPeriodGrant(g) && isDue(g, asOf)) out.periodGrantsEnded++;
     const lapsed = this.holds
       .all()
@@ -253,8 +259,51 @@ export class AccountWork {
     return out;
   }
 
+  /**
+   * Starts every upcoming grant whose start is at or before `asOf` (docs/units.md, "Grants that
+   * start later"), in order of their starts: one `start` entry each. Returns the grants started.
+   */
+  startDue(asOf: Date): number {
+    const due = this.grants
+      .all()
+      .filter((g) => startsBy(g, asOf))
+      .sort(compareGrants)
+      .sort((a, b) => (a.effectiveAt?.getTime() ?? 0) - (b.effectiveAt?.getTime() ?? 0));
+    for (const g of due) this.start(g);
+    // The next expiry is then read again from everything (a start moves it on).
+    if (due.length > 0) this.settled = true;
+    return due.length;
+  }
+
+  /**
+   * Starts upcoming grant `g` as an addition made now: its credits join the balance and pay the
+   * debt first (an unscoped grant's), the rest stays on the grant. Its `start` entry lists the
+   * credits kept and, as a `debt_paid` portion, those that paid debt.
+   */
+  private start(g: Grant): JournalEntry {
+    if (this.account.balance + g.remaining > Number.MAX_SAFE_INTEGER) throw beyondSafe("balance", g.remaining);
+    const amount = g.remaining;
+    const debtPaid = (g.scope ?? null) === null ? Math.min(this.account.debt, amount) : 0;
+    const kept = amount - debtPaid;
+    // As a grant added now: created with what the debt left (its `add` entry keeps the whole amount).
+    this.grants.put({ ...g, upcoming: null, amount: kept, remaining: kept }, g);
+    this.account.balance += amount;
+    this.account.debt -= debtPaid;
+    const portions: GrantPortion[] = [];
+    if (kept > 0) portions.push({ grantId: g.id, amount: kept });
+    if (debtPaid > 0) portions.push({ grantId: g.id, amount: debtPaid, kind: "debt_paid" });
+    const entry = this.emit("start", amount, portions, null, {
+      description: debtPaid > 0 ? `grant started; ${debtPaid} credits paid debt` : "grant started",
+    });
+    // Its domain event (docs/events.md) names the grant's source, as an addition's does.
+    noteAddSource(entry, g.source, g.sourceRef);
+    return entry;
+  }
+
   /** Expires the unspent part of every grant due at `asOf` (<= now). Returns the credits expired. */
   expireDue(asOf: Date, meta: EntryMeta): number {
+    // A grant that started before it expired starts first, paying debt (docs/units.md).
+    this.startDue(asOf);
     const due = this.grants
       .all()
       .filter((g) => isDue(g, asOf))
@@ -279,8 +328,11 @@ export class AccountWork {
   /** Closes `grants` as expired, removing what they have left in one `expire` entry. */
   private closeExpired(grants: readonly Grant[], meta: EntryMeta): number {
     const portions: GrantPortion[] = [];
+    // An upcoming grant's credits are in no balance (docs/units.md, "Grants that start later").
+    let notInBalance = 0;
     for (const g of grants) {
       if (g.remaining > 0) portions.push({ grantId: g.id, amount: g.remaining });
+      if (isUpcoming(g)) notInBalance += g.remaining;
       this.grants.put(
         {
           ...g,
@@ -294,7 +346,7 @@ export class AccountWork {
     }
     const total = sum(portions);
     if (total > 0) {
-      this.account.balance = this.account.balance - total;
+      this.account.balance = this.account.balance - (total - notInBalance);
       this.emit("expire", total, portions, null, meta);
     }
     return total;
@@ -325,6 +377,9 @@ export class AccountWork {
   /** Adds credits: pays debt first, the rest forms a new grant. */
   add(amount: number, grant: NewGrant, meta: EntryMeta): JournalEntry {
     if (this.account.balance + amount > Number.MAX_SAFE_INTEGER) throw beyondSafe("balance", amount);
+    const startsAt = grant.effectiveAt ?? null;
+    if (startsAt !== null && startsAt.getTime() > this.now.getTime())
+      return this.addLater(amount, grant, startsAt, meta);
     const scope = grant.scope ?? null;
     // Debt is owed for spends of any scope: a scoped grant pays none of it.
     const debtPaid = scope === null ? Math.min(this.account.debt, amount) : 0;
@@ -349,6 +404,9 @@ export class AccountWork {
         closedReason: null,
         scope,
         costBasis: grant.costBasis ?? null,
+        // Started when created (docs/units.md, "Grants that start later").
+        effectiveAt: null,
+        upcoming: null,
       };
       if (scope !== null) this.account.scoped = true;
       portions.push(this.newGrant(g));
@@ -363,6 +421,43 @@ export class AccountWork {
     // An addition that only paid debt created no grant: its domain event (docs/events.md) still names the source.
     if (grantAmount === 0) noteAddSource(entry, grant.source, grant.sourceRef);
     return entry;
+  }
+
+  /**
+   * Adds credits that start at `startsAt`, after now (docs/units.md, "Grants that start later"): an
+   * upcoming grant of the whole amount, in no balance and paying no debt until `start` (at the first
+   * settlement from then on). The `add` entry names the start and leaves balance and debt as they are.
+   */
+  private addLater(amount: number, grant: NewGrant, startsAt: Date, meta: EntryMeta): JournalEntry {
+    const scope = grant.scope ?? null;
+    const g: Grant = {
+      id: this.newId(),
+      userId: this.userId,
+      amount,
+      remaining: amount,
+      expiresAt: grant.expiresAt,
+      priority: grant.priority,
+      source: grant.source,
+      sourceRef: grant.sourceRef,
+      description: grant.description,
+      metadata: grant.metadata as Grant["metadata"],
+      createdAt: this.now,
+      expiredAmount: 0,
+      closedAt: null,
+      closedReason: null,
+      scope,
+      costBasis: grant.costBasis ?? null,
+      effectiveAt: startsAt,
+      upcoming: true,
+    };
+    if (scope !== null) this.account.scoped = true;
+    const portions = [this.newGrant(g)];
+    return this.emit("add", amount, portions, null, meta, {
+      costBasis: grant.costBasis ?? null,
+      source: grant.source,
+      scope,
+      effectiveAt: startsAt,
+    });
   }
 
   /**
@@ -643,7 +738,8 @@ export class AccountWork {
     }
     const amount = current.remaining;
     this.grants.put({ ...current, remaining: 0, closedAt: this.now, closedReason: "voided" }, current);
-    this.account.balance = this.account.balance - amount;
+    // An upcoming grant's credits are in no balance (docs/units.md, "Grants that start later").
+    if (!isUpcoming(current)) this.account.balance = this.account.balance - amount;
     return this.emit("void", amount, amount > 0 ? [{ grantId: current.id, amount }] : [], null, meta);
   }
 
@@ -859,7 +955,11 @@ export class AccountWork {
       if (counts) next = minDate(next, expiresAt);
       else if (next !== null && expiresAt.getTime() <= next.getTime()) rescan = true;
     };
-    this.grants.forEachTouched((g) => touched(g.expiresAt, isOpenGrant(g)));
+    this.grants.forEachTouched((g) => {
+      touched(g.expiresAt, isOpenGrant(g));
+      // An upcoming grant's start is due like an expiry (docs/units.md, "Grants that start later").
+      if (isUpcoming(g)) touched(g.effectiveAt ?? null, isOpenGrant(g));
+    });
     this.holds.forEachTouched((h) => touched(h.expiresAt, h.status === "active"));
     return rescan ? this.scanNextExpiry() : next;
   }
@@ -868,7 +968,7 @@ export class AccountWork {
   private scanNextExpiry(): Date | null {
     let next: Date | null = null;
     for (const g of this.grants.all()) {
-      if (isOpenGrant(g)) next = minDate(next, g.expiresAt);
+      if (isOpenGrant(g)) next = minDate(next, isUpcoming(g) ? (g.effectiveAt ?? null) : g.expiresAt);
     }
     for (const h of this.holds.all()) {
       if (h.status === "active") next = minDate(next, h.expiresAt);
@@ -882,7 +982,7 @@ export class AccountWork {
     grants: GrantPortion[],
     reservationId: string | null,
     meta: EntryMeta,
-    added?: { costBasis: CostBasis | null; source: GrantSource; scope: GrantScope | null },
+    added?: { costBasis: CostBasis | null; source: GrantSource; scope: GrantScope | null; effectiveAt?: Date | null },
   ): JournalEntry {
     const a = this.account;
     const entry: JournalEntry = {
@@ -916,6 +1016,7 @@ export class AccountWork {
       hashVersion: 2,
       keyId: this.chainKey?.id ?? null,
       scope: added?.scope ?? null,
+      effectiveAt: added?.effectiveAt ?? null,
     };
     const { hash, canonical } = hashNewEntry(entry, this.chainKey?.key);
     entry.hash = hash;
@@ -953,6 +1054,8 @@ export interface Settlement {
    * docs/subscriptions.md, "Periods start on time").
    */
   periodGrantsEnded: number;
+  /** Grants added to start later that started here (docs/units.md, "Grants that start later"). */
+  started: number;
 }
 
 /** Grants a subscription period is made of. */

@@ -316,7 +316,8 @@ class Figures {
     const now = this.now;
     const horizon = now + (this.windows[this.windows.length - 1] ?? -1);
     for (const g of this.grants()) {
-      if (!isOpenGrant(g)) continue;
+      // An upcoming grant is not granted until it starts (docs/units.md, "Grants that start later").
+      if (!isOpenGrant(g) || g.upcoming === true) continue;
       const at = g.expiresAt?.getTime() ?? null;
       if (at !== null && at > now && at <= horizon) {
         const i = this.windowOf(at);

@@ -107,7 +107,8 @@ export function trackAllowance(
     const live = new Set<string>();
     if (account.scoped !== true) {
       if (account.balance + account.debt > 0) live.add(scopeKey(null));
-    } else for (const g of open()) live.add(scopeKey(g.scope));
+      // (A grant that has not started holds nothing yet: docs/units.md.)
+    } else for (const g of open()) if (g.upcoming !== true) live.add(scopeKey(g.scope));
     for (const key of amounts.keys()) if (!live.has(key)) amounts.set(key, 0);
   }
   const marks = account.alert?.marks;

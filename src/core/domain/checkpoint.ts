@@ -16,6 +16,11 @@ export interface CheckpointSnapshot {
   grants: Record<string, [number, number]>;
   /** Every active hold: reservation id → grant id → credits held from it (no zero portions). */
   holds: Record<string, Record<string, number>>;
+  /**
+   * The grants of `grants` that have not started (docs/units.md, "Grants that start later"): their
+   * credits are in no balance. Absent: none.
+   */
+  upcoming?: string[];
 }
 
 /**
@@ -28,7 +33,11 @@ export function snapshotOf(
   grantOf: (id: string) => Grant | undefined,
 ): CheckpointSnapshot {
   const out: CheckpointSnapshot = { v: 1, grants: {}, holds: {} };
-  for (const g of grants) if (g.remaining > 0) out.grants[g.id] = [g.remaining, g.expiredAmount];
+  for (const g of grants) {
+    if (g.remaining <= 0) continue;
+    out.grants[g.id] = [g.remaining, g.expiredAmount];
+    if (g.upcoming === true && g.closedAt === null) (out.upcoming ??= []).push(g.id);
+  }
   for (const h of holds) {
     if (h.status !== "active") continue;
     const alloc: Record<string, number> = {};
@@ -63,7 +72,11 @@ export function readSnapshot(entry: JournalEntry): CheckpointSnapshot | string {
     if (typeof h !== "object" || h === null || !Object.values(h).every(isCount))
       return `checkpoint ${entry.seq} has a malformed hold in its snapshot`;
   }
-  return { v: 1, grants, holds };
+  const upcoming = s.upcoming;
+  if (upcoming === undefined) return { v: 1, grants, holds };
+  if (!Array.isArray(upcoming) || !upcoming.every((id) => typeof id === "string" && grants[id] !== undefined))
+    return `checkpoint ${entry.seq} has a malformed list of upcoming grants in its snapshot`;
+  return { v: 1, grants, holds, upcoming };
 }
 
 /** The metadata of a checkpoint entry. */

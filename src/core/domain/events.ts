@@ -24,6 +24,8 @@ export interface EventContext {
   updateReservations: readonly Reservation[];
   /** Grants the change created, by id (an `add` entry's source and expiry). */
   insertGrants: readonly { id: string; source: GrantSource; sourceRef: string | null; expiresAt: Date | null }[];
+  /** Grants the change updated (a `start` entry's grant: its source and expiry). Absent: none read. */
+  updateGrants?: readonly { id: string; source: GrantSource; sourceRef: string | null; expiresAt: Date | null }[];
 }
 
 /** The domain event rows of a change's `entries` (in seq order), or none when the change made no entry. */
@@ -100,6 +102,28 @@ function eventOf(e: JournalEntry, c: EventContext): [DomainEventType, Record<str
           grantId,
           expiresAt: grant?.expiresAt?.toISOString() ?? null,
           debtPaid: e.amount - granted,
+          ...(e.effectiveAt == null ? {} : { effectiveAt: e.effectiveAt.toISOString() }),
+        },
+      ];
+    }
+    case "start": {
+      // A grant added to start later started (docs/units.md, "Grants that start later").
+      const grantId = e.grants[0]?.grantId ?? null;
+      const grant = grantId === null ? undefined : c.updateGrants?.find((g) => g.id === grantId);
+      const noted = addSources.get(e);
+      const source: GrantSource = grant?.source ?? noted?.source ?? "other";
+      let debtPaid = 0;
+      for (const g of e.grants) if (g.kind === "debt_paid") debtPaid += g.amount;
+      return [
+        source === "adjustment" ? "credits_adjusted" : "credits_added",
+        {
+          ...base(e),
+          source,
+          sourceRef: grant?.sourceRef ?? noted?.sourceRef ?? null,
+          grantId,
+          expiresAt: grant?.expiresAt?.toISOString() ?? null,
+          debtPaid,
+          started: true,
         },
       ];
     }

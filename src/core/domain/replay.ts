@@ -72,6 +72,8 @@ export function replayJournal(
   const holds = new Map<string, Map<string, number>>();
   const created = new Set<string>();
   const expired = new Map<string, number>();
+  /** Grants added to start later whose `start` entry has not come yet: in no balance (docs/units.md). */
+  const upcoming = new Set<string>();
   /**
    * From a checkpoint: the grants a reversal returns credits to that neither the checkpoint records
    * nor an entry after it created, and what the reversals returned to each (`compareStored`).
@@ -97,6 +99,7 @@ export function replayJournal(
         if (gone > 0) expired.set(id, gone);
       }
       for (const [id, alloc] of Object.entries(snapshot.holds)) holds.set(id, new Map(Object.entries(alloc)));
+      for (const id of snapshot.upcoming ?? []) upcoming.add(id);
     }
   }
 
@@ -140,6 +143,17 @@ export function replayJournal(
     const s = sumOf(e);
     switch (e.type) {
       case "add":
+        if ((e.effectiveAt ?? null) !== null) {
+          // A grant that starts later: created whole, in no balance until its `start` entry.
+          if (s !== e.amount || e.grants.length !== 1)
+            problems.push(`${where} adds a grant that starts later but does not create it whole`);
+          for (const g of e.grants) {
+            created.add(g.grantId);
+            remaining.set(g.grantId, g.amount);
+            upcoming.add(g.grantId);
+          }
+          break;
+        }
         if (s > e.amount) problems.push(`${where} creates more than it adds`);
         for (const g of e.grants) {
           created.add(g.grantId);
@@ -154,13 +168,33 @@ export function replayJournal(
         debt += e.amount - s;
         break;
       case "expire":
-      case "void":
+      case "void": {
         if (s !== e.amount) problems.push(`${where} removes ${s} from grants but says ${e.amount}`);
         for (const g of e.grants) take(g.grantId, g.amount, e.seq);
         if (e.type === "expire")
           for (const g of e.grants) expired.set(g.grantId, (expired.get(g.grantId) ?? 0) + g.amount);
-        balance -= e.amount;
+        // An upcoming grant's credits were in no balance.
+        let notInBalance = 0;
+        for (const g of e.grants) if (upcoming.has(g.grantId)) notInBalance += g.amount;
+        balance -= e.amount - notInBalance;
         break;
+      }
+      case "start": {
+        // An upcoming grant starts: its credits join the balance, the `debt_paid` part paying debt.
+        if (s !== e.amount) problems.push(`${where} starts ${s} of grants but says ${e.amount}`);
+        let paid = 0;
+        for (const g of e.grants) {
+          if (!upcoming.has(g.grantId)) problems.push(`${where} starts grant ${g.grantId}, which is not upcoming`);
+          if (g.kind === "debt_paid") {
+            paid += g.amount;
+            take(g.grantId, g.amount, e.seq);
+          }
+        }
+        for (const g of e.grants) upcoming.delete(g.grantId);
+        balance += e.amount;
+        debt -= paid;
+        break;
+      }
       case "reserve": {
         if (s !== e.amount) problems.push(`${where} holds ${s} from grants but says ${e.amount}`);
         if (e.reservationId === null) problems.push(`${where} has no reservation id`);
@@ -244,7 +278,7 @@ export function replayJournal(
 
   // The invariants of docs/concepts.md ("Audit") on the replayed state.
   let sumRemaining = 0;
-  for (const v of remaining.values()) sumRemaining += v;
+  for (const [id, v] of remaining) if (!upcoming.has(id)) sumRemaining += v;
   const activeReservations: Record<string, number> = {};
   let sumHolds = 0;
   for (const [id, alloc] of holds) {
@@ -260,7 +294,8 @@ export function replayJournal(
   // grants may keep theirs while it is owed. Their scopes are the stored grants' (none: an archive).
   let sumUnscoped = sumRemaining;
   if (debt > 0 && stored !== null)
-    for (const g of stored.grants) if ((g.scope ?? null) !== null) sumUnscoped -= remaining.get(g.id) ?? 0;
+    for (const g of stored.grants)
+      if ((g.scope ?? null) !== null && !upcoming.has(g.id)) sumUnscoped -= remaining.get(g.id) ?? 0;
   if (debt > 0 && sumUnscoped > 0) problems.push(`debt ${debt} outstanding while grants still hold ${sumUnscoped}`);
 
   // A scoped grant's scope is in its add entry's hash (version 2): the stored grant must keep it.
@@ -284,6 +319,7 @@ export function replayJournal(
         prevHash,
         remaining,
         expired,
+        upcoming,
         activeReservations,
         metInReverse,
         checkpointAt: base > 0 ? (first as JournalEntry).createdAt : null,
@@ -418,6 +454,7 @@ function compareStored(
     prevHash: string | null;
     remaining: ReadonlyMap<string, number>;
     expired: ReadonlyMap<string, number>;
+    upcoming: ReadonlySet<string>;
     activeReservations: Record<string, number>;
     metInReverse: ReadonlyMap<string, number>;
     checkpointAt: Date | null;
@@ -442,6 +479,9 @@ function compareStored(
     if (g === undefined) problems.push(`grant ${id} is in the journal but not stored`);
     else if (g.remaining !== v) problems.push(`grant ${id}: stored remaining ${g.remaining}, replayed ${v}`);
     if (g && g.remaining < 0) problems.push(`grant ${id} below zero`);
+    // Open and upcoming exactly when the journal has not started it (docs/units.md).
+    if (g && g.closedAt === null && (g.upcoming === true) !== r.upcoming.has(id))
+      problems.push(`grant ${id}: stored ${g.upcoming === true ? "upcoming" : "started"}, the journal says otherwise`);
     const returned = r.metInReverse.get(id);
     if (g && returned !== undefined && closedBefore(g, r.checkpointAt))
       problems.push(...closedBeforeProblems(g, v, expired.get(id) ?? 0, returned));

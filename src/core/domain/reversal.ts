@@ -215,8 +215,10 @@ function debtPaidBy(
       const paid = e.amount - listed;
       return paid > 0 ? [{ grantId: e.grants[0]?.grantId ?? null, amount: paid }] : [];
     }
+    // (A grant's start, docs/units.md "Grants that start later", lists the debt it paid too.)
     case "commit_reserved":
     case "reverse":
+    case "start":
       return e.grants.filter((p) => p.kind === "debt_paid").map((p) => ({ grantId: p.grantId, amount: p.amount }));
     case "release_reserved": {
       // A release lists what went back to each grant; the rest of the hold paid debt.
@@ -236,7 +238,7 @@ function debtPaidBy(
 }
 
 /** The entry types that may pay debt (`PaidDebt` reads them) or give paid debt back (a reversal). */
-export const PAYING_TYPES = ["add", "commit_reserved", "release_reserved", "reverse"] as const;
+export const PAYING_TYPES = ["add", "commit_reserved", "release_reserved", "reverse", "start"] as const;
 
 /**
  * The grant a reversal makes for the part of its charge's debt that was paid since by credits no
@@ -261,5 +263,7 @@ export function debtGrant(id: string, userId: string, amount: number, chargeId: 
     closedReason: null,
     scope: null,
     costBasis: null,
+    effectiveAt: null,
+    upcoming: null,
   };
 }

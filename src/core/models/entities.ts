@@ -52,6 +52,11 @@ export const EntryType = z.enum([
    * charge drew from, in the charge's proportions (docs/concepts.md, "The journal").
    */
   "reverse",
+  /**
+   * A grant added to start later reached its start (docs/units.md, "Grants that start later"):
+   * its credits join the balance, paying debt first (`kind: "debt_paid"` portions).
+   */
+  "start",
 ]);
 export type EntryType = z.infer<typeof EntryType>;
 
@@ -141,6 +146,16 @@ export const Grant = z.object({
    * revenue). Never changes; the `add` entry that created the grant carries the same.
    */
   costBasis: z.optional(z.nullable(CostBasis)),
+  /**
+   * When a grant added to start later starts (docs/units.md, "Grants that start later"); null or
+   * absent: when it was created. Its age in the burn-down order counts from it. Never changes.
+   */
+  effectiveAt: z.optional(z.nullable(z.date())),
+  /**
+   * True while the grant has not started: its credits are in no balance and nothing draws them.
+   * Null, false or absent: started.
+   */
+  upcoming: z.optional(z.nullable(z.boolean())),
 });
 export type Grant = z.infer<typeof Grant>;
 
@@ -260,6 +275,12 @@ export const JournalEntry = z.object({
    * and `audit()` checks the stored grant's scope against it.
    */
   scope: z.optional(z.nullable(GrantScope)),
+  /**
+   * An `add` entry's start, for a grant added to start later (docs/units.md, "Grants that start
+   * later"): its credits join the balance at the `start` entry written then. Null or absent on every
+   * other entry. Covered by the hash when set (hash version 2).
+   */
+  effectiveAt: z.optional(z.nullable(z.date())),
 });
 export type JournalEntry = z.infer<typeof JournalEntry>;
 

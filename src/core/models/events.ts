@@ -44,6 +44,13 @@ export const CreditsAddedPayload = z.object({
   expiresAt: z.nullable(z.string()),
   /** Part of `amount` that paid debt first. */
   debtPaid: z.number().check(z.int()),
+  /**
+   * ISO-8601: the grant starts then (docs/units.md, "Grants that start later"). On its addition's
+   * event the balance is unchanged; its start has an event of its own, with `started` true.
+   */
+  effectiveAt: z.optional(z.nullable(z.string())),
+  /** True on the event of a grant's start: its credits joined the balance then, `debtPaid` of them paying debt. */
+  started: z.optional(z.boolean()),
 });
 export type CreditsAddedPayload = z.infer<typeof CreditsAddedPayload>;
 

@@ -30,6 +30,11 @@ export type MutationOptions = z.input<typeof MutationOptions>;
 export const AddCreditsOptions = z.extend(MutationOptions, {
   /** When unspent credits of this grant expire; omitted or null: never. */
   expiresAt: z.optional(z.nullable(DateInput)),
+  /**
+   * When the grant starts (docs/units.md, "Grants that start later"): until then its credits are
+   * upcoming, in no balance. Omitted, null, now or past: at once. `expiresAt` must be after it.
+   */
+  effectiveAt: z.optional(z.nullable(DateInput)),
   /** Lower numbers are drawn first. Default 0. */
   priority: z.optional(Priority),
   source: z.optional(GrantSource),

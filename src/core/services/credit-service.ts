@@ -198,6 +198,8 @@ export class CoreCreditService {
     if (o.source !== undefined) this.core.registry.checkGrantSource(o.source);
     checkSaleWorth(n, o.costBasis, MAX_SALE);
     const expiresAt = o.expiresAt ?? null;
+    const effectiveAt = o.effectiveAt ?? null;
+    checkStart(effectiveAt, expiresAt);
     const past = (now: Date) => expiresAt !== null && expiresAt.getTime() <= now.getTime();
     const refuse = () =>
       new RuleViolationError(`Invalid options.expiresAt: ${expiresAt?.toISOString()} is not in the future`, [
@@ -210,6 +212,8 @@ export class CoreCreditService {
       amount: n,
       ...o,
       expiresAt: o.expiresAt?.toISOString() ?? null,
+      // Only when given, so a key's fingerprint without a start is what it always was.
+      ...(o.effectiveAt === undefined ? {} : { effectiveAt: effectiveAt?.toISOString() ?? null }),
     }));
     return this.core.units.mutate("addCredits", user, meta, (work) => {
       if (past(work.now)) throw refuse();
@@ -224,6 +228,7 @@ export class CoreCreditService {
           metadata: o.metadata ?? null,
           scope: o.scope ?? null,
           costBasis: o.costBasis ?? null,
+          effectiveAt,
         },
         meta,
       );
@@ -563,4 +568,16 @@ export function creditCore(credits: CoreCreditService): CreditCore {
 /** The core of `credits` when it is a `CoreCreditService`; undefined for a stand-in (`Pick<CoreCreditService, …>`). @internal */
 export function findCreditCore(credits: object): CreditCore | undefined {
   return credits instanceof CoreCreditService ? credits["core"] : undefined;
+}
+
+/**
+ * A grant's `expiresAt` must be after its start (docs/units.md, "Grants that start later"):
+ * refused before anything is read.
+ */
+function checkStart(effectiveAt: Date | null, expiresAt: Date | null): void {
+  if (effectiveAt === null || expiresAt === null || expiresAt.getTime() > effectiveAt.getTime()) return;
+  throw new ValidationError(
+    `Invalid options.expiresAt: ${expiresAt.toISOString()} is not after options.effectiveAt ${effectiveAt.toISOString()}`,
+    [{ path: "expiresAt", message: "must be after effectiveAt" }],
+  );
 }

@@ -73,7 +73,8 @@ export async function expiringCredits(
 ): Promise<ExpiringCredits> {
   const until = now + days * 86_400_000;
   const grants = (await db.listGrants(user))
-    .filter((g) => g.remaining > 0 && g.closedAt === null && g.expiresAt !== null)
+    // An upcoming grant's credits are in no balance until it starts (docs/units.md, "Grants that start later").
+    .filter((g) => g.remaining > 0 && g.closedAt === null && g.expiresAt !== null && g.upcoming !== true)
     .filter((g) => (g.expiresAt as Date).getTime() > now && (g.expiresAt as Date).getTime() <= until)
     .sort((a, b) => (a.expiresAt as Date).getTime() - (b.expiresAt as Date).getTime());
   return { userId: user, total: grants.reduce((s, g) => s + g.remaining, 0), grants: grants.map(copy) };

@@ -377,6 +377,8 @@ export class NotificationService {
       const page = await this.db.findDueGrants(until, pageSize, after);
       for (const g of page) {
         if (g.remaining <= 0 || g.expiresAt === null || g.expiresAt.getTime() <= now.getTime()) continue;
+        // Not started: its credits are in no balance (docs/units.md, "Grants that start later").
+        if (g.upcoming === true) continue;
         if (seen.has(g.userId)) continue;
         seen.add(g.userId);
         await this.reevaluate(g.userId);
@@ -463,7 +465,10 @@ export class NotificationService {
       const page = await this.db.findDueGrants(until, pageSize, after);
       scanned += page.length;
       const rows = page
-        .filter((g) => g.expiresAt !== null && g.expiresAt.getTime() > now.getTime() && g.remaining > 0)
+        .filter(
+          (g) =>
+            g.expiresAt !== null && g.expiresAt.getTime() > now.getTime() && g.remaining > 0 && g.upcoming !== true,
+        )
         .map((g) =>
           newNotification(
             g.userId,

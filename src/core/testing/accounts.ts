@@ -92,6 +92,8 @@ export function runAccountsContract(getDb: () => DbManager, options: PartOptions
           closedReason: null,
           scope: null,
           costBasis: null,
+          effectiveAt: null,
+          upcoming: null,
         });
         const [stored] = await db.listJournal(u, { order: "asc", limit: 10 });
         expect(stored).toEqual(e);

@@ -15,6 +15,12 @@ export interface ModelGrant {
   features?: string[] | null;
   /** The spenders it pays for (null: any). */
   spenders?: string[] | null;
+  /** When it starts, for a grant added to start later (docs/units.md); absent: at `createdAt`. */
+  startsAt?: number;
+  /** True until it starts: in no balance, drawn by nothing. */
+  upcoming?: boolean;
+  /** What it held when it started, after paying debt: what it was given, as an addition then. */
+  startedWith?: number;
 }
 
 /** Who spends on what (null: not named). */
@@ -65,12 +71,18 @@ export class CreditModel {
   availableFor(spend: ModelSpend): number {
     let other = 0;
     for (const g of this.grants)
-      if (g.closed === null && (g.expiresAt === null || g.expiresAt > this.now) && !mayPay(g, spend))
+      if (
+        g.closed === null &&
+        g.upcoming !== true &&
+        (g.expiresAt === null || g.expiresAt > this.now) &&
+        !mayPay(g, spend)
+      )
         other += g.remaining;
     return this.balance - this.reserved - other;
   }
 
   settle(): void {
+    this.startDue();
     for (const g of this.grants) {
       if (g.closed === null && g.expiresAt !== null && g.expiresAt <= this.now) {
         this.balance -= g.remaining;
@@ -88,13 +100,52 @@ export class CreditModel {
     }
   }
 
+  /**
+   * Grants whose start has come, by start: each joins the balance as an addition then, paying debt
+   * first when unscoped (docs/units.md, "Grants that start later").
+   */
+  startDue(): void {
+    const due = this.grants
+      .filter((g) => g.upcoming === true && g.closed === null && (g.startsAt ?? 0) <= this.now)
+      .sort((a, b) => (a.startsAt ?? 0) - (b.startsAt ?? 0) || byBurnDown(a, b));
+    for (const g of due) {
+      g.upcoming = false;
+      const pay = isScoped(g) ? 0 : Math.min(this.debt, g.remaining);
+      this.debt -= pay;
+      this.balance += g.remaining;
+      g.remaining -= pay;
+      g.startedWith = g.remaining;
+    }
+  }
+
   add(
     id: string | null,
     amount: number,
     expiresAt: number | null,
     priority: number,
     scope: { features?: string[]; spenders?: string[] } | null = null,
+    startsAt: number | null = null,
   ): void {
+    if (startsAt !== null && startsAt > this.now) {
+      // Upcoming: the whole amount waits on the grant, in no balance, paying no debt.
+      if (id === null) return;
+      const g: ModelGrant = {
+        id,
+        remaining: amount,
+        expiresAt,
+        priority,
+        createdAt: this.now,
+        closed: null,
+        startsAt,
+        upcoming: true,
+      };
+      if (scope !== null) {
+        g.features = scope.features ?? null;
+        g.spenders = scope.spenders ?? null;
+      }
+      this.grants.push(g);
+      return;
+    }
     // A scoped grant pays no debt: the debt is owed for spends of any scope.
     const pay = scope === null ? Math.min(this.debt, amount) : 0;
     this.debt -= pay;
@@ -157,7 +208,7 @@ export class CreditModel {
   }
 
   voidGrant(g: ModelGrant): void {
-    this.balance -= g.remaining;
+    if (g.upcoming !== true) this.balance -= g.remaining;
     g.remaining = 0;
     g.closed = "voided";
   }
@@ -167,16 +218,13 @@ export class CreditModel {
     return this.grants
       .filter(
         (g) =>
-          g.closed === null && g.remaining > 0 && (g.expiresAt === null || g.expiresAt > this.now) && mayPay(g, spend),
+          g.closed === null &&
+          g.upcoming !== true &&
+          g.remaining > 0 &&
+          (g.expiresAt === null || g.expiresAt > this.now) &&
+          mayPay(g, spend),
       )
-      .sort(
-        (a, b) =>
-          Number(isScoped(b)) - Number(isScoped(a)) ||
-          a.priority - b.priority ||
-          (a.expiresAt ?? Infinity) - (b.expiresAt ?? Infinity) ||
-          a.createdAt - b.createdAt ||
-          (a.id < b.id ? -1 : a.id > b.id ? 1 : 0),
-      );
+      .sort((a, b) => Number(isScoped(b)) - Number(isScoped(a)) || byBurnDown(a, b));
   }
 
   /** Takes up to `amount` from usable grants in burn-down order; returns what each gave. */
@@ -214,6 +262,16 @@ export class CreditModel {
       g.remaining += a - pay;
     }
   }
+}
+
+/** Lower priority, sooner expiry (never last), older start (a later grant's age counts from its start), id. */
+function byBurnDown(a: ModelGrant, b: ModelGrant): number {
+  return (
+    a.priority - b.priority ||
+    (a.expiresAt ?? Infinity) - (b.expiresAt ?? Infinity) ||
+    (a.startsAt ?? a.createdAt) - (b.startsAt ?? b.createdAt) ||
+    (a.id < b.id ? -1 : a.id > b.id ? 1 : 0)
+  );
 }
 
 function sumParts(parts: Array<[string, number]>): number {

@@ -18,7 +18,7 @@ import type {
 import { isPeriodGrant } from "../../core/domain/account-work.js";
 import { decideFeature, type CheckReason, type FeatureRule } from "../../core/domain/checks.js";
 import { limitStatuses, tightestLimit } from "../../core/domain/limits.js";
-import { compareGrants } from "../../core/domain/order.js";
+import { compareGrants, isUpcoming, startOf } from "../../core/domain/order.js";
 import { drawnOutOf } from "../../core/domain/allowance.js";
 import { availableOf, figuresBehind } from "../../core/domain/scope.js";
 
@@ -49,6 +49,11 @@ export interface CustomerState {
   subscription: SubscriptionState | null;
   /** The state of each alert of the account (docs/customer-state.md, "Alerts"). */
   alerts: AlertStatus[];
+  /**
+   * Grants added to start later that have not started (docs/units.md, "Grants that start later"),
+   * by start: in no figure above until then.
+   */
+  upcoming: StateGrant[];
 }
 
 /** One feature of a `CustomerState`: its decision and the figures behind it. */
@@ -113,6 +118,8 @@ export interface StateGrant {
   metadata: Grant["metadata"];
   /** The operator's reference (left out over HTTP for anyone but an admin). */
   sourceRef: string | null;
+  /** When it starts, for a grant added to start later (docs/units.md); null: when it was created. */
+  effectiveAt: Date | null;
 }
 
 /** The active subscription of a `CustomerState`. */
@@ -169,6 +176,10 @@ export function stateOf(
   const grants = snapshot.grants
     .filter((g) => g.closedAt === null && (g.expiresAt === null || g.expiresAt.getTime() > at))
     .sort(compareGrants);
+  // Not started: listed on their own, in no feature's figures (docs/units.md, "Grants that start later").
+  const upcoming = grants
+    .filter(isUpcoming)
+    .sort((a, b) => startOf(a).getTime() - startOf(b).getTime() || compareGrants(a, b));
   const limits = account?.limits ?? [];
   const debt = account?.debt ?? 0;
   const renews =
@@ -252,6 +263,7 @@ export function stateOf(
             pendingPlanId: subscription.pendingPlanId,
           },
     alerts,
+    upcoming: upcoming.map(stateGrant),
   };
 }
 
@@ -273,5 +285,6 @@ function stateGrant(g: Grant): StateGrant {
     description: g.description,
     metadata: g.metadata === null ? null : { ...g.metadata },
     sourceRef: g.sourceRef,
+    effectiveAt: g.effectiveAt ?? null,
   };
 }

@@ -431,6 +431,18 @@ export class RevenueAccumulator {
           }
           break;
         }
+        case "start":
+          // A grant that started later (docs/units.md, "Grants that start later"): paid at its
+          // addition; the credits its start paid debt with are recognized now.
+          for (const g of e.grants) {
+            if (g.kind !== "debt_paid") continue;
+            const lot = lots.get(g.grantId);
+            if (lot === undefined) continue; // a free grant's credits: no revenue
+            const v = take(lot, g.amount);
+            add(key(lot.currency, lot, e), "recognized", v);
+            earned(lot, "recognized", v);
+          }
+          break;
         default:
           break;
       }

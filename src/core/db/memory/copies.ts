@@ -27,6 +27,7 @@ export function copyEntry(e: JournalEntry): JournalEntry {
     hashVersion: e.hashVersion ?? null,
     keyId: e.keyId ?? null,
     scope: e.scope == null ? null : structuredClone(e.scope),
+    effectiveAt: e.effectiveAt == null ? null : new Date(e.effectiveAt.getTime()),
   };
 }
 
