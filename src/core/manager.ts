@@ -18,6 +18,7 @@ import {
   LateUsageWindowDays,
   OutcomeWaitMs,
   OverdraftLimit,
+  OverdraftLimits,
   ThresholdSpec,
   TrialCredits,
 } from "./models/index.js";
@@ -65,6 +66,11 @@ export const CoreManagerOptions = z.strictObject({
    * deductions, commits beyond a hold, fixed-price metering), or `"unlimited"`. Default 0: no debt.
    */
   overdraftLimit: z.optional(OverdraftLimit),
+  /**
+   * The overdraft limit of each unit by name (docs/units.md, "Debt per unit"). A unit not listed
+   * has none; the default unit's is `overdraftLimit` unless this names it.
+   */
+  overdraftLimits: z.optional(OverdraftLimits),
   /**
    * A checkpoint entry in the unit of work that takes an account's journal past each multiple of
    * this many entries (docs/operations.md, "Checkpoints and archival"). Default: none.
@@ -179,6 +185,7 @@ export async function openCore<C extends CoreCreditService>(
     logger,
     defaultReservationTtlSeconds: o.defaultReservationTtlSeconds,
     overdraftLimit: o.overdraftLimit ?? 0,
+    overdraftLimits: o.overdraftLimits,
     lateUsageWindowDays: o.lateUsageWindowDays,
     checkpointEvery: o.checkpointEvery,
     outcomeWaitMs: o.outcomeWaitMs,

@@ -92,13 +92,19 @@ export const MIGRATIONS: readonly Migration[] = [
   {
     to: 2,
     summary:
-      "journal entries record what a take-back is (take_back, set from version 1's rule on the entries there are), the hash version, the key id of a keyed chain and an addition's scope",
+      "journal entries record what a take-back is (take_back, set from version 1's rule on the entries there are), the hash version, the key id of a keyed chain and an addition's scope; " +
+      "accounts, grants, holds and entries record their unit (null: the default unit, which every row a version 1 store holds is in)",
     // hash_version stays NULL on the entries there are: their hash is version 1's (docs/concepts.md).
     columns: [
       { table: "journal", field: "takeBack" },
       { table: "journal", field: "hashVersion" },
       { table: "journal", field: "keyId" },
       { table: "journal", field: "scope" },
+      // Units (docs/units.md): NULL on the rows there are, the default unit.
+      { table: "accounts", field: "units" },
+      { table: "grants", field: "unit" },
+      { table: "reservations", field: "unit" },
+      { table: "journal", field: "unit" },
     ],
     statements: (dialect, _naming, tables) => [v1TakeBacks(dialect, tables.get("journal") as SqlTable)],
   },

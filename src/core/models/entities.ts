@@ -10,6 +10,7 @@ import {
   NonNegativeAmount,
   Priority,
   SignedAmount,
+  UnitName,
   UserId,
 } from "./common.js";
 
@@ -68,6 +69,24 @@ export const JournalKeyId = z
 /** A journal entry's hash version (`JournalEntry.hashVersion`): 1 or 2. */
 export const HashVersion = z.number().check(z.int(), z.minimum(1), z.maximum(2));
 
+/**
+ * One unit's figures on an account (docs/units.md): as `balance`, `reserved` and `debt` are the
+ * default unit's.
+ *
+ * @beta
+ */
+export const UnitFigures = z.object({
+  balance: SignedAmount,
+  reserved: NonNegativeAmount,
+  debt: NonNegativeAmount,
+});
+/**
+ * One unit's figures on an account: balance, reserved and debt (the `UnitFigures` model).
+ *
+ * @beta
+ */
+export type UnitFigures = z.infer<typeof UnitFigures>;
+
 /** One account per user, created on first use. `available = balance - reserved`. */
 export const Account = z.object({
   userId: UserId,
@@ -96,6 +115,11 @@ export const Account = z.object({
    * spend takes its grants in plain burn-down order without reading their scopes.
    */
   scoped: z.optional(z.nullable(z.boolean())),
+  /**
+   * The figures of every unit but the default one, by unit name (docs/units.md); null or absent:
+   * the account holds only the default unit, whose figures are `balance`, `reserved` and `debt`.
+   */
+  units: z.optional(z.nullable(z.record(UnitName, UnitFigures))),
   createdAt: z.date(),
   updatedAt: z.date(),
 });
@@ -134,6 +158,8 @@ export const Grant = z.object({
    * revenue). Never changes; the `add` entry that created the grant carries the same.
    */
   costBasis: z.optional(z.nullable(CostBasis)),
+  /** The unit of its credits (docs/units.md); null or absent: the default unit. Never changes. */
+  unit: z.optional(z.nullable(UnitName)),
 });
 export type Grant = z.infer<typeof Grant>;
 
@@ -172,6 +198,8 @@ export const Reservation = z.object({
   /** Who placed the hold and for what (docs/teams-and-limits.md); its commit is recorded under them. Absent: not named. */
   spender: z.optional(z.nullable(SpenderId)),
   feature: z.optional(z.nullable(FeatureName)),
+  /** The unit it holds (docs/units.md); null or absent: the default unit. Its commit captures in it. */
+  unit: z.optional(z.nullable(UnitName)),
 });
 export type Reservation = z.infer<typeof Reservation>;
 
@@ -253,6 +281,12 @@ export const JournalEntry = z.object({
    * and `audit()` checks the stored grant's scope against it.
    */
   scope: z.optional(z.nullable(GrantScope)),
+  /**
+   * The unit the entry acts in (docs/units.md): its amount, portions and `balanceAfter`,
+   * `reservedAfter` and `debtAfter` are in it. Null or absent: the default unit. Covered by the hash
+   * when set (hash version 2).
+   */
+  unit: z.optional(z.nullable(UnitName)),
 });
 export type JournalEntry = z.infer<typeof JournalEntry>;
 

@@ -8,6 +8,7 @@ import {
   NonNegativeAmount,
   Priority,
   ShortText,
+  UnitName,
   UserId,
 } from "./common.js";
 import { EntryType, GrantSource, JournalKeyId } from "./entities.js";
@@ -45,6 +46,8 @@ export const AddCreditsOptions = z.extend(MutationOptions, {
    * smallest currency unit as a decimal or fraction string. Omitted: none (free credits: no revenue).
    */
   costBasis: z.optional(CostBasisInput),
+  /** The unit the credits are in (docs/units.md). Omitted: the default unit. */
+  unit: z.optional(UnitName),
 });
 export type AddCreditsOptions = z.input<typeof AddCreditsOptions>;
 
@@ -115,6 +118,8 @@ export const DeductOptions = z.extend(MutationOptions, {
    * manager's `lateUsageWindowDays` (default 35) before now, never later than now.
    */
   occurredAt: z.optional(DateInput),
+  /** The unit to deduct in (docs/units.md): only its grants pay. Omitted: the default unit. */
+  unit: z.optional(UnitName),
 });
 export type DeductOptions = z.input<typeof DeductOptions>;
 
@@ -132,6 +137,8 @@ export const ReserveOptions = z.extend(MutationOptions, {
    * the hold is refused as a plain one is. The reservation's `amount` says what it holds.
    */
   minimum: z.optional(Amount),
+  /** The unit to hold (docs/units.md): only its grants pay; the commit captures in it. Omitted: the default unit. */
+  unit: z.optional(UnitName),
 });
 export type ReserveOptions = z.input<typeof ReserveOptions>;
 
@@ -244,6 +251,21 @@ export const OverdraftLimit = z.union([
 ]);
 /** The `overdraftLimit` option: a number of credits (default 0) or `"unlimited"` (the `OverdraftLimit` model). */
 export type OverdraftLimit = z.input<typeof OverdraftLimit>;
+
+/**
+ * `overdraftLimits` (docs/units.md, "Debt per unit"): the overdraft limit of each unit by name, in
+ * that unit, or `"unlimited"`. A unit not listed has none (0), but for the default unit, whose limit
+ * is `overdraftLimit` unless the map names it.
+ *
+ * @beta
+ */
+export const OverdraftLimits = z.record(UnitName, OverdraftLimit);
+/**
+ * The `overdraftLimits` option: an overdraft limit per unit (the `OverdraftLimits` model).
+ *
+ * @beta
+ */
+export type OverdraftLimits = z.input<typeof OverdraftLimits>;
 
 /** `checkpointEvery`: a checkpoint entry each time an account's journal passes a multiple of this many entries. */
 export const CheckpointEvery = z.number().check(z.int(), z.minimum(2), z.maximum(1_000_000_000));

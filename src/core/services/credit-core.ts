@@ -19,6 +19,8 @@ import {
   LateUsageWindowDays,
   OutcomeWaitMs,
   OverdraftLimit,
+  OverdraftLimits,
+  DEFAULT_UNIT,
   type CommitOptions,
   type ReleaseOptions,
   type ReserveOptions,
@@ -80,6 +82,8 @@ export class CreditCore {
   readonly defaultTtl: number;
   /** The `overdraftLimit` option in credits (default 0); null: `"unlimited"`. */
   readonly overdraftLimit: number | null;
+  /** The `overdraftLimits` option but the default unit's (null: unlimited); a unit not listed has none (docs/units.md). */
+  readonly unitOverdraftLimits: Readonly<Record<string, number | null>>;
   /** How many days back usage may be recorded with `occurredAt` (docs/usage.md, "Late usage"). */
   readonly lateUsageWindowDays: number;
   /** The keys of the journal's chain (`journalKeys`, docs/concepts.md, "A keyed chain"); undefined: unkeyed. */
@@ -105,7 +109,19 @@ export class CreditCore {
       "overdraftLimit",
       "CreditService",
     );
-    this.overdraftLimit = overdraft === "unlimited" ? null : overdraft;
+    const perUnit = parseConfig(OverdraftLimits, options.overdraftLimits ?? {}, "overdraftLimits", "CreditService");
+    const { [DEFAULT_UNIT]: ownDefault, ...others } = perUnit;
+    this.overdraftLimit =
+      ownDefault !== undefined
+        ? ownDefault === "unlimited"
+          ? null
+          : ownDefault
+        : overdraft === "unlimited"
+          ? null
+          : overdraft;
+    this.unitOverdraftLimits = Object.fromEntries(
+      Object.entries(others).map(([unit, limit]) => [unit, limit === "unlimited" ? null : limit]),
+    );
     if (options.domainEvents !== undefined && typeof options.domainEvents !== "boolean") {
       throw new ConfigurationError("[credit-management] CreditService: domainEvents must be a boolean");
     }
@@ -158,6 +174,7 @@ export class CreditCore {
       periods: periods && ((userId) => periods.bringDue(userId)),
       unitHooks: options.unitHooks ?? [],
       journalKey: this.keyring?.current,
+      unitOverdraftLimits: this.unitOverdraftLimits,
     });
   }
 
@@ -302,6 +319,8 @@ export class CreditCore {
     let print: string | undefined;
     if (o.idempotencyKey !== undefined) {
       const { correlationId: _c, idempotencyKey: _k, ...rest } = args();
+      // The default unit named or not is one unit: one fingerprint (docs/units.md).
+      if (rest.unit === DEFAULT_UNIT) delete rest.unit;
       print = fingerprint(operation, rest);
     }
     return {
@@ -314,6 +333,7 @@ export class CreditCore {
       feature: o.feature,
       // (Parsed by the deduction's model: a Date.)
       occurredAt: o.occurredAt as Date | undefined,
+      unit: o.unit === DEFAULT_UNIT ? undefined : o.unit,
     };
   }
 }

@@ -78,6 +78,12 @@ export interface CoreCreditServiceOptions {
    */
   overdraftLimit?: number | "unlimited";
   /**
+   * The overdraft limit of each unit by name, in that unit, or `"unlimited"` (docs/units.md, "Debt
+   * per unit"). A unit not listed has none (0); the default unit's is `overdraftLimit` unless this
+   * names it.
+   */
+  overdraftLimits?: Record<string, number | "unlimited">;
+  /**
    * How many days back `deductCredits` and `deductCreditsAfterService` accept an `occurredAt`
    * (docs/usage.md, "Late usage"): 0 to 366, default 35. Older usage is a `LateUsageError`.
    */

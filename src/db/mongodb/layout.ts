@@ -176,9 +176,11 @@ export const MONGO_MIGRATIONS: readonly MongoMigration[] = [
   {
     to: 2,
     summary:
-      "journal entries record what a take-back is (takeBack, set from version 1's rule on the entries stored before), the hash version, the key id of a keyed chain and an addition's scope",
+      "journal entries record what a take-back is (takeBack, set from version 1's rule on the entries stored before), the hash version, the key id of a keyed chain and an addition's scope; " +
+      "accounts, grants, holds and entries record their unit (absent: the default unit, which every document version 1 wrote is in)",
     dropIndexes: [],
-    // The documents version 1 wrote lack hashVersion (version 1), keyId (unkeyed) and scope (none recorded).
+    // The documents version 1 wrote lack hashVersion (version 1), keyId (unkeyed), scope (none recorded)
+    // and unit (the default unit, docs/units.md).
     fill: V1_TAKE_BACK.map((c) => ({
       collection: "journal" as const,
       field: "takeBack",
