@@ -308,6 +308,11 @@ export type LedgerEntry = z.infer<typeof LedgerEntry>;
 /** What `getUserCreditsInfo` returns. */
 export const CreditsInfo = z.object({
   userId: UserId,
+  /**
+   * The unit the figures below are in (docs/units.md), when the call named one other than the
+   * default unit (or its feature's rule did); absent: the default unit.
+   */
+  unit: z.optional(UnitName),
   balance: SignedAmount,
   reserved: NonNegativeAmount,
   /**
@@ -327,6 +332,21 @@ export const CreditsInfo = z.object({
         features: z.nullable(z.array(FeatureName)),
         spenders: z.nullable(z.array(SpenderId)),
         remaining: NonNegativeAmount,
+      }),
+    ),
+  ),
+  /**
+   * Every unit the account holds but the default one, by name, with its figures (docs/units.md);
+   * absent when it holds only the default unit. Nothing adds two units together.
+   */
+  units: z.optional(
+    z.record(
+      UnitName,
+      z.object({
+        balance: SignedAmount,
+        reserved: NonNegativeAmount,
+        available: SignedAmount,
+        debt: NonNegativeAmount,
       }),
     ),
   ),

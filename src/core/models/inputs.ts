@@ -82,6 +82,12 @@ export const FeatureRules = z.record(
     enabled: z.optional(z.boolean()),
     /** The plans that grant the feature: without an active subscription on one of them it is off. Omitted: any account. */
     plans: z.optional(z.array(PlanId).check(z.minLength(1), z.maxLength(100))),
+    /**
+     * The unit the feature is paid in (docs/units.md, "Features in a unit"): a spend, hold or
+     * `check()` naming the feature acts in it without naming it; naming another unit is a
+     * `ValidationError`. Omitted: the unit the call names (default: the default unit).
+     */
+    unit: z.optional(UnitName),
   }),
 );
 export type FeatureRules = z.input<typeof FeatureRules>;
@@ -91,6 +97,11 @@ export type FeatureRules = z.input<typeof FeatureRules>;
  * "Scoped credits"). Omitted: a spend naming neither.
  */
 export const CreditsInfoOptions = z.strictObject({
+  /**
+   * The unit to answer in (docs/units.md): `balance`, `reserved`, `available` and `debt` are then
+   * that unit's. Omitted: the default unit (or the unit `feature`'s rule names).
+   */
+  unit: z.optional(UnitName),
   /** The spender asking; scoped grants listing spenders pay only theirs. */
   spender: z.optional(SpenderId),
   /** The feature; scoped grants listing features pay only theirs. */
@@ -106,6 +117,11 @@ export const CheckOptions = z.strictObject({
   amount: z.optional(Amount),
   /** Who is about to spend: the spend limits for them (and for `feature`) are checked too. */
   spender: z.optional(SpenderId),
+  /**
+   * The unit to check (docs/units.md): its `available` is compared. Omitted: the unit `feature`'s
+   * rule names, else the default unit. Spend limits count the default unit.
+   */
+  unit: z.optional(UnitName),
 });
 export type CheckOptions = z.input<typeof CheckOptions>;
 

@@ -6,7 +6,7 @@ import type { AccountWork, EntryMeta, Settlement } from "../domain/account-work.
 import { namesNothing } from "../domain/entry-meta.js";
 import { fingerprint } from "../domain/hash.js";
 import { lateOccurredAt } from "../domain/late-usage.js";
-import { ConfigurationError, ReservationExpiredError } from "../errors.js";
+import { ConfigurationError, ReservationExpiredError, ValidationError } from "../errors.js";
 import type { LedgerLogger } from "../ledger/index.js";
 import {
   AlertThresholds,
@@ -306,6 +306,23 @@ export class CreditCore {
   }
 
   /**
+   * The unit a call acts in (docs/units.md, "Features in a unit"): the one `feature`'s rule names,
+   * else `unit`; undefined: the default unit. Naming a unit other than the feature's is a
+   * `ValidationError`.
+   */
+  unitOf(feature: string | undefined, unit: string | undefined): string | undefined {
+    const named = unit === DEFAULT_UNIT ? undefined : unit;
+    const rule = feature === undefined ? undefined : this.features[feature]?.unit;
+    if (rule === undefined) return named;
+    const own = rule === DEFAULT_UNIT ? undefined : rule;
+    if (unit !== undefined && named !== own)
+      throw new ValidationError(`Invalid options.unit: feature ${feature} is paid in ${rule}, not ${unit}`, [
+        { path: "unit", message: `feature ${feature} is paid in ${rule}` },
+      ]);
+    return own;
+  }
+
+  /**
    * The entry fields of validated options `o`. `args`: the call's arguments as the fingerprint of
    * an idempotency key covers them — built only when there is a key (most calls have none).
    */
@@ -327,13 +344,13 @@ export class CreditCore {
       description: o.description,
       idempotencyKey: o.idempotencyKey,
       fingerprint: print,
+      unit: this.unitOf(o.feature, o.unit),
       correlationId: o.correlationId,
       metadata: o.metadata,
       spender: o.spender,
       feature: o.feature,
       // (Parsed by the deduction's model: a Date.)
       occurredAt: o.occurredAt as Date | undefined,
-      unit: o.unit === DEFAULT_UNIT ? undefined : o.unit,
     };
   }
 }

@@ -92,6 +92,7 @@ export function runAccountsContract(getDb: () => DbManager, options: PartOptions
           closedReason: null,
           scope: null,
           costBasis: null,
+          unit: null,
         });
         const [stored] = await db.listJournal(u, { order: "asc", limit: 10 });
         expect(stored).toEqual(e);

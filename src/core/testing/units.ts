@@ -33,6 +33,7 @@ export function runUnitsContract(
       clock: () => new Date(clock.now),
       overdraftLimit: 10,
       overdraftLimits: { images: 3, gpu_seconds: "unlimited" },
+      features: { render: { minAvailable: 2, unit: "images" }, chat: { minAvailable: 1 } },
     });
     return { credits, clock, u: user() };
   };
@@ -230,6 +231,66 @@ export function runUnitsContract(
         IdempotencyConflictError,
       );
       expect(await figures(u, "images")).toEqual({ balance: 100, reserved: 5, debt: 0 });
+      await clean(credits, u);
+    });
+
+    it("answers each unit's figures beside the default unit's, and in a unit when asked", async () => {
+      const { credits, u } = service();
+      await credits.addCredits(u, 100);
+      await credits.addCredits(u, 30, { unit: "images" });
+      await credits.reserveCredits(u, 4, { unit: "images" });
+      await credits.deductCreditsAfterService(u, 2, { unit: "gpu_seconds" });
+      expect(await credits.getUserCreditsInfo(u)).toEqual({
+        userId: u,
+        balance: 100,
+        reserved: 0,
+        available: 100,
+        debt: 0,
+        units: {
+          images: { balance: 30, reserved: 4, available: 26, debt: 0 },
+          gpu_seconds: { balance: -2, reserved: 0, available: -2, debt: 2 },
+        },
+      });
+      expect(await credits.getUserCreditsInfo(u, { unit: "images" })).toEqual({
+        userId: u,
+        unit: "images",
+        balance: 30,
+        reserved: 4,
+        available: 26,
+        debt: 0,
+      });
+      expect(await credits.getUserCreditsInfo(u, { unit: "seats" })).toMatchObject({ unit: "seats", balance: 0 });
+      expect(await credits.check(u, { unit: "images", amount: 26 })).toMatchObject({ allowed: true });
+      expect(await credits.check(u, { unit: "images", amount: 27 })).toMatchObject({
+        allowed: false,
+        reason: "insufficient_credits",
+      });
+    });
+
+    it("spends, holds and checks a feature in the unit its rule names; naming another unit is a ValidationError", async () => {
+      const { credits, u } = service();
+      await credits.addCredits(u, 100);
+      await credits.addCredits(u, 3, { unit: "images" });
+      const spent = await credits.deductCredits(u, 1, { feature: "render" });
+      expect(spent).toMatchObject({ unit: "images", feature: "render", balanceAfter: 2 });
+      expect(await credits.getUserCreditsInfo(u, { feature: "render" })).toMatchObject({
+        unit: "images",
+        available: 2,
+      });
+      expect(await credits.check(u, { feature: "render" })).toMatchObject({ allowed: true });
+      const hold = await credits.reserveCredits(u, 1, { feature: "render", unit: "images" });
+      expect(hold.unit).toBe("images");
+      // 1 image left: below the rule's minimum of 2, whatever the default unit has.
+      expect(await credits.check(u, { feature: "render" })).toMatchObject({ allowed: false });
+      await expect(credits.deductCredits(u, 1, { feature: "render", unit: "credits" })).rejects.toBeInstanceOf(
+        ValidationError,
+      );
+      await expect(credits.check(u, { feature: "render", unit: "gpu_seconds" })).rejects.toBeInstanceOf(
+        ValidationError,
+      );
+      // A feature whose rule names no unit is spent in the unit the call names.
+      expect((await credits.deductCredits(u, 1, { feature: "chat", unit: "images" })).unit).toBe("images");
+      expect((await credits.deductCredits(u, 1, { feature: "chat" })).unit ?? null).toBe(null);
       await clean(credits, u);
     });
 
