@@ -8,6 +8,7 @@ import { InMemoryDbManager } from "../src/index.js";
 import { SqliteDbManager } from "../src/db/sqlite/index.js";
 import { PostgresDbManager } from "../src/db/postgres/index.js";
 import { MongoDbManager } from "../src/db/mongodb/index.js";
+import type { MongoClient } from "mongodb";
 import { runUnitsContract } from "../src/testing/index.js";
 
 // The units part of the contract suite on every store, with two managers over one store: what
@@ -61,7 +62,7 @@ const mongoUri = process.env.CREDIT_MONGO_URI;
 const mongoDb = `credit_units_${process.pid}_${randomUUID().slice(0, 8)}`;
 // reason: needs a MongoDB-compatible server (CREDIT_MONGO_URI)
 if (mongoUri !== undefined) {
-  const clients: import("mongodb").MongoClient[] = [];
+  const clients: MongoClient[] = [];
   onStore(
     "mongodb",
     async () => {

@@ -6,10 +6,21 @@
  * below what it has.
  */
 import { randomUUID } from "node:crypto";
+import fc from "fast-check";
 import { describe, expect, it, useTestApi } from "./runner.js";
 import type { DbManager } from "../db/types.js";
-import { IdempotencyConflictError, InsufficientCreditsError, ValidationError } from "../errors.js";
+import {
+  ConflictError,
+  IdempotencyConflictError,
+  InsufficientCreditsError,
+  ReservationExpiredError,
+  ReservationNotActiveError,
+  ValidationError,
+} from "../errors.js";
+import type { Reservation } from "../models/index.js";
 import { CoreCreditService } from "../services/credit-service.js";
+import { CreditModel, type ModelHold } from "./model.js";
+import { commandsArbitrary, type runAgainstModel } from "./properties.js";
 import { DAY, HOUR, T0, lazy, type PartOptions } from "./support.js";
 
 /**
@@ -20,7 +31,7 @@ import { DAY, HOUR, T0, lazy, type PartOptions } from "./support.js";
  */
 export function runUnitsContract(
   getDb: () => DbManager,
-  options: PartOptions & { getPeer?: () => DbManager } = {},
+  options: PartOptions & { getPeer?: () => DbManager; runs?: number } = {},
 ): void {
   if (options.test !== undefined) useTestApi(options.test);
   const db = lazy(getDb);
@@ -344,5 +355,167 @@ export function runUnitsContract(
       expect(await figures(u)).toEqual({ balance: 0, reserved: 0, debt: 0 });
       await clean(a.credits, u);
     });
+
+    const runs = options.runs ?? 20;
+    it(`random sequences in three units keep every invariant per unit and match a model per unit (${runs} runs)`, async () => {
+      await fc.assert(
+        fc.asyncProperty(
+          commandsArbitrary({ min: 1, max: 30 }),
+          fc.array(fc.constantFrom(...UNITS), { minLength: 30, maxLength: 30 }),
+          async (commands, units) => runUnitsAgainstModels(db, peer, commands, units),
+        ),
+        { numRuns: runs },
+      );
+    });
   });
+}
+
+/** The units of the property test: the default one and two others. */
+const UNITS = ["credits", "images", "gpu_seconds"] as const;
+
+/**
+ * Runs `commands` (the property contract's), the i-th in `units[i]`, on a fresh account through two
+ * services (one over `db`, one over `peer`, in turn), and on one `CreditModel` per unit, which knows
+ * nothing of units: each unit must behave as an account of its own. Throws on the first disagreement.
+ */
+async function runUnitsAgainstModels(
+  db: DbManager,
+  peer: DbManager,
+  commands: Parameters<typeof runAgainstModel>[1],
+  units: readonly (typeof UNITS)[number][],
+): Promise<void> {
+  const u = `unit-prop-${randomUUID()}`;
+  const clock = { now: T0 };
+  const unlimited = {
+    overdraftLimit: "unlimited" as const,
+    overdraftLimits: { images: "unlimited" as const, gpu_seconds: "unlimited" as const },
+  };
+  const services = [db, peer].map(
+    (store) => new CoreCreditService({ db: store, clock: () => new Date(clock.now), ...unlimited }),
+  );
+  const models = new Map(UNITS.map((unit) => [unit, new CreditModel(clock.now)]));
+  const holds: Array<{ real: Reservation; model: ModelHold; unit: string }> = [];
+  const grants: Array<{ id: string; unit: string }> = [];
+  const settleAll = () => {
+    for (const m of models.values()) {
+      m.now = clock.now;
+      m.settle();
+    }
+  };
+  const expectOutcome = async (allowed: boolean, run: () => Promise<unknown>, what: string) => {
+    try {
+      await run();
+      if (!allowed) throw new Error(`${what}: the service accepted what the model refuses`);
+    } catch (error) {
+      if (allowed) throw new Error(`${what}: the model accepts but the service threw: ${String(error)}`);
+      if (!(error instanceof InsufficientCreditsError)) throw error;
+    }
+  };
+  for (const [step, c] of commands.entries()) {
+    const unit = units[step % units.length] ?? "credits";
+    const m = models.get(unit) as CreditModel;
+    const credits = services[step % 2] as CoreCreditService;
+    const what = `step ${step} ${JSON.stringify(c)} in ${unit}`;
+    settleAll();
+    switch (c.op) {
+      case "tick":
+        clock.now += c.seconds * 1000;
+        continue;
+      case "add": {
+        const expiresAt = c.expiresInSec === null ? null : new Date(clock.now + c.expiresInSec * 1000);
+        const e = await credits.addCredits(u, c.amount, { expiresAt, priority: c.priority, unit });
+        const gid = e.grants[0]?.grantId ?? null;
+        if (gid !== null) grants.push({ id: gid, unit });
+        m.add(gid, c.amount, expiresAt?.getTime() ?? null, c.priority);
+        break;
+      }
+      case "deduct":
+      case "after": {
+        const allowed = m.deduct(c.amount, c.op === "after");
+        await expectOutcome(
+          allowed,
+          () =>
+            c.op === "after"
+              ? credits.deductCreditsAfterService(u, c.amount, { unit })
+              : credits.deductCredits(u, c.amount, { unit }),
+          what,
+        );
+        break;
+      }
+      case "reserve": {
+        let real: Reservation | null = null;
+        await expectOutcome(
+          m.available >= c.amount,
+          async () => (real = await credits.reserveCredits(u, c.amount, { ttlSeconds: c.ttlSec, unit })),
+          what,
+        );
+        if (real !== null) {
+          const r: Reservation = real;
+          m.reserve(r.id, c.amount, c.ttlSec * 1000);
+          holds.push({ real: r, model: m.holds[m.holds.length - 1] as ModelHold, unit });
+        }
+        break;
+      }
+      case "commit":
+      case "release": {
+        if (holds.length === 0) continue;
+        const h = holds[c.hold % holds.length] as (typeof holds)[number];
+        const hm = models.get(h.unit as (typeof UNITS)[number]) as CreditModel;
+        const run =
+          c.op === "commit"
+            ? () => credits.commitReservedCredits(h.real.id, c.amount === null ? {} : { amount: c.amount })
+            : () => credits.releaseReservedCredits(h.real.id);
+        if (h.model.status === "active") {
+          await run();
+          if (c.op === "commit") hm.commit(h.model, c.amount ?? h.real.amount);
+          else hm.release(h.model);
+        } else {
+          const expected = h.model.status === "expired" ? ReservationExpiredError : ReservationNotActiveError;
+          await expect(run(), what).rejects.toBeInstanceOf(expected);
+        }
+        break;
+      }
+      case "void": {
+        if (grants.length === 0) continue;
+        const g = grants[c.grant % grants.length] as (typeof grants)[number];
+        const gm = models.get(g.unit as (typeof UNITS)[number]) as CreditModel;
+        const mg = gm.grants.find((x) => x.id === g.id);
+        if (mg === undefined) continue;
+        if (mg.closed !== null) await expect(credits.voidGrant(g.id), what).rejects.toBeInstanceOf(ConflictError);
+        else {
+          await credits.voidGrant(g.id);
+          gm.voidGrant(mg);
+        }
+        break;
+      }
+      case "expire":
+        await credits.expireCredits(u);
+        break;
+    }
+    settleAll();
+    // Each unit's figures are its model's; the service answers them settled.
+    const info = await credits.getUserCreditsInfo(u);
+    for (const [name, model] of models) {
+      const got = name === "credits" ? info : (info.units?.[name] ?? { balance: 0, reserved: 0, debt: 0 });
+      const want = { balance: model.balance, reserved: model.reserved, debt: model.debt };
+      const seen = { balance: got.balance, reserved: got.reserved, debt: got.debt };
+      if (JSON.stringify(seen) !== JSON.stringify(want))
+        throw new Error(`${what}: ${name} is ${JSON.stringify(seen)}, its model ${JSON.stringify(want)}`);
+    }
+  }
+  // The journal replays per unit, and every open grant is where its unit's model has it (a read
+  // settles what the last tick made due first).
+  settleAll();
+  await (services[0] as CoreCreditService).getUserCreditsInfo(u);
+  const report = await (services[0] as CoreCreditService).audit(u, { from: "genesis" });
+  if (!report.ok) throw new Error(`audit: ${report.problems.join("; ")}`);
+  const stored = await db.listGrants(u);
+  for (const g of stored) {
+    const model = models.get((g.unit ?? "credits") as (typeof UNITS)[number]) as CreditModel;
+    const mg = model.grants.find((x) => x.id === g.id);
+    if (mg === undefined || mg.remaining !== g.remaining)
+      throw new Error(
+        `grant ${g.id} (${g.unit ?? "credits"}): ${g.remaining} left, its model ${String(mg?.remaining)}`,
+      );
+  }
 }
