@@ -78,3 +78,35 @@ if (mongoUri !== undefined) {
     },
   );
 }
+
+describe("units in domain events", () => {
+  it("names the unit in the payload of an entry in another unit than the default one, and none otherwise", async () => {
+    const { CreditService } = await import("../src/index.js");
+    const { DomainEvent } = await import("../src/core/models/index.js");
+    const db = new InMemoryDbManager();
+    const credits = new CreditService({ db, domainEvents: true });
+    await credits.addCredits("u", 10);
+    await credits.addCredits("u", 5, { unit: "images" });
+    await credits.deductCredits("u", 2, { unit: "images" });
+    await credits.deductCredits("u", 3);
+    const rows = (await db.listNotifications("u", { limit: 50 })).filter((n) => n.type.startsWith("credits_"));
+    const seen = rows.map((n) => {
+      const event = DomainEvent.parse({
+        type: n.type,
+        version: 1,
+        id: n.id,
+        userId: "u",
+        occurredAt: n.createdAt.toISOString(),
+        payload: n.payload,
+      });
+      const payload = event.payload as { unit?: string; amount: number; balanceAfter: number };
+      return [n.type, payload.unit ?? null, payload.amount, payload.balanceAfter];
+    });
+    expect(seen).toEqual([
+      ["credits_added", null, 10, 10],
+      ["credits_added", "images", 5, 5],
+      ["credits_deducted", "images", 2, 3],
+      ["credits_deducted", null, 3, 7],
+    ]);
+  });
+});
