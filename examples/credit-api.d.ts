@@ -1219,6 +1219,7 @@ export interface operations {
     getBalance: {
         parameters: {
             query?: {
+                unit?: string;
                 spender?: string;
                 feature?: string;
             };
@@ -1236,6 +1237,7 @@ export interface operations {
                 content: {
                     "application/json": {
                         userId: string;
+                        unit?: string;
                         balance: number;
                         reserved: number;
                         available: number;
@@ -1245,6 +1247,14 @@ export interface operations {
                             spenders: string[] | null;
                             remaining: number;
                         }[];
+                        units?: {
+                            [key: string]: {
+                                balance: number;
+                                reserved: number;
+                                available: number;
+                                debt: number;
+                            };
+                        };
                     };
                 };
             };
@@ -1301,6 +1311,7 @@ export interface operations {
                 feature?: string;
                 amount?: number;
                 spender?: string;
+                unit?: string;
             };
             header?: never;
             path?: never;
@@ -1412,6 +1423,7 @@ export interface operations {
                                 features?: string[];
                                 spenders?: string[];
                             } | null;
+                            unit?: string | null;
                         }[];
                         nextCursor: string | null;
                     };
@@ -1493,6 +1505,7 @@ export interface operations {
                                 features?: string[];
                                 spenders?: string[];
                             } | null;
+                            unit?: string | null;
                         }[];
                     };
                 };
@@ -1562,6 +1575,7 @@ export interface operations {
                                 features?: string[];
                                 spenders?: string[];
                             } | null;
+                            unit?: string | null;
                         }[];
                     };
                 };
@@ -1628,6 +1642,7 @@ export interface operations {
                     ttlSeconds?: number;
                     reason?: string;
                     minimum?: number;
+                    unit?: string;
                     amount: number;
                 };
             };
@@ -1659,6 +1674,7 @@ export interface operations {
                         committedAmount: number | null;
                         spender?: string | null;
                         feature?: string | null;
+                        unit?: string | null;
                     };
                 };
             };
@@ -1782,6 +1798,7 @@ export interface operations {
                         committedAmount: number | null;
                         spender?: string | null;
                         feature?: string | null;
+                        unit?: string | null;
                     };
                 };
             };
@@ -1876,6 +1893,7 @@ export interface operations {
                             committedAmount: number | null;
                             spender?: string | null;
                             feature?: string | null;
+                            unit?: string | null;
                         };
                         entry: {
                             id: string;
@@ -1910,6 +1928,7 @@ export interface operations {
                                 features?: string[];
                                 spenders?: string[];
                             } | null;
+                            unit?: string | null;
                         };
                     };
                 };
@@ -2049,6 +2068,7 @@ export interface operations {
                             committedAmount: number | null;
                             spender?: string | null;
                             feature?: string | null;
+                            unit?: string | null;
                         };
                         entry: {
                             id: string;
@@ -2083,6 +2103,7 @@ export interface operations {
                                 features?: string[];
                                 spenders?: string[];
                             } | null;
+                            unit?: string | null;
                         };
                     };
                 };
@@ -2164,6 +2185,7 @@ export interface operations {
     adminGetBalance: {
         parameters: {
             query?: {
+                unit?: string;
                 spender?: string;
                 feature?: string;
             };
@@ -2183,6 +2205,7 @@ export interface operations {
                 content: {
                     "application/json": {
                         userId: string;
+                        unit?: string;
                         balance: number;
                         reserved: number;
                         available: number;
@@ -2192,6 +2215,14 @@ export interface operations {
                             spenders: string[] | null;
                             remaining: number;
                         }[];
+                        units?: {
+                            [key: string]: {
+                                balance: number;
+                                reserved: number;
+                                available: number;
+                                debt: number;
+                            };
+                        };
                     };
                 };
             };
@@ -2239,6 +2270,7 @@ export interface operations {
                 feature?: string;
                 amount?: number;
                 spender?: string;
+                unit?: string;
             };
             header?: never;
             path: {
@@ -2374,6 +2406,7 @@ export interface operations {
                                 features?: string[];
                                 spenders?: string[];
                             } | null;
+                            unit?: string | null;
                         }[];
                         nextCursor: string | null;
                     };
@@ -2466,6 +2499,7 @@ export interface operations {
                                 perCredit: string;
                                 currency: string;
                             } | null;
+                            unit?: string | null;
                         }[];
                     };
                 };
@@ -2555,6 +2589,7 @@ export interface operations {
                                 perCredit: string;
                                 currency: string;
                             } | null;
+                            unit?: string | null;
                         }[];
                     };
                 };
@@ -2714,6 +2749,7 @@ export interface operations {
                         perCredit: string;
                         currency: string;
                     };
+                    unit?: string;
                     amount: number;
                 };
             };
@@ -2769,6 +2805,7 @@ export interface operations {
                             features?: string[];
                             spenders?: string[];
                         } | null;
+                        unit?: string | null;
                     };
                 };
             };
@@ -2870,6 +2907,7 @@ export interface operations {
                     spender?: string;
                     feature?: string;
                     occurredAt?: string;
+                    unit?: string;
                     amount: number;
                     afterService?: boolean;
                 };
@@ -2926,6 +2964,7 @@ export interface operations {
                             features?: string[];
                             spenders?: string[];
                         } | null;
+                        unit?: string | null;
                     };
                 };
             };
@@ -3098,6 +3137,7 @@ export interface operations {
                             features?: string[];
                             spenders?: string[];
                         } | null;
+                        unit?: string | null;
                     };
                 };
             };
@@ -3247,6 +3287,7 @@ export interface operations {
                                 features?: string[];
                                 spenders?: string[];
                             } | null;
+                            unit?: string | null;
                         };
                         reversals: {
                             id: string;
@@ -3292,6 +3333,7 @@ export interface operations {
                                 features?: string[];
                                 spenders?: string[];
                             } | null;
+                            unit?: string | null;
                         }[];
                         reversed: number;
                         remaining: number;
@@ -3380,6 +3422,7 @@ export interface operations {
                     ttlSeconds?: number;
                     reason?: string;
                     minimum?: number;
+                    unit?: string;
                     amount: number;
                 };
             };
@@ -3415,6 +3458,7 @@ export interface operations {
                         committedAmount: number | null;
                         spender?: string | null;
                         feature?: string | null;
+                        unit?: string | null;
                     };
                 };
             };
@@ -3673,6 +3717,7 @@ export interface operations {
                             features?: string[];
                             spenders?: string[];
                         } | null;
+                        unit?: string | null;
                     };
                 };
             };
@@ -7955,6 +8000,7 @@ export interface operations {
                                 features?: string[];
                                 spenders?: string[];
                             } | null;
+                            unit?: string | null;
                         };
                     };
                 };

@@ -587,6 +587,7 @@ describe("applyIntent: the account side of an intent", () => {
   const newId = () => `n-${++ids}`;
   const grant = (id: string, remaining: number, expiresAt: Date, over: Partial<Grant> = {}): Grant => ({
     ...samples.grants,
+    unit: null,
     id,
     userId: "u-1",
     amount: remaining,
@@ -606,6 +607,7 @@ describe("applyIntent: the account side of an intent", () => {
       {
         account: {
           ...samples.accounts,
+          units: null,
           userId: "u-1",
           balance: grants.reduce((n, g) => n + g.remaining, 0),
           reserved: 0,
@@ -705,6 +707,7 @@ describe("allowances: scoped credits a plan allocates every period (docs/subscri
   const newId = () => `a-${++ids}`;
   const grant = (id: string, remaining: number, expiresAt: Date, scope: Grant["scope"] = null): Grant => ({
     ...samples.grants,
+    unit: null,
     id,
     userId: "u-1",
     amount: remaining,
@@ -723,6 +726,7 @@ describe("allowances: scoped credits a plan allocates every period (docs/subscri
       {
         account: {
           ...samples.accounts,
+          units: null,
           userId: "u-1",
           balance: grants.reduce((n, g) => n + g.remaining, 0),
           reserved: 0,

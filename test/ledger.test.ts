@@ -75,6 +75,7 @@ describe("ledger", () => {
         hashVersion: _hashVersion,
         keyId,
         scope,
+        unit,
         ...rest
       } = JSON.parse(JSON.stringify(e)) as Record<string, unknown>;
       return {
@@ -88,6 +89,7 @@ describe("ledger", () => {
         ...(takeBack === null ? {} : { takeBack }),
         ...(keyId === null ? {} : { keyId }),
         ...(scope === null ? {} : { scope }),
+        ...(unit === null ? {} : { unit }),
       };
     });
     expect(lines.map((l) => l.details)).toEqual(stored);

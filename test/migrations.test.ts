@@ -51,8 +51,15 @@ describe("schema upgrades: the statements", () => {
       expect.stringMatching(/^ALTER TABLE "billing"\."journal_entries" ADD COLUMN IF NOT EXISTS "key_id" TEXT/),
       `ALTER TABLE "billing"."journal_entries" ADD COLUMN IF NOT EXISTS "scope" JSONB;`,
     ]);
+    // Each row's unit (docs/units.md): NULL, the default unit, on the rows there are.
+    expect(statements.slice(4, 8)).toEqual([
+      `ALTER TABLE "billing"."accounts" ADD COLUMN IF NOT EXISTS "units" JSONB;`,
+      expect.stringMatching(/^ALTER TABLE "billing"\."grants" ADD COLUMN IF NOT EXISTS "unit" TEXT/),
+      expect.stringMatching(/^ALTER TABLE "billing"\."reservations" ADD COLUMN IF NOT EXISTS "unit" TEXT/),
+      expect.stringMatching(/^ALTER TABLE "billing"\."journal_entries" ADD COLUMN IF NOT EXISTS "unit" TEXT/),
+    ]);
     // Only the entries that have none yet: it can run again.
-    expect(statements[4]).toMatch(
+    expect(statements[8]).toMatch(
       /^UPDATE "billing"\."journal_entries" AS j SET "take_back" = CASE WHEN .* 'Lost dispute' THEN 'clawback' WHEN .* THEN 'refund' END WHERE j\."take_back" IS NULL AND j\.type IN \('deduct', 'commit_reserved', 'void'\) AND .*'paymentId'.*'refundedAmount'.*;$/,
     );
     for (const dialect of ["mysql", "sqlite"] as const)

@@ -9,6 +9,7 @@ import { samples } from "./fixtures/samples.js";
 const END = Date.parse("2030-02-01T00:00:00Z");
 const hold = (id: string, status: Reservation["status"], expiresAt: number): Reservation => ({
   ...samples.reservations,
+  unit: null,
   id,
   status,
   expiresAt: new Date(expiresAt),

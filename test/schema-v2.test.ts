@@ -23,9 +23,15 @@ const PG_URL = process.env.CREDIT_PG_URL;
 const MONGO_URI = process.env.CREDIT_MONGO_URI;
 
 /** The journal columns version 2 added (dropped again to make a version 1 store). */
-const V2_COLUMNS = ["take_back", "hash_version", "key_id", "scope", "effective_at"];
+const V2_COLUMNS = ["take_back", "hash_version", "key_id", "scope", "effective_at", "unit"];
 /** The columns version 2 added to the grants (grants that start later). */
 const V2_GRANT_COLUMNS = ["effective_at", "upcoming"];
+/** The columns version 2 added to the other tables: each row's unit (docs/units.md). */
+const V2_UNIT_COLUMNS = [
+  ["accounts", "units"],
+  ["grants", "unit"],
+  ["reservations", "unit"],
+] as const;
 
 type Store = SqliteDbManager | PostgresDbManager | MongoDbManager;
 
@@ -69,6 +75,9 @@ async function checkUpgraded(db: Store, u: string): Promise<void> {
       ["deduct", 5, null, null],
     ]);
     expect((await credits.audit(u, { from: "genesis" })).problems).toEqual([]);
+    // Everything version 1 wrote is in the default unit (docs/units.md); a new unit opens beside it.
+    expect(journal.every((e) => (e.unit ?? null) === null)).toBe(true);
+    expect((await db.getAccount(u))?.units ?? null).toBe(null);
     const range = { account: u, from: new Date(Date.now() - 3_600_000), to: new Date(Date.now() + 3_600_000) };
     const kinds = async () =>
       (await credits.getUsage({ ...range, interval: null })).rows.map((r) => [r.kind, r.credits]);
@@ -85,6 +94,9 @@ async function checkUpgraded(db: Store, u: string): Promise<void> {
       ["refund", 30],
       ["clawback", 40],
     ]);
+    await credits.addCredits(u, 9, { unit: "images" });
+    await credits.deductCredits(u, 4, { unit: "images" });
+    expect((await db.getAccount(u))?.units).toEqual({ images: { balance: 5, reserved: 0, debt: 0 } });
     expect((await credits.audit(u, { from: "genesis" })).problems).toEqual([]);
   } finally {
     await db.close();
@@ -103,6 +115,7 @@ describe("a store version 1 wrote, upgraded to version 2 by init()", () => {
         raw.exec("UPDATE schema_version SET version = 1");
         for (const c of V2_COLUMNS) raw.exec(`ALTER TABLE journal_entries DROP COLUMN ${c}`);
         for (const c of V2_GRANT_COLUMNS) raw.exec(`ALTER TABLE grants DROP COLUMN ${c}`);
+        for (const [t, c] of V2_UNIT_COLUMNS) raw.exec(`ALTER TABLE ${t} DROP COLUMN ${c}`);
         // Version 1 had no usage rollup on SQLite (version 2 added it): the upgrade creates and fills it.
         raw.exec("DROP TABLE usage_daily; DROP TABLE usage_state;");
       } finally {
@@ -127,6 +140,7 @@ describe("a store version 1 wrote, upgraded to version 2 by init()", () => {
       await client.query(`UPDATE ${q(schema)}.schema_version SET version = 1`);
       for (const c of V2_COLUMNS) await client.query(`ALTER TABLE ${q(schema)}.journal_entries DROP COLUMN ${c}`);
       for (const c of V2_GRANT_COLUMNS) await client.query(`ALTER TABLE ${q(schema)}.grants DROP COLUMN ${c}`);
+      for (const [t, c] of V2_UNIT_COLUMNS) await client.query(`ALTER TABLE ${q(schema)}.${t} DROP COLUMN ${c}`);
       await checkUpgraded(open(), u);
     } finally {
       await client.query(`DROP SCHEMA IF EXISTS ${q(schema)} CASCADE`);
@@ -148,7 +162,7 @@ describe("a store version 1 wrote, upgraded to version 2 by init()", () => {
         .updateOne({ _id: "credit-management" as never }, { $set: { version: 1 } });
       await db
         .collection("cm_journal")
-        .updateMany({}, { $unset: { takeBack: "", hashVersion: "", keyId: "", scope: "" } });
+        .updateMany({}, { $unset: { takeBack: "", hashVersion: "", keyId: "", scope: "", unit: "" } });
       await checkUpgraded(open(), u);
     } finally {
       await db.dropDatabase().catch(() => undefined);

@@ -19,6 +19,7 @@ import {
   LateUsageWindowDays,
   OutcomeWaitMs,
   OverdraftLimit,
+  OverdraftLimits,
   ThresholdSpec,
   TrialCredits,
 } from "./models/index.js";
@@ -66,6 +67,11 @@ export const CoreManagerOptions = z.strictObject({
    * deductions, commits beyond a hold, fixed-price metering), or `"unlimited"`. Default 0: no debt.
    */
   overdraftLimit: z.optional(OverdraftLimit),
+  /**
+   * The overdraft limit of each unit by name (docs/units.md, "Debt per unit"). A unit not listed
+   * has none; the default unit's is `overdraftLimit` unless this names it.
+   */
+  overdraftLimits: z.optional(OverdraftLimits),
   /**
    * A checkpoint entry in the unit of work that takes an account's journal past each multiple of
    * this many entries (docs/operations.md, "Checkpoints and archival"). Default: none.
@@ -192,6 +198,7 @@ export async function openCore<C extends CoreCreditService>(
     logger,
     defaultReservationTtlSeconds: o.defaultReservationTtlSeconds,
     overdraftLimit: o.overdraftLimit ?? 0,
+    overdraftLimits: o.overdraftLimits,
     lateUsageWindowDays: o.lateUsageWindowDays,
     checkpointEvery: o.checkpointEvery,
     outcomeWaitMs: o.outcomeWaitMs,

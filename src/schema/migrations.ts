@@ -92,7 +92,8 @@ export const MIGRATIONS: readonly Migration[] = [
   {
     to: 2,
     summary:
-      "journal entries record what a take-back is (take_back, set from version 1's rule on the entries there are), the hash version, the key id of a keyed chain, an addition's scope and its start; grants record their start and whether they are upcoming; entries of type start",
+      "journal entries record what a take-back is (take_back, set from version 1's rule on the entries there are), the hash version, the key id of a keyed chain, an addition's scope and its start; grants record their start and whether they are upcoming; entries of type start; " +
+      "accounts, grants, holds and entries record their unit (null: the default unit, which every row a version 1 store holds is in)",
     // hash_version stays NULL on the entries there are: their hash is version 1's (docs/concepts.md).
     columns: [
       { table: "journal", field: "takeBack" },
@@ -103,6 +104,11 @@ export const MIGRATIONS: readonly Migration[] = [
       { table: "journal", field: "effectiveAt" },
       { table: "grants", field: "effectiveAt" },
       { table: "grants", field: "upcoming" },
+      // Units (docs/units.md): NULL on the rows there are, the default unit.
+      { table: "accounts", field: "units" },
+      { table: "grants", field: "unit" },
+      { table: "reservations", field: "unit" },
+      { table: "journal", field: "unit" },
     ],
     checks: [{ table: "journal", field: "type" }],
     statements: (dialect, _naming, tables) => [v1TakeBacks(dialect, tables.get("journal") as SqlTable)],

@@ -45,6 +45,7 @@ import { runUsageContract } from "./usage.js";
 import { runReversalsContract } from "./reversals.js";
 import { runLateUsageContract } from "./late-usage.js";
 import { runCappedHoldContract } from "../core/testing/capped-holds.js";
+import { runUnitsContract } from "../core/testing/units.js";
 import { runCustomerStateContract } from "./customer-state.js";
 import { runLaterGrantsContract } from "../core/testing/later-grants.js";
 
@@ -59,6 +60,7 @@ export { runUsageContract } from "./usage.js";
 export { runReversalsContract } from "./reversals.js";
 export { runLateUsageContract } from "./late-usage.js";
 export { runCappedHoldContract } from "../core/testing/capped-holds.js";
+export { runUnitsContract } from "../core/testing/units.js";
 export { runCustomerStateContract } from "./customer-state.js";
 export { runSubscriptionContract } from "../core/testing/subscriptions.js";
 export { runTrialContract } from "../core/testing/trial.js";
@@ -163,7 +165,8 @@ export type ContractPart =
   | "lateUsage"
   | "cappedHolds"
   | "customerState"
-  | "laterGrants";
+  | "laterGrants"
+  | "units";
 
 export function runDbManagerContract(options: ContractOptions): void {
   useTestApi(options.test);
@@ -250,6 +253,8 @@ export function runDbManagerContract(options: ContractOptions): void {
     part("lateUsage", () => runLateUsageContract(getDb));
     // Holds for what is there; two managers race them (over `db` twice without a peer).
     part("cappedHolds", () => runCappedHoldContract(getDb, { getPeer: () => peer ?? db }));
+    // Balances in several units; two managers race spends in two units (over `db` twice without a peer).
+    part("units", () => runUnitsContract(getDb, { getPeer: () => peer ?? db }));
     // The state in one read; a spend through one manager, the read through the other.
     part("customerState", () =>
       runCustomerStateContract(getDb, { getPeer: () => peer ?? db, outbox: skip.outbox === undefined }),

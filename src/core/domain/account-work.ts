@@ -3,6 +3,7 @@ import { noteAddSource } from "./events.js";
 import { InsufficientCreditsError, RuleViolationError } from "../errors.js";
 import type {
   Account,
+  UnitFigures,
   CostBasis,
   EntryType,
   Grant,
@@ -15,7 +16,7 @@ import type {
   SpendLimit,
   TakeBack,
 } from "../models/index.js";
-import { checkpointMetadata, snapshotOf } from "./checkpoint.js";
+import { checkpointMetadata, snapshotOf, withUnits } from "./checkpoint.js";
 import { hashNewEntry } from "./hash.js";
 import type { JournalKey } from "./journal-keys.js";
 import type { WorkEvent } from "./notifications.js";
@@ -26,6 +27,7 @@ import { chargeWithinLimit, commitWithinLimit, headroom, shortfallMeta } from ".
 import { WorkingSet } from "./working-set.js";
 import { trackAllowance } from "./allowance.js";
 import { type ChargeDraw, type Reversed, debtGrant, reversalShares } from "./reversal.js";
+import { DEFAULT_UNIT } from "../models/common.js";
 import { NO_SPEND, excessMetadata, holdSpend, spendOf, withHoldMetadata, withSpend } from "./entry-meta.js";
 
 /** Fields of an entry that come from the caller's options. */
@@ -47,6 +49,12 @@ export interface EntryMeta {
    * takes them back (payments), never from a caller's options.
    */
   takeBack?: TakeBack | undefined;
+  /**
+   * The unit a deduction, hold or addition acts in (docs/units.md); undefined, null or the default
+   * unit's name: the default unit. A commit, release, reversal or void acts in its hold's, charge's
+   * or grant's unit whatever this says.
+   */
+  unit?: string | null | undefined;
 }
 
 export interface NewGrant {
@@ -116,6 +124,19 @@ export class AccountWork {
    */
   chainKey: JournalKey | undefined;
 
+  /**
+   * The overdraft limit of each unit but the default one (docs/units.md, "Debt per unit"), null:
+   * unlimited; a unit not listed has none (0). The default unit's is the one each operation is given.
+   */
+  unitOverdraftLimits: Readonly<Record<string, number | null>> | undefined;
+
+  /** The unit the current operation acts in: null, the default unit (docs/units.md). */
+  private unit: string | null = null;
+  /** That unit's figures: the account itself for the default unit, else its entry of `account.units` (a copy this work owns). */
+  private f: UnitFigures;
+  /** True once `account.units` is this work's own copy. */
+  private unitsOwned = false;
+
   constructor(userId: string, state: LoadedState, now: Date, newId: () => string) {
     this.userId = userId;
     this.now = now;
@@ -139,10 +160,63 @@ export class AccountWork {
           createdAt: now,
           updatedAt: now,
         };
+    this.f = this.account;
     this.grants = new WorkingSet(state.grants, true);
     this.holds = new WorkingSet(state.reservations);
     // A grant that started later is ordered by its start, which the stores' order does not read.
     this.ordered = state.grantsInOrder === true && !state.grants.some((g) => g.effectiveAt != null);
+  }
+
+  /**
+   * Makes `unit` (null or undefined: the default unit) the one the next figures and entries are in
+   * (docs/units.md): no operation moves credits between units.
+   */
+  private inUnit(unit: string | null | undefined): void {
+    const u = unit === undefined || unit === DEFAULT_UNIT ? null : unit;
+    if (u === this.unit) return;
+    this.unit = u;
+    if (u === null) {
+      this.f = this.account;
+      return;
+    }
+    if (!this.unitsOwned) {
+      this.account.units = { ...this.account.units };
+      this.unitsOwned = true;
+    }
+    const units = this.account.units as Record<string, UnitFigures>;
+    const had = units[u];
+    // A copy, changed in place from here on (the loaded one is never mutated).
+    this.f = units[u] = had === undefined ? { balance: 0, reserved: 0, debt: 0 } : { ...had };
+  }
+
+  /** The unit a grant, hold or entry is in: null for the default one. */
+  private static unitOf(row: { unit?: string | null | undefined }): string | null {
+    return row.unit ?? null;
+  }
+
+  /** The figures of `unit` (null: the default unit) as this work leaves them. */
+  figures(unit: string | null = null): UnitFigures {
+    const u = unit === DEFAULT_UNIT ? null : unit;
+    if (u === null) return this.account;
+    return this.account.units?.[u] ?? { balance: 0, reserved: 0, debt: 0 };
+  }
+
+  /** The overdraft limit of the current unit: `given` (the default unit's) or the unit's own. */
+  private limitOf(given: number | null): number | null {
+    if (this.unit === null) return given;
+    const limits = this.unitOverdraftLimits;
+    if (limits === undefined || !Object.prototype.hasOwnProperty.call(limits, this.unit)) return 0;
+    return limits[this.unit] ?? null;
+  }
+
+  /** The current unit's name in a message: "credits" for the default unit. */
+  private get unitWord(): string {
+    return this.unit ?? DEFAULT_UNIT;
+  }
+
+  /** An error's details, naming the current unit when it is not the default one. */
+  private withUnit<T extends object>(details: T): T & { unit?: string } {
+    return this.unit === null ? details : { ...details, unit: this.unit };
   }
 
   /** The journal entries this work made, in seq order. */
@@ -203,7 +277,7 @@ export class AccountWork {
 
   /** Credits that can be reserved or deducted without overdraft. */
   get available(): number {
-    return this.account.balance - this.account.reserved;
+    return this.f.balance - this.f.reserved;
   }
 
   /**
@@ -213,7 +287,14 @@ export class AccountWork {
    */
   availableFor(spend: Spend): number {
     if (this.account.scoped !== true) return this.available;
-    return this.available - outOfScope(this.grants.all(), spend, this.now);
+    return this.available - outOfScope(this.unitGrants(), spend, this.now);
+  }
+
+  /** The grants of the current unit, as they stand (all of them while the account holds only the default unit). */
+  private unitGrants(): Grant[] {
+    const all = this.grants.all();
+    if (this.unit === null && this.account.units == null) return all;
+    return all.filter((g) => AccountWork.unitOf(g) === this.unit);
   }
 
   /**
@@ -221,7 +302,7 @@ export class AccountWork {
    * >= −overdraftLimit (unbounded without a limit). Deductions and over-commits past it are refused.
    */
   headroom(overdraftLimit: number | null, spend: Spend = NO_SPEND): number {
-    return headroom(this.availableFor(spend), overdraftLimit);
+    return headroom(this.availableFor(spend), this.limitOf(overdraftLimit));
   }
 
   /** True when a grant or hold may be past its expiry, so `settle()` has work to do. */
@@ -281,14 +362,16 @@ export class AccountWork {
    * credits kept and, as a `debt_paid` portion, those that paid debt.
    */
   private start(g: Grant): JournalEntry {
-    if (this.account.balance + g.remaining > Number.MAX_SAFE_INTEGER) throw beyondSafe("balance", g.remaining);
+    // In the grant's own unit: it pays that unit's debt (docs/units.md).
+    this.inUnit(AccountWork.unitOf(g));
+    if (this.f.balance + g.remaining > Number.MAX_SAFE_INTEGER) throw beyondSafe("balance", g.remaining);
     const amount = g.remaining;
-    const debtPaid = (g.scope ?? null) === null ? Math.min(this.account.debt, amount) : 0;
+    const debtPaid = (g.scope ?? null) === null ? Math.min(this.f.debt, amount) : 0;
     const kept = amount - debtPaid;
     // As a grant added now: created with what the debt left (its `add` entry keeps the whole amount).
     this.grants.put({ ...g, upcoming: null, amount: kept, remaining: kept }, g);
-    this.account.balance += amount;
-    this.account.debt -= debtPaid;
+    this.f.balance += amount;
+    this.f.debt -= debtPaid;
     const portions: GrantPortion[] = [];
     if (kept > 0) portions.push({ grantId: g.id, amount: kept });
     if (debtPaid > 0) portions.push({ grantId: g.id, amount: debtPaid, kind: "debt_paid" });
@@ -325,8 +408,18 @@ export class AccountWork {
     return this.closeExpired(open, meta);
   }
 
-  /** Closes `grants` as expired, removing what they have left in one `expire` entry. */
+  /** Closes `grants` as expired, removing what they have left in one `expire` entry per unit. */
   private closeExpired(grants: readonly Grant[], meta: EntryMeta): number {
+    let total = 0;
+    for (const [unit, group] of byUnit(grants)) {
+      this.inUnit(unit);
+      total += this.closeExpiredIn(group, meta);
+    }
+    return total;
+  }
+
+  /** `closeExpired` of grants of the current unit. */
+  private closeExpiredIn(grants: readonly Grant[], meta: EntryMeta): number {
     const portions: GrantPortion[] = [];
     // An upcoming grant's credits are in no balance (docs/units.md, "Grants that start later").
     let notInBalance = 0;
@@ -346,7 +439,7 @@ export class AccountWork {
     }
     const total = sum(portions);
     if (total > 0) {
-      this.account.balance = this.account.balance - (total - notInBalance);
+      this.f.balance = this.f.balance - (total - notInBalance);
       this.emit("expire", total, portions, null, meta);
     }
     return total;
@@ -362,11 +455,16 @@ export class AccountWork {
       .all()
       .filter((g) => ids.has(g.id) && isUsable(g, this.now))
       .sort(compareGrants);
-    const portions = this.takeInOrder(usable, amount);
-    const total = sum(portions);
-    if (total > 0) {
-      this.account.balance = this.account.balance - total;
-      this.emit("void", total, portions, null, meta);
+    let total = 0;
+    for (const [unit, group] of byUnit(usable)) {
+      this.inUnit(unit);
+      const portions = this.takeInOrder(group, amount - total);
+      const removed = sum(portions);
+      if (removed > 0) {
+        this.f.balance = this.f.balance - removed;
+        this.emit("void", removed, portions, null, meta);
+      }
+      total += removed;
     }
     return total;
   }
@@ -376,13 +474,14 @@ export class AccountWork {
 
   /** Adds credits: pays debt first, the rest forms a new grant. */
   add(amount: number, grant: NewGrant, meta: EntryMeta): JournalEntry {
-    if (this.account.balance + amount > Number.MAX_SAFE_INTEGER) throw beyondSafe("balance", amount);
+    this.inUnit(meta.unit);
+    if (this.f.balance + amount > Number.MAX_SAFE_INTEGER) throw beyondSafe("balance", amount);
     const startsAt = grant.effectiveAt ?? null;
     if (startsAt !== null && startsAt.getTime() > this.now.getTime())
       return this.addLater(amount, grant, startsAt, meta);
     const scope = grant.scope ?? null;
     // Debt is owed for spends of any scope: a scoped grant pays none of it.
-    const debtPaid = scope === null ? Math.min(this.account.debt, amount) : 0;
+    const debtPaid = scope === null ? Math.min(this.f.debt, amount) : 0;
     const grantAmount = amount - debtPaid;
     const portions: GrantPortion[] = [];
     if (grantAmount > 0) {
@@ -407,12 +506,13 @@ export class AccountWork {
         // Started when created (docs/units.md, "Grants that start later").
         effectiveAt: null,
         upcoming: null,
+        unit: this.unit,
       };
       if (scope !== null) this.account.scoped = true;
       portions.push(this.newGrant(g));
     }
-    this.account.balance = this.account.balance + amount;
-    this.account.debt = this.account.debt - debtPaid;
+    this.f.balance = this.f.balance + amount;
+    this.f.debt = this.f.debt - debtPaid;
     const entry = this.emit("add", amount, portions, null, meta, {
       costBasis: grant.costBasis ?? null,
       source: grant.source,
@@ -449,6 +549,7 @@ export class AccountWork {
       costBasis: grant.costBasis ?? null,
       effectiveAt: startsAt,
       upcoming: true,
+      unit: this.unit,
     };
     if (scope !== null) this.account.scoped = true;
     const portions = [this.newGrant(g)];
@@ -474,25 +575,31 @@ export class AccountWork {
       reservationId?: string | null;
       /** Spend limits: refuse what does not fit ("enforce", default without `allowDebt`), count it all the same ("force", default with it), or leave them ("skip"). */
       limits?: "enforce" | "force" | "skip";
+      /** The overdraft was checked by the caller (an over-commit's excess): `overdraftLimit` applies whatever the unit. */
+      overdraftChecked?: boolean;
     },
   ): JournalEntry {
+    this.inUnit(meta.unit);
     const spend = spendOf(meta);
     const available = this.availableFor(spend);
+    const overdraftLimit =
+      options.overdraftChecked === true ? options.overdraftLimit : this.limitOf(options.overdraftLimit);
     if (!options.allowDebt && available < amount) {
-      throw new InsufficientCreditsError(`Cannot deduct ${amount} credits: only ${Math.max(available, 0)} available.`, {
-        requested: amount,
-        available,
-      });
-    }
-    if (options.allowDebt && amount > headroom(available, options.overdraftLimit)) {
       throw new InsufficientCreditsError(
-        `Cannot deduct ${amount} credits: it would exceed the overdraft limit of ${options.overdraftLimit} (available ${available}).`,
-        { requested: amount, available, overdraftLimit: options.overdraftLimit },
+        `Cannot deduct ${amount} ${this.unitWord}: only ${Math.max(available, 0)} available.`,
+        this.withUnit({ requested: amount, available }),
       );
     }
-    if (this.account.balance - amount < -Number.MAX_SAFE_INTEGER) throw beyondSafe("balance", amount);
+    if (options.allowDebt && amount > headroom(available, overdraftLimit)) {
+      throw new InsufficientCreditsError(
+        `Cannot deduct ${amount} ${this.unitWord}: it would exceed the overdraft limit of ${overdraftLimit} (available ${available}).`,
+        this.withUnit({ requested: amount, available, overdraftLimit }),
+      );
+    }
+    if (this.f.balance - amount < -Number.MAX_SAFE_INTEGER) throw beyondSafe("balance", amount);
     // (Counted before the draw, so a refusal changes nothing.)
-    if (options.limits !== "skip") {
+    // Spend limits count the default unit (docs/units.md).
+    if (options.limits !== "skip" && this.unit === null) {
       const force = (options.limits ?? (options.allowDebt ? "force" : "enforce")) === "force";
       // Usage already delivered passes a limit and says so in its entry (as a shortfall does).
       // Late usage counts in the window it happened in, while that window is the current one.
@@ -502,9 +609,9 @@ export class AccountWork {
     const portions = this.draw(amount, spend);
     const drawn = sum(portions);
     // (A refusal after the draw is safe: a unit of work that throws saves nothing.)
-    if (this.account.debt + (amount - drawn) > Number.MAX_SAFE_INTEGER) throw beyondSafe("debt", amount);
-    this.account.balance = this.account.balance - amount;
-    this.account.debt = this.account.debt + (amount - drawn);
+    if (this.f.debt + (amount - drawn) > Number.MAX_SAFE_INTEGER) throw beyondSafe("debt", amount);
+    this.f.balance = this.f.balance - amount;
+    this.f.debt = this.f.debt + (amount - drawn);
     return this.emit("deduct", amount, portions, options.reservationId ?? null, meta);
   }
 
@@ -520,7 +627,7 @@ export class AccountWork {
    */
   holdRoom(spend: Spend): number {
     const available = Math.max(0, this.availableFor(spend));
-    const limits = this.account.limits;
+    const limits = this.unit === null ? this.account.limits : null;
     const room = limits == null ? null : limitRoom(limits, spend, this.now.getTime());
     return room === null ? available : Math.min(available, room.left);
   }
@@ -537,6 +644,7 @@ export class AccountWork {
     meta: EntryMeta,
     minimum?: number,
   ): { reservation: Reservation; entry: JournalEntry } {
+    this.inUnit(meta.unit);
     const spend = spendOf(meta);
     // Below the minimum, the checks below refuse a hold of the minimum, with their usual errors.
     const amount = minimum === undefined ? requested : Math.max(minimum, Math.min(requested, this.holdRoom(spend)));
@@ -544,12 +652,12 @@ export class AccountWork {
     if (available < amount) {
       const least = minimum === undefined ? "" : ` (the least of a hold of up to ${requested})`;
       throw new InsufficientCreditsError(
-        `Cannot reserve ${amount} credits${least}: only ${Math.max(available, 0)} available.`,
-        { requested: amount, available },
+        `Cannot reserve ${amount} ${this.unitWord}${least}: only ${Math.max(available, 0)} available.`,
+        this.withUnit({ requested: amount, available }),
       );
     }
     // A hold counts against the limits when placed; its commit or release trues it up.
-    this.countLimits(spend, amount, false, "reserve");
+    if (this.unit === null) this.countLimits(spend, amount, false, "reserve");
     const allocations = this.draw(amount, spend);
     const expiresAt = new Date(this.now.getTime() + ttlSeconds * 1000);
     const reservation: Reservation = {
@@ -566,9 +674,10 @@ export class AccountWork {
       committedAmount: null,
       spender: meta.spender ?? null,
       feature: meta.feature ?? null,
+      unit: this.unit,
     };
     this.holds.create(reservation);
-    this.account.reserved = this.account.reserved + amount;
+    this.f.reserved = this.f.reserved + amount;
     this.account.nextExpiryAt = minDate(this.account.nextExpiryAt, expiresAt);
     const entryMeta = amount === requested ? meta : { ...meta, metadata: { ...meta.metadata, requested } };
     const entry = this.emit("reserve", amount, allocations, reservation.id, entryMeta);
@@ -581,6 +690,7 @@ export class AccountWork {
    * the entry's `shortfall`. Null when the limit allows nothing.
    */
   deductUpToLimit(requested: number, meta: EntryMeta, overdraftLimit: number | null): JournalEntry | null {
+    this.inUnit(meta.unit);
     const charge = chargeWithinLimit(requested, this.headroom(overdraftLimit, spendOf(meta)));
     if (charge === 0) return null;
     return this.deduct(charge, shortfallMeta(meta, requested, charge), { allowDebt: true, overdraftLimit });
@@ -591,6 +701,7 @@ export class AccountWork {
    * itself always), recording what it could not charge as the entry's `shortfall`.
    */
   commitUpToLimit(hold: Reservation, requested: number, meta: EntryMeta, overdraftLimit: number | null): JournalEntry {
+    this.inUnit(AccountWork.unitOf(hold));
     const charge = commitWithinLimit(requested, hold.amount, this.headroom(overdraftLimit, holdSpend(hold)));
     return this.commit(hold, charge, shortfallMeta(meta, requested, charge), overdraftLimit);
   }
@@ -602,12 +713,18 @@ export class AccountWork {
    * before anything changes). Returns the commit entry.
    */
   commit(hold: Reservation, amount: number, meta: EntryMeta, overdraftLimit: number | null): JournalEntry {
+    this.inUnit(AccountWork.unitOf(hold));
     const excess = amount - hold.amount;
     // Checked up front so a refused over-commit changes nothing (the hold stays active).
     if (excess > 0 && excess > this.headroom(overdraftLimit, holdSpend(hold))) {
       throw new InsufficientCreditsError(
-        `Cannot commit ${amount} credits on a hold of ${hold.amount}: the excess of ${excess} would exceed the overdraft limit of ${overdraftLimit}.`,
-        { requested: amount, held: hold.amount, available: this.availableFor(holdSpend(hold)), overdraftLimit },
+        `Cannot commit ${amount} ${this.unitWord} on a hold of ${hold.amount}: the excess of ${excess} would exceed the overdraft limit of ${this.limitOf(overdraftLimit)}.`,
+        this.withUnit({
+          requested: amount,
+          held: hold.amount,
+          available: this.availableFor(holdSpend(hold)),
+          overdraftLimit: this.limitOf(overdraftLimit),
+        }),
       );
     }
     const captured = Math.min(amount, hold.amount);
@@ -633,20 +750,22 @@ export class AccountWork {
       back = this.giveBack(`reservation ${hold.id}`, leftover, true);
       portions.push(...back.portions);
     }
-    this.account.balance = this.account.balance - captured;
-    this.account.reserved = this.account.reserved - hold.amount;
+    this.f.balance = this.f.balance - captured;
+    this.f.reserved = this.f.reserved - hold.amount;
     const entry = this.emit("commit_reserved", captured, portions, hold.id, meta);
     if (back !== null && back.toClosed) this.removeFromClosed(back.portions, hold.id);
     if (excess > 0) {
       const labels: EntryMeta = {
         description: "committed beyond reservation",
         metadata: excessMetadata(entry.metadata) ?? undefined,
+        unit: this.unit,
       };
       this.deduct(excess, hold.spender != null || hold.feature != null ? withSpend(labels, hold) : labels, {
         allowDebt: true,
         overdraftLimit: null,
         reservationId: hold.id,
         limits: "skip",
+        overdraftChecked: true,
       });
     }
     return entry;
@@ -658,6 +777,7 @@ export class AccountWork {
     status: "released" | "expired",
     meta: EntryMeta,
   ): { entry: JournalEntry; expired: number } {
+    this.inUnit(AccountWork.unitOf(hold));
     this.holds.put({ ...hold, status, settledAt: this.now });
     if (hold.spender != null || hold.feature != null) meta = withSpend(meta, hold);
     this.trueUp(hold, 0);
@@ -671,6 +791,7 @@ export class AccountWork {
    * concurrent spend that loaded the old limits conflicts instead of writing them back.
    */
   setLimits(limits: SpendLimit[] | null, meta: EntryMeta): JournalEntry {
+    this.inUnit(null);
     this.account.limits = limits === null || limits.length === 0 ? null : limits;
     const listed = (limits ?? []).map((l) => describeLimit(l));
     return this.emit("limits", 0, [], null, {
@@ -697,12 +818,13 @@ export class AccountWork {
     paid: { portions: readonly GrantPortion[]; rest: number },
     meta: EntryMeta,
   ): JournalEntry {
-    if (this.account.balance + amount > Number.MAX_SAFE_INTEGER) throw beyondSafe("balance", amount);
+    this.inUnit(AccountWork.unitOf(charge));
+    if (this.f.balance + amount > Number.MAX_SAFE_INTEGER) throw beyondSafe("balance", amount);
     const shares = reversalShares(draw, reversed, amount);
-    const owed = Math.min(shares.debt, this.account.debt);
+    const owed = Math.min(shares.debt, this.f.debt);
     if (sum(paid.portions) + paid.rest !== shares.debt - owed)
       throw new Error(`the paid debt of charge ${charge.id} given back does not add up to ${shares.debt - owed}`);
-    this.account.debt -= owed;
+    this.f.debt -= owed;
     // (Debt is left only when all of the charge's debt was still owed: then nothing was paid.)
     const back = this.giveBack(`charge ${charge.id}`, shares.grants, true);
     if (paid.portions.length > 0) {
@@ -711,11 +833,13 @@ export class AccountWork {
       back.toClosed ||= repaid.toClosed;
     }
     if (paid.rest > 0)
-      back.portions.push(this.newGrant(debtGrant(this.newId(), this.userId, paid.rest, charge.id, this.now)));
-    this.account.balance += amount;
+      back.portions.push(
+        this.newGrant({ ...debtGrant(this.newId(), this.userId, paid.rest, charge.id, this.now), unit: this.unit }),
+      );
+    this.f.balance += amount;
     // The spend goes back to the limits that counted the charge, while its window is current
     // (docs/teams-and-limits.md, "Late usage and reversals").
-    const limits = this.account.limits;
+    const limits = this.unit === null ? this.account.limits : null;
     if (limits != null && limits.length > 0)
       this.account.limits = giveBackSpend(
         limits,
@@ -731,6 +855,7 @@ export class AccountWork {
 
   /** Voids what is left of a grant (refunds, disputes). Held parts are voided when they return. */
   voidGrant(grant: Grant, meta: EntryMeta): JournalEntry {
+    this.inUnit(AccountWork.unitOf(grant));
     let current = this.grants.get(grant.id);
     if (current === undefined) {
       this.addGrant(grant);
@@ -739,7 +864,7 @@ export class AccountWork {
     const amount = current.remaining;
     this.grants.put({ ...current, remaining: 0, closedAt: this.now, closedReason: "voided" }, current);
     // An upcoming grant's credits are in no balance (docs/units.md, "Grants that start later").
-    if (!isUpcoming(current)) this.account.balance = this.account.balance - amount;
+    if (!isUpcoming(current)) this.f.balance = this.f.balance - amount;
     return this.emit("void", amount, amount > 0 ? [{ grantId: current.id, amount }] : [], null, meta);
   }
 
@@ -750,7 +875,9 @@ export class AccountWork {
    * the active holds draw from must be part of the work (`include`).
    */
   checkpoint(meta: EntryMeta = {}): JournalEntry {
-    const snapshot = snapshotOf(this.grants.all(), this.holds.all(), (id) => this.grants.get(id));
+    this.inUnit(null);
+    const grantOf = (id: string) => this.grants.get(id);
+    const snapshot = withUnits(snapshotOf(this.grants.all(), this.holds.all(), grantOf), this.account.units, grantOf);
     return this.emit("checkpoint", 0, [], null, {
       description: "checkpoint",
       ...meta,
@@ -776,10 +903,14 @@ export class AccountWork {
     this.account.nextExpiryAt = this.computeNextExpiry();
     // What each scope was granted in its current allowance (docs/customer-state.md, "What was granted").
     const touched: { before: Grant | undefined; after: Grant }[] = [];
-    this.grants.forEachTouched((after, created) =>
-      touched.push({ before: created ? undefined : this.grants.original(after.id), after }),
+    // (The default unit's: allowances and alerts watch it, docs/units.md.)
+    this.grants.forEachTouched((after, created) => {
+      if ((after.unit ?? null) === null)
+        touched.push({ before: created ? undefined : this.grants.original(after.id), after });
+    });
+    trackAllowance(this.account, this.loaded, touched, () =>
+      this.account.units == null ? this.openGrants() : this.openGrants().filter((g) => (g.unit ?? null) === null),
     );
-    trackAllowance(this.account, this.loaded, touched, () => this.openGrants());
     this.account.updatedAt = this.now;
     return {
       account: this.account,
@@ -814,7 +945,7 @@ export class AccountWork {
 
   /** Trues up `hold`'s count at its commit (`spent`) or release (0). */
   private trueUp(hold: Reservation, spent: number): void {
-    const limits = this.account.limits;
+    const limits = AccountWork.unitOf(hold) === null ? this.account.limits : null;
     if (limits == null || limits.length === 0) return;
     this.noteCounted(
       trueUpHold(limits, holdSpend(hold), hold.amount, spent, hold.createdAt.getTime(), this.now.getTime()),
@@ -831,11 +962,11 @@ export class AccountWork {
    * with scoped grants, those whose scope matches it first, then the unscoped ones (./scope.ts).
    */
   private draw(amount: number, spend: Spend): GrantPortion[] {
-    if (this.account.scoped === true) return this.takeInOrder(spendOrder(this.grants.all(), spend, this.now), amount);
+    if (this.account.scoped === true) return this.takeInOrder(spendOrder(this.unitGrants(), spend, this.now), amount);
     // Loaded in order and nothing added: the first usable grants are the ones to take.
     if (this.ordered) return this.takeInOrder(this.grants.loaded, amount);
     const usable: Grant[] = [];
-    for (const g of this.grants.all()) if (isUsable(g, this.now)) usable.push(g);
+    for (const g of this.grants.all()) if (isUsable(g, this.now) && AccountWork.unitOf(g) === this.unit) usable.push(g);
     if (usable.length > 1) usable.sort(compareGrants);
     return this.takeInOrder(usable, amount);
   }
@@ -850,7 +981,8 @@ export class AccountWork {
     for (const listed of grants) {
       if (left === 0) break;
       const g = this.grants.current(listed);
-      if (!isUsable(g, this.now)) continue;
+      // No operation takes one unit's credits for another's (docs/units.md).
+      if (!isUsable(g, this.now) || (g.unit ?? null) !== this.unit) continue;
       const take = Math.min(g.remaining, left);
       left -= take;
       portions.push({ grantId: g.id, amount: take });
@@ -864,8 +996,9 @@ export class AccountWork {
    * and what lands on a closed (or past-expiry) grant expires (or is voided) at once.
    */
   private returnToGrants(hold: Reservation, meta: EntryMeta): { entry: JournalEntry; expired: number } {
+    this.inUnit(AccountWork.unitOf(hold));
     const back = this.giveBack(`reservation ${hold.id}`, hold.allocations, false);
-    this.account.reserved = this.account.reserved - hold.amount;
+    this.f.reserved = this.f.reserved - hold.amount;
     const entry = this.emit("release_reserved", hold.amount, back.portions, hold.id, meta);
     // (Nearly always every grant is open: then there is nothing to remove.)
     const expired = back.expired + (back.toClosed ? this.removeFromClosed(back.portions, hold.id) : 0);
@@ -888,7 +1021,7 @@ export class AccountWork {
       if (g !== undefined && isDue(g, this.now) && !(due ??= []).includes(g)) due.push(g);
     }
     const expired = due === null ? 0 : this.closeExpired(due.sort(compareGrants), { description: "credits expired" });
-    let debt = this.account.debt;
+    let debt = this.f.debt;
     const portions: GrantPortion[] = [];
     let toClosed = false;
     for (const p of allocations) {
@@ -909,7 +1042,7 @@ export class AccountWork {
       this.grants.put({ ...g, remaining: g.remaining + back }, g);
       if (g.closedReason !== null) toClosed = true;
     }
-    this.account.debt = debt;
+    this.f.debt = debt;
     return { portions, expired, toClosed };
   }
 
@@ -932,7 +1065,7 @@ export class AccountWork {
         this.grants.put({ ...g, remaining: g.remaining - p.amount, expiredAmount: (g.expiredAmount ?? 0) + lost }, g);
       }
       const total = sum(closed);
-      this.account.balance = this.account.balance - total;
+      this.f.balance = this.f.balance - total;
       this.emit(reason === "expired" ? "expire" : "void", total, closed, holdId, {
         description: `returned credits of a ${reason} grant`,
       });
@@ -991,9 +1124,9 @@ export class AccountWork {
       seq: a.seq + 1,
       type,
       amount,
-      balanceAfter: a.balance,
-      reservedAfter: a.reserved,
-      debtAfter: a.debt,
+      balanceAfter: this.f.balance,
+      reservedAfter: this.f.reserved,
+      debtAfter: this.f.debt,
       grants,
       reservationId,
       idempotencyKey: meta.idempotencyKey ?? null,
@@ -1017,6 +1150,7 @@ export class AccountWork {
       keyId: this.chainKey?.id ?? null,
       scope: added?.scope ?? null,
       effectiveAt: added?.effectiveAt ?? null,
+      unit: this.unit,
     };
     const { hash, canonical } = hashNewEntry(entry, this.chainKey?.key);
     entry.hash = hash;
@@ -1070,4 +1204,25 @@ function beyondSafe(what: "balance" | "debt", amount: number): RuleViolationErro
     `Cannot move ${amount} credits: the account's ${what} would go beyond ±${Number.MAX_SAFE_INTEGER}, the largest exact amount.`,
     [{ path: "amount", message: `the ${what} would go beyond the safe-integer range` }],
   );
+}
+
+/**
+ * `rows` grouped by unit (docs/units.md), each group in the rows' order, the groups in the order
+ * their first row comes: one group, `rows` itself, while every row is in the default unit.
+ */
+function byUnit<T extends { unit?: string | null | undefined }>(rows: readonly T[]): [string | null, readonly T[]][] {
+  let groups: Map<string | null, T[]> | null = null;
+  for (const row of rows) {
+    const u = row.unit ?? null;
+    if (groups === null) {
+      if (u === null) continue;
+      groups = new Map();
+      const before = rows.slice(0, rows.indexOf(row));
+      if (before.length > 0) groups.set(null, before);
+    }
+    const list = groups.get(u);
+    if (list === undefined) groups.set(u, [row]);
+    else list.push(row);
+  }
+  return groups === null ? [[null, rows]] : [...groups];
 }

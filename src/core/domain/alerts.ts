@@ -205,7 +205,8 @@ export const SPEND_ENTRY_TYPES = usageEntryTypes();
  * `createdAt`).
  */
 export function spendOfEntry(t: PeriodSpend, e: JournalEntry, window: SpendWindow): number {
-  if (e.amount === 0 || usageKind(e) !== "spend") return 0;
+  // Alerts watch the default unit (docs/units.md).
+  if (e.amount === 0 || (e.unit ?? null) !== null || usageKind(e) !== "spend") return 0;
   const at = placedAt(e);
   if (at < window.start || at >= window.end) return 0;
   // A kind's parts add up to its credits: without a spender or feature, the entry's own.
@@ -316,8 +317,9 @@ class Figures {
     const now = this.now;
     const horizon = now + (this.windows[this.windows.length - 1] ?? -1);
     for (const g of this.grants()) {
-      // An upcoming grant is not granted until it starts (docs/units.md, "Grants that start later").
-      if (!isOpenGrant(g) || g.upcoming === true) continue;
+      // An upcoming grant is not granted until it starts (docs/units.md, "Grants that start later");
+      // alerts watch the default unit.
+      if (!isOpenGrant(g) || g.upcoming === true || (g.unit ?? null) !== null) continue;
       const at = g.expiresAt?.getTime() ?? null;
       if (at !== null && at > now && at <= horizon) {
         const i = this.windowOf(at);

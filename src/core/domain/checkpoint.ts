@@ -21,6 +21,13 @@ export interface CheckpointSnapshot {
    * credits are in no balance. Absent: none.
    */
   upcoming?: string[];
+  /**
+   * Only on an account that holds units other than the default one (docs/units.md): each such
+   * unit's `[balance, reserved, debt]`, and the unit of every grant above that is not in the
+   * default unit.
+   */
+  units?: Record<string, [number, number, number]>;
+  grantUnits?: Record<string, string>;
 }
 
 /**
@@ -55,6 +62,23 @@ export function snapshotOf(
   return out;
 }
 
+/** `snapshot` with the figures of the units other than the default one and its grants' units (docs/units.md). */
+export function withUnits(
+  snapshot: CheckpointSnapshot,
+  units: Readonly<Record<string, { balance: number; reserved: number; debt: number }>> | null | undefined,
+  grantOf: (id: string) => Grant | undefined,
+): CheckpointSnapshot {
+  if (units == null || Object.keys(units).length === 0) return snapshot;
+  const grantUnits: Record<string, string> = {};
+  for (const id of Object.keys(snapshot.grants)) {
+    const unit = grantOf(id)?.unit ?? null;
+    if (unit !== null) grantUnits[id] = unit;
+  }
+  const figures: Record<string, [number, number, number]> = {};
+  for (const [unit, f] of Object.entries(units)) figures[unit] = [f.balance, f.reserved, f.debt];
+  return { ...snapshot, units: figures, grantUnits };
+}
+
 /** The snapshot a checkpoint entry carries, or a sentence saying why it has none that can be read. */
 export function readSnapshot(entry: JournalEntry): CheckpointSnapshot | string {
   const s = (entry.metadata as { checkpoint?: unknown } | null)?.checkpoint as Partial<CheckpointSnapshot> | undefined;
@@ -73,10 +97,29 @@ export function readSnapshot(entry: JournalEntry): CheckpointSnapshot | string {
       return `checkpoint ${entry.seq} has a malformed hold in its snapshot`;
   }
   const upcoming = s.upcoming;
-  if (upcoming === undefined) return { v: 1, grants, holds };
-  if (!Array.isArray(upcoming) || !upcoming.every((id) => typeof id === "string" && grants[id] !== undefined))
+  if (
+    upcoming !== undefined &&
+    (!Array.isArray(upcoming) || !upcoming.every((id) => typeof id === "string" && grants[id] !== undefined))
+  )
     return `checkpoint ${entry.seq} has a malformed list of upcoming grants in its snapshot`;
-  return { v: 1, grants, holds, upcoming };
+  const snapshot: CheckpointSnapshot = { v: 1, grants, holds, ...(upcoming === undefined ? {} : { upcoming }) };
+  const units = s.units;
+  const grantUnits = s.grantUnits;
+  if (units !== undefined || grantUnits !== undefined) {
+    const figuresOk =
+      typeof units === "object" &&
+      units !== null &&
+      Object.values(units).every(
+        (f) => Array.isArray(f) && f.length === 3 && Number.isSafeInteger(f[0]) && isCount(f[1]) && isCount(f[2]),
+      );
+    const namesOk =
+      typeof grantUnits === "object" &&
+      grantUnits !== null &&
+      Object.values(grantUnits).every((u) => typeof u === "string");
+    if (!figuresOk || !namesOk) return `checkpoint ${entry.seq} has malformed units in its snapshot`;
+    return { ...snapshot, units, grantUnits };
+  }
+  return snapshot;
 }
 
 /** The metadata of a checkpoint entry. */

@@ -16,6 +16,8 @@ export interface FeatureRule {
   enabled?: boolean | undefined;
   /** The plans that grant it: without an active subscription on one of them it is off. */
   plans?: readonly string[] | undefined;
+  /** The unit the feature is paid in (docs/units.md, "Features in a unit"); absent: the unit the call names. */
+  unit?: string | undefined;
 }
 
 /**

@@ -69,6 +69,7 @@ export function namesNothing(o: { readonly [K in keyof EntryMeta]?: unknown }): 
     o.correlationId === undefined &&
     o.metadata === undefined &&
     o.spender === undefined &&
-    o.feature === undefined
+    o.feature === undefined &&
+    o.unit === undefined
   );
 }

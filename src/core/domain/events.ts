@@ -55,6 +55,8 @@ function base(e: JournalEntry): Record<string, unknown> {
     reservedAfter: e.reservedAfter,
     debtAfter: e.debtAfter,
     availableAfter: e.balanceAfter - e.reservedAfter,
+    // Another unit than the default one: named (docs/units.md).
+    ...(e.unit == null ? {} : { unit: e.unit }),
     grants: e.grants.map((g) =>
       g.kind === undefined
         ? { grantId: g.grantId, amount: g.amount }

@@ -33,6 +33,11 @@ export interface AuditReport {
   grants: Record<string, number>;
   /** Recomputed amounts of the holds still active. */
   activeReservations: Record<string, number>;
+  /**
+   * Recomputed figures of each unit other than the default one (docs/units.md), by name; absent when
+   * the journal has none. `balance`, `reserved`, `debt` and `available` above are the default unit's.
+   */
+  units?: Record<string, { balance: number; reserved: number; debt: number; available: number }>;
 }
 
 /**
@@ -64,9 +69,17 @@ export function replayJournal(
   keys?: JournalKeys | "links only",
 ): AuditReport {
   const problems: string[] = [];
-  let balance = 0;
-  let reserved = 0;
-  let debt = 0;
+  /** Each unit's figures (null: the default unit), checked per unit: no entry moves credits between units (docs/units.md). */
+  const figures = new Map<string | null, { balance: number; reserved: number; debt: number }>();
+  const fig = (unit: string | null) => {
+    let f = figures.get(unit);
+    if (f === undefined) figures.set(unit, (f = { balance: 0, reserved: 0, debt: 0 }));
+    return f;
+  };
+  /** The unit of each grant and hold met that is not in the default one. */
+  const grantUnit = new Map<string, string>();
+  const holdUnit = new Map<string, string>();
+  const unitOfGrant = (id: string) => grantUnit.get(id) ?? null;
   let prevHash: string | null = null;
   const remaining = new Map<string, number>();
   const holds = new Map<string, Map<string, number>>();
@@ -87,9 +100,9 @@ export function replayJournal(
     // checkpoint's own hash, which covers both, is still checked below).
     base = first.seq - 1;
     prevHash = first.prevHash;
-    balance = first.balanceAfter;
-    reserved = first.reservedAfter;
-    debt = first.debtAfter;
+    fig(null).balance = first.balanceAfter;
+    fig(null).reserved = first.reservedAfter;
+    fig(null).debt = first.debtAfter;
     const snapshot = readSnapshot(first);
     // (One that cannot be read is reported by its own case below.)
     if (typeof snapshot !== "string") {
@@ -100,6 +113,13 @@ export function replayJournal(
       }
       for (const [id, alloc] of Object.entries(snapshot.holds)) holds.set(id, new Map(Object.entries(alloc)));
       for (const id of snapshot.upcoming ?? []) upcoming.add(id);
+      for (const [unit, [b, r, d]] of Object.entries(snapshot.units ?? {}))
+        Object.assign(fig(unit), { balance: b, reserved: r, debt: d });
+      for (const [id, unit] of Object.entries(snapshot.grantUnits ?? {})) grantUnit.set(id, unit);
+      for (const [id, alloc] of Object.entries(snapshot.holds)) {
+        const unit = unitOfGrant(Object.keys(alloc)[0] ?? "");
+        if (unit !== null) holdUnit.set(id, unit);
+      }
     }
   }
 
@@ -141,6 +161,20 @@ export function replayJournal(
       problems.push(`${where} is not keyed, though entry ${keyedAt} before it is: written again without the key`);
     if (e.type === "add" && version >= 2) for (const g of e.grants) scopes.set(g.grantId, e.scope ?? null);
     const s = sumOf(e);
+    const unit = e.unit ?? null;
+    const f = fig(unit);
+    let { balance, reserved, debt } = f;
+    // Every grant an entry names is in its unit (a hold's and a charge's unit are their entry's).
+    if (e.type === "add" && unit !== null) for (const g of e.grants) grantUnit.set(g.grantId, unit);
+    if (e.type === "reverse" && unit !== null)
+      for (const g of e.grants) if (!created.has(g.grantId)) grantUnit.set(g.grantId, unit);
+    for (const g of e.grants)
+      if (unitOfGrant(g.grantId) !== unit && (created.has(g.grantId) || e.type === "add"))
+        problems.push(`${where} moves credits of grant ${g.grantId}, of another unit`);
+    if (e.type === "reserve" && unit !== null && e.reservationId !== null) holdUnit.set(e.reservationId, unit);
+    if ((e.type === "commit_reserved" || e.type === "release_reserved") && e.reservationId !== null)
+      if ((holdUnit.get(e.reservationId) ?? null) !== unit && holds.has(e.reservationId))
+        problems.push(`${where} settles a hold of another unit`);
     switch (e.type) {
       case "add":
         if ((e.effectiveAt ?? null) !== null) {
@@ -274,29 +308,46 @@ export function replayJournal(
     if (e.debtAfter !== debt) problems.push(`${where}: debtAfter ${e.debtAfter}, replay gives ${debt}`);
     if (debt < 0) problems.push(`${where}: debt below zero`);
     if (reserved < 0) problems.push(`${where}: reserved below zero`);
+    Object.assign(f, { balance, reserved, debt });
   });
 
-  // The invariants of docs/concepts.md ("Audit") on the replayed state.
-  let sumRemaining = 0;
-  for (const [id, v] of remaining) if (!upcoming.has(id)) sumRemaining += v;
+  // The invariants of docs/concepts.md ("Audit") on the replayed state, per unit (docs/units.md);
+  // an upcoming grant's credits are in no balance (docs/units.md, "Grants that start later").
   const activeReservations: Record<string, number> = {};
-  let sumHolds = 0;
+  const held = new Map<string | null, number>();
   for (const [id, alloc] of holds) {
     const v = [...alloc.values()].reduce((a, b) => a + b, 0);
     activeReservations[id] = v;
-    sumHolds += v;
+    const unit = holdUnit.get(id) ?? null;
+    held.set(unit, (held.get(unit) ?? 0) + v);
   }
-  if (reserved !== sumHolds) problems.push(`reserved ${reserved} != Σ active holds ${sumHolds}`);
-  if (balance !== sumRemaining + sumHolds - debt) {
-    problems.push(`balance ${balance} != Σ grant.remaining ${sumRemaining} + Σ holds ${sumHolds} − debt ${debt}`);
+  const left = new Map<string | null, number>();
+  for (const [id, v] of remaining)
+    if (!upcoming.has(id)) left.set(unitOfGrant(id), (left.get(unitOfGrant(id)) ?? 0) + v);
+  fig(null);
+  for (const [unit, { balance, reserved, debt }] of figures) {
+    const named = unit === null ? "" : ` (${unit})`;
+    const sumRemaining = left.get(unit) ?? 0;
+    const sumHolds = held.get(unit) ?? 0;
+    if (reserved !== sumHolds) problems.push(`reserved ${reserved} != Σ active holds ${sumHolds}${named}`);
+    if (balance !== sumRemaining + sumHolds - debt) {
+      problems.push(
+        `balance ${balance} != Σ grant.remaining ${sumRemaining} + Σ holds ${sumHolds} − debt ${debt}${named}`,
+      );
+    }
+    // Debt is paid by unscoped credits only (docs/teams-and-limits.md, "Scoped credits"): scoped
+    // grants may keep theirs while it is owed. Their scopes are the stored grants' (none: an archive).
+    let sumUnscoped = sumRemaining;
+    if (debt > 0 && stored !== null)
+      for (const g of stored.grants)
+        if ((g.scope ?? null) !== null && unitOfGrant(g.id) === unit && !upcoming.has(g.id))
+          sumUnscoped -= remaining.get(g.id) ?? 0;
+    if (debt > 0 && sumUnscoped > 0)
+      problems.push(`debt ${debt} outstanding while grants still hold ${sumUnscoped}${named}`);
   }
-  // Debt is paid by unscoped credits only (docs/teams-and-limits.md, "Scoped credits"): scoped
-  // grants may keep theirs while it is owed. Their scopes are the stored grants' (none: an archive).
-  let sumUnscoped = sumRemaining;
-  if (debt > 0 && stored !== null)
-    for (const g of stored.grants)
-      if ((g.scope ?? null) !== null && !upcoming.has(g.id)) sumUnscoped -= remaining.get(g.id) ?? 0;
-  if (debt > 0 && sumUnscoped > 0) problems.push(`debt ${debt} outstanding while grants still hold ${sumUnscoped}`);
+  const { balance, reserved, debt } = fig(null);
+  const units: Record<string, { balance: number; reserved: number; debt: number; available: number }> = {};
+  for (const [unit, f] of figures) if (unit !== null) units[unit] = { ...f, available: f.balance - f.reserved };
 
   // A scoped grant's scope is in its add entry's hash (version 2): the stored grant must keep it.
   if (stored !== null)
@@ -316,6 +367,8 @@ export function replayJournal(
         balance,
         reserved,
         debt,
+        units,
+        grantUnits: grantUnit,
         prevHash,
         remaining,
         expired,
@@ -340,6 +393,7 @@ export function replayJournal(
     available: balance - reserved,
     grants: Object.fromEntries(remaining),
     activeReservations,
+    ...(Object.keys(units).length > 0 ? { units } : {}),
   };
 }
 
@@ -451,6 +505,8 @@ function compareStored(
     balance: number;
     reserved: number;
     debt: number;
+    units: Readonly<Record<string, { balance: number; reserved: number; debt: number }>>;
+    grantUnits: ReadonlyMap<string, string>;
     prevHash: string | null;
     remaining: ReadonlyMap<string, number>;
     expired: ReadonlyMap<string, number>;
@@ -472,6 +528,18 @@ function compareStored(
     if (acc.reserved !== reserved) problems.push(`stored reserved ${acc.reserved} != replayed ${reserved}`);
     if (acc.debt !== debt) problems.push(`stored debt ${acc.debt} != replayed ${debt}`);
     if (acc.lastHash !== prevHash) problems.push("stored lastHash is not the hash of the last entry");
+    const storedUnits = acc.units ?? {};
+    for (const unit of new Set([...Object.keys(storedUnits), ...Object.keys(r.units)])) {
+      const want = r.units[unit] ?? { balance: 0, reserved: 0, debt: 0 };
+      const got = storedUnits[unit] ?? { balance: 0, reserved: 0, debt: 0 };
+      for (const k of ["balance", "reserved", "debt"] as const)
+        if (got[k] !== want[k]) problems.push(`stored ${unit} ${k} ${got[k]} != replayed ${want[k]}`);
+    }
+  }
+  for (const g of stored.grants) {
+    const unit = g.unit ?? null;
+    if (r.remaining.has(g.id) && unit !== (r.grantUnits.get(g.id) ?? null))
+      problems.push(`grant ${g.id}'s unit is not the one its entries recorded`);
   }
   const storedGrants = new Map(stored.grants.map((g) => [g.id, g]));
   for (const [id, v] of remaining) {

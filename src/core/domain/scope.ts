@@ -122,5 +122,7 @@ export function scopedTotals(grants: readonly Grant[], now: Date): ScopeTotal[] 
 export function availableOf(account: Account, grants: () => readonly Grant[], now: Date): number {
   const unheld = account.balance - account.reserved;
   if (account.scoped !== true) return unheld;
-  return unheld - outOfScope(grants(), { spender: null, feature: null }, now);
+  // The default unit's scoped grants (docs/units.md).
+  const own = account.units == null ? grants() : grants().filter((g) => (g.unit ?? null) === null);
+  return unheld - outOfScope(own, { spender: null, feature: null }, now);
 }

@@ -69,6 +69,27 @@ export const IdempotencyKey = z.string({ error: "idempotencyKey must be a string
   }),
 );
 
+/**
+ * The name of the unit a balance is kept in (docs/units.md): a short identifier the application
+ * chooses (`credits`, `images`, `gpu_seconds`): a lower-case letter, then up to 31 lower-case
+ * letters, digits or `_`. No operation converts one unit into another.
+ *
+ * @beta
+ */
+export const UnitName = z.string({ error: "unit must be a string" }).check(
+  z.regex(/^[a-z][a-z0-9_]{0,31}$/, {
+    error: "unit must be a lower-case letter, then up to 31 lower-case letters, digits or '_'",
+  }),
+);
+
+/**
+ * The default unit's name (docs/units.md): what an operation naming no unit acts in. Rows and
+ * entries in it store no unit (null).
+ *
+ * @beta
+ */
+export const DEFAULT_UNIT = "credits";
+
 /** Deepest nesting of metadata: the metadata object itself is level 1. */
 export const METADATA_MAX_DEPTH = 32;
 /** Largest metadata, in characters of its JSON text (not counting escapes). */

@@ -10,6 +10,7 @@ import {
   NonNegativeAmount,
   Priority,
   SignedAmount,
+  UnitName,
   UserId,
 } from "./common.js";
 
@@ -80,6 +81,24 @@ export const JournalKeyId = z
 /** A journal entry's hash version (`JournalEntry.hashVersion`): 1 or 2. */
 export const HashVersion = z.number().check(z.int(), z.minimum(1), z.maximum(2));
 
+/**
+ * One unit's figures on an account (docs/units.md): as `balance`, `reserved` and `debt` are the
+ * default unit's.
+ *
+ * @beta
+ */
+export const UnitFigures = z.object({
+  balance: SignedAmount,
+  reserved: NonNegativeAmount,
+  debt: NonNegativeAmount,
+});
+/**
+ * One unit's figures on an account: balance, reserved and debt (the `UnitFigures` model).
+ *
+ * @beta
+ */
+export type UnitFigures = z.infer<typeof UnitFigures>;
+
 /** One account per user, created on first use. `available = balance - reserved`. */
 export const Account = z.object({
   userId: UserId,
@@ -108,6 +127,11 @@ export const Account = z.object({
    * spend takes its grants in plain burn-down order without reading their scopes.
    */
   scoped: z.optional(z.nullable(z.boolean())),
+  /**
+   * The figures of every unit but the default one, by unit name (docs/units.md); null or absent:
+   * the account holds only the default unit, whose figures are `balance`, `reserved` and `debt`.
+   */
+  units: z.optional(z.nullable(z.record(UnitName, UnitFigures))),
   createdAt: z.date(),
   updatedAt: z.date(),
 });
@@ -156,6 +180,8 @@ export const Grant = z.object({
    * Null, false or absent: started.
    */
   upcoming: z.optional(z.nullable(z.boolean())),
+  /** The unit of its credits (docs/units.md); null or absent: the default unit. Never changes. */
+  unit: z.optional(z.nullable(UnitName)),
 });
 export type Grant = z.infer<typeof Grant>;
 
@@ -194,6 +220,8 @@ export const Reservation = z.object({
   /** Who placed the hold and for what (docs/teams-and-limits.md); its commit is recorded under them. Absent: not named. */
   spender: z.optional(z.nullable(SpenderId)),
   feature: z.optional(z.nullable(FeatureName)),
+  /** The unit it holds (docs/units.md); null or absent: the default unit. Its commit captures in it. */
+  unit: z.optional(z.nullable(UnitName)),
 });
 export type Reservation = z.infer<typeof Reservation>;
 
@@ -281,6 +309,12 @@ export const JournalEntry = z.object({
    * other entry. Covered by the hash when set (hash version 2).
    */
   effectiveAt: z.optional(z.nullable(z.date())),
+  /**
+   * The unit the entry acts in (docs/units.md): its amount, portions and `balanceAfter`,
+   * `reservedAfter` and `debtAfter` are in it. Null or absent: the default unit. Covered by the hash
+   * when set (hash version 2).
+   */
+  unit: z.optional(z.nullable(UnitName)),
 });
 export type JournalEntry = z.infer<typeof JournalEntry>;
 
@@ -302,6 +336,11 @@ export type LedgerEntry = z.infer<typeof LedgerEntry>;
 /** What `getUserCreditsInfo` returns. */
 export const CreditsInfo = z.object({
   userId: UserId,
+  /**
+   * The unit the figures below are in (docs/units.md), when the call named one other than the
+   * default unit (or its feature's rule did); absent: the default unit.
+   */
+  unit: z.optional(UnitName),
   balance: SignedAmount,
   reserved: NonNegativeAmount,
   /**
@@ -321,6 +360,21 @@ export const CreditsInfo = z.object({
         features: z.nullable(z.array(FeatureName)),
         spenders: z.nullable(z.array(SpenderId)),
         remaining: NonNegativeAmount,
+      }),
+    ),
+  ),
+  /**
+   * Every unit the account holds but the default one, by name, with its figures (docs/units.md);
+   * absent when it holds only the default unit. Nothing adds two units together.
+   */
+  units: z.optional(
+    z.record(
+      UnitName,
+      z.object({
+        balance: SignedAmount,
+        reserved: NonNegativeAmount,
+        available: SignedAmount,
+        debt: NonNegativeAmount,
       }),
     ),
   ),

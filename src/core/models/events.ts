@@ -26,6 +26,10 @@ const EntryFields = {
   availableAfter: z.number().check(z.int()),
   /** The grants the entry drew from, created, held, returned or removed. */
   grants: z.array(GrantPortion),
+  /**
+   * The unit the entry's amount and figures are in (docs/units.md); absent: the default unit.
+   */
+  unit: z.optional(z.string()),
   idempotencyKey: z.nullable(z.string()),
   correlationId: z.nullable(z.string()),
   description: z.nullable(z.string()),

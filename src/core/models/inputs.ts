@@ -8,6 +8,7 @@ import {
   NonNegativeAmount,
   Priority,
   ShortText,
+  UnitName,
   UserId,
 } from "./common.js";
 import { EntryType, GrantSource, JournalKeyId } from "./entities.js";
@@ -50,6 +51,8 @@ export const AddCreditsOptions = z.extend(MutationOptions, {
    * smallest currency unit as a decimal or fraction string. Omitted: none (free credits: no revenue).
    */
   costBasis: z.optional(CostBasisInput),
+  /** The unit the credits are in (docs/units.md). Omitted: the default unit. */
+  unit: z.optional(UnitName),
 });
 export type AddCreditsOptions = z.input<typeof AddCreditsOptions>;
 
@@ -84,6 +87,12 @@ export const FeatureRules = z.record(
     enabled: z.optional(z.boolean()),
     /** The plans that grant the feature: without an active subscription on one of them it is off. Omitted: any account. */
     plans: z.optional(z.array(PlanId).check(z.minLength(1), z.maxLength(100))),
+    /**
+     * The unit the feature is paid in (docs/units.md, "Features in a unit"): a spend, hold or
+     * `check()` naming the feature acts in it without naming it; naming another unit is a
+     * `ValidationError`. Omitted: the unit the call names (default: the default unit).
+     */
+    unit: z.optional(UnitName),
   }),
 );
 export type FeatureRules = z.input<typeof FeatureRules>;
@@ -93,6 +102,11 @@ export type FeatureRules = z.input<typeof FeatureRules>;
  * "Scoped credits"). Omitted: a spend naming neither.
  */
 export const CreditsInfoOptions = z.strictObject({
+  /**
+   * The unit to answer in (docs/units.md): `balance`, `reserved`, `available` and `debt` are then
+   * that unit's. Omitted: the default unit (or the unit `feature`'s rule names).
+   */
+  unit: z.optional(UnitName),
   /** The spender asking; scoped grants listing spenders pay only theirs. */
   spender: z.optional(SpenderId),
   /** The feature; scoped grants listing features pay only theirs. */
@@ -108,6 +122,11 @@ export const CheckOptions = z.strictObject({
   amount: z.optional(Amount),
   /** Who is about to spend: the spend limits for them (and for `feature`) are checked too. */
   spender: z.optional(SpenderId),
+  /**
+   * The unit to check (docs/units.md): its `available` is compared. Omitted: the unit `feature`'s
+   * rule names, else the default unit. Spend limits count the default unit.
+   */
+  unit: z.optional(UnitName),
 });
 export type CheckOptions = z.input<typeof CheckOptions>;
 
@@ -120,6 +139,8 @@ export const DeductOptions = z.extend(MutationOptions, {
    * manager's `lateUsageWindowDays` (default 35) before now, never later than now.
    */
   occurredAt: z.optional(DateInput),
+  /** The unit to deduct in (docs/units.md): only its grants pay. Omitted: the default unit. */
+  unit: z.optional(UnitName),
 });
 export type DeductOptions = z.input<typeof DeductOptions>;
 
@@ -137,6 +158,8 @@ export const ReserveOptions = z.extend(MutationOptions, {
    * the hold is refused as a plain one is. The reservation's `amount` says what it holds.
    */
   minimum: z.optional(Amount),
+  /** The unit to hold (docs/units.md): only its grants pay; the commit captures in it. Omitted: the default unit. */
+  unit: z.optional(UnitName),
 });
 export type ReserveOptions = z.input<typeof ReserveOptions>;
 
@@ -249,6 +272,21 @@ export const OverdraftLimit = z.union([
 ]);
 /** The `overdraftLimit` option: a number of credits (default 0) or `"unlimited"` (the `OverdraftLimit` model). */
 export type OverdraftLimit = z.input<typeof OverdraftLimit>;
+
+/**
+ * `overdraftLimits` (docs/units.md, "Debt per unit"): the overdraft limit of each unit by name, in
+ * that unit, or `"unlimited"`. A unit not listed has none (0), but for the default unit, whose limit
+ * is `overdraftLimit` unless the map names it.
+ *
+ * @beta
+ */
+export const OverdraftLimits = z.record(UnitName, OverdraftLimit);
+/**
+ * The `overdraftLimits` option: an overdraft limit per unit (the `OverdraftLimits` model).
+ *
+ * @beta
+ */
+export type OverdraftLimits = z.input<typeof OverdraftLimits>;
 
 /** `checkpointEvery`: a checkpoint entry each time an account's journal passes a multiple of this many entries. */
 export const CheckpointEvery = z.number().check(z.int(), z.minimum(2), z.maximum(1_000_000_000));

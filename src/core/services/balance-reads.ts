@@ -60,8 +60,10 @@ export class BalanceReads {
   stateOf(user: string, read: AccountCredits, spend: Spend | null, now: Date): CreditsState {
     const info = creditsInfo(user, read.account);
     if (read.grants !== null && spend !== null) {
-      info.available -= outOfScope(read.grants, spend, now);
-      info.scoped = scopedTotals(read.grants, now);
+      // The default unit's scoped grants (docs/units.md).
+      const grants = read.account?.units == null ? read.grants : read.grants.filter((g) => (g.unit ?? null) === null);
+      info.available -= outOfScope(grants, spend, now);
+      info.scoped = scopedTotals(grants, now);
     }
     return { info, limits: read.account?.limits ?? null, fresh: true };
   }
@@ -106,13 +108,32 @@ export interface CreditsState {
 
 /** What `getUserCreditsInfo` answers for an account as read (none yet: all zero), as a new object. */
 export function creditsInfo(userId: string, account: Account | null): CreditsInfo {
-  return account
-    ? {
-        userId,
-        balance: account.balance,
-        reserved: account.reserved,
-        available: account.balance - account.reserved,
-        debt: account.debt,
-      }
-    : { userId, balance: 0, reserved: 0, available: 0, debt: 0 };
+  if (account === null) return { userId, balance: 0, reserved: 0, available: 0, debt: 0 };
+  const info: CreditsInfo = {
+    userId,
+    balance: account.balance,
+    reserved: account.reserved,
+    available: account.balance - account.reserved,
+    debt: account.debt,
+  };
+  // Every other unit beside, never added to the default one (docs/units.md).
+  const units = account.units;
+  if (units != null) {
+    const out: NonNullable<CreditsInfo["units"]> = {};
+    for (const [unit, f] of Object.entries(units))
+      out[unit] = { balance: f.balance, reserved: f.reserved, available: f.balance - f.reserved, debt: f.debt };
+    if (Object.keys(out).length > 0) info.units = out;
+  }
+  return info;
+}
+
+/**
+ * `info` answered in `unit` (docs/units.md): its figures that unit's, scoped grants of that unit
+ * only (`grants`: the account's open grants, when read). The default unit (null): `info` as it is.
+ */
+export function inUnit(info: CreditsInfo, unit: string | null): CreditsInfo {
+  if (unit === null) return info;
+  const f = info.units?.[unit] ?? { balance: 0, reserved: 0, available: 0, debt: 0 };
+  const { scoped: _default, units: _all, ...rest } = info;
+  return { ...rest, unit, ...f };
 }

@@ -6,7 +6,7 @@ import type { AccountWork, EntryMeta, Settlement } from "../domain/account-work.
 import { namesNothing } from "../domain/entry-meta.js";
 import { fingerprint } from "../domain/hash.js";
 import { lateOccurredAt } from "../domain/late-usage.js";
-import { ConfigurationError, ReservationExpiredError } from "../errors.js";
+import { ConfigurationError, ReservationExpiredError, ValidationError } from "../errors.js";
 import type { LedgerLogger } from "../ledger/index.js";
 import { moduleRegistry, type ModuleContext, type ModuleRegistry } from "../module.js";
 import {
@@ -20,6 +20,8 @@ import {
   LateUsageWindowDays,
   OutcomeWaitMs,
   OverdraftLimit,
+  OverdraftLimits,
+  DEFAULT_UNIT,
   type CommitOptions,
   type ReleaseOptions,
   type ReserveOptions,
@@ -81,6 +83,8 @@ export class CreditCore implements ModuleContext {
   readonly defaultTtl: number;
   /** The `overdraftLimit` option in credits (default 0); null: `"unlimited"`. */
   readonly overdraftLimit: number | null;
+  /** The `overdraftLimits` option but the default unit's (null: unlimited); a unit not listed has none (docs/units.md). */
+  readonly unitOverdraftLimits: Readonly<Record<string, number | null>>;
   /** How many days back usage may be recorded with `occurredAt` (docs/usage.md, "Late usage"). */
   readonly lateUsageWindowDays: number;
   /** The keys of the journal's chain (`journalKeys`, docs/concepts.md, "A keyed chain"); undefined: unkeyed. */
@@ -109,7 +113,19 @@ export class CreditCore implements ModuleContext {
       "overdraftLimit",
       "CreditService",
     );
-    this.overdraftLimit = overdraft === "unlimited" ? null : overdraft;
+    const perUnit = parseConfig(OverdraftLimits, options.overdraftLimits ?? {}, "overdraftLimits", "CreditService");
+    const { [DEFAULT_UNIT]: ownDefault, ...others } = perUnit;
+    this.overdraftLimit =
+      ownDefault !== undefined
+        ? ownDefault === "unlimited"
+          ? null
+          : ownDefault
+        : overdraft === "unlimited"
+          ? null
+          : overdraft;
+    this.unitOverdraftLimits = Object.fromEntries(
+      Object.entries(others).map(([unit, limit]) => [unit, limit === "unlimited" ? null : limit]),
+    );
     if (options.domainEvents !== undefined && typeof options.domainEvents !== "boolean") {
       throw new ConfigurationError("[credit-management] CreditService: domainEvents must be a boolean");
     }
@@ -165,6 +181,7 @@ export class CreditCore implements ModuleContext {
         ...(options.unitHooks ?? []),
       ],
       journalKey: this.keyring?.current,
+      unitOverdraftLimits: this.unitOverdraftLimits,
     });
   }
 
@@ -296,6 +313,23 @@ export class CreditCore implements ModuleContext {
   }
 
   /**
+   * The unit a call acts in (docs/units.md, "Features in a unit"): the one `feature`'s rule names,
+   * else `unit`; undefined: the default unit. Naming a unit other than the feature's is a
+   * `ValidationError`.
+   */
+  unitOf(feature: string | undefined, unit: string | undefined): string | undefined {
+    const named = unit === DEFAULT_UNIT ? undefined : unit;
+    const rule = feature === undefined ? undefined : this.features[feature]?.unit;
+    if (rule === undefined) return named;
+    const own = rule === DEFAULT_UNIT ? undefined : rule;
+    if (unit !== undefined && named !== own)
+      throw new ValidationError(`Invalid options.unit: feature ${feature} is paid in ${rule}, not ${unit}`, [
+        { path: "unit", message: `feature ${feature} is paid in ${rule}` },
+      ]);
+    return own;
+  }
+
+  /**
    * The entry fields of validated options `o`. `args`: the call's arguments as the fingerprint of
    * an idempotency key covers them — built only when there is a key (most calls have none).
    */
@@ -309,12 +343,15 @@ export class CreditCore implements ModuleContext {
     let print: string | undefined;
     if (o.idempotencyKey !== undefined) {
       const { correlationId: _c, idempotencyKey: _k, ...rest } = args();
+      // The default unit named or not is one unit: one fingerprint (docs/units.md).
+      if (rest.unit === DEFAULT_UNIT) delete rest.unit;
       print = fingerprint(operation, rest);
     }
     return {
       description: o.description,
       idempotencyKey: o.idempotencyKey,
       fingerprint: print,
+      unit: this.unitOf(o.feature, o.unit),
       correlationId: o.correlationId,
       metadata: o.metadata,
       spender: o.spender,

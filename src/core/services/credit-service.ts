@@ -14,7 +14,7 @@ import type { UnitHook } from "./unit-of-work.js";
 import { SpendLimits } from "./spend-limits.js";
 import { getReversals, reverseCharge } from "./reversals.js";
 import type { ChargeReversals } from "../domain/reversal.js";
-import { BalanceReads, workCredits } from "./balance-reads.js";
+import { BalanceReads, type CreditsState, inUnit, workCredits } from "./balance-reads.js";
 import { activePlanId } from "./subscription-periods.js";
 import { NO_SPEND } from "../domain/entry-meta.js";
 import { copy, creditHistory, expiringCredits, type ExpiringCredits, type HistoryPage } from "./history.js";
@@ -78,6 +78,12 @@ export interface CoreCreditServiceOptions {
    * available and never makes debt.
    */
   overdraftLimit?: number | "unlimited";
+  /**
+   * The overdraft limit of each unit by name, in that unit, or `"unlimited"` (docs/units.md, "Debt
+   * per unit"). A unit not listed has none (0); the default unit's is `overdraftLimit` unless this
+   * names it.
+   */
+  overdraftLimits?: Record<string, number | "unlimited">;
   /**
    * How many days back `deductCredits` and `deductCreditsAfterService` accept an `occurredAt`
    * (docs/usage.md, "Late usage"): 0 to 366, default 35. Older usage is a `LateUsageError`.
@@ -377,7 +383,9 @@ export class CoreCreditService {
   async getUserCreditsInfo(userId: string, options: CreditsInfoOptions = {}): Promise<CreditsInfo> {
     const user = parse(UserId, userId, "userId");
     const o = parse(CreditsInfoOptions, options, "options");
-    return (await this.reads.state(user, { spender: o.spender ?? null, feature: o.feature ?? null })).info;
+    const unit = this.core.unitOf(o.feature, o.unit) ?? null;
+    const info = (await this.reads.state(user, { spender: o.spender ?? null, feature: o.feature ?? null })).info;
+    return inUnit(info, unit);
   }
 
   /**
@@ -427,9 +435,13 @@ export class CoreCreditService {
     const o = parse(CheckOptions, options, "options");
     const rule = o.feature === undefined ? undefined : this.core.features[o.feature];
     const spend = { spender: o.spender ?? null, feature: o.feature ?? null };
+    const unit = this.core.unitOf(o.feature, o.unit) ?? null;
     // Only a rule that names plans needs the subscription read.
     const plan = rule?.plans === undefined ? null : await activePlanId(this.db, user);
-    const state = await this.reads.state(user, spend);
+    // In another unit than the default one: its figures, and no spend limit (they count the default unit, docs/units.md).
+    const inUnitOf = (s: CreditsState): CreditsState =>
+      unit === null ? s : { ...s, info: inUnit(s.info, unit), limits: null };
+    const state = inUnitOf(await this.reads.state(user, spend));
     const decision = this.decide(state, rule, plan, o.amount, spend);
     // A denial answered from the cache is answered again from the store's current state, not from
     // a copy another process may have outdated (its writes invalidate its own cache, not ours):
@@ -437,7 +449,7 @@ export class CoreCreditService {
     if (decision.allowed || state.fresh) return decision;
     const now = this.core.clock();
     return this.decide(
-      this.reads.stateOf(user, await this.reads.settled(user, now), spend, now),
+      inUnitOf(this.reads.stateOf(user, await this.reads.settled(user, now), spend, now)),
       rule,
       plan,
       o.amount,

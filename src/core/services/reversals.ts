@@ -60,7 +60,9 @@ export function reverseCharge(
       user,
       charge.seq,
       work.account.seq,
-      shares.debt - Math.min(shares.debt, work.account.debt),
+      // The charge's unit's debt: only its entries paid it (docs/units.md).
+      shares.debt - Math.min(shares.debt, work.figures(charge.unit ?? null).debt),
+      charge.unit ?? null,
     );
     // Grants it drew, or that paid its debt, that are spent or closed are not loaded with the account's open ones.
     const ids = [...draw.draws, ...paid.portions].map((d) => d.grantId);
@@ -104,6 +106,7 @@ async function paidDebt(
   chargeSeq: number,
   seq: number,
   amount: number,
+  unit: string | null,
 ): Promise<PaidDebt> {
   const paid = new PaidDebt(amount);
   let before = seq + 1;
@@ -117,6 +120,7 @@ async function paidDebt(
     });
     for (const e of page) {
       if (paid.done) break;
+      if ((e.unit ?? null) !== unit) continue;
       const hold =
         e.type === "release_reserved" && e.reservationId !== null ? await tx.getReservation(e.reservationId) : null;
       paid.read(e, hold?.allocations);

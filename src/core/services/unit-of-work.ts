@@ -169,6 +169,7 @@ class UnitRun<T> {
     }
     const work = new AccountWork(this.userId, state, this.runner.config.clock(), newId);
     work.chainKey = this.runner.config.journalKey;
+    work.unitOverdraftLimits = this.runner.config.unitOverdraftLimits;
     if (this.runner.config.trial !== undefined && state.account === null) grantTrial(work, this.runner.config.trial);
     if (this.settle && work.needsSettle) {
       await includeHeldGrants(work, tx, state.reservations);
@@ -282,6 +283,8 @@ export interface UnitRunnerOptions {
   unitHooks: readonly UnitHook[];
   /** The key new entries are signed with (`journalKeys`); undefined: plain SHA-256. */
   journalKey?: JournalKey | undefined;
+  /** The overdraft limit of each unit but the default one (`overdraftLimits`, docs/units.md); null: unlimited. */
+  unitOverdraftLimits?: Readonly<Record<string, number | null>> | undefined;
 }
 
 /**

@@ -94,6 +94,7 @@ export function runAccountsContract(getDb: () => DbManager, options: PartOptions
           costBasis: null,
           effectiveAt: null,
           upcoming: null,
+          unit: null,
         });
         const [stored] = await db.listJournal(u, { order: "asc", limit: 10 });
         expect(stored).toEqual(e);
