@@ -23,16 +23,6 @@ export type {
 } from "./core/db/types.js";
 export type { SubscriptionCursor, SubscriptionStore } from "./core/db/types-subscriptions.js";
 export type {
-  RevenueBucketRow,
-  RevenueCheckpoint,
-  RevenueDayRow,
-  RevenueDeferredRow,
-  RevenueReadQuery,
-  RevenueSave,
-  RevenueSummaryOfAccount,
-  RevenueSummaryStore,
-} from "./modules/revenue/store.js";
-export type {
   BillingChanges,
   PromoPaymentStore,
   PromoPaymentTransaction,
@@ -48,14 +38,8 @@ export type {
   UsageScan,
   UsageSums,
 } from "./core/domain/usage.js";
-export type { GrantGroups } from "./modules/revenue/rules.js";
 export { defineStore, DefinedStore } from "./db/store/define.js";
 export type { AccountsPart, Attempt, StoreDefinition, UnitOfWorkPart } from "./db/store/define.js";
 export type { Part, SideParts } from "./core/db/store/parts.js";
-export type { StoreBase } from "./core/db/store/base.js";
-export type { BillingParts, BillingStoreBase } from "./modules/billing/store-base.js";
-export type {
-  ArchivePartitionsInput,
-  ArchivePartitionsReport,
-  EnsurePartitionsReport,
-} from "./core/db/types-partitions.js";
+export { StoreBase } from "./core/db/store/base.js";
+export { BillingStoreBase, type BillingParts } from "./modules/billing/store-base.js";

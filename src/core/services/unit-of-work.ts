@@ -276,6 +276,7 @@ export interface UnitRunnerOptions {
  * outbox rows it adds, saved with them. It may set its module's own state on `changes.account`,
  * and nothing else: the unit of work runs again from its load after a conflict. The billing module
  * asks for an auto top-up so.
+ * @beta
  */
 export type UnitHook = (unit: { loaded: Account | null; now: Date; changes: Changes }) => readonly Notification[];
 

@@ -15,6 +15,7 @@ import type { Payment, Promo, PromoClaim } from "../../models-entry.js";
  *    `ConflictError` (nothing saved);
  *  - a payment update (`updatePayment`, `Changes.paymentUpdates`) is a compare-and-set on
  *    `version`: it writes only where the stored `version` is `payment.version - 1`.
+ * @beta
  */
 export interface PromoPaymentStore {
   /** Inserts a promo; `ConflictError` when its code exists. */
@@ -42,7 +43,7 @@ export interface PromoPaymentStore {
   updatePayment(payment: Payment): Promise<boolean>;
 }
 
-/** Reads a unit of work makes for promos and payments (inside its transaction). */
+/** Reads a unit of work makes for promos and payments (inside its transaction). @beta */
 export interface PromoPaymentTransaction {
   /** The promo, read inside the transaction. */
   getPromo(code: string): Promise<Promo | null>;
@@ -56,6 +57,7 @@ export interface PromoPaymentTransaction {
  * What a unit of work saves for promos and payments, atomically with its account changes: the
  * billing module's rows (`ModuleRows`), which a store with the billing part reads on the `Changes`
  * its `save` gets.
+ * @beta
  */
 export type PromoPaymentChanges = {
   /** Claims to record; each takes one use from its promo under the `maxUses` guard. */
@@ -64,7 +66,7 @@ export type PromoPaymentChanges = {
   paymentUpdates?: Payment[];
 };
 
-/** The `Changes` a store with the billing part saves: the core's, with the billing module's rows. */
+/** The `Changes` a store with the billing part saves: the core's, with the billing module's rows. @beta */
 export type BillingChanges = Changes & PromoPaymentChanges;
 
 /** A store with the billing part: what the billing module's services read and write. */
