@@ -139,6 +139,7 @@ export class HttpError extends CreditError {
     code: CreditErrorCode,
     message: string,
     details?: Record<string, unknown>,
+    /** Headers of the answer (`Retry-After`, …). */
     readonly headers?: Record<string, string>,
   ) {
     super(code, status, message, details === undefined ? undefined : { details });

@@ -26,7 +26,7 @@ const StreamName = z
   .string()
   .check(z.minLength(1), z.maxLength(100), z.regex(/^[A-Za-z0-9_-]+$/, "letters, digits, _ and - only"));
 
-/** Options of `NatsJetStreamQueue`: the JetStream client, the stream's subjects and how messages are published. */
+/** Options of `NatsJetStreamQueue`: the connection, the stream and how it publishes. @public */
 const NatsJetStreamQueueOptions = z.strictObject({
   /** A connection you own (not closed by `close()`). Or `servers`. */
   connection: z.optional(
@@ -59,7 +59,7 @@ const NatsJetStreamQueueOptions = z.strictObject({
     z.custom<Logger>((v) => typeof v === "object" && v !== null && typeof (v as Logger).warn === "function"),
   ),
 });
-/** Options of `NatsJetStreamQueue`: the JetStream client, the stream's subjects and how messages are published. @public */
+/** Options of `NatsJetStreamQueue`: the connection, the stream and how it publishes. @public */
 export type NatsJetStreamQueueOptions = z.input<typeof NatsJetStreamQueueOptions>;
 
 /**

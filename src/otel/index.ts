@@ -33,7 +33,7 @@ import { withTimeout } from "../core/util/promise.js";
 
 const isObject = (v: unknown) => typeof v === "object" && v !== null;
 
-/** Options of `instrumentCreditManagement`, validated like every public input. */
+/** Options of `instrumentCreditManagement`, validated like every public input. @public */
 const InstrumentOptions = z.strictObject({
   /** Where the metrics go. Default: the global provider (`metrics.setGlobalMeterProvider`). */
   meterProvider: z.optional(

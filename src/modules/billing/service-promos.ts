@@ -79,7 +79,7 @@ export interface PromoPage {
   nextCursor: string | null;
 }
 
-/** A page of `promos.listPromos()`: its size and the cursor of the previous page. */
+/** A page of `promos.listPromos()`: its size and the cursor of the previous page. @public */
 const ListPromosQuery = z.strictObject({
   limit: z.optional(z.number().check(z.int(), z.minimum(1), z.maximum(1000))),
   cursor: z.optional(z.string().check(z.minLength(1), z.maxLength(300))),

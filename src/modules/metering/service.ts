@@ -235,8 +235,11 @@ export class MeterSession {
    */
   constructor(
     private readonly deps: SessionDeps,
+    /** The account the call is metered on. */
     readonly userId: string,
+    /** The hold the call spends from. */
     readonly reservationId: string,
+    /** The credits held for the call. */
     readonly estimate: number,
     private readonly options: Omit<MeterOptions, "estimate">,
     private readonly holdKey: string | undefined = options.idempotencyKey,
