@@ -13,7 +13,7 @@ export default defineConfig({
     "nats/index": "src/nats/index.ts",
     "webhooks/index": "src/webhooks/index.ts",
     "http/index": "src/http/index.ts",
-    "models/index": "src/models-entry.ts",
+    "models/index": "src/models-public.ts",
     store: "src/store.ts",
     "schema/index": "src/schema/public.ts",
     "otel/index": "src/otel/index.ts",

@@ -9,7 +9,7 @@
  */
 import { core } from "./pkg.js";
 import type { BenchRow } from "./lib.js";
-import type { AlertThreshold } from "../src/index.js";
+import type { AlertThreshold } from "../src/models-public.js";
 
 const GRANTS = Number(process.env.BENCH_GRANTS ?? 10_000);
 const OPS = Number(process.env.BENCH_OPS ?? 200);

@@ -11,7 +11,7 @@
  */
 import { randomUUID } from "node:crypto";
 import { pathToFileURL } from "node:url";
-import type { DbManager } from "../src/index.js";
+import type { DbManager } from "../src/store.js";
 import { core, mongodb, postgres } from "./pkg.js";
 import { printTable, type BenchRow } from "./lib.js";
 

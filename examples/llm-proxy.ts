@@ -15,7 +15,8 @@
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { serve } from "@hono/node-server";
-import { createCreditManager, type PriceBookInput } from "credit-management";
+import { createCreditManager } from "credit-management";
+import type { PriceBookInput } from "credit-management/models";
 import { creditMetering, type Identity } from "credit-management/http";
 
 // 1 credit = $0.000001. gpt-4o-mini: $0.15 per 1M input tokens = 3 credits per 20 tokens, …

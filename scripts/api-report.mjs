@@ -5,7 +5,9 @@
 // declarations (dist/, `npm run build` first). `npm run api:check` (CI) fails when a report differs
 // from the declarations: a change of the public surface is then a reviewed diff. `npm run api:update`
 // writes the reports. It also fails when an entry point's declared values differ from what its ESM or
-// CJS module exports.
+// CJS module exports, and it guards what the surface promises (docs/api.md): every exported
+// declaration and member documented, each declaration with a release tag (`@public`, or `@beta`
+// for what 0.x may still change), and at most MAX_DECLARATIONS declarations across the entries.
 import { existsSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { spawnSync } from "node:child_process";
 import { createRequire } from "node:module";
@@ -18,6 +20,8 @@ import { CompilerState, Extractor, ExtractorConfig, ExtractorLogLevel } from "@m
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const pkg = JSON.parse(readFileSync(join(root, "package.json"), "utf8"));
 const update = process.argv.includes("--update");
+// Exported declarations across every entry point (a report's `export …` lines): each is a promise.
+const MAX_DECLARATIONS = 500;
 const require = createRequire(import.meta.url);
 // The TypeScript that API Extractor's program is built with, to read that program's symbols.
 const ts = createRequire(require.resolve("@microsoft/api-extractor"))("typescript");
@@ -71,11 +75,12 @@ function configFor(entry) {
         compilerMessageReporting: { default: { logLevel: "warning" } },
         extractorMessageReporting: {
           default: { logLevel: "warning" },
-          // No release tags (@public/@beta): everything an entry point exports is public.
-          "ae-missing-release-tag": { logLevel: "none" },
+          // Every exported declaration says what it promises: @public, or @beta while 0.x may change it.
+          "ae-missing-release-tag": { logLevel: "warning" },
           // Written into the report, where a reviewer reads them.
           "ae-forgotten-export": { logLevel: "none", addToApiReportFile: true },
-          "ae-undocumented": { logLevel: "none" },
+          // Every exported declaration and member has a doc comment (the report marks one without).
+          "ae-undocumented": { logLevel: "warning" },
           // A {@link} in a doc comment is for an editor's hover, which resolves it from the source.
           "ae-unresolved-link": { logLevel: "none" },
         },
@@ -194,6 +199,7 @@ function withoutExportedElsewhere(entryName, text) {
 
 let failed = 0;
 let written = 0;
+const declarations = new Map(); // entry name -> its report's exported declarations
 for (const { entry, config } of configs) {
   const problems = [];
   const result = Extractor.invoke(config, {
@@ -216,6 +222,12 @@ for (const { entry, config } of configs) {
     withoutExportedElsewhere(entry.name, normalized(readFileSync(made, "utf8"))),
   );
   writeFileSync(made, text);
+  declarations.set(entry.name, text.match(/^export /gm)?.length ?? 0);
+  const undocumented = text.match(/\(undocumented\)/g)?.length ?? 0;
+  if (undocumented > 0) {
+    failed++;
+    console.error(`api/${entry.report}.api.md: ${undocumented} declarations or members without a doc comment`);
+  }
   if (!existsSync(committed) || readFileSync(committed, "utf8") !== text) {
     if (update) {
       writeFileSync(committed, text);
@@ -259,6 +271,17 @@ for (const { name, file, esm, cjs } of entries) {
   }
 }
 
+const total = [...declarations.values()].reduce((a, b) => a + b, 0);
+if (total > MAX_DECLARATIONS) {
+  failed++;
+  console.error(
+    `${total} exported declarations across the entry points, over ${MAX_DECLARATIONS}: ` +
+      [...declarations].map(([name, n]) => `${name} ${n}`).join(", "),
+  );
+}
+
 rmSync(temp, { recursive: true, force: true });
 if (failed > 0) process.exit(1);
-console.log(update ? `api reports: ${written} written` : "api reports: up to date");
+console.log(
+  `${update ? `api reports: ${written} written` : "api reports: up to date"}; ${total} exported declarations`,
+);

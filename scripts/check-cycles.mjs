@@ -116,6 +116,8 @@ const RANK = {
   models: 2,
   // credit-management/models: the core's models and every module's, beside them.
   "models-entry": 2,
+  // credit-management/models: the shapes of the public methods, picked from models-entry.
+  "models-public": 2.5,
   util: 1.5,
   logger: 1.5,
   diagnostics: 1.5,

@@ -43,6 +43,7 @@ import type { LeaseOptions } from "./modules/leases/model.js";
 import { CustomerTokens, type CustomerGrant, type CustomerToken } from "./modules/customer-tokens/service.js";
 import type { CustomerTokenOptions, CustomerTokenSettings } from "./modules/customer-tokens/model.js";
 
+/** Options of `new CreditService()`: the core's, the price book and customer tokens. @public */
 export interface CreditServiceOptions extends CoreCreditServiceOptions {
   /** The price book metered calls price tokens and costs with (docs/llm-metering.md). */
   pricing?: PricingService;
@@ -65,12 +66,14 @@ const tokensOf = new WeakMap<object, CustomerTokens>();
  * The credits of one account at a time (the core's operations: docs/api.md) and the modules'
  * methods over them: `getUsage`, `getRevenue`, `getCustomerState`, `meter`, `openMeter`, `leases`,
  * `customerToken`.
+ * @public
  */
 export class CreditService extends CoreCreditService {
   /** The package's modules this service carries, each given the core through its `init` (src/core/module.ts). */
   private readonly own: { metering: MeteringModule; leases: LeasesModule; states: CustomerStateModule };
   private readonly clock: () => Date;
 
+  /** A credit service over `options.db`; `createCreditManager` builds one, with the other services. */
   constructor(options: CreditServiceOptions) {
     const metering = meteringModule(options.pricing);
     const own = { metering, leases: leasesModule(metering), states: customerStateModule() };

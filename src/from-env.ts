@@ -5,7 +5,7 @@ import type { PostgresDbManager as PostgresAdapter } from "./db/postgres/index.j
 import type { DbManager } from "./core/db/types.js";
 import { PartitionInterval } from "./schema/partitions.js";
 
-/** The environment variables `createDbManagerFromEnv` reads. */
+/** The environment variables `createDbManagerFromEnv` reads. @public */
 export interface DbEnv {
   /** A MongoDB connection string (replica set or Atlas). Unset or empty: in-memory. */
   CREDIT_MONGO_URI?: string | undefined;
@@ -25,6 +25,7 @@ export interface DbEnv {
    * docs/running-for-years.md, "Partitioning on PostgreSQL"). Unset or empty: not.
    */
   CREDIT_PG_PARTITIONS?: string | undefined;
+  /** Any other variable of the environment. */
   [name: string]: string | undefined;
 }
 
@@ -38,6 +39,7 @@ export interface DbEnv {
  * An adapter (and with it its driver, an optional peer dependency) is loaded only when it is
  * asked for, so the core never pulls a driver. `createCreditManager` runs
  * `init()`; call it yourself when wiring by hand.
+ * @public
  */
 export async function createDbManagerFromEnv(env: DbEnv = process.env): Promise<DbManager> {
   const uri = env.CREDIT_MONGO_URI;

@@ -7,11 +7,12 @@ import type { NotificationQueue } from "./core/queue/index.js";
 import { SCHEMA_VERSION } from "./schema/sql.js";
 import { withTimeout } from "./core/util/promise.js";
 
-/** `ok`: working; `degraded`: serving, but something needs attention; `down`: cannot serve. */
+/** `ok`: working; `degraded`: serving, but something needs attention; `down`: cannot serve. @public */
 export type HealthStatus = "ok" | "degraded" | "down";
 
-/** One part's check. */
+/** One part's check. @public */
 export interface HealthCheck {
+  /** `up`, `degraded` or `down`. */
   status: HealthStatus;
   /** How long the check took, in ms (a timed-out check: the time-out). */
   latencyMs: number;
@@ -19,7 +20,7 @@ export interface HealthCheck {
   error?: string;
 }
 
-/** What `manager.health()` answers (docs/observability.md). */
+/** What `manager.health()` answers (docs/observability.md). @public */
 export interface HealthReport {
   /** `down` when the store is; else `degraded` when any part is; else `ok`. */
   status: HealthStatus;
@@ -58,13 +59,14 @@ export interface HealthReport {
   };
 }
 
-/** Options of `manager.health()`. */
+/** Options of `manager.health()`. @public */
 export const HealthOptions = z.strictObject({
   /** Longest wait for each check, in ms: a store that does not answer by then is `down`. Default 2,000. */
   timeoutMs: z.optional(z.number().check(z.int(), z.minimum(1), z.maximum(60_000))),
   /** An outbox whose oldest pending row is older than this (ms) is `degraded`. Default 300,000. */
   maxOutboxAgeMs: z.optional(z.number().check(z.int(), z.minimum(1))),
 });
+/** Options of `manager.health()`. @public */
 export type HealthOptions = z.input<typeof HealthOptions>;
 
 /** What `health()` looks at. @internal */

@@ -1,6 +1,5 @@
 export { createCreditManager, type CreditManager } from "./manager.js";
 export type { TransactionScope, TransactionOptions, TransactionSession, SessionSource } from "./transactions.js";
-export type { PgQueryable } from "./db/postgres/host.js";
 export { CreditService, type CreditServiceOptions } from "./credit-service.js";
 export {
   CoreCreditService,
@@ -23,12 +22,17 @@ export {
   type CheckpointAccountsReport,
   type ExpireGrantsReport,
   type ForgetKeysReport,
-  ForgetKeysOptions,
-  IdempotencyRetention,
+  type ForgetKeysOptions,
+  type IdempotencyRetention,
   type ReleaseHoldsReport,
   type RenewSubscriptionsReport,
   type RunAllReport,
 } from "./core/services/expiration-service.js";
+/**
+ * Billing-period arithmetic in UTC, as pure functions: the periods of a subscription computed from
+ * its anchor (docs/subscriptions.md).
+ * @public
+ */
 export * as periods from "./core/domain/periods.js";
 export {
   PromoService,
@@ -104,14 +108,9 @@ export {
   type WebhookMessage,
 } from "./core/diagnostics.js";
 export { InMemoryCache, type Cache, type InMemoryCacheOptions } from "./core/cache/index.js";
-export { CoreInMemoryDbManager } from "./core/db/memory/index.js";
 export { InMemoryDbManager } from "./built-in-parts.js";
 export { createDbManagerFromEnv, type DbEnv } from "./from-env.js";
-// The store a manager is given (`db`): the whole contract is in `credit-management/store`.
-export type { DbManager } from "./core/db/types.js";
 export type { AuditReport } from "./core/domain/replay.js";
-export type { AuditCheck, AuditRead } from "./core/services/audit-check.js";
-export type { UnitHook } from "./core/services/unit-of-work.js";
 export type { CheckReason, CheckResult, FeatureRule } from "./core/domain/checks.js";
 export type {
   CustomerState,
@@ -121,128 +120,6 @@ export type {
   StateGrant,
   SubscriptionState,
 } from "./modules/customer-state/rules.js";
-// The entities and inputs as TypeScript types; their zod schemas are in `credit-management/models`.
-export type {
-  Account,
-  AddCreditsOptions,
-  AlertLevel,
-  AlertMark,
-  AlertResolvedPayload,
-  AlertState,
-  AlertStateName,
-  AlertStatus,
-  AlertThreshold,
-  AlertTriggeredPayload,
-  AlertWindow,
-  AuditOptions,
-  AutoTopUpInput,
-  AutoTopUpState,
-  BillingPeriod,
-  CancelOptions,
-  ChangePlanOptions,
-  CheckOptions,
-  CheckpointOptions,
-  ClaimPromoOptions,
-  CommitOptions,
-  CostBasis,
-  CostBasisInput,
-  CostUsage,
-  CreatePaymentInput,
-  CreatePlanInput,
-  CreatePromoInput,
-  CreditsAddedPayload,
-  CreditsDeductedPayload,
-  CreditsInfo,
-  CustomerStatesQuery,
-  CreditsInfoOptions,
-  CreditsOnChange,
-  CreditsRefundedPayload,
-  CreditsRemovedPayload,
-  CreditsReversedPayload,
-  CustomerTokenOptions,
-  CustomerTokenSettings,
-  DeductOptions,
-  DomainEvent,
-  DomainEventType,
-  EntryType,
-  EventEnvelope,
-  FeatureRules,
-  FeatureStatusChangedPayload,
-  Grant,
-  GrantPortion,
-  GrantScope,
-  GrantSource,
-  GrantsQuery,
-  HistoryQuery,
-  HoldPlacedPayload,
-  HoldSettledPayload,
-  JournalEntry,
-  LeaseChargeOptions,
-  LeaseOptions,
-  LedgerEntriesQuery,
-  LedgerEntry,
-  LedgerEventType,
-  LevelChangedPayload,
-  LimitAlert,
-  LimitCrossedPayload,
-  LimitPeriod,
-  LimitUnit,
-  ListPlansOptions,
-  MeterOptions,
-  ModelPrice,
-  ModelRates,
-  MutationOptions,
-  Notification,
-  NotificationStatus,
-  NotificationType,
-  Payment,
-  PaymentHistoryQuery,
-  PaymentStatus,
-  Plan,
-  PortionKind,
-  PriceBookInput,
-  PriceQuote,
-  Promo,
-  PromoClaim,
-  PromoEligibility,
-  PromoIneligibility,
-  Rate,
-  RecordRefundOptions,
-  RecordedUsage,
-  ReleaseOptions,
-  RemoveLimitInput,
-  Reservation,
-  ReservationStatus,
-  ReserveOptions,
-  ResumeOptions,
-  RevenueDimension,
-  RevenueQuery,
-  RevenueReport,
-  RevenueRow,
-  ReverseChargeOptions,
-  RolloverPolicy,
-  SpendLimit,
-  SpendLimitInput,
-  SpendLimitStatus,
-  SubscribeOptions,
-  SubscribeRequest,
-  Subscription,
-  SubscriptionIntent,
-  SubscriptionStatus,
-  ThresholdSpec,
-  TokenUsage,
-  TrialCredits,
-  UpdatePlanInput,
-  UsageDimension,
-  UsageInterval,
-  UsageKind,
-  UsageQuery,
-  UsageRecord,
-  UsageReport,
-  UsageRow,
-  UsageSource,
-  VoidGrantOptions,
-} from "./models-entry.js";
 export type { CreditManagerOptions } from "./manager.js";
 export type { JobBase } from "./core/services/expiration-service.js";
 export type {
@@ -255,7 +132,6 @@ export type {
   ReminderOptions,
 } from "./core/services/notification-service.js";
 export type { ArchivePartitionsOptions } from "./modules/archive/service.js";
-export type { ArchivePartitionsReport } from "./core/db/types-partitions.js";
 export type { LeaseSpend } from "./modules/leases/service.js";
 export type { JobOptions, CheckpointJobOptions } from "./core/services/expiration-service.js";
 export type { PaymentManagerOptions } from "./modules/billing/providers.js";
@@ -275,6 +151,7 @@ export type { CliIo, AuditSource };
  * `audit` and `accounts`, an account named does not exist. `source`: the store `audit` and
  * `accounts` read, or the environment `audit`, `accounts` and `worker` read, instead of the
  * process's (tests).
+ * @public
  */
 export async function runCli(args: readonly string[], io: CliIo, source: AuditSource = {}): Promise<number> {
   // The CLI (the service, its HTTP server, pino, files) is loaded when it runs, not when the
@@ -285,15 +162,3 @@ export async function runCli(args: readonly string[], io: CliIo, source: AuditSo
 
 // The errors: the core's and every module's, with the full `CreditErrorCode` (src/errors.ts).
 export * from "./errors.js";
-
-// The module seam (docs/modules.md, "Writing a module"), @beta.
-export {
-  accountColumn,
-  moduleRegistry,
-  type AccountColumn,
-  type CreditModule,
-  type ModuleContext,
-  type ModuleRegistry,
-} from "./core/module.js";
-export type { UnitContext } from "./core/services/unit-of-work.js";
-export type { ModuleRows } from "./core/domain/state.js";

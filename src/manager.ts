@@ -27,7 +27,7 @@ import {
   type TransactionScope,
 } from "./transactions.js";
 
-/** Options of `createCreditManager`, validated like every public input: the core's and the modules'. */
+/** Options of `createCreditManager`, validated like every public input: the core's and the modules'. @public */
 export const CreditManagerOptions = z.extend(CoreManagerOptions, {
   /** Payment providers and the credits a payment buys (docs/promos-and-payments.md). */
   payments: z.optional(PaymentManagerOptions),
@@ -44,19 +44,31 @@ export const CreditManagerOptions = z.extend(CoreManagerOptions, {
    */
   customerTokens: z.optional(CustomerTokenSettings),
 });
+/** Options of `createCreditManager`, validated like every public input: the core's and the modules'. @public */
 export type CreditManagerOptions = z.input<typeof CreditManagerOptions>;
 
+/**
+ * What `createCreditManager` returns: the services over one store, the audit ledger, the store itself, and
+ * the transaction helpers. @public
+ */
 export interface CreditManager {
+  /** Credits, holds, the journal, limits, metering and reports of each account (docs/api.md). */
   credits: CreditService;
+  /** Plans and subscriptions (docs/subscriptions.md). */
   subscriptions: SubscriptionService;
+  /** The maintenance jobs: holds released, grants expired, subscriptions renewed (docs/operations.md). */
   expiration: ExpirationService;
+  /** Promo codes (docs/promos-and-payments.md). */
   promos: PromoService;
+  /** Payments, checkouts and provider webhooks (docs/promos-and-payments.md). */
   payments: PaymentService;
   /** The price book of LLM usage (docs/llm-metering.md). */
   pricing: PricingService;
   /** The outbox dispatcher, thresholds and emit hook; events are recorded once `queue` or `notifications` is given. */
   notifications: NotificationService;
+  /** The audit ledger: the JSON-lines file, when one is configured, and its statistics. */
   ledger: LedgerLogger;
+  /** The store the services use. */
   db: DbManager;
   /**
    * Checks the store (reachable, schema version), cache, queue, ledger file and outbox, each within
@@ -98,7 +110,7 @@ export interface CreditManager {
   close(): Promise<void>;
 }
 
-/** Builds the services over one store, ledger and cache. Bad options: `ConfigurationError`. */
+/** Builds the services over one store, ledger and cache. Bad options: `ConfigurationError`. @public */
 export async function createCreditManager(options: CreditManagerOptions = {}): Promise<CreditManager> {
   const o = parseConfig(CreditManagerOptions, options, "options");
   const pricing = new PricingService(o.pricing === undefined ? {} : { book: o.pricing });

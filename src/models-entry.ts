@@ -1,6 +1,8 @@
 /**
- * `credit-management/models`: every zod model and type of the public API, the core's
- * (src/core/models/index.ts) and each module's (src/modules/<name>/model*.ts).
+ * Every zod model and type of the package, the core's (src/core/models/index.ts) and each module's
+ * (src/modules/<name>/model*.ts), their building blocks included: the package's own index of them.
+ * The entry point `credit-management/models` (src/models-public.ts) exports those a user passes or
+ * receives.
  */
 export * from "./core/models/index.js";
 export * from "./modules/billing/model-promos.js";

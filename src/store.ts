@@ -22,17 +22,6 @@ export type {
   StoreStats,
 } from "./core/db/types.js";
 export type { SubscriptionCursor, SubscriptionStore } from "./core/db/types-subscriptions.js";
-export type {
-  RevenueBucketRow,
-  RevenueCheckpoint,
-  RevenueDayRow,
-  RevenueDeferredRow,
-  RevenueReadQuery,
-  RevenueSave,
-  RevenueSummaryOfAccount,
-  RevenueSummaryStore,
-} from "./modules/revenue/store.js";
-export type { PromoPaymentStore, PromoPaymentTransaction, PromoPaymentChanges } from "./modules/billing/store.js";
 export type { NotificationStore, ClaimQuery, NotificationUpdate, OutboxQuery } from "./core/db/types-notifications.js";
 export { compareGrants } from "./core/domain/order.js";
 export type {
@@ -43,11 +32,10 @@ export type {
   UsageScan,
   UsageSums,
 } from "./core/domain/usage.js";
-export type { GrantGroups } from "./modules/revenue/rules.js";
 export { defineStore, DefinedStore } from "./db/store/define.js";
 export type { AccountsPart, Attempt, StoreDefinition, UnitOfWorkPart } from "./db/store/define.js";
 export type { Part, SideParts } from "./core/db/store/parts.js";
-export type { StoreBase } from "./core/db/store/base.js";
+export { StoreBase } from "./core/db/store/base.js";
 export type {
   ArchivePartitionsInput,
   ArchivePartitionsReport,

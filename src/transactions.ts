@@ -14,6 +14,7 @@ import type { SubscriptionService } from "./core/services/subscription-service.j
  * grants, holds, journal entries, outbox rows, subscriptions, promo claims — go into that
  * transaction and commit or roll back with it. What happens outside the store (the JSONL mirror's
  * lines, cache invalidations) waits for `committed()`; `rolledBack()` drops it.
+ * @public
  */
 export interface TransactionScope {
   /** Credit operations in the transaction (units of work run one after another, each once). */
@@ -141,13 +142,16 @@ export function openScope(
 /**
  * A MongoDB `ClientSession` as the library uses it (structural: the core imports no driver): one
  * with a transaction started joins it (`manager.inTransaction(session)`).
+ * @public
  */
 export interface TransactionSession {
+  /** True while the session has a transaction started. */
   inTransaction(): boolean;
 }
 
-/** A `MongoClient` as `manager.transaction` uses it: sessions that run `withTransaction`. */
+/** A `MongoClient` as `manager.transaction` uses it: sessions that run `withTransaction`. @public */
 export interface SessionSource<S extends TransactionSession> {
+  /** A new session, with `withTransaction` and `endSession`. */
   startSession(): S & {
     // eslint-disable-next-line @typescript-eslint/no-explicit-any -- the driver's callback type is its own
     withTransaction<R>(fn: (session: any) => Promise<R>): Promise<R>;
@@ -197,7 +201,7 @@ interface ClientLike {
   query(text: string, values?: unknown[]): Promise<unknown>;
 }
 
-/** Options of `manager.transaction`. */
+/** Options of `manager.transaction`. @public */
 export interface TransactionOptions {
   /**
    * Runs of `fn` when the transaction meets a conflict (`ConflictError` but not `LockTimeoutError`,

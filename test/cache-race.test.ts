@@ -6,14 +6,8 @@ import { randomUUID } from "node:crypto";
 import { Redis } from "ioredis";
 import pg from "pg";
 import { afterAll, describe, expect, it } from "vitest";
-import {
-  createCreditManager,
-  InMemoryCache,
-  InMemoryDbManager,
-  type Cache,
-  type CreditManager,
-  type DbManager,
-} from "../src/index.js";
+import { createCreditManager, InMemoryCache, InMemoryDbManager, type Cache, type CreditManager } from "../src/index.js";
+import { type DbManager } from "../src/store.js";
 import { PostgresDbManager } from "../src/db/postgres/index.js";
 import { RedisCache } from "../src/redis/index.js";
 

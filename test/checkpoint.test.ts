@@ -1,5 +1,6 @@
 import { describe, expect, it } from "vitest";
-import { createCreditManager, type JournalEntry } from "../src/index.js";
+import { createCreditManager } from "../src/index.js";
+import { type JournalEntry } from "../src/models-public.js";
 import { InMemoryDbManager } from "../src/built-in-parts.js";
 import type { DbManager } from "../src/core/db/types.js";
 import { hashEntry } from "../src/core/domain/hash.js";

@@ -21,12 +21,12 @@ import { StripeProvider } from "../src/modules/billing/provider-stripe.js";
 import type { PaymentProvider } from "../src/modules/billing/provider.js";
 import { deliveryUserId } from "../src/modules/webhooks/queue.js";
 import {
-  endpointOf,
   generateWebhookSecret,
   memoryEndpointStore,
   webhookQueue,
   type WebhookEndpointRecord,
 } from "../src/webhooks/index.js";
+import { endpointOf } from "../src/modules/webhooks/store.js";
 import { billingStore } from "../src/modules/billing/store.js";
 
 const CHROMIUM = "/usr/bin/chromium";

@@ -1,11 +1,8 @@
 // credit-management/core (docs/modules.md): the core's own manager, without the modules, over the
 // same store as the full manager.
 import { describe, expect, it } from "vitest";
-import {
-  createCreditManager as createCoreManager,
-  CoreCreditService,
-  CoreInMemoryDbManager,
-} from "../src/core/index.js";
+import { createCreditManager as createCoreManager, CoreInMemoryDbManager } from "../src/core/index.js";
+import { CoreCreditService } from "../src/index.js";
 import type { UnitHook } from "../src/core/services/unit-of-work.js";
 import { newNotification } from "../src/core/domain/notifications.js";
 import { ConfigurationError, createCreditManager, CreditService, InMemoryDbManager } from "../src/index.js";

@@ -10,7 +10,6 @@ import {
   InsufficientCreditsError,
   RazorpayProvider,
   recordUsage,
-  type DbManager,
   type DispatchMessage,
   type HoldMessage,
   type JobMessage,
@@ -19,6 +18,7 @@ import {
   type UnitOfWorkMessage,
   type WebhookMessage,
 } from "../src/index.js";
+import { type DbManager } from "../src/store.js";
 import type { DbTransaction } from "../src/store.js";
 
 /** Subscriptions made by a test, undone after it. */

@@ -2,13 +2,8 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import {
-  createCreditManager,
-  InMemoryCache,
-  InMemoryDbManager,
-  type DbManager,
-  type NotificationQueue,
-} from "../src/index.js";
+import { createCreditManager, InMemoryCache, InMemoryDbManager, type NotificationQueue } from "../src/index.js";
+import { type DbManager } from "../src/store.js";
 import { createCreditHandler } from "../src/http/index.js";
 import { RedisCache, RedisStreamQueue } from "../src/redis/index.js";
 import { PostgresDbManager } from "../src/db/postgres/index.js";

@@ -18,7 +18,8 @@ import { MongoDbManager } from "../src/db/mongodb/index.js";
 import { PostgresDbManager } from "../src/db/postgres/index.js";
 import { SqliteDbManager } from "../src/db/sqlite/index.js";
 import { createCreditManager } from "../src/manager.js";
-import type { DbManager, JournalEntry } from "../src/index.js";
+import type { DbManager } from "../src/store.js";
+import type { JournalEntry } from "../src/models-public.js";
 import { runProcess } from "./fixtures/processes.js";
 
 interface Report {

@@ -3,7 +3,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { SqliteDbManager } from "../src/db/sqlite/index.js";
-import { ConfigurationError, createCreditManager, ValidationError, type DbManager } from "../src/index.js";
+import { ConfigurationError, createCreditManager, ValidationError } from "../src/index.js";
+import { type DbManager } from "../src/store.js";
 import { testStores, type TestStore } from "./fixtures/stores.js";
 
 // Idempotency keys with a retention window (docs/running-for-years.md), on every store: memory and

@@ -17,7 +17,8 @@ import { MongoDbManager } from "../src/db/mongodb/index.js";
 import { PostgresDbManager } from "../src/db/postgres/index.js";
 import { SqliteDbManager } from "../src/db/sqlite/index.js";
 import { ConfigurationError, CreditService, ValidationError, createCreditManager } from "../src/index.js";
-import type { DbManager, JournalEntry } from "../src/index.js";
+import type { DbManager } from "../src/store.js";
+import type { JournalEntry } from "../src/models-public.js";
 import { quoteIdent } from "../src/schema/sql.js";
 
 const PG_URL = process.env.CREDIT_PG_URL;

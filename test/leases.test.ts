@@ -12,9 +12,9 @@ import {
   InsufficientCreditsError,
   ValidationError,
   type CreditManager,
-  type DbManager,
-  type LeaseChargeOptions,
 } from "../src/index.js";
+import { type DbManager } from "../src/store.js";
+import { type LeaseChargeOptions } from "../src/models-public.js";
 import { blockServes, leaseBlock } from "../src/modules/leases/rules.js";
 import { creditMeteringMiddleware } from "../src/http/index.js";
 import { runAudit } from "../src/cli/audit.js";

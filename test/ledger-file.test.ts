@@ -7,7 +7,8 @@ import type { Worker } from "node:worker_threads";
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { canonicalEntry, ledgerLineOf } from "../src/core/domain/hash.js";
-import { createCreditManager, InMemoryDbManager, type JournalEntry } from "../src/index.js";
+import { createCreditManager, InMemoryDbManager } from "../src/index.js";
+import { type JournalEntry } from "../src/models-public.js";
 
 const tmp = () => mkdtempSync(join(tmpdir(), "cm-ledger-file-"));
 const fixture = join(dirname(fileURLToPath(import.meta.url)), "fixtures", "ledger-exit-burst.ts");

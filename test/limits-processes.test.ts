@@ -21,7 +21,8 @@ import { PostgresDbManager } from "../src/db/postgres/index.js";
 import { SqliteDbManager } from "../src/db/sqlite/index.js";
 import { inScope } from "../src/core/domain/scope.js";
 import { createCreditManager } from "../src/manager.js";
-import type { DbManager, JournalEntry } from "../src/index.js";
+import type { DbManager } from "../src/store.js";
+import type { JournalEntry } from "../src/models-public.js";
 import { runProcess } from "./fixtures/processes.js";
 
 const FIXTURE = "test/fixtures/limits-process.ts";

@@ -3,7 +3,8 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { DbTransaction } from "../src/core/db/types.js";
 import { AccountWork } from "../src/core/domain/account-work.js";
 import { compareGrants } from "../src/core/domain/order.js";
-import { CreditService, InMemoryDbManager, type JournalEntry } from "../src/index.js";
+import { CreditService, InMemoryDbManager } from "../src/index.js";
+import { type JournalEntry } from "../src/models-public.js";
 import { runDbManagerContract } from "../src/testing/index.js";
 
 const test = { describe, it, expect, beforeAll, afterAll };

@@ -5,10 +5,10 @@ import {
   recordUsage,
   ReservationExpiredError,
   type CreditManager,
-  type DbManager,
-  type JournalEntry,
   type MeterOutcome,
 } from "../src/index.js";
+import { type DbManager } from "../src/store.js";
+import { type JournalEntry } from "../src/models-public.js";
 import type { DbTransaction } from "../src/store.js";
 import { testStores } from "./fixtures/stores.js";
 

@@ -51,15 +51,25 @@ describe("schema upgrades: the statements", () => {
       expect.stringMatching(/^ALTER TABLE "billing"\."journal_entries" ADD COLUMN IF NOT EXISTS "key_id" TEXT/),
       `ALTER TABLE "billing"."journal_entries" ADD COLUMN IF NOT EXISTS "scope" JSONB;`,
     ]);
+    // Grants that start later (docs/units.md): NULL on the rows there are, every one started.
+    expect(statements.slice(4, 7)).toEqual([
+      `ALTER TABLE "billing"."journal_entries" ADD COLUMN IF NOT EXISTS "effective_at" TIMESTAMPTZ;`,
+      `ALTER TABLE "billing"."grants" ADD COLUMN IF NOT EXISTS "effective_at" TIMESTAMPTZ;`,
+      `ALTER TABLE "billing"."grants" ADD COLUMN IF NOT EXISTS "upcoming" BOOLEAN;`,
+    ]);
     // Each row's unit (docs/units.md): NULL, the default unit, on the rows there are.
-    expect(statements.slice(4, 8)).toEqual([
+    expect(statements.slice(7, 11)).toEqual([
       `ALTER TABLE "billing"."accounts" ADD COLUMN IF NOT EXISTS "units" JSONB;`,
       expect.stringMatching(/^ALTER TABLE "billing"\."grants" ADD COLUMN IF NOT EXISTS "unit" TEXT/),
       expect.stringMatching(/^ALTER TABLE "billing"\."reservations" ADD COLUMN IF NOT EXISTS "unit" TEXT/),
       expect.stringMatching(/^ALTER TABLE "billing"\."journal_entries" ADD COLUMN IF NOT EXISTS "unit" TEXT/),
     ]);
     // Only the entries that have none yet: it can run again.
-    expect(statements[8]).toMatch(
+    // The journal's types gain `start`.
+    expect(statements[11]).toMatch(
+      /^ALTER TABLE "billing"\."journal_entries" DROP CONSTRAINT IF EXISTS "journal_entries_type_check", ADD CONSTRAINT .*'start'/,
+    );
+    expect(statements[12]).toMatch(
       /^UPDATE "billing"\."journal_entries" AS j SET "take_back" = CASE WHEN .* 'Lost dispute' THEN 'clawback' WHEN .* THEN 'refund' END WHERE j\."take_back" IS NULL AND j\.type IN \('deduct', 'commit_reserved', 'void'\) AND .*'paymentId'.*'refundedAmount'.*;$/,
     );
     for (const dialect of ["mysql", "sqlite"] as const)

@@ -2,17 +2,14 @@
 // public entries, registers its error code, notification type, grant source and account column, and
 // the core accepts them, and refuses what no module registered.
 import { describe, expect, it } from "vitest";
+import { ConfigurationError, createCreditManager, CreditError, ValidationError } from "../src/index.js";
 import {
   accountColumn,
-  ConfigurationError,
-  createCreditManager,
-  CreditError,
-  ValidationError,
+  createCreditManager as createCoreManager,
   type CreditModule,
   type ModuleContext,
-  type Notification,
-} from "../src/index.js";
-import { createCreditManager as createCoreManager } from "../src/core/index.js";
+} from "../src/core/index.js";
+import type { Notification } from "../src/models-public.js";
 
 /** A referral module's own error. */
 class ReferralError extends CreditError<"REFERRAL_LIMIT"> {

@@ -14,9 +14,9 @@ import {
   OutcomeUnknownError,
   StorageError,
   createDbManagerFromEnv,
-  type DbManager,
-  type JournalEntry,
 } from "../src/index.js";
+import { type DbManager } from "../src/store.js";
+import { type JournalEntry } from "../src/models-public.js";
 import type { DbTransaction } from "../src/store.js";
 import { MongoDbManager } from "../src/db/mongodb/index.js";
 import { supportsTransactions } from "../src/db/mongodb/options.js";

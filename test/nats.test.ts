@@ -20,9 +20,9 @@ import {
   NotificationService,
   OutcomeUnknownError,
   createCreditManager,
-  type DbManager,
   type NotificationMessage,
 } from "../src/index.js";
+import { type DbManager } from "../src/store.js";
 import { DomainEvent } from "../src/core/models/index.js";
 import { NatsJetStreamQueue, consumeCreditEvents, inboundHandler } from "../src/nats/index.js";
 

@@ -11,9 +11,9 @@ import {
   StripeProvider,
   type CheckoutRequest,
   type CheckoutResult,
-  type Payment,
   type PaymentProvider,
 } from "../src/index.js";
+import { type Payment } from "../src/models-public.js";
 
 export const RZP_SECRET = "rzp_webhook_test_secret";
 export const STRIPE_SECRET = "whsec_test_secret";

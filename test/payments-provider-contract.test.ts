@@ -3,7 +3,8 @@
  * built-in providers, with webhooks in their documented shapes signed in the test.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { RazorpayProvider, StripeProvider, type Payment, type PaymentProvider } from "../src/index.js";
+import { RazorpayProvider, StripeProvider, type PaymentProvider } from "../src/index.js";
+import { type Payment } from "../src/models-public.js";
 import { runPaymentProviderContract } from "../src/testing/index.js";
 import {
   RZP_SECRET,

@@ -5,14 +5,8 @@
 import { randomUUID } from "node:crypto";
 import { Redis } from "ioredis";
 import { afterAll, describe, expect, it } from "vitest";
-import {
-  CreditService,
-  InMemoryCache,
-  InMemoryDbManager,
-  SubscriptionService,
-  type Cache,
-  type DbManager,
-} from "../src/index.js";
+import { CreditService, InMemoryCache, InMemoryDbManager, SubscriptionService, type Cache } from "../src/index.js";
+import { type DbManager } from "../src/store.js";
 import { RedisCache } from "../src/redis/index.js";
 
 const redisUrl = process.env.CREDIT_REDIS_URL;

@@ -8,7 +8,8 @@ import { afterAll, describe, expect, it } from "vitest";
 import { runCli } from "../src/cli/run.js";
 import { PostgresDbManager } from "../src/db/postgres/index.js";
 import { ConfigurationError, ConflictError, ValidationError } from "../src/core/errors.js";
-import { createCreditManager, type CreditManager, type JournalEntry } from "../src/index.js";
+import { createCreditManager, type CreditManager } from "../src/index.js";
+import { type JournalEntry } from "../src/models-public.js";
 import { generateSql } from "../src/schema/sql.js";
 import { partitionName, rangeAfter, rangeStart } from "../src/schema/partitions.js";
 

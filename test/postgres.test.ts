@@ -1,7 +1,8 @@
 import { randomUUID } from "node:crypto";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { PostgresDbManager, SCHEMA_VERSION } from "../src/db/postgres/index.js";
+import { PostgresDbManager } from "../src/db/postgres/index.js";
+import { SCHEMA_VERSION } from "../src/schema/public.js";
 import { AccountWork } from "../src/core/domain/account-work.js";
 import { ConfigurationError, ConflictError, InsufficientCreditsError, StorageError } from "../src/core/errors.js";
 import type { JournalEntry } from "../src/core/models/index.js";

@@ -7,9 +7,8 @@ import {
   UnknownModelError,
   ValidationError,
   type CreditManager,
-  type PriceBookInput,
-  type RecordedUsage,
 } from "../src/index.js";
+import { type PriceBookInput, type RecordedUsage } from "../src/models-public.js";
 
 /** Prices in credits where 1 credit = $0.000001 (a micro-dollar), as a host would set them. */
 const BOOK: PriceBookInput = {

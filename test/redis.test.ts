@@ -5,7 +5,8 @@ import { fileURLToPath } from "node:url";
 import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { dropSharedStore, killHard, openSharedStore, startChildUntil } from "./fixtures/child.js";
-import { CreditService, InMemoryDbManager, NotificationService, type DbManager } from "../src/index.js";
+import { CreditService, InMemoryDbManager, NotificationService } from "../src/index.js";
+import { type DbManager } from "../src/store.js";
 import { RedisCache, RedisStreamQueue, type RedisCommandClient } from "../src/redis/index.js";
 
 const url = process.env.CREDIT_REDIS_URL;

@@ -16,12 +16,11 @@ import {
   PaymentService,
   SubscriptionService,
   ValidationError,
-  type DbManager,
-  type JournalEntry,
   type PaymentEvent,
   type PaymentProvider,
-  type RevenueRow,
 } from "../src/index.js";
+import { type DbManager } from "../src/store.js";
+import { type JournalEntry, type RevenueRow } from "../src/models-public.js";
 import { testStores, type TestStore } from "./fixtures/stores.js";
 import { catchUpRevenue, getRevenue } from "../src/modules/revenue/service.js";
 import { createWorker } from "../src/worker/index.js";

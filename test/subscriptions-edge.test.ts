@@ -11,8 +11,8 @@ import {
   StorageError,
   SubscriptionService,
   createCreditManager,
-  type Subscription,
 } from "../src/index.js";
+import { type Subscription } from "../src/models-public.js";
 
 const T = Date.UTC(2031, 0, 10, 12);
 const DAY = 86_400_000;

@@ -10,7 +10,8 @@ import {
   wallClock,
   windowStart,
 } from "../src/core/domain/usage.js";
-import { createCreditManager, ValidationError, type JournalEntry } from "../src/index.js";
+import { createCreditManager, ValidationError } from "../src/index.js";
+import { type JournalEntry } from "../src/models-public.js";
 
 const H = 3_600_000;
 const Y = new Date().getUTCFullYear() + 1;

@@ -4,7 +4,8 @@
 // "other" part that says so, and the totals still add up.
 import { describe, expect, it } from "vitest";
 import { MAX_LEASE_PARTS } from "../src/modules/leases/rules.js";
-import { createCreditManager, type CreditManager, type UsageRow } from "../src/index.js";
+import { createCreditManager, type CreditManager } from "../src/index.js";
+import { type UsageRow } from "../src/models-public.js";
 import { testStores } from "./fixtures/stores.js";
 
 const pricing = {

@@ -24,7 +24,7 @@ import {
   type UsageRules,
   type UsageScan,
 } from "../src/core/domain/usage.js";
-import type { JournalEntry, UsageDimension } from "../src/index.js";
+import type { JournalEntry, UsageDimension } from "../src/models-public.js";
 import { rollupCatchUpSql, rollupDdl } from "../src/schema/rollup.js";
 import { withPgClient } from "./fixtures/pg-admin.js";
 

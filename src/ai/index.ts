@@ -31,12 +31,12 @@ import { AiMeteringOptions, AiRunInput, AiRunSetup, STRICT_CAP_NEEDS_CAP } from 
 export { RunBudgetExceededError } from "../modules/pricing/errors.js";
 export { AiMeteringOptions };
 
-/** Output tokens a call that sets no `maxOutputTokens` is held for, unless `defaultMaxOutputTokens` says otherwise. */
+/** Output tokens a call that sets no `maxOutputTokens` is held for, unless `defaultMaxOutputTokens` says otherwise. @beta */
 export const DEFAULT_MAX_OUTPUT_TOKENS = 4_096;
-/** Tokens a file or image part of a prompt is held for (its size in tokens is not known before the call). */
+/** Tokens a file or image part of a prompt is held for (its size in tokens is not known before the call). @beta */
 export const FILE_PART_TOKENS = 1_000;
 
-/** What `creditMiddleware()` takes. */
+/** What `creditMiddleware()` takes. @beta */
 export interface CreditMiddlewareOptions extends AiMeteringOptions {
   /** The manager (or anything with its `credits` and `pricing`): the price book prices every call. */
   manager: Pick<CreditManager, "credits" | "pricing">;
@@ -44,12 +44,13 @@ export interface CreditMiddlewareOptions extends AiMeteringOptions {
   onSettled?: (outcome: AiCallOutcome) => void;
 }
 
-/** One model call of a run, settled. */
+/** One model call of a run, settled. @beta */
 export interface AiCallOutcome extends MeterOutcome {
   /** `generate` / `stream` (a language model call) or `embed`. */
   kind: "generate" | "stream" | "embed";
   /** The model the provider said answered (else the one called) and the provider's name in the price book. */
   model: string;
+  /** The model's provider. */
   provider: string;
   /** The call's number in the run (its idempotency key is `<key>:<call>`). */
   call: number;
@@ -65,7 +66,7 @@ export interface AiCallOutcome extends MeterOutcome {
   maxOutputTokens?: number;
 }
 
-/** The middleware `creditMiddleware()` returns: give it to `wrapLanguageModel`; `embedding` to `wrapEmbeddingModel`. */
+/** The middleware `creditMiddleware()` returns: give it to `wrapLanguageModel`; `embedding` to `wrapEmbeddingModel`. @beta */
 export interface CreditMiddleware extends LanguageModelV4Middleware {
   /** The same run's middleware for embedding models (`embed`, `embedMany`). */
   readonly embedding: EmbeddingModelV4Middleware;
@@ -111,6 +112,7 @@ const Setup = z.extend(AiRunSetup, {
  * const credits = creditMiddleware({ manager, userId, feature: "chat", maxRunCredits: 50_000 });
  * const result = streamText({ model: wrapLanguageModel({ model: openai("gpt-4o-mini"), middleware: credits }), prompt });
  * ```
+ * @beta
  */
 export function creditMiddleware(options: CreditMiddlewareOptions): CreditMiddleware {
   if (typeof options !== "object" || options === null)
@@ -154,6 +156,7 @@ export function creditMiddleware(options: CreditMiddlewareOptions): CreditMiddle
  * The `CreditError` behind an error the AI SDK reports — a refusal arrives in `streamText`'s
  * `onError` as it was thrown, and `await result.text` rejects with a `NoOutputGeneratedError`
  * whose `cause` chain (or a `RetryError`'s `errors`) holds it — or undefined.
+ * @beta
  */
 export function creditErrorOf(error: unknown): CreditError | undefined {
   const seen = new Set<unknown>();
@@ -188,6 +191,7 @@ function jsonLength(value: unknown): number {
 /**
  * The prompt's input tokens, estimated to size the hold: its text and tool calls/results at 4
  * characters a token, 4 tokens a message, `FILE_PART_TOKENS` a file, and the tools' definitions.
+ * @beta
  */
 export function estimatePromptTokens(params: Pick<LanguageModelV4CallOptions, "prompt" | "tools">): number {
   let chars = 0;

@@ -89,11 +89,12 @@ export const AiRunSetup = z.strictObject({
 /** What `strictRunCap` without `maxRunCredits` is told. */
 export const STRICT_CAP_NEEDS_CAP = "strictRunCap needs maxRunCredits (the cap it keeps)";
 
-/** The options of `creditMiddleware()` other than the manager (docs/llm-metering.md, "The AI SDK"). */
+/** The options of `creditMiddleware()` other than the manager (docs/llm-metering.md, "The AI SDK"). @beta */
 export const AiMeteringOptions = z.strictObject({ ...AiRunInput.shape, ...AiRunSetup.shape }).check(
   z.refine((o) => o.strictRunCap !== true || o.maxRunCredits !== undefined, {
     error: STRICT_CAP_NEEDS_CAP,
     path: ["strictRunCap"],
   }),
 );
+/** The options of `creditMiddleware()` other than the manager (docs/llm-metering.md, "The AI SDK"). @beta */
 export type AiMeteringOptions = z.input<typeof AiMeteringOptions>;

@@ -19,8 +19,11 @@ import { SCHEMA_VERSION, SQL_DIALECTS, type SqlDialect, generateSql } from "../s
 import { UsageError } from "../util/usage-error.js";
 import { ConfigurationError } from "../core/errors.js";
 
+/** Where the CLI writes: its standard output and standard error. @public */
 export interface CliIo {
+  /** Writes to standard output. */
   stdout: (text: string) => void;
+  /** Writes to standard error. */
   stderr: (text: string) => void;
 }
 

@@ -11,8 +11,9 @@ import { UsageError } from "../util/usage-error.js";
 export const STORE_VARIABLES =
   "CREDIT_MONGO_URI (and CREDIT_MONGO_DB), CREDIT_PG_URL (and CREDIT_PG_SCHEMA) or CREDIT_SQLITE_PATH (or give --sqlite FILE)";
 
-/** Where a command's store comes from: the environment (as `createDbManagerFromEnv`), or a given one. */
+/** Where a command's store comes from: the environment (as `createDbManagerFromEnv`), or a given one. @public */
 export interface StoreSource {
+  /** The environment read instead of the process's. */
   env?: DbEnv;
   /** A store to use instead of the environment's (tests, or a host wiring its own). Not closed. */
   db?: DbManager;

@@ -3,9 +3,10 @@ import type { WebhookEndpointStore } from "../modules/webhooks/store.js";
 import { html, raw, type Html } from "./html.js";
 import { signToken } from "./security.js";
 
+/** What a console user may do: `viewer` reads, `admin` also acts (docs/console.md). @public */
 export type ConsoleRole = "viewer" | "admin";
 
-/** What `authorize` answers for a request: who it is and what they may do, or "deny". */
+/** What `authorize` answers for a request: who it is and what they may do, or "deny". @public */
 export type ConsoleAccess = { role: ConsoleRole; actor: string } | "deny";
 
 /** What a page or action is handed. */

@@ -17,6 +17,10 @@ import { checkSigned, crossSite, CSRF_COOKIE, newToken, readCookie, SECURITY_HEA
 
 export type { ConsoleAccess, ConsoleRole } from "./context.js";
 
+/**
+ * Options of `createConsoleHandler()`: the manager, who may see it, and the webhook endpoints
+ * (docs/console.md). @public
+ */
 export interface ConsoleHandlerOptions {
   /**
    * Required: who may see the console, per request — `{ role: "viewer" | "admin", actor }` or
@@ -44,8 +48,9 @@ export interface ConsoleHandlerOptions {
   onError?: (error: unknown, request: Request) => void;
 }
 
-/** A Fetch handler: `(request) => Promise<Response>`; `toNodeHandler` mounts it on node:http, Express, Fastify. */
+/** A Fetch handler: `(request) => Promise<Response>`; `toNodeHandler` mounts it on node:http, Express, Fastify. @public */
 export interface ConsoleHandler {
+  /** Answers a request of the console. */
   (request: Request): Promise<Response>;
   /** The base path it answers under (through `toNodeHandler` with `next`, other paths go on). */
   readonly basePaths: readonly string[];
@@ -86,6 +91,7 @@ const MAX_FORM = 16_384;
 /**
  * The operator's console as a Fetch handler (docs/console.md): server-rendered pages, no script
  * but its own two files, every action behind a confirmation, a CSRF token and the admin role.
+ * @public
  */
 export function createConsoleHandler(manager: CreditManager, options: ConsoleHandlerOptions): ConsoleHandler {
   if (typeof options?.authorize !== "function")

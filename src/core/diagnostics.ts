@@ -8,10 +8,11 @@ import diagnostics_channel from "node:diagnostics_channel";
  *
  * The channel names and message shapes are a versioned contract (`DIAGNOSTICS_VERSION`): within a
  * version, fields are only ever added; a field removed or changed gets new channel names.
+ * @public
  */
 export const DIAGNOSTICS_VERSION = 1;
 
-/** The channel names (`diagnostics_channel.channel(name)` / `tracingChannel(name)`). */
+/** The channel names (`diagnostics_channel.channel(name)` / `tracingChannel(name)`). @public */
 export const DIAGNOSTICS_CHANNELS = {
   /** Tracing channel (start, end, asyncStart, asyncEnd, error): one unit of work on an account. */
   unitOfWork: "credit-management:unit-of-work",
@@ -29,7 +30,7 @@ export const DIAGNOSTICS_CHANNELS = {
   metering: "credit-management:metering",
 } as const;
 
-/** How a unit of work ended. */
+/** How a unit of work ended. @public */
 export type UnitOutcome =
   /** Committed (or changed nothing and needed no write). */
   | "ok"
@@ -47,13 +48,16 @@ export type UnitOutcome =
 /**
  * The context object of the `unit-of-work` tracing channel. `start` sees the first three fields;
  * by `asyncEnd` (and `error`) the rest are set. Node adds `result` or `error`.
+ * @public
  */
 export interface UnitOfWorkMessage {
   /** The public method, or the service step (`claimPromo`, `subscriptionPeriod`, `settle`, …). */
   operation: string;
+  /** The account of the unit of work. */
   userId: string;
   /** The store's `name` (`memory`, `postgres`, `mongodb`, …). */
   store: string;
+  /** How the unit of work ended. */
   outcome: UnitOutcome;
   /** Wall time from start to end, in milliseconds. */
   durationMs: number;
@@ -65,24 +69,33 @@ export interface UnitOfWorkMessage {
   entries: number;
   /** The `CreditError` code when it failed with one. */
   errorCode: string | null;
+  /** What the method resolved to, once it did. */
   result?: unknown;
+  /** What the method threw, if it failed. */
   error?: unknown;
 }
 
-/** One refusal for lack of credits. */
+/** One refusal for lack of credits. @public */
 export interface RefusalMessage {
+  /** The public method refused. */
   operation: string;
+  /** The account. */
   userId: string;
   /** `insufficient_credits`: `available` was short; `overdraft_limit`: usage beyond the overdraft limit. */
   reason: "insufficient_credits" | "overdraft_limit";
+  /** Credits asked for. */
   requested: number;
+  /** Credits the account had for it. */
   available: number;
 }
 
-/** A hold's change, published after its unit of work committed. */
+/** A hold's change, published after its unit of work committed. @public */
 export interface HoldMessage {
+  /** What happened to the hold. */
   action: "reserved" | "committed" | "released" | "expired";
+  /** The hold's account. */
   userId: string;
+  /** The hold. */
   reservationId: string;
   /** The credits the hold earmarked. */
   amount: number;
@@ -92,8 +105,9 @@ export interface HoldMessage {
   reservedAfter: number;
 }
 
-/** The context object of the `job` tracing channel. `start` sees `job` and `asOf`. */
+/** The context object of the `job` tracing channel. `start` sees `job` and `asOf`. @public */
 export interface JobMessage {
+  /** The job. */
   job:
     | "expireDueGrants"
     | "releaseExpiredHolds"
@@ -110,42 +124,59 @@ export interface JobMessage {
   changed: number;
   /** Accounts or subscriptions that failed (left for the next run). */
   errors: number;
+  /** Wall time of the job, in milliseconds. */
   durationMs: number;
+  /** The job's report, once it ended. */
   result?: unknown;
+  /** What the job threw, if it failed. */
   error?: unknown;
 }
 
-/** The context object of the `dispatch` tracing channel (one `dispatchPending` call). */
+/** The context object of the `dispatch` tracing channel (one `dispatchPending` call). @public */
 export interface DispatchMessage {
   /** The most rows the round may claim. */
   limit: number;
+  /** Rows claimed. */
   claimed: number;
+  /** Rows delivered. */
   sent: number;
+  /** Rows that failed and will be retried. */
   retried: number;
+  /** Rows given up on. */
   failed: number;
+  /** Rows whose claim another dispatcher took over before this one marked them. */
   lost: number;
   /** Age of the oldest row claimed (now − its `createdAt`), in ms; 0 when none was claimed. */
   maxLagMs: number;
+  /** Wall time of the round, in milliseconds. */
   durationMs: number;
+  /** The round's report, once it ended. */
   result?: unknown;
+  /** What the round threw, if it failed. */
   error?: unknown;
 }
 
-/** A payment provider's webhook, once handled. */
+/** A payment provider's webhook, once handled. @public */
 export interface WebhookMessage {
+  /** The provider's name. */
   provider: string;
   /** `WebhookResult.outcome`, or `rejected` (bad signature, contradicting event: 400), or `failed`. */
   outcome: "credited" | "reversed" | "updated" | "duplicate" | "unchanged" | "ignored" | "rejected" | "failed";
   /** The event's type, when it was read. */
   eventType: string | null;
+  /** Wall time of the handling, in milliseconds. */
   durationMs: number;
 }
 
-/** A metered call, once settled. */
+/** A metered call, once settled. @public */
 export interface MeteringMessage {
+  /** The account metered. */
   userId: string;
+  /** The call's hold. */
   reservationId: string;
+  /** The credits held for the call. */
   estimate: number;
+  /** Whether the hold was committed (charged) or released. */
   outcome: "committed" | "released";
   /** Credits charged. */
   charged: number;

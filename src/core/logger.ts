@@ -4,15 +4,24 @@ import * as z from "zod/mini";
  * What the library logs through: the four methods it calls, in pino's shapes — `(obj, msg?)` or
  * `(msg)`. pino and its child loggers fit, so do `console` and winston loggers; nothing of pino's
  * own type (levels, bindings, serializers) is asked for (docs/api.md, "Configuration").
+ * @public
  */
 export interface Logger {
+  /** Logs an error: a record with a message, or a message. */
   error(obj: object, msg?: string): void;
+  /** Logs an error: a record with a message, or a message. */
   error(msg: string): void;
+  /** Logs a warning: a record with a message, or a message. */
   warn(obj: object, msg?: string): void;
+  /** Logs a warning: a record with a message, or a message. */
   warn(msg: string): void;
+  /** Logs information: a record with a message, or a message. */
   info(obj: object, msg?: string): void;
+  /** Logs information: a record with a message, or a message. */
   info(msg: string): void;
+  /** Logs a debugging detail: a record with a message, or a message. */
   debug(obj: object, msg?: string): void;
+  /** Logs a debugging detail: a record with a message, or a message. */
   debug(msg: string): void;
 }
 

@@ -32,7 +32,7 @@ import { NotificationService } from "./services/notification-service.js";
 
 const isObject = (v: unknown) => typeof v === "object" && v !== null;
 
-/** Options of the core's `createCreditManager`, validated like every public input. */
+/** Options of the core's `createCreditManager`, validated like every public input. @public */
 export const CoreManagerOptions = z.strictObject({
   /** The store. Default `new CoreInMemoryDbManager()` (the full entry's default: `new InMemoryDbManager()`). */
   db: z.optional(
@@ -151,22 +151,28 @@ export const CoreManagerOptions = z.strictObject({
     ),
   ),
 });
+/** Options of the core's `createCreditManager`, validated like every public input. @public */
 export type CoreManagerOptions = z.input<typeof CoreManagerOptions>;
 
-/** The core's services over one store, ledger and cache. */
+/** The core's services over one store, ledger and cache. @public */
 export interface CoreManager<C extends CoreCreditService = CoreCreditService> {
+  /** Credits, holds, the journal and limits of each account. */
   credits: C;
+  /** Plans and subscriptions. */
   subscriptions: SubscriptionService;
+  /** The maintenance jobs. */
   expiration: ExpirationService;
   /** The outbox dispatcher, thresholds and emit hook; events are recorded once `queue` or `notifications` is given. */
   notifications: NotificationService;
+  /** The audit ledger. */
   ledger: LedgerLogger;
+  /** The store the services use. */
   db: DbManager;
   /** Flushes and closes the ledger file, then closes the store. */
   close(): Promise<void>;
 }
 
-/** The core's services and what a manager over them builds more with (src/manager.ts). */
+/** The core's services and what a manager over them builds more with (src/manager.ts). @beta */
 export interface CoreParts<C extends CoreCreditService> extends CoreManager<C> {
   /** The credit and subscription services over a store, ledger and cache (`inTransaction` builds them over its own). */
   build(
@@ -174,12 +180,14 @@ export interface CoreParts<C extends CoreCreditService> extends CoreManager<C> {
     ledger: LedgerLogger,
     cache: Cache | undefined,
   ): { credits: C; subscriptions: SubscriptionService };
+  /** Where the services log. */
   logger: Logger;
 }
 
 /**
  * Opens the store and builds the core's services from options `o` (validated by a schema that holds
  * `CoreManagerOptions`' fields); `makeCredits` builds the credit service.
+ * @beta
  */
 export async function openCore<C extends CoreCreditService>(
   o: z.output<typeof CoreManagerOptions>,
@@ -265,6 +273,7 @@ export async function openCore<C extends CoreCreditService>(
  * The core's services over one store, ledger and cache, without the modules (ARCHITECTURE.md,
  * "Modules"): `credits`, `subscriptions`, `expiration`, `notifications`. Bad options:
  * `ConfigurationError`.
+ * @public
  */
 export async function createCreditManager(options: CoreManagerOptions = {}): Promise<CoreManager> {
   const o = parseConfig(CoreManagerOptions, options, "options");

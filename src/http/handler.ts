@@ -15,6 +15,10 @@ import { ANSWER, createRouter, fullPathOf, json, type Authenticate, type RouteDe
 import { creditCore } from "../core/services/credit-service.js";
 import { customerTokensOn } from "../credit-service.js";
 
+/**
+ * Options of `createCreditHandler()`: who the caller is, the base paths, the self-service routes and extra
+ * routes (docs/http.md). @public
+ */
 export interface CreditHandlerOptions {
   /** Base of the caller's own routes. Default `/credits`. */
   basePath?: string;
@@ -93,8 +97,9 @@ export interface CreditHandlerOptions {
   onError?: (error: unknown, request: Request) => void;
 }
 
-/** A Fetch-API handler: `(request) => Promise<Response>`, with what `toNodeHandler` needs. */
+/** A Fetch-API handler: `(request) => Promise<Response>`, with what `toNodeHandler` needs. @public */
 export interface CreditHandler {
+  /** Answers a request of the credit API. */
   (request: Request): Promise<Response>;
   /** The base paths it answers under (`toNodeHandler` passes other paths to `next`). */
   readonly basePaths: readonly string[];
@@ -214,6 +219,7 @@ function checkManager(manager: unknown, health: boolean): void {
  * The credit API as a Fetch-standard handler (Hono, Next.js route handlers, Bun, Deno; node:http,
  * Express and Fastify through `toNodeHandler`). Callers act on their own account under `basePath`;
  * admins on any account under `adminBasePath`. See docs/http.md.
+ * @public
  */
 export function createCreditHandler(manager: CreditManager, options: CreditHandlerOptions = {}): CreditHandler {
   checkManager(manager, options.health !== undefined);

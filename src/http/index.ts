@@ -31,12 +31,5 @@ export {
   type RouteContext,
   type RouteDefinition,
 } from "./router.js";
-export { creditRoutes } from "./credit-routes.js";
-export { limitRoutes } from "./limit-routes.js";
-export { customerStateRoutes } from "./customer-state-routes.js";
-export { paymentRoutes, promoRoutes } from "../modules/billing/routes.js";
-export { subscriptionRoutes, type SelfServiceSubscriptions } from "./subscription-routes.js";
-export { autoTopUpRoutes, type SelfServiceAutoTopUp } from "../modules/billing/routes-auto-top-up.js";
-// recordUsage, addLlmUsage and currentMeter come from the package root: they work inside any
-// metered call, `credits.meter()` included, not only in these middlewares.
-export type { MeterContext, MeterOutcome } from "../modules/metering/service.js";
+export type { SelfServiceSubscriptions } from "./subscription-routes.js";
+export type { SelfServiceAutoTopUp } from "../modules/billing/routes-auto-top-up.js";

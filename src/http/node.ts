@@ -3,10 +3,10 @@ import { ANSWER, errorAnswer, HttpError, JsonAnswer, type Answering } from "./ro
 import { makeRequest, nodeRequest, urlOf } from "./node-request.js";
 import { unreadText } from "./text-response.js";
 
-/** A Fetch handler; `basePaths` (as `createCreditHandler` sets it) lets other paths fall through. */
+/** A Fetch handler; `basePaths` (as `createCreditHandler` sets it) lets other paths fall through. @public */
 export type FetchHandler = ((request: Request) => Promise<Response>) & { basePaths?: readonly string[] };
 
-/** `(req, res, next?)`: node:http's request listener, and Express middleware when `next` is given. */
+/** `(req, res, next?)`: node:http's request listener, and Express middleware when `next` is given. @public */
 export type NodeHandler = (
   req: IncomingMessage,
   res: ServerResponse,
@@ -26,6 +26,7 @@ export type NodeHandler = (
  * With Express, mount it before body parsers (or where none ran); if one already consumed the
  * stream, `req.rawBody` (a Buffer) or else the parsed `req.body` re-serialised as JSON is used.
  * With `next` and a handler from `createCreditHandler`, paths outside its base paths go to `next()`.
+ * @public
  */
 export function toNodeHandler(handler: FetchHandler): NodeHandler {
   // The credit handler (it offers its answers): a stand-in Request, read straight from `req`.

@@ -3,10 +3,11 @@ import * as z from "zod/mini";
 import packageJson from "../../package.json" with { type: "json" };
 import type { RouteDefinition } from "./router.js";
 
-/** What the host may add to the generated document. */
+/** What the host may add to the generated document. @public */
 export interface OpenApiOptions {
   /** `version` by default: this package's version. */
   info?: { title?: string; version?: string; description?: string };
+  /** The document's `servers`. */
   servers?: { url: string; description?: string }[];
   /** Default: HTTP bearer. Describe what your `authenticate` hook really reads. */
   securitySchemes?: Record<string, unknown>;

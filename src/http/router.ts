@@ -8,7 +8,7 @@ import { IdempotencyKey, parse, SpenderId, UserId as IdentityUserId } from "../c
 import { claimsCustomerAudience, type CustomerGrant } from "../modules/customer-tokens/service.js";
 import type { TokenBuckets } from "./rate-limit.js";
 
-/** Who is calling, as the host's `authenticate` hook says. */
+/** Who is calling, as the host's `authenticate` hook says. @public */
 export interface Identity {
   /** The caller's own account. */
   userId: string;
@@ -28,19 +28,23 @@ export interface Identity {
   spender?: string;
 }
 
-/** The host's identity hook: the caller, or null (→ 401). */
+/** The host's identity hook: the caller, or null (→ 401). @public */
 export type Authenticate = (request: Request) => Identity | null | undefined | Promise<Identity | null | undefined>;
 
+/** A route's HTTP method. @public */
 export type HttpMethod = "GET" | "POST" | "PUT" | "PATCH" | "DELETE";
 
-/** What a route handler gets. */
+/** What a route handler gets. @public */
 export interface RouteContext {
+  /** The request. */
   request: Request;
+  /** The request's URL. */
   url: URL;
   /** Decoded path parameters (`:id` → `params.id`). */
   params: Record<string, string>;
   /** The caller; null only on public routes. */
   identity: Identity | null;
+  /** The manager the handler serves. */
   manager: CreditManager;
   /** The `Idempotency-Key` header or the body's `idempotencyKey` (they must agree). */
   idempotencyKey: string | undefined;
@@ -56,8 +60,10 @@ export interface RouteContext {
  * One route of the handler. Route groups (credits here; plans, subscriptions, promos, payments
  * later) are arrays of these: the router matches them, checks access, validates body and query
  * with their zod schemas, and the OpenAPI document is rendered from the same definitions.
+ * @public
  */
 export interface RouteDefinition {
+  /** The route's HTTP method. */
   method: HttpMethod;
   /**
    * Under which base path: `user` (default `/credits`), `admin` (default `/admin/credits`), or
@@ -79,9 +85,13 @@ export interface RouteDefinition {
    * account's entries, more.
    */
   rateCost?: number;
+  /** The route's operation id in the OpenAPI document. */
   operationId: string;
+  /** The route's summary in the OpenAPI document. */
   summary: string;
+  /** The route's description in the OpenAPI document. */
   description?: string;
+  /** The route's tags in the OpenAPI document. */
   tags?: string[];
   /**
    * JSON body schema (validated; 400 with field issues). A POST, PUT, PATCH or DELETE route without
@@ -108,6 +118,7 @@ export interface RouteDefinition {
   responseType?: string;
   /** Success status (default 200) and response schema, for the OpenAPI document. */
   status?: number;
+  /** The route's answer in the OpenAPI document. */
   response?: z.core.$ZodType;
   /** Error statuses this route can answer besides 400/401/500, for the OpenAPI document. */
   errors?: number[];
@@ -115,13 +126,15 @@ export interface RouteDefinition {
   handle(ctx: RouteContext): Promise<unknown> | unknown;
 }
 
-/** An error answered with its own status and a `{ error: { code, message, details? } }` body. */
+/** An error answered with its own status and a `{ error: { code, message, details? } }` body. @public */
 export class HttpError extends CreditError<CreditErrorCode> {
+  /** An error answered with `status` and a JSON body of `code` and `message`. */
   constructor(
     status: number,
     code: CreditErrorCode,
     message: string,
     details?: Record<string, unknown>,
+    /** Headers of the answer (`Retry-After`, …). */
     readonly headers?: Record<string, string>,
   ) {
     super(code, status, message, details === undefined ? undefined : { details });
@@ -178,6 +191,7 @@ export function jsonAnswer(status: number, body: unknown, headers?: Record<strin
 /**
  * A JSON answer as a `Response`. Built with `textResponse`, so on node (`toNodeHandler`) it goes out
  * in one write with a `Content-Length` rather than streamed back through its body.
+ * @public
  */
 export function json(status: number, body: unknown, headers?: Record<string, string>): Response {
   return jsonAnswer(status, body, headers).toResponse();

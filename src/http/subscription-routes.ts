@@ -65,6 +65,7 @@ function viewed(def: RouteDefinition): RouteDefinition {
  * `"free"` (default): plans whose `price` is 0 only — the library does not take payments for
  * plans, so self-service on a paid plan would hand out its credits unpaid; `"all"`: any active
  * plan (your own billing gates it); `"none"`: only admins subscribe and change plans.
+ * @public
  */
 export type SelfServiceSubscriptions = "free" | "all" | "none";
 

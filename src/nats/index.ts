@@ -10,7 +10,7 @@ import { ConfigurationError, ConflictError, CreditError, OutcomeUnknownError, St
 import { parseConfig } from "../core/models/parse.js";
 import { eventEnvelope, type NotificationMessage, type NotificationQueue } from "../core/queue/index.js";
 
-/** A connection to NATS, as `connect()` of `@nats-io/transport-node` (or any transport) returns it. */
+/** A connection to NATS, as `connect()` of `@nats-io/transport-node` (or any transport) returns it. @public */
 export type NatsConnection = Parameters<typeof jetstream>[0];
 
 const SUBJECT_TOKEN = /^[A-Za-z0-9_-]+$/;
@@ -26,6 +26,7 @@ const StreamName = z
   .string()
   .check(z.minLength(1), z.maxLength(100), z.regex(/^[A-Za-z0-9_-]+$/, "letters, digits, _ and - only"));
 
+/** Options of `NatsJetStreamQueue`: the connection, the stream and how it publishes. @public */
 const NatsJetStreamQueueOptions = z.strictObject({
   /** A connection you own (not closed by `close()`). Or `servers`. */
   connection: z.optional(
@@ -58,6 +59,7 @@ const NatsJetStreamQueueOptions = z.strictObject({
     z.custom<Logger>((v) => typeof v === "object" && v !== null && typeof (v as Logger).warn === "function"),
   ),
 });
+/** Options of `NatsJetStreamQueue`: the connection, the stream and how it publishes. @public */
 export type NatsJetStreamQueueOptions = z.input<typeof NatsJetStreamQueueOptions>;
 
 /**
@@ -67,9 +69,12 @@ export type NatsJetStreamQueueOptions = z.input<typeof NatsJetStreamQueueOptions
  * so the stream drops a redelivery within its duplicate window. `publish` resolves once the stream
  * acknowledged the message (stored, or known as a duplicate); anything else throws, and the
  * dispatcher retries the row. Give it to `createCreditManager({ queue })`.
+ * @public
  */
 export class NatsJetStreamQueue implements NotificationQueue {
+  /** The JetStream stream messages are published to. */
   readonly stream: string;
+  /** Prepended to each message's subject. */
   readonly subjectPrefix: string;
   private readonly options: z.output<typeof NatsJetStreamQueueOptions>;
   private readonly duplicateWindowMs: number;
@@ -79,6 +84,7 @@ export class NatsJetStreamQueue implements NotificationQueue {
   private ready: Promise<JetStreamClient> | undefined;
   private closed = false;
 
+  /** A queue that publishes each message to a NATS JetStream stream. */
   constructor(options: NatsJetStreamQueueOptions) {
     const o = parseConfig(NatsJetStreamQueueOptions, options, "options", "NatsJetStreamQueue");
     if ((o.connection === undefined) === (o.servers === undefined)) {
@@ -110,6 +116,7 @@ export class NatsJetStreamQueue implements NotificationQueue {
     await this.client();
   }
 
+  /** Publishes the message, and resolves once the stream acknowledged it. */
   async publish(message: NotificationMessage): Promise<void> {
     const js = await this.client();
     const body = JSON.stringify(eventEnvelope(message));
@@ -200,7 +207,7 @@ function captures(subject: string, prefix: string): boolean {
 // -------------------------------------------------------------------------------------------------
 // Consuming inbound events
 
-/** What a handler gets beside the parsed event. */
+/** What a handler gets beside the parsed event. @public */
 export interface InboundContext {
   /** The message's subject. */
   subject: string;
@@ -210,7 +217,7 @@ export interface InboundContext {
   deliveryCount: number;
 }
 
-/** How one subject's messages are read and applied. */
+/** How one subject's messages are read and applied. @public */
 export interface InboundHandler<T> {
   /** Validates the JSON body; a body it refuses is a poison message (dead-lettered at once). */
   schema: z.core.$ZodType<T>;
@@ -223,7 +230,7 @@ export interface InboundHandler<T> {
   handle(event: T, context: InboundContext): Promise<unknown>;
 }
 
-/** Declares a handler, typing `handle`'s event by its schema. */
+/** Declares a handler, typing `handle`'s event by its schema. @public */
 export function inboundHandler<T>(
   schema: z.core.$ZodType<T>,
   handle: (event: T, context: InboundContext) => Promise<unknown>,
@@ -231,6 +238,7 @@ export function inboundHandler<T>(
   return { schema, handle };
 }
 
+/** Options of `consumeCreditEvents()`: the connection, the stream, the consumer and the handler. @public */
 export interface ConsumeCreditEventsOptions {
   /** A JetStream consumer (`js.consumers.get(stream, durable)`), whose stream captures the inbound subjects. */
   consumer: Consumer;
@@ -245,13 +253,14 @@ export interface ConsumeCreditEventsOptions {
   maxDeliveries?: number;
   /** Delay before a failed message is delivered again, in ms (times the delivery count). Default 1,000. */
   retryDelayMs?: number;
+  /** Where failures of the handler are logged. */
   logger?: Logger;
 }
 
-/** What one message came to. */
+/** What one message came to. @public */
 export type InboundOutcome = "applied" | "retry" | "dead_lettered";
 
-/** A running consumer loop. */
+/** A running consumer loop. @public */
 export interface CreditEventConsumer {
   /** Stops pulling; resolves once the message in hand is settled. */
   stop(): Promise<void>;
@@ -286,6 +295,7 @@ const ConsumeOptions = z.strictObject({
  * refused by the credits engine, or failing `maxDeliveries` times — is published to
  * `deadLetterSubject` (its body: `{ reason, error, subject, messageId, deliveryCount, data }`) and
  * then acknowledged; should that publish fail, the message is retried instead, so none is lost.
+ * @public
  */
 export function consumeCreditEvents(options: ConsumeCreditEventsOptions): CreditEventConsumer {
   const parsed = parseConfig(ConsumeOptions, options, "options", "consumeCreditEvents");

@@ -33,7 +33,7 @@ import { withTimeout } from "../core/util/promise.js";
 
 const isObject = (v: unknown) => typeof v === "object" && v !== null;
 
-/** Options of `instrumentCreditManagement`, validated like every public input. */
+/** Options of `instrumentCreditManagement`, validated like every public input. @public */
 const InstrumentOptions = z.strictObject({
   /** Where the metrics go. Default: the global provider (`metrics.setGlobalMeterProvider`). */
   meterProvider: z.optional(
@@ -66,15 +66,16 @@ const InstrumentOptions = z.strictObject({
   /** Record spans. Default true. */
   traces: z.optional(z.boolean()),
 });
+/** Options of `instrumentCreditManagement`, validated like every public input. @public */
 export type InstrumentOptions = z.input<typeof InstrumentOptions>;
 
-/** What `instrumentCreditManagement` returns. */
+/** What `instrumentCreditManagement` returns. @public */
 export interface CreditInstrumentation {
   /** Unsubscribes from the channels and removes the gauges' callback. Idempotent. */
   shutdown(): void;
 }
 
-/** The instrumentation scope's name (the meter's and the tracer's). */
+/** The instrumentation scope's name (the meter's and the tracer's). @public */
 export const INSTRUMENTATION_NAME = "credit-management";
 
 /** Seconds, from milliseconds. */
@@ -90,6 +91,7 @@ const SLOW = { explicitBucketBoundaries: [0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60
  * Subscribes to the library's diagnostics channels and records the metric set of
  * docs/observability.md, with a span around every unit of work, job run and dispatch round.
  * Call it once per process (it sees every manager of the process); `shutdown()` undoes it.
+ * @public
  */
 export function instrumentCreditManagement(options: InstrumentOptions = {}): CreditInstrumentation {
   const o = parseConfig(InstrumentOptions, options, "options", "otel");

@@ -13,9 +13,11 @@ import { ConfigurationError } from "../core/errors.js";
 import { withTimeout } from "../core/util/promise.js";
 import type { NotificationMessage, NotificationQueue } from "../core/queue/index.js";
 
-/** The one method of an ioredis client these adapters use. */
+/** The one method of an ioredis client these adapters use. @public */
 export interface RedisCommandClient {
+  /** Sends a Redis command. */
   call(command: string, args: (string | number)[]): Promise<unknown>;
+  /** Closes the connection. */
   quit?(): Promise<unknown>;
 }
 
@@ -92,6 +94,7 @@ function commandWithin<T>(promise: Promise<T>, ms: number, what: string): Promis
 // -------------------------------------------------------------------------------------------------
 // Cache
 
+/** Options of `new RedisCache()`: the client, the key prefix and the default TTL. @public */
 export interface RedisCacheOptions {
   /** An ioredis client (not closed by `close()`). */
   client: RedisCommandClient;
@@ -142,8 +145,10 @@ export interface RedisCacheOptions {
  * a value that a write could not invalidate is never served after Redis comes back. (Other
  * processes that could still reach Redis during a partial outage may serve such a value, or fill
  * one under a lease the failed `delete` did not end, until its TTL.)
+ * @public
  */
 export class RedisCache implements Cache {
+  /** Prepended to every key. */
   readonly keyPrefix: string;
   private client: RedisCommandClient;
   private ownsClient = false;
@@ -161,6 +166,7 @@ export class RedisCache implements Cache {
   /** The generation this process last saw (what `set` tags entries with). */
   private generation: string | undefined;
 
+  /** A cache on Redis, on the client given or one made from `url`. */
   constructor(options: RedisCacheOptions) {
     this.client = options.client;
     this.keyPrefix = options.keyPrefix ?? "credit-management:";
@@ -183,6 +189,7 @@ export class RedisCache implements Cache {
     return this.overflow || this.pending.size > 0;
   }
 
+  /** The value under `key`; undefined when absent or expired. */
   async get<T>(key: string): Promise<T | undefined> {
     await this.recover();
     // Two commands sent together (one round trip; no script, so keys may live on different
@@ -194,6 +201,7 @@ export class RedisCache implements Cache {
     return decodeValue(entry.json) as T;
   }
 
+  /** Stores `value` under `key` for `ttlSeconds` (default: the cache's TTL). */
   async set<T>(key: string, value: T, ttlSeconds?: number): Promise<void> {
     // Tagged with the last generation seen: if another process has started a new one since, the
     // entry is a miss, never a stale hit. (An earlier release reads `v2|…` as a miss.)
@@ -206,6 +214,7 @@ export class RedisCache implements Cache {
     ]);
   }
 
+  /** Removes `key` and ends its leases. */
   async delete(key: string): Promise<void> {
     try {
       await this.run("DEL", [this.keyPrefix + key]);
@@ -220,6 +229,7 @@ export class RedisCache implements Cache {
     }
   }
 
+  /** A token for `setLeased`, taken after a miss (see `Cache.lease`). */
   async lease(key: string, ttlSeconds?: number): Promise<string> {
     // Not while invalidations of this process are pending: one of them may be this key's.
     await this.recover();
@@ -230,6 +240,7 @@ export class RedisCache implements Cache {
     return `${head}${lease}|`;
   }
 
+  /** Stores `value` only while `lease` is the key's live lease; resolves to whether it stored. */
   async setLeased<T>(key: string, lease: string, value: T, ttlSeconds?: number): Promise<boolean> {
     // `lease` is the entry's head under it (see `lease`): the script compares, then writes.
     if (!lease.startsWith(ENTRY) || !lease.endsWith("|")) return false;
@@ -430,6 +441,7 @@ const newToken = () => randomBytes(8).toString("hex");
 // -------------------------------------------------------------------------------------------------
 // Queue
 
+/** Options of `new RedisStreamQueue()`: the client, the stream and its length. @public */
 export interface RedisStreamQueueOptions {
   /** An ioredis client (not closed by `close()`). */
   client: RedisCommandClient;
@@ -455,8 +467,10 @@ export interface RedisStreamQueueOptions {
  * and sets the marker only once the append succeeded (a failed `XADD` fails the publish, which
  * the dispatcher retries). Read it with a consumer group (`XREADGROUP`, see
  * `examples/notifications-worker.ts`); consumers should still drop ids they have handled.
+ * @public
  */
 export class RedisStreamQueue implements NotificationQueue {
+  /** The stream messages are added to. */
   readonly stream: string;
   private readonly client: RedisCommandClient;
   private ownsClient = false;
@@ -464,6 +478,7 @@ export class RedisStreamQueue implements NotificationQueue {
   private readonly dedupeTtl: number;
   private readonly timeoutMs: number;
 
+  /** A queue that adds each message to a Redis stream. */
   constructor(options: RedisStreamQueueOptions) {
     this.client = options.client;
     this.stream = options.stream ?? "credit-management:notifications";
@@ -484,6 +499,7 @@ export class RedisStreamQueue implements NotificationQueue {
     await commandWithin(this.client.call("PING", []), this.timeoutMs, "PING");
   }
 
+  /** Adds the message to the stream. */
   async publish(m: NotificationMessage): Promise<void> {
     const fields = [
       "id",

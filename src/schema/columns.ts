@@ -3,14 +3,17 @@ import * as z from "zod/mini";
 /**
  * What a model field becomes in a table: read from zod's JSON Schema output
  * (`z.toJSONSchema`), never from a second hand-written list of the fields.
+ * @public
  */
 export type ColumnKind = "string" | "enum" | "integer" | "number" | "boolean" | "datetime" | "json";
 
+/** A column of a table: its name, its kind and its constraints. @public */
 export interface Column {
   /** The model's field name (camelCase). */
   field: string;
   /** The column name (snake_case). */
   name: string;
+  /** The column's kind. */
   kind: ColumnKind;
   /** False when the field is required and not nullable (NOT NULL). */
   nullable: boolean;
@@ -20,6 +23,7 @@ export interface Column {
   maxLength?: number;
   /** Bounds of an integer or number. */
   minimum?: number;
+  /** The largest value (a number) or length (a string). */
   maximum?: number;
   /**
    * A SHA-256 digest, lowercase hex in the model: PostgreSQL stores its 32 bytes (`BYTEA`, read
@@ -41,7 +45,7 @@ export interface Column {
   tuple?: readonly string[];
 }
 
-/** A JSON Schema node, as zod emits it. */
+/** A JSON Schema node, as zod emits it. @public */
 export type JsonSchemaNode = Record<string, unknown>;
 
 /** Marker the date override puts on `z.date()` nodes, so a Date is never mistaken for a string. */

@@ -148,8 +148,9 @@ function steps(): readonly Migration[] {
   return next === null ? MIGRATIONS : [...MIGRATIONS, ...next.sql];
 }
 
-/** Options of `generateUpgradeSql`. */
+/** Options of `generateUpgradeSql`. @public */
 export interface UpgradeSqlOptions extends NamingOptions {
+  /** The database's dialect. */
   dialect: SqlDialect;
   /** The version the store is at now (1 … SCHEMA_VERSION). */
   fromVersion: number;
@@ -412,6 +413,7 @@ export function versionRefusal(
  * An upgrade script from `fromVersion` to `SCHEMA_VERSION` (see `upgradeStatements`), with the
  * version table and row, for teams that apply DDL themselves (`credit-management schema
  * --from-version N`). At the current version it only makes sure the version row is there.
+ * @public
  */
 export function generateUpgradeSql(options: UpgradeSqlOptions): string {
   const { dialect, fromVersion } = options;

@@ -12,7 +12,7 @@ import { targetVersion } from "./version.js";
 import { tableSpecs } from "./tables.js";
 import { ConfigurationError } from "../core/errors.js";
 
-/** Options of `generateMongoScript`. */
+/** Options of `generateMongoScript`. @public */
 export interface MongoScriptOptions {
   /** Put in front of every collection name, as `MongoDbManager`'s `collectionPrefix` (its default is `"credit_"`). */
   prefix?: string;
@@ -72,6 +72,7 @@ const isRecord = (v: unknown): v is Record<string, unknown> => v !== null && typ
  * `collMod`), the indexes later versions removed dropped (only with their old keys), the fields
  * they added filled in the documents stored before, every index created, and last the schema-version document. Validators are set with `validationAction:
  * "warn"` (docs/schema-upgrades.md says why). Running it again changes nothing.
+ * @public
  */
 export function generateMongoScript(options: MongoScriptOptions = {}): string {
   checkNaming({ prefix: options.prefix });

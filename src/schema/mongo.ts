@@ -2,6 +2,7 @@ import { DATE_MARKER, type JsonSchemaNode, columnsOf, modelJsonSchema } from "./
 import { checkNaming } from "./sql.js";
 import { type IndexCondition, type TableKey, type TableSpecs, indexesOf, tableSpecs } from "./tables.js";
 
+/** Options of `generateMongoSchema()`. @public */
 export interface MongoOptions {
   /** Put in front of every collection name. */
   prefix?: string;
@@ -9,18 +10,25 @@ export interface MongoOptions {
   tables?: TableSpecs;
 }
 
-/** One index, in the shape `collection.createIndex(key, { name, unique, partialFilterExpression })` takes. */
+/** One index, in the shape `collection.createIndex(key, { name, unique, partialFilterExpression })` takes. @public */
 export interface MongoIndex {
+  /** The indexed fields. */
   key: Record<string, 1>;
+  /** The index's name. */
   name: string;
+  /** Whether the index is unique. */
   unique?: boolean;
+  /** The documents the index covers, when not all. */
   partialFilterExpression?: Record<string, unknown>;
 }
 
+/** A MongoDB collection: its name, its validator and its indexes. @public */
 export interface MongoCollection {
+  /** The collection's name. */
   name: string;
   /** Pass as `validator` to `db.createCollection(name, { validator })` or `collMod`. */
   validator: { $jsonSchema: JsonSchemaNode };
+  /** The collection's indexes. */
   indexes: MongoIndex[];
 }
 
@@ -30,6 +38,7 @@ export interface MongoCollection {
  * documents carry `_id`, so: dates become `bsonType: "date"`, integers any BSON number holding a
  * whole value (the Node driver stores numbers beyond 32 bits as doubles), free-form JSON
  * (metadata) an unchecked value, and top-level documents accept fields beyond the model's.
+ * @public
  */
 export function generateMongoSchema(options: MongoOptions = {}): MongoCollection[] {
   checkNaming({ prefix: options.prefix });

@@ -5,16 +5,24 @@ import type { TableKey } from "./tables.js";
  * PostgreSQL declarative partitioning of the append-only tables by `created_at`
  * (docs/running-for-years.md, "Partitioning on PostgreSQL"). Ranges are whole UTC days, ISO weeks
  * (Monday to Monday, UTC) or calendar months (UTC).
+ * @public
  */
 export const PartitionInterval = z.enum(["day", "week", "month"]);
+/**
+ * PostgreSQL declarative partitioning of the append-only tables by `created_at`
+ * (docs/running-for-years.md, "Partitioning on PostgreSQL"). Ranges are whole UTC days, ISO weeks
+ * (Monday to Monday, UTC) or calendar months (UTC).
+ * @public
+ */
 export type PartitionInterval = z.infer<typeof PartitionInterval>;
 
-/** `PostgresDbManager({ partitions })` and `generateSql({ partitioned })`. */
+/** `PostgresDbManager({ partitions })` and `generateSql({ partitioned })`. @public */
 export const PartitionOptions = z.strictObject({
   interval: PartitionInterval,
   /** Partitions made ahead of the current one (default 2): inserts never reach the DEFAULT one. */
   ahead: z.optional(z.number().check(z.int(), z.minimum(0), z.maximum(366))),
 });
+/** `PostgresDbManager({ partitions })` and `generateSql({ partitioned })`. @public */
 export type PartitionOptions = z.input<typeof PartitionOptions>;
 
 /**

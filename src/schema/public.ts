@@ -6,17 +6,9 @@
  * runs its migrations with its own tool. The row codecs (`./codec.ts`) and naming helpers (`./sql.ts`)
  * the stores share stay inside the package.
  */
-export { type Column, type ColumnKind, type JsonSchemaNode, columnsOf } from "./columns.js";
+export type { Column, ColumnKind, JsonSchemaNode } from "./columns.js";
 export { type MongoCollection, type MongoIndex, type MongoOptions, generateMongoSchema } from "./mongo.js";
-export {
-  MIGRATIONS,
-  type AddedColumn,
-  type ChangedColumn,
-  type ChangedIndex,
-  type Migration,
-  type UpgradeSqlOptions,
-  generateUpgradeSql,
-} from "./migrations.js";
+export { type UpgradeSqlOptions, generateUpgradeSql } from "./migrations.js";
 export type { PartitionInterval, PartitionOptions } from "./partitions.js";
 export { type MongoScriptOptions, generateMongoScript } from "./mongo-script.js";
 export {

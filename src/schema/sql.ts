@@ -31,10 +31,12 @@ import {
 } from "./tables.js";
 import { ConfigurationError } from "../core/errors.js";
 
+/** A SQL database the schema is written for. @public */
 export type SqlDialect = "postgres" | "mysql" | "sqlite";
+/** The SQL dialects `generateSql` writes. @public */
 export const SQL_DIALECTS: readonly SqlDialect[] = ["postgres", "mysql", "sqlite"];
 
-/** Where the tables live. */
+/** Where the tables live. @public */
 export interface NamingOptions {
   /** Put in front of every table and index name, e.g. `"credits_"`. Letters, digits and `_`. */
   prefix?: string;
@@ -42,7 +44,9 @@ export interface NamingOptions {
   schema?: string;
 }
 
+/** Options of `generateSql()`: the dialect and the names. @public */
 export interface SqlOptions extends NamingOptions {
+  /** The database's dialect. */
   dialect: SqlDialect;
   /** The tables to generate; default `tableSpecs` (pass your own to see what a model change does). */
   tables?: TableSpecs;
@@ -77,14 +81,17 @@ export { SCHEMA_VERSION } from "./version.js";
 /** The row of the version table that holds our version. */
 export const SCHEMA_COMPONENT = "credit-management";
 
-/** A table as an adapter sees it: its quoted name and its columns. */
+/** A table as an adapter sees it: its quoted name and its columns. @public */
 export interface SqlTable {
+  /** The table's key in `tableSpecs`. */
   key: TableKey;
+  /** The table's definition. */
   spec: TableSpec;
   /** The name with prefix, unquoted. */
   name: string;
   /** Schema-qualified, quoted name for SQL text. */
   qualified: string;
+  /** The table's columns. */
   columns: Column[];
 }
 
@@ -181,6 +188,7 @@ function tupleKeys(model: z.core.$ZodObject, field: string): string[] | null {
 /**
  * DDL for every table, its primary key, checks and indexes, in `dialect`. Idempotent
  * (`IF NOT EXISTS`), so it can be applied again after a partial run.
+ * @public
  */
 export function generateSql(options: SqlOptions): string {
   return generateSqlAt(options, new Date());

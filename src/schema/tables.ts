@@ -7,17 +7,19 @@ import { CORE_NOTIFICATION_TYPES, Notification } from "../core/models/notificati
 import { AUTO_TOP_UP_NOTIFICATION_TYPES } from "../modules/billing/rules-auto-top-up.js";
 import { Plan, Subscription } from "../core/models/subscriptions.js";
 
-/** A condition of a partial index, on a model field. */
+/** A condition of a partial index, on a model field. @public */
 export type IndexCondition =
   | { field: string; op: "isNull" | "notNull" }
   | { field: string; op: "gt"; value: number }
   | { field: string; op: "eq"; value: string };
 
+/** An index of a table. @public */
 export interface IndexSpec {
   /** Suffix of the index name (the table name is put in front). */
   name: string;
   /** Model fields, in key order. */
   fields: readonly string[];
+  /** Whether the index is unique. */
   unique?: boolean;
   /**
    * Rows the index covers (a partial index in PostgreSQL, SQLite and MongoDB). MySQL has no partial
@@ -48,11 +50,14 @@ export interface IndexSpec {
 /**
  * What a model cannot say about its table: name, primary key, which field is the idempotency
  * key, and the indexes the adapters' queries rely on. The columns come from the model.
+ * @public
  */
 export interface TableSpec {
   /** Table (collection) name before any prefix. */
   name: string;
+  /** The zod model the table's rows follow. */
   model: ZodMiniObject;
+  /** The columns of the primary key. */
   primaryKey: readonly string[];
   /** The field holding the idempotency key: unique per user where it is set. */
   idempotencyKey?: string;
@@ -65,6 +70,7 @@ export interface TableSpec {
    * objects' optional fields must come last in their model, and none may be nullable.
    */
   tuples?: readonly string[];
+  /** The table's indexes. */
   indexes: readonly IndexSpec[];
   /**
    * MongoDB: null fields are left out of the documents (read back as null), and `binary` fields
@@ -79,6 +85,7 @@ export interface TableSpec {
   fillfactor?: number;
 }
 
+/** A table of the schema. @public */
 export type TableKey =
   | "accounts"
   | "grants"
@@ -91,6 +98,7 @@ export type TableKey =
   | "payments"
   | "plans"
   | "subscriptions";
+/** Every table of the schema, by key. @public */
 export type TableSpecs = Record<TableKey, TableSpec>;
 
 /**
@@ -126,7 +134,7 @@ const STORED_NOTIFICATION_TYPES = [
 ];
 const StoredGrantSource = z.enum(STORED_GRANT_SOURCES);
 
-/** The tables every SQL adapter and the MongoDB collections use. */
+/** The tables every SQL adapter and the MongoDB collections use. @public */
 export const tableSpecs: TableSpecs = {
   accounts: {
     name: "accounts",

@@ -6,6 +6,7 @@ import type { Migration } from "./migrations.js";
  * `<prefix>schema_version` table (MongoDB: collection) under the component `credit-management`
  * (docs/schema-upgrades.md). A release that changes the layout raises it and adds the step that
  * reaches it to `MIGRATIONS` (./migrations.ts) and `MONGO_MIGRATIONS` (src/db/mongodb/layout.ts).
+ * @public
  */
 export const SCHEMA_VERSION = 2;
 

@@ -20,6 +20,7 @@ const RULES: FeatureRules = {
   studio: { minAvailable: 1, plans: ["cs-studio"] },
 };
 
+/** The customer state's part of the contract: `getCustomerState` on the store. @beta */
 export function runCustomerStateContract(
   getDb: () => DbManager,
   options: PartOptions & {

@@ -69,6 +69,7 @@ export { runLaterGrantsContract } from "../core/testing/later-grants.js";
 /**
  * Two managers over one store: every decision that writes nothing is taken on the store's current
  * state (docs/testing.md#several-managers) — the core's cases and the promo codes'.
+ * @beta
  */
 export function runManagersContract(
   getDb: () => DbManager,
@@ -86,7 +87,7 @@ function hasPart(db: DbManager, name: OptionalPart | "promos"): boolean {
 }
 
 /** Every method of an absent part refuses with ConfigurationError (`promos`: the billing module's store part). */
-export async function expectPartMissing(db: DbManager, name: OptionalPart | "promos"): Promise<void> {
+async function expectPartMissing(db: DbManager, name: OptionalPart | "promos"): Promise<void> {
   const probe: Record<OptionalPart | "promos", () => Promise<unknown>> = {
     subscriptions: () => db.getPlan("p"),
     promos: () => billingStore(db).getPromo("P"),
@@ -95,14 +96,13 @@ export async function expectPartMissing(db: DbManager, name: OptionalPart | "pro
   await expect(probe[name]()).rejects.toBeInstanceOf(ConfigurationError);
 }
 
-/** The promo codes and payments part of the contract (guarded uses, compare-and-set payments, races). */
+/** The promo codes and payments part of the contract (guarded uses, compare-and-set payments, races). @beta */
 export function runPromoPaymentContract(getDb: () => DbManager, options: PartOptions = {}): void {
   if (options.test !== undefined) useTestApi(options.test);
   promoPaymentContract(getDb);
   autoTopUpContract(getDb);
 }
 export type { Assertion, AsyncAssertion, Expect, TestApi } from "../core/testing/runner.js";
-export type { PaymentEvent } from "../modules/billing/provider.js";
 export {
   runPaymentProviderContract,
   type PaymentProviderContractOptions,
@@ -110,6 +110,10 @@ export {
   type WebhookVector,
 } from "../modules/billing/contract-providers.js";
 
+/**
+ * Options of `runDbManagerContract`: the store to test, a second one on the same data, the test functions and
+ * the parts. @beta
+ */
 export interface ContractOptions {
   /** Shown in the describe block. */
   name: string;
@@ -148,7 +152,7 @@ export interface ContractOptions {
   seed?: number;
 }
 
-/** The parts of the contract suite, each also exported on its own (`run…Contract`). */
+/** The parts of the contract suite, each also exported on its own (`run…Contract`). @beta */
 export type ContractPart =
   | "accounts"
   | "subscriptions"
@@ -168,6 +172,7 @@ export type ContractPart =
   | "laterGrants"
   | "units";
 
+/** Runs the contract suite against a store: every part, as `options` selects (docs/testing.md). @beta */
 export function runDbManagerContract(options: ContractOptions): void {
   useTestApi(options.test);
   const runs = options.propertyRuns ?? 60;
@@ -283,6 +288,7 @@ export function runDbManagerContract(options: ContractOptions): void {
  * `db` and `peer` as one `DbManager`: each method call goes to one of them, chosen by a PRNG
  * seeded with `seed` (mulberry32), so a case runs its operations through both managers in an
  * order a failing run reproduces. Properties (`name`, `capabilities`, …) are `db`'s.
+ * @beta
  */
 export function eitherManager(db: DbManager, peer: DbManager, seed: number): DbManager {
   const next = mulberry32(seed);

@@ -13,7 +13,7 @@ import { LateUsageError, SpendLimitError } from "../core/errors.js";
 import { CreditService } from "../credit-service.js";
 import { DAY, HOUR, lazy, type PartOptions } from "../core/testing/support.js";
 
-/** Late usage, and usage, limits and revenue after reversals. */
+/** Late usage, and usage, limits and revenue after reversals. @beta */
 export function runLateUsageContract(getDb: () => DbManager, options: PartOptions = {}): void {
   if (options.test !== undefined) useTestApi(options.test);
   const db = lazy(getDb);

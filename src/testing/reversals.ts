@@ -22,6 +22,7 @@ function accountWithClock(db: DbManager, user: () => string) {
 /**
  * `getDb`: an initialised store; `getPeer` (optional): a second manager over the same store, for the
  * race of two managers (without it, two services over `getDb`).
+ * @beta
  */
 export function runReversalsContract(
   getDb: () => DbManager,

@@ -317,7 +317,7 @@ const queryArb = fc.record({
   wholeDays: fc.boolean(),
 });
 
-/** Usage reports: random journals against a naive sum, metadata of holds, top accounts. */
+/** Usage reports: random journals against a naive sum, metadata of holds, top accounts. @beta */
 export function runUsageContract(getDb: () => DbManager, options: PartOptions & { runs?: number } = {}): void {
   if (options.test !== undefined) useTestApi(options.test);
   const runs = options.runs ?? 12;

@@ -13,7 +13,6 @@ export {
 export { generateWebhookSecret } from "../modules/webhooks/queue-sign.js";
 export { WebhookAddressError, type Lookup, type LookupCallback } from "../modules/webhooks/queue-guard.js";
 export {
-  endpointOf,
   memoryEndpointStore,
   sqliteEndpointStore,
   postgresEndpointStore,

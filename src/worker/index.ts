@@ -18,7 +18,7 @@ export type { Logger } from "../core/logger.js";
  * `start()` runs each on its interval until `stop()`.
  */
 
-/** The worker's tasks, in the order `runOnce` runs them. */
+/** The worker's tasks, in the order `runOnce` runs them. @public */
 export type WorkerTaskName = "jobs" | "reminders" | "dispatch" | "top-ups" | "revenue" | "usage";
 
 /** An interval in ms: 0 (the task is off) or 10 ms to 24 hours. */
@@ -27,7 +27,7 @@ const Interval = z.number().check(
   z.refine((v) => v === 0 || (v >= 10 && v <= 86_400_000), { error: "must be 0 (off) or 10 to 86,400,000 ms" }),
 );
 
-/** `createWorker(manager, options)`, validated like every public input. */
+/** `createWorker(manager, options)`, validated like every public input. @public */
 export const WorkerOptions = z.strictObject({
   /** `releaseExpiredHolds`, `renewDueSubscriptions`, `expireDueGrants` (and more, below), in ms. Default 60,000; 0: off. */
   jobsEveryMs: z.optional(Interval),
@@ -82,21 +82,26 @@ export const WorkerOptions = z.strictObject({
    */
   logger: z.optional(LoggerOption),
 });
+/** `createWorker(manager, options)`, validated like every public input. @public */
 export type WorkerOptions = z.input<typeof WorkerOptions>;
 
-/** A task that runs, and its interval in ms. */
+/** A task that runs, and its interval in ms. @public */
 export interface WorkerTask {
+  /** The task's name. */
   name: WorkerTaskName;
+  /** How often the task runs, in milliseconds. */
   everyMs: number;
 }
 
-/** What one round of a task did. */
+/** What one round of a task did. @public */
 export interface WorkerRound {
+  /** The task that ran. */
   task: WorkerTaskName;
   /** False when some work failed (a job step, a delivery, a charge: left for the next round) or the round threw. */
   ok: boolean;
   /** A dispatch, top-ups, revenue or usage round that found nothing to do. */
   idle: boolean;
+  /** How long the round took, in milliseconds. */
   durationMs: number;
   /** The round's report (the jobs' reports, the reminders per window, the dispatch counts), as logged. */
   report: Record<string, unknown>;
@@ -104,14 +109,15 @@ export interface WorkerRound {
   error?: unknown;
 }
 
-/** What `runOnce` did: a round per task that runs. */
+/** What `runOnce` did: a round per task that runs. @public */
 export interface WorkerRunSummary {
   /** Every round succeeded. */
   ok: boolean;
+  /** The rounds run. */
   rounds: WorkerRound[];
 }
 
-/** `createWorker`'s answer. */
+/** `createWorker`'s answer. @public */
 export interface CreditWorker {
   /** The tasks that run (interval above 0), in `runOnce`'s order. */
   readonly tasks: readonly WorkerTask[];
@@ -144,6 +150,7 @@ type RoundResult = Pick<WorkerRound, "ok" | "idle" | "report">;
  * The worker's rounds on `manager` (see `CreditWorker`). Throws `ConfigurationError` for bad options.
  * Any number of workers may run at once on one store, in as many processes: every job, reminder,
  * delivery and charge is done once (docs/operations.md, "The worker").
+ * @public
  */
 export function createWorker(manager: CreditManager, options: WorkerOptions = {}): CreditWorker {
   const o = parseConfig(WorkerOptions, options, "options", "worker");

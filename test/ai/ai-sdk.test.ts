@@ -28,8 +28,8 @@ import {
   UnknownModelError,
   ValidationError,
   type CreditManager,
-  type JournalEntry,
 } from "../../src/index.js";
+import { type JournalEntry } from "../../src/models-public.js";
 import {
   creditErrorOf,
   creditMiddleware,

@@ -3,14 +3,8 @@ import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ConfigurationError, createCreditManager, StripeProvider, type CreditManager } from "../../src/index.js";
-import {
-  createCreditHandler,
-  paymentRoutes,
-  promoRoutes,
-  toNodeHandler,
-  type CreditHandler,
-  type Identity,
-} from "../../src/http/index.js";
+import { createCreditHandler, toNodeHandler, type CreditHandler, type Identity } from "../../src/http/index.js";
+import { paymentRoutes, promoRoutes } from "../../src/modules/billing/routes.js";
 
 const WHSEC = "whsec_http_test";
 const T0 = Date.parse("2030-01-01T00:00:00Z");

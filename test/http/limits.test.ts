@@ -1,5 +1,6 @@
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { createCreditManager, type CreditManager, type SpendLimitInput } from "../../src/index.js";
+import { createCreditManager, type CreditManager } from "../../src/index.js";
+import { type SpendLimitInput } from "../../src/models-public.js";
 import { createCreditHandler, type CreditHandler, type Identity } from "../../src/http/index.js";
 
 /**

@@ -4,13 +4,8 @@ import type { ReadableStream as NodeReadableStream } from "node:stream/web";
 import express from "express";
 import Fastify from "fastify";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
-import {
-  createCreditManager,
-  type CreditManager,
-  type MeterOutcome,
-  type PriceBookInput,
-  type RecordedUsage,
-} from "../../src/index.js";
+import { createCreditManager, type CreditManager, type MeterOutcome } from "../../src/index.js";
+import { type PriceBookInput, type RecordedUsage } from "../../src/models-public.js";
 import {
   creditMetering,
   creditMeteringMiddleware,

@@ -13,13 +13,8 @@ import express from "express";
 import Fastify from "fastify";
 import OpenAI from "openai";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
-import {
-  createCreditManager,
-  type CreditManager,
-  type MeterOutcome,
-  type PriceBookInput,
-  type RecordedUsage,
-} from "../../src/index.js";
+import { createCreditManager, type CreditManager, type MeterOutcome } from "../../src/index.js";
+import { type PriceBookInput, type RecordedUsage } from "../../src/models-public.js";
 import {
   creditMetering,
   creditMeteringMiddleware,

@@ -10,8 +10,10 @@ import { LRUCache } from "lru-cache";
  * the cache) has just invalidated. Without them, reads fill with `set`, guarded only against the
  * writes of the same service instance: a read in one process can then cache a balance that a
  * write in another process invalidated meanwhile, served until the TTL.
+ * @public
  */
 export interface Cache {
+  /** The value under `key`; undefined when absent or expired. */
   get<T>(key: string): Promise<T | undefined>;
   /** `ttlSeconds` omitted: the cache's default TTL. */
   set<T>(key: string, value: T, ttlSeconds?: number): Promise<void>;
@@ -35,6 +37,7 @@ export interface Cache {
   setLeased?<T>(key: string, lease: string, value: T, ttlSeconds?: number): Promise<boolean>;
 }
 
+/** Options of `new InMemoryCache()`. @public */
 export interface InMemoryCacheOptions {
   /** Most entries kept (least recently used go first). Default 10,000. */
   max?: number;
@@ -52,6 +55,7 @@ interface Entry {
 /**
  * `Cache` on lru-cache, in process memory. Leases are supported, so services sharing one instance
  * (several managers in a process) never cache a read that another one's write overtook.
+ * @public
  */
 export class InMemoryCache implements Cache {
   private readonly lru: LRUCache<string, Entry>;
@@ -59,24 +63,29 @@ export class InMemoryCache implements Cache {
   /** Lease tokens: never reused by this cache. */
   private leases = 0;
 
+  /** A cache of at most `options.max` entries, each kept for `options.ttlSeconds`. */
   constructor(options: InMemoryCacheOptions = {}) {
     this.ttlMs = (options.ttlSeconds ?? 60) * 1000;
     this.lru = new LRUCache({ max: options.max ?? 10_000, ttl: this.ttlMs });
   }
 
+  /** The value under `key`; undefined when absent or expired. */
   async get<T>(key: string): Promise<T | undefined> {
     const e = this.lru.get(key);
     return e?.has ? (e.v as T) : undefined;
   }
 
+  /** Stores `value` under `key` for `ttlSeconds` (default: the cache's TTL). */
   async set<T>(key: string, value: T, ttlSeconds?: number): Promise<void> {
     this.lru.set(key, { v: value, has: true, lease: undefined }, { ttl: this.ttl(ttlSeconds) });
   }
 
+  /** Removes `key` and ends its leases. */
   delete(key: string): void {
     this.lru.delete(key);
   }
 
+  /** A token for `setLeased`, taken after a miss (see `Cache.lease`). */
   async lease(key: string, ttlSeconds?: number): Promise<string> {
     const e = this.lru.get(key);
     if (e?.lease !== undefined) return e.lease;
@@ -85,6 +94,7 @@ export class InMemoryCache implements Cache {
     return lease;
   }
 
+  /** Stores `value` only while `lease` is the key's live lease; resolves to whether it stored. */
   async setLeased<T>(key: string, lease: string, value: T, ttlSeconds?: number): Promise<boolean> {
     // An evicted or expired placeholder is a refusal too: nothing is stored that might be old.
     if (this.lru.get(key)?.lease !== lease) return false;

@@ -7,6 +7,7 @@ import type { Notification, NotificationType } from "../models/index.js";
  * rolled back with the change that caused them), or on their own with `insertNotifications` (for
  * events that change no account: reminders, refusals, subscription events). Dispatchers then
  * `claimNotifications` and `completeNotification` them.
+ * @beta
  */
 export interface NotificationStore {
   /**
@@ -46,18 +47,25 @@ export interface NotificationStore {
   listOutbox?(query: OutboxQuery): Promise<Notification[]>;
 }
 
-/** A page of `listOutbox`: `after` is the last row of the previous page (its `nextAttemptAt` or `settledAt`, and id). */
+/** A page of `listOutbox`: `after` is the last row of the previous page (its `nextAttemptAt` or `settledAt`, and id). @beta */
 export interface OutboxQuery {
+  /** Rows of this status only. */
   status: "pending" | "failed";
+  /** The most rows read. */
   limit: number;
+  /** Rows after this cursor. */
   after?: { at: Date; id: string };
 }
 
+/** Which outbox rows `claimNotifications` claims. @beta */
 export interface ClaimQuery {
+  /** Rows due by this instant. */
   now: Date;
+  /** The most rows claimed. */
   limit: number;
   /** How long the claim lasts, in milliseconds. */
   leaseMs: number;
+  /** The claim's token: a later update of a row must carry it. */
   token: string;
   /**
    * Only rows of these types, oldest due first, without the one-row-per-user rule (the rows are
@@ -67,11 +75,15 @@ export interface ClaimQuery {
   types?: readonly NotificationType[];
 }
 
+/** A delivery attempt's outcome, written on the row. @beta */
 export interface NotificationUpdate {
+  /** The row's new status. */
   status: Notification["status"];
+  /** Attempts made so far. */
   attempts: number;
   /** For `pending`: when to try again. */
   nextAttemptAt: Date;
+  /** The last attempt's error; null after a success. */
   lastError: string | null;
   /** Set for `sent` and `failed`. */
   settledAt: Date | null;

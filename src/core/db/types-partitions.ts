@@ -3,16 +3,19 @@
  * on PostgreSQL"): what a store that has them reports.
  */
 
-/** One partition of a partitioned table; `from`/`to` null: the DEFAULT partition. */
+/** One partition of a partitioned table; `from`/`to` null: the DEFAULT partition. @public */
 export interface PartitionInfo {
+  /** The partitioned table. */
   table: "journal" | "ledger";
   /** The partition's table name (with the prefix, without the schema). */
   name: string;
+  /** The start of the partition's range. */
   from: Date | null;
+  /** The end of the partition's range. */
   to: Date | null;
 }
 
-/** What `ensurePartitions` did. */
+/** What `ensurePartitions` did. @public */
 export interface EnsurePartitionsReport {
   /** Partitions created (names). */
   created: string[];
@@ -20,7 +23,7 @@ export interface EnsurePartitionsReport {
   movedFromDefault: number;
 }
 
-/** Options of `archivePartitions` (validated by `credits.archivePartitions`). */
+/** Options of `archivePartitions` (validated by `credits.archivePartitions`). @public */
 export interface ArchivePartitionsInput {
   /** Partitions whose whole range ends at or before this instant. */
   before: Date;
@@ -35,27 +38,33 @@ export interface ArchivePartitionsInput {
   checkpoint: ((userId: string) => Promise<unknown>) | null;
 }
 
-/** One archived partition. */
+/** One archived partition. @public */
 export interface ArchivedPartition {
+  /** The table the partition belonged to. */
   table: "journal" | "ledger";
+  /** The partition's name. */
   name: string;
+  /** The start of the partition's range. */
   from: Date;
+  /** The end of the partition's range. */
   to: Date;
   /** Rows written to `file` (and gone from the store with the partition). */
   rows: number;
+  /** The file the partition was written to. */
   file: string;
   /** Journal partitions: the accounts with entries in it. */
   accounts: number;
 }
 
-/** What `archivePartitions` did. */
+/** What `archivePartitions` did. @public */
 export interface ArchivePartitionsReport {
+  /** The partitions archived. */
   partitions: ArchivedPartition[];
   /** Checkpoints written so that every archived account has one after its archived entries. */
   checkpointsWritten: number;
 }
 
-/** What `convertToPartitioned` did. */
+/** What `convertToPartitioned` did. @public */
 export interface ConvertReport {
   /** The tables converted, the rows copied, and the old table's name when it was kept (`keepOld`). */
   tables: { table: "journal" | "ledger"; rows: number; kept: string | null }[];

@@ -1,8 +1,10 @@
 import type { Plan, Subscription } from "../models/index.js";
 
-/** Position in a scan of subscriptions ordered by (nextRunAt, id): resume strictly after it. */
+/** Position in a scan of subscriptions ordered by (nextRunAt, id): resume strictly after it. @beta */
 export interface SubscriptionCursor {
+  /** The next run of the last subscription of the previous batch. */
   nextRunAt: Date;
+  /** The id of the last subscription of the previous batch. */
   id: string;
 }
 
@@ -17,10 +19,12 @@ export interface SubscriptionCursor {
  *   unique index where the backend has them) and a duplicate id.
  *
  * Objects returned belong to the caller; objects passed in are not mutated afterwards.
+ * @beta
  */
 export interface SubscriptionStore {
   /** ConflictError when a plan with this id exists. */
   insertPlan(plan: Plan): Promise<void>;
+  /** The plan; null when there is none. */
   getPlan(planId: string): Promise<Plan | null>;
   /** Plans by id; inactive ones only when asked. */
   listPlans(options: { includeInactive: boolean }): Promise<Plan[]>;

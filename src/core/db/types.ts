@@ -26,6 +26,7 @@ import type { ArchivePartitionsInput, ArchivePartitionsReport, EnsurePartitionsR
  * `credit-management/testing` holds the contract suite that proves an adapter does this.
  * Objects returned by an adapter belong to the caller; objects passed to `save` are not mutated
  * afterwards by the library.
+ * @beta
  */
 export interface DbManager extends AccountStore, JournalStore, NotificationStore, SubscriptionStore {
   /** Short name for logs and errors ("memory", "mongodb", "postgres"). */
@@ -61,6 +62,7 @@ export interface DbManager extends AccountStore, JournalStore, NotificationStore
  * The accounts part of the storage contract: units of work and the reads of accounts, grants and
  * holds. `defineStore` (`credit-management/store`) can run the units of work itself from a
  * backend's `begin` (see `UnitOfWorkPart`).
+ * @beta
  */
 export interface AccountStore {
   /**
@@ -82,6 +84,7 @@ export interface AccountStore {
    */
   entryCommitted?(userId: string, entry: JournalEntry): Promise<boolean | null>;
 
+  /** The account; null when the user has none. */
   getAccount(userId: string): Promise<Account | null>;
   /**
    * Optional: the account and, when it has been given a scoped grant (`account.scoped`), its open
@@ -122,7 +125,7 @@ export interface AccountStore {
   findExpiredReservations(asOf: Date, limit: number, after?: ScanCursor): Promise<Reservation[]>;
 }
 
-/** What `AccountStore.getAccountCredits` answers. */
+/** What `AccountStore.getAccountCredits` answers. @beta */
 export interface AccountCredits {
   /** null before the account's first entry. */
   account: Account | null;
@@ -130,7 +133,7 @@ export interface AccountCredits {
   grants: Grant[] | null;
 }
 
-/** The journal part: a user's entries by seq, and the system ledger. */
+/** The journal part: a user's entries by seq, and the system ledger. @beta */
 export interface JournalStore {
   /** A page of a user's journal, by seq (see `JournalQuery`). */
   listJournal(userId: string, query: JournalQuery): Promise<JournalEntry[]>;
@@ -163,6 +166,7 @@ export interface JournalStore {
    * (only PostgreSQL keeps one).
    */
   catchUpUsage?(options: { maxEntries: number; batchEntries?: number }): Promise<UsageCatchUp>;
+  /** Appends an audit-ledger event. */
   insertLedgerEntry(entry: LedgerEntry): Promise<void>;
   /** System and error events, newest first. Transaction events are the journal. */
   listLedgerEntries(query: LedgerQuery): Promise<LedgerEntry[]>;
@@ -188,7 +192,7 @@ export interface JournalStore {
   ensurePartitions?(now?: Date): Promise<EnsurePartitionsReport>;
 }
 
-/** What `DbManager.stats()` counts, across every account. */
+/** What `DbManager.stats()` counts, across every account. @beta */
 export interface StoreStats {
   /** Holds with status `active`. */
   activeHolds: number;
@@ -202,6 +206,7 @@ export interface StoreStats {
   oldestPendingAt: Date | null;
 }
 
+/** What a store supports: whether its units of work are transactions, and which optional parts it has. @beta */
 export interface DbCapabilities {
   /** Several processes may share the store (false for in-memory). */
   readonly multiProcess: boolean;
@@ -213,21 +218,28 @@ export interface DbCapabilities {
   readonly parts?: Readonly<Record<OptionalPart, boolean>>;
 }
 
-/** The parts of the contract a store may leave out while it is being written. */
+/** The parts of the contract a store may leave out while it is being written. @beta */
 export type OptionalPart = "subscriptions" | "outbox";
 
-/** Position in a scan ordered by (expiresAt, id): resume strictly after it. */
+/** Position in a scan ordered by (expiresAt, id): resume strictly after it. @beta */
 export interface ScanCursor {
+  /** The expiry of the last row of the previous batch. */
   expiresAt: Date;
+  /** The id of the last row of the previous batch. */
   id: string;
 }
 
+/** Which of an account's journal entries `listJournal` reads. @beta */
 export interface JournalQuery {
   /** "desc": newest first, below `beforeSeq`; "asc": oldest first, above `afterSeq`. */
   order: "asc" | "desc";
+  /** Entries with a sequence below it (with `desc`). */
   beforeSeq?: number;
+  /** Entries with a sequence above it (with `asc`). */
   afterSeq?: number;
+  /** The most entries read. */
   limit: number;
+  /** Entries of these types only. */
   types?: readonly EntryType[];
   /** createdAt >= from */
   from?: Date;
@@ -235,8 +247,11 @@ export interface JournalQuery {
   to?: Date;
 }
 
+/** Which audit-ledger events `listLedgerEntries` reads. @beta */
 export interface LedgerQuery {
+  /** Events of this kind only. */
   eventType?: Exclude<LedgerEventType, "transaction">;
+  /** Events of this account only. */
   userId?: string;
   /** createdAt < before (for paging). */
   before?: Date;
@@ -247,17 +262,19 @@ export interface LedgerQuery {
    * tie-break (insertion order within a process).
    */
   beforeId?: string;
+  /** The most events read. */
   limit: number;
 }
 
-/** A journal entry with the entries that reverse it (`DbTransaction.getCharge`). */
+/** A journal entry with the entries that reverse it (`DbTransaction.getCharge`). @beta */
 export interface ChargeRecord {
+  /** The charge's journal entry. */
   entry: JournalEntry;
   /** The `reverse` entries whose `reverses` is `entry.id`, in seq order. */
   reversals: JournalEntry[];
 }
 
-/** What a unit of work asks to read along with the locked account. */
+/** What a unit of work asks to read along with the locked account. @beta */
 export interface LoadRequest {
   /** Also return the journal entry that carries this idempotency key, if any. */
   idempotencyKey?: string;
@@ -266,7 +283,9 @@ export interface LoadRequest {
 /** `Changes` and `LoadedState` are the domain's (src/core/domain/state.ts): re-exported for adapters. */
 export type { Changes, LoadedState } from "../domain/state.js";
 
+/** One unit of work on an account, as a store runs it: the state it loaded, and the changes to write. @beta */
 export interface DbTransaction {
+  /** The account of the unit of work. */
   readonly userId: string;
   /**
    * Reads the account (locking it where the backend locks) with its open grants and active holds.

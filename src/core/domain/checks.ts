@@ -5,10 +5,11 @@ import type { LimitHeadroom } from "./limits.js";
  * (docs/trial-and-checks.md): `feature_off`, the feature's rule turns it off (`enabled: false`, or
  * `plans` without an active subscription on one of them); `insufficient_credits`, `available` is
  * below what is required; `limit`, a spend limit has less left than the spend. "ok" when allowed.
+ * @public
  */
 export type CheckReason = "ok" | "feature_off" | "insufficient_credits" | "limit";
 
-/** A feature's rule in `features` (docs/trial-and-checks.md). */
+/** A feature's rule in `features` (docs/trial-and-checks.md). @public */
 export interface FeatureRule {
   /** The least `available` with which the feature is allowed. */
   minAvailable: number;
@@ -29,8 +30,9 @@ export function featureOff(rule: FeatureRule | undefined, planId: string | null)
   if (rule.enabled === false) return true;
   return rule.plans !== undefined && (planId === null || !rule.plans.includes(planId));
 }
-/** What `credits.check()` answers. */
+/** What `credits.check()` answers. @public */
 export interface CheckResult {
+  /** Whether the feature may be used now. */
   allowed: boolean;
   /** The account's available credits (balance − reserved; may be negative with debt). */
   available: number;

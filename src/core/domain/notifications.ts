@@ -23,7 +23,7 @@ import { availableOf } from "./scope.js";
  * produce exactly one event per crossing.
  */
 
-/** A service's (or a user's) low-credits threshold. */
+/** A service's (or a user's) low-credits threshold. @public */
 export interface Thresholds {
   /** Credits. */
   lowCredits?: number | null | undefined;
@@ -176,6 +176,7 @@ export function alertNotifications(
  * then the account's own thresholds, else the service's (`thresholdStates`, ./alerts.ts). While
  * none are: the account's own thresholds only, as stored (nothing evaluates them, and no level is
  * kept). What `notifications.getAlerts` answers and the customer state's `alerts`.
+ * @public
  */
 export function alertStates(
   account: Account | null,

@@ -4,6 +4,7 @@ import type { Grant } from "../models/index.js";
  * Burn-down order: lower priority number first, then soonest expiry (never-expiring last), then
  * oldest (by its start: `startOf`), then id (so every backend agrees on ties). The order Stripe credit grants, Metronome
  * and OpenMeter use.
+ * @beta
  */
 export function compareGrants(a: Grant, b: Grant): number {
   if (a.priority !== b.priority) return a.priority - b.priority;

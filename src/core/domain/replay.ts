@@ -4,8 +4,9 @@ import { stringify } from "safe-stable-stringify";
 import { type JournalKeys, hashEntry } from "./hash.js";
 import { chargeDraw, reversedOf } from "./reversal.js";
 
-/** Result of `audit(userId)`. */
+/** Result of `audit(userId)`. @public */
 export interface AuditReport {
+  /** The account audited. */
   userId: string;
   /** True when the journal is intact and the stored state equals what it recomputes. */
   ok: boolean;
@@ -23,8 +24,11 @@ export interface AuditReport {
   fromSeq: number;
   /** Recomputed from the journal. */
   balance: number;
+  /** Credits held, as the replay of the journal finds them. */
   reserved: number;
+  /** Debt, as the replay finds it. */
   debt: number;
+  /** Credits available, as the replay finds them. */
   available: number;
   /**
    * Recomputed `remaining` of every grant the replayed entries mention (from a checkpoint: the

@@ -9,7 +9,7 @@ import { usageKind } from "./usage.js";
  * unit of work (`AccountWork.reverse`) and the audit (`replayJournal`) both read it.
  */
 
-/** What `getReversals` answers (docs/concepts.md, "Giving a charge back"). */
+/** What `getReversals` answers (docs/concepts.md, "Giving a charge back"). @public */
 export interface ChargeReversals {
   /** The charge's journal entry. */
   charge: JournalEntry;

@@ -7,7 +7,7 @@ import type { Account, Grant, JournalEntry, Notification, Reservation } from "..
  * the rules in `src/core/domain` never import from the storage layer (docs/writing-a-store.md).
  */
 
-/** The locked account's state. */
+/** The locked account's state. @beta */
 export interface LoadedState {
   /** null before the account's first entry. */
   account: Account | null;
@@ -45,7 +45,7 @@ export type ModuleRowLists = { readonly [list: string]: readonly unknown[] | und
  */
 export type ModuleRows = { readonly [module: string]: ModuleRowLists | undefined };
 
-/** Everything one unit of work changes, written at once by `save`. */
+/** Everything one unit of work changes, written at once by `save`. @beta */
 export interface Changes {
   /** The account after the change. */
   account: Account;
@@ -58,8 +58,11 @@ export interface Changes {
   previousSeq: number | null;
   /** The lists below are only read. */
   insertGrants: readonly Grant[];
+  /** Grants whose state changed. */
   updateGrants: readonly Grant[];
+  /** Holds placed. */
   insertReservations: readonly Reservation[];
+  /** Holds whose state changed. */
   updateReservations: readonly Reservation[];
   /** New journal entries, in seq order. Unique (userId, seq) and (userId, idempotencyKey). */
   entries: readonly JournalEntry[];

@@ -8,16 +8,23 @@ import type { JournalEntry, TakeBack } from "../models/index.js";
 import type { UsageDimension, UsageInterval, UsageKind, UsageRow } from "../models/usage.js";
 import { largestRemainder } from "./fraction.js";
 
-/** A query after validation, with its windows' boundaries (what a store's `usage()` reads). */
+/** A query after validation, with its windows' boundaries (what a store's `usage()` reads). @beta */
 export interface UsageScan {
   /** One account, or null: every account. */
   account: string | null;
+  /** The start of the range (inclusive). */
   from: Date;
+  /** The end of the range (exclusive). */
   to: Date;
+  /** The windows' length; null: one window for the whole range. */
   interval: UsageInterval | null;
+  /** The IANA time zone whose calendar the windows follow. */
   timeZone: string;
+  /** The dimensions each bucket is grouped by. */
   groupBy: readonly UsageDimension[];
+  /** The kinds of usage counted. */
   kinds: readonly UsageKind[];
+  /** The order of the buckets: by window start, or by credits. */
   orderBy: "start" | "credits";
   /** Rows wanted; a store answers at most `limit + 1` (one more says the report was cut). */
   limit: number;
@@ -40,15 +47,19 @@ export interface UsageScan {
 /**
  * A row of a store's daily usage rollup (docs/usage.md, "The daily rollup"): one account's sums
  * of one UTC day (`YYYY-MM-DD`) and kind.
+ * @beta
  */
 export interface UsageRollupRow extends UsageSums {
+  /** The day of the row (UTC, `YYYY-MM-DD`). */
   day: string;
+  /** The kind of usage summed. */
   kind: UsageKind;
 }
 
 /**
  * What one catch-up round of a store's daily usage rollup did (`DbManager.catchUpUsage`; the
  * worker's usage round, docs/usage.md, "Keeping the rollup caught up").
+ * @beta
  */
 export interface UsageCatchUp {
   /** Accounts whose cursor it moved (an account caught up in several pieces counts once a piece). */
@@ -62,16 +73,24 @@ export interface UsageCatchUp {
 /**
  * What a store's `usage()` answers per group: the window by its index in `boundaries`. (Its
  * measures are spelled out, not `UsageSums`: it is part of the store contract a store's author reads.)
+ * @beta
  */
 export interface UsageBucket {
+  /** The index of the bucket's window in the scan's `boundaries`. */
   window: number;
+  /** The kind of usage summed. */
   kind: UsageKind;
   /** The dimension values, by dimension (only those grouped by). */
   groups: Record<string, string | null>;
+  /** Credits of the bucket. */
   credits: number;
+  /** Requests (entries) of the bucket. */
   requests: number;
+  /** Input tokens of the bucket. */
   inputTokens: number;
+  /** Output tokens of the bucket. */
   outputTokens: number;
+  /** Cached input tokens of the bucket. */
   cachedTokens: number;
 }
 
@@ -91,7 +110,7 @@ const text = (v: unknown): string | null => (typeof v === "string" ? v : null);
 
 // ---- The rules: one table every store compiles ----
 
-/** What a usage report sums, per row. */
+/** What a usage report sums, per row. @beta */
 export type UsageMeasure = "credits" | "requests" | "inputTokens" | "outputTokens" | "cachedTokens";
 /** Every `UsageMeasure`, in the order of a row's fields. */
 export const USAGE_MEASURES: readonly UsageMeasure[] = [
@@ -101,7 +120,7 @@ export const USAGE_MEASURES: readonly UsageMeasure[] = [
   "outputTokens",
   "cachedTokens",
 ];
-/** A value of each measure. */
+/** A value of each measure. @beta */
 export type UsageSums = Record<UsageMeasure, number>;
 
 /**

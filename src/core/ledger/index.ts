@@ -7,12 +7,15 @@ import { LedgerFile } from "./file.js";
 import { nodeBuiltin, refuseOnWorkers } from "../util/runtime.js";
 import { newId } from "../util/uuid.js";
 
+/** Options of `new LedgerLogger()`: the store, the file and the clock. @public */
 export interface LedgerLoggerOptions {
+  /** The store ledger entries are written to. */
   db: DbManager;
   /** Path of the JSONL mirror (created with its folder); omit or false for none. */
   filePath?: string | false;
   /** Where the ledger reports its own trouble (a failing file). Default: silent. */
   logger?: Logger;
+  /** Source of "now". Default `() => new Date()`. */
   clock?: () => Date;
   /** @internal The file's writer (the benchmark compares writers). Default: `LedgerFile`. */
   file?: (path: string, failed: (error: Error) => void) => LedgerFileLike;
@@ -27,7 +30,7 @@ export interface LedgerFileLike {
   settle(): void;
 }
 
-/** Counters of the JSONL mirror. */
+/** Counters of the JSONL mirror. @public */
 export interface LedgerStats {
   /** Lines handed to the file writer. */
   linesWritten: number;
@@ -64,8 +67,10 @@ const reporter = (ledger: LedgerLogger) => {
  * misses its line. (Not pino's worker-thread transport: it copies each line through a shared
  * buffer, decoded and re-encoded on the worker, which costs the event loop about a third of every
  * operation; a chunk is posted as one string, a copy of a few microseconds.)
+ * @public
  */
 export class LedgerLogger {
+  /** The JSON-lines file the ledger appends to; null with none. */
   readonly filePath: string | null;
   private readonly db: DbManager;
   private readonly clock: () => Date;
@@ -78,6 +83,7 @@ export class LedgerLogger {
   private readonly counters: LedgerStats = { linesWritten: 0, fileErrors: 0, lastFileError: null };
   private closed = false;
 
+  /** An audit ledger over `options.db`, appending to `options.filePath` when given. */
   constructor(options: LedgerLoggerOptions) {
     this.db = options.db;
     this.clock = options.clock ?? (() => new Date());
@@ -154,6 +160,7 @@ export class LedgerLogger {
     return this.db.listLedgerEntries({ ...q, limit: q.limit ?? 100 });
   }
 
+  /** Counts of the entries written and the errors met since the ledger started. */
   get stats(): LedgerStats {
     return { ...this.counters };
   }

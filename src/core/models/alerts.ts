@@ -28,8 +28,14 @@ const UserAlertId = AlertId.check(
 /**
  * The window a `period_spend` threshold counts in: a calendar `day`, `week` or `month`, or the
  * account's current `subscription_period`.
+ * @public
  */
 export const AlertWindow = z.enum(["day", "week", "month", "subscription_period"]);
+/**
+ * The window a `period_spend` threshold counts in: a calendar `day`, `week` or `month`, or the
+ * account's current `subscription_period`.
+ * @public
+ */
 export type AlertWindow = z.infer<typeof AlertWindow>;
 
 /**
@@ -79,7 +85,7 @@ export const ExpiringAlert = z.strictObject({
   atOrAbove: NonNegativeAmount,
 });
 
-/** One alert threshold. */
+/** One alert threshold. @public */
 export const AlertThreshold = z
   .discriminatedUnion("kind", [AvailableAlert, LeftPercentAlert, PeriodSpendAlert, ExpiringAlert])
   .check(
@@ -88,6 +94,7 @@ export const AlertThreshold = z
       path: ["timeZone"],
     }),
   );
+/** One alert threshold. @public */
 export type AlertThreshold = z.infer<typeof AlertThreshold>;
 
 /** The most thresholds one account (or the defaults) may have. */
@@ -99,13 +106,15 @@ export const AlertThresholds = z.array(AlertThreshold).check(
   z.refine((list) => new Set(list.map((t) => t.id)).size === list.length, { error: "alert ids must be distinct" }),
 );
 
-/** Where a threshold stands. */
+/** Where a threshold stands. @public */
 export const AlertStateName = z.enum(["ok", "in_alarm"]);
+/** Where a threshold stands. @public */
 export type AlertStateName = z.infer<typeof AlertStateName>;
 
 /**
  * What the account keeps of one threshold: its state, how many times it went into alarm
  * (`crossings`: the events' dedupe keys), and for `period_spend` what its window counted.
+ * @public
  */
 export const AlertMark = z.object({
   state: AlertStateName,
@@ -115,11 +124,18 @@ export const AlertMark = z.object({
   /** `period_spend`: captured spend counted in that window. */
   spent: z.optional(z.nullable(z.number().check(z.int()))),
 });
+/**
+ * What the account keeps of one threshold: its state, how many times it went into alarm
+ * (`crossings`: the events' dedupe keys), and for `period_spend` what its window counted.
+ * @public
+ */
 export type AlertMark = z.infer<typeof AlertMark>;
 
-/** One threshold as `getAlerts` (and `alertStates`) reports it. */
+/** One threshold as `getAlerts` (and `alertStates`) reports it. @public */
 export interface AlertStatus {
+  /** The threshold. */
   threshold: AlertThreshold;
+  /** Whether the alert is ok or in alarm. */
   state: AlertStateName;
   /**
    * The threshold's value now (credits, or percent for `left_percent`); null: none (an account

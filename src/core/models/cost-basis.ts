@@ -43,14 +43,20 @@ export const PerCredit = z.string().check(
 /**
  * A grant's cost basis as stored (docs/revenue.md): what each of its credits was sold for (`perCredit`, smallest unit of `currency`, an upper-case ISO-4217 code). Set when the
  * grant is written and never changed; covered by the hash of the journal entry that created it.
+ * @public
  */
 export const CostBasis = z.object({
   perCredit: PerCredit,
   currency: z.string().check(z.regex(/^[A-Z]{3}$/, { error: "currency must be an upper-case ISO-4217 code" })),
 });
+/**
+ * A grant's cost basis as stored (docs/revenue.md): what each of its credits was sold for (`perCredit`, smallest unit of `currency`, an upper-case ISO-4217 code). Set when the
+ * grant is written and never changed; covered by the hash of the journal entry that created it.
+ * @public
+ */
 export type CostBasis = z.infer<typeof CostBasis>;
 
-/** A cost basis as callers give it (`addCredits({ costBasis })`): the currency in either case. */
+/** A cost basis as callers give it (`addCredits({ costBasis })`): the currency in either case. @public */
 export const CostBasisInput = z.strictObject({
   perCredit: PerCredit,
   currency: z.pipe(
@@ -58,4 +64,5 @@ export const CostBasisInput = z.strictObject({
     z.transform((s) => s.toUpperCase()),
   ),
 });
+/** A cost basis as callers give it (`addCredits({ costBasis })`): the currency in either case. @public */
 export type CostBasisInput = z.input<typeof CostBasisInput>;

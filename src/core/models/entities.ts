@@ -14,7 +14,7 @@ import {
   UserId,
 } from "./common.js";
 
-/** The core's grant sources. */
+/** The core's grant sources. @public */
 export const CORE_GRANT_SOURCES = [
   "manual",
   "subscription",
@@ -24,18 +24,19 @@ export const CORE_GRANT_SOURCES = [
   "adjustment",
   "other",
 ] as const;
-/** A grant source of the core's own. */
+/** A grant source of the core's own. @public */
 export type CoreGrantSource = (typeof CORE_GRANT_SOURCES)[number];
 /**
  * Where a grant's credits came from: one of the core's sources, or one a module registers
  * (`grantSources` of its `CreditModule`, docs/modules.md). The model checks the shape; a manager
  * refuses a source no module of it registers (`ValidationError`).
+ * @public
  */
 export const GrantSource = z.string().check(z.regex(/^[a-z][a-z0-9_]{0,63}$/));
-/** One of the core's grant sources, or one a module registers. */
+/** One of the core's grant sources, or one a module registers. @public */
 export type GrantSource = CoreGrantSource | (string & {});
 
-/** Journal entry types: one per kind of change to balance or reserved. */
+/** Journal entry types: one per kind of change to balance or reserved. @public */
 export const EntryType = z.enum([
   "add",
   "deduct",
@@ -59,15 +60,17 @@ export const EntryType = z.enum([
    */
   "start",
 ]);
+/** Journal entry types: one per kind of change to balance or reserved. @public */
 export type EntryType = z.infer<typeof EntryType>;
 
 /**
  * What a take-back entry takes credits back for (docs/promos-and-payments.md, "Refunds and
  * disputes"): a refunded payment (`refund`) or a lost dispute (`clawback`). Set only by the library
  * (the payments module, when it takes a payment's credits back), never from a caller's input.
+ * @public
  */
 export const TakeBack = z.enum(["refund", "clawback"]);
-/** What a take-back entry takes credits back for: `"refund"` or `"clawback"` (the `TakeBack` model). */
+/** What a take-back entry takes credits back for: `"refund"` or `"clawback"` (the `TakeBack` model). @public */
 export type TakeBack = z.infer<typeof TakeBack>;
 
 /**
@@ -135,9 +138,10 @@ export const Account = z.object({
   createdAt: z.date(),
   updatedAt: z.date(),
 });
+/** One account per user, created on first use. `available = balance - reserved`. @public */
 export type Account = z.infer<typeof Account>;
 
-/** A lot of credits. Every addition creates one; draws follow the burn-down order. */
+/** A lot of credits. Every addition creates one; draws follow the burn-down order. @public */
 export const Grant = z.object({
   id: EntityId,
   userId: UserId,
@@ -183,6 +187,7 @@ export const Grant = z.object({
   /** The unit of its credits (docs/units.md); null or absent: the default unit. Never changes. */
   unit: z.optional(z.nullable(UnitName)),
 });
+/** A lot of credits. Every addition creates one; draws follow the burn-down order. @public */
 export type Grant = z.infer<typeof Grant>;
 
 /**
@@ -191,18 +196,30 @@ export type Grant = z.infer<typeof Grant>;
  * grant); `returned`, they went back to their grant; `debt_paid`, they paid debt; `debt_returned`
  * (a reversal only), they had paid the debt the charge made and went back to the grant that paid
  * it. Only a partial capture and a reversal write it; every other portion has none.
+ * @public
  */
 export const PortionKind = z.enum(["returned", "debt_paid", "debt_returned"]);
+/**
+ * What a portion of a `commit_reserved` or `reverse` entry did with its credits (docs/concepts.md,
+ * "The journal" and "Giving a charge back"): absent, they were spent (or, on a reversal, made a
+ * grant); `returned`, they went back to their grant; `debt_paid`, they paid debt; `debt_returned`
+ * (a reversal only), they had paid the debt the charge made and went back to the grant that paid
+ * it. Only a partial capture and a reversal write it; every other portion has none.
+ * @public
+ */
 export type PortionKind = z.infer<typeof PortionKind>;
 
-/** Part of an amount drawn from, or returned to, one grant. */
+/** Part of an amount drawn from, or returned to, one grant. @public */
 export const GrantPortion = z.object({ grantId: EntityId, amount: NonNegativeAmount, kind: z.optional(PortionKind) });
+/** Part of an amount drawn from, or returned to, one grant. @public */
 export type GrantPortion = z.infer<typeof GrantPortion>;
 
+/** Where a hold is: active, or settled by a commit, a release or its expiry. @public */
 export const ReservationStatus = z.enum(["active", "committed", "released", "expired"]);
+/** Where a hold is: active, or settled by a commit, a release or its expiry. @public */
 export type ReservationStatus = z.infer<typeof ReservationStatus>;
 
-/** A hold: credits earmarked from grants until committed, released or expired. */
+/** A hold: credits earmarked from grants until committed, released or expired. @public */
 export const Reservation = z.object({
   id: EntityId,
   userId: UserId,
@@ -223,11 +240,13 @@ export const Reservation = z.object({
   /** The unit it holds (docs/units.md); null or absent: the default unit. Its commit captures in it. */
   unit: z.optional(z.nullable(UnitName)),
 });
+/** A hold: credits earmarked from grants until committed, released or expired. @public */
 export type Reservation = z.infer<typeof Reservation>;
 
 /**
  * One change of balance or reserved (the Python `credit_management` package's `Transaction`, docs/migrating-from-python.md). Append-only and hash-chained:
  * `hash = sha256(prevHash ‖ canonical entry)`.
+ * @public
  */
 export const JournalEntry = z.object({
   id: EntityId,
@@ -316,12 +335,19 @@ export const JournalEntry = z.object({
    */
   unit: z.optional(z.nullable(UnitName)),
 });
+/**
+ * One change of balance or reserved (the Python `credit_management` package's `Transaction`, docs/migrating-from-python.md). Append-only and hash-chained:
+ * `hash = sha256(prevHash ‖ canonical entry)`.
+ * @public
+ */
 export type JournalEntry = z.infer<typeof JournalEntry>;
 
+/** The kind of an audit-ledger event: a transaction (a journal entry), an error or a system event. @public */
 export const LedgerEventType = z.enum(["transaction", "error", "system"]);
+/** The kind of an audit-ledger event: a transaction (a journal entry), an error or a system event. @public */
 export type LedgerEventType = z.infer<typeof LedgerEventType>;
 
-/** An audit-ledger event. Transaction events are the journal entries themselves (docs/concepts.md). */
+/** An audit-ledger event. Transaction events are the journal entries themselves (docs/concepts.md). @public */
 export const LedgerEntry = z.object({
   id: EntityId,
   eventType: LedgerEventType,
@@ -331,9 +357,10 @@ export const LedgerEntry = z.object({
   details: z.record(z.string(), z.unknown()),
   createdAt: z.date(),
 });
+/** An audit-ledger event. Transaction events are the journal entries themselves (docs/concepts.md). @public */
 export type LedgerEntry = z.infer<typeof LedgerEntry>;
 
-/** What `getUserCreditsInfo` returns. */
+/** What `getUserCreditsInfo` returns. @public */
 export const CreditsInfo = z.object({
   userId: UserId,
   /**
@@ -379,4 +406,5 @@ export const CreditsInfo = z.object({
     ),
   ),
 });
+/** What `getUserCreditsInfo` returns. @public */
 export type CreditsInfo = z.infer<typeof CreditsInfo>;

@@ -36,7 +36,7 @@ const EntryFields = {
   metadata: z.nullable(z.record(z.string(), z.unknown())),
 };
 
-/** `credits_added` (any source but `adjustment`) and `credits_adjusted` (source `adjustment`), version 1. */
+/** `credits_added` (any source but `adjustment`) and `credits_adjusted` (source `adjustment`), version 1. @public */
 export const CreditsAddedPayload = z.object({
   ...EntryFields,
   /** Where the credits came from: `payment`, `trial`, `promo`, `subscription`, `manual`, … */
@@ -56,15 +56,18 @@ export const CreditsAddedPayload = z.object({
   /** True on the event of a grant's start: its credits joined the balance then, `debtPaid` of them paying debt. */
   started: z.optional(z.boolean()),
 });
+/** `credits_added` (any source but `adjustment`) and `credits_adjusted` (source `adjustment`), version 1. @public */
 export type CreditsAddedPayload = z.infer<typeof CreditsAddedPayload>;
 
-/** `credits_deducted`, version 1: usage charged (directly, or by a meter, with `reservationId`). */
+/** `credits_deducted`, version 1: usage charged (directly, or by a meter, with `reservationId`). @public */
 export const CreditsDeductedPayload = z.object({ ...EntryFields, reservationId: z.nullable(z.string()) });
+/** `credits_deducted`, version 1: usage charged (directly, or by a meter, with `reservationId`). @public */
 export type CreditsDeductedPayload = z.infer<typeof CreditsDeductedPayload>;
 
 /**
  * `credits_refunded`, version 1: credits taken back because a payment was refunded or a dispute lost
  * (the payment service's entries; `via` says whether the grant's rest was voided or credits deducted).
+ * @public
  */
 export const CreditsRefundedPayload = z.object({
   ...EntryFields,
@@ -73,6 +76,11 @@ export const CreditsRefundedPayload = z.object({
   /** The payment's refunded total (currency units) this take-back answers; a lost dispute: the payment's amount. */
   refundedAmount: z.nullable(z.number()),
 });
+/**
+ * `credits_refunded`, version 1: credits taken back because a payment was refunded or a dispute lost
+ * (the payment service's entries; `via` says whether the grant's rest was voided or credits deducted).
+ * @public
+ */
 export type CreditsRefundedPayload = z.infer<typeof CreditsRefundedPayload>;
 
 /**
@@ -81,6 +89,7 @@ export type CreditsRefundedPayload = z.infer<typeof CreditsRefundedPayload>;
  * with `kind: "debt_paid"` went to pay the account's debt instead); what `amount` has beyond them
  * lowered the debt the charge had made. Credits returned to a grant that has expired or been voided
  * since are removed again at once, by a `credits_expired` or `credits_voided` that follows.
+ * @public
  */
 export const CreditsReversedPayload = z.object({
   ...EntryFields,
@@ -91,13 +100,22 @@ export const CreditsReversedPayload = z.object({
   spender: z.nullable(z.string()),
   feature: z.nullable(z.string()),
 });
+/**
+ * `credits_reversed`, version 1: part or all of a charge given back (`reverseCharge`, docs/concepts.md,
+ * "The journal"). `grants` lists the credits returned to each grant the charge drew from (a portion
+ * with `kind: "debt_paid"` went to pay the account's debt instead); what `amount` has beyond them
+ * lowered the debt the charge had made. Credits returned to a grant that has expired or been voided
+ * since are removed again at once, by a `credits_expired` or `credits_voided` that follows.
+ * @public
+ */
 export type CreditsReversedPayload = z.infer<typeof CreditsReversedPayload>;
 
-/** `credits_voided` (what was left of a grant removed) and `credits_expired`, version 1. */
+/** `credits_voided` (what was left of a grant removed) and `credits_expired`, version 1. @public */
 export const CreditsRemovedPayload = z.object({ ...EntryFields, reservationId: z.nullable(z.string()) });
+/** `credits_voided` (what was left of a grant removed) and `credits_expired`, version 1. @public */
 export type CreditsRemovedPayload = z.infer<typeof CreditsRemovedPayload>;
 
-/** `hold_placed`, version 1. */
+/** `hold_placed`, version 1. @public */
 export const HoldPlacedPayload = z.object({
   ...EntryFields,
   reservationId: z.string(),
@@ -105,6 +123,7 @@ export const HoldPlacedPayload = z.object({
   expiresAt: z.string(),
   reason: z.nullable(z.string()),
 });
+/** `hold_placed`, version 1. @public */
 export type HoldPlacedPayload = z.infer<typeof HoldPlacedPayload>;
 
 /**
@@ -113,6 +132,7 @@ export type HoldPlacedPayload = z.infer<typeof HoldPlacedPayload>;
  * return of the unused part is in the same entry (its `grants` with a `kind`) and in
  * `returnedAmount`. A commit beyond the hold also records a `credits_deducted`
  * with the hold's `reservationId` for the excess.
+ * @public
  */
 export const HoldSettledPayload = z.object({
   ...EntryFields,
@@ -125,9 +145,17 @@ export const HoldSettledPayload = z.object({
   /** Credits that went back to the grants (`heldAmount − capturedAmount`). */
   returnedAmount: z.number().check(z.int()),
 });
+/**
+ * `hold_settled`, version 1: a hold committed (captured), released, or lapsed; one per hold. The
+ * entry fields are the settling entry's (`commit_reserved` or `release_reserved`); an under-commit's
+ * return of the unused part is in the same entry (its `grants` with a `kind`) and in
+ * `returnedAmount`. A commit beyond the hold also records a `credits_deducted`
+ * with the hold's `reservationId` for the excess.
+ * @public
+ */
 export type HoldSettledPayload = z.infer<typeof HoldSettledPayload>;
 
-/** `low_credits`, `credits_exhausted`, `balance_restored`, version 1 (docs/notifications.md). */
+/** `low_credits`, `credits_exhausted`, `balance_restored`, version 1 (docs/notifications.md). @public */
 export const LevelChangedPayload = z.object({
   available: z.number().check(z.int()),
   threshold: z.number().check(z.int()),
@@ -137,9 +165,10 @@ export const LevelChangedPayload = z.object({
   reserved: z.number().check(z.int()),
   seq: z.number().check(z.int()),
 });
+/** `low_credits`, `credits_exhausted`, `balance_restored`, version 1 (docs/notifications.md). @public */
 export type LevelChangedPayload = z.infer<typeof LevelChangedPayload>;
 
-/** `feature_status_changed`, version 1 (docs/trial-and-checks.md). */
+/** `feature_status_changed`, version 1 (docs/trial-and-checks.md). @public */
 export const FeatureStatusChangedPayload = z.object({
   feature: z.string(),
   allowed: z.boolean(),
@@ -147,12 +176,14 @@ export const FeatureStatusChangedPayload = z.object({
   available: z.number().check(z.int()),
   previousAvailable: z.number().check(z.int()),
 });
+/** `feature_status_changed`, version 1 (docs/trial-and-checks.md). @public */
 export type FeatureStatusChangedPayload = z.infer<typeof FeatureStatusChangedPayload>;
 
 /**
  * `limit_warning` (80 %) and `limit_reached` (100 %), version 1: a spend (or a hold) took a spend
  * limit's window to the threshold, once per limit, window and threshold (docs/teams-and-limits.md,
  * "Limit notifications"). The account is the envelope's `userId`.
+ * @public
  */
 export const LimitCrossedPayload = z.object({
   /** The limit, as `getLimits` names it. */
@@ -177,6 +208,12 @@ export const LimitCrossedPayload = z.object({
   /** The account's journal position after the change that crossed. */
   seq: z.number().check(z.int()),
 });
+/**
+ * `limit_warning` (80 %) and `limit_reached` (100 %), version 1: a spend (or a hold) took a spend
+ * limit's window to the threshold, once per limit, window and threshold (docs/teams-and-limits.md,
+ * "Limit notifications"). The account is the envelope's `userId`.
+ * @public
+ */
 export type LimitCrossedPayload = z.infer<typeof LimitCrossedPayload>;
 
 /** What an alert event says of one threshold (docs/notifications.md, "Alerts"). */
@@ -195,6 +232,7 @@ const AlertAbout = {
 /**
  * `alert_triggered`, version 1: one alert threshold moved into alarm (once per move; none while it
  * stays there). `period_spend` thresholds add their window.
+ * @public
  */
 export const AlertTriggeredPayload = z.object({
   ...AlertAbout,
@@ -204,13 +242,19 @@ export const AlertTriggeredPayload = z.object({
   /** The account's journal position after the change. */
   seq: z.number().check(z.int()),
 });
+/**
+ * `alert_triggered`, version 1: one alert threshold moved into alarm (once per move; none while it
+ * stays there). `period_spend` thresholds add their window.
+ * @public
+ */
 export type AlertTriggeredPayload = z.infer<typeof AlertTriggeredPayload>;
 
-/** `alert_resolved`, version 1: the thresholds one change (or evaluation) brought back out of alarm. */
+/** `alert_resolved`, version 1: the thresholds one change (or evaluation) brought back out of alarm. @public */
 export const AlertResolvedPayload = z.object({
   resolved: z.array(z.object(AlertAbout)).check(z.minLength(1)),
   seq: z.number().check(z.int()),
 });
+/** `alert_resolved`, version 1: the thresholds one change (or evaluation) brought back out of alarm. @public */
 export type AlertResolvedPayload = z.infer<typeof AlertResolvedPayload>;
 
 const envelope = <T extends NotificationType, P extends z.core.$ZodType>(type: T, payload: P) =>
@@ -226,7 +270,7 @@ const envelope = <T extends NotificationType, P extends z.core.$ZodType>(type: T
     payload,
   });
 
-/** Any published domain event, by `type` (version 1 of each). */
+/** Any published domain event, by `type` (version 1 of each). @public */
 export const DomainEvent = z.discriminatedUnion("type", [
   envelope("credits_added", CreditsAddedPayload),
   envelope("credits_adjusted", CreditsAddedPayload),
@@ -246,9 +290,10 @@ export const DomainEvent = z.discriminatedUnion("type", [
   envelope("alert_triggered", AlertTriggeredPayload),
   envelope("alert_resolved", AlertResolvedPayload),
 ]);
+/** Any published domain event, by `type` (version 1 of each). @public */
 export type DomainEvent = z.infer<typeof DomainEvent>;
 
-/** The envelope of any outbox row (the other notification types' payloads are free-form objects). */
+/** The envelope of any outbox row (the other notification types' payloads are free-form objects). @public */
 export const EventEnvelope = z.object({
   type: NotificationType,
   version: z.number().check(z.int(), z.minimum(1)),
@@ -257,6 +302,7 @@ export const EventEnvelope = z.object({
   occurredAt: z.iso.datetime(),
   payload: z.record(z.string(), z.unknown()),
 });
+/** The envelope of any outbox row (the other notification types' payloads are free-form objects). @public */
 export type EventEnvelope = z.infer<typeof EventEnvelope>;
 
 /**

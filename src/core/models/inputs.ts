@@ -17,7 +17,7 @@ import { PlanId } from "./subscriptions.js";
 import { CostBasisInput } from "./cost-basis.js";
 import { text } from "./text.js";
 
-/** Options every mutation accepts. */
+/** Options every mutation accepts. @public */
 export const MutationOptions = z.strictObject({
   description: z.optional(ShortText),
   /** Same key + same arguments → the first result, nothing changed. Unique per user. */
@@ -26,8 +26,10 @@ export const MutationOptions = z.strictObject({
   correlationId: z.optional(text(255).check(z.minLength(1))),
   metadata: z.optional(Metadata),
 });
+/** Options every mutation accepts. @public */
 export type MutationOptions = z.input<typeof MutationOptions>;
 
+/** Options of `credits.addCredits()`: a mutation's, and the grant's expiry, priority, source, reference, scope and cost basis. @public */
 export const AddCreditsOptions = z.extend(MutationOptions, {
   /** When unspent credits of this grant expire; omitted or null: never. */
   expiresAt: z.optional(z.nullable(DateInput)),
@@ -54,12 +56,14 @@ export const AddCreditsOptions = z.extend(MutationOptions, {
   /** The unit the credits are in (docs/units.md). Omitted: the default unit. */
   unit: z.optional(UnitName),
 });
+/** Options of `credits.addCredits()`: a mutation's, and the grant's expiry, priority, source, reference, scope and cost basis. @public */
 export type AddCreditsOptions = z.input<typeof AddCreditsOptions>;
 
 /**
  * Trial credits (`createCreditManager({ trial })`, `new CreditService({ trial })`): granted once,
  * in the unit of work that first creates a user's account — never to an account that already
  * existed, whatever its balance.
+ * @public
  */
 export const TrialCredits = z.strictObject({
   amount: Amount,
@@ -72,12 +76,19 @@ export const TrialCredits = z.strictObject({
   description: z.optional(ShortText),
   metadata: z.optional(Metadata),
 });
+/**
+ * Trial credits (`createCreditManager({ trial })`, `new CreditService({ trial })`): granted once,
+ * in the unit of work that first creates a user's account — never to an account that already
+ * existed, whatever its balance.
+ * @public
+ */
 export type TrialCredits = z.input<typeof TrialCredits>;
 
 /**
  * Per-feature rules (docs/trial-and-checks.md): the least `available` balance with which a feature
  * is allowed; `enabled: false` turns it off for every account; `plans`, on only for an account
  * whose active subscription is on one of them.
+ * @public
  */
 export const FeatureRules = z.record(
   FeatureName,
@@ -95,11 +106,18 @@ export const FeatureRules = z.record(
     unit: z.optional(UnitName),
   }),
 );
+/**
+ * Per-feature rules (docs/trial-and-checks.md): the least `available` balance with which a feature
+ * is allowed; `enabled: false` turns it off for every account; `plans`, on only for an account
+ * whose active subscription is on one of them.
+ * @public
+ */
 export type FeatureRules = z.input<typeof FeatureRules>;
 
 /**
  * `credits.getUserCreditsInfo(userId, options)`: the spend to answer for (docs/teams-and-limits.md,
  * "Scoped credits"). Omitted: a spend naming neither.
+ * @public
  */
 export const CreditsInfoOptions = z.strictObject({
   /**
@@ -112,9 +130,14 @@ export const CreditsInfoOptions = z.strictObject({
   /** The feature; scoped grants listing features pay only theirs. */
   feature: z.optional(FeatureName),
 });
+/**
+ * `credits.getUserCreditsInfo(userId, options)`: the spend to answer for (docs/teams-and-limits.md,
+ * "Scoped credits"). Omitted: a spend naming neither.
+ * @public
+ */
 export type CreditsInfoOptions = z.input<typeof CreditsInfoOptions>;
 
-/** `credits.check(userId, options)`. */
+/** `credits.check(userId, options)`. @public */
 export const CheckOptions = z.strictObject({
   /** A feature: its rule in `features` applies (none: it is paid from the pool, `minAvailable` 1). */
   feature: z.optional(FeatureName),
@@ -128,9 +151,10 @@ export const CheckOptions = z.strictObject({
    */
   unit: z.optional(UnitName),
 });
+/** `credits.check(userId, options)`. @public */
 export type CheckOptions = z.input<typeof CheckOptions>;
 
-/** A deduction's options: a mutation's, and who spends on what (docs/teams-and-limits.md). */
+/** A deduction's options: a mutation's, and who spends on what (docs/teams-and-limits.md). @public */
 export const DeductOptions = z.extend(MutationOptions, {
   ...SpendFields,
   /**
@@ -142,11 +166,13 @@ export const DeductOptions = z.extend(MutationOptions, {
   /** The unit to deduct in (docs/units.md): only its grants pay. Omitted: the default unit. */
   unit: z.optional(UnitName),
 });
+/** A deduction's options: a mutation's, and who spends on what (docs/teams-and-limits.md). @public */
 export type DeductOptions = z.input<typeof DeductOptions>;
 
 /** Longest hold TTL accepted: 30 days, in seconds. */
 export const MAX_TTL_SECONDS = 30 * 24 * 3600;
 
+/** Options of `credits.reserveCredits()`: a mutation's, who spends on what, the hold's time to live and a capped hold's minimum. @public */
 export const ReserveOptions = z.extend(MutationOptions, {
   ...SpendFields,
   /** Seconds until the hold lapses and its credits return. Default: the manager's option (900). */
@@ -161,6 +187,7 @@ export const ReserveOptions = z.extend(MutationOptions, {
   /** The unit to hold (docs/units.md): only its grants pay; the commit captures in it. Omitted: the default unit. */
   unit: z.optional(UnitName),
 });
+/** Options of `credits.reserveCredits()`: a mutation's, who spends on what, the hold's time to live and a capped hold's minimum. @public */
 export type ReserveOptions = z.input<typeof ReserveOptions>;
 
 /**
@@ -171,24 +198,29 @@ export type ReserveOptions = z.input<typeof ReserveOptions>;
  */
 const OwnerOption = { userId: z.optional(UserId) };
 
+/** Options of `credits.commitReservedCredits()`: how much of the hold is captured. @public */
 export const CommitOptions = z.extend(MutationOptions, {
   /** Credits to capture; default the full hold. Less returns the rest; more takes the excess as usage. */
   amount: z.optional(NonNegativeAmount),
   /** The hold's owner, when known: the commit is routed by it; another user's hold is not found. */
   ...OwnerOption,
 });
+/** Options of `credits.commitReservedCredits()`: how much of the hold is captured. @public */
 export type CommitOptions = z.input<typeof CommitOptions>;
 
+/** Options of `credits.releaseReservedCredits()`. @public */
 export const ReleaseOptions = z.extend(MutationOptions, {
   /** The hold's owner, when known: the release is routed by it; another user's hold is not found. */
   ...OwnerOption,
 });
+/** Options of `credits.releaseReservedCredits()`. @public */
 export type ReleaseOptions = z.input<typeof ReleaseOptions>;
 
 /**
  * `reverseCharge`'s options (docs/concepts.md, "Giving a charge back"): how much of the charge to
  * give back (default: all that is left of it), why (required: the entry's description), and the
  * usual key, correlation id and metadata.
+ * @public
  */
 export const ReverseChargeOptions = z.strictObject({
   /** Credits to give back; at most what is left of the charge. Omitted: all that is left. */
@@ -201,14 +233,23 @@ export const ReverseChargeOptions = z.strictObject({
   /** Kept on the entry beside the charge's own metadata (the charge's keys win: usage groups by them). */
   metadata: z.optional(Metadata),
 });
+/**
+ * `reverseCharge`'s options (docs/concepts.md, "Giving a charge back"): how much of the charge to
+ * give back (default: all that is left of it), why (required: the entry's description), and the
+ * usual key, correlation id and metadata.
+ * @public
+ */
 export type ReverseChargeOptions = z.input<typeof ReverseChargeOptions>;
 
+/** Options of `credits.voidGrant()`. @public */
 export const VoidGrantOptions = z.extend(MutationOptions, {
   /** The grant's owner, when known: the void is routed by it; another user's grant is not found. */
   ...OwnerOption,
 });
+/** Options of `credits.voidGrant()`. @public */
 export type VoidGrantOptions = z.input<typeof VoidGrantOptions>;
 
+/** A page of `credits.getHistory()`: size, cursor, entry types and a time range. @public */
 export const HistoryQuery = z.strictObject({
   /** Page size, 1–1000, default 50. */
   limit: z.optional(z.number().check(z.int(), z.minimum(1), z.maximum(1000))),
@@ -232,18 +273,21 @@ export const HistoryQuery = z.strictObject({
   /** Only the entries recorded for this feature (as `spender`). */
   feature: z.optional(FeatureName),
 });
+/** A page of `credits.getHistory()`: size, cursor, entry types and a time range. @public */
 export type HistoryQuery = z.input<typeof HistoryQuery>;
 
 /** Days ahead to look for expiring credits: 0–3650. */
 export const ExpiringDays = z.number().check(z.minimum(0), z.maximum(3650));
+/** Options of `credits.getGrants()`. @public */
 export const GrantsQuery = z.strictObject({
   /** Closed and spent grants too. Default false. */
   includeInactive: z.optional(z.boolean()),
 });
+/** Options of `credits.getGrants()`. @public */
 export type GrantsQuery = z.input<typeof GrantsQuery>;
 export const AsOf = z.optional(DateInput);
 
-/** `ledger.getEntries(query)`: system and error events, newest first. */
+/** `ledger.getEntries(query)`: system and error events, newest first. @public */
 export const LedgerEntriesQuery = z
   .strictObject({
     eventType: z.optional(z.enum(["error", "system"])),
@@ -260,17 +304,19 @@ export const LedgerEntriesQuery = z
       path: ["beforeId"],
     }),
   );
+/** `ledger.getEntries(query)`: system and error events, newest first. @public */
 export type LedgerEntriesQuery = z.input<typeof LedgerEntriesQuery>;
 
 /**
  * `overdraftLimit`: how far `available` may go below zero through usage already delivered
  * (docs/concepts.md, "Overdraft and debt"), in credits, or `"unlimited"`, written out. Default 0.
+ * @public
  */
 export const OverdraftLimit = z.union([
   z.number().check(z.int(), z.minimum(0), z.maximum(Number.MAX_SAFE_INTEGER)),
   z.literal("unlimited"),
 ]);
-/** The `overdraftLimit` option: a number of credits (default 0) or `"unlimited"` (the `OverdraftLimit` model). */
+/** The `overdraftLimit` option: a number of credits (default 0) or `"unlimited"` (the `OverdraftLimit` model). @public */
 export type OverdraftLimit = z.input<typeof OverdraftLimit>;
 
 /**
@@ -311,6 +357,7 @@ const JournalKeySecret = z.union([
  * `journalKeys` (docs/concepts.md, "A keyed chain"): the keys of the journal's hash chain by id,
  * kept outside the database, and the id new entries are signed with (HMAC-SHA256). Keep every
  * key an entry names: `audit()` needs it.
+ * @public
  */
 export const JournalKeysOptions = z
   .strictObject({
@@ -324,22 +371,23 @@ export const JournalKeysOptions = z
       error: "current must be the id of one of keys",
     }),
   );
-/** The `journalKeys` option: the chain's keys by id and the one new entries are signed with (the `JournalKeysOptions` model). */
+/** The `journalKeys` option: the chain's keys by id and the one new entries are signed with (the `JournalKeysOptions` model). @public */
 export type JournalKeysOptions = z.input<typeof JournalKeysOptions>;
 
 /**
  * A chain head kept outside the database (docs/concepts.md, "A keyed chain"): what
  * `journalHead(userId)` answered, for `audit(userId, { head })`.
+ * @public
  */
 export const JournalHead = z.strictObject({
   userId: z.string(),
   seq: z.number().check(z.int(), z.minimum(1), z.maximum(Number.MAX_SAFE_INTEGER)),
   hash: z.string().check(z.regex(/^[0-9a-f]{64}$/, { error: "a hash is 64 lowercase hex digits" })),
 });
-/** A chain head to keep outside the database: `{ userId, seq, hash }` (the `JournalHead` model). */
+/** A chain head to keep outside the database: `{ userId, seq, hash }` (the `JournalHead` model). @public */
 export type JournalHead = z.infer<typeof JournalHead>;
 
-/** `audit(userId, options)` (docs/operations.md, "Checkpoints and archival"). */
+/** `audit(userId, options)` (docs/operations.md, "Checkpoints and archival"). @public */
 export const AuditOptions = z.strictObject({
   /**
    * "checkpoint" (default): replay from the account's latest checkpoint entry, trusting the state it
@@ -352,13 +400,15 @@ export const AuditOptions = z.strictObject({
    */
   head: z.optional(JournalHead),
 });
+/** `audit(userId, options)` (docs/operations.md, "Checkpoints and archival"). @public */
 export type AuditOptions = z.input<typeof AuditOptions>;
 
-/** `checkpoint(userId, options)`. */
+/** `checkpoint(userId, options)`. @public */
 export const CheckpointOptions = z.strictObject({
   /** Write none unless at least this many entries follow the latest checkpoint (or the start). Default 1. */
   minEntries: z.optional(z.number().check(z.int(), z.minimum(1), z.maximum(1_000_000_000))),
 });
+/** `checkpoint(userId, options)`. @public */
 export type CheckpointOptions = z.input<typeof CheckpointOptions>;
 
 /**

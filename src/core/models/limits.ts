@@ -27,13 +27,15 @@ export const SpendFields = {
   feature: z.optional(FeatureName),
 };
 
-/** Calendar units of a limit's window, in UTC. */
+/** Calendar units of a limit's window, in UTC. @public */
 export const LimitUnit = z.enum(["day", "week", "month", "year"]);
+/** Calendar units of a limit's window, in UTC. @public */
 export type LimitUnit = z.infer<typeof LimitUnit>;
 
 /**
  * A limit's window: a calendar day, week (Monday to Monday), month or year in UTC, or `every` n of
  * them counted from 1970-01-01 (weeks from Monday 1969-12-29).
+ * @public
  */
 export const LimitPeriod = z.union([
   LimitUnit,
@@ -42,9 +44,14 @@ export const LimitPeriod = z.union([
     unit: LimitUnit,
   }),
 ]);
+/**
+ * A limit's window: a calendar day, week (Monday to Monday), month or year in UTC, or `every` n of
+ * them counted from 1970-01-01 (weeks from Monday 1969-12-29).
+ * @public
+ */
 export type LimitPeriod = z.infer<typeof LimitPeriod>;
 
-/** One limit as `setLimits` takes it. */
+/** One limit as `setLimits` takes it. @public */
 export const SpendLimitInput = z
   .strictObject({
     /** The spender it caps; omitted: every spend of the account (with `feature`: every spend on it). */
@@ -64,6 +71,7 @@ export const SpendLimitInput = z
       path: ["period"],
     }),
   );
+/** One limit as `setLimits` takes it. @public */
 export type SpendLimitInput = z.input<typeof SpendLimitInput>;
 
 /** Most limits one account may hold (they are loaded with the account on every spend). */
@@ -77,13 +85,14 @@ export const SetLimitsInput = z.array(SpendLimitInput).check(
   }),
 );
 
-/** `removeLimit(userId, which)`: the limits with exactly this spender and feature (and period, when given). */
+/** `removeLimit(userId, which)`: the limits with exactly this spender and feature (and period, when given). @public */
 export const RemoveLimitInput = z.strictObject({
   spender: z.optional(SpenderId),
   feature: z.optional(FeatureName),
   period: z.optional(LimitPeriod),
   resetsWith: z.optional(z.literal("subscription")),
 });
+/** `removeLimit(userId, which)`: the limits with exactly this spender and feature (and period, when given). @public */
 export type RemoveLimitInput = z.input<typeof RemoveLimitInput>;
 
 /** The subscription cycle a `resetsWith: "subscription"` limit follows (times in ms since the epoch). */
@@ -93,14 +102,16 @@ export const LimitCycle = z.strictObject({
 });
 export type LimitCycle = z.infer<typeof LimitCycle>;
 
-/** A limit's notification thresholds: 80 % (`warning`) and 100 % (`reached`) of its amount. */
+/** A limit's notification thresholds: 80 % (`warning`) and 100 % (`reached`) of its amount. @public */
 export const LimitAlert = z.enum(["warning", "reached"]);
+/** A limit's notification thresholds: 80 % (`warning`) and 100 % (`reached`) of its amount. @public */
 export type LimitAlert = z.infer<typeof LimitAlert>;
 
 /**
  * A limit as the account keeps it, with what was spent in its current window. Kept on the account
  * (`Account.limits`, stored as JSON: times are ms since the epoch), so the unit of work that
  * debits checks and counts it with no extra read.
+ * @public
  */
 export const SpendLimit = z.object({
   spender: z.nullable(SpenderId),
@@ -129,25 +140,37 @@ export const SpendLimit = z.object({
    */
   alerted: z.optional(z.nullable(LimitAlert)),
 });
+/**
+ * A limit as the account keeps it, with what was spent in its current window. Kept on the account
+ * (`Account.limits`, stored as JSON: times are ms since the epoch), so the unit of work that
+ * debits checks and counts it with no extra read.
+ * @public
+ */
 export type SpendLimit = z.infer<typeof SpendLimit>;
 
-/** A limit as `getLimits` reports it: its window now and what is left in it. */
+/** A limit as `getLimits` reports it: its window now and what is left in it. @public */
 export interface SpendLimitStatus {
+  /** The spender the limit is on; null: the account. */
   spender: string | null;
+  /** The feature the limit is on; null: every feature. */
   feature: string | null;
+  /** The limit, in credits per period. */
   amount: number;
+  /** The limit's period. */
   period: LimitPeriod | null;
+  /** What starts the limit's period again. */
   resetsWith: "subscription" | null;
   /** Credits spent (and held) in the current window. */
   used: number;
   /** `amount - used`, never below 0. */
   remaining: number;
+  /** The start of the period now running. */
   windowStart: Date;
   /** When the window ends and `used` starts again from 0. */
   resetsAt: Date;
 }
 
-/** Which scoped grants may pay (docs/teams-and-limits.md): a grant with a scope pays only spends it matches. */
+/** Which scoped grants may pay (docs/teams-and-limits.md): a grant with a scope pays only spends it matches. @public */
 export const GrantScope = z
   .strictObject({
     /** The features it pays for; omitted: any. */
@@ -160,6 +183,7 @@ export const GrantScope = z
       error: "a scope names features, spenders or both",
     }),
   );
+/** Which scoped grants may pay (docs/teams-and-limits.md): a grant with a scope pays only spends it matches. @public */
 export type GrantScope = z.infer<typeof GrantScope>;
 
 /** The key a limit is known by: spender, feature and window. */

@@ -3,7 +3,7 @@ import { EntityId, Metadata, NonNegativeAmount, UserId } from "./common.js";
 import { AlertMark, AlertThresholds } from "./alerts.js";
 import { LimitCycle } from "./limits.js";
 
-/** The domain event types of the journal, recorded with `domainEvents` on (docs/events.md). */
+/** The domain event types of the journal, recorded with `domainEvents` on (docs/events.md). @public */
 export const DomainEventType = z.enum([
   "credits_added",
   "credits_adjusted",
@@ -16,9 +16,10 @@ export const DomainEventType = z.enum([
   // A charge given back (docs/events.md).
   "credits_reversed",
 ]);
+/** The domain event types of the journal, recorded with `domainEvents` on (docs/events.md). @public */
 export type DomainEventType = z.infer<typeof DomainEventType>;
 
-/** The core's notification types (docs/notifications.md). */
+/** The core's notification types (docs/notifications.md). @public */
 export const CORE_NOTIFICATION_TYPES = [
   "low_credits",
   "credits_exhausted",
@@ -41,25 +42,28 @@ export const CORE_NOTIFICATION_TYPES = [
   "alert_triggered",
   "alert_resolved",
 ] as const;
-/** A notification type of the core's own. */
+/** A notification type of the core's own. @public */
 export type CoreNotificationType = (typeof CORE_NOTIFICATION_TYPES)[number];
 
 /**
  * What a notification is about (docs/notifications.md): one of the core's types, or one a module
  * registers (`notificationTypes` of its `CreditModule`, docs/modules.md). The model checks the
  * shape (lower-case letters, digits and `_`); a manager refuses a type no module of it registers.
+ * @public
  */
 export const NotificationType = z.string().check(z.regex(/^[a-z][a-z0-9_]{0,63}$/));
-/** One of the core's notification types, or one a module registers. */
+/** One of the core's notification types, or one a module registers. @public */
 export type NotificationType = CoreNotificationType | (string & {});
 
-/** Where `available` stood against the low-credits threshold at the account's last change. */
+/** Where `available` stood against the low-credits threshold at the account's last change. @public */
 export const AlertLevel = z.enum(["ok", "low", "exhausted"]);
+/** Where `available` stood against the low-credits threshold at the account's last change. @public */
 export type AlertLevel = z.infer<typeof AlertLevel>;
 
 /**
  * A low-credits threshold: absolute credits, a percentage of the user's last allocation (latest
  * addition), or both (the higher of the two applies). Neither: only exhaustion is reported.
+ * @public
  */
 export const ThresholdSpec = z.strictObject({
   /** Credits: `low_credits` when available falls below this. */
@@ -67,11 +71,17 @@ export const ThresholdSpec = z.strictObject({
   /** Percent (0–100) of the latest addition's amount. */
   lowCreditsPercent: z.optional(z.number().check(z.minimum(0), z.maximum(100))),
 });
+/**
+ * A low-credits threshold: absolute credits, a percentage of the user's last allocation (latest
+ * addition), or both (the higher of the two applies). Neither: only exhaustion is reported.
+ * @public
+ */
 export type ThresholdSpec = z.infer<typeof ThresholdSpec>;
 
 /**
  * The account's alert state, stored on the account and changed only inside its unit of work, so
  * concurrent operations around a threshold produce one event per crossing.
+ * @public
  */
 export const AlertState = z.object({
   /** Null: not evaluated yet (a threshold set on an account with no history). */
@@ -97,18 +107,26 @@ export const AlertState = z.object({
    */
   cycle: z.optional(z.nullable(LimitCycle)),
 });
+/**
+ * The account's alert state, stored on the account and changed only inside its unit of work, so
+ * concurrent operations around a threshold produce one event per crossing.
+ * @public
+ */
 export type AlertState = z.infer<typeof AlertState>;
 
 /** The version of an event type's payload schema (docs/events.md): 1, 2, … */
 export const EventVersion = z.number().check(z.int(), z.minimum(1), z.maximum(32_767));
 export type EventVersion = z.infer<typeof EventVersion>;
 
+/** Where an outbox row is: waiting, delivered, or given up on. @public */
 export const NotificationStatus = z.enum(["pending", "sent", "failed"]);
+/** Where an outbox row is: waiting, delivered, or given up on. @public */
 export type NotificationStatus = z.infer<typeof NotificationStatus>;
 
 /**
  * An outbox row: written in the same transaction as the change that caused it, delivered by a
  * dispatcher to the `NotificationQueue` at least once, in order per user.
+ * @public
  */
 export const Notification = z.object({
   /** Stable message id (time-ordered): consumers drop duplicates by it. */
@@ -139,4 +157,9 @@ export const Notification = z.object({
   /** When it was delivered (sent) or given up (failed). */
   settledAt: z.nullable(z.date()),
 });
+/**
+ * An outbox row: written in the same transaction as the change that caused it, delivered by a
+ * dispatcher to the `NotificationQueue` at least once, in order per user.
+ * @public
+ */
 export type Notification = z.infer<typeof Notification>;

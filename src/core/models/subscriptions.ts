@@ -4,11 +4,14 @@ import { GrantScope } from "./limits.js";
 import { Money } from "./cost-basis.js";
 import { text } from "./text.js";
 
+/** How long a plan's period is. @public */
 export const BillingPeriod = z.enum(["daily", "weekly", "monthly", "yearly"]);
+/** How long a plan's period is. @public */
 export type BillingPeriod = z.infer<typeof BillingPeriod>;
 
-/** What happens at a period's end to the period's credits nobody spent: see docs/subscriptions.md, "Rollover". */
+/** What happens at a period's end to the period's credits nobody spent: see docs/subscriptions.md, "Rollover". @public */
 export const RolloverPolicy = z.enum(["none", "all", "cap"]);
+/** What happens at a period's end to the period's credits nobody spent: see docs/subscriptions.md, "Rollover". @public */
 export type RolloverPolicy = z.infer<typeof RolloverPolicy>;
 
 const RolloverInput = z.union([z.literal("none"), z.literal("all"), z.strictObject({ cap: NonNegativeAmount })]);
@@ -60,7 +63,7 @@ export const PlanId = z
     z.regex(/^[A-Za-z0-9._:-]+$/, { error: "planId may only contain letters, digits and . _ : -" }),
   );
 
-/** A subscription plan (docs/subscriptions.md). */
+/** A subscription plan (docs/subscriptions.md). @public */
 export const Plan = z.object({
   id: PlanId,
   name: z.string().check(z.minLength(1), z.maxLength(200)),
@@ -89,6 +92,7 @@ export const Plan = z.object({
   createdAt: z.date(),
   updatedAt: z.date(),
 });
+/** A subscription plan (docs/subscriptions.md). @public */
 export type Plan = z.infer<typeof Plan>;
 
 /** A plan's fields a caller sets: on creation (with its id) and on update (any of them). */
@@ -111,22 +115,30 @@ const PlanFields = z.strictObject({
   metadata: z.optional(Metadata),
 });
 
+/** A plan to create (`subscriptions.createPlan()`): its credits per period, billing period, rollover and allowances. @public */
 export const CreatePlanInput = z.strictObject({
   /** Default: a generated UUID. */
   id: z.optional(PlanId),
   ...PlanFields.shape,
 });
+/** A plan to create (`subscriptions.createPlan()`): its credits per period, billing period, rollover and allowances. @public */
 export type CreatePlanInput = z.input<typeof CreatePlanInput>;
 
 // Spelled as the fields made optional rather than `CreatePlanInput.omit({ id })`: an omitted key
 // set is a union whose order the declaration emitter does not keep, so the API report would move.
+/** The fields of a plan to change (`subscriptions.updatePlan()`); those omitted keep their value. @public */
 export const UpdatePlanInput = z.partial(PlanFields);
+/** The fields of a plan to change (`subscriptions.updatePlan()`); those omitted keep their value. @public */
 export type UpdatePlanInput = z.input<typeof UpdatePlanInput>;
 
+/** Where a subscription is: active, canceled (running to its period's end) or expired. @public */
 export const SubscriptionStatus = z.enum(["active", "canceled", "expired"]);
+/** Where a subscription is: active, canceled (running to its period's end) or expired. @public */
 export type SubscriptionStatus = z.infer<typeof SubscriptionStatus>;
 
+/** What a plan change does with the credits of the old plan's period: keep them, expire them, or prorate. @public */
 export const CreditsOnChange = z.enum(["keep", "expire", "prorate"]);
+/** What a plan change does with the credits of the old plan's period: keep them, expire them, or prorate. @public */
 export type CreditsOnChange = z.infer<typeof CreditsOnChange>;
 
 /**
@@ -142,6 +154,7 @@ export type CreditsOnChange = z.infer<typeof CreditsOnChange>;
  */
 const IntentPrice = z.object({ amount: NonNegativeAmount, currency: z.string().check(z.regex(/^[A-Z]{3}$/)) });
 
+/** Account work a subscription still owes (allocation, rollover, expiry, proration). */
 export const SubscriptionIntent = z.object({
   /** Idempotency key of the account unit of work: `sub:<id>:<periodStart ISO>[:change<n>]`. */
   key: z.string(),
@@ -206,16 +219,17 @@ export const SubscriptionIntent = z.object({
 });
 export type SubscriptionIntent = z.infer<typeof SubscriptionIntent>;
 
-/** The arguments of the `subscribe` call that created a subscription (see `Subscription.request`). */
+/** The arguments of the `subscribe` call that created a subscription (see `Subscription.request`). @public */
 export const SubscribeRequest = z.object({
   planId: PlanId,
   autoRenew: z.boolean(),
   /** Epoch ms; null: no `startAt` was given (the cycle started at `createdAt`). */
   startAt: z.nullable(z.number().check(z.int())),
 });
+/** The arguments of the `subscribe` call that created a subscription (see `Subscription.request`). @public */
 export type SubscribeRequest = z.infer<typeof SubscribeRequest>;
 
-/** A user's subscription. At most one per user is `active`. */
+/** A user's subscription. At most one per user is `active`. @public */
 export const Subscription = z.object({
   id: EntityId,
   userId: UserId,
@@ -276,8 +290,10 @@ export const Subscription = z.object({
    */
   changeKeys: z.optional(z.nullable(z.array(z.object({ key: z.string(), fingerprint: z.string() })))),
 });
+/** A user's subscription. At most one per user is `active`. @public */
 export type Subscription = z.infer<typeof Subscription>;
 
+/** Options of `subscriptions.subscribe()`: renewal, start and trial. @public */
 export const SubscribeOptions = z.strictObject({
   /** Renew at every period's end. Default true. */
   autoRenew: z.optional(z.boolean()),
@@ -286,8 +302,10 @@ export const SubscribeOptions = z.strictObject({
   idempotencyKey: z.optional(IdempotencyKey),
   metadata: z.optional(Metadata),
 });
+/** Options of `subscriptions.subscribe()`: renewal, start and trial. @public */
 export type SubscribeOptions = z.input<typeof SubscribeOptions>;
 
+/** Options of `subscriptions.changePlan()`: when the change takes effect and what happens to the credits of the old plan. @public */
 export const ChangePlanOptions = z.strictObject({
   /** Default "now". */
   when: z.optional(z.enum(["now", "period_end"])),
@@ -296,8 +314,10 @@ export const ChangePlanOptions = z.strictObject({
   /** Same key + same arguments → the subscription, nothing changed again; other arguments → `IdempotencyConflictError`. */
   idempotencyKey: z.optional(IdempotencyKey),
 });
+/** Options of `subscriptions.changePlan()`: when the change takes effect and what happens to the credits of the old plan. @public */
 export type ChangePlanOptions = z.input<typeof ChangePlanOptions>;
 
+/** Options of `subscriptions.cancel()`: at the period's end or now, and what happens to the period's credits. @public */
 export const CancelOptions = z.strictObject({
   /** Default true: the subscription runs to its period's end and then ends. */
   atPeriodEnd: z.optional(z.boolean()),
@@ -306,15 +326,20 @@ export const CancelOptions = z.strictObject({
   /** As for `changePlan`. */
   idempotencyKey: z.optional(IdempotencyKey),
 });
+/** Options of `subscriptions.cancel()`: at the period's end or now, and what happens to the period's credits. @public */
 export type CancelOptions = z.input<typeof CancelOptions>;
 
+/** Options of `subscriptions.resume()`. @public */
 export const ResumeOptions = z.strictObject({
   /** As for `changePlan`. */
   idempotencyKey: z.optional(IdempotencyKey),
 });
+/** Options of `subscriptions.resume()`. @public */
 export type ResumeOptions = z.input<typeof ResumeOptions>;
 
+/** Options of `subscriptions.listPlans()`: whether inactive plans are included. @public */
 export const ListPlansOptions = z.strictObject({ includeInactive: z.optional(z.boolean()) });
+/** Options of `subscriptions.listPlans()`: whether inactive plans are included. @public */
 export type ListPlansOptions = z.input<typeof ListPlansOptions>;
 
 /** Rows per scan of a job, 1–10,000. */

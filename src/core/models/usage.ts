@@ -1,16 +1,24 @@
 import * as z from "zod/mini";
 import { DateInput, UserId } from "./common.js";
 
-/** The calendar windows a usage query groups by (docs/usage.md); null: one window for the whole range. */
+/** The calendar windows a usage query groups by (docs/usage.md); null: one window for the whole range. @public */
 export const UsageInterval = z.enum(["hour", "day", "week", "month"]);
+/** The calendar windows a usage query groups by (docs/usage.md); null: one window for the whole range. @public */
 export type UsageInterval = z.infer<typeof UsageInterval>;
 
 /**
  * What a usage row is (docs/usage.md, "What counts"): `spend` — deductions, captured holds,
  * after-service charges, lease windows; `refund` and `clawback` — credits a payment's refund or lost
  * dispute took back. Kept apart, never netted into spend.
+ * @public
  */
 export const UsageKind = z.enum(["spend", "refund", "clawback"]);
+/**
+ * What a usage row is (docs/usage.md, "What counts"): `spend` — deductions, captured holds,
+ * after-service charges, lease windows; `refund` and `clawback` — credits a payment's refund or lost
+ * dispute took back. Kept apart, never netted into spend.
+ * @public
+ */
 export type UsageKind = z.infer<typeof UsageKind>;
 
 /** A metadata key a usage query may group by: `metadata.<key>`, the key a plain name. */
@@ -23,11 +31,15 @@ const MetadataDimension = z.pipe(
   z.transform((s) => s as `metadata.${string}`),
 );
 
-/** A dimension a usage query groups by. */
+/** A dimension a usage query groups by. @public */
 export const UsageDimension = z.union([
   z.enum(["account", "feature", "spender", "model", "reason"]),
   MetadataDimension,
 ]);
+/**
+ * What a usage report groups by: the account, the feature, the spender, the model, the reason, or a metadata
+ * key. @public
+ */
 export type UsageDimension = "account" | "feature" | "spender" | "model" | "reason" | `metadata.${string}`;
 
 /** Most rows a usage query answers with. */
@@ -53,6 +65,7 @@ export const TimeZone = z
 /**
  * `credits.getUsage(query)` (docs/usage.md): usage summed by calendar window and dimension, over one
  * account (`account`) or the whole store (no `account`).
+ * @public
  */
 export const UsageQuery = z.strictObject({
   /** One account's usage; absent: every account's (fleet-wide; e.g. top accounts with `orderBy`). */
@@ -80,20 +93,33 @@ export const UsageQuery = z.strictObject({
   /** Most rows answered, 1–100,000; default 10,000. The query says `truncated` when it cut rows. */
   limit: z.optional(z.number().check(z.int(), z.minimum(1), z.maximum(MAX_USAGE_ROWS))),
 });
+/**
+ * `credits.getUsage(query)` (docs/usage.md): usage summed by calendar window and dimension, over one
+ * account (`account`) or the whole store (no `account`).
+ * @public
+ */
 export type UsageQuery = z.input<typeof UsageQuery>;
 
 /**
  * One row of a usage report: a window (`start` inclusive, `end` exclusive — a calendar window in
  * the query's zone, clipped to the query's range) and the values of the dimensions grouped by (a
  * dimension the usage did not name is null), with what was spent in it.
+ * @public
  */
 export interface UsageRow {
+  /** The start of the row's window. */
   start: Date;
+  /** The end of the row's window. */
   end: Date;
+  /** The account, when grouped by account. */
   account?: string;
+  /** The feature, when grouped by feature. */
   feature?: string | null;
+  /** The spender, when grouped by spender. */
   spender?: string | null;
+  /** The model, when grouped by model. */
   model?: string | null;
+  /** The reason, when grouped by reason. */
   reason?: string | null;
   /** Always there: rows of different kinds are never added together. */
   kind: UsageKind;
@@ -111,8 +137,9 @@ export interface UsageRow {
   [metadata: `metadata.${string}`]: string | null;
 }
 
-/** What `credits.getUsage()` answers. */
+/** What `credits.getUsage()` answers. @public */
 export interface UsageReport {
+  /** The report's rows. */
   rows: UsageRow[];
   /** True when `limit` cut rows off (the rest is not in `rows`). */
   truncated: boolean;

@@ -60,7 +60,12 @@ import { findReservation, ownerOfReservation } from "./hold-lookup.js";
 import { CreditCore, NO_META } from "./credit-core.js";
 import type { CreditModule } from "../module.js";
 
+/**
+ * Options of `new CoreCreditService()`: the store, the ledger, the cache, the clock and the defaults of holds
+ * and trials. @public
+ */
 export interface CoreCreditServiceOptions {
+  /** The store. */
   db: DbManager;
   /** The audit ledger; omit for none (journal entries are still stored). */
   ledger?: LedgerLogger;
@@ -68,6 +73,7 @@ export interface CoreCreditServiceOptions {
   cache?: Cache;
   /** Source of "now". Default `() => new Date()`. */
   clock?: () => Date;
+  /** Where warnings and errors are logged. Default: none. */
   logger?: Logger;
   /** TTL of a hold when `reserveCredits` gets none, in seconds. Default 900. */
   defaultReservationTtlSeconds?: number;
@@ -166,8 +172,10 @@ export type { ChargeReversals } from "../domain/reversal.js";
  * Credits of one account at a time: additions, deductions, holds, expiry, voids, history and
  * audit. Every mutation is one unit of work on the account (`DbManager.transaction`), validated by
  * the zod models before anything is read, and resolves to its journal entry (or reservation).
+ * @public
  */
 export class CoreCreditService {
+  /** The store this service reads and writes. */
   readonly db: DbManager;
   /** What this package's other services share of this one (src/core/services/credit-core.ts). */
   private readonly core: CreditCore;
@@ -179,6 +187,7 @@ export class CoreCreditService {
   /** The modules' checks `audit()` runs after the replay. */
   private readonly auditChecks: readonly AuditCheck[];
 
+  /** A credit service over `options.db`, with the core's operations alone. */
   constructor(options: CoreCreditServiceOptions) {
     const core = new CreditCore(options);
     this.auditChecks = [

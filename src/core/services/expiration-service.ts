@@ -22,13 +22,22 @@ import { traceJob, type JobMessage } from "../diagnostics.js";
 import { type CreditCore } from "./credit-core.js";
 import { creditCore } from "./credit-service.js";
 
+/**
+ * Options of `new ExpirationService()`: the store, the services it drives, the ledger, the clock and the
+ * logger. @public
+ */
 export interface ExpirationServiceOptions {
+  /** The store. */
   db: DbManager;
+  /** The credit service whose grants and holds the jobs settle. */
   credits: CoreCreditService;
+  /** The subscription service whose periods the jobs renew. */
   subscriptions: SubscriptionService;
+  /** The audit ledger; omit for none. */
   ledger?: LedgerLogger;
   /** Default: the credit service's clock. */
   clock?: () => Date;
+  /** Where warnings and errors are logged. Default: none. */
   logger?: Logger;
   /**
    * With notifications on: `runAll()` also records the expiring-credit reminders and delivers the
@@ -63,6 +72,7 @@ function retentionText(value: string): number | null {
  * or text such as `"90s"`, `"15m"`, `"24h"`, `"30d"`. Within the window a retry with the same key
  * answers the first result; once the window has passed and the job has run, the key is forgotten
  * and a request with it is a new operation (a deduction charges again).
+ * @public
  */
 export const IdempotencyRetention = z.union([
   z.literal("forever"),
@@ -77,6 +87,14 @@ export const IdempotencyRetention = z.union([
     ),
   ),
 ]);
+/**
+ * How long idempotency keys answer retries (docs/running-for-years.md): `"forever"` (the default:
+ * every key for ever, as before), or a window of at least one minute — a number of milliseconds,
+ * or text such as `"90s"`, `"15m"`, `"24h"`, `"30d"`. Within the window a retry with the same key
+ * answers the first result; once the window has passed and the job has run, the key is forgotten
+ * and a request with it is a new operation (a deduction charges again).
+ * @public
+ */
 export type IdempotencyRetention = z.input<typeof IdempotencyRetention>;
 
 /** A window's length in ms (null: for ever), from a value `IdempotencyRetention` accepted. */
@@ -85,30 +103,36 @@ export function retentionMs(value: IdempotencyRetention): number | null {
   return typeof value === "number" ? value : retentionText(value);
 }
 
+/** Options of `expiration.forgetIdempotencyKeys()`: how long keys are kept and how many go per statement. @public */
 export const ForgetKeysOptions = z.strictObject({
   /** Default: the manager's `idempotency.retention`. */
   retention: z.optional(IdempotencyRetention),
   /** Keys forgotten per statement. Default 1,000. */
   batchSize: z.optional(BatchSize),
 });
+/** Options of `expiration.forgetIdempotencyKeys()`: how long keys are kept and how many go per statement. @public */
 export type ForgetKeysOptions = z.input<typeof ForgetKeysOptions>;
 
-/** What `forgetIdempotencyKeys()` did. */
+/** What `forgetIdempotencyKeys()` did. @public */
 export interface ForgetKeysReport extends JobBase {
+  /** The job's name. */
   job: "forgetIdempotencyKeys";
   /** The window in ms; null: keys are kept for ever (nothing was done). */
   retentionMs: number | null;
   /** Keys of entries created before this instant (ISO) were forgotten; null with no window. */
   before: string | null;
+  /** Idempotency keys forgotten. */
   keysForgotten: number;
 }
 
+/** Options of a maintenance job of `ExpirationService` (docs/operations.md): rows per scan and accounts at once. @public */
 export const JobOptions = z.strictObject({
   /** Rows per indexed scan. Default 1,000. */
   batchSize: z.optional(BatchSize),
   /** Accounts processed at once within a batch. Default 8. */
   concurrency: z.optional(z.number().check(z.int(), z.minimum(1), z.maximum(256))),
 });
+/** Options of a maintenance job of `ExpirationService` (docs/operations.md): rows per scan and accounts at once. @public */
 export type JobOptions = z.input<typeof JobOptions>;
 
 /** Reminder windows in days, each as `sendExpiringReminders` takes it. */
@@ -121,37 +145,57 @@ function jobBase<J extends JobMessage["job"]>(job: J, asOf: Date) {
   return { job, asOf: asOf.toISOString(), errors: 0, durationMs: 0 };
 }
 
+/** What every job's report carries: the job, the instant it worked to, its errors and its duration. @public */
 export interface JobBase {
+  /** The job's name. */
   job: JobMessage["job"];
   /** The instant the job worked to (ISO). */
   asOf: string;
   /** Accounts (or subscriptions) that failed; each is logged as a ledger error and left for the next run. */
   errors: number;
+  /** How long the job ran, in milliseconds. */
   durationMs: number;
 }
 
+/** What `expireDueGrants()` did. @public */
 export interface ExpireGrantsReport extends JobBase {
+  /** The job's name. */
   job: "expireDueGrants";
+  /** Grants past their expiry looked at. */
   grantsScanned: number;
+  /** Grants expired. */
   grantsExpired: number;
+  /** Credits those grants held, now expired. */
   creditsExpired: number;
+  /** Accounts touched. */
   users: number;
 }
 
+/** What `releaseExpiredHolds()` did. @public */
 export interface ReleaseHoldsReport extends JobBase {
+  /** The job's name. */
   job: "releaseExpiredHolds";
+  /** Holds past their time to live looked at. */
   holdsScanned: number;
+  /** Holds released. */
   holdsReleased: number;
+  /** Credits those holds returned. */
   creditsReleased: number;
+  /** Accounts touched. */
   users: number;
 }
 
+/** What `renewDueSubscriptions()` did. @public */
 export interface RenewSubscriptionsReport extends JobBase {
+  /** The job's name. */
   job: "renewDueSubscriptions";
+  /** Subscriptions due looked at. */
   subscriptionsScanned: number;
   /** Account work completed: period allocations with their rollover, prorations, expiries. */
   intentsCompleted: number;
+  /** Subscriptions renewed into a new period. */
   renewed: number;
+  /** Subscriptions that ended (canceled at their period's end, or not renewing). */
   ended: number;
   /** Periods that had ended before the job reached them: closed without allocation. */
   periodsSkipped: number;
@@ -170,12 +214,17 @@ interface Walk<T, R> {
   process: (key: string, row: T) => Promise<void>;
 }
 
+/** What `checkpointAccounts()` did. @public */
 export interface CheckpointAccountsReport extends JobBase {
+  /** The job's name. */
   job: "checkpointAccounts";
+  /** Accounts looked at. */
   accountsScanned: number;
+  /** Checkpoints written. */
   checkpointsWritten: number;
 }
 
+/** Options of `expiration.checkpointAccounts()`: a job's options and when an account is due a checkpoint. @public */
 export const CheckpointJobOptions = z.extend(JobOptions, {
   /** Checkpoint an account once this many entries follow its latest checkpoint (or its start). Default 1,000. */
   everyEntries: z.optional(z.number().check(z.int(), z.minimum(1), z.maximum(1_000_000_000))),
@@ -185,12 +234,18 @@ export const CheckpointJobOptions = z.extend(JobOptions, {
    */
   olderThan: z.optional(DateInput),
 });
+/** Options of `expiration.checkpointAccounts()`: a job's options and when an account is due a checkpoint. @public */
 export type CheckpointJobOptions = z.input<typeof CheckpointJobOptions>;
 
+/** What `runAll()` did: each job's report. @public */
 export interface RunAllReport {
+  /** The instant the jobs worked to (ISO). */
   asOf: string;
+  /** Holds released. */
   releaseExpiredHolds: ReleaseHoldsReport;
+  /** Subscriptions renewed. */
   renewDueSubscriptions: RenewSubscriptionsReport;
+  /** Grants expired. */
   expireDueGrants: ExpireGrantsReport;
   /** Per reminder window: grants looked at and reminders recorded. Null with notifications off. */
   sendExpiringReminders: { days: number; scanned: number; recorded: number }[] | null;
@@ -202,6 +257,7 @@ export interface RunAllReport {
   dispatchPending: DispatchReport | null;
   /** Idempotency keys past their window, forgotten. Null when keys are kept for ever (the default). */
   forgetIdempotencyKeys: ForgetKeysReport | null;
+  /** How long the run took, in milliseconds. */
   durationMs: number;
 }
 
@@ -211,6 +267,7 @@ export interface RunAllReport {
  * guarded writes make the job safe to run from several workers at once: a grant is expired once, a
  * period allocated once. Each returns a report of counts and records it in the ledger as a system
  * event. A job that did not run for a while catches up in one run (docs/subscriptions.md, "Jobs").
+ * @public
  */
 export class ExpirationService {
   /** Runs the jobs' units of work (src/core/services/credit-core.ts). */
@@ -220,6 +277,7 @@ export class ExpirationService {
   readonly reminderDays: readonly number[];
   private readonly retention: number | null;
 
+  /** An expiration service over `options.db`; `createCreditManager` builds one. */
   constructor(private readonly options: ExpirationServiceOptions) {
     this.core = creditCore(options.credits);
     this.clock = options.clock ?? this.core.clock;

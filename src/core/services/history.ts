@@ -3,8 +3,9 @@ import type { Grant, JournalEntry } from "../models/index.js";
 import type * as z from "zod/mini";
 import type { HistoryQuery } from "../models/index.js";
 
-/** What `getExpiringCredits` returns. */
+/** What `getExpiringCredits` returns. @public */
 export interface ExpiringCredits {
+  /** The account. */
   userId: string;
   /** Credits that expire within the window (unspent, unheld). */
   total: number;
@@ -12,8 +13,9 @@ export interface ExpiringCredits {
   grants: Grant[];
 }
 
-/** A page of journal entries, newest first. */
+/** A page of journal entries, newest first. @public */
 export interface HistoryPage {
+  /** The entries of this page, newest first. */
   items: JournalEntry[];
   /** Pass as `cursor` for the next (older) page; null on the last page. */
   nextCursor: string | null;

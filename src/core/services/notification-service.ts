@@ -38,7 +38,9 @@ import { withTimeout } from "../util/promise.js";
 import { InMemoryNotificationQueue, type NotificationMessage, type NotificationQueue } from "../queue/index.js";
 import type { NotificationUpdate } from "../db/types-notifications.js";
 
+/** Options of `new NotificationService()`: the store, the queue, the thresholds, the clock and the logger. @public */
 export interface NotificationServiceOptions {
+  /** The store. */
   db: DbManager;
   /** Where notifications go. Default: an `InMemoryNotificationQueue`. */
   queue?: NotificationQueue;
@@ -49,7 +51,9 @@ export interface NotificationServiceOptions {
    * account's own (`setAlerts`) replace them.
    */
   alerts?: AlertThreshold[];
+  /** Source of "now". Default `() => new Date()`. */
   clock?: () => Date;
+  /** Where warnings and errors are logged. Default: none. */
   logger?: Logger;
   /** Delivery attempts before a row is marked `failed`. Default 10. */
   maxAttempts?: number;
@@ -89,10 +93,11 @@ export interface NotificationServiceOptions {
   credits?: CoreCreditService;
 }
 
-/** What one `dispatchPending` call did. */
+/** What one `dispatchPending` call did. @public */
 export interface DispatchReport {
   /** Rows claimed and handed to the queue. */
   claimed: number;
+  /** Messages the queue accepted. */
   sent: number;
   /** Publish failed; the row waits for its next attempt. */
   retried: number;
@@ -102,7 +107,7 @@ export interface DispatchReport {
   lost: number;
 }
 
-/** An event the host or another service (subscriptions) records for a user. */
+/** An event the host or another service (subscriptions) records for a user. @public */
 export const EmitInput = z.strictObject({
   /** Any notification type but the domain events, which only the journal records (docs/events.md). */
   type: NotificationType.check(
@@ -116,30 +121,36 @@ export const EmitInput = z.strictObject({
   /** Unique per user: a second event with the same key is not stored (once per grant and window, per period, …). */
   dedupeKey: z.optional(z.string().check(z.minLength(1), z.maxLength(255))),
 });
+/** An event the host or another service (subscriptions) records for a user. @public */
 export type EmitInput = z.input<typeof EmitInput>;
 
-/** The subscription events (the subscription service emits them through `emit`). */
+/** The subscription events (the subscription service emits them through `emit`). @public */
 export type SubscriptionEventType = Extract<
   NotificationType,
   "subscription_renewed" | "subscription_allocation" | "subscription_cancelled" | "subscription_ended"
 >;
 
+/** Options of `notifications.dispatchPending()`: how many rows a round claims. @public */
 export const DispatchOptions = z.strictObject({
   limit: z.optional(z.number().check(z.int(), z.minimum(1), z.maximum(10_000))),
 });
+/** Options of `payments.handleWebhook()`. @public */
 export const HandleOptions = z.strictObject({
   /** The types whose rows are handled (each needs a handler). */
   types: z.array(NotificationType).check(z.minLength(1), z.maxLength(64)),
   limit: z.optional(z.number().check(z.int(), z.minimum(1), z.maximum(10_000))),
 });
+/** Options of `notifications.start()`: how often the dispatcher runs. @public */
 export const NotificationStartOptions = z.strictObject({
   intervalMs: z.optional(z.number().check(z.int(), z.minimum(10), z.maximum(3_600_000))),
   limit: z.optional(z.number().check(z.int(), z.minimum(1), z.maximum(10_000))),
 });
+/** A page of `notifications.list()`: size, cursor, status and type. @public */
 export const NotificationListQuery = z.strictObject({
   status: z.optional(NotificationStatus),
   limit: z.optional(z.number().check(z.int(), z.minimum(1), z.maximum(1000))),
 });
+/** Options of `notifications.sendExpiringReminders()`: the windows, in days before expiry. @public */
 export const ReminderOptions = z.strictObject({
   days: ExpiringDays,
   /** Grants looked at per page. */
@@ -147,27 +158,29 @@ export const ReminderOptions = z.strictObject({
 });
 const NullableThresholds = z.nullable(ThresholdSpec);
 const NullableAlerts = z.nullable(AlertThresholds);
+/** Options of `notifications.evaluateAlerts()`. @public */
 export const EvaluateAlertsOptions = z.strictObject({
   /** Grants looked at per page. */
   pageSize: z.optional(z.number().check(z.int(), z.minimum(1), z.maximum(10_000))),
 });
+/** Options of `notifications.purge()`: how old a delivered row must be to go. @public */
 export const PurgeOptions = z.strictObject({
   olderThanDays: z.optional(z.number().check(z.minimum(0), z.maximum(36_500))),
   batchSize: z.optional(z.number().check(z.int(), z.minimum(1), z.maximum(100_000))),
 });
-/** `notifications.dispatchPending(options)`. */
+/** `notifications.dispatchPending(options)`. @public */
 export type DispatchOptions = z.input<typeof DispatchOptions>;
-/** `notifications.handlePending(options)`. */
+/** `notifications.handlePending(options)`. @public */
 export type HandleOptions = z.input<typeof HandleOptions>;
-/** `notifications.start(options)`. */
+/** `notifications.start(options)`. @public */
 export type NotificationStartOptions = z.input<typeof NotificationStartOptions>;
-/** `notifications.list(userId, query)`. */
+/** `notifications.list(userId, query)`. @public */
 export type NotificationListQuery = z.input<typeof NotificationListQuery>;
-/** `notifications.remindExpiring(options)`. */
+/** `notifications.remindExpiring(options)`. @public */
 export type ReminderOptions = z.input<typeof ReminderOptions>;
-/** `notifications.purge(options)`. */
+/** `notifications.purge(options)`. @public */
 export type PurgeOptions = z.input<typeof PurgeOptions>;
-/** `notifications.evaluateExpiringAlerts(options)` and `evaluateEndedSpendWindows(options)`. */
+/** `notifications.evaluateExpiringAlerts(options)` and `evaluateEndedSpendWindows(options)`. @public */
 export type EvaluateAlertsOptions = z.input<typeof EvaluateAlertsOptions>;
 
 /**
@@ -178,9 +191,12 @@ export type EvaluateAlertsOptions = z.input<typeof EvaluateAlertsOptions>;
  * change no account (`emit`, `sendExpiringReminders`), per-user thresholds, and the dispatcher that
  * delivers pending rows to the `NotificationQueue`: at least once, in order per user, with
  * exponential backoff, `failed` after `maxAttempts`.
+ * @public
  */
 export class NotificationService {
+  /** The store whose outbox this service records and delivers. */
   readonly db: DbManager;
+  /** Where notifications are delivered. */
   readonly queue: NotificationQueue;
   /** Whether notification events are recorded (`NotificationServiceOptions.recording`). */
   readonly recording: boolean;
@@ -201,6 +217,7 @@ export class NotificationService {
   private running: Promise<unknown> | null = null;
   private stopped = true;
 
+  /** A notification service over `options.db`; `createCreditManager` builds one. */
   constructor(options: NotificationServiceOptions) {
     this.db = options.db;
     this.queue = options.queue ?? new InMemoryNotificationQueue();

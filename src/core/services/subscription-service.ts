@@ -25,25 +25,33 @@ import { SubscriptionPeriods } from "./subscription-periods.js";
 import { copy } from "./history.js";
 import { newId } from "../util/uuid.js";
 
+/**
+ * Options of `new SubscriptionService()`: the store, the credit service, the ledger, the clock and the
+ * logger. @public
+ */
 export interface SubscriptionServiceOptions {
+  /** The store. */
   db: DbManager;
   /**
    * The credit service whose units of work allocate, roll over and expire credits, built with
    * `subscriptions: true`.
    */
   credits: CoreCreditService;
+  /** The audit ledger; omit for none. */
   ledger?: LedgerLogger;
   /** Caches `getPlan` and `listPlans`; invalidated on every plan write. */
   cache?: Cache;
   /** Default: the credit service's clock. */
   clock?: () => Date;
+  /** Where warnings and errors are logged. Default: none. */
   logger?: Logger;
   /** TTL of cached plans, in seconds. Default 300. */
   cacheTtlSeconds?: number;
 }
 
-/** What `advance` did to one subscription (the renewal job sums these). */
+/** What `advance` did to one subscription (the renewal job sums these). @public */
 export interface AdvanceResult {
+  /** The subscription as it is after the advance. */
   subscription: Subscription;
   /** Account work completed (allocations, rollovers, prorations, expiries). */
   intentsCompleted: number;
@@ -67,8 +75,10 @@ const MAX_RACES = 50;
  * the renewal job, whoever gets there first — and cleared by a second guarded write. A crash
  * between the two leaves the intent for the next one; a second worker replays the key and changes
  * nothing. See docs/subscriptions.md.
+ * @public
  */
 export class SubscriptionService {
+  /** The store this service reads and writes. */
   readonly db: DbManager;
   /** Brings subscriptions up to a time (shared with the credit service's units of work). */
   private readonly periods: SubscriptionPeriods;
@@ -76,6 +86,7 @@ export class SubscriptionService {
   private readonly cache: CacheAside | undefined;
   private readonly clock: () => Date;
 
+  /** A subscription service over `options.db`; `createCreditManager` builds one. */
   constructor(options: SubscriptionServiceOptions) {
     this.db = options.db;
     this.cache = options.cache && new CacheAside(options.cache, options.cacheTtlSeconds ?? 300, options.logger);

@@ -24,6 +24,7 @@ import { creditCore } from "../services/credit-service.js";
 /**
  * The accounts and journal part: the store's reads and units of work, checked directly and through
  * `CreditService` (burn-down, expiry, holds, debt, idempotency). `getDb`: an initialised store.
+ * @beta
  */
 export function runAccountsContract(getDb: () => DbManager, options: PartOptions = {}): void {
   if (options.test !== undefined) useTestApi(options.test);

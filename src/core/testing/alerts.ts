@@ -51,6 +51,7 @@ const configured = (states: readonly AlertStatus[]) => states.filter((s) => s.so
 /**
  * The alerts part of the contract (`runDbManagerContract` runs it). `test`: your runner's functions,
  * as in `ContractOptions.test`; by default those the suite already runs on.
+ * @beta
  */
 export function runAlertsContract(
   getDb: () => DbManager,

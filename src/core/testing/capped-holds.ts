@@ -17,6 +17,7 @@ import { accountWithClock, lazy, T0, type PartOptions } from "./support.js";
 /**
  * `getDb`: an initialised store; `getPeer` (optional): a second manager over the same store, for the
  * race of two managers (without it, two services over `getDb`).
+ * @beta
  */
 export function runCappedHoldContract(
   getDb: () => DbManager,

@@ -5,7 +5,7 @@ import { InsufficientCreditsError } from "../errors.js";
 import { scopedConcurrencyCase } from "./scoped.js";
 import { accountWithClock, lazy, type PartOptions } from "./support.js";
 
-/** Concurrent callers on one account: no double spend, one effect per idempotency key. */
+/** Concurrent callers on one account: no double spend, one effect per idempotency key. @beta */
 export function runConcurrencyContract(
   getDb: () => DbManager,
   options: PartOptions & { raceSize?: number } = {},

@@ -68,6 +68,7 @@ async function settleAllDue(db: DbManager, at: number, token: string, settle: No
 /**
  * The outbox part of the contract (`runDbManagerContract` runs it). `test`: your runner's functions,
  * as in `ContractOptions.test`; by default those the suite already runs on, else the runner's globals.
+ * @beta
  */
 export function runNotificationContract(
   getDb: () => DbManager,

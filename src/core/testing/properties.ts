@@ -15,7 +15,7 @@ import { AlertModel } from "./alert-model.js";
 import { CreditModel, type ModelHold } from "./model.js";
 import { DAY, lazy, serviceWithClock, T0, type PartOptions } from "./support.js";
 
-/** Random operation sequences against the real service and an independent model (fast-check). */
+/** Random operation sequences against the real service and an independent model (fast-check). @beta */
 export function runPropertyContract(getDb: () => DbManager, options: PartOptions & { runs?: number } = {}): void {
   if (options.test !== undefined) useTestApi(options.test);
   const runs = options.runs ?? 60;

@@ -6,37 +6,61 @@
  */
 import { ConfigurationError } from "../errors.js";
 
-/** What the contract suites assert with: the subset of vitest's and jest's `expect` they use. */
+/** What the contract suites assert with: the subset of vitest's and jest's `expect` they use. @beta */
 export interface Assertion {
+  /** Passes when the value is the expected one (`Object.is`). */
   toBe(expected: unknown): void;
+  /** Passes when the value deeply equals the expected one. */
   toEqual(expected: unknown): void;
+  /** Passes when the value has the expected properties. */
   toMatchObject(expected: object): void;
+  /** Passes when the value's length is `n`. */
   toHaveLength(length: number): void;
+  /** Passes when the value is null. */
   toBeNull(): void;
+  /** Passes when the value is an instance of the class. */
   toBeInstanceOf(expected: unknown): void;
+  /** Passes when the string matches. */
   toMatch(expected: string | RegExp): void;
+  /** Passes when the function throws (a matching error, when given). */
   toThrow(expected?: string | RegExp | Error | (abstract new (...args: never[]) => unknown)): void;
+  /** Passes when the number is at least `n`. */
   toBeGreaterThanOrEqual(expected: number | bigint): void;
+  /** Passes when the number is at most `n`. */
   toBeLessThanOrEqual(expected: number | bigint): void;
+  /** The negated assertions. */
   readonly not: Assertion;
+  /** Assertions on the promise's rejection. */
   readonly rejects: AsyncAssertion;
+  /** Assertions on the promise's value. */
   readonly resolves: AsyncAssertion;
 }
 
-/** `expect(promise).rejects` / `.resolves`: the same matchers, awaited. */
+/** `expect(promise).rejects` / `.resolves`: the same matchers, awaited. @beta */
 export interface AsyncAssertion {
+  /** Passes when the value is the expected one (`Object.is`). */
   toBe(expected: unknown): PromiseLike<unknown>;
+  /** Passes when the value deeply equals the expected one. */
   toEqual(expected: unknown): PromiseLike<unknown>;
+  /** Passes when the value has the expected properties. */
   toMatchObject(expected: object): PromiseLike<unknown>;
+  /** Passes when the value's length is `n`. */
   toHaveLength(length: number): PromiseLike<unknown>;
+  /** Passes when the value is null. */
   toBeNull(): PromiseLike<unknown>;
+  /** Passes when the value is an instance of the class. */
   toBeInstanceOf(expected: unknown): PromiseLike<unknown>;
+  /** Passes when the string matches. */
   toMatch(expected: string | RegExp): PromiseLike<unknown>;
+  /** Passes when the promise rejects (with a matching error, when given). */
   toThrow(expected?: string | RegExp | Error | (abstract new (...args: never[]) => unknown)): PromiseLike<unknown>;
+  /** The negated assertions. */
   readonly not: AsyncAssertion;
 }
 
+/** The `expect` of the test runner the suite is given: vitest's, jest's. @beta */
 export interface Expect {
+  /** An assertion on `value`. */
   (actual: unknown, message?: string): Assertion;
   /** An asymmetric matcher: any instance of `constructor`. */
   any(constructor: unknown): unknown;
@@ -46,12 +70,18 @@ export interface Expect {
  * The test functions of your runner. With vitest:
  * `import { afterAll, beforeAll, describe, expect, it } from "vitest"` and pass
  * `{ describe, it, expect, beforeAll, afterAll }`.
+ * @beta
  */
 export interface TestApi {
+  /** The runner's `describe`. */
   describe(name: string, body: () => void): unknown;
+  /** The runner's `it`. */
   it(name: string, body: () => unknown, timeout?: number): unknown;
+  /** The runner's `beforeAll`. */
   beforeAll(body: () => unknown, timeout?: number): unknown;
+  /** The runner's `afterAll`. */
   afterAll(body: () => unknown, timeout?: number): unknown;
+  /** The runner's `expect`. */
   expect: Expect;
 }
 

@@ -23,7 +23,7 @@ async function allocations(db: DbManager, userId: string) {
     .map((g) => ({ source: g.source, amount: g.amount, expiresAt: g.expiresAt?.toISOString() ?? null }));
 }
 
-/** The plans and subscriptions part of the contract (renewals, plan changes, cancellation, the outbox events). */
+/** The plans and subscriptions part of the contract (renewals, plan changes, cancellation, the outbox events). @beta */
 export function runSubscriptionContract(getDb: () => DbManager, options: PartOptions = {}): void {
   if (options.test !== undefined) useTestApi(options.test);
   const db = lazy(getDb);

@@ -7,7 +7,7 @@ import { CoreCreditService } from "../services/credit-service.js";
 import { ExpirationService } from "../services/expiration-service.js";
 import { SubscriptionService } from "../services/subscription-service.js";
 
-/** What each part's runner takes besides the store. */
+/** What each part's runner takes besides the store. @beta */
 export interface PartOptions {
   /** Your test runner's functions (see `ContractOptions.test`). */
   test?: TestApi;

@@ -9,6 +9,7 @@ import { DAY, T0, type PartOptions } from "./support.js";
  * Trial credits (`trial` option): granted once, in the unit of work that first creates the
  * account — also when callers (or two services over the same store, as two processes) race to
  * create it — and never to an account that existed before.
+ * @beta
  */
 export function runTrialContract(getDb: () => DbManager, options: PartOptions = {}): void {
   if (options.test !== undefined) useTestApi(options.test);

@@ -89,9 +89,12 @@ const STALE_DECAY = 0.97;
  * const db = MongoDbManager.fromUri(process.env.MONGO_URI!, "billing");
  * const credits = await createCreditManager({ db }); // runs db.init()
  * ```
+ * @public
  */
 export class MongoDbManager extends StoreBase implements DbManager {
+  /** The store's name (`memory`, `postgres`, `mongodb`, `sqlite`, …), in diagnostics and errors. */
   readonly name = "mongodb";
+  /** What the store supports: its transactions and its optional parts. */
   readonly capabilities: DbCapabilities = { multiProcess: true };
   /** Prefix of the collection names. */
   readonly collectionPrefix: string;
@@ -130,6 +133,7 @@ export class MongoDbManager extends StoreBase implements DbManager {
   private readonly partHost: MongoPartHost;
   private readonly outbox: MongoOutbox;
 
+  /** A store on MongoDB: a client made from `options` (`uri`), or the `client` given. */
   constructor(config: MongoDbManagerConfig) {
     super();
     if ("db" in config && config.db !== undefined) {
@@ -341,6 +345,10 @@ export class MongoDbManager extends StoreBase implements DbManager {
     if (this.ownsClient) await this.client.close();
   }
 
+  /**
+   * Runs `fn` as one unit of work on the user's account: its writes commit together or not at all; `fn` runs
+   * again after a write conflict.
+   */
   transaction<T>(userId: string, fn: (tx: DbTransaction) => Promise<T>): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       this.group.push(false, { userId, fn, resolve: resolve as Unit["resolve"], reject, attempts: 0, solo: false });
@@ -544,6 +552,7 @@ export class MongoDbManager extends StoreBase implements DbManager {
     };
   }
 
+  /** The account; null when the user has none. */
   async getAccount(userId: string): Promise<Account | null> {
     const doc = await guard("getAccount", () => this.c.accounts.findOne({ _id: userId }));
     return doc === null ? null : fromDoc(ACCOUNT, doc);
@@ -584,6 +593,7 @@ export class MongoDbManager extends StoreBase implements DbManager {
     };
   }
 
+  /** Up to `limit` account ids after `after`, in id order. */
   async listAccountIds(after: string | null, limit: number): Promise<string[]> {
     const docs = await guard("listAccountIds", () =>
       this.c.accounts
@@ -595,6 +605,7 @@ export class MongoDbManager extends StoreBase implements DbManager {
     return docs.map((d) => d._id);
   }
 
+  /** The grant; null when there is none (or, with `userId`, it is another user's). */
   async getGrant(grantId: string, userId?: string): Promise<Grant | null> {
     const doc = await guard("getGrant", () =>
       this.c.grants.findOne(userId === undefined ? { _id: grantId } : { userId, _id: grantId }),
@@ -602,6 +613,7 @@ export class MongoDbManager extends StoreBase implements DbManager {
     return doc === null ? null : fromDoc(GRANT, doc);
   }
 
+  /** The hold; null when there is none (or, with `userId`, it is another user's). */
   async getReservation(reservationId: string, userId?: string): Promise<Reservation | null> {
     const doc = await guard("getReservation", () =>
       this.c.reservations.findOne(userId === undefined ? { _id: reservationId } : { userId, _id: reservationId }),
@@ -609,6 +621,7 @@ export class MongoDbManager extends StoreBase implements DbManager {
     return doc === null ? null : fromDoc(RESERVATION, doc);
   }
 
+  /** The user's grants: the open ones, or every one with `includeInactive`. */
   async listGrants(userId: string, options?: { includeInactive?: boolean }): Promise<Grant[]> {
     const filter: Filter<StoredDoc> = options?.includeInactive ? { userId } : { userId, _open: true };
     const docs = await guard("listGrants", () =>
@@ -617,6 +630,7 @@ export class MongoDbManager extends StoreBase implements DbManager {
     return docs.map((d) => fromDoc(GRANT, d));
   }
 
+  /** The user's holds, of one status when `status` is given. */
   async listReservations(userId: string, options?: { status?: Reservation["status"] }): Promise<Reservation[]> {
     const filter: Filter<StoredDoc> = options?.status === undefined ? { userId } : { userId, status: options.status };
     const docs = await guard("listReservations", () =>
@@ -625,6 +639,7 @@ export class MongoDbManager extends StoreBase implements DbManager {
     return docs.map((d) => fromDoc(RESERVATION, d));
   }
 
+  /** The journal's usage, summed per bucket of the scan (docs/usage.md). */
   async usage(scan: UsageScan): Promise<UsageBucket[]> {
     // Every group in the aggregate's own answer (its `$limit` is `limit + 1`), as far as the
     // server's 16 MB cap on a batch allows: no cursor left open for a getMore, which a gateway or a
@@ -637,6 +652,7 @@ export class MongoDbManager extends StoreBase implements DbManager {
     return docs.map((d) => usageBucketOf(d, scan));
   }
 
+  /** The user's journal entries the query selects, in sequence order. */
   async listJournal(userId: string, q: JournalQuery): Promise<JournalEntry[]> {
     if (q.limit <= 0) return [];
     const filter: Filter<StoredDoc> = { userId };
@@ -691,6 +707,7 @@ export class MongoDbManager extends StoreBase implements DbManager {
     return result.modifiedCount;
   }
 
+  /** Deletes the user's journal entries before sequence `beforeSeq` (archival); resolves to how many. */
   async deleteJournalBefore(userId: string, beforeSeq: number): Promise<number> {
     // In batches of ids, so no one delete runs long (docs/operations.md, "Checkpoints and archival").
     let removed = 0;
@@ -711,6 +728,7 @@ export class MongoDbManager extends StoreBase implements DbManager {
     }
   }
 
+  /** Open grants expired by `asOf`, at most `limit`, after the cursor. */
   async findDueGrants(asOf: Date, limit: number, after?: ScanCursor): Promise<Grant[]> {
     if (limit <= 0) return [];
     // `_open: true` lets the server use the partial index of open grants.
@@ -721,6 +739,7 @@ export class MongoDbManager extends StoreBase implements DbManager {
     return docs.map((d) => fromDoc(GRANT, d));
   }
 
+  /** Active holds expired by `asOf`, at most `limit`, after the cursor. */
   async findExpiredReservations(asOf: Date, limit: number, after?: ScanCursor): Promise<Reservation[]> {
     if (limit <= 0) return [];
     const filter: Filter<StoredDoc> = { status: "active", expiresAt: { $lte: asOf }, ...afterCursor(after) };
@@ -730,6 +749,7 @@ export class MongoDbManager extends StoreBase implements DbManager {
     return docs.map((d) => fromDoc(RESERVATION, d));
   }
 
+  /** Appends an audit-ledger event. */
   async insertLedgerEntry(entry: LedgerEntry): Promise<void> {
     // `_ord` keeps entries of one process in insertion order when their createdAt ties.
     const ord = Math.max(Date.now() * 1024, this.lastLedgerOrd + 1);
@@ -739,6 +759,7 @@ export class MongoDbManager extends StoreBase implements DbManager {
     await guard("insertLedgerEntry", () => this.c.ledger.insertOne(doc, { ignoreUndefined: true }));
   }
 
+  /** The audit-ledger events the query selects. */
   async listLedgerEntries(q: LedgerQuery): Promise<LedgerEntry[]> {
     if (q.limit <= 0) return [];
     const filter: Filter<StoredDoc> = {};
@@ -805,5 +826,3 @@ export class MongoDbManager extends StoreBase implements DbManager {
     return gaveUp("mongodb", userId, attempts, cause);
   }
 }
-
-export type { DbManager } from "../../core/db/types.js";

@@ -4,7 +4,7 @@ import * as z from "zod/mini";
 
 // The MongoDB store's options (docs/storage.md, MongoDB) and what a server must be to run it.
 
-/** Options shared by every way of building a `MongoDbManager`. */
+/** Options shared by every way of building a `MongoDbManager`. @public */
 export interface MongoDbManagerOptions {
   /** Prefix of the collection names (`<prefix>accounts`, `<prefix>grants`, …). Default `"credit_"`. */
   collectionPrefix?: string;
@@ -53,7 +53,7 @@ export const BatchOption = z.union([
   }),
 ]);
 
-/** Either a connected (or connectable) `MongoClient` and a database name, or a `Db`. */
+/** Either a connected (or connectable) `MongoClient` and a database name, or a `Db`. @public */
 export type MongoDbManagerConfig = ({ client: MongoClient; dbName: string } | { db: Db }) & MongoDbManagerOptions;
 
 /**

@@ -17,8 +17,10 @@ import { joinedStore } from "../store/joined.js";
  * `query(text, values)` answering `{ rows }` — a `pg` client (`pool.connect()`) after `BEGIN`, or a
  * one-line adapter over Drizzle's or Kysely's transaction (docs/transactions.md). One statement per
  * call, with `$n` parameters; never a multi-statement text.
+ * @public
  */
 export interface PgQueryable {
+  /** Runs a statement with its values; resolves to the rows. */
   // eslint-disable-next-line @typescript-eslint/no-explicit-any -- rows are decoded by the table codecs
   query(text: string, values?: unknown[]): Promise<{ rows: any[] }>;
 }

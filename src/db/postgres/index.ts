@@ -54,7 +54,6 @@ import {
 } from "./partitions.js";
 import { PostgresSubscriptionStore } from "./subscriptions.js";
 
-export { SCHEMA_VERSION } from "../../schema/sql.js";
 export type {
   ArchivePartitionsInput,
   ArchivePartitionsReport,
@@ -67,7 +66,6 @@ export type { PgQueryable } from "./host.js";
 export type { PostgresBoundPart, PostgresModuleSave, PostgresPartHost, PostgresPartTx } from "./module-part.js";
 export type { PostgresDbManagerOptions } from "./options.js";
 export type { PgPool, PgPoolClient, PgPoolConfig, PgQuery, PgQueryResult } from "./pg-types.js";
-export type { PartitionInterval, PartitionOptions } from "../../schema/partitions.js";
 
 /** Journal entries one statement of `deleteJournalBefore` removes (docs/operations.md, "Checkpoints and archival"). */
 const DELETE_BATCH = 10_000;
@@ -108,9 +106,12 @@ const leases = new WeakMap<PoolClient, Lease>();
  * `StorageError` with the driver's error as `cause`; a connection lost while its COMMIT was in
  * flight too (the outcome is unknown: it does not run again). A connection that failed is closed,
  * never handed out again.
+ * @public
  */
 export class PostgresDbManager extends StoreBase implements DbManager {
+  /** The store's name (`memory`, `postgres`, `mongodb`, `sqlite`, …), in diagnostics and errors. */
   readonly name = "postgres";
+  /** What the store supports: its transactions and its optional parts. */
   readonly capabilities = { multiProcess: true } as const;
   /**
    * @internal The SQL this manager runs (table names, DDL, statements); `init()` makes it distributed
@@ -151,6 +152,7 @@ export class PostgresDbManager extends StoreBase implements DbManager {
   /** Plans and subscriptions (see `./subscriptions.ts`). */
   private readonly subscriptionStore = new PostgresSubscriptionStore(this);
 
+  /** A store on PostgreSQL: a pool made from `options` (`connectionString`), or the `pool` given. */
   constructor(options: PostgresDbManagerOptions) {
     super();
     if ((options.pool === undefined) === (options.connectionString === undefined)) {
@@ -350,6 +352,10 @@ export class PostgresDbManager extends StoreBase implements DbManager {
     await pool?.end();
   }
 
+  /**
+   * Runs `fn` as one unit of work on the user's account: its writes commit together or not at all; `fn` runs
+   * again after a write conflict.
+   */
   transaction<T>(userId: string, fn: (tx: DbTransaction) => Promise<T>): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       const unit: Unit = {
@@ -455,6 +461,7 @@ export class PostgresDbManager extends StoreBase implements DbManager {
     };
   }
 
+  /** The account; null when the user has none. */
   getAccount(userId: string): Promise<Account | null> {
     return one(this, "getAccount", "accounts", "WHERE user_id = $1", [userId]);
   }
@@ -489,6 +496,7 @@ export class PostgresDbManager extends StoreBase implements DbManager {
   }
   private creditsStatement: string | undefined;
 
+  /** Up to `limit` account ids after `after`, in id order. */
   async listAccountIds(after: string | null, limit: number): Promise<string[]> {
     // The primary key's own order (its collation breaks ties by bytes: a total order to page by);
     // every user id sorts after the empty one.
@@ -500,20 +508,24 @@ export class PostgresDbManager extends StoreBase implements DbManager {
     return rows.map((r) => r.user_id as string);
   }
 
+  /** The grant; null when there is none (or, with `userId`, it is another user's). */
   getGrant(grantId: string, userId?: string): Promise<Grant | null> {
     return byId(this, "getGrant", "grants", grantId, userId);
   }
 
+  /** The hold; null when there is none (or, with `userId`, it is another user's). */
   getReservation(reservationId: string, userId?: string): Promise<Reservation | null> {
     return byId(this, "getReservation", "reservations", reservationId, userId);
   }
 
+  /** The user's grants: the open ones, or every one with `includeInactive`. */
   listGrants(userId: string, options?: { includeInactive?: boolean }): Promise<Grant[]> {
     const where = options?.includeInactive ? "" : " AND remaining > 0 AND closed_at IS NULL";
     const order = `${this.sql.column("grants", "created_at")}, id`;
     return list(this, "listGrants", "grants", `WHERE user_id = $1${where} ORDER BY ${order}`, [userId]);
   }
 
+  /** The user's holds, of one status when `status` is given. */
   listReservations(userId: string, options?: { status?: Reservation["status"] }): Promise<Reservation[]> {
     const order = `${this.sql.column("reservations", "created_at")}, id`;
     return options?.status === undefined
@@ -557,6 +569,7 @@ export class PostgresDbManager extends StoreBase implements DbManager {
     return (await this.withRollup(() => rollupRound(this, options))) ?? { accounts: 0, entries: 0, more: false };
   }
 
+  /** The journal's usage, summed per bucket of the scan (docs/usage.md). */
   async usage(scan: UsageScan): Promise<UsageBucket[]> {
     const journal = this.sql.tables.journal.qualified;
     // Reports across accounts by whole UTC days read the daily rollup (docs/usage.md), caught up
@@ -601,6 +614,7 @@ export class PostgresDbManager extends StoreBase implements DbManager {
     });
   }
 
+  /** The user's journal entries the query selects, in sequence order. */
   listJournal(userId: string, query: JournalQuery): Promise<JournalEntry[]> {
     const params: unknown[] = [userId];
     const where = ["user_id = $1"];
@@ -638,6 +652,7 @@ export class PostgresDbManager extends StoreBase implements DbManager {
     return Number(rows[0]?.n ?? 0);
   }
 
+  /** Deletes the user's journal entries before sequence `beforeSeq` (archival); resolves to how many. */
   async deleteJournalBefore(userId: string, beforeSeq: number): Promise<number> {
     // The usage rollup keeps the days of archived entries: it has them before they go (docs/usage.md).
     await this.withRollup(() => this.catchUpUsageRollup(userId));
@@ -652,12 +667,14 @@ export class PostgresDbManager extends StoreBase implements DbManager {
     }
   }
 
+  /** Open grants expired by `asOf`, at most `limit`, after the cursor. */
   findDueGrants(asOf: Date, limit: number, after?: ScanCursor): Promise<Grant[]> {
     const where = "remaining > 0 AND closed_at IS NULL AND expires_at IS NOT NULL";
     const cursor = after && { at: after.expiresAt, id: after.id };
     return scanDue(this, "findDueGrants", "grants", "expires_at", where, asOf, limit, cursor);
   }
 
+  /** Active holds expired by `asOf`, at most `limit`, after the cursor. */
   findExpiredReservations(asOf: Date, limit: number, after?: ScanCursor): Promise<Reservation[]> {
     const cursor = after && { at: after.expiresAt, id: after.id };
     return scanDue(
@@ -681,6 +698,7 @@ export class PostgresDbManager extends StoreBase implements DbManager {
 
   /** Plans and subscriptions, the outbox. */
   private partsValue: SideParts | undefined;
+  /** The sub-stores this store forwards to. */
   protected get parts(): SideParts {
     return (this.partsValue ??= {
       subscriptions: this.subscriptionStore,
@@ -688,12 +706,14 @@ export class PostgresDbManager extends StoreBase implements DbManager {
     });
   }
 
+  /** Appends an audit-ledger event. */
   async insertLedgerEntry(entry: LedgerEntry): Promise<void> {
     const t = this.sql.tables.ledger;
     // Not routed on Citus: the ledger stays a table on the coordinator.
     await this.read("insertLedgerEntry", insertRowText(t, false), [JSON.stringify(toRow(t.columns, entry))]);
   }
 
+  /** The audit-ledger events the query selects. */
   listLedgerEntries(query: LedgerQuery): Promise<LedgerEntry[]> {
     const params: unknown[] = [];
     const where: string[] = [];

@@ -1,6 +1,10 @@
 import type { PgPool as Pool, PgPoolConfig as PoolConfig } from "./pg-types.js";
 import type { PartitionOptions } from "../../schema/partitions.js";
 
+/**
+ * Options of `new PostgresDbManager()`: the connection (a connection string or a pool), the schema and the
+ * pool's settings. @public
+ */
 export interface PostgresDbManagerOptions {
   /**
    * An existing pool. `close()` leaves it open: it is yours, and so are the errors of its idle

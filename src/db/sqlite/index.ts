@@ -3,7 +3,6 @@ import { DefinedStore } from "../store/define.js";
 import { origin, storeError } from "../../core/db/store/errors.js";
 import { refuseOnWorkers } from "../../core/util/runtime.js";
 import type { StoreStats } from "../../core/db/types.js";
-export { SCHEMA_VERSION } from "../../schema/sql.js";
 import { type SqliteDbManagerOptions, type SqliteDriver, chooseDriver } from "./options.js";
 import { Sqlite } from "./connection.js";
 import { definition } from "./definition.js";
@@ -24,10 +23,12 @@ export type { SqliteDatabase, SqliteDbManagerOptions, SqliteDriver, SqliteStatem
  * const db = new SqliteDbManager({ filename: "credits.db" });
  * const credits = await createCreditManager({ db }); // runs db.init(): tables, WAL
  * ```
+ * @public
  */
 export class SqliteDbManager extends DefinedStore {
   private readonly sqlite: Sqlite;
 
+  /** A store in a SQLite file (`filename`), or in memory. */
   constructor(options: SqliteDbManagerOptions = {}) {
     // Refused when made, not at the first request (docs/runtimes.md).
     refuseOnWorkers(

@@ -10,19 +10,28 @@ import { onBun, runtimeName } from "../../core/util/runtime.js";
 /**
  * The parts of a `better-sqlite3` database this store uses, as a structural type of its own (the
  * published declarations never import `better-sqlite3`'s types). A `new Database(file)` fits it.
+ * @public
  */
 export interface SqliteDatabase {
+  /** Prepares a statement. */
   prepare(sql: string): SqliteStatement;
+  /** Runs statements without values. */
   exec(sql: string): unknown;
+  /** Runs a pragma. */
   pragma(source: string, options?: { simple?: boolean }): unknown;
+  /** Wraps `fn` in a transaction. */
   transaction<F extends () => unknown>(fn: F): { (): ReturnType<F>; immediate(): ReturnType<F> };
+  /** Closes the database. */
   close(): unknown;
 }
 
-/** A prepared statement of `SqliteDatabase`. */
+/** A prepared statement of `SqliteDatabase`. @public */
 export interface SqliteStatement {
+  /** Every row of the statement. */
   all(...params: unknown[]): unknown[];
+  /** The first row of the statement. */
   get(...params: unknown[]): unknown;
+  /** Runs the statement; returns how many rows it changed. */
   run(...params: unknown[]): { changes: number };
 }
 
@@ -31,10 +40,12 @@ export type Database = SqliteDatabase;
 /**
  * What opens `filename` (docs/runtimes.md, "SQLite on Bun"): the `better-sqlite3` package, or
  * Bun's own `bun:sqlite` (only under Bun). Both write the same file format.
+ * @public
  */
 export type SqliteDriver = "better-sqlite3" | "bun:sqlite";
 const SqliteDriverOption = z.enum(["better-sqlite3", "bun:sqlite"]) satisfies z.ZodMiniType<SqliteDriver>;
 
+/** Options of `new SqliteDbManager()`: the file, or the database, and the driver. @public */
 export interface SqliteDbManagerOptions {
   /**
    * The database file (created if missing; `":memory:"`: a private in-memory database), opened by

@@ -22,7 +22,7 @@ import { AccountLocks } from "../../core/db/store/account-locks.js";
 import { gaveUp, origin, storeError } from "../../core/db/store/errors.js";
 import { backoff, sleep } from "../../core/db/store/retry.js";
 
-/** One attempt of a unit of work, as a backend hands it to `defineStore` (see `UnitOfWorkPart`). */
+/** One attempt of a unit of work, as a backend hands it to `defineStore` (see `UnitOfWorkPart`). @beta */
 export interface Attempt extends DbTransaction {
   /**
    * Writes what `save` queued, atomically (nothing when `save` was not called). Throws
@@ -39,8 +39,10 @@ export interface Attempt extends DbTransaction {
  * after another per account in this process (a FIFO lock), retries an attempt whose `commit`
  * throws `ConflictError` with jittered backoff up to `maxAttempts` (then once more from
  * `beginLocked` where the backend has it), and writes nothing of an attempt whose `fn` threw.
+ * @beta
  */
 export interface UnitOfWorkPart {
+  /** Opens an attempt of a unit of work on the user's account. */
   begin(userId: string): Attempt | Promise<Attempt>;
   /**
    * Optional: an attempt that cannot meet a conflict, because it holds the store's write lock (or
@@ -54,11 +56,11 @@ export interface UnitOfWorkPart {
   beginLocked?(userId: string): Attempt | Promise<Attempt>;
 }
 
-/** The accounts part: its reads, and either its own `transaction` or `begin` (run by the helper). */
+/** The accounts part: its reads, and either its own `transaction` or `begin` (run by the helper). @beta */
 export type AccountsPart = Part<Omit<AccountStore, "transaction">> &
   (Pick<AccountStore, "transaction"> | UnitOfWorkPart);
 
-/** What `defineStore` builds a `DbManager` from. */
+/** What `defineStore` builds a `DbManager` from. @beta */
 export interface StoreDefinition {
   /** Short name for errors and logs (`[credit-management] [<name>] …`). */
   name: string;
@@ -68,7 +70,9 @@ export interface StoreDefinition {
   init(): Promise<void> | void;
   /** Releases what the store made; called once, whatever `close()` is called. */
   close?(): Promise<void> | void;
+  /** The accounts part: reads of accounts, grants and holds, and the units of work. */
   accounts: AccountsPart;
+  /** The journal part: the journal and the audit ledger. */
   journal: Part<JournalStore>;
   /** Plans and subscriptions. Without it the store answers them with `ConfigurationError`. */
   subscriptions?: Part<SubscriptionStore>;
@@ -110,6 +114,7 @@ const BACKOFF = { base: 4, factor: 2, max: 250, floor: 0.5 };
  *   // subscriptions, outbox, modules' parts (bindPart): add them one by one; the contract suite skips what is absent.
  * });
  * ```
+ * @beta
  */
 export function defineStore(definition: StoreDefinition): DbManager {
   return new DefinedStore(definition);
@@ -117,16 +122,20 @@ export function defineStore(definition: StoreDefinition): DbManager {
 
 const PARTS: readonly OptionalPart[] = ["subscriptions", "outbox"];
 
-/** The store `defineStore` returns; a backend class may extend it (`class MyStore extends DefinedStore { constructor() { super({ … }) } }`). */
+/** The store `defineStore` returns; a backend class may extend it (`class MyStore extends DefinedStore { constructor() { super({ … }) } }`). @beta */
 export class DefinedStore extends StoreBase {
+  /** The store's name (`memory`, `postgres`, `mongodb`, `sqlite`, …), in diagnostics and errors. */
   readonly name: string;
+  /** What the store supports: its transactions and its optional parts. */
   readonly capabilities: DbCapabilities;
+  /** The sub-stores this store forwards to. */
   protected readonly parts: SideParts;
   private readonly accounts: AccountsPart;
   private readonly journal: Part<JournalStore>;
   private readonly locks = new AccountLocks();
   private readonly maxAttempts: number;
 
+  /** A store made of `definition`'s parts (`defineStore`). */
   constructor(private readonly definition: StoreDefinition) {
     super();
     const name = definition.name;
@@ -153,6 +162,7 @@ export class DefinedStore extends StoreBase {
     return bound === undefined ? undefined : { ...bound, reads: guarded(this.name, bound.reads) };
   }
 
+  /** Creates the store's tables (or collections) and indexes where missing; call once before use. */
   async init(): Promise<void> {
     try {
       await this.definition.init();
@@ -161,6 +171,7 @@ export class DefinedStore extends StoreBase {
     }
   }
 
+  /** What `close()` does, the first time. */
   protected override async closeOnce(): Promise<void> {
     try {
       await this.definition.close?.();
@@ -169,6 +180,10 @@ export class DefinedStore extends StoreBase {
     }
   }
 
+  /**
+   * Runs `fn` as one unit of work on the user's account: its writes commit together or not at all; `fn` runs
+   * again after a write conflict.
+   */
   transaction<T>(userId: string, fn: (tx: DbTransaction) => Promise<T> | T): Promise<T> {
     const accounts = this.definition.accounts;
     if ("transaction" in accounts) return accounts.transaction(userId, fn);
@@ -227,30 +242,39 @@ export class DefinedStore extends StoreBase {
     }
   }
 
+  /** The account; null when the user has none. */
   getAccount(userId: string): Promise<Account | null> {
     return this.accounts.getAccount(userId) as Promise<Account | null>;
   }
+  /** The grant; null when there is none (or, with `userId`, it is another user's). */
   getGrant(grantId: string, userId?: string): Promise<Grant | null> {
     return this.accounts.getGrant(grantId, userId) as Promise<Grant | null>;
   }
+  /** The hold; null when there is none (or, with `userId`, it is another user's). */
   getReservation(reservationId: string, userId?: string): Promise<Reservation | null> {
     return this.accounts.getReservation(reservationId, userId) as Promise<Reservation | null>;
   }
+  /** The user's grants: the open ones, or every one with `includeInactive`. */
   listGrants(userId: string, options?: { includeInactive?: boolean }): Promise<Grant[]> {
     return this.accounts.listGrants(userId, options) as Promise<Grant[]>;
   }
+  /** The user's holds, of one status when `status` is given. */
   listReservations(userId: string, options?: { status?: Reservation["status"] }): Promise<Reservation[]> {
     return this.accounts.listReservations(userId, options) as Promise<Reservation[]>;
   }
+  /** Open grants expired by `asOf`, at most `limit`, after the cursor. */
   findDueGrants(asOf: Date, limit: number, after?: ScanCursor): Promise<Grant[]> {
     return this.accounts.findDueGrants(asOf, limit, after) as Promise<Grant[]>;
   }
+  /** Active holds expired by `asOf`, at most `limit`, after the cursor. */
   findExpiredReservations(asOf: Date, limit: number, after?: ScanCursor): Promise<Reservation[]> {
     return this.accounts.findExpiredReservations(asOf, limit, after) as Promise<Reservation[]>;
   }
+  /** The user's journal entries the query selects, in sequence order. */
   listJournal(userId: string, query: JournalQuery): Promise<JournalEntry[]> {
     return this.journal.listJournal(userId, query) as Promise<JournalEntry[]>;
   }
+  /** Forgets the idempotency keys of entries created before `before`; resolves to how many. */
   async forgetIdempotencyKeys(before: Date, limit: number): Promise<number> {
     const forget = this.journal.forgetIdempotencyKeys;
     if (forget === undefined) {
@@ -260,18 +284,22 @@ export class DefinedStore extends StoreBase {
     }
     return forget.call(this.journal, before, limit);
   }
+  /** Appends an audit-ledger event. */
   insertLedgerEntry(entry: LedgerEntry): Promise<void> {
     return this.journal.insertLedgerEntry(entry) as Promise<void>;
   }
+  /** The audit-ledger events the query selects. */
   listLedgerEntries(query: LedgerQuery): Promise<LedgerEntry[]> {
     return this.journal.listLedgerEntries(query) as Promise<LedgerEntry[]>;
   }
+  /** Deletes the user's journal entries before sequence `beforeSeq` (archival); resolves to how many. */
   get deleteJournalBefore(): JournalStore["deleteJournalBefore"] {
     const remove = this.journal.deleteJournalBefore;
     return remove === undefined
       ? undefined
       : (userId, beforeSeq) => this.journal.deleteJournalBefore?.(userId, beforeSeq) as Promise<number>;
   }
+  /** The journal's usage, summed per bucket of the scan (docs/usage.md). */
   get usage(): JournalStore["usage"] {
     const usage = this.journal.usage;
     return usage === undefined ? undefined : (scan) => this.journal.usage?.(scan) as Promise<UsageBucket[]>;
@@ -283,18 +311,21 @@ export class DefinedStore extends StoreBase {
       ? undefined
       : (userId) => this.journal.usageRollup?.(userId) as Promise<UsageRollupRow[] | null>;
   }
+  /** The account's balance figures, read outside a unit of work. */
   get getAccountCredits(): AccountStore["getAccountCredits"] {
     const read = this.accounts.getAccountCredits;
     return read === undefined
       ? undefined
       : (userId) => this.accounts.getAccountCredits?.(userId) as Promise<AccountCredits>;
   }
+  /** Whether the journal entry of that id was committed. */
   get entryCommitted(): AccountStore["entryCommitted"] {
     const lookUp = this.accounts.entryCommitted;
     return lookUp === undefined
       ? undefined
       : (userId, entry) => this.accounts.entryCommitted?.(userId, entry) as Promise<boolean | null>;
   }
+  /** Up to `limit` account ids after `after`, in id order. */
   get listAccountIds(): AccountStore["listAccountIds"] {
     const list = this.accounts.listAccountIds;
     return list === undefined

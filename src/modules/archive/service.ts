@@ -11,7 +11,7 @@ import { ConfigurationError, ValidationError } from "../../core/errors.js";
 import { DateInput, UserId, parse, type JournalEntry } from "../../core/models/index.js";
 import { journalPages } from "../../core/services/history.js";
 
-/** `credits.archiveJournal(options)` (docs/operations.md, "Checkpoints and archival"). */
+/** `credits.archiveJournal(options)` (docs/operations.md, "Checkpoints and archival"). @public */
 export const ArchiveJournalOptions = z.strictObject({
   /** The JSONL file to write; it must not exist yet (an archive is never overwritten). */
   file: z.string().check(z.minLength(1)),
@@ -23,9 +23,12 @@ export const ArchiveJournalOptions = z.strictObject({
    */
   before: z.optional(DateInput),
 });
+/** `credits.archiveJournal(options)` (docs/operations.md, "Checkpoints and archival"). @public */
 export type ArchiveJournalOptions = z.input<typeof ArchiveJournalOptions>;
 
+/** What `archiveJournal()` wrote. @public */
 export interface ArchiveReport {
+  /** The archive file written. */
   file: string;
   /** Accounts whose entries were archived. */
   accounts: number;
@@ -37,7 +40,7 @@ export interface ArchiveReport {
 
 const PAGE = 1000;
 
-/** `credits.archivePartitions(options)` (docs/running-for-years.md, "Partitioning on PostgreSQL"). */
+/** `credits.archivePartitions(options)` (docs/running-for-years.md, "Partitioning on PostgreSQL"). @public */
 export const ArchivePartitionsOptions = z.strictObject({
   /** Archive the partitions whose whole range ends at or before this instant. */
   before: DateInput,
@@ -51,6 +54,7 @@ export const ArchivePartitionsOptions = z.strictObject({
   /** Keep the detached partitions as tables of their own (default false: dropped). */
   keepDetached: z.optional(z.boolean()),
 });
+/** `credits.archivePartitions(options)` (docs/running-for-years.md, "Partitioning on PostgreSQL"). @public */
 export type ArchivePartitionsOptions = z.input<typeof ArchivePartitionsOptions>;
 
 /**

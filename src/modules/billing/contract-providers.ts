@@ -9,18 +9,19 @@ import { describe, expect, it, useTestApi, type TestApi } from "../../core/testi
 import { WebhookRejectedError } from "./errors.js";
 import type { HeadersLike, PaymentEvent, PaymentProvider } from "./provider.js";
 
-/** One webhook as it arrives: the exact bytes, the headers, and when it is received. */
+/** One webhook as it arrives: the exact bytes, the headers, and when it is received. @beta */
 export interface WebhookVector {
   /** Names the test. */
   name: string;
   /** The body as sent (a string is taken as UTF-8). */
   body: string | Uint8Array;
+  /** The webhook's headers, its signature included. */
   headers: HeadersLike;
   /** When the webhook is received (the provider's tolerance window is measured from it). */
   now: Date;
 }
 
-/** The vectors `runPaymentProviderContract` checks a provider with. */
+/** The vectors `runPaymentProviderContract` checks a provider with. @beta */
 export interface PaymentProviderVectors {
   /** Webhooks signed with the provider's webhook secret: they must verify, and parse to `event`. */
   valid: (WebhookVector & { event: PaymentEvent })[];
@@ -34,9 +35,11 @@ export interface PaymentProviderVectors {
   notEvents?: (string | Uint8Array)[];
 }
 
+/** Options of `runPaymentProviderContract`: the provider, the test functions and the webhook vectors. @beta */
 export interface PaymentProviderContractOptions {
   /** The provider under test, configured with the webhook secret the vectors are signed with. */
   provider: PaymentProvider;
+  /** Webhook bodies with their headers, signed by the provider, that the provider must accept. */
   vectors: PaymentProviderVectors;
   /** Your runner's functions (`{ describe, it, expect, beforeAll, afterAll }`); default: its globals. */
   test?: TestApi;
@@ -66,6 +69,7 @@ function tampered(body: Uint8Array): Uint8Array {
  * Runs the payment provider contract on `provider`: every valid vector verifies and maps to its
  * event; every invalid one, a tampered copy and an unsigned copy of every valid one are refused
  * with `WebhookRejectedError`; non-events are refused by `parseEvent`.
+ * @beta
  */
 export function runPaymentProviderContract(options: PaymentProviderContractOptions): void {
   useTestApi(options.test);

@@ -60,6 +60,7 @@ class MemoryPromoPayments implements PromoPaymentStore {
     }
   }
 
+  /** Applies a unit of work's promo and payment rows to the billing module's tables. */
   apply(changes: PromoPaymentChanges): void {
     if (changes.promoClaims === undefined && changes.paymentUpdates === undefined) return;
     for (const c of changes.promoClaims ?? []) {
@@ -71,16 +72,19 @@ class MemoryPromoPayments implements PromoPaymentStore {
     for (const p of changes.paymentUpdates ?? []) this.putPayment(p);
   }
 
+  /** Stores a new promo. */
   async insertPromo(promo: Promo): Promise<void> {
     if (this.promos.has(promo.code)) throw new ConflictError(`promo ${promo.code} exists`, { code: promo.code });
     this.promos.set(promo.code, copy(promo));
   }
 
+  /** The promo of that code; null when there is none. */
   async getPromo(code: string): Promise<Promo | null> {
     const p = this.promos.get(code);
     return p === undefined ? null : copy(p);
   }
 
+  /** A page of promos, newest first. */
   async listPromos(query: { limit: number; before?: { createdAt: Date; code: string } }): Promise<Promo[]> {
     const b = query.before;
     return [...this.promos.values()]
@@ -90,6 +94,7 @@ class MemoryPromoPayments implements PromoPaymentStore {
       .map(copy);
   }
 
+  /** Turns a promo on or off; resolves to it, or null when there is none. */
   async setPromoActive(code: string, isActive: boolean, updatedAt: Date): Promise<Promo | null> {
     const p = this.promos.get(code);
     if (p === undefined) return null;
@@ -98,29 +103,35 @@ class MemoryPromoPayments implements PromoPaymentStore {
     return copy(next);
   }
 
+  /** How many times the user claimed the promo. */
   async countPromoClaims(code: string, userId: string): Promise<number> {
     return this.claims.get(claimKey(code, userId))?.length ?? 0;
   }
 
+  /** The user's promo claims. */
   async listPromoClaims(userId: string): Promise<PromoClaim[]> {
     return (this.claimsByUser.get(userId) ?? []).map(copy);
   }
 
+  /** Stores a new payment. */
   async insertPayment(payment: Payment): Promise<void> {
     if (this.payments.has(payment.id)) throw new ConflictError(`payment ${payment.id} exists`);
     this.putPayment(payment);
   }
 
+  /** The payment; null when there is none (or it is another user's). */
   async getPayment(paymentId: string, userId?: string): Promise<Payment | null> {
     const p = this.payments.get(paymentId);
     return p === undefined || (userId !== undefined && p.userId !== userId) ? null : copy(p);
   }
 
+  /** The payment the provider knows by that id; null when there is none. */
   async findPaymentByProviderId(provider: string, id: string): Promise<Payment | null> {
     const pid = this.byProviderId.get(`${provider}\u0000${id}`);
     return pid === undefined ? null : this.getPayment(pid);
   }
 
+  /** A page of the user's payments, newest first. */
   async listPayments(
     userId: string,
     query: { limit: number; before?: { createdAt: Date; id: string } },
@@ -134,6 +145,7 @@ class MemoryPromoPayments implements PromoPaymentStore {
       .map(copy);
   }
 
+  /** Saves a payment's new state; resolves to whether it was there. */
   async updatePayment(payment: Payment): Promise<boolean> {
     if (this.payments.get(payment.id)?.version !== payment.version - 1) return false;
     this.putPayment(payment);

@@ -13,6 +13,7 @@ const ProviderRef = z
  * takes the account's available credits below `below`, the saved payment method is charged
  * off-session — `amount` (smallest currency unit) each time, or enough to bring available credits
  * back to `toBalance` — and the credits are added once the provider says the payment succeeded.
+ * @public
  */
 export const AutoTopUpInput = z
   .strictObject({
@@ -57,11 +58,18 @@ export const AutoTopUpInput = z
       }
     }),
   );
+/**
+ * `payments.setAutoTopUp(userId, rule)` (docs/promos-and-payments.md, "Auto top-up"): when a spend
+ * takes the account's available credits below `below`, the saved payment method is charged
+ * off-session — `amount` (smallest currency unit) each time, or enough to bring available credits
+ * back to `toBalance` — and the credits are added once the provider says the payment succeeded.
+ * @public
+ */
 export type AutoTopUpInput = z.input<typeof AutoTopUpInput>;
-/** A validated `AutoTopUpInput`. */
+/** A validated `AutoTopUpInput`. @public */
 export type AutoTopUpSettings = z.output<typeof AutoTopUpInput>;
 
-/** The rule as stored (validated, currency upper-cased). */
+/** The rule as stored (validated, currency upper-cased). @public */
 export const AutoTopUpRule = z.object({
   below: Amount,
   amount: z.nullable(Amount),
@@ -75,6 +83,7 @@ export const AutoTopUpRule = z.object({
   maxPerMonth: z.nullable(z.number().check(z.int())),
   maxFailures: z.number().check(z.int(), z.minimum(1)),
 });
+/** The rule as stored (validated, currency upper-cased). @public */
 export type AutoTopUpRule = z.infer<typeof AutoTopUpRule>;
 
 /** A top-up asked for and not yet settled: charged, declined, or waiting for the customer. */
@@ -91,6 +100,7 @@ export type AutoTopUpAttempt = z.infer<typeof AutoTopUpAttempt>;
 /**
  * The account's auto top-up (stored on the account, `accounts.auto_top_up`; changed only inside
  * its unit of work, so concurrent spends crossing `below` ask for one top-up).
+ * @public
  */
 export const AutoTopUpState = z.object({
   rule: AutoTopUpRule,
@@ -108,6 +118,11 @@ export const AutoTopUpState = z.object({
   /** The last decline's (or required action's) provider code, or null. */
   lastError: z.nullable(z.string()),
 });
+/**
+ * The account's auto top-up (stored on the account, `accounts.auto_top_up`; changed only inside
+ * its unit of work, so concurrent spends crossing `below` ask for one top-up).
+ * @public
+ */
 export type AutoTopUpState = z.infer<typeof AutoTopUpState>;
 
 /**
@@ -117,5 +132,5 @@ export type AutoTopUpState = z.infer<typeof AutoTopUpState>;
  */
 export const AccountAutoTopUp = { autoTopUp: z.optional(z.nullable(AutoTopUpState)) };
 
-/** An account as the billing module reads it: the core's row and its `autoTopUp` column. */
+/** An account as the billing module reads it: the core's row and its `autoTopUp` column. @public */
 export type AccountWithAutoTopUp = Account & { autoTopUp?: AutoTopUpState | null };

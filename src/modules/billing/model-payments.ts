@@ -16,6 +16,7 @@ import { text } from "../../core/models/text.js";
  * created → failed → authorized → expired/cancelled → paid → partially_refunded → refunded |
  * disputed_lost. A payment that failed, expired or was cancelled can still become paid (money
  * received is always credited); a paid one never goes back.
+ * @public
  */
 export const PaymentStatus = z.enum([
   "created",
@@ -28,6 +29,13 @@ export const PaymentStatus = z.enum([
   "refunded",
   "disputed_lost",
 ]);
+/**
+ * Where a payment is. Statuses only move forward (see `canAdvancePayment`):
+ * created → failed → authorized → expired/cancelled → paid → partially_refunded → refunded |
+ * disputed_lost. A payment that failed, expired or was cancelled can still become paid (money
+ * received is always credited); a paid one never goes back.
+ * @public
+ */
 export type PaymentStatus = z.infer<typeof PaymentStatus>;
 
 /** An ISO-4217 currency code, upper-cased. */
@@ -36,7 +44,7 @@ export const Currency = z.pipe(
   z.transform((s) => s.toUpperCase()),
 );
 
-/** A payment top-up: what the user pays and the credits it buys. */
+/** A payment top-up: what the user pays and the credits it buys. @public */
 export const Payment = z.object({
   id: EntityId,
   userId: UserId,
@@ -69,6 +77,7 @@ export const Payment = z.object({
   createdAt: z.date(),
   updatedAt: z.date(),
 });
+/** A payment top-up: what the user pays and the credits it buys. @public */
 export type Payment = z.infer<typeof Payment>;
 
 /** A rate of credits per smallest currency unit. */
@@ -98,6 +107,7 @@ export const CreditsPerUnit = z.union([
   z.custom<(amount: number, currency: string) => number>((v) => typeof v === "function"),
 ]);
 
+/** A payment to record (`payments.createPayment()`): amount in the currency's smallest unit, currency, provider and the credits it buys. @public */
 export const CreatePaymentInput = z.strictObject({
   /** In the smallest currency unit: 1 to 10¹³ (docs/revenue.md, "Figures are exact"). */
   amount: Money.check(z.gte(1, { error: "amount must be at least 1" })),
@@ -112,22 +122,26 @@ export const CreatePaymentInput = z.strictObject({
    */
   idempotencyKey: z.optional(IdempotencyKey),
 });
+/** A payment to record (`payments.createPayment()`): amount in the currency's smallest unit, currency, provider and the credits it buys. @public */
 export type CreatePaymentInput = z.input<typeof CreatePaymentInput>;
 
+/** A page of `payments.listPayments()`: size and cursor. @public */
 export const PaymentHistoryQuery = z.strictObject({
   limit: z.optional(z.number().check(z.int(), z.minimum(1), z.maximum(100))),
   /** `nextCursor` of the previous page. */
   cursor: z.optional(z.string().check(z.minLength(1), z.maxLength(300))),
 });
+/** A page of `payments.listPayments()`: size and cursor. @public */
 export type PaymentHistoryQuery = z.input<typeof PaymentHistoryQuery>;
 
 export const PaymentId = EntityId;
 
-/** Options of `payments.recordRefund(userId, paymentId, options)`. */
+/** Options of `payments.recordRefund(userId, paymentId, options)`. @public */
 export const RecordRefundOptions = z.strictObject({
   /** Cumulative refunded total in the smallest unit, 1 to the payment's amount (default: all of it). */
   refundedTotal: z.optional(z.number().check(z.int(), z.minimum(1))),
   /** Who recorded it: in the journal entry's description and metadata (`refundedBy`). */
   by: z.optional(text(255).check(z.minLength(1))),
 });
+/** Options of `payments.recordRefund(userId, paymentId, options)`. @public */
 export type RecordRefundOptions = z.input<typeof RecordRefundOptions>;

@@ -27,7 +27,7 @@ export const PromoCode = z.pipe(
   z.transform((s) => s.toUpperCase()),
 );
 
-/** A promo code and its limits. `uses` counts claims over all users. */
+/** A promo code and its limits. `uses` counts claims over all users. @public */
 export const Promo = z.object({
   /** Upper-cased; unique. */
   code: z.string().check(z.maxLength(64)),
@@ -53,9 +53,10 @@ export const Promo = z.object({
   createdAt: z.date(),
   updatedAt: z.date(),
 });
+/** A promo code and its limits. `uses` counts claims over all users. @public */
 export type Promo = z.infer<typeof Promo>;
 
-/** One claim of a promo by a user: unique per (code, userId, claimNumber). */
+/** One claim of a promo by a user: unique per (code, userId, claimNumber). @public */
 export const PromoClaim = z.object({
   id: EntityId,
   code: z.string().check(z.maxLength(64)),
@@ -69,9 +70,10 @@ export const PromoClaim = z.object({
   entryId: EntityId,
   createdAt: z.date(),
 });
+/** One claim of a promo by a user: unique per (code, userId, claimNumber). @public */
 export type PromoClaim = z.infer<typeof PromoClaim>;
 
-/** Input of `PromoService.createPromo`. */
+/** Input of `PromoService.createPromo`. @public */
 export const CreatePromoInput = z.strictObject({
   code: PromoCode,
   credits: Amount,
@@ -90,17 +92,19 @@ export const CreatePromoInput = z.strictObject({
   description: z.optional(ShortText),
   metadata: z.optional(Metadata),
 });
+/** Input of `PromoService.createPromo`. @public */
 export type CreatePromoInput = z.input<typeof CreatePromoInput>;
 
-/** Options of `PromoService.claimPromo`. */
+/** Options of `PromoService.claimPromo`. @public */
 export const ClaimPromoOptions = z.strictObject({
   correlationId: z.optional(text(255).check(z.minLength(1))),
   /** A retried claim with the same key returns the first claim's entry instead of claiming again. */
   idempotencyKey: z.optional(IdempotencyKey),
 });
+/** Options of `PromoService.claimPromo`. @public */
 export type ClaimPromoOptions = z.input<typeof ClaimPromoOptions>;
 
-/** Why a user may not claim a promo now. */
+/** Why a user may not claim a promo now. @public */
 export const PromoIneligibility = z.enum([
   "not_found",
   "inactive",
@@ -110,9 +114,10 @@ export const PromoIneligibility = z.enum([
   "exhausted",
   "already_claimed",
 ]);
+/** Why a user may not claim a promo now. @public */
 export type PromoIneligibility = z.infer<typeof PromoIneligibility>;
 
-/** What `checkEligibility` answers. */
+/** What `checkEligibility` answers. @public */
 export type PromoEligibility =
   | { eligible: true; code: string; credits: number; creditsExpireInDays: number | null; claimsLeftForUser: number }
   | { eligible: false; code: string; reason: PromoIneligibility; message: string };

@@ -12,6 +12,7 @@ import type {
   PaymentProvider,
 } from "./provider.js";
 
+/** Options of `new RazorpayProvider()`: the key id and secret, the webhook secret and the HTTP client. @public */
 export interface RazorpayProviderOptions {
   /** Default `process.env.RAZORPAY_KEY_ID`. */
   keyId?: string;
@@ -45,12 +46,15 @@ const PAYMENT_EVENTS: Record<string, PaymentEventKind> = {
  * our payment id as the link's `reference_id` — unique per link at Razorpay, so a link already
  * opened for a payment is found again by it (`GET /v1/payment_links?reference_id=…`).
  * Webhooks: `X-Razorpay-Signature` = hex HMAC-SHA256 of the raw body with the webhook secret.
+ * @public
  */
 export class RazorpayProvider implements PaymentProvider {
+  /** The provider's name in payments and webhooks: `razorpay`. */
   readonly name = "razorpay";
   private readonly o: Pick<RazorpayProviderOptions, "keyId" | "keySecret" | "webhookSecret" | "callbackUrl">;
   private readonly api: ProviderApi;
 
+  /** A Razorpay provider with the account's keys and webhook secret. */
   constructor(options: RazorpayProviderOptions = {}) {
     const env = typeof process === "undefined" ? {} : process.env;
     const appBase = env.APP_BASE_URL;
@@ -63,6 +67,7 @@ export class RazorpayProvider implements PaymentProvider {
     this.api = new ProviderApi("razorpay", "https://api.razorpay.com", options);
   }
 
+  /** Whether webhooks can be received: true once a webhook secret is configured. */
   get receivesWebhooks(): boolean {
     return Boolean(this.o.webhookSecret);
   }
@@ -72,6 +77,7 @@ export class RazorpayProvider implements PaymentProvider {
     return Boolean(this.o.keyId && this.o.keySecret);
   }
 
+  /** Creates a Razorpay payment link for the checkout; resolves to its id and URL. */
   async createCheckout(r: CheckoutRequest): Promise<CheckoutResult> {
     const body: Record<string, unknown> = {
       amount: r.amount,
@@ -150,6 +156,10 @@ export class RazorpayProvider implements PaymentProvider {
     return `Basic ${Buffer.from(`${keyId}:${keySecret}`).toString("base64")}`;
   }
 
+  /**
+   * Checks the webhook's signature over the exact bytes received; throws `WebhookRejectedError`
+   * when it does not match (or is stale).
+   */
   verifyWebhook(rawBody: Uint8Array, headers: HeadersLike): void {
     const secret = this.o.webhookSecret;
     if (!secret) {
@@ -163,6 +173,7 @@ export class RazorpayProvider implements PaymentProvider {
     }
   }
 
+  /** The payment event a verified webhook body carries; throws `WebhookRejectedError` when it is not an event. */
   parseEvent(rawBody: Uint8Array): PaymentEvent {
     const body = parseJson(rawBody);
     const type = str(body.event) ?? "";

@@ -14,6 +14,7 @@ import type {
   PaymentProvider,
 } from "./provider.js";
 
+/** Options of `new StripeProvider()`: the secret key, the webhook signing secret and the HTTP client. @public */
 export interface StripeProviderOptions {
   /** Default `process.env.STRIPE_SECRET_KEY`. */
   secretKey?: string;
@@ -27,6 +28,7 @@ export interface StripeProviderOptions {
   toleranceSeconds?: number;
   /** Default `https://api.stripe.com`. */
   baseUrl?: string;
+  /** The HTTP client. Default: the global `fetch`. */
   fetch?: FetchLike;
   /** Longest wait for one API call, in ms (then `PaymentProviderError`). Default 30,000. */
   timeoutMs?: number;
@@ -38,15 +40,17 @@ export interface StripeProviderOptions {
   apiVersion?: string;
 }
 
-/** The Stripe API version this release is written and tested against. */
+/** The Stripe API version this release is written and tested against. @public */
 export const STRIPE_API_VERSION = "2024-06-20";
 
 /**
  * Stripe Checkout Sessions (`POST /v1/checkout/sessions`, form-encoded, Bearer secret key).
  * Webhooks: `Stripe-Signature: t=<unix>,v1=<hex>` where v1 = HMAC-SHA256 of `<t>.<raw body>`;
  * events older (or newer) than the tolerance are refused.
+ * @public
  */
 export class StripeProvider implements PaymentProvider {
+  /** The provider's name in payments and webhooks: `stripe`. */
   readonly name = "stripe";
   private readonly secretKey: string | undefined;
   private readonly webhookSecret: string | undefined;
@@ -56,6 +60,7 @@ export class StripeProvider implements PaymentProvider {
   private readonly api: ProviderApi;
   private readonly apiVersion: string;
 
+  /** A Stripe provider with the account's secret key and webhook signing secret. */
   constructor(options: StripeProviderOptions = {}) {
     const env = stripeEnvOptions(typeof process === "undefined" ? {} : process.env);
     this.secretKey = options.secretKey ?? env.secretKey;
@@ -84,10 +89,12 @@ export class StripeProvider implements PaymentProvider {
     return Boolean(this.secretKey);
   }
 
+  /** Whether webhooks can be received: true once a webhook secret is configured. */
   get receivesWebhooks(): boolean {
     return Boolean(this.webhookSecret);
   }
 
+  /** Creates a Stripe Checkout session for the checkout; resolves to its id and URL. */
   async createCheckout(r: CheckoutRequest): Promise<CheckoutResult> {
     const authorization = this.auth();
     if (!this.successUrl || !this.cancelUrl) {
@@ -194,6 +201,10 @@ export class StripeProvider implements PaymentProvider {
     });
   }
 
+  /**
+   * Checks the webhook's signature over the exact bytes received; throws `WebhookRejectedError`
+   * when it does not match (or is stale).
+   */
   verifyWebhook(rawBody: Uint8Array, headers: HeadersLike, now: Date): void {
     const secret = this.webhookSecret;
     if (!secret) {
@@ -227,6 +238,7 @@ export class StripeProvider implements PaymentProvider {
     }
   }
 
+  /** The payment event a verified webhook body carries; throws `WebhookRejectedError` when it is not an event. */
   parseEvent(rawBody: Uint8Array): PaymentEvent {
     const body = parseJson(rawBody);
     const type = str(body.type) ?? "";

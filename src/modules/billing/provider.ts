@@ -1,13 +1,16 @@
-/** What a provider needs to open a checkout for a stored payment. */
+/** What a provider needs to open a checkout for a stored payment. @public */
 export interface CheckoutRequest {
   /** Our payment id (sent to the provider as a note / metadata / client reference). */
   paymentId: string;
+  /** The account the credits go to. */
   userId: string;
   /** Smallest currency unit. */
   amount: number;
   /** ISO-4217, upper-case. */
   currency: string;
+  /** Credits the payment buys. */
   credits: number;
+  /** What the customer sees on the checkout page. */
   description: string;
   /**
    * Set when the caller gave an `idempotencyKey`: our payment id derived from user and key (unique
@@ -17,25 +20,31 @@ export interface CheckoutRequest {
   idempotencyKey?: string | undefined;
 }
 
-/** What the provider created: where to send the user, and the provider's id for it. */
+/** What the provider created: where to send the user, and the provider's id for it. @public */
 export interface CheckoutResult {
+  /** The provider's id of the checkout (a Checkout session, a payment link). */
   providerRef: string;
+  /** Where to send the customer to pay. */
   url: string;
 }
 
 /**
  * What a provider needs to charge a saved payment method off-session (auto top-up,
  * docs/promos-and-payments.md): the customer is not there to confirm it.
+ * @public
  */
 export interface OffSessionChargeRequest {
   /** Our payment id (the top-up attempt's): sent as metadata, so the provider's webhooks name it. */
   paymentId: string;
+  /** The account the credits go to. */
   userId: string;
   /** Smallest currency unit. */
   amount: number;
   /** ISO-4217, upper-case. */
   currency: string;
+  /** Credits the charge buys. */
   credits: number;
+  /** What the customer's statement shows. */
   description: string;
   /** The provider's customer (Stripe `cus_…`). */
   customer: string;
@@ -55,6 +64,7 @@ export interface OffSessionChargeRequest {
  * `declined`: refused, `code` the provider's reason (`card_declined`, `insufficient_funds`, …).
  * Errors that may pass (time-outs, 5xx, 429) are thrown as `PaymentProviderError`: retried under
  * the same idempotency key.
+ * @public
  */
 export type OffSessionChargeResult =
   | { status: "succeeded" | "processing"; providerPaymentId: string }
@@ -66,12 +76,13 @@ export type OffSessionChargeResult =
     }
   | { status: "declined"; providerPaymentId: string | null; code: string; message: string };
 
-/** Header lookup: a fetch `Headers`, or a plain (Node-style) header object. */
+/** Header lookup: a fetch `Headers`, or a plain (Node-style) header object. @public */
 export type HeadersLike = Headers | Record<string, string | string[] | undefined>;
 
-/** What an incoming event means for a payment, in provider-neutral terms. */
+/** What an incoming event means for a payment, in provider-neutral terms. @public */
 export type PaymentEventKind = "authorized" | "paid" | "failed" | "expired" | "cancelled" | "refund" | "dispute_lost";
 
+/** What a provider's webhook says about a payment, in the provider-neutral form `PaymentService` handles. @public */
 export interface PaymentEvent {
   /** The provider's event id, for logs. */
   eventId: string | null;
@@ -92,6 +103,7 @@ export interface PaymentEvent {
   userId: string | null;
   /** Amount of the payment, smallest unit, when the event says. */
   amount: number | null;
+  /** The currency of the amount (ISO 4217), when the event carries one. */
   currency: string | null;
   /** On refunds: the total refunded so far (cumulative), smallest unit. */
   refundedTotal: number | null;
@@ -100,10 +112,12 @@ export interface PaymentEvent {
 /**
  * A payment provider: opens checkouts and turns verified webhooks into `PaymentEvent`s. Both
  * built-in providers implement it; a custom provider can too (`PaymentService({ providers })`).
+ * @public
  */
 export interface PaymentProvider {
   /** Name used in `createPaymentLink({ provider })` and `/webhooks/:provider`. */
   readonly name: string;
+  /** Creates a checkout for the request at the provider; resolves to its reference and the URL to pay at. */
   createCheckout(request: CheckoutRequest): Promise<CheckoutResult>;
   /**
    * Optional: the checkout this provider already opened for `request.paymentId`, or null when it
@@ -154,5 +168,5 @@ export interface PaymentProvider {
   parseEvent(rawBody: Uint8Array): PaymentEvent;
 }
 
-/** A `fetch` compatible function (injectable for tests and proxies). */
+/** A `fetch` compatible function (injectable for tests and proxies). @public */
 export type FetchLike = (input: string, init: RequestInit) => Promise<Response>;

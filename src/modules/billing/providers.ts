@@ -21,7 +21,7 @@ export type {
 
 const isObject = (v: unknown) => typeof v === "object" && v !== null;
 
-/** `createCreditManager({ payments })`. */
+/** `createCreditManager({ payments })`. @public */
 export const PaymentManagerOptions = z.strictObject({
   /**
    * Providers to use. Default: Razorpay and Stripe, configured from `razorpay` / `stripe` below or
@@ -54,6 +54,7 @@ export const PaymentManagerOptions = z.strictObject({
    */
   keyNamespace: z.optional(KeyNamespace),
 });
+/** `createCreditManager({ payments })`. @public */
 export type PaymentManagerOptions = z.input<typeof PaymentManagerOptions>;
 
 /** @internal */

@@ -13,6 +13,7 @@ import { AutoTopUpStateView, autoTopUpView, seen } from "../../http/views.js";
  * - `"all"`: set the whole rule, the saved payment method included — only where your
  *   authentication ties the provider's customer to the caller (a caller naming another customer's
  *   card would be charging it).
+ * @public
  */
 export type SelfServiceAutoTopUp = "none" | "limits" | "all";
 

@@ -27,7 +27,7 @@ import type { BillingDeps } from "./service-promos.js";
 import { saveAccountOnly, type UnitHook } from "../../core/services/unit-of-work.js";
 import { billingRows } from "./store.js";
 
-/** What `processAutoTopUp` did with the account's top-up in flight. */
+/** What `processAutoTopUp` did with the account's top-up in flight. @public */
 export interface AutoTopUpResult {
   /**
    * none: no top-up in flight (or another one than asked for); credited: charged and credited (or

@@ -57,7 +57,12 @@ import { billingDeps, decodeCursor, encodeCursor, type BillingDeps } from "./ser
 
 export type { AutoTopUpResult } from "./service-auto-top-up.js";
 
+/**
+ * Options of `new PaymentService()`: the store, the credit service, the providers, the ledger, the cache, the
+ * clock and the logger. @public
+ */
 export interface PaymentServiceOptions {
+  /** The store. */
   db: DbManager;
   /**
    * Runs the account's units of work — pass the one your application uses (as `createCreditManager`
@@ -103,13 +108,17 @@ export interface PaymentServiceOptions {
    * checkouts instead of finding each other's. 1–64 characters; default none (ids as before).
    */
   keyNamespace?: string;
+  /** The audit ledger; omit for none. */
   ledger?: LedgerLogger;
+  /** Caches payment reads. Never consulted for a decision that moves credits. */
   cache?: Cache;
+  /** Source of "now". Default `() => new Date()`. */
   clock?: () => Date;
+  /** Where warnings and errors are logged. Default: none. */
   logger?: Logger;
 }
 
-/** What `handleWebhook` did. Any of these is answered with HTTP 200. */
+/** What `handleWebhook` did. Any of these is answered with HTTP 200. @public */
 export interface WebhookResult {
   /**
    * credited: a paid payment was credited; reversed: refund/lost dispute took credits back;
@@ -118,15 +127,21 @@ export interface WebhookResult {
    * or a refund/dispute of another provider payment than the one credited (e.g. another attempt).
    */
   outcome: "credited" | "reversed" | "updated" | "duplicate" | "unchanged" | "ignored";
+  /** The provider's event type, as it named it. */
   eventType: string;
+  /** The payment the event was about; null when it matched none. */
   paymentId: string | null;
+  /** The payment's status after the event; null when it matched none. */
   status: PaymentStatus | null;
+  /** Why the event was ignored, when it was. */
   reason?: string;
 }
 
-/** A page of payments, newest first. */
+/** A page of payments, newest first. @public */
 export interface PaymentPage {
+  /** The payments of this page, newest first. */
   items: Payment[];
+  /** Pass as `cursor` for the next page; null on the last page. */
   nextCursor: string | null;
 }
 
@@ -135,6 +150,7 @@ export interface PaymentPage {
  * will buy, and applies the provider's signed webhooks: each paid payment is credited exactly once
  * (in the same unit of work that marks it paid), statuses only move forward, and refunds or lost
  * disputes take the credits back.
+ * @public
  */
 export class PaymentService {
   private readonly deps: BillingDeps;
@@ -149,6 +165,7 @@ export class PaymentService {
   private readonly autoTopUps: AutoTopUpService;
   private readonly checkouts: PaymentCheckouts;
 
+  /** A payment service over `options.db`; `createCreditManager` builds one with its `payments` option. */
   constructor(options: PaymentServiceOptions) {
     this.deps = billingDeps(options, "PaymentService");
     for (const p of options.providers ?? []) this.providers.set(p.name, p);

@@ -33,7 +33,12 @@ export function billingDeps(options: UnitOptions, service: string): BillingDeps 
   return { ...deps, db: billingStore(deps.db) };
 }
 
+/**
+ * Options of `new PromoService()`: the store, the credit service, the ledger, the cache, the clock and the
+ * logger. @public
+ */
 export interface PromoServiceOptions {
+  /** The store. */
   db: DbManager;
   /**
    * Runs the account's units of work — pass the one your application uses (as `createCreditManager`
@@ -49,29 +54,38 @@ export interface PromoServiceOptions {
    * `ConfigurationError` (that service's own `alerts` apply).
    */
   alerts?: Thresholds;
+  /** The audit ledger; omit for none. */
   ledger?: LedgerLogger;
+  /** Caches promo reads. Never consulted for a decision that moves credits. */
   cache?: Cache;
+  /** Source of "now". Default `() => new Date()`. */
   clock?: () => Date;
+  /** Where warnings and errors are logged. Default: none. */
   logger?: Logger;
 }
 
-/** What `claimPromo` resolves to. */
+/** What `claimPromo` resolves to. @public */
 export interface PromoClaimResult {
+  /** The claim recorded. */
   claim: PromoClaim;
   /** The `add` journal entry (its grant has source `promo` and sourceRef the code). */
   entry: JournalEntry;
 }
 
-/** A page of promos, newest first. */
+/** A page of promos, newest first. @public */
 export interface PromoPage {
+  /** The promos of this page, newest first. */
   items: Promo[];
+  /** Pass as `cursor` for the next page; null on the last page. */
   nextCursor: string | null;
 }
 
+/** A page of `promos.listPromos()`: its size and the cursor of the previous page. @public */
 const ListPromosQuery = z.strictObject({
   limit: z.optional(z.number().check(z.int(), z.minimum(1), z.maximum(1000))),
   cursor: z.optional(z.string().check(z.minLength(1), z.maxLength(300))),
 });
+/** A page of `promos.listPromos()`: its size and the cursor of the previous page. @public */
 export type ListPromosQuery = z.input<typeof ListPromosQuery>;
 
 /** Attempts of a claim that lost a race on the promo's counter before it re-checks and gives up. */
@@ -81,10 +95,12 @@ const CLAIM_ATTEMPTS = 8;
  * Promo codes: create, list, activate, check and claim. A claim is one unit of work on the
  * claiming user's account that checks eligibility, takes a use from the promo's counter with a
  * guarded write in the same transaction, records the claim and adds the grant — all or nothing.
+ * @public
  */
 export class PromoService {
   private readonly deps: BillingDeps;
 
+  /** A promo service over `options.db`; `createCreditManager` builds one. */
   constructor(options: PromoServiceOptions) {
     this.deps = billingDeps(options, "PromoService");
   }

@@ -17,6 +17,7 @@ export { BILLING };
  *    `ConflictError` (nothing saved);
  *  - a payment update (`updatePayment`, `Changes.rows.billing.paymentUpdates`) is a compare-and-set on
  *    `version`: it writes only where the stored `version` is `payment.version - 1`.
+ * @beta
  */
 export interface PromoPaymentStore {
   /** Inserts a promo; `ConflictError` when its code exists. */
@@ -44,7 +45,7 @@ export interface PromoPaymentStore {
   updatePayment(payment: Payment): Promise<boolean>;
 }
 
-/** Reads a unit of work makes for promos and payments (inside its transaction). */
+/** Reads a unit of work makes for promos and payments (inside its transaction). @beta */
 export interface PromoPaymentTransaction {
   /** The promo, read inside the transaction. */
   getPromo(code: string): Promise<Promo | null>;

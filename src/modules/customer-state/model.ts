@@ -4,7 +4,7 @@ import { UserId } from "../../core/models/common.js";
 /** The most accounts one page of `listCustomerStates` answers (docs/customer-state.md). */
 export const MAX_CUSTOMER_STATES_PAGE = 1000;
 
-/** `credits.listCustomerStates(query)`: a page of accounts' states (docs/customer-state.md). */
+/** `credits.listCustomerStates(query)`: a page of accounts' states (docs/customer-state.md). @public */
 export const CustomerStatesQuery = z.strictObject({
   /** The `nextCursor` of the previous page (the last account id it answered); omitted: from the start. */
   cursor: z.optional(UserId),
@@ -24,4 +24,5 @@ export const CustomerStatesQuery = z.strictObject({
    */
   userIds: z.optional(z.array(UserId).check(z.minLength(1), z.maxLength(MAX_CUSTOMER_STATES_PAGE))),
 });
+/** `credits.listCustomerStates(query)`: a page of accounts' states (docs/customer-state.md). @public */
 export type CustomerStatesQuery = z.input<typeof CustomerStatesQuery>;

@@ -22,7 +22,7 @@ import { compareGrants, isUpcoming, startOf } from "../../core/domain/order.js";
 import { drawnOutOf } from "../../core/domain/allowance.js";
 import { availableOf, figuresBehind } from "../../core/domain/scope.js";
 
-/** What `credits.getCustomerState(userId)` answers (docs/customer-state.md). */
+/** What `credits.getCustomerState(userId)` answers (docs/customer-state.md). @public */
 export interface CustomerState {
   /** The account. */
   userId: string;
@@ -56,7 +56,7 @@ export interface CustomerState {
   upcoming: StateGrant[];
 }
 
-/** One feature of a `CustomerState`: its decision and the figures behind it. */
+/** One feature of a `CustomerState`: its decision and the figures behind it. @public */
 export interface FeatureState {
   /** The feature's name. */
   feature: string;
@@ -86,7 +86,7 @@ export interface FeatureState {
   grants: StateGrant[];
 }
 
-/** The tightest spend limit on a feature. */
+/** The tightest spend limit on a feature. @public */
 export interface FeatureLimit {
   /** Credits the limit allows per window. */
   amount: number;
@@ -98,7 +98,7 @@ export interface FeatureLimit {
   resetsAt: Date;
 }
 
-/** A grant behind a feature's figures. `description`, `metadata` and `sourceRef` are the operator's notes. */
+/** A grant behind a feature's figures. `description`, `metadata` and `sourceRef` are the operator's notes. @public */
 export interface StateGrant {
   /** The grant's id. */
   id: string;
@@ -122,7 +122,7 @@ export interface StateGrant {
   effectiveAt: Date | null;
 }
 
-/** The active subscription of a `CustomerState`. */
+/** The active subscription of a `CustomerState`. @public */
 export interface SubscriptionState {
   /** The subscription's id. */
   id: string;
@@ -144,7 +144,7 @@ export interface SubscriptionState {
   pendingPlanId: string | null;
 }
 
-/** A page of `listCustomerStates`. */
+/** A page of `listCustomerStates`. @public */
 export interface CustomerStatePage {
   /** The accounts' states, in id order. */
   items: CustomerState[];

@@ -4,7 +4,7 @@ import { SpenderId } from "../../core/models/limits.js";
 /** The longest a customer token may live: one day, in seconds (docs/usage.md, "For your customers"). */
 export const MAX_CUSTOMER_TOKEN_TTL_SECONDS = 86_400;
 
-/** `credits.customerToken(account, options)`. */
+/** `credits.customerToken(account, options)`. @public */
 export const CustomerTokenOptions = z.strictObject({
   /** Only this spender's usage is readable with the token (balance and grants are the account's). */
   spender: z.optional(SpenderId),
@@ -17,6 +17,7 @@ export const CustomerTokenOptions = z.strictObject({
       z.maximum(MAX_CUSTOMER_TOKEN_TTL_SECONDS, { error: "ttlSeconds must be at most 86,400 (a day)" }),
     ),
 });
+/** `credits.customerToken(account, options)`. @public */
 export type CustomerTokenOptions = z.input<typeof CustomerTokenOptions>;
 
 /**
@@ -27,7 +28,9 @@ export type CustomerTokenOptions = z.input<typeof CustomerTokenOptions>;
 const TokenSecret = z
   .string()
   .check(z.minLength(32, { error: "each customer token secret must be 32 characters or more" }));
+/** The manager's `customerTokens` option: the secret (or secrets, while one is rotated) that signs customer tokens. @public */
 export const CustomerTokenSettings = z.strictObject({
   secret: z.union([TokenSecret, z.array(TokenSecret).check(z.minLength(1), z.maxLength(8))]),
 });
+/** The manager's `customerTokens` option: the secret (or secrets, while one is rotated) that signs customer tokens. @public */
 export type CustomerTokenSettings = z.input<typeof CustomerTokenSettings>;

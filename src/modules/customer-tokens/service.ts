@@ -8,7 +8,7 @@ import {
 } from "../../models-entry.js";
 import { parseConfig } from "../../core/models/parse.js";
 
-/** What `credits.customerToken` returns. */
+/** What `credits.customerToken` returns. @public */
 export interface CustomerToken {
   /** The signed token (a JWT): send it as `Authorization: Bearer <token>`, or in the customer page's link. */
   token: string;
@@ -16,11 +16,13 @@ export interface CustomerToken {
   expiresAt: Date;
 }
 
-/** What a valid customer token grants: read access to one account (docs/usage.md, "For your customers"). */
+/** What a valid customer token grants: read access to one account (docs/usage.md, "For your customers"). @public */
 export interface CustomerGrant {
+  /** The account the token reads. */
   account: string;
   /** Set: only this spender's usage is readable. */
   spender?: string;
+  /** When the token stops working. */
   expiresAt: Date;
 }
 

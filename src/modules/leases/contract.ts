@@ -57,7 +57,7 @@ async function kill(lease: CreditLeases, ledger?: LedgerLogger): Promise<void> {
   await ledger?.close();
 }
 
-/** `getDb`, `getPeer`: two initialised managers over one store (the same one twice is allowed). */
+/** `getDb`, `getPeer`: two initialised managers over one store (the same one twice is allowed). @beta */
 export function runLeasesContract(
   getDb: () => DbManager,
   getPeer: () => DbManager,

@@ -3,7 +3,7 @@ import { Amount, FeatureName, IdempotencyKey, Metadata, ShortText } from "../../
 import { SpenderId } from "../../core/models/limits.js";
 import { MAX_TTL_SECONDS } from "../../core/models/inputs.js";
 
-/** Options of `credits.leases(options)` (docs/metering.md, "Leases"). */
+/** Options of `credits.leases(options)` (docs/metering.md, "Leases"). @public */
 export const LeaseOptions = z.strictObject({
   /** Credits one block holds at most (default 1000). */
   size: z.optional(Amount),
@@ -19,9 +19,10 @@ export const LeaseOptions = z.strictObject({
   /** A block is at most this share of what the user has available (default 0.5). */
   share: z.optional(z.number().check(z.gt(0), z.maximum(1))),
 });
+/** Options of `credits.leases(options)` (docs/metering.md, "Leases"). @public */
 export type LeaseOptions = z.input<typeof LeaseOptions>;
 
-/** Options of `lease.charge(userId, amount, options)`. */
+/** Options of `lease.charge(userId, amount, options)`. @public */
 export const LeaseChargeOptions = z.strictObject({
   /** Why: written on the charge's ledger-file line (and on the entry of an exact charge). */
   reason: z.optional(ShortText),
@@ -35,4 +36,5 @@ export const LeaseChargeOptions = z.strictObject({
   spender: z.optional(SpenderId),
   metadata: z.optional(Metadata),
 });
+/** Options of `lease.charge(userId, amount, options)`. @public */
 export type LeaseChargeOptions = z.input<typeof LeaseChargeOptions>;

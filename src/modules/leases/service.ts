@@ -28,9 +28,11 @@ import { FeatureName, SpenderId, type MeterOptions } from "../../models-entry.js
 import { parseConfig, wellFormed } from "../../core/models/parse.js";
 import { nodeBuiltin } from "../../core/util/runtime.js";
 
-/** What one `charge()` did. */
+/** What one `charge()` did. @public */
 export interface LeaseCharge {
+  /** The account charged. */
   userId: string;
+  /** Credits charged. */
   amount: number;
   /** `lease`: served from the user's block in memory, settled with its window; `exact`: a deduction of its own. */
   via: "lease" | "exact";
@@ -38,12 +40,13 @@ export interface LeaseCharge {
   entry: JournalEntry | null;
 }
 
-/** What `recover()` settled for a predecessor that died with unsettled windows in the ledger file. */
+/** What `recover()` settled for a predecessor that died with unsettled windows in the ledger file. @public */
 export interface LeaseRecovery {
   /** Windows settled now (each once: a window already settled is answered by its key). */
   windows: number;
   /** Requests and credits those windows charged. */
   requests: number;
+  /** Credits recovered. */
   credits: number;
 }
 
@@ -109,8 +112,9 @@ const DEFAULTS = { size: 1000, ttlSeconds: 60, settleEveryMs: 1000, exactBelow: 
  * keyed by lease and window, so a retried or recovered settle charges once. With the ledger file
  * on, each leased charge is a line of it (`eventType: "lease"`), flushed before its window settles;
  * `recover()` settles what a process that died on that file used and did not settle.
+ * @public
  */
-export class CreditLeases implements MeterLease {
+export class CreditLeases {
   /** By user id (a lease naming nobody), or `leaseKey` (a lease for a spender and feature). */
   private readonly users = new Map<string, UserLease>();
   /** Leases (by key) on the exact path (too few credits, or too little under a limit, for a block) until then (ms). */
@@ -637,9 +641,11 @@ function hasKeys(o: object | null | undefined): boolean {
   return false;
 }
 
-/** Who spends on what, as a charge names them. */
+/** Who spends on what, as a charge names them. @public */
 export interface LeaseSpend {
+  /** The spender charged, when the lease names one. */
   spender?: string | undefined;
+  /** The feature charged, when the lease names one. */
   feature?: string | undefined;
 }
 
@@ -721,3 +727,7 @@ class LeasedSession extends MeterSession {
     return Promise.resolve(outcome);
   }
 }
+
+// CreditLeases is metering's lease (`MeterLease`, internal to the package: not in the published declarations).
+const _isMeterLease = (leases: CreditLeases): MeterLease => leases;
+void _isMeterLease;

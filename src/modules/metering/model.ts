@@ -4,7 +4,7 @@ import { MAX_TTL_SECONDS } from "../../core/models/inputs.js";
 import { SpendFields } from "../../core/models/limits.js";
 import { text } from "../../core/models/text.js";
 
-/** One usage recorded inside a metered call (the original system's `addLlmUsage`). */
+/** One usage recorded inside a metered call (the original system's `addLlmUsage`). @public */
 export const UsageRecord = z.strictObject({
   /** Credits this usage costs, in the smallest unit (0 allowed: a free call still shows up). */
   amount: NonNegativeAmount,
@@ -14,12 +14,13 @@ export const UsageRecord = z.strictObject({
   provider: z.optional(text(200).check(z.minLength(1))),
   metadata: z.optional(Metadata),
 });
+/** One usage recorded inside a metered call (the original system's `addLlmUsage`). @public */
 export type UsageRecord = z.infer<typeof UsageRecord>;
 
 /** 255 less the longest suffix metering appends (`:reserve`, `:release`): the longest meter key. */
 export const MAX_METER_KEY = 255 - ":reserve".length;
 
-/** Options of `credits.meter(userId, options, fn)`. */
+/** Options of `credits.meter(userId, options, fn)`. @public */
 export const MeterOptions = z
   .strictObject({
     /** Credits to hold before `fn` runs. */
@@ -69,4 +70,5 @@ export const MeterOptions = z
       path: ["minimum"],
     }),
   );
+/** Options of `credits.meter(userId, options, fn)`. @public */
 export type MeterOptions = z.input<typeof MeterOptions>;

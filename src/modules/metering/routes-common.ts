@@ -12,7 +12,7 @@ import { findCreditCore } from "../../core/services/credit-service.js";
 import { pathMatcher } from "./routes-paths.js";
 import { fixedPrice, PricedRequest, reportTo, settleFailed, type MeterSpend } from "./routes-fixed-price.js";
 
-/** Options shared by `creditMetering` (Fetch) and `creditMeteringMiddleware` (node:http, Express). */
+/** Options shared by `creditMetering` (Fetch) and `creditMeteringMiddleware` (node:http, Express). @public */
 export interface MeteringOptionsBase<Req> {
   /** `manager.credits`. */
   credits: Pick<CreditService, "openMeter"> &
@@ -122,7 +122,7 @@ export interface MeteringOptionsBase<Req> {
   onSettled?: (outcome: MeterOutcome, request: Req) => void;
 }
 
-/** The `llm` option of the metering middlewares (docs/llm-metering.md). */
+/** The `llm` option of the metering middlewares (docs/llm-metering.md). @public */
 export interface LlmMeteringOptions {
   /** The provider the usage is recorded under (it selects price-book entries that name one), e.g. "openai". */
   provider?: string;
@@ -139,13 +139,16 @@ export interface LlmMeteringOptions {
   missingUsage?: "estimate" | "counted" | "none";
 }
 
+/** Options of `creditMetering()` (Fetch handlers). @public */
 export type CreditMeteringOptions = MeteringOptionsBase<Request>;
+/** Options of `creditMeteringMiddleware()` (node:http and Express). @public */
 export type CreditMeteringMiddlewareOptions = MeteringOptionsBase<IncomingMessage>;
 
-/** What a node middleware leaves on `res.locals` (Express) for the handler and later middleware. */
+/** What a node middleware leaves on `res.locals` (Express) for the handler and later middleware. @public */
 export interface MeteringLocals {
   /** The hold of this request. */
   creditReservationId: string;
+  /** The credits held for the request. */
   creditEstimate: number;
   /** Credits charged, once settled. */
   creditsDeducted?: number;

@@ -9,30 +9,42 @@ import type { PricedRequest } from "./routes-fixed-price.js";
 /**
  * What the plugin uses of a Fastify request and reply: no type of Fastify's own, so the package
  * needs no Fastify types (Fastify 4 and 5 fit these shapes).
+ * @public
  */
 export interface FastifyRequestLike {
+  /** The request's URL. */
   url: string;
+  /** The request's method. */
   method: string;
+  /** The request's headers. */
   headers: IncomingMessage["headers"];
+  /** The node request. */
   raw: IncomingMessage;
 }
+/** A Fastify reply, as the plugin uses it. @public */
 export interface FastifyReplyLike {
+  /** The reply's status. */
   statusCode: number;
+  /** The node response. */
   raw: ServerResponse;
+  /** Sets the status. */
   code(status: number): FastifyReplyLike;
+  /** Sets a header. */
   header(name: string, value: string): FastifyReplyLike;
+  /** Sends the body. */
   send(payload?: unknown): FastifyReplyLike;
 }
 type Done = (error?: Error) => void;
-/** The part of a Fastify instance the plugin registers its hooks on. */
+/** The part of a Fastify instance the plugin registers its hooks on. @public */
 export interface FastifyInstanceLike {
+  /** Adds a hook of the request's lifecycle. */
   addHook(name: string, hook: (...args: never[]) => unknown): unknown;
 }
 
-/** Options of `fastifyCreditMetering`: those of the other metering middlewares. */
+/** Options of `fastifyCreditMetering`: those of the other metering middlewares. @public */
 export type FastifyCreditMeteringOptions = MeteringOptionsBase<FastifyRequestLike>;
 
-/** A Fastify plugin: `app.register(fastifyCreditMetering(options))`. */
+/** A Fastify plugin: `app.register(fastifyCreditMetering(options))`. @public */
 export type FastifyCreditMeteringPlugin = ((
   instance: FastifyInstanceLike,
   options: unknown,
@@ -60,6 +72,7 @@ export type FastifyCreditMeteringPlugin = ((
  * The plugin is not encapsulated (as `fastify-plugin` would mark it): its hooks apply to the routes
  * of the instance it is registered on, wherever they are declared. Only paths under `pathPrefix`
  * are metered.
+ * @public
  */
 export function fastifyCreditMetering(options: FastifyCreditMeteringOptions): FastifyCreditMeteringPlugin {
   const c = common(options);

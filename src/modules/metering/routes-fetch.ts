@@ -20,6 +20,7 @@ import { pathnameOf } from "./routes-paths.js";
  *   `request.signal` aborts) releases the hold; one already gone when the hold is placed gets a
  *   499 and the handler does not run.
  * 401 without identity, 402 when the hold cannot be placed, 400 for a malformed estimate header.
+ * @public
  */
 export function creditMetering(options: CreditMeteringOptions) {
   const c = common(options);

@@ -234,6 +234,7 @@ function fixedGo(
  * - status >= 500 releases; so does a client that disconnects before the response finished (one
  *   already gone when the hold is placed: released at once, `next()` is not called).
  * 401 without identity, 402 when the hold cannot be placed, 400 for a malformed estimate header.
+ * @public
  */
 export function creditMeteringMiddleware(
   options: CreditMeteringMiddlewareOptions,

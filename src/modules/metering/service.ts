@@ -20,9 +20,11 @@ import { recordOf, type PricingService, type UsageInput } from "../pricing/servi
 import type { CreditCore, ParsedReserveOptions } from "../../core/services/credit-core.js";
 import { meteringChannel, type MeteringMessage } from "../../core/diagnostics.js";
 
-/** What one metered call did with its hold, reported once it is settled. */
+/** What one metered call did with its hold, reported once it is settled. @public */
 export interface MeterOutcome {
+  /** The account the call was metered on. */
   userId: string;
+  /** The hold the call spent from. */
   reservationId: string;
   /** Credits held before the call. */
   estimate: number;
@@ -73,10 +75,13 @@ export interface MeterOutcome {
   fixedPrice?: boolean;
 }
 
-/** The usage context of one metered call, reachable anywhere below it through `currentMeter()`. */
+/** The usage context of one metered call, reachable anywhere below it through `currentMeter()`. @public */
 export interface MeterContext {
+  /** The account the call is metered on. */
   readonly userId: string;
+  /** The hold the call spends from. */
   readonly reservationId: string;
+  /** The credits held for the call. */
   readonly estimate: number;
   /** Usages recorded so far, as priced. */
   readonly usages: readonly RecordedUsage[];
@@ -111,6 +116,7 @@ const storage: AsyncLocalStorage<MeterSession> = ((globalThis as Record<symbol, 
  * its request): that usage is not billed, and the manager's logger gets a warning. Outside any
  * metered call it throws a `ConfigurationError` — unbilled usage should be loud. Use
  * `currentMeter()` to check first in code that also runs unmetered.
+ * @public
  */
 export function recordUsage(usage: UsageInput): boolean {
   const session = storage.getStore();
@@ -127,6 +133,7 @@ export function recordUsage(usage: UsageInput): boolean {
  * `cost` (major units of the price book's default currency, e.g. 0.05 dollars), converted to
  * credits at the book's rate. `recordUsage({ cost, currency, model, provider, metadata })` is the
  * same with a currency of your choice.
+ * @public
  */
 export function addLlmUsage(
   model: string,
@@ -139,7 +146,7 @@ export function addLlmUsage(
   return recordUsage(usage);
 }
 
-/** The metered call this code runs under, or undefined. */
+/** The metered call this code runs under, or undefined. @public */
 export function currentMeter(): MeterContext | undefined {
   return storage.getStore()?.context;
 }
@@ -174,7 +181,7 @@ export function sessionDeps(core: CreditCore, pricing: PricingService | undefine
 /**
  * Credits a lease set aside in its block for one request (the fixed-price routes' check, docs/metering.md,
  * "Leases"), until the request is charged or given back.
- * @internal
+ * @beta
  */
 export interface SetAside {
   /**
@@ -190,7 +197,6 @@ export interface SetAside {
 /**
  * What metering's routes use of a lease (`manager.credits.leases()`, the leases module, docs/metering.md,
  * "Leases"): metering owns this shape, the leases module implements it, so metering names no lease.
- *
  * @beta
  */
 export interface MeterLease {
@@ -256,6 +262,7 @@ class SessionContext implements MeterContext {
  * charges under the call's one charge key, `<key>:charge`. The store keeps one entry per key, so the
  * call is charged once whatever order the attempts finish in, and whichever process judged the
  * hold lapsed by its own clock; every other attempt is answered with that charge.
+ * @public
  */
 export class MeterSession {
   private contextObject: MeterContext | null = null;
@@ -273,8 +280,11 @@ export class MeterSession {
    */
   constructor(
     private readonly deps: SessionDeps,
+    /** The account the call is metered on. */
     readonly userId: string,
+    /** The hold the call spends from. */
     readonly reservationId: string,
+    /** The credits held for the call. */
     readonly estimate: number,
     private readonly options: Omit<MeterOptions, "estimate">,
     private readonly holdKey: string | undefined = options.idempotencyKey,
@@ -292,10 +302,12 @@ export class MeterSession {
     return storage.run(this, fn, ...args);
   }
 
+  /** Whether the call's hold was committed or released. */
   get settled(): boolean {
     return this.settlement !== null;
   }
 
+  /** The usage recorded in the call so far. */
   get usages(): readonly RecordedUsage[] {
     return this.recorded;
   }

@@ -18,6 +18,7 @@ export const ModelName = text(200).check(z.minLength(1));
  * An exact rational rate: `credits` per `per` units (tokens, requests, or one unit of a currency),
  * e.g. `{ credits: 3, per: 1_000 }` is "3 credits per 1,000 tokens". Both are safe integers, so no
  * price is ever a binary fraction (docs/llm-metering.md, "Rates and rounding").
+ * @public
  */
 export const Rate = z.strictObject({
   /** Credits charged for every `per` units: a safe integer ≥ 0. */
@@ -39,9 +40,15 @@ export const Rate = z.strictObject({
       ),
   ),
 });
+/**
+ * An exact rational rate: `credits` per `per` units (tokens, requests, or one unit of a currency),
+ * e.g. `{ credits: 3, per: 1_000 }` is "3 credits per 1,000 tokens". Both are safe integers, so no
+ * price is ever a binary fraction (docs/llm-metering.md, "Rates and rounding").
+ * @public
+ */
 export type Rate = z.input<typeof Rate>;
 
-/** The rates of one model (or of the book's `default`). A rate left out is 0 only where said. */
+/** The rates of one model (or of the book's `default`). A rate left out is 0 only where said. @public */
 export const ModelRates = z.strictObject({
   /** Credits per input (prompt) token that was not read from a cache. Required. */
   input: Rate,
@@ -52,9 +59,10 @@ export const ModelRates = z.strictObject({
   /** Credits per request (`requests`, default 1 per recorded call). Default: none. */
   request: z.optional(Rate),
 });
+/** The rates of one model (or of the book's `default`). A rate left out is 0 only where said. @public */
 export type ModelRates = z.input<typeof ModelRates>;
 
-/** One model's entry in a price book. */
+/** One model's entry in a price book. @public */
 export const ModelPrice = z.extend(ModelRates, {
   /** The model name as the API reports it, e.g. "gpt-4o-mini". */
   model: ModelName,
@@ -69,6 +77,7 @@ export const ModelPrice = z.extend(ModelRates, {
    */
   prefix: z.optional(z.boolean()),
 });
+/** One model's entry in a price book. @public */
 export type ModelPrice = z.input<typeof ModelPrice>;
 
 /** A currency code (ISO 4217 style, or your own), e.g. "USD". */
@@ -80,6 +89,7 @@ export const CurrencyCode = z
  * A price book: the credits each model's usage costs, and what a unit of money is worth in credits.
  * Configured with `createCreditManager({ pricing })` and replaced at run time with
  * `manager.pricing.setPriceBook(book)` (docs/llm-metering.md).
+ * @public
  */
 export const PriceBookInput = z
   .strictObject({
@@ -125,9 +135,15 @@ export const PriceBookInput = z
       });
     }),
   );
+/**
+ * A price book: the credits each model's usage costs, and what a unit of money is worth in credits.
+ * Configured with `createCreditManager({ pricing })` and replaced at run time with
+ * `manager.pricing.setPriceBook(book)` (docs/llm-metering.md).
+ * @public
+ */
 export type PriceBookInput = z.input<typeof PriceBookInput>;
 
-/** Usage in tokens, priced through the manager's price book. */
+/** Usage in tokens, priced through the manager's price book. @public */
 export const TokenUsage = z.strictObject({
   /** The model that did the work, as the API reports it (dated ids match their undated entry). */
   model: ModelName,
@@ -142,6 +158,7 @@ export const TokenUsage = z.strictObject({
   requests: z.optional(TokenCount),
   metadata: z.optional(Metadata),
 });
+/** Usage in tokens, priced through the manager's price book. @public */
 export type TokenUsage = z.input<typeof TokenUsage>;
 
 /**
@@ -161,7 +178,7 @@ export const MoneyAmount = z.union(
   { error: 'cost must be a number or a decimal string such as "0.05"' },
 );
 
-/** Usage given as money (the original's `addLlmUsage(model, provider, cost, metadata)`), converted by the book's currency rate. */
+/** Usage given as money (the original's `addLlmUsage(model, provider, cost, metadata)`), converted by the book's currency rate. @public */
 export const CostUsage = z.strictObject({
   /** What the call cost, in major units of `currency` (e.g. 0.05 dollars). */
   cost: MoneyAmount,
@@ -171,6 +188,7 @@ export const CostUsage = z.strictObject({
   provider: z.optional(ModelName),
   metadata: z.optional(Metadata),
 });
+/** Usage given as money (the original's `addLlmUsage(model, provider, cost, metadata)`), converted by the book's currency rate. @public */
 export type CostUsage = z.input<typeof CostUsage>;
 
 /**
@@ -178,25 +196,35 @@ export type CostUsage = z.input<typeof CostUsage>;
  * usage a response reported (`response`, read by the metering middleware), or — when a response's
  * own usage could not be billed — the hold's `estimate` or the tokens `counted` before it ended.
  * Absent: given as `amount`.
+ * @public
  */
 export type UsageSource = "tokens" | "cost" | "response" | "estimate" | "counted";
 
 /**
  * A usage as recorded in a metered call and stored in its commit entry (`metadata.usages`): the
  * credits it cost and how they were computed, so an invoice or a dispute can be explained later.
+ * @public
  */
 export interface RecordedUsage {
   /** Credits this usage costs. */
   amount: number;
+  /** The model called. */
   model?: string;
+  /** The model's provider. */
   provider?: string;
+  /** What the call recorded beside the usage. */
   metadata?: Record<string, unknown>;
+  /** Input tokens. */
   inputTokens?: number;
+  /** Output tokens. */
   outputTokens?: number;
+  /** Cached input tokens. */
   cachedTokens?: number;
+  /** Requests counted. */
   requests?: number;
   /** The money given (`cost` usage), as a decimal string, and its currency. */
   cost?: string;
+  /** The cost's currency. */
   currency?: string;
   /** The version of the price book that priced it. */
   priceBook?: string;
@@ -212,14 +240,16 @@ export interface RecordedUsage {
   problem?: string;
 }
 
-/** A price quoted by `manager.pricing.price(usage)`. */
+/** A price quoted by `manager.pricing.price(usage)`. @public */
 export interface PriceQuote {
   /** Credits: the exact price rounded up to a whole credit. */
   amount: number;
   /** The exact price as a fraction "n/d". */
   exact: string;
+  /** The price book's version that priced the usage. */
   priceBook: string;
   /** The entry that matched (`model`, or `"default"`), or the currency for a cost. */
   priced: string;
+  /** The rates applied. */
   rates: Record<string, string>;
 }

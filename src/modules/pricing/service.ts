@@ -12,9 +12,10 @@ import {
   type RecordedUsage,
 } from "../../models-entry.js";
 
-/** What `recordUsage()` takes: credits (`amount`), tokens priced through the book, or money (`cost`). */
+/** What `recordUsage()` takes: credits (`amount`), tokens priced through the book, or money (`cost`). @public */
 export type UsageInput = UsageRecord | TokenUsage | CostUsage;
 
+/** Options of `new PricingService()`: the store, the clock and the models' rates. @public */
 export interface PricingServiceOptions {
   /** The price book to start with. Omitted: none until `setPriceBook`. */
   book?: PriceBookInput;
@@ -24,10 +25,12 @@ export interface PricingServiceOptions {
  * The manager's price book (docs/llm-metering.md): the credits each model's tokens cost and what a
  * unit of money is worth. Replaced whole at run time with `setPriceBook`; every metered call prices
  * its usage with the version in force when its hold was placed, and stores that version.
+ * @public
  */
 export class PricingService {
   private book: PriceBook | null = null;
 
+  /** A price book over `options.db`; `createCreditManager` builds one. */
   constructor(options: PricingServiceOptions = {}) {
     if (options.book !== undefined) {
       try {
@@ -86,6 +89,7 @@ export class PricingService {
  * `recordUsage(usageOfResponse(await openai.chat.completions.create({ … }), { provider: "openai" }))`.
  * The counts are mapped as docs/llm-metering.md ("Recording usage") says. A response without usage,
  * without a model or with a malformed usage is a `ValidationError`.
+ * @public
  */
 export function usageOfResponse(response: unknown, options: { provider?: string } = {}): TokenUsage {
   const reading = usageOfJson(response);

@@ -23,6 +23,7 @@ const FIGURES = [
  * `recognizedMinor`, `breakageMinor`, `refundsMinor`, `deferredEndMinor` (the currency's smallest
  * unit) and `unbilledCredits` (credits). Text a spreadsheet would run as a formula (an account id or spender beginning with `=`,
  * `+`, `-`, `@`, a tab or a CR) is prefixed with `'`, as in `usageCsv`.
+ * @public
  */
 export function revenueCsv(report: RevenueReport, groupBy: readonly RevenueDimension[] = []): string {
   let out = "";

@@ -1,8 +1,9 @@
 import * as z from "zod/mini";
 import { DateInput, UserId } from "../../core/models/common.js";
 import { TimeZone, UsageInterval } from "../../core/models/usage.js";
-/** A dimension a revenue report is split by (docs/revenue.md, "The report"); currency always is. */
+/** A dimension a revenue report is split by (docs/revenue.md, "The report"); currency always is. @public */
 export const RevenueDimension = z.enum(["account", "source", "plan", "feature", "spender"]);
+/** A dimension a revenue report is split by (docs/revenue.md, "The report"); currency always is. @public */
 export type RevenueDimension = z.infer<typeof RevenueDimension>;
 
 /** Most calendar windows a revenue query may span. */
@@ -24,6 +25,7 @@ export const MAX_REVENUE_CELLS = 1_000_000;
 /**
  * `credits.getRevenue(query)` (docs/revenue.md): recognized, deferred and breakage by calendar
  * window, from the journal, over one account (`account`) or every account.
+ * @public
  */
 export const RevenueQuery = z.strictObject({
   /** One account; absent: every account (the whole book). */
@@ -47,18 +49,27 @@ export const RevenueQuery = z.strictObject({
    */
   limit: z.optional(z.number().check(z.int(), z.minimum(1), z.maximum(MAX_REVENUE_ROWS))),
 });
+/**
+ * `credits.getRevenue(query)` (docs/revenue.md): recognized, deferred and breakage by calendar
+ * window, from the journal, over one account (`account`) or every account.
+ * @public
+ */
 export type RevenueQuery = z.input<typeof RevenueQuery>;
 
 /**
  * One row of a revenue report (docs/revenue.md, "The report"): a window, a currency (null: the row
  * of unbilled usage, which has none) and the groups, with its figures in the currency's smallest
  * unit. Per row: `deferredStart + paid − recognized − breakage − refunds = deferredEnd`.
+ * @public
  */
 export interface RevenueRow {
+  /** The start of the row's window. */
   start: Date;
+  /** The end of the row's window. */
   end: Date;
   /** Always there; null only on rows that carry nothing but `unbilledCredits`. */
   currency: string | null;
+  /** The account, when grouped by account. */
   account?: string;
   /** The source of the grant the figures are of (`payment`, `subscription`, …); null: debt. */
   source?: string | null;
@@ -66,6 +77,7 @@ export interface RevenueRow {
   plan?: string | null;
   /** The spend's feature (recognized and unbilled only; other figures are under null). */
   feature?: string | null;
+  /** The spender, when grouped by spender. */
   spender?: string | null;
   /** Paid credits not yet used at `start`, at their basis. */
   deferredStart: number;
@@ -83,7 +95,7 @@ export interface RevenueRow {
   unbilledCredits: number;
 }
 
-/** What `credits.getRevenue()` answers. */
+/** What `credits.getRevenue()` answers. @public */
 export interface RevenueReport {
   /** By window start, then currency (null last), then the `groupBy` values in its order (null last). */
   rows: RevenueRow[];

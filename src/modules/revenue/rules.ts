@@ -153,6 +153,7 @@ export interface Sums {
 /**
  * What a paid grant's figures are grouped by besides currency: its `source`, and the plan whose
  * subscription sold it (`metadata.planId` of a subscription grant; null: none, docs/revenue.md).
+ * @beta
  */
 export interface GrantGroups {
   /** The grant's `source` (`payment`, `subscription`, …). */

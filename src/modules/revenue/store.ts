@@ -8,6 +8,7 @@ import type { GrantGroups } from "./rules.js";
  * Where an account's revenue summary stands (docs/revenue.md, "How it is computed"): its entries
  * up to `throughSeq` are in the summary, and `state` is the roll-forward after them
  * (`revenueStateText` of src/modules/revenue/rules.ts; null before the first).
+ * @beta
  */
 export interface RevenueCheckpoint {
   userId: string;
@@ -19,7 +20,7 @@ export interface RevenueCheckpoint {
   state: string | null;
 }
 
-/** Figures of one account, UTC day and group, as the summary keeps them (minor units; credits for `unbilled`). */
+/** Figures of one account, UTC day and group, as the summary keeps them (minor units; credits for `unbilled`). @beta */
 export interface RevenueDayRow {
   /** Ms at the day's UTC midnight. */
   day: number;
@@ -35,7 +36,7 @@ export interface RevenueDayRow {
   unbilled: number;
 }
 
-/** What one account's catch-up adds to the summary (`RevenueSummaryStore.saveRevenue`). */
+/** What one account's catch-up adds to the summary (`RevenueSummaryStore.saveRevenue`). @beta */
 export interface RevenueSave {
   /** The account's `throughSeq` the save starts from: saved only if the summary's is still this. */
   fromSeq: number;
@@ -48,7 +49,7 @@ export interface RevenueSave {
   disordered: boolean;
 }
 
-/** What the summary keeps of one account (`RevenueSummaryStore.revenueSummaryOf`), for the audit. */
+/** What the summary keeps of one account (`RevenueSummaryStore.revenueSummaryOf`), for the audit. @beta */
 export interface RevenueSummaryOfAccount {
   checkpoint: RevenueCheckpoint;
   disordered: boolean;
@@ -59,7 +60,7 @@ export interface RevenueSummaryOfAccount {
   deferred: { currency: string; source: string | null; plan: string | null; deferred: number }[];
 }
 
-/** Figures summed by window and by the query's groups (absent groups are null). */
+/** Figures summed by window and by the query's groups (absent groups are null). @beta */
 export interface RevenueBucketRow {
   /** Index of the window (`boundaries[w]` to `boundaries[w + 1]`); `boundaries.length - 1`: after the last. */
   window: number;
@@ -76,7 +77,7 @@ export interface RevenueBucketRow {
   unbilled: number;
 }
 
-/** Deferred now (after every entry in the summary), by currency and the query's account, source and plan groups. */
+/** Deferred now (after every entry in the summary), by currency and the query's account, source and plan groups. @beta */
 export interface RevenueDeferredRow {
   currency: string;
   account: string | null;
@@ -91,6 +92,7 @@ export interface RevenueDeferredRow {
  * entries to it before it reads (the domain's roll-forward, `RevenueAccumulator`), so writes of
  * the journal pay nothing for it. An account whose entries' days ever went backwards in seq order
  * is marked `disordered` and left out: the report replays its journal.
+ * @beta
  */
 export interface RevenueSummaryStore {
   /**
@@ -129,7 +131,7 @@ export interface RevenueSummaryStore {
   }>;
 }
 
-/** What `readRevenue` reads: one account or all (null), the windows' boundaries, the grouping. */
+/** What `readRevenue` reads: one account or all (null), the windows' boundaries, the grouping. @beta */
 export interface RevenueReadQuery {
   account: string | null;
   boundaries: readonly number[];

@@ -9,6 +9,7 @@ const COLUMNS = ["kind", "credits", "requests", "inputTokens", "outputTokens", "
  * row — `start`, `end` (ISO 8601, UTC), the dimensions of `groupBy` in its order, `kind`, `credits`,
  * `requests`, `inputTokens`, `outputTokens`, `cachedTokens`. Text that a spreadsheet would run as a
  * formula (beginning with `=`, `+`, `-`, `@`, a tab or a CR) is prefixed with `'`.
+ * @public
  */
 export function usageCsv(report: UsageReport, groupBy: readonly UsageDimension[] = []): string {
   return toCsv(

@@ -42,8 +42,9 @@ const BLOCKED_V6 = [
   "ff00::/8",
 ];
 
-/** A refused target address: the delivery is not sent (nothing leaves the process). */
+/** A refused target address: the delivery is not sent (nothing leaves the process). @public */
 export class WebhookAddressError extends CreditError<WebhookErrorCode> {
+  /** An error for an endpoint address the guard refuses. */
   constructor(message: string) {
     super("WEBHOOK_ADDRESS_REFUSED", 422, message);
   }
@@ -90,13 +91,13 @@ export function addressProblem(address: string, allow: BlockList | null): string
   return null;
 }
 
-/** The callback a `Lookup` answers. */
+/** The callback a `Lookup` answers. @public */
 export type LookupCallback = (
   err: NodeJS.ErrnoException | null,
   address: string | LookupAddress[],
   family?: number,
 ) => void;
-/** `dns.lookup`'s shape, as `net.connect` calls it (`all` or not). */
+/** `dns.lookup`'s shape, as `net.connect` calls it (`all` or not). @public */
 export type Lookup = (hostname: string, options: LookupOptions, callback: LookupCallback) => void;
 
 /**

@@ -4,9 +4,11 @@ import { isIP } from "node:net";
 import type { BlockList } from "node:net";
 import { addressProblem, guardedLookup, WebhookAddressError, type Lookup } from "./queue-guard.js";
 
-/** What one POST got: the status, and the start of the response body (at most `maxResponseBytes`). */
+/** What one POST got: the status, and the start of the response body (at most `maxResponseBytes`). @public */
 export interface PostResult {
+  /** The endpoint's HTTP status; 0 when it did not answer. */
   status: number;
+  /** The start of the endpoint's answer. */
   body: string;
 }
 

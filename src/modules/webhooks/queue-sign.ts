@@ -9,7 +9,7 @@ import { ConfigurationError } from "../../core/errors.js";
 
 const SECRET = /^whsec_([A-Za-z0-9+/]+={0,2})$/;
 
-/** A new endpoint secret: `whsec_` and 32 random bytes in base64. */
+/** A new endpoint secret: `whsec_` and 32 random bytes in base64. @public */
 export function generateWebhookSecret(): string {
   return `whsec_${randomBytes(32).toString("base64")}`;
 }

@@ -36,6 +36,7 @@ const Secret = z
   .string()
   .check(z.refine((s) => secretKey(s) !== null, { error: "a secret is whsec_ and the base64 of 24 to 64 bytes" }));
 
+/** A webhook endpoint: its id, its URL, its signing secrets and the event types it receives (docs/notifications.md). @public */
 export const WebhookEndpoint = z
   .strictObject({
     /** Names the endpoint in delivery rows, logs and the admin routes. */
@@ -66,6 +67,7 @@ export const WebhookEndpoint = z
         ctx.addIssue({ code: "custom", path: ["url"], message: "url must not carry a user or password" });
     }),
   );
+/** A webhook endpoint: its id, its URL, its signing secrets and the event types it receives (docs/notifications.md). @public */
 export type WebhookEndpoint = z.input<typeof WebhookEndpoint>;
 
 /**
@@ -76,6 +78,7 @@ export const DEFAULT_RETRY_SCHEDULE: readonly number[] = [
   5_000, 300_000, 1_800_000, 7_200_000, 18_000_000, 36_000_000, 50_400_000, 72_000_000, 72_000_000,
 ];
 
+/** Options of `webhookQueue()`: the endpoints, the retries, the address guard, the clock and the logger. @public */
 export interface WebhookQueueOptions {
   /** The store whose outbox the manager uses: delivery rows are written to it. */
   db: NotificationStore;
@@ -109,7 +112,9 @@ export interface WebhookQueueOptions {
   onDisabled?: (endpointId: string) => void | Promise<void>;
   /** Events also go to this queue (before the deliveries are written): Redis, NATS, a callback. Not closed by `close()`. */
   next?: NotificationQueue;
+  /** Where failed deliveries are logged. */
   logger?: Logger;
+  /** Source of "now". Default `() => new Date()`. */
   clock?: () => Date;
   /** Random numbers in [0, 1) for the jitter. */
   random?: () => number;
@@ -127,7 +132,7 @@ const Options = z.object({
   coolOffMs: z.optional(z.number().check(z.int(), z.minimum(0), z.maximum(86_400_000))),
 });
 
-/** A `WebhookEndpoint` as parsed: its defaults filled in (`queue.endpoints()`). */
+/** A `WebhookEndpoint` as parsed: its defaults filled in (`queue.endpoints()`). @public */
 export type ParsedWebhookEndpoint = z.output<typeof WebhookEndpoint>;
 
 /** A delivery row's payload: the event and whom it goes to. */
@@ -151,8 +156,9 @@ function deliveryOf(message: NotificationMessage): DeliveryPayload | null {
   return p as DeliveryPayload;
 }
 
-/** A failed attempt, as the dispatcher reads it (`NotificationQueue.publish`). */
+/** A failed attempt, as the dispatcher reads it (`NotificationQueue.publish`). @public */
 export class WebhookDeliveryError extends CreditError<WebhookErrorCode> {
+  /** An error for a delivery the endpoint refused or did not answer. */
   constructor(
     message: string,
     /** When to try again; undefined with `final`. */
@@ -166,7 +172,7 @@ export class WebhookDeliveryError extends CreditError<WebhookErrorCode> {
   }
 }
 
-/** Webhooks out as a `NotificationQueue` (see the module comment and docs/notifications.md). */
+/** Webhooks out as a `NotificationQueue` (see the module comment and docs/notifications.md). @public */
 export class WebhookQueue implements NotificationQueue {
   private readonly db: NotificationStore;
   private readonly source: WebhookQueueOptions["endpoints"];
@@ -189,6 +195,7 @@ export class WebhookQueue implements NotificationQueue {
   /** Endpoints that answered 410 here (until the endpoints read again say otherwise). */
   private readonly gone = new Set<string>();
 
+  /** A queue that signs each message and posts it to the endpoints. */
   constructor(options: WebhookQueueOptions) {
     const o = parse(Options, options, "webhook queue options");
     this.options = options;
@@ -237,6 +244,7 @@ export class WebhookQueue implements NotificationQueue {
     if (this.cache !== null && this.cache.at !== Infinity) this.cache.at = -Infinity;
   }
 
+  /** Posts the message to each endpoint that receives its type. */
   async publish(message: NotificationMessage): Promise<void> {
     const delivery = deliveryOf(message);
     if (delivery === null) return this.fanOut(message);
@@ -334,20 +342,25 @@ export class WebhookQueue implements NotificationQueue {
     );
   }
 
+  /** Closes the HTTP connections the queue keeps open. */
   async close(): Promise<void> {
     this.agents.http.destroy();
     this.agents.https.destroy();
   }
 }
 
-/** `new WebhookQueue(options)`: see it, and docs/notifications.md "Webhooks". */
+/** `new WebhookQueue(options)`: see it, and docs/notifications.md "Webhooks". @public */
 export function webhookQueue(options: WebhookQueueOptions): WebhookQueue {
   return new WebhookQueue(options);
 }
 
+/** Options of `sendTestWebhook()`. @public */
 export interface TestOptions {
+  /** Networks the endpoint may be in, private ones included. */
   allowNetworks?: readonly string[];
+  /** How long the request may take, in milliseconds. */
   timeoutMs?: number;
+  /** The DNS lookup used to check the endpoint's address. */
   lookup?: Lookup;
 }
 
@@ -367,6 +380,7 @@ function signedHeaders(endpoint: Pick<WebhookEndpoint, "secret">, id: string, no
  * the same checks as a delivery (`credit-management webhooks test`). Resolves to the endpoint's
  * status and the start of its answer; rejects when it could not be sent (a refused address, no
  * answer in time).
+ * @public
  */
 export async function sendTestWebhook(
   endpoint: WebhookEndpoint,
@@ -400,6 +414,7 @@ export async function sendTestWebhook(
   }
 }
 
+/** Options of `retryFailedWebhooks()`. @public */
 export interface RetryOptions {
   /**
    * Makes the retry idempotent: a second call with the same key writes nothing for the deliveries
@@ -414,6 +429,7 @@ export interface RetryOptions {
  * the same event (same `webhook-id`), delivered on a fresh schedule after the account's pending
  * ones; the failed row stays as it was. Resolves to the rows written (0 when `options.retryKey`
  * was used before for them).
+ * @public
  */
 export async function retryFailedWebhooks(
   db: NotificationStore,

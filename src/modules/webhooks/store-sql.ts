@@ -5,21 +5,27 @@
  */
 import { pgIdent } from "../../schema/ident.js";
 
-/** What `serve`'s own stores (the webhook endpoints, the API keys) use of a SQLite connection. */
+/** What `serve`'s own stores (the webhook endpoints, the API keys) use of a SQLite connection. @public */
 export interface SqliteLike {
+  /** Prepares a statement. */
   prepare(sql: string): {
     get(...p: unknown[]): unknown;
     all(...p: unknown[]): unknown[];
     run(...p: unknown[]): { changes: number };
   };
+  /** Runs statements without values. */
   exec(sql: string): unknown;
+  /** Runs a pragma. */
   pragma(s: string): unknown;
+  /** Closes the database. */
   close(): unknown;
 }
 
-/** What `serve`'s own stores use of a `pg` pool. */
+/** What `serve`'s own stores use of a `pg` pool. @public */
 export interface PgPoolLike {
+  /** Runs a statement with its values. */
   query(sql: string, params?: unknown[]): Promise<{ rows: unknown[]; rowCount: number | null }>;
+  /** Closes the pool. */
   end(): Promise<void>;
 }
 

@@ -10,30 +10,42 @@ import { postgresSql, sqliteSql, type OwnSql, type PgPoolLike, type SqliteLike }
  * (src/serve/keys.ts), it is the service's, not the library's, so the `DbManager` contract and its
  * schema version do not carry it. A library user passes endpoints to `webhookQueue` directly.
  * Each row is the endpoint as JSON: its secrets are stored as given (signing needs them).
+ * @public
  */
 export interface WebhookEndpointRecord {
+  /** The endpoint's id. */
   id: string;
+  /** Where events are posted. */
   url: string;
   /** The newest first: each message is signed with all of them (several during a rotation). */
   secrets: string[];
   /** Event types it gets; null: all. */
   types: string[] | null;
+  /** Whether events are posted to it. */
   enabled: boolean;
+  /** Whether `http://` and private addresses are allowed. */
   development: boolean;
+  /** What the endpoint is for. */
   description: string | null;
+  /** When the endpoint was added. */
   createdAt: string;
   /** Why it was disabled (`410 Gone`, `by hand`), null while enabled. */
   disabledReason: string | null;
 }
 
+/** Where webhook endpoints are kept, for the console and `serve`. @public */
 export interface WebhookEndpointStore {
+  /** Creates the table (or collection) where missing. */
   init(): Promise<void>;
+  /** Every endpoint. */
   list(): Promise<WebhookEndpointRecord[]>;
+  /** The endpoint; null when there is none. */
   get(id: string): Promise<WebhookEndpointRecord | null>;
   /** Inserts or replaces the endpoint with that id. */
   put(record: WebhookEndpointRecord): Promise<void>;
   /** Whether there was one to remove. */
   remove(id: string): Promise<boolean>;
+  /** Closes what the store opened. */
   close(): Promise<void>;
 }
 
@@ -125,31 +137,35 @@ function sqlEndpointStore(db: OwnSql): WebhookEndpointStore {
   };
 }
 
-/** Endpoints in the SQLite file of the store (its own connection). */
+/** Endpoints in the SQLite file of the store (its own connection). @public */
 export function sqliteEndpointStore(db: SqliteLike): WebhookEndpointStore {
   return sqlEndpointStore(sqliteSql(db));
 }
 
-/** Endpoints in the PostgreSQL database (and schema) of the store. */
+/** Endpoints in the PostgreSQL database (and schema) of the store. @public */
 export function postgresEndpointStore(pool: PgPoolLike, schema: string | undefined): WebhookEndpointStore {
   return sqlEndpointStore(postgresSql(pool, schema));
 }
 
-/** The part of a MongoDB collection `mongoEndpointStore` uses. */
+/** The part of a MongoDB collection `mongoEndpointStore` uses. @public */
 export interface MongoCollectionLike {
+  /** Documents matching the filter. */
   find(filter: Record<string, unknown>): {
     sort(s: Record<string, 1>): { toArray(): Promise<Record<string, unknown>[]> };
   };
+  /** The first document matching the filter. */
   findOne(filter: Record<string, unknown>): Promise<Record<string, unknown> | null>;
+  /** Replaces (or, with `upsert`, inserts) a document. */
   replaceOne(
     filter: Record<string, unknown>,
     doc: Record<string, unknown>,
     options: { upsert: boolean },
   ): Promise<unknown>;
+  /** Deletes a document. */
   deleteOne(filter: Record<string, unknown>): Promise<{ deletedCount: number }>;
 }
 
-/** Endpoints in the MongoDB database of the store (collection `credit_webhook_endpoints`, `_id` the endpoint's id). */
+/** Endpoints in the MongoDB database of the store (collection `credit_webhook_endpoints`, `_id` the endpoint's id). @public */
 export function mongoEndpointStore(collection: MongoCollectionLike, close: () => Promise<void>): WebhookEndpointStore {
   return {
     async init() {},
@@ -170,7 +186,7 @@ export function mongoEndpointStore(collection: MongoCollectionLike, close: () =>
   };
 }
 
-/** Endpoints in process memory (tests). */
+/** Endpoints in process memory (tests). @public */
 export function memoryEndpointStore(): WebhookEndpointStore {
   const rows = new Map<string, string>();
   return {

@@ -88,8 +88,10 @@ function newAccountRows(userId: string): AccountRows {
  * `usePart`) keeps the module's rows, checks and applies what a unit of work saves for it at the
  * unit's commit, and answers its reads inside units of work. The package's `InMemoryDbManager` is
  * this store with the package's own modules' parts bound.
+ * @public
  */
 export class CoreInMemoryDbManager extends StoreBase implements DbManager {
+  /** The store's name (`memory`, `postgres`, `mongodb`, `sqlite`, …), in diagnostics and errors. */
   readonly name = "memory";
   readonly capabilities: DbCapabilities = {
     multiProcess: false,
@@ -112,8 +114,13 @@ export class CoreInMemoryDbManager extends StoreBase implements DbManager {
   /** Plans and subscriptions, the outbox. */
   protected readonly parts: SideParts = { subscriptions: new MemorySubscriptionStore(), outbox: this.outbox };
 
+  /** Creates the store's tables (or collections) and indexes where missing; call once before use. */
   async init(): Promise<void> {}
 
+  /**
+   * Runs `fn` as one unit of work on the user's account: its writes commit together or not at all; `fn` runs
+   * again after a write conflict.
+   */
   async transaction<T>(userId: string, fn: (tx: DbTransaction) => Promise<T> | T): Promise<T> {
     // A promise only when another unit of work holds the account (as the store helper's `run` waits).
     const wait = this.locks.acquire(userId);
@@ -226,11 +233,13 @@ export class CoreInMemoryDbManager extends StoreBase implements DbManager {
     return this.accounts.get(userId);
   }
 
+  /** The account; null when the user has none. */
   async getAccount(userId: string): Promise<Account | null> {
     const account = this.accounts.get(userId)?.account;
     return account == null ? null : copy(account);
   }
 
+  /** The account's balance figures, read outside a unit of work. */
   async getAccountCredits(userId: string): Promise<AccountCredits> {
     const rows = this.accounts.get(userId);
     const account = rows?.account;
@@ -238,25 +247,30 @@ export class CoreInMemoryDbManager extends StoreBase implements DbManager {
     return { account: copy(account), grants: account.scoped === true ? [...rows.open.values()].map(copy) : null };
   }
 
+  /** Up to `limit` account ids after `after`, in id order. */
   async listAccountIds(after: string | null, limit: number): Promise<string[]> {
     const ids = [...this.accounts.keys()].filter((id) => after === null || id > after);
     return ids.sort().slice(0, limit);
   }
 
+  /** The grant; null when there is none (or, with `userId`, it is another user's). */
   async getGrant(grantId: string, userId?: string): Promise<Grant | null> {
     const grant = this.grantOwner.get(grantId)?.grants.get(grantId);
     return grant === undefined || (userId !== undefined && grant.userId !== userId) ? null : copy(grant);
   }
 
+  /** The hold; null when there is none (or, with `userId`, it is another user's). */
   async getReservation(reservationId: string, userId?: string): Promise<Reservation | null> {
     const hold = this.holdOwner.get(reservationId)?.holds.get(reservationId);
     return hold === undefined || (userId !== undefined && hold.userId !== userId) ? null : copyHold(hold);
   }
 
+  /** The user of the hold; null when there is none. */
   async reservationOwner(reservationId: string): Promise<string | null> {
     return this.holdOwner.get(reservationId)?.userId ?? null;
   }
 
+  /** The user's grants: the open ones, or every one with `includeInactive`. */
   async listGrants(userId: string, options?: { includeInactive?: boolean }): Promise<Grant[]> {
     const rows = this.accounts.get(userId);
     if (rows === undefined) return [];
@@ -264,6 +278,7 @@ export class CoreInMemoryDbManager extends StoreBase implements DbManager {
     return [...rows.open.values()].sort(oldestFirst).map(copy);
   }
 
+  /** The user's holds, of one status when `status` is given. */
   async listReservations(userId: string, options?: { status?: Reservation["status"] }): Promise<Reservation[]> {
     const rows = this.accounts.get(userId);
     if (rows === undefined) return [];
@@ -293,6 +308,7 @@ export class CoreInMemoryDbManager extends StoreBase implements DbManager {
     return forgotten;
   }
 
+  /** The user's journal entries the query selects, in sequence order. */
   async listJournal(userId: string, q: JournalQuery): Promise<JournalEntry[]> {
     const rows = this.accounts.get(userId);
     if (rows === undefined) return [];
@@ -315,6 +331,7 @@ export class CoreInMemoryDbManager extends StoreBase implements DbManager {
     return out;
   }
 
+  /** The journal's usage, summed per bucket of the scan (docs/usage.md). */
   async usage(scan: UsageScan): Promise<UsageBucket[]> {
     const sum = new UsageAccumulator(scan);
     const accounts = scan.account === null ? [...this.accounts.values()] : [this.accounts.get(scan.account)];
@@ -325,6 +342,7 @@ export class CoreInMemoryDbManager extends StoreBase implements DbManager {
     return sum.result();
   }
 
+  /** Deletes the user's journal entries before sequence `beforeSeq` (archival); resolves to how many. */
   async deleteJournalBefore(userId: string, beforeSeq: number): Promise<number> {
     const rows = this.accounts.get(userId);
     if (rows === undefined) return 0;
@@ -335,11 +353,13 @@ export class CoreInMemoryDbManager extends StoreBase implements DbManager {
     return removed;
   }
 
+  /** Open grants expired by `asOf`, at most `limit`, after the cursor. */
   async findDueGrants(asOf: Date, limit: number, after?: ScanCursor): Promise<Grant[]> {
     const ids = this.dueGrants.scan(asOf.getTime(), limit, cursorOf(after));
     return ids.map((id) => copy(this.grantOwner.get(id)?.grants.get(id) as Grant));
   }
 
+  /** Active holds expired by `asOf`, at most `limit`, after the cursor. */
   async findExpiredReservations(asOf: Date, limit: number, after?: ScanCursor): Promise<Reservation[]> {
     const ids = this.dueHolds.scan(asOf.getTime(), limit, cursorOf(after));
     return ids.map((id) => copyHold(this.holdOwner.get(id)?.holds.get(id) as Reservation));
@@ -350,6 +370,7 @@ export class CoreInMemoryDbManager extends StoreBase implements DbManager {
     return { schemaVersion: null };
   }
 
+  /** Row counts of the store's tables. */
   async stats(): Promise<StoreStats> {
     let activeHolds = 0;
     let heldCredits = 0;
@@ -367,10 +388,12 @@ export class CoreInMemoryDbManager extends StoreBase implements DbManager {
     };
   }
 
+  /** Appends an audit-ledger event. */
   async insertLedgerEntry(entry: LedgerEntry): Promise<void> {
     this.ledger.push(copy(entry));
   }
 
+  /** The audit-ledger events the query selects. */
   async listLedgerEntries(q: LedgerQuery): Promise<LedgerEntry[]> {
     // Newest first by createdAt, then by insertion (the store's tie-break); a page resumes after
     // (before, the insertion index of beforeId).
