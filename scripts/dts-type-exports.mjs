@@ -62,3 +62,21 @@ for (const target of Object.values(pkg.exports)) {
   }
 }
 console.log(`declarations: ${marked} type-only exports marked`);
+
+// The bundler drops the doc comment of `export * as periods from …` (src/index.ts): the API report
+// would then call the namespace undocumented and untagged. Its comment is copied from the source
+// onto the `declare namespace` the declarations hold.
+const namespaceDocs = { periods: /\/\*\*((?:(?!\*\/)[\s\S])*)\*\/\nexport \* as periods from/ };
+const rootSource = readFileSync(join(root, "src/index.ts"), "utf8");
+for (const types of [pkg.exports["."].import.types, pkg.exports["."].require.types]) {
+  const file = join(root, types);
+  let text = readFileSync(file, "utf8");
+  for (const [name, pattern] of Object.entries(namespaceDocs)) {
+    const doc = pattern.exec(rootSource);
+    const declaration = `\ndeclare namespace ${name} {`;
+    if (doc === null || !text.includes(declaration)) throw new Error(`${file}: no namespace ${name} to document`);
+    // Once: a second run finds it documented.
+    if (!text.includes(`*/${declaration}`)) text = text.replace(declaration, `\n/**${doc[1]}*/${declaration}`);
+  }
+  writeFileSync(file, text);
+}

@@ -34,10 +34,11 @@ export { UnknownModelError, RunBudgetExceededError } from "./modules/pricing/err
 /**
  * Every code a `CreditError` of this package carries: the core's, the billing module's (promos and
  * payments), the pricing module's, webhook delivery's and the HTTP API's own answers.
+ * @public
  */
 export type CreditErrorCode = CoreErrorCode | BillingErrorCode | PricingErrorCode | WebhookErrorCode | HttpErrorCode;
 
-/** Whether `error` is a `CreditError` of this package (its `code` one of `CreditErrorCode`'s). */
+/** Whether `error` is a `CreditError` of this package (its `code` one of `CreditErrorCode`'s). @public */
 export function isCreditError(error: unknown): error is CreditError<CreditErrorCode> {
   return error instanceof CreditError;
 }

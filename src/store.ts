@@ -52,11 +52,3 @@ export type {
   ModuleStorePart,
   StoreDialect,
 } from "./core/db/module-part.js";
-export type { SqliteBoundPart, SqlitePartHost, SqlitePartTx } from "./db/sqlite/module-part.js";
-export type {
-  PostgresBoundPart,
-  PostgresModuleSave,
-  PostgresPartHost,
-  PostgresPartTx,
-} from "./db/postgres/module-part.js";
-export type { MongoBoundPart, MongoPartHost, MongoPartTx } from "./db/mongodb/module-part.js";

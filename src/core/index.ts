@@ -12,11 +12,9 @@ export type { UnitHook } from "./services/unit-of-work.js";
 // The module seam (docs/modules.md, "Writing a module"), @beta.
 export {
   accountColumn,
-  moduleRegistry,
   type AccountColumn,
   type CreditModule,
   type ModuleContext,
   type ModuleRegistry,
 } from "./module.js";
 export type { UnitContext } from "./services/unit-of-work.js";
-export type { ModuleRows } from "./domain/state.js";

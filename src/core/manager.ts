@@ -141,7 +141,9 @@ export const CoreManagerOptions = z.strictObject({
   /**
    * Modules the manager carries besides its own (docs/modules.md, "Writing a module"): their error
    * codes, notification and event types, grant sources, account columns, unit hooks and audit
-   * checks. Each module's `init` runs once per credit service the manager builds. @beta
+   * checks. Each module's `init` runs once per credit service the manager builds.
+   *
+   * @beta
    */
   modules: z.optional(
     z.array(

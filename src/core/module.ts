@@ -115,10 +115,15 @@ export interface CreditModule<Column = unknown> {
  * @beta
  */
 export interface ModuleRegistry {
+  /** The manager's modules, in the order given. */
   readonly modules: readonly CreditModule[];
+  /** Every error code: the core's and the modules'. */
   readonly errorCodes: ReadonlySet<string>;
+  /** Every notification type: the core's and the modules'. */
   readonly notificationTypes: ReadonlySet<string>;
+  /** Every event type the modules declare. */
   readonly eventTypes: ReadonlySet<string>;
+  /** Every grant source: the core's and the modules'. */
   readonly grantSources: ReadonlySet<string>;
   /** A `ValidationError` (at `path`) unless `source` is the core's or a module's grant source. */
   checkGrantSource(source: string, path?: string): void;

@@ -40,8 +40,11 @@ export interface BoundStorePart<Reads extends object = object> {
  * @beta
  */
 export interface MemoryBoundPart<Reads extends object = object> extends BoundStorePart<Reads> {
+  /** The module's reads inside a unit of work (`tx.part(moduleId)`). */
   transaction?(tx: DbTransaction): object;
+  /** Checks the module's rows a unit of work saves, before anything is applied (throws to refuse). */
   check?(rows: ModuleRowLists): void;
+  /** Applies the module's rows of a unit of work, at its commit. */
   apply?(rows: ModuleRowLists): void;
 }
 

@@ -102,7 +102,7 @@ export const UnitFigures = z.object({
  */
 export type UnitFigures = z.infer<typeof UnitFigures>;
 
-/** One account per user, created on first use. `available = balance - reserved`. */
+/** One account per user, created on first use. `available = balance - reserved`. @public */
 export const Account = z.object({
   userId: UserId,
   /** Posted credits: Σ grant.remaining + Σ active holds − debt. */

@@ -15,6 +15,8 @@ import { HOUR, T0, lazy, type PartOptions } from "./support.js";
 /**
  * `getDb`: an initialised store; `getPeer` (optional): a second manager over the same store (without
  * it, a second service over `getDb`).
+ *
+ * @beta
  */
 export function runLaterGrantsContract(
   getDb: () => DbManager,

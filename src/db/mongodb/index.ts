@@ -108,6 +108,7 @@ export class MongoDbManager extends StoreBase implements DbManager {
   private readonly c: Collections;
   /** Plans and subscriptions (./subscriptions.ts), the outbox. */
   protected readonly parts: SideParts;
+  /** The module parts bound to this store, as its kind binds them (`usePart`). @beta */
   declare readonly modules: ModuleParts<MongoBoundPart>;
   private lastLedgerOrd = 0;
   private readonly states: StateCache | null;
@@ -210,6 +211,7 @@ export class MongoDbManager extends StoreBase implements DbManager {
   }
 
   /** A module's MongoDB side (`ModuleStorePart.mongodb`), bound to this store (./module-part.ts). */
+  /** Binds the side of this store's kind of a module's part (once per module, by `usePart`). @beta */
   protected override bindPart(part: ModuleStorePart): MongoBoundPart | undefined {
     return bindMongo(part, this.partHost);
   }

@@ -689,9 +689,11 @@ export class PostgresDbManager extends StoreBase implements DbManager {
     );
   }
 
+  /** The module parts bound to this store, as its kind binds them (`usePart`). @beta */
   declare readonly modules: ModuleParts<PostgresBoundPart>;
 
   /** A module's PostgreSQL side (`ModuleStorePart.postgres`), bound to this store (./module-part.ts). */
+  /** Binds the side of this store's kind of a module's part (once per module, by `usePart`). @beta */
   protected override bindPart(part: ModuleStorePart): PostgresBoundPart | undefined {
     return bindPostgres(part, this);
   }

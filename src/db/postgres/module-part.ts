@@ -1,6 +1,5 @@
 import type { BoundStorePart, ModuleRowLists, ModuleStorePart } from "../../core/db/module-part.js";
-import type { PostgresDbManager } from "./index.js";
-import type { Statement } from "./sql.js";
+import type { PostgresSql, Statement } from "./sql.js";
 
 /**
  * What `PostgresDbManager` hands a module's part (`ModuleStorePart.postgres`): the store itself,
@@ -9,7 +8,12 @@ import type { Statement } from "./sql.js";
  *
  * @beta
  */
-export type PostgresPartHost = Pick<PostgresDbManager, "read" | "sql">;
+export interface PostgresPartHost {
+  /** The store's SQL: its tables' names (distributed on Citus once `init()` ran). */
+  readonly sql: PostgresSql;
+  /** Runs one statement outside a unit of work. */
+  read(what: string, text: string, params: unknown[]): Promise<Record<string, unknown>[]>;
+}
 
 /**
  * A unit of work's transaction as a module's part reads in it (`PostgresBoundPart.transaction`):
@@ -20,7 +24,7 @@ export type PostgresPartHost = Pick<PostgresDbManager, "read" | "sql">;
  */
 export interface PostgresPartTx {
   readonly userId: string;
-  readonly sql: PostgresDbManager["sql"];
+  readonly sql: PostgresSql;
   read(what: string, text: string, params: unknown[]): Promise<Record<string, unknown>[]>;
 }
 

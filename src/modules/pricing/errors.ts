@@ -8,8 +8,10 @@ export type PricingErrorCode = (typeof PRICING_ERROR_CODES)[number];
 /**
  * Usage of a model the price book does not price, and the book has no `default`: refused, never
  * billed as free (docs/llm-metering.md). Nothing was changed.
+ * @public
  */
-export class UnknownModelError extends CreditError<PricingErrorCode> {
+export class UnknownModelError extends CreditError<"UNKNOWN_MODEL"> {
+  /** An error for a model the price book has no rates for. */
   constructor(model: string, provider: string | undefined, priceBook: string) {
     super(
       "UNKNOWN_MODEL",
@@ -25,8 +27,10 @@ export class UnknownModelError extends CreditError<PricingErrorCode> {
  * docs/llm-metering.md): refused before the provider is called. `details.requested` is the call's
  * hold, `details.maxRunCredits` the cap, `details.charged` and `details.held` what the run's earlier
  * calls were charged and still hold, `details.remaining` what is left. HTTP 402. Nothing was changed.
+ * @public
  */
-export class RunBudgetExceededError extends CreditError<PricingErrorCode> {
+export class RunBudgetExceededError extends CreditError<"RUN_BUDGET_EXCEEDED"> {
+  /** An error for a run of calls beyond its budget. */
   constructor(details: { requested: number; maxRunCredits: number; charged: number; held: number; remaining: number }) {
     super(
       "RUN_BUDGET_EXCEEDED",

@@ -93,10 +93,12 @@ function newAccountRows(userId: string): AccountRows {
 export class CoreInMemoryDbManager extends StoreBase implements DbManager {
   /** The store's name (`memory`, `postgres`, `mongodb`, `sqlite`, …), in diagnostics and errors. */
   readonly name = "memory";
+  /** What the store supports: its transactions and its optional parts. */
   readonly capabilities: DbCapabilities = {
     multiProcess: false,
     parts: { subscriptions: true, outbox: true },
   };
+  /** The module parts bound to this store, as its kind binds them (`usePart`). @beta */
   declare readonly modules: ModuleParts<MemoryBoundPart>;
 
   private readonly accounts = new Map<string, AccountRows>();
@@ -137,6 +139,7 @@ export class CoreInMemoryDbManager extends StoreBase implements DbManager {
     }
   }
 
+  /** Binds the side of this store's kind of a module's part (once per module, by `usePart`). @beta */
   protected override bindPart(part: ModuleStorePart): MemoryBoundPart | undefined {
     return part.memory?.();
   }
