@@ -190,7 +190,8 @@ export interface SetAside {
 /**
  * What metering's routes use of a lease (`manager.credits.leases()`, the leases module, docs/metering.md,
  * "Leases"): metering owns this shape, the leases module implements it, so metering names no lease.
- * @internal
+ *
+ * @beta
  */
 export interface MeterLease {
   /** A session served from the user's block, or null when it holds in the store. */
