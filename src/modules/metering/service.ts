@@ -174,7 +174,7 @@ export function sessionDeps(core: CreditCore, pricing: PricingService | undefine
 /**
  * Credits a lease set aside in its block for one request (the fixed-price routes' check, docs/metering.md,
  * "Leases"), until the request is charged or given back.
- * @internal
+ * @beta
  */
 export interface SetAside {
   /**
