@@ -289,6 +289,7 @@ export * from "./errors.js";
 // The module seam (docs/modules.md, "Writing a module"), @beta.
 export {
   accountColumn,
+  moduleNotification,
   moduleRegistry,
   type AccountColumn,
   type CreditModule,

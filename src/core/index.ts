@@ -54,6 +54,7 @@ export type {
 // The module seam (docs/modules.md, "Writing a module"), @beta.
 export {
   accountColumn,
+  moduleNotification,
   moduleRegistry,
   type AccountColumn,
   type CreditModule,
