@@ -77,10 +77,11 @@ for (const store of stores) {
     () => {
       const setup = async () => {
         const ref = referrals({ bonus: 25 });
-        const m = await createCreditManager({ db: store.create(), modules: [ref.module] });
+        const db = store.create();
+        const m = await createCreditManager({ db, modules: [ref.module] });
         await store.afterInit?.();
         await ref.migrate();
-        return { m, ref };
+        return { m, ref, db };
       };
 
       it("pays a referral once, saves its row with the grant, refuses the duplicate with REFERRAL_TAKEN, audits clean", async () => {
