@@ -89,7 +89,10 @@ const sqlite = (db: SqlitePartHost): SqliteBoundPart<ReferralReads> => ({
 
 // PostgreSQL: one statement added to the unit's save message (a taken referee fails the transaction).
 const postgres = (host: PostgresPartHost): PostgresBoundPart<ReferralReads> => {
-  const table = () => (host.sql.naming.schema === undefined ? "referrals" : `"${host.sql.naming.schema}".referrals`);
+  // Beside the store's own tables: its schema and prefix.
+  const { schema, prefix = "" } = host.sql.naming;
+  const name = `"${prefix}referrals"`;
+  const table = () => (schema === undefined ? name : `"${schema}".${name}`);
   return {
     reads: {
       migrate: async () => void (await host.read("referralsMigrate", CREATE.replace("referrals", table()), [])),
@@ -118,7 +121,7 @@ export const referralStore: ModuleStorePart<ReferralReads> = { module: "referral
 export function referrals(options: { bonus: number }) {
   let ctx: ModuleContext | undefined;
   const reads = () => {
-    const r = ctx?.db.usePart(referralStore);
+    const r = ctx?.db.usePart?.(referralStore);
     if (r === undefined) throw new Error("referrals: give the module to a manager whose store it has a side for");
     return r;
   };
