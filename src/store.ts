@@ -50,5 +50,13 @@ export type {
   ModuleRowLists,
   ModuleRows,
   ModuleStorePart,
-  StoreDialect,
 } from "./core/db/module-part.js";
+// What each built-in store hands a module's part, and what the part's side gives back.
+export type { SqliteBoundPart, SqlitePartHost, SqlitePartTx } from "./db/sqlite/module-part.js";
+export type {
+  PostgresBoundPart,
+  PostgresModuleSave,
+  PostgresPartHost,
+  PostgresPartTx,
+} from "./db/postgres/module-part.js";
+export type { MongoBoundPart, MongoPartHost, MongoPartTx } from "./db/mongodb/module-part.js";

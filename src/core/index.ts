@@ -12,6 +12,7 @@ export type { UnitHook } from "./services/unit-of-work.js";
 // The module seam (docs/modules.md, "Writing a module"), @beta.
 export {
   accountColumn,
+  moduleNotification,
   type AccountColumn,
   type CreditModule,
   type ModuleContext,

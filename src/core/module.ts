@@ -12,6 +12,8 @@ import {
   Account,
 } from "./models/index.js";
 import type { AuditCheck } from "./services/audit-check.js";
+import { newNotification } from "./domain/notifications.js";
+import type { Notification } from "./models/index.js";
 import type { UnitHook } from "./services/unit-of-work.js";
 import type { CreditErrorCode } from "./errors.js";
 
@@ -61,6 +63,23 @@ export function accountColumn<T>(name: string): AccountColumn<T> {
       Reflect.set(account, name, value);
     },
   };
+}
+
+/**
+ * An outbox row of one of a module's notification or event types (`notificationTypes`,
+ * `eventTypes`) for `userId`, pending from `now`: what a module's `unitHook` returns to record it
+ * with the unit of work (docs/modules.md, "Writing a module"). `dedupeKey`: rows of one key are
+ * delivered once.
+ * @beta
+ */
+export function moduleNotification(
+  userId: string,
+  type: string,
+  payload: Record<string, unknown>,
+  now: Date,
+  dedupeKey: string | null = null,
+): Notification {
+  return newNotification(userId, type, payload, now, dedupeKey);
 }
 
 /** What the core hands a module's `init` (docs/modules.md, "Writing a module"). @beta */

@@ -11,15 +11,11 @@ export {
   type CreditMeteringOptions,
   type LlmMeteringOptions,
   type MeteringLocals,
-  type MeteringOptionsBase,
 } from "../modules/metering/routes.js";
 export {
   fastifyCreditMetering,
   type FastifyCreditMeteringOptions,
   type FastifyCreditMeteringPlugin,
-  type FastifyInstanceLike,
-  type FastifyReplyLike,
-  type FastifyRequestLike,
 } from "../modules/metering/routes-fastify.js";
 export type { OpenApiOptions } from "./openapi.js";
 export {

@@ -1,12 +1,11 @@
 /**
  * `credit-management/schema`: the tables and collections the built-in stores create, as data
- * (`tableSpecs`, `columnsOf`, `MIGRATIONS`) and as DDL (`generateSql` for PostgreSQL and MySQL,
+ * (`tableSpecs`) and as DDL (`generateSql` for PostgreSQL and MySQL,
  * `generateUpgradeSql` from an older version, `generateMongoSchema` for MongoDB, and
  * `generateMongoScript`: the mongosh script of what `MongoDbManager.init()` makes), for a team that
  * runs its migrations with its own tool. The row codecs (`./codec.ts`) and naming helpers (`./sql.ts`)
  * the stores share stay inside the package.
  */
-export type { Column, ColumnKind, JsonSchemaNode } from "./columns.js";
 export { type MongoCollection, type MongoIndex, type MongoOptions, generateMongoSchema } from "./mongo.js";
 export { type UpgradeSqlOptions, generateUpgradeSql } from "./migrations.js";
 export type { PartitionInterval, PartitionOptions } from "./partitions.js";
@@ -20,11 +19,5 @@ export {
   SQL_DIALECTS,
   generateSql,
 } from "./sql.js";
-export {
-  type IndexCondition,
-  type IndexSpec,
-  type TableKey,
-  type TableSpec,
-  type TableSpecs,
-  tableSpecs,
-} from "./tables.js";
+// The tables as data; their types are read from it (`typeof tableSpecs`), not named.
+export { tableSpecs } from "./tables.js";

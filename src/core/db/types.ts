@@ -55,7 +55,7 @@ export interface DbManager extends AccountStore, JournalStore, NotificationStore
    *
    * @beta
    */
-  usePart?(part: ModuleStorePart): object | undefined;
+  usePart?<Reads extends object>(part: ModuleStorePart<Reads>): Reads | undefined;
 }
 
 /**

@@ -1,19 +1,26 @@
 import type { BoundStorePart, ModuleRowLists, ModuleStorePart } from "../../core/db/module-part.js";
+import type { PostgresDbManager } from "./index.js";
 import type { PostgresSql, Statement } from "./sql.js";
 
 /**
- * What `PostgresDbManager` hands a module's part (`ModuleStorePart.postgres`): the store itself,
- * for its statements outside units of work (`read`) and its tables' names (`sql`, which `init()`
- * makes distributed on Citus: read it at each call).
+ * What `PostgresDbManager` hands a module's part (`ModuleStorePart.postgres`): its statements
+ * outside units of work (`read`) and where its tables are (`sql.naming`: the schema and the table
+ * prefix the store was given), so the module keeps its tables beside the store's.
  *
  * @beta
  */
 export interface PostgresPartHost {
-  /** The store's SQL: its tables' names (distributed on Citus once `init()` ran). */
-  readonly sql: PostgresSql;
-  /** Runs one statement outside a unit of work. */
+  /** Runs one statement on the store's pool, outside units of work (`what` names it in errors). */
   read(what: string, text: string, params: unknown[]): Promise<Record<string, unknown>[]>;
+  /** The store's schema and table prefix (undefined: the connection's search path, no prefix). */
+  readonly sql: { readonly naming: { readonly schema?: string | undefined; readonly prefix?: string | undefined } };
 }
+
+/**
+ * The host the package's own parts get: the store itself, with its statements and tables' names
+ * (`sql`, which `init()` makes distributed on Citus: read it at each call). @internal
+ */
+export type PostgresStoreHost = Pick<PostgresDbManager, "read" | "sql">;
 
 /**
  * A unit of work's transaction as a module's part reads in it (`PostgresBoundPart.transaction`):
@@ -57,5 +64,5 @@ export interface PostgresBoundPart<Reads extends object = object> extends BoundS
 }
 
 /** The PostgreSQL side of `part` bound to `host`; undefined when it has none. */
-export const bindPostgres = (part: ModuleStorePart, host: PostgresPartHost): PostgresBoundPart | undefined =>
-  (part.postgres as ((host: PostgresPartHost) => PostgresBoundPart) | undefined)?.(host);
+export const bindPostgres = (part: ModuleStorePart, host: PostgresStoreHost): PostgresBoundPart | undefined =>
+  (part.postgres as ((host: PostgresStoreHost) => PostgresBoundPart) | undefined)?.(host);

@@ -4,7 +4,7 @@ import type { Payment, Promo, PromoClaim } from "../../models-entry.js";
 import { quoteIdent, type SqlTable } from "../../schema/sql.js";
 import type { PromoPaymentChanges, PromoPaymentStore, PromoPaymentTransaction } from "./store.js";
 import { unlessTaken } from "../../db/postgres/errors.js";
-import type { PostgresBoundPart, PostgresPartHost, PostgresPartTx } from "../../db/postgres/module-part.js";
+import type { PostgresBoundPart, PostgresStoreHost, PostgresPartTx } from "../../db/postgres/module-part.js";
 import { byId, list, one } from "../../db/postgres/reads.js";
 import {
   GUARD_MARKER,
@@ -21,7 +21,7 @@ import {
 const q = (name: string) => quoteIdent("postgres", name);
 
 /** What the promo/payment store needs of `PostgresDbManager`. */
-type Reader = PostgresPartHost;
+type Reader = PostgresStoreHost;
 
 /** The claims of a promo (`$1`) by an account (`$2`), as `n`. */
 const countClaimsText = (t: Tables): string =>
@@ -32,7 +32,7 @@ const countClaimsText = (t: Tables): string =>
  * Citus): its reads outside units of work, the three reads inside them, and the statement that
  * saves a save message's promo claims and payment updates.
  */
-export function billingPostgresPart(host: PostgresPartHost): PostgresBoundPart<PromoPaymentStore> {
+export function billingPostgresPart(host: PostgresStoreHost): PostgresBoundPart<PromoPaymentStore> {
   return {
     reads: new PostgresPromoStore(host),
     transaction: (tx) => unitReads(tx),

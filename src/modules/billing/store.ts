@@ -105,7 +105,7 @@ const noPart = (store: string, method: string): ConfigurationError =>
  * part of its dialect answers the part's methods with `ConfigurationError`.
  */
 export function billingStore(db: DbManager): BillingDb {
-  const part = (db.usePart?.(billingStorePart) as PromoPaymentStore | undefined) ?? null;
+  const part = db.usePart?.(billingStorePart) ?? null;
   return new Proxy(db, {
     get(target, prop) {
       if ((STORE_METHODS as readonly PropertyKey[]).includes(prop)) {

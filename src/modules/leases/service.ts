@@ -300,12 +300,13 @@ export class CreditLeases {
   }
 
   /**
-   * @internal A metered call (estimate, then usage: the metering middlewares' `lease` option
+   * A metered call (estimate, then usage: the metering middlewares' `lease` option
    * without `price`) served from `userId`'s block: the estimate is held inside the block in memory,
    * and the session's commit charges the usage from the block (a line of the window, settled with
    * it) or, when the block no longer covers it, as an after-service deduction. Null when the block
    * does not cover the estimate now (or there is none, or the call is keyed): the caller places a
    * hold in the store as without a lease. Opens (or rolls) no block itself: `warm` does.
+   * @beta
    */
   openMeter(userId: string, options: MeterOptions): MeterSession | null {
     // A keyed call, and one with metadata (a window's entry cannot carry each call's), hold in the store.
@@ -360,11 +361,12 @@ export class CreditLeases {
   }
 
   /**
-   * @internal Fixed-price metering's check (the middlewares' `lease` option with `price`): when
+   * Fixed-price metering's check (the middlewares' `lease` option with `price`): when
    * `userId`'s block covers `amount` now, sets it aside inside the block, as a metered call's
    * estimate is (not free for other charges, carried into the next block when the window rolls),
    * and returns what charges it or gives it back. Null when it does not cover it (nothing done):
    * the caller checks on the store instead.
+   * @beta
    */
   setAside(userId: string, amount: number, spend?: LeaseSpend): SetAside | null {
     const l = this.users.get(this.keyOf(userId, spend?.spender, spend?.feature));

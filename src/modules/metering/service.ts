@@ -197,6 +197,7 @@ export interface SetAside {
 /**
  * What metering's routes use of a lease (`manager.credits.leases()`, the leases module, docs/metering.md,
  * "Leases"): metering owns this shape, the leases module implements it, so metering names no lease.
+ *
  * @beta
  */
 export interface MeterLease {

@@ -3,7 +3,7 @@ import type { RevenueDimension } from "./model.js";
 import { grantGroups, type GrantGroups } from "./rules.js";
 import { revenueNames, type RevenueNames } from "./schema-pg.js";
 import type { NamingOptions } from "../../schema/sql.js";
-import type { PostgresBoundPart, PostgresPartHost } from "../../db/postgres/module-part.js";
+import type { PostgresBoundPart, PostgresStoreHost } from "../../db/postgres/module-part.js";
 import { list } from "../../db/postgres/reads.js";
 import type {
   RevenueBucketRow,
@@ -17,10 +17,10 @@ import type {
 } from "./store.js";
 
 /** What the summary needs of `PostgresDbManager`. */
-type Runner = PostgresPartHost;
+type Runner = PostgresStoreHost;
 
 /** The revenue module's part of `PostgresDbManager` (`revenueStorePart.postgres`): the summary, none on Citus. */
-export function revenuePostgresPart(host: PostgresPartHost): PostgresBoundPart<RevenueSummaryReads> {
+export function revenuePostgresPart(host: PostgresStoreHost): PostgresBoundPart<RevenueSummaryReads> {
   let summary: PostgresRevenueSummary | undefined;
   return {
     reads: {

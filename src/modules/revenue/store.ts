@@ -150,4 +150,4 @@ export interface RevenueSummaryReads {
  * part (bound on first use). Optional: without it, reports replay the journal.
  */
 export const revenueSummaryOf = (db: DbManager): RevenueSummaryStore | undefined =>
-  (db.usePart?.(revenueStorePart) as RevenueSummaryReads | undefined)?.summary();
+  db.usePart?.(revenueStorePart)?.summary();

@@ -45,8 +45,9 @@ export abstract class StoreBase implements DbManager {
    *
    * @beta
    */
-  usePart(part: ModuleStorePart): object | undefined {
-    return this.modules.use(part, (p) => this.bindPart(p))?.reads;
+  usePart<Reads extends object>(part: ModuleStorePart<Reads>): Reads | undefined {
+    // The bound side is the part's own side of this store's dialect, so its reads are the part's.
+    return this.modules.use(part, (p) => this.bindPart(p))?.reads as Reads | undefined;
   }
 
   /** Creates the store's tables (or collections) and indexes where missing; call once before use. */
