@@ -21,6 +21,12 @@ export interface Column {
   values?: readonly string[];
   /** Longest string, in characters, when the model bounds it. */
   maxLength?: number;
+  /**
+   * A lower-case identifier (`IDENTIFIER_PATTERN`: a grant source, a notification type): any value
+   * of that shape is stored, so that a module's own values need no change of the schema
+   * (docs/modules.md). Each dialect checks the shape (MySQL/MariaDB: its length).
+   */
+  identifier?: boolean;
   /** Bounds of an integer or number. */
   minimum?: number;
   /** The largest value (a number) or length (a string). */
@@ -47,6 +53,12 @@ export interface Column {
 
 /** A JSON Schema node, as zod emits it. @public */
 export type JsonSchemaNode = Record<string, unknown>;
+
+/**
+ * The shape of the models' open identifiers (`GrantSource`, `NotificationType`): a column whose
+ * model has this pattern is an `identifier` column.
+ */
+export const IDENTIFIER_PATTERN = "^[a-z][a-z0-9_]{0,63}$";
 
 /** Marker the date override puts on `z.date()` nodes, so a Date is never mistaken for a string. */
 export const DATE_MARKER = "x-credit-management-date";
@@ -97,6 +109,7 @@ function toColumn(field: string, node: JsonSchemaNode, optional: boolean): Colum
   const column: Column = { field, name: snakeCase(field), kind: kindOf(inner), nullable: nullable || optional };
   if (column.kind === "enum") column.values = inner.enum as string[];
   if (column.kind === "string" && typeof inner.maxLength === "number") column.maxLength = inner.maxLength;
+  if (column.kind === "string" && inner.pattern === IDENTIFIER_PATTERN) column.identifier = true;
   if (column.kind === "integer" || column.kind === "number") {
     if (typeof inner.minimum === "number") column.minimum = inner.minimum;
     if (typeof inner.maximum === "number") column.maximum = inner.maximum;

@@ -57,7 +57,7 @@ export interface Migration {
   /** Tables this version introduced: created whole by the DDL, so no earlier step's columns apply to them. */
   tables?: readonly TableKey[];
   columns: readonly AddedColumn[];
-  /** Enum columns whose CHECK (the allowed values) is replaced by today's (values added). */
+  /** Columns whose CHECK (an enum's allowed values, an identifier's shape) is replaced by today's. */
   checks?: readonly ChangedColumn[];
   /**
    * Columns whose PostgreSQL type changed in this version: a hex digest now stored as bytes
@@ -93,7 +93,8 @@ export const MIGRATIONS: readonly Migration[] = [
     to: 2,
     summary:
       "journal entries record what a take-back is (take_back, set from version 1's rule on the entries there are), the hash version, the key id of a keyed chain, an addition's scope and its start; grants record their start and whether they are upcoming; entries of type start; " +
-      "accounts, grants, holds and entries record their unit (null: the default unit, which every row a version 1 store holds is in)",
+      "accounts, grants, holds and entries record their unit (null: the default unit, which every row a version 1 store holds is in); " +
+      "grant sources and notification types take any lower-case identifier",
     // hash_version stays NULL on the entries there are: their hash is version 1's (docs/concepts.md).
     columns: [
       { table: "journal", field: "takeBack" },
@@ -110,7 +111,14 @@ export const MIGRATIONS: readonly Migration[] = [
       { table: "reservations", field: "unit" },
       { table: "journal", field: "unit" },
     ],
-    checks: [{ table: "journal", field: "type" }],
+    // Grant sources and notification types: any lower-case identifier, so that a module's own
+    // are stored (docs/modules.md), instead of version 1's lists.
+    checks: [
+      { table: "journal", field: "type" },
+      { table: "grants", field: "source" },
+      { table: "journal", field: "source" },
+      { table: "notifications", field: "type" },
+    ],
     statements: (dialect, _naming, tables) => [v1TakeBacks(dialect, tables.get("journal") as SqlTable)],
   },
 ];
@@ -346,7 +354,7 @@ function replaceCheck(
           ...checks.map((c) => `ALTER TABLE ${table.qualified} ADD CONSTRAINT ${name} CHECK (${c});`),
         ];
       return [
-        `ALTER TABLE ${table.qualified} DROP CONSTRAINT IF EXISTS ${name}, ${checks.map((c) => `ADD CONSTRAINT ${name} CHECK (${c})`).join(", ")};`,
+        `ALTER TABLE ${table.qualified} ${[`DROP CONSTRAINT IF EXISTS ${name}`, ...checks.map((c) => `ADD CONSTRAINT ${name} CHECK (${c})`)].join(", ")};`,
       ];
     }
     case "mysql":

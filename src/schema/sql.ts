@@ -8,7 +8,15 @@ import { pgIdent, pgQualified, sqlLit } from "./ident.js";
 import { targetVersion } from "./version.js";
 
 export { keyDigestSql } from "./key-digest.js";
-import { type Column, FORGOTTEN_KEY, type JsonSchemaNode, columnsOf, modelJsonSchema, snakeCase } from "./columns.js";
+import {
+  type Column,
+  FORGOTTEN_KEY,
+  IDENTIFIER_PATTERN,
+  type JsonSchemaNode,
+  columnsOf,
+  modelJsonSchema,
+  snakeCase,
+} from "./columns.js";
 import {
   DEFAULT_AHEAD,
   PARTITIONED_TABLES,
@@ -589,6 +597,22 @@ export function columnChecks(dialect: SqlDialect, c: Column, table: string): str
   return columnParts(dialect, c, false, table).checks;
 }
 
+/**
+ * The CHECK of an identifier column (`Column.identifier`, `IDENTIFIER_PATTERN`): PostgreSQL matches
+ * the pattern; SQLite, which has no regular expressions, says the same with GLOB; MySQL/MariaDB,
+ * whose regular expressions differ between them, bound the length.
+ */
+function identifierCheck(dialect: SqlDialect, name: string): string {
+  switch (dialect) {
+    case "postgres":
+      return `${name} ~ '${IDENTIFIER_PATTERN}'`;
+    case "sqlite":
+      return `length(${name}) BETWEEN 1 AND 64 AND ${name} GLOB '[a-z]*' AND ${name} NOT GLOB '*[^a-z0-9_]*'`;
+    case "mysql":
+      return `CHAR_LENGTH(${name}) BETWEEN 1 AND 64`;
+  }
+}
+
 function columnParts(
   dialect: SqlDialect,
   c: Column,
@@ -602,6 +626,9 @@ function columnParts(
     case "string":
       if (c.bytes === true && dialect === "postgres") {
         type = "BYTEA";
+      } else if (c.identifier === true) {
+        type = dialect === "mysql" ? "VARCHAR(64)" : dialect === "postgres" ? `TEXT COLLATE "C"` : "TEXT";
+        checks.push(identifierCheck(dialect, name));
       } else if (dialect === "mysql") {
         if (c.maxLength === undefined && indexed) {
           throw new Error(`${table}.${c.field} is a key but its model sets no maximum length (MySQL needs one)`);

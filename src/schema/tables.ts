@@ -3,8 +3,7 @@ import type { ZodMiniObject } from "zod/mini";
 import { Account, Grant, JournalEntry, LedgerEntry, Reservation } from "../core/models/entities.js";
 import { promoPaymentTableSpecs } from "../modules/billing/schema-tables.js";
 import { AccountAutoTopUp } from "../modules/billing/model-auto-top-up.js";
-import { CORE_NOTIFICATION_TYPES, Notification } from "../core/models/notifications.js";
-import { AUTO_TOP_UP_NOTIFICATION_TYPES } from "../modules/billing/rules-auto-top-up.js";
+import { Notification } from "../core/models/notifications.js";
 import { Plan, Subscription } from "../core/models/subscriptions.js";
 
 /** A condition of a partial index, on a model field. @public */
@@ -108,32 +107,6 @@ export type TableSpecs = Record<TableKey, TableSpec>;
  */
 const notClosed: IndexCondition[] = [{ field: "closedAt", op: "isNull" }];
 
-/*
- * The grant sources and notification types the stored columns accept: the core's and the package's
- * billing module's, in the order schema version 1 wrote its CHECK constraints and MongoDB validators
- * with. A module of another package registers its own (docs/modules.md, "Writing a module"); a store
- * keeps them once these columns take any value of the models' shape.
- * TODO(schema version 2): drop these lists from the DDL, with the upgrade step that drops the CHECKs.
- */
-const STORED_GRANT_SOURCES = [
-  "manual",
-  "subscription",
-  "rollover",
-  "promo",
-  "payment",
-  "trial",
-  "refund",
-  "adjustment",
-  "other",
-] as const;
-const reversed = CORE_NOTIFICATION_TYPES.indexOf("credits_reversed") + 1;
-const STORED_NOTIFICATION_TYPES = [
-  ...CORE_NOTIFICATION_TYPES.slice(0, reversed),
-  ...AUTO_TOP_UP_NOTIFICATION_TYPES,
-  ...CORE_NOTIFICATION_TYPES.slice(reversed),
-];
-const StoredGrantSource = z.enum(STORED_GRANT_SOURCES);
-
 /** The tables every SQL adapter and the MongoDB collections use. @public */
 export const tableSpecs: TableSpecs = {
   accounts: {
@@ -146,7 +119,7 @@ export const tableSpecs: TableSpecs = {
   },
   grants: {
     name: "grants",
-    model: z.extend(Grant, { source: StoredGrantSource }),
+    model: Grant,
     primaryKey: ["id"],
     indexes: [
       // A unit of work loads the open grants of its account.
@@ -172,7 +145,7 @@ export const tableSpecs: TableSpecs = {
   },
   journal: {
     name: "journal_entries",
-    model: z.extend(JournalEntry, { source: z.optional(z.nullable(StoredGrantSource)) }),
+    model: JournalEntry,
     // Gap-free per-user sequence; history pages by seq.
     primaryKey: ["userId", "seq"],
     idempotencyKey: "idempotencyKey",
@@ -210,7 +183,7 @@ export const tableSpecs: TableSpecs = {
   ...promoPaymentTableSpecs,
   notifications: {
     name: "notifications",
-    model: z.extend(Notification, { type: z.enum(STORED_NOTIFICATION_TYPES) }),
+    model: Notification,
     primaryKey: ["id"],
     indexes: [
       // Dedupe keys are unique per user, where a row has one.
