@@ -14,27 +14,6 @@ import { referrals, ReferralTakenError } from "../examples/referral-module/modul
 
 const pgUrl = process.env.CREDIT_PG_URL || undefined;
 
-/*
- * Schema version 1's stored columns CHECK grant sources and notification types against the core's
- * and the billing module's lists (src/schema/tables.ts), so a store refuses a module's `referral`
- * grant and `referral_paid` event. Until schema version 2 drops those CHECKs: on PostgreSQL the test
- * drops them in its own schema (what the upgrade will do); SQLite cannot drop a CHECK without
- * rebuilding the table, so its run waits for that upgrade.
- */
-const SQLITE_CHECKS =
-  "schema version 1's CHECK on grants.source refuses a module's grant source (src/schema/tables.ts)";
-const dropV1Checks = async (schema: string) => {
-  const { default: pg } = await import("pg");
-  const client = new pg.Client({ connectionString: pgUrl });
-  await client.connect();
-  for (const [table, column] of [
-    ["grants", "source"],
-    ["journal_entries", "source"],
-    ["notifications", "type"],
-  ])
-    await client.query(`ALTER TABLE "${schema}".${table} DROP CONSTRAINT IF EXISTS ${table}_${column}_check`);
-  await client.end();
-};
 const dirs: string[] = [];
 const schemas: string[] = [];
 
@@ -42,7 +21,6 @@ const stores: Array<{ name: string; skip?: string; create: () => DbManager; afte
   { name: "memory", create: () => new InMemoryDbManager() },
   {
     name: "sqlite",
-    skip: SQLITE_CHECKS,
     create: () => {
       const dir = mkdtempSync(join(tmpdir(), "cm-referral-"));
       dirs.push(dir);
@@ -57,7 +35,6 @@ const stores: Array<{ name: string; skip?: string; create: () => DbManager; afte
       schemas.push(schema);
       return new PostgresDbManager({ connectionString: pgUrl ?? "", schema });
     },
-    afterInit: () => dropV1Checks(schemas[schemas.length - 1] ?? ""),
   },
 ];
 
