@@ -147,14 +147,23 @@ export const CoreManagerOptions = z.strictObject({
    */
   modules: z.optional(
     z.array(
-      z.custom<CreditModule>((v) => isObject(v) && typeof (v as { id?: unknown }).id === "string", {
+      // Typed by its shape here, so that the @public options name no @beta type; the registry
+      // checks each module whole (a ConfigurationError) when the credit service is built.
+      z.custom<object>((v) => isObject(v) && typeof (v as { id?: unknown }).id === "string", {
         error: "each module must be a CreditModule (an object with an `id`)",
       }),
     ),
   ),
 });
 /** Options of the core's `createCreditManager`, validated like every public input. @public */
-export type CoreManagerOptions = z.input<typeof CoreManagerOptions>;
+export interface CoreManagerOptions extends Omit<z.input<typeof CoreManagerOptions>, "modules"> {
+  /**
+   * Modules the manager carries besides its own (docs/modules.md, "Writing a module").
+   *
+   * @beta
+   */
+  modules?: readonly CreditModule[];
+}
 
 /** The core's services over one store, ledger and cache. @public */
 export interface CoreManager<C extends CoreCreditService = CoreCreditService> {
@@ -218,7 +227,8 @@ export async function openCore<C extends CoreCreditService>(
     domainEvents: o.domainEvents,
     journalKeys: o.journalKeys,
     subscriptions: true,
-    modules: o.modules,
+    // Checked whole by the credit service's registry (`moduleRegistry`).
+    modules: o.modules as readonly CreditModule[] | undefined,
   };
   const build = (db: DbManager, ledger: LedgerLogger, cache: Cache | undefined) => {
     const credits = makeCredits({ ...creditOptions, db, ledger, cache });

@@ -9,6 +9,7 @@ import type { StoredDoc } from "./documents.js";
  * @beta
  */
 export interface MongoPartHost {
+  /** A collection of the store's database by its name, with the store's prefix added. */
   collection(name: string): Collection<StoredDoc>;
 }
 
@@ -19,7 +20,9 @@ export interface MongoPartHost {
  * @beta
  */
 export interface MongoPartTx {
+  /** The account of the unit of work. */
   readonly userId: string;
+  /** Runs one command in the unit's session and transaction. */
   op<T>(run: (session: ClientSession) => Promise<T>): Promise<T>;
 }
 
@@ -31,7 +34,9 @@ export interface MongoPartTx {
  * @beta
  */
 export interface MongoBoundPart<Reads extends object = object> extends BoundStorePart<Reads> {
+  /** The module's reads inside a unit of work (`tx.part(moduleId)`). */
   transaction?(tx: MongoPartTx): object;
+  /** Writes the module's rows of a unit of work in its session and transaction. */
   save?(session: ClientSession, rows: ModuleRowLists): Promise<void>;
 }
 

@@ -30,8 +30,11 @@ export type PostgresStoreHost = Pick<PostgresDbManager, "read" | "sql">;
  * @beta
  */
 export interface PostgresPartTx {
+  /** The account of the unit of work. */
   readonly userId: string;
+  /** The store's SQL: its tables' names. */
   readonly sql: PostgresSql;
+  /** Runs one statement on the unit's connection, inside its transaction. */
   read(what: string, text: string, params: unknown[]): Promise<Record<string, unknown>[]>;
 }
 
@@ -43,7 +46,9 @@ export interface PostgresPartTx {
  * @beta
  */
 export interface PostgresModuleSave {
+  /** The statement, prepared by name on each connection. */
   readonly statement: Statement;
+  /** Its one argument: the rows as JSON. */
   readonly arg: string;
 }
 
@@ -53,6 +58,7 @@ export interface PostgresModuleSave {
  * @beta
  */
 export interface PostgresBoundPart<Reads extends object = object> extends BoundStorePart<Reads> {
+  /** The module's reads inside a unit of work (`tx.part(moduleId)`). */
   transaction?(tx: PostgresPartTx): object;
   /**
    * The statement that saves the module's rows of the units of work of one save message (`rows`:

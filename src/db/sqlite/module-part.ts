@@ -18,7 +18,9 @@ export type SqlitePartHost = Pick<Sqlite, "t" | "one" | "list" | "insert" | "upd
  * @beta
  */
 export interface SqlitePartTx {
+  /** The account of the unit of work. */
   readonly userId: string;
+  /** The store's database, inside the unit's transaction. */
   readonly db: SqlitePartHost;
 }
 
@@ -30,7 +32,9 @@ export interface SqlitePartTx {
  * @beta
  */
 export interface SqliteBoundPart<Reads extends object = object> extends BoundStorePart<Reads> {
+  /** The module's reads inside a unit of work (`tx.part(moduleId)`). */
   transaction?(tx: SqlitePartTx): object;
+  /** Writes the module's rows of a unit of work, inside its transaction. */
   write?(db: SqlitePartHost, rows: ModuleRowLists): void;
 }
 
