@@ -96,7 +96,7 @@ console.log(`testing: the contract suite registers ${tests.length} tests through
 
 # A strict TypeScript consumer (no @types/pg), under both resolutions.
 cat > consumer.ts <<'TS'
-import { createCreditManager, InsufficientCreditsError, type JournalEntry } from "credit-management";
+import { createCreditManager, InsufficientCreditsError } from "credit-management";
 import { PostgresDbManager } from "credit-management/postgres";
 import { MongoDbManager } from "credit-management/mongodb";
 import { SqliteDbManager } from "credit-management/sqlite";
@@ -104,7 +104,8 @@ import { RedisCache } from "credit-management/redis";
 import { NatsJetStreamQueue, consumeCreditEvents } from "credit-management/nats";
 import { createCreditHandler, fastifyCreditMetering } from "credit-management/http";
 import { runDbManagerContract } from "credit-management/testing";
-import { AddCreditsOptions } from "credit-management/models";
+import { DomainEvent, type JournalEntry } from "credit-management/models";
+import { accountColumn, type CreditModule } from "credit-management/core";
 import { compareGrants, defineStore, type DbManager } from "credit-management/store";
 import { generateSql } from "credit-management/schema";
 import { instrumentCreditManagement } from "credit-management/otel";
@@ -121,7 +122,9 @@ export async function main(): Promise<JournalEntry> {
   const health = await manager.health({ timeoutMs: 1000 });
   void health.status;
   const store: DbManager = manager.db;
-  void [store, compareGrants, defineStore, generateSql("postgres" === "postgres" ? { dialect: "postgres" } : { dialect: "mysql" }), AddCreditsOptions.parse({})];
+  void [store, compareGrants, defineStore, generateSql("postgres" === "postgres" ? { dialect: "postgres" } : { dialect: "mysql" }), DomainEvent.safeParse({}).success];
+  const modules: CreditModule[] = [{ id: "referrals", grantSources: ["referral"], accountColumn: accountColumn<number>("referrals") }];
+  void modules;
   const classes: unknown[] = [PostgresDbManager, MongoDbManager, SqliteDbManager, RedisCache, NatsJetStreamQueue, consumeCreditEvents, InsufficientCreditsError];
   void classes;
   return manager.credits.addCredits("u", 1);
