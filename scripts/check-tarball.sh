@@ -147,12 +147,12 @@ out="$(node quickstart.mjs)"
 echo "$out" | grep -q "available: 527" || { echo "quick start printed:"; echo "$out"; exit 1; }
 echo "README quick start runs"
 # What the quick start weighs in a user's bundle (esbuild, minified, for Node): the core entry is
-# meant to stay small (docs/modules.md); over 250 KB fails, naming the size.
+# meant to stay small (docs/modules.md); over 260 KB fails, naming the size (units and grants that start later are in the core).
 # Once per run: the other Node.js lines' checks (CM_BETTER_SQLITE3_VERSION set) bundle the same files.
 if [ -z "${CM_BETTER_SQLITE3_VERSION:-}" ]; then
   "$repo/node_modules/.bin/esbuild" quickstart.mjs --bundle --minify --platform=node --format=esm --outfile=quickstart.bundle.mjs --log-level=error
   bytes=$(wc -c < quickstart.bundle.mjs)
   echo "README quick start bundles to $((bytes / 1024)) KB (esbuild --bundle --minify --platform=node)"
-  [ "$bytes" -le 256000 ] || { echo "the quick start's bundle is over 250 KB" >&2; exit 1; }
+  [ "$bytes" -le 266240 ] || { echo "the quick start's bundle is over 260 KB" >&2; exit 1; }
 fi
 echo "tarball check: ok (${SECONDS} s)"
