@@ -485,29 +485,7 @@ export class AccountWork {
     const grantAmount = amount - debtPaid;
     const portions: GrantPortion[] = [];
     if (grantAmount > 0) {
-      const id = this.newId();
-      const g: Grant = {
-        id,
-        userId: this.userId,
-        amount: grantAmount,
-        remaining: grantAmount,
-        expiresAt: grant.expiresAt,
-        priority: grant.priority,
-        source: grant.source,
-        sourceRef: grant.sourceRef,
-        description: grant.description,
-        metadata: grant.metadata as Grant["metadata"],
-        createdAt: this.now,
-        expiredAmount: 0,
-        closedAt: null,
-        closedReason: null,
-        scope,
-        costBasis: grant.costBasis ?? null,
-        // Started when created (docs/units.md, "Grants that start later").
-        effectiveAt: null,
-        upcoming: null,
-        unit: this.unit,
-      };
+      const g = this.grantOf(grant, grantAmount, null);
       if (scope !== null) this.account.scoped = true;
       portions.push(this.newGrant(g));
     }
@@ -524,13 +502,11 @@ export class AccountWork {
   }
 
   /**
-   * Adds credits that start at `startsAt`, after now (docs/units.md, "Grants that start later"): an
-   * upcoming grant of the whole amount, in no balance and paying no debt until `start` (at the first
-   * settlement from then on). The `add` entry names the start and leaves balance and debt as they are.
+   * The grant an addition of `amount` creates, in the current unit: started when created (`startsAt`
+   * null), or upcoming until `startsAt` (docs/units.md, "Grants that start later").
    */
-  private addLater(amount: number, grant: NewGrant, startsAt: Date, meta: EntryMeta): JournalEntry {
-    const scope = grant.scope ?? null;
-    const g: Grant = {
+  private grantOf(grant: NewGrant, amount: number, startsAt: Date | null): Grant {
+    return {
       id: this.newId(),
       userId: this.userId,
       amount,
@@ -545,12 +521,22 @@ export class AccountWork {
       expiredAmount: 0,
       closedAt: null,
       closedReason: null,
-      scope,
+      scope: grant.scope ?? null,
       costBasis: grant.costBasis ?? null,
       effectiveAt: startsAt,
-      upcoming: true,
+      upcoming: startsAt === null ? null : true,
       unit: this.unit,
     };
+  }
+
+  /**
+   * Adds credits that start at `startsAt`, after now (docs/units.md, "Grants that start later"): an
+   * upcoming grant of the whole amount, in no balance and paying no debt until `start` (at the first
+   * settlement from then on). The `add` entry names the start and leaves balance and debt as they are.
+   */
+  private addLater(amount: number, grant: NewGrant, startsAt: Date, meta: EntryMeta): JournalEntry {
+    const scope = grant.scope ?? null;
+    const g = this.grantOf(grant, amount, startsAt);
     if (scope !== null) this.account.scoped = true;
     const portions = [this.newGrant(g)];
     return this.emit("add", amount, portions, null, meta, {
