@@ -58,6 +58,7 @@ describe("a module's own grant source and notification type, stored", () => {
     }
   });
 
+  // Skipped without CREDIT_PG_URL (.ci/run sets it).
   it.skipIf(PG_URL === undefined)("PostgreSQL: stored and read back; a value not of the shape is refused", async () => {
     const schema = `cm_sources_${process.pid}_${Date.now()}`;
     const client = new pg.Client({ connectionString: PG_URL });
