@@ -13,6 +13,12 @@ function documentedRoutes(): string[] {
   for (const line of lines.slice(start + 2)) {
     if (!line.startsWith("|")) break;
     const [, method, path] = line.split("|").map((c) => c.trim());
+    // A row may list several routes under one prefix: `/prefix/` `a`, `b`, `c`.
+    const several = /^`([^`?]+\/)` ((?:`[^`]+`(?:, )?)+)$/.exec(path ?? "");
+    if (several) {
+      for (const [, last] of several[2].matchAll(/`([^`]+)`/g)) out.push(`${method} ${several[1]}${last}`);
+      continue;
+    }
     const bare = /^`([^`?]+)(\?[^`]*)?`$/.exec(path ?? "");
     expect(bare, `a path in backticks: ${line}`).not.toBeNull();
     out.push(`${method} ${bare![1]}`);
