@@ -1371,7 +1371,7 @@ export interface operations {
             query?: {
                 limit?: number;
                 cursor?: string;
-                types?: ("add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits" | "reverse")[];
+                types?: ("add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits" | "reverse" | "start")[];
                 from?: string;
                 to?: string;
                 spender?: string;
@@ -1395,7 +1395,7 @@ export interface operations {
                             userId: string;
                             seq: number;
                             /** @enum {string} */
-                            type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits" | "reverse";
+                            type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits" | "reverse" | "start";
                             amount: number;
                             balanceAfter: number;
                             reservedAfter: number;
@@ -1409,7 +1409,7 @@ export interface operations {
                             reservationId: string | null;
                             spender?: string | null;
                             feature?: string | null;
-                            source?: ("manual" | "subscription" | "rollover" | "promo" | "payment" | "trial" | "refund" | "adjustment" | "other") | null;
+                            source?: string | null;
                             reverses?: string | null;
                             occurredAt?: string | null;
                             /** Format: date-time */
@@ -1423,6 +1423,7 @@ export interface operations {
                                 features?: string[];
                                 spenders?: string[];
                             } | null;
+                            effectiveAt?: string | null;
                             unit?: string | null;
                         }[];
                         nextCursor: string | null;
@@ -1494,8 +1495,7 @@ export interface operations {
                             remaining: number;
                             expiresAt: string | null;
                             priority: number;
-                            /** @enum {string} */
-                            source: "manual" | "subscription" | "rollover" | "promo" | "payment" | "trial" | "refund" | "adjustment" | "other";
+                            source: string;
                             /** Format: date-time */
                             createdAt: string;
                             expiredAmount: number;
@@ -1505,6 +1505,8 @@ export interface operations {
                                 features?: string[];
                                 spenders?: string[];
                             } | null;
+                            effectiveAt?: string | null;
+                            upcoming?: boolean | null;
                             unit?: string | null;
                         }[];
                     };
@@ -1564,8 +1566,7 @@ export interface operations {
                             remaining: number;
                             expiresAt: string | null;
                             priority: number;
-                            /** @enum {string} */
-                            source: "manual" | "subscription" | "rollover" | "promo" | "payment" | "trial" | "refund" | "adjustment" | "other";
+                            source: string;
                             /** Format: date-time */
                             createdAt: string;
                             expiredAmount: number;
@@ -1575,6 +1576,8 @@ export interface operations {
                                 features?: string[];
                                 spenders?: string[];
                             } | null;
+                            effectiveAt?: string | null;
+                            upcoming?: boolean | null;
                             unit?: string | null;
                         }[];
                     };
@@ -1900,7 +1903,7 @@ export interface operations {
                             userId: string;
                             seq: number;
                             /** @enum {string} */
-                            type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits" | "reverse";
+                            type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits" | "reverse" | "start";
                             amount: number;
                             balanceAfter: number;
                             reservedAfter: number;
@@ -1914,7 +1917,7 @@ export interface operations {
                             reservationId: string | null;
                             spender?: string | null;
                             feature?: string | null;
-                            source?: ("manual" | "subscription" | "rollover" | "promo" | "payment" | "trial" | "refund" | "adjustment" | "other") | null;
+                            source?: string | null;
                             reverses?: string | null;
                             occurredAt?: string | null;
                             /** Format: date-time */
@@ -1928,6 +1931,7 @@ export interface operations {
                                 features?: string[];
                                 spenders?: string[];
                             } | null;
+                            effectiveAt?: string | null;
                             unit?: string | null;
                         };
                     };
@@ -2075,7 +2079,7 @@ export interface operations {
                             userId: string;
                             seq: number;
                             /** @enum {string} */
-                            type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits" | "reverse";
+                            type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits" | "reverse" | "start";
                             amount: number;
                             balanceAfter: number;
                             reservedAfter: number;
@@ -2089,7 +2093,7 @@ export interface operations {
                             reservationId: string | null;
                             spender?: string | null;
                             feature?: string | null;
-                            source?: ("manual" | "subscription" | "rollover" | "promo" | "payment" | "trial" | "refund" | "adjustment" | "other") | null;
+                            source?: string | null;
                             reverses?: string | null;
                             occurredAt?: string | null;
                             /** Format: date-time */
@@ -2103,6 +2107,7 @@ export interface operations {
                                 features?: string[];
                                 spenders?: string[];
                             } | null;
+                            effectiveAt?: string | null;
                             unit?: string | null;
                         };
                     };
@@ -2341,7 +2346,7 @@ export interface operations {
             query?: {
                 limit?: number;
                 cursor?: string;
-                types?: ("add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits" | "reverse")[];
+                types?: ("add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits" | "reverse" | "start")[];
                 from?: string;
                 to?: string;
                 spender?: string;
@@ -2367,7 +2372,7 @@ export interface operations {
                             userId: string;
                             seq: number;
                             /** @enum {string} */
-                            type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits" | "reverse";
+                            type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits" | "reverse" | "start";
                             amount: number;
                             balanceAfter: number;
                             reservedAfter: number;
@@ -2392,7 +2397,7 @@ export interface operations {
                                 perCredit: string;
                                 currency: string;
                             } | null;
-                            source?: ("manual" | "subscription" | "rollover" | "promo" | "payment" | "trial" | "refund" | "adjustment" | "other") | null;
+                            source?: string | null;
                             reverses?: string | null;
                             occurredAt?: string | null;
                             /** Format: date-time */
@@ -2406,6 +2411,7 @@ export interface operations {
                                 features?: string[];
                                 spenders?: string[];
                             } | null;
+                            effectiveAt?: string | null;
                             unit?: string | null;
                         }[];
                         nextCursor: string | null;
@@ -2479,8 +2485,7 @@ export interface operations {
                             remaining: number;
                             expiresAt: string | null;
                             priority: number;
-                            /** @enum {string} */
-                            source: "manual" | "subscription" | "rollover" | "promo" | "payment" | "trial" | "refund" | "adjustment" | "other";
+                            source: string;
                             sourceRef: string | null;
                             description: string | null;
                             metadata: {
@@ -2499,6 +2504,8 @@ export interface operations {
                                 perCredit: string;
                                 currency: string;
                             } | null;
+                            effectiveAt?: string | null;
+                            upcoming?: boolean | null;
                             unit?: string | null;
                         }[];
                     };
@@ -2569,8 +2576,7 @@ export interface operations {
                             remaining: number;
                             expiresAt: string | null;
                             priority: number;
-                            /** @enum {string} */
-                            source: "manual" | "subscription" | "rollover" | "promo" | "payment" | "trial" | "refund" | "adjustment" | "other";
+                            source: string;
                             sourceRef: string | null;
                             description: string | null;
                             metadata: {
@@ -2589,6 +2595,8 @@ export interface operations {
                                 perCredit: string;
                                 currency: string;
                             } | null;
+                            effectiveAt?: string | null;
+                            upcoming?: boolean | null;
                             unit?: string | null;
                         }[];
                     };
@@ -2737,9 +2745,9 @@ export interface operations {
                         [key: string]: components["schemas"]["JsonValue"];
                     };
                     expiresAt?: (string) | null;
+                    effectiveAt?: (string) | null;
                     priority?: number;
-                    /** @enum {string} */
-                    source?: "manual" | "subscription" | "rollover" | "promo" | "payment" | "trial" | "refund" | "adjustment" | "other";
+                    source?: string;
                     sourceRef?: string;
                     scope?: {
                         features?: string[];
@@ -2766,7 +2774,7 @@ export interface operations {
                         userId: string;
                         seq: number;
                         /** @enum {string} */
-                        type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits" | "reverse";
+                        type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits" | "reverse" | "start";
                         amount: number;
                         balanceAfter: number;
                         reservedAfter: number;
@@ -2791,7 +2799,7 @@ export interface operations {
                             perCredit: string;
                             currency: string;
                         } | null;
-                        source?: ("manual" | "subscription" | "rollover" | "promo" | "payment" | "trial" | "refund" | "adjustment" | "other") | null;
+                        source?: string | null;
                         reverses?: string | null;
                         occurredAt?: string | null;
                         /** Format: date-time */
@@ -2805,6 +2813,7 @@ export interface operations {
                             features?: string[];
                             spenders?: string[];
                         } | null;
+                        effectiveAt?: string | null;
                         unit?: string | null;
                     };
                 };
@@ -2925,7 +2934,7 @@ export interface operations {
                         userId: string;
                         seq: number;
                         /** @enum {string} */
-                        type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits" | "reverse";
+                        type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits" | "reverse" | "start";
                         amount: number;
                         balanceAfter: number;
                         reservedAfter: number;
@@ -2950,7 +2959,7 @@ export interface operations {
                             perCredit: string;
                             currency: string;
                         } | null;
-                        source?: ("manual" | "subscription" | "rollover" | "promo" | "payment" | "trial" | "refund" | "adjustment" | "other") | null;
+                        source?: string | null;
                         reverses?: string | null;
                         occurredAt?: string | null;
                         /** Format: date-time */
@@ -2964,6 +2973,7 @@ export interface operations {
                             features?: string[];
                             spenders?: string[];
                         } | null;
+                        effectiveAt?: string | null;
                         unit?: string | null;
                     };
                 };
@@ -3098,7 +3108,7 @@ export interface operations {
                         userId: string;
                         seq: number;
                         /** @enum {string} */
-                        type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits" | "reverse";
+                        type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits" | "reverse" | "start";
                         amount: number;
                         balanceAfter: number;
                         reservedAfter: number;
@@ -3123,7 +3133,7 @@ export interface operations {
                             perCredit: string;
                             currency: string;
                         } | null;
-                        source?: ("manual" | "subscription" | "rollover" | "promo" | "payment" | "trial" | "refund" | "adjustment" | "other") | null;
+                        source?: string | null;
                         reverses?: string | null;
                         occurredAt?: string | null;
                         /** Format: date-time */
@@ -3137,6 +3147,7 @@ export interface operations {
                             features?: string[];
                             spenders?: string[];
                         } | null;
+                        effectiveAt?: string | null;
                         unit?: string | null;
                     };
                 };
@@ -3248,7 +3259,7 @@ export interface operations {
                             userId: string;
                             seq: number;
                             /** @enum {string} */
-                            type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits" | "reverse";
+                            type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits" | "reverse" | "start";
                             amount: number;
                             balanceAfter: number;
                             reservedAfter: number;
@@ -3273,7 +3284,7 @@ export interface operations {
                                 perCredit: string;
                                 currency: string;
                             } | null;
-                            source?: ("manual" | "subscription" | "rollover" | "promo" | "payment" | "trial" | "refund" | "adjustment" | "other") | null;
+                            source?: string | null;
                             reverses?: string | null;
                             occurredAt?: string | null;
                             /** Format: date-time */
@@ -3287,6 +3298,7 @@ export interface operations {
                                 features?: string[];
                                 spenders?: string[];
                             } | null;
+                            effectiveAt?: string | null;
                             unit?: string | null;
                         };
                         reversals: {
@@ -3294,7 +3306,7 @@ export interface operations {
                             userId: string;
                             seq: number;
                             /** @enum {string} */
-                            type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits" | "reverse";
+                            type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits" | "reverse" | "start";
                             amount: number;
                             balanceAfter: number;
                             reservedAfter: number;
@@ -3319,7 +3331,7 @@ export interface operations {
                                 perCredit: string;
                                 currency: string;
                             } | null;
-                            source?: ("manual" | "subscription" | "rollover" | "promo" | "payment" | "trial" | "refund" | "adjustment" | "other") | null;
+                            source?: string | null;
                             reverses?: string | null;
                             occurredAt?: string | null;
                             /** Format: date-time */
@@ -3333,6 +3345,7 @@ export interface operations {
                                 features?: string[];
                                 spenders?: string[];
                             } | null;
+                            effectiveAt?: string | null;
                             unit?: string | null;
                         }[];
                         reversed: number;
@@ -3678,7 +3691,7 @@ export interface operations {
                         userId: string;
                         seq: number;
                         /** @enum {string} */
-                        type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits" | "reverse";
+                        type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits" | "reverse" | "start";
                         amount: number;
                         balanceAfter: number;
                         reservedAfter: number;
@@ -3703,7 +3716,7 @@ export interface operations {
                             perCredit: string;
                             currency: string;
                         } | null;
-                        source?: ("manual" | "subscription" | "rollover" | "promo" | "payment" | "trial" | "refund" | "adjustment" | "other") | null;
+                        source?: string | null;
                         reverses?: string | null;
                         occurredAt?: string | null;
                         /** Format: date-time */
@@ -3717,6 +3730,7 @@ export interface operations {
                             features?: string[];
                             spenders?: string[];
                         } | null;
+                        effectiveAt?: string | null;
                         unit?: string | null;
                     };
                 };
@@ -4415,8 +4429,7 @@ export interface operations {
                             } | null;
                             grants: {
                                 id: string;
-                                /** @enum {string} */
-                                source: "manual" | "subscription" | "rollover" | "promo" | "payment" | "trial" | "refund" | "adjustment" | "other";
+                                source: string;
                                 amount: number;
                                 left: number;
                                 expiresAt: string | null;
@@ -4424,7 +4437,20 @@ export interface operations {
                                     features?: string[];
                                     spenders?: string[];
                                 } | null;
+                                effectiveAt: string | null;
                             }[];
+                        }[];
+                        upcoming: {
+                            id: string;
+                            source: string;
+                            amount: number;
+                            left: number;
+                            expiresAt: string | null;
+                            scope: {
+                                features?: string[];
+                                spenders?: string[];
+                            } | null;
+                            effectiveAt: string | null;
                         }[];
                     };
                 };
@@ -4564,8 +4590,7 @@ export interface operations {
                             } | null;
                             grants: {
                                 id: string;
-                                /** @enum {string} */
-                                source: "manual" | "subscription" | "rollover" | "promo" | "payment" | "trial" | "refund" | "adjustment" | "other";
+                                source: string;
                                 amount: number;
                                 left: number;
                                 expiresAt: string | null;
@@ -4578,7 +4603,25 @@ export interface operations {
                                     [key: string]: components["schemas"]["JsonValue"];
                                 } | null;
                                 sourceRef: string | null;
+                                effectiveAt: string | null;
                             }[];
+                        }[];
+                        upcoming: {
+                            id: string;
+                            source: string;
+                            amount: number;
+                            left: number;
+                            expiresAt: string | null;
+                            scope: {
+                                features?: string[];
+                                spenders?: string[];
+                            } | null;
+                            description: string | null;
+                            metadata: {
+                                [key: string]: components["schemas"]["JsonValue"];
+                            } | null;
+                            sourceRef: string | null;
+                            effectiveAt: string | null;
                         }[];
                     };
                 };
@@ -4721,8 +4764,7 @@ export interface operations {
                                 } | null;
                                 grants: {
                                     id: string;
-                                    /** @enum {string} */
-                                    source: "manual" | "subscription" | "rollover" | "promo" | "payment" | "trial" | "refund" | "adjustment" | "other";
+                                    source: string;
                                     amount: number;
                                     left: number;
                                     expiresAt: string | null;
@@ -4735,7 +4777,25 @@ export interface operations {
                                         [key: string]: components["schemas"]["JsonValue"];
                                     } | null;
                                     sourceRef: string | null;
+                                    effectiveAt: string | null;
                                 }[];
+                            }[];
+                            upcoming: {
+                                id: string;
+                                source: string;
+                                amount: number;
+                                left: number;
+                                expiresAt: string | null;
+                                scope: {
+                                    features?: string[];
+                                    spenders?: string[];
+                                } | null;
+                                description: string | null;
+                                metadata: {
+                                    [key: string]: components["schemas"]["JsonValue"];
+                                } | null;
+                                sourceRef: string | null;
+                                effectiveAt: string | null;
                             }[];
                         }[];
                         nextCursor: string | null;
@@ -7972,7 +8032,7 @@ export interface operations {
                             userId: string;
                             seq: number;
                             /** @enum {string} */
-                            type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits" | "reverse";
+                            type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits" | "reverse" | "start";
                             amount: number;
                             balanceAfter: number;
                             reservedAfter: number;
@@ -7986,7 +8046,7 @@ export interface operations {
                             reservationId: string | null;
                             spender?: string | null;
                             feature?: string | null;
-                            source?: ("manual" | "subscription" | "rollover" | "promo" | "payment" | "trial" | "refund" | "adjustment" | "other") | null;
+                            source?: string | null;
                             reverses?: string | null;
                             occurredAt?: string | null;
                             /** Format: date-time */
@@ -8000,6 +8060,7 @@ export interface operations {
                                 features?: string[];
                                 spenders?: string[];
                             } | null;
+                            effectiveAt?: string | null;
                             unit?: string | null;
                         };
                     };
