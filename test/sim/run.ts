@@ -1176,10 +1176,12 @@ async function simulate(options: SimOptions): Promise<SimResult> {
       } else {
         if (op.commits > 0)
           fail(`${describe(op)} answered ${outcome} although an earlier attempt committed (it must replay)`);
-        // A limited user's spend may be refused by a limit (the invariant above checks the counts).
+        // A limited user's spend may be refused by a limit (the invariant above checks the counts);
+        // never a spend in another unit than the default one: limits count the default unit (docs/units.md).
         const byLimit =
           outcome === "SpendLimitError" &&
           (op.spec.kind === "deduct" || op.spec.kind === "reserve") &&
+          op.spec.unit === undefined &&
           limited.has(op.spec.user);
         // An addition whose expiry is not after its start is refused before any load (docs/units.md).
         const badStart =
@@ -1272,8 +1274,8 @@ async function simulate(options: SimOptions): Promise<SimResult> {
       const got = info.units === undefined ? info : { ...info, units: sortedUnits(info.units) };
       if (JSON.stringify(got) !== JSON.stringify(want))
         fail(`${where}: the service says ${JSON.stringify(got)}, the model ${JSON.stringify(want)}`);
-      // One unit asked by name, and check() in it, on the edge of what it has available.
-      if (multiUnit) {
+      // Now and then, one unit asked by name, and check() in it, on the edge of what it has available.
+      if (multiUnit && unitRng.chance(0.3)) {
         const unit = unitRng.pick(UNITS);
         const mu = model.unit(user, unit);
         const one = await checker.getUserCreditsInfo(user, { unit });
