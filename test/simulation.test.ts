@@ -90,6 +90,18 @@ describe("deterministic simulation", () => {
           expect(outcomes[`${kind} ok`] ?? 0, `${kind} never succeeded`).toBeGreaterThan(0);
         }
         expect(outcomes["deduct InsufficientCreditsError"] ?? 0).toBeGreaterThan(0);
+        // Units (docs/units.md): entries in another unit than the default one, later grants started
+        // in one, and usage refused past gpu_seconds' own overdraft limit.
+        for (const type of ["add", "deduct", "reserve", "commit_reserved", "expire", "start"]) {
+          const n = Object.entries(outcomes).filter(([k]) => k.startsWith(`entry ${type}@`));
+          expect(
+            n.reduce((t, [, v]) => t + v, 0),
+            `no ${type} entry in another unit`,
+          ).toBeGreaterThan(0);
+        }
+        expect(
+          (outcomes["after InsufficientCreditsError"] ?? 0) + (outcomes["late InsufficientCreditsError"] ?? 0),
+        ).toBeGreaterThan(0);
         expect(outcomes["claim PromoNotEligibleError"] ?? 0).toBeGreaterThan(0);
         // Spend limits refused some spends (the invariant "no spend passes a limit" is not vacuous).
         expect((outcomes["deduct SpendLimitError"] ?? 0) + (outcomes["reserve SpendLimitError"] ?? 0)).toBeGreaterThan(
@@ -160,6 +172,21 @@ describe("deterministic simulation", () => {
     const f = failure as SimulationFailure;
     console.log(f.message.split("\n")[0]);
     expect(f.message).toMatch(/outside that grant's scope|the model says|InsufficientCreditsError|the service says/);
+  });
+
+  it("catches credits moved between units (a store that loads grants without their unit)", async () => {
+    let failure: unknown;
+    for (let seed = 1; seed <= 30 && failure === undefined; seed++) {
+      try {
+        await runSimulation({ seed, steps: 40, setIdSource, plantedBug: "unit-lost" });
+      } catch (error) {
+        failure = error;
+      }
+    }
+    expect(failure).toBeInstanceOf(SimulationFailure);
+    const f = failure as SimulationFailure;
+    console.log(f.message.split("\n")[0]);
+    expect(f.message).toMatch(/a grant in|the model says|InsufficientCreditsError|the service says/);
   });
 
   it("catches a spend past a limit (a store that loads spend limits as unlimited, so spends pass the check)", async () => {

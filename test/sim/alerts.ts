@@ -190,6 +190,8 @@ export class AlertsModel {
   }
 
   private replay(a: Account, e: JournalEntry, now: number): void {
+    // Alerts watch the default unit (docs/units.md): another unit's entries move no threshold.
+    if ((e.unit ?? null) !== null) return;
     const at = e.occurredAt?.getTime() ?? now;
     const who = { spender: e.spender ?? null, feature: e.feature ?? null };
     switch (e.type) {

@@ -98,8 +98,12 @@ export async function derivedProblems(
  */
 export function reverseInModel(m: CreditModel, changes: Changes): void {
   // (Entries before the reversal — a settlement of the unit — are the model's own `settle()`.)
+  // `m` is the reversal's unit (docs/units.md): the entries of another unit are not its.
+  const reversal = changes.entries.find((x) => x.type === "reverse");
+  const unit = reversal?.unit ?? null;
   let after = false;
   for (const x of changes.entries) {
+    if ((x.unit ?? null) !== unit) continue;
     if (x.type === "reverse") {
       after = true;
       m.balance += x.amount;

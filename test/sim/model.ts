@@ -2,20 +2,58 @@ import { CreditModel, type ModelGrant, type ModelHold } from "../../src/core/tes
 
 /**
  * The simulation's model of every account: `CreditModel` (src/core/testing/model.ts, which shares no
- * code with src/core/domain) per user, all at the simulation's virtual time, with what the sim needs
- * beside it: a copy to predict an operation's outcome without changing anything, and expiring a
- * grant now (a subscription's credits expired by a plan change or a cancel).
+ * code with src/core/domain) per user and per unit (docs/units.md: no operation moves credits
+ * between units, so each unit is an account of its own), all at the simulation's virtual time, with
+ * what the sim needs beside it: a copy to predict an operation's outcome without changing anything,
+ * and expiring a grant now (a subscription's credits expired by a plan change or a cancel).
  */
 export class AccountsModel {
-  private readonly accounts = new Map<string, CreditModel>();
+  /** By user, then by unit (null: the default unit), in the order the units were first used. */
+  private readonly accounts = new Map<string, Map<string | null, CreditModel>>();
 
-  constructor(public now: number) {}
+  /** `overdraftLimits`: each unit's overdraft limit (null: unbounded; a unit not named: none, as the service's). */
+  constructor(
+    public now: number,
+    private readonly overdraftLimits: Readonly<Record<string, number | null>> = {},
+  ) {}
 
+  /** `userId`'s default unit. */
   of(userId: string): CreditModel {
-    let m = this.accounts.get(userId);
-    if (m === undefined) this.accounts.set(userId, (m = new CreditModel(this.now)));
+    return this.unit(userId, null);
+  }
+
+  /** `userId`'s `unit` (null: the default one). */
+  unit(userId: string, unit: string | null): CreditModel {
+    let units = this.accounts.get(userId);
+    if (units === undefined) this.accounts.set(userId, (units = new Map()));
+    let m = units.get(unit);
+    if (m === undefined) {
+      units.set(unit, (m = new CreditModel(this.now)));
+      // The default unit's limit is the sim's unbounded one; another unit's its own, or none.
+      if (unit !== null) m.overdraftLimit = unit in this.overdraftLimits ? (this.overdraftLimits[unit] ?? null) : 0;
+    }
     m.now = this.now;
     return m;
+  }
+
+  /** `userId`'s units modelled so far, the default one first: [unit, model]. */
+  units(userId: string): Array<[string | null, CreditModel]> {
+    this.of(userId);
+    const all = [...(this.accounts.get(userId) ?? new Map<string | null, CreditModel>())];
+    for (const [, m] of all) m.now = this.now;
+    return all;
+  }
+
+  /** The unit whose model has hold `id` of `userId` (undefined: none). */
+  unitOfHold(userId: string, id: string): string | null | undefined {
+    for (const [unit, m] of this.units(userId)) if (findHold(m, id) !== undefined) return unit;
+    return undefined;
+  }
+
+  /** The unit whose model has grant `id` of `userId` (undefined: none). */
+  unitOfGrant(userId: string, id: string): string | null | undefined {
+    for (const [unit, m] of this.units(userId)) if (findGrant(m, id) !== undefined) return unit;
+    return undefined;
   }
 
   users(): string[] {
@@ -30,6 +68,7 @@ export function cloneModel(m: CreditModel): CreditModel {
   c.reserved = m.reserved;
   c.debt = m.debt;
   c.overdrawn = m.overdrawn;
+  c.overdraftLimit = m.overdraftLimit;
   c.grants = m.grants.map((g) => ({ ...g }));
   c.holds = m.holds.map((h) => ({ ...h, parts: h.parts.map(([id, a]) => [id, a] as [string, number]) }));
   return c;

@@ -7,7 +7,7 @@ import { createCreditManager, type CreditManager } from "../../src/manager.js";
 import type { Payment, Subscription } from "../../src/models-entry.js";
 import { CreditService } from "../../src/credit-service.js";
 import { NotificationService } from "../../src/core/services/notification-service.js";
-import { mayPay, type CreditModel, type ModelSpend } from "../../src/core/testing/model.js";
+import { mayPay, type CreditModel, type ModelGrant, type ModelSpend } from "../../src/core/testing/model.js";
 import { AccountsModel, cloneModel, findGrant, findHold, heldAmount, openGrants, settleGrants } from "./model.js";
 import { Prng } from "./prng.js";
 import { NO_FAULTS, Scheduler, inOp, type FaultRates, type OpContext } from "./scheduler.js";
@@ -46,14 +46,16 @@ export type Spec =
       scope?: SimScope;
       /** A grant that starts later (docs/units.md): when it starts. */
       effectiveAt?: number;
+      /** Its unit (docs/units.md; absent: the default one), as for the spends below. */
+      unit?: string;
     }
-  | ({ kind: "deduct"; user: string; amount: number } & SimSpend)
-  | ({ kind: "after"; user: string; amount: number } & SimSpend)
+  | ({ kind: "deduct"; user: string; amount: number } & SimSpend & InUnit)
+  | ({ kind: "after"; user: string; amount: number } & SimSpend & InUnit)
   /** Usage recorded late: an after-service deduction with `occurredAt` (docs/usage.md, "Late usage"). */
-  | ({ kind: "late"; user: string; amount: number; occurredAt: number } & SimSpend)
+  | ({ kind: "late"; user: string; amount: number; occurredAt: number } & SimSpend & InUnit)
   /** A charge given back, in part or (amount null) what is left of it (docs/concepts.md, "Giving a charge back"). */
   | { kind: "reverse"; user: string; charge: string; amount: number | null }
-  | ({ kind: "reserve"; user: string; amount: number; ttlSec: number } & SimSpend)
+  | ({ kind: "reserve"; user: string; amount: number; ttlSec: number } & SimSpend & InUnit)
   | { kind: "commit"; user: string; hold: string; amount: number | null }
   | { kind: "release"; user: string; hold: string }
   | { kind: "void"; user: string; grant: string }
@@ -79,6 +81,14 @@ export type Spec =
 type SimScope = { features?: string[]; spenders?: string[] };
 /** Who spends on what (absent: not named). */
 type SimSpend = { spender?: string; feature?: string };
+/** The unit a request names (docs/units.md; absent: the default one). */
+type InUnit = { unit?: string };
+/**
+ * The units other than the default one, each with its overdraft limit (null: unlimited), as the
+ * processes' `overdraftLimits` give them: `gpu_seconds` may go 25 below zero, `images` without bound.
+ */
+const UNIT_LIMITS: Readonly<Record<string, number | null>> = { images: null, gpu_seconds: 25 };
+const UNITS = Object.keys(UNIT_LIMITS);
 const SCOPES: readonly SimScope[] = [
   { features: ["images"] },
   { spenders: ["key-1"] },
@@ -121,7 +131,9 @@ export interface SimOptions {
    * store load spend limits without their amount (as unlimited), so every spend passes the check;
    * `"alert-line-strict"` gives the service alert thresholds that compare strictly (the line on the
    * safe side) while the model keeps it on the alarm side; `"alert-marks-lost"` makes the store load
-   * accounts without their alert thresholds' states, so every unit of work evaluates them from `ok`.
+   * accounts without their alert thresholds' states, so every unit of work evaluates them from `ok`;
+   * `"unit-lost"` makes the store load grants without their unit (all in the default one), so
+   * spends draw grants of another unit.
    */
   plantedBug?:
     | "lost-commit"
@@ -130,7 +142,8 @@ export interface SimOptions {
     | "scope-lost"
     | "limit-skipped"
     | "alert-line-strict"
-    | "alert-marks-lost";
+    | "alert-marks-lost"
+    | "unit-lost";
 }
 
 export interface SimResult {
@@ -256,6 +269,7 @@ async function simulate(options: SimOptions): Promise<SimResult> {
     options.plantedBug === "scope-lost",
     options.plantedBug === "limit-skipped",
     options.plantedBug === "alert-marks-lost",
+    options.plantedBug === "unit-lost",
   );
   // Swarm testing: about half the seeds give scoped grants and name spenders and features.
   // From a stream of their own, so the requests, schedule and faults are those of the same seed without them.
@@ -270,9 +284,17 @@ async function simulate(options: SimOptions): Promise<SimResult> {
   const reverseRng = new Prng(seed ^ 0x7e7e75);
   // Which additions start later, and when (a stream of its own too).
   const laterRng = new Prng(seed ^ 0x1a7e57);
-  /** The charges committed, by user: each one's amount and what its reversals gave back so far. */
-  const charges = new Map<string, { id: string; amount: number; reversed: number }[]>();
+  // Swarm testing: most seeds add, spend and hold in other units too (docs/units.md), drawn from a
+  // stream of their own; the others never name a unit, and see the API as it is without units.
+  const unitRng = new Prng(seed ^ 0x0417e5);
+  const multiUnit = unitRng.chance(0.7);
+  /** A unit for a request that may name one (undefined: the default unit). */
+  const drawUnit = (): InUnit => (multiUnit && unitRng.chance(0.45) ? { unit: unitRng.pick(UNITS) } : {});
+  /** The charges committed, by user: each one's amount, unit and what its reversals gave back so far. */
+  const charges = new Map<string, { id: string; amount: number; reversed: number; unit: string | null }[]>();
   const limited = new Map<string, SimLimit[]>();
+  /** `user/unit` of each unit other than the default one with a committed entry: the units an account holds. */
+  const entered = new Set<string>();
   if (scoped)
     for (const user of users) {
       if (!limitRng.chance(0.6)) continue;
@@ -287,7 +309,7 @@ async function simulate(options: SimOptions): Promise<SimResult> {
   /** The holds of limited users: amount and who spent on what. */
   const limitHolds = new Map<string, { amount: number; spend: ModelSpend }>();
   const clock = { now: T0 };
-  const model = new AccountsModel(clock.now);
+  const model = new AccountsModel(clock.now, UNIT_LIMITS);
   const trace: string[] = [];
   const digest = createHash("sha256");
   let step = 0;
@@ -322,8 +344,12 @@ async function simulate(options: SimOptions): Promise<SimResult> {
       init: false,
       // Checkpoints inside the units of work: the model sees them and both audits must agree.
       checkpointEvery: 7,
-      // The model's after-service usage and over-commits go into debt without a bound.
+      // The model's after-service usage and over-commits go into debt without a bound; in the other
+      // units, each unit's own limit (UNIT_LIMITS).
       overdraftLimit: "unlimited",
+      overdraftLimits: Object.fromEntries(
+        Object.entries(UNIT_LIMITS).map(([unit, limit]) => [unit, limit ?? ("unlimited" as const)]),
+      ),
       // No waiting on real timers for a concurrent checkout: the simulation has no timers to run.
       payments: payConfig,
       queue,
@@ -429,6 +455,8 @@ async function simulate(options: SimOptions): Promise<SimResult> {
     const list = limited.get(user);
     const counts = counted.get(user);
     if (list === undefined || counts === undefined) return;
+    // Spend limits count the default unit (docs/units.md): another unit's spends pass no limit.
+    if ((x.unit ?? null) !== null) return;
     let spend: ModelSpend = { spender: x.spender ?? null, feature: x.feature ?? null };
     let delta = 0;
     let forced = false;
@@ -485,7 +513,31 @@ async function simulate(options: SimOptions): Promise<SimResult> {
   // ---------------------------------------------------------------------------------------------
   // The model, driven by what the store committed, in commit order.
 
-  /** What the model answers `spec` on `m` (changed as the service would change it). */
+  /**
+   * The unit `spec` acts in (null: the default one): the one it names, its hold's, its grant's or
+   * its charge's (docs/units.md); anything else acts in the default unit.
+   */
+  const unitOfSpec = (spec: Spec): string | null => {
+    switch (spec.kind) {
+      case "add":
+      case "deduct":
+      case "after":
+      case "late":
+      case "reserve":
+        return spec.unit ?? null;
+      case "commit":
+      case "release":
+        return model.unitOfHold(spec.user, spec.hold) ?? null;
+      case "void":
+        return model.unitOfGrant(spec.user, spec.grant) ?? null;
+      case "reverse":
+        return charges.get(spec.user)?.find((c) => c.id === spec.charge)?.unit ?? null;
+      default:
+        return null;
+    }
+  };
+
+  /** What the model answers `spec` on `m`, the model of its unit (changed as the service would change it). */
   const applySpec = (spec: Spec, m: CreditModel, changes: Changes | null): string => {
     switch (spec.kind) {
       case "add":
@@ -506,8 +558,8 @@ async function simulate(options: SimOptions): Promise<SimResult> {
         return m.deduct(spec.amount, false, spendOf(spec)) ? "ok" : "InsufficientCreditsError";
       case "after":
       case "late":
-        m.deduct(spec.amount, true, spendOf(spec));
-        return "ok";
+        // Refused past the unit's overdraft limit (UNIT_LIMITS; the default unit has none).
+        return m.deduct(spec.amount, true, spendOf(spec)) ? "ok" : "InsufficientCreditsError";
       case "reverse": {
         const c = charges.get(spec.user)?.find((x) => x.id === spec.charge);
         if (c === undefined) return "NotFoundError";
@@ -529,8 +581,10 @@ async function simulate(options: SimOptions): Promise<SimResult> {
         if (h === undefined) return "NotFoundError";
         if (h.status === "expired") return "ReservationExpiredError";
         if (h.status !== "active") return "ReservationNotActiveError";
-        if (spec.kind === "commit") m.commit(h, spec.amount ?? heldAmount(h));
-        else m.release(h);
+        // An over-commit's excess past the unit's overdraft limit is refused.
+        if (spec.kind === "commit")
+          return m.commit(h, spec.amount ?? heldAmount(h)) ? "ok" : "InsufficientCreditsError";
+        m.release(h);
         return "ok";
       }
       case "void": {
@@ -566,7 +620,11 @@ async function simulate(options: SimOptions): Promise<SimResult> {
 
   const onCommit = (op: Op | undefined, e: Extract<StoreEvent, { kind: "commit" }>) => {
     commits++;
+    // The default unit's model (subscriptions, promos, payments and alerts are in it); each unit settles on its own.
     const m = model.of(e.userId);
+    const settleAll = () => {
+      for (const [, mu] of model.units(e.userId)) mu.settle();
+    };
     const keys = new Set(e.changes.entries.map((x) => x.idempotencyKey).filter((k): k is string => k !== null));
     const where = `commit on ${e.userId} by ${op === undefined ? "no request" : describe(op)}`;
     if (limited.has(e.userId)) {
@@ -581,7 +639,7 @@ async function simulate(options: SimOptions): Promise<SimResult> {
       if (x.type !== "deduct" && x.type !== "reserve") continue;
       const spend = { spender: x.spender ?? null, feature: x.feature ?? null };
       for (const p of x.grants) {
-        const g = findGrant(m, p.grantId);
+        const g = findGrant(model.unit(e.userId, x.unit ?? null), p.grantId);
         if (g !== undefined && !mayPay(g, spend))
           fail(`${where}: its ${x.type} entry drew ${p.amount} from grant ${p.grantId}, outside that grant's scope`);
       }
@@ -589,41 +647,41 @@ async function simulate(options: SimOptions): Promise<SimResult> {
     if (op !== undefined && (op.key !== null ? keys.has(op.key) : unkeyedWork(op, e.userId, e.changes))) {
       if (op.commits > 0) fail(`${where}: a second commit of one request (the retry must replay the first)`);
       op.commits++;
-      m.settle();
-      const answer = applySpec(op.spec, m, e.changes);
+      settleAll();
+      const answer = applySpec(op.spec, model.unit(e.userId, unitOfSpec(op.spec)), e.changes);
       if (answer !== "ok") fail(`${where}: the store committed what the model answers with ${answer}`);
     } else if (keys.size === 1 && [...keys][0]?.startsWith("cm:payment:") === true) {
-      m.settle();
+      settleAll();
       const add = e.changes.entries.find((x) => x.type === "add");
       payments.credited(m, billingRows(e.changes)?.paymentUpdates?.[0], add?.grants[0]?.grantId ?? null, where);
     } else if (keys.size === 1 && [...keys][0]?.startsWith("cm:refund:") === true) {
-      m.settle();
+      settleAll();
       const spec = op?.spec;
       if (spec?.kind !== "refund") return fail(`${where}: a refund's work outside a refund`);
       payments.refunded(m, billingRows(e.changes)?.paymentUpdates?.[0], spec.total, where);
     } else if (keys.size === 0 && billingRows(e.changes)?.paymentUpdates !== undefined && op?.spec.kind === "refund") {
       // A refund before the payment was credited: its status only.
-      m.settle();
+      settleAll();
       payments.refunded(m, billingRows(e.changes)?.paymentUpdates?.[0], op.spec.total, where);
     } else if (keys.size === 1 && [...keys][0]?.startsWith("cm:sub:") === true) {
       // A subscription's account work (its period, a plan change, a cancel): what it owes.
-      m.settle();
+      settleAll();
       subs.carry(([...keys][0] as string).slice("cm:".length), m, e.changes.entries, e.changes.insertGrants);
     } else if (keys.size > 0) {
       fail(`${where}: entries with keys ${[...keys].join(", ")} the model does not expect`);
     } else if (op?.spec.kind === "dispatch" && e.changes.entries.length === 0) {
       // The auto top-up's state only (asked, declined, settled): like setThreshold, it settles nothing.
     } else if (op?.spec.kind === "expireJob") {
-      settleGrants(m);
+      for (const [, mu] of model.units(e.userId)) settleGrants(mu);
     } else {
       // Every other unit settles first; an alerts round (`evaluateAlerts`, the worker's) too, then
       // writes the thresholds' states.
-      m.settle();
+      settleAll();
     }
     for (const x of e.changes.entries) {
       if ((x.type === "deduct" || x.type === "commit_reserved") && x.amount > 0 && usageKind(x) === "spend") {
         const list = charges.get(e.userId) ?? [];
-        list.push({ id: x.id, amount: x.amount, reversed: 0 });
+        list.push({ id: x.id, amount: x.amount, reversed: 0, unit: x.unit ?? null });
         charges.set(e.userId, list);
       }
     }
@@ -632,9 +690,34 @@ async function simulate(options: SimOptions): Promise<SimResult> {
       if (c === undefined) fail(`${where}: a reversal of ${String(x.reverses)}, no charge of this account`);
       else c.reversed += x.amount;
     }
+    // No entry moves credits of a grant of another unit, and none draws a grant that has not
+    // started (docs/units.md), by the model's own record of each grant's unit and start.
+    for (const x of e.changes.entries) {
+      const unit = x.unit ?? null;
+      if (unit !== null) {
+        entered.add(`${e.userId}/${unit}`);
+        const tally = `entry ${x.type}@${unit}`;
+        outcomes[tally] = (outcomes[tally] ?? 0) + 1;
+      }
+      for (const p of x.grants) {
+        const owner = model.unitOfGrant(e.userId, p.grantId);
+        if (owner !== undefined && owner !== unit)
+          fail(
+            `${where}: its ${x.type} entry in ${unit ?? "credits"} moves ${p.amount} of grant ${p.grantId}, a grant in ${owner ?? "credits"}`,
+          );
+        const drawn = x.type === "deduct" || x.type === "reserve" || x.type === "commit_reserved";
+        if (drawn && p.kind !== "debt_paid" && findGrant(model.unit(e.userId, unit), p.grantId)?.upcoming === true)
+          fail(`${where}: its ${x.type} entry drew ${p.amount} from grant ${p.grantId}, which has not started`);
+      }
+    }
+    for (const g of e.changes.insertGrants) {
+      const owner = model.unitOfGrant(e.userId, g.id);
+      if (owner !== undefined && owner !== (g.unit ?? null))
+        fail(`${where}: grant ${g.id} stored in ${g.unit ?? "credits"}, the model has it in ${owner ?? "credits"}`);
+    }
     const a = e.changes.account;
     trace.push(
-      `  commit ${e.userId} seq ${a.seq} by #${op?.id ?? "-"}: ${e.changes.entries.map((x) => `${x.type} ${x.amount}`).join(", ")} → ${a.balance}/${a.reserved}/${a.debt}`,
+      `  commit ${e.userId} seq ${a.seq} by #${op?.id ?? "-"}: ${e.changes.entries.map((x) => `${x.type} ${x.amount}${x.unit == null ? "" : ` ${x.unit}`}`).join(", ")} → ${a.balance}/${a.reserved}/${a.debt}${a.units == null ? "" : ` ${JSON.stringify(a.units)}`}`,
     );
     if (a.balance !== m.balance || a.reserved !== m.reserved || a.debt !== m.debt) {
       fail(
@@ -642,7 +725,20 @@ async function simulate(options: SimOptions): Promise<SimResult> {
           `the model says ${m.balance}, ${m.reserved}, ${m.debt}`,
       );
     }
-    digest.update(`c${e.userId}:${a.seq}:${a.balance}:${a.reserved}:${a.debt};`);
+    // Each other unit's figures are its model's (a unit the account row lacks: all zero).
+    const stored = a.units ?? {};
+    const modelled = model.units(e.userId).filter(([unit]) => unit !== null) as Array<[string, CreditModel]>;
+    for (const unit of Object.keys(stored))
+      if (!modelled.some(([u]) => u === unit)) modelled.push([unit, model.unit(e.userId, unit)]);
+    for (const [unit, mu] of modelled) {
+      const f = stored[unit] ?? { balance: 0, reserved: 0, debt: 0 };
+      if (f.balance !== mu.balance || f.reserved !== mu.reserved || f.debt !== mu.debt)
+        fail(
+          `${where}: its ${unit} after it are balance ${f.balance}, reserved ${f.reserved}, debt ${f.debt}; ` +
+            `the model says ${mu.balance}, ${mu.reserved}, ${mu.debt}`,
+        );
+    }
+    digest.update(`c${e.userId}:${a.seq}:${a.balance}:${a.reserved}:${a.debt}:${JSON.stringify(sortedUnits(stored))};`);
     // Every unit of work that writes the account evaluates its alert thresholds after its change,
     // at the step's instant; a save of the account alone evaluates them only for an alerts round
     // (an auto top-up's state does not).
@@ -659,7 +755,7 @@ async function simulate(options: SimOptions): Promise<SimResult> {
   /** The model's answer to `op` now (a repeated key answers with the first result). */
   const predict = (op: Op, userId: string): string => {
     if (op.commits > 0) return "ok";
-    const m = cloneModel(model.of(userId));
+    const m = cloneModel(model.unit(userId, unitOfSpec(op.spec)));
     m.settle();
     return applySpec(op.spec, m, null);
   };
@@ -721,19 +817,30 @@ async function simulate(options: SimOptions): Promise<SimResult> {
           priority: spec.priority,
           ...(spec.scope === undefined ? {} : { scope: spec.scope }),
           ...(spec.effectiveAt === undefined ? {} : { effectiveAt: new Date(spec.effectiveAt) }),
+          ...unitOption(spec),
         });
       case "deduct":
-        return c.deductCredits(spec.user, spec.amount, { ...k, ...spendOptions(spec) });
+        return c.deductCredits(spec.user, spec.amount, { ...k, ...spendOptions(spec), ...unitOption(spec) });
       case "after":
-        return c.deductCreditsAfterService(spec.user, spec.amount, { ...k, ...spendOptions(spec) });
+        return c.deductCreditsAfterService(spec.user, spec.amount, {
+          ...k,
+          ...spendOptions(spec),
+          ...unitOption(spec),
+        });
       case "late":
         return c.deductCreditsAfterService(spec.user, spec.amount, {
           ...k,
           ...spendOptions(spec),
+          ...unitOption(spec),
           occurredAt: new Date(spec.occurredAt),
         });
       case "reserve":
-        return c.reserveCredits(spec.user, spec.amount, { ...k, ...spendOptions(spec), ttlSeconds: spec.ttlSec });
+        return c.reserveCredits(spec.user, spec.amount, {
+          ...k,
+          ...spendOptions(spec),
+          ...unitOption(spec),
+          ttlSeconds: spec.ttlSec,
+        });
       case "commit":
         return c.commitReservedCredits(spec.hold, spec.amount === null ? k : { ...k, amount: spec.amount });
       case "release":
@@ -806,7 +913,6 @@ async function simulate(options: SimOptions): Promise<SimResult> {
 
   const generate = (): Spec => {
     const user = rng.pick(users);
-    const m = model.of(user);
     const kind = rng.weighted<Spec["kind"]>([
       [5, "add"],
       [4, "deduct"],
@@ -839,16 +945,18 @@ async function simulate(options: SimOptions): Promise<SimResult> {
         const plain = { kind, user, amount: rng.range(1, 120), expiresAt, priority: rng.range(0, 2) } as const;
         // A quarter of the additions start later (docs/units.md), some with an expiry not after
         // their start (refused); drawn from a stream of their own.
-        const add = laterRng.chance(0.25)
+        const later = laterRng.chance(0.25)
           ? { ...plain, effectiveAt: clock.now + laterRng.range(1, 1800) * 1000 }
           : plain;
+        // In any unit, a later grant too (on the seeds with units).
+        const add = { ...later, ...drawUnit() };
         return scoped && scopeRng.chance(0.4) ? { ...add, scope: scopeRng.pick(SCOPES) } : add;
       }
       case "after": {
         // Half the after-service charges are usage recorded late, up to 20 days back (the window is
         // 35: still inside it when a retry comes later), drawn from a stream of their own: the
         // schedule is the seed's either way.
-        const spend = scoped ? scopeRng.pick(SPENDS) : {};
+        const spend = { ...(scoped ? scopeRng.pick(SPENDS) : {}), ...drawUnit() };
         if (!lateRng.chance(0.5)) return { kind, user, amount, ...spend };
         return {
           kind: "late",
@@ -859,11 +967,15 @@ async function simulate(options: SimOptions): Promise<SimResult> {
         };
       }
       case "deduct":
-        return scoped ? { kind, user, amount, ...scopeRng.pick(SPENDS) } : { kind, user, amount };
+        return scoped
+          ? { kind, user, amount, ...scopeRng.pick(SPENDS), ...drawUnit() }
+          : { kind, user, amount, ...drawUnit() };
       case "commit":
       case "release": {
-        const active = m.holds.filter((h) => h.status === "active");
-        const pool = active.length > 0 && rng.chance(0.8) ? active : m.holds;
+        // Any unit's hold (a commit or release acts in its hold's unit).
+        const holds = model.units(user).flatMap(([, mu]) => mu.holds);
+        const active = holds.filter((h) => h.status === "active");
+        const pool = active.length > 0 && rng.chance(0.8) ? active : holds;
         if (pool.length === 0) break;
         const picked = rng.pick(pool);
         const hold = picked.id;
@@ -877,8 +989,9 @@ async function simulate(options: SimOptions): Promise<SimResult> {
         return { kind, user, hold, amount: amt };
       }
       case "void": {
-        if (m.grants.length === 0) break;
-        return { kind, user, grant: rng.pick(m.grants).id };
+        const grants = model.units(user).flatMap(([, mu]) => mu.grants);
+        if (grants.length === 0) break;
+        return { kind, user, grant: rng.pick(grants).id };
       }
       case "read": {
         // Half the reads give back one of the user's charges instead, in part or whole.
@@ -935,7 +1048,7 @@ async function simulate(options: SimOptions): Promise<SimResult> {
       default:
         break;
     }
-    const reserve = { kind: "reserve", user, amount, ttlSec: rng.range(1, 3600) } as const;
+    const reserve = { kind: "reserve", user, amount, ttlSec: rng.range(1, 3600), ...drawUnit() } as const;
     return scoped ? { ...reserve, ...scopeRng.pick(SPENDS) } : reserve;
   };
 
@@ -1063,10 +1176,12 @@ async function simulate(options: SimOptions): Promise<SimResult> {
       } else {
         if (op.commits > 0)
           fail(`${describe(op)} answered ${outcome} although an earlier attempt committed (it must replay)`);
-        // A limited user's spend may be refused by a limit (the invariant above checks the counts).
+        // A limited user's spend may be refused by a limit (the invariant above checks the counts);
+        // never a spend in another unit than the default one: limits count the default unit (docs/units.md).
         const byLimit =
           outcome === "SpendLimitError" &&
           (op.spec.kind === "deduct" || op.spec.kind === "reserve") &&
+          op.spec.unit === undefined &&
           limited.has(op.spec.user);
         // An addition whose expiry is not after its start is refused before any load (docs/units.md).
         const badStart =
@@ -1128,8 +1243,19 @@ async function simulate(options: SimOptions): Promise<SimResult> {
     await runBatch(reads, false);
     for (const user of users) {
       const m = model.of(user);
-      m.settle();
+      const units = model.units(user);
+      for (const [, mu] of units) mu.settle();
       const where = `check of ${user}`;
+      // The units the account holds: those with an entry (docs/units.md), each unit's figures apart.
+      const held = units.filter(([unit]) => unit !== null && entered.has(`${user}/${unit}`)) as Array<
+        [string, CreditModel]
+      >;
+      const figures = (mu: CreditModel) => ({
+        balance: mu.balance,
+        reserved: mu.reserved,
+        available: mu.available,
+        debt: mu.debt,
+      });
       const info = await checker.getUserCreditsInfo(user);
       const want = {
         userId: user,
@@ -1137,10 +1263,36 @@ async function simulate(options: SimOptions): Promise<SimResult> {
         reserved: m.reserved,
         available: m.available,
         debt: m.debt,
-        ...scopedTotals(m),
+        ...(held.length === 0
+          ? {}
+          : { units: sortedUnits(Object.fromEntries(held.map(([u, mu]) => [u, figures(mu)]))) }),
+        ...scopedTotals(
+          m,
+          units.some(([, mu]) => mu.grants.some(isScopedGrant)),
+        ),
       };
-      if (JSON.stringify(info) !== JSON.stringify(want))
-        fail(`${where}: the service says ${JSON.stringify(info)}, the model ${JSON.stringify(want)}`);
+      const got = info.units === undefined ? info : { ...info, units: sortedUnits(info.units) };
+      if (JSON.stringify(got) !== JSON.stringify(want))
+        fail(`${where}: the service says ${JSON.stringify(got)}, the model ${JSON.stringify(want)}`);
+      // Now and then, one unit asked by name, and check() in it, on the edge of what it has available.
+      if (multiUnit && unitRng.chance(0.3)) {
+        const unit = unitRng.pick(UNITS);
+        const mu = model.unit(user, unit);
+        const one = await checker.getUserCreditsInfo(user, { unit });
+        const flat = (o: object) => JSON.stringify(o, Object.keys(o).sort());
+        if (flat(one) !== flat({ userId: user, unit, ...figures(mu) }))
+          fail(
+            `${where}: the service says ${JSON.stringify(one)} in ${unit}, the model ${JSON.stringify(figures(mu))}`,
+          );
+        if (mu.available >= 1) {
+          const allowed = await checker.check(user, { unit, amount: mu.available });
+          const refused = await checker.check(user, { unit, amount: mu.available + 1 });
+          if (!allowed.allowed || refused.allowed)
+            fail(
+              `${where}: check() in ${unit} with ${mu.available} available answers ${String(allowed.allowed)} for ${mu.available}, ${String(refused.allowed)} for one more`,
+            );
+        }
+      }
       // The store counts each limit as the committed entries do.
       const counts = counted.get(user);
       if (counts !== undefined) {
@@ -1162,6 +1314,7 @@ async function simulate(options: SimOptions): Promise<SimResult> {
           from: "",
           fromSeq: 0,
           grants: sorted(Object.fromEntries(Object.entries(r.grants).filter(([, v]) => v !== 0))),
+          units: sortedUnits(r.units ?? {}),
         });
       if (comparable(report) !== comparable(genesis))
         fail(
@@ -1172,25 +1325,54 @@ async function simulate(options: SimOptions): Promise<SimResult> {
           `${where}: audit replays ${report.balance}/${report.reserved}/${report.debt}, the model has ${m.balance}/${m.reserved}/${m.debt}`,
         );
       }
+      // The audit replays each unit on its own (docs/units.md).
+      const replayed = JSON.stringify(sortedUnits(report.units ?? {}));
+      const modelledUnits = JSON.stringify(
+        sortedUnits(
+          Object.fromEntries(
+            held.map(([u, mu]) => [
+              u,
+              { balance: mu.balance, reserved: mu.reserved, debt: mu.debt, available: mu.balance - mu.reserved },
+            ]),
+          ),
+        ),
+      );
+      if (replayed !== modelledUnits) fail(`${where}: audit replays the units ${replayed}, the model ${modelledUnits}`);
+      const open: Record<string, number> = {};
+      for (const [, mu] of units) Object.assign(open, openGrants(mu));
       const grants = Object.fromEntries((await inner.listGrants(user)).map((g) => [g.id, g.remaining]));
-      if (JSON.stringify(sorted(grants)) !== JSON.stringify(sorted(openGrants(m)))) {
-        fail(
-          `${where}: open grants ${JSON.stringify(sorted(grants))}, the model ${JSON.stringify(sorted(openGrants(m)))}`,
-        );
+      if (JSON.stringify(sorted(grants)) !== JSON.stringify(sorted(open))) {
+        fail(`${where}: open grants ${JSON.stringify(sorted(grants))}, the model ${JSON.stringify(sorted(open))}`);
       }
       const holds = (await inner.listReservations(user, { status: "active" })).map((r) => r.id).sort();
-      const modelHolds = m.holds
+      const modelHolds = units
+        .flatMap(([, mu]) => mu.holds)
         .filter((h) => h.status === "active")
         .map((h) => h.id)
         .sort();
       if (JSON.stringify(holds) !== JSON.stringify(modelHolds))
         fail(`${where}: active holds ${holds.join(",")}, the model ${modelHolds.join(",")}`);
-      if (!m.overdrawn && m.available < 0) fail(`${where}: available ${m.available} below zero without an overdraft`);
-      // (Scoped grants pay no debt: docs/teams-and-limits.md, "Scoped credits".)
-      const unscoped = m.grants.filter((g) => (g.features ?? null) === null && (g.spenders ?? null) === null);
-      // (Nor do grants that have not started: docs/units.md.)
-      if (m.debt > 0 && unscoped.some((g) => g.closed === null && g.upcoming !== true && g.remaining > 0))
-        fail(`${where}: debt while a grant has credits`);
+      for (const [unit, mu] of units) {
+        const name = unit ?? "credits";
+        if (!mu.overdrawn && mu.available < 0)
+          fail(`${where}: ${name} available ${mu.available} below zero without an overdraft`);
+        // A unit's limit bounds its debt (docs/units.md, "Debt per unit").
+        if (mu.overdraftLimit !== null && mu.available < -mu.overdraftLimit)
+          fail(`${where}: ${name} available ${mu.available} past its overdraft limit of ${mu.overdraftLimit}`);
+        // The balance is its grants' credits and holds, less the debt: per unit.
+        const left = mu.grants
+          .filter((g) => g.closed === null && g.upcoming !== true)
+          .reduce((t, g) => t + g.remaining, 0);
+        const holding = mu.holds.filter((h) => h.status === "active").reduce((t, h) => t + heldAmount(h), 0);
+        if (mu.balance !== left + holding - mu.debt)
+          fail(`${where}: ${name} balance ${mu.balance}, its grants ${left} + holds ${holding} − debt ${mu.debt}`);
+        // (Scoped grants pay no debt: docs/teams-and-limits.md, "Scoped credits".)
+        const unscoped = mu.grants.filter((g) => !isScopedGrant(g));
+        // (Nor do grants that have not started: docs/units.md.)
+        if (mu.debt > 0 && unscoped.some((g) => g.closed === null && g.upcoming !== true && g.remaining > 0))
+          fail(`${where}: ${name} in debt while a grant of it has credits`);
+        if (unit !== null) digest.update(`${user}/${unit}:${mu.balance}:${mu.reserved}:${mu.debt};`);
+      }
       const stored = await inner.getActiveSubscription(user);
       const modelled = subs.activeOf(user);
       if ((stored?.id ?? null) !== (modelled?.id ?? null))
@@ -1386,6 +1568,11 @@ function accountOnly(c: Changes): boolean {
   );
 }
 
+/** A request's unit as the service's option (none when not named: the default unit). */
+function unitOption(s: InUnit): InUnit {
+  return s.unit === undefined ? {} : { unit: s.unit };
+}
+
 /** A request's spender and feature as the service's options (none when not named). */
 function spendOptions(s: SimSpend): SimSpend {
   return {
@@ -1394,14 +1581,23 @@ function spendOptions(s: SimSpend): SimSpend {
   };
 }
 
+/** True for a grant with a scope (docs/teams-and-limits.md, "Scoped credits"). */
+function isScopedGrant(g: ModelGrant): boolean {
+  return (g.features ?? null) !== null || (g.spenders ?? null) !== null;
+}
+
 /**
- * What `getUserCreditsInfo` adds for an account given scoped grants: the usable credits of its
- * scoped grants, one total per scope (lists sorted), sorted by scope (docs/teams-and-limits.md).
+ * What `getUserCreditsInfo` adds for an account given scoped grants (`scopedAccount`, in any unit):
+ * the usable credits of the default unit's (`m`) scoped grants, one total per scope (lists
+ * sorted), sorted by scope (docs/teams-and-limits.md; docs/units.md).
  */
-function scopedTotals(m: CreditModel): {
+function scopedTotals(
+  m: CreditModel,
+  scopedAccount: boolean,
+): {
   scoped?: { features: string[] | null; spenders: string[] | null; remaining: number }[];
 } {
-  if (!m.grants.some((g) => (g.features ?? null) !== null || (g.spenders ?? null) !== null)) return {};
+  if (!scopedAccount) return {};
   const totals = new Map<string, { features: string[] | null; spenders: string[] | null; remaining: number }>();
   for (const g of m.grants) {
     const features = g.features ?? null;
@@ -1417,4 +1613,9 @@ function scopedTotals(m: CreditModel): {
     else t.remaining += g.remaining;
   }
   return { scoped: [...totals.entries()].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([, t]) => t) };
+}
+
+/** A units map with its units in name order (an account row keeps them in the order first used). */
+function sortedUnits<T>(units: Readonly<Record<string, T>>): Array<[string, T]> {
+  return Object.entries(units).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
 }

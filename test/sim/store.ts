@@ -66,6 +66,8 @@ export class SimStore {
     readonly loseLimits = false,
     /** Only to prove the simulation catches alerts evaluated from the wrong state: loads accounts without their alert thresholds' states. */
     readonly loseAlertMarks = false,
+    /** Only to prove the simulation catches credits moved between units: loads grants without their unit (all in the default one). */
+    readonly loseUnits = false,
   ) {
     this.db = this.process(undefined);
   }
@@ -270,6 +272,7 @@ class SimTransaction implements DbTransaction {
     const state = structuredClone(loaded);
     this.loadedAccount = structuredClone(loaded.account);
     if (this.sim.loseScopes) state.grants = state.grants.map((g) => ({ ...g, scope: null }));
+    if (this.sim.loseUnits) state.grants = state.grants.map((g) => ({ ...g, unit: null }));
     if (this.sim.loseLimits && state.account?.limits != null)
       state.account = {
         ...state.account,

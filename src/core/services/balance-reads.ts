@@ -64,6 +64,13 @@ export class BalanceReads {
       const grants = read.account?.units == null ? read.grants : read.grants.filter((g) => (g.unit ?? null) === null);
       info.available -= outOfScope(grants, spend, now);
       info.scoped = scopedTotals(grants, now);
+      // Each other unit's `available` as the default unit's: less its own scoped grants `spend` may not use.
+      for (const [unit, f] of Object.entries(info.units ?? {}))
+        f.available -= outOfScope(
+          read.grants.filter((g) => g.unit === unit),
+          spend,
+          now,
+        );
     }
     return { info, limits: read.account?.limits ?? null, fresh: true };
   }

@@ -60,6 +60,12 @@ export class CreditModel {
   holds: ModelHold[] = [];
   /** True once usage was taken past zero (after-service or over-commit). */
   overdrawn = false;
+  /**
+   * How far below zero usage already delivered may take `available` (null: unbounded). An
+   * after-service charge or an over-commit's excess past it is refused (docs/concepts.md,
+   * "Overdraft and debt"; each unit has its own, docs/units.md "Debt per unit").
+   */
+  overdraftLimit: number | null = null;
 
   constructor(public now: number) {}
 
@@ -160,9 +166,15 @@ export class CreditModel {
     }
   }
 
+  /** What usage already delivered by `spend` may take now: what keeps available >= -overdraftLimit. */
+  headroom(spend: ModelSpend = ANY): number {
+    return this.overdraftLimit === null ? Infinity : Math.max(0, this.availableFor(spend) + this.overdraftLimit);
+  }
+
   /** Returns false when the real service must refuse. */
   deduct(amount: number, afterService: boolean, spend: ModelSpend = ANY): boolean {
     if (!afterService && this.availableFor(spend) < amount) return false;
+    if (afterService && amount > this.headroom(spend)) return false;
     const taken = this.take(amount, spend);
     this.balance -= amount;
     this.debt += amount - taken;
@@ -178,8 +190,10 @@ export class CreditModel {
     return true;
   }
 
-  commit(hold: ModelHold, amount: number): void {
+  /** Returns false when the real service must refuse: an excess past the overdraft limit (nothing changes). */
+  commit(hold: ModelHold, amount: number): boolean {
     const held = sumParts(hold.parts);
+    if (amount - held > 0 && amount - held > this.headroom(hold.spend ?? ANY)) return false;
     let toTake = Math.min(amount, held);
     const rest: Array<[string, number]> = [];
     for (const [gid, a] of hold.parts) {
@@ -199,6 +213,7 @@ export class CreditModel {
       this.debt += excess - taken;
       if (this.available < 0) this.overdrawn = true;
     }
+    return true;
   }
 
   release(hold: ModelHold): void {

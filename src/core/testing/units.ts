@@ -220,7 +220,13 @@ export function runUnitsContract(
       const spent = await credits.deductCredits(u, 7, { unit: "images", feature: "chat" });
       expect(spent.grants[0]).toEqual({ grantId: images.grants[0]!.grantId, amount: 5 });
       expect(spent.grants.reduce((s, g) => s + g.amount, 0)).toBe(7);
-      // Without the feature, only the unit's unscoped grant pays: 3 left.
+      // Without the feature, only the unit's unscoped grant pays: 3 left, as its figures and check() say.
+      const chatOnly = await credits.addCredits(u, 6, { unit: "images", scope: { features: ["chat"] } });
+      expect(await credits.getUserCreditsInfo(u, { unit: "images" })).toMatchObject({ balance: 9, available: 3 });
+      expect((await credits.getUserCreditsInfo(u)).units?.images).toMatchObject({ balance: 9, available: 3 });
+      expect(await credits.getUserCreditsInfo(u, { unit: "images", feature: "chat" })).toMatchObject({ available: 9 });
+      expect(await credits.check(u, { unit: "images", amount: 4 })).toMatchObject({ allowed: false });
+      await credits.voidGrant(chatOnly.grants[0]!.grantId);
       await expect(credits.deductCredits(u, 4, { unit: "images" })).rejects.toBeInstanceOf(InsufficientCreditsError);
       await credits.deductCredits(u, 3, { unit: "images" });
       await clean(credits, u);
