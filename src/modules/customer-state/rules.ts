@@ -18,6 +18,7 @@ import type {
 import { isPeriodGrant } from "../../core/domain/account-work.js";
 import { decideFeature, type CheckReason, type FeatureRule } from "../../core/domain/checks.js";
 import { limitStatuses, tightestLimit } from "../../core/domain/limits.js";
+import { DEFAULT_UNIT } from "../../core/models/common.js";
 import { compareGrants, isUpcoming, startOf } from "../../core/domain/order.js";
 import { drawnOutOf } from "../../core/domain/allowance.js";
 import { availableOf, figuresBehind } from "../../core/domain/scope.js";
@@ -202,7 +203,9 @@ export function stateOf(
     // Its scoped grants first, then the pool: the order a spend on it draws them (docs/teams-and-limits.md).
     const { grants: behind, granted, used, left } = figuresBehind(grants, spend, debt, now, drawn);
     const rule = rules[feature];
-    const tight = tightestLimit(limits, spend, at);
+    // The limits in the unit a spend on it acts in: its rule's (docs/units.md, "Features in a unit").
+    const ruleUnit = rule?.unit === undefined || rule.unit === DEFAULT_UNIT ? null : rule.unit;
+    const tight = tightestLimit(limits, { ...spend, unit: ruleUnit }, at);
     const decision = decideFeature(left, rule, planId, undefined, () => tight);
     const limitEnds = tight === null ? null : tight.window.end;
     const allowanceEnds =
