@@ -889,14 +889,11 @@ export class AccountWork {
     this.account.nextExpiryAt = this.computeNextExpiry();
     // What each scope was granted in its current allowance (docs/customer-state.md, "What was granted").
     const touched: { before: Grant | undefined; after: Grant }[] = [];
-    // (The default unit's: allowances and alerts watch it, docs/units.md.)
+    // (Each unit's apart: an alert threshold may watch another unit, docs/units.md.)
     this.grants.forEachTouched((after, created) => {
-      if ((after.unit ?? null) === null)
-        touched.push({ before: created ? undefined : this.grants.original(after.id), after });
+      touched.push({ before: created ? undefined : this.grants.original(after.id), after });
     });
-    trackAllowance(this.account, this.loaded, touched, () =>
-      this.account.units == null ? this.openGrants() : this.openGrants().filter((g) => (g.unit ?? null) === null),
-    );
+    trackAllowance(this.account, this.loaded, touched, () => this.openGrants());
     this.account.updatedAt = this.now;
     return {
       account: this.account,

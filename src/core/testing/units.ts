@@ -358,7 +358,14 @@ export function runUnitsContract(
         [null, 50],
         ["images", 4],
       ]);
-      // A limit on a feature is in the unit of its rule; naming another unit is a ValidationError.
+      // A limit on a feature is in the unit of its rule; naming another unit is a ValidationError,
+      // and so are two limits that are one once the feature's unit is read.
+      await expect(
+        credits.setLimits(u, [
+          { feature: "render", amount: 1, period: "day" },
+          { feature: "render", amount: 2, period: "day", unit: "images" },
+        ]),
+      ).rejects.toBeInstanceOf(ValidationError);
       await expect(
         credits.setLimit(u, { feature: "render", amount: 1, period: "day", unit: "credits" }),
       ).rejects.toBeInstanceOf(ValidationError);
@@ -432,7 +439,23 @@ export function runUnitsContract(
         { threshold: { id: "credits_day" }, state: "ok", value: 30 },
         { threshold: { id: "images_day" }, state: "in_alarm", value: 7 },
       ]);
+
+      // What a unit's grants were given counts its grants drawn to their last credit, in it alone.
+      const w = user();
+      await credits.addCredits(w, 100);
+      await credits.addCredits(w, 10, { unit: "images" });
+      await credits.addCredits(w, 10, { unit: "images" });
+      await credits.deductCredits(w, 10, { unit: "images" }); // one grant drawn out: 10 of 20 left
+      await notifications.setAlerts(w, [
+        { id: "credits_pct", kind: "left_percent", atOrBelow: 99 },
+        { id: "images_pct", kind: "left_percent", atOrBelow: 50, unit: "images" },
+      ]);
+      expect((await notifications.getAlerts(w)).filter((s) => s.source === "account")).toMatchObject([
+        { threshold: { id: "credits_pct" }, state: "ok", value: 100 },
+        { threshold: { id: "images_pct" }, state: "in_alarm", value: 50 },
+      ]);
       await clean(credits, u);
+      await clean(credits, w);
     });
 
     it("audits from a checkpoint that records every unit", async () => {

@@ -194,7 +194,8 @@ export function stateOf(
   for (const a of plan?.allowances ?? []) for (const f of a.scope.features ?? []) names.add(f);
   for (const g of grants) for (const f of g.scope?.features ?? []) names.add(f);
   // What each scope's grants drawn out in its current allowance were given (docs/customer-state.md, "What was granted").
-  const drawn = drawnOutOf(account);
+  // (The default unit's: the customer state's figures are in it, docs/units.md.)
+  const drawn = drawnOutOf(account).filter((d) => d.unit === null);
   for (const d of drawn) for (const f of d.scope?.features ?? []) names.add(f);
   for (const l of limits) if (l.feature !== null) names.add(l.feature);
 
