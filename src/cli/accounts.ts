@@ -29,13 +29,14 @@ CREDIT_REDIS_CACHE_PREFIX name (as the worker's).
                          counted and when it resets; this month's spend (UTC) by spender; the
                          subscription
   limits ID [--json]     The spend limits
-  limits set ID --amount N --period P [--spender S] [--feature F]
-                         Adds the limit of this spender, feature and period, or sets its amount
-                         (what its window counted is kept). P: day, week, month, year, every N of
-                         them as N<unit> (2week), or subscription (the subscription's period)
-  limits remove ID [--spender S] [--feature F] [--period P]
-                         Removes the limits with exactly this spender and feature (omitted: the
-                         limits naming none), and this period when given
+  limits set ID --amount N --period P [--spender S] [--feature F] [--unit U]
+                         Adds the limit of this spender, feature, unit and period, or sets its
+                         amount (what its window counted is kept). P: day, week, month, year, every
+                         N of them as N<unit> (2week), or subscription (the subscription's period);
+                         U: the credit unit it counts (docs/units.md; omitted: the default unit)
+  limits remove ID [--spender S] [--feature F] [--unit U] [--period P]
+                         Removes the limits with exactly this spender, feature and unit (omitted:
+                         the limits naming none), and this period when given
   --sqlite FILE          This SQLite store (an existing file) instead of the environment's
   --json                 One JSON object on standard output
   In the tables, * is every spender or every feature.
@@ -63,6 +64,7 @@ async function accounts(args: readonly string[], io: CliIo, source: StoreSource)
     period: { type: "string" },
     spender: { type: "string" },
     feature: { type: "string" },
+    unit: { type: "string" },
   });
   const [command, ...rest] = positionals;
   let action: Action;
@@ -82,7 +84,11 @@ async function accounts(args: readonly string[], io: CliIo, source: StoreSource)
         throw new UsageError(`--${flag} applies to ${what} only`);
   };
   only(["amount"], ["set"], '"accounts limits set"');
-  only(["spender", "feature", "period"], ["set", "remove"], '"accounts limits set" and "accounts limits remove"');
+  only(
+    ["spender", "feature", "unit", "period"],
+    ["set", "remove"],
+    '"accounts limits set" and "accounts limits remove"',
+  );
   if (values.sqlite === "") throw new UsageError("--sqlite needs a file name");
   let limit: SpendLimitInput | undefined;
   if (action === "set") {
@@ -303,7 +309,8 @@ function limitTable(limits: readonly SpendLimitStatus[]): string {
       l.feature ?? "*",
       periodText(l),
       String(l.used),
-      String(l.amount),
+      // A limit in another unit than the default one names it (docs/units.md).
+      l.unit === undefined ? String(l.amount) : `${l.amount} ${l.unit}`,
       String(l.remaining),
       l.resetsAt.toISOString(),
     ]),
@@ -334,13 +341,15 @@ function periodOf(text: string): { period: LimitPeriod } | { resetsWith: "subscr
   return { period: m[1] === undefined ? unit : { every: Number(m[1]), unit } };
 }
 
-function spendOf(values: { spender?: string | undefined; feature?: string | undefined }): {
+function spendOf(values: { spender?: string | undefined; feature?: string | undefined; unit?: string | undefined }): {
   spender?: string;
   feature?: string;
+  unit?: string;
 } {
   return {
     ...(values.spender === undefined ? {} : { spender: values.spender }),
     ...(values.feature === undefined ? {} : { feature: values.feature }),
+    ...(values.unit === undefined ? {} : { unit: values.unit }),
   };
 }
 

@@ -8,6 +8,7 @@ import {
   SetLimitsInput,
   SpendLimitInput,
   SpenderId,
+  UnitName,
   type SpendLimitStatus,
 } from "../core/models/index.js";
 import type { RouteContext, RouteDefinition } from "./router.js";
@@ -19,13 +20,15 @@ import { adminRoute, self, target, userRoute, withKey } from "./route-helpers.js
 export const SetLimitsBody = z.extend(MutationOptions, { limits: SetLimitsInput });
 /** `POST /admin/credits/users/:userId/limits/set`: one limit added, or changed in place (the others kept). */
 export const SetLimitBody = z.extend(MutationOptions, { limit: SpendLimitInput });
-/** `POST /admin/credits/users/:userId/limits/remove`: the limits with exactly this spender and feature (and window). */
+/** `POST /admin/credits/users/:userId/limits/remove`: the limits with exactly this spender, feature and unit (and window). */
 export const RemoveLimitBody = z.extend(MutationOptions, RemoveLimitInput.shape);
 
 /** One limit as `getLimits` reports it: its window now, what it counted and what is left. */
 export const SpendLimitStatusSchema = z.object({
   spender: z.nullable(SpenderId),
   feature: z.nullable(FeatureName),
+  /** The credit unit it counts (docs/units.md); absent: the default unit. */
+  unit: z.optional(UnitName),
   amount: NonNegativeAmount,
   period: z.nullable(LimitPeriod),
   resetsWith: z.nullable(z.literal("subscription")),
@@ -107,17 +110,19 @@ export const limitRoutes: RouteDefinition[] = [
   adminRoute("POST", "/users/:userId/limits/remove", {
     operationId: "adminRemoveLimit",
     summary:
-      "Remove a user's limits with exactly this spender and feature (omitted: none), and this window when given; answers the limits left",
+      "Remove a user's limits with exactly this spender, feature and unit (omitted: none, the default unit), and this window when given; answers the limits left",
     tags: limits,
     body: RemoveLimitBody,
     idempotent: true,
     response: LimitListSchema,
     errors: [409],
     handle: async (ctx) => {
-      const { spender, feature, period, resetsWith, ...options } = await ctx.body<z.infer<typeof RemoveLimitBody>>();
+      const { spender, feature, unit, period, resetsWith, ...options } =
+        await ctx.body<z.infer<typeof RemoveLimitBody>>();
       const which = {
         ...(spender === undefined ? {} : { spender }),
         ...(feature === undefined ? {} : { feature }),
+        ...(unit === undefined ? {} : { unit }),
         ...(period === undefined ? {} : { period }),
         ...(resetsWith === undefined ? {} : { resetsWith }),
       };

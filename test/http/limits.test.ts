@@ -230,6 +230,28 @@ describe("limit routes and the spender of a spend over HTTP", () => {
     expect((await call("GET", "/credits/balance", "acme/bob")).body.available).toBe(10_050);
   });
 
+  it("a limit in a unit: set, read, refused naming the unit and removed by unit over HTTP (docs/units.md)", async () => {
+    await m.credits.addCredits("acme", 10, { unit: "images" });
+    const set = await call("POST", "/admin/credits/users/acme/limits/set", ADMIN, {
+      limit: { amount: 2, period: "day", unit: "images" },
+    });
+    expect(set.status).toBe(200);
+    expect(set.body.items).toEqual([expect.objectContaining({ unit: "images", amount: 2, remaining: 2 })]);
+    const over = await call("POST", "/admin/credits/users/acme/deduct", ADMIN, { amount: 3, unit: "images" });
+    expect(over.status).toBe(429);
+    expect(over.body.error.details).toMatchObject({ unit: "images", requested: 3, remaining: 2 });
+    // A spend in the default unit is not counted by it.
+    expect((await call("POST", "/admin/credits/users/acme/deduct", ADMIN, { amount: 3 })).status).toBe(200);
+    expect((await call("GET", "/credits/limits", "acme")).body.items).toMatchObject([{ unit: "images", used: 0 }]);
+    const kept = await call("POST", "/admin/credits/users/acme/limits/remove", ADMIN, { period: "day" });
+    expect(kept.body.items).toHaveLength(1);
+    const removed = await call("POST", "/admin/credits/users/acme/limits/remove", ADMIN, {
+      period: "day",
+      unit: "images",
+    });
+    expect(removed.body.items).toEqual([]);
+  });
+
   it("the OpenAPI document lists the limit routes with their bodies", async () => {
     const doc = handler.openapi() as { paths: Record<string, Record<string, { requestBody?: unknown }>> };
     expect(Object.keys(doc.paths["/admin/credits/users/{userId}/limits"] ?? {}).sort()).toEqual(["get", "put"]);
@@ -237,5 +259,9 @@ describe("limit routes and the spender of a spend over HTTP", () => {
     expect(doc.paths["/credits/limits"]?.get).toBeDefined();
     expect(doc.paths["/admin/credits/users/{userId}/limits/remove"]?.post).toBeDefined();
     expect(doc.paths["/admin/credits/users/{userId}/limits/set"]?.post?.requestBody).toBeDefined();
+    // A limit's credit unit, beside its window's calendar unit.
+    expect(JSON.stringify(doc.paths["/admin/credits/users/{userId}/limits/set"]?.post)).toMatch(
+      /"unit":\{[^}]*"pattern"/,
+    );
   });
 });

@@ -584,8 +584,8 @@ export class AccountWork {
     }
     if (this.f.balance - amount < -Number.MAX_SAFE_INTEGER) throw beyondSafe("balance", amount);
     // (Counted before the draw, so a refusal changes nothing.)
-    // Spend limits count the default unit (docs/units.md).
-    if (options.limits !== "skip" && this.unit === null) {
+    // Spend limits count the spends in their own unit (docs/units.md).
+    if (options.limits !== "skip") {
       const force = (options.limits ?? (options.allowDebt ? "force" : "enforce")) === "force";
       // Usage already delivered passes a limit and says so in its entry (as a shortfall does).
       // Late usage counts in the window it happened in, while that window is the current one.
@@ -613,8 +613,8 @@ export class AccountWork {
    */
   holdRoom(spend: Spend): number {
     const available = Math.max(0, this.availableFor(spend));
-    const limits = this.unit === null ? this.account.limits : null;
-    const room = limits == null ? null : limitRoom(limits, spend, this.now.getTime());
+    const limits = this.account.limits;
+    const room = limits == null ? null : limitRoom(limits, { ...spend, unit: this.unit }, this.now.getTime());
     return room === null ? available : Math.min(available, room.left);
   }
 
@@ -643,7 +643,7 @@ export class AccountWork {
       );
     }
     // A hold counts against the limits when placed; its commit or release trues it up.
-    if (this.unit === null) this.countLimits(spend, amount, false, "reserve");
+    this.countLimits(spend, amount, false, "reserve");
     const allocations = this.draw(amount, spend);
     const expiresAt = new Date(this.now.getTime() + ttlSeconds * 1000);
     const reservation: Reservation = {
@@ -825,11 +825,11 @@ export class AccountWork {
     this.f.balance += amount;
     // The spend goes back to the limits that counted the charge, while its window is current
     // (docs/teams-and-limits.md, "Late usage and reversals").
-    const limits = this.unit === null ? this.account.limits : null;
+    const limits = this.account.limits;
     if (limits != null && limits.length > 0)
       this.account.limits = giveBackSpend(
         limits,
-        { spender: charge.spender ?? null, feature: charge.feature ?? null },
+        { spender: charge.spender ?? null, feature: charge.feature ?? null, unit: this.unit },
         amount,
         { seq: charge.seq, at: (charge.occurredAt ?? charge.createdAt).getTime() },
         this.now.getTime(),
@@ -889,14 +889,11 @@ export class AccountWork {
     this.account.nextExpiryAt = this.computeNextExpiry();
     // What each scope was granted in its current allowance (docs/customer-state.md, "What was granted").
     const touched: { before: Grant | undefined; after: Grant }[] = [];
-    // (The default unit's: allowances and alerts watch it, docs/units.md.)
+    // (Each unit's apart: an alert threshold may watch another unit, docs/units.md.)
     this.grants.forEachTouched((after, created) => {
-      if ((after.unit ?? null) === null)
-        touched.push({ before: created ? undefined : this.grants.original(after.id), after });
+      touched.push({ before: created ? undefined : this.grants.original(after.id), after });
     });
-    trackAllowance(this.account, this.loaded, touched, () =>
-      this.account.units == null ? this.openGrants() : this.openGrants().filter((g) => (g.unit ?? null) === null),
-    );
+    trackAllowance(this.account, this.loaded, touched, () => this.openGrants());
     this.account.updatedAt = this.now;
     return {
       account: this.account,
@@ -917,25 +914,25 @@ export class AccountWork {
   // Internals.
 
   /**
-   * Counts a spend against the account's limits (refused unless `force` when it does not fit).
-   * True when it passed one (forced).
+   * Counts a spend in the current unit against the account's limits in it (refused unless `force`
+   * when it does not fit). True when it passed one (forced).
    */
   private countLimits(spend: Spend, amount: number, force: boolean, what?: string, occurredAt?: Date): boolean {
     const limits = this.account.limits;
     if (limits == null || limits.length === 0) return false;
     const at = (occurredAt ?? this.now).getTime();
-    const counted = countSpend(limits, spend, amount, at, { force, what, now: this.now.getTime() });
+    const inUnit = { ...spend, unit: this.unit };
+    const counted = countSpend(limits, inUnit, amount, at, { force, what, now: this.now.getTime() });
     this.noteCounted(counted);
     return counted.over;
   }
 
   /** Trues up `hold`'s count at its commit (`spent`) or release (0). */
   private trueUp(hold: Reservation, spent: number): void {
-    const limits = AccountWork.unitOf(hold) === null ? this.account.limits : null;
+    const limits = this.account.limits;
     if (limits == null || limits.length === 0) return;
-    this.noteCounted(
-      trueUpHold(limits, holdSpend(hold), hold.amount, spent, hold.createdAt.getTime(), this.now.getTime()),
-    );
+    const spend = { ...holdSpend(hold), unit: AccountWork.unitOf(hold) };
+    this.noteCounted(trueUpHold(limits, spend, hold.amount, spent, hold.createdAt.getTime(), this.now.getTime()));
   }
 
   private noteCounted(counted: Counted): void {

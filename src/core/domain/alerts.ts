@@ -9,6 +9,7 @@ import type {
   JournalEntry,
   LimitCycle,
 } from "../models/index.js";
+import { DEFAULT_UNIT } from "../models/common.js";
 import { cycleWindow } from "./limits.js";
 import { isOpenGrant } from "./order.js";
 import { type DrawnOut, drawnOutOf, isAllowanceKey } from "./allowance.js";
@@ -35,6 +36,14 @@ const DAY_MS = 86_400_000;
 
 /** A spend naming no feature nor spender: what `available` is for. */
 const NO_SPEND = { spender: null, feature: null } as const;
+
+/**
+ * The credit unit threshold `t` watches (docs/units.md): null, the default unit, when it names none
+ * (or names the default one). The built-in `low_credits` and `credits_exhausted` watch the default unit.
+ */
+export function unitOfThreshold(t: AlertThreshold): string | null {
+  return t.unit === undefined || t.unit === DEFAULT_UNIT ? null : t.unit;
+}
 
 /** A `period_spend` threshold. */
 export type PeriodSpend = Extract<AlertThreshold, { kind: "period_spend" }>;
@@ -205,8 +214,8 @@ export const SPEND_ENTRY_TYPES = usageEntryTypes();
  * `createdAt`).
  */
 export function spendOfEntry(t: PeriodSpend, e: JournalEntry, window: SpendWindow): number {
-  // Alerts watch the default unit (docs/units.md).
-  if (e.amount === 0 || (e.unit ?? null) !== null || usageKind(e) !== "spend") return 0;
+  // Only the spends in the threshold's unit (docs/units.md).
+  if (e.amount === 0 || (e.unit ?? null) !== unitOfThreshold(t) || usageKind(e) !== "spend") return 0;
   const at = placedAt(e);
   if (at < window.start || at >= window.end) return 0;
   // A kind's parts add up to its credits: without a spender or feature, the entry's own.
@@ -250,7 +259,15 @@ class Figures {
     private readonly now: number,
     /** The distinct `expiring` thresholds' windows, in ms, shortest first. */
     private readonly windows: readonly number[],
+    /** The credit unit whose figures and grants it reads (null: the default unit, docs/units.md). */
+    private readonly unit: string | null = null,
   ) {}
+
+  /** The balance, reserved and debt of its unit. */
+  private own(): { balance: number; reserved: number; debt: number } {
+    if (this.unit === null) return this.account;
+    return this.account.units?.[this.unit] ?? { balance: 0, reserved: 0, debt: 0 };
+  }
 
   /**
    * What the grants behind the pool (null) or `feature` were granted in their current allowance
@@ -269,8 +286,9 @@ class Figures {
       granted += s.granted;
       held += s.remaining;
     }
-    for (const d of (this.drawn ??= drawnOutOf(this.account))) if (inScope(d.scope, spend)) granted += d.amount;
-    const out = { granted, left: held - this.account.debt };
+    for (const d of (this.drawn ??= drawnOutOf(this.account)))
+      if (d.unit === this.unit && inScope(d.scope, spend)) granted += d.amount;
+    const out = { granted, left: held - this.own().debt };
     this.percents.set(feature, out);
     return out;
   }
@@ -280,7 +298,8 @@ class Figures {
    * credits of its scoped grants (read only for an account given one).
    */
   available(): number {
-    const unheld = this.account.balance - this.account.reserved;
+    const f = this.own();
+    const unheld = f.balance - f.reserved;
     if (this.account.scoped !== true) return unheld;
     this.scan();
     let scoped = 0;
@@ -318,8 +337,8 @@ class Figures {
     const horizon = now + (this.windows[this.windows.length - 1] ?? -1);
     for (const g of this.grants()) {
       // An upcoming grant is not granted until it starts (docs/units.md, "Grants that start later");
-      // alerts watch the default unit.
-      if (!isOpenGrant(g) || g.upcoming === true || (g.unit ?? null) !== null) continue;
+      // only its unit's grants count.
+      if (!isOpenGrant(g) || g.upcoming === true || (g.unit ?? null) !== this.unit) continue;
       const at = g.expiresAt?.getTime() ?? null;
       if (at !== null && at > now && at <= horizon) {
         const i = this.windowOf(at);
@@ -341,22 +360,32 @@ class Figures {
   }
 }
 
-/** The figures of one evaluation of `list` on `account` at `now` (`Figures`). */
+/** The figures of one evaluation of `list` on `account` at `now`, by credit unit (`Figures`, one per unit read). */
 function figuresOf(
   account: Account,
   grants: () => readonly Grant[],
   now: number,
   list: readonly AlertThreshold[],
-): Figures {
-  const windows = new Set<number>();
-  for (const t of list) if (t.kind === "expiring") windows.add(t.withinDays * DAY_MS);
+): (unit: string | null) => Figures {
+  const windows = new Map<string | null, Set<number>>();
+  for (const t of list) {
+    if (t.kind !== "expiring") continue;
+    const u = unitOfThreshold(t);
+    let set = windows.get(u);
+    if (set === undefined) windows.set(u, (set = new Set()));
+    set.add(t.withinDays * DAY_MS);
+  }
   let memo: readonly Grant[] | undefined;
-  return new Figures(
-    account,
-    () => (memo ??= grants()),
-    now,
-    [...windows].sort((a, b) => a - b),
-  );
+  const all = () => (memo ??= grants());
+  const byUnit = new Map<string | null, Figures>();
+  return (unit) => {
+    let f = byUnit.get(unit);
+    if (f === undefined) {
+      const w = [...(windows.get(unit) ?? [])].sort((a, b) => a - b);
+      byUnit.set(unit, (f = new Figures(account, all, now, w, unit)));
+    }
+    return f;
+  };
 }
 
 /** A threshold's value and whether it is on the alarm side; the window and its count for `period_spend`. */
@@ -387,10 +416,11 @@ function read(
   account: Account,
   mark: AlertMark | undefined,
   entries: readonly JournalEntry[],
-  figures: Figures,
+  figuresIn: (unit: string | null) => Figures,
   now: number,
   inputs: AlertInputs,
 ): Reading {
+  const figures = figuresIn(unitOfThreshold(t));
   switch (t.kind) {
     case "available": {
       const available = figures.available();
@@ -462,7 +492,16 @@ export function evaluateThresholds(
       next.spent = r.spent ?? 0;
     }
     setMark(marks, t.id, next);
-    const about = { thresholdId: t.id, kind: t.kind, value: r.value, line: lineOf(t), crossing: crossings };
+    const unit = unitOfThreshold(t);
+    const about = {
+      thresholdId: t.id,
+      kind: t.kind,
+      // A threshold in another unit than the default one names it (docs/units.md).
+      ...(unit === null ? {} : { unit }),
+      value: r.value,
+      line: lineOf(t),
+      crossing: crossings,
+    };
     if (was === "ok" && state === "in_alarm") {
       // The key's number counts the account's alert events, so it is never reused (a threshold
       // removed and set again under the same id starts its crossings again).

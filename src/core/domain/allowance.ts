@@ -21,26 +21,39 @@ const PREFIX = "~";
 export interface DrawnOut {
   /** The grants' scope (null: unscoped, the pool). */
   scope: GrantScope | null;
+  /** The grants' credit unit (docs/units.md); null: the default unit. */
+  unit: string | null;
   amount: number;
 }
 
 /**
  * The mark key of a scope of grants: `~` for the pool, else `~` and the scope's lists, escaped so
- * the key holds no `.` nor `$` (a key of a stored document).
+ * the key holds no `.` nor `$` (a key of a stored document). Grants of another unit than the
+ * default one have their own allowances (docs/units.md: no figure adds two units): `~@unit:` and
+ * the same.
  */
-export function scopeKey(scope: GrantScope | null | undefined): string {
-  if (scope === null || scope === undefined) return PREFIX;
+export function scopeKey(scope: GrantScope | null | undefined, unit: string | null = null): string {
+  const prefix = unit === null ? PREFIX : `${PREFIX}@${unit}:`;
+  if (scope === null || scope === undefined) return prefix;
   const text = JSON.stringify([scope.features ?? null, scope.spenders ?? null]);
-  return PREFIX + encodeURIComponent(text).replaceAll(".", "%2E");
+  return prefix + encodeURIComponent(text).replaceAll(".", "%2E");
 }
 
-function scopeOfKey(key: string): GrantScope | null {
-  if (key === PREFIX) return null;
-  const [features, spenders] = JSON.parse(decodeURIComponent(key.slice(PREFIX.length))) as [
-    string[] | null,
-    string[] | null,
-  ];
-  return { ...(features === null ? {} : { features }), ...(spenders === null ? {} : { spenders }) };
+function scopeOfKey(key: string): DrawnOut {
+  let unit: string | null = null;
+  let rest = key.slice(PREFIX.length);
+  if (rest.startsWith("@")) {
+    const end = rest.indexOf(":");
+    unit = rest.slice(1, end);
+    rest = rest.slice(end + 1);
+  }
+  if (rest === "") return { scope: null, unit, amount: 0 };
+  const [features, spenders] = JSON.parse(decodeURIComponent(rest)) as [string[] | null, string[] | null];
+  return {
+    scope: { ...(features === null ? {} : { features }), ...(spenders === null ? {} : { spenders }) },
+    unit,
+    amount: 0,
+  };
 }
 
 /** True when a mark key holds a scope's drawn-out amount rather than an alert threshold's state. */
@@ -54,8 +67,15 @@ export function drawnOutOf(account: Account | null): DrawnOut[] {
   if (marks === undefined) return [];
   const out: DrawnOut[] = [];
   for (const [key, mark] of Object.entries(marks))
-    if (isAllowanceKey(key) && (mark.spent ?? 0) > 0) out.push({ scope: scopeOfKey(key), amount: mark.spent ?? 0 });
+    if (isAllowanceKey(key) && (mark.spent ?? 0) > 0) out.push({ ...scopeOfKey(key), amount: mark.spent ?? 0 });
   return out;
+}
+
+/** What `account` holds in every unit. */
+function reservedOf(account: Account | null): number {
+  let reserved = account?.reserved ?? 0;
+  for (const f of Object.values(account?.units ?? {})) reserved += f.reserved;
+  return reserved;
 }
 
 /** A grant drawn to its last credit (spent, or held) and not closed: its amount counts as drawn out. */
@@ -90,10 +110,10 @@ export function trackAllowance(
     if (!was && drawnOut(after)) delta = after.amount;
     else if (was && isOpenGrant(after)) delta = -after.amount;
     if (delta === 0) continue;
-    const key = scopeKey(after.scope);
+    const key = scopeKey(after.scope, after.unit ?? null);
     (deltas ??= new Map()).set(key, (deltas.get(key) ?? 0) + delta);
   }
-  const holdsEnded = (loaded?.reserved ?? 0) > 0 && account.reserved === 0;
+  const holdsEnded = reservedOf(loaded) > 0 && reservedOf(account) === 0;
   if (deltas === null && !left && !holdsEnded) return;
   // From what the account was loaded with, so a second `changes()` of one work moves nothing more.
   const amounts = new Map<string, number>();
@@ -101,14 +121,16 @@ export function trackAllowance(
   if (stored !== undefined)
     for (const [key, mark] of Object.entries(stored)) if (isAllowanceKey(key)) amounts.set(key, mark.spent ?? 0);
   for (const [key, delta] of deltas ?? []) amounts.set(key, Math.max(0, (amounts.get(key) ?? 0) + delta));
-  if ((left || holdsEnded) && account.reserved === 0 && amounts.size > 0) {
+  if ((left || holdsEnded) && reservedOf(account) === 0 && amounts.size > 0) {
     // The scopes with nothing open start again. Without scoped grants, the pool's open grants
-    // hold balance − reserved + debt: nothing to read.
+    // hold balance − reserved + debt (each unit's): nothing to read.
     const live = new Set<string>();
     if (account.scoped !== true) {
       if (account.balance + account.debt > 0) live.add(scopeKey(null));
+      for (const [unit, f] of Object.entries(account.units ?? {}))
+        if (f.balance + f.debt > 0) live.add(scopeKey(null, unit));
       // (A grant that has not started holds nothing yet: docs/units.md.)
-    } else for (const g of open()) if (g.upcoming !== true) live.add(scopeKey(g.scope));
+    } else for (const g of open()) if (g.upcoming !== true) live.add(scopeKey(g.scope, g.unit ?? null));
     for (const key of amounts.keys()) if (!live.has(key)) amounts.set(key, 0);
   }
   const marks = account.alert?.marks;

@@ -4,8 +4,9 @@
  * A limit caps what the spends it applies to may take in one window: a calendar window in UTC
  * (day; week from Monday; month; year; or `every` n of them counted from 1970-01-01, weeks from
  * Monday 1969-12-29), or the account's subscription period. A limit applies to a spend when its
- * spender is unset or the spend's, and its feature unset or the spend's; a spend must fit every
- * limit that applies (the tightest one is the one reported).
+ * spender is unset or the spend's, its feature unset or the spend's, and its credit unit the
+ * spend's (docs/units.md: no limit adds two units; a limit naming none counts the default unit); a
+ * spend must fit every limit that applies (the tightest one is the one reported).
  *
  * The limits live on the account with what each has counted in its current window (`used`,
  * `windowStart`), so the unit of work that debits checks and counts them without another read,
@@ -14,6 +15,7 @@
  */
 
 import { SpendLimitError, ValidationError } from "../errors.js";
+import { DEFAULT_UNIT } from "../models/common.js";
 import {
   type LimitAlert,
   type LimitCycle,
@@ -37,6 +39,8 @@ const FIRST_MONDAY_MS = -3 * DAY_MS;
 export interface Spend {
   spender: string | null;
   feature: string | null;
+  /** The credit unit spent (docs/units.md); absent or null: the default unit. */
+  unit?: string | null | undefined;
 }
 
 /** A window `[start, end)`, ms since the epoch. */
@@ -98,11 +102,18 @@ export function windowOf(limit: SpendLimit, at: number): LimitWindow {
 
 const ALL_TIME: LimitWindow = { start: 0, end: 8.64e15 };
 
-/** True when `limit` applies to `spend`: its spender unset or the spend's, and so for its feature. */
-export function applies(limit: Pick<SpendLimit, "spender" | "feature">, spend: Spend): boolean {
+/**
+ * True when `limit` applies to `spend`: its spender unset or the spend's, and so for its feature;
+ * and in the spend's credit unit (null or absent on either: the default unit).
+ */
+export function applies(
+  limit: Pick<SpendLimit, "spender" | "feature"> & { unit?: string | null | undefined },
+  spend: Spend,
+): boolean {
   return (
     (limit.spender === null || limit.spender === spend.spender) &&
-    (limit.feature === null || limit.feature === spend.feature)
+    (limit.feature === null || limit.feature === spend.feature) &&
+    (limit.unit ?? null) === (spend.unit ?? null)
   );
 }
 
@@ -172,25 +183,30 @@ export function limitError(h: LimitHeadroom, requested: number, what = "spend", 
     .filter((x) => x !== null)
     .join(", ");
   const resetsAt = new Date(h.window.end).toISOString();
+  const unit = l.unit ?? null;
+  const details = { requested, limit: describeLimit(l), used: h.used, remaining: h.left, resetsAt };
   const error = new SpendLimitError(
-    `Cannot ${what} ${requested} credits: the spend limit of ${l.amount} per ${describePeriod(l)}${who === "" ? "" : ` for ${who}`} has ${h.left} left until ${resetsAt}.`,
-    { requested, limit: describeLimit(l), used: h.used, remaining: h.left, resetsAt },
+    `Cannot ${what} ${requested} ${unit ?? DEFAULT_UNIT}: the spend limit of ${l.amount} per ${describePeriod(l)}${who === "" ? "" : ` for ${who}`} has ${h.left} left until ${resetsAt}.`,
+    // Names its unit when not the default one, as InsufficientCreditsError does (docs/units.md).
+    unit === null ? details : { ...details, unit },
   );
   if (at !== undefined) clockTimes.set(error, at);
   return error;
 }
 
-/** A limit as error details, events and `getLimits` show it. */
+/** A limit as error details, events and `getLimits` show it: `unit` only when not the default one. */
 export function describeLimit(
   l: SpendLimit,
-): Pick<SpendLimitStatus, "spender" | "feature" | "amount" | "period" | "resetsWith"> {
-  return {
+): Pick<SpendLimitStatus, "spender" | "feature" | "unit" | "amount" | "period" | "resetsWith"> {
+  const described: Pick<SpendLimitStatus, "spender" | "feature" | "unit" | "amount" | "period" | "resetsWith"> = {
     spender: l.spender,
     feature: l.feature,
     amount: l.amount,
     period: l.period,
     resetsWith: l.period === null ? "subscription" : null,
   };
+  if (l.unit != null) described.unit = l.unit;
+  return described;
 }
 
 function describePeriod(l: SpendLimit): string {
@@ -387,9 +403,11 @@ export function replaceLimits(
         { path: `${i}.resetsWith`, message: "the account has no active subscription" },
       ]);
     }
+    const unit = input.unit === undefined || input.unit === DEFAULT_UNIT ? null : input.unit;
     const limit: SpendLimit = {
       spender: input.spender ?? null,
       feature: input.feature ?? null,
+      ...(unit === null ? {} : { unit }),
       amount: input.amount,
       period,
       cycle: period === null ? cycle : null,
@@ -442,7 +460,11 @@ function countHeld(limit: SpendLimit, { holds, now }: InFlight): void {
   const window = windowOf(limit, now).start;
   let used = 0;
   for (const h of holds) {
-    if (h.status !== "active" || !applies(limit, { spender: h.spender ?? null, feature: h.feature ?? null })) continue;
+    if (
+      h.status !== "active" ||
+      !applies(limit, { spender: h.spender ?? null, feature: h.feature ?? null, unit: h.unit })
+    )
+      continue;
     if (windowOf(limit, h.createdAt.getTime()).start === window) used += h.amount;
   }
   if (used === 0) return;
@@ -489,12 +511,13 @@ function keyOf(l: SpendLimit): string {
   return limitKey(describeLimit(l));
 }
 
-/** The limits `removeLimit(which)` leaves: all but those with exactly this spender and feature (and window, when given). */
+/** The limits `removeLimit(which)` leaves: all but those with exactly this spender, feature and unit (and window, when given). */
 export function withoutLimit(
   existing: readonly SpendLimit[],
   which: {
     spender?: string | undefined;
     feature?: string | undefined;
+    unit?: string | undefined;
     period?: LimitPeriod | undefined;
     resetsWith?: string | undefined;
   },
@@ -503,8 +526,10 @@ export function withoutLimit(
   const key = windowGiven
     ? limitKey({ ...which, period: which.period === undefined ? null : normalizePeriod(which.period) })
     : null;
+  const unit = which.unit === undefined || which.unit === DEFAULT_UNIT ? null : which.unit;
   return existing.filter((l) => {
-    if (l.spender !== (which.spender ?? null) || l.feature !== (which.feature ?? null)) return true;
+    if (l.spender !== (which.spender ?? null) || l.feature !== (which.feature ?? null) || (l.unit ?? null) !== unit)
+      return true;
     return key !== null && keyOf(l) !== key;
   });
 }

@@ -1,5 +1,5 @@
 import * as z from "zod/mini";
-import { FeatureName, NonNegativeAmount, SignedAmount } from "./common.js";
+import { FeatureName, NonNegativeAmount, SignedAmount, UnitName } from "./common.js";
 import { SpenderId } from "./limits.js";
 import { TimeZone } from "./usage.js";
 
@@ -39,6 +39,12 @@ export const AlertWindow = z.enum(["day", "week", "month", "subscription_period"
 export type AlertWindow = z.infer<typeof AlertWindow>;
 
 /**
+ * The credit unit a threshold watches (docs/units.md): its figures, grants and spends only; omitted:
+ * the default unit.
+ */
+const WatchedUnit = z.optional(UnitName);
+
+/**
  * The account's `available` at or below `atOrBelow` (may be negative: overdraft): what a spend naming no
  * feature may use, `balance − reserved` less the unheld credits of scoped grants (docs/customer-state.md).
  */
@@ -46,6 +52,7 @@ export const AvailableAlert = z.strictObject({
   id: UserAlertId,
   kind: z.literal("available"),
   atOrBelow: SignedAmount,
+  unit: WatchedUnit,
 });
 
 /**
@@ -59,6 +66,7 @@ export const LeftPercentAlert = z.strictObject({
   kind: z.literal("left_percent"),
   atOrBelow: z.number().check(z.minimum(0), z.maximum(100)),
   feature: z.optional(FeatureName),
+  unit: WatchedUnit,
 });
 
 /**
@@ -75,6 +83,7 @@ export const PeriodSpendAlert = z.strictObject({
   timeZone: z.optional(TimeZone),
   spender: z.optional(SpenderId),
   feature: z.optional(FeatureName),
+  unit: WatchedUnit,
 });
 
 /** What is left of the grants expiring within `withinDays` days, at or above `atOrAbove`. */
@@ -83,6 +92,7 @@ export const ExpiringAlert = z.strictObject({
   kind: z.literal("expiring"),
   withinDays: z.number().check(z.minimum(0), z.maximum(3650)),
   atOrAbove: NonNegativeAmount,
+  unit: WatchedUnit,
 });
 
 /** One alert threshold. @public */

@@ -190,6 +190,8 @@ export const LimitCrossedPayload = z.object({
   limit: z.object({
     spender: z.nullable(SpenderId),
     feature: z.nullable(z.string()),
+    /** The credit unit it counts, when not the default one (docs/units.md). */
+    unit: z.optional(z.string()),
     amount: z.number().check(z.int()),
     /** Null when it follows the subscription (`resetsWith`). */
     period: z.nullable(LimitPeriod),
@@ -221,6 +223,8 @@ const AlertAbout = {
   /** The threshold's id. */
   thresholdId: z.string(),
   kind: z.enum(["available", "left_percent", "period_spend", "expiring"]),
+  /** The credit unit it watches, when not the default one (docs/units.md). */
+  unit: z.optional(z.string()),
   /** The threshold's value after the change (credits; percent for `left_percent`). */
   value: z.nullable(z.number()),
   /** The line (`atOrBelow` or `atOrAbove`): a value on it is in alarm. */

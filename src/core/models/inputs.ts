@@ -147,7 +147,7 @@ export const CheckOptions = z.strictObject({
   spender: z.optional(SpenderId),
   /**
    * The unit to check (docs/units.md): its `available` is compared. Omitted: the unit `feature`'s
-   * rule names, else the default unit. Spend limits count the default unit.
+   * rule names, else the default unit. The spend limits in that unit are checked.
    */
   unit: z.optional(UnitName),
 });

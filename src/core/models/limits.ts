@@ -1,5 +1,5 @@
 import * as z from "zod/mini";
-import { FeatureName, NonNegativeAmount } from "./common.js";
+import { DEFAULT_UNIT, FeatureName, NonNegativeAmount, UnitName } from "./common.js";
 
 /**
  * Who spends and on what (docs/teams-and-limits.md): a spend may name a `spender` (a member, an
@@ -58,7 +58,12 @@ export const SpendLimitInput = z
     spender: z.optional(SpenderId),
     /** The feature it caps; omitted: every feature. */
     feature: z.optional(FeatureName),
-    /** Credits that may be spent in one window; 0 refuses every spend it applies to. */
+    /**
+     * The credit unit it counts (docs/units.md): only spends in it. Omitted: the unit of `feature`'s
+     * rule when it names one, else the default unit. Not the window's calendar `period.unit`.
+     */
+    unit: z.optional(UnitName),
+    /** Credits (of `unit`) that may be spent in one window; 0 refuses every spend it applies to. */
     amount: NonNegativeAmount,
     /** The window. Required unless `resetsWith` is "subscription". */
     period: z.optional(LimitPeriod),
@@ -77,22 +82,24 @@ export type SpendLimitInput = z.input<typeof SpendLimitInput>;
 /** Most limits one account may hold (they are loaded with the account on every spend). */
 export const MAX_LIMITS = 100;
 
-/** `setLimits(userId, limits)`: the account's whole list; a key (spender, feature, window) at most once. */
+/** `setLimits(userId, limits)`: the account's whole list; a key (spender, feature, unit, window) at most once. */
 export const SetLimitsInput = z.array(SpendLimitInput).check(
   z.maxLength(MAX_LIMITS, { error: `at most ${MAX_LIMITS} limits per account` }),
   z.refine((list) => new Set(list.map(limitKey)).size === list.length, {
-    error: "each (spender, feature, period) may have one limit",
+    error: "each (spender, feature, unit, period) may have one limit",
   }),
 );
 
-/** `removeLimit(userId, which)`: the limits with exactly this spender and feature (and period, when given). @public */
+/** `removeLimit(userId, which)`: the limits with exactly this spender, feature and unit (and period, when given). @public */
 export const RemoveLimitInput = z.strictObject({
   spender: z.optional(SpenderId),
   feature: z.optional(FeatureName),
+  /** The credit unit (docs/units.md); omitted: as for `setLimit`, the feature's or the default one. */
+  unit: z.optional(UnitName),
   period: z.optional(LimitPeriod),
   resetsWith: z.optional(z.literal("subscription")),
 });
-/** `removeLimit(userId, which)`: the limits with exactly this spender and feature (and period, when given). @public */
+/** `removeLimit(userId, which)`: the limits with exactly this spender, feature and unit (and period, when given). @public */
 export type RemoveLimitInput = z.input<typeof RemoveLimitInput>;
 
 /** The subscription cycle a `resetsWith: "subscription"` limit follows (times in ms since the epoch). */
@@ -116,6 +123,8 @@ export type LimitAlert = z.infer<typeof LimitAlert>;
 export const SpendLimit = z.object({
   spender: z.nullable(SpenderId),
   feature: z.nullable(FeatureName),
+  /** The credit unit it counts (docs/units.md); absent or null: the default unit. */
+  unit: z.optional(z.nullable(UnitName)),
   amount: NonNegativeAmount,
   /** Null when the limit follows the subscription (`cycle`). */
   period: z.nullable(LimitPeriod),
@@ -154,7 +163,9 @@ export interface SpendLimitStatus {
   spender: string | null;
   /** The feature the limit is on; null: every feature. */
   feature: string | null;
-  /** The limit, in credits per period. */
+  /** The credit unit it counts (docs/units.md); absent: the default unit. */
+  unit?: string;
+  /** The limit, in credits (of its unit) per period. */
   amount: number;
   /** The limit's period. */
   period: LimitPeriod | null;
@@ -186,10 +197,11 @@ export const GrantScope = z
 /** Which scoped grants may pay (docs/teams-and-limits.md): a grant with a scope pays only spends it matches. @public */
 export type GrantScope = z.infer<typeof GrantScope>;
 
-/** The key a limit is known by: spender, feature and window. */
+/** The key a limit is known by: spender, feature, credit unit and window. */
 export function limitKey(l: {
   spender?: string | null | undefined;
   feature?: string | null | undefined;
+  unit?: string | null | undefined;
   period?: LimitPeriod | null | undefined;
   resetsWith?: string | null | undefined;
 }): string {
@@ -202,5 +214,8 @@ export function limitKey(l: {
           ? p
           : p.unit
         : `${p.every}${p.unit}`;
-  return JSON.stringify([l.spender ?? null, l.feature ?? null, window]);
+  const unit = l.unit == null || l.unit === DEFAULT_UNIT ? null : l.unit;
+  const key: unknown[] = [l.spender ?? null, l.feature ?? null, window];
+  if (unit !== null) key.push(unit);
+  return JSON.stringify(key);
 }

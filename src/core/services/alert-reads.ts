@@ -98,7 +98,8 @@ export async function recountSpend(
   cycle: LimitCycle | null,
   at: number,
 ): Promise<SpendRecount> {
-  const seq = (await db.getAccount(userId))?.seq ?? 0;
+  const account = await db.getAccount(userId);
+  const seq = account?.seq ?? 0;
   const spans = new Map<string, { start: number; end: number }>();
   for (const t of thresholds) {
     const w = spendWindow(t, at, cycle);
@@ -107,6 +108,14 @@ export async function recountSpend(
   const windows = new Map<string, { start: number; spent: number }>();
   for (const [id, w] of spans) windows.set(id, { start: w.start, spent: 0 });
   if (seq === 0 || spans.size === 0) return { seq, windows };
+  if (account?.units != null && Object.keys(account.units).length > 0) {
+    // Usage adds every unit up (docs/units.md): an account holding another unit than the default
+    // one has each window counted from its journal, in the threshold's unit (`spendOfEntry`).
+    const from = Math.min(...[...spans.values()].map((w) => w.start));
+    const counted = spentIn(thresholds, await entriesSince(db, userId, seq, from), at, cycle);
+    for (const [id, w] of spans) windows.set(id, { start: w.start, spent: counted.get(id) ?? 0 });
+    return { seq, windows };
+  }
   const boundaries = [...new Set([...spans.values()].flatMap((w) => [w.start, w.end]))].sort((a, b) => a - b);
   const groupBy: ("spender" | "feature")[] = [];
   if (thresholds.some((t) => t.spender !== undefined)) groupBy.push("spender");

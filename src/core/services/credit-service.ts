@@ -447,11 +447,11 @@ export class CoreCreditService {
     const unit = this.core.unitOf(o.feature, o.unit) ?? null;
     // Only a rule that names plans needs the subscription read.
     const plan = rule?.plans === undefined ? null : await activePlanId(this.db, user);
-    // In another unit than the default one: its figures, and no spend limit (they count the default unit, docs/units.md).
-    const inUnitOf = (s: CreditsState): CreditsState =>
-      unit === null ? s : { ...s, info: inUnit(s.info, unit), limits: null };
+    // In another unit than the default one: its figures, and the spend limits in it (docs/units.md).
+    const inUnitOf = (s: CreditsState): CreditsState => (unit === null ? s : { ...s, info: inUnit(s.info, unit) });
+    const spent: Spend = { ...spend, unit };
     const state = inUnitOf(await this.reads.state(user, spend));
-    const decision = this.decide(state, rule, plan, o.amount, spend);
+    const decision = this.decide(state, rule, plan, o.amount, spent);
     // A denial answered from the cache is answered again from the store's current state, not from
     // a copy another process may have outdated (its writes invalidate its own cache, not ours):
     // docs/storage.md, "Caches: what each may answer".
@@ -462,7 +462,7 @@ export class CoreCreditService {
       rule,
       plan,
       o.amount,
-      spend,
+      spent,
     );
   }
 

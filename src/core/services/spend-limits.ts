@@ -1,4 +1,5 @@
 import { limitStatuses, replaceLimits, withLimit, withoutLimit } from "../../core/domain/limits.js";
+import { ValidationError } from "../../core/errors.js";
 import type { SubscriptionStore } from "../../core/db/types-subscriptions.js";
 import {
   MutationOptions,
@@ -6,6 +7,7 @@ import {
   SetLimitsInput,
   SpendLimitInput,
   UserId,
+  limitKey,
   parse,
   type LimitCycle,
   type SpendLimitStatus,
@@ -20,7 +22,7 @@ import type { CreditCore } from "../../core/services/credit-core.js";
 export class SpendLimits {
   constructor(
     /** Its `CoreCreditService`'s units of work, entry fields and clock. */
-    private readonly core: Pick<CreditCore, "db" | "units" | "meta" | "clock">,
+    private readonly core: Pick<CreditCore, "db" | "units" | "meta" | "clock" | "unitOf">,
     private readonly reads: BalanceReads,
   ) {}
 
@@ -31,7 +33,12 @@ export class SpendLimits {
     options: MutationOptions = {},
   ): Promise<SpendLimitStatus[]> {
     const user = parse(UserId, userId, "userId");
-    const list = parse(SetLimitsInput, limits, "limits");
+    const list = parse(SetLimitsInput, limits, "limits").map((l) => this.inUnit(l));
+    const keys = new Set(list.map(limitKey));
+    if (keys.size !== list.length)
+      throw new ValidationError("Invalid limits: each (spender, feature, unit, period) may have one limit", [
+        { path: "", message: "a limit without unit is in its feature's unit: two limits have the same key" },
+      ]);
     const o = parse(MutationOptions, options, "options");
     const cycle = list.some((l) => l.resetsWith === "subscription") ? await this.limitCycle(user) : null;
     const meta = this.core.meta("setLimits", o, () => ({ limits: list, ...o }));
@@ -45,7 +52,7 @@ export class SpendLimits {
   /** `CoreCreditService.setLimit`. */
   async setLimit(userId: string, limit: SpendLimitInput, options: MutationOptions = {}): Promise<SpendLimitStatus[]> {
     const user = parse(UserId, userId, "userId");
-    const input = parse(SpendLimitInput, limit, "limit");
+    const input = this.inUnit(parse(SpendLimitInput, limit, "limit"));
     const o = parse(MutationOptions, options, "options");
     const cycle = input.resetsWith === "subscription" ? await this.limitCycle(user) : null;
     const meta = this.core.meta("setLimit", o, () => ({ limit: input, ...o }));
@@ -54,6 +61,18 @@ export class SpendLimits {
       return work.account.limits ?? [];
     });
     return limitStatuses(set, this.core.clock().getTime());
+  }
+
+  /**
+   * `limit` in the credit unit it counts (docs/units.md): the one it names, else its feature's
+   * rule's, else the default unit (`unit` undefined). Naming another unit than its feature's rule is
+   * a `ValidationError`.
+   */
+  private inUnit<T extends { feature?: string | undefined; unit?: string | undefined }>(limit: T): T {
+    const unit = this.core.unitOf(limit.feature, limit.unit);
+    if (unit === limit.unit) return limit;
+    const { unit: _named, ...rest } = limit;
+    return (unit === undefined ? rest : { ...rest, unit }) as T;
   }
 
   /** The account's active subscription's cycle, which a `resetsWith: "subscription"` limit follows; null without one. */
@@ -77,7 +96,7 @@ export class SpendLimits {
     options: MutationOptions = {},
   ): Promise<SpendLimitStatus[]> {
     const user = parse(UserId, userId, "userId");
-    const w = parse(RemoveLimitInput, which, "limit");
+    const w = this.inUnit(parse(RemoveLimitInput, which, "limit"));
     const o = parse(MutationOptions, options, "options");
     const meta = this.core.meta("removeLimit", o, () => ({ ...w, ...o }));
     const left = await this.core.units.mutate("removeLimit", user, meta, (work) => {

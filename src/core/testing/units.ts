@@ -3,7 +3,8 @@
  * docs/units.md): every grant, deduction, hold, commit, release, reversal, expiry and debt acts in
  * one unit, and no operation converts one unit into another. An account that never names a unit
  * sees one default unit. Two managers racing spends in two units of one account never take a unit
- * below what it has.
+ * below what it has. A spend limit or an alert threshold counts the unit it names (none: the
+ * default unit).
  */
 import { randomUUID } from "node:crypto";
 import fc from "fast-check";
@@ -15,10 +16,12 @@ import {
   InsufficientCreditsError,
   ReservationExpiredError,
   ReservationNotActiveError,
+  SpendLimitError,
   ValidationError,
 } from "../errors.js";
-import type { Reservation } from "../models/index.js";
+import type { AlertThreshold, Notification, Reservation } from "../models/index.js";
 import { CoreCreditService } from "../services/credit-service.js";
+import { NotificationService } from "../services/notification-service.js";
 import { CreditModel, type ModelHold } from "./model.js";
 import { commandsArbitrary, type runAgainstModel } from "./properties.js";
 import { DAY, HOUR, T0, lazy, type PartOptions } from "./support.js";
@@ -318,6 +321,147 @@ export function runUnitsContract(
         await expect(credits.deductCredits(u, 5, { unit })).rejects.toBeInstanceOf(ValidationError);
       }
       expect(await db.getAccount(u)).toBe(null);
+    });
+
+    it("counts a spend limit in its own unit: a limit per unit, refusals naming the unit, the feature's unit", async () => {
+      const { credits, u } = service();
+      await credits.addCredits(u, 100);
+      await credits.addCredits(u, 20, { unit: "images" });
+      await credits.setLimit(u, { amount: 50, period: "day" });
+      // Same spender, feature and window, another unit: a second limit, not the first changed.
+      const set = await credits.setLimit(u, { amount: 5, period: "day", unit: "images" });
+      expect(set.map((l) => [l.unit ?? null, l.amount])).toEqual([
+        [null, 50],
+        ["images", 5],
+      ]);
+      await credits.deductCredits(u, 40);
+      await credits.deductCredits(u, 3, { unit: "images" });
+      const hold = await credits.reserveCredits(u, 2, { feature: "render" }); // images, by its rule
+      expect((await credits.getLimits(u)).map((l) => [l.unit ?? null, l.used, l.remaining])).toEqual([
+        [null, 40, 10],
+        ["images", 5, 0],
+      ]);
+      const before = await figures(u, "images");
+      const refused = await credits.deductCredits(u, 1, { unit: "images" }).catch((e: unknown) => e);
+      expect(refused).toBeInstanceOf(SpendLimitError);
+      expect((refused as SpendLimitError).message).toMatch(/^Cannot spend 1 images: the spend limit of 5 per day/);
+      expect((refused as SpendLimitError).details).toMatchObject({
+        unit: "images",
+        requested: 1,
+        remaining: 0,
+        limit: { unit: "images", amount: 5 },
+      });
+      expect(await figures(u, "images")).toEqual(before);
+      expect(await credits.check(u, { unit: "images", amount: 1 })).toMatchObject({ allowed: false });
+      // The default unit's limit still has 10 left: an image spend took none of it.
+      expect(await credits.check(u, { amount: 10 })).toMatchObject({ allowed: true });
+      await credits.deductCredits(u, 10);
+      // A release gives the hold's count back in its unit; a commit counts what it spent there.
+      await credits.releaseReservedCredits(hold.id);
+      const second = await credits.reserveCredits(u, 2, { unit: "images" });
+      await credits.commitReservedCredits(second.id, { amount: 1 });
+      expect((await credits.getLimits(u)).map((l) => [l.unit ?? null, l.used])).toEqual([
+        [null, 50],
+        ["images", 4],
+      ]);
+      // A limit on a feature is in the unit of its rule; naming another unit is a ValidationError,
+      // and so are two limits that are one once the feature's unit is read.
+      await expect(
+        credits.setLimits(u, [
+          { feature: "render", amount: 1, period: "day" },
+          { feature: "render", amount: 2, period: "day", unit: "images" },
+        ]),
+      ).rejects.toBeInstanceOf(ValidationError);
+      await expect(
+        credits.setLimit(u, { feature: "render", amount: 1, period: "day", unit: "credits" }),
+      ).rejects.toBeInstanceOf(ValidationError);
+      const withFeature = await credits.setLimit(u, { feature: "render", amount: 1, period: "week" });
+      expect(withFeature[2]).toMatchObject({ feature: "render", unit: "images" });
+      // removeLimit takes the unit: the images limit goes, the default unit's stays.
+      const left = await credits.removeLimit(u, { period: "day", unit: "images" });
+      expect(left.map((l) => [l.feature, l.unit ?? null, l.amount])).toEqual([
+        [null, null, 50],
+        ["render", "images", 1],
+      ]);
+      await clean(credits, u);
+    });
+
+    it("watches an alert threshold's own unit: available, spend, percent left; events name the unit", async () => {
+      const clock = { now: T0 };
+      const now = () => new Date(clock.now);
+      const thresholds: AlertThreshold[] = [
+        { id: "low", kind: "available", atOrBelow: 5 },
+        { id: "img_low", kind: "available", atOrBelow: 5, unit: "images" },
+        { id: "img_day", kind: "period_spend", atOrAbove: 10, window: "day", unit: "images" },
+        { id: "img_left", kind: "left_percent", atOrBelow: 50, unit: "images" },
+      ];
+      const credits = new CoreCreditService({ db, clock: now, alerts: { alerts: thresholds } });
+      const notifications = new NotificationService({ db, clock: now, alerts: thresholds });
+      const u = user();
+      /** The `alert_triggered` events of thresholds in images. */
+      const alertRows = async (): Promise<Notification[]> =>
+        (await notifications.list(u, { limit: 100 })).filter(
+          (r) => r.type === "alert_triggered" && r.payload.unit === "images",
+        );
+      await credits.addCredits(u, 20, { unit: "images" });
+      await credits.addCredits(u, 100);
+      await credits.deductCredits(u, 50);
+      await credits.deductCredits(u, 8, { unit: "images" }); // 12 left, 8 spent, 60 % left
+      expect(await alertRows()).toEqual([]);
+      await credits.deductCredits(u, 3, { unit: "images" }); // 9 left, 11 spent, 45 % left
+      await credits.deductCredits(u, 4, { unit: "images" }); // 5 left: on the line
+      expect((await alertRows()).map((r) => [r.payload.thresholdId, r.payload.unit, r.payload.value])).toEqual([
+        ["img_day", "images", 11],
+        ["img_left", "images", 45],
+        ["img_low", "images", 5],
+      ]);
+      await credits.deductCredits(u, 46); // the default unit: 4 left
+      const low = (await notifications.list(u, { limit: 100 })).findLast(
+        (r) => r.type === "alert_triggered" && r.payload.thresholdId === "low",
+      );
+      expect(low?.payload).toMatchObject({ value: 4 });
+      expect(low !== undefined && "unit" in low.payload).toBe(false);
+      const states = await notifications.getAlerts(u);
+      expect(states.filter((s) => s.source !== "builtIn").map((s) => [s.threshold.id, s.value])).toEqual([
+        ["low", 4],
+        ["img_low", 5],
+        ["img_day", 15],
+        ["img_left", 25],
+      ]);
+      // The built-in low-credits thresholds watch the default unit.
+      expect(states.find((s) => s.threshold.id === "credits_exhausted")?.value).toBe(4);
+
+      // A spend threshold set later counts its window's earlier spends in its unit only.
+      const v = user();
+      await credits.addCredits(v, 100);
+      await credits.addCredits(v, 20, { unit: "images" });
+      await credits.deductCredits(v, 30);
+      await credits.deductCredits(v, 7, { unit: "images" });
+      await notifications.setAlerts(v, [
+        { id: "credits_day", kind: "period_spend", atOrAbove: 31, window: "day" },
+        { id: "images_day", kind: "period_spend", atOrAbove: 7, window: "day", unit: "images" },
+      ]);
+      expect((await notifications.getAlerts(v)).filter((s) => s.source === "account")).toMatchObject([
+        { threshold: { id: "credits_day" }, state: "ok", value: 30 },
+        { threshold: { id: "images_day" }, state: "in_alarm", value: 7 },
+      ]);
+
+      // What a unit's grants were given counts its grants drawn to their last credit, in it alone.
+      const w = user();
+      await credits.addCredits(w, 100);
+      await credits.addCredits(w, 10, { unit: "images" });
+      await credits.addCredits(w, 10, { unit: "images" });
+      await credits.deductCredits(w, 10, { unit: "images" }); // one grant drawn out: 10 of 20 left
+      await notifications.setAlerts(w, [
+        { id: "credits_pct", kind: "left_percent", atOrBelow: 99 },
+        { id: "images_pct", kind: "left_percent", atOrBelow: 50, unit: "images" },
+      ]);
+      expect((await notifications.getAlerts(w)).filter((s) => s.source === "account")).toMatchObject([
+        { threshold: { id: "credits_pct" }, state: "ok", value: 100 },
+        { threshold: { id: "images_pct" }, state: "in_alarm", value: 50 },
+      ]);
+      await clean(credits, u);
+      await clean(credits, w);
     });
 
     it("audits from a checkpoint that records every unit", async () => {

@@ -18,6 +18,7 @@ import type {
 import { isPeriodGrant } from "../../core/domain/account-work.js";
 import { decideFeature, type CheckReason, type FeatureRule } from "../../core/domain/checks.js";
 import { limitStatuses, tightestLimit } from "../../core/domain/limits.js";
+import { DEFAULT_UNIT } from "../../core/models/common.js";
 import { compareGrants, isUpcoming, startOf } from "../../core/domain/order.js";
 import { drawnOutOf } from "../../core/domain/allowance.js";
 import { availableOf, figuresBehind } from "../../core/domain/scope.js";
@@ -193,7 +194,8 @@ export function stateOf(
   for (const a of plan?.allowances ?? []) for (const f of a.scope.features ?? []) names.add(f);
   for (const g of grants) for (const f of g.scope?.features ?? []) names.add(f);
   // What each scope's grants drawn out in its current allowance were given (docs/customer-state.md, "What was granted").
-  const drawn = drawnOutOf(account);
+  // (The default unit's: the customer state's figures are in it, docs/units.md.)
+  const drawn = drawnOutOf(account).filter((d) => d.unit === null);
   for (const d of drawn) for (const f of d.scope?.features ?? []) names.add(f);
   for (const l of limits) if (l.feature !== null) names.add(l.feature);
 
@@ -202,7 +204,9 @@ export function stateOf(
     // Its scoped grants first, then the pool: the order a spend on it draws them (docs/teams-and-limits.md).
     const { grants: behind, granted, used, left } = figuresBehind(grants, spend, debt, now, drawn);
     const rule = rules[feature];
-    const tight = tightestLimit(limits, spend, at);
+    // The limits in the unit a spend on it acts in: its rule's (docs/units.md, "Features in a unit").
+    const ruleUnit = rule?.unit === undefined || rule.unit === DEFAULT_UNIT ? null : rule.unit;
+    const tight = tightestLimit(limits, { ...spend, unit: ruleUnit }, at);
     const decision = decideFeature(left, rule, planId, undefined, () => tight);
     const limitEnds = tight === null ? null : tight.window.end;
     const allowanceEnds =

@@ -95,7 +95,8 @@ export class FixedPricing<Req> {
       named && this.credits.getLimits !== undefined ? this.credits.getLimits(userId) : null,
     ]);
     if (limits !== null) {
-      const refusal = limitRefusal(limits, spend, cost);
+      // In the unit the spend acts in: its feature's rule's, which the read names (docs/units.md).
+      const refusal = limitRefusal(limits, spend, cost, info.unit);
       if (refusal !== null) throw refusal;
     }
     if (info.available < cost) {
@@ -350,22 +351,32 @@ const NO_SPEND: MeterSpend = Object.freeze({});
 type FixedCredits = Pick<CreditService, "deductCreditsAfterService" | "getUserCreditsInfo"> &
   Partial<Pick<CreditService, "getLimits">>;
 
-/** The refusal of a fixed-price request of `cost` for `spend` by the tightest limit it does not fit; null when it fits them all. */
-function limitRefusal(limits: readonly SpendLimitStatus[], spend: MeterSpend, cost: number): SpendLimitError | null {
-  const s = { spender: spend.spender ?? null, feature: spend.feature ?? null };
+/**
+ * The refusal of a fixed-price request of `cost` for `spend` in `unit` (undefined: the default unit)
+ * by the tightest limit in that unit it does not fit; null when it fits them all.
+ */
+function limitRefusal(
+  limits: readonly SpendLimitStatus[],
+  spend: MeterSpend,
+  cost: number,
+  unit: string | undefined,
+): SpendLimitError | null {
+  const s = { spender: spend.spender ?? null, feature: spend.feature ?? null, unit: unit ?? null };
   let worst: SpendLimitStatus | null = null;
   for (const l of limits)
     if (applies(l, s) && l.remaining < cost && (worst === null || l.remaining < worst.remaining)) worst = l;
   if (worst === null) return null;
   const { spender, feature, amount, period, resetsWith } = worst;
+  const named = unit === undefined ? {} : { unit };
   const error = new SpendLimitError(
-    `Cannot run a request of ${cost} credits: the spend limit of ${amount} has ${worst.remaining} left until ${worst.resetsAt.toISOString()}.`,
+    `Cannot run a request of ${cost} ${unit ?? "credits"}: the spend limit of ${amount} has ${worst.remaining} left until ${worst.resetsAt.toISOString()}.`,
     {
       requested: cost,
-      limit: { spender, feature, amount, period, resetsWith },
+      limit: { spender, feature, ...named, amount, period, resetsWith },
       used: worst.used,
       remaining: worst.remaining,
       resetsAt: worst.resetsAt.toISOString(),
+      ...named,
     },
   );
   // Refused when the manager read the limits, by its clock (the Retry-After counts from it).
