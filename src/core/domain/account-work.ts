@@ -189,6 +189,11 @@ export class AccountWork {
     this.f = units[u] = had === undefined ? { balance: 0, reserved: 0, debt: 0 } : { ...had };
   }
 
+  /** Makes `unit` (null or undefined: the default unit) the one `available` and `availableFor` read (docs/units.md). */
+  useUnit(unit: string | null | undefined): void {
+    this.inUnit(unit);
+  }
+
   /** The unit a grant, hold or entry is in: null for the default one. */
   private static unitOf(row: { unit?: string | null | undefined }): string | null {
     return row.unit ?? null;
