@@ -202,14 +202,14 @@ export class CreditLeases {
 
   /** True when `userId`'s block in this process covers `amount` now (a charge of it would be served in memory). */
   covers(userId: string, amount: number, spend?: LeaseSpend): boolean {
-    const key = this.tryKey(userId, spend?.spender, spend?.feature);
+    const key = this.meteredKey(userId, spend?.spender, spend?.feature);
     const l = key === null ? undefined : this.users.get(key);
     return l !== undefined && blockServes(l, amount, this.now());
   }
 
   /** The fast path alone: true when the user's block covered `amount` (charged), false otherwise (nothing done). */
   tryCharge(userId: string, amount: number, reason?: string, spend?: LeaseSpend): boolean {
-    const key = this.tryKey(userId, spend?.spender, spend?.feature);
+    const key = this.meteredKey(userId, spend?.spender, spend?.feature);
     const l = key === null ? undefined : this.users.get(key);
     if (l === undefined || !Number.isSafeInteger(amount) || amount <= 0 || !blockServes(l, amount, this.now()))
       return false;
@@ -241,6 +241,17 @@ export class CreditLeases {
     } catch {
       return null;
     }
+  }
+
+  /**
+   * `tryKey` for the metering middlewares, which spend in the unit the feature names (or the
+   * default one) when they hold in the store: null when this lease's unit is another.
+   */
+  private meteredKey(userId: string, spender: string | undefined, feature: string | undefined): string | null {
+    const key = this.tryKey(userId, spender, feature);
+    if (key === null || this.unit === undefined) return key;
+    const own = feature === undefined ? undefined : this.core.unitOf(feature, undefined);
+    return own === this.unit ? key : null;
   }
 
   /** The unit of a charge of `feature`: its rule's, else this lease's (another: `ValidationError`, docs/units.md). */
@@ -341,7 +352,7 @@ export class CreditLeases {
   openMeter(userId: string, options: MeterOptions): MeterSession | null {
     // A keyed call, and one with metadata (a window's entry cannot carry each call's), hold in the store.
     if (this.closed || options.idempotencyKey !== undefined || hasKeys(options.metadata)) return null;
-    const key = this.tryKey(userId, options.spender, options.feature);
+    const key = this.meteredKey(userId, options.spender, options.feature);
     if (key === null) return null;
     const l = this.users.get(key);
     const n = options.estimate;
@@ -400,7 +411,7 @@ export class CreditLeases {
    * @beta
    */
   setAside(userId: string, amount: number, spend?: LeaseSpend): SetAside | null {
-    const key = this.tryKey(userId, spend?.spender, spend?.feature);
+    const key = this.meteredKey(userId, spend?.spender, spend?.feature);
     const l = key === null ? undefined : this.users.get(key);
     if (l === undefined || !blockServes(l, amount, this.now())) return null;
     l.pending += amount;
