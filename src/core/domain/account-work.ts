@@ -189,6 +189,11 @@ export class AccountWork {
     this.f = units[u] = had === undefined ? { balance: 0, reserved: 0, debt: 0 } : { ...had };
   }
 
+  /** Makes `unit` (null or undefined: the default unit) the one `available` and `availableFor` read (docs/units.md). */
+  useUnit(unit: string | null | undefined): void {
+    this.inUnit(unit);
+  }
+
   /** The unit a grant, hold or entry is in: null for the default one. */
   private static unitOf(row: { unit?: string | null | undefined }): string | null {
     return row.unit ?? null;
@@ -413,7 +418,8 @@ export class AccountWork {
     let total = 0;
     for (const [unit, group] of byUnit(grants)) {
       this.inUnit(unit);
-      total += this.closeExpiredIn(group, meta);
+      // One entry per unit: only the first carries the operation's key (keys are unique per account).
+      total += this.closeExpiredIn(group, total > 0 ? unkeyed(meta) : meta);
     }
     return total;
   }
@@ -462,7 +468,7 @@ export class AccountWork {
       const removed = sum(portions);
       if (removed > 0) {
         this.f.balance = this.f.balance - removed;
-        this.emit("void", removed, portions, null, meta);
+        this.emit("void", removed, portions, null, total > 0 ? unkeyed(meta) : meta);
       }
       total += removed;
     }
@@ -1193,6 +1199,12 @@ function beyondSafe(what: "balance" | "debt", amount: number): RuleViolationErro
  * `rows` grouped by unit (docs/units.md), each group in the rows' order, the groups in the order
  * their first row comes: one group, `rows` itself, while every row is in the default unit.
  */
+/** `meta` for a second entry of one operation: without its key and fingerprint (the first entry's). */
+function unkeyed(meta: EntryMeta): EntryMeta {
+  const { idempotencyKey: _key, fingerprint: _print, ...rest } = meta;
+  return rest;
+}
+
 function byUnit<T extends { unit?: string | null | undefined }>(rows: readonly T[]): [string | null, readonly T[]][] {
   let groups: Map<string | null, T[]> | null = null;
   for (const row of rows) {

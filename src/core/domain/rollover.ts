@@ -1,10 +1,11 @@
-import type {
-  JournalEntry,
-  Plan,
-  PlanAllowance,
-  Reservation,
-  Subscription,
-  SubscriptionIntent,
+import {
+  allowanceUnit,
+  type JournalEntry,
+  type Plan,
+  type PlanAllowance,
+  type Reservation,
+  type Subscription,
+  type SubscriptionIntent,
 } from "../models/index.js";
 
 /**
@@ -39,7 +40,15 @@ export function rolloverCarry(
   const policy = endingPlan.rollover;
   const allowances = (endingPlan.allowances ?? []).flatMap((a) => {
     const limit = allowanceLimit(a, endingPlan);
-    return limit === undefined ? [] : [{ scope: a.scope, limit }];
+    return limit === undefined
+      ? []
+      : [
+          {
+            ...(a.scope === undefined ? {} : { scope: a.scope }),
+            ...(a.unit === undefined ? {} : { unit: a.unit }),
+            limit,
+          },
+        ];
   });
   if (policy === "none" && allowances.length === 0) return null;
   return {
@@ -53,13 +62,15 @@ export function rolloverCarry(
 
 /**
  * How much of an allowance's unspent credits roll over (null: all), or undefined when none do:
- * its own `rollover` policy, else the plan's (docs/subscriptions.md, "Allowances").
+ * its own `rollover` policy, else the plan's (docs/subscriptions.md, "Allowances") — but for an
+ * allowance in another unit, none: the plan's policy and cap count the default unit (docs/units.md).
  */
 export function allowanceLimit(
-  a: Pick<PlanAllowance, "rollover">,
+  a: Pick<PlanAllowance, "rollover" | "unit">,
   plan: Pick<Plan, "rollover" | "rolloverCap">,
 ): number | null | undefined {
-  const r = a.rollover ?? (plan.rollover === "cap" ? { cap: plan.rolloverCap ?? 0 } : plan.rollover);
+  const own = allowanceUnit(a) === null ? undefined : "none";
+  const r = a.rollover ?? own ?? (plan.rollover === "cap" ? { cap: plan.rolloverCap ?? 0 } : plan.rollover);
   if (r === "none") return undefined;
   return r === "all" ? null : r.cap;
 }

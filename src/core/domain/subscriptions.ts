@@ -1,6 +1,7 @@
 import { ConflictError, IdempotencyConflictError, ValidationError } from "../errors.js";
 import {
-  scopeKey,
+  allowanceKey,
+  allowanceUnit,
   type CostBasis,
   type GrantScope,
   type Plan,
@@ -43,9 +44,18 @@ type LifecycleEvent = NonNullable<SubscriptionIntent["events"]>[number];
 /** What a period is on of each allowance (`Subscription.periodAllowances`). */
 export type PeriodAllowance = NonNullable<Subscription["periodAllowances"]>[number];
 
-/** A plan's allowances as a period's (`Subscription.periodAllowances`): scope and credits. */
+/** Which allowance: its scope and unit, each only when it has one (as stored). */
+function which(a: { scope?: GrantScope | null | undefined; unit?: string | null | undefined }): {
+  scope?: GrantScope;
+  unit?: string;
+} {
+  const unit = allowanceUnit(a);
+  return { ...(a.scope == null ? {} : { scope: a.scope }), ...(unit === null ? {} : { unit }) };
+}
+
+/** A plan's allowances as a period's (`Subscription.periodAllowances`): scope, unit and credits. */
 export function planAllowances(plan: Pick<Plan, "allowances">): PeriodAllowance[] {
-  return (plan.allowances ?? []).map((a) => ({ scope: a.scope, credits: a.credits }));
+  return (plan.allowances ?? []).map((a) => ({ ...which(a), credits: a.credits }));
 }
 
 /** A plan's price, where revenue needs one (docs/revenue.md, "Subscriptions"): absent on plans built without it. */
@@ -63,7 +73,7 @@ export function allocation(
   period: PeriodBounds,
   now: Date,
 ): Allocation | null {
-  const allowances = (plan.allowances ?? []).map((a) => ({ scope: a.scope, amount: a.credits }));
+  const allowances = (plan.allowances ?? []).map((a) => ({ ...which(a), amount: a.credits }));
   if (plan.creditsPerPeriod === 0 && allowances.length === 0) return null;
   const expiresAt = allocationExpiry(period, plan.validityDays);
   if (expiresAt.getTime() <= now.getTime()) return null;
@@ -78,7 +88,7 @@ export function allocation(
 
 /** What an allocation gave each allowance, as a period's allowances (none: `[]`). */
 function allocatedAllowances(a: Allocation | null): PeriodAllowance[] {
-  return (a?.allowances ?? []).map((x) => ({ scope: x.scope, credits: x.amount }));
+  return (a?.allowances ?? []).map((x) => ({ ...which(x), credits: x.amount }));
 }
 
 /**
@@ -109,18 +119,18 @@ export function proration(
   const expiresAt = allocationExpiry(period, plan.validityDays).getTime();
   const open = expiresAt > now.getTime();
   const delta = prorate(periodCredits, plan.creditsPerPeriod, fraction);
-  // Each allowance on its own, by scope (docs/subscriptions.md, "Allowances"): one the period is on
-  // and the new plan lacks prorates to 0; one the new plan adds prorates from 0.
-  const byScope = new Map<string, { scope: GrantScope; from: number; to: number }>();
-  for (const a of periodAllowances) byScope.set(scopeKey(a.scope), { scope: a.scope, from: a.credits, to: 0 });
+  // Each allowance on its own, by scope and unit (docs/subscriptions.md, "Allowances"): one the
+  // period is on and the new plan lacks prorates to 0; one the new plan adds prorates from 0.
+  const byKey = new Map<string, { of: ReturnType<typeof which>; from: number; to: number }>();
+  for (const a of periodAllowances) byKey.set(allowanceKey(a), { of: which(a), from: a.credits, to: 0 });
   for (const a of plan.allowances ?? []) {
-    const k = scopeKey(a.scope);
-    byScope.set(k, { scope: a.scope, from: byScope.get(k)?.from ?? 0, to: a.credits });
+    const k = allowanceKey(a);
+    byKey.set(k, { of: which(a), from: byKey.get(k)?.from ?? 0, to: a.credits });
   }
-  const allowances = [...byScope.values()].flatMap(({ scope, from, to }) => {
+  const allowances = [...byKey.values()].flatMap(({ of, from, to }) => {
     const d = prorate(from, to, fraction);
     const kept = open ? d : Math.min(d, 0);
-    return kept === 0 ? [] : [{ scope, delta: kept }];
+    return kept === 0 ? [] : [{ ...of, delta: kept }];
   });
   const kept = open ? delta : Math.min(delta, 0);
   const price = proratedPrice(periodPrice, plan, fraction);
@@ -548,9 +558,10 @@ export function applyIntent(
     expiresAt: number | null,
     source: "subscription" | "rollover",
     description: string,
-    scope: GrantScope | null = null,
+    of: { scope?: GrantScope | undefined; unit?: string | undefined } = {},
     costBasis: CostBasis | null = null,
   ) => {
+    const scope = of.scope ?? null;
     // The plan whose period (or change) this is: revenue is grouped by it (docs/revenue.md, "The
     // report"). On the entry too, for the credits that pay debt and make no grant.
     const plan = { subscriptionId: s.id, planId: s.planId };
@@ -569,26 +580,27 @@ export function applyIntent(
         // What the credits were sold for (docs/revenue.md, "Subscriptions"); rollovers are free.
         ...(costBasis === null ? {} : { costBasis }),
       },
-      { ...entryMeta, metadata: { ...entryMeta.metadata, ...plan } },
+      // An allowance in another unit is granted in it (docs/units.md); the rest in the default unit.
+      { ...entryMeta, metadata: { ...entryMeta.metadata, ...plan }, unit: of.unit ?? null },
     );
     for (const p of e.grants) created.push(p.grantId);
-    creditsAdded += amount;
+    // The event's `credits` count the default unit: no figure adds two units (docs/units.md).
+    if (of.unit === undefined) creditsAdded += amount;
   };
 
   if (it.expireGrantIds.length > 0)
     work.expireGrants(it.expireGrantIds, m("subscription credits expired by a plan change or cancellation"));
-  /** The scope key of a loaded grant: "" for an unscoped one. */
+  /** The allowance key of a loaded grant (its scope and unit): "" for the general credits. */
   const keyOf = (id: string) => {
-    const scope = work.getGrant(id)?.scope ?? null;
-    return scope === null ? "" : scopeKey(scope);
+    const g = work.getGrant(id);
+    return g === undefined ? "" : allowanceKey(g);
   };
   if (it.carry !== null) {
     const carry = it.carry;
-    // The buckets that roll over: the unscoped grants, and each allowance's grants (by scope).
-    const buckets = new Map<string, { scope: GrantScope | null; limit: number | null; unspent: number }>();
-    buckets.set("", { scope: null, limit: carry.limit, unspent: 0 });
-    for (const a of carry.allowances ?? [])
-      buckets.set(scopeKey(a.scope), { scope: a.scope, limit: a.limit, unspent: 0 });
+    // The buckets that roll over: the general grants, and each allowance's (by scope and unit).
+    const buckets = new Map<string, { of: ReturnType<typeof which> | null; limit: number | null; unspent: number }>();
+    buckets.set("", { of: null, limit: carry.limit, unspent: 0 });
+    for (const a of carry.allowances ?? []) buckets.set(allowanceKey(a), { of: which(a), limit: a.limit, unspent: 0 });
     // What these grants had unspent at the period's end, whoever expired them and whenever. Not
     // what was held then: those credits expire when their hold returns them, before or after
     // this runs (the amount must not depend on when the job runs).
@@ -613,22 +625,24 @@ export function applyIntent(
           moved,
           carry.expiresAt,
           "rollover",
-          b.scope === null ? `rollover of ${moved} unspent credits` : `rollover of ${moved} unspent allowance credits`,
-          b.scope,
+          b.of === null ? `rollover of ${moved} unspent credits` : `rollover of ${moved} unspent allowance credits`,
+          b.of ?? {},
         );
     }
   }
   if (it.prorate !== null) {
-    // The unscoped part, then each allowance's, on the period's grants of its scope.
-    const parts = [{ scope: null as GrantScope | null, delta: it.prorate.delta }, ...(it.prorate.allowances ?? [])];
+    // The general part, then each allowance's, on the period's grants of its scope and unit.
+    const parts = [{ delta: it.prorate.delta }, ...(it.prorate.allowances ?? [])];
     const bases = pricedBases(
       it.prorate.price,
       parts.map((x) => Math.max(x.delta, 0)),
     );
-    for (const [i, { scope, delta }] of parts.entries()) {
-      if (delta > 0) add(delta, it.prorate.expiresAt, "subscription", "prorated plan change", scope, bases[i] ?? null);
+    for (const [i, part] of parts.entries()) {
+      const delta = part.delta;
+      if (delta > 0)
+        add(delta, it.prorate.expiresAt, "subscription", "prorated plan change", which(part), bases[i] ?? null);
       else if (delta < 0) {
-        const k = scope === null ? "" : scopeKey(scope);
+        const k = allowanceKey(part);
         const ids = s.periodGrantIds.filter((id) => keyOf(id) === k);
         work.removeFromGrants(ids, -delta, m("prorated plan change"));
       }
@@ -643,7 +657,7 @@ export function applyIntent(
         it.allocate.expiresAt,
         "subscription",
         "subscription period credits",
-        null,
+        {},
         bases[0] ?? null,
       );
     for (const [i, a] of allowances.entries())
@@ -653,7 +667,7 @@ export function applyIntent(
           it.allocate.expiresAt,
           "subscription",
           "subscription allowance credits",
-          a.scope,
+          which(a),
           bases[i + 1] ?? null,
         );
   }

@@ -29,6 +29,11 @@ export function grantTrial(work: AccountWork, trial: TrialCredits): void {
       description: trial.description ?? null,
       metadata: trial.metadata ?? null,
     },
-    { idempotencyKey: trialKey(work.userId), description: trial.description, metadata: trial.metadata },
+    {
+      idempotencyKey: trialKey(work.userId),
+      description: trial.description,
+      metadata: trial.metadata,
+      unit: trial.unit ?? null,
+    },
   );
 }

@@ -67,6 +67,8 @@ export type AddCreditsOptions = z.input<typeof AddCreditsOptions>;
  */
 export const TrialCredits = z.strictObject({
   amount: Amount,
+  /** The unit they are granted in (docs/units.md); omitted: the default unit. */
+  unit: z.optional(UnitName),
   /** Days until unspent trial credits expire; omitted: never. */
   expiresInDays: z.optional(
     z.number().check(z.int({ error: "expiresInDays must be a whole number" }), z.minimum(1), z.maximum(36_500)),

@@ -1,5 +1,15 @@
 import * as z from "zod/mini";
-import { DateInput, EntityId, IdempotencyKey, Metadata, NonNegativeAmount, ShortText, UserId } from "./common.js";
+import {
+  DateInput,
+  DEFAULT_UNIT,
+  EntityId,
+  IdempotencyKey,
+  Metadata,
+  NonNegativeAmount,
+  ShortText,
+  UnitName,
+  UserId,
+} from "./common.js";
 import { GrantScope } from "./limits.js";
 import { Money } from "./cost-basis.js";
 import { text } from "./text.js";
@@ -17,14 +27,18 @@ export type RolloverPolicy = z.infer<typeof RolloverPolicy>;
 const RolloverInput = z.union([z.literal("none"), z.literal("all"), z.strictObject({ cap: NonNegativeAmount })]);
 
 /**
- * Credits a plan allocates every period for some spends only (docs/subscriptions.md,
- * "Allowances"): a scoped grant of `credits` with `scope` (the features and/or spenders it pays
- * for, as `addCredits`' scope, docs/teams-and-limits.md), beside the plan's general
- * `creditsPerPeriod`. `rollover`: what its unspent credits carry into the next period; omitted:
- * the plan's policy (and cap), applied to this allowance on its own.
+ * Credits a plan allocates every period beside its general `creditsPerPeriod`
+ * (docs/subscriptions.md, "Allowances"): a grant of `credits` for some spends only (`scope`: the
+ * features and/or spenders it pays for, as `addCredits`' scope, docs/teams-and-limits.md), in
+ * another unit (`unit`, docs/units.md), or both. `rollover`: what its unspent credits carry into
+ * the next period; omitted: the plan's policy (and cap) applied to this allowance on its own — for
+ * an allowance in another unit, none (the plan's rollover counts the default unit).
  */
 export const PlanAllowance = z.strictObject({
-  scope: GrantScope,
+  /** The spends it pays for; omitted (with a `unit`): any. */
+  scope: z.optional(GrantScope),
+  /** The unit its credits are in (docs/units.md); omitted: the default unit (then `scope` is required). */
+  unit: z.optional(UnitName),
   credits: z
     .number({ error: "credits must be a number" })
     .check(
@@ -37,13 +51,31 @@ export const PlanAllowance = z.strictObject({
 });
 export type PlanAllowance = z.infer<typeof PlanAllowance>;
 
-/** A plan's allowances: at most 20, no two with the same scope. */
+/** A plan's allowances: at most 20, each with a scope or a unit other than the default, no two with the same scope and unit. */
 export const PlanAllowances = z.array(PlanAllowance).check(
   z.maxLength(20, { error: "a plan has at most 20 allowances" }),
-  z.refine((list) => new Set(list.map((a) => scopeKey(a.scope))).size === list.length, {
-    error: "two allowances have the same scope",
+  z.refine((list) => list.every((a) => a.scope !== undefined || allowanceUnit(a) !== null), {
+    error: "an allowance names a scope, a unit other than the default one, or both",
+  }),
+  z.refine((list) => new Set(list.map(allowanceKey)).size === list.length, {
+    error: "two allowances have the same scope and unit",
   }),
 );
+
+/** The unit of an allowance (or a grant): null for the default one, named or not. */
+export function allowanceUnit(a: { unit?: string | null | undefined }): string | null {
+  return a.unit === undefined || a.unit === null || a.unit === DEFAULT_UNIT ? null : a.unit;
+}
+
+/**
+ * The identity of an allowance (or of a grant, against a plan's allowances): its unit and its
+ * scope (`scopeKey`); "" for the general credits (the default unit, no scope).
+ */
+export function allowanceKey(a: { scope?: GrantScope | null | undefined; unit?: string | null | undefined }): string {
+  const unit = allowanceUnit(a);
+  const scope = a.scope === undefined || a.scope === null ? null : scopeKey(a.scope);
+  return unit === null && scope === null ? "" : JSON.stringify([unit, scope]);
+}
 
 /**
  * A scope's identity, whatever the order of its lists: two allowances (or an allowance and a
@@ -154,6 +186,9 @@ export type CreditsOnChange = z.infer<typeof CreditsOnChange>;
  */
 const IntentPrice = z.object({ amount: NonNegativeAmount, currency: z.string().check(z.regex(/^[A-Z]{3}$/)) });
 
+/** Which allowance a part of a subscription's work is for: its scope and unit (absent: none, the default unit). */
+const AllowanceOf = { scope: z.optional(GrantScope), unit: z.optional(UnitName) };
+
 /** Account work a subscription still owes (allocation, rollover, expiry, proration). */
 export const SubscriptionIntent = z.object({
   /** Idempotency key of the account unit of work: `sub:<id>:<periodStart ISO>[:change<n>]`. */
@@ -166,7 +201,7 @@ export const SubscriptionIntent = z.object({
     z.object({
       amount: NonNegativeAmount,
       expiresAt: z.nullable(z.number()),
-      allowances: z.optional(z.array(z.object({ scope: GrantScope, amount: NonNegativeAmount }))),
+      allowances: z.optional(z.array(z.object({ ...AllowanceOf, amount: NonNegativeAmount }))),
       /** The plan's price for the period: the cost basis of the grants (docs/revenue.md). */
       price: z.optional(IntentPrice),
     }),
@@ -182,7 +217,7 @@ export const SubscriptionIntent = z.object({
       periodEnd: z.number(),
       limit: z.nullable(NonNegativeAmount),
       expiresAt: z.nullable(z.number()),
-      allowances: z.optional(z.array(z.object({ scope: GrantScope, limit: z.nullable(NonNegativeAmount) }))),
+      allowances: z.optional(z.array(z.object({ ...AllowanceOf, limit: z.nullable(NonNegativeAmount) }))),
     }),
   ),
   /** Expire what these grants have left, now. */
@@ -195,7 +230,7 @@ export const SubscriptionIntent = z.object({
     z.object({
       delta: z.number().check(z.int()),
       expiresAt: z.nullable(z.number()),
-      allowances: z.optional(z.array(z.object({ scope: GrantScope, delta: z.number().check(z.int()) }))),
+      allowances: z.optional(z.array(z.object({ ...AllowanceOf, delta: z.number().check(z.int()) }))),
       /** The prorated price of the grants it adds: their cost basis (docs/revenue.md). */
       price: z.optional(IntentPrice),
     }),
@@ -274,7 +309,7 @@ export const Subscription = z.object({
    * proration prorates each allowance against. Null or absent: the plan's current allowances are
    * used then.
    */
-  periodAllowances: z.optional(z.nullable(z.array(z.object({ scope: GrantScope, credits: NonNegativeAmount })))),
+  periodAllowances: z.optional(z.nullable(z.array(z.object({ ...AllowanceOf, credits: NonNegativeAmount })))),
   /**
    * What the `subscribe` call that created the subscription asked for (`startAt` in epoch ms, null
    * when not given), so a retry with its idempotency key is compared with that call, not with what

@@ -453,6 +453,81 @@ export function runSubscriptionContract(getDb: () => DbManager, options: PartOpt
       expect((await credits.audit(u)).ok).toBe(true);
     });
 
+    it("allowances in other units: each period grants each unit its own credits, which roll over and prorate on their own, never mixed with the default unit", async () => {
+      const { subscriptions, credits, expiration, clock } = managerServices(db, T);
+      const a = await subscriptions.createPlan({
+        name: "Units",
+        creditsPerPeriod: 100,
+        billingPeriod: "daily",
+        rollover: { cap: 30 },
+        // seconds names no rollover: none (the plan's cap counts the default unit).
+        allowances: [
+          { unit: "images", credits: 40, rollover: "all" },
+          { unit: "seconds", credits: 10 },
+        ],
+      });
+      expect((await subscriptions.getPlan(a.id)).allowances).toEqual(a.allowances);
+      // An allowance names a scope or another unit; two of one unit (and scope) are refused.
+      for (const allowances of [
+        [{ credits: 1 }],
+        [{ unit: "credits", credits: 1 }],
+        [{ unit: "Images", credits: 1 }],
+        [
+          { unit: "images", credits: 1 },
+          { unit: "images", credits: 2 },
+        ],
+      ])
+        await expect(subscriptions.updatePlan(a.id, { allowances } as never)).rejects.toBeInstanceOf(ValidationError);
+      expect((await subscriptions.getPlan(a.id)).version).toBe(1);
+      const figures = async (u: string) => ({
+        credits: (await credits.getUserCreditsInfo(u)).balance,
+        images: (await credits.getUserCreditsInfo(u, { unit: "images" })).balance,
+        seconds: (await credits.getUserCreditsInfo(u, { unit: "seconds" })).balance,
+      });
+
+      const u = user();
+      await subscriptions.subscribe(u, a.id);
+      expect(await figures(u)).toEqual({ credits: 100, images: 40, seconds: 10 });
+      const grants = await db.listGrants(u);
+      expect(grants.map((g) => `${g.unit ?? "credits"}:${g.amount}`).sort()).toEqual([
+        "credits:100",
+        "images:40",
+        "seconds:10",
+      ]);
+      await credits.deductCredits(u, 90);
+      await credits.deductCredits(u, 15, { unit: "images" });
+      await credits.deductCredits(u, 4, { unit: "seconds" });
+
+      // Next period: 10 credits roll (cap 30), 25 images (their own "all"), no seconds.
+      clock.now = T + DAY;
+      await expiration.renewDueSubscriptions();
+      expect(await figures(u)).toEqual({ credits: 110, images: 65, seconds: 10 });
+
+      // A prorated change a quarter in, to a plan of 80 images and no seconds: + trunc(40 × 3/4)
+      // images, − trunc(10 × 3/4) seconds from the period's seconds grant; credits unchanged.
+      const b = await subscriptions.createPlan({
+        name: "More images",
+        creditsPerPeriod: 100,
+        billingPeriod: "daily",
+        allowances: [{ unit: "images", credits: 80 }],
+      });
+      clock.now = T + DAY + DAY / 4;
+      const changed = await subscriptions.changePlan(u, b.id);
+      expect(changed.periodAllowances).toEqual([{ unit: "images", credits: 80 }]);
+      expect(await figures(u)).toEqual({ credits: 110, images: 95, seconds: 3 });
+      // Back half-way through: images trunc((40 − 80) × 1/2) = −20, seconds trunc(10 × 1/2) = +5.
+      clock.now = T + DAY + DAY / 2;
+      await subscriptions.changePlan(u, a.id);
+      expect(await figures(u)).toEqual({ credits: 110, images: 75, seconds: 8 });
+      // The seconds the plan gave back are a grant in seconds, beside the period's own.
+      const seconds = (await db.listGrants(u)).filter((g) => g.unit === "seconds").map((g) => g.amount);
+      expect(seconds.sort((x, y) => x - y)).toEqual([5, 10]);
+      // Cancelled now with expiry: every unit's period credits go.
+      await subscriptions.cancel(u, { atPeriodEnd: false, credits: "expire" });
+      expect(await figures(u)).toEqual({ credits: 0, images: 0, seconds: 0 });
+      expect((await credits.audit(u)).ok).toBe(true);
+    });
+
     it("answers an exact subscribe retry after changePlan(now) with the subscription (the call's arguments are stored)", async () => {
       const { subscriptions, credits, clock } = managerServices(db, T);
       const a = (await subscriptions.createPlan({ name: "A", creditsPerPeriod: 10, billingPeriod: "monthly" })).id;

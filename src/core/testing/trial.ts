@@ -2,6 +2,7 @@ import { randomUUID } from "node:crypto";
 import { describe, expect, it, useTestApi } from "./runner.js";
 import type { DbManager } from "../db/types.js";
 import { ConfigurationError, InsufficientCreditsError } from "../errors.js";
+import type { TrialCredits } from "../models/index.js";
 import { CoreCreditService } from "../services/credit-service.js";
 import { DAY, T0, type PartOptions } from "./support.js";
 
@@ -15,7 +16,7 @@ export function runTrialContract(getDb: () => DbManager, options: PartOptions = 
   if (options.test !== undefined) useTestApi(options.test);
   describe("trial credits", () => {
     const user = () => `u-${randomUUID()}`;
-    const service = (trial = { amount: 100, expiresInDays: 14 }) =>
+    const service = (trial: TrialCredits = { amount: 100, expiresInDays: 14 }) =>
       new CoreCreditService({ db: getDb(), clock: () => new Date(T0), trial });
     const trialEntries = async (u: string) =>
       (await getDb().listJournal(u, { order: "asc", limit: 100 })).filter((e) => e.idempotencyKey === `cm:trial:${u}`);
@@ -76,8 +77,22 @@ export function runTrialContract(getDb: () => DbManager, options: PartOptions = 
       expect(await trialEntries(u)).toHaveLength(1);
     });
 
+    it("a trial naming a unit is granted in it: a first spend in that unit draws it, the default unit gets nothing", async () => {
+      const u = user();
+      const credits = service({ amount: 5, expiresInDays: 7, unit: "images" });
+      await credits.deductCredits(u, 2, { unit: "images" });
+      expect(await credits.getUserCreditsInfo(u, { unit: "images" })).toMatchObject({ balance: 3 });
+      expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 0 });
+      await expect(credits.deductCredits(u, 1)).rejects.toBeInstanceOf(InsufficientCreditsError);
+      expect(await trialEntries(u)).toMatchObject([{ type: "add", amount: 5, unit: "images" }]);
+      expect((await credits.audit(u)).ok).toBe(true);
+    });
+
     it("an invalid trial option is a ConfigurationError", () => {
       expect(() => new CoreCreditService({ db: getDb(), trial: { amount: 0 } })).toThrow(ConfigurationError);
+      expect(() => new CoreCreditService({ db: getDb(), trial: { amount: 5, unit: "Images" } })).toThrow(
+        ConfigurationError,
+      );
       expect(() => new CoreCreditService({ db: getDb(), trial: { amount: 5, expiresInDays: 0.5 } })).toThrow(
         ConfigurationError,
       );

@@ -191,7 +191,7 @@ export function stateOf(
   const planId = subscription?.planId ?? null;
 
   const names = new Set(Object.keys(rules));
-  for (const a of plan?.allowances ?? []) for (const f of a.scope.features ?? []) names.add(f);
+  for (const a of plan?.allowances ?? []) for (const f of a.scope?.features ?? []) names.add(f);
   for (const g of grants) for (const f of g.scope?.features ?? []) names.add(f);
   // What each scope's grants drawn out in its current allowance were given (docs/customer-state.md, "What was granted").
   // (The default unit's: the customer state's figures are in it, docs/units.md.)

@@ -1,5 +1,5 @@
 import * as z from "zod/mini";
-import { Amount, FeatureName, IdempotencyKey, Metadata, ShortText } from "../../core/models/common.js";
+import { Amount, FeatureName, IdempotencyKey, Metadata, ShortText, UnitName } from "../../core/models/common.js";
 import { SpenderId } from "../../core/models/limits.js";
 import { MAX_TTL_SECONDS } from "../../core/models/inputs.js";
 
@@ -18,6 +18,12 @@ export const LeaseOptions = z.strictObject({
   exactBelow: z.optional(z.number().check(z.minimum(0), z.maximum(1_000_000))),
   /** A block is at most this share of what the user has available (default 0.5). */
   share: z.optional(z.number().check(z.gt(0), z.maximum(1))),
+  /**
+   * The unit its blocks hold and its charges spend (docs/units.md); omitted: the default unit. A
+   * charge naming a feature whose rule names a unit is in that unit (another than this one: a
+   * `ValidationError`).
+   */
+  unit: z.optional(UnitName),
 });
 /** Options of `credits.leases(options)` (docs/metering.md, "Leases"). @public */
 export type LeaseOptions = z.input<typeof LeaseOptions>;

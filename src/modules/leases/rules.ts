@@ -183,6 +183,8 @@ export type LeaseLine =
       /** A named lease's spender and feature (docs/teams-and-limits.md, "Leases"). */
       spender?: string;
       feature?: string;
+      /** The lease's unit, when not the default one (docs/units.md). */
+      unit?: string;
     }
   | { eventType: "lease"; action: "charge"; userId: string; lease: string; window: number; amount: number }
   | { eventType: "lease"; action: "settled"; userId: string; lease: string; window: number; entryId: string | null };
@@ -199,6 +201,8 @@ export interface FileWindow {
   /** A named lease's spender and feature, from its hold lines: a recovered settle charges under them. */
   spender?: string | undefined;
   feature?: string | undefined;
+  /** The lease's unit, from its hold lines (absent: the default unit): a recovered settle charges in it. */
+  unit?: string | undefined;
 }
 
 /** Adds one lease line of the ledger file to `windows` (keyed by lease and window). */
@@ -221,6 +225,7 @@ export function addLeaseLine(windows: Map<string, FileWindow>, line: LeaseLine):
     w.reservationId = line.reservationId;
     if (typeof line.spender === "string") w.spender = line.spender;
     if (typeof line.feature === "string") w.feature = line.feature;
+    if (typeof line.unit === "string") w.unit = line.unit;
   } else if (line.action === "charge") {
     w.requests++;
     w.total += line.amount;

@@ -29,6 +29,8 @@ export interface LeaseSettle {
   /** The lease's spender and feature (docs/teams-and-limits.md, "Leases"): its holds and charges name them. */
   spender?: string | undefined;
   feature?: string | undefined;
+  /** The lease's unit (docs/units.md); absent: the default unit. Its block is held and its usage charged in it. */
+  unit?: string | undefined;
 }
 
 /** A block as a lease keeps it. */
@@ -89,6 +91,7 @@ export async function settleLease(
     metadata: { leaseWindow: window },
     ...(s.spender === undefined ? {} : { spender: s.spender }),
     ...(s.feature === undefined ? {} : { feature: s.feature }),
+    ...(s.unit === undefined ? {} : { unit: s.unit }),
   };
   const next = { lease: s.lease, window: s.window + 1 };
   const settled = await units.mutate(
@@ -108,8 +111,10 @@ export async function settleLease(
         if (s.roll !== null) {
           // Sized on what the lease's spends may use (scoped grants outside their scope do not
           // count) and within what every limit that applies to them still allows.
+          work.useUnit(s.unit);
           let room = work.availableFor(spend);
-          const r = limits == null ? null : limitRoom(limits, spend, work.now.getTime());
+          // Spend limits count the default unit (docs/units.md): none bounds a block in another.
+          const r = limits == null || s.unit !== undefined ? null : limitRoom(limits, spend, work.now.getTime());
           if (r !== null) {
             room = Math.min(room, r.left);
             until = r.until;
@@ -121,6 +126,7 @@ export async function settleLease(
           const holdMeta: EntryMeta = keyed
             ? {
                 ...(spend === NO_SPEND ? {} : { spender: s.spender, feature: s.feature }),
+                ...(s.unit === undefined ? {} : { unit: s.unit }),
                 metadata: { leaseHold: next },
               }
             : { ...meta, metadata: { leaseHold: next } };

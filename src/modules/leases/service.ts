@@ -26,6 +26,7 @@ import {
 } from "../metering/service.js";
 import { FeatureName, SpenderId, type MeterOptions } from "../../models-entry.js";
 import { parseConfig, wellFormed } from "../../core/models/parse.js";
+import { DEFAULT_UNIT } from "../../core/models/common.js";
 import { nodeBuiltin } from "../../core/util/runtime.js";
 
 /** What one `charge()` did. @public */
@@ -51,7 +52,7 @@ export interface LeaseRecovery {
 }
 
 /** @internal What leases use of the credit service: its exact deduction, lease settles, metering, ledger, logger and clock. */
-export type LeaseCore = Pick<CreditCore, "deduct" | "givenClock"> &
+export type LeaseCore = Pick<CreditCore, "deduct" | "givenClock" | "unitOf"> &
   SessionDeps & {
     /** Settles a window of a lease in one keyed unit of work (./service-settle.ts). */
     settleLease(userId: string, s: LeaseSettle): Promise<LeaseSettled>;
@@ -64,6 +65,7 @@ export function leaseCore(core: CreditCore, session: SessionDeps): LeaseCore {
   return {
     ...session,
     deduct: core.deduct.bind(core),
+    unitOf: core.unitOf.bind(core),
     givenClock: core.givenClock,
     settleLease: (userId, s) => settleLease(core.units, core.db, core.overdraftLimit, userId, s),
     leaseHold: (userId, lease, window) => leaseHold(core.db, userId, lease, window),
@@ -78,6 +80,8 @@ interface UserLease {
   /** A named lease's spender and feature (docs/teams-and-limits.md, "Leases"); undefined: unnamed. */
   readonly spender: string | undefined;
   readonly feature: string | undefined;
+  /** The unit its block is held and settled in (docs/units.md); undefined: the default unit. */
+  readonly unit: string | undefined;
   /** `"userId"` as JSON, for the ledger lines. */
   readonly userJson: string;
   readonly lease: string;
@@ -126,6 +130,8 @@ export class CreditLeases {
    */
   private readonly aware = new Set<string>();
   private readonly sizing: LeaseSizing;
+  /** The unit of its blocks and charges (`LeaseOptions.unit`); undefined: the default unit. */
+  private readonly unit: string | undefined;
   private readonly ttlSeconds: number;
   private readonly every: number;
   /** How long before its hold lapses a block stops serving (ms). */
@@ -156,6 +162,7 @@ export class CreditLeases {
       exactBelow: o.exactBelow ?? DEFAULTS.exactBelow,
       share: o.share ?? DEFAULTS.share,
     };
+    this.unit = o.unit === DEFAULT_UNIT ? undefined : o.unit;
     this.ttlSeconds = o.ttlSeconds ?? DEFAULTS.ttlSeconds;
     this.every = o.settleEveryMs ?? DEFAULTS.settleEveryMs;
     if (this.every >= this.ttlSeconds * 1000) {
@@ -185,7 +192,8 @@ export class CreditLeases {
     // The fast path takes only what it can check as `parse` would, cheaply; anything else goes
     // through `slow`, which validates it (a ValidationError, nothing counted).
     if (options === undefined || servedInMemory(options)) {
-      const l = this.users.get(this.keyOf(userId, options?.spender, options?.feature));
+      const key = this.tryKey(userId, options?.spender, options?.feature);
+      const l = key === null ? undefined : this.users.get(key);
       if (l !== undefined && Number.isSafeInteger(amount) && amount > 0 && blockServes(l, amount, this.now()))
         return this.serve(l, amount, options?.reason, "", dimsOf(options));
     }
@@ -194,13 +202,15 @@ export class CreditLeases {
 
   /** True when `userId`'s block in this process covers `amount` now (a charge of it would be served in memory). */
   covers(userId: string, amount: number, spend?: LeaseSpend): boolean {
-    const l = this.users.get(this.keyOf(userId, spend?.spender, spend?.feature));
+    const key = this.meteredKey(userId, spend?.spender, spend?.feature);
+    const l = key === null ? undefined : this.users.get(key);
     return l !== undefined && blockServes(l, amount, this.now());
   }
 
   /** The fast path alone: true when the user's block covered `amount` (charged), false otherwise (nothing done). */
   tryCharge(userId: string, amount: number, reason?: string, spend?: LeaseSpend): boolean {
-    const l = this.users.get(this.keyOf(userId, spend?.spender, spend?.feature));
+    const key = this.meteredKey(userId, spend?.spender, spend?.feature);
+    const l = key === null ? undefined : this.users.get(key);
     if (l === undefined || !Number.isSafeInteger(amount) || amount <= 0 || !blockServes(l, amount, this.now()))
       return false;
     if (reason !== undefined && !isReason(reason)) return false;
@@ -215,8 +225,38 @@ export class CreditLeases {
    * charge names one of them (docs/teams-and-limits.md, "Leases").
    */
   private keyOf(userId: string, spender: string | undefined, feature: string | undefined): string {
-    if ((spender === undefined && feature === undefined) || !this.aware.has(userId)) return userId;
-    return leaseKey(userId, spender, feature);
+    const base =
+      (spender === undefined && feature === undefined) || !this.aware.has(userId)
+        ? userId
+        : leaseKey(userId, spender, feature);
+    // A charge of a feature paid in another unit (docs/units.md) has a block of that unit.
+    const unit = this.unitFor(feature);
+    return unit === this.unit ? base : `${base}\u0001${unit ?? ""}`;
+  }
+
+  /** `keyOf`, or null when the charge's feature is paid in another unit than this lease's (a `ValidationError` on the exact path). */
+  private tryKey(userId: string, spender: string | undefined, feature: string | undefined): string | null {
+    try {
+      return this.keyOf(userId, spender, feature);
+    } catch {
+      return null;
+    }
+  }
+
+  /**
+   * `tryKey` for the metering middlewares, which spend in the unit the feature names (or the
+   * default one) when they hold in the store: null when this lease's unit is another.
+   */
+  private meteredKey(userId: string, spender: string | undefined, feature: string | undefined): string | null {
+    const key = this.tryKey(userId, spender, feature);
+    if (key === null || this.unit === undefined) return key;
+    const own = feature === undefined ? undefined : this.core.unitOf(feature, undefined);
+    return own === this.unit ? key : null;
+  }
+
+  /** The unit of a charge of `feature`: its rule's, else this lease's (another: `ValidationError`, docs/units.md). */
+  private unitFor(feature: string | undefined): string | undefined {
+    return feature === undefined ? this.unit : this.core.unitOf(feature, this.unit);
   }
 
   /** Settles every window with usage now (rolling the blocks) and writes the ledger file. */
@@ -274,6 +314,7 @@ export class CreditLeases {
         requests: w.requests,
         spender: w.spender,
         feature: w.feature,
+        ...(w.unit === undefined ? {} : { unit: w.unit }),
       };
       const r = await this.core.settleLease(w.userId, { ...s, roll: null });
       this.settledLine(JSON.stringify(w.userId), w.lease, w.window, r.entry);
@@ -311,7 +352,8 @@ export class CreditLeases {
   openMeter(userId: string, options: MeterOptions): MeterSession | null {
     // A keyed call, and one with metadata (a window's entry cannot carry each call's), hold in the store.
     if (this.closed || options.idempotencyKey !== undefined || hasKeys(options.metadata)) return null;
-    const key = this.keyOf(userId, options.spender, options.feature);
+    const key = this.meteredKey(userId, options.spender, options.feature);
+    if (key === null) return null;
     const l = this.users.get(key);
     const n = options.estimate;
     if (l === undefined || !blockServes(l, n, this.now())) {
@@ -333,7 +375,7 @@ export class CreditLeases {
     if (this.closed || amount > this.sizing.size || (this.exactUntil.get(key) ?? 0) > this.now()) return;
     const l = this.users.get(key);
     // Background warm-up: `settle` logs a failure (warn) and the next call tries again.
-    if (l === undefined) void this.open(userId, key, spend).catch(() => undefined);
+    if (l === undefined) void this.open(userId, key, spend, false, this.unitFor(spend.feature)).catch(() => undefined);
     else if (l.settling === null && l.open) void this.settle(l, true).catch(() => undefined);
   }
 
@@ -369,7 +411,8 @@ export class CreditLeases {
    * @beta
    */
   setAside(userId: string, amount: number, spend?: LeaseSpend): SetAside | null {
-    const l = this.users.get(this.keyOf(userId, spend?.spender, spend?.feature));
+    const key = this.meteredKey(userId, spend?.spender, spend?.feature);
+    const l = key === null ? undefined : this.users.get(key);
     if (l === undefined || !blockServes(l, amount, this.now())) return null;
     l.pending += amount;
     return {
@@ -452,7 +495,9 @@ export class CreditLeases {
         // A charge naming someone opens the user's shared block only where they do not matter.
         // (An account that turns out to have limits or scoped grants opens no shared block for it:
         // the next turn finds its key is the named lease's.)
-        await this.open(user, key, key === user ? {} : (o ?? {}), named && key === user);
+        const unit = this.unitFor(o?.feature);
+        const shared = key === user || key.startsWith(`${user}\u0001`);
+        await this.open(user, key, shared ? {} : (o ?? {}), named && shared, unit);
         continue;
       }
       if (l.settling !== null) {
@@ -471,18 +516,26 @@ export class CreditLeases {
   private async exact(userId: string, amount: number, o: LeaseChargeOptions | undefined): Promise<LeaseCharge> {
     // The reason is the deduction's description, unless the charge gives one.
     const { reason, description = reason, ...rest } = o ?? {};
-    const entry = await this.core.deduct("deductCredits", userId, amount, { ...rest, description }, false);
+    const unit = this.unit === undefined ? {} : { unit: this.unit };
+    const entry = await this.core.deduct("deductCredits", userId, amount, { ...rest, ...unit, description }, false);
     return { userId, amount, via: "exact", entry };
   }
 
   /** Opens a lease: window 0 holds the first block (none: the user goes to the exact path for a window). */
-  private open(userId: string, key: string, spend: LeaseSpend, plainOnly = false): Promise<void> {
-    const named = key !== userId;
+  private open(
+    userId: string,
+    key: string,
+    spend: LeaseSpend,
+    plainOnly = false,
+    unit: string | undefined = this.unit,
+  ): Promise<void> {
+    const named = key !== userId && !key.startsWith(`${userId}\u0001`);
     const l: UserLease = {
       userId,
       key,
       spender: named ? spend.spender : undefined,
       feature: named ? spend.feature : undefined,
+      unit,
       userJson: JSON.stringify(userId),
       lease: randomUUID(),
       window: 0,
@@ -518,6 +571,7 @@ export class CreditLeases {
           : null,
       spender: l.spender,
       feature: l.feature,
+      ...(l.unit === undefined ? {} : { unit: l.unit }),
     };
     const run = async (): Promise<void> => {
       try {
@@ -661,6 +715,7 @@ function spendJson(l: UserLease): string {
   let out = "";
   if (l.spender !== undefined) out += `,"spender":${JSON.stringify(l.spender)}`;
   if (l.feature !== undefined) out += `,"feature":${JSON.stringify(l.feature)}`;
+  if (l.unit !== undefined) out += `,"unit":${JSON.stringify(l.unit)}`;
   return out;
 }
 
