@@ -61,7 +61,7 @@ describe("ledger", () => {
     // The line is the entry's hashed text: spender and feature are in it only when the entry names
     // them (docs/teams-and-limits.md), a cost basis and an addition's source only when it has one
     // (docs/revenue.md), and a reversal's charge, an entry's occurredAt, its take-back, key id and grant
-    // scope only when set (docs/concepts.md), as in the hash; the hash version is not in the hashed
+    // scope, a later grant's start and a unit only when set (docs/concepts.md, docs/units.md), as in the hash; the hash version is not in the hashed
     // text (the fields version 2 adds are), so not in the line.
     const stored = journal.map((e) => {
       const {
@@ -75,6 +75,7 @@ describe("ledger", () => {
         hashVersion: _hashVersion,
         keyId,
         scope,
+        effectiveAt,
         unit,
         ...rest
       } = JSON.parse(JSON.stringify(e)) as Record<string, unknown>;
@@ -89,6 +90,7 @@ describe("ledger", () => {
         ...(takeBack === null ? {} : { takeBack }),
         ...(keyId === null ? {} : { keyId }),
         ...(scope === null ? {} : { scope }),
+        ...(effectiveAt === null ? {} : { effectiveAt }),
         ...(unit === null ? {} : { unit }),
       };
     });
