@@ -54,6 +54,8 @@ export interface UsageRollupRow extends UsageSums {
   day: string;
   /** The kind of usage summed. */
   kind: UsageKind;
+  /** The unit of the entries summed (docs/units.md); null or absent: the default unit. */
+  unit?: string | null;
 }
 
 /**
@@ -80,6 +82,11 @@ export interface UsageBucket {
   window: number;
   /** The kind of usage summed. */
   kind: UsageKind;
+  /**
+   * The unit of the entries summed (docs/units.md): a store sums each unit apart, never two
+   * together. Null or absent: the default unit.
+   */
+  unit?: string | null;
   /** The dimension values, by dimension (only those grouped by). */
   groups: Record<string, string | null>;
   /** Credits of the bucket. */
@@ -649,7 +656,8 @@ export class UsageAccumulator {
     for (const p of usageParts(e, this.rules)) {
       if (!this.scan.kinds.includes(p.kind)) continue;
       const groups: Record<string, string | null> = {};
-      let key = `${window}\u0000${p.kind}`;
+      const unit = e.unit ?? null;
+      let key = `${window}\u0000${p.kind}\u0000${unit ?? "\u0001"}`;
       for (const d of this.scan.groupBy) {
         const v = groupValue(d, account, e, p);
         groups[d] = v;
@@ -657,7 +665,7 @@ export class UsageAccumulator {
       }
       let b = this.buckets.get(key);
       if (b === undefined) {
-        b = { window, kind: p.kind, groups, ...NO_MEASURES };
+        b = { window, kind: p.kind, unit, groups, ...NO_MEASURES };
         this.buckets.set(key, b);
       }
       for (const m of USAGE_MEASURES) b[m] += p[m];
@@ -681,7 +689,7 @@ function compareValue(a: string | null, b: string | null): number {
 }
 
 /**
- * The order of a report's rows: by window, kind, then the groups' values in `groupBy` order (null
+ * The order of a report's rows: by window, kind, unit (the default one first), then the groups' values in `groupBy` order (null
  * first, then by code units); with `orderBy: "credits"`, most credits first, then that order.
  */
 export function orderBuckets(buckets: UsageBucket[], scan: Pick<UsageScan, "groupBy" | "orderBy">): UsageBucket[] {
@@ -689,6 +697,8 @@ export function orderBuckets(buckets: UsageBucket[], scan: Pick<UsageScan, "grou
     if (scan.orderBy === "credits" && a.credits !== b.credits) return b.credits - a.credits;
     if (a.window !== b.window) return a.window - b.window;
     if (a.kind !== b.kind) return KIND_ORDER[a.kind] - KIND_ORDER[b.kind];
+    const u = compareValue(a.unit ?? null, b.unit ?? null);
+    if (u !== 0) return u;
     for (const d of scan.groupBy) {
       const c = compareValue(a.groups[d] ?? null, b.groups[d] ?? null);
       if (c !== 0) return c;
@@ -706,6 +716,8 @@ export function usageRows(buckets: readonly UsageBucket[], scan: UsageScan): { r
       end: new Date(scan.boundaries[b.window + 1]!),
       ...b.groups,
       kind: b.kind,
+      // Each unit's own rows (docs/units.md); the default unit's name none.
+      ...(b.unit == null ? {} : { unit: b.unit }),
       credits: b.credits,
       requests: b.requests,
       inputTokens: b.inputTokens,
@@ -777,6 +789,9 @@ const sums = (x: UsageSums | undefined): string =>
     ? "none"
     : `credits ${x.credits}, requests ${x.requests}, tokens ${x.inputTokens}/${x.outputTokens}/${x.cachedTokens}`;
 
+/** A rollup row's or bucket's unit in a problem's key: none for the default unit. */
+const unitOf = (x: { unit?: string | null }): string => (x.unit == null ? "" : ` ${x.unit}`);
+
 const sameSums = (a: UsageSums, b: UsageSums): boolean => USAGE_MEASURES.every((m) => a[m] === b[m]);
 
 /**
@@ -796,19 +811,20 @@ export function rollupProblems(
 ): string[] {
   const problems: string[] = [];
   if (first === undefined || last === undefined) {
-    for (const r of rows) problems.push(`usage rollup: ${r.day} ${r.kind} has ${sums(r)}, the journal has no entry`);
+    for (const r of rows)
+      problems.push(`usage rollup: ${r.day} ${r.kind}${unitOf(r)} has ${sums(r)}, the journal has no entry`);
     return problems;
   }
   const { from, archived } = auditedDays(first, last);
   const journal = new Map<string, UsageSums>();
   for (const b of buckets) {
     const day = new Date(from + b.window * DAY).toISOString().slice(0, 10);
-    journal.set(`${day} ${b.kind}`, b);
+    journal.set(`${day} ${b.kind}${unitOf(b)}`, b);
   }
   const firstDay = new Date(from).toISOString().slice(0, 10);
   for (const r of rows) {
     if (archived && r.day < firstDay) continue; // archived days: the rollup keeps them
-    const key = `${r.day} ${r.kind}`;
+    const key = `${r.day} ${r.kind}${unitOf(r)}`;
     const j = journal.get(key);
     journal.delete(key);
     if (j === undefined || !sameSums(r, j))
