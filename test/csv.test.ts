@@ -85,7 +85,9 @@ describe("the usage CSV per unit (docs/usage.md, docs/units.md)", () => {
       await m.credits.addCredits("acme", 100);
       await m.credits.deductCredits("acme", 7);
       const plain = await m.credits.getUsage({ ...range, interval: null });
-      expect(usageCsv(plain).split("\r\n")[0]).toBe("start,end,kind,credits,requests,inputTokens,outputTokens,cachedTokens");
+      expect(usageCsv(plain).split("\r\n")[0]).toBe(
+        "start,end,kind,credits,requests,inputTokens,outputTokens,cachedTokens",
+      );
       await m.credits.addCredits("acme", 10, { unit: "images" });
       await m.credits.deductCredits("acme", 3, { unit: "images" });
       const lines = usageCsv(await m.credits.getUsage({ ...range, interval: null })).split("\r\n");

@@ -80,7 +80,12 @@ const StateFields = {
   units: z.optional(
     z.record(
       UnitName,
-      z.object({ balance: SignedAmount, reserved: NonNegativeAmount, available: SignedAmount, debt: NonNegativeAmount }),
+      z.object({
+        balance: SignedAmount,
+        reserved: NonNegativeAmount,
+        available: SignedAmount,
+        debt: NonNegativeAmount,
+      }),
     ),
   ),
   limits: z.array(SpendLimitStatusSchema),

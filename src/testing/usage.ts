@@ -529,7 +529,13 @@ export function runUsageContract(getDb: () => DbManager, options: PartOptions & 
           })
         ).rows
           .filter((r) => !fleetWide || r.account === u)
-          .map((r) => [(r.start.getTime() - day0) / DAY, r.unit ?? null, ...groupBy.map((g) => r[g]), r.credits, r.requests]);
+          .map((r) => [
+            (r.start.getTime() - day0) / DAY,
+            r.unit ?? null,
+            ...groupBy.map((g) => r[g]),
+            r.credits,
+            r.requests,
+          ]);
       for (const fleetWide of fleet() ? [false, true] : [false]) {
         expect(await rows([], fleetWide)).toEqual([
           [0, null, 7, 1],

@@ -234,10 +234,14 @@ export function stateOf(
     const unit = rule?.unit === undefined || rule.unit === DEFAULT_UNIT ? null : rule.unit;
     // Its scoped grants first, then the pool: the order a spend on it draws them (docs/teams-and-limits.md).
     // In another unit: that unit's grants and debt; spend limits and allowances count the default unit.
-    const { grants: behind, granted, used, left } =
-      unit === null
-        ? figuresBehind(defaultGrants, spend, debt, now, drawn)
-        : figuresBehind(inUnit(unit), spend, account?.units?.[unit]?.debt ?? 0, now);
+    const {
+      grants: behind,
+      granted,
+      used,
+      left,
+    } = unit === null
+      ? figuresBehind(defaultGrants, spend, debt, now, drawn)
+      : figuresBehind(inUnit(unit), spend, account?.units?.[unit]?.debt ?? 0, now);
     const tight = unit === null ? tightestLimit(limits, spend, at) : null;
     const decision = decideFeature(left, rule, planId, undefined, () => tight);
     const limitEnds = tight === null ? null : tight.window.end;
