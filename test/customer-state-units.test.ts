@@ -107,3 +107,21 @@ describe("the customer's state per unit over HTTP", () => {
     }
   });
 });
+
+describe("a period_spend alert with units", () => {
+  it("its recount of the spend already made counts the default unit only", async () => {
+    const m = await createCreditManager({ notifications: {} });
+    try {
+      await m.credits.addCredits("acme", 100);
+      await m.credits.addCredits("acme", 50, { unit: "images" });
+      await m.credits.deductCredits("acme", 7);
+      await m.credits.deductCredits("acme", 30, { unit: "images" });
+      // Set after the spends: the spend already made in its window is recounted from the usage.
+      await m.notifications.setAlerts("acme", [{ id: "daily", kind: "period_spend", atOrAbove: 20, window: "day" }]);
+      const alert = (await m.credits.getCustomerState("acme")).alerts.find((a) => a.threshold.id === "daily");
+      expect(alert).toMatchObject({ state: "ok", value: 7 });
+    } finally {
+      await m.close();
+    }
+  });
+});
