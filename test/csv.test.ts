@@ -75,3 +75,29 @@ describe("CSV export (RFC 4180, inert against spreadsheet formulas; docs/usage.m
     expect(text).toBe(toCsv(["account", "currency", "paidMinor"], rows));
   });
 });
+
+describe("the usage CSV per unit (docs/usage.md, docs/units.md)", () => {
+  it("has a unit column when a row is in another unit, the default unit's rows saying credits", async () => {
+    const { createCreditManager, usageCsv } = await import("../src/index.js");
+    const m = await createCreditManager();
+    try {
+      const range = { account: "acme", from: new Date(Date.now() - 60_000), to: new Date(Date.now() + 60_000) };
+      await m.credits.addCredits("acme", 100);
+      await m.credits.deductCredits("acme", 7);
+      const plain = await m.credits.getUsage({ ...range, interval: null });
+      expect(usageCsv(plain).split("\r\n")[0]).toBe(
+        "start,end,kind,credits,requests,inputTokens,outputTokens,cachedTokens",
+      );
+      await m.credits.addCredits("acme", 10, { unit: "images" });
+      await m.credits.deductCredits("acme", 3, { unit: "images" });
+      const lines = usageCsv(await m.credits.getUsage({ ...range, interval: null })).split("\r\n");
+      expect(lines[0]).toBe("start,end,kind,unit,credits,requests,inputTokens,outputTokens,cachedTokens");
+      expect(lines.slice(1, 3).map((l) => l.split(",").slice(2, 5).join(","))).toEqual([
+        "spend,credits,7",
+        "spend,images,3",
+      ]);
+    } finally {
+      await m.close();
+    }
+  });
+});

@@ -77,3 +77,28 @@ describe("grants that start later, through the manager", () => {
     }
   });
 });
+
+describe("revenue with units (docs/revenue.md, decision 4)", () => {
+  it("money from a grant of any unit is recognized at its basis; unbilledCredits counts the default unit only", async () => {
+    const t0 = Date.now();
+    const m = await createCreditManager({ overdraftLimit: "unlimited", overdraftLimits: { images: "unlimited" } });
+    try {
+      await m.credits.addCredits("acme", 10, { unit: "images", costBasis: { perCredit: "20", currency: "usd" } });
+      await m.credits.deductCredits("acme", 4, { unit: "images" });
+      await m.credits.deductCreditsAfterService("acme", 9, { unit: "images" }); // 6 paid, 3 of debt in images
+      await m.credits.deductCreditsAfterService("acme", 5); // 5 of debt in credits
+      const { rows } = await m.credits.getRevenue({
+        account: "acme",
+        from: new Date(t0 - 3_600_000),
+        to: new Date(t0 + 3_600_000),
+        interval: null,
+      });
+      expect(rows.map((r) => [r.currency, r.paid, r.recognized, r.deferredEnd, r.unbilledCredits])).toEqual([
+        ["USD", 200, 200, 0, 0],
+        [null, 0, 0, 0, 5],
+      ]);
+    } finally {
+      await m.close();
+    }
+  });
+});

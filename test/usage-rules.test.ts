@@ -264,9 +264,9 @@ for (const [label, rules] of [
     beforeAll(() => {
       db.exec(
         "CREATE TABLE journal (user_id TEXT, seq INTEGER, type TEXT, amount INTEGER, metadata TEXT, description TEXT, " +
-          "spender TEXT, feature TEXT, reservation_id TEXT, created_at TEXT, occurred_at TEXT, take_back TEXT, PRIMARY KEY (user_id, seq))",
+          "spender TEXT, feature TEXT, reservation_id TEXT, created_at TEXT, occurred_at TEXT, take_back TEXT, unit TEXT, PRIMARY KEY (user_id, seq))",
       );
-      const ins = db.prepare("INSERT INTO journal VALUES (?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+      const ins = db.prepare("INSERT INTO journal VALUES (?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)");
       for (const { user, e } of accounts) {
         ins.run(
           user,
@@ -307,12 +307,12 @@ for (const [label, rules] of [
         await c.query(`CREATE SCHEMA "${schema}"`);
         await c.query(
           `CREATE TABLE ${journal} (user_id TEXT, seq BIGINT, type TEXT, amount BIGINT, metadata JSONB, description TEXT, ` +
-            `spender TEXT, feature TEXT, reservation_id TEXT, created_at TIMESTAMPTZ, occurred_at TIMESTAMPTZ, take_back TEXT, PRIMARY KEY (user_id, seq))`,
+            `spender TEXT, feature TEXT, reservation_id TEXT, created_at TIMESTAMPTZ, occurred_at TIMESTAMPTZ, take_back TEXT, unit TEXT, PRIMARY KEY (user_id, seq))`,
         );
         await c.query(`CREATE TABLE "${schema}"."accounts" (user_id TEXT PRIMARY KEY, seq BIGINT NOT NULL)`);
         for (const stmt of rollupDdl({ schema }, rules)) await c.query(stmt);
         for (const { user, e } of accounts) {
-          await c.query(`INSERT INTO ${journal} VALUES ($1, 1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`, [
+          await c.query(`INSERT INTO ${journal} VALUES ($1, 1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, NULL)`, [
             user,
             e.type,
             e.amount,

@@ -240,7 +240,8 @@ export async function accountPage(ctx: Ctx, userId: string): Promise<PageResult>
   const rev = pageReversals(entries);
   const admin = ctx.role === "admin";
   const audit = audits.find((a) => a.message === AUDIT_MESSAGE);
-  const chart = recent.entries.slice(-CHART_POINTS);
+  // The default unit's balance: an entry of another unit has its own unit's `balanceAfter` (docs/units.md).
+  const chart = recent.entries.filter((e) => e.unit == null).slice(-CHART_POINTS);
   const series = [chart.map((e) => e.createdAt.getTime() / 1000), chart.map((e) => e.balanceAfter)];
   const u = { user: userId };
   const usage = accountUsage(ctx, userId, recent);
@@ -442,7 +443,8 @@ function stateSection(ctx: Ctx, state: CustomerState): Html {
       { label: "Grants", num: true },
     ],
     rows: state.features.map((f) => [
-      f.feature,
+      // A feature in another unit names it: its figures are in that unit (docs/units.md).
+      f.unit === undefined ? f.feature : html`${f.feature} <span class="muted">(${f.unit})</span>`,
       f.allowed
         ? html`<span class="ok">allowed</span>`
         : html`<span class="bad">${REASONS[f.reason]}</span>${
@@ -499,6 +501,7 @@ function limitTable(ctx: Ctx, limits: readonly SpendLimitStatus[]): Html {
 function spenderTable(usage: UsageReport, limits: readonly SpendLimitStatus[]): Html {
   const rows = new Map<string | null, { credits: number; count: number }>();
   for (const r of usage.rows) {
+    if (r.unit !== undefined) continue; // the default unit's, as the limits beside it (docs/units.md)
     const key = r.spender ?? null;
     const row = rows.get(key) ?? { credits: 0, count: 0 };
     row.credits += r.credits;

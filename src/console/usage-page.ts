@@ -1,5 +1,5 @@
 import type { Account, JournalEntry } from "../core/models/index.js";
-import type { UsageDimension, UsageQuery, UsageReport } from "../core/models/usage.js";
+import type { UsageDimension, UsageQuery, UsageReport, UsageRow } from "../core/models/usage.js";
 import { sumUsage } from "../modules/usage/service.js";
 import { usageCsv } from "../modules/usage/csv.js";
 import { csvHeaders } from "../util/csv.js";
@@ -89,10 +89,12 @@ export async function usagePage(ctx: Ctx): Promise<PageResult> {
     return refusedReport(error, "Usage", form, p.account === "", ask);
   }
   const who = p.account === "" ? "every account" : p.account;
-  const spend = report.rows.filter((r) => r.kind === "spend");
+  // The cards and the chart count the default unit; the table names any other unit (docs/units.md).
+  const own = report.rows.filter((r) => r.unit === undefined);
+  const spend = own.filter((r) => r.kind === "spend");
   const total = spend.reduce((s, r) => s + r.credits, 0);
   const requests = spend.reduce((s, r) => s + r.requests, 0);
-  const back = report.rows.filter((r) => r.kind !== "spend").reduce((s, r) => s + r.credits, 0);
+  const back = own.filter((r) => r.kind !== "spend").reduce((s, r) => s + r.credits, 0);
   const rows = [...report.rows].sort((a, b) => b.start.getTime() - a.start.getTime() || b.credits - a.credits);
   const csv = `${ctx.base}/usage.csv${query({ account: p.account, from: isoDay(p.from), to: isoDay(p.last), by: p.by })}`;
   const body = html`<h1>Usage</h1>
@@ -103,7 +105,7 @@ export async function usagePage(ctx: Ctx): Promise<PageResult> {
       { label: "Refunded and clawed back", value: amount(back) },
     ])}
     <h2>By day and ${p.by} (UTC), ${who}</h2>
-    ${chartBox("usage-chart", `Credits spent per day by ${p.by}, ${who}`, chartData(report.rows, p.by, "UTC", p))}
+    ${chartBox("usage-chart", `Credits spent per day by ${p.by}, ${who}`, chartData(own, p.by, "UTC", p))}
     <p><a href="${csv}" download="usage.csv">Download CSV</a></p>
     ${table({
       id: "usage-table",
@@ -126,7 +128,7 @@ export async function usagePage(ctx: Ctx): Promise<PageResult> {
           amount(r.requests),
           amount(r.inputTokens),
           amount(r.outputTokens),
-          amount(r.credits),
+          inUnit(r),
         ]),
       empty: "No usage in this range.",
     })}
@@ -149,13 +151,16 @@ export async function usagePage(ctx: Ctx): Promise<PageResult> {
                   >${shortId(r.account as string, "user")}</a
                 >`,
                 amount(r.requests),
-                amount(r.credits),
+                inUnit(r),
               ]),
               empty: "No usage in this range.",
             })}`
     }`;
   return { title: "Usage", body };
 }
+
+/** A row's credits, with its unit when it is not the default one (docs/units.md). */
+const inUnit = (r: UsageRow) => (r.unit === undefined ? amount(r.credits) : `${amount(r.credits)} ${r.unit}`);
 
 /** The usage page's rows as CSV (RFC 4180, formulas made inert: docs/usage.md). */
 export async function usageCsvPage(ctx: Ctx): Promise<PageResult> {
@@ -250,15 +255,17 @@ export function accountUsage(ctx: Ctx, userId: string, recent: RecentEntries): H
     groupBy: ["model"],
     kinds: ["spend"],
   });
-  const total = report.rows.reduce((s, r) => s + r.credits, 0);
+  // The default unit's spend: another unit's is on the usage page (docs/units.md).
+  const own = report.rows.filter((r) => r.unit === undefined);
+  const total = own.reduce((s, r) => s + r.credits, 0);
   return html`<h2>Usage by day, last 30 days (UTC)</h2>
     ${
-      report.rows.length === 0
+      own.length === 0
         ? html`<p class="muted">No usage in the last 30 days.</p>`
         : chartBox(
             "account-usage-chart",
             `Credits spent per day by model, last 30 days: ${amount(total)}`,
-            chartData(report.rows, "model", "UTC", { from, to }),
+            chartData(own, "model", "UTC", { from, to }),
           )
     }
     ${partialNote(ctx, userId, partialSince)}

@@ -159,7 +159,7 @@ export function usageQuery(
   rules: UsageRules = USAGE_RULES,
   rollup?: {
     days: RollupDays;
-    /** Rows of `n` (`w`, `kind`, the groups, the measures) from the rollup, after `UNION ALL`, closing `n`'s parenthesis. */
+    /** Rows of `n` (`w`, `kind`, `unit`, the groups, the measures) from the rollup, after `UNION ALL`, closing `n`'s parenthesis. */
     rows(q: { bounds: string; kindIn: (x: string) => string; p: (v: unknown) => string }): string;
     /**
      * With `scan.throughSeq` (one account): the SQL of the rollup's cursor for the account (the last
@@ -301,7 +301,7 @@ export function usageQuery(
       return `${column} AS ${names[i]}`;
     });
   const head = (pt: Pick<PartSql, "model" | "feature" | "spender" | "own">) =>
-    ["e.w AS w", "e.kind AS kind", ...groups(pt)].join(", ");
+    ["e.w AS w", "e.kind AS kind", "e.unit AS unit", ...groups(pt)].join(", ");
   const measureCols = USAGE_MEASURES.map((m) => sqlMeasure(m));
   const as = (xs: string[]) => xs.map((x, i) => `${x} AS ${measureCols[i]}`).join(", ");
   // The rollup's rows after the entries' (closing `n`), or `n` closed.
@@ -342,15 +342,17 @@ export function usageQuery(
       )
       .join(" UNION ALL ")}${rollupRows()}`;
   }
-  const keys = ["w", "kind", ...names].map((_, i) => String(i + 1));
+  // Each unit summed apart (docs/units.md): the unit is a key of every group.
+  const keys = ["w", "kind", "unit", ...names].map((_, i) => String(i + 1));
   const order = [
     ...(scan.orderBy === "credits" ? ["credits DESC"] : []),
     "w",
     sqlKindOrder("kind", rules),
+    d.orderGroup("unit"),
     ...names.map(d.orderGroup),
   ];
   const text =
-    `WITH ${win.with}e0 AS (SELECT j.user_id, j.type, j.amount, j.metadata, j.description, j.spender, j.feature, j.reservation_id, ` +
+    `WITH ${win.with}e0 AS (SELECT j.user_id, j.type, j.amount, j.metadata, j.description, j.spender, j.feature, j.reservation_id, j.unit, ` +
     `${win.column}, ${sqlKind(r, "j", rules)} AS kind, ${factor} AS f ` +
     `FROM ${journal} j WHERE ${where.join(" AND ")}${d.fence}), ` +
     `e1 AS (SELECT e0.*${win.join === "" ? " FROM e0" : win.join} WHERE ${kinds}), ` +
@@ -358,7 +360,7 @@ export function usageQuery(
     // Split, the parts read each entry more than once: its sums are worked out once.
     (split ? `e AS ${d.once}(SELECT e2.*${sums.map((x) => `, ${x}`).join("")} FROM e2${d.fence}), ` : "") +
     n +
-    `SELECT * FROM (SELECT ${["w", "kind", ...names].join(", ")}, ${measureCols.map((m) => `${d.sum}(${m}) AS ${m}`).join(", ")} ` +
+    `SELECT * FROM (SELECT ${["w", "kind", "unit", ...names].join(", ")}, ${measureCols.map((m) => `${d.sum}(${m}) AS ${m}`).join(", ")} ` +
     `FROM n GROUP BY ${keys.join(", ")}) AS s ORDER BY ${order.join(", ")} LIMIT ${p(scan.limit + 1)}`;
   if (d.placeholders === "numbered")
     return { text: text.replace(/¶(\d+)¶/g, (_, i: string) => `$${Number(i) + 1}`), params: values };
@@ -380,6 +382,7 @@ export function usageBucket(row: Record<string, unknown>, scan: UsageScan): Usag
   return {
     window: Number(row.w),
     kind: row.kind as UsageKind,
+    unit: row.unit === null || row.unit === undefined ? null : String(row.unit),
     groups,
     ...(Object.fromEntries(USAGE_MEASURES.map((m) => [m, Number(row[m])])) as Record<UsageMeasure, number>),
   };

@@ -10,6 +10,7 @@ import {
   PlanId,
   SignedAmount,
   SubscriptionStatus,
+  UnitName,
   UserId,
 } from "../core/models/index.js";
 import type { CustomerState } from "../modules/customer-state/rules.js";
@@ -24,6 +25,8 @@ import { OPERATOR_FIELDS } from "./views.js";
 /** A grant behind a feature's figures, as an admin reads it (the operator's notes included). */
 export const StateGrantSchema = z.object({
   id: z.string(),
+  /** Its unit (docs/units.md); absent: the default unit. */
+  unit: z.optional(UnitName),
   source: GrantSource,
   amount: NonNegativeAmount,
   left: NonNegativeAmount,
@@ -38,6 +41,8 @@ export const StateGrantSchema = z.object({
 
 const FeatureStateFields = {
   feature: FeatureName,
+  /** The unit its figures are in (its rule's, docs/units.md); absent: the default unit. */
+  unit: z.optional(UnitName),
   allowed: z.boolean(),
   reason: z.enum(["ok", "feature_off", "insufficient_credits", "limit"]),
   required: z.number().check(z.int()),
@@ -71,6 +76,18 @@ const StateFields = {
   reserved: NonNegativeAmount,
   available: SignedAmount,
   debt: NonNegativeAmount,
+  /** Every unit but the default one, with its own figures (docs/units.md); absent: none. */
+  units: z.optional(
+    z.record(
+      UnitName,
+      z.object({
+        balance: SignedAmount,
+        reserved: NonNegativeAmount,
+        available: SignedAmount,
+        debt: NonNegativeAmount,
+      }),
+    ),
+  ),
   limits: z.array(SpendLimitStatusSchema),
   subscription: z.nullable(
     z.object({

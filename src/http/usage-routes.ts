@@ -5,6 +5,7 @@ import {
   MAX_USAGE_ROWS,
   UsageDimension,
   UsageInterval,
+  UnitName,
   UsageKind,
   UsageQuery,
   UserId,
@@ -49,6 +50,8 @@ const Row = z
       start: z.iso.datetime(),
       end: z.iso.datetime(),
       kind: UsageKind,
+      /** The unit of the row's entries (docs/units.md); absent: the default unit. */
+      unit: z.optional(UnitName),
       credits: z.number().check(z.int()),
       requests: z.number().check(z.int()),
       inputTokens: z.number().check(z.int()),
@@ -172,7 +175,7 @@ const tags = ["usage"];
  */
 const REPORT_RATE_COST = 5;
 const CSV_NOTE =
-  "RFC 4180 (CRLF records, a header line): start, end, the grouped dimensions, kind, credits, requests, inputTokens, outputTokens, cachedTokens. Text that begins with = + - @, a tab or a CR is prefixed with ' (spreadsheet injection). `X-Usage-Truncated: true` when `limit` cut rows.";
+  "RFC 4180 (CRLF records, a header line): start, end, the grouped dimensions, kind, unit (when a row is in another unit than the default one), credits, requests, inputTokens, outputTokens, cachedTokens. Text that begins with = + - @, a tab or a CR is prefixed with ' (spreadsheet injection). `X-Usage-Truncated: true` when `limit` cut rows.";
 
 /** The usage routes (docs/usage.md, "Over HTTP"). */
 export const usageRoutes: RouteDefinition[] = [

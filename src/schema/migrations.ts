@@ -19,6 +19,7 @@ import { nextVersion, targetVersion } from "./version.js";
 import { ConfigurationError } from "../core/errors.js";
 import { V1_TAKE_BACK } from "../core/domain/usage.js";
 import { sqlLit } from "./ident.js";
+import { rollupNames } from "./rollup.js";
 import { PG_USAGE, SQLITE_USAGE, sqlTest } from "./usage-sql.js";
 
 /** A column added to a table that existed before. */
@@ -94,7 +95,8 @@ export const MIGRATIONS: readonly Migration[] = [
     summary:
       "journal entries record what a take-back is (take_back, set from version 1's rule on the entries there are), the hash version, the key id of a keyed chain, an addition's scope and its start; grants record their start and whether they are upcoming; entries of type start; " +
       "accounts, grants, holds and entries record their unit (null: the default unit, which every row a version 1 store holds is in); " +
-      "grant sources and notification types take any lower-case identifier",
+      "grant sources and notification types take any lower-case identifier; " +
+      "PostgreSQL's daily usage rollup keys its rows by unit too (the rows there are: the default unit)",
     // hash_version stays NULL on the entries there are: their hash is version 1's (docs/concepts.md).
     columns: [
       { table: "journal", field: "takeBack" },
@@ -119,7 +121,10 @@ export const MIGRATIONS: readonly Migration[] = [
       { table: "journal", field: "source" },
       { table: "notifications", field: "type" },
     ],
-    statements: (dialect, _naming, tables) => [v1TakeBacks(dialect, tables.get("journal") as SqlTable)],
+    statements: (dialect, naming, tables) => [
+      v1TakeBacks(dialect, tables.get("journal") as SqlTable),
+      ...v1RollupUnits(dialect, naming),
+    ],
   },
 ];
 
@@ -148,6 +153,24 @@ function v1TakeBacks(dialect: SqlDialect, journal: SqlTable): string {
     `UPDATE ${journal.qualified} AS j SET ${q("take_back")} = CASE ${cases} END ` +
     `WHERE j.${q("take_back")} IS NULL AND ${all(last)};`
   );
+}
+
+/**
+ * The version 2 step of PostgreSQL's daily usage rollup (docs/usage.md, "The daily rollup"): its
+ * rows keyed by unit too (docs/units.md), those there are in the default unit (''). It can run
+ * again: the key is replaced only while it lacks the unit.
+ */
+function v1RollupUnits(dialect: SqlDialect, naming: NamingOptions): string[] {
+  if (dialect !== "postgres") return [];
+  const table = rollupNames(naming).table;
+  return [
+    `ALTER TABLE IF EXISTS ${table} ADD COLUMN IF NOT EXISTS "unit" TEXT NOT NULL DEFAULT '';`,
+    `DO $cm$ DECLARE k text; BEGIN SELECT c.conname INTO k FROM pg_constraint c WHERE c.conrelid = to_regclass(${sqlLit(table)}) ` +
+      `AND c.contype = 'p' AND NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.conrelid ` +
+      `AND a.attnum = ANY (c.conkey) AND a.attname = 'unit'); ` +
+      `IF k IS NOT NULL THEN EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I, ADD PRIMARY KEY ("user_id", "day", "kind", "unit")', ` +
+      `${sqlLit(table)}, k); END IF; END $cm$;`,
+  ];
 }
 
 /** The steps a store is brought through: the shipped ones, then a test's next version's (./version.ts). */

@@ -16,7 +16,7 @@ import {
 
 /**
  * The usage rollup of PostgreSQL (docs/usage.md, "The daily rollup"): `usage_daily`, one row per
- * account, UTC day and usage kind with the sums a usage report adds up (credits, requests, tokens),
+ * account, UTC day, usage kind and unit (`unit`: '' for the default one, docs/units.md) with the sums a usage report adds up (credits, requests, tokens),
  * and `usage_state`, per account the journal's last seq those rows hold (`through_seq`). Nothing on
  * the journal's write path: a report that
  * reads the rollup, the audit and the archival first add each account's entries above its
@@ -49,26 +49,26 @@ export function rollupNames(naming: NamingOptions): RollupNames {
 }
 
 /**
- * The sums of `source` (journal rows) by account,
- * UTC day and usage kind, in the rollup's columns: `SELECT user_id, day, kind, credits, …` grouped
- * by the first three (each entry's totals by the rules of usage).
+ * The sums of `source` (journal rows) by account, UTC day, usage kind and unit ('' the default
+ * one), in the rollup's columns: `SELECT user_id, day, kind, unit, credits, …` grouped by the first
+ * four (each entry's totals by the rules of usage; no two units added, docs/units.md).
  */
 function rollupSums(source: string, rules: UsageRules = USAGE_RULES, placed = sqlPlaced("e0")): string {
   const sources = usageSources(rules);
   // Each entry with its kind, its own measures and its part source's array, by the rules.
   const entries =
-    `SELECT e0.user_id, ${placed} AS at, e0.kind, ${sqlFactor(PG_USAGE, "e0", rules)} AS f, ` +
+    `SELECT e0.user_id, ${placed} AS at, e0.kind, coalesce(e0.unit, '') AS unit, ${sqlFactor(PG_USAGE, "e0", rules)} AS f, ` +
     USAGE_MEASURES.map((m) => `${sqlEntryMeasure(PG_USAGE, m, "e0", "e0.kind", rules)} AS ${q(`m_${m}`)}`).join(", ") +
     sources.map((s) => `, ${sqlSourceArray(PG_USAGE, s.i, "e0", "e0.kind", rules)} AS a${s.i}`).join("") +
     ` FROM (SELECT j.*, ${sqlKind(PG_USAGE, "j", rules)} AS kind FROM ${source} j WHERE ${sqlTypes("j", rules)}) AS e0 WHERE e0.kind IS NOT NULL`;
   return (
     // By the UTC day the usage happened (docs/usage.md, "Late usage"): a late entry or a
     // reversal adds to the row of its occurred_at's day, an earlier day than the entries around it.
-    `SELECT e.user_id, (e.at AT TIME ZONE 'UTC')::date, e.kind, ` +
+    `SELECT e.user_id, (e.at AT TIME ZONE 'UTC')::date, e.kind, e.unit, ` +
     USAGE_MEASURES.map(
       (m) => `sum((${sqlEntryTotal(PG_USAGE, m, (i) => `e.a${i}`, `e.${q(`m_${m}`)}`, rules)}) * e.f)`,
     ).join(", ") +
-    ` FROM (${entries}) AS e GROUP BY 1, 2, 3`
+    ` FROM (${entries}) AS e GROUP BY 1, 2, 3, 4`
   );
 }
 
@@ -90,7 +90,8 @@ export function rollupDdl(
   "day" DATE NOT NULL,
   "kind" TEXT NOT NULL CHECK ("kind" IN (${usageKindsOf(rules).map(sqlLit).join(", ")})),
 ${USAGE_MEASURES.map((m) => `  ${q(rollupColumn(m))} ${m === "credits" ? "BIGINT" : "NUMERIC"} NOT NULL,`).join("\n")}
-  PRIMARY KEY ("user_id", "day", "kind")
+  "unit" TEXT NOT NULL DEFAULT '',
+  PRIMARY KEY ("user_id", "day", "kind", "unit")
 ) WITH (fillfactor = 70);`,
     // Reports across accounts read a range of days.
     `CREATE INDEX IF NOT EXISTS ${q(`${r.name}_day`)} ON ${r.table} ("day");`,
@@ -102,8 +103,8 @@ ${USAGE_MEASURES.map((m) => `  ${q(rollupColumn(m))} ${m === "credits" ? "BIGINT
 function rollupUpsert(r: RollupNames, sums: string): string {
   const columns = USAGE_MEASURES.map((m) => q(rollupColumn(m)));
   return (
-    `INSERT INTO ${r.table} AS u ("user_id", "day", "kind", ${columns.join(", ")}) ${sums} ` +
-    `ON CONFLICT ("user_id", "day", "kind") DO UPDATE SET ${columns.map((c) => `${c} = u.${c} + EXCLUDED.${c}`).join(", ")}`
+    `INSERT INTO ${r.table} AS u ("user_id", "day", "kind", "unit", ${columns.join(", ")}) ${sums} ` +
+    `ON CONFLICT ("user_id", "day", "kind", "unit") DO UPDATE SET ${columns.map((c) => `${c} = u.${c} + EXCLUDED.${c}`).join(", ")}`
   );
 }
 
@@ -216,8 +217,8 @@ export function rollupBackfillSql(journal: string, accounts: string, naming: Nam
     `DELETE FROM ${r.state};`,
     `WITH cm_s AS (INSERT INTO ${r.state} ("user_id", "through_seq") SELECT user_id, seq FROM ${accounts} WHERE seq > 0 RETURNING user_id, through_seq), ` +
       `cm_j AS (SELECT j.* FROM ${journal} j JOIN cm_s ON cm_s.user_id = j.user_id WHERE j.seq <= cm_s.through_seq) ` +
-      `INSERT INTO ${r.table} ("user_id", "day", "kind", ${USAGE_MEASURES.map((m) => q(rollupColumn(m))).join(", ")}) ` +
+      `INSERT INTO ${r.table} ("user_id", "day", "kind", "unit", ${USAGE_MEASURES.map((m) => q(rollupColumn(m))).join(", ")}) ` +
       // In day order: a report's range of days reads adjacent pages.
-      `${rollupSums("cm_j")} ORDER BY 2, 1, 3;`,
+      `${rollupSums("cm_j")} ORDER BY 2, 1, 3, 4;`,
   ];
 }

@@ -115,7 +115,7 @@ const CUSTOMER_JS = `"use strict";
     var body = document.querySelector("#features tbody");
     state.features.forEach(function (f) {
       var tr = document.createElement("tr");
-      cell(tr, f.feature);
+      cell(tr, f.unit ? f.feature + " (" + f.unit + ")" : f.feature);
       cell(tr, NOW[f.reason] || f.reason, f.allowed ? "ok" : "bad");
       cell(tr, n.format(f.used), "num");
       cell(tr, n.format(f.left), "num");
@@ -187,6 +187,7 @@ const CUSTOMER_JS = `"use strict";
     var index = {};
     starts.forEach(function (t, i) { index[t] = i; });
     usage.rows.forEach(function (r) {
+      if (r.unit) return; // the chart and the total count the default unit (docs/units.md)
       var label = r.model == null ? "(no model)" : String(r.model);
       if (!byModel[label]) { byModel[label] = starts.map(function () { return 0; }); totals[label] = 0; }
       byModel[label][index[Date.parse(r.start) / 1000]] += r.credits;
@@ -212,7 +213,7 @@ const CUSTOMER_JS = `"use strict";
       cell(tr, isoDay(r.start));
       cell(tr, r.model == null ? "(no model)" : String(r.model));
       cell(tr, n.format(r.requests), "num");
-      cell(tr, n.format(r.credits), "num");
+      cell(tr, n.format(r.credits) + (r.unit ? " " + r.unit : ""), "num");
       body.appendChild(tr);
     });
     if (rows.length === 0) {

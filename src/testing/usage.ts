@@ -503,6 +503,55 @@ export function runUsageContract(getDb: () => DbManager, options: PartOptions & 
       expect(await spend(5)).toEqual(["1:bob=6", "2:bob=30", "2:null=20"]);
     });
 
+    it("each unit's usage is a row of its own, never added to another's, from the journal and the rollup (docs/units.md)", async () => {
+      const credits = usageService(db, clock);
+      // A day of its own, then whole UTC days: a store's rollup answers them.
+      const day0 = (Math.floor(clock.now / DAY) + 2) * DAY;
+      clock.now = day0 + HOUR;
+      const u = `usage-${run}-units`;
+      await credits.addCredits(u, 100);
+      await credits.addCredits(u, 10, { unit: "images" });
+      await credits.deductCredits(u, 7, { feature: "chat" });
+      await credits.deductCredits(u, 3, { unit: "images", feature: "render" });
+      const hold = await credits.reserveCredits(u, 4, { unit: "images" });
+      await credits.commitReservedCredits(hold.id, { amount: 2 });
+      clock.now += DAY;
+      await credits.deductCredits(u, 5);
+      clock.now += DAY;
+      const rows = async (groupBy: UsageDimension[], fleetWide: boolean) =>
+        (
+          await credits.getUsage({
+            ...(fleetWide ? {} : { account: u }),
+            from: new Date(day0),
+            to: new Date(day0 + 2 * DAY),
+            interval: "day",
+            groupBy: fleetWide ? ["account", ...groupBy] : groupBy,
+          })
+        ).rows
+          .filter((r) => !fleetWide || r.account === u)
+          .map((r) => [
+            (r.start.getTime() - day0) / DAY,
+            r.unit ?? null,
+            ...groupBy.map((g) => r[g]),
+            r.credits,
+            r.requests,
+          ]);
+      for (const fleetWide of fleet() ? [false, true] : [false]) {
+        expect(await rows([], fleetWide)).toEqual([
+          [0, null, 7, 1],
+          [0, "images", 5, 2],
+          [1, null, 5, 1],
+        ]);
+        expect(await rows(["feature"], fleetWide)).toEqual([
+          [0, null, "chat", 7, 1],
+          [0, "images", null, 2, 1],
+          [0, "images", "render", 3, 1],
+          [1, null, null, 5, 1],
+        ]);
+      }
+      expect((await credits.audit(u)).problems).toEqual([]);
+    });
+
     it("top accounts: orderBy credits with a limit, truncated says so (a store without usage() refuses the report across accounts)", async () => {
       const credits = usageService(db, clock);
       clock.now += HOUR;

@@ -54,6 +54,8 @@ export interface UsageRollupRow extends UsageSums {
   day: string;
   /** The kind of usage summed. */
   kind: UsageKind;
+  /** The unit of the entries summed (docs/units.md); null or absent: the default unit. */
+  unit?: string | null;
 }
 
 /**
@@ -80,6 +82,8 @@ export interface UsageBucket {
   window: number;
   /** The kind of usage summed. */
   kind: UsageKind;
+  /** The unit of the entries summed, each apart (docs/units.md); null or absent: the default unit. */
+  unit?: string | null;
   /** The dimension values, by dimension (only those grouped by). */
   groups: Record<string, string | null>;
   /** Credits of the bucket. */
@@ -649,7 +653,7 @@ export class UsageAccumulator {
     for (const p of usageParts(e, this.rules)) {
       if (!this.scan.kinds.includes(p.kind)) continue;
       const groups: Record<string, string | null> = {};
-      let key = `${window}\u0000${p.kind}`;
+      let key = `${window}\u0000${p.kind}\u0000${e.unit ?? "\u0001"}`;
       for (const d of this.scan.groupBy) {
         const v = groupValue(d, account, e, p);
         groups[d] = v;
@@ -657,7 +661,7 @@ export class UsageAccumulator {
       }
       let b = this.buckets.get(key);
       if (b === undefined) {
-        b = { window, kind: p.kind, groups, ...NO_MEASURES };
+        b = { window, kind: p.kind, unit: e.unit ?? null, groups, ...NO_MEASURES };
         this.buckets.set(key, b);
       }
       for (const m of USAGE_MEASURES) b[m] += p[m];
@@ -681,14 +685,15 @@ function compareValue(a: string | null, b: string | null): number {
 }
 
 /**
- * The order of a report's rows: by window, kind, then the groups' values in `groupBy` order (null
- * first, then by code units); with `orderBy: "credits"`, most credits first, then that order.
+ * The order of a report's rows: by window, kind, unit, then the groups' values in `groupBy` order
+ * (null first, then by code units); with `orderBy: "credits"`, most credits first, then that order.
  */
 export function orderBuckets(buckets: UsageBucket[], scan: Pick<UsageScan, "groupBy" | "orderBy">): UsageBucket[] {
   return buckets.sort((a, b) => {
     if (scan.orderBy === "credits" && a.credits !== b.credits) return b.credits - a.credits;
     if (a.window !== b.window) return a.window - b.window;
     if (a.kind !== b.kind) return KIND_ORDER[a.kind] - KIND_ORDER[b.kind];
+    if ((a.unit ?? null) !== (b.unit ?? null)) return compareValue(a.unit ?? null, b.unit ?? null);
     for (const d of scan.groupBy) {
       const c = compareValue(a.groups[d] ?? null, b.groups[d] ?? null);
       if (c !== 0) return c;
@@ -706,6 +711,7 @@ export function usageRows(buckets: readonly UsageBucket[], scan: UsageScan): { r
       end: new Date(scan.boundaries[b.window + 1]!),
       ...b.groups,
       kind: b.kind,
+      ...(b.unit == null ? {} : { unit: b.unit }), // the default unit's rows name none (docs/units.md)
       credits: b.credits,
       requests: b.requests,
       inputTokens: b.inputTokens,
@@ -777,16 +783,17 @@ const sums = (x: UsageSums | undefined): string =>
     ? "none"
     : `credits ${x.credits}, requests ${x.requests}, tokens ${x.inputTokens}/${x.outputTokens}/${x.cachedTokens}`;
 
+const unitOf = (x: { unit?: string | null }): string => (x.unit == null ? "" : ` ${x.unit}`);
 const sameSums = (a: UsageSums, b: UsageSums): boolean => USAGE_MEASURES.every((m) => a[m] === b[m]);
 
 /**
  * The audit of an account's daily usage rollup (docs/usage.md, "The daily rollup"): its `rows`
  * compared with `buckets`, the journal's own report by UTC day and kind (what a store's `usage()`
- * answers for `rollupAuditScan(account, first, last)`), given the account's first and last
- * remaining journal entries. One problem per day and kind where they differ, a row the journal
- * has not or a day the journal has that the rollup has not. Days emptied by archival (before the
- * first remaining entry, and its own day when entries before it are archived) are not compared:
- * the rollup keeps them. An account with no entry: every row is a problem.
+ * answers for `rollupAuditScan(account, first, last)`), given its first and last remaining journal
+ * entries. One problem per day, kind and unit (`unitOf`: none for the default one) where they
+ * differ, a row the journal has not or a day it has that the rollup has not. Days emptied by
+ * archival (before the first remaining entry, and its own day when entries before it are
+ * archived) are not compared: the rollup keeps them. An account with no entry: every row is one.
  */
 export function rollupProblems(
   rows: readonly UsageRollupRow[],
@@ -796,19 +803,20 @@ export function rollupProblems(
 ): string[] {
   const problems: string[] = [];
   if (first === undefined || last === undefined) {
-    for (const r of rows) problems.push(`usage rollup: ${r.day} ${r.kind} has ${sums(r)}, the journal has no entry`);
+    for (const r of rows)
+      problems.push(`usage rollup: ${r.day} ${r.kind}${unitOf(r)} has ${sums(r)}, the journal has no entry`);
     return problems;
   }
   const { from, archived } = auditedDays(first, last);
   const journal = new Map<string, UsageSums>();
   for (const b of buckets) {
     const day = new Date(from + b.window * DAY).toISOString().slice(0, 10);
-    journal.set(`${day} ${b.kind}`, b);
+    journal.set(`${day} ${b.kind}${unitOf(b)}`, b);
   }
   const firstDay = new Date(from).toISOString().slice(0, 10);
   for (const r of rows) {
     if (archived && r.day < firstDay) continue; // archived days: the rollup keeps them
-    const key = `${r.day} ${r.kind}`;
+    const key = `${r.day} ${r.kind}${unitOf(r)}`;
     const j = journal.get(key);
     journal.delete(key);
     if (j === undefined || !sameSums(r, j))

@@ -123,6 +123,11 @@ export interface UsageRow {
   reason?: string | null;
   /** Always there: rows of different kinds are never added together. */
   kind: UsageKind;
+  /**
+   * The unit of the entries summed (docs/units.md): each unit has rows of its own, never added to
+   * another's. Absent: the default unit.
+   */
+  unit?: string;
   /** Credits: spent for `spend`, taken back for `refund` and `clawback` (never negative). */
   credits: number;
   /** Requests: one per deduction or captured hold, a lease window's count; 0 for refunds and clawbacks. */

@@ -149,6 +149,7 @@ export async function recountSpend(
     let spent = 0;
     for (const b of buckets) {
       if (boundaries[b.window]! < w.start || boundaries[b.window + 1]! > w.end) continue;
+      if (b.unit != null) continue; // alerts watch the default unit (docs/units.md)
       if (t.spender !== undefined && b.groups.spender !== t.spender) continue;
       if (t.feature !== undefined && b.groups.feature !== t.feature) continue;
       spent += b.credits;

@@ -221,7 +221,8 @@ export function usagePipeline(scan: UsageScan, rules: UsageRules = USAGE_RULES):
       default: [whole],
     },
   };
-  const id: Document = { w: "$w", kind: "$kind" };
+  // Each unit summed apart (docs/units.md): null, the default unit.
+  const id: Document = { w: "$w", kind: "$kind", unit: { $ifNull: ["$unit", null] } };
   scan.groupBy.forEach((d, i) => {
     const name = `g${i}`;
     switch (d) {
@@ -257,6 +258,7 @@ export function usagePipeline(scan: UsageScan, rules: UsageRules = USAGE_RULES):
   if (scan.orderBy === "credits") sort.credits = -1;
   sort["_id.w"] = 1;
   sort.ko = 1;
+  sort["_id.unit"] = 1;
   scan.groupBy.forEach((_, i) => (sort[`_id.g${i}`] = 1));
   return [
     { $match: match },
@@ -270,6 +272,7 @@ export function usagePipeline(scan: UsageScan, rules: UsageRules = USAGE_RULES):
         spender: 1,
         feature: 1,
         reservationId: 1,
+        unit: 1,
         at: { $ifNull: ["$occurredAt", "$createdAt"] },
         kind,
         // -1 for an entry that gives usage back (a reversal), else 1: its parts' factor.
@@ -312,6 +315,7 @@ export function usageBucketOf(doc: Document, scan: UsageScan): UsageBucket {
   return {
     window: Number(id.w),
     kind: id.kind as UsageKind,
+    unit: id.unit === null || id.unit === undefined ? null : String(id.unit),
     groups,
     ...(Object.fromEntries(USAGE_MEASURES.map((m) => [m, Number(doc[m])])) as Record<UsageMeasure, number>),
   };

@@ -598,13 +598,15 @@ export class PostgresDbManager extends StoreBase implements DbManager {
       await this.catchUpUsageRollup(userId);
       const rows = await this.read(
         "usageRollup",
-        `SELECT to_char(day, 'YYYY-MM-DD') AS day, kind, credits, requests, input_tokens, output_tokens, cached_tokens ` +
-          `FROM ${rollupNames(this.sql.naming).table} WHERE user_id = $1 ORDER BY day, kind`,
+        `SELECT to_char(day, 'YYYY-MM-DD') AS day, kind, unit, credits, requests, input_tokens, output_tokens, cached_tokens ` +
+          `FROM ${rollupNames(this.sql.naming).table} WHERE user_id = $1 ORDER BY day, kind, unit`,
         [userId],
       );
       return rows.map((r) => ({
         day: String(r.day),
         kind: r.kind as UsageRollupRow["kind"],
+        // '' is the default unit (the column keys the row: no NULL).
+        unit: r.unit === "" || r.unit == null ? null : String(r.unit),
         credits: Number(r.credits),
         requests: Number(r.requests),
         inputTokens: Number(r.input_tokens),

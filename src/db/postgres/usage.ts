@@ -52,12 +52,12 @@ function rollupPart(
   // group instead of one per account and day (and sorts no more than fits in work_mem).
   const byAccount = scan.groupBy.length > 0;
   return (
-    `UNION ALL SELECT ${["w", "kind", ...scan.groupBy.map((_, i) => `u AS g${i}`)].join(", ")}, ` +
+    `UNION ALL SELECT ${["w", "kind", "unit", ...scan.groupBy.map((_, i) => `u AS g${i}`)].join(", ")}, ` +
     `${USAGE_MEASURES.map((m) => `sum(${sqlMeasure(m)})`).join(", ")} FROM (SELECT ` +
     // One window (interval null): no bucket to work out, and the planner counts the groups right.
-    `${scan.boundaries.length === 2 ? "0" : `width_bucket(r.day::timestamp AT TIME ZONE 'UTC', ${bounds}::timestamptz[]) - 1`} AS w, r.kind AS kind, r.user_id AS u, ` +
+    `${scan.boundaries.length === 2 ? "0" : `width_bucket(r.day::timestamp AT TIME ZONE 'UTC', ${bounds}::timestamptz[]) - 1`} AS w, r.kind AS kind, nullif(r.unit, '') AS unit, r.user_id AS u, ` +
     `${USAGE_MEASURES.map((m) => `r.${rollupColumn(m)} AS ${sqlMeasure(m)}`).join(", ")} FROM ${rollup.table} r ` +
     `WHERE r.day >= ${p(day(rollup.days.from))}::date AND r.day < ${p(day(rollup.days.to))}::date AND ${kindIn("r.kind")}) AS rr ` +
-    `GROUP BY w, kind${byAccount ? ", u" : ""}) `
+    `GROUP BY w, kind, unit${byAccount ? ", u" : ""}) `
   );
 }

@@ -24,9 +24,19 @@ const MAX_PASSES = 100;
 const KEPT = new Set(["account", "feature", "spender", "model"]);
 const USAGE_TYPES = usageEntryTypes();
 
+/**
+ * A row's key of its dimensions: the JSON array of its feature, spender and model, and its unit
+ * after them when it is not the default one (docs/units.md: each unit's usage is a row of its own).
+ */
+const dimsOf = (r: Pick<RollupRow, "feature" | "spender" | "model" | "unit">): string =>
+  JSON.stringify(r.unit === null ? [r.feature, r.spender, r.model] : [r.feature, r.spender, r.model, r.unit]);
+/** A rollup row's unit (of `r`), read back from its `dims`: NULL for the default unit. */
+const UNIT = `json_extract(r."dims", '$[3]')`;
+
 interface RollupRow extends UsageSums {
   day: string;
   kind: UsageKind;
+  unit: string | null;
   feature: string | null;
   spender: string | null;
   model: string | null;
@@ -93,12 +103,14 @@ export class SqliteUsageRollup {
       for (const p of parts) {
         const feature = groupValue("feature", userId, e, p);
         const spender = groupValue("spender", userId, e, p);
-        const key = JSON.stringify([day, p.kind, feature, spender, p.model]);
+        const unit = e.unit ?? null;
+        const key = JSON.stringify([day, p.kind, feature, spender, p.model, unit]);
         let row = rows.get(key);
         if (row === undefined) {
           row = {
             day,
             kind: p.kind,
+            unit,
             feature,
             spender,
             model: p.model,
@@ -123,7 +135,7 @@ export class SqliteUsageRollup {
         userId,
         r.day,
         r.kind,
-        JSON.stringify([r.feature, r.spender, r.model]),
+        dimsOf(r),
         r.feature,
         r.spender,
         r.model,
@@ -191,7 +203,8 @@ export class SqliteUsageRollup {
     const sums = USAGE_MEASURES.map((m) => `total("${rollupColumn(m)}") AS ${sqlMeasure(m)}`).join(", ");
     return this.s
       .all(
-        `SELECT "day", "kind", ${sums} FROM ${this.names.table} WHERE "user_id" = ? GROUP BY "day", "kind" ORDER BY "day", "kind"`,
+        `SELECT "day", "kind", ${UNIT} AS unit, ${sums} FROM ${this.names.table} r WHERE "user_id" = ? ` +
+          `GROUP BY "day", "kind", unit ORDER BY "day", "kind", unit`,
         [userId],
       )
       .map(
@@ -199,6 +212,7 @@ export class SqliteUsageRollup {
           ({
             day: String(r.day),
             kind: r.kind as UsageKind,
+            unit: r.unit === null || r.unit === undefined ? null : String(r.unit),
             ...Object.fromEntries(USAGE_MEASURES.map((m) => [m, Number(r[m])])),
           }) as UsageRollupRow,
       );
@@ -236,7 +250,7 @@ export class SqliteUsageRollup {
     const where = [`r."day" >= ${q.p(day(days.from))}`, `r."day" < ${q.p(day(days.to))}`, q.kindIn(`r."kind"`)];
     if (scan.account !== null) where.unshift(`r."user_id" = ${q.p(scan.account)}`);
     return (
-      `UNION ALL SELECT ${["win.i AS w", `r."kind" AS kind`, ...groups].join(", ")}, ` +
+      `UNION ALL SELECT ${["win.i AS w", `r."kind" AS kind`, `${UNIT} AS unit`, ...groups].join(", ")}, ` +
       `${USAGE_MEASURES.map((m) => `r."${rollupColumn(m)}" AS ${sqlMeasure(m)}`).join(", ")} ` +
       `FROM ${this.names.table} r JOIN win ON ${at} >= win.s AND ${at} < win.t WHERE ${where.join(" AND ")}) `
     );

@@ -22,6 +22,7 @@ import { DEFAULT_UNIT } from "../../core/models/common.js";
 import { compareGrants, isUpcoming, startOf } from "../../core/domain/order.js";
 import { drawnOutOf } from "../../core/domain/allowance.js";
 import { availableOf, figuresBehind } from "../../core/domain/scope.js";
+import { DEFAULT_UNIT } from "../../core/models/common.js";
 
 /** What `credits.getCustomerState(userId)` answers (docs/customer-state.md). @public */
 export interface CustomerState {
@@ -42,6 +43,12 @@ export interface CustomerState {
   available: number;
   /** Overdraft no grant covers, paid first by the next addition. */
   debt: number;
+  /**
+   * Every unit the account holds but the default one, by name, with its own figures, as
+   * `getUserCreditsInfo` answers them (docs/units.md); absent while it holds only the default unit.
+   * The figures above are the default unit's: nothing adds two units.
+   */
+  units?: Record<string, UnitState>;
   /** Every feature the account's plan, scoped grants, spend limits and `features` rules name, by name. */
   features: FeatureState[];
   /** Each spend limit: its window now, what it counted and when it resets. */
@@ -57,10 +64,27 @@ export interface CustomerState {
   upcoming: StateGrant[];
 }
 
+/** One unit's figures in a `CustomerState` (docs/units.md). @public */
+export interface UnitState {
+  /** Posted units: its grants' unspent units, held ones included, less its debt. */
+  balance: number;
+  /** Held by its active holds. */
+  reserved: number;
+  /** `balance - reserved`. */
+  available: number;
+  /** Its overdraft, paid only by its next additions. */
+  debt: number;
+}
+
 /** One feature of a `CustomerState`: its decision and the figures behind it. @public */
 export interface FeatureState {
   /** The feature's name. */
   feature: string;
+  /**
+   * The unit its figures are in: the unit its rule names (docs/units.md, "Features in a unit");
+   * absent: the default unit.
+   */
+  unit?: string;
   /** What `check(userId, { feature })` answers now. */
   allowed: boolean;
   /** Why not (docs/customer-state.md, "Why not"); "ok" when allowed. */
@@ -103,6 +127,8 @@ export interface FeatureLimit {
 export interface StateGrant {
   /** The grant's id. */
   id: string;
+  /** Its unit (docs/units.md); absent: the default unit. */
+  unit?: string;
   /** Where its credits came from. */
   source: GrantSource;
   /** What it was given. */
@@ -199,14 +225,27 @@ export function stateOf(
   for (const d of drawn) for (const f of d.scope?.features ?? []) names.add(f);
   for (const l of limits) if (l.feature !== null) names.add(l.feature);
 
+  // Each unit's started grants, apart: a feature's figures read its own unit's only (docs/units.md).
+  const started = grants.filter((g) => !isUpcoming(g));
+  const inUnit = (unit: string | null) => started.filter((g) => (g.unit ?? null) === unit);
+  const defaultGrants = account?.units == null ? started : inUnit(null);
+
   const features = [...names].sort(byCodeUnit).map((feature): FeatureState => {
     const spend = { spender: null, feature };
-    // Its scoped grants first, then the pool: the order a spend on it draws them (docs/teams-and-limits.md).
-    const { grants: behind, granted, used, left } = figuresBehind(grants, spend, debt, now, drawn);
     const rule = rules[feature];
+    const unit = rule?.unit === undefined || rule.unit === DEFAULT_UNIT ? null : rule.unit;
+    // Its scoped grants first, then the pool: the order a spend on it draws them (docs/teams-and-limits.md).
+    // In another unit: that unit's grants and debt (docs/units.md).
+    const {
+      grants: behind,
+      granted,
+      used,
+      left,
+    } = unit === null
+      ? figuresBehind(defaultGrants, spend, debt, now, drawn)
+      : figuresBehind(inUnit(unit), spend, account?.units?.[unit]?.debt ?? 0, now);
     // The limits in the unit a spend on it acts in: its rule's (docs/units.md, "Features in a unit").
-    const ruleUnit = rule?.unit === undefined || rule.unit === DEFAULT_UNIT ? null : rule.unit;
-    const tight = tightestLimit(limits, { ...spend, unit: ruleUnit }, at);
+    const tight = tightestLimit(limits, { ...spend, unit }, at);
     const decision = decideFeature(left, rule, planId, undefined, () => tight);
     const limitEnds = tight === null ? null : tight.window.end;
     const allowanceEnds =
@@ -214,6 +253,7 @@ export function stateOf(
     const ends = [limitEnds, allowanceEnds].filter((t): t is number => t !== null);
     return {
       feature,
+      ...(unit === null ? {} : { unit }),
       allowed: decision.allowed,
       reason: decision.reason,
       required: decision.required,
@@ -250,6 +290,7 @@ export function stateOf(
     reserved: account?.reserved ?? 0,
     available: account === null ? 0 : availableOf(account, () => grants, now),
     debt,
+    ...unitsOf(account),
     features,
     limits: limitStatuses(limits, at),
     subscription:
@@ -271,10 +312,21 @@ export function stateOf(
   };
 }
 
+/** `{ units }`: every unit but the default one with its figures, as `getUserCreditsInfo` answers them; `{}` when none. */
+function unitsOf(account: Account | null): { units?: Record<string, UnitState> } {
+  const units = account?.units;
+  if (units == null || Object.keys(units).length === 0) return {};
+  const out: Record<string, UnitState> = {};
+  for (const [unit, f] of Object.entries(units).sort(([a], [b]) => byCodeUnit(a, b)))
+    out[unit] = { balance: f.balance, reserved: f.reserved, available: f.balance - f.reserved, debt: f.debt };
+  return { units: out };
+}
+
 function stateGrant(g: Grant): StateGrant {
   const scope = g.scope ?? null;
   return {
     id: g.id,
+    ...(g.unit == null ? {} : { unit: g.unit }),
     source: g.source,
     amount: g.amount,
     left: g.remaining,

@@ -91,7 +91,10 @@ export interface RevenueRow {
   refunds: number;
   /** Paid credits not yet used at `end`, at their basis. */
   deferredEnd: number;
-  /** Credits of usage past the balance (debt) in the window: no basis yet; recognized when a paid addition pays it. */
+  /**
+   * Credits of usage past the balance (debt) in the window: no basis yet; recognized when a paid
+   * addition pays it. The default unit's only (docs/units.md): another unit's debt is in its figures.
+   */
   unbilledCredits: number;
 }
 

@@ -272,6 +272,14 @@ export class RevenueAccumulator {
       if (w < 0 || v === 0) return;
       this.sum(k, w)[figure] += v;
     };
+    /**
+     * `credits` of entry `e` used past the balance (negative: no longer): `unbilledCredits` counts
+     * the default unit's only, never adding two units (docs/units.md); another unit's are that
+     * unit's `debt`.
+     */
+    const unbilled = (e: JournalEntry, credits: number) => {
+      if ((e.unit ?? null) === null) add(key(null, null, e), "unbilledCredits", credits);
+    };
     /** `v` of `lot`'s credits recognized or broken: its payment's (what a refund of it may reverse). */
     const earned = (lot: Lot, figure: "recognized" | "breakage", v: number) => {
       const p = lot.payment === null ? undefined : payments.get(lot.payment);
@@ -368,7 +376,7 @@ export class RevenueAccumulator {
           // What a deduction takes past the grants becomes debt: usage not paid for yet, a
           // take-back's too (docs/revenue.md, decisions 3 and 4), whose payment's revenue is reversed.
           if (past > 0) {
-            add(key(null, null, e), "unbilledCredits", past);
+            unbilled(e, past);
             if (p !== null) reverse(p, past, e);
           }
           if (alloc !== undefined && [...alloc.values()].every((v) => v <= 0)) holds.delete(e.reservationId ?? "");
@@ -398,7 +406,7 @@ export class RevenueAccumulator {
             add(key(lot.currency, lot, e), "recognized", -v);
             earned(lot, "recognized", -v);
           }
-          if (past > 0) add(key(null, null, e), "unbilledCredits", -past);
+          if (past > 0) unbilled(e, -past);
           break;
         }
         case "expire":
