@@ -16,7 +16,7 @@ function documentedRoutes(): string[] {
     // A row may list several routes under one prefix: `/prefix/` `a`, `b`, `c`.
     const several = /^`([^`?]+\/)` ((?:`[^`]+`(?:, )?)+)$/.exec(path ?? "");
     if (several) {
-      for (const [, last] of several[2].matchAll(/`([^`]+)`/g)) out.push(`${method} ${several[1]}${last}`);
+      for (const [, last] of (several[2] ?? "").matchAll(/`([^`]+)`/g)) out.push(`${method} ${several[1]}${last}`);
       continue;
     }
     const bare = /^`([^`?]+)(\?[^`]*)?`$/.exec(path ?? "");
