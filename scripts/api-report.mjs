@@ -21,9 +21,9 @@ const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const pkg = JSON.parse(readFileSync(join(root, "package.json"), "utf8"));
 const update = process.argv.includes("--update");
 // Exported declarations across every entry point (a report's `export …` lines): each is a promise.
-// A ratchet: lower it as names leave, never raise it. The aim is 500; the module seams (./core) and
-// the store part's types per dialect (./store) put it at 507.
-const MAX_DECLARATIONS = 507;
+// A ratchet: lower it as names leave, never raise it; at most 500 (docs/api.md). One runner for
+// the contract's parts (./testing) put it at 491.
+const MAX_DECLARATIONS = 491;
 const require = createRequire(import.meta.url);
 // The TypeScript that API Extractor's program is built with, to read that program's symbols.
 const ts = createRequire(require.resolve("@microsoft/api-extractor"))("typescript");

@@ -17,7 +17,7 @@ const pgUrl = process.env.CREDIT_PG_URL || undefined;
 const dirs: string[] = [];
 const schemas: string[] = [];
 
-const stores: Array<{ name: string; skip?: string; create: () => DbManager; afterInit?: () => Promise<void> }> = [
+const stores: Array<{ name: string; skip?: string; create: () => DbManager }> = [
   { name: "memory", create: () => new InMemoryDbManager() },
   {
     name: "sqlite",
@@ -56,8 +56,6 @@ for (const store of stores) {
         const ref = referrals({ bonus: 25 });
         const db = store.create();
         const m = await createCreditManager({ db, modules: [ref.module] });
-        await store.afterInit?.();
-        await ref.migrate();
         return { m, ref, db };
       };
 

@@ -166,3 +166,35 @@ describe("a module outside src/ through CreditModule", () => {
     expect(() => accountColumn("balance")).toThrow(ConfigurationError);
   });
 });
+
+describe("a module's store part creates its own tables (docs/writing-a-store.md, \"A module's part\")", () => {
+  /** A module whose memory side counts the `migrate` calls the store's `init()` makes. */
+  const counted = (id: string) => {
+    const calls = { migrate: 0 };
+    const module: CreditModule = {
+      id,
+      store: { module: id, memory: () => ({ reads: {}, migrate: () => void calls.migrate++ }) },
+    };
+    return { module, calls };
+  };
+
+  it("createCreditManager binds the part before init(), which runs its migrate; each init() runs it again", async () => {
+    const { module, calls } = counted("tables");
+    const m = await createCreditManager({ modules: [module] });
+    expect(calls.migrate).toBe(1);
+    await m.db.init();
+    expect(calls.migrate).toBe(2);
+    await m.close();
+    const skipped = counted("skipped");
+    const n = await createCreditManager({ modules: [skipped.module], init: false });
+    expect(skipped.calls.migrate).toBe(0);
+    await n.close();
+  });
+
+  it("a malformed module is refused before any part's migrate runs", async () => {
+    const good = counted("good");
+    const bad = { ...counted("Bad Id").module };
+    await expect(createCreditManager({ modules: [good.module, bad] })).rejects.toBeInstanceOf(ConfigurationError);
+    expect(good.calls.migrate).toBe(0);
+  });
+});

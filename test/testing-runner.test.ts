@@ -4,7 +4,7 @@ import { readdirSync, readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
 import { ConfigurationError } from "../src/core/errors.js";
 import { InMemoryDbManager } from "../src/index.js";
-import { runDbManagerContract, type TestApi } from "../src/testing/index.js";
+import { runContractPart, runDbManagerContract, type ContractPart, type TestApi } from "../src/testing/index.js";
 
 describe("the contract suite's test functions", () => {
   it("no module of the testing entry point imports a test runner (it takes the caller's)", () => {
@@ -53,5 +53,27 @@ describe("the contract suite's test functions", () => {
     expect(registered.every((t) => t.startsWith("DbManager contract: other runner > "))).toBe(true);
     expect(registered.some((t) => t.includes("notifications > "))).toBe(true);
     expect(hooks).toEqual(["beforeAll", "afterAll"]);
+  });
+
+  it("runContractPart registers one part's tests; an unknown part, or managers without a peer, is a ConfigurationError", () => {
+    const registered: string[] = [];
+    const path: string[] = [];
+    const other: TestApi = {
+      describe: (name, body) => {
+        path.push(name);
+        body();
+        path.pop();
+      },
+      it: (name) => void registered.push([...path, name].join(" > ")),
+      beforeAll: () => undefined,
+      afterAll: () => undefined,
+      expect: Object.assign(() => expect.unreachable("no test body runs while registering"), { any: () => null }),
+    };
+    const db = new InMemoryDbManager();
+    runContractPart("trial", () => db, { test: other });
+    expect(registered.length).toBeGreaterThan(0);
+    expect(registered.every((t) => t.startsWith("trial credits > "))).toBe(true);
+    expect(() => runContractPart("nope" as ContractPart, () => db, { test: other })).toThrow(ConfigurationError);
+    expect(() => runContractPart("managers", () => db, { test: other })).toThrow(/needs `getPeer`/);
   });
 });

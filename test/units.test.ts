@@ -9,7 +9,7 @@ import { SqliteDbManager } from "../src/db/sqlite/index.js";
 import { PostgresDbManager } from "../src/db/postgres/index.js";
 import { MongoDbManager } from "../src/db/mongodb/index.js";
 import type { MongoClient } from "mongodb";
-import { runUnitsContract } from "../src/testing/index.js";
+import { runContractPart } from "../src/testing/index.js";
 
 // The units part of the contract suite on every store, with two managers over one store: what
 // `runDbManagerContract` runs among its parts, here on its own so that a change to units runs in
@@ -32,7 +32,7 @@ function onStore(name: string, make: () => Promise<DbManager>, destroy?: () => P
       await db.close();
       await destroy?.();
     });
-    runUnitsContract(() => db, { getPeer: () => peer, test });
+    runContractPart("units", () => db, { getPeer: () => peer, test });
   });
 }
 

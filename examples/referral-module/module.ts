@@ -1,6 +1,7 @@
 /**
  * A referral-credits module written against the package's public entries only (docs/modules.md,
- * "Writing a module"): its own table on memory, SQLite and PostgreSQL, a unit-of-work hook that
+ * "Writing a module"): its own table on memory, SQLite and PostgreSQL (created by the store's
+ * `init()`), a unit-of-work hook that
  * saves a referral row with the grant that pays it, its own error code, grant source and event, and
  * an HTTP route. test/example-referral.test.ts runs it on each store.
  */
@@ -35,8 +36,6 @@ export class ReferralTakenError extends CreditError<"REFERRAL_TAKEN"> {
 
 /** What the module's store part answers outside units of work. */
 export interface ReferralReads {
-  /** Creates the module's table (once, after the store's own `init`). */
-  migrate(): Promise<void>;
   get(referee: string): Promise<Referral | null>;
 }
 
@@ -58,7 +57,7 @@ const fromRow = (r: Record<string, unknown> | undefined): Referral | null =>
 const memory = (): MemoryBoundPart<ReferralReads> => {
   const byReferee = new Map<string, Referral>();
   return {
-    reads: { migrate: async () => {}, get: async (referee) => byReferee.get(referee) ?? null },
+    reads: { get: async (referee) => byReferee.get(referee) ?? null },
     check: (rows) => {
       for (const r of referralsOf(rows)) if (byReferee.has(r.referee)) throw new ReferralTakenError(r.referee);
     },
@@ -70,10 +69,11 @@ const memory = (): MemoryBoundPart<ReferralReads> => {
 
 const CREATE = `CREATE TABLE IF NOT EXISTS referrals (referee TEXT PRIMARY KEY, referrer TEXT NOT NULL, grant_id TEXT NOT NULL, created_at TEXT NOT NULL)`;
 
-// SQLite: rows written inside the unit's write transaction (a taken referee fails the insert).
+// SQLite: the table created by the store's `init()`; rows written inside the unit's write
+// transaction (a taken referee fails the insert).
 const sqlite = (db: SqlitePartHost): SqliteBoundPart<ReferralReads> => ({
+  migrate: (tx) => void tx.run(CREATE),
   reads: {
-    migrate: async () => void db.run(CREATE),
     get: async (referee) => fromRow(db.all(`SELECT * FROM referrals WHERE referee = ?`, [referee])[0]),
   },
   write: (tx, rows) => {
@@ -89,8 +89,9 @@ const postgres = (host: PostgresPartHost): PostgresBoundPart<ReferralReads> => {
   const name = `"${prefix}referrals"`;
   const table = () => (schema === undefined ? name : `"${schema}".${name}`);
   return {
+    // In the store's `init()`, in its transaction.
+    migrate: (run) => run(CREATE.replace("referrals", table())),
     reads: {
-      migrate: async () => void (await host.read("referralsMigrate", CREATE.replace("referrals", table()), [])),
       get: async (referee) =>
         fromRow((await host.read("getReferral", `SELECT * FROM ${table()} WHERE referee = $1`, [referee]))[0]),
     },
@@ -172,5 +173,5 @@ export function referrals(options: { bonus: number }) {
     },
   ];
 
-  return { module, refer, routes, migrate: () => reads().migrate(), get: (referee: string) => reads().get(referee) };
+  return { module, refer, routes, get: (referee: string) => reads().get(referee) };
 }

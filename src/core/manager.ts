@@ -4,7 +4,7 @@
  * modules. `credit-management/core` exports its `createCreditManager`; the package's root builds
  * the full manager on `openCore` (src/manager.ts).
  */
-import type { CreditModule } from "./module.js";
+import { moduleRegistry, type CreditModule } from "./module.js";
 import * as z from "zod/mini";
 import { LoggerOption, silentLogger, type Logger } from "./logger.js";
 import type { Cache } from "./cache/index.js";
@@ -206,6 +206,10 @@ export async function openCore<C extends CoreCreditService>(
 ): Promise<CoreParts<C>> {
   const db = o.db ?? new CoreInMemoryDbManager();
   const logger = o.logger ?? silentLogger;
+  // The modules' store parts are bound before `init()`, which creates their tables
+  // (docs/writing-a-store.md, "A module's part"); bad modules are refused before anything is created.
+  for (const m of moduleRegistry(o.modules as readonly CreditModule[] | undefined).modules)
+    if (m.store !== undefined) db.usePart?.(m.store);
   if (o.init !== false) await db.init();
   const ledger = new LedgerLogger({ db, filePath: o.ledger ? o.ledger.filePath : false, logger, clock: o.clock });
   const n = o.notifications;

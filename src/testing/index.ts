@@ -49,35 +49,92 @@ import { runUnitsContract } from "../core/testing/units.js";
 import { runCustomerStateContract } from "./customer-state.js";
 import { runLaterGrantsContract } from "../core/testing/later-grants.js";
 
-export { runAccountsContract } from "../core/testing/accounts.js";
-export { runConcurrencyContract } from "../core/testing/concurrency.js";
-export { runPropertyContract } from "../core/testing/properties.js";
 export type { PartOptions } from "../core/testing/support.js";
-export { runLeasesContract } from "../modules/leases/contract.js";
-export { runNotificationContract } from "../core/testing/notifications.js";
-export { runAlertsContract } from "../core/testing/alerts.js";
-export { runUsageContract } from "./usage.js";
-export { runReversalsContract } from "./reversals.js";
-export { runLateUsageContract } from "./late-usage.js";
-export { runCappedHoldContract } from "../core/testing/capped-holds.js";
-export { runUnitsContract } from "../core/testing/units.js";
-export { runCustomerStateContract } from "./customer-state.js";
-export { runSubscriptionContract } from "../core/testing/subscriptions.js";
-export { runTrialContract } from "../core/testing/trial.js";
-export { runLaterGrantsContract } from "../core/testing/later-grants.js";
+
+/** The parts of the contract suite, in the order `runDbManagerContract` runs them. */
+const CONTRACT_PARTS: readonly ContractPart[] = [
+  "accounts",
+  "subscriptions",
+  "concurrency",
+  "promos",
+  "trial",
+  "properties",
+  "outbox",
+  "alerts",
+  "usage",
+  "reversals",
+  "lateUsage",
+  "cappedHolds",
+  "units",
+  "customerState",
+  "laterGrants",
+  "managers",
+  "leases",
+];
 
 /**
- * Two managers over one store: every decision that writes nothing is taken on the store's current
- * state (docs/testing.md#several-managers) — the core's cases and the promo codes'.
- * @beta
+ * Runs one part of the contract suite against the initialised store `getDb` answers, e.g. inside a
+ * `describe` of your own (docs/testing.md#the-contract-suite). `managers` needs `options.getPeer`.
+ * An unknown part, or `managers` without a peer, throws ConfigurationError. @beta
  */
-export function runManagersContract(
-  getDb: () => DbManager,
-  getPeer: () => DbManager,
-  options: { test?: TestApi } = {},
-): void {
-  runCoreManagersContract(getDb, getPeer, options);
-  runPromoManagersContract(getDb, getPeer);
+export function runContractPart(part: ContractPart, getDb: () => DbManager, options: PartOptions = {}): void {
+  if (!CONTRACT_PARTS.includes(part)) {
+    throw new ConfigurationError(
+      `[credit-management] [testing] no contract part "${String(part)}": one of ${CONTRACT_PARTS.join(", ")}`,
+    );
+  }
+  if (options.test !== undefined) useTestApi(options.test);
+  const { getPeer, raceSize, runs, seed } = options;
+  const peer = getPeer ?? getDb;
+  switch (part) {
+    case "accounts":
+      runAccountsContract(getDb);
+      runArchiveContract(getDb);
+      return;
+    case "subscriptions":
+      runSubscriptionContract(getDb);
+      runPlanRevenueContract(getDb);
+      return;
+    case "concurrency":
+      return runConcurrencyContract(getDb, { raceSize });
+    case "promos":
+      promoPaymentContract(getDb);
+      autoTopUpContract(getDb);
+      return;
+    case "trial":
+      return runTrialContract(getDb);
+    case "properties":
+      return runPropertyContract(getDb, { runs });
+    case "outbox":
+      return runNotificationContract(getDb, { raceSize });
+    case "alerts":
+      return runAlertsContract(getDb, { raceSize, runs, seed });
+    case "usage":
+      return runUsageContract(getDb, { runs });
+    case "reversals":
+      return runReversalsContract(getDb, { getPeer: peer });
+    case "lateUsage":
+      return runLateUsageContract(getDb);
+    case "cappedHolds":
+      return runCappedHoldContract(getDb, { getPeer: peer });
+    case "units":
+      return runUnitsContract(getDb, { getPeer: peer, runs });
+    case "customerState":
+      return runCustomerStateContract(getDb, { getPeer: peer, outbox: options.outbox });
+    case "laterGrants":
+      return runLaterGrantsContract(getDb, { getPeer: peer });
+    case "managers":
+      if (getPeer === undefined) {
+        throw new ConfigurationError(
+          "[credit-management] [testing] the managers part needs `getPeer`: a second manager",
+        );
+      }
+      runCoreManagersContract(getDb, getPeer);
+      runPromoManagersContract(getDb, getPeer);
+      return;
+    case "leases":
+      return runLeasesContract(getDb, peer, { seed });
+  }
 }
 
 /** Whether `db` has the optional part `name` (a core part by its capabilities; `promos`: the billing module's part binds). */
@@ -96,12 +153,6 @@ async function expectPartMissing(db: DbManager, name: OptionalPart | "promos"): 
   await expect(probe[name]()).rejects.toBeInstanceOf(ConfigurationError);
 }
 
-/** The promo codes and payments part of the contract (guarded uses, compare-and-set payments, races). @beta */
-export function runPromoPaymentContract(getDb: () => DbManager, options: PartOptions = {}): void {
-  if (options.test !== undefined) useTestApi(options.test);
-  promoPaymentContract(getDb);
-  autoTopUpContract(getDb);
-}
 export type { Assertion, AsyncAssertion, Expect, TestApi } from "../core/testing/runner.js";
 export {
   runPaymentProviderContract,
@@ -152,7 +203,7 @@ export interface ContractOptions {
   seed?: number;
 }
 
-/** The parts of the contract suite, each also exported on its own (`run…Contract`). @beta */
+/** The parts of the contract suite (`runContractPart` runs one). @beta */
 export type ContractPart =
   | "accounts"
   | "subscriptions"
@@ -232,55 +283,36 @@ export function runDbManagerContract(options: ContractOptions): void {
       run();
     };
 
-    part("accounts", () => {
-      runAccountsContract(getDb);
-      runArchiveContract(getDb);
-    });
+    part("accounts", () => runContractPart("accounts", getDb));
     // Before the races: their 500 lapsed holds on one account would be the jobs' to release.
-    part("subscriptions", () => {
-      runSubscriptionContract(getDb);
-      runPlanRevenueContract(getDb);
-    });
-    part("concurrency", () => runConcurrencyContract(getDb, { raceSize: race }));
-    part("promos", () => runPromoPaymentContract(getDb));
-    part("trial", () => runTrialContract(getDb));
-    part("properties", () => runPropertyContract(getDb, { runs }));
-    part("outbox", () => runNotificationContract(getDb, { raceSize: Math.min(race, 50) }));
+    part("subscriptions", () => runContractPart("subscriptions", getDb));
+    part("concurrency", () => runContractPart("concurrency", getDb, { raceSize: race }));
+    part("promos", () => runContractPart("promos", getDb));
+    part("trial", () => runContractPart("trial", getDb));
+    part("properties", () => runContractPart("properties", getDb, { runs }));
+    part("outbox", () => runContractPart("outbox", getDb, { raceSize: Math.min(race, 50) }));
     // Alert events are outbox rows: a store without the outbox goes without them too (the
     // outbox part's skip says why).
     if (skip.outbox === undefined)
       part("alerts", () =>
-        runAlertsContract(getDb, { raceSize: Math.min(race, 50), runs: Math.max(10, Math.round(runs / 4)) }),
+        runContractPart("alerts", getDb, { raceSize: Math.min(race, 50), runs: Math.max(10, Math.round(runs / 4)) }),
       );
-    part("usage", () => runUsageContract(getDb, { runs: options.usageRuns }));
-    // Giving charges back; two managers race reversals of one charge (over `db` twice without a peer).
-    part("reversals", () => runReversalsContract(getDb, { getPeer: () => peer ?? db }));
-    part("lateUsage", () => runLateUsageContract(getDb));
-    // Holds for what is there; two managers race them (over `db` twice without a peer).
-    part("cappedHolds", () => runCappedHoldContract(getDb, { getPeer: () => peer ?? db }));
-    // Balances in several units; two managers race spends in two units (over `db` twice without a peer).
-    part("units", () => runUnitsContract(getDb, { getPeer: () => peer ?? db }));
-    // The state in one read; a spend through one manager, the read through the other.
+    part("usage", () => runContractPart("usage", getDb, { runs: options.usageRuns }));
+    // The parts below race or read through two managers (over `db` twice without a peer): giving
+    // charges back, holds for what is there, spends in two units, the state in one read (a spend
+    // through one manager, the read through the other), grants that start later, leases.
+    const getPeer = () => peer ?? db;
+    part("reversals", () => runContractPart("reversals", getDb, { getPeer }));
+    part("lateUsage", () => runContractPart("lateUsage", getDb));
+    part("cappedHolds", () => runContractPart("cappedHolds", getDb, { getPeer }));
+    part("units", () => runContractPart("units", getDb, { getPeer }));
     part("customerState", () =>
-      runCustomerStateContract(getDb, { getPeer: () => peer ?? db, outbox: skip.outbox === undefined }),
+      runContractPart("customerState", getDb, { getPeer, outbox: skip.outbox === undefined }),
     );
-    // Grants that start later; the start read through the other manager (over `db` twice without a peer).
-    part("laterGrants", () => runLaterGrantsContract(getDb, { getPeer: () => peer ?? db }));
+    part("laterGrants", () => runContractPart("laterGrants", getDb, { getPeer }));
     if (createPeer !== undefined)
-      part("managers", () =>
-        runManagersContract(
-          () => db,
-          () => peer as DbManager,
-        ),
-      );
-    // Credit leases of two managers on one user (over `db` twice without a peer).
-    part("leases", () =>
-      runLeasesContract(
-        () => db,
-        () => peer ?? db,
-        { seed },
-      ),
-    );
+      part("managers", () => runContractPart("managers", () => db, { getPeer: () => peer as DbManager }));
+    part("leases", () => runContractPart("leases", () => db, { getPeer, seed }));
   });
 }
 

@@ -30,6 +30,13 @@ export interface BoundStorePart<Reads extends object = object> {
    * transaction handle of its dialect): what `DbTransaction.part(module)` answers.
    */
   transaction?(tx: never): object;
+  /**
+   * Creates the part's tables, indexes or collections where missing. The store's `init()` runs it
+   * for each part bound before it (`createCreditManager` binds its modules' parts first), after the
+   * store's own schema and unless the store was made with `migrate: false`, at every `init()`: it
+   * must be idempotent (`CREATE TABLE IF NOT EXISTS`). Each dialect says what it is handed.
+   */
+  migrate?(run: never): unknown;
 }
 
 /**
@@ -46,6 +53,8 @@ export interface MemoryBoundPart<Reads extends object = object> extends BoundSto
   check?(rows: ModuleRowLists): void;
   /** Applies the module's rows of a unit of work, at its commit. */
   apply?(rows: ModuleRowLists): void;
+  /** Run by the store's `init()` (`BoundStorePart.migrate`); the in-memory store has no table to create. */
+  migrate?(): void | Promise<void>;
 }
 
 /**

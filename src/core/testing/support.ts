@@ -7,10 +7,24 @@ import { CoreCreditService } from "../services/credit-service.js";
 import { ExpirationService } from "../services/expiration-service.js";
 import { SubscriptionService } from "../services/subscription-service.js";
 
-/** What each part's runner takes besides the store. @beta */
+/** What `runContractPart` takes besides the part and the store; a part reads the options it uses. @beta */
 export interface PartOptions {
   /** Your test runner's functions (see `ContractOptions.test`). */
   test?: TestApi;
+  /**
+   * A second manager over the same store, for the parts that race or read through two managers
+   * (`reversals`, `cappedHolds`, `units`, `customerState`, `laterGrants`, `leases`; `managers`
+   * needs it). Default: the store itself.
+   */
+  getPeer?: () => DbManager;
+  /** Concurrent callers in the race tests (`concurrency`; `outbox` and `alerts` default to 50). */
+  raceSize?: number;
+  /** fast-check runs of a random test (`properties`, `usage`, `alerts`, `units`). */
+  runs?: number;
+  /** Seed of a seeded random test (`alerts`, `leases`). */
+  seed?: number;
+  /** False for a store without the outbox part (`customerState` leaves out the cases that read its rows). */
+  outbox?: boolean;
 }
 
 export const T0 = Date.parse("2030-01-01T00:00:00.000Z");

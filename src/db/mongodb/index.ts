@@ -340,6 +340,9 @@ export class MongoDbManager extends StoreBase implements DbManager {
         await write(); // a concurrent upsert inserted it first: now this one updates
       }
     });
+    // The modules' indexes, after the store's own (docs/writing-a-store.md, "A module's part").
+    for (const { module, part } of this.modules.bound)
+      await guard(`init: the ${module} module's part`, async () => void (await (part as MongoBoundPart).migrate?.()));
   }
 
   /** Closes the client if `fromUri` created it; a client handed in stays open. */

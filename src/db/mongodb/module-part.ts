@@ -38,6 +38,8 @@ export interface MongoBoundPart<Reads extends object = object> extends BoundStor
   transaction?(tx: MongoPartTx): object;
   /** Writes the module's rows of a unit of work in its session and transaction. */
   save?(session: ClientSession, rows: ModuleRowLists): Promise<void>;
+  /** Creates the part's collections' indexes where missing, after the store's own (`BoundStorePart.migrate`). */
+  migrate?(): Promise<void>;
 }
 
 /** The MongoDB side of `part` bound to `host`; undefined when it has none. */

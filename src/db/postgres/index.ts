@@ -258,6 +258,10 @@ export class PostgresDbManager extends StoreBase implements DbManager {
         if (this.sql.distributed) for (const statement of this.sql.ddlStatements) await client.query(statement);
         else await client.query(this.sql.ddl);
       }
+      // The modules' tables, in this transaction and under its lock (docs/writing-a-store.md, "A module's part").
+      if (this.migrate)
+        for (const { part } of this.modules.bound)
+          await (part as PostgresBoundPart).migrate?.(async (text) => void (await client.query(text)));
       await client.query("COMMIT");
     } catch (error) {
       broken = (await rollback(client)) && error;

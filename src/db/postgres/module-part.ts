@@ -67,6 +67,11 @@ export interface PostgresBoundPart<Reads extends object = object> extends BoundS
    * account); null elsewhere.
    */
   save?(rows: readonly ModuleRowLists[], distributedUser: string | null): PostgresModuleSave | null;
+  /**
+   * Creates the part's tables where missing (`BoundStorePart.migrate`): `run` runs one statement in
+   * `init()`'s transaction, under its lock, so that several processes may start at once.
+   */
+  migrate?(run: (text: string) => Promise<void>): Promise<void>;
 }
 
 /** The PostgreSQL side of `part` bound to `host`; undefined when it has none. */

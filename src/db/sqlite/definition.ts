@@ -83,6 +83,9 @@ export function definition(s: Sqlite, options: SqliteDbManagerOptions): StoreDef
     init: async () => {
       await s.init();
       rollup.detect();
+      // The modules' tables, after the store's own, each part in one write transaction.
+      if (options.migrate !== false)
+        for (const { part } of modules.bound) await s.patiently(() => s.tx(() => part.migrate?.(s), true));
     },
     close: async () => {
       locker?.close();

@@ -36,6 +36,8 @@ export interface SqliteBoundPart<Reads extends object = object> extends BoundSto
   transaction?(tx: SqlitePartTx): object;
   /** Writes the module's rows of a unit of work, inside its transaction. */
   write?(db: SqlitePartHost, rows: ModuleRowLists): void;
+  /** Creates the part's tables where missing, on `db`, in `init()`'s write transaction (`BoundStorePart.migrate`). */
+  migrate?(db: SqlitePartHost): void;
 }
 
 /** The SQLite side of `part` bound to `host`; undefined when it has none. */

@@ -117,7 +117,10 @@ export class CoreInMemoryDbManager extends StoreBase implements DbManager {
   protected readonly parts: SideParts = { subscriptions: new MemorySubscriptionStore(), outbox: this.outbox };
 
   /** Creates the store's tables (or collections) and indexes where missing; call once before use. */
-  async init(): Promise<void> {}
+  async init(): Promise<void> {
+    // A module's part keeps its rows in memory: its `migrate`, if any, prepares them.
+    for (const { part } of this.modules.bound) await part.migrate?.();
+  }
 
   /**
    * Runs `fn` as one unit of work on the user's account: its writes commit together or not at all; `fn` runs
