@@ -445,7 +445,7 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Remove a user's limits with exactly this spender and feature (omitted: none), and this window when given; answers the limits left */
+        /** Remove a user's limits with exactly this spender, feature and unit (omitted: none, the default unit), and this window when given; answers the limits left */
         post: operations["adminRemoveLimit"];
         delete?: never;
         options?: never;
@@ -533,7 +533,7 @@ export interface paths {
         };
         /**
          * The caller's usage as CSV
-         * @description RFC 4180 (CRLF records, a header line): start, end, the grouped dimensions, kind, credits, requests, inputTokens, outputTokens, cachedTokens. Text that begins with = + - @, a tab or a CR is prefixed with ' (spreadsheet injection). `X-Usage-Truncated: true` when `limit` cut rows.
+         * @description RFC 4180 (CRLF records, a header line): start, end, the grouped dimensions, kind, unit (when a row is in another unit than the default one), credits, requests, inputTokens, outputTokens, cachedTokens. Text that begins with = + - @, a tab or a CR is prefixed with ' (spreadsheet injection). `X-Usage-Truncated: true` when `limit` cut rows.
          */
         get: operations["getUsageCsv"];
         put?: never;
@@ -570,7 +570,7 @@ export interface paths {
         };
         /**
          * A user's usage as CSV
-         * @description RFC 4180 (CRLF records, a header line): start, end, the grouped dimensions, kind, credits, requests, inputTokens, outputTokens, cachedTokens. Text that begins with = + - @, a tab or a CR is prefixed with ' (spreadsheet injection). `X-Usage-Truncated: true` when `limit` cut rows.
+         * @description RFC 4180 (CRLF records, a header line): start, end, the grouped dimensions, kind, unit (when a row is in another unit than the default one), credits, requests, inputTokens, outputTokens, cachedTokens. Text that begins with = + - @, a tab or a CR is prefixed with ' (spreadsheet injection). `X-Usage-Truncated: true` when `limit` cut rows.
          */
         get: operations["adminGetUsageCsv"];
         put?: never;
@@ -607,7 +607,7 @@ export interface paths {
         };
         /**
          * Every account's usage as CSV
-         * @description RFC 4180 (CRLF records, a header line): start, end, the grouped dimensions, kind, credits, requests, inputTokens, outputTokens, cachedTokens. Text that begins with = + - @, a tab or a CR is prefixed with ' (spreadsheet injection). `X-Usage-Truncated: true` when `limit` cut rows.
+         * @description RFC 4180 (CRLF records, a header line): start, end, the grouped dimensions, kind, unit (when a row is in another unit than the default one), credits, requests, inputTokens, outputTokens, cachedTokens. Text that begins with = + - @, a tab or a CR is prefixed with ' (spreadsheet injection). `X-Usage-Truncated: true` when `limit` cut rows.
          */
         get: operations["adminGetFleetUsageCsv"];
         put?: never;
@@ -3828,6 +3828,7 @@ export interface operations {
                         items: {
                             spender: string | null;
                             feature: string | null;
+                            unit?: string;
                             amount: number;
                             period: (("day" | "week" | "month" | "year") | {
                                 every: number;
@@ -3895,6 +3896,7 @@ export interface operations {
                         items: {
                             spender: string | null;
                             feature: string | null;
+                            unit?: string;
                             amount: number;
                             period: (("day" | "week" | "month" | "year") | {
                                 every: number;
@@ -3974,6 +3976,7 @@ export interface operations {
                     limits: {
                         spender?: string;
                         feature?: string;
+                        unit?: string;
                         amount: number;
                         period?: ("day" | "week" | "month" | "year") | {
                             every: number;
@@ -3997,6 +4000,7 @@ export interface operations {
                         items: {
                             spender: string | null;
                             feature: string | null;
+                            unit?: string;
                             amount: number;
                             period: (("day" | "week" | "month" | "year") | {
                                 every: number;
@@ -4103,6 +4107,7 @@ export interface operations {
                     limit: {
                         spender?: string;
                         feature?: string;
+                        unit?: string;
                         amount: number;
                         period?: ("day" | "week" | "month" | "year") | {
                             every: number;
@@ -4126,6 +4131,7 @@ export interface operations {
                         items: {
                             spender: string | null;
                             feature: string | null;
+                            unit?: string;
                             amount: number;
                             period: (("day" | "week" | "month" | "year") | {
                                 every: number;
@@ -4231,6 +4237,7 @@ export interface operations {
                     };
                     spender?: string;
                     feature?: string;
+                    unit?: string;
                     period?: ("day" | "week" | "month" | "year") | {
                         every: number;
                         /** @enum {string} */
@@ -4252,6 +4259,7 @@ export interface operations {
                         items: {
                             spender: string | null;
                             feature: string | null;
+                            unit?: string;
                             amount: number;
                             period: (("day" | "week" | "month" | "year") | {
                                 every: number;
@@ -4358,9 +4366,18 @@ export interface operations {
                         reserved: number;
                         available: number;
                         debt: number;
+                        units?: {
+                            [key: string]: {
+                                balance: number;
+                                reserved: number;
+                                available: number;
+                                debt: number;
+                            };
+                        };
                         limits: {
                             spender: string | null;
                             feature: string | null;
+                            unit?: string;
                             amount: number;
                             period: (("day" | "week" | "month" | "year") | {
                                 every: number;
@@ -4407,6 +4424,7 @@ export interface operations {
                         }[];
                         features: {
                             feature: string;
+                            unit?: string;
                             allowed: boolean;
                             /** @enum {string} */
                             reason: "ok" | "feature_off" | "insufficient_credits" | "limit";
@@ -4429,6 +4447,7 @@ export interface operations {
                             } | null;
                             grants: {
                                 id: string;
+                                unit?: string;
                                 source: string;
                                 amount: number;
                                 left: number;
@@ -4442,6 +4461,7 @@ export interface operations {
                         }[];
                         upcoming: {
                             id: string;
+                            unit?: string;
                             source: string;
                             amount: number;
                             left: number;
@@ -4519,9 +4539,18 @@ export interface operations {
                         reserved: number;
                         available: number;
                         debt: number;
+                        units?: {
+                            [key: string]: {
+                                balance: number;
+                                reserved: number;
+                                available: number;
+                                debt: number;
+                            };
+                        };
                         limits: {
                             spender: string | null;
                             feature: string | null;
+                            unit?: string;
                             amount: number;
                             period: (("day" | "week" | "month" | "year") | {
                                 every: number;
@@ -4568,6 +4597,7 @@ export interface operations {
                         }[];
                         features: {
                             feature: string;
+                            unit?: string;
                             allowed: boolean;
                             /** @enum {string} */
                             reason: "ok" | "feature_off" | "insufficient_credits" | "limit";
@@ -4590,6 +4620,7 @@ export interface operations {
                             } | null;
                             grants: {
                                 id: string;
+                                unit?: string;
                                 source: string;
                                 amount: number;
                                 left: number;
@@ -4608,6 +4639,7 @@ export interface operations {
                         }[];
                         upcoming: {
                             id: string;
+                            unit?: string;
                             source: string;
                             amount: number;
                             left: number;
@@ -4693,9 +4725,18 @@ export interface operations {
                             reserved: number;
                             available: number;
                             debt: number;
+                            units?: {
+                                [key: string]: {
+                                    balance: number;
+                                    reserved: number;
+                                    available: number;
+                                    debt: number;
+                                };
+                            };
                             limits: {
                                 spender: string | null;
                                 feature: string | null;
+                                unit?: string;
                                 amount: number;
                                 period: (("day" | "week" | "month" | "year") | {
                                     every: number;
@@ -4742,6 +4783,7 @@ export interface operations {
                             }[];
                             features: {
                                 feature: string;
+                                unit?: string;
                                 allowed: boolean;
                                 /** @enum {string} */
                                 reason: "ok" | "feature_off" | "insufficient_credits" | "limit";
@@ -4764,6 +4806,7 @@ export interface operations {
                                 } | null;
                                 grants: {
                                     id: string;
+                                    unit?: string;
                                     source: string;
                                     amount: number;
                                     left: number;
@@ -4782,6 +4825,7 @@ export interface operations {
                             }[];
                             upcoming: {
                                 id: string;
+                                unit?: string;
                                 source: string;
                                 amount: number;
                                 left: number;
@@ -4872,6 +4916,7 @@ export interface operations {
                             end: string;
                             /** @enum {string} */
                             kind: "spend" | "refund" | "clawback";
+                            unit?: string;
                             credits: number;
                             requests: number;
                             inputTokens: number;
@@ -5040,6 +5085,7 @@ export interface operations {
                             end: string;
                             /** @enum {string} */
                             kind: "spend" | "refund" | "clawback";
+                            unit?: string;
                             credits: number;
                             requests: number;
                             inputTokens: number;
@@ -5191,6 +5237,7 @@ export interface operations {
                             end: string;
                             /** @enum {string} */
                             kind: "spend" | "refund" | "clawback";
+                            unit?: string;
                             credits: number;
                             requests: number;
                             inputTokens: number;
@@ -5495,10 +5542,11 @@ export interface operations {
                             rollover: "none" | "all" | "cap";
                             rolloverCap: number | null;
                             allowances?: {
-                                scope: {
+                                scope?: {
                                     features?: string[];
                                     spenders?: string[];
                                 };
+                                unit?: string;
                                 credits: number;
                                 rollover?: "none" | "all" | {
                                     cap: number;
@@ -5574,10 +5622,11 @@ export interface operations {
                         rollover: "none" | "all" | "cap";
                         rolloverCap: number | null;
                         allowances?: {
-                            scope: {
+                            scope?: {
                                 features?: string[];
                                 spenders?: string[];
                             };
+                            unit?: string;
                             credits: number;
                             rollover?: "none" | "all" | {
                                 cap: number;
@@ -5675,10 +5724,11 @@ export interface operations {
                         endedAt: string | null;
                         periodCredits?: number | null;
                         periodAllowances?: {
-                            scope: {
+                            scope?: {
                                 features?: string[];
                                 spenders?: string[];
                             };
+                            unit?: string;
                             credits: number;
                         }[] | null;
                         request?: {
@@ -5790,10 +5840,11 @@ export interface operations {
                         endedAt: string | null;
                         periodCredits?: number | null;
                         periodAllowances?: {
-                            scope: {
+                            scope?: {
                                 features?: string[];
                                 spenders?: string[];
                             };
+                            unit?: string;
                             credits: number;
                         }[] | null;
                         request?: {
@@ -5941,10 +5992,11 @@ export interface operations {
                         endedAt: string | null;
                         periodCredits?: number | null;
                         periodAllowances?: {
-                            scope: {
+                            scope?: {
                                 features?: string[];
                                 spenders?: string[];
                             };
+                            unit?: string;
                             credits: number;
                         }[] | null;
                         request?: {
@@ -6090,10 +6142,11 @@ export interface operations {
                         endedAt: string | null;
                         periodCredits?: number | null;
                         periodAllowances?: {
-                            scope: {
+                            scope?: {
                                 features?: string[];
                                 spenders?: string[];
                             };
+                            unit?: string;
                             credits: number;
                         }[] | null;
                         request?: {
@@ -6236,10 +6289,11 @@ export interface operations {
                         endedAt: string | null;
                         periodCredits?: number | null;
                         periodAllowances?: {
-                            scope: {
+                            scope?: {
                                 features?: string[];
                                 spenders?: string[];
                             };
+                            unit?: string;
                             credits: number;
                         }[] | null;
                         request?: {
@@ -6360,10 +6414,11 @@ export interface operations {
                             rollover: "none" | "all" | "cap";
                             rolloverCap: number | null;
                             allowances?: {
-                                scope: {
+                                scope?: {
                                     features?: string[];
                                     spenders?: string[];
                                 };
+                                unit?: string;
                                 credits: number;
                                 rollover?: "none" | "all" | {
                                     cap: number;
@@ -6443,10 +6498,11 @@ export interface operations {
                         cap: number;
                     };
                     allowances?: {
-                        scope: {
+                        scope?: {
                             features?: string[];
                             spenders?: string[];
                         };
+                        unit?: string;
                         credits: number;
                         rollover?: "none" | "all" | {
                             cap: number;
@@ -6480,10 +6536,11 @@ export interface operations {
                         rollover: "none" | "all" | "cap";
                         rolloverCap: number | null;
                         allowances?: {
-                            scope: {
+                            scope?: {
                                 features?: string[];
                                 spenders?: string[];
                             };
+                            unit?: string;
                             credits: number;
                             rollover?: "none" | "all" | {
                                 cap: number;
@@ -6673,10 +6730,11 @@ export interface operations {
                         cap: number;
                     };
                     allowances?: {
-                        scope: {
+                        scope?: {
                             features?: string[];
                             spenders?: string[];
                         };
+                        unit?: string;
                         credits: number;
                         rollover?: "none" | "all" | {
                             cap: number;
@@ -6710,10 +6768,11 @@ export interface operations {
                         rollover: "none" | "all" | "cap";
                         rolloverCap: number | null;
                         allowances?: {
-                            scope: {
+                            scope?: {
                                 features?: string[];
                                 spenders?: string[];
                             };
+                            unit?: string;
                             credits: number;
                             rollover?: "none" | "all" | {
                                 cap: number;
@@ -6836,10 +6895,11 @@ export interface operations {
                         rollover: "none" | "all" | "cap";
                         rolloverCap: number | null;
                         allowances?: {
-                            scope: {
+                            scope?: {
                                 features?: string[];
                                 spenders?: string[];
                             };
+                            unit?: string;
                             credits: number;
                             rollover?: "none" | "all" | {
                                 cap: number;
@@ -6956,10 +7016,11 @@ export interface operations {
                                 amount: number;
                                 expiresAt: number | null;
                                 allowances?: {
-                                    scope: {
+                                    scope?: {
                                         features?: string[];
                                         spenders?: string[];
                                     };
+                                    unit?: string;
                                     amount: number;
                                 }[];
                                 price?: {
@@ -6973,10 +7034,11 @@ export interface operations {
                                 limit: number | null;
                                 expiresAt: number | null;
                                 allowances?: {
-                                    scope: {
+                                    scope?: {
                                         features?: string[];
                                         spenders?: string[];
                                     };
+                                    unit?: string;
                                     limit: number | null;
                                 }[];
                             } | null;
@@ -6985,10 +7047,11 @@ export interface operations {
                                 delta: number;
                                 expiresAt: number | null;
                                 allowances?: {
-                                    scope: {
+                                    scope?: {
                                         features?: string[];
                                         spenders?: string[];
                                     };
+                                    unit?: string;
                                     delta: number;
                                 }[];
                                 price?: {
@@ -7020,10 +7083,11 @@ export interface operations {
                         endedAt: string | null;
                         periodCredits?: number | null;
                         periodAllowances?: {
-                            scope: {
+                            scope?: {
                                 features?: string[];
                                 spenders?: string[];
                             };
+                            unit?: string;
                             credits: number;
                         }[] | null;
                         request?: {
@@ -7143,10 +7207,11 @@ export interface operations {
                                 amount: number;
                                 expiresAt: number | null;
                                 allowances?: {
-                                    scope: {
+                                    scope?: {
                                         features?: string[];
                                         spenders?: string[];
                                     };
+                                    unit?: string;
                                     amount: number;
                                 }[];
                                 price?: {
@@ -7160,10 +7225,11 @@ export interface operations {
                                 limit: number | null;
                                 expiresAt: number | null;
                                 allowances?: {
-                                    scope: {
+                                    scope?: {
                                         features?: string[];
                                         spenders?: string[];
                                     };
+                                    unit?: string;
                                     limit: number | null;
                                 }[];
                             } | null;
@@ -7172,10 +7238,11 @@ export interface operations {
                                 delta: number;
                                 expiresAt: number | null;
                                 allowances?: {
-                                    scope: {
+                                    scope?: {
                                         features?: string[];
                                         spenders?: string[];
                                     };
+                                    unit?: string;
                                     delta: number;
                                 }[];
                                 price?: {
@@ -7207,10 +7274,11 @@ export interface operations {
                         endedAt: string | null;
                         periodCredits?: number | null;
                         periodAllowances?: {
-                            scope: {
+                            scope?: {
                                 features?: string[];
                                 spenders?: string[];
                             };
+                            unit?: string;
                             credits: number;
                         }[] | null;
                         request?: {
@@ -7356,10 +7424,11 @@ export interface operations {
                                 amount: number;
                                 expiresAt: number | null;
                                 allowances?: {
-                                    scope: {
+                                    scope?: {
                                         features?: string[];
                                         spenders?: string[];
                                     };
+                                    unit?: string;
                                     amount: number;
                                 }[];
                                 price?: {
@@ -7373,10 +7442,11 @@ export interface operations {
                                 limit: number | null;
                                 expiresAt: number | null;
                                 allowances?: {
-                                    scope: {
+                                    scope?: {
                                         features?: string[];
                                         spenders?: string[];
                                     };
+                                    unit?: string;
                                     limit: number | null;
                                 }[];
                             } | null;
@@ -7385,10 +7455,11 @@ export interface operations {
                                 delta: number;
                                 expiresAt: number | null;
                                 allowances?: {
-                                    scope: {
+                                    scope?: {
                                         features?: string[];
                                         spenders?: string[];
                                     };
+                                    unit?: string;
                                     delta: number;
                                 }[];
                                 price?: {
@@ -7420,10 +7491,11 @@ export interface operations {
                         endedAt: string | null;
                         periodCredits?: number | null;
                         periodAllowances?: {
-                            scope: {
+                            scope?: {
                                 features?: string[];
                                 spenders?: string[];
                             };
+                            unit?: string;
                             credits: number;
                         }[] | null;
                         request?: {
@@ -7567,10 +7639,11 @@ export interface operations {
                                 amount: number;
                                 expiresAt: number | null;
                                 allowances?: {
-                                    scope: {
+                                    scope?: {
                                         features?: string[];
                                         spenders?: string[];
                                     };
+                                    unit?: string;
                                     amount: number;
                                 }[];
                                 price?: {
@@ -7584,10 +7657,11 @@ export interface operations {
                                 limit: number | null;
                                 expiresAt: number | null;
                                 allowances?: {
-                                    scope: {
+                                    scope?: {
                                         features?: string[];
                                         spenders?: string[];
                                     };
+                                    unit?: string;
                                     limit: number | null;
                                 }[];
                             } | null;
@@ -7596,10 +7670,11 @@ export interface operations {
                                 delta: number;
                                 expiresAt: number | null;
                                 allowances?: {
-                                    scope: {
+                                    scope?: {
                                         features?: string[];
                                         spenders?: string[];
                                     };
+                                    unit?: string;
                                     delta: number;
                                 }[];
                                 price?: {
@@ -7631,10 +7706,11 @@ export interface operations {
                         endedAt: string | null;
                         periodCredits?: number | null;
                         periodAllowances?: {
-                            scope: {
+                            scope?: {
                                 features?: string[];
                                 spenders?: string[];
                             };
+                            unit?: string;
                             credits: number;
                         }[] | null;
                         request?: {
@@ -7775,10 +7851,11 @@ export interface operations {
                                 amount: number;
                                 expiresAt: number | null;
                                 allowances?: {
-                                    scope: {
+                                    scope?: {
                                         features?: string[];
                                         spenders?: string[];
                                     };
+                                    unit?: string;
                                     amount: number;
                                 }[];
                                 price?: {
@@ -7792,10 +7869,11 @@ export interface operations {
                                 limit: number | null;
                                 expiresAt: number | null;
                                 allowances?: {
-                                    scope: {
+                                    scope?: {
                                         features?: string[];
                                         spenders?: string[];
                                     };
+                                    unit?: string;
                                     limit: number | null;
                                 }[];
                             } | null;
@@ -7804,10 +7882,11 @@ export interface operations {
                                 delta: number;
                                 expiresAt: number | null;
                                 allowances?: {
-                                    scope: {
+                                    scope?: {
                                         features?: string[];
                                         spenders?: string[];
                                     };
+                                    unit?: string;
                                     delta: number;
                                 }[];
                                 price?: {
@@ -7839,10 +7918,11 @@ export interface operations {
                         endedAt: string | null;
                         periodCredits?: number | null;
                         periodAllowances?: {
-                            scope: {
+                            scope?: {
                                 features?: string[];
                                 spenders?: string[];
                             };
+                            unit?: string;
                             credits: number;
                         }[] | null;
                         request?: {

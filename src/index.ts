@@ -119,7 +119,6 @@ export type {
   FeatureState,
   StateGrant,
   SubscriptionState,
-  UnitState,
 } from "./modules/customer-state/rules.js";
 export type { CreditManagerOptions } from "./manager.js";
 export type { JobBase } from "./core/services/expiration-service.js";

@@ -259,9 +259,8 @@ export class PostgresDbManager extends StoreBase implements DbManager {
         else await client.query(this.sql.ddl);
       }
       // The modules' tables, in this transaction and under its lock (docs/writing-a-store.md, "A module's part").
-      if (this.migrate)
-        for (const { part } of this.modules.bound)
-          await (part as PostgresBoundPart).migrate?.(async (text) => void (await client.query(text)));
+      const run = async (text: string) => void (await client.query(text));
+      if (this.migrate) for (const { part } of this.modules.bound) await (part as PostgresBoundPart).migrate?.(run);
       await client.query("COMMIT");
     } catch (error) {
       broken = (await rollback(client)) && error;
@@ -609,8 +608,7 @@ export class PostgresDbManager extends StoreBase implements DbManager {
       return rows.map((r) => ({
         day: String(r.day),
         kind: r.kind as UsageRollupRow["kind"],
-        // '' is the default unit (the column keys the row: no NULL).
-        unit: r.unit === "" || r.unit == null ? null : String(r.unit),
+        unit: r.unit === "" || r.unit == null ? null : String(r.unit), // '' is the default unit (a key: no NULL)
         credits: Number(r.credits),
         requests: Number(r.requests),
         inputTokens: Number(r.input_tokens),

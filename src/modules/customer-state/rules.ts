@@ -22,7 +22,6 @@ import { DEFAULT_UNIT } from "../../core/models/common.js";
 import { compareGrants, isUpcoming, startOf } from "../../core/domain/order.js";
 import { drawnOutOf } from "../../core/domain/allowance.js";
 import { availableOf, figuresBehind } from "../../core/domain/scope.js";
-import { DEFAULT_UNIT } from "../../core/models/common.js";
 
 /** What `credits.getCustomerState(userId)` answers (docs/customer-state.md). @public */
 export interface CustomerState {
@@ -48,7 +47,7 @@ export interface CustomerState {
    * `getUserCreditsInfo` answers them (docs/units.md); absent while it holds only the default unit.
    * The figures above are the default unit's: nothing adds two units.
    */
-  units?: Record<string, UnitState>;
+  units?: Record<string, { balance: number; reserved: number; available: number; debt: number }>;
   /** Every feature the account's plan, scoped grants, spend limits and `features` rules name, by name. */
   features: FeatureState[];
   /** Each spend limit: its window now, what it counted and when it resets. */
@@ -62,18 +61,6 @@ export interface CustomerState {
    * by start: in no figure above until then.
    */
   upcoming: StateGrant[];
-}
-
-/** One unit's figures in a `CustomerState` (docs/units.md). @public */
-export interface UnitState {
-  /** Posted units: its grants' unspent units, held ones included, less its debt. */
-  balance: number;
-  /** Held by its active holds. */
-  reserved: number;
-  /** `balance - reserved`. */
-  available: number;
-  /** Its overdraft, paid only by its next additions. */
-  debt: number;
 }
 
 /** One feature of a `CustomerState`: its decision and the figures behind it. @public */
@@ -313,10 +300,10 @@ export function stateOf(
 }
 
 /** `{ units }`: every unit but the default one with its figures, as `getUserCreditsInfo` answers them; `{}` when none. */
-function unitsOf(account: Account | null): { units?: Record<string, UnitState> } {
+function unitsOf(account: Account | null): Pick<CustomerState, "units"> {
   const units = account?.units;
   if (units == null || Object.keys(units).length === 0) return {};
-  const out: Record<string, UnitState> = {};
+  const out: NonNullable<CustomerState["units"]> = {};
   for (const [unit, f] of Object.entries(units).sort(([a], [b]) => byCodeUnit(a, b)))
     out[unit] = { balance: f.balance, reserved: f.reserved, available: f.balance - f.reserved, debt: f.debt };
   return { units: out };

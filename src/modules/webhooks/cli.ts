@@ -81,8 +81,7 @@ export async function runWebhooksCli(args: readonly string[], io: CliIo, env: En
         // The types `serve` publishes: the core's and its modules' (a store takes any of that shape).
         const known = moduleRegistry([billingModule()]).notificationTypes;
         for (const t of types ?? [])
-          if (!known.has(t))
-            throw new UsageError(`--types: "${t}" is not an event type (docs/events.md)`);
+          if (!known.has(t)) throw new UsageError(`--types: "${t}" is not an event type (docs/events.md)`);
         const record = newEndpoint({
           url: target,
           types,
