@@ -17,6 +17,11 @@ describe("the console with units", () => {
       expect(usage).toContain("30 images");
       const account = await (await h(new Request("http://x/console/accounts/acme"))).text();
       expect(account).toMatch(/render <span class="muted">\(images\)<\/span>/);
+      // The other unit's figures on their own cards; its journal rows and grant in it, never added to the default unit's.
+      expect(account).toContain("Available (images)");
+      expect(account).toMatch(/<td[^>]*>30 images<\/td>\s*<td[^>]*>20 images<\/td>/);
+      expect(account).toContain("/ 50 images");
+      expect(account).toContain(`id="balance">93</div>`);
     } finally {
       await m.close();
     }

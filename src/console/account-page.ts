@@ -12,7 +12,7 @@ import {
   type Payment,
 } from "../models-entry.js";
 import { notice, type Ctx, type PageResult } from "./context.js";
-import { amount, enc, html, jsonData, money, query, raw, relative, when, type Html } from "./html.js";
+import { amount, enc, html, inUnit, jsonData, money, query, raw, relative, when, type Html } from "./html.js";
 import { shortId, table } from "./table.js";
 import { accountUsage, partialNote, recentEntries, recentUsage } from "./usage-page.js";
 import { basisText } from "./cost-basis.js";
@@ -254,6 +254,15 @@ export async function accountPage(ctx: Ctx, userId: string): Promise<PageResult>
       { label: "Debt", value: amount(account.debt) },
       { label: "Journal entries", value: amount(account.seq) },
     ])}
+    ${Object.entries(account.units ?? {}).map(([unit, f]) =>
+      // Each other unit's figures on their own row: nothing adds two units (docs/units.md).
+      cards([
+        { label: `Balance (${unit})`, value: inUnit(f.balance, unit) },
+        { label: `Reserved (${unit})`, value: inUnit(f.reserved, unit) },
+        { label: `Available (${unit})`, value: inUnit(f.balance - f.reserved, unit) },
+        { label: `Debt (${unit})`, value: inUnit(f.debt, unit) },
+      ]),
+    )}
     <div id="balance-chart" role="img" aria-label="Balance over the last ${chart.length} journal entries"></div>
     <script type="application/json" id="balance-data">
       ${jsonData(series)}
@@ -318,7 +327,7 @@ export async function accountPage(ctx: Ctx, userId: string): Promise<PageResult>
       ],
       rows: holds.map((h) => [
         html`<a href="${ctx.base}/accounts/${enc(userId)}/holds/${enc(h.id)}" class="mono">${shortId(h.id)}</a>`,
-        amount(h.amount),
+        inUnit(h.amount, h.unit),
         html`${when(h.expiresAt)} (${relative(h.expiresAt, ctx.now)})`,
         h.reason ?? "",
         metaList(h.metadata),
@@ -369,8 +378,8 @@ export async function accountPage(ctx: Ctx, userId: string): Promise<PageResult>
                   ${actionForm(ctx, "reverse", "Give back…", { user: userId, entry: e.id })}
                 </div>`
             : e.type,
-          amount(e.amount),
-          amount(e.balanceAfter),
+          inUnit(e.amount, e.unit),
+          inUnit(e.balanceAfter, e.unit),
           e.description ?? "",
           causeOf(ctx, e, openIds, rev),
           metaList(e.metadata),
@@ -556,7 +565,7 @@ function grantTable(ctx: Ctx, userId: string, grants: readonly Grant[]): Html {
         html`<meter min="0" max="${g.amount}" value="${g.remaining}" aria-label="Remaining of grant ${i + 1}">
             ${amount(g.remaining)}
           </meter>
-          <span class="pair">${amount(g.remaining)} / ${amount(g.amount)}</span>`,
+          <span class="pair">${amount(g.remaining)} / ${inUnit(g.amount, g.unit)}</span>`,
         g.expiresAt === null ? "never" : html`${when(g.expiresAt)} (${relative(g.expiresAt, ctx.now)})`,
         g.priority,
         basisText(g.costBasis),
@@ -659,7 +668,7 @@ export async function holdPage(ctx: Ctx, userId: string, holdId: string): Promis
     <p>Account ${accountLink(ctx, userId)}</p>
     ${facts([
       ["Status", h.status],
-      ["Credits", amount(h.amount)],
+      ["Credits", inUnit(h.amount, h.unit)],
       ["Committed", h.committedAmount === null || h.committedAmount === undefined ? "—" : amount(h.committedAmount)],
       ["Created", when(h.createdAt)],
       ["Expires", html`${when(h.expiresAt)} (${relative(h.expiresAt, ctx.now)})`],

@@ -58,6 +58,11 @@ export function amount(value: number): string {
   return GROUPED.format(value);
 }
 
+/** An amount in its unit: the unit named when it is not the default one (docs/units.md). */
+export function inUnit(value: number, unit: string | null | undefined): string {
+  return unit == null ? amount(value) : `${amount(value)} ${unit}`;
+}
+
 const CURRENCIES = new Map<string, Intl.NumberFormat | null>();
 
 /** The formatter of a currency (en-US, as every figure of the console); null: not a currency code. */

@@ -4,7 +4,7 @@ import { sumUsage } from "../modules/usage/service.js";
 import { usageCsv } from "../modules/usage/csv.js";
 import { csvHeaders } from "../util/csv.js";
 import type { Ctx, PageResult } from "./context.js";
-import { amount, enc, html, query, raw, when, type Html } from "./html.js";
+import { amount, enc, html, inUnit, query, raw, when, type Html } from "./html.js";
 import { shortId, table } from "./table.js";
 import { chartBox, chartData } from "./usage-chart.js";
 import { cards, dayField, dayParam, refusedCsv, refusedReport } from "./page-parts.js";
@@ -128,7 +128,7 @@ export async function usagePage(ctx: Ctx): Promise<PageResult> {
           amount(r.requests),
           amount(r.inputTokens),
           amount(r.outputTokens),
-          inUnit(r),
+          inUnit(r.credits, r.unit),
         ]),
       empty: "No usage in this range.",
     })}
@@ -151,16 +151,13 @@ export async function usagePage(ctx: Ctx): Promise<PageResult> {
                   >${shortId(r.account as string, "user")}</a
                 >`,
                 amount(r.requests),
-                inUnit(r),
+                inUnit(r.credits, r.unit),
               ]),
               empty: "No usage in this range.",
             })}`
     }`;
   return { title: "Usage", body };
 }
-
-/** A row's credits, with its unit when it is not the default one (docs/units.md). */
-const inUnit = (r: UsageRow) => (r.unit === undefined ? amount(r.credits) : `${amount(r.credits)} ${r.unit}`);
 
 /** The usage page's rows as CSV (RFC 4180, formulas made inert: docs/usage.md). */
 export async function usageCsvPage(ctx: Ctx): Promise<PageResult> {
