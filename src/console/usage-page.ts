@@ -1,5 +1,5 @@
 import type { Account, JournalEntry } from "../core/models/index.js";
-import type { UsageDimension, UsageQuery, UsageReport, UsageRow } from "../core/models/usage.js";
+import type { UsageDimension, UsageQuery, UsageReport } from "../core/models/usage.js";
 import { sumUsage } from "../modules/usage/service.js";
 import { usageCsv } from "../modules/usage/csv.js";
 import { csvHeaders } from "../util/csv.js";
