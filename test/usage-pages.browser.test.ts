@@ -194,9 +194,12 @@ describe.skipIf(!existsSync(CHROMIUM))("usage pages in a browser", () => {
       { id: "daily", kind: "period_spend", window: "day", spender: HOSTILE_SPENDER, atOrAbove: 1_000_000 },
       { id: "soon", kind: "expiring", withinDays: 7, atOrAbove: 1 },
     ]);
+    // Another unit (docs/units.md): its available on a card of its own, in no other figure.
+    await m.credits.addCredits("alice", 40, { unit: "images" });
     const { token } = await m.credits.customerToken("alice", { ttlSeconds: 600 });
     const p = await open(`${serveBase}/customer#token=${encodeURIComponent(token)}`);
     await p.waitForSelector("body[data-ready='1']");
+    expect(await p.locator("#balance-heading + .cards").textContent()).toContain("Available (images)40 images");
     await p.waitForSelector("#usage-chart[data-ready='1'] canvas");
     // The token left the address bar (a copied link does not carry it).
     expect(await p.evaluate(() => (globalThis as unknown as Win).location.href)).toBe(`${serveBase}/customer`);

@@ -176,6 +176,18 @@ const CUSTOMER_JS = `"use strict";
     var balance = answers[0], usage = answers[1];
     document.getElementById("available").textContent = n.format(balance.available);
     document.getElementById("reserved").textContent = n.format(balance.reserved);
+    // Each other unit's available on a card of its own: nothing adds two units (docs/units.md).
+    Object.keys(balance.units || {}).forEach(function (u) {
+      var card = document.createElement("div"), k = document.createElement("div"), v = document.createElement("div");
+      card.className = "card";
+      k.className = "k";
+      k.textContent = "Available (" + u + ")";
+      v.className = "v";
+      v.textContent = n.format(balance.units[u].available) + " " + u;
+      card.appendChild(k);
+      card.appendChild(v);
+      document.querySelector("#balance-heading + .cards").appendChild(card);
+    });
     features(balance);
     alerts(balance);
     var starts = [], at = {}, byModel = {}, totals = {}, spent = 0;
