@@ -292,7 +292,7 @@ describe.skipIf(!existsSync(CHROMIUM))("console pages with hostile and extreme v
     await p.close();
   }, 60_000);
 
-  it("lays out the type filter as one row of labelled checkboxes; amounts with separators", async () => {
+  it("lays out the type filter in rows of labelled checkboxes (two at 1100 px); amounts with separators", async () => {
     const p = await open(`/accounts/${encodeURIComponent(LONG_USER)}`);
     const tops = await p.evaluate(() =>
       [...(globalThis as unknown as Shape).document.querySelectorAll("fieldset.types label")].map((l) =>
@@ -300,7 +300,8 @@ describe.skipIf(!existsSync(CHROMIUM))("console pages with hostile and extreme v
       ),
     );
     expect(tops.length).toBeGreaterThan(5);
-    expect(new Set(tops).size).toBe(1);
+    // The labels flow side by side and wrap: eleven entry types take two rows at this width.
+    expect(new Set(tops).size).toBeLessThanOrEqual(2);
     for (const label of await p.locator("fieldset.types label").all())
       expect(await label.locator("input[type=checkbox]").count()).toBe(1);
     expect(await p.locator("#balance").textContent()).toBe("14,814,804");

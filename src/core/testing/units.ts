@@ -387,6 +387,8 @@ export function runUnitsContract(
     });
 
     it("watches an alert threshold's own unit: available, spend, percent left; events name the unit", async () => {
+      // reason: alert events are outbox rows; a store without the outbox part keeps none
+      if (db.capabilities.parts?.outbox === false) return;
       const clock = { now: T0 };
       const now = () => new Date(clock.now);
       const thresholds: AlertThreshold[] = [
