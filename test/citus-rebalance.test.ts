@@ -14,7 +14,7 @@ import { join } from "node:path";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { PostgresDbManager } from "../src/db/postgres/index.js";
-import { StorageError } from "../src/core/errors.js";
+import { LockTimeoutError, StorageError } from "../src/core/errors.js";
 import { CreditService } from "../src/credit-service.js";
 
 const PG_BIN = "/usr/lib/postgresql/15/bin";
@@ -150,8 +150,9 @@ describe.skipIf(!canRun)("adding a worker and rebalancing while spends run (a cl
             done++;
             break;
           } catch (error) {
-            // A spend refused during a move's switch-over is retried under its key, as a client would.
-            if (!(error instanceof StorageError) || attempt > 60) {
+            // A spend refused during a move's switch-over (a store error, or the account's lock held past
+            // lockTimeoutMs while the shard is blocked) is retried under its key, as a client would.
+            if (!(error instanceof StorageError || error instanceof LockTimeoutError) || attempt > 60) {
               failures.push(error);
               return;
             }
