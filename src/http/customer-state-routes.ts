@@ -1,6 +1,7 @@
 import * as z from "zod/mini";
 import {
   AlertId,
+  CreditsInfo,
   AlertStateName,
   FeatureName,
   GrantScope,
@@ -76,18 +77,8 @@ const StateFields = {
   reserved: NonNegativeAmount,
   available: SignedAmount,
   debt: NonNegativeAmount,
-  /** Every unit but the default one, with its own figures (docs/units.md); absent: none. */
-  units: z.optional(
-    z.record(
-      UnitName,
-      z.object({
-        balance: SignedAmount,
-        reserved: NonNegativeAmount,
-        available: SignedAmount,
-        debt: NonNegativeAmount,
-      }),
-    ),
-  ),
+  /** Every unit but the default one, with its own figures, as `getUserCreditsInfo`'s (docs/units.md). */
+  units: CreditsInfo.shape.units,
   limits: z.array(SpendLimitStatusSchema),
   subscription: z.nullable(
     z.object({
