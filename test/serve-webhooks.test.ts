@@ -41,6 +41,15 @@ describe("serve with CREDIT_WEBHOOKS=on", () => {
       const plain = await call(s, "POST", "/admin/webhooks", admin, { url });
       expect(plain.status).toBe(400);
       expect(JSON.stringify(plain.body)).toMatch(/https:\/\//);
+      // A type serve never publishes (a misspelling) is refused: the endpoint would wait for nothing.
+      const misspelt = await call(s, "POST", "/admin/webhooks", admin, {
+        url,
+        development: true,
+        types: ["credit_added"],
+      });
+      expect(misspelt.status).toBe(400);
+      expect(JSON.stringify(misspelt.body)).toContain('\\"credit_added\\" is not an event type');
+      expect((await call(s, "GET", "/admin/webhooks", admin)).body).toEqual({ endpoints: [] });
       const added = await call(s, "POST", "/admin/webhooks", admin, {
         url,
         development: true,
@@ -83,6 +92,11 @@ describe("serve with CREDIT_WEBHOOKS=on", () => {
       expect(text).toMatch(/<td class="short">sent<\/td>/);
       expect(text).not.toContain(secret);
 
+      const retyped = await call(s, "PATCH", `/admin/webhooks/${endpoint.id}`, admin, { types: ["low_balanse"] });
+      expect(retyped.status).toBe(400);
+      expect((await call(s, "GET", `/admin/webhooks/${endpoint.id}`, admin)).body).toMatchObject({
+        types: ["credits_added"],
+      });
       expect((await call(s, "PATCH", `/admin/webhooks/${endpoint.id}`, admin, { enabled: false })).body).toMatchObject({
         enabled: false,
       });

@@ -1,11 +1,10 @@
 import { UserId } from "../../core/models/index.js";
-import { moduleRegistry } from "../../core/module.js";
-import { billingModule } from "../billing/module.js";
 import { allowedNetworks, openCreditStore, openEndpointStore } from "../../serve/store.js";
 import { serveSettings, type Env } from "../../serve/settings.js";
 import {
   endpointOf,
   endpointProblem,
+  unknownType,
   newEndpoint,
   rotateSecret,
   type WebhookEndpointRecord,
@@ -78,10 +77,8 @@ export async function runWebhooksCli(args: readonly string[], io: CliIo, env: En
       case "add": {
         if (target === undefined) throw new UsageError("webhooks add needs the endpoint's URL");
         const types = values.types === undefined ? null : values.types.split(",").map((t) => t.trim());
-        // The types `serve` publishes: the core's and its modules' (a store takes any of that shape).
-        const known = moduleRegistry([billingModule()]).notificationTypes;
-        for (const t of types ?? [])
-          if (!known.has(t)) throw new UsageError(`--types: "${t}" is not an event type (docs/events.md)`);
+        const unknown = unknownType(types);
+        if (unknown !== null) throw new UsageError(`--types: "${unknown}" is not an event type (docs/events.md)`);
         const record = newEndpoint({
           url: target,
           types,

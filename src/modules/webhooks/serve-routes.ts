@@ -10,6 +10,7 @@ import {
   rotateSecret,
   type WebhookEndpointRecord,
   type WebhookEndpointStore,
+  unknownType,
 } from "./store.js";
 import { deliveryUserId, retryFailedWebhooks, sendTestWebhook } from "./queue.js";
 
@@ -66,10 +67,16 @@ const Delivery = z.object({
 /** An endpoint as the routes show it: everything but its secrets (their count). */
 const shown = ({ secrets, ...r }: WebhookEndpointRecord) => ({ ...r, secrets: secrets.length });
 
-/** Checks an endpoint as `webhookQueue` takes it: https unless development, a known shape. */
+/**
+ * Checks an endpoint as `webhookQueue` takes it: https unless development, a known shape, and
+ * types `serve` publishes.
+ */
 function checked(record: WebhookEndpointRecord): WebhookEndpointRecord {
   const problem = endpointProblem(record);
   if (problem !== null) throw new HttpError(400, "VALIDATION_ERROR", problem);
+  const unknown = unknownType(record.types);
+  if (unknown !== null)
+    throw new HttpError(400, "VALIDATION_ERROR", `types: "${unknown}" is not an event type (docs/events.md)`);
   return record;
 }
 
