@@ -11,6 +11,7 @@ import {
   type WebhookEndpointStore,
 } from "./store.js";
 import { retryFailedWebhooks, sendTestWebhook } from "./queue.js";
+import { publishedTypes } from "./serve.js";
 import type { CliIo } from "../../cli/run.js";
 import { UsageError } from "../../util/usage-error.js";
 import { exitCodeOf, parseCommandLine } from "../../cli/args.js";
@@ -77,7 +78,7 @@ export async function runWebhooksCli(args: readonly string[], io: CliIo, env: En
       case "add": {
         if (target === undefined) throw new UsageError("webhooks add needs the endpoint's URL");
         const types = values.types === undefined ? null : values.types.split(",").map((t) => t.trim());
-        const unknown = unknownType(types);
+        const unknown = unknownType(types, publishedTypes());
         if (unknown !== null) throw new UsageError(`--types: "${unknown}" is not an event type (docs/events.md)`);
         const record = newEndpoint({
           url: target,

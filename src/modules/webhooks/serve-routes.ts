@@ -68,13 +68,13 @@ const Delivery = z.object({
 const shown = ({ secrets, ...r }: WebhookEndpointRecord) => ({ ...r, secrets: secrets.length });
 
 /**
- * Checks an endpoint as `webhookQueue` takes it: https unless development, a known shape, and
- * types `serve` publishes.
+ * Checks an endpoint as `webhookQueue` takes it (https unless development, a known shape), with
+ * types among `known`.
  */
-function checked(record: WebhookEndpointRecord): WebhookEndpointRecord {
+function checked(record: WebhookEndpointRecord, known: ReadonlySet<string>): WebhookEndpointRecord {
   const problem = endpointProblem(record);
   if (problem !== null) throw new HttpError(400, "VALIDATION_ERROR", problem);
-  const unknown = unknownType(record.types);
+  const unknown = unknownType(record.types, known);
   if (unknown !== null)
     throw new HttpError(400, "VALIDATION_ERROR", `types: "${unknown}" is not an event type (docs/events.md)`);
   return record;
@@ -83,7 +83,11 @@ function checked(record: WebhookEndpointRecord): WebhookEndpointRecord {
 export function webhookRoutes(
   store: WebhookEndpointStore,
   db: DbManager,
-  options: { allowNetworks?: readonly string[] } = {},
+  options: {
+    allowNetworks?: readonly string[];
+    /** The notification types an endpoint may name (`publishedTypes()`). */
+    types: ReadonlySet<string>;
+  },
 ): RouteDefinition[] {
   const tags = ["webhooks"];
   const one = async (id: string | undefined): Promise<WebhookEndpointRecord> => {
@@ -116,6 +120,7 @@ export function webhookRoutes(
             development: b.development ?? false,
             description: b.description ?? null,
           }),
+          options.types,
         );
         await store.put(record);
         return { endpoint: shown(record), secret: record.secrets[0] };
@@ -137,14 +142,17 @@ export function webhookRoutes(
       handle: async (ctx) => {
         const record = await one(ctx.params.id);
         const b = await ctx.body<z.output<typeof Update>>();
-        const next = checked({
-          ...record,
-          ...(b.url === undefined ? {} : { url: b.url }),
-          ...(b.types === undefined ? {} : { types: b.types }),
-          ...(b.description === undefined ? {} : { description: b.description }),
-          ...(b.development === undefined ? {} : { development: b.development }),
-          ...(b.enabled === undefined ? {} : { enabled: b.enabled, disabledReason: b.enabled ? null : "by hand" }),
-        });
+        const next = checked(
+          {
+            ...record,
+            ...(b.url === undefined ? {} : { url: b.url }),
+            ...(b.types === undefined ? {} : { types: b.types }),
+            ...(b.description === undefined ? {} : { description: b.description }),
+            ...(b.development === undefined ? {} : { development: b.development }),
+            ...(b.enabled === undefined ? {} : { enabled: b.enabled, disabledReason: b.enabled ? null : "by hand" }),
+          },
+          options.types,
+        );
         await store.put(next);
         return shown(next);
       },

@@ -1,4 +1,6 @@
 import type { Logger } from "../../core/logger.js";
+import { moduleRegistry } from "../../core/module.js";
+import { billingModule } from "../billing/module.js";
 import type { DbManager } from "../../core/db/types.js";
 import type { NotificationQueue } from "../../core/queue/index.js";
 import { allowedNetworks, openEndpointStore } from "../../serve/store.js";
@@ -7,6 +9,11 @@ import { webhookQueue, type WebhookQueue } from "./queue.js";
 import type { Env, ServeSettings } from "../../serve/settings.js";
 import type { RouteDefinition } from "../../http/router.js";
 import { webhookRoutes } from "./serve-routes.js";
+
+/** The notification types `serve` publishes: the core's and its modules'. */
+export function publishedTypes(): ReadonlySet<string> {
+  return moduleRegistry([billingModule()]).notificationTypes;
+}
 
 /**
  * `serve` or `credit-management worker` with `CREDIT_WEBHOOKS=on` (docs/service.md): the endpoint
@@ -38,7 +45,7 @@ export async function serveWebhooks(
     },
   });
   return {
-    routes: webhookRoutes(store, db, { allowNetworks }),
+    routes: webhookRoutes(store, db, { allowNetworks, types: publishedTypes() }),
     queue,
     store,
     async close() {

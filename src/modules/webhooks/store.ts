@@ -1,6 +1,4 @@
 import { randomBytes } from "node:crypto";
-import { moduleRegistry } from "../../core/module.js";
-import { billingModule } from "../billing/module.js";
 import { WebhookEndpoint } from "./queue.js";
 import { generateWebhookSecret } from "./queue-sign.js";
 import { postgresSql, sqliteSql, type OwnSql, type PgPoolLike, type SqliteLike } from "./store-sql.js";
@@ -95,12 +93,11 @@ export function endpointProblem(record: WebhookEndpointRecord): string | null {
 }
 
 /**
- * The first of `types` that `serve` never publishes (the core's notification types and its
- * modules'), or null: an endpoint subscribed to a misspelt type would wait for events that never
- * come, so `webhooks add` and the admin routes refuse it (docs/notifications.md, "Webhooks").
+ * The first of `types` not among `known` (the types `serve` publishes: `publishedTypes()`), or
+ * null: an endpoint subscribed to a misspelt type would wait for events that never come, so
+ * `webhooks add` and the admin routes refuse it (docs/notifications.md, "Webhooks").
  */
-export function unknownType(types: readonly string[] | null | undefined): string | null {
-  const known = moduleRegistry([billingModule()]).notificationTypes;
+export function unknownType(types: readonly string[] | null | undefined, known: ReadonlySet<string>): string | null {
   return types?.find((t) => !known.has(t)) ?? null;
 }
 
