@@ -24,8 +24,8 @@ const MONGO_URI = process.env.CREDIT_MONGO_URI;
 
 /** The journal columns version 2 added (dropped again to make a version 1 store). */
 const V2_COLUMNS = ["take_back", "hash_version", "key_id", "scope", "effective_at", "unit"];
-/** The columns version 2 added to the grants (grants that start later). */
-const V2_GRANT_COLUMNS = ["effective_at", "upcoming"];
+/** The columns version 2 added to the grants (grants that start later, the allowance a grant was drawn out in). */
+const V2_GRANT_COLUMNS = ["effective_at", "upcoming", "drawn_out_in"];
 /** The columns version 2 added to the other tables: each row's unit (docs/units.md). */
 const V2_UNIT_COLUMNS = [
   ["accounts", "units"],

@@ -899,7 +899,13 @@ export class AccountWork {
     this.grants.forEachTouched((after, created) => {
       touched.push({ before: created ? undefined : this.grants.original(after.id), after });
     });
-    trackAllowance(this.account, this.loaded, touched, () => this.openGrants());
+    trackAllowance(
+      this.account,
+      this.loaded,
+      touched,
+      () => this.openGrants(),
+      (g, drawnOutIn) => this.grants.put({ ...g, drawnOutIn }, g),
+    );
     this.account.updatedAt = this.now;
     return {
       account: this.account,

@@ -89,16 +89,29 @@ function drawnOut(g: Grant): boolean {
  * happens to it after (its expiry, a void) unless credits are given back to it while it is open (a
  * hold released, a charge reversed: it is an open grant again). A scope left with no open grant
  * while the account holds nothing starts again: its next grant begins a new allowance.
+ *
+ * Each allowance has a number, kept on its scope's mark (`allowance`: 0 for the first, one more
+ * each time one ends with something drawn out), and a grant drawn out records the number it was
+ * drawn out in (`drawnOutIn`, set through `record`): credits given back to a grant drawn out in an
+ * allowance that has ended since make it an open grant of the current one, and take nothing from
+ * what the current one's drawn-out grants were given, which never counted it. A store version 1
+ * wrote kept neither (no allowance was kept then): a mark without a number is allowance 0, and a
+ * grant drawn out with none was counted by no allowance, so credits given back to it take nothing.
+ *
  * `touched`: each grant the change wrote, as the change leaves it, with the version it was loaded
  * with (undefined: created by the change). `open`: the account's open grants after the change, read
- * only when a grant left the open ones or the account's last hold ended.
+ * only when a grant left the open ones or the account's last hold ended. `record`: writes a touched
+ * grant again with another `drawnOutIn`, called only for a grant drawn out or given credits back.
  */
 export function trackAllowance(
   account: Account,
   loaded: Account | null,
   touched: ReadonlyArray<{ before: Grant | undefined; after: Grant }>,
   open: () => readonly Grant[],
+  record: (grant: Grant, drawnOutIn: number | null) => void,
 ): void {
+  // From what the account was loaded with, so a second `changes()` of one work moves nothing more.
+  const stored = loaded?.alert?.marks;
   let deltas: Map<string, number> | null = null;
   let left = false;
   for (const { before, after } of touched) {
@@ -107,19 +120,32 @@ export function trackAllowance(
     // drawn out and then closed (expired, voided) stays drawn out: it was spent, or held, to its last credit.
     const was = before !== undefined && drawnOut(before);
     let delta = 0;
-    if (!was && drawnOut(after)) delta = after.amount;
-    else if (was && isOpenGrant(after)) delta = -after.amount;
+    let key: string;
+    if (!was && drawnOut(after)) {
+      key = scopeKey(after.scope, after.unit ?? null);
+      const n = stored?.[key]?.allowance ?? 0;
+      if ((after.drawnOutIn ?? null) !== n) record(after, n);
+      delta = after.amount;
+    } else if (was && isOpenGrant(after)) {
+      key = scopeKey(after.scope, after.unit ?? null);
+      // Counted only where it was drawn out in the scope's current allowance.
+      if ((before.drawnOutIn ?? null) === (stored?.[key]?.allowance ?? 0)) delta = -after.amount;
+      if ((after.drawnOutIn ?? null) !== null) record(after, null);
+    } else continue;
     if (delta === 0) continue;
-    const key = scopeKey(after.scope, after.unit ?? null);
     (deltas ??= new Map()).set(key, (deltas.get(key) ?? 0) + delta);
   }
   const holdsEnded = reservedOf(loaded) > 0 && reservedOf(account) === 0;
   if (deltas === null && !left && !holdsEnded) return;
-  // From what the account was loaded with, so a second `changes()` of one work moves nothing more.
+  // What each scope's drawn-out grants were given (those with none left out), and its number.
   const amounts = new Map<string, number>();
-  const stored = loaded?.alert?.marks;
+  const numbers = new Map<string, number>();
   if (stored !== undefined)
-    for (const [key, mark] of Object.entries(stored)) if (isAllowanceKey(key)) amounts.set(key, mark.spent ?? 0);
+    for (const [key, mark] of Object.entries(stored)) {
+      if (!isAllowanceKey(key)) continue;
+      if ((mark.spent ?? 0) > 0) amounts.set(key, mark.spent ?? 0);
+      if ((mark.allowance ?? 0) > 0) numbers.set(key, mark.allowance ?? 0);
+    }
   for (const [key, delta] of deltas ?? []) amounts.set(key, Math.max(0, (amounts.get(key) ?? 0) + delta));
   if ((left || holdsEnded) && reservedOf(account) === 0 && amounts.size > 0) {
     // The scopes with nothing open start again. Without scoped grants, the pool's open grants
@@ -131,18 +157,33 @@ export function trackAllowance(
         if (f.balance + f.debt > 0) live.add(scopeKey(null, unit));
       // (A grant that has not started holds nothing yet: docs/units.md.)
     } else for (const g of open()) if (g.upcoming !== true) live.add(scopeKey(g.scope, g.unit ?? null));
-    for (const key of amounts.keys()) if (!live.has(key)) amounts.set(key, 0);
+    // An allowance that ends with grants drawn out in it gives the next one another number.
+    for (const [key, amount] of amounts)
+      if (amount > 0 && !live.has(key)) {
+        amounts.set(key, 0);
+        numbers.set(key, (numbers.get(key) ?? 0) + 1);
+      }
   }
   const marks = account.alert?.marks;
   let changed = false;
-  for (const [key, amount] of amounts) if ((marks?.[key]?.spent ?? 0) !== amount) changed = true;
+  for (const key of new Set([...amounts.keys(), ...numbers.keys()]))
+    if (
+      (marks?.[key]?.spent ?? 0) !== (amounts.get(key) ?? 0) ||
+      (marks?.[key]?.allowance ?? 0) !== (numbers.get(key) ?? 0)
+    )
+      changed = true;
   if (!changed) return;
   const next: Record<string, AlertMark> = {};
   if (marks !== undefined)
     for (const [key, mark] of Object.entries(marks))
       if (!isAllowanceKey(key))
         Object.defineProperty(next, key, { value: mark, writable: true, enumerable: true, configurable: true });
-  for (const [key, amount] of amounts) if (amount > 0) next[key] = { state: "ok", crossings: 0, spent: amount };
+  for (const key of new Set([...amounts.keys(), ...numbers.keys()])) {
+    const spent = amounts.get(key) ?? 0;
+    const allowance = numbers.get(key) ?? 0;
+    if (spent > 0 || allowance > 0)
+      next[key] = { state: "ok", crossings: 0, spent, ...(allowance > 0 ? { allowance } : {}) };
+  }
   const prev = account.alert ?? { level: null, threshold: 0, lastAllocation: 0, override: null };
   account.alert = { ...prev, marks: next };
 }

@@ -186,6 +186,13 @@ export const Grant = z.object({
   upcoming: z.optional(z.nullable(z.boolean())),
   /** The unit of its credits (docs/units.md); null or absent: the default unit. Never changes. */
   unit: z.optional(z.nullable(UnitName)),
+  /**
+   * The number of its scope's allowance (docs/customer-state.md, "What was granted") in which it
+   * was drawn to its last credit (spent, or held): set when it is, kept after it closes, cleared
+   * when credits come back to it while it is open. Null or absent: not drawn out, or drawn out
+   * where no number was kept (in a store version 1 wrote), which no allowance counts.
+   */
+  drawnOutIn: z.optional(z.nullable(NonNegativeAmount)),
 });
 /** A lot of credits. Every addition creates one; draws follow the burn-down order. @public */
 export type Grant = z.infer<typeof Grant>;
