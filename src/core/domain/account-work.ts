@@ -532,6 +532,7 @@ export class AccountWork {
       effectiveAt: startsAt,
       upcoming: startsAt === null ? null : true,
       unit: this.unit,
+      drawnOutIn: null,
     };
   }
 
@@ -904,7 +905,7 @@ export class AccountWork {
       this.loaded,
       touched,
       () => this.openGrants(),
-      (g, drawnOutIn) => this.grants.put({ ...g, drawnOutIn }, g),
+      (g) => this.grants.put(g),
     );
     this.account.updatedAt = this.now;
     return {

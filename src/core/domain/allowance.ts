@@ -90,28 +90,34 @@ function drawnOut(g: Grant): boolean {
  * hold released, a charge reversed: it is an open grant again). A scope left with no open grant
  * while the account holds nothing starts again: its next grant begins a new allowance.
  *
- * Each allowance has a number, kept on its scope's mark (`allowance`: 0 for the first, one more
- * each time one ends with something drawn out), and a grant drawn out records the number it was
- * drawn out in (`drawnOutIn`, set through `record`): credits given back to a grant drawn out in an
- * allowance that has ended since make it an open grant of the current one, and take nothing from
- * what the current one's drawn-out grants were given, which never counted it. A store version 1
- * wrote kept neither (no allowance was kept then): a mark without a number is allowance 0, and a
- * grant drawn out with none was counted by no allowance, so credits given back to it take nothing.
+ * Which allowance counted a grant: the scope's mark names the one its amount counts in
+ * (`allowance`: the account's `seq` after the unit of work that drew out the first grant it counts;
+ * a later allowance's first grant is drawn out by a later unit, of a higher seq), and a grant
+ * drawn out records it (`drawnOutIn`, set through `record`). Credits given back to a grant take
+ * its amount off only when it records the allowance the mark names: one drawn out in an allowance
+ * that has ended since was never counted by the current one, and joins it as an open grant. A
+ * store version 1 wrote kept neither: a grant drawn out there has no number and was counted by no
+ * allowance, so credits given back to it take nothing (docs/customer-state.md, "What was granted").
  *
  * `touched`: each grant the change wrote, as the change leaves it, with the version it was loaded
  * with (undefined: created by the change). `open`: the account's open grants after the change, read
  * only when a grant left the open ones or the account's last hold ended. `record`: writes a touched
- * grant again with another `drawnOutIn`, called only for a grant drawn out or given credits back.
+ * grant again (another `drawnOutIn`), called only for a grant drawn out or given credits back.
  */
 export function trackAllowance(
   account: Account,
   loaded: Account | null,
   touched: ReadonlyArray<{ before: Grant | undefined; after: Grant }>,
   open: () => readonly Grant[],
-  record: (grant: Grant, drawnOutIn: number | null) => void,
+  record: (grant: Grant) => void,
 ): void {
   // From what the account was loaded with, so a second `changes()` of one work moves nothing more.
   const stored = loaded?.alert?.marks;
+  /** The allowance the scope's drawn-out amount counts in; null: nothing counted. */
+  const counting = (key: string): number | null => {
+    const mark = stored?.[key];
+    return mark === undefined || (mark.spent ?? 0) <= 0 ? null : (mark.allowance ?? 0);
+  };
   let deltas: Map<string, number> | null = null;
   let left = false;
   for (const { before, after } of touched) {
@@ -123,29 +129,24 @@ export function trackAllowance(
     let key: string;
     if (!was && drawnOut(after)) {
       key = scopeKey(after.scope, after.unit ?? null);
-      const n = stored?.[key]?.allowance ?? 0;
-      if ((after.drawnOutIn ?? null) !== n) record(after, n);
+      // Nothing counted yet: this unit's drawn-out grants begin the count, named by its seq.
+      const n = counting(key) ?? account.seq;
+      if (after.drawnOutIn !== n) record({ ...after, drawnOutIn: n });
       delta = after.amount;
     } else if (was && isOpenGrant(after)) {
       key = scopeKey(after.scope, after.unit ?? null);
-      // Counted only where it was drawn out in the scope's current allowance.
-      if ((before.drawnOutIn ?? null) === (stored?.[key]?.allowance ?? 0)) delta = -after.amount;
-      if ((after.drawnOutIn ?? null) !== null) record(after, null);
+      const n = before.drawnOutIn ?? null;
+      if (n !== null && n === counting(key)) delta = -after.amount;
+      if (after.drawnOutIn != null) record({ ...after, drawnOutIn: null });
     } else continue;
     if (delta === 0) continue;
     (deltas ??= new Map()).set(key, (deltas.get(key) ?? 0) + delta);
   }
   const holdsEnded = reservedOf(loaded) > 0 && reservedOf(account) === 0;
   if (deltas === null && !left && !holdsEnded) return;
-  // What each scope's drawn-out grants were given (those with none left out), and its number.
   const amounts = new Map<string, number>();
-  const numbers = new Map<string, number>();
   if (stored !== undefined)
-    for (const [key, mark] of Object.entries(stored)) {
-      if (!isAllowanceKey(key)) continue;
-      if ((mark.spent ?? 0) > 0) amounts.set(key, mark.spent ?? 0);
-      if ((mark.allowance ?? 0) > 0) numbers.set(key, mark.allowance ?? 0);
-    }
+    for (const [key, mark] of Object.entries(stored)) if (isAllowanceKey(key)) amounts.set(key, mark.spent ?? 0);
   for (const [key, delta] of deltas ?? []) amounts.set(key, Math.max(0, (amounts.get(key) ?? 0) + delta));
   if ((left || holdsEnded) && reservedOf(account) === 0 && amounts.size > 0) {
     // The scopes with nothing open start again. Without scoped grants, the pool's open grants
@@ -157,33 +158,23 @@ export function trackAllowance(
         if (f.balance + f.debt > 0) live.add(scopeKey(null, unit));
       // (A grant that has not started holds nothing yet: docs/units.md.)
     } else for (const g of open()) if (g.upcoming !== true) live.add(scopeKey(g.scope, g.unit ?? null));
-    // An allowance that ends with grants drawn out in it gives the next one another number.
-    for (const [key, amount] of amounts)
-      if (amount > 0 && !live.has(key)) {
-        amounts.set(key, 0);
-        numbers.set(key, (numbers.get(key) ?? 0) + 1);
-      }
+    for (const key of amounts.keys()) if (!live.has(key)) amounts.set(key, 0);
   }
   const marks = account.alert?.marks;
+  const allowanceOf = (key: string) => counting(key) ?? account.seq;
   let changed = false;
-  for (const key of new Set([...amounts.keys(), ...numbers.keys()]))
-    if (
-      (marks?.[key]?.spent ?? 0) !== (amounts.get(key) ?? 0) ||
-      (marks?.[key]?.allowance ?? 0) !== (numbers.get(key) ?? 0)
-    )
-      changed = true;
+  for (const [key, amount] of amounts) {
+    const mark = marks?.[key];
+    if ((mark?.spent ?? 0) !== amount || (amount > 0 && (mark?.allowance ?? 0) !== allowanceOf(key))) changed = true;
+  }
   if (!changed) return;
   const next: Record<string, AlertMark> = {};
   if (marks !== undefined)
     for (const [key, mark] of Object.entries(marks))
       if (!isAllowanceKey(key))
         Object.defineProperty(next, key, { value: mark, writable: true, enumerable: true, configurable: true });
-  for (const key of new Set([...amounts.keys(), ...numbers.keys()])) {
-    const spent = amounts.get(key) ?? 0;
-    const allowance = numbers.get(key) ?? 0;
-    if (spent > 0 || allowance > 0)
-      next[key] = { state: "ok", crossings: 0, spent, ...(allowance > 0 ? { allowance } : {}) };
-  }
+  for (const [key, amount] of amounts)
+    if (amount > 0) next[key] = { state: "ok", crossings: 0, spent: amount, allowance: allowanceOf(key) };
   const prev = account.alert ?? { level: null, threshold: 0, lastAllocation: 0, override: null };
   account.alert = { ...prev, marks: next };
 }

@@ -139,9 +139,9 @@ export const AlertMark = z.object({
    */
   spent: z.optional(z.nullable(z.number().check(z.int()))),
   /**
-   * A scope's allowance: the number of its current allowance (0 for the first, one more each time
-   * one ends with grants drawn out in it), which a grant drawn out records (`Grant.drawnOutIn`);
-   * null or absent: 0. Absent on a threshold's mark.
+   * A scope's allowance: which allowance `spent` counts the grants of, named by the account's `seq`
+   * after the unit of work that drew out the first of them; a grant drawn out records it
+   * (`Grant.drawnOutIn`). Null or absent: 0. Absent on a threshold's mark.
    */
   allowance: z.optional(z.nullable(NonNegativeAmount)),
 });

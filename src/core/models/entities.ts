@@ -187,10 +187,10 @@ export const Grant = z.object({
   /** The unit of its credits (docs/units.md); null or absent: the default unit. Never changes. */
   unit: z.optional(z.nullable(UnitName)),
   /**
-   * The number of its scope's allowance (docs/customer-state.md, "What was granted") in which it
-   * was drawn to its last credit (spent, or held): set when it is, kept after it closes, cleared
-   * when credits come back to it while it is open. Null or absent: not drawn out, or drawn out
-   * where no number was kept (in a store version 1 wrote), which no allowance counts.
+   * Which allowance of its scope (docs/customer-state.md, "What was granted") counted it when it
+   * was drawn to its last credit (spent, or held): the `allowance` its scope's mark named then. Kept
+   * after it closes; cleared when credits come back to it while it is open. Null or absent: not
+   * drawn out, or drawn out where none was kept (in a store version 1 wrote), counted by no allowance.
    */
   drawnOutIn: z.optional(z.nullable(NonNegativeAmount)),
 });
