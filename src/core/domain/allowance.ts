@@ -83,6 +83,12 @@ function drawnOut(g: Grant): boolean {
   return g.remaining === 0 && g.closedAt === null;
 }
 
+/** The allowance a scope's drawn-out amount counts in, by its stored mark; null: nothing counted. */
+function counting(stored: Readonly<Record<string, AlertMark>> | undefined, key: string): number | null {
+  const mark = stored?.[key];
+  return mark === undefined || (mark.spent ?? 0) <= 0 ? null : (mark.allowance ?? 0);
+}
+
 /**
  * Updates `account` (the unit of work's copy) after a change: a grant drawn to its last credit
  * (spent, or held) adds what it was given to its scope's allowance, and stays there whatever
@@ -113,11 +119,6 @@ export function trackAllowance(
 ): void {
   // From what the account was loaded with, so a second `changes()` of one work moves nothing more.
   const stored = loaded?.alert?.marks;
-  /** The allowance the scope's drawn-out amount counts in; null: nothing counted. */
-  const counting = (key: string): number | null => {
-    const mark = stored?.[key];
-    return mark === undefined || (mark.spent ?? 0) <= 0 ? null : (mark.allowance ?? 0);
-  };
   let deltas: Map<string, number> | null = null;
   let left = false;
   for (const { before, after } of touched) {
@@ -130,13 +131,13 @@ export function trackAllowance(
     if (!was && drawnOut(after)) {
       key = scopeKey(after.scope, after.unit ?? null);
       // Nothing counted yet: this unit's drawn-out grants begin the count, named by its seq.
-      const n = counting(key) ?? account.seq;
+      const n = counting(stored, key) ?? account.seq;
       if (after.drawnOutIn !== n) record({ ...after, drawnOutIn: n });
       delta = after.amount;
     } else if (was && isOpenGrant(after)) {
       key = scopeKey(after.scope, after.unit ?? null);
       const n = before.drawnOutIn ?? null;
-      if (n !== null && n === counting(key)) delta = -after.amount;
+      if (n !== null && n === counting(stored, key)) delta = -after.amount;
       if (after.drawnOutIn != null) record({ ...after, drawnOutIn: null });
     } else continue;
     if (delta === 0) continue;
@@ -161,7 +162,7 @@ export function trackAllowance(
     for (const key of amounts.keys()) if (!live.has(key)) amounts.set(key, 0);
   }
   const marks = account.alert?.marks;
-  const allowanceOf = (key: string) => counting(key) ?? account.seq;
+  const allowanceOf = (key: string) => counting(stored, key) ?? account.seq;
   let changed = false;
   for (const [key, amount] of amounts) {
     const mark = marks?.[key];
