@@ -253,6 +253,8 @@ describe.skipIf(!url)("a store on Citus: init() distributes it (docs/scaling-out
         await first.close();
         for (const c of ["take_back", "hash_version", "key_id", "scope"])
           await admin.query(`ALTER TABLE "${schema}".journal_entries DROP COLUMN ${c}`);
+        // Version 2's grant column of the allowance a grant was drawn out in (docs/customer-state.md).
+        await admin.query(`ALTER TABLE "${schema}".grants DROP COLUMN drawn_out_in`);
         await admin.query(`UPDATE "${schema}".schema_version SET version = 1`);
         setNextVersion(v2);
         if (how === "cli") {
@@ -287,6 +289,9 @@ describe.skipIf(!url)("a store on Citus: init() distributes it (docs/scaling-out
         await credits.deductCredits("old-user", 2, { metadata: { paymentId: "p-2", refundedAmount: 2 } });
         expect((await credits.getCreditHistory("old-user")).items[0]).toMatchObject({ takeBack: null, hashVersion: 2 });
         expect((await credits.getUserCreditsInfo("old-user")).balance).toBe(4);
+        // The version 1 grant drawn out now records the seq of the change that drew it out.
+        const out = await credits.deductCredits("old-user", 4);
+        expect((await db.getGrant(out.grants[0]!.grantId))?.drawnOutIn).toBe(out.seq);
         expect((await credits.audit("old-user", { from: "genesis" })).problems).toEqual([]);
         await db.close();
         setNextVersion(null);

@@ -64,18 +64,22 @@ describe("schema upgrades: the statements", () => {
       expect.stringMatching(/^ALTER TABLE "billing"\."reservations" ADD COLUMN IF NOT EXISTS "unit" TEXT/),
       expect.stringMatching(/^ALTER TABLE "billing"\."journal_entries" ADD COLUMN IF NOT EXISTS "unit" TEXT/),
     ]);
+    // The allowance a grant was drawn out in (docs/customer-state.md): NULL on the rows there are.
+    expect(statements[11]).toBe(
+      `ALTER TABLE "billing"."grants" ADD COLUMN IF NOT EXISTS "drawn_out_in" BIGINT CHECK ("drawn_out_in" BETWEEN 0 AND 9007199254740991);`,
+    );
     // Only the entries that have none yet: it can run again.
     // The journal's types gain `start`.
-    expect(statements[11]).toMatch(
+    expect(statements[12]).toMatch(
       /^ALTER TABLE "billing"\."journal_entries" DROP CONSTRAINT IF EXISTS "journal_entries_type_check", ADD CONSTRAINT .*'start'/,
     );
     // Grant sources and notification types: any lower-case identifier (a module's own too).
-    expect(statements.slice(12, 15)).toEqual([
+    expect(statements.slice(13, 16)).toEqual([
       `ALTER TABLE "billing"."grants" DROP CONSTRAINT IF EXISTS "grants_source_check", ADD CONSTRAINT "grants_source_check" CHECK ("source" ~ '^[a-z][a-z0-9_]{0,63}$');`,
       `ALTER TABLE "billing"."journal_entries" DROP CONSTRAINT IF EXISTS "journal_entries_source_check", ADD CONSTRAINT "journal_entries_source_check" CHECK ("source" ~ '^[a-z][a-z0-9_]{0,63}$');`,
       `ALTER TABLE "billing"."notifications" DROP CONSTRAINT IF EXISTS "notifications_type_check", ADD CONSTRAINT "notifications_type_check" CHECK ("type" ~ '^[a-z][a-z0-9_]{0,63}$');`,
     ]);
-    expect(statements[15]).toMatch(
+    expect(statements[16]).toMatch(
       /^UPDATE "billing"\."journal_entries" AS j SET "take_back" = CASE WHEN .* 'Lost dispute' THEN 'clawback' WHEN .* THEN 'refund' END WHERE j\."take_back" IS NULL AND j\.type IN \('deduct', 'commit_reserved', 'void'\) AND .*'paymentId'.*'refundedAmount'.*;$/,
     );
     for (const dialect of ["mysql", "sqlite"] as const)

@@ -24,8 +24,8 @@ const MONGO_URI = process.env.CREDIT_MONGO_URI;
 
 /** The journal columns version 2 added (dropped again to make a version 1 store). */
 const V2_COLUMNS = ["take_back", "hash_version", "key_id", "scope", "effective_at", "unit"];
-/** The columns version 2 added to the grants (grants that start later). */
-const V2_GRANT_COLUMNS = ["effective_at", "upcoming"];
+/** The columns version 2 added to the grants (grants that start later, the allowance a grant was drawn out in). */
+const V2_GRANT_COLUMNS = ["effective_at", "upcoming", "drawn_out_in"];
 /** The columns version 2 added to the other tables: each row's unit (docs/units.md). */
 const V2_UNIT_COLUMNS = [
   ["accounts", "units"],
@@ -97,6 +97,12 @@ async function checkUpgraded(db: Store, u: string): Promise<void> {
     await credits.addCredits(u, 9, { unit: "images" });
     await credits.deductCredits(u, 4, { unit: "images" });
     expect((await db.getAccount(u))?.units).toEqual({ images: { balance: 5, reserved: 0, debt: 0 } });
+    // The grants version 1 wrote record no allowance (docs/customer-state.md, "What was granted");
+    // one drawn out now records the seq of the change that drew it out, the first of its allowance.
+    const all = await db.listGrants(u, { includeInactive: true });
+    expect(all.map((g) => g.drawnOutIn ?? null)).toEqual(all.map(() => null));
+    const out = await credits.deductCredits(u, 5, { unit: "images" });
+    expect((await db.getGrant(out.grants[0]!.grantId))?.drawnOutIn).toBe(out.seq);
     expect((await credits.audit(u, { from: "genesis" })).problems).toEqual([]);
   } finally {
     await db.close();

@@ -95,6 +95,7 @@ export const MIGRATIONS: readonly Migration[] = [
     summary:
       "journal entries record what a take-back is (take_back, set from version 1's rule on the entries there are), the hash version, the key id of a keyed chain, an addition's scope and its start; grants record their start and whether they are upcoming; entries of type start; " +
       "accounts, grants, holds and entries record their unit (null: the default unit, which every row a version 1 store holds is in); " +
+      "grants record the allowance they were drawn out in (null on the rows there are); " +
       "grant sources and notification types take any lower-case identifier; " +
       "PostgreSQL's daily usage rollup keys its rows by unit too (the rows there are: the default unit)",
     // hash_version stays NULL on the entries there are: their hash is version 1's (docs/concepts.md).
@@ -112,6 +113,9 @@ export const MIGRATIONS: readonly Migration[] = [
       { table: "grants", field: "unit" },
       { table: "reservations", field: "unit" },
       { table: "journal", field: "unit" },
+      // The allowance a grant was drawn out in (docs/customer-state.md, "What was granted"): NULL on
+      // the rows there are, which no allowance counted (version 1 kept none).
+      { table: "grants", field: "drawnOutIn" },
     ],
     // Grant sources and notification types: any lower-case identifier, so that a module's own
     // are stored (docs/modules.md), instead of version 1's lists.

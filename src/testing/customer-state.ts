@@ -108,6 +108,40 @@ export function runCustomerStateContract(
       expect(await images(peer)).toMatchObject({ granted: 300, used: 100, left: 200 });
     });
 
+    it("what was granted: a charge given back to a grant spent out in an ended allowance makes it an open grant of the current one", async () => {
+      const credits = service();
+      const peer = service(options.getPeer?.() ?? getDb());
+      const u = user();
+      const images = async (via: CreditService = credits) =>
+        (await via.getCustomerState(u)).features.find((f) => f.feature === "images");
+      const old = (await credits.addCredits(u, 100)).grants[0]!.grantId;
+      const first = await credits.deductCredits(u, 100); // spent out: nothing left, the allowance ends
+      expect(await images()).toMatchObject({ granted: 0, used: 0, left: 0 });
+      await credits.addCredits(u, 200);
+      await credits.addCredits(u, 300);
+      await credits.deductCredits(u, 250); // the 200 spent out in the new allowance, 250 left of the 300
+      expect(await images()).toMatchObject({ granted: 500, used: 250, left: 250 });
+      // The old grant open again: counted once, as an open grant; the 200 spent out still counts.
+      await credits.reverseCharge(u, first.id, { reason: "failed" });
+      expect((await getDb().getGrant(old))?.remaining).toBe(100);
+      expect(await images()).toMatchObject({ granted: 600, used: 250, left: 350 });
+      expect(await images(peer)).toMatchObject({ granted: 600, used: 250, left: 350 });
+      // Spent out again, now in the current allowance (the oldest grant is drawn first)…
+      const second = await credits.deductCredits(u, 100);
+      expect(second.grants).toEqual([{ grantId: old, amount: 100 }]);
+      expect(await images()).toMatchObject({ granted: 600, used: 350, left: 250 });
+      // …and given back again: open once more, counted once.
+      await credits.reverseCharge(u, second.id, { reason: "failed" });
+      expect(await images()).toMatchObject({ granted: 600, used: 250, left: 350 });
+      expect(await images(peer)).toMatchObject({ granted: 600, used: 250, left: 350 });
+      // Spent out, every grant: the allowance ends, and the next grant starts a new one.
+      await credits.deductCredits(u, 350);
+      expect(await images()).toMatchObject({ granted: 0, used: 0, left: 0 });
+      await credits.addCredits(u, 40);
+      expect(await images()).toMatchObject({ granted: 40, used: 0, left: 40 });
+      expect((await credits.audit(u)).ok).toBe(true);
+    });
+
     it("available is one figure: the state's, getUserCreditsInfo's, the available alert's and the low-credits level's (scoped credits left out)", async () => {
       const low: AlertThreshold = { id: "low", kind: "available", atOrBelow: 450 };
       const now = () => new Date(clock.now);

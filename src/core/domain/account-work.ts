@@ -532,6 +532,7 @@ export class AccountWork {
       effectiveAt: startsAt,
       upcoming: startsAt === null ? null : true,
       unit: this.unit,
+      drawnOutIn: null,
     };
   }
 
@@ -899,7 +900,13 @@ export class AccountWork {
     this.grants.forEachTouched((after, created) => {
       touched.push({ before: created ? undefined : this.grants.original(after.id), after });
     });
-    trackAllowance(this.account, this.loaded, touched, () => this.openGrants());
+    trackAllowance(
+      this.account,
+      this.loaded,
+      touched,
+      () => this.openGrants(),
+      (g) => this.grants.put(g),
+    );
     this.account.updatedAt = this.now;
     return {
       account: this.account,

@@ -83,22 +83,42 @@ function drawnOut(g: Grant): boolean {
   return g.remaining === 0 && g.closedAt === null;
 }
 
+/** The allowance a scope's drawn-out amount counts in, by its stored mark; null: nothing counted. */
+function counting(stored: Readonly<Record<string, AlertMark>> | undefined, key: string): number | null {
+  const mark = stored?.[key];
+  return mark === undefined || (mark.spent ?? 0) <= 0 ? null : (mark.allowance ?? 0);
+}
+
 /**
  * Updates `account` (the unit of work's copy) after a change: a grant drawn to its last credit
  * (spent, or held) adds what it was given to its scope's allowance, and stays there whatever
  * happens to it after (its expiry, a void) unless credits are given back to it while it is open (a
  * hold released, a charge reversed: it is an open grant again). A scope left with no open grant
  * while the account holds nothing starts again: its next grant begins a new allowance.
+ *
+ * Which allowance counted a grant: the scope's mark names the one its amount counts in
+ * (`allowance`: the account's `seq` after the unit of work that drew out the first grant it counts;
+ * a later allowance's first grant is drawn out by a later unit, of a higher seq), and a grant
+ * drawn out records it (`drawnOutIn`, set through `record`). Credits given back to a grant take
+ * its amount off only when it records the allowance the mark names: one drawn out in an allowance
+ * that has ended since was never counted by the current one, and joins it as an open grant. A
+ * store version 1 wrote kept neither: a grant drawn out there has no number and was counted by no
+ * allowance, so credits given back to it take nothing (docs/customer-state.md, "What was granted").
+ *
  * `touched`: each grant the change wrote, as the change leaves it, with the version it was loaded
  * with (undefined: created by the change). `open`: the account's open grants after the change, read
- * only when a grant left the open ones or the account's last hold ended.
+ * only when a grant left the open ones or the account's last hold ended. `record`: writes a touched
+ * grant again (another `drawnOutIn`), called only for a grant drawn out or given credits back.
  */
 export function trackAllowance(
   account: Account,
   loaded: Account | null,
   touched: ReadonlyArray<{ before: Grant | undefined; after: Grant }>,
   open: () => readonly Grant[],
+  record: (grant: Grant) => void,
 ): void {
+  // From what the account was loaded with, so a second `changes()` of one work moves nothing more.
+  const stored = loaded?.alert?.marks;
   let deltas: Map<string, number> | null = null;
   let left = false;
   for (const { before, after } of touched) {
@@ -107,17 +127,25 @@ export function trackAllowance(
     // drawn out and then closed (expired, voided) stays drawn out: it was spent, or held, to its last credit.
     const was = before !== undefined && drawnOut(before);
     let delta = 0;
-    if (!was && drawnOut(after)) delta = after.amount;
-    else if (was && isOpenGrant(after)) delta = -after.amount;
+    let key: string;
+    if (!was && drawnOut(after)) {
+      key = scopeKey(after.scope, after.unit ?? null);
+      // Nothing counted yet: this unit's drawn-out grants begin the count, named by its seq.
+      const n = counting(stored, key) ?? account.seq;
+      if (after.drawnOutIn !== n) record({ ...after, drawnOutIn: n });
+      delta = after.amount;
+    } else if (was && isOpenGrant(after)) {
+      key = scopeKey(after.scope, after.unit ?? null);
+      const n = before.drawnOutIn ?? null;
+      if (n !== null && n === counting(stored, key)) delta = -after.amount;
+      if (after.drawnOutIn != null) record({ ...after, drawnOutIn: null });
+    } else continue;
     if (delta === 0) continue;
-    const key = scopeKey(after.scope, after.unit ?? null);
     (deltas ??= new Map()).set(key, (deltas.get(key) ?? 0) + delta);
   }
   const holdsEnded = reservedOf(loaded) > 0 && reservedOf(account) === 0;
   if (deltas === null && !left && !holdsEnded) return;
-  // From what the account was loaded with, so a second `changes()` of one work moves nothing more.
   const amounts = new Map<string, number>();
-  const stored = loaded?.alert?.marks;
   if (stored !== undefined)
     for (const [key, mark] of Object.entries(stored)) if (isAllowanceKey(key)) amounts.set(key, mark.spent ?? 0);
   for (const [key, delta] of deltas ?? []) amounts.set(key, Math.max(0, (amounts.get(key) ?? 0) + delta));
@@ -134,15 +162,20 @@ export function trackAllowance(
     for (const key of amounts.keys()) if (!live.has(key)) amounts.set(key, 0);
   }
   const marks = account.alert?.marks;
+  const allowanceOf = (key: string) => counting(stored, key) ?? account.seq;
   let changed = false;
-  for (const [key, amount] of amounts) if ((marks?.[key]?.spent ?? 0) !== amount) changed = true;
+  for (const [key, amount] of amounts) {
+    const mark = marks?.[key];
+    if ((mark?.spent ?? 0) !== amount || (amount > 0 && (mark?.allowance ?? 0) !== allowanceOf(key))) changed = true;
+  }
   if (!changed) return;
   const next: Record<string, AlertMark> = {};
   if (marks !== undefined)
     for (const [key, mark] of Object.entries(marks))
       if (!isAllowanceKey(key))
         Object.defineProperty(next, key, { value: mark, writable: true, enumerable: true, configurable: true });
-  for (const [key, amount] of amounts) if (amount > 0) next[key] = { state: "ok", crossings: 0, spent: amount };
+  for (const [key, amount] of amounts)
+    if (amount > 0) next[key] = { state: "ok", crossings: 0, spent: amount, allowance: allowanceOf(key) };
   const prev = account.alert ?? { level: null, threshold: 0, lastAllocation: 0, override: null };
   account.alert = { ...prev, marks: next };
 }

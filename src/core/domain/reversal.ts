@@ -265,5 +265,6 @@ export function debtGrant(id: string, userId: string, amount: number, chargeId: 
     costBasis: null,
     effectiveAt: null,
     upcoming: null,
+    drawnOutIn: null,
   };
 }

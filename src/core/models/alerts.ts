@@ -123,7 +123,9 @@ export type AlertStateName = z.infer<typeof AlertStateName>;
 
 /**
  * What the account keeps of one threshold: its state, how many times it went into alarm
- * (`crossings`: the events' dedupe keys), and for `period_spend` what its window counted.
+ * (`crossings`: the events' dedupe keys), and for `period_spend` what its window counted. A key
+ * starting with `~` (no alert id has one) is a scope of grants' allowance (docs/customer-state.md,
+ * "What was granted"): `spent` and `allowance` alone mean something there.
  * @public
  */
 export const AlertMark = z.object({
@@ -131,8 +133,17 @@ export const AlertMark = z.object({
   crossings: NonNegativeAmount,
   /** `period_spend`: the start of the window `spent` counts (ms since the epoch); else absent. */
   windowStart: z.optional(z.nullable(z.number().check(z.int()))),
-  /** `period_spend`: captured spend counted in that window. */
+  /**
+   * `period_spend`: captured spend counted in that window. A scope's allowance: what its grants
+   * drawn to their last credit in its current allowance were given.
+   */
   spent: z.optional(z.nullable(z.number().check(z.int()))),
+  /**
+   * A scope's allowance: which allowance `spent` counts the grants of, named by the account's `seq`
+   * after the unit of work that drew out the first of them; a grant drawn out records it
+   * (`Grant.drawnOutIn`). Null or absent: 0. Absent on a threshold's mark.
+   */
+  allowance: z.optional(z.nullable(NonNegativeAmount)),
 });
 /**
  * What the account keeps of one threshold: its state, how many times it went into alarm

@@ -186,6 +186,13 @@ export const Grant = z.object({
   upcoming: z.optional(z.nullable(z.boolean())),
   /** The unit of its credits (docs/units.md); null or absent: the default unit. Never changes. */
   unit: z.optional(z.nullable(UnitName)),
+  /**
+   * Which allowance of its scope (docs/customer-state.md, "What was granted") counted it when it
+   * was drawn to its last credit (spent, or held): the `allowance` its scope's mark named then. Kept
+   * after it closes; cleared when credits come back to it while it is open. Null or absent: not
+   * drawn out, or drawn out where none was kept (in a store version 1 wrote), counted by no allowance.
+   */
+  drawnOutIn: z.optional(z.nullable(NonNegativeAmount)),
 });
 /** A lot of credits. Every addition creates one; draws follow the burn-down order. @public */
 export type Grant = z.infer<typeof Grant>;

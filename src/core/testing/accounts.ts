@@ -96,6 +96,7 @@ export function runAccountsContract(getDb: () => DbManager, options: PartOptions
           effectiveAt: null,
           upcoming: null,
           unit: null,
+          drawnOutIn: null,
         });
         const [stored] = await db.listJournal(u, { order: "asc", limit: 10 });
         expect(stored).toEqual(e);
