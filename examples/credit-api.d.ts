@@ -1508,6 +1508,7 @@ export interface operations {
                             effectiveAt?: string | null;
                             upcoming?: boolean | null;
                             unit?: string | null;
+                            drawnOutIn?: number | null;
                         }[];
                     };
                 };
@@ -1579,6 +1580,7 @@ export interface operations {
                             effectiveAt?: string | null;
                             upcoming?: boolean | null;
                             unit?: string | null;
+                            drawnOutIn?: number | null;
                         }[];
                     };
                 };
@@ -2507,6 +2509,7 @@ export interface operations {
                             effectiveAt?: string | null;
                             upcoming?: boolean | null;
                             unit?: string | null;
+                            drawnOutIn?: number | null;
                         }[];
                     };
                 };
@@ -2598,6 +2601,7 @@ export interface operations {
                             effectiveAt?: string | null;
                             upcoming?: boolean | null;
                             unit?: string | null;
+                            drawnOutIn?: number | null;
                         }[];
                     };
                 };
