@@ -18,16 +18,30 @@ import { InsufficientCreditsError } from "../../core/errors.js";
 import type { LedgerLogger } from "../../core/ledger/index.js";
 import type { LeaseOptions } from "../../models-entry.js";
 import type { CoreCreditService } from "../../core/services/credit-service.js";
+import type { ModuleContext } from "../../core/module.js";
 import { CreditLeases, leaseCore } from "./service.js";
 import { sessionDeps } from "../metering/service.js";
-import { creditCore } from "../../core/services/credit-service.js";
 import { managerServices, T0 } from "../../core/testing/support.js";
 
-/** The lease part of `credits`' core, with no price book, as `credits.leases()` builds it. */
-const settlesOf = (credits: CoreCreditService) =>
-  leaseCore(creditCore(credits), sessionDeps(creditCore(credits), undefined));
+/** The context each credit service of the contract gave its one module (`withContext`). */
+const contexts = new WeakMap<CoreCreditService, ModuleContext>();
 
-/** `credits.leases(options)` of a `CoreCreditService` over `credits`' core. */
+/** `managerServices` whose credit service carries a module that keeps its context, as the leases module does. */
+function withContext(db: DbManager, clock: { now: number }) {
+  let ctx: ModuleContext | undefined;
+  const services = managerServices(db, clock, { modules: [{ id: "leases-contract", init: (c) => void (ctx = c) }] });
+  if (ctx !== undefined) contexts.set(services.credits, ctx);
+  return services;
+}
+
+/** The lease part of `credits`' module context, with no price book, as `credits.leases()` builds it. */
+const settlesOf = (credits: CoreCreditService) => {
+  const ctx = contexts.get(credits);
+  if (ctx === undefined) throw new Error("leases contract: a credit service made without withContext");
+  return leaseCore(ctx, sessionDeps(ctx, undefined));
+};
+
+/** `credits.leases(options)` of a `CoreCreditService` over its module context. */
 const leasesOf = (credits: CoreCreditService, options: LeaseOptions = {}) =>
   new CreditLeases(settlesOf(credits), options);
 
@@ -68,7 +82,7 @@ export function runLeasesContract(
   const user = () => `ls-${randomUUID()}`;
   const pair = () => {
     const clock = { now: T0 };
-    return { clock, a: managerServices(getDb(), clock), b: managerServices(getPeer(), clock) };
+    return { clock, a: withContext(getDb(), clock), b: withContext(getPeer(), clock) };
   };
   /** Charges, counting what was answered; a refusal (no credits) is answered with 0. */
   const charged = async (lease: CreditLeases, u: string, amount: number): Promise<number> => {
