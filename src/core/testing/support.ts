@@ -66,7 +66,15 @@ export function managerServices(
   const alerts = options.alerts === true ? {} : undefined;
   const overdraftLimit = options.overdraftLimit;
   const modules = options.modules;
-  const credits = new CoreCreditService({ db, clock: now, ledger, alerts, subscriptions: true, overdraftLimit, modules });
+  const credits = new CoreCreditService({
+    db,
+    clock: now,
+    ledger,
+    alerts,
+    subscriptions: true,
+    overdraftLimit,
+    modules,
+  });
   const subscriptions = new SubscriptionService({ db, credits, clock: now, cache: new InMemoryCache(), ledger });
   const expiration = new ExpirationService({ db, credits, subscriptions, clock: now, ledger });
   return { credits, subscriptions, expiration, ledger, clock };

@@ -27,9 +27,10 @@ import { managerServices, T0 } from "../../core/testing/support.js";
 const contexts = new WeakMap<CoreCreditService, ModuleContext>();
 
 /** `managerServices` whose credit service carries a module that keeps its context, as the leases module does. */
-function withContext(db: DbManager, clock: { now: number }) {
+function withContext(db: DbManager, clock: { now: number }, options: { ledgerFile?: string } = {}) {
   let ctx: ModuleContext | undefined;
-  const services = managerServices(db, clock, { modules: [{ id: "leases-contract", init: (c) => void (ctx = c) }] });
+  const modules = [{ id: "leases-contract", init: (c: ModuleContext) => void (ctx = c) }];
+  const services = managerServices(db, clock, { ...options, modules });
   if (ctx !== undefined) contexts.set(services.credits, ctx);
   return services;
 }
@@ -292,8 +293,8 @@ export function runLeasesContract(
     it("a crash between charge and settle, with a ledger file: the successor settles exactly once", () =>
       withFile(async (file) => {
         const clock = { now: T0 };
-        const dead = managerServices(getDb(), clock, { ledgerFile: file });
-        const b = managerServices(getPeer(), clock);
+        const dead = withContext(getDb(), clock, { ledgerFile: file });
+        const b = withContext(getPeer(), clock);
         const u = user();
         await b.credits.addCredits(u, 10_000);
         const opts: LeaseOptions = { size: 1000, exactBelow: 1, settleEveryMs: 30_000, ttlSeconds: 60 };
@@ -312,7 +313,7 @@ export function runLeasesContract(
         expect((await b.credits.getUserCreditsInfo(u)).balance).toBe(10_000 - settled);
 
         // The successor on the same file: two recoveries at once, then a third, charge the window once.
-        const next = managerServices(getDb(), clock, { ledgerFile: file });
+        const next = withContext(getDb(), clock, { ledgerFile: file });
         const [r1, r2] = await Promise.all([
           leasesOf(next.credits, opts).recover(),
           leasesOf(next.credits, opts).recover(),
@@ -346,7 +347,7 @@ export function runLeasesContract(
     it("a crash with a ledger file, recovered after the hold lapsed: one keyed deduction", () =>
       withFile(async (file) => {
         const clock = { now: T0 };
-        const dead = managerServices(getDb(), clock, { ledgerFile: file });
+        const dead = withContext(getDb(), clock, { ledgerFile: file });
         const u = user();
         await dead.credits.addCredits(u, 5000);
         const opts: LeaseOptions = { size: 500, exactBelow: 1, settleEveryMs: 30_000, ttlSeconds: 60 };
@@ -355,10 +356,10 @@ export function runLeasesContract(
         for (let i = 0; i < 9; i++) unsettled += await charged(la, u, 11);
         await kill(la, dead.ledger);
         clock.now += 120_000; // past the hold's TTL: its credits went back
-        const b = managerServices(getPeer(), clock);
+        const b = withContext(getPeer(), clock);
         await b.expiration.releaseExpiredHolds();
         expect((await b.credits.getUserCreditsInfo(u)).reserved).toBe(0);
-        const next = managerServices(getDb(), clock, { ledgerFile: file });
+        const next = withContext(getDb(), clock, { ledgerFile: file });
         const [r1, r2] = await Promise.all([
           leasesOf(next.credits, opts).recover(),
           leasesOf(next.credits, opts).recover(),
