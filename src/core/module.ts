@@ -100,10 +100,11 @@ export function moduleNotification(
  * unit of work of the module's own on an account. The package's own modules (metering, leases, the
  * customer's state) reach the core through this and nothing else.
  *
- * The operations take input its model already accepted (`ReserveOptions`, `CommitOptions`,
- * `ReleaseOptions`, `DeductOptions` of `credit-management/models`, as parsed): they validate none
- * of it again (metering parses a call's options once, when it opens). A module validates what it
- * is given before it calls them. Each is a function of its own: it may be called detached.
+ * The operations take input already validated, in the shapes `credit-management/models` names
+ * (`ReserveOptions`, `CommitOptions`, `ReleaseOptions`, `DeductOptions`): they validate none of it
+ * again (metering parses a call's options once, when it opens). A module validates what it is
+ * given, with its own model, before it calls them. Each is a function of its own: it may be called
+ * detached.
  * @beta
  */
 export interface ModuleContext {
