@@ -50,8 +50,9 @@ function alertsOf(alerts: CoreCreditServiceOptions["alerts"]): CoreCreditService
  * What the services of this package share of a `CoreCreditService` besides its public API: the unit-of-work
  * runner, the validated options, and the operations other services call on input their own models
  * already accepted (metering's holds and commits, lease settles, the jobs' units of work). A
- * `CoreCreditService` builds one and hands it to each of its modules' `init` (src/core/module.ts).
- * Not exported from the package.
+ * `CoreCreditService` builds one; its modules get the part a module may use through their `init`
+ * (`moduleContext` below, the `ModuleContext` of src/core/module.ts), src/core's own services the
+ * rest through `creditCore`. Not exported from the package.
  */
 
 /** Options as their models return them (validated). */
