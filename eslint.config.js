@@ -6,6 +6,26 @@ const drivers = ["mongodb", "pg", "ioredis", "better-sqlite3"].map((name) => ({
   message: "Drivers are optional peers: import them lazily, only in their own entry point.",
 }));
 
+// The core's back doors, for src/core's own services only: outside it, the package's modules reach
+// the core through their module context (`init(ctx)`, src/core/module.ts) and everything else through
+// the credit service's public methods, as code outside the package does (docs/modules.md).
+const coreInternals = {
+  regex: "(^|/)core/services/credit-(service|core)\\.js$",
+  importNames: ["creditCore", "CreditCore", "moduleContext"],
+  message:
+    "outside src/core, reach the core through a module's context (ModuleContext, src/core/module.ts) or the credit service's public methods, never creditCore/CreditCore.",
+};
+// The stores' entry points and a module's store parts, which may import their drivers.
+const driverFiles = [
+  "src/modules/*/mongodb.ts",
+  "src/modules/*/postgres.ts",
+  "src/modules/*/sqlite.ts",
+  "src/db/mongodb/**",
+  "src/db/postgres/**",
+  "src/db/sqlite/**",
+  "src/redis/**",
+];
+
 export default tseslint.config(
   {
     ignores: [
@@ -71,18 +91,18 @@ export default tseslint.config(
   },
   {
     // A module's store parts are loaded only by their store's entry point, as the stores are.
-    files: [
-      "src/modules/*/mongodb.ts",
-      "src/modules/*/postgres.ts",
-      "src/modules/*/sqlite.ts",
-      "src/db/mongodb/**",
-      "src/db/postgres/**",
-      "src/db/sqlite/**",
-      "src/redis/**",
-      "test/**",
-      "bench/**",
-      "examples/**",
-    ],
+    files: [...driverFiles, "test/**", "bench/**", "examples/**"],
     rules: { "no-restricted-imports": "off" },
+  },
+  {
+    // src/ outside the core: no back door into it (`coreInternals`); the drivers as above.
+    files: ["src/**"],
+    ignores: ["src/core/**", "src/modules/*/rules*.ts", ...driverFiles],
+    rules: { "no-restricted-imports": ["error", { paths: drivers, patterns: [coreInternals] }] },
+  },
+  {
+    files: driverFiles,
+    ignores: ["src/core/**"],
+    rules: { "no-restricted-imports": ["error", { patterns: [coreInternals] }] },
   },
 );

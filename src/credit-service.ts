@@ -36,7 +36,7 @@ import { billingModule } from "./modules/billing/module.js";
 import { pricingModule } from "./modules/pricing/module.js";
 import { webhooksModule } from "./modules/webhooks/module.js";
 import { revenueModule } from "./modules/revenue/module.js";
-import { meteringModule, type MeteringModule } from "./modules/metering/module.js";
+import { carriesMetering, meteringModule, type MeteringModule } from "./modules/metering/module.js";
 import { leasesModule, type LeasesModule } from "./modules/leases/module.js";
 import { customerStateModule, type CustomerStateModule } from "./modules/customer-state/module.js";
 import type { LeaseOptions } from "./modules/leases/model.js";
@@ -92,6 +92,7 @@ export class CreditService extends CoreCreditService {
       ],
     });
     this.own = own;
+    carriesMetering(this, metering);
     this.clock = options.clock ?? (() => new Date());
     if (options.customerTokens !== undefined)
       tokensOf.set(this, new CustomerTokens(options.customerTokens, this.clock));

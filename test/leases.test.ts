@@ -20,15 +20,12 @@ import { creditMeteringMiddleware } from "../src/http/index.js";
 import { runAudit } from "../src/cli/audit.js";
 import { testStores, type TestStore } from "./fixtures/stores.js";
 import { runProcess } from "./fixtures/processes.js";
-import { creditCore } from "../src/core/services/credit-service.js";
 import { settleLease, type LeaseSettle } from "../src/modules/leases/service-settle.js";
-import type { CoreCreditService } from "../src/core/services/credit-service.js";
+import type { ModuleContext } from "../src/core/module.js";
+import { contextProbe } from "./fixtures/module-context.js";
 
-/** A lease window's settle through `credits`' core, as a lease sends it. */
-const settle = (credits: CoreCreditService, userId: string, s: LeaseSettle) => {
-  const core = creditCore(credits);
-  return settleLease(core.units, core.db, core.overdraftLimit, userId, s);
-};
+/** A lease window's settle through a module context, as a lease sends it. */
+const settle = (ctx: ModuleContext, userId: string, s: LeaseSettle) => settleLease(ctx, userId, s);
 
 const dir = mkdtempSync(join(tmpdir(), "cm-leases-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -401,10 +398,11 @@ for (const store of stores) {
 
     it("a retried settle charges once", async () => {
       const opened = await store.open();
-      const m = await createCreditManager({ db: opened.db });
+      const probe = contextProbe();
+      const m = await createCreditManager({ db: opened.db, modules: [probe.module] });
       try {
         await m.credits.addCredits("u", 10_000);
-        const placed = await settle(m.credits, "u", {
+        const placed = await settle(probe.ctx(), "u", {
           lease: "L",
           window: 0,
           holdId: null,
@@ -415,8 +413,8 @@ for (const store of stores) {
         const hold = placed.next?.id ?? null;
         expect(hold).not.toBeNull();
         const s = { lease: "L", window: 1, holdId: hold, used: 42, requests: 3, roll: null };
-        const first = await settle(m.credits, "u", s);
-        const retried = await settle(m.credits, "u", s);
+        const first = await settle(probe.ctx(), "u", s);
+        const retried = await settle(probe.ctx(), "u", s);
         expect(first.replayed).toBe(false);
         expect(retried.replayed).toBe(true);
         expect(retried.entry?.id).toBe(first.entry?.id);

@@ -19,7 +19,7 @@ import {
   thresholdOf,
   type WorkEvent,
 } from "../src/core/domain/notifications.js";
-import { creditCore } from "../src/core/services/credit-service.js";
+import { contextProbe } from "./fixtures/module-context.js";
 
 describe("notification rules (pure)", () => {
   it("levels and crossings", () => {
@@ -162,11 +162,11 @@ describe("NotificationService details", () => {
     // Events are explicit on the unit of work (`AccountWork.recordEvent`).
     const recordEvent = (work: object, event: WorkEvent) => (work as AccountWork).recordEvent(event);
     const db = new InMemoryDbManager();
-    const credits = new CreditService({ db, alerts: { lowCredits: 50 } });
+    const probe = contextProbe();
+    const credits = new CreditService({ db, alerts: { lowCredits: 50 }, modules: [probe.module] });
     const notifications = new NotificationService({ db });
-    const core = creditCore(credits);
     const mutate = (u: string, meta: object, body: (work: AccountWork) => Promise<unknown>) =>
-      core.runUnitOfWork(u, meta, body);
+      probe.ctx().runUnitOfWork(u, meta, body, undefined, { periods: false });
     await credits.addCredits("s", 100);
     await mutate("s", {}, async (work) => {
       recordEvent(work, { type: "subscription_allocation", payload: { amount: 10 }, dedupeKey: "alloc:1" });
@@ -180,8 +180,9 @@ describe("NotificationService details", () => {
     ).rejects.toThrow("rolled back");
     expect((await notifications.list("s")).map((r) => r.type)).toEqual(["subscription_allocation", "low_credits"]);
     // Without notifications on, recorded events are dropped (no outbox growth).
-    const quiet = new CreditService({ db });
-    await creditCore(quiet).runUnitOfWork("q", {}, async (work) => {
+    const quietProbe = contextProbe();
+    new CreditService({ db, modules: [quietProbe.module] });
+    await quietProbe.ctx().runUnitOfWork("q", {}, async (work) => {
       recordEvent(work, { type: "subscription_allocation", payload: {}, dedupeKey: null });
       return work.add(
         1,

@@ -9,7 +9,7 @@ import { AccountWork } from "../src/core/domain/account-work.js";
 import { OutcomeUnknownError, StorageError } from "../src/core/errors.js";
 import { createCreditManager, type CreditManager } from "../src/index.js";
 import { CreditService } from "../src/credit-service.js";
-import { creditCore } from "../src/core/services/credit-service.js";
+import { contextProbe } from "./fixtures/module-context.js";
 import { IN_FLIGHT_CASES, checkCommitInFlight, type HeldTransaction } from "./fixtures/commit-in-flight.js";
 
 const url = process.env.CREDIT_PG_URL;
@@ -311,17 +311,19 @@ describe.skipIf(!url)("PostgresDbManager idempotency lookups", () => {
   });
 
   it("never answers a unit of work with the entry of another key that reached the server as the same text", async () => {
-    const credits = new CreditService({ db });
+    const probe = contextProbe();
+    const credits = new CreditService({ db, modules: [probe.module] });
     const u = `idem-${randomUUID()}`;
     const first = await credits.addCredits(u, 100, { idempotencyKey: "top-up-\uFFFD" });
     // A unit of work below the service's validation: node-pg sends the lone surrogate as U+FFFD,
     // so the load finds the first key's entry, and the unit of work refuses it as a replay.
     const unit = (key: string) =>
-      creditCore(credits).runUnitOfWork(
+      probe.ctx().runUnitOfWork(
         u,
         { idempotencyKey: key, fingerprint: first.fingerprint ?? undefined },
         async () => "ran",
         async (e) => e.id,
+        { periods: false },
       );
     expect(await unit("top-up-\uFFFD")).toBe(first.id);
     const error = await unit("top-up-\uD800").catch((e: unknown) => e);

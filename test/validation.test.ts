@@ -10,7 +10,7 @@ import {
   ValidationError,
   type CreditManager,
 } from "../src/index.js";
-import { creditCore } from "../src/core/services/credit-service.js";
+import { contextProbe } from "./fixtures/module-context.js";
 
 const badAmounts: unknown[] = [
   0,
@@ -47,10 +47,11 @@ describe("bad input is a ValidationError and changes nothing", () => {
   let reservationId: string;
   let grantId: string;
   const U = "valid-user";
+  const probe = contextProbe();
 
   beforeAll(async () => {
     file = join(mkdtempSync(join(tmpdir(), "cm-val-")), "ledger.jsonl");
-    m = await createCreditManager({ ledger: { filePath: file } });
+    m = await createCreditManager({ ledger: { filePath: file }, modules: [probe.module] });
     grantId = (await m.credits.addCredits(U, 100)).grants[0]?.grantId ?? "";
     reservationId = (await m.credits.reserveCredits(U, 10)).id;
     await m.ledger.flush();
@@ -192,7 +193,7 @@ describe("bad input is a ValidationError and changes nothing", () => {
       const pattern = new RegExp(`options: must be a plain object.*${name}`);
       await expectInvalid(() => c.deductCredits(U, 1, bad), pattern);
       await expectInvalid(() => c.deductCreditsAfterService(U, 1, bad), pattern);
-      await expectInvalid(() => creditCore(c).chargeUpToLimit(U, 1, bad), pattern);
+      await expectInvalid(() => probe.ctx().chargeUpToLimit(U, 1, bad), pattern);
       await expectInvalid(() => c.addCredits(U, 1, bad), pattern);
       await expectInvalid(() => c.reserveCredits(U, 1, bad), pattern);
       await expectInvalid(() => c.commitReservedCredits(reservationId, bad), pattern);

@@ -1,5 +1,5 @@
 import { ConfigurationError, ValidationError } from "./errors.js";
-import type { DbManager } from "./db/types.js";
+import type { DbManager, DbTransaction } from "./db/types.js";
 import type { ModuleStorePart } from "./db/module-part.js";
 import type { LedgerLogger } from "./ledger/index.js";
 import type { Logger } from "./logger.js";
@@ -13,8 +13,19 @@ import {
 } from "./models/index.js";
 import type { AuditCheck } from "./services/audit-check.js";
 import { newNotification } from "./domain/notifications.js";
-import type { Notification } from "./models/index.js";
-import type { UnitHook } from "./services/unit-of-work.js";
+import type { UnitContext, UnitHook } from "./services/unit-of-work.js";
+import type { AccountWork, EntryMeta } from "./domain/account-work.js";
+import type { FeatureRule } from "./domain/checks.js";
+import type { Thresholds } from "./domain/notifications.js";
+import type {
+  CommitOptions,
+  DeductOptions,
+  JournalEntry,
+  Notification,
+  ReleaseOptions,
+  Reservation,
+  ReserveOptions,
+} from "./models/index.js";
 import type { CreditErrorCode } from "./errors.js";
 
 /*
@@ -82,7 +93,20 @@ export function moduleNotification(
   return newNotification(userId, type, payload, now, dedupeKey);
 }
 
-/** What the core hands a module's `init` (docs/modules.md, "Writing a module"). @beta */
+/**
+ * What the core hands a module's `init` (docs/modules.md, "Writing a module"): the manager's store,
+ * ledger file, clock, logger and options, and the core's operations below its public methods — holds,
+ * commits and deductions of input already validated, a charge capped at the overdraft limit, and a
+ * unit of work of the module's own on an account. The package's own modules (metering, leases, the
+ * customer's state) reach the core through this and nothing else.
+ *
+ * The operations take input already validated, in the shapes `credit-management/models` names
+ * (`ReserveOptions`, `CommitOptions`, `ReleaseOptions`, `DeductOptions`): they validate none of it
+ * again (metering parses a call's options once, when it opens). A module validates what it is
+ * given, with its own model, before it calls them. Each is a function of its own: it may be called
+ * detached.
+ * @beta
+ */
 export interface ModuleContext {
   /** The manager's store. */
   readonly db: DbManager;
@@ -90,10 +114,68 @@ export interface ModuleContext {
   readonly ledger: LedgerLogger | undefined;
   /** The manager's clock. */
   readonly clock: () => Date;
+  /**
+   * True when `clock` is the real clock (no `clock` option): a module that needs the time in ms
+   * only may read `Date.now()` then, with no `Date` made (leases do, per charge).
+   */
+  readonly realClock: boolean;
   /** The manager's logger, when there is one. */
   readonly logger: Logger | undefined;
   /** What the manager's modules registered, with the core's own. */
   readonly registry: ModuleRegistry;
+  /** The default unit's overdraft limit in credits (the `overdraftLimit` option, default 0); null: unlimited. */
+  readonly overdraftLimit: number | null;
+  /** The `features` rules, validated (docs/trial-and-checks.md; a feature's unit: docs/units.md). */
+  readonly features: Readonly<Record<string, FeatureRule>>;
+  /** The alert thresholds whose events the manager records (docs/notifications.md, "Alerts"); undefined: none. */
+  readonly alerts: Thresholds | undefined;
+  /**
+   * The unit a call acts in (docs/units.md, "Features in a unit"): the one `feature`'s rule names,
+   * else `unit`; undefined: the default unit. Naming a unit other than the feature's is a
+   * `ValidationError`.
+   */
+  unitOf(feature: string | undefined, unit: string | undefined): string | undefined;
+  /**
+   * `reserveCredits` of validated input: resolves to the stored hold (read it, never change it), or
+   * with `callerCopy` to a copy of the caller's own.
+   */
+  hold(userId: string, amount: number, options: ReserveOptions, callerCopy?: boolean): Promise<Reservation>;
+  /**
+   * `commitReservedCredits` of `userId`'s hold `reservationId` (no owner lookup), of validated input.
+   * `upToLimit` (usage already delivered): past the overdraft limit it commits what the limit
+   * allows instead of refusing; a clamped entry's metadata adds `requested` and `shortfall`.
+   */
+  commitHold(userId: string, reservationId: string, options: CommitOptions, upToLimit?: boolean): Promise<JournalEntry>;
+  /** `releaseReservedCredits` of `userId`'s hold `reservationId` (no owner lookup), of validated input. */
+  releaseHold(userId: string, reservationId: string, options: ReleaseOptions): Promise<JournalEntry>;
+  /**
+   * `deductCredits` of validated input; `allowDebt`: `deductCreditsAfterService` (into debt within
+   * the overdraft limit).
+   */
+  deduct(userId: string, amount: number, options: DeductOptions, allowDebt?: boolean): Promise<JournalEntry>;
+  /**
+   * An after-service deduction of `amount`, or of what the overdraft limit allows when that is less
+   * (usage already delivered), decided inside the unit of work; a clamped entry's metadata adds
+   * `requested` and `shortfall`. Null when the limit allows nothing. A repeated key answers with the
+   * first entry. Its options are validated.
+   */
+  chargeUpToLimit(userId: string, amount: number, options: DeductOptions): Promise<JournalEntry | null>;
+  /**
+   * One unit of work of the module's own on `userId`'s account, run as the core runs its operations:
+   * load (by `meta.idempotencyKey`, whose repeat is answered by `replay`), settle what time has done,
+   * run `body` (which may run again when the store retries), save in one transaction with the rows
+   * `unit.attach`es, then the ledger file and the cache. `meta`: the fields of the entries it
+   * records. `options.operation`: its name in diagnostics (docs/observability.md; default
+   * `unitOfWork`); `settle: false` leaves expiries for `body`; `periods: false` brings no due
+   * subscription period first.
+   */
+  runUnitOfWork<T>(
+    userId: string,
+    meta: EntryMeta,
+    body: (work: AccountWork, tx: DbTransaction, unit: UnitContext) => Promise<T> | T,
+    replay?: (entry: JournalEntry, tx: DbTransaction) => Promise<T>,
+    options?: { operation?: string; settle?: boolean; periods?: boolean },
+  ): Promise<T>;
 }
 
 /**

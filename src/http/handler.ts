@@ -12,7 +12,6 @@ import { buildOpenApi, type OpenApiOptions } from "./openapi.js";
 import { rootRoute } from "./route-helpers.js";
 import { TokenBuckets } from "./rate-limit.js";
 import { ANSWER, createRouter, fullPathOf, json, type Authenticate, type RouteDefinition } from "./router.js";
-import { creditCore } from "../core/services/credit-service.js";
 import { customerTokensOn } from "../credit-service.js";
 
 /**
@@ -180,8 +179,7 @@ function customerRateLimit(
   }
   const credits = (manager as Partial<CreditManager>).credits;
   if (credits === undefined || !customerTokensOn(credits)) return undefined;
-  const clock = creditCore(credits).clock;
-  return new TokenBuckets(burst, perMinute, () => clock().getTime());
+  return new TokenBuckets(burst, perMinute, () => credits.now().getTime());
 }
 
 /**

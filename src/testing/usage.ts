@@ -17,7 +17,7 @@ import { usageKind, usageParts, windowStart } from "../core/domain/usage.js";
 import { ConfigurationError } from "../core/errors.js";
 import type { JournalEntry, UsageDimension, UsageQuery, UsageRow } from "../core/models/index.js";
 import { CreditService } from "../credit-service.js";
-import { creditCore } from "../core/services/credit-service.js";
+import type { ModuleContext } from "../core/module.js";
 import { PricingService } from "../modules/pricing/service.js";
 import { DAY, HOUR, lazy, type PartOptions } from "../core/testing/support.js";
 
@@ -120,9 +120,21 @@ const opArb: fc.Arbitrary<UsageOp> = fc.oneof(
   }),
 );
 
+/** The context each `usageService` gave its module (the take-backs run their units of work through it). */
+const contexts = new WeakMap<CreditService, ModuleContext>();
+
 /** Credits over `db` on `clock`, with the price book of the metered calls. */
 export function usageService(db: DbManager, clock: { now: number }): CreditService {
-  return new CreditService({ db, clock: () => new Date(clock.now), pricing: new PricingService({ book: PRICING }) });
+  let ctx: ModuleContext | undefined;
+  const credits = new CreditService({
+    db,
+    clock: () => new Date(clock.now),
+    pricing: new PricingService({ book: PRICING }),
+    // A module of the test's own: its context runs the take-backs, as the payments module's does.
+    modules: [{ id: "usage-contract", init: (c) => void (ctx = c) }],
+  });
+  if (ctx !== undefined) contexts.set(credits, ctx);
+  return credits;
 }
 
 /** Runs `ops` on `user` through the public API, moving `clock` on between them. */
@@ -212,8 +224,14 @@ export async function playUsage(
           metadata: { paymentId: `p-${user}`, provider: "test", refundedAmount: o.amount * 10 },
           takeBack: o.dispute ? ("clawback" as const) : ("refund" as const),
         };
-        await creditCore(credits).runUnitOfWork(user, meta, async (work) =>
-          work.deduct(o.amount, meta, { allowDebt: true, overdraftLimit: null }),
+        const ctx = contexts.get(credits);
+        if (ctx === undefined) throw new ConfigurationError("usage contract: credits not made by usageService");
+        await ctx.runUnitOfWork(
+          user,
+          meta,
+          async (work) => work.deduct(o.amount, meta, { allowDebt: true, overdraftLimit: null }),
+          undefined,
+          { periods: false },
         );
         break;
       }

@@ -50,8 +50,9 @@ function alertsOf(alerts: CoreCreditServiceOptions["alerts"]): CoreCreditService
  * What the services of this package share of a `CoreCreditService` besides its public API: the unit-of-work
  * runner, the validated options, and the operations other services call on input their own models
  * already accepted (metering's holds and commits, lease settles, the jobs' units of work). A
- * `CoreCreditService` builds one and hands it to each of its modules' `init` (src/core/module.ts).
- * Not exported from the package.
+ * `CoreCreditService` builds one; its modules get the part a module may use through their `init`
+ * (`moduleContext` below, the `ModuleContext` of src/core/module.ts), src/core's own services the
+ * rest through `creditCore`. Not exported from the package.
  */
 
 /** Options as their models return them (validated). */
@@ -70,7 +71,7 @@ export interface UnitOfWorkOptions {
 }
 
 /** The shared part of a `CoreCreditService` (see the comment at the top of this file). */
-export class CreditCore implements ModuleContext {
+export class CreditCore {
   readonly db: CoreCreditServiceOptions["db"];
   readonly ledger: LedgerLogger | undefined;
   /** The balance cache, when there is one. */
@@ -362,12 +363,45 @@ export class CreditCore implements ModuleContext {
   }
 }
 
+/** `runUnitOfWork`'s options on a module's context when it names none. */
+const DEFAULT_RUN = { settle: true } as const;
+
 /**
- * The core behind a module's context (`init(ctx)`, src/core/module.ts), for the package's own
- * modules, which use more of it than the public context offers (holds for metering, settles for
- * leases). A `ConfigurationError` for a context no `CoreCreditService` made.
+ * The context the core hands each module's `init` (src/core/module.ts, docs/modules.md "Writing a
+ * module"): the core's options and operations a module may use, each bound to `core` (a module may
+ * call them detached). Made once per `CoreCreditService`.
  */
-export function coreOf(ctx: ModuleContext): CreditCore {
-  if (ctx instanceof CreditCore) return ctx;
-  throw new ConfigurationError("[credit-management] a module's context must come from a CreditService");
+export function moduleContext(core: CreditCore): ModuleContext {
+  const units = core.units;
+  return Object.freeze({
+    db: core.db,
+    ledger: core.ledger,
+    clock: core.clock,
+    realClock: core.givenClock === undefined,
+    logger: core.logger,
+    registry: core.registry,
+    overdraftLimit: core.overdraftLimit,
+    features: core.features,
+    alerts: units.config.alerts,
+    unitOf: core.unitOf.bind(core),
+    hold: core.hold.bind(core),
+    commitHold: core.commitHold.bind(core),
+    releaseHold: core.releaseHold.bind(core),
+    deduct: (userId: string, amount: number, options: DeductOptions, allowDebt = false) =>
+      core.deduct(allowDebt ? "deductCreditsAfterService" : "deductCredits", userId, amount, options, allowDebt),
+    chargeUpToLimit: core.chargeUpToLimit.bind(core),
+    runUnitOfWork: <T>(
+      userId: string,
+      meta: EntryMeta,
+      body: (work: AccountWork, tx: DbTransaction, unit: UnitContext) => Promise<T> | T,
+      replay?: (entry: JournalEntry, tx: DbTransaction) => Promise<T>,
+      options?: { operation?: string; settle?: boolean; periods?: boolean },
+    ): Promise<T> =>
+      options === undefined
+        ? units.mutate("unitOfWork", userId, meta, body, replay, DEFAULT_RUN)
+        : units.mutate(options.operation ?? "unitOfWork", userId, meta, body, replay, {
+            settle: options.settle ?? true,
+            periods: options.periods,
+          }),
+  });
 }

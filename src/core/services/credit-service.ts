@@ -57,7 +57,7 @@ import {
   type SpendLimitStatus,
 } from "../models/index.js";
 import { findReservation, ownerOfReservation } from "./hold-lookup.js";
-import { CreditCore, NO_META } from "./credit-core.js";
+import { CreditCore, NO_META, moduleContext } from "./credit-core.js";
 import type { CreditModule } from "../module.js";
 
 /**
@@ -199,10 +199,20 @@ export class CoreCreditService {
     this.reads = new BalanceReads(core.db, core.cache, core.clock, core.units);
     this.limits = new SpendLimits(core, this.reads);
     // Each module gets the core's context once (docs/modules.md, "Writing a module").
-    for (const m of core.registry.modules) {
+    const modules = core.registry.modules;
+    const ctx = modules.length === 0 ? undefined : moduleContext(core);
+    for (const m of modules) {
       if (m.store !== undefined) core.db.usePart?.(m.store);
-      m.init?.(core);
+      if (ctx !== undefined) m.init?.(ctx);
     }
+  }
+
+  /**
+   * Now by the manager's clock (the `clock` option; the real clock by default): the time its
+   * operations record, holds lapse and limit windows end by.
+   */
+  now(): Date {
+    return this.core.clock();
   }
 
   /** Adds credits as a new grant (after paying any debt). */
@@ -573,22 +583,17 @@ export class CoreCreditService {
 
 /**
  * The core of `credits`, for the core's own services built over a `CoreCreditService` (subscriptions,
- * expiry, notifications). A `ConfigurationError` for an object that is no `CoreCreditService` (a
- * `credits` option given something else). Modules get the core through their `init` instead.
+ * expiry, notifications, the payments' units of work). A `ConfigurationError` for an object that is
+ * no `CoreCreditService` (a `credits` option given something else). Only src/core uses it: modules
+ * get the core's context through their `init` (src/core/module.ts), the rest the public methods.
  * @internal
  */
 export function creditCore(credits: CoreCreditService): CreditCore {
-  const core = findCreditCore(credits);
-  if (core === undefined)
+  if (!(credits instanceof CoreCreditService))
     throw new ConfigurationError(
       "[credit-management] credits must be a CreditService (createCreditManager's, or new CreditService)",
     );
-  return core;
-}
-
-/** The core of `credits` when it is a `CoreCreditService`; undefined for a stand-in (`Pick<CoreCreditService, …>`). @internal */
-export function findCreditCore(credits: object): CreditCore | undefined {
-  return credits instanceof CoreCreditService ? credits["core"] : undefined;
+  return credits["core"];
 }
 
 /**

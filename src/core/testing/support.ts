@@ -1,6 +1,7 @@
 // What the parts of the contract suite share: the suite's clock, the part options, a lazy store.
 import type { TestApi } from "./runner.js";
 import type { DbManager } from "../db/types.js";
+import type { CreditModule } from "../module.js";
 import { InMemoryCache } from "../cache/index.js";
 import { LedgerLogger } from "../ledger/index.js";
 import { CoreCreditService } from "../services/credit-service.js";
@@ -47,19 +48,33 @@ export function accountWithClock(db: DbManager, user: () => string, overdraftLim
  * One manager's services over `db`: credits with subscriptions, and the jobs, on a clock the test
  * moves — a start instant, or a clock shared with another manager. `ledgerFile`: the ledger writes
  * this file (none by default); `alerts`: the outbox's alert rows are written; `overdraftLimit` as
- * the option (default 0).
+ * the option (default 0); `modules`: the credit service's modules.
  */
 export function managerServices(
   db: DbManager,
   start: number | { now: number } = T0,
-  options: { ledgerFile?: string; alerts?: boolean; overdraftLimit?: number | "unlimited" } = {},
+  options: {
+    ledgerFile?: string;
+    alerts?: boolean;
+    overdraftLimit?: number | "unlimited";
+    modules?: readonly CreditModule[];
+  } = {},
 ) {
   const clock = typeof start === "number" ? { now: start } : start;
   const now = () => new Date(clock.now);
   const ledger = new LedgerLogger({ db, clock: now, filePath: options.ledgerFile ?? false });
   const alerts = options.alerts === true ? {} : undefined;
   const overdraftLimit = options.overdraftLimit;
-  const credits = new CoreCreditService({ db, clock: now, ledger, alerts, subscriptions: true, overdraftLimit });
+  const modules = options.modules;
+  const credits = new CoreCreditService({
+    db,
+    clock: now,
+    ledger,
+    alerts,
+    subscriptions: true,
+    overdraftLimit,
+    modules,
+  });
   const subscriptions = new SubscriptionService({ db, credits, clock: now, cache: new InMemoryCache(), ledger });
   const expiration = new ExpirationService({ db, credits, subscriptions, clock: now, ledger });
   return { credits, subscriptions, expiration, ledger, clock };

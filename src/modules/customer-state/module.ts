@@ -1,5 +1,4 @@
 import { notInitialised, type CreditModule } from "../../core/module.js";
-import { coreOf } from "../../core/services/credit-core.js";
 import { CustomerStates } from "./service.js";
 
 /** The customer-state module (docs/customer-state.md) as a `CreditModule`, with its service once initialised. */
@@ -14,7 +13,7 @@ export function customerStateModule(): CustomerStateModule {
   return {
     id: "customer-state",
     init(ctx) {
-      states = new CustomerStates(coreOf(ctx));
+      states = new CustomerStates(ctx);
     },
     states() {
       if (states === undefined) throw notInitialised("customer-state");

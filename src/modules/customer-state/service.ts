@@ -7,15 +7,18 @@ import { activeSubscription } from "../../core/services/subscription-periods.js"
 import { byCodeUnit, stateOf, type AccountSnapshot, type CustomerState, type CustomerStatePage } from "./rules.js";
 import { ConfigurationError } from "../../core/errors.js";
 import type { Plan } from "../../core/models/index.js";
-import type { CreditCore } from "../../core/services/credit-core.js";
+import type { ModuleContext } from "../../core/module.js";
 import { alertStates } from "../../core/domain/notifications.js";
+
+/** The unit of work that settles a due expiry before the state is read: named as the core's own settle. */
+const SETTLE = { operation: "settle" } as const;
 
 /** Accounts read at once by `listCustomerStates` (each its own unit of work). */
 const PARALLEL = 8;
 
 /** `CoreCreditService.getCustomerState` and `listCustomerStates`. */
 export class CustomerStates {
-  constructor(private readonly core: CreditCore) {}
+  constructor(private readonly core: ModuleContext) {}
 
   /** One account's state. */
   async get(userId: string): Promise<CustomerState> {
@@ -74,7 +77,7 @@ export class CustomerStates {
     const now = core.clock();
     // Every threshold with its state (docs/customer-state.md, "Alerts"), as `notifications.getAlerts`
     // lists them: by the thresholds this service keeps while it records notification events.
-    const alerts = alertStates(snapshot.account, snapshot.grants, core.units.config.alerts, now);
+    const alerts = alertStates(snapshot.account, snapshot.grants, core.alerts, now);
     return stateOf(userId, snapshot, subscription, plan, core.features, now, alerts);
   }
 
@@ -94,7 +97,7 @@ export class CustomerStates {
     // The work itself is the answer, read once the unit has committed: its save evaluates the
     // alerts on the account (docs/customer-state.md, "Alerts"), so the state answers the alert
     // states of the position it answers, as a second read at that seq does.
-    const work = await core.units.mutate("settle", userId, {}, (w) => w);
+    const work = await core.runUnitOfWork(userId, {}, (w) => w, undefined, SETTLE);
     return work.isNew && !work.changed
       ? { account: null, grants: [] }
       : { account: { ...work.account }, grants: work.openGrants() };

@@ -18,16 +18,31 @@ import { InsufficientCreditsError } from "../../core/errors.js";
 import type { LedgerLogger } from "../../core/ledger/index.js";
 import type { LeaseOptions } from "../../models-entry.js";
 import type { CoreCreditService } from "../../core/services/credit-service.js";
+import type { ModuleContext } from "../../core/module.js";
 import { CreditLeases, leaseCore } from "./service.js";
 import { sessionDeps } from "../metering/service.js";
-import { creditCore } from "../../core/services/credit-service.js";
 import { managerServices, T0 } from "../../core/testing/support.js";
 
-/** The lease part of `credits`' core, with no price book, as `credits.leases()` builds it. */
-const settlesOf = (credits: CoreCreditService) =>
-  leaseCore(creditCore(credits), sessionDeps(creditCore(credits), undefined));
+/** The context each credit service of the contract gave its one module (`withContext`). */
+const contexts = new WeakMap<CoreCreditService, ModuleContext>();
 
-/** `credits.leases(options)` of a `CoreCreditService` over `credits`' core. */
+/** `managerServices` whose credit service carries a module that keeps its context, as the leases module does. */
+function withContext(db: DbManager, clock: { now: number }, options: { ledgerFile?: string } = {}) {
+  let ctx: ModuleContext | undefined;
+  const modules = [{ id: "leases-contract", init: (c: ModuleContext) => void (ctx = c) }];
+  const services = managerServices(db, clock, { ...options, modules });
+  if (ctx !== undefined) contexts.set(services.credits, ctx);
+  return services;
+}
+
+/** The lease part of `credits`' module context, with no price book, as `credits.leases()` builds it. */
+const settlesOf = (credits: CoreCreditService) => {
+  const ctx = contexts.get(credits);
+  if (ctx === undefined) throw new Error("leases contract: a credit service made without withContext");
+  return leaseCore(ctx, sessionDeps(ctx, undefined));
+};
+
+/** `credits.leases(options)` of a `CoreCreditService` over its module context. */
 const leasesOf = (credits: CoreCreditService, options: LeaseOptions = {}) =>
   new CreditLeases(settlesOf(credits), options);
 
@@ -68,7 +83,7 @@ export function runLeasesContract(
   const user = () => `ls-${randomUUID()}`;
   const pair = () => {
     const clock = { now: T0 };
-    return { clock, a: managerServices(getDb(), clock), b: managerServices(getPeer(), clock) };
+    return { clock, a: withContext(getDb(), clock), b: withContext(getPeer(), clock) };
   };
   /** Charges, counting what was answered; a refusal (no credits) is answered with 0. */
   const charged = async (lease: CreditLeases, u: string, amount: number): Promise<number> => {
@@ -278,8 +293,8 @@ export function runLeasesContract(
     it("a crash between charge and settle, with a ledger file: the successor settles exactly once", () =>
       withFile(async (file) => {
         const clock = { now: T0 };
-        const dead = managerServices(getDb(), clock, { ledgerFile: file });
-        const b = managerServices(getPeer(), clock);
+        const dead = withContext(getDb(), clock, { ledgerFile: file });
+        const b = withContext(getPeer(), clock);
         const u = user();
         await b.credits.addCredits(u, 10_000);
         const opts: LeaseOptions = { size: 1000, exactBelow: 1, settleEveryMs: 30_000, ttlSeconds: 60 };
@@ -298,7 +313,7 @@ export function runLeasesContract(
         expect((await b.credits.getUserCreditsInfo(u)).balance).toBe(10_000 - settled);
 
         // The successor on the same file: two recoveries at once, then a third, charge the window once.
-        const next = managerServices(getDb(), clock, { ledgerFile: file });
+        const next = withContext(getDb(), clock, { ledgerFile: file });
         const [r1, r2] = await Promise.all([
           leasesOf(next.credits, opts).recover(),
           leasesOf(next.credits, opts).recover(),
@@ -332,7 +347,7 @@ export function runLeasesContract(
     it("a crash with a ledger file, recovered after the hold lapsed: one keyed deduction", () =>
       withFile(async (file) => {
         const clock = { now: T0 };
-        const dead = managerServices(getDb(), clock, { ledgerFile: file });
+        const dead = withContext(getDb(), clock, { ledgerFile: file });
         const u = user();
         await dead.credits.addCredits(u, 5000);
         const opts: LeaseOptions = { size: 500, exactBelow: 1, settleEveryMs: 30_000, ttlSeconds: 60 };
@@ -341,10 +356,10 @@ export function runLeasesContract(
         for (let i = 0; i < 9; i++) unsettled += await charged(la, u, 11);
         await kill(la, dead.ledger);
         clock.now += 120_000; // past the hold's TTL: its credits went back
-        const b = managerServices(getPeer(), clock);
+        const b = withContext(getPeer(), clock);
         await b.expiration.releaseExpiredHolds();
         expect((await b.credits.getUserCreditsInfo(u)).reserved).toBe(0);
-        const next = managerServices(getDb(), clock, { ledgerFile: file });
+        const next = withContext(getDb(), clock, { ledgerFile: file });
         const [r1, r2] = await Promise.all([
           leasesOf(next.credits, opts).recover(),
           leasesOf(next.credits, opts).recover(),

@@ -1,5 +1,4 @@
-import { notInitialised, type CreditModule } from "../../core/module.js";
-import { coreOf, type CreditCore } from "../../core/services/credit-core.js";
+import { notInitialised, type CreditModule, type ModuleContext } from "../../core/module.js";
 import type { MeteringModule } from "../metering/module.js";
 import type { LeaseOptions } from "./model.js";
 import { CreditLeases, leaseCore } from "./service.js";
@@ -12,11 +11,11 @@ export interface LeasesModule extends CreditModule {
 
 /** The leases module, on top of `metering` (a lease's requests are metering sessions). */
 export function leasesModule(metering: MeteringModule): LeasesModule {
-  let core: CreditCore | undefined;
+  let core: ModuleContext | undefined;
   return {
     id: "leases",
     init(ctx) {
-      core = coreOf(ctx);
+      core = ctx;
     },
     leases(options) {
       if (core === undefined) throw notInitialised("leases");

@@ -1,20 +1,22 @@
 import type { DbManager } from "../../core/db/types.js";
+import type { ModuleContext } from "../../core/module.js";
 import type { EntryMeta } from "../../core/domain/account-work.js";
 import { fingerprint } from "../../core/domain/hash.js";
 import { leaseBlock, leaseSettleKey, type LeasePart, type LeaseSizing } from "./rules.js";
 import { limitRoom, type Spend } from "../../core/domain/limits.js";
 import { ReservationExpiredError, ReservationNotActiveError } from "../../core/errors.js";
 import type { JournalEntry, Reservation } from "../../core/models/index.js";
-import { activeHold, type UnitRunner } from "../../core/services/unit-of-work.js";
+import { activeHold } from "../../core/services/unit-of-work.js";
 import { NO_SPEND } from "../../core/domain/entry-meta.js";
 
 /*
  * Lease settling (docs/metering.md, "Leases"): the one unit of work that turns a lease window's
  * usage into a journal entry and holds the next block. `CreditLeases` (src/modules/leases/service.ts)
- * decides when; `CreditCore.settleLease` (src/core/services/credit-core.ts) calls this.
+ * decides when, and runs it through the leases module's context (`ModuleContext.runUnitOfWork`,
+ * src/core/module.ts).
  */
 
-/** What a settle asks of the credit service (`CreditCore.settleLease`). */
+/** What a settle asks of the credit service (`LeaseCore.settleLease`). */
 export interface LeaseSettle {
   lease: string;
   window: number;
@@ -51,6 +53,9 @@ export interface LeaseSettled {
   until?: number;
 }
 
+/** A settle's unit of work: named in diagnostics (docs/observability.md). */
+const SETTLE = { operation: "settleLease" } as const;
+
 /** A hold as a lease keeps it. */
 function leaseHoldOf(r: Reservation): LeaseHold {
   return { id: r.id, amount: r.amount, expiresAt: r.expiresAt.getTime() };
@@ -63,12 +68,11 @@ function leaseHoldOf(r: Reservation): LeaseHold {
  * makes a retried or recovered settle charge once; a replay finds the next block it placed.
  */
 export async function settleLease(
-  units: UnitRunner,
-  db: DbManager,
-  limit: number | null,
+  ctx: Pick<ModuleContext, "runUnitOfWork" | "db" | "overdraftLimit">,
   userId: string,
   s: LeaseSettle,
 ): Promise<LeaseSettled> {
+  const limit = ctx.overdraftLimit;
   const key = leaseSettleKey(s.lease, s.window);
   const window = {
     lease: s.lease,
@@ -94,8 +98,7 @@ export async function settleLease(
     ...(s.unit === undefined ? {} : { unit: s.unit }),
   };
   const next = { lease: s.lease, window: s.window + 1 };
-  const settled = await units.mutate(
-    "settleLease",
+  const settled = await ctx.runUnitOfWork(
     userId,
     meta,
     async (work, tx): Promise<LeaseSettled> => {
@@ -163,10 +166,11 @@ export async function settleLease(
       return charge(hold.expiresAt.getTime() <= work.now.getTime() ? null : hold);
     },
     (entry) => Promise.resolve({ entry, next: null, replayed: true }),
+    SETTLE,
   );
   if (!settled.replayed || s.roll === null) return settled;
   // A replay: the next block (if the first settle placed one) is the active hold tagged with it.
-  return { entry: settled.entry, next: await leaseHold(db, userId, next.lease, next.window), replayed: true };
+  return { entry: settled.entry, next: await leaseHold(ctx.db, userId, next.lease, next.window), replayed: true };
 }
 
 /** The active hold a lease's settle placed for window `window`, or null. */

@@ -15,7 +15,7 @@ import {
   type LeaseSizing,
 } from "./rules.js";
 import { Amount, LeaseChargeOptions, LeaseOptions, UserId, parse, type JournalEntry } from "../../models-entry.js";
-import type { CreditCore } from "../../core/services/credit-core.js";
+import type { ModuleContext } from "../../core/module.js";
 import { leaseHold, settleLease, type LeaseHold, type LeaseSettle, type LeaseSettled } from "./service-settle.js";
 import {
   MeterSession,
@@ -51,8 +51,8 @@ export interface LeaseRecovery {
   credits: number;
 }
 
-/** @internal What leases use of the credit service: its exact deduction, lease settles, metering, ledger, logger and clock. */
-export type LeaseCore = Pick<CreditCore, "deduct" | "givenClock" | "unitOf"> &
+/** @internal What leases use of the core (their module's context): its exact deduction, lease settles, metering, ledger, logger and clock. */
+export type LeaseCore = Pick<ModuleContext, "deduct" | "unitOf" | "clock" | "realClock"> &
   SessionDeps & {
     /** Settles a window of a lease in one keyed unit of work (./service-settle.ts). */
     settleLease(userId: string, s: LeaseSettle): Promise<LeaseSettled>;
@@ -60,15 +60,16 @@ export type LeaseCore = Pick<CreditCore, "deduct" | "givenClock" | "unitOf"> &
     leaseHold(userId: string, lease: string, window: number): Promise<LeaseHold | null>;
   };
 
-/** What leases use of `core`: metering's part (`session`), the exact deduction and the settles. @internal */
-export function leaseCore(core: CreditCore, session: SessionDeps): LeaseCore {
+/** What leases use of the module context `ctx`: metering's part (`session`), the exact deduction and the settles. @internal */
+export function leaseCore(ctx: ModuleContext, session: SessionDeps): LeaseCore {
   return {
     ...session,
-    deduct: core.deduct.bind(core),
-    unitOf: core.unitOf.bind(core),
-    givenClock: core.givenClock,
-    settleLease: (userId, s) => settleLease(core.units, core.db, core.overdraftLimit, userId, s),
-    leaseHold: (userId, lease, window) => leaseHold(core.db, userId, lease, window),
+    deduct: ctx.deduct,
+    unitOf: ctx.unitOf,
+    clock: ctx.clock,
+    realClock: ctx.realClock,
+    settleLease: (userId, s) => settleLease(ctx, userId, s),
+    leaseHold: (userId, lease, window) => leaseHold(ctx.db, userId, lease, window),
   };
 }
 
@@ -154,9 +155,9 @@ export class CreditLeases {
     options: LeaseOptions = {},
   ) {
     const o = parseConfig(LeaseOptions, options ?? {}, "options", "leases");
-    // The manager's `clock` (docs/api.md): blocks and limit windows end by it. Undefined: `Date.now()`.
-    const clock = core.givenClock;
-    this.now = clock === undefined ? Date.now : () => clock().getTime();
+    // The manager's `clock` (docs/api.md): blocks and limit windows end by it. The real one: `Date.now()`.
+    const clock = core.clock;
+    this.now = core.realClock ? Date.now : () => clock().getTime();
     this.sizing = {
       size: o.size ?? DEFAULTS.size,
       exactBelow: o.exactBelow ?? DEFAULTS.exactBelow,
@@ -517,7 +518,7 @@ export class CreditLeases {
     // The reason is the deduction's description, unless the charge gives one.
     const { reason, description = reason, ...rest } = o ?? {};
     const unit = this.unit === undefined ? {} : { unit: this.unit };
-    const entry = await this.core.deduct("deductCredits", userId, amount, { ...rest, ...unit, description }, false);
+    const entry = await this.core.deduct(userId, amount, { ...rest, ...unit, description });
     return { userId, amount, via: "exact", entry };
   }
 

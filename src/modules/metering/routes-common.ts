@@ -8,7 +8,7 @@ import { recordOf } from "../pricing/service.js";
 import { usageOfText, type LlmUsage, type ResponseUsageReader, type UsageReading } from "../pricing/rules-llm-usage.js";
 import type { RecordedUsage } from "../../models-entry.js";
 import { errorBody, errorResponse, json, type Identity } from "../../http/router.js";
-import { findCreditCore } from "../../core/services/credit-service.js";
+import { meteringOf } from "./module.js";
 import { pathMatcher } from "./routes-paths.js";
 import { fixedPrice, PricedRequest, reportTo, settleFailed, type MeterSpend } from "./routes-fixed-price.js";
 
@@ -397,7 +397,7 @@ export function common<Req>(o: MeteringOptionsBase<Req>) {
     return status >= 500 ? session.release("error") : session.commit(pending);
   };
 
-  const logger = findCreditCore(o.credits)?.logger;
+  const logger = meteringOf(o.credits)?.logger;
   const lease = o.lease;
   if (lease !== undefined && !isMeterLease(lease))
     throw new ConfigurationError("[credit-management] [metering] `lease` must come from manager.credits.leases().");

@@ -10,7 +10,7 @@ import type { MeterLease, MeterOutcome, SetAside } from "./service.js";
 import type { JournalEntry } from "../../models-entry.js";
 import { warnOnFailure, type Logger } from "../../core/logger.js";
 import { meteringChannel } from "../../core/diagnostics.js";
-import { findCreditCore } from "../../core/services/credit-service.js";
+import { meteringOf } from "./module.js";
 import type { MeteringLocals, MeteringOptionsBase } from "./routes-common.js";
 
 /**
@@ -134,7 +134,7 @@ export class FixedPricing<Req> {
     }
     const options: { description: string; idempotencyKey?: string } & MeterSpend = { description: reason, ...p.spend };
     if (key !== undefined) options.idempotencyKey = key;
-    const core = findCreditCore(this.credits);
+    const core = meteringOf(this.credits);
     if (core === undefined) {
       const entry = await this.credits.deductCreditsAfterService(userId, cost, options);
       return { charged: entry.amount, entry, leased: false, shortfall: 0 };

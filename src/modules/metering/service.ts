@@ -17,7 +17,8 @@ import {
 } from "../../models-entry.js";
 import type { PriceBook } from "../pricing/rules.js";
 import { recordOf, type PricingService, type UsageInput } from "../pricing/service.js";
-import type { CreditCore, ParsedReserveOptions } from "../../core/services/credit-core.js";
+import type { ParsedReserveOptions } from "../../core/services/credit-core.js";
+import type { ModuleContext } from "../../core/module.js";
 import { meteringChannel, type MeteringMessage } from "../../core/diagnostics.js";
 
 /** What one metered call did with its hold, reported once it is settled. @public */
@@ -152,28 +153,28 @@ export function currentMeter(): MeterContext | undefined {
 }
 
 /**
- * What a session uses of the credit service (src/core/services/credit-core.ts): the hold operations for
- * input already validated (the meter's options once, when it opens; each usage when it is
- * recorded), so one metered call runs no model twice; the store, to read the charge another attempt
- * of a keyed call made; the price book (each session pins the version in force when it opens), the
- * ledger and the logger.
+ * What a session uses of the core, from the metering module's context (`ModuleContext`,
+ * src/core/module.ts): the hold operations for input already validated (the meter's options once,
+ * when it opens; each usage when it is recorded), so one metered call runs no model twice; the
+ * store, to read the charge another attempt of a keyed call made; the price book (each session
+ * pins the version in force when it opens), the ledger and the logger.
  * @internal
  */
 export type SessionDeps = Pick<
-  CreditCore,
+  ModuleContext,
   "hold" | "commitHold" | "releaseHold" | "chargeUpToLimit" | "db" | "ledger" | "logger"
 > & { readonly pricing: PricingService | undefined };
 
-/** What metering uses of `core`, with the price book `pricing` (made once per `CreditService`). @internal */
-export function sessionDeps(core: CreditCore, pricing: PricingService | undefined): SessionDeps {
+/** What metering uses of the module context `ctx`, with the price book `pricing` (made once per `CreditService`). @internal */
+export function sessionDeps(ctx: ModuleContext, pricing: PricingService | undefined): SessionDeps {
   return {
-    hold: core.hold.bind(core),
-    commitHold: core.commitHold.bind(core),
-    releaseHold: core.releaseHold.bind(core),
-    chargeUpToLimit: core.chargeUpToLimit.bind(core),
-    db: core.db,
-    ledger: core.ledger,
-    logger: core.logger,
+    hold: ctx.hold,
+    commitHold: ctx.commitHold,
+    releaseHold: ctx.releaseHold,
+    chargeUpToLimit: ctx.chargeUpToLimit,
+    db: ctx.db,
+    ledger: ctx.ledger,
+    logger: ctx.logger,
     pricing,
   };
 }
@@ -647,7 +648,7 @@ export async function runMetered<T>(
 const HOLD_GONE = "metered usage after its hold was gone exceeded the overdraft limit; charged what the limit allows";
 
 /** JSON metadata as the models type it. */
-type Json = NonNullable<Parameters<CreditCore["releaseHold"]>[2]["metadata"]>;
+type Json = NonNullable<Parameters<ModuleContext["releaseHold"]>[2]["metadata"]>;
 /** The options of a commit, release or after-service deduction a session builds. */
 interface MutationInput {
   description?: string;
