@@ -6,8 +6,8 @@
 import type pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { PostgresDbManager } from "../src/db/postgres/index.js";
-import { createCreditManager, type CreditManager } from "../src/index.js";
-import { playUsage } from "../src/testing/usage.js";
+import { createCreditManager, type CreditManager, type CreditService } from "../src/index.js";
+import { playUsage, usageService } from "../src/testing/usage.js";
 import { createWorker } from "../src/worker/index.js";
 import type { OpenedStore } from "./fixtures/stores.js";
 
@@ -21,6 +21,7 @@ describe.skipIf(!process.env.CREDIT_PG_URL)("the daily usage rollup on PostgreSQ
   // reason: needs CREDIT_PG_URL; skipped otherwise
   let opened: OpenedStore;
   let m: CreditManager;
+  let played: CreditService;
   let client: pg.Client;
   let schema: string;
   const clock = { now: 0 };
@@ -34,6 +35,8 @@ describe.skipIf(!process.env.CREDIT_PG_URL)("the daily usage rollup on PostgreSQ
     opened = { db, another: () => db, drop: async () => undefined };
     clock.now = Math.floor(Date.now() / DAY) * DAY - 10 * DAY + 5 * HOUR;
     m = await createCreditManager({ db, clock: () => new Date(clock.now) });
+    // The operations are played by credits whose module context runs the take-backs (as payments' does).
+    played = usageService(db, clock);
     client = new pgDriver.Client({ connectionString: process.env.CREDIT_PG_URL });
     await client.connect();
   });
@@ -45,7 +48,7 @@ describe.skipIf(!process.env.CREDIT_PG_URL)("the daily usage rollup on PostgreSQ
   });
 
   it("holds each account's usage by UTC day and kind, the fleet report reads it, and a tampered row fails audit", async () => {
-    await playUsage(m.credits, clock, "r1", [
+    await playUsage(played, clock, "r1", [
       { op: "deduct", amount: 7, feature: "chat" },
       { op: "step", ms: DAY },
       { op: "hold", amount: 20, capture: 12 },
@@ -57,7 +60,7 @@ describe.skipIf(!process.env.CREDIT_PG_URL)("the daily usage rollup on PostgreSQ
         parts: [{ model: "small", feature: "chat", credits: 25, requests: 4, inputTokens: 9 }],
       },
     ]);
-    await playUsage(m.credits, clock, "r2", [
+    await playUsage(played, clock, "r2", [
       { op: "takeBack", amount: 5, dispute: false },
       { op: "deduct", amount: 2 },
     ]);
@@ -187,7 +190,7 @@ describe.skipIf(!process.env.CREDIT_PG_URL)("the daily usage rollup on PostgreSQ
   it("the worker's usage round brings every cursor to the journal's head in bounded statements; a report after it adds nothing and reads what the journal sums to", async () => {
     const db = opened.db as unknown as Pg;
     for (let u = 0; u < 4; u++) {
-      await playUsage(m.credits, clock, `u${u}`, [
+      await playUsage(played, clock, `u${u}`, [
         { op: "deduct", amount: 3 + u, feature: "chat" },
         { op: "step", ms: DAY },
         { op: "takeBack", amount: 2, dispute: true },
