@@ -227,7 +227,8 @@ case "${1:-}" in
           # its default action, exit 143 (docs/service.md, "Exit codes").
           for i in $(seq 20); do
             case $((i % 3)) in 1) when=held ;; 2) when=held+0.2 ;; 0) when=ready ;; esac
-            port=$((20000 + RANDOM % 20000))
+            # A port the system has just given out free (twenty random picks may hit one in use).
+            port="$(node -e 'const s = require("net").createServer().listen(0, "127.0.0.1", () => { console.log(s.address().port); s.close(); })')"
             CREDIT_PG_URL="" CREDIT_PORT=$port CREDIT_HOST=127.0.0.1 CREDIT_LOG_LEVEL=info "$bun" x --bun credit-management serve > stop.log 2>&1 &
             serve=$!
             if [ "$when" = ready ]; then
@@ -237,7 +238,8 @@ case "${1:-}" in
               bin_holds_sigterm "$serve" || { cat stop.log >&2; echo "the bin never caught SIGTERM" >&2; exit 1; }
               [ "$when" = held ] || sleep 0.2
             fi
-            kill "$serve"
+            # (A serve that already exited is reported below, with its log, not by kill.)
+            kill "$serve" 2>/dev/null || true
             code=0
             wait "$serve" || code=$?
             if [ "$code" != 0 ] || ! grep -q '"msg":"stopped"' stop.log; then
