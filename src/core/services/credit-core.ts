@@ -363,9 +363,6 @@ export class CreditCore {
   }
 }
 
-/** `runUnitOfWork`'s options on a module's context when it names none. */
-const DEFAULT_RUN = { settle: true } as const;
-
 /**
  * The context the core hands each module's `init` (src/core/module.ts, docs/modules.md "Writing a
  * module"): the core's options and operations a module may use, each bound to `core` (a module may
@@ -397,11 +394,9 @@ export function moduleContext(core: CreditCore): ModuleContext {
       replay?: (entry: JournalEntry, tx: DbTransaction) => Promise<T>,
       options?: { operation?: string; settle?: boolean; periods?: boolean },
     ): Promise<T> =>
-      options === undefined
-        ? units.mutate("unitOfWork", userId, meta, body, replay, DEFAULT_RUN)
-        : units.mutate(options.operation ?? "unitOfWork", userId, meta, body, replay, {
-            settle: options.settle ?? true,
-            periods: options.periods,
-          }),
+      units.mutate(options?.operation ?? "unitOfWork", userId, meta, body, replay, {
+        settle: options?.settle ?? true,
+        periods: options?.periods,
+      }),
   });
 }
