@@ -33,6 +33,7 @@ import {
 import type { PricingService } from "./modules/pricing/service.js";
 import type { CreditLeases } from "./modules/leases/service.js";
 import { billingModule } from "./modules/billing/module.js";
+import { carriesBilling } from "./modules/billing/service-units.js";
 import { pricingModule } from "./modules/pricing/module.js";
 import { webhooksModule } from "./modules/webhooks/module.js";
 import { revenueModule } from "./modules/revenue/module.js";
@@ -76,12 +77,13 @@ export class CreditService extends CoreCreditService {
   /** A credit service over `options.db`; `createCreditManager` builds one, with the other services. */
   constructor(options: CreditServiceOptions) {
     const metering = meteringModule(options.pricing);
+    const billing = billingModule();
     const own = { metering, leases: leasesModule(metering), states: customerStateModule() };
     super({
       ...options,
       // The package's modules (ARCHITECTURE.md, "Modules"), each through the module seam, then the caller's.
       modules: [
-        billingModule(),
+        billing,
         pricingModule(),
         webhooksModule(),
         revenueModule(),
@@ -93,6 +95,7 @@ export class CreditService extends CoreCreditService {
     });
     this.own = own;
     carriesMetering(this, metering);
+    carriesBilling(this, billing);
     this.clock = options.clock ?? (() => new Date());
     if (options.customerTokens !== undefined)
       tokensOf.set(this, new CustomerTokens(options.customerTokens, this.clock));

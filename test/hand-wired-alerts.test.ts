@@ -1,5 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { ConfigurationError, CreditService, InMemoryDbManager, PaymentService, PromoService } from "../src/index.js";
+import { CoreCreditService } from "../src/core/services/credit-service.js";
 import { testEvent, unsignedTestProvider } from "../src/modules/billing/contract.js";
 
 /**
@@ -61,6 +62,20 @@ describe("hand-wired promo and payment services: alerts", () => {
       expect(() => make({ alerts: { lowCredits: null, lowCreditsPercent: 5 } })).not.toThrow();
       expect(() => make({ credits })).not.toThrow();
     }
+  });
+
+  it("`credits` that is not a CreditService (the core's alone carries no billing module) is a ConfigurationError", async () => {
+    const db = new InMemoryDbManager();
+    const core = new CoreCreditService({ db });
+    for (const make of [
+      (o: object) => new PromoService({ db, ...o }),
+      (o: object) => new PaymentService({ db, ...o }),
+    ]) {
+      expect(() => make({ credits: core })).toThrow(/`credits` must be a CreditService/);
+      expect(() => make({ credits: {} })).toThrow(ConfigurationError);
+    }
+    // Nothing was changed: no account was made.
+    expect(await db.getAccount("u")).toBeNull();
   });
 
   it("without `credits` or `alerts`: nothing is recorded, and a warning says so once an account's alerts are kept elsewhere", async () => {

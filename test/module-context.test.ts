@@ -5,7 +5,7 @@
 import { describe, expect, it } from "vitest";
 import * as z from "zod/mini";
 import { createCreditManager, InsufficientCreditsError } from "credit-management";
-import type { CreditModule, ModuleContext } from "credit-management/core";
+import type { CreditModule, EntryMeta, ModuleContext, UnitWork } from "credit-management/core";
 
 /** The module's own input, validated once by its own model before any call on the context. */
 const Call = z.object({ userId: z.string().check(z.minLength(1)), estimate: z.int().check(z.positive()) });
@@ -31,11 +31,11 @@ function calls() {
     fee(userId: string, amount: number, key: string) {
       const c = core();
       // The entry's fields, its key's fingerprint among them (a repeat with other arguments is a conflict).
-      const meta = { idempotencyKey: key, fingerprint: `fee:${amount}`, description: "monthly fee" };
+      const meta: EntryMeta = { idempotencyKey: key, fingerprint: `fee:${amount}`, description: "monthly fee" };
       return c.runUnitOfWork(
         userId,
         meta,
-        (work) => work.deduct(amount, meta, { allowDebt: false, overdraftLimit: c.overdraftLimit }),
+        (work: UnitWork) => work.deduct(amount, meta, { allowDebt: false, overdraftLimit: c.overdraftLimit }),
         async (entry) => entry,
         { operation: "chargeFee" },
       );

@@ -165,8 +165,9 @@ describe("NotificationService details", () => {
     const probe = contextProbe();
     const credits = new CreditService({ db, alerts: { lowCredits: 50 }, modules: [probe.module] });
     const notifications = new NotificationService({ db });
+    // (The core's own account work: the test reaches `recordEvent`, which modules are not handed.)
     const mutate = (u: string, meta: object, body: (work: AccountWork) => Promise<unknown>) =>
-      probe.ctx().runUnitOfWork(u, meta, body, undefined, { periods: false });
+      probe.ctx().runUnitOfWork(u, meta, (work) => body(work as AccountWork), undefined, { periods: false });
     await credits.addCredits("s", 100);
     await mutate("s", {}, async (work) => {
       recordEvent(work, { type: "subscription_allocation", payload: { amount: 10 }, dedupeKey: "alloc:1" });

@@ -19,3 +19,4 @@ export {
   type ModuleRegistry,
 } from "./module.js";
 export type { UnitContext } from "./services/unit-of-work.js";
+export type { EntryMeta, NewGrant, UnitWork } from "./domain/unit-work.js";

@@ -14,7 +14,7 @@ import {
 import type { AuditCheck } from "./services/audit-check.js";
 import { newNotification } from "./domain/notifications.js";
 import type { UnitContext, UnitHook } from "./services/unit-of-work.js";
-import type { AccountWork, EntryMeta } from "./domain/account-work.js";
+import type { EntryMeta, UnitWork } from "./domain/unit-work.js";
 import type { FeatureRule } from "./domain/checks.js";
 import type { Thresholds } from "./domain/notifications.js";
 import type {
@@ -172,7 +172,7 @@ export interface ModuleContext {
   runUnitOfWork<T>(
     userId: string,
     meta: EntryMeta,
-    body: (work: AccountWork, tx: DbTransaction, unit: UnitContext) => Promise<T> | T,
+    body: (work: UnitWork, tx: DbTransaction, unit: UnitContext) => Promise<T> | T,
     replay?: (entry: JournalEntry, tx: DbTransaction) => Promise<T>,
     options?: { operation?: string; settle?: boolean; periods?: boolean },
   ): Promise<T>;

@@ -14,7 +14,6 @@ import type {
   LimitCycle,
   Reservation,
   SpendLimit,
-  TakeBack,
 } from "../models/index.js";
 import { checkpointMetadata, snapshotOf, withUnits } from "./checkpoint.js";
 import { hashNewEntry } from "./hash.js";
@@ -28,49 +27,10 @@ import { WorkingSet } from "./working-set.js";
 import { trackAllowance } from "./allowance.js";
 import { type ChargeDraw, type Reversed, debtGrant, reversalShares } from "./reversal.js";
 import { DEFAULT_UNIT } from "../models/common.js";
+import type { EntryMeta, NewGrant, UnitWork } from "./unit-work.js";
 import { NO_SPEND, excessMetadata, holdSpend, spendOf, withHoldMetadata, withSpend } from "./entry-meta.js";
 
-/** Fields of an entry that come from the caller's options. */
-export interface EntryMeta {
-  description?: string | undefined;
-  idempotencyKey?: string | undefined;
-  fingerprint?: string | undefined;
-  correlationId?: string | undefined;
-  metadata?: Record<string, unknown> | undefined;
-  /** Who spends and on what (docs/teams-and-limits.md): recorded on the entry; limits for them apply. */
-  spender?: string | undefined;
-  feature?: string | undefined;
-  /** When the usage happened, where that is not now (a late entry; a reversal: its charge's time). */
-  occurredAt?: Date | undefined;
-  /** A `reverse` entry's charge (docs/concepts.md, "Giving a charge back"). */
-  reverses?: string | undefined;
-  /**
-   * What a take-back entry takes credits back for (`JournalEntry.takeBack`): set by the module that
-   * takes them back (payments), never from a caller's options.
-   */
-  takeBack?: TakeBack | undefined;
-  /**
-   * The unit a deduction, hold or addition acts in (docs/units.md); undefined, null or the default
-   * unit's name: the default unit. A commit, release, reversal or void acts in its hold's, charge's
-   * or grant's unit whatever this says.
-   */
-  unit?: string | null | undefined;
-}
-
-export interface NewGrant {
-  expiresAt: Date | null;
-  priority: number;
-  source: GrantSource;
-  sourceRef: string | null;
-  description: string | null;
-  metadata: Record<string, unknown> | null;
-  /** The spends it may pay for (docs/teams-and-limits.md, "Scoped credits"); null or absent: any. */
-  scope?: GrantScope | null;
-  /** What each credit was sold for (docs/revenue.md); null or absent: none (free, or unknown). */
-  costBasis?: CostBasis | null;
-  /** When it starts (docs/units.md, "Grants that start later"); null, absent, now or past: at once. */
-  effectiveAt?: Date | null;
-}
+export type { EntryMeta, NewGrant } from "./unit-work.js";
 
 /**
  * The rules of docs/concepts.md, once, as a pure state machine over one account.
@@ -82,7 +42,7 @@ export interface NewGrant {
  * Loaded objects are never mutated: every change replaces the object in the working maps.
  */
 
-export class AccountWork {
+export class AccountWork implements UnitWork {
   readonly userId: string;
   readonly now: Date;
   private readonly newId: () => string;

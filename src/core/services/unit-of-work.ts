@@ -5,6 +5,7 @@ import type { ModuleRowLists, ModuleRows } from "../domain/state.js";
 import { hasModuleRows, mergeModuleRows } from "../db/module-part.js";
 import { backoff, sleep, type BackoffOptions } from "../db/store/retry.js";
 import { AccountWork, type EntryMeta } from "../domain/account-work.js";
+import type { UnitWork } from "../domain/unit-work.js";
 import type { JournalKey } from "../domain/journal-keys.js";
 import {
   alertNotifications,
@@ -695,7 +696,7 @@ export async function saveAccountOnly(
 
 /** Loads the grants that holds point at but that are not open (fully held, closed). */
 export async function includeHeldGrants(
-  work: AccountWork,
+  work: UnitWork,
   tx: DbTransaction,
   holds: readonly Reservation[],
 ): Promise<void> {
@@ -706,7 +707,7 @@ export async function includeHeldGrants(
 }
 
 /** The active hold `id`, with the grants it earmarked made part of the work (read when they are not). */
-export async function activeHold(work: AccountWork, tx: DbTransaction, id: string): Promise<Reservation> {
+export async function activeHold(work: UnitWork, tx: DbTransaction, id: string): Promise<Reservation> {
   const hold = work.getHold(id) ?? (await tx.getReservation(id));
   if (hold === null || hold === undefined)
     throw new NotFoundError(`Reservation ${id} not found.`, { reservationId: id });

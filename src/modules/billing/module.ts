@@ -1,16 +1,24 @@
-import type { CreditModule } from "../../core/module.js";
+import { notInitialised, type CreditModule, type ModuleContext } from "../../core/module.js";
 import type { AutoTopUpState } from "./model-auto-top-up.js";
 import { BILLING_ERROR_CODES } from "./errors.js";
 import { AUTO_TOP_UP_NOTIFICATION_TYPES, autoTopUpColumn } from "./rules-auto-top-up.js";
 import { autoTopUpHook } from "./service-auto-top-up.js";
 import { billingStorePart } from "./store-part.js";
 
+/** The billing module as a `CreditModule`, with the context its services run their units of work on. */
+export interface BillingModule extends CreditModule<AutoTopUpState> {
+  /** The context the credit service gave the module (a `ConfigurationError` before `init`). */
+  context(): ModuleContext;
+}
+
 /**
  * The billing module (docs/promos-and-payments.md) as a `CreditModule`: its error codes, the auto
  * top-up notification types, the `promo` and `payment` grant sources, its `autoTopUp` column on the
- * account and the unit hook that asks for an auto top-up.
+ * account and the unit hook that asks for an auto top-up; `init` keeps the context the promo and
+ * payment services run their units of work on.
  */
-export function billingModule(): CreditModule<AutoTopUpState> {
+export function billingModule(): BillingModule {
+  let ctx: ModuleContext | undefined;
   return {
     id: "billing",
     errorCodes: BILLING_ERROR_CODES,
@@ -19,5 +27,12 @@ export function billingModule(): CreditModule<AutoTopUpState> {
     accountColumn: autoTopUpColumn,
     unitHook: autoTopUpHook,
     store: billingStorePart,
+    init(c) {
+      ctx = c;
+    },
+    context() {
+      if (ctx === undefined) throw notInitialised("billing");
+      return ctx;
+    },
   };
 }

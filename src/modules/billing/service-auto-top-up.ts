@@ -23,7 +23,7 @@ import {
   type Payment,
 } from "../../models-entry.js";
 import type { OffSessionChargeResult, PaymentEvent, PaymentProvider } from "./provider.js";
-import type { BillingDeps } from "./service-promos.js";
+import type { BillingDeps } from "./service-units.js";
 import { saveAccountOnly, type UnitHook } from "../../core/services/unit-of-work.js";
 import { billingRows } from "./store.js";
 

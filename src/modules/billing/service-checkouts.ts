@@ -3,7 +3,7 @@ import { checkoutState, mayRecordCheckout } from "./rules-payments.js";
 import { ConflictError, NotFoundError } from "../../core/errors.js";
 import { warnOnFailure } from "../../core/logger.js";
 import type { CheckoutRequest, CheckoutResult, PaymentProvider } from "./provider.js";
-import type { BillingDeps } from "./service-promos.js";
+import type { BillingDeps } from "./service-units.js";
 
 /**
  * Opening a payment's checkout at its provider, for `PaymentService.createPaymentLink`

@@ -3,7 +3,7 @@ import { createHash } from "node:crypto";
 import { warnOnFailure, type Logger } from "../../core/logger.js";
 import type { Cache } from "../../core/cache/index.js";
 import type { DbManager, DbTransaction, LoadedState } from "../../core/db/types.js";
-import type { AccountWork, EntryMeta } from "../../core/domain/account-work.js";
+import type { EntryMeta, UnitWork } from "../../core/domain/unit-work.js";
 import { fingerprint } from "../../core/domain/hash.js";
 import type { Thresholds } from "../../core/domain/notifications.js";
 import {
@@ -48,12 +48,12 @@ import { parseConfig } from "../../core/models/parse.js";
 import { systemKey } from "../../core/domain/keys.js";
 import { afterCredited, autoTopUpOf, setAutoTopUpOf } from "./rules-auto-top-up.js";
 import type { HeadersLike, PaymentEvent, PaymentProvider } from "./provider.js";
-import { runAccountUnit, type UnitResult } from "../../core/services/account-unit.js";
+import { billingDeps, runBillingUnit, type BillingDeps, type UnitResult } from "./service-units.js";
 import { BILLING, billingTx } from "./store.js";
 import { PaymentCheckouts } from "./service-checkouts.js";
 import { AutoTopUpService, type AutoTopUpResult } from "./service-auto-top-up.js";
 import type { CreditService } from "../../credit-service.js";
-import { billingDeps, decodeCursor, encodeCursor, type BillingDeps } from "./service-promos.js";
+import { decodeCursor, encodeCursor } from "./service-promos.js";
 
 export type { AutoTopUpResult } from "./service-auto-top-up.js";
 
@@ -681,11 +681,12 @@ export class PaymentService {
     payment: Payment,
     meta: EntryMeta,
     result: WebhookAnswer,
-    body: (p: Payment, work: AccountWork, tx: DbTransaction, state: LoadedState) => Promise<UnitResult<WebhookResult>>,
+    body: (p: Payment, work: UnitWork, tx: DbTransaction, state: LoadedState) => Promise<UnitResult<WebhookResult>>,
   ): Promise<WebhookResult> {
     return retryOnConflict(() =>
-      runAccountUnit(
-        { ...this.deps, operation },
+      runBillingUnit(
+        this.deps,
+        operation,
         payment.userId,
         meta,
         async (work, tx, state) => {
@@ -705,7 +706,7 @@ export class PaymentService {
    * voiding the rest of its grant and deducting what was spent, or deducting all of `k`.
    */
   private async takeBack(
-    work: AccountWork,
+    work: UnitWork,
     tx: DbTransaction,
     state: LoadedState,
     p: Payment,

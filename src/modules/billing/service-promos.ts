@@ -19,19 +19,10 @@ import {
   type PromoEligibility,
 } from "../../models-entry.js";
 import * as z from "zod/mini";
-import { runAccountUnit, unitDeps, type UnitDeps, type UnitOptions } from "../../core/services/account-unit.js";
-import { BILLING, billingStore, billingTx, type BillingDb } from "./store.js";
+import { billingDeps, runBillingUnit, type BillingDeps } from "./service-units.js";
+import { BILLING, billingTx } from "./store.js";
 import type { CreditService } from "../../credit-service.js";
 import { newId } from "../../core/util/uuid.js";
-
-/** What the billing module's services run on: the units of work's, with the store's billing part. @internal */
-export type BillingDeps = UnitDeps & { db: BillingDb };
-
-/** `unitDeps` over the store's billing part (a store without it answers `ConfigurationError`). @internal */
-export function billingDeps(options: UnitOptions, service: string): BillingDeps {
-  const deps = unitDeps(options, service);
-  return { ...deps, db: billingStore(deps.db) };
-}
 
 /**
  * Options of `new PromoService()`: the store, the credit service, the ledger, the cache, the clock and the
@@ -197,8 +188,9 @@ export class PromoService {
     };
     for (let attempt = 1; ; attempt++) {
       try {
-        return await runAccountUnit<{ claim: PromoClaim | null; entry: JournalEntry }>(
-          { ...this.deps, operation: "claimPromo" },
+        return await runBillingUnit<{ claim: PromoClaim | null; entry: JournalEntry }>(
+          this.deps,
+          "claimPromo",
           user,
           meta,
           async (work, tx) => {
