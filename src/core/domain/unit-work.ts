@@ -1,12 +1,4 @@
-import type {
-  Account,
-  CostBasis,
-  Grant,
-  GrantScope,
-  GrantSource,
-  JournalEntry,
-  Reservation,
-} from "../models/index.js";
+import type { Account, CostBasis, Grant, GrantScope, GrantSource, JournalEntry, Reservation } from "../models/index.js";
 
 /**
  * The fields of the journal entries a unit of work records (`ModuleContext.runUnitOfWork`): the
