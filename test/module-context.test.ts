@@ -5,6 +5,7 @@
 import { describe, expect, it } from "vitest";
 import * as z from "zod/mini";
 import { createCreditManager, InsufficientCreditsError } from "credit-management";
+import { accountColumn, moduleNotification } from "credit-management/core";
 import type { CreditModule, EntryMeta, ModuleContext, UnitWork } from "credit-management/core";
 
 /** The module's own input, validated once by its own model before any call on the context. */
@@ -105,6 +106,42 @@ describe("a module over the module context, from the public entries only", () =>
       expect(ctx.unitOf(undefined, "credits")).toBeUndefined();
       expect(() => ctx.unitOf("images", "tokens")).toThrow(/paid in gpu/);
       expect(ctx.features.images?.unit).toBe("gpu");
+    } finally {
+      await m.close();
+    }
+  });
+
+  it("changes its own column on the account alone, with its outbox rows, and nothing when it says so", async () => {
+    let ctx: ModuleContext | undefined;
+    const plan = accountColumn<{ tier: string }>("supportPlan");
+    const module: CreditModule<{ tier: string }> = {
+      id: "support",
+      accountColumn: plan,
+      notificationTypes: ["support_plan_changed"],
+      init: (c) => void (ctx = c),
+    };
+    const m = await createCreditManager({ modules: [module] });
+    try {
+      if (ctx === undefined) throw new Error("the module was not initialised");
+      const c = ctx;
+      await m.credits.addCredits("x", 7);
+      const set = (tier: string) =>
+        c.changeColumn("x", plan, (before, now) =>
+          before?.tier === tier
+            ? null
+            : { value: { tier }, notifications: [moduleNotification("x", "support_plan_changed", { tier }, now)] },
+        );
+      expect(await set("gold")).toEqual({ tier: "gold" });
+      // The same tier again: null, nothing written, the stored value answered.
+      expect(await set("gold")).toEqual({ tier: "gold" });
+      const account = await m.db.getAccount("x");
+      expect(account === null ? null : plan.get(account)).toEqual({ tier: "gold" });
+      const rows = await m.db.listNotifications("x", { limit: 10 });
+      expect(rows.filter((n) => n.type === "support_plan_changed").map((n) => n.payload)).toEqual([{ tier: "gold" }]);
+      // The credits are the core's: untouched, no journal entry, the chain intact.
+      expect(await m.credits.getUserCreditsInfo("x")).toMatchObject({ balance: 7 });
+      expect((await m.credits.journalHead("x"))?.seq).toBe(1);
+      expect((await m.credits.audit("x")).ok).toBe(true);
     } finally {
       await m.close();
     }

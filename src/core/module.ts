@@ -176,6 +176,19 @@ export interface ModuleContext {
     replay?: (entry: JournalEntry, tx: DbTransaction) => Promise<T>,
     options?: { operation?: string; settle?: boolean; periods?: boolean },
   ): Promise<T>;
+  /**
+   * Changes the module's column (`accountColumn`) on `userId`'s account, and nothing else of it, in
+   * a unit of work of its own, guarded as every unit of work is (docs/concepts.md, "The unit of
+   * work"): `change` gets the column's value as stored (null: none) and the unit's time, and
+   * returns the new value with the outbox rows to record with it (`moduleNotification`), or null to
+   * write nothing. It may run again when the store retries. No journal entry is recorded: a column
+   * moves no credits. Resolves to the column's value after. A new account is made with it.
+   */
+  changeColumn<T>(
+    userId: string,
+    column: AccountColumn<T>,
+    change: (value: T | null, now: Date) => { value: T | null; notifications?: readonly Notification[] } | null,
+  ): Promise<T | null>;
 }
 
 /**

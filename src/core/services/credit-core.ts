@@ -8,7 +8,7 @@ import { fingerprint } from "../domain/hash.js";
 import { lateOccurredAt } from "../domain/late-usage.js";
 import { ConfigurationError, ReservationExpiredError, ValidationError } from "../errors.js";
 import type { LedgerLogger } from "../ledger/index.js";
-import { moduleRegistry, type ModuleContext, type ModuleRegistry } from "../module.js";
+import { moduleRegistry, type AccountColumn, type ModuleContext, type ModuleRegistry } from "../module.js";
 import {
   AlertThresholds,
   CheckpointEvery,
@@ -27,12 +27,13 @@ import {
   type ReserveOptions,
   parse,
   type JournalEntry,
+  type Notification,
   type Reservation,
 } from "../models/index.js";
 import { parseConfig } from "../models/parse.js";
 import { type JournalKeyring, journalKeyring } from "../domain/journal-keys.js";
 import { copyHold, replayHold } from "./hold-lookup.js";
-import { activeHold, includeHeldGrants, UnitRunner, type UnitContext } from "./unit-of-work.js";
+import { activeHold, includeHeldGrants, saveAccountOnly, UnitRunner, type UnitContext } from "./unit-of-work.js";
 import { SubscriptionPeriods } from "./subscription-periods.js";
 import type { CoreCreditServiceOptions } from "./credit-service.js";
 import type * as z from "zod/mini";
@@ -398,5 +399,21 @@ export function moduleContext(core: CreditCore): ModuleContext {
         settle: options?.settle ?? true,
         periods: options?.periods,
       }),
+    changeColumn: async <T>(
+      userId: string,
+      column: AccountColumn<T>,
+      change: (value: T | null, now: Date) => { value: T | null; notifications?: readonly Notification[] } | null,
+    ): Promise<T | null> => {
+      let after: T | null = null;
+      await saveAccountOnly(core.db, userId, core.clock, (account, now) => {
+        const before = column.get(account);
+        const next = change(before, now);
+        after = next === null ? before : next.value;
+        if (next === null) return null;
+        column.set(account, next.value);
+        return next.notifications ?? [];
+      });
+      return after;
+    },
   });
 }

@@ -7,7 +7,7 @@ import {
   chargeAmount,
   disabled,
   ruleOf,
-  setAutoTopUpOf,
+  autoTopUpColumn,
   topUpRequest,
   withRule,
 } from "./rules-auto-top-up.js";
@@ -24,7 +24,7 @@ import {
 } from "../../models-entry.js";
 import type { OffSessionChargeResult, PaymentEvent, PaymentProvider } from "./provider.js";
 import type { BillingDeps } from "./service-units.js";
-import { saveAccountOnly, type UnitHook } from "../../core/services/unit-of-work.js";
+import type { UnitHook } from "../../core/services/unit-of-work.js";
 import { billingRows } from "./store.js";
 
 /** What `processAutoTopUp` did with the account's top-up in flight. @public */
@@ -297,23 +297,17 @@ export class AutoTopUpService {
    * its alert override): `change` returns the new state and outbox rows, or null for no change.
    * Resolves to the state after.
    */
-  private async changeAutoTopUp(
+  private changeAutoTopUp(
     user: string,
     change: (
       prev: AutoTopUpState | null,
       now: Date,
     ) => { state: AutoTopUpState | null; notifications?: readonly Notification[] | undefined } | null,
   ): Promise<AutoTopUpState | null> {
-    let out: AutoTopUpState | null = null;
-    await saveAccountOnly(this.deps.db, user, this.deps.clock, (account, now) => {
-      const prev = autoTopUpOf(account);
+    return this.deps.ctx.changeColumn(user, autoTopUpColumn, (prev, now) => {
       const next = change(prev, now);
-      out = next === null ? prev : next.state;
-      if (next === null) return null;
-      setAutoTopUpOf(account, next.state);
-      return next.notifications ?? [];
+      return next === null ? null : { value: next.state, notifications: next.notifications ?? [] };
     });
-    return out;
   }
 }
 
