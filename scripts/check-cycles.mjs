@@ -158,6 +158,8 @@ const ROLE = {
   module: "credit-service",
   // A notification queue and its delivery (the webhooks module).
   queue: "queue",
+  // A module's channels on `node:diagnostics_channel` (docs/observability.md).
+  diagnostics: "diagnostics",
   // The service process's own parts (`credit-management serve`).
   serve: "serve",
 };

@@ -106,7 +106,7 @@ export {
   type UnitOfWorkMessage,
   type UnitOutcome,
   type WebhookMessage,
-} from "./core/diagnostics.js";
+} from "./diagnostics.js";
 export { InMemoryCache, type Cache, type InMemoryCacheOptions } from "./core/cache/index.js";
 export { InMemoryDbManager } from "./built-in-parts.js";
 export { createDbManagerFromEnv, type DbEnv } from "./from-env.js";

@@ -1,33 +1,18 @@
 import diagnostics_channel from "node:diagnostics_channel";
 
 /**
- * Instrumentation on `node:diagnostics_channel`, the way undici and Node itself instrument: named
- * channels that cost one property read per operation while nobody subscribes (a message is built
- * only when `hasSubscribers` says someone listens). Metrics and tracing integrations — ours,
- * `credit-management/otel`, or your own — subscribe to them. See docs/observability.md.
- *
- * The channel names and message shapes are a versioned contract (`DIAGNOSTICS_VERSION`): within a
- * version, fields are only ever added; a field removed or changed gets new channel names.
- * @public
+ * The core's instrumentation on `node:diagnostics_channel` (docs/observability.md): its channels'
+ * names, message shapes and channels. The package's full list, the modules' channels with these,
+ * is `DIAGNOSTICS_CHANNELS` (src/diagnostics.ts).
  */
-export const DIAGNOSTICS_VERSION = 1;
 
-/** The channel names (`diagnostics_channel.channel(name)` / `tracingChannel(name)`). @public */
-export const DIAGNOSTICS_CHANNELS = {
-  /** Tracing channel (start, end, asyncStart, asyncEnd, error): one unit of work on an account. */
+/** The core's channel names. */
+export const CORE_CHANNELS = {
   unitOfWork: "credit-management:unit-of-work",
-  /** Channel: an operation refused for lack of credits (HTTP 402). */
   refusal: "credit-management:refusal",
-  /** Channel: a hold placed, committed, released or lapsed (after its unit of work committed). */
   hold: "credit-management:hold",
-  /** Tracing channel: one run of a job (`expiration.*`, `notifications.sendExpiringReminders`, `purge`). */
   job: "credit-management:job",
-  /** Tracing channel: one `notifications.dispatchPending` round. */
   dispatch: "credit-management:dispatch",
-  /** Channel: a payment provider's webhook handled (or refused). */
-  webhook: "credit-management:webhook",
-  /** Channel: a metered call settled (charged or released). */
-  metering: "credit-management:metering",
 } as const;
 
 /** How a unit of work ended. @public */
@@ -156,57 +141,18 @@ export interface DispatchMessage {
   error?: unknown;
 }
 
-/** A payment provider's webhook, once handled. @public */
-export interface WebhookMessage {
-  /** The provider's name. */
-  provider: string;
-  /** `WebhookResult.outcome`, or `rejected` (bad signature, contradicting event: 400), or `failed`. */
-  outcome: "credited" | "reversed" | "updated" | "duplicate" | "unchanged" | "ignored" | "rejected" | "failed";
-  /** The event's type, when it was read. */
-  eventType: string | null;
-  /** Wall time of the handling, in milliseconds. */
-  durationMs: number;
-}
-
-/** A metered call, once settled. @public */
-export interface MeteringMessage {
-  /** The account metered. */
-  userId: string;
-  /** The call's hold. */
-  reservationId: string;
-  /** The credits held for the call. */
-  estimate: number;
-  /** Whether the hold was committed (charged) or released. */
-  outcome: "committed" | "released";
-  /** Credits charged. */
-  charged: number;
-  /** Credits of the hold returned to the account. */
-  released: number;
-  /**
-   * Why: a release's reason (`error`, `no-usage`, `aborted`, …); `after-service` when the hold was
-   * gone and the usage was deducted; `replayed` when another attempt had charged; else null.
-   */
-  reason: string | null;
-  /** Usage the overdraft limit left uncharged. */
-  shortfall: number;
-}
-
 const tracing = diagnostics_channel.tracingChannel;
 
 /** @internal */
-export const unitOfWorkChannel = tracing<unknown, UnitOfWorkMessage & object>(DIAGNOSTICS_CHANNELS.unitOfWork);
+export const unitOfWorkChannel = tracing<unknown, UnitOfWorkMessage & object>(CORE_CHANNELS.unitOfWork);
 /** @internal */
-export const jobChannel = tracing<unknown, JobMessage & object>(DIAGNOSTICS_CHANNELS.job);
+export const jobChannel = tracing<unknown, JobMessage & object>(CORE_CHANNELS.job);
 /** @internal */
-export const dispatchChannel = tracing<unknown, DispatchMessage & object>(DIAGNOSTICS_CHANNELS.dispatch);
+export const dispatchChannel = tracing<unknown, DispatchMessage & object>(CORE_CHANNELS.dispatch);
 /** @internal */
-export const refusalChannel = diagnostics_channel.channel(DIAGNOSTICS_CHANNELS.refusal);
+export const refusalChannel = diagnostics_channel.channel(CORE_CHANNELS.refusal);
 /** @internal */
-export const holdChannel = diagnostics_channel.channel(DIAGNOSTICS_CHANNELS.hold);
-/** @internal */
-export const webhookChannel = diagnostics_channel.channel(DIAGNOSTICS_CHANNELS.webhook);
-/** @internal */
-export const meteringChannel = diagnostics_channel.channel(DIAGNOSTICS_CHANNELS.metering);
+export const holdChannel = diagnostics_channel.channel(CORE_CHANNELS.hold);
 
 type AnyTracing = typeof unitOfWorkChannel | typeof jobChannel | typeof dispatchChannel;
 

@@ -26,7 +26,7 @@ import {
   type RefusalMessage,
   type UnitOfWorkMessage,
   type WebhookMessage,
-} from "../core/diagnostics.js";
+} from "../diagnostics.js";
 import type { DbManager, StoreStats } from "../core/db/types.js";
 import { parseConfig } from "../core/models/parse.js";
 import { withTimeout } from "../core/util/promise.js";

@@ -17,7 +17,7 @@ import {
   reversal,
   takeBackPlan,
 } from "./rules-payments.js";
-import { webhookChannel, type WebhookMessage } from "../../core/diagnostics.js";
+import { webhookChannel, type WebhookMessage } from "./diagnostics.js";
 import {
   ConfigurationError,
   ConflictError,

@@ -9,7 +9,7 @@ import type { CreditService } from "../../credit-service.js";
 import type { MeterLease, MeterOutcome, SetAside } from "./service.js";
 import type { JournalEntry } from "../../models-entry.js";
 import { warnOnFailure, type Logger } from "../../core/logger.js";
-import { meteringChannel } from "../../core/diagnostics.js";
+import { meteringChannel } from "./diagnostics.js";
 import { meteringOf } from "./module.js";
 import type { MeteringLocals, MeteringOptionsBase } from "./routes-common.js";
 

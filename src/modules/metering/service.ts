@@ -19,7 +19,7 @@ import type { PriceBook } from "../pricing/rules.js";
 import { recordOf, type PricingService, type UsageInput } from "../pricing/service.js";
 import type { ParsedReserveOptions } from "../../core/services/credit-core.js";
 import type { ModuleContext } from "../../core/module.js";
-import { meteringChannel, type MeteringMessage } from "../../core/diagnostics.js";
+import { meteringChannel, type MeteringMessage } from "./diagnostics.js";
 
 /** What one metered call did with its hold, reported once it is settled. @public */
 export interface MeterOutcome {
