@@ -188,8 +188,8 @@ export class CreditCore {
   }
 
   /**
-   * One unit of work on an account, for the other services of this package (the subscription and
-   * expiry jobs, promos, payments): load (with `meta`'s idempotency key), answer a repeated key with
+   * One unit of work on an account, for the core's other services (the subscription and expiry
+   * jobs; a module runs its own through `ModuleContext.runUnitOfWork`): load (with `meta`'s idempotency key), answer a repeated key with
    * `replay`, settle, run `body`, save; then mirror to the ledger file and invalidate the cache.
    */
   runUnitOfWork<T>(
