@@ -451,7 +451,12 @@ export function renew(s: Subscription, plan: Plan, endingPlan: Plan | null, now:
   const anchor = sameCycle ? s.anchorAt : s.currentPeriodEnd;
   const index = Math.max(sameCycle ? s.periodIndex + 1 : 0, periodIndexAt(anchor, plan.billingPeriod, now));
   const period = { ...periodAt(anchor, plan.billingPeriod, index), anchor };
-  return onPeriod(s, plan, period, now, "", { carry: rolloverCarry(s, endingPlan, period) });
+  // Its work is due at the period's start, and dated there however late it runs (docs/concepts.md,
+  // "Two times on every entry").
+  return onPeriod(s, plan, period, now, "", {
+    carry: rolloverCarry(s, endingPlan, period),
+    dueAt: period.start.getTime(),
+  });
 }
 
 /**
@@ -725,6 +730,7 @@ export function intent(key: string, parts: Partial<Omit<SubscriptionIntent, "key
     expireGrantIds: parts.expireGrantIds ?? [],
     prorate: parts.prorate ?? null,
     keepPeriodGrants: parts.keepPeriodGrants ?? false,
+    ...(parts.dueAt === undefined ? {} : { dueAt: parts.dueAt }),
     ...(parts.events === undefined || parts.events.length === 0 ? {} : { events: parts.events }),
   };
 }
