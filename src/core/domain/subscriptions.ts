@@ -542,7 +542,7 @@ export class ExpiryMoved extends Error {
  * `expiry` — read from committed work — and this work's own expiries), the proration and the
  * allocation; records `subscription_allocation` and the intent's lifecycle events on the work.
  * Always leaves at least one entry, the key's record (an `add` of 0 when nothing moved). The first
- * entry carries `meta` (its idempotency key), the rest its correlation id. Returns the ids of the
+ * entry carries `meta` (its idempotency key), the rest its correlation id and time. Returns the ids of the
  * grants it created. Throws `ExpiryMoved` when a carried grant's expiries differ from `expiry`.
  */
 export function applyIntent(
@@ -554,7 +554,9 @@ export function applyIntent(
 ): string[] {
   const start = work.entries.length;
   const m = (description: string): EntryMeta =>
-    work.entries.length === start ? { ...meta, description } : { correlationId: meta.correlationId, description };
+    work.entries.length === start
+      ? { ...meta, description }
+      : { correlationId: meta.correlationId, occurredAt: meta.occurredAt, description };
   const loaded = (ids: readonly string[]) => ids.map((id) => work.getGrant(id)).filter((g) => g !== undefined);
   const created: string[] = [];
   let creditsAdded = 0;
