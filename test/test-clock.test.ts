@@ -92,17 +92,17 @@ describe.each(stores)("the test clock on %s", (name, makeDb, runs) => {
         await setUp(b, u);
         expect((await a.notifications.getAlerts(u)).find((x) => x.threshold.id === "low")?.state).toBe("ok");
 
-        const report = await clock.advance(new Date(START + 95 * DAY));
+        const steps = await clock.advance(new Date(START + 95 * DAY));
         expect(clock.status).toBe("ready");
         expect(clock.now().getTime()).toBe(START + 95 * DAY);
-        const at = report.steps.map((s) => s.at.getTime() - START);
+        const at = steps.map((s) => s.at.getTime() - START);
         // The expiry at +10 days, three renewals (calendar months: 28 to 31 days apart), then the end.
         expect(at).toHaveLength(5);
         expect(at[0]).toBe(10 * DAY);
         expect(at[4]).toBe(95 * DAY);
-        for (const step of report.steps.slice(0, 4)) expect(step.accounts).toContain(u);
-        expect(report.steps[0]!.entries.map((e) => [e.type, e.amount])).toEqual([["expire", 10]]);
-        for (const step of report.steps.slice(1, 4)) {
+        for (const step of steps.slice(0, 4)) expect(step.accounts).toContain(u);
+        expect(steps[0]!.entries.map((e) => [e.type, e.amount])).toEqual([["expire", 10]]);
+        for (const step of steps.slice(1, 4)) {
           const renewal = step.entries.filter((e) => e.type === "add");
           expect(renewal.map((e) => e.amount)).toEqual([100]);
           // On time: recorded at its period's start, so no second time.
@@ -110,7 +110,7 @@ describe.each(stores)("the test clock on %s", (name, makeDb, runs) => {
           expect(step.rounds.every((r) => r.ok)).toBe(true);
         }
         // The later grant starts at +40 days, dated there, settled by the next stop (the second renewal).
-        const started = report.steps[2]!.entries.find((e) => e.type === "start");
+        const started = steps[2]!.entries.find((e) => e.type === "start");
         expect(started?.occurredAt?.getTime()).toBe(START + 40 * DAY);
         expect(await a.credits.getUserCreditsInfo(u)).toMatchObject({ balance: 130, available: 130 });
         // The alert fired at the expiry (available 100) and resolved when the later grant started.

@@ -12,8 +12,8 @@ import { type WorkerRound, WorkerOptions, createWorker } from "../worker/index.j
  * stops and runs the worker's round there, as a worker on a real clock would have at that instant.
  */
 
-/** `createTestClock(start, options)`. @beta */
-export const TestClockOptions = z.strictObject({
+/** `createTestClock`'s options, validated (see `TestClockOptions`). */
+const Options = z.strictObject({
   /** How far one `advance` may move the clock, in days (1–3,660). Default 731 (two years). */
   maxDays: z.optional(z.number().check(z.int(), z.minimum(1), z.maximum(3660))),
   /** How many instants one `advance` may stop at (1–100,000). Default 10,000. */
@@ -27,8 +27,21 @@ export const TestClockOptions = z.strictObject({
   /** The worker's options at each stop (`createWorker`'s); its `jitter` is 0 whatever is given. */
   worker: z.optional(WorkerOptions),
 });
-/** `createTestClock(start, options)`. @beta */
-export type TestClockOptions = z.input<typeof TestClockOptions>;
+/** `createTestClock(start, options)`, validated like every public input. @beta */
+export interface TestClockOptions {
+  /** How far one `advance` may move the clock, in days (1–3,660). Default 731 (two years). */
+  maxDays?: number;
+  /** How many instants one `advance` may stop at (1–100,000). Default 10,000. */
+  maxSteps?: number;
+  /**
+   * The longest move between two stops, in ms (60,000 to 31 days), or null: none (the default).
+   * With one, the clock also stops at least that often, for what time moves without a due row to
+   * find: the expiring-credit reminders and alerts, the spend windows that end.
+   */
+  maxStepMs?: number | null;
+  /** The worker's options at each stop (`createWorker`'s); its `jitter` is 0 whatever is given. */
+  worker?: WorkerOptions;
+}
 
 /** One stop of `advance`: the instant, the accounts that had something due then, what the worker did. @beta */
 export interface TestClockStep {
@@ -40,16 +53,6 @@ export interface TestClockStep {
   entries: JournalEntry[];
   /** The worker's rounds at `at` (`CreditWorker.runOnce`). */
   rounds: WorkerRound[];
-}
-
-/** What one `advance` did. @beta */
-export interface TestClockAdvance {
-  /** Where the clock stood before. */
-  from: Date;
-  /** Where it stands now: the `to` asked for. */
-  to: Date;
-  /** Every stop, in time order; the last is at `to`. */
-  steps: TestClockStep[];
 }
 
 /** A clock a test moves forward (`createTestClock`). @beta */
@@ -65,9 +68,10 @@ export interface TestClock {
    * the attached manager's store has a hold lapsing, a grant expiring or a subscription renewing,
    * and at `to`; at each, it runs the worker's round (jobs, reminders and alerts, the outbox, top-ups,
    * rollups). `to` before now, or further than `maxDays`, is a `RuleViolationError` that moves
-   * nothing; more than `maxSteps` stops is one that leaves the clock at the last stop.
+   * nothing; more than `maxSteps` stops is one that leaves the clock at the last stop. Resolves to
+   * every stop, in time order; the last is at `to`.
    */
-  advance(to: Date | string): Promise<TestClockAdvance>;
+  advance(to: Date | string): Promise<TestClockStep[]>;
 }
 
 /** Rows each due scan reads per page when it lists a step's accounts. */
@@ -81,7 +85,7 @@ const PAGE = 1000;
  */
 export function createTestClock(start: Date | string, options: TestClockOptions = {}): TestClock {
   let current = parse(DateInput, start, "start").getTime();
-  const o = parseConfig(TestClockOptions, options, "options", "testing");
+  const o = parseConfig(Options, options, "options", "testing");
   const maxDays = o.maxDays ?? 731;
   const maxSteps = o.maxSteps ?? 10_000;
   const maxStepMs = o.maxStepMs ?? null;
@@ -148,7 +152,7 @@ export function createTestClock(start: Date | string, options: TestClockOptions 
         );
       manager = m;
     },
-    async advance(toInput: Date | string): Promise<TestClockAdvance> {
+    async advance(toInput: Date | string): Promise<TestClockStep[]> {
       const to = parse(DateInput, toInput, "to");
       const m = manager;
       if (m === undefined)
@@ -193,7 +197,7 @@ export function createTestClock(start: Date | string, options: TestClockOptions 
           }
           at = await nextStop();
         }
-        return { from, to: now(), steps };
+        return steps;
       } finally {
         status = "ready";
       }
