@@ -497,6 +497,8 @@ describe("renewal at the period's end", () => {
           limit: 200,
           expiresAt: T("2024-04-01T00:00:00.000Z").getTime(),
         },
+        // Due at the period's start: its entries are dated there however late the job runs.
+        dueAt: MAR.getTime(),
       }),
     );
     expect(periodsSkipped(s, next)).toBe(0);

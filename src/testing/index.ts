@@ -50,6 +50,7 @@ import { runCustomerStateContract } from "./customer-state.js";
 import { runLaterGrantsContract } from "../core/testing/later-grants.js";
 
 export type { PartOptions } from "../core/testing/support.js";
+export { createTestClock, type TestClock, type TestClockOptions, type TestClockStep } from "./test-clock.js";
 
 /** The parts of the contract suite, in the order `runDbManagerContract` runs them. */
 const CONTRACT_PARTS: readonly ContractPart[] = [

@@ -64,6 +64,11 @@ export class AccountWork implements UnitWork {
   private ordered: boolean;
   /** True once `settle()` ran: the next expiry is then computed from everything again. */
   private settled = false;
+  /**
+   * The instant a settlement step acts at (its due instant), null outside one: a grant's expiry is
+   * judged then, not now, so what a hold lapsing earlier returns to it is still its own.
+   */
+  private asOf: Date | null = null;
   /** The entries this work made, in seq order, and the canonical text of each (what its hash covers), for the ledger line. */
   private readonly made: JournalEntry[] = [];
   private readonly texts: string[] = [];
@@ -280,45 +285,106 @@ export class AccountWork implements UnitWork {
   // Settlement: what time has done since the account was last touched.
 
   /**
-   * Expires grants due at `asOf` (default now; never later) and releases holds lapsed at `asOf`,
-   * oldest first. The grants the holds drew from must be loaded.
+   * Settles what time did up to `asOf` (default now; never later), in the order it was due
+   * (docs/concepts.md, "Two times on every entry"): at each instant, the grants that start then,
+   * then those that expire then, then the holds that lapse then. Each entry is dated at its due
+   * instant (`occurredAt`) however late it is written. The grants the holds drew from must be loaded.
    */
   settle(asOf: Date = this.now): Settlement {
     this.settled = true;
     const out: Settlement = { expired: 0, holdsReleased: 0, creditsReleased: 0, periodGrantsEnded: 0, started: 0 };
-    // Starts first: a grant that started and expired since the account was last touched paid debt
-    // at its start, and expires with what it had left.
-    out.started = this.startDue(asOf);
     for (const g of this.grants.all()) if (isPeriodGrant(g) && isDue(g, asOf)) out.periodGrantsEnded++;
     const lapsed = this.holds
       .all()
       .filter((h) => h.status === "active" && h.expiresAt.getTime() <= asOf.getTime())
       .sort((a, b) => a.expiresAt.getTime() - b.expiresAt.getTime() || (a.id < b.id ? -1 : 1));
-    // Grants first, so credits a lapsed hold returns to an expired grant expire with it at once.
-    out.expired += this.expireDue(asOf, {});
-    for (const hold of lapsed) {
-      const { entry, expired } = this.releaseHold(hold, "expired", { description: "reservation expired" });
-      out.expired += expired;
-      out.holdsReleased++;
-      out.creditsReleased += entry.amount;
+    let next = 0;
+    for (const t of this.dueInstants(asOf, lapsed)) {
+      const at = new Date(t);
+      // Grants first, so credits a hold lapsing at the same instant returns to a grant that
+      // expired then expire with it at once.
+      const grants = this.dueAt(at, (meta) => this.settleGrantsAt(at, meta), {});
+      out.started += grants.started;
+      out.expired += grants.expired;
+      for (; next < lapsed.length && lapsed[next]!.expiresAt.getTime() === t; next++) {
+        const hold = lapsed[next]!;
+        const { entry, expired } = this.dueAt(at, (meta) => this.releaseHold(hold, "expired", meta), {
+          description: "reservation expired",
+        });
+        out.expired += expired;
+        out.holdsReleased++;
+        out.creditsReleased += entry.amount;
+      }
     }
     return out;
   }
 
   /**
    * Starts every upcoming grant whose start is at or before `asOf` (docs/units.md, "Grants that
-   * start later"), in order of their starts: one `start` entry each. Returns the grants started.
+   * start later"), each dated at its start, in order of their starts: one `start` entry each.
+   * Returns the grants started.
    */
   startDue(asOf: Date): number {
+    let started = 0;
+    for (const t of this.dueInstants(asOf, [], "starts"))
+      started += this.dueAt(new Date(t), () => this.startAt(new Date(t)), {});
+    return started;
+  }
+
+  /**
+   * The instants at or before `asOf` at which something of the loaded state falls due, ascending:
+   * grants' starts (`what`: "starts" only) or starts and expiries, and the given holds' lapses.
+   */
+  private dueInstants(asOf: Date, lapsed: readonly Reservation[], what: "starts" | "all" = "all"): number[] {
+    const out = new Set<number>();
+    const by = asOf.getTime();
+    for (const g of this.grants.all()) {
+      if (g.closedAt !== null) continue;
+      if (startsBy(g, asOf)) out.add(g.effectiveAt?.getTime() ?? 0);
+      if (what === "all" && g.expiresAt !== null && g.expiresAt.getTime() <= by) out.add(g.expiresAt.getTime());
+    }
+    for (const h of lapsed) out.add(h.expiresAt.getTime());
+    return [...out].sort((a, b) => a - b);
+  }
+
+  /** Starts the grants due to start at `at` (their start at or before it) and expires those due then. */
+  private settleGrantsAt(at: Date, meta: EntryMeta): { started: number; expired: number } {
+    const started = this.startAt(at);
     const due = this.grants
       .all()
-      .filter((g) => startsBy(g, asOf))
+      .filter((g) => isDue(g, at))
+      .sort(compareGrants);
+    return {
+      started,
+      expired: due.length === 0 ? 0 : this.closeExpired(due, { description: "credits expired", ...meta }),
+    };
+  }
+
+  /** Starts the upcoming grants whose start is at or before `at`, in order of their starts. */
+  private startAt(at: Date): number {
+    const due = this.grants
+      .all()
+      .filter((g) => startsBy(g, at))
       .sort(compareGrants)
       .sort((a, b) => (a.effectiveAt?.getTime() ?? 0) - (b.effectiveAt?.getTime() ?? 0));
     for (const g of due) this.start(g);
     // The next expiry is then read again from everything (a start moves it on).
     if (due.length > 0) this.settled = true;
     return due.length;
+  }
+
+  /**
+   * Runs `step` as of the due instant `at` (<= now): grants' expiry is judged at `at`, and the
+   * entries it writes are dated `at` (`emit`).
+   */
+  private dueAt<T>(at: Date, step: (meta: EntryMeta) => T, meta: EntryMeta): T {
+    const before = this.asOf;
+    this.asOf = at;
+    try {
+      return step(meta);
+    } finally {
+      this.asOf = before;
+    }
   }
 
   /**
@@ -348,16 +414,17 @@ export class AccountWork implements UnitWork {
     return entry;
   }
 
-  /** Expires the unspent part of every grant due at `asOf` (<= now). Returns the credits expired. */
+  /**
+   * Expires the unspent part of every grant due at `asOf` (<= now), each at its own expiry instant
+   * and after the starts due before it (docs/units.md). Returns the credits expired.
+   */
   expireDue(asOf: Date, meta: EntryMeta): number {
-    // A grant that started before it expired starts first, paying debt (docs/units.md).
-    this.startDue(asOf);
-    const due = this.grants
-      .all()
-      .filter((g) => isDue(g, asOf))
-      .sort(compareGrants);
-    if (due.length === 0) return 0;
-    return this.closeExpired(due, { description: "credits expired", ...meta });
+    let expired = 0;
+    for (const t of this.dueInstants(asOf, [])) {
+      const at = new Date(t);
+      expired += this.dueAt(at, (m) => this.settleGrantsAt(at, m).expired, meta);
+    }
+    return expired;
   }
 
   /**
@@ -974,7 +1041,7 @@ export class AccountWork implements UnitWork {
     let due: Grant[] | null = null;
     for (const p of allocations) {
       const g = this.grants.get(p.grantId);
-      if (g !== undefined && isDue(g, this.now) && !(due ??= []).includes(g)) due.push(g);
+      if (g !== undefined && isDue(g, this.asOf ?? this.now) && !(due ??= []).includes(g)) due.push(g);
     }
     const expired = due === null ? 0 : this.closeExpired(due.sort(compareGrants), { description: "credits expired" });
     let debt = this.f.debt;
@@ -1065,6 +1132,12 @@ export class AccountWork implements UnitWork {
     return next;
   }
 
+  /** The due instant of the settlement step in progress, when earlier than now; else null. */
+  private dueTime(): Date | null {
+    const at = this.asOf;
+    return at !== null && at.getTime() < this.now.getTime() ? at : null;
+  }
+
   private emit(
     type: EntryType,
     amount: number,
@@ -1096,7 +1169,9 @@ export class AccountWork implements UnitWork {
       costBasis: added?.costBasis ?? null,
       source: added?.source ?? null,
       reverses: meta.reverses ?? null,
-      occurredAt: meta.occurredAt ?? null,
+      // When its money moved (docs/concepts.md, "Two times on every entry"): what the caller says
+      // (late usage, a reversal), else a settlement step's due instant; null: at `createdAt`.
+      occurredAt: meta.occurredAt ?? this.dueTime(),
       createdAt: this.now,
       prevHash: a.lastHash,
       hash: "",

@@ -451,7 +451,12 @@ export function renew(s: Subscription, plan: Plan, endingPlan: Plan | null, now:
   const anchor = sameCycle ? s.anchorAt : s.currentPeriodEnd;
   const index = Math.max(sameCycle ? s.periodIndex + 1 : 0, periodIndexAt(anchor, plan.billingPeriod, now));
   const period = { ...periodAt(anchor, plan.billingPeriod, index), anchor };
-  return onPeriod(s, plan, period, now, "", { carry: rolloverCarry(s, endingPlan, period) });
+  // Its work is due at the period's start, and dated there however late it runs (docs/concepts.md,
+  // "Two times on every entry").
+  return onPeriod(s, plan, period, now, "", {
+    carry: rolloverCarry(s, endingPlan, period),
+    dueAt: period.start.getTime(),
+  });
 }
 
 /**
@@ -537,7 +542,7 @@ export class ExpiryMoved extends Error {
  * `expiry` — read from committed work — and this work's own expiries), the proration and the
  * allocation; records `subscription_allocation` and the intent's lifecycle events on the work.
  * Always leaves at least one entry, the key's record (an `add` of 0 when nothing moved). The first
- * entry carries `meta` (its idempotency key), the rest its correlation id. Returns the ids of the
+ * entry carries `meta` (its idempotency key), the rest its correlation id and time. Returns the ids of the
  * grants it created. Throws `ExpiryMoved` when a carried grant's expiries differ from `expiry`.
  */
 export function applyIntent(
@@ -549,7 +554,9 @@ export function applyIntent(
 ): string[] {
   const start = work.entries.length;
   const m = (description: string): EntryMeta =>
-    work.entries.length === start ? { ...meta, description } : { correlationId: meta.correlationId, description };
+    work.entries.length === start
+      ? { ...meta, description }
+      : { correlationId: meta.correlationId, occurredAt: meta.occurredAt, description };
   const loaded = (ids: readonly string[]) => ids.map((id) => work.getGrant(id)).filter((g) => g !== undefined);
   const created: string[] = [];
   let creditsAdded = 0;
@@ -725,6 +732,7 @@ export function intent(key: string, parts: Partial<Omit<SubscriptionIntent, "key
     expireGrantIds: parts.expireGrantIds ?? [],
     prorate: parts.prorate ?? null,
     keepPeriodGrants: parts.keepPeriodGrants ?? false,
+    ...(parts.dueAt === undefined ? {} : { dueAt: parts.dueAt }),
     ...(parts.events === undefined || parts.events.length === 0 ? {} : { events: parts.events }),
   };
 }

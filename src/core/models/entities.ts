@@ -296,10 +296,12 @@ export const JournalEntry = z.object({
    */
   reverses: z.optional(z.nullable(EntityId)),
   /**
-   * When the usage happened, where that is not `createdAt` (docs/concepts.md):
-   * a late usage entry's time, and on a `reverse` entry its charge's (the charge's `occurredAt`, else
-   * its `createdAt`), so usage and spend limits place it there. Null or absent: at `createdAt`.
-   * Covered by the hash when set.
+   * When the entry's money moved, where that is not `createdAt` (docs/concepts.md, "Two times on
+   * every entry"): a late usage entry's time; on a `reverse` entry its charge's (the charge's
+   * `occurredAt`, else its `createdAt`); on what the library settles late for time, its due instant
+   * (an expiry's `expiresAt`, a start's `effectiveAt`, a lapsed hold's `expiresAt`, a renewal's
+   * period start). Usage, spend limits and alerts place the entry there. Null or absent: at
+   * `createdAt`. Covered by the hash when set.
    */
   occurredAt: z.optional(z.nullable(z.date())),
   createdAt: z.date(),

@@ -238,6 +238,12 @@ export const SubscriptionIntent = z.object({
   /** The period's grant ids after this work: the new grants, plus the current ones when true. */
   keepPeriodGrants: z.boolean(),
   /**
+   * When the work was due (epoch ms): a renewal's period start. Its entries are dated then
+   * (`occurredAt`) however late it runs (docs/concepts.md, "Two times on every entry"). Absent: the
+   * work is dated when it is done (a subscription, a plan change, a cancellation).
+   */
+  dueAt: z.optional(z.number()),
+  /**
    * Lifecycle events the state change owes (`subscription_cancelled`, `subscription_ended`),
    * written to the notification outbox by this unit of work (when notifications are on). Not part
    * of the work's fingerprint.

@@ -115,6 +115,8 @@ export class SubscriptionPeriods {
       fingerprint: fingerprint("subscriptionPeriod", { ...it, events: undefined }),
       correlationId: it.key,
       description: `subscription ${s.id}`,
+      // A renewal run late is dated at its period's start (docs/concepts.md, "Two times on every entry").
+      ...(it.dueAt !== undefined && it.dueAt < now.getTime() ? { occurredAt: new Date(it.dueAt) } : {}),
     };
     let outcome: { created: string[] } | { replayed: JournalEntry } | undefined;
     for (let race = 0; outcome === undefined; race++) {

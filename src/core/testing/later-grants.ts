@@ -135,6 +135,47 @@ export function runLaterGrantsContract(
       await clean(credits, u);
     });
 
+    it("settled late, each start, expiry and lapse is dated at its own due instant, in that order (docs/concepts.md)", async () => {
+      const u = user();
+      const { credits, clock } = services("unlimited");
+      const at = (h: number) => new Date(T0 + h * HOUR);
+      // Grant A (10, expiring at +2 h), 8 of it held until +0.5 h; a charge of 5 takes A's other 2
+      // and owes 3; grant C (40) starts at +1 h and expires at +3 h. Nobody looks for a month.
+      await credits.addCredits(u, 10, { expiresAt: at(2) });
+      await credits.reserveCredits(u, 8, { ttlSeconds: HOUR / 2000 });
+      await credits.deductCreditsAfterService(u, 5);
+      await credits.addCredits(u, 40, { effectiveAt: at(1), expiresAt: at(3) });
+      clock.now = T0 + 30 * 24 * HOUR;
+      expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 0, debt: 0, reserved: 0 });
+      const settled = (await credits.getCreditHistory(u, { limit: 100 })).items.reverse().slice(4);
+      expect(settled.map((e) => [e.type, e.amount, e.occurredAt?.toISOString(), e.createdAt.getTime()])).toEqual([
+        // At +0.5 h the hold's 8 go back to A, still open then: 3 pay the debt, 5 stay on A.
+        ["release_reserved", 8, at(0.5).toISOString(), clock.now],
+        // At +1 h C starts with no debt left to pay.
+        ["start", 40, at(1).toISOString(), clock.now],
+        // One entry per instant: A's 5 at +2 h, C's 40 at +3 h.
+        ["expire", 5, at(2).toISOString(), clock.now],
+        ["expire", 40, at(3).toISOString(), clock.now],
+      ]);
+      await clean(credits, u);
+    });
+
+    it("an expiry settled at its instant carries no second time; one settled later is dated at its grant's expiresAt", async () => {
+      const u = user();
+      const { credits, clock } = services();
+      const early = new Date(T0 + HOUR);
+      await credits.addCredits(u, 10, { expiresAt: early });
+      await credits.addCredits(u, 5, { expiresAt: new Date(T0 + 2 * HOUR) });
+      clock.now = T0 + 2 * HOUR;
+      expect((await credits.getUserCreditsInfo(u)).balance).toBe(0);
+      const expiries = (await credits.getCreditHistory(u, { limit: 100 })).items.filter((e) => e.type === "expire");
+      expect(expiries.map((e) => [e.amount, e.occurredAt?.toISOString() ?? null]).reverse()).toEqual([
+        [10, early.toISOString()],
+        [5, null],
+      ]);
+      await clean(credits, u);
+    });
+
     it("voiding an upcoming grant leaves the balance as it was; a checkpoint records it as upcoming", async () => {
       const u = user();
       const { credits, clock } = services();

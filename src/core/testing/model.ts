@@ -87,32 +87,46 @@ export class CreditModel {
     return this.balance - this.reserved - other;
   }
 
+  /**
+   * What time did since the last operation, in the order it was due (docs/concepts.md, "Two times
+   * on every entry"): at each instant, the grants that start then, those that expire then, then
+   * the holds that lapse then.
+   */
   settle(): void {
-    this.startDue();
-    for (const g of this.grants) {
-      if (g.closed === null && g.expiresAt !== null && g.expiresAt <= this.now) {
-        this.balance -= g.remaining;
-        g.remaining = 0;
-        g.closed = "expired";
-      }
-    }
     const lapsed = this.holds
       .filter((h) => h.status === "active" && h.expiresAt <= this.now)
       .sort((a, b) => a.expiresAt - b.expiresAt || (a.id < b.id ? -1 : 1));
-    for (const h of lapsed) {
-      h.status = "expired";
-      this.giveBack(h.parts);
-      this.reserved -= sumParts(h.parts);
+    const instants = new Set<number>(lapsed.map((h) => h.expiresAt));
+    for (const g of this.grants) {
+      if (g.closed !== null) continue;
+      if (g.upcoming === true && (g.startsAt ?? 0) <= this.now) instants.add(g.startsAt ?? 0);
+      if (g.expiresAt !== null && g.expiresAt <= this.now) instants.add(g.expiresAt);
+    }
+    for (const t of [...instants].sort((a, b) => a - b)) {
+      this.startDue(t);
+      for (const g of this.grants) {
+        if (g.closed === null && g.expiresAt !== null && g.expiresAt <= t) {
+          this.balance -= g.upcoming === true ? 0 : g.remaining;
+          g.remaining = 0;
+          g.closed = "expired";
+        }
+      }
+      for (const h of lapsed) {
+        if (h.expiresAt !== t) continue;
+        h.status = "expired";
+        this.giveBack(h.parts);
+        this.reserved -= sumParts(h.parts);
+      }
     }
   }
 
   /**
-   * Grants whose start has come, by start: each joins the balance as an addition then, paying debt
-   * first when unscoped (docs/units.md, "Grants that start later").
+   * Grants whose start has come by `t` (default now), by start: each joins the balance as an
+   * addition then, paying debt first when unscoped (docs/units.md, "Grants that start later").
    */
-  startDue(): void {
+  startDue(t: number = this.now): void {
     const due = this.grants
-      .filter((g) => g.upcoming === true && g.closed === null && (g.startsAt ?? 0) <= this.now)
+      .filter((g) => g.upcoming === true && g.closed === null && (g.startsAt ?? 0) <= t)
       .sort((a, b) => (a.startsAt ?? 0) - (b.startsAt ?? 0) || byBurnDown(a, b));
     for (const g of due) {
       g.upcoming = false;

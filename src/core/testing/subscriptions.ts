@@ -338,6 +338,18 @@ export function runSubscriptionContract(getDb: () => DbManager, options: PartOpt
       expect(advanced).toMatchObject({ periodIndex: 3, intent: null });
       expect(advanced?.currentPeriodStart.toISOString().slice(5, 10)).toBe("04-30");
       expect((await credits.getUserCreditsInfo(u)).balance).toBe(20);
+      // Each entry dated when its money moved (docs/concepts.md, "Two times on every entry"): the
+      // first period's credits expired at its end, the current period's allocation and rollover at
+      // its start, all recorded on May 11.
+      const dated = (await credits.getCreditHistory(u, { limit: 10 })).items
+        .reverse()
+        .map((e) => `${e.type}:${e.amount}@${(e.occurredAt ?? e.createdAt).toISOString().slice(5, 10)}`);
+      expect(dated).toEqual([
+        `add:10@${s.currentPeriodStart.toISOString().slice(5, 10)}`,
+        `expire:10@${s.currentPeriodEnd.toISOString().slice(5, 10)}`,
+        "add:10@04-30",
+        "add:10@04-30",
+      ]);
       await expiration.renewDueSubscriptions();
       expect((await db.getActiveSubscription(u))?.version).toBe(advanced?.version);
       expect((await credits.getUserCreditsInfo(u)).balance).toBe(20);
