@@ -27,6 +27,7 @@ import { runDbManagerContract } from "../src/testing/index.js";
 import { contractTestApi } from "./fixtures/contract-variants.js";
 import { IN_FLIGHT_CASES, checkCommitInFlight, type HeldTransaction } from "./fixtures/commit-in-flight.js";
 import { errorResponse } from "../src/http/router.js";
+import { deep } from "./fixtures/depth.js";
 
 const uri = process.env.CREDIT_MONGO_URI;
 
@@ -229,6 +230,7 @@ describe.skipIf(!uri)("mongodb (CREDIT_MONGO_URI)", () => {
     // 500 instead of 1,000 racing callers: the reserve race reloads every active hold in each unit
     // of work (quadratic), which costs ~14 s on this shared 2-core machine at 1,000.
     raceSize: 500,
+    propertyRuns: deep(60),
   });
 
   // The same contract without group commit: one transaction per unit of work; every case but the

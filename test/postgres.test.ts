@@ -11,6 +11,7 @@ import { createDbManagerFromEnv, InMemoryDbManager } from "../src/index.js";
 import { runDbManagerContract } from "../src/testing/index.js";
 import { runProcess } from "./fixtures/processes.js";
 import { contractTestApi } from "./fixtures/contract-variants.js";
+import { deep } from "./fixtures/depth.js";
 
 const url = process.env.CREDIT_PG_URL;
 const newSchema = (tag: string) => `cm_${tag}_${randomUUID().replace(/-/g, "").slice(0, 10)}`;
@@ -62,6 +63,7 @@ describe.skipIf(!url)("PostgresDbManager", () => {
         verifyStateCache: true,
       }),
     destroy: async () => dropSchema(contractSchema),
+    propertyRuns: deep(60),
   });
 
   // The same contract with every unit of work in a transaction of its own, and without prepared
