@@ -19,6 +19,9 @@ const EXPECTED_OUTPUT: readonly RegExp[] = [
   /^\[contract\] .*: no deleteJournalBefore, the archive case is not run/,
 ];
 
+/** CREDIT_TEST_DEPTH: the factor of the random runs' sizes (test/fixtures/depth.ts); 1 in CI. */
+const depth = Math.max(1, Number(process.env.CREDIT_TEST_DEPTH ?? 1) || 1);
+
 export default defineConfig({
   test: {
     include: ["test/**/*.test.ts"],
@@ -27,10 +30,12 @@ export default defineConfig({
     // child processes and the disk (CONTRIBUTING.md, "Tests").
     maxWorkers: Math.max(2, availableParallelism() - 1),
     // Fails a test after which node-pg warned of two queries at once on one client (pg 9 refuses them).
-    setupFiles: ["test/setup/pg-warnings.ts"],
+    // Scales fast-check's default runs with CREDIT_TEST_DEPTH (npm run test:deep; test/fixtures/depth.ts).
+    setupFiles: ["test/setup/pg-warnings.ts", "test/setup/depth.ts"],
     // Builds the CLI once for the tests that run it as a process (inject("cliEntry")).
     globalSetup: ["test/setup/cli-build.ts"],
-    testTimeout: 60_000,
+    // A deeper run (CREDIT_TEST_DEPTH, npm run test:deep) gives its longer cases as much more time.
+    testTimeout: 60_000 * depth,
     hookTimeout: 60_000,
     onConsoleLog: (log) => (EXPECTED_OUTPUT.some((pattern) => pattern.test(log)) ? false : undefined),
     // The run ends with what was skipped and why (test/setup/skip-summary.ts). CI also reads a

@@ -19,6 +19,7 @@ import { createCreditManager } from "../src/index.js";
 import { newNotification } from "../src/core/domain/notifications.js";
 import { quoteIdent } from "../src/schema/sql.js";
 import { type NextVersion, SCHEMA_VERSION, setNextVersion } from "../src/schema/version.js";
+import { deep } from "./fixtures/depth.js";
 
 const url = process.env.CREDIT_CITUS_URL;
 /** What `npx credit-management <args>` prints. */
@@ -74,7 +75,7 @@ describe.skipIf(!url)("PostgresDbManager on Citus", () => {
     // properties at 60 runs on PostgreSQL (test/postgres.test.ts), and at 300 runs on memory
     // (test/memory.test.ts).
     raceSize: 500,
-    propertyRuns: 30,
+    propertyRuns: deep(30),
   });
 });
 

@@ -24,6 +24,7 @@ import type { SubscriptionCursor } from "../src/core/db/types-subscriptions.js";
 import type { Changes } from "../src/core/domain/state.js";
 import type { LedgerEntry, Notification, Plan, Subscription } from "../src/core/models/index.js";
 import { runDbManagerContract } from "../src/testing/index.js";
+import { deep } from "./fixtures/depth.js";
 
 class CoreOnlyStore implements DbManager {
   readonly name = "core-only";
@@ -159,7 +160,7 @@ describe("the core contract", () => {
 
 // Every part but the modules' each store leaves out (each skip says why): a store of the core
 // contract alone, and the core's own in-memory store (the core's rows, no module's part).
-const coreSuite = { propertyRuns: 20, raceSize: 200, test: { describe, it, expect, beforeAll, afterAll } };
+const coreSuite = { propertyRuns: deep(20), raceSize: 200, test: { describe, it, expect, beforeAll, afterAll } };
 runDbManagerContract({
   ...coreSuite,
   name: "a store of the core contract only",

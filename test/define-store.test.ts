@@ -6,6 +6,7 @@ import { runDbManagerContract } from "../src/testing/index.js";
 import type { LoadedState } from "../src/core/db/types.js";
 import { billingStore } from "../src/modules/billing/store.js";
 import { billingStorePart } from "../src/modules/billing/store-part.js";
+import { deep } from "./fixtures/depth.js";
 
 const test = { describe, it, expect, beforeAll, afterAll };
 
@@ -38,7 +39,7 @@ function accountsOnly() {
 runDbManagerContract({
   name: "defineStore, accounts and journal only",
   create: async () => accountsOnly(),
-  propertyRuns: 20,
+  propertyRuns: deep(20),
   raceSize: 200,
   test,
   skip: {

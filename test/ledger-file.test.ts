@@ -9,6 +9,7 @@ import { describe, expect, it } from "vitest";
 import { canonicalEntry, ledgerLineOf } from "../src/core/domain/hash.js";
 import { createCreditManager, InMemoryDbManager } from "../src/index.js";
 import { type JournalEntry } from "../src/models-public.js";
+import { deep } from "./fixtures/depth.js";
 
 const tmp = () => mkdtempSync(join(tmpdir(), "cm-ledger-file-"));
 const fixture = join(dirname(fileURLToPath(import.meta.url)), "fixtures", "ledger-exit-burst.ts");
@@ -122,7 +123,7 @@ describe("ledger file (writer thread)", () => {
       fc.property(entry, (e) => {
         expect(ledgerLineOf(canonicalEntry(e), e.hash)).toBe(expectedLine(e));
       }),
-      { numRuns: 3000 },
+      { numRuns: deep(3000) },
     );
   });
 

@@ -5,6 +5,7 @@ import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { DueTimes } from "../src/core/db/memory/due-times.js";
 import { CreditService, InMemoryDbManager } from "../src/index.js";
+import { deep } from "./fixtures/depth.js";
 
 const sizeOf = (db: InMemoryDbManager, index: "dueHolds" | "dueGrants") =>
   (db as unknown as Record<string, { size: number }>)[index]!.size;
@@ -95,7 +96,7 @@ describe("DueTimes", () => {
         }
         expect(due.size).toBe(model.size);
       }),
-      { numRuns: 80 },
+      { numRuns: deep(80) },
     );
   });
 });

@@ -6,6 +6,7 @@ import { compareGrants } from "../src/core/domain/order.js";
 import { CreditService, InMemoryDbManager } from "../src/index.js";
 import { type JournalEntry } from "../src/models-public.js";
 import { runDbManagerContract } from "../src/testing/index.js";
+import { deep } from "./fixtures/depth.js";
 
 const test = { describe, it, expect, beforeAll, afterAll };
 
@@ -15,8 +16,8 @@ runDbManagerContract({
   name: "memory",
   create: async () => new InMemoryDbManager(),
   createPeer: async (db) => db,
-  propertyRuns: 300,
-  usageRuns: 40,
+  propertyRuns: deep(300),
+  usageRuns: deep(40),
   test,
 });
 

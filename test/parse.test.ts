@@ -13,6 +13,7 @@ import {
   parse,
 } from "../src/models-entry.js";
 import { PromoCode } from "../src/modules/billing/model-promos.js";
+import { deep } from "./fixtures/depth.js";
 
 /** What the schema alone says about a value: its output, or that it refuses it. */
 function direct(schema: { safeParse(v: unknown): { success: boolean; data?: unknown } }, v: unknown) {
@@ -62,7 +63,7 @@ describe("parse() on strings and numbers", () => {
           expect(viaParse(schema, v)).toEqual(direct(schema, v));
         }
       }),
-      { numRuns: 300 },
+      { numRuns: deep(300) },
     );
   });
 
@@ -135,7 +136,7 @@ describe("parse() on strict options objects", () => {
           }
         },
       ),
-      { numRuns: 300 },
+      { numRuns: deep(300) },
     );
   });
 });

@@ -12,6 +12,7 @@ import {
   type BillingPeriod,
 } from "../src/core/domain/periods.js";
 import { ValidationError, createCreditManager } from "../src/index.js";
+import { deep } from "./fixtures/depth.js";
 
 const d = (s: string) => new Date(s);
 const iso = (x: Date) => x.toISOString();
@@ -126,7 +127,7 @@ describe("periods", () => {
           expect(at.getTime()).toBeLessThan(c.end.getTime());
         },
       ),
-      { numRuns: 2000 },
+      { numRuns: deep(2000) },
     );
   });
 });
@@ -209,7 +210,7 @@ describe("periods in years 0–99 (not 1900–1999)", () => {
         expect(Math.abs(cur.start.getTime() - a.getTime()) % DAY).toBe(0); // the anchor's time of day
         if (i >= 0) expect(periodIndexAt(a, p, cur.start)).toBe(i);
       }),
-      { numRuns: 3000 },
+      { numRuns: deep(3000) },
     );
   });
 });

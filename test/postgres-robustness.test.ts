@@ -111,9 +111,12 @@ describe.skipIf(!url)("PostgresDbManager when the connection dies", () => {
       .catch((e: unknown) => e)) as OutcomeUnknownError;
     expect(error).toBeInstanceOf(OutcomeUnknownError);
     expect(error).toMatchObject({ code: "OUTCOME_UNKNOWN", status: 503, userId: u, idempotencyKey: "k1" });
-    await new Promise((resolve) => setTimeout(resolve, 2000));
-    // It landed: the id it names is in the journal, and the key answers it.
-    const ids = (await db.listJournal(u, { order: "asc", limit: 10 })).map((e) => e.id);
+    // It landed: the id it names is in the journal (read once the server is in reach again: each
+    // try is refused until then), and the key answers it.
+    const ids = await vi.waitFor(async () => (await db.listJournal(u, { order: "asc", limit: 10 })).map((e) => e.id), {
+      timeout: 10_000,
+      interval: 100,
+    });
     expect(ids).toContain(error.entryIds[0]);
     expect((await credits.deductCredits(u, 10, { idempotencyKey: "k1" })).id).toBe(error.entryIds[0]);
     expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 90 });

@@ -10,6 +10,8 @@ import { CreditService } from "../src/credit-service.js";
 import { createDbManagerFromEnv, InMemoryDbManager } from "../src/index.js";
 import { runDbManagerContract } from "../src/testing/index.js";
 import { runProcess } from "./fixtures/processes.js";
+import { contractTestApi } from "./fixtures/contract-variants.js";
+import { deep } from "./fixtures/depth.js";
 
 const url = process.env.CREDIT_PG_URL;
 const newSchema = (tag: string) => `cm_${tag}_${randomUUID().replace(/-/g, "").slice(0, 10)}`;
@@ -39,8 +41,10 @@ async function dropSchema(schema: string): Promise<void> {
 describe.skipIf(!url)("PostgresDbManager", () => {
   // reason: needs its database URL (set by .ci/run); the run's closing block names it when skipped
   const contractSchema = newSchema("contract");
+  // The variant below leaves the random runs to this run (test/fixtures/contract-variants.ts).
+  const test = contractTestApi(["postgres, batch: false, preparedStatements: false"]);
   runDbManagerContract({
-    test: { describe, it, expect, beforeAll, afterAll },
+    test,
     name: "postgres",
     // Every state taken from the state cache is compared with the database.
     create: async () =>
@@ -59,13 +63,15 @@ describe.skipIf(!url)("PostgresDbManager", () => {
         verifyStateCache: true,
       }),
     destroy: async () => dropSchema(contractSchema),
+    propertyRuns: deep(60),
   });
 
   // The same contract with every unit of work in a transaction of its own, and without prepared
-  // statements (for poolers that do not keep sessions).
+  // statements (for poolers that do not keep sessions): every case but the random runs of the
+  // domain's rules, which the run above makes on this store (test/fixtures/contract-variants.ts).
   const unpreparedSchema = newSchema("unprepared");
   runDbManagerContract({
-    test: { describe, it, expect, beforeAll, afterAll },
+    test,
     name: "postgres, batch: false, preparedStatements: false",
     create: async () =>
       new PostgresDbManager({
@@ -77,7 +83,6 @@ describe.skipIf(!url)("PostgresDbManager", () => {
         poolConfig: { max: 4 },
       }),
     destroy: async () => dropSchema(unpreparedSchema),
-    propertyRuns: 15,
     raceSize: 200,
   });
 

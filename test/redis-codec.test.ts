@@ -5,6 +5,7 @@ import { Redis } from "ioredis";
 import { randomUUID } from "node:crypto";
 import { afterAll, describe, expect, it } from "vitest";
 import { RedisCache, type RedisCommandClient } from "../src/redis/index.js";
+import { deep } from "./fixtures/depth.js";
 
 const redisUrl = process.env.CREDIT_REDIS_URL;
 /** Strings in a Map, with the few commands `get`/`set` send (GET, SET [NX] [EX]). */
@@ -71,7 +72,7 @@ describe("RedisCache value encoding", () => {
         expect(back).toEqual(v);
         expect(protosOk(back)).toBe(true);
       }),
-      { numRuns: 2000 },
+      { numRuns: deep(2000) },
     );
   });
 
@@ -120,7 +121,7 @@ describe("RedisCache value encoding", () => {
           expect(await cache.setLeased("l", lease, v)).toBe(true);
           expect(await cache.get("l")).toEqual(v);
         }),
-        { numRuns: 300 },
+        { numRuns: deep(300) },
       );
     });
   });

@@ -26,6 +26,7 @@ import { catchUpRevenue, getRevenue } from "../src/modules/revenue/service.js";
 import { createWorker } from "../src/worker/index.js";
 import type { RevenueQuery } from "../src/modules/revenue/model.js";
 import { revenueSummaryOf } from "../src/modules/revenue/store.js";
+import { deep } from "./fixtures/depth.js";
 
 const dir = mkdtempSync(join(tmpdir(), "cm-revenue-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -719,7 +720,7 @@ describe.each(stores)("revenue on $name: random journals roll forward", (store) 
     try {
       const { clock, credits, payments, pay, dispute, subs } = services(db);
       await createPlans(subs);
-      const seeds = store.name === "memory" ? 12 : 3;
+      const seeds = deep(store.name === "memory" ? 12 : 3);
       /** Figures seen other than 0, so the run is known to have stored and read the bases back. */
       const seen = { paid: 0, recognized: 0, breakage: 0, refunds: 0 };
       /** What refunds' and lost disputes' take-backs drew on: grants by source (paid or free), and debt. */

@@ -9,6 +9,7 @@ import { CreditService } from "../src/credit-service.js";
 import { useTestApi } from "../src/core/testing/runner.js";
 import { expectNoOutOfScopeDraw, expectScopedFirstDraws } from "../src/core/testing/scoped.js";
 import type { Account, Grant, GrantScope, JournalEntry, Reservation } from "../src/core/models/index.js";
+import { deep } from "./fixtures/depth.js";
 
 /**
  * The scoped burn-down (docs/teams-and-limits.md, "Scoped credits") through the pure state machine:
@@ -224,7 +225,7 @@ describe("scoped burn-down in AccountWork", () => {
         for (const g of a.grants.values()) remaining += g.remaining;
         expect(acc.balance).toBe(remaining + acc.reserved - acc.debt);
       }),
-      { numRuns: 300 },
+      { numRuns: deep(300) },
     );
   });
 });

@@ -9,6 +9,7 @@
 import type * as Crypto from "node:crypto";
 import { describe, expect, it, vi } from "vitest";
 import { SimulationFailure, runSimulation, type SimResult } from "./sim/run.js";
+import { deep } from "./fixtures/depth.js";
 
 // The ids the code under test draws come from the seed too, so a seed replays byte for byte.
 const ids = vi.hoisted(() => ({ next: (): string => "00000000-0000-4000-8000-000000000000" }));
@@ -22,7 +23,7 @@ const setIdSource = (next: () => string) => void (ids.next = next);
 const env = process.env;
 const steps = Number(env.SIM_STEPS ?? 60);
 const first = Number(env.SIM_SEED ?? env.SIM_FIRST_SEED ?? 1);
-const seeds = env.SIM_SEED !== undefined ? 1 : Number(env.SIM_SEEDS ?? 30);
+const seeds = env.SIM_SEED !== undefined ? 1 : Number(env.SIM_SEEDS ?? deep(30));
 
 describe("deterministic simulation", () => {
   it(

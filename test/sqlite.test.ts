@@ -8,6 +8,7 @@ import type { JournalEntry } from "../src/core/models/index.js";
 import { CreditService } from "../src/credit-service.js";
 import { runProcess } from "./fixtures/processes.js";
 import { runDbManagerContract } from "../src/testing/index.js";
+import { deep } from "./fixtures/depth.js";
 
 const test = { describe, it, expect, beforeAll, afterAll };
 const dir = mkdtempSync(join(tmpdir(), "cm-sqlite-"));
@@ -22,6 +23,7 @@ runDbManagerContract({
   // each unit of work (quadratic), ~20 s at 1,000 on this shared 2-core machine. 500 callers on 250
   // are still all in flight at once, far past the optimistic attempts before the locked one.
   raceSize: 500,
+  propertyRuns: deep(60),
   test,
 });
 

@@ -5,6 +5,7 @@
 import { afterAll, beforeAll, describe, expect as vitestExpect, it } from "vitest";
 import { InMemoryDbManager } from "../src/index.js";
 import { runDbManagerContract } from "../src/testing/index.js";
+import { contractTestApi } from "./fixtures/contract-variants.js";
 import { expect as suiteExpect, useTestApi, type Expect } from "../src/core/testing/runner.js";
 
 /** jest's shape: one argument only. */
@@ -29,10 +30,13 @@ describe("an expect that takes no message", () => {
   });
 });
 
+// A variant of the in-memory store's run (test/memory.test.ts): every case through jest's shape of
+// `expect` but the random runs of the domain's rules, which that run makes
+// (test/fixtures/contract-variants.ts).
+const name = "memory, with a one-argument expect (jest's shape)";
 runDbManagerContract({
-  name: "memory, with a one-argument expect (jest's shape)",
+  name,
   create: async () => new InMemoryDbManager(),
   createPeer: async (db) => db,
-  propertyRuns: 20,
-  test,
+  test: contractTestApi([name], test),
 });

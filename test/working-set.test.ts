@@ -1,6 +1,7 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { WorkingSet } from "../src/core/domain/working-set.js";
+import { deep } from "./fixtures/depth.js";
 
 interface Row {
   readonly id: string;
@@ -54,7 +55,7 @@ describe("WorkingSet (a unit of work's grants and holds)", () => {
         expect(set.changed).toBe(touched.size > 0);
         expect(frozen).toEqual(loaded); // the store's list is only read
       }),
-      { numRuns: 300 },
+      { numRuns: deep(300) },
     );
   });
   it("keeps each changed row's original when asked, from the version the caller replaces: no lookup by id", () => {

@@ -3,7 +3,9 @@
 # by .ci/runtimes/package.json (its own lock; not part of what users install). Called by .ci/run;
 # docs/runtimes.md says what each check proves and what it leaves out.
 #
-#   check.sh install          npm install here (from npm's cache when it has them), the lock unchanged
+#   check.sh install          npm install here (from npm's cache when it has them), the lock unchanged;
+#                             a copy of the installed node_modules is kept on the machine by the
+#                             lock's hash (~/.cache/credit-management-ci) for the next clean clone
 #   check.sh node 22|24       the package checks (scripts/check-tarball.sh) on that Node.js, the
 #                             SQLite store with better-sqlite3 13 (its Node-API binary is in the
 #                             package: nothing to compile; 12 aborts the process on Node 24.19 and later)
@@ -49,11 +51,26 @@ nodedir() {
 case "${1:-}" in
   install)
     cd "$here"
-    # No bin links: both Node.js packages name their binary `node`; the checks call each by path.
-    npm install --no-audit --no-fund --prefer-offline --no-bin-links
+    # The machine keeps what it installed, by the hash of package.json and the lock: a clean clone
+    # copies that node_modules instead of installing the runtimes again. It was kept only after
+    # npm install left exactly this lock unchanged, so the check below holds for it as it is.
+    key="$(cat package.json package-lock.json | sha256sum | cut -c1-16)"
+    kept="${XDG_CACHE_HOME:-$HOME/.cache}/credit-management-ci/runtimes-$key"
+    if [ ! -e node_modules ] && [ -d "$kept/node_modules" ]; then
+      echo "node_modules as installed from this lock before, kept in $kept"
+      cp -a "$kept/node_modules" node_modules
+    else
+      # No bin links: both Node.js packages name their binary `node`; the checks call each by path.
+      npm install --no-audit --no-fund --prefer-offline --no-bin-links
+    fi
     if ! git -C "$repo" diff --quiet -- .ci/runtimes/package-lock.json; then
       echo ".ci/runtimes/package-lock.json is out of date with its package.json: run npm install there and commit it" >&2
       exit 1
+    fi
+    if [ ! -d "$kept/node_modules" ]; then
+      mkdir -p "$kept"
+      rm -rf "$kept/node_modules.partial"
+      cp -a node_modules "$kept/node_modules.partial" && mv "$kept/node_modules.partial" "$kept/node_modules"
     fi
     echo "Node $("$modules/node22/bin/node" -v), Node $("$modules/node24/bin/node" -v), Bun $("$modules/bun/bin/bun.exe" --version), $("$modules/@deno/linux-x64-glibc/deno" --version | head -n 1)"
     ;;
