@@ -25,6 +25,7 @@ import { Locker, SqliteAttempt, isConflict } from "./unit.js";
 import { ModuleParts } from "../../core/db/module-part.js";
 import { bindSqlite, type SqliteBoundPart } from "./module-part.js";
 import { SqliteUsageRollup } from "./usage-rollup.js";
+import { SqliteBatches } from "./batch.js";
 
 // The SQLite store's `defineStore` definition (docs/storage.md, SQLite): each method one
 // statement or one transaction, run again while the file is locked.
@@ -76,6 +77,9 @@ export function definition(s: Sqlite, options: SqliteDbManagerOptions): StoreDef
   const modules = new ModuleParts<SqliteBoundPart>();
   const locker = file === null ? null : new Locker(options, file, s.driver ?? "better-sqlite3", rollup, modules);
   const reader = new SqliteReader(file, s.driver ?? "better-sqlite3");
+  // Group commit (./batch.ts); `batch: false`: a write transaction per unit of work.
+  const batch = options.batch ?? {};
+  const batches = batch === false ? undefined : new SqliteBatches(s, Math.max(1, batch.maxUnits ?? 32));
   const store: StoreDefinition = {
     name: "sqlite",
     multiProcess: true,
@@ -93,7 +97,7 @@ export function definition(s: Sqlite, options: SqliteDbManagerOptions): StoreDef
       s.close();
     },
     accounts: {
-      begin: (userId) => new SqliteAttempt(s, userId, undefined, rollup, modules),
+      begin: (userId) => new SqliteAttempt(s, userId, undefined, rollup, modules, batches),
       ...(locker !== null && { beginLocked: (userId: string) => locker.begin(userId) }),
       getAccount: (userId) => s.one<Account>("accounts", "WHERE user_id = ?", [userId]),
       getAccountCredits: (userId) => {

@@ -75,6 +75,14 @@ export interface SqliteDbManagerOptions {
    * connection to hold the lock on: there, attempts before `ConflictError`, default 10.
    */
   maxAttempts?: number;
+  /**
+   * Group commit: the writes of units of work on different accounts that reach their commit at the
+   * same moment (the same turn of the event loop) share one write transaction and its one fsync,
+   * each in a savepoint of its own, up to `maxUnits` (default 32) in one. A unit whose write fails
+   * gets its own error and writes nothing; the others commit. `false`: every unit of work's write is
+   * a transaction of its own (docs/storage.md, SQLite).
+   */
+  batch?: false | { maxUnits?: number };
   /** `init()` creates and upgrades the schema (default true); `false`: it only checks the version. */
   migrate?: boolean;
 }
