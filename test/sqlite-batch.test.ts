@@ -5,7 +5,12 @@ import Database from "better-sqlite3";
 import { afterAll, afterEach, describe, expect, it } from "vitest";
 import { SqliteDbManager, type SqliteDatabase } from "../src/db/sqlite/index.js";
 import { CreditService } from "../src/credit-service.js";
-import { IdempotencyConflictError, InsufficientCreditsError, StorageError } from "../src/core/errors.js";
+import {
+  ConfigurationError,
+  IdempotencyConflictError,
+  InsufficientCreditsError,
+  StorageError,
+} from "../src/core/errors.js";
 
 // Group commit on SQLite (docs/storage.md, "Group commit" under SQLite): the writes of units of
 // work on different accounts committing in the same turn share one write transaction.
@@ -138,6 +143,11 @@ describe("SqliteDbManager group commit", () => {
     await Promise.all(users.map((u) => credits.addCredits(u, 3)));
     expect(writes() - before).toBe(3);
     for (const u of users) expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 3 });
+  });
+
+  it("refuses a batch option that is not false or a whole maxUnits from 1", () => {
+    for (const batch of [{ maxUnits: 0 }, { maxUnits: 2.5 }, { maxUnits: Number.NaN }, true, null, "yes"])
+      expect(() => new SqliteDbManager({ batch: batch as false })).toThrow(ConfigurationError);
   });
 
   it("batch: false gives every unit of work a write transaction of its own", async () => {

@@ -18,7 +18,7 @@ import type { SubscriptionCursor } from "../../core/db/types-subscriptions.js";
 import type { UsageScan } from "../../core/domain/usage.js";
 import type { TableKey } from "../../schema/tables.js";
 import { SQLITE_QUERY, usageBucket, usageQuery } from "../usage-query.js";
-import { type SqliteDbManagerOptions, lockableFile } from "./options.js";
+import { type SqliteDbManagerOptions, batchUnits, lockableFile } from "./options.js";
 import type { Sqlite } from "./connection.js";
 import { SqliteReader } from "./reader.js";
 import { Locker, SqliteAttempt, isConflict } from "./unit.js";
@@ -78,8 +78,8 @@ export function definition(s: Sqlite, options: SqliteDbManagerOptions): StoreDef
   const locker = file === null ? null : new Locker(options, file, s.driver ?? "better-sqlite3", rollup, modules);
   const reader = new SqliteReader(file, s.driver ?? "better-sqlite3");
   // Group commit (./batch.ts); `batch: false`: a write transaction per unit of work.
-  const batch = options.batch ?? {};
-  const batches = batch === false ? undefined : new SqliteBatches(s, Math.max(1, batch.maxUnits ?? 32));
+  const units = batchUnits(options);
+  const batches = units === null ? undefined : new SqliteBatches(s, units);
   const store: StoreDefinition = {
     name: "sqlite",
     multiProcess: true,

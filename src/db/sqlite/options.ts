@@ -102,6 +102,28 @@ export function lockableFile(options: SqliteDbManagerOptions): string | null {
 }
 
 /**
+ * Writes per group-commit transaction (`options.batch`, validated; default 32); null with `batch:
+ * false`. Anything else is a `ConfigurationError`.
+ */
+export function batchUnits(options: SqliteDbManagerOptions): number | null {
+  const batch: unknown = options.batch;
+  if (batch === false) return null;
+  const units: unknown = batch === undefined ? 32 : ((batch as { maxUnits?: unknown } | null)?.maxUnits ?? 32);
+  if (
+    (batch !== undefined && (typeof batch !== "object" || batch === null)) ||
+    !Number.isSafeInteger(units) ||
+    (units as number) < 1
+  )
+    throw new ConfigurationError(
+      origin(
+        "sqlite",
+        `\`batch\` must be false or { maxUnits: a whole number from 1 }, not ${JSON.stringify(batch) ?? String(batch)}`,
+      ),
+    );
+  return units as number;
+}
+
+/**
  * `options.driver`, validated, or the default: `bun:sqlite` under Bun, `better-sqlite3` elsewhere;
  * null when a database is handed in (nothing to open).
  */
