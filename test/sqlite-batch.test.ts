@@ -12,7 +12,7 @@ import {
   StorageError,
 } from "../src/core/errors.js";
 
-// Group commit on SQLite (docs/storage.md, "Group commit" under SQLite): the writes of units of
+// Group commit on SQLite (docs/storage.md, SQLite, "Group commit"): the writes of units of
 // work on different accounts committing in the same turn share one write transaction.
 
 const dir = mkdtempSync(join(tmpdir(), "cm-sqlite-batch-"));

@@ -1,7 +1,7 @@
 import { deferred, oncePerTurn } from "../store/group-commit.js";
 import { type Sqlite, isBusy } from "./connection.js";
 
-// Group commit on the SQLite store (docs/storage.md, "SQLite: group commit"): the writes of units
+// Group commit on the SQLite store (docs/storage.md, SQLite, "Group commit"): the writes of units
 // of work that reach their commit in the same turn of the event loop share one write transaction
 // and its one fsync, each in a savepoint of its own.
 
