@@ -47,6 +47,9 @@ function bunLike(file: string): BunDatabase & { raw: Database.Database; prepared
     },
     exec: (sql: string) => raw.exec(sql),
     transaction: <F extends () => unknown>(fn: F) => raw.transaction(fn),
+    get inTransaction() {
+      return raw.inTransaction;
+    },
     close: () => {
       db.open = live;
       raw.close();

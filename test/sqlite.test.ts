@@ -27,6 +27,15 @@ runDbManagerContract({
   test,
 });
 
+// The same contract with every unit of work's write in a transaction of its own.
+runDbManagerContract({
+  name: "sqlite, batch: false",
+  create: async () => new SqliteDbManager({ filename: join(dir, "unbatched.db"), batch: false }),
+  propertyRuns: 15,
+  raceSize: 200,
+  test,
+});
+
 describe("SqliteDbManager", () => {
   it("puts the database file in WAL mode", async () => {
     const db = new SqliteDbManager({ filename: join(dir, "wal.db") });

@@ -30,6 +30,8 @@ export interface BunDatabase {
   exec(sql: string): unknown;
   transaction<F extends () => unknown>(fn: F): { (): ReturnType<F>; immediate(): ReturnType<F> };
   close(throwOnError?: boolean): unknown;
+  /** Whether a transaction is open. */
+  readonly inTransaction: boolean;
 }
 
 class Statement implements SqliteStatement {
@@ -76,6 +78,10 @@ export class BunSqliteDatabase implements SqliteDatabase {
   }
   transaction<F extends () => unknown>(fn: F): { (): ReturnType<F>; immediate(): ReturnType<F> } {
     return this.database.transaction(fn);
+  }
+  /** `better-sqlite3`'s `inTransaction` (group commit reads it: ./batch.ts). */
+  get inTransaction(): boolean {
+    return this.database.inTransaction;
   }
   /**
    * Closes the file for real: `bun:sqlite`'s `close()` leaves the connection open while one of its

@@ -290,6 +290,11 @@ export class Sqlite {
   }
   private readonly updatePlans = new Map<SqlTable, Map<string, { text: string; order: number[] }>>();
 
+  /** Whether a transaction is open on the connection (true when the driver does not say). */
+  get inTransaction(): boolean {
+    return (this.db as { inTransaction?: boolean } | null)?.inTransaction !== false;
+  }
+
   /** Opens the write transaction of a locked attempt: `BEGIN IMMEDIATE` takes the write lock now (or is busy). */
   begin(): void {
     this.conn().exec("BEGIN IMMEDIATE");

@@ -18,13 +18,14 @@ import type { SubscriptionCursor } from "../../core/db/types-subscriptions.js";
 import type { UsageScan } from "../../core/domain/usage.js";
 import type { TableKey } from "../../schema/tables.js";
 import { SQLITE_QUERY, usageBucket, usageQuery } from "../usage-query.js";
-import { type SqliteDbManagerOptions, lockableFile } from "./options.js";
+import { type SqliteDbManagerOptions, batchUnits, lockableFile } from "./options.js";
 import type { Sqlite } from "./connection.js";
 import { SqliteReader } from "./reader.js";
 import { Locker, SqliteAttempt, isConflict } from "./unit.js";
 import { ModuleParts } from "../../core/db/module-part.js";
 import { bindSqlite, type SqliteBoundPart } from "./module-part.js";
 import { SqliteUsageRollup } from "./usage-rollup.js";
+import { SqliteBatches } from "./batch.js";
 
 // The SQLite store's `defineStore` definition (docs/storage.md, SQLite): each method one
 // statement or one transaction, run again while the file is locked.
@@ -76,6 +77,9 @@ export function definition(s: Sqlite, options: SqliteDbManagerOptions): StoreDef
   const modules = new ModuleParts<SqliteBoundPart>();
   const locker = file === null ? null : new Locker(options, file, s.driver ?? "better-sqlite3", rollup, modules);
   const reader = new SqliteReader(file, s.driver ?? "better-sqlite3");
+  // Group commit (./batch.ts); `batch: false`: a write transaction per unit of work.
+  const units = batchUnits(options);
+  const batches = units === null ? undefined : new SqliteBatches(s, units);
   const store: StoreDefinition = {
     name: "sqlite",
     multiProcess: true,
@@ -93,7 +97,7 @@ export function definition(s: Sqlite, options: SqliteDbManagerOptions): StoreDef
       s.close();
     },
     accounts: {
-      begin: (userId) => new SqliteAttempt(s, userId, undefined, rollup, modules),
+      begin: (userId) => new SqliteAttempt(s, userId, undefined, rollup, modules, batches),
       ...(locker !== null && { beginLocked: (userId: string) => locker.begin(userId) }),
       getAccount: (userId) => s.one<Account>("accounts", "WHERE user_id = ?", [userId]),
       getAccountCredits: (userId) => {

@@ -17,7 +17,8 @@ export type { SqliteDatabase, SqliteDbManagerOptions, SqliteDriver, SqliteStatem
  * account's `seq` (another process that wrote the account in between makes it run again, with
  * backoff; after `maxAttempts` such conflicts it runs once more holding the write lock from its
  * first read, on a second connection: `Locker`); in this process, units of work on one account
- * run one after another.
+ * run one after another, and the writes of units on different accounts that commit at the same
+ * moment share one write transaction, a savepoint each (group commit, `batch`: ./batch.ts).
  *
  * ```ts
  * const db = new SqliteDbManager({ filename: "credits.db" });

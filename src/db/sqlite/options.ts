@@ -75,6 +75,14 @@ export interface SqliteDbManagerOptions {
    * connection to hold the lock on: there, attempts before `ConflictError`, default 10.
    */
   maxAttempts?: number;
+  /**
+   * Group commit: the writes of units of work on different accounts that reach their commit at the
+   * same moment (the same turn of the event loop) share one write transaction and its one fsync,
+   * each in a savepoint of its own, up to `maxUnits` (default 32) in one. A unit whose write fails
+   * gets its own error and writes nothing; the others commit. `false`: every unit of work's write is
+   * a transaction of its own (docs/storage.md, SQLite).
+   */
+  batch?: false | { maxUnits?: number };
   /** `init()` creates and upgrades the schema (default true); `false`: it only checks the version. */
   migrate?: boolean;
 }
@@ -91,6 +99,28 @@ export function lockableFile(options: SqliteDbManagerOptions): string | null {
   }
   const f = options.filename;
   return f === undefined || f === "" || f === ":memory:" ? null : f;
+}
+
+/**
+ * Writes per group-commit transaction (`options.batch`, validated; default 32); null with `batch:
+ * false`. Anything else is a `ConfigurationError`.
+ */
+export function batchUnits(options: SqliteDbManagerOptions): number | null {
+  const batch: unknown = options.batch;
+  if (batch === false) return null;
+  const units: unknown = batch === undefined ? 32 : ((batch as { maxUnits?: unknown } | null)?.maxUnits ?? 32);
+  if (
+    (batch !== undefined && (typeof batch !== "object" || batch === null)) ||
+    !Number.isSafeInteger(units) ||
+    (units as number) < 1
+  )
+    throw new ConfigurationError(
+      origin(
+        "sqlite",
+        `\`batch\` must be false or { maxUnits: a whole number from 1 }, not ${JSON.stringify(batch) ?? String(batch)}`,
+      ),
+    );
+  return units as number;
 }
 
 /**

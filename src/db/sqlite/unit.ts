@@ -10,6 +10,7 @@ import type { ChargeRecord, LoadRequest, LoadedState } from "../../core/db/types
 import type { SqliteDbManagerOptions, SqliteDriver } from "./options.js";
 import { Sqlite, isBusy } from "./connection.js";
 import type { SqliteUsageRollup } from "./usage-rollup.js";
+import type { SqliteBatches } from "./batch.js";
 
 // A unit of work on the SQLite store (docs/storage.md, SQLite): one attempt guarded on the
 // account's seq, and the second connection that runs an attempt holding the write lock.
@@ -117,7 +118,8 @@ export class Locker {
  * state it was loaded in (the guard: every column, not only `seq`, as a change to the account
  * alone — an auto top-up settled, a threshold set — keeps the seq): if another process wrote the
  * account since, nothing is written and the unit of work runs again. Writes never wait across an
- * `await`.
+ * `await`. With group commit (`batches`), that write is a savepoint in a transaction shared with
+ * the other units of work committing in the same turn (./batch.ts).
  *
  * A locked attempt (`release` given, on the `Locker`'s connection) runs inside the `BEGIN
  * IMMEDIATE` its `Locker` opened: its reads and writes are savepoints in it, `commit` ends it with
@@ -127,6 +129,8 @@ export class Locker {
 export class SqliteAttempt implements Attempt {
   private pending: Changes | undefined;
   private saved = false;
+  /** Committing or over (`finish`). */
+  private finished = false;
   /** The commit's guard: the account row as `load` read it (encoded then: the unit may change the objects). */
   private loaded: { seq: number; guard: string; params: unknown[] } | null = null;
 
@@ -138,7 +142,18 @@ export class SqliteAttempt implements Attempt {
     private readonly rollup?: SqliteUsageRollup,
     /** The modules' parts: their reads in the unit of work, and their rows written with it. */
     private readonly modules?: ModuleParts<SqliteBoundPart>,
-  ) {}
+    /** Group commit (an attempt that is not locked, unless `batch: false`). */
+    private readonly batches?: SqliteBatches,
+  ) {
+    if (batches !== undefined) batches.open++;
+  }
+
+  /** The attempt is committing or over: no longer counted in flight for group commit. */
+  private finish(): void {
+    if (this.finished) return;
+    this.finished = true;
+    if (this.batches !== undefined) this.batches.open--;
+  }
 
   load(request?: LoadRequest): LoadedState | Promise<LoadedState> {
     if (this.release !== undefined) return this.read(request);
@@ -198,10 +213,12 @@ export class SqliteAttempt implements Attempt {
   commit(): void | Promise<void> {
     const c = this.pending;
     if (this.release !== undefined) return this.commitLocked(c);
+    this.finish();
     if (c === undefined) return;
     const conflict = (error: unknown) => asConflict(error, "a concurrent write won", this.userId);
     try {
-      const done = this.s.patiently(() => this.write(c));
+      const write = () => this.write(c);
+      const done = this.batches === undefined ? this.s.patiently(write) : this.batches.commit(write);
       if (done instanceof Promise)
         return done.catch((error: unknown) => {
           throw conflict(error);
@@ -223,6 +240,7 @@ export class SqliteAttempt implements Attempt {
   }
 
   rollback(): void {
+    this.finish();
     if (this.release === undefined) return;
     try {
       this.s.end(false);
@@ -231,7 +249,10 @@ export class SqliteAttempt implements Attempt {
     }
   }
 
-  /** Everything the unit of work saved, in one write transaction (nothing when it throws). */
+  /**
+   * Everything the unit of work saved, in one write transaction (nothing when it throws); inside a
+   * batch's transaction, a savepoint of it.
+   */
   private write(c: Changes): void {
     const { s } = this;
     const stale = () =>
