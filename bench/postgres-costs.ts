@@ -52,8 +52,7 @@ try {
   );
   const pid = (await client.query<{ pid: number }>("SELECT pg_backend_pid() AS pid")).rows[0]!.pid;
   backendCpu(pid); // fails here, before any figure, when the server is not on this host
-  const settings =
-    "SELECT set_config('plan_cache_mode', 'force_generic_plan', true), set_config('enable_seqscan', 'off', true), set_config('TimeZone', 'UTC', true)";
+  const settings = "SELECT set_config('enable_seqscan', 'off', true), set_config('TimeZone', 'UTC', true)";
   let seq = 0;
   // A batch's journal rows: distinct accounts, the next seq of each (as group commit writes them).
   const insert = (rows: number) => {

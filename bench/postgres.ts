@@ -310,48 +310,6 @@ export async function run(): Promise<BenchRow[]> {
       ratio: unlimitedMean.opsPerSec / plainMean.opsPerSec,
       note: `without the SET LOCAL lock_timeout the default lockTimeoutMs adds to BEGIN: the baseline's cost of it; CPU per operation ${cpuText(unlimitedMean)}`,
     });
-    // Confirming cached decisions, before and after in this run: a unit that started from the state cache and
-    // ends without a save (here a refused deduction, and a settle with nothing due) is final only
-    // once its row's `xmin` is confirmed. `trustCachedDecisions` is the old behaviour (internal,
-    // for this comparison only). Deductions that save are guarded as before: their row shows it.
-    // Alternated twice, averaged.
-    const POOR = 200;
-    await Promise.all(Array.from({ length: POOR }, (_, i) => credits.addCredits(`poor${i}`, 1)));
-    const poor = (i: number) => `poor${(i * 7919) % POOR}`;
-    const fixOps = {
-      deductCredits: (i: number) => credits.deductCredits(spread.user(i), 1),
-      "refused deductCredits": (i: number) =>
-        credits.deductCredits(poor(i), 1000).then(
-          () => {
-            throw new Error("bench: a poor user's deduction went through");
-          },
-          (e: unknown) => {
-            if ((e as Error).name !== "InsufficientCreditsError") throw e;
-          },
-        ),
-      "expireCredits, nothing due": (i: number) => credits.expireCredits(poor(i)),
-    };
-    for (const [name, op] of Object.entries(fixOps)) {
-      const after: Timed[] = [];
-      const before: Timed[] = [];
-      for (let round = 0; round < 2; round++) {
-        db.trustCachedDecisions = true;
-        before.push(await timed(pool, op));
-        db.trustCachedDecisions = false;
-        after.push(await timed(pool, op));
-      }
-      const [b, a] = [mean(before[0] as Timed, before[1] as Timed), mean(after[0] as Timed, after[1] as Timed)];
-      const old = `${name}, before the fix (${spread.name.replace("users", `users; ${POOR} for refusals`)})`;
-      rows.push({ backend: "postgres", scenario: old, opsPerSec: b.opsPerSec, note: `${wireText(b)}` });
-      rows.push({
-        backend: "postgres",
-        scenario: `${name}, cached decisions confirmed`,
-        opsPerSec: a.opsPerSec,
-        baseline: old,
-        ratio: a.opsPerSec / b.opsPerSec,
-        note: `${wireText(a)}; CPU per operation ${cpuText(a)} (before: ${cpuText(b)})`,
-      });
-    }
     const audit = await credits.audit("hot");
     if (!audit.ok) throw new Error(`bench: audit of the hot user failed: ${audit.problems.join("; ")}`);
   } finally {

@@ -387,32 +387,23 @@ describe.skipIf(!url)("PostgresDbManager", () => {
       }
     });
 
-    it("the two-manager check catches a cache that trusts its copy for a refusal (the old behaviour), and passes now", async () => {
-      // Issue 39's reproduction, run twice: once with the internal switch that restores the old
-      // behaviour (a refusal taken on the cached state, never confirmed), once as shipped.
-      const run = async (trust: boolean) => {
-        const u = `trust-${trust}-${randomUUID()}`;
-        const a = new PostgresDbManager({ connectionString: url as string, schema, poolConfig: { max: 2 } });
-        const b = new PostgresDbManager({ connectionString: url as string, schema, poolConfig: { max: 2 } });
-        a.trustCachedDecisions = trust;
-        const ca = new CreditService({ db: a });
-        const cb = new CreditService({ db: b });
-        try {
-          await ca.addCredits(u, 10);
-          await ca.deductCredits(u, 5); // A now holds a copy: balance 5
-          await cb.addCredits(u, 100); // the store: 105
-          const outcome = await ca.deductCredits(u, 50).then(
-            () => "charged",
-            (e: unknown) => (e instanceof InsufficientCreditsError ? "refused" : e),
-          );
-          return { outcome, balance: (await cb.getUserCreditsInfo(u)).balance };
-        } finally {
-          await a.close();
-          await b.close();
-        }
-      };
-      expect(await run(true)).toEqual({ outcome: "refused", balance: 105 }); // a paying user refused
-      expect(await run(false)).toEqual({ outcome: "charged", balance: 55 });
+    it("a refusal decided on a cached state another manager made stale is confirmed against the row, and charges", async () => {
+      const u = `stale-refusal-${randomUUID()}`;
+      const a = new PostgresDbManager({ connectionString: url as string, schema, poolConfig: { max: 2 } });
+      const b = new PostgresDbManager({ connectionString: url as string, schema, poolConfig: { max: 2 } });
+      const ca = new CreditService({ db: a });
+      const cb = new CreditService({ db: b });
+      try {
+        await ca.addCredits(u, 10);
+        await ca.deductCredits(u, 5); // A now holds a copy: balance 5
+        await cb.addCredits(u, 100); // the store: 105
+        // On A's copy, 50 is refused; the row's `xmin` moved, so the unit runs again under the lock.
+        await ca.deductCredits(u, 50);
+        expect((await cb.getUserCreditsInfo(u)).balance).toBe(55);
+      } finally {
+        await a.close();
+        await b.close();
+      }
     });
 
     it("refuses a bad stateCacheSize with ConfigurationError; 0 keeps no state", async () => {

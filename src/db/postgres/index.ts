@@ -121,18 +121,13 @@ export class PostgresDbManager extends StoreBase implements DbManager {
   private pool: Pool | null;
   private poolPromise: Promise<Pool> | null = null;
   private readonly ownsPool: boolean;
-  private readonly options: PostgresDbManagerOptions;
+  /** @internal */
+  readonly options: PostgresDbManagerOptions;
   /** @internal Group commit and the runs again of units of work (./dispatch.ts). */
   readonly units: UnitDispatch;
   private readonly outbox: PostgresOutbox;
   /** @internal */
   readonly prepared: boolean;
-  /**
-   * @internal The "before" of bench/postgres.ts's cached-decisions rows: a unit that started from the state cache
-   * and ends without a save is final without confirming the row's `xmin` — wrong with several
-   * managers on one schema. Never set it elsewhere.
-   */
-  trustCachedDecisions = false;
   /** @internal Last committed states of recently used accounts (null: none kept, or distributed). */
   states: StateCache | null;
   /** @internal */

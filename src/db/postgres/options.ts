@@ -46,6 +46,8 @@ export interface PostgresDbManagerOptions {
    * guarantee stays.
    */
   stateCacheSize?: number;
+  /** @internal Measurement only (bench/postgres-compare.ts): a piece of the machinery off. */
+  tune?: { seqscanOff?: boolean; optimistic?: boolean };
   /** @internal Tests: on every state-cache hit, also read the state and fail if they differ. */
   verifyStateCache?: boolean;
   /**
