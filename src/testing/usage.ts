@@ -299,12 +299,14 @@ function naive(entries: Map<string, JournalEntry[]>, q: UsageQuery & { from: Dat
             inputTokens: 0,
             outputTokens: 0,
             cachedTokens: 0,
+            shortfall: 0,
           } as unknown as UsageRow);
         row.credits += p.credits;
         row.requests += p.requests;
         row.inputTokens += p.inputTokens;
         row.outputTokens += p.outputTokens;
         row.cachedTokens += p.cachedTokens;
+        row.shortfall += p.shortfall;
         out.set(key, row);
       }
     }

@@ -141,6 +141,17 @@ export function parseRevenueState(text: string): RevenueState {
   };
 }
 
+/**
+ * Credits of usage served and not charged: the `shortfall` the library records on a charge the
+ * overdraft limit cut (an entry of 0 credits when it allowed nothing, docs/metering.md "Served and
+ * not paid"). `unbilledCredits` counts it (docs/revenue.md, decision 4), as usage reports do.
+ */
+export function servedUnpaid(e: Pick<JournalEntry, "type" | "metadata">): number {
+  if (e.type !== "deduct" && e.type !== "commit_reserved") return 0;
+  const v = e.metadata?.shortfall;
+  return typeof v === "number" && Number.isSafeInteger(v) && v > 0 ? v : 0;
+}
+
 /** Figures of one group in one window (`deferredStart`/`deferredEnd` filled per row at the end). */
 export interface Sums {
   paid: number;
@@ -379,6 +390,8 @@ export class RevenueAccumulator {
             unbilled(e, past);
             if (p !== null) reverse(p, past, e);
           }
+          // Usage served past the overdraft limit, never charged: unbilled too (decision 4).
+          unbilled(e, servedUnpaid(e));
           if (alloc !== undefined && [...alloc.values()].every((v) => v <= 0)) holds.delete(e.reservationId ?? "");
           break;
         }
