@@ -795,7 +795,7 @@ export function rollupAuditScan(
 const sums = (x: UsageSums | undefined): string =>
   x === undefined
     ? "none"
-    : `credits ${x.credits}, requests ${x.requests}, tokens ${x.inputTokens}/${x.outputTokens}/${x.cachedTokens}, shortfall ${x.shortfall}`;
+    : `credits ${x.credits}, requests ${x.requests}, tokens ${x.inputTokens}/${x.outputTokens}/${x.cachedTokens}${x.shortfall === 0 ? "" : `, shortfall ${x.shortfall}`}`;
 
 const unitOf = (x: { unit?: string | null }): string => (x.unit == null ? "" : ` ${x.unit}`);
 const sameSums = (a: UsageSums, b: UsageSums): boolean => USAGE_MEASURES.every((m) => a[m] === b[m]);
