@@ -748,7 +748,15 @@ describe.each(stores)("revenue on $name: usage served and not paid, and each uni
       for (let i = 0; i < 3; i++) await ctx.chargeUpToLimit("u", 1, { feature: "img" });
       await ctx.chargeUpToLimit("u", 4, { unit: "images" });
     };
-    const money = { deferredStart: 0, paid: 2, recognized: 2, breakage: 0, refunds: 0, deferredEnd: 0, unbilledCredits: 0 };
+    const money = {
+      deferredStart: 0,
+      paid: 2,
+      recognized: 2,
+      breakage: 0,
+      refunds: 0,
+      deferredEnd: 0,
+      unbilledCredits: 0,
+    };
     const unbilled = (n: number) => ({ ...money, paid: 0, recognized: 0, unbilledCredits: n });
     expect(await month(served)).toEqual([
       { currency: "USD", ...money },

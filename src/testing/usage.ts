@@ -473,7 +473,8 @@ export function runUsageContract(getDb: () => DbManager, options: PartOptions & 
       // (as a fixed-price route charges them), one paid, two not; then a metered call of 9 on a hold of 4.
       await credits.addCredits(user, 1);
       const charges = [];
-      for (let i = 0; i < 3; i++) charges.push(await ctx.chargeUpToLimit(user, 1, { description: "GET /img", feature: "img" }));
+      for (let i = 0; i < 3; i++)
+        charges.push(await ctx.chargeUpToLimit(user, 1, { description: "GET /img", feature: "img" }));
       await credits.addCredits(user, 4);
       const s = await credits.openMeter(user, { estimate: 4, feature: "chat" });
       s.recordUsage({ model: "large", inputTokens: 6, outputTokens: 1 }); // 9 credits
@@ -492,10 +493,18 @@ export function runUsageContract(getDb: () => DbManager, options: PartOptions & 
       ]);
       const report = async (groupBy: UsageQuery["groupBy"], wholeDays: boolean) => {
         const q = wholeDays
-          ? { from: new Date(Math.floor(from.getTime() / DAY) * DAY), to: new Date((Math.floor(clock.now / DAY) + 1) * DAY) }
+          ? {
+              from: new Date(Math.floor(from.getTime() / DAY) * DAY),
+              to: new Date((Math.floor(clock.now / DAY) + 1) * DAY),
+            }
           : { from, to: new Date(clock.now + MIN) };
         const r = await credits.getUsage({ account: user, ...q, interval: null, groupBy });
-        return r.rows.map((row) => [...(groupBy ?? []).map((d) => row[d as UsageDimension]), row.credits, row.requests, row.shortfall]);
+        return r.rows.map((row) => [
+          ...(groupBy ?? []).map((d) => row[d as UsageDimension]),
+          row.credits,
+          row.requests,
+          row.shortfall,
+        ]);
       };
       // From the journal, and over whole UTC days (where a store's rollup answers).
       for (const wholeDays of [false, true]) {

@@ -257,10 +257,22 @@ describe.each(hosts.map((h) => [h.name, h] as const))("fixed-price metering on %
     const statuses = await Promise.all(Array.from({ length: 10 }, () => call("/api/slow", u).then((r) => r.status)));
     expect(statuses).toEqual(Array.from({ length: 10 }, () => 200));
     await waitFor(() => outcomes[9]);
-    expect(outcomes.map((o) => o.shortfall ?? 0).sort((a, b) => a - b)).toEqual([0, ...Array.from({ length: 9 }, () => 7)]);
+    expect(outcomes.map((o) => o.shortfall ?? 0).sort((a, b) => a - b)).toEqual([
+      0,
+      ...Array.from({ length: 9 }, () => 7),
+    ]);
     const history = (await m.credits.getCreditHistory(u, { types: ["deduct"] })).items;
     expect(history.map((e) => [e.amount, e.metadata?.shortfall ?? 0]).sort()).toEqual([
-      [0, 7], [0, 7], [0, 7], [0, 7], [0, 7], [0, 7], [0, 7], [0, 7], [0, 7], [7, 0],
+      [0, 7],
+      [0, 7],
+      [0, 7],
+      [0, 7],
+      [0, 7],
+      [0, 7],
+      [0, 7],
+      [0, 7],
+      [0, 7],
+      [7, 0],
     ]);
     const to = new Date(Date.now() + 60_000);
     const usage = await m.credits.getUsage({ account: u, from, to, interval: null });

@@ -188,11 +188,16 @@ describe("revenue over HTTP", () => {
       const h = createCreditHandler(u, { authenticate });
       const r = await caller(h)(`/admin/credits/revenue?${range()}&interval=none&groupBy=unit`, "admin:ops");
       expect(r.status).toBe(200);
-      expect(r.body.rows.map((x: Record<string, unknown>) => [x.currency, x.unit, x.paid, x.recognized, x.unbilledCredits])).toEqual([
+      expect(
+        r.body.rows.map((x: Record<string, unknown>) => [x.currency, x.unit, x.paid, x.recognized, x.unbilledCredits]),
+      ).toEqual([
         ["USD", "images", 50, 50, 0],
         [null, "images", 0, 0, 3],
       ]);
-      const csv = await caller(h)(`/admin/credits/revenue.csv?${range()}&interval=none&groupBy=account,unit`, "admin:ops");
+      const csv = await caller(h)(
+        `/admin/credits/revenue.csv?${range()}&interval=none&groupBy=account,unit`,
+        "admin:ops",
+      );
       expect(csv.status).toBe(200);
       const lines = csv.text.split("\r\n");
       expect(lines[0]).toBe(

@@ -121,7 +121,9 @@ describe("usage over HTTP", () => {
     expect(r.headers.get("content-type")).toBe("text/csv; charset=utf-8; header=present");
     expect(r.headers.get("content-disposition")).toBe('attachment; filename="usage.csv"');
     const lines = r.text.split("\r\n");
-    expect(lines[0]).toBe("start,end,model,spender,kind,credits,requests,inputTokens,outputTokens,cachedTokens,shortfall");
+    expect(lines[0]).toBe(
+      "start,end,model,spender,kind,credits,requests,inputTokens,outputTokens,cachedTokens,shortfall",
+    );
     expect(lines.at(-1)).toBe("");
     // The spender that began with `"` is quoted, its quotes doubled; `=` inside is not at the start.
     expect(r.text).toContain(`"""><script>window.__xss=2</script>=1+1"`);

@@ -84,7 +84,9 @@ async function revenue(args: readonly string[], io: CliIo, source: StoreSource, 
   const groupBy = (values["group-by"] ?? []).flatMap((g) => g.split(",")).map((g) => g.trim());
   for (const g of groupBy)
     if (!RevenueDimension.safeParse(g).success)
-      throw new UsageError(`--group-by takes account, source, plan, feature, spender and unit, not ${JSON.stringify(g)}`);
+      throw new UsageError(
+        `--group-by takes account, source, plan, feature, spender and unit, not ${JSON.stringify(g)}`,
+      );
   if (values.account !== undefined) parse(UserId, values.account, "--account");
   const limit = values.limit === undefined ? undefined : Number(values.limit);
   if (limit !== undefined && !(/^\d+$/.test(values.limit ?? "") && limit >= 1 && limit <= MAX_REVENUE_ROWS))

@@ -43,9 +43,14 @@ const Row = z
       breakage: money.check(z.describe("Paid credits expired or voided unused")),
       refunds: money.check(z.describe("What refunds and lost disputes took back")),
       deferredEnd: money.check(z.describe("Paid credits not yet used at `end`, at their basis")),
-      unbilledCredits: z.number().check(z.int(), z.describe(
-          "Credits of usage past the balance (debt) and served past the overdraft limit: no basis; the default unit's, or grouped by unit the row's unit's",
-        )),
+      unbilledCredits: z
+        .number()
+        .check(
+          z.int(),
+          z.describe(
+            "Credits of usage past the balance (debt) and served past the overdraft limit: no basis; the default unit's, or grouped by unit the row's unit's",
+          ),
+        ),
     }),
     z.nullable(z.string()),
   )
