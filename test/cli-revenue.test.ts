@@ -139,6 +139,30 @@ function suite(
       expect(text.stdout).toMatch(new RegExp(`^  ${monthText} +EUR +beta +0 +2000 +200 +0 +0 +1800 +0$`, "m"));
     });
 
+    it("--group-by unit: each row names its unit, as the library answers it", async () => {
+      const expected = await manager.credits.getRevenue({
+        from: new Date(lastMonth.from),
+        to: new Date(to),
+        interval: "month",
+        timeZone: "UTC",
+        groupBy: ["unit"],
+      });
+      expect(expected.rows.map((r) => [r.currency, r.unit, r.paid])).toEqual([
+        ["EUR", "credits", 2000],
+        ["USD", "credits", 1999 + 300],
+      ]);
+      const json = await run(["--month", monthText, "--group-by", "unit", "--json"]);
+      expect([json.code, json.stderr]).toEqual([0, ""]);
+      expect(JSON.parse(json.stdout)).toEqual(
+        JSON.parse(JSON.stringify({ from: new Date(lastMonth.from), to: new Date(to), ...expected })),
+      );
+      const csv = await run(["--month", monthText, "--group-by", "unit", "--csv"]);
+      expect(csv.stdout).toBe(revenueCsv(expected, ["unit"]));
+      const text = await run(["--month", monthText, "--group-by", "unit"]);
+      expect(text.stdout).toMatch(/^ {2}WINDOW +CURRENCY +UNIT +DEFERRED START/m);
+      expect(text.stdout).toMatch(new RegExp(`^  ${monthText} +USD +credits +0 +2299 `, "m"));
+    });
+
     it("--month, --time-zone, --interval, --account, --group-by; the CSV makes a formula inert", async () => {
       // Last month in Berlin: from its midnight there, by day; the 600 credits of the 20th at 10:00 Berlin time.
       const [y, m] = monthText.split("-").map(Number) as [number, number];

@@ -86,12 +86,12 @@ describe("the usage CSV per unit (docs/usage.md, docs/units.md)", () => {
       await m.credits.deductCredits("acme", 7);
       const plain = await m.credits.getUsage({ ...range, interval: null });
       expect(usageCsv(plain).split("\r\n")[0]).toBe(
-        "start,end,kind,credits,requests,inputTokens,outputTokens,cachedTokens",
+        "start,end,kind,credits,requests,inputTokens,outputTokens,cachedTokens,shortfall",
       );
       await m.credits.addCredits("acme", 10, { unit: "images" });
       await m.credits.deductCredits("acme", 3, { unit: "images" });
       const lines = usageCsv(await m.credits.getUsage({ ...range, interval: null })).split("\r\n");
-      expect(lines[0]).toBe("start,end,kind,unit,credits,requests,inputTokens,outputTokens,cachedTokens");
+      expect(lines[0]).toBe("start,end,kind,unit,credits,requests,inputTokens,outputTokens,cachedTokens,shortfall");
       expect(lines.slice(1, 3).map((l) => l.split(",").slice(2, 5).join(","))).toEqual([
         "spend,credits,7",
         "spend,images,3",

@@ -28,6 +28,7 @@ const row = (ms: number, kind: UsageKind, credits: number, requests = 1, inputTo
   inputTokens,
   outputTokens: 0,
   cachedTokens: 0,
+  shortfall: 0,
 });
 
 /** The journal's bucket for day `ms` of the scan that starts at `from`. */

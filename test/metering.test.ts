@@ -282,8 +282,10 @@ describe("credits.meter()", () => {
       charged: 0,
       shortfall: 30,
       chargedAfterService: true,
-      entry: null,
     });
+    // The call was served: its entry is a deduction of 0 credits, the whole usage its shortfall.
+    expect(outcomes[0]?.entry).toMatchObject({ type: "deduct", amount: 0 });
+    expect(outcomes[0]?.entry?.metadata).toMatchObject({ requested: 30, shortfall: 30, holdExpired: true });
     expect(await strict.credits.getUserCreditsInfo("s")).toMatchObject({ balance: 0, reserved: 0, debt: 0 });
     expect((await strict.credits.audit("s")).ok).toBe(true);
     await limited.close();

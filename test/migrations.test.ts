@@ -1,4 +1,6 @@
 import { randomUUID } from "node:crypto";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
 import pg from "pg";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { runCli } from "../src/cli/run.js";
@@ -238,6 +240,27 @@ describe.skipIf(!PG_URL)("schema upgrades on PostgreSQL", () => {
   afterAll(async () => {
     for (const s of schemas) await client?.query(`DROP SCHEMA IF EXISTS ${quoteIdent("postgres", s)} CASCADE`);
     await client?.end();
+  });
+
+  it("the version 2 step gives a version 1 rollup its shortfall column, set from the entries its rows hold", async () => {
+    const schema = await newSchema("v1_shortfall");
+    await inSchema(schema, readFileSync(join(import.meta.dirname, "fixtures/schema/v1/postgres.sql"), "utf8"));
+    const day = new Date(Math.floor(Date.now() / 86_400_000) * 86_400_000 - 86_400_000 + 3_600_000);
+    // Two served requests: one charged 2, one charged nothing past the limit (its shortfall 3), both in the rollup.
+    await inSchema(
+      schema,
+      `INSERT INTO journal_entries (id, user_id, seq, type, amount, balance_after, reserved_after, debt_after, grants, metadata, created_at, hash)
+         VALUES ('e1', 'u', 1, 'deduct', 2, 0, 0, 0, '[]', NULL, '${day.toISOString()}', '\\x00'),
+                ('e2', 'u', 2, 'deduct', 0, 0, 0, 0, '[]', '{"requested":3,"shortfall":3}', '${day.toISOString()}', '\\x00');
+       INSERT INTO usage_daily VALUES ('u', '${day.toISOString().slice(0, 10)}', 'spend', 2, 2, 0, 0, 0);
+       INSERT INTO usage_state VALUES ('u', 2);`,
+    );
+    for (const statement of upgradeStatements({ dialect: "postgres", fromVersion: 1 }))
+      await inSchema(schema, statement);
+    const rows = await client.query(
+      `SELECT credits::int, requests::int, shortfall::int, unit FROM ${quoteIdent("postgres", schema)}.usage_daily`,
+    );
+    expect(rows.rows).toEqual([{ credits: 2, requests: 2, shortfall: 3, unit: "" }]);
   });
 
   it("stats() counts failed (and pending) outbox rows off partial indexes: no scan of the outbox", async () => {

@@ -73,7 +73,12 @@ describe("a module over the module context, from the public entries only", () =>
       await m.credits.addCredits("v", 4);
       const entry = await c.core().chargeUpToLimit("v", 10, { description: "late usage" });
       expect(entry?.amount).toBe(4);
-      expect(await c.core().chargeUpToLimit("v", 3, {})).toBeNull();
+      // Nothing left to charge: the request served still has its entry, of 0 credits, all of it the shortfall.
+      expect(await c.core().chargeUpToLimit("v", 3, {})).toMatchObject({
+        type: "deduct",
+        amount: 0,
+        metadata: { requested: 3, shortfall: 3 },
+      });
       await expect(c.core().deduct("v", 1, {})).rejects.toBeInstanceOf(InsufficientCreditsError);
       expect(c.core().overdraftLimit).toBe(0);
       expect(await m.credits.getUserCreditsInfo("v")).toMatchObject({ balance: 0 });

@@ -20,6 +20,7 @@ import {
   type PaymentProvider,
 } from "../src/index.js";
 import { type DbManager } from "../src/store.js";
+import type { ModuleContext } from "../src/core/module.js";
 import { type JournalEntry, type RevenueRow } from "../src/models-public.js";
 import { testStores, type TestStore } from "./fixtures/stores.js";
 import { catchUpRevenue, getRevenue } from "../src/modules/revenue/service.js";
@@ -711,6 +712,89 @@ function rng(seed: number) {
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
   };
 }
+
+describe.each(stores)("revenue on $name: usage served and not paid, and each unit's figures", (store) => {
+  /** A month's report of account `u` on a fresh store after `run` (the summary's answer checked against the replay). */
+  async function month(
+    run: (credits: CreditService, ctx: ModuleContext) => Promise<void>,
+    groupBy: RevenueQuery["groupBy"] = [],
+    overdraftLimits: Record<string, number | "unlimited"> = {},
+  ) {
+    const opened = await store.open();
+    const db = opened.db;
+    await db.init();
+    try {
+      let ctx: ModuleContext | undefined;
+      const credits = new CreditService({
+        db,
+        clock: () => new Date(T0),
+        overdraftLimits,
+        modules: [{ id: "served-unpaid", init: (c) => void (ctx = c) }],
+      });
+      await run(credits, ctx!);
+      const q = { account: "u", from: dayStart(T0), to: dayStart(T0) + 30 * DAY, interval: null, groupBy } as const;
+      const report = await sameAsReplay(db, q);
+      expect((await credits.audit("u")).problems).toEqual([]);
+      return report.rows.map(({ start: _s, end: _e, ...figures }) => figures);
+    } finally {
+      await db.close();
+      await opened.drop();
+    }
+  }
+
+  it("requests served past the overdraft limit are unbilled credits, in their unit's row when grouped by unit", async () => {
+    const served = async (credits: CreditService, ctx: ModuleContext) => {
+      await credits.addCredits("u", 1, { costBasis: { perCredit: "2", currency: "USD" } });
+      // Three requests of 1 credit served at once on 1 credit, the overdraft limit 0: one paid, two not.
+      for (let i = 0; i < 3; i++) await ctx.chargeUpToLimit("u", 1, { feature: "img" });
+      await ctx.chargeUpToLimit("u", 4, { unit: "images" });
+    };
+    const money = {
+      deferredStart: 0,
+      paid: 2,
+      recognized: 2,
+      breakage: 0,
+      refunds: 0,
+      deferredEnd: 0,
+      unbilledCredits: 0,
+    };
+    const unbilled = (n: number) => ({ ...money, paid: 0, recognized: 0, unbilledCredits: n });
+    expect(await month(served)).toEqual([
+      { currency: "USD", ...money },
+      { currency: null, ...unbilled(2) },
+    ]);
+    expect(await month(served, ["feature"])).toEqual([
+      { currency: "USD", feature: "img", ...money, paid: 0, deferredEnd: 0 },
+      { currency: "USD", feature: null, ...money, recognized: 0 },
+      { currency: null, feature: "img", ...unbilled(2) },
+    ]);
+    expect(await month(served, ["unit"])).toEqual([
+      { currency: "USD", unit: "credits", ...money },
+      { currency: null, unit: "credits", ...unbilled(2) },
+      { currency: null, unit: "images", ...unbilled(4) },
+    ]);
+  });
+
+  it("grouped by unit: each row names its unit, money by the unit its grants sold, debt in its own unit", async () => {
+    const book = async (credits: CreditService) => {
+      await credits.addCredits("u", 10, { costBasis: { perCredit: "1", currency: "USD" } });
+      await credits.addCredits("u", 5, { unit: "images", costBasis: { perCredit: "10", currency: "USD" } });
+      await credits.deductCredits("u", 4);
+      await credits.deductCredits("u", 2, { unit: "images" });
+      await credits.deductCreditsAfterService("u", 6, { unit: "images" }); // 3 from the grant, 3 of debt
+    };
+    const row = { deferredStart: 0, breakage: 0, refunds: 0, unbilledCredits: 0 };
+    expect(await month(book, ["unit"], { images: "unlimited" })).toEqual([
+      { currency: "USD", unit: "credits", ...row, paid: 10, recognized: 4, deferredEnd: 6 },
+      { currency: "USD", unit: "images", ...row, paid: 50, recognized: 50, deferredEnd: 0 },
+      { currency: null, unit: "images", ...row, paid: 0, recognized: 0, deferredEnd: 0, unbilledCredits: 3 },
+    ]);
+    // Not grouped by unit: money adds up across units; another unit's debt is in no row.
+    expect(await month(book, [], { images: "unlimited" })).toEqual([
+      { currency: "USD", ...row, paid: 60, recognized: 54, deferredEnd: 6 },
+    ]);
+  });
+});
 
 describe.each(stores)("revenue on $name: random journals roll forward", (store) => {
   it("recognized + breakage + refunds + deferred = paid, per account and currency, and audit agrees", async () => {

@@ -195,8 +195,26 @@ describe("what counts as usage", () => {
       { amount: 3, model: "b", inputTokens: 5, outputTokens: 1, cachedTokens: 2 },
     ];
     expect(usageParts(entry({ type: "commit_reserved", amount: 9, metadata: { usages } }))).toEqual([
-      { kind: "spend", model: "a", credits: 6, requests: 1, inputTokens: 100, outputTokens: 10, cachedTokens: 0 },
-      { kind: "spend", model: "b", credits: 3, requests: 0, inputTokens: 5, outputTokens: 1, cachedTokens: 2 },
+      {
+        kind: "spend",
+        model: "a",
+        credits: 6,
+        requests: 1,
+        inputTokens: 100,
+        outputTokens: 10,
+        cachedTokens: 0,
+        shortfall: 0,
+      },
+      {
+        kind: "spend",
+        model: "b",
+        credits: 3,
+        requests: 0,
+        inputTokens: 5,
+        outputTokens: 1,
+        cachedTokens: 2,
+        shortfall: 0,
+      },
     ]);
     const cut = usageParts(entry({ type: "commit_reserved", amount: 7, metadata: { usages } }));
     expect(cut.map((p) => [p.model, p.credits])).toEqual([

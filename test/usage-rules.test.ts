@@ -351,7 +351,7 @@ for (const [label, rules] of [
       const rows = await withPgClient(url, (c) =>
         c.query(
           `SELECT user_id, kind, credits::float8 AS "credits", requests::float8 AS "requests", input_tokens::float8 AS "inputTokens", ` +
-            `output_tokens::float8 AS "outputTokens", cached_tokens::float8 AS "cachedTokens" FROM "${schema}".usage_daily`,
+            `output_tokens::float8 AS "outputTokens", cached_tokens::float8 AS "cachedTokens", shortfall::float8 AS "shortfall" FROM "${schema}".usage_daily`,
         ),
       );
       for (const { name, user, e } of accounts) {

@@ -156,10 +156,11 @@ export interface ModuleContext {
   /**
    * An after-service deduction of `amount`, or of what the overdraft limit allows when that is less
    * (usage already delivered), decided inside the unit of work; a clamped entry's metadata adds
-   * `requested` and `shortfall`. Null when the limit allows nothing. A repeated key answers with the
-   * first entry. Its options are validated.
+   * `requested` and `shortfall`; when the limit allows nothing, an entry of 0 credits whose
+   * `shortfall` is the whole amount (a request served leaves its entry, docs/metering.md). A
+   * repeated key answers with the first entry. Its options are validated.
    */
-  chargeUpToLimit(userId: string, amount: number, options: DeductOptions): Promise<JournalEntry | null>;
+  chargeUpToLimit(userId: string, amount: number, options: DeductOptions): Promise<JournalEntry>;
   /**
    * One unit of work of the module's own on `userId`'s account, run as the core runs its operations:
    * load (by `meta.idempotencyKey`, whose repeat is answered by `replay`), settle what time has done,

@@ -57,6 +57,8 @@ const Row = z
       inputTokens: z.number().check(z.int()),
       outputTokens: z.number().check(z.int()),
       cachedTokens: z.number().check(z.int()),
+      /** Credits of the requests served and not paid (docs/metering.md, "Served and not paid"). */
+      shortfall: z.number().check(z.int()),
     }),
     z.nullable(z.string()),
   )
@@ -175,7 +177,7 @@ const tags = ["usage"];
  */
 const REPORT_RATE_COST = 5;
 const CSV_NOTE =
-  "RFC 4180 (CRLF records, a header line): start, end, the grouped dimensions, kind, unit (when a row is in another unit than the default one), credits, requests, inputTokens, outputTokens, cachedTokens. Text that begins with = + - @, a tab or a CR is prefixed with ' (spreadsheet injection). `X-Usage-Truncated: true` when `limit` cut rows.";
+  "RFC 4180 (CRLF records, a header line): start, end, the grouped dimensions, kind, unit (when a row is in another unit than the default one), credits, requests, inputTokens, outputTokens, cachedTokens, shortfall. Text that begins with = + - @, a tab or a CR is prefixed with ' (spreadsheet injection). `X-Usage-Truncated: true` when `limit` cut rows.";
 
 /** The usage routes (docs/usage.md, "Over HTTP"). */
 export const usageRoutes: RouteDefinition[] = [

@@ -19,7 +19,7 @@ import { nextVersion, targetVersion } from "./version.js";
 import { ConfigurationError } from "../core/errors.js";
 import { V1_TAKE_BACK } from "../core/domain/usage.js";
 import { sqlLit } from "./ident.js";
-import { rollupNames } from "./rollup.js";
+import { rollupNames, rollupShortfallStep } from "./rollup.js";
 import { PG_USAGE, SQLITE_USAGE, sqlTest } from "./usage-sql.js";
 
 /** A column added to a table that existed before. */
@@ -97,7 +97,7 @@ export const MIGRATIONS: readonly Migration[] = [
       "accounts, grants, holds and entries record their unit (null: the default unit, which every row a version 1 store holds is in); " +
       "grants record the allowance they were drawn out in (null on the rows there are); " +
       "grant sources and notification types take any lower-case identifier; " +
-      "PostgreSQL's daily usage rollup keys its rows by unit too (the rows there are: the default unit)",
+      "PostgreSQL's daily usage rollup keys its rows by unit too (the rows there are: the default unit) and sums the credits served and not paid (shortfall, on the rows there are from the entries they hold)",
     // hash_version stays NULL on the entries there are: their hash is version 1's (docs/concepts.md).
     columns: [
       { table: "journal", field: "takeBack" },
@@ -128,6 +128,7 @@ export const MIGRATIONS: readonly Migration[] = [
     statements: (dialect, naming, tables) => [
       v1TakeBacks(dialect, tables.get("journal") as SqlTable),
       ...v1RollupUnits(dialect, naming),
+      ...(dialect === "postgres" ? rollupShortfallStep(naming, (tables.get("journal") as SqlTable).qualified) : []),
     ],
   },
 ];

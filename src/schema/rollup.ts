@@ -1,4 +1,4 @@
-import { USAGE_MEASURES, USAGE_RULES, usageKindsOf, type UsageRules } from "../core/domain/usage.js";
+import { USAGE_MEASURES, USAGE_RULES, usageKindsOf, type UsageMeasure, type UsageRules } from "../core/domain/usage.js";
 import { pgIdent as q, pgQualified, sqlLit } from "./ident.js";
 import type { NamingOptions } from "./sql.js";
 import {
@@ -89,13 +89,36 @@ export function rollupDdl(
   "user_id" ${userId} NOT NULL,
   "day" DATE NOT NULL,
   "kind" TEXT NOT NULL CHECK ("kind" IN (${usageKindsOf(rules).map(sqlLit).join(", ")})),
-${USAGE_MEASURES.map((m) => `  ${q(rollupColumn(m))} ${m === "credits" ? "BIGINT" : "NUMERIC"} NOT NULL,`).join("\n")}
+${USAGE_MEASURES.map((m) => `  ${q(rollupColumn(m))} ${rollupType(m)} NOT NULL,`).join("\n")}
   "unit" TEXT NOT NULL DEFAULT '',
   PRIMARY KEY ("user_id", "day", "kind", "unit")
 ) WITH (fillfactor = 70);`,
     // Reports across accounts read a range of days.
     `CREATE INDEX IF NOT EXISTS ${q(`${r.name}_day`)} ON ${r.table} ("day");`,
     `CREATE TABLE IF NOT EXISTS ${r.state} (\n  "user_id" ${userId} PRIMARY KEY,\n  "through_seq" BIGINT NOT NULL\n);`,
+  ];
+}
+
+/** The SQL type of a measure's column: credits are whole numbers, the others sums of metadata numbers. */
+const rollupType = (m: UsageMeasure): string => (m === "credits" || m === "shortfall" ? "BIGINT" : "NUMERIC");
+
+/**
+ * The version 2 step of the rollup's `shortfall` (credits served and not paid, docs/usage.md): the
+ * column, and on the rows there are the shortfall of the entries they hold (seq up to the
+ * account's `through_seq`, by the same rules), so that the rollup stays the journal's. Days whose
+ * entries were archived keep 0. It can run again (it sets, never adds).
+ */
+export function rollupShortfallStep(naming: NamingOptions, journal: string, rules: UsageRules = USAGE_RULES): string[] {
+  const r = rollupNames(naming);
+  const cols = ["user_id", "day", "kind", "unit", ...USAGE_MEASURES.map(rollupColumn)].map(q).join(", ");
+  const held = `(SELECT j.* FROM ${journal} j JOIN ${r.state} st ON st.user_id = j.user_id AND j.seq <= st.through_seq)`;
+  return [
+    `ALTER TABLE IF EXISTS ${r.table} ADD COLUMN IF NOT EXISTS "shortfall" BIGINT NOT NULL DEFAULT 0;`,
+    `ALTER TABLE IF EXISTS ${r.table} ALTER COLUMN "shortfall" DROP DEFAULT;`,
+    `DO $cm$ BEGIN IF to_regclass(${sqlLit(r.table)}) IS NOT NULL AND to_regclass(${sqlLit(r.state)}) IS NOT NULL THEN ` +
+      `UPDATE ${r.table} AS u SET "shortfall" = s."shortfall" FROM (${rollupSums(held, rules)}) AS s(${cols}) ` +
+      `WHERE u.user_id = s.user_id AND u.day = s.day AND u.kind = s.kind AND u.unit = s.unit AND s."shortfall" <> 0; ` +
+      `END IF; END $cm$;`,
   ];
 }
 

@@ -48,7 +48,7 @@ export function sqliteRollupDdl(naming: NamingOptions): string[] {
   "feature" TEXT,
   "spender" TEXT,
   "model" TEXT,
-${USAGE_MEASURES.map((m) => `  "${rollupColumn(m)}" ${m === "credits" ? "INTEGER" : "NUMERIC"} NOT NULL,`).join("\n")}
+${USAGE_MEASURES.map((m) => `  "${rollupColumn(m)}" ${m === "credits" || m === "shortfall" ? "INTEGER" : "NUMERIC"} NOT NULL,`).join("\n")}
   PRIMARY KEY ("user_id", "day", "kind", "dims")
 ) WITHOUT ROWID;`,
     // Reports across accounts read a range of days.

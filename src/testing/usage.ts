@@ -299,12 +299,14 @@ function naive(entries: Map<string, JournalEntry[]>, q: UsageQuery & { from: Dat
             inputTokens: 0,
             outputTokens: 0,
             cachedTokens: 0,
+            shortfall: 0,
           } as unknown as UsageRow);
         row.credits += p.credits;
         row.requests += p.requests;
         row.inputTokens += p.inputTokens;
         row.outputTokens += p.outputTokens;
         row.cachedTokens += p.cachedTokens;
+        row.shortfall += p.shortfall;
         out.set(key, row);
       }
     }
@@ -458,6 +460,64 @@ export function runUsageContract(getDb: () => DbManager, options: PartOptions & 
         ["t3", "large", 9, 1, 6],
         ["t3", null, 0, 0, 0],
       ]);
+      expect((await credits.audit(user)).problems).toEqual([]);
+    });
+
+    it("every request served leaves an entry: one the overdraft limit left unpaid counts as a request and its shortfall (docs/metering.md)", async () => {
+      const credits = usageService(db, clock);
+      const ctx = contexts.get(credits)!;
+      clock.now += HOUR;
+      const from = new Date(clock.now);
+      const user = `usage-${run}-unpaid`;
+      // One credit, the default overdraft limit of 0: three fixed-price requests of 1 served at once
+      // (as a fixed-price route charges them), one paid, two not; then a metered call of 9 on a hold of 4.
+      await credits.addCredits(user, 1);
+      const charges = [];
+      for (let i = 0; i < 3; i++)
+        charges.push(await ctx.chargeUpToLimit(user, 1, { description: "GET /img", feature: "img" }));
+      await credits.addCredits(user, 4);
+      const s = await credits.openMeter(user, { estimate: 4, feature: "chat" });
+      s.recordUsage({ model: "large", inputTokens: 6, outputTokens: 1 }); // 9 credits
+      expect((await s.commit()).shortfall).toBe(5);
+      expect(charges.map((e) => [e.type, e.amount, e.metadata?.shortfall])).toEqual([
+        ["deduct", 1, undefined],
+        ["deduct", 0, 1],
+        ["deduct", 0, 1],
+      ]);
+      const entries = (await credits.getCreditHistory(user, { from, types: ["deduct", "commit_reserved"] })).items;
+      expect(entries.map((e) => [e.type, e.amount, e.metadata?.shortfall]).sort()).toEqual([
+        ["commit_reserved", 4, 5],
+        ["deduct", 0, 1],
+        ["deduct", 0, 1],
+        ["deduct", 1, undefined],
+      ]);
+      const report = async (groupBy: UsageQuery["groupBy"], wholeDays: boolean) => {
+        const q = wholeDays
+          ? {
+              from: new Date(Math.floor(from.getTime() / DAY) * DAY),
+              to: new Date((Math.floor(clock.now / DAY) + 1) * DAY),
+            }
+          : { from, to: new Date(clock.now + MIN) };
+        const r = await credits.getUsage({ account: user, ...q, interval: null, groupBy });
+        return r.rows.map((row) => [
+          ...(groupBy ?? []).map((d) => row[d as UsageDimension]),
+          row.credits,
+          row.requests,
+          row.shortfall,
+        ]);
+      };
+      // From the journal, and over whole UTC days (where a store's rollup answers).
+      for (const wholeDays of [false, true]) {
+        expect(await report([], wholeDays)).toEqual([[5, 4, 7]]);
+        expect(await report(["feature"], wholeDays)).toEqual([
+          ["chat", 4, 1, 5],
+          ["img", 1, 3, 2],
+        ]);
+        expect(await report(["model"], wholeDays)).toEqual([
+          [null, -4, 3, 2],
+          ["large", 9, 1, 5],
+        ]);
+      }
       expect((await credits.audit(user)).problems).toEqual([]);
     });
 

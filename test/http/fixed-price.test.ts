@@ -249,6 +249,39 @@ describe.each(hosts.map((h) => [h.name, h] as const))("fixed-price metering on %
     expect((await m.credits.audit(u)).ok).toBe(true);
   });
 
+  it("every request served leaves an entry: past the overdraft limit (0), one of 0 credits with its shortfall, counted by usage and revenue", async () => {
+    const u = user();
+    await m.credits.addCredits(u, 7);
+    const from = new Date(Date.now() - 60_000);
+    // Ten requests at once on credits for one: each passes the check, each is served.
+    const statuses = await Promise.all(Array.from({ length: 10 }, () => call("/api/slow", u).then((r) => r.status)));
+    expect(statuses).toEqual(Array.from({ length: 10 }, () => 200));
+    await waitFor(() => outcomes[9]);
+    expect(outcomes.map((o) => o.shortfall ?? 0).sort((a, b) => a - b)).toEqual([
+      0,
+      ...Array.from({ length: 9 }, () => 7),
+    ]);
+    const history = (await m.credits.getCreditHistory(u, { types: ["deduct"] })).items;
+    expect(history.map((e) => [e.amount, e.metadata?.shortfall ?? 0]).sort()).toEqual([
+      [0, 7],
+      [0, 7],
+      [0, 7],
+      [0, 7],
+      [0, 7],
+      [0, 7],
+      [0, 7],
+      [0, 7],
+      [0, 7],
+      [7, 0],
+    ]);
+    const to = new Date(Date.now() + 60_000);
+    const usage = await m.credits.getUsage({ account: u, from, to, interval: null });
+    expect(usage.rows.map((r) => [r.kind, r.credits, r.requests, r.shortfall])).toEqual([["spend", 7, 10, 63]]);
+    const revenue = await m.credits.getRevenue({ account: u, from, to, interval: null });
+    expect(revenue.rows.map((r) => [r.currency, r.unbilledCredits])).toEqual([[null, 63]]);
+    expect((await m.credits.audit(u)).ok).toBe(true);
+  });
+
   it("a retry with the same Idempotency-Key runs again but is charged once", async () => {
     const u = user();
     await m.credits.addCredits(u, 100);

@@ -179,6 +179,39 @@ describe("revenue over HTTP", () => {
     expect(csv.text).toMatch(/,USD,,0,1999,200,0,0,1799,0\r\n/);
   });
 
+  it("groups by unit: each row names its unit, each unit's unbilled credits on its own row, in JSON and CSV", async () => {
+    // 5 images at 10 cents, 8 used: 5 paid, 3 past the balance (images may go 3 into debt).
+    const u = await createCreditManager({ clock: () => new Date(clock.t), overdraftLimits: { images: 3 } });
+    try {
+      await u.credits.addCredits("carol", 5, { unit: "images", costBasis: { perCredit: "10", currency: "USD" } });
+      await u.credits.deductCreditsAfterService("carol", 8, { unit: "images" });
+      const h = createCreditHandler(u, { authenticate });
+      const r = await caller(h)(`/admin/credits/revenue?${range()}&interval=none&groupBy=unit`, "admin:ops");
+      expect(r.status).toBe(200);
+      expect(
+        r.body.rows.map((x: Record<string, unknown>) => [x.currency, x.unit, x.paid, x.recognized, x.unbilledCredits]),
+      ).toEqual([
+        ["USD", "images", 50, 50, 0],
+        [null, "images", 0, 0, 3],
+      ]);
+      const csv = await caller(h)(
+        `/admin/credits/revenue.csv?${range()}&interval=none&groupBy=account,unit`,
+        "admin:ops",
+      );
+      expect(csv.status).toBe(200);
+      const lines = csv.text.split("\r\n");
+      expect(lines[0]).toBe(
+        "start,end,currency,account,unit,deferredStartMinor,paidMinor,recognizedMinor,breakageMinor,refundsMinor,deferredEndMinor,unbilledCredits",
+      );
+      expect(lines.slice(1, -1).map((l) => l.split(",").slice(2).join(","))).toEqual([
+        "USD,carol,images,0,50,50,0,0,0,0",
+        ",carol,images,0,0,0,0,0,0,3",
+      ]);
+    } finally {
+      await u.close();
+    }
+  });
+
   it("answers at most `limit` rows, says when it left rows off, and reads no window after now's", async () => {
     const q = `${range()}&interval=day&groupBy=account`;
     const all = await call(`/admin/credits/revenue?${q}`, "admin:ops");

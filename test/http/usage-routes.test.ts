@@ -121,7 +121,9 @@ describe("usage over HTTP", () => {
     expect(r.headers.get("content-type")).toBe("text/csv; charset=utf-8; header=present");
     expect(r.headers.get("content-disposition")).toBe('attachment; filename="usage.csv"');
     const lines = r.text.split("\r\n");
-    expect(lines[0]).toBe("start,end,model,spender,kind,credits,requests,inputTokens,outputTokens,cachedTokens");
+    expect(lines[0]).toBe(
+      "start,end,model,spender,kind,credits,requests,inputTokens,outputTokens,cachedTokens,shortfall",
+    );
     expect(lines.at(-1)).toBe("");
     // The spender that began with `"` is quoted, its quotes doubled; `=` inside is not at the start.
     expect(r.text).toContain(`"""><script>window.__xss=2</script>=1+1"`);
@@ -135,7 +137,7 @@ describe("usage over HTTP", () => {
     expect((await call(`/admin/credits/users/alice/usage.csv?${range()}`, "admin:ops")).status).toBe(200);
     const fleet = await call(`/admin/credits/usage.csv?${range()}&groupBy=account&interval=none`, "admin:ops");
     expect(fleet.text.split("\r\n")[0]).toBe(
-      "start,end,account,kind,credits,requests,inputTokens,outputTokens,cachedTokens",
+      "start,end,account,kind,credits,requests,inputTokens,outputTokens,cachedTokens,shortfall",
     );
     await m.credits.deductCredits("carol", 1, { spender: "=cmd|' /C calc'!A0" }).catch(() => undefined);
     await m.credits.addCredits("carol", 10);

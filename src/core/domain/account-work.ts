@@ -707,12 +707,12 @@ export class AccountWork implements UnitWork {
   /**
    * Charges usage already delivered (docs/concepts.md, "Overdraft and debt"): as much of `requested`
    * as the overdraft limit allows, into debt if need be, with what it could not charge recorded as
-   * the entry's `shortfall`. Null when the limit allows nothing.
+   * the entry's `shortfall`. When the limit allows nothing, an entry of 0 credits whose shortfall is
+   * all of it: every request served leaves its entry (docs/metering.md, "Served and not paid").
    */
-  deductUpToLimit(requested: number, meta: EntryMeta, overdraftLimit: number | null): JournalEntry | null {
+  deductUpToLimit(requested: number, meta: EntryMeta, overdraftLimit: number | null): JournalEntry {
     this.inUnit(meta.unit);
     const charge = chargeWithinLimit(requested, this.headroom(overdraftLimit, spendOf(meta)));
-    if (charge === 0) return null;
     return this.deduct(charge, shortfallMeta(meta, requested, charge), { allowDebt: true, overdraftLimit });
   }
 

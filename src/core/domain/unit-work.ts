@@ -114,9 +114,9 @@ export interface UnitWork {
   ): JournalEntry;
   /**
    * Charges usage already delivered: as much of `requested` as the overdraft limit allows, the rest
-   * recorded as the entry's `shortfall`. Null when the limit allows nothing.
+   * recorded as the entry's `shortfall` (an entry of 0 credits when the limit allows nothing).
    */
-  deductUpToLimit(requested: number, meta: EntryMeta, overdraftLimit: number | null): JournalEntry | null;
+  deductUpToLimit(requested: number, meta: EntryMeta, overdraftLimit: number | null): JournalEntry;
   /**
    * Places a hold of `requested` credits for `ttlSeconds` (a `reserve` entry); with `minimum`, of
    * as much as there is room for, refused below `minimum`.

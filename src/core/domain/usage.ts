@@ -96,6 +96,8 @@ export interface UsageBucket {
   outputTokens: number;
   /** Cached input tokens of the bucket. */
   cachedTokens: number;
+  /** Credits of the bucket's requests served and not paid (the overdraft limit's shortfall); absent: 0. */
+  shortfall?: number;
 }
 
 /** One part of an entry's usage: the entry, or one model's share of it. */
@@ -115,7 +117,7 @@ const text = (v: unknown): string | null => (typeof v === "string" ? v : null);
 // ---- The rules: one table every store compiles ----
 
 /** What a usage report sums, per row. @beta */
-export type UsageMeasure = "credits" | "requests" | "inputTokens" | "outputTokens" | "cachedTokens";
+export type UsageMeasure = "credits" | "requests" | "inputTokens" | "outputTokens" | "cachedTokens" | "shortfall";
 /** Every `UsageMeasure`, in the order of a row's fields. */
 export const USAGE_MEASURES: readonly UsageMeasure[] = [
   "credits",
@@ -123,6 +125,7 @@ export const USAGE_MEASURES: readonly UsageMeasure[] = [
   "inputTokens",
   "outputTokens",
   "cachedTokens",
+  "shortfall",
 ];
 /** A value of each measure. @beta */
 export type UsageSums = Record<UsageMeasure, number>;
@@ -218,6 +221,7 @@ const TAKE_BACK_RULE: UsageKindRule = {
     inputTokens: [{ when: [], then: 0 }],
     outputTokens: [{ when: [], then: 0 }],
     cachedTokens: [{ when: [], then: 0 }],
+    shortfall: [{ when: [], then: 0 }],
   },
   parts: [],
 };
@@ -239,8 +243,9 @@ const ownParts = (array: readonly string[]): UsagePartSource => ({
     inputTokens: "inputTokens",
     outputTokens: "outputTokens",
     cachedTokens: "cachedTokens",
+    shortfall: "shortfall",
   },
-  balanced: ["credits", "requests"],
+  balanced: ["credits", "requests", "shortfall"],
 });
 
 /**
@@ -292,6 +297,13 @@ export const USAGE_RULES: UsageRules = {
         inputTokens: [{ when: [], then: 0 }],
         outputTokens: [{ when: [], then: 0 }],
         cachedTokens: [{ when: [], then: 0 }],
+        // Credits served and not charged: the overdraft limit's cut, recorded by the library on
+        // the charge (docs/metering.md, "Served and not paid"); never on a reversal.
+        shortfall: [
+          { when: [{ type: ["reverse"] }], then: 0 },
+          { when: [{ metadata: ["shortfall"], is: "number" }], then: { metadata: ["shortfall"] } },
+          { when: [], then: 0 },
+        ],
       },
       parts: [
         ownParts(["reversal", "parts"]),
@@ -307,6 +319,7 @@ export const USAGE_RULES: UsageRules = {
             inputTokens: "inputTokens",
             outputTokens: "outputTokens",
             cachedTokens: "cachedTokens",
+            shortfall: null,
           },
           balanced: ["credits", "requests"],
         },
@@ -717,6 +730,7 @@ export function usageRows(buckets: readonly UsageBucket[], scan: UsageScan): { r
       inputTokens: b.inputTokens,
       outputTokens: b.outputTokens,
       cachedTokens: b.cachedTokens,
+      shortfall: b.shortfall ?? 0,
     };
     return row;
   });
@@ -781,7 +795,7 @@ export function rollupAuditScan(
 const sums = (x: UsageSums | undefined): string =>
   x === undefined
     ? "none"
-    : `credits ${x.credits}, requests ${x.requests}, tokens ${x.inputTokens}/${x.outputTokens}/${x.cachedTokens}`;
+    : `credits ${x.credits}, requests ${x.requests}, tokens ${x.inputTokens}/${x.outputTokens}/${x.cachedTokens}${x.shortfall === 0 ? "" : `, shortfall ${x.shortfall}`}`;
 
 const unitOf = (x: { unit?: string | null }): string => (x.unit == null ? "" : ` ${x.unit}`);
 const sameSums = (a: UsageSums, b: UsageSums): boolean => USAGE_MEASURES.every((m) => a[m] === b[m]);
@@ -811,7 +825,7 @@ export function rollupProblems(
   const journal = new Map<string, UsageSums>();
   for (const b of buckets) {
     const day = new Date(from + b.window * DAY).toISOString().slice(0, 10);
-    journal.set(`${day} ${b.kind}${unitOf(b)}`, b);
+    journal.set(`${day} ${b.kind}${unitOf(b)}`, { ...b, shortfall: b.shortfall ?? 0 });
   }
   const firstDay = new Date(from).toISOString().slice(0, 10);
   for (const r of rows) {
@@ -868,6 +882,8 @@ export function reversalMetadata(
       inputTokens: last ? p.inputTokens : 0,
       outputTokens: last ? p.outputTokens : 0,
       cachedTokens: last ? p.cachedTokens : 0,
+      // What was served and not paid stays so: a reversal gives back credits charged.
+      shortfall: 0,
     };
     requests += part.requests;
     if (credits !== 0 || (last && USAGE_MEASURES.some((m) => part[m] !== 0))) out.push(part);
@@ -882,7 +898,14 @@ export function reversalMetadata(
 const CAPTURE_ONLY_KEYS = new Set(["usages", "leaseWindow", "requested", "shortfall", "reversal"]);
 
 /** Every measure at zero (spread it into a new bucket or part). */
-export const NO_MEASURES: UsageSums = { credits: 0, requests: 0, inputTokens: 0, outputTokens: 0, cachedTokens: 0 };
+export const NO_MEASURES: UsageSums = {
+  credits: 0,
+  requests: 0,
+  inputTokens: 0,
+  outputTokens: 0,
+  cachedTokens: 0,
+  shortfall: 0,
+};
 
 /**
  * `x` of `total` credits split over `parts` in proportion to their credits (whose sum is `total`),

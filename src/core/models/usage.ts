@@ -138,6 +138,11 @@ export interface UsageRow {
   outputTokens: number;
   /** Input tokens read from a prompt cache (LLM usage); 0 when none. */
   cachedTokens: number;
+  /**
+   * Credits of `requests` served and not paid: what the overdraft limit left uncharged of a metered
+   * request or call (docs/metering.md, "Served and not paid"), not in `credits`; 0 when none.
+   */
+  shortfall: number;
   /** `metadata.<key>` groups: the entry's value as text (null when absent or not a string/number/boolean). */
   [metadata: `metadata.${string}`]: string | null;
 }

@@ -227,10 +227,11 @@ export class CreditCore {
    * An after-service deduction of `amount`, or of what the overdraft limit allows when that is less
    * (the metering of a call that outlived its hold: the usage was delivered). Decided inside the unit
    * of work, so the account cannot move in between; a clamped entry's metadata adds `requested` and
-   * `shortfall`. Resolves to null when the limit allows nothing. A repeated key answers with the
-   * first entry, as `deductCreditsAfterService` does.
+   * `shortfall`; when the limit allows nothing, an entry of 0 credits whose `shortfall` is all of
+   * it (docs/metering.md, "Served and not paid"). A repeated key answers with the first entry, as
+   * `deductCreditsAfterService` does.
    */
-  async chargeUpToLimit(userId: string, amount: number, options: DeductOptions): Promise<JournalEntry | null> {
+  async chargeUpToLimit(userId: string, amount: number, options: DeductOptions): Promise<JournalEntry> {
     const o = parse(DeductOptions, options, "options");
     const meta = this.meta("deductCreditsAfterService", o, () => ({ amount, ...options }));
     return this.units.mutate("deductCreditsAfterService", userId, meta, (work) =>

@@ -596,7 +596,7 @@ export class PostgresDbManager extends StoreBase implements DbManager {
       await this.catchUpUsageRollup(userId);
       const rows = await this.read(
         "usageRollup",
-        `SELECT to_char(day, 'YYYY-MM-DD') AS day, kind, unit, credits, requests, input_tokens, output_tokens, cached_tokens ` +
+        `SELECT to_char(day, 'YYYY-MM-DD') AS day, kind, unit, credits, requests, input_tokens, output_tokens, cached_tokens, shortfall ` +
           `FROM ${rollupNames(this.sql.naming).table} WHERE user_id = $1 ORDER BY day, kind, unit`,
         [userId],
       );
@@ -609,6 +609,7 @@ export class PostgresDbManager extends StoreBase implements DbManager {
         inputTokens: Number(r.input_tokens),
         outputTokens: Number(r.output_tokens),
         cachedTokens: Number(r.cached_tokens),
+        shortfall: Number(r.shortfall),
       }));
     });
   }

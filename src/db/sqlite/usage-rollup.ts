@@ -119,6 +119,7 @@ export class SqliteUsageRollup {
             inputTokens: 0,
             outputTokens: 0,
             cachedTokens: 0,
+            shortfall: 0,
           };
           rows.set(key, row);
         }

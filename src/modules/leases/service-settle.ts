@@ -150,9 +150,8 @@ export async function settleLease(
           return roll(null);
         }
         // The hold lapsed: the usage was delivered, so it is charged after service.
-        const entry = work.deductUpToLimit(s.used, meta, limit);
-        if (entry === null) keyed = false;
-        return roll(entry);
+        // (Past the overdraft limit, an entry of what it allows, 0 included, with the shortfall.)
+        return roll(work.deductUpToLimit(s.used, meta, limit));
       };
       if (s.holdId === null) return charge(null);
       let hold: Reservation;

@@ -28,7 +28,7 @@ CREDIT_SQLITE_PATH, or --sqlite FILE), opened without init(); nothing is written
                          ISO 8601 date-time with its offset
   --time-zone TZ         IANA zone of the month and the windows (default UTC)
   --interval I           month (default), week, day, hour, or none (one window)
-  --group-by D,...       Split by account, source, plan, feature, spender (comma-separated or repeated)
+  --group-by D,...       Split by account, source, plan, feature, spender, unit (comma-separated or repeated)
   --account ID           One account (default: every account of the store)
   --limit N              Most rows, 1-100000 (default 10000): the first by window, currency and
                          groups; a report cut short says so (no window after the one holding now)
@@ -84,7 +84,9 @@ async function revenue(args: readonly string[], io: CliIo, source: StoreSource, 
   const groupBy = (values["group-by"] ?? []).flatMap((g) => g.split(",")).map((g) => g.trim());
   for (const g of groupBy)
     if (!RevenueDimension.safeParse(g).success)
-      throw new UsageError(`--group-by takes account, source, plan, feature and spender, not ${JSON.stringify(g)}`);
+      throw new UsageError(
+        `--group-by takes account, source, plan, feature, spender and unit, not ${JSON.stringify(g)}`,
+      );
   if (values.account !== undefined) parse(UserId, values.account, "--account");
   const limit = values.limit === undefined ? undefined : Number(values.limit);
   if (limit !== undefined && !(/^\d+$/.test(values.limit ?? "") && limit >= 1 && limit <= MAX_REVENUE_ROWS))

@@ -2,7 +2,7 @@ import * as z from "zod/mini";
 import { DateInput, UserId } from "../../core/models/common.js";
 import { TimeZone, UsageInterval } from "../../core/models/usage.js";
 /** A dimension a revenue report is split by (docs/revenue.md, "The report"); currency always is. @public */
-export const RevenueDimension = z.enum(["account", "source", "plan", "feature", "spender"]);
+export const RevenueDimension = z.enum(["account", "source", "plan", "feature", "spender", "unit"]);
 /** A dimension a revenue report is split by (docs/revenue.md, "The report"); currency always is. @public */
 export type RevenueDimension = z.infer<typeof RevenueDimension>;
 
@@ -42,7 +42,7 @@ export const RevenueQuery = z.strictObject({
   /** IANA time zone of the windows (DST-correct). Default "UTC". */
   timeZone: z.optional(TimeZone),
   /** Dimensions each row is split by besides currency, each once. Default: none. */
-  groupBy: z.optional(z.array(RevenueDimension).check(z.maxLength(5))),
+  groupBy: z.optional(z.array(RevenueDimension).check(z.maxLength(6))),
   /**
    * Most rows answered, 1–100,000; default 10,000. The rows kept are the first in the report's
    * order (by window, then currency, then the `groupBy` values); `truncated` says rows were left off.
@@ -79,6 +79,11 @@ export interface RevenueRow {
   feature?: string | null;
   /** The spender, when grouped by spender. */
   spender?: string | null;
+  /**
+   * The unit (docs/units.md) the row's credits are in, by name (`credits`: the default unit), when
+   * grouped by unit: money figures of the grants of that unit, `unbilledCredits` in that unit.
+   */
+  unit?: string;
   /** Paid credits not yet used at `start`, at their basis. */
   deferredStart: number;
   /** Credits sold in the window: the value of additions with a cost basis (debt they paid included). */
@@ -93,7 +98,9 @@ export interface RevenueRow {
   deferredEnd: number;
   /**
    * Credits of usage past the balance (debt) in the window: no basis yet; recognized when a paid
-   * addition pays it. The default unit's only (docs/units.md): another unit's debt is in its figures.
+   * addition pays it, and usage served past the overdraft limit and never charged (its `shortfall`,
+   * docs/metering.md). The default unit's only (docs/units.md), unless grouped by `unit`: then each
+   * unit's row has that unit's, in that unit.
    */
   unbilledCredits: number;
 }

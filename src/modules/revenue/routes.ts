@@ -19,7 +19,7 @@ import { rangeOf, UsageParams } from "../../http/usage-routes.js";
  */
 export const RevenueParams = z.extend(z.pick(UsageParams, { from: true, to: true, interval: true, timeZone: true }), {
   /** Dimensions each row is split by besides currency (comma-separated or repeated), each once. */
-  groupBy: z.optional(z.array(RevenueDimension).check(z.maxLength(5))),
+  groupBy: z.optional(z.array(RevenueDimension).check(z.maxLength(6))),
   /** One account; absent: every account. */
   account: z.optional(UserId),
   /** Most rows, 1–100,000. Default 10,000: the first in the report's order. */
@@ -43,13 +43,20 @@ const Row = z
       breakage: money.check(z.describe("Paid credits expired or voided unused")),
       refunds: money.check(z.describe("What refunds and lost disputes took back")),
       deferredEnd: money.check(z.describe("Paid credits not yet used at `end`, at their basis")),
-      unbilledCredits: z.number().check(z.int(), z.describe("Credits of usage past the balance (debt): no basis yet")),
+      unbilledCredits: z
+        .number()
+        .check(
+          z.int(),
+          z.describe(
+            "Credits of usage past the balance (debt) and served past the overdraft limit: no basis; the default unit's, or grouped by unit the row's unit's",
+          ),
+        ),
     }),
     z.nullable(z.string()),
   )
   .check(
     z.describe(
-      "A window, a currency, the grouped dimensions' values (account, source, plan, feature, spender) and the figures",
+      "A window, a currency, the grouped dimensions' values (account, source, plan, feature, spender, unit) and the figures",
     ),
   );
 export const RevenueReportSchema = z.object({

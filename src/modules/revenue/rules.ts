@@ -6,6 +6,7 @@
 import type { CostBasis, Grant, JournalEntry } from "../../core/models/index.js";
 import type { RevenueDimension, RevenueRow } from "./model.js";
 import { ValidationError } from "../../core/errors.js";
+import { DEFAULT_UNIT } from "../../core/models/common.js";
 import { rateOf, sameBasis, valueAt, type Rate } from "../../core/domain/cost-basis.js";
 import { windowIndex } from "../../core/domain/usage.js";
 
@@ -28,6 +29,8 @@ export interface Lot {
   gone: number;
   /** The payment (`metadata.paymentId`) whose addition made the lot, if any: what it earns is that payment's. */
   payment: string | null;
+  /** The unit of its grant (null: the default one), read by reports grouped by unit (not kept in a saved state). */
+  unit?: string | null;
 }
 
 /** A paid addition of a payment (`metadata.paymentId`), for its refunds. */
@@ -46,6 +49,8 @@ export interface Payment {
   recognized: number;
   /** What its credits broke (expired or voided unused) so far, less what refunds reversed of it. */
   broken: number;
+  /** The unit of its grant (null: the default one), as its lot's. */
+  unit?: string | null;
 }
 
 /**
@@ -141,6 +146,22 @@ export function parseRevenueState(text: string): RevenueState {
   };
 }
 
+/**
+ * Credits of usage served and not charged: the `shortfall` the library records on a charge the
+ * overdraft limit cut (an entry of 0 credits when it allowed nothing, docs/metering.md "Served and
+ * not paid"). `unbilledCredits` counts it (docs/revenue.md, decision 4), as usage reports do.
+ */
+export function servedUnpaid(e: Pick<JournalEntry, "type" | "metadata">): number {
+  if (e.type !== "deduct" && e.type !== "commit_reserved") return 0;
+  const v = e.metadata?.shortfall;
+  return typeof v === "number" && Number.isSafeInteger(v) && v > 0 ? v : 0;
+}
+
+/** The name of the unit of a grant or an entry, for a report grouped by unit (docs/revenue.md, decision 4). */
+function unitKey(x: { unit?: string | null } | null): string {
+  return x?.unit ?? DEFAULT_UNIT;
+}
+
 /** Figures of one group in one window (`deferredStart`/`deferredEnd` filled per row at the end). */
 export interface Sums {
   paid: number;
@@ -180,6 +201,8 @@ export interface Key {
   plan: string | null;
   feature: string | null;
   spender: string | null;
+  /** The unit by name (`DEFAULT_UNIT` for the default one) when grouped by unit; else null. */
+  unit: string | null;
 }
 
 /**
@@ -233,6 +256,7 @@ export class RevenueAccumulator {
     const { lots, payments, holds } = state;
     const bySource = this.groupBy.includes("source");
     const byPlan = this.groupBy.includes("plan");
+    const byUnit = this.groupBy.includes("unit");
     const deferred = new Map<string, number>(); // group key → running deferred value
     const deferredKeys = new Map<string, Key>();
     let nextBoundary = 0; // index of the next boundary to record deferred at
@@ -244,13 +268,18 @@ export class RevenueAccumulator {
       }
     };
     /** The group of a figure of credits sold as `g` (null: debt), under entry `e`'s feature and spender. */
-    const key = (currency: string | null, g: Pick<Lot, "source" | "plan"> | null, e: JournalEntry | null): Key => ({
+    const key = (
+      currency: string | null,
+      g: Pick<Lot, "source" | "plan" | "unit"> | null,
+      e: JournalEntry | null,
+    ): Key => ({
       currency,
       account: userId,
       source: bySource ? (g?.source ?? null) : null,
       plan: byPlan ? (g?.plan ?? null) : null,
       feature: e === null ? null : (e.feature ?? null),
       spender: e === null ? null : (e.spender ?? null),
+      unit: byUnit ? unitKey(g === null ? e : g) : null,
     });
     const shift = (lot: Lot, delta: number) => {
       const k = key(lot.currency, lot, null);
@@ -278,7 +307,7 @@ export class RevenueAccumulator {
      * unit's `debt`.
      */
     const unbilled = (e: JournalEntry, credits: number) => {
-      if ((e.unit ?? null) === null) add(key(null, null, e), "unbilledCredits", credits);
+      if (byUnit || (e.unit ?? null) === null) add(key(null, null, e), "unbilledCredits", credits);
     };
     /** `v` of `lot`'s credits recognized or broken: its payment's (what a refund of it may reverse). */
     const earned = (lot: Lot, figure: "recognized" | "breakage", v: number) => {
@@ -329,7 +358,7 @@ export class RevenueAccumulator {
               : grantId === undefined
                 ? undefined
                 : grants?.get(grantId);
-          const groups = { source: of?.source ?? null, plan: of?.plan ?? null };
+          const groups = { source: of?.source ?? null, plan: of?.plan ?? null, unit: e.unit ?? null };
           const rate = rateOf(b.perCredit);
           add(key(b.currency, groups, null), "paid", valueAt(rate, e.amount));
           if (debtPaid > 0) add(key(b.currency, groups, null), "recognized", valueAt(rate, debtPaid));
@@ -379,6 +408,8 @@ export class RevenueAccumulator {
             unbilled(e, past);
             if (p !== null) reverse(p, past, e);
           }
+          // Usage served past the overdraft limit, never charged: unbilled too (decision 4).
+          unbilled(e, servedUnpaid(e));
           if (alloc !== undefined && [...alloc.values()].every((v) => v <= 0)) holds.delete(e.reservationId ?? "");
           break;
         }
@@ -578,6 +609,7 @@ export class RevenueAccumulator {
             );
         for (const dim of this.groupBy) {
           if (dim === "account") row.account = k.account;
+          else if (dim === "unit") row.unit = k.unit ?? DEFAULT_UNIT;
           else row[dim] = k[dim];
         }
         yield row;

@@ -26,6 +26,7 @@ import {
   MAX_REVENUE_RANGE_DAYS,
   MAX_REVENUE_WINDOWS,
   RevenueQuery,
+  type RevenueDimension,
   type RevenueReport,
   type RevenueRow,
 } from "./model.js";
@@ -107,7 +108,7 @@ export async function getRevenue(
     }
   };
   const summary = revenueSummaryOf(db);
-  if (summary !== undefined && options.path !== "replay" && boundaries.every((b) => b % DAY === 0)) {
+  if (summary !== undefined && options.path !== "replay" && summaryAnswers(groupBy, boundaries)) {
     await catchUp(summary, q.account ?? null);
     const read = await summary.readRevenue({ account: q.account ?? null, boundaries, groupBy });
     await addSummary(sum, read, boundaries.length, pause);
@@ -135,6 +136,15 @@ export async function getRevenue(
     await pause();
   }
   return { rows, truncated: false, timeZone };
+}
+
+/**
+ * Whether a store's revenue summary answers a report (docs/revenue.md, "How it is computed"): its
+ * windows start at UTC midnights, and it is not grouped by unit (the summary keeps no unit: such a
+ * report reads the journal).
+ */
+function summaryAnswers(groupBy: readonly RevenueDimension[], boundaries: readonly number[]): boolean {
+  return !groupBy.includes("unit") && boundaries.every((b) => b % DAY === 0);
 }
 
 /** The source and plan of each of `userId`'s grants, by id. */
@@ -341,6 +351,7 @@ async function addSummary(
     plan: r.plan,
     feature: e?.feature ?? null,
     spender: e?.spender ?? null,
+    unit: null,
   });
   const deferredId = (r: Groups) => JSON.stringify([r.currency, r.account, r.source, r.plan]);
   /** Per deferred group: the change of deferred in each window (index `windows`: after the last). */

@@ -3,13 +3,14 @@ import { DEFAULT_UNIT } from "../../core/models/common.js";
 import { toCsv } from "../../util/csv.js";
 
 /** The columns after the dimensions, each a field of the usage row. */
-const COLUMNS = ["kind", "credits", "requests", "inputTokens", "outputTokens", "cachedTokens"] as const;
+const COLUMNS = ["kind", "credits", "requests", "inputTokens", "outputTokens", "cachedTokens", "shortfall"] as const;
 
 /**
  * A usage report as CSV (docs/usage.md, "Over HTTP"): RFC 4180, a header line, then a row per usage
  * row — `start`, `end` (ISO 8601, UTC), the dimensions of `groupBy` in its order, `kind`, `unit`
  * when a row of the report is in another unit than the default one (docs/units.md; the default
- * one's rows say `credits`), `credits`, `requests`, `inputTokens`, `outputTokens`, `cachedTokens`.
+ * one's rows say `credits`), `credits`, `requests`, `inputTokens`, `outputTokens`, `cachedTokens`, `shortfall`
+ * (credits served and not paid).
  * Text that a spreadsheet would run as a formula (beginning with `=`, `+`, `-`, `@`, a tab or a CR)
  * is prefixed with `'`.
  * @public
