@@ -666,6 +666,11 @@ export function revenueProblems(
   const byId = new Map(stored.grants.map((g) => [g.id, g]));
   const debtPaidOf = new Map<string, number>();
   for (const e of entries) {
+    // A grant that started later paid debt at its start (docs/units.md, "Grants that start later"):
+    // its amount is what was left, from the position after those credits.
+    if (e.type === "start")
+      for (const p of e.grants)
+        if (p.kind === "debt_paid") debtPaidOf.set(p.grantId, (debtPaidOf.get(p.grantId) ?? 0) + p.amount);
     if (e.type !== "add") continue;
     const drawn = e.grants.reduce((s, g) => s + g.amount, 0);
     for (const p of e.grants) {
