@@ -26,11 +26,11 @@ export interface Lot {
    * lot's again, from position `offset + gone`.
    */
   gone: number;
-  /** The payment (`metadata.paymentId`) whose addition made the lot, if any: what it earns is that payment's. */
+  /** The payment (`JournalEntry.paymentId`) whose addition made the lot, if any: what it earns is that payment's. */
   payment: string | null;
 }
 
-/** A paid addition of a payment (`metadata.paymentId`), for its refunds. */
+/** A paid addition of a payment (`JournalEntry.paymentId`), for its refunds. */
 export interface Payment {
   rate: Rate;
   currency: string;
@@ -229,7 +229,7 @@ export class RevenueAccumulator {
     grants?: ReadonlyMap<string, GrantGroups>,
     state: RevenueState = emptyRevenueState(),
   ): RevenueState {
-    /** Paid additions by payment id (`metadata.paymentId`), for refunds. */
+    /** Paid additions by payment id (`JournalEntry.paymentId`), for refunds. */
     const { lots, payments, holds } = state;
     const bySource = this.groupBy.includes("source");
     const byPlan = this.groupBy.includes("plan");
@@ -310,8 +310,9 @@ export class RevenueAccumulator {
       const t = e.createdAt.getTime();
       record(t);
       w = windowIndex(this.boundaries, t);
-      const paymentId = typeof e.metadata?.paymentId === "string" ? e.metadata.paymentId : null;
-      // A payment's take-back as the library recorded it (never the metadata's say: docs/revenue.md).
+      // The payment an addition credits or a take-back takes back from, and a payment's take-back,
+      // as the payments module recorded them (never the metadata's say: docs/revenue.md, "Payments").
+      const paymentId = e.paymentId ?? null;
       const takeBack = e.takeBack != null;
       switch (e.type) {
         case "add": {
