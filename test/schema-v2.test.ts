@@ -2,8 +2,11 @@
 // by init() on SQLite, PostgreSQL and MongoDB, and keeps what version 1 read its entries as: a
 // deduction or void with a payment's take-back metadata (`paymentId`, `refundedAmount`) was a refund
 // (a clawback when described "Lost dispute …"), and stays one, recorded in `takeBack`; the entries
-// keep their version 1 hashes (no `hashVersion`, no key) and audit clean under a keyed manager. After
-// the upgrade, a caller's entry with the same metadata is spend, and new entries are signed.
+// keep their version 1 hashes (no `hashVersion`, no key) and audit clean under a keyed manager. The
+// payment an entry credits or takes back from (`paymentId`) is set from what version 1 wrote: the
+// payment's row naming its addition, a take-back's metadata naming one of the account's payments;
+// a caller's addition naming a payment in its metadata has none. After the upgrade, a caller's
+// entry with the same metadata is spend, and new entries are signed.
 import { randomUUID } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
