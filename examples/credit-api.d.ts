@@ -1417,6 +1417,7 @@ export interface operations {
                             prevHash: string | null;
                             hash: string;
                             takeBack?: ("refund" | "clawback") | null;
+                            paymentId?: string | null;
                             hashVersion?: number | null;
                             keyId?: string | null;
                             scope?: {
@@ -1927,6 +1928,7 @@ export interface operations {
                             prevHash: string | null;
                             hash: string;
                             takeBack?: ("refund" | "clawback") | null;
+                            paymentId?: string | null;
                             hashVersion?: number | null;
                             keyId?: string | null;
                             scope?: {
@@ -2103,6 +2105,7 @@ export interface operations {
                             prevHash: string | null;
                             hash: string;
                             takeBack?: ("refund" | "clawback") | null;
+                            paymentId?: string | null;
                             hashVersion?: number | null;
                             keyId?: string | null;
                             scope?: {
@@ -2407,6 +2410,7 @@ export interface operations {
                             prevHash: string | null;
                             hash: string;
                             takeBack?: ("refund" | "clawback") | null;
+                            paymentId?: string | null;
                             hashVersion?: number | null;
                             keyId?: string | null;
                             scope?: {
@@ -2811,6 +2815,7 @@ export interface operations {
                         prevHash: string | null;
                         hash: string;
                         takeBack?: ("refund" | "clawback") | null;
+                        paymentId?: string | null;
                         hashVersion?: number | null;
                         keyId?: string | null;
                         scope?: {
@@ -2971,6 +2976,7 @@ export interface operations {
                         prevHash: string | null;
                         hash: string;
                         takeBack?: ("refund" | "clawback") | null;
+                        paymentId?: string | null;
                         hashVersion?: number | null;
                         keyId?: string | null;
                         scope?: {
@@ -3145,6 +3151,7 @@ export interface operations {
                         prevHash: string | null;
                         hash: string;
                         takeBack?: ("refund" | "clawback") | null;
+                        paymentId?: string | null;
                         hashVersion?: number | null;
                         keyId?: string | null;
                         scope?: {
@@ -3296,6 +3303,7 @@ export interface operations {
                             prevHash: string | null;
                             hash: string;
                             takeBack?: ("refund" | "clawback") | null;
+                            paymentId?: string | null;
                             hashVersion?: number | null;
                             keyId?: string | null;
                             scope?: {
@@ -3343,6 +3351,7 @@ export interface operations {
                             prevHash: string | null;
                             hash: string;
                             takeBack?: ("refund" | "clawback") | null;
+                            paymentId?: string | null;
                             hashVersion?: number | null;
                             keyId?: string | null;
                             scope?: {
@@ -3728,6 +3737,7 @@ export interface operations {
                         prevHash: string | null;
                         hash: string;
                         takeBack?: ("refund" | "clawback") | null;
+                        paymentId?: string | null;
                         hashVersion?: number | null;
                         keyId?: string | null;
                         scope?: {
@@ -8138,6 +8148,7 @@ export interface operations {
                             prevHash: string | null;
                             hash: string;
                             takeBack?: ("refund" | "clawback") | null;
+                            paymentId?: string | null;
                             hashVersion?: number | null;
                             keyId?: string | null;
                             scope?: {

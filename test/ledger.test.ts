@@ -60,7 +60,7 @@ describe("ledger", () => {
     const journal = await db.listJournal("ü-ser ☕", { order: "asc", limit: 10 });
     // The line is the entry's hashed text: spender and feature are in it only when the entry names
     // them (docs/teams-and-limits.md), a cost basis and an addition's source only when it has one
-    // (docs/revenue.md), and a reversal's charge, an entry's occurredAt, its take-back, key id and grant
+    // (docs/revenue.md), and a reversal's charge, an entry's occurredAt, its take-back and payment, key id and grant
     // scope, a later grant's start and a unit only when set (docs/concepts.md, docs/units.md), as in the hash; the hash version is not in the hashed
     // text (the fields version 2 adds are), so not in the line.
     const stored = journal.map((e) => {
@@ -72,6 +72,7 @@ describe("ledger", () => {
         reverses,
         occurredAt,
         takeBack,
+        paymentId,
         hashVersion: _hashVersion,
         keyId,
         scope,
@@ -88,6 +89,7 @@ describe("ledger", () => {
         ...(reverses === null ? {} : { reverses }),
         ...(occurredAt === null ? {} : { occurredAt }),
         ...(takeBack === null ? {} : { takeBack }),
+        ...(paymentId === null ? {} : { paymentId }),
         ...(keyId === null ? {} : { keyId }),
         ...(scope === null ? {} : { scope }),
         ...(effectiveAt === null ? {} : { effectiveAt }),

@@ -13,13 +13,23 @@ import { runCli } from "../src/cli/run.js";
 const uri = process.env.CREDIT_MONGO_URI;
 
 /** Recorded calls of a mongosh script run against a stand-in `db` that answers from a snapshot. */
-type Call = { op: "createCollection"; name: string; options: Document } | { op: "runCommand"; command: Document };
+type Call =
+  | { op: "createCollection"; name: string; options: Document }
+  | { op: "runCommand"; command: Document }
+  | { op: "updateMany"; name: string; filter: Document; update: Document };
 
 function runScript(script: string, state: Map<string, Document[]>): Call[] {
   const calls: Call[] = [];
   const db = {
     getCollectionNames: () => [...state.keys()],
-    getCollection: (name: string) => ({ getIndexes: () => state.get(name) ?? [] }),
+    // A collection's snapshot is its indexes, and its documents for `find`.
+    getCollection: (name: string) => ({
+      getIndexes: () => state.get(name) ?? [],
+      find: () => ({ forEach: (f: (d: Document) => void) => (state.get(name) ?? []).forEach(f) }),
+      updateMany: (filter: Document, update: Document) => {
+        calls.push({ op: "updateMany", name, filter, update });
+      },
+    }),
     createCollection: (name: string, options: Document = {}) => {
       calls.push({ op: "createCollection", name, options });
     },
@@ -150,6 +160,27 @@ describe("mongodb schema script (no server needed)", () => {
       expect(JSON.stringify(update!.q.$expr)).toContain("refundedAmount");
     }
     expect(generateMongoScript({ prefix: "cm_", fromVersion: SCHEMA_VERSION })).not.toContain('{"$set":{"takeBack"');
+  });
+
+  it("from version 1, sets paymentId on the journal documents of payments: an addition its payment names, a take-back naming one of the account's payments", () => {
+    const script = generateMongoScript({ prefix: "cm_", fromVersion: 1 });
+    const payment = { _id: "pay-1", userId: "u1", creditEntryId: "e-1" };
+    const calls = runScript(
+      script,
+      new Map([
+        ["cm_journal", []],
+        ["cm_payments", [payment]],
+      ]),
+    );
+    const links = calls.flatMap((c) => (c.op === "updateMany" && c.name === "cm_journal" ? [c] : []));
+    expect(links.map((c) => [c.filter, c.update])).toEqual([
+      [{ _id: "e-1", userId: "u1", paymentId: { $exists: false } }, { $set: { paymentId: "pay-1" } }],
+      [
+        { "metadata.paymentId": "pay-1", userId: "u1", paymentId: { $exists: false }, takeBack: { $type: "string" } },
+        { $set: { paymentId: "pay-1" } },
+      ],
+    ]);
+    expect(generateMongoScript({ prefix: "cm_", fromVersion: SCHEMA_VERSION })).not.toContain(".updateMany(");
   });
 
   it("is valid JavaScript for a fresh install and from version 1, and ends with the version document", () => {

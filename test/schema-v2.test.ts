@@ -2,8 +2,11 @@
 // by init() on SQLite, PostgreSQL and MongoDB, and keeps what version 1 read its entries as: a
 // deduction or void with a payment's take-back metadata (`paymentId`, `refundedAmount`) was a refund
 // (a clawback when described "Lost dispute …"), and stays one, recorded in `takeBack`; the entries
-// keep their version 1 hashes (no `hashVersion`, no key) and audit clean under a keyed manager. After
-// the upgrade, a caller's entry with the same metadata is spend, and new entries are signed.
+// keep their version 1 hashes (no `hashVersion`, no key) and audit clean under a keyed manager. The
+// payment an entry credits or takes back from (`paymentId`) is set from what version 1 wrote: the
+// payment's row naming its addition, a take-back's metadata naming one of the account's payments;
+// a caller's addition naming a payment in its metadata has none. After the upgrade, a caller's
+// entry with the same metadata is spend, and new entries are signed.
 import { randomUUID } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -16,6 +19,8 @@ import { MongoDbManager } from "../src/db/mongodb/index.js";
 import { PostgresDbManager } from "../src/db/postgres/index.js";
 import { SqliteDbManager } from "../src/db/sqlite/index.js";
 import { CreditService } from "../src/index.js";
+import { newPayment } from "../src/modules/billing/rules-payments.js";
+import { billingStore } from "../src/modules/billing/store.js";
 import { quoteIdent } from "../src/schema/sql.js";
 import { SCHEMA_VERSION } from "../src/schema/version.js";
 
@@ -23,7 +28,7 @@ const PG_URL = process.env.CREDIT_PG_URL;
 const MONGO_URI = process.env.CREDIT_MONGO_URI;
 
 /** The journal columns version 2 added (dropped again to make a version 1 store). */
-const V2_COLUMNS = ["take_back", "hash_version", "key_id", "scope", "effective_at", "unit"];
+const V2_COLUMNS = ["take_back", "payment_id", "hash_version", "key_id", "scope", "effective_at", "unit"];
 /** The columns version 2 added to the grants (grants that start later, the allowance a grant was drawn out in). */
 const V2_GRANT_COLUMNS = ["effective_at", "upcoming", "drawn_out_in"];
 /** The columns version 2 added to the other tables: each row's unit (docs/units.md). */
@@ -55,6 +60,51 @@ async function writeV1Journal(db: Store, u: string): Promise<void> {
     metadata: { ...take, paymentId: "pay-2", refundedAmount: 40 },
   });
   await credits.deductCredits(u, 5);
+  // A payment's addition as version 1 wrote it (its payment named in the metadata), and the
+  // payment's row naming the entry; then a caller's addition naming the same payment in its metadata.
+  const basis = { perCredit: "1", currency: "USD" };
+  const paid = await credits.addCredits(u, 100, {
+    source: "payment",
+    sourceRef: "pi_9",
+    metadata: { paymentId: "pay-9", provider: "stripe" },
+    costBasis: basis,
+  });
+  const row = newPayment(
+    {
+      id: "pay-9",
+      userId: u,
+      provider: "stripe",
+      amount: 100,
+      currency: "USD",
+      credits: 100,
+      description: null,
+      metadata: null,
+    },
+    paid.createdAt,
+  );
+  await billingStore(db).insertPayment({
+    ...row,
+    status: "paid",
+    providerPaymentId: "pi_9",
+    grantId: paid.grants[0]!.grantId,
+    creditEntryId: paid.id,
+  });
+  await credits.addCredits(u, 10, { metadata: { paymentId: "pay-9", provider: "stripe" }, costBasis: basis });
+  // The refund's payment (the lost dispute's, pay-2, is not in this store).
+  const refunded = newPayment(
+    {
+      id: "pay-1",
+      userId: u,
+      provider: "stripe",
+      amount: 30,
+      currency: "USD",
+      credits: 30,
+      description: null,
+      metadata: null,
+    },
+    paid.createdAt,
+  );
+  await billingStore(db).insertPayment({ ...refunded, status: "refunded", refundedAmount: 30, creditsReversed: 30 });
   await db.close();
 }
 
@@ -66,13 +116,20 @@ async function checkUpgraded(db: Store, u: string): Promise<void> {
     // A keyed manager: the old entries keep their unkeyed version 1 hashes, new ones are signed.
     const credits = new CreditService({ db, journalKeys: { current: "k1", keys: { k1: "k".repeat(32) } } });
     const journal = (await credits.getCreditHistory(u, { limit: 100 })).items.reverse();
-    expect(journal.map((e) => [e.type, e.amount, e.takeBack ?? null, e.hashVersion ?? null])).toEqual([
-      ["add", 200, null, null],
-      ["deduct", 20, null, null],
-      ["deduct", 30, "refund", null],
-      ["add", 40, null, null],
-      ["void", 40, "clawback", null],
-      ["deduct", 5, null, null],
+    // The payment an entry credits or takes back from: the payment's row names its addition; a
+    // take-back's metadata names its payment, where the account has it (docs/schema-upgrades.md,
+    // "The versions"); a caller's addition naming one in its metadata has none.
+    expect(
+      journal.map((e) => [e.type, e.amount, e.takeBack ?? null, e.hashVersion ?? null, e.paymentId ?? null]),
+    ).toEqual([
+      ["add", 200, null, null, null],
+      ["deduct", 20, null, null, null],
+      ["deduct", 30, "refund", null, "pay-1"],
+      ["add", 40, null, null, null],
+      ["void", 40, "clawback", null, null],
+      ["deduct", 5, null, null, null],
+      ["add", 100, null, null, "pay-9"],
+      ["add", 10, null, null, null],
     ]);
     expect((await credits.audit(u, { from: "genesis" })).problems).toEqual([]);
     // Everything version 1 wrote is in the default unit (docs/units.md); a new unit opens beside it.
@@ -168,7 +225,7 @@ describe("a store version 1 wrote, upgraded to version 2 by init()", () => {
         .updateOne({ _id: "credit-management" as never }, { $set: { version: 1 } });
       await db
         .collection("cm_journal")
-        .updateMany({}, { $unset: { takeBack: "", hashVersion: "", keyId: "", scope: "", unit: "" } });
+        .updateMany({}, { $unset: { takeBack: "", paymentId: "", hashVersion: "", keyId: "", scope: "", unit: "" } });
       await checkUpgraded(open(), u);
     } finally {
       await db.dropDatabase().catch(() => undefined);

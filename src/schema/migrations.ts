@@ -20,6 +20,7 @@ import { ConfigurationError } from "../core/errors.js";
 import { V1_TAKE_BACK } from "../core/domain/usage.js";
 import { sqlLit } from "./ident.js";
 import { rollupNames, rollupShortfallStep } from "./rollup.js";
+import { revenueResetSql } from "../modules/revenue/schema-pg.js";
 import { PG_USAGE, SQLITE_USAGE, sqlTest } from "./usage-sql.js";
 
 /** A column added to a table that existed before. */
@@ -101,6 +102,9 @@ export const MIGRATIONS: readonly Migration[] = [
     // hash_version stays NULL on the entries there are: their hash is version 1's (docs/concepts.md).
     columns: [
       { table: "journal", field: "takeBack" },
+      // The payment an entry credits or takes back from (docs/revenue.md, "Payments"): set below
+      // on the entries a version 1 store holds from what version 1 wrote.
+      { table: "journal", field: "paymentId" },
       { table: "journal", field: "hashVersion" },
       { table: "journal", field: "keyId" },
       { table: "journal", field: "scope" },
@@ -127,8 +131,12 @@ export const MIGRATIONS: readonly Migration[] = [
     ],
     statements: (dialect, naming, tables) => [
       v1TakeBacks(dialect, tables.get("journal") as SqlTable),
+      ...v1PaymentLinks(dialect, tables.get("journal") as SqlTable, tables.get("payments") as SqlTable),
       ...v1RollupUnits(dialect, naming),
       ...(dialect === "postgres" ? rollupShortfallStep(naming, (tables.get("journal") as SqlTable).qualified) : []),
+      // PostgreSQL's revenue summary tied refunds to payments by the entries' metadata: emptied,
+      // the next report fills it again from the journal (docs/revenue.md, "How it is computed").
+      ...(dialect === "postgres" ? [revenueResetSql(naming)] : []),
     ],
   },
 ];
@@ -158,6 +166,45 @@ function v1TakeBacks(dialect: SqlDialect, journal: SqlTable): string {
     `UPDATE ${journal.qualified} AS j SET ${q("take_back")} = CASE ${cases} END ` +
     `WHERE j.${q("take_back")} IS NULL AND ${all(last)};`
   );
+}
+
+/**
+ * The version 2 step's backfill of `payment_id` (docs/schema-upgrades.md, "The versions"), once,
+ * from what version 1 wrote: an addition that credited a payment is the one the payment's row names
+ * (`payments.credit_entry_id`, written in the same unit of work, never by a caller); a take-back
+ * (its `take_back` set just before, by version 1's rule) names its payment in its metadata
+ * (`paymentId`), as version 1 read it: linked where the account has a payment of that id. Only
+ * entries that have none yet: it can run again.
+ */
+function v1PaymentLinks(dialect: SqlDialect, journal: SqlTable, payments: SqlTable): string[] {
+  const q = (n: string) => quoteIdent(dialect, n);
+  const [id, user, link, type, entry] = ["id", "user_id", "payment_id", "type", "credit_entry_id"].map(q);
+  const metadata = `j.${q("metadata")}`;
+  /** The metadata's `paymentId` when it is text, else NULL. */
+  const named =
+    dialect === "mysql"
+      ? `JSON_UNQUOTE(JSON_EXTRACT(${metadata}, '$."paymentId"'))`
+      : (dialect === "postgres" ? PG_USAGE : SQLITE_USAGE).str({ doc: metadata, path: ["paymentId"] });
+  const takeBack = `j.${link} IS NULL AND j.${q("take_back")} IS NOT NULL`;
+  if (dialect === "mysql")
+    return [
+      `UPDATE ${journal.qualified} AS j JOIN ${payments.qualified} AS p ON p.${user} = j.${user} AND p.${entry} = j.${id} ` +
+        `SET j.${link} = p.${id} WHERE j.${link} IS NULL AND j.${type} = 'add';`,
+      `UPDATE ${journal.qualified} AS j JOIN ${payments.qualified} AS p ON p.${user} = j.${user} AND p.${id} = ${named} ` +
+        `SET j.${link} = p.${id} WHERE ${takeBack};`,
+    ];
+  if (dialect === "postgres")
+    return [
+      `UPDATE ${journal.qualified} AS j SET ${link} = p.${id} FROM ${payments.qualified} AS p ` +
+        `WHERE j.${link} IS NULL AND j.${type} = 'add' AND p.${user} = j.${user} AND p.${entry} = j.${id};`,
+      `UPDATE ${journal.qualified} AS j SET ${link} = p.${id} FROM ${payments.qualified} AS p ` +
+        `WHERE ${takeBack} AND p.${user} = j.${user} AND p.${id} = ${named};`,
+    ];
+  const paymentOf = (on: string) => `FROM ${payments.qualified} AS p WHERE p.${user} = j.${user} AND p.${on}`;
+  const set = (on: string, where: string) =>
+    `UPDATE ${journal.qualified} AS j SET ${link} = (SELECT p.${id} ${paymentOf(on)}) ` +
+    `WHERE ${where} AND EXISTS (SELECT 1 ${paymentOf(on)});`;
+  return [set(`${entry} = j.${id}`, `j.${link} IS NULL AND j.${type} = 'add'`), set(`${id} = ${named}`, takeBack)];
 }
 
 /**

@@ -3,6 +3,7 @@ import {
   VERSION_COLLECTION,
   droppedIndexesAfter,
   filledFieldsAfter,
+  linkedFieldsAfter,
   mongoSteps,
 } from "../db/mongodb/layout.js";
 import type { JsonSchemaNode } from "./columns.js";
@@ -131,6 +132,16 @@ export function generateMongoScript(options: MongoScriptOptions = {}): string {
     const name = prefix + MONGO_COLLECTIONS[filled.collection].name;
     lines.push(
       `if (existing.includes(${j(name)})) check(db.runCommand(${j({ update: name, updates: [{ q: { [filled.field]: { $exists: false }, ...(filled.where === undefined ? {} : { $expr: filled.where }) }, u: { $set: { [filled.field]: filled.value } }, multi: true }] })}), 'fill ' + ${j(`${name}.${filled.field}`)});`,
+    );
+  }
+  for (const linked of linkedFieldsAfter(from ?? 0)) {
+    const name = prefix + MONGO_COLLECTIONS[linked.collection].name;
+    const source = prefix + MONGO_COLLECTIONS[linked.source].name;
+    const named = linked.key === undefined ? `{ ${j(linked.by)}: d._id }` : `{ _id: d[${j(linked.key)}] }`;
+    const sourceFilter = linked.key === undefined ? "{}" : `{ ${j(linked.key)}: { $type: "string" } }`;
+    lines.push(
+      `if (existing.includes(${j(name)}) && existing.includes(${j(source)})) db.getCollection(${j(source)}).find(${sourceFilter}).forEach((d) => ` +
+        `db.getCollection(${j(name)}).updateMany({ ...${named}, userId: d.userId, ${j(linked.field)}: { $exists: false }, ...${j(linked.where ?? {})} }, { $set: { ${j(linked.field)}: d._id } }));`,
     );
   }
   for (const layout of Object.values(MONGO_COLLECTIONS)) {

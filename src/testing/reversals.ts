@@ -149,6 +149,55 @@ export function runReversalsContract(
       await clean(credits, u);
     });
 
+    it("gives back debt that a grant's start paid in the reversal's own unit of work to that grant: it expires with it", async () => {
+      const { u, credits, clock } = accountWithClock(db, user);
+      const charge = await credits.deductCreditsAfterService(u, 40);
+      await credits.reverseCharge(u, charge.id, { amount: 10, reason: "part" });
+      const startsAt = T0 + DAY;
+      const expiresAt = new Date(T0 + 10 * DAY);
+      const later = await credits.addCredits(u, 100, {
+        effectiveAt: new Date(startsAt),
+        expiresAt,
+        costBasis: { perCredit: "1", currency: "USD" },
+      });
+      const paying = later.grants[0]!.grantId;
+      clock.now = startsAt + HOUR;
+      // The first call after the start: its unit of work starts the grant (paying the 30 owed), then gives back.
+      const rest = await credits.reverseCharge(u, charge.id, { reason: "the rest" });
+      expect(rest).toMatchObject({ amount: 30, balanceAfter: 100, debtAfter: 0 });
+      expect(rest.grants).toEqual([{ grantId: paying, amount: 30, kind: "debt_returned" }]);
+      const grants = await credits.getGrants(u, { includeInactive: true });
+      expect(grants.some((g) => g.source === "adjustment")).toBe(false);
+      expect(grants.find((g) => g.id === paying)).toMatchObject({ remaining: 100, expiresAt });
+      await clean(credits, u);
+      clock.now = expiresAt.getTime() + HOUR;
+      expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 0, debt: 0 });
+      const q = { account: u, from: new Date(T0 - DAY), to: new Date(clock.now + DAY), interval: null };
+      const rows = (await credits.getRevenue(q)).rows.filter((row) => row.currency === "USD");
+      expect(rows).toMatchObject([{ paid: 100, recognized: 0, breakage: 100, deferredEnd: 0 }]);
+      await clean(credits, u);
+    });
+
+    it("gives back debt that a lapsed hold paid in the reversal's own unit of work to the held grant", async () => {
+      const { u, credits, clock } = accountWithClock(db, user);
+      const expiresAt = new Date(T0 + 10 * DAY);
+      const held = (await credits.addCredits(u, 40, { expiresAt })).grants[0]!.grantId;
+      await credits.reserveCredits(u, 40, { ttlSeconds: 60 });
+      const charge = await credits.deductCreditsAfterService(u, 40); // no unheld credits: all debt
+      expect(charge.debtAfter).toBe(40);
+      clock.now += HOUR;
+      // The first call after the hold lapsed: its unit of work releases it (the 40 pay the debt), then gives back.
+      const r = await credits.reverseCharge(u, charge.id, { reason: "all" });
+      expect(r).toMatchObject({ amount: 40, balanceAfter: 40, debtAfter: 0 });
+      expect(r.grants).toEqual([{ grantId: held, amount: 40, kind: "debt_returned" }]);
+      const grants = await credits.getGrants(u, { includeInactive: true });
+      expect(grants.some((g) => g.source === "adjustment")).toBe(false);
+      await clean(credits, u);
+      clock.now = expiresAt.getTime() + HOUR;
+      expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 0, debt: 0 });
+      await clean(credits, u);
+    });
+
     it("gives back paid debt to every grant that paid it, the latest payment first, in parts and then the rest", async () => {
       const { u, credits, clock } = accountWithClock(db, user);
       const held = (await credits.addCredits(u, 20)).grants[0]!.grantId;

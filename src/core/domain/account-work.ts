@@ -1176,6 +1176,7 @@ export class AccountWork implements UnitWork {
       prevHash: a.lastHash,
       hash: "",
       takeBack: meta.takeBack ?? null,
+      paymentId: meta.paymentId ?? null,
       // The current hash input (canonicalEntry, src/core/domain/hash.ts).
       hashVersion: 2,
       keyId: this.chainKey?.id ?? null,

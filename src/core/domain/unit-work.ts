@@ -31,6 +31,11 @@ export interface EntryMeta {
    */
   takeBack?: JournalEntry["takeBack"] | undefined;
   /**
+   * The payment the entry adds credits for or takes them back from (`JournalEntry.paymentId`): set
+   * by the payments module, never from a caller's options or metadata.
+   */
+  paymentId?: string | undefined;
+  /**
    * The unit a deduction, hold or addition acts in (docs/units.md); undefined, null or the default
    * unit's name: the default unit. A commit, release, reversal or void acts in its hold's, charge's
    * or grant's unit whatever this says.

@@ -315,6 +315,14 @@ export const JournalEntry = z.object({
    */
   takeBack: z.optional(z.nullable(TakeBack)),
   /**
+   * The payment an entry adds credits for or takes them back from (docs/revenue.md, "Payments"): set
+   * by the payments module on the addition that credits a paid payment and on the take-backs of its
+   * refunds and lost disputes; null or absent on every other entry, whatever its metadata says.
+   * Revenue ties a payment's refunds to its grant by it. Covered by the hash when set (entries of
+   * hash version 2).
+   */
+  paymentId: z.optional(z.nullable(EntityId)),
+  /**
    * What the hash covers (docs/concepts.md, "The journal"): 2 on every entry written since schema
    * version 2; null or absent (version 1) on the entries written before, whose hash leaves out the
    * fields version 2 added.

@@ -1,6 +1,6 @@
 import type * as z from "zod/mini";
 import type { ChargeRecord, DbTransaction } from "../db/types.js";
-import type { EntryMeta } from "../domain/account-work.js";
+import type { AccountWork, EntryMeta } from "../domain/account-work.js";
 import { fingerprint } from "../domain/hash.js";
 import {
   type ChargeDraw,
@@ -57,9 +57,8 @@ export function reverseCharge(
     const paid = await paidDebt(
       core,
       tx,
-      user,
+      work,
       charge.seq,
-      work.account.seq,
       // The charge's unit's debt: only its entries paid it (docs/units.md).
       shares.debt - Math.min(shares.debt, work.figures(charge.unit ?? null).debt),
       charge.unit ?? null,
@@ -95,23 +94,33 @@ export async function getReversals(core: CreditCore, user: string, entryId: stri
 
 /**
  * Who paid `amount` credits of a charge's debt (`PaidDebt`, docs/concepts.md, "Giving a charge
- * back"): the account's entries after the charge (seq `chargeSeq`) up to the unit's (`seq`), read
- * newest first, page by page, until they account for it. Entries up to the seq the unit loaded are
- * written and never change, so reading them beside the unit is safe.
+ * back"): the account's entries after the charge (seq `chargeSeq`), read newest first until they
+ * account for it — first those this unit of work wrote before the reversal (a grant's start, a
+ * lapsed hold's release, settled as the unit began: not stored yet), then the stored ones, page by
+ * page. Entries up to the seq the unit loaded are written and never change, so reading them beside
+ * the unit is safe.
  */
 async function paidDebt(
   core: CreditCore,
   tx: DbTransaction,
-  user: string,
+  work: AccountWork,
   chargeSeq: number,
-  seq: number,
   amount: number,
   unit: string | null,
 ): Promise<PaidDebt> {
   const paid = new PaidDebt(amount);
-  let before = seq + 1;
+  const read = async (e: JournalEntry) => {
+    if ((e.unit ?? null) !== unit || !(PAYING_TYPES as readonly string[]).includes(e.type)) return;
+    const id = e.type === "release_reserved" ? (e.reservationId ?? null) : null;
+    const hold = id === null ? null : (work.getHold(id) ?? (await tx.getReservation(id)));
+    paid.read(e, hold?.allocations);
+  };
+  // This unit's own entries, newest first; `before`: the first of them (the stored ones end below it).
+  const own = work.entries;
+  for (let i = own.length - 1; i >= 0 && !paid.done; i--) await read(own[i] as JournalEntry);
+  let before = own[0]?.seq ?? work.account.seq + 1;
   while (!paid.done && before > chargeSeq + 1) {
-    const page = await core.db.listJournal(user, {
+    const page = await core.db.listJournal(work.userId, {
       order: "desc",
       beforeSeq: before,
       afterSeq: chargeSeq,
@@ -120,10 +129,7 @@ async function paidDebt(
     });
     for (const e of page) {
       if (paid.done) break;
-      if ((e.unit ?? null) !== unit) continue;
-      const hold =
-        e.type === "release_reserved" && e.reservationId !== null ? await tx.getReservation(e.reservationId) : null;
-      paid.read(e, hold?.allocations);
+      await read(e);
     }
     if (page.length < PAGE) break;
     before = (page[page.length - 1] as JournalEntry).seq;

@@ -20,7 +20,14 @@ import type {
 } from "../../core/db/types.js";
 import { ACCOUNT, ENTRY, GRANT, LEDGER, RESERVATION, fromDoc, toDoc, type StoredDoc } from "./documents.js";
 import { MongoSubscriptionStore } from "./subscriptions.js";
-import { MONGO_COLLECTIONS, VERSION_COLLECTION, droppedIndexesAfter, filledFieldsAfter } from "./layout.js";
+import {
+  MONGO_COLLECTIONS,
+  VERSION_COLLECTION,
+  droppedIndexesAfter,
+  filledFieldsAfter,
+  linkedFieldsAfter,
+  linkedFilter,
+} from "./layout.js";
 import { SCHEMA_COMPONENT } from "../../schema/sql.js";
 import { targetVersion } from "../../schema/version.js";
 import { versionRefusal } from "../../schema/migrations.js";
@@ -309,6 +316,37 @@ export class MongoDbManager extends StoreBase implements DbManager {
           { $set: { [filled.field]: filled.value } },
         ),
       );
+    }
+    for (const linked of linkedFieldsAfter(version)) {
+      type Doc = { _id: string; userId: string } & Record<string, unknown>;
+      const collection = this.db.collection<Doc>(
+        `${this.collectionPrefix}${MONGO_COLLECTIONS[linked.collection].name}`,
+      );
+      const source = this.db.collection<Doc>(`${this.collectionPrefix}${MONGO_COLLECTIONS[linked.source].name}`);
+      await guard(`init: link ${linked.field} of ${collection.collectionName}`, async () => {
+        // Page by _id (the gateway of some servers cannot continue a cursor: one batch per read).
+        for (let after: string | null = null; ;) {
+          const page = await source
+            .find(
+              {
+                ...(linked.key === undefined ? {} : { [linked.key]: { $type: "string" } }),
+                ...(after === null ? {} : { _id: { $gt: after } }),
+              },
+              { projection: { _id: 1, userId: 1, ...(linked.key === undefined ? {} : { [linked.key]: 1 }) } },
+            )
+            .sort({ _id: 1 })
+            .limit(1000)
+            .toArray();
+          if (page.length === 0) break;
+          await collection.bulkWrite(
+            page.map((d) => ({
+              updateMany: { filter: linkedFilter(linked, d), update: { $set: { [linked.field]: d._id } } },
+            })),
+            { ordered: false },
+          );
+          after = page[page.length - 1]?._id ?? null;
+        }
+      });
     }
     for (const { collection, indexes } of collections) {
       if (indexes.length === 0) continue;

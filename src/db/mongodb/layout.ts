@@ -156,6 +156,27 @@ export interface FilledField {
   where?: Record<string, unknown>;
 }
 
+/**
+ * A field a later version added, set from another collection: each document of `source` names
+ * documents of `collection` of the same `userId` — by its `key` (their `_id`), or those whose `by`
+ * field (a dotted path) holds its `_id` and that match `where` — which get `field` = the `source`
+ * document's `_id`, where they lack the field.
+ */
+export interface LinkedField {
+  collection: MongoCollectionKey;
+  field: string;
+  source: MongoCollectionKey;
+  key?: string;
+  by?: string;
+  where?: Record<string, unknown>;
+}
+
+/** The documents of `linked.collection` that the `source` document `d` names, lacking the field (a filter). */
+export function linkedFilter(linked: LinkedField, d: Record<string, unknown>): Record<string, unknown> {
+  const named = linked.key !== undefined ? { _id: d[linked.key] } : { [linked.by as string]: d._id };
+  return { ...named, userId: d.userId, [linked.field]: { $exists: false }, ...linked.where };
+}
+
 /** One schema version's step for MongoDB (docs/schema-upgrades.md). The version number is the SQL one. */
 export interface MongoMigration {
   /** The version this step reaches. */
@@ -165,6 +186,8 @@ export interface MongoMigration {
   dropIndexes: readonly DroppedIndex[];
   /** Fields this version added, set in the documents stored before. */
   fill?: readonly FilledField[];
+  /** Fields this version added, set from another collection's documents (after `fill`). */
+  link?: readonly LinkedField[];
 }
 
 /**
@@ -191,6 +214,20 @@ export const MONGO_MIGRATIONS: readonly MongoMigration[] = [
       value: c.then,
       where: usageTestsExpression(c.when) as Record<string, unknown>,
     })),
+    // The payment an entry credits or takes back from (docs/revenue.md, "Payments"): an addition
+    // is the one its payment's document names (`creditEntryId`, written in the same unit of work,
+    // never by a caller); a take-back (by version 1's rule, just above) names its payment in its
+    // metadata, as version 1 read it.
+    link: [
+      { collection: "journal", field: "paymentId", source: "payments", key: "creditEntryId" },
+      {
+        collection: "journal",
+        field: "paymentId",
+        source: "payments",
+        by: "metadata.paymentId",
+        where: { takeBack: { $type: "string" } },
+      },
+    ],
   },
 ];
 
@@ -208,6 +245,13 @@ export function filledFieldsAfter(fromVersion: number): FilledField[] {
   return mongoSteps()
     .filter((m) => m.to > fromVersion)
     .flatMap((m) => m.fill ?? []);
+}
+
+/** The fields versions after `fromVersion` added that are set from another collection. */
+export function linkedFieldsAfter(fromVersion: number): LinkedField[] {
+  return mongoSteps()
+    .filter((m) => m.to > fromVersion)
+    .flatMap((m) => m.link ?? []);
 }
 
 /** The indexes versions after `fromVersion` removed. */

@@ -459,6 +459,49 @@ export function runPromoPaymentContract(getDb: () => DbManager): void {
       expect(added.takeBack ?? null).toBeNull();
       expect((await credits.audit(u)).ok).toBe(true);
     });
+
+    it("a grant's payment is what the payments module records: a caller's addition naming a payment in its metadata changes no revenue figure of that payment", async () => {
+      const { payments, credits } = services();
+      const u = user();
+      const p = await payments.createPaymentLink(u, { amount: 1000, currency: "usd", provider: "test" });
+      await payments.handleWebhook("test", testEvent(p, { kind: "paid", providerPaymentId: `pay_${p.id}` }), {});
+      // A caller's addition that names the payment, as the payments module's addition does in its metadata.
+      const lookalike = await credits.addCredits(u, 10, {
+        metadata: { paymentId: p.id, provider: "test" },
+        costBasis: { perCredit: "1", currency: "USD" },
+      });
+      expect(lookalike.paymentId ?? null).toBeNull();
+      await credits.deductCredits(u, 500);
+      const refund = testEvent(p, {
+        kind: "refund",
+        refundedTotal: 1000,
+        providerIds: [`pay_${p.id}`],
+        paymentId: null,
+      });
+      expect((await payments.handleWebhook("test", refund, {})).outcome).toBe("reversed");
+      const journal = (await credits.getCreditHistory(u, { limit: 100 })).items.reverse();
+      expect(journal.map((e) => [e.type, e.amount, e.paymentId ?? null])).toEqual([
+        ["add", 1000, p.id],
+        ["add", 10, null],
+        ["deduct", 500, null],
+        ["void", 500, p.id],
+        ["deduct", 500, p.id],
+      ]);
+      const revenue = await credits.getRevenue({
+        account: u,
+        from: new Date(T0 - 3_600_000),
+        to: new Date(T0 + 3_600_000),
+        interval: null,
+      });
+      // The refund takes back the payment's 500 unused credits (refunds) and 500 more: the caller's
+      // 10 (recognized at their basis) and 490 of debt; the payment's revenue for those 500 is
+      // reversed (refunds +500, recognized −500 of the 500 its spent credits were recognized for).
+      expect(revenue.rows.map((r) => [r.currency, r.paid, r.recognized, r.refunds, r.deferredEnd])).toEqual([
+        ["USD", 1010, 10, 1000, 0],
+        [null, 0, 0, 0, 0],
+      ]);
+      expect((await credits.audit(u)).ok).toBe(true);
+    });
   });
 }
 

@@ -566,6 +566,8 @@ export class PaymentService {
       fingerprint: fingerprint("payment", { paymentId: payment.id }),
       correlationId: payment.id,
       description: `Payment ${payment.id} (${provider})`,
+      // The grant's payment (docs/revenue.md, "Payments"): revenue reads this field, never the metadata.
+      paymentId: payment.id,
       metadata: { paymentId: payment.id, provider },
     };
     return this.paymentUnit("creditPayment", payment, meta, result, async (p, work) => {
@@ -629,6 +631,7 @@ export class PaymentService {
       // What the entries are (usage reports, revenue and reverseCharge read it), never decided from
       // the metadata or the description.
       takeBack: dispute ? "clawback" : "refund",
+      paymentId: payment.id,
       metadata: {
         paymentId: payment.id,
         provider,

@@ -27,13 +27,13 @@ export interface Lot {
    * lot's again, from position `offset + gone`.
    */
   gone: number;
-  /** The payment (`metadata.paymentId`) whose addition made the lot, if any: what it earns is that payment's. */
+  /** The payment (`JournalEntry.paymentId`) whose addition made the lot, if any: what it earns is that payment's. */
   payment: string | null;
   /** The unit of its grant (null: the default one), read by reports grouped by unit (not kept in a saved state). */
   unit?: string | null;
 }
 
-/** A paid addition of a payment (`metadata.paymentId`), for its refunds. */
+/** A paid addition of a payment (`JournalEntry.paymentId`), for its refunds. */
 export interface Payment {
   rate: Rate;
   currency: string;
@@ -252,7 +252,7 @@ export class RevenueAccumulator {
     grants?: ReadonlyMap<string, GrantGroups>,
     state: RevenueState = emptyRevenueState(),
   ): RevenueState {
-    /** Paid additions by payment id (`metadata.paymentId`), for refunds. */
+    /** Paid additions by payment id (`JournalEntry.paymentId`), for refunds. */
     const { lots, payments, holds } = state;
     const bySource = this.groupBy.includes("source");
     const byPlan = this.groupBy.includes("plan");
@@ -339,8 +339,9 @@ export class RevenueAccumulator {
       const t = e.createdAt.getTime();
       record(t);
       w = windowIndex(this.boundaries, t);
-      const paymentId = typeof e.metadata?.paymentId === "string" ? e.metadata.paymentId : null;
-      // A payment's take-back as the library recorded it (never the metadata's say: docs/revenue.md).
+      // The payment an addition credits or a take-back takes back from, and a payment's take-back,
+      // as the payments module recorded them (never the metadata's say: docs/revenue.md, "Payments").
+      const paymentId = e.paymentId ?? null;
       const takeBack = e.takeBack != null;
       switch (e.type) {
         case "add": {
@@ -698,6 +699,11 @@ export function revenueProblems(
   const byId = new Map(stored.grants.map((g) => [g.id, g]));
   const debtPaidOf = new Map<string, number>();
   for (const e of entries) {
+    // A grant that started later paid debt at its start (docs/units.md, "Grants that start later"):
+    // its amount is what was left, from the position after those credits.
+    if (e.type === "start")
+      for (const p of e.grants)
+        if (p.kind === "debt_paid") debtPaidOf.set(p.grantId, (debtPaidOf.get(p.grantId) ?? 0) + p.amount);
     if (e.type !== "add") continue;
     const drawn = e.grants.reduce((s, g) => s + g.amount, 0);
     for (const p of e.grants) {

@@ -50,3 +50,17 @@ export function revenueDdl(naming: NamingOptions): string[] {
     `CREATE TABLE IF NOT EXISTS ${n.deferred} (\n  "user_id" TEXT NOT NULL,\n  "grp" TEXT NOT NULL,\n  "currency" TEXT NOT NULL,\n  "source" TEXT,\n  "plan" TEXT,\n  "deferred" ${money},\n  PRIMARY KEY ("user_id", "grp")\n);`,
   ];
 }
+
+/**
+ * Empties the summary where it exists, so that the next report fills it again from the journal:
+ * the upgrade to schema version 2, whose journal records the payment an entry credits or takes back
+ * from (docs/revenue.md, "Payments"), where the summary's states of version 1 read the metadata.
+ */
+export function revenueResetSql(naming: NamingOptions): string {
+  const n = revenueNames(naming);
+  const lit = (x: string) => `'${x.replace(/'/g, "''")}'`;
+  return (
+    `DO $cm$ BEGIN IF to_regclass(${lit(n.state)}) IS NOT NULL THEN ` +
+    `TRUNCATE ${n.state}, ${n.daily}, ${n.split}, ${n.deferred}; END IF; END $cm$;`
+  );
+}

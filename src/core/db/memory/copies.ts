@@ -24,6 +24,7 @@ export function copyEntry(e: JournalEntry): JournalEntry {
     occurredAt: e.occurredAt == null ? null : new Date(e.occurredAt.getTime()),
     createdAt: new Date(e.createdAt.getTime()),
     takeBack: e.takeBack ?? null,
+    paymentId: e.paymentId ?? null,
     hashVersion: e.hashVersion ?? null,
     keyId: e.keyId ?? null,
     scope: e.scope == null ? null : structuredClone(e.scope),
