@@ -267,6 +267,21 @@ describe("bad input is a ValidationError and changes nothing", () => {
     expect(error.issues.map((i) => i.path).sort()).toEqual(["metadata.self", "ttlSeconds"]);
   });
 
+  it("refuses a caller's metadata keys `requested` and `shortfall` (the library's, counted by usage and revenue); nothing changes", async () => {
+    const c = m.credits;
+    const before = (await c.getCreditHistory(U, { limit: 1000 })).items.length;
+    await expectInvalid(
+      () => c.deductCreditsAfterService(U, 1, { metadata: { shortfall: 1000 } }),
+      /options\.metadata\.shortfall: .*library/,
+    );
+    await expectInvalid(
+      () => c.reserveCredits(U, 1, { metadata: { requested: 5 } }),
+      /options\.metadata\.requested: .*library/,
+    );
+    await expectInvalid(() => c.addCredits(U, 1, { metadata: { shortfall: 1 } }), /shortfall/);
+    expect((await c.getCreditHistory(U, { limit: 1000 })).items).toHaveLength(before);
+  });
+
   it("refuses the NUL character in free text and in metadata keys and string values at any depth", async () => {
     const c = m.credits;
     const nul = /NUL character/;

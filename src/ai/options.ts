@@ -4,7 +4,7 @@ import {
   FeatureName,
   IdempotencyKey,
   MAX_TTL_SECONDS,
-  Metadata,
+  CallerMetadata,
   SpenderId,
   TokenCount,
   UserId,
@@ -39,7 +39,7 @@ export const AiRunInput = z.strictObject({
     ),
   ),
   /** Stored with every charge beside `model`, `provider` and the usages. */
-  metadata: z.optional(Metadata),
+  metadata: z.optional(CallerMetadata),
   correlationId: z.optional(z.string().check(z.minLength(1), z.maxLength(255))),
   /**
    * The most the whole run (every model call through this middleware) may be charged, in credits.

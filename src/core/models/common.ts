@@ -119,6 +119,30 @@ export const Metadata = z.pipe(
   JsonRecord,
 );
 
+/**
+ * Metadata keys only the library writes: on a charge the overdraft limit cut, what was asked
+ * (`requested`) and what was served and not paid (`shortfall`), which usage and revenue count
+ * (docs/metering.md, "Served and not paid").
+ */
+const LIBRARY_KEYS = ["requested", "shortfall"] as const;
+
+/**
+ * `Metadata` as a caller gives it: the same, less the keys only the library writes (a caller's
+ * `shortfall` would move revenue's unbilled figure). Such a key is a `ValidationError` naming it.
+ */
+export const CallerMetadata = Metadata.check(
+  z.superRefine((value, ctx) => {
+    for (const key of LIBRARY_KEYS)
+      if (Object.hasOwn(value, key))
+        ctx.addIssue({
+          code: "custom",
+          path: [key],
+          message: `"${key}" is written by the library alone (what an overdraft limit cut): use another key`,
+          input: value,
+        });
+  }),
+);
+
 /** The first reason `metadata` cannot be stored as JSON, with its path; null when it can. */
 function metadataProblem(metadata: object): { path: string[]; message: string } | null {
   const open = new Set<object>(); // the objects being walked: one of them again is a cycle

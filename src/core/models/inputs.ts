@@ -4,7 +4,7 @@ import {
   DateInput,
   FeatureName,
   IdempotencyKey,
-  Metadata,
+  CallerMetadata,
   NonNegativeAmount,
   Priority,
   ShortText,
@@ -24,7 +24,7 @@ export const MutationOptions = z.strictObject({
   idempotencyKey: z.optional(IdempotencyKey),
   /** Ties entries of one business operation together across services. */
   correlationId: z.optional(text(255).check(z.minLength(1))),
-  metadata: z.optional(Metadata),
+  metadata: z.optional(CallerMetadata),
 });
 /** Options every mutation accepts. @public */
 export type MutationOptions = z.input<typeof MutationOptions>;
@@ -76,7 +76,7 @@ export const TrialCredits = z.strictObject({
   /** Lower numbers are drawn first. Default 0. */
   priority: z.optional(Priority),
   description: z.optional(ShortText),
-  metadata: z.optional(Metadata),
+  metadata: z.optional(CallerMetadata),
 });
 /**
  * Trial credits (`createCreditManager({ trial })`, `new CreditService({ trial })`): granted once,
@@ -233,7 +233,7 @@ export const ReverseChargeOptions = z.strictObject({
   idempotencyKey: z.optional(IdempotencyKey),
   correlationId: MutationOptions.shape.correlationId,
   /** Kept on the entry beside the charge's own metadata (the charge's keys win: usage groups by them). */
-  metadata: z.optional(Metadata),
+  metadata: z.optional(CallerMetadata),
 });
 /**
  * `reverseCharge`'s options (docs/concepts.md, "Giving a charge back"): how much of the charge to

@@ -3,6 +3,7 @@ import {
   Amount,
   EntityId,
   IdempotencyKey,
+  CallerMetadata,
   Metadata,
   NonNegativeAmount,
   ShortText,
@@ -114,7 +115,7 @@ export const CreatePaymentInput = z.strictObject({
   currency: Currency,
   provider: text(64).check(z.minLength(1)),
   description: z.optional(ShortText),
-  metadata: z.optional(Metadata),
+  metadata: z.optional(CallerMetadata),
   /**
    * Makes the call idempotent per user (same key, same arguments: the same payment; a retry after
    * its checkout failed to open tries again). The payment id derived from user and key goes to the

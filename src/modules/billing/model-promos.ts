@@ -4,6 +4,7 @@ import {
   DateInput,
   EntityId,
   IdempotencyKey,
+  CallerMetadata,
   Metadata,
   NonNegativeAmount,
   ShortText,
@@ -90,7 +91,7 @@ export const CreatePromoInput = z.strictObject({
   /** Default true. */
   isActive: z.optional(z.boolean()),
   description: z.optional(ShortText),
-  metadata: z.optional(Metadata),
+  metadata: z.optional(CallerMetadata),
 });
 /** Input of `PromoService.createPromo`. @public */
 export type CreatePromoInput = z.input<typeof CreatePromoInput>;

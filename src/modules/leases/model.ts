@@ -1,5 +1,5 @@
 import * as z from "zod/mini";
-import { Amount, FeatureName, IdempotencyKey, Metadata, ShortText, UnitName } from "../../core/models/common.js";
+import { Amount, FeatureName, IdempotencyKey, CallerMetadata, ShortText, UnitName } from "../../core/models/common.js";
 import { SpenderId } from "../../core/models/limits.js";
 import { MAX_TTL_SECONDS } from "../../core/models/inputs.js";
 
@@ -40,7 +40,7 @@ export const LeaseChargeOptions = z.strictObject({
   feature: z.optional(FeatureName),
   /** Who spends: the window's entry counts it by spender. */
   spender: z.optional(SpenderId),
-  metadata: z.optional(Metadata),
+  metadata: z.optional(CallerMetadata),
 });
 /** Options of `lease.charge(userId, amount, options)`. @public */
 export type LeaseChargeOptions = z.input<typeof LeaseChargeOptions>;

@@ -1,5 +1,5 @@
 import * as z from "zod/mini";
-import { Amount, IdempotencyKey, Metadata, NonNegativeAmount, ShortText } from "../../core/models/common.js";
+import { Amount, IdempotencyKey, CallerMetadata, NonNegativeAmount, ShortText } from "../../core/models/common.js";
 import { MAX_TTL_SECONDS } from "../../core/models/inputs.js";
 import { SpendFields } from "../../core/models/limits.js";
 import { text } from "../../core/models/text.js";
@@ -12,7 +12,7 @@ export const UsageRecord = z.strictObject({
   model: z.optional(text(200).check(z.minLength(1))),
   /** The provider, e.g. "openai". */
   provider: z.optional(text(200).check(z.minLength(1))),
-  metadata: z.optional(Metadata),
+  metadata: z.optional(CallerMetadata),
 });
 /** One usage recorded inside a metered call (the original system's `addLlmUsage`). @public */
 export type UsageRecord = z.infer<typeof UsageRecord>;
@@ -52,7 +52,7 @@ export const MeterOptions = z
     ),
     correlationId: z.optional(text(255).check(z.minLength(1))),
     /** Stored with the commit entry beside the recorded usages. */
-    metadata: z.optional(Metadata),
+    metadata: z.optional(CallerMetadata),
     /**
      * What to do when `fn` neither returns a number nor records usage: `"release"` the hold (default,
      * as the original middleware does: nothing measured, nothing charged) or charge the `"estimate"`.

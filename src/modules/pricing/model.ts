@@ -1,5 +1,5 @@
 import * as z from "zod/mini";
-import { Metadata } from "../../core/models/common.js";
+import { CallerMetadata } from "../../core/models/common.js";
 import { text } from "../../core/models/text.js";
 
 /** A token or request count: a safe integer ≥ 0. */
@@ -156,7 +156,7 @@ export const TokenUsage = z.strictObject({
   cachedTokens: z.optional(TokenCount),
   /** Requests made (billed at `request`). Default 1. */
   requests: z.optional(TokenCount),
-  metadata: z.optional(Metadata),
+  metadata: z.optional(CallerMetadata),
 });
 /** Usage in tokens, priced through the manager's price book. @public */
 export type TokenUsage = z.input<typeof TokenUsage>;
@@ -186,7 +186,7 @@ export const CostUsage = z.strictObject({
   currency: z.optional(CurrencyCode),
   model: z.optional(ModelName),
   provider: z.optional(ModelName),
-  metadata: z.optional(Metadata),
+  metadata: z.optional(CallerMetadata),
 });
 /** Usage given as money (the original's `addLlmUsage(model, provider, cost, metadata)`), converted by the book's currency rate. @public */
 export type CostUsage = z.input<typeof CostUsage>;
