@@ -384,6 +384,44 @@ export function runUnitsContract(
       expect(await db.getAccount(u)).toBe(null);
     });
 
+    it('disables a spender in every unit with a limit of 0 in unit "*": spends, holds and checks refused in each unit', async () => {
+      const { credits, u } = service();
+      await credits.addCredits(u, 100);
+      await credits.addCredits(u, 5, { unit: "images" });
+      await credits.addCredits(u, 5, { unit: "gpu_seconds" });
+      // Only with amount 0: no limit adds two units together.
+      await expect(
+        credits.setLimit(u, { spender: "gone", unit: "*", amount: 1, period: "year" }),
+      ).rejects.toBeInstanceOf(ValidationError);
+      await credits.setLimits(u, [{ spender: "gone", unit: "*", amount: 0, period: "year" }]);
+      expect(await credits.getLimits(u)).toMatchObject([{ spender: "gone", unit: "*", amount: 0, remaining: 0 }]);
+      const before = await credits.getCreditHistory(u, { limit: 100 });
+      for (const unit of [undefined, "images", "gpu_seconds"]) {
+        const spent = await credits.deductCredits(u, 1, { spender: "gone", unit }).catch((e: unknown) => e);
+        expect(spent).toBeInstanceOf(SpendLimitError);
+        if (unit !== undefined) expect((spent as SpendLimitError).details).toMatchObject({ unit });
+        await expect(credits.reserveCredits(u, 1, { spender: "gone", unit })).rejects.toBeInstanceOf(SpendLimitError);
+        await expect(credits.reserveCredits(u, 5, { spender: "gone", unit, minimum: 1 })).rejects.toBeInstanceOf(
+          SpendLimitError,
+        );
+        expect(await credits.check(u, { spender: "gone", unit, amount: 1 })).toMatchObject({
+          allowed: false,
+          reason: "limit",
+        });
+        // Another spender, and the account's own spends, are not touched.
+        await credits.deductCredits(u, 1, { spender: "stays", unit });
+      }
+      await expect(credits.deductCredits(u, 1, { spender: "gone", feature: "render" })).rejects.toBeInstanceOf(
+        SpendLimitError,
+      );
+      expect((await credits.getCreditHistory(u, { limit: 100 })).items.length).toBe(before.items.length + 3);
+      // Removed with the same unit, the spender spends again.
+      await credits.removeLimit(u, { spender: "gone", unit: "*" });
+      expect(await credits.getLimits(u)).toEqual([]);
+      await credits.deductCredits(u, 1, { spender: "gone", unit: "images" });
+      await clean(credits, u);
+    });
+
     it("counts a spend limit in its own unit: a limit per unit, refusals naming the unit, the feature's unit", async () => {
       const { credits, u } = service();
       await credits.addCredits(u, 100);
