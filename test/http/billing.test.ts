@@ -317,6 +317,7 @@ describe("HTTP: the webhook paths and the host's own routes", () => {
       path: "/mine/:id",
       access: "user",
       operationId: "mine",
+      summary: "mine",
       handle: () => ({}),
     } as const;
     expect(() =>
