@@ -10,6 +10,7 @@ import type { WebhookErrorCode } from "./modules/webhooks/errors.js";
 import type { HttpErrorCode } from "./http/errors.js";
 
 export { CreditError };
+export type { CoreErrorCode, BillingErrorCode, PricingErrorCode, WebhookErrorCode, HttpErrorCode };
 export {
   ValidationError,
   RuleViolationError,

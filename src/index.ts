@@ -133,6 +133,7 @@ export type {
 } from "./core/services/notification-service.js";
 export type { ArchivePartitionsOptions } from "./modules/archive/service.js";
 export type { LeaseSpend } from "./modules/leases/service.js";
+export type { SetAside } from "./modules/metering/service.js";
 export type { JobOptions, CheckpointJobOptions } from "./core/services/expiration-service.js";
 export type { PaymentManagerOptions } from "./modules/billing/providers.js";
 export type { EmitInput } from "./core/services/notification-service.js";

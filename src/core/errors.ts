@@ -8,7 +8,8 @@
 /**
  * The codes of the core's own errors. A module adds its codes through its `CreditModule`'s
  * `errorCodes` (docs/modules.md, "Writing a module"); the package's root entry's `CreditErrorCode`
- * is this union with the codes of every module the package brings.
+ * is this union with the codes of every module the package brings (exported there as `CoreErrorCode`).
+ * @public
  */
 export type CreditErrorCode =
   | "VALIDATION_ERROR"

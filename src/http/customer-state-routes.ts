@@ -136,7 +136,8 @@ export const CustomerStatesParams = CustomerStatesQuery;
  * spender counts that spender's spend, which the caller may not read).
  */
 export function customerStateView(ctx: RouteContext, state: CustomerState): z.output<typeof CustomerStateView> {
-  const spender = ctx.identity?.spender;
+  // A member's key names its spender; a customer token its own (docs/teams-and-limits.md, "Over HTTP").
+  const spender = ctx.identity?.spender ?? ctx.identity?.customer?.spender;
   return {
     ...state,
     limits:

@@ -9,6 +9,15 @@ export const HTTP_ERROR_CODES = [
   "RATE_LIMITED",
   "CUSTOMER_TOKENS_OFF",
   "METRICS_OFF",
-] as const;
-/** A code of the HTTP API's own answers. */
-export type HttpErrorCode = (typeof HTTP_ERROR_CODES)[number];
+] as const satisfies readonly HttpErrorCode[];
+/** A code of the HTTP API's own answers. @public */
+export type HttpErrorCode =
+  | "UNAUTHORIZED"
+  | "FORBIDDEN"
+  | "METHOD_NOT_ALLOWED"
+  | "PAYLOAD_TOO_LARGE"
+  | "UNSUPPORTED_MEDIA_TYPE"
+  | "TOO_MANY_FAILED_AUTHENTICATIONS"
+  | "RATE_LIMITED"
+  | "CUSTOMER_TOKENS_OFF"
+  | "METRICS_OFF";

@@ -63,7 +63,8 @@ export interface CreditHandlerOptions {
   selfServiceAutoTopUp?: SelfServiceAutoTopUp;
   /**
    * Your own routes, matched beside the built-in ones (credits, limits, plans and subscriptions,
-   * promos, payments and webhooks are always there: adding one of those again is a `ConfigurationError`).
+   * promos, payments and webhooks are always there: a route with the method and path of another is a
+   * `ConfigurationError`).
    */
   routes?: RouteDefinition[];
   /**

@@ -16,7 +16,11 @@ export {
   fastifyCreditMetering,
   type FastifyCreditMeteringOptions,
   type FastifyCreditMeteringPlugin,
+  type FastifyInstanceLike,
+  type FastifyRequestLike,
 } from "../modules/metering/routes-fastify.js";
+export type { MeteringOptionsBase } from "../modules/metering/routes-common.js";
+export type { CoreErrorCode, CreditErrorCode } from "../errors.js";
 export type { OpenApiOptions } from "./openapi.js";
 export {
   HttpError,

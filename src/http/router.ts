@@ -1,6 +1,12 @@
 import * as z from "zod/mini";
 import type { CreditManager } from "../manager.js";
-import { CreditError, OutcomeUnknownError, SpendLimitError, ValidationError } from "../core/errors.js";
+import {
+  ConfigurationError,
+  CreditError,
+  OutcomeUnknownError,
+  SpendLimitError,
+  ValidationError,
+} from "../core/errors.js";
 import type { CreditErrorCode } from "../errors.js";
 import { clockTimes } from "../core/domain/limits.js";
 import { textResponse } from "./text-response.js";
@@ -298,7 +304,8 @@ export function createRouter(manager: CreditManager, routes: readonly RouteDefin
   const seen = new Set<string>();
   for (const c of compiled) {
     const key = `${c.def.method} ${c.segments.map((s) => (s.startsWith(":") ? ":" : s)).join("/")}`;
-    if (seen.has(key)) throw new Error(`credit-management/http: two routes for ${c.def.method} ${c.fullPath}`);
+    if (seen.has(key))
+      throw new ConfigurationError(`[credit-management] [http] two routes for ${c.def.method} ${c.fullPath}`);
     seen.add(key);
   }
   // Root routes add their first segment (`/webhooks`), so a node adapter passes those requests on.

@@ -12,6 +12,7 @@ export {
 } from "../modules/webhooks/queue.js";
 export { generateWebhookSecret } from "../modules/webhooks/queue-sign.js";
 export { WebhookAddressError, type Lookup, type LookupCallback } from "../modules/webhooks/queue-guard.js";
+export type { WebhookErrorCode } from "../modules/webhooks/errors.js";
 export {
   memoryEndpointStore,
   sqliteEndpointStore,

@@ -310,6 +310,22 @@ describe("HTTP: the webhook paths and the host's own routes", () => {
     const h = createCreditHandler(m, { authenticate });
     const ids = h.routes.map((r) => r.operationId);
     for (const def of [...paymentRoutes, ...promoRoutes]) expect(ids).toContain(def.operationId);
+    // A route of one's own with the method and path of another is one too.
+    const mine = {
+      method: "GET",
+      base: "user",
+      path: "/mine/:id",
+      access: "user",
+      operationId: "mine",
+      summary: "mine",
+      handle: () => ({}),
+    } as const;
+    expect(() =>
+      createCreditHandler(m, { authenticate, routes: [mine, { ...mine, path: "/mine/:other", operationId: "again" }] }),
+    ).toThrow(ConfigurationError);
+    expect(() =>
+      createCreditHandler(m, { authenticate, routes: [{ ...mine, path: "/balance", operationId: "balance2" }] }),
+    ).toThrow(ConfigurationError);
     await m.close();
   });
 });

@@ -83,6 +83,15 @@ describe("the customer's state over HTTP", () => {
     expect((member.json.limits as { spender: string }[]).map((l) => l.spender)).toEqual(["member-1"]);
     const owner = await get("/credits/state", "alice");
     expect((owner.json.limits as { spender: string }[]).map((l) => l.spender).sort()).toEqual(["member-1", "member-2"]);
+    // A customer token bound to a spender sees what that member's key sees; one bound to none, all.
+    const bound = (await m.credits.customerToken("alice", { ttlSeconds: 600, spender: "member-1" })).token;
+    expect(((await get("/credits/state", bound)).json.limits as { spender: string }[]).map((l) => l.spender)).toEqual([
+      "member-1",
+    ]);
+    const whole = (await m.credits.customerToken("alice", { ttlSeconds: 600 })).token;
+    expect(
+      ((await get("/credits/state", whole)).json.limits as { spender: string }[]).map((l) => l.spender).sort(),
+    ).toEqual(["member-1", "member-2"]);
     const { token } = await m.credits.customerToken("bob", { ttlSeconds: 600 });
     for (const caller of ["bob", "bob/member-1", token]) {
       const res = await get("/admin/credits/users/alice/state", caller);

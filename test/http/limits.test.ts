@@ -107,6 +107,28 @@ describe("limit routes and the spender of a spend over HTTP", () => {
     ).toBe(403);
   });
 
+  it('a member disabled with a limit of 0 in unit "*" is refused in every unit, holds included', async () => {
+    await m.credits.addCredits("acme", 5, { unit: "images" });
+    const set = await call("POST", "/admin/credits/users/acme/limits/set", ADMIN, {
+      limit: { spender: "former", unit: "*", amount: 0, period: "year" },
+    });
+    expect(set.status).toBe(200);
+    expect(set.body.items).toMatchObject([{ spender: "former", unit: "*", amount: 0 }]);
+    for (const unit of [undefined, "images"]) {
+      const held = await call("POST", "/credits/reservations", "acme/former", { amount: 1, unit });
+      expect(held.status).toBe(429);
+      expect(held.body.error.code).toBe("SPEND_LIMIT_EXCEEDED");
+      const some = await call("POST", "/credits/reservations", "acme/former", { amount: 5, minimum: 1, unit });
+      expect(some.status).toBe(429);
+      const q = unit === undefined ? "" : `&unit=${unit}`;
+      expect((await call("GET", `/credits/check?amount=1${q}`, "acme/former")).body).toMatchObject({
+        allowed: false,
+        reason: "limit",
+      });
+    }
+    expect((await call("POST", "/credits/reservations", "acme/alice", { amount: 5, unit: "images" })).status).toBe(201);
+  });
+
   it("a user reads its own limits but cannot set or remove them", async () => {
     await m.credits.setLimits("acme", limits);
     const own = await call("GET", "/credits/limits", "acme");

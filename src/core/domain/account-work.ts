@@ -1,3 +1,4 @@
+import { own } from "./own.js";
 import type { Changes, LoadedState } from "./state.js";
 import { noteAddSource } from "./events.js";
 import { InsufficientCreditsError, RuleViolationError } from "../errors.js";
@@ -149,9 +150,10 @@ export class AccountWork implements UnitWork {
       this.unitsOwned = true;
     }
     const units = this.account.units as Record<string, UnitFigures>;
-    const had = units[u];
+    const had = own(units, u);
     // A copy, changed in place from here on (the loaded one is never mutated).
-    this.f = units[u] = had === undefined ? { balance: 0, reserved: 0, debt: 0 } : { ...had };
+    this.f = had === undefined ? { balance: 0, reserved: 0, debt: 0 } : { ...had };
+    units[u] = this.f;
   }
 
   /** Makes `unit` (null or undefined: the default unit) the one `available` and `availableFor` read (docs/units.md). */
@@ -168,7 +170,7 @@ export class AccountWork implements UnitWork {
   figures(unit: string | null = null): UnitFigures {
     const u = unit === DEFAULT_UNIT ? null : unit;
     if (u === null) return this.account;
-    return this.account.units?.[u] ?? { balance: 0, reserved: 0, debt: 0 };
+    return own(this.account.units, u) ?? { balance: 0, reserved: 0, debt: 0 };
   }
 
   /** The overdraft limit of the current unit: `given` (the default unit's) or the unit's own. */

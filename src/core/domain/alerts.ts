@@ -1,3 +1,4 @@
+import { own } from "./own.js";
 import type {
   Account,
   AlertMark,
@@ -266,7 +267,7 @@ class Figures {
   /** The balance, reserved and debt of its unit. */
   private own(): { balance: number; reserved: number; debt: number } {
     if (this.unit === null) return this.account;
-    return this.account.units?.[this.unit] ?? { balance: 0, reserved: 0, debt: 0 };
+    return own(this.account.units, this.unit) ?? { balance: 0, reserved: 0, debt: 0 };
   }
 
   /**

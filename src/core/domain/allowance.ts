@@ -10,6 +10,7 @@
  * `~`: src/core/models/alerts.ts), so it travels in the row every store already writes.
  */
 
+import { own, setOwn } from "./own.js";
 import type { GrantScope } from "../models/limits.js";
 import type { Account, AlertMark, Grant } from "../models/index.js";
 import { isOpenGrant } from "./order.js";
@@ -85,7 +86,7 @@ function drawnOut(g: Grant): boolean {
 
 /** The allowance a scope's drawn-out amount counts in, by its stored mark; null: nothing counted. */
 function counting(stored: Readonly<Record<string, AlertMark>> | undefined, key: string): number | null {
-  const mark = stored?.[key];
+  const mark = own(stored, key);
   return mark === undefined || (mark.spent ?? 0) <= 0 ? null : (mark.allowance ?? 0);
 }
 
@@ -165,7 +166,7 @@ export function trackAllowance(
   const allowanceOf = (key: string) => counting(stored, key) ?? account.seq;
   let changed = false;
   for (const [key, amount] of amounts) {
-    const mark = marks?.[key];
+    const mark = own(marks, key);
     if ((mark?.spent ?? 0) !== amount || (amount > 0 && (mark?.allowance ?? 0) !== allowanceOf(key))) changed = true;
   }
   if (!changed) return;
@@ -175,7 +176,7 @@ export function trackAllowance(
       if (!isAllowanceKey(key))
         Object.defineProperty(next, key, { value: mark, writable: true, enumerable: true, configurable: true });
   for (const [key, amount] of amounts)
-    if (amount > 0) next[key] = { state: "ok", crossings: 0, spent: amount, allowance: allowanceOf(key) };
+    if (amount > 0) setOwn(next, key, { state: "ok", crossings: 0, spent: amount, allowance: allowanceOf(key) });
   const prev = account.alert ?? { level: null, threshold: 0, lastAllocation: 0, override: null };
   account.alert = { ...prev, marks: next };
 }

@@ -24,6 +24,7 @@ import {
   type SpendLimit,
   type SpendLimitInput,
   type SpendLimitStatus,
+  EVERY_UNIT,
   MAX_LIMITS,
   limitKey,
 } from "../models/limits.js";
@@ -113,7 +114,7 @@ export function applies(
   return (
     (limit.spender === null || limit.spender === spend.spender) &&
     (limit.feature === null || limit.feature === spend.feature) &&
-    (limit.unit ?? null) === (spend.unit ?? null)
+    (limit.unit === EVERY_UNIT || (limit.unit ?? null) === (spend.unit ?? null))
   );
 }
 
@@ -177,13 +178,20 @@ export function limitRoom(
 export const clockTimes = new WeakMap<object, number>();
 
 /** The refusal of a spend of `requested` that does not fit `h`, made at `at` (the manager's clock, ms). */
-export function limitError(h: LimitHeadroom, requested: number, what = "spend", at?: number): SpendLimitError {
+export function limitError(
+  h: LimitHeadroom,
+  requested: number,
+  what = "spend",
+  at?: number,
+  spendUnit: string | null = null,
+): SpendLimitError {
   const l = h.limit;
   const who = [l.spender === null ? null : `spender ${l.spender}`, l.feature === null ? null : `feature ${l.feature}`]
     .filter((x) => x !== null)
     .join(", ");
   const resetsAt = new Date(h.window.end).toISOString();
-  const unit = l.unit ?? null;
+  // A limit in every unit names the spend's unit.
+  const unit = l.unit === EVERY_UNIT ? spendUnit : (l.unit ?? null);
   const details = { requested, limit: describeLimit(l), used: h.used, remaining: h.left, resetsAt };
   const error = new SpendLimitError(
     `Cannot ${what} ${requested} ${unit ?? DEFAULT_UNIT}: the spend limit of ${l.amount} per ${describePeriod(l)}${who === "" ? "" : ` for ${who}`} has ${h.left} left until ${resetsAt}.`,
@@ -297,7 +305,7 @@ export function countSpend(
   });
   if (over && options.force !== true) {
     // The tightest limit that applies names the refusal (the rare path: read again).
-    throw limitError(tightestLimit(limits, spend, at) as LimitHeadroom, amount, options.what, at);
+    throw limitError(tightestLimit(limits, spend, at) as LimitHeadroom, amount, options.what, at, spend.unit ?? null);
   }
   return { limits: out, crossed, over };
 }

@@ -1,3 +1,4 @@
+import { own } from "./own.js";
 import type { Account, Grant, GrantScope, JournalEntry, Reservation } from "../models/index.js";
 import { readSnapshot } from "./checkpoint.js";
 import { stringify } from "safe-stable-stringify";
@@ -534,8 +535,8 @@ function compareStored(
     if (acc.lastHash !== prevHash) problems.push("stored lastHash is not the hash of the last entry");
     const storedUnits = acc.units ?? {};
     for (const unit of new Set([...Object.keys(storedUnits), ...Object.keys(r.units)])) {
-      const want = r.units[unit] ?? { balance: 0, reserved: 0, debt: 0 };
-      const got = storedUnits[unit] ?? { balance: 0, reserved: 0, debt: 0 };
+      const want = own(r.units, unit) ?? { balance: 0, reserved: 0, debt: 0 };
+      const got = own(storedUnits, unit) ?? { balance: 0, reserved: 0, debt: 0 };
       for (const k of ["balance", "reserved", "debt"] as const)
         if (got[k] !== want[k]) problems.push(`stored ${unit} ${k} ${got[k]} != replayed ${want[k]}`);
     }

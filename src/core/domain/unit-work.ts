@@ -51,7 +51,7 @@ export interface EntryMeta {
 export interface NewGrant {
   /** When its credits expire; null: never. */
   expiresAt: Date | null;
-  /** Burn-down order among grants expiring together: higher is spent first. */
+  /** Burn-down order (docs/concepts.md): a lower number is spent first, before the expiry is read. */
   priority: number;
   /** Where the credits came from (`ModuleRegistry.grantSources`). */
   source: GrantSource;

@@ -51,6 +51,15 @@ export const LimitPeriod = z.union([
  */
 export type LimitPeriod = z.infer<typeof LimitPeriod>;
 
+/**
+ * The `unit` of a limit that applies in every unit (docs/teams-and-limits.md, "A disabled
+ * spender"): only with `amount: 0`, since no limit adds two units together.
+ */
+export const EVERY_UNIT = "*";
+
+/** The credit unit a limit counts: a unit's name, or {@link EVERY_UNIT} (`"*"`). */
+const LimitCreditUnit = z.union([UnitName, z.literal(EVERY_UNIT)]);
+
 /** One limit as `setLimits` takes it. @public */
 export const SpendLimitInput = z
   .strictObject({
@@ -60,9 +69,10 @@ export const SpendLimitInput = z
     feature: z.optional(FeatureName),
     /**
      * The credit unit it counts (docs/units.md): only spends in it. Omitted: the unit of `feature`'s
-     * rule when it names one, else the default unit. Not the window's calendar `period.unit`.
+     * rule when it names one, else the default unit. `"*"` ({@link EVERY_UNIT}): every unit, with
+     * `amount: 0` only (a disabled spender). Not the window's calendar `period.unit`.
      */
-    unit: z.optional(UnitName),
+    unit: z.optional(LimitCreditUnit),
     /** Credits (of `unit`) that may be spent in one window; 0 refuses every spend it applies to. */
     amount: NonNegativeAmount,
     /** The window. Required unless `resetsWith` is "subscription". */
@@ -74,6 +84,10 @@ export const SpendLimitInput = z
     z.refine((l) => (l.period === undefined) !== (l.resetsWith === undefined), {
       error: 'a limit needs exactly one of period and resetsWith: "subscription"',
       path: ["period"],
+    }),
+    z.refine((l) => l.unit !== EVERY_UNIT || l.amount === 0, {
+      error: 'a limit in every unit (unit: "*") must have amount 0: no limit adds two units together',
+      path: ["amount"],
     }),
   );
 /** One limit as `setLimits` takes it. @public */
@@ -94,8 +108,8 @@ export const SetLimitsInput = z.array(SpendLimitInput).check(
 export const RemoveLimitInput = z.strictObject({
   spender: z.optional(SpenderId),
   feature: z.optional(FeatureName),
-  /** The credit unit (docs/units.md); omitted: as for `setLimit`, the feature's or the default one. */
-  unit: z.optional(UnitName),
+  /** The credit unit (docs/units.md); omitted: as for `setLimit`, the feature's or the default one; `"*"`: every unit. */
+  unit: z.optional(LimitCreditUnit),
   period: z.optional(LimitPeriod),
   resetsWith: z.optional(z.literal("subscription")),
 });
@@ -123,8 +137,8 @@ export type LimitAlert = z.infer<typeof LimitAlert>;
 export const SpendLimit = z.object({
   spender: z.nullable(SpenderId),
   feature: z.nullable(FeatureName),
-  /** The credit unit it counts (docs/units.md); absent or null: the default unit. */
-  unit: z.optional(z.nullable(UnitName)),
+  /** The credit unit it counts (docs/units.md); absent or null: the default unit; `"*"`: every unit. */
+  unit: z.optional(z.nullable(LimitCreditUnit)),
   amount: NonNegativeAmount,
   /** Null when the limit follows the subscription (`cycle`). */
   period: z.nullable(LimitPeriod),

@@ -1,3 +1,4 @@
+import { own } from "../domain/own.js";
 import type { CacheAside } from "../cache/aside.js";
 import type { AccountCredits, DbManager } from "../db/types.js";
 import type { AccountWork } from "../domain/account-work.js";
@@ -140,7 +141,7 @@ export function creditsInfo(userId: string, account: Account | null): CreditsInf
  */
 export function inUnit(info: CreditsInfo, unit: string | null): CreditsInfo {
   if (unit === null) return info;
-  const f = info.units?.[unit] ?? { balance: 0, reserved: 0, available: 0, debt: 0 };
+  const f = own(info.units, unit) ?? { balance: 0, reserved: 0, available: 0, debt: 0 };
   const { scoped: _default, units: _all, ...rest } = info;
   return { ...rest, unit, ...f };
 }

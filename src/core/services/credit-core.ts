@@ -1,3 +1,4 @@
+import { own } from "../domain/own.js";
 import type { FeatureRule } from "../domain/checks.js";
 import type { Logger } from "../logger.js";
 import { CacheAside } from "../cache/aside.js";
@@ -322,14 +323,14 @@ export class CreditCore {
    */
   unitOf(feature: string | undefined, unit: string | undefined): string | undefined {
     const named = unit === DEFAULT_UNIT ? undefined : unit;
-    const rule = feature === undefined ? undefined : this.features[feature]?.unit;
+    const rule = feature === undefined ? undefined : own(this.features, feature)?.unit;
     if (rule === undefined) return named;
-    const own = rule === DEFAULT_UNIT ? undefined : rule;
-    if (unit !== undefined && named !== own)
+    const ruleUnit = rule === DEFAULT_UNIT ? undefined : rule;
+    if (unit !== undefined && named !== ruleUnit)
       throw new ValidationError(`Invalid options.unit: feature ${feature} is paid in ${rule}, not ${unit}`, [
         { path: "unit", message: `feature ${feature} is paid in ${rule}` },
       ]);
-    return own;
+    return ruleUnit;
   }
 
   /**

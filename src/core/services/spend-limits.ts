@@ -2,6 +2,7 @@ import { limitStatuses, replaceLimits, withLimit, withoutLimit } from "../../cor
 import { ValidationError } from "../../core/errors.js";
 import type { SubscriptionStore } from "../../core/db/types-subscriptions.js";
 import {
+  EVERY_UNIT,
   MutationOptions,
   RemoveLimitInput,
   SetLimitsInput,
@@ -69,6 +70,7 @@ export class SpendLimits {
    * a `ValidationError`.
    */
   private inUnit<T extends { feature?: string | undefined; unit?: string | undefined }>(limit: T): T {
+    if (limit.unit === EVERY_UNIT) return limit;
     const unit = this.core.unitOf(limit.feature, limit.unit);
     if (unit === limit.unit) return limit;
     const { unit: _named, ...rest } = limit;

@@ -60,10 +60,71 @@ export function runUnitsContract(
     const account = await db.getAccount(u);
     if (account === null) return null;
     if (unit === undefined) return { balance: account.balance, reserved: account.reserved, debt: account.debt };
-    return account.units?.[unit] ?? { balance: 0, reserved: 0, debt: 0 };
+    return (
+      (Object.hasOwn(account.units ?? {}, unit) ? account.units?.[unit] : undefined) ?? {
+        balance: 0,
+        reserved: 0,
+        debt: 0,
+      }
+    );
   };
 
   describe("units", () => {
+    it("a name Object.prototype has is a name like any other: a unit, a feature, a spender, a scope and a limit's", async () => {
+      const names = Object.getOwnPropertyNames(Object.prototype);
+      // Units: the names the unit pattern takes ("constructor") hold credits like any unit; the others are refused by it.
+      const { credits, u } = service();
+      const taken: string[] = [];
+      for (const name of names) {
+        const refused = await credits.deductCredits(u, 1, { unit: name }).catch((e: unknown) => e);
+        if (refused instanceof ValidationError) continue;
+        expect(refused).toBeInstanceOf(InsufficientCreditsError);
+        taken.push(name);
+        await credits.addCredits(u, 10, { unit: name });
+        expect(await credits.deductCredits(u, 3, { unit: name })).toMatchObject({
+          unit: name,
+          balanceAfter: 7,
+          debtAfter: 0,
+        });
+        const hold = await credits.reserveCredits(u, 2, { unit: name });
+        await credits.commitReservedCredits(hold.id, { amount: 1 });
+        expect(await credits.getUserCreditsInfo(u, { unit: name })).toMatchObject({
+          unit: name,
+          balance: 6,
+          reserved: 0,
+          available: 6,
+          debt: 0,
+        });
+        expect(await credits.check(u, { unit: name, amount: 6 })).toMatchObject({ allowed: true });
+        expect(await credits.check(u, { unit: name, amount: 7 })).toMatchObject({ allowed: false });
+        expect(await figures(u, name)).toEqual({ balance: 6, reserved: 0, debt: 0 });
+      }
+      expect(taken).toEqual(["constructor"]);
+      expect(await figures(u)).toEqual({ balance: 0, reserved: 0, debt: 0 });
+      await clean(credits, u);
+
+      // Features, spenders, scopes and limits: every name.
+      for (const name of names) {
+        const v = user();
+        await credits.addCredits(v, 10);
+        await credits.addCredits(v, 5, { scope: { features: [name], spenders: [name] } });
+        expect((await credits.getUserCreditsInfo(v, { spender: name, feature: name })).available).toBe(15);
+        expect((await credits.getUserCreditsInfo(v)).available).toBe(10);
+        await credits.deductCredits(v, 12, { spender: name, feature: name });
+        expect(await credits.getUserCreditsInfo(v)).toMatchObject({ balance: 3, available: 3 });
+        await credits.setLimits(v, [{ spender: name, feature: name, amount: 1, period: "day" }]);
+        expect(await credits.getLimits(v)).toMatchObject([{ spender: name, feature: name, used: 0, amount: 1 }]);
+        await expect(credits.deductCredits(v, 2, { spender: name, feature: name })).rejects.toBeInstanceOf(
+          SpendLimitError,
+        );
+        await credits.deductCredits(v, 1, { spender: name, feature: name });
+        expect(await credits.getLimits(v)).toMatchObject([{ spender: name, used: 1, remaining: 0 }]);
+        await credits.removeLimit(v, { spender: name, feature: name });
+        expect(await credits.getLimits(v)).toEqual([]);
+        await clean(credits, v);
+      }
+    });
+
     it("keeps each unit's balance apart; the default unit's figures are the account's own", async () => {
       const { credits, u } = service();
       await credits.addCredits(u, 100);
@@ -321,6 +382,44 @@ export function runUnitsContract(
         await expect(credits.deductCredits(u, 5, { unit })).rejects.toBeInstanceOf(ValidationError);
       }
       expect(await db.getAccount(u)).toBe(null);
+    });
+
+    it('disables a spender in every unit with a limit of 0 in unit "*": spends, holds and checks refused in each unit', async () => {
+      const { credits, u } = service();
+      await credits.addCredits(u, 100);
+      await credits.addCredits(u, 5, { unit: "images" });
+      await credits.addCredits(u, 5, { unit: "gpu_seconds" });
+      // Only with amount 0: no limit adds two units together.
+      await expect(
+        credits.setLimit(u, { spender: "gone", unit: "*", amount: 1, period: "year" }),
+      ).rejects.toBeInstanceOf(ValidationError);
+      await credits.setLimits(u, [{ spender: "gone", unit: "*", amount: 0, period: "year" }]);
+      expect(await credits.getLimits(u)).toMatchObject([{ spender: "gone", unit: "*", amount: 0, remaining: 0 }]);
+      const before = await credits.getCreditHistory(u, { limit: 100 });
+      for (const unit of [undefined, "images", "gpu_seconds"]) {
+        const spent = await credits.deductCredits(u, 1, { spender: "gone", unit }).catch((e: unknown) => e);
+        expect(spent).toBeInstanceOf(SpendLimitError);
+        if (unit !== undefined) expect((spent as SpendLimitError).details).toMatchObject({ unit });
+        await expect(credits.reserveCredits(u, 1, { spender: "gone", unit })).rejects.toBeInstanceOf(SpendLimitError);
+        await expect(credits.reserveCredits(u, 5, { spender: "gone", unit, minimum: 1 })).rejects.toBeInstanceOf(
+          SpendLimitError,
+        );
+        expect(await credits.check(u, { spender: "gone", unit, amount: 1 })).toMatchObject({
+          allowed: false,
+          reason: "limit",
+        });
+        // Another spender, and the account's own spends, are not touched.
+        await credits.deductCredits(u, 1, { spender: "stays", unit });
+      }
+      await expect(credits.deductCredits(u, 1, { spender: "gone", feature: "render" })).rejects.toBeInstanceOf(
+        SpendLimitError,
+      );
+      expect((await credits.getCreditHistory(u, { limit: 100 })).items.length).toBe(before.items.length + 3);
+      // Removed with the same unit, the spender spends again.
+      await credits.removeLimit(u, { spender: "gone", unit: "*" });
+      expect(await credits.getLimits(u)).toEqual([]);
+      await credits.deductCredits(u, 1, { spender: "gone", unit: "images" });
+      await clean(credits, u);
     });
 
     it("counts a spend limit in its own unit: a limit per unit, refusals naming the unit, the feature's unit", async () => {
@@ -648,7 +747,14 @@ async function runUnitsAgainstModels(
     // Each unit's figures are its model's; the service answers them settled.
     const info = await credits.getUserCreditsInfo(u);
     for (const [name, model] of models) {
-      const got = name === "credits" ? info : (info.units?.[name] ?? { balance: 0, reserved: 0, debt: 0 });
+      const got =
+        name === "credits"
+          ? info
+          : ((Object.hasOwn(info.units ?? {}, name) ? info.units?.[name] : undefined) ?? {
+              balance: 0,
+              reserved: 0,
+              debt: 0,
+            });
       const want = { balance: model.balance, reserved: model.reserved, debt: model.debt };
       const seen = { balance: got.balance, reserved: got.reserved, debt: got.debt };
       if (JSON.stringify(seen) !== JSON.stringify(want))

@@ -1,9 +1,13 @@
 import { CreditError } from "../../core/errors.js";
 
 /** The error codes of the billing module (promos and payments, docs/promos-and-payments.md). */
-export const BILLING_ERROR_CODES = ["PROMO_NOT_ELIGIBLE", "WEBHOOK_REJECTED", "PAYMENT_PROVIDER_ERROR"] as const;
-/** A code of the billing module's errors. */
-export type BillingErrorCode = (typeof BILLING_ERROR_CODES)[number];
+export const BILLING_ERROR_CODES = [
+  "PROMO_NOT_ELIGIBLE",
+  "WEBHOOK_REJECTED",
+  "PAYMENT_PROVIDER_ERROR",
+] as const satisfies readonly BillingErrorCode[];
+/** A code of the billing module's errors. @public */
+export type BillingErrorCode = "PROMO_NOT_ELIGIBLE" | "WEBHOOK_REJECTED" | "PAYMENT_PROVIDER_ERROR";
 
 /** A promo code cannot be claimed by this account now; `reason` says why. Nothing was changed. @public */
 export class PromoNotEligibleError extends CreditError<"PROMO_NOT_ELIGIBLE"> {

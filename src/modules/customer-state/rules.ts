@@ -4,6 +4,7 @@
  * rules, what the account may do now — each feature decided by the rule `check()` decides with
  * (./checks.ts), with the figures and grants behind it — its limits and its alerts.
  */
+import { own } from "../../core/domain/own.js";
 import type {
   Account,
   AlertStatus,
@@ -219,7 +220,7 @@ export function stateOf(
 
   const features = [...names].sort(byCodeUnit).map((feature): FeatureState => {
     const spend = { spender: null, feature };
-    const rule = rules[feature];
+    const rule = own(rules, feature);
     const unit = rule?.unit === undefined || rule.unit === DEFAULT_UNIT ? null : rule.unit;
     // Its scoped grants first, then the pool: the order a spend on it draws them (docs/teams-and-limits.md).
     // In another unit: that unit's grants and debt (docs/units.md).
@@ -230,7 +231,7 @@ export function stateOf(
       left,
     } = unit === null
       ? figuresBehind(defaultGrants, spend, debt, now, drawn)
-      : figuresBehind(inUnit(unit), spend, account?.units?.[unit]?.debt ?? 0, now);
+      : figuresBehind(inUnit(unit), spend, own(account?.units, unit)?.debt ?? 0, now);
     // The limits in the unit a spend on it acts in: its rule's (docs/units.md, "Features in a unit").
     const tight = tightestLimit(limits, { ...spend, unit }, at);
     const decision = decideFeature(left, rule, planId, undefined, () => tight);

@@ -1,9 +1,12 @@
 import { CreditError } from "../../core/errors.js";
 
 /** The error codes of the pricing module and the metering of model calls (docs/llm-metering.md). */
-export const PRICING_ERROR_CODES = ["UNKNOWN_MODEL", "RUN_BUDGET_EXCEEDED"] as const;
-/** A code of the pricing module's errors. */
-export type PricingErrorCode = (typeof PRICING_ERROR_CODES)[number];
+export const PRICING_ERROR_CODES = [
+  "UNKNOWN_MODEL",
+  "RUN_BUDGET_EXCEEDED",
+] as const satisfies readonly PricingErrorCode[];
+/** A code of the pricing module's errors. @public */
+export type PricingErrorCode = "UNKNOWN_MODEL" | "RUN_BUDGET_EXCEEDED";
 
 /**
  * Usage of a model the price book does not price, and the book has no `default`: refused, never
