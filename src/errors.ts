@@ -25,6 +25,7 @@ export {
   ConfigurationError,
   StorageError,
   OutcomeUnknownError,
+  ModuleError,
   type ValidationIssue,
   type OutcomeUnknownDetails,
 } from "./core/errors.js";
