@@ -114,8 +114,5 @@ function check(registered: RegisteredHook, changes: Changes, before: Before): vo
     else refuse(`the account's column "${key}" (another module's)`, `account.${key}`);
   }
   if (own !== undefined && ownChanged)
-    own.set(
-      changes.account,
-      checkColumnValue(module, own, changes.account.userId, account[own.name], "written"),
-    );
+    own.set(changes.account, checkColumnValue(module, own, changes.account.userId, account[own.name], "written"));
 }

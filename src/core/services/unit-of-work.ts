@@ -212,7 +212,11 @@ class UnitRun<T> {
     };
     for (const hook of this.runner.config.unitHooks) {
       // Each within what its module may change (src/core/services/hook-guard.ts).
-      const rows = runUnitHook(hook, { loaded: work.loaded, now: work.now, changes, attach }, this.runner.config.logger);
+      const rows = runUnitHook(
+        hook,
+        { loaded: work.loaded, now: work.now, changes, attach },
+        this.runner.config.logger,
+      );
       if (rows.length > 0) changes.notifications = [...(changes.notifications ?? []), ...rows];
     }
     if (

@@ -1,11 +1,5 @@
 import { randomUUID } from "node:crypto";
-import type {
-  Account,
-  AutoTopUpAttempt,
-  AutoTopUpRule,
-  AutoTopUpSettings,
-  Notification,
-} from "../../models-entry.js";
+import type { Account, AutoTopUpAttempt, AutoTopUpRule, AutoTopUpSettings, Notification } from "../../models-entry.js";
 import { AutoTopUpState } from "./model-auto-top-up.js";
 import { newNotification } from "../../core/domain/notifications.js";
 import { accountColumn } from "../../core/module.js";
