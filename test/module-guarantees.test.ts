@@ -13,7 +13,7 @@ import { afterAll, describe, expect, it } from "vitest";
 import * as z from "zod/mini";
 import { createCreditManager, InMemoryDbManager, ModuleError } from "credit-management";
 import { accountColumn, createCreditManager as createCoreManager } from "credit-management/core";
-import type { CreditModule, EntryMeta, ModuleCapability, ModuleContext } from "credit-management/core";
+import type { CreditModule, EntryMeta, ModuleContext } from "credit-management/core";
 import type { DbManager } from "credit-management/store";
 import { SqliteDbManager } from "credit-management/sqlite";
 import { PostgresDbManager } from "credit-management/postgres";
@@ -237,7 +237,7 @@ describe.each(stores)("what a module may change: $name", (store) => {
   });
 
   it("UnitWork's options that pass the core's rules need a declared capability", async () => {
-    const all: ModuleCapability[] = ["overdraftLimit", "spendLimits", "takeBack"];
+    const all: CreditModule["capabilities"] = ["overdraftLimit", "spendLimits", "takeBack"];
     const plain = module("plain");
     const payer = module("payer", { capabilities: all });
     const m = await createCreditManager({ db: store.db(), modules: [plain.module, payer.module] });

@@ -253,17 +253,8 @@ export interface ModuleContext {
   ): Promise<T | null>;
 }
 
-/**
- * What a module may do in its units of work (`ModuleContext.runUnitOfWork`) beyond the rules every
- * public method applies (docs/modules.md, "Capabilities"): `overdraftLimit`, a deduction or commit
- * with an overdraft limit looser than the manager's; `spendLimits`, a deduction that skips the
- * spend limits (`limits: "skip"`) or counts them without refusing (`limits: "force"` without
- * `allowDebt`); `takeBack`, entries that take credits back for a refund or a lost dispute
- * (`EntryMeta.takeBack`). The billing module declares `overdraftLimit` and `takeBack` (a refund
- * takes back credits already spent, into debt).
- * @beta
- */
-export type ModuleCapability = "overdraftLimit" | "spendLimits" | "takeBack";
+/** A capability a module may declare (`CreditModule.capabilities`). @internal */
+export type ModuleCapability = NonNullable<CreditModule["capabilities"]>[number];
 
 /** The capabilities a module may declare. */
 const CAPABILITIES: ReadonlySet<string> = new Set<ModuleCapability>(["overdraftLimit", "spendLimits", "takeBack"]);
@@ -291,11 +282,16 @@ export interface CreditModule<Column = unknown> {
    */
   readonly accountColumn?: AccountColumn<Column>;
   /**
-   * What the module may do in its units of work beyond the core's rules (`ModuleCapability`);
-   * default none. An operation of `UnitWork` that asks for one the module did not declare is a
-   * `ModuleError`, and nothing is written.
+   * What the module may do in its units of work (`ModuleContext.runUnitOfWork`) beyond the rules
+   * every public method applies (docs/modules.md, "Capabilities"); default none. `overdraftLimit`:
+   * a deduction or commit with an overdraft limit looser than the manager's; `spendLimits`: a
+   * deduction that skips the spend limits (`limits: "skip"`) or counts them without refusing
+   * (`limits: "force"` without `allowDebt`); `takeBack`: entries that take credits back for a
+   * refund or a lost dispute (`EntryMeta.takeBack`). An operation of `UnitWork` that asks for one
+   * the module did not declare is a `ModuleError`, and nothing is written. The billing module
+   * declares `overdraftLimit` and `takeBack` (a refund takes back credits already spent, into debt).
    */
-  readonly capabilities?: readonly ModuleCapability[];
+  readonly capabilities?: readonly ("overdraftLimit" | "spendLimits" | "takeBack")[];
   /** Work the module does inside every unit of work that writes (its outbox rows, its column). */
   readonly unitHook?: UnitHook;
   /** The module's check of an account in `audit()`, after the journal's replay. */
