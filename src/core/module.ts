@@ -240,7 +240,8 @@ export interface ModuleContext {
    * `column` must be the one the module declared (another is a `ModuleError` naming the module and
    * the column, and nothing is written); the new value is validated with its schema (a
    * `ModuleError`, nothing written). A stored value the schema refuses reaches `change` as null,
-   * with the `ModuleError` that says so as `malformed`: `change` may replace it, or return null.
+   * with the `ModuleError` that says so as `malformed`: `change` may replace it; null then
+   * rejects with that error.
    */
   changeColumn<T>(
     userId: string,
