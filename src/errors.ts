@@ -26,6 +26,7 @@ export {
   ConfigurationError,
   StorageError,
   OutcomeUnknownError,
+  ModuleError,
   type ValidationIssue,
   type OutcomeUnknownDetails,
 } from "./core/errors.js";

@@ -118,7 +118,7 @@ describe("a module over the module context, from the public entries only", () =>
 
   it("changes its own column on the account alone, with its outbox rows, and nothing when it says so", async () => {
     let ctx: ModuleContext | undefined;
-    const plan = accountColumn<{ tier: string }>("supportPlan");
+    const plan = accountColumn("supportPlan", z.object({ tier: z.string() }));
     const module: CreditModule<{ tier: string }> = {
       id: "support",
       accountColumn: plan,

@@ -2,6 +2,7 @@
 // public entries, registers its error code, notification type, grant source and account column, and
 // the core accepts them, and refuses what no module registered.
 import { describe, expect, it } from "vitest";
+import * as z from "zod/mini";
 import { ConfigurationError, createCreditManager, CreditError, ValidationError } from "../src/index.js";
 import {
   accountColumn,
@@ -21,7 +22,7 @@ class ReferralError extends CreditError<"REFERRAL_LIMIT"> {
 /** A referral module: its grants carry `source: "referral"`, counted in its column on the account. */
 function referrals() {
   const seen: { ctx?: ModuleContext } = {};
-  const count = accountColumn<{ rewarded: number }>("referrals");
+  const count = accountColumn("referrals", z.object({ rewarded: z.int() }));
   const module: CreditModule<{ rewarded: number }> = {
     id: "referrals",
     errorCodes: ["REFERRAL_LIMIT"],
@@ -163,7 +164,7 @@ describe("a module outside src/ through CreditModule", () => {
     await expect(createCreditManager({ modules: [{ id: "bad", grantSources: ["promo"] }] })).rejects.toBeInstanceOf(
       ConfigurationError,
     );
-    expect(() => accountColumn("balance")).toThrow(ConfigurationError);
+    expect(() => accountColumn("balance", z.number())).toThrow(ConfigurationError);
   });
 });
 

@@ -23,7 +23,8 @@ export type CreditErrorCode =
   | "CONFLICT"
   | "CONFIGURATION_ERROR"
   | "STORAGE_ERROR"
-  | "OUTCOME_UNKNOWN";
+  | "OUTCOME_UNKNOWN"
+  | "MODULE_ERROR";
 
 /** Base class of every error the library throws on purpose. @public */
 export class CreditError<Code extends string = CreditErrorCode> extends Error {
@@ -205,6 +206,24 @@ export class ConfigurationError extends CreditError {
   /** An error for options or a store that cannot work together. */
   constructor(message: string, cause?: unknown) {
     super("CONFIGURATION_ERROR", 500, message, { cause });
+  }
+}
+
+/**
+ * A module of the manager (docs/modules.md, "What a module may change") asked for what it did not
+ * declare — another module's column, a capability such as a looser overdraft limit — or changed
+ * what the core owns in its `unitHook`, or wrote a value its column's schema refuses; or its column
+ * on an account holds a stored value its schema refuses. `module` names the module (and `details`
+ * the column, capability or field). Nothing was changed. HTTP 500, code `MODULE_ERROR`.
+ * @public
+ */
+export class ModuleError extends CreditError {
+  /** The module's id. */
+  readonly module: string;
+  /** An error of module `module`; `details` say what (its column, the capability, the core's field). */
+  constructor(module: string, message: string, details: Record<string, unknown> = {}, cause?: unknown) {
+    super("MODULE_ERROR", 500, message, { details: { module, ...details }, cause });
+    this.module = module;
   }
 }
 

@@ -1,4 +1,5 @@
-import { ConfigurationError, ValidationError } from "./errors.js";
+import * as z from "zod/mini";
+import { ConfigurationError, ModuleError, ValidationError } from "./errors.js";
 import type { DbManager, DbTransaction } from "./db/types.js";
 import type { ModuleStorePart } from "./db/module-part.js";
 import type { LedgerLogger } from "./ledger/index.js";
@@ -38,42 +39,92 @@ import type { CreditErrorCode } from "./errors.js";
 
 /**
  * A module's own state on the account (the billing module's auto top-up, say), kept in a column of
- * the account row under `name`. Read it with `get` and set it on a unit of work's copy of the
- * account (`changes.account` in a `unitHook`) with `set`; the core copies it from load to save and
- * reads none of it. Build one with `accountColumn`.
+ * the account row under `name` and validated with the module's `schema`. Read it with `get` and set
+ * it on a unit of work's copy of the account (`changes.account` in a `unitHook`) with `set`; the core
+ * copies it from load to save, validates what a module writes to it (docs/modules.md, "What a module
+ * may change") and reads none of it. Build one with `accountColumn`.
  * @beta
  */
 export interface AccountColumn<T> {
   /** The column's name on the account (unique among a manager's modules; no core field). */
   readonly name: string;
-  /** The column's value on `account`; null when the account has none. */
+  /** The zod schema every value of the column passes, written or read. */
+  readonly schema: z.core.$ZodType<T>;
+  /**
+   * The column's value on `account`, as its schema parses it; null when the account has none. A
+   * stored value the schema refuses is a `ModuleError` naming the module that declares the column.
+   */
   get(account: Account): T | null;
-  /** Sets the column on a unit of work's own copy of the account (never on a stored one). */
+  /**
+   * Sets the column on a unit of work's own copy of the account (never on a stored one). The core
+   * validates the value with the schema before it saves it (a `ModuleError` when it is refused).
+   */
   set(account: Account, value: T | null): void;
 }
 
 /** The core's own fields of the account, which no module column may take. */
 const ACCOUNT_FIELDS: ReadonlySet<string> = new Set(Object.keys(Account.shape));
 
+/** Whether `key` is one of the core's own fields of the account (a `unitHook` may change none). @internal */
+export const isCoreAccountField = (key: string): boolean => ACCOUNT_FIELDS.has(key);
+
+/** The module that declared each column, as the registry found it (named in a stored value's error). */
+const columnOwners = new WeakMap<AccountColumn<unknown>, string>();
+
 /**
- * A typed column of a module on the account (see `AccountColumn`). `name` is a camelCase
- * identifier; a core field's name is a `ConfigurationError`.
+ * `value` of `column` (of module `module`) if its schema accepts it, else a `ModuleError` naming the
+ * module, the column and the account: `what` says where the value came from ("stored", "written").
+ * @internal
+ */
+export function checkColumnValue<T>(
+  module: string,
+  column: AccountColumn<T>,
+  userId: string,
+  value: unknown,
+  what: "stored" | "written",
+): T | null {
+  if (value === undefined || value === null) return null;
+  const parsed = z.safeParse(column.schema, value);
+  if (parsed.success) return parsed.data;
+  const issues = parsed.error.issues.map((i) => ({ path: i.path.map(String).join("."), message: i.message }));
+  const first = issues[0];
+  const why = first === undefined ? "" : `: ${first.path === "" ? "" : `${first.path}: `}${first.message}`;
+  throw new ModuleError(
+    module,
+    what === "stored"
+      ? `[credit-management] module "${module}": account ${userId}'s column "${column.name}" holds a value its schema refuses${why}; this module's features on the account fail until the column is set again`
+      : `[credit-management] module "${module}": the value written to account ${userId}'s column "${column.name}" is refused by its schema${why}; nothing was written`,
+    { column: column.name, userId, columnValue: what, issues },
+  );
+}
+
+/**
+ * A typed column of a module on the account (see `AccountColumn`), its values validated with
+ * `schema` (from `zod` or `zod/mini`). `name` is a camelCase identifier; a core field's name is a
+ * `ConfigurationError`.
  * @beta
  */
-export function accountColumn<T>(name: string): AccountColumn<T> {
+export function accountColumn<T>(name: string, schema: z.core.$ZodType<T>): AccountColumn<T> {
   if (!/^[a-z][A-Za-z0-9]{0,62}$/.test(name) || ACCOUNT_FIELDS.has(name))
     throw new ConfigurationError(`[credit-management] accountColumn: "${name}" is no free camelCase column name`);
-  return {
+  if (typeof schema !== "object" || schema === null || !("_zod" in schema))
+    throw new ConfigurationError(`[credit-management] accountColumn "${name}": its schema must be a zod schema`);
+  const column: AccountColumn<T> = {
     name,
-    get: (account) => {
-      const stored: unknown = Reflect.get(account, name);
-      // The column is written by `set` only, so a value found is a `T`.
-      return stored === undefined || stored === null ? null : (stored as T);
-    },
+    schema,
+    get: (account) =>
+      checkColumnValue(
+        columnOwners.get(column as AccountColumn<unknown>) ?? `(the module of column ${name})`,
+        column,
+        account.userId,
+        Reflect.get(account, name),
+        "stored",
+      ),
     set: (account, value) => {
       Reflect.set(account, name, value);
     },
   };
+  return column;
 }
 
 /**
@@ -166,7 +217,9 @@ export interface ModuleContext {
    * load (by `meta.idempotencyKey`, whose repeat is answered by `replay`), settle what time has done,
    * run `body` (which may run again when the store retries), save in one transaction with the rows
    * `unit.attach`es, then the ledger file and the cache. `meta`: the fields of the entries it
-   * records. `options.operation`: its name in diagnostics (docs/observability.md; default
+   * records. `body`'s `UnitWork` applies the core's rules unless the module declared the capability
+   * to pass one (`CreditModule.capabilities`): an operation that asks for an undeclared one is a
+   * `ModuleError`, and nothing is written. `options.operation`: its name in diagnostics (docs/observability.md; default
    * `unitOfWork`); `settle: false` leaves expiries for `body`; `periods: false` brings no due
    * subscription period first.
    */
@@ -184,13 +237,29 @@ export interface ModuleContext {
    * returns the new value with the outbox rows to record with it (`moduleNotification`), or null to
    * write nothing. It may run again when the store retries. No journal entry is recorded: a column
    * moves no credits. Resolves to the column's value after. A new account is made with it.
+   *
+   * `column` must be the one the module declared (another is a `ModuleError` naming the module and
+   * the column, and nothing is written); the new value is validated with its schema (a
+   * `ModuleError`, nothing written). A stored value the schema refuses reaches `change` as null,
+   * with the `ModuleError` that says so as `malformed`: `change` may replace it; null then
+   * rejects with that error.
    */
   changeColumn<T>(
     userId: string,
     column: AccountColumn<T>,
-    change: (value: T | null, now: Date) => { value: T | null; notifications?: readonly Notification[] } | null,
+    change: (
+      value: T | null,
+      now: Date,
+      malformed?: ModuleError,
+    ) => { value: T | null; notifications?: readonly Notification[] } | null,
   ): Promise<T | null>;
 }
+
+/** A capability a module may declare (`CreditModule.capabilities`). @internal */
+export type ModuleCapability = NonNullable<CreditModule["capabilities"]>[number];
+
+/** The capabilities a module may declare. */
+const CAPABILITIES: ReadonlySet<string> = new Set<ModuleCapability>(["overdraftLimit", "spendLimits", "takeBack"]);
 
 /**
  * A module of a credit manager (docs/modules.md, "Writing a module"): what it adds to the core.
@@ -209,8 +278,22 @@ export interface CreditModule<Column = unknown> {
   readonly eventTypes?: readonly string[];
   /** The grant sources the module adds credits with (lower_snake). */
   readonly grantSources?: readonly string[];
-  /** The module's column on the account (`accountColumn`). */
+  /**
+   * The module's column on the account (`accountColumn`): the only part of the account it may
+   * change (`ModuleContext.changeColumn`, `AccountColumn.set` in its `unitHook`).
+   */
   readonly accountColumn?: AccountColumn<Column>;
+  /**
+   * What the module may do in its units of work (`ModuleContext.runUnitOfWork`) beyond the rules
+   * every public method applies (docs/modules.md, "Capabilities"); default none. `overdraftLimit`:
+   * a deduction or commit with an overdraft limit looser than the manager's; `spendLimits`: a
+   * deduction that skips the spend limits (`limits: "skip"`) or counts them without refusing
+   * (`limits: "force"` without `allowDebt`); `takeBack`: entries that take credits back for a
+   * refund or a lost dispute (`EntryMeta.takeBack`). An operation of `UnitWork` that asks for one
+   * the module did not declare is a `ModuleError`, and nothing is written. The billing module
+   * declares `overdraftLimit` and `takeBack` (a refund takes back credits already spent, into debt).
+   */
+  readonly capabilities?: readonly ("overdraftLimit" | "spendLimits" | "takeBack")[];
   /** Work the module does inside every unit of work that writes (its outbox rows, its column). */
   readonly unitHook?: UnitHook;
   /** The module's check of an account in `audit()`, after the journal's replay. */
@@ -259,6 +342,7 @@ const CORE_ERROR_CODES: readonly CreditErrorCode[] = [
   "CONFIGURATION_ERROR",
   "STORAGE_ERROR",
   "OUTCOME_UNKNOWN",
+  "MODULE_ERROR",
 ];
 
 const MODULE_ID = /^[a-z][a-z0-9-]{0,63}$/;
@@ -314,8 +398,13 @@ export function moduleRegistry(modules: readonly CreditModule[] = []): ModuleReg
     register(id, "grantSources", m.grantSources, grantSources, (v) => GrantSource.safeParse(v).success);
     if (m.accountColumn !== undefined) {
       if (columns.has(m.accountColumn.name)) throw badModule(id, `account column "${m.accountColumn.name}" is taken`);
+      if (!("_zod" in Object(m.accountColumn.schema)))
+        throw badModule(id, `account column "${m.accountColumn.name}" has no schema (accountColumn(name, schema))`);
       columns.add(m.accountColumn.name);
+      columnOwners.set(m.accountColumn as AccountColumn<unknown>, id);
     }
+    for (const c of m.capabilities ?? [])
+      if (!CAPABILITIES.has(c)) throw badModule(id, `capabilities has an unknown value ${JSON.stringify(c)}`);
   }
   const check = (set: ReadonlySet<string>, what: string, value: string, path: string) => {
     if (set.has(value)) return;

@@ -131,7 +131,7 @@ export function usageService(db: DbManager, clock: { now: number }): CreditServi
     clock: () => new Date(clock.now),
     pricing: new PricingService({ book: PRICING }),
     // A module of the test's own: its context runs the take-backs, as the payments module's does.
-    modules: [{ id: "usage-contract", init: (c) => void (ctx = c) }],
+    modules: [{ id: "usage-contract", capabilities: ["overdraftLimit", "takeBack"], init: (c) => void (ctx = c) }],
   });
   if (ctx !== undefined) contexts.set(credits, ctx);
   return credits;

@@ -7,9 +7,19 @@ import type { AccountWork, EntryMeta, Settlement } from "../domain/account-work.
 import { namesNothing } from "../domain/entry-meta.js";
 import { fingerprint } from "../domain/hash.js";
 import { lateOccurredAt } from "../domain/late-usage.js";
-import { ConfigurationError, ReservationExpiredError, ValidationError } from "../errors.js";
+import { ConfigurationError, ModuleError, ReservationExpiredError, ValidationError } from "../errors.js";
 import type { LedgerLogger } from "../ledger/index.js";
-import { moduleRegistry, type AccountColumn, type ModuleContext, type ModuleRegistry } from "../module.js";
+import {
+  checkColumnValue,
+  moduleRegistry,
+  type AccountColumn,
+  type CreditModule,
+  type ModuleCapability,
+  type ModuleContext,
+  type ModuleRegistry,
+} from "../module.js";
+import type { UnitWork } from "../domain/unit-work.js";
+import { ModuleWork } from "./module-work.js";
 import {
   AlertThresholds,
   CheckpointEvery,
@@ -180,8 +190,12 @@ export class CreditCore {
       outcomeWaitMs,
       periods: periods && ((userId) => periods.bringDue(userId)),
       unitHooks: [
-        ...this.registry.modules.flatMap((m) => (m.unitHook === undefined ? [] : [m.unitHook])),
-        ...(options.unitHooks ?? []),
+        ...this.registry.modules.flatMap((m) =>
+          m.unitHook === undefined
+            ? []
+            : [{ hook: m.unitHook, module: m.id, column: m.accountColumn as AccountColumn<unknown> | undefined }],
+        ),
+        ...(options.unitHooks ?? []).map((hook) => ({ hook, module: undefined, column: undefined })),
       ],
       journalKey: this.keyring?.current,
       unitOverdraftLimits: this.unitOverdraftLimits,
@@ -367,12 +381,16 @@ export class CreditCore {
 }
 
 /**
- * The context the core hands each module's `init` (src/core/module.ts, docs/modules.md "Writing a
+ * The context the core hands `module`'s `init` (src/core/module.ts, docs/modules.md "Writing a
  * module"): the core's options and operations a module may use, each bound to `core` (a module may
- * call them detached). Made once per `CoreCreditService`.
+ * call them detached), within what the module declared: its own column (`changeColumn`) and its
+ * capabilities (`runUnitOfWork`'s `UnitWork`, src/core/services/module-work.ts). Made once per
+ * module of a `CoreCreditService`.
  */
-export function moduleContext(core: CreditCore): ModuleContext {
+export function moduleContext(core: CreditCore, module: CreditModule): ModuleContext {
   const units = core.units;
+  const allowed = new Set<ModuleCapability>(module.capabilities ?? []);
+  const id = module.id;
   return Object.freeze({
     db: core.db,
     ledger: core.ledger,
@@ -393,26 +411,56 @@ export function moduleContext(core: CreditCore): ModuleContext {
     runUnitOfWork: <T>(
       userId: string,
       meta: EntryMeta,
-      body: (work: AccountWork, tx: DbTransaction, unit: UnitContext) => Promise<T> | T,
+      body: (work: UnitWork, tx: DbTransaction, unit: UnitContext) => Promise<T> | T,
       replay?: (entry: JournalEntry, tx: DbTransaction) => Promise<T>,
       options?: { operation?: string; settle?: boolean; periods?: boolean },
     ): Promise<T> =>
-      units.mutate(options?.operation ?? "unitOfWork", userId, meta, body, replay, {
-        settle: options?.settle ?? true,
-        periods: options?.periods,
-      }),
+      units.mutate(
+        options?.operation ?? "unitOfWork",
+        userId,
+        meta,
+        (work, tx, unit) => body(new ModuleWork(work, id, allowed, core.overdraftLimit), tx, unit),
+        replay,
+        { settle: options?.settle ?? true, periods: options?.periods },
+      ),
     changeColumn: async <T>(
       userId: string,
       column: AccountColumn<T>,
-      change: (value: T | null, now: Date) => { value: T | null; notifications?: readonly Notification[] } | null,
+      change: (
+        value: T | null,
+        now: Date,
+        malformed?: ModuleError,
+      ) => { value: T | null; notifications?: readonly Notification[] } | null,
     ): Promise<T | null> => {
+      // The module's own column alone (docs/modules.md, "What a module may change"), read and
+      // written with the schema it declared.
+      const own = module.accountColumn as AccountColumn<T> | undefined;
+      if (own === undefined || own.name !== column?.name) {
+        const name = typeof column?.name === "string" ? column.name : String(column);
+        throw new ModuleError(
+          id,
+          `[credit-management] module "${id}": changeColumn of account column "${name}", which ${own === undefined ? "the module declares no column" : `is not its own ("${own.name}")`}: a module changes only the column it declares; nothing was written`,
+          { column: name },
+        );
+      }
       let after: T | null = null;
       await saveAccountOnly(core.db, userId, core.clock, (account, now) => {
-        const before = column.get(account);
-        const next = change(before, now);
-        after = next === null ? before : next.value;
-        if (next === null) return null;
-        column.set(account, next.value);
+        let before: T | null = null;
+        let malformed: ModuleError | undefined;
+        try {
+          before = checkColumnValue(id, own, userId, Reflect.get(account, own.name), "stored");
+        } catch (error) {
+          if (!(error instanceof ModuleError)) throw error;
+          malformed = error;
+        }
+        const next = malformed === undefined ? change(before, now) : change(null, now, malformed);
+        if (next === null) {
+          if (malformed !== undefined) throw malformed;
+          after = before;
+          return null;
+        }
+        after = checkColumnValue(id, own, userId, next.value, "written");
+        own.set(account, after);
         return next.notifications ?? [];
       });
       return after;

@@ -200,10 +200,10 @@ export class CoreCreditService {
     this.limits = new SpendLimits(core, this.reads);
     // Each module gets the core's context once (docs/modules.md, "Writing a module").
     const modules = core.registry.modules;
-    const ctx = modules.length === 0 ? undefined : moduleContext(core);
     for (const m of modules) {
       if (m.store !== undefined) core.db.usePart?.(m.store);
-      if (ctx !== undefined) m.init?.(ctx);
+      // Its own context: what it declared (its column, its capabilities) is what it may change.
+      m.init?.(moduleContext(core, m));
     }
   }
 

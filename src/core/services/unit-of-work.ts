@@ -44,6 +44,7 @@ import {
   type UnitOfWorkMessage,
 } from "../diagnostics.js";
 import { newId } from "../util/uuid.js";
+import { runUnitHook, type RegisteredHook } from "./hook-guard.js";
 import type * as z from "zod/mini";
 
 /*
@@ -210,7 +211,12 @@ class UnitRun<T> {
       changes.rows = mergeModuleRows([changes.rows, rows]);
     };
     for (const hook of this.runner.config.unitHooks) {
-      const rows = hook({ loaded: work.loaded, now: work.now, changes, attach });
+      // Each within what its module may change (src/core/services/hook-guard.ts).
+      const rows = runUnitHook(
+        hook,
+        { loaded: work.loaded, now: work.now, changes, attach },
+        this.runner.config.logger,
+      );
       if (rows.length > 0) changes.notifications = [...(changes.notifications ?? []), ...rows];
     }
     if (
@@ -280,8 +286,8 @@ export interface UnitRunnerOptions {
    * applied, in ms (`outcomeWaitMs`, docs/concepts.md, "Certain and uncertain errors").
    */
   outcomeWaitMs: number;
-  /** What modules decide in every unit of work that writes (`unitHooks`). */
-  unitHooks: readonly UnitHook[];
+  /** What modules decide in every unit of work that writes (`unitHooks`), each with its module. */
+  unitHooks: readonly RegisteredHook[];
   /** The key new entries are signed with (`journalKeys`); undefined: plain SHA-256. */
   journalKey?: JournalKey | undefined;
   /** The overdraft limit of each unit but the default one (`overdraftLimits`, docs/units.md); null: unlimited. */
@@ -292,8 +298,11 @@ export interface UnitRunnerOptions {
  * A module's decision in every unit of work that writes (`unitHook` of a `CreditModule`,
  * docs/modules.md): given the account as loaded, the time and the changes about to be saved (the
  * modules' rows included), the outbox rows it adds, saved with them. It may set its module's own
- * column on `changes.account` (`AccountColumn.set`) and `attach` its module's rows, and nothing
- * else: the unit of work runs again from its load after a conflict. The billing module asks for an
+ * column on `changes.account` (`AccountColumn.set`, validated with the column's schema) and `attach`
+ * its module's rows, and nothing else: a hook that changes the core's fields (the account's balance,
+ * its grants, holds, entries) or another module's column is a `ModuleError`, and nothing is saved
+ * (docs/modules.md, "What a module may change"). The unit of work runs again from its load after a
+ * conflict. The billing module asks for an
  * auto top-up so.
  * @beta
  */

@@ -14,7 +14,7 @@ export interface BillingModule extends CreditModule<AutoTopUpState> {
 /**
  * The billing module (docs/promos-and-payments.md) as a `CreditModule`: its error codes, the auto
  * top-up notification types, the `promo` and `payment` grant sources, its `autoTopUp` column on the
- * account and the unit hook that asks for an auto top-up; `init` keeps the context the promo and
+ * account and the unit hook that asks for an auto top-up, the capabilities its take-backs need; `init` keeps the context the promo and
  * payment services run their units of work on.
  */
 export function billingModule(): BillingModule {
@@ -25,6 +25,9 @@ export function billingModule(): BillingModule {
     notificationTypes: AUTO_TOP_UP_NOTIFICATION_TYPES,
     grantSources: ["promo", "payment"],
     accountColumn: autoTopUpColumn,
+    // A refund or lost dispute takes back credits already spent: into debt past the overdraft
+    // limit, recorded as take-backs (docs/modules.md, "Capabilities").
+    capabilities: ["overdraftLimit", "takeBack"],
     unitHook: autoTopUpHook,
     store: billingStorePart,
     init(c) {

@@ -1,17 +1,14 @@
 import { randomUUID } from "node:crypto";
-import type {
-  Account,
-  AutoTopUpAttempt,
-  AutoTopUpRule,
-  AutoTopUpSettings,
-  AutoTopUpState,
-  Notification,
-} from "../../models-entry.js";
+import type { Account, AutoTopUpAttempt, AutoTopUpRule, AutoTopUpSettings, Notification } from "../../models-entry.js";
+import { AutoTopUpState } from "./model-auto-top-up.js";
 import { newNotification } from "../../core/domain/notifications.js";
 import { accountColumn } from "../../core/module.js";
 
-/** The billing module's column on the account: its auto top-up state (docs/promos-and-payments.md). */
-export const autoTopUpColumn = accountColumn<AutoTopUpState>("autoTopUp");
+/**
+ * The billing module's column on the account: its auto top-up state (docs/promos-and-payments.md),
+ * validated with `AutoTopUpState` when written and read.
+ */
+export const autoTopUpColumn = accountColumn("autoTopUp", AutoTopUpState);
 
 /** The notification types of auto top-up (docs/promos-and-payments.md, "Auto top-up"). */
 export const AUTO_TOP_UP_NOTIFICATION_TYPES = [

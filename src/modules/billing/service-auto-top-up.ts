@@ -13,7 +13,7 @@ import {
 } from "./rules-auto-top-up.js";
 import { newNotification } from "../../core/domain/notifications.js";
 import { canAdvancePayment, isCredited, newPayment } from "./rules-payments.js";
-import { ConfigurationError, ConflictError, ValidationError } from "../../core/errors.js";
+import { ConfigurationError, ConflictError, type ModuleError, ValidationError } from "../../core/errors.js";
 import {
   AutoTopUpInput,
   UserId,
@@ -101,7 +101,10 @@ export class AutoTopUpService {
   /** `PaymentService.disableAutoTopUp`. */
   async disableAutoTopUp(userId: string): Promise<AutoTopUpState | null> {
     const user = parse(UserId, userId, "userId");
-    return this.changeAutoTopUp(user, (prev) => (prev === null ? null : { state: disabled(prev, "disabled") }));
+    // A stored rule its schema refuses is removed: no top-up is asked for without a rule.
+    return this.changeAutoTopUp(user, (prev, _now, malformed) =>
+      malformed !== undefined ? { state: null } : prev === null ? null : { state: disabled(prev, "disabled") },
+    );
   }
 
   /** `PaymentService.processAutoTopUp`. */
@@ -302,10 +305,11 @@ export class AutoTopUpService {
     change: (
       prev: AutoTopUpState | null,
       now: Date,
+      malformed?: ModuleError,
     ) => { state: AutoTopUpState | null; notifications?: readonly Notification[] | undefined } | null,
   ): Promise<AutoTopUpState | null> {
-    return this.deps.ctx.changeColumn(user, autoTopUpColumn, (prev, now) => {
-      const next = change(prev, now);
+    return this.deps.ctx.changeColumn(user, autoTopUpColumn, (prev, now, malformed) => {
+      const next = change(prev, now, malformed);
       return next === null ? null : { value: next.state, notifications: next.notifications ?? [] };
     });
   }

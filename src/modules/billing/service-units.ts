@@ -122,7 +122,8 @@ function fallbackContext(options: UnitOptions, clock: () => Date, service: strin
     clock,
     logger: options.logger,
     alerts,
-    modules: [{ id: "billing", init: (c) => (context.ctx = c) }],
+    // The billing module's capabilities (its take-backs: ./module.ts).
+    modules: [{ id: "billing", capabilities: ["overdraftLimit", "takeBack"], init: (c) => (context.ctx = c) }],
   });
   return context.ctx;
 }
