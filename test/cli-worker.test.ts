@@ -281,10 +281,10 @@ describe("credit-management worker: the store serve uses", () => {
         cwd: dir,
         env: {
           ...process.env,
-          CREDIT_MONGO_URI: "",
-          CREDIT_PG_URL: "",
-          CREDIT_SQLITE_PATH: "",
-          CREDIT_REDIS_URL: "",
+          CREDIT_MONGO_URI: undefined,
+          CREDIT_PG_URL: undefined,
+          CREDIT_SQLITE_PATH: undefined,
+          CREDIT_REDIS_URL: undefined,
         },
         stdio: ["ignore", "pipe", "pipe"],
       });
@@ -314,7 +314,7 @@ interface Line {
 /** The worker as a child process (this run's build of the sources, as the CLI tests run it), its log lines parsed. */
 function startWorker(args: string[], env: Record<string, string>) {
   const child = spawn(process.execPath, [inject("cliEntry"), "worker", ...args], {
-    env: { ...process.env, CREDIT_MONGO_URI: "", CREDIT_REDIS_URL: "", ...env },
+    env: { ...process.env, CREDIT_MONGO_URI: undefined, CREDIT_REDIS_URL: undefined, ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });
   const lines: Line[] = [];

@@ -35,7 +35,7 @@ export async function openCommandStore(
   const db =
     source.db ??
     (await createDbManagerFromEnv(
-      sqlite === undefined ? env : { CREDIT_SQLITE_PATH: sqlite, CREDIT_PG_URL: "", CREDIT_MONGO_URI: "" },
+      sqlite === undefined ? env : { CREDIT_SQLITE_PATH: sqlite },
     ));
   const owned = source.db === undefined;
   // A store that must be opened before it is read, and is not created or migrated for it (SQLite).

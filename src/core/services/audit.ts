@@ -3,8 +3,7 @@ import { replayJournal, type AuditReport } from "../domain/replay.js";
 import type { AuditCheck } from "./audit-check.js";
 import { rollupAuditScan, rollupProblems } from "../domain/usage.js";
 import type { AuditOptions, JournalEntry, JournalHead } from "../models/index.js";
-import { type JournalKeys, MissingJournalKeyError } from "../domain/hash.js";
-import { ConfigurationError } from "../errors.js";
+import type { JournalKeys } from "../domain/hash.js";
 import type * as z from "zod/mini";
 import { copy, journalAfter } from "./history.js";
 import type { UnitRunner } from "./unit-of-work.js";
@@ -42,16 +41,9 @@ export async function auditAccount(
     db.listGrants(user, { includeInactive: true }),
     db.listReservations(user),
   ]);
-  let report: AuditReport;
-  try {
-    report = replayJournal(user, entries, { account, grants, reservations }, keys);
-  } catch (error) {
-    if (!(error instanceof MissingJournalKeyError)) throw error;
-    throw new ConfigurationError(
-      `[credit-management] audit of ${JSON.stringify(user)}: its journal has entries signed with the key ${JSON.stringify(error.keyId)}, which journalKeys does not hold: give every key an entry names (docs/concepts.md, "A keyed chain")`,
-      error,
-    );
-  }
+  // A key an entry names and `keys` does not hold is a problem of this account (an issue of kind
+  // "unknown key"), not an error: `audit --all` goes on to the next account.
+  const report = replayJournal(user, entries, { account, grants, reservations }, keys);
   if (head !== undefined) {
     const problem = headProblem(head, entries);
     if (problem !== null) {
