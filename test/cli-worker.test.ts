@@ -1,6 +1,6 @@
 import { spawn } from "node:child_process";
 import { randomUUID } from "node:crypto";
-import { mkdtempSync, readFileSync, renameSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, realpathSync, renameSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Redis } from "ioredis";
@@ -294,6 +294,13 @@ describe("credit-management worker: the store serve uses", () => {
       const code = await new Promise<number | null>((resolve) => child.on("exit", resolve));
       expect(code, out).toBe(0);
       expect(out).toContain('"grantsExpired":1');
+      // Its log names the store it worked on.
+      const started = out
+        .split("\n")
+        .filter((l) => l.startsWith("{"))
+        .map((l) => JSON.parse(l) as { msg: string; store?: string; where?: string })
+        .find((l) => l.msg === "worker started");
+      expect([started?.store, started?.where]).toEqual(["sqlite", realpathSync(file)]);
       const after = await createCreditManager({ db: new SqliteDbManager({ filename: file }) });
       expect((await after.credits.getUserCreditsInfo("alice")).balance).toBe(0);
       await after.close();
