@@ -27,6 +27,30 @@ export async function auditAccount(
   checks: readonly AuditCheck[] = [],
   keys?: JournalKeys,
 ): Promise<AuditReport> {
+  const audit = (store: DbManager) => auditReads(store, user, o, checks, keys);
+  // One snapshot: a unit of work committing between two of the reads would look like a mismatch
+  // between the journal and the state (docs/operations.md, "Auditing").
+  if (db.readSnapshot !== undefined) return db.readSnapshot(user, audit);
+  // A store without snapshots: read again while the account moved during the reads (a unit of
+  // work that changes the account, its grants or holds appends an entry, so its seq tells).
+  for (let attempt = 1; ; attempt++) {
+    const before = await db.getAccount(user);
+    const report = await audit(db);
+    if (attempt === MAX_AUDIT_READS || (await db.getAccount(user))?.seq === before?.seq) return report;
+  }
+}
+
+/** Reads of an account's audit at most, on a store without snapshots whose account keeps moving. */
+const MAX_AUDIT_READS = 20;
+
+/** `auditAccount`'s reads and checks, on `db` (one snapshot of the store, where it has them). */
+async function auditReads(
+  db: DbManager,
+  user: string,
+  o: z.output<typeof AuditOptions>,
+  checks: readonly AuditCheck[],
+  keys: JournalKeys | undefined,
+): Promise<AuditReport> {
   const head = o.head;
   // With a head kept elsewhere: from the latest checkpoint at or before it, so the replay covers it.
   const start =
