@@ -327,7 +327,9 @@ describe("credit-management audit on SQLite (--sqlite, CREDIT_SQLITE_PATH): an e
     await manager.close();
     const Database = (await import("better-sqlite3")).default;
     const raw = new Database(several);
-    expect(raw.prepare("UPDATE journal_entries SET key_id = 'ghost' WHERE user_id = 'ben' AND seq = 2").run().changes).toBe(1);
+    expect(
+      raw.prepare("UPDATE journal_entries SET key_id = 'ghost' WHERE user_id = 'ben' AND seq = 2").run().changes,
+    ).toBe(1);
     raw.close();
     const r = program({ CREDIT_SQLITE_PATH: several }, "--all");
     expect(r.stderr).toBe("");
@@ -344,7 +346,9 @@ describe("credit-management audit on SQLite (--sqlite, CREDIT_SQLITE_PATH): an e
       .filter((l) => l !== "")
       .map((l) => JSON.parse(l) as { userId: string; issues?: unknown[] })
       .find((l) => l.userId === "ben");
-    expect(ben?.issues).toEqual([{ kind: "unknown key", keyId: "ghost", seq: 2, entries: 1, message: expect.any(String) }]);
+    expect(ben?.issues).toEqual([
+      { kind: "unknown key", keyId: "ghost", seq: 2, entries: 1, message: expect.any(String) },
+    ]);
   });
 
   it('a keyed chain (docs/concepts.md, "A keyed chain"): verified with CREDIT_JOURNAL_KEYS; without the key it names, a clear error', async () => {

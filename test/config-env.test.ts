@@ -39,7 +39,11 @@ describe("a misconfigured CREDIT_* variable stops with a ConfigurationError nami
       { CREDIT_PG_URL: "postgres://u@127.0.0.1:1/x", CREDIT_PG_SCHEMA: " " },
       /CREDIT_PG_SCHEMA is set but blank/,
     ],
-    ["misspelt CREDIT_PG_URI", { CREDIT_PG_URI: "postgres://u@h/x" }, /CREDIT_PG_URI \(did you mean CREDIT_PG_URL\?\) is not a variable/],
+    [
+      "misspelt CREDIT_PG_URI",
+      { CREDIT_PG_URI: "postgres://u@h/x" },
+      /CREDIT_PG_URI \(did you mean CREDIT_PG_URL\?\) is not a variable/,
+    ],
     ["unknown CREDIT_STORE", { CREDIT_STORE: "pg" }, /CREDIT_STORE is not a variable of credit-management/],
   ])("createDbManagerFromEnv: %s", async (_name, env, message) => {
     const made = createDbManagerFromEnv(env);
@@ -53,21 +57,42 @@ describe("a misconfigured CREDIT_* variable stops with a ConfigurationError nami
   });
 
   it.each([
-    ["worker", ["worker", "--once"], { CREDIT_PG_URI: "postgres://u:pw@127.0.0.1/x" }, "CREDIT_PG_URI (did you mean CREDIT_PG_URL?)"],
-    ["serve", ["serve"], { CREDIT_PG_URL: "" }, "CREDIT_PG_URL is set but blank"],
-    ["serve", ["serve"], { CREDIT_PG_URL: "postgres://u@127.0.0.1:1/x", CREDIT_PG_SCHEMA: "" }, "CREDIT_PG_SCHEMA is set but blank"],
-    ["audit", ["audit", "--all"], { CREDIT_SQLITE_PATH: "  " }, "CREDIT_SQLITE_PATH is set but blank"],
-    ["worker", ["worker", "--once"], { CREDIT_SQLITE_PATH: join(dir, "w.db"), CREDIT_JOURNAL_KEYS: "" }, "CREDIT_JOURNAL_KEYS is set but blank"],
     [
       "worker",
       ["worker", "--once"],
-      { CREDIT_SQLITE_PATH: join(dir, "w.db"), CREDIT_JOURNAL_KEYS: JSON.stringify({ current: "k1", keys: { k1: "short" } }) },
+      { CREDIT_PG_URI: "postgres://u:pw@127.0.0.1/x" },
+      "CREDIT_PG_URI (did you mean CREDIT_PG_URL?)",
+    ],
+    ["serve", ["serve"], { CREDIT_PG_URL: "" }, "CREDIT_PG_URL is set but blank"],
+    [
+      "serve",
+      ["serve"],
+      { CREDIT_PG_URL: "postgres://u@127.0.0.1:1/x", CREDIT_PG_SCHEMA: "" },
+      "CREDIT_PG_SCHEMA is set but blank",
+    ],
+    ["audit", ["audit", "--all"], { CREDIT_SQLITE_PATH: "  " }, "CREDIT_SQLITE_PATH is set but blank"],
+    [
+      "worker",
+      ["worker", "--once"],
+      { CREDIT_SQLITE_PATH: join(dir, "w.db"), CREDIT_JOURNAL_KEYS: "" },
+      "CREDIT_JOURNAL_KEYS is set but blank",
+    ],
+    [
+      "worker",
+      ["worker", "--once"],
+      {
+        CREDIT_SQLITE_PATH: join(dir, "w.db"),
+        CREDIT_JOURNAL_KEYS: JSON.stringify({ current: "k1", keys: { k1: "short" } }),
+      },
       "CREDIT_JOURNAL_KEYS (keys.k1",
     ],
     [
       "serve",
       ["serve", "--port", "0"],
-      { CREDIT_SQLITE_PATH: join(dir, "s.db"), CREDIT_JOURNAL_KEYS: JSON.stringify({ current: "k1", keys: { k1: "short" } }) },
+      {
+        CREDIT_SQLITE_PATH: join(dir, "s.db"),
+        CREDIT_JOURNAL_KEYS: JSON.stringify({ current: "k1", keys: { k1: "short" } }),
+      },
       "CREDIT_JOURNAL_KEYS (keys.k1",
     ],
   ])("%s exits 2 naming it: %j", async (_command, args, env, message) => {
@@ -88,7 +113,13 @@ describe("a misconfigured CREDIT_* variable stops with a ConfigurationError nami
   });
 
   it("the known variables are one list: the store's, the service's and the worker's", () => {
-    for (const name of ["CREDIT_PG_URL", "CREDIT_PG_SCHEMA", "CREDIT_JOURNAL_KEYS", "CREDIT_PORT", "CREDIT_WORKER_JITTER"])
+    for (const name of [
+      "CREDIT_PG_URL",
+      "CREDIT_PG_SCHEMA",
+      "CREDIT_JOURNAL_KEYS",
+      "CREDIT_PORT",
+      "CREDIT_WORKER_JITTER",
+    ])
       expect(CREDIT_VARIABLES.has(name)).toBe(true);
     expect(CREDIT_VARIABLES.has("CREDIT_PG_URI")).toBe(false);
   });
@@ -104,7 +135,11 @@ describe("serve and worker log the store they opened, without a secret", () => {
       partitions: undefined,
     });
     expect(pg).toBe("postgres://app:***@db.internal:5432/credits schema billing");
-    const mongo = storePlace({ kind: "mongodb", uri: "mongodb+srv://app:s3cret@cluster0.example.net/?retryWrites=true", db: "cm" });
+    const mongo = storePlace({
+      kind: "mongodb",
+      uri: "mongodb+srv://app:s3cret@cluster0.example.net/?retryWrites=true",
+      db: "cm",
+    });
     expect(mongo).toBe("mongodb+srv://app:***@cluster0.example.net/ database cm");
     expect(redactedUrl("postgres://app@db/credits")).toBe("postgres://app@db/credits");
   });
@@ -113,7 +148,12 @@ describe("serve and worker log the store they opened, without a secret", () => {
 describe("createCreditManager without a store says once, through its logger, that it holds everything in memory", () => {
   const recorder = () => {
     const infos: string[] = [];
-    const logger: Logger = { error: () => {}, warn: () => {}, debug: () => {}, info: (a: unknown, b?: unknown) => void infos.push(String(b ?? a)) };
+    const logger: Logger = {
+      error: () => {},
+      warn: () => {},
+      debug: () => {},
+      info: (a: unknown, b?: unknown) => void infos.push(String(b ?? a)),
+    };
     return { logger, infos };
   };
 

@@ -97,7 +97,9 @@ export function checkCreditEnv(env: Record<string, string | undefined>, names?: 
   }
   const wrong: string[] = [];
   if (blank.length > 0)
-    wrong.push(`${blank.sort().join(", ")} ${blank.length === 1 ? "is" : "are"} set but blank (unset ${blank.length === 1 ? "it" : "them"} or give a value)`);
+    wrong.push(
+      `${blank.sort().join(", ")} ${blank.length === 1 ? "is" : "are"} set but blank (unset ${blank.length === 1 ? "it" : "them"} or give a value)`,
+    );
   if (unknown.length > 0)
     wrong.push(
       `${unknown
@@ -125,7 +127,11 @@ function distance(a: string, b: string): number {
   for (let i = 1; i <= a.length; i++) {
     const row = [i];
     for (let j = 1; j <= b.length; j++)
-      row[j] = Math.min((prev[j] as number) + 1, (row[j - 1] as number) + 1, (prev[j - 1] as number) + (a[i - 1] === b[j - 1] ? 0 : 1));
+      row[j] = Math.min(
+        (prev[j] as number) + 1,
+        (row[j - 1] as number) + 1,
+        (prev[j - 1] as number) + (a[i - 1] === b[j - 1] ? 0 : 1),
+      );
     prev = row;
   }
   return prev[b.length] as number;
