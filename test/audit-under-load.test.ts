@@ -55,7 +55,7 @@ const stores: Record<string, (() => DbManager) | null> = {
 };
 
 /** Accounts written and audited, writers per account, and writes each writer makes (at least, at most). */
-const ACCOUNTS = 4;
+const ACCOUNTS = 3;
 const WRITERS = 2;
 const WRITES_MIN = 5;
 const WRITES_MAX = 200;
@@ -70,7 +70,7 @@ for (const [name, make] of Object.entries(stores)) {
         const users = Array.from({ length: ACCOUNTS }, (_, i) => `load-${i}-${randomUUID().slice(0, 6)}`);
         for (const u of users) await credits.addCredits(u, 1_000);
         /** Audits each auditor makes; the writers write until they are done. */
-        const AUDITS = 10;
+        const AUDITS = 6;
         let auditing = true;
         const written = new Map<string, number>(users.map((u) => [u, 1]));
         const writer = async (u: string, w: number) => {
@@ -104,6 +104,6 @@ for (const [name, make] of Object.entries(stores)) {
       } finally {
         await manager.close();
       }
-    }, 30_000);
+    }, 60_000);
   });
 }
