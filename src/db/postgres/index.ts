@@ -613,10 +613,13 @@ export class PostgresDbManager extends StoreBase implements DbManager {
    * Runs `fn` with this store as one snapshot shows it, every account (`DbManager.readSnapshot`;
    * docs/operations.md, "Auditing"): a read-only transaction at REPEATABLE READ on one pooled connection, which every
    * read of the store `fn` is given runs on (`hostStore`), so that they all see the same committed
-   * state whatever commits meanwhile. Its `usageRollup` reads the rollup as a catch-up would leave
-   * it at that snapshot (`rollupAsOfSql`): a catch-up writes, which a read-only transaction cannot.
+   * state whatever commits meanwhile. The account's rollup is caught up before; inside, its
+   * `usageRollup` reads the rollup as a catch-up would leave it at that snapshot (`rollupAsOfSql`):
+   * a catch-up writes, which a read-only transaction cannot.
    */
-  async readSnapshot<T>(_userId: string, fn: (db: DbManager) => Promise<T>): Promise<T> {
+  async readSnapshot<T>(userId: string, fn: (db: DbManager) => Promise<T>): Promise<T> {
+    // The account's rollup caught up first (docs/usage.md, "The daily rollup"), as a reader's is.
+    await this.withRollup(() => this.catchUpUsageRollup(userId));
     const client = await this.connect();
     let failure: unknown = false;
     try {
