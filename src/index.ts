@@ -110,7 +110,7 @@ export {
 export { InMemoryCache, type Cache, type InMemoryCacheOptions } from "./core/cache/index.js";
 export { InMemoryDbManager } from "./built-in-parts.js";
 export { createDbManagerFromEnv, type DbEnv } from "./from-env.js";
-export type { AuditIssue, AuditReport } from "./core/domain/replay.js";
+export type { AuditReport } from "./core/domain/replay.js";
 export type { CheckReason, CheckResult, FeatureRule } from "./core/domain/checks.js";
 export type {
   CustomerState,

@@ -14,9 +14,12 @@ export interface AuditReport {
   problems: string[];
   /**
    * The problems of `problems` a program can act on, by kind (docs/operations.md, "Auditing");
-   * absent when there is none.
+   * absent when there is none. `"unknown key"`: entries are signed with a journal key the manager
+   * does not hold (`journalKeys`, or `CREDIT_JOURNAL_KEYS`; docs/concepts.md, "A keyed chain"):
+   * `keyId`, the first entry naming it (`seq`) and how many do (`entries`); their hashes could not
+   * be checked, the rest of the account was audited. `message`: the problem as `problems` has it.
    */
-  issues?: AuditIssue[];
+  issues?: { kind: "unknown key"; keyId: string; seq: number; entries: number; message: string }[];
   /** Journal entries checked. */
   entries: number;
   /**
@@ -47,26 +50,6 @@ export interface AuditReport {
    * the journal has none. `balance`, `reserved`, `debt` and `available` above are the default unit's.
    */
   units?: Record<string, { balance: number; reserved: number; debt: number; available: number }>;
-}
-
-/**
- * A problem of an audit with a kind (`AuditReport.issues`); its `message` is also in `problems`.
- * `"unknown key"`: entries are signed with a journal key the manager does not hold (`journalKeys`,
- * or `CREDIT_JOURNAL_KEYS`; docs/concepts.md, "A keyed chain"): their hashes could not be checked.
- * The rest of the account is audited all the same.
- * @public
- */
-export interface AuditIssue {
-  /** What kind of problem it is. */
-  kind: "unknown key";
-  /** The id of the key the entries name. */
-  keyId: string;
-  /** The first entry signed with it. */
-  seq: number;
-  /** How many of the replayed entries name it. */
-  entries: number;
-  /** The problem in plain words, as `problems` has it. */
-  message: string;
 }
 
 /**
@@ -424,7 +407,7 @@ export function replayJournal(
       problems,
     );
 
-  const issues: AuditIssue[] = [];
+  const issues: NonNullable<AuditReport["issues"]> = [];
   for (const [keyId, { seq, entries: n }] of unknownKeys) {
     const message =
       `${n === 1 ? `entry ${seq} is` : `${n} entries from entry ${seq} are`} signed with the journal key ${JSON.stringify(keyId)}, ` +
