@@ -67,7 +67,7 @@ export function startServer(
     cwd,
     // CREDIT_LOG_LEVEL=info: the port is read from serve's "serving" line, an info line (a level
     // above info in the caller's environment would hide it).
-    env: { ...process.env, CREDIT_PG_URL: "", CREDIT_MONGO_URI: "", CREDIT_LOG_LEVEL: "info", ...env },
+    env: { ...process.env, CREDIT_PG_URL: undefined, CREDIT_MONGO_URI: undefined, CREDIT_LOG_LEVEL: "info", ...env },
     stdio: ["ignore", "pipe", "inherit"],
   });
   return new Promise((resolve, reject) => {

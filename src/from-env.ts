@@ -4,10 +4,11 @@ import type { MongoDbManager as MongoAdapter } from "./db/mongodb/index.js";
 import type { PostgresDbManager as PostgresAdapter } from "./db/postgres/index.js";
 import type { DbManager } from "./core/db/types.js";
 import { PartitionInterval } from "./schema/partitions.js";
+import { checkCreditEnv } from "./util/credit-env.js";
 
 /** The environment variables `createDbManagerFromEnv` reads. @public */
 export interface DbEnv {
-  /** A MongoDB connection string (replica set or Atlas). Unset or empty: in-memory. */
+  /** A MongoDB connection string (replica set or Atlas). */
   CREDIT_MONGO_URI?: string | undefined;
   /** The database for MongoDB. Default `credit_management`. */
   CREDIT_MONGO_DB?: string | undefined;
@@ -34,7 +35,9 @@ export interface DbEnv {
  * `CREDIT_MONGO_URI` is set (database `CREDIT_MONGO_DB`, default `credit_management`; the
  * manager owns its client, so `close()` closes it); else `PostgresDbManager` when `CREDIT_PG_URL`
  * is set (schema `CREDIT_PG_SCHEMA`; it owns its pool); else `SqliteDbManager` on the file
- * `CREDIT_SQLITE_PATH` when it is set; otherwise a new `InMemoryDbManager`.
+ * `CREDIT_SQLITE_PATH` when it is set; otherwise a new `InMemoryDbManager`. A `CREDIT_*` variable
+ * set but blank (empty or spaces), or one the package does not read (a misspelt name such as
+ * `CREDIT_PG_URI`), is a `ConfigurationError` naming it (docs/storage.md, "From the environment").
  *
  * An adapter (and with it its driver, an optional peer dependency) is loaded only when it is
  * asked for, so the core never pulls a driver. `createCreditManager` runs
@@ -42,6 +45,8 @@ export interface DbEnv {
  * @public
  */
 export async function createDbManagerFromEnv(env: DbEnv = process.env): Promise<DbManager> {
+  // A blank or misspelt variable would pick another store (an empty one in memory): refused.
+  checkCreditEnv(env);
   const uri = env.CREDIT_MONGO_URI;
   if (uri === undefined || uri.trim() === "") {
     const pgUrl = env.CREDIT_PG_URL?.trim();

@@ -1,7 +1,7 @@
 import * as z from "zod/mini";
 import type { DbManager } from "./core/db/types.js";
 import type { LedgerLogger } from "./core/ledger/index.js";
-import { CoreManagerOptions, openCore } from "./core/manager.js";
+import { CoreManagerOptions, memoryByDefault, openCore } from "./core/manager.js";
 import { PriceBookInput } from "./modules/pricing/model.js";
 import { parseConfig } from "./core/models/parse.js";
 import { CustomerTokenSettings } from "./modules/customer-tokens/model.js";
@@ -110,13 +110,20 @@ export interface CreditManager {
   close(): Promise<void>;
 }
 
+/** The store of a manager made without one: in memory, said once in the log (docs/storage.md). */
+function defaultStore(): InMemoryDbManager {
+  const db = new InMemoryDbManager();
+  memoryByDefault.add(db);
+  return db;
+}
+
 /** Builds the services over one store, ledger and cache. Bad options: `ConfigurationError`. @public */
 export async function createCreditManager(options: CreditManagerOptions = {}): Promise<CreditManager> {
   const o = parseConfig(CreditManagerOptions, options, "options");
   const pricing = new PricingService(o.pricing === undefined ? {} : { book: o.pricing });
   // The package's own modules bring their store parts (promos and payments, the revenue summary).
   const core = await openCore(
-    { ...o, db: o.db === undefined ? new InMemoryDbManager() : useBuiltInParts(o.db) },
+    { ...o, db: o.db === undefined ? defaultStore() : useBuiltInParts(o.db) },
     (x) => new CreditService({ ...x, pricing, customerTokens: o.customerTokens }),
   );
   const { credits, subscriptions, expiration, notifications, ledger, db, logger } = core;

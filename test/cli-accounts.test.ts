@@ -20,7 +20,9 @@ async function cli(args: string[], db?: DbManager, env: Record<string, string> =
   const code = await runCli(
     ["accounts", ...args],
     { stdout: (t) => (stdout += t), stderr: (t) => (stderr += t) },
-    db === undefined ? { env: { CREDIT_PG_URL: "", CREDIT_MONGO_URI: "", CREDIT_SQLITE_PATH: "", ...env } } : { db },
+    db === undefined
+      ? { env: { CREDIT_PG_URL: undefined, CREDIT_MONGO_URI: undefined, CREDIT_SQLITE_PATH: undefined, ...env } }
+      : { db },
   );
   return { code, stdout, stderr };
 }

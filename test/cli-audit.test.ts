@@ -196,7 +196,7 @@ function program(env: Record<string, string>, ...args: string[]) {
   return spawnSync(process.execPath, [inject("cliEntry"), "audit", ...args], {
     encoding: "utf8",
     timeout: 60_000,
-    env: { ...process.env, CREDIT_MONGO_URI: "", CREDIT_PG_URL: "", ...env },
+    env: { ...process.env, CREDIT_MONGO_URI: undefined, CREDIT_PG_URL: undefined, ...env },
   });
 }
 
@@ -312,11 +312,43 @@ describe("credit-management audit on SQLite (--sqlite, CREDIT_SQLITE_PATH): an e
     expect(r.code).toBe(0);
     expect(r.stdout).toContain("3 accounts audited: 3 consistent, 0 with problems");
     await given.close();
-    const flag = await cli(["audit", "--all", "--sqlite", file], undefined, { CREDIT_PG_URL: "" });
+    const flag = await cli(["audit", "--all", "--sqlite", file], undefined, {});
     expect([flag.code, flag.stdout]).toEqual([0, expect.stringContaining("3 consistent")]);
     const env = await cli(["audit", "--user", "bob"], undefined, { CREDIT_SQLITE_PATH: file });
     expect(env.code).toBe(0);
     expect(env.stdout).toMatch(/^ok {4}"bob": 3 entries, balance -2/m);
+  });
+
+  it("--all as a program: a row naming a key the manager does not hold is that account's problem; every account is audited, exit 1 with the list", async () => {
+    const several = join(dir, "unknown-key.db");
+    const manager = await createCreditManager({ db: new SqliteDbManager({ filename: several }) });
+    for (const u of ["ann", "ben", "cat", "dan"]) await manager.credits.addCredits(u, 5);
+    await manager.credits.deductCredits("ben", 2);
+    await manager.close();
+    const Database = (await import("better-sqlite3")).default;
+    const raw = new Database(several);
+    expect(
+      raw.prepare("UPDATE journal_entries SET key_id = 'ghost' WHERE user_id = 'ben' AND seq = 2").run().changes,
+    ).toBe(1);
+    raw.close();
+    const r = program({ CREDIT_SQLITE_PATH: several }, "--all");
+    expect(r.stderr).toBe("");
+    expect(r.status).toBe(1);
+    // Every account, those after the bad one too.
+    for (const u of ["ann", "cat", "dan"]) expect(r.stdout).toMatch(new RegExp(`^ok {4}"${u}"`, "m"));
+    expect(r.stdout).toMatch(/^FAIL {2}"ben": /m);
+    expect(r.stdout).toContain('entry 2 is signed with the journal key "ghost", which is not given');
+    expect(r.stdout).toContain('4 accounts audited: 3 consistent, 1 with problems ("ben")');
+    const json = program({ CREDIT_SQLITE_PATH: several }, "--all", "--json");
+    expect(json.status).toBe(1);
+    const ben = json.stdout
+      .split("\n")
+      .filter((l) => l !== "")
+      .map((l) => JSON.parse(l) as { userId: string; issues?: unknown[] })
+      .find((l) => l.userId === "ben");
+    expect(ben?.issues).toEqual([
+      { kind: "unknown key", keyId: "ghost", seq: 2, entries: 1, message: expect.any(String) },
+    ]);
   });
 
   it('a keyed chain (docs/concepts.md, "A keyed chain"): verified with CREDIT_JOURNAL_KEYS; without the key it names, a clear error', async () => {
@@ -332,8 +364,9 @@ describe("credit-management audit on SQLite (--sqlite, CREDIT_SQLITE_PATH): an e
     });
     expect([ok.code, ok.stdout]).toEqual([0, expect.stringContaining("1 consistent")]);
     const without = await cli(["audit", "--all"], undefined, { CREDIT_SQLITE_PATH: keyed });
-    expect(without.code).not.toBe(0);
-    expect(without.stderr).toMatch(/signed with the key "k1", which journalKeys does not hold/);
+    expect(without.code).toBe(1);
+    expect(without.stdout).toMatch(/2 entries from entry 1 are signed with the journal key "k1", which is not given/);
+    expect(without.stdout).toContain('1 account audited: 0 consistent, 1 with problems ("carol")');
     const bad = await cli(["audit", "--all"], undefined, { CREDIT_SQLITE_PATH: keyed, CREDIT_JOURNAL_KEYS: "{k1" });
     expect([bad.code, bad.stderr]).toEqual([2, expect.stringContaining("CREDIT_JOURNAL_KEYS must be JSON")]);
     const short = await cli(["audit", "--all"], undefined, {

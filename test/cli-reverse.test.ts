@@ -114,7 +114,7 @@ describe("credit-management reverse", () => {
     expect(await journal()).toBe(n);
     // Without a store in the environment: bad usage, naming the variables.
     const none = await cli([charge, "--user", "acme", "--reason", "x"], {
-      env: { CREDIT_PG_URL: "", CREDIT_MONGO_URI: "", CREDIT_SQLITE_PATH: "" },
+      env: { CREDIT_PG_URL: undefined, CREDIT_MONGO_URI: undefined, CREDIT_SQLITE_PATH: undefined },
     });
     expect(none.code).toBe(2);
     expect(none.stderr).toContain("CREDIT_SQLITE_PATH");

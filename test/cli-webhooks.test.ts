@@ -202,7 +202,7 @@ describe("credit-management webhooks", () => {
         const run = (extra: Record<string, string>) =>
           new Promise<{ status: number | null; stdout: string; stderr: string }>((resolve) => {
             const child = spawn(process.execPath, [inject("cliEntry"), "webhooks", "test", id], {
-              env: { ...process.env, CREDIT_MONGO_URI: "", CREDIT_PG_URL: "", ...env, ...extra },
+              env: { ...process.env, CREDIT_MONGO_URI: undefined, CREDIT_PG_URL: undefined, ...env, ...extra },
             });
             let stdout = "";
             let stderr = "";

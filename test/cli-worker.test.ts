@@ -1,6 +1,6 @@
 import { spawn } from "node:child_process";
 import { randomUUID } from "node:crypto";
-import { mkdtempSync, readFileSync, renameSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, realpathSync, renameSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Redis } from "ioredis";
@@ -281,10 +281,10 @@ describe("credit-management worker: the store serve uses", () => {
         cwd: dir,
         env: {
           ...process.env,
-          CREDIT_MONGO_URI: "",
-          CREDIT_PG_URL: "",
-          CREDIT_SQLITE_PATH: "",
-          CREDIT_REDIS_URL: "",
+          CREDIT_MONGO_URI: undefined,
+          CREDIT_PG_URL: undefined,
+          CREDIT_SQLITE_PATH: undefined,
+          CREDIT_REDIS_URL: undefined,
         },
         stdio: ["ignore", "pipe", "pipe"],
       });
@@ -294,6 +294,13 @@ describe("credit-management worker: the store serve uses", () => {
       const code = await new Promise<number | null>((resolve) => child.on("exit", resolve));
       expect(code, out).toBe(0);
       expect(out).toContain('"grantsExpired":1');
+      // Its log names the store it worked on.
+      const started = out
+        .split("\n")
+        .filter((l) => l.startsWith("{"))
+        .map((l) => JSON.parse(l) as { msg: string; store?: string; where?: string })
+        .find((l) => l.msg === "worker started");
+      expect([started?.store, started?.where]).toEqual(["sqlite", realpathSync(file)]);
       const after = await createCreditManager({ db: new SqliteDbManager({ filename: file }) });
       expect((await after.credits.getUserCreditsInfo("alice")).balance).toBe(0);
       await after.close();
@@ -314,7 +321,7 @@ interface Line {
 /** The worker as a child process (this run's build of the sources, as the CLI tests run it), its log lines parsed. */
 function startWorker(args: string[], env: Record<string, string>) {
   const child = spawn(process.execPath, [inject("cliEntry"), "worker", ...args], {
-    env: { ...process.env, CREDIT_MONGO_URI: "", CREDIT_REDIS_URL: "", ...env },
+    env: { ...process.env, CREDIT_MONGO_URI: undefined, CREDIT_REDIS_URL: undefined, ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });
   const lines: Line[] = [];

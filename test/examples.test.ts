@@ -71,12 +71,8 @@ describe("examples/next/app/api/cron/credits/route.ts", () => {
   it("behind CRON_SECRET, runs one round of each task on the app's manager: a grant past its expiry is expired", async () => {
     const saved = { ...process.env };
     // The example's manager reads its store from the environment: memory here.
-    Object.assign(process.env, {
-      CRON_SECRET: "cron-test",
-      CREDIT_PG_URL: "",
-      CREDIT_MONGO_URI: "",
-      CREDIT_SQLITE_PATH: "",
-    });
+    process.env.CRON_SECRET = "cron-test";
+    for (const name of ["CREDIT_PG_URL", "CREDIT_MONGO_URI", "CREDIT_SQLITE_PATH"]) delete process.env[name];
     try {
       // By path: examples/next is its own project (its tsconfig), not part of this one's type-check.
       const next = (file: string) => pathToFileURL(join(root, "examples", "next", file)).href;
@@ -136,7 +132,7 @@ describe.skipIf(!redisUrl)("examples/bullmq.ts", () => {
   it("says why and exits 0 without CREDIT_REDIS_URL", async () => {
     const { stdout } = await run(process.execPath, ["--import", "tsx", join(root, "examples", "bullmq.ts")], {
       cwd: root,
-      env: { ...process.env, CREDIT_REDIS_URL: "" },
+      env: { ...process.env, CREDIT_REDIS_URL: undefined },
       timeout: 60_000,
     });
     expect(stdout).toContain("skipped: BullMQ needs Redis; set CREDIT_REDIS_URL");
@@ -144,7 +140,7 @@ describe.skipIf(!redisUrl)("examples/bullmq.ts", () => {
 });
 
 describe("examples", () => {
-  const exampleWith = async (file: string, args: string[], env: Record<string, string> = {}) => {
+  const exampleWith = async (file: string, args: string[], env: Record<string, string | undefined> = {}) => {
     const { stdout } = await run(process.execPath, ["--import", "tsx", join(root, "examples", file), ...args], {
       cwd: root,
       env: { ...process.env, ...env },
@@ -244,8 +240,8 @@ describe("examples", () => {
   it("scheduler.ts runs the jobs once (RUN_ONCE=1) on the in-memory store and logs the report", async () => {
     const out = await exampleWith("scheduler.ts", [], {
       RUN_ONCE: "1",
-      CREDIT_MONGO_URI: "",
-      CREDIT_PG_URL: "",
+      CREDIT_MONGO_URI: undefined,
+      CREDIT_PG_URL: undefined,
       LEDGER_FILE: "",
     });
     const reports = out.split("\n").filter((l) => l.includes("credit jobs ran"));

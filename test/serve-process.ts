@@ -12,7 +12,12 @@ interface Line {
   [field: string]: unknown;
 }
 
-const BASE_ENV = { CREDIT_MONGO_URI: "", CREDIT_PG_URL: "", CREDIT_SQLITE_PATH: "", CREDIT_REDIS_URL: "" };
+const BASE_ENV = {
+  CREDIT_MONGO_URI: undefined,
+  CREDIT_PG_URL: undefined,
+  CREDIT_SQLITE_PATH: undefined,
+  CREDIT_REDIS_URL: undefined,
+};
 
 export function cli(args: string[], env: Record<string, string>) {
   const r = spawnSync(process.execPath, [inject("cliEntry"), ...args], {

@@ -171,8 +171,8 @@ case "${1:-}" in
       local out
       out="$(
         case "$2" in
-          memory) export CREDIT_PG_URL="" ;;
-          sqlite) export CREDIT_PG_URL="" CREDIT_SQLITE_PATH="$TMPDIR/example-$1.db" ;;
+          memory) unset CREDIT_PG_URL ;;
+          sqlite) unset CREDIT_PG_URL; export CREDIT_SQLITE_PATH="$TMPDIR/example-$1.db" ;;
           postgres) export CREDIT_PG_SCHEMA="${schema}_$1" ;;
         esac
         if [ "$1" = bun ]; then "$bun" bun.ts; else deno_run deno.ts; fi
@@ -223,9 +223,9 @@ case "${1:-}" in
           # Under Bun it opens the file with bun:sqlite: better-sqlite3 is moved out of the way.
           mv node_modules/better-sqlite3 better-sqlite3.aside
           export CREDIT_SQLITE_PATH="$TMPDIR/serve.db"
-          key="$(CREDIT_PG_URL="" "$bun" x --bun credit-management keys create --role admin | grep -o 'cmk_[A-Za-z0-9_-]*')"
+          key="$(env -u CREDIT_PG_URL "$bun" x --bun credit-management keys create --role admin | grep -o 'cmk_[A-Za-z0-9_-]*')"
           port=$((20000 + RANDOM % 20000))
-          CREDIT_PG_URL="" CREDIT_PORT=$port CREDIT_HOST=127.0.0.1 CREDIT_LOG_LEVEL=warn "$bun" x --bun credit-management serve &
+          env -u CREDIT_PG_URL CREDIT_PORT=$port CREDIT_HOST=127.0.0.1 CREDIT_LOG_LEVEL=warn "$bun" x --bun credit-management serve &
           serve=$!
           for _ in $(seq 60); do curl -fs "http://127.0.0.1:$port/health/ready" >/dev/null && break; sleep 0.5; done
           curl -fsS -X POST -H "authorization: Bearer $key" -H "content-type: application/json" -d '{"amount": 40}' \
@@ -246,7 +246,7 @@ case "${1:-}" in
             case $((i % 3)) in 1) when=held ;; 2) when=held+0.2 ;; 0) when=ready ;; esac
             # A port the system has just given out free (twenty random picks may hit one in use).
             port="$(node -e 'const s = require("net").createServer().listen(0, "127.0.0.1", () => { console.log(s.address().port); s.close(); })')"
-            CREDIT_PG_URL="" CREDIT_PORT=$port CREDIT_HOST=127.0.0.1 CREDIT_LOG_LEVEL=info "$bun" x --bun credit-management serve > stop.log 2>&1 &
+            env -u CREDIT_PG_URL CREDIT_PORT=$port CREDIT_HOST=127.0.0.1 CREDIT_LOG_LEVEL=info "$bun" x --bun credit-management serve > stop.log 2>&1 &
             serve=$!
             if [ "$when" = ready ]; then
               for _ in $(seq 60); do curl -fs "http://127.0.0.1:$port/health/ready" >/dev/null && break; sleep 0.5; done
@@ -356,7 +356,7 @@ case "${1:-}" in
             node "$modules/next/dist/bin/next" build > build.log 2>&1 || { cat build.log >&2; exit 1; }
             grep -E '^(├|└|┌)' build.log || true
             port=$((20000 + RANDOM % 20000))
-            CREDIT_PG_URL="" CONSOLE_TOKEN=console-test CRON_SECRET=cron-test node "$modules/next/dist/bin/next" start -H 127.0.0.1 -p "$port" > start.log 2>&1 &
+            env -u CREDIT_PG_URL CONSOLE_TOKEN=console-test CRON_SECRET=cron-test node "$modules/next/dist/bin/next" start -H 127.0.0.1 -p "$port" > start.log 2>&1 &
             served=$!
             base="http://127.0.0.1:$port"
             for _ in $(seq 120); do curl -s "$base/credits/balance" >/dev/null && break; sleep 0.25; done

@@ -95,9 +95,23 @@ export async function runAudit(command: AuditCommand, io: CliIo, source: StoreSo
     /** `--repair`: the store's entries none of the files has, to append. */
     const lost: LostEntry[] | undefined = command.repair === true ? [] : undefined;
 
+    /** The accounts with problems, named in the summary. */
+    const failing: string[] = [];
     const audit = async (userId: string, named: boolean): Promise<void> => {
       accounts++;
-      const report = await manager.credits.audit(userId, command.from === undefined ? {} : { from: command.from });
+      let report: AuditReport;
+      try {
+        report = await manager.credits.audit(userId, command.from === undefined ? {} : { from: command.from });
+      } catch (error) {
+        // One account the audit cannot read (a row the store cannot decode, say) is that account's
+        // problem: the others are audited all the same.
+        failed++;
+        failing.push(userId);
+        const message = `the audit could not run: ${error instanceof Error ? error.message : String(error)}`;
+        if (command.json) io.stdout(`${JSON.stringify({ userId, ok: false, problems: [message] })}\n`);
+        else io.stdout(`FAIL  ${JSON.stringify(userId)}: ${message}\n`);
+        return;
+      }
       // A name with no account and no journal is most likely a typo: "ok, 0 entries" would hide it.
       if (named && report.entries === 0 && (await db.getAccount(userId)) === null) {
         missing++;
@@ -115,7 +129,10 @@ export async function runAudit(command: AuditCommand, io: CliIo, source: StoreSo
       if (command.ledgerFiles.length > 0)
         problems.push(...(await compareWithFile(db, userId, fileLines.get(userId), leaseWindows.get(userId), lost)));
       fileLines.delete(userId);
-      if (problems.length > 0) failed++;
+      if (problems.length > 0) {
+        failed++;
+        failing.push(userId);
+      }
       print(io, command.json, { ...report, ok: problems.length === 0, problems });
     };
     for (const userId of command.users) await audit(userId, true);
@@ -147,6 +164,7 @@ export async function runAudit(command: AuditCommand, io: CliIo, source: StoreSo
     if (archiveCode !== 0) fileProblems++;
     const summary =
       `${accounts} account${accounts === 1 ? "" : "s"} audited: ${accounts - failed - missing} consistent, ${failed} with problems` +
+      (failing.length > 0 ? ` (${namesOf(failing)})` : "") +
       (missing > 0 ? `, ${missing} not found` : "") +
       (command.ledgerFiles.length > 0
         ? `; ${fileProblems} problem${fileProblems === 1 ? "" : "s"} in the ledger files`
@@ -157,10 +175,16 @@ export async function runAudit(command: AuditCommand, io: CliIo, source: StoreSo
   });
 }
 
+/** The accounts of the summary: the first 20 by name, then how many more. */
+function namesOf(users: readonly string[]): string {
+  const shown = users.slice(0, 20).map((u) => JSON.stringify(u));
+  return users.length > shown.length ? `${shown.join(", ")} and ${users.length - shown.length} more` : shown.join(", ");
+}
+
 function print(io: CliIo, json: boolean, report: AuditReport): void {
   if (json) {
     io.stdout(
-      `${JSON.stringify({ userId: report.userId, ok: report.ok, entries: report.entries, balance: report.balance, reserved: report.reserved, debt: report.debt, problems: report.problems })}\n`,
+      `${JSON.stringify({ userId: report.userId, ok: report.ok, entries: report.entries, balance: report.balance, reserved: report.reserved, debt: report.debt, problems: report.problems, ...(report.issues === undefined ? {} : { issues: report.issues }) })}\n`,
     );
     return;
   }

@@ -1,3 +1,4 @@
+import { checkCreditEnv } from "../util/credit-env.js";
 import { writeFileSync } from "node:fs";
 // Inlined by the build: the CLI prints the version it was built as.
 import packageJson from "../../package.json" with { type: "json" };
@@ -188,6 +189,12 @@ export async function runCli(args: readonly string[], io: CliIo, source: StoreSo
     if (help.code === 0) io.stdout(help.text);
     else io.stderr(help.text);
     return help.code;
+  }
+  try {
+    // A blank or misspelt CREDIT_* variable would silently pick another store or setting.
+    checkCreditEnv(source.env ?? process.env);
+  } catch (error) {
+    return exitCodeOf(error, io, args[0] !== undefined && COMMAND_HELP[args[0]] !== undefined ? args[0] : undefined);
   }
   if (args[0] === "serve" || args[0] === "keys") return runServeCli(args, io, source.env ?? process.env);
   if (args[0] === "webhooks") return runWebhooksCli(args.slice(1), io, source.env ?? process.env);

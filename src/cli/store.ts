@@ -32,11 +32,7 @@ export async function openCommandStore(
   source: StoreSource,
 ): Promise<{ db: DbManager; owned: boolean; memoryFromEnv: boolean }> {
   const env = source.env ?? process.env;
-  const db =
-    source.db ??
-    (await createDbManagerFromEnv(
-      sqlite === undefined ? env : { CREDIT_SQLITE_PATH: sqlite, CREDIT_PG_URL: "", CREDIT_MONGO_URI: "" },
-    ));
+  const db = source.db ?? (await createDbManagerFromEnv(sqlite === undefined ? env : { CREDIT_SQLITE_PATH: sqlite }));
   const owned = source.db === undefined;
   // A store that must be opened before it is read, and is not created or migrated for it (SQLite).
   const opener = db as DbManager & { openExisting?: () => Promise<void> };

@@ -5,7 +5,7 @@ import type { DbManager } from "../core/db/types.js";
 import { createCreditManager, type CreditManager } from "../manager.js";
 import type { NotificationQueue } from "../core/queue/index.js";
 import { storeSettings } from "../serve/settings.js";
-import { openCreditStore } from "../serve/store.js";
+import { openCreditStore, storePlace } from "../serve/store.js";
 import type { CliIo } from "./run.js";
 import { closeQuietly } from "./store.js";
 import { openWorkerResources } from "../serve/worker-resources.js";
@@ -85,6 +85,9 @@ export async function runWorker(settings: WorkerSettings, io: CliIo, env: DbEnv)
     worker = w;
     logger.info(
       {
+        // Which store it works on (docs/operations.md): no secret.
+        store: store.kind,
+        where: storePlace(store),
         once: settings.once,
         notifications: settings.notifications,
         every: Object.fromEntries(w.tasks.map((t) => [t.name, t.everyMs])),

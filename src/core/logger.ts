@@ -52,3 +52,20 @@ export const LoggerOption = z.custom<Logger>(isLogger, {
 export function warnOnFailure(logger: Logger | undefined, step: string): (error: unknown) => void {
   return (error) => logger?.warn({ err: error }, `credit-management: ${step} failed`);
 }
+
+/** The loggers `noteMemoryStore` has told: each is told once. */
+const toldOfMemory = new WeakSet<Logger>();
+
+/**
+ * Says once per logger, at info, that a manager made without a store holds everything in memory
+ * (docs/storage.md): lost when the process ends. Not said when the memory store is given
+ * explicitly (`db: new InMemoryDbManager()`), nor by the default logger, which writes nothing.
+ */
+export function noteMemoryStore(logger: Logger): void {
+  if (toldOfMemory.has(logger)) return;
+  toldOfMemory.add(logger);
+  logger.info(
+    { store: "memory" },
+    "credit-management: no store given (db): everything is held in memory and lost when the process ends; pass db: new InMemoryDbManager() to ask for that explicitly",
+  );
+}

@@ -6,7 +6,7 @@
  */
 import { moduleRegistry, type CreditModule } from "./module.js";
 import * as z from "zod/mini";
-import { LoggerOption, silentLogger, type Logger } from "./logger.js";
+import { LoggerOption, noteMemoryStore, silentLogger, type Logger } from "./logger.js";
 import type { Cache } from "./cache/index.js";
 import { CoreInMemoryDbManager } from "./db/memory/index.js";
 import type { DbManager } from "./db/types.js";
@@ -196,6 +196,12 @@ export interface CoreParts<C extends CoreCreditService> extends CoreManager<C> {
 }
 
 /**
+ * @internal The stores a manager made itself because none was given (the full entry's default):
+ * `openCore` says once that they hold everything in memory (`noteMemoryStore`).
+ */
+export const memoryByDefault = new WeakSet<object>();
+
+/**
  * Opens the store and builds the core's services from options `o` (validated by a schema that holds
  * `CoreManagerOptions`' fields); `makeCredits` builds the credit service.
  * @beta
@@ -206,6 +212,7 @@ export async function openCore<C extends CoreCreditService>(
 ): Promise<CoreParts<C>> {
   const db = o.db ?? new CoreInMemoryDbManager();
   const logger = o.logger ?? silentLogger;
+  if (o.db === undefined || memoryByDefault.has(o.db)) noteMemoryStore(logger);
   // The modules' store parts are bound before `init()`, which creates their tables
   // (docs/writing-a-store.md, "A module's part"); bad modules are refused before anything is created.
   for (const m of moduleRegistry(o.modules as readonly CreditModule[] | undefined).modules)

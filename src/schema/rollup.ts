@@ -245,3 +245,23 @@ export function rollupBackfillSql(journal: string, accounts: string, naming: Nam
       `${rollupSums("cm_j")} ORDER BY 2, 1, 3, 4;`,
   ];
 }
+
+/**
+ * One account's rollup rows (`$1`) as a catch-up would leave them at this statement's snapshot
+ * (docs/usage.md, "The daily rollup"): the rows stored plus the sums of its journal entries past
+ * its `through_seq`, by the same rules as the catch-up, without writing anything. What the audit
+ * reads inside its snapshot (a read-only transaction, where a catch-up cannot run), so that the
+ * rows it compares cover the journal it replays. Columns as the stored rows', `day` as text.
+ */
+export function rollupAsOfSql(journal: string, naming: NamingOptions, rules: UsageRules = USAGE_RULES): string {
+  const r = rollupNames(naming);
+  const measures = USAGE_MEASURES.map((m) => q(rollupColumn(m)));
+  return (
+    `WITH cm_p AS (SELECT j.* FROM ${journal} j WHERE j.user_id = $1 AND j.seq > ` +
+    `coalesce((SELECT s.through_seq FROM ${r.state} s WHERE s.user_id = $1), 0)), ` +
+    `cm_n ("user_id", "day", "kind", "unit", ${measures.join(", ")}) AS (${rollupSums("cm_p", rules)}) ` +
+    `SELECT to_char(x.day, 'YYYY-MM-DD') AS day, x.kind, x.unit, ${measures.map((c) => `sum(x.${c}) AS ${c}`).join(", ")} FROM (` +
+    `SELECT "day", "kind", "unit", ${measures.join(", ")} FROM ${r.table} WHERE user_id = $1 UNION ALL ` +
+    `SELECT "day", "kind", "unit", ${measures.join(", ")} FROM cm_n) x GROUP BY x.day, x.kind, x.unit ORDER BY x.day, x.kind, x.unit`
+  );
+}

@@ -81,10 +81,37 @@ export async function openStores(
       : { CREDIT_MONGO_URI: store.uri, CREDIT_MONGO_DB: store.db },
   );
   if (store.kind === "postgres") {
-    return { db, keys: postgresKeyStore(await ownPgPool(store.url), store.schema), where: "postgres" };
+    return { db, keys: postgresKeyStore(await ownPgPool(store.url), store.schema), where: storePlace(store) };
   }
   const { collection, close } = await ownMongoCollection(store, "credit_api_keys");
-  return { db, keys: mongoKeyStore(collection, close), where: "mongodb" };
+  return { db, keys: mongoKeyStore(collection, close), where: storePlace(store) };
+}
+
+/**
+ * Where the store is, for the start-up log of `serve` and `worker` (docs/operations.md): the SQLite
+ * file's full path; the PostgreSQL or MongoDB URL without its password or its query (which may hold
+ * one), with the schema or database. No secret.
+ */
+export function storePlace(store: ServeSettings["store"]): string {
+  if (store.kind === "sqlite") return resolve(store.path);
+  const url = redactedUrl(store.kind === "postgres" ? store.url : store.uri);
+  if (store.kind === "postgres")
+    return `${url}${store.schema === undefined ? "" : ` schema ${store.schema}`}${store.partitions === undefined ? "" : ` partitioned by ${store.partitions}`}`;
+  return `${url} database ${store.db}`;
+}
+
+/** `url` with its password replaced by `***`, and without its query and fragment. */
+export function redactedUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password !== "") u.password = "***";
+    u.search = "";
+    u.hash = "";
+    return u.toString();
+  } catch {
+    // The store's own settings checked it is a URL; should one not parse, nothing of it is shown.
+    return "(a URL that does not parse)";
+  }
 }
 
 /** The store of `serve` for the webhook endpoints: its own connection, as the API keys have. */

@@ -56,6 +56,16 @@ export interface DbManager extends AccountStore, JournalStore, NotificationStore
    * @beta
    */
   usePart?<Reads extends object>(part: ModuleStorePart<Reads>): Reads | undefined;
+  /**
+   * Optional: runs `fn` with this store as one snapshot shows it, at least the account `userId`:
+   * every read of that account `fn` makes through the store it is given sees the same committed
+   * state, whatever commits meanwhile (PostgreSQL: a read-only transaction at REPEATABLE READ; the
+   * in-memory store: the account's units of work wait). `audit()` reads an account's journal, row,
+   * grants, holds and usage rollup through it (docs/operations.md, "Auditing"); without it, the
+   * audit reads them again while a unit of work on the account committed between its first and
+   * last read (docs/writing-a-store.md, "Optional methods").
+   */
+  readSnapshot?<T>(userId: string, fn: (db: DbManager) => Promise<T>): Promise<T>;
 }
 
 /**

@@ -2,7 +2,7 @@ import { own } from "./own.js";
 import type { Account, Grant, GrantScope, JournalEntry, Reservation } from "../models/index.js";
 import { readSnapshot } from "./checkpoint.js";
 import { stringify } from "safe-stable-stringify";
-import { type JournalKeys, hashEntry } from "./hash.js";
+import { type JournalKeys, MissingJournalKeyError, hashEntry } from "./hash.js";
 import { chargeDraw, reversedOf } from "./reversal.js";
 
 /** Result of `audit(userId)`. @public */
@@ -13,6 +13,14 @@ export interface AuditReport {
   ok: boolean;
   /** What is wrong, in plain words (empty when ok). */
   problems: string[];
+  /**
+   * The problems of `problems` a program can act on, by kind (docs/operations.md, "Auditing");
+   * absent when there is none. `"unknown key"`: entries are signed with a journal key the manager
+   * does not hold (`journalKeys`, or `CREDIT_JOURNAL_KEYS`; docs/concepts.md, "A keyed chain"):
+   * `keyId`, the first entry naming it (`seq`) and how many do (`entries`); their hashes could not
+   * be checked, the rest of the account was audited. `message`: the problem as `problems` has it.
+   */
+  issues?: { kind: "unknown key"; keyId: string; seq: number; entries: number; message: string }[];
   /** Journal entries checked. */
   entries: number;
   /**
@@ -74,6 +82,8 @@ export function replayJournal(
   keys?: JournalKeys | "links only",
 ): AuditReport {
   const problems: string[] = [];
+  /** Keys named by entries and not given: the first entry and how many name each. */
+  const unknownKeys = new Map<string, { seq: number; entries: number }>();
   /** Each unit's figures (null: the default unit), checked per unit: no entry moves credits between units (docs/units.md). */
   const figures = new Map<string | null, { balance: number; reserved: number; debt: number }>();
   const fig = (unit: string | null) => {
@@ -152,8 +162,21 @@ export function replayJournal(
     if (e.prevHash !== prevHash) problems.push(`${where} does not chain to the previous entry`);
     const { hash, ...rest } = e;
     const unverified = keys === "links only" && (e.keyId ?? null) !== null;
-    if (!unverified && hashEntry(rest, keys === "links only" ? undefined : keys) !== hash)
-      problems.push(`${where} was altered: its hash does not match its content`);
+    if (!unverified) {
+      let expected: string | null;
+      try {
+        expected = hashEntry(rest, keys === "links only" ? undefined : keys);
+      } catch (error) {
+        // Its hash cannot be checked without the key; the rest of the account still is.
+        if (!(error instanceof MissingJournalKeyError)) throw error;
+        const seen = unknownKeys.get(error.keyId);
+        if (seen === undefined) unknownKeys.set(error.keyId, { seq: e.seq, entries: 1 });
+        else seen.entries++;
+        expected = null;
+      }
+      if (expected !== null && expected !== hash)
+        problems.push(`${where} was altered: its hash does not match its content`);
+    }
     prevHash = hash;
     // Written in seq order, a chain never goes back to an older hash input or drops its key: an
     // entry that does was written again without the key (docs/concepts.md, "A keyed chain").
@@ -385,10 +408,20 @@ export function replayJournal(
       problems,
     );
 
+  const issues: NonNullable<AuditReport["issues"]> = [];
+  for (const [keyId, { seq, entries: n }] of unknownKeys) {
+    const message =
+      `${n === 1 ? `entry ${seq} is` : `${n} entries from entry ${seq} are`} signed with the journal key ${JSON.stringify(keyId)}, ` +
+      `which ${keys === undefined ? "is not given (no journalKeys)" : "journalKeys does not hold"}: ${n === 1 ? "its hash was" : "their hashes were"} not checked (give every key an entry names: docs/concepts.md, "A keyed chain")`;
+    problems.unshift(message);
+    issues.push({ kind: "unknown key", keyId, seq, entries: n, message });
+  }
+
   return {
     userId,
     ok: problems.length === 0,
     problems,
+    ...(issues.length > 0 ? { issues } : {}),
     entries: entries.length,
     from: base > 0 ? "checkpoint" : "genesis",
     fromSeq: base > 0 ? base + 1 : Math.min(entries.length, 1),

@@ -3,8 +3,7 @@ import { replayJournal, type AuditReport } from "../domain/replay.js";
 import type { AuditCheck } from "./audit-check.js";
 import { rollupAuditScan, rollupProblems } from "../domain/usage.js";
 import type { AuditOptions, JournalEntry, JournalHead } from "../models/index.js";
-import { type JournalKeys, MissingJournalKeyError } from "../domain/hash.js";
-import { ConfigurationError } from "../errors.js";
+import type { JournalKeys } from "../domain/hash.js";
 import type * as z from "zod/mini";
 import { copy, journalAfter } from "./history.js";
 import type { UnitRunner } from "./unit-of-work.js";
@@ -28,6 +27,30 @@ export async function auditAccount(
   checks: readonly AuditCheck[] = [],
   keys?: JournalKeys,
 ): Promise<AuditReport> {
+  const audit = (store: DbManager) => auditReads(store, user, o, checks, keys);
+  // One snapshot: a unit of work committing between two of the reads would look like a mismatch
+  // between the journal and the state (docs/operations.md, "Auditing").
+  if (db.readSnapshot !== undefined) return db.readSnapshot(user, audit);
+  // A store without snapshots: read again while the account moved during the reads (a unit of
+  // work that changes the account, its grants or holds appends an entry, so its seq tells).
+  for (let attempt = 1; ; attempt++) {
+    const before = await db.getAccount(user);
+    const report = await audit(db);
+    if (attempt === MAX_AUDIT_READS || (await db.getAccount(user))?.seq === before?.seq) return report;
+  }
+}
+
+/** Reads of an account's audit at most, on a store without snapshots whose account keeps moving. */
+const MAX_AUDIT_READS = 20;
+
+/** `auditAccount`'s reads and checks, on `db` (one snapshot of the store, where it has them). */
+async function auditReads(
+  db: DbManager,
+  user: string,
+  o: z.output<typeof AuditOptions>,
+  checks: readonly AuditCheck[],
+  keys: JournalKeys | undefined,
+): Promise<AuditReport> {
   const head = o.head;
   // With a head kept elsewhere: from the latest checkpoint at or before it, so the replay covers it.
   const start =
@@ -42,16 +65,9 @@ export async function auditAccount(
     db.listGrants(user, { includeInactive: true }),
     db.listReservations(user),
   ]);
-  let report: AuditReport;
-  try {
-    report = replayJournal(user, entries, { account, grants, reservations }, keys);
-  } catch (error) {
-    if (!(error instanceof MissingJournalKeyError)) throw error;
-    throw new ConfigurationError(
-      `[credit-management] audit of ${JSON.stringify(user)}: its journal has entries signed with the key ${JSON.stringify(error.keyId)}, which journalKeys does not hold: give every key an entry names (docs/concepts.md, "A keyed chain")`,
-      error,
-    );
-  }
+  // A key an entry names and `keys` does not hold is a problem of this account (an issue of kind
+  // "unknown key"), not an error: `audit --all` goes on to the next account.
+  const report = replayJournal(user, entries, { account, grants, reservations }, keys);
   if (head !== undefined) {
     const problem = headProblem(head, entries);
     if (problem !== null) {

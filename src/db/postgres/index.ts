@@ -5,7 +5,7 @@ import { bindPostgres, type PostgresBoundPart } from "./module-part.js";
 import type * as PgModule from "pg";
 import { rollupDays, usageSql } from "./usage.js";
 import { usageBucket } from "../usage-query.js";
-import { rollupNames } from "../../schema/rollup.js";
+import { rollupAsOfSql, rollupNames } from "../../schema/rollup.js";
 import { catchUpRollup, rollupRound } from "./usage-rollup.js";
 import type { UsageBucket, UsageCatchUp, UsageRollupRow, UsageScan } from "../../core/domain/usage.js";
 import type { PgPool as Pool, PgPoolClient as PoolClient } from "./pg-types.js";
@@ -600,18 +600,51 @@ export class PostgresDbManager extends StoreBase implements DbManager {
           `FROM ${rollupNames(this.sql.naming).table} WHERE user_id = $1 ORDER BY day, kind, unit`,
         [userId],
       );
-      return rows.map((r) => ({
-        day: String(r.day),
-        kind: r.kind as UsageRollupRow["kind"],
-        unit: r.unit === "" || r.unit == null ? null : String(r.unit), // '' is the default unit (a key: no NULL)
-        credits: Number(r.credits),
-        requests: Number(r.requests),
-        inputTokens: Number(r.input_tokens),
-        outputTokens: Number(r.output_tokens),
-        cachedTokens: Number(r.cached_tokens),
-        shortfall: Number(r.shortfall),
-      }));
+      return rollupRows(rows);
     });
+  }
+
+  /**
+   * Runs `fn` with this store as one snapshot shows it, every account (`DbManager.readSnapshot`;
+   * docs/operations.md, "Auditing"): a read-only transaction at REPEATABLE READ on one pooled connection, which every
+   * read of the store `fn` is given runs on (`hostStore`), so that they all see the same committed
+   * state whatever commits meanwhile. The account's rollup is caught up before; inside, its
+   * `usageRollup` reads the rollup as a catch-up would leave it at that snapshot (`rollupAsOfSql`):
+   * a catch-up writes, which a read-only transaction cannot.
+   */
+  async readSnapshot<T>(userId: string, fn: (db: DbManager) => Promise<T>): Promise<T> {
+    // The account's rollup caught up first (docs/usage.md, "The daily rollup"), as a reader's is.
+    await this.withRollup(() => this.catchUpUsageRollup(userId));
+    const client = await this.connect();
+    let failure: unknown = false;
+    try {
+      this.roundTrips++;
+      await client.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
+      // One statement at a time on the connection: `fn` may start reads together (Promise.all).
+      let tail: Promise<unknown> = Promise.resolve();
+      const serial: PgQueryable = {
+        query: (text, values) => {
+          const result = tail.then(() => client.query(text, values));
+          tail = result.catch(() => undefined);
+          return result;
+        },
+      };
+      const scoped = hostStore(this, serial);
+      const asOf = rollupAsOfSql(this.sql.tables.journal.qualified, this.sql.naming);
+      const usageRollup = (userId: string) =>
+        this.withRollup(async () => rollupRows((await serial.query(asOf, [userId])).rows as Record<string, unknown>[]));
+      Object.defineProperty(scoped, "usageRollup", { value: usageRollup, configurable: true });
+      const value = await fn(scoped);
+      await client.query("COMMIT");
+      return value;
+    } catch (error) {
+      if (isConnectionLevel(error)) failure = error;
+      // The error of `fn` is the one reported; a connection that cannot roll back is dropped, not pooled.
+      await client.query("ROLLBACK").catch((e: unknown) => (failure = e));
+      throw error;
+    } finally {
+      this.release(client, failure);
+    }
   }
 
   /** The user's journal entries the query selects, in sequence order. */
@@ -893,4 +926,19 @@ function isMissingRelation(error: unknown): boolean {
     if (e === (e as { cause?: unknown }).cause) break;
   }
   return false;
+}
+
+/** The rollup's rows as the store reads them (`usageRollup`). */
+function rollupRows(rows: readonly Record<string, unknown>[]): UsageRollupRow[] {
+  return rows.map((r) => ({
+    day: String(r.day),
+    kind: r.kind as UsageRollupRow["kind"],
+    unit: r.unit === "" || r.unit == null ? null : String(r.unit), // '' is the default unit (a key: no NULL)
+    credits: Number(r.credits),
+    requests: Number(r.requests),
+    inputTokens: Number(r.input_tokens),
+    outputTokens: Number(r.output_tokens),
+    cachedTokens: Number(r.cached_tokens),
+    shortfall: Number(r.shortfall),
+  }));
 }

@@ -142,6 +142,21 @@ export class CoreInMemoryDbManager extends StoreBase implements DbManager {
     }
   }
 
+  /**
+   * Runs `fn` on this store while the account's units of work wait (`DbManager.readSnapshot`;
+   * docs/operations.md, "Auditing"): a unit of work changes the account, its grants and holds all
+   * at once when it ends, so every read of the account `fn` makes sees one state.
+   */
+  async readSnapshot<T>(userId: string, fn: (db: DbManager) => Promise<T>): Promise<T> {
+    const wait = this.locks.acquire(userId);
+    if (wait !== undefined) await wait;
+    try {
+      return await fn(this);
+    } finally {
+      this.locks.release(userId);
+    }
+  }
+
   /** Binds the side of this store's kind of a module's part (once per module, by `usePart`). @beta */
   protected override bindPart(part: ModuleStorePart): MemoryBoundPart | undefined {
     return part.memory?.();
