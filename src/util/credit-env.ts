@@ -79,6 +79,7 @@ export const CREDIT_VARIABLES: ReadonlySet<string> = new Set([
   "CREDIT_NATS_URL",
   "CREDIT_SERVICE_URL",
   "CREDIT_STREAM",
+  "CREDIT_TEST_DEPTH",
 ]);
 
 /**
