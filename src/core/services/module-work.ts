@@ -78,7 +78,7 @@ export class ModuleWork implements UnitWork {
     });
   }
 
-  deductUpToLimit(requested: number, meta: EntryMeta, overdraftLimit: number | null): JournalEntry | null {
+  deductUpToLimit(requested: number, meta: EntryMeta, overdraftLimit: number | null): JournalEntry {
     this.overdraft(overdraftLimit, "deductUpToLimit");
     return this.work.deductUpToLimit(requested, this.meta(meta, "deductUpToLimit"), overdraftLimit);
   }
