@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { runCli } from "../src/cli/run.js";
 import { SqliteDbManager } from "../src/db/sqlite/index.js";
 import type { DbManager } from "../src/core/db/types.js";
-import { startOfDay } from "../src/core/domain/usage.js";
+import { startOfDay } from "../src/core/domain/windows.js";
 import { createCreditManager, InMemoryDbManager, revenueCsv, type CreditManager } from "../src/index.js";
 
 const dir = mkdtempSync(join(tmpdir(), "cm-revenue-cli-"));

@@ -6,11 +6,11 @@ import { describe, expect, it } from "vitest";
 import {
   rollupAuditScan,
   rollupProblems,
-  windowIndex,
   type RollupEdge,
   type UsageBucket,
   type UsageRollupRow,
 } from "../src/core/domain/usage.js";
+import { windowIndex } from "../src/core/domain/windows.js";
 import type { UsageKind } from "../src/core/models/usage.js";
 
 const DAY = 86_400_000;

@@ -2,14 +2,8 @@
 // usage and of which kind, the split by model, and the query's validation. Dates are worked out
 // from the current year (no date that will pass).
 import { describe, expect, it, vi } from "vitest";
-import {
-  nextWindowStart,
-  startOfDay,
-  usageBoundaries,
-  usageParts,
-  wallClock,
-  windowStart,
-} from "../src/core/domain/usage.js";
+import { usageParts } from "../src/core/domain/usage.js";
+import { nextWindowStart, startOfDay, usageBoundaries, wallClock, windowStart } from "../src/core/domain/windows.js";
 import { createCreditManager, ValidationError } from "../src/index.js";
 import { type JournalEntry } from "../src/models-public.js";
 

@@ -4,7 +4,7 @@ import type { DbManager } from "../core/db/types.js";
 import { createCreditManager, type CreditManager } from "../manager.js";
 import type { RedisCache } from "../redis/index.js";
 import { ConfigurationError, ValidationError } from "../core/errors.js";
-import { journalKeysOf } from "../util/journal-keys-env.js";
+import { journalKeysOf } from "../serve/journal-keys-env.js";
 import { UsageError } from "../util/usage-error.js";
 
 /** The variables (and flag) that name the store `audit`, `revenue`, `accounts` and `reverse` read (docs/cli.md). */

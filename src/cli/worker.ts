@@ -12,7 +12,7 @@ import { openWorkerResources } from "../serve/worker-resources.js";
 import { workerOptions, type WorkerSettings } from "../serve/worker-settings.js";
 import { createWorker, type CreditWorker } from "../worker/index.js";
 import { UsageError } from "../util/usage-error.js";
-import { journalKeysOf } from "../util/journal-keys-env.js";
+import { journalKeysOf } from "../serve/journal-keys-env.js";
 
 /**
  * `credit-management worker` (docs/operations.md): settings from the flags and the environment

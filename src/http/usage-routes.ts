@@ -1,5 +1,5 @@
 import * as z from "zod/mini";
-import { windowStart } from "../core/domain/usage.js";
+import { windowStart } from "../core/domain/windows.js";
 import { ValidationError } from "../core/errors.js";
 import {
   MAX_USAGE_ROWS,

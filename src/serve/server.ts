@@ -32,7 +32,7 @@ import type { KeyStore } from "./keys.js";
 import { warnOnFailure } from "../core/logger.js";
 import { customerTokensOn } from "../credit-service.js";
 import { UsageError } from "../util/usage-error.js";
-import { journalKeysOf } from "../util/journal-keys-env.js";
+import { journalKeysOf } from "./journal-keys-env.js";
 
 /**
  * `credit-management serve` (docs/service.md): the credit API (`createCreditHandler`) behind API

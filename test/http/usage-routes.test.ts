@@ -5,7 +5,7 @@
 import { Validator } from "@seriousme/openapi-schema-validator";
 import { beforeAll, describe, expect, it } from "vitest";
 import { caller } from "./call.js";
-import { windowStart } from "../../src/core/domain/usage.js";
+import { windowStart } from "../../src/core/domain/windows.js";
 import { createCreditHandler, type Identity } from "../../src/http/index.js";
 import { createCreditManager, type CreditManager } from "../../src/index.js";
 import { HOSTILE_MODEL, HOSTILE_SPENDER, seedUsage } from "../usage-fixture.js";

@@ -15,16 +15,8 @@ import { cycleWindow } from "./limits.js";
 import { isOpenGrant } from "./order.js";
 import { type DrawnOut, drawnOutOf, isAllowanceKey } from "./allowance.js";
 import { availableOf, inScope } from "./scope.js";
-import {
-  groupValue,
-  isNegated,
-  nextWindowStart,
-  placedAt,
-  usageEntryTypes,
-  usageKind,
-  usageParts,
-  windowStart,
-} from "./usage.js";
+import { groupValue, isNegated, placedAt, usageEntryTypes, usageKind, usageParts } from "./usage.js";
+import { nextWindowStart, windowStart } from "./windows.js";
 
 /**
  * Alert thresholds as pure functions over one account (docs/notifications.md, "Alerts"): each

@@ -625,6 +625,7 @@ export class PostgresDbManager extends StoreBase implements DbManager {
       const serial: PgQueryable = {
         query: (text, values) => {
           const result = tail.then(() => client.query(text, values));
+          // Only the order of the next statement hangs on it: `result` itself, rejected, reaches its caller.
           tail = result.catch(() => undefined);
           return result;
         },

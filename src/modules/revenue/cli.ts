@@ -1,5 +1,5 @@
 import { exitCodeOf, parseCommandLine, requireAccount } from "../../cli/args.js";
-import { startOfDay, wallClock } from "../../core/domain/usage.js";
+import { startOfDay, wallClock } from "../../core/domain/windows.js";
 import { ValidationError } from "../../core/errors.js";
 import { UserId } from "../../core/models/common.js";
 import { parse } from "../../core/models/parse.js";

@@ -8,7 +8,7 @@ import type { RevenueDimension, RevenueRow } from "./model.js";
 import { ValidationError } from "../../core/errors.js";
 import { DEFAULT_UNIT } from "../../core/models/common.js";
 import { rateOf, sameBasis, valueAt, type Rate } from "../../core/domain/cost-basis.js";
-import { windowIndex } from "../../core/domain/usage.js";
+import { windowIndex } from "../../core/domain/windows.js";
 
 // ---- The roll-forward ----
 

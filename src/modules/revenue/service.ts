@@ -17,7 +17,7 @@ import {
   revenueStateText,
   type Key,
 } from "./rules.js";
-import { nextWindowStart, usageBoundaries, windowStart } from "../../core/domain/usage.js";
+import { nextWindowStart, usageBoundaries, windowStart } from "../../core/domain/windows.js";
 import { ConfigurationError, ValidationError } from "../../core/errors.js";
 import { parse, type JournalEntry } from "../../core/models/index.js";
 import {

@@ -1,6 +1,7 @@
 import type { DbManager } from "../../core/db/types.js";
 import type { JournalEntry } from "../../core/models/index.js";
-import { UsageAccumulator, usageBoundaries, usageRows, type UsageScan } from "../../core/domain/usage.js";
+import { UsageAccumulator, usageRows, type UsageScan } from "../../core/domain/usage.js";
+import { usageBoundaries } from "../../core/domain/windows.js";
 import { ConfigurationError, ValidationError } from "../../core/errors.js";
 import { parse } from "../../core/models/index.js";
 import { journalPages } from "../../core/services/history.js";

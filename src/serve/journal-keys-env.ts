@@ -1,5 +1,5 @@
 import { JournalKeysOptions } from "../core/models/index.js";
-import { UsageError } from "./usage-error.js";
+import { UsageError } from "../util/usage-error.js";
 
 /**
  * `CREDIT_JOURNAL_KEYS`: the journal's keys as JSON, `{ "current": "k1", "keys": { "k1": "…" } }`
