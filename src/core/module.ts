@@ -423,5 +423,22 @@ export function moduleRegistry(modules: readonly CreditModule[] = []): ModuleReg
 }
 
 /** The `ConfigurationError` of a module's service asked for before the module's `init` ran. @internal */
+/**
+ * @internal Marks a module of this package (`credit-management`'s own, reviewed and tested with the
+ * core): its `unitHook` runs without the hook guard's before-and-after comparison
+ * (src/core/services/hook-guard.ts), which costs every unit of work a copy of its changes. A module
+ * written outside the package is always guarded.
+ */
+export const PACKAGE_MODULE: unique symbol = Symbol("credit-management.package-module");
+
+/** @internal `m`, marked as a module of this package (`PACKAGE_MODULE`). */
+export function packageModule<T extends object>(m: T): T {
+  Object.defineProperty(m, PACKAGE_MODULE, { value: true });
+  return m;
+}
+
+/** @internal True for a module of this package (`PACKAGE_MODULE`). */
+export const isPackageModule = (m: object): boolean => (m as { [PACKAGE_MODULE]?: unknown })[PACKAGE_MODULE] === true;
+
 export const notInitialised = (id: string) =>
   new ConfigurationError(`[credit-management] module "${id}" is not initialised: give it to a CreditService first`);

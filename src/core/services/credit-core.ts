@@ -11,6 +11,7 @@ import { ConfigurationError, ModuleError, ReservationExpiredError, ValidationErr
 import type { LedgerLogger } from "../ledger/index.js";
 import {
   checkColumnValue,
+  isPackageModule,
   moduleRegistry,
   type AccountColumn,
   type CreditModule,
@@ -193,9 +194,16 @@ export class CreditCore {
         ...this.registry.modules.flatMap((m) =>
           m.unitHook === undefined
             ? []
-            : [{ hook: m.unitHook, module: m.id, column: m.accountColumn as AccountColumn<unknown> | undefined }],
+            : [
+                {
+                  hook: m.unitHook,
+                  module: m.id,
+                  column: m.accountColumn as AccountColumn<unknown> | undefined,
+                  guarded: !isPackageModule(m),
+                },
+              ],
         ),
-        ...(options.unitHooks ?? []).map((hook) => ({ hook, module: undefined, column: undefined })),
+        ...(options.unitHooks ?? []).map((hook) => ({ hook, module: undefined, column: undefined, guarded: true })),
       ],
       journalKey: this.keyring?.current,
       unitOverdraftLimits: this.unitOverdraftLimits,

@@ -24,6 +24,12 @@ export interface RegisteredHook {
   readonly module: string | undefined;
   /** The module's column, the one part of the account the hook may set. */
   readonly column: AccountColumn<unknown> | undefined;
+  /**
+   * False for a module of this package (`PACKAGE_MODULE`, src/core/module.ts): its hook runs
+   * unchecked, as the core's own code does, since the comparison costs every unit of work a copy of
+   * its changes. A module written outside the package is always checked.
+   */
+  readonly guarded: boolean;
 }
 
 /** The changes' top-level fields, the account's and each listed row's, as they were before a hook. */
@@ -61,6 +67,7 @@ export function runUnitHook(
   logger: Logger | undefined,
 ): readonly Notification[] {
   const { changes } = unit;
+  if (!registered.guarded) return runTrusted(registered, unit, logger);
   const before = snapshot(changes);
   let rows: readonly Notification[];
   try {
@@ -79,6 +86,35 @@ export function runUnitHook(
   }
   check(registered, changes, before);
   return rows;
+}
+
+/**
+ * A hook of this package's own module: run as is; a stored column value its schema refuses skips
+ * the hook on this account (logged), as for a guarded one, undoing only its own column.
+ */
+function runTrusted(
+  registered: RegisteredHook,
+  unit: { loaded: Account | null; now: Date; changes: Changes; attach(rows: ModuleRows): void },
+  logger: Logger | undefined,
+): readonly Notification[] {
+  const { changes } = unit;
+  const own = registered.column?.name;
+  const rowsBefore = changes.rows;
+  const notificationsBefore = changes.notifications;
+  const columnBefore = own === undefined ? undefined : (changes.account as unknown as Record<string, unknown>)[own];
+  try {
+    return registered.hook(unit);
+  } catch (error) {
+    if (!(error instanceof ModuleError) || error.details?.["columnValue"] !== "stored") throw error;
+    changes.rows = rowsBefore;
+    changes.notifications = notificationsBefore;
+    if (own !== undefined) Reflect.set(changes.account, own, columnBefore);
+    logger?.warn(
+      { err: error, module: error.module, userId: changes.account.userId },
+      "credit-management: a module's column holds a value its schema refuses; its unit hook is skipped on this account",
+    );
+    return [];
+  }
 }
 
 /** A `ModuleError` when the hook changed what is not its own; its column's new value validated. */

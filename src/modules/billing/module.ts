@@ -1,4 +1,4 @@
-import { notInitialised, type CreditModule, type ModuleContext } from "../../core/module.js";
+import { notInitialised, packageModule, type CreditModule, type ModuleContext } from "../../core/module.js";
 import type { AutoTopUpState } from "./model-auto-top-up.js";
 import { BILLING_ERROR_CODES } from "./errors.js";
 import { AUTO_TOP_UP_NOTIFICATION_TYPES, autoTopUpColumn } from "./rules-auto-top-up.js";
@@ -19,7 +19,8 @@ export interface BillingModule extends CreditModule<AutoTopUpState> {
  */
 export function billingModule(): BillingModule {
   let ctx: ModuleContext | undefined;
-  return {
+  // Reviewed and tested with the core: its hook runs without the guard's copies (src/core/module.ts).
+  return packageModule({
     id: "billing",
     errorCodes: BILLING_ERROR_CODES,
     notificationTypes: AUTO_TOP_UP_NOTIFICATION_TYPES,
@@ -37,5 +38,5 @@ export function billingModule(): BillingModule {
       if (ctx === undefined) throw notInitialised("billing");
       return ctx;
     },
-  };
+  });
 }
