@@ -533,7 +533,7 @@ export interface paths {
         };
         /**
          * The caller's usage as CSV
-         * @description RFC 4180 (CRLF records, a header line): start, end, the grouped dimensions, kind, unit (when a row is in another unit than the default one), credits, requests, inputTokens, outputTokens, cachedTokens. Text that begins with = + - @, a tab or a CR is prefixed with ' (spreadsheet injection). `X-Usage-Truncated: true` when `limit` cut rows.
+         * @description RFC 4180 (CRLF records, a header line): start, end, the grouped dimensions, kind, unit (when a row is in another unit than the default one), credits, requests, inputTokens, outputTokens, cachedTokens, shortfall. Text that begins with = + - @, a tab or a CR is prefixed with ' (spreadsheet injection). `X-Usage-Truncated: true` when `limit` cut rows.
          */
         get: operations["getUsageCsv"];
         put?: never;
@@ -570,7 +570,7 @@ export interface paths {
         };
         /**
          * A user's usage as CSV
-         * @description RFC 4180 (CRLF records, a header line): start, end, the grouped dimensions, kind, unit (when a row is in another unit than the default one), credits, requests, inputTokens, outputTokens, cachedTokens. Text that begins with = + - @, a tab or a CR is prefixed with ' (spreadsheet injection). `X-Usage-Truncated: true` when `limit` cut rows.
+         * @description RFC 4180 (CRLF records, a header line): start, end, the grouped dimensions, kind, unit (when a row is in another unit than the default one), credits, requests, inputTokens, outputTokens, cachedTokens, shortfall. Text that begins with = + - @, a tab or a CR is prefixed with ' (spreadsheet injection). `X-Usage-Truncated: true` when `limit` cut rows.
          */
         get: operations["adminGetUsageCsv"];
         put?: never;
@@ -607,7 +607,7 @@ export interface paths {
         };
         /**
          * Every account's usage as CSV
-         * @description RFC 4180 (CRLF records, a header line): start, end, the grouped dimensions, kind, unit (when a row is in another unit than the default one), credits, requests, inputTokens, outputTokens, cachedTokens. Text that begins with = + - @, a tab or a CR is prefixed with ' (spreadsheet injection). `X-Usage-Truncated: true` when `limit` cut rows.
+         * @description RFC 4180 (CRLF records, a header line): start, end, the grouped dimensions, kind, unit (when a row is in another unit than the default one), credits, requests, inputTokens, outputTokens, cachedTokens, shortfall. Text that begins with = + - @, a tab or a CR is prefixed with ' (spreadsheet injection). `X-Usage-Truncated: true` when `limit` cut rows.
          */
         get: operations["adminGetFleetUsageCsv"];
         put?: never;
@@ -3990,7 +3990,7 @@ export interface operations {
                     limits: {
                         spender?: string;
                         feature?: string;
-                        unit?: string;
+                        unit?: string | "*";
                         amount: number;
                         period?: ("day" | "week" | "month" | "year") | {
                             every: number;
@@ -4121,7 +4121,7 @@ export interface operations {
                     limit: {
                         spender?: string;
                         feature?: string;
-                        unit?: string;
+                        unit?: string | "*";
                         amount: number;
                         period?: ("day" | "week" | "month" | "year") | {
                             every: number;
@@ -4251,7 +4251,7 @@ export interface operations {
                     };
                     spender?: string;
                     feature?: string;
-                    unit?: string;
+                    unit?: string | "*";
                     period?: ("day" | "week" | "month" | "year") | {
                         every: number;
                         /** @enum {string} */
@@ -4936,6 +4936,7 @@ export interface operations {
                             inputTokens: number;
                             outputTokens: number;
                             cachedTokens: number;
+                            shortfall: number;
                         } & {
                             [key: string]: string | null;
                         })[];
@@ -5105,6 +5106,7 @@ export interface operations {
                             inputTokens: number;
                             outputTokens: number;
                             cachedTokens: number;
+                            shortfall: number;
                         } & {
                             [key: string]: string | null;
                         })[];
@@ -5257,6 +5259,7 @@ export interface operations {
                             inputTokens: number;
                             outputTokens: number;
                             cachedTokens: number;
+                            shortfall: number;
                         } & {
                             [key: string]: string | null;
                         })[];
@@ -5376,7 +5379,7 @@ export interface operations {
                 to?: string;
                 interval?: ("hour" | "day" | "week" | "month") | "none";
                 timeZone?: string;
-                groupBy?: ("account" | "source" | "plan" | "feature" | "spender")[];
+                groupBy?: ("account" | "source" | "plan" | "feature" | "spender" | "unit")[];
                 account?: string;
                 limit?: number;
             };
@@ -5413,7 +5416,7 @@ export interface operations {
                             refunds: number;
                             /** @description Paid credits not yet used at `end`, at their basis */
                             deferredEnd: number;
-                            /** @description Credits of usage past the balance (debt): no basis yet */
+                            /** @description Credits of usage past the balance (debt) and served past the overdraft limit: no basis; the default unit's, or grouped by unit the row's unit's */
                             unbilledCredits: number;
                         } & {
                             [key: string]: string | null;
@@ -5469,7 +5472,7 @@ export interface operations {
                 to?: string;
                 interval?: ("hour" | "day" | "week" | "month") | "none";
                 timeZone?: string;
-                groupBy?: ("account" | "source" | "plan" | "feature" | "spender")[];
+                groupBy?: ("account" | "source" | "plan" | "feature" | "spender" | "unit")[];
                 account?: string;
                 limit?: number;
             };
@@ -7074,6 +7077,7 @@ export interface operations {
                                 };
                             } | null;
                             keepPeriodGrants: boolean;
+                            dueAt?: number;
                             events?: {
                                 /** @enum {string} */
                                 type: "subscription_cancelled" | "subscription_ended";
@@ -7265,6 +7269,7 @@ export interface operations {
                                 };
                             } | null;
                             keepPeriodGrants: boolean;
+                            dueAt?: number;
                             events?: {
                                 /** @enum {string} */
                                 type: "subscription_cancelled" | "subscription_ended";
@@ -7482,6 +7487,7 @@ export interface operations {
                                 };
                             } | null;
                             keepPeriodGrants: boolean;
+                            dueAt?: number;
                             events?: {
                                 /** @enum {string} */
                                 type: "subscription_cancelled" | "subscription_ended";
@@ -7697,6 +7703,7 @@ export interface operations {
                                 };
                             } | null;
                             keepPeriodGrants: boolean;
+                            dueAt?: number;
                             events?: {
                                 /** @enum {string} */
                                 type: "subscription_cancelled" | "subscription_ended";
@@ -7909,6 +7916,7 @@ export interface operations {
                                 };
                             } | null;
                             keepPeriodGrants: boolean;
+                            dueAt?: number;
                             events?: {
                                 /** @enum {string} */
                                 type: "subscription_cancelled" | "subscription_ended";

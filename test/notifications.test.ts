@@ -160,7 +160,9 @@ describe("NotificationService details", () => {
   it("events a unit of work records (subscription events) commit with its change, in order", async () => {
     const { CreditService, NotificationService } = await import("../src/index.js");
     // Events are explicit on the unit of work (`AccountWork.recordEvent`).
-    const recordEvent = (work: object, event: WorkEvent) => (work as AccountWork).recordEvent(event);
+    // A module's unit of work hands the core's work wrapped (src/core/services/module-work.ts).
+    const core = (work: object) => ((work as { work?: AccountWork }).work ?? work) as AccountWork;
+    const recordEvent = (work: object, event: WorkEvent) => core(work).recordEvent(event);
     const db = new InMemoryDbManager();
     const probe = contextProbe();
     const credits = new CreditService({ db, alerts: { lowCredits: 50 }, modules: [probe.module] });

@@ -7,7 +7,7 @@ import { AccountWork } from "../src/core/domain/account-work.js";
 import { ConfigurationError, ConflictError, InsufficientCreditsError, StorageError } from "../src/core/errors.js";
 import type { JournalEntry } from "../src/core/models/index.js";
 import { CreditService } from "../src/credit-service.js";
-import { createDbManagerFromEnv, InMemoryDbManager } from "../src/index.js";
+import { createDbManagerFromEnv } from "../src/index.js";
 import { runDbManagerContract } from "../src/testing/index.js";
 import { runProcess } from "./fixtures/processes.js";
 import { contractTestApi } from "./fixtures/contract-variants.js";
@@ -167,7 +167,8 @@ describe.skipIf(!url)("PostgresDbManager", () => {
       await service.addCredits("env-user", 3);
       expect(await db.getAccount("env-user")).toMatchObject({ balance: 3 });
       await db.close();
-      expect(await createDbManagerFromEnv({ CREDIT_PG_URL: "  " })).toBeInstanceOf(InMemoryDbManager);
+      // Set but blank is a mistake named, never another store (docs/storage.md).
+      await expect(createDbManagerFromEnv({ CREDIT_PG_URL: "  " })).rejects.toThrow(/CREDIT_PG_URL is set but blank/);
     });
 
     it("refuses a bad configuration with ConfigurationError", () => {

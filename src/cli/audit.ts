@@ -270,7 +270,16 @@ async function readLedgerFile(
       // A line is the entry's hashed text, which carries no hash version: the fields version 2 adds
       // appear when set and an entry of version 1 has none, so hashing it as version 2 is right for
       // both (docs/concepts.md, "A keyed chain").
-      if (!keyed) recomputed = hashEntry({ ...entry, hashVersion: 2, createdAt: new Date(entry.createdAt) });
+      // Its times are ISO strings on the line: the hash covers them as dates.
+      const date = (v: unknown) => (typeof v === "string" ? new Date(v) : (v as Date | null | undefined));
+      if (!keyed)
+        recomputed = hashEntry({
+          ...entry,
+          hashVersion: 2,
+          createdAt: new Date(entry.createdAt),
+          occurredAt: date(entry.occurredAt),
+          effectiveAt: date(entry.effectiveAt),
+        });
     } catch {
       // An entry too broken to hash: reported below as a mismatch.
     }
