@@ -160,7 +160,9 @@ describe.skipIf(!existsSync(CHROMIUM))("usage pages in a browser", () => {
 
     // The CSV download: formulas inert.
     const csv = await (await fetch(`${consoleBase}/console/usage.csv?account=alice&by=spender`)).text();
-    expect(csv.split("\r\n")[0]).toBe("start,end,spender,kind,credits,requests,inputTokens,outputTokens,cachedTokens,shortfall");
+    expect(csv.split("\r\n")[0]).toBe(
+      "start,end,spender,kind,credits,requests,inputTokens,outputTokens,cachedTokens,shortfall",
+    );
     expect(csv).toContain(`"""><script>`);
     if (process.env.UPDATE_SCREENSHOTS === "1") {
       // The picture users see in the docs: plausible models, no test payload (issue 60, item 19).
