@@ -1,5 +1,5 @@
 import type { ClientSession } from "mongodb";
-import { ConflictError, CreditError } from "../../core/errors.js";
+import { ConflictError } from "../../core/errors.js";
 import { hasLabel } from "./errors.js";
 import { outcomeUnknown } from "../../core/db/store/errors.js";
 import type { AccountState } from "./state-cache.js";
@@ -151,11 +151,10 @@ export class MongoBatch implements UnitHost {
       return { retry };
     }
     const savers = this.txs.filter((tx, i) => outcomes[i]?.status === "fulfilled" && tx.pending !== null);
-    // Decided on a cached state without writing: final only once `_rev` shows the state current.
-    const unconfirmed = this.txs.filter((tx, i) => {
-      const o = outcomes[i] as PromiseSettledResult<unknown>;
-      return tx.fromCache && tx.pending === null && (o.status === "fulfilled" || o.reason instanceof CreditError);
-    });
+    // Decided on a cached state without writing (an answer, a refusal, or any error the unit threw,
+    // such as a recount that only a stale seq asked for): final only once `_rev` shows the state
+    // current.
+    const unconfirmed = this.txs.filter((tx) => tx.fromCache && tx.pending === null);
     const stale = new Set<BatchTx>();
     try {
       if (unconfirmed.length > 0) for (const tx of await this.staleOf(unconfirmed, savers.length > 0)) stale.add(tx);
