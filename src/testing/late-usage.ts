@@ -4,7 +4,7 @@
  * "Corrections"): a deduction recorded with `occurredAt` is appended to the journal now and
  * placed then by the usage report and the spend limits, within the late-usage window; a reversal
  * nets its charge out of the usage report in the charge's window and dimensions, gives the spend
- * back to the charge's limit window, and is booked by the revenue report when it is written.
+ * back to the charge's limit window, and is booked by the revenue report at the charge's time too.
  */
 import { randomUUID } from "node:crypto";
 import { describe, expect, it, useTestApi } from "../core/testing/runner.js";
@@ -194,7 +194,7 @@ export function runLateUsageContract(getDb: () => DbManager, options: PartOption
       expect((await credits.audit(user)).problems).toEqual([]);
     });
 
-    it("after reversals, usage nets out in the charge's window and dimensions, limits get the spend back, revenue books it when written", async () => {
+    it("after reversals, usage nets out in the charge's window and dimensions, limits get the spend back, revenue books it on the charge's day too", async () => {
       const { credits, clock, user } = setup(base + 500 * DAY + 10 * HOUR);
       await credits.addCredits(user, 1_000, { costBasis: { perCredit: "2", currency: "USD" } });
       await credits.setLimits(user, [{ amount: 100, period: "day", feature: "chat" }]);
@@ -230,13 +230,13 @@ export function runLateUsageContract(getDb: () => DbManager, options: PartOption
         [0, "chat", null, null, 20, 1],
         [0, "chat", "k1", "red", 0, 0],
       ]);
-      // Revenue: recognized 240 on the charge's day, −60 on the first reversal's (the same day),
-      // −140 on the second's — a closed day is not restated. Deferred follows.
+      // Revenue: recognized 240 on the charge's day, less 60 and 140 given back, booked at the
+      // charge's time too (docs/revenue.md, "Corrections and late usage"). Deferred follows.
       const revenue = await credits.getRevenue({ ...q, account: user });
       expect(revenue.rows.map((r) => [(r.start.getTime() - day0) / DAY, r.paid, r.recognized, r.deferredEnd])).toEqual([
-        [0, 2_000, 180, 1_820],
-        [1, 0, 0, 1_820],
-        [2, 0, -140, 1_960],
+        [0, 2_000, 40, 1_960],
+        [1, 0, 0, 1_960],
+        [2, 0, 0, 1_960],
       ]);
       expect((await credits.audit(user)).problems).toEqual([]);
     });

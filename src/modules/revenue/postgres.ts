@@ -71,7 +71,7 @@ export class PostgresRevenueSummary implements RevenueSummaryStore {
 
   async staleRevenue(account: string | null, after: string | null, limit: number): Promise<RevenueCheckpoint[]> {
     const params: unknown[] = [limit];
-    const where = ["a.seq > coalesce(s.through_seq, 0)", "coalesce(s.disordered, false) = false"];
+    const where = ["a.seq > coalesce(s.through_seq, 0)"];
     if (account !== null) {
       params.push(account);
       where.push(`a.user_id = $${params.length}`);
@@ -82,7 +82,7 @@ export class PostgresRevenueSummary implements RevenueSummaryStore {
     }
     const rows = await this.db.read(
       "staleRevenue",
-      `SELECT a.user_id, a.seq, coalesce(s.through_seq, 0) AS through_seq, to_char(s.max_day, 'YYYY-MM-DD') AS max_day, s.state ` +
+      `SELECT a.user_id, a.seq, coalesce(s.through_seq, 0) AS through_seq, s.state ` +
         `FROM ${this.accounts} a LEFT JOIN ${this.n.state} s ON s.user_id = a.user_id ` +
         `WHERE ${where.join(" AND ")} ORDER BY a.user_id LIMIT $1`,
       params,
@@ -91,7 +91,6 @@ export class PostgresRevenueSummary implements RevenueSummaryStore {
       userId: String(r.user_id),
       throughSeq: num(r.through_seq),
       seq: num(r.seq),
-      maxDay: dayMs(r.max_day),
       state: str(r.state),
     }));
   }
@@ -135,16 +134,13 @@ export class PostgresRevenueSummary implements RevenueSummaryStore {
       u: x.checkpoint.userId,
       f: x.fromSeq,
       t: x.checkpoint.throughSeq,
-      m: x.checkpoint.maxDay === null ? null : dayText(x.checkpoint.maxDay),
-      d: x.disordered,
-      s: x.disordered ? null : x.checkpoint.state,
+      s: x.checkpoint.state,
     }));
     // Two groupings of the same figures: by currency and source (what most reports read), and by
     // feature and spender too (reports grouped by them).
     const coarse = new Map<string, Record<string, unknown>>();
     const fine: Record<string, unknown>[] = [];
     for (const x of saves) {
-      if (x.disordered) continue;
       for (const d of x.days) {
         const day = dayText(d.day);
         fine.push({
@@ -174,16 +170,14 @@ export class PostgresRevenueSummary implements RevenueSummaryStore {
       }
     }
     const deferredRows = saves.flatMap((x) =>
-      x.disordered
-        ? []
-        : x.deferred.map((d) => ({
-            u: x.checkpoint.userId,
-            grp: JSON.stringify([d.currency, d.source, d.plan]),
-            currency: d.currency,
-            source: d.source,
-            plan: d.plan,
-            delta: d.delta,
-          })),
+      x.deferred.map((d) => ({
+        u: x.checkpoint.userId,
+        grp: JSON.stringify([d.currency, d.source, d.plan]),
+        currency: d.currency,
+        source: d.source,
+        plan: d.plan,
+        delta: d.delta,
+      })),
     );
     const add = (cols: readonly string[]) => cols.map((x) => `"${x}" = t."${x}" + EXCLUDED."${x}"`).join(", ");
     const figureCols = figures.join(", ");
@@ -197,16 +191,11 @@ export class PostgresRevenueSummary implements RevenueSummaryStore {
     // catch-up of the same entries finds it moved and adds nothing), and an account's days and
     // deferred changes are written only with its checkpoint.
     const text =
-      `WITH ok AS (INSERT INTO ${state} AS s (user_id, through_seq, max_day, disordered, state) ` +
-      `SELECT c.u, c.t, c.m, c.d, c.s FROM json_to_recordset($1::json) AS c(u text, f bigint, t bigint, m date, d boolean, s text) ` +
-      `ON CONFLICT (user_id) DO UPDATE SET through_seq = EXCLUDED.through_seq, max_day = EXCLUDED.max_day, ` +
-      `disordered = EXCLUDED.disordered, state = EXCLUDED.state ` +
-      `WHERE s.through_seq = (SELECT c.f FROM json_to_recordset($1::json) AS c(u text, f bigint) WHERE c.u = s.user_id) AND NOT s.disordered ` +
-      `RETURNING user_id, disordered), ` +
-      `gone AS (SELECT user_id FROM ok WHERE disordered), ` +
-      `dd AS (DELETE FROM ${daily} WHERE user_id IN (SELECT user_id FROM gone)), ` +
-      `ds AS (DELETE FROM ${split} WHERE user_id IN (SELECT user_id FROM gone)), ` +
-      `df AS (DELETE FROM ${deferredTable} WHERE user_id IN (SELECT user_id FROM gone)), ` +
+      `WITH ok AS (INSERT INTO ${state} AS s (user_id, through_seq, state) ` +
+      `SELECT c.u, c.t, c.s FROM json_to_recordset($1::json) AS c(u text, f bigint, t bigint, s text) ` +
+      `ON CONFLICT (user_id) DO UPDATE SET through_seq = EXCLUDED.through_seq, state = EXCLUDED.state ` +
+      `WHERE s.through_seq = (SELECT c.f FROM json_to_recordset($1::json) AS c(u text, f bigint) WHERE c.u = s.user_id) ` +
+      `RETURNING user_id), ` +
       `d AS (${upsertDays(daily, "$2", ["currency", "source", "plan"])}), ` +
       `sp AS (${upsertDays(split, "$3", ["currency", "source", "plan", "feature", "spender"])}), ` +
       `f AS (INSERT INTO ${deferredTable} AS t (user_id, grp, currency, source, plan, deferred) ` +
@@ -228,7 +217,7 @@ export class PostgresRevenueSummary implements RevenueSummaryStore {
       `(SELECT json_agg(x) FROM (SELECT to_char(day, 'YYYY-MM-DD') AS day, ${groups}, ${figures} FROM ${table} WHERE user_id = $1) x)::text`;
     const [row] = await this.db.read(
       "revenueSummaryOf",
-      `SELECT s.through_seq, to_char(s.max_day, 'YYYY-MM-DD') AS max_day, s.disordered, s.state, ` +
+      `SELECT s.through_seq, s.state, ` +
         `${days(this.n.split, "currency, source, plan, feature, spender")} AS split, ${days(this.n.daily, "currency, source, plan")} AS days, ` +
         `(SELECT json_agg(x) FROM (SELECT currency, source, plan, deferred FROM ${this.n.deferred} WHERE user_id = $1) x)::text AS deferred ` +
         `FROM ${this.n.state} s WHERE s.user_id = $1`,
@@ -240,10 +229,8 @@ export class PostgresRevenueSummary implements RevenueSummaryStore {
       checkpoint: {
         userId: account,
         throughSeq: num(row.through_seq),
-        maxDay: dayMs(row.max_day),
         state: str(row.state),
       },
-      disordered: row.disordered === true,
       split: jsonRows(row.split).map(dayRow),
       days: jsonRows(row.days).map(dayRow),
       deferred: jsonRows(row.deferred).map((r) => ({
@@ -259,7 +246,7 @@ export class PostgresRevenueSummary implements RevenueSummaryStore {
     account: string | null;
     boundaries: readonly number[];
     groupBy: readonly RevenueDimension[];
-  }): Promise<{ buckets: RevenueBucketRow[]; deferred: RevenueDeferredRow[]; disordered: string[] }> {
+  }): Promise<{ buckets: RevenueBucketRow[]; deferred: RevenueDeferredRow[] }> {
     const { boundaries, groupBy } = query;
     if (boundaries.some((b) => b % DAY !== 0)) throw new Error("revenue summary: boundaries must be UTC midnights");
     const params: unknown[] = [boundaries.map(dayText), dayText(boundaries[0]!)];
@@ -281,13 +268,11 @@ export class PostgresRevenueSummary implements RevenueSummaryStore {
       `SELECT (SELECT json_agg(b) FROM (SELECT width_bucket(day, $1::date[]) - 1 AS w, ${groups.join(", ")}, ${sums} ` +
         `FROM ${days} WHERE day >= $2::date${mine} GROUP BY 1, ${groups.join(", ")}) b)::text AS buckets, ` +
         `(SELECT json_agg(d) FROM (SELECT ${deferredGroups.join(", ")}, sum(deferred) AS deferred FROM ${this.n.deferred} ` +
-        `WHERE true${of} GROUP BY ${deferredGroups.join(", ")}) d)::text AS deferred, ` +
-        `(SELECT json_agg(user_id) FROM ${this.n.state} WHERE disordered${of})::text AS disordered`,
+        `WHERE true${of} GROUP BY ${deferredGroups.join(", ")}) d)::text AS deferred`,
       params,
     );
     const buckets = jsonRows(row?.buckets);
     const deferred = jsonRows(row?.deferred);
-    const disordered = jsonRows(row?.disordered) as unknown as string[];
     return {
       buckets: buckets.map((r) => ({ window: num(r.w), account: str(r.user_id), ...figuresOf(r) })),
       deferred: deferred.map((r) => ({
@@ -297,7 +282,6 @@ export class PostgresRevenueSummary implements RevenueSummaryStore {
         plan: str(r.plan),
         deferred: num(r.deferred),
       })),
-      disordered: disordered.map(String),
     };
   }
 }

@@ -193,6 +193,15 @@ export function grantGroups(grant: {
   return { source: grant.source, plan: fromPlan && typeof plan === "string" ? plan : null };
 }
 
+/**
+ * When revenue books entry `e`, in ms: when its money moved (docs/concepts.md, "Two times on every
+ * entry") — its `occurredAt` (an expiry settled late at its grant's `expiresAt`, a late usage at its
+ * time, a reversal at its charge's), else its `createdAt`.
+ */
+export function bookedAt(e: Pick<JournalEntry, "occurredAt" | "createdAt">): number {
+  return (e.occurredAt ?? e.createdAt).getTime();
+}
+
 /** The group of a figure: currency (null: unbilled) and the dimension values. */
 export interface Key {
   currency: string | null;
@@ -222,8 +231,11 @@ export interface Key {
  */
 export class RevenueAccumulator {
   private readonly sums = new Map<string, { key: Key; window: Sums[] }>();
-  /** Deferred per group at each boundary: index i is the value at `boundaries[i]`. */
-  private readonly deferredAt = new Map<string, { key: Key; at: number[] }>();
+  /**
+   * Deferred per group at each boundary: `at[i]` is the value at `boundaries[i]`, plus the changes
+   * in `step` from index 0 to i (folded in by `settleDeferred`).
+   */
+  private readonly deferredAt = new Map<string, { key: Key; at: number[]; step: number[] }>();
   private readonly windows: number;
   /** Groups met so far (by id), for the cap on cells. */
   private readonly groups = new Set<string>();
@@ -257,16 +269,7 @@ export class RevenueAccumulator {
     const bySource = this.groupBy.includes("source");
     const byPlan = this.groupBy.includes("plan");
     const byUnit = this.groupBy.includes("unit");
-    const deferred = new Map<string, number>(); // group key → running deferred value
-    const deferredKeys = new Map<string, Key>();
-    let nextBoundary = 0; // index of the next boundary to record deferred at
-    const record = (upTo: number) => {
-      // Deferred at every boundary at or before `upTo` (an entry at a boundary is in the window it starts).
-      while (nextBoundary < this.boundaries.length && this.boundaries[nextBoundary]! <= upTo) {
-        for (const [k, v] of deferred) this.deferredPoint(k, deferredKeys.get(k)!, nextBoundary, v);
-        nextBoundary++;
-      }
-    };
+    let at = 0; // when the entry being read is booked (`bookedAt`), in ms
     /** The group of a figure of credits sold as `g` (null: debt), under entry `e`'s feature and spender. */
     const key = (
       currency: string | null,
@@ -281,12 +284,8 @@ export class RevenueAccumulator {
       spender: e === null ? null : (e.spender ?? null),
       unit: byUnit ? unitKey(g === null ? e : g) : null,
     });
-    const shift = (lot: Lot, delta: number) => {
-      const k = key(lot.currency, lot, null);
-      const id = keyId(k, this.groupBy);
-      deferredKeys.set(id, k);
-      deferred.set(id, (deferred.get(id) ?? 0) + delta);
-    };
+    /** Deferred changed by `delta` at the entry's instant: at every boundary after it. */
+    const shift = (lot: Lot, delta: number) => this.deferredChange(key(lot.currency, lot, null), at, delta);
     /** Takes `amount` credits off `lot`: their value (cumulatively rounded). */
     const take = (lot: Lot, amount: number): number => {
       const from = lot.offset + lot.gone;
@@ -336,9 +335,8 @@ export class RevenueAccumulator {
     };
 
     for (const e of entries) {
-      const t = e.createdAt.getTime();
-      record(t);
-      w = windowIndex(this.boundaries, t);
+      at = bookedAt(e);
+      w = windowIndex(this.boundaries, at);
       // The payment an addition credits or a take-back takes back from, and a payment's take-back,
       // as the payments module recorded them (never the metadata's say: docs/revenue.md, "Payments").
       const paymentId = e.paymentId ?? null;
@@ -488,7 +486,6 @@ export class RevenueAccumulator {
           break;
       }
     }
-    record(Number.POSITIVE_INFINITY);
     return state;
   }
 
@@ -507,7 +504,7 @@ export class RevenueAccumulator {
 
   /** Deferred worked out elsewhere, added to group `k`'s (feature and spender null) at `boundaries[i]`. */
   addDeferred(k: Key, i: number, v: number): void {
-    this.deferredPoint(keyId(k, this.groupBy), k, i, v);
+    this.deferredOf(keyId(k, this.groupBy), k).at[i]! += v;
   }
 
   /** The figures summed so far, each with its group and window (not the deferred values). */
@@ -530,14 +527,46 @@ export class RevenueAccumulator {
     return (s.window[w] ??= { paid: 0, recognized: 0, breakage: 0, refunds: 0, unbilledCredits: 0 });
   }
 
-  private deferredPoint(id: string, k: Key, boundary: number, v: number): void {
+  private deferredOf(id: string, k: Key): { key: Key; at: number[]; step: number[] } {
     let d = this.deferredAt.get(id);
     if (d === undefined) {
       this.meet(id);
-      d = { key: k, at: new Array<number>(this.boundaries.length).fill(0) };
+      const n = this.boundaries.length;
+      d = { key: k, at: new Array<number>(n).fill(0), step: new Array<number>(n).fill(0) };
       this.deferredAt.set(id, d);
     }
-    d.at[boundary]! += v;
+    return d;
+  }
+
+  /**
+   * Group `k`'s deferred value changed by `delta` at instant `t` (ms): at every boundary after `t`
+   * (an entry at a boundary is in the window that starts there), whatever the order the entries
+   * come in — a late entry booked in an earlier window changes the deferred values from there on.
+   */
+  private deferredChange(k: Key, t: number, delta: number): void {
+    if (delta === 0) return;
+    const b = this.boundaries;
+    let lo = 0;
+    let hi = b.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (b[mid]! > t) hi = mid;
+      else lo = mid + 1;
+    }
+    if (lo === b.length) return; // after the report's end
+    this.deferredOf(keyId(k, this.groupBy), k).step[lo]! += delta;
+  }
+
+  /** Folds the changes `deferredChange` recorded into the values at each boundary (once: they are cleared). */
+  private settleDeferred(): void {
+    for (const d of this.deferredAt.values()) {
+      let run = 0;
+      for (let i = 0; i < d.at.length; i++) {
+        run += d.step[i]!;
+        d.step[i] = 0;
+        d.at[i]! += run;
+      }
+    }
   }
 
   /** Counts group `id` in, refusing the report when its cells pass `maxCells`. */
@@ -574,6 +603,7 @@ export class RevenueAccumulator {
   *orderedRows(
     sorted: readonly (readonly [string, Key])[] = this.groupKeys().sort(this.compareGroups),
   ): Generator<RevenueRow> {
+    this.settleDeferred();
     for (let w = 0; w < this.windows; w++) {
       for (const [id] of sorted) {
         const s = this.sums.get(id);

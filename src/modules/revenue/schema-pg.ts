@@ -5,10 +5,9 @@ import type { NamingOptions } from "../../schema/sql.js";
  * The revenue summary of PostgreSQL (docs/revenue.md, "How it is computed"): tables a report
  * fills from the journal when it reads (no trigger, nothing on the journal's write path).
  *
- * - `revenue_state`: per account, the journal's last seq in the summary, the latest UTC day of its
- *   entries, the roll-forward's state after them (JSON text), and `disordered` (an entry's day went
- *   backwards: the account is left out and replayed).
- * - `revenue_days`: per account, UTC day, currency, source and plan (`grp`: the three as JSON
+ * - `revenue_state`: per account, the journal's last seq in the summary and the roll-forward's
+ *   state after it (JSON text).
+ * - `revenue_days`: per account, UTC day (the day each entry is booked at), currency, source and plan (`grp`: the three as JSON
  *   text, the key; the same values in their columns to group by), the figures.
  * - `revenue_daily`: the same by feature and spender too (`grp`: the five), for reports grouped by them.
  * - `revenue_deferred`: per account, currency, source and plan, deferred after the entries in the summary.
@@ -41,7 +40,7 @@ export function revenueDdl(naming: NamingOptions): string[] {
   const n = revenueNames(naming);
   const money = "BIGINT NOT NULL DEFAULT 0";
   return [
-    `CREATE TABLE IF NOT EXISTS ${n.state} (\n  "user_id" TEXT PRIMARY KEY,\n  "through_seq" BIGINT NOT NULL,\n  "max_day" DATE,\n  "disordered" BOOLEAN NOT NULL DEFAULT false,\n  "state" TEXT\n);`,
+    `CREATE TABLE IF NOT EXISTS ${n.state} (\n  "user_id" TEXT PRIMARY KEY,\n  "through_seq" BIGINT NOT NULL,\n  "state" TEXT\n);`,
     `CREATE TABLE IF NOT EXISTS ${n.daily} (\n  "user_id" TEXT NOT NULL,\n  "day" DATE NOT NULL,\n  "grp" TEXT NOT NULL,\n  "currency" TEXT,\n  "source" TEXT,\n  "plan" TEXT,\n  "paid" ${money},\n  "recognized" ${money},\n  "breakage" ${money},\n  "refunds" ${money},\n  "unbilled" ${money},\n  PRIMARY KEY ("user_id", "day", "grp")\n);`,
     `CREATE TABLE IF NOT EXISTS ${n.split} (\n  "user_id" TEXT NOT NULL,\n  "day" DATE NOT NULL,\n  "grp" TEXT NOT NULL,\n  "currency" TEXT,\n  "source" TEXT,\n  "plan" TEXT,\n  "feature" TEXT,\n  "spender" TEXT,\n  "paid" ${money},\n  "recognized" ${money},\n  "breakage" ${money},\n  "refunds" ${money},\n  "unbilled" ${money},\n  PRIMARY KEY ("user_id", "day", "grp")\n);`,
     // The whole book's reports read the days from a window's start on.
@@ -54,13 +53,16 @@ export function revenueDdl(naming: NamingOptions): string[] {
 /**
  * Empties the summary where it exists, so that the next report fills it again from the journal:
  * the upgrade to schema version 2, whose journal records the payment an entry credits or takes back
- * from (docs/revenue.md, "Payments"), where the summary's states of version 1 read the metadata.
+ * from (docs/revenue.md, "Payments"), where the summary's states of version 1 read the metadata,
+ * and whose summary books each entry on the day its money moved (version 1's on the day it was
+ * written, with the columns that marked an account whose days went backwards, dropped here).
  */
 export function revenueResetSql(naming: NamingOptions): string {
   const n = revenueNames(naming);
   const lit = (x: string) => `'${x.replace(/'/g, "''")}'`;
   return (
     `DO $cm$ BEGIN IF to_regclass(${lit(n.state)}) IS NOT NULL THEN ` +
-    `TRUNCATE ${n.state}, ${n.daily}, ${n.split}, ${n.deferred}; END IF; END $cm$;`
+    `TRUNCATE ${n.state}, ${n.daily}, ${n.split}, ${n.deferred}; ` +
+    `ALTER TABLE ${n.state} DROP COLUMN IF EXISTS "max_day", DROP COLUMN IF EXISTS "disordered"; END IF; END $cm$;`
   );
 }

@@ -15,6 +15,7 @@ import {
   parseRevenueState,
   revenueProblems,
   revenueStateText,
+  bookedAt,
   type Key,
 } from "./rules.js";
 import { nextWindowStart, usageBoundaries, windowStart } from "../../core/domain/windows.js";
@@ -112,7 +113,6 @@ export async function getRevenue(
     await catchUp(summary, q.account ?? null);
     const read = await summary.readRevenue({ account: q.account ?? null, boundaries, groupBy });
     await addSummary(sum, read, boundaries.length, pause);
-    for (const userId of read.disordered) await one(userId);
   } else if (q.account !== undefined) await one(q.account);
   else {
     if (db.listAccountIds === undefined)
@@ -191,9 +191,7 @@ export async function catchUpRevenue(
  * "How it is computed"), or about `budget` of them: for a batch of accounts at a time, their new
  * entries in one read, the domain's roll-forward from each account's saved state by UTC day and
  * every group, and one save; an account with more than a batch's entries in pieces of a batch, each
- * saved from the state the last left. An account whose entries' days go backwards in seq order is
- * marked disordered (its deferred values at a day's start would not be the replay's) and replayed
- * by reports from then on.
+ * saved from the state the last left.
  */
 async function catchUp(
   summary: RevenueSummaryStore,
@@ -248,8 +246,8 @@ async function catchUpPieces(summary: RevenueSummaryStore, c: RevenueCheckpoint,
     const entries = await summary.revenueEntries([piece]);
     if (entries.length === 0) break;
     const save = summarize(piece, entries, await summary.grantGroups(paidGrantsOf(entries)));
-    // Another report moved the checkpoint first (it adds the rest), or the account is now replayed.
-    if ((await summary.saveRevenue([save])) === 0 || save.disordered) break;
+    // Another report moved the checkpoint first (it adds the rest).
+    if ((await summary.saveRevenue([save])) === 0) break;
     saved++;
     at = save.checkpoint;
   }
@@ -278,26 +276,26 @@ async function catchUpBatch(summary: RevenueSummaryStore, batch: readonly Revenu
   return summary.saveRevenue(saves);
 }
 
-/** What the summary gains from `entries`, the entries after checkpoint `c` (docs/revenue.md, "How it is computed"). */
+/**
+ * What the summary gains from `entries`, the entries after checkpoint `c` (docs/revenue.md, "How
+ * it is computed"): each entry's figures on the UTC day it is booked at, whatever their order.
+ */
 function summarize(
   c: RevenueCheckpoint,
   entries: readonly JournalEntry[],
   groups: ReadonlyMap<string, GrantGroups>,
 ): RevenueSave {
-  let maxDay = c.maxDay;
   let minDay = Number.POSITIVE_INFINITY;
-  let disordered = false;
+  let maxDay = Number.NEGATIVE_INFINITY;
   for (const e of entries) {
-    const day = Math.floor(e.createdAt.getTime() / DAY) * DAY;
-    if (maxDay !== null && day < maxDay) disordered = true;
-    maxDay = maxDay === null ? day : Math.max(maxDay, day);
+    const day = Math.floor(bookedAt(e) / DAY) * DAY;
     minDay = Math.min(minDay, day);
+    maxDay = Math.max(maxDay, day);
   }
   const throughSeq = entries[entries.length - 1]!.seq;
-  const checkpoint = { userId: c.userId, throughSeq, maxDay, state: null as string | null };
-  if (disordered) return { fromSeq: c.throughSeq, checkpoint, days: [], deferred: [], disordered };
+  const checkpoint = { userId: c.userId, throughSeq, state: null as string | null };
   const days: number[] = [];
-  for (let d = minDay; d <= (maxDay as number) + DAY; d += DAY) days.push(d);
+  for (let d = minDay; d <= maxDay + DAY; d += DAY) days.push(d);
   const acc = new RevenueAccumulator(days, ["account", "source", "plan", "feature", "spender"]);
   const state = acc.addAccount(
     c.userId,
@@ -328,7 +326,7 @@ function summarize(
     d.delta += sums.paid - sums.recognized - sums.breakage - sums.refunds;
     deferred.set(id, d);
   }
-  return { fromSeq: c.throughSeq, checkpoint, days: rows, deferred: [...deferred.values()], disordered };
+  return { fromSeq: c.throughSeq, checkpoint, days: rows, deferred: [...deferred.values()] };
 }
 
 /**
@@ -420,23 +418,12 @@ export async function revenueSummaryProblems(
     return problems;
   }
   const replay = summarize(
-    { userId, throughSeq: 0, maxDay: null, state: null, seq: through },
+    { userId, throughSeq: 0, state: null, seq: through },
     mine,
     await summary.grantGroups(paidGrantsOf(mine)),
   );
-  if (replay.disordered !== saved.disordered) {
-    say(`it marks the account ${saved.disordered ? "" : "not "}disordered, the journal's days say otherwise`);
-    return problems;
-  }
-  if (saved.disordered) {
-    if (saved.split.length + saved.days.length + saved.deferred.length > 0)
-      say("it keeps figures of an account it replays (disordered)");
-    return problems;
-  }
   if (canonicalState(saved.checkpoint.state) !== canonicalState(replay.checkpoint.state))
     say(`its saved roll-forward state after entry ${through} is not the journal's`);
-  if (saved.checkpoint.maxDay !== replay.checkpoint.maxDay)
-    say(`its latest day is ${dayText(saved.checkpoint.maxDay)}, the journal's ${dayText(replay.checkpoint.maxDay)}`);
   const figures = ["paid", "recognized", "breakage", "refunds", "unbilled"] as const;
   const compare = (what: string, kept: readonly RevenueDayRow[], rolled: readonly RevenueDayRow[], fine: boolean) => {
     const keyOf = (r: RevenueDayRow) =>

@@ -15,8 +15,6 @@ export interface RevenueCheckpoint {
   throughSeq: number;
   /** The account's last journal seq when listed (`staleRevenue`; the entries to add are after `throughSeq` up to it). */
   seq?: number;
-  /** The latest UTC day (ms at its midnight) of an entry in the summary; null before the first. */
-  maxDay: number | null;
   state: string | null;
 }
 
@@ -40,19 +38,16 @@ export interface RevenueDayRow {
 export interface RevenueSave {
   /** The account's `throughSeq` the save starts from: saved only if the summary's is still this. */
   fromSeq: number;
-  /** Where the account stands after the save (`state`: null when `disordered`). */
+  /** Where the account stands after the save. */
   checkpoint: RevenueCheckpoint;
   days: readonly RevenueDayRow[];
   /** The change of deferred per currency, source and plan over the entries added (minor units). */
   deferred: readonly { currency: string; source: string | null; plan: string | null; delta: number }[];
-  /** The entries' days went backwards in seq order: the account's summary is dropped and it is replayed from now on. */
-  disordered: boolean;
 }
 
 /** What the summary keeps of one account (`RevenueSummaryStore.revenueSummaryOf`), for the audit. @beta */
 export interface RevenueSummaryOfAccount {
   checkpoint: RevenueCheckpoint;
-  disordered: boolean;
   /** Its days by currency, source, feature and spender. */
   split: RevenueDayRow[];
   /** Its days by currency, source and plan (`feature`, `spender` null). */
@@ -90,15 +85,15 @@ export interface RevenueDeferredRow {
  * Optional: a store that keeps revenue per account and UTC day (PostgreSQL, docs/revenue.md "How
  * it is computed"). The summary is read-side: `credits.getRevenue` adds an account's new journal
  * entries to it before it reads (the domain's roll-forward, `RevenueAccumulator`), so writes of
- * the journal pay nothing for it. An account whose entries' days ever went backwards in seq order
- * is marked `disordered` and left out: the report replays its journal.
+ * the journal pay nothing for it. Each entry is on the UTC day it is booked at (`bookedAt` of
+ * src/modules/revenue/rules.ts), in whatever order the entries come: a day's figures and the
+ * deferred value only add up.
  * @beta
  */
 export interface RevenueSummaryStore {
   /**
    * Checkpoints of accounts with journal entries after them, by user id: `account`'s only, or a
-   * page of every account's after `after` (exclusive), at most `limit`. Disordered accounts are
-   * not listed.
+   * page of every account's after `after` (exclusive), at most `limit`.
    */
   staleRevenue(account: string | null, after: string | null, limit: number): Promise<RevenueCheckpoint[]>;
   /**
@@ -113,21 +108,18 @@ export interface RevenueSummaryStore {
    * `checkpoint`, all in one statement — each account only if its checkpoint is still at
    * `fromSeq` (another report may have added the same entries first: then nothing of that account
    * changes). `deferred`: the change of deferred per currency and source over the entries added.
-   * `disordered`: drop the account's summary and leave it out from now on. Answers how many
-   * accounts were saved.
+   * Answers how many accounts were saved.
    */
   saveRevenue(saves: readonly RevenueSave[]): Promise<number>;
   /** Everything the summary keeps of `account`; null when it has not read the account's journal yet. */
   revenueSummaryOf(account: string): Promise<RevenueSummaryOfAccount | null>;
   /**
    * The summary's figures from `boundaries[0]` on (days at UTC midnights), by window and
-   * `groupBy`; deferred now by currency and the account and source groups; and the disordered
-   * accounts (all, or `account` if it is one).
+   * `groupBy`; and deferred now by currency and the account and source groups.
    */
   readRevenue(query: RevenueReadQuery): Promise<{
     buckets: RevenueBucketRow[];
     deferred: RevenueDeferredRow[];
-    disordered: string[];
   }>;
 }
 
