@@ -705,12 +705,16 @@ export class MongoDbManager extends StoreBase implements DbManager {
       filter.seq = { $gt: q.afterSeq };
     }
     if (q.types !== undefined) filter.type = { $in: [...q.types] };
-    if (q.from !== undefined || q.to !== undefined) {
-      filter.createdAt = {
-        ...(q.from === undefined ? {} : { $gte: q.from }),
-        ...(q.to === undefined ? {} : { $lt: q.to }),
-      };
+    // When the money moved (docs/concepts.md, "Two times on every entry"): `occurredAt`, else
+    // `createdAt` (`occurredAt: null` matches a missing one too); never after `createdAt`.
+    const moved: Filter<StoredDoc>[] = [];
+    if (q.from !== undefined) {
+      filter.createdAt = { $gte: q.from };
+      moved.push({ $or: [{ occurredAt: null }, { occurredAt: { $gte: q.from } }] });
     }
+    if (q.to !== undefined)
+      moved.push({ $or: [{ occurredAt: { $lt: q.to } }, { occurredAt: null, createdAt: { $lt: q.to } }] });
+    if (moved.length > 0) filter.$and = moved;
     const docs = await guard("listJournal", () =>
       this.c.journal
         .find(filter, batchOf(q.limit))
