@@ -871,7 +871,7 @@ export class AccountWork implements UnitWork {
         this.now.getTime(),
       );
     const entry = this.emit("reverse", amount, back.portions, null, meta);
-    if (back.toClosed) this.removeFromClosed(back.portions, null);
+    if (back.toClosed) this.removeFromClosed(back.portions, null, true);
     return entry;
   }
 
@@ -1075,26 +1075,37 @@ export class AccountWork implements UnitWork {
    * Removes what `giveBack` returned to closed grants (`portions`; spent and debt-paid ones passed
    * over): an `expire` or `void` entry of hold `holdId` (null: a reversal) per reason. Returns what expired.
    */
-  private removeFromClosed(portions: readonly GrantPortion[], holdId: string | null): number {
+  private removeFromClosed(portions: readonly GrantPortion[], holdId: string | null, asOfCharge = false): number {
     let expired = 0;
     for (const reason of ["expired", "voided"] as const) {
-      const closed: GrantPortion[] = [];
+      // By the instant they are dated at: when they return (a hold's release: now, or its lapse's
+      // instant), or — credits a reversal gives back, which are its charge's again from the
+      // charge's time (docs/concepts.md, "Two times on every entry") — when their grant closed:
+      // its `expiresAt`, or when it was voided.
+      const byInstant = new Map<number, GrantPortion[]>();
       for (const p of portions) {
-        if (p.kind !== "debt_paid" && this.grants.get(p.grantId)?.closedReason === reason)
-          closed.push({ grantId: p.grantId, amount: p.amount });
+        const g = this.grants.get(p.grantId);
+        if (p.kind === "debt_paid" || g?.closedReason !== reason) continue;
+        const closedAt = reason === "expired" ? (g.expiresAt ?? g.closedAt) : g.closedAt;
+        const at = asOfCharge && closedAt !== null ? closedAt.getTime() : Number.POSITIVE_INFINITY;
+        let list = byInstant.get(at);
+        if (list === undefined) byInstant.set(at, (list = []));
+        list.push({ grantId: p.grantId, amount: p.amount });
       }
-      if (closed.length === 0) continue;
-      for (const p of closed) {
-        const g = this.grants.get(p.grantId) as Grant;
-        const lost = reason === "expired" ? p.amount : 0;
-        this.grants.put({ ...g, remaining: g.remaining - p.amount, expiredAmount: (g.expiredAmount ?? 0) + lost }, g);
+      for (const [at, closed] of [...byInstant].sort(([a], [b]) => a - b)) {
+        for (const p of closed) {
+          const g = this.grants.get(p.grantId) as Grant;
+          const lost = reason === "expired" ? p.amount : 0;
+          this.grants.put({ ...g, remaining: g.remaining - p.amount, expiredAmount: (g.expiredAmount ?? 0) + lost }, g);
+        }
+        const total = sum(closed);
+        this.f.balance = this.f.balance - total;
+        this.emit(reason === "expired" ? "expire" : "void", total, closed, holdId, {
+          description: `returned credits of a ${reason} grant`,
+          ...(at < this.now.getTime() ? { occurredAt: new Date(at) } : {}),
+        });
+        if (reason === "expired") expired += total;
       }
-      const total = sum(closed);
-      this.f.balance = this.f.balance - total;
-      this.emit(reason === "expired" ? "expire" : "void", total, closed, holdId, {
-        description: `returned credits of a ${reason} grant`,
-      });
-      if (reason === "expired") expired += total;
     }
     return expired;
   }
