@@ -61,7 +61,7 @@ export function serveTestClock(
       operationId: "advanceTestClock",
       summary: "Moves the test clock forward to `to`, running what falls due on the way (only with CREDIT_TEST_CLOCK)",
       description:
-        "Stops at every instant up to `to` at which a hold lapses, a grant expires or a subscription renews, and at `to`, and runs the worker's round at each (docs/testing.md, \"A test clock\"). A `to` before now, or more than 731 days on, is a 422 `RULE_VIOLATION` that moves nothing; an advance while another runs is a 409 `CONFLICT`.",
+        'Stops at every instant up to `to` at which a hold lapses, a grant expires or a subscription renews, and at `to`, and runs the worker\'s round at each (docs/testing.md, "A test clock"). A `to` before now, or more than 731 days on, is a 422 `RULE_VIOLATION` that moves nothing; an advance while another runs is a 409 `CONFLICT`.',
       tags,
       body: Advance,
       response: z.object({
