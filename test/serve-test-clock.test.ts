@@ -5,9 +5,13 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
+import { pino } from "pino";
 import { runCli } from "../src/cli/run.js";
-import { ConfigurationError } from "../src/index.js";
+import { createCreditHandler } from "../src/http/index.js";
+import { ConfigurationError, createCreditManager } from "../src/index.js";
 import { serveSettings } from "../src/serve/settings.js";
+import { serveTestClock } from "../src/serve/test-clock.js";
+import type { CreditWorker } from "../src/worker/index.js";
 import { call, keys, startServe } from "./serve-process.js";
 
 const DAY = 86_400_000;
@@ -144,6 +148,40 @@ describe("serve with CREDIT_TEST_CLOCK", () => {
     }
   }, 120_000);
 
+  it("with --worker: the worker's settings at each stop, every stop's expiry reported, its rounds running again after", async () => {
+    const env = { CREDIT_SQLITE_PATH: join(dir, "worker.sqlite"), CREDIT_KEY_CACHE_MS: "0" };
+    const admin = (await keys(["create", "--role", "admin"], env)).stdout.trim();
+    const s = await startServe({ ...env, CREDIT_TEST_CLOCK: iso(START), CREDIT_WORKER_JOBS_EVERY: "10ms" }, [
+      "--worker",
+    ]);
+    try {
+      for (let h = 1; h <= 10; h++) {
+        const added = await call(s, "POST", "/admin/credits/users/carol/add", admin, {
+          amount: 1,
+          expiresAt: iso(START + h * 3_600_000),
+        });
+        expect(added.status).toBe(201);
+      }
+      const moved = await call(s, "POST", "/admin/test-clock/advance", admin, { to: iso(START + DAY) });
+      expect(moved.status, JSON.stringify(moved.body).slice(0, 500)).toBe(200);
+      const steps = (moved.body as unknown as { steps: { accounts: string[]; entries: { type: string }[] }[] }).steps;
+      expect(steps).toHaveLength(11);
+      for (const step of steps.slice(0, 10)) {
+        expect(step.accounts).toEqual(["carol"]);
+        expect(step.entries.map((e) => e.type)).toEqual(["expire"]);
+      }
+      // --worker's own rounds run again after the advance (their log lines go on).
+      await new Promise((r) => setTimeout(r, 200));
+      const rounds = s.lines.filter((l) => l.msg.includes("round")).length;
+      const end = Date.now() + 10_000;
+      while (s.lines.filter((l) => l.msg.includes("round")).length === rounds && Date.now() < end)
+        await new Promise((r) => setTimeout(r, 20));
+      expect(s.lines.filter((l) => l.msg.includes("round")).length).toBeGreaterThan(rounds);
+    } finally {
+      expect(await s.stop()).toBe(0);
+    }
+  }, 120_000);
+
   it("without CREDIT_TEST_CLOCK the routes do not exist: 404, and none in the OpenAPI document", async () => {
     const env = { CREDIT_SQLITE_PATH: join(dir, "off.sqlite") };
     const admin = (await keys(["create", "--role", "admin"], env)).stdout.trim();
@@ -163,4 +201,51 @@ describe("serve with CREDIT_TEST_CLOCK", () => {
       await s.stop();
     }
   }, 120_000);
+});
+
+describe("serve's test clock routes", () => {
+  it("pause --worker's rounds while the clock moves and start them again after, not once the service stops; a second advance meanwhile is a 409", async () => {
+    const tc = serveTestClock(new Date(START), pino({ level: "silent" }), undefined);
+    const m = await createCreditManager({ clock: tc.clock.now });
+    tc.clock.attach(m);
+    const calls: string[] = [];
+    tc.rounds = {
+      stop: async () => {
+        calls.push(`stop ${tc.clock.status}`);
+      },
+      start: () => calls.push(`start ${tc.clock.status}`),
+    } as unknown as CreditWorker;
+    const handler = createCreditHandler(m, { authenticate: () => ({ userId: "ops", admin: true }), routes: tc.routes });
+    const advance = (to: number) =>
+      handler(
+        new Request("http://x/admin/test-clock/advance", {
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          body: JSON.stringify({ to: iso(to) }),
+        }),
+      );
+    try {
+      await m.credits.addCredits("erin", 3, { expiresAt: new Date(START + 3_600_000) });
+      const [a, b] = await Promise.all([advance(START + DAY), advance(START + 2 * DAY)]);
+      expect([a.status, b.status].sort()).toEqual([200, 409]);
+      const conflict = (await (a.status === 409 ? a : b).json()) as { error: { code: string } };
+      expect(conflict.error.code).toBe("CONFLICT");
+      const done = (await (a.status === 200 ? a : b).json()) as { steps: { entries: { type: string }[] }[] };
+      expect(done.steps.map((x) => x.entries.map((e) => e.type))).toEqual([["expire"], []]);
+      // Stopped before the clock moved, started once it stood again; the 409 touched neither.
+      expect(calls).toEqual(["stop ready", "start ready"]);
+      expect(tc.clock.now().getTime()).toBe(START + (a.status === 200 ? DAY : 2 * DAY));
+      // A stopping service sets rounds to null: an advance then starts nothing.
+      const rounds = tc.rounds;
+      tc.rounds = null;
+      expect((await advance(START + 3 * DAY)).status).toBe(200);
+      expect(calls).toHaveLength(2);
+      tc.rounds = rounds;
+      // A refused advance (backwards) starts the rounds again too.
+      expect((await advance(START)).status).toBe(422);
+      expect(calls.slice(2)).toEqual(["stop ready", "start ready"]);
+    } finally {
+      await m.close();
+    }
+  });
 });

@@ -33,8 +33,7 @@ import { warnOnFailure } from "../core/logger.js";
 import { customerTokensOn } from "../credit-service.js";
 import { UsageError } from "../util/usage-error.js";
 import { journalKeysOf } from "./journal-keys-env.js";
-import { serveTestClock } from "./test-clock.js";
-import type { TestClock } from "../testing/test-clock.js";
+import { serveTestClock, type ServeTestClock } from "./test-clock.js";
 
 /**
  * `credit-management serve` (docs/service.md): the credit API (`createCreditHandler`) behind API
@@ -542,7 +541,7 @@ export async function runServe(s: ServeSettings, io: ServeIo, env: Env): Promise
   let webhooks: Awaited<ReturnType<typeof serveWebhooks>> | undefined;
   let resources: WorkerResources | undefined;
   let metrics: Metrics | null = null;
-  let testClock: { clock: TestClock; routes: RouteDefinition[] } | undefined;
+  let testClock: ServeTestClock | undefined;
   // The journal's keys, read before anything opens (bad JSON: a usage error).
   const journalKeys = journalKeysOf(env as Record<string, string | undefined>);
   let started = false;
@@ -634,6 +633,7 @@ export async function runServe(s: ServeSettings, io: ServeIo, env: Env): Promise
     // said once at start (docs/promos-and-payments.md).
     const rounds: CreditWorker | null = ws === undefined ? null : createWorker(manager, workerOptions(ws, logger));
     rounds?.start();
+    if (testClock !== undefined) testClock.rounds = rounds;
     if (testClock !== undefined)
       logger.warn(
         { testClock: testClock.clock.now().toISOString() },
@@ -661,6 +661,7 @@ export async function runServe(s: ServeSettings, io: ServeIo, env: Env): Promise
     logger.info({ signal, inFlight: app.inFlight() }, "stopping: no new connections, finishing requests in flight");
     destination.flush();
     const cut = await drain(server, app, s.CREDIT_SHUTDOWN_TIMEOUT_MS);
+    if (testClock !== undefined) testClock.rounds = null; // an advance cut by the drain restarts none
     await rounds?.stop();
     await manager.close();
     await keys.close();

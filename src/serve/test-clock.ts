@@ -1,6 +1,8 @@
 import type { Logger as Pino } from "pino";
 import * as z from "zod/mini";
+import { ConflictError } from "../core/errors.js";
 import { JournalEntry } from "../models-entry.js";
+import type { CreditWorker } from "../worker/index.js";
 import type { RouteDefinition } from "../http/router.js";
 import { rootRoute } from "../http/route-helpers.js";
 import { createTestClock, type TestClock, type TestClockOptions } from "../testing/test-clock.js";
@@ -40,13 +42,21 @@ const Step = z.object({
   rounds: z.array(Round).check(z.describe("The worker's rounds at `at`")),
 });
 
+/** `serve`'s test clock (`serveTestClock`). */
+export interface ServeTestClock {
+  clock: TestClock;
+  routes: RouteDefinition[];
+  /**
+   * The rounds of `--worker`, paused while an advance runs (the advance runs the worker's round at
+   * each stop itself, and reports what it did there); null: none, or the service is stopping.
+   */
+  rounds: CreditWorker | null;
+}
+
 /** The clock `serve` builds its manager on, started at `start`, and its admin routes. */
-export function serveTestClock(
-  start: Date,
-  logger: Pino,
-  worker: TestClockOptions["worker"],
-): { clock: TestClock; routes: RouteDefinition[] } {
+export function serveTestClock(start: Date, logger: Pino, worker: TestClockOptions["worker"]): ServeTestClock {
   const clock = createTestClock(start, worker === undefined ? {} : { worker });
+  let advancing = false;
   const shown = () => ({ now: clock.now().toISOString(), start: start.toISOString(), status: clock.status });
   const tags = ["test-clock"];
   const routes: RouteDefinition[] = [
@@ -72,8 +82,22 @@ export function serveTestClock(
       errors: [409, 422],
       handle: async (ctx) => {
         const { to } = await ctx.body<z.output<typeof Advance>>();
+        if (advancing || clock.status === "advancing")
+          throw new ConflictError("The test clock is advancing: await the advance in progress.");
+        advancing = true;
         const from = clock.now();
-        const steps = await clock.advance(to);
+        // --worker's rounds wait while the clock moves: a round of theirs at a stop would do what
+        // the stop's own round reports, and the stop would report nothing.
+        const rounds = out.rounds;
+        let steps: Awaited<ReturnType<TestClock["advance"]>>;
+        try {
+          await rounds?.stop();
+          steps = await clock.advance(to);
+        } finally {
+          advancing = false;
+          // Not once the service is stopping (it set `rounds` to null).
+          if (rounds !== null && out.rounds === rounds) rounds.start();
+        }
         // Loud, as every move of simulated time is (docs/service.md, "A test clock in staging").
         logger.warn(
           { from: from.toISOString(), to: clock.now().toISOString(), steps: steps.length },
@@ -94,5 +118,6 @@ export function serveTestClock(
       },
     }),
   ];
-  return { clock, routes };
+  const out: ServeTestClock = { clock, routes, rounds: null };
+  return out;
 }
