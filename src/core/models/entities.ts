@@ -14,7 +14,9 @@ import {
   UserId,
 } from "./common.js";
 
-/** The core's grant sources. @public */
+/** A grant source of the core's own. @public */
+export type CoreGrantSource = "manual" | "subscription" | "rollover" | "trial" | "refund" | "adjustment" | "other";
+/** The core's grant sources, each of `CoreGrantSource` (the package's own list: not exported by an entry). */
 export const CORE_GRANT_SOURCES = [
   "manual",
   "subscription",
@@ -23,9 +25,10 @@ export const CORE_GRANT_SOURCES = [
   "refund",
   "adjustment",
   "other",
-] as const;
-/** A grant source of the core's own. @public */
-export type CoreGrantSource = (typeof CORE_GRANT_SOURCES)[number];
+] as const satisfies readonly CoreGrantSource[];
+// Every `CoreGrantSource` is in the list: does not compile when one is missing.
+type _Listed<T extends (typeof CORE_GRANT_SOURCES)[number]> = T;
+type _EveryCoreGrantSourceListed = _Listed<CoreGrantSource>;
 /**
  * Where a grant's credits came from: one of the core's sources, or one a module registers
  * (`grantSources` of its `CreditModule`, docs/modules.md). The model checks the shape; a manager

@@ -63,7 +63,6 @@ export type {
   PartitionInfo,
 } from "../../core/db/types-partitions.js";
 export type { PgQueryable } from "./host.js";
-export type { PostgresBoundPart, PostgresModuleSave, PostgresPartHost, PostgresPartTx } from "./module-part.js";
 export type { PostgresDbManagerOptions } from "./options.js";
 export type { PgPool, PgPoolClient, PgPoolConfig, PgQuery, PgQueryResult } from "./pg-types.js";
 

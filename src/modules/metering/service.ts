@@ -197,9 +197,9 @@ export interface SetAside {
 
 /**
  * What metering's routes use of a lease (`manager.credits.leases()`, the leases module, docs/metering.md,
- * "Leases"): metering owns this shape, the leases module implements it, so metering names no lease.
- *
- * @beta
+ * "Leases"): metering owns this shape, the leases module implements it, so metering's code calls
+ * no lease's method of its own. Internal to the package: the routes' `lease` option is typed
+ * `CreditLeases`, the class a user has.
  */
 export interface MeterLease {
   /** A session served from the user's block, or null when it holds in the store. */
