@@ -71,23 +71,28 @@ describe("schema upgrades: the statements", () => {
     expect(statements[12]).toBe(
       `ALTER TABLE "billing"."grants" ADD COLUMN IF NOT EXISTS "drawn_out_in" BIGINT CHECK ("drawn_out_in" BETWEEN 0 AND 9007199254740991);`,
     );
+    // The key id of an account's latest entry (docs/concepts.md, "A keyed chain"): NULL on the rows
+    // there are, whose entries version 1 wrote without a key.
+    expect(statements[13]).toBe(
+      `ALTER TABLE "billing"."accounts" ADD COLUMN IF NOT EXISTS "last_key_id" TEXT COLLATE "C";`,
+    );
     // Only the entries that have none yet: it can run again.
     // The journal's types gain `start`.
-    expect(statements[13]).toMatch(
+    expect(statements[14]).toMatch(
       /^ALTER TABLE "billing"\."journal_entries" DROP CONSTRAINT IF EXISTS "journal_entries_type_check", ADD CONSTRAINT .*'start'/,
     );
     // Grant sources and notification types: any lower-case identifier (a module's own too).
-    expect(statements.slice(14, 17)).toEqual([
+    expect(statements.slice(15, 18)).toEqual([
       `ALTER TABLE "billing"."grants" DROP CONSTRAINT IF EXISTS "grants_source_check", ADD CONSTRAINT "grants_source_check" CHECK ("source" ~ '^[a-z][a-z0-9_]{0,63}$');`,
       `ALTER TABLE "billing"."journal_entries" DROP CONSTRAINT IF EXISTS "journal_entries_source_check", ADD CONSTRAINT "journal_entries_source_check" CHECK ("source" ~ '^[a-z][a-z0-9_]{0,63}$');`,
       `ALTER TABLE "billing"."notifications" DROP CONSTRAINT IF EXISTS "notifications_type_check", ADD CONSTRAINT "notifications_type_check" CHECK ("type" ~ '^[a-z][a-z0-9_]{0,63}$');`,
     ]);
-    expect(statements[17]).toMatch(
+    expect(statements[18]).toMatch(
       /^UPDATE "billing"\."journal_entries" AS j SET "take_back" = CASE WHEN .* 'Lost dispute' THEN 'clawback' WHEN .* THEN 'refund' END WHERE j\."take_back" IS NULL AND j\.type IN \('deduct', 'commit_reserved', 'void'\) AND .*'paymentId'.*'refundedAmount'.*;$/,
     );
     // The payment an entry credits or takes back from (docs/revenue.md, "Payments"): an addition by
     // its payment's row, a take-back by its metadata where the account has that payment.
-    expect(statements.slice(18, 20)).toEqual([
+    expect(statements.slice(19, 21)).toEqual([
       `UPDATE "billing"."journal_entries" AS j SET "payment_id" = p."id" FROM "billing"."payments" AS p WHERE j."payment_id" IS NULL AND j."type" = 'add' AND p."user_id" = j."user_id" AND p."credit_entry_id" = j."id";`,
       expect.stringMatching(
         /^UPDATE "billing"\."journal_entries" AS j SET "payment_id" = p\."id" FROM "billing"\."payments" AS p WHERE j\."payment_id" IS NULL AND j\."take_back" IS NOT NULL AND p\."user_id" = j\."user_id" AND p\."id" = .*'paymentId'.*;$/,

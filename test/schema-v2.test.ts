@@ -18,7 +18,7 @@ import { describe, expect, it } from "vitest";
 import { MongoDbManager } from "../src/db/mongodb/index.js";
 import { PostgresDbManager } from "../src/db/postgres/index.js";
 import { SqliteDbManager } from "../src/db/sqlite/index.js";
-import { CreditService } from "../src/index.js";
+import { ConfigurationError, CreditService } from "../src/index.js";
 import { newPayment } from "../src/modules/billing/rules-payments.js";
 import { billingStore } from "../src/modules/billing/store.js";
 import { quoteIdent } from "../src/schema/sql.js";
@@ -34,6 +34,8 @@ const V2_GRANT_COLUMNS = ["effective_at", "upcoming", "drawn_out_in"];
 /** The columns version 2 added to the other tables: each row's unit (docs/units.md). */
 const V2_UNIT_COLUMNS = [
   ["accounts", "units"],
+  // Not a unit's: the key id of the account's latest entry (docs/concepts.md, "A keyed chain").
+  ["accounts", "last_key_id"],
   ["grants", "unit"],
   ["reservations", "unit"],
 ] as const;
@@ -132,6 +134,8 @@ async function checkUpgraded(db: Store, u: string): Promise<void> {
       ["add", 10, null, null, null],
     ]);
     expect((await credits.audit(u, { from: "genesis" })).problems).toEqual([]);
+    // Version 1 signed nothing: the account's head is unkeyed until the keyed manager writes.
+    expect((await db.getAccount(u))?.lastKeyId ?? null).toBe(null);
     // Everything version 1 wrote is in the default unit (docs/units.md); a new unit opens beside it.
     expect(journal.every((e) => (e.unit ?? null) === null)).toBe(true);
     expect((await db.getAccount(u))?.units ?? null).toBe(null);
@@ -146,6 +150,8 @@ async function checkUpgraded(db: Store, u: string): Promise<void> {
     // Written now, the same metadata and description make no take-back.
     const now = await credits.deductCredits(u, 7, { description: "Lost dispute of payment pay-3", metadata: take });
     expect(now).toMatchObject({ takeBack: null, hashVersion: 2, keyId: "k1" });
+    expect((await db.getAccount(u))?.lastKeyId).toBe("k1");
+    await expect(new CreditService({ db }).deductCredits(u, 1)).rejects.toThrow(ConfigurationError);
     expect(await kinds()).toEqual([
       ["spend", 32],
       ["refund", 30],

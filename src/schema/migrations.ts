@@ -96,6 +96,7 @@ export const MIGRATIONS: readonly Migration[] = [
     summary:
       "journal entries record what a take-back is (take_back, set from version 1's rule on the entries there are), the hash version, the key id of a keyed chain, an addition's scope and its start; grants record their start and whether they are upcoming; entries of type start; " +
       "accounts, grants, holds and entries record their unit (null: the default unit, which every row a version 1 store holds is in); " +
+      "accounts record the key id of their latest entry (null on the rows there are: version 1 signed no entry with a key); " +
       "grants record the allowance they were drawn out in (null on the rows there are); " +
       "grant sources and notification types take any lower-case identifier; " +
       "PostgreSQL's daily usage rollup keys its rows by unit too (the rows there are: the default unit) and sums the credits served and not paid (shortfall, on the rows there are from the entries they hold)",
@@ -120,6 +121,9 @@ export const MIGRATIONS: readonly Migration[] = [
       // The allowance a grant was drawn out in (docs/customer-state.md, "What was granted"): NULL on
       // the rows there are, which no allowance counted (version 1 kept none).
       { table: "grants", field: "drawnOutIn" },
+      // The key id of the account's latest entry (docs/concepts.md, "A keyed chain"): NULL on the
+      // rows there are, whose entries version 1 wrote without a key.
+      { table: "accounts", field: "lastKeyId" },
     ],
     // Grant sources and notification types: any lower-case identifier, so that a module's own
     // are stored (docs/modules.md), instead of version 1's lists.

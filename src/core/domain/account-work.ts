@@ -1,7 +1,7 @@
 import { own } from "./own.js";
 import type { Changes, LoadedState } from "./state.js";
 import { noteAddSource } from "./events.js";
-import { InsufficientCreditsError, RuleViolationError } from "../errors.js";
+import { ConfigurationError, InsufficientCreditsError, RuleViolationError } from "../errors.js";
 import type {
   Account,
   UnitFigures,
@@ -1160,6 +1160,10 @@ export class AccountWork implements UnitWork {
     added?: { costBasis: CostBasis | null; source: GrantSource; scope: GrantScope | null; effectiveAt?: Date | null },
   ): JournalEntry {
     const a = this.account;
+    const keyId = this.chainKey?.id ?? null;
+    // Once an account's chain is keyed it stays keyed (docs/concepts.md, "A keyed chain"): a
+    // manager without keys (a replica started without them) writes nothing after a keyed entry.
+    if (keyId === null && a.lastKeyId != null) throw unkeyedAfterKeyed(this.userId, a.lastKeyId);
     const entry: JournalEntry = {
       id: this.newId(),
       userId: this.userId,
@@ -1192,7 +1196,7 @@ export class AccountWork implements UnitWork {
       paymentId: meta.paymentId ?? null,
       // The current hash input (canonicalEntry, src/core/domain/hash.ts).
       hashVersion: 2,
-      keyId: this.chainKey?.id ?? null,
+      keyId,
       scope: added?.scope ?? null,
       effectiveAt: added?.effectiveAt ?? null,
       unit: this.unit,
@@ -1201,6 +1205,8 @@ export class AccountWork implements UnitWork {
     entry.hash = hash;
     a.seq = entry.seq;
     a.lastHash = entry.hash;
+    // Written only when it changes: an unkeyed account's row never gains the field.
+    if (keyId !== (a.lastKeyId ?? null)) a.lastKeyId = keyId;
     this.made.push(entry);
     this.texts.push(canonical);
     return entry;
@@ -1248,6 +1254,18 @@ function beyondSafe(what: "balance" | "debt", amount: number): RuleViolationErro
   return new RuleViolationError(
     `Cannot move ${amount} credits: the account's ${what} would go beyond ±${Number.MAX_SAFE_INTEGER}, the largest exact amount.`,
     [{ path: "amount", message: `the ${what} would go beyond the safe-integer range` }],
+  );
+}
+
+/**
+ * A manager without journal keys about to write after an account's keyed entry (docs/concepts.md,
+ * "A keyed chain"): refused before anything is written, as an audit would report the unkeyed entry
+ * as written again without the key.
+ */
+function unkeyedAfterKeyed(userId: string, keyId: string): ConfigurationError {
+  return new ConfigurationError(
+    `[credit-management] account ${JSON.stringify(userId)} has a keyed journal: its latest entry is signed with the journal key ${JSON.stringify(keyId)}, ` +
+      "and this manager has no journalKeys (nor CREDIT_JOURNAL_KEYS), so it would write unkeyed entries after it. Give it the keys your other services have.",
   );
 }
 

@@ -118,6 +118,12 @@ export const Account = z.object({
   seq: NonNegativeAmount,
   /** Hash of the latest journal entry (null before the first). */
   lastHash: z.nullable(z.string()),
+  /**
+   * The key id of the latest journal entry (its `keyId`, docs/concepts.md, "A keyed chain"); null
+   * or absent: that entry is not keyed, or there is none. A manager without journal keys refuses to
+   * write after a keyed entry, so that an account's chain never goes back to plain hashes.
+   */
+  lastKeyId: z.optional(z.nullable(JournalKeyId)),
   /** A lower bound of the soonest grant or hold expiry, or null: lets reads skip settling. */
   nextExpiryAt: z.nullable(z.date()),
   /** Low-credits alert state (null until the first change this version made). See docs/notifications.md. */

@@ -201,10 +201,11 @@ export const MONGO_MIGRATIONS: readonly MongoMigration[] = [
     summary:
       "journal entries record what a take-back is (takeBack, set from version 1's rule on the entries stored before), the hash version, the key id of a keyed chain, an addition's scope and its start; grants record their start and whether they are upcoming; entries of type start; " +
       "accounts, grants, holds and entries record their unit (absent: the default unit, which every document version 1 wrote is in); " +
+      "accounts record the key id of their latest entry (absent: unkeyed, as every entry version 1 wrote); " +
       "grants record the allowance they were drawn out in (absent on the documents version 1 wrote); " +
       "grant sources and notification types take any lower-case identifier (the validators, which the setup script gives the collections it finds)",
     dropIndexes: [],
-    // The documents version 1 wrote lack hashVersion (version 1), keyId (unkeyed), scope (none
+    // The documents version 1 wrote lack hashVersion (version 1), keyId and the account's lastKeyId (unkeyed), scope (none
     // recorded), effectiveAt and upcoming (every grant started), unit (the default unit,
     // docs/units.md) and drawnOutIn (counted by no allowance, docs/customer-state.md): absent
     // reads as those.
