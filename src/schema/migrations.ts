@@ -106,6 +106,9 @@ export const MIGRATIONS: readonly Migration[] = [
       // The payment an entry credits or takes back from (docs/revenue.md, "Payments"): set below
       // on the entries a version 1 store holds from what version 1 wrote.
       { table: "journal", field: "paymentId" },
+      // Credits served and not paid (docs/metering.md, "Served and not paid"): set below on the
+      // entries a version 1 store holds from what version 1 wrote.
+      { table: "journal", field: "shortfall" },
       { table: "journal", field: "hashVersion" },
       { table: "journal", field: "keyId" },
       { table: "journal", field: "scope" },
@@ -137,6 +140,8 @@ export const MIGRATIONS: readonly Migration[] = [
       v1TakeBacks(dialect, tables.get("journal") as SqlTable),
       ...v1PaymentLinks(dialect, tables.get("journal") as SqlTable, tables.get("payments") as SqlTable),
       ...v1RollupUnits(dialect, naming),
+      // Before the rollup's shortfall, which reads the column.
+      v1Shortfalls(dialect, tables.get("journal") as SqlTable),
       ...(dialect === "postgres" ? rollupShortfallStep(naming, (tables.get("journal") as SqlTable).qualified) : []),
       // PostgreSQL's revenue summary tied refunds to payments by the entries' metadata: emptied,
       // the next report fills it again from the journal (docs/revenue.md, "How it is computed").
@@ -169,6 +174,39 @@ function v1TakeBacks(dialect: SqlDialect, journal: SqlTable): string {
   return (
     `UPDATE ${journal.qualified} AS j SET ${q("take_back")} = CASE ${cases} END ` +
     `WHERE j.${q("take_back")} IS NULL AND ${all(last)};`
+  );
+}
+
+/**
+ * The version 2 step's backfill of `shortfall` (docs/metering.md, "Served and not paid"), once, from
+ * what version 1 wrote: the metadata `shortfall` of a deduction or capture, where it is a whole
+ * number of at least 1 (what version 1's overdraft cut recorded, and what its reports read). Only
+ * entries that have none yet: it can run again.
+ */
+function v1Shortfalls(dialect: SqlDialect, journal: SqlTable): string {
+  const q = (n: string) => quoteIdent(dialect, n);
+  const [column, type, metadata] = [q("shortfall"), q("type"), q("metadata")];
+  const where = `${column} IS NULL AND ${type} IN ('deduct', 'commit_reserved')`;
+  const max = Number.MAX_SAFE_INTEGER;
+  if (dialect === "mysql") {
+    const v = `JSON_EXTRACT(${metadata}, '$."shortfall"')`;
+    return (
+      `UPDATE ${journal.qualified} SET ${column} = CAST(${v} AS SIGNED) WHERE ${where} AND ` +
+      `JSON_TYPE(${v}) IN ('INTEGER', 'UNSIGNED INTEGER') AND ${v} BETWEEN 1 AND ${max};`
+    );
+  }
+  if (dialect === "postgres") {
+    const v = `(${metadata} -> 'shortfall')`;
+    const n = `${v}::text::numeric`;
+    return (
+      `UPDATE ${journal.qualified} SET ${column} = ${n}::bigint WHERE ${where} AND jsonb_typeof(${v}) = 'number' ` +
+      `AND ${n} BETWEEN 1 AND ${max} AND ${n} = trunc(${n});`
+    );
+  }
+  const v = `json_extract(${metadata}, '$."shortfall"')`;
+  return (
+    `UPDATE ${journal.qualified} SET ${column} = ${v} WHERE ${where} AND ` +
+    `json_type(${metadata}, '$."shortfall"') = 'integer' AND ${v} BETWEEN 1 AND ${max};`
   );
 }
 

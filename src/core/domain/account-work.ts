@@ -23,7 +23,7 @@ import type { WorkEvent } from "./notifications.js";
 import { type Counted, type Spend, countSpend, describeLimit, giveBackSpend, limitRoom, trueUpHold } from "./limits.js";
 import { compareGrants, isDue, isOpenGrant, isUpcoming, isUsable, startsBy } from "./order.js";
 import { outOfScope, spendOrder } from "./scope.js";
-import { chargeWithinLimit, commitWithinLimit, headroom, shortfallMeta } from "./overdraft.js";
+import { chargeWithinLimit, commitWithinLimit, headroom, requestedMeta } from "./overdraft.js";
 import { WorkingSet } from "./working-set.js";
 import { trackAllowance } from "./allowance.js";
 import { type ChargeDraw, type Reversed, debtGrant, reversalShares } from "./reversal.js";
@@ -601,6 +601,20 @@ export class AccountWork implements UnitWork {
       overdraftChecked?: boolean;
     },
   ): JournalEntry {
+    return this.charge(amount, meta, options, 0);
+  }
+
+  /**
+   * `deduct`, recording `shortfall` (credits served and not paid) on the entry: the library's own
+   * argument, given only by `deductUpToLimit` (docs/metering.md, "Served and not paid"), never
+   * from an `EntryMeta` a caller or a module gives.
+   */
+  private charge(
+    amount: number,
+    meta: EntryMeta,
+    options: Parameters<AccountWork["deduct"]>[2],
+    shortfall: number,
+  ): JournalEntry {
     this.inUnit(meta.unit);
     const spend = spendOf(meta);
     const available = this.availableFor(spend);
@@ -634,7 +648,7 @@ export class AccountWork implements UnitWork {
     if (this.f.debt + (amount - drawn) > Number.MAX_SAFE_INTEGER) throw beyondSafe("debt", amount);
     this.f.balance = this.f.balance - amount;
     this.f.debt = this.f.debt + (amount - drawn);
-    return this.emit("deduct", amount, portions, options.reservationId ?? null, meta);
+    return this.emit("deduct", amount, portions, options.reservationId ?? null, meta, undefined, shortfall);
   }
 
   /** The account's holds in flight, as a limit set now counts them (`replaceLimits`, ./limits.ts). */
@@ -715,7 +729,12 @@ export class AccountWork implements UnitWork {
   deductUpToLimit(requested: number, meta: EntryMeta, overdraftLimit: number | null): JournalEntry {
     this.inUnit(meta.unit);
     const charge = chargeWithinLimit(requested, this.headroom(overdraftLimit, spendOf(meta)));
-    return this.deduct(charge, shortfallMeta(meta, requested, charge), { allowDebt: true, overdraftLimit });
+    return this.charge(
+      charge,
+      requestedMeta(meta, requested, charge),
+      { allowDebt: true, overdraftLimit },
+      requested - charge,
+    );
   }
 
   /**
@@ -725,7 +744,7 @@ export class AccountWork implements UnitWork {
   commitUpToLimit(hold: Reservation, requested: number, meta: EntryMeta, overdraftLimit: number | null): JournalEntry {
     this.inUnit(AccountWork.unitOf(hold));
     const charge = commitWithinLimit(requested, hold.amount, this.headroom(overdraftLimit, holdSpend(hold)));
-    return this.commit(hold, charge, shortfallMeta(meta, requested, charge), overdraftLimit);
+    return this.capture(hold, charge, requestedMeta(meta, requested, charge), overdraftLimit, requested - charge);
   }
 
   /**
@@ -735,6 +754,17 @@ export class AccountWork implements UnitWork {
    * before anything changes). Returns the commit entry.
    */
   commit(hold: Reservation, amount: number, meta: EntryMeta, overdraftLimit: number | null): JournalEntry {
+    return this.capture(hold, amount, meta, overdraftLimit, 0);
+  }
+
+  /** `commit`, recording `shortfall` on the capture: given only by `commitUpToLimit`, as `charge`'s. */
+  private capture(
+    hold: Reservation,
+    amount: number,
+    meta: EntryMeta,
+    overdraftLimit: number | null,
+    shortfall: number,
+  ): JournalEntry {
     this.inUnit(AccountWork.unitOf(hold));
     const excess = amount - hold.amount;
     // Checked up front so a refused over-commit changes nothing (the hold stays active).
@@ -774,7 +804,7 @@ export class AccountWork implements UnitWork {
     }
     this.f.balance = this.f.balance - captured;
     this.f.reserved = this.f.reserved - hold.amount;
-    const entry = this.emit("commit_reserved", captured, portions, hold.id, meta);
+    const entry = this.emit("commit_reserved", captured, portions, hold.id, meta, undefined, shortfall);
     if (back !== null && back.toClosed) this.removeFromClosed(back.portions, hold.id);
     if (excess > 0) {
       const labels: EntryMeta = {
@@ -1158,6 +1188,8 @@ export class AccountWork implements UnitWork {
     reservationId: string | null,
     meta: EntryMeta,
     added?: { costBasis: CostBasis | null; source: GrantSource; scope: GrantScope | null; effectiveAt?: Date | null },
+    /** Credits served and not paid (`charge`, `capture`): 0 on every other entry. */
+    shortfall = 0,
   ): JournalEntry {
     const a = this.account;
     const keyId = this.chainKey?.id ?? null;
@@ -1194,6 +1226,8 @@ export class AccountWork implements UnitWork {
       hash: "",
       takeBack: meta.takeBack ?? null,
       paymentId: meta.paymentId ?? null,
+      // Only the library's overdraft cut sets it (docs/metering.md, "Served and not paid").
+      shortfall: shortfall > 0 ? shortfall : null,
       // The current hash input (canonicalEntry, src/core/domain/hash.ts).
       hashVersion: 2,
       keyId,

@@ -3,6 +3,7 @@ import { AlertState } from "./notifications.js";
 import { GrantScope, SpendLimit, SpenderId } from "./limits.js";
 import { CostBasis } from "./cost-basis.js";
 import {
+  Amount,
   EntityId,
   FeatureName,
   IdempotencyKey,
@@ -331,6 +332,14 @@ export const JournalEntry = z.object({
    * hash version 2).
    */
   paymentId: z.optional(z.nullable(EntityId)),
+  /**
+   * Credits of usage served and not paid (docs/metering.md, "Served and not paid"): set by the
+   * library on a `deduct` or `commit_reserved` that charged usage already delivered for less than
+   * it cost because the overdraft limit allowed no more (possibly an entry of 0 credits); null or
+   * absent on every other entry, whatever its metadata says. Usage reports (their `shortfall`) and
+   * revenue (`unbilledCredits`) read it. Covered by the hash when set (entries of hash version 2).
+   */
+  shortfall: z.optional(z.nullable(Amount)),
   /**
    * What the hash covers (docs/concepts.md, "The journal"): 2 on every entry written since schema
    * version 2; null or absent (version 1) on the entries written before, whose hash leaves out the

@@ -157,6 +157,31 @@ export interface FilledField {
 }
 
 /**
+ * A field a later version added, set in the documents written before, which lack it, from a count
+ * the same document holds at `from` (a dotted path): where that is a whole number of at least 1 (a
+ * safe integer) and `where` (a `$expr`, absent: none) holds; left absent on the others.
+ */
+export interface CopiedCount {
+  collection: MongoCollectionKey;
+  field: string;
+  from: string;
+  where?: Record<string, unknown>;
+}
+
+/** Whether `v` is what a `CopiedCount` copies: a safe whole number of at least 1. */
+export const isCopiedCount = (v: unknown): v is number => typeof v === "number" && Number.isSafeInteger(v) && v >= 1;
+
+/** The value at dotted `path` of document `d` (undefined when a step is no object). */
+export function atPath(d: unknown, path: string): unknown {
+  let v = d;
+  for (const k of path.split(".")) {
+    if (v === null || typeof v !== "object" || Array.isArray(v)) return undefined;
+    v = (v as Record<string, unknown>)[k];
+  }
+  return v;
+}
+
+/**
  * A field a later version added, set from another collection: each document of `source` names
  * documents of `collection` of the same `userId` — by its `key` (their `_id`), or those whose `by`
  * field (a dotted path) holds its `_id` and that match `where` — which get `field` = the `source`
@@ -186,7 +211,9 @@ export interface MongoMigration {
   dropIndexes: readonly DroppedIndex[];
   /** Fields this version added, set in the documents stored before. */
   fill?: readonly FilledField[];
-  /** Fields this version added, set from another collection's documents (after `fill`). */
+  /** Fields this version added, set from a count in the same document (after `fill`). */
+  copy?: readonly CopiedCount[];
+  /** Fields this version added, set from another collection's documents (after `copy`). */
   link?: readonly LinkedField[];
 }
 
@@ -215,6 +242,16 @@ export const MONGO_MIGRATIONS: readonly MongoMigration[] = [
       value: c.then,
       where: usageTestsExpression(c.when) as Record<string, unknown>,
     })),
+    // Credits served and not paid (docs/metering.md, "Served and not paid"): a deduction's or
+    // capture's metadata `shortfall`, as version 1's overdraft cut recorded it and its reports read it.
+    copy: [
+      {
+        collection: "journal",
+        field: "shortfall",
+        from: "metadata.shortfall",
+        where: { $in: ["$type", ["deduct", "commit_reserved"]] },
+      },
+    ],
     // The payment an entry credits or takes back from (docs/revenue.md, "Payments"): an addition
     // is the one its payment's document names (`creditEntryId`, written in the same unit of work,
     // never by a caller); a take-back (by version 1's rule, just above) names its payment in its
@@ -246,6 +283,13 @@ export function filledFieldsAfter(fromVersion: number): FilledField[] {
   return mongoSteps()
     .filter((m) => m.to > fromVersion)
     .flatMap((m) => m.fill ?? []);
+}
+
+/** The fields versions after `fromVersion` added that are set from a count in the same document. */
+export function copiedCountsAfter(fromVersion: number): CopiedCount[] {
+  return mongoSteps()
+    .filter((m) => m.to > fromVersion)
+    .flatMap((m) => m.copy ?? []);
 }
 
 /** The fields versions after `fromVersion` added that are set from another collection. */

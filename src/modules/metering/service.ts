@@ -419,7 +419,8 @@ export class MeterSession {
       // Past the overdraft limit the commit takes what the limit allows (decided in its unit of
       // work) and its entry says what was left: also when a retry replays it.
       const entry = await this.deps.commitHold(this.userId, this.reservationId, options, true);
-      const shortfall = typeof entry.metadata?.shortfall === "number" ? entry.metadata.shortfall : 0;
+      // What the limit left unpaid: the entry's own field, which only the library sets.
+      const shortfall = entry.shortfall ?? 0;
       const outcome = this.outcome("committed", amount - shortfall, entry);
       if (shortfall > 0)
         await this.reportShortfall(
