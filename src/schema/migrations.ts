@@ -94,7 +94,7 @@ export const MIGRATIONS: readonly Migration[] = [
   {
     to: 2,
     summary:
-      "journal entries record what a take-back is (take_back, set from version 1's rule on the entries there are), the hash version, the key id of a keyed chain, an addition's scope and its start; grants record their start and whether they are upcoming; entries of type start; " +
+      "journal entries record what a take-back is (take_back, set from version 1's rule on the entries there are), the credits served and not paid (shortfall, set from version 1's metadata on the entries there are), the hash version, the key id of a keyed chain, an addition's scope and its start; grants record their start and whether they are upcoming; entries of type start; " +
       "accounts, grants, holds and entries record their unit (null: the default unit, which every row a version 1 store holds is in); " +
       "accounts record the key id of their latest entry (null on the rows there are: version 1 signed no entry with a key); " +
       "grants record the allowance they were drawn out in (null on the rows there are); " +

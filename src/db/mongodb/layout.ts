@@ -226,7 +226,7 @@ export const MONGO_MIGRATIONS: readonly MongoMigration[] = [
   {
     to: 2,
     summary:
-      "journal entries record what a take-back is (takeBack, set from version 1's rule on the entries stored before), the hash version, the key id of a keyed chain, an addition's scope and its start; grants record their start and whether they are upcoming; entries of type start; " +
+      "journal entries record what a take-back is (takeBack, set from version 1's rule on the entries stored before), the credits served and not paid (shortfall, set from version 1's metadata on the entries stored before), the hash version, the key id of a keyed chain, an addition's scope and its start; grants record their start and whether they are upcoming; entries of type start; " +
       "accounts, grants, holds and entries record their unit (absent: the default unit, which every document version 1 wrote is in); " +
       "accounts record the key id of their latest entry (absent: unkeyed, as every entry version 1 wrote); " +
       "grants record the allowance they were drawn out in (absent on the documents version 1 wrote); " +
