@@ -24,10 +24,7 @@ import {
   MONGO_COLLECTIONS,
   VERSION_COLLECTION,
   droppedIndexesAfter,
-  atPath,
-  copiedCountsAfter,
   filledFieldsAfter,
-  isCopiedCount,
   linkedFieldsAfter,
   linkedFilter,
 } from "./layout.js";
@@ -35,6 +32,7 @@ import { SCHEMA_COMPONENT } from "../../schema/sql.js";
 import { targetVersion } from "../../schema/version.js";
 import { versionRefusal } from "../../schema/migrations.js";
 import { StateCache } from "./state-cache.js";
+import { copyCounts } from "./copy-counts.js";
 import { MongoBatch, type BatchResult, type Unit } from "./batch.js";
 import {
   STANDALONE_MESSAGE,
@@ -320,46 +318,7 @@ export class MongoDbManager extends StoreBase implements DbManager {
         ),
       );
     }
-    for (const copied of copiedCountsAfter(version)) {
-      type Doc = { _id: string } & Record<string, unknown>;
-      const collection = this.db.collection<Doc>(
-        `${this.collectionPrefix}${MONGO_COLLECTIONS[copied.collection].name}`,
-      );
-      await guard(`init: copy ${copied.field} of ${collection.collectionName}`, async () => {
-        // Read and written here, not by an update pipeline (which some servers lack); paged by _id.
-        for (let after: string | null = null; ;) {
-          const page = await collection
-            .find(
-              {
-                [copied.field]: { $exists: false },
-                [copied.from]: { $exists: true },
-                ...(copied.where === undefined ? {} : { $expr: copied.where }),
-                ...(after === null ? {} : { _id: { $gt: after } }),
-              },
-              { projection: { _id: 1, [copied.from]: 1 } },
-            )
-            .sort({ _id: 1 })
-            .limit(1000)
-            .toArray();
-          if (page.length === 0) break;
-          const updates = page.flatMap((d) => {
-            const v = atPath(d, copied.from);
-            return isCopiedCount(v)
-              ? [
-                  {
-                    updateOne: {
-                      filter: { _id: d._id, [copied.field]: { $exists: false } },
-                      update: { $set: { [copied.field]: v } },
-                    },
-                  },
-                ]
-              : [];
-          });
-          if (updates.length > 0) await collection.bulkWrite(updates, { ordered: false });
-          after = page[page.length - 1]?._id ?? null;
-        }
-      });
-    }
+    await copyCounts(this.db, this.collectionPrefix, version);
     for (const linked of linkedFieldsAfter(version)) {
       type Doc = { _id: string; userId: string } & Record<string, unknown>;
       const collection = this.db.collection<Doc>(
