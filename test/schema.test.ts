@@ -228,6 +228,8 @@ describe("schema generator: columns from the zod models", () => {
       "cm_notifications",
       "cm_plans",
       "cm_subscriptions",
+      "cm_period_closes",
+      "cm_period_close_marks",
     ]);
     const text = JSON.stringify(collections);
     expect(text).not.toMatch(/"\$ref"|"\$defs"|"format"|"\$schema"|"propertyNames"|x-credit-management/);

@@ -97,8 +97,11 @@ export const MIGRATIONS: readonly Migration[] = [
       "journal entries record what a take-back is (take_back, set from version 1's rule on the entries there are), the hash version, the key id of a keyed chain, an addition's scope and its start; grants record their start and whether they are upcoming; entries of type start; " +
       "accounts, grants, holds and entries record their unit (null: the default unit, which every row a version 1 store holds is in); " +
       "grants record the allowance they were drawn out in (null on the rows there are); " +
+      "revenue reports close periods (period_closes, period_close_marks: new tables); " +
       "grant sources and notification types take any lower-case identifier; " +
       "PostgreSQL's daily usage rollup keys its rows by unit too (the rows there are: the default unit) and sums the credits served and not paid (shortfall, on the rows there are from the entries they hold)",
+    // Closed periods of revenue reports (docs/revenue.md, "Closing a month"): new tables.
+    tables: ["periodCloses", "periodCloseMarks"],
     // hash_version stays NULL on the entries there are: their hash is version 1's (docs/concepts.md).
     columns: [
       { table: "journal", field: "takeBack" },

@@ -2,6 +2,7 @@ import * as z from "zod/mini";
 import type { ZodMiniObject } from "zod/mini";
 import { Account, Grant, JournalEntry, LedgerEntry, Reservation } from "../core/models/entities.js";
 import { promoPaymentTableSpecs } from "../modules/billing/schema-tables.js";
+import { periodCloseTableSpecs } from "../modules/revenue/schema-tables.js";
 import { AccountAutoTopUp } from "../modules/billing/model-auto-top-up.js";
 import { Notification } from "../core/models/notifications.js";
 import { Plan, Subscription } from "../core/models/subscriptions.js";
@@ -96,7 +97,9 @@ export type TableKey =
   | "promoClaims"
   | "payments"
   | "plans"
-  | "subscriptions";
+  | "subscriptions"
+  | "periodCloses"
+  | "periodCloseMarks";
 /** Every table of the schema, by key. @public */
 export type TableSpecs = Record<TableKey, TableSpec>;
 
@@ -238,6 +241,8 @@ export const tableSpecs: TableSpecs = {
       },
     ],
   },
+  // Closed periods of revenue reports (docs/revenue.md, "Closing a month").
+  ...periodCloseTableSpecs,
 };
 
 /** Every index of a table, the idempotency key's unique index included. */
