@@ -26,7 +26,6 @@ export type {
   CheckOptions,
   CheckpointOptions,
   ClaimPromoOptions,
-  ClosePeriodInput,
   CommitOptions,
   CostBasis,
   CostUsage,
