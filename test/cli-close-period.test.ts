@@ -37,7 +37,9 @@ describe("credit-management close-period on SQLite (--sqlite FILE)", () => {
       expect(JSON.parse(closed.stdout)).toMatchObject({ through: new Date(today).toISOString(), accounts: 1 });
       const listed = await cli(["close-period", "--list", "--sqlite", file]);
       expect(listed.code).toBe(0);
-      expect(listed.stdout).toMatch(new RegExp(`^ *THROUGH +CLOSED AT +ACCOUNTS\\n *${new Date(today).toISOString()} .* 1\\n$`));
+      expect(listed.stdout).toMatch(
+        new RegExp(`^ *THROUGH +CLOSED AT +ACCOUNTS\\n *${new Date(today).toISOString()} .* 1\\n$`),
+      );
       const back = await cli(["close-period", "--through", new Date(today - DAY).toISOString(), "--sqlite", file]);
       expect(back.code).toBe(2);
       expect(back.stderr).toContain("after the latest close");

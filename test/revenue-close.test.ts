@@ -76,7 +76,12 @@ describe.each(stores)("closing a month of revenue on $name (docs/revenue.md)", (
       await credits.addCredits("v", 5, { costBasis: USD });
 
       clock.now = T0;
-      const closedDays = { from: THROUGH - 2 * DAY, to: THROUGH, interval: "day" as const, groupBy: ["account" as const] };
+      const closedDays = {
+        from: THROUGH - 2 * DAY,
+        to: THROUGH,
+        interval: "day" as const,
+        groupBy: ["account" as const],
+      };
       const before = await report(db, closedDays);
       expect(before.length).toBeGreaterThan(0);
 

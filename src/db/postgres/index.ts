@@ -866,7 +866,9 @@ export class PostgresDbManager extends StoreBase implements DbManager {
    */
   async inTransaction<T>(
     what: string,
-    fn: (query: (text: string, params?: unknown[]) => Promise<{ rows: Record<string, unknown>[]; count: number }>) => Promise<T>,
+    fn: (
+      query: (text: string, params?: unknown[]) => Promise<{ rows: Record<string, unknown>[]; count: number }>,
+    ) => Promise<T>,
   ): Promise<T> {
     const client = await this.connect();
     let failure: unknown = false;

@@ -274,20 +274,11 @@ Examples:
 `;
 
 /** Runs `close-period …` (without the words); resolves to the exit code. */
-export async function runClosePeriodCli(
-  args: readonly string[],
-  io: CliIo,
-  source: StoreSource = {},
-): Promise<number> {
+export async function runClosePeriodCli(args: readonly string[], io: CliIo, source: StoreSource = {}): Promise<number> {
   try {
     return await closePeriodCommand(args, io, source);
   } catch (error) {
-    return exitCodeOf(
-      error,
-      io,
-      "close-period",
-      (e) => e instanceof ValidationError || e instanceof ConflictError,
-    );
+    return exitCodeOf(error, io, "close-period", (e) => e instanceof ValidationError || e instanceof ConflictError);
   }
 }
 

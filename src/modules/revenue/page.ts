@@ -53,7 +53,8 @@ function params(ctx: Ctx) {
 }
 
 /** A close's `through`: its day when at midnight UTC, else the instant. */
-const closeText = (d: Date): string => (d.getTime() % 86_400_000 === 0 ? d.toISOString().slice(0, 10) : d.toISOString());
+const closeText = (d: Date): string =>
+  d.getTime() % 86_400_000 === 0 ? d.toISOString().slice(0, 10) : d.toISOString();
 
 /** Each month of the range: its figures for `currency`, summed over the report's rows. */
 function byMonth(rows: readonly RevenueRow[], currency: string, months: readonly number[]) {

@@ -102,7 +102,11 @@ class PostgresPeriodCloses implements PeriodCloseStore {
         : `SELECT "through", "user_id", "seq" FROM ${table} WHERE "user_id" = ANY($1::text[])`,
       userIds === null ? [] : [[...userIds]],
     );
-    return rows.map((r) => ({ through: new Date(r.through as string | Date), userId: String(r.user_id), seq: num(r.seq) }));
+    return rows.map((r) => ({
+      through: new Date(r.through as string | Date),
+      userId: String(r.user_id),
+      seq: num(r.seq),
+    }));
   }
 }
 

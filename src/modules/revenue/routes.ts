@@ -141,7 +141,7 @@ export const revenueRoutes: RouteDefinition[] = [
   adminRoute("GET", "/revenue/closes", {
     operationId: "adminListPeriodCloses",
     summary: "The closed periods of the revenue reports, by `through` ascending",
-    description: "`credits.listPeriodCloses` (docs/revenue.md, \"Closing a month\").",
+    description: '`credits.listPeriodCloses` (docs/revenue.md, "Closing a month").',
     tags,
     response: z.object({ closes: z.array(PeriodClose) }),
     handle: async (ctx) => ({ closes: await ctx.manager.credits.listPeriodCloses() }),

@@ -160,9 +160,7 @@ export async function closeCuts(
   const byThrough = new Map<number, Map<string, number>>(closed.map((c) => [c.through.getTime(), new Map()]));
   if (userIds === null || userIds.length > 0)
     for (const m of await closes.marks(userIds)) byThrough.get(m.through.getTime())?.set(m.userId, m.seq);
-  return [...byThrough]
-    .sort((a, b) => a[0] - b[0])
-    .map(([through, marks]) => ({ through, marks }));
+  return [...byThrough].sort((a, b) => a[0] - b[0]).map(([through, marks]) => ({ through, marks }));
 }
 
 /**
@@ -414,10 +412,7 @@ async function addSummary(
 ): Promise<void> {
   const windows = points - 1;
   type Groups = { currency: string | null; account: string | null; source: string | null; plan: string | null };
-  const keyOf = (
-    r: Groups,
-    e?: { feature: string | null; spender: string | null; catchUp: number | null },
-  ): Key => ({
+  const keyOf = (r: Groups, e?: { feature: string | null; spender: string | null; catchUp: number | null }): Key => ({
     currency: r.currency,
     account: r.account ?? "",
     source: r.source,
