@@ -1,4 +1,5 @@
 import type { Collection } from "mongodb";
+import { ConflictError } from "../../core/errors.js";
 import type { PeriodClose, PeriodCloseMark } from "./model.js";
 import type { MongoBoundPart, MongoPartHost } from "../../db/mongodb/module-part.js";
 import type { StoredDoc } from "../../db/mongodb/documents.js";
@@ -74,7 +75,12 @@ class MongoPeriodCloses implements PeriodCloseStore {
           accounts,
           after: latest,
         } as StoredDoc),
-      () => closeGoesBack("mongodb", through, latest ?? through),
+      (cause) =>
+        new ConflictError(
+          `[credit-management] [mongodb] closePeriod: another close was recorded at the same moment (closes only move forward): list them before closing again`,
+          { through: through.toISOString() },
+          cause,
+        ),
     );
     return close;
   }
