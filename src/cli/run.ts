@@ -92,8 +92,7 @@ Commands:
   reverse   Give back a charge, in whole or in part, to the grants it drew from; show what was
             given back of it
   revenue   Deferred revenue, recognized revenue, breakage and refunds, from the journal
-  close-period
-            Close the revenue reports through a date (a month-end close); list the closes
+  close-period  Close the revenue reports through a date (a month-end close); list the closes
 
 Each command's options, environment variables, exit codes and examples:
   credit-management <command> --help       or: credit-management help <command>

@@ -95,12 +95,16 @@ class PostgresPeriodCloses implements PeriodCloseStore {
 
   async marks(userIds: readonly string[] | null): Promise<PeriodCloseMark[]> {
     const table = this.db.sql.tables.periodCloseMarks.qualified;
+    const select = `SELECT "through", "user_id", "seq" FROM ${table}`;
+    // One account's (an audit, a report of one account): keyed by it, one shard on Citus.
     const rows = await this.db.read(
       "periodCloseMarks",
       userIds === null
-        ? `SELECT "through", "user_id", "seq" FROM ${table}`
-        : `SELECT "through", "user_id", "seq" FROM ${table} WHERE "user_id" = ANY($1::text[])`,
-      userIds === null ? [] : [[...userIds]],
+        ? select
+        : userIds.length === 1
+          ? `${select} WHERE user_id = $1`
+          : `${select} WHERE user_id = ANY($1::text[])`,
+      userIds === null ? [] : userIds.length === 1 ? [userIds[0]] : [[...userIds]],
     );
     return rows.map((r) => ({
       through: new Date(r.through as string | Date),
