@@ -147,7 +147,8 @@ export class CreditService extends CoreCreditService {
    * per currency (and `groupBy`), the deferred value at each window's start and end and what was
    * paid, recognized, broken (expired or voided unused) and refunded in it, in the currency's
    * smallest unit, from the journal and the cost basis of each grant. Per account and currency
-   * `deferredStart + paid − recognized − breakage − refunds = deferredEnd`. Bounded (docs/revenue.md,
+   * `deferredStart + paid − recognized − breakage − refunds = deferredEnd` (over the ordinary row and
+   * the catch-up rows of a closed month: docs/revenue.md, "Closing a month"). Bounded (docs/revenue.md,
    * "How large a report can be"): no window after the one holding now, at most `limit` rows (default
    * 10,000; `truncated` says rows were left off). A bad or too large query is a `ValidationError`.
    */
