@@ -866,9 +866,7 @@ export class PostgresDbManager extends StoreBase implements DbManager {
    */
   async inTransaction<T>(
     what: string,
-    fn: (
-      query: (text: string, params?: unknown[]) => Promise<{ rows: Record<string, unknown>[]; count: number }>,
-    ) => Promise<T>,
+    fn: (query: (text: string, params?: unknown[]) => Promise<Record<string, unknown>[]>) => Promise<T>,
   ): Promise<T> {
     const client = await this.connect();
     let failure: unknown = false;
@@ -877,8 +875,7 @@ export class PostgresDbManager extends StoreBase implements DbManager {
       await client.query("BEGIN");
       const value = await fn(async (text, params = []) => {
         this.roundTrips++;
-        const r = await client.query(text, params);
-        return { rows: r.rows as Record<string, unknown>[], count: r.rowCount ?? 0 };
+        return (await client.query(text, params)).rows as Record<string, unknown>[];
       });
       await client.query("COMMIT");
       return value;

@@ -65,13 +65,18 @@ class PostgresPeriodCloses implements PeriodCloseStore {
       // Citus: a reference table's write after a multi-shard one needs the shards' writes in sequence.
       if (this.db.sql.distributed) await query("SET LOCAL citus.multi_shard_modify_mode TO 'sequential'");
       await query(closeLock(true), [t.periodCloses.qualified]);
-      const { rows } = await query(`SELECT max("through") AS latest FROM ${t.periodCloses.qualified}`);
-      const latest = rows[0]?.latest == null ? null : new Date(rows[0].latest as string | Date);
+      const [last] = await query(`SELECT max("through") AS latest FROM ${t.periodCloses.qualified}`);
+      const latest = last?.latest == null ? null : new Date(last.latest as string | Date);
       if (latest !== null && through.getTime() <= latest.getTime()) throw closeGoesBack("postgres", through, latest);
-      const { count } = await query(
+      await query(
         `INSERT INTO ${t.periodCloseMarks.qualified} ("through", "user_id", "seq") SELECT $1::timestamptz, "user_id", "seq" FROM ${t.accounts.qualified}`,
         [through],
       );
+      const [marked] = await query(
+        `SELECT count(*)::int AS n FROM ${t.periodCloseMarks.qualified} WHERE "through" = $1::timestamptz`,
+        [through],
+      );
+      const count = num(marked?.n);
       await query(
         `INSERT INTO ${t.periodCloses.qualified} ("through", "closed_at", "accounts") VALUES ($1::timestamptz, $2::timestamptz, $3)`,
         [through, closedAt, count],
@@ -295,10 +300,10 @@ export class PostgresRevenueSummary implements RevenueSummaryStore {
     // the latest: a close recorded meanwhile marked some of these entries as later (catch-up).
     return this.db.inTransaction("saveRevenue", async (query) => {
       await query(closeLock(false), [closes]);
-      const { rows: now } = await query(`SELECT max("through") AS latest FROM ${closes}`);
-      const at = now[0]?.latest == null ? null : new Date(now[0].latest as string | Date).getTime();
+      const [now] = await query(`SELECT max("through") AS latest FROM ${closes}`);
+      const at = now?.latest == null ? null : new Date(now.latest as string | Date).getTime();
       if (at !== latest) return 0;
-      const { rows } = await query(text, [
+      const rows = await query(text, [
         JSON.stringify(checkpoints),
         JSON.stringify([...coarse.values()]),
         JSON.stringify(fine),
