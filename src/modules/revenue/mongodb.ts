@@ -4,8 +4,8 @@ import type { PeriodClose, PeriodCloseMark } from "./model.js";
 import type { MongoBoundPart, MongoPartHost } from "../../db/mongodb/module-part.js";
 import type { StoredDoc } from "../../db/mongodb/documents.js";
 import { DUPLICATE_KEY, errorCode, guard, writeOne } from "../../db/mongodb/errors.js";
-import { closeGoesBack } from "./closes.js";
 import type { PeriodCloseStore, RevenueSummaryReads } from "./store.js";
+import { closeGoesBack } from "./store-errors.js";
 
 /** Marks inserted per command. */
 const BATCH = 1000;

@@ -1,6 +1,5 @@
 import type { JournalEntry } from "../../core/models/index.js";
 import type { PeriodClose, PeriodCloseMark, RevenueDimension } from "./model.js";
-import { closeGoesBack } from "./closes.js";
 import { grantGroups, type GrantGroups } from "./rules.js";
 import { revenueNames, type RevenueNames } from "./schema-pg.js";
 import type { NamingOptions } from "../../schema/sql.js";
@@ -17,6 +16,7 @@ import type {
   RevenueSummaryReads,
   RevenueSummaryStore,
 } from "./store.js";
+import { closeGoesBack } from "./store-errors.js";
 
 /** What the summary needs of `PostgresDbManager`. */
 type Runner = PostgresStoreHost;

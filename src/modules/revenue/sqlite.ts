@@ -1,8 +1,8 @@
 import type { PeriodClose, PeriodCloseMark } from "./model.js";
 import type { Part } from "../../core/db/store/parts.js";
 import type { SqliteBoundPart, SqlitePartHost } from "../../db/sqlite/module-part.js";
-import { closeGoesBack } from "./closes.js";
 import type { RevenueSummaryReads } from "./store.js";
+import { closeGoesBack } from "./store-errors.js";
 
 /**
  * The revenue module's part of `SqliteDbManager` (`revenueStorePart.sqlite`): the closed periods

@@ -1,5 +1,5 @@
 import type { ModuleStorePart } from "../../core/db/module-part.js";
-import { revenueMemoryPart } from "./closes.js";
+import { revenueMemoryPart } from "./memory.js";
 import { revenueMongoPart } from "./mongodb.js";
 import { revenuePostgresPart } from "./postgres.js";
 import { revenueSqlitePart } from "./sqlite.js";

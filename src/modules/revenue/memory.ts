@@ -1,18 +1,7 @@
 import type { MemoryBoundPart } from "../../core/db/module-part.js";
-import { ConflictError } from "../../core/errors.js";
 import type { PeriodClose, PeriodCloseMark } from "./model.js";
 import type { PeriodCloseStore, RevenueSummaryReads } from "./store.js";
-
-/**
- * The refusal of a close whose `through` is not after the latest close's (docs/revenue.md,
- * "Closing a month"): closes only move forward.
- */
-export function closeGoesBack(store: string, through: Date, latest: Date): ConflictError {
-  return new ConflictError(
-    `[credit-management] [${store}] closePeriod: through ${through.toISOString()} is not after the latest close's, ${latest.toISOString()}: closes only move forward`,
-    { through: through.toISOString(), latest: latest.toISOString() },
-  );
-}
+import { closeGoesBack } from "./store-errors.js";
 
 /** The revenue module's part of the in-memory store (`revenueStorePart.memory`): the closed periods, no summary. */
 export function revenueMemoryPart(): MemoryBoundPart<RevenueSummaryReads> {
