@@ -1442,6 +1442,7 @@ export interface operations {
                             hash: string;
                             takeBack?: ("refund" | "clawback") | null;
                             paymentId?: string | null;
+                            shortfall?: number | null;
                             hashVersion?: number | null;
                             keyId?: string | null;
                             scope?: {
@@ -1953,6 +1954,7 @@ export interface operations {
                             hash: string;
                             takeBack?: ("refund" | "clawback") | null;
                             paymentId?: string | null;
+                            shortfall?: number | null;
                             hashVersion?: number | null;
                             keyId?: string | null;
                             scope?: {
@@ -2130,6 +2132,7 @@ export interface operations {
                             hash: string;
                             takeBack?: ("refund" | "clawback") | null;
                             paymentId?: string | null;
+                            shortfall?: number | null;
                             hashVersion?: number | null;
                             keyId?: string | null;
                             scope?: {
@@ -2435,6 +2438,7 @@ export interface operations {
                             hash: string;
                             takeBack?: ("refund" | "clawback") | null;
                             paymentId?: string | null;
+                            shortfall?: number | null;
                             hashVersion?: number | null;
                             keyId?: string | null;
                             scope?: {
@@ -2840,6 +2844,7 @@ export interface operations {
                         hash: string;
                         takeBack?: ("refund" | "clawback") | null;
                         paymentId?: string | null;
+                        shortfall?: number | null;
                         hashVersion?: number | null;
                         keyId?: string | null;
                         scope?: {
@@ -3001,6 +3006,7 @@ export interface operations {
                         hash: string;
                         takeBack?: ("refund" | "clawback") | null;
                         paymentId?: string | null;
+                        shortfall?: number | null;
                         hashVersion?: number | null;
                         keyId?: string | null;
                         scope?: {
@@ -3176,6 +3182,7 @@ export interface operations {
                         hash: string;
                         takeBack?: ("refund" | "clawback") | null;
                         paymentId?: string | null;
+                        shortfall?: number | null;
                         hashVersion?: number | null;
                         keyId?: string | null;
                         scope?: {
@@ -3328,6 +3335,7 @@ export interface operations {
                             hash: string;
                             takeBack?: ("refund" | "clawback") | null;
                             paymentId?: string | null;
+                            shortfall?: number | null;
                             hashVersion?: number | null;
                             keyId?: string | null;
                             scope?: {
@@ -3376,6 +3384,7 @@ export interface operations {
                             hash: string;
                             takeBack?: ("refund" | "clawback") | null;
                             paymentId?: string | null;
+                            shortfall?: number | null;
                             hashVersion?: number | null;
                             keyId?: string | null;
                             scope?: {
@@ -3762,6 +3771,7 @@ export interface operations {
                         hash: string;
                         takeBack?: ("refund" | "clawback") | null;
                         paymentId?: string | null;
+                        shortfall?: number | null;
                         hashVersion?: number | null;
                         keyId?: string | null;
                         scope?: {
@@ -8342,6 +8352,7 @@ export interface operations {
                             hash: string;
                             takeBack?: ("refund" | "clawback") | null;
                             paymentId?: string | null;
+                            shortfall?: number | null;
                             hashVersion?: number | null;
                             keyId?: string | null;
                             scope?: {

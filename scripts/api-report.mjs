@@ -7,7 +7,8 @@
 // writes the reports. It also fails when an entry point's declared values differ from what its ESM or
 // CJS module exports, and it guards what the surface promises (docs/api.md): every exported
 // declaration and member documented, each declaration with a release tag (`@public`, or `@beta`
-// for what 0.x may still change), and at most MAX_DECLARATIONS declarations across the entries.
+// for what 0.x may still change), no type in a signature that no entry point exports
+// (`ae-forgotten-export`), and at most MAX_DECLARATIONS declarations across the entries.
 import { existsSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { spawnSync } from "node:child_process";
 import { createRequire } from "node:module";
@@ -28,9 +29,12 @@ const update = process.argv.includes("--update");
 // breaks what the core guarantees (`ModuleError`, docs/modules.md "What a module may change") at
 // 499; naming the types a user met and could not name (the modules' error-code unions, `SetAside`,
 // the core's grant sources and notification types, the HTTP entry's `CreditErrorCode`,
-// `MeteringOptionsBase` and Fastify shapes) at 513; what `credits.closePeriod` answers
-// (`PeriodClose` in ./models, docs/revenue.md "Closing a month") at 514.
-const MAX_DECLARATIONS = 514;
+// `MeteringOptionsBase` and Fastify shapes) at 513; no forgotten type left (the schema's
+// `TableSpecs`, `TableSpec` and `IndexSpec` named, the unused `SqlTable` gone, the module parts'
+// PostgreSQL types exported by `credit-management/store` alone, as the SQLite and MongoDB ones)
+// at 511; what `credits.closePeriod` answers (`PeriodClose` in ./models, docs/revenue.md
+// "Closing a month") at 512.
+const MAX_DECLARATIONS = 512;
 const require = createRequire(import.meta.url);
 // The TypeScript that API Extractor's program is built with, to read that program's symbols.
 const ts = createRequire(require.resolve("@microsoft/api-extractor"))("typescript");
@@ -232,6 +236,15 @@ for (const { entry, config } of configs) {
   );
   writeFileSync(made, text);
   declarations.set(entry.name, text.match(/^export /gm)?.length ?? 0);
+  // A type a user meets is one they can name, or it is not in the signature (CONTRIBUTING.md, "API reports").
+  const forgotten = [...text.matchAll(/\(ae-forgotten-export\) The symbol "([^"]+)"/g)].map((m) => m[1]);
+  if (forgotten.length > 0) {
+    failed++;
+    console.error(
+      `api/${entry.report}.api.md: ${forgotten.join(", ")} used by a signature and exported by no entry point: ` +
+        "export each from the entry of its area, or keep it out of the signature",
+    );
+  }
   const undocumented = text.match(/\(undocumented\)/g)?.length ?? 0;
   if (undocumented > 0) {
     failed++;

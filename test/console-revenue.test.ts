@@ -27,6 +27,28 @@ describe("the cost basis in the console (docs/revenue.md, 'Where finance reads i
   });
 });
 
+describe("the console's journal: two times (docs/console.md; docs/concepts.md, 'Two times on every entry')", () => {
+  it("dates an expiry settled late at its due instant, with when it was recorded under it", async () => {
+    const DAY = 86_400_000;
+    const clock = { t: Date.now() - 2 * DAY };
+    const m = await createCreditManager({ clock: () => new Date(clock.t) });
+    const due = new Date(clock.t + DAY);
+    await m.credits.addCredits("acme", 100, { expiresAt: due });
+    clock.t += 2 * DAY;
+    await m.credits.addCredits("acme", 5);
+    const h = createConsoleHandler(m, { authorize: () => ({ role: "viewer", actor: "ops@example.com" }) });
+    const body = await (await h(new Request("http://x/console/accounts/acme"))).text();
+    const journal = body.slice(body.indexOf('id="journal-table"'));
+    // The expiry's row, from its start to its type cell.
+    const expiry = journal.slice(journal.lastIndexOf("<tr", journal.indexOf(">expire<")), journal.indexOf(">expire<"));
+    const iso = (d: Date) => d.toISOString().slice(0, 10);
+    expect(expiry).toContain(`datetime="${due.toISOString().replace(/\.\d{3}Z$/, "Z")}"`);
+    expect(expiry).toContain("recorded");
+    expect(expiry).toMatch(new RegExp(`recorded <time datetime="${iso(new Date(clock.t))}`));
+    await m.close();
+  });
+});
+
 describe("the console's revenue page (docs/console.md, 'Revenue')", () => {
   it("is in the navigation; shows the library's figures per currency, month by month, and the CSV", async () => {
     const clock = { t: Date.now() };

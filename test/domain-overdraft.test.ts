@@ -2,7 +2,7 @@
 // delivered may take an account below zero, and what metering charges when the limit is reached.
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import { chargeWithinLimit, commitWithinLimit, headroom, shortfallMeta } from "../src/core/domain/overdraft.js";
+import { chargeWithinLimit, commitWithinLimit, headroom, requestedMeta } from "../src/core/domain/overdraft.js";
 
 describe("headroom: what keeps available ≥ −overdraftLimit", () => {
   it.each([
@@ -48,13 +48,13 @@ describe("charges and commits clamped to the limit", () => {
     );
   });
 
-  it("the shortfall is recorded in the metadata only when the limit cut the charge", () => {
+  it("what was asked is recorded in the metadata only when the limit cut the charge; the shortfall never is", () => {
     const meta = { idempotencyKey: "k", metadata: { route: "/chat" } };
-    expect(shortfallMeta(meta, 100, 100)).toBe(meta);
-    expect(shortfallMeta(meta, 100, 60)).toEqual({
+    expect(requestedMeta(meta, 100, 100)).toBe(meta);
+    expect(requestedMeta(meta, 100, 60)).toEqual({
       idempotencyKey: "k",
-      metadata: { route: "/chat", requested: 100, shortfall: 40 },
+      metadata: { route: "/chat", requested: 100 },
     });
-    expect(shortfallMeta({}, 5, 0).metadata).toEqual({ requested: 5, shortfall: 5 });
+    expect(requestedMeta({}, 5, 0).metadata).toEqual({ requested: 5 });
   });
 });

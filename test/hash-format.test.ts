@@ -119,10 +119,19 @@ describe("journal hash format", () => {
     );
   });
 
-  it("hash version 2: takeBack, scope and keyId appear when set; version 1 (no hashVersion) leaves them out; keyed: HMAC-SHA256", () => {
-    const later = { takeBack: "refund" as const, scope: { spenders: ["s"], features: ["f"] }, keyId: "k1" };
+  it("hash version 2: takeBack, shortfall, scope and keyId appear when set; version 1 (no hashVersion) leaves them out; keyed: HMAC-SHA256", () => {
+    const later = {
+      takeBack: "refund" as const,
+      shortfall: 7,
+      scope: { spenders: ["s"], features: ["f"] },
+      keyId: "k1",
+    };
     expect(canonicalEntry({ ...plain, ...later, hashVersion: 2 })).toContain(
-      `"description":null,"takeBack":"refund","scope":{"features":["f"],"spenders":["s"]},"keyId":"k1","metadata"`,
+      `"description":null,"takeBack":"refund","shortfall":7,"scope":{"features":["f"],"spenders":["s"]},"keyId":"k1","metadata"`,
+    );
+    // What was served and not paid is covered: another shortfall is another hash.
+    expect(hashEntry({ ...plain, ...later, hashVersion: 2, keyId: null })).not.toBe(
+      hashEntry({ ...plain, ...later, shortfall: 8, hashVersion: 2, keyId: null }),
     );
     // Version 1 (entries written at schema version 1): its text, whatever the later fields hold.
     expect(canonicalEntry({ ...plain, ...later })).toBe(canonicalEntry(plain));

@@ -239,6 +239,8 @@ for (const [name, open] of Object.entries(stores)) {
             ? "entry 2 is not keyed, though entry 1 before it is: written again without the key"
             : "entry 2 was altered: its hash does not match its content",
         );
+        // The account still records its keyed head, which the rewritten journal no longer ends with.
+        if (unkey) expect(problems).toContain("stored lastKeyId is not the key id of the last entry");
       }
       // The same rewrite of an unkeyed chain is invisible to its audit: what the key buys.
       const plain = new CreditService({ db: raw.db });
@@ -288,6 +290,55 @@ for (const [name, open] of Object.entries(stores)) {
         ["unknown key", "k1", 1],
         ["unknown key", "k2", 1],
       ]);
+    });
+
+    it("a manager without keys refuses to write after a keyed entry: a ConfigurationError naming the account and the key, nothing written", async () => {
+      const raw = await store();
+      const keyed = new CreditService({ db: raw.db, journalKeys: keys });
+      // A replica started without the keys.
+      const plain = new CreditService({ db: raw.db });
+      const u = `replica-${randomUUID()}`;
+      await fund(keyed, u);
+      const hold = await keyed.reserveCredits(u, 5);
+      const before = (await keyed.getCreditHistory(u, { limit: 10 })).items;
+      const account = await raw.db.getAccount(u);
+      expect(account?.lastKeyId).toBe("k1");
+      const refusal = new RegExp(
+        `account "${u}" has a keyed journal: its latest entry is signed with the journal key "k1"`,
+      );
+      for (const write of [
+        () => plain.deductCredits(u, 1),
+        () => plain.addCredits(u, 10),
+        () => plain.reserveCredits(u, 1),
+        () => plain.commitReservedCredits(hold.id),
+        () => plain.checkpoint(u),
+      ]) {
+        const refused = write();
+        await expect(refused).rejects.toThrow(ConfigurationError);
+        await expect(refused).rejects.toThrow(refusal);
+      }
+      expect((await plain.getCreditHistory(u, { limit: 10 })).items).toEqual(before);
+      expect(await raw.db.getAccount(u)).toEqual(account);
+      expect((await keyed.audit(u, { from: "genesis" })).problems).toEqual([]);
+      // The keyed manager goes on; a rotated key is recorded as the head's.
+      await new CreditService({ db: raw.db, journalKeys: { current: "k2", keys: { k1: K1, k2: K2 } } }).deductCredits(
+        u,
+        1,
+      );
+      expect((await raw.db.getAccount(u))?.lastKeyId).toBe("k2");
+      await expect(plain.deductCredits(u, 1)).rejects.toThrow(/journal key "k2"/);
+
+      // An unkeyed account: the manager without keys writes as before, until a keyed entry.
+      const v = `unkeyed-${randomUUID()}`;
+      await plain.addCredits(v, 10);
+      await plain.deductCredits(v, 1);
+      expect((await raw.db.getAccount(v))?.lastKeyId ?? null).toBeNull();
+      await keyed.deductCredits(v, 1);
+      expect((await raw.db.getAccount(v))?.lastKeyId).toBe("k1");
+      await expect(plain.deductCredits(v, 1)).rejects.toThrow(ConfigurationError);
+      const report = await keyed.audit(v, { from: "genesis" });
+      expect(report.problems).toEqual([]);
+      expect(report.balance).toBe(8);
     });
 
     it("a scoped grant's scope is in its add entry's hash: the stored grant's scope is checked against it", async () => {

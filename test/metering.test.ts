@@ -126,7 +126,7 @@ describe("credits.meter()", () => {
     await strict.credits.meter("s", { estimate: 60, onSettled: (o) => outcomes.push(o) }, () => 150);
     expect(outcomes[0]).toMatchObject({ outcome: "committed", charged: 100, shortfall: 50 });
     expect(outcomes[0]?.chargedAfterService).toBeUndefined();
-    expect(outcomes[0]?.entry?.metadata).toMatchObject({ requested: 150, shortfall: 50 });
+    expect(outcomes[0]?.entry).toMatchObject({ shortfall: 50, metadata: { requested: 150 } });
     expect(await strict.credits.getUserCreditsInfo("s")).toMatchObject({ balance: 0, reserved: 0, debt: 0 });
     const [error] = await strict.ledger.getEntries({ eventType: "error" });
     expect(error?.message).toMatch(/overdraft/);
@@ -145,7 +145,8 @@ describe("credits.meter()", () => {
     await owing.credits.meter("o", { estimate: 10, onSettled: (o) => outcomes.push(o) }, () => 110);
     expect(outcomes[2]).toMatchObject({ charged: 110 });
     expect(outcomes[2]?.shortfall).toBeUndefined();
-    expect(outcomes[2]?.entry?.metadata).not.toHaveProperty("shortfall");
+    expect(outcomes[2]?.entry?.shortfall ?? null).toBeNull();
+    expect(outcomes[2]?.entry?.metadata).not.toHaveProperty("requested");
     expect((await owing.credits.audit("o")).ok).toBe(true);
     await owing.close();
   });
@@ -250,7 +251,7 @@ describe("credits.meter()", () => {
     expect(outcomes).toHaveLength(1);
     expect(outcomes[0]).toMatchObject({ outcome: "committed", charged: 110, shortfall: 40, chargedAfterService: true });
     expect(outcomes[0]?.entry).toMatchObject({ type: "deduct", amount: 110 });
-    expect(outcomes[0]?.entry?.metadata).toMatchObject({ requested: 150, shortfall: 40, holdExpired: true });
+    expect(outcomes[0]?.entry).toMatchObject({ shortfall: 40, metadata: { requested: 150, holdExpired: true } });
     expect(await limited.credits.getUserCreditsInfo("l")).toMatchObject({
       balance: -10,
       reserved: 0,
@@ -285,7 +286,7 @@ describe("credits.meter()", () => {
     });
     // The call was served: its entry is a deduction of 0 credits, the whole usage its shortfall.
     expect(outcomes[0]?.entry).toMatchObject({ type: "deduct", amount: 0 });
-    expect(outcomes[0]?.entry?.metadata).toMatchObject({ requested: 30, shortfall: 30, holdExpired: true });
+    expect(outcomes[0]?.entry).toMatchObject({ shortfall: 30, metadata: { requested: 30, holdExpired: true } });
     expect(await strict.credits.getUserCreditsInfo("s")).toMatchObject({ balance: 0, reserved: 0, debt: 0 });
     expect((await strict.credits.audit("s")).ok).toBe(true);
     await limited.close();

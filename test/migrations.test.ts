@@ -39,7 +39,7 @@ const at = SCHEMA_VERSION;
 describe("schema upgrades: the statements", () => {
   afterEach(() => setNextVersion(null));
 
-  it("version 2: the journal's take_back, payment_id, hash_version, key_id and scope, take_back and payment_id set from what version 1 wrote; nothing to upgrade at 2", () => {
+  it("version 2: the journal's take_back, payment_id, shortfall, hash_version, key_id and scope, take_back, payment_id and shortfall set from what version 1 wrote; nothing to upgrade at 2", () => {
     expect(SCHEMA_VERSION).toBe(2);
     for (const dialect of ["postgres", "mysql", "sqlite"] as const)
       expect(upgradeStatements({ dialect, fromVersion: 2 })).toEqual([]);
@@ -47,58 +47,72 @@ describe("schema upgrades: the statements", () => {
       `INSERT INTO "schema_version" (component, version) VALUES ('credit-management', 2)`,
     );
     const statements = upgradeStatements({ dialect: "postgres", fromVersion: 1, schema: "billing" });
-    expect(statements.slice(0, 5)).toEqual([
+    expect(statements.slice(0, 6)).toEqual([
       `ALTER TABLE "billing"."journal_entries" ADD COLUMN IF NOT EXISTS "take_back" TEXT COLLATE "C" CHECK ("take_back" IN ('refund', 'clawback'));`,
       `ALTER TABLE "billing"."journal_entries" ADD COLUMN IF NOT EXISTS "payment_id" VARCHAR(128) COLLATE "C";`,
+      `ALTER TABLE "billing"."journal_entries" ADD COLUMN IF NOT EXISTS "shortfall" BIGINT CHECK ("shortfall" BETWEEN 1 AND 9007199254740991);`,
       `ALTER TABLE "billing"."journal_entries" ADD COLUMN IF NOT EXISTS "hash_version" BIGINT CHECK ("hash_version" BETWEEN 1 AND 2);`,
       expect.stringMatching(/^ALTER TABLE "billing"\."journal_entries" ADD COLUMN IF NOT EXISTS "key_id" TEXT/),
       `ALTER TABLE "billing"."journal_entries" ADD COLUMN IF NOT EXISTS "scope" JSONB;`,
     ]);
     // Grants that start later (docs/units.md): NULL on the rows there are, every one started.
-    expect(statements.slice(5, 8)).toEqual([
+    expect(statements.slice(6, 9)).toEqual([
       `ALTER TABLE "billing"."journal_entries" ADD COLUMN IF NOT EXISTS "effective_at" TIMESTAMPTZ;`,
       `ALTER TABLE "billing"."grants" ADD COLUMN IF NOT EXISTS "effective_at" TIMESTAMPTZ;`,
       `ALTER TABLE "billing"."grants" ADD COLUMN IF NOT EXISTS "upcoming" BOOLEAN;`,
     ]);
     // Each row's unit (docs/units.md): NULL, the default unit, on the rows there are.
-    expect(statements.slice(8, 12)).toEqual([
+    expect(statements.slice(9, 13)).toEqual([
       `ALTER TABLE "billing"."accounts" ADD COLUMN IF NOT EXISTS "units" JSONB;`,
       expect.stringMatching(/^ALTER TABLE "billing"\."grants" ADD COLUMN IF NOT EXISTS "unit" TEXT/),
       expect.stringMatching(/^ALTER TABLE "billing"\."reservations" ADD COLUMN IF NOT EXISTS "unit" TEXT/),
       expect.stringMatching(/^ALTER TABLE "billing"\."journal_entries" ADD COLUMN IF NOT EXISTS "unit" TEXT/),
     ]);
     // The allowance a grant was drawn out in (docs/customer-state.md): NULL on the rows there are.
-    expect(statements[12]).toBe(
+    expect(statements[13]).toBe(
       `ALTER TABLE "billing"."grants" ADD COLUMN IF NOT EXISTS "drawn_out_in" BIGINT CHECK ("drawn_out_in" BETWEEN 0 AND 9007199254740991);`,
+    );
+    // The key id of an account's latest entry (docs/concepts.md, "A keyed chain"): NULL on the rows
+    // there are, whose entries version 1 wrote without a key.
+    expect(statements[14]).toBe(
+      `ALTER TABLE "billing"."accounts" ADD COLUMN IF NOT EXISTS "last_key_id" TEXT COLLATE "C";`,
     );
     // Only the entries that have none yet: it can run again.
     // The journal's types gain `start`.
-    expect(statements[13]).toMatch(
+    expect(statements[15]).toMatch(
       /^ALTER TABLE "billing"\."journal_entries" DROP CONSTRAINT IF EXISTS "journal_entries_type_check", ADD CONSTRAINT .*'start'/,
     );
     // Grant sources and notification types: any lower-case identifier (a module's own too).
-    expect(statements.slice(14, 17)).toEqual([
+    expect(statements.slice(16, 19)).toEqual([
       `ALTER TABLE "billing"."grants" DROP CONSTRAINT IF EXISTS "grants_source_check", ADD CONSTRAINT "grants_source_check" CHECK ("source" ~ '^[a-z][a-z0-9_]{0,63}$');`,
       `ALTER TABLE "billing"."journal_entries" DROP CONSTRAINT IF EXISTS "journal_entries_source_check", ADD CONSTRAINT "journal_entries_source_check" CHECK ("source" ~ '^[a-z][a-z0-9_]{0,63}$');`,
       `ALTER TABLE "billing"."notifications" DROP CONSTRAINT IF EXISTS "notifications_type_check", ADD CONSTRAINT "notifications_type_check" CHECK ("type" ~ '^[a-z][a-z0-9_]{0,63}$');`,
     ]);
-    expect(statements[17]).toMatch(
+    expect(statements[19]).toMatch(
       /^UPDATE "billing"\."journal_entries" AS j SET "take_back" = CASE WHEN .* 'Lost dispute' THEN 'clawback' WHEN .* THEN 'refund' END WHERE j\."take_back" IS NULL AND j\.type IN \('deduct', 'commit_reserved', 'void'\) AND .*'paymentId'.*'refundedAmount'.*;$/,
     );
     // The payment an entry credits or takes back from (docs/revenue.md, "Payments"): an addition by
     // its payment's row, a take-back by its metadata where the account has that payment.
-    expect(statements.slice(18, 20)).toEqual([
+    expect(statements.slice(20, 22)).toEqual([
       `UPDATE "billing"."journal_entries" AS j SET "payment_id" = p."id" FROM "billing"."payments" AS p WHERE j."payment_id" IS NULL AND j."type" = 'add' AND p."user_id" = j."user_id" AND p."credit_entry_id" = j."id";`,
       expect.stringMatching(
         /^UPDATE "billing"\."journal_entries" AS j SET "payment_id" = p\."id" FROM "billing"\."payments" AS p WHERE j\."payment_id" IS NULL AND j\."take_back" IS NOT NULL AND p\."user_id" = j\."user_id" AND p\."id" = .*'paymentId'.*;$/,
       ),
     ]);
+    // What was served and not paid (docs/metering.md, "Served and not paid"): a charge's metadata
+    // `shortfall` as version 1 wrote it, a whole number of at least 1, before the rollup's reads it.
+    expect(statements[24]).toBe(
+      `UPDATE "billing"."journal_entries" SET "shortfall" = ("metadata" -> 'shortfall')::text::numeric::bigint WHERE "shortfall" IS NULL AND "type" IN ('deduct', 'commit_reserved') AND jsonb_typeof(("metadata" -> 'shortfall')) = 'number' AND ("metadata" -> 'shortfall')::text::numeric BETWEEN 1 AND 9007199254740991 AND ("metadata" -> 'shortfall')::text::numeric = trunc(("metadata" -> 'shortfall')::text::numeric);`,
+    );
+    expect(statements[25]).toMatch(
+      /^ALTER TABLE IF EXISTS "billing"\."usage_daily" ADD COLUMN IF NOT EXISTS "shortfall"/,
+    );
     // The revenue summary, which read the metadata, filled again from the journal by the next report.
     expect(statements.at(-1)).toMatch(
       /^DO \$cm\$ BEGIN IF to_regclass\('"billing"\."revenue_state"'\) IS NOT NULL THEN TRUNCATE /,
     );
     for (const dialect of ["mysql", "sqlite"] as const)
-      expect(upgradeStatements({ dialect, fromVersion: 1 }).filter((x) => x.startsWith("UPDATE"))).toHaveLength(3);
+      expect(upgradeStatements({ dialect, fromVersion: 1 }).filter((x) => x.startsWith("UPDATE"))).toHaveLength(4);
   });
 
   it("adds a later version's columns (PostgreSQL: IF NOT EXISTS, the fill's DEFAULT dropped after), replaces its checks", () => {

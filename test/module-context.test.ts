@@ -56,7 +56,7 @@ describe("a module over the module context, from the public entries only", () =>
       expect(await m.credits.getUserCreditsInfo("u")).toMatchObject({ balance: 8, reserved: 0 });
       // 8 left and 5 of overdraft: a call that used 20 is charged 13, its shortfall 7 recorded.
       const capped = await c.call({ userId: "u", estimate: 5 }, 20);
-      expect(capped.metadata).toMatchObject({ requested: 20, shortfall: 7 });
+      expect(capped).toMatchObject({ shortfall: 7, metadata: { requested: 20 } });
       expect(await m.credits.getUserCreditsInfo("u")).toMatchObject({ balance: -5, debt: 5 });
       // The module's input is its own model's to refuse: nothing is held.
       await expect(c.call({ userId: "", estimate: 1 }, 1)).rejects.toThrow();
@@ -77,7 +77,8 @@ describe("a module over the module context, from the public entries only", () =>
       expect(await c.core().chargeUpToLimit("v", 3, {})).toMatchObject({
         type: "deduct",
         amount: 0,
-        metadata: { requested: 3, shortfall: 3 },
+        shortfall: 3,
+        metadata: { requested: 3 },
       });
       await expect(c.core().deduct("v", 1, {})).rejects.toBeInstanceOf(InsufficientCreditsError);
       expect(c.core().overdraftLimit).toBe(0);

@@ -16,7 +16,9 @@ const uri = process.env.CREDIT_MONGO_URI;
 type Call =
   | { op: "createCollection"; name: string; options: Document }
   | { op: "runCommand"; command: Document }
-  | { op: "updateMany"; name: string; filter: Document; update: Document };
+  | { op: "updateMany"; name: string; filter: Document; update: Document }
+  | { op: "updateOne"; name: string; filter: Document; update: Document }
+  | { op: "find"; name: string; filter: Document };
 
 function runScript(script: string, state: Map<string, Document[]>): Call[] {
   const calls: Call[] = [];
@@ -25,9 +27,15 @@ function runScript(script: string, state: Map<string, Document[]>): Call[] {
     // A collection's snapshot is its indexes, and its documents for `find`.
     getCollection: (name: string) => ({
       getIndexes: () => state.get(name) ?? [],
-      find: () => ({ forEach: (f: (d: Document) => void) => (state.get(name) ?? []).forEach(f) }),
+      find: (filter: Document = {}) => {
+        calls.push({ op: "find", name, filter });
+        return { forEach: (f: (d: Document) => void) => (state.get(name) ?? []).forEach(f) };
+      },
       updateMany: (filter: Document, update: Document) => {
         calls.push({ op: "updateMany", name, filter, update });
+      },
+      updateOne: (filter: Document, update: Document) => {
+        calls.push({ op: "updateOne", name, filter, update });
       },
     }),
     createCollection: (name: string, options: Document = {}) => {
@@ -181,6 +189,32 @@ describe("mongodb schema script (no server needed)", () => {
       ],
     ]);
     expect(generateMongoScript({ prefix: "cm_", fromVersion: SCHEMA_VERSION })).not.toContain(".updateMany(");
+  });
+
+  it("from version 1, sets shortfall on the deductions and captures whose metadata says one, a whole number of at least 1, as version 1 read it", () => {
+    const script = generateMongoScript({ prefix: "cm_", fromVersion: 1 });
+    // (The stand-in's find gives every document: the script's own test of the value is what is checked.)
+    const journal = [
+      { _id: "e-1", type: "deduct", metadata: { requested: 5, shortfall: 3 } },
+      { _id: "e-2", type: "deduct", metadata: { shortfall: 2.5 } },
+      { _id: "e-3", type: "commit_reserved", metadata: { shortfall: "4" } },
+      { _id: "e-4", type: "deduct", metadata: { shortfall: 0 } },
+      { _id: "e-5", type: "deduct", metadata: null },
+    ];
+    const calls = runScript(script, new Map([["cm_journal", journal]]));
+    const find = calls.find((c) => c.op === "find" && c.name === "cm_journal" && "shortfall" in c.filter);
+    expect(find).toMatchObject({
+      filter: {
+        shortfall: { $exists: false },
+        "metadata.shortfall": { $exists: true },
+        $expr: { $in: ["$type", ["deduct", "commit_reserved"]] },
+      },
+    });
+    const copies = calls.flatMap((c) => (c.op === "updateOne" && c.name === "cm_journal" ? [c] : []));
+    expect(copies.map((c) => [c.filter, c.update])).toEqual([
+      [{ _id: "e-1", shortfall: { $exists: false } }, { $set: { shortfall: 3 } }],
+    ]);
+    expect(generateMongoScript({ prefix: "cm_", fromVersion: SCHEMA_VERSION })).not.toContain(".updateOne(");
   });
 
   it("is valid JavaScript for a fresh install and from version 1, and ends with the version document", () => {

@@ -18,7 +18,8 @@ import { describe, expect, it } from "vitest";
 import { MongoDbManager } from "../src/db/mongodb/index.js";
 import { PostgresDbManager } from "../src/db/postgres/index.js";
 import { SqliteDbManager } from "../src/db/sqlite/index.js";
-import { CreditService } from "../src/index.js";
+import type { ModuleContext } from "../src/core/module.js";
+import { ConfigurationError, CreditService } from "../src/index.js";
 import { newPayment } from "../src/modules/billing/rules-payments.js";
 import { billingStore } from "../src/modules/billing/store.js";
 import { quoteIdent } from "../src/schema/sql.js";
@@ -28,12 +29,14 @@ const PG_URL = process.env.CREDIT_PG_URL;
 const MONGO_URI = process.env.CREDIT_MONGO_URI;
 
 /** The journal columns version 2 added (dropped again to make a version 1 store). */
-const V2_COLUMNS = ["take_back", "payment_id", "hash_version", "key_id", "scope", "effective_at", "unit"];
+const V2_COLUMNS = ["take_back", "payment_id", "shortfall", "hash_version", "key_id", "scope", "effective_at", "unit"];
 /** The columns version 2 added to the grants (grants that start later, the allowance a grant was drawn out in). */
 const V2_GRANT_COLUMNS = ["effective_at", "upcoming", "drawn_out_in"];
 /** The columns version 2 added to the other tables: each row's unit (docs/units.md). */
 const V2_UNIT_COLUMNS = [
   ["accounts", "units"],
+  // Not a unit's: the key id of the account's latest entry (docs/concepts.md, "A keyed chain").
+  ["accounts", "last_key_id"],
   ["grants", "unit"],
   ["reservations", "unit"],
 ] as const;
@@ -50,7 +53,8 @@ const take = { paymentId: "pay-1", provider: "stripe", refundedAmount: 30 };
  */
 async function writeV1Journal(db: Store, u: string): Promise<void> {
   await db.init();
-  const credits = new CreditService({ db });
+  let ctx: ModuleContext | undefined;
+  const credits = new CreditService({ db, modules: [{ id: "v1-cut", init: (c) => void (ctx = c) }] });
   await credits.addCredits(u, 200);
   await credits.deductCredits(u, 20, { feature: "chat" });
   await credits.deductCredits(u, 30, { description: "Refund of payment pay-1 (stripe)", metadata: take });
@@ -90,6 +94,12 @@ async function writeV1Journal(db: Store, u: string): Promise<void> {
     creditEntryId: paid.id,
   });
   await credits.addCredits(u, 10, { metadata: { paymentId: "pay-9", provider: "stripe" }, costBasis: basis });
+  // A charge the overdraft limit cut, as version 1 recorded it: what was asked and what was served
+  // and not paid in its metadata (written here through a module, which today's callers cannot do).
+  const cut = { requested: 5, shortfall: 3 };
+  await ctx!.runUnitOfWork(u, {}, (work) =>
+    work.deduct(2, { feature: "img", metadata: cut }, { allowDebt: false, overdraftLimit: null }),
+  );
   // The refund's payment (the lost dispute's, pay-2, is not in this store).
   const refunded = newPayment(
     {
@@ -130,26 +140,33 @@ async function checkUpgraded(db: Store, u: string): Promise<void> {
       ["deduct", 5, null, null, null],
       ["add", 100, null, null, "pay-9"],
       ["add", 10, null, null, null],
+      ["deduct", 2, null, null, null],
     ]);
+    // What was served and not paid: the entry's own field, from version 1's metadata (docs/metering.md).
+    expect(journal.map((e) => e.shortfall ?? null)).toEqual([null, null, null, null, null, null, null, null, 3]);
     expect((await credits.audit(u, { from: "genesis" })).problems).toEqual([]);
+    // Version 1 signed nothing: the account's head is unkeyed until the keyed manager writes.
+    expect((await db.getAccount(u))?.lastKeyId ?? null).toBe(null);
     // Everything version 1 wrote is in the default unit (docs/units.md); a new unit opens beside it.
     expect(journal.every((e) => (e.unit ?? null) === null)).toBe(true);
     expect((await db.getAccount(u))?.units ?? null).toBe(null);
     const range = { account: u, from: new Date(Date.now() - 3_600_000), to: new Date(Date.now() + 3_600_000) };
     const kinds = async () =>
-      (await credits.getUsage({ ...range, interval: null })).rows.map((r) => [r.kind, r.credits]);
+      (await credits.getUsage({ ...range, interval: null })).rows.map((r) => [r.kind, r.credits, r.shortfall]);
     expect(await kinds()).toEqual([
-      ["spend", 25],
-      ["refund", 30],
-      ["clawback", 40],
+      ["spend", 27, 3],
+      ["refund", 30, 0],
+      ["clawback", 40, 0],
     ]);
     // Written now, the same metadata and description make no take-back.
     const now = await credits.deductCredits(u, 7, { description: "Lost dispute of payment pay-3", metadata: take });
     expect(now).toMatchObject({ takeBack: null, hashVersion: 2, keyId: "k1" });
+    expect((await db.getAccount(u))?.lastKeyId).toBe("k1");
+    await expect(new CreditService({ db }).deductCredits(u, 1)).rejects.toThrow(ConfigurationError);
     expect(await kinds()).toEqual([
-      ["spend", 32],
-      ["refund", 30],
-      ["clawback", 40],
+      ["spend", 34, 3],
+      ["refund", 30, 0],
+      ["clawback", 40, 0],
     ]);
     await credits.addCredits(u, 9, { unit: "images" });
     await credits.deductCredits(u, 4, { unit: "images" });
@@ -225,7 +242,10 @@ describe("a store version 1 wrote, upgraded to version 2 by init()", () => {
         .updateOne({ _id: "credit-management" as never }, { $set: { version: 1 } });
       await db
         .collection("cm_journal")
-        .updateMany({}, { $unset: { takeBack: "", paymentId: "", hashVersion: "", keyId: "", scope: "", unit: "" } });
+        .updateMany(
+          {},
+          { $unset: { takeBack: "", paymentId: "", shortfall: "", hashVersion: "", keyId: "", scope: "", unit: "" } },
+        );
       await checkUpgraded(open(), u);
     } finally {
       await db.dropDatabase().catch(() => undefined);

@@ -6,7 +6,7 @@ import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { createCreditManager, RuleViolationError, type CreditManager } from "../src/index.js";
+import { ConflictError, createCreditManager, RuleViolationError, type CreditManager } from "../src/index.js";
 import { createWorker } from "../src/worker/index.js";
 import { createTestClock, type TestClock } from "../src/testing/index.js";
 import { SqliteDbManager } from "../src/db/sqlite/index.js";
@@ -146,6 +146,7 @@ describe("the test clock's limits", () => {
   it("moves forward only, at most maxDays at once; past either, nothing moves", async () => {
     const [clock, m] = await attached();
     await expect(clock.advance(new Date(START - 1))).rejects.toBeInstanceOf(RuleViolationError);
+    await expect(clock.advance(new Date(START - 1))).rejects.toThrow(/only moves forward/);
     await expect(clock.advance(new Date(START + 31 * DAY))).rejects.toThrow(/at most 30 days/);
     expect(clock.now().getTime()).toBe(START);
     await m.close();
@@ -155,6 +156,18 @@ describe("the test clock's limits", () => {
     const [clock, m] = await attached();
     for (const d of [1, 2, 3]) await m.credits.addCredits("u", 1, { expiresAt: new Date(START + d * DAY) });
     await expect(clock.advance(new Date(START + 10 * DAY))).rejects.toThrow(/More than 2 instants/);
+    expect(clock.now().getTime()).toBe(START + 2 * DAY);
+    expect(clock.status).toBe("ready");
+    await m.close();
+  });
+
+  it("a second advance while one runs is a ConflictError that moves nothing of its own", async () => {
+    const [clock, m] = await attached();
+    await m.credits.addCredits("u", 1, { expiresAt: new Date(START + DAY) });
+    const first = clock.advance(new Date(START + 2 * DAY));
+    expect(clock.status).toBe("advancing");
+    await expect(clock.advance(new Date(START + 3 * DAY))).rejects.toBeInstanceOf(ConflictError);
+    expect((await first).map((s) => s.at.getTime() - START)).toEqual([DAY, 2 * DAY]);
     expect(clock.now().getTime()).toBe(START + 2 * DAY);
     expect(clock.status).toBe("ready");
     await m.close();

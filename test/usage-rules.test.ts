@@ -30,7 +30,16 @@ import { withPgClient } from "./fixtures/pg-admin.js";
 
 type Entry = Pick<
   JournalEntry,
-  "type" | "amount" | "metadata" | "description" | "reservationId" | "feature" | "spender" | "occurredAt" | "takeBack"
+  | "type"
+  | "amount"
+  | "metadata"
+  | "description"
+  | "reservationId"
+  | "feature"
+  | "spender"
+  | "occurredAt"
+  | "takeBack"
+  | "shortfall"
 >;
 const base: Entry = { type: "deduct", amount: 10, metadata: null, description: null, reservationId: null };
 const window = (lw: NonNullable<JournalEntry["metadata"]>) => ({ leaseWindow: lw });
@@ -124,6 +133,26 @@ const CASES: Record<string, Entry> = {
     description: "Lost dispute on p6",
     metadata: { paymentId: "p6", refundedAmount: 9 },
   },
+  // What was served and not paid is the entry's `shortfall`, which the library alone sets; a
+  // metadata `shortfall` (the entry's or a lease window part's) counts for nothing.
+  "cut deduction (its shortfall)": { ...base, amount: 0, shortfall: 6, metadata: { requested: 6 } },
+  "cut capture with usages": {
+    ...base,
+    type: "commit_reserved",
+    reservationId: "h9",
+    amount: 4,
+    shortfall: 5,
+    metadata: { requested: 9, usages: [{ model: "large", amount: 9, inputTokens: 6 }] },
+  },
+  "cut lease window, its parts saying a shortfall": {
+    ...base,
+    type: "commit_reserved",
+    reservationId: "h10",
+    amount: 3,
+    shortfall: 2,
+    metadata: window({ requests: 2, parts: [{ ...part, credits: 5, shortfall: 9 }] }),
+  },
+  "a metadata shortfall on a deduction (none)": { ...base, metadata: { requested: 50, shortfall: 40 } },
   "other void (no usage)": { ...base, type: "void" },
   "addition (no usage)": { ...base, type: "add" },
   "hold (no usage)": { ...base, type: "reserve", reservationId: "h7" },
@@ -255,6 +284,22 @@ it("the cases cover every usage kind and entries that are none", () => {
   expect(usageParts(CASES.refund!, CHANGED)[0]!.credits).toBe(-10);
 });
 
+it("what was served and not paid is the entry's shortfall: never a metadata number, a lease window part's neither (docs/metering.md)", () => {
+  const shortfalls = (name: string) => usageParts(CASES[name]!).map((p) => [p.model, p.shortfall]);
+  expect(shortfalls("cut deduction (its shortfall)")).toEqual([[null, 6]]);
+  // A metered call's: its first usage's model (the rest, what the cut left of its credits, none).
+  expect(shortfalls("cut capture with usages")).toEqual([
+    ["large", 5],
+    [null, 0],
+  ]);
+  // A lease window's: the part with no dimension's, whatever its parts say.
+  expect(shortfalls("cut lease window, its parts saying a shortfall")).toEqual([
+    ["m1", 0],
+    [null, 2],
+  ]);
+  expect(shortfalls("a metadata shortfall on a deduction (none)")).toEqual([[null, 0]]);
+});
+
 for (const [label, rules] of [
   ["USAGE_RULES", USAGE_RULES],
   ["a changed table", CHANGED],
@@ -264,9 +309,9 @@ for (const [label, rules] of [
     beforeAll(() => {
       db.exec(
         "CREATE TABLE journal (user_id TEXT, seq INTEGER, type TEXT, amount INTEGER, metadata TEXT, description TEXT, " +
-          "spender TEXT, feature TEXT, reservation_id TEXT, created_at TEXT, occurred_at TEXT, take_back TEXT, unit TEXT, PRIMARY KEY (user_id, seq))",
+          "spender TEXT, feature TEXT, reservation_id TEXT, created_at TEXT, occurred_at TEXT, take_back TEXT, unit TEXT, shortfall INTEGER, PRIMARY KEY (user_id, seq))",
       );
-      const ins = db.prepare("INSERT INTO journal VALUES (?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)");
+      const ins = db.prepare("INSERT INTO journal VALUES (?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?)");
       for (const { user, e } of accounts) {
         ins.run(
           user,
@@ -280,6 +325,7 @@ for (const [label, rules] of [
           at.toISOString(),
           e.occurredAt?.toISOString() ?? null,
           e.takeBack ?? null,
+          e.shortfall ?? null,
         );
       }
     });
@@ -307,12 +353,12 @@ for (const [label, rules] of [
         await c.query(`CREATE SCHEMA "${schema}"`);
         await c.query(
           `CREATE TABLE ${journal} (user_id TEXT, seq BIGINT, type TEXT, amount BIGINT, metadata JSONB, description TEXT, ` +
-            `spender TEXT, feature TEXT, reservation_id TEXT, created_at TIMESTAMPTZ, occurred_at TIMESTAMPTZ, take_back TEXT, unit TEXT, PRIMARY KEY (user_id, seq))`,
+            `spender TEXT, feature TEXT, reservation_id TEXT, created_at TIMESTAMPTZ, occurred_at TIMESTAMPTZ, take_back TEXT, unit TEXT, shortfall BIGINT, PRIMARY KEY (user_id, seq))`,
         );
         await c.query(`CREATE TABLE "${schema}"."accounts" (user_id TEXT PRIMARY KEY, seq BIGINT NOT NULL)`);
         for (const stmt of rollupDdl({ schema }, rules)) await c.query(stmt);
         for (const { user, e } of accounts) {
-          await c.query(`INSERT INTO ${journal} VALUES ($1, 1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, NULL)`, [
+          await c.query(`INSERT INTO ${journal} VALUES ($1, 1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, NULL, $12)`, [
             user,
             e.type,
             e.amount,
@@ -324,6 +370,7 @@ for (const [label, rules] of [
             at,
             e.occurredAt ?? null,
             e.takeBack ?? null,
+            e.shortfall ?? null,
           ]);
           await c.query(`INSERT INTO "${schema}"."accounts" VALUES ($1, 1)`, [user]);
         }
@@ -389,6 +436,7 @@ for (const [label, rules] of [
               description: e.description,
               spender: e.spender,
               takeBack: e.takeBack,
+              shortfall: e.shortfall,
               feature: e.feature,
               reservationId: e.reservationId,
               occurredAt: e.occurredAt,

@@ -370,7 +370,12 @@ export async function accountPage(ctx: Ctx, userId: string): Promise<PageResult>
         id: `entry-${e.id}`,
         cells: [
           e.seq,
-          when(e.createdAt),
+          // When its money moved (docs/concepts.md, "Two times on every entry"), and when it was
+          // recorded where that is later (an expiry the job settled after midnight, late usage).
+          e.occurredAt == null
+            ? when(e.createdAt)
+            : html`${when(e.occurredAt)}
+                <div class="muted">recorded ${when(e.createdAt)}</div>`,
           // A charge's "Give back…" under its type: the journal has no room for a column of its own at 800 px.
           admin && isCharge(e)
             ? html`${e.type}

@@ -194,7 +194,7 @@ export interface ModuleContext {
   /**
    * `commitReservedCredits` of `userId`'s hold `reservationId` (no owner lookup), of validated input.
    * `upToLimit` (usage already delivered): past the overdraft limit it commits what the limit
-   * allows instead of refusing; a clamped entry's metadata adds `requested` and `shortfall`.
+   * allows instead of refusing; a clamped entry records its `shortfall` and its metadata adds `requested`.
    */
   commitHold(userId: string, reservationId: string, options: CommitOptions, upToLimit?: boolean): Promise<JournalEntry>;
   /** `releaseReservedCredits` of `userId`'s hold `reservationId` (no owner lookup), of validated input. */
@@ -206,8 +206,8 @@ export interface ModuleContext {
   deduct(userId: string, amount: number, options: DeductOptions, allowDebt?: boolean): Promise<JournalEntry>;
   /**
    * An after-service deduction of `amount`, or of what the overdraft limit allows when that is less
-   * (usage already delivered), decided inside the unit of work; a clamped entry's metadata adds
-   * `requested` and `shortfall`; when the limit allows nothing, an entry of 0 credits whose
+   * (usage already delivered), decided inside the unit of work; a clamped entry records its
+   * `shortfall` and its metadata adds `requested`; when the limit allows nothing, an entry of 0 credits whose
    * `shortfall` is the whole amount (a request served leaves its entry, docs/metering.md). A
    * repeated key answers with the first entry. Its options are validated.
    */

@@ -352,7 +352,7 @@ export function usageQuery(
     ...names.map(d.orderGroup),
   ];
   const text =
-    `WITH ${win.with}e0 AS (SELECT j.user_id, j.type, j.amount, j.metadata, j.description, j.spender, j.feature, j.reservation_id, j.unit, ` +
+    `WITH ${win.with}e0 AS (SELECT j.user_id, j.type, j.amount, j.shortfall, j.metadata, j.description, j.spender, j.feature, j.reservation_id, j.unit, ` +
     `${win.column}, ${sqlKind(r, "j", rules)} AS kind, ${factor} AS f ` +
     `FROM ${journal} j WHERE ${where.join(" AND ")}${d.fence}), ` +
     `e1 AS (SELECT e0.*${win.join === "" ? " FROM e0" : win.join} WHERE ${kinds}), ` +

@@ -3,11 +3,10 @@ import * as z from "zod/mini";
 /**
  * What a model field becomes in a table: read from zod's JSON Schema output
  * (`z.toJSONSchema`), never from a second hand-written list of the fields.
- * @public
  */
 export type ColumnKind = "string" | "enum" | "integer" | "number" | "boolean" | "datetime" | "json";
 
-/** A column of a table: its name, its kind and its constraints. @public */
+/** A column of a table: its name, its kind and its constraints. */
 export interface Column {
   /** The model's field name (camelCase). */
   field: string;
@@ -51,7 +50,7 @@ export interface Column {
   tuple?: readonly string[];
 }
 
-/** A JSON Schema node, as zod emits it. @public */
+/** A JSON Schema node, as zod emits it. */
 export type JsonSchemaNode = Record<string, unknown>;
 
 /**

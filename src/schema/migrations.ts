@@ -94,8 +94,9 @@ export const MIGRATIONS: readonly Migration[] = [
   {
     to: 2,
     summary:
-      "journal entries record what a take-back is (take_back, set from version 1's rule on the entries there are), the hash version, the key id of a keyed chain, an addition's scope and its start; grants record their start and whether they are upcoming; entries of type start; " +
+      "journal entries record what a take-back is (take_back, set from version 1's rule on the entries there are), the credits served and not paid (shortfall, set from version 1's metadata on the entries there are), the hash version, the key id of a keyed chain, an addition's scope and its start; grants record their start and whether they are upcoming; entries of type start; " +
       "accounts, grants, holds and entries record their unit (null: the default unit, which every row a version 1 store holds is in); " +
+      "accounts record the key id of their latest entry (null on the rows there are: version 1 signed no entry with a key); " +
       "grants record the allowance they were drawn out in (null on the rows there are); " +
       "revenue reports close periods (period_closes, period_close_marks: new tables); " +
       "grant sources and notification types take any lower-case identifier; " +
@@ -108,6 +109,9 @@ export const MIGRATIONS: readonly Migration[] = [
       // The payment an entry credits or takes back from (docs/revenue.md, "Payments"): set below
       // on the entries a version 1 store holds from what version 1 wrote.
       { table: "journal", field: "paymentId" },
+      // Credits served and not paid (docs/metering.md, "Served and not paid"): set below on the
+      // entries a version 1 store holds from what version 1 wrote.
+      { table: "journal", field: "shortfall" },
       { table: "journal", field: "hashVersion" },
       { table: "journal", field: "keyId" },
       { table: "journal", field: "scope" },
@@ -123,6 +127,9 @@ export const MIGRATIONS: readonly Migration[] = [
       // The allowance a grant was drawn out in (docs/customer-state.md, "What was granted"): NULL on
       // the rows there are, which no allowance counted (version 1 kept none).
       { table: "grants", field: "drawnOutIn" },
+      // The key id of the account's latest entry (docs/concepts.md, "A keyed chain"): NULL on the
+      // rows there are, whose entries version 1 wrote without a key.
+      { table: "accounts", field: "lastKeyId" },
     ],
     // Grant sources and notification types: any lower-case identifier, so that a module's own
     // are stored (docs/modules.md), instead of version 1's lists.
@@ -136,6 +143,8 @@ export const MIGRATIONS: readonly Migration[] = [
       v1TakeBacks(dialect, tables.get("journal") as SqlTable),
       ...v1PaymentLinks(dialect, tables.get("journal") as SqlTable, tables.get("payments") as SqlTable),
       ...v1RollupUnits(dialect, naming),
+      // Before the rollup's shortfall, which reads the column.
+      v1Shortfalls(dialect, tables.get("journal") as SqlTable),
       ...(dialect === "postgres" ? rollupShortfallStep(naming, (tables.get("journal") as SqlTable).qualified) : []),
       // PostgreSQL's revenue summary tied refunds to payments by the entries' metadata: emptied,
       // the next report fills it again from the journal (docs/revenue.md, "How it is computed").
@@ -168,6 +177,39 @@ function v1TakeBacks(dialect: SqlDialect, journal: SqlTable): string {
   return (
     `UPDATE ${journal.qualified} AS j SET ${q("take_back")} = CASE ${cases} END ` +
     `WHERE j.${q("take_back")} IS NULL AND ${all(last)};`
+  );
+}
+
+/**
+ * The version 2 step's backfill of `shortfall` (docs/metering.md, "Served and not paid"), once, from
+ * what version 1 wrote: the metadata `shortfall` of a deduction or capture, where it is a whole
+ * number of at least 1 (what version 1's overdraft cut recorded, and what its reports read). Only
+ * entries that have none yet: it can run again.
+ */
+function v1Shortfalls(dialect: SqlDialect, journal: SqlTable): string {
+  const q = (n: string) => quoteIdent(dialect, n);
+  const [column, type, metadata] = [q("shortfall"), q("type"), q("metadata")];
+  const where = `${column} IS NULL AND ${type} IN ('deduct', 'commit_reserved')`;
+  const max = Number.MAX_SAFE_INTEGER;
+  if (dialect === "mysql") {
+    const v = `JSON_EXTRACT(${metadata}, '$."shortfall"')`;
+    return (
+      `UPDATE ${journal.qualified} SET ${column} = CAST(${v} AS SIGNED) WHERE ${where} AND ` +
+      `JSON_TYPE(${v}) IN ('INTEGER', 'UNSIGNED INTEGER') AND ${v} BETWEEN 1 AND ${max};`
+    );
+  }
+  if (dialect === "postgres") {
+    const v = `(${metadata} -> 'shortfall')`;
+    const n = `${v}::text::numeric`;
+    return (
+      `UPDATE ${journal.qualified} SET ${column} = ${n}::bigint WHERE ${where} AND jsonb_typeof(${v}) = 'number' ` +
+      `AND ${n} BETWEEN 1 AND ${max} AND ${n} = trunc(${n});`
+    );
+  }
+  const v = `json_extract(${metadata}, '$."shortfall"')`;
+  return (
+    `UPDATE ${journal.qualified} SET ${column} = ${v} WHERE ${where} AND ` +
+    `json_type(${metadata}, '$."shortfall"') = 'integer' AND ${v} BETWEEN 1 AND ${max};`
   );
 }
 

@@ -2,6 +2,7 @@ import {
   MONGO_COLLECTIONS,
   VERSION_COLLECTION,
   droppedIndexesAfter,
+  copiedCountsAfter,
   filledFieldsAfter,
   linkedFieldsAfter,
   mongoSteps,
@@ -132,6 +133,22 @@ export function generateMongoScript(options: MongoScriptOptions = {}): string {
     const name = prefix + MONGO_COLLECTIONS[filled.collection].name;
     lines.push(
       `if (existing.includes(${j(name)})) check(db.runCommand(${j({ update: name, updates: [{ q: { [filled.field]: { $exists: false }, ...(filled.where === undefined ? {} : { $expr: filled.where }) }, u: { $set: { [filled.field]: filled.value } }, multi: true }] })}), 'fill ' + ${j(`${name}.${filled.field}`)});`,
+    );
+  }
+  for (const copied of copiedCountsAfter(from ?? 0)) {
+    const name = prefix + MONGO_COLLECTIONS[copied.collection].name;
+    const filter = {
+      [copied.field]: { $exists: false },
+      [copied.from]: { $exists: true },
+      ...(copied.where === undefined ? {} : { $expr: copied.where }),
+    };
+    const value = `d${copied.from
+      .split(".")
+      .map((k) => `?.[${j(k)}]`)
+      .join("")}`;
+    lines.push(
+      `if (existing.includes(${j(name)})) db.getCollection(${j(name)}).find(${j(filter)}).forEach((d) => { const v = ${value}; ` +
+        `if (typeof v === "number" && Number.isSafeInteger(v) && v >= 1) db.getCollection(${j(name)}).updateOne({ _id: d._id, ${j(copied.field)}: { $exists: false } }, { $set: { ${j(copied.field)}: v } }); });`,
     );
   }
   for (const linked of linkedFieldsAfter(from ?? 0)) {

@@ -26,8 +26,8 @@ export interface MongoIndex {
 export interface MongoCollection {
   /** The collection's name. */
   name: string;
-  /** Pass as `validator` to `db.createCollection(name, { validator })` or `collMod`. */
-  validator: { $jsonSchema: JsonSchemaNode };
+  /** Pass as `validator` to `db.createCollection(name, { validator })` or `collMod`: a JSON Schema in MongoDB's dialect. */
+  validator: { $jsonSchema: Record<string, unknown> };
   /** The collection's indexes. */
   indexes: MongoIndex[];
 }

@@ -14,10 +14,9 @@ export {
   type NamingOptions,
   type SqlDialect,
   type SqlOptions,
-  type SqlTable,
   SCHEMA_VERSION,
   SQL_DIALECTS,
   generateSql,
 } from "./sql.js";
-// The tables as data; their types are read from it (`typeof tableSpecs`), not named.
-export { tableSpecs } from "./tables.js";
+// The tables as data, and the types a changed copy of them (the generators' `tables` option) is written in.
+export { type IndexSpec, type TableSpec, type TableSpecs, tableSpecs } from "./tables.js";

@@ -89,7 +89,7 @@ export { SCHEMA_VERSION } from "./version.js";
 /** The row of the version table that holds our version. */
 export const SCHEMA_COMPONENT = "credit-management";
 
-/** A table as an adapter sees it: its quoted name and its columns. @public */
+/** A table as an adapter sees it: its quoted name and its columns (inside the package). */
 export interface SqlTable {
   /** The table's key in `tableSpecs`. */
   key: TableKey;
@@ -306,20 +306,17 @@ export function perAccountTables(specs: TableSpecs = tableSpecs): TableKey[] {
 export function distributedSpecs(specs: TableSpecs): TableSpecs {
   const perAccount = new Set(perAccountTables(specs));
   const withUser = (fields: readonly string[]) => (fields.includes("userId") ? fields : ["userId", ...fields]);
-  return Object.fromEntries(
-    (Object.keys(specs) as TableKey[]).map((key) => {
-      const spec = specs[key];
-      if (!perAccount.has(key)) return [key, spec];
-      return [
-        key,
-        {
-          ...spec,
-          primaryKey: withUser(spec.primaryKey),
-          indexes: spec.indexes.map((i) => (i.unique ? { ...i, fields: withUser(i.fields) } : i)),
-        },
-      ];
-    }),
-  ) as TableSpecs;
+  const out = { ...specs };
+  for (const key of Object.keys(specs) as TableKey[]) {
+    const spec = specs[key];
+    if (!perAccount.has(key)) continue;
+    out[key] = {
+      ...spec,
+      primaryKey: withUser(spec.primaryKey),
+      indexes: spec.indexes.map((i) => (i.unique ? { ...i, fields: withUser(i.fields) } : i)),
+    };
+  }
+  return out;
 }
 
 /**

@@ -7,11 +7,8 @@ import { AccountAutoTopUp } from "../modules/billing/model-auto-top-up.js";
 import { Notification } from "../core/models/notifications.js";
 import { Plan, Subscription } from "../core/models/subscriptions.js";
 
-/** A condition of a partial index, on a model field. @public */
-export type IndexCondition =
-  | { field: string; op: "isNull" | "notNull" }
-  | { field: string; op: "gt"; value: number }
-  | { field: string; op: "eq"; value: string };
+/** A condition of a partial index, on a model field (`IndexSpec.where`). */
+export type IndexCondition = NonNullable<IndexSpec["where"]>[number];
 
 /** An index of a table. @public */
 export interface IndexSpec {
@@ -22,10 +19,15 @@ export interface IndexSpec {
   /** Whether the index is unique. */
   unique?: boolean;
   /**
-   * Rows the index covers (a partial index in PostgreSQL, SQLite and MongoDB). MySQL has no partial
+   * Rows the index covers (a partial index in PostgreSQL, SQLite and MongoDB), each condition on a
+   * model field: null or not, greater than a number, equal to a string. MySQL has no partial
    * indexes: there the index covers every row.
    */
-  where?: readonly IndexCondition[];
+  where?: readonly (
+    | { field: string; op: "isNull" | "notNull" }
+    | { field: string; op: "gt"; value: number }
+    | { field: string; op: "eq"; value: string }
+  )[];
   /**
    * PostgreSQL: the index holds one 16-byte digest of the fields' values (`keyDigestSql` in
    * ./sql.ts) instead of the values, for long text keys that are only ever looked up whole (the
@@ -85,23 +87,42 @@ export interface TableSpec {
   fillfactor?: number;
 }
 
-/** A table of the schema. @public */
-export type TableKey =
-  | "accounts"
-  | "grants"
-  | "reservations"
-  | "journal"
-  | "ledger"
-  | "notifications"
-  | "promos"
-  | "promoClaims"
-  | "payments"
-  | "plans"
-  | "subscriptions"
-  | "periodCloses"
-  | "periodCloseMarks";
-/** Every table of the schema, by key. @public */
-export type TableSpecs = Record<TableKey, TableSpec>;
+/**
+ * Every table of the schema, by key (`tableSpecs`; docs/storage.md, "Schema generator"). The
+ * generators' `tables` option takes one (a changed copy of `tableSpecs`, to see what a model change
+ * does).
+ * @public
+ */
+export interface TableSpecs {
+  /** One row per account: its balance, reserved credits and settings. */
+  accounts: TableSpec;
+  /** The credit grants: what each added, what remains, when it expires. */
+  grants: TableSpec;
+  /** The holds (reservations) and how each settled. */
+  reservations: TableSpec;
+  /** Each account's journal entries, by seq. */
+  journal: TableSpec;
+  /** The system ledger. */
+  ledger: TableSpec;
+  /** The notification outbox. */
+  notifications: TableSpec;
+  /** Promo codes. */
+  promos: TableSpec;
+  /** The claims of promo codes. */
+  promoClaims: TableSpec;
+  /** Payments. */
+  payments: TableSpec;
+  /** Subscription plans. */
+  plans: TableSpec;
+  /** Subscriptions. */
+  subscriptions: TableSpec;
+  /** The closed periods of revenue reports (docs/revenue.md, "Closing a month"). */
+  periodCloses: TableSpec;
+  /** Each account's journal seq at each close of the revenue reports. */
+  periodCloseMarks: TableSpec;
+}
+/** A table of the schema: a key of `TableSpecs`. */
+export type TableKey = keyof TableSpecs;
 
 /**
  * Grants not closed. Deliberately not "remaining > 0": a column in an index predicate makes

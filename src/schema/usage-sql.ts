@@ -18,8 +18,8 @@ import { sqlLit } from "./ident.js";
  * a journal row, for PostgreSQL (its `metadata` a jsonb) and SQLite (JSON text): what the usage
  * query (src/db/usage-query.ts) and PostgreSQL's daily rollup (./rollup.ts) are made of. Each
  * expression is written once; a dialect (`PG_USAGE`, `SQLITE_USAGE`) says how it reads JSON. Every
- * function takes the row's alias (`j`, `e`) and reads its columns `type`, `amount`, `metadata`,
- * `description`, `reservation_id` and `take_back`.
+ * function takes the row's alias (`j`, `e`) and reads its columns `type`, `amount`, `shortfall`,
+ * `metadata`, `description`, `reservation_id` and `take_back`.
  */
 
 /** A JSON value inside `doc` (a column or expression) at `path`: object keys, or array indexes. */
@@ -137,7 +137,14 @@ function sqlCase<T>(d: UsageDialect, cases: readonly UsageCase<T>[], r: string, 
 
 /** A value of the rules, times `sign`. */
 function sqlValue(d: UsageDialect, v: UsageValue, r: string, sign: 1 | -1): string {
-  const x = typeof v === "number" ? String(v) : v === "amount" ? `${r}.amount` : d.num(metadata(r, v.metadata));
+  const x =
+    typeof v === "number"
+      ? String(v)
+      : v === "amount"
+        ? `${r}.amount`
+        : v === "shortfall"
+          ? `coalesce(${r}.shortfall, 0)`
+          : d.num(metadata(r, v.metadata));
   return sign === 1 ? x : `-(${x})`;
 }
 
@@ -235,6 +242,7 @@ export function sqlElementMeasure(
   entry: string,
 ): string {
   const f = s.source.fields[m];
+  if (f === false) return "0";
   if (f === null) return `CASE WHEN ${first} THEN ${entry} ELSE 0 END`;
   const v = d.num({ doc: x.doc, path: [...x.path, f] });
   return s.sign === 1 ? v : `-(${v})`;
@@ -248,6 +256,7 @@ export function sqlSourceSum(
   a: string,
   entry: string,
 ): string {
+  if (s.source.fields[m] === false) return "0";
   if (s.source.fields[m] === null) return `CASE WHEN ${d.nonEmpty({ doc: a, path: [] })} THEN ${entry} ELSE 0 END`;
   return d.sumOver(a, (x) => sqlElementMeasure(d, s, m, { doc: x, path: [] }, "", entry));
 }

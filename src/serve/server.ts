@@ -33,6 +33,7 @@ import { warnOnFailure } from "../core/logger.js";
 import { customerTokensOn } from "../credit-service.js";
 import { UsageError } from "../util/usage-error.js";
 import { journalKeysOf } from "./journal-keys-env.js";
+import { serveTestClock, type ServeTestClock } from "./test-clock.js";
 
 /**
  * `credit-management serve` (docs/service.md): the credit API (`createCreditHandler`) behind API
@@ -202,7 +203,8 @@ export function serveApp(
   logger: Pino,
   metrics: Metrics | null,
   consoleRoutes: ConsoleApp | null = null,
-  webhooks: RouteDefinition[] | null = null,
+  /** Admin routes of serve's own: the webhook endpoints' (CREDIT_WEBHOOKS=on), the test clock's (CREDIT_TEST_CLOCK). */
+  adminRoutes: RouteDefinition[] | null = null,
 ): ServeApp {
   // The client IP of each request being answered, for the authenticate hook (which gets the Fetch
   // Request only). A Map emptied as each answer ends: at most the requests in flight, where a
@@ -221,8 +223,8 @@ export function serveApp(
         ? false
         : { burst: s.CREDIT_CUSTOMER_RATE_LIMIT_BURST, perMinute: s.CREDIT_CUSTOMER_RATE_LIMIT_PER_MINUTE },
     // serve's own routes, in the OpenAPI document beside the credit API's (answered below), and the
-    // webhook admin routes (CREDIT_WEBHOOKS=on), answered by the handler.
-    routes: [...ownRoutes(metricsOn ? s.CREDIT_METRICS : "off"), ...(webhooks ?? [])],
+    // webhook and test clock admin routes (CREDIT_WEBHOOKS=on, CREDIT_TEST_CLOCK), answered by the handler.
+    routes: [...ownRoutes(metricsOn ? s.CREDIT_METRICS : "off"), ...(adminRoutes ?? [])],
     openapi: {
       info: { title: "credit-management service" },
       // Relative: the document is served by the service it describes, wherever it is reached.
@@ -539,6 +541,7 @@ export async function runServe(s: ServeSettings, io: ServeIo, env: Env): Promise
   let webhooks: Awaited<ReturnType<typeof serveWebhooks>> | undefined;
   let resources: WorkerResources | undefined;
   let metrics: Metrics | null = null;
+  let testClock: ServeTestClock | undefined;
   // The journal's keys, read before anything opens (bad JSON: a usage error).
   const journalKeys = journalKeysOf(env as Record<string, string | undefined>);
   let started = false;
@@ -556,8 +559,15 @@ export async function runServe(s: ServeSettings, io: ServeIo, env: Env): Promise
       if (ws !== undefined) resources = await openWorkerResources(ws, logger);
       if (env.CREDIT_WEBHOOKS === "on")
         webhooks = await serveWebhooks(stores.db, s.store, env, logger, resources?.queue);
+      // CREDIT_TEST_CLOCK: the manager's time stands still until an admin moves it, and each move
+      // runs what falls due on the way, with --worker's options (docs/service.md, "A test clock in staging").
+      if (s.CREDIT_TEST_CLOCK !== undefined) {
+        const start = s.CREDIT_TEST_CLOCK === "now" ? new Date() : new Date(s.CREDIT_TEST_CLOCK);
+        testClock = serveTestClock(start, logger, ws === undefined ? undefined : workerOptions(ws, logger));
+      }
       manager = await createCreditManager({
         db: stores.db,
+        ...(testClock === undefined ? {} : { clock: testClock.clock.now }),
         logger,
         overdraftLimit: s.CREDIT_OVERDRAFT_LIMIT,
         // The journal's keys (docs/concepts.md, "A keyed chain"): what the service writes is signed.
@@ -568,6 +578,7 @@ export async function runServe(s: ServeSettings, io: ServeIo, env: Env): Promise
         ...customerTokenOptions(s),
         ...workerManagerParts(resources, webhooks),
       });
+      testClock?.clock.attach(manager);
       await keys.init();
     } catch (error) {
       if (error instanceof MissingDriverError)
@@ -585,7 +596,8 @@ export async function runServe(s: ServeSettings, io: ServeIo, env: Env): Promise
           ...(webhooks === undefined ? {} : { webhooks: webhooks.store }),
         })
       : null;
-    const app = serveApp(manager, s, auth, logger, metrics, routes, webhooks?.routes ?? null);
+    const adminRoutes = [...(webhooks?.routes ?? []), ...(testClock?.routes ?? [])];
+    const app = serveApp(manager, s, auth, logger, metrics, routes, adminRoutes.length > 0 ? adminRoutes : null);
     const server = createServer(
       {
         requestTimeout: s.CREDIT_REQUEST_TIMEOUT_MS,
@@ -621,6 +633,12 @@ export async function runServe(s: ServeSettings, io: ServeIo, env: Env): Promise
     // said once at start (docs/promos-and-payments.md).
     const rounds: CreditWorker | null = ws === undefined ? null : createWorker(manager, workerOptions(ws, logger));
     rounds?.start();
+    if (testClock !== undefined) testClock.rounds = rounds;
+    if (testClock !== undefined)
+      logger.warn(
+        { testClock: testClock.clock.now().toISOString() },
+        "TIME IS SIMULATED: CREDIT_TEST_CLOCK is set; the service's clock stands still until POST /admin/test-clock/advance moves it (tests and staging only)",
+      );
     logger.info(
       {
         port,
@@ -630,6 +648,7 @@ export async function runServe(s: ServeSettings, io: ServeIo, env: Env): Promise
         worker: rounds !== null,
         console: routes === null ? null : CONSOLE_PREFIX,
         customerPage: s.CREDIT_CUSTOMER_TOKEN_SECRET === undefined ? null : CUSTOMER_PREFIX,
+        testClock: testClock === undefined ? null : testClock.clock.now().toISOString(),
         openapi: "/credits/openapi.json",
       },
       "serving",
@@ -642,6 +661,7 @@ export async function runServe(s: ServeSettings, io: ServeIo, env: Env): Promise
     logger.info({ signal, inFlight: app.inFlight() }, "stopping: no new connections, finishing requests in flight");
     destination.flush();
     const cut = await drain(server, app, s.CREDIT_SHUTDOWN_TIMEOUT_MS);
+    if (testClock !== undefined) testClock.rounds = null; // an advance cut by the drain restarts none
     await rounds?.stop();
     await manager.close();
     await keys.close();

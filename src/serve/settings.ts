@@ -69,6 +69,9 @@ const secret = z.optional(
   z.string().check(z.regex(/^[!-~]{1,1024}$/, { error: "must be 1 to 1,024 printable characters without spaces" })),
 );
 
+/** What a `CREDIT_TEST_CLOCK` must be. */
+const NOT_A_START = "must be now or an ISO 8601 date-time with its offset, such as 2030-01-01T00:00:00Z";
+
 /** The variables, as text; each field's name is its variable's. */
 const Schema = z.strictObject({
   CREDIT_PORT: z._default(int(0, 65_535), 8080),
@@ -214,6 +217,16 @@ const Schema = z.strictObject({
    */
   CREDIT_KEY_CACHE_MS: z._default(int(0, 60_000), 5000),
   /**
+   * `now` or an ISO 8601 date-time: `serve` builds its manager on a test clock that starts there and
+   * moves only by `POST /admin/test-clock/advance` (docs/service.md, "A test clock in staging").
+   * Unset: the real clock, and no such route.
+   */
+  CREDIT_TEST_CLOCK: z.optional(
+    z.union([z.literal("now", { error: NOT_A_START }), z.iso.datetime({ offset: true, error: NOT_A_START })], {
+      error: NOT_A_START,
+    }),
+  ),
+  /**
    * The `service.name` of the metrics' resource (OpenTelemetry's variable; it wins over a
    * `service.name` in OTEL_RESOURCE_ATTRIBUTES). Default `credit-management`.
    */
@@ -336,7 +349,27 @@ export function serveSettings(flags: ServeFlags, env: Env): ServeSettings {
     throw new UsageError("JWTs need CREDIT_JWT_ISSUER and CREDIT_JWT_AUDIENCE (both are checked)");
   if (!jwt && (s.CREDIT_JWT_ISSUER !== undefined || s.CREDIT_JWT_AUDIENCE !== undefined))
     throw new UsageError("CREDIT_JWT_ISSUER/CREDIT_JWT_AUDIENCE need CREDIT_JWT_JWKS_URL or CREDIT_JWT_KEY");
+  if (s.CREDIT_TEST_CLOCK !== undefined) {
+    const production = productionMarkers(env);
+    if (production.length > 0)
+      throw new UsageError(
+        `CREDIT_TEST_CLOCK simulates time, for tests and staging only: it is refused with ${production.join(" and ")}, which mark a production environment (docs/service.md, "A test clock in staging")`,
+      );
+  }
   return { ...s, worker: flags.worker === true, store, jwt, payments };
+}
+
+/**
+ * What in `env` says the process runs in production, where a test clock is refused
+ * (docs/service.md, "A test clock in staging"): `NODE_ENV=production`, and live payment keys, with
+ * which the renewals and auto top-ups of simulated months would charge real cards.
+ */
+function productionMarkers(env: Env): string[] {
+  const found: string[] = [];
+  if (env.NODE_ENV?.trim().toLowerCase() === "production") found.push("NODE_ENV=production");
+  if (/^(sk|rk)_live_/.test(env.STRIPE_SECRET_KEY?.trim() ?? "")) found.push("a live STRIPE_SECRET_KEY");
+  if (/^rzp_live_/.test(env.RAZORPAY_KEY_ID?.trim() ?? "")) found.push("a live RAZORPAY_KEY_ID");
+  return found;
 }
 
 const StoreSchema = z.pick(Schema, {
@@ -392,6 +425,9 @@ ${PAYMENT_OPTIONS}Environment of "serve": CREDIT_PG_URL (CREDIT_PG_SCHEMA, CREDI
   CREDIT_CONSOLE_SECRET, CREDIT_CUSTOMER_TOKEN_SECRET (customer tokens and the /customer page;
   CREDIT_CUSTOMER_TOKEN_PREVIOUS_SECRET, CREDIT_CUSTOMER_FRAME_ANCESTORS, CREDIT_CUSTOMER_RATE_LIMIT_BURST,
   CREDIT_CUSTOMER_RATE_LIMIT_PER_MINUTE), OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES (the metrics' resource)
+  CREDIT_TEST_CLOCK                now or an ISO 8601 date-time: time is simulated, starting there, and
+                                   moves only by POST /admin/test-clock/advance (admins). For tests
+                                   and staging: refused with NODE_ENV=production or live payment keys
   CREDIT_KEY_CACHE_MS              How long a running service reuses an API key's row, in ms (0 to
                                    60000). Default 5000: a revoked key keeps working up to this long
   Exit codes: 0 stopped cleanly (SIGTERM/SIGINT); 1 could not start (the store could not be opened,

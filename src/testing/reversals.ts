@@ -302,6 +302,9 @@ export function runReversalsContract(
       const history = (await credits.getCreditHistory(u, { limit: 3 })).items;
       // The reversal, then what reached closed grants removed again (newest first).
       expect(history.map((e) => e.type)).toEqual(["void", "expire", "reverse"]);
+      // Given back as of the charge's time, they left again when their grant closed: the expiry at
+      // the grant's expiresAt, the void when it was voided (docs/concepts.md, "Two times on every entry").
+      expect(history.map((e) => e.occurredAt?.getTime())).toEqual([T0, T0 + HOUR, T0]);
       const byGrant = await credits.getGrants(u, { includeInactive: true });
       const get = (e: JournalEntry) => byGrant.find((g) => g.id === e.grants[0]!.grantId) as Grant;
       expect(get(short)).toMatchObject({ remaining: 0, expiredAmount: 10, closedReason: "expired" });

@@ -134,7 +134,8 @@ export function createTestClock(start: Date | string, options: TestClockOptions 
   const recordedAt = async (m: CreditManager, accounts: readonly string[], at: Date): Promise<JournalEntry[]> => {
     const out: JournalEntry[] = [];
     for (const u of accounts) {
-      const page = await m.credits.getCreditHistory(u, { from: at, limit: 1000 });
+      // Newest first, by when they were recorded (`from` would read when their money moved).
+      const page = await m.credits.getCreditHistory(u, { limit: 1000 });
       out.push(...page.items.filter((e) => e.createdAt.getTime() === at.getTime()).reverse());
     }
     return out;

@@ -480,18 +480,22 @@ export function runUsageContract(getDb: () => DbManager, options: PartOptions & 
       const s = await credits.openMeter(user, { estimate: 4, feature: "chat" });
       s.recordUsage({ model: "large", inputTokens: 6, outputTokens: 1 }); // 9 credits
       expect((await s.commit()).shortfall).toBe(5);
-      expect(charges.map((e) => [e.type, e.amount, e.metadata?.shortfall])).toEqual([
-        ["deduct", 1, undefined],
+      expect(charges.map((e) => [e.type, e.amount, e.shortfall ?? null])).toEqual([
+        ["deduct", 1, null],
         ["deduct", 0, 1],
         ["deduct", 0, 1],
       ]);
       const entries = (await credits.getCreditHistory(user, { from, types: ["deduct", "commit_reserved"] })).items;
-      expect(entries.map((e) => [e.type, e.amount, e.metadata?.shortfall]).sort()).toEqual([
-        ["commit_reserved", 4, 5],
-        ["deduct", 0, 1],
-        ["deduct", 0, 1],
-        ["deduct", 1, undefined],
-      ]);
+      // The entry's own field as the store gives it back; what was asked stays in the metadata.
+      expect(entries.map((e) => [e.type, e.amount, e.shortfall ?? null, e.metadata?.requested ?? null]).sort()).toEqual(
+        [
+          ["commit_reserved", 4, 5, 9],
+          ["deduct", 0, 1, 1],
+          ["deduct", 0, 1, 1],
+          ["deduct", 1, null, null],
+        ],
+      );
+      expect(entries.some((e) => e.metadata?.shortfall !== undefined)).toBe(false);
       const report = async (groupBy: UsageQuery["groupBy"], wholeDays: boolean) => {
         const q = wholeDays
           ? {
@@ -519,6 +523,69 @@ export function runUsageContract(getDb: () => DbManager, options: PartOptions & 
           ["large", 9, 1, 5],
         ]);
       }
+      expect((await credits.audit(user)).problems).toEqual([]);
+    });
+
+    it("what was served and not paid is the entry's shortfall, which only the library sets: a module's metadata saying one changes no usage or revenue figure (docs/metering.md)", async () => {
+      const credits = usageService(db, clock);
+      const ctx = contexts.get(credits)!;
+      clock.now += HOUR;
+      const from = new Date(clock.now);
+      const user = `usage-${run}-lookalike`;
+      // The library's cut: 5 asked of 2 there are (the default overdraft limit of 0), 3 not paid.
+      await credits.addCredits(user, 2);
+      const cut = await ctx.chargeUpToLimit(user, 5, { feature: "img" });
+      expect([cut.amount, cut.shortfall, cut.metadata]).toEqual([2, 3, { requested: 5 }]);
+      // A module's entries whose metadata says what a cut's used to (`requested`, `shortfall`), and
+      // a lease window whose part claims a shortfall: paid in full, none of it is one.
+      await credits.addCredits(user, 10);
+      const window = { requests: 1, parts: [{ model: "m", feature: "chat", credits: 2, requests: 1, shortfall: 7 }] };
+      const written = await ctx.runUnitOfWork(
+        user,
+        {},
+        (work) => [
+          work.deduct(
+            1,
+            { feature: "img", metadata: { requested: 41, shortfall: 40 } },
+            { allowDebt: false, overdraftLimit: null },
+          ),
+          work.deduct(
+            2,
+            { feature: "chat", metadata: { leaseWindow: window } },
+            { allowDebt: false, overdraftLimit: null },
+          ),
+        ],
+        undefined,
+        { periods: false },
+      );
+      expect(written.map((e) => e.shortfall ?? null)).toEqual([null, null]);
+      const q = { account: user, interval: null };
+      for (const wholeDays of [false, true]) {
+        const range = wholeDays
+          ? {
+              from: new Date(Math.floor(from.getTime() / DAY) * DAY),
+              to: new Date((Math.floor(clock.now / DAY) + 1) * DAY),
+            }
+          : { from, to: new Date(clock.now + MIN) };
+        const rows = async (groupBy: UsageDimension[]) =>
+          (await credits.getUsage({ ...q, ...range, groupBy })).rows.map((r) => [
+            ...groupBy.map((d) => r[d]),
+            r.credits,
+            r.requests,
+            r.shortfall,
+          ]);
+        expect(await rows([])).toEqual([[5, 3, 3]]);
+        expect(await rows(["feature"])).toEqual([
+          ["chat", 2, 1, 0],
+          ["img", 3, 2, 3],
+        ]);
+        expect(await rows(["model"])).toEqual([
+          [null, 3, 2, 3],
+          ["m", 2, 1, 0],
+        ]);
+      }
+      const revenue = await credits.getRevenue({ ...q, from, to: new Date(clock.now + MIN) });
+      expect(revenue.rows.reduce((n, r) => n + r.unbilledCredits, 0)).toBe(3);
       expect((await credits.audit(user)).problems).toEqual([]);
     });
 

@@ -52,6 +52,7 @@ export const CREDIT_VARIABLES: ReadonlySet<string> = new Set([
   "CREDIT_CUSTOMER_RATE_LIMIT_PER_MINUTE",
   "CREDIT_KEY_CACHE_MS",
   "CREDIT_WEBHOOK_ALLOW_NETWORKS",
+  "CREDIT_TEST_CLOCK",
   // Payments (docs/promos-and-payments.md).
   "CREDIT_CREDITS_PER_UNIT",
   "CREDIT_PAYMENT_KEY_NAMESPACE",

@@ -262,7 +262,7 @@ describe.each(hosts.map((h) => [h.name, h] as const))("fixed-price metering on %
       ...Array.from({ length: 9 }, () => 7),
     ]);
     const history = (await m.credits.getCreditHistory(u, { types: ["deduct"] })).items;
-    expect(history.map((e) => [e.amount, e.metadata?.shortfall ?? 0]).sort()).toEqual([
+    expect(history.map((e) => [e.amount, e.shortfall ?? 0]).sort()).toEqual([
       [0, 7],
       [0, 7],
       [0, 7],

@@ -9,6 +9,7 @@ import { SqliteDbManager } from "../../src/db/sqlite/index.js";
 import { PostgresDbManager } from "../../src/db/postgres/index.js";
 import { MongoDbManager } from "../../src/db/mongodb/index.js";
 import { MongoClient } from "mongodb";
+import pg from "pg";
 import { createCreditHandler, type Identity } from "../../src/http/index.js";
 
 /**
@@ -21,10 +22,26 @@ const pgUrl = process.env.CREDIT_PG_URL;
 const mongoUri = process.env.CREDIT_MONGO_URI;
 const dir = mkdtempSync(join(tmpdir(), "cm-proto-"));
 const mongo = mongoUri === undefined ? null : new MongoClient(mongoUri);
+/** What the stores made here leave behind: their PostgreSQL schemas and MongoDB databases, dropped at the end. */
+const schemas: string[] = [];
+const databases: string[] = [];
 afterAll(async () => {
   rmSync(dir, { recursive: true, force: true });
+  if (pgUrl !== undefined && schemas.length > 0) {
+    const client = new pg.Client({ connectionString: pgUrl });
+    await client.connect();
+    for (const s of schemas) await client.query(`DROP SCHEMA IF EXISTS "${s}" CASCADE`);
+    await client.end();
+  }
+  for (const d of databases) await mongo?.db(d).dropDatabase();
   await mongo?.close();
 });
+/** A fresh name, kept in `list` to be dropped. */
+const fresh = (list: string[]) => {
+  const name = `cm_proto_${randomUUID().replace(/-/g, "").slice(0, 10)}`;
+  list.push(name);
+  return name;
+};
 
 /** `Bearer <userId>[/<spender>]`; `Bearer admin:<id>` is an admin. */
 const authenticate = (request: Request): Identity | null => {
@@ -41,20 +58,9 @@ const stores: Array<[string, (() => DbManager) | null]> = [
   ["sqlite", () => new SqliteDbManager({ filename: join(dir, `${randomUUID()}.db`) })],
   [
     "postgres",
-    pgUrl === undefined
-      ? null
-      : () =>
-          new PostgresDbManager({
-            connectionString: pgUrl,
-            schema: `cm_proto_${randomUUID().replace(/-/g, "").slice(0, 10)}`,
-          }),
+    pgUrl === undefined ? null : () => new PostgresDbManager({ connectionString: pgUrl, schema: fresh(schemas) }),
   ],
-  [
-    "mongodb",
-    mongo === null
-      ? null
-      : () => new MongoDbManager({ client: mongo, dbName: `cm_proto_${randomUUID().replace(/-/g, "").slice(0, 10)}` }),
-  ],
+  ["mongodb", mongo === null ? null : () => new MongoDbManager({ client: mongo, dbName: fresh(databases) })],
 ];
 
 for (const [name, make] of stores) {

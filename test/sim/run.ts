@@ -4,7 +4,7 @@ import { createHash } from "node:crypto";
 import { InMemoryDbManager } from "../../src/built-in-parts.js";
 import { ConflictError, CreditError, OutcomeUnknownError, StorageError } from "../../src/core/errors.js";
 import { createCreditManager, type CreditManager } from "../../src/manager.js";
-import type { Payment, Subscription } from "../../src/models-entry.js";
+import type { JournalEntry, Payment, Subscription } from "../../src/models-entry.js";
 import { CreditService } from "../../src/credit-service.js";
 import { NotificationService } from "../../src/core/services/notification-service.js";
 import { mayPay, type CreditModel, type ModelGrant, type ModelSpend } from "../../src/core/testing/model.js";
@@ -164,6 +164,11 @@ export interface SimResult {
    * recorded by an evaluation of time alone (the worker's rounds, `evaluateAlerts`).
    */
   alerts: { triggered: number; resolved: number; onLine: number; triggeredOnLine: number; timeMoves: number };
+  /**
+   * Entries the library wrote for time after their due instant (an expiry, a start, a lapse settled
+   * by a later operation or read), each found dated at that instant (`dueProblems`).
+   */
+  settledLate: number;
   /** A digest of everything that happened: the same seed gives the same digest. */
   digest: string;
 }
@@ -1227,6 +1232,9 @@ async function simulate(options: SimOptions): Promise<SimResult> {
     }
   };
 
+  /** Per user, the journal's seq through which `dueProblems` has checked the entries. */
+  const datedThrough = new Map<string, number>();
+  let settledLate = 0;
   const check = async () => {
     // A read per user through a process (it settles, like any touch), then the store itself.
     const reads = users.map((user) => ({
@@ -1382,6 +1390,14 @@ async function simulate(options: SimOptions): Promise<SimResult> {
       const journal = await inner.listJournal(user, { order: "asc", limit: 100_000 });
       for (const problem of await derivedProblems(checker, user, journal, T0 - 40 * DAY, clock.now + 60_000))
         fail(`${where}: ${problem}`);
+      // What time did is dated when it was due, however late it was settled.
+      const due = dueProblems(
+        journal.filter((e) => e.seq > (datedThrough.get(user) ?? 0)),
+        units.map(([, mu]) => mu),
+      );
+      for (const problem of due.problems) fail(`${where}: ${problem}`);
+      settledLate += due.late;
+      if (journal.length > 0) datedThrough.set(user, journal[journal.length - 1]!.seq);
       // The alert events the store's outbox committed are the model's, one by one.
       for (const problem of await alertProblems(inner, user, alerts)) fail(`${where}: ${problem}`);
       digest.update(`a${alerts.events(user).length};`);
@@ -1528,8 +1544,63 @@ async function simulate(options: SimOptions): Promise<SimResult> {
       triggeredOnLine: alerts.triggeredOnLine,
       timeMoves: alerts.timeMoves,
     },
+    settledLate,
     digest: digest.digest("hex"),
   };
+}
+
+/**
+ * The entries the library wrote for time, against the model's grants and holds (docs/concepts.md,
+ * "Two times on every entry"): a `start` is dated at its grant's start; a hold's release at its
+ * `expiresAt` when the hold lapsed (and an explicit release carries no `occurredAt`); an `expire`
+ * at its grant's `expiresAt`, or — for credits a lapsed hold returned to a grant closed meanwhile —
+ * at that hold's `expiresAt`, or when recorded (a plan change that expires the period's credits
+ * now). Answers the problems and how many of them were settled after their due instant.
+ */
+function dueProblems(
+  entries: readonly JournalEntry[],
+  models: readonly CreditModel[],
+): { problems: string[]; late: number } {
+  const grants = new Map(models.flatMap((m) => m.grants.map((g) => [g.id, g] as const)));
+  const holds = new Map(models.flatMap((m) => m.holds.map((h) => [h.id, h] as const)));
+  const lapses = new Set(models.flatMap((m) => m.holds.map((h) => h.expiresAt)));
+  const problems: string[] = [];
+  let late = 0;
+  for (const e of entries) {
+    const at = (e.occurredAt ?? e.createdAt).getTime();
+    const recorded = e.createdAt.getTime();
+    const say = (what: string) =>
+      problems.push(`entry ${e.seq} (${e.type}) is dated ${new Date(at).toISOString()}, ${what}`);
+    if (at > recorded) say(`after it was recorded (${e.createdAt.toISOString()})`);
+    if (e.type === "start") {
+      for (const p of e.grants) {
+        const g = grants.get(p.grantId);
+        if (g?.startsAt !== undefined && g.startsAt !== at)
+          say(`its grant ${p.grantId} started at ${new Date(g.startsAt).toISOString()}`);
+      }
+    } else if (e.type === "release_reserved") {
+      const h = holds.get(e.reservationId ?? "");
+      if (h?.status === "expired" && h.expiresAt !== at)
+        say(`its hold lapsed at ${new Date(h.expiresAt).toISOString()}`);
+      if (h?.status === "released" && e.occurredAt != null) say("an explicit release carries no second time");
+    } else if (e.type === "expire") {
+      for (const p of e.grants) {
+        const g = grants.get(p.grantId);
+        if (
+          g === undefined ||
+          g.expiresAt === at ||
+          lapses.has(at) ||
+          (e.occurredAt == null && g.expiresAt !== null && g.expiresAt > at)
+        )
+          continue;
+        say(
+          `its grant ${p.grantId} expires at ${g.expiresAt === null ? "never" : new Date(g.expiresAt).toISOString()}`,
+        );
+      }
+    } else continue;
+    if (recorded > at) late++;
+  }
+  return { problems, late };
 }
 
 /** Payments and their webhooks (redelivered, like a provider does, while in doubt). */

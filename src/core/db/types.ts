@@ -251,9 +251,13 @@ export interface JournalQuery {
   limit: number;
   /** Entries of these types only. */
   types?: readonly EntryType[];
-  /** createdAt >= from */
+  /**
+   * Entries whose money moved at or after `from`: `occurredAt ?? createdAt >= from`
+   * (docs/concepts.md, "Two times on every entry"; `occurredAt` is never after `createdAt`, so a
+   * store may also bound `createdAt >= from`).
+   */
   from?: Date;
-  /** createdAt < to */
+  /** Entries whose money moved before `to`: `occurredAt ?? createdAt < to`. */
   to?: Date;
 }
 

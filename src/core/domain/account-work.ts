@@ -1,7 +1,7 @@
 import { own } from "./own.js";
 import type { Changes, LoadedState } from "./state.js";
 import { noteAddSource } from "./events.js";
-import { InsufficientCreditsError, RuleViolationError } from "../errors.js";
+import { ConfigurationError, InsufficientCreditsError, RuleViolationError } from "../errors.js";
 import type {
   Account,
   UnitFigures,
@@ -23,7 +23,7 @@ import type { WorkEvent } from "./notifications.js";
 import { type Counted, type Spend, countSpend, describeLimit, giveBackSpend, limitRoom, trueUpHold } from "./limits.js";
 import { compareGrants, isDue, isOpenGrant, isUpcoming, isUsable, startsBy } from "./order.js";
 import { outOfScope, spendOrder } from "./scope.js";
-import { chargeWithinLimit, commitWithinLimit, headroom, shortfallMeta } from "./overdraft.js";
+import { chargeWithinLimit, commitWithinLimit, headroom, requestedMeta } from "./overdraft.js";
 import { WorkingSet } from "./working-set.js";
 import { trackAllowance } from "./allowance.js";
 import { type ChargeDraw, type Reversed, debtGrant, reversalShares } from "./reversal.js";
@@ -601,6 +601,20 @@ export class AccountWork implements UnitWork {
       overdraftChecked?: boolean;
     },
   ): JournalEntry {
+    return this.charge(amount, meta, options, 0);
+  }
+
+  /**
+   * `deduct`, recording `shortfall` (credits served and not paid) on the entry: the library's own
+   * argument, given only by `deductUpToLimit` (docs/metering.md, "Served and not paid"), never
+   * from an `EntryMeta` a caller or a module gives.
+   */
+  private charge(
+    amount: number,
+    meta: EntryMeta,
+    options: Parameters<AccountWork["deduct"]>[2],
+    shortfall: number,
+  ): JournalEntry {
     this.inUnit(meta.unit);
     const spend = spendOf(meta);
     const available = this.availableFor(spend);
@@ -634,7 +648,7 @@ export class AccountWork implements UnitWork {
     if (this.f.debt + (amount - drawn) > Number.MAX_SAFE_INTEGER) throw beyondSafe("debt", amount);
     this.f.balance = this.f.balance - amount;
     this.f.debt = this.f.debt + (amount - drawn);
-    return this.emit("deduct", amount, portions, options.reservationId ?? null, meta);
+    return this.emit("deduct", amount, portions, options.reservationId ?? null, meta, undefined, shortfall);
   }
 
   /** The account's holds in flight, as a limit set now counts them (`replaceLimits`, ./limits.ts). */
@@ -715,7 +729,12 @@ export class AccountWork implements UnitWork {
   deductUpToLimit(requested: number, meta: EntryMeta, overdraftLimit: number | null): JournalEntry {
     this.inUnit(meta.unit);
     const charge = chargeWithinLimit(requested, this.headroom(overdraftLimit, spendOf(meta)));
-    return this.deduct(charge, shortfallMeta(meta, requested, charge), { allowDebt: true, overdraftLimit });
+    return this.charge(
+      charge,
+      requestedMeta(meta, requested, charge),
+      { allowDebt: true, overdraftLimit },
+      requested - charge,
+    );
   }
 
   /**
@@ -725,7 +744,7 @@ export class AccountWork implements UnitWork {
   commitUpToLimit(hold: Reservation, requested: number, meta: EntryMeta, overdraftLimit: number | null): JournalEntry {
     this.inUnit(AccountWork.unitOf(hold));
     const charge = commitWithinLimit(requested, hold.amount, this.headroom(overdraftLimit, holdSpend(hold)));
-    return this.commit(hold, charge, shortfallMeta(meta, requested, charge), overdraftLimit);
+    return this.capture(hold, charge, requestedMeta(meta, requested, charge), overdraftLimit, requested - charge);
   }
 
   /**
@@ -735,6 +754,17 @@ export class AccountWork implements UnitWork {
    * before anything changes). Returns the commit entry.
    */
   commit(hold: Reservation, amount: number, meta: EntryMeta, overdraftLimit: number | null): JournalEntry {
+    return this.capture(hold, amount, meta, overdraftLimit, 0);
+  }
+
+  /** `commit`, recording `shortfall` on the capture: given only by `commitUpToLimit`, as `charge`'s. */
+  private capture(
+    hold: Reservation,
+    amount: number,
+    meta: EntryMeta,
+    overdraftLimit: number | null,
+    shortfall: number,
+  ): JournalEntry {
     this.inUnit(AccountWork.unitOf(hold));
     const excess = amount - hold.amount;
     // Checked up front so a refused over-commit changes nothing (the hold stays active).
@@ -774,7 +804,7 @@ export class AccountWork implements UnitWork {
     }
     this.f.balance = this.f.balance - captured;
     this.f.reserved = this.f.reserved - hold.amount;
-    const entry = this.emit("commit_reserved", captured, portions, hold.id, meta);
+    const entry = this.emit("commit_reserved", captured, portions, hold.id, meta, undefined, shortfall);
     if (back !== null && back.toClosed) this.removeFromClosed(back.portions, hold.id);
     if (excess > 0) {
       const labels: EntryMeta = {
@@ -871,7 +901,7 @@ export class AccountWork implements UnitWork {
         this.now.getTime(),
       );
     const entry = this.emit("reverse", amount, back.portions, null, meta);
-    if (back.toClosed) this.removeFromClosed(back.portions, null);
+    if (back.toClosed) this.removeFromClosed(back.portions, null, true);
     return entry;
   }
 
@@ -1075,26 +1105,37 @@ export class AccountWork implements UnitWork {
    * Removes what `giveBack` returned to closed grants (`portions`; spent and debt-paid ones passed
    * over): an `expire` or `void` entry of hold `holdId` (null: a reversal) per reason. Returns what expired.
    */
-  private removeFromClosed(portions: readonly GrantPortion[], holdId: string | null): number {
+  private removeFromClosed(portions: readonly GrantPortion[], holdId: string | null, asOfCharge = false): number {
     let expired = 0;
     for (const reason of ["expired", "voided"] as const) {
-      const closed: GrantPortion[] = [];
+      // By the instant they are dated at: when they return (a hold's release: now, or its lapse's
+      // instant), or — credits a reversal gives back, which are its charge's again from the
+      // charge's time (docs/concepts.md, "Two times on every entry") — when their grant closed:
+      // its `expiresAt`, or when it was voided.
+      const byInstant = new Map<number, GrantPortion[]>();
       for (const p of portions) {
-        if (p.kind !== "debt_paid" && this.grants.get(p.grantId)?.closedReason === reason)
-          closed.push({ grantId: p.grantId, amount: p.amount });
+        const g = this.grants.get(p.grantId);
+        if (p.kind === "debt_paid" || g?.closedReason !== reason) continue;
+        const closedAt = reason === "expired" ? (g.expiresAt ?? g.closedAt) : g.closedAt;
+        const at = asOfCharge && closedAt !== null ? closedAt.getTime() : Number.POSITIVE_INFINITY;
+        let list = byInstant.get(at);
+        if (list === undefined) byInstant.set(at, (list = []));
+        list.push({ grantId: p.grantId, amount: p.amount });
       }
-      if (closed.length === 0) continue;
-      for (const p of closed) {
-        const g = this.grants.get(p.grantId) as Grant;
-        const lost = reason === "expired" ? p.amount : 0;
-        this.grants.put({ ...g, remaining: g.remaining - p.amount, expiredAmount: (g.expiredAmount ?? 0) + lost }, g);
+      for (const [at, closed] of [...byInstant].sort(([a], [b]) => a - b)) {
+        for (const p of closed) {
+          const g = this.grants.get(p.grantId) as Grant;
+          const lost = reason === "expired" ? p.amount : 0;
+          this.grants.put({ ...g, remaining: g.remaining - p.amount, expiredAmount: (g.expiredAmount ?? 0) + lost }, g);
+        }
+        const total = sum(closed);
+        this.f.balance = this.f.balance - total;
+        this.emit(reason === "expired" ? "expire" : "void", total, closed, holdId, {
+          description: `returned credits of a ${reason} grant`,
+          ...(at < this.now.getTime() ? { occurredAt: new Date(at) } : {}),
+        });
+        if (reason === "expired") expired += total;
       }
-      const total = sum(closed);
-      this.f.balance = this.f.balance - total;
-      this.emit(reason === "expired" ? "expire" : "void", total, closed, holdId, {
-        description: `returned credits of a ${reason} grant`,
-      });
-      if (reason === "expired") expired += total;
     }
     return expired;
   }
@@ -1147,8 +1188,14 @@ export class AccountWork implements UnitWork {
     reservationId: string | null,
     meta: EntryMeta,
     added?: { costBasis: CostBasis | null; source: GrantSource; scope: GrantScope | null; effectiveAt?: Date | null },
+    /** Credits served and not paid (`charge`, `capture`): 0 on every other entry. */
+    shortfall = 0,
   ): JournalEntry {
     const a = this.account;
+    const keyId = this.chainKey?.id ?? null;
+    // Once an account's chain is keyed it stays keyed (docs/concepts.md, "A keyed chain"): a
+    // manager without keys (a replica started without them) writes nothing after a keyed entry.
+    if (keyId === null && a.lastKeyId != null) throw unkeyedAfterKeyed(this.userId, a.lastKeyId);
     const entry: JournalEntry = {
       id: this.newId(),
       userId: this.userId,
@@ -1179,9 +1226,11 @@ export class AccountWork implements UnitWork {
       hash: "",
       takeBack: meta.takeBack ?? null,
       paymentId: meta.paymentId ?? null,
+      // Only the library's overdraft cut sets it (docs/metering.md, "Served and not paid").
+      shortfall: shortfall > 0 ? shortfall : null,
       // The current hash input (canonicalEntry, src/core/domain/hash.ts).
       hashVersion: 2,
-      keyId: this.chainKey?.id ?? null,
+      keyId,
       scope: added?.scope ?? null,
       effectiveAt: added?.effectiveAt ?? null,
       unit: this.unit,
@@ -1190,6 +1239,8 @@ export class AccountWork implements UnitWork {
     entry.hash = hash;
     a.seq = entry.seq;
     a.lastHash = entry.hash;
+    // Written only when it changes: an unkeyed account's row never gains the field.
+    if (keyId !== (a.lastKeyId ?? null)) a.lastKeyId = keyId;
     this.made.push(entry);
     this.texts.push(canonical);
     return entry;
@@ -1237,6 +1288,18 @@ function beyondSafe(what: "balance" | "debt", amount: number): RuleViolationErro
   return new RuleViolationError(
     `Cannot move ${amount} credits: the account's ${what} would go beyond ±${Number.MAX_SAFE_INTEGER}, the largest exact amount.`,
     [{ path: "amount", message: `the ${what} would go beyond the safe-integer range` }],
+  );
+}
+
+/**
+ * A manager without journal keys about to write after an account's keyed entry (docs/concepts.md,
+ * "A keyed chain"): refused before anything is written, as an audit would report the unkeyed entry
+ * as written again without the key.
+ */
+function unkeyedAfterKeyed(userId: string, keyId: string): ConfigurationError {
+  return new ConfigurationError(
+    `[credit-management] account ${JSON.stringify(userId)} has a keyed journal: its latest entry is signed with the journal key ${JSON.stringify(keyId)}, ` +
+      "and this manager has no journalKeys (nor CREDIT_JOURNAL_KEYS), so it would write unkeyed entries after it. Give it the keys your other services have.",
   );
 }
 

@@ -8,7 +8,7 @@ import type { JournalEntry } from "../models/index.js";
  * strings. Stable across backends and key reorderings (PostgreSQL's JSONB reorders keys). The fields
  * most entries leave empty appear only when set: a grant part's `kind`, `spender` and `feature` (the
  * pair, when either is), `costBasis`, `source`, `reverses`, `occurredAt`, and from hash version 2
- * (`hashVersion: 2`, every entry written since schema version 2) `takeBack`, `paymentId`, `scope`, `effectiveAt`, `keyId` and `unit`. Built by hand: it is on every write's
+ * (`hashVersion: 2`, every entry written since schema version 2) `takeBack`, `paymentId`, `shortfall`, `scope`, `effectiveAt`, `keyId` and `unit`. Built by hand: it is on every write's
  * path, and the ledger file reuses it as the line's `details` (see `ledgerLineOf`).
  */
 export function canonicalEntry(entry: Omit<JournalEntry, "hash">): string {
@@ -52,6 +52,7 @@ function setFields(entry: Omit<JournalEntry, "hash">): string {
 function laterFields(entry: Omit<JournalEntry, "hash">): string {
   const takeBack = entry.takeBack ?? null;
   const paymentId = entry.paymentId ?? null;
+  const shortfall = entry.shortfall ?? null;
   const scope = entry.scope ?? null;
   const keyId = entry.keyId ?? null;
   const effectiveAt = entry.effectiveAt ?? null;
@@ -59,6 +60,7 @@ function laterFields(entry: Omit<JournalEntry, "hash">): string {
   return (
     (takeBack === null ? "" : `"takeBack":"${takeBack}",`) +
     (paymentId === null ? "" : `"paymentId":${quote(paymentId)},`) +
+    (shortfall === null ? "" : `"shortfall":${shortfall},`) +
     (scope === null ? "" : `"scope":${stringify(scope) ?? "null"},`) +
     (effectiveAt === null ? "" : `"effectiveAt":"${effectiveAt.toISOString()}",`) +
     (keyId === null ? "" : `"keyId":${quote(keyId)},`) +

@@ -31,10 +31,10 @@ export function commitWithinLimit(requested: number, held: number, headroom: num
 
 /**
  * The meta of a charge the overdraft limit cut from `requested` to `charge`: its metadata adds
- * `requested` and `shortfall` (the usage delivered but not charged); unchanged when nothing was cut.
+ * `requested` (what was asked, for the reader); unchanged when nothing was cut. What was served and
+ * not paid is the entry's own `shortfall`, which the charge records (`AccountWork.deductUpToLimit`,
+ * `commitUpToLimit`): never a metadata key (docs/metering.md, "Served and not paid").
  */
-export function shortfallMeta(meta: EntryMeta, requested: number, charge: number): EntryMeta {
-  return charge === requested
-    ? meta
-    : { ...meta, metadata: { ...meta.metadata, requested, shortfall: requested - charge } };
+export function requestedMeta(meta: EntryMeta, requested: number, charge: number): EntryMeta {
+  return charge === requested ? meta : { ...meta, metadata: { ...meta.metadata, requested } };
 }

@@ -566,6 +566,9 @@ function compareStored(
     if (acc.reserved !== reserved) problems.push(`stored reserved ${acc.reserved} != replayed ${reserved}`);
     if (acc.debt !== debt) problems.push(`stored debt ${acc.debt} != replayed ${debt}`);
     if (acc.lastHash !== prevHash) problems.push("stored lastHash is not the hash of the last entry");
+    const last = entries[entries.length - 1];
+    if (last !== undefined && (acc.lastKeyId ?? null) !== (last.keyId ?? null))
+      problems.push("stored lastKeyId is not the key id of the last entry");
     const storedUnits = acc.units ?? {};
     for (const unit of new Set([...Object.keys(storedUnits), ...Object.keys(r.units)])) {
       const want = own(r.units, unit) ?? { balance: 0, reserved: 0, debt: 0 };

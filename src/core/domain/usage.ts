@@ -144,8 +144,11 @@ export type UsageTest =
   | { readonly held: boolean }
   | { readonly takeBack: TakeBack };
 
-/** A number the rules read: a constant, the entry's amount, or a metadata number (0 when not a number). */
-export type UsageValue = number | "amount" | { readonly metadata: readonly string[] };
+/**
+ * A number the rules read: a constant, the entry's amount, its `shortfall` (set only by the
+ * library; 0 when not set), or a metadata number (0 when not a number).
+ */
+export type UsageValue = number | "amount" | "shortfall" | { readonly metadata: readonly string[] };
 
 /** One rule of a list: the first whose tests all hold (none: always) gives `then`. */
 export interface UsageCase<T> {
@@ -157,7 +160,8 @@ export interface UsageCase<T> {
  * Where the parts of an entry are (docs/usage.md): an array in its metadata whose elements each
  * give a part's model (and with `own`, its feature and spender: else the entry's) and measures,
  * each from a numeric field of the element (0 when not a number), or `null`: the entry's own
- * value on the first element and 0 on the others. What the parts do not account for of the
+ * value on the first element and 0 on the others, or `false`: 0 on every element (a measure no
+ * element may say: a balanced one is then the entry's own, whole, on the part of the rest). What the parts do not account for of the
  * `balanced` measures (the entry's value less their sum, when it differs) is a part with no
  * model (and with `own`, no feature and spender).
  */
@@ -169,7 +173,7 @@ export interface UsagePartSource {
   readonly model: string;
   readonly feature?: string;
   readonly spender?: string;
-  readonly fields: { readonly [M in UsageMeasure]: string | null };
+  readonly fields: { readonly [M in UsageMeasure]: string | null | false };
   readonly balanced: readonly UsageMeasure[];
 }
 
@@ -229,7 +233,9 @@ const TAKE_BACK_RULE: UsageKindRule = {
 
 /**
  * Parts recorded with their own feature, spender and model, under the names of the report's
- * measures (a reversal's, a lease window's): `array` in the entry's metadata.
+ * measures (a reversal's, a lease window's): `array` in the entry's metadata. A part's shortfall is
+ * never read from it (metadata says nothing of what was served and not paid): the entry's own
+ * `shortfall` is the part with no dimension's (docs/usage.md, "Served and not paid").
  */
 const ownParts = (array: readonly string[]): UsagePartSource => ({
   array,
@@ -244,7 +250,7 @@ const ownParts = (array: readonly string[]): UsagePartSource => ({
     inputTokens: "inputTokens",
     outputTokens: "outputTokens",
     cachedTokens: "cachedTokens",
-    shortfall: "shortfall",
+    shortfall: false,
   },
   balanced: ["credits", "requests", "shortfall"],
 });
@@ -298,13 +304,10 @@ export const USAGE_RULES: UsageRules = {
         inputTokens: [{ when: [], then: 0 }],
         outputTokens: [{ when: [], then: 0 }],
         cachedTokens: [{ when: [], then: 0 }],
-        // Credits served and not charged: the overdraft limit's cut, recorded by the library on
-        // the charge (docs/metering.md, "Served and not paid"); never on a reversal.
-        shortfall: [
-          { when: [{ type: ["reverse"] }], then: 0 },
-          { when: [{ metadata: ["shortfall"], is: "number" }], then: { metadata: ["shortfall"] } },
-          { when: [], then: 0 },
-        ],
+        // Credits served and not charged: the overdraft limit's cut, the entry's `shortfall`, which
+        // only the library sets, on a charge (docs/metering.md, "Served and not paid"); never the
+        // metadata's say.
+        shortfall: [{ when: [], then: "shortfall" }],
       },
       parts: [
         ownParts(["reversal", "parts"]),
@@ -356,7 +359,8 @@ export function metadataAt(m: unknown, path: readonly string[]): unknown {
   return v;
 }
 
-type RuleEntry = Pick<JournalEntry, "type" | "amount" | "metadata" | "description" | "reservationId" | "takeBack">;
+type RuleEntry = Pick<JournalEntry, "type" | "amount" | "metadata" | "description" | "reservationId" | "takeBack"> &
+  Partial<Pick<JournalEntry, "shortfall">>;
 
 /** Whether `t` holds of `e`. */
 export function usageTest(t: UsageTest, e: RuleEntry): boolean {
@@ -379,6 +383,7 @@ function usageValue(v: UsageValue | null, e: RuleEntry): number {
   if (v === null) return 0;
   if (typeof v === "number") return v;
   if (v === "amount") return e.amount;
+  if (v === "shortfall") return e.shortfall ?? 0;
   return count(metadataAt(e.metadata, v.metadata));
 }
 
@@ -424,7 +429,7 @@ export function usageParts(e: RuleEntry, rules: UsageRules = USAGE_RULES): Usage
     }
     for (const m of USAGE_MEASURES) {
       const f = source.fields[m];
-      p[m] = f === null ? (i === 0 ? entry[m] : 0) : count(x[f]);
+      p[m] = f === false ? 0 : f === null ? (i === 0 ? entry[m] : 0) : count(x[f]);
     }
     return p;
   });

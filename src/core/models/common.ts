@@ -120,15 +120,15 @@ export const Metadata = z.pipe(
 );
 
 /**
- * Metadata keys only the library writes: on a charge the overdraft limit cut, what was asked
- * (`requested`) and what was served and not paid (`shortfall`), which usage and revenue count
- * (docs/metering.md, "Served and not paid").
+ * Metadata keys the library reserves: on a charge the overdraft limit cut, what was asked
+ * (`requested`); what was served and not paid is the entry's own `shortfall`, which version 1 kept
+ * under this key (docs/metering.md, "Served and not paid").
  */
 const LIBRARY_KEYS = ["requested", "shortfall"] as const;
 
 /**
- * `Metadata` as a caller gives it: the same, less the keys only the library writes (a caller's
- * `shortfall` would move revenue's unbilled figure). Such a key is a `ValidationError` naming it.
+ * `Metadata` as a caller gives it: the same, less the keys the library reserves (a caller's would
+ * read as the library's to whoever reads the metadata). Such a key is a `ValidationError` naming it.
  */
 export const CallerMetadata = Metadata.check(
   z.superRefine((value, ctx) => {

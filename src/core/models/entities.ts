@@ -3,6 +3,7 @@ import { AlertState } from "./notifications.js";
 import { GrantScope, SpendLimit, SpenderId } from "./limits.js";
 import { CostBasis } from "./cost-basis.js";
 import {
+  Amount,
   EntityId,
   FeatureName,
   IdempotencyKey,
@@ -14,7 +15,9 @@ import {
   UserId,
 } from "./common.js";
 
-/** The core's grant sources. @public */
+/** A grant source of the core's own. @public */
+export type CoreGrantSource = "manual" | "subscription" | "rollover" | "trial" | "refund" | "adjustment" | "other";
+/** The core's grant sources, each of `CoreGrantSource` (the package's own list: not exported by an entry). */
 export const CORE_GRANT_SOURCES = [
   "manual",
   "subscription",
@@ -23,9 +26,10 @@ export const CORE_GRANT_SOURCES = [
   "refund",
   "adjustment",
   "other",
-] as const;
-/** A grant source of the core's own. @public */
-export type CoreGrantSource = (typeof CORE_GRANT_SOURCES)[number];
+] as const satisfies readonly CoreGrantSource[];
+// Every `CoreGrantSource` is in the list: does not compile when one is missing.
+type _Listed<T extends (typeof CORE_GRANT_SOURCES)[number]> = T;
+type _EveryCoreGrantSourceListed = _Listed<CoreGrantSource>;
 /**
  * Where a grant's credits came from: one of the core's sources, or one a module registers
  * (`grantSources` of its `CreditModule`, docs/modules.md). The model checks the shape; a manager
@@ -115,6 +119,12 @@ export const Account = z.object({
   seq: NonNegativeAmount,
   /** Hash of the latest journal entry (null before the first). */
   lastHash: z.nullable(z.string()),
+  /**
+   * The key id of the latest journal entry (its `keyId`, docs/concepts.md, "A keyed chain"); null
+   * or absent: that entry is not keyed, or there is none. A manager without journal keys refuses to
+   * write after a keyed entry, so that an account's chain never goes back to plain hashes.
+   */
+  lastKeyId: z.optional(z.nullable(JournalKeyId)),
   /** A lower bound of the soonest grant or hold expiry, or null: lets reads skip settling. */
   nextExpiryAt: z.nullable(z.date()),
   /** Low-credits alert state (null until the first change this version made). See docs/notifications.md. */
@@ -322,6 +332,14 @@ export const JournalEntry = z.object({
    * hash version 2).
    */
   paymentId: z.optional(z.nullable(EntityId)),
+  /**
+   * Credits of usage served and not paid (docs/metering.md, "Served and not paid"): set by the
+   * library on a `deduct` or `commit_reserved` that charged usage already delivered for less than
+   * it cost because the overdraft limit allowed no more (possibly an entry of 0 credits); null or
+   * absent on every other entry, whatever its metadata says. Usage reports (their `shortfall`) and
+   * revenue (`unbilledCredits`) read it. Covered by the hash when set (entries of hash version 2).
+   */
+  shortfall: z.optional(z.nullable(Amount)),
   /**
    * What the hash covers (docs/concepts.md, "The journal"): 2 on every entry written since schema
    * version 2; null or absent (version 1) on the entries written before, whose hash leaves out the

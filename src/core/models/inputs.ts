@@ -263,9 +263,12 @@ export const HistoryQuery = z.strictObject({
     ),
   ),
   types: z.optional(z.array(EntryType).check(z.minLength(1))),
-  /** Inclusive lower bound of createdAt. */
+  /**
+   * Inclusive lower bound of when an entry's money moved: its `occurredAt`, else its `createdAt`
+   * (docs/concepts.md, "Two times on every entry").
+   */
   from: z.optional(DateInput),
-  /** Exclusive upper bound of createdAt. */
+  /** Exclusive upper bound of when an entry's money moved (as `from`). */
   to: z.optional(DateInput),
   /**
    * Only the entries recorded under this spender (docs/teams-and-limits.md). A filtered page may

@@ -19,7 +19,34 @@ export const DomainEventType = z.enum([
 /** The domain event types of the journal, recorded with `domainEvents` on (docs/events.md). @public */
 export type DomainEventType = z.infer<typeof DomainEventType>;
 
-/** The core's notification types (docs/notifications.md). @public */
+/** A notification type of the core's own (docs/notifications.md). @public */
+export type CoreNotificationType =
+  | "low_credits"
+  | "credits_exhausted"
+  | "balance_restored"
+  | "expiring_credits"
+  | "transaction_error"
+  | "reservation_expired"
+  | "subscription_renewed"
+  | "subscription_allocation"
+  | "subscription_cancelled"
+  | "subscription_ended"
+  | "feature_status_changed"
+  // The domain event types (`DomainEventType`).
+  | "credits_added"
+  | "credits_adjusted"
+  | "credits_deducted"
+  | "credits_refunded"
+  | "credits_voided"
+  | "credits_expired"
+  | "hold_placed"
+  | "hold_settled"
+  | "credits_reversed"
+  | "limit_warning"
+  | "limit_reached"
+  | "alert_triggered"
+  | "alert_resolved";
+/** The core's notification types, each of `CoreNotificationType` (the package's own list: not exported by an entry). */
 export const CORE_NOTIFICATION_TYPES = [
   "low_credits",
   "credits_exhausted",
@@ -41,9 +68,10 @@ export const CORE_NOTIFICATION_TYPES = [
   // An alert threshold went into alarm, and the thresholds a change brought back (docs/notifications.md, "Alerts").
   "alert_triggered",
   "alert_resolved",
-] as const;
-/** A notification type of the core's own. @public */
-export type CoreNotificationType = (typeof CORE_NOTIFICATION_TYPES)[number];
+] as const satisfies readonly CoreNotificationType[];
+// Every `CoreNotificationType` is in the list: does not compile when one is missing.
+type _Listed<T extends (typeof CORE_NOTIFICATION_TYPES)[number]> = T;
+type _EveryCoreNotificationTypeListed = _Listed<CoreNotificationType>;
 
 /**
  * What a notification is about (docs/notifications.md): one of the core's types, or one a module

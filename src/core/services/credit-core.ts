@@ -249,8 +249,8 @@ export class CreditCore {
   /**
    * An after-service deduction of `amount`, or of what the overdraft limit allows when that is less
    * (the metering of a call that outlived its hold: the usage was delivered). Decided inside the unit
-   * of work, so the account cannot move in between; a clamped entry's metadata adds `requested` and
-   * `shortfall`; when the limit allows nothing, an entry of 0 credits whose `shortfall` is all of
+   * of work, so the account cannot move in between; a clamped entry records its `shortfall` and its
+   * metadata adds `requested`; when the limit allows nothing, an entry of 0 credits whose `shortfall` is all of
    * it (docs/metering.md, "Served and not paid"). A repeated key answers with the first entry, as
    * `deductCreditsAfterService` does.
    */
@@ -284,8 +284,8 @@ export class CreditCore {
    * `commitReservedCredits` of a hold of `userId` (known to the caller: no lookup), for input its
    * models already accepted. `upToLimit` (metering, usage already delivered): past the overdraft
    * limit it commits what the limit allows — the hold and the headroom beyond it — instead of
-   * refusing, decided inside the unit of work as `chargeUpToLimit` decides; a clamped commit entry's
-   * metadata adds `requested` and `shortfall`.
+   * refusing, decided inside the unit of work as `chargeUpToLimit` decides; a clamped commit entry
+   * records its `shortfall` and its metadata adds `requested`.
    */
   commitHold(userId: string, id: string, o: ParsedCommitOptions, upToLimit = false): Promise<JournalEntry> {
     const meta = this.meta("commitReservedCredits", o, () => ({ reservationId: id, ...o }));

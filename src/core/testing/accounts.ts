@@ -103,6 +103,28 @@ export function runAccountsContract(getDb: () => DbManager, options: PartOptions
         expect((await credits.audit(u)).ok).toBe(true);
       });
 
+      it("keeps the key id of an account's latest entry: a manager without journal keys writes nothing after a keyed entry", async () => {
+        // docs/concepts.md, "A keyed chain": the store keeps `lastKeyId` with the account, which is
+        // all a manager without keys reads to refuse (ConfigurationError, nothing written).
+        const u = user();
+        const clock = () => new Date(T0);
+        const key = { current: "contract-k1", keys: { "contract-k1": "k".repeat(32) } };
+        const keyed = new CoreCreditService({ db, clock, journalKeys: key });
+        const plain = new CoreCreditService({ db, clock });
+        await plain.addCredits(u, 10);
+        expect((await db.getAccount(u))?.lastKeyId ?? null).toBeNull();
+        const signed = await keyed.deductCredits(u, 2);
+        expect(signed.keyId).toBe("contract-k1");
+        const account = await db.getAccount(u);
+        expect(account?.lastKeyId).toBe("contract-k1");
+        await expect(plain.deductCredits(u, 1)).rejects.toThrow(ConfigurationError);
+        await expect(plain.addCredits(u, 1)).rejects.toThrow(/journal key "contract-k1"/);
+        expect(await db.getAccount(u)).toEqual(account);
+        expect((await db.listJournal(u, { order: "desc", limit: 10 })).map((e) => e.seq)).toEqual([2, 1]);
+        await keyed.deductCredits(u, 1);
+        expect((await keyed.audit(u, { from: "genesis" })).problems).toEqual([]);
+      });
+
       it("keeps metadata keys named like Object.prototype's members (constructor, prototype, toString) as data, through the hash", async () => {
         const { u, credits } = accountWithClock(db, user);
         // "__proto__" is refused by validation: assigning it sets the prototype, so a copy would drop it.

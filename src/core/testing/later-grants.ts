@@ -176,6 +176,24 @@ export function runLaterGrantsContract(
       await clean(credits, u);
     });
 
+    it("the history's from and to place an entry when its money moved: an expiry settled a day late is in its own day", async () => {
+      const u = user();
+      const { credits, clock } = services();
+      const due = new Date(T0 + HOUR);
+      await credits.addCredits(u, 10, { expiresAt: due });
+      clock.now = T0 + 25 * HOUR; // settled a day late, by this read
+      expect((await credits.getUserCreditsInfo(u)).balance).toBe(0);
+      const between = async (from: number, to: number) =>
+        (await credits.getCreditHistory(u, { from: new Date(from), to: new Date(to), limit: 100 })).items.map(
+          (e) => e.type,
+        );
+      expect(await between(T0, T0 + 2 * HOUR)).toEqual(["expire", "add"]);
+      expect(await between(T0 + 2 * HOUR, T0 + 26 * HOUR)).toEqual([]);
+      expect(await between(due.getTime(), due.getTime() + 1)).toEqual(["expire"]);
+      expect(await between(T0, due.getTime())).toEqual(["add"]);
+      await clean(credits, u);
+    });
+
     it("voiding an upcoming grant leaves the balance as it was; a checkpoint records it as upcoming", async () => {
       const u = user();
       const { credits, clock } = services();

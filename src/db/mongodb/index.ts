@@ -32,6 +32,7 @@ import { SCHEMA_COMPONENT } from "../../schema/sql.js";
 import { targetVersion } from "../../schema/version.js";
 import { versionRefusal } from "../../schema/migrations.js";
 import { StateCache } from "./state-cache.js";
+import { copyCounts } from "./copy-counts.js";
 import { MongoBatch, type BatchResult, type Unit } from "./batch.js";
 import {
   STANDALONE_MESSAGE,
@@ -317,6 +318,7 @@ export class MongoDbManager extends StoreBase implements DbManager {
         ),
       );
     }
+    await copyCounts(this.db, this.collectionPrefix, version);
     for (const linked of linkedFieldsAfter(version)) {
       type Doc = { _id: string; userId: string } & Record<string, unknown>;
       const collection = this.db.collection<Doc>(
@@ -705,12 +707,16 @@ export class MongoDbManager extends StoreBase implements DbManager {
       filter.seq = { $gt: q.afterSeq };
     }
     if (q.types !== undefined) filter.type = { $in: [...q.types] };
-    if (q.from !== undefined || q.to !== undefined) {
-      filter.createdAt = {
-        ...(q.from === undefined ? {} : { $gte: q.from }),
-        ...(q.to === undefined ? {} : { $lt: q.to }),
-      };
+    // When the money moved (docs/concepts.md, "Two times on every entry"): `occurredAt`, else
+    // `createdAt` (`occurredAt: null` matches a missing one too); never after `createdAt`.
+    const moved: Filter<StoredDoc>[] = [];
+    if (q.from !== undefined) {
+      filter.createdAt = { $gte: q.from };
+      moved.push({ $or: [{ occurredAt: null }, { occurredAt: { $gte: q.from } }] });
     }
+    if (q.to !== undefined)
+      moved.push({ $or: [{ occurredAt: { $lt: q.to } }, { occurredAt: null, createdAt: { $lt: q.to } }] });
+    if (moved.length > 0) filter.$and = moved;
     const docs = await guard("listJournal", () =>
       this.c.journal
         .find(filter, batchOf(q.limit))

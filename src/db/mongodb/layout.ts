@@ -173,6 +173,31 @@ export interface FilledField {
 }
 
 /**
+ * A field a later version added, set in the documents written before, which lack it, from a count
+ * the same document holds at `from` (a dotted path): where that is a whole number of at least 1 (a
+ * safe integer) and `where` (a `$expr`, absent: none) holds; left absent on the others.
+ */
+export interface CopiedCount {
+  collection: MongoCollectionKey;
+  field: string;
+  from: string;
+  where?: Record<string, unknown>;
+}
+
+/** Whether `v` is what a `CopiedCount` copies: a safe whole number of at least 1. */
+export const isCopiedCount = (v: unknown): v is number => typeof v === "number" && Number.isSafeInteger(v) && v >= 1;
+
+/** The value at dotted `path` of document `d` (undefined when a step is no object). */
+export function atPath(d: unknown, path: string): unknown {
+  let v = d;
+  for (const k of path.split(".")) {
+    if (v === null || typeof v !== "object" || Array.isArray(v)) return undefined;
+    v = (v as Record<string, unknown>)[k];
+  }
+  return v;
+}
+
+/**
  * A field a later version added, set from another collection: each document of `source` names
  * documents of `collection` of the same `userId` — by its `key` (their `_id`), or those whose `by`
  * field (a dotted path) holds its `_id` and that match `where` — which get `field` = the `source`
@@ -202,7 +227,9 @@ export interface MongoMigration {
   dropIndexes: readonly DroppedIndex[];
   /** Fields this version added, set in the documents stored before. */
   fill?: readonly FilledField[];
-  /** Fields this version added, set from another collection's documents (after `fill`). */
+  /** Fields this version added, set from a count in the same document (after `fill`). */
+  copy?: readonly CopiedCount[];
+  /** Fields this version added, set from another collection's documents (after `copy`). */
   link?: readonly LinkedField[];
 }
 
@@ -215,12 +242,13 @@ export const MONGO_MIGRATIONS: readonly MongoMigration[] = [
   {
     to: 2,
     summary:
-      "journal entries record what a take-back is (takeBack, set from version 1's rule on the entries stored before), the hash version, the key id of a keyed chain, an addition's scope and its start; grants record their start and whether they are upcoming; entries of type start; " +
+      "journal entries record what a take-back is (takeBack, set from version 1's rule on the entries stored before), the credits served and not paid (shortfall, set from version 1's metadata on the entries stored before), the hash version, the key id of a keyed chain, an addition's scope and its start; grants record their start and whether they are upcoming; entries of type start; " +
       "accounts, grants, holds and entries record their unit (absent: the default unit, which every document version 1 wrote is in); " +
+      "accounts record the key id of their latest entry (absent: unkeyed, as every entry version 1 wrote); " +
       "grants record the allowance they were drawn out in (absent on the documents version 1 wrote); " +
       "grant sources and notification types take any lower-case identifier (the validators, which the setup script gives the collections it finds)",
     dropIndexes: [],
-    // The documents version 1 wrote lack hashVersion (version 1), keyId (unkeyed), scope (none
+    // The documents version 1 wrote lack hashVersion (version 1), keyId and the account's lastKeyId (unkeyed), scope (none
     // recorded), effectiveAt and upcoming (every grant started), unit (the default unit,
     // docs/units.md) and drawnOutIn (counted by no allowance, docs/customer-state.md): absent
     // reads as those.
@@ -230,6 +258,16 @@ export const MONGO_MIGRATIONS: readonly MongoMigration[] = [
       value: c.then,
       where: usageTestsExpression(c.when) as Record<string, unknown>,
     })),
+    // Credits served and not paid (docs/metering.md, "Served and not paid"): a deduction's or
+    // capture's metadata `shortfall`, as version 1's overdraft cut recorded it and its reports read it.
+    copy: [
+      {
+        collection: "journal",
+        field: "shortfall",
+        from: "metadata.shortfall",
+        where: { $in: ["$type", ["deduct", "commit_reserved"]] },
+      },
+    ],
     // The payment an entry credits or takes back from (docs/revenue.md, "Payments"): an addition
     // is the one its payment's document names (`creditEntryId`, written in the same unit of work,
     // never by a caller); a take-back (by version 1's rule, just above) names its payment in its
@@ -261,6 +299,13 @@ export function filledFieldsAfter(fromVersion: number): FilledField[] {
   return mongoSteps()
     .filter((m) => m.to > fromVersion)
     .flatMap((m) => m.fill ?? []);
+}
+
+/** The fields versions after `fromVersion` added that are set from a count in the same document. */
+export function copiedCountsAfter(fromVersion: number): CopiedCount[] {
+  return mongoSteps()
+    .filter((m) => m.to > fromVersion)
+    .flatMap((m) => m.copy ?? []);
 }
 
 /** The fields versions after `fromVersion` added that are set from another collection. */

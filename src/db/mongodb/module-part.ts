@@ -1,6 +1,5 @@
-import type { ClientSession, Collection } from "mongodb";
+import type { ClientSession, Collection, Document } from "mongodb";
 import type { BoundStorePart, ModuleRowLists, ModuleStorePart } from "../../core/db/module-part.js";
-import type { StoredDoc } from "./documents.js";
 
 /**
  * What `MongoDbManager` hands a module's part (`ModuleStorePart.mongodb`): its collections by name,
@@ -9,8 +8,11 @@ import type { StoredDoc } from "./documents.js";
  * @beta
  */
 export interface MongoPartHost {
-  /** A collection of the store's database by its name, with the store's prefix added. */
-  collection(name: string): Collection<StoredDoc>;
+  /**
+   * A collection of the store's database by its name, with the store's prefix added; its
+   * documents' `_id` is a string, as in the store's own collections.
+   */
+  collection(name: string): Collection<Document & { _id: string }>;
 }
 
 /**

@@ -58,7 +58,14 @@ function cases<T>(cs: readonly UsageCase<T>[], then: (v: T) => unknown): unknown
 }
 
 const value = (v: UsageValue, sign: 1 | -1): unknown => {
-  const x = typeof v === "number" ? v : v === "amount" ? "$amount" : num(path(v.metadata));
+  const x =
+    typeof v === "number"
+      ? v
+      : v === "amount"
+        ? "$amount"
+        : v === "shortfall"
+          ? { $ifNull: ["$shortfall", 0] }
+          : num(path(v.metadata));
   return sign === 1 ? x : { $multiply: [-1, x] };
 };
 
@@ -100,6 +107,7 @@ const entryFields = (rules: UsageRules): Document =>
 /** An element's (`u`) value of measure `m`; `i`: its index. */
 function element(rules: UsageRules, s: Source, m: UsageMeasure, u: string, i: string): unknown {
   const f = s.source.fields[m];
+  if (f === false) return 0;
   if (f === null) return { $cond: [{ $eq: [i, 0] }, entryRef(rules, m), 0] };
   const v = num(`${u}.${f}`);
   return s.sign === 1 ? v : { $multiply: [-1, v] };
@@ -108,6 +116,7 @@ function element(rules: UsageRules, s: Source, m: UsageMeasure, u: string, i: st
 /** The sum of measure `m` over source `s`'s array. */
 function sourceSum(rules: UsageRules, s: Source, m: UsageMeasure): unknown {
   const a = path(s.source.array);
+  if (s.source.fields[m] === false) return 0;
   if (s.source.fields[m] === null) return { $cond: [{ $gt: [{ $size: arrayOr(a) }, 0] }, entryRef(rules, m), 0] };
   return {
     $reduce: { input: arrayOr(a), initialValue: 0, in: { $add: ["$$value", element(rules, s, m, "$$this", "")] } },
@@ -267,6 +276,7 @@ export function usagePipeline(scan: UsageScan, rules: UsageRules = USAGE_RULES):
         userId: 1,
         type: 1,
         amount: 1,
+        shortfall: 1,
         metadata: 1,
         description: 1,
         spender: 1,

@@ -63,7 +63,6 @@ export type {
   PartitionInfo,
 } from "../../core/db/types-partitions.js";
 export type { PgQueryable } from "./host.js";
-export type { PostgresBoundPart, PostgresModuleSave, PostgresPartHost, PostgresPartTx } from "./module-part.js";
 export type { PostgresDbManagerOptions } from "./options.js";
 export type { PgPool, PgPoolClient, PgPoolConfig, PgQuery, PgQueryResult } from "./pg-types.js";
 
@@ -659,8 +658,11 @@ export class PostgresDbManager extends StoreBase implements DbManager {
     if (query.order === "desc" && query.beforeSeq !== undefined) add((n) => `seq < $${n}`, query.beforeSeq);
     if (query.order === "asc" && query.afterSeq !== undefined) add((n) => `seq > $${n}`, query.afterSeq);
     if (query.types !== undefined) add((n) => `type = ANY($${n}::text[])`, [...query.types]);
-    if (query.from !== undefined) add((n) => `created_at >= $${n}`, query.from);
-    if (query.to !== undefined) add((n) => `created_at < $${n}`, query.to);
+    // When the money moved (docs/concepts.md, "Two times on every entry"): never after created_at,
+    // whose bound keeps the journal's time partitions pruned.
+    if (query.from !== undefined)
+      add((n) => `created_at >= $${n} AND coalesce(occurred_at, created_at) >= $${n}`, query.from);
+    if (query.to !== undefined) add((n) => `coalesce(occurred_at, created_at) < $${n}`, query.to);
     params.push(query.limit);
     const rest = `WHERE ${where.join(" AND ")} ORDER BY seq ${query.order === "desc" ? "DESC" : "ASC"} LIMIT $${params.length}`;
     return list(this, "listJournal", "journal", rest, params);

@@ -1,6 +1,5 @@
 import type { BoundStorePart, ModuleRowLists, ModuleStorePart } from "../../core/db/module-part.js";
 import type { PostgresDbManager } from "./index.js";
-import type { PostgresSql, Statement } from "./sql.js";
 
 /**
  * What `PostgresDbManager` hands a module's part (`ModuleStorePart.postgres`): its statements
@@ -32,8 +31,8 @@ export type PostgresStoreHost = Pick<PostgresDbManager, "read" | "sql" | "inTran
 export interface PostgresPartTx {
   /** The account of the unit of work. */
   readonly userId: string;
-  /** The store's SQL: its tables' names. */
-  readonly sql: PostgresSql;
+  /** The store's schema and table prefix, as the host has them (`PostgresPartHost.sql`). */
+  readonly sql: PostgresPartHost["sql"];
   /** Runs one statement on the unit's connection, inside its transaction. */
   read(what: string, text: string, params: unknown[]): Promise<Record<string, unknown>[]>;
 }
@@ -46,8 +45,12 @@ export interface PostgresPartTx {
  * @beta
  */
 export interface PostgresModuleSave {
-  /** The statement, prepared by name on each connection. */
-  readonly statement: Statement;
+  /**
+   * The statement, prepared by name on each connection (`PREPARE name(types) AS text`): `name` is
+   * the same for the same text and types and no other statement's (the package's own hash the
+   * text); `types`, its one parameter's type (`json`).
+   */
+  readonly statement: { readonly name: string; readonly text: string; readonly types: readonly string[] };
   /** Its one argument: the rows as JSON. */
   readonly arg: string;
 }

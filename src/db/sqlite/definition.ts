@@ -160,8 +160,9 @@ export function definition(s: Sqlite, options: SqliteDbManagerOptions): StoreDef
         if (q.order === "desc" && q.beforeSeq !== undefined) add("seq < ?", q.beforeSeq);
         if (q.order === "asc" && q.afterSeq !== undefined) add("seq > ?", q.afterSeq);
         if (q.types !== undefined) add(`type IN (${q.types.map(() => "?").join(", ") || "NULL"})`, ...q.types);
-        if (q.from !== undefined) add("created_at >= ?", q.from);
-        if (q.to !== undefined) add("created_at < ?", q.to);
+        // When the money moved (docs/concepts.md, "Two times on every entry"); never after created_at.
+        if (q.from !== undefined) add("created_at >= ? AND coalesce(occurred_at, created_at) >= ?", q.from, q.from);
+        if (q.to !== undefined) add("coalesce(occurred_at, created_at) < ?", q.to);
         return s.list<JournalEntry>(
           "journal",
           `WHERE ${where.join(" AND ")} ORDER BY seq ${q.order === "desc" ? "DESC" : "ASC"} LIMIT ?`,

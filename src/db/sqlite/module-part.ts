@@ -3,13 +3,34 @@ import type { Sqlite } from "./connection.js";
 
 /**
  * What `SqliteDbManager` hands a module's part (`ModuleStorePart.sqlite`): a connection to the
- * store's file, its tables' names (`t`) and its statements (`one`, `list`, `insert`, `update`,
- * `run`, `all`). Synchronous: a read outside units of work that finds the file locked runs again
- * (the store wraps the part's reads).
+ * store's file and its statements (`run`, `all`) and transactions (`tx`). Synchronous: a read
+ * outside units of work that finds the file locked runs again (the store wraps the part's reads).
  *
  * @beta
  */
-export type SqlitePartHost = Pick<Sqlite, "t" | "one" | "list" | "insert" | "update" | "run" | "all" | "tx">;
+export interface SqlitePartHost {
+  /**
+   * Runs one statement (`?` parameters, in order: a `Date` is bound as ISO-8601 text in UTC, a
+   * boolean as 0 or 1); answers the number of rows it changed.
+   */
+  run(text: string, params?: readonly unknown[]): number;
+  /** The rows of one query, each an object by column name (parameters as `run` binds them). */
+  all(text: string, params?: readonly unknown[]): Record<string, unknown>[];
+  /** Runs `fn` in one transaction (`immediate`: takes the write lock at once); nested, in a savepoint. */
+  tx<T>(fn: () => T, immediate?: boolean): T;
+}
+
+/**
+ * The host the package's own parts get: the store's connection with its tables' names (`t`) and
+ * the statements on them (`one`, `list`, `insert`, `update`), for the tables of the package's
+ * schema. A part of the package declares its sides with it (a `SqliteBoundPart`'s methods accept
+ * it: the store hands every part its `Sqlite`). @internal
+ */
+export type SqliteStoreHost = Pick<Sqlite, "t" | "one" | "list" | "insert" | "update" | "run" | "all" | "tx">;
+/** `SqlitePartTx` as the package's own parts read it (`db`: the attempt's `SqliteStoreHost`). @internal */
+export interface SqliteStoreTx extends SqlitePartTx {
+  readonly db: SqliteStoreHost;
+}
 
 /**
  * A unit of work's attempt as a module's part reads in it: `db` is the attempt's connection (a
@@ -41,5 +62,5 @@ export interface SqliteBoundPart<Reads extends object = object> extends BoundSto
 }
 
 /** The SQLite side of `part` bound to `host`; undefined when it has none. */
-export const bindSqlite = (part: ModuleStorePart, host: SqlitePartHost): SqliteBoundPart | undefined =>
-  (part.sqlite as ((host: SqlitePartHost) => SqliteBoundPart) | undefined)?.(host);
+export const bindSqlite = (part: ModuleStorePart, host: SqliteStoreHost): SqliteBoundPart | undefined =>
+  (part.sqlite as ((host: SqliteStoreHost) => SqliteBoundPart) | undefined)?.(host);

@@ -8,6 +8,7 @@ import type { PostgresBoundPart, PostgresStoreHost, PostgresPartTx } from "../..
 import { byId, list, one } from "../../db/postgres/reads.js";
 import {
   GUARD_MARKER,
+  type PostgresSql,
   type Statement,
   type Tables,
   cols,
@@ -35,26 +36,25 @@ const countClaimsText = (t: Tables): string =>
 export function billingPostgresPart(host: PostgresStoreHost): PostgresBoundPart<PromoPaymentStore> {
   return {
     reads: new PostgresPromoStore(host),
-    transaction: (tx) => unitReads(tx),
+    // The store's SQL as it is now (`init()` makes it distributed on Citus).
+    transaction: (tx) => unitReads(tx, host.sql),
     save: (rows, distributedUser) =>
       promoPaymentSave(host.sql.tables, rows as readonly PromoPaymentChanges[], distributedUser),
   };
 }
 
-/** The reads a unit of work makes of promos, claims and payments, in its transaction. */
-function unitReads(tx: PostgresPartTx): PromoPaymentTransaction {
+/** The reads a unit of work makes of promos, claims and payments, in its transaction (`sql`: the store's). */
+function unitReads(tx: PostgresPartTx, sql: PostgresSql): PromoPaymentTransaction {
   return {
     async getPromo(code) {
-      const { sql } = tx;
       const [row] = await tx.read("getPromo", `${sql.select("promos")} WHERE code = $1`, [code]);
       return row === undefined ? null : decodeRow<Promo>(sql.tables.promos.columns, row);
     },
     async countPromoClaims(code) {
-      const [row] = await tx.read("countPromoClaims", countClaimsText(tx.sql.tables), [code, tx.userId]);
+      const [row] = await tx.read("countPromoClaims", countClaimsText(sql.tables), [code, tx.userId]);
       return Number(row?.n ?? 0);
     },
     async getPayment(paymentId) {
-      const { sql } = tx;
       const [row] = await tx.read("getPayment", `${sql.select("payments")} WHERE id = $1 AND user_id = $2`, [
         paymentId,
         tx.userId,

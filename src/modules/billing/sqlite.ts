@@ -2,7 +2,7 @@ import { ConflictError } from "../../core/errors.js";
 import { origin } from "../../core/db/store/errors.js";
 import type { Part } from "../../core/db/store/parts.js";
 import type { Payment, Promo, PromoClaim } from "../../models-entry.js";
-import type { SqliteBoundPart, SqlitePartHost, SqlitePartTx } from "../../db/sqlite/module-part.js";
+import type { SqliteBoundPart, SqliteStoreHost, SqliteStoreTx } from "../../db/sqlite/module-part.js";
 import { isConflict } from "../../db/sqlite/unit.js";
 import type { PromoPaymentChanges, PromoPaymentStore, PromoPaymentTransaction } from "./store.js";
 
@@ -12,15 +12,17 @@ import type { PromoPaymentChanges, PromoPaymentStore, PromoPaymentTransaction } 
  * updates are written in its write transaction: each claim takes one use under the guard
  * `max_uses IS NULL OR uses < max_uses`, each payment update is a compare-and-set on `version`.
  */
-export function billingSqlitePart(s: SqlitePartHost): SqliteBoundPart<PromoPaymentStore> {
+export function billingSqlitePart(s: SqliteStoreHost): SqliteBoundPart<PromoPaymentStore> {
   return {
     reads: reads(s) as PromoPaymentStore,
-    transaction: (tx) => unitReads(tx),
-    write: (db, rows) => write(db, rows as PromoPaymentChanges),
+    // The store hands its parts its own connection: the package's tables' statements
+    // (`SqliteStoreHost`, src/db/sqlite/module-part.ts).
+    transaction: (tx: SqliteStoreTx) => unitReads(tx),
+    write: (db: SqliteStoreHost, rows) => write(db, rows as PromoPaymentChanges),
   };
 }
 
-function reads(s: SqlitePartHost): Part<PromoPaymentStore> {
+function reads(s: SqliteStoreHost): Part<PromoPaymentStore> {
   const count = (text: string, params: unknown[]) => Number(s.all(text, params)[0]?.n ?? 0);
   const byId = <T>(id: string, userId: string | undefined) =>
     userId === undefined
@@ -70,7 +72,7 @@ function reads(s: SqlitePartHost): Part<PromoPaymentStore> {
   };
 }
 
-function unitReads({ db, userId }: SqlitePartTx): PromoPaymentTransaction {
+function unitReads({ db, userId }: SqliteStoreTx): PromoPaymentTransaction {
   return {
     getPromo: async (code) => db.one<Promo>("promos", "WHERE code = ?", [code]),
     countPromoClaims: async (code) =>
@@ -84,7 +86,7 @@ function unitReads({ db, userId }: SqlitePartTx): PromoPaymentTransaction {
   };
 }
 
-function write(s: SqlitePartHost, c: PromoPaymentChanges): void {
+function write(s: SqliteStoreHost, c: PromoPaymentChanges): void {
   for (const claim of c.promoClaims ?? []) {
     const took = s.run(
       `UPDATE ${s.t.promos.qualified} SET uses = uses + 1 WHERE code = ? AND (max_uses IS NULL OR uses < max_uses)`,

@@ -3,7 +3,8 @@ import { ConfigurationError, ValidationError } from "../../core/errors.js";
 import { FeatureName, SpenderId, UserId, parse } from "../../models-entry.js";
 import type { CreditService } from "../../credit-service.js";
 import type { MeterOptions } from "../../models-entry.js";
-import { isMeterLease, type MeterLease, type MeterOutcome, type MeterSession } from "./service.js";
+import { isMeterLease, type MeterOutcome, type MeterSession } from "./service.js";
+import type { CreditLeases } from "../leases/service.js";
 import { recordOf } from "../pricing/service.js";
 import { usageOfText, type LlmUsage, type ResponseUsageReader, type UsageReading } from "../pricing/rules-llm-usage.js";
 import type { RecordedUsage } from "../../models-entry.js";
@@ -35,8 +36,9 @@ export interface MeteringOptionsBase<Req> {
    * in memory and the usage charged from it; when the block does not cover the estimate, the
    * request places a hold in the store as without a lease (and the block is opened or rolled for
    * the next ones); usage beyond what the block still covers is an after-service deduction.
+   * The routes use only what metering needs of it (`MeterLease`, ./service.ts).
    */
-  lease?: MeterLease;
+  lease?: CreditLeases;
   /**
    * Who spends (docs/teams-and-limits.md, docs/metering.md "Spenders and features"): a spender id,
    * or a function of the request answering one (or undefined: none). Default: the identity's

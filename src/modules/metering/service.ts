@@ -197,9 +197,9 @@ export interface SetAside {
 
 /**
  * What metering's routes use of a lease (`manager.credits.leases()`, the leases module, docs/metering.md,
- * "Leases"): metering owns this shape, the leases module implements it, so metering names no lease.
- *
- * @beta
+ * "Leases"): metering owns this shape, the leases module implements it, so metering's code calls
+ * no lease's method of its own. Internal to the package: the routes' `lease` option is typed
+ * `CreditLeases`, the class a user has.
  */
 export interface MeterLease {
   /** A session served from the user's block, or null when it holds in the store. */
@@ -419,7 +419,8 @@ export class MeterSession {
       // Past the overdraft limit the commit takes what the limit allows (decided in its unit of
       // work) and its entry says what was left: also when a retry replays it.
       const entry = await this.deps.commitHold(this.userId, this.reservationId, options, true);
-      const shortfall = typeof entry.metadata?.shortfall === "number" ? entry.metadata.shortfall : 0;
+      // What the limit left unpaid: the entry's own field, which only the library sets.
+      const shortfall = entry.shortfall ?? 0;
       const outcome = this.outcome("committed", amount - shortfall, entry);
       if (shortfall > 0)
         await this.reportShortfall(

@@ -147,14 +147,15 @@ export function parseRevenueState(text: string): RevenueState {
 }
 
 /**
- * Credits of usage served and not charged: the `shortfall` the library records on a charge the
- * overdraft limit cut (an entry of 0 credits when it allowed nothing, docs/metering.md "Served and
- * not paid"). `unbilledCredits` counts it (docs/revenue.md, decision 4), as usage reports do.
+ * Credits of usage served and not charged: the entry's `shortfall`, which the library alone records
+ * on a charge the overdraft limit cut (an entry of 0 credits when it allowed nothing,
+ * docs/metering.md "Served and not paid"), never the metadata's say. `unbilledCredits` counts it
+ * (docs/revenue.md, decision 4), as usage reports do.
  */
-export function servedUnpaid(e: Pick<JournalEntry, "type" | "metadata">): number {
+export function servedUnpaid(e: Pick<JournalEntry, "type"> & Partial<Pick<JournalEntry, "shortfall">>): number {
   if (e.type !== "deduct" && e.type !== "commit_reserved") return 0;
-  const v = e.metadata?.shortfall;
-  return typeof v === "number" && Number.isSafeInteger(v) && v > 0 ? v : 0;
+  const v = e.shortfall ?? 0;
+  return Number.isSafeInteger(v) && v > 0 ? v : 0;
 }
 
 /** The name of the unit of a grant or an entry, for a report grouped by unit (docs/revenue.md, decision 4). */

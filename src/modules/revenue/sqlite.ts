@@ -1,6 +1,6 @@
 import type { PeriodClose, PeriodCloseMark } from "./model.js";
 import type { Part } from "../../core/db/store/parts.js";
-import type { SqliteBoundPart, SqlitePartHost } from "../../db/sqlite/module-part.js";
+import type { SqliteBoundPart, SqliteStoreHost } from "../../db/sqlite/module-part.js";
 import type { RevenueSummaryReads } from "./store.js";
 import { closeGoesBack } from "./store-errors.js";
 
@@ -10,11 +10,11 @@ import { closeGoesBack } from "./store-errors.js";
  * check against the latest close, every account's mark (`INSERT … SELECT` from the accounts), the
  * close row. Synchronous reads: the store runs them again while the file is locked.
  */
-export function revenueSqlitePart(s: SqlitePartHost): SqliteBoundPart<RevenueSummaryReads> {
+export function revenueSqlitePart(s: SqliteStoreHost): SqliteBoundPart<RevenueSummaryReads> {
   return { reads: reads(s) as RevenueSummaryReads };
 }
 
-function reads(s: SqlitePartHost): Part<Omit<RevenueSummaryReads, "summary">> {
+function reads(s: SqliteStoreHost): Part<Omit<RevenueSummaryReads, "summary">> {
   const t = s.t;
   return {
     recordClose: (through: Date, closedAt: Date): PeriodClose =>

@@ -25,6 +25,7 @@ export function copyEntry(e: JournalEntry): JournalEntry {
     createdAt: new Date(e.createdAt.getTime()),
     takeBack: e.takeBack ?? null,
     paymentId: e.paymentId ?? null,
+    shortfall: e.shortfall ?? null,
     hashVersion: e.hashVersion ?? null,
     keyId: e.keyId ?? null,
     scope: e.scope == null ? null : structuredClone(e.scope),

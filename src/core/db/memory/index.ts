@@ -338,7 +338,9 @@ export class CoreInMemoryDbManager extends StoreBase implements DbManager {
     const out: JournalEntry[] = [];
     const take = (e: JournalEntry) => {
       if (types !== null && !types.has(e.type)) return;
-      if ((q.from !== undefined && e.createdAt < q.from) || (q.to !== undefined && e.createdAt >= q.to)) return;
+      // When the money moved (docs/concepts.md, "Two times on every entry").
+      const moved = e.occurredAt ?? e.createdAt;
+      if ((q.from !== undefined && moved < q.from) || (q.to !== undefined && moved >= q.to)) return;
       out.push(copyEntry(e));
     };
     // The entry of seq s is at index s - 1 - archived.
