@@ -627,7 +627,7 @@ export interface paths {
         };
         /**
          * Revenue of every account (or `account`'s) by calendar window: deferred, recognized, breakage
-         * @description Deferred revenue at each window's bounds, paid, recognized, breakage and refunds per currency in its smallest unit, and unbilled usage in credits (`credits.getRevenue`, docs/revenue.md). Per row: deferredStart + paid − recognized − breakage − refunds = deferredEnd. No window after the one that holds now (a later `to` reads to that window's end). At most `limit` rows (default 10,000, at most 100,000), the first by window, currency and groups; `truncated` says rows were left off. A range past its caps (2,000 windows; 3,700 days without an interval; 1,000,000 windows × groups) is a 400.
+         * @description Deferred revenue at each window's bounds, paid, recognized, breakage and refunds per currency in its smallest unit, and unbilled usage in credits (`credits.getRevenue`, docs/revenue.md). Per window and group, over its ordinary row and its catch-up rows (`catchUpThrough`, docs/revenue.md "Closing a month"): deferredStart + paid − recognized − breakage − refunds = deferredEnd. No window after the one that holds now (a later `to` reads to that window's end). At most `limit` rows (default 10,000, at most 100,000), the first by window, currency and groups; `truncated` says rows were left off. A range past its caps (2,000 windows; 3,700 days without an interval; 1,000,000 windows × groups) is a 400.
          */
         get: operations["adminGetRevenue"];
         put?: never;
@@ -647,11 +647,35 @@ export interface paths {
         };
         /**
          * The revenue report as CSV
-         * @description RFC 4180 (CRLF records, a header line), streamed: start, end, currency, the grouped dimensions, deferredStartMinor, paidMinor, recognizedMinor, breakageMinor, refundsMinor, deferredEndMinor (the smallest currency unit), unbilledCredits. Text that begins with = + - @, a tab or a CR is prefixed with ' (spreadsheet injection). The JSON route's bounds; `X-Revenue-Truncated: true` when `limit` left rows off.
+         * @description RFC 4180 (CRLF records, a header line), streamed: start, end, currency, the grouped dimensions, catchUpThrough (empty on ordinary rows), deferredStartMinor, paidMinor, recognizedMinor, breakageMinor, refundsMinor, deferredEndMinor (the smallest currency unit), unbilledCredits. Text that begins with = + - @, a tab or a CR is prefixed with ' (spreadsheet injection). The JSON route's bounds; `X-Revenue-Truncated: true` when `limit` left rows off.
          */
         get: operations["adminGetRevenueCsv"];
         put?: never;
         post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/admin/credits/revenue/closes": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The closed periods of the revenue reports, by `through` ascending
+         * @description `credits.listPeriodCloses` (docs/revenue.md, "Closing a month").
+         */
+        get: operations["adminListPeriodCloses"];
+        put?: never;
+        /**
+         * Closes the revenue reports through `through`
+         * @description `credits.closePeriod` (docs/revenue.md, "Closing a month"): records every account's journal seq now and the close; revenue reports of windows ending at or before `through` then read the same forever, and what is recorded later with a time before `through` is booked at `through` on catch-up rows. `through` must not be in the future and must be after the latest close's (400); of two closes racing, one is recorded (409).
+         */
+        post: operations["adminClosePeriod"];
         delete?: never;
         options?: never;
         head?: never;
@@ -1418,6 +1442,7 @@ export interface operations {
                             hash: string;
                             takeBack?: ("refund" | "clawback") | null;
                             paymentId?: string | null;
+                            shortfall?: number | null;
                             hashVersion?: number | null;
                             keyId?: string | null;
                             scope?: {
@@ -1929,6 +1954,7 @@ export interface operations {
                             hash: string;
                             takeBack?: ("refund" | "clawback") | null;
                             paymentId?: string | null;
+                            shortfall?: number | null;
                             hashVersion?: number | null;
                             keyId?: string | null;
                             scope?: {
@@ -2106,6 +2132,7 @@ export interface operations {
                             hash: string;
                             takeBack?: ("refund" | "clawback") | null;
                             paymentId?: string | null;
+                            shortfall?: number | null;
                             hashVersion?: number | null;
                             keyId?: string | null;
                             scope?: {
@@ -2411,6 +2438,7 @@ export interface operations {
                             hash: string;
                             takeBack?: ("refund" | "clawback") | null;
                             paymentId?: string | null;
+                            shortfall?: number | null;
                             hashVersion?: number | null;
                             keyId?: string | null;
                             scope?: {
@@ -2816,6 +2844,7 @@ export interface operations {
                         hash: string;
                         takeBack?: ("refund" | "clawback") | null;
                         paymentId?: string | null;
+                        shortfall?: number | null;
                         hashVersion?: number | null;
                         keyId?: string | null;
                         scope?: {
@@ -2977,6 +3006,7 @@ export interface operations {
                         hash: string;
                         takeBack?: ("refund" | "clawback") | null;
                         paymentId?: string | null;
+                        shortfall?: number | null;
                         hashVersion?: number | null;
                         keyId?: string | null;
                         scope?: {
@@ -3152,6 +3182,7 @@ export interface operations {
                         hash: string;
                         takeBack?: ("refund" | "clawback") | null;
                         paymentId?: string | null;
+                        shortfall?: number | null;
                         hashVersion?: number | null;
                         keyId?: string | null;
                         scope?: {
@@ -3304,6 +3335,7 @@ export interface operations {
                             hash: string;
                             takeBack?: ("refund" | "clawback") | null;
                             paymentId?: string | null;
+                            shortfall?: number | null;
                             hashVersion?: number | null;
                             keyId?: string | null;
                             scope?: {
@@ -3352,6 +3384,7 @@ export interface operations {
                             hash: string;
                             takeBack?: ("refund" | "clawback") | null;
                             paymentId?: string | null;
+                            shortfall?: number | null;
                             hashVersion?: number | null;
                             keyId?: string | null;
                             scope?: {
@@ -3738,6 +3771,7 @@ export interface operations {
                         hash: string;
                         takeBack?: ("refund" | "clawback") | null;
                         paymentId?: string | null;
+                        shortfall?: number | null;
                         hashVersion?: number | null;
                         keyId?: string | null;
                         scope?: {
@@ -5404,6 +5438,8 @@ export interface operations {
                             end: string;
                             /** @description ISO 4217; null on the rows of unbilled usage */
                             currency: string | null;
+                            /** @description On a catch-up row: the `through` of the close whose closed period held its figures' time (recorded after that close); null on ordinary rows */
+                            catchUpThrough: string | null;
                             /** @description Paid credits not yet used at `start`, at their basis (smallest currency unit) */
                             deferredStart: number;
                             /** @description Credits sold in the window: additions with a cost basis */
@@ -5511,6 +5547,165 @@ export interface operations {
             };
             /** @description Not allowed: not an admin, or a spender the caller's credentials do not name */
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Internal error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    adminListPeriodCloses: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        closes: {
+                            /** Format: date-time */
+                            through: string;
+                            /** Format: date-time */
+                            closedAt: string;
+                            accounts: number;
+                        }[];
+                    };
+                };
+            };
+            /** @description Invalid body, query or path (field-level `details.issues`) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description No identity */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not allowed: not an admin, or a spender the caller's credentials do not name */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Internal error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    adminClosePeriod: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": {
+                    through: string;
+                };
+            };
+        };
+        responses: {
+            /** @description Created */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** Format: date-time */
+                        through: string;
+                        /** Format: date-time */
+                        closedAt: string;
+                        accounts: number;
+                    };
+                };
+            };
+            /** @description Invalid body, query or path (field-level `details.issues`) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description No identity */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not allowed: not an admin, or a spender the caller's credentials do not name */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Conflict: not active, idempotency key reused with other arguments, or a lost race */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Body too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not JSON: the body, or the Content-Type of a mutation (application/json is required, with an empty body too) */
+            415: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -8157,6 +8352,7 @@ export interface operations {
                             hash: string;
                             takeBack?: ("refund" | "clawback") | null;
                             paymentId?: string | null;
+                            shortfall?: number | null;
                             hashVersion?: number | null;
                             keyId?: string | null;
                             scope?: {

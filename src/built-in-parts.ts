@@ -6,7 +6,7 @@ import { revenueStorePart } from "./modules/revenue/store-part.js";
 
 /**
  * The store parts of the package's own modules: promo codes and payments (billing), the revenue
- * summary. `createCreditManager` binds them to its store (`DbManager.usePart`); a module's service
+ * summary and the closed periods of revenue reports. `createCreditManager` binds them to its store (`DbManager.usePart`); a module's service
  * binds its own part too on first use, so a store handed straight to a service has it.
  */
 export const BUILT_IN_STORE_PARTS: readonly ModuleStorePart[] = [billingStorePart, revenueStorePart];

@@ -20,8 +20,8 @@ import {
 } from "./modules/archive/service.js";
 import type { ArchivePartitionsReport } from "./core/db/types-partitions.js";
 import type { CustomerState, CustomerStatePage } from "./modules/customer-state/rules.js";
-import { getRevenue } from "./modules/revenue/service.js";
-import type { RevenueQuery, RevenueReport } from "./modules/revenue/model.js";
+import { closePeriod, getRevenue, listPeriodCloses } from "./modules/revenue/service.js";
+import type { PeriodClose, RevenueQuery, RevenueReport } from "./modules/revenue/model.js";
 import { MeterOptions as MeterOptionsSchema, type MeterOptions } from "./modules/metering/model.js";
 import {
   openMeter,
@@ -147,12 +147,31 @@ export class CreditService extends CoreCreditService {
    * per currency (and `groupBy`), the deferred value at each window's start and end and what was
    * paid, recognized, broken (expired or voided unused) and refunded in it, in the currency's
    * smallest unit, from the journal and the cost basis of each grant. Per account and currency
-   * `deferredStart + paid − recognized − breakage − refunds = deferredEnd`. Bounded (docs/revenue.md,
+   * `deferredStart + paid − recognized − breakage − refunds = deferredEnd` (over the ordinary row and
+   * the catch-up rows of a closed month: docs/revenue.md, "Closing a month"). Bounded (docs/revenue.md,
    * "How large a report can be"): no window after the one holding now, at most `limit` rows (default
    * 10,000; `truncated` says rows were left off). A bad or too large query is a `ValidationError`.
    */
   async getRevenue(query: RevenueQuery): Promise<RevenueReport> {
     return getRevenue(this.db, query, { now: this.clock().getTime() });
+  }
+
+  /**
+   * Closes the revenue reports through `through` (docs/revenue.md, "Closing a month"): records
+   * every account's journal seq now and the close, after which a revenue report of any window
+   * ending at or before `through` reads the same forever; what is recorded later with a time before
+   * `through` is booked at `through`, on catch-up rows (`RevenueRow.catchUpThrough`). `through` must
+   * not be in the future and must be after the latest close's (`ValidationError`); of two closes
+   * racing, one is recorded (the other a `ConflictError`). Costs one row per account.
+   * @beta
+   */
+  async closePeriod(through: Date): Promise<PeriodClose> {
+    return closePeriod(this.db, through, this.clock().getTime());
+  }
+
+  /** The closed periods of the revenue reports (docs/revenue.md, "Closing a month"), by `through` ascending. @beta */
+  async listPeriodCloses(): Promise<PeriodClose[]> {
+    return listPeriodCloses(this.db);
   }
 
   /**

@@ -77,6 +77,7 @@ export type {
   PaymentStatus,
   Plan,
   PriceBookInput,
+  PeriodClose,
   PriceQuote,
   Promo,
   PromoClaim,

@@ -146,6 +146,8 @@ describe.skipIf(!url)("a store on Citus: init() distributes it (docs/scaling-out
     ledger_entries: "local",
     notifications: "h:user_id:true",
     payments: "h:user_id:true",
+    period_close_marks: "h:user_id:true",
+    period_closes: "n::false",
     plans: "n::false",
     promo_claims: "h:user_id:true",
     promos: "n::false",
@@ -202,6 +204,16 @@ describe.skipIf(!url)("a store on Citus: init() distributes it (docs/scaling-out
       { user_id: "rollup-other", credits: 4 },
       { user_id: "rollup-user", credits: 8 },
     ]);
+    // A close of the revenue reports (docs/revenue.md, "Closing a month"): the marks written on the
+    // workers with the accounts, the close row in the reference table, in one transaction.
+    const close = await credits.closePeriod(new Date(Math.floor(Date.now() / 86_400_000) * 86_400_000));
+    expect(close.accounts).toBe(2);
+    const marks = await admin.query(`SELECT user_id, seq::int AS seq FROM "${schema}".period_close_marks ORDER BY 1`);
+    expect(marks.rows).toEqual([
+      { user_id: "rollup-other", seq: 3 },
+      { user_id: "rollup-user", seq: 5 },
+    ]);
+    expect(await new CreditService({ db: managers[1] as PostgresDbManager }).listPeriodCloses()).toEqual([close]);
     await Promise.all(managers.map((m) => m.close()));
   });
 

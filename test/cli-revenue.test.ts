@@ -211,9 +211,9 @@ function suite(
       ]);
       expect(csv.code).toBe(0);
       expect(csv.stdout.split("\r\n")[0]).toBe(
-        "start,end,currency,account,spender,deferredStartMinor,paidMinor,recognizedMinor,breakageMinor,refundsMinor,deferredEndMinor,unbilledCredits",
+        "start,end,currency,account,spender,catchUpThrough,deferredStartMinor,paidMinor,recognizedMinor,breakageMinor,refundsMinor,deferredEndMinor,unbilledCredits",
       );
-      expect(csv.stdout).toContain(`,USD,acme,'=2+5,0,0,1000,0,0,0,0\r\n`);
+      expect(csv.stdout).toContain(`,USD,acme,'=2+5,,0,0,1000,0,0,0,0\r\n`);
       expect(csv.stdout).not.toMatch(/,=2\+5/);
       // By plan: none of these credits came from a subscription.
       const byPlan = await run(["--month", monthText, "--interval", "none", "--group-by", "plan"]);

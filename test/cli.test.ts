@@ -31,6 +31,7 @@ describe("credit-management CLI", () => {
     expect(commands.sort()).toEqual([
       "accounts",
       "audit",
+      "close-period",
       "keys",
       "revenue",
       "reverse",

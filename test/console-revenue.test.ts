@@ -78,8 +78,8 @@ describe("the console's revenue page (docs/console.md, 'Revenue')", () => {
     expect(body).toMatch(new RegExp(`<td[^>]*>${month}</td>\\s*<td[^>]*>USD</td>`));
     // The CSV of the range, by account.
     const csv = await (await h(new Request("http://x/console/revenue.csv"))).text();
-    expect(csv).toContain(`,USD,acme,0,1999,200,0,0,1799,0\r\n`);
-    expect(csv).toContain(`,,initech,0,0,0,0,0,0,40\r\n`);
+    expect(csv).toContain(`,USD,acme,,0,1999,200,0,0,1799,0\r\n`);
+    expect(csv).toContain(`,,initech,,0,0,0,0,0,0,40\r\n`);
     // A range in the past: its last month's end; a bad month falls back to the default range.
     const past = await (await h(new Request(`http://x/console/revenue?to=${month}&account=acme`))).text();
     expect(past).toContain(`Deferred at ${month}&#39;s end`);

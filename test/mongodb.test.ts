@@ -675,6 +675,8 @@ describe.skipIf(!uri)("mongodb (CREDIT_MONGO_URI)", () => {
         "cm_ledger",
         "cm_notifications",
         "cm_payments",
+        "cm_period_close_marks",
+        "cm_period_closes",
         "cm_plans",
         "cm_promo_claims",
         "cm_promos",
@@ -698,6 +700,8 @@ describe.skipIf(!uri)("mongodb (CREDIT_MONGO_URI)", () => {
       expect(await indexes("cm_promos")).toEqual(["_id_", "created"]);
       expect(await indexes("cm_promo_claims")).toEqual(["_id_", "code_user_n", "user_created"]);
       expect(await indexes("cm_payments")).toEqual(["_id_", "provider_payment", "provider_ref", "user_created"]);
+      expect(await indexes("cm_period_closes")).toEqual(["_id_", "after"]);
+      expect(await indexes("cm_period_close_marks")).toEqual(["_id_", "user_through"]);
       expect(await indexes("cm_notifications")).toEqual([
         "_id_",
         "pending_due",

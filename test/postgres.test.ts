@@ -113,6 +113,8 @@ describe.skipIf(!url)("PostgresDbManager", () => {
         "cm_ledger_entries",
         "cm_notifications",
         "cm_payments",
+        "cm_period_close_marks",
+        "cm_period_closes",
         "cm_plans",
         "cm_promo_claims",
         "cm_promos",

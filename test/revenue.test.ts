@@ -757,6 +757,7 @@ describe.each(stores)("revenue on $name: usage served and not paid, and each uni
       refunds: 0,
       deferredEnd: 0,
       unbilledCredits: 0,
+      catchUpThrough: null,
     };
     const unbilled = (n: number) => ({ ...money, paid: 0, recognized: 0, unbilledCredits: n });
     expect(await month(served)).toEqual([
@@ -783,7 +784,7 @@ describe.each(stores)("revenue on $name: usage served and not paid, and each uni
       await credits.deductCredits("u", 2, { unit: "images" });
       await credits.deductCreditsAfterService("u", 6, { unit: "images" }); // 3 from the grant, 3 of debt
     };
-    const row = { deferredStart: 0, breakage: 0, refunds: 0, unbilledCredits: 0 };
+    const row = { deferredStart: 0, breakage: 0, refunds: 0, unbilledCredits: 0, catchUpThrough: null };
     expect(await month(book, ["unit"], { images: "unlimited" })).toEqual([
       { currency: "USD", unit: "credits", ...row, paid: 10, recognized: 4, deferredEnd: 6 },
       { currency: "USD", unit: "images", ...row, paid: 50, recognized: 50, deferredEnd: 0 },

@@ -65,7 +65,8 @@ const MUST_SEE = [
 ];
 
 /** Tables every shard may hold a copy of (Citus reference tables; MongoDB unsharded collections). */
-const REFERENCE = new Set(["plans", "promos", "schema_version"]);
+// The closes of revenue reports too (docs/revenue.md, "Closing a month"): one row per close, no user.
+const REFERENCE = new Set(["plans", "promos", "schema_version", "period_closes"]);
 
 /** The tables whose rows belong to one account, as the adapters name them (without prefix). */
 const PER_ACCOUNT = [
@@ -80,6 +81,7 @@ const PER_ACCOUNT = [
   "subscriptions",
   "promo_claims",
   "payments",
+  "period_close_marks",
 ];
 const canonical = (t: string) => (t === "journal_entries" ? "journal" : t === "ledger_entries" ? "ledger" : t);
 

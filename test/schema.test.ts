@@ -91,6 +91,7 @@ describe("schema generator: columns from the zod models", () => {
         "journal_entries",
         "notifications",
         "payments",
+        "period_close_marks",
         "promo_claims",
         "reservations",
         "subscriptions",
@@ -98,8 +99,10 @@ describe("schema generator: columns from the zod models", () => {
         "usage_state",
       ].sort(),
     );
-    // Plans, promos and the version row: a copy on every worker; the ledger (rows without a user) stays local.
+    // Plans, promos, the closes of revenue reports and the version row: a copy on every worker; the
+    // ledger (rows without a user) stays local.
     expect([...ddl.matchAll(/create_reference_table\('"(\w+)"'/g)].map((m) => m[1]).sort()).toEqual([
+      "period_closes",
       "plans",
       "promos",
       "schema_version",
@@ -228,6 +231,8 @@ describe("schema generator: columns from the zod models", () => {
       "cm_notifications",
       "cm_plans",
       "cm_subscriptions",
+      "cm_period_closes",
+      "cm_period_close_marks",
     ]);
     const text = JSON.stringify(collections);
     expect(text).not.toMatch(/"\$ref"|"\$defs"|"format"|"\$schema"|"propertyNames"|x-credit-management/);

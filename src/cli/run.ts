@@ -5,7 +5,7 @@ import packageJson from "../../package.json" with { type: "json" };
 import { exitCodeOf, parseCommandLine } from "./args.js";
 import { ACCOUNTS_HELP, runAccountsCli } from "./accounts.js";
 import { runAudit } from "./audit.js";
-import { REVENUE_HELP, runRevenueCli } from "../modules/revenue/cli.js";
+import { CLOSE_PERIOD_HELP, REVENUE_HELP, runClosePeriodCli, runRevenueCli } from "../modules/revenue/cli.js";
 import { REVERSE_HELP, runReverseCli } from "./reverse.js";
 import { runServeCli } from "./serve.js";
 import { WEBHOOKS_HELP, runWebhooksCli } from "../modules/webhooks/cli.js";
@@ -92,6 +92,7 @@ Commands:
   reverse   Give back a charge, in whole or in part, to the grants it drew from; show what was
             given back of it
   revenue   Deferred revenue, recognized revenue, breakage and refunds, from the journal
+  close-period  Close the revenue reports through a date (a month-end close); list the closes
 
 Each command's options, environment variables, exit codes and examples:
   credit-management <command> --help       or: credit-management help <command>
@@ -146,6 +147,7 @@ export const COMMAND_HELP: Readonly<Record<string, string>> = {
   webhooks: WEBHOOKS_HELP,
   accounts: ACCOUNTS_HELP,
   revenue: REVENUE_HELP,
+  "close-period": CLOSE_PERIOD_HELP,
   reverse: REVERSE_HELP,
 };
 
@@ -201,6 +203,7 @@ export async function runCli(args: readonly string[], io: CliIo, source: StoreSo
   // Commands with flags of their own (their --help is answered above).
   if (args[0] === "accounts") return runAccountsCli(args.slice(1), io, source);
   if (args[0] === "revenue") return runRevenueCli(args.slice(1), io, source);
+  if (args[0] === "close-period") return runClosePeriodCli(args.slice(1), io, source);
   if (args[0] === "reverse") return runReverseCli(args.slice(1), io, source);
   try {
     return await run(args, io, source);

@@ -98,8 +98,11 @@ export const MIGRATIONS: readonly Migration[] = [
       "accounts, grants, holds and entries record their unit (null: the default unit, which every row a version 1 store holds is in); " +
       "accounts record the key id of their latest entry (null on the rows there are: version 1 signed no entry with a key); " +
       "grants record the allowance they were drawn out in (null on the rows there are); " +
+      "revenue reports close periods (period_closes, period_close_marks: new tables); " +
       "grant sources and notification types take any lower-case identifier; " +
       "PostgreSQL's daily usage rollup keys its rows by unit too (the rows there are: the default unit) and sums the credits served and not paid (shortfall, on the rows there are from the entries they hold)",
+    // Closed periods of revenue reports (docs/revenue.md, "Closing a month"): new tables.
+    tables: ["periodCloses", "periodCloseMarks"],
     // hash_version stays NULL on the entries there are: their hash is version 1's (docs/concepts.md).
     columns: [
       { table: "journal", field: "takeBack" },

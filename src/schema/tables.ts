@@ -2,6 +2,7 @@ import * as z from "zod/mini";
 import type { ZodMiniObject } from "zod/mini";
 import { Account, Grant, JournalEntry, LedgerEntry, Reservation } from "../core/models/entities.js";
 import { promoPaymentTableSpecs } from "../modules/billing/schema-tables.js";
+import { periodCloseTableSpecs } from "../modules/revenue/schema-tables.js";
 import { AccountAutoTopUp } from "../modules/billing/model-auto-top-up.js";
 import { Notification } from "../core/models/notifications.js";
 import { Plan, Subscription } from "../core/models/subscriptions.js";
@@ -115,6 +116,10 @@ export interface TableSpecs {
   plans: TableSpec;
   /** Subscriptions. */
   subscriptions: TableSpec;
+  /** The closed periods of revenue reports (docs/revenue.md, "Closing a month"). */
+  periodCloses: TableSpec;
+  /** Each account's journal seq at each close of the revenue reports. */
+  periodCloseMarks: TableSpec;
 }
 /** A table of the schema: a key of `TableSpecs`. */
 export type TableKey = keyof TableSpecs;
@@ -257,6 +262,8 @@ export const tableSpecs: TableSpecs = {
       },
     ],
   },
+  // Closed periods of revenue reports (docs/revenue.md, "Closing a month").
+  ...periodCloseTableSpecs,
 };
 
 /** Every index of a table, the idempotency key's unique index included. */

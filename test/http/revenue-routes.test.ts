@@ -139,16 +139,16 @@ describe("revenue over HTTP", () => {
     expect(r.headers.get("cache-control")).toBe("no-store");
     const lines = r.text.split("\r\n");
     expect(lines[0]).toBe(
-      "start,end,currency,account,spender,deferredStartMinor,paidMinor,recognizedMinor,breakageMinor,refundsMinor,deferredEndMinor,unbilledCredits",
+      "start,end,currency,account,spender,catchUpThrough,deferredStartMinor,paidMinor,recognizedMinor,breakageMinor,refundsMinor,deferredEndMinor,unbilledCredits",
     );
     expect(lines.at(-1)).toBe("");
     // The account id begins with `=`: prefixed with ', quoted (it holds quotes and a comma).
     expect(r.text).toContain(`,EUR,"'=HYPERLINK(""http://evil.example"",""x"")",`);
     expect(r.text).not.toMatch(/(^|,)"?=HYPERLINK/m);
     // The spender begins with `+`: prefixed with '.
-    expect(r.text).toContain(`,'+cmd|' /C calc'!A0,0,0,20,0,0,0,0\r\n`);
+    expect(r.text).toContain(`,'+cmd|' /C calc'!A0,,0,0,20,0,0,0,0\r\n`);
     expect(r.text).not.toMatch(/(^|,)\+cmd/m);
-    expect(r.text).toMatch(/,USD,alice,key-ci,0,0,200,0,0,0,0\r\n/);
+    expect(r.text).toMatch(/,USD,alice,key-ci,,0,0,200,0,0,0,0\r\n/);
   });
 
   it("groups by plan, in JSON and CSV: a subscription's credits under its plan, others under none", async () => {
@@ -173,10 +173,10 @@ describe("revenue over HTTP", () => {
     expect(csv.status).toBe(200);
     const lines = csv.text.split("\r\n");
     expect(lines[0]).toBe(
-      "start,end,currency,plan,deferredStartMinor,paidMinor,recognizedMinor,breakageMinor,refundsMinor,deferredEndMinor,unbilledCredits",
+      "start,end,currency,plan,catchUpThrough,deferredStartMinor,paidMinor,recognizedMinor,breakageMinor,refundsMinor,deferredEndMinor,unbilledCredits",
     );
-    expect(csv.text).toMatch(/,USD,team,0,4900,0,0,0,4900,0\r\n/);
-    expect(csv.text).toMatch(/,USD,,0,1999,200,0,0,1799,0\r\n/);
+    expect(csv.text).toMatch(/,USD,team,,0,4900,0,0,0,4900,0\r\n/);
+    expect(csv.text).toMatch(/,USD,,,0,1999,200,0,0,1799,0\r\n/);
   });
 
   it("groups by unit: each row names its unit, each unit's unbilled credits on its own row, in JSON and CSV", async () => {
@@ -201,11 +201,11 @@ describe("revenue over HTTP", () => {
       expect(csv.status).toBe(200);
       const lines = csv.text.split("\r\n");
       expect(lines[0]).toBe(
-        "start,end,currency,account,unit,deferredStartMinor,paidMinor,recognizedMinor,breakageMinor,refundsMinor,deferredEndMinor,unbilledCredits",
+        "start,end,currency,account,unit,catchUpThrough,deferredStartMinor,paidMinor,recognizedMinor,breakageMinor,refundsMinor,deferredEndMinor,unbilledCredits",
       );
       expect(lines.slice(1, -1).map((l) => l.split(",").slice(2).join(","))).toEqual([
-        "USD,carol,images,0,50,50,0,0,0,0",
-        ",carol,images,0,0,0,0,0,0,3",
+        "USD,carol,images,,0,50,50,0,0,0,0",
+        ",carol,images,,0,0,0,0,0,0,3",
       ]);
     } finally {
       await u.close();
@@ -237,10 +237,60 @@ describe("revenue over HTTP", () => {
     expect(new Set(ahead.body.rows.map((r: { end: string }) => r.end))).toEqual(new Set([monthEnd]));
   });
 
+  it("closes a period: POST /admin/credits/revenue/closes, then catch-up rows; the list; a close going back is a 400", async () => {
+    const DAY = 86_400_000;
+    const through = Math.floor(clock.t / DAY) * DAY;
+    const c = await createCreditManager({ clock: () => new Date(clock.t) });
+    const h = createCreditHandler(c, { authenticate });
+    const post = (body: unknown, token = "admin:ops") =>
+      h(
+        new Request("http://localhost/admin/credits/revenue/closes", {
+          method: "POST",
+          headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+          body: JSON.stringify(body),
+        }),
+      );
+    try {
+      await c.credits.addCredits("dana", 10, { costBasis: { perCredit: "1", currency: "USD" } });
+      expect((await post({ through: new Date(through).toISOString() }, "dana")).status).toBe(403);
+      const made = await post({ through: new Date(through).toISOString() });
+      expect(made.status).toBe(201);
+      expect(await made.json()).toEqual({
+        through: new Date(through).toISOString(),
+        closedAt: new Date(clock.t).toISOString(),
+        accounts: 1,
+      });
+      const again = await post({ through: new Date(through - DAY).toISOString() });
+      expect(again.status).toBe(400);
+      expect(await again.text()).toContain("after the latest close");
+      expect((await post({ through: "yesterday" })).status).toBe(400);
+      const listed = await caller(h)("/admin/credits/revenue/closes", "admin:ops");
+      expect(listed.body).toEqual({
+        closes: [{ through: new Date(through).toISOString(), closedAt: new Date(clock.t).toISOString(), accounts: 1 }],
+      });
+      // Usage of an hour before the close, recorded after it: a catch-up row of the open day.
+      await c.credits.deductCreditsAfterService("dana", 4, { occurredAt: new Date(through - 3_600_000) });
+      const day = `from=${new Date(through).toISOString()}&to=${new Date(through + DAY).toISOString()}&interval=none`;
+      const r = await caller(h)(`/admin/credits/revenue?${day}`, "admin:ops");
+      expect(r.body.rows.map((x: Record<string, unknown>) => [x.catchUpThrough, x.recognized])).toEqual([
+        [null, 0],
+        [new Date(through).toISOString(), 4],
+      ]);
+      const csv = await caller(h)(`/admin/credits/revenue.csv?${day}`, "admin:ops");
+      expect(csv.text.split("\r\n")[2]).toBe(
+        `${new Date(through).toISOString()},${new Date(through + DAY).toISOString()},USD,${new Date(through).toISOString()},0,0,4,0,0,0,0`,
+      );
+    } finally {
+      await c.close();
+    }
+  });
+
   it("is in the OpenAPI document, CSV included, and the document stays valid", async () => {
     const doc = (await call("/credits/openapi.json")).body;
     expect((await new Validator().validate(doc)).valid).toBe(true);
     expect(doc.paths["/admin/credits/revenue"].get.operationId).toBe("adminGetRevenue");
+    expect(doc.paths["/admin/credits/revenue/closes"].post.operationId).toBe("adminClosePeriod");
+    expect(doc.paths["/admin/credits/revenue/closes"].get.operationId).toBe("adminListPeriodCloses");
     expect(Object.keys(doc.paths["/admin/credits/revenue.csv"].get.responses["200"].content)).toEqual(["text/csv"]);
     expect(doc.paths["/admin/credits/revenue"].get.parameters.map((p: { name: string }) => p.name)).toEqual([
       "from",

@@ -138,6 +138,22 @@ export const MONGO_COLLECTIONS: Record<MongoCollectionKey, MongoCollectionLayout
       },
     ],
   },
+  // Closed periods of revenue reports (docs/revenue.md, "Closing a month"): `_id` is the close's
+  // `through`; a mark's `_id` is "<through ms>:<user id>" (unique per close and account).
+  periodCloses: {
+    name: "period_closes",
+    table: "periodCloses",
+    idField: "through",
+    // Each close names the one before it (`after`, null: the first): of two racing closes, the
+    // second's insert is refused by this index (src/modules/revenue/mongodb.ts).
+    indexes: [{ key: { after: 1 }, name: "after", unique: true }],
+  },
+  periodCloseMarks: {
+    name: "period_close_marks",
+    table: "periodCloseMarks",
+    idField: "id",
+    indexes: [{ key: { userId: 1, through: 1 }, name: "user_through", unique: true }],
+  },
 };
 
 /** An index a later version no longer creates: dropped on upgrade when it has exactly these keys. */

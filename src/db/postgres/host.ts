@@ -84,12 +84,19 @@ export function hostStore(db: PostgresDbManager, client: PgQueryable): DbManager
       throw hostError(what, error);
     }
   };
-  const scoped: PostgresDbManager = joinedStore(db, { read: query, partsValue: undefined }, async (userId, fn) => {
-    const unit = new HostUnit(scoped, query, userId);
-    const value = await fn(unit);
-    await unit.write();
-    return value;
-  });
+  // A part's statements that go together run in the host's own transaction, on its client.
+  const inTransaction: PostgresDbManager["inTransaction"] = (what, fn) =>
+    fn((text, params = []) => query(what, text, params));
+  const scoped: PostgresDbManager = joinedStore(
+    db,
+    { read: query, inTransaction, partsValue: undefined },
+    async (userId, fn) => {
+      const unit = new HostUnit(scoped, query, userId);
+      const value = await fn(unit);
+      await unit.write();
+      return value;
+    },
+  );
   // The sub-stores read through `read`: built on the scoped store, they use the host's client.
   const parts = {
     subscriptionStore: new PostgresSubscriptionStore(scoped),

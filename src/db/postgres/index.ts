@@ -9,7 +9,7 @@ import { rollupAsOfSql, rollupNames } from "../../schema/rollup.js";
 import { catchUpRollup, rollupRound } from "./usage-rollup.js";
 import type { UsageBucket, UsageCatchUp, UsageRollupRow, UsageScan } from "../../core/domain/usage.js";
 import type { PgPool as Pool, PgPoolClient as PoolClient } from "./pg-types.js";
-import { ConfigurationError, StorageError } from "../../core/errors.js";
+import { ConfigurationError, CreditError, StorageError } from "../../core/errors.js";
 import type { Account, Grant, JournalEntry, LedgerEntry, Reservation } from "../../core/models/index.js";
 import { SYSTEM_KEY_PREFIX } from "../../core/models/common.js";
 import { PostgresOutbox } from "./outbox.js";
@@ -859,6 +859,36 @@ export class PostgresDbManager extends StoreBase implements DbManager {
         throw error;
       }
     });
+  }
+
+  /**
+   * @internal `fn` in one transaction on a pooled connection, outside units of work (a module's part
+   * that writes several statements together): committed when `fn` returns, rolled back when it
+   * throws — a `CreditError` of `fn` as it is, a failure of the server a `StorageError`.
+   */
+  async inTransaction<T>(
+    what: string,
+    fn: (query: (text: string, params?: unknown[]) => Promise<Record<string, unknown>[]>) => Promise<T>,
+  ): Promise<T> {
+    const client = await this.connect();
+    let failure: unknown = false;
+    try {
+      this.roundTrips++;
+      await client.query("BEGIN");
+      const value = await fn(async (text, params = []) => {
+        this.roundTrips++;
+        return (await client.query(text, params)).rows as Record<string, unknown>[];
+      });
+      await client.query("COMMIT");
+      return value;
+    } catch (error) {
+      if (isConnectionLevel(error)) failure = error;
+      if (await rollback(client)) failure = true;
+      if (error instanceof CreditError) throw error;
+      throw storageError(what, workerCode(error));
+    } finally {
+      this.release(client, failure);
+    }
   }
 
   /** @internal Runs one statement outside a unit of work (prepared by name on each connection). */

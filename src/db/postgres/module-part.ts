@@ -19,7 +19,7 @@ export interface PostgresPartHost {
  * The host the package's own parts get: the store itself, with its statements and tables' names
  * (`sql`, which `init()` makes distributed on Citus: read it at each call). @internal
  */
-export type PostgresStoreHost = Pick<PostgresDbManager, "read" | "sql">;
+export type PostgresStoreHost = Pick<PostgresDbManager, "read" | "sql" | "inTransaction">;
 
 /**
  * A unit of work's transaction as a module's part reads in it (`PostgresBoundPart.transaction`):

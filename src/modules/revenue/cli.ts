@@ -1,6 +1,6 @@
 import { exitCodeOf, parseCommandLine, requireAccount } from "../../cli/args.js";
 import { startOfDay, wallClock } from "../../core/domain/windows.js";
-import { ValidationError } from "../../core/errors.js";
+import { ConflictError, ValidationError } from "../../core/errors.js";
 import { UserId } from "../../core/models/common.js";
 import { parse } from "../../core/models/parse.js";
 import { MAX_REVENUE_ROWS, RevenueDimension, RevenueQuery, type RevenueReport, type RevenueRow } from "./model.js";
@@ -214,20 +214,28 @@ function text(report: RevenueReport, query: RevenueQuery, label: string): string
   const whose = query.account === undefined ? "every account" : `account ${JSON.stringify(query.account)}`;
   const head = `Revenue ${label} (${report.timeZone}), ${whose}; amounts in each currency's smallest unit\n`;
   if (report.rows.length === 0) return `${head}  none: no paid credits, no usage on credit\n`;
+  // Catch-up rows (docs/revenue.md, "Closing a month"): a column naming their close, when there are any.
+  const catchUp = report.rows.some((r) => r.catchUpThrough !== null);
   const rows = report.rows.map((r) => [
     windowText(r.start, query.interval, report.timeZone),
     r.currency ?? "-",
     ...groups.map((g) => cellOf(r[g])),
+    ...(catchUp ? [r.catchUpThrough?.toISOString() ?? "-"] : []),
     ...COLUMNS.map(([k]) => String(r[k])),
   ]);
   return (
     head +
-    table(["WINDOW", "CURRENCY", ...groups.map((g) => g.toUpperCase()), ...COLUMNS.map(([, h]) => h)], rows, [
-      false,
-      false,
-      ...groups.map(() => false),
-      ...COLUMNS.map(() => true),
-    ])
+    table(
+      [
+        "WINDOW",
+        "CURRENCY",
+        ...groups.map((g) => g.toUpperCase()),
+        ...(catchUp ? ["CATCH-UP OF CLOSE"] : []),
+        ...COLUMNS.map(([, h]) => h),
+      ],
+      rows,
+      [false, false, ...groups.map(() => false), ...(catchUp ? [false] : []), ...COLUMNS.map(() => true)],
+    )
   );
 }
 
@@ -237,4 +245,80 @@ function cellOf(value: unknown): string {
   const text = String(value);
   // eslint-disable-next-line no-control-regex -- matching control characters is the point
   return /[\u0000-\u001f\u007f-\u009f]/.test(text) ? JSON.stringify(text) : text;
+}
+
+/**
+ * `credit-management close-period` (docs/cli.md, "Closing a month"; docs/revenue.md, "Closing a
+ * month"): `credits.closePeriod(through)`, or the closes so far (`--list`).
+ */
+export const CLOSE_PERIOD_HELP = `Usage: credit-management close-period (--through DATE | --list) [options]
+
+Closes the revenue reports through DATE (credits.closePeriod): records every account's journal seq
+now and the close. Reports of windows ending at or before DATE then read the same forever; what is
+recorded later with a time before DATE is booked at DATE, on catch-up rows. One row per account.
+Docs: docs/revenue.md ("Closing a month"), docs/cli.md ("Closing a month").
+The store: as "audit" (CREDIT_MONGO_URI and CREDIT_MONGO_DB, CREDIT_PG_URL and CREDIT_PG_SCHEMA,
+CREDIT_SQLITE_PATH, or --sqlite FILE), opened without init().
+  --through DATE   The end (exclusive) of the period: YYYY-MM-DD (midnight UTC) or an ISO 8601
+                   date-time with its offset; not in the future, after the latest close's
+  --list           The closes so far, oldest first (nothing is written)
+  --sqlite FILE    This SQLite store (an existing file) instead of the environment's
+  --json           JSON on standard output (the close, or { closes })
+  Run the expiry job first (credit-management worker --once): the period's expiries settled then are
+  in it, not catch-up.
+  Exit code 0: done; 1: failed; 2: bad usage, or a close the library refuses (its message): in the
+  future, not after the latest close, or another close recorded at the same time.
+Examples:
+  CREDIT_PG_URL=postgres://… npx credit-management close-period --through 2030-02-01
+  CREDIT_PG_URL=postgres://… npx credit-management close-period --list
+`;
+
+/** Runs `close-period …` (without the words); resolves to the exit code. */
+export async function runClosePeriodCli(args: readonly string[], io: CliIo, source: StoreSource = {}): Promise<number> {
+  try {
+    return await closePeriodCommand(args, io, source);
+  } catch (error) {
+    return exitCodeOf(error, io, "close-period", (e) => e instanceof ValidationError || e instanceof ConflictError);
+  }
+}
+
+async function closePeriodCommand(args: readonly string[], io: CliIo, source: StoreSource): Promise<number> {
+  const { values, positionals } = parseCommandLine(args, {
+    through: { type: "string" },
+    list: { type: "boolean" },
+    sqlite: { type: "string" },
+    json: { type: "boolean" },
+  });
+  if (positionals.length > 0) throw new UsageError(`unexpected argument "${positionals[0]}"`);
+  if (values.sqlite === "") throw new UsageError("--sqlite needs a file name");
+  if ((values.through === undefined) === (values.list !== true))
+    throw new UsageError("--through DATE or --list: choose one");
+  const through = values.through === undefined ? undefined : instantOf(values.through, "--through", "UTC");
+  return withCommandManager(
+    { name: "close-period", sqlite: values.sqlite, writes: through !== undefined },
+    source,
+    async (manager) => {
+      if (through === undefined) {
+        const closes = await manager.credits.listPeriodCloses();
+        if (values.json === true) io.stdout(`${JSON.stringify({ closes })}\n`);
+        else if (closes.length === 0) io.stdout("No period closed yet.\n");
+        else
+          io.stdout(
+            table(
+              ["THROUGH", "CLOSED AT", "ACCOUNTS"],
+              closes.map((c) => [c.through.toISOString(), c.closedAt.toISOString(), String(c.accounts)]),
+              [false, false, true],
+            ),
+          );
+        return 0;
+      }
+      const close = await manager.credits.closePeriod(through);
+      if (values.json === true) io.stdout(`${JSON.stringify(close)}\n`);
+      else
+        io.stdout(
+          `Closed the revenue reports through ${close.through.toISOString()} at ${close.closedAt.toISOString()}: ${close.accounts} accounts marked.\n`,
+        );
+      return 0;
+    },
+  );
 }

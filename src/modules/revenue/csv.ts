@@ -19,7 +19,8 @@ const FIGURES = [
 /**
  * A revenue report as CSV (docs/revenue.md, "Where finance reads it"): RFC 4180, a header line, then
  * a row per revenue row — `start`, `end` (ISO 8601, UTC), `currency` (empty on the rows of unbilled
- * usage), the dimensions of `groupBy` in its order, then `deferredStartMinor`, `paidMinor`,
+ * usage), the dimensions of `groupBy` in its order, `catchUpThrough` (ISO 8601 on a catch-up row,
+ * docs/revenue.md "Closing a month"; empty on ordinary rows), then `deferredStartMinor`, `paidMinor`,
  * `recognizedMinor`, `breakageMinor`, `refundsMinor`, `deferredEndMinor` (the currency's smallest
  * unit) and `unbilledCredits` (credits). Text a spreadsheet would run as a formula (an account id or spender beginning with `=`,
  * `+`, `-`, `@`, a tab or a CR) is prefixed with `'`, as in `usageCsv`.
@@ -34,10 +35,17 @@ export function revenueCsv(report: RevenueReport, groupBy: readonly RevenueDimen
 /** The lines of `revenueCsv`'s document, one at a time (what the HTTP route and the CLI stream). */
 export function revenueCsvLines(report: RevenueReport, groupBy: readonly RevenueDimension[] = []): Generator<string> {
   return csvLines(
-    ["start", "end", "currency", ...groupBy, ...FIGURES.map(([, column]) => column)],
+    ["start", "end", "currency", ...groupBy, "catchUpThrough", ...FIGURES.map(([, column]) => column)],
     (function* () {
       for (const r of report.rows)
-        yield [r.start, r.end, r.currency, ...groupBy.map((g) => r[g]), ...FIGURES.map(([f]) => r[f])];
+        yield [
+          r.start,
+          r.end,
+          r.currency,
+          ...groupBy.map((g) => r[g]),
+          r.catchUpThrough,
+          ...FIGURES.map(([f]) => r[f]),
+        ];
     })(),
   );
 }

@@ -1,5 +1,5 @@
 import * as z from "zod/mini";
-import { DateInput, UserId } from "../../core/models/common.js";
+import { DateInput, NonNegativeAmount, UserId } from "../../core/models/common.js";
 import { TimeZone, UsageInterval } from "../../core/models/usage.js";
 /** A dimension a revenue report is split by (docs/revenue.md, "The report"); currency always is. @public */
 export const RevenueDimension = z.enum(["account", "source", "plan", "feature", "spender", "unit"]);
@@ -59,7 +59,8 @@ export type RevenueQuery = z.input<typeof RevenueQuery>;
 /**
  * One row of a revenue report (docs/revenue.md, "The report"): a window, a currency (null: the row
  * of unbilled usage, which has none) and the groups, with its figures in the currency's smallest
- * unit. Per row: `deferredStart + paid − recognized − breakage − refunds = deferredEnd`.
+ * unit. Per window and group, over its ordinary row and its catch-up rows (`catchUpThrough`):
+ * `deferredStart + paid − recognized − breakage − refunds = deferredEnd`.
  * @public
  */
 export interface RevenueRow {
@@ -79,6 +80,13 @@ export interface RevenueRow {
   feature?: string | null;
   /** The spender, when grouped by spender. */
   spender?: string | null;
+  /**
+   * On a catch-up row (docs/revenue.md, "Closing a month"): the `through` of the close whose closed
+   * period held the figures' original time — entries recorded after that close with a time before
+   * its `through`, booked in the first open window instead. Null on ordinary rows, which carry the
+   * deferred values (the window's roll-forward balances over its ordinary and catch-up rows).
+   */
+  catchUpThrough: Date | null;
   /**
    * The unit (docs/units.md) the row's credits are in, by name (`credits`: the default unit), when
    * grouped by unit: money figures of the grants of that unit, `unbilledCredits` in that unit.
@@ -114,3 +122,44 @@ export interface RevenueReport {
   /** The zone the windows are in. */
   timeZone: string;
 }
+
+/**
+ * A closed period of the revenue reports (docs/revenue.md, "Closing a month"): reports of windows
+ * that end at or before `through` read the same forever; what is recorded later with a time
+ * before `through` is booked at `through`, as catch-up. The close records each account's journal
+ * seq at that moment (its mark): the entries after it are the ones recorded later.
+ * @beta
+ */
+export const PeriodClose = z.object({
+  /** The end (exclusive) of the closed period. */
+  through: z.date(),
+  /** When the close was recorded. */
+  closedAt: z.date(),
+  /** How many accounts it marked (one row each). */
+  accounts: NonNegativeAmount,
+});
+/** A closed period of the revenue reports (docs/revenue.md, "Closing a month"). @beta */
+export type PeriodClose = z.infer<typeof PeriodClose>;
+
+/** An account's journal seq when a period was closed (docs/revenue.md, "Closing a month"). @beta */
+export const PeriodCloseMark = z.object({
+  /** The close's `through`. */
+  through: z.date(),
+  userId: UserId,
+  /** The account's last journal seq at the close: its entries after it were recorded later. */
+  seq: NonNegativeAmount,
+});
+/** An account's journal seq when a period was closed (docs/revenue.md, "Closing a month"). @beta */
+export type PeriodCloseMark = z.infer<typeof PeriodCloseMark>;
+
+/**
+ * `credits.closePeriod({ through })` (docs/revenue.md, "Closing a month"): `through` must not be
+ * in the future and must be after the latest close.
+ * @beta
+ */
+export const ClosePeriodInput = z.strictObject({
+  /** The end (exclusive) of the period to close. */
+  through: DateInput,
+});
+/** `credits.closePeriod({ through })` (docs/revenue.md, "Closing a month"). @beta */
+export type ClosePeriodInput = z.input<typeof ClosePeriodInput>;

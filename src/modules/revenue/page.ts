@@ -52,6 +52,10 @@ function params(ctx: Ctx) {
   return { first, last, account, q, errors };
 }
 
+/** A close's `through`: its day when at midnight UTC, else the instant. */
+const closeText = (d: Date): string =>
+  d.getTime() % 86_400_000 === 0 ? d.toISOString().slice(0, 10) : d.toISOString();
+
 /** Each month of the range: its figures for `currency`, summed over the report's rows. */
 function byMonth(rows: readonly RevenueRow[], currency: string, months: readonly number[]) {
   const at = new Map(months.map((t, i) => [t, i]));
@@ -188,6 +192,8 @@ export async function revenuePage(ctx: Ctx): Promise<PageResult> {
       columns: [
         { label: "Month", short: true },
         { label: "Currency", short: true },
+        // Catch-up rows (docs/revenue.md, "Closing a month"): the close whose closed period held their figures.
+        { label: "Catch-up of close", short: true },
         { label: "Deferred at start", num: true },
         { label: "Paid", num: true },
         { label: "Recognized", num: true },
@@ -201,6 +207,7 @@ export async function revenuePage(ctx: Ctx): Promise<PageResult> {
         return [
           monthText(r.start),
           r.currency ?? html`<span class="muted">(credits)</span>`,
+          r.catchUpThrough === null ? html`<span class="muted">—</span>` : closeText(r.catchUpThrough),
           cash(r.deferredStart),
           cash(r.paid),
           cash(r.recognized),

@@ -1,11 +1,12 @@
 import type { JournalEntry } from "../../core/models/index.js";
-import type { RevenueDimension } from "./model.js";
+import type { PeriodClose, PeriodCloseMark, RevenueDimension } from "./model.js";
 import { grantGroups, type GrantGroups } from "./rules.js";
 import { revenueNames, type RevenueNames } from "./schema-pg.js";
 import type { NamingOptions } from "../../schema/sql.js";
 import type { PostgresBoundPart, PostgresStoreHost } from "../../db/postgres/module-part.js";
 import { list } from "../../db/postgres/reads.js";
 import type {
+  PeriodCloseStore,
   RevenueBucketRow,
   RevenueCheckpoint,
   RevenueDeferredRow,
@@ -15,21 +16,107 @@ import type {
   RevenueSummaryReads,
   RevenueSummaryStore,
 } from "./store.js";
+import { closeGoesBack } from "./store-errors.js";
 
 /** What the summary needs of `PostgresDbManager`. */
 type Runner = PostgresStoreHost;
 
-/** The revenue module's part of `PostgresDbManager` (`revenueStorePart.postgres`): the summary, none on Citus. */
+/**
+ * The revenue module's part of `PostgresDbManager` (`revenueStorePart.postgres`): the summary (none
+ * on Citus) and the closed periods.
+ */
 export function revenuePostgresPart(host: PostgresStoreHost): PostgresBoundPart<RevenueSummaryReads> {
   let summary: PostgresRevenueSummary | undefined;
+  const closes = new PostgresPeriodCloses(host);
   return {
     reads: {
       summary: () =>
         host.sql.distributed
           ? undefined
           : (summary ??= new PostgresRevenueSummary(host, host.sql.naming, host.sql.tables.accounts.qualified)),
+      recordClose: (through, closedAt) => closes.recordClose(through, closedAt),
+      listCloses: () => closes.listCloses(),
+      marks: (userIds) => closes.marks(userIds),
     },
   };
+}
+
+/**
+ * The advisory lock of a store's closes (docs/revenue.md, "Closing a month"), by its closes
+ * table's name: a close holds it exclusively from its check of the latest close to its commit, a
+ * save of the summary shared while it checks that no later close was recorded — so a summary never
+ * keeps entries booked without a close that marked them as later.
+ */
+const closeLock = (exclusive: boolean) =>
+  `SELECT ${exclusive ? "pg_advisory_xact_lock" : "pg_advisory_xact_lock_shared"}(hashtext($1))`;
+
+/**
+ * Closed periods of `PostgresDbManager` (tables `period_closes`, `period_close_marks`; on Citus the
+ * marks distributed with the accounts, the closes a reference table). A close is one transaction
+ * under the closes' advisory lock: the check against the latest close, every account's mark (one
+ * `INSERT … SELECT` from the accounts), the close row.
+ */
+class PostgresPeriodCloses implements PeriodCloseStore {
+  constructor(private readonly db: PostgresStoreHost) {}
+
+  async recordClose(through: Date, closedAt: Date): Promise<PeriodClose> {
+    const t = this.db.sql.tables;
+    return this.db.inTransaction("closePeriod", async (query) => {
+      // Citus: a reference table's write after a multi-shard one needs the shards' writes in sequence.
+      if (this.db.sql.distributed) await query("SET LOCAL citus.multi_shard_modify_mode TO 'sequential'");
+      await query(closeLock(true), [t.periodCloses.qualified]);
+      const [last] = await query(`SELECT max("through") AS latest FROM ${t.periodCloses.qualified}`);
+      const latest = last?.latest == null ? null : new Date(last.latest as string | Date);
+      if (latest !== null && through.getTime() <= latest.getTime()) throw closeGoesBack("postgres", through, latest);
+      await query(
+        `INSERT INTO ${t.periodCloseMarks.qualified} ("through", "user_id", "seq") SELECT $1::timestamptz, "user_id", "seq" FROM ${t.accounts.qualified}`,
+        [through],
+      );
+      const [marked] = await query(
+        `SELECT count(*)::int AS n FROM ${t.periodCloseMarks.qualified} WHERE "through" = $1::timestamptz`,
+        [through],
+      );
+      const count = num(marked?.n);
+      await query(
+        `INSERT INTO ${t.periodCloses.qualified} ("through", "closed_at", "accounts") VALUES ($1::timestamptz, $2::timestamptz, $3)`,
+        [through, closedAt, count],
+      );
+      return { through, closedAt, accounts: count };
+    });
+  }
+
+  async listCloses(): Promise<PeriodClose[]> {
+    const rows = await this.db.read(
+      "listPeriodCloses",
+      `SELECT "through", "closed_at", "accounts" FROM ${this.db.sql.tables.periodCloses.qualified} ORDER BY "through"`,
+      [],
+    );
+    return rows.map((r) => ({
+      through: new Date(r.through as string | Date),
+      closedAt: new Date(r.closed_at as string | Date),
+      accounts: num(r.accounts),
+    }));
+  }
+
+  async marks(userIds: readonly string[] | null): Promise<PeriodCloseMark[]> {
+    const table = this.db.sql.tables.periodCloseMarks.qualified;
+    const select = `SELECT "through", "user_id", "seq" FROM ${table}`;
+    // One account's (an audit, a report of one account): keyed by it, one shard on Citus.
+    const rows = await this.db.read(
+      "periodCloseMarks",
+      userIds === null
+        ? select
+        : userIds.length === 1
+          ? `${select} WHERE user_id = $1`
+          : `${select} WHERE user_id = ANY($1::text[])`,
+      userIds === null ? [] : userIds.length === 1 ? [userIds[0]] : [[...userIds]],
+    );
+    return rows.map((r) => ({
+      through: new Date(r.through as string | Date),
+      userId: String(r.user_id),
+      seq: num(r.seq),
+    }));
+  }
 }
 
 const DAY = 86_400_000;
@@ -51,6 +138,7 @@ const figuresOf = (r: Record<string, unknown>) => ({
   breakage: num(r.breakage),
   refunds: num(r.refunds),
   unbilled: num(r.unbilled),
+  catchUp: r.catch_up == null ? null : num(r.catch_up),
 });
 
 /**
@@ -140,21 +228,24 @@ export class PostgresRevenueSummary implements RevenueSummaryStore {
     // feature and spender too (reports grouped by them).
     const coarse = new Map<string, Record<string, unknown>>();
     const fine: Record<string, unknown>[] = [];
+    // A catch-up row's close is part of its group (docs/revenue.md, "Closing a month").
+    const closeOf = (d: RevenueDayRow) => (d.catchUp === null ? [] : [d.catchUp]);
     for (const x of saves) {
       for (const d of x.days) {
         const day = dayText(d.day);
         fine.push({
           u: x.checkpoint.userId,
           day,
-          grp: JSON.stringify([d.currency, d.source, d.plan, d.feature, d.spender]),
+          grp: JSON.stringify([d.currency, d.source, d.plan, d.feature, d.spender, ...closeOf(d)]),
           currency: d.currency,
           source: d.source,
           plan: d.plan,
           feature: d.feature,
           spender: d.spender,
+          catch_up: d.catchUp,
           ...Object.fromEntries(figures.map((f) => [f, d[f]])),
         });
-        const grp = JSON.stringify([d.currency, d.source, d.plan]);
+        const grp = JSON.stringify([d.currency, d.source, d.plan, ...closeOf(d)]);
         const id = `${x.checkpoint.userId}\u0000${day}\u0000${grp}`;
         const c = coarse.get(id) ?? {
           u: x.checkpoint.userId,
@@ -163,6 +254,7 @@ export class PostgresRevenueSummary implements RevenueSummaryStore {
           currency: d.currency,
           source: d.source,
           plan: d.plan,
+          catch_up: d.catchUp,
           ...Object.fromEntries(figures.map((f) => [f, 0])),
         };
         for (const f of figures) (c[f] as number) += d[f];
@@ -183,9 +275,9 @@ export class PostgresRevenueSummary implements RevenueSummaryStore {
     const figureCols = figures.join(", ");
     const figureTypes = figures.map((f) => `${f} bigint`).join(", ");
     const upsertDays = (table: string, param: string, groups: string[]) =>
-      `INSERT INTO ${table} AS t (user_id, day, grp, ${groups.join(", ")}, ${figureCols}) ` +
-      `SELECT x.u, x.day, x.grp, ${groups.map((g) => `x.${g}`).join(", ")}, ${figures.map((f) => `x.${f}`).join(", ")} ` +
-      `FROM json_to_recordset(${param}::json) AS x(u text, day date, grp text, ${groups.map((g) => `${g} text`).join(", ")}, ${figureTypes}) ` +
+      `INSERT INTO ${table} AS t (user_id, day, grp, ${groups.join(", ")}, catch_up, ${figureCols}) ` +
+      `SELECT x.u, x.day, x.grp, ${groups.map((g) => `x.${g}`).join(", ")}, x.catch_up, ${figures.map((f) => `x.${f}`).join(", ")} ` +
+      `FROM json_to_recordset(${param}::json) AS x(u text, day date, grp text, ${groups.map((g) => `${g} text`).join(", ")}, catch_up bigint, ${figureTypes}) ` +
       `WHERE x.u IN (SELECT user_id FROM ok) ON CONFLICT (user_id, day, grp) DO UPDATE SET ${add(figures)}`;
     // One statement: each checkpoint moves only from its `fromSeq` (a concurrent report's
     // catch-up of the same entries finds it moved and adds nothing), and an account's days and
@@ -202,17 +294,27 @@ export class PostgresRevenueSummary implements RevenueSummaryStore {
       `SELECT x.u, x.grp, x.currency, x.source, x.plan, x.delta FROM json_to_recordset($4::json) AS x(u text, grp text, currency text, source text, plan text, delta bigint) ` +
       `WHERE x.u IN (SELECT user_id FROM ok) ON CONFLICT (user_id, grp) DO UPDATE SET deferred = t.deferred + EXCLUDED.deferred) ` +
       `SELECT count(*)::int AS n FROM ok`;
-    const rows = await this.db.read("saveRevenue", text, [
-      JSON.stringify(checkpoints),
-      JSON.stringify([...coarse.values()]),
-      JSON.stringify(fine),
-      JSON.stringify(deferredRows),
-    ]);
-    return num(rows[0]?.n);
+    const closes = this.db.sql.tables.periodCloses.qualified;
+    const latest = saves[0]!.latestClose;
+    // Under the closes' lock (shared), and only while the close the days were booked with is still
+    // the latest: a close recorded meanwhile marked some of these entries as later (catch-up).
+    return this.db.inTransaction("saveRevenue", async (query) => {
+      await query(closeLock(false), [closes]);
+      const [now] = await query(`SELECT max("through") AS latest FROM ${closes}`);
+      const at = now?.latest == null ? null : new Date(now.latest as string | Date).getTime();
+      if (at !== latest) return 0;
+      const rows = await query(text, [
+        JSON.stringify(checkpoints),
+        JSON.stringify([...coarse.values()]),
+        JSON.stringify(fine),
+        JSON.stringify(deferredRows),
+      ]);
+      return num(rows[0]?.n);
+    });
   }
 
   async revenueSummaryOf(account: string): Promise<RevenueSummaryOfAccount | null> {
-    const figures = "paid, recognized, breakage, refunds, unbilled";
+    const figures = "paid, recognized, breakage, refunds, unbilled, catch_up";
     const days = (table: string, groups: string) =>
       `(SELECT json_agg(x) FROM (SELECT to_char(day, 'YYYY-MM-DD') AS day, ${groups}, ${figures} FROM ${table} WHERE user_id = $1) x)::text`;
     const [row] = await this.db.read(
@@ -252,7 +354,7 @@ export class PostgresRevenueSummary implements RevenueSummaryStore {
     const params: unknown[] = [boundaries.map(dayText), dayText(boundaries[0]!)];
     const mine = query.account === null ? "" : ` AND user_id = $${params.push(query.account)}`;
     const col = (d: RevenueDimension) => (d === "account" ? "user_id" : d);
-    const groups = ["currency", ...groupBy.map(col)];
+    const groups = ["currency", ...groupBy.map(col), "catch_up"];
     // Grouped by feature or spender: the finer days; else the days by currency and source.
     const days = groupBy.includes("feature") || groupBy.includes("spender") ? this.n.split : this.n.daily;
     const sums = ["paid", "recognized", "breakage", "refunds", "unbilled"].map((f) => `sum(${f}) AS ${f}`).join(", ");

@@ -1,6 +1,8 @@
 import * as z from "zod/mini";
 import {
+  ClosePeriodInput,
   MAX_REVENUE_ROWS,
+  PeriodClose,
   RevenueDimension,
   UserId,
   type RevenueQuery,
@@ -33,6 +35,13 @@ const Row = z
       start: z.iso.datetime(),
       end: z.iso.datetime(),
       currency: z.nullable(z.string()).check(z.describe("ISO 4217; null on the rows of unbilled usage")),
+      catchUpThrough: z
+        .nullable(z.iso.datetime())
+        .check(
+          z.describe(
+            "On a catch-up row: the `through` of the close whose closed period held its figures' time (recorded after that close); null on ordinary rows",
+          ),
+        ),
       deferredStart: money.check(
         z.describe("Paid credits not yet used at `start`, at their basis (smallest currency unit)"),
       ),
@@ -88,7 +97,7 @@ async function report(ctx: RouteContext): Promise<{ r: RevenueReport; q: Revenue
 
 const tags = ["revenue"];
 const NOTE =
-  "Deferred revenue at each window's bounds, paid, recognized, breakage and refunds per currency in its smallest unit, and unbilled usage in credits (`credits.getRevenue`, docs/revenue.md). Per row: deferredStart + paid − recognized − breakage − refunds = deferredEnd. No window after the one that holds now (a later `to` reads to that window's end). At most `limit` rows (default 10,000, at most 100,000), the first by window, currency and groups; `truncated` says rows were left off. A range past its caps (2,000 windows; 3,700 days without an interval; 1,000,000 windows × groups) is a 400.";
+  "Deferred revenue at each window's bounds, paid, recognized, breakage and refunds per currency in its smallest unit, and unbilled usage in credits (`credits.getRevenue`, docs/revenue.md). Per window and group, over its ordinary row and its catch-up rows (`catchUpThrough`, docs/revenue.md \"Closing a month\"): deferredStart + paid − recognized − breakage − refunds = deferredEnd. No window after the one that holds now (a later `to` reads to that window's end). At most `limit` rows (default 10,000, at most 100,000), the first by window, currency and groups; `truncated` says rows were left off. A range past its caps (2,000 windows; 3,700 days without an interval; 1,000,000 windows × groups) is a 400.";
 
 /** The revenue routes (docs/revenue.md, "Where finance reads it"): admins only. */
 export const revenueRoutes: RouteDefinition[] = [
@@ -105,7 +114,7 @@ export const revenueRoutes: RouteDefinition[] = [
     operationId: "adminGetRevenueCsv",
     summary: "The revenue report as CSV",
     description:
-      "RFC 4180 (CRLF records, a header line), streamed: start, end, currency, the grouped dimensions, deferredStartMinor, paidMinor, recognizedMinor, breakageMinor, refundsMinor, deferredEndMinor (the smallest currency unit), unbilledCredits. Text that begins with = + - @, a tab or a CR is prefixed with ' (spreadsheet injection). The JSON route's bounds; `X-Revenue-Truncated: true` when `limit` left rows off.",
+      "RFC 4180 (CRLF records, a header line), streamed: start, end, currency, the grouped dimensions, catchUpThrough (empty on ordinary rows), deferredStartMinor, paidMinor, recognizedMinor, breakageMinor, refundsMinor, deferredEndMinor (the smallest currency unit), unbilledCredits. Text that begins with = + - @, a tab or a CR is prefixed with ' (spreadsheet injection). The JSON route's bounds; `X-Revenue-Truncated: true` when `limit` left rows off.",
     tags,
     query: RevenueParams,
     responseType: "text/csv",
@@ -116,5 +125,25 @@ export const revenueRoutes: RouteDefinition[] = [
         headers: { ...csvHeaders("revenue.csv"), ...(r.truncated ? { "x-revenue-truncated": "true" } : {}) },
       });
     },
+  }),
+  adminRoute("POST", "/revenue/closes", {
+    operationId: "adminClosePeriod",
+    summary: "Closes the revenue reports through `through`",
+    description:
+      "`credits.closePeriod` (docs/revenue.md, \"Closing a month\"): records every account's journal seq now and the close; revenue reports of windows ending at or before `through` then read the same forever, and what is recorded later with a time before `through` is booked at `through` on catch-up rows. `through` must not be in the future and must be after the latest close's (400); of two closes racing, one is recorded (409).",
+    tags,
+    body: ClosePeriodInput,
+    status: 201,
+    response: PeriodClose,
+    errors: [409],
+    handle: async (ctx) => ctx.manager.credits.closePeriod((await ctx.body<{ through: Date }>()).through),
+  }),
+  adminRoute("GET", "/revenue/closes", {
+    operationId: "adminListPeriodCloses",
+    summary: "The closed periods of the revenue reports, by `through` ascending",
+    description: '`credits.listPeriodCloses` (docs/revenue.md, "Closing a month").',
+    tags,
+    response: z.object({ closes: z.array(PeriodClose) }),
+    handle: async (ctx) => ({ closes: await ctx.manager.credits.listPeriodCloses() }),
   }),
 ];

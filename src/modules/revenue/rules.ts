@@ -203,6 +203,38 @@ export function bookedAt(e: Pick<JournalEntry, "occurredAt" | "createdAt">): num
   return (e.occurredAt ?? e.createdAt).getTime();
 }
 
+/**
+ * A closed period as revenue books entries by it (docs/revenue.md, "Closing a month"): the close's
+ * `through` (ms) and each account's mark (its journal seq at the close; an account without one had
+ * no entry then).
+ */
+export interface CloseCut {
+  through: number;
+  marks: ReadonlyMap<string, number>;
+}
+
+/**
+ * When revenue books entry `e` with closed periods `cuts` (ascending `through`; docs/revenue.md,
+ * "Closing a month"): at `bookedAt(e)`, unless it was recorded after a close (its seq past the
+ * account's mark) with a time before that close's `through` — then at `through`, as catch-up of
+ * the first close that moved it (`catchUp`: that close's `through`; null: an ordinary entry).
+ */
+export function bookingOf(
+  e: Pick<JournalEntry, "occurredAt" | "createdAt" | "seq" | "userId">,
+  cuts: readonly CloseCut[],
+): { at: number; catchUp: number | null } {
+  let at = bookedAt(e);
+  let catchUp: number | null = null;
+  for (const c of cuts) {
+    if (at >= c.through) continue;
+    const mark = c.marks.get(e.userId);
+    if (mark !== undefined && e.seq <= mark) continue;
+    at = c.through;
+    catchUp ??= c.through;
+  }
+  return { at, catchUp };
+}
+
 /** The group of a figure: currency (null: unbilled) and the dimension values. */
 export interface Key {
   currency: string | null;
@@ -213,6 +245,8 @@ export interface Key {
   spender: string | null;
   /** The unit by name (`DEFAULT_UNIT` for the default one) when grouped by unit; else null. */
   unit: string | null;
+  /** Catch-up figures: the `through` (ms) of the close whose closed period held them; null: ordinary. */
+  catchUp: number | null;
 }
 
 /**
@@ -258,24 +292,31 @@ export class RevenueAccumulator {
    * Adds one account's journal (every entry from seq 1, in order; `grants`: the source and plan of
    * each paid grant by id, for `groupBy` `source` and `plan`). With `state` (what an earlier call
    * returned), the entries after those it had read; returns the state after them (`state`, changed).
+   * `cuts`: the closed periods (`bookingOf`), ascending.
    */
   addAccount(
     userId: string,
     entries: Iterable<JournalEntry>,
     grants?: ReadonlyMap<string, GrantGroups>,
     state: RevenueState = emptyRevenueState(),
+    cuts: readonly CloseCut[] = [],
   ): RevenueState {
     /** Paid additions by payment id (`JournalEntry.paymentId`), for refunds. */
     const { lots, payments, holds } = state;
     const bySource = this.groupBy.includes("source");
     const byPlan = this.groupBy.includes("plan");
     const byUnit = this.groupBy.includes("unit");
-    let at = 0; // when the entry being read is booked (`bookedAt`), in ms
-    /** The group of a figure of credits sold as `g` (null: debt), under entry `e`'s feature and spender. */
+    let at = 0; // when the entry being read is booked (`bookingOf`), in ms
+    let catchUp: number | null = null; // the entry's close, when it is catch-up
+    /**
+     * The group of a figure of credits sold as `g` (null: debt), under entry `e`'s feature and
+     * spender; catch-up of the entry being read unless `cu` says (deferred: always ordinary).
+     */
     const key = (
       currency: string | null,
       g: Pick<Lot, "source" | "plan" | "unit"> | null,
       e: JournalEntry | null,
+      cu: number | null = catchUp,
     ): Key => ({
       currency,
       account: userId,
@@ -284,9 +325,10 @@ export class RevenueAccumulator {
       feature: e === null ? null : (e.feature ?? null),
       spender: e === null ? null : (e.spender ?? null),
       unit: byUnit ? unitKey(g === null ? e : g) : null,
+      catchUp: cu,
     });
-    /** Deferred changed by `delta` at the entry's instant: at every boundary after it. */
-    const shift = (lot: Lot, delta: number) => this.deferredChange(key(lot.currency, lot, null), at, delta);
+    /** Deferred changed by `delta` at the entry's instant: at every boundary after it (on the ordinary row). */
+    const shift = (lot: Lot, delta: number) => this.deferredChange(key(lot.currency, lot, null, null), at, delta);
     /** Takes `amount` credits off `lot`: their value (cumulatively rounded). */
     const take = (lot: Lot, amount: number): number => {
       const from = lot.offset + lot.gone;
@@ -336,7 +378,7 @@ export class RevenueAccumulator {
     };
 
     for (const e of entries) {
-      at = bookedAt(e);
+      ({ at, catchUp } = bookingOf(e, cuts));
       w = windowIndex(this.boundaries, at);
       // The payment an addition credits or a take-back takes back from, and a payment's take-back,
       // as the payments module recorded them (never the metadata's say: docs/revenue.md, "Payments").
@@ -631,6 +673,7 @@ export class RevenueAccumulator {
           refunds: f?.refunds ?? 0,
           deferredEnd,
           unbilledCredits: f?.unbilledCredits ?? 0,
+          catchUpThrough: k.catchUp === null ? null : new Date(k.catchUp),
         };
         // Sales are bounded so sums stay exact; a book of more than hundreds of the largest is refused, not rounded.
         for (const v of [deferredStart, row.paid, row.recognized, row.breakage, row.refunds, deferredEnd])
@@ -663,7 +706,10 @@ export function checkRevenueCells(groups: number, windows: number, max: number):
   );
 }
 
-/** The order of groups in a report: currency (null last), then `groupBy`'s values in its order (null last). */
+/**
+ * The order of groups in a report: currency (null last), then `groupBy`'s values in its order (null
+ * last), then the ordinary row before the catch-up rows (by their close).
+ */
 function compareKeys(a: Key, b: Key, groupBy: readonly RevenueDimension[]): number {
   const c = cmp(a.currency, b.currency);
   if (c !== 0) return c;
@@ -671,7 +717,7 @@ function compareKeys(a: Key, b: Key, groupBy: readonly RevenueDimension[]): numb
     const x = cmp(a[d], b[d]);
     if (x !== 0) return x;
   }
-  return 0;
+  return (a.catchUp ?? Number.NEGATIVE_INFINITY) - (b.catchUp ?? Number.NEGATIVE_INFINITY) || 0;
 }
 
 /** Null last, then by code units. */
@@ -679,8 +725,9 @@ const cmp = (a: string | null, b: string | null): number =>
   a === b ? 0 : a === null ? 1 : b === null ? -1 : a < b ? -1 : 1;
 
 function keyId(k: Key, groupBy: readonly RevenueDimension[]): string {
-  const parts: (string | null)[] = [k.currency];
+  const parts: (string | number | null)[] = [k.currency];
   for (const d of groupBy) parts.push(d === "account" ? k.account : k[d]);
+  if (k.catchUp !== null) parts.push(k.catchUp);
   return JSON.stringify(parts);
 }
 

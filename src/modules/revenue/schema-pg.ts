@@ -8,8 +8,10 @@ import type { NamingOptions } from "../../schema/sql.js";
  * - `revenue_state`: per account, the journal's last seq in the summary and the roll-forward's
  *   state after it (JSON text).
  * - `revenue_days`: per account, UTC day (the day each entry is booked at), currency, source and plan (`grp`: the three as JSON
- *   text, the key; the same values in their columns to group by), the figures.
- * - `revenue_daily`: the same by feature and spender too (`grp`: the five), for reports grouped by them.
+ *   text, the key; the same values in their columns to group by), the figures. `catch_up`: on the
+ *   rows of catch-up figures, the `through` (ms) of their close (docs/revenue.md, "Closing a month"),
+ *   appended to `grp`; null on the others.
+ * - `revenue_daily`: the same by feature and spender too (`grp`: the five and the close), for reports grouped by them.
  * - `revenue_deferred`: per account, currency, source and plan, deferred after the entries in the summary.
  */
 export interface RevenueNames {
@@ -41,8 +43,11 @@ export function revenueDdl(naming: NamingOptions): string[] {
   const money = "BIGINT NOT NULL DEFAULT 0";
   return [
     `CREATE TABLE IF NOT EXISTS ${n.state} (\n  "user_id" TEXT PRIMARY KEY,\n  "through_seq" BIGINT NOT NULL,\n  "state" TEXT\n);`,
-    `CREATE TABLE IF NOT EXISTS ${n.daily} (\n  "user_id" TEXT NOT NULL,\n  "day" DATE NOT NULL,\n  "grp" TEXT NOT NULL,\n  "currency" TEXT,\n  "source" TEXT,\n  "plan" TEXT,\n  "paid" ${money},\n  "recognized" ${money},\n  "breakage" ${money},\n  "refunds" ${money},\n  "unbilled" ${money},\n  PRIMARY KEY ("user_id", "day", "grp")\n);`,
-    `CREATE TABLE IF NOT EXISTS ${n.split} (\n  "user_id" TEXT NOT NULL,\n  "day" DATE NOT NULL,\n  "grp" TEXT NOT NULL,\n  "currency" TEXT,\n  "source" TEXT,\n  "plan" TEXT,\n  "feature" TEXT,\n  "spender" TEXT,\n  "paid" ${money},\n  "recognized" ${money},\n  "breakage" ${money},\n  "refunds" ${money},\n  "unbilled" ${money},\n  PRIMARY KEY ("user_id", "day", "grp")\n);`,
+    `CREATE TABLE IF NOT EXISTS ${n.daily} (\n  "user_id" TEXT NOT NULL,\n  "day" DATE NOT NULL,\n  "grp" TEXT NOT NULL,\n  "currency" TEXT,\n  "source" TEXT,\n  "plan" TEXT,\n  "catch_up" BIGINT,\n  "paid" ${money},\n  "recognized" ${money},\n  "breakage" ${money},\n  "refunds" ${money},\n  "unbilled" ${money},\n  PRIMARY KEY ("user_id", "day", "grp")\n);`,
+    `CREATE TABLE IF NOT EXISTS ${n.split} (\n  "user_id" TEXT NOT NULL,\n  "day" DATE NOT NULL,\n  "grp" TEXT NOT NULL,\n  "currency" TEXT,\n  "source" TEXT,\n  "plan" TEXT,\n  "feature" TEXT,\n  "spender" TEXT,\n  "catch_up" BIGINT,\n  "paid" ${money},\n  "recognized" ${money},\n  "breakage" ${money},\n  "refunds" ${money},\n  "unbilled" ${money},\n  PRIMARY KEY ("user_id", "day", "grp")\n);`,
+    // Catch-up rows (docs/revenue.md, "Closing a month"): a summary made before them gets the column.
+    `ALTER TABLE ${n.daily} ADD COLUMN IF NOT EXISTS "catch_up" BIGINT;`,
+    `ALTER TABLE ${n.split} ADD COLUMN IF NOT EXISTS "catch_up" BIGINT;`,
     // The whole book's reports read the days from a window's start on.
     `CREATE INDEX IF NOT EXISTS ${q(`${n.splitName}_day`)} ON ${n.split} ("day");`,
     `CREATE INDEX IF NOT EXISTS ${q(`${n.dailyName}_day`)} ON ${n.daily} ("day");`,

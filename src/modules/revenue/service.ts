@@ -1,6 +1,8 @@
 import type { DbManager } from "../../core/db/types.js";
 import {
+  periodClosesOf,
   revenueSummaryOf,
+  type PeriodCloseStore,
   type RevenueCheckpoint,
   type RevenueDayRow,
   type RevenueSave,
@@ -15,11 +17,13 @@ import {
   parseRevenueState,
   revenueProblems,
   revenueStateText,
-  bookedAt,
+  bookingOf,
+  type CloseCut,
   type Key,
 } from "./rules.js";
 import { nextWindowStart, usageBoundaries, windowStart } from "../../core/domain/windows.js";
 import { ConfigurationError, ValidationError } from "../../core/errors.js";
+import { ClosePeriodInput, type PeriodClose } from "./model.js";
 import { parse, type JournalEntry } from "../../core/models/index.js";
 import {
   DEFAULT_REVENUE_ROWS,
@@ -99,21 +103,25 @@ export async function getRevenue(
     throw refuse("to", `the range spans more than ${MAX_REVENUE_WINDOWS} windows of a ${q.interval}: shorten it`);
   const sum = new RevenueAccumulator(boundaries, groupBy, options.maxCells ?? MAX_REVENUE_CELLS);
   const pause = breather();
-  const one = async (userId: string) => {
+  // The closed periods (docs/revenue.md, "Closing a month"), read before the journal: a close
+  // recorded later leaves the entries this report reads on the sides of their marks.
+  const closes = periodClosesOf(db);
+  const closed = (await closes?.listCloses()) ?? [];
+  const one = async (userId: string, cuts: readonly CloseCut[]) => {
     const groups = groupBy.includes("source") || groupBy.includes("plan") ? await groupsOf(db, userId) : undefined;
     // Page by page, each from the state the last left, with a pause between.
     let state = emptyRevenueState();
     for await (const page of journalPages(db, userId)) {
-      state = sum.addAccount(userId, page, groups, state);
+      state = sum.addAccount(userId, page, groups, state, cuts);
       await pause();
     }
   };
   const summary = revenueSummaryOf(db);
   if (summary !== undefined && options.path !== "replay" && summaryAnswers(groupBy, boundaries)) {
-    await catchUp(summary, q.account ?? null);
+    await catchUp(summary, q.account ?? null, closes);
     const read = await summary.readRevenue({ account: q.account ?? null, boundaries, groupBy });
     await addSummary(sum, read, boundaries.length, pause);
-  } else if (q.account !== undefined) await one(q.account);
+  } else if (q.account !== undefined) await one(q.account, await closeCuts(closes, closed, [q.account]));
   else {
     if (db.listAccountIds === undefined)
       throw new ConfigurationError(
@@ -122,7 +130,8 @@ export async function getRevenue(
     let after: string | null = null;
     for (;;) {
       const ids = await db.listAccountIds(after, PAGE);
-      for (const id of ids) await one(id);
+      const cuts = await closeCuts(closes, closed, ids);
+      for (const id of ids) await one(id, cuts);
       if (ids.length < PAGE) break;
       after = ids[ids.length - 1]!;
     }
@@ -136,6 +145,22 @@ export async function getRevenue(
     await pause();
   }
   return { rows, truncated: false, timeZone };
+}
+
+/**
+ * The closed periods `closed` as revenue books entries by them (`bookingOf`; docs/revenue.md,
+ * "Closing a month"), with the marks of the accounts `userIds` (null: every account's).
+ */
+export async function closeCuts(
+  closes: PeriodCloseStore | undefined,
+  closed: readonly PeriodClose[],
+  userIds: readonly string[] | null,
+): Promise<CloseCut[]> {
+  if (closes === undefined || closed.length === 0) return [];
+  const byThrough = new Map<number, Map<string, number>>(closed.map((c) => [c.through.getTime(), new Map()]));
+  if (userIds === null || userIds.length > 0)
+    for (const m of await closes.marks(userIds)) byThrough.get(m.through.getTime())?.set(m.userId, m.seq);
+  return [...byThrough].sort((a, b) => a[0] - b[0]).map(([through, marks]) => ({ through, marks }));
 }
 
 /**
@@ -183,7 +208,7 @@ export async function catchUpRevenue(
 ): Promise<RevenueCatchUp> {
   const summary = revenueSummaryOf(db);
   if (summary === undefined) return { accounts: 0, entries: 0, more: false };
-  return catchUp(summary, options.userId ?? null, options.maxEntries, options.batchEntries);
+  return catchUp(summary, options.userId ?? null, periodClosesOf(db), options.maxEntries, options.batchEntries);
 }
 
 /**
@@ -191,13 +216,38 @@ export async function catchUpRevenue(
  * "How it is computed"), or about `budget` of them: for a batch of accounts at a time, their new
  * entries in one read, the domain's roll-forward from each account's saved state by UTC day and
  * every group, and one save; an account with more than a batch's entries in pieces of a batch, each
- * saved from the state the last left.
+ * saved from the state the last left. Each entry is booked with the closed periods (`bookingOf`;
+ * docs/revenue.md, "Closing a month"); when a close is recorded meanwhile the summary refuses the
+ * saves booked without it, and the catch-up runs again with it.
  */
 async function catchUp(
   summary: RevenueSummaryStore,
   account: string | null,
+  closes: PeriodCloseStore | undefined,
   budget = Number.POSITIVE_INFINITY,
   batchEntries = BATCH_ENTRIES,
+): Promise<RevenueCatchUp> {
+  const latestOf = (closed: readonly PeriodClose[]) => closed[closed.length - 1]?.through.getTime() ?? null;
+  for (;;) {
+    const closed = (await closes?.listCloses()) ?? [];
+    const done = await catchUpWith(summary, account, { closes, closed }, budget, batchEntries);
+    if (latestOf((await closes?.listCloses()) ?? []) === latestOf(closed)) return done;
+  }
+}
+
+/** The closes a catch-up books with: the store's, and those it listed. */
+interface Closed {
+  closes: PeriodCloseStore | undefined;
+  closed: readonly PeriodClose[];
+}
+
+/** `catchUp` with the closes `closed`, read once. */
+async function catchUpWith(
+  summary: RevenueSummaryStore,
+  account: string | null,
+  closed: Closed,
+  budget: number,
+  batchEntries: number,
 ): Promise<RevenueCatchUp> {
   const done: RevenueCatchUp = { accounts: 0, entries: 0, more: false };
   let after: string | null = null;
@@ -206,7 +256,7 @@ async function catchUp(
     let batch: RevenueCheckpoint[] = [];
     let pending = 0;
     const flush = async () => {
-      if (batch.length > 0) done.accounts += await catchUpBatch(summary, batch);
+      if (batch.length > 0) done.accounts += await catchUpBatch(summary, batch, closed);
       batch = [];
       pending = 0;
     };
@@ -223,7 +273,7 @@ async function catchUp(
       done.entries += n;
       if (n > batchEntries) {
         await flush();
-        done.accounts += await catchUpPieces(summary, c, batchEntries);
+        done.accounts += await catchUpPieces(summary, c, batchEntries, closed);
         continue;
       }
       if (pending + n > batchEntries) await flush();
@@ -237,15 +287,21 @@ async function catchUp(
 }
 
 /** One account's entries after `c.throughSeq` up to `c.seq`, in pieces of a batch; answers the pieces saved. */
-async function catchUpPieces(summary: RevenueSummaryStore, c: RevenueCheckpoint, size: number): Promise<number> {
+async function catchUpPieces(
+  summary: RevenueSummaryStore,
+  c: RevenueCheckpoint,
+  size: number,
+  closed: Closed,
+): Promise<number> {
   const end = c.seq ?? c.throughSeq;
   let at = c;
   let saved = 0;
+  const cuts = await closeCuts(closed.closes, closed.closed, [c.userId]);
   while (at.throughSeq < end) {
     const piece = { ...at, seq: Math.min(end, at.throughSeq + size) };
     const entries = await summary.revenueEntries([piece]);
     if (entries.length === 0) break;
-    const save = summarize(piece, entries, await summary.grantGroups(paidGrantsOf(entries)));
+    const save = summarize(piece, entries, await summary.grantGroups(paidGrantsOf(entries)), cuts);
     // Another report moved the checkpoint first (it adds the rest).
     if ((await summary.saveRevenue([save])) === 0) break;
     saved++;
@@ -258,7 +314,16 @@ const paidGrantsOf = (entries: readonly JournalEntry[]) =>
   entries.flatMap((e) => (e.type === "add" && e.costBasis != null ? e.grants.map((g) => g.grantId) : []));
 
 /** The new entries of the accounts of `batch` (each up to its `seq`), in one read and one save; answers the accounts saved. */
-async function catchUpBatch(summary: RevenueSummaryStore, batch: readonly RevenueCheckpoint[]): Promise<number> {
+async function catchUpBatch(
+  summary: RevenueSummaryStore,
+  batch: readonly RevenueCheckpoint[],
+  closed: Closed,
+): Promise<number> {
+  const cuts = await closeCuts(
+    closed.closes,
+    closed.closed,
+    batch.map((c) => c.userId),
+  );
   const entries = await summary.revenueEntries(batch);
   const byUser = new Map<string, JournalEntry[]>();
   for (const e of entries) {
@@ -270,7 +335,7 @@ async function catchUpBatch(summary: RevenueSummaryStore, batch: readonly Revenu
   const saves: RevenueSave[] = [];
   for (const c of batch) {
     const mine = byUser.get(c.userId);
-    if (mine !== undefined && mine.length > 0) saves.push(summarize(c, mine, groups));
+    if (mine !== undefined && mine.length > 0) saves.push(summarize(c, mine, groups, cuts));
   }
   // Fewer saved than sent: another report added those accounts' entries first; the summary has them either way.
   return summary.saveRevenue(saves);
@@ -278,17 +343,19 @@ async function catchUpBatch(summary: RevenueSummaryStore, batch: readonly Revenu
 
 /**
  * What the summary gains from `entries`, the entries after checkpoint `c` (docs/revenue.md, "How
- * it is computed"): each entry's figures on the UTC day it is booked at, whatever their order.
+ * it is computed"): each entry's figures on the UTC day it is booked at (with the closed periods
+ * `cuts`: `bookingOf`), whatever their order.
  */
 function summarize(
   c: RevenueCheckpoint,
   entries: readonly JournalEntry[],
   groups: ReadonlyMap<string, GrantGroups>,
+  cuts: readonly CloseCut[],
 ): RevenueSave {
   let minDay = Number.POSITIVE_INFINITY;
   let maxDay = Number.NEGATIVE_INFINITY;
   for (const e of entries) {
-    const day = Math.floor(bookedAt(e) / DAY) * DAY;
+    const day = Math.floor(bookingOf(e, cuts).at / DAY) * DAY;
     minDay = Math.min(minDay, day);
     maxDay = Math.max(maxDay, day);
   }
@@ -302,6 +369,7 @@ function summarize(
     entries,
     groups,
     c.state === null ? emptyRevenueState() : parseRevenueState(c.state),
+    cuts,
   );
   checkpoint.state = revenueStateText(state);
   const rows: RevenueDayRow[] = [];
@@ -319,6 +387,7 @@ function summarize(
       breakage: sums.breakage,
       refunds: sums.refunds,
       unbilled: sums.unbilledCredits,
+      catchUp: key.catchUp,
     });
     if (key.currency === null) continue;
     const id = JSON.stringify([key.currency, key.source, key.plan]);
@@ -326,7 +395,8 @@ function summarize(
     d.delta += sums.paid - sums.recognized - sums.breakage - sums.refunds;
     deferred.set(id, d);
   }
-  return { fromSeq: c.throughSeq, checkpoint, days: rows, deferred: [...deferred.values()] };
+  const latestClose = cuts[cuts.length - 1]?.through ?? null;
+  return { fromSeq: c.throughSeq, checkpoint, days: rows, deferred: [...deferred.values()], latestClose };
 }
 
 /**
@@ -342,7 +412,7 @@ async function addSummary(
 ): Promise<void> {
   const windows = points - 1;
   type Groups = { currency: string | null; account: string | null; source: string | null; plan: string | null };
-  const keyOf = (r: Groups, e?: { feature: string | null; spender: string | null }): Key => ({
+  const keyOf = (r: Groups, e?: { feature: string | null; spender: string | null; catchUp: number | null }): Key => ({
     currency: r.currency,
     account: r.account ?? "",
     source: r.source,
@@ -350,6 +420,8 @@ async function addSummary(
     feature: e?.feature ?? null,
     spender: e?.spender ?? null,
     unit: null,
+    // Deferred is the ordinary rows' (docs/revenue.md, "Closing a month").
+    catchUp: e?.catchUp ?? null,
   });
   const deferredId = (r: Groups) => JSON.stringify([r.currency, r.account, r.source, r.plan]);
   /** Per deferred group: the change of deferred in each window (index `windows`: after the last). */
@@ -417,10 +489,12 @@ export async function revenueSummaryProblems(
     say(`it has read the journal through entry ${through}, which the journal does not have`);
     return problems;
   }
+  const closes = periodClosesOf(db);
   const replay = summarize(
     { userId, throughSeq: 0, state: null, seq: through },
     mine,
     await summary.grantGroups(paidGrantsOf(mine)),
+    await closeCuts(closes, (await closes?.listCloses()) ?? [], [userId]),
   );
   if (canonicalState(saved.checkpoint.state) !== canonicalState(replay.checkpoint.state))
     say(`its saved roll-forward state after entry ${through} is not the journal's`);
@@ -430,6 +504,7 @@ export async function revenueSummaryProblems(
       [dayText(r.day), r.currency ?? "(no currency)", r.source ?? "(no source)"]
         .concat(r.plan === null ? [] : [`plan ${r.plan}`])
         .concat(fine ? [r.feature ?? "(no feature)", r.spender ?? "(no spender)"] : [])
+        .concat(r.catchUp === null ? [] : [`catch-up of the close through ${new Date(r.catchUp).toISOString()}`])
         .join(", ");
     const sums = (rows: readonly RevenueDayRow[]) => {
       const m = new Map<string, number[]>();
@@ -489,10 +564,90 @@ function canonicalState(text: string | null): string | null {
 }
 
 /**
+ * The account's marks of the closed periods (docs/revenue.md, "Closing a month") against its
+ * journal: a mark is at most the account's last seq, and the entry it names is in the journal
+ * read (unless the journal read starts after it: a checkpoint, or entries archived).
+ */
+export async function periodCloseProblems(
+  db: DbManager,
+  userId: string,
+  entries: readonly JournalEntry[],
+): Promise<string[]> {
+  const closes = periodClosesOf(db);
+  if (closes === undefined) return [];
+  const closed = new Set((await closes.listCloses()).map((c) => c.through.getTime()));
+  const marks = (await closes.marks([userId])).filter((m) => closed.has(m.through.getTime()));
+  if (marks.length === 0) return [];
+  const seq = (await db.getAccount(userId))?.seq ?? 0;
+  const first = entries[0]?.seq ?? Number.POSITIVE_INFINITY;
+  const seqs = new Set(entries.map((e) => e.seq));
+  const problems: string[] = [];
+  for (const m of marks) {
+    const at = `the close through ${m.through.toISOString()} marked ${userId} at entry ${m.seq}`;
+    if (m.seq > seq) problems.push(`${at}, after the account's last (${seq})`);
+    else if (m.seq >= first && m.seq > 0 && !seqs.has(m.seq)) problems.push(`${at}, which the journal does not have`);
+  }
+  return problems;
+}
+
+/**
  * The revenue module's check in `audit()` (docs/revenue.md, "Audit"): cost bases and the revenue
- * roll-forward of the journal read, then the store's revenue summary against it.
+ * roll-forward of the journal read, the store's revenue summary against it, and the account's
+ * marks of the closed periods.
  */
 export const revenueAudit: AuditCheck = async (db, user, { entries, grants, reservations }) => [
   ...revenueProblems(user, entries, { grants, reservations }),
   ...(await revenueSummaryProblems(db, user, entries)),
+  ...(await periodCloseProblems(db, user, entries)),
 ];
+
+/** Every account's journal seq now, page by page (for a store that marks a close from outside: the in-memory one). */
+async function* accountSeqs(db: DbManager): AsyncGenerator<{ userId: string; seq: number }> {
+  if (db.listAccountIds === undefined)
+    throw new ConfigurationError(
+      `[credit-management] the ${db.name} store cannot list its accounts (DbManager.listAccountIds): it cannot close a period`,
+    );
+  let after: string | null = null;
+  for (;;) {
+    const ids = await db.listAccountIds(after, PAGE);
+    for (const userId of ids) yield { userId, seq: (await db.getAccount(userId))?.seq ?? 0 };
+    if (ids.length < PAGE) return;
+    after = ids[ids.length - 1]!;
+  }
+}
+
+/** The store's closed periods, or a `ConfigurationError` where it keeps none. */
+function closesOf(db: DbManager): PeriodCloseStore {
+  const closes = periodClosesOf(db);
+  if (closes === undefined)
+    throw new ConfigurationError(
+      `[credit-management] the ${db.name} store keeps no closed periods (the revenue module's store part: docs/revenue.md, "Closing a month")`,
+    );
+  return closes;
+}
+
+/**
+ * `credits.closePeriod(through)` (docs/revenue.md, "Closing a month"): records a close through
+ * `through` — every account's journal seq now (its mark), then the close — after which a revenue
+ * report of any window ending at or before `through` reads the same forever, and what is recorded
+ * later with a time before `through` is booked at `through` as catch-up. `through` must not be
+ * after `now` and must be after the latest close's (`ValidationError`; of two racing closes, the
+ * second is a `ConflictError`).
+ */
+export async function closePeriod(db: DbManager, through: Date | string, now: number): Promise<PeriodClose> {
+  const input = parse(ClosePeriodInput, { through }, "input");
+  const refuse = (message: string) =>
+    new ValidationError(`Invalid input.through: ${message}`, [{ path: "through", message }]);
+  if (input.through.getTime() > now) throw refuse("must not be in the future");
+  const closes = closesOf(db);
+  const closed = await closes.listCloses();
+  const latest = closed[closed.length - 1];
+  if (latest !== undefined && input.through.getTime() <= latest.through.getTime())
+    throw refuse(`must be after the latest close's through, ${latest.through.toISOString()}`);
+  return closes.recordClose(input.through, new Date(now), () => accountSeqs(db));
+}
+
+/** `credits.listPeriodCloses()` (docs/revenue.md, "Closing a month"): every close, by `through` ascending. */
+export function listPeriodCloses(db: DbManager): Promise<PeriodClose[]> {
+  return closesOf(db).listCloses();
+}

@@ -1,7 +1,7 @@
 import type { DbManager } from "../../core/db/types.js";
 import { revenueStorePart } from "./store-part.js";
 import type { JournalEntry } from "../../core/models/index.js";
-import type { RevenueDimension } from "./model.js";
+import type { PeriodClose, PeriodCloseMark, RevenueDimension } from "./model.js";
 import type { GrantGroups } from "./rules.js";
 
 /**
@@ -32,6 +32,8 @@ export interface RevenueDayRow {
   breakage: number;
   refunds: number;
   unbilled: number;
+  /** Catch-up figures (docs/revenue.md, "Closing a month"): the `through` (ms) of their close; null: ordinary. */
+  catchUp: number | null;
 }
 
 /** What one account's catch-up adds to the summary (`RevenueSummaryStore.saveRevenue`). @beta */
@@ -43,6 +45,11 @@ export interface RevenueSave {
   days: readonly RevenueDayRow[];
   /** The change of deferred per currency, source and plan over the entries added (minor units). */
   deferred: readonly { currency: string; source: string | null; plan: string | null; delta: number }[];
+  /**
+   * The `through` (ms) of the latest period close the days were booked with (null: none;
+   * docs/revenue.md, "Closing a month"): saved only while it is still the latest.
+   */
+  latestClose: number | null;
 }
 
 /** What the summary keeps of one account (`RevenueSummaryStore.revenueSummaryOf`), for the audit. @beta */
@@ -70,6 +77,8 @@ export interface RevenueBucketRow {
   breakage: number;
   refunds: number;
   unbilled: number;
+  /** Catch-up figures: the `through` (ms) of their close; null: ordinary. */
+  catchUp: number | null;
 }
 
 /** Deferred now (after every entry in the summary), by currency and the query's account, source and plan groups. @beta */
@@ -105,10 +114,11 @@ export interface RevenueSummaryStore {
   grantGroups(grantIds: readonly string[]): Promise<Map<string, GrantGroups>>;
   /**
    * Adds each account's `days` to the summary and moves its checkpoint from `fromSeq` to
-   * `checkpoint`, all in one statement — each account only if its checkpoint is still at
-   * `fromSeq` (another report may have added the same entries first: then nothing of that account
-   * changes). `deferred`: the change of deferred per currency and source over the entries added.
-   * Answers how many accounts were saved.
+   * `checkpoint`, all at once — each account only if its checkpoint is still at `fromSeq`
+   * (another report may have added the same entries first: then nothing of that account changes),
+   * and none if a period close later than the saves' `latestClose` was recorded (or is being
+   * recorded) meanwhile: the entries are booked again with it. `deferred`: the change of deferred
+   * per currency and source over the entries added. Answers how many accounts were saved.
    */
   saveRevenue(saves: readonly RevenueSave[]): Promise<number>;
   /** Everything the summary keeps of `account`; null when it has not read the account's journal yet. */
@@ -130,10 +140,38 @@ export interface RevenueReadQuery {
   groupBy: readonly RevenueDimension[];
 }
 
-/** The revenue module's reads on a store (`revenueStorePart`): its summary, where the store keeps one. */
-export interface RevenueSummaryReads {
-  /** The summary, or undefined where the store keeps none (on Citus). */
-  summary(): RevenueSummaryStore | undefined;
+/**
+ * The closed periods of revenue reports as a store keeps them (docs/revenue.md, "Closing a month"):
+ * table `period_closes` (one row per close) and `period_close_marks` (one row per account and close).
+ * @beta
+ */
+export interface PeriodCloseStore {
+  /**
+   * Records a close through `through`: every account's mark (its journal seq now), then the close
+   * row, so that a reader sees a close only with all its marks. Refuses, with `ConflictError`, a
+   * `through` not after the latest close's (of two racing closes, one is recorded). `accounts`:
+   * every account's seq, for a store that cannot read them itself in the close's transaction (the
+   * in-memory one); the others read their accounts table.
+   */
+  recordClose(
+    through: Date,
+    closedAt: Date,
+    accounts: () => AsyncIterable<{ userId: string; seq: number }>,
+  ): Promise<PeriodClose>;
+  /** Every close, by `through` ascending. */
+  listCloses(): Promise<PeriodClose[]>;
+  /** The marks of the accounts `userIds` (null: every account's), of every close. */
+  marks(userIds: readonly string[] | null): Promise<PeriodCloseMark[]>;
+}
+
+/**
+ * The revenue module's reads on a store (`revenueStorePart`): its closed periods, and its summary
+ * where the store keeps one. (Only methods that answer promises besides `summary`: a store may wrap
+ * each method of a part's reads as an async function.)
+ */
+export interface RevenueSummaryReads extends PeriodCloseStore {
+  /** The summary, or undefined where the store keeps none (on Citus); absent on stores that keep none. */
+  summary?(): RevenueSummaryStore | undefined;
 }
 
 /**
@@ -142,4 +180,10 @@ export interface RevenueSummaryReads {
  * part (bound on first use). Optional: without it, reports replay the journal.
  */
 export const revenueSummaryOf = (db: DbManager): RevenueSummaryStore | undefined =>
-  db.usePart?.(revenueStorePart)?.summary();
+  db.usePart?.(revenueStorePart)?.summary?.();
+
+/**
+ * `db`'s closed periods of revenue reports (docs/revenue.md, "Closing a month"), from the revenue
+ * module's store part; undefined on a store without a side of it (a store written elsewhere).
+ */
+export const periodClosesOf = (db: DbManager): PeriodCloseStore | undefined => db.usePart?.(revenueStorePart);

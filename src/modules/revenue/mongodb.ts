@@ -1,0 +1,102 @@
+import type { Collection } from "mongodb";
+import { ConflictError } from "../../core/errors.js";
+import type { PeriodClose, PeriodCloseMark } from "./model.js";
+import type { MongoBoundPart, MongoPartHost } from "../../db/mongodb/module-part.js";
+import type { StoredDoc } from "../../db/mongodb/documents.js";
+import { DUPLICATE_KEY, errorCode, guard, writeOne } from "../../db/mongodb/errors.js";
+import type { PeriodCloseStore, RevenueSummaryReads } from "./store.js";
+import { closeGoesBack } from "./store-errors.js";
+
+/** Marks inserted per command. */
+const BATCH = 1000;
+
+/** The revenue module's part of `MongoDbManager` (`revenueStorePart.mongodb`): the closed periods, no summary. */
+export function revenueMongoPart(host: MongoPartHost): MongoBoundPart<RevenueSummaryReads> {
+  return { reads: new MongoPeriodCloses(host) };
+}
+
+/**
+ * Closed periods of `MongoDbManager` (collections `<prefix>period_closes`, `_id` the close's
+ * `through`, and `<prefix>period_close_marks`, `_id` "<through ms>:<user id>"). A close reads the
+ * accounts and inserts their marks (a retry after a crash finds its marks there and keeps them),
+ * then its row last, so a reader sees a close only once its marks are complete. The row names the
+ * close before it (`after`, unique): of two racing closes, one is recorded.
+ */
+class MongoPeriodCloses implements PeriodCloseStore {
+  private readonly closes: Collection<StoredDoc>;
+  private readonly marksOf: Collection<StoredDoc>;
+  private readonly accounts: Collection<StoredDoc>;
+
+  constructor(host: MongoPartHost) {
+    this.closes = host.collection("period_closes");
+    this.marksOf = host.collection("period_close_marks");
+    this.accounts = host.collection("accounts");
+  }
+
+  private async latest(): Promise<Date | null> {
+    const [d] = await guard("closePeriod", () => this.closes.find({}).sort({ _id: -1 }).limit(1).toArray());
+    return d === undefined ? null : (d._id as unknown as Date);
+  }
+
+  async recordClose(through: Date, closedAt: Date): Promise<PeriodClose> {
+    const latest = await this.latest();
+    if (latest !== null && through.getTime() <= latest.getTime()) throw closeGoesBack("mongodb", through, latest);
+    let accounts = 0;
+    let batch: StoredDoc[] = [];
+    const flush = async () => {
+      if (batch.length === 0) return;
+      const docs = batch;
+      batch = [];
+      try {
+        await this.marksOf.insertMany(docs, { ordered: false });
+      } catch (error) {
+        // A retry of a close that crashed: its marks are there already (kept as they were).
+        const errors = (error as { writeErrors?: unknown[] | unknown }).writeErrors;
+        const list = Array.isArray(errors) ? errors : errors === undefined ? [] : [errors];
+        if (list.length === 0 || !list.every((e) => errorCode(e) === DUPLICATE_KEY)) throw error;
+      }
+    };
+    await guard("closePeriod", async () => {
+      for await (const a of this.accounts.find({}, { projection: { _id: 1, seq: 1 } })) {
+        const userId = String(a._id);
+        batch.push({ _id: `${through.getTime()}:${userId}`, through, userId, seq: Number(a.seq ?? 0) } as StoredDoc);
+        accounts++;
+        if (batch.length >= BATCH) await flush();
+      }
+      await flush();
+    });
+    const close: PeriodClose = { through, closedAt, accounts };
+    await writeOne(
+      "closePeriod",
+      () =>
+        this.closes.insertOne({
+          _id: through as unknown as string,
+          closedAt,
+          accounts,
+          after: latest,
+        } as StoredDoc),
+      (cause) =>
+        new ConflictError(
+          `[credit-management] [mongodb] closePeriod: another close was recorded at the same moment (closes only move forward): list them before closing again`,
+          { through: through.toISOString() },
+          cause,
+        ),
+    );
+    return close;
+  }
+
+  async listCloses(): Promise<PeriodClose[]> {
+    const docs = await guard("listPeriodCloses", () => this.closes.find({}).sort({ _id: 1 }).toArray());
+    return docs.map((d) => ({
+      through: d._id as unknown as Date,
+      closedAt: d.closedAt as Date,
+      accounts: Number(d.accounts),
+    }));
+  }
+
+  async marks(userIds: readonly string[] | null): Promise<PeriodCloseMark[]> {
+    const filter = userIds === null ? {} : { userId: { $in: [...userIds] } };
+    const docs = await guard("periodCloseMarks", () => this.marksOf.find(filter).toArray());
+    return docs.map((d) => ({ through: d.through as Date, userId: String(d.userId), seq: Number(d.seq) }));
+  }
+}
