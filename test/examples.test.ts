@@ -203,7 +203,7 @@ describe("examples", () => {
     expect(out).toContain("roll-forward: 0 + 2499 - 350 - 350 - 1000 = 799");
     expect(out).toContain("audit: ok");
     expect(out).toMatch(
-      /\r?\n\d{4}-\d{2}-01T00:00:00\.000Z,\d{4}-\d{2}-01T00:00:00\.000Z,USD,0,2499,350,350,1000,799,0\r\n/,
+      /\r?\n\d{4}-\d{2}-01T00:00:00\.000Z,\d{4}-\d{2}-01T00:00:00\.000Z,USD,,0,2499,350,350,1000,799,0\r\n/,
     );
   });
 
