@@ -160,8 +160,8 @@ export async function revenuePage(ctx: Ctx): Promise<PageResult> {
     <p class="muted">
       Deferred revenue (paid credits not used yet, at what they were sold for), revenue recognized as credits are used,
       and breakage (paid credits that expired unused), by month in UTC, from the journal
-      (<code>credits.getRevenue()</code>). Free credits are never revenue. Run the expiry job before reading a month's
-      breakage.
+      (<code>credits.getRevenue()</code>), each figure in the month its money moved. Free credits are never revenue. A
+      row with a close's date is catch-up: recorded after that month was closed, with a time inside it.
     </p>
     ${currencies.length === 0 ? html`<p class="muted">No paid credits in this range.</p>` : sections}
     ${
