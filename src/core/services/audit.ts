@@ -2,7 +2,7 @@ import type { DbManager } from "../db/types.js";
 import { replayJournal, type AuditReport } from "../domain/replay.js";
 import type { AuditCheck } from "./audit-check.js";
 import { rollupAuditScan, rollupProblems } from "../domain/usage.js";
-import type { AuditOptions, JournalEntry, JournalHead } from "../models/index.js";
+import type { Account, AuditOptions, Grant, JournalEntry, JournalHead, Reservation } from "../models/index.js";
 import type { JournalKeys } from "../domain/hash.js";
 import type * as z from "zod/mini";
 import { copy, journalAfter } from "./history.js";
@@ -31,13 +31,41 @@ export async function auditAccount(
   // One snapshot: a unit of work committing between two of the reads would look like a mismatch
   // between the journal and the state (docs/operations.md, "Auditing").
   if (db.readSnapshot !== undefined) return db.readSnapshot(user, audit);
-  // A store without snapshots: read again while the account moved during the reads (a unit of
-  // work that changes the account, its grants or holds appends an entry, so its seq tells).
+  // A store without snapshots: the account, its grants and holds read together again while the
+  // account moved during those reads (a unit of work that changes any of them appends an entry,
+  // so its seq tells); then the journal up to that seq, whose entries never change once written.
   for (let attempt = 1; ; attempt++) {
-    const before = await db.getAccount(user);
-    const report = await audit(db);
-    if (attempt === MAX_AUDIT_READS || (await db.getAccount(user))?.seq === before?.seq) return report;
+    const state = await stillState(db, user);
+    if (state !== null || attempt === MAX_AUDIT_READS) return auditReads(db, user, o, checks, keys, state ?? undefined);
   }
+}
+
+/** An account's stored state read between two reads of its seq that agree; null when it moved. */
+async function stillState(db: DbManager, user: string): Promise<StoredState | null> {
+  const before = await db.getAccount(user);
+  const [grants, reservations] = await Promise.all([
+    db.listGrants(user, { includeInactive: true }),
+    db.listReservations(user),
+  ]);
+  const account = await db.getAccount(user);
+  return account?.seq === before?.seq ? { account, grants, reservations } : null;
+}
+
+/** An account's stored state: the account, its grants and holds. */
+async function storedState(db: DbManager, user: string): Promise<StoredState> {
+  const [account, grants, reservations] = await Promise.all([
+    db.getAccount(user),
+    db.listGrants(user, { includeInactive: true }),
+    db.listReservations(user),
+  ]);
+  return { account, grants, reservations };
+}
+
+/** What the store holds of an account beside its journal. */
+interface StoredState {
+  account: Account | null;
+  grants: Grant[];
+  reservations: Reservation[];
 }
 
 /** Reads of an account's audit at most, on a store without snapshots whose account keeps moving. */
@@ -50,6 +78,7 @@ async function auditReads(
   o: z.output<typeof AuditOptions>,
   checks: readonly AuditCheck[],
   keys: JournalKeys | undefined,
+  still?: StoredState,
 ): Promise<AuditReport> {
   const head = o.head;
   // With a head kept elsewhere: from the latest checkpoint at or before it, so the replay covers it.
@@ -59,12 +88,10 @@ async function auditReads(
       : head === undefined
         ? await latestCheckpoint(db, user)
         : (await db.listJournal(user, { order: "desc", types: ["checkpoint"], beforeSeq: head.seq + 1, limit: 1 }))[0];
-  const entries = await journalAfter(db, user, start === undefined ? 0 : start.seq - 1);
-  const [account, grants, reservations] = await Promise.all([
-    db.getAccount(user),
-    db.listGrants(user, { includeInactive: true }),
-    db.listReservations(user),
-  ]);
+  // With a state read apart (`still`): the journal up to its seq, what it was read at.
+  const read = await journalAfter(db, user, start === undefined ? 0 : start.seq - 1);
+  const entries = still === undefined ? read : read.filter((e) => e.seq <= (still.account?.seq ?? 0));
+  const { account, grants, reservations } = still ?? (await storedState(db, user));
   // A key an entry names and `keys` does not hold is a problem of this account (an issue of kind
   // "unknown key"), not an error: `audit --all` goes on to the next account.
   const report = replayJournal(user, entries, { account, grants, reservations }, keys);
