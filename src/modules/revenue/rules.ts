@@ -328,7 +328,8 @@ export class RevenueAccumulator {
       catchUp: cu,
     });
     /** Deferred changed by `delta` at the entry's instant: at every boundary after it (on the ordinary row). */
-    const shift = (lot: Lot, delta: number) => this.deferredChange(key(lot.currency, lot, null, null), at, delta);
+    const shift = (lot: Lot, delta: number) =>
+      this.deferredChange(key(lot.currency, lot, null, null), firstAfter, delta);
     /** Takes `amount` credits off `lot`: their value (cumulatively rounded). */
     const take = (lot: Lot, amount: number): number => {
       const from = lot.offset + lot.gone;
@@ -339,6 +340,7 @@ export class RevenueAccumulator {
     };
 
     let w = -1; // the window of the entry being read
+    let firstAfter = 0; // the first boundary after it (`boundaries.length`: none)
     const add = (k: Key, figure: keyof Sums, v: number) => {
       if (w < 0 || v === 0) return;
       this.sum(k, w)[figure] += v;
@@ -380,6 +382,9 @@ export class RevenueAccumulator {
     for (const e of entries) {
       ({ at, catchUp } = bookingOf(e, cuts));
       w = windowIndex(this.boundaries, at);
+      // An entry at a boundary is in the window that starts there: the boundaries after it are
+      // those from its window's end (before the first window: all; after the last: none).
+      firstAfter = w >= 0 ? w + 1 : at < this.boundaries[0]! ? 0 : this.boundaries.length;
       // The payment an addition credits or a take-back takes back from, and a payment's take-back,
       // as the payments module recorded them (never the metadata's say: docs/revenue.md, "Payments").
       const paymentId = e.paymentId ?? null;
@@ -582,22 +587,13 @@ export class RevenueAccumulator {
   }
 
   /**
-   * Group `k`'s deferred value changed by `delta` at instant `t` (ms): at every boundary after `t`
-   * (an entry at a boundary is in the window that starts there), whatever the order the entries
-   * come in — a late entry booked in an earlier window changes the deferred values from there on.
+   * Group `k`'s deferred value changed by `delta` at every boundary from index `from` on (an
+   * entry's instant: `from` is the first boundary after it), whatever the order the entries come
+   * in — a late entry booked in an earlier window changes the deferred values from there on.
    */
-  private deferredChange(k: Key, t: number, delta: number): void {
-    if (delta === 0) return;
-    const b = this.boundaries;
-    let lo = 0;
-    let hi = b.length;
-    while (lo < hi) {
-      const mid = (lo + hi) >> 1;
-      if (b[mid]! > t) hi = mid;
-      else lo = mid + 1;
-    }
-    if (lo === b.length) return; // after the report's end
-    this.deferredOf(keyId(k, this.groupBy), k).step[lo]! += delta;
+  private deferredChange(k: Key, from: number, delta: number): void {
+    if (delta === 0 || from >= this.boundaries.length) return;
+    this.deferredOf(keyId(k, this.groupBy), k).step[from]! += delta;
   }
 
   /** Folds the changes `deferredChange` recorded into the values at each boundary (once: they are cleared). */
