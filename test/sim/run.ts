@@ -1392,7 +1392,8 @@ async function simulate(options: SimOptions): Promise<SimResult> {
         fail(`${where}: ${problem}`);
       // What time did is dated when it was due, however late it was settled.
       const due = dueProblems(
-        journal.filter((e) => e.seq > (datedThrough.get(user) ?? 0)),
+        journal,
+        datedThrough.get(user) ?? 0,
         units.map(([, mu]) => mu),
       );
       for (const problem of due.problems) fail(`${where}: ${problem}`);
@@ -1555,10 +1556,13 @@ async function simulate(options: SimOptions): Promise<SimResult> {
  * `expiresAt` when the hold lapsed (and an explicit release carries no `occurredAt`); an `expire`
  * at its grant's `expiresAt`, or — for credits a lapsed hold returned to a grant closed meanwhile —
  * at that hold's `expiresAt`, or when recorded (a plan change that expires the period's credits
- * now). Answers the problems and how many of them were settled after their due instant.
+ * now), or — credits a reversal gave back to a grant closed since — when the grant's first expiry
+ * was dated. Checks the entries after seq `after` of `journal` (the account's, from its first);
+ * answers the problems and how many of them were settled after their due instant.
  */
 function dueProblems(
-  entries: readonly JournalEntry[],
+  journal: readonly JournalEntry[],
+  after: number,
   models: readonly CreditModel[],
 ): { problems: string[]; late: number } {
   const grants = new Map(models.flatMap((m) => m.grants.map((g) => [g.id, g] as const)));
@@ -1566,8 +1570,19 @@ function dueProblems(
   const lapses = new Set(models.flatMap((m) => m.holds.map((h) => h.expiresAt)));
   const problems: string[] = [];
   let late = 0;
-  for (const e of entries) {
+  /** When each grant's first expiry was dated (the instant it closed). */
+  const closed = new Map<string, number>();
+  for (const e of journal) {
     const at = (e.occurredAt ?? e.createdAt).getTime();
+    // (An earlier entry's: this one is recorded after it is checked.)
+    const firstClose = (grantId: string) => closed.get(grantId);
+    const record = () => {
+      if (e.type === "expire") for (const p of e.grants) if (!closed.has(p.grantId)) closed.set(p.grantId, at);
+    };
+    if (e.seq <= after) {
+      record();
+      continue;
+    }
     const recorded = e.createdAt.getTime();
     const say = (what: string) =>
       problems.push(`entry ${e.seq} (${e.type}) is dated ${new Date(at).toISOString()}, ${what}`);
@@ -1590,6 +1605,7 @@ function dueProblems(
           g === undefined ||
           g.expiresAt === at ||
           lapses.has(at) ||
+          (e.occurredAt != null && firstClose(p.grantId) === at) ||
           (e.occurredAt == null && g.expiresAt !== null && g.expiresAt > at)
         )
           continue;
@@ -1598,6 +1614,7 @@ function dueProblems(
         );
       }
     } else continue;
+    record();
     if (recorded > at) late++;
   }
   return { problems, late };

@@ -1111,13 +1111,14 @@ export class AccountWork implements UnitWork {
       // By the instant they are dated at: when they return (a hold's release: now, or its lapse's
       // instant), or — credits a reversal gives back, which are its charge's again from the
       // charge's time (docs/concepts.md, "Two times on every entry") — when their grant closed:
-      // its `expiresAt`, or when it was voided.
+      // its `expiresAt` (settled late, its `closedAt` is later) or earlier when something closed it
+      // before (a plan change that expired it, a void).
       const byInstant = new Map<number, GrantPortion[]>();
       for (const p of portions) {
         const g = this.grants.get(p.grantId);
         if (p.kind === "debt_paid" || g?.closedReason !== reason) continue;
-        const closedAt = reason === "expired" ? (g.expiresAt ?? g.closedAt) : g.closedAt;
-        const at = asOfCharge && closedAt !== null ? closedAt.getTime() : Number.POSITIVE_INFINITY;
+        const closedAt = Math.min(g.closedAt?.getTime() ?? Infinity, g.expiresAt?.getTime() ?? Infinity);
+        const at = asOfCharge ? closedAt : Number.POSITIVE_INFINITY;
         let list = byInstant.get(at);
         if (list === undefined) byInstant.set(at, (list = []));
         list.push({ grantId: p.grantId, amount: p.amount });
