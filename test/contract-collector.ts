@@ -50,9 +50,14 @@ const firstLine = (error: unknown) => (error instanceof Error ? error.message : 
 /**
  * Collects what `register` registers through the test functions it is given, then runs it: hooks
  * and cases in order, each case within its own timeout (else `timeoutMs`). A `beforeAll` that
- * fails fails every case of its block.
+ * fails fails every case of its block. With `only`, just the cases whose full name it accepts run
+ * (and the hooks of the blocks that hold them); the others are neither run nor reported.
  */
-export async function runCollected(register: (test: TestApi) => void, timeoutMs = 30_000): Promise<SuiteReport> {
+export async function runCollected(
+  register: (test: TestApi) => void,
+  timeoutMs = 30_000,
+  only: (name: string) => boolean = () => true,
+): Promise<SuiteReport> {
   const root: Block = { kind: "block", name: "", before: [], after: [], children: [] };
   let current = root;
   const test: TestApi = {
@@ -82,9 +87,12 @@ export async function runCollected(register: (test: TestApi) => void, timeoutMs 
 
   const report: SuiteReport = { passed: [], failed: [], took: new Map() };
   const cases = (block: Block, path: string[]): string[] =>
-    block.children.flatMap((c) => (c.kind === "case" ? [[...path, c.name].join(" > ")] : cases(c, [...path, c.name])));
+    block.children
+      .flatMap((c) => (c.kind === "case" ? [[...path, c.name].join(" > ")] : cases(c, [...path, c.name])))
+      .filter(only);
 
   const run = async (block: Block, path: string[]): Promise<void> => {
+    if (cases(block, path).length === 0) return;
     for (const hook of block.before) {
       try {
         await within(hook, timeoutMs);
@@ -99,6 +107,7 @@ export async function runCollected(register: (test: TestApi) => void, timeoutMs 
         continue;
       }
       const name = [...path, child.name].join(" > ");
+      if (!only(name)) continue;
       const start = performance.now();
       try {
         await within(child.body, child.timeout ?? timeoutMs);
