@@ -1,6 +1,7 @@
 import * as z from "zod/mini";
 import type { ZodMiniObject } from "zod/mini";
-import { Account, Grant, JournalEntry, LedgerEntry, Reservation } from "../core/models/entities.js";
+import { Account, Grant, Reservation } from "../core/models/entities.js";
+import { JournalEntry, LedgerEntry } from "../core/models/records.js";
 import { promoPaymentTableSpecs } from "../modules/billing/schema-tables.js";
 import { periodCloseTableSpecs } from "../modules/revenue/schema-tables.js";
 import { AccountAutoTopUp } from "../modules/billing/model-auto-top-up.js";

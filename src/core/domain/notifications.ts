@@ -11,7 +11,7 @@ import type {
   NotificationType,
   Reservation,
 } from "../models/index.js";
-import { EVENT_VERSIONS } from "../models/events.js";
+import { EVENT_VERSIONS } from "../models/event-versions.js";
 import { type LimitCrossing, describeLimit } from "./limits.js";
 import { builtInStates, evaluateThresholds, thresholdStates, type AlertInputs } from "./alerts.js";
 import { availableOf } from "./scope.js";

@@ -1,7 +1,7 @@
 import * as z from "zod/mini";
 import { FeatureName, NonNegativeAmount, SignedAmount, UnitName } from "./common.js";
 import { SpenderId } from "./limits.js";
-import { TimeZone } from "./usage.js";
+import { TimeZone } from "./time-zone.js";
 
 /**
  * Alert thresholds (docs/notifications.md, "Alerts"): each threshold of an account is `ok` or

@@ -1,5 +1,5 @@
 import * as z from "zod/mini";
-import { NO_NUL, NUL_ERROR, text } from "./text.js";
+import { NO_NUL, NUL_ERROR, isoDateTime, text } from "./text.js";
 
 /**
  * An amount of credits: a safe integer in the smallest unit the host bills (like cents).
@@ -213,7 +213,7 @@ const MAX_DATE = Date.UTC(9999, 11, 31, 23, 59, 59, 999);
  */
 export const DateInput = z
   .pipe(
-    z.union([z.date(), z.iso.datetime({ offset: true })], { error: "must be a Date or an ISO-8601 date-time" }),
+    z.union([z.date(), isoDateTime({ offset: true })], { error: "must be a Date or an ISO-8601 date-time" }),
     z.transform((v) => (typeof v === "string" ? new Date(v) : v)),
   )
   .check(

@@ -6,6 +6,7 @@
  */
 export * from "./common.js";
 export * from "./entities.js";
+export * from "./records.js";
 export * from "./inputs.js";
 export { parse } from "./parse.js";
 export * from "./subscriptions.js";

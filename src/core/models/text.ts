@@ -1,5 +1,6 @@
 import * as z from "zod/mini";
 import { en } from "zod/locales";
+import { _isoDateTime } from "zod/v4/core";
 
 // zod/mini, unlike zod classic, sets no locale: every issue would read "Invalid input". The models
 // set English, as zod classic does, unless the program chose a locale first (`z.config(...)`).
@@ -19,3 +20,10 @@ export const text = (max: number): z.ZodMiniString<string> =>
   z
     .string()
     .check(z.maxLength(max, { error: `must be at most ${max} characters` }), z.regex(NO_NUL, { error: NUL_ERROR }));
+
+/**
+ * `z.iso.datetime(params)`, built as zod/mini builds it: `z.iso` is a namespace object, and naming
+ * it keeps every ISO format of zod (dates, times, durations, their patterns) in a user's bundle.
+ */
+export const isoDateTime = (params?: { offset?: boolean }): z.ZodMiniISODateTime =>
+  _isoDateTime(z.ZodMiniISODateTime, params);

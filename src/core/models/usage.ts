@@ -1,5 +1,6 @@
 import * as z from "zod/mini";
 import { DateInput, UserId } from "./common.js";
+import { TimeZone } from "./time-zone.js";
 
 /** The calendar windows a usage query groups by (docs/usage.md); null: one window for the whole range. @public */
 export const UsageInterval = z.enum(["hour", "day", "week", "month"]);
@@ -49,18 +50,8 @@ export const MAX_USAGE_WINDOWS = 2_000;
 /** Longest range of a usage query without an interval (`interval: null`), in days. */
 export const MAX_USAGE_RANGE_DAYS = 3_700;
 
-const isZone = (tz: string): boolean => {
-  try {
-    new Intl.DateTimeFormat("en-US", { timeZone: tz });
-    return true;
-  } catch {
-    return false;
-  }
-};
-/** An IANA time zone name (`Europe/Berlin`, `UTC`), one this runtime knows. */
-export const TimeZone = z
-  .string()
-  .check(z.maxLength(64), z.refine(isZone, { error: "must be an IANA time zone (e.g. Europe/Berlin)" }));
+// In a file of its own: the core's alerts take it without the usage query's schemas.
+export { TimeZone };
 
 /**
  * `credits.getUsage(query)` (docs/usage.md): usage summed by calendar window and dimension, over one
