@@ -11,8 +11,8 @@ import type { Cache } from "./cache/index.js";
 import { CoreInMemoryDbManager } from "./db/memory/index.js";
 import type { DbManager } from "./db/types.js";
 import { LedgerLogger } from "./ledger/index.js";
+import { AlertThresholds } from "./models/alerts.js";
 import {
-  AlertThresholds,
   CheckpointEvery,
   FeatureRules,
   JournalKeysOptions,
@@ -20,9 +20,9 @@ import {
   OutcomeWaitMs,
   OverdraftLimit,
   OverdraftLimits,
-  ThresholdSpec,
   TrialCredits,
-} from "./models/index.js";
+} from "./models/inputs.js";
+import { ThresholdSpec } from "./models/notifications.js";
 import { parseConfig } from "./models/parse.js";
 import type { NotificationQueue } from "./queue/index.js";
 import { CoreCreditService, type CoreCreditServiceOptions } from "./services/credit-service.js";

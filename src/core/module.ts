@@ -4,29 +4,18 @@ import type { DbManager, DbTransaction } from "./db/types.js";
 import type { ModuleStorePart } from "./db/module-part.js";
 import type { LedgerLogger } from "./ledger/index.js";
 import type { Logger } from "./logger.js";
-import {
-  CORE_GRANT_SOURCES,
-  CORE_NOTIFICATION_TYPES,
-  DomainEventType,
-  GrantSource,
-  NotificationType,
-  Account,
-} from "./models/index.js";
+import { CORE_GRANT_SOURCES, GrantSource, Account } from "./models/entities.js";
+import { CORE_NOTIFICATION_TYPES, DomainEventType, NotificationType } from "./models/notifications.js";
 import type { AuditCheck } from "./services/audit-check.js";
 import { newNotification } from "./domain/notifications.js";
 import type { UnitContext, UnitHook } from "./services/unit-of-work.js";
 import type { EntryMeta, UnitWork } from "./domain/unit-work.js";
 import type { FeatureRule } from "./domain/checks.js";
 import type { Thresholds } from "./domain/notifications.js";
-import type {
-  CommitOptions,
-  DeductOptions,
-  JournalEntry,
-  Notification,
-  ReleaseOptions,
-  Reservation,
-  ReserveOptions,
-} from "./models/index.js";
+import type { Reservation } from "./models/entities.js";
+import type { CommitOptions, DeductOptions, ReleaseOptions, ReserveOptions } from "./models/inputs.js";
+import type { Notification } from "./models/notifications.js";
+import type { JournalEntry } from "./models/records.js";
 import type { CreditErrorCode } from "./errors.js";
 
 /*

@@ -1,12 +1,12 @@
+import type { Reservation } from "../models/entities.js";
+import type { JournalEntry } from "../models/records.js";
 import {
   allowanceUnit,
-  type JournalEntry,
   type Plan,
   type PlanAllowance,
-  type Reservation,
   type Subscription,
   type SubscriptionIntent,
-} from "../models/index.js";
+} from "../models/subscriptions.js";
 
 /**
  * Rollover: what a subscription carries into the next period is what its period's grants had

@@ -1,13 +1,13 @@
 import { ConflictError, IdempotencyConflictError, ValidationError } from "../errors.js";
+import type { CostBasis } from "../models/cost-basis.js";
+import type { GrantScope } from "../models/limits.js";
 import {
   allowanceKey,
   allowanceUnit,
-  type CostBasis,
-  type GrantScope,
   type Plan,
   type Subscription,
   type SubscriptionIntent,
-} from "../models/index.js";
+} from "../models/subscriptions.js";
 import type { AccountWork, EntryMeta } from "./account-work.js";
 import { fingerprint } from "./hash.js";
 import { allocationExpiry, fractionLeft, periodAt, periodIndexAt } from "./periods.js";

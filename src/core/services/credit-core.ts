@@ -21,8 +21,10 @@ import {
 } from "../module.js";
 import type { UnitWork } from "../domain/unit-work.js";
 import { ModuleWork } from "./module-work.js";
+import { AlertThresholds } from "../models/alerts.js";
+import { DEFAULT_UNIT } from "../models/common.js";
+import type { Reservation } from "../models/entities.js";
 import {
-  AlertThresholds,
   CheckpointEvery,
   FeatureRules,
   TrialCredits,
@@ -33,15 +35,13 @@ import {
   OutcomeWaitMs,
   OverdraftLimit,
   OverdraftLimits,
-  DEFAULT_UNIT,
   type CommitOptions,
   type ReleaseOptions,
   type ReserveOptions,
-  parse,
-  type JournalEntry,
-  type Notification,
-  type Reservation,
-} from "../models/index.js";
+} from "../models/inputs.js";
+import type { Notification } from "../models/notifications.js";
+import { parse } from "../models/parse.js";
+import type { JournalEntry } from "../models/records.js";
 import { parseConfig } from "../models/parse.js";
 import { type JournalKeyring, journalKeyring } from "../domain/journal-keys.js";
 import { copyHold, replayHold } from "./hold-lookup.js";

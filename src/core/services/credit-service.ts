@@ -20,14 +20,11 @@ import { NO_SPEND } from "../domain/entry-meta.js";
 import { copy, creditHistory, expiringCredits, type ExpiringCredits, type HistoryPage } from "./history.js";
 import { MAX_SALE } from "../models/cost-basis.js";
 import { checkSaleWorth } from "../domain/cost-basis.js";
-import type {
-  CreditsInfo,
-  JournalHead,
-  JournalKeysOptions,
-  MutationOptions,
-  RemoveLimitInput,
-  SpendLimitInput,
-} from "../models/index.js";
+import type { JournalHead, JournalKeysOptions, MutationOptions } from "../models/inputs.js";
+import type { RemoveLimitInput, SpendLimitInput } from "../models/limits.js";
+import type { CreditsInfo } from "../models/records.js";
+import { EntityId, UserId, Amount } from "../models/common.js";
+import type { Grant, Reservation } from "../models/entities.js";
 import {
   AddCreditsOptions,
   AsOf,
@@ -35,7 +32,6 @@ import {
   CheckpointOptions,
   CommitOptions,
   DeductOptions,
-  EntityId,
   ExpiringDays,
   GrantsQuery,
   HistoryQuery,
@@ -46,16 +42,11 @@ import {
   type FeatureRules,
   CheckOptions,
   CreditsInfoOptions,
-  UserId,
   VoidGrantOptions,
-  Amount,
-  parse,
-  type Grant,
-  type JournalEntry,
-  type Reservation,
-  type SpendLimit,
-  type SpendLimitStatus,
-} from "../models/index.js";
+} from "../models/inputs.js";
+import type { SpendLimit, SpendLimitStatus } from "../models/limits.js";
+import { parse } from "../models/parse.js";
+import type { JournalEntry } from "../models/records.js";
 import { findReservation, ownerOfReservation } from "./hold-lookup.js";
 import { CreditCore, NO_META, moduleContext } from "./credit-core.js";
 import type { CreditModule } from "../module.js";

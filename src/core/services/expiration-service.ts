@@ -3,17 +3,11 @@ import * as z from "zod/mini";
 import type { DbManager } from "../db/types.js";
 import { ConfigurationError, ValidationError } from "../errors.js";
 import type { LedgerLogger } from "../ledger/index.js";
-import {
-  AsOf,
-  BatchSize,
-  DateInput,
-  ExpiringDays,
-  UserId,
-  parse,
-  type Grant,
-  type Reservation,
-  type Subscription,
-} from "../models/index.js";
+import { DateInput, UserId } from "../models/common.js";
+import type { Grant, Reservation } from "../models/entities.js";
+import { AsOf, ExpiringDays } from "../models/inputs.js";
+import { parse } from "../models/parse.js";
+import { BatchSize, type Subscription } from "../models/subscriptions.js";
 import { parseConfig } from "../models/parse.js";
 import type { CoreCreditService } from "./credit-service.js";
 import type { DispatchReport, NotificationService } from "./notification-service.js";

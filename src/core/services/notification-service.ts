@@ -12,20 +12,17 @@ import {
 } from "../domain/notifications.js";
 import { expiresBeyondScan, expiringScanDays, hasEndedSpendWindow } from "../domain/alerts.js";
 import { alertInputs } from "./alert-reads.js";
+import { AlertThresholds, type AlertStatus, type AlertThreshold } from "../models/alerts.js";
+import { Metadata, UserId } from "../models/common.js";
+import { ExpiringDays } from "../models/inputs.js";
 import {
-  AlertThresholds,
-  ExpiringDays,
-  Metadata,
   NotificationStatus,
   NotificationType,
   ThresholdSpec,
-  UserId,
-  parse,
   type AlertState,
-  type AlertStatus,
-  type AlertThreshold,
   type Notification,
-} from "../models/index.js";
+} from "../models/notifications.js";
+import { parse } from "../models/parse.js";
 import { ConfigurationError, ValidationError } from "../errors.js";
 import { DomainEventType, EventVersion } from "../models/notifications.js";
 import { parseConfig } from "../models/parse.js";

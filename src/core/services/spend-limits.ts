@@ -1,18 +1,18 @@
 import { limitStatuses, replaceLimits, withLimit, withoutLimit } from "../../core/domain/limits.js";
 import { ValidationError } from "../../core/errors.js";
 import type { SubscriptionStore } from "../../core/db/types-subscriptions.js";
+import { UserId } from "../models/common.js";
+import { MutationOptions } from "../models/inputs.js";
 import {
   EVERY_UNIT,
-  MutationOptions,
   RemoveLimitInput,
   SetLimitsInput,
   SpendLimitInput,
-  UserId,
   limitKey,
-  parse,
   type LimitCycle,
   type SpendLimitStatus,
-} from "../../core/models/index.js";
+} from "../models/limits.js";
+import { parse } from "../models/parse.js";
 import type { BalanceReads } from "../../core/services/balance-reads.js";
 import type { CreditCore } from "../../core/services/credit-core.js";
 

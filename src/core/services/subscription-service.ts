@@ -5,6 +5,8 @@ import type { DbManager } from "../db/types.js";
 import * as rules from "../domain/subscriptions.js";
 import { ConfigurationError, ConflictError, IdempotencyConflictError, NotFoundError } from "../errors.js";
 import type { LedgerLogger } from "../ledger/index.js";
+import { UserId } from "../models/common.js";
+import { parse } from "../models/parse.js";
 import {
   CancelOptions,
   ChangePlanOptions,
@@ -14,11 +16,9 @@ import {
   ResumeOptions,
   SubscribeOptions,
   UpdatePlanInput,
-  UserId,
-  parse,
   type Plan,
   type Subscription,
-} from "../models/index.js";
+} from "../models/subscriptions.js";
 import type { CoreCreditService } from "./credit-service.js";
 import { creditCore } from "./credit-service.js";
 import { SubscriptionPeriods } from "./subscription-periods.js";
