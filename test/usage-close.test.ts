@@ -4,7 +4,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { SqliteDbManager } from "../src/db/sqlite/index.js";
-import { CreditService, usageCsv, type UsageQuery, type UsageRow } from "../src/index.js";
+import { CreditService, usageCsv } from "../src/index.js";
+import type { UsageQuery, UsageRow } from "../src/models-public.js";
 import type { DbManager } from "../src/store.js";
 import { testStores, type TestStore } from "./fixtures/stores.js";
 
@@ -33,7 +34,8 @@ const T0 = Math.floor(Date.now() / 60_000) * 60_000;
 /** The period closed: through the start of today (UTC). */
 const THROUGH = Math.floor(T0 / DAY) * DAY;
 
-type Range = Omit<UsageQuery, "from" | "to"> & { from: number; to: number };
+/** A usage query with its range in ms. */
+type Range = Pick<UsageQuery, "account" | "interval" | "groupBy" | "orderBy" | "limit"> & { from: number; to: number };
 const usage = async (credits: CreditService, q: Range): Promise<UsageRow[]> =>
   (await credits.getUsage({ ...q, from: new Date(q.from), to: new Date(q.to) })).rows;
 /** The rows without their window, and with their close as ms. */
@@ -184,7 +186,9 @@ describe.each(stores)("usage reports of a closed month on $name (docs/usage.md)"
       ]);
       // Without the days the closes moved usage out of, the range starts at the first close's
       // through: the same rows from there.
-      const later = figures(await usage(credits, { account: "u", from: THROUGH - DAY, to: THROUGH + DAY, interval: "day" }));
+      const later = figures(
+        await usage(credits, { account: "u", from: THROUGH - DAY, to: THROUGH + DAY, interval: "day" }),
+      );
       expect(later).toEqual(rows.slice(1));
       // After the closes: nothing to move.
       expect(

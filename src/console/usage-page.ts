@@ -147,9 +147,9 @@ export async function usagePage(ctx: Ctx): Promise<PageResult> {
               columns: ["Account", { label: "Requests", num: true }, { label: "Credits", num: true }],
               rows: top.rows.map((r) => [
                 html`<a
-                  href="${ctx.base}/usage${query({ account: r.account, from: isoDay(p.from), to: isoDay(p.last), by: p.by })}"
-                  >${shortId(r.account as string, "user")}</a
-                >${r.catchUpThrough === undefined ? "" : ` (${catchUpNote(r.catchUpThrough)})`}`,
+                    href="${ctx.base}/usage${query({ account: r.account, from: isoDay(p.from), to: isoDay(p.last), by: p.by })}"
+                    >${shortId(r.account as string, "user")}</a
+                  >${r.catchUpThrough === undefined ? "" : ` (${catchUpNote(r.catchUpThrough)})`}`,
                 amount(r.requests),
                 inUnit(r.credits, r.unit),
               ]),
@@ -166,7 +166,8 @@ export async function usagePage(ctx: Ctx): Promise<PageResult> {
 const catchUpNote = (through: Date): string => `catch-up of the period closed through ${through.toISOString()}`;
 
 /** A row's kind, and for a catch-up row which close it catches up. */
-const kindOf = (r: UsageRow): string => (r.catchUpThrough === undefined ? r.kind : `${r.kind}, ${catchUpNote(r.catchUpThrough)}`);
+const kindOf = (r: UsageRow): string =>
+  r.catchUpThrough === undefined ? r.kind : `${r.kind}, ${catchUpNote(r.catchUpThrough)}`;
 
 /** The usage page's rows as CSV (RFC 4180, formulas made inert: docs/usage.md). */
 export async function usageCsvPage(ctx: Ctx): Promise<PageResult> {

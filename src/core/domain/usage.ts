@@ -99,11 +99,14 @@ export interface UsageBucket {
   cachedTokens: number;
   /** Credits of the bucket's requests served and not paid (the overdraft limit's shortfall); absent: 0. */
   shortfall?: number;
-  /**
-   * Catch-up usage of a closed period (docs/usage.md, "Closed months"): the `through` (ms) of the
-   * close whose closed period held its time; null or absent: ordinary usage. A store's `usage()`
-   * never answers it: `credits.getUsage` adds it after.
-   */
+}
+
+/**
+ * A bucket of a report (`usageRows`): a store's, or catch-up usage of a closed period
+ * (docs/usage.md, "Closed months"), which `credits.getUsage` adds after the store answered.
+ */
+export interface ReportBucket extends UsageBucket {
+  /** The `through` (ms) of the close whose closed period held the usage's time; null or absent: ordinary usage. */
   catchUp?: number | null;
 }
 
@@ -503,7 +506,7 @@ export function groupValue(
 
 /** Sums `parts` into `buckets` keyed by window, kind and groups. */
 export class UsageAccumulator {
-  private readonly buckets = new Map<string, UsageBucket>();
+  private readonly buckets = new Map<string, ReportBucket>();
   constructor(
     private readonly scan: UsageScan,
     private readonly rules: UsageRules = USAGE_RULES,
@@ -538,7 +541,7 @@ export class UsageAccumulator {
   }
 
   /** Every bucket, in no order and uncut (the changes a close makes to a store's buckets: `closedBuckets`). */
-  all(): UsageBucket[] {
+  all(): ReportBucket[] {
     return [...this.buckets.values()];
   }
 
@@ -550,7 +553,7 @@ export class UsageAccumulator {
 
 /** A bucket's identity: its window, kind, unit, groups (in `groupBy` order) and close (catch-up). */
 function bucketKey(
-  b: Pick<UsageBucket, "window" | "kind" | "unit" | "groups" | "catchUp">,
+  b: Pick<ReportBucket, "window" | "kind" | "unit" | "groups" | "catchUp">,
   groupBy: readonly UsageDimension[],
 ): string {
   let key = `${b.window}\u0000${b.kind}\u0000${b.unit ?? "\u0001"}\u0000${b.catchUp ?? ""}`;
@@ -570,10 +573,10 @@ function bucketKey(
  */
 export function closedBuckets(
   buckets: readonly UsageBucket[],
-  changes: readonly UsageBucket[],
+  changes: readonly ReportBucket[],
   scan: Pick<UsageScan, "groupBy">,
-): UsageBucket[] {
-  const out = new Map<string, UsageBucket>();
+): ReportBucket[] {
+  const out = new Map<string, ReportBucket>();
   for (const b of buckets) out.set(bucketKey(b, scan.groupBy), b);
   const touched = new Set<string>();
   for (const c of changes) {
@@ -581,7 +584,7 @@ export function closedBuckets(
     const b = out.get(key);
     if (b === undefined) out.set(key, { ...c, groups: { ...c.groups } });
     else {
-      const sum: UsageBucket = { ...b, shortfall: b.shortfall ?? 0 };
+      const sum: ReportBucket = { ...b, shortfall: b.shortfall ?? 0 };
       for (const m of USAGE_MEASURES) sum[m] = (sum[m] ?? 0) + (c[m] ?? 0);
       out.set(key, sum);
     }
@@ -608,7 +611,7 @@ function compareValue(a: string | null, b: string | null): number {
  * The order of a report's rows: by window, kind, unit, then the groups' values in `groupBy` order
  * (null first, then by code units), then ordinary before catch-up (by close); with `orderBy: "credits"`, most credits first, then that order.
  */
-export function orderBuckets(buckets: UsageBucket[], scan: Pick<UsageScan, "groupBy" | "orderBy">): UsageBucket[] {
+export function orderBuckets<B extends ReportBucket>(buckets: B[], scan: Pick<UsageScan, "groupBy" | "orderBy">): B[] {
   return buckets.sort((a, b) => {
     if (scan.orderBy === "credits" && a.credits !== b.credits) return b.credits - a.credits;
     if (a.window !== b.window) return a.window - b.window;
@@ -624,7 +627,7 @@ export function orderBuckets(buckets: UsageBucket[], scan: Pick<UsageScan, "grou
 }
 
 /** A store's buckets as the report's rows (windows as dates, groups as fields), cut to `limit`. */
-export function usageRows(buckets: readonly UsageBucket[], scan: UsageScan): { rows: UsageRow[]; truncated: boolean } {
+export function usageRows(buckets: readonly ReportBucket[], scan: UsageScan): { rows: UsageRow[]; truncated: boolean } {
   const ordered = orderBuckets(buckets.slice(), scan);
   const rows = ordered.slice(0, scan.limit).map((b) => {
     const row: UsageRow = {

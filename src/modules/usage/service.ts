@@ -6,6 +6,7 @@ import {
   UsageAccumulator,
   usageEntryTypes,
   usageRows,
+  type ReportBucket,
   type UsageBucket,
   type UsageScan,
 } from "../../core/domain/usage.js";
@@ -65,7 +66,7 @@ export function usageScan(query: UsageQuery): UsageScan {
  */
 export async function getUsage(db: DbManager, query: UsageQuery): Promise<UsageReport> {
   const scan = usageScan(query);
-  let buckets: UsageBucket[];
+  let buckets: ReportBucket[];
   // The closes, read before the journal: a close recorded later leaves the entries this report
   // reads on the sides of their marks.
   const closes = await closesOver(db, scan);
@@ -148,7 +149,7 @@ async function closeChanges(
   db: DbManager,
   scan: UsageScan,
   closes: ReportCloses,
-): Promise<{ buckets: UsageBucket[]; seen: string }> {
+): Promise<{ buckets: ReportBucket[]; seen: string }> {
   const sum = new UsageAccumulator(scan);
   const from = scan.boundaries[0]!;
   const to = scan.boundaries[scan.boundaries.length - 1]!;
