@@ -214,6 +214,22 @@ describe.skipIf(!url)("a store on Citus: init() distributes it (docs/scaling-out
       { user_id: "rollup-user", seq: 5 },
     ]);
     expect(await new CreditService({ db: managers[1] as PostgresDbManager }).listPeriodCloses()).toEqual([close]);
+    // Usage reports hold the close too (docs/usage.md, "Closed months"): usage recorded now with a
+    // time in the closed period is a catch-up row of the first open day, across accounts (the
+    // rollup's path) as in one account's report (the journal's).
+    const through = close.through.getTime();
+    await credits.deductCreditsAfterService("rollup-user", 2, { occurredAt: new Date(through - 3_600_000) });
+    const days = { from: new Date(through - 86_400_000), to: new Date(through + 86_400_000), interval: "day" as const };
+    const fleet = await credits.getUsage({ ...days, groupBy: ["account"] });
+    expect(
+      fleet.rows.map((r) => [r.start.getTime() - through, r.account, r.credits, r.catchUpThrough ?? null]),
+    ).toEqual([
+      [0, "rollup-other", 4, null],
+      [0, "rollup-user", 8, null],
+      [0, "rollup-user", 2, close.through],
+    ]);
+    const one = await credits.getUsage({ ...days, account: "rollup-user", groupBy: ["account"] });
+    expect(one.rows).toEqual(fleet.rows.filter((r) => r.account === "rollup-user"));
     await Promise.all(managers.map((m) => m.close()));
   });
 

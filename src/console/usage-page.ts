@@ -1,5 +1,5 @@
 import type { Account, JournalEntry } from "../core/models/index.js";
-import type { UsageDimension, UsageQuery, UsageReport } from "../core/models/usage.js";
+import type { UsageDimension, UsageQuery, UsageReport, UsageRow } from "../core/models/usage.js";
 import { sumUsage } from "../modules/usage/service.js";
 import { usageCsv } from "../modules/usage/csv.js";
 import { csvHeaders } from "../util/csv.js";
@@ -124,7 +124,7 @@ export async function usagePage(ctx: Ctx): Promise<PageResult> {
         .map((r) => [
           isoDay(r.start),
           group(r[p.by], p.by),
-          r.kind,
+          kindOf(r),
           amount(r.requests),
           amount(r.inputTokens),
           amount(r.outputTokens),
@@ -147,9 +147,9 @@ export async function usagePage(ctx: Ctx): Promise<PageResult> {
               columns: ["Account", { label: "Requests", num: true }, { label: "Credits", num: true }],
               rows: top.rows.map((r) => [
                 html`<a
-                  href="${ctx.base}/usage${query({ account: r.account, from: isoDay(p.from), to: isoDay(p.last), by: p.by })}"
-                  >${shortId(r.account as string, "user")}</a
-                >`,
+                    href="${ctx.base}/usage${query({ account: r.account, from: isoDay(p.from), to: isoDay(p.last), by: p.by })}"
+                    >${shortId(r.account as string, "user")}</a
+                  >${r.catchUpThrough === undefined ? "" : ` (${catchUpNote(r.catchUpThrough)})`}`,
                 amount(r.requests),
                 inUnit(r.credits, r.unit),
               ]),
@@ -158,6 +158,16 @@ export async function usagePage(ctx: Ctx): Promise<PageResult> {
     }`;
   return { title: "Usage", body };
 }
+
+/**
+ * What a catch-up row says of its close (docs/usage.md, "Closed months"): usage recorded after the
+ * month closed through `through` with a time before it, shown in the first open day.
+ */
+const catchUpNote = (through: Date): string => `catch-up of the period closed through ${through.toISOString()}`;
+
+/** A row's kind, and for a catch-up row which close it catches up. */
+const kindOf = (r: UsageRow): string =>
+  r.catchUpThrough === undefined ? r.kind : `${r.kind}, ${catchUpNote(r.catchUpThrough)}`;
 
 /** The usage page's rows as CSV (RFC 4180, formulas made inert: docs/usage.md). */
 export async function usageCsvPage(ctx: Ctx): Promise<PageResult> {

@@ -59,6 +59,12 @@ const Row = z
       cachedTokens: z.number().check(z.int()),
       /** Credits of the requests served and not paid (docs/metering.md, "Served and not paid"). */
       shortfall: z.number().check(z.int()),
+      /**
+       * Only on a catch-up row: usage recorded after a period close with a time in its closed
+       * period, reported in the first open window (docs/usage.md, "Closed months"); the `through`
+       * of the close whose closed period held its time.
+       */
+      catchUpThrough: z.optional(z.iso.datetime()),
     }),
     z.nullable(z.string()),
   )
@@ -177,7 +183,7 @@ const tags = ["usage"];
  */
 const REPORT_RATE_COST = 5;
 const CSV_NOTE =
-  "RFC 4180 (CRLF records, a header line): start, end, the grouped dimensions, kind, unit (when a row is in another unit than the default one), credits, requests, inputTokens, outputTokens, cachedTokens, shortfall. Text that begins with = + - @, a tab or a CR is prefixed with ' (spreadsheet injection). `X-Usage-Truncated: true` when `limit` cut rows.";
+  "RFC 4180 (CRLF records, a header line): start, end, the grouped dimensions, kind, unit (when a row is in another unit than the default one), credits, requests, inputTokens, outputTokens, cachedTokens, shortfall, catchUpThrough (when a row is catch-up usage of a closed month; empty on the others). Text that begins with = + - @, a tab or a CR is prefixed with ' (spreadsheet injection). `X-Usage-Truncated: true` when `limit` cut rows.";
 
 /** The usage routes (docs/usage.md, "Over HTTP"). */
 export const usageRoutes: RouteDefinition[] = [

@@ -188,3 +188,39 @@ describe("usage over HTTP", () => {
     expect(doc.paths["/admin/credits/usage"].get.parameters.map((p: { name: string }) => p.name)).toContain("account");
   });
 });
+
+describe('usage of a closed month over HTTP (docs/usage.md, "Closed months")', () => {
+  it("answers catch-up rows with catchUpThrough, in JSON and as the CSV's last column", async () => {
+    const DAY = 86_400_000;
+    const through = Math.floor(Date.now() / DAY) * DAY;
+    const clock = { t: through - DAY / 2 };
+    const m = await createCreditManager({ clock: () => new Date(clock.t) });
+    const handler = createCreditHandler(m, { authenticate });
+    await m.credits.addCredits("dora", 100);
+    await m.credits.deductCredits("dora", 5);
+    clock.t = Date.now();
+    await m.credits.closePeriod(new Date(through));
+    await m.credits.deductCreditsAfterService("dora", 8, { occurredAt: new Date(through - DAY / 4) });
+    const q = `from=${new Date(through - DAY).toISOString()}&to=${new Date(through + DAY).toISOString()}`;
+    const json = await caller(handler)(`/admin/credits/users/dora/usage?${q}`, "admin:ops");
+    expect(json.status).toBe(200);
+    const day = (ms: number) => new Date(ms).toISOString();
+    expect(
+      (json.body.rows as { start: string; credits: number; catchUpThrough?: string }[]).map((r) => [
+        r.start,
+        r.credits,
+        r.catchUpThrough ?? null,
+      ]),
+    ).toEqual([
+      [day(through - DAY), 5, null],
+      [day(through), 8, day(through)],
+    ]);
+    const csv = (await caller(handler)(`/credits/usage.csv?${q}`, "dora")).text.split("\r\n");
+    expect(csv.slice(0, 3)).toEqual([
+      "start,end,kind,credits,requests,inputTokens,outputTokens,cachedTokens,shortfall,catchUpThrough",
+      `${day(through - DAY)},${day(through)},spend,5,1,0,0,0,0,`,
+      `${day(through)},${day(through + DAY)},spend,8,1,0,0,0,0,${day(through)}`,
+    ]);
+    await m.close();
+  });
+});

@@ -101,6 +101,15 @@ export interface UsageBucket {
   shortfall?: number;
 }
 
+/**
+ * A bucket of a report (`usageRows`): a store's, or catch-up usage of a closed period
+ * (docs/usage.md, "Closed months"), which `credits.getUsage` adds after the store answered.
+ */
+export interface ReportBucket extends UsageBucket {
+  /** The `through` (ms) of the close whose closed period held the usage's time; null or absent: ordinary usage. */
+  catchUp?: number | null;
+}
+
 /** One part of an entry's usage: the entry, or one model's share of it. */
 export interface UsagePart extends UsageSums {
   kind: UsageKind;
@@ -497,7 +506,7 @@ export function groupValue(
 
 /** Sums `parts` into `buckets` keyed by window, kind and groups. */
 export class UsageAccumulator {
-  private readonly buckets = new Map<string, UsageBucket>();
+  private readonly buckets = new Map<string, ReportBucket>();
   constructor(
     private readonly scan: UsageScan,
     private readonly rules: UsageRules = USAGE_RULES,
@@ -505,31 +514,87 @@ export class UsageAccumulator {
 
   /** Adds one journal entry of `account`, in the window of its `occurredAt`, else its `createdAt`. */
   add(account: string, e: JournalEntry): void {
+    this.addAt(account, e, windowIndex(this.scan.boundaries, placedAt(e)), 1, null);
+  }
+
+  /**
+   * Adds `sign` times the usage of journal entry `e` of `account` in window `window` (none when
+   * negative), as catch-up of the close through `catchUp` (ms; null: ordinary usage) — how a report
+   * moves usage recorded after a close out of its closed period (docs/usage.md, "Closed months").
+   */
+  addAt(account: string, e: JournalEntry, window: number, sign: 1 | -1, catchUp: number | null): void {
     if (this.scan.throughSeq !== undefined && e.seq > this.scan.throughSeq) return;
-    const window = windowIndex(this.scan.boundaries, placedAt(e));
     if (window < 0) return;
     for (const p of usageParts(e, this.rules)) {
       if (!this.scan.kinds.includes(p.kind)) continue;
       const groups: Record<string, string | null> = {};
-      let key = `${window}\u0000${p.kind}\u0000${e.unit ?? "\u0001"}`;
-      for (const d of this.scan.groupBy) {
-        const v = groupValue(d, account, e, p);
-        groups[d] = v;
-        key += v === null ? "\u0000\u0001" : `\u0000${v}`;
-      }
+      for (const d of this.scan.groupBy) groups[d] = groupValue(d, account, e, p);
+      const unit = e.unit ?? null;
+      const key = bucketKey({ window, kind: p.kind, unit, groups, catchUp }, this.scan.groupBy);
       let b = this.buckets.get(key);
       if (b === undefined) {
-        b = { window, kind: p.kind, unit: e.unit ?? null, groups, ...NO_MEASURES };
+        b = { window, kind: p.kind, unit, groups, ...NO_MEASURES, ...(catchUp === null ? {} : { catchUp }) };
         this.buckets.set(key, b);
       }
-      for (const m of USAGE_MEASURES) b[m] += p[m];
+      for (const m of USAGE_MEASURES) b[m] += sign * p[m];
     }
+  }
+
+  /** Every bucket, in no order and uncut (the changes a close makes to a store's buckets: `closedBuckets`). */
+  all(): ReportBucket[] {
+    return [...this.buckets.values()];
   }
 
   /** The buckets, ordered and cut to `limit + 1` as a store answers. */
   result(): UsageBucket[] {
     return orderBuckets([...this.buckets.values()], this.scan).slice(0, this.scan.limit + 1);
   }
+}
+
+/** A bucket's identity: its window, kind, unit, groups (in `groupBy` order) and close (catch-up). */
+function bucketKey(
+  b: Pick<ReportBucket, "window" | "kind" | "unit" | "groups" | "catchUp">,
+  groupBy: readonly UsageDimension[],
+): string {
+  let key = `${b.window}\u0000${b.kind}\u0000${b.unit ?? "\u0001"}\u0000${b.catchUp ?? ""}`;
+  for (const d of groupBy) {
+    const v = b.groups[d] ?? null;
+    key += v === null ? "\u0000\u0001" : `\u0000${v}`;
+  }
+  return key;
+}
+
+/**
+ * A store's buckets (`DbManager.usage`, every entry at its time, uncut) with `changes` added: the
+ * usage a close moves, each entry recorded after it with a time in its closed period taken out of
+ * its window (negated, ordinary) and put in the window of the close's `through` as catch-up
+ * (docs/usage.md, "Closed months"). An ordinary bucket the changes leave at zero in every measure
+ * is dropped: without the entries taken out, the store would not have answered it.
+ */
+export function closedBuckets(
+  buckets: readonly UsageBucket[],
+  changes: readonly ReportBucket[],
+  scan: Pick<UsageScan, "groupBy">,
+): ReportBucket[] {
+  const out = new Map<string, ReportBucket>();
+  for (const b of buckets) out.set(bucketKey(b, scan.groupBy), b);
+  const touched = new Set<string>();
+  for (const c of changes) {
+    const key = bucketKey(c, scan.groupBy);
+    const b = out.get(key);
+    if (b === undefined) out.set(key, { ...c, groups: { ...c.groups } });
+    else {
+      const sum: ReportBucket = { ...b, shortfall: b.shortfall ?? 0 };
+      for (const m of USAGE_MEASURES) sum[m] = (sum[m] ?? 0) + (c[m] ?? 0);
+      out.set(key, sum);
+    }
+    if ((c.catchUp ?? null) === null) touched.add(key);
+  }
+  for (const key of touched) {
+    const b = out.get(key)!;
+    if (USAGE_MEASURES.every((m) => (b[m] ?? 0) === 0)) out.delete(key);
+  }
+  return [...out.values()];
 }
 
 const KIND_ORDER: Record<UsageKind, number> = { spend: 0, refund: 1, clawback: 2 };
@@ -544,9 +609,9 @@ function compareValue(a: string | null, b: string | null): number {
 
 /**
  * The order of a report's rows: by window, kind, unit, then the groups' values in `groupBy` order
- * (null first, then by code units); with `orderBy: "credits"`, most credits first, then that order.
+ * (null first, then by code units), then ordinary before catch-up (by close); with `orderBy: "credits"`, most credits first, then that order.
  */
-export function orderBuckets(buckets: UsageBucket[], scan: Pick<UsageScan, "groupBy" | "orderBy">): UsageBucket[] {
+export function orderBuckets<B extends ReportBucket>(buckets: B[], scan: Pick<UsageScan, "groupBy" | "orderBy">): B[] {
   return buckets.sort((a, b) => {
     if (scan.orderBy === "credits" && a.credits !== b.credits) return b.credits - a.credits;
     if (a.window !== b.window) return a.window - b.window;
@@ -556,12 +621,13 @@ export function orderBuckets(buckets: UsageBucket[], scan: Pick<UsageScan, "grou
       const c = compareValue(a.groups[d] ?? null, b.groups[d] ?? null);
       if (c !== 0) return c;
     }
-    return 0;
+    // A group's ordinary bucket, then its catch-up ones by their close.
+    return (a.catchUp ?? Number.NEGATIVE_INFINITY) - (b.catchUp ?? Number.NEGATIVE_INFINITY) || 0;
   });
 }
 
 /** A store's buckets as the report's rows (windows as dates, groups as fields), cut to `limit`. */
-export function usageRows(buckets: readonly UsageBucket[], scan: UsageScan): { rows: UsageRow[]; truncated: boolean } {
+export function usageRows(buckets: readonly ReportBucket[], scan: UsageScan): { rows: UsageRow[]; truncated: boolean } {
   const ordered = orderBuckets(buckets.slice(), scan);
   const rows = ordered.slice(0, scan.limit).map((b) => {
     const row: UsageRow = {
@@ -576,6 +642,8 @@ export function usageRows(buckets: readonly UsageBucket[], scan: UsageScan): { r
       outputTokens: b.outputTokens,
       cachedTokens: b.cachedTokens,
       shortfall: b.shortfall ?? 0,
+      // Catch-up of a closed period only (docs/usage.md, "Closed months").
+      ...(b.catchUp == null ? {} : { catchUpThrough: new Date(b.catchUp) }),
     };
     return row;
   });

@@ -134,6 +134,13 @@ export interface UsageRow {
    * request or call (docs/metering.md, "Served and not paid"), not in `credits`; 0 when none.
    */
   shortfall: number;
+  /**
+   * Only on a catch-up row (docs/usage.md, "Closed months"): usage recorded after a period close
+   * (`credits.closePeriod`) with a time before its `through`, reported in the first open window
+   * instead of the closed one; the `through` of the close whose closed period held its time (as
+   * `RevenueRow.catchUpThrough`). Absent: ordinary usage, at its time.
+   */
+  catchUpThrough?: Date;
   /** `metadata.<key>` groups: the entry's value as text (null when absent or not a string/number/boolean). */
   [metadata: `metadata.${string}`]: string | null;
 }

@@ -10,16 +10,18 @@ const COLUMNS = ["kind", "credits", "requests", "inputTokens", "outputTokens", "
  * row — `start`, `end` (ISO 8601, UTC), the dimensions of `groupBy` in its order, `kind`, `unit`
  * when a row of the report is in another unit than the default one (docs/units.md; the default
  * one's rows say `credits`), `credits`, `requests`, `inputTokens`, `outputTokens`, `cachedTokens`, `shortfall`
- * (credits served and not paid).
+ * (credits served and not paid), then `catchUpThrough` (ISO 8601; empty on an ordinary row) when a row
+ * of the report is catch-up usage of a closed period (docs/usage.md, "Closed months").
  * Text that a spreadsheet would run as a formula (beginning with `=`, `+`, `-`, `@`, a tab or a CR)
  * is prefixed with `'`.
  * @public
  */
 export function usageCsv(report: UsageReport, groupBy: readonly UsageDimension[] = []): string {
   const units = report.rows.some((r) => r.unit !== undefined);
+  const catchUp = report.rows.some((r) => r.catchUpThrough !== undefined);
   const [kind, ...measures] = COLUMNS;
   return toCsv(
-    ["start", "end", ...groupBy, kind, ...(units ? ["unit"] : []), ...measures],
+    ["start", "end", ...groupBy, kind, ...(units ? ["unit"] : []), ...measures, ...(catchUp ? ["catchUpThrough"] : [])],
     report.rows.map((r) => [
       r.start,
       r.end,
@@ -27,6 +29,7 @@ export function usageCsv(report: UsageReport, groupBy: readonly UsageDimension[]
       r.kind,
       ...(units ? [r.unit ?? DEFAULT_UNIT] : []),
       ...measures.map((c) => r[c]),
+      ...(catchUp ? [r.catchUpThrough ?? null] : []),
     ]),
   );
 }
