@@ -533,7 +533,7 @@ export interface paths {
         };
         /**
          * The caller's usage as CSV
-         * @description RFC 4180 (CRLF records, a header line): start, end, the grouped dimensions, kind, unit (when a row is in another unit than the default one), credits, requests, inputTokens, outputTokens, cachedTokens, shortfall. Text that begins with = + - @, a tab or a CR is prefixed with ' (spreadsheet injection). `X-Usage-Truncated: true` when `limit` cut rows.
+         * @description RFC 4180 (CRLF records, a header line): start, end, the grouped dimensions, kind, unit (when a row is in another unit than the default one), credits, requests, inputTokens, outputTokens, cachedTokens, shortfall, catchUpThrough (when a row is catch-up usage of a closed month; empty on the others). Text that begins with = + - @, a tab or a CR is prefixed with ' (spreadsheet injection). `X-Usage-Truncated: true` when `limit` cut rows.
          */
         get: operations["getUsageCsv"];
         put?: never;
@@ -570,7 +570,7 @@ export interface paths {
         };
         /**
          * A user's usage as CSV
-         * @description RFC 4180 (CRLF records, a header line): start, end, the grouped dimensions, kind, unit (when a row is in another unit than the default one), credits, requests, inputTokens, outputTokens, cachedTokens, shortfall. Text that begins with = + - @, a tab or a CR is prefixed with ' (spreadsheet injection). `X-Usage-Truncated: true` when `limit` cut rows.
+         * @description RFC 4180 (CRLF records, a header line): start, end, the grouped dimensions, kind, unit (when a row is in another unit than the default one), credits, requests, inputTokens, outputTokens, cachedTokens, shortfall, catchUpThrough (when a row is catch-up usage of a closed month; empty on the others). Text that begins with = + - @, a tab or a CR is prefixed with ' (spreadsheet injection). `X-Usage-Truncated: true` when `limit` cut rows.
          */
         get: operations["adminGetUsageCsv"];
         put?: never;
@@ -607,7 +607,7 @@ export interface paths {
         };
         /**
          * Every account's usage as CSV
-         * @description RFC 4180 (CRLF records, a header line): start, end, the grouped dimensions, kind, unit (when a row is in another unit than the default one), credits, requests, inputTokens, outputTokens, cachedTokens, shortfall. Text that begins with = + - @, a tab or a CR is prefixed with ' (spreadsheet injection). `X-Usage-Truncated: true` when `limit` cut rows.
+         * @description RFC 4180 (CRLF records, a header line): start, end, the grouped dimensions, kind, unit (when a row is in another unit than the default one), credits, requests, inputTokens, outputTokens, cachedTokens, shortfall, catchUpThrough (when a row is catch-up usage of a closed month; empty on the others). Text that begins with = + - @, a tab or a CR is prefixed with ' (spreadsheet injection). `X-Usage-Truncated: true` when `limit` cut rows.
          */
         get: operations["adminGetFleetUsageCsv"];
         put?: never;
@@ -4971,6 +4971,8 @@ export interface operations {
                             outputTokens: number;
                             cachedTokens: number;
                             shortfall: number;
+                            /** Format: date-time */
+                            catchUpThrough?: string;
                         } & {
                             [key: string]: string | null;
                         })[];
@@ -5141,6 +5143,8 @@ export interface operations {
                             outputTokens: number;
                             cachedTokens: number;
                             shortfall: number;
+                            /** Format: date-time */
+                            catchUpThrough?: string;
                         } & {
                             [key: string]: string | null;
                         })[];
@@ -5294,6 +5298,8 @@ export interface operations {
                             outputTokens: number;
                             cachedTokens: number;
                             shortfall: number;
+                            /** Format: date-time */
+                            catchUpThrough?: string;
                         } & {
                             [key: string]: string | null;
                         })[];
