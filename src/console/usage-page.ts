@@ -122,7 +122,7 @@ export async function usagePage(ctx: Ctx): Promise<PageResult> {
       rows: rows
         .slice(0, TABLE_ROWS)
         .map((r) => [
-          isoDay(r.start),
+          html`<span class="pair">${isoDay(r.start)}</span>`,
           group(r[p.by], p.by),
           kindOf(r),
           amount(r.requests),
@@ -163,7 +163,8 @@ export async function usagePage(ctx: Ctx): Promise<PageResult> {
  * What a catch-up row says of its close (docs/usage.md, "Closed months"): usage recorded after the
  * month closed through `through` with a time before it, shown in the first open day.
  */
-const catchUpNote = (through: Date): string => `catch-up of the period closed through ${through.toISOString()}`;
+const catchUpNote = (through: Date): string =>
+  `catch-up: recorded after the close through ${through.getTime() % 86_400_000 === 0 ? isoDay(through) : through.toISOString()}`;
 
 /** A row's kind, and for a catch-up row which close it catches up. */
 const kindOf = (r: UsageRow): string =>
