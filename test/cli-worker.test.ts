@@ -526,11 +526,11 @@ describe.skipIf(!pgUrl)("credit-management worker as a process on PostgreSQL (CR
     expect(w.lines.find(round("jobs"))).toBeUndefined();
     expect(await expired()).toBeLessThan(300);
     // Each account is either all done or untouched.
-    for (const u of users) {
+    await inParallel(users, 8, async (u) => {
       const types = (await journal(now, u)).map((e) => e.type);
       expect([["add"], ["add", "expire"]]).toContainEqual(types);
       expect((await now.credits.audit(u)).ok).toBe(true);
-    }
+    });
     // The audit command agrees: every journal replays to the stored state.
     expect((await cli(["audit", "--all"], env)).code).toBe(0);
     // The next round does exactly the rest. Counted now, not at the exit: a COMMIT the worker sent
@@ -541,7 +541,9 @@ describe.skipIf(!pgUrl)("credit-management worker as a process on PostgreSQL (CR
     const next = startWorker(["--once"], env);
     expect((await next.exited).code).toBe(0);
     expect(next.lines.find(round("jobs"))).toMatchObject({ ok: true, expireDueGrants: { grantsExpired: 300 - done } });
-    for (const u of users) expect((await journal(now, u)).map((e) => e.type)).toEqual(["add", "expire"]);
+    await inParallel(users, 8, async (u) =>
+      expect((await journal(now, u)).map((e) => e.type)).toEqual(["add", "expire"]),
+    );
   });
 
   it("--once exits 1 when a round failed (a delivery, the store), and what failed is left for the next round", async () => {
