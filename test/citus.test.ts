@@ -20,6 +20,8 @@ import { newNotification } from "../src/core/domain/notifications.js";
 import { quoteIdent } from "../src/schema/sql.js";
 import { type NextVersion, SCHEMA_VERSION, setNextVersion } from "../src/schema/version.js";
 import { deep } from "./fixtures/depth.js";
+import { usageEntryTypes } from "../src/core/domain/usage.js";
+import { periodClosesOf } from "../src/modules/revenue/store.js";
 
 const url = process.env.CREDIT_CITUS_URL;
 /** What `npx credit-management <args>` prints. */
@@ -230,6 +232,25 @@ describe.skipIf(!url)("a store on Citus: init() distributes it (docs/scaling-out
     ]);
     const one = await credits.getUsage({ ...days, account: "rollup-user", groupBy: ["account"] });
     expect(one.rows).toEqual(fleet.rows.filter((r) => r.account === "rollup-user"));
+    // The fleet's moved entries are one statement a page, run on every shard: paged by user id and
+    // seq across the workers (an account without a mark read from its first entry).
+    await credits.addCredits("rollup-new", 10);
+    await credits.deductCreditsAfterService("rollup-new", 5, { occurredAt: new Date(through - 3_600_000) });
+    const moved: [string, number][][] = [];
+    let past: { userId: string; seq: number } | null = null;
+    for (let page = 0; page < 5; page++) {
+      const read = await periodClosesOf(managers[1] as PostgresDbManager)!.movedEntries!({
+        through: close.through,
+        types: usageEntryTypes(),
+        before: close.through,
+        after: past,
+        limit: 1,
+      });
+      moved.push(read.map((e) => [e.userId, e.amount]));
+      if (read.length === 0) break;
+      past = { userId: read[0]!.userId, seq: read[0]!.seq };
+    }
+    expect(moved).toEqual([[["rollup-new", 5]], [["rollup-user", 2]], []]);
     await Promise.all(managers.map((m) => m.close()));
   });
 

@@ -7,6 +7,8 @@ import { SqliteDbManager } from "../src/db/sqlite/index.js";
 import { CreditService, usageCsv } from "../src/index.js";
 import type { UsageQuery, UsageRow } from "../src/models-public.js";
 import type { DbManager } from "../src/store.js";
+import { usageEntryTypes } from "../src/core/domain/usage.js";
+import { periodClosesOf } from "../src/modules/revenue/store.js";
 import { testStores, type TestStore } from "./fixtures/stores.js";
 
 const dir = mkdtempSync(join(tmpdir(), "cm-usage-close-"));
@@ -36,6 +38,25 @@ const THROUGH = Math.floor(T0 / DAY) * DAY;
 
 /** A usage query with its range in ms. */
 type Range = Pick<UsageQuery, "account" | "interval" | "groupBy" | "orderBy" | "limit"> & { from: number; to: number };
+/** `t[p]`, bound to `t` when a method (a proxy hands it on as its target's own). */
+const member = (t: object, p: string | symbol): unknown => {
+  const v = Reflect.get(t, p) as unknown;
+  return typeof v === "function" ? (v as () => unknown).bind(t) : v;
+};
+/**
+ * `db` without the batched read of moved entries (`PeriodCloseStore.movedEntries`): its fleet-wide
+ * reports read the journal account by account, as on a store whose part has none.
+ */
+const perAccount = (db: DbManager): DbManager =>
+  new Proxy(db, {
+    get: (target, p) =>
+      p === "usePart"
+        ? (part: Parameters<NonNullable<DbManager["usePart"]>>[0]) => {
+            const reads = target.usePart!(part);
+            return reads && new Proxy(reads, { get: (r, q) => (q === "movedEntries" ? undefined : member(r, q)) });
+          }
+        : member(target, p),
+  });
 const usage = async (credits: CreditService, q: Range): Promise<UsageRow[]> =>
   (await credits.getUsage({ ...q, from: new Date(q.from), to: new Date(q.to) })).rows;
 /** The rows without their window, and with their close as ms. */
@@ -154,6 +175,100 @@ describe.each(stores)("usage reports of a closed month on $name (docs/usage.md)"
         `${start},${end},u,chat,spend,-13,0,0,0,0,0,${start}`,
         `${start},${end},w,chat,spend,4,1,0,0,0,0,${start}`,
       ]);
+    } finally {
+      await done(db, drop);
+    }
+  });
+
+  it("reads the usage closes moved across accounts in pages by user id and seq (PeriodCloseStore.movedEntries)", async () => {
+    const clock = { now: THROUGH - DAY + 6 * HOUR };
+    const { db, drop, credits } = await open(clock);
+    try {
+      const reads = periodClosesOf(db)!;
+      // The in-memory store reads each account's journal in process: it has no batched read.
+      expect(reads.movedEntries === undefined).toBe(store.name === "memory");
+      if (reads.movedEntries === undefined) return;
+      for (const id of ["pa", "pb", "pc"]) await credits.addCredits(id, 1_000);
+      await credits.deductCredits("pa", 1); // before the close: at or before its mark
+      clock.now = T0;
+      await credits.closePeriod(new Date(THROUGH));
+      const late = (id: string, amount: number, hoursBefore: number) =>
+        credits.deductCreditsAfterService(id, amount, { occurredAt: new Date(THROUGH - hoursBefore * HOUR) });
+      await late("pa", 11, 12);
+      await credits.deductCredits("pa", 12); // now: after the close's through
+      await late("pa", 13, 1);
+      await late("pc", 31, 2);
+      await credits.addCredits("pd", 100); // an account the close did not know; not usage
+      await late("pd", 41, 3);
+      // "pb": nothing since the close.
+      const read = async (limit: number) => {
+        const pages: [string, number][][] = [];
+        let after: { userId: string; seq: number } | null = null;
+        for (;;) {
+          const page = await reads.movedEntries!({
+            through: new Date(THROUGH),
+            types: usageEntryTypes(),
+            before: new Date(THROUGH),
+            after,
+            limit,
+          });
+          pages.push(page.map((e) => [e.userId, e.amount]));
+          if (page.length < limit || pages.length > 10) return pages; // (a read that pages no further)
+          after = { userId: page[page.length - 1]!.userId, seq: page[page.length - 1]!.seq };
+        }
+      };
+      expect(await read(100)).toEqual([
+        [
+          ["pa", 11],
+          ["pa", 13],
+          ["pc", 31],
+          ["pd", 41],
+        ],
+      ]);
+      // A page ends inside an account's entries and between accounts.
+      expect(await read(1)).toEqual([[["pa", 11]], [["pa", 13]], [["pc", 31]], [["pd", 41]], []]);
+      expect(await read(3)).toEqual([
+        [
+          ["pa", 11],
+          ["pa", 13],
+          ["pc", 31],
+        ],
+        [["pd", 41]],
+      ]);
+    } finally {
+      await done(db, drop);
+    }
+  });
+
+  it("reports usage moved on more accounts than one read's page, read at once or account by account", async () => {
+    const clock = { now: T0 };
+    const opened = await store.open();
+    const { db, drop } = opened;
+    await db.init();
+    try {
+      const credits = new CreditService({ db, clock: () => new Date(clock.now), overdraftLimit: "unlimited" });
+      const ids = Array.from({ length: 1_001 }, (_, i) => `acct-${String(i).padStart(4, "0")}`);
+      await credits.deductCreditsAfterService(ids[0]!, 1);
+      await credits.closePeriod(new Date(THROUGH));
+      // Every account's usage of yesterday, recorded after the close (one account had a mark).
+      for (let i = 0; i < ids.length; i += 50)
+        await Promise.all(
+          ids
+            .slice(i, i + 50)
+            .map((id, k) =>
+              credits.deductCreditsAfterService(id, 1 + ((i + k) % 7), { occurredAt: new Date(THROUGH - HOUR) }),
+            ),
+        );
+      const today: Range = { from: THROUGH, to: THROUGH + DAY, interval: null, groupBy: ["account"] };
+      const rows = figures(await usage(credits, today));
+      expect(rows.filter((r) => r.catchUpThrough === THROUGH).map((r) => [r.account, r.credits])).toEqual(
+        ids.map((id, i) => [id, 1 + (i % 7)]),
+      );
+      expect(rows.filter((r) => r.catchUpThrough === undefined).map((r) => [r.account, r.credits])).toEqual([
+        [ids[0], 1],
+      ]);
+      const byAccount = new CreditService({ db: perAccount(db), clock: () => new Date(clock.now) });
+      expect(figures(await usage(byAccount, today))).toEqual(rows);
     } finally {
       await done(db, drop);
     }

@@ -1,13 +1,15 @@
-import type { Collection } from "mongodb";
+import type { Collection, Filter } from "mongodb";
 import { ConflictError } from "../../core/errors.js";
 import type { PeriodClose, PeriodCloseMark } from "./model.js";
 import type { MongoBoundPart, MongoPartHost } from "../../db/mongodb/module-part.js";
-import type { StoredDoc } from "../../db/mongodb/documents.js";
+import { ENTRY, fromDoc, type StoredDoc } from "../../db/mongodb/documents.js";
+import { batchOf } from "../../db/mongodb/collections.js";
+import type { JournalEntry } from "../../core/models/index.js";
 import { DUPLICATE_KEY, errorCode, guard, writeOne } from "../../db/mongodb/errors.js";
-import type { PeriodCloseStore, RevenueSummaryReads } from "./store.js";
+import type { MovedEntriesQuery, PeriodCloseStore, RevenueSummaryReads } from "./store.js";
 import { closeGoesBack } from "./store-errors.js";
 
-/** Marks inserted per command. */
+/** Marks inserted per command; accounts whose moved entries one `find` reads. */
 const BATCH = 1000;
 
 /** The revenue module's part of `MongoDbManager` (`revenueStorePart.mongodb`): the closed periods, no summary. */
@@ -26,11 +28,13 @@ class MongoPeriodCloses implements PeriodCloseStore {
   private readonly closes: Collection<StoredDoc>;
   private readonly marksOf: Collection<StoredDoc>;
   private readonly accounts: Collection<StoredDoc>;
+  private readonly journal: Collection<StoredDoc>;
 
   constructor(host: MongoPartHost) {
     this.closes = host.collection("period_closes");
     this.marksOf = host.collection("period_close_marks");
     this.accounts = host.collection("accounts");
+    this.journal = host.collection("journal");
   }
 
   private async latest(): Promise<Date | null> {
@@ -98,5 +102,57 @@ class MongoPeriodCloses implements PeriodCloseStore {
     const filter = userIds === null ? {} : { userId: { $in: [...userIds] } };
     const docs = await guard("periodCloseMarks", () => this.marksOf.find(filter).toArray());
     return docs.map((d) => ({ through: d.through as Date, userId: String(d.userId), seq: Number(d.seq) }));
+  }
+
+  /**
+   * A page of accounts at a time (by `_id`, the user id), their marks at the close (`_id`
+   * "<through ms>:<user id>"), then one `find` of their entries past the marks — an `$or` of one
+   * range of the journal's (userId, seq) index per account — until `limit` entries or the last
+   * account.
+   */
+  async movedEntries(query: MovedEntriesQuery): Promise<JournalEntry[]> {
+    const out: JournalEntry[] = [];
+    const after = query.after;
+    // Accounts from the last entry's (past that entry), then the next ones.
+    let accounts: Filter<StoredDoc> = after === null ? {} : { _id: { $gte: after.userId } };
+    const moved: Filter<StoredDoc> = {
+      type: { $in: [...query.types] },
+      // When the money moved: `occurredAt`, else `createdAt` (as `listJournal` reads it).
+      $or: [{ occurredAt: { $lt: query.before } }, { occurredAt: null, createdAt: { $lt: query.before } }],
+    };
+    for (;;) {
+      const ids = (
+        await guard("movedEntries", () =>
+          this.accounts
+            .find(accounts, { projection: { _id: 1 } })
+            .sort({ _id: 1 })
+            .limit(BATCH)
+            .toArray(),
+        )
+      ).map((d) => String(d._id));
+      if (ids.length === 0) return out;
+      const through = query.through.getTime();
+      const marks = await guard("movedEntries", () =>
+        this.marksOf
+          .find({ _id: { $in: ids.map((u) => `${through}:${u}`) } }, { projection: { userId: 1, seq: 1 } })
+          .toArray(),
+      );
+      const markOf = new Map(marks.map((m) => [String(m.userId), Number(m.seq)]));
+      const past = ids.map((u) => ({
+        userId: u,
+        seq: { $gt: Math.max(markOf.get(u) ?? 0, after !== null && u === after.userId ? after.seq : 0) },
+      }));
+      const want = query.limit - out.length;
+      const docs = await guard("movedEntries", () =>
+        this.journal
+          .find({ $and: [{ $or: past }, moved] }, batchOf(want))
+          .sort({ userId: 1, seq: 1 })
+          .limit(want)
+          .toArray(),
+      );
+      for (const d of docs) out.push(fromDoc(ENTRY, d));
+      if (out.length >= query.limit || ids.length < BATCH) return out;
+      accounts = { _id: { $gt: ids[ids.length - 1]! } };
+    }
   }
 }

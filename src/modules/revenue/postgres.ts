@@ -5,7 +5,10 @@ import { revenueNames, type RevenueNames } from "./schema-pg.js";
 import type { NamingOptions } from "../../schema/sql.js";
 import type { PostgresBoundPart, PostgresStoreHost } from "../../db/postgres/module-part.js";
 import { list } from "../../db/postgres/reads.js";
+import { output } from "../../db/postgres/sql.js";
+import { decodeRow } from "../../schema/codec.js";
 import type {
+  MovedEntriesQuery,
   PeriodCloseStore,
   RevenueBucketRow,
   RevenueCheckpoint,
@@ -37,6 +40,7 @@ export function revenuePostgresPart(host: PostgresStoreHost): PostgresBoundPart<
       recordClose: (through, closedAt) => closes.recordClose(through, closedAt),
       listCloses: () => closes.listCloses(),
       marks: (userIds) => closes.marks(userIds),
+      movedEntries: (query) => closes.movedEntries(query),
     },
   };
 }
@@ -116,6 +120,40 @@ class PostgresPeriodCloses implements PeriodCloseStore {
       userId: String(r.user_id),
       seq: num(r.seq),
     }));
+  }
+
+  /**
+   * One statement per page: the accounts in user id order, each with its mark at the close (none:
+   * an account the close did not know), and each account's entries past it read by the journal's
+   * primary key (user_id, seq). Both are LATERAL subqueries with a LIMIT, which the planner does not
+   * merge into the join: each account is one lookup of its mark and one range of its entries —
+   * never a scan of the whole journal, nor a join of every mark with every account, whatever the
+   * plan of the prepared statement (generic after a few runs) guesses of its parameters. On Citus
+   * the three tables are distributed by user_id and joined on it: the statement runs on each shard.
+   */
+  async movedEntries(query: MovedEntriesQuery): Promise<JournalEntry[]> {
+    const t = this.db.sql.tables;
+    const params: unknown[] = [query.through, [...query.types], query.before, query.limit];
+    let from = "0";
+    let accounts = "";
+    if (query.after !== null) {
+      params.push(query.after.userId, query.after.seq);
+      // The account of the last entry from past that entry; the next accounts from their marks.
+      from = "CASE WHEN a.user_id = $5 THEN $6::bigint ELSE 0 END";
+      accounts = " WHERE a.user_id >= $5";
+    }
+    const rows = await this.db.read(
+      "movedEntries",
+      `SELECT ${output(t.journal, "j")} FROM ${t.accounts.qualified} a ` +
+        `LEFT JOIN LATERAL (SELECT m.seq FROM ${t.periodCloseMarks.qualified} m ` +
+        `WHERE m.user_id = a.user_id AND m.through = $1::timestamptz LIMIT 1) m ON true ` +
+        `CROSS JOIN LATERAL (SELECT * FROM ${t.journal.qualified} e WHERE e.user_id = a.user_id ` +
+        `AND e.seq > greatest(coalesce(m.seq, 0), ${from}) AND e.type = ANY($2::text[]) ` +
+        `AND coalesce(e.occurred_at, e.created_at) < $3::timestamptz ORDER BY e.seq LIMIT $4) j` +
+        `${accounts} ORDER BY a.user_id, j.seq LIMIT $4`,
+      params,
+    );
+    return rows.map((r) => decodeRow<JournalEntry>(t.journal.columns, r));
   }
 }
 

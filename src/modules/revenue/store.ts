@@ -1,6 +1,6 @@
 import type { DbManager } from "../../core/db/types.js";
 import { revenueStorePart } from "./store-part.js";
-import type { JournalEntry } from "../../core/models/index.js";
+import type { EntryType, JournalEntry } from "../../core/models/index.js";
 import type { PeriodClose, PeriodCloseMark, RevenueDimension } from "./model.js";
 import type { GrantGroups } from "./rules.js";
 
@@ -162,6 +162,29 @@ export interface PeriodCloseStore {
   listCloses(): Promise<PeriodClose[]>;
   /** The marks of the accounts `userIds` (null: every account's), of every close. */
   marks(userIds: readonly string[] | null): Promise<PeriodCloseMark[]>;
+  /**
+   * Optional: the journal entries of every account recorded after the close through
+   * `query.through` (seq past the account's mark at it, or any seq of an account it has no mark
+   * of) of `query.types` whose money moved before `query.before`, by user id then seq, after
+   * `query.after`, at most `query.limit`: one read for many accounts (a fleet-wide usage report
+   * over a closed month, docs/usage.md "Closed months"). Absent, the report reads each account's
+   * journal (`DbManager.listJournal`).
+   */
+  movedEntries?(query: MovedEntriesQuery): Promise<JournalEntry[]>;
+}
+
+/** What `PeriodCloseStore.movedEntries` reads. @beta */
+export interface MovedEntriesQuery {
+  /** The close (its `through`) whose marks the entries are after. */
+  through: Date;
+  /** Entries of these types only. */
+  types: readonly EntryType[];
+  /** Entries whose money moved before it: `occurredAt ?? createdAt < before`. */
+  before: Date;
+  /** The last entry of the previous page: entries after it by user id then seq; null: from the first account. */
+  after: { userId: string; seq: number } | null;
+  /** The most entries answered. */
+  limit: number;
 }
 
 /**

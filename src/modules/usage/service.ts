@@ -143,7 +143,9 @@ async function closesOver(db: DbManager, scan: UsageScan): Promise<ReportCloses 
  * first close that moved it. Only entries after the account's mark at the first close at or after
  * the range's start are read (one moved by an earlier close lies before the range, at its time and
  * where it was booked), and of those only the usage ones with a time before the range's end and the
- * latest close's `through`. `seen`: the entries moved, by account and seq (a second read compares).
+ * latest close's `through`: across accounts in one read per page where the store can
+ * (`PeriodCloseStore.movedEntries`), else account by account. `seen`: the entries moved, by
+ * account and seq (a second read compares).
  */
 async function closeChanges(
   db: DbManager,
@@ -157,10 +159,19 @@ async function closeChanges(
   const before = new Date(Math.min(to, latest));
   const types = usageEntryTypes();
   const seen: string[] = [];
+  const { store, closed } = closes;
+  // `closesOver` found one.
+  const first = closed.find((c) => c.through.getTime() >= from)!;
+  const move = (e: JournalEntry, cuts: readonly CloseCut[]) => {
+    const { at, catchUp } = bookingOf(e, cuts);
+    if (catchUp === null) return;
+    if (scan.throughSeq !== undefined && e.seq > scan.throughSeq) return;
+    seen.push(`${e.userId}\u0000${e.seq}`);
+    sum.addAt(e.userId, e, windowIndex(scan.boundaries, placedAt(e)), -1, null);
+    sum.addAt(e.userId, e, windowIndex(scan.boundaries, at), 1, catchUp);
+  };
   const one = async (userId: string, cuts: readonly CloseCut[]) => {
-    const first = cuts.find((c) => c.through >= from);
-    if (first === undefined) return;
-    let after = first.marks.get(userId) ?? 0;
+    let after = cuts.find((c) => c.through >= from)?.marks.get(userId) ?? 0;
     for (;;) {
       const page = await db.listJournal(userId, {
         order: "asc",
@@ -169,20 +180,24 @@ async function closeChanges(
         types,
         to: before,
       });
-      for (const e of page) {
-        const { at, catchUp } = bookingOf(e, cuts);
-        if (catchUp === null) continue;
-        if (scan.throughSeq !== undefined && e.seq > scan.throughSeq) continue;
-        seen.push(`${userId}\u0000${e.seq}`);
-        sum.addAt(userId, e, windowIndex(scan.boundaries, placedAt(e)), -1, null);
-        sum.addAt(userId, e, windowIndex(scan.boundaries, at), 1, catchUp);
-      }
+      for (const e of page) move(e, cuts);
       if (page.length < JOURNAL_PAGE) return;
       after = page[page.length - 1]!.seq;
     }
   };
-  if (scan.account !== null) await one(scan.account, await closeCuts(closes.store, closes.closed, [scan.account]));
-  else {
+  if (scan.account !== null) await one(scan.account, await closeCuts(store, closed, [scan.account]));
+  else if (store.movedEntries !== undefined) {
+    // Every account's at once, by user id and seq; the marks of the accounts of each page.
+    let after: { userId: string; seq: number } | null = null;
+    for (;;) {
+      const page = await store.movedEntries({ through: first.through, types, before, after, limit: JOURNAL_PAGE });
+      const cuts = await closeCuts(store, closed, [...new Set(page.map((e) => e.userId))]);
+      for (const e of page) move(e, cuts);
+      if (page.length < JOURNAL_PAGE) break;
+      const last = page[page.length - 1]!;
+      after = { userId: last.userId, seq: last.seq };
+    }
+  } else {
     if (db.listAccountIds === undefined)
       throw new ConfigurationError(
         `[credit-management] the ${db.name} store cannot list its accounts (DbManager.listAccountIds): with a period close, a usage query must name an account`,
@@ -190,7 +205,7 @@ async function closeChanges(
     let after: string | null = null;
     for (;;) {
       const ids = await db.listAccountIds(after, ACCOUNT_PAGE);
-      const cuts = await closeCuts(closes.store, closes.closed, ids);
+      const cuts = await closeCuts(store, closed, ids);
       for (const id of ids) await one(id, cuts);
       if (ids.length < ACCOUNT_PAGE) break;
       after = ids[ids.length - 1]!;
@@ -199,7 +214,7 @@ async function closeChanges(
   return { buckets: sum.all(), seen: seen.join("\u0001") };
 }
 
-/** Journal entries one read of `closeChanges` asks for. */
+/** Journal entries one read of `closeChanges` asks for (of one account, or of every account). */
 const JOURNAL_PAGE = 1000;
 
 /**
