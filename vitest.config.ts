@@ -19,38 +19,12 @@ const EXPECTED_OUTPUT: readonly RegExp[] = [
   /^\[contract\] .*: no deleteJournalBefore, the archive case is not run/,
 ];
 
-/**
- * Test files that change what outlives them in a process: module mocks (`vi.mock`), environment
- * variables, the schema's next version (`setNextVersion`), the testing entry's remembered runner,
- * process signal handlers, globals. Each runs in a process of its own. Every other file runs in a
- * worker process that earlier files used (`isolate: false`): importing the library and its drivers
- * again for each of about 170 files costs a second a file on a 2-core machine (CONTRIBUTING.md,
- * "Tests"). A new file that changes such state goes in this list.
- */
-const OWN_PROCESS = [
-  "test/examples.test.ts",
-  "test/http/billing.test.ts",
-  "test/http/node-request.test.ts",
-  "test/ledger-thread-fallback.test.ts",
-  "test/migrations.test.ts",
-  "test/mongodb-schema.test.ts",
-  "test/payments-razorpay.test.ts",
-  "test/payments-service.test.ts",
-  "test/postgres-robustness.test.ts",
-  "test/schema-next-version.test.ts",
-  "test/citus.test.ts",
-  "test/serve-early-signal.test.ts",
-  "test/serve-log.test.ts",
-  "test/serve-start-stop.test.ts",
-  "test/simulation.test.ts",
-  "test/testing-runner.test.ts",
-];
-
 /** CREDIT_TEST_DEPTH: the factor of the random runs' sizes (test/fixtures/depth.ts); 1 in CI. */
 const depth = Math.max(1, Number(process.env.CREDIT_TEST_DEPTH ?? 1) || 1);
 
 export default defineConfig({
   test: {
+    include: ["test/**/*.test.ts"],
     // Two test files at a time at least. Vitest's default, one fewer than the cores, runs them one
     // after another on a 2-core machine, where most files spend their time waiting on sockets,
     // child processes and the disk (CONTRIBUTING.md, "Tests").
@@ -68,9 +42,5 @@ export default defineConfig({
     // machine summary from the JSON file (see .ci/run).
     reporters: ["default", "./test/setup/skip-summary.ts", ...(process.env.CI ? ["json"] : [])],
     outputFile: process.env.CI ? { json: ".ci/test-results.json" } : undefined,
-    projects: [
-      { extends: true, test: { name: "own process", include: OWN_PROCESS, isolate: true } },
-      { extends: true, test: { name: "shared", include: ["test/**/*.test.ts"], exclude: OWN_PROCESS, isolate: false } },
-    ],
   },
 });
