@@ -122,20 +122,7 @@ export async function getRevenue(
     const read = await summary.readRevenue({ account: q.account ?? null, boundaries, groupBy });
     await addSummary(sum, read, boundaries.length, pause);
   } else if (q.account !== undefined) await one(q.account, await closeCuts(closes, closed, [q.account]));
-  else {
-    if (db.listAccountIds === undefined)
-      throw new ConfigurationError(
-        `[credit-management] the ${db.name} store cannot list its accounts (DbManager.listAccountIds): a revenue query must name an account`,
-      );
-    let after: string | null = null;
-    for (;;) {
-      const ids = await db.listAccountIds(after, PAGE);
-      const cuts = await closeCuts(closes, closed, ids);
-      for (const id of ids) await one(id, cuts);
-      if (ids.length < PAGE) break;
-      after = ids[ids.length - 1]!;
-    }
-  }
+  else await eachAccountCut(db, closes, closed, "a revenue query must name an account", one);
   const rows: RevenueRow[] = [];
   // Put in order between pauses too: a book of many accounts grouped by account has as many groups.
   const sorted = await pacedSort(sum.groupKeys(), sum.compareGroups, pause);
@@ -161,6 +148,32 @@ export async function closeCuts(
   if (userIds === null || userIds.length > 0)
     for (const m of await closes.marks(userIds)) byThrough.get(m.through.getTime())?.set(m.userId, m.seq);
   return [...byThrough].sort((a, b) => a[0] - b[0]).map(([through, marks]) => ({ through, marks }));
+}
+
+/**
+ * Runs `each` on every account of `db`, a page of accounts at a time, with the page's cuts
+ * (`closeCuts`): how a report over every account reads them. `needs` ends the error of a store that
+ * cannot list its accounts.
+ */
+export async function eachAccountCut(
+  db: DbManager,
+  closes: PeriodCloseStore | undefined,
+  closed: readonly PeriodClose[],
+  needs: string,
+  each: (userId: string, cuts: readonly CloseCut[]) => Promise<void>,
+): Promise<void> {
+  if (db.listAccountIds === undefined)
+    throw new ConfigurationError(
+      `[credit-management] the ${db.name} store cannot list its accounts (DbManager.listAccountIds): ${needs}`,
+    );
+  let after: string | null = null;
+  for (;;) {
+    const ids = await db.listAccountIds(after, PAGE);
+    const cuts = await closeCuts(closes, closed, ids);
+    for (const id of ids) await each(id, cuts);
+    if (ids.length < PAGE) break;
+    after = ids[ids.length - 1]!;
+  }
 }
 
 /**

@@ -12,7 +12,7 @@ import {
 } from "../../core/domain/usage.js";
 import { usageBoundaries, windowIndex } from "../../core/domain/windows.js";
 import { bookingOf, type CloseCut } from "../revenue/rules.js";
-import { closeCuts } from "../revenue/service.js";
+import { closeCuts, eachAccountCut } from "../revenue/service.js";
 import { periodClosesOf } from "../revenue/store.js";
 import { ConfigurationError, ValidationError } from "../../core/errors.js";
 import { parse } from "../../core/models/index.js";
@@ -97,8 +97,6 @@ export async function getUsage(db: DbManager, query: UsageQuery): Promise<UsageR
 const UNCUT = 2 ** 31 - 2;
 /** Reads of the moved entries, at most, around a report's aggregation (`getUsage`). */
 const CLOSE_TRIES = 3;
-/** Accounts a fleet-wide report reads the marks of at a time. */
-const ACCOUNT_PAGE = 1000;
 
 /** The store's buckets of `scan`: its own aggregation, or one account's journal summed here. */
 async function storeBuckets(db: DbManager, scan: UsageScan): Promise<UsageBucket[]> {
@@ -197,20 +195,7 @@ async function closeChanges(
       const last = page[page.length - 1]!;
       after = { userId: last.userId, seq: last.seq };
     }
-  } else {
-    if (db.listAccountIds === undefined)
-      throw new ConfigurationError(
-        `[credit-management] the ${db.name} store cannot list its accounts (DbManager.listAccountIds): with a period close, a usage query must name an account`,
-      );
-    let after: string | null = null;
-    for (;;) {
-      const ids = await db.listAccountIds(after, ACCOUNT_PAGE);
-      const cuts = await closeCuts(store, closed, ids);
-      for (const id of ids) await one(id, cuts);
-      if (ids.length < ACCOUNT_PAGE) break;
-      after = ids[ids.length - 1]!;
-    }
-  }
+  } else await eachAccountCut(db, store, closed, "with a period close, a usage query must name an account", one);
   return { buckets: sum.all(), seen: seen.join("\u0001") };
 }
 
