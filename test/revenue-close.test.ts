@@ -1,33 +1,13 @@
 /** Closing a month of the revenue reports (docs/revenue.md, "Closing a month"), on every store. */
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { afterAll, describe, expect, it } from "vitest";
-import { SqliteDbManager } from "../src/db/sqlite/index.js";
+import { describe, expect, it } from "vitest";
 import { ConflictError, CreditService, ValidationError } from "../src/index.js";
 import type { DbManager } from "../src/store.js";
 import type { RevenueQuery, RevenueRow } from "../src/modules/revenue/model.js";
 import { catchUpRevenue, getRevenue } from "../src/modules/revenue/service.js";
 import { periodClosesOf } from "../src/modules/revenue/store.js";
-import { testStores, type TestStore } from "./fixtures/stores.js";
+import { sqliteTestStore, testStores, type TestStore } from "./fixtures/stores.js";
 
-const dir = mkdtempSync(join(tmpdir(), "cm-revenue-close-"));
-afterAll(() => rmSync(dir, { recursive: true, force: true }));
-
-const stores: TestStore[] = [
-  ...testStores("revclose"),
-  {
-    name: "sqlite",
-    open: async () => {
-      const file = join(dir, `close-${Math.random().toString(36).slice(2)}.db`);
-      return {
-        db: new SqliteDbManager({ filename: file }),
-        another: () => new SqliteDbManager({ filename: file }),
-        drop: async () => undefined,
-      };
-    },
-  },
-];
+const stores: TestStore[] = [...testStores("revclose"), sqliteTestStore("revclose")];
 
 const DAY = 86_400_000;
 const HOUR = 3_600_000;

@@ -1,33 +1,13 @@
 /** Usage reports of a closed month (docs/usage.md, "Closed months"), on every store. */
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { afterAll, describe, expect, it } from "vitest";
-import { SqliteDbManager } from "../src/db/sqlite/index.js";
+import { describe, expect, it } from "vitest";
 import { CreditService, usageCsv } from "../src/index.js";
 import type { UsageQuery, UsageRow } from "../src/models-public.js";
 import type { DbManager } from "../src/store.js";
 import { usageEntryTypes } from "../src/core/domain/usage.js";
 import { periodClosesOf } from "../src/modules/revenue/store.js";
-import { testStores, type TestStore } from "./fixtures/stores.js";
+import { sqliteTestStore, testStores, type TestStore } from "./fixtures/stores.js";
 
-const dir = mkdtempSync(join(tmpdir(), "cm-usage-close-"));
-afterAll(() => rmSync(dir, { recursive: true, force: true }));
-
-const stores: TestStore[] = [
-  ...testStores("useclose"),
-  {
-    name: "sqlite",
-    open: async () => {
-      const file = join(dir, `close-${Math.random().toString(36).slice(2)}.db`);
-      return {
-        db: new SqliteDbManager({ filename: file }),
-        another: () => new SqliteDbManager({ filename: file }),
-        drop: async () => undefined,
-      };
-    },
-  },
-];
+const stores: TestStore[] = [...testStores("useclose"), sqliteTestStore("useclose")];
 
 const DAY = 86_400_000;
 const HOUR = 3_600_000;
