@@ -1,8 +1,8 @@
 #!/usr/bin/env node
 // Run after tsup (`npm run build`): in each entry point's declarations (package.json `exports`), a
 // name the entry's JavaScript does not export is marked `type` in the declarations' export lists.
-// tsup's declaration bundler drops the `type` of `export type { Account } from "./models/index.js"`:
-// for a name that is also a value in its module (a zod schema, a class) the declarations would
+// The declaration bundler (rollup-plugin-dts, tsup.config.ts) drops the `type` of
+// `export type { Account } from "./models/index.js"`: for a name that is also a value in its module (a zod schema, a class) the declarations would
 // offer a value the JavaScript lacks, so the source re-declared such names as aliases
 // (`export type Account = M.Account`), which gave each of them two declarations (`Account` and
 // `Account_2` in the API reports). Marked here, the entry exports the one declaration, as a type.
@@ -65,7 +65,8 @@ console.log(`declarations: ${marked} type-only exports marked`);
 
 // The bundler drops the doc comment of `export * as periods from …` (src/index.ts): the API report
 // would then call the namespace undocumented and untagged. Its comment is copied from the source
-// onto the `declare namespace` the declarations hold.
+// onto the `declare namespace` the declarations hold. The bundler also names the namespace after
+// its file (periods.d.ts: `periods_d`, its members' aliases `periods_d_…`): named here as exported.
 const namespaceDocs = { periods: /\/\*\*((?:(?!\*\/)[\s\S])*)\*\/\nexport \* as periods from/ };
 const rootSource = readFileSync(join(root, "src/index.ts"), "utf8");
 for (const types of [pkg.exports["."].import.types, pkg.exports["."].require.types]) {
@@ -74,6 +75,8 @@ for (const types of [pkg.exports["."].import.types, pkg.exports["."].require.typ
   for (const [name, pattern] of Object.entries(namespaceDocs)) {
     const doc = pattern.exec(rootSource);
     const declaration = `\ndeclare namespace ${name} {`;
+    if (text.includes(`\ndeclare namespace ${name}_d {`))
+      text = text.replaceAll(`${name}_d as ${name}`, name).replace(new RegExp(`\\b${name}_d(?=\\b|_)`, "g"), name);
     if (doc === null || !text.includes(declaration)) throw new Error(`${file}: no namespace ${name} to document`);
     // Once: a second run finds it documented.
     if (!text.includes(`*/${declaration}`)) text = text.replace(declaration, `\n/**${doc[1]}*/${declaration}`);
