@@ -19,6 +19,7 @@ import { createCreditManager } from "../src/index.js";
 import { newNotification } from "../src/core/domain/notifications.js";
 import { quoteIdent } from "../src/schema/sql.js";
 import { type NextVersion, SCHEMA_VERSION, setNextVersion } from "../src/schema/version.js";
+import { contractTestApi } from "./fixtures/contract-variants.js";
 import { deep } from "./fixtures/depth.js";
 import { usageEntryTypes } from "../src/core/domain/usage.js";
 import { periodClosesOf } from "../src/modules/revenue/store.js";
@@ -52,7 +53,9 @@ async function dropSchema(schema: string): Promise<void> {
 describe.skipIf(!url)("PostgresDbManager on Citus", () => {
   const contractSchema = newSchema("citus");
   runDbManagerContract({
-    test: { describe, it, expect, beforeAll, afterAll },
+    // A variant of the PostgreSQL store (test/fixtures/contract-variants.ts): the same statements,
+    // routed to the workers. The random runs of the domain's rules are left to its main run.
+    test: contractTestApi(["postgres on citus"]),
     name: "postgres on citus",
     // `verifyStateCache`: every unit that starts from a kept state also reads the account and
     // fails if the state differs at the same revision.
