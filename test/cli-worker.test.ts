@@ -483,11 +483,11 @@ describe.skipIf(!pgUrl)("credit-management worker as a process on PostgreSQL (CR
     });
     expect(msgs.at(-1)).toBe("worker stopped");
     // The store agrees: every grant expired exactly once, every journal replays.
-    for (const u of users) {
+    await inParallel(users, 8, async (u) => {
       const entries = await journal(now, u);
       expect(entries.map((e) => e.type)).toEqual(["add", "expire"]);
       expect((await now.credits.audit(u)).ok).toBe(true);
-    }
+    });
     expect(await now.db.findDueGrants(new Date(), 10)).toEqual([]);
     // The job's report is in the ledger (store and file), and the file has every expiry's line.
     const reports = await now.ledger.getEntries({ eventType: "system" });

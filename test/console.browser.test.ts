@@ -415,6 +415,9 @@ describe.skipIf(!existsSync(CHROMIUM))("console in a browser", () => {
       let admin: BrowserContext;
       let viewer: BrowserContext;
       const problems: string[] = [];
+      // The markup does not depend on the store: accessibility (axe) and the layout at 800 px are
+      // checked on the first store; the others check what their store answers and the forms' effects.
+      const markupChecks = backend === backends[0];
 
       beforeAll(async () => {
         const s = await backend.create();
@@ -484,6 +487,7 @@ describe.skipIf(!existsSync(CHROMIUM))("console in a browser", () => {
         expect(html).not.toContain(WEBHOOK_SECRET);
         expect(html).not.toContain(API_KEY);
         expect(html).not.toContain("<script>window.__pwned");
+        if (!markupChecks) return html;
         // axe-core, evaluated through the debugging protocol (the page's CSP allows no injected script).
         if (!(await p.evaluate(() => "axe" in globalThis))) await p.evaluate(axeSource);
         const serious = await p.evaluate(async () => {
@@ -555,24 +559,26 @@ describe.skipIf(!existsSync(CHROMIUM))("console in a browser", () => {
         // Every scheduled subscription is listed (on SQLite too: times compare as ISO text there).
         await visit(p, "/subscriptions");
         expect(await p.locator("main table").nth(1).textContent()).toContain("user-0002");
-        // At 800 px no page scrolls sideways (a user's laptop split in two).
-        await p.setViewportSize({ width: 800, height: 800 });
-        for (const path of [
-          "/",
-          `/accounts/${ids.user}`,
-          `/payments?user=${ids.user}`,
-          "/subscriptions",
-          "/promos?user=user-0001",
-          "/outbox",
-          "/jobs",
-          `/usage?account=${ids.user}`,
-          "/revenue",
-        ]) {
-          await visit(p, path);
-          const wide = await p.evaluate(() => (globalThis as unknown as Shape).document.documentElement.scrollWidth);
-          expect(wide, `${path} at 800 px`).toBeLessThanOrEqual(800);
+        if (markupChecks) {
+          // At 800 px no page scrolls sideways (a user's laptop split in two).
+          await p.setViewportSize({ width: 800, height: 800 });
+          for (const path of [
+            "/",
+            `/accounts/${ids.user}`,
+            `/payments?user=${ids.user}`,
+            "/subscriptions",
+            "/promos?user=user-0001",
+            "/outbox",
+            "/jobs",
+            `/usage?account=${ids.user}`,
+            "/revenue",
+          ]) {
+            await visit(p, path);
+            const wide = await p.evaluate(() => (globalThis as unknown as Shape).document.documentElement.scrollWidth);
+            expect(wide, `${path} at 800 px`).toBeLessThanOrEqual(800);
+          }
+          await p.setViewportSize({ width: 1100, height: 800 });
         }
-        await p.setViewportSize({ width: 1100, height: 800 });
         expect(problems).toEqual([]);
         if (process.env.UPDATE_SCREENSHOTS === "1" && backend.name === "sqlite") {
           await visit(p, `/accounts/${ids.user}`);
