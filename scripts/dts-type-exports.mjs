@@ -2,10 +2,11 @@
 // Run after tsup (`npm run build`): in each entry point's declarations (package.json `exports`), a
 // name the entry's JavaScript does not export is marked `type` in the declarations' export lists.
 // The declaration bundler (rollup-plugin-dts, tsup.config.ts) drops the `type` of
-// `export type { Account } from "./models/index.js"`: for a name that is also a value in its module (a zod schema, a class) the declarations would
-// offer a value the JavaScript lacks, so the source re-declared such names as aliases
-// (`export type Account = M.Account`), which gave each of them two declarations (`Account` and
-// `Account_2` in the API reports). Marked here, the entry exports the one declaration, as a type.
+// `export type { Account } from "./models/index.js"`: for a name that is also a value in its module
+// (a zod schema, a class) the declarations would offer a value the JavaScript lacks, so the source
+// re-declared such names as aliases (`export type Account = M.Account`), which gave each of them
+// two declarations (`Account` and `Account_2` in the API reports). Marked here, the entry exports
+// the one declaration, as a type.
 import { readFileSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
