@@ -52,4 +52,29 @@ describe.skipIf(!uri)("usage reports on MongoDB with more groups than a first ba
     expect(names).toContain("aggregate");
     expect(names).not.toContain("getMore");
   });
+
+  it("reads the usage moved past a close, on more accounts than a first batch, with no getMore", async () => {
+    const through = new Date();
+    await m.credits.closePeriod(through);
+    // Late usage of every account: its time is before the close, so it is moved past it.
+    for (let i = 0; i < ACCOUNTS; i++)
+      await m.credits.deductCredits(`acct-${String(i).padStart(3, "0")}`, 1, {
+        occurredAt: new Date(through.getTime() - 1_000),
+      });
+    commands.length = 0;
+    const report = await m.credits.getUsage({
+      from: through,
+      to: new Date(Date.now() + 60_000),
+      interval: null,
+      groupBy: ["account"],
+      kinds: ["spend"],
+    });
+    const caughtUp = report.rows.filter((r) => r.catchUpThrough?.getTime() === through.getTime());
+    expect(caughtUp.map((r) => [r.account, r.credits])).toEqual(
+      Array.from({ length: ACCOUNTS }, (_, i) => [`acct-${String(i).padStart(3, "0")}`, 1]),
+    );
+    const names = commands.map((c) => c.commandName);
+    expect(names).toContain("find");
+    expect(names).not.toContain("getMore");
+  });
 });

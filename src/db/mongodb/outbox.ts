@@ -8,6 +8,7 @@ import {
 } from "../../core/db/types-notifications.js";
 import { fromDoc, kind, toDoc, type Kind, type StoredDoc } from "./documents.js";
 import { DUPLICATE_KEY, guard, isDriverError, writeOne } from "./errors.js";
+import { batchOf } from "./collections.js";
 
 export const NOTIFICATION: Kind<NotificationT> = kind<NotificationT>("id", Notification.shape);
 
@@ -207,7 +208,7 @@ export class MongoOutbox {
     const dir = pending ? 1 : -1;
     const docs = await guard("listOutbox", () =>
       this.c
-        .find(filter)
+        .find(filter, batchOf(q.limit))
         .sort({ [field]: dir, _id: dir })
         .limit(q.limit)
         .hint(pending ? "pending_due" : "settled")
@@ -223,7 +224,7 @@ export class MongoOutbox {
     if (query.limit <= 0) return [];
     const filter = query.status === undefined ? { userId } : { userId, status: query.status };
     const docs = await guard("listNotifications", () =>
-      this.c.find(filter).sort({ _id: 1 }).limit(query.limit).toArray(),
+      this.c.find(filter, batchOf(query.limit)).sort({ _id: 1 }).limit(query.limit).toArray(),
     );
     return docs.map(rowOf);
   }

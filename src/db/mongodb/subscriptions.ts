@@ -4,6 +4,7 @@ import { Plan, Subscription, type Plan as PlanT, type Subscription as Subscripti
 import type { SubscriptionCursor, SubscriptionStore } from "../../core/db/types-subscriptions.js";
 import { fromDoc, kind, toDoc, type StoredDoc } from "./documents.js";
 import { guard, writeOne } from "./errors.js";
+import { ONE_BATCH } from "./collections.js";
 
 const PLAN = kind<PlanT>("id", Plan.shape);
 const SUBSCRIPTION = kind<SubscriptionT>("id", Subscription.shape);
@@ -56,7 +57,7 @@ export class MongoSubscriptionStore implements SubscriptionStore {
   async listPlans(options: { includeInactive: boolean }): Promise<PlanT[]> {
     const docs = await guard("listPlans", () =>
       this.plans
-        .find(options.includeInactive ? {} : { isActive: true })
+        .find(options.includeInactive ? {} : { isActive: true }, ONE_BATCH)
         .sort({ _id: 1 })
         .toArray(),
     );
@@ -100,7 +101,7 @@ export class MongoSubscriptionStore implements SubscriptionStore {
 
   async listSubscriptions(userId: string): Promise<SubscriptionT[]> {
     const docs = await guard("listSubscriptions", () =>
-      this.subs.find({ userId }).sort({ createdAt: 1, _id: 1 }).toArray(),
+      this.subs.find({ userId }, ONE_BATCH).sort({ createdAt: 1, _id: 1 }).toArray(),
     );
     return docs.map((d) => fromDoc(SUBSCRIPTION, d));
   }

@@ -12,6 +12,7 @@ import type { PromoPaymentChanges, PromoPaymentStore, PromoPaymentTransaction } 
 import type { MongoBoundPart, MongoPartHost } from "../../db/mongodb/module-part.js";
 import { fromDoc, kind, toDoc, type StoredDoc } from "../../db/mongodb/documents.js";
 import { guard, writeOne } from "../../db/mongodb/errors.js";
+import { ONE_BATCH, batchOf } from "../../db/mongodb/collections.js";
 
 const PROMO = kind<PromoT>("code", Promo.shape);
 const CLAIM = kind<PromoClaimT>("id", PromoClaim.shape);
@@ -122,7 +123,7 @@ class MongoPromoStore implements PromoPaymentStore {
         ? {}
         : { $or: [{ createdAt: { $lt: b.createdAt } }, { createdAt: b.createdAt, _id: { $lt: b.code } }] };
     const docs = await guard("listPromos", () =>
-      this.promos.find(filter).sort({ createdAt: -1, _id: -1 }).limit(query.limit).toArray(),
+      this.promos.find(filter, batchOf(query.limit)).sort({ createdAt: -1, _id: -1 }).limit(query.limit).toArray(),
     );
     return docs.map((d) => fromDoc<PromoT>(PROMO, d));
   }
@@ -140,7 +141,7 @@ class MongoPromoStore implements PromoPaymentStore {
 
   async listPromoClaims(userId: string): Promise<PromoClaimT[]> {
     const docs = await guard("listPromoClaims", () =>
-      this.claims.find({ userId }).sort({ createdAt: 1, claimNumber: 1 }).toArray(),
+      this.claims.find({ userId }, ONE_BATCH).sort({ createdAt: 1, claimNumber: 1 }).toArray(),
     );
     return docs.map((d) => fromDoc<PromoClaimT>(CLAIM, d));
   }
@@ -178,7 +179,7 @@ class MongoPromoStore implements PromoPaymentStore {
         ? { userId }
         : { userId, $or: [{ createdAt: { $lt: b.createdAt } }, { createdAt: b.createdAt, _id: { $lt: b.id } }] };
     const docs = await guard("listPayments", () =>
-      this.payments.find(filter).sort({ createdAt: -1, _id: -1 }).limit(query.limit).toArray(),
+      this.payments.find(filter, batchOf(query.limit)).sort({ createdAt: -1, _id: -1 }).limit(query.limit).toArray(),
     );
     return docs.map((d) => fromDoc<PaymentT>(PAYMENT, d));
   }

@@ -3,7 +3,7 @@ import { ConflictError } from "../../core/errors.js";
 import type { PeriodClose, PeriodCloseMark } from "./model.js";
 import type { MongoBoundPart, MongoPartHost } from "../../db/mongodb/module-part.js";
 import { ENTRY, fromDoc, type StoredDoc } from "../../db/mongodb/documents.js";
-import { batchOf } from "../../db/mongodb/collections.js";
+import { ONE_BATCH, batchOf } from "../../db/mongodb/collections.js";
 import type { JournalEntry } from "../../core/models/index.js";
 import { DUPLICATE_KEY, errorCode, guard, writeOne } from "../../db/mongodb/errors.js";
 import type { MovedEntriesQuery, PeriodCloseStore, RevenueSummaryReads } from "./store.js";
@@ -90,7 +90,7 @@ class MongoPeriodCloses implements PeriodCloseStore {
   }
 
   async listCloses(): Promise<PeriodClose[]> {
-    const docs = await guard("listPeriodCloses", () => this.closes.find({}).sort({ _id: 1 }).toArray());
+    const docs = await guard("listPeriodCloses", () => this.closes.find({}, ONE_BATCH).sort({ _id: 1 }).toArray());
     return docs.map((d) => ({
       through: d._id as unknown as Date,
       closedAt: d.closedAt as Date,
@@ -100,7 +100,7 @@ class MongoPeriodCloses implements PeriodCloseStore {
 
   async marks(userIds: readonly string[] | null): Promise<PeriodCloseMark[]> {
     const filter = userIds === null ? {} : { userId: { $in: [...userIds] } };
-    const docs = await guard("periodCloseMarks", () => this.marksOf.find(filter).toArray());
+    const docs = await guard("periodCloseMarks", () => this.marksOf.find(filter, ONE_BATCH).toArray());
     return docs.map((d) => ({ through: d.through as Date, userId: String(d.userId), seq: Number(d.seq) }));
   }
 
@@ -108,7 +108,8 @@ class MongoPeriodCloses implements PeriodCloseStore {
    * A page of accounts at a time (by `_id`, the user id), their marks at the close (`_id`
    * "<through ms>:<user id>"), then one `find` of their entries past the marks — an `$or` of one
    * range of the journal's (userId, seq) index per account — until `limit` entries or the last
-   * account.
+   * account. Each read asks for its whole answer in one batch: no cursor is left open for a
+   * `getMore`, which a failover or a wire gateway can lose, failing the report.
    */
   async movedEntries(query: MovedEntriesQuery): Promise<JournalEntry[]> {
     const out: JournalEntry[] = [];
@@ -124,7 +125,7 @@ class MongoPeriodCloses implements PeriodCloseStore {
       const ids = (
         await guard("movedEntries", () =>
           this.accounts
-            .find(accounts, { projection: { _id: 1 } })
+            .find(accounts, { projection: { _id: 1 }, ...batchOf(BATCH) })
             .sort({ _id: 1 })
             .limit(BATCH)
             .toArray(),
@@ -134,7 +135,10 @@ class MongoPeriodCloses implements PeriodCloseStore {
       const through = query.through.getTime();
       const marks = await guard("movedEntries", () =>
         this.marksOf
-          .find({ _id: { $in: ids.map((u) => `${through}:${u}`) } }, { projection: { userId: 1, seq: 1 } })
+          .find(
+            { _id: { $in: ids.map((u) => `${through}:${u}`) } },
+            { projection: { userId: 1, seq: 1 }, ...ONE_BATCH },
+          )
           .toArray(),
       );
       const markOf = new Map(marks.map((m) => [String(m.userId), Number(m.seq)]));
