@@ -1,6 +1,7 @@
 import type { Db } from "mongodb";
 import { MONGO_COLLECTIONS, atPath, copiedCountsAfter, isCopiedCount } from "./layout.js";
 import { guard } from "./errors.js";
+import { batchOf } from "./collections.js";
 
 /**
  * `init()`'s upgrade of the fields versions after `version` set from a count in the same document
@@ -21,7 +22,7 @@ export async function copyCounts(db: Db, prefix: string, version: number): Promi
               ...(copied.where === undefined ? {} : { $expr: copied.where }),
               ...(after === null ? {} : { _id: { $gt: after } }),
             },
-            { projection: { _id: 1, [copied.from]: 1 } },
+            { projection: { _id: 1, [copied.from]: 1 }, ...batchOf(1000) },
           )
           .sort({ _id: 1 })
           .limit(1000)

@@ -642,7 +642,7 @@ export class MongoDbManager extends StoreBase implements DbManager {
   async listAccountIds(after: string | null, limit: number): Promise<string[]> {
     const docs = await guard("listAccountIds", () =>
       this.c.accounts
-        .find(after === null ? {} : { _id: { $gt: after } }, { projection: { _id: 1 } })
+        .find(after === null ? {} : { _id: { $gt: after } }, { projection: { _id: 1 }, ...batchOf(limit) })
         .sort({ _id: 1 })
         .limit(limit)
         .toArray(),
@@ -763,7 +763,7 @@ export class MongoDbManager extends StoreBase implements DbManager {
     for (;;) {
       const ids = await guard("deleteJournalBefore", () =>
         this.c.journal
-          .find({ userId, seq: { $lt: beforeSeq } }, { projection: { _id: 1 } })
+          .find({ userId, seq: { $lt: beforeSeq } }, { projection: { _id: 1 }, ...batchOf(10_000) })
           .sort({ seq: 1 })
           .limit(10_000)
           .toArray(),

@@ -94,7 +94,7 @@ export class MongoOutbox {
       if (seen.length > 0) filter.userId = { $nin: seen };
       const due = await guard("claimNotifications", () =>
         this.c
-          .find(filter, { projection: { userId: 1 } })
+          .find(filter, { projection: { userId: 1 }, ...batchOf((q.limit - claimed.length) * SCAN_FACTOR) })
           .sort({ nextAttemptAt: 1, _id: 1 })
           .limit((q.limit - claimed.length) * SCAN_FACTOR)
           .toArray(),
@@ -126,7 +126,7 @@ export class MongoOutbox {
       this.c
         .find(
           { status: "pending", nextAttemptAt: { $lte: q.now }, type: { $in: [...types] }, $or: lapsed },
-          { projection: { _id: 1 } },
+          { projection: { _id: 1 }, ...batchOf(q.limit) },
         )
         .sort({ nextAttemptAt: 1, _id: 1 })
         .limit(q.limit)
@@ -178,7 +178,10 @@ export class MongoOutbox {
     if (limit <= 0) return 0;
     const ids = await guard("purgeNotifications", () =>
       this.c
-        .find({ settledAt: { $type: "date", $lt: before }, status: { $ne: "pending" } }, { projection: { _id: 1 } })
+        .find(
+          { settledAt: { $type: "date", $lt: before }, status: { $ne: "pending" } },
+          { projection: { _id: 1 }, ...batchOf(limit) },
+        )
         .sort({ settledAt: 1 })
         .limit(limit)
         .toArray(),
