@@ -334,7 +334,10 @@ export class MongoDbManager extends StoreBase implements DbManager {
                 ...(linked.key === undefined ? {} : { [linked.key]: { $type: "string" } }),
                 ...(after === null ? {} : { _id: { $gt: after } }),
               },
-              { projection: { _id: 1, userId: 1, ...(linked.key === undefined ? {} : { [linked.key]: 1 }) } },
+              {
+                projection: { _id: 1, userId: 1, ...(linked.key === undefined ? {} : { [linked.key]: 1 }) },
+                ...batchOf(1000),
+              },
             )
             .sort({ _id: 1 })
             .limit(1000)

@@ -26,6 +26,7 @@ import {
 import type { MongoOutbox } from "./outbox.js";
 import { type AccountState, type StateCache, checkCachedState, stateAfter } from "./state-cache.js";
 import { deferred } from "../store/group-commit.js";
+import { ONE_BATCH } from "./collections.js";
 
 // A unit of work on the MongoDB store (docs/storage.md, MongoDB): the `DbTransaction` it sees, its
 // reads and its writes (in the batch it runs in, ./batch.ts), and how long its attempts wait.
@@ -480,7 +481,7 @@ export class UnitTx implements DbTransaction {
       const doc = await journal.findOne({ _id: entryId, userId: this.userId }, { session });
       if (doc === null) return null;
       const reversals = await journal
-        .find({ userId: this.userId, reverses: entryId }, { session, sort: { seq: 1 } })
+        .find({ userId: this.userId, reverses: entryId }, { session, sort: { seq: 1 }, ...ONE_BATCH })
         .toArray();
       return { entry: fromDoc(ENTRY, doc), reversals: reversals.map((d) => fromDoc(ENTRY, d)) };
     });
