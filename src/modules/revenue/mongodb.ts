@@ -61,13 +61,23 @@ class MongoPeriodCloses implements PeriodCloseStore {
       }
     };
     await guard("closePeriod", async () => {
-      for await (const a of this.accounts.find({}, { projection: { _id: 1, seq: 1 } })) {
-        const userId = String(a._id);
-        batch.push({ _id: `${through.getTime()}:${userId}`, through, userId, seq: Number(a.seq ?? 0) } as StoredDoc);
-        accounts++;
-        if (batch.length >= BATCH) await flush();
+      // Every account's seq, a page by `_id` at a time, each page in one batch (no cursor left
+      // open for a `getMore`, as in `movedEntries`).
+      for (let after: string | null = null; ;) {
+        const page = await this.accounts
+          .find(after === null ? {} : { _id: { $gt: after } }, { projection: { _id: 1, seq: 1 }, ...batchOf(BATCH) })
+          .sort({ _id: 1 })
+          .limit(BATCH)
+          .toArray();
+        for (const a of page) {
+          const userId = String(a._id);
+          batch.push({ _id: `${through.getTime()}:${userId}`, through, userId, seq: Number(a.seq ?? 0) } as StoredDoc);
+          accounts++;
+        }
+        await flush();
+        if (page.length < BATCH) break;
+        after = String(page[page.length - 1]!._id);
       }
-      await flush();
     });
     const close: PeriodClose = { through, closedAt, accounts };
     await writeOne(
