@@ -357,6 +357,76 @@ function tableText(page: string, id: string): string[] {
   );
 }
 
+describe("the account page after a month closed (docs/console.md, Pages; docs/usage.md, Closed months)", () => {
+  it("sums what a close moved where getUsage books it: at the close, not at its time", async () => {
+    const m = await createCreditManager();
+    try {
+      const DAY = 86_400_000;
+      const through = new Date(Math.floor(Date.now() / DAY) * DAY); // the start of today (UTC)
+      const hourBefore = (hours: number) => new Date(through.getTime() - hours * 3_600_000);
+      const spend = (amount: number, model: string, occurredAt?: Date) =>
+        m.credits.deductCredits("late", amount, {
+          spender: `key-${model}`,
+          metadata: { usages: [{ model, amount }] },
+          ...(occurredAt === undefined ? {} : { occurredAt }),
+        });
+      await m.credits.addCredits("late", 1_000);
+      await spend(7, "large", hourBefore(2)); // yesterday, recorded before the close: stays there
+      await m.credits.closePeriod(through);
+      await spend(5, "mini", hourBefore(1)); // yesterday, recorded after the close: booked today
+      await spend(3, "mini"); // today
+      const h = createConsoleHandler(m, { authorize: () => ({ role: "viewer", actor: "v" }) });
+      const text = await (await h(new Request("http://x/console/accounts/late"))).text();
+
+      const chart = JSON.parse(/id="account-usage-chart-data">([\s\S]*?)<\/script>/.exec(text)?.[1] ?? "null") as {
+        x: number[];
+        series: { label: string; values: number[] }[];
+      };
+      const byDay = await m.credits.getUsage({
+        account: "late",
+        from: new Date(through.getTime() - 29 * DAY),
+        to: new Date(through.getTime() + DAY),
+        interval: "day",
+        groupBy: ["model"],
+        kinds: ["spend"],
+      });
+      expect(byDay.rows.some((r) => r.catchUpThrough !== undefined)).toBe(true);
+      const expected = new Map<string, number>();
+      for (const r of byDay.rows) {
+        const key = `${r.start.getTime() / 1000} ${r.model}`;
+        expected.set(key, (expected.get(key) ?? 0) + r.credits);
+      }
+      const drawn = new Map<string, number>();
+      for (const s of chart.series) s.values.forEach((v, i) => v !== 0 && drawn.set(`${chart.x[i]} ${s.label}`, v));
+      expect(drawn).toEqual(expected);
+      expect(drawn.get(`${through.getTime() / 1000} mini`)).toBe(8);
+      expect(drawn.get(`${through.getTime() / 1000 - DAY / 1000} large`)).toBe(7);
+
+      const month = calendarWindow("month", Date.now());
+      const bySpender = await m.credits.getUsage({
+        account: "late",
+        from: new Date(month.start),
+        to: new Date(month.end),
+        interval: null,
+        groupBy: ["spender"],
+        kinds: ["spend"],
+      });
+      const perSpender = new Map<string, number>();
+      for (const r of bySpender.rows)
+        perSpender.set(String(r.spender), (perSpender.get(String(r.spender)) ?? 0) + r.credits);
+      const table = new Map(
+        tableText(text, "spender-table")
+          .slice(1)
+          .map((row) => row.split(" | "))
+          .map(([spender, credits]) => [spender as string, Number(credits)]),
+      );
+      expect(table).toEqual(perSpender);
+    } finally {
+      await m.close();
+    }
+  });
+});
+
 describe("the account page on a big journal (docs/console.md, Pages)", () => {
   /** @see issue 60 */
   it("reads the newest entries by seq, never the whole account, and sums them as getUsage does", async () => {

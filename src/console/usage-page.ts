@@ -1,6 +1,7 @@
 import type { Account, JournalEntry } from "../core/models/index.js";
 import type { UsageDimension, UsageQuery, UsageReport, UsageRow } from "../core/models/usage.js";
-import { sumUsage } from "../modules/usage/service.js";
+import { accountCloseCuts, sumUsage } from "../modules/usage/service.js";
+import type { CloseCut } from "../modules/revenue/rules.js";
 import { usageCsv } from "../modules/usage/csv.js";
 import { csvHeaders } from "../util/csv.js";
 import type { Ctx, PageResult } from "./context.js";
@@ -206,18 +207,23 @@ export interface RecentEntries {
    * whose range starts after it summed every entry of its range; null: every entry was read.
    */
   olderAt: Date | null;
+  /** The store's period closes with the account's marks: what they moved is summed where getUsage books it. */
+  cuts: readonly CloseCut[];
 }
 
-/** The newest `RECENT_ENTRIES` entries of `account`, and the one before them (one read by seq: bounded on every store). */
+/** The newest `RECENT_ENTRIES` entries of `account` and the one before them (one read by seq: bounded on every store), and the closes. */
 export async function recentEntries(ctx: Ctx, account: Account): Promise<RecentEntries> {
   const after = Math.max(0, account.seq - RECENT_ENTRIES - 1);
-  const read = await ctx.manager.db.listJournal(account.userId, {
-    order: "asc",
-    afterSeq: after,
-    limit: RECENT_ENTRIES + 1,
-  });
+  const [read, cuts] = await Promise.all([
+    ctx.manager.db.listJournal(account.userId, {
+      order: "asc",
+      afterSeq: after,
+      limit: RECENT_ENTRIES + 1,
+    }),
+    accountCloseCuts(ctx.manager.db, account.userId),
+  ]);
   const older = read.length > RECENT_ENTRIES ? read.shift() : undefined;
-  return { entries: read, olderAt: older?.createdAt ?? null };
+  return { entries: read, olderAt: older?.createdAt ?? null, cuts };
 }
 
 /**
@@ -228,7 +234,7 @@ export function recentUsage(
   recent: RecentEntries,
   query: UsageQuery & { account: string; from: Date },
 ): { report: UsageReport; partialSince: Date | null } {
-  const report = sumUsage(query, recent.entries);
+  const report = sumUsage(query, recent.entries, recent.cuts);
   const partial = recent.olderAt !== null && recent.olderAt >= query.from;
   return { report, partialSince: partial ? (recent.entries[0]?.createdAt ?? recent.olderAt) : null };
 }
