@@ -1,6 +1,7 @@
 import type { Account, JournalEntry } from "../core/models/index.js";
 import type { UsageDimension, UsageQuery, UsageReport, UsageRow } from "../core/models/usage.js";
-import { accountCloseCuts, sumUsage } from "../modules/usage/service.js";
+import { sumUsage } from "../modules/usage/service.js";
+import { accountCloseCuts } from "../modules/revenue/service.js";
 import type { CloseCut } from "../modules/revenue/rules.js";
 import { usageCsv } from "../modules/usage/csv.js";
 import { csvHeaders } from "../util/csv.js";

@@ -151,6 +151,15 @@ export async function closeCuts(
 }
 
 /**
+ * Every closed period of `db` with the marks of account `userId` (`closeCuts`): none when the store
+ * has no closes (one read of the closes, and one of the account's marks when there are some).
+ */
+export async function accountCloseCuts(db: DbManager, userId: string): Promise<CloseCut[]> {
+  const closes = periodClosesOf(db);
+  return closeCuts(closes, (await closes?.listCloses()) ?? [], [userId]);
+}
+
+/**
  * Runs `each` on every account of `db`, a page of accounts at a time, with the page's cuts
  * (`closeCuts`): how a report over every account reads them. `needs` ends the error of a store that
  * cannot list its accounts.
@@ -502,12 +511,11 @@ export async function revenueSummaryProblems(
     say(`it has read the journal through entry ${through}, which the journal does not have`);
     return problems;
   }
-  const closes = periodClosesOf(db);
   const replay = summarize(
     { userId, throughSeq: 0, state: null, seq: through },
     mine,
     await summary.grantGroups(paidGrantsOf(mine)),
-    await closeCuts(closes, (await closes?.listCloses()) ?? [], [userId]),
+    await accountCloseCuts(db, userId),
   );
   if (canonicalState(saved.checkpoint.state) !== canonicalState(replay.checkpoint.state))
     say(`its saved roll-forward state after entry ${through} is not the journal's`);

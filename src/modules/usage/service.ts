@@ -207,7 +207,7 @@ const JOURNAL_PAGE = 1000;
  * `src/core/domain/usage.ts` — the journal path of `getUsage` over entries the caller already read (the
  * console's account page sums its newest entries: docs/console.md). `query.account` must be the
  * entries' account; entries outside the query's range are not counted. With the account's closes
- * (`accountCloseCuts`), an entry a close moved is counted where `getUsage` books it: at the close's
+ * (`accountCloseCuts` of the revenue module), an entry a close moved is counted where `getUsage` books it: at the close's
  * `through`, on a catch-up row (docs/usage.md, "Closed months").
  */
 export function sumUsage(
@@ -219,20 +219,8 @@ export function sumUsage(
   const sum = new UsageAccumulator(scan);
   for (const e of entries) {
     const { at, catchUp } = bookingOf(e, cuts);
-    if (catchUp === null) sum.add(query.account, e);
-    else sum.addAt(query.account, e, windowIndex(scan.boundaries, at), 1, catchUp);
+    sum.addAt(query.account, e, windowIndex(scan.boundaries, at), 1, catchUp);
   }
   const { rows, truncated } = usageRows(sum.result(), scan);
   return { rows, truncated, timeZone: scan.timeZone };
-}
-
-/**
- * The period closes of `db` with the marks of `account` (`closeCuts`), for `sumUsage`: none when the
- * store has no closes (one read of the closes, and one of the account's marks when there are some).
- */
-export async function accountCloseCuts(db: DbManager, account: string): Promise<CloseCut[]> {
-  const store = periodClosesOf(db);
-  if (store === undefined) return [];
-  const closed = await store.listCloses();
-  return closeCuts(store, closed, [account]);
 }
