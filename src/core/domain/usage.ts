@@ -475,8 +475,10 @@ export function metadataGroup(v: unknown): string | null {
 // ---- Aggregation ----
 
 /**
- * When an entry's usage happened, in ms: its `occurredAt` (usage recorded late, a reversal: the
- * time of the charge it gives back), else its `createdAt` (docs/usage.md, "Late usage").
+ * When an entry's money moved, in ms (docs/concepts.md, "Two times on every entry"): its
+ * `occurredAt` (usage recorded late, an expiry settled late at its grant's `expiresAt`, a reversal
+ * at the time of the charge it gives back), else its `createdAt`. Usage reports place an entry by
+ * it; revenue books an entry by it (`bookingOf`, src/modules/revenue/rules.ts).
  */
 export const placedAt = (e: Pick<JournalEntry, "createdAt" | "occurredAt">): number =>
   (e.occurredAt ?? e.createdAt).getTime();

@@ -9,6 +9,7 @@ import { ValidationError } from "../../core/errors.js";
 import { DEFAULT_UNIT } from "../../core/models/common.js";
 import { rateOf, sameBasis, valueAt, type Rate } from "../../core/domain/cost-basis.js";
 import { windowIndex } from "../../core/domain/windows.js";
+import { placedAt } from "../../core/domain/usage.js";
 
 // ---- The roll-forward ----
 
@@ -195,15 +196,6 @@ export function grantGroups(grant: {
 }
 
 /**
- * When revenue books entry `e`, in ms: when its money moved (docs/concepts.md, "Two times on every
- * entry") — its `occurredAt` (an expiry settled late at its grant's `expiresAt`, a late usage at its
- * time, a reversal at its charge's), else its `createdAt`.
- */
-export function bookedAt(e: Pick<JournalEntry, "occurredAt" | "createdAt">): number {
-  return (e.occurredAt ?? e.createdAt).getTime();
-}
-
-/**
  * A closed period as revenue books entries by it (docs/revenue.md, "Closing a month"): the close's
  * `through` (ms) and each account's mark (its journal seq at the close; an account without one had
  * no entry then).
@@ -215,15 +207,16 @@ export interface CloseCut {
 
 /**
  * When revenue books entry `e` with closed periods `cuts` (ascending `through`; docs/revenue.md,
- * "Closing a month"): at `bookedAt(e)`, unless it was recorded after a close (its seq past the
- * account's mark) with a time before that close's `through` — then at `through`, as catch-up of
- * the first close that moved it (`catchUp`: that close's `through`; null: an ordinary entry).
+ * "Closing a month"): when its money moved (`placedAt(e)`), unless it was recorded after a close
+ * (its seq past the account's mark) with a time before that close's `through` — then at
+ * `through`, as catch-up of the first close that moved it (`catchUp`: that close's `through`;
+ * null: an ordinary entry).
  */
 export function bookingOf(
   e: Pick<JournalEntry, "occurredAt" | "createdAt" | "seq" | "userId">,
   cuts: readonly CloseCut[],
 ): { at: number; catchUp: number | null } {
-  let at = bookedAt(e);
+  let at = placedAt(e);
   let catchUp: number | null = null;
   for (const c of cuts) {
     if (at >= c.through) continue;

@@ -94,8 +94,8 @@ export interface RevenueDeferredRow {
  * Optional: a store that keeps revenue per account and UTC day (PostgreSQL, docs/revenue.md "How
  * it is computed"). The summary is read-side: `credits.getRevenue` adds an account's new journal
  * entries to it before it reads (the domain's roll-forward, `RevenueAccumulator`), so writes of
- * the journal pay nothing for it. Each entry is on the UTC day it is booked at (`bookedAt` of
- * src/modules/revenue/rules.ts), in whatever order the entries come: a day's figures and the
+ * the journal pay nothing for it. Each entry is on the UTC day it is booked at (`placedAt` of
+ * src/core/domain/usage.ts), in whatever order the entries come: a day's figures and the
  * deferred value only add up.
  * @beta
  */
