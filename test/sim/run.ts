@@ -1554,11 +1554,12 @@ async function simulate(options: SimOptions): Promise<SimResult> {
  * The entries the library wrote for time, against the model's grants and holds (docs/concepts.md,
  * "Two times on every entry"): a `start` is dated at its grant's start; a hold's release at its
  * `expiresAt` when the hold lapsed (and an explicit release carries no `occurredAt`); an `expire`
- * at its grant's `expiresAt`, or — for credits a lapsed hold returned to a grant closed meanwhile —
- * at that hold's `expiresAt`, or when recorded (a plan change that expires the period's credits
- * now), or — credits a reversal gave back to a grant closed since — when the grant's first expiry
- * was dated. Checks the entries after seq `after` of `journal` (the account's, from its first);
- * answers the problems and how many of them were settled after their due instant.
+ * at its grant's `expiresAt`, or — for credits a hold returned to a grant closed meanwhile — when
+ * the hold returned them (a lapse at the hold's `expiresAt`, an explicit release or a commit when
+ * recorded), or when recorded (a plan change that expires the period's credits now), or — credits a
+ * reversal gave back to a grant closed since — when the grant's first expiry was dated. Checks the
+ * entries after seq `after` of `journal` (the account's, from its first); answers the problems and
+ * how many of them were settled after their due instant.
  */
 function dueProblems(
   journal: readonly JournalEntry[],
@@ -1567,11 +1568,12 @@ function dueProblems(
 ): { problems: string[]; late: number } {
   const grants = new Map(models.flatMap((m) => m.grants.map((g) => [g.id, g] as const)));
   const holds = new Map(models.flatMap((m) => m.holds.map((h) => [h.id, h] as const)));
-  const lapses = new Set(models.flatMap((m) => m.holds.map((h) => h.expiresAt)));
   const problems: string[] = [];
   let late = 0;
   /** When each grant's first expiry was dated (the instant it closed). */
   const closed = new Map<string, number>();
+  /** When each hold last gave credits back (its release or commit entry's instant). */
+  const returned = new Map<string, number>();
   for (const e of journal) {
     const at = (e.occurredAt ?? e.createdAt).getTime();
     // (An earlier entry's: this one is recorded after it is checked.)
@@ -1579,6 +1581,8 @@ function dueProblems(
     const record = () => {
       if (e.type === "expire") for (const p of e.grants) if (!closed.has(p.grantId)) closed.set(p.grantId, at);
     };
+    if ((e.type === "release_reserved" || e.type === "commit_reserved") && e.reservationId != null)
+      returned.set(e.reservationId, at);
     if (e.seq <= after) {
       record();
       continue;
@@ -1598,13 +1602,19 @@ function dueProblems(
       if (h?.status === "expired" && h.expiresAt !== at)
         say(`its hold lapsed at ${new Date(h.expiresAt).toISOString()}`);
       if (h?.status === "released" && e.occurredAt != null) say("an explicit release carries no second time");
+    } else if (e.type === "expire" && e.reservationId != null) {
+      // Credits a hold gave back to a grant closed meanwhile expire when the hold gave them back.
+      const back = returned.get(e.reservationId);
+      if (back !== at)
+        say(
+          `its hold ${e.reservationId} gave them back ${back === undefined ? "never" : `at ${new Date(back).toISOString()}`}`,
+        );
     } else if (e.type === "expire") {
       for (const p of e.grants) {
         const g = grants.get(p.grantId);
         if (
           g === undefined ||
           g.expiresAt === at ||
-          lapses.has(at) ||
           (e.occurredAt != null && firstClose(p.grantId) === at) ||
           (e.occurredAt == null && g.expiresAt !== null && g.expiresAt > at)
         )
