@@ -278,12 +278,38 @@ describe("audit from a checkpoint of credits given back to a grant closed before
     expect(await audited()).toEqual([]);
   });
 
-  it("reports an expiredAmount beyond the grant's amount, and a grant stored voided that the entries expire again", async () => {
-    expect(await audited((g) => ({ ...g, expiredAmount: 70 }))).toContainEqual(
-      expect.stringMatching(/stored expiredAmount 70, of which 60 before the checkpoint/),
+  it("reports an expiredAmount below what came back after it, and a grant stored voided that the entries expire again", async () => {
+    expect(await audited((g) => ({ ...g, expiredAmount: 5 }))).toContainEqual(
+      expect.stringMatching(/stored expiredAmount 5, of which -5 before the checkpoint/),
     );
     expect(await audited((g) => ({ ...g, closedReason: "voided" }))).toContainEqual(
       expect.stringMatching(/\(voided before the checkpoint\): 10 came back, 10 expired again; expected 0/),
     );
+  });
+
+  it("accepts a grant that expired more than its amount: debt its addition paid, given back by reversals", async () => {
+    // An addition of 50 pays 30 of debt first: its grant gets 20 and expires them. Two reversals
+    // of the charge that made the debt give the 30 back to that grant (`debt_returned`), which
+    // expires them again: 50 expired in all, 30 of it before the checkpoint between the two.
+    let now = Date.now();
+    const db = new InMemoryDbManager();
+    const credits = new CreditService({ db, clock: () => new Date(now), overdraftLimit: 100 });
+    const charge = await credits.deductCreditsAfterService("u", 30);
+    const paid = await credits.addCredits("u", 50, { expiresAt: new Date(now + 60_000) });
+    const id = paid.grants[0]!.grantId;
+    now += 120_000;
+    await credits.reverseCharge("u", charge.id, { amount: 10, reason: "first" });
+    const cp = (await credits.checkpoint("u")) as JournalEntry;
+    const last = await credits.reverseCharge("u", charge.id, { amount: 20, reason: "second" });
+    expect(last.grants).toEqual([{ grantId: id, amount: 20, kind: "debt_returned" }]);
+    const grant = (await db.listGrants("u", { includeInactive: true })).find((g) => g.id === id);
+    expect([grant?.amount, grant?.expiredAmount]).toEqual([20, 50]);
+    const entries = await db.listJournal("u", { order: "asc", afterSeq: cp.seq - 1, limit: 100 });
+    const stored = { account: await db.getAccount("u"), reservations: await db.listReservations("u") };
+    expect(
+      replayJournal("u", entries, { ...stored, grants: await db.listGrants("u", { includeInactive: true }) }).problems,
+    ).toEqual([]);
+    expect((await credits.audit("u")).problems).toEqual([]);
+    expect((await credits.audit("u", { from: "genesis" })).problems).toEqual([]);
   });
 });

@@ -152,8 +152,9 @@ export const Grant = z.object({
   metadata: z.nullable(Metadata),
   createdAt: z.date(),
   /**
-   * Credits this grant lost to expiry: what was unspent when it expired, plus held credits returned
-   * to it afterwards. 0 while open. Rollover reads it, so it does not matter who expired the grant.
+   * Credits this grant lost to expiry: what was unspent when it expired, plus credits returned to
+   * it afterwards (a hold's; a reversal's, which may give back debt its addition paid, so this can
+   * pass `amount`). 0 while open. Rollover reads it, so it does not matter who expired the grant.
    */
   expiredAmount: NonNegativeAmount,
   /** Set when the grant expired or was voided: credits returned to it later go at once. */
