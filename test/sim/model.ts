@@ -86,7 +86,13 @@ export function heldAmount(h: ModelHold): number {
   return h.parts.reduce((s, [, a]) => s + a, 0);
 }
 
-/** Expires what is left of an open grant now (its held parts expire when their hold returns them). */
+/** A model grant with the instant `expireGrantNow` closed it (copied with the grant by `cloneModel`). */
+export type ClosedGrant = ModelGrant & { closedAt?: number };
+
+/**
+ * Expires what is left of an open grant now (its held parts expire when their hold returns them),
+ * or at its `expiresAt` when that has passed: the instant credits given back to it later expire at.
+ */
 export function expireGrantNow(m: CreditModel, g: ModelGrant): number {
   if (g.closed !== null) return 0;
   const amount = g.remaining;
@@ -94,6 +100,7 @@ export function expireGrantNow(m: CreditModel, g: ModelGrant): number {
   if (g.upcoming !== true) m.balance -= amount;
   g.remaining = 0;
   g.closed = "expired";
+  (g as ClosedGrant).closedAt = Math.min(m.now, g.expiresAt ?? Number.POSITIVE_INFINITY);
   return amount;
 }
 

@@ -8,7 +8,16 @@ import type { JournalEntry, Payment, Subscription } from "../../src/models-entry
 import { CreditService } from "../../src/credit-service.js";
 import { NotificationService } from "../../src/core/services/notification-service.js";
 import { mayPay, type CreditModel, type ModelGrant, type ModelSpend } from "../../src/core/testing/model.js";
-import { AccountsModel, cloneModel, findGrant, findHold, heldAmount, openGrants, settleGrants } from "./model.js";
+import {
+  AccountsModel,
+  cloneModel,
+  findGrant,
+  findHold,
+  heldAmount,
+  openGrants,
+  settleGrants,
+  type ClosedGrant,
+} from "./model.js";
 import { Prng } from "./prng.js";
 import { NO_FAULTS, Scheduler, inOp, type FaultRates, type OpContext } from "./scheduler.js";
 import { derivedProblems, reverseInModel } from "./derived.js";
@@ -1557,9 +1566,10 @@ async function simulate(options: SimOptions): Promise<SimResult> {
  * at its grant's `expiresAt`, or — for credits a hold returned to a grant closed meanwhile — when
  * the hold returned them (a lapse at the hold's `expiresAt`, an explicit release or a commit when
  * recorded), or when recorded (a plan change that expires the period's credits now), or — credits a
- * reversal gave back to a grant closed since — when the grant's first expiry was dated. Checks the
- * entries after seq `after` of `journal` (the account's, from its first); answers the problems and
- * how many of them were settled after their due instant.
+ * reversal gave back to a grant closed since — when the grant closed (its first expiry's date, or
+ * when a plan change closed it with nothing left, which no entry says). Checks the entries after
+ * seq `after` of `journal` (the account's, from its first); answers the problems and how many of
+ * them were settled after their due instant.
  */
 function dueProblems(
   journal: readonly JournalEntry[],
@@ -1615,7 +1625,7 @@ function dueProblems(
         if (
           g === undefined ||
           g.expiresAt === at ||
-          (e.occurredAt != null && firstClose(p.grantId) === at) ||
+          (e.occurredAt != null && (firstClose(p.grantId) === at || (g as ClosedGrant).closedAt === at)) ||
           (e.occurredAt == null && g.expiresAt !== null && g.expiresAt > at)
         )
           continue;
