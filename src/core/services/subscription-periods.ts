@@ -172,9 +172,12 @@ export class SubscriptionPeriods {
    * For each of the carried grants that expire at the period's end: how much it has expired in all
    * (`expired`), and how much of that it had unspent and unheld at the period's end (`atExpiry`):
    * what its closing `expire` entry took, plus what holds that had lapsed by then returned later.
-   * The rest is credits held at the period's end by a hold still live then, which expired when it
-   * returned them (`expire` entries with that `reservationId`, see `AccountWork`). Reads the user's
-   * `expire` entries newest first, only as far back as each grant's closing entry.
+   * The rest came back after the end and expired at once: credits held at the period's end by a
+   * hold still live then (`expire` entries with that `reservationId`, see `AccountWork`), and credits
+   * spent then that a reversal gave back (its `reverse` entry's portion, an `expire` without a hold
+   * right after it: docs/concepts.md, "Giving a charge back"), so the rollover is the same whether
+   * the renewal ran before they came back or after. Reads the user's `expire` and `reverse` entries
+   * newest first, only as far back as each grant's closing entry (where all it expired is seen).
    */
   private async periodEndExpiry(
     userId: string,
@@ -199,7 +202,7 @@ export class SubscriptionPeriods {
     while (open.size > 0) {
       const page = await this.deps.db.listJournal(userId, {
         order: "desc",
-        types: ["expire"],
+        types: ["expire", "reverse"],
         limit: PAGE,
         ...(beforeSeq === undefined ? {} : { beforeSeq }),
       });
@@ -207,10 +210,15 @@ export class SubscriptionPeriods {
         for (const p of e.grants) {
           const x = open.get(p.grantId);
           if (x === undefined) continue;
+          if (e.type === "reverse") {
+            // Newer than the grant's closing entry: given back to it closed, expired again at once.
+            if (p.kind !== "debt_paid") x.held += p.amount;
+            continue;
+          }
           x.seen += p.amount;
           if (e.reservationId !== null && (await heldAtEnd(e.reservationId))) x.held += p.amount;
-          // Its closing entry (or all it expired) reached: every later return has been seen.
-          if (e.reservationId === null || x.seen >= x.expired) {
+          // Its closing entry (all it expired) reached: every later return has been seen.
+          if (x.seen >= x.expired) {
             out.set(p.grantId, { expired: x.expired, atExpiry: unspentAtEnd(x) });
             open.delete(p.grantId);
           }

@@ -590,6 +590,41 @@ export function runSubscriptionContract(getDb: () => DbManager, options: PartOpt
       for (const u of [u1, u2, u3]) expect((await credits.audit(u)).ok).toBe(true);
     });
 
+    it("rolls over the same when credits come back to the ended period's closed grant before the renewal", async () => {
+      // The period's grant closes without renewing (the expiry job alone), then a hold live at the
+      // end gives 30 back and a reversal 20 (docs/concepts.md, "Giving a charge back"): both expire
+      // again. Neither was unspent and unheld at the end, so the renewal carries the 50 that were,
+      // as it does when it runs first.
+      const { subscriptions, credits, expiration, clock } = managerServices(db, T);
+      const p = (
+        await subscriptions.createPlan({ name: "Back", creditsPerPeriod: 100, billingPeriod: "daily", rollover: "all" })
+      ).id;
+      const H = DAY / 24;
+      const [late, first] = [user(), user()];
+      const holds = new Map<string, string>();
+      const charges = new Map<string, string>();
+      for (const u of [late, first]) {
+        await subscriptions.subscribe(u, p);
+        clock.now = T + 23 * H;
+        holds.set(u, (await credits.reserveCredits(u, 30, { ttlSeconds: 3 * 3600 })).id);
+        charges.set(u, (await credits.deductCredits(u, 20)).id);
+        clock.now = T;
+      }
+      clock.now = T + 25 * H;
+      await expiration.expireDueGrants();
+      await expiration.allocateSubscriptionCredits(first); // this one's renewal before the returns
+      for (const u of [late, first]) {
+        await credits.releaseReservedCredits(holds.get(u) as string);
+        await credits.reverseCharge(u, charges.get(u) as string, { amount: 20, reason: "correction" });
+      }
+      await expiration.renewDueSubscriptions();
+      const rolled = async (u: string) =>
+        (await db.listGrants(u, { includeInactive: true })).filter((g) => g.source === "rollover").map((g) => g.amount);
+      expect(await rolled(first)).toEqual([50]);
+      expect(await rolled(late)).toEqual([50]);
+      for (const u of [late, first]) expect((await credits.audit(u)).ok).toBe(true);
+    });
+
     it("changePlan now/keep and now/expire start a new period; period_end switches at renewal", async () => {
       const { subscriptions, credits, expiration, clock } = managerServices(db, T);
       const a = (
