@@ -2,7 +2,7 @@
 // unheld at its period's end. The contract suite (src/core/testing/subscriptions.ts) checks it end to
 // end on every store; these cases pin each branch of the rule.
 import { describe, expect, it } from "vitest";
-import { expiriesIn, liveAt, unspentAtEnd } from "../src/core/domain/rollover.js";
+import { expiriesIn, liveAt, readExpiry, unspentAtEnd, type ExpiryRead } from "../src/core/domain/rollover.js";
 import type { JournalEntry, Reservation } from "../src/core/models/index.js";
 import { samples } from "./fixtures/samples.js";
 
@@ -70,5 +70,38 @@ describe("expiriesIn: one grant's expiries among a unit of work's entries", () =
 
   it("never carries less than nothing", () => {
     expect(unspentAtEnd({ expired: 2, held: 5 })).toBe(0);
+  });
+});
+
+describe("readExpiry: a user's expiries and reversals read newest first, up to each grant's closing entry", () => {
+  it("counts apart what came back after the close: a live hold's return and a reversal's; stops at the close", () => {
+    const live = (id: string) => id === "live";
+    const g: ExpiryRead = { expired: 100, seen: 0, held: 0 };
+    const reading = new Map([["g", g]]);
+    // Newest first: a reversal's give-back and its expire again, a live hold's return, a lapsed
+    // hold's late return, then the closing expiry.
+    expect(readExpiry(reading, entry("expire", [["g", 20]]), live)).toEqual([]);
+    expect(readExpiry(reading, entry("reverse", [["g", 20]]), live)).toEqual([]);
+    expect(readExpiry(reading, entry("expire", [["g", 30]], "live"), live)).toEqual([]);
+    expect(readExpiry(reading, entry("expire", [["g", 5]], "lapsed"), live)).toEqual([]);
+    expect(
+      readExpiry(
+        reading,
+        entry("expire", [
+          ["g", 45],
+          ["other", 9],
+        ]),
+        live,
+      ),
+    ).toEqual(["g"]);
+    expect(g).toEqual({ expired: 100, seen: 100, held: 50 });
+    expect(unspentAtEnd(g)).toBe(50);
+  });
+
+  it("a reversal's portion that paid debt instead came back to no closed grant", () => {
+    const g: ExpiryRead = { expired: 10, seen: 0, held: 0 };
+    const paid = { ...entry("reverse", []), grants: [{ grantId: "g", amount: 4, kind: "debt_paid" as const }] };
+    readExpiry(new Map([["g", g]]), paid, () => false);
+    expect(g.held).toBe(0);
   });
 });

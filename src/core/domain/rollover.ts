@@ -109,6 +109,40 @@ export function unspentAtEnd(x: GrantExpiries): number {
   return Math.max(0, x.expired - x.held);
 }
 
+/** A carried grant in a newest-first read of its expiries: its stored `expiredAmount` (`expired`), what the entries read so far took of it (`seen`), and `held` as in `GrantExpiries`. */
+export interface ExpiryRead extends GrantExpiries {
+  seen: number;
+}
+
+/**
+ * Reads entry `e` — the next, newest first, of a user's `expire` and `reverse` entries — into the
+ * carried grants still being read (`reading`, by id), and answers the ids whose closing entry it
+ * is: all they expired has been seen, every later return with it. What came back to a grant after
+ * it closed was not unspent and unheld at the period's end: an `expire` by a hold live then
+ * (`holdLive`, answered with `liveAt`), and what a `reverse` gave back (spent then; the entry after
+ * it expires it again: docs/concepts.md, "Giving a charge back"). Read newest first, a `reverse`
+ * met before a grant's closing entry is one that came after it.
+ */
+export function readExpiry(
+  reading: ReadonlyMap<string, ExpiryRead>,
+  e: JournalEntry,
+  holdLive: (reservationId: string) => boolean,
+): string[] {
+  const closing: string[] = [];
+  for (const p of e.grants) {
+    const x = reading.get(p.grantId);
+    if (x === undefined) continue;
+    if (e.type === "reverse") {
+      if (p.kind !== "debt_paid") x.held += p.amount;
+    } else if (e.type === "expire") {
+      x.seen += p.amount;
+      if (e.reservationId !== null && holdLive(e.reservationId)) x.held += p.amount;
+      if (x.seen >= x.expired) closing.push(p.grantId);
+    }
+  }
+  return closing;
+}
+
 /**
  * The expiries of `grantId` among `entries` (a unit of work's own: its settlement, the period's
  * closing expiry, returns of holds): what they took, and what holds live at `periodEnd` returned.

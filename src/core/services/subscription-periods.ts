@@ -3,7 +3,7 @@ import type { SubscriptionStore } from "../db/types-subscriptions.js";
 import type { EntryMeta } from "../domain/account-work.js";
 import { fingerprint } from "../domain/hash.js";
 import { systemKey } from "../domain/keys.js";
-import { liveAt, unspentAtEnd, type PeriodEndExpiry } from "../domain/rollover.js";
+import { liveAt, readExpiry, unspentAtEnd, type ExpiryRead, type PeriodEndExpiry } from "../domain/rollover.js";
 import * as rules from "../domain/subscriptions.js";
 import { ConflictError, NotFoundError } from "../errors.js";
 import type { LedgerLogger } from "../ledger/index.js";
@@ -170,36 +170,34 @@ export class SubscriptionPeriods {
 
   /**
    * For each of the carried grants that expire at the period's end: how much it has expired in all
-   * (`expired`), and how much of that it had unspent and unheld at the period's end (`atExpiry`):
-   * what its closing `expire` entry took, plus what holds that had lapsed by then returned later.
-   * The rest came back after the end and expired at once: credits held at the period's end by a
-   * hold still live then (`expire` entries with that `reservationId`, see `AccountWork`), and credits
-   * spent then that a reversal gave back (its `reverse` entry's portion, an `expire` without a hold
-   * right after it: docs/concepts.md, "Giving a charge back"), so the rollover is the same whether
-   * the renewal ran before they came back or after. Reads the user's `expire` and `reverse` entries
-   * newest first, only as far back as each grant's closing entry (where all it expired is seen).
+   * (`expired`), and how much of that it had unspent and unheld at the period's end (`atExpiry`,
+   * src/core/domain/rollover.ts: `readExpiry` tells what came back after the end). Reads the user's
+   * `expire` and `reverse` entries newest first, only as far back as each grant's closing entry,
+   * and the holds that made those expiries.
    */
   private async periodEndExpiry(
     userId: string,
     carry: NonNullable<SubscriptionIntent["carry"]>,
   ): Promise<PeriodEndExpiry> {
     const out: PeriodEndExpiry = new Map();
-    const open = new Map<string, { expired: number; seen: number; held: number }>();
+    const reading = new Map<string, ExpiryRead>();
     for (const id of carry.grantIds) {
       const g = await this.deps.db.getGrant(id, userId);
       if (g === null || g.userId !== userId || g.expiresAt?.getTime() !== carry.periodEnd) continue;
       const expired = g.expiredAmount ?? 0;
       if (g.closedAt === null || expired === 0) out.set(id, { expired, atExpiry: expired });
-      else open.set(id, { expired, seen: 0, held: 0 });
+      else reading.set(id, { expired, seen: 0, held: 0 });
     }
     const holds = new Map<string, Reservation | null>();
-    const heldAtEnd = async (reservationId: string): Promise<boolean> => {
-      if (!holds.has(reservationId)) holds.set(reservationId, await this.deps.db.getReservation(reservationId, userId));
-      return liveAt(holds.get(reservationId) ?? null, carry.periodEnd);
+    const holdLive = (reservationId: string) => liveAt(holds.get(reservationId), carry.periodEnd);
+    const done = (id: string) => {
+      const x = reading.get(id) as ExpiryRead;
+      out.set(id, { expired: x.expired, atExpiry: unspentAtEnd(x) });
+      reading.delete(id);
     };
     const PAGE = 200;
     let beforeSeq: number | undefined;
-    while (open.size > 0) {
+    while (reading.size > 0) {
       const page = await this.deps.db.listJournal(userId, {
         order: "desc",
         types: ["expire", "reverse"],
@@ -207,28 +205,16 @@ export class SubscriptionPeriods {
         ...(beforeSeq === undefined ? {} : { beforeSeq }),
       });
       for (const e of page) {
-        for (const p of e.grants) {
-          const x = open.get(p.grantId);
-          if (x === undefined) continue;
-          if (e.type === "reverse") {
-            // Newer than the grant's closing entry: given back to it closed, expired again at once.
-            if (p.kind !== "debt_paid") x.held += p.amount;
-            continue;
-          }
-          x.seen += p.amount;
-          if (e.reservationId !== null && (await heldAtEnd(e.reservationId))) x.held += p.amount;
-          // Its closing entry (all it expired) reached: every later return has been seen.
-          if (x.seen >= x.expired) {
-            out.set(p.grantId, { expired: x.expired, atExpiry: unspentAtEnd(x) });
-            open.delete(p.grantId);
-          }
-        }
+        const r = e.reservationId;
+        if (r !== null && !holds.has(r) && e.grants.some((p) => reading.has(p.grantId)))
+          holds.set(r, await this.deps.db.getReservation(r, userId));
+        for (const id of readExpiry(reading, e, holdLive)) done(id);
       }
       if (page.length < PAGE) break;
       beforeSeq = (page[page.length - 1] as JournalEntry).seq;
     }
     // Not reached (a journal written before returns were told apart): the best estimate.
-    for (const [id, x] of open) out.set(id, { expired: x.expired, atExpiry: unspentAtEnd(x) });
+    for (const id of [...reading.keys()]) done(id);
     return out;
   }
 
