@@ -15,6 +15,13 @@ async function journal(db: DbManager, userId: string): Promise<JournalEntry[]> {
 }
 
 /** Entries that created subscription or rollover grants, with the credits they created. */
+/** The amounts of the user's rollover grants. */
+async function rollovers(db: DbManager, userId: string): Promise<number[]> {
+  return (await db.listGrants(userId, { includeInactive: true }))
+    .filter((g) => g.source === "rollover")
+    .map((g) => g.amount);
+}
+
 async function allocations(db: DbManager, userId: string) {
   const grants = await db.listGrants(userId, { includeInactive: true });
   return grants
@@ -582,11 +589,9 @@ export function runSubscriptionContract(getDb: () => DbManager, options: PartOpt
       await credits.releaseReservedCredits(h1.id);
       clock.now = T + 26 * H;
       await expiration.runAll();
-      const rolled = async (u: string) =>
-        (await db.listGrants(u, { includeInactive: true })).filter((g) => g.source === "rollover").map((g) => g.amount);
-      expect(await rolled(u1)).toEqual([60]);
-      expect(await rolled(u2)).toEqual([60]);
-      expect(await rolled(u3)).toEqual([100]);
+      expect(await rollovers(db, u1)).toEqual([60]);
+      expect(await rollovers(db, u2)).toEqual([60]);
+      expect(await rollovers(db, u3)).toEqual([100]);
       for (const u of [u1, u2, u3]) expect((await credits.audit(u)).ok).toBe(true);
     });
 
@@ -618,10 +623,8 @@ export function runSubscriptionContract(getDb: () => DbManager, options: PartOpt
         await credits.reverseCharge(u, charges.get(u) as string, { amount: 20, reason: "correction" });
       }
       await expiration.renewDueSubscriptions();
-      const rolled = async (u: string) =>
-        (await db.listGrants(u, { includeInactive: true })).filter((g) => g.source === "rollover").map((g) => g.amount);
-      expect(await rolled(first)).toEqual([50]);
-      expect(await rolled(late)).toEqual([50]);
+      expect(await rollovers(db, first)).toEqual([50]);
+      expect(await rollovers(db, late)).toEqual([50]);
       for (const u of [late, first]) expect((await credits.audit(u)).ok).toBe(true);
     });
 

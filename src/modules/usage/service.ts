@@ -207,8 +207,8 @@ const JOURNAL_PAGE = 1000;
  * `src/core/domain/usage.ts` — the journal path of `getUsage` over entries the caller already read (the
  * console's account page sums its newest entries: docs/console.md). `query.account` must be the
  * entries' account; entries outside the query's range are not counted. With the account's closes
- * (`accountCloseCuts` of the revenue module), an entry a close moved is counted where `getUsage` books it: at the close's
- * `through`, on a catch-up row (docs/usage.md, "Closed months").
+ * (`accountCloseCuts` of the revenue module), an entry a close moved is counted where `getUsage`
+ * books it: at the close's `through`, on a catch-up row (docs/usage.md, "Closed months").
  */
 export function sumUsage(
   query: UsageQuery & { account: string },
