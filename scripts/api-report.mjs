@@ -33,8 +33,11 @@ const update = process.argv.includes("--update");
 // `TableSpecs`, `TableSpec` and `IndexSpec` named, the unused `SqlTable` gone, the module parts'
 // PostgreSQL types exported by `credit-management/store` alone, as the SQLite and MongoDB ones)
 // at 511; what `credits.closePeriod` answers (`PeriodClose` in ./models, docs/revenue.md
-// "Closing a month") at 512.
-const MAX_DECLARATIONS = 512;
+// "Closing a month") at 512; the parts a core manager is given (docs/modules.md, "Parts of the
+// core": `subscriptionsPart`, `notificationsPart`, `expirationPart`, their two option types,
+// `CorePart`, `ManagerParts`, `PartServices` in ./core, `CorePart` in the root beside
+// `CoreCreditService`, whose `notifications` takes one) at 521.
+const MAX_DECLARATIONS = 521;
 const require = createRequire(import.meta.url);
 // The TypeScript that API Extractor's program is built with, to read that program's symbols.
 const ts = createRequire(require.resolve("@microsoft/api-extractor"))("typescript");

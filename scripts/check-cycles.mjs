@@ -93,6 +93,8 @@ const RANK = {
   index: 8,
   store: 8,
   manager: 7,
+  // The factories of the core's parts (src/core/parts.ts): each builds its service.
+  parts: 6.5,
   // The package's own modules' store parts and the in-memory store with them; the store from the environment.
   "built-in-parts": 7,
   "from-env": 7,
@@ -113,6 +115,8 @@ const RANK = {
   domain: 3,
   // The core's module seam (src/core/module.ts): types, the registry and the account column helper.
   module: 3,
+  // The core's parts: their public shape and how each builds (src/core/part-builds.ts), types and a registry.
+  "part-builds": 3,
   models: 2,
   // credit-management/models: the core's models and every module's, beside them.
   "models-entry": 2,

@@ -6,6 +6,9 @@
  */
 import { ConfigurationError, ValidationError } from "./core/errors.js";
 import { CoreCreditService, type CoreCreditServiceOptions } from "./core/services/credit-service.js";
+import type { Thresholds } from "./core/domain/notifications.js";
+import type { CorePart } from "./core/part-builds.js";
+import { recordingOf } from "./core/services/outbox-recording.js";
 import { UserId, parse } from "./core/models/index.js";
 import { CustomerStatesQuery } from "./modules/customer-state/model.js";
 import type { UsageQuery, UsageReport } from "./core/models/usage.js";
@@ -46,6 +49,20 @@ import type { CustomerTokenOptions, CustomerTokenSettings } from "./modules/cust
 
 /** Options of `new CreditService()`: the core's, the price book and customer tokens. @public */
 export interface CreditServiceOptions extends CoreCreditServiceOptions {
+  /**
+   * Records notification events in the outbox, in the unit of work that causes them (see
+   * `NotificationService`): low credits below these thresholds, exhaustion, restoration, alerts,
+   * lapsed holds, and refusals for lack of credits. Omitted: no events are recorded (unless
+   * `notifications` or `domainEvents` is given). With `notifications`: a `ConfigurationError`.
+   */
+  alerts?: Thresholds;
+  /**
+   * Records a domain event per journal entry in the outbox, in the unit of work of the change
+   * (`credits_added`, `credits_deducted`, `hold_placed`, …: docs/events.md). Turns the outbox on
+   * (as `alerts: {}` does) when `alerts` is not given. Default false. With `notifications`: a
+   * `ConfigurationError`.
+   */
+  domainEvents?: boolean;
   /** The price book metered calls price tokens and costs with (docs/llm-metering.md). */
   pricing?: PricingService;
   /**
@@ -53,6 +70,20 @@ export interface CreditServiceOptions extends CoreCreditServiceOptions {
    * "For your customers"). Omitted: customer tokens are off.
    */
   customerTokens?: CustomerTokenSettings;
+}
+
+/** The notifications part of `options`: given, or of its `alerts` and `domainEvents` (src/core/parts.ts). */
+function notificationsOf(options: CreditServiceOptions): CorePart<"notifications"> | undefined {
+  const { alerts, domainEvents, notifications } = options;
+  if (domainEvents !== undefined && typeof domainEvents !== "boolean")
+    throw new ConfigurationError("[credit-management] CreditService: domainEvents must be a boolean");
+  if (notifications === undefined) return recordingOf(alerts, domainEvents === true, "CreditService");
+  if (alerts !== undefined || domainEvents !== undefined) {
+    throw new ConfigurationError(
+      "[credit-management] CreditService: give `alerts` and `domainEvents` to notificationsPart() when you pass `notifications`, not beside it",
+    );
+  }
+  return notifications;
 }
 
 const noTokens = () =>
@@ -81,6 +112,7 @@ export class CreditService extends CoreCreditService {
     const own = { metering, leases: leasesModule(metering), states: customerStateModule() };
     super({
       ...options,
+      notifications: notificationsOf(options),
       // The package's modules (ARCHITECTURE.md, "Modules"), each through the module seam, then the caller's.
       modules: [
         billing,

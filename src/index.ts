@@ -8,6 +8,8 @@ export {
   type HistoryPage,
   type ChargeReversals,
 } from "./core/services/credit-service.js";
+// What `CoreCreditServiceOptions.notifications` takes (`notificationsPart` of credit-management/core).
+export type { CorePart } from "./core/part-builds.js";
 export type { CustomerGrant, CustomerToken } from "./modules/customer-tokens/service.js";
 export { revenueCsv } from "./modules/revenue/csv.js";
 export { usageCsv } from "./modules/usage/csv.js";

@@ -2,6 +2,14 @@ import * as z from "zod/mini";
 import type { DbManager } from "./core/db/types.js";
 import type { LedgerLogger } from "./core/ledger/index.js";
 import { CoreManagerOptions, memoryByDefault, openCore } from "./core/manager.js";
+import {
+  ExpirationPartOptions,
+  expirationPart,
+  NotificationSettings,
+  notificationsWith,
+  QueueOption,
+  subscriptionsPart,
+} from "./core/parts.js";
 import { PriceBookInput } from "./modules/pricing/model.js";
 import { parseConfig } from "./core/models/parse.js";
 import { CustomerTokenSettings } from "./modules/customer-tokens/model.js";
@@ -28,7 +36,22 @@ import {
 } from "./transactions.js";
 
 /** Options of `createCreditManager`, validated like every public input: the core's and the modules'. @public */
-export const CreditManagerOptions = z.extend(CoreManagerOptions, {
+export const CreditManagerOptions = z.extend(z.omit(CoreManagerOptions, { parts: true }), {
+  /** Where notifications are delivered. Giving one (or `notifications`) turns notification events on. */
+  queue: z.optional(QueueOption),
+  /** Notification thresholds and delivery settings (docs/notifications.md). */
+  notifications: z.optional(NotificationSettings),
+  /**
+   * Record a domain event per journal entry in the outbox, with the change (docs/events.md). Turns
+   * the outbox on, as `queue` and `notifications` do. Default false.
+   */
+  domainEvents: z.optional(z.boolean()),
+  /**
+   * Idempotency keys: `retention` is how long a key answers retries — `"forever"` (default) or a
+   * window such as `"24h"` or `"30d"` (at least 1m), after which `expiration.runAll()` /
+   * `forgetIdempotencyKeys()` (the worker's jobs) forgets it (docs/running-for-years.md).
+   */
+  idempotency: ExpirationPartOptions.shape.idempotency,
   /** Payment providers and the credits a payment buys (docs/promos-and-payments.md). */
   payments: z.optional(PaymentManagerOptions),
   /**
@@ -122,15 +145,30 @@ export async function createCreditManager(options: CreditManagerOptions = {}): P
   const o = parseConfig(CreditManagerOptions, options, "options");
   const pricing = new PricingService(o.pricing === undefined ? {} : { book: o.pricing });
   // The package's own modules bring their store parts (promos and payments, the revenue summary).
+  // Every part of the core; notification events are recorded once `queue`, `notifications` or
+  // `domainEvents` is given (docs/notifications.md).
+  const recording = o.queue !== undefined || o.notifications !== undefined || o.domainEvents === true;
   const core = await openCore(
     { ...o, db: o.db === undefined ? defaultStore() : useBuiltInParts(o.db) },
     (x) => new CreditService({ ...x, pricing, customerTokens: o.customerTokens }),
+    {
+      subscriptions: subscriptionsPart(),
+      notifications: notificationsWith({ ...o.notifications, queue: o.queue, domainEvents: o.domainEvents }, recording),
+      expiration: expirationPart({ idempotency: o.idempotency }),
+    },
   );
-  const { credits, subscriptions, expiration, notifications, ledger, db, logger } = core;
+  const { credits, ledger, db, logger } = core;
+  const subscriptions = core.subscriptions as SubscriptionService;
+  const expiration = core.expiration as ExpirationService;
+  const notifications = core.notifications as NotificationService;
   // The services over the store, ledger and cache; `inTransaction` builds them again over its own.
   const build: ServiceFactory = (db, ledger, cache) => {
     const { credits, subscriptions } = core.build(db, ledger, cache);
-    return { credits, subscriptions, promos: new PromoService({ db, ledger, cache, clock: o.clock, logger, credits }) };
+    return {
+      credits,
+      subscriptions: subscriptions as SubscriptionService,
+      promos: new PromoService({ db, ledger, cache, clock: o.clock, logger, credits }),
+    };
   };
   const promos = new PromoService({ db, ledger, cache: o.cache, clock: o.clock, logger, credits });
   const payments = buildPaymentService({ db, ledger, cache: o.cache, clock: o.clock, logger, credits }, o.payments);

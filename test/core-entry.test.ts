@@ -1,7 +1,14 @@
 // credit-management/core (docs/modules.md): the core's own manager, without the modules, over the
 // same store as the full manager.
 import { describe, expect, it } from "vitest";
-import { createCreditManager as createCoreManager, CoreInMemoryDbManager } from "../src/core/index.js";
+import {
+  createCreditManager as createCoreManager,
+  CoreInMemoryDbManager,
+  expirationPart,
+  notificationsPart,
+  subscriptionsPart,
+} from "../src/core/index.js";
+import { InMemoryNotificationQueue } from "../src/core/queue/index.js";
 import { CoreCreditService } from "../src/index.js";
 import type { UnitHook } from "../src/core/services/unit-of-work.js";
 import { newNotification } from "../src/core/domain/notifications.js";
@@ -15,15 +22,8 @@ describe("credit-management/core", () => {
       expect(manager.credits).not.toBeInstanceOf(CreditService);
       for (const method of ["getUsage", "getRevenue", "getCustomerState", "meter", "leases", "customerToken"])
         expect(method in manager.credits, method).toBe(false);
-      expect(Object.keys(manager).sort()).toEqual([
-        "close",
-        "credits",
-        "db",
-        "expiration",
-        "ledger",
-        "notifications",
-        "subscriptions",
-      ]);
+      // Without parts: the ledger alone.
+      expect(Object.keys(manager).sort()).toEqual(["close", "credits", "db", "ledger"]);
       // Its default store holds the core's rows only; the full manager's adds the billing module's part.
       expect(manager.db).toBeInstanceOf(CoreInMemoryDbManager);
       expect(manager.db).not.toBeInstanceOf(InMemoryDbManager);
@@ -102,5 +102,119 @@ describe("credit-management/core", () => {
     ]);
     const rows = await db.listNotifications("h", { limit: 10 });
     expect(rows.map((r) => r.type)).toEqual(["low_credits"]);
+  });
+
+  describe("parts", () => {
+    const DAY = 86_400_000;
+
+    it("builds the service of each part given, under its name, and only those", async () => {
+      const queue = new InMemoryNotificationQueue();
+      const manager = await createCoreManager({
+        parts: {
+          subscriptions: subscriptionsPart(),
+          notifications: notificationsPart({ queue, lowCredits: 10 }),
+          expiration: expirationPart({ idempotency: { retention: "24h" } }),
+        },
+      });
+      try {
+        expect(Object.keys(manager).sort()).toEqual([
+          "close",
+          "credits",
+          "db",
+          "expiration",
+          "ledger",
+          "notifications",
+          "subscriptions",
+        ]);
+        await manager.subscriptions.createPlan({
+          id: "pro",
+          name: "Pro",
+          creditsPerPeriod: 20,
+          billingPeriod: "monthly",
+        });
+        await manager.subscriptions.subscribe("p", "pro");
+        expect(await manager.credits.getUserCreditsInfo("p")).toMatchObject({ balance: 20 });
+        // The notifications part records in the unit of work of the change: 20 → 5 crosses 10.
+        await manager.credits.deductCredits("p", 15);
+        const rows = await manager.db.listNotifications("p", { limit: 20 });
+        expect(rows.map((r) => r.type)).toContain("low_credits");
+        await manager.notifications.dispatchPending();
+        expect(queue.messages.map((m) => m.type)).toContain("low_credits");
+        // The jobs carry the notifications part's reminders and delivery, and the keys' retention.
+        const run = await manager.expiration.runAll();
+        expect(run.sendExpiringReminders).not.toBeNull();
+        expect(run.dispatchPending).not.toBeNull();
+        expect(run.forgetIdempotencyKeys).not.toBeNull();
+      } finally {
+        await manager.close();
+      }
+      const one = await createCoreManager({
+        parts: { subscriptions: subscriptionsPart(), expiration: expirationPart() },
+      });
+      expect(Object.keys(one).sort()).toEqual(["close", "credits", "db", "expiration", "ledger", "subscriptions"]);
+      // Without the notifications part the jobs record and deliver nothing; keys are kept for ever.
+      const run = await one.expiration.runAll();
+      expect(run.sendExpiringReminders).toBeNull();
+      expect(run.dispatchPending).toBeNull();
+      expect(run.forgetIdempotencyKeys).toBeNull();
+      await one.close();
+    });
+
+    it("records nothing in the outbox without the notifications part", async () => {
+      const db = new CoreInMemoryDbManager();
+      const manager = await createCoreManager({ db });
+      await manager.credits.addCredits("q", 5);
+      await expect(manager.credits.deductCredits("q", 50)).rejects.toMatchObject({ code: "INSUFFICIENT_CREDITS" });
+      await manager.credits.deductCredits("q", 5);
+      expect(await db.listNotifications("q", { limit: 10 })).toEqual([]);
+      await manager.close();
+    });
+
+    it("the jobs renew a subscription that another manager on the store made, without the subscriptions part", async () => {
+      const db = new InMemoryDbManager();
+      let now = Date.now();
+      const clock = () => new Date(now);
+      const full = await createCreditManager({ db, clock });
+      await full.subscriptions.createPlan({ id: "day", name: "Daily", creditsPerPeriod: 7, billingPeriod: "daily" });
+      await full.subscriptions.subscribe("r", "day");
+      const core = await createCoreManager({ db, clock, init: false, parts: { expiration: expirationPart() } });
+      now += 2 * DAY + 1000;
+      const report = await core.expiration.renewDueSubscriptions();
+      expect(report.renewed).toBeGreaterThan(0);
+      expect((await core.credits.audit("r")).problems).toEqual([]);
+      await core.close();
+      await full.close();
+    });
+
+    it("refuses a part that its factory did not make, an unknown part and bad part options", async () => {
+      await expect(createCoreManager({ parts: { subscriptions: { part: "subscriptions" } } })).rejects.toBeInstanceOf(
+        ConfigurationError,
+      );
+      await expect(
+        createCoreManager({ parts: { notifications: subscriptionsPart() } } as never),
+      ).rejects.toBeInstanceOf(ConfigurationError);
+      await expect(createCoreManager({ parts: { jobs: expirationPart() } } as never)).rejects.toBeInstanceOf(
+        ConfigurationError,
+      );
+      expect(() => notificationsPart({ maxAttempts: 0 })).toThrow(ConfigurationError);
+      expect(() => notificationsPart({ alerts: [{ id: "x", kind: "nope", atOrBelow: 1 }] } as never)).toThrow(
+        ConfigurationError,
+      );
+      expect(() => expirationPart({ idempotency: { retention: "1s" } })).toThrow(ConfigurationError);
+      // The core manager takes notification settings only through the part.
+      await expect(createCoreManager({ queue: new InMemoryNotificationQueue() } as never)).rejects.toBeInstanceOf(
+        ConfigurationError,
+      );
+    });
+
+    it("a CreditService takes alerts and domainEvents, or a notifications part, not both", () => {
+      const db = new InMemoryDbManager();
+      expect(() => new CreditService({ db, alerts: {}, notifications: notificationsPart() })).toThrow(
+        ConfigurationError,
+      );
+      expect(() => new CoreCreditService({ db, notifications: { part: "notifications" } as never })).toThrow(
+        ConfigurationError,
+      );
+    });
   });
 });

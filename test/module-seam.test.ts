@@ -7,6 +7,7 @@ import { ConfigurationError, createCreditManager, CreditError, ValidationError }
 import {
   accountColumn,
   createCreditManager as createCoreManager,
+  notificationsPart,
   type CreditModule,
   type ModuleContext,
 } from "../src/core/index.js";
@@ -62,7 +63,11 @@ function referrals() {
 describe("a module outside src/ through CreditModule", () => {
   for (const [name, create] of [
     ["the root's createCreditManager", createCreditManager],
-    ["credit-management/core's createCreditManager", createCoreManager],
+    [
+      "credit-management/core's createCreditManager",
+      (o: { modules?: CreditModule[] } = {}) =>
+        createCoreManager({ ...o, parts: { notifications: notificationsPart() } }),
+    ],
   ] as const) {
     it(`${name}: registers its error code, notification type, grant source and account column`, async () => {
       const { module, count, seen } = referrals();
@@ -132,7 +137,7 @@ describe("a module outside src/ through CreditModule", () => {
   }
 
   it("the core's own types list no module: promo and payment are the billing module's, on the root's manager only", async () => {
-    const core = await createCoreManager();
+    const core = await createCoreManager({ parts: { notifications: notificationsPart() } });
     const full = await createCreditManager();
     try {
       await expect(core.credits.addCredits("u", 10, { source: "promo" })).rejects.toBeInstanceOf(ValidationError);

@@ -6,7 +6,7 @@ import { join } from "node:path";
 import Database from "better-sqlite3";
 import pg from "pg";
 import { describe, expect, it } from "vitest";
-import { type CreditModule, createCreditManager } from "../src/core/index.js";
+import { type CreditModule, createCreditManager, notificationsPart } from "../src/core/index.js";
 import type { DbManager } from "../src/core/db/types.js";
 import { PostgresDbManager } from "../src/db/postgres/index.js";
 import { SqliteDbManager } from "../src/db/sqlite/index.js";
@@ -22,7 +22,11 @@ const referrals: CreditModule = {
 
 /** Adds credits with the module's source and emits its notification type, then reads both back. */
 async function roundTrip(db: DbManager): Promise<void> {
-  const manager = await createCreditManager({ db, modules: [referrals] });
+  const manager = await createCreditManager({
+    db,
+    modules: [referrals],
+    parts: { notifications: notificationsPart() },
+  });
   try {
     await manager.credits.addCredits("u", 10, { source: "referral", sourceRef: "friend-1" });
     await manager.credits.addCredits("u", 5, { source: "manual" });

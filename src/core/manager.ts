@@ -11,7 +11,6 @@ import type { Cache } from "./cache/index.js";
 import { CoreInMemoryDbManager } from "./db/memory/index.js";
 import type { DbManager } from "./db/types.js";
 import { LedgerLogger } from "./ledger/index.js";
-import { AlertThresholds } from "./models/alerts.js";
 import {
   CheckpointEvery,
   FeatureRules,
@@ -22,13 +21,20 @@ import {
   OverdraftLimits,
   TrialCredits,
 } from "./models/inputs.js";
-import { ThresholdSpec } from "./models/notifications.js";
 import { parseConfig } from "./models/parse.js";
-import type { NotificationQueue } from "./queue/index.js";
 import { CoreCreditService, type CoreCreditServiceOptions } from "./services/credit-service.js";
-import { ExpirationService, IdempotencyRetention } from "./services/expiration-service.js";
-import { SubscriptionService } from "./services/subscription-service.js";
-import { NotificationService } from "./services/notification-service.js";
+import type { ExpirationService } from "./services/expiration-service.js";
+import type { SubscriptionService } from "./services/subscription-service.js";
+import type { NotificationService } from "./services/notification-service.js";
+import {
+  expirationBuild,
+  isPart,
+  notificationsBuild,
+  subscriptionsBuild,
+  type CorePart,
+  type ManagerParts,
+  type PartServices,
+} from "./part-builds.js";
 
 const isObject = (v: unknown) => typeof v === "object" && v !== null;
 
@@ -83,35 +89,6 @@ export const CoreManagerOptions = z.strictObject({
    * uncertain errors"). Default 5,000.
    */
   outcomeWaitMs: z.optional(OutcomeWaitMs),
-  /** Where notifications are delivered. Giving one (or `notifications`) turns notification events on. */
-  queue: z.optional(
-    z.custom<NotificationQueue>((v) => isObject(v) && typeof (v as NotificationQueue).publish === "function", {
-      error: "queue must implement NotificationQueue",
-    }),
-  ),
-  /** Notification thresholds and delivery settings (docs/notifications.md). */
-  notifications: z.optional(
-    z.extend(ThresholdSpec, {
-      /** Delivery attempts before a row is `failed`. Default 10. */
-      maxAttempts: z.optional(z.number().check(z.int(), z.minimum(1), z.maximum(1000))),
-      /** First retry delay in ms (doubles per failure). Default 1,000. */
-      backoffBaseMs: z.optional(z.number().check(z.int(), z.minimum(1))),
-      /** Longest retry delay in ms. Default 3,600,000. */
-      backoffMaxMs: z.optional(z.number().check(z.int(), z.minimum(1))),
-      /** A dispatcher's claim on a row, in ms. Default 60,000. */
-      leaseMs: z.optional(z.number().check(z.int(), z.minimum(100))),
-      /** Longest wait for one publish, in ms (at most `leaseMs`). Default half of `leaseMs`. */
-      publishTimeoutMs: z.optional(z.number().check(z.int(), z.minimum(1))),
-      /** The expiring-credit reminder windows `expiration.runAll()` records, in days. Default `[7]`; `[]`: none. */
-      reminderDays: z.optional(z.array(z.number().check(z.minimum(0), z.maximum(3650))).check(z.maxLength(16))),
-      /**
-       * The alert thresholds of every account without its own (docs/notifications.md, "Alerts"):
-       * available credits, what is left as a percentage, spend in a calendar window, credits expiring
-       * soon; `notifications.setAlerts` gives an account its own.
-       */
-      alerts: z.optional(AlertThresholds),
-    }),
-  ),
   /** Trial credits granted once, when a user's account is first created (see `TrialCredits`). */
   trial: z.optional(TrialCredits),
   /**
@@ -120,17 +97,6 @@ export const CoreManagerOptions = z.strictObject({
    */
   features: z.optional(FeatureRules),
   /**
-   * Record a domain event per journal entry in the outbox, with the change (docs/events.md). Turns
-   * the outbox on, as `queue` and `notifications` do. Default false.
-   */
-  domainEvents: z.optional(z.boolean()),
-  /**
-   * Idempotency keys: `retention` is how long a key answers retries — `"forever"` (default) or a
-   * window such as `"24h"` or `"30d"` (at least 1m), after which `expiration.runAll()` /
-   * `forgetIdempotencyKeys()` (the worker's jobs) forgets it (docs/running-for-years.md).
-   */
-  idempotency: z.optional(z.strictObject({ retention: z.optional(IdempotencyRetention) })),
-  /**
    * Keys the journal's hash chain (docs/concepts.md, "A keyed chain"): `{ current, keys }`, each key
    * at least 32 bytes, kept outside the database. New entries are signed with HMAC-SHA256 under
    * `keys[current]`; `audit()` verifies each keyed entry with the key it names. Default: none.
@@ -138,6 +104,34 @@ export const CoreManagerOptions = z.strictObject({
   journalKeys: z.optional(JournalKeysOptions),
   /** Run `db.init()` (create tables/indexes). Default true. */
   init: z.optional(z.boolean()),
+  /**
+   * The parts of the core the manager builds besides `credits` (docs/modules.md, "Parts of the
+   * core"): `{ subscriptions: subscriptionsPart(), notifications: notificationsPart(options),
+   * expiration: expirationPart(options) }`, each under its service's name. Default none: the
+   * ledger alone.
+   */
+  parts: z.optional(
+    z.strictObject({
+      subscriptions: z.optional(
+        z.custom<CorePart<"subscriptions">>((v) => isPart(v, "subscriptions"), {
+          error: "parts.subscriptions must be what subscriptionsPart() returns",
+        }),
+      ),
+      notifications: z.optional(
+        z.custom<CorePart<"notifications">>(
+          (v) => isPart(v, "notifications") && notificationsBuild(v as CorePart<"notifications">).service !== undefined,
+          {
+            error: "parts.notifications must be what notificationsPart() returns",
+          },
+        ),
+      ),
+      expiration: z.optional(
+        z.custom<CorePart<"expiration">>((v) => isPart(v, "expiration"), {
+          error: "parts.expiration must be what expirationPart() returns",
+        }),
+      ),
+    }),
+  ),
   /**
    * Modules the manager carries besides its own (docs/modules.md, "Writing a module"): their error
    * codes, notification and event types, grant sources, account columns, unit hooks and audit
@@ -156,7 +150,15 @@ export const CoreManagerOptions = z.strictObject({
   ),
 });
 /** Options of the core's `createCreditManager`, validated like every public input. @public */
-export interface CoreManagerOptions extends Omit<z.input<typeof CoreManagerOptions>, "modules"> {
+export interface CoreManagerOptions<P extends ManagerParts = ManagerParts> extends Omit<
+  z.input<typeof CoreManagerOptions>,
+  "modules" | "parts"
+> {
+  /**
+   * The parts of the core the manager builds besides `credits` (docs/modules.md, "Parts of the
+   * core"), each under its service's name. Default none: the ledger alone.
+   */
+  parts?: P;
   /**
    * Modules the manager carries besides its own (docs/modules.md, "Writing a module").
    *
@@ -165,32 +167,43 @@ export interface CoreManagerOptions extends Omit<z.input<typeof CoreManagerOptio
   modules?: readonly CreditModule[];
 }
 
-/** The core's services over one store, ledger and cache. @public */
-export interface CoreManager<C extends CoreCreditService = CoreCreditService> {
+/**
+ * The core's manager over one store, ledger and cache: `credits`, `ledger`, `db`, and the service of
+ * each part it was given (`P`, its `parts` option: `PartServices`). @public
+ */
+export type CoreManager<P extends ManagerParts = Record<never, never>> = {
   /** Credits, holds, the journal and limits of each account. */
-  credits: C;
-  /** Plans and subscriptions. */
-  subscriptions: SubscriptionService;
-  /** The maintenance jobs. */
-  expiration: ExpirationService;
-  /** The outbox dispatcher, thresholds and emit hook; events are recorded once `queue` or `notifications` is given. */
-  notifications: NotificationService;
+  credits: CoreCreditService;
   /** The audit ledger. */
   ledger: LedgerLogger;
   /** The store the services use. */
   db: DbManager;
-  /** Flushes and closes the ledger file, then closes the store. */
+  /** Stops the notifications' dispatcher (with that part), flushes and closes the ledger file, then closes the store. */
   close(): Promise<void>;
-}
+} & PartServices<P>;
 
 /** The core's services and what a manager over them builds more with (src/manager.ts). @beta */
-export interface CoreParts<C extends CoreCreditService> extends CoreManager<C> {
+export interface OpenedCore<C extends CoreCreditService> {
+  /** Credits, holds, the journal and limits of each account. */
+  credits: C;
+  /** The audit ledger. */
+  ledger: LedgerLogger;
+  /** The store the services use. */
+  db: DbManager;
+  /** Stops the notifications' dispatcher, flushes and closes the ledger file, then closes the store. */
+  close(): Promise<void>;
+  /** The subscriptions part's service, when given. */
+  subscriptions: SubscriptionService | undefined;
+  /** The notifications part's service, when given. */
+  notifications: NotificationService | undefined;
+  /** The jobs' part's service, when given. */
+  expiration: ExpirationService | undefined;
   /** The credit and subscription services over a store, ledger and cache (`inTransaction` builds them over its own). */
   build(
     db: DbManager,
     ledger: LedgerLogger,
     cache: Cache | undefined,
-  ): { credits: C; subscriptions: SubscriptionService };
+  ): { credits: C; subscriptions: SubscriptionService | undefined };
   /** Where the services log. */
   logger: Logger;
 }
@@ -203,13 +216,14 @@ export const memoryByDefault = new WeakSet<object>();
 
 /**
  * Opens the store and builds the core's services from options `o` (validated by a schema that holds
- * `CoreManagerOptions`' fields); `makeCredits` builds the credit service.
+ * `CoreManagerOptions`' fields) and the parts given; `makeCredits` builds the credit service.
  * @beta
  */
 export async function openCore<C extends CoreCreditService>(
-  o: z.output<typeof CoreManagerOptions>,
+  o: Omit<z.output<typeof CoreManagerOptions>, "parts">,
   makeCredits: (options: CoreCreditServiceOptions) => C,
-): Promise<CoreParts<C>> {
+  parts: ManagerParts,
+): Promise<OpenedCore<C>> {
   const db = o.db ?? new CoreInMemoryDbManager();
   const logger = o.logger ?? silentLogger;
   if (o.db === undefined || memoryByDefault.has(o.db)) noteMemoryStore(logger);
@@ -219,10 +233,7 @@ export async function openCore<C extends CoreCreditService>(
     if (m.store !== undefined) db.usePart?.(m.store);
   if (o.init !== false) await db.init();
   const ledger = new LedgerLogger({ db, filePath: o.ledger ? o.ledger.filePath : false, logger, clock: o.clock });
-  const n = o.notifications;
-  const thresholds = n === undefined ? {} : { lowCredits: n.lowCredits, lowCreditsPercent: n.lowCreditsPercent };
-  const alertDefaults = n?.alerts ?? [];
-  const alertsOn = o.queue !== undefined || n !== undefined || o.domainEvents === true;
+  const notifying = parts.notifications && notificationsBuild(parts.notifications);
   const creditOptions = {
     clock: o.clock,
     logger,
@@ -232,46 +243,33 @@ export async function openCore<C extends CoreCreditService>(
     lateUsageWindowDays: o.lateUsageWindowDays,
     checkpointEvery: o.checkpointEvery,
     outcomeWaitMs: o.outcomeWaitMs,
-    alerts: alertsOn ? { ...thresholds, alerts: alertDefaults } : undefined,
+    // Its units of work record in the outbox while the part records (src/core/services/outbox-recording.ts).
+    notifications: notifying?.outbox === undefined ? undefined : parts.notifications,
     trial: o.trial,
     features: o.features,
-    domainEvents: o.domainEvents,
     journalKeys: o.journalKeys,
+    // Periods start on time on every manager (docs/subscriptions.md): another manager may have
+    // subscribed accounts in the same store.
     subscriptions: true,
     // Checked whole by the credit service's registry (`moduleRegistry`).
     modules: o.modules as readonly CreditModule[] | undefined,
   };
   const build = (db: DbManager, ledger: LedgerLogger, cache: Cache | undefined) => {
     const credits = makeCredits({ ...creditOptions, db, ledger, cache });
-    return { credits, subscriptions: new SubscriptionService({ db, ledger, cache, clock: o.clock, logger, credits }) };
+    const context = { db, ledger, cache, clock: o.clock, logger, credits };
+    return { credits, subscriptions: parts.subscriptions && subscriptionsBuild(parts.subscriptions).service(context) };
   };
   const { credits, subscriptions } = build(db, ledger, o.cache);
-  const notifications = new NotificationService({
-    db,
-    queue: o.queue,
-    thresholds,
-    alerts: alertDefaults,
-    clock: o.clock,
-    logger,
-    maxAttempts: n?.maxAttempts,
-    backoffBaseMs: n?.backoffBaseMs,
-    backoffMaxMs: n?.backoffMaxMs,
-    leaseMs: n?.leaseMs,
-    publishTimeoutMs: n?.publishTimeoutMs,
-    recording: alertsOn,
-    credits,
-  });
-  const expiration = new ExpirationService({
-    db,
-    credits,
-    subscriptions,
-    ledger,
-    clock: o.clock,
-    logger,
-    notifications: alertsOn ? notifications : undefined,
-    reminderDays: n?.reminderDays,
-    idempotencyRetention: o.idempotency?.retention,
-  });
+  const context = { db, ledger, cache: o.cache, clock: o.clock, logger, credits };
+  const notifications = notifying?.service?.(context);
+  const expiration =
+    parts.expiration &&
+    expirationBuild(parts.expiration).service({
+      ...context,
+      subscriptions,
+      notifications,
+      reminderDays: notifying?.reminderDays,
+    });
   let closed = false;
   return {
     credits,
@@ -285,7 +283,7 @@ export async function openCore<C extends CoreCreditService>(
     async close() {
       if (closed) return;
       closed = true;
-      await notifications.stop();
+      await notifications?.stop();
       await ledger.close();
       await db.close();
     },
@@ -293,13 +291,25 @@ export async function openCore<C extends CoreCreditService>(
 }
 
 /**
- * The core's services over one store, ledger and cache, without the modules (ARCHITECTURE.md,
- * "Modules"): `credits`, `subscriptions`, `expiration`, `notifications`. Bad options:
+ * The core's manager over one store, ledger and cache, without the modules (ARCHITECTURE.md,
+ * "Modules"): `credits`, and the service of each part in `options.parts` — `subscriptions`,
+ * `notifications`, `expiration` (docs/modules.md, "Parts of the core"). Bad options:
  * `ConfigurationError`.
  * @public
  */
-export async function createCreditManager(options: CoreManagerOptions = {}): Promise<CoreManager> {
-  const o = parseConfig(CoreManagerOptions, options, "options");
-  const { build: _build, logger: _logger, ...manager } = await openCore(o, (x) => new CoreCreditService(x));
-  return manager;
+export async function createCreditManager<const P extends ManagerParts = Record<never, never>>(
+  options: CoreManagerOptions<P> = {},
+): Promise<CoreManager<P>> {
+  const { parts, ...o } = parseConfig(CoreManagerOptions, options, "options");
+  const core = await openCore(o, (x) => new CoreCreditService(x), parts ?? {});
+  const manager: Record<string, unknown> = {
+    credits: core.credits,
+    ledger: core.ledger,
+    db: core.db,
+    close: core.close,
+  };
+  if (core.subscriptions !== undefined) manager.subscriptions = core.subscriptions;
+  if (core.notifications !== undefined) manager.notifications = core.notifications;
+  if (core.expiration !== undefined) manager.expiration = core.expiration;
+  return manager as CoreManager<P>;
 }

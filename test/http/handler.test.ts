@@ -1,7 +1,12 @@
 import { Validator } from "@seriousme/openapi-schema-validator";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { ConfigurationError, createCreditManager, CreditError, type CreditManager } from "../../src/index.js";
-import { createCreditManager as createCoreManager } from "../../src/core/index.js";
+import {
+  createCreditManager as createCoreManager,
+  expirationPart,
+  notificationsPart,
+  subscriptionsPart,
+} from "../../src/core/index.js";
 import { createCreditHandler, HttpError, type Identity, type RouteDefinition } from "../../src/http/index.js";
 import { createServer } from "node:http";
 import express from "express";
@@ -491,7 +496,10 @@ describe("createCreditHandler setup", () => {
     await m.close();
   });
   it("refuses the core's manager (credit-management/core), as JavaScript would pass it, naming what it lacks", async () => {
-    const core = await createCoreManager();
+    // With every part of the core, it still lacks the modules.
+    const core = await createCoreManager({
+      parts: { subscriptions: subscriptionsPart(), notifications: notificationsPart(), expiration: expirationPart() },
+    });
     try {
       // From JavaScript nothing stops it: the cast stands for that.
       const build = () => createCreditHandler(core as never, { trustUserIdHeader: true });

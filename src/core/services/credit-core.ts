@@ -21,7 +21,7 @@ import {
 } from "../module.js";
 import type { UnitWork } from "../domain/unit-work.js";
 import { ModuleWork } from "./module-work.js";
-import { AlertThresholds } from "../models/alerts.js";
+import { isPart, notificationsBuild } from "../part-builds.js";
 import { DEFAULT_UNIT } from "../models/common.js";
 import type { Reservation } from "../models/entities.js";
 import {
@@ -52,12 +52,6 @@ import type * as z from "zod/mini";
 
 /** `outcomeWaitMs` when none is given (docs/concepts.md, "Certain and uncertain errors"). */
 const DEFAULT_OUTCOME_WAIT_MS = 5000;
-
-/** `alerts` with its alert thresholds validated (docs/notifications.md, "Alerts"). */
-function alertsOf(alerts: CoreCreditServiceOptions["alerts"]): CoreCreditServiceOptions["alerts"] {
-  if (alerts?.alerts === undefined) return alerts;
-  return { ...alerts, alerts: parseConfig(AlertThresholds, alerts.alerts, "alerts.alerts", "CreditService") };
-}
 
 /*
  * What the services of this package share of a `CoreCreditService` besides its public API: the unit-of-work
@@ -140,10 +134,11 @@ export class CreditCore {
     this.unitOverdraftLimits = Object.fromEntries(
       Object.entries(others).map(([unit, limit]) => [unit, limit === "unlimited" ? null : limit]),
     );
-    if (options.domainEvents !== undefined && typeof options.domainEvents !== "boolean") {
-      throw new ConfigurationError("[credit-management] CreditService: domainEvents must be a boolean");
+    if (options.notifications !== undefined && !isPart(options.notifications, "notifications")) {
+      throw new ConfigurationError(
+        "[credit-management] CreditService: notifications must be what notificationsPart() returns",
+      );
     }
-    const withEvents = options.domainEvents === true;
     const trial =
       options.trial === undefined ? undefined : parseConfig(TrialCredits, options.trial, "trial", "CreditService");
     this.features = parseConfig(FeatureRules, options.features ?? {}, "features", "CreditService");
@@ -183,10 +178,9 @@ export class CreditCore {
       cache: this.cache,
       clock: this.clock,
       logger: this.logger,
-      alerts: alertsOf(options.alerts) ?? (withEvents ? {} : undefined),
+      outbox: options.notifications && notificationsBuild(options.notifications).outbox,
       trial,
       features: this.features,
-      domainEvents: withEvents,
       checkpointEvery,
       outcomeWaitMs,
       periods: periods && ((userId) => periods.bringDue(userId)),
@@ -408,7 +402,7 @@ export function moduleContext(core: CreditCore, module: CreditModule): ModuleCon
     registry: core.registry,
     overdraftLimit: core.overdraftLimit,
     features: core.features,
-    alerts: units.config.alerts,
+    alerts: units.config.outbox?.thresholds,
     unitOf: core.unitOf.bind(core),
     hold: core.hold.bind(core),
     commitHold: core.commitHold.bind(core),

@@ -1,7 +1,7 @@
 import type { Logger } from "../logger.js";
 import type { Cache } from "../cache/index.js";
 import type { DbManager } from "../db/types.js";
-import type { Thresholds } from "../domain/notifications.js";
+import type { CorePart } from "../part-builds.js";
 import { compareGrants, isDue } from "../domain/order.js";
 import type { AuditReport } from "../domain/replay.js";
 import { decideFeature, type CheckResult, type FeatureRule } from "../domain/checks.js";
@@ -89,11 +89,12 @@ export interface CoreCreditServiceOptions {
   /** TTL of cached credit-info reads, in seconds. Default 30. */
   cacheTtlSeconds?: number;
   /**
-   * Records notification events in the outbox, in the unit of work that causes them (see
-   * `NotificationService`): low credits below these thresholds, exhaustion, restoration, lapsed
-   * holds, and refusals for lack of credits. Omitted: no events are recorded.
+   * Records notification events in the outbox, in the unit of work that causes them
+   * (`notificationsPart(options)`, docs/notifications.md): low credits below its thresholds,
+   * exhaustion, restoration, alerts, lapsed holds, refusals for lack of credits, and a domain event
+   * per journal entry with its `domainEvents`. Omitted: no events are recorded.
    */
-  alerts?: Thresholds;
+  notifications?: CorePart<"notifications">;
   /**
    * Trial credits granted once per user, in the unit of work that first creates the account (see
    * `grantTrial`): never to an account that existed before, whatever its balance. Omitted: none.
@@ -101,15 +102,9 @@ export interface CoreCreditServiceOptions {
   trial?: TrialCredits;
   /**
    * Per-feature rules for `check()`: `{ [feature]: { minAvailable } }`. With notifications on
-   * (`alerts`), a change that flips a feature records `feature_status_changed`.
+   * (`notifications`), a change that flips a feature records `feature_status_changed`.
    */
   features?: FeatureRules;
-  /**
-   * Records a domain event per journal entry in the outbox, in the unit of work of the change
-   * (`credits_added`, `credits_deducted`, `hold_placed`, …: docs/events.md). Turns the outbox on
-   * (as `alerts: {}` does) when `alerts` is not given. Default false.
-   */
-  domainEvents?: boolean;
   /**
    * Writes a checkpoint entry in the unit of work that takes an account's journal past a multiple
    * of this many entries (docs/operations.md, "Checkpoints and archival"). Default: none (the

@@ -11,7 +11,8 @@ import {
   type Thresholds,
 } from "../domain/notifications.js";
 import { expiresBeyondScan, expiringScanDays, hasEndedSpendWindow } from "../domain/alerts.js";
-import { alertInputs } from "./alert-reads.js";
+import { alertInputs, withRecounts } from "./alert-reads.js";
+import { outboxRecording } from "./outbox-recording.js";
 import { AlertThresholds, type AlertStatus, type AlertThreshold } from "../models/alerts.js";
 import { Metadata, UserId } from "../models/common.js";
 import { ExpiringDays } from "../models/inputs.js";
@@ -256,19 +257,21 @@ export class NotificationService {
    * periods, domain events and module hooks) with this service's thresholds; else one over `db`.
    */
   private evaluator(credits: CoreCreditService | undefined): UnitRunner {
-    const alerts = this.thresholds;
     // No trial: an evaluation opens no account (one never changed is left alone).
-    if (credits !== undefined) return new UnitRunner({ ...creditCore(credits).units.config, alerts, trial: undefined });
+    if (credits !== undefined) {
+      const config = creditCore(credits).units.config;
+      const outbox = outboxRecording(this.thresholds, config.outbox?.domainEvents ?? false);
+      return new UnitRunner({ ...config, outbox, trial: undefined });
+    }
     return new UnitRunner({
       db: this.db,
       ledger: undefined,
       cache: undefined,
       clock: this.clock,
       logger: this.logger,
-      alerts,
+      outbox: outboxRecording(this.thresholds, false),
       trial: undefined,
       features: {},
-      domainEvents: false,
       checkpointEvery: undefined,
       outcomeWaitMs: 5000,
       periods: undefined,
@@ -318,19 +321,22 @@ export class NotificationService {
         "[credit-management] notifications.setAlerts: alerts are evaluated only while notification events are recorded: give createCreditManager `notifications` (or `queue`)",
       );
     }
-    await saveAccountOnly(this.db, user, this.clock, async (account, now, grants, counting) => {
-      const prev: AlertState = account.alert ?? { level: null, threshold: 0, lastAllocation: 0, override: null };
-      account.alert = { ...prev, thresholds: list };
-      // Without recording only null gets here: nothing to evaluate.
-      if (!this.recording) return [];
-      // The spend already captured in each `period_spend` window counts, recounted beside the unit
-      // of work (src/core/services/alert-reads.ts).
-      const inputs = await alertInputs(this.db, account, account.seq, this.thresholds.alerts, now, {
-        recount: true,
-        ...counting,
-      });
-      return alertNotifications(account, [], grants, this.thresholds, now, inputs).notifications;
-    });
+    // The spend already captured in each `period_spend` window counts, recounted beside the unit of
+    // work (src/core/services/alert-reads.ts).
+    await withRecounts(this.db, user, (counted, inline) =>
+      saveAccountOnly(this.db, user, this.clock, async (account, now, grants) => {
+        const prev: AlertState = account.alert ?? { level: null, threshold: 0, lastAllocation: 0, override: null };
+        account.alert = { ...prev, thresholds: list };
+        // Without recording only null gets here: nothing to evaluate.
+        if (!this.recording) return [];
+        const inputs = await alertInputs(this.db, account, account.seq, this.thresholds.alerts, now, {
+          recount: true,
+          counted,
+          inline,
+        });
+        return alertNotifications(account, [], grants, this.thresholds, now, inputs).notifications;
+      }),
+    );
   }
 
   /**

@@ -7,18 +7,11 @@ import { backoff, sleep, type BackoffOptions } from "../db/store/retry.js";
 import { AccountWork, type EntryMeta } from "../domain/account-work.js";
 import type { UnitWork } from "../domain/unit-work.js";
 import type { JournalKey } from "../domain/journal-keys.js";
-import {
-  alertNotifications,
-  expiredHoldNotifications,
-  eventNotifications,
-  limitNotifications,
-  newNotification,
-  type Thresholds,
-} from "../domain/notifications.js";
-import { alertInputs, RECOUNTS, RecountNeeded, recountSpend, withRecounts, type SpendRecount } from "./alert-reads.js";
+import { newNotification } from "../domain/notifications.js";
+import { RECOUNTS, type SpendRecount } from "./alert-reads.js";
+import type { OutboxRecording } from "./outbox-recording.js";
 import { grantTrial } from "../domain/trial.js";
-import { domainEvents } from "../domain/events.js";
-import { featureFlips, type FeatureRule } from "../domain/checks.js";
+import type { FeatureRule } from "../domain/checks.js";
 import {
   ConflictError,
   CreditError,
@@ -183,7 +176,7 @@ class UnitRun<T> {
     try {
       result = await this.body(work, tx, unit);
     } catch (error) {
-      if (error instanceof InsufficientCreditsError && this.runner.config.alerts !== undefined)
+      if (error instanceof InsufficientCreditsError && this.runner.config.outbox !== undefined)
         this.refused = { seq: work.account.seq, error };
       throw error;
     }
@@ -204,8 +197,11 @@ class UnitRun<T> {
     if (!work.changed && !hasExtra) return this.evaluateOnly(tx, work, outcome);
     const changes: Changes = work.changes();
     if (extra !== undefined && hasExtra) changes.rows = extra;
-    if (this.runner.config.alerts !== undefined)
-      await this.runner.addNotifications(work, changes, { counted: this.counted, inline: this.inline });
+    if (this.runner.config.outbox !== undefined)
+      await this.runner.addNotifications(this.runner.config.outbox, work, changes, {
+        counted: this.counted,
+        inline: this.inline,
+      });
     // What the modules decide in the same unit of work (the billing module: an auto top-up).
     const attach = (rows: ModuleRows): void => {
       changes.rows = mergeModuleRows([changes.rows, rows]);
@@ -240,9 +236,10 @@ class UnitRun<T> {
    * moved. An account never changed is left alone (its thresholds wait for its first change).
    */
   private async evaluateOnly(tx: DbTransaction, work: AccountWork, outcome: UnitOutcome<T>): Promise<UnitOutcome<T>> {
-    if (!this.evaluate || this.runner.config.alerts === undefined || work.account.seq === 0) return outcome;
+    const outbox = this.runner.config.outbox;
+    if (!this.evaluate || outbox === undefined || work.account.seq === 0) return outcome;
     const changes = work.changes();
-    if (!(await this.runner.addNotifications(work, changes, { counted: this.counted, inline: this.inline })))
+    if (!(await this.runner.addNotifications(outbox, work, changes, { counted: this.counted, inline: this.inline })))
       return outcome;
     this.saved = outcome;
     await tx.save(changes);
@@ -268,11 +265,13 @@ export interface UnitRunnerOptions {
   cache: CacheAside | undefined;
   clock: () => Date;
   logger: Logger | undefined;
-  /** Thresholds of the alerts recorded in the outbox; undefined: no outbox rows. */
-  alerts: Thresholds | undefined;
+  /**
+   * What units of work record in the outbox: the alerts with their thresholds, the domain events
+   * (src/core/services/outbox-recording.ts, given by the notifications part); undefined: no outbox rows.
+   */
+  outbox: OutboxRecording | undefined;
   trial: ParsedTrial | undefined;
   features: Readonly<Record<string, FeatureRule>>;
-  domainEvents: boolean;
   /** Write a checkpoint entry each time an account's seq passes a multiple of this (`checkpointEvery`). */
   checkpointEvery: number | undefined;
   /**
@@ -322,11 +321,7 @@ export type UnitHook = (unit: {
  * change an account. @internal
  */
 export class UnitRunner {
-  private readonly hasFeatures: boolean;
-
-  constructor(readonly config: UnitRunnerOptions) {
-    this.hasFeatures = Object.keys(config.features).length > 0;
-  }
+  constructor(readonly config: UnitRunnerOptions) {}
 
   /**
    * One unit of work: load, answer a repeated idempotency key with the first result, settle what
@@ -409,8 +404,9 @@ export class UnitRunner {
       try {
         return await this.config.db.transaction(userId, (tx) => unit.attempt(tx));
       } catch (error) {
-        if (!(error instanceof RecountNeeded) || unit.inline) throw error;
-        unit.counted = await recountSpend(this.config.db, userId, error.thresholds, error.cycle, error.at);
+        const counting = unit.inline ? undefined : this.config.outbox?.recount(this.config.db, userId, error);
+        if (counting === undefined) throw error;
+        unit.counted = await counting;
       }
     }
   }
@@ -581,59 +577,18 @@ export class UnitRunner {
     throw error;
   }
 
-  /** `feature_status_changed` for each feature whose allowed state this unit of work flipped. */
-  private featureNotifications(work: AccountWork, after: Account): readonly Notification[] {
-    if (!this.hasFeatures) return [];
-    const was = work.loaded;
-    const before = was === null ? 0 : was.balance - was.reserved;
-    const now = after.balance - after.reserved;
-    return featureFlips(before, now, this.config.features).map((f) =>
-      newNotification(
-        work.userId,
-        "feature_status_changed",
-        { ...f, available: now, previousAvailable: before },
-        work.now,
-        null,
-      ),
-    );
-  }
-
   /**
-   * The outbox rows of a change (none: nothing allocated). In id order: the domain events of its
-   * journal entries (with `domainEvents` on), lapsed holds (their release is what may move the
-   * alert level), what the unit of work recorded itself (subscription events), the spend limits'
-   * thresholds it reached (docs/teams-and-limits.md, "Limit notifications"), the alert crossing,
-   * then the features it flipped. Resolves to whether it recorded a row or moved the account's alert
-   * state.
+   * The outbox rows of a change, by the notifications part's recording
+   * (src/core/services/outbox-recording.ts). Resolves to whether it recorded a row or moved the
+   * account's alert state.
    */
-  async addNotifications(
+  addNotifications(
+    outbox: OutboxRecording,
     work: AccountWork,
     changes: Changes,
     recount: { counted: SpendRecount | undefined; inline: boolean },
   ): Promise<boolean> {
-    const journal = this.config.domainEvents ? domainEvents(work.userId, changes.entries, changes, work.now) : [];
-    const expired = expiredHoldNotifications(changes.updateReservations, work.now);
-    const recorded = eventNotifications(work.events, work.userId, work.now);
-    const limits = limitNotifications(work.userId, work.limitsCrossed, changes.account.seq, work.now);
-    const service = this.config.alerts as Thresholds;
-    // What the alerts need read beside the unit of work (rarely anything: src/core/services/alert-reads.ts).
-    const inputs = await alertInputs(this.config.db, changes.account, work.loaded?.seq ?? 0, service.alerts, work.now, {
-      cycle: work.subscriptionCycle,
-      ...recount,
-    });
-    const evaluated = alertNotifications(
-      changes.account,
-      changes.entries,
-      () => work.openGrants(),
-      service,
-      work.now,
-      inputs,
-    );
-    const alerts = evaluated.notifications;
-    const features = this.featureNotifications(work, changes.account);
-    const all = [...journal, ...expired, ...recorded, ...limits, ...alerts, ...features];
-    if (all.length > 0) changes.notifications = all;
-    return all.length > 0 || evaluated.moved;
+    return outbox.record(this.config.db, this.config.features, work, changes, recount);
   }
 
   /**
@@ -665,9 +620,9 @@ export class UnitRunner {
  * thresholds), guarded by its `seq` like every unit (docs/concepts.md, "The unit of work").
  * `change` edits a copy of the account and returns the notifications to record with it, or null
  * to write nothing (it may read beside the unit of work: what the account had when loaded is the
- * copy's); the copy's `updatedAt` is set to the unit's clock. `counting` is what `change` hands
- * `alertInputs`: a `period_spend` window it needs counted (`RecountNeeded`) is counted beside the
- * unit of work, and the unit runs again (src/core/services/alert-reads.ts).
+ * copy's); the copy's `updatedAt` is set to the unit's clock. One transaction: a caller whose
+ * `change` needs a `period_spend` window counted beside it runs this in `withRecounts`
+ * (src/core/services/alert-reads.ts).
  */
 export async function saveAccountOnly(
   db: DbManager,
@@ -677,30 +632,27 @@ export async function saveAccountOnly(
     account: Account,
     now: Date,
     grants: () => readonly Grant[],
-    counting: { counted: SpendRecount | undefined; inline: boolean },
   ) => readonly Notification[] | null | Promise<readonly Notification[] | null>,
 ): Promise<void> {
-  await withRecounts(db, userId, (counted, inline) =>
-    db.transaction(userId, async (tx) => {
-      const state = await tx.load();
-      const now = clock();
-      const work = new AccountWork(userId, state, now, newId);
-      const account = { ...work.account };
-      const notifications = await change(account, now, () => work.openGrants(), { counted, inline });
-      if (notifications === null) return;
-      account.updatedAt = now;
-      await tx.save({
-        account,
-        previousSeq: state.account === null ? null : state.account.seq,
-        insertGrants: [],
-        updateGrants: [],
-        insertReservations: [],
-        updateReservations: [],
-        entries: [],
-        notifications,
-      });
-    }),
-  );
+  await db.transaction(userId, async (tx) => {
+    const state = await tx.load();
+    const now = clock();
+    const work = new AccountWork(userId, state, now, newId);
+    const account = { ...work.account };
+    const notifications = await change(account, now, () => work.openGrants());
+    if (notifications === null) return;
+    account.updatedAt = now;
+    await tx.save({
+      account,
+      previousSeq: state.account === null ? null : state.account.seq,
+      insertGrants: [],
+      updateGrants: [],
+      insertReservations: [],
+      updateReservations: [],
+      entries: [],
+      notifications,
+    });
+  });
 }
 
 /** Loads the grants that holds point at but that are not open (fully held, closed). */

@@ -4,6 +4,7 @@
  * move into alarm and one `alert_resolved` per unit of work that brings thresholds back, none
  * while the state holds, also under concurrent changes and through two managers.
  */
+import { notificationsPart } from "../parts.js";
 import { randomUUID } from "node:crypto";
 import fc from "fast-check";
 import { describe, expect, it, useTestApi, type TestApi } from "./runner.js";
@@ -22,7 +23,7 @@ import { spendOfEntry, spendWindow } from "../domain/alerts.js";
 function services(db: DbManager, defaults: AlertThreshold[], start = T0) {
   const clock = { now: start };
   const now = () => new Date(clock.now);
-  const credits = new CoreCreditService({ db, clock: now, alerts: { alerts: defaults } });
+  const credits = new CoreCreditService({ db, clock: now, notifications: notificationsPart({ alerts: defaults }) });
   const notifications = new NotificationService({ db, clock: now, alerts: defaults });
   return { credits, notifications, clock };
 }
@@ -118,7 +119,11 @@ export function runAlertsContract(
     it("getAlerts lists the low-credits level as its two built-in thresholds, on the same account record", async () => {
       const clock = { now: T0 };
       const now = () => new Date(clock.now);
-      const credits = new CoreCreditService({ db, clock: now, alerts: { lowCredits: 50, alerts: [LOW] } });
+      const credits = new CoreCreditService({
+        db,
+        clock: now,
+        notifications: notificationsPart({ lowCredits: 50, alerts: [LOW] }),
+      });
       const notifications = new NotificationService({ db, clock: now, thresholds: { lowCredits: 50 }, alerts: [LOW] });
       const u = user();
       await credits.addCredits(u, 60);
@@ -504,7 +509,12 @@ export function runAlertsContract(
       const sub: AlertThreshold = { id: "sub", kind: "period_spend", atOrAbove: 50, window: "subscription_period" };
       const clock = { now: T0 };
       const now = () => new Date(clock.now);
-      const credits = new CoreCreditService({ db, clock: now, alerts: { alerts: [sub] }, subscriptions: true });
+      const credits = new CoreCreditService({
+        db,
+        clock: now,
+        notifications: notificationsPart({ alerts: [sub] }),
+        subscriptions: true,
+      });
       const notifications = new NotificationService({ db, clock: now, alerts: [sub] });
       const subscriptions = new SubscriptionService({ db, credits, clock: now });
       const plan = await subscriptions.createPlan({ name: "alerts", creditsPerPeriod: 500, billingPeriod: "monthly" });

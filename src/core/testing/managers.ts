@@ -6,6 +6,7 @@
  * Each manager keeps its own caches; A warms its copy of an account, B changes the account, then A
  * decides.
  */
+import { notificationsPart } from "../parts.js";
 import { randomUUID } from "node:crypto";
 import { describe, expect, it, useTestApi } from "./runner.js";
 import type { DbManager } from "../db/types.js";
@@ -190,8 +191,8 @@ export function runManagersContract(
       const clock = { now: T0 };
       const now = () => new Date(clock.now);
       // With the outbox on (alerts): each manager writes its rows in the spend's unit of work.
-      const a = new CoreCreditService({ db: getDb(), clock: now, alerts: {} });
-      const b = new CoreCreditService({ db: getPeer(), clock: now, alerts: {} });
+      const a = new CoreCreditService({ db: getDb(), clock: now, notifications: notificationsPart() });
+      const b = new CoreCreditService({ db: getPeer(), clock: now, notifications: notificationsPart() });
       const u = user();
       await a.addCredits(u, 1000);
       await b.setLimits(u, [{ spender: "alice", amount: 100, period: "month" }]);

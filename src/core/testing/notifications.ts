@@ -6,6 +6,7 @@
  * Tests that claim rows run at their own early instant (`epoch`), in descending order, and settle
  * every row they create, so the store-wide claims of one test never see rows of another.
  */
+import { notificationsPart } from "../parts.js";
 import { randomUUID } from "node:crypto";
 import { describe, expect, it, useTestApi, type TestApi } from "./runner.js";
 import type { DbManager } from "../db/types.js";
@@ -33,7 +34,7 @@ function services(
 ) {
   const clock = { now: start };
   const now = () => new Date(clock.now);
-  const credits = new CoreCreditService({ db, clock: now, alerts: thresholds });
+  const credits = new CoreCreditService({ db, clock: now, notifications: notificationsPart(thresholds) });
   const notifications = new NotificationService({
     db,
     clock: now,
@@ -84,7 +85,7 @@ export function runNotificationContract(
       const u = user();
       const now = () => new Date(T0);
       const features = { export: { minAvailable: 50 }, chat: { minAvailable: 1 } };
-      const credits = new CoreCreditService({ db, clock: now, alerts: {}, features });
+      const credits = new CoreCreditService({ db, clock: now, notifications: notificationsPart(), features });
       const notifications = new NotificationService({ db, clock: now, thresholds: {} });
       const flips = async () =>
         (await notifications.list(u)).filter((r) => r.type === "feature_status_changed").map((r) => r.payload);
@@ -107,7 +108,11 @@ export function runNotificationContract(
       const u = user();
       const clock = { now: T0 };
       const now = () => new Date(clock.now);
-      const credits = new CoreCreditService({ db, clock: now, domainEvents: true }); // turns the outbox on by itself
+      const credits = new CoreCreditService({
+        db,
+        clock: now,
+        notifications: notificationsPart({ domainEvents: true }),
+      }); // the domain events alone
       const notifications = new NotificationService({ db, clock: now });
       await credits.addCredits(u, 100, { source: "manual", sourceRef: "order-1", expiresAt: new Date(T0 + 30 * DAY) });
       const adjustment = await credits.addCredits(u, 5, { source: "adjustment" });
@@ -199,7 +204,7 @@ export function runNotificationContract(
       expect(events[9]!.occurredAt).toBe(new Date(T0 + 2 * DAY).toISOString());
       // Without the option, the same operations record no domain event.
       const v = user();
-      const quiet = new CoreCreditService({ db, clock: now, alerts: {} });
+      const quiet = new CoreCreditService({ db, clock: now, notifications: notificationsPart() });
       await quiet.addCredits(v, 10);
       await quiet.deductCredits(v, 3);
       expect(

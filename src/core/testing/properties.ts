@@ -1,3 +1,4 @@
+import { notificationsPart } from "../parts.js";
 import { randomUUID } from "node:crypto";
 import fc from "fast-check";
 import { describe, expect, it, useTestApi } from "./runner.js";
@@ -274,7 +275,7 @@ function alertServices(db: DbManager, alerts: AlertThreshold[], start: number) {
   const credits = new CoreCreditService({
     db,
     clock: () => new Date(clock.now),
-    alerts: { alerts },
+    notifications: notificationsPart({ alerts }),
     overdraftLimit: "unlimited",
   });
   return { credits, clock };

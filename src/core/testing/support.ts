@@ -1,4 +1,5 @@
 // What the parts of the contract suite share: the suite's clock, the part options, a lazy store.
+import { notificationsPart } from "../parts.js";
 import type { TestApi } from "./runner.js";
 import type { DbManager } from "../db/types.js";
 import type { CreditModule } from "../module.js";
@@ -63,14 +64,13 @@ export function managerServices(
   const clock = typeof start === "number" ? { now: start } : start;
   const now = () => new Date(clock.now);
   const ledger = new LedgerLogger({ db, clock: now, filePath: options.ledgerFile ?? false });
-  const alerts = options.alerts === true ? {} : undefined;
   const overdraftLimit = options.overdraftLimit;
   const modules = options.modules;
   const credits = new CoreCreditService({
     db,
     clock: now,
     ledger,
-    alerts,
+    notifications: options.alerts === true ? notificationsPart() : undefined,
     subscriptions: true,
     overdraftLimit,
     modules,

@@ -6,6 +6,7 @@
  * below what it has. A spend limit or an alert threshold counts the unit it names (none: the
  * default unit).
  */
+import { notificationsPart } from "../parts.js";
 import { randomUUID } from "node:crypto";
 import fc from "fast-check";
 import { describe, expect, it, useTestApi } from "./runner.js";
@@ -496,7 +497,11 @@ export function runUnitsContract(
         { id: "img_day", kind: "period_spend", atOrAbove: 10, window: "day", unit: "images" },
         { id: "img_left", kind: "left_percent", atOrBelow: 50, unit: "images" },
       ];
-      const credits = new CoreCreditService({ db, clock: now, alerts: { alerts: thresholds } });
+      const credits = new CoreCreditService({
+        db,
+        clock: now,
+        notifications: notificationsPart({ alerts: thresholds }),
+      });
       const notifications = new NotificationService({ db, clock: now, alerts: thresholds });
       const u = user();
       /** The `alert_triggered` events of thresholds in images. */

@@ -3,6 +3,7 @@
  * work: through the module context the credit service hands the billing module (docs/modules.md,
  * "The module's context"), as any module outside this package would.
  */
+import { recordingOf } from "../../core/services/outbox-recording.js";
 import * as z from "zod/mini";
 import type { Logger } from "../../core/logger.js";
 import type { Cache } from "../../core/cache/index.js";
@@ -121,7 +122,7 @@ function fallbackContext(options: UnitOptions, clock: () => Date, service: strin
     cache: options.cache,
     clock,
     logger: options.logger,
-    alerts,
+    notifications: recordingOf(alerts, false, service),
     // The billing module's capabilities (its take-backs: ./module.ts).
     modules: [{ id: "billing", capabilities: ["overdraftLimit", "takeBack"], init: (c) => (context.ctx = c) }],
   });
