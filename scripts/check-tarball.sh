@@ -105,7 +105,7 @@ import { NatsJetStreamQueue, consumeCreditEvents } from "credit-management/nats"
 import { createCreditHandler, fastifyCreditMetering } from "credit-management/http";
 import { runDbManagerContract } from "credit-management/testing";
 import { DomainEvent, type JournalEntry } from "credit-management/models";
-import { accountColumn, type CreditModule } from "credit-management/core";
+import { accountColumn, createCreditManager as createCoreManager, subscriptionsPart, type CreditModule } from "credit-management/core";
 import * as z from "zod/mini";
 import { compareGrants, defineStore, type DbManager } from "credit-management/store";
 import { generateSql } from "credit-management/schema";
@@ -126,6 +126,11 @@ export async function main(): Promise<JournalEntry> {
   void [store, compareGrants, defineStore, generateSql("postgres" === "postgres" ? { dialect: "postgres" } : { dialect: "mysql" }), DomainEvent.safeParse({}).success];
   const modules: CreditModule[] = [{ id: "referrals", grantSources: ["referral"], accountColumn: accountColumn("referrals", z.number()) }];
   void modules;
+  // The core's manager carries the service of each part it is given, and no other.
+  const core = await createCoreManager({ parts: { subscriptions: subscriptionsPart() } });
+  void core.subscriptions.listPlans;
+  // @ts-expect-error: the notifications part was not given
+  void core.notifications;
   const classes: unknown[] = [PostgresDbManager, MongoDbManager, SqliteDbManager, RedisCache, NatsJetStreamQueue, consumeCreditEvents, InsufficientCreditsError];
   void classes;
   return manager.credits.addCredits("u", 1);
