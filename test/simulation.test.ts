@@ -30,7 +30,16 @@ describe("deterministic simulation", () => {
     `${seeds} seed(s) from ${first}, ${steps} steps each: the model, audit() and the store agree`,
     async () => {
       const started = Date.now();
-      const totals = { requests: 0, commits: 0, storeCalls: 0, inDoubt: 0, charged: 0, credited: 0, settledLate: 0 };
+      const totals = {
+        requests: 0,
+        commits: 0,
+        storeCalls: 0,
+        inDoubt: 0,
+        charged: 0,
+        credited: 0,
+        settledLate: 0,
+        rollovers: 0,
+      };
       const alerts = { triggered: 0, resolved: 0, onLine: 0, triggeredOnLine: 0, timeMoves: 0 };
       const outcomes: Record<string, number> = {};
       for (let seed = first; seed < first + seeds; seed++) {
@@ -43,6 +52,7 @@ describe("deterministic simulation", () => {
         totals.charged += r.topUps.charged;
         totals.credited += r.topUps.credited;
         totals.settledLate += r.settledLate;
+        totals.rollovers += r.rollovers;
         for (const k of Object.keys(alerts) as (keyof typeof alerts)[]) alerts[k] += r.alerts[k];
         for (const [k, n] of Object.entries(r.outcomes)) outcomes[k] = (outcomes[k] ?? 0) + n;
       }
@@ -62,6 +72,8 @@ describe("deterministic simulation", () => {
         expect(totals.inDoubt).toBeGreaterThan(0);
         // Due events were settled late, and each was found dated at its due instant.
         expect(totals.settledLate).toBeGreaterThan(0);
+        // Renewals carried what their ended periods had unspent (the capped and the "all" plans).
+        expect(totals.rollovers).toBeGreaterThan(0);
         const kinds = [
           "add",
           "deduct",

@@ -15,8 +15,8 @@ import type { Prng } from "./prng.js";
  * below): what its unscoped grants hold less the debt, as a share of what they were granted in the
  * pool's current allowance (docs/customer-state.md, "What was granted"), followed here commit by
  * commit: a grant not closed with nothing left is drawn out and counts (closed after, it still
- * does), one given credits back is open again, and with no open unscoped grant and nothing held
- * the allowance starts again.
+ * does), one given credits back is open again, and with no open unscoped grant and nothing held in
+ * any unit of the account the allowance starts again.
  *
  * A `period_spend` threshold counts the spend whose time is in the current day: a deduction or a
  * capture at its usage time (a late one's `occurredAt`, else when it was committed), a reversal
@@ -168,7 +168,9 @@ export class AlertsModel {
   /**
    * One commit of `user`'s, in commit order: its journal `entries` are replayed, then, where the
    * unit `evaluates` the account, every threshold is read on `m` (the account as the commit left
-   * it) at `now`. `seq`: the account's journal position after the commit.
+   * it) at `now`. `seq`: the account's journal position after the commit; `held`: what the account
+   * holds in all its units (docs/customer-state.md, "What was granted": an allowance ends only while
+   * the account holds nothing), by default the default unit's.
    */
   commit(
     user: string,
@@ -177,12 +179,13 @@ export class AlertsModel {
     now: number,
     seq: number,
     evaluates: boolean,
+    held: number = m.reserved,
   ): void {
     const a = this.accounts.get(user);
     if (a === undefined) return;
     for (const e of entries) this.replay(a, e, now);
     a.entries += entries.length;
-    this.follow(a, m);
+    this.follow(a, m, held);
     if (!evaluates || a.entries === 0) return;
     const before = a.events.length;
     this.evaluate(a, m, now, seq);
@@ -220,8 +223,8 @@ export class AlertsModel {
     }
   }
 
-  /** Follows the pool's allowance through one commit (`m`: the account as it left it). */
-  private follow(a: Account, m: CreditModel): void {
+  /** Follows the pool's allowance through one commit (`m`: the account as it left it; `held`: in all units). */
+  private follow(a: Account, m: CreditModel, held: number): void {
     let open = false;
     for (const g of m.grants) {
       if ((g.features ?? null) !== null || (g.spenders ?? null) !== null) continue;
@@ -235,7 +238,7 @@ export class AlertsModel {
       if (was === "open" && is === "out") a.drawn.add(g.id);
       if (was === "out" && is === "open") a.drawn.delete(g.id);
     }
-    if (!open && m.reserved === 0) a.drawn.clear();
+    if (!open && held === 0) a.drawn.clear();
   }
 
   private evaluate(a: Account, m: CreditModel, now: number, seq: number): void {

@@ -100,7 +100,10 @@ export function expireGrantNow(m: CreditModel, g: ModelGrant): number {
   if (g.upcoming !== true) m.balance -= amount;
   g.remaining = 0;
   g.closed = "expired";
-  (g as ClosedGrant).closedAt = Math.min(m.now, g.expiresAt ?? Number.POSITIVE_INFINITY);
+  const closedAt = Math.min(m.now, g.expiresAt ?? Number.POSITIVE_INFINITY);
+  (g as ClosedGrant).closedAt = closedAt;
+  // Closed at its expiry (not early, by a plan change): what a rollover carries of it.
+  if (closedAt === g.expiresAt) g.expiredAtExpiry = amount;
   return amount;
 }
 

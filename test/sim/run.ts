@@ -25,7 +25,7 @@ import { usageKind } from "../../src/core/domain/usage.js";
 import { ProcessCache, SimStore, type StoreEvent } from "./store.js";
 import { PaymentsModel, SimBank, simProvider, webhook } from "./payments.js";
 import { AlertsModel, alertProblems, drawThresholds, strictLines } from "./alerts.js";
-import { DAY, PLANS, SubscriptionsModel, type SubRequest } from "./subscriptions.js";
+import { DAY, PLANS, ROLLOVER, SubscriptionsModel, type SubRequest } from "./subscriptions.js";
 
 interface PromoSpec {
   credits: number;
@@ -178,6 +178,8 @@ export interface SimResult {
    * by a later operation or read), each found dated at that instant (`dueProblems`).
    */
   settledLate: number;
+  /** Renewals that carried a rollover grant, each as the model owed it (docs/subscriptions.md, "Rollover"). */
+  rollovers: number;
   /** A digest of everything that happened: the same seed gives the same digest. */
   digest: string;
 }
@@ -386,7 +388,13 @@ async function simulate(options: SimOptions): Promise<SimResult> {
     payments: payConfig,
   });
   for (const [id, credits] of Object.entries(PLANS)) {
-    await admin.subscriptions.createPlan({ id, name: id, creditsPerPeriod: credits, billingPeriod: "daily" });
+    await admin.subscriptions.createPlan({
+      id,
+      name: id,
+      creditsPerPeriod: credits,
+      billingPeriod: "daily",
+      rollover: ROLLOVER[id] ?? "none",
+    });
   }
   const subs = new SubscriptionsModel(fail);
   const payments = new PaymentsModel(fail);
@@ -763,6 +771,7 @@ async function simulate(options: SimOptions): Promise<SimResult> {
       model.now,
       a.seq,
       !accountOnly(e.changes) || op?.spec.kind === "alerts",
+      model.units(e.userId).reduce((n, [, u]) => n + u.reserved, 0),
     );
   };
 
@@ -1555,6 +1564,7 @@ async function simulate(options: SimOptions): Promise<SimResult> {
       timeMoves: alerts.timeMoves,
     },
     settledLate,
+    rollovers: subs.rollovers,
     digest: digest.digest("hex"),
   };
 }

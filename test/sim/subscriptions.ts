@@ -4,8 +4,9 @@ import { expireGrantNow, findGrant } from "./model.js";
 
 /**
  * The simulation's model of subscriptions, written from docs/subscriptions.md without the
- * library's code: daily plans (exact days from the cycle's anchor), no rollover, allocations that
- * expire at the period's end. Every write of a subscription the store took is checked against it
+ * library's code: daily plans (exact days from the cycle's anchor), allocations that expire at the
+ * period's end, and a renewal's rollover of what the ended period's grants had unspent and unheld at
+ * its end, up to the ending plan's cap. Every write of a subscription the store took is checked against it
  * (a completion, a renewal or ending at the period's end, or the transition the request asked for),
  * and the account work a transition owes (its intent's key) must be carried out once, with the
  * amounts the model expects.
@@ -13,7 +14,14 @@ import { expireGrantNow, findGrant } from "./model.js";
 
 export const DAY = 86_400_000;
 
-export const PLANS: Readonly<Record<string, number>> = { basic: 100, pro: 300 };
+export const PLANS: Readonly<Record<string, number>> = { basic: 100, pro: 300, max: 200 };
+
+/** Each plan's rollover (docs/subscriptions.md, "Rollover"): none, capped, all. */
+export const ROLLOVER: Readonly<Record<string, "none" | "all" | { cap: number }>> = {
+  basic: "none",
+  pro: { cap: 120 },
+  max: "all",
+};
 
 export interface ModelSub {
   id: string;
@@ -42,6 +50,12 @@ export interface OwedWork {
   remove: number;
   /** The added grants replace the period's grants (a new period), else join them. */
   replace: boolean;
+  /**
+   * A renewal's rollover: what the ended period's grants (`grants`, those expiring at `periodEnd`)
+   * had unspent and unheld at that end, up to `cap` (null: all), as a grant expiring at `expiresAt`,
+   * added before the allocation.
+   */
+  carry: { grants: string[]; periodEnd: number; cap: number | null; expiresAt: number } | null;
   done: boolean;
 }
 
@@ -60,6 +74,8 @@ export const periodEnd = (s: ModelSub): number => s.anchor + (s.index + 1) * DAY
 export class SubscriptionsModel {
   readonly subs = new Map<string, ModelSub>();
   readonly owed = new Map<string, OwedWork>();
+  /** Renewals that carried a rollover grant, as the model owed it. */
+  rollovers = 0;
 
   constructor(private readonly fail: (what: string) => never) {}
 
@@ -78,7 +94,7 @@ export class SubscriptionsModel {
   private owe(
     s: Subscription,
     grants: Array<[number, number]>,
-    more: { expire?: string[]; remove?: number; replace?: boolean } = {},
+    more: { expire?: string[]; remove?: number; replace?: boolean; carry?: OwedWork["carry"] } = {},
   ): void {
     const key = s.intent?.key;
     if (key === undefined) this.fail(`subscription ${s.id} owes account work but records no intent`);
@@ -90,6 +106,7 @@ export class SubscriptionsModel {
       expire: more.expire ?? [],
       remove: more.remove ?? 0,
       replace: more.replace ?? false,
+      carry: more.carry ?? null,
       done: false,
     });
   }
@@ -182,13 +199,20 @@ export class SubscriptionsModel {
         // A renewal: only at the period's end, to the period containing now, on the pending plan.
         if (end > now) this.fail(`${where}: renewed before its period's end ${new Date(end).toISOString()}`);
         if (m.cancelAtPeriodEnd || !m.autoRenew) this.fail(`${where}: renewed although it was to end`);
+        // The ending plan's rollover of the ended period's grants.
+        const rollover = ROLLOVER[m.planId] ?? "none";
+        const ended = { grants: m.periodGrants, periodEnd: periodEnd(m) };
         m.planId = m.pendingPlanId ?? m.planId;
         m.pendingPlanId = null;
         m.index = Math.max(m.index + 1, Math.floor((now - m.anchor) / DAY));
         m.periodCredits = PLANS[m.planId] ?? 0;
         this.compare(m, s, where);
         if (!newIntent) this.fail(`${where}: a new period owes no allocation`);
-        this.owe(s, this.allocation(m, now), { replace: true });
+        const carry =
+          rollover === "none"
+            ? null
+            : { ...ended, cap: rollover === "all" ? null : rollover.cap, expiresAt: periodEnd(m) };
+        this.owe(s, this.allocation(m, now), { replace: true, carry });
         return;
       }
       if (!changedNow)
@@ -289,23 +313,45 @@ export class SubscriptionsModel {
         m.balance -= part.amount;
       }
     }
+    const carried = this.rollover(w, m);
+    const owed = [...carried, ...w.grants];
     const adds = entries.filter((e) => e.type === "add" && e.amount > 0);
     const got = adds.map((e) => {
       const g = inserted.find((x) => x.id === e.grants[0]?.grantId);
       return [e.amount, g === undefined ? null : (g.expiresAt?.getTime() ?? null)];
     });
-    const want = w.grants.map(([amount, expiresAt], i) => [amount, got[i]?.[1] === null ? null : expiresAt]);
+    const want = owed.map(([amount, expiresAt], i) => [amount, got[i]?.[1] === null ? null : expiresAt]);
     if (JSON.stringify(got) !== JSON.stringify(want)) {
       this.fail(
-        `account work under ${key} added [amount, expiry] ${JSON.stringify(got)}, the model owes ${JSON.stringify(w.grants)}`,
+        `account work under ${key} added [amount, expiry] ${JSON.stringify(got)}, the model owes ${JSON.stringify(owed)}`,
       );
     }
+    this.rollovers += carried.length;
     const added: string[] = [];
     adds.forEach((e, i) => {
       const id = e.grants[0]?.grantId ?? null;
-      m.add(id, e.amount, (w.grants[i] as [number, number])[1], 0);
+      m.add(id, e.amount, (owed[i] as [number, number])[1], 0);
       if (id !== null) added.push(id);
     });
     sub.periodGrants = w.replace ? added : [...sub.periodGrants, ...added];
+  }
+  /**
+   * The rollover grant a renewal owes (none, or [amount, expiresAt]): what the ended period's grants
+   * expiring at its end had unspent and unheld then (`expiredAtExpiry`, set when the model expired
+   * them; one still open expires now, in this unit of work), up to the cap; nothing when the grant
+   * would be born expired.
+   */
+  private rollover(w: OwedWork, m: CreditModel): Array<[number, number]> {
+    const carry = w.carry;
+    if (carry === null) return [];
+    let unspent = 0;
+    for (const id of carry.grants) {
+      const g = findGrant(m, id);
+      if (g === undefined || g.expiresAt !== carry.periodEnd) continue;
+      if (g.closed === null) expireGrantNow(m, g);
+      unspent += g.expiredAtExpiry ?? 0;
+    }
+    const moved = carry.cap === null ? unspent : Math.min(unspent, carry.cap);
+    return moved > 0 && carry.expiresAt > m.now ? [[moved, carry.expiresAt]] : [];
   }
 }

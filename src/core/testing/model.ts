@@ -21,6 +21,11 @@ export interface ModelGrant {
   upcoming?: boolean;
   /** What it held when it started, after paying debt: what it was given, as an addition then. */
   startedWith?: number;
+  /**
+   * What it had left, unheld, when it expired at its `expiresAt` (held parts expire later, when
+   * their hold returns them): what a subscription's rollover carries of it (docs/subscriptions.md).
+   */
+  expiredAtExpiry?: number;
 }
 
 /** Who spends on what (null: not named). */
@@ -107,6 +112,7 @@ export class CreditModel {
       for (const g of this.grants) {
         if (g.closed === null && g.expiresAt !== null && g.expiresAt <= t) {
           this.balance -= g.upcoming === true ? 0 : g.remaining;
+          g.expiredAtExpiry = g.remaining;
           g.remaining = 0;
           g.closed = "expired";
         }
@@ -114,7 +120,7 @@ export class CreditModel {
       for (const h of lapsed) {
         if (h.expiresAt !== t) continue;
         h.status = "expired";
-        this.giveBack(h.parts);
+        this.giveBack(h.parts, h.expiresAt);
         this.reserved -= sumParts(h.parts);
       }
     }
@@ -276,14 +282,18 @@ export class CreditModel {
 
   /**
    * Returned credits pay debt first if their grant is still open; what lands on a closed grant
-   * (voided or expired) is removed at once and pays nothing.
+   * (voided or expired) is removed at once and pays nothing. A hold that lapsed (`lapsedAt`) before
+   * the grant's expiry held nothing at that expiry: what it returns to the grant, expired by then
+   * (by a job that settles grants alone), counts as unspent and unheld then (`expiredAtExpiry`).
    */
-  private giveBack(parts: Array<[string, number]>): void {
+  private giveBack(parts: Array<[string, number]>, lapsedAt?: number): void {
     for (const [gid, a] of parts) {
       const g = this.grants.find((x) => x.id === gid);
       if (g === undefined) continue;
       if (g.closed !== null) {
         this.balance -= a;
+        if (lapsedAt !== undefined && g.expiredAtExpiry !== undefined && g.expiresAt !== null && lapsedAt < g.expiresAt)
+          g.expiredAtExpiry += a;
         continue;
       }
       const pay = isScoped(g) ? 0 : Math.min(this.debt, a);
