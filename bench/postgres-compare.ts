@@ -14,6 +14,12 @@
  * `#options`: the `PostgresDbManager` options of that variant as JSON, e.g.
  * `'.#{"batch":{"maxUnits":8}}'` (a root may be named several times with different options).
  *
+ * `raw+journal` in place of a root: what a careful hand-rolled ledger does per deduction, as a
+ * variant measured like the others: one statement that takes the balance down only where it
+ * covers the amount and writes a journal row of the deduction when it did (a data-modifying `WITH`:
+ * one round trip, its own commit). Named first, the ratio-to-the-first column gives each store's
+ * figure against it.
+ *
  * e.g. the commit before a change in a `git worktree` (node_modules a symlink to this one's), built
  * with `npx tsup --silent`, then `tsx bench/postgres-compare.ts /tmp/old .`. Each root also runs
  * with its usage rollup's trigger disabled when it has one (`BENCH_PG_NO_ROLLUP=1`), to show what
@@ -132,6 +138,31 @@ async function build(spec: string, label: string, noRollup: boolean): Promise<Va
   );
 }
 
+/** The `raw+journal` variant: a conditional `UPDATE` and a journal `INSERT` in one statement. */
+async function rawJournal(admin: pg.Pool): Promise<Variant> {
+  const schema = `cm_cmp_${randomUUID().replace(/-/g, "").slice(0, 10)}`;
+  schemas.push(schema);
+  await admin.query(`CREATE SCHEMA ${schema}`);
+  await admin.query(`CREATE TABLE ${schema}.balances (user_id TEXT PRIMARY KEY, balance BIGINT NOT NULL)`);
+  await admin.query(
+    `CREATE TABLE ${schema}.journal (id BIGSERIAL PRIMARY KEY, user_id TEXT NOT NULL, amount BIGINT NOT NULL,
+       balance_after BIGINT NOT NULL, created_at TIMESTAMPTZ NOT NULL DEFAULT now(), description TEXT)`,
+  );
+  await admin.query(`CREATE INDEX ON ${schema}.journal (user_id, id)`);
+  await admin.query(
+    `INSERT INTO ${schema}.balances SELECT 'u' || i, 1000000000 FROM generate_series(0, ${USERS - 1}) i`,
+  );
+  const app = `cm-cmp-rawj-${schema}`;
+  const pool = newPool(app);
+  const text =
+    `WITH d AS (UPDATE ${schema}.balances SET balance = balance - 1 WHERE user_id = $1 AND balance >= 1 ` +
+    `RETURNING user_id, balance) INSERT INTO ${schema}.journal (user_id, amount, balance_after, description) ` +
+    `SELECT user_id, -1, balance, 'deduction' FROM d`;
+  return variant("raw UPDATE + journal INSERT (one statement)", app, pool, (i) =>
+    pool.query({ name: "rawj", text, values: [user(i)] }),
+  );
+}
+
 const roots = process.argv.slice(2);
 if (roots.length === 0) roots.push(".");
 try {
@@ -151,6 +182,10 @@ try {
   );
   const variants: Variant[] = [];
   for (const root of roots) {
+    if (root === "raw+journal") {
+      variants.push(await rawJournal(admin));
+      continue;
+    }
     const label = root;
     variants.push(await build(root, `deductCredits (${label})`, false));
     if (NO_ROLLUP) {
