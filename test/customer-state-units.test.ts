@@ -2,7 +2,7 @@
 // each feature's figures in its rule's unit, grants with their unit; nothing adds two units.
 import { describe, expect, it } from "vitest";
 import { SqliteDbManager } from "../src/db/sqlite/index.js";
-import { createCreditManager } from "../src/index.js";
+import { createCreditManager, InMemoryDbManager } from "../src/index.js";
 import { testStores } from "./fixtures/stores.js";
 
 const HOUR = 3_600_000;
@@ -122,6 +122,31 @@ describe("a period_spend alert with units", () => {
       expect(alert).toMatchObject({ state: "ok", value: 7 });
     } finally {
       await m.close();
+    }
+  });
+
+  it("its recount finds the window's spend behind an entry a process with a slower clock wrote later", async () => {
+    // Two processes over one store, the second's clock 5 s behind (docs/customer-state.md, "Alerts"):
+    // the account's entries are in seq order, not in time order, around the day's start.
+    const db = new InMemoryDbManager();
+    const DAY = 86_400_000;
+    const dayStart = Math.ceil(Date.now() / DAY) * DAY;
+    let t = dayStart - 10_000;
+    const a = await createCreditManager({ db, notifications: {}, clock: () => new Date(t) });
+    const b = await createCreditManager({ db, notifications: {}, clock: () => new Date(t - 5_000) });
+    try {
+      await a.credits.addCredits("acme", 100);
+      await a.credits.addCredits("acme", 50, { unit: "images" });
+      t = dayStart + 1_000;
+      await a.credits.deductCredits("acme", 7); // today, by its writer's clock
+      t = dayStart + 2_000;
+      await b.credits.deductCredits("acme", 30); // written after, dated yesterday by its writer's clock
+      await a.notifications.setAlerts("acme", [{ id: "daily", kind: "period_spend", atOrAbove: 20, window: "day" }]);
+      const alert = (await a.credits.getCustomerState("acme")).alerts.find((x) => x.threshold.id === "daily");
+      expect(alert).toMatchObject({ state: "ok", value: 7 });
+    } finally {
+      await a.close();
+      await b.close();
     }
   });
 });

@@ -24,6 +24,7 @@ import {
   type AlertInputs,
   type PeriodSpend,
 } from "../domain/alerts.js";
+import { CLOCK_SKEW_MS } from "../domain/late-usage.js";
 import { UsageAccumulator, type UsageBucket, type UsageScan } from "../domain/usage.js";
 import type { Account, AlertThreshold, JournalEntry, LimitCycle } from "../models/index.js";
 import { journalPages } from "./history.js";
@@ -233,14 +234,19 @@ async function subscriptionCycle(db: DbManager, userId: string): Promise<LimitCy
 }
 
 /**
- * The account's spend entries up to `seq`, newest first, back to the first one recorded before
- * `from` (ms): one window of one account. An entry counts in a window by its `occurredAt`, never
- * after its `createdAt`, and the entries of an account are recorded in seq order, so none older
- * can count. Entries up to the seq the unit of work loaded are written and never change: reading
- * them beside it is safe (as `reverseCharge` does, src/core/services/reversals.ts).
+ * The account's spend entries up to `seq`, newest first, back to the first one recorded more than
+ * `CLOCK_SKEW_MS` before `from` (ms): one window of one account, and the entries around its start
+ * (the caller counts each by the window). An entry counts in a window by its `occurredAt`, never
+ * after its `createdAt`. The entries of an account are recorded in seq order, but each is dated by
+ * the clock of the process that wrote it: a process whose clock runs behind another's writes a
+ * later entry with an earlier date, so the walk goes on past `from` by the clocks' skew the library
+ * accepts (docs/customer-state.md, "Alerts"). Entries up to the seq the unit of work loaded are
+ * written and never change: reading them beside it is safe (as `reverseCharge` does,
+ * src/core/services/reversals.ts).
  */
 async function entriesSince(db: DbManager, userId: string, seq: number, from: number): Promise<JournalEntry[]> {
   const out: JournalEntry[] = [];
+  const stop = from - CLOCK_SKEW_MS;
   let before = seq + 1;
   for (;;) {
     const page = await db.listJournal(userId, {
@@ -250,7 +256,7 @@ async function entriesSince(db: DbManager, userId: string, seq: number, from: nu
       types: SPEND_ENTRY_TYPES,
     });
     for (const e of page) {
-      if (e.createdAt.getTime() < from) return out;
+      if (e.createdAt.getTime() < stop) return out;
       out.push(e);
     }
     const last = page[page.length - 1];
