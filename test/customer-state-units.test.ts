@@ -126,7 +126,7 @@ describe("a period_spend alert with units", () => {
   });
 
   it("its recount finds the window's spend behind an entry a process with a slower clock wrote later", async () => {
-    // Two processes over one store, the second's clock 5 s behind (docs/customer-state.md, "Alerts"):
+    // Two processes over one store, the second's clock 5 s behind (docs/customer-state.md, "The guarantees"):
     // the account's entries are in seq order, not in time order, around the day's start.
     const db = new InMemoryDbManager();
     const DAY = 86_400_000;

@@ -240,7 +240,7 @@ async function subscriptionCycle(db: DbManager, userId: string): Promise<LimitCy
  * after its `createdAt`. The entries of an account are recorded in seq order, but each is dated by
  * the clock of the process that wrote it: a process whose clock runs behind another's writes a
  * later entry with an earlier date, so the walk goes on past `from` by the clocks' skew the library
- * accepts (docs/customer-state.md, "Alerts"). Entries up to the seq the unit of work loaded are
+ * accepts (docs/customer-state.md, "The guarantees"). Entries up to the seq the unit of work loaded are
  * written and never change: reading them beside it is safe (as `reverseCharge` does,
  * src/core/services/reversals.ts).
  */
