@@ -170,7 +170,7 @@ export class AlertsModel {
    * unit `evaluates` the account, every threshold is read on `m` (the account as the commit left
    * it) at `now`. `seq`: the account's journal position after the commit; `held`: what the account
    * holds in all its units (docs/customer-state.md, "What was granted": an allowance ends only while
-   * the account holds nothing), by default the default unit's.
+   * the account holds nothing).
    */
   commit(
     user: string,
@@ -179,7 +179,7 @@ export class AlertsModel {
     now: number,
     seq: number,
     evaluates: boolean,
-    held: number = m.reserved,
+    held: number,
   ): void {
     const a = this.accounts.get(user);
     if (a === undefined) return;

@@ -44,6 +44,11 @@ export class AccountsModel {
     return all;
   }
 
+  /** What `userId` holds in all its units (an allowance ends only while this is 0: docs/customer-state.md). */
+  held(userId: string): number {
+    return this.units(userId).reduce((n, [, m]) => n + m.reserved, 0);
+  }
+
   /** The unit whose model has hold `id` of `userId` (undefined: none). */
   unitOfHold(userId: string, id: string): string | null | undefined {
     for (const [unit, m] of this.units(userId)) if (findHold(m, id) !== undefined) return unit;

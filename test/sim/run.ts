@@ -470,7 +470,7 @@ async function simulate(options: SimOptions): Promise<SimResult> {
       const journal = await inner.listJournal(user, { order: "asc", limit: 100 });
       alerts.setThresholds(user, list, journal);
       const last = journal[journal.length - 1];
-      if (last !== undefined) alerts.commit(user, [], model.of(user), clock.now, last.seq, true);
+      if (last !== undefined) alerts.commit(user, [], model.of(user), clock.now, last.seq, true, model.held(user));
     }
   /** Counts a committed entry of a limited user's against its limits, as the service counts it. */
   const countEntry = (user: string, x: Changes["entries"][number]) => {
@@ -771,7 +771,7 @@ async function simulate(options: SimOptions): Promise<SimResult> {
       model.now,
       a.seq,
       !accountOnly(e.changes) || op?.spec.kind === "alerts",
-      model.units(e.userId).reduce((n, [, u]) => n + u.reserved, 0),
+      model.held(e.userId),
     );
   };
 
